@@ -1,0 +1,497 @@
+//! Packet decoding for synwatch: one pure function from captured bytes and a link type
+//! to the few facts the detector needs (addresses, ports, TCP flags).
+//!
+//! The key decision is to decode by hand rather than through a general packet library:
+//! synwatch looks at millions of packets a second and needs only a handful of fields, so
+//! [`decode`] walks the headers with bounds-checked slice reads and stops as soon as it
+//! has the transport ports. Every read goes through `slice::get`, so no input can read out
+//! of bounds or panic; the fuzz targets in `fuzz/` hold that line.
+//!
+//! Layout: link layers ([`LinkType`], Ethernet with 802.1Q/802.1ad stacks, Linux cooked
+//! SLL/SLL2, raw IP, BSD loopback) then IPv4 (options, fragments) and IPv6 (bounded walk of
+//! extension headers), then TCP or UDP. Anything that is not TCP or UDP over IP is
+//! [`Skip`]ped, which is not an error; packets that claim to be IP/TCP but break the
+//! rules are a [`DecodeError`], a small `Copy` kind meant to be counted.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The link-layer framings synwatch understands, named after their pcap `LINKTYPE_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkType {
+    /// `LINKTYPE_NULL` (0): BSD loopback, 4-byte address family in the capturing host's order.
+    Null,
+    /// `LINKTYPE_ETHERNET` (1).
+    Ethernet,
+    /// `LINKTYPE_RAW` (101, and the historical DLT values 12 and 14): raw IPv4 or IPv6.
+    Raw,
+    /// `LINKTYPE_LOOP` (108): OpenBSD loopback, address family in network order.
+    Loop,
+    /// `LINKTYPE_LINUX_SLL` (113): Linux cooked capture v1.
+    LinuxSll,
+    /// `LINKTYPE_IPV4` (228).
+    Ipv4,
+    /// `LINKTYPE_IPV6` (229).
+    Ipv6,
+    /// `LINKTYPE_LINUX_SLL2` (276): Linux cooked capture v2.
+    LinuxSll2,
+}
+
+impl LinkType {
+    /// Maps a pcap/pcapng link-type number to a supported framing, or `None`.
+    pub fn from_linktype(value: u32) -> Option<Self> {
+        Some(match value {
+            0 => Self::Null,
+            1 => Self::Ethernet,
+            12 | 14 | 101 => Self::Raw,
+            108 => Self::Loop,
+            113 => Self::LinuxSll,
+            228 => Self::Ipv4,
+            229 => Self::Ipv6,
+            276 => Self::LinuxSll2,
+            _ => return None,
+        })
+    }
+
+    /// The canonical `LINKTYPE_*` number.
+    pub fn linktype(self) -> u32 {
+        match self {
+            Self::Null => 0,
+            Self::Ethernet => 1,
+            Self::Raw => 101,
+            Self::Loop => 108,
+            Self::LinuxSll => 113,
+            Self::Ipv4 => 228,
+            Self::Ipv6 => 229,
+            Self::LinuxSll2 => 276,
+        }
+    }
+}
+
+/// TCP header flags (the low byte of the flags field).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+
+    /// Whether every bit of `mask` is set.
+    pub fn has(self, mask: u8) -> bool {
+        self.0 & mask == mask
+    }
+}
+
+impl fmt::Debug for TcpFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+        let mut first = true;
+        for (bit, name) in NAMES.iter().enumerate() {
+            if self.0 & (1 << bit) != 0 {
+                if !first {
+                    f.write_str("|")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("(none)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The transport protocol of a decoded segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp(TcpFlags),
+    Udp,
+}
+
+/// What synwatch keeps of one TCP or UDP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Segment {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub transport: Transport,
+    /// Length of the IP packet as the IP header states it (bytes on the wire above the
+    /// link layer), or the captured length where the header leaves it open.
+    pub ip_len: u32,
+}
+
+/// A packet that decoded fine but carries nothing synwatch looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// The link layer carries something other than IPv4/IPv6 (ARP, LLDP, ...).
+    NotIp,
+    /// IP, but neither TCP nor UDP (ICMP, GRE, ...).
+    OtherProtocol,
+    /// A non-first IP fragment: it has no transport header.
+    Fragment,
+}
+
+/// Why a packet could not be decoded. Small and `Copy`, meant to be counted by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// The capture ends inside the link-layer header.
+    TruncatedLink,
+    /// The capture ends inside the IPv4/IPv6 header or its options/extension headers.
+    TruncatedIp,
+    /// The capture ends inside the TCP header (including its options).
+    TruncatedTcp,
+    /// The capture ends inside the UDP header.
+    TruncatedUdp,
+    /// The IP version nibble is neither 4 nor 6, or disagrees with the link layer.
+    BadIpVersion,
+    /// IPv4 header length below 20 bytes.
+    BadIpHeaderLength,
+    /// IPv4 total length shorter than the IPv4 header.
+    BadIpTotalLength,
+    /// TCP data offset below 5 words.
+    BadTcpDataOffset,
+    /// More VLAN tags than a sane network stacks.
+    TooManyVlanTags,
+    /// More IPv6 extension headers than the bounded walk allows.
+    TooManyExtensionHeaders,
+    /// A BSD loopback header names an address family that is not IP.
+    UnknownLoopbackFamily,
+}
+
+impl DecodeError {
+    /// Every kind, in a stable order (for summaries and metric labels).
+    pub const ALL: [DecodeError; 11] = [
+        Self::TruncatedLink,
+        Self::TruncatedIp,
+        Self::TruncatedTcp,
+        Self::TruncatedUdp,
+        Self::BadIpVersion,
+        Self::BadIpHeaderLength,
+        Self::BadIpTotalLength,
+        Self::BadTcpDataOffset,
+        Self::TooManyVlanTags,
+        Self::TooManyExtensionHeaders,
+        Self::UnknownLoopbackFamily,
+    ];
+
+    /// A short snake_case name, stable across releases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TruncatedLink => "truncated_link",
+            Self::TruncatedIp => "truncated_ip",
+            Self::TruncatedTcp => "truncated_tcp",
+            Self::TruncatedUdp => "truncated_udp",
+            Self::BadIpVersion => "bad_ip_version",
+            Self::BadIpHeaderLength => "bad_ip_header_length",
+            Self::BadIpTotalLength => "bad_ip_total_length",
+            Self::BadTcpDataOffset => "bad_tcp_data_offset",
+            Self::TooManyVlanTags => "too_many_vlan_tags",
+            Self::TooManyExtensionHeaders => "too_many_extension_headers",
+            Self::UnknownLoopbackFamily => "unknown_loopback_family",
+        }
+    }
+
+    /// Index into [`DecodeError::ALL`], for counting in a plain array.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The result of decoding one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Decoded {
+    Segment(Segment),
+    Skipped(Skip),
+}
+
+/// How deep 802.1Q/802.1ad tags may stack before the packet is refused.
+pub const MAX_VLAN_TAGS: usize = 8;
+/// How many IPv6 extension headers the walk follows before giving up.
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = 8;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+
+#[inline]
+fn be16(data: &[u8], at: usize) -> Option<u16> {
+    let bytes = data.get(at..at + 2)?;
+    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+#[inline]
+fn be32(data: &[u8], at: usize) -> Option<u32> {
+    let bytes = data.get(at..at + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Decodes one captured packet (`data` is what the capture holds, possibly cut short by
+/// the snap length) framed as `link`.
+pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
+    match link {
+        LinkType::Ethernet => decode_ethernet(data),
+        LinkType::Raw => decode_ip(data),
+        LinkType::Ipv4 => match data.first() {
+            Some(b) if b >> 4 == 4 => decode_ipv4(data),
+            Some(_) => Err(DecodeError::BadIpVersion),
+            None => Err(DecodeError::TruncatedIp),
+        },
+        LinkType::Ipv6 => match data.first() {
+            Some(b) if b >> 4 == 6 => decode_ipv6(data),
+            Some(_) => Err(DecodeError::BadIpVersion),
+            None => Err(DecodeError::TruncatedIp),
+        },
+        LinkType::LinuxSll => {
+            let proto = be16(data, 14).ok_or(DecodeError::TruncatedLink)?;
+            decode_ethertype(proto, &data[16..])
+        }
+        LinkType::LinuxSll2 => {
+            let proto = be16(data, 0).ok_or(DecodeError::TruncatedLink)?;
+            let payload = data.get(20..).ok_or(DecodeError::TruncatedLink)?;
+            decode_ethertype(proto, payload)
+        }
+        LinkType::Null | LinkType::Loop => {
+            let raw = data.get(..4).ok_or(DecodeError::TruncatedLink)?;
+            let raw = [raw[0], raw[1], raw[2], raw[3]];
+            // NULL stores the family in the capturing host's byte order, LOOP in network
+            // order; a family number is small, so whichever reading is small is right.
+            let family = if link == LinkType::Loop {
+                u32::from_be_bytes(raw)
+            } else {
+                let le = u32::from_le_bytes(raw);
+                if le <= 0xffff {
+                    le
+                } else {
+                    u32::from_be_bytes(raw)
+                }
+            };
+            let payload = &data[4..];
+            match family {
+                2 => decode_ipv4_checked(payload),
+                // AF_INET6 on Linux, NetBSD/OpenBSD, FreeBSD/DragonFly, macOS.
+                10 | 24 | 28 | 30 => decode_ipv6_checked(payload),
+                _ => Err(DecodeError::UnknownLoopbackFamily),
+            }
+        }
+    }
+}
+
+fn decode_ethernet(data: &[u8]) -> Result<Decoded, DecodeError> {
+    let mut ethertype = be16(data, 12).ok_or(DecodeError::TruncatedLink)?;
+    let mut offset = 14;
+    let mut tags = 0;
+    while matches!(
+        ethertype,
+        ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD
+    ) {
+        tags += 1;
+        if tags > MAX_VLAN_TAGS {
+            return Err(DecodeError::TooManyVlanTags);
+        }
+        ethertype = be16(data, offset + 2).ok_or(DecodeError::TruncatedLink)?;
+        offset += 4;
+    }
+    decode_ethertype(ethertype, &data[offset..])
+}
+
+fn decode_ethertype(ethertype: u16, payload: &[u8]) -> Result<Decoded, DecodeError> {
+    match ethertype {
+        ETHERTYPE_IPV4 => decode_ipv4_checked(payload),
+        ETHERTYPE_IPV6 => decode_ipv6_checked(payload),
+        _ => Ok(Decoded::Skipped(Skip::NotIp)),
+    }
+}
+
+fn decode_ip(data: &[u8]) -> Result<Decoded, DecodeError> {
+    match data.first() {
+        Some(b) if b >> 4 == 4 => decode_ipv4(data),
+        Some(b) if b >> 4 == 6 => decode_ipv6(data),
+        Some(_) => Err(DecodeError::BadIpVersion),
+        None => Err(DecodeError::TruncatedIp),
+    }
+}
+
+fn decode_ipv4_checked(data: &[u8]) -> Result<Decoded, DecodeError> {
+    match data.first() {
+        Some(b) if b >> 4 == 4 => decode_ipv4(data),
+        Some(_) => Err(DecodeError::BadIpVersion),
+        None => Err(DecodeError::TruncatedIp),
+    }
+}
+
+fn decode_ipv6_checked(data: &[u8]) -> Result<Decoded, DecodeError> {
+    match data.first() {
+        Some(b) if b >> 4 == 6 => decode_ipv6(data),
+        Some(_) => Err(DecodeError::BadIpVersion),
+        None => Err(DecodeError::TruncatedIp),
+    }
+}
+
+fn decode_ipv4(data: &[u8]) -> Result<Decoded, DecodeError> {
+    let header = data.get(..20).ok_or(DecodeError::TruncatedIp)?;
+    let ihl = usize::from(header[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return Err(DecodeError::BadIpHeaderLength);
+    }
+    if data.len() < ihl {
+        return Err(DecodeError::TruncatedIp);
+    }
+    let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    // A total length of 0 is what TSO/GSO super-packets show in Linux captures; the
+    // capture length is then the only bound there is.
+    let end = if total == 0 {
+        data.len()
+    } else if total < ihl {
+        return Err(DecodeError::BadIpTotalLength);
+    } else {
+        total.min(data.len())
+    };
+    let frag_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+    if frag_offset != 0 {
+        return Ok(Decoded::Skipped(Skip::Fragment));
+    }
+    let src = IpAddr::V4(Ipv4Addr::new(
+        header[12], header[13], header[14], header[15],
+    ));
+    let dst = IpAddr::V4(Ipv4Addr::new(
+        header[16], header[17], header[18], header[19],
+    ));
+    let ip_len = if total == 0 { data.len() } else { total };
+    decode_transport(header[9], src, dst, &data[ihl..end], ip_len)
+}
+
+fn decode_ipv6(data: &[u8]) -> Result<Decoded, DecodeError> {
+    let header = data.get(..40).ok_or(DecodeError::TruncatedIp)?;
+    let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    // Payload length 0 means a jumbogram (or a TSO capture): bounded by the capture.
+    let end = if payload_len == 0 {
+        data.len()
+    } else {
+        (40 + payload_len).min(data.len())
+    };
+    let ip_len = if payload_len == 0 {
+        data.len()
+    } else {
+        40 + payload_len
+    };
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&header[24..40]);
+    let src = IpAddr::V6(Ipv6Addr::from(src));
+    let dst = IpAddr::V6(Ipv6Addr::from(dst));
+
+    let data = &data[..end];
+    let mut next = header[6];
+    let mut offset = 40;
+    for _ in 0..=MAX_IPV6_EXTENSION_HEADERS {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-octet units, not
+            // counting the first 8.
+            0 | 43 | 60 => {
+                let ext = data
+                    .get(offset..offset + 2)
+                    .ok_or(DecodeError::TruncatedIp)?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            // Fragment header: fixed 8 bytes; only the first fragment has the transport.
+            44 => {
+                let ext = data
+                    .get(offset..offset + 8)
+                    .ok_or(DecodeError::TruncatedIp)?;
+                let frag_offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
+                if frag_offset != 0 {
+                    return Ok(Decoded::Skipped(Skip::Fragment));
+                }
+                next = ext[0];
+                offset += 8;
+            }
+            // Authentication header: length in 4-octet units, minus 2.
+            51 => {
+                let ext = data
+                    .get(offset..offset + 2)
+                    .ok_or(DecodeError::TruncatedIp)?;
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            _ => {
+                let payload = data.get(offset..).ok_or(DecodeError::TruncatedIp)?;
+                return decode_transport(next, src, dst, payload, ip_len);
+            }
+        }
+    }
+    Err(DecodeError::TooManyExtensionHeaders)
+}
+
+fn decode_transport(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    payload: &[u8],
+    ip_len: usize,
+) -> Result<Decoded, DecodeError> {
+    let ip_len = u32::try_from(ip_len).unwrap_or(u32::MAX);
+    match proto {
+        PROTO_TCP => {
+            let ports = be32(payload, 0).ok_or(DecodeError::TruncatedTcp)?;
+            let Some(&[offset_byte, flags]) = payload.get(12..14) else {
+                return Err(DecodeError::TruncatedTcp);
+            };
+            let header_len = usize::from(offset_byte >> 4) * 4;
+            if header_len < 20 {
+                return Err(DecodeError::BadTcpDataOffset);
+            }
+            if payload.len() < header_len {
+                return Err(DecodeError::TruncatedTcp);
+            }
+            Ok(Decoded::Segment(Segment {
+                src,
+                dst,
+                sport: (ports >> 16) as u16,
+                dport: ports as u16,
+                transport: Transport::Tcp(TcpFlags(flags)),
+                ip_len,
+            }))
+        }
+        PROTO_UDP => {
+            let ports = be32(payload, 0).ok_or(DecodeError::TruncatedUdp)?;
+            if payload.len() < 8 {
+                return Err(DecodeError::TruncatedUdp);
+            }
+            Ok(Decoded::Segment(Segment {
+                src,
+                dst,
+                sport: (ports >> 16) as u16,
+                dport: ports as u16,
+                transport: Transport::Udp,
+                ip_len,
+            }))
+        }
+        _ => Ok(Decoded::Skipped(Skip::OtherProtocol)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

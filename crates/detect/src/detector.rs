@@ -1,0 +1,500 @@
+//! The scan detector (SPEC §2): a pure state machine fed one observation at a time.
+//!
+//! State is two bounded tables:
+//! - attempts by 4-tuple, to tell a retransmission (same 4-tuple within a window of its
+//!   last sighting) from a new attempt;
+//! - sources, each holding only what the window needs: the `max_ports + 1` most recently
+//!   reached distinct ports (enough to decide "more than `max_ports` within the window"
+//!   exactly), the time of its last attempt, and whether a scan episode is open.
+//!
+//! Both tables are swept of expired entries as time advances and have a hard cap; at the
+//! cap, eviction removes an eighth of the table in one pass, lowest-ranked first, so that
+//! its cost is amortised and the sources closest to being scanners stay.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use smallvec::SmallVec;
+use synwatch_decode::TcpFlags;
+
+use crate::addrset::AddrSet;
+use crate::probe::{Probe, ProbeSet};
+
+/// Nanoseconds since the Unix epoch: the only notion of time the detector has.
+pub type Nanos = i64;
+
+/// Whether an attempt leaves or enters the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// To this host (or, on a gateway, through it): the source is not local.
+    In,
+    /// From one of this host's addresses.
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+}
+
+/// Which attempts are logged and tracked for scans (`--direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DirectionFilter {
+    #[default]
+    In,
+    Out,
+    Both,
+}
+
+impl DirectionFilter {
+    #[inline]
+    pub fn selects(self, direction: Direction) -> bool {
+        matches!(
+            (self, direction),
+            (Self::Both, _) | (Self::In, Direction::In) | (Self::Out, Direction::Out)
+        )
+    }
+}
+
+/// Detector settings, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// A scan is more than this many distinct destination ports...
+    pub max_ports: u16,
+    /// ...within this many nanoseconds (inclusive).
+    pub window: Nanos,
+    pub direction: DirectionFilter,
+    /// The host's own addresses: attempts from them are outgoing.
+    pub locals: AddrSet,
+    /// Sources that are reported but never to be blocked.
+    pub allow: AddrSet,
+    /// Whether local addresses count as allowlisted.
+    pub allow_local: bool,
+    /// Cap on tracked sources.
+    pub max_sources: usize,
+    /// Cap on remembered 4-tuples (for retransmission detection).
+    pub max_attempts: usize,
+}
+
+/// Default cap on tracked sources: about 20 MB of state at the default thresholds.
+pub const DEFAULT_MAX_SOURCES: usize = 100_000;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_ports: 3,
+            window: 60_000_000_000,
+            direction: DirectionFilter::In,
+            locals: AddrSet::new(),
+            allow: AddrSet::new(),
+            allow_local: true,
+            max_sources: DEFAULT_MAX_SOURCES,
+            max_attempts: 4 * DEFAULT_MAX_SOURCES,
+        }
+    }
+}
+
+/// One TCP segment as the detector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Observation {
+    pub ts: Nanos,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: TcpFlags,
+}
+
+/// What an observation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Not a connection attempt nor a stealth probe.
+    Ignored,
+    /// A repeat of an attempt's 4-tuple within the window.
+    Retransmission(Direction),
+    /// A new connection attempt.
+    Attempt(Direction),
+    /// A stealth probe (no SYN, ACK or RST).
+    Stealth(Direction, Probe),
+}
+
+/// A detected port scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub ts: Nanos,
+    pub src: IpAddr,
+    /// The destination of the attempt that crossed the threshold.
+    pub dst: IpAddr,
+    /// Exactly `max_ports + 1` distinct ports, in first-seen order.
+    pub ports: Vec<u16>,
+    pub probes: ProbeSet,
+    pub window: Nanos,
+    /// The source is local or on the allowlist: report, never block.
+    pub allowlisted: bool,
+}
+
+/// The detector's verdict on one observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub seen: Seen,
+    /// Whether a `connection` event is due (a new attempt in a selected direction).
+    pub log: bool,
+    pub scan: Option<Scan>,
+}
+
+/// Running totals, for summaries and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub attempts_in: u64,
+    pub attempts_out: u64,
+    pub retransmissions: u64,
+    pub stealth_probes: u64,
+    pub scans: u64,
+    /// Sources dropped to stay under the cap before their state expired.
+    pub sources_evicted: u64,
+    /// 4-tuples dropped to stay under the cap before they expired.
+    pub attempts_evicted: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PortSeen {
+    port: u16,
+    probes: ProbeSet,
+    /// Sequence number of the sighting that started this port's current run; orders
+    /// ports by first sighting without ties.
+    first_seq: u64,
+    last: Nanos,
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    /// Most recently reached distinct ports, oldest `last` first; at most `max_ports + 1`.
+    ports: SmallVec<[PortSeen; 4]>,
+    /// Last attempt or stealth probe (not retransmission).
+    last_activity: Nanos,
+    /// A scan was reported and the source has not gone quiet for a window since.
+    in_episode: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FourTuple {
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+}
+
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The port-scan detector. Feed it observations in time order with [`Detector::observe`].
+#[derive(Debug)]
+pub struct Detector {
+    cfg: Config,
+    now: Nanos,
+    seq: u64,
+    next_sweep: Nanos,
+    sources: Map<IpAddr, Source>,
+    attempts: Map<FourTuple, Nanos>,
+    stats: Stats,
+}
+
+impl Detector {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            now: Nanos::MIN,
+            seq: 0,
+            next_sweep: Nanos::MIN,
+            sources: Map::default(),
+            attempts: Map::default(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Replaces thresholds and address sets, keeping all state. Tracked port lists longer
+    /// than a lowered threshold needs are trimmed at their next observation.
+    pub fn reconfigure(&mut self, cfg: Config) {
+        self.cfg = cfg;
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Sources currently tracked.
+    pub fn tracked_sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// 4-tuples currently remembered.
+    pub fn tracked_attempts(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// Whether `addr` is local or allowlisted under the current configuration.
+    pub fn is_allowlisted(&self, addr: IpAddr) -> bool {
+        self.cfg.allow.contains(addr) || (self.cfg.allow_local && self.cfg.locals.contains(addr))
+    }
+
+    /// Whether `addr` is one of the host's addresses.
+    pub fn is_local(&self, addr: IpAddr) -> bool {
+        self.cfg.locals.contains(addr)
+    }
+
+    /// Takes one segment. Time is the observation's; it never runs backwards here (an
+    /// out-of-order timestamp is treated as the latest time seen).
+    pub fn observe(&mut self, obs: &Observation) -> Outcome {
+        let Some(probe) = Probe::classify(obs.flags) else {
+            return Outcome {
+                seen: Seen::Ignored,
+                log: false,
+                scan: None,
+            };
+        };
+        self.advance(obs.ts);
+        let now = self.now;
+        let direction = if self.cfg.locals.contains(obs.src) {
+            Direction::Out
+        } else {
+            Direction::In
+        };
+
+        let seen = if probe == Probe::Syn {
+            if self.is_retransmission(obs) {
+                self.stats.retransmissions += 1;
+                return Outcome {
+                    seen: Seen::Retransmission(direction),
+                    log: false,
+                    scan: None,
+                };
+            }
+            match direction {
+                Direction::In => self.stats.attempts_in += 1,
+                Direction::Out => self.stats.attempts_out += 1,
+            }
+            Seen::Attempt(direction)
+        } else {
+            self.stats.stealth_probes += 1;
+            Seen::Stealth(direction, probe)
+        };
+
+        if !self.cfg.direction.selects(direction) {
+            return Outcome {
+                seen,
+                log: false,
+                scan: None,
+            };
+        }
+        let log = probe == Probe::Syn;
+        let scan = self.track(obs, probe, now);
+        if scan.is_some() {
+            self.stats.scans += 1;
+        }
+        Outcome { seen, log, scan }
+    }
+
+    fn advance(&mut self, ts: Nanos) {
+        if ts > self.now {
+            self.now = ts;
+        }
+        if self.now >= self.next_sweep {
+            self.sweep();
+            // Sweeping every quarter window keeps expired state below a quarter of the
+            // live state without paying for a pass on every packet.
+            let period = (self.cfg.window / 4).max(1_000_000_000);
+            self.next_sweep = self.now.saturating_add(period);
+        }
+    }
+
+    /// Drops every source and 4-tuple whose state lies wholly outside the window.
+    fn sweep(&mut self) {
+        let (now, window) = (self.now, self.cfg.window);
+        self.sources
+            .retain(|_, s| now.saturating_sub(s.last_activity) <= window);
+        self.attempts
+            .retain(|_, last| now.saturating_sub(*last) <= window);
+    }
+
+    fn is_retransmission(&mut self, obs: &Observation) -> bool {
+        let key = FourTuple {
+            src: obs.src,
+            dst: obs.dst,
+            sport: obs.sport,
+            dport: obs.dport,
+        };
+        let now = self.now;
+        if let Some(last) = self.attempts.get_mut(&key) {
+            let repeat = now.saturating_sub(*last) <= self.cfg.window;
+            *last = now;
+            return repeat;
+        }
+        if self.attempts.len() >= self.cfg.max_attempts {
+            self.evict_attempts();
+        }
+        self.attempts.insert(key, now);
+        false
+    }
+
+    fn evict_attempts(&mut self) {
+        self.sweep();
+        let cap = self.cfg.max_attempts;
+        if self.attempts.len() < cap {
+            return;
+        }
+        let target = (cap / 8).max(1);
+        let mut ages: Vec<Nanos> = self.attempts.values().copied().collect();
+        let idx = target.min(ages.len()) - 1;
+        let (_, cutoff, _) = ages.select_nth_unstable(idx);
+        let cutoff = *cutoff;
+        let mut left = target;
+        self.attempts.retain(|_, last| {
+            if left > 0 && *last <= cutoff {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        self.stats.attempts_evicted += (target - left) as u64;
+    }
+
+    /// Records `obs` against its source; returns a scan if this observation starts an
+    /// episode.
+    fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> Option<Scan> {
+        let keep = usize::from(self.cfg.max_ports) + 1;
+        let window = self.cfg.window;
+        if !self.sources.contains_key(&obs.src) && self.sources.len() >= self.cfg.max_sources {
+            self.evict_sources();
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let source = self.sources.entry(obs.src).or_insert_with(|| Source {
+            ports: SmallVec::new(),
+            last_activity: now,
+            in_episode: false,
+        });
+
+        if now.saturating_sub(source.last_activity) > window {
+            source.in_episode = false;
+        }
+        source.last_activity = now;
+        // Ports are ordered by last sighting, so the expired ones are a prefix.
+        let expired = source
+            .ports
+            .iter()
+            .take_while(|p| now.saturating_sub(p.last) > window)
+            .count();
+        source.ports.drain(..expired);
+
+        if let Some(i) = source.ports.iter().position(|p| p.port == obs.dport) {
+            let mut seen = source.ports.remove(i);
+            seen.last = now;
+            seen.probes.insert(probe);
+            source.ports.push(seen);
+        } else {
+            source.ports.push(PortSeen {
+                port: obs.dport,
+                probes: probe.into(),
+                first_seq: seq,
+                last: now,
+            });
+        }
+        if source.ports.len() > keep {
+            let excess = source.ports.len() - keep;
+            source.ports.drain(..excess);
+        }
+
+        if source.in_episode || source.ports.len() < keep {
+            return None;
+        }
+        source.in_episode = true;
+        let mut ports: SmallVec<[PortSeen; 8]> = source.ports.iter().copied().collect();
+        ports.sort_unstable_by_key(|p| p.first_seq);
+        let probes = ports
+            .iter()
+            .fold(ProbeSet::default(), |acc, p| acc.union(p.probes));
+        Some(Scan {
+            ts: obs.ts,
+            src: obs.src,
+            dst: obs.dst,
+            ports: ports.iter().map(|p| p.port).collect(),
+            probes,
+            window,
+            allowlisted: self.is_allowlisted(obs.src),
+        })
+    }
+
+    /// Makes room for new sources: first drops expired ones; if the table is still full,
+    /// evicts an eighth of it, lowest rank first and, within a rank, least recently active.
+    fn evict_sources(&mut self) {
+        self.sweep();
+        let cap = self.cfg.max_sources;
+        if self.sources.len() < cap {
+            return;
+        }
+        let target = (cap / 8).max(1).min(self.sources.len());
+        let levels = usize::from(self.cfg.max_ports) + 3;
+        let mut histogram = vec![0usize; levels];
+        let (now, window, max_ports) = (self.now, self.cfg.window, self.cfg.max_ports);
+        for source in self.sources.values() {
+            histogram[rank(source, now, window, max_ports)] += 1;
+        }
+        let mut below = 0;
+        let mut level = 0;
+        while level < levels && below + histogram[level] < target {
+            below += histogram[level];
+            level += 1;
+        }
+        // All sources ranked below `level` go; of those at `level`, the least recently
+        // active go until `target` is reached.
+        let need_at_level = target - below;
+        let mut ages: Vec<Nanos> = self
+            .sources
+            .values()
+            .filter(|s| rank(s, now, window, max_ports) == level)
+            .map(|s| s.last_activity)
+            .collect();
+        let cutoff = if need_at_level == 0 || ages.is_empty() {
+            Nanos::MIN
+        } else {
+            let idx = need_at_level.min(ages.len()) - 1;
+            *ages.select_nth_unstable(idx).1
+        };
+        let mut left_at_level = need_at_level;
+        let mut evicted = 0u64;
+        self.sources.retain(|_, s| {
+            let rank = rank(s, now, window, max_ports);
+            let evict = rank < level
+                || (rank == level && left_at_level > 0 && s.last_activity <= cutoff && {
+                    left_at_level -= 1;
+                    true
+                });
+            if evict {
+                evicted += 1;
+            }
+            !evict
+        });
+        self.stats.sources_evicted += evicted;
+    }
+}
+
+/// How close a source is to being a scanner: sources in an episode rank highest, then by
+/// distinct ports still inside the window.
+fn rank(source: &Source, now: Nanos, window: Nanos, max_ports: u16) -> usize {
+    if source.in_episode {
+        return usize::from(max_ports) + 2;
+    }
+    source
+        .ports
+        .iter()
+        .filter(|p| now.saturating_sub(p.last) <= window)
+        .count()
+}

@@ -1,0 +1,24 @@
+//! The detection core of synwatch: decides, packet by packet, what is a new connection
+//! attempt, what is a retransmission, and when a source becomes a port scanner (the
+//! semantics of SPEC §2).
+//!
+//! The key decision is purity: the [`Detector`] reads no clock and does no I/O. Time
+//! arrives with each [`Observation`], so live capture, capture replay and tests drive
+//! exactly the same state machine, and every edge (59 s, 60 s, 60.001 s) is a unit test.
+//!
+//! Layout: [`probe`] classifies TCP flags, [`addrset`] holds local and allowlisted ranges,
+//! [`detector`] is the state machine with its bounded tables.
+
+pub mod addrset;
+pub mod detector;
+pub mod probe;
+
+pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
+pub use detector::{
+    Config, DEFAULT_MAX_SOURCES, Detector, Direction, DirectionFilter, Nanos, Observation, Outcome,
+    Scan, Seen, Stats,
+};
+pub use probe::{Probe, ProbeSet};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,681 @@
+//! Detector tests: the edges of SPEC §2, then a property test against a reference model
+//! that keeps every observation and recomputes each answer from scratch.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+use synwatch_decode::TcpFlags;
+
+use crate::*;
+
+const SEC: Nanos = 1_000_000_000;
+const MS: Nanos = 1_000_000;
+const SYN: u8 = TcpFlags::SYN;
+const T0: Nanos = 1_700_000_000 * SEC;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+fn obs(ts: Nanos, src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Observation {
+    Observation {
+        ts: T0 + ts,
+        src: ip(src),
+        dst: ip(dst),
+        sport,
+        dport,
+        flags: TcpFlags(flags),
+    }
+}
+
+fn syn(ts: Nanos, src: &str, dport: u16) -> Observation {
+    obs(ts, src, 40000 + dport, "192.0.2.1", dport, SYN)
+}
+
+fn local_cfg() -> Config {
+    Config {
+        locals: ["192.0.2.1"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    }
+}
+
+/// Feeds all observations; returns the scans and the number of logged connections.
+fn run(det: &mut Detector, stream: &[Observation]) -> (Vec<Scan>, usize) {
+    let mut scans = Vec::new();
+    let mut logged = 0;
+    for o in stream {
+        let out = det.observe(o);
+        logged += usize::from(out.log);
+        scans.extend(out.scan);
+    }
+    (scans, logged)
+}
+
+#[test]
+fn four_ports_at_0_20_40_59_seconds_is_a_scan() {
+    let mut det = Detector::new(local_cfg());
+    let stream = [
+        syn(0, "203.0.113.9", 21),
+        syn(20 * SEC, "203.0.113.9", 22),
+        syn(40 * SEC, "203.0.113.9", 23),
+        syn(59 * SEC, "203.0.113.9", 25),
+    ];
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 4);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [21, 22, 23, 25]);
+    assert_eq!(scans[0].ts, T0 + 59 * SEC);
+    assert_eq!(scans[0].src, ip("203.0.113.9"));
+    assert_eq!(scans[0].dst, ip("192.0.2.1"));
+    assert!(!scans[0].allowlisted);
+}
+
+#[test]
+fn window_is_inclusive_at_exactly_60_seconds() {
+    let mut det = Detector::new(local_cfg());
+    let stream = [
+        syn(0, "203.0.113.9", 21),
+        syn(20 * SEC, "203.0.113.9", 22),
+        syn(40 * SEC, "203.0.113.9", 23),
+        syn(60 * SEC, "203.0.113.9", 25),
+    ];
+    assert_eq!(run(&mut det, &stream).0.len(), 1);
+}
+
+#[test]
+fn a_port_60_001_seconds_old_has_left_the_window() {
+    let mut det = Detector::new(local_cfg());
+    let stream = [
+        syn(0, "203.0.113.9", 21),
+        syn(20 * SEC, "203.0.113.9", 22),
+        syn(40 * SEC, "203.0.113.9", 23),
+        syn(60 * SEC + MS, "203.0.113.9", 25),
+    ];
+    let (scans, logged) = run(&mut det, &stream);
+    assert!(scans.is_empty(), "{scans:?}");
+    assert_eq!(logged, 4);
+    // One more port inside the window of the last three makes it a scan, with the
+    // expired port 21 no longer reported.
+    let (scans, _) = run(&mut det, &[syn(61 * SEC, "203.0.113.9", 26)]);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [22, 23, 25, 26]);
+}
+
+#[test]
+fn retransmissions_are_one_attempt() {
+    let mut det = Detector::new(local_cfg());
+    let a = |ts| obs(ts, "198.51.100.7", 5973, "192.0.2.1", 80, SYN);
+    let outs: Vec<_> = [0, SEC, 3 * SEC, 7 * SEC]
+        .iter()
+        .map(|t| det.observe(&a(*t)))
+        .collect();
+    assert_eq!(outs[0].seen, Seen::Attempt(Direction::In));
+    assert!(outs[0].log);
+    for out in &outs[1..] {
+        assert_eq!(out.seen, Seen::Retransmission(Direction::In));
+        assert!(!out.log);
+    }
+    let stats = det.stats();
+    assert_eq!((stats.attempts_in, stats.retransmissions), (1, 3));
+}
+
+#[test]
+fn retransmission_window_runs_from_the_last_sighting() {
+    let mut det = Detector::new(local_cfg());
+    let a = |ts| obs(ts, "198.51.100.7", 5973, "192.0.2.1", 80, SYN);
+    assert!(det.observe(&a(0)).log);
+    assert!(!det.observe(&a(50 * SEC)).log);
+    assert!(
+        !det.observe(&a(110 * SEC)).log,
+        "60 s after the last sighting is still a repeat"
+    );
+    assert!(
+        det.observe(&a(170 * SEC + MS)).log,
+        "more than a window later: a new attempt"
+    );
+}
+
+#[test]
+fn distinct_source_ports_are_distinct_attempts_to_the_same_port() {
+    let mut det = Detector::new(local_cfg());
+    let stream: Vec<_> = (0..20)
+        .map(|i| {
+            obs(
+                i * SEC,
+                "198.51.100.7",
+                50000 + i as u16,
+                "192.0.2.1",
+                80,
+                SYN,
+            )
+        })
+        .collect();
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 20);
+    assert!(scans.is_empty());
+}
+
+#[test]
+fn replies_and_established_segments_never_count() {
+    let mut det = Detector::new(local_cfg());
+    use TcpFlags as F;
+    let flags = [
+        F::SYN | F::ACK,
+        F::RST,
+        F::RST | F::ACK,
+        F::ACK,
+        F::FIN | F::ACK,
+        F::PSH | F::ACK,
+    ];
+    let stream: Vec<_> = flags
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            obs(
+                i as Nanos,
+                "203.0.113.9",
+                1000,
+                "192.0.2.1",
+                20 + i as u16,
+                *f,
+            )
+        })
+        .collect();
+    for o in &stream {
+        let out = det.observe(o);
+        assert_eq!(out.seen, Seen::Ignored, "{:?}", o.flags);
+        assert!(!out.log && out.scan.is_none());
+    }
+    assert_eq!(det.tracked_sources(), 0);
+    assert_eq!(det.stats(), Stats::default());
+}
+
+#[test]
+fn interleaved_sources_are_counted_apart() {
+    let mut det = Detector::new(local_cfg());
+    let mut stream = Vec::new();
+    for (i, port) in [21u16, 22, 23].iter().enumerate() {
+        stream.push(syn(i as Nanos * SEC, "203.0.113.1", *port));
+        stream.push(syn(i as Nanos * SEC + MS, "203.0.113.2", *port + 100));
+    }
+    assert!(run(&mut det, &stream).0.is_empty());
+    let (scans, _) = run(&mut det, &[syn(5 * SEC, "203.0.113.2", 9999)]);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].src, ip("203.0.113.2"));
+    assert_eq!(scans[0].ports, [121, 122, 123, 9999]);
+}
+
+#[test]
+fn counting_is_per_source_across_destinations() {
+    let mut det = Detector::new(local_cfg());
+    let stream = [
+        obs(0, "203.0.113.9", 1, "192.0.2.10", 22, SYN),
+        obs(SEC, "203.0.113.9", 1, "192.0.2.11", 22, SYN),
+        obs(2 * SEC, "203.0.113.9", 1, "192.0.2.12", 80, SYN),
+        obs(3 * SEC, "203.0.113.9", 1, "192.0.2.13", 443, SYN),
+        obs(4 * SEC, "203.0.113.9", 1, "192.0.2.14", 8080, SYN),
+    ];
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 5);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [22, 80, 443, 8080]);
+    assert_eq!(scans[0].dst, ip("192.0.2.14"));
+}
+
+#[test]
+fn one_report_per_episode_and_a_new_one_after_a_quiet_window() {
+    let mut det = Detector::new(local_cfg());
+    let s = "203.0.113.9";
+    let mut stream: Vec<_> = (0..10).map(|i| syn(i * SEC, s, 1000 + i as u16)).collect();
+    // Keeps attempting every 59 s for a while: the episode goes on.
+    stream.extend((1..5).map(|i| syn(10 * SEC + i * 59 * SEC, s, 2000 + i as u16)));
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 14);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [1000, 1001, 1002, 1003]);
+    assert_eq!(scans[0].ts, T0 + 3 * SEC);
+
+    // Quiet for exactly a window: still the same episode.
+    let last = 10 * SEC + 4 * 59 * SEC;
+    let again: Vec<_> = (0..4)
+        .map(|i| syn(last + 60 * SEC + i * MS, s, 3000 + i as u16))
+        .collect();
+    assert!(run(&mut det, &again).0.is_empty());
+
+    // Quiet for more than a window: a new episode, reported again.
+    let last = last + 60 * SEC + 3 * MS;
+    let fresh: Vec<_> = (0..4)
+        .map(|i| syn(last + 60 * SEC + MS + i * MS, s, 4000 + i as u16))
+        .collect();
+    let (scans, _) = run(&mut det, &fresh);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [4000, 4001, 4002, 4003]);
+    assert_eq!(det.stats().scans, 2);
+}
+
+#[test]
+fn reported_ports_are_in_first_seen_order() {
+    let mut det = Detector::new(local_cfg());
+    let s = "203.0.113.9";
+    let stream = [
+        obs(0, s, 1, "192.0.2.1", 443, SYN),
+        obs(SEC, s, 2, "192.0.2.1", 22, SYN),
+        obs(2 * SEC, s, 3, "192.0.2.1", 443, SYN),
+        obs(3 * SEC, s, 4, "192.0.2.1", 80, SYN),
+        obs(4 * SEC, s, 5, "192.0.2.1", 22, SYN),
+        obs(5 * SEC, s, 6, "192.0.2.1", 25, SYN),
+    ];
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 6);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [443, 22, 80, 25]);
+}
+
+#[test]
+fn ipv6_sources_are_tracked_and_reported() {
+    let mut det = Detector::new(Config {
+        locals: [parse_cidr("2001:db8::5").expect("cidr")]
+            .into_iter()
+            .collect(),
+        ..Config::default()
+    });
+    let stream: Vec<_> = (0..4u16)
+        .map(|i| {
+            obs(
+                i64::from(i) * SEC,
+                "2001:db8::bad",
+                33000,
+                "2001:db8::5",
+                8000 + i,
+                SYN,
+            )
+        })
+        .collect();
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 4);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].src, ip("2001:db8::bad"));
+    assert_eq!(scans[0].ports, [8000, 8001, 8002, 8003]);
+    // Outgoing from the local IPv6 address is not an incoming scan.
+    let out: Vec<_> = (0..4u16)
+        .map(|i| {
+            obs(
+                10 * SEC,
+                "2001:db8::5",
+                33000 + i,
+                "2001:db8::99",
+                100 + i,
+                SYN,
+            )
+        })
+        .collect();
+    assert_eq!(run(&mut det, &out), (vec![], 0));
+    assert_eq!(det.stats().attempts_out, 4);
+}
+
+#[test]
+fn outgoing_attempts_are_counted_not_logged_unless_direction_both() {
+    let stream: Vec<_> = (0..4u16)
+        .map(|i| {
+            obs(
+                i64::from(i) * SEC,
+                "192.0.2.1",
+                50000 + i,
+                "198.51.100.80",
+                20 + i,
+                SYN,
+            )
+        })
+        .collect();
+    let mut det = Detector::new(local_cfg());
+    assert_eq!(run(&mut det, &stream), (vec![], 0));
+    assert_eq!(det.stats().attempts_out, 4);
+    assert_eq!(det.tracked_sources(), 0);
+
+    let mut det = Detector::new(Config {
+        direction: DirectionFilter::Both,
+        ..local_cfg()
+    });
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 4);
+    assert_eq!(scans.len(), 1);
+    assert!(
+        scans[0].allowlisted,
+        "a local source is never to be blocked"
+    );
+
+    let mut det = Detector::new(Config {
+        direction: DirectionFilter::Both,
+        allow_local: false,
+        ..local_cfg()
+    });
+    assert!(!run(&mut det, &stream).0[0].allowlisted);
+}
+
+#[test]
+fn direction_out_logs_only_outgoing() {
+    let mut det = Detector::new(Config {
+        direction: DirectionFilter::Out,
+        ..local_cfg()
+    });
+    assert!(!det.observe(&syn(0, "203.0.113.9", 22)).log);
+    assert!(
+        det.observe(&obs(SEC, "192.0.2.1", 5000, "198.51.100.1", 22, SYN))
+            .log
+    );
+    let s = det.stats();
+    assert_eq!((s.attempts_in, s.attempts_out), (1, 1));
+}
+
+#[test]
+fn allowlisted_sources_are_still_logged_and_reported() {
+    let mut det = Detector::new(Config {
+        allow: [parse_cidr("198.51.100.0/24").expect("cidr")]
+            .into_iter()
+            .collect(),
+        ..local_cfg()
+    });
+    let stream: Vec<_> = (0..4u16)
+        .map(|i| syn(i64::from(i), "198.51.100.77", 100 + i))
+        .collect();
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 4);
+    assert_eq!(scans.len(), 1);
+    assert!(scans[0].allowlisted);
+}
+
+#[test]
+fn stealth_probes_count_toward_ports_but_are_not_connections() {
+    use TcpFlags as F;
+    let mut det = Detector::new(local_cfg());
+    let s = "203.0.113.9";
+    let stream = [
+        obs(0, s, 1, "192.0.2.1", 21, F::FIN),
+        obs(SEC, s, 1, "192.0.2.1", 22, 0),
+        obs(2 * SEC, s, 1, "192.0.2.1", 23, F::FIN | F::PSH | F::URG),
+        obs(3 * SEC, s, 1, "192.0.2.1", 24, F::FIN),
+    ];
+    let outs: Vec<_> = stream.iter().map(|o| det.observe(o)).collect();
+    assert_eq!(outs[0].seen, Seen::Stealth(Direction::In, Probe::Fin));
+    assert!(outs.iter().all(|o| !o.log));
+    let scan = outs[3]
+        .scan
+        .clone()
+        .expect("a FIN/NULL/Xmas scan is a scan");
+    assert_eq!(scan.ports, [21, 22, 23, 24]);
+    let kinds: Vec<_> = scan.probes.iter().map(Probe::as_str).collect();
+    assert_eq!(kinds, ["null", "fin", "xmas"]);
+    assert_eq!(det.stats().stealth_probes, 4);
+    assert_eq!(det.stats().attempts_in, 0);
+}
+
+#[test]
+fn mixed_syn_and_stealth_probes_report_both_kinds() {
+    let mut det = Detector::new(local_cfg());
+    let s = "203.0.113.9";
+    let stream = [
+        syn(0, s, 21),
+        obs(SEC, s, 1, "192.0.2.1", 22, TcpFlags::FIN),
+        syn(2 * SEC, s, 23),
+        obs(3 * SEC, s, 1, "192.0.2.1", 24, TcpFlags::FIN),
+    ];
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 2);
+    let kinds: Vec<_> = scans[0].probes.iter().map(Probe::as_str).collect();
+    assert_eq!(kinds, ["syn", "fin"]);
+}
+
+#[test]
+fn more_than_max_ports_reports_exactly_max_ports_plus_one() {
+    let mut det = Detector::new(Config {
+        max_ports: 10,
+        ..local_cfg()
+    });
+    let stream: Vec<_> = (0..100u16)
+        .map(|i| syn(i64::from(i) * MS, "203.0.113.9", 1 + i))
+        .collect();
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!(logged, 100);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, (1..=11).collect::<Vec<u16>>());
+}
+
+#[test]
+fn out_of_order_timestamps_do_not_rewind_time() {
+    let mut det = Detector::new(local_cfg());
+    let s = "203.0.113.9";
+    let stream = [
+        syn(100 * SEC, s, 1),
+        syn(0, s, 2),
+        syn(SEC, s, 3),
+        syn(2 * SEC, s, 4),
+    ];
+    let (scans, _) = run(&mut det, &stream);
+    assert_eq!(
+        scans.len(),
+        1,
+        "all four fall in one window at the latest time seen"
+    );
+}
+
+#[test]
+fn source_cap_keeps_the_scanner_under_a_spoofed_flood() {
+    let mut det = Detector::new(Config {
+        max_sources: 1000,
+        max_attempts: 4000,
+        ..local_cfg()
+    });
+    let scanner = "203.0.113.9";
+    let mut scans = Vec::new();
+    for i in 0..200_000u32 {
+        let spoofed = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
+        let o = Observation {
+            ts: T0 + Nanos::from(i) * 100_000,
+            src: spoofed,
+            dst: ip("192.0.2.1"),
+            sport: 1024,
+            dport: 80,
+            flags: TcpFlags(SYN),
+        };
+        scans.extend(det.observe(&o).scan);
+        assert!(det.tracked_sources() <= 1000);
+        assert!(det.tracked_attempts() <= 4000);
+        // The scanner probes a new port every 500 spoofed packets (50 ms): a single
+        // port cannot be told from the flood, but from its second port on it outranks it.
+        if i % 500 == 0 {
+            let probe = syn(Nanos::from(i) * 100_000, scanner, 1 + (i / 500) as u16);
+            scans.extend(det.observe(&probe).scan);
+        }
+    }
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    assert_eq!(scans[0].src, ip(scanner));
+    assert_eq!(scans[0].ports, [1, 2, 3, 4]);
+    let stats = det.stats();
+    assert!(stats.sources_evicted > 150_000, "{stats:?}");
+    assert!(stats.attempts_evicted > 0, "{stats:?}");
+}
+
+#[test]
+fn state_expires_once_sources_go_quiet() {
+    let mut det = Detector::new(local_cfg());
+    for i in 0..100u16 {
+        det.observe(&syn(0, &format!("198.51.100.{}", i % 250), 80 + i));
+    }
+    assert_eq!(det.tracked_sources(), 100);
+    det.observe(&syn(200 * SEC, "203.0.113.1", 22));
+    assert_eq!(det.tracked_sources(), 1);
+    assert_eq!(det.tracked_attempts(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference model: keeps every observation and answers each question from scratch.
+
+#[derive(Debug, Clone)]
+struct Sighting {
+    seq: usize,
+    ts: Nanos,
+    src: IpAddr,
+    port: u16,
+    probe: Probe,
+}
+
+#[derive(Debug, Default)]
+struct Reference {
+    syns: Vec<Observation>,
+    sightings: Vec<Sighting>,
+    in_episode: HashSet<IpAddr>,
+}
+
+impl Reference {
+    fn observe(
+        &mut self,
+        cfg: &Config,
+        o: &Observation,
+    ) -> (Seen, bool, Option<(Vec<u16>, ProbeSet)>) {
+        let Some(probe) = Probe::classify(o.flags) else {
+            return (Seen::Ignored, false, None);
+        };
+        let direction = if cfg.locals.contains(o.src) {
+            Direction::Out
+        } else {
+            Direction::In
+        };
+        let now = o.ts;
+        if probe == Probe::Syn {
+            let last = self
+                .syns
+                .iter()
+                .rev()
+                .find(|p| (p.src, p.dst, p.sport, p.dport) == (o.src, o.dst, o.sport, o.dport))
+                .map(|p| p.ts);
+            self.syns.push(*o);
+            if last.is_some_and(|t| now - t <= cfg.window) {
+                return (Seen::Retransmission(direction), false, None);
+            }
+        }
+        let seen = if probe == Probe::Syn {
+            Seen::Attempt(direction)
+        } else {
+            Seen::Stealth(direction, probe)
+        };
+        if !cfg.direction.selects(direction) {
+            return (seen, false, None);
+        }
+        let previous = self
+            .sightings
+            .iter()
+            .rev()
+            .find(|s| s.src == o.src)
+            .map(|s| s.ts);
+        if previous.is_some_and(|t| now - t > cfg.window) {
+            self.in_episode.remove(&o.src);
+        }
+        self.sightings.push(Sighting {
+            seq: self.sightings.len(),
+            ts: now,
+            src: o.src,
+            port: o.dport,
+            probe,
+        });
+        let log = probe == Probe::Syn;
+        if self.in_episode.contains(&o.src) {
+            return (seen, log, None);
+        }
+        let mine: Vec<&Sighting> = self.sightings.iter().filter(|s| s.src == o.src).collect();
+        let in_window: HashSet<u16> = mine
+            .iter()
+            .filter(|s| now - s.ts <= cfg.window)
+            .map(|s| s.port)
+            .collect();
+        if in_window.len() <= usize::from(cfg.max_ports) {
+            return (seen, log, None);
+        }
+        self.in_episode.insert(o.src);
+        // A port's first sighting is the start of its current run of sightings no more
+        // than a window apart.
+        let mut firsts: HashMap<u16, usize> = HashMap::new();
+        let mut probes = ProbeSet::default();
+        for port in &in_window {
+            let runs: Vec<&&Sighting> = mine.iter().filter(|s| s.port == *port).collect();
+            let mut start = runs.len() - 1;
+            while start > 0 && runs[start].ts - runs[start - 1].ts <= cfg.window {
+                start -= 1;
+            }
+            firsts.insert(*port, runs[start].seq);
+            for s in &runs[start..] {
+                probes.insert(s.probe);
+            }
+        }
+        let mut ports: Vec<u16> = in_window.into_iter().collect();
+        ports.sort_by_key(|p| firsts[p]);
+        (seen, log, Some((ports, probes)))
+    }
+}
+
+fn arb_stream() -> impl Strategy<Value = Vec<Observation>> {
+    let step = prop_oneof![Just(0i64), 0i64..3, Just(10), 8i64..13, 20i64..40];
+    let flags = prop_oneof![
+        6 => Just(SYN),
+        1 => Just(SYN | TcpFlags::ACK),
+        1 => Just(TcpFlags::RST),
+        1 => Just(TcpFlags::FIN),
+        1 => Just(0u8),
+        1 => Just(TcpFlags::ACK),
+    ];
+    prop::collection::vec((step, 0u8..4, 0u16..3, 0u8..2, 0u16..7, flags), 1..120).prop_map(
+        |steps| {
+            let mut ts = 0;
+            steps
+                .into_iter()
+                .map(|(dt, src, sport, dst, dport, flags)| {
+                    ts += dt * SEC;
+                    // Source 0 is the local host.
+                    let src = if src == 0 {
+                        ip("192.0.2.1")
+                    } else {
+                        IpAddr::from([203, 0, 113, src])
+                    };
+                    Observation {
+                        ts: T0 + ts,
+                        src,
+                        dst: IpAddr::from([192, 0, 2, 1 + dst]),
+                        sport: 1000 + sport,
+                        dport: 20 + dport,
+                        flags: TcpFlags(flags),
+                    }
+                })
+                .collect()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn detector_agrees_with_the_reference_model(
+        stream in arb_stream(),
+        max_ports in 0u16..5,
+        direction in prop_oneof![Just(DirectionFilter::In), Just(DirectionFilter::Out), Just(DirectionFilter::Both)],
+    ) {
+        let cfg = Config {
+            max_ports,
+            window: 10 * SEC,
+            direction,
+            ..local_cfg()
+        };
+        let mut det = Detector::new(cfg.clone());
+        let mut reference = Reference::default();
+        for (i, o) in stream.iter().enumerate() {
+            let got = det.observe(o);
+            let (seen, log, ports) = reference.observe(&cfg, o);
+            prop_assert_eq!(got.seen, seen, "observation {} {:?}", i, o);
+            prop_assert_eq!(got.log, log, "observation {} {:?}", i, o);
+            prop_assert_eq!(got.scan.map(|s| (s.ports, s.probes)), ports, "observation {} {:?}", i, o);
+        }
+    }
+}
