@@ -12,6 +12,7 @@
 //! its cost is amortised and the sources closest to being scanners stay.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
 use smallvec::SmallVec;
@@ -180,12 +181,24 @@ struct Source {
     in_episode: bool,
 }
 
+/// An address as one integer (IPv4 in its IPv4-mapped IPv6 form): hashing one `u128`
+/// is several times cheaper than hashing the `IpAddr` enum, and these tables are probed
+/// on every attempt.
+type AddrKey = u128;
+
+#[inline]
+fn addr_key(addr: IpAddr) -> AddrKey {
+    match addr {
+        IpAddr::V4(a) => 0xffff_0000_0000 | u128::from(a.to_bits()),
+        IpAddr::V6(a) => a.to_bits(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FourTuple {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
+    src: AddrKey,
+    dst: AddrKey,
+    ports: u32,
 }
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -197,7 +210,7 @@ pub struct Detector {
     now: Nanos,
     seq: u64,
     next_sweep: Nanos,
-    sources: Map<IpAddr, Source>,
+    sources: Map<AddrKey, Source>,
     attempts: Map<FourTuple, Nanos>,
     stats: Stats,
 }
@@ -325,22 +338,24 @@ impl Detector {
 
     fn is_retransmission(&mut self, obs: &Observation) -> bool {
         let key = FourTuple {
-            src: obs.src,
-            dst: obs.dst,
-            sport: obs.sport,
-            dport: obs.dport,
+            src: addr_key(obs.src),
+            dst: addr_key(obs.dst),
+            ports: u32::from(obs.sport) << 16 | u32::from(obs.dport),
         };
-        let now = self.now;
-        if let Some(last) = self.attempts.get_mut(&key) {
-            let repeat = now.saturating_sub(*last) <= self.cfg.window;
-            *last = now;
-            return repeat;
-        }
-        if self.attempts.len() >= self.cfg.max_attempts {
+        let (now, window) = (self.now, self.cfg.window);
+        if self.attempts.len() >= self.cfg.max_attempts && !self.attempts.contains_key(&key) {
             self.evict_attempts();
         }
-        self.attempts.insert(key, now);
-        false
+        match self.attempts.entry(key) {
+            Entry::Occupied(mut seen) => {
+                let last = seen.insert(now);
+                now.saturating_sub(last) <= window
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(now);
+                false
+            }
+        }
     }
 
     fn evict_attempts(&mut self) {
@@ -371,12 +386,13 @@ impl Detector {
     fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> Option<Scan> {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
-        if !self.sources.contains_key(&obs.src) && self.sources.len() >= self.cfg.max_sources {
+        let key = addr_key(obs.src);
+        if self.sources.len() >= self.cfg.max_sources && !self.sources.contains_key(&key) {
             self.evict_sources();
         }
         self.seq += 1;
         let seq = self.seq;
-        let source = self.sources.entry(obs.src).or_insert_with(|| Source {
+        let source = self.sources.entry(key).or_insert_with(|| Source {
             ports: SmallVec::new(),
             last_activity: now,
             in_episode: false,
