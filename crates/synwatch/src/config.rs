@@ -1,0 +1,386 @@
+//! Configuration in two stages: raw values layered from the TOML file, environment and
+//! flags (file < env < flags), then one validation step that parses durations and CIDRs
+//! and checks ranges. Everything after start-up sees only [`DetectSettings`].
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use synwatch_detect::{AddrSet, Config, DEFAULT_MAX_SOURCES, DirectionFilter, Nanos, parse_cidr};
+
+use crate::output::Format;
+
+/// `--direction`: which attempts are logged and tracked for scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectionArg {
+    In,
+    Out,
+    Both,
+}
+
+impl From<DirectionArg> for DirectionFilter {
+    fn from(d: DirectionArg) -> Self {
+        match d {
+            DirectionArg::In => DirectionFilter::In,
+            DirectionArg::Out => DirectionFilter::Out,
+            DirectionArg::Both => DirectionFilter::Both,
+        }
+    }
+}
+
+/// The detection options shared by `run` and `replay` (SPEC §3), as flags and
+/// `SYNWATCH_*` environment variables. `None`/empty means "not given here".
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DetectArgs {
+    /// TOML file with any of these options (keys as the long flags, with underscores).
+    #[arg(long, env = "SYNWATCH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// A scan is more than N distinct destination ports from one source... [default: 3]
+    #[arg(long, env = "SYNWATCH_MAX_PORTS", value_name = "N")]
+    pub max_ports: Option<String>,
+
+    /// ...within this window, inclusive (60s, 1m, 500ms, 1h30m) [default: 60s]
+    #[arg(long, env = "SYNWATCH_WINDOW", value_name = "DUR")]
+    pub window: Option<String>,
+
+    /// This host's address or CIDR; attempts from it are outgoing (repeatable, or
+    /// comma-separated in the environment) [default in replay: none]
+    #[arg(
+        long,
+        env = "SYNWATCH_LOCAL",
+        value_name = "ADDR_OR_CIDR",
+        value_delimiter = ','
+    )]
+    pub local: Vec<String>,
+
+    /// Never block sources in this CIDR; they are still logged and reported (repeatable)
+    #[arg(
+        long,
+        env = "SYNWATCH_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow: Vec<String>,
+
+    /// Do not treat local addresses as allowlisted
+    #[arg(long)]
+    pub no_allow_local: bool,
+
+    /// Which attempts are logged and counted toward scans [default: in]
+    #[arg(long, env = "SYNWATCH_DIRECTION", value_enum)]
+    pub direction: Option<DirectionArg>,
+
+    /// Event format on stdout [default: table on a terminal, json otherwise]
+    #[arg(long, env = "SYNWATCH_FORMAT", value_enum)]
+    pub format: Option<Format>,
+
+    /// Most sources tracked at once; beyond it the least scan-like are evicted
+    /// [default: 100000]
+    #[arg(long, env = "SYNWATCH_MAX_SOURCES", value_name = "N")]
+    pub max_sources: Option<String>,
+}
+
+/// The same options as read from the TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub max_ports: Option<toml::Value>,
+    pub window: Option<String>,
+    pub local: Option<Vec<String>>,
+    pub allow: Option<Vec<String>>,
+    pub allow_local: Option<bool>,
+    pub direction: Option<DirectionArg>,
+    pub format: Option<Format>,
+    pub max_sources: Option<toml::Value>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt; keep the first.
+            let msg = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("config file {}{at}: {msg}", path.display())
+        })
+    }
+}
+
+/// Validated detection settings.
+#[derive(Debug, Clone)]
+pub struct DetectSettings {
+    pub detector: Config,
+    /// `None`: decide by whether stdout is a terminal.
+    pub format: Option<Format>,
+}
+
+impl DetectSettings {
+    /// Layers file < env/flags (clap has already put flags over env) over defaults and
+    /// validates. Every error is one line naming the option and the bad value.
+    pub fn from_args(args: &DetectArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let max_ports = match (&args.max_ports, &file.max_ports) {
+            (Some(text), _) => parse_count("--max-ports", text, 0, 65_535)?,
+            (None, Some(value)) => parse_count("max_ports", &toml_number(value), 0, 65_535)?,
+            (None, None) => 3,
+        };
+        let window = match (&args.window, &file.window) {
+            (Some(text), _) => parse_window("--window", text)?,
+            (None, Some(text)) => parse_window("window", text)?,
+            (None, None) => 60_000_000_000,
+        };
+        let max_sources = match (&args.max_sources, &file.max_sources) {
+            (Some(text), _) => parse_count("--max-sources", text, 1, 1 << 32)?,
+            (None, Some(value)) => parse_count("max_sources", &toml_number(value), 1, 1 << 32)?,
+            (None, None) => DEFAULT_MAX_SOURCES as u64,
+        };
+        let local = pick_list(&args.local, &file.local);
+        let allow = pick_list(&args.allow, &file.allow);
+        let direction = args
+            .direction
+            .or(file.direction)
+            .unwrap_or(DirectionArg::In);
+        let allow_local = !args.no_allow_local && file.allow_local.unwrap_or(true);
+        let max_sources = usize::try_from(max_sources).unwrap_or(usize::MAX);
+        Ok(Self {
+            detector: Config {
+                max_ports: u16::try_from(max_ports).unwrap_or(u16::MAX),
+                window,
+                direction: direction.into(),
+                locals: parse_set("--local", &local)?,
+                allow: parse_set("--allow", &allow)?,
+                allow_local,
+                max_sources,
+                max_attempts: max_sources.saturating_mul(4),
+            },
+            format: args.format.or(file.format),
+        })
+    }
+}
+
+fn pick_list(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
+    if flag.is_empty() {
+        file.clone().unwrap_or_default()
+    } else {
+        flag.to_vec()
+    }
+}
+
+fn toml_number(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_set(option: &str, values: &[String]) -> Result<AddrSet> {
+    let mut set = AddrSet::new();
+    for value in values.iter().filter(|v| !v.trim().is_empty()) {
+        let net = parse_cidr(value).with_context(|| format!("invalid {option}"))?;
+        set.insert(net);
+    }
+    Ok(set)
+}
+
+fn parse_count(option: &str, text: &str, min: u64, max: u64) -> Result<u64> {
+    let n: u64 = text
+        .trim()
+        .replace('_', "")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid {option} '{text}': expected a whole number"))?;
+    if n < min || n > max {
+        bail!("invalid {option} '{text}': must be between {min} and {max}");
+    }
+    Ok(n)
+}
+
+fn parse_window(option: &str, text: &str) -> Result<Nanos> {
+    let nanos =
+        parse_duration(text).map_err(|why| anyhow::anyhow!("invalid {option} '{text}': {why}"))?;
+    if nanos == 0 {
+        bail!("invalid {option} '{text}': the window must be longer than zero");
+    }
+    Ok(nanos)
+}
+
+/// Parses `60s`, `1m`, `500ms`, `1h30m`, `1.5s`, `2d`; a bare number is seconds.
+/// Returns nanoseconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
+    const EXPECTED: &str = "expected a duration such as 60s, 1m, 500ms or 1h30m";
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(EXPECTED.into());
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: i64 = text.parse().map_err(|_| "too large".to_owned())?;
+        return secs
+            .checked_mul(1_000_000_000)
+            .ok_or_else(|| "too large".to_owned());
+    }
+    let mut total: i128 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit: {EXPECTED}"))?;
+        let (num, tail) = rest.split_at(num_len);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale: i128 = match unit {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
+            _ => return Err(format!("unknown unit '{unit}': {EXPECTED}")),
+        };
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if int.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(EXPECTED.into());
+        }
+        let int: i128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| "too large".to_owned())?
+        };
+        let mut part = int.checked_mul(scale).ok_or("too large")?;
+        let mut denom: i128 = 1;
+        for digit in frac.bytes().take(18) {
+            denom *= 10;
+            part += i128::from(digit - b'0') * scale / denom;
+        }
+        total = total.checked_add(part).ok_or("too large")?;
+        rest = tail;
+    }
+    Nanos::try_from(total).map_err(|_| "too large".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    const S: Nanos = 1_000_000_000;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(60 * S));
+        assert_eq!(parse_duration("1m"), Ok(60 * S));
+        assert_eq!(parse_duration("500ms"), Ok(S / 2));
+        assert_eq!(parse_duration("1h30m"), Ok(5400 * S));
+        assert_eq!(parse_duration("1.5s"), Ok(3 * S / 2));
+        assert_eq!(parse_duration("90"), Ok(90 * S));
+        assert_eq!(parse_duration("2d"), Ok(2 * 86_400 * S));
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "1.2.3s",
+            "-5s",
+            "5 s",
+            "99999999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn args() -> DetectArgs {
+        DetectArgs::default()
+    }
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let s = DetectSettings::from_args(&args()).expect("defaults");
+        assert_eq!(s.detector.max_ports, 3);
+        assert_eq!(s.detector.window, 60 * S);
+        assert_eq!(s.detector.direction, DirectionFilter::In);
+        assert!(s.detector.locals.is_empty());
+        assert!(s.detector.allow_local);
+        assert_eq!(s.format, None);
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_override_them() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(
+            f,
+            "max_ports = 10\nwindow = \"2m\"\nlocal = [\"10.0.0.5\", \"2001:db8::/64\"]\ndirection = \"both\"\nformat = \"json\""
+        )
+        .expect("write");
+        let mut a = args();
+        a.config = Some(f.path().to_owned());
+        let s = DetectSettings::from_args(&a).expect("file");
+        assert_eq!(s.detector.max_ports, 10);
+        assert_eq!(s.detector.window, 120 * S);
+        assert_eq!(s.detector.locals.len(), 2);
+        assert_eq!(s.detector.direction, DirectionFilter::Both);
+        assert_eq!(s.format, Some(Format::Json));
+
+        a.max_ports = Some("5".into());
+        a.local = vec!["192.0.2.1".into()];
+        let s = DetectSettings::from_args(&a).expect("flags");
+        assert_eq!(s.detector.max_ports, 5);
+        assert_eq!(s.detector.locals.len(), 1);
+        assert_eq!(s.detector.window, 120 * S);
+    }
+
+    #[test]
+    fn invalid_values_fail_with_one_clear_line() {
+        type Case = (fn(&mut DetectArgs), &'static str);
+        let cases: [Case; 5] = [
+            (
+                |a| a.window = Some("0s".into()),
+                "invalid --window '0s': the window must be longer than zero",
+            ),
+            (
+                |a| a.window = Some("soon".into()),
+                "invalid --window 'soon'",
+            ),
+            (
+                |a| a.max_ports = Some("-1".into()),
+                "invalid --max-ports '-1': expected a whole number",
+            ),
+            (
+                |a| a.max_ports = Some("70000".into()),
+                "must be between 0 and 65535",
+            ),
+            (
+                |a| a.local = vec!["10.0.0.300".into()],
+                "'10.0.0.300' is not an IP address or CIDR",
+            ),
+        ];
+        for (set, want) in cases {
+            let mut a = args();
+            set(&mut a);
+            let err = format!("{:#}", DetectSettings::from_args(&a).expect_err(want));
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_with_the_line() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(f, "max_ports = 3\nwindoww = \"1m\"").expect("write");
+        let mut a = args();
+        a.config = Some(f.path().to_owned());
+        let err = format!("{:#}", DetectSettings::from_args(&a).expect_err("typo"));
+        assert!(err.contains("(line 2)") && err.contains("windoww"), "{err}");
+    }
+}

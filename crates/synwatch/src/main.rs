@@ -1,0 +1,67 @@
+//! synwatch: sees every new TCP connection attempt, logs it, recognises port scans.
+//!
+//! This binary is the thin edge over the library crates: command line and configuration,
+//! wiring a source through decode and detect to the event output, and exit codes
+//! (0 success, 1 runtime failure, 2 bad usage or unreadable input; SPEC §3).
+//!
+//! Layout: `config` (layered options and validation), `output` (event formats),
+//! `replay` (the pipeline over capture files).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod config;
+mod output;
+mod replay;
+
+/// See every new TCP connection attempt, recognise port scans.
+///
+/// A port scan is one source reaching more than --max-ports distinct destination ports
+/// within --window (default: more than 3 ports within 60 s). Events go to stdout, one
+/// per line (JSON or a table); diagnostics and the summary go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "synwatch", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay pcap/pcapng captures through the detector (nothing is blocked)
+    ///
+    /// Files are read in the order given as one stream of time. Each new incoming
+    /// connection attempt is logged once (retransmissions are not), and each scanning
+    /// source once per episode. Example:
+    ///
+    ///   synwatch replay --local 10.0.0.5 --format json capture.pcapng
+    #[command(verbatim_doc_comment)]
+    Replay(replay::ReplayArgs),
+}
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Replay(args) => {
+            let settings = match config::DetectSettings::from_args(&args.detect) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("synwatch: {e:#}");
+                    return ExitCode::from(EXIT_BAD_INPUT);
+                }
+            };
+            match replay::run(&args, settings) {
+                Ok(replay::Ending::Clean | replay::Ending::OutputClosed) => ExitCode::SUCCESS,
+                Ok(replay::Ending::BadInput) => ExitCode::from(EXIT_BAD_INPUT),
+                Err(e) => {
+                    eprintln!("synwatch: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}

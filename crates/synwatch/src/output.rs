@@ -1,0 +1,477 @@
+//! Events on stdout (SPEC §4): JSON lines for machines, aligned columns for people.
+//!
+//! Formatting is hand-written rather than going through serde or `format!`: a replay can
+//! print hundreds of thousands of events a second, and every field here is an address, a
+//! number or a fixed word, none of which needs JSON escaping.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr};
+
+use synwatch_detect::{Direction, Nanos, Probe, Scan};
+
+/// The two event formats of `--format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// A new connection attempt worth logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    pub ts: Nanos,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub direction: Direction,
+}
+
+/// Writes events in one format. Events are formatted straight into one large buffer
+/// that goes to `out` whenever it fills (and on [`EventWriter::flush`]), so each event
+/// costs no copy beyond its formatting.
+#[derive(Debug)]
+pub struct EventWriter<W: Write> {
+    out: W,
+    format: Format,
+    line: Vec<u8>,
+    clock: TimestampCache,
+    header_done: bool,
+}
+
+/// Buffered bytes that trigger a write to the output.
+const FLUSH_AT: usize = 1 << 18;
+
+impl<W: Write> EventWriter<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self {
+            out,
+            format,
+            line: Vec::with_capacity(FLUSH_AT + 4096),
+            clock: TimestampCache::default(),
+            header_done: false,
+        }
+    }
+
+    fn end_event(&mut self) -> io::Result<()> {
+        if self.line.len() >= FLUSH_AT {
+            self.out.write_all(&self.line)?;
+            self.line.clear();
+        }
+        Ok(())
+    }
+
+    pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                self.line.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(c.ts, &mut self.line);
+                self.line
+                    .extend_from_slice(b"\",\"event\":\"connection\",\"src\":\"");
+                write_ip(&mut self.line, c.src);
+                self.line.extend_from_slice(b"\",\"sport\":");
+                write_u64(&mut self.line, c.sport.into());
+                self.line.extend_from_slice(b",\"dst\":\"");
+                write_ip(&mut self.line, c.dst);
+                self.line.extend_from_slice(b"\",\"dport\":");
+                write_u64(&mut self.line, c.dport.into());
+                self.line.extend_from_slice(b",\"direction\":\"");
+                self.line.extend_from_slice(c.direction.as_str().as_bytes());
+                self.line.extend_from_slice(b"\"}\n");
+            }
+            Format::Table => {
+                self.table_header()?;
+                let mut src = Vec::with_capacity(48);
+                write_socket(&mut src, c.src, c.sport);
+                let mut dst = Vec::with_capacity(48);
+                write_socket(&mut dst, c.dst, c.dport);
+                self.table_row(c.ts, &src, &dst);
+                self.line.extend_from_slice(b"New connection: ");
+                self.line.extend_from_slice(&src);
+                self.line.extend_from_slice(b" -> ");
+                self.line.extend_from_slice(&dst);
+                if c.direction == Direction::Out {
+                    self.line.extend_from_slice(b" (outgoing)");
+                }
+                self.line.push(b'\n');
+            }
+        }
+        self.end_event()
+    }
+
+    pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                self.line.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(s.ts, &mut self.line);
+                self.line
+                    .extend_from_slice(b"\",\"event\":\"scan\",\"src\":\"");
+                write_ip(&mut self.line, s.src);
+                self.line.extend_from_slice(b"\",\"dst\":\"");
+                write_ip(&mut self.line, s.dst);
+                self.line.extend_from_slice(b"\",\"ports\":[");
+                write_ports(&mut self.line, &s.ports);
+                self.line.extend_from_slice(b"],\"window_secs\":");
+                write_secs(&mut self.line, s.window);
+                self.line.extend_from_slice(b",\"probes\":[");
+                for (i, p) in s.probes.iter().enumerate() {
+                    if i > 0 {
+                        self.line.push(b',');
+                    }
+                    self.line.push(b'"');
+                    self.line.extend_from_slice(p.as_str().as_bytes());
+                    self.line.push(b'"');
+                }
+                self.line.extend_from_slice(b"],\"allowlisted\":");
+                self.line
+                    .extend_from_slice(if s.allowlisted { b"true" } else { b"false" });
+                self.line.extend_from_slice(b"}\n");
+            }
+            Format::Table => {
+                self.table_header()?;
+                let mut src = Vec::with_capacity(40);
+                write_ip(&mut src, s.src);
+                let mut dst = Vec::with_capacity(40);
+                write_ip(&mut dst, s.dst);
+                self.table_row(s.ts, &src, &dst);
+                self.line.extend_from_slice(b"Port scan detected: ");
+                self.line.extend_from_slice(&src);
+                self.line.extend_from_slice(b" -> ");
+                self.line.extend_from_slice(&dst);
+                self.line.extend_from_slice(b" on ports ");
+                write_ports(&mut self.line, &s.ports);
+                let only_syn = s.probes.iter().all(|p| p == Probe::Syn);
+                if !only_syn {
+                    self.line.extend_from_slice(b" (probes: ");
+                    for (i, p) in s.probes.iter().enumerate() {
+                        if i > 0 {
+                            self.line.push(b',');
+                        }
+                        self.line.extend_from_slice(p.as_str().as_bytes());
+                    }
+                    self.line.push(b')');
+                }
+                if s.allowlisted {
+                    self.line
+                        .extend_from_slice(b" (allowlisted: not to be blocked)");
+                }
+                self.line.push(b'\n');
+            }
+        }
+        self.end_event()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.line)?;
+        self.line.clear();
+        self.out.flush()
+    }
+
+    fn table_header(&mut self) -> io::Result<()> {
+        if !self.header_done {
+            self.header_done = true;
+            writeln!(
+                self.line,
+                "{:<TIME_WIDTH$}{:<ADDR_WIDTH$}{:<ADDR_WIDTH$}MESSAGE",
+                "TIME", "SOURCE", "DESTINATION"
+            )?;
+        }
+        Ok(())
+    }
+
+    fn table_row(&mut self, ts: Nanos, src: &[u8], dst: &[u8]) {
+        let start = self.line.len();
+        self.clock.write(ts, &mut self.line);
+        pad_to(&mut self.line, start + TIME_WIDTH);
+        for field in [src, dst] {
+            let start = self.line.len();
+            self.line.extend_from_slice(field);
+            pad_to(&mut self.line, start + ADDR_WIDTH);
+        }
+    }
+}
+
+const TIME_WIDTH: usize = 29;
+const ADDR_WIDTH: usize = 24;
+
+/// Pads with spaces to `width`, always leaving at least two spaces between columns.
+fn pad_to(line: &mut Vec<u8>, width: usize) {
+    let target = width.max(line.len() + 2);
+    line.resize(target, b' ');
+}
+
+fn write_ports(line: &mut Vec<u8>, ports: &[u16]) {
+    for (i, port) in ports.iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        write_u64(line, u64::from(*port));
+    }
+}
+
+/// Seconds as a JSON number: an integer when whole, else with the fraction needed.
+fn write_secs(line: &mut Vec<u8>, nanos: Nanos) {
+    let secs = nanos / 1_000_000_000;
+    let frac = nanos % 1_000_000_000;
+    write_u64(line, secs.unsigned_abs());
+    if frac != 0 {
+        let digits = format!("{:09}", frac.unsigned_abs());
+        line.push(b'.');
+        line.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+    }
+}
+
+/// `addr:port`, or `[addr]:port` for IPv6 (as Rust's `SocketAddr` prints it).
+fn write_socket(line: &mut Vec<u8>, addr: IpAddr, port: u16) {
+    match addr {
+        IpAddr::V4(_) => write_ip(line, addr),
+        IpAddr::V6(_) => {
+            line.push(b'[');
+            write_ip(line, addr);
+            line.push(b']');
+        }
+    }
+    line.push(b':');
+    write_u64(line, u64::from(port));
+}
+
+pub fn write_ip(line: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(a) => write_ipv4(line, a),
+        IpAddr::V6(a) => {
+            use std::io::Write as _;
+            // Rust's Display is the contract for IPv6 text (compressed form).
+            let _ = write!(line, "{a}");
+        }
+    }
+}
+
+fn write_ipv4(line: &mut Vec<u8>, a: Ipv4Addr) {
+    for (i, octet) in a.octets().iter().enumerate() {
+        if i > 0 {
+            line.push(b'.');
+        }
+        write_u64(line, u64::from(*octet));
+    }
+}
+
+pub fn write_u64(line: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    line.extend_from_slice(&buf[i..]);
+}
+
+/// Formats RFC 3339 UTC timestamps with microseconds, remembering the last whole second
+/// so that consecutive events (the usual case) only format their fraction.
+#[derive(Debug, Default)]
+pub struct TimestampCache {
+    second: Option<i64>,
+    prefix: Vec<u8>,
+}
+
+impl TimestampCache {
+    pub fn write(&mut self, ts: Nanos, line: &mut Vec<u8>) {
+        let second = ts.div_euclid(1_000_000_000);
+        let micros = ts.rem_euclid(1_000_000_000) / 1000;
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.prefix.clear();
+            let (y, mo, d, h, mi, s) = civil(second);
+            use std::io::Write as _;
+            let _ = write!(self.prefix, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.");
+        }
+        line.extend_from_slice(&self.prefix);
+        let mut digits = [b'0'; 6];
+        let mut m = micros;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        line.extend_from_slice(&digits);
+        line.push(b'Z');
+    }
+}
+
+/// RFC 3339 text for one timestamp.
+#[cfg(test)]
+pub fn rfc3339(ts: Nanos) -> String {
+    let mut line = Vec::with_capacity(27);
+    TimestampCache::default().write(ts, &mut line);
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Seconds since the epoch to (year, month, day, hour, minute, second), proleptic
+/// Gregorian, after Howard Hinnant's `civil_from_days`.
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (y, m as u32, d as u32, h as u32, mi as u32, s as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use synwatch_detect::ProbeSet;
+
+    const SEC: Nanos = 1_000_000_000;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn render(
+        f: impl FnOnce(&mut EventWriter<&mut Vec<u8>>) -> io::Result<()>,
+        format: Format,
+    ) -> String {
+        let mut out = Vec::new();
+        let mut w = EventWriter::new(&mut out, format);
+        f(&mut w).expect("write");
+        w.flush().expect("flush");
+        String::from_utf8(out).expect("utf8")
+    }
+
+    fn conn() -> Connection {
+        Connection {
+            ts: 1_700_000_000 * SEC + 300_000_000,
+            src: ip("203.0.113.9"),
+            sport: 40001,
+            dst: ip("192.0.2.1"),
+            dport: 22,
+            direction: Direction::In,
+        }
+    }
+
+    fn scan() -> Scan {
+        let mut probes = ProbeSet::default();
+        probes.insert(Probe::Syn);
+        Scan {
+            ts: 1_700_000_000 * SEC + 900_000_000,
+            src: ip("203.0.113.9"),
+            dst: ip("192.0.2.1"),
+            ports: vec![21, 22, 23, 25],
+            probes,
+            window: 60 * SEC,
+            allowlisted: false,
+        }
+    }
+
+    #[test]
+    fn json_events_match_the_spec_examples() {
+        let line = render(|w| w.connection(&conn()), Format::Json);
+        assert_eq!(
+            line,
+            "{\"ts\":\"2023-11-14T22:13:20.300000Z\",\"event\":\"connection\",\"src\":\"203.0.113.9\",\"sport\":40001,\"dst\":\"192.0.2.1\",\"dport\":22,\"direction\":\"in\"}\n"
+        );
+        let line = render(|w| w.scan(&scan()), Format::Json);
+        assert_eq!(
+            line,
+            "{\"ts\":\"2023-11-14T22:13:20.900000Z\",\"event\":\"scan\",\"src\":\"203.0.113.9\",\"dst\":\"192.0.2.1\",\"ports\":[21,22,23,25],\"window_secs\":60,\"probes\":[\"syn\"],\"allowlisted\":false}\n"
+        );
+    }
+
+    #[test]
+    fn table_lines_carry_the_messages() {
+        let text = render(
+            |w| {
+                w.connection(&conn())?;
+                w.scan(&scan())
+            },
+            Format::Table,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("TIME "), "{}", lines[0]);
+        assert!(lines[0].ends_with("MESSAGE"));
+        let msg_col = lines[0].find("MESSAGE").expect("header");
+        assert!(lines[1].starts_with("2023-11-14T22:13:20.300000Z  203.0.113.9:40001"));
+        assert_eq!(
+            &lines[1][msg_col..],
+            "New connection: 203.0.113.9:40001 -> 192.0.2.1:22"
+        );
+        assert_eq!(
+            &lines[2][msg_col..],
+            "Port scan detected: 203.0.113.9 -> 192.0.2.1 on ports 21,22,23,25"
+        );
+    }
+
+    #[test]
+    fn ipv6_prints_compressed_and_bracketed_with_ports() {
+        let c = Connection {
+            src: ip("2001:db8:0:0:0:0:0:bad"),
+            dst: ip("2001:db8::5"),
+            ..conn()
+        };
+        let json = render(|w| w.connection(&c), Format::Json);
+        assert!(json.contains("\"src\":\"2001:db8::bad\""), "{json}");
+        let table = render(|w| w.connection(&c), Format::Table);
+        assert!(
+            table.contains("New connection: [2001:db8::bad]:40001 -> [2001:db8::5]:22"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn stealth_and_allowlisted_scans_say_so() {
+        let mut s = scan();
+        s.probes = ProbeSet::default();
+        s.probes.insert(Probe::Fin);
+        s.probes.insert(Probe::Xmas);
+        s.allowlisted = true;
+        s.window = 1500 * 1_000_000;
+        let json = render(|w| w.scan(&s), Format::Json);
+        assert!(
+            json.contains("\"window_secs\":1.5,\"probes\":[\"fin\",\"xmas\"],\"allowlisted\":true"),
+            "{json}"
+        );
+        let table = render(|w| w.scan(&s), Format::Table);
+        assert!(
+            table.contains("on ports 21,22,23,25 (probes: fin,xmas) (allowlisted"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn timestamps_across_dates_and_before_the_epoch() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400 * SEC), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(4_107_542_399 * SEC + 999_999_999),
+            "2100-02-28T23:59:59.999999Z"
+        );
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(rfc3339(i64::MAX), "2262-04-11T23:47:16.854775Z");
+        assert_eq!(rfc3339(i64::MIN), "1677-09-21T00:12:43.145224Z");
+    }
+
+    #[test]
+    fn cached_second_is_refreshed() {
+        let mut cache = TimestampCache::default();
+        let mut line = Vec::new();
+        cache.write(5 * SEC + 1000, &mut line);
+        cache.write(5 * SEC + 2000, &mut line);
+        cache.write(6 * SEC, &mut line);
+        assert_eq!(
+            String::from_utf8(line).expect("utf8"),
+            "1970-01-01T00:00:05.000001Z1970-01-01T00:00:05.000002Z1970-01-01T00:00:06.000000Z"
+        );
+    }
+}

@@ -1,0 +1,464 @@
+//! `synwatch replay`: the detection pipeline over capture files. Nothing is blocked.
+//!
+//! Files are read in the order given and form one stream of time, so a capture split by
+//! rotation replays as the whole. A file that cannot be read is reported in one line and
+//! the rest still run; the exit code then says that some input was bad.
+
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use synwatch_capture::{CaptureError, CaptureReader};
+use synwatch_decode::{DecodeError, Decoded, LinkType, Skip, Transport, decode};
+use synwatch_detect::{Detector, Direction, Observation, Probe, Seen};
+
+use crate::config::DetectSettings;
+use crate::output::{Connection, EventWriter, Format};
+
+/// `synwatch replay` options beyond the shared detection ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub detect: crate::config::DetectArgs,
+
+    /// Do not print the summary on stderr at the end
+    #[arg(long)]
+    pub no_summary: bool,
+
+    /// Capture files (pcap or pcapng, optionally gzip-compressed); `-` reads stdin
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+/// How the replay ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Every file read to its end.
+    Clean,
+    /// Some input was missing, unreadable, cut short or not supported (exit 2).
+    BadInput,
+    /// stdout went away (e.g. `| head`): stop quietly.
+    OutputClosed,
+}
+
+/// What a replay counted.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub files: u64,
+    pub files_failed: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp: u64,
+    pub udp: u64,
+    pub not_ip: u64,
+    pub other_protocol: u64,
+    pub fragments: u64,
+    pub unsupported_link: u64,
+    pub decode_errors: [u64; DecodeError::ALL.len()],
+    pub connections_logged: u64,
+}
+
+/// Observations travel from the reading thread to the detecting thread in batches of
+/// this many, so the hand-over costs a fraction of a nanosecond per packet.
+const BATCH: usize = 4096;
+
+/// What the detecting thread hands back when the stream ends.
+struct DetectDone {
+    detector: Detector,
+    connections_logged: u64,
+    output: io::Result<()>,
+}
+
+/// Runs the replay on two threads: this one reads and decodes every packet and passes on
+/// only connection attempts and stealth probes; the other runs the detector and writes
+/// the events. Decoding is most of the work per packet, detection most of the work per
+/// attempt, and the two overlap.
+pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending> {
+    let format = settings.format.unwrap_or(if io::stdout().is_terminal() {
+        Format::Table
+    } else {
+        Format::Json
+    });
+    let mut totals = Totals::default();
+    let mut progress = Progress::new(&args.files);
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the binary is the edge that reads clocks"
+    )]
+    let started = Instant::now();
+    let detector = Detector::new(settings.detector);
+
+    let (batches, inbox) = mpsc::sync_channel::<Vec<Observation>>(8);
+    let (recycle, spare) = mpsc::channel::<Vec<Observation>>();
+    let worker = thread::Builder::new()
+        .name("synwatch-detect".into())
+        .spawn(move || detect_thread(detector, format, &inbox, &recycle))
+        .map_err(|e| anyhow::anyhow!("cannot start the detection thread: {e}"))?;
+
+    let mut ending = Ending::Clean;
+    let mut batch = Vec::with_capacity(BATCH);
+    for path in &args.files {
+        totals.files += 1;
+        match replay_file(
+            path,
+            &mut totals,
+            &mut progress,
+            &mut batch,
+            &batches,
+            &spare,
+        ) {
+            Ok(()) => {}
+            Err(FileError::OutputGone) => break,
+            Err(FileError::Input(msg)) => {
+                progress.clear();
+                totals.files_failed += 1;
+                eprintln!("synwatch: {msg}");
+                ending = Ending::BadInput;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = batches.send(batch);
+    }
+    drop(batches);
+    progress.clear();
+    let done = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the detection thread failed"))?;
+    totals.connections_logged = done.connections_logged;
+    match done.output {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(Ending::OutputClosed),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot write events to stdout")),
+        Ok(()) => {}
+    }
+    if !args.no_summary {
+        let elapsed = started.elapsed();
+        eprint!("{}", summary(&totals, &done.detector, elapsed));
+    }
+    Ok(ending)
+}
+
+fn detect_thread(
+    mut detector: Detector,
+    format: Format,
+    inbox: &mpsc::Receiver<Vec<Observation>>,
+    recycle: &mpsc::Sender<Vec<Observation>>,
+) -> DetectDone {
+    let mut events = EventWriter::new(io::stdout().lock(), format);
+    let mut connections_logged = 0;
+    let mut output = Ok(());
+    'batches: for mut batch in inbox {
+        for obs in &batch {
+            let out = detector.observe(obs);
+            if out.log {
+                connections_logged += 1;
+                let direction = match out.seen {
+                    Seen::Attempt(d) => d,
+                    _ => Direction::In,
+                };
+                let written = events.connection(&Connection {
+                    ts: obs.ts,
+                    src: obs.src,
+                    sport: obs.sport,
+                    dst: obs.dst,
+                    dport: obs.dport,
+                    direction,
+                });
+                if let Err(e) = written {
+                    output = Err(e);
+                    break 'batches;
+                }
+            }
+            if let Some(scan) = &out.scan
+                && let Err(e) = events.scan(scan)
+            {
+                output = Err(e);
+                break 'batches;
+            }
+        }
+        batch.clear();
+        let _ = recycle.send(batch);
+    }
+    if output.is_ok() {
+        output = events.flush();
+    }
+    DetectDone {
+        detector,
+        connections_logged,
+        output,
+    }
+}
+
+enum FileError {
+    /// The input is bad: reported, and the other files still run.
+    Input(String),
+    /// The detecting thread stopped (its output failed): nothing more to do.
+    OutputGone,
+}
+
+fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
+    if path.as_os_str() == "-" {
+        CaptureReader::from_reader(Box::new(io::stdin()))
+    } else {
+        CaptureReader::open(path)
+    }
+}
+
+/// The message for a capture error, naming the file unless the error already does.
+fn input_error(path: &Path, e: &CaptureError) -> String {
+    match e {
+        CaptureError::Io { path: Some(_), .. } => e.to_string(),
+        CaptureError::Truncated { .. } => {
+            format!(
+                "{}: {e}; every packet before it was replayed",
+                path.display()
+            )
+        }
+        _ => format!("{}: {e}", path.display()),
+    }
+}
+
+fn replay_file(
+    path: &Path,
+    totals: &mut Totals,
+    progress: &mut Progress,
+    batch: &mut Vec<Observation>,
+    batches: &mpsc::SyncSender<Vec<Observation>>,
+    spare: &mpsc::Receiver<Vec<Observation>>,
+) -> Result<(), FileError> {
+    let mut reader = open(path).map_err(|e| FileError::Input(input_error(path, &e)))?;
+    let mut unsupported: Vec<u32> = Vec::new();
+    let mut count: u64 = 0;
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                progress.tick(reader.position(), true);
+                return Err(FileError::Input(input_error(path, &e)));
+            }
+        };
+        count += 1;
+        totals.packets += 1;
+        totals.bytes += u64::from(packet.orig_len);
+        // Resolved per packet: in pcapng each section and interface has its own link type.
+        let Some(link) = LinkType::from_linktype(packet.linktype) else {
+            totals.unsupported_link += 1;
+            if !unsupported.contains(&packet.linktype) {
+                unsupported.push(packet.linktype);
+            }
+            continue;
+        };
+        match decode(link, packet.data) {
+            Ok(Decoded::Segment(seg)) => match seg.transport {
+                Transport::Tcp(flags) => {
+                    totals.tcp += 1;
+                    if Probe::classify(flags).is_none() {
+                        continue;
+                    }
+                    batch.push(Observation {
+                        ts: packet.ts_nanos,
+                        src: seg.src,
+                        dst: seg.dst,
+                        sport: seg.sport,
+                        dport: seg.dport,
+                        flags,
+                    });
+                    if batch.len() == BATCH {
+                        let next = spare
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                        let full = std::mem::replace(batch, next);
+                        batches.send(full).map_err(|_| FileError::OutputGone)?;
+                    }
+                }
+                Transport::Udp => totals.udp += 1,
+            },
+            Ok(Decoded::Skipped(Skip::NotIp)) => totals.not_ip += 1,
+            Ok(Decoded::Skipped(Skip::OtherProtocol)) => totals.other_protocol += 1,
+            Ok(Decoded::Skipped(Skip::Fragment)) => totals.fragments += 1,
+            Err(kind) => totals.decode_errors[kind.index()] += 1,
+        }
+        if count & 0xffff == 0 {
+            progress.tick(reader.position(), false);
+        }
+    }
+    progress.tick(reader.position(), true);
+    if !unsupported.is_empty() {
+        let list: Vec<String> = unsupported.iter().map(u32::to_string).collect();
+        return Err(FileError::Input(format!(
+            "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
+            path.display(),
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
+    let s = det.stats();
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        t.packets as f64 / secs
+    } else {
+        0.0
+    };
+    let problems: Vec<String> = DecodeError::ALL
+        .iter()
+        .filter(|k| t.decode_errors[k.index()] > 0)
+        .map(|k| format!("{} {}", k.as_str(), thousands(t.decode_errors[k.index()])))
+        .collect();
+    let problems = if problems.is_empty() {
+        "none".to_owned()
+    } else {
+        problems.join(", ")
+    };
+    format!(
+        "synwatch replay summary\n\
+         \x20 files:           {} ({} unreadable or incomplete)\n\
+         \x20 packets:         {} ({} on the wire), {} TCP, {} UDP\n\
+         \x20 attempts:        {} incoming, {} outgoing, {} retransmissions, {} stealth probes\n\
+         \x20 connections:     {} logged\n\
+         \x20 scans:           {}\n\
+         \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {})\n\
+         \x20 decode problems: {}\n\
+         \x20 skipped:         {} not IP, {} other protocols, {} non-first fragments, {} on unsupported links\n\
+         \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
+        t.files,
+        t.files_failed,
+        thousands(t.packets),
+        human_bytes(t.bytes),
+        thousands(t.tcp),
+        thousands(t.udp),
+        thousands(s.attempts_in),
+        thousands(s.attempts_out),
+        thousands(s.retransmissions),
+        thousands(s.stealth_probes),
+        thousands(t.connections_logged),
+        thousands(s.scans),
+        thousands(det.tracked_sources() as u64),
+        thousands(s.sources_evicted),
+        thousands(det.config().max_sources as u64),
+        problems,
+        thousands(t.not_ip),
+        thousands(t.other_protocol),
+        thousands(t.fragments),
+        thousands(t.unsupported_link),
+        secs,
+        rate / 1e6,
+    )
+}
+
+/// A one-line progress bar on stderr, shown only when stderr is a terminal and the input
+/// is large enough to take a while.
+struct Progress {
+    enabled: bool,
+    total: u64,
+    done_before: u64,
+    last_draw: Option<Instant>,
+    drawn: bool,
+}
+
+/// Inputs smaller than this replay in well under a second: no bar.
+const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+
+impl Progress {
+    fn new(files: &[PathBuf]) -> Self {
+        let total: u64 = files
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        Self {
+            enabled: io::stderr().is_terminal() && total >= PROGRESS_MIN_BYTES,
+            total,
+            done_before: 0,
+            last_draw: None,
+            drawn: false,
+        }
+    }
+
+    /// `position` is the byte offset in the current file; `file_done` moves on to the next.
+    fn tick(&mut self, position: u64, file_done: bool) {
+        if !self.enabled {
+            return;
+        }
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the binary is the edge that reads clocks"
+        )]
+        let now = Instant::now();
+        let due = self
+            .last_draw
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(200));
+        let done = self.done_before + position;
+        if due {
+            self.last_draw = Some(now);
+            let fraction = (done as f64 / self.total.max(1) as f64).min(1.0);
+            let filled = (fraction * 30.0) as usize;
+            eprint!(
+                "\r[{}{}] {:>3.0}% {} / {}\x1b[K",
+                "#".repeat(filled),
+                " ".repeat(30 - filled),
+                fraction * 100.0,
+                human_bytes(done),
+                human_bytes(self.total)
+            );
+            self.drawn = true;
+        }
+        if file_done {
+            self.done_before = done;
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[K");
+            self.drawn = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(3_000_000), "3,000,000");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

@@ -1,0 +1,525 @@
+//! Golden captures: the tests build each capture (every link type, VLAN/QinQ, IPv6
+//! extension headers, malformed and truncated packets, pcapng with two interfaces), replay
+//! it through the real binary, and compare the JSON events with `tests/golden/NAME.jsonl`.
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p synwatch --test golden` rewrites the expected files;
+//! review the diff before committing it.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use synwatch_testkit::packet::{
+    ACK, FIN, Ipv6, Ipv6Ext, PSH, RST, SYN, Tcp, URG, ethernet, ethernet_qinq, ethernet_vlan,
+    loop_loopback, null_loopback, sll, sll2, tcp_ip, udp_v4,
+};
+use synwatch_testkit::pcap::{PcapNgWriter, PcapWriter};
+
+const SEC: i64 = 1_000_000_000;
+const T0: i64 = 1_700_000_000 * SEC;
+const LOCAL_ARGS: [&str; 4] = ["--local", "192.0.2.1", "--local", "2001:db8::1"];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// Timestamped link-layer frames of one capture.
+type Frames = Vec<(i64, Vec<u8>)>;
+
+/// One IP packet of the standard scenario, at `T0 + at`.
+struct Frame {
+    at: i64,
+    ip: Vec<u8>,
+}
+
+fn tcp(at: i64, src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Frame {
+    Frame {
+        at,
+        ip: tcp_ip(ip(src), sport, ip(dst), dport, flags, 0),
+    }
+}
+
+/// A client connection, a SYN scanner with replies and a retransmission, an outgoing
+/// attempt, UDP, and an IPv6 scanner: the same events whatever the framing.
+fn standard() -> Vec<Frame> {
+    let (h, c, s, s6, h6) = (
+        "192.0.2.1",
+        "198.51.100.20",
+        "203.0.113.9",
+        "2001:db8::bad",
+        "2001:db8::1",
+    );
+    let udp = Frame {
+        at: 3 * SEC,
+        ip: udp_v4(
+            "192.0.2.53".parse().expect("v4"),
+            53,
+            "198.51.100.20".parse().expect("v4"),
+            5353,
+            20,
+        ),
+    };
+    vec![
+        tcp(0, c, 50000, h, 80, SYN),
+        tcp(SEC / 1000, h, 80, c, 50000, SYN | ACK),
+        tcp(2 * SEC / 1000, c, 50000, h, 80, ACK),
+        tcp(SEC, s, 40000, h, 22, SYN),
+        tcp(SEC + SEC / 2000, h, 22, s, 40000, RST | ACK),
+        tcp(2 * SEC, s, 40000, h, 22, SYN),
+        udp,
+        tcp(20 * SEC, s, 40000, h, 21, SYN),
+        tcp(40 * SEC, s, 40000, h, 23, SYN),
+        tcp(59 * SEC, s, 40000, h, 25, SYN),
+        tcp(62 * SEC, h, 33333, "198.51.100.99", 443, SYN),
+        tcp(70 * SEC, s6, 41000, h6, 80, SYN),
+        tcp(71 * SEC, s6, 41000, h6, 443, SYN),
+        tcp(72 * SEC + 123_456_789, s6, 41000, h6, 8080, SYN),
+        tcp(73 * SEC, s6, 41000, h6, 8443, SYN),
+    ]
+}
+
+fn write_pcap(path: &Path, linktype: u32, nanos: bool, frames: &[(i64, Vec<u8>)]) {
+    let file = std::fs::File::create(path).expect("create capture");
+    let mut w =
+        PcapWriter::new(std::io::BufWriter::new(file), linktype, nanos).expect("pcap header");
+    for (at, data) in frames {
+        w.write_packet(T0 + at, data).expect("write packet");
+    }
+    w.finish().expect("finish").flush().expect("flush");
+}
+
+fn framed(f: impl Fn(&[u8]) -> Vec<u8>) -> Frames {
+    standard()
+        .into_iter()
+        .map(|fr| (fr.at, f(&fr.ip)))
+        .collect()
+}
+
+fn replay(args: &[&str], files: &[&Path]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .arg("replay")
+        .args(args)
+        .args(files)
+        .output()
+        .expect("run synwatch")
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.jsonl"))
+}
+
+/// Compares stdout with the golden file (or writes it under UPDATE_GOLDEN=1).
+fn check_golden(name: &str, out: &Output) {
+    let stdout = String::from_utf8(out.stdout.clone()).expect("utf8 stdout");
+    for line in stdout.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("every line is JSON");
+    }
+    let path = golden_path(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &stdout).expect("write golden");
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(stdout, want, "events differ from {}", path.display());
+}
+
+fn run_case(name: &str, linktype: u32, frames: &[(i64, Vec<u8>)], nanos: bool) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(format!("{name}.pcap"));
+    write_pcap(&path, linktype, nanos, frames);
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    let out = replay(&args, &[&path]);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_golden(name, &out);
+    out
+}
+
+#[test]
+fn standard_scenario_over_every_link_type() {
+    let cases: Vec<(&str, u32, Frames)> = vec![
+        ("ethernet", 1, framed(ethernet)),
+        (
+            "vlan_8021q",
+            1,
+            framed(|ip| ethernet_vlan(ip, &[(0x8100, 42)])),
+        ),
+        ("qinq_8021ad", 1, framed(|ip| ethernet_qinq(ip, 100, 200))),
+        ("linux_sll", 113, framed(sll)),
+        ("linux_sll2", 276, framed(sll2)),
+        ("raw_ip", 101, framed(|ip| ip.to_vec())),
+        ("bsd_null_le", 0, framed(|ip| null_loopback(ip, true))),
+        ("bsd_null_be", 0, framed(|ip| null_loopback(ip, false))),
+        ("bsd_loop", 108, framed(loop_loopback)),
+    ];
+    let mut first: Option<Vec<u8>> = None;
+    for (name, linktype, frames) in cases {
+        let out = run_case(name, linktype, &frames, false);
+        // Framing must not change a single event.
+        match &first {
+            None => first = Some(out.stdout.clone()),
+            Some(want) => assert_eq!(&out.stdout, want, "{name} differs from ethernet"),
+        }
+    }
+}
+
+#[test]
+fn ipv4_and_ipv6_link_types_take_their_own_family() {
+    let frames = standard();
+    let v4: Vec<(i64, Vec<u8>)> = frames
+        .iter()
+        .filter(|f| f.ip[0] >> 4 == 4)
+        .map(|f| (f.at, f.ip.clone()))
+        .collect();
+    let v6: Vec<(i64, Vec<u8>)> = frames
+        .iter()
+        .filter(|f| f.ip[0] >> 4 == 6)
+        .map(|f| (f.at, f.ip.clone()))
+        .collect();
+    run_case("linktype_ipv4", 228, &v4, false);
+    run_case("linktype_ipv6", 229, &v6, false);
+}
+
+#[test]
+fn ipv6_extension_headers_and_fragments() {
+    let (s6, h6) = (
+        "2001:db8::bad".parse().expect("v6"),
+        "2001:db8::1".parse().expect("v6"),
+    );
+    let syn = |dport| Tcp::new(42000, dport, SYN);
+    let frames = vec![
+        (0, Ipv6::new(s6, h6).hop_by_hop().tcp(&syn(22))),
+        (SEC, Ipv6::new(s6, h6).routing().tcp(&syn(23))),
+        (2 * SEC, Ipv6::new(s6, h6).dest_opts().tcp(&syn(24))),
+        // First fragment (offset 0, more follow): it carries the TCP header.
+        (
+            3 * SEC,
+            Ipv6::new(s6, h6)
+                .ext(Ipv6Ext::fragment(0, true))
+                .tcp(&syn(25)),
+        ),
+        // A later fragment: no TCP header in it, skipped.
+        (
+            4 * SEC,
+            Ipv6::new(s6, h6)
+                .ext(Ipv6Ext::fragment(185, false))
+                .tcp(&syn(26)),
+        ),
+        (
+            5 * SEC,
+            Ipv6::new(s6, h6)
+                .hop_by_hop()
+                .dest_opts()
+                .routing()
+                .ext(Ipv6Ext::fragment(0, false))
+                .tcp(&syn(27)),
+        ),
+    ];
+    let frames: Vec<(i64, Vec<u8>)> = frames.into_iter().map(|(t, p)| (t, ethernet(&p))).collect();
+    let out = run_case("ipv6_extension_headers", 1, &frames, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1 non-first fragments"), "{stderr}");
+}
+
+#[test]
+fn malformed_and_truncated_packets_are_counted_and_skipped() {
+    let good = |at, dport| {
+        (
+            at,
+            ethernet(&tcp_ip(
+                ip("203.0.113.9"),
+                40000,
+                ip("192.0.2.1"),
+                dport,
+                SYN,
+                0,
+            )),
+        )
+    };
+    let mut bad_offset = tcp_ip(ip("203.0.113.66"), 1, ip("192.0.2.1"), 1, SYN, 0);
+    bad_offset[20 + 12] = 0x30;
+    let mut bad_version = tcp_ip(ip("203.0.113.66"), 1, ip("192.0.2.1"), 2, SYN, 0);
+    bad_version[0] = 0x55;
+    let cut_tcp = ethernet(&tcp_ip(ip("203.0.113.66"), 1, ip("192.0.2.1"), 3, SYN, 0));
+    let frames = vec![
+        good(0, 21),
+        (SEC, ethernet(&bad_offset)),
+        (2 * SEC, ethernet(&bad_version)),
+        (3 * SEC, cut_tcp[..14 + 20 + 10].to_vec()),
+        (4 * SEC, cut_tcp[..10].to_vec()),
+        good(5 * SEC, 22),
+        good(6 * SEC, 23),
+        good(7 * SEC, 24),
+    ];
+    let out = run_case("malformed", 1, &frames, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "truncated_link 1",
+        "truncated_tcp 1",
+        "bad_ip_version 1",
+        "bad_tcp_data_offset 1",
+    ] {
+        assert!(stderr.contains(want), "summary lacks {want}: {stderr}");
+    }
+}
+
+#[test]
+fn stealth_scans_are_reported_without_connections() {
+    let s = "203.0.113.77";
+    let frames: Vec<(i64, Vec<u8>)> = [0, 0, FIN | PSH | URG, FIN]
+        .iter()
+        .enumerate()
+        .map(|(i, flags)| {
+            let at = i as i64 * SEC;
+            (
+                at,
+                ethernet(&tcp_ip(
+                    ip(s),
+                    50505,
+                    ip("192.0.2.1"),
+                    1000 + i as u16,
+                    *flags,
+                    0,
+                )),
+            )
+        })
+        .collect();
+    run_case("stealth_fin_null_xmas", 1, &frames, false);
+}
+
+#[test]
+fn nanosecond_timestamps_decide_the_window_edge() {
+    // Four ports, the last 60 s + 1 ns after the first: not a scan. A fifth port then is.
+    let s = "203.0.113.9";
+    let h = "192.0.2.1";
+    let frames = vec![
+        (0, ethernet(&tcp_ip(ip(s), 1, ip(h), 21, SYN, 0))),
+        (20 * SEC, ethernet(&tcp_ip(ip(s), 1, ip(h), 22, SYN, 0))),
+        (40 * SEC, ethernet(&tcp_ip(ip(s), 1, ip(h), 23, SYN, 0))),
+        (60 * SEC + 1, ethernet(&tcp_ip(ip(s), 1, ip(h), 24, SYN, 0))),
+        (60 * SEC + 2, ethernet(&tcp_ip(ip(s), 1, ip(h), 25, SYN, 0))),
+    ];
+    run_case("nanosecond_window_edge", 1, &frames, true);
+}
+
+#[test]
+fn pcapng_with_two_interfaces_of_different_link_types() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("two.pcapng");
+    let file = std::fs::File::create(&path).expect("create");
+    let mut w = PcapNgWriter::new(std::io::BufWriter::new(file)).expect("shb");
+    let eth = w.add_interface(1, None).expect("idb eth");
+    let raw = w.add_interface(101, Some(9)).expect("idb raw");
+    for (i, f) in standard().iter().enumerate() {
+        // Alternate interfaces: the scan spans both.
+        if i % 2 == 0 {
+            w.write_packet(eth, T0 + f.at, &ethernet(&f.ip))
+                .expect("epb");
+        } else {
+            w.write_packet(raw, T0 + f.at, &f.ip).expect("epb");
+        }
+        if i == 3 {
+            w.write_unknown_block(0x0bad_cafe, &[1, 2, 3, 4])
+                .expect("unknown block");
+        }
+    }
+    w.finish().expect("finish").flush().expect("flush");
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    let out = replay(&args, &[&path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_golden("pcapng_two_interfaces", &out);
+    // Same events as the single-interface Ethernet capture.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(golden_path("ethernet")).expect("ethernet golden")
+    );
+}
+
+#[test]
+fn gzip_capture_replays_like_the_plain_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plain = dir.path().join("plain.pcap");
+    write_pcap(&plain, 1, false, &framed(ethernet));
+    let gz = dir.path().join("plain.pcap.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).expect("create"),
+        flate2::Compression::default(),
+    );
+    enc.write_all(&std::fs::read(&plain).expect("read"))
+        .expect("compress");
+    enc.finish().expect("finish gzip");
+    let a = replay(&LOCAL_ARGS, &[&plain]);
+    let b = replay(&LOCAL_ARGS, &[&gz]);
+    assert!(b.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    assert!(!a.stdout.is_empty());
+}
+
+#[test]
+fn a_capture_cut_mid_record_prints_every_event_before_the_cut_then_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cut.pcap");
+    write_pcap(&path, 1, false, &framed(ethernet));
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&path, &bytes[..bytes.len() - 7]).expect("cut");
+    let out = replay(&LOCAL_ARGS, &[&path]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().expect("a line");
+    assert!(
+        first.contains("cut.pcap") && first.contains("cut short"),
+        "{stderr}"
+    );
+    // All but the last frame's events.
+    let full = std::fs::read_to_string(golden_path("ethernet")).expect("golden");
+    let want: Vec<&str> = full
+        .lines()
+        .filter(|l| {
+            !l.contains("\"dport\":8443") && !l.contains("\"event\":\"scan\",\"src\":\"2001")
+        })
+        .collect();
+    let got = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(got.lines().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn bad_inputs_get_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "this is not a capture\n").expect("write");
+    let wifi = dir.path().join("wifi.pcap");
+    write_pcap(&wifi, 105, false, &[(0, vec![0u8; 40])]);
+    let missing = dir.path().join("missing.pcap");
+    let cases: [(&Path, &str); 3] = [
+        (&text, "not a pcap or pcapng capture"),
+        (&wifi, "link type 105 not supported"),
+        (&missing, "No such file"),
+    ];
+    for (path, want) in cases {
+        let out = replay(&[], &[path]);
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let problems: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("synwatch: "))
+            .collect();
+        assert_eq!(problems.len(), 1, "{stderr}");
+        assert!(problems[0].contains(want), "{stderr}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn one_bad_file_does_not_stop_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let missing = dir.path().join("missing.pcap");
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    let out = replay(&args, &[&missing, &good]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(golden_path("ethernet")).expect("golden")
+    );
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    for args in [
+        vec!["--window", "0s"],
+        vec!["--max-ports", "many"],
+        vec!["--local", "10.0.0.300"],
+        vec!["--direction", "sideways"],
+    ] {
+        let out = replay(&args, &[&good]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .arg("replay")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "FILE is required");
+}
+
+#[test]
+fn environment_variables_set_options_and_flags_win() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .arg("replay")
+            .args(args)
+            .arg(&good)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run");
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let env = [
+        ("SYNWATCH_MAX_PORTS", "10"),
+        ("SYNWATCH_LOCAL", "192.0.2.1,2001:db8::1"),
+        ("SYNWATCH_FORMAT", "json"),
+    ];
+    assert!(
+        !run(&env, &[]).contains("\"event\":\"scan\""),
+        "max_ports 10 from the environment"
+    );
+    assert!(
+        run(&env, &["--max-ports", "3"]).contains("\"event\":\"scan\""),
+        "the flag wins"
+    );
+}
+
+#[test]
+fn table_format_for_people() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "table"]);
+    let out = replay(&args, &[&good]);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("TIME")
+            && lines[0].contains("SOURCE")
+            && lines[0].contains("DESTINATION")
+    );
+    assert!(
+        lines[1].ends_with("New connection: 198.51.100.20:50000 -> 192.0.2.1:80"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        text.contains("Port scan detected: 203.0.113.9 -> 192.0.2.1 on ports 22,21,23,25\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Port scan detected: 2001:db8::bad -> 2001:db8::1 on ports 80,443,8080,8443\n"
+        ),
+        "{text}"
+    );
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Records a real scan in a two-namespace lab: a victim (10.199.0.1, fd99::1) serving HTTP
+# on port 8080, an attacker namespace with a scanner address (10.199.0.2, fd99::2) that
+# runs `nmap -sS` over IPv4 and IPv6, and a client address (10.199.0.3) that makes
+# ordinary curl requests. tcpdump on the victim's interface writes the capture.
+#
+# usage: scripts/lab-capture.sh OUT.pcap [PORTS] [CURL_REQUESTS]
+# Needs root, iproute2, tcpdump, nmap, curl, python3. Only the lab's own namespaces are
+# touched, and they are removed on every exit path.
+set -euo pipefail
+
+out=${1:?usage: $0 OUT.pcap [PORTS] [CURL_REQUESTS]}
+ports=${2:-1-100}
+requests=${3:-20}
+
+for tool in ip tcpdump nmap curl python3; do
+    command -v "$tool" >/dev/null || { echo "lab-capture: $tool is missing (make deps installs it)" >&2; exit 2; }
+done
+[ "$(id -u)" -eq 0 ] || { echo "lab-capture: needs root to create network namespaces" >&2; exit 2; }
+
+tag="sw$$$RANDOM"
+victim="${tag}v"
+attacker="${tag}a"
+vif="${tag:0:11}v0"
+aif="${tag:0:11}a0"
+pids=()
+
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$victim" 2>/dev/null || true
+    ip netns del "$attacker" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+ip netns add "$victim"
+ip netns add "$attacker"
+ip link add "$vif" netns "$victim" type veth peer name "$aif" netns "$attacker"
+ip -n "$victim" addr add 10.199.0.1/24 dev "$vif"
+ip -n "$victim" addr add fd99::1/64 dev "$vif" nodad
+ip -n "$attacker" addr add 10.199.0.2/24 dev "$aif"
+ip -n "$attacker" addr add 10.199.0.3/24 dev "$aif"
+ip -n "$attacker" addr add fd99::2/64 dev "$aif" nodad
+for ns in "$victim" "$attacker"; do ip -n "$ns" link set lo up; done
+ip -n "$victim" link set "$vif" up
+ip -n "$attacker" link set "$aif" up
+
+# Dual-stack HTTP server on the victim.
+ip netns exec "$victim" python3 -m http.server 8080 --bind :: >/dev/null 2>&1 &
+pids+=($!)
+
+errlog=$(mktemp)
+ip netns exec "$victim" tcpdump -i "$vif" --immediate-mode -U -n -s 2048 -B 8192 -w "$out" 2>"$errlog" &
+tcpdump_pid=$!
+pids+=("$tcpdump_pid")
+for _ in $(seq 100); do grep -q "listening on" "$errlog" && break; sleep 0.05; done
+grep -q "listening on" "$errlog" || { cat "$errlog" >&2; echo "lab-capture: tcpdump did not start" >&2; exit 1; }
+for _ in $(seq 100); do
+    ip netns exec "$victim" python3 -c 'import socket; socket.create_connection(("::1", 8080), 0.2)' 2>/dev/null && break
+    sleep 0.05
+done
+
+for i in $(seq "$requests"); do
+    ip netns exec "$attacker" curl -sf --interface 10.199.0.3 -o /dev/null "http://10.199.0.1:8080/" \
+        || { echo "lab-capture: curl request $i failed" >&2; exit 1; }
+done
+ip netns exec "$attacker" nmap -n -Pn -sS -p "$ports" -e "$aif" -S 10.199.0.2 10.199.0.1 >/dev/null
+ip netns exec "$attacker" nmap -n -Pn -6 -sS -p "$ports" fd99::1 >/dev/null
+sleep 0.3
+
+kill -INT "$tcpdump_pid"
+wait "$tcpdump_pid" 2>/dev/null || true
+cat "$errlog" >&2
+echo "lab-capture: wrote $out" >&2
