@@ -618,7 +618,7 @@ pub fn write_sample<W: Write>(w: W) -> io::Result<GenStats> {
         packets,
         bytes,
         syns,
-        sources: 2,
+        sources: 3, // the client and both scanners
         scanners: vec![SAMPLE_SCANNER_V4.into(), SAMPLE_SCANNER_V6.into()],
     })
 }
@@ -1320,6 +1320,8 @@ mod tests {
         assert_eq!(st.packets as usize, SAMPLE_PACKETS);
         assert_eq!(st.bytes as usize, out.len());
         assert_eq!(st.syns as usize, SAMPLE_CONNECTIONS + 20 + 3);
+        assert_eq!(st.sources, 3);
+        assert_eq!(st.scanners.len(), 2);
         let recs = records(&out);
         assert_eq!(recs.len(), SAMPLE_PACKETS);
         assert_eq!(recs[0].0 / 1_000_000, START_SECS as u64);
