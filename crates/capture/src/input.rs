@@ -35,6 +35,28 @@ pub(crate) struct Input {
     base: u64,
     total_len: Option<u64>,
     path: Option<PathBuf>,
+    /// Mapped bytes before this offset have been handed back to the kernel.
+    released: usize,
+}
+
+/// How far the cursor of a mapped file moves before the pages behind it are released, and
+/// the alignment of what is released (a multiple of every page size Linux uses).
+const RELEASE_STEP: usize = 32 << 20;
+const RELEASE_ALIGN: usize = 2 << 20;
+
+/// Tells the kernel we are done with `map[from..to]`: replaying a multi-gigabyte capture
+/// then keeps only a window of it resident instead of the whole file.
+#[expect(
+    unsafe_code,
+    reason = "MADV_DONTNEED on a read-only file mapping drops our page-table entries; a later \
+              access re-reads the same file bytes, so no memory Rust can see changes. Only \
+              bytes behind the cursor are released, and no packet borrow outlives the \
+              next_packet call that moved the cursor past them"
+)]
+fn release_pages(map: &Mmap, from: usize, to: usize) {
+    // SAFETY: see the reason above.
+    let _ =
+        unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
 }
 
 enum Src {
@@ -167,6 +189,7 @@ impl Input {
         Ok(Self {
             src,
             pos: 0,
+            released: 0,
             base: 0,
             total_len,
             path: Some(path.to_path_buf()),
@@ -183,6 +206,7 @@ impl Input {
         Self {
             src,
             pos: 0,
+            released: 0,
             base: 0,
             total_len,
             path: None,
@@ -194,6 +218,7 @@ impl Input {
         Ok(Self {
             src,
             pos: 0,
+            released: 0,
             base: 0,
             total_len: None,
             path: None,
@@ -204,6 +229,13 @@ impl Input {
     /// of the input if fewer remain. Only streams do any work here.
     #[inline]
     pub(crate) fn fill(&mut self, need: usize) -> Result<(), CaptureError> {
+        if let Src::Map(map) = &self.src
+            && self.pos - self.released >= RELEASE_STEP
+        {
+            let to = self.pos & !(RELEASE_ALIGN - 1);
+            release_pages(map, self.released, to);
+            self.released = to;
+        }
         if let Src::Stream(s) = &mut self.src
             && s.end.saturating_sub(self.pos) < need
             && !s.eof
