@@ -163,7 +163,7 @@ impl DetectSettings {
                 allow: parse_set("--allow", &allow)?,
                 allow_local,
                 max_sources,
-                max_attempts: max_sources.saturating_mul(4),
+                max_attempts: max_sources.saturating_mul(2),
             },
             format: args.format.or(file.format),
         })
