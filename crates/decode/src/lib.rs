@@ -252,16 +252,8 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
     match link {
         LinkType::Ethernet => decode_ethernet(data),
         LinkType::Raw => decode_ip(data),
-        LinkType::Ipv4 => match data.first() {
-            Some(b) if b >> 4 == 4 => decode_ipv4(data),
-            Some(_) => Err(DecodeError::BadIpVersion),
-            None => Err(DecodeError::TruncatedIp),
-        },
-        LinkType::Ipv6 => match data.first() {
-            Some(b) if b >> 4 == 6 => decode_ipv6(data),
-            Some(_) => Err(DecodeError::BadIpVersion),
-            None => Err(DecodeError::TruncatedIp),
-        },
+        LinkType::Ipv4 => decode_ipv4_checked(data),
+        LinkType::Ipv6 => decode_ipv6_checked(data),
         LinkType::LinuxSll => {
             let proto = be16(data, 14).ok_or(DecodeError::TruncatedLink)?;
             decode_ethertype(proto, &data[16..])
