@@ -41,7 +41,6 @@ run: build
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) build --release --locked
 	$(CARGO) test --workspace --locked -- --include-ignored
 
 fmt:
