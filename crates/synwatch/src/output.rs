@@ -28,15 +28,134 @@ pub struct Connection {
     pub direction: Direction,
 }
 
+/// Formats events as bytes, without writing them anywhere: the part of output that can
+/// run on another thread than the one that decides which events are due.
+#[derive(Debug, Clone)]
+pub struct Formatter {
+    format: Format,
+    clock: TimestampCache,
+}
+
+impl Formatter {
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            clock: TimestampCache::default(),
+        }
+    }
+
+    pub fn connection(&mut self, c: &Connection, out: &mut Vec<u8>) {
+        match self.format {
+            Format::Json => {
+                out.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(c.ts, out);
+                out.extend_from_slice(b"\",\"event\":\"connection\",\"src\":\"");
+                write_ip(out, c.src);
+                out.extend_from_slice(b"\",\"sport\":");
+                write_u64(out, c.sport.into());
+                out.extend_from_slice(b",\"dst\":\"");
+                write_ip(out, c.dst);
+                out.extend_from_slice(b"\",\"dport\":");
+                write_u64(out, c.dport.into());
+                out.extend_from_slice(b",\"direction\":\"");
+                out.extend_from_slice(c.direction.as_str().as_bytes());
+                out.extend_from_slice(b"\"}\n");
+            }
+            Format::Table => {
+                let mut src = Vec::with_capacity(48);
+                write_socket(&mut src, c.src, c.sport);
+                let mut dst = Vec::with_capacity(48);
+                write_socket(&mut dst, c.dst, c.dport);
+                self.table_row(out, c.ts, &src, &dst);
+                out.extend_from_slice(b"New connection: ");
+                out.extend_from_slice(&src);
+                out.extend_from_slice(b" -> ");
+                out.extend_from_slice(&dst);
+                if c.direction == Direction::Out {
+                    out.extend_from_slice(b" (outgoing)");
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+
+    pub fn scan(&mut self, s: &Scan, out: &mut Vec<u8>) {
+        match self.format {
+            Format::Json => {
+                out.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(s.ts, out);
+                out.extend_from_slice(b"\",\"event\":\"scan\",\"src\":\"");
+                write_ip(out, s.src);
+                out.extend_from_slice(b"\",\"dst\":\"");
+                write_ip(out, s.dst);
+                out.extend_from_slice(b"\",\"ports\":[");
+                write_ports(out, &s.ports);
+                out.extend_from_slice(b"],\"window_secs\":");
+                write_secs(out, s.window);
+                out.extend_from_slice(b",\"probes\":[");
+                for (i, p) in s.probes.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    out.extend_from_slice(p.as_str().as_bytes());
+                    out.push(b'"');
+                }
+                out.extend_from_slice(b"],\"allowlisted\":");
+                out.extend_from_slice(if s.allowlisted { b"true" } else { b"false" });
+                out.extend_from_slice(b"}\n");
+            }
+            Format::Table => {
+                let mut src = Vec::with_capacity(40);
+                write_ip(&mut src, s.src);
+                let mut dst = Vec::with_capacity(40);
+                write_ip(&mut dst, s.dst);
+                self.table_row(out, s.ts, &src, &dst);
+                out.extend_from_slice(b"Port scan detected: ");
+                out.extend_from_slice(&src);
+                out.extend_from_slice(b" -> ");
+                out.extend_from_slice(&dst);
+                out.extend_from_slice(b" on ports ");
+                write_ports(out, &s.ports);
+                let only_syn = s.probes.iter().all(|p| p == Probe::Syn);
+                if !only_syn {
+                    out.extend_from_slice(b" (probes: ");
+                    for (i, p) in s.probes.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(p.as_str().as_bytes());
+                    }
+                    out.push(b')');
+                }
+                if s.allowlisted {
+                    out.extend_from_slice(b" (allowlisted: not to be blocked)");
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+
+    fn table_row(&mut self, out: &mut Vec<u8>, ts: Nanos, src: &[u8], dst: &[u8]) {
+        let start = out.len();
+        self.clock.write(ts, out);
+        pad_to(out, start + TIME_WIDTH);
+        for field in [src, dst] {
+            let start = out.len();
+            out.extend_from_slice(field);
+            pad_to(out, start + ADDR_WIDTH);
+        }
+    }
+}
+
 /// Writes events in one format. Events are formatted straight into one large buffer
 /// that goes to `out` whenever it fills (and on [`EventWriter::flush`]), so each event
 /// costs no copy beyond its formatting.
 #[derive(Debug)]
 pub struct EventWriter<W: Write> {
     out: W,
-    format: Format,
+    formatter: Formatter,
     line: Vec<u8>,
-    clock: TimestampCache,
     header_done: bool,
 }
 
@@ -47,11 +166,30 @@ impl<W: Write> EventWriter<W> {
     pub fn new(out: W, format: Format) -> Self {
         Self {
             out,
-            format,
+            formatter: Formatter::new(format),
             line: Vec::with_capacity(FLUSH_AT + 4096),
-            clock: TimestampCache::default(),
             header_done: false,
         }
+    }
+
+    #[cfg(test)]
+    pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
+        self.table_header()?;
+        self.formatter.connection(c, &mut self.line);
+        self.end_event()
+    }
+
+    pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
+        self.table_header()?;
+        self.formatter.scan(s, &mut self.line);
+        self.end_event()
+    }
+
+    /// Writes an event that a [`Formatter`] of the same format already formatted.
+    pub fn formatted(&mut self, event: &[u8]) -> io::Result<()> {
+        self.table_header()?;
+        self.line.extend_from_slice(event);
+        self.end_event()
     }
 
     fn end_event(&mut self) -> io::Result<()> {
@@ -62,106 +200,6 @@ impl<W: Write> EventWriter<W> {
         Ok(())
     }
 
-    pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
-        match self.format {
-            Format::Json => {
-                self.line.extend_from_slice(b"{\"ts\":\"");
-                self.clock.write(c.ts, &mut self.line);
-                self.line
-                    .extend_from_slice(b"\",\"event\":\"connection\",\"src\":\"");
-                write_ip(&mut self.line, c.src);
-                self.line.extend_from_slice(b"\",\"sport\":");
-                write_u64(&mut self.line, c.sport.into());
-                self.line.extend_from_slice(b",\"dst\":\"");
-                write_ip(&mut self.line, c.dst);
-                self.line.extend_from_slice(b"\",\"dport\":");
-                write_u64(&mut self.line, c.dport.into());
-                self.line.extend_from_slice(b",\"direction\":\"");
-                self.line.extend_from_slice(c.direction.as_str().as_bytes());
-                self.line.extend_from_slice(b"\"}\n");
-            }
-            Format::Table => {
-                self.table_header()?;
-                let mut src = Vec::with_capacity(48);
-                write_socket(&mut src, c.src, c.sport);
-                let mut dst = Vec::with_capacity(48);
-                write_socket(&mut dst, c.dst, c.dport);
-                self.table_row(c.ts, &src, &dst);
-                self.line.extend_from_slice(b"New connection: ");
-                self.line.extend_from_slice(&src);
-                self.line.extend_from_slice(b" -> ");
-                self.line.extend_from_slice(&dst);
-                if c.direction == Direction::Out {
-                    self.line.extend_from_slice(b" (outgoing)");
-                }
-                self.line.push(b'\n');
-            }
-        }
-        self.end_event()
-    }
-
-    pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
-        match self.format {
-            Format::Json => {
-                self.line.extend_from_slice(b"{\"ts\":\"");
-                self.clock.write(s.ts, &mut self.line);
-                self.line
-                    .extend_from_slice(b"\",\"event\":\"scan\",\"src\":\"");
-                write_ip(&mut self.line, s.src);
-                self.line.extend_from_slice(b"\",\"dst\":\"");
-                write_ip(&mut self.line, s.dst);
-                self.line.extend_from_slice(b"\",\"ports\":[");
-                write_ports(&mut self.line, &s.ports);
-                self.line.extend_from_slice(b"],\"window_secs\":");
-                write_secs(&mut self.line, s.window);
-                self.line.extend_from_slice(b",\"probes\":[");
-                for (i, p) in s.probes.iter().enumerate() {
-                    if i > 0 {
-                        self.line.push(b',');
-                    }
-                    self.line.push(b'"');
-                    self.line.extend_from_slice(p.as_str().as_bytes());
-                    self.line.push(b'"');
-                }
-                self.line.extend_from_slice(b"],\"allowlisted\":");
-                self.line
-                    .extend_from_slice(if s.allowlisted { b"true" } else { b"false" });
-                self.line.extend_from_slice(b"}\n");
-            }
-            Format::Table => {
-                self.table_header()?;
-                let mut src = Vec::with_capacity(40);
-                write_ip(&mut src, s.src);
-                let mut dst = Vec::with_capacity(40);
-                write_ip(&mut dst, s.dst);
-                self.table_row(s.ts, &src, &dst);
-                self.line.extend_from_slice(b"Port scan detected: ");
-                self.line.extend_from_slice(&src);
-                self.line.extend_from_slice(b" -> ");
-                self.line.extend_from_slice(&dst);
-                self.line.extend_from_slice(b" on ports ");
-                write_ports(&mut self.line, &s.ports);
-                let only_syn = s.probes.iter().all(|p| p == Probe::Syn);
-                if !only_syn {
-                    self.line.extend_from_slice(b" (probes: ");
-                    for (i, p) in s.probes.iter().enumerate() {
-                        if i > 0 {
-                            self.line.push(b',');
-                        }
-                        self.line.extend_from_slice(p.as_str().as_bytes());
-                    }
-                    self.line.push(b')');
-                }
-                if s.allowlisted {
-                    self.line
-                        .extend_from_slice(b" (allowlisted: not to be blocked)");
-                }
-                self.line.push(b'\n');
-            }
-        }
-        self.end_event()
-    }
-
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.write_all(&self.line)?;
         self.line.clear();
@@ -169,7 +207,7 @@ impl<W: Write> EventWriter<W> {
     }
 
     fn table_header(&mut self) -> io::Result<()> {
-        if !self.header_done {
+        if !self.header_done && self.formatter.format == Format::Table {
             self.header_done = true;
             writeln!(
                 self.line,
@@ -178,17 +216,6 @@ impl<W: Write> EventWriter<W> {
             )?;
         }
         Ok(())
-    }
-
-    fn table_row(&mut self, ts: Nanos, src: &[u8], dst: &[u8]) {
-        let start = self.line.len();
-        self.clock.write(ts, &mut self.line);
-        pad_to(&mut self.line, start + TIME_WIDTH);
-        for field in [src, dst] {
-            let start = self.line.len();
-            self.line.extend_from_slice(field);
-            pad_to(&mut self.line, start + ADDR_WIDTH);
-        }
     }
 }
 
@@ -272,7 +299,7 @@ pub fn write_u64(line: &mut Vec<u8>, mut n: u64) {
 
 /// Formats RFC 3339 UTC timestamps with microseconds, remembering the last whole second
 /// so that consecutive events (the usual case) only format their fraction.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct TimestampCache {
     second: Option<i64>,
     prefix: Vec<u8>,

@@ -11,11 +11,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use synwatch_capture::{CaptureError, CaptureReader};
-use synwatch_decode::{DecodeError, Decoded, LinkType, Skip, Transport, decode};
-use synwatch_detect::{Detector, Direction, Observation, Probe, Seen};
+use synwatch_decode::{DecodeError, Decoded, LinkType, Skip, TcpFlags, Transport, decode};
+use synwatch_detect::{AddrSet, Detector, Direction, Observation, Probe};
 
 use crate::config::DetectSettings;
-use crate::output::{Connection, EventWriter, Format};
+use crate::output::{Connection, EventWriter, Format, Formatter};
 
 /// `synwatch replay` options beyond the shared detection ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -64,6 +64,25 @@ pub struct Totals {
 /// this many, so the hand-over costs a fraction of a nanosecond per packet.
 const BATCH: usize = 4096;
 
+/// Attempts and probes for the detecting thread, each with its `connection` event already
+/// formatted (empty for stealth probes): formatting is a pure function of the packet, so
+/// the reading thread does it and the detecting thread only decides what is printed.
+#[derive(Debug, Default)]
+struct Batch {
+    obs: Vec<Observation>,
+    text: Vec<u8>,
+    /// End of each observation's event in `text`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.obs.clear();
+        self.text.clear();
+        self.ends.clear();
+    }
+}
+
 /// What the detecting thread hands back when the stream ends.
 struct DetectDone {
     detector: Detector,
@@ -88,27 +107,25 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         reason = "the binary is the edge that reads clocks"
     )]
     let started = Instant::now();
+    let mut prep = Prepare {
+        formatter: Formatter::new(format),
+        locals: settings.detector.locals.clone(),
+    };
     let detector = Detector::new(settings.detector);
 
-    let (batches, inbox) = mpsc::sync_channel::<Vec<Observation>>(8);
-    let (recycle, spare) = mpsc::channel::<Vec<Observation>>();
+    let (batches, inbox) = mpsc::sync_channel::<Batch>(8);
+    let (recycle, spare) = mpsc::channel::<Batch>();
     let worker = thread::Builder::new()
         .name("synwatch-detect".into())
         .spawn(move || detect_thread(detector, format, &inbox, &recycle))
         .map_err(|e| anyhow::anyhow!("cannot start the detection thread: {e}"))?;
 
     let mut ending = Ending::Clean;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Batch::default();
     for path in &args.files {
         totals.files += 1;
-        match replay_file(
-            path,
-            &mut totals,
-            &mut progress,
-            &mut batch,
-            &batches,
-            &spare,
-        ) {
+        let sink = (&mut batch, &batches, &spare);
+        match replay_file(path, &mut totals, &mut progress, &mut prep, sink) {
             Ok(()) => {}
             Err(FileError::OutputGone) => break,
             Err(FileError::Input(msg)) => {
@@ -119,7 +136,7 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
             }
         }
     }
-    if !batch.is_empty() {
+    if !batch.obs.is_empty() {
         let _ = batches.send(batch);
     }
     drop(batches);
@@ -143,34 +160,24 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
 fn detect_thread(
     mut detector: Detector,
     format: Format,
-    inbox: &mpsc::Receiver<Vec<Observation>>,
-    recycle: &mpsc::Sender<Vec<Observation>>,
+    inbox: &mpsc::Receiver<Batch>,
+    recycle: &mpsc::Sender<Batch>,
 ) -> DetectDone {
     let mut events = EventWriter::new(io::stdout().lock(), format);
     let mut connections_logged = 0;
     let mut output = Ok(());
     'batches: for mut batch in inbox {
-        for obs in &batch {
+        let mut start = 0;
+        for (obs, &end) in batch.obs.iter().zip(&batch.ends) {
             let out = detector.observe(obs);
             if out.log {
                 connections_logged += 1;
-                let direction = match out.seen {
-                    Seen::Attempt(d) => d,
-                    _ => Direction::In,
-                };
-                let written = events.connection(&Connection {
-                    ts: obs.ts,
-                    src: obs.src,
-                    sport: obs.sport,
-                    dst: obs.dst,
-                    dport: obs.dport,
-                    direction,
-                });
-                if let Err(e) = written {
+                if let Err(e) = events.formatted(&batch.text[start..end]) {
                     output = Err(e);
                     break 'batches;
                 }
             }
+            start = end;
             if let Some(scan) = &out.scan
                 && let Err(e) = events.scan(scan)
             {
@@ -220,13 +227,48 @@ fn input_error(path: &Path, e: &CaptureError) -> String {
     }
 }
 
+/// What the reading thread needs to prepare observations for the detecting thread.
+struct Prepare {
+    formatter: Formatter,
+    /// The detector's local addresses, to give each formatted event its direction.
+    locals: AddrSet,
+}
+
+impl Prepare {
+    fn push(&mut self, batch: &mut Batch, obs: Observation) {
+        if obs.flags.has(TcpFlags::SYN) {
+            let direction = if self.locals.contains(obs.src) {
+                Direction::Out
+            } else {
+                Direction::In
+            };
+            let event = Connection {
+                ts: obs.ts,
+                src: obs.src,
+                sport: obs.sport,
+                dst: obs.dst,
+                dport: obs.dport,
+                direction,
+            };
+            self.formatter.connection(&event, &mut batch.text);
+        }
+        batch.ends.push(batch.text.len());
+        batch.obs.push(obs);
+    }
+}
+
+type BatchSink<'a> = (
+    &'a mut Batch,
+    &'a mpsc::SyncSender<Batch>,
+    &'a mpsc::Receiver<Batch>,
+);
+
 fn replay_file(
     path: &Path,
     totals: &mut Totals,
     progress: &mut Progress,
-    batch: &mut Vec<Observation>,
-    batches: &mpsc::SyncSender<Vec<Observation>>,
-    spare: &mpsc::Receiver<Vec<Observation>>,
+    prep: &mut Prepare,
+    (batch, batches, spare): BatchSink<'_>,
 ) -> Result<(), FileError> {
     let mut reader = open(path).map_err(|e| FileError::Input(input_error(path, &e)))?;
     let mut unsupported: Vec<u32> = Vec::new();
@@ -258,18 +300,17 @@ fn replay_file(
                     if Probe::classify(flags).is_none() {
                         continue;
                     }
-                    batch.push(Observation {
+                    let obs = Observation {
                         ts: packet.ts_nanos,
                         src: seg.src,
                         dst: seg.dst,
                         sport: seg.sport,
                         dport: seg.dport,
                         flags,
-                    });
-                    if batch.len() == BATCH {
-                        let next = spare
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    };
+                    prep.push(batch, obs);
+                    if batch.obs.len() == BATCH {
+                        let next = spare.try_recv().unwrap_or_default();
                         let full = std::mem::replace(batch, next);
                         batches.send(full).map_err(|_| FileError::OutputGone)?;
                     }

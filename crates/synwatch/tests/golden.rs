@@ -523,3 +523,31 @@ fn table_format_for_people() {
         "{text}"
     );
 }
+
+#[test]
+fn direction_both_logs_outgoing_attempts_as_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json", "--direction", "both"]);
+    let out = replay(&args, &[&good]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let outgoing: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"src\":\"192.0.2.1\""))
+        .collect();
+    assert_eq!(outgoing.len(), 1, "{text}");
+    assert!(
+        outgoing[0].contains("\"dport\":443,\"direction\":\"out\""),
+        "{}",
+        outgoing[0]
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"direction\":\"in\""))
+            .count(),
+        9
+    );
+}
