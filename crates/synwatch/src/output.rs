@@ -52,11 +52,11 @@ impl Formatter {
                 out.extend_from_slice(b"\",\"event\":\"connection\",\"src\":\"");
                 write_ip(out, c.src);
                 out.extend_from_slice(b"\",\"sport\":");
-                write_u64(out, c.sport.into());
+                write_small(out, c.sport);
                 out.extend_from_slice(b",\"dst\":\"");
                 write_ip(out, c.dst);
                 out.extend_from_slice(b"\",\"dport\":");
-                write_u64(out, c.dport.into());
+                write_small(out, c.dport);
                 out.extend_from_slice(b",\"direction\":\"");
                 out.extend_from_slice(c.direction.as_str().as_bytes());
                 out.extend_from_slice(b"\"}\n");
@@ -233,7 +233,7 @@ fn write_ports(line: &mut Vec<u8>, ports: &[u16]) {
         if i > 0 {
             line.push(b',');
         }
-        write_u64(line, u64::from(*port));
+        write_small(line, *port);
     }
 }
 
@@ -260,7 +260,7 @@ fn write_socket(line: &mut Vec<u8>, addr: IpAddr, port: u16) {
         }
     }
     line.push(b':');
-    write_u64(line, u64::from(port));
+    write_small(line, port);
 }
 
 pub fn write_ip(line: &mut Vec<u8>, addr: IpAddr) {
@@ -275,12 +275,33 @@ pub fn write_ip(line: &mut Vec<u8>, addr: IpAddr) {
 }
 
 fn write_ipv4(line: &mut Vec<u8>, a: Ipv4Addr) {
-    for (i, octet) in a.octets().iter().enumerate() {
+    line.reserve(15);
+    for (i, octet) in a.octets().into_iter().enumerate() {
         if i > 0 {
             line.push(b'.');
         }
-        write_u64(line, u64::from(*octet));
+        write_small(line, u16::from(octet));
     }
+}
+
+/// Decimal digits of a port or an octet by plain pushes: the hottest numbers in the
+/// output, where a digit loop followed by a variable-length copy showed in profiles.
+#[inline]
+fn write_small(line: &mut Vec<u8>, n: u16) {
+    let digit = |d: u16| b'0' + (d % 10) as u8;
+    if n >= 10_000 {
+        line.push(digit(n / 10_000));
+    }
+    if n >= 1_000 {
+        line.push(digit(n / 1_000));
+    }
+    if n >= 100 {
+        line.push(digit(n / 100));
+    }
+    if n >= 10 {
+        line.push(digit(n / 10));
+    }
+    line.push(digit(n));
 }
 
 pub fn write_u64(line: &mut Vec<u8>, mut n: u64) {
@@ -487,6 +508,20 @@ mod tests {
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
         assert_eq!(rfc3339(i64::MAX), "2262-04-11T23:47:16.854775Z");
         assert_eq!(rfc3339(i64::MIN), "1677-09-21T00:12:43.145224Z");
+    }
+
+    #[test]
+    fn small_numbers_at_every_magnitude() {
+        for n in [
+            0u16, 7, 9, 10, 99, 100, 255, 999, 1000, 9999, 10_000, 65_535,
+        ] {
+            let mut line = Vec::new();
+            write_small(&mut line, n);
+            assert_eq!(line, n.to_string().into_bytes());
+        }
+        let mut line = Vec::new();
+        write_ip(&mut line, ip("0.10.100.255"));
+        assert_eq!(line, b"0.10.100.255");
     }
 
     #[test]
