@@ -163,17 +163,15 @@ pub struct Stats {
 
 #[derive(Debug, Clone, Copy)]
 struct PortSeen {
+    last: Nanos,
     port: u16,
     probes: ProbeSet,
-    /// Sequence number of the sighting that started this port's current run; orders
-    /// ports by first sighting without ties.
-    first_seq: u64,
-    last: Nanos,
 }
 
 #[derive(Debug, Clone)]
 struct Source {
-    /// Most recently reached distinct ports, oldest `last` first; at most `max_ports + 1`.
+    /// The most recently reached distinct ports inside the window (at most
+    /// `max_ports + 1`), in the order of the first sighting of each one's current run.
     ports: SmallVec<[PortSeen; 4]>,
     /// Last attempt or stealth probe (not retransmission).
     last_activity: Nanos,
@@ -215,9 +213,8 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub struct Detector {
     cfg: Config,
     now: Nanos,
-    seq: u64,
     next_sweep: Nanos,
-    sources: Map<AddrKey, Source>,
+    sources: Map<[u64; 2], Source>,
     attempts: Map<FourTuple, Nanos>,
     stats: Stats,
 }
@@ -227,7 +224,6 @@ impl Detector {
         Self {
             cfg,
             now: Nanos::MIN,
-            seq: 0,
             next_sweep: Nanos::MIN,
             sources: Map::default(),
             attempts: Map::default(),
@@ -393,12 +389,10 @@ impl Detector {
     fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> Option<Scan> {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
-        let key = addr_key(obs.src);
+        let key = halves(addr_key(obs.src));
         if self.sources.len() >= self.cfg.max_sources && !self.sources.contains_key(&key) {
             self.evict_sources();
         }
-        self.seq += 1;
-        let seq = self.seq;
         let source = self.sources.entry(key).or_insert_with(|| Source {
             ports: SmallVec::new(),
             last_activity: now,
@@ -409,38 +403,33 @@ impl Detector {
             source.in_episode = false;
         }
         source.last_activity = now;
-        // Ports are ordered by last sighting, so the expired ones are a prefix.
-        let expired = source
+        // A port that left the window ends its run; seen again, it is a new first sighting.
+        source
             .ports
-            .iter()
-            .take_while(|p| now.saturating_sub(p.last) > window)
-            .count();
-        source.ports.drain(..expired);
-
-        if let Some(i) = source.ports.iter().position(|p| p.port == obs.dport) {
-            let mut seen = source.ports.remove(i);
+            .retain(|p| now.saturating_sub(p.last) <= window);
+        if let Some(seen) = source.ports.iter_mut().find(|p| p.port == obs.dport) {
             seen.last = now;
             seen.probes.insert(probe);
-            source.ports.push(seen);
         } else {
             source.ports.push(PortSeen {
                 port: obs.dport,
                 probes: probe.into(),
-                first_seq: seq,
                 last: now,
             });
         }
-        if source.ports.len() > keep {
-            let excess = source.ports.len() - keep;
-            source.ports.drain(..excess);
+        // Only the most recently seen ports decide "more than max_ports in the window".
+        while source.ports.len() > keep {
+            let oldest = (0..source.ports.len())
+                .min_by_key(|&i| source.ports[i].last)
+                .unwrap_or(0);
+            source.ports.remove(oldest);
         }
 
         if source.in_episode || source.ports.len() < keep {
             return None;
         }
         source.in_episode = true;
-        let mut ports: SmallVec<[PortSeen; 8]> = source.ports.iter().copied().collect();
-        ports.sort_unstable_by_key(|p| p.first_seq);
+        let ports = &source.ports;
         let probes = ports
             .iter()
             .fold(ProbeSet::default(), |acc, p| acc.union(p.probes));
@@ -451,7 +440,8 @@ impl Detector {
             ports: ports.iter().map(|p| p.port).collect(),
             probes,
             window,
-            allowlisted: self.is_allowlisted(obs.src),
+            allowlisted: self.cfg.allow.contains(obs.src)
+                || (self.cfg.allow_local && self.cfg.locals.contains(obs.src)),
         })
     }
 
@@ -528,7 +518,7 @@ mod sizing {
     #[test]
     fn entries_stay_compact() {
         assert_eq!(std::mem::size_of::<(FourTuple, Nanos)>(), 48);
-        assert!(std::mem::size_of::<(AddrKey, Source)>() <= 144);
+        assert!(std::mem::size_of::<([u64; 2], Source)>() <= 104);
     }
 
     #[test]
