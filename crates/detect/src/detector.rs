@@ -8,7 +8,7 @@
 //!   exactly), the time of its last attempt, and whether a scan episode is open.
 //!
 //! Both tables are swept of expired entries as time advances and have a hard cap; at the
-//! cap, eviction removes an eighth of the table in one pass, lowest-ranked first, so that
+//! cap, eviction removes a quarter of the table in one pass, lowest-ranked first, so that
 //! its cost is amortised and the sources closest to being scanners stay.
 
 use std::collections::HashMap;
@@ -214,6 +214,7 @@ pub struct Detector {
     cfg: Config,
     now: Nanos,
     next_sweep: Nanos,
+    last_sweep: Nanos,
     sources: Map<[u64; 2], Source>,
     attempts: Map<FourTuple, Nanos>,
     stats: Stats,
@@ -225,6 +226,7 @@ impl Detector {
             cfg,
             now: Nanos::MIN,
             next_sweep: Nanos::MIN,
+            last_sweep: Nanos::MIN,
             sources: Map::default(),
             attempts: Map::default(),
             stats: Stats::default(),
@@ -332,6 +334,7 @@ impl Detector {
 
     /// Drops every source and 4-tuple whose state lies wholly outside the window.
     fn sweep(&mut self) {
+        self.last_sweep = self.now;
         let (now, window) = (self.now, self.cfg.window);
         self.sources
             .retain(|_, s| now.saturating_sub(s.last_activity) <= window);
@@ -361,27 +364,22 @@ impl Detector {
         }
     }
 
+    /// Makes room in the attempt table: expired entries first, then the least recently
+    /// seen quarter.
     fn evict_attempts(&mut self) {
-        self.sweep();
-        let cap = self.cfg.max_attempts;
-        if self.attempts.len() < cap {
+        self.sweep_if_stale();
+        if self.attempts.len() < self.cfg.max_attempts {
             return;
         }
-        let target = (cap / 8).max(1);
-        let mut ages: Vec<Nanos> = self.attempts.values().copied().collect();
-        let idx = target.min(ages.len()) - 1;
-        let (_, cutoff, _) = ages.select_nth_unstable(idx);
-        let cutoff = *cutoff;
-        let mut left = target;
-        self.attempts.retain(|_, last| {
-            if left > 0 && *last <= cutoff {
-                left -= 1;
-                false
-            } else {
-                true
-            }
+        let ages: Vec<Nanos> = self.attempts.values().copied().collect();
+        let evict = evict_lowest(&ages, EVICT_FRACTION);
+        // `retain` visits entries in the same order as `values` did.
+        let mut i = 0;
+        self.attempts.retain(|_, _| {
+            i += 1;
+            !evict[i - 1]
         });
-        self.stats.attempts_evicted += (target - left) as u64;
+        self.stats.attempts_evicted += evict.iter().filter(|e| **e).count() as u64;
     }
 
     /// Records `obs` against its source; returns a scan if this observation starts an
@@ -446,57 +444,70 @@ impl Detector {
     }
 
     /// Makes room for new sources: first drops expired ones; if the table is still full,
-    /// evicts an eighth of it, lowest rank first and, within a rank, least recently active.
+    /// evicts a quarter of it, lowest rank first and, within a rank, least recently active.
     fn evict_sources(&mut self) {
-        self.sweep();
-        let cap = self.cfg.max_sources;
-        if self.sources.len() < cap {
+        self.sweep_if_stale();
+        if self.sources.len() < self.cfg.max_sources {
             return;
         }
-        let target = (cap / 8).max(1).min(self.sources.len());
-        let levels = usize::from(self.cfg.max_ports) + 3;
-        let mut histogram = vec![0usize; levels];
         let (now, window, max_ports) = (self.now, self.cfg.window, self.cfg.max_ports);
-        for source in self.sources.values() {
-            histogram[rank(source, now, window, max_ports)] += 1;
-        }
-        let mut below = 0;
-        let mut level = 0;
-        while level < levels && below + histogram[level] < target {
-            below += histogram[level];
-            level += 1;
-        }
-        // All sources ranked below `level` go; of those at `level`, the least recently
-        // active go until `target` is reached.
-        let need_at_level = target - below;
-        let mut ages: Vec<Nanos> = self
+        // Rank in the high bits, recency below: one integer orders by both. The rank is at
+        // most 65,537 (17 bits); the time since the last activity takes 46 bits (19 hours
+        // of nanoseconds), anything older counting as oldest.
+        let scores: Vec<Nanos> = self
             .sources
             .values()
-            .filter(|s| rank(s, now, window, max_ports) == level)
-            .map(|s| s.last_activity)
+            .map(|s| {
+                let rank = rank(s, now, window, max_ports) as i64;
+                let age = now.saturating_sub(s.last_activity).clamp(0, (1 << 46) - 1);
+                (rank << 46) | ((1 << 46) - 1 - age)
+            })
             .collect();
-        let cutoff = if need_at_level == 0 || ages.is_empty() {
-            Nanos::MIN
-        } else {
-            let idx = need_at_level.min(ages.len()) - 1;
-            *ages.select_nth_unstable(idx).1
-        };
-        let mut left_at_level = need_at_level;
-        let mut evicted = 0u64;
-        self.sources.retain(|_, s| {
-            let rank = rank(s, now, window, max_ports);
-            let evict = rank < level
-                || (rank == level && left_at_level > 0 && s.last_activity <= cutoff && {
-                    left_at_level -= 1;
-                    true
-                });
-            if evict {
-                evicted += 1;
-            }
-            !evict
+        let evict = evict_lowest(&scores, EVICT_FRACTION);
+        let mut i = 0;
+        self.sources.retain(|_, _| {
+            i += 1;
+            !evict[i - 1]
         });
-        self.stats.sources_evicted += evicted;
+        self.stats.sources_evicted += evict.iter().filter(|e| **e).count() as u64;
     }
+
+    /// Sweeps unless a sweep ran recently: under a flood eviction runs often, and a sweep
+    /// so soon after the last would find nothing to expire.
+    fn sweep_if_stale(&mut self) {
+        if self.now.saturating_sub(self.last_sweep) > self.cfg.window / 16 {
+            self.sweep();
+        }
+    }
+}
+
+/// At the cap, this share of a table is evicted in one pass, so that each eviction pass
+/// is paid for by that many insertions.
+const EVICT_FRACTION: usize = 4;
+
+/// Marks the `len / fraction` (at least one) entries with the lowest scores; ties at the
+/// cut go by position.
+fn evict_lowest(scores: &[Nanos], fraction: usize) -> Vec<bool> {
+    let target = (scores.len() / fraction).max(1).min(scores.len());
+    if target == 0 {
+        return Vec::new();
+    }
+    let mut sorted = scores.to_vec();
+    let (_, &mut cutoff, _) = sorted.select_nth_unstable(target - 1);
+    let mut ties_left = target - scores.iter().filter(|s| **s < cutoff).count();
+    scores
+        .iter()
+        .map(|s| {
+            if *s < cutoff {
+                true
+            } else if *s == cutoff && ties_left > 0 {
+                ties_left -= 1;
+                true
+            } else {
+                false
+            }
+        })
+        .collect()
 }
 
 /// How close a source is to being a scanner: sources in an episode rank highest, then by
@@ -514,6 +525,17 @@ fn rank(source: &Source, now: Nanos, window: Nanos, max_ports: u16) -> usize {
 #[cfg(test)]
 mod sizing {
     use super::*;
+
+    #[test]
+    fn evict_lowest_takes_the_share_with_ties_by_position() {
+        assert_eq!(
+            evict_lowest(&[5, 1, 9, 1, 7, 3, 1, 8], 4),
+            [false, true, false, true, false, false, false, false]
+        );
+        assert_eq!(evict_lowest(&[4, 4, 4, 4], 2), [true, true, false, false]);
+        assert_eq!(evict_lowest(&[2], 4), [true]);
+        assert!(evict_lowest(&[], 4).is_empty());
+    }
 
     #[test]
     fn entries_stay_compact() {
