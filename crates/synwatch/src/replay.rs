@@ -150,7 +150,8 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         Err(e) => return Err(anyhow::Error::new(e).context("cannot write events to stdout")),
         Ok(()) => {}
     }
-    if !args.no_summary {
+    // When no file could be read at all, the error lines say everything.
+    if !args.no_summary && totals.files_failed < totals.files {
         let elapsed = started.elapsed();
         eprint!("{}", summary(&totals, &done.detector, elapsed));
     }
@@ -215,6 +216,11 @@ fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
 
 /// The message for a capture error, naming the file unless the error already does.
 fn input_error(path: &Path, e: &CaptureError) -> String {
+    let path = if path.as_os_str() == "-" {
+        Path::new("stdin")
+    } else {
+        path
+    };
     match e {
         CaptureError::Io { path: Some(_), .. } => e.to_string(),
         CaptureError::Truncated { .. } => {
