@@ -10,6 +10,8 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time
+# header file -> Debian package, for crates that link C libraries
+DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
 .PHONY: all deps build run test check lint fmt bench fuzz clean
 
@@ -20,6 +22,10 @@ deps:
 	@missing=""; for pair in $(DEB_TOOLS); do \
 	    cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	    command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	for pair in $(DEB_HEADERS); do \
+	    file=$${pair%%:*}; pkg=$${pair##*:}; \
+	    [ -e $$file ] || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	    pkgs=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \

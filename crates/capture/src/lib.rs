@@ -28,6 +28,7 @@
 //! - this file: the public types and the dispatch between the two formats.
 
 mod input;
+pub mod live;
 mod pcap;
 mod pcapng;
 

@@ -1,0 +1,250 @@
+//! Live capture through libpcap: one handle per interface, with a kernel-side BPF filter
+//! so that only what the detector needs reaches user space.
+//!
+//! The filter keeps TCP segments with SYN set and ACK clear (connection attempts) and
+//! segments with none of SYN, ACK, RST (stealth probes), over IPv4 and IPv6. libpcap's
+//! `tcp[...]` offsets only cover IPv4, so IPv6 has its own expression on the fixed header;
+//! IPv6 packets whose next header is an extension header cannot be matched at a fixed
+//! offset and are all passed up for the decoder to walk (they are rare).
+
+use std::fmt;
+
+use std::os::fd::AsFd;
+
+use ::pcap::{Active, Capture, Linktype, Precision};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::Packet;
+
+/// The kernel-side filter, in libpcap syntax.
+pub const FILTER: &str = "(tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) \
+     or (tcp[tcpflags] & (tcp-syn|tcp-ack|tcp-rst) == 0) \
+     or (ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 51 or ip6[6] == 60 \
+         or (ip6[6] == 6 and ((ip6[53] & 0x12) == 0x02 or (ip6[53] & 0x16) == 0))))";
+
+/// How a live handle is opened.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Bytes kept of each packet: enough for the link, IP (with options or extension
+    /// headers) and TCP headers.
+    pub snaplen: i32,
+    /// Kernel ring buffer size in bytes.
+    pub buffer_bytes: i32,
+    /// How long a read waits for packets before returning with none, in milliseconds.
+    pub timeout_ms: i32,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            snaplen: 256,
+            buffer_bytes: 16 << 20,
+            timeout_ms: 100,
+        }
+    }
+}
+
+/// Counters of one live handle, as the kernel reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveStats {
+    /// Packets that passed the filter.
+    pub received: u64,
+    /// Packets the kernel dropped because the ring buffer was full.
+    pub dropped: u64,
+    /// Packets the interface (driver) dropped, where it says.
+    pub if_dropped: u64,
+}
+
+/// Why a live capture failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// Opening packet capture is not allowed: CAP_NET_RAW is missing.
+    #[error(
+        "not allowed to capture on {iface}: {message} (needs CAP_NET_RAW: run as root, or \
+         `sudo setcap cap_net_raw,cap_net_admin+ep $(command -v synwatch)`, or in a container \
+         add --cap-add NET_RAW)"
+    )]
+    Permission { iface: String, message: String },
+    /// The interface does not exist or cannot be captured on.
+    #[error("cannot capture on {iface}: {source}")]
+    Open {
+        iface: String,
+        #[source]
+        source: pcap::Error,
+    },
+    /// The BPF filter could not be compiled or installed.
+    #[error("cannot install the capture filter on {iface}: {source}")]
+    Filter {
+        iface: String,
+        #[source]
+        source: pcap::Error,
+    },
+    /// Reading from or querying the handle failed.
+    #[error("capture on {iface} failed: {source}")]
+    Read {
+        iface: String,
+        #[source]
+        source: pcap::Error,
+    },
+}
+
+/// A live capture on one interface.
+pub struct LiveCapture {
+    cap: Capture<Active>,
+    iface: String,
+    linktype: u32,
+    timeout_ms: i32,
+    /// libpcap may hold packets already taken from the kernel ring: read until it says
+    /// there are none before polling the descriptor again.
+    pending: bool,
+}
+
+impl fmt::Debug for LiveCapture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LiveCapture")
+            .field("iface", &self.iface)
+            .field("linktype", &self.linktype)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_permission(e: &pcap::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("permitted") || text.contains("permission")
+}
+
+impl LiveCapture {
+    /// Opens `iface` with the filter installed and nanosecond kernel timestamps.
+    pub fn open(iface: &str, opts: &LiveOptions) -> Result<Self, LiveError> {
+        let open_err = |source: pcap::Error| {
+            if is_permission(&source) {
+                LiveError::Permission {
+                    iface: iface.to_owned(),
+                    message: source.to_string(),
+                }
+            } else {
+                LiveError::Open {
+                    iface: iface.to_owned(),
+                    source,
+                }
+            }
+        };
+        let mut cap = Capture::from_device(iface)
+            .map_err(open_err)?
+            .snaplen(opts.snaplen)
+            .buffer_size(opts.buffer_bytes)
+            .timeout(opts.timeout_ms)
+            .precision(Precision::Nano)
+            .promisc(false)
+            .open()
+            .map_err(open_err)?
+            // Non-blocking, with our own poll: with TPACKET_V3 libpcap's read timeout
+            // does not fire while no packet arrives, so a quiet interface would block a
+            // blocking read (and shutdown) forever.
+            .setnonblock()
+            .map_err(open_err)?;
+        cap.filter(FILTER, true)
+            .map_err(|source| LiveError::Filter {
+                iface: iface.to_owned(),
+                source,
+            })?;
+        let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
+        Ok(Self {
+            cap,
+            iface: iface.to_owned(),
+            linktype,
+            timeout_ms: opts.timeout_ms,
+            pending: false,
+        })
+    }
+
+    pub fn iface(&self) -> &str {
+        &self.iface
+    }
+
+    /// The pcap `LINKTYPE_*` of this interface.
+    pub fn linktype(&self) -> u32 {
+        self.linktype
+    }
+
+    /// The next packet, or `None` when the read timeout passed without one.
+    pub fn next_packet(&mut self) -> Result<Option<Packet<'_>>, LiveError> {
+        if !self.pending {
+            if !self.poll_readable()? {
+                return Ok(None);
+            }
+            self.pending = true;
+        }
+        match self.cap.next_packet() {
+            Ok(p) => {
+                // With nanosecond precision libpcap puts nanoseconds in tv_usec.
+                let ts = p.header.ts.tv_sec
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(p.header.ts.tv_usec);
+                Ok(Some(Packet {
+                    ts_nanos: ts,
+                    linktype: self.linktype,
+                    iface: 0,
+                    data: p.data,
+                    orig_len: p.header.len,
+                }))
+            }
+            Err(::pcap::Error::TimeoutExpired) => {
+                self.pending = false;
+                Ok(None)
+            }
+            Err(source) => Err(LiveError::Read {
+                iface: self.iface.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Polls the descriptor for up to the read timeout.
+    fn poll_readable(&mut self) -> Result<bool, LiveError> {
+        let fd = self.cap.as_fd();
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(self.timeout_ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(n) => Ok(n > 0),
+            Err(nix::errno::Errno::EINTR) => Ok(false),
+            Err(e) => Err(LiveError::Read {
+                iface: self.iface.clone(),
+                source: ::pcap::Error::IoError(std::io::Error::from(e).kind()),
+            }),
+        }
+    }
+
+    /// The kernel's counters for this handle.
+    pub fn stats(&mut self) -> Result<LiveStats, LiveError> {
+        let s = self.cap.stats().map_err(|source| LiveError::Read {
+            iface: self.iface.clone(),
+            source,
+        })?;
+        Ok(LiveStats {
+            received: u64::from(s.received),
+            dropped: u64::from(s.dropped),
+            if_dropped: u64::from(s.if_dropped),
+        })
+    }
+}
+
+/// Compiles [`FILTER`] for a link type without opening any interface (no privileges
+/// needed), so that what the filter passes can be checked on built packets.
+pub fn compiled_filter(linktype: u32) -> Result<pcap::BpfProgram, pcap::Error> {
+    let link = i32::try_from(linktype).unwrap_or(i32::MAX);
+    let dead = Capture::dead(Linktype(link))?;
+    dead.compile(FILTER, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_compiles_for_every_live_link_type() {
+        for linktype in [1u32, 113, 276, 101] {
+            compiled_filter(linktype).unwrap_or_else(|e| panic!("linktype {linktype}: {e}"));
+        }
+    }
+}

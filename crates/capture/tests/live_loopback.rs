@@ -1,0 +1,63 @@
+//! Live capture for real: a handle on the loopback interface sees a connection attempt
+//! to a closed port (the SYN) and not the kernel's RST-ACK answer, with a kernel
+//! timestamp close to the wall clock. Needs CAP_NET_RAW; `make test` runs it as root.
+
+#![expect(
+    clippy::disallowed_methods,
+    reason = "compares kernel timestamps with the clock"
+)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
+use synwatch_decode::{Decoded, LinkType, TcpFlags, Transport, decode};
+
+#[test]
+#[ignore = "needs CAP_NET_RAW; make test runs it as root"]
+fn loopback_capture_sees_the_syn_and_not_the_reply() {
+    let mut cap = match LiveCapture::open("lo", &LiveOptions::default()) {
+        Ok(c) => c,
+        Err(e @ LiveError::Permission { .. }) => panic!("run as root (make test does): {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    // A port nobody listens on: bind and drop a listener to find a free one.
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    let target = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let refused = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+    assert!(refused.is_err(), "port {port} should be closed");
+
+    let link = LinkType::from_linktype(cap.linktype()).expect("loopback link type");
+    let mut deadline = Instant::now() + Duration::from_secs(3);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let Some(p) = cap.next_packet().expect("read") else {
+            continue;
+        };
+        let ts = p.ts_nanos;
+        if let Ok(Decoded::Segment(s)) = decode(link, p.data)
+            && let Transport::Tcp(flags) = s.transport
+            && (s.dport == port || s.sport == port)
+        {
+            seen.push((flags, ts));
+            // Keep reading a little: the RST-ACK answer must not show up.
+            deadline = deadline.min(Instant::now() + Duration::from_millis(300));
+        }
+    }
+    assert_eq!(seen.len(), 1, "only the SYN passes the filter: {seen:?}");
+    let (flags, ts) = seen[0];
+    assert_eq!(flags.0 & (TcpFlags::SYN | TcpFlags::ACK), TcpFlags::SYN);
+    assert!(
+        (ts - before).abs() < 5_000_000_000,
+        "kernel timestamp {ts} vs clock {before}"
+    );
+    let stats = cap.stats().expect("stats");
+    assert!(stats.received >= 1, "{stats:?}");
+}
