@@ -178,7 +178,10 @@ impl LiveCapture {
         match self.cap.next_packet() {
             Ok(p) => {
                 // With nanosecond precision libpcap puts nanoseconds in tv_usec.
-                let ts = p.header.ts.tv_sec
+                let ts = p
+                    .header
+                    .ts
+                    .tv_sec
                     .saturating_mul(1_000_000_000)
                     .saturating_add(p.header.ts.tv_usec);
                 Ok(Some(Packet {
