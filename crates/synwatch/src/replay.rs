@@ -58,6 +58,10 @@ pub struct Totals {
     pub unsupported_link: u64,
     pub decode_errors: [u64; DecodeError::ALL.len()],
     pub connections_logged: u64,
+    /// The latest packet time seen, and packets stamped before it.
+    pub latest_ts: i64,
+    pub out_of_order: u64,
+    pub max_step_back: i64,
 }
 
 /// Observations travel from the reading thread to the detecting thread in batches of
@@ -122,7 +126,8 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
 
     let mut ending = Ending::Clean;
     let mut batch = Batch::default();
-    for path in &args.files {
+    totals.latest_ts = i64::MIN;
+    for path in time_order(&args.files) {
         totals.files += 1;
         let sink = (&mut batch, &batches, &spare);
         match replay_file(path, &mut totals, &mut progress, &mut prep, sink) {
@@ -150,8 +155,16 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         Err(e) => return Err(anyhow::Error::new(e).context("cannot write events to stdout")),
         Ok(()) => {}
     }
-    // When no file could be read at all, the error lines say everything.
-    if !args.no_summary && totals.files_failed < totals.files {
+    if totals.max_step_back >= 1_000_000_000 {
+        eprintln!(
+            "synwatch: warning: {} packets are stamped earlier than packets before them (up to {:.3} s back); \
+             the detector counts them at the latest time seen, which can join attempts into one window",
+            totals.out_of_order,
+            totals.max_step_back as f64 / 1e9
+        );
+    }
+    // When nothing at all could be read, the error lines say everything.
+    if !args.no_summary && (totals.packets > 0 || totals.files_failed < totals.files) {
         let elapsed = started.elapsed();
         eprint!("{}", summary(&totals, &done.detector, elapsed));
     }
@@ -214,22 +227,52 @@ fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
     }
 }
 
+/// The files in the order of their first packets' timestamps, so that rotated captures
+/// given in any order (`cap-10.pcap cap-2.pcap`, as a shell glob sorts them) replay as
+/// one stream of time. Files whose first packet cannot be read (and stdin, which can be
+/// read only once) keep their place at the front, where their errors are reported.
+fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
+    let first_ts = |path: &PathBuf| -> Option<i64> {
+        if path.as_os_str() == "-" {
+            return None;
+        }
+        let mut reader = CaptureReader::open(path).ok()?;
+        reader.next_packet().ok().flatten().map(|p| p.ts_nanos)
+    };
+    let mut keyed: Vec<(Option<i64>, &PathBuf)> = files.iter().map(|p| (first_ts(p), p)).collect();
+    keyed.sort_by_key(|(ts, _)| *ts);
+    let ordered: Vec<&PathBuf> = keyed.into_iter().map(|(_, p)| p).collect();
+    if ordered.iter().zip(files).any(|(a, b)| *a != b) {
+        let names: Vec<String> = ordered
+            .iter()
+            .map(|p| display_name(p).to_string())
+            .collect();
+        eprintln!(
+            "synwatch: replaying in the time order of the files' first packets: {}",
+            names.join(", ")
+        );
+    }
+    ordered
+}
+
+/// How a file is named in messages (`-` is stdin).
+fn display_name(path: &Path) -> std::path::Display<'_> {
+    if path.as_os_str() == "-" {
+        Path::new("stdin").display()
+    } else {
+        path.display()
+    }
+}
+
 /// The message for a capture error, naming the file unless the error already does.
 fn input_error(path: &Path, e: &CaptureError) -> String {
-    let path = if path.as_os_str() == "-" {
-        Path::new("stdin")
-    } else {
-        path
-    };
+    let path = display_name(path);
     match e {
         CaptureError::Io { path: Some(_), .. } => e.to_string(),
         CaptureError::Truncated { .. } => {
-            format!(
-                "{}: {e}; every packet before it was replayed",
-                path.display()
-            )
+            format!("{path}: {e}; every packet before it was replayed")
         }
-        _ => format!("{}: {e}", path.display()),
+        _ => format!("{path}: {e}"),
     }
 }
 
@@ -290,6 +333,14 @@ fn replay_file(
         };
         count += 1;
         totals.packets += 1;
+        if packet.ts_nanos < totals.latest_ts {
+            totals.out_of_order += 1;
+            totals.max_step_back = totals
+                .max_step_back
+                .max(totals.latest_ts.saturating_sub(packet.ts_nanos));
+        } else {
+            totals.latest_ts = packet.ts_nanos;
+        }
         totals.bytes += u64::from(packet.orig_len);
         // Resolved per packet: in pcapng each section and interface has its own link type.
         let Some(link) = LinkType::from_linktype(packet.linktype) else {
@@ -337,7 +388,7 @@ fn replay_file(
         let list: Vec<String> = unsupported.iter().map(u32::to_string).collect();
         return Err(FileError::Input(format!(
             "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
-            path.display(),
+            display_name(path),
             list.join(", ")
         )));
     }
@@ -399,6 +450,7 @@ fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {})\n\
          \x20 decode problems: {}\n\
          \x20 skipped:         {} not IP, {} other protocols, {} non-first fragments, {} on unsupported links\n\
+         \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back)\n\
          \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
         t.files,
         t.files_failed,
@@ -420,6 +472,8 @@ fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         thousands(t.other_protocol),
         thousands(t.fragments),
         thousands(t.unsupported_link),
+        thousands(t.out_of_order),
+        t.max_step_back as f64 / 1e9,
         secs,
         rate / 1e6,
     )

@@ -551,3 +551,64 @@ fn direction_both_logs_outgoing_attempts_as_out() {
         9
     );
 }
+
+#[test]
+fn files_replay_in_the_time_order_of_their_first_packets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frames = framed(ethernet);
+    let (early, late) = frames.split_at(6);
+    let a = dir.path().join("cap-2.pcap");
+    let b = dir.path().join("cap-10.pcap");
+    write_pcap(&a, 1, false, early);
+    write_pcap(&b, 1, false, late);
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json"]);
+    // cap-10 sorts first by name but holds the later packets.
+    let out = replay(&args, &[&b, &a]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(golden_path("ethernet")).expect("golden")
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("time order of the files' first packets"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn time_going_backwards_is_counted_and_warned_about() {
+    // A client connects to four ports 40 s apart: not a scan. With its packets stamped
+    // out of order they count at the latest time seen, which is said, not hidden.
+    let c = "198.51.100.7";
+    let h = "192.0.2.1";
+    let frames: Frames = [(100, 22u16), (60, 25), (20, 80), (101, 443)]
+        .iter()
+        .map(|(at, port)| {
+            (
+                at * SEC,
+                ethernet(&tcp_ip(ip(c), 50000 + port, ip(h), *port, SYN, 0)),
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("back.pcap");
+    write_pcap(&path, 1, false, &frames);
+    let out = replay(&LOCAL_ARGS, &[&path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "warning: 2 packets are stamped earlier than packets before them (up to 80.000 s back)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("time order:      2 packets stamped earlier"),
+        "{stderr}"
+    );
+}
