@@ -42,7 +42,8 @@ impl Direction {
     }
 }
 
-/// Which attempts are logged and tracked for scans (`--direction`).
+/// Which attempts are logged (`--direction`). Incoming attempts always count toward
+/// scans; outgoing ones only with `Both` (SPEC §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DirectionFilter {
     #[default]
@@ -52,6 +53,13 @@ pub enum DirectionFilter {
 }
 
 impl DirectionFilter {
+    /// Whether an attempt in `direction` counts toward its source's scan detection.
+    #[inline]
+    pub fn counts_toward_scans(self, direction: Direction) -> bool {
+        direction == Direction::In || self == Self::Both
+    }
+
+    /// Whether an attempt in `direction` is logged.
     #[inline]
     pub fn selects(self, direction: Direction) -> bool {
         matches!(
@@ -304,14 +312,14 @@ impl Detector {
             Seen::Stealth(direction, probe)
         };
 
-        if !self.cfg.direction.selects(direction) {
+        let log = probe == Probe::Syn && self.cfg.direction.selects(direction);
+        if !self.cfg.direction.counts_toward_scans(direction) {
             return Outcome {
                 seen,
-                log: false,
+                log,
                 scan: None,
             };
         }
-        let log = probe == Probe::Syn;
         let scan = self.track(obs, probe, now);
         if scan.is_some() {
             self.stats.scans += 1;

@@ -562,8 +562,10 @@ impl Reference {
         } else {
             Seen::Stealth(direction, probe)
         };
-        if !cfg.direction.selects(direction) {
-            return (seen, false, None);
+        let log = probe == Probe::Syn && cfg.direction.selects(direction);
+        // SPEC §2: outgoing attempts count toward scans only with --direction both.
+        if direction == Direction::Out && cfg.direction != DirectionFilter::Both {
+            return (seen, log, None);
         }
         let previous = self
             .sightings
@@ -581,7 +583,6 @@ impl Reference {
             port: o.dport,
             probe,
         });
-        let log = probe == Probe::Syn;
         if self.in_episode.contains(&o.src) {
             return (seen, log, None);
         }

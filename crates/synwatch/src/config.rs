@@ -68,7 +68,8 @@ pub struct DetectArgs {
     #[arg(long)]
     pub no_allow_local: bool,
 
-    /// Which attempts are logged and counted toward scans [default: in]
+    /// Which attempts are logged; incoming ones always count toward scans, outgoing ones
+    /// only with `both` [default: in]
     #[arg(long, env = "SYNWATCH_DIRECTION", value_enum)]
     pub direction: Option<DirectionArg>,
 

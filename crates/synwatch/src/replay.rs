@@ -111,6 +111,14 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         reason = "the binary is the edge that reads clocks"
     )]
     let started = Instant::now();
+    if settings.detector.locals.is_empty()
+        && settings.detector.direction != synwatch_detect::DirectionFilter::In
+    {
+        eprintln!(
+            "synwatch: warning: without --local every attempt counts as incoming; give this \
+             host's addresses for --direction out or both to find outgoing ones"
+        );
+    }
     let mut prep = Prepare {
         formatter: Formatter::new(format),
         locals: settings.detector.locals.clone(),
