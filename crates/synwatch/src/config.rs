@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use ipnet::IpNet;
 use serde::Deserialize;
 use synwatch_detect::{AddrSet, Config, DEFAULT_MAX_SOURCES, DirectionFilter, Nanos, parse_cidr};
 
@@ -65,7 +66,7 @@ pub struct DetectArgs {
     pub allow: Vec<String>,
 
     /// Do not treat local addresses as allowlisted
-    #[arg(long)]
+    #[arg(long, env = "SYNWATCH_NO_ALLOW_LOCAL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_allow_local: bool,
 
     /// Which attempts are logged; incoming ones always count toward scans, outgoing ones
@@ -81,6 +82,23 @@ pub struct DetectArgs {
     /// [default: 100000]
     #[arg(long, env = "SYNWATCH_MAX_SOURCES", value_name = "N")]
     pub max_sources: Option<String>,
+
+    /// The options (by argument id) whose values came from `SYNWATCH_*` variables, so
+    /// that an error names the variable the user set rather than a flag they never typed.
+    #[arg(skip)]
+    pub from_env: Vec<String>,
+}
+
+impl DetectArgs {
+    /// How to name option `id` (`max_ports`) in a message: as the variable when the value
+    /// came from the environment, else as the flag.
+    fn label(&self, id: &str) -> String {
+        if self.from_env.iter().any(|e| e == id) {
+            format!("SYNWATCH_{}", id.to_ascii_uppercase())
+        } else {
+            format!("--{}", id.replace('_', "-"))
+        }
+    }
 }
 
 /// The same options as read from the TOML file.
@@ -88,10 +106,10 @@ pub struct DetectArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub max_ports: Option<toml::Value>,
-    pub window: Option<String>,
+    pub window: Option<toml::Value>,
     pub local: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
-    pub allow_local: Option<bool>,
+    pub no_allow_local: Option<bool>,
     pub direction: Option<DirectionArg>,
     pub format: Option<Format>,
     pub max_sources: Option<toml::Value>,
@@ -122,6 +140,8 @@ pub struct DetectSettings {
     pub detector: Config,
     /// `None`: decide by whether stdout is a terminal.
     pub format: Option<Format>,
+    /// Things worth telling the user about values that were accepted.
+    pub warnings: Vec<String>,
 }
 
 impl DetectSettings {
@@ -133,43 +153,55 @@ impl DetectSettings {
             None => FileConfig::default(),
         };
         let max_ports = match (&args.max_ports, &file.max_ports) {
-            (Some(text), _) => parse_count("--max-ports", text, 0, 65_535)?,
+            (Some(text), _) => parse_count(&args.label("max_ports"), text, 0, 65_535)?,
             (None, Some(value)) => parse_count("max_ports", &toml_number(value), 0, 65_535)?,
             (None, None) => 3,
         };
         let window = match (&args.window, &file.window) {
-            (Some(text), _) => parse_window("--window", text)?,
-            (None, Some(text)) => parse_window("window", text)?,
+            (Some(text), _) => parse_window(&args.label("window"), text)?,
+            (None, Some(value)) => parse_window("window", &toml_number(value))?,
             (None, None) => 60_000_000_000,
         };
         let max_sources = match (&args.max_sources, &file.max_sources) {
-            (Some(text), _) => parse_count("--max-sources", text, 1, 1 << 32)?,
-            (None, Some(value)) => parse_count("max_sources", &toml_number(value), 1, 1 << 32)?,
+            (Some(text), _) => parse_count(&args.label("max_sources"), text, 1, MAX_SOURCES_LIMIT)?,
+            (None, Some(value)) => {
+                parse_count("max_sources", &toml_number(value), 1, MAX_SOURCES_LIMIT)?
+            }
             (None, None) => DEFAULT_MAX_SOURCES as u64,
         };
+        let mut warnings = Vec::new();
         let local = pick_list(&args.local, &file.local);
         let allow = pick_list(&args.allow, &file.allow);
         let direction = args
             .direction
             .or(file.direction)
             .unwrap_or(DirectionArg::In);
-        let allow_local = !args.no_allow_local && file.allow_local.unwrap_or(true);
+        let allow_local = !args.no_allow_local && !file.no_allow_local.unwrap_or(false);
         let max_sources = usize::try_from(max_sources).unwrap_or(usize::MAX);
         Ok(Self {
             detector: Config {
                 max_ports: u16::try_from(max_ports).unwrap_or(u16::MAX),
                 window,
                 direction: direction.into(),
-                locals: parse_set("--local", &local)?,
-                allow: parse_set("--allow", &allow)?,
+                locals: parse_set(&args.label("local"), &local, HostBits::Host, &mut warnings)?,
+                allow: parse_set(
+                    &args.label("allow"),
+                    &allow,
+                    HostBits::Network,
+                    &mut warnings,
+                )?,
                 allow_local,
                 max_sources,
                 max_attempts: max_sources.saturating_mul(2),
             },
             format: args.format.or(file.format),
+            warnings,
         })
     }
 }
+
+/// The largest accepted `--max-sources`.
+const MAX_SOURCES_LIMIT: u64 = u32::MAX as u64;
 
 fn pick_list(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
     if flag.is_empty() {
@@ -186,10 +218,45 @@ fn toml_number(value: &toml::Value) -> String {
     }
 }
 
-fn parse_set(option: &str, values: &[String]) -> Result<AddrSet> {
+/// What `ADDR/LEN` with host bits set (`10.1.2.5/24`, as `ip addr` prints an interface
+/// address) stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostBits {
+    /// The one address: this host's address on that network (`--local`).
+    Host,
+    /// The whole network (`--allow`: the wider reading never bans more).
+    Network,
+}
+
+fn parse_set(
+    option: &str,
+    values: &[String],
+    host_bits: HostBits,
+    warnings: &mut Vec<String>,
+) -> Result<AddrSet> {
     let mut set = AddrSet::new();
-    for value in values.iter().filter(|v| !v.trim().is_empty()) {
+    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
         let net = parse_cidr(value).with_context(|| format!("invalid {option}"))?;
+        let exact: Option<IpNet> = value.parse().ok();
+        let net = match exact {
+            Some(given) if given.addr() != given.network() => match host_bits {
+                HostBits::Host => {
+                    warnings.push(format!(
+                        "{option} {value} has host bits set: taken as the single address {} \
+                         (write {net} for the whole network)",
+                        given.addr()
+                    ));
+                    IpNet::from(given.addr())
+                }
+                HostBits::Network => {
+                    warnings.push(format!(
+                        "{option} {value} has host bits set: taken as the network {net}"
+                    ));
+                    net
+                }
+            },
+            _ => net,
+        };
         set.insert(net);
     }
     Ok(set)
@@ -373,6 +440,48 @@ mod tests {
             assert!(err.contains(want), "{err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn interface_style_addresses_mean_the_host_for_local_and_the_network_for_allow() {
+        let mut a = args();
+        a.local = vec!["10.211.0.5/24".into()];
+        a.allow = vec!["192.0.2.9/24".into()];
+        let s = DetectSettings::from_args(&a).expect("accepted");
+        let locals: Vec<String> = s.detector.locals.iter().map(|n| n.to_string()).collect();
+        let allow: Vec<String> = s.detector.allow.iter().map(|n| n.to_string()).collect();
+        assert_eq!(locals, ["10.211.0.5/32"]);
+        assert_eq!(allow, ["192.0.2.0/24"]);
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("taken as the single address 10.211.0.5"));
+        a.local = vec!["10.211.0.0/24".into()];
+        a.allow = vec![];
+        assert!(
+            DetectSettings::from_args(&a)
+                .expect("accepted")
+                .warnings
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_variable_when_the_value_came_from_the_environment() {
+        let mut a = args();
+        a.max_ports = Some(String::new());
+        a.from_env = vec!["max_ports".into()];
+        let err = format!("{:#}", DetectSettings::from_args(&a).expect_err("empty"));
+        assert!(err.starts_with("invalid SYNWATCH_MAX_PORTS ''"), "{err}");
+    }
+
+    #[test]
+    fn file_window_may_be_a_number_of_seconds_and_no_allow_local_is_a_key() {
+        let mut f = tempfile::NamedTempFile::new().expect("tmp");
+        writeln!(f, "window = 90\nno_allow_local = true").expect("write");
+        let mut a = args();
+        a.config = Some(f.path().to_owned());
+        let s = DetectSettings::from_args(&a).expect("file");
+        assert_eq!(s.detector.window, 90 * S);
+        assert!(!s.detector.allow_local);
     }
 
     #[test]

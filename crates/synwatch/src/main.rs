@@ -9,7 +9,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
 mod output;
@@ -43,12 +44,39 @@ enum Command {
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 
+/// The detection options' argument ids, for telling where each value came from.
+const DETECT_IDS: [&str; 7] = [
+    "max_ports",
+    "window",
+    "local",
+    "allow",
+    "direction",
+    "format",
+    "max_sources",
+];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     match cli.command {
-        Command::Replay(args) => {
+        Command::Replay(mut args) => {
+            if let Some(sub) = matches.subcommand_matches("replay") {
+                args.detect.from_env = DETECT_IDS
+                    .iter()
+                    .filter(|id| sub.value_source(id) == Some(ValueSource::EnvVariable))
+                    .map(|id| (*id).to_owned())
+                    .collect();
+            }
             let settings = match config::DetectSettings::from_args(&args.detect) {
-                Ok(s) => s,
+                Ok(s) => {
+                    for warning in &s.warnings {
+                        eprintln!("synwatch: warning: {warning}");
+                    }
+                    s
+                }
                 Err(e) => {
                     eprintln!("synwatch: {e:#}");
                     return ExitCode::from(EXIT_BAD_INPUT);

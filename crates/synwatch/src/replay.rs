@@ -24,7 +24,7 @@ pub struct ReplayArgs {
     pub detect: crate::config::DetectArgs,
 
     /// Do not print the summary on stderr at the end
-    #[arg(long)]
+    #[arg(long, env = "SYNWATCH_NO_SUMMARY", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_summary: bool,
 
     /// Capture files (pcap or pcapng, optionally gzip-compressed); `-` reads stdin

@@ -612,3 +612,24 @@ fn time_going_backwards_is_counted_and_warned_about() {
         "{stderr}"
     );
 }
+
+#[test]
+fn boolean_options_take_their_environment_variables_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    for (value, summary) in [("1", false), ("true", false), ("0", true)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["replay", "--format", "json"])
+            .arg(&good)
+            .env("SYNWATCH_NO_SUMMARY", value)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("replay summary"),
+            summary,
+            "SYNWATCH_NO_SUMMARY={value}: {stderr}"
+        );
+    }
+}
