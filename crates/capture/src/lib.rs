@@ -115,6 +115,15 @@ pub struct Interface {
     pub name: Option<String>,
 }
 
+fn truncated_message(offset: u64, packets: u64) -> String {
+    match packets {
+        // Cut in the file header or in the first record: no complete packet at all.
+        0 => format!("capture is cut short at byte {offset}, before its first packet was complete"),
+        1 => format!("capture is cut short at byte {offset} inside a record, after 1 packet"),
+        n => format!("capture is cut short at byte {offset} inside a record, after {n} packets"),
+    }
+}
+
 /// Why a capture could not be read. Each message is one line meant to follow
 /// `synwatch: <file>: `.
 #[derive(thiserror::Error, Debug)]
@@ -137,7 +146,7 @@ pub enum CaptureError {
         magic: [u8; 4],
     },
     /// The input ends in the middle of a header, record or block.
-    #[error("capture is cut short at byte {offset} inside a record, after {packets} packets")]
+    #[error("{}", truncated_message(*.offset, *.packets))]
     Truncated {
         /// Where the data ends (in the decompressed stream for gzip).
         offset: u64,
@@ -162,7 +171,8 @@ pub enum CaptureError {
     },
     /// A pcapng packet names an interface its section has not described.
     #[error(
-        "corrupt capture at byte {offset}: packet refers to interface {iface} but only {described} are described"
+        "corrupt capture at byte {offset}: packet refers to interface {iface}, but its section describes {described} interface{}",
+        if *.described == 1 { "" } else { "s" }
     )]
     NoSuchInterface {
         /// Where the packet block starts.

@@ -246,7 +246,8 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_for_every_live_link_type() {
-        for linktype in [1u32, 113, 276, 101] {
+        // DLT numbers, as libpcap reports a live interface (12 is DLT_RAW, e.g. tun).
+        for linktype in [1u32, 113, 276, 12] {
             compiled_filter(linktype).unwrap_or_else(|e| panic!("linktype {linktype}: {e}"));
         }
     }

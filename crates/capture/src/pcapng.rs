@@ -608,7 +608,7 @@ mod tests {
                 |b| b[8..12].copy_from_slice(&3u32.to_le_bytes())
             )),
             format!(
-                "corrupt capture at byte {at}: packet refers to interface 3 but only 1 are described"
+                "corrupt capture at byte {at}: packet refers to interface 3, but its section describes 1 interface"
             )
         );
         assert_eq!(

@@ -277,7 +277,7 @@ fn input_error(path: &Path, e: &CaptureError) -> String {
     let path = display_name(path);
     match e {
         CaptureError::Io { path: Some(_), .. } => e.to_string(),
-        CaptureError::Truncated { .. } => {
+        CaptureError::Truncated { packets: 1.., .. } => {
             format!("{path}: {e}; every packet before it was replayed")
         }
         _ => format!("{path}: {e}"),
