@@ -136,17 +136,20 @@ impl Formatter {
         }
     }
 
+    /// Table rows leave their columns unpadded, separated by [`COLUMN`]: column widths
+    /// are the writer's business, since only it sees every row in output order.
     fn table_row(&mut self, out: &mut Vec<u8>, ts: Nanos, src: &[u8], dst: &[u8]) {
-        let start = out.len();
         self.clock.write(ts, out);
-        pad_to(out, start + TIME_WIDTH);
         for field in [src, dst] {
-            let start = out.len();
+            out.push(COLUMN);
             out.extend_from_slice(field);
-            pad_to(out, start + ADDR_WIDTH);
         }
+        out.push(COLUMN);
     }
 }
+
+/// Separates the columns of a formatted table row until the writer pads them.
+const COLUMN: u8 = 0x1f;
 
 /// Writes events in one format. Events are formatted straight into one large buffer
 /// that goes to `out` whenever it fills (and on [`EventWriter::flush`]), so each event
@@ -156,7 +159,10 @@ pub struct EventWriter<W: Write> {
     out: W,
     formatter: Formatter,
     line: Vec<u8>,
-    header_done: bool,
+    /// Table format: the SOURCE and DESTINATION widths of the last header printed, or
+    /// `None` before the first row.
+    columns: Option<[usize; 2]>,
+    scratch: Vec<u8>,
 }
 
 /// Buffered bytes that trigger a write to the output.
@@ -168,28 +174,74 @@ impl<W: Write> EventWriter<W> {
             out,
             formatter: Formatter::new(format),
             line: Vec::with_capacity(FLUSH_AT + 4096),
-            header_done: false,
+            columns: None,
+            scratch: Vec::new(),
         }
     }
 
     #[cfg(test)]
     pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
-        self.table_header()?;
-        self.formatter.connection(c, &mut self.line);
-        self.end_event()
+        let mut event = std::mem::take(&mut self.scratch);
+        event.clear();
+        self.formatter.connection(c, &mut event);
+        let written = self.formatted(&event);
+        self.scratch = event;
+        written
     }
 
     pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
-        self.table_header()?;
-        self.formatter.scan(s, &mut self.line);
-        self.end_event()
+        let mut event = std::mem::take(&mut self.scratch);
+        event.clear();
+        self.formatter.scan(s, &mut event);
+        let written = self.formatted(&event);
+        self.scratch = event;
+        written
     }
 
     /// Writes an event that a [`Formatter`] of the same format already formatted.
     pub fn formatted(&mut self, event: &[u8]) -> io::Result<()> {
-        self.table_header()?;
-        self.line.extend_from_slice(event);
+        match self.formatter.format {
+            Format::Json => self.line.extend_from_slice(event),
+            Format::Table => self.table_row(event),
+        }
         self.end_event()
+    }
+
+    /// Pads a row's columns. Columns are as wide as the widest address so far (at least
+    /// [`ADDR_WIDTH`]); when a longer one arrives (a full IPv6 address with a port is 47
+    /// characters) they widen and the header is printed again, so every row lines up
+    /// with the header above it.
+    fn table_row(&mut self, event: &[u8]) {
+        let mut fields = event.splitn(4, |b| *b == COLUMN);
+        let (Some(time), Some(src), Some(dst), Some(message)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            self.line.extend_from_slice(event);
+            return;
+        };
+        let old = self.columns.unwrap_or([0, 0]);
+        let want = [
+            old[0].max(ADDR_WIDTH).max(src.len() + 2),
+            old[1].max(ADDR_WIDTH).max(dst.len() + 2),
+        ];
+        if self.columns != Some(want) {
+            self.columns = Some(want);
+            let [s, d] = want;
+            let _ = writeln!(
+                self.line,
+                "{:<TIME_WIDTH$}{:<s$}{:<d$}MESSAGE",
+                "TIME", "SOURCE", "DESTINATION"
+            );
+        }
+        let start = self.line.len();
+        self.line.extend_from_slice(time);
+        pad_to(&mut self.line, start + TIME_WIDTH);
+        for (field, width) in [(src, want[0]), (dst, want[1])] {
+            let start = self.line.len();
+            self.line.extend_from_slice(field);
+            pad_to(&mut self.line, start + width);
+        }
+        self.line.extend_from_slice(message);
     }
 
     fn end_event(&mut self) -> io::Result<()> {
@@ -204,18 +256,6 @@ impl<W: Write> EventWriter<W> {
         self.out.write_all(&self.line)?;
         self.line.clear();
         self.out.flush()
-    }
-
-    fn table_header(&mut self) -> io::Result<()> {
-        if !self.header_done && self.formatter.format == Format::Table {
-            self.header_done = true;
-            writeln!(
-                self.line,
-                "{:<TIME_WIDTH$}{:<ADDR_WIDTH$}{:<ADDR_WIDTH$}MESSAGE",
-                "TIME", "SOURCE", "DESTINATION"
-            )?;
-        }
-        Ok(())
     }
 }
 
@@ -475,6 +515,34 @@ mod tests {
             table.contains("New connection: [2001:db8::bad]:40001 -> [2001:db8::5]:22"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn table_columns_widen_for_long_addresses_and_the_header_follows() {
+        let long = Connection {
+            src: ip("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"),
+            sport: 40001,
+            ..conn()
+        };
+        let text = render(
+            |w| {
+                w.connection(&conn())?;
+                w.connection(&long)?;
+                w.connection(&conn())
+            },
+            Format::Table,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(lines[0].starts_with("TIME") && lines[2].starts_with("TIME"), "{text}");
+        for (header, rows) in [(lines[0], &lines[1..2]), (lines[2], &lines[3..5])] {
+            let dst_col = header.find("DESTINATION").expect("header");
+            let msg_col = header.find("MESSAGE").expect("header");
+            for row in rows {
+                assert_eq!(&row[dst_col..dst_col + 10], "192.0.2.1:", "{text}");
+                assert!(row[msg_col..].starts_with("New connection: "), "{text}");
+            }
+        }
     }
 
     #[test]
