@@ -534,7 +534,10 @@ mod tests {
         );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
-        assert!(lines[0].starts_with("TIME") && lines[2].starts_with("TIME"), "{text}");
+        assert!(
+            lines[0].starts_with("TIME") && lines[2].starts_with("TIME"),
+            "{text}"
+        );
         for (header, rows) in [(lines[0], &lines[1..2]), (lines[2], &lines[3..5])] {
             let dst_col = header.find("DESTINATION").expect("header");
             let msg_col = header.find("MESSAGE").expect("header");
