@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Replay pcap/pcapng captures through the detector (nothing is blocked)
     ///
-    /// Files are read in the order given as one stream of time. Each new incoming
+    /// Files form one stream of time, read in the order of their first packets. Each new incoming
     /// connection attempt is logged once (retransmissions are not), and each scanning
     /// source once per episode. Example:
     ///

@@ -1,7 +1,7 @@
 //! `synwatch replay`: the detection pipeline over capture files. Nothing is blocked.
 //!
-//! Files are read in the order given and form one stream of time, so a capture split by
-//! rotation replays as the whole. A file that cannot be read is reported in one line and
+//! Files form one stream of time, read in the order of their first packets, so a capture
+//! split by rotation replays as the whole whatever order the files are named in. A file that cannot be read is reported in one line and
 //! the rest still run; the exit code then says that some input was bad.
 
 use std::io::{self, IsTerminal};
