@@ -32,9 +32,9 @@ struct Cli {
 enum Command {
     /// Replay pcap/pcapng captures through the detector (nothing is blocked)
     ///
-    /// Files form one stream of time, read in the order of their first packets. Each new incoming
-    /// connection attempt is logged once (retransmissions are not), and each scanning
-    /// source once per episode. Example:
+    /// Files form one stream of time, read in the order of their first packets.
+    /// Each new incoming connection attempt is logged once (retransmissions are
+    /// not), and each scanning source once per episode. Example:
     ///
     ///   synwatch replay --local 10.0.0.5 --format json capture.pcapng
     #[command(verbatim_doc_comment)]
