@@ -7,12 +7,21 @@
 # usage: scripts/lab-capture.sh OUT.pcap [PORTS] [CURL_REQUESTS]
 # Needs root, iproute2, tcpdump, nmap, curl, python3. Only the lab's own namespaces are
 # touched, and they are removed on every exit path.
+#
+# With LAB_AGENT set, that command also runs in the victim namespace for the whole of
+# the traffic ({iface} in it becomes the victim's interface), with stdout and stderr
+# written to LAB_AGENT_OUT and LAB_AGENT_ERR; it is started first, waited for until its
+# stderr says "watching", stopped with SIGTERM at the end, and its exit code written to
+# LAB_AGENT_OUT.exit. E.g.:
+#   LAB_AGENT='target/debug/synwatch run --iface {iface} --format json' \
+#   LAB_AGENT_OUT=events.jsonl LAB_AGENT_ERR=agent.log scripts/lab-capture.sh lab.pcap
 set -euo pipefail
 
 out=${1:?usage: $0 OUT.pcap [PORTS] [CURL_REQUESTS]}
 ports=${2:-1-100}
 requests=${3:-20}
 
+agent_pid=""
 for tool in ip tcpdump nmap curl python3; do
     command -v "$tool" >/dev/null || { echo "lab-capture: $tool is missing (make deps installs it)" >&2; exit 2; }
 done
@@ -26,6 +35,7 @@ aif="${tag:0:11}a0"
 pids=()
 
 cleanup() {
+    [ -n "$agent_pid" ] && kill -KILL "$agent_pid" 2>/dev/null
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     ip netns del "$victim" 2>/dev/null || true
@@ -60,6 +70,16 @@ for _ in $(seq 100); do
     sleep 0.05
 done
 
+if [ -n "${LAB_AGENT:-}" ]; then
+    : "${LAB_AGENT_OUT:?LAB_AGENT needs LAB_AGENT_OUT}" "${LAB_AGENT_ERR:?LAB_AGENT needs LAB_AGENT_ERR}"
+    agent_cmd=${LAB_AGENT//\{iface\}/$vif}
+    # shellcheck disable=SC2086
+    ip netns exec "$victim" $agent_cmd >"$LAB_AGENT_OUT" 2>"$LAB_AGENT_ERR" &
+    agent_pid=$!
+    for _ in $(seq 200); do grep -q "watching" "$LAB_AGENT_ERR" && break; kill -0 "$agent_pid" 2>/dev/null || break; sleep 0.05; done
+    grep -q "watching" "$LAB_AGENT_ERR" || { cat "$LAB_AGENT_ERR" >&2; echo "lab-capture: the agent did not start" >&2; exit 1; }
+fi
+
 for i in $(seq "$requests"); do
     ip netns exec "$attacker" curl -sf --interface 10.199.0.3 -o /dev/null "http://10.199.0.1:8080/" \
         || { echo "lab-capture: curl request $i failed" >&2; exit 1; }
@@ -70,5 +90,11 @@ sleep 0.3
 
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" 2>/dev/null || true
+if [ -n "$agent_pid" ]; then
+    kill -TERM "$agent_pid"
+    rc=0; wait "$agent_pid" || rc=$?
+    echo "$rc" >"$LAB_AGENT_OUT.exit"
+    agent_pid=""
+fi
 cat "$errlog" >&2
 echo "lab-capture: wrote $out" >&2

@@ -5,16 +5,20 @@
 //! (0 success, 1 runtime failure, 2 bad usage or unreadable input; SPEC §3).
 //!
 //! Layout: `config` (layered options and validation), `output` (event formats),
-//! `replay` (the pipeline over capture files).
+//! `replay` (the pipeline over capture files), `run` (the live agent), `host` (this
+//! host's interfaces and addresses).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
+mod host;
 mod output;
 mod replay;
+mod run;
 
 /// See every new TCP connection attempt, recognise port scans.
 ///
@@ -30,6 +34,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Watch interfaces live: log new connection attempts, report port scans
+    ///
+    /// Captures through libpcap with a kernel-side filter (needs CAP_NET_RAW).
+    /// This version detects and reports; it does not block and serves no
+    /// metrics yet. Stop with Ctrl-C or SIGTERM. Example:
+    ///
+    ///   sudo synwatch run --iface eth0 --format json
+    #[command(verbatim_doc_comment)]
+    Run(run::RunArgs),
+
     /// Replay pcap/pcapng captures through the detector (nothing is blocked)
     ///
     /// Files form one stream of time, read in the order of their first packets.
@@ -41,8 +55,25 @@ enum Command {
     Replay(replay::ReplayArgs),
 }
 
+/// How a command ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success,
+    /// Bad usage or unreadable input (exit 2).
+    BadInput,
+}
+
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
+
+/// The event format when none is configured: a table for people, JSON for programs.
+pub fn default_format() -> output::Format {
+    if std::io::stdout().is_terminal() {
+        output::Format::Table
+    } else {
+        output::Format::Json
+    }
+}
 
 /// The detection options' argument ids, for telling where each value came from.
 const DETECT_IDS: [&str; 7] = [
@@ -55,6 +86,43 @@ const DETECT_IDS: [&str; 7] = [
     "max_sources",
 ];
 
+/// Validates the detection options (printing warnings), or says why not.
+fn settings(
+    detect: &mut config::DetectArgs,
+    sub: Option<&ArgMatches>,
+) -> Result<config::DetectSettings, ExitCode> {
+    if let Some(sub) = sub {
+        detect.from_env = DETECT_IDS
+            .iter()
+            .filter(|id| sub.value_source(id) == Some(ValueSource::EnvVariable))
+            .map(|id| (*id).to_owned())
+            .collect();
+    }
+    match config::DetectSettings::from_args(detect) {
+        Ok(s) => {
+            for warning in &s.warnings {
+                eprintln!("synwatch: warning: {warning}");
+            }
+            Ok(s)
+        }
+        Err(e) => {
+            eprintln!("synwatch: {e:#}");
+            Err(ExitCode::from(EXIT_BAD_INPUT))
+        }
+    }
+}
+
+fn exit(result: anyhow::Result<ExitStatus>) -> ExitCode {
+    match result {
+        Ok(ExitStatus::Success) => ExitCode::SUCCESS,
+        Ok(ExitStatus::BadInput) => ExitCode::from(EXIT_BAD_INPUT),
+        Err(e) => {
+            eprintln!("synwatch: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
@@ -62,34 +130,22 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     match cli.command {
-        Command::Replay(mut args) => {
-            if let Some(sub) = matches.subcommand_matches("replay") {
-                args.detect.from_env = DETECT_IDS
-                    .iter()
-                    .filter(|id| sub.value_source(id) == Some(ValueSource::EnvVariable))
-                    .map(|id| (*id).to_owned())
-                    .collect();
-            }
-            let settings = match config::DetectSettings::from_args(&args.detect) {
-                Ok(s) => {
-                    for warning in &s.warnings {
-                        eprintln!("synwatch: warning: {warning}");
-                    }
-                    s
-                }
-                Err(e) => {
-                    eprintln!("synwatch: {e:#}");
-                    return ExitCode::from(EXIT_BAD_INPUT);
-                }
+        Command::Run(mut args) => {
+            let settings = match settings(&mut args.detect, matches.subcommand_matches("run")) {
+                Ok(s) => s,
+                Err(code) => return code,
             };
-            match replay::run(&args, settings) {
-                Ok(replay::Ending::Clean | replay::Ending::OutputClosed) => ExitCode::SUCCESS,
-                Ok(replay::Ending::BadInput) => ExitCode::from(EXIT_BAD_INPUT),
-                Err(e) => {
-                    eprintln!("synwatch: {e:#}");
-                    ExitCode::from(EXIT_RUNTIME)
-                }
-            }
+            exit(run::run(&args, settings))
+        }
+        Command::Replay(mut args) => {
+            let settings = match settings(&mut args.detect, matches.subcommand_matches("replay")) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            exit(replay::run(&args, settings).map(|ending| match ending {
+                replay::Ending::Clean | replay::Ending::OutputClosed => ExitStatus::Success,
+                replay::Ending::BadInput => ExitStatus::BadInput,
+            }))
         }
     }
 }

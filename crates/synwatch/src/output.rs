@@ -179,7 +179,6 @@ impl<W: Write> EventWriter<W> {
         }
     }
 
-    #[cfg(test)]
     pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
         let mut event = std::mem::take(&mut self.scratch);
         event.clear();

@@ -99,11 +99,7 @@ struct DetectDone {
 /// the events. Decoding is most of the work per packet, detection most of the work per
 /// attempt, and the two overlap.
 pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending> {
-    let format = settings.format.unwrap_or(if io::stdout().is_terminal() {
-        Format::Table
-    } else {
-        Format::Json
-    });
+    let format = settings.format.unwrap_or_else(crate::default_format);
     let mut totals = Totals::default();
     let mut progress = Progress::new(&args.files);
     #[expect(

@@ -1,0 +1,85 @@
+//! The live agent against a real scanner: `synwatch run` on the victim's interface in the
+//! network-namespace lab while nmap -sS scans it over IPv4 and IPv6 and a client makes 20
+//! curl requests; tcpdump records the same traffic. The agent's events must be exactly
+//! what the traffic holds (checked against tcpdump's reading of the capture) and what
+//! replaying that capture gives (but for timestamps, which each capture socket takes
+//! itself); SIGTERM stops it with a summary and exit 0.
+//!
+//! Needs root (network namespaces, CAP_NET_RAW); `make test` runs it as root.
+
+mod common;
+
+use std::process::Command;
+
+use common::{check_lab_events, parse_events, repo_root, require_root};
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn live_agent_reports_a_real_scan_like_its_replay() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capture = dir.path().join("lab.pcap");
+    let events = dir.path().join("events.jsonl");
+    let log = dir.path().join("agent.log");
+    let agent = format!(
+        "{} run --iface {{iface}} --format json",
+        env!("CARGO_BIN_EXE_synwatch")
+    );
+    let status = Command::new(repo_root().join("scripts/lab-capture.sh"))
+        .arg(&capture)
+        .args(["1-100", "20"])
+        .env("LAB_AGENT", agent)
+        .env("LAB_AGENT_OUT", &events)
+        .env("LAB_AGENT_ERR", &log)
+        .status()
+        .expect("run scripts/lab-capture.sh");
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "the lab run failed: {log_text}");
+    let exit = std::fs::read_to_string(events.with_extension("jsonl.exit")).expect("exit code");
+    assert_eq!(
+        exit.trim(),
+        "0",
+        "SIGTERM ends the agent cleanly: {log_text}"
+    );
+    assert!(
+        log_text.contains("synwatch: stopped."),
+        "a summary at the end: {log_text}"
+    );
+    assert!(log_text.contains("0 dropped by the kernel"), "{log_text}");
+
+    let live = parse_events(&std::fs::read(&events).expect("events"));
+    check_lab_events(&live, &capture);
+
+    // The same traffic replayed gives the same events (the agent's own addresses were
+    // discovered from the interface; replay is told them).
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args([
+            "replay",
+            "--local",
+            "10.199.0.1",
+            "--local",
+            "fd99::1",
+            "--format",
+            "json",
+        ])
+        .arg(&capture)
+        .output()
+        .expect("run synwatch replay");
+    let replayed = parse_events(&out.stdout);
+    // Each capture socket stamps packets itself: times may differ by microseconds.
+    let without_ts = |events: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                e.as_object_mut().expect("object").remove("ts");
+                e
+            })
+            .collect()
+    };
+    assert_eq!(
+        without_ts(&replayed),
+        without_ts(&live),
+        "live and replay agree"
+    );
+}
