@@ -12,7 +12,8 @@
 # the traffic ({iface} in it becomes the victim's interface), with stdout and stderr
 # written to LAB_AGENT_OUT and LAB_AGENT_ERR; it is started first, waited for until its
 # stderr says "watching", stopped with SIGTERM at the end, and its exit code written to
-# LAB_AGENT_OUT.exit. E.g.:
+# LAB_AGENT_OUT.exit; with LAB_AGENT_METRICS (a URL) the agent's metrics are fetched
+# inside the victim namespace just before it is stopped, into LAB_AGENT_OUT.metrics. E.g.:
 #   LAB_AGENT='target/debug/synwatch run --iface {iface} --format json' \
 #   LAB_AGENT_OUT=events.jsonl LAB_AGENT_ERR=agent.log scripts/lab-capture.sh lab.pcap
 set -euo pipefail
@@ -91,6 +92,12 @@ sleep 0.3
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" 2>/dev/null || true
 if [ -n "$agent_pid" ]; then
+    # The agent's metrics as its own namespace sees them (LAB_AGENT_METRICS: the URL).
+    if [ -n "${LAB_AGENT_METRICS:-}" ]; then
+        sleep 0.5
+        ip netns exec "$victim" curl -sf --max-time 2 "$LAB_AGENT_METRICS" >"$LAB_AGENT_OUT.metrics" \
+            || { echo "lab-capture: cannot read the agent's metrics" >&2; exit 1; }
+    fi
     kill -TERM "$agent_pid"
     rc=0; wait "$agent_pid" || rc=$?
     echo "$rc" >"$LAB_AGENT_OUT.exit"

@@ -113,6 +113,12 @@ pub struct FileConfig {
     pub direction: Option<DirectionArg>,
     pub format: Option<Format>,
     pub max_sources: Option<toml::Value>,
+    // Keys of `synwatch run` only (replay ignores them, so one file serves both).
+    pub iface: Option<Vec<String>>,
+    pub block: Option<String>,
+    pub metrics_addr: Option<String>,
+    pub log_limit_source: Option<u32>,
+    pub log_limit_global: Option<u32>,
 }
 
 impl FileConfig {
@@ -137,6 +143,8 @@ impl FileConfig {
 /// Validated detection settings.
 #[derive(Debug, Clone)]
 pub struct DetectSettings {
+    /// The file's own values, for the keys only `run` reads.
+    pub file: FileConfig,
     pub detector: Config,
     /// `None`: decide by whether stdout is a terminal.
     pub format: Option<Format>,
@@ -170,6 +178,7 @@ impl DetectSettings {
             (None, None) => DEFAULT_MAX_SOURCES as u64,
         };
         let mut warnings = Vec::new();
+        let format = args.format.or(file.format);
         let local = pick_list(&args.local, &file.local);
         let allow = pick_list(&args.allow, &file.allow);
         let direction = args
@@ -179,6 +188,7 @@ impl DetectSettings {
         let allow_local = !args.no_allow_local && !file.no_allow_local.unwrap_or(false);
         let max_sources = usize::try_from(max_sources).unwrap_or(usize::MAX);
         Ok(Self {
+            file,
             detector: Config {
                 max_ports: u16::try_from(max_ports).unwrap_or(u16::MAX),
                 window,
@@ -194,7 +204,7 @@ impl DetectSettings {
                 max_sources,
                 max_attempts: max_sources.saturating_mul(2),
             },
-            format: args.format.or(file.format),
+            format,
             warnings,
         })
     }

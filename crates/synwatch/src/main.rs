@@ -16,6 +16,8 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod config;
 mod host;
+mod limit;
+mod metrics;
 mod output;
 mod replay;
 mod run;

@@ -136,6 +136,43 @@ impl Formatter {
         }
     }
 
+    pub fn suppressed(&mut self, s: &crate::limit::Suppressed, out: &mut Vec<u8>) {
+        match self.format {
+            Format::Json => {
+                out.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(s.since, out);
+                out.extend_from_slice(b"\",\"event\":\"suppressed\",\"count\":");
+                write_u64(out, s.count);
+                out.extend_from_slice(b",\"sources\":");
+                write_u64(out, s.sources);
+                out.extend_from_slice(b",\"interval_secs\":1,\"top\":[");
+                for (i, (src, count)) in s.top.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"{\"src\":\"");
+                    write_ip(out, *src);
+                    out.extend_from_slice(b"\",\"count\":");
+                    write_u64(out, *count);
+                    out.push(b'}');
+                }
+                out.extend_from_slice(b"]}\n");
+            }
+            Format::Table => {
+                self.table_row(out, s.since, b"-", b"-");
+                use std::io::Write as _;
+                let top: Vec<String> = s.top.iter().map(|(ip, n)| format!("{ip} ({n})")).collect();
+                let _ = writeln!(
+                    out,
+                    "Log limit: {} connection events from {} sources not shown in this second (most: {})",
+                    s.count,
+                    s.sources,
+                    top.join(", ")
+                );
+            }
+        }
+    }
+
     /// Table rows leave their columns unpadded, separated by [`COLUMN`]: column widths
     /// are the writer's business, since only it sees every row in output order.
     fn table_row(&mut self, out: &mut Vec<u8>, ts: Nanos, src: &[u8], dst: &[u8]) {
@@ -192,6 +229,16 @@ impl<W: Write> EventWriter<W> {
         let mut event = std::mem::take(&mut self.scratch);
         event.clear();
         self.formatter.scan(s, &mut event);
+        let written = self.formatted(&event);
+        self.scratch = event;
+        written
+    }
+
+    /// One line for what the log rate limit held back in a second.
+    pub fn suppressed(&mut self, s: &crate::limit::Suppressed) -> io::Result<()> {
+        let mut event = std::mem::take(&mut self.scratch);
+        event.clear();
+        self.formatter.suppressed(s, &mut event);
         let written = self.formatted(&event);
         self.scratch = event;
         written

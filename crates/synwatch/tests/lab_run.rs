@@ -31,6 +31,7 @@ fn live_agent_reports_a_real_scan_like_its_replay() {
         .env("LAB_AGENT", agent)
         .env("LAB_AGENT_OUT", &events)
         .env("LAB_AGENT_ERR", &log)
+        .env("LAB_AGENT_METRICS", "http://127.0.0.1:9809/metrics")
         .status()
         .expect("run scripts/lab-capture.sh");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -49,6 +50,39 @@ fn live_agent_reports_a_real_scan_like_its_replay() {
 
     let live = parse_events(&std::fs::read(&events).expect("events"));
     check_lab_events(&live, &capture);
+
+    // The metrics agree with the events.
+    let page = std::fs::read_to_string(events.with_extension("jsonl.metrics")).expect("metrics");
+    let value = |name: &str| -> u64 {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
+    };
+    let connections = live.iter().filter(|e| e["event"] == "connection").count() as u64;
+    let scans = live.iter().filter(|e| e["event"] == "scan").count() as u64;
+    assert_eq!(
+        value("synwatch_new_connections_total{direction=\"in\"}"),
+        connections
+    );
+    assert_eq!(
+        value("synwatch_new_connections_total{direction=\"out\"}"),
+        0
+    );
+    assert_eq!(value("synwatch_port_scans_total"), scans);
+    assert_eq!(value("synwatch_events_suppressed_total"), 0);
+    assert_eq!(value("synwatch_tracked_sources"), 3);
+    let iface = log_text
+        .split("watching ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("interface in the banner");
+    assert!(value(&format!("synwatch_packets_total{{interface=\"{iface}\"}}")) >= connections);
+    assert_eq!(
+        value(&format!(
+            "synwatch_capture_drops_total{{interface=\"{iface}\"}}"
+        )),
+        0
+    );
 
     // The same traffic replayed gives the same events (the agent's own addresses were
     // discovered from the interface; replay is told them).

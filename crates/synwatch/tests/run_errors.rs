@@ -57,3 +57,37 @@ fn without_cap_net_raw_it_says_how_to_grant_it() {
         assert!(stderr.contains(want), "lacks {want}: {stderr}");
     }
 }
+
+#[test]
+fn print_config_shows_the_layered_configuration_as_toml() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("synwatch.toml");
+    std::fs::write(
+        &file,
+        "max_ports = 10\nwindow = \"2m\"\nmetrics_addr = \"127.0.0.1:9900\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--iface", "lo", "--print-config", "--config"])
+        .arg(&file)
+        .args(["--max-ports", "7"])
+        .env("SYNWATCH_WINDOW", "90s")
+        .output()
+        .expect("run synwatch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    for line in [
+        "max_ports = 7",
+        "window = \"90s\"",
+        "metrics_addr = \"127.0.0.1:9900\"",
+        "iface = [\"lo\"]",
+        "block = \"none\"",
+    ] {
+        assert!(text.lines().any(|l| l == line), "lacks {line}:\n{text}");
+    }
+    assert!(text.parse::<toml::Table>().is_ok(), "valid TOML:\n{text}");
+}

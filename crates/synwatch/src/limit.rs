@@ -1,0 +1,139 @@
+//! The live agent's log rate limit: under a flood, connection events must neither fall
+//! behind nor fill the disk. Each second, each source may log `per_source` connection
+//! events and all sources together `global`; the rest are counted (metrics stay exact)
+//! and summed up in one `suppressed` line per second that had any. Scan events are never
+//! limited. Pure: time (nanoseconds) is passed in.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use synwatch_detect::Nanos;
+
+const SECOND: Nanos = 1_000_000_000;
+
+/// Most distinct sources counted per second; beyond it, sources share one count.
+const MAX_SOURCES_PER_SECOND: usize = 65_536;
+
+/// What was held back during one second.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    /// The second's start.
+    pub since: Nanos,
+    pub count: u64,
+    /// Distinct sources with events held back.
+    pub sources: u64,
+    /// The sources that lost the most, most first (at most five).
+    pub top: Vec<(IpAddr, u64)>,
+}
+
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_source: u32,
+    global: u32,
+    second: Nanos,
+    logged: u32,
+    by_source: HashMap<IpAddr, (u32, u64)>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// Limits per second; 0 means no limit.
+    pub fn new(per_source: u32, global: u32) -> Self {
+        Self {
+            per_source,
+            global,
+            second: Nanos::MIN,
+            logged: 0,
+            by_source: HashMap::new(),
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a connection event from `src` may be printed in the current second. Call
+    /// [`LogLimiter::roll`] with the event's time first.
+    pub fn allow(&mut self, src: IpAddr) -> bool {
+        let full = self.by_source.len() >= MAX_SOURCES_PER_SECOND;
+        let key = if full && !self.by_source.contains_key(&src) {
+            IpAddr::from([0, 0, 0, 0])
+        } else {
+            src
+        };
+        let entry = self.by_source.entry(key).or_insert((0, 0));
+        let over_source = self.per_source != 0 && entry.0 >= self.per_source;
+        let over_global = self.global != 0 && self.logged >= self.global;
+        if over_source || over_global {
+            entry.1 += 1;
+            self.suppressed += 1;
+            return false;
+        }
+        entry.0 += 1;
+        self.logged += 1;
+        true
+    }
+
+    /// Starts the second `now` falls in, returning the summary of the one that ended
+    /// if anything was held back in it.
+    pub fn roll(&mut self, now: Nanos) -> Option<Suppressed> {
+        let second = now - now.rem_euclid(SECOND);
+        if second <= self.second {
+            return None;
+        }
+        let previous = std::mem::replace(&mut self.second, second);
+        let summary = (self.suppressed > 0).then(|| {
+            let mut top: Vec<(IpAddr, u64)> = self
+                .by_source
+                .iter()
+                .filter(|(_, (_, held))| *held > 0)
+                .map(|(src, (_, held))| (*src, *held))
+                .collect();
+            let sources = top.len() as u64;
+            top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            top.truncate(5);
+            Suppressed {
+                since: previous,
+                count: self.suppressed,
+                sources,
+                top,
+            }
+        });
+        self.by_source.clear();
+        self.logged = 0;
+        self.suppressed = 0;
+        summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn per_source_and_global_limits_per_second() {
+        let mut l = LogLimiter::new(3, 5);
+        let t = 100 * SECOND;
+        assert_eq!(l.roll(t), None);
+        let a: Vec<bool> = (0..5).map(|_| l.allow(ip("203.0.113.1"))).collect();
+        assert_eq!(a, [true, true, true, false, false]);
+        assert!(l.allow(ip("203.0.113.2")));
+        assert!(l.allow(ip("203.0.113.2")));
+        assert!(!l.allow(ip("203.0.113.3")), "global limit of 5 reached");
+        let s = l.roll(t + SECOND).expect("a summary");
+        assert_eq!((s.since, s.count, s.sources), (t, 3, 2));
+        assert_eq!(s.top, [(ip("203.0.113.1"), 2), (ip("203.0.113.3"), 1)]);
+        // A fresh second: fresh budgets, and nothing to report for a quiet one.
+        assert!(l.allow(ip("203.0.113.1")));
+        assert_eq!(l.roll(t + 2 * SECOND), None);
+    }
+
+    #[test]
+    fn zero_means_unlimited() {
+        let mut l = LogLimiter::new(0, 0);
+        l.roll(0);
+        assert!((0..100_000).all(|_| l.allow(ip("203.0.113.1"))));
+        assert_eq!(l.roll(SECOND), None);
+    }
+}

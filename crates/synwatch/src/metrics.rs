@@ -1,0 +1,403 @@
+//! Prometheus metrics of the live agent (SPEC §5) and the small HTTP server that serves
+//! them with `/healthz`.
+//!
+//! The agent has no other use for an async runtime, so the server is a blocking accept
+//! loop on its own thread: each request is one short read and one write of a page built
+//! from atomics, well under a millisecond, and a client that stalls is cut off by socket
+//! timeouts. Values are plain atomics written by the pipeline threads, so a scrape never
+//! waits for the pipeline and the pipeline never waits for a scrape.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use synwatch_decode::DecodeError;
+use synwatch_detect::Stats;
+
+/// Counters of one capture interface.
+#[derive(Debug, Default)]
+pub struct InterfaceMetrics {
+    pub name: String,
+    /// Packets that reached synwatch (passed the kernel filter).
+    pub packets: AtomicU64,
+    /// Packets the kernel dropped for want of buffer space.
+    pub drops: AtomicU64,
+    /// Packets the interface dropped, where the driver says.
+    pub if_drops: AtomicU64,
+}
+
+/// Everything `/metrics` reports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub interfaces: Vec<InterfaceMetrics>,
+    pub attempts_in: AtomicU64,
+    pub attempts_out: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub stealth_probes: AtomicU64,
+    pub scans: AtomicU64,
+    pub tracked_sources: AtomicU64,
+    pub sources_evicted: AtomicU64,
+    pub events_suppressed: AtomicU64,
+    pub decode_errors: [AtomicU64; DecodeError::ALL.len()],
+    /// Unix time (seconds) the pipeline last went round its loop: `/healthz` is healthy
+    /// while this is recent.
+    pub heartbeat: AtomicI64,
+    pub start_time: AtomicI64,
+}
+
+/// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
+const HEALTHY_WITHIN_SECS: i64 = 5;
+
+pub fn unix_now() -> i64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the binary is the edge that reads clocks"
+    )]
+    let now = SystemTime::now();
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new(interfaces: &[String]) -> Self {
+        let now = unix_now();
+        Self {
+            interfaces: interfaces
+                .iter()
+                .map(|name| InterfaceMetrics {
+                    name: name.clone(),
+                    ..InterfaceMetrics::default()
+                })
+                .collect(),
+            heartbeat: AtomicI64::new(now),
+            start_time: AtomicI64::new(now),
+            ..Self::default()
+        }
+    }
+
+    /// Copies the detector's totals (the detector thread calls this after each batch).
+    pub fn record_detector(&self, s: &Stats, tracked: usize) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.attempts_in, s.attempts_in);
+        set(&self.attempts_out, s.attempts_out);
+        set(&self.retransmissions, s.retransmissions);
+        set(&self.stealth_probes, s.stealth_probes);
+        set(&self.scans, s.scans);
+        set(&self.sources_evicted, s.sources_evicted);
+        set(&self.tracked_sources, tracked as u64);
+        self.heartbeat.store(unix_now(), Ordering::Relaxed);
+    }
+
+    pub fn healthy(&self) -> bool {
+        unix_now() - self.heartbeat.load(Ordering::Relaxed) <= HEALTHY_WITHIN_SECS
+    }
+
+    /// The page in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let plain = |v: u64| vec![(String::new(), v)];
+        family(
+            "synwatch_new_connections_total",
+            "counter",
+            "New TCP connection attempts (SYN without ACK, retransmissions excluded), by direction.",
+            &[
+                ("{direction=\"in\"}".into(), get(&self.attempts_in)),
+                ("{direction=\"out\"}".into(), get(&self.attempts_out)),
+            ],
+        );
+        family(
+            "synwatch_retransmitted_attempts_total",
+            "counter",
+            "SYNs repeating a 4-tuple seen within the window (not new attempts).",
+            &plain(get(&self.retransmissions)),
+        );
+        family(
+            "synwatch_stealth_probes_total",
+            "counter",
+            "TCP segments with none of SYN, ACK, RST (NULL, FIN, Xmas probes).",
+            &plain(get(&self.stealth_probes)),
+        );
+        family(
+            "synwatch_port_scans_total",
+            "counter",
+            "Port scans detected (one per scanning source and episode).",
+            &plain(get(&self.scans)),
+        );
+        family(
+            "synwatch_blocked_sources",
+            "gauge",
+            "Sources currently blocked (this version does not block).",
+            &plain(0),
+        );
+        family(
+            "synwatch_blocks_total",
+            "counter",
+            "Bans applied (this version does not block).",
+            &plain(0),
+        );
+        let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
+            self.interfaces
+                .iter()
+                .map(|i| (format!("{{interface=\"{}\"}}", escape(&i.name)), f(i)))
+                .collect()
+        };
+        family(
+            "synwatch_packets_total",
+            "counter",
+            "Packets that passed the kernel filter and reached synwatch, by interface.",
+            &by_iface(&|i| get(&i.packets)),
+        );
+        family(
+            "synwatch_capture_drops_total",
+            "counter",
+            "Packets the kernel dropped before synwatch could read them (buffer full), by interface.",
+            &by_iface(&|i| get(&i.drops)),
+        );
+        family(
+            "synwatch_interface_drops_total",
+            "counter",
+            "Packets the network interface dropped, as its driver reports, by interface.",
+            &by_iface(&|i| get(&i.if_drops)),
+        );
+        family(
+            "synwatch_decode_errors_total",
+            "counter",
+            "Packets that could not be decoded, by kind.",
+            &DecodeError::ALL
+                .iter()
+                .map(|k| {
+                    (
+                        format!("{{kind=\"{}\"}}", k.as_str()),
+                        get(&self.decode_errors[k.index()]),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        family(
+            "synwatch_tracked_sources",
+            "gauge",
+            "Sources the detector holds state for.",
+            &plain(get(&self.tracked_sources)),
+        );
+        family(
+            "synwatch_sources_evicted_total",
+            "counter",
+            "Sources dropped at the tracking cap before their state expired.",
+            &plain(get(&self.sources_evicted)),
+        );
+        family(
+            "synwatch_events_suppressed_total",
+            "counter",
+            "Connection events not printed by the per-source log rate limit (still counted here).",
+            &plain(get(&self.events_suppressed)),
+        );
+        family(
+            "synwatch_build_info",
+            "gauge",
+            "Version of the running synwatch.",
+            &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
+        );
+        process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The standard `process_*` metrics, from /proc/self.
+fn process_metrics(out: &mut String, start_time: i64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| {
+        fields
+            .get(n)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name; vsize 23
+    // (20 after), rss in pages 24 (21 after). Clock ticks and pages are the Linux norms.
+    let cpu_secs = (field(11) + field(12)) as f64 / 100.0;
+    let vsize = field(20);
+    let rss = field(21) * 4096;
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|line| line.starts_with("Max open files"))
+                .and_then(|line| line.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let _ = write!(
+        out,
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n\
+         # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu_secs}\n\
+         # HELP process_resident_memory_bytes Resident memory size in bytes.\n\
+         # TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
+         # HELP process_virtual_memory_bytes Virtual memory size in bytes.\n\
+         # TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {vsize}\n\
+         # HELP process_open_fds Number of open file descriptors.\n\
+         # TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+         # HELP process_max_fds Maximum number of open file descriptors.\n\
+         # TYPE process_max_fds gauge\nprocess_max_fds {max_fds}\n\
+         # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start_time}\n"
+    );
+}
+
+/// Binds `addr` (so that a taken port fails at start, not later).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// Serves `/metrics` and `/healthz` until `stop` is set.
+pub fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = answer(stream, &metrics);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = [0u8; 2048];
+    let mut len = 0;
+    // Read up to the end of the request head (or what fits): only its first line matters.
+    while len < request.len() {
+        let n = stream.read(&mut request[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&request[..len]);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET" | "HEAD", "/healthz") if metrics.healthy() => {
+            ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned())
+        }
+        ("GET" | "HEAD", "/healthz") => (
+            "503 Service Unavailable",
+            "text/plain; charset=utf-8",
+            "the capture pipeline is not running\n".to_owned(),
+        ),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "synwatch serves /metrics and /healthz\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".to_owned(),
+        ),
+    };
+    let body = if method == "HEAD" { "" } else { body.as_str() };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("read");
+        reply
+    }
+
+    #[test]
+    fn serves_metrics_health_and_nothing_else() {
+        let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
+        metrics.attempts_in.store(7, Ordering::Relaxed);
+        metrics.interfaces[0].drops.store(3, Ordering::Relaxed);
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+
+        let page = get(addr, "/metrics");
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
+        assert!(page.contains("text/plain; version=0.0.4"));
+        for line in [
+            "synwatch_new_connections_total{direction=\"in\"} 7",
+            "synwatch_new_connections_total{direction=\"out\"} 0",
+            "synwatch_capture_drops_total{interface=\"eth0\"} 3",
+            "synwatch_port_scans_total 0",
+            "synwatch_blocked_sources 0",
+            "synwatch_blocks_total 0",
+            "synwatch_tracked_sources 0",
+            "# TYPE synwatch_packets_total counter",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(page.contains(line), "lacks {line}:\n{page}");
+        }
+        assert!(page.contains("synwatch_build_info{version=\""));
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        metrics.heartbeat.store(0, Ordering::Relaxed);
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
+        assert!(get(addr, "/").starts_with("HTTP/1.1 404"));
+        stop.store(true, Ordering::Relaxed);
+    }
+}
