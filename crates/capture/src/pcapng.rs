@@ -9,6 +9,8 @@
 use crate::input::Input;
 use crate::{CaptureError, Interface, MAX_RECORD_LEN, Packet};
 
+/// Longest interface name kept (`if_name`); longer ones are cut.
+const MAX_NAME_LEN: usize = 256;
 const SHB_TYPE: u32 = 0x0a0d_0d0a;
 /// The Section Header Block type is a palindrome, so it reads the same in either order.
 pub(crate) const SHB_TYPE_BYTES: [u8; 4] = SHB_TYPE.to_le_bytes();
@@ -253,6 +255,9 @@ impl PcapNg {
             .unwrap_or_default();
         for_each_option(options, be, |code, value| match code {
             OPT_IF_NAME => {
+                // Names are kept short: a hostile file may describe a million
+                // interfaces, each with a 64 KiB name.
+                let value = &value[..value.len().min(MAX_NAME_LEN)];
                 let name = String::from_utf8_lossy(value);
                 iface.name = Some(name.trim_end_matches('\0').to_owned());
             }
@@ -698,5 +703,20 @@ mod tests {
             (1_000_000_001, 105, 1, &b"hello"[..], 50)
         );
         assert_eq!(r.interfaces()[1].name.as_deref(), Some("wlan0"));
+    }
+
+    #[test]
+    fn long_interface_names_are_cut_to_bound_memory() {
+        let long = "x".repeat(10_000);
+        let mut w = NgWriter::new(false);
+        w.shb();
+        w.idb(1, 0, None, None, Some(&long));
+        w.epb(0, 1, b"hello", 5);
+        let mut r = CaptureReader::from_bytes(w.finish()).unwrap();
+        assert!(r.next_packet().unwrap().is_some());
+        assert_eq!(
+            r.interfaces()[0].name.as_deref().map(str::len),
+            Some(MAX_NAME_LEN)
+        );
     }
 }

@@ -83,8 +83,10 @@ impl AddrSet {
         match addr {
             IpAddr::V4(a) => !self.v4.is_empty() && self.v4.iter().any(|n| n.contains(&a)),
             IpAddr::V6(a) => {
-                if let Some(v4) = a.to_ipv4_mapped() {
-                    return self.contains(IpAddr::V4(v4));
+                if let Some(v4) = a.to_ipv4_mapped()
+                    && self.contains(IpAddr::V4(v4))
+                {
+                    return true;
                 }
                 !self.v6.is_empty() && self.v6.iter().any(|n| n.contains(&a))
             }
@@ -172,6 +174,14 @@ mod tests {
         assert!(set.contains(ip("2001:db8:1::5")));
         assert!(!set.contains(ip("2001:db9::5")));
         assert!(set.contains(ip("::ffff:10.9.9.9")));
+        // A mapped address also matches IPv6 ranges that cover it (regression: it was
+        // checked against the IPv4 ranges only).
+        let v6_only: AddrSet = [parse_cidr("::ffff:0:0/96").expect("cidr")]
+            .into_iter()
+            .collect();
+        assert!(v6_only.contains(ip("::ffff:203.0.113.9")));
+        let everything: AddrSet = [parse_cidr("::/0").expect("cidr")].into_iter().collect();
+        assert!(everything.contains(ip("::ffff:203.0.113.9")));
         assert!(!AddrSet::new().contains(ip("10.0.0.1")));
     }
 

@@ -221,7 +221,6 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub struct Detector {
     cfg: Config,
     now: Nanos,
-    next_sweep: Nanos,
     last_sweep: Nanos,
     sources: Map<[u64; 2], Source>,
     attempts: Map<FourTuple, Nanos>,
@@ -233,7 +232,6 @@ impl Detector {
         Self {
             cfg,
             now: Nanos::MIN,
-            next_sweep: Nanos::MIN,
             last_sweep: Nanos::MIN,
             sources: Map::default(),
             attempts: Map::default(),
@@ -331,12 +329,13 @@ impl Detector {
         if ts > self.now {
             self.now = ts;
         }
-        if self.now >= self.next_sweep {
+        // Sweeping every quarter window keeps expired state below a quarter of the
+        // live state without paying for a pass on every packet. Measured from the last
+        // sweep, not against a deadline: a deadline saturates near i64::MAX and would
+        // then sweep on every packet.
+        let period = (self.cfg.window / 4).max(1_000_000_000);
+        if self.last_sweep == Nanos::MIN || self.now.saturating_sub(self.last_sweep) >= period {
             self.sweep();
-            // Sweeping every quarter window keeps expired state below a quarter of the
-            // live state without paying for a pass on every packet.
-            let period = (self.cfg.window / 4).max(1_000_000_000);
-            self.next_sweep = self.now.saturating_add(period);
         }
     }
 
@@ -543,6 +542,29 @@ mod sizing {
         assert_eq!(evict_lowest(&[4, 4, 4, 4], 2), [true, true, false, false]);
         assert_eq!(evict_lowest(&[2], 4), [true]);
         assert!(evict_lowest(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn timestamps_at_the_end_of_time_do_not_sweep_every_packet() {
+        let mut d = Detector::new(Config::default());
+        let mut sweeps_seen = 0;
+        let mut last = Nanos::MIN;
+        for i in 0..1000u32 {
+            let o = Observation {
+                ts: Nanos::MAX - 10_000_000_000 + i64::from(i),
+                src: IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)),
+                dst: IpAddr::from([10, 0, 0, 5]),
+                sport: 1,
+                dport: 80,
+                flags: TcpFlags(TcpFlags::SYN),
+            };
+            d.observe(&o);
+            if d.last_sweep != last {
+                sweeps_seen += 1;
+                last = d.last_sweep;
+            }
+        }
+        assert_eq!(sweeps_seen, 1, "one sweep at the first packet, none after");
     }
 
     #[test]

@@ -49,8 +49,9 @@ enum Command {
     /// Replay pcap/pcapng captures through the detector (nothing is blocked)
     ///
     /// Files form one stream of time, read in the order of their first packets.
-    /// Each new incoming connection attempt is logged once (retransmissions are
-    /// not), and each scanning source once per episode. Example:
+    /// Each new connection attempt (incoming unless --direction says otherwise)
+    /// is logged once, retransmissions are not, and each scanning source is
+    /// reported once per episode. Example:
     ///
     ///   synwatch replay --local 10.0.0.5 --format json capture.pcapng
     #[command(verbatim_doc_comment)]

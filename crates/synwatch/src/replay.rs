@@ -237,7 +237,9 @@ fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
 /// read only once) keep their place at the front, where their errors are reported.
 fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
     let first_ts = |path: &PathBuf| -> Option<i64> {
-        if path.as_os_str() == "-" {
+        // Only regular files can be read twice: a pipe, FIFO or /dev/stdin would lose
+        // what the peek consumed.
+        if path.as_os_str() == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
             return None;
         }
         let mut reader = CaptureReader::open(path).ok()?;
@@ -349,7 +351,8 @@ fn replay_file(
         // Resolved per packet: in pcapng each section and interface has its own link type.
         let Some(link) = LinkType::from_linktype(packet.linktype) else {
             totals.unsupported_link += 1;
-            if !unsupported.contains(&packet.linktype) {
+            // A few named in the message are enough; a crafted file may hold thousands.
+            if unsupported.len() < 8 && !unsupported.contains(&packet.linktype) {
                 unsupported.push(packet.linktype);
             }
             continue;

@@ -633,3 +633,42 @@ fn boolean_options_take_their_environment_variables_too() {
         );
     }
 }
+
+#[test]
+fn pipes_and_dev_stdin_are_read_once_not_lost_to_the_time_order_peek() {
+    // Regression: ordering files by their first packet read pipes once to peek, leaving
+    // nothing for the replay itself.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json", "/dev/stdin"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .arg("replay")
+        .args(&args)
+        .stdin(std::fs::File::open(&good).expect("open"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat '{}' | '{}' replay --local 192.0.2.1 --local 2001:db8::1 --format json /dev/stdin",
+            good.display(),
+            env!("CARGO_BIN_EXE_synwatch")
+        ))
+        .output()
+        .expect("sh");
+    let want = std::fs::read_to_string(golden_path("ethernet")).expect("golden");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stdout),
+        want,
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+}
