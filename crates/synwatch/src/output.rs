@@ -217,28 +217,27 @@ impl<W: Write> EventWriter<W> {
     }
 
     pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
-        let mut event = std::mem::take(&mut self.scratch);
-        event.clear();
-        self.formatter.connection(c, &mut event);
-        let written = self.formatted(&event);
-        self.scratch = event;
-        written
+        self.format_and_write(|f, out| f.connection(c, out))
     }
 
     pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
-        let mut event = std::mem::take(&mut self.scratch);
-        event.clear();
-        self.formatter.scan(s, &mut event);
-        let written = self.formatted(&event);
-        self.scratch = event;
-        written
+        self.format_and_write(|f, out| f.scan(s, out))
     }
 
     /// One line for what the log rate limit held back in a second.
     pub fn suppressed(&mut self, s: &crate::limit::Suppressed) -> io::Result<()> {
+        self.format_and_write(|f, out| f.suppressed(s, out))
+    }
+
+    /// Formats one event into the scratch buffer, then writes it as [`Self::formatted`]
+    /// does (the table format pads columns only once a whole row is known).
+    fn format_and_write(
+        &mut self,
+        format: impl FnOnce(&mut Formatter, &mut Vec<u8>),
+    ) -> io::Result<()> {
         let mut event = std::mem::take(&mut self.scratch);
         event.clear();
-        self.formatter.suppressed(s, &mut event);
+        format(&mut self.formatter, &mut event);
         let written = self.formatted(&event);
         self.scratch = event;
         written

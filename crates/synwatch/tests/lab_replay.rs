@@ -10,7 +10,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{check_lab_events, parse_events, repo_root, require_root};
+use common::{check_lab_events, replay_lab_capture, repo_root, require_root};
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
@@ -25,23 +25,5 @@ fn replay_of_a_real_nmap_scan_reports_the_scanners_only() {
         .expect("run scripts/lab-capture.sh");
     assert!(status.success(), "the lab capture failed");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-        .args([
-            "replay",
-            "--local",
-            "10.199.0.1",
-            "--local",
-            "fd99::1",
-            "--format",
-            "json",
-        ])
-        .arg(&capture)
-        .output()
-        .expect("run synwatch");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    check_lab_events(&parse_events(&out.stdout), &capture);
+    check_lab_events(&replay_lab_capture(&capture), &capture);
 }

@@ -11,7 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{check_lab_events, parse_events, repo_root, require_root};
+use common::{check_lab_events, parse_events, replay_lab_capture, repo_root, require_root};
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
@@ -86,20 +86,7 @@ fn live_agent_reports_a_real_scan_like_its_replay() {
 
     // The same traffic replayed gives the same events (the agent's own addresses were
     // discovered from the interface; replay is told them).
-    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-        .args([
-            "replay",
-            "--local",
-            "10.199.0.1",
-            "--local",
-            "fd99::1",
-            "--format",
-            "json",
-        ])
-        .arg(&capture)
-        .output()
-        .expect("run synwatch replay");
-    let replayed = parse_events(&out.stdout);
+    let replayed = replay_lab_capture(&capture);
     // Each capture socket stamps packets itself: times may differ by microseconds.
     let without_ts = |events: &[serde_json::Value]| -> Vec<serde_json::Value> {
         events

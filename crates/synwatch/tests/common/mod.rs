@@ -56,6 +56,29 @@ pub fn tcpdump_syns(capture: &Path) -> Vec<(String, u16, String, u16)> {
     syns
 }
 
+/// `synwatch replay` of a lab capture, told the victim's addresses, as JSON events.
+pub fn replay_lab_capture(capture: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args([
+            "replay",
+            "--local",
+            "10.199.0.1",
+            "--local",
+            "fd99::1",
+            "--format",
+            "json",
+        ])
+        .arg(capture)
+        .output()
+        .expect("run synwatch replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_events(&out.stdout)
+}
+
 pub fn parse_events(stdout: &[u8]) -> Vec<Value> {
     String::from_utf8(stdout.to_vec())
         .expect("utf8")
