@@ -118,6 +118,26 @@ pub struct Observation {
     pub flags: TcpFlags,
 }
 
+impl Observation {
+    /// The observation of a decoded segment taken at `ts`, if it is something the
+    /// detector looks at: a TCP connection attempt or stealth probe.
+    #[inline]
+    pub fn of_segment(ts: Nanos, seg: &synwatch_decode::Segment) -> Option<Self> {
+        let synwatch_decode::Transport::Tcp(flags) = seg.transport else {
+            return None;
+        };
+        Probe::classify(flags)?;
+        Some(Self {
+            ts,
+            src: seg.src,
+            dst: seg.dst,
+            sport: seg.sport,
+            dport: seg.dport,
+            flags,
+        })
+    }
+}
+
 /// What an observation was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {

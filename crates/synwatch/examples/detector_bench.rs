@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use synwatch_capture::CaptureReader;
-use synwatch_decode::{Decoded, LinkType, Transport, decode};
-use synwatch_detect::{Config, Detector, Observation, Probe};
+use synwatch_decode::{Decoded, LinkType, decode};
+use synwatch_detect::{Config, Detector, Observation};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
@@ -26,18 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let Some(link) = LinkType::from_linktype(p.linktype) else {
             continue;
         };
-        if let Ok(Decoded::Segment(s)) = decode(link, p.data)
-            && let Transport::Tcp(flags) = s.transport
-            && Probe::classify(flags).is_some()
-        {
-            observations.push(Observation {
-                ts: p.ts_nanos,
-                src: s.src,
-                dst: s.dst,
-                sport: s.sport,
-                dport: s.dport,
-                flags,
-            });
+        if let Ok(Decoded::Segment(s)) = decode(link, p.data) {
+            observations.extend(Observation::of_segment(p.ts_nanos, &s));
         }
     }
     let read = started.elapsed();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use synwatch_capture::{CaptureError, CaptureReader};
 use synwatch_decode::{DecodeError, Decoded, LinkType, Skip, TcpFlags, Transport, decode};
-use synwatch_detect::{AddrSet, Detector, Direction, Observation, Probe};
+use synwatch_detect::{AddrSet, Detector, Direction, Observation};
 
 use crate::config::DetectSettings;
 use crate::output::{Connection, EventWriter, Format, Formatter};
@@ -359,18 +359,10 @@ fn replay_file(
         };
         match decode(link, packet.data) {
             Ok(Decoded::Segment(seg)) => match seg.transport {
-                Transport::Tcp(flags) => {
+                Transport::Tcp(_) => {
                     totals.tcp += 1;
-                    if Probe::classify(flags).is_none() {
+                    let Some(obs) = Observation::of_segment(packet.ts_nanos, &seg) else {
                         continue;
-                    }
-                    let obs = Observation {
-                        ts: packet.ts_nanos,
-                        src: seg.src,
-                        dst: seg.dst,
-                        sport: seg.sport,
-                        dport: seg.dport,
-                        flags,
                     };
                     prep.push(batch, obs);
                     if batch.obs.len() == BATCH {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
-use synwatch_decode::{DecodeError, Decoded, LinkType, Transport, decode};
-use synwatch_detect::{Detector, Direction, Observation, Probe, Seen};
+use synwatch_decode::{DecodeError, Decoded, LinkType, decode};
+use synwatch_detect::{Detector, Direction, Observation, Seen};
 
 use crate::config::{DetectArgs, DetectSettings};
 use crate::host::Host;
@@ -196,18 +196,7 @@ fn capture_thread(
             if let Some(link) = link {
                 match decode(link, packet.data) {
                     Ok(Decoded::Segment(seg)) => {
-                        if let Transport::Tcp(flags) = seg.transport
-                            && Probe::classify(flags).is_some()
-                        {
-                            batch.push(Observation {
-                                ts: packet.ts_nanos,
-                                src: seg.src,
-                                dst: seg.dst,
-                                sport: seg.sport,
-                                dport: seg.dport,
-                                flags,
-                            });
-                        }
+                        batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
                     }
                     Ok(Decoded::Skipped(_)) => {}
                     Err(kind) => {
