@@ -1,0 +1,494 @@
+//! iptables for hosts without nftables: two ipsets (`synwatch4`, `synwatch6`, hash:ip with
+//! per-entry timeouts and counters) and one chain `SYNWATCH` per family holding a single
+//! rule that drops what matches the set. The chain is jumped to from the top of INPUT,
+//! FORWARD and, where Docker created it, DOCKER-USER (Docker puts its own FORWARD rules
+//! ahead of anything added later, so DOCKER-USER is the only reliable place for
+//! container traffic).
+//!
+//! Bans change only the sets, through one `ipset restore -exist` run per batch, never the
+//! rules: rule count stays constant whatever the number of bans.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use crate::{
+    Backend, Ban, Command, DropCounters, EnforceError, Enforcer, KernelBan, Runner, Scope,
+    by_family, canonical,
+};
+
+pub const CHAIN: &str = "SYNWATCH";
+pub const SET4: &str = "synwatch4";
+pub const SET6: &str = "synwatch6";
+/// The most bans each set holds (ipset's default of 65536 is too few under attack).
+pub const MAX_ELEMENTS: u32 = 1 << 20;
+/// Built-in chains that jump to ours, and the one Docker adds when present.
+const HOOKS: [&str; 2] = ["INPUT", "FORWARD"];
+const DOCKER_HOOK: &str = "DOCKER-USER";
+
+/// The two families: program, set, ipset family name.
+const FAMILIES: [(&str, &str, &str); 2] =
+    [("iptables", SET4, "inet"), ("ip6tables", SET6, "inet6")];
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Run; failure fails the plan.
+    Run(Command),
+    /// Run `then` only if `check` fails (insert a jump only where none exists).
+    Unless { check: Command, then: Command },
+    /// Run; failure is expected and ignored (removing what may not exist).
+    Try(Command),
+    /// Repeat until it fails (removing every copy of a rule).
+    UntilFails(Command),
+    /// Run `then` only if `check` succeeds (hook DOCKER-USER only where it exists).
+    If { check: Command, then: Box<Step> },
+}
+
+fn ipt(program: &'static str, args: &[&str], what: impl Into<String>) -> Command {
+    let mut all = vec!["-w"];
+    all.extend_from_slice(args);
+    Command::new(program, &all, what)
+}
+
+/// The ipset input that creates both sets (if missing), empties them and adds `bans`.
+pub fn sets_script(bans: &[Ban]) -> String {
+    let mut s = String::new();
+    for (_, set, family) in FAMILIES {
+        let _ = writeln!(
+            s,
+            "create {set} hash:ip family {family} timeout 0 counters maxelem {MAX_ELEMENTS}"
+        );
+        let _ = writeln!(s, "flush {set}");
+    }
+    s.push_str(&add_script(bans));
+    s
+}
+
+/// The ipset input adding `bans`; with `-exist`, an address already present takes the
+/// new timeout. Timeout 0 is ipset's "until removed".
+pub fn add_script(bans: &[Ban]) -> String {
+    let mut s = String::new();
+    let (v4, v6) = by_family(bans, |b| b.addr);
+    for (set, family) in [(SET4, v4), (SET6, v6)] {
+        for ban in family {
+            let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
+            let _ = writeln!(s, "add {set} {} timeout {timeout}", canonical(ban.addr));
+        }
+    }
+    s
+}
+
+/// The ipset input removing `addrs` (with `-exist`, an absent one is no error).
+pub fn remove_script(addrs: &[IpAddr]) -> String {
+    let mut s = String::new();
+    let (v4, v6) = by_family(addrs, |a| *a);
+    for (set, family) in [(SET4, v4), (SET6, v6)] {
+        for addr in family {
+            let _ = writeln!(s, "del {set} {}", canonical(addr));
+        }
+    }
+    s
+}
+
+fn ipset_restore(script: String, what: &str) -> Command {
+    Command::new("ipset", &["restore", "-exist"], what).with_stdin(script)
+}
+
+/// The plan that sets everything up holding exactly `bans`.
+pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
+    let mut plan = vec![Step::Run(ipset_restore(
+        sets_script(bans),
+        "create the synwatch4/synwatch6 ipsets",
+    ))];
+    for (program, set, _) in FAMILIES {
+        let mut rule = format!("-A {CHAIN} -m set --match-set {set} src");
+        if scope == Scope::New {
+            rule.push_str(" -m conntrack --ctstate NEW");
+        }
+        rule.push_str(" -j DROP");
+        // Declaring the chain in a --noflush restore creates it, or empties it if a
+        // previous run left it.
+        let restore = format!("*filter\n:{CHAIN} - [0:0]\n{rule}\nCOMMIT\n");
+        plan.push(Step::Run(
+            Command::new(
+                if program == "iptables" {
+                    "iptables-restore"
+                } else {
+                    "ip6tables-restore"
+                },
+                &["-w", "--noflush"],
+                format!("create the {CHAIN} chain ({program})"),
+            )
+            .with_stdin(restore),
+        ));
+        for hook in HOOKS {
+            plan.push(jump(program, hook));
+        }
+        plan.push(Step::If {
+            check: ipt(program, &["-n", "-L", DOCKER_HOOK], "look for DOCKER-USER"),
+            then: Box::new(jump(program, DOCKER_HOOK)),
+        });
+    }
+    plan
+}
+
+fn jump(program: &'static str, hook: &str) -> Step {
+    Step::Unless {
+        check: ipt(
+            program,
+            &["-C", hook, "-j", CHAIN],
+            format!("look for the jump from {hook}"),
+        ),
+        then: ipt(
+            program,
+            &["-I", hook, "1", "-j", CHAIN],
+            format!("jump from {hook} to {CHAIN} ({program})"),
+        ),
+    }
+}
+
+/// The plan that removes every trace: jumps, chain, sets.
+pub fn teardown_plan() -> Vec<Step> {
+    let mut plan = Vec::new();
+    for (program, _, _) in FAMILIES {
+        for hook in HOOKS.iter().chain([&DOCKER_HOOK]) {
+            plan.push(Step::UntilFails(ipt(
+                program,
+                &["-D", hook, "-j", CHAIN],
+                format!("remove the jump from {hook}"),
+            )));
+        }
+        plan.push(Step::Try(ipt(program, &["-F", CHAIN], "empty the chain")));
+        plan.push(Step::Try(ipt(program, &["-X", CHAIN], "delete the chain")));
+    }
+    for (_, set, _) in FAMILIES {
+        plan.push(Step::Try(Command::new(
+            "ipset",
+            &["destroy", set],
+            format!("destroy the {set} ipset"),
+        )));
+    }
+    plan
+}
+
+/// Reads `ipset save SET` output: `add SET ADDR timeout N packets P bytes B`.
+pub fn parse_ipset_save(text: &str) -> Vec<KernelBan> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("add") {
+                return None;
+            }
+            let _set = words.next()?;
+            let addr: IpAddr = words.next()?.parse().ok()?;
+            let mut ban = KernelBan {
+                addr,
+                expires_secs: None,
+                packets: None,
+                bytes: None,
+            };
+            while let (Some(key), Some(value)) = (words.next(), words.next()) {
+                let value: Option<u64> = value.parse().ok();
+                match key {
+                    // ipset writes timeout 0 for an entry without one.
+                    "timeout" => ban.expires_secs = value.filter(|&v| v > 0),
+                    "packets" => ban.packets = value,
+                    "bytes" => ban.bytes = value,
+                    _ => {}
+                }
+            }
+            Some(ban)
+        })
+        .collect()
+}
+
+/// Sums the packet and byte columns of `iptables -L CHAIN -n -v -x`.
+pub fn parse_rule_counters(text: &str) -> DropCounters {
+    let mut sum = DropCounters::default();
+    for line in text.lines().skip(2) {
+        let mut words = line.split_whitespace();
+        if let (Some(Ok(p)), Some(Ok(b))) = (
+            words.next().map(str::parse::<u64>),
+            words.next().map(str::parse::<u64>),
+        ) {
+            sum.packets += p;
+            sum.bytes += b;
+        }
+    }
+    sum
+}
+
+/// The iptables backend.
+pub struct Iptables {
+    scope: Scope,
+    runner: Box<dyn Runner>,
+}
+
+impl std::fmt::Debug for Iptables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Iptables")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl Iptables {
+    pub fn new(scope: Scope, runner: Box<dyn Runner>) -> Self {
+        Self { scope, runner }
+    }
+
+    fn execute(&mut self, plan: &[Step]) -> Result<(), EnforceError> {
+        for step in plan {
+            self.step(step)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: &Step) -> Result<(), EnforceError> {
+        match step {
+            Step::Run(c) => self.runner.run(c).map(drop),
+            Step::Unless { check, then } => match self.runner.run(check) {
+                Ok(_) => Ok(()),
+                Err(_) => self.runner.run(then).map(drop),
+            },
+            Step::Try(c) => {
+                let _ = self.runner.run(c);
+                Ok(())
+            }
+            Step::UntilFails(c) => {
+                // Bounded: a rule cannot be listed more often than this in practice.
+                for _ in 0..64 {
+                    if self.runner.run(c).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Step::If { check, then } => match self.runner.run(check) {
+                Ok(_) => self.step(then),
+                Err(_) => Ok(()),
+            },
+        }
+    }
+
+    fn restore(&mut self, script: String, what: &str) -> Result<(), EnforceError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.runner.run(&ipset_restore(script, what)).map(drop)
+    }
+}
+
+impl Enforcer for Iptables {
+    fn backend(&self) -> Backend {
+        Backend::Iptables
+    }
+
+    fn setup(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.execute(&setup_plan(self.scope, bans))
+    }
+
+    fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.restore(add_script(bans), "add bans to the synwatch ipsets")
+    }
+
+    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
+        self.restore(remove_script(addrs), "remove bans from the synwatch ipsets")
+    }
+
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
+        let mut all = Vec::new();
+        for (_, set, _) in FAMILIES {
+            let out = self.runner.run(&Command::new(
+                "ipset",
+                &["save", set],
+                format!("list the {set} ipset"),
+            ))?;
+            all.extend(parse_ipset_save(&out));
+        }
+        Ok(all)
+    }
+
+    fn counters(&mut self) -> Result<DropCounters, EnforceError> {
+        let mut sum = DropCounters::default();
+        for (program, _, _) in FAMILIES {
+            let out = self.runner.run(&ipt(
+                program,
+                &["-L", CHAIN, "-n", "-v", "-x"],
+                format!("read the {CHAIN} chain's counters"),
+            ))?;
+            let c = parse_rule_counters(&out);
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        Ok(sum)
+    }
+
+    fn present(&mut self) -> bool {
+        self.runner
+            .run(&Command::new(
+                "ipset",
+                &["list", "-n", SET4],
+                "look for the synwatch4 ipset",
+            ))
+            .is_ok()
+    }
+
+    fn teardown(&mut self) -> Result<(), EnforceError> {
+        self.execute(&teardown_plan())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RecordingRunner;
+
+    fn ban(addr: &str, t: Option<u64>) -> Ban {
+        Ban {
+            addr: addr.parse().unwrap(),
+            timeout_secs: t,
+        }
+    }
+
+    #[test]
+    fn sets_are_created_emptied_and_filled_in_one_restore() {
+        assert_eq!(
+            sets_script(&[ban("192.0.2.7", Some(3600)), ban("2001:db8::7", None)]),
+            "create synwatch4 hash:ip family inet timeout 0 counters maxelem 1048576\n\
+             flush synwatch4\n\
+             create synwatch6 hash:ip family inet6 timeout 0 counters maxelem 1048576\n\
+             flush synwatch6\n\
+             add synwatch4 192.0.2.7 timeout 3600\n\
+             add synwatch6 2001:db8::7 timeout 0\n"
+        );
+    }
+
+    #[test]
+    fn bans_change_only_the_sets() {
+        assert_eq!(
+            add_script(&[ban("::ffff:192.0.2.9", Some(5))]),
+            "add synwatch4 192.0.2.9 timeout 5\n"
+        );
+        assert_eq!(
+            remove_script(&["192.0.2.9".parse().unwrap(), "2001:db8::1".parse().unwrap()]),
+            "del synwatch4 192.0.2.9\ndel synwatch6 2001:db8::1\n"
+        );
+        let runner = RecordingRunner::default();
+        let mut ipt = Iptables::new(Scope::All, Box::new(runner.clone()));
+        ipt.add(&[ban("192.0.2.1", Some(5)), ban("192.0.2.2", Some(5))])
+            .unwrap();
+        ipt.remove(&[]).unwrap();
+        assert_eq!(
+            runner.transcript(),
+            vec![
+                "ipset restore -exist\nadd synwatch4 192.0.2.1 timeout 5\nadd synwatch4 192.0.2.2 timeout 5\n"
+            ]
+        );
+    }
+
+    #[test]
+    fn setup_creates_one_rule_per_family_and_jumps_only_where_missing() {
+        let runner = RecordingRunner::default();
+        // ipset restore, iptables-restore, -C INPUT fails (no jump yet), -I INPUT,
+        // -C FORWARD succeeds (already there), DOCKER-USER lookup fails (no Docker).
+        for answer in [
+            Ok(""),
+            Ok(""),
+            Err("no such rule"),
+            Ok(""),
+            Ok(""),
+            Err("no chain"),
+        ] {
+            runner.answer(answer);
+        }
+        let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
+        ipt.setup(&[]).unwrap();
+        let t = runner.transcript();
+        assert_eq!(
+            t[1],
+            "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
+        );
+        assert_eq!(t[2], "iptables -w -C INPUT -j SYNWATCH");
+        assert_eq!(t[3], "iptables -w -I INPUT 1 -j SYNWATCH");
+        assert_eq!(t[4], "iptables -w -C FORWARD -j SYNWATCH");
+        assert_eq!(t[5], "iptables -w -n -L DOCKER-USER");
+        assert_eq!(
+            t[6],
+            "ip6tables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch6 src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
+        );
+        // Everything after the canned answers succeeds: both jumps exist, Docker too.
+        assert_eq!(
+            &t[7..],
+            [
+                "ip6tables -w -C INPUT -j SYNWATCH",
+                "ip6tables -w -C FORWARD -j SYNWATCH",
+                "ip6tables -w -n -L DOCKER-USER",
+                "ip6tables -w -C DOCKER-USER -j SYNWATCH"
+            ]
+        );
+    }
+
+    #[test]
+    fn teardown_removes_jumps_chain_and_sets() {
+        let plan = teardown_plan();
+        let names: Vec<String> = plan
+            .iter()
+            .map(|s| match s {
+                Step::UntilFails(c) | Step::Try(c) | Step::Run(c) => {
+                    format!("{} {}", c.program, c.args.join(" "))
+                }
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "iptables -w -D INPUT -j SYNWATCH",
+                "iptables -w -D FORWARD -j SYNWATCH",
+                "iptables -w -D DOCKER-USER -j SYNWATCH",
+                "iptables -w -F SYNWATCH",
+                "iptables -w -X SYNWATCH",
+                "ip6tables -w -D INPUT -j SYNWATCH",
+                "ip6tables -w -D FORWARD -j SYNWATCH",
+                "ip6tables -w -D DOCKER-USER -j SYNWATCH",
+                "ip6tables -w -F SYNWATCH",
+                "ip6tables -w -X SYNWATCH",
+                "ipset destroy synwatch4",
+                "ipset destroy synwatch6",
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_ipset_entries_and_rule_counters() {
+        let save = "create synwatch4 hash:ip family inet hashsize 1024 maxelem 1048576 timeout 0 counters\n\
+                    add synwatch4 192.0.2.7 timeout 3591 packets 4 bytes 240\n\
+                    add synwatch4 192.0.2.8 timeout 0 packets 0 bytes 0\n";
+        assert_eq!(
+            parse_ipset_save(save),
+            vec![
+                KernelBan {
+                    addr: "192.0.2.7".parse().unwrap(),
+                    expires_secs: Some(3591),
+                    packets: Some(4),
+                    bytes: Some(240)
+                },
+                KernelBan {
+                    addr: "192.0.2.8".parse().unwrap(),
+                    expires_secs: None,
+                    packets: Some(0),
+                    bytes: Some(0)
+                },
+            ]
+        );
+        let listing = "Chain SYNWATCH (2 references)\n    pkts      bytes target     prot opt in     out     source               destination\n      12      720 DROP       0    --  *      *       0.0.0.0/0            0.0.0.0/0            match-set synwatch4 src\n";
+        assert_eq!(
+            parse_rule_counters(listing),
+            DropCounters {
+                packets: 12,
+                bytes: 720
+            }
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! Blocking scanners in the kernel.
+//!
+//! Each backend keeps its bans in one kernel set per address family (an nftables set, or an
+//! ipset) with a per-element timeout, matched by a handful of fixed rules, never one rule
+//! per address: adding the ten-thousandth ban costs what the first did, and the kernel
+//! expires bans by itself even if the agent dies.
+//!
+//! The key decision is the split between planning and applying. A backend turns an
+//! operation (set up, add these bans, remove these addresses, tear down) into a plan, the
+//! exact commands and their input, with pure functions that the unit tests check line by
+//! line. Applying a plan goes through [`Runner`], one narrow function that spawns a
+//! program; tests substitute a recording runner, and the lab tests use the real one
+//! against a network namespace's kernel.
+//!
+//! Layout: `nftables` (table `inet synwatch`), `iptables` (chain `SYNWATCH` with ipsets),
+//! `runner` (the process edge), `bans` (the ban lifecycle: durations, repeat offenders,
+//! the rate cap; pure, time passed in).
+
+use std::fmt;
+use std::net::IpAddr;
+
+pub mod bans;
+pub mod iptables;
+pub mod nftables;
+mod runner;
+
+pub use runner::{Command, RecordingRunner, Runner, SystemRunner};
+
+/// One ban as the kernel holds it: the address and how long it lasts from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ban {
+    pub addr: IpAddr,
+    /// Seconds from now; `None` lasts until removed.
+    pub timeout_secs: Option<u64>,
+}
+
+/// What a ban drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every packet from the address (the default).
+    #[default]
+    All,
+    /// Only packets that open a new connection; established ones continue.
+    New,
+}
+
+/// The kernel backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Nftables,
+    Iptables,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Nftables => "nftables",
+            Backend::Iptables => "iptables",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A ban as read back from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelBan {
+    pub addr: IpAddr,
+    /// Seconds left; `None` for a ban without timeout.
+    pub expires_secs: Option<u64>,
+    /// Packets and bytes this element has matched, where the backend counts them.
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+/// Packets and bytes the drop rules have dropped since the rules were created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Why a backend could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("cannot run {program}: {source} (is it installed? `make deps` installs it)")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed while trying to {what}: {stderr}")]
+    Failed {
+        program: String,
+        what: String,
+        stderr: String,
+    },
+    #[error("cannot read {program}'s output while trying to {what}: {detail}")]
+    Output {
+        program: String,
+        what: String,
+        detail: String,
+    },
+}
+
+impl EnforceError {
+    /// Whether the failure says the caller lacks a privilege (CAP_NET_ADMIN).
+    pub fn is_permission(&self) -> bool {
+        match self {
+            EnforceError::Failed { stderr, .. } => {
+                let s = stderr.to_ascii_lowercase();
+                s.contains("operation not permitted") || s.contains("permission denied")
+            }
+            EnforceError::Spawn { source, .. } => {
+                source.kind() == std::io::ErrorKind::PermissionDenied
+            }
+            EnforceError::Output { .. } => false,
+        }
+    }
+}
+
+/// The seam between the agent and a way of blocking: `run` drives an `Enforcer`
+/// without knowing which kernel facility is behind it.
+pub trait Enforcer: Send {
+    fn backend(&self) -> Backend;
+
+    /// Creates synwatch's own rules and sets, replacing whatever a previous run left,
+    /// holding exactly `bans` afterwards (in one transaction where the backend has them).
+    fn setup(&mut self, bans: &[Ban]) -> Result<(), EnforceError>;
+
+    /// Adds bans, or renews them (an address already banned takes the new timeout).
+    fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError>;
+
+    /// Removes bans; an address that is not banned (any more) is not an error.
+    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError>;
+
+    /// The bans the kernel holds now.
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError>;
+
+    /// What the drop rules have dropped.
+    fn counters(&mut self) -> Result<DropCounters, EnforceError>;
+
+    /// Whether synwatch's rules exist in the kernel now (an agent, or one that stopped with
+    /// its rules kept).
+    fn present(&mut self) -> bool;
+
+    /// Removes synwatch's rules and sets, leaving nothing behind.
+    fn teardown(&mut self) -> Result<(), EnforceError>;
+}
+
+/// Opens a backend over a runner. Nothing touches the kernel until a method is called.
+pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Box<dyn Enforcer> {
+    match backend {
+        Backend::Nftables => Box::new(nftables::Nftables::new(scope, runner)),
+        Backend::Iptables => Box::new(iptables::Iptables::new(scope, runner)),
+    }
+}
+
+/// Splits bans by address family; IPv4-mapped IPv6 addresses count as IPv4, since that
+/// is how the kernel sees their packets.
+fn by_family<T: Copy>(items: &[T], addr: impl Fn(&T) -> IpAddr) -> (Vec<T>, Vec<T>) {
+    items.iter().partition(|i| addr(i).to_canonical().is_ipv4())
+}
+
+/// An address as the kernel tools write it (mapped IPv6 as plain IPv4).
+fn canonical(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}

@@ -1,0 +1,406 @@
+//! nftables: synwatch's own table `inet synwatch`, one set per address family with
+//! per-element timeouts and counters, and a drop rule per family in two base chains, on
+//! the input hook (traffic to this host) and the forward hook (traffic routed through it,
+//! which is how packets reach containers behind a bridge), at priority `filter - 10` so
+//! the drop happens ahead of ordinary filter rules, Docker's included.
+//!
+//! Each operation is one `nft -f -` run, which the kernel applies as one transaction: a
+//! batch of ten thousand bans is one run, and setting up replaces a table left by a
+//! crashed run and restores the saved bans with no moment in between where they are
+//! missing.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use crate::{
+    Backend, Ban, Command, DropCounters, EnforceError, Enforcer, KernelBan, Runner, Scope,
+    by_family, canonical,
+};
+
+pub const TABLE: &str = "synwatch";
+pub const SET4: &str = "banned4";
+pub const SET6: &str = "banned6";
+/// Elements per `add element` statement: keeps each line of the script reasonable.
+const CHUNK: usize = 1000;
+
+/// The script that (re)creates the table holding exactly `bans`.
+pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
+    let matched = match scope {
+        Scope::All => "",
+        Scope::New => "ct state new ",
+    };
+    let mut s = String::new();
+    // Creating first makes the delete valid when no table exists yet.
+    let _ = writeln!(s, "add table inet {TABLE}");
+    let _ = writeln!(s, "delete table inet {TABLE}");
+    let _ = writeln!(s, "table inet {TABLE} {{");
+    for set in [SET4, SET6] {
+        let ty = if set == SET4 {
+            "ipv4_addr"
+        } else {
+            "ipv6_addr"
+        };
+        let _ = writeln!(
+            s,
+            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tcounter\n\t}}"
+        );
+    }
+    for (chain, hook) in [("input", "input"), ("forward", "forward")] {
+        let _ = writeln!(
+            s,
+            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;\n\
+             \t\tip saddr @{SET4} {matched}counter drop\n\t\tip6 saddr @{SET6} {matched}counter drop\n\t}}"
+        );
+    }
+    s.push_str("}\n");
+    add_elements(&mut s, "add", bans, true);
+    s
+}
+
+/// The script that adds `bans`, renewing the timeout of any already present: nft's
+/// `add element` keeps an existing element as it is, so each one is made sure to exist,
+/// deleted, and added again with its new timeout, all in the same transaction.
+pub fn add_script(bans: &[Ban]) -> String {
+    let mut s = String::new();
+    add_elements(&mut s, "add", bans, false);
+    add_elements(&mut s, "delete", bans, false);
+    add_elements(&mut s, "add", bans, true);
+    s
+}
+
+/// The script that removes `addrs`; adding first makes removing an absent (for instance
+/// just expired) element harmless instead of failing the whole batch.
+pub fn remove_script(addrs: &[IpAddr]) -> String {
+    let bans: Vec<Ban> = addrs
+        .iter()
+        .map(|&addr| Ban {
+            addr,
+            timeout_secs: None,
+        })
+        .collect();
+    let mut s = String::new();
+    add_elements(&mut s, "add", &bans, false);
+    add_elements(&mut s, "delete", &bans, false);
+    s
+}
+
+pub fn teardown_script() -> String {
+    format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
+}
+
+fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool) {
+    let (v4, v6) = by_family(bans, |b| b.addr);
+    for (set, family) in [(SET4, v4), (SET6, v6)] {
+        for chunk in family.chunks(CHUNK) {
+            let _ = write!(s, "{verb} element inet {TABLE} {set} {{ ");
+            for (i, ban) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                let _ = write!(s, "{}", canonical(ban.addr));
+                if timeouts && let Some(t) = ban.timeout_secs {
+                    let _ = write!(s, " timeout {}s", t.max(1));
+                }
+            }
+            s.push_str(" }\n");
+        }
+    }
+}
+
+/// Reads the elements of one set from `nft -j list set` output.
+pub fn parse_set(json: &str) -> Result<Vec<KernelBan>, String> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let items = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("no \"nftables\" array")?;
+    let mut out = Vec::new();
+    for item in items {
+        let Some(elems) = item.pointer("/set/elem").and_then(Value::as_array) else {
+            continue;
+        };
+        for e in elems {
+            // A bare string for an element without attributes, an object otherwise.
+            let (val, attrs) = match e.get("elem") {
+                Some(inner) => (inner.get("val"), Some(inner)),
+                None => (Some(e), None),
+            };
+            let addr: IpAddr = val
+                .and_then(Value::as_str)
+                .ok_or("an element without an address")?
+                .parse()
+                .map_err(|_| "an element that is not an address")?;
+            let num = |path: &str| attrs.and_then(|a| a.pointer(path)).and_then(Value::as_u64);
+            out.push(KernelBan {
+                addr,
+                expires_secs: num("/expires").or(num("/timeout").map(|_| 0)),
+                packets: num("/counter/packets"),
+                bytes: num("/counter/bytes"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Sums the counters of the rules in `nft -j list chain` output.
+pub fn parse_chain_counters(json: &str) -> Result<DropCounters, String> {
+    let doc: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let items = doc
+        .get("nftables")
+        .and_then(Value::as_array)
+        .ok_or("no \"nftables\" array")?;
+    let mut sum = DropCounters::default();
+    for item in items {
+        let Some(expr) = item.pointer("/rule/expr").and_then(Value::as_array) else {
+            continue;
+        };
+        for stmt in expr {
+            if let Some(counter) = stmt.get("counter") {
+                sum.packets += counter.get("packets").and_then(Value::as_u64).unwrap_or(0);
+                sum.bytes += counter.get("bytes").and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+    }
+    Ok(sum)
+}
+
+/// The nftables backend.
+pub struct Nftables {
+    scope: Scope,
+    runner: Box<dyn Runner>,
+}
+
+impl std::fmt::Debug for Nftables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nftables")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl Nftables {
+    pub fn new(scope: Scope, runner: Box<dyn Runner>) -> Self {
+        Self { scope, runner }
+    }
+
+    fn script(&mut self, script: String, what: &str) -> Result<(), EnforceError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.runner
+            .run(&Command::new("nft", &["-f", "-"], what).with_stdin(script))
+            .map(drop)
+    }
+
+    fn json(&mut self, args: &[&str], what: &str) -> Result<String, EnforceError> {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        self.runner.run(&Command::new("nft", &all, what))
+    }
+}
+
+impl Enforcer for Nftables {
+    fn backend(&self) -> Backend {
+        Backend::Nftables
+    }
+
+    fn setup(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        let script = setup_script(self.scope, bans);
+        self.script(script, "create table inet synwatch")
+    }
+
+    fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.script(add_script(bans), "add bans to table inet synwatch")
+    }
+
+    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
+        self.script(remove_script(addrs), "remove bans from table inet synwatch")
+    }
+
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
+        let mut all = Vec::new();
+        for set in [SET4, SET6] {
+            let what = format!("list set inet {TABLE} {set}");
+            let out = self.json(&["list", "set", "inet", TABLE, set], &what)?;
+            all.extend(parse_set(&out).map_err(|detail| EnforceError::Output {
+                program: "nft".into(),
+                what,
+                detail,
+            })?);
+        }
+        Ok(all)
+    }
+
+    fn counters(&mut self) -> Result<DropCounters, EnforceError> {
+        let mut sum = DropCounters::default();
+        for chain in ["input", "forward"] {
+            let what = format!("list chain inet {TABLE} {chain}");
+            let out = self.json(&["list", "chain", "inet", TABLE, chain], &what)?;
+            let c = parse_chain_counters(&out).map_err(|detail| EnforceError::Output {
+                program: "nft".into(),
+                what,
+                detail,
+            })?;
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+        }
+        Ok(sum)
+    }
+
+    fn present(&mut self) -> bool {
+        self.runner
+            .run(&Command::new(
+                "nft",
+                &["list", "table", "inet", TABLE],
+                "look for table inet synwatch",
+            ))
+            .is_ok()
+    }
+
+    fn teardown(&mut self) -> Result<(), EnforceError> {
+        self.script(teardown_script(), "delete table inet synwatch")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RecordingRunner;
+
+    fn ban(addr: &str, t: Option<u64>) -> Ban {
+        Ban {
+            addr: addr.parse().unwrap(),
+            timeout_secs: t,
+        }
+    }
+
+    #[test]
+    fn setup_replaces_the_table_and_restores_bans_in_one_script() {
+        let s = setup_script(
+            Scope::All,
+            &[ban("192.0.2.7", Some(3600)), ban("2001:db8::7", None)],
+        );
+        let expected = "add table inet synwatch\n\
+delete table inet synwatch\n\
+table inet synwatch {\n\
+\tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
+\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
+\tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
+\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
+}\n\
+add element inet synwatch banned4 { 192.0.2.7 timeout 3600s }\n\
+add element inet synwatch banned6 { 2001:db8::7 }\n";
+        assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn scope_new_matches_only_new_connections() {
+        let s = setup_script(Scope::New, &[]);
+        assert!(s.contains("ip saddr @banned4 ct state new counter drop"));
+        assert!(s.contains("ip6 saddr @banned6 ct state new counter drop"));
+        assert!(!s.contains("add element"));
+    }
+
+    #[test]
+    fn adding_renews_existing_elements_in_the_same_transaction() {
+        let s = add_script(&[
+            ban("192.0.2.7", Some(60)),
+            ban("::ffff:198.51.100.1", Some(0)),
+        ]);
+        assert_eq!(
+            s,
+            "add element inet synwatch banned4 { 192.0.2.7, 198.51.100.1 }\n\
+             delete element inet synwatch banned4 { 192.0.2.7, 198.51.100.1 }\n\
+             add element inet synwatch banned4 { 192.0.2.7 timeout 60s, 198.51.100.1 timeout 1s }\n"
+        );
+    }
+
+    #[test]
+    fn removing_tolerates_elements_already_gone() {
+        let s = remove_script(&["2001:db8::1".parse().unwrap()]);
+        assert_eq!(
+            s,
+            "add element inet synwatch banned6 { 2001:db8::1 }\n\
+             delete element inet synwatch banned6 { 2001:db8::1 }\n"
+        );
+        assert_eq!(remove_script(&[]), "");
+    }
+
+    #[test]
+    fn large_batches_are_split_into_statements_of_a_thousand() {
+        let bans: Vec<Ban> = (0..2500u32)
+            .map(|i| Ban {
+                addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                timeout_secs: Some(10),
+            })
+            .collect();
+        let s = add_script(&bans);
+        assert_eq!(s.lines().count(), 9, "three statements of each kind");
+        assert_eq!(s.matches("timeout 10s").count(), 2500);
+    }
+
+    #[test]
+    fn one_nft_run_per_operation() {
+        let runner = RecordingRunner::default();
+        let mut nft = Nftables::new(Scope::All, Box::new(runner.clone()));
+        nft.setup(&[]).unwrap();
+        nft.add(&[ban("192.0.2.1", Some(5)), ban("192.0.2.2", Some(5))])
+            .unwrap();
+        nft.remove(&[]).unwrap();
+        nft.teardown().unwrap();
+        let t = runner.transcript();
+        assert_eq!(t.len(), 3, "{t:?}");
+        assert!(t.iter().all(|c| c.starts_with("nft -f -\n")));
+        assert_eq!(
+            t[2],
+            "nft -f -\nadd table inet synwatch\ndelete table inet synwatch\n"
+        );
+    }
+
+    #[test]
+    fn reads_elements_with_timeouts_and_counters() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"set": {"family": "inet", "name": "banned4", "table": "synwatch", "type": "ipv4_addr", "handle": 2, "flags": ["timeout"], "elem": [{"elem": {"val": "1.2.3.4", "timeout": 20, "expires": 19, "counter": {"packets": 3, "bytes": 180}}}, {"elem": {"val": "5.6.7.8", "counter": {"packets": 0, "bytes": 0}}}, "9.9.9.9"]}}]}"#;
+        let bans = parse_set(json).unwrap();
+        assert_eq!(
+            bans,
+            vec![
+                KernelBan {
+                    addr: "1.2.3.4".parse().unwrap(),
+                    expires_secs: Some(19),
+                    packets: Some(3),
+                    bytes: Some(180)
+                },
+                KernelBan {
+                    addr: "5.6.7.8".parse().unwrap(),
+                    expires_secs: None,
+                    packets: Some(0),
+                    bytes: Some(0)
+                },
+                KernelBan {
+                    addr: "9.9.9.9".parse().unwrap(),
+                    expires_secs: None,
+                    packets: None,
+                    bytes: None
+                },
+            ]
+        );
+        assert!(parse_set("not json").is_err());
+        assert_eq!(parse_set(r#"{"nftables": []}"#).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn sums_rule_counters() {
+        let json = r#"{"nftables": [{"metainfo": {}}, {"chain": {"name": "input"}}, {"rule": {"expr": [{"match": {}}, {"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}}, {"rule": {"expr": [{"counter": {"packets": 1, "bytes": 80}}, {"drop": null}]}}]}"#;
+        assert_eq!(
+            parse_chain_counters(json).unwrap(),
+            DropCounters {
+                packets: 8,
+                bytes: 500
+            }
+        );
+    }
+}
