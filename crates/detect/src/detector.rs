@@ -283,6 +283,13 @@ impl Detector {
         self.attempts.len()
     }
 
+    /// Forgets a source's ports and episode (its 4-tuples stay, so retransmissions are
+    /// still recognised): once a ban on it is lifted, its next scan is a new episode and is
+    /// reported (and banned) again, even if it never paused for a whole window.
+    pub fn forget(&mut self, addr: IpAddr) -> bool {
+        self.sources.remove(&halves(addr_key(addr))).is_some()
+    }
+
     /// Whether `addr` is local or allowlisted under the current configuration.
     pub fn is_allowlisted(&self, addr: IpAddr) -> bool {
         self.cfg.allow.contains(addr) || (self.cfg.allow_local && self.cfg.locals.contains(addr))

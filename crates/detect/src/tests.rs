@@ -258,6 +258,24 @@ fn one_report_per_episode_and_a_new_one_after_a_quiet_window() {
 }
 
 #[test]
+fn a_forgotten_source_starts_a_new_episode_at_once() {
+    let mut det = Detector::new(local_cfg());
+    let s = "203.0.113.9";
+    let first: Vec<_> = (0..6).map(|i| syn(i * SEC, s, 1000 + i as u16)).collect();
+    assert_eq!(run(&mut det, &first).0.len(), 1);
+    // Its ban is lifted while it is still scanning: the next ports are a new scan.
+    assert!(det.forget(ip(s)));
+    assert!(!det.forget(ip(s)));
+    let more: Vec<_> = (6..10).map(|i| syn(i * SEC, s, 1000 + i as u16)).collect();
+    let (scans, logged) = run(&mut det, &more);
+    assert_eq!(logged, 4);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].ports, [1006, 1007, 1008, 1009]);
+    // A retransmission of an attempt from before is still one.
+    assert!(!det.observe(&syn(5 * SEC, s, 1005)).log);
+}
+
+#[test]
 fn reported_ports_are_in_first_seen_order() {
     let mut det = Detector::new(local_cfg());
     let s = "203.0.113.9";
