@@ -9,7 +9,8 @@ SAMPLE := samples/lab-nmap-scan.pcap
 # command -> Debian package that provides it
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
-             hyperfine:hyperfine /usr/bin/time:time
+             hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
+             ipset:ipset hping3:hping3
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 

@@ -340,6 +340,7 @@ impl Enforcer for Iptables {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
     use crate::RecordingRunner;

@@ -265,6 +265,7 @@ impl Enforcer for Nftables {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
     use crate::RecordingRunner;

@@ -116,6 +116,12 @@ pub struct FileConfig {
     // Keys of `synwatch run` only (replay ignores them, so one file serves both).
     pub iface: Option<Vec<String>>,
     pub block: Option<String>,
+    pub block_scope: Option<String>,
+    pub ban: Option<toml::Value>,
+    pub ban_max: Option<toml::Value>,
+    pub ban_rate: Option<u32>,
+    pub state_dir: Option<std::path::PathBuf>,
+    pub keep_rules_on_exit: Option<bool>,
     pub metrics_addr: Option<String>,
     pub log_limit_source: Option<u32>,
     pub log_limit_global: Option<u32>,
@@ -221,7 +227,7 @@ fn pick_list(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
     }
 }
 
-fn toml_number(value: &toml::Value) -> String {
+pub fn toml_number(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -14,13 +14,17 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+mod block;
+mod blocks;
 mod config;
+mod control;
 mod host;
 mod limit;
 mod metrics;
 mod output;
 mod replay;
 mod run;
+mod state;
 
 /// See every new TCP connection attempt, recognise port scans.
 ///
@@ -38,11 +42,13 @@ struct Cli {
 enum Command {
     /// Watch interfaces live: log new connection attempts, report port scans
     ///
-    /// Captures through libpcap with a kernel-side filter (needs CAP_NET_RAW).
-    /// This version detects and reports; it does not block and serves no
-    /// metrics yet. Stop with Ctrl-C or SIGTERM. Example:
+    /// Captures through libpcap with a kernel-side filter (needs CAP_NET_RAW),
+    /// blocks scanners with nftables or iptables (needs CAP_NET_ADMIN; see
+    /// --block), serves Prometheus metrics on --metrics-addr. SIGHUP reloads
+    /// --config; Ctrl-C or SIGTERM stops it. Examples:
     ///
     ///   sudo synwatch run --iface eth0 --format json
+    ///   sudo synwatch run --block none --allow 192.0.2.0/24
     #[command(verbatim_doc_comment)]
     Run(run::RunArgs),
 
@@ -56,12 +62,26 @@ enum Command {
     ///   synwatch replay --local 10.0.0.5 --format json capture.pcapng
     #[command(verbatim_doc_comment)]
     Replay(replay::ReplayArgs),
+
+    /// Inspect and change the ban list (through the running agent, or directly)
+    ///
+    /// Talks to the agent through the control socket in --state-dir; with no
+    /// agent running, works on the saved bans (and on synwatch's rules in the
+    /// kernel if a stopped agent left them). Examples:
+    ///
+    ///   sudo synwatch blocks list
+    ///   sudo synwatch blocks add 203.0.113.9 --for 2h
+    ///   sudo synwatch blocks remove 203.0.113.9
+    #[command(verbatim_doc_comment)]
+    Blocks(blocks::BlocksArgs),
 }
 
 /// How a command ended, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     Success,
+    /// The request was refused or failed (exit 1).
+    Failed,
     /// Bad usage or unreadable input (exit 2).
     BadInput,
 }
@@ -119,6 +139,7 @@ fn exit(result: anyhow::Result<ExitStatus>) -> ExitCode {
     match result {
         Ok(ExitStatus::Success) => ExitCode::SUCCESS,
         Ok(ExitStatus::BadInput) => ExitCode::from(EXIT_BAD_INPUT),
+        Ok(ExitStatus::Failed) => ExitCode::from(EXIT_RUNTIME),
         Err(e) => {
             eprintln!("synwatch: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
@@ -140,6 +161,7 @@ fn main() -> ExitCode {
             };
             exit(run::run(&args, settings))
         }
+        Command::Blocks(args) => exit(blocks::run(&args)),
         Command::Replay(mut args) => {
             let settings = match settings(&mut args.detect, matches.subcommand_matches("replay")) {
                 Ok(s) => s,

@@ -42,6 +42,18 @@ pub struct Metrics {
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
+    /// Blocking: active bans, bans applied, lifted, refused (by reason), failed attempts
+    /// to apply, and what the drop rules dropped (read from the kernel's rule counters).
+    pub blocked_sources: AtomicU64,
+    pub blocks: AtomicU64,
+    pub unblocks: AtomicU64,
+    pub bans_refused_allowlisted: AtomicU64,
+    pub bans_refused_rate: AtomicU64,
+    pub ban_failures: AtomicU64,
+    pub dropped_packets: AtomicU64,
+    pub dropped_bytes: AtomicU64,
+    /// The blocking backend in use ("none" when not blocking); set once at start.
+    pub backend: std::sync::OnceLock<&'static str>,
     pub decode_errors: [AtomicU64; DecodeError::ALL.len()],
     /// Unix time (seconds) the pipeline last went round its loop: `/healthz` is healthy
     /// while this is recent.
@@ -139,14 +151,65 @@ impl Metrics {
         family(
             "synwatch_blocked_sources",
             "gauge",
-            "Sources currently blocked (this version does not block).",
-            &plain(0),
+            "Sources currently blocked.",
+            &plain(get(&self.blocked_sources)),
         );
         family(
             "synwatch_blocks_total",
             "counter",
-            "Bans applied (this version does not block).",
-            &plain(0),
+            "Bans applied in the kernel (scans and manual bans).",
+            &plain(get(&self.blocks)),
+        );
+        family(
+            "synwatch_unblocks_total",
+            "counter",
+            "Bans lifted (expired, removed or flushed).",
+            &plain(get(&self.unblocks)),
+        );
+        family(
+            "synwatch_bans_refused_total",
+            "counter",
+            "Bans not given, by reason: the source is local or allowlisted, or the cap on new bans per minute was reached.",
+            &[
+                (
+                    "{reason=\"allowlisted\"}".into(),
+                    get(&self.bans_refused_allowlisted),
+                ),
+                (
+                    "{reason=\"rate_limited\"}".into(),
+                    get(&self.bans_refused_rate),
+                ),
+            ],
+        );
+        family(
+            "synwatch_ban_failures_total",
+            "counter",
+            "Attempts to change the kernel's ban set that failed (each is logged and retried).",
+            &plain(get(&self.ban_failures)),
+        );
+        family(
+            "synwatch_dropped_packets_total",
+            "counter",
+            "Packets dropped by synwatch's rules, from the kernel's rule counters.",
+            &plain(get(&self.dropped_packets)),
+        );
+        family(
+            "synwatch_dropped_bytes_total",
+            "counter",
+            "Bytes dropped by synwatch's rules, from the kernel's rule counters.",
+            &plain(get(&self.dropped_bytes)),
+        );
+        family(
+            "synwatch_block_backend_info",
+            "gauge",
+            "The blocking backend in use.",
+            &[(
+                format!(
+                    "{{backend=\"{}\"}}",
+                    self.backend.get().copied().unwrap_or("none")
+                ),
+                1,
+            )],
         );
         let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
             self.interfaces

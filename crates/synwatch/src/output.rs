@@ -28,6 +28,18 @@ pub struct Connection {
     pub direction: Direction,
 }
 
+/// A ban applied in the kernel (the `block` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockEvent<'a> {
+    pub ts: Nanos,
+    pub src: IpAddr,
+    pub backend: &'a str,
+    /// Unix seconds; `None` until removed.
+    pub until: Option<i64>,
+    pub reason: &'a str,
+    pub offences: u32,
+}
+
 /// Formats events as bytes, without writing them anywhere: the part of output that can
 /// run on another thread than the one that decides which events are due.
 #[derive(Debug, Clone)]
@@ -173,6 +185,78 @@ impl Formatter {
         }
     }
 
+    pub fn block(&mut self, b: &BlockEvent<'_>, out: &mut Vec<u8>) {
+        let until = b.until.map(|u| rfc3339(u.saturating_mul(1_000_000_000)));
+        match self.format {
+            Format::Json => {
+                out.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(b.ts, out);
+                out.extend_from_slice(b"\",\"event\":\"block\",\"src\":\"");
+                write_ip(out, b.src);
+                out.extend_from_slice(b"\",\"backend\":\"");
+                out.extend_from_slice(b.backend.as_bytes());
+                out.extend_from_slice(b"\",\"until\":");
+                match &until {
+                    Some(u) => {
+                        out.push(b'"');
+                        out.extend_from_slice(u.as_bytes());
+                        out.push(b'"');
+                    }
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"reason\":\"");
+                // Reasons are fixed words, port lists and "manual": nothing to escape.
+                out.extend_from_slice(b.reason.as_bytes());
+                out.extend_from_slice(b"\",\"offences\":");
+                write_u64(out, u64::from(b.offences));
+                out.extend_from_slice(b"}\n");
+            }
+            Format::Table => {
+                let mut src = Vec::with_capacity(40);
+                write_ip(&mut src, b.src);
+                self.table_row(out, b.ts, &src, b"-");
+                use std::io::Write as _;
+                let _ = writeln!(
+                    out,
+                    "Blocked {} {} ({}, {}{})",
+                    b.src,
+                    until.map_or("until removed".to_owned(), |u| format!("until {u}")),
+                    b.backend,
+                    b.reason,
+                    if b.offences > 1 {
+                        format!(", offence {}", b.offences)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+
+    pub fn unblock(&mut self, ts: Nanos, src: IpAddr, reason: &str, out: &mut Vec<u8>) {
+        match self.format {
+            Format::Json => {
+                out.extend_from_slice(b"{\"ts\":\"");
+                self.clock.write(ts, out);
+                out.extend_from_slice(b"\",\"event\":\"unblock\",\"src\":\"");
+                write_ip(out, src);
+                out.extend_from_slice(b"\",\"reason\":\"");
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b"\"}\n");
+            }
+            Format::Table => {
+                let mut text = Vec::with_capacity(40);
+                write_ip(&mut text, src);
+                self.table_row(out, ts, &text, b"-");
+                out.extend_from_slice(b"Unblocked ");
+                out.extend_from_slice(&text);
+                out.extend_from_slice(b" (");
+                out.extend_from_slice(reason.as_bytes());
+                out.extend_from_slice(b")\n");
+            }
+        }
+    }
+
     /// Table rows leave their columns unpadded, separated by [`COLUMN`]: column widths
     /// are the writer's business, since only it sees every row in output order.
     fn table_row(&mut self, out: &mut Vec<u8>, ts: Nanos, src: &[u8], dst: &[u8]) {
@@ -227,6 +311,14 @@ impl<W: Write> EventWriter<W> {
     /// One line for what the log rate limit held back in a second.
     pub fn suppressed(&mut self, s: &crate::limit::Suppressed) -> io::Result<()> {
         self.format_and_write(|f, out| f.suppressed(s, out))
+    }
+
+    pub fn block(&mut self, b: &BlockEvent<'_>) -> io::Result<()> {
+        self.format_and_write(|f, out| f.block(b, out))
+    }
+
+    pub fn unblock(&mut self, ts: Nanos, src: IpAddr, reason: &str) -> io::Result<()> {
+        self.format_and_write(|f, out| f.unblock(ts, src, reason, out))
     }
 
     /// Formats one event into the scratch buffer, then writes it as [`Self::formatted`]
@@ -435,7 +527,6 @@ impl TimestampCache {
 }
 
 /// RFC 3339 text for one timestamp.
-#[cfg(test)]
 pub fn rfc3339(ts: Nanos) -> String {
     let mut line = Vec::with_capacity(27);
     TimestampCache::default().write(ts, &mut line);

@@ -3,7 +3,8 @@
 //! probes to this thread, which runs the same detector as replay, writes the events
 //! (rate-limited per source and overall) and keeps the metrics that `/metrics` serves.
 //!
-//! Blocking (`--block`) offers only `none` in this version: the enforcer is the next step.
+//! Scanners are blocked through an [`Enforcer`](synwatch_enforce::Enforcer) (nftables or
+//! iptables; see `block.rs`), chosen at start; `--block none` detects and reports only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,18 +18,49 @@ use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
 use synwatch_decode::{DecodeError, Decoded, LinkType, decode};
 use synwatch_detect::{Detector, Direction, Observation, Seen};
 
+use synwatch_enforce::bans::Policy;
+use synwatch_enforce::{Backend, Scope, SystemRunner};
+
+use crate::block;
+use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
+use crate::control;
 use crate::host::Host;
 use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
-use crate::output::{Connection, EventWriter, Format};
+use crate::output::{BlockEvent, Connection, EventWriter, Format};
 
-/// `--block`: what is done to scanners. Only `none` exists in this version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// `--block`: what is done to scanners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BlockArg {
-    /// Detect and report only.
+    /// nftables where it works, else iptables, else none (saying why)
+    Auto,
+    /// synwatch's own table `inet synwatch` (input and forward hooks)
+    Nftables,
+    /// synwatch's own chain SYNWATCH with ipsets (INPUT, FORWARD, DOCKER-USER)
+    Iptables,
+    /// Detect and report only
     None,
+}
+
+impl BlockArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            BlockArg::Auto => "auto",
+            BlockArg::Nftables => "nftables",
+            BlockArg::Iptables => "iptables",
+            BlockArg::None => "none",
+        }
+    }
+}
+
+/// `--block-scope`: what a ban drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeArg {
+    /// Every packet from a banned source
+    All,
+    /// Only new connections from it (established ones continue)
+    New,
 }
 
 /// `synwatch run` options beyond the shared detection ones.
@@ -47,9 +79,38 @@ pub struct RunArgs {
     )]
     pub iface: Vec<String>,
 
-    /// What to do to scanners (this version detects and reports only) [default: none]
+    /// How to block scanners [default: auto]
     #[arg(long, env = "SYNWATCH_BLOCK", value_enum)]
     pub block: Option<BlockArg>,
+
+    /// What a ban drops [default: all]
+    #[arg(long, env = "SYNWATCH_BLOCK_SCOPE", value_enum)]
+    pub block_scope: Option<ScopeArg>,
+
+    /// How long a first ban lasts (0: until removed); repeat offenders get twice their
+    /// last ban, up to --ban-max [default: 1h]
+    #[arg(long, env = "SYNWATCH_BAN", value_name = "DUR")]
+    pub ban: Option<String>,
+
+    /// The longest ban a repeat offender gets; a source whose last ban ended longer ago
+    /// than this starts again at --ban [default: 24h]
+    #[arg(long, env = "SYNWATCH_BAN_MAX", value_name = "DUR")]
+    pub ban_max: Option<String>,
+
+    /// New bans allowed per minute; more are refused, counted and logged (a guard
+    /// against spoofed sources; 0: no cap) [default: 60]
+    #[arg(long, env = "SYNWATCH_BAN_RATE", value_name = "N")]
+    pub ban_rate: Option<u32>,
+
+    /// Where bans are kept across restarts, and the control socket of `synwatch blocks`
+    /// [default: /var/lib/synwatch]
+    #[arg(long, env = "SYNWATCH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
+    /// Leave synwatch's firewall rules and bans in place when stopping (by default they
+    /// are removed, and restored at the next start)
+    #[arg(long, env = "SYNWATCH_KEEP_RULES_ON_EXIT")]
+    pub keep_rules_on_exit: bool,
 
     /// Where to serve /metrics and /healthz [default: 127.0.0.1:9809]
     #[arg(long, env = "SYNWATCH_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -74,6 +135,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 struct RunSettings {
     ifaces: Vec<String>,
+    block: BlockArg,
+    blocking: BlockSettings,
     metrics_addr: SocketAddr,
     log_limit_source: u32,
     log_limit_global: u32,
@@ -95,15 +158,59 @@ impl RunSettings {
         let metrics_addr = addr_text.parse().map_err(|_| {
             format!("invalid {option} '{addr_text}': expected HOST:PORT, e.g. 127.0.0.1:9809 or [::1]:9809")
         })?;
-        if let Some(block) = &file.block
-            && block != "none"
-        {
-            return Err(format!(
-                "invalid block '{block}' in the config file: this version supports only none"
-            ));
-        }
+        let block = match (args.block, &file.block) {
+            (Some(b), _) => b,
+            (None, Some(text)) => {
+                <BlockArg as clap::ValueEnum>::from_str(text, false).map_err(|_| {
+                    format!(
+                        "invalid block '{text}' in the config file: expected auto, nftables, iptables or none"
+                    )
+                })?
+            }
+            (None, None) => BlockArg::Auto,
+        };
+        let scope = match (args.block_scope, &file.block_scope) {
+            (Some(s), _) => s,
+            (None, Some(text)) => {
+                <ScopeArg as clap::ValueEnum>::from_str(text, false).map_err(|_| {
+                    format!("invalid block_scope '{text}' in the config file: expected all or new")
+                })?
+            }
+            (None, None) => ScopeArg::All,
+        };
+        let secs = |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: u64| {
+            let (text, option) = match (flag, key) {
+                (Some(t), _) => (t.clone(), format!("--{}", name.replace('_', "-"))),
+                (None, Some(v)) => (crate::config::toml_number(v), name.to_owned()),
+                (None, None) => return Ok(default),
+            };
+            let nanos = crate::config::parse_duration(&text)
+                .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
+            Ok::<u64, String>(u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
+        };
+        let duration_secs = secs(&args.ban, &file.ban, "ban", 3600)?;
+        let max_secs = secs(&args.ban_max, &file.ban_max, "ban_max", 86_400)?;
+        let blocking = BlockSettings {
+            scope: match scope {
+                ScopeArg::All => Scope::All,
+                ScopeArg::New => Scope::New,
+            },
+            policy: Policy {
+                duration_secs,
+                max_secs,
+                per_minute: args.ban_rate.or(file.ban_rate).unwrap_or(60),
+            },
+            state_dir: args
+                .state_dir
+                .clone()
+                .or_else(|| file.state_dir.clone())
+                .unwrap_or_else(|| "/var/lib/synwatch".into()),
+            keep_rules: args.keep_rules_on_exit || file.keep_rules_on_exit.unwrap_or(false),
+        };
         Ok(Self {
             ifaces,
+            block,
+            blocking,
             metrics_addr,
             log_limit_source: args
                 .log_limit_source
@@ -160,10 +267,18 @@ fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, Strin
     Ok(named.to_vec())
 }
 
+/// What reaches the pipeline thread: observations from a capture thread, or a request
+/// from `synwatch blocks` through the control socket.
+#[derive(Debug)]
+enum Msg {
+    Batch(Vec<Observation>),
+    Call(control::Call),
+}
+
 fn capture_thread(
     mut cap: LiveCapture,
     stop: &AtomicBool,
-    out: &mpsc::Sender<Vec<Observation>>,
+    out: &mpsc::Sender<Msg>,
     metrics: &Metrics,
     slot: usize,
 ) {
@@ -211,7 +326,7 @@ fn capture_thread(
         // A full batch, or a read that found nothing: hand over what there is.
         counters.packets.fetch_add(packets, Ordering::Relaxed);
         packets = 0;
-        if !batch.is_empty() && out.send(std::mem::take(&mut batch)).is_err() {
+        if !batch.is_empty() && out.send(Msg::Batch(std::mem::take(&mut batch))).is_err() {
             break;
         }
         #[expect(
@@ -226,7 +341,7 @@ fn capture_thread(
     }
     counters.packets.fetch_add(packets, Ordering::Relaxed);
     if !batch.is_empty() {
-        let _ = out.send(batch);
+        let _ = out.send(Msg::Batch(batch));
     }
     record_stats(&mut cap);
 }
@@ -235,6 +350,7 @@ fn banner(
     ifaces: &[String],
     settings: &DetectSettings,
     run: &RunSettings,
+    blocking: &str,
     locals: &[IpAddr],
     format: Format,
 ) {
@@ -245,8 +361,8 @@ fn banner(
     eprintln!(
         "synwatch: watching {} for new TCP connection attempts (IPv4 and IPv6).\n\
          \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan.\n\
-         \x20 Blocking: none (this version detects and reports only).\n\
-         \x20 This host's addresses (outgoing; never reported as scanners to block): {}{}\n\
+         \x20 Blocking: {blocking}\n\
+         \x20 This host's addresses (outgoing; never blocked): {}{}\n\
          \x20 Events: {} on stdout. Metrics: http://{}/metrics (health: /healthz). Stop with Ctrl-C.",
         ifaces.join(", "),
         d.max_ports,
@@ -264,6 +380,52 @@ fn banner(
     );
 }
 
+/// A duration in seconds as the config file and flags accept it.
+fn duration_text(secs: u64) -> String {
+    match secs {
+        0 => "0".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The blocking line of the banner.
+fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
+    let p = &b.policy;
+    let length = if p.duration_secs == 0 {
+        "until removed".to_owned()
+    } else {
+        format!(
+            "for {}, doubling for repeat offenders up to {}",
+            duration_text(p.duration_secs),
+            duration_text(p.max_secs.max(p.duration_secs))
+        )
+    };
+    let rules = match blocker.backend() {
+        Backend::Nftables => "table inet synwatch, input and forward hooks",
+        Backend::Iptables => {
+            "chain SYNWATCH with ipsets synwatch4/synwatch6, from INPUT, FORWARD and DOCKER-USER"
+        }
+    };
+    let cap = if p.per_minute == 0 {
+        "no cap on new bans".to_owned()
+    } else {
+        format!("at most {} new bans a minute", p.per_minute)
+    };
+    format!(
+        "{} ({rules}). Scanners are banned {length}; {cap}; {}. {} ban{} restored from {}.",
+        blocker.backend(),
+        match b.scope {
+            Scope::All => "a ban drops all their traffic",
+            Scope::New => "a ban drops only their new connections",
+        },
+        blocker.active(),
+        if blocker.active() == 1 { "" } else { "s" },
+        b.state_dir.display(),
+    )
+}
+
 /// The effective configuration as TOML, as `--print-config` shows it.
 fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) -> String {
     let d = &settings.detector;
@@ -276,9 +438,12 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
     } else {
         format!("{}ms", d.window / 1_000_000)
     };
+    let b = &run.blocking;
     format!(
         "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
-         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\niface = {}\nblock = \"none\"\n\
+         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\niface = {}\nblock = \"{}\"\n\
+         block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
+         keep_rules_on_exit = {}\n\
          metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
         d.max_ports,
         list(d.locals.iter().map(|n| n.to_string()).collect()),
@@ -295,25 +460,150 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
         },
         d.max_sources,
         list(run.ifaces.clone()),
+        run.block.as_str(),
+        match b.scope {
+            Scope::All => "all",
+            Scope::New => "new",
+        },
+        duration_text(b.policy.duration_secs),
+        duration_text(b.policy.max_secs),
+        b.policy.per_minute,
+        b.state_dir
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\""),
+        b.keep_rules,
         run.metrics_addr,
         run.log_limit_source,
         run.log_limit_global,
     )
 }
 
-/// Gives up every capability once the capture handles and the listening socket are open:
-/// nothing after this needs one (blocking, when it comes, will keep CAP_NET_ADMIN).
-fn drop_capabilities() {
+/// How to give synwatch CAP_NET_ADMIN, for the message when it lacks it.
+const GRANT_NET_ADMIN: &str = "run it as root (sudo synwatch run), or grant the capabilities to the binary (sudo setcap cap_net_raw,cap_net_admin+ep $(command -v synwatch)), or in a container add --cap-add NET_RAW --cap-add NET_ADMIN with --network host; or detect only with --block none";
+
+/// Starts the blocking backend `choice` asks for. `Err` is a usage error (exit 2):
+/// a backend named explicitly that cannot work. `auto` falls back to none with a
+/// warning saying why.
+fn start_blocking(
+    choice: BlockArg,
+    settings: &BlockSettings,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(Blocker, Vec<Happened>)>, String> {
+    let candidates: &[Backend] = match choice {
+        BlockArg::None => return Ok(None),
+        BlockArg::Auto => &[Backend::Nftables, Backend::Iptables],
+        BlockArg::Nftables => &[Backend::Nftables],
+        BlockArg::Iptables => &[Backend::Iptables],
+    };
+    let admin = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_NET_ADMIN,
+    )
+    .unwrap_or(false);
+    if !admin {
+        let why =
+            format!("blocking needs CAP_NET_ADMIN, which this process lacks: {GRANT_NET_ADMIN}");
+        if choice == BlockArg::Auto {
+            eprintln!("synwatch: warning: not blocking: {why}");
+            return Ok(None);
+        }
+        return Err(why);
+    }
+    let mut failures = Vec::new();
+    for &backend in candidates {
+        let enforcer = synwatch_enforce::open(backend, settings.scope, Box::new(SystemRunner));
+        match Blocker::start(enforcer, settings, Arc::clone(metrics), metrics::unix_now()) {
+            Ok(started) => return Ok(Some(started)),
+            Err(e) => failures.push(format!("{backend}: {e:#}")),
+        }
+    }
+    if choice == BlockArg::Auto {
+        eprintln!(
+            "synwatch: warning: not blocking (detecting and reporting only): no backend works here; {}",
+            failures.join("; ")
+        );
+        Ok(None)
+    } else {
+        Err(failures.join("; "))
+    }
+}
+
+/// Gives up every capability once the capture handles, the listening sockets and the
+/// firewall rules are set up, except CAP_NET_ADMIN when blocking (each later ban needs
+/// it); kept ones are made ambient too, so the `nft`/`ipset` programs synwatch runs get
+/// them when synwatch runs as an ordinary user with file capabilities.
+fn drop_capabilities(blocking: bool) {
+    let mut keep = caps::CapsHashSet::new();
+    if blocking {
+        keep.insert(caps::Capability::CAP_NET_ADMIN);
+    }
     for set in [
-        caps::CapSet::Ambient,
         caps::CapSet::Inheritable,
         caps::CapSet::Effective,
         caps::CapSet::Permitted,
     ] {
-        if let Err(e) = caps::clear(None, set) {
+        if let Err(e) = caps::set(None, set, &keep) {
             eprintln!("synwatch: warning: could not drop capabilities ({set:?}): {e}");
         }
     }
+    let _ = caps::clear(None, caps::CapSet::Ambient);
+    for cap in &keep {
+        // Fails harmlessly where ambient capabilities do not exist.
+        let _ = caps::raise(None, caps::CapSet::Ambient, *cap);
+    }
+}
+
+/// Unix time now in nanoseconds, for events the agent itself causes (bans).
+fn wall_nanos() -> i64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the binary is the edge that reads clocks"
+    )]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes what blocking did as events; a lifted ban also resets the source's detector
+/// state, so that scanning again is a new scan, banned again.
+fn report<W: std::io::Write>(
+    happened: Vec<Happened>,
+    backend: &str,
+    events: &mut EventWriter<W>,
+    detector: &mut Detector,
+) -> std::io::Result<()> {
+    let ts = wall_nanos();
+    let mut result = Ok(());
+    for h in happened {
+        result = result.and(match h {
+            Happened::Blocked(r) => events.block(&BlockEvent {
+                ts,
+                src: r.addr,
+                backend,
+                until: r.expires,
+                reason: &r.reason,
+                offences: r.offences,
+            }),
+            Happened::Unblocked(addr, why) => {
+                detector.forget(addr);
+                events.unblock(ts, addr, why)
+            }
+        });
+    }
+    result
+}
+
+/// Whether `addr` must never be banned, asked at ban time: the host's addresses as they
+/// are now (read again), the configured local and allowlisted ranges, special addresses.
+fn is_protected(addr: IpAddr, detector: &Detector) -> bool {
+    let host = Host::read().unwrap_or_default();
+    block::protected(addr, |a| {
+        host.addresses.contains(&a) || detector.is_allowlisted(a) || detector.is_local(a)
+    })
 }
 
 pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitStatus> {
@@ -357,12 +647,55 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             ));
         }
     };
-    drop_capabilities();
+    let metrics = Arc::new(Metrics::new(&ifaces));
+    let (tx, rx) = mpsc::channel::<Msg>();
+    // The control socket first: a second agent on the same state directory must stop
+    // before it touches the first one's firewall rules.
+    let control_listener = if run_settings.block == BlockArg::None {
+        None
+    } else {
+        let dir = &run_settings.blocking.state_dir;
+        if let Err(e) = crate::state::create_dir_private(dir) {
+            return usage(format!("{e:#} (choose another with --state-dir)"));
+        }
+        match control::bind(dir) {
+            Ok(l) => Some(l),
+            Err(e) => return usage(format!("{e:#}")),
+        }
+    };
+    let (mut blocker, lapsed) =
+        match start_blocking(run_settings.block, &run_settings.blocking, &metrics) {
+            Ok(Some((b, lapsed))) => (Some(b), lapsed),
+            Ok(None) => (None, Vec::new()),
+            Err(why) => {
+                if let Some(dir) = control_listener
+                    .as_ref()
+                    .map(|_| &run_settings.blocking.state_dir)
+                {
+                    let _ = std::fs::remove_file(control::socket_path(dir));
+                }
+                return usage(format!(
+                    "cannot block with --block {}: {why}",
+                    run_settings.block.as_str()
+                ));
+            }
+        };
+    let _ = metrics
+        .backend
+        .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
+    drop_capabilities(blocker.is_some());
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
     let locals: Vec<IpAddr> = host.addresses.iter().copied().collect();
-    banner(&ifaces, &settings, &shown, &locals, format);
+    let blocking = match &blocker {
+        Some(b) => blocking_text(b, &run_settings.blocking),
+        None if run_settings.block == BlockArg::None => {
+            "none (--block none: detect and report only).".to_owned()
+        }
+        None => "none (see the warning above): detecting and reporting only.".to_owned(),
+    };
+    banner(&ifaces, &settings, &shown, &blocking, &locals, format);
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -373,11 +706,15 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .context("cannot install the SIGHUP handler")?;
 
-    let metrics = Arc::new(Metrics::new(&ifaces));
     metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&stop))
         .context("cannot start the metrics server")?;
+    // Without blocking the socket is not bound, and `synwatch blocks` says no agent runs.
+    if let (Some(l), Some(_)) = (control_listener, &blocker) {
+        control::serve(l, tx.clone(), Msg::Call)?;
+    } else if run_settings.block != BlockArg::None {
+        let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
+    }
 
-    let (tx, rx) = mpsc::channel::<Vec<Observation>>();
     let mut workers = Vec::new();
     for (slot, cap) in captures.into_iter().enumerate() {
         let (stop, tx, metrics) = (Arc::clone(&stop), tx.clone(), Arc::clone(&metrics));
@@ -393,16 +730,28 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut detector = Detector::new(settings.detector.clone());
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
     let mut events = EventWriter::new(std::io::stdout().lock(), format);
+    let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
+    let mut output: std::io::Result<()> = report(lapsed, backend_name, &mut events, &mut detector);
     #[expect(
         clippy::disallowed_methods,
         reason = "the binary is the edge that reads clocks"
     )]
     let mut next_refresh = Instant::now() + ADDRESS_REFRESH;
     let mut logged = 0u64;
-    let mut output: std::io::Result<()> = Ok(());
+    // The loop runs until the capture threads have ended and their last batches are
+    // handled (the control thread's sender never disconnects, so that is checked).
+    let mut draining = false;
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(batch) => {
+        let msg = if draining {
+            match rx.try_recv() {
+                Ok(m) => Ok(m),
+                Err(_) => break,
+            }
+        } else {
+            rx.recv_timeout(Duration::from_millis(200))
+        };
+        match msg {
+            Ok(Msg::Batch(batch)) => {
                 for obs in &batch {
                     if let Some(held) = limiter.roll(obs.ts) {
                         output = output.and(events.suppressed(&held));
@@ -429,22 +778,47 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     }
                     if let Some(scan) = &out.scan {
                         output = output.and(events.scan(scan));
+                        if let Some(b) = blocker.as_mut() {
+                            let protected = is_protected(scan.src, &detector);
+                            b.scan(scan.src, &scan.ports, metrics::unix_now(), protected);
+                        }
                     }
                 }
-                // Live events go out as they happen, not when a buffer fills.
-                output = output.and(events.flush());
+            }
+            Ok(Msg::Call(call)) => {
+                if let Some(b) = blocker.as_mut() {
+                    let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
+                        is_protected(a, &detector)
+                    });
+                    output = output.and(report(happened, backend_name, &mut events, &mut detector));
+                    let _ = call.reply.send(reply);
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        if let Some(b) = blocker.as_mut() {
+            let happened = b.apply(metrics::unix_now());
+            output = output.and(report(happened, backend_name, &mut events, &mut detector));
+        }
+        // Live events go out as they happen, not when a buffer fills.
+        output = output.and(events.flush());
         metrics.record_detector(&detector.stats(), detector.tracked_sources());
         if output.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
+        if workers.iter().all(|(_, h)| h.is_finished()) {
+            // Capture has ended (stopped, or every interface failed): take what the
+            // threads sent last, then stop.
+            draining = true;
+        }
         if reload.swap(false, Ordering::Relaxed)
-            && let Some(configured) = reload_config(args, &mut detector)
+            && let Some((configured, fresh_run)) = reload_config(args, &mut detector)
         {
             configured_locals = configured;
+            if let Some(b) = blocker.as_mut() {
+                b.set_policy(fresh_run.blocking.policy);
+            }
         }
         #[expect(
             clippy::disallowed_methods,
@@ -463,6 +837,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(b) = blocker.take() {
+        b.stop();
+        let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
+    }
 
     let mut lines = Vec::new();
     for (name, handle) in workers {
@@ -485,7 +863,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     }
     let s = detector.stats();
     eprintln!(
-        "synwatch: stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted)",
+        "synwatch: stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted); bans applied: {}, lifted: {}, refused: {}",
         lines.join("\n"),
         s.attempts_in,
         s.attempts_out,
@@ -496,6 +874,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         s.scans,
         detector.tracked_sources(),
         s.sources_evicted,
+        metrics.blocks.load(Ordering::Relaxed),
+        metrics.unblocks.load(Ordering::Relaxed),
+        metrics.bans_refused_allowlisted.load(Ordering::Relaxed)
+            + metrics.bans_refused_rate.load(Ordering::Relaxed),
     );
     match output {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(crate::ExitStatus::Success),
@@ -508,13 +890,20 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
 /// applies thresholds and address lists to the running detector, keeping its state. A
 /// configuration that does not validate is reported and the running one kept.
 /// Returns the newly configured (not discovered) local addresses.
-fn reload_config(args: &RunArgs, detector: &mut Detector) -> Option<synwatch_detect::AddrSet> {
+fn reload_config(
+    args: &RunArgs,
+    detector: &mut Detector,
+) -> Option<(synwatch_detect::AddrSet, RunSettings)> {
     let Some(path) = &args.detect.config else {
         eprintln!("synwatch: SIGHUP: no --config file to reload; configuration unchanged");
         return None;
     };
-    match DetectSettings::from_args(&args.detect) {
-        Ok(fresh) => {
+    let fresh = DetectSettings::from_args(&args.detect).and_then(|fresh| {
+        let run = RunSettings::from_args(args, &fresh).map_err(anyhow::Error::msg)?;
+        Ok((fresh, run))
+    });
+    match fresh {
+        Ok((fresh, fresh_run)) => {
             for warning in &fresh.warnings {
                 eprintln!("synwatch: warning: {warning}");
             }
@@ -530,7 +919,7 @@ fn reload_config(args: &RunArgs, detector: &mut Detector) -> Option<synwatch_det
                 cfg.allow.len()
             );
             detector.reconfigure(cfg);
-            Some(configured)
+            Some((configured, fresh_run))
         }
         Err(e) => {
             eprintln!(

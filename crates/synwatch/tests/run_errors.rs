@@ -64,14 +64,15 @@ fn print_config_shows_the_layered_configuration_as_toml() {
     let file = dir.path().join("synwatch.toml");
     std::fs::write(
         &file,
-        "max_ports = 10\nwindow = \"2m\"\nmetrics_addr = \"127.0.0.1:9900\"\n",
+        "max_ports = 10\nwindow = \"2m\"\nmetrics_addr = \"127.0.0.1:9900\"\nban = \"2h\"\nblock = \"iptables\"\n",
     )
     .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
         .args(["run", "--iface", "lo", "--print-config", "--config"])
         .arg(&file)
-        .args(["--max-ports", "7"])
+        .args(["--max-ports", "7", "--block-scope", "new"])
         .env("SYNWATCH_WINDOW", "90s")
+        .env("SYNWATCH_BAN_RATE", "5")
         .output()
         .expect("run synwatch");
     assert!(
@@ -85,9 +86,24 @@ fn print_config_shows_the_layered_configuration_as_toml() {
         "window = \"90s\"",
         "metrics_addr = \"127.0.0.1:9900\"",
         "iface = [\"lo\"]",
-        "block = \"none\"",
+        "block = \"iptables\"",
+        "block_scope = \"new\"",
+        "ban = \"2h\"",
+        "ban_max = \"24h\"",
+        "ban_rate = 5",
+        "state_dir = \"/var/lib/synwatch\"",
+        "keep_rules_on_exit = false",
     ] {
         assert!(text.lines().any(|l| l == line), "lacks {line}:\n{text}");
     }
-    assert!(text.parse::<toml::Table>().is_ok(), "valid TOML:\n{text}");
+    // What it prints is a config file that gives the same configuration.
+    let again = dir.path().join("printed.toml");
+    std::fs::write(&again, &text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--print-config", "--config"])
+        .arg(&again)
+        .output()
+        .expect("run synwatch");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 }

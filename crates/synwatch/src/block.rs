@@ -1,0 +1,552 @@
+//! Blocking in the live agent: the ban book (lifecycle), the saved state and a kernel
+//! backend, driven from the pipeline thread.
+//!
+//! Bans decided while a batch of packets is processed are applied together at the end of
+//! it, as one kernel transaction, so a burst of scanners costs one `nft` run. A change the
+//! kernel refuses is logged, counted and retried every few seconds until it goes through;
+//! it never stops the agent. Bans are saved before they are applied, so a crash in
+//! between loses nothing: the next start restores them.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use synwatch_enforce::bans::{Book, Policy, Record, Refused};
+use synwatch_enforce::{Backend, EnforceError, Enforcer, KernelBan, Scope};
+
+use crate::control::{BanView, Reply, Request};
+use crate::metrics::Metrics;
+use crate::state::Store;
+
+/// Seconds between attempts to apply a change the kernel refused.
+const RETRY_SECS: i64 = 5;
+/// Seconds between reads of the drop rules' counters.
+const COUNTERS_SECS: i64 = 5;
+/// Refused bans logged per minute (all are counted in the metrics).
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
+
+/// The validated blocking options of `run`.
+#[derive(Debug, Clone)]
+pub struct BlockSettings {
+    pub scope: Scope,
+    pub policy: Policy,
+    pub state_dir: PathBuf,
+    pub keep_rules: bool,
+}
+
+/// Something to report as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happened {
+    Blocked(Record),
+    Unblocked(IpAddr, &'static str),
+}
+
+/// Whether an address must never be banned: loopback, unspecified and multicast
+/// addresses, the host's own, local and allowlisted ones. `is_listed` is asked last.
+pub fn protected(addr: IpAddr, is_listed: impl Fn(IpAddr) -> bool) -> bool {
+    let addr = addr.to_canonical();
+    addr.is_loopback()
+        || addr.is_unspecified()
+        || addr.is_multicast()
+        || addr == IpAddr::from([255, 255, 255, 255])
+        || is_listed(addr)
+}
+
+pub struct Blocker {
+    enforcer: Box<dyn Enforcer>,
+    book: Book,
+    store: Store,
+    keep_rules: bool,
+    /// Bans decided (and saved) but not yet in the kernel.
+    pending: Vec<Record>,
+    /// Addresses whose removal from the kernel failed, to retry.
+    lifting: Vec<IpAddr>,
+    retry_at: i64,
+    counters_at: i64,
+    metrics: Arc<Metrics>,
+    refusal_minute: i64,
+    refusals_logged: u32,
+}
+
+impl std::fmt::Debug for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blocker")
+            .field("backend", &self.enforcer.backend())
+            .field("bans", &self.book.len())
+            .finish()
+    }
+}
+
+impl Blocker {
+    /// Opens the saved state and sets up the backend holding the saved bans that are
+    /// still running. Returns the blocker and the saved bans that ended while no agent
+    /// ran (to report as lifted).
+    pub fn start(
+        mut enforcer: Box<dyn Enforcer>,
+        settings: &BlockSettings,
+        metrics: Arc<Metrics>,
+        now: i64,
+    ) -> Result<(Self, Vec<Happened>)> {
+        let mut store = Store::open(&settings.state_dir)?;
+        let mut book = Book::new(settings.policy);
+        let over = book.restore(store.bans()?, store.offenders()?, now);
+        let over_addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
+        store.delete(&over_addrs, false)?;
+        let mut bans: Vec<_> = book.active().map(|r| r.ban(now)).collect();
+        bans.sort_by_key(|b| b.addr);
+        enforcer.setup(&bans).with_context(|| {
+            format!(
+                "cannot set up blocking with {}",
+                enforcer.backend().as_str()
+            )
+        })?;
+        metrics
+            .blocked_sources
+            .store(book.len() as u64, Ordering::Relaxed);
+        let blocker = Self {
+            enforcer,
+            book,
+            store,
+            keep_rules: settings.keep_rules,
+            pending: Vec::new(),
+            lifting: Vec::new(),
+            retry_at: now,
+            counters_at: now,
+            metrics,
+            refusal_minute: 0,
+            refusals_logged: 0,
+        };
+        let lapsed = over_addrs
+            .into_iter()
+            .map(|a| Happened::Unblocked(a, "expired"))
+            .collect();
+        Ok((blocker, lapsed))
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.enforcer.backend()
+    }
+
+    /// Restored bans, for the banner.
+    pub fn active(&self) -> usize {
+        self.book.len()
+    }
+
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.book.set_policy(policy);
+    }
+
+    /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]).
+    pub fn scan(&mut self, src: IpAddr, ports: &[u16], now: i64, protected: bool) {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let reason = format!("ports {}", ports.join(","));
+        match self.book.scan(src, reason, now, protected) {
+            Ok(record) => {
+                if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
+                    eprintln!("synwatch: {e:#}; the ban on {src} holds until the agent stops");
+                }
+                self.pending.push(record);
+            }
+            Err(Refused::AlreadyBanned) => {}
+            Err(why) => {
+                let counter = match why {
+                    Refused::Protected => &self.metrics.bans_refused_allowlisted,
+                    _ => &self.metrics.bans_refused_rate,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.log_refusal(src, why, now);
+            }
+        }
+    }
+
+    fn log_refusal(&mut self, src: IpAddr, why: Refused, now: i64) {
+        let minute = now.div_euclid(60);
+        if minute != self.refusal_minute {
+            self.refusal_minute = minute;
+            self.refusals_logged = 0;
+        }
+        self.refusals_logged += 1;
+        if self.refusals_logged > REFUSALS_LOGGED_PER_MINUTE {
+            return;
+        }
+        let text = match why {
+            Refused::Protected => "it is local or allowlisted (reported, never blocked)".to_owned(),
+            _ => format!(
+                "the cap of {} new bans per minute is reached (--ban-rate; a flood of spoofed sources looks like this)",
+                self.book.policy().per_minute
+            ),
+        };
+        let more = if self.refusals_logged == REFUSALS_LOGGED_PER_MINUTE {
+            "; further refusals this minute are only counted (synwatch_bans_refused_total)"
+        } else {
+            ""
+        };
+        eprintln!("synwatch: not blocking {src}: {text}{more}");
+    }
+
+    /// Applies pending bans in one batch, lifts expired ones, retries failed changes and
+    /// refreshes the drop counters. Returns what to report.
+    pub fn apply(&mut self, now: i64) -> Vec<Happened> {
+        let mut happened = Vec::new();
+        if self.book.next_expiry().is_some_and(|t| t <= now) {
+            let over = self.book.expire(now);
+            let addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
+            // The kernel lets them lapse by itself; removing them as well keeps the two
+            // in step even when clocks disagree by a second.
+            self.pending.retain(|p| !addrs.contains(&p.addr));
+            self.lifting.extend(&addrs);
+            let policy = self.book.policy();
+            let memory = policy.max_secs.max(policy.duration_secs) as i64;
+            if let Err(e) = self
+                .store
+                .delete(&addrs, false)
+                .and_then(|()| self.store.prune_offenders(now.saturating_sub(memory)))
+            {
+                eprintln!("synwatch: {e:#}");
+            }
+            self.metrics
+                .unblocks
+                .fetch_add(addrs.len() as u64, Ordering::Relaxed);
+            happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, "expired")));
+            self.retry_at = self.retry_at.min(now);
+        }
+        if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
+            happened.extend(self.push_to_kernel(now));
+        }
+        if now >= self.counters_at {
+            self.counters_at = now + COUNTERS_SECS;
+            if let Ok(c) = self.enforcer.counters() {
+                self.metrics
+                    .dropped_packets
+                    .store(c.packets, Ordering::Relaxed);
+                self.metrics.dropped_bytes.store(c.bytes, Ordering::Relaxed);
+            }
+        }
+        self.metrics
+            .blocked_sources
+            .store(self.book.len() as u64, Ordering::Relaxed);
+        happened
+    }
+
+    fn push_to_kernel(&mut self, now: i64) -> Vec<Happened> {
+        let mut happened = Vec::new();
+        if !self.lifting.is_empty() {
+            match self.enforcer.remove(&self.lifting) {
+                Ok(()) => self.lifting.clear(),
+                Err(e) => self.failed(&e, self.lifting.len(), "lift", now),
+            }
+        }
+        if !self.pending.is_empty() {
+            let bans: Vec<_> = self.pending.iter().map(|r| r.ban(now)).collect();
+            match self.enforcer.add(&bans) {
+                Ok(()) => {
+                    self.metrics
+                        .blocks
+                        .fetch_add(bans.len() as u64, Ordering::Relaxed);
+                    happened.extend(self.pending.drain(..).map(Happened::Blocked));
+                }
+                Err(e) => self.failed(&e, bans.len(), "apply", now),
+            }
+        }
+        happened
+    }
+
+    fn failed(&mut self, e: &EnforceError, count: usize, verb: &str, now: i64) {
+        self.metrics.ban_failures.fetch_add(1, Ordering::Relaxed);
+        self.retry_at = now + RETRY_SECS;
+        eprintln!(
+            "synwatch: cannot {verb} {count} ban{} with {}: {e}; retrying in {RETRY_SECS} s",
+            if count == 1 { "" } else { "s" },
+            self.enforcer.backend()
+        );
+    }
+
+    /// A request from `synwatch blocks`. Changes are applied at once, and what they did
+    /// is reported like the agent's own.
+    pub fn control(
+        &mut self,
+        request: &Request,
+        now: i64,
+        protected: impl Fn(IpAddr) -> bool,
+    ) -> (Reply, Vec<Happened>) {
+        let backend = self.enforcer.backend().as_str();
+        let mut happened = Vec::new();
+        let mut reply = Reply {
+            ok: true,
+            error: None,
+            backend: backend.to_owned(),
+            bans: Vec::new(),
+            note: None,
+        };
+        match request {
+            Request::List => {
+                let kernel = self.enforcer.list().ok();
+                let mut records: Vec<&Record> = self.book.active().collect();
+                records.sort_by_key(|r| (r.since, r.addr));
+                reply.bans = records
+                    .into_iter()
+                    .map(|r| view(r, kernel.as_deref()))
+                    .collect();
+            }
+            Request::Add { addr, secs } => {
+                if protected(*addr) {
+                    return (
+                        Reply::error(
+                            backend,
+                            format!(
+                                "{addr} is local, allowlisted or special (loopback, multicast): synwatch never blocks it"
+                            ),
+                        ),
+                        happened,
+                    );
+                }
+                let record = self.book.manual(*addr, *secs, now);
+                if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
+                    reply.note = Some(format!("{e:#}; the ban holds until the agent stops"));
+                }
+                self.pending.retain(|p| p.addr != *addr);
+                self.pending.push(record);
+                self.retry_at = now;
+                happened = self.push_to_kernel(now);
+                if self.pending.iter().any(|p| p.addr == *addr) {
+                    reply.note = Some(format!(
+                        "saved, but the kernel refused it for now; retrying every {RETRY_SECS} s (see the agent's log)"
+                    ));
+                }
+                reply.bans = self
+                    .book
+                    .get(*addr)
+                    .map(|r| view(r, None))
+                    .into_iter()
+                    .collect();
+            }
+            Request::Remove { addr } => match self.book.remove(*addr) {
+                Some(record) => {
+                    happened = self.lift(vec![record.addr], "removed", now);
+                    reply.bans = vec![view(&record, None)];
+                }
+                None => {
+                    reply = Reply::error(backend, format!("{addr} is not blocked"));
+                }
+            },
+            Request::Flush => {
+                let records = self.book.flush();
+                let addrs = records.iter().map(|r| r.addr).collect();
+                happened = self.lift(addrs, "flushed", now);
+                reply.bans = records.iter().map(|r| view(r, None)).collect();
+            }
+        }
+        self.metrics
+            .blocked_sources
+            .store(self.book.len() as u64, Ordering::Relaxed);
+        (reply, happened)
+    }
+
+    fn lift(&mut self, addrs: Vec<IpAddr>, why: &'static str, now: i64) -> Vec<Happened> {
+        if let Err(e) = self.store.delete(&addrs, true) {
+            eprintln!("synwatch: {e:#}");
+        }
+        self.pending.retain(|p| !addrs.contains(&p.addr));
+        self.lifting.extend(&addrs);
+        self.retry_at = now;
+        let mut happened = self.push_to_kernel(now);
+        self.metrics
+            .unblocks
+            .fetch_add(addrs.len() as u64, Ordering::Relaxed);
+        happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, why)));
+        happened
+    }
+
+    /// Stops blocking: removes synwatch's rules (the saved bans come back at the next
+    /// start) unless told to keep them.
+    pub fn stop(mut self) {
+        if self.keep_rules {
+            // Whatever did not reach the kernel yet still should, since the rules stay.
+            let now = crate::metrics::unix_now();
+            self.retry_at = now;
+            self.push_to_kernel(now);
+            eprintln!(
+                "synwatch: leaving {} bans in the kernel (--keep-rules-on-exit)",
+                self.book.len()
+            );
+            return;
+        }
+        if let Err(e) = self.enforcer.teardown() {
+            eprintln!("synwatch: cannot remove synwatch's firewall rules: {e}");
+        }
+    }
+}
+
+/// A saved ban with what the kernel says about it.
+pub fn view(r: &Record, kernel: Option<&[KernelBan]>) -> BanView {
+    let k = kernel.and_then(|k| k.iter().find(|b| b.addr == r.addr.to_canonical()));
+    BanView {
+        addr: r.addr,
+        reason: r.reason.clone(),
+        since: r.since,
+        expires: r.expires,
+        offences: r.offences,
+        in_kernel: kernel.map(|_| k.is_some()),
+        packets: k.and_then(|k| k.packets),
+        bytes: k.and_then(|k| k.bytes),
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+    use synwatch_enforce::{RecordingRunner, open};
+
+    fn settings(dir: &std::path::Path) -> BlockSettings {
+        BlockSettings {
+            scope: Scope::All,
+            policy: Policy {
+                duration_secs: 60,
+                max_secs: 3600,
+                per_minute: 2,
+            },
+            state_dir: dir.to_path_buf(),
+            keep_rules: false,
+        }
+    }
+
+    fn start(
+        dir: &std::path::Path,
+        runner: &RecordingRunner,
+        now: i64,
+    ) -> (Blocker, Vec<Happened>) {
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone()));
+        Blocker::start(enforcer, &settings(dir), Arc::new(Metrics::default()), now).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn scans_in_one_batch_are_one_kernel_change_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, lapsed) = start(dir.path(), &runner, 1000);
+        assert!(lapsed.is_empty());
+        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, false);
+        b.scan(ip("192.0.2.2"), &[21, 22, 23, 25], 1000, false);
+        b.scan(ip("192.0.2.3"), &[21, 22, 23, 25], 1000, false); // over the cap of 2
+        b.scan(ip("10.0.0.1"), &[21, 22, 23, 25], 1000, true); // protected
+        let happened = b.apply(1000);
+        assert_eq!(happened.len(), 2);
+        assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            b.metrics.bans_refused_allowlisted.load(Ordering::Relaxed),
+            1
+        );
+        let t = runner.transcript();
+        // Setup, one batch, one counter read of two chains.
+        let adds: Vec<_> = t.iter().filter(|c| c.contains("timeout 60s")).collect();
+        assert_eq!(adds.len(), 1, "{t:#?}");
+        assert!(adds[0].contains("{ 192.0.2.1 timeout 60s, 192.0.2.2 timeout 60s }"));
+
+        // Restarted 30 s later (as after kill -9): the bans return with 30 s left.
+        drop(b);
+        let runner = RecordingRunner::default();
+        let (_b, lapsed) = start(dir.path(), &runner, 1030);
+        assert!(lapsed.is_empty());
+        let setup = &runner.transcript()[0];
+        assert!(
+            setup.contains(
+                "add element inet synwatch banned4 { 192.0.2.1 timeout 30s, 192.0.2.2 timeout 30s }"
+            ),
+            "{setup}"
+        );
+        // Restarted after they ended: reported as lifted, nothing restored.
+        let runner = RecordingRunner::default();
+        let (b, lapsed) = start(dir.path(), &runner, 2000);
+        assert_eq!(lapsed.len(), 2);
+        assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn a_refused_change_is_retried_until_it_goes_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        runner.answer(Err(
+            "Error: Could not process rule: Device or resource busy",
+        ));
+        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, false);
+        assert!(b.apply(0).is_empty());
+        assert_eq!(b.metrics.ban_failures.load(Ordering::Relaxed), 1);
+        assert!(b.apply(4).is_empty(), "not before the retry time");
+        let happened = b.apply(5);
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("2001:db8::5")));
+    }
+
+    #[test]
+    fn expiry_removal_and_flush_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, false);
+        b.apply(0);
+        assert_eq!(
+            b.apply(60),
+            vec![Happened::Unblocked(ip("192.0.2.1"), "expired")]
+        );
+        let (reply, happened) = b.control(
+            &Request::Add {
+                addr: ip("192.0.2.9"),
+                secs: Some(0),
+            },
+            61,
+            |_| false,
+        );
+        assert!(reply.ok);
+        assert_eq!(reply.bans[0].expires, None);
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.reason == "manual"));
+        let (reply, _) = b.control(
+            &Request::Add {
+                addr: ip("127.0.0.1"),
+                secs: None,
+            },
+            61,
+            |a| protected(a, |_| false),
+        );
+        assert!(!reply.ok);
+        let (reply, _) = b.control(
+            &Request::Remove {
+                addr: ip("192.0.2.7"),
+            },
+            62,
+            |_| false,
+        );
+        assert_eq!(reply.error.as_deref(), Some("192.0.2.7 is not blocked"));
+        let (reply, happened) = b.control(&Request::Flush, 62, |_| false);
+        assert_eq!(reply.bans.len(), 1);
+        assert_eq!(
+            happened,
+            vec![Happened::Unblocked(ip("192.0.2.9"), "flushed")]
+        );
+        assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn special_addresses_are_always_protected() {
+        for a in [
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "::",
+            "224.0.0.1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(protected(ip(a), |_| false), "{a}");
+        }
+        assert!(!protected(ip("192.0.2.1"), |_| false));
+        assert!(protected(ip("::ffff:192.0.2.1"), |a| a == ip("192.0.2.1")));
+    }
+}

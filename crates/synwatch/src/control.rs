@@ -1,0 +1,246 @@
+//! The agent's control socket, `control.sock` in the state directory: how
+//! `synwatch blocks` reaches a running agent. One request per connection, one JSON line
+//! each way. The socket is created with mode 0600 in a 0700 directory: only its owner
+//! (root, normally) can change bans.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const SOCKET_FILE: &str = "control.sock";
+
+/// What `synwatch blocks` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    List,
+    /// `secs`: 0 until removed; `None` the agent's `--ban` policy.
+    Add {
+        addr: IpAddr,
+        secs: Option<u64>,
+    },
+    Remove {
+        addr: IpAddr,
+    },
+    Flush,
+}
+
+/// One ban as `synwatch blocks list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanView {
+    pub addr: IpAddr,
+    pub reason: String,
+    /// Unix seconds.
+    pub since: i64,
+    /// Unix seconds; `None` until removed.
+    pub expires: Option<i64>,
+    pub offences: u32,
+    /// Whether the kernel holds it now (`None` when the kernel could not be asked).
+    pub in_kernel: Option<bool>,
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The backend in use.
+    #[serde(default)]
+    pub backend: String,
+    /// For `list`, every ban; otherwise the bans the request changed.
+    #[serde(default)]
+    pub bans: Vec<BanView>,
+    /// Something worth telling the operator even on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Reply {
+    pub fn error(backend: &str, error: String) -> Self {
+        Self {
+            ok: false,
+            error: Some(error),
+            backend: backend.to_owned(),
+            bans: Vec::new(),
+            note: None,
+        }
+    }
+}
+
+/// A request on its way to the pipeline, with where the answer goes.
+#[derive(Debug)]
+pub struct Call {
+    pub request: Request,
+    pub reply: mpsc::Sender<Reply>,
+}
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET_FILE)
+}
+
+/// Binds the control socket. A socket file left by an agent that died is replaced; one
+/// that answers belongs to a running agent, which is an error (two agents would fight
+/// over the same rules).
+pub fn bind(state_dir: &Path) -> Result<UnixListener> {
+    let path = socket_path(state_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).is_ok() {
+            anyhow::bail!(
+                "another synwatch agent is running with the state directory {} (its control socket {} answers); stop it or choose another --state-dir",
+                state_dir.display(),
+                path.display()
+            );
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot create the control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict the control socket {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts requests on its own thread and hands each to the pipeline through `calls`,
+/// wrapped by `wrap` into the pipeline's own message type.
+pub fn serve<M: Send + 'static>(
+    listener: UnixListener,
+    calls: mpsc::Sender<M>,
+    wrap: fn(Call) -> M,
+) -> Result<()> {
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                // A client that fails or goes away is its own problem; serving goes on
+                // until the process ends.
+                let _ = answer(stream, &calls, wrap);
+            }
+        })
+        .context("cannot start the control thread")?;
+    Ok(())
+}
+
+fn answer<M>(stream: UnixStream, calls: &mpsc::Sender<M>, wrap: fn(Call) -> M) -> Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(stream.try_clone()?, 64 * 1024)).read_line(&mut line)?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            let (tx, rx) = mpsc::channel();
+            calls
+                .send(wrap(Call { request, reply: tx }))
+                .map_err(|_| anyhow::anyhow!("the agent is stopping"))?;
+            rx.recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| Reply::error("", "the agent did not answer in time".into()))
+        }
+        Err(e) => Reply::error("", format!("a request the agent does not understand: {e}")),
+    };
+    let mut out = serde_json::to_string(&reply)?;
+    out.push('\n');
+    (&stream).write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// Sends one request to the agent behind `state_dir`; `Ok(None)` when no agent listens.
+pub fn call(state_dir: &Path, request: &Request) -> Result<Option<Reply>> {
+    let path = socket_path(state_dir);
+    let stream = match UnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot reach the agent at {}", path.display()));
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(40)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream)
+        .write_all(line.as_bytes())
+        .with_context(|| format!("cannot send to the agent at {}", path.display()))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .with_context(|| format!("no answer from the agent at {}", path.display()))?;
+    let reply = serde_json::from_str(&answer)
+        .with_context(|| format!("an answer from {} that is not a reply", path.display()))?;
+    Ok(Some(reply))
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_line() {
+        let add = Request::Add {
+            addr: "192.0.2.1".parse().unwrap(),
+            secs: Some(60),
+        };
+        let text = serde_json::to_string(&add).unwrap();
+        assert_eq!(text, r#"{"op":"add","addr":"192.0.2.1","secs":60}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"list"}"#).unwrap(),
+            Request::List
+        );
+    }
+
+    #[test]
+    fn a_request_reaches_the_pipeline_and_its_reply_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(dir.path()).unwrap();
+        let (tx, rx) = mpsc::channel::<Call>();
+        serve(listener, tx, |c| c).unwrap();
+        let pipeline = thread::spawn(move || {
+            let call = rx.recv().unwrap();
+            assert_eq!(call.request, Request::Flush);
+            call.reply
+                .send(Reply {
+                    ok: true,
+                    error: None,
+                    backend: "nftables".into(),
+                    bans: vec![],
+                    note: Some("flushed".into()),
+                })
+                .unwrap();
+        });
+        let reply = call(dir.path(), &Request::Flush).unwrap().unwrap();
+        assert_eq!(reply.note.as_deref(), Some("flushed"));
+        pipeline.join().unwrap();
+        // A second agent on the same directory is refused.
+        let err = bind(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("another synwatch agent is running"), "{err}");
+    }
+
+    #[test]
+    fn no_agent_is_none_and_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(call(dir.path(), &Request::List).unwrap().is_none());
+        drop(bind(dir.path()).unwrap());
+        // The listener is gone but its file stays: no agent answers.
+        assert!(call(dir.path(), &Request::List).unwrap().is_none());
+        assert!(bind(dir.path()).is_ok());
+    }
+}

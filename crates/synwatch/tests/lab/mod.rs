@@ -1,0 +1,361 @@
+//! A network-namespace lab for end-to-end tests: a victim namespace and an attacker
+//! namespace joined by a veth pair. The victim is 10.77.0.1 and fd77::1 and serves HTTP
+//! on port 8080; the attacker side has 10.77.0.2 and fd77::2 (the scanner), 10.77.0.3
+//! (an ordinary client) and 10.77.0.4 (a scanner the tests allowlist). Addresses repeat
+//! between labs without harm: each lab's namespaces are its own. Everything is removed
+//! when the lab is dropped, on every exit path of a test, panics included.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A moment a test stops waiting at.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "tests wait for real processes with deadlines"
+    )]
+    pub fn after(secs: u64) -> Self {
+        Deadline(Instant::now() + Duration::from_secs(secs))
+    }
+
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "tests wait for real processes with deadlines"
+    )]
+    pub fn passed(self) -> bool {
+        Instant::now() >= self.0
+    }
+}
+
+pub const VICTIM: &str = "10.77.0.1";
+pub const VICTIM6: &str = "fd77::1";
+pub const SCANNER: &str = "10.77.0.2";
+pub const SCANNER6: &str = "fd77::2";
+pub const CLIENT: &str = "10.77.0.3";
+pub const ALLOWED: &str = "10.77.0.4";
+pub const HTTP_PORT: u16 = 8080;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub fn require_root() {
+    let uid = Command::new("id").arg("-u").output().expect("id -u");
+    assert_eq!(
+        String::from_utf8_lossy(&uid.stdout).trim(),
+        "0",
+        "this test needs root (network namespaces, capture, firewall); make test runs it as root"
+    );
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn must(args: &[&str]) {
+    let out = sh(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[derive(Debug)]
+pub struct Lab {
+    pub victim: String,
+    pub attacker: String,
+    pub vif: String,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        require_root();
+        for tool in ["ip", "nmap", "curl", "python3"] {
+            assert!(
+                sh(&["sh", "-c", &format!("command -v {tool}")])
+                    .status
+                    .success(),
+                "{tool} is missing: make deps installs it"
+            );
+        }
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("swl{}x{n}", std::process::id());
+        let lab = Lab {
+            victim: format!("{tag}v"),
+            attacker: format!("{tag}a"),
+            vif: format!("{}v", &tag[..tag.len().min(13)]),
+            children: Vec::new(),
+        };
+        let aif = format!("{}a", &tag[..tag.len().min(13)]);
+        must(&["ip", "netns", "add", &lab.victim]);
+        let mut lab = lab;
+        must(&["ip", "netns", "add", &lab.attacker]);
+        must(&[
+            "ip",
+            "link",
+            "add",
+            &lab.vif,
+            "netns",
+            &lab.victim,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &aif,
+            "netns",
+            &lab.attacker,
+        ]);
+        for (ns, ifname, addrs) in [
+            (&lab.victim, &lab.vif, vec!["10.77.0.1/24", "fd77::1/64"]),
+            (
+                &lab.attacker,
+                &aif,
+                vec!["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"],
+            ),
+        ] {
+            for a in addrs {
+                let mut args = vec!["ip", "-n", ns, "addr", "add", a, "dev", ifname];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                must(&args);
+            }
+            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+        }
+        let server = Command::new("ip")
+            .args(["netns", "exec", &lab.victim, "python3", "-m", "http.server"])
+            .arg(HTTP_PORT.to_string())
+            .args(["--bind", "::"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the HTTP server");
+        lab.children.push(server);
+        let deadline = Deadline::after(10);
+        while !lab.connects(CLIENT, VICTIM) {
+            assert!(!deadline.passed(), "the lab's HTTP server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab
+    }
+
+    pub fn in_victim(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", &self.victim];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    pub fn in_attacker(&self, args: &[&str]) -> Output {
+        let mut all = vec!["ip", "netns", "exec", &self.attacker];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    /// Whether an HTTP request from `src` (an attacker-side address) to `dst` gets an
+    /// answer within a second.
+    pub fn connects(&self, src: &str, dst: &str) -> bool {
+        let url = if dst.contains(':') {
+            format!("http://[{dst}]:{HTTP_PORT}/")
+        } else {
+            format!("http://{dst}:{HTTP_PORT}/")
+        };
+        self.in_attacker(&[
+            "curl",
+            "-sf",
+            "-o",
+            "/dev/null",
+            "--interface",
+            src,
+            "--connect-timeout",
+            "1",
+            "--max-time",
+            "2",
+            &url,
+        ])
+        .status
+        .success()
+    }
+
+    /// A SYN scan of `ports` from `src` (an attacker-side address) to `dst`.
+    pub fn scan(&self, src: &str, dst: &str, ports: &str) {
+        let mut args = vec![
+            "nmap",
+            "-n",
+            "-Pn",
+            "-sS",
+            "-T4",
+            "--max-retries",
+            "1",
+            "-p",
+            ports,
+            "-S",
+            src,
+        ];
+        if dst.contains(':') {
+            args.push("-6");
+        }
+        args.push(dst);
+        let out = self.in_attacker(&args);
+        assert!(
+            out.status.success(),
+            "nmap failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = sh(&["ip", "netns", "del", &self.victim]);
+        let _ = sh(&["ip", "netns", "del", &self.attacker]);
+    }
+}
+
+/// `synwatch run` in the victim namespace, stdout and stderr in files.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    pub out: PathBuf,
+    pub err: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent on the lab's interface with `args`, and waits for its banner.
+    pub fn start(lab: &Lab, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let out = dir.join(format!("{name}.jsonl"));
+        let err = dir.join(format!("{name}.log"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.victim,
+                env!("CARGO_BIN_EXE_synwatch"),
+                "run",
+            ])
+            .args(["--iface", &lab.vif, "--format", "json"])
+            .args(args)
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"))
+            .spawn()
+            .expect("start synwatch");
+        let mut agent = Agent {
+            child: Some(child),
+            out,
+            err,
+        };
+        let deadline = Deadline::after(15);
+        loop {
+            let log = agent.log();
+            if log.contains("watching") {
+                break;
+            }
+            let exited = agent
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(exited.is_none(), "synwatch exited ({exited:?}): {log}");
+            assert!(!deadline.passed(), "synwatch did not start: {log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    }
+
+    /// Waits up to `secs` for an event matching `pred`.
+    pub fn wait_for(
+        &self,
+        secs: u64,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Deadline::after(secs);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                !deadline.passed(),
+                "no such event within {secs} s; events: {:#?}\nlog: {}",
+                self.events(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let status = self.child.take().and_then(|mut c| c.wait().ok());
+        status.and_then(|s| s.code())
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `synwatch blocks ARGS` in the victim namespace, JSON output; (exit code, stdout, stderr).
+pub fn blocks(lab: &Lab, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.victim,
+            env!("CARGO_BIN_EXE_synwatch"),
+            "blocks",
+        ])
+        .args(args)
+        .args(["--format", "json"])
+        .output()
+        .expect("run synwatch blocks");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
