@@ -14,7 +14,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build run test check lint fmt bench fuzz clean
+.PHONY: all deps build run replay-sample test check lint fmt bench fuzz clean
 
 all: build
 
@@ -40,8 +40,16 @@ deps:
 build: deps
 	$(CARGO) build --release --locked
 
-## run: build, then replay the sample capture (a real nmap scan recorded in the lab)
+## run: build, then run the agent with the defaults (every interface that is up,
+## scanners banned with nftables or iptables for an hour); RUN_ARGS adds options,
+## e.g. make run RUN_ARGS="--block none"
+RUN_ARGS ?=
 run: build
+	@sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	$$sudo $(BIN) run $(RUN_ARGS)
+
+## replay-sample: replay the bundled capture of a real nmap scan (no privileges needed)
+replay-sample: build
 	$(BIN) replay --local 10.199.0.1 --local fd99::1 $(SAMPLE)
 
 ## test: formatting, lints, and every test (lab tests need root and run for real)
