@@ -104,6 +104,73 @@ fn print_config_shows_the_layered_configuration_as_toml() {
         .arg(&again)
         .output()
         .expect("run synwatch");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+}
+
+#[test]
+#[ignore = "needs root to drop a capability; make test runs it"]
+fn blocking_without_cap_net_admin_says_how_to_grant_it() {
+    require_root();
+    let state = tempfile::tempdir().expect("tempdir");
+    // Root without CAP_NET_ADMIN: capture works, blocking cannot.
+    let run = |block: &str| {
+        Command::new("setpriv")
+            .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
+            .arg(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--block", block, "--state-dir"])
+            .arg(state.path())
+            .output()
+            .expect("run synwatch under setpriv")
+    };
+    let out = run("nftables");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for want in [
+        "cannot block with --block nftables: blocking needs CAP_NET_ADMIN",
+        "sudo synwatch run",
+        "setcap cap_net_raw,cap_net_admin+ep",
+        "--cap-add NET_ADMIN",
+        "--block none",
+    ] {
+        assert!(stderr.contains(want), "lacks {want}: {stderr}");
+    }
+
+    // auto falls back to detecting only, saying why, and runs.
+    let mut child = Command::new("setpriv")
+        .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
+        .arg(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--iface", "lo", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--block", "auto", "--state-dir"])
+        .arg(state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synwatch under setpriv");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.expect("read stderr");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Blocking:") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("warning: not blocking: blocking needs CAP_NET_ADMIN"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("Blocking: none (see the warning above)"),
+        "{seen}"
+    );
 }
