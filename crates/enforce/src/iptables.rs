@@ -219,17 +219,10 @@ pub fn parse_rule_counters(text: &str) -> DropCounters {
 }
 
 /// The iptables backend.
+#[derive(Debug)]
 pub struct Iptables {
     scope: Scope,
     runner: Box<dyn Runner>,
-}
-
-impl std::fmt::Debug for Iptables {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Iptables")
-            .field("scope", &self.scope)
-            .finish()
-    }
 }
 
 impl Iptables {

@@ -167,17 +167,10 @@ pub fn parse_chain_counters(json: &str) -> Result<DropCounters, String> {
 }
 
 /// The nftables backend.
+#[derive(Debug)]
 pub struct Nftables {
     scope: Scope,
     runner: Box<dyn Runner>,
-}
-
-impl std::fmt::Debug for Nftables {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nftables")
-            .field("scope", &self.scope)
-            .finish()
-    }
 }
 
 impl Nftables {

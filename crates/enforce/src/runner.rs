@@ -33,7 +33,7 @@ impl Command {
 }
 
 /// Runs commands; returns stdout on success.
-pub trait Runner: Send {
+pub trait Runner: Send + std::fmt::Debug {
     fn run(&mut self, cmd: &Command) -> Result<String, EnforceError>;
 }
 

@@ -45,17 +45,15 @@ fn without_cap_net_raw_it_says_how_to_grant_it() {
         .output()
         .expect("runuser (util-linux)");
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    for want in [
-        "not allowed to capture on lo",
-        "CAP_NET_RAW",
-        "setcap",
-        "--cap-add NET_RAW",
-    ] {
-        assert!(stderr.contains(want), "lacks {want}: {stderr}");
-    }
+    assert_usage_error(
+        &out,
+        &[
+            "not allowed to capture on lo",
+            "CAP_NET_RAW",
+            "setcap",
+            "--cap-add NET_RAW",
+        ],
+    );
 }
 
 #[test]
@@ -112,43 +110,49 @@ fn print_config_shows_the_layered_configuration_as_toml() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 }
 
+/// Checks a usage error: exit 2 and one stderr line holding each of `wants`.
+fn assert_usage_error(out: &std::process::Output, wants: &[&str]) {
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for want in wants {
+        assert!(stderr.contains(want), "lacks {want}: {stderr}");
+    }
+}
+
+/// `synwatch run --block BLOCK` as root without CAP_NET_ADMIN: capture works, blocking
+/// cannot.
+fn run_without_net_admin(block: &str, state: &std::path::Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
+        .arg(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--iface", "lo", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--block", block, "--state-dir"])
+        .arg(state);
+    cmd
+}
+
 #[test]
 #[ignore = "needs root to drop a capability; make test runs it"]
 fn blocking_without_cap_net_admin_says_how_to_grant_it() {
     require_root();
     let state = tempfile::tempdir().expect("tempdir");
-    // Root without CAP_NET_ADMIN: capture works, blocking cannot.
-    let run = |block: &str| {
-        Command::new("setpriv")
-            .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
-            .arg(env!("CARGO_BIN_EXE_synwatch"))
-            .args(["run", "--iface", "lo", "--metrics-addr", "127.0.0.1:0"])
-            .args(["--block", block, "--state-dir"])
-            .arg(state.path())
-            .output()
-            .expect("run synwatch under setpriv")
-    };
-    let out = run("nftables");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    for want in [
-        "cannot block with --block nftables: blocking needs CAP_NET_ADMIN",
-        "sudo synwatch run",
-        "setcap cap_net_raw,cap_net_admin+ep",
-        "--cap-add NET_ADMIN",
-        "--block none",
-    ] {
-        assert!(stderr.contains(want), "lacks {want}: {stderr}");
-    }
+    let out = run_without_net_admin("nftables", state.path())
+        .output()
+        .expect("run synwatch under setpriv");
+    assert_usage_error(
+        &out,
+        &[
+            "cannot block with --block nftables: blocking needs CAP_NET_ADMIN",
+            "sudo synwatch run",
+            "setcap cap_net_raw,cap_net_admin+ep",
+            "--cap-add NET_ADMIN",
+            "--block none",
+        ],
+    );
 
     // auto falls back to detecting only, saying why, and runs.
-    let mut child = Command::new("setpriv")
-        .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
-        .arg(env!("CARGO_BIN_EXE_synwatch"))
-        .args(["run", "--iface", "lo", "--metrics-addr", "127.0.0.1:0"])
-        .args(["--block", "auto", "--state-dir"])
-        .arg(state.path())
+    let mut child = run_without_net_admin("auto", state.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
