@@ -88,12 +88,24 @@ impl Blocker {
         settings: &BlockSettings,
         metrics: Arc<Metrics>,
         now: i64,
+        protected: impl Fn(IpAddr) -> bool,
     ) -> Result<(Self, Vec<Happened>)> {
         let mut store = Store::open(&settings.state_dir)?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
         let over_addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
         store.delete(&over_addrs, false)?;
+        // The configuration or the host's addresses may have changed while no agent ran:
+        // a saved ban on what is now protected is not restored.
+        let released: Vec<IpAddr> = book
+            .active()
+            .map(|r| r.addr)
+            .filter(|a| protected(*a))
+            .collect();
+        for addr in &released {
+            book.remove(*addr);
+        }
+        store.delete(&released, true)?;
         let mut bans: Vec<_> = book.active().map(|r| r.ban(now)).collect();
         bans.sort_by_key(|b| b.addr);
         enforcer.setup(&bans).with_context(|| {
@@ -121,6 +133,11 @@ impl Blocker {
         let lapsed = over_addrs
             .into_iter()
             .map(|a| Happened::Unblocked(a, "expired"))
+            .chain(
+                released
+                    .into_iter()
+                    .map(|a| Happened::Unblocked(a, "allowlisted")),
+            )
             .collect();
         Ok((blocker, lapsed))
     }
@@ -261,6 +278,28 @@ impl Blocker {
             if count == 1 { "" } else { "s" },
             self.enforcer.backend()
         );
+    }
+
+    /// Lifts bans on addresses that became protected (an allowlist reloaded, an address
+    /// added to this host).
+    pub fn release_protected(
+        &mut self,
+        now: i64,
+        protected: impl Fn(IpAddr) -> bool,
+    ) -> Vec<Happened> {
+        let addrs: Vec<IpAddr> = self
+            .book
+            .active()
+            .map(|r| r.addr)
+            .filter(|a| protected(*a))
+            .collect();
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        for addr in &addrs {
+            self.book.remove(*addr);
+        }
+        self.lift(addrs, "allowlisted", now)
     }
 
     /// A request from `synwatch blocks`. Changes are applied at once, and what they did
@@ -419,7 +458,14 @@ mod tests {
         now: i64,
     ) -> (Blocker, Vec<Happened>) {
         let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone()));
-        Blocker::start(enforcer, &settings(dir), Arc::new(Metrics::default()), now).unwrap()
+        Blocker::start(
+            enforcer,
+            &settings(dir),
+            Arc::new(Metrics::default()),
+            now,
+            |a| a == ip("192.0.2.200"),
+        )
+        .unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -530,6 +576,41 @@ mod tests {
             vec![Happened::Unblocked(ip("192.0.2.9"), "flushed")]
         );
         assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn bans_on_addresses_that_became_protected_are_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        for a in ["192.0.2.200", "192.0.2.201"] {
+            b.control(
+                &Request::Add {
+                    addr: ip(a),
+                    secs: Some(0),
+                },
+                0,
+                |_| false,
+            );
+        }
+        // Restarted with 192.0.2.200 now protected (see `start`): not restored.
+        drop(b);
+        let runner = RecordingRunner::default();
+        let (mut b, lapsed) = start(dir.path(), &runner, 10);
+        assert_eq!(
+            lapsed,
+            vec![Happened::Unblocked(ip("192.0.2.200"), "allowlisted")]
+        );
+        assert!(!runner.transcript()[0].contains("192.0.2.200"));
+        assert_eq!(b.active(), 1);
+        // Protected while running (a reload): lifted at once.
+        let happened = b.release_protected(11, |a| a == ip("192.0.2.201"));
+        assert_eq!(
+            happened,
+            vec![Happened::Unblocked(ip("192.0.2.201"), "allowlisted")]
+        );
+        assert_eq!(b.active(), 0);
+        assert!(b.release_protected(12, |_| true).is_empty());
     }
 
     #[test]

@@ -490,6 +490,7 @@ fn start_blocking(
     choice: BlockArg,
     settings: &BlockSettings,
     metrics: &Arc<Metrics>,
+    protected: &dyn Fn(IpAddr) -> bool,
 ) -> Result<Option<(Blocker, Vec<Happened>)>, String> {
     let candidates: &[Backend] = match choice {
         BlockArg::None => return Ok(None),
@@ -515,7 +516,13 @@ fn start_blocking(
     let mut failures = Vec::new();
     for &backend in candidates {
         let enforcer = synwatch_enforce::open(backend, settings.scope, Box::new(SystemRunner));
-        match Blocker::start(enforcer, settings, Arc::clone(metrics), metrics::unix_now()) {
+        match Blocker::start(
+            enforcer,
+            settings,
+            Arc::clone(metrics),
+            metrics::unix_now(),
+            protected,
+        ) {
             Ok(started) => return Ok(Some(started)),
             Err(e) => failures.push(format!("{backend}: {e:#}")),
         }
@@ -663,23 +670,31 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Err(e) => return usage(format!("{e:#}")),
         }
     };
-    let (mut blocker, lapsed) =
-        match start_blocking(run_settings.block, &run_settings.blocking, &metrics) {
-            Ok(Some((b, lapsed))) => (Some(b), lapsed),
-            Ok(None) => (None, Vec::new()),
-            Err(why) => {
-                if let Some(dir) = control_listener
-                    .as_ref()
-                    .map(|_| &run_settings.blocking.state_dir)
-                {
-                    let _ = std::fs::remove_file(control::socket_path(dir));
-                }
-                return usage(format!(
-                    "cannot block with --block {}: {why}",
-                    run_settings.block.as_str()
-                ));
+    let protected_at_start = {
+        let detector = Detector::new(settings.detector.clone());
+        move |a: IpAddr| is_protected(a, &detector)
+    };
+    let (mut blocker, lapsed) = match start_blocking(
+        run_settings.block,
+        &run_settings.blocking,
+        &metrics,
+        &protected_at_start,
+    ) {
+        Ok(Some((b, lapsed))) => (Some(b), lapsed),
+        Ok(None) => (None, Vec::new()),
+        Err(why) => {
+            if let Some(dir) = control_listener
+                .as_ref()
+                .map(|_| &run_settings.blocking.state_dir)
+            {
+                let _ = std::fs::remove_file(control::socket_path(dir));
             }
-        };
+            return usage(format!(
+                "cannot block with --block {}: {why}",
+                run_settings.block.as_str()
+            ));
+        }
+    };
     let _ = metrics
         .backend
         .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
@@ -818,6 +833,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             configured_locals = configured;
             if let Some(b) = blocker.as_mut() {
                 b.set_policy(fresh_run.blocking.policy);
+                let happened =
+                    b.release_protected(metrics::unix_now(), |a| is_protected(a, &detector));
+                output = output.and(report(happened, backend_name, &mut events, &mut detector));
             }
         }
         #[expect(
@@ -832,6 +850,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 cfg.locals = fresh.locals(&configured_locals);
                 if cfg.locals != detector.config().locals {
                     detector.reconfigure(cfg);
+                    if let Some(b) = blocker.as_mut() {
+                        let happened = b
+                            .release_protected(metrics::unix_now(), |a| is_protected(a, &detector));
+                        output =
+                            output.and(report(happened, backend_name, &mut events, &mut detector));
+                    }
                 }
             }
         }
