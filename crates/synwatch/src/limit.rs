@@ -11,7 +11,9 @@ use synwatch_detect::Nanos;
 
 const SECOND: Nanos = 1_000_000_000;
 
-/// Most distinct sources counted per second; beyond it, sources share one count.
+/// Most distinct sources counted per second; events from further sources are held to
+/// the global limit only and counted together (`untracked`), never under a made-up
+/// address.
 const MAX_SOURCES_PER_SECOND: usize = 65_536;
 
 /// What was held back during one second.
@@ -24,6 +26,9 @@ pub struct Suppressed {
     pub sources: u64,
     /// The sources that lost the most, most first (at most five).
     pub top: Vec<(IpAddr, u64)>,
+    /// Of `count`, events from sources beyond the first [`MAX_SOURCES_PER_SECOND`] of the
+    /// second (a flood of spoofed addresses), not told apart.
+    pub untracked: u64,
 }
 
 #[derive(Debug)]
@@ -34,6 +39,7 @@ pub struct LogLimiter {
     logged: u32,
     by_source: HashMap<IpAddr, (u32, u64)>,
     suppressed: u64,
+    untracked: u64,
 }
 
 impl LogLimiter {
@@ -46,21 +52,26 @@ impl LogLimiter {
             logged: 0,
             by_source: HashMap::new(),
             suppressed: 0,
+            untracked: 0,
         }
     }
 
     /// Whether a connection event from `src` may be printed in the current second. Call
     /// [`LogLimiter::roll`] with the event's time first.
     pub fn allow(&mut self, src: IpAddr) -> bool {
-        let full = self.by_source.len() >= MAX_SOURCES_PER_SECOND;
-        let key = if full && !self.by_source.contains_key(&src) {
-            IpAddr::from([0, 0, 0, 0])
-        } else {
-            src
-        };
-        let entry = self.by_source.entry(key).or_insert((0, 0));
-        let over_source = self.per_source != 0 && entry.0 >= self.per_source;
         let over_global = self.global != 0 && self.logged >= self.global;
+        let full = self.by_source.len() >= MAX_SOURCES_PER_SECOND;
+        if full && !self.by_source.contains_key(&src) {
+            if over_global {
+                self.untracked += 1;
+                self.suppressed += 1;
+                return false;
+            }
+            self.logged += 1;
+            return true;
+        }
+        let entry = self.by_source.entry(src).or_insert((0, 0));
+        let over_source = self.per_source != 0 && entry.0 >= self.per_source;
         if over_source || over_global {
             entry.1 += 1;
             self.suppressed += 1;
@@ -94,11 +105,13 @@ impl LogLimiter {
                 count: self.suppressed,
                 sources,
                 top,
+                untracked: self.untracked,
             }
         });
         self.by_source.clear();
         self.logged = 0;
         self.suppressed = 0;
+        self.untracked = 0;
         summary
     }
 }
@@ -127,6 +140,29 @@ mod tests {
         // A fresh second: fresh budgets, and nothing to report for a quiet one.
         assert!(l.allow(ip("203.0.113.1")));
         assert_eq!(l.roll(t + 2 * SECOND), None);
+    }
+
+    #[test]
+    fn a_flood_of_sources_beyond_the_table_is_not_blamed_on_one_address() {
+        let mut l = LogLimiter::new(1000, 10);
+        l.roll(0);
+        let mut n = 0u32;
+        let mut next = || {
+            n += 1;
+            IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+        };
+        for _ in 0..MAX_SOURCES_PER_SECOND + 100 {
+            l.allow(next());
+        }
+        let s = l.roll(SECOND).expect("a summary");
+        assert_eq!(s.count, (MAX_SOURCES_PER_SECOND + 100 - 10) as u64);
+        assert_eq!(s.untracked, 100);
+        assert_eq!(s.sources, (MAX_SOURCES_PER_SECOND - 10) as u64);
+        assert!(
+            s.top.iter().all(|(ip, _)| !ip.is_unspecified()),
+            "{:?}",
+            s.top
+        );
     }
 
     #[test]

@@ -157,6 +157,8 @@ impl Formatter {
                 write_u64(out, s.count);
                 out.extend_from_slice(b",\"sources\":");
                 write_u64(out, s.sources);
+                out.extend_from_slice(b",\"untracked\":");
+                write_u64(out, s.untracked);
                 out.extend_from_slice(b",\"interval_secs\":1,\"top\":[");
                 for (i, (src, count)) in s.top.iter().enumerate() {
                     if i > 0 {
@@ -174,9 +176,17 @@ impl Formatter {
                 self.table_row(out, s.since, b"-", b"-");
                 use std::io::Write as _;
                 let top: Vec<String> = s.top.iter().map(|(ip, n)| format!("{ip} ({n})")).collect();
+                let untracked = if s.untracked > 0 {
+                    format!(
+                        "; {} of them from further sources not told apart",
+                        s.untracked
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     out,
-                    "Log limit: {} connection events from {} sources not shown in this second (most: {})",
+                    "Log limit: {} connection events from {} sources not shown in this second (most: {}){untracked}",
                     s.count,
                     s.sources,
                     top.join(", ")
