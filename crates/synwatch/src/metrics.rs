@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use synwatch_decode::DecodeError;
 use synwatch_detect::Stats;
 
@@ -354,7 +355,10 @@ pub fn serve(
                         let _ = answer(stream, &metrics);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        thread::sleep(Duration::from_millis(20));
+                        // Wait for the next connection (or, every 200 ms, look at `stop`).
+                        use std::os::fd::AsFd as _;
+                        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                        let _ = poll(&mut fds, PollTimeout::from(200u8));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(20)),
                 }
