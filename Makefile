@@ -14,7 +14,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build run replay-sample test check lint fmt bench fuzz clean
+.PHONY: all deps build run replay-sample bench-flood test check lint fmt bench fuzz clean
 
 all: build
 
@@ -65,6 +65,10 @@ fmt:
 bench: build
 	scripts/bench-replay.sh
 	scripts/bench-memory.sh
+
+## bench-flood: the live agent under a SYN flood in the namespace lab (root)
+bench-flood: build
+	SECONDS_FLOOD=20 scripts/bench-flood.sh
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; stable, no sanitizer)
 FUZZ_SECONDS ?= 60
