@@ -10,11 +10,11 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3
+             ipset:ipset hping3:hping3 iperf3:iperf3
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build run replay-sample bench-flood test check lint fmt bench fuzz clean
+.PHONY: all deps build run replay-sample bench-flood bench-bans test check lint fmt bench fuzz clean
 
 all: build
 
@@ -65,6 +65,10 @@ fmt:
 bench: build
 	scripts/bench-replay.sh
 	scripts/bench-memory.sh
+
+## bench-bans: bans/s and throughput with 100k bans, against one rule per address (root)
+bench-bans: build
+	scripts/bench-bans.sh
 
 ## bench-flood: the live agent under a SYN flood in the namespace lab (root)
 bench-flood: build
