@@ -91,6 +91,11 @@ pub struct Book {
     active: HashMap<IpAddr, Record>,
     offenders: HashMap<IpAddr, Offender>,
     recent: VecDeque<i64>,
+    /// No active ban ends before this (a lower bound, so that looking for expired bans
+    /// costs nothing until one is due).
+    earliest: Option<i64>,
+    /// When past offenders were last pruned.
+    pruned_at: i64,
 }
 
 impl Book {
@@ -100,6 +105,8 @@ impl Book {
             active: HashMap::new(),
             offenders: HashMap::new(),
             recent: VecDeque::new(),
+            earliest: None,
+            pruned_at: i64::MIN,
         }
     }
 
@@ -125,6 +132,7 @@ impl Book {
             if r.expires.is_some_and(|e| e <= now) {
                 over.push(r);
             } else {
+                self.note_expiry(r.expires);
                 self.active.insert(r.addr, r);
             }
         }
@@ -213,8 +221,15 @@ impl Book {
                 last_until: expires.unwrap_or(i64::MAX),
             },
         );
+        self.note_expiry(expires);
         self.active.insert(addr, record.clone());
         record
+    }
+
+    fn note_expiry(&mut self, expires: Option<i64>) {
+        if let Some(e) = expires {
+            self.earliest = Some(self.earliest.map_or(e, |x| x.min(e)));
+        }
     }
 
     /// Lifts a ban now (the operator's `remove`): the source's offences are forgiven.
@@ -232,23 +247,33 @@ impl Book {
     /// The bans over at `now`, removed from the book; past offenders remembered longer
     /// than the policy's `max_secs` are forgotten.
     pub fn expire(&mut self, now: i64) -> Vec<Record> {
+        let max = self.policy.max_secs.max(self.policy.duration_secs) as i64;
+        if now.saturating_sub(self.pruned_at) >= 60 {
+            self.pruned_at = now;
+            self.offenders
+                .retain(|_, o| now.saturating_sub(o.last_until) <= max);
+        }
+        if self.earliest.is_none_or(|e| e > now) {
+            return Vec::new();
+        }
         let over: Vec<IpAddr> = self
             .active
             .values()
             .filter(|r| r.expires.is_some_and(|e| e <= now))
             .map(|r| r.addr)
             .collect();
-        let max = self.policy.max_secs.max(self.policy.duration_secs) as i64;
-        self.offenders
-            .retain(|_, o| now.saturating_sub(o.last_until) <= max);
-        over.into_iter()
+        let over: Vec<Record> = over
+            .into_iter()
             .filter_map(|a| self.active.remove(&a))
-            .collect()
+            .collect();
+        self.earliest = self.active.values().filter_map(|r| r.expires).min();
+        over
     }
 
-    /// The earliest time a ban ends, to know when to look again.
+    /// No ban ends before this (it may be earlier than the real next expiry after a
+    /// removal), to know when to look again.
     pub fn next_expiry(&self) -> Option<i64> {
-        self.active.values().filter_map(|r| r.expires).min()
+        self.earliest
     }
 }
 

@@ -230,7 +230,8 @@ impl Enforcer for Nftables {
         let mut sum = DropCounters::default();
         for chain in ["input", "forward"] {
             let what = format!("list chain inet {TABLE} {chain}");
-            let out = self.json(&["list", "chain", "inet", TABLE, chain], &what)?;
+            // Terse: without the sets' elements, which can be a hundred thousand.
+            let out = self.json(&["-t", "list", "chain", "inet", TABLE, chain], &what)?;
             let c = parse_chain_counters(&out).map_err(|detail| EnforceError::Output {
                 program: "nft".into(),
                 what,

@@ -59,8 +59,11 @@ pub struct Blocker {
     book: Book,
     store: Store,
     keep_rules: bool,
-    /// Bans decided (and saved) but not yet in the kernel.
+    /// Bans decided but not yet in the kernel.
     pending: Vec<Record>,
+    /// Bans decided but not yet saved (saved together, in one transaction, just before
+    /// they go to the kernel).
+    unsaved: Vec<Record>,
     /// Addresses whose removal from the kernel failed, to retry.
     lifting: Vec<IpAddr>,
     retry_at: i64,
@@ -123,6 +126,7 @@ impl Blocker {
             store,
             keep_rules: settings.keep_rules,
             pending: Vec::new(),
+            unsaved: Vec::new(),
             lifting: Vec::new(),
             retry_at: now,
             counters_at: now,
@@ -161,9 +165,7 @@ impl Blocker {
         let reason = format!("ports {}", ports.join(","));
         match self.book.scan(src, reason, now, protected) {
             Ok(record) => {
-                if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
-                    eprintln!("synwatch: {e:#}; the ban on {src} holds until the agent stops");
-                }
+                self.unsaved.push(record.clone());
                 self.pending.push(record);
             }
             Err(Refused::AlreadyBanned) => {}
@@ -213,6 +215,7 @@ impl Blocker {
             // The kernel lets them lapse by itself; removing them as well keeps the two
             // in step even when clocks disagree by a second.
             self.pending.retain(|p| !addrs.contains(&p.addr));
+            self.unsaved.retain(|p| !addrs.contains(&p.addr));
             self.lifting.extend(&addrs);
             let policy = self.book.policy();
             let memory = policy.max_secs.max(policy.duration_secs) as i64;
@@ -228,6 +231,15 @@ impl Blocker {
                 .fetch_add(addrs.len() as u64, Ordering::Relaxed);
             happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, "expired")));
             self.retry_at = self.retry_at.min(now);
+        }
+        if !self.unsaved.is_empty() {
+            if let Err(e) = self.store.save(&self.unsaved) {
+                eprintln!(
+                    "synwatch: {e:#}; {} new ban(s) hold only until the agent stops",
+                    self.unsaved.len()
+                );
+            }
+            self.unsaved.clear();
         }
         if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
             happened.extend(self.push_to_kernel(now));
@@ -342,6 +354,7 @@ impl Blocker {
                     );
                 }
                 let record = self.book.manual(*addr, *secs, now);
+                self.unsaved.retain(|p| p.addr != *addr);
                 if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
                     reply.note = Some(format!("{e:#}; the ban holds until the agent stops"));
                 }
@@ -388,6 +401,7 @@ impl Blocker {
             eprintln!("synwatch: {e:#}");
         }
         self.pending.retain(|p| !addrs.contains(&p.addr));
+        self.unsaved.retain(|p| !addrs.contains(&p.addr));
         self.lifting.extend(&addrs);
         self.retry_at = now;
         let mut happened = self.push_to_kernel(now);

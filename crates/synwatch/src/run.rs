@@ -228,6 +228,9 @@ impl RunSettings {
 /// while running counts as local (or stops counting) without a restart.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(10);
 
+/// Longest a decided ban waits for others to join its kernel transaction under load.
+const APPLY_EVERY: Duration = Duration::from_millis(100);
+
 /// How often capture threads read the kernel's drop counters.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -605,12 +608,47 @@ fn report<W: std::io::Write>(
 }
 
 /// Whether `addr` must never be banned, asked at ban time: the host's addresses as they
-/// are now (read again), the configured local and allowlisted ranges, special addresses.
-fn is_protected(addr: IpAddr, detector: &Detector) -> bool {
-    let host = Host::read().unwrap_or_default();
+/// are now, the configured local and allowlisted ranges, special addresses.
+fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> bool {
     block::protected(addr, |a| {
-        host.addresses.contains(&a) || detector.is_allowlisted(a) || detector.is_local(a)
+        host.addresses().contains(&a) || detector.is_allowlisted(a) || detector.is_local(a)
     })
+}
+
+/// The host's addresses for ban-time checks, read again when a second old: fresh enough
+/// that an address added a moment ago counts, without a getifaddrs(3) per ban when
+/// thousands of scanners arrive together.
+#[derive(Debug, Default)]
+struct HostNow {
+    read: std::cell::RefCell<Option<(Instant, std::collections::BTreeSet<IpAddr>)>>,
+}
+
+impl HostNow {
+    fn addresses(&self) -> std::cell::Ref<'_, std::collections::BTreeSet<IpAddr>> {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the binary is the edge that reads clocks"
+        )]
+        let now = Instant::now();
+        let stale = self
+            .read
+            .borrow()
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1));
+        if stale {
+            let fresh = Host::read().unwrap_or_default().addresses;
+            *self.read.borrow_mut() = Some((now, fresh));
+        }
+        std::cell::Ref::map(self.read.borrow(), |r| match r {
+            Some((_, set)) => set,
+            None => unreachable_empty(),
+        })
+    }
+}
+
+fn unreachable_empty() -> &'static std::collections::BTreeSet<IpAddr> {
+    static EMPTY: std::collections::BTreeSet<IpAddr> = std::collections::BTreeSet::new();
+    &EMPTY
 }
 
 pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitStatus> {
@@ -670,9 +708,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Err(e) => return usage(format!("{e:#}")),
         }
     };
+    let host_now = HostNow::default();
     let protected_at_start = {
         let detector = Detector::new(settings.detector.clone());
-        move |a: IpAddr| is_protected(a, &detector)
+        let host_now = &host_now;
+        move |a: IpAddr| is_protected(a, &detector, host_now)
     };
     let (mut blocker, lapsed) = match start_blocking(
         run_settings.block,
@@ -756,6 +796,15 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // The loop runs until the capture threads have ended and their last batches are
     // handled (the control thread's sender never disconnects, so that is checked).
     let mut draining = false;
+    // Bans go to the kernel at most every APPLY_EVERY while packets keep coming, and at
+    // once when the queue is idle: the first scanner is banned at once, and a burst of
+    // them is one kernel transaction.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the binary is the edge that reads clocks"
+    )]
+    let mut applied_at = Instant::now();
+    let mut idle;
     loop {
         let msg = if draining {
             match rx.try_recv() {
@@ -765,6 +814,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         } else {
             rx.recv_timeout(Duration::from_millis(200))
         };
+        idle = draining;
         match msg {
             Ok(Msg::Batch(batch)) => {
                 for obs in &batch {
@@ -794,7 +844,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     if let Some(scan) = &out.scan {
                         output = output.and(events.scan(scan));
                         if let Some(b) = blocker.as_mut() {
-                            let protected = is_protected(scan.src, &detector);
+                            let protected = is_protected(scan.src, &detector, &host_now);
                             b.scan(scan.src, &scan.ports, metrics::unix_now(), protected);
                         }
                     }
@@ -803,16 +853,24 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Ok(Msg::Call(call)) => {
                 if let Some(b) = blocker.as_mut() {
                     let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
-                        is_protected(a, &detector)
+                        is_protected(a, &detector, &host_now)
                     });
                     output = output.and(report(happened, backend_name, &mut events, &mut detector));
                     let _ = call.reply.send(reply);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if let Some(b) = blocker.as_mut() {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the binary is the edge that reads clocks"
+        )]
+        let now = Instant::now();
+        if let Some(b) = blocker.as_mut()
+            && (idle || now.duration_since(applied_at) >= APPLY_EVERY)
+        {
+            applied_at = now;
             let happened = b.apply(metrics::unix_now());
             output = output.and(report(happened, backend_name, &mut events, &mut detector));
         }
@@ -833,8 +891,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             configured_locals = configured;
             if let Some(b) = blocker.as_mut() {
                 b.set_policy(fresh_run.blocking.policy);
-                let happened =
-                    b.release_protected(metrics::unix_now(), |a| is_protected(a, &detector));
+                let happened = b.release_protected(metrics::unix_now(), |a| {
+                    is_protected(a, &detector, &host_now)
+                });
                 output = output.and(report(happened, backend_name, &mut events, &mut detector));
             }
         }
@@ -851,8 +910,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 if cfg.locals != detector.config().locals {
                     detector.reconfigure(cfg);
                     if let Some(b) = blocker.as_mut() {
-                        let happened = b
-                            .release_protected(metrics::unix_now(), |a| is_protected(a, &detector));
+                        let happened = b.release_protected(metrics::unix_now(), |a| {
+                            is_protected(a, &detector, &host_now)
+                        });
                         output =
                             output.and(report(happened, backend_name, &mut events, &mut detector));
                     }
@@ -861,7 +921,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
     }
     stop.store(true, Ordering::Relaxed);
-    if let Some(b) = blocker.take() {
+    if let Some(mut b) = blocker.take() {
+        // Bans decided in the last moments are saved (and reported) before stopping.
+        let happened = b.apply(metrics::unix_now());
+        output = output.and(report(happened, backend_name, &mut events, &mut detector));
+        output = output.and(events.flush());
         b.stop();
         let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
     }
