@@ -228,6 +228,15 @@ impl RunSettings {
 /// while running counts as local (or stops counting) without a restart.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(10);
 
+/// The monotonic clock (the binary is the edge that reads clocks).
+fn monotonic() -> Instant {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the binary is the edge that reads clocks"
+    )]
+    Instant::now()
+}
+
 /// Longest a decided ban waits for others to join its kernel transaction under load.
 const APPLY_EVERY: Duration = Duration::from_millis(100);
 
@@ -289,11 +298,7 @@ fn capture_thread(
     let link = LinkType::from_linktype(cap.linktype());
     let mut batch = Vec::with_capacity(BATCH);
     let mut packets = 0u64;
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    let mut next_stats = Instant::now() + STATS_EVERY;
+    let mut next_stats = monotonic() + STATS_EVERY;
     let record_stats = |cap: &mut LiveCapture| {
         if let Ok(s) = cap.stats() {
             counters.drops.store(s.dropped, Ordering::Relaxed);
@@ -332,11 +337,7 @@ fn capture_thread(
         if !batch.is_empty() && out.send(Msg::Batch(std::mem::take(&mut batch))).is_err() {
             break;
         }
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the binary is the edge that reads clocks"
-        )]
-        let now = Instant::now();
+        let now = monotonic();
         if now >= next_stats {
             next_stats = now + STATS_EVERY;
             record_stats(&mut cap);
@@ -607,6 +608,19 @@ fn report<W: std::io::Write>(
     result
 }
 
+/// Lifts bans on addresses that became protected (after a reload or an address change)
+/// and reports them.
+fn release_protected<W: std::io::Write>(
+    blocker: &mut Blocker,
+    detector: &mut Detector,
+    host: &HostNow,
+    events: &mut EventWriter<W>,
+) -> std::io::Result<()> {
+    let happened =
+        blocker.release_protected(metrics::unix_now(), |a| is_protected(a, detector, host));
+    report(happened, blocker.backend().as_str(), events, detector)
+}
+
 /// Whether `addr` must never be banned, asked at ban time: the host's addresses as they
 /// are now, the configured local and allowlisted ranges, special addresses.
 fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> bool {
@@ -620,35 +634,28 @@ fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> bool {
 /// thousands of scanners arrive together.
 #[derive(Debug, Default)]
 struct HostNow {
-    read: std::cell::RefCell<Option<(Instant, std::collections::BTreeSet<IpAddr>)>>,
+    /// When the addresses were read (`None`: never) and what they were.
+    read: std::cell::RefCell<(Option<Instant>, std::collections::BTreeSet<IpAddr>)>,
 }
 
 impl HostNow {
     fn addresses(&self) -> std::cell::Ref<'_, std::collections::BTreeSet<IpAddr>> {
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the binary is the edge that reads clocks"
-        )]
-        let now = Instant::now();
+        let now = monotonic();
         let stale = self
             .read
             .borrow()
-            .as_ref()
-            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1));
+            .0
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
         if stale {
-            let fresh = Host::read().unwrap_or_default().addresses;
-            *self.read.borrow_mut() = Some((now, fresh));
+            self.set(now, Host::read().unwrap_or_default().addresses);
         }
-        std::cell::Ref::map(self.read.borrow(), |r| match r {
-            Some((_, set)) => set,
-            None => unreachable_empty(),
-        })
+        std::cell::Ref::map(self.read.borrow(), |(_, set)| set)
     }
-}
 
-fn unreachable_empty() -> &'static std::collections::BTreeSet<IpAddr> {
-    static EMPTY: std::collections::BTreeSet<IpAddr> = std::collections::BTreeSet::new();
-    &EMPTY
+    /// Takes addresses read elsewhere at `at`.
+    fn set(&self, at: Instant, addresses: std::collections::BTreeSet<IpAddr>) {
+        *self.read.borrow_mut() = (Some(at), addresses);
+    }
 }
 
 pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitStatus> {
@@ -787,11 +794,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut events = EventWriter::new(std::io::stdout().lock(), format);
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
     let mut output: std::io::Result<()> = report(lapsed, backend_name, &mut events, &mut detector);
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    let mut next_refresh = Instant::now() + ADDRESS_REFRESH;
+    let mut next_refresh = monotonic() + ADDRESS_REFRESH;
     let mut logged = 0u64;
     // The loop runs until the capture threads have ended and their last batches are
     // handled (the control thread's sender never disconnects, so that is checked).
@@ -799,11 +802,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // Bans go to the kernel at most every APPLY_EVERY while packets keep coming, and at
     // once when the queue is idle: the first scanner is banned at once, and a burst of
     // them is one kernel transaction.
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    let mut applied_at = Instant::now();
+    let mut applied_at = monotonic();
     let mut idle;
     loop {
         let msg = if draining {
@@ -862,11 +861,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the binary is the edge that reads clocks"
-        )]
-        let now = Instant::now();
+        let now = monotonic();
         if let Some(b) = blocker.as_mut()
             && (idle || now.duration_since(applied_at) >= APPLY_EVERY)
         {
@@ -891,30 +886,20 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             configured_locals = configured;
             if let Some(b) = blocker.as_mut() {
                 b.set_policy(fresh_run.blocking.policy);
-                let happened = b.release_protected(metrics::unix_now(), |a| {
-                    is_protected(a, &detector, &host_now)
-                });
-                output = output.and(report(happened, backend_name, &mut events, &mut detector));
+                output = output.and(release_protected(b, &mut detector, &host_now, &mut events));
             }
         }
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "the binary is the edge that reads clocks"
-        )]
-        let now = Instant::now();
         if now >= next_refresh {
             next_refresh = now + ADDRESS_REFRESH;
             if let Ok(fresh) = Host::read() {
                 let mut cfg = detector.config().clone();
                 cfg.locals = fresh.locals(&configured_locals);
+                host_now.set(now, fresh.addresses);
                 if cfg.locals != detector.config().locals {
                     detector.reconfigure(cfg);
                     if let Some(b) = blocker.as_mut() {
-                        let happened = b.release_protected(metrics::unix_now(), |a| {
-                            is_protected(a, &detector, &host_now)
-                        });
                         output =
-                            output.and(report(happened, backend_name, &mut events, &mut detector));
+                            output.and(release_protected(b, &mut detector, &host_now, &mut events));
                     }
                 }
             }
