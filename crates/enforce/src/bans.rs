@@ -238,6 +238,16 @@ impl Book {
         self.active.remove(&addr)
     }
 
+    /// Lifts the bans of the addresses `pred` selects (addresses that became protected);
+    /// their offences are forgiven. Returns the addresses.
+    pub fn release(&mut self, pred: impl Fn(IpAddr) -> bool) -> Vec<IpAddr> {
+        let addrs: Vec<IpAddr> = self.active.keys().copied().filter(|a| pred(*a)).collect();
+        for addr in &addrs {
+            self.remove(*addr);
+        }
+        addrs
+    }
+
     /// Lifts every ban.
     pub fn flush(&mut self) -> Vec<Record> {
         self.offenders.clear();

@@ -100,14 +100,7 @@ impl Blocker {
         store.delete(&over_addrs, false)?;
         // The configuration or the host's addresses may have changed while no agent ran:
         // a saved ban on what is now protected is not restored.
-        let released: Vec<IpAddr> = book
-            .active()
-            .map(|r| r.addr)
-            .filter(|a| protected(*a))
-            .collect();
-        for addr in &released {
-            book.remove(*addr);
-        }
+        let released = book.release(protected);
         store.delete(&released, true)?;
         let mut bans: Vec<_> = book.active().map(|r| r.ban(now)).collect();
         bans.sort_by_key(|b| b.addr);
@@ -299,17 +292,9 @@ impl Blocker {
         now: i64,
         protected: impl Fn(IpAddr) -> bool,
     ) -> Vec<Happened> {
-        let addrs: Vec<IpAddr> = self
-            .book
-            .active()
-            .map(|r| r.addr)
-            .filter(|a| protected(*a))
-            .collect();
+        let addrs = self.book.release(protected);
         if addrs.is_empty() {
             return Vec::new();
-        }
-        for addr in &addrs {
-            self.book.remove(*addr);
         }
         self.lift(addrs, "allowlisted", now)
     }
@@ -324,13 +309,7 @@ impl Blocker {
     ) -> (Reply, Vec<Happened>) {
         let backend = self.enforcer.backend().as_str();
         let mut happened = Vec::new();
-        let mut reply = Reply {
-            ok: true,
-            error: None,
-            backend: backend.to_owned(),
-            bans: Vec::new(),
-            note: None,
-        };
+        let mut reply = Reply::ok(backend);
         match request {
             Request::List => {
                 let kernel = self.enforcer.list().ok();

@@ -196,17 +196,10 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
         Request::List | Request::Remove { .. } | Request::Flush
     ) && !exists
     {
-        let mut reply = Reply {
-            ok: true,
-            error: None,
-            backend: "none".into(),
-            bans: Vec::new(),
-            note: None,
-        };
-        if let Request::Remove { addr } = request {
-            reply = Reply::error("none", format!("{addr} is not blocked"));
-        }
-        return Ok(reply);
+        return Ok(match request {
+            Request::Remove { addr } => Reply::error("none", format!("{addr} is not blocked")),
+            _ => Reply::ok("none"),
+        });
     }
     let mut store = Store::open(state_dir)?;
     let mut book = Book::new(Policy::default());
@@ -218,13 +211,7 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
         .map_or("none", |k| k.backend().as_str())
         .to_owned();
     let waiting = "no agent is running and no synwatch rules are in the kernel: the change is saved and takes effect when the agent starts";
-    let mut reply = Reply {
-        ok: true,
-        error: None,
-        backend: backend.clone(),
-        bans: Vec::new(),
-        note: None,
-    };
+    let mut reply = Reply::ok(&backend);
     match request {
         Request::List => {
             let listed = kernel.as_mut().and_then(|k| k.list().ok());

@@ -67,13 +67,22 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Success, with nothing to list yet.
+    pub fn ok(backend: &str) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            backend: backend.to_owned(),
+            bans: Vec::new(),
+            note: None,
+        }
+    }
+
     pub fn error(backend: &str, error: String) -> Self {
         Self {
             ok: false,
             error: Some(error),
-            backend: backend.to_owned(),
-            bans: Vec::new(),
-            note: None,
+            ..Self::ok(backend)
         }
     }
 }
