@@ -337,13 +337,7 @@ impl Enforcer for Iptables {
 mod tests {
     use super::*;
     use crate::RecordingRunner;
-
-    fn ban(addr: &str, t: Option<u64>) -> Ban {
-        Ban {
-            addr: addr.parse().unwrap(),
-            timeout_secs: t,
-        }
-    }
+    use crate::test_ban as ban;
 
     #[test]
     fn sets_are_created_emptied_and_filled_in_one_restore() {

@@ -170,3 +170,13 @@ fn by_family<T: Copy>(items: &[T], addr: impl Fn(&T) -> IpAddr) -> (Vec<T>, Vec<
 fn canonical(addr: IpAddr) -> IpAddr {
     addr.to_canonical()
 }
+
+/// A ban for the backends' tests.
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on a bad address")]
+fn test_ban(addr: &str, timeout_secs: Option<u64>) -> Ban {
+    Ban {
+        addr: addr.parse().unwrap(),
+        timeout_secs,
+    }
+}

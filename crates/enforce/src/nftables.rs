@@ -263,13 +263,7 @@ impl Enforcer for Nftables {
 mod tests {
     use super::*;
     use crate::RecordingRunner;
-
-    fn ban(addr: &str, t: Option<u64>) -> Ban {
-        Ban {
-            addr: addr.parse().unwrap(),
-            timeout_secs: t,
-        }
-    }
+    use crate::test_ban as ban;
 
     #[test]
     fn setup_replaces_the_table_and_restores_bans_in_one_script() {
