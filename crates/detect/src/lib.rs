@@ -7,10 +7,12 @@
 //! exactly the same state machine, and every edge (59 s, 60 s, 60.001 s) is a unit test.
 //!
 //! Layout: [`probe`] classifies TCP flags, [`addrset`] holds local and allowlisted ranges,
-//! [`detector`] is the state machine with its bounded tables.
+//! [`detector`] is the state machine with its bounded tables, [`inventory`] folds TCP and
+//! UDP traffic into flows for `synwatch inventory`.
 
 pub mod addrset;
 pub mod detector;
+pub mod inventory;
 pub mod probe;
 
 pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
