@@ -22,6 +22,10 @@ pub const FILTER: &str = "(tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) \
      or (ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 51 or ip6[6] == 60 \
          or (ip6[6] == 6 and ((ip6[53] & 0x12) == 0x02 or (ip6[53] & 0x16) == 0))))";
 
+/// The filter of `synwatch inventory`: every IP packet (the decoder keeps TCP and UDP,
+/// whatever extension headers come first).
+pub const INVENTORY_FILTER: &str = "ip or ip6";
+
 /// How a live handle is opened.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
@@ -32,6 +36,8 @@ pub struct LiveOptions {
     pub buffer_bytes: i32,
     /// How long a read waits for packets before returning with none, in milliseconds.
     pub timeout_ms: i32,
+    /// The kernel-side filter, in libpcap syntax.
+    pub filter: &'static str,
 }
 
 impl Default for LiveOptions {
@@ -40,6 +46,7 @@ impl Default for LiveOptions {
             snaplen: 256,
             buffer_bytes: 16 << 20,
             timeout_ms: 100,
+            filter: FILTER,
         }
     }
 }
@@ -143,7 +150,7 @@ impl LiveCapture {
             // blocking read (and shutdown) forever.
             .setnonblock()
             .map_err(open_err)?;
-        cap.filter(FILTER, true)
+        cap.filter(opts.filter, true)
             .map_err(|source| LiveError::Filter {
                 iface: iface.to_owned(),
                 source,

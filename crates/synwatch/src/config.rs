@@ -237,14 +237,14 @@ pub fn toml_number(value: &toml::Value) -> String {
 /// What `ADDR/LEN` with host bits set (`10.1.2.5/24`, as `ip addr` prints an interface
 /// address) stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HostBits {
+pub(crate) enum HostBits {
     /// The one address: this host's address on that network (`--local`).
     Host,
     /// The whole network (`--allow`: the wider reading never bans more).
     Network,
 }
 
-fn parse_set(
+pub(crate) fn parse_set(
     option: &str,
     values: &[String],
     host_bits: HostBits,

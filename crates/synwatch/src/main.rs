@@ -19,6 +19,7 @@ mod blocks;
 mod config;
 mod control;
 mod host;
+mod inventory;
 mod limit;
 mod metrics;
 mod output;
@@ -62,6 +63,19 @@ enum Command {
     ///   synwatch replay --local 10.0.0.5 --format json capture.pcapng
     #[command(verbatim_doc_comment)]
     Replay(replay::ReplayArgs),
+
+    /// Summarise the traffic this host has (TCP and UDP flows) for writing firewall policy
+    ///
+    /// Flows are classified in (to a local address), out (from one) or else,
+    /// folded so they read like rules: the client's port becomes PORT and
+    /// globally routed remote addresses become INTERNET. Live (needs CAP_NET_RAW)
+    /// for --duration or until Ctrl-C, or from capture files. Examples:
+    ///
+    ///   sudo synwatch inventory --duration 10m
+    ///   synwatch inventory --pcap day.pcapng --local 192.0.2.1 --format csv
+    ///   synwatch inventory --pcap day.pcapng --local 192.0.2.1 --nft-draft > policy.nft
+    #[command(verbatim_doc_comment)]
+    Inventory(inventory::InventoryArgs),
 
     /// Inspect and change the ban list (through the running agent, or directly)
     ///
@@ -162,6 +176,7 @@ fn main() -> ExitCode {
             exit(run::run(&args, settings))
         }
         Command::Blocks(args) => exit(blocks::run(&args)),
+        Command::Inventory(args) => exit(inventory::run(&args)),
         Command::Replay(mut args) => {
             let settings = match settings(&mut args.detect, matches.subcommand_matches("replay")) {
                 Ok(s) => s,

@@ -223,7 +223,7 @@ enum FileError {
     OutputGone,
 }
 
-fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
+pub(crate) fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
     if path.as_os_str() == "-" {
         CaptureReader::from_reader(Box::new(io::stdin()))
     } else {
@@ -235,7 +235,7 @@ fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
 /// given in any order (`cap-10.pcap cap-2.pcap`, as a shell glob sorts them) replay as
 /// one stream of time. Files whose first packet cannot be read (and stdin, which can be
 /// read only once) keep their place at the front, where their errors are reported.
-fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
+pub(crate) fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
     let first_ts = |path: &PathBuf| -> Option<i64> {
         // Only regular files can be read twice: a pipe, FIFO or /dev/stdin would lose
         // what the peek consumed.
@@ -271,7 +271,7 @@ fn display_name(path: &Path) -> std::path::Display<'_> {
 }
 
 /// The message for a capture error, naming the file unless the error already does.
-fn input_error(path: &Path, e: &CaptureError) -> String {
+pub(crate) fn input_error(path: &Path, e: &CaptureError) -> String {
     let path = display_name(path);
     match e {
         CaptureError::Io { path: Some(_), .. } => e.to_string(),

@@ -258,7 +258,7 @@ fn open_all(ifaces: &[String]) -> Result<Vec<LiveCapture>, LiveError> {
 
 /// The interfaces to watch: the named ones (which must exist), or every one that is up.
 /// The error is a usage error, one line.
-fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, String> {
+pub(crate) fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, String> {
     if named.is_empty() {
         if host.up.is_empty() {
             return Err(
