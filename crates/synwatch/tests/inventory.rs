@@ -1,0 +1,506 @@
+//! `synwatch inventory` over captures the test builds: in/out/else, TCP and UDP, PORT and
+//! INTERNET folding, UDP service ports, every output (JSON, CSV, table, the tree, the
+//! nftables draft, which `nft -c -f` must accept), the key cap and bad input.
+//!
+//! Live, it runs in the network-namespace lab while a client makes requests and nmap
+//! scans.
+//!
+//! The draft check and the lab need root (nft talks to the kernel even in check mode);
+//! `make test` runs as root.
+
+#[expect(dead_code, reason = "this test uses part of the shared lab")]
+mod lab;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use synwatch_testkit::packet::{ACK, FIN, RST, SYN, ethernet, tcp_ip, udp_v4, udp_v6};
+use synwatch_testkit::pcap::PcapWriter;
+
+const SEC: i64 = 1_000_000_000;
+const T0: i64 = 1_700_000_000 * SEC;
+const LOCAL: [&str; 4] = ["--local", "192.0.2.1", "--local", "2001:db8::1"];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+#[derive(Default)]
+struct Capture {
+    frames: Vec<(i64, Vec<u8>)>,
+    at: i64,
+}
+
+impl Capture {
+    fn push(&mut self, ip_packet: Vec<u8>) {
+        self.at += SEC / 100;
+        self.frames.push((T0 + self.at, ethernet(&ip_packet)));
+    }
+
+    fn tcp(&mut self, src: &str, sport: u16, dst: &str, dport: u16, flags: u8, len: usize) {
+        self.push(tcp_ip(ip(src), sport, ip(dst), dport, flags, len));
+    }
+
+    /// A whole connection: handshake, a request and an answer, FIN both ways (7 packets).
+    fn session(&mut self, c: (&str, u16), s: (&str, u16)) {
+        self.tcp(c.0, c.1, s.0, s.1, SYN, 0);
+        self.tcp(s.0, s.1, c.0, c.1, SYN | ACK, 0);
+        self.tcp(c.0, c.1, s.0, s.1, ACK, 0);
+        self.tcp(c.0, c.1, s.0, s.1, ACK, 100);
+        self.tcp(s.0, s.1, c.0, c.1, ACK, 1000);
+        self.tcp(c.0, c.1, s.0, s.1, FIN | ACK, 0);
+        self.tcp(s.0, s.1, c.0, c.1, FIN | ACK, 0);
+    }
+
+    fn udp4(&mut self, src: &str, sport: u16, dst: &str, dport: u16) {
+        let (s, d) = (src.parse().expect("v4"), dst.parse().expect("v4"));
+        self.push(udp_v4(s, sport, d, dport, 40));
+    }
+
+    fn write(&self, path: &Path) {
+        let file = std::fs::File::create(path).expect("create capture");
+        let mut w = PcapWriter::new(file, 1, false).expect("pcap header");
+        for (ts, frame) in &self.frames {
+            w.write_packet(*ts, frame).expect("write packet");
+        }
+        w.finish().expect("flush capture");
+    }
+}
+
+/// The scenario: this host is 192.0.2.1 and 2001:db8::1.
+fn scenario() -> Capture {
+    let mut c = Capture::default();
+    // Two SSH logins from the Internet, one database client on a private address.
+    c.session(("8.8.8.8", 40000), ("192.0.2.1", 22));
+    c.session(("1.1.1.1", 40001), ("192.0.2.1", 22));
+    c.session(("10.1.1.5", 50500), ("192.0.2.1", 5432));
+    // A probe of a closed port: answered only by a RST.
+    c.tcp("203.0.113.9", 61000, "192.0.2.1", 23, SYN, 0);
+    c.tcp("192.0.2.1", 23, "203.0.113.9", 61000, RST | ACK, 0);
+    // This host out: HTTPS to the Internet, DNS to a private resolver.
+    c.session(("192.0.2.1", 50000), ("9.9.9.9", 443));
+    c.udp4("192.0.2.1", 53124, "10.59.184.10", 53);
+    c.udp4("10.59.184.10", 53, "192.0.2.1", 53124);
+    // A UDP service on an unprivileged port.
+    c.udp4("8.8.4.4", 40000, "192.0.2.1", 56456);
+    // Between other hosts.
+    c.udp4("192.168.200.214", 5353, "224.0.0.251", 5353);
+    c.session(("192.168.1.5", 41000), ("192.168.1.9", 80));
+    // IPv6: HTTPS in from the Internet, and NTP out.
+    c.session(("2001:4860::8888", 40002), ("2001:db8::1", 443));
+    c.push(udp_v6(
+        "2001:db8::1".parse().expect("v6"),
+        123,
+        "2606:4700::6810:1".parse().expect("v6"),
+        123,
+        48,
+    ));
+    c
+}
+
+fn synwatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(args)
+        .output()
+        .expect("run synwatch")
+}
+
+fn scenario_file(dir: &Path) -> PathBuf {
+    let path = dir.join("scenario.pcap");
+    scenario().write(&path);
+    path
+}
+
+fn inventory(path: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["inventory", "--pcap", path.to_str().expect("utf-8 path")];
+    args.extend_from_slice(&LOCAL);
+    args.extend_from_slice(extra);
+    synwatch(&args)
+}
+
+/// Each flow as `direction/proto/SRC-SPORT-DST-DPORT connections answered packets`.
+fn flows(out: &Output) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "inventory failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            let sport = match &v["sport"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!(
+                "{}/{}/{}-{}-{}-{} {} {} {}",
+                v["direction"].as_str().expect("direction"),
+                v["proto"].as_str().expect("proto"),
+                v["src"].as_str().expect("src"),
+                sport,
+                v["dst"].as_str().expect("dst"),
+                v["dport"],
+                v["connections"],
+                v["answered"],
+                v["packets"]
+            )
+        })
+        .collect()
+}
+
+const EXPECTED: [&str; 10] = [
+    "in/tcp/INTERNET-PORT-192.0.2.1-22 2 2 14",
+    "in/tcp/10.1.1.5-PORT-192.0.2.1-5432 1 1 7",
+    "in/tcp/INTERNET-PORT-2001:db8::1-443 1 1 7",
+    "out/tcp/192.0.2.1-PORT-INTERNET-443 1 1 7",
+    "else/tcp/192.168.1.5-PORT-192.168.1.9-80 1 1 7",
+    "in/tcp/INTERNET-PORT-192.0.2.1-23 1 0 2",
+    "out/udp/192.0.2.1-PORT-10.59.184.10-53 1 1 2",
+    "in/udp/INTERNET-40000-192.0.2.1-56456 1 0 1",
+    "out/udp/2001:db8::1-PORT-INTERNET-123 1 0 1",
+    "else/udp/192.168.200.214-5353-224.0.0.251-5353 1 0 1",
+];
+
+#[test]
+fn flows_are_classified_and_folded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    let out = inventory(&path, &["--format", "json"]);
+    assert_eq!(flows(&out), EXPECTED);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("49 packets (44 tcp, 5 udp, 0 undecodable) in 10 flows"),
+        "{stderr}"
+    );
+    // First and last seen, bytes at the IP layer.
+    let first: Value = serde_json::from_slice(
+        out.stdout
+            .split(|b| *b == b'\n')
+            .next()
+            .expect("a first line"),
+    )
+    .expect("JSON");
+    assert_eq!(first["first_seen"], "2023-11-14T22:13:20.010000Z");
+    assert_eq!(first["last_seen"], "2023-11-14T22:13:20.140000Z");
+    assert_eq!(first["bytes"], 2 * (5 * 40 + 140 + 1040));
+}
+
+#[test]
+fn udp_service_ports_no_else_internal_and_keep_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    let service = flows(&inventory(
+        &path,
+        &[
+            "--format",
+            "json",
+            "--udp-service-port",
+            "56456",
+            "--no-else",
+        ],
+    ));
+    assert!(
+        service.contains(&"in/udp/INTERNET-PORT-192.0.2.1-56456 1 0 1".to_owned()),
+        "{service:#?}"
+    );
+    assert!(
+        !service.iter().any(|f| f.starts_with("else/")),
+        "{service:#?}"
+    );
+    assert_eq!(service.len(), EXPECTED.len() - 2);
+
+    let internal = flows(&inventory(
+        &path,
+        &["--format", "json", "--internal", "8.8.8.0/24"],
+    ));
+    assert!(
+        internal.contains(&"in/tcp/8.8.8.8-PORT-192.0.2.1-22 1 1 7".to_owned())
+            && internal.contains(&"in/tcp/INTERNET-PORT-192.0.2.1-22 1 1 7".to_owned()),
+        "{internal:#?}"
+    );
+
+    let kept = flows(&inventory(&path, &["--format", "json", "--keep-addresses"]));
+    assert!(!kept.iter().any(|f| f.contains("INTERNET")), "{kept:#?}");
+    assert!(
+        kept.contains(&"out/tcp/192.0.2.1-PORT-9.9.9.9-443 1 1 7".to_owned()),
+        "{kept:#?}"
+    );
+}
+
+#[test]
+fn csv_and_table_hold_the_same_flows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    let csv = inventory(&path, &["--format", "csv"]);
+    assert!(csv.status.success());
+    let text = String::from_utf8_lossy(&csv.stdout);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "direction,proto,src,sport,dst,dport,connections,answered,packets,bytes,first_seen,last_seen"
+        )
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), EXPECTED.len());
+    assert!(rows.iter().all(|r| r.len() == 12), "{rows:?}");
+    assert_eq!(
+        rows[0][..9],
+        [
+            "in",
+            "tcp",
+            "INTERNET",
+            "PORT",
+            "192.0.2.1",
+            "22",
+            "2",
+            "2",
+            "14"
+        ]
+    );
+
+    let table = inventory(&path, &["--format", "table"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    assert_eq!(
+        header[..6],
+        ["DIR", "PROTO", "SRC", "SPORT", "DST", "DPORT"]
+    );
+    let first: Vec<&str> = lines.next().expect("a row").split_whitespace().collect();
+    assert_eq!(
+        first[..9],
+        [
+            "in",
+            "tcp",
+            "INTERNET",
+            "PORT",
+            "192.0.2.1",
+            "22",
+            "2",
+            "2",
+            "14"
+        ]
+    );
+    assert_eq!(text.lines().count(), EXPECTED.len() + 1);
+}
+
+#[test]
+fn the_tree_has_one_file_per_flow_with_its_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    let tree = dir.path().join("tree");
+    let out = inventory(
+        &path,
+        &["--format", "json", "--tree", tree.to_str().expect("utf-8")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files = BTreeSet::new();
+    for class in ["in", "out", "else"] {
+        for proto in ["tcp", "udp"] {
+            let sub = tree.join(class).join(proto);
+            assert!(sub.is_dir(), "{} is missing", sub.display());
+            for entry in std::fs::read_dir(&sub).expect("read the tree") {
+                let name = entry.expect("entry").file_name();
+                files.insert(format!("{class}/{proto}/{}", name.to_string_lossy()));
+            }
+        }
+    }
+    let expected: BTreeSet<String> = EXPECTED
+        .iter()
+        .map(|f| f.split(' ').next().expect("name").to_owned())
+        .collect();
+    assert_eq!(files, expected);
+    let ssh = std::fs::read_to_string(tree.join("in/tcp/INTERNET-PORT-192.0.2.1-22"))
+        .expect("the SSH flow's file");
+    assert!(
+        ssh.starts_with("connections 2\nanswered 2\npackets 14\nbytes 2760\nfirst_seen 2023-11-14T22:13:20.010000Z\n"),
+        "{ssh}"
+    );
+}
+
+#[test]
+#[ignore = "needs root (nft -c talks to the kernel); make test runs it"]
+fn the_nft_draft_accepts_what_was_seen_and_passes_nft_check() {
+    lab::require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    let out = inventory(&path, &["--nft-draft"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let draft = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rules: Vec<String> = draft
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("dport"))
+        .map(|l| l.split(" comment").next().expect("rule").to_owned())
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            // input
+            "tcp dport 22 accept",
+            "tcp dport 443 accept",
+            "ip saddr 10.1.1.5 tcp dport 5432 accept",
+            "udp dport 56456 accept",
+            // output
+            "tcp dport 443 accept",
+            "ip daddr 10.59.184.10 udp dport 53 accept",
+            "udp dport 123 accept",
+        ],
+        "{draft}"
+    );
+    assert!(draft.contains("policy drop"), "{draft}");
+    let file = dir.path().join("draft.nft");
+    std::fs::write(&file, &draft).expect("write the draft");
+    let check = Command::new("nft")
+        .arg("-c")
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .expect("nft is installed by make deps");
+    assert!(
+        check.status.success(),
+        "nft -c -f rejected the draft: {}\n{draft}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // To a file, the flows still go to stdout.
+    let out = inventory(
+        &path,
+        &[
+            "--format",
+            "json",
+            "--nft-draft",
+            file.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(flows(&out), EXPECTED);
+    assert_eq!(std::fs::read_to_string(&file).expect("draft"), draft);
+}
+
+#[test]
+fn the_key_cap_warns_and_counts_what_it_left_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    let out = inventory(&path, &["--format", "json", "--max-keys", "3"]);
+    let listed = flows(&out);
+    assert_eq!(listed.len(), 3);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --max-keys 3 reached at"),
+        "{stderr}"
+    );
+    // 49 packets and 11 connections in all; the first three keys (the two SSH sessions,
+    // the database session and the probe: 23 packets, 4 connections) are kept.
+    assert!(
+        stderr.contains("--max-keys 3 reached: 7 connections, 26 packets"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_input_is_reported_and_what_was_read_still_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = scenario_file(dir.path());
+    // Cut the capture in the middle of its last record.
+    let mut bytes = std::fs::read(&path).expect("read");
+    bytes.truncate(bytes.len() - 10);
+    let cut = dir.path().join("cut.pcap");
+    std::fs::File::create(&cut)
+        .and_then(|mut f| f.write_all(&bytes))
+        .expect("write");
+    let out = inventory(&cut, &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cut.pcap"), "{stderr}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), EXPECTED.len() - 1, "{text}");
+
+    let missing = synwatch(&[
+        "inventory",
+        "--pcap",
+        "/nonexistent.pcap",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.pcap"));
+
+    for bad in [
+        vec!["--local", "not-an-address"],
+        vec!["--internal", "10.0.0.0/99"],
+        vec!["--max-keys", "0"],
+    ] {
+        let out = inventory(&path, &bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{bad:?}: {stderr}");
+    }
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn live_inventory_sees_the_lab_traffic() {
+    let lab = lab::Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("flows.jsonl"), dir.path().join("log"));
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.victim, env!("CARGO_BIN_EXE_synwatch")])
+        .args([
+            "inventory",
+            "--iface",
+            &lab.vif,
+            "--duration",
+            "4s",
+            "--format",
+            "json",
+        ])
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .spawn()
+        .expect("start synwatch inventory");
+    let deadline = lab::Deadline::after(10);
+    while !std::fs::read_to_string(&err)
+        .unwrap_or_default()
+        .contains("inventory of")
+    {
+        assert!(!deadline.passed(), "inventory did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for _ in 0..3 {
+        assert!(lab.connects(lab::CLIENT, lab::VICTIM));
+    }
+    lab.scan(lab::SCANNER, lab::VICTIM, "20-25");
+    let status = child.wait().expect("wait for the inventory");
+    let log = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(status.success(), "{log}");
+    let listed = flows(&Output {
+        status,
+        stdout: std::fs::read(&out).expect("flows"),
+        stderr: Vec::new(),
+    });
+    let http: Vec<&String> = listed
+        .iter()
+        .filter(|f| f.starts_with("in/tcp/10.77.0.3-PORT-10.77.0.1-8080 3 3 "))
+        .collect();
+    assert_eq!(http.len(), 1, "{listed:#?}\n{log}");
+    for port in 20..=25 {
+        let probe = format!("in/tcp/10.77.0.2-PORT-10.77.0.1-{port} 1 0 ");
+        assert!(
+            listed.iter().any(|f| f.starts_with(&probe)),
+            "{probe} missing: {listed:#?}"
+        );
+    }
+}
