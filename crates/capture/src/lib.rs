@@ -25,12 +25,16 @@
 //!   "modified" Kuznetzov variant with 24-byte record headers).
 //! - `pcapng.rs`: pcapng sections, interface descriptions (`if_tsresol`, `if_tsoffset`,
 //!   `if_name`), enhanced, simple and obsolete packet blocks; other blocks are skipped.
+//! - `sockets.rs`: not a packet source but its stand-in where capture is not allowed: the
+//!   kernel's TCP socket table (netlink sock_diag, or `/proc/net/tcp{,6}`), polled, and the
+//!   connections that appear in it.
 //! - this file: the public types and the dispatch between the two formats.
 
 mod input;
 pub mod live;
 mod pcap;
 mod pcapng;
+pub mod sockets;
 
 use std::fmt;
 use std::io;
