@@ -19,7 +19,12 @@
 //!
 //! A poll-based view only sees what exists at the instant of each dump: a connection that
 //! opens and is fully gone (including `TIME_WAIT`, which the side closing first keeps for
-//! about a minute) between two dumps is never seen.
+//! about a minute) between two dumps is never seen. [`DestroyEvents`] closes most of that
+//! gap: the kernel announces every full TCP socket it destroys to sock_diag's multicast
+//! groups (no privileges needed), so a connection that was accepted and closed between two
+//! dumps (nmap's connect scan, which resets each connection at once) is still seen when
+//! its socket goes. Request sockets of half-open handshakes are not full sockets and are
+//! not announced.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -30,8 +35,8 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recvmsg, sendto,
-    setsockopt, socket, sockopt,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, recvmsg,
+    sendto, setsockopt, socket, sockopt,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 
@@ -306,6 +311,8 @@ pub struct Connection {
 #[derive(Debug, Default)]
 pub struct NewConnections {
     previous: HashSet<(SocketAddr, SocketAddr)>,
+    /// The listeners of the latest dump, for telling destroyed sockets' direction.
+    listeners: HashSet<(IpAddr, u16)>,
 }
 
 impl NewConnections {
@@ -351,7 +358,31 @@ impl NewConnections {
             });
         }
         self.previous = current;
+        self.listeners = listeners;
         new
+    }
+
+    /// A socket the kernel destroyed ([`DestroyEvents`]): the connection, if it was never
+    /// in a dump (opened and closed since the last one); `None` if it was reported
+    /// already, or is no connection. Either way it is forgotten, so the same four-tuple
+    /// used again later is a new connection. Its direction comes from the latest dump's
+    /// listeners.
+    pub fn destroyed(&mut self, socket: &TcpSocket) -> Option<Connection> {
+        let local = canonical(socket.local);
+        let remote = canonical(socket.remote);
+        if socket.state == TcpState::Listen
+            || remote.ip().is_unspecified()
+            || remote.port() == 0
+            || self.previous.remove(&(local, remote))
+        {
+            return None;
+        }
+        Some(Connection {
+            local,
+            remote,
+            state: socket.state,
+            incoming: has_listener(&self.listeners, local),
+        })
     }
 }
 
@@ -722,6 +753,117 @@ impl SockDiag {
             family,
             what: format!("the dump did not end after {MAX_READS} reads"),
         })
+    }
+}
+
+/// sock_diag's multicast groups announcing destroyed TCP sockets
+/// (`SKNLGRP_INET_TCP_DESTROY` = 1, `SKNLGRP_INET6_TCP_DESTROY` = 3, as a bit mask).
+const TCP_DESTROY_GROUPS: u32 = (1 << 0) | (1 << 2);
+
+/// The kernel's announcements of destroyed TCP sockets, read without blocking.
+pub struct DestroyEvents {
+    fd: OwnedFd,
+    buf: Vec<u8>,
+    lost: u64,
+}
+
+impl fmt::Debug for DestroyEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DestroyEvents")
+            .field("fd", &self.fd)
+            .field("lost", &self.lost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DestroyEvents {
+    /// Subscribes to the IPv4 and IPv6 TCP destroy groups (no privileges needed; kernels
+    /// before 4.5 refuse, and the caller does without).
+    pub fn open() -> Result<Self, SocketError> {
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            SockProtocol::NetlinkSockDiag,
+        )
+        .map_err(|source| SocketError::Netlink {
+            what: "open a NETLINK_SOCK_DIAG socket",
+            source,
+        })?;
+        // A burst of closes must not overflow the queue between two reads.
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, TCP_DESTROY_GROUPS)).map_err(|source| {
+            SocketError::Netlink {
+                what: "subscribe to sock_diag's TCP destroy events",
+                source,
+            }
+        })?;
+        Ok(Self {
+            fd,
+            buf: vec![0; RECV_BUF_LEN],
+            lost: 0,
+        })
+    }
+
+    /// The descriptor, to wait on with poll(2).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Times the kernel reported dropped announcements (the queue was full).
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// Appends every announcement queued now to `out`; returns how many were added.
+    /// Malformed messages are skipped (they are counted nowhere: the kernel does not send
+    /// them).
+    pub fn read(&mut self, out: &mut Vec<TcpSocket>) -> Result<usize, SocketError> {
+        let before = out.len();
+        loop {
+            match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(len) => {
+                    parse_broadcast(self.buf.get(..len).unwrap_or_default(), out);
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => return Ok(out.len() - before),
+                Err(Errno::ENOBUFS) => self.lost += 1,
+                Err(source) => {
+                    return Err(SocketError::Netlink {
+                        what: "read sock_diag's destroy events",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The sockets of one multicast datagram: each `SOCK_DIAG_BY_FAMILY` message in it.
+fn parse_broadcast(buf: &[u8], out: &mut Vec<TcpSocket>) {
+    let mut offset = 0usize;
+    while let Some(rest) = buf.get(offset..).filter(|r| r.len() >= NLMSG_HDRLEN) {
+        let (Some(len), Some(kind)) = (bytes_at::<4>(rest, 0), bytes_at::<2>(rest, 4)) else {
+            return;
+        };
+        let len = usize::try_from(u32::from_ne_bytes(len)).unwrap_or(usize::MAX);
+        let Some(payload) = rest.get(NLMSG_HDRLEN..len.max(NLMSG_HDRLEN)) else {
+            return;
+        };
+        if u16::from_ne_bytes(kind) == SOCK_DIAG_BY_FAMILY
+            && let Ok(socket) = parse_diag_msg(payload)
+        {
+            out.push(socket);
+        }
+        // Messages are aligned to 4 bytes.
+        let Some(next) = len.checked_add(3).map(|l| l & !3) else {
+            return;
+        };
+        if next < NLMSG_HDRLEN {
+            return;
+        }
+        offset = offset.saturating_add(next);
     }
 }
 
@@ -1671,5 +1813,100 @@ mod tests {
             let end = if buf.is_empty() { 0 } else { cut.index(buf.len() + 1) };
             let _ = parse(buf.get(..end).unwrap_or_default(), 1);
         }
+    }
+
+    // ---- destroy events ------------------------------------------------------------
+
+    #[test]
+    fn broadcasts_hold_destroyed_sockets_and_garbage_is_skipped() {
+        let v4 = diag(AF_INET, 7, &[10, 0, 0, 1], 22, &[10, 0, 0, 2], 40000);
+        let mut mapped = vec![0u8; 10];
+        mapped.extend_from_slice(&[0xff, 0xff, 10, 0, 0, 1]);
+        let v6 = diag(
+            AF_INET6,
+            7,
+            &mapped,
+            80,
+            &Ipv6Addr::LOCALHOST.octets(),
+            40001,
+        );
+        let mut buf = nlmsg(SOCK_DIAG_BY_FAMILY, 0, 0, &v4);
+        buf.extend(nlmsg(NLMSG_NOOP, 0, 0, &[]));
+        buf.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 0, 0, &v6));
+        buf.extend(nlmsg(SOCK_DIAG_BY_FAMILY, 0, 0, &v6[..20]));
+        let mut out = Vec::new();
+        parse_broadcast(&buf, &mut out);
+        assert_eq!(
+            out,
+            [
+                TcpSocket {
+                    local: sa("10.0.0.1:22"),
+                    remote: sa("10.0.0.2:40000"),
+                    state: TcpState::Close
+                },
+                TcpSocket {
+                    local: sa("[::ffff:10.0.0.1]:80"),
+                    remote: sa("[::1]:40001"),
+                    state: TcpState::Close
+                },
+            ]
+        );
+        // Every cut point of the datagram parses what is whole and stops.
+        for cut in 0..buf.len() {
+            let mut out = Vec::new();
+            parse_broadcast(&buf[..cut], &mut out);
+            assert!(out.len() <= 2);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn broadcast_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut out = Vec::new();
+            parse_broadcast(&bytes, &mut out);
+        }
+    }
+
+    #[test]
+    fn destroyed_sockets_are_connections_only_when_no_dump_reported_them() {
+        let listener = TcpSocket {
+            local: sa("0.0.0.0:22"),
+            remote: sa("0.0.0.0:0"),
+            state: TcpState::Listen,
+        };
+        let held = TcpSocket {
+            local: sa("10.0.0.1:22"),
+            remote: sa("10.0.0.2:40000"),
+            state: TcpState::Established,
+        };
+        let mut nc = NewConnections::new();
+        assert_eq!(nc.update(&[listener, held]).len(), 1);
+        // Reported by the dump: its end is not a new connection.
+        let closed = |s: &TcpSocket| TcpSocket {
+            state: TcpState::Close,
+            ..*s
+        };
+        assert_eq!(nc.destroyed(&closed(&held)), None);
+        // Opened and closed between two dumps: new, incoming by the listener.
+        let brief = TcpSocket {
+            remote: sa("10.0.0.2:40001"),
+            ..closed(&held)
+        };
+        let got = nc.destroyed(&brief).unwrap();
+        assert!(got.incoming);
+        assert_eq!(got.remote, sa("10.0.0.2:40001"));
+        // An outgoing one, mapped addresses made plain.
+        let out = TcpSocket {
+            local: sa("[::ffff:10.0.0.1]:50000"),
+            remote: sa("[::ffff:9.9.9.9]:443"),
+            state: TcpState::Close,
+        };
+        let got = nc.destroyed(&out).unwrap();
+        assert!(!got.incoming);
+        assert_eq!(got.remote, sa("9.9.9.9:443"));
+        // Listeners and unconnected sockets are no connections.
+        assert_eq!(nc.destroyed(&listener), None);
+        // The held one, gone, is new again when it reappears.
+        assert_eq!(nc.update(&[listener, held]).len(), 1);
     }
 }

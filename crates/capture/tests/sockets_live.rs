@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 
 use synwatch_capture::sockets::{
-    Connection, Method, NewConnections, ProcSource, SocketTable, TcpSocket, TcpState,
+    Connection, DestroyEvents, Method, NewConnections, ProcSource, SocketTable, TcpSocket, TcpState,
 };
 
 /// A listener and an accepted connection to it, held open while the tables are read.
@@ -176,4 +176,54 @@ fn ipv4_connection_to_a_dual_stack_listener() {
         );
         check_one_incoming_one_outgoing(dump, &pair, Ipv4Addr::LOCALHOST.into());
     }
+}
+
+/// A connection opened and closed between two dumps is announced when its sockets go:
+/// the server's end as incoming (by the listener of the dump before). (The client's end,
+/// closed with a reset, loses its addresses in the kernel before it is announced.)
+#[test]
+fn a_connection_closed_between_dumps_is_seen_through_destroy_events() {
+    let mut events = DestroyEvents::open().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let mut table = table();
+    let mut nc = NewConnections::new();
+    nc.update(&table.dump().unwrap());
+    let client = TcpStream::connect(server).unwrap();
+    let client_addr = client.local_addr().unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    // Reset rather than FIN, as nmap's connect scan does: no TIME_WAIT is left.
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&client, nix::sys::socket::sockopt::Linger, &linger).unwrap();
+    drop(client);
+    drop(accepted);
+    let mut destroyed = Vec::new();
+    for _ in 0..100 {
+        events.read(&mut destroyed).unwrap();
+        if destroyed
+            .iter()
+            .any(|s| s.local == server && s.remote == client_addr)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ours: Vec<Connection> = destroyed
+        .iter()
+        .filter_map(|s| nc.destroyed(s))
+        .filter(|c| c.local == server && c.remote == client_addr)
+        .collect();
+    assert_eq!(ours.len(), 1, "destroyed: {destroyed:?}");
+    assert!(ours[0].incoming, "{ours:?}");
+    assert!(
+        !table
+            .dump()
+            .unwrap()
+            .iter()
+            .any(|s| s.remote == client_addr),
+        "the reset connection should be gone from the table"
+    );
 }
