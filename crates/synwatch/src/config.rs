@@ -115,6 +115,8 @@ pub struct FileConfig {
     pub max_sources: Option<toml::Value>,
     // Keys of `synwatch run` only (replay ignores them, so one file serves both).
     pub iface: Option<Vec<String>>,
+    pub source: Option<String>,
+    pub poll: Option<toml::Value>,
     pub block: Option<String>,
     pub block_scope: Option<String>,
     pub ban: Option<toml::Value>,

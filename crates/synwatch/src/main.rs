@@ -25,6 +25,7 @@ mod metrics;
 mod output;
 mod replay;
 mod run;
+mod sockets;
 mod state;
 
 /// See every new TCP connection attempt, recognise port scans.

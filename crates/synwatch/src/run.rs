@@ -29,6 +29,7 @@ use crate::host::Host;
 use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
+use crate::sockets::{SocketCounters, SocketSource};
 
 /// `--block`: what is done to scanners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +64,28 @@ pub enum ScopeArg {
     New,
 }
 
+/// Where the agent learns of connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceArg {
+    /// Packet capture (the XDP source is not built yet, so auto is pcap)
+    Auto,
+    /// Packet capture through libpcap (needs CAP_NET_RAW)
+    Pcap,
+    /// The kernel's socket table, polled (no capture privilege; sees only accepted
+    /// connections)
+    Sockets,
+}
+
+impl SourceArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Pcap => "pcap",
+            Self::Sockets => "sockets",
+        }
+    }
+}
+
 /// `synwatch run` options beyond the shared detection ones.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -78,6 +101,15 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub iface: Vec<String>,
+
+    /// Where connections are seen: packet capture, or the kernel's socket table where
+    /// capture is not allowed [default: auto]
+    #[arg(long, env = "SYNWATCH_SOURCE", value_enum)]
+    pub source: Option<SourceArg>,
+
+    /// How often --source sockets reads the socket table [default: 1s]
+    #[arg(long, env = "SYNWATCH_POLL", value_name = "DUR")]
+    pub poll: Option<String>,
 
     /// How to block scanners [default: auto]
     #[arg(long, env = "SYNWATCH_BLOCK", value_enum)]
@@ -135,6 +167,8 @@ pub struct RunArgs {
 #[derive(Debug, Clone)]
 struct RunSettings {
     ifaces: Vec<String>,
+    source: SourceArg,
+    poll: Duration,
     block: BlockArg,
     blocking: BlockSettings,
     metrics_addr: SocketAddr,
@@ -188,6 +222,30 @@ impl RunSettings {
                 .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
             Ok::<u64, String>(u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
         };
+        let source = match (args.source, &file.source) {
+            (Some(s), _) => s,
+            (None, Some(text)) => {
+                <SourceArg as clap::ValueEnum>::from_str(text, false).map_err(|_| {
+                    format!(
+                        "invalid source '{text}' in the config file: expected auto, pcap or sockets"
+                    )
+                })?
+            }
+            (None, None) => SourceArg::Auto,
+        };
+        let poll = {
+            let (text, option) = match (&args.poll, &file.poll) {
+                (Some(t), _) => (t.clone(), "--poll"),
+                (None, Some(v)) => (crate::config::toml_number(v), "poll"),
+                (None, None) => ("1s".to_owned(), "--poll"),
+            };
+            let nanos = crate::config::parse_duration(&text)
+                .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
+            if nanos < 10_000_000 {
+                return Err(format!("invalid {option} '{text}': must be at least 10ms"));
+            }
+            Duration::from_nanos(nanos.unsigned_abs())
+        };
         let duration_secs = secs(&args.ban, &file.ban, "ban", 3600)?;
         let max_secs = secs(&args.ban_max, &file.ban_max, "ban_max", 86_400)?;
         let blocking = BlockSettings {
@@ -209,6 +267,8 @@ impl RunSettings {
         };
         Ok(Self {
             ifaces,
+            source,
+            poll,
             block,
             blocking,
             metrics_addr,
@@ -351,7 +411,7 @@ fn capture_thread(
 }
 
 fn banner(
-    ifaces: &[String],
+    watching: &str,
     settings: &DetectSettings,
     run: &RunSettings,
     blocking: &str,
@@ -363,12 +423,11 @@ fn banner(
     let shown: Vec<String> = locals.iter().take(8).map(IpAddr::to_string).collect();
     let more = locals.len().saturating_sub(shown.len());
     eprintln!(
-        "synwatch: watching {} for new TCP connection attempts (IPv4 and IPv6).\n\
+        "synwatch: watching {watching} for new TCP connection attempts (IPv4 and IPv6).\n\
          \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan.\n\
          \x20 Blocking: {blocking}\n\
          \x20 This host's addresses (outgoing; never blocked): {}{}\n\
          \x20 Events: {} on stdout. Metrics: http://{}/metrics (health: /healthz). Stop with Ctrl-C.",
-        ifaces.join(", "),
         d.max_ports,
         shown.join(", "),
         if more > 0 {
@@ -445,7 +504,8 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
     let b = &run.blocking;
     format!(
         "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
-         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\niface = {}\nblock = \"{}\"\n\
+         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\niface = {}\nsource = \"{}\"\n\
+         poll = \"{}ms\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
          keep_rules_on_exit = {}\n\
          metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
@@ -464,6 +524,8 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
         },
         d.max_sources,
         list(run.ifaces.clone()),
+        run.source.as_str(),
+        run.poll.as_millis(),
         run.block.as_str(),
         match b.scope {
             Scope::All => "all",
@@ -568,7 +630,7 @@ fn drop_capabilities(blocking: bool) {
 }
 
 /// Unix time now in nanoseconds, for events the agent itself causes (bans).
-fn wall_nanos() -> i64 {
+pub(crate) fn wall_nanos() -> i64 {
     #[expect(
         clippy::disallowed_methods,
         reason = "the binary is the edge that reads clocks"
@@ -669,9 +731,19 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     };
     let format = settings.format.unwrap_or_else(crate::default_format);
     let host = Host::read()?;
-    let ifaces = match choose_interfaces(&run_settings.ifaces, &host) {
-        Ok(i) => i,
-        Err(why) => return usage(why),
+    let from_sockets = run_settings.source == SourceArg::Sockets;
+    let ifaces = if from_sockets {
+        if !run_settings.ifaces.is_empty() {
+            eprintln!(
+                "synwatch: warning: --iface is ignored with --source sockets (the socket table is the whole host's)"
+            );
+        }
+        Vec::new()
+    } else {
+        match choose_interfaces(&run_settings.ifaces, &host) {
+            Ok(i) => i,
+            Err(why) => return usage(why),
+        }
     };
     if args.print_config {
         let mut shown = run_settings.clone();
@@ -687,8 +759,25 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
 
     let captures = match open_all(&ifaces) {
         Ok(c) => c,
-        Err(e @ LiveError::Permission { .. }) => return usage(e.to_string()),
+        Err(e @ LiveError::Permission { .. }) => {
+            return usage(format!(
+                "{e}; or, without capture, read the socket table with --source sockets"
+            ));
+        }
         Err(e) => return Err(e.into()),
+    };
+    let socket_source = if from_sockets {
+        let (source, warnings) = SocketSource::open(run_settings.poll)?;
+        for w in warnings {
+            eprintln!("synwatch: warning: {w}");
+        }
+        Some(source)
+    } else {
+        None
+    };
+    let watching = match &socket_source {
+        Some(s) => s.describe(),
+        None => ifaces.join(", "),
     };
     let listener = match metrics::bind(run_settings.metrics_addr) {
         Ok(l) => l,
@@ -757,7 +846,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
         None => "none (see the warning above): detecting and reporting only.".to_owned(),
     };
-    banner(&ifaces, &settings, &shown, &blocking, &locals, format);
+    banner(&watching, &settings, &shown, &blocking, &locals, format);
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -786,6 +875,19 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .spawn(move || capture_thread(cap, &stop, &tx, &metrics, slot))
             .context("cannot start a capture thread")?;
         workers.push((name, handle));
+    }
+    let socket_counters = Arc::new(SocketCounters::default());
+    if let Some(source) = socket_source {
+        let (stop, tx, counters) = (Arc::clone(&stop), tx.clone(), Arc::clone(&socket_counters));
+        let handle = thread::Builder::new()
+            .name("sockets".into())
+            .spawn(move || {
+                crate::sockets::run(source, &stop, &counters, wall_nanos, monotonic, |batch| {
+                    tx.send(Msg::Batch(batch)).is_ok()
+                });
+            })
+            .context("cannot start the socket table thread")?;
+        workers.push(("the socket table".to_owned(), handle));
     }
     drop(tx);
 
@@ -932,6 +1034,16 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             iface.packets.load(Ordering::Relaxed),
             iface.drops.load(Ordering::Relaxed),
             decode_errors,
+        ));
+    }
+    if from_sockets {
+        let c = &socket_counters;
+        lines.push(format!(
+            "  socket table: {} reads ({} failed), {} connections ({} seen only as they closed)",
+            c.dumps.load(Ordering::Relaxed),
+            c.dump_failures.load(Ordering::Relaxed),
+            c.connections.load(Ordering::Relaxed),
+            c.brief.load(Ordering::Relaxed),
         ));
     }
     let s = detector.stats();

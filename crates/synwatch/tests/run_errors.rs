@@ -52,8 +52,51 @@ fn without_cap_net_raw_it_says_how_to_grant_it() {
             "CAP_NET_RAW",
             "setcap",
             "--cap-add NET_RAW",
+            "--source sockets",
         ],
     );
+}
+
+#[test]
+#[ignore = "needs root to drop a capability; make test runs it"]
+fn the_socket_table_source_runs_without_cap_net_raw() {
+    require_root();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new("setpriv")
+        .args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw"])
+        .arg(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--source", "sockets", "--block", "none"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--state-dir"])
+        .arg(state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synwatch under setpriv");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    for line in lines.by_ref() {
+        let line = line.expect("read stderr");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Stop with Ctrl-C") {
+            break;
+        }
+    }
+    assert!(
+        seen.contains("synwatch: watching the TCP socket table (netlink sock_diag every 1000 ms"),
+        "{seen}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for line in lines {
+        seen.push_str(&line.expect("read stderr"));
+        seen.push('\n');
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert!(seen.contains("socket table: "), "{seen}");
 }
 
 #[test]
