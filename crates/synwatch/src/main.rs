@@ -44,7 +44,8 @@ struct Cli {
 enum Command {
     /// Watch interfaces live: log new connection attempts, report port scans
     ///
-    /// Captures through libpcap with a kernel-side filter (needs CAP_NET_RAW),
+    /// Captures through libpcap with a kernel-side filter (needs CAP_NET_RAW; or
+    /// reads the kernel's socket table with --source sockets, which needs none),
     /// blocks scanners with nftables or iptables (needs CAP_NET_ADMIN; see
     /// --block), serves Prometheus metrics on --metrics-addr. SIGHUP reloads
     /// --config; Ctrl-C or SIGTERM stops it. Examples:
