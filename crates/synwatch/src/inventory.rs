@@ -17,8 +17,7 @@ use synwatch_capture::live::{INVENTORY_FILTER, LiveCapture, LiveError, LiveOptio
 use synwatch_decode::{Decoded, LinkType, Segment, decode};
 use synwatch_detect::Nanos;
 use synwatch_detect::inventory::{
-    Class, ClientPort, DEFAULT_MAX_KEYS, Endpoint, FlowKey, FlowStats, Inventory, InventoryConfig,
-    Proto,
+    Class, DEFAULT_MAX_KEYS, Endpoint, FlowKey, FlowStats, Inventory, InventoryConfig, Proto,
 };
 
 use crate::config::{HostBits, parse_set};
@@ -397,8 +396,38 @@ fn summary(inventory: &Inventory, read: &Read, flows: usize) {
     eprintln!("{text}");
 }
 
-fn port_text(p: ClientPort) -> String {
-    p.to_string()
+/// The columns of a flow, as JSON keys and the CSV header name them.
+const COLUMNS: [&str; 12] = [
+    "direction",
+    "proto",
+    "src",
+    "sport",
+    "dst",
+    "dport",
+    "connections",
+    "answered",
+    "packets",
+    "bytes",
+    "first_seen",
+    "last_seen",
+];
+
+/// A flow's cells in [`COLUMNS`] order.
+fn cells(k: &FlowKey, s: &FlowStats) -> [String; 12] {
+    [
+        k.class.as_str().to_owned(),
+        k.proto.as_str().to_owned(),
+        k.client.to_string(),
+        k.client_port.to_string(),
+        k.server.to_string(),
+        k.server_port.to_string(),
+        s.connections.to_string(),
+        s.answered.to_string(),
+        s.packets.to_string(),
+        s.bytes.to_string(),
+        rfc3339(s.first),
+        rfc3339(s.last),
+    ]
 }
 
 fn print_flows<W: Write>(
@@ -406,53 +435,30 @@ fn print_flows<W: Write>(
     flows: &[(FlowKey, FlowStats)],
     format: InventoryFormat,
 ) -> io::Result<()> {
+    let rows = flows.iter().map(|(k, s)| cells(k, s));
     match format {
         InventoryFormat::Json => {
-            // Addresses, INTERNET and PORT need no escaping; the order is the tree's.
-            for (k, s) in flows {
-                let sport = match k.client_port {
-                    ClientPort::Any => "\"PORT\"".to_owned(),
-                    ClientPort::Port(p) => p.to_string(),
-                };
-                writeln!(
-                    out,
-                    "{{\"direction\":\"{}\",\"proto\":\"{}\",\"src\":\"{}\",\"sport\":{sport},\"dst\":\"{}\",\"dport\":{},\"connections\":{},\"answered\":{},\"packets\":{},\"bytes\":{},\"first_seen\":\"{}\",\"last_seen\":\"{}\"}}",
-                    k.class.as_str(),
-                    k.proto.as_str(),
-                    k.client,
-                    k.server,
-                    k.server_port,
-                    s.connections,
-                    s.answered,
-                    s.packets,
-                    s.bytes,
-                    rfc3339(s.first),
-                    rfc3339(s.last)
-                )?;
+            // Numbers bare, everything else quoted; no cell holds a character that needs
+            // escaping (addresses, INTERNET, PORT, names, timestamps).
+            for row in rows {
+                let fields: Vec<String> = COLUMNS
+                    .iter()
+                    .zip(&row)
+                    .map(|(key, cell)| {
+                        if cell.parse::<u64>().is_ok() {
+                            format!("\"{key}\":{cell}")
+                        } else {
+                            format!("\"{key}\":\"{cell}\"")
+                        }
+                    })
+                    .collect();
+                writeln!(out, "{{{}}}", fields.join(","))?;
             }
         }
         InventoryFormat::Csv => {
-            writeln!(
-                out,
-                "direction,proto,src,sport,dst,dport,connections,answered,packets,bytes,first_seen,last_seen"
-            )?;
-            for (k, s) in flows {
-                writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{},{},{},{},{}",
-                    k.class.as_str(),
-                    k.proto.as_str(),
-                    k.client,
-                    port_text(k.client_port),
-                    k.server,
-                    k.server_port,
-                    s.connections,
-                    s.answered,
-                    s.packets,
-                    s.bytes,
-                    rfc3339(s.first),
-                    rfc3339(s.last)
-                )?;
+            writeln!(out, "{}", COLUMNS.join(","))?;
+            for row in rows {
+                writeln!(out, "{}", row.join(","))?;
             }
         }
         InventoryFormat::Table => {
@@ -470,25 +476,7 @@ fn print_flows<W: Write>(
                 "FIRST SEEN",
                 "LAST SEEN",
             ];
-            let rows: Vec<[String; 12]> = flows
-                .iter()
-                .map(|(k, s)| {
-                    [
-                        k.class.as_str().to_owned(),
-                        k.proto.as_str().to_owned(),
-                        k.client.to_string(),
-                        port_text(k.client_port),
-                        k.server.to_string(),
-                        k.server_port.to_string(),
-                        s.connections.to_string(),
-                        s.answered.to_string(),
-                        s.packets.to_string(),
-                        s.bytes.to_string(),
-                        rfc3339(s.first),
-                        rfc3339(s.last),
-                    ]
-                })
-                .collect();
+            let rows: Vec<[String; 12]> = rows.collect();
             let mut widths = header.map(str::len);
             for row in &rows {
                 for (w, cell) in widths.iter_mut().zip(row) {

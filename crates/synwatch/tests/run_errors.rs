@@ -62,27 +62,15 @@ fn without_cap_net_raw_it_says_how_to_grant_it() {
 fn the_socket_table_source_runs_without_cap_net_raw() {
     require_root();
     let state = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new("setpriv")
-        .args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw"])
-        .arg(env!("CARGO_BIN_EXE_synwatch"))
-        .args(["run", "--source", "sockets", "--block", "none"])
-        .args(["--metrics-addr", "127.0.0.1:0", "--state-dir"])
-        .arg(state.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run synwatch under setpriv");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut seen = String::new();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    for line in lines.by_ref() {
-        let line = line.expect("read stderr");
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Stop with Ctrl-C") {
-            break;
-        }
-    }
+    let (mut child, mut lines) = spawn_reading_stderr(
+        Command::new("setpriv")
+            .args(["--bounding-set", "-net_raw", "--inh-caps", "-net_raw"])
+            .arg(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--source", "sockets", "--block", "none"])
+            .args(["--metrics-addr", "127.0.0.1:0", "--state-dir"])
+            .arg(state.path()),
+    );
+    let mut seen = read_until(&mut lines, "Stop with Ctrl-C");
     assert!(
         seen.contains("synwatch: watching the TCP socket table (netlink sock_diag every 1000 ms"),
         "{seen}"
@@ -163,6 +151,36 @@ fn assert_usage_error(out: &std::process::Output, wants: &[&str]) {
     }
 }
 
+type StderrLines = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
+/// Starts `cmd` with stderr piped, to be read line by line.
+fn spawn_reading_stderr(cmd: &mut Command) -> (std::process::Child, StderrLines) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synwatch under setpriv");
+    let stderr = child.stderr.take().expect("stderr");
+    (
+        child,
+        std::io::BufRead::lines(std::io::BufReader::new(stderr)),
+    )
+}
+
+/// The stderr lines up to and including the first containing `marker`.
+fn read_until(lines: &mut StderrLines, marker: &str) -> String {
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read stderr");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(marker) {
+            break;
+        }
+    }
+    seen
+}
+
 /// `synwatch run --block BLOCK` as root without CAP_NET_ADMIN: capture works, blocking
 /// cannot.
 fn run_without_net_admin(block: &str, state: &std::path::Path) -> Command {
@@ -195,21 +213,9 @@ fn blocking_without_cap_net_admin_says_how_to_grant_it() {
     );
 
     // auto falls back to detecting only, saying why, and runs.
-    let mut child = run_without_net_admin("auto", state.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run synwatch under setpriv");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut seen = String::new();
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-        let line = line.expect("read stderr");
-        seen.push_str(&line);
-        seen.push('\n');
-        if line.contains("Blocking:") {
-            break;
-        }
-    }
+    let (mut child, mut lines) =
+        spawn_reading_stderr(&mut run_without_net_admin("auto", state.path()));
+    let seen = read_until(&mut lines, "Blocking:");
     let _ = child.kill();
     let _ = child.wait();
     assert!(
