@@ -291,8 +291,8 @@ impl Inventory {
         // The server answering: anything from its side but a RST.
         let rst = flags.is_some_and(|f| f.has(TcpFlags::RST));
         let answer = !src_is_client && !rst && !conn.answered;
-        if let Some(c) = self.conns.get_mut(&tuple) {
-            c.answered |= answer;
+        if answer && let Some(c) = self.conns.get_mut(&tuple) {
+            c.answered = true;
         }
         let len = self.flows.len();
         let stats = match self.flows.get_mut(&key) {
@@ -323,7 +323,8 @@ impl Inventory {
         dport: u16,
     ) -> (Conn, bool) {
         let udp_timeout = self.config.udp_timeout;
-        if let Some(c) = self.conns.get_mut(&tuple) {
+        let ends = flags.is_some_and(|f| f.has(TcpFlags::FIN) || f.has(TcpFlags::RST));
+        let known = if let Some(c) = self.conns.get_mut(&tuple) {
             let continues = match flags {
                 Some(f) => {
                     // A SYN after a close, or from the other side, starts a new one.
@@ -333,11 +334,14 @@ impl Inventory {
                 None => ts.saturating_sub(c.last) <= udp_timeout,
             };
             if continues {
-                c.closed |= flags.is_some_and(|f| f.has(TcpFlags::FIN) || f.has(TcpFlags::RST));
+                c.closed |= ends;
                 c.last = c.last.max(ts);
                 return (*c, false);
             }
-        }
+            true
+        } else {
+            false
+        };
         let (src_is_client, has_server) = match flags {
             Some(f) if f.has(TcpFlags::SYN) => (!f.has(TcpFlags::ACK), true),
             Some(_) => (server_by_port(dport, sport, |p| p < 1024), true),
@@ -356,13 +360,14 @@ impl Inventory {
             low_is_client: src_is_client == src_is_low,
             has_server,
             answered: false,
-            closed: flags.is_some_and(|f| f.has(TcpFlags::FIN) || f.has(TcpFlags::RST)),
+            closed: ends,
             last: ts,
         };
-        if self.conns.len() >= self.config.max_connections && !self.conns.contains_key(&tuple) {
+        // A restarted connection replaces its entry; a new one needs room.
+        if !known && self.conns.len() >= self.config.max_connections {
             self.purge(ts);
         }
-        if self.conns.len() < self.config.max_connections || self.conns.contains_key(&tuple) {
+        if known || self.conns.len() < self.config.max_connections {
             self.conns.insert(tuple, conn);
         }
         (conn, true)
