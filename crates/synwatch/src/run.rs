@@ -192,62 +192,41 @@ impl RunSettings {
         let metrics_addr = addr_text.parse().map_err(|_| {
             format!("invalid {option} '{addr_text}': expected HOST:PORT, e.g. 127.0.0.1:9809 or [::1]:9809")
         })?;
-        let block = match (args.block, &file.block) {
-            (Some(b), _) => b,
-            (None, Some(text)) => {
-                <BlockArg as clap::ValueEnum>::from_str(text, false).map_err(|_| {
-                    format!(
-                        "invalid block '{text}' in the config file: expected auto, nftables, iptables or none"
-                    )
-                })?
-            }
-            (None, None) => BlockArg::Auto,
-        };
-        let scope = match (args.block_scope, &file.block_scope) {
-            (Some(s), _) => s,
-            (None, Some(text)) => {
-                <ScopeArg as clap::ValueEnum>::from_str(text, false).map_err(|_| {
-                    format!("invalid block_scope '{text}' in the config file: expected all or new")
-                })?
-            }
-            (None, None) => ScopeArg::All,
-        };
-        let secs = |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: u64| {
-            let (text, option) = match (flag, key) {
-                (Some(t), _) => (t.clone(), format!("--{}", name.replace('_', "-"))),
-                (None, Some(v)) => (crate::config::toml_number(v), name.to_owned()),
-                (None, None) => return Ok(default),
+        let block = choice(args.block, &file.block, "block", BlockArg::Auto)?;
+        let scope = choice(
+            args.block_scope,
+            &file.block_scope,
+            "block_scope",
+            ScopeArg::All,
+        )?;
+        let source = choice(args.source, &file.source, "source", SourceArg::Auto)?;
+        // A duration from the flag, else the file key, else `default`; with the option's
+        // name and text as written, for messages.
+        let duration =
+            |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: &str| {
+                let (text, option) = match (flag, key) {
+                    (Some(t), _) => (t.clone(), format!("--{}", name.replace('_', "-"))),
+                    (None, Some(v)) => (crate::config::toml_number(v), name.to_owned()),
+                    (None, None) => (default.to_owned(), format!("--{}", name.replace('_', "-"))),
+                };
+                match crate::config::parse_duration(&text) {
+                    Ok(nanos) => Ok((nanos, option, text)),
+                    Err(why) => Err(format!("invalid {option} '{text}': {why}")),
+                }
             };
-            let nanos = crate::config::parse_duration(&text)
-                .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
-            Ok::<u64, String>(u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
-        };
-        let source = match (args.source, &file.source) {
-            (Some(s), _) => s,
-            (None, Some(text)) => {
-                <SourceArg as clap::ValueEnum>::from_str(text, false).map_err(|_| {
-                    format!(
-                        "invalid source '{text}' in the config file: expected auto, pcap or sockets"
-                    )
-                })?
-            }
-            (None, None) => SourceArg::Auto,
+        let secs = |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: &str| {
+            duration(flag, key, name, default)
+                .map(|(nanos, ..)| u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
         };
         let poll = {
-            let (text, option) = match (&args.poll, &file.poll) {
-                (Some(t), _) => (t.clone(), "--poll"),
-                (None, Some(v)) => (crate::config::toml_number(v), "poll"),
-                (None, None) => ("1s".to_owned(), "--poll"),
-            };
-            let nanos = crate::config::parse_duration(&text)
-                .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
+            let (nanos, option, text) = duration(&args.poll, &file.poll, "poll", "1s")?;
             if nanos < 10_000_000 {
                 return Err(format!("invalid {option} '{text}': must be at least 10ms"));
             }
             Duration::from_nanos(nanos.unsigned_abs())
         };
-        let duration_secs = secs(&args.ban, &file.ban, "ban", 3600)?;
-        let max_secs = secs(&args.ban_max, &file.ban_max, "ban_max", 86_400)?;
+        let duration_secs = secs(&args.ban, &file.ban, "ban", "1h")?;
+        let max_secs = secs(&args.ban_max, &file.ban_max, "ban_max", "24h")?;
         let blocking = BlockSettings {
             scope: match scope {
                 ScopeArg::All => Scope::All,
@@ -282,6 +261,32 @@ impl RunSettings {
                 .unwrap_or(5000),
         })
     }
+}
+
+/// An enumerated option: the flag's value, else the config file's `key` (which must name
+/// one of the values), else `default`.
+fn choice<T: clap::ValueEnum + Copy>(
+    flag: Option<T>,
+    file: &Option<String>,
+    key: &str,
+    default: T,
+) -> Result<T, String> {
+    let Some(text) = file.as_deref().filter(|_| flag.is_none()) else {
+        return Ok(flag.unwrap_or(default));
+    };
+    T::from_str(text, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        let (last, rest) = names
+            .split_last()
+            .map_or(("", &[][..]), |(l, r)| (l.as_str(), r));
+        format!(
+            "invalid {key} '{text}' in the config file: expected {} or {last}",
+            rest.join(", ")
+        )
+    })
 }
 
 /// How often the host's addresses are read again, so that an address added or removed
@@ -1113,5 +1118,44 @@ fn reload_config(
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enumerated_option_comes_from_the_flag_then_the_file_then_the_default() {
+        let file = Some("new".to_owned());
+        assert_eq!(
+            choice(Some(ScopeArg::All), &file, "block_scope", ScopeArg::All),
+            Ok(ScopeArg::All)
+        );
+        assert_eq!(
+            choice(None, &file, "block_scope", ScopeArg::All),
+            Ok(ScopeArg::New)
+        );
+        assert_eq!(
+            choice(None, &None, "block_scope", ScopeArg::New),
+            Ok(ScopeArg::New)
+        );
+        assert_eq!(
+            choice::<BlockArg>(None, &Some("x".into()), "block", BlockArg::Auto),
+            Err(
+                "invalid block 'x' in the config file: expected auto, nftables, iptables or none"
+                    .into()
+            )
+        );
+        // A valid flag wins over an invalid file value.
+        assert_eq!(
+            choice(
+                Some(SourceArg::Pcap),
+                &Some("x".into()),
+                "source",
+                SourceArg::Auto
+            ),
+            Ok(SourceArg::Pcap)
+        );
     }
 }
