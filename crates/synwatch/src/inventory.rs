@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use synwatch_capture::live::{INVENTORY_FILTER, LiveCapture, LiveError, LiveOptions};
+use synwatch_capture::live::{INVENTORY_FILTER, LiveError, LiveOptions};
 use synwatch_decode::{Decoded, LinkType, Segment, decode};
 use synwatch_detect::Nanos;
 use synwatch_detect::inventory::{
@@ -164,7 +164,7 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
     let flows = inventory.flows();
     summary(&inventory, &read, flows.len());
     if let Some(dir) = &args.tree {
-        write_tree(dir, &flows, !args.no_else)
+        write_tree(dir, &flows, inventory.config().keep_else)
             .with_context(|| format!("cannot write the tree under {}", dir.display()))?;
     }
     let mut stdout = io::stdout().lock();
@@ -193,17 +193,23 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
     })
 }
 
+/// The TCP or UDP segment of a captured packet: `Ok(None)` for other traffic, `Err` for a
+/// packet that cannot be decoded (an unsupported link type included).
+fn segment(link: Option<LinkType>, data: &[u8]) -> Result<Option<Segment>, ()> {
+    match link.map(|l| decode(l, data)) {
+        Some(Ok(Decoded::Segment(seg))) => Ok(Some(seg)),
+        Some(Ok(Decoded::Skipped(_))) => Ok(None),
+        _ => Err(()),
+    }
+}
+
 /// Counts one captured packet.
 fn feed(inventory: &mut Inventory, read: &mut Read, linktype: u32, ts: Nanos, data: &[u8]) {
     read.packets += 1;
-    let Some(link) = LinkType::from_linktype(linktype) else {
-        read.undecodable += 1;
-        return;
-    };
-    match decode(link, data) {
-        Ok(Decoded::Segment(seg)) => inventory.observe(ts, &seg),
-        Ok(Decoded::Skipped(_)) => {}
-        Err(_) => read.undecodable += 1,
+    match segment(LinkType::from_linktype(linktype), data) {
+        Ok(Some(seg)) => inventory.observe(ts, &seg),
+        Ok(None) => {}
+        Err(()) => read.undecodable += 1,
     }
 }
 
@@ -272,14 +278,11 @@ fn live(
         filter: INVENTORY_FILTER,
         ..LiveOptions::default()
     };
-    let mut captures = Vec::new();
-    for name in ifaces {
-        match LiveCapture::open(name, &opts) {
-            Ok(c) => captures.push(c),
-            Err(e @ LiveError::Permission { .. }) => return Ok(Err(e.to_string())),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let captures = match crate::run::open_all(ifaces, &opts) {
+        Ok(c) => c,
+        Err(e @ LiveError::Permission { .. }) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e.into()),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -308,10 +311,10 @@ fn live(
                     let got = match cap.next_packet() {
                         Ok(Some(p)) => {
                             packets += 1;
-                            match link.map(|l| decode(l, p.data)) {
-                                Some(Ok(Decoded::Segment(seg))) => batch.push((p.ts_nanos, seg)),
-                                Some(Ok(Decoded::Skipped(_))) => {}
-                                _ => undecodable += 1,
+                            match segment(link, p.data) {
+                                Ok(Some(seg)) => batch.push((p.ts_nanos, seg)),
+                                Ok(None) => {}
+                                Err(()) => undecodable += 1,
                             }
                             true
                         }

@@ -314,10 +314,13 @@ const BATCH: usize = 256;
 
 /// Opens every interface first, so that a missing privilege or a wrong name stops the
 /// agent before it claims to be watching anything.
-fn open_all(ifaces: &[String]) -> Result<Vec<LiveCapture>, LiveError> {
+pub(crate) fn open_all(
+    ifaces: &[String],
+    opts: &LiveOptions,
+) -> Result<Vec<LiveCapture>, LiveError> {
     ifaces
         .iter()
-        .map(|name| LiveCapture::open(name, &LiveOptions::default()))
+        .map(|name| LiveCapture::open(name, opts))
         .collect()
 }
 
@@ -762,7 +765,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut configured_locals = settings.detector.locals.clone();
     settings.detector.locals = host.locals(&configured_locals);
 
-    let captures = match open_all(&ifaces) {
+    let captures = match open_all(&ifaces, &LiveOptions::default()) {
         Ok(c) => c,
         Err(e @ LiveError::Permission { .. }) => {
             return usage(format!(
