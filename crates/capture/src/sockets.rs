@@ -616,6 +616,20 @@ const RECV_BUF_LEN: usize = 64 << 10;
 /// sockets needs a few thousand).
 const MAX_READS: usize = 1 << 20;
 
+/// A close-on-exec `NETLINK_SOCK_DIAG` socket (no privileges needed).
+fn diag_socket(flags: SockFlag) -> Result<OwnedFd, SocketError> {
+    socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | flags,
+        SockProtocol::NetlinkSockDiag,
+    )
+    .map_err(|source| SocketError::Netlink {
+        what: "open a NETLINK_SOCK_DIAG socket",
+        source,
+    })
+}
+
 /// A `NETLINK_SOCK_DIAG` socket that dumps the TCP table.
 pub struct SockDiag {
     fd: OwnedFd,
@@ -639,16 +653,7 @@ impl SockDiag {
     /// Opens the socket (no privileges needed). Whether the kernel answers dumps is only
     /// known after the first [`dump`](Self::dump).
     pub fn open() -> Result<Self, SocketError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkSockDiag,
-        )
-        .map_err(|source| SocketError::Netlink {
-            what: "open a NETLINK_SOCK_DIAG socket",
-            source,
-        })?;
+        let fd = diag_socket(SockFlag::empty())?;
         let timeout = TimeVal::milliseconds(i64::try_from(Self::TIMEOUT_MS).unwrap_or(1000));
         setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(|source| {
             SocketError::Netlink {
@@ -780,16 +785,7 @@ impl DestroyEvents {
     /// Subscribes to the IPv4 and IPv6 TCP destroy groups (no privileges needed; kernels
     /// before 4.5 refuse, and the caller does without).
     pub fn open() -> Result<Self, SocketError> {
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            SockProtocol::NetlinkSockDiag,
-        )
-        .map_err(|source| SocketError::Netlink {
-            what: "open a NETLINK_SOCK_DIAG socket",
-            source,
-        })?;
+        let fd = diag_socket(SockFlag::SOCK_NONBLOCK)?;
         // A burst of closes must not overflow the queue between two reads.
         let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, TCP_DESTROY_GROUPS)).map_err(|source| {
@@ -843,27 +839,14 @@ impl DestroyEvents {
 /// The sockets of one multicast datagram: each `SOCK_DIAG_BY_FAMILY` message in it.
 fn parse_broadcast(buf: &[u8], out: &mut Vec<TcpSocket>) {
     let mut offset = 0usize;
-    while let Some(rest) = buf.get(offset..).filter(|r| r.len() >= NLMSG_HDRLEN) {
-        let (Some(len), Some(kind)) = (bytes_at::<4>(rest, 0), bytes_at::<2>(rest, 4)) else {
-            return;
-        };
-        let len = usize::try_from(u32::from_ne_bytes(len)).unwrap_or(usize::MAX);
-        let Some(payload) = rest.get(NLMSG_HDRLEN..len.max(NLMSG_HDRLEN)) else {
-            return;
-        };
-        if u16::from_ne_bytes(kind) == SOCK_DIAG_BY_FAMILY
-            && let Ok(socket) = parse_diag_msg(payload)
+    while let Ok(Some(m)) = message_at(buf, offset) {
+        if m.kind == SOCK_DIAG_BY_FAMILY
+            && let Ok(socket) = parse_diag_msg(m.payload)
         {
             out.push(socket);
         }
-        // Messages are aligned to 4 bytes.
-        let Some(next) = len.checked_add(3).map(|l| l & !3) else {
-            return;
-        };
-        if next < NLMSG_HDRLEN {
-            return;
-        }
-        offset = offset.saturating_add(next);
+        // Messages are 4-byte aligned.
+        offset = offset.saturating_add(m.len.saturating_add(3) & !3);
     }
 }
 
@@ -899,6 +882,51 @@ fn bytes_at<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
     buf.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
+/// One netlink message of a datagram.
+struct Message<'a> {
+    kind: u16,
+    seq: u32,
+    payload: &'a [u8],
+    /// The length the header claims (the next message starts after it, 4-byte aligned).
+    len: usize,
+}
+
+/// The message at `offset` of `buf` (`None` at the end), or what is wrong with it.
+fn message_at(buf: &[u8], offset: usize) -> Result<Option<Message<'_>>, String> {
+    let Some(rest) = buf.get(offset..).filter(|rest| !rest.is_empty()) else {
+        return Ok(None);
+    };
+    let header = (
+        bytes_at::<4>(rest, 0),
+        bytes_at::<2>(rest, 4),
+        bytes_at::<4>(rest, 8),
+    );
+    let (Some(len), Some(kind), Some(seq)) = header else {
+        return Err(format!(
+            "{} bytes at offset {offset} are too short for a message header",
+            rest.len()
+        ));
+    };
+    let len = usize::try_from(u32::from_ne_bytes(len)).unwrap_or(usize::MAX);
+    if len < NLMSG_HDRLEN {
+        return Err(format!(
+            "the message at offset {offset} claims {len} bytes, less than its header"
+        ));
+    }
+    let Some(payload) = rest.get(NLMSG_HDRLEN..len) else {
+        return Err(format!(
+            "the message at offset {offset} claims {len} bytes, but only {} remain",
+            rest.len()
+        ));
+    };
+    Ok(Some(Message {
+        kind: u16::from_ne_bytes(kind),
+        seq: u32::from_ne_bytes(seq),
+        payload,
+        len,
+    }))
+}
+
 /// Parses one datagram of a dump answer into `sockets`: every message in it, skipping
 /// those of another sequence number. `Done` once `NLMSG_DONE` is seen.
 fn parse_reply(
@@ -909,32 +937,15 @@ fn parse_reply(
 ) -> Result<Progress, SocketError> {
     let malformed = |what: String| SocketError::Malformed { family, what };
     let mut offset = 0usize;
-    while let Some(rest) = buf.get(offset..).filter(|rest| !rest.is_empty()) {
-        let header = (
-            bytes_at::<4>(rest, 0),
-            bytes_at::<2>(rest, 4),
-            bytes_at::<4>(rest, 8),
-        );
-        let (Some(len), Some(kind), Some(msg_seq)) = header else {
-            return Err(malformed(format!(
-                "{} bytes at offset {offset} are too short for a message header",
-                rest.len()
-            )));
-        };
-        let len = usize::try_from(u32::from_ne_bytes(len)).unwrap_or(usize::MAX);
-        if len < NLMSG_HDRLEN {
-            return Err(malformed(format!(
-                "the message at offset {offset} claims {len} bytes, less than its header"
-            )));
-        }
-        let Some(payload) = rest.get(NLMSG_HDRLEN..len) else {
-            return Err(malformed(format!(
-                "the message at offset {offset} claims {len} bytes, but only {} remain",
-                rest.len()
-            )));
-        };
-        if u32::from_ne_bytes(msg_seq) == seq {
-            match u16::from_ne_bytes(kind) {
+    while let Some(Message {
+        kind,
+        seq: msg_seq,
+        payload,
+        len,
+    }) = message_at(buf, offset).map_err(malformed)?
+    {
+        if msg_seq == seq {
+            match kind {
                 NLMSG_DONE => {
                     // Since Linux 4.x the payload is the dump's final error code.
                     if let Some(code) = bytes_at::<4>(payload, 0).map(i32::from_ne_bytes)
