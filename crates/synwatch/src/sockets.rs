@@ -113,6 +113,16 @@ pub fn run(
     let mut tracker = NewConnections::new();
     let mut destroyed = Vec::new();
     let mut failing = false;
+    // Counts new connections and hands them over as observations taken now; false when
+    // the pipeline is gone.
+    let deliver = |found: Vec<Connection>, counter: &[&AtomicU64]| {
+        let ts = now();
+        let batch: Vec<Observation> = found.iter().map(|c| observation(ts, c)).collect();
+        for c in counter {
+            c.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        batch.is_empty() || send(batch)
+    };
     while !stop.load(Ordering::Relaxed) {
         let next_dump = monotonic() + source.poll;
         match source.table.dump() {
@@ -122,16 +132,7 @@ pub fn run(
                     eprintln!("synwatch: the socket table reads again");
                     failing = false;
                 }
-                let ts = now();
-                let batch: Vec<Observation> = tracker
-                    .update(&dump)
-                    .iter()
-                    .map(|c| observation(ts, c))
-                    .collect();
-                counters
-                    .connections
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if !batch.is_empty() && !send(batch) {
+                if !deliver(tracker.update(&dump), &[&counters.connections]) {
                     return;
                 }
             }
@@ -169,19 +170,11 @@ pub fn run(
                 source.events = None;
                 continue;
             }
-            let ts = now();
-            let batch: Vec<Observation> = destroyed
+            let brief = destroyed
                 .iter()
                 .filter_map(|s| tracker.destroyed(s))
-                .map(|c| observation(ts, &c))
                 .collect();
-            counters
-                .connections
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            counters
-                .brief
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            if !batch.is_empty() && !send(batch) {
+            if !deliver(brief, &[&counters.connections, &counters.brief]) {
                 return;
             }
         }
