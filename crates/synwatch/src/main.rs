@@ -21,6 +21,7 @@ mod control;
 mod host;
 mod inventory;
 mod limit;
+mod manual;
 mod metrics;
 mod output;
 mod replay;
@@ -90,6 +91,32 @@ enum Command {
     ///   sudo synwatch blocks remove 203.0.113.9
     #[command(verbatim_doc_comment)]
     Blocks(blocks::BlocksArgs),
+
+    /// Print the shell completion script for SHELL on stdout
+    ///
+    /// Examples:
+    ///
+    ///   synwatch completions bash > /usr/share/bash-completion/completions/synwatch
+    ///   synwatch completions zsh > /usr/share/zsh/vendor-completions/_synwatch
+    ///   synwatch completions fish > /usr/share/fish/vendor_completions.d/synwatch.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the manual page (roff) on stdout, or write every page into a directory
+    ///
+    /// Examples:
+    ///
+    ///   synwatch man | man -l -
+    ///   synwatch man --out-dir /usr/local/share/man/man1
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write synwatch.1 and synwatch-COMMAND.1 for each command here
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// How a command ended, for the exit code.
@@ -178,6 +205,19 @@ fn main() -> ExitCode {
             exit(run::run(&args, settings))
         }
         Command::Blocks(args) => exit(blocks::run(&args)),
+        Command::Completions { shell } => exit(
+            manual::print(&manual::completions(&mut Cli::command(), shell))
+                .map(|()| ExitStatus::Success),
+        ),
+        Command::Man { out_dir: None } => {
+            exit(manual::print(&manual::page(Cli::command())).map(|()| ExitStatus::Success))
+        }
+        Command::Man { out_dir: Some(dir) } => {
+            exit(manual::pages_to(Cli::command(), &dir).map(|names| {
+                eprintln!("synwatch: wrote {} in {}", names.join(", "), dir.display());
+                ExitStatus::Success
+            }))
+        }
         Command::Inventory(args) => exit(inventory::run(&args)),
         Command::Replay(mut args) => {
             let settings = match settings(&mut args.detect, matches.subcommand_matches("replay")) {
