@@ -10,11 +10,12 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3 iperf3:iperf3
+             ipset:ipset hping3:hping3 iperf3:iperf3 groff:groff-base \
+             systemd-analyze:systemd setpriv:util-linux
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build run replay-sample bench-flood bench-bans test check lint fmt bench fuzz clean
+.PHONY: all deps build install install-files uninstall run replay-sample bench-flood bench-bans test check lint fmt bench fuzz clean
 
 all: build
 
@@ -39,6 +40,47 @@ deps:
 
 build: deps
 	$(CARGO) build --release --locked
+
+## install: the binary, systemd unit, default configuration (kept if present), manual
+## pages and shell completions; PREFIX=/usr/local and DESTDIR= as usual. Then:
+## systemctl daemon-reload && systemctl enable --now synwatch
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+install: build
+	$(MAKE) --no-print-directory install-files
+
+# install-files: what install does once BIN is built (the tests run it with their binary)
+install-files:
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/synwatch
+	install -d -m 0755 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man1 \
+	    $(DESTDIR)$(DATADIR)/bash-completion/completions \
+	    $(DESTDIR)$(DATADIR)/zsh/site-functions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	sed -e 's|/usr/local/bin/synwatch|$(BINDIR)/synwatch|' \
+	    -e 's|/etc/synwatch/|$(SYSCONFDIR)/synwatch/|' deploy/systemd/synwatch.service \
+	    > $(DESTDIR)$(UNITDIR)/synwatch.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/synwatch.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/synwatch/synwatch.toml ]; then \
+	    echo "keeping $(DESTDIR)$(SYSCONFDIR)/synwatch/synwatch.toml"; \
+	else \
+	    install -D -m 0644 deploy/synwatch.toml $(DESTDIR)$(SYSCONFDIR)/synwatch/synwatch.toml; \
+	fi
+	$(BIN) man --out-dir $(DESTDIR)$(MANDIR)/man1
+	$(BIN) completions bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/synwatch
+	$(BIN) completions zsh > $(DESTDIR)$(DATADIR)/zsh/site-functions/_synwatch
+	$(BIN) completions fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/synwatch.fish
+	@echo "installed; start it with: systemctl daemon-reload && systemctl enable --now synwatch"
+
+## uninstall: removes what install put in place, except the configuration and saved bans
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/synwatch $(DESTDIR)$(UNITDIR)/synwatch.service \
+	    $(DESTDIR)$(MANDIR)/man1/synwatch.1 $(DESTDIR)$(MANDIR)/man1/synwatch-*.1 \
+	    $(DESTDIR)$(DATADIR)/bash-completion/completions/synwatch \
+	    $(DESTDIR)$(DATADIR)/zsh/site-functions/_synwatch \
+	    $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/synwatch.fish
 
 ## run: build, then run the agent with the defaults (every interface that is up,
 ## scanners banned with nftables or iptables for an hour); RUN_ARGS adds options,

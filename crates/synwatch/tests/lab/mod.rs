@@ -235,16 +235,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on the lab's interface with `args`, and waits for its banner.
     pub fn start(lab: &Lab, dir: &Path, name: &str, args: &[&str]) -> Self {
+        Self::start_under(lab, dir, name, &[], args)
+    }
+
+    /// Like `start`, with the agent run by `wrapper` (a command taking the command to
+    /// run as its last arguments, such as setpriv).
+    pub fn start_under(lab: &Lab, dir: &Path, name: &str, wrapper: &[&str], args: &[&str]) -> Self {
         let out = dir.join(format!("{name}.jsonl"));
         let err = dir.join(format!("{name}.log"));
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.victim,
-                env!("CARGO_BIN_EXE_synwatch"),
-                "run",
-            ])
+            .args(["netns", "exec", &lab.victim])
+            .args(wrapper)
+            .args([env!("CARGO_BIN_EXE_synwatch"), "run"])
             .args(["--iface", &lab.vif, "--format", "json"])
             .args(args)
             .stdout(std::fs::File::create(&out).expect("stdout file"))
