@@ -15,7 +15,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build install install-files uninstall run replay-sample bench-flood bench-bans test check lint fmt bench fuzz clean
+.PHONY: all deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test check lint fmt bench fuzz clean
 
 all: build
 
@@ -89,6 +89,11 @@ RUN_ARGS ?=
 run: build
 	@sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
 	$$sudo $(BIN) run $(RUN_ARGS)
+
+## demo: synwatch catching and banning an nmap scan in two network namespaces (root)
+demo: build
+	@sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	$$sudo env DEMO_PAUSE=$${DEMO_PAUSE:-1} BIN=$(BIN) scripts/demo.sh
 
 ## replay-sample: replay the bundled capture of a real nmap scan (no privileges needed)
 replay-sample: build
