@@ -11,7 +11,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
              ipset:ipset hping3:hping3 iperf3:iperf3 groff:groff-base \
-             systemd-analyze:systemd setpriv:util-linux
+             systemd-analyze:systemd setpriv:util-linux promtool:prometheus
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
