@@ -327,6 +327,31 @@ impl Enforcer for Iptables {
             .is_ok()
     }
 
+    fn intact(&mut self) -> bool {
+        // Both sets, and each family's jumps from INPUT and FORWARD (a jump cannot exist
+        // without the chain).
+        let sets = FAMILIES.iter().all(|(_, set, _)| {
+            self.runner
+                .run(&Command::new(
+                    "ipset",
+                    &["list", "-n", set],
+                    format!("look for the {set} ipset"),
+                ))
+                .is_ok()
+        });
+        sets && FAMILIES.iter().all(|(program, _, _)| {
+            HOOKS.iter().all(|hook| {
+                self.runner
+                    .run(&ipt(
+                        program,
+                        &["-C", hook, "-j", CHAIN],
+                        format!("look for the jump from {hook}"),
+                    ))
+                    .is_ok()
+            })
+        })
+    }
+
     fn teardown(&mut self) -> Result<(), EnforceError> {
         self.execute(&teardown_plan())
     }

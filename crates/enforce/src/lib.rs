@@ -148,6 +148,12 @@ pub trait Enforcer: Send {
     /// its rules kept).
     fn present(&mut self) -> bool;
 
+    /// Whether everything the running agent set up is still in place: false once someone
+    /// flushed it (a firewall service reloading with `flush ruleset`, `iptables -F`).
+    fn intact(&mut self) -> bool {
+        self.present()
+    }
+
     /// Removes synwatch's rules and sets, leaving nothing behind.
     fn teardown(&mut self) -> Result<(), EnforceError>;
 }

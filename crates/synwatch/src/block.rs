@@ -239,7 +239,9 @@ impl Blocker {
         }
         if now >= self.counters_at {
             self.counters_at = now + COUNTERS_SECS;
-            if let Ok(c) = self.enforcer.counters() {
+            if !self.enforcer.intact() {
+                self.reinstate(now);
+            } else if let Ok(c) = self.enforcer.counters() {
                 self.metrics
                     .dropped_packets
                     .store(c.packets, Ordering::Relaxed);
@@ -273,6 +275,33 @@ impl Blocker {
             }
         }
         happened
+    }
+
+    /// Sets synwatch's rules up again with every running ban once they are found missing:
+    /// someone flushed them (a firewall service reloading its configuration with
+    /// `flush ruleset`, `iptables -F`). Until then the scanners it had banned got through.
+    fn reinstate(&mut self, now: i64) {
+        let mut bans: Vec<_> = self.book.active().map(|r| r.ban(now)).collect();
+        bans.sort_by_key(|b| b.addr);
+        let backend = self.enforcer.backend();
+        match self.enforcer.setup(&bans) {
+            Ok(()) => {
+                self.metrics
+                    .rules_reinstated
+                    .fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "synwatch: synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {} ban{}",
+                    bans.len(),
+                    if bans.len() == 1 { "" } else { "s" }
+                );
+            }
+            Err(e) => {
+                self.metrics.ban_failures.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "synwatch: synwatch's {backend} rules were removed by someone else, and setting them up again failed: {e}; retrying in {COUNTERS_SECS} s"
+                );
+            }
+        }
     }
 
     fn failed(&mut self, e: &EnforceError, count: usize, verb: &str, now: i64) {
@@ -521,6 +550,40 @@ mod tests {
         assert!(b.apply(4).is_empty(), "not before the retry time");
         let happened = b.apply(5);
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("2001:db8::5")));
+    }
+
+    #[test]
+    fn rules_flushed_by_someone_else_are_set_up_again_with_the_running_bans() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, false);
+        assert_eq!(b.apply(0).len(), 1);
+        let before = runner.transcript().len();
+        // At the next check the table is gone (nft answers with an error).
+        runner.answer(Err("Error: No such file or directory"));
+        assert!(b.apply(5).is_empty());
+        let t = runner.transcript();
+        let setup = t[before..]
+            .iter()
+            .find(|c| c.contains("add table inet synwatch"))
+            .unwrap_or_else(|| panic!("no setup after the failed read: {t:#?}"));
+        assert!(
+            setup.contains("add element inet synwatch banned4 { 192.0.2.1 timeout 55s }"),
+            "{setup}"
+        );
+        assert_eq!(b.metrics.rules_reinstated.load(Ordering::Relaxed), 1);
+        assert_eq!(b.metrics.ban_failures.load(Ordering::Relaxed), 0);
+        // A read that works sets nothing up.
+        let before = runner.transcript().len();
+        b.apply(10);
+        assert!(
+            !runner.transcript()[before..]
+                .iter()
+                .any(|c| c.contains("add table")),
+            "{:#?}",
+            runner.transcript()
+        );
     }
 
     #[test]

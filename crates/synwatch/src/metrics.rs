@@ -51,6 +51,8 @@ pub struct Metrics {
     pub bans_refused_allowlisted: AtomicU64,
     pub bans_refused_rate: AtomicU64,
     pub ban_failures: AtomicU64,
+    /// Times the rules were found unreadable (flushed by someone) and set up again.
+    pub rules_reinstated: AtomicU64,
     pub dropped_packets: AtomicU64,
     pub dropped_bytes: AtomicU64,
     /// The blocking backend in use ("none" when not blocking); set once at start.
@@ -187,6 +189,12 @@ impl Metrics {
             "counter",
             "Attempts to change the kernel's ban set that failed (each is logged and retried).",
             &plain(get(&self.ban_failures)),
+        );
+        family(
+            "synwatch_rules_reinstated_total",
+            "counter",
+            "Times synwatch's firewall rules could not be read (a flushed ruleset) and were set up again with the running bans.",
+            &plain(get(&self.rules_reinstated)),
         );
         family(
             "synwatch_dropped_packets_total",

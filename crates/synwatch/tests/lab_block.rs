@@ -231,3 +231,62 @@ fn nftables_bans_scanners_and_keeps_the_ban_lifecycle() {
 fn iptables_bans_scanners_and_keeps_the_ban_lifecycle() {
     lifecycle("iptables");
 }
+
+/// Someone else flushes synwatch's rules (a firewall service reloading its ruleset): the
+/// agent notices within seconds and sets them up again with the running bans.
+fn flushed_rules_come_back(backend: &str, flush: &[&[&str]]) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        backend,
+        &[
+            "--block",
+            backend,
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(2, |e| is(e, "block", SCANNER));
+    assert!(!lab.connects(SCANNER, VICTIM), "the ban does not hold");
+    for command in flush {
+        let out = lab.in_victim(command);
+        assert!(out.status.success(), "{command:?}: {out:?}");
+    }
+    assert_eq!(kernel_entries(&lab, backend, SCANNER), 0, "not flushed");
+    eventually(12, "the rules are set up again", || {
+        metric(&lab, "synwatch_rules_reinstated_total") == 1
+    });
+    assert_eq!(kernel_entries(&lab, backend, SCANNER), 1);
+    assert!(!lab.connects(SCANNER, VICTIM), "the ban did not come back");
+    assert!(lab.connects(CLIENT, VICTIM), "the client is cut off");
+    let log = agent.log();
+    assert!(log.contains("removed by someone else"), "{log}");
+    assert_eq!(agent.stop(), Some(0), "{log}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_rules_flushed_by_a_ruleset_reload_come_back() {
+    flushed_rules_come_back("nftables", &[&["nft", "flush", "ruleset"]]);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_rules_flushed_by_a_ruleset_reload_come_back() {
+    // What restoring a saved iptables configuration does to the built-in chains, plus
+    // the sets' contents.
+    flushed_rules_come_back(
+        "iptables",
+        &[
+            &["iptables", "-w", "-F", "INPUT"],
+            &["iptables", "-w", "-F", "FORWARD"],
+            &["ip6tables", "-w", "-F", "INPUT"],
+            &["ip6tables", "-w", "-F", "FORWARD"],
+            &["ipset", "flush", "synwatch4"],
+        ],
+    );
+}
