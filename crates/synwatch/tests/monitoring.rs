@@ -32,8 +32,9 @@ const CONFIG: &str = "prometheus/prometheus.yml";
 const DASHBOARD: &str = "grafana/synwatch-dashboard.json";
 
 /// Families each part of the kit must use (the brief of the alerts and of the panels).
-const RULE_FAMILIES: [&str; 7] = [
+const RULE_FAMILIES: [&str; 8] = [
     "synwatch_port_scans_total",
+    "synwatch_rules_reinstated_total",
     "synwatch_blocks_total",
     "synwatch_blocked_sources",
     "synwatch_ban_failures_total",
@@ -41,7 +42,8 @@ const RULE_FAMILIES: [&str; 7] = [
     "synwatch_packets_total",
     "synwatch_interface_drops_total",
 ];
-const DASHBOARD_FAMILIES: [&str; 13] = [
+const DASHBOARD_FAMILIES: [&str; 14] = [
+    "synwatch_rules_reinstated_total",
     "synwatch_new_connections_total",
     "synwatch_port_scans_total",
     "synwatch_blocks_total",
