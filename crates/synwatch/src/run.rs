@@ -612,15 +612,36 @@ fn start_blocking(
     }
 }
 
-/// Gives up every capability once the capture handles, the listening sockets and the
-/// firewall rules are set up, except CAP_NET_ADMIN when blocking (each later ban needs
-/// it); kept ones are made ambient too, so the `nft`/`ipset` programs synwatch runs get
-/// them when synwatch runs as an ordinary user with file capabilities.
-fn drop_capabilities(blocking: bool) {
-    let mut keep = caps::CapsHashSet::new();
-    if blocking {
-        keep.insert(caps::Capability::CAP_NET_ADMIN);
+/// The capabilities the firewall programs synwatch runs need: CAP_NET_ADMIN for every
+/// change, and CAP_NET_RAW for iptables, whose set match opens a raw socket to ipset.
+fn backend_capabilities(backend: Backend) -> caps::CapsHashSet {
+    let mut needed = caps::CapsHashSet::new();
+    needed.insert(caps::Capability::CAP_NET_ADMIN);
+    if backend == Backend::Iptables {
+        needed.insert(caps::Capability::CAP_NET_RAW);
     }
+    needed
+}
+
+/// Makes `wanted` capabilities this process holds ambient, so that the `nft`,
+/// `iptables` and `ipset` it runs get them too when synwatch runs as an ordinary user
+/// (file capabilities, or a container's added capabilities): a child of a non-root
+/// process otherwise starts with none.
+fn share_capabilities(wanted: &caps::CapsHashSet) {
+    for &cap in wanted {
+        if caps::has_cap(None, caps::CapSet::Permitted, cap).unwrap_or(false) {
+            // Fails harmlessly where ambient capabilities do not exist.
+            let _ = caps::raise(None, caps::CapSet::Inheritable, cap)
+                .and_then(|()| caps::raise(None, caps::CapSet::Ambient, cap));
+        }
+    }
+}
+
+/// Gives up every capability once the capture handles, the listening sockets and the
+/// firewall rules are set up, except what the blocking backend's programs need for
+/// later bans and for setting the rules up again (kept ambient for them).
+fn drop_capabilities(blocking: Option<Backend>) {
+    let keep = blocking.map(backend_capabilities).unwrap_or_default();
     for set in [
         caps::CapSet::Inheritable,
         caps::CapSet::Effective,
@@ -631,10 +652,7 @@ fn drop_capabilities(blocking: bool) {
         }
     }
     let _ = caps::clear(None, caps::CapSet::Ambient);
-    for cap in &keep {
-        // Fails harmlessly where ambient capabilities do not exist.
-        let _ = caps::raise(None, caps::CapSet::Ambient, *cap);
-    }
+    share_capabilities(&keep);
 }
 
 /// Unix time now in nanoseconds, for events the agent itself causes (bans).
@@ -818,6 +836,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         let host_now = &host_now;
         move |a: IpAddr| is_protected(a, &detector, host_now)
     };
+    // The firewall programs run during set-up need the capabilities already.
+    share_capabilities(
+        &backend_capabilities(Backend::Iptables)
+            .union(&backend_capabilities(Backend::Nftables))
+            .copied()
+            .collect(),
+    );
     let (mut blocker, lapsed) = match start_blocking(
         run_settings.block,
         &run_settings.blocking,
@@ -842,7 +867,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let _ = metrics
         .backend
         .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
-    drop_capabilities(blocker.is_some());
+    drop_capabilities(blocker.as_ref().map(Blocker::backend));
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
