@@ -15,7 +15,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test check lint fmt bench fuzz clean
+.PHONY: all deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test image-test check lint fmt bench fuzz clean
 
 all: build
 
@@ -99,11 +99,20 @@ demo: build
 replay-sample: build
 	$(BIN) replay --local 10.199.0.1 --local fd99::1 $(SAMPLE)
 
-## test: formatting, lints, and every test (lab tests need root and run for real)
+## test: formatting, lints, the container image test, and every test (lab tests need
+## root and run for real)
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	@if [ "$$(id -u)" -eq 0 ]; then scripts/image-test.sh; \
+	else echo "make test: the container image test needs root: run sudo make image-test" >&2; exit 1; fi
 	$(CARGO) test --workspace --locked -- --include-ignored
+
+## image-test: build the container image (Dockerfile) with podman, then check in the
+## namespace lab that the container bans a real scan (root; installs podman and
+## debootstrap when missing, and makes its own base images: no registry needed)
+image-test:
+	scripts/image-test.sh
 
 fmt:
 	$(CARGO) fmt --all
