@@ -255,6 +255,25 @@ fn bans_and_reinstates_under(wrapper: &[&str], uid: &str, backend: &str) {
     assert_eq!(agent.stop(), Some(0), "{log}");
 }
 
+/// `setpriv` switching to `uid` (and its group, no others) with these inheritable and
+/// bounding capability sets.
+fn setpriv(uid: &str, inheritable: &str, bounding: &str) -> Vec<String> {
+    [
+        "setpriv",
+        "--reuid",
+        uid,
+        "--regid",
+        uid,
+        "--clear-groups",
+        "--inh-caps",
+        inheritable,
+        "--bounding-set",
+        bounding,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The `Key=` values of the unit's [Service] section (space-separated, all lines).
 fn unit_values(unit: &str, key: &str) -> Vec<String> {
     unit.lines()
@@ -280,22 +299,10 @@ fn scanner_banned_with_unit_privileges(backend: &str) {
     let caps = caps.join(",");
 
     let uid = "64977";
-    let inh = format!("-all,{caps}");
-    let wrapper = [
-        "setpriv",
-        "--reuid",
-        uid,
-        "--regid",
-        uid,
-        "--clear-groups",
-        "--inh-caps",
-        &inh,
-        "--ambient-caps",
-        &inh,
-        "--bounding-set",
-        &inh,
-        "--no-new-privs",
-    ];
+    let caps = format!("-all,{caps}");
+    let mut wrapper = setpriv(uid, &caps, &caps);
+    wrapper.extend(["--ambient-caps", &caps, "--no-new-privs"].map(String::from));
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     bans_and_reinstates_under(&wrapper, uid, backend);
 }
 
@@ -318,25 +325,20 @@ fn scanner_banned_with_file_capabilities(backend: &str) {
         .expect("setcap (Debian package libcap2-bin) is needed");
     assert!(setcap.status.success(), "{}", text(&setcap.stderr));
     let uid = "64978";
-    let wrapper = [
-        "setpriv",
-        "--reuid",
-        uid,
-        "--regid",
-        uid,
-        "--clear-groups",
-        "--inh-caps",
-        "-all",
-        "--bounding-set",
-        "-all,+net_raw,+net_admin",
-        "env",
-        &format!("SYNWATCH_BIN={}", bin.display()),
-        "sh",
-        "-c",
-        // $1 is the test binary's path start_under adds: run the copy instead.
-        "shift; exec \"$SYNWATCH_BIN\" \"$@\"",
-        "synwatch",
-    ];
+    let mut wrapper = setpriv(uid, "-all", "-all,+net_raw,+net_admin");
+    wrapper.extend(
+        [
+            "env",
+            &format!("SYNWATCH_BIN={}", bin.display()),
+            "sh",
+            "-c",
+            // $1 is the test binary's path start_under adds: run the copy instead.
+            "shift; exec \"$SYNWATCH_BIN\" \"$@\"",
+            "synwatch",
+        ]
+        .map(String::from),
+    );
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     bans_and_reinstates_under(&wrapper, uid, backend);
 }
 
