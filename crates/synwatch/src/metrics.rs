@@ -277,6 +277,12 @@ impl Metrics {
             &plain(get(&self.events_suppressed)),
         );
         family(
+            "synwatch_pipeline_heartbeat_timestamp_seconds",
+            "gauge",
+            "Unix time the pipeline last went round its loop (at least once a second while it runs; /healthz fails once this is too old).",
+            &plain(u64::try_from(self.heartbeat.load(Ordering::Relaxed)).unwrap_or(0)),
+        );
+        family(
             "synwatch_build_info",
             "gauge",
             "Version of the running synwatch.",
@@ -469,6 +475,12 @@ mod tests {
             assert!(page.contains(line), "lacks {line}:\n{page}");
         }
         assert!(page.contains("synwatch_build_info{version=\""));
+        let heartbeat: i64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("synwatch_pipeline_heartbeat_timestamp_seconds "))
+            .and_then(|v| v.parse().ok())
+            .expect("the heartbeat gauge");
+        assert!((unix_now() - heartbeat).abs() <= 5, "{heartbeat}");
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
         metrics.heartbeat.store(0, Ordering::Relaxed);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));

@@ -32,8 +32,9 @@ const CONFIG: &str = "prometheus/prometheus.yml";
 const DASHBOARD: &str = "grafana/synwatch-dashboard.json";
 
 /// Families each part of the kit must use (the brief of the alerts and of the panels).
-const RULE_FAMILIES: [&str; 8] = [
+const RULE_FAMILIES: [&str; 9] = [
     "synwatch_port_scans_total",
+    "synwatch_pipeline_heartbeat_timestamp_seconds",
     "synwatch_rules_reinstated_total",
     "synwatch_blocks_total",
     "synwatch_blocked_sources",
