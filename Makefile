@@ -10,12 +10,13 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3 iperf3:iperf3 groff:groff-base \
-             systemd-analyze:systemd setpriv:util-linux promtool:prometheus
+             ipset:ipset hping3:hping3 iperf3:iperf3
+# only for `make test` (promtool comes with the Prometheus server package)
+TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
 
-.PHONY: all deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test image-test check lint fmt bench fuzz clean
+.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test image-test check lint fmt bench fuzz clean
 
 all: build
 
@@ -37,6 +38,9 @@ deps:
 	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$pkgs; \
 	fi
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo not found: install Rust 1.95 (rustup) first" >&2; exit 1; }
+
+test-deps:
+	@$(MAKE) --no-print-directory deps DEB_TOOLS="$(DEB_TOOLS) $(TEST_TOOLS)"
 
 build: deps
 	$(CARGO) build --release --locked
@@ -101,7 +105,7 @@ replay-sample: build
 
 ## test: formatting, lints, the container image test, and every test (lab tests need
 ## root and run for real)
-test: deps
+test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/image-test.sh; \
