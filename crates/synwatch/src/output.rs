@@ -59,10 +59,7 @@ impl Formatter {
     pub fn connection(&mut self, c: &Connection, out: &mut Vec<u8>) {
         match self.format {
             Format::Json => {
-                out.extend_from_slice(b"{\"ts\":\"");
-                self.clock.write(c.ts, out);
-                out.extend_from_slice(b"\",\"event\":\"connection\",\"src\":\"");
-                write_ip(out, c.src);
+                self.json_head(out, c.ts, b"connection", c.src);
                 out.extend_from_slice(b"\",\"sport\":");
                 write_small(out, c.sport);
                 out.extend_from_slice(b",\"dst\":\"");
@@ -94,10 +91,7 @@ impl Formatter {
     pub fn scan(&mut self, s: &Scan, out: &mut Vec<u8>) {
         match self.format {
             Format::Json => {
-                out.extend_from_slice(b"{\"ts\":\"");
-                self.clock.write(s.ts, out);
-                out.extend_from_slice(b"\",\"event\":\"scan\",\"src\":\"");
-                write_ip(out, s.src);
+                self.json_head(out, s.ts, b"scan", s.src);
                 out.extend_from_slice(b"\",\"dst\":\"");
                 write_ip(out, s.dst);
                 out.extend_from_slice(b"\",\"ports\":[");
@@ -199,10 +193,7 @@ impl Formatter {
         let until = b.until.map(|u| rfc3339(u.saturating_mul(1_000_000_000)));
         match self.format {
             Format::Json => {
-                out.extend_from_slice(b"{\"ts\":\"");
-                self.clock.write(b.ts, out);
-                out.extend_from_slice(b"\",\"event\":\"block\",\"src\":\"");
-                write_ip(out, b.src);
+                self.json_head(out, b.ts, b"block", b.src);
                 out.extend_from_slice(b"\",\"backend\":\"");
                 out.extend_from_slice(b.backend.as_bytes());
                 out.extend_from_slice(b"\",\"until\":");
@@ -246,10 +237,7 @@ impl Formatter {
     pub fn unblock(&mut self, ts: Nanos, src: IpAddr, reason: &str, out: &mut Vec<u8>) {
         match self.format {
             Format::Json => {
-                out.extend_from_slice(b"{\"ts\":\"");
-                self.clock.write(ts, out);
-                out.extend_from_slice(b"\",\"event\":\"unblock\",\"src\":\"");
-                write_ip(out, src);
+                self.json_head(out, ts, b"unblock", src);
                 out.extend_from_slice(b"\",\"reason\":\"");
                 out.extend_from_slice(reason.as_bytes());
                 out.extend_from_slice(b"\"}\n");
@@ -269,6 +257,17 @@ impl Formatter {
 
     /// Table rows leave their columns unpadded, separated by [`COLUMN`]: column widths
     /// are the writer's business, since only it sees every row in output order.
+    /// The start every JSON event about a source shares: `{"ts":"…","event":"…","src":"…`
+    /// (the source's closing quote is the caller's).
+    fn json_head(&mut self, out: &mut Vec<u8>, ts: Nanos, event: &[u8], src: IpAddr) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        self.clock.write(ts, out);
+        out.extend_from_slice(b"\",\"event\":\"");
+        out.extend_from_slice(event);
+        out.extend_from_slice(b"\",\"src\":\"");
+        write_ip(out, src);
+    }
+
     fn table_row(&mut self, out: &mut Vec<u8>, ts: Nanos, src: &[u8], dst: &[u8]) {
         self.clock.write(ts, out);
         for field in [src, dst] {
