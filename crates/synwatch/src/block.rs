@@ -102,8 +102,7 @@ impl Blocker {
         // a saved ban on what is now protected is not restored.
         let released = book.release(protected);
         store.delete(&released, true)?;
-        let mut bans: Vec<_> = book.active().map(|r| r.ban(now)).collect();
-        bans.sort_by_key(|b| b.addr);
+        let bans = running_bans(&book, now);
         enforcer.setup(&bans).with_context(|| {
             format!(
                 "cannot set up blocking with {}",
@@ -281,8 +280,7 @@ impl Blocker {
     /// someone flushed them (a firewall service reloading its configuration with
     /// `flush ruleset`, `iptables -F`). Until then the scanners it had banned got through.
     fn reinstate(&mut self, now: i64) {
-        let mut bans: Vec<_> = self.book.active().map(|r| r.ban(now)).collect();
-        bans.sort_by_key(|b| b.addr);
+        let bans = running_bans(&self.book, now);
         let backend = self.enforcer.backend();
         match self.enforcer.setup(&bans) {
             Ok(()) => {
@@ -438,6 +436,14 @@ impl Blocker {
             eprintln!("synwatch: cannot remove synwatch's firewall rules: {e}");
         }
     }
+}
+
+/// Every running ban with its remaining time, in address order: what a set-up puts in
+/// the kernel.
+fn running_bans(book: &Book, now: i64) -> Vec<synwatch_enforce::Ban> {
+    let mut bans: Vec<_> = book.active().map(|r| r.ban(now)).collect();
+    bans.sort_by_key(|b| b.addr);
+    bans
 }
 
 /// A saved ban with what the kernel says about it.

@@ -84,10 +84,17 @@ fn render(cmd: Command, top: bool, out: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The page for `synwatch` itself.
-pub fn page(cmd: Command) -> Vec<u8> {
+/// `cmd` as the pages describe it: built (so subcommands carry their full names, such as
+/// `synwatch-run`), without clap's `help` subcommand.
+fn built(cmd: Command) -> Command {
     let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
+    cmd
+}
+
+/// The page for `synwatch` itself.
+pub fn page(cmd: Command) -> Vec<u8> {
+    let cmd = built(cmd);
     let mut page = Vec::new();
     // Writing to memory cannot fail.
     let _ = render(cmd, true, &mut page);
@@ -97,8 +104,7 @@ pub fn page(cmd: Command) -> Vec<u8> {
 /// Writes `synwatch.1` and `synwatch-COMMAND.1` for each command into `dir`; returns the
 /// file names.
 pub fn pages_to(cmd: Command, dir: &Path) -> Result<Vec<String>> {
-    let mut cmd = cmd.disable_help_subcommand(true);
-    cmd.build();
+    let cmd = built(cmd);
     let mut written = Vec::new();
     let mut write = |cmd: Command, top: bool| -> Result<()> {
         let name = format!(
