@@ -49,6 +49,10 @@ pub enum Scope {
 pub enum Backend {
     Nftables,
     Iptables,
+    /// The XDP program's ban maps (crate synwatch-xdp).
+    Xdp,
+    /// XDP first, and nftables for the traffic XDP does not see.
+    XdpNftables,
 }
 
 impl Backend {
@@ -56,6 +60,8 @@ impl Backend {
         match self {
             Backend::Nftables => "nftables",
             Backend::Iptables => "iptables",
+            Backend::Xdp => "xdp",
+            Backend::XdpNftables => "xdp,nftables",
         }
     }
 }
@@ -105,6 +111,13 @@ pub enum EnforceError {
         what: String,
         detail: String,
     },
+    /// A BPF map operation failed (the XDP backend).
+    #[error("cannot {what} in the XDP ban map {map}: {detail}")]
+    Map {
+        map: String,
+        what: String,
+        detail: String,
+    },
 }
 
 impl EnforceError {
@@ -118,7 +131,7 @@ impl EnforceError {
             EnforceError::Spawn { source, .. } => {
                 source.kind() == std::io::ErrorKind::PermissionDenied
             }
-            EnforceError::Output { .. } => false,
+            EnforceError::Output { .. } | EnforceError::Map { .. } => false,
         }
     }
 }
@@ -158,11 +171,103 @@ pub trait Enforcer: Send {
     fn teardown(&mut self) -> Result<(), EnforceError>;
 }
 
-/// Opens a backend over a runner. Nothing touches the kernel until a method is called.
-pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Box<dyn Enforcer> {
+/// Opens a firewall backend over a runner. Nothing touches the kernel until a method is
+/// called. `None` for the XDP backends, which need the loaded program (synwatch-xdp).
+pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<Box<dyn Enforcer>> {
     match backend {
-        Backend::Nftables => Box::new(nftables::Nftables::new(scope, runner)),
-        Backend::Iptables => Box::new(iptables::Iptables::new(scope, runner)),
+        Backend::Nftables => Some(Box::new(nftables::Nftables::new(scope, runner))),
+        Backend::Iptables => Some(Box::new(iptables::Iptables::new(scope, runner))),
+        Backend::Xdp | Backend::XdpNftables => None,
+    }
+}
+
+/// Two backends holding the same bans: a fast one first (XDP) and one behind it for the
+/// traffic the first does not see (nftables). Every change goes to both; the first
+/// error is returned after both were tried.
+pub struct Layered {
+    backend: Backend,
+    first: Box<dyn Enforcer>,
+    second: Box<dyn Enforcer>,
+}
+
+impl fmt::Debug for Layered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Layered")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl Layered {
+    pub fn new(backend: Backend, first: Box<dyn Enforcer>, second: Box<dyn Enforcer>) -> Self {
+        Self {
+            backend,
+            first,
+            second,
+        }
+    }
+
+    fn both<T>(
+        &mut self,
+        mut op: impl FnMut(&mut dyn Enforcer) -> Result<T, EnforceError>,
+    ) -> Result<T, EnforceError> {
+        let a = op(self.first.as_mut());
+        let b = op(self.second.as_mut());
+        a.and_then(|x| b.map(|_| x))
+    }
+}
+
+impl Enforcer for Layered {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn setup(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.both(|e| e.setup(bans))
+    }
+
+    fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.both(|e| e.add(bans))
+    }
+
+    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
+        self.both(|e| e.remove(addrs))
+    }
+
+    /// The first backend's view, with the packets the second dropped added per address.
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
+        let mut bans = self.first.list()?;
+        if let Ok(behind) = self.second.list() {
+            for ban in &mut bans {
+                if let Some(b) = behind.iter().find(|b| b.addr == ban.addr) {
+                    ban.packets = Some(ban.packets.unwrap_or(0) + b.packets.unwrap_or(0));
+                    ban.bytes = Some(ban.bytes.unwrap_or(0) + b.bytes.unwrap_or(0));
+                }
+            }
+        }
+        Ok(bans)
+    }
+
+    /// What both dropped (a packet dropped by the first never reaches the second).
+    fn counters(&mut self) -> Result<DropCounters, EnforceError> {
+        let a = self.first.counters()?;
+        let b = self.second.counters().unwrap_or_default();
+        Ok(DropCounters {
+            packets: a.packets + b.packets,
+            bytes: a.bytes + b.bytes,
+        })
+    }
+
+    fn present(&mut self) -> bool {
+        self.first.present() && self.second.present()
+    }
+
+    fn intact(&mut self) -> bool {
+        self.first.intact() && self.second.intact()
+    }
+
+    fn teardown(&mut self) -> Result<(), EnforceError> {
+        self.both(|e| e.teardown())
     }
 }
 

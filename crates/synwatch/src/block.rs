@@ -312,6 +312,21 @@ impl Blocker {
         );
     }
 
+    /// The XDP program banned `addr` by itself. The detector, which saw the same packet,
+    /// normally decided the same ban a moment earlier; if it did not (the source is
+    /// protected, the cap on new bans is reached, the two disagree), the kernel's ban is
+    /// lifted again at the next apply, without an event. Returns whether it stays.
+    pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64) -> bool {
+        if self.book.get(addr).is_some() {
+            return true;
+        }
+        if !self.lifting.contains(&addr) {
+            self.lifting.push(addr);
+        }
+        self.retry_at = self.retry_at.min(now);
+        false
+    }
+
     /// Lifts bans on addresses that became protected (an allowlist reloaded, an address
     /// added to this host).
     pub fn release_protected(
@@ -485,7 +500,8 @@ mod tests {
         runner: &RecordingRunner,
         now: i64,
     ) -> (Blocker, Vec<Happened>) {
-        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone()));
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone()))
+            .expect("nftables opens without a program");
         Blocker::start(
             enforcer,
             &settings(dir),

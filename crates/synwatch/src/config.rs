@@ -116,6 +116,7 @@ pub struct FileConfig {
     // Keys of `synwatch run` only (replay ignores them, so one file serves both).
     pub iface: Option<Vec<String>>,
     pub source: Option<String>,
+    pub xdp_mode: Option<String>,
     pub poll: Option<toml::Value>,
     pub block: Option<String>,
     pub block_scope: Option<String>,

@@ -28,6 +28,7 @@ mod replay;
 mod run;
 mod sockets;
 mod state;
+mod xdp;
 
 /// See every new TCP connection attempt, recognise port scans.
 ///

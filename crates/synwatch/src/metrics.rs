@@ -55,6 +55,8 @@ pub struct Metrics {
     pub rules_reinstated: AtomicU64,
     pub dropped_packets: AtomicU64,
     pub dropped_bytes: AtomicU64,
+    /// Scanners the XDP program banned by itself (read from its counters).
+    pub xdp_kernel_bans: AtomicU64,
     /// The blocking backend in use ("none" when not blocking); set once at start.
     pub backend: std::sync::OnceLock<&'static str>,
     pub decode_errors: [AtomicU64; DecodeError::ALL.len()],
@@ -207,6 +209,12 @@ impl Metrics {
             "counter",
             "Bytes dropped by synwatch's rules, from the kernel's rule counters.",
             &plain(get(&self.dropped_bytes)),
+        );
+        family(
+            "synwatch_xdp_kernel_bans_total",
+            "counter",
+            "Scanners the XDP program detected and banned by itself, dropping the packet that made them scanners (the detector decides the ban's length and reports it).",
+            &plain(get(&self.xdp_kernel_bans)),
         );
         family(
             "synwatch_block_backend_info",

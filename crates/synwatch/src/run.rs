@@ -3,8 +3,12 @@
 //! probes to this thread, which runs the same detector as replay, writes the events
 //! (rate-limited per source and overall) and keeps the metrics that `/metrics` serves.
 //!
-//! Scanners are blocked through an [`Enforcer`](synwatch_enforce::Enforcer) (nftables or
-//! iptables; see `block.rs`), chosen at start; `--block none` detects and reports only.
+//! With `--source xdp` (or `auto`, where it attaches) the XDP program observes instead of
+//! libpcap, through its ring buffer (see `xdp.rs`).
+//!
+//! Scanners are blocked through an [`Enforcer`](synwatch_enforce::Enforcer) (the XDP
+//! program's ban maps, nftables or iptables; see `block.rs`), chosen at start;
+//! `--block none` detects and reports only.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,12 +34,20 @@ use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
 use crate::sockets::{SocketCounters, SocketSource};
+use crate::xdp::{KernelBans, XdpModeArg};
 
 /// `--block`: what is done to scanners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BlockArg {
-    /// nftables where it works, else iptables, else none (saying why)
+    /// xdp,nftables where the XDP program runs, else nftables, else iptables, else none
+    /// (saying why)
     Auto,
+    /// The XDP program's ban maps: dropped before the network stack, and scanners banned
+    /// in the kernel by the packet that makes them scanners
+    Xdp,
+    /// Both: XDP, and nftables for the traffic XDP does not see
+    #[value(name = "xdp,nftables")]
+    XdpNftables,
     /// synwatch's own table `inet synwatch` (input and forward hooks)
     Nftables,
     /// synwatch's own chain SYNWATCH with ipsets (INPUT, FORWARD, DOCKER-USER)
@@ -48,6 +60,8 @@ impl BlockArg {
     fn as_str(self) -> &'static str {
         match self {
             BlockArg::Auto => "auto",
+            BlockArg::Xdp => "xdp",
+            BlockArg::XdpNftables => "xdp,nftables",
             BlockArg::Nftables => "nftables",
             BlockArg::Iptables => "iptables",
             BlockArg::None => "none",
@@ -67,8 +81,11 @@ pub enum ScopeArg {
 /// Where the agent learns of connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceArg {
-    /// Packet capture (the XDP source is not built yet, so auto is pcap)
+    /// XDP where it attaches, else libpcap (saying why)
     Auto,
+    /// The XDP program on each interface, through its ring buffer (needs CAP_BPF,
+    /// CAP_NET_ADMIN and CAP_PERFMON; sees incoming packets only)
+    Xdp,
     /// Packet capture through libpcap (needs CAP_NET_RAW)
     Pcap,
     /// The kernel's socket table, polled (no capture privilege; sees only accepted
@@ -80,6 +97,7 @@ impl SourceArg {
     fn as_str(self) -> &'static str {
         match self {
             Self::Auto => "auto",
+            Self::Xdp => "xdp",
             Self::Pcap => "pcap",
             Self::Sockets => "sockets",
         }
@@ -106,6 +124,11 @@ pub struct RunArgs {
     /// capture is not allowed [default: auto]
     #[arg(long, env = "SYNWATCH_SOURCE", value_enum)]
     pub source: Option<SourceArg>,
+
+    /// Where the XDP program runs: in the driver (native) where it supports XDP, else in
+    /// the kernel's generic path [default: auto]
+    #[arg(long, env = "SYNWATCH_XDP_MODE", value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
 
     /// How often --source sockets reads the socket table [default: 1s]
     #[arg(long, env = "SYNWATCH_POLL", value_name = "DUR")]
@@ -168,6 +191,7 @@ pub struct RunArgs {
 struct RunSettings {
     ifaces: Vec<String>,
     source: SourceArg,
+    xdp_mode: XdpModeArg,
     poll: Duration,
     block: BlockArg,
     blocking: BlockSettings,
@@ -200,6 +224,7 @@ impl RunSettings {
             ScopeArg::All,
         )?;
         let source = choice(args.source, &file.source, "source", SourceArg::Auto)?;
+        let xdp_mode = choice(args.xdp_mode, &file.xdp_mode, "xdp_mode", XdpModeArg::Auto)?;
         // A duration from the flag, else the file key, else `default`; with the option's
         // name and text as written, for messages.
         let duration =
@@ -247,6 +272,7 @@ impl RunSettings {
         Ok(Self {
             ifaces,
             source,
+            xdp_mode,
             poll,
             block,
             blocking,
@@ -352,6 +378,8 @@ pub(crate) fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<Str
 #[derive(Debug)]
 enum Msg {
     Batch(Vec<Observation>),
+    /// Sources the XDP program banned by itself (after the batch holding their packet).
+    KernelBans(KernelBans),
     Call(control::Call),
 }
 
@@ -478,6 +506,10 @@ fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
         Backend::Iptables => {
             "chain SYNWATCH with ipsets synwatch4/synwatch6, from INPUT, FORWARD and DOCKER-USER"
         }
+        Backend::Xdp => "ban maps of the XDP program, dropped before the network stack",
+        Backend::XdpNftables => {
+            "ban maps of the XDP program, and table inet synwatch for what XDP does not see"
+        }
     };
     let cap = if p.per_minute == 0 {
         "no cap on new bans".to_owned()
@@ -513,6 +545,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
     format!(
         "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
          direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\niface = {}\nsource = \"{}\"\n\
+         xdp_mode = \"{}\"\n\
          poll = \"{}ms\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
          keep_rules_on_exit = {}\n\
@@ -533,6 +566,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
         d.max_sources,
         list(run.ifaces.clone()),
         run.source.as_str(),
+        run.xdp_mode.as_str(),
         run.poll.as_millis(),
         run.block.as_str(),
         match b.scope {
@@ -565,13 +599,23 @@ fn start_blocking(
     settings: &BlockSettings,
     metrics: &Arc<Metrics>,
     protected: &dyn Fn(IpAddr) -> bool,
+    xdp: Option<&synwatch_xdp::Xdp>,
 ) -> Result<Option<(Blocker, Vec<Happened>)>, String> {
-    let candidates: &[Backend] = match choice {
-        BlockArg::None => return Ok(None),
-        BlockArg::Auto => &[Backend::Nftables, Backend::Iptables],
-        BlockArg::Nftables => &[Backend::Nftables],
-        BlockArg::Iptables => &[Backend::Iptables],
+    let candidates: &[Backend] = match (choice, xdp.is_some()) {
+        (BlockArg::None, _) => return Ok(None),
+        (BlockArg::Auto, true) => &[Backend::XdpNftables, Backend::Xdp],
+        (BlockArg::Auto, false) => &[Backend::Nftables, Backend::Iptables],
+        (BlockArg::Xdp, _) => &[Backend::Xdp],
+        (BlockArg::XdpNftables, _) => &[Backend::XdpNftables],
+        (BlockArg::Nftables, _) => &[Backend::Nftables],
+        (BlockArg::Iptables, _) => &[Backend::Iptables],
     };
+    // The XDP ban maps are reached through descriptors the agent already holds.
+    if candidates == [Backend::Xdp] {
+        return start_backend(Backend::Xdp, settings, metrics, protected, xdp)
+            .map(Some)
+            .map_err(|e| format!("{e:#}"));
+    }
     let admin = caps::has_cap(
         None,
         caps::CapSet::Effective,
@@ -589,14 +633,7 @@ fn start_blocking(
     }
     let mut failures = Vec::new();
     for &backend in candidates {
-        let enforcer = synwatch_enforce::open(backend, settings.scope, Box::new(SystemRunner));
-        match Blocker::start(
-            enforcer,
-            settings,
-            Arc::clone(metrics),
-            metrics::unix_now(),
-            protected,
-        ) {
+        match start_backend(backend, settings, metrics, protected, xdp) {
             Ok(started) => return Ok(Some(started)),
             Err(e) => failures.push(format!("{backend}: {e:#}")),
         }
@@ -612,10 +649,45 @@ fn start_blocking(
     }
 }
 
+/// Opens one backend and starts the blocker on it.
+fn start_backend(
+    backend: Backend,
+    settings: &BlockSettings,
+    metrics: &Arc<Metrics>,
+    protected: &dyn Fn(IpAddr) -> bool,
+    xdp: Option<&synwatch_xdp::Xdp>,
+) -> anyhow::Result<(Blocker, Vec<Happened>)> {
+    let rules = |b| synwatch_enforce::open(b, settings.scope, Box::new(SystemRunner));
+    let maps = || -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
+        let xdp = xdp.context("the XDP program is not running")?;
+        Ok(Box::new(xdp.bans()?))
+    };
+    let enforcer = match backend {
+        Backend::Xdp => maps()?,
+        Backend::XdpNftables => Box::new(synwatch_enforce::Layered::new(
+            backend,
+            maps()?,
+            rules(Backend::Nftables).context("nftables")?,
+        )),
+        other => rules(other).context("no such backend")?,
+    };
+    Blocker::start(
+        enforcer,
+        settings,
+        Arc::clone(metrics),
+        metrics::unix_now(),
+        protected,
+    )
+}
+
 /// The capabilities the firewall programs synwatch runs need: CAP_NET_ADMIN for every
 /// change, and CAP_NET_RAW for iptables, whose set match opens a raw socket to ipset.
 fn backend_capabilities(backend: Backend) -> caps::CapsHashSet {
     let mut needed = caps::CapsHashSet::new();
+    if backend == Backend::Xdp {
+        // The ban maps are written through descriptors opened at start.
+        return needed;
+    }
     needed.insert(caps::Capability::CAP_NET_ADMIN);
     if backend == Backend::Iptables {
         needed.insert(caps::Capability::CAP_NET_RAW);
@@ -783,7 +855,39 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut configured_locals = settings.detector.locals.clone();
     settings.detector.locals = host.locals(&configured_locals);
 
-    let captures = match open_all(&ifaces, &LiveOptions::default()) {
+    // XDP first: where it attaches, it observes instead of libpcap.
+    let xdp_blocking = matches!(run_settings.block, BlockArg::Xdp | BlockArg::XdpNftables);
+    let xdp_observing = matches!(run_settings.source, SourceArg::Auto | SourceArg::Xdp);
+    let mut xdp = None;
+    if !from_sockets && (xdp_observing || xdp_blocking) {
+        let options = crate::xdp::options(
+            &settings.detector,
+            xdp_observing,
+            xdp_blocking.then_some((&run_settings.blocking, true)),
+        );
+        match crate::xdp::start(&ifaces, run_settings.xdp_mode, options) {
+            Ok(x) => xdp = Some(x),
+            Err(e) => {
+                if let Some(log) = e.verifier_log() {
+                    eprintln!("synwatch: the verifier's log:\n{log}");
+                }
+                if run_settings.source == SourceArg::Xdp || xdp_blocking {
+                    let option = if xdp_blocking {
+                        format!("--block {}", run_settings.block.as_str())
+                    } else {
+                        "--source xdp".to_owned()
+                    };
+                    return usage(format!("cannot use XDP ({option}): {e}"));
+                }
+                eprintln!("synwatch: XDP is not available, watching through libpcap instead: {e}");
+            }
+        }
+    }
+    let xdp_source = xdp.is_some() && xdp_observing;
+
+    let no_interfaces: &[String] = &[];
+    let pcap_ifaces = if xdp_source { no_interfaces } else { &ifaces };
+    let captures = match open_all(pcap_ifaces, &LiveOptions::default()) {
         Ok(c) => c,
         Err(e @ LiveError::Permission { .. }) => {
             return usage(format!(
@@ -801,9 +905,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     } else {
         None
     };
-    let watching = match &socket_source {
-        Some(s) => s.describe(),
-        None => ifaces.join(", "),
+    let watching = match (&socket_source, &xdp) {
+        (Some(s), _) => s.describe(),
+        (None, Some(x)) if xdp_source => crate::xdp::describe(x),
+        (None, _) => ifaces.join(", "),
     };
     let listener = match metrics::bind(run_settings.metrics_addr) {
         Ok(l) => l,
@@ -848,6 +953,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         &run_settings.blocking,
         &metrics,
         &protected_at_start,
+        xdp.as_ref(),
     ) {
         Ok(Some((b, lapsed))) => (Some(b), lapsed),
         Ok(None) => (None, Vec::new()),
@@ -867,6 +973,26 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let _ = metrics
         .backend
         .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
+    let blocks_in_xdp = blocker
+        .as_ref()
+        .is_some_and(|b| matches!(b.backend(), Backend::Xdp | Backend::XdpNftables));
+    if let Some(x) = xdp.as_mut() {
+        let detector = Detector::new(settings.detector.clone());
+        let options = crate::xdp::options(
+            &settings.detector,
+            xdp_source,
+            blocks_in_xdp.then_some((&run_settings.blocking, true)),
+        );
+        if blocks_in_xdp && options.detection.is_none() {
+            eprintln!(
+                "synwatch: warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
+            );
+        }
+        let allowed = crate::xdp::allowlist(&detector, &host_now.addresses());
+        if let Err(e) = x.configure(options).and_then(|()| x.set_allowed(&allowed)) {
+            return Err(anyhow::Error::new(e).context("cannot configure the XDP program"));
+        }
+    }
     drop_capabilities(blocker.as_ref().map(Blocker::backend));
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
@@ -921,6 +1047,30 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             })
             .context("cannot start the socket table thread")?;
         workers.push(("the socket table".to_owned(), handle));
+    }
+    if let Some(x) = xdp.as_mut() {
+        let ring = x
+            .ring()
+            .context("cannot read the XDP program's ring buffer")?;
+        let slots: Option<Vec<u32>> =
+            xdp_source.then(|| x.attached().iter().map(|a| a.slot).collect());
+        let (stop, metrics) = (Arc::clone(&stop), Arc::clone(&metrics));
+        let (batches, bans) = (tx.clone(), tx.clone());
+        let handle = thread::Builder::new()
+            .name("xdp".into())
+            .spawn(move || {
+                crate::xdp::run(
+                    ring,
+                    &stop,
+                    &metrics,
+                    slots.as_deref(),
+                    monotonic,
+                    |batch| batches.send(Msg::Batch(batch)).is_ok(),
+                    |banned| bans.send(Msg::KernelBans(banned)).is_ok(),
+                );
+            })
+            .context("cannot start the XDP thread")?;
+        workers.push(("the XDP ring buffer".to_owned(), handle));
     }
     drop(tx);
 
@@ -984,6 +1134,18 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     }
                 }
             }
+            Ok(Msg::KernelBans(KernelBans(addrs))) => {
+                if let Some(b) = blocker.as_mut() {
+                    let now = metrics::unix_now();
+                    for addr in addrs {
+                        if !b.confirm_kernel_ban(addr, now) {
+                            eprintln!(
+                                "synwatch: the XDP program banned {addr}, but the detector did not (see above); lifting it"
+                            );
+                        }
+                    }
+                }
+            }
             Ok(Msg::Call(call)) => {
                 if let Some(b) = blocker.as_mut() {
                     let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
@@ -1023,6 +1185,14 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 b.set_policy(fresh_run.blocking.policy);
                 output = output.and(release_protected(b, &mut detector, &host_now, &mut events));
             }
+            if let Some(x) = xdp.as_mut() {
+                let options = crate::xdp::options(
+                    detector.config(),
+                    xdp_source,
+                    blocks_in_xdp.then_some((&fresh_run.blocking, true)),
+                );
+                reconfigure_xdp(x, options, &detector, &host_now);
+            }
         }
         if now >= next_refresh {
             next_refresh = now + ADDRESS_REFRESH;
@@ -1036,6 +1206,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         output =
                             output.and(release_protected(b, &mut detector, &host_now, &mut events));
                     }
+                }
+                if let Some(x) = xdp.as_mut() {
+                    reconfigure_xdp(x, x.options(), &detector, &host_now);
                 }
             }
         }
@@ -1061,14 +1234,31 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .iter()
             .map(|k| metrics.decode_errors[k.index()].load(Ordering::Relaxed))
             .sum();
+        lines.push(if xdp_source {
+            format!(
+                "  {} (XDP): {} packets seen by the program, {} probes lost (ring buffer full)",
+                iface.name,
+                iface.packets.load(Ordering::Relaxed),
+                iface.drops.load(Ordering::Relaxed),
+            )
+        } else {
+            format!(
+                "  {}: {} packets passed the filter, {} dropped by the kernel; {} undecodable in all",
+                iface.name,
+                iface.packets.load(Ordering::Relaxed),
+                iface.drops.load(Ordering::Relaxed),
+                decode_errors,
+            )
+        });
+    }
+    if blocks_in_xdp {
         lines.push(format!(
-            "  {}: {} packets passed the filter, {} dropped by the kernel; {} undecodable in all",
-            iface.name,
-            iface.packets.load(Ordering::Relaxed),
-            iface.drops.load(Ordering::Relaxed),
-            decode_errors,
+            "  XDP: {} scanners banned by the program itself",
+            metrics.xdp_kernel_bans.load(Ordering::Relaxed)
         ));
     }
+    // Detaches the program from every interface.
+    drop(xdp);
     if from_sockets {
         let c = &socket_counters;
         lines.push(format!(
@@ -1101,6 +1291,23 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(crate::ExitStatus::Success),
         Err(e) => Err(anyhow::Error::new(e).context("cannot write events to stdout")),
         Ok(()) => Ok(crate::ExitStatus::Success),
+    }
+}
+
+/// Tells the XDP program the configuration and protected ranges now in force; a failure
+/// is logged and the program keeps what it had.
+fn reconfigure_xdp(
+    xdp: &mut synwatch_xdp::Xdp,
+    options: synwatch_xdp::Options,
+    detector: &Detector,
+    host: &HostNow,
+) {
+    let allowed = crate::xdp::allowlist(detector, &host.addresses());
+    if let Err(e) = xdp
+        .configure(options)
+        .and_then(|()| xdp.set_allowed(&allowed))
+    {
+        eprintln!("synwatch: cannot update the XDP program: {e}");
     }
 }
 

@@ -1,0 +1,252 @@
+//! The XDP path of `synwatch run`: starting the program on the watched interfaces, the
+//! thread that turns its ring buffer into observations, and the allowlist it consults.
+//!
+//! The program reports probes (with `--source xdp`) and the packets with which it
+//! banned a scanner itself (with `--block xdp`). Both become observations for the same
+//! detector as libpcap's, so the user-space detector stays the reference: it decides the
+//! scan events, the ban lengths, the logging and the saved state. A source the program
+//! banned but the detector would not (a ban cap reached, say) is lifted again.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use synwatch_decode::TcpFlags;
+use synwatch_detect::{Detector, DirectionFilter, Observation};
+use synwatch_xdp::clock::BootToUnix;
+use synwatch_xdp::{Counter, Detection, Mode, Options, Ring, Xdp, XdpError};
+
+use crate::metrics::Metrics;
+
+/// `--xdp-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (in the driver) where the driver supports it, else generic
+    Auto,
+    /// In the driver only: fails on interfaces whose driver has no XDP support
+    Native,
+    /// In the kernel's generic receive path: works everywhere, slower
+    Generic,
+}
+
+impl XdpModeArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    fn mode(self) -> Mode {
+        match self {
+            Self::Auto => Mode::Auto,
+            Self::Native => Mode::Native,
+            Self::Generic => Mode::Generic,
+        }
+    }
+}
+
+/// What the program is told, from the running configuration.
+pub fn options(
+    detector: &synwatch_detect::Config,
+    emit: bool,
+    blocking: Option<(&crate::block::BlockSettings, bool)>,
+) -> Options {
+    let detection = blocking.and_then(|(b, detect)| {
+        (detect
+            && detector.direction != DirectionFilter::Out
+            && synwatch_xdp::detects_in_kernel(detector.max_ports))
+        .then(|| Detection {
+            max_ports: detector.max_ports,
+            window_ns: u64::try_from(detector.window).unwrap_or(u64::MAX),
+            ban_secs: b.policy.duration_secs,
+        })
+    });
+    Options {
+        emit,
+        detection,
+        scope_new: blocking.is_some_and(|(b, _)| b.scope == synwatch_enforce::Scope::New),
+    }
+}
+
+/// Loads the program and attaches it to every interface; on any failure nothing stays
+/// attached (the program is dropped).
+pub fn start(ifaces: &[String], mode: XdpModeArg, options: Options) -> Result<Xdp, XdpError> {
+    let mut xdp = Xdp::load(options)?;
+    for iface in ifaces {
+        let attached = xdp.attach(iface, mode.mode())?;
+        if let Some(old) = &attached.replaced {
+            eprintln!(
+                "synwatch: replaced a stale synwatch XDP program on {iface} ({old}) left by an earlier run"
+            );
+        }
+    }
+    Ok(xdp)
+}
+
+/// The ranges the program never drops or tracks: what `is_protected` covers.
+pub fn allowlist(detector: &Detector, host: &std::collections::BTreeSet<IpAddr>) -> Vec<IpNet> {
+    let cfg = detector.config();
+    let mut nets: Vec<IpNet> = cfg.allow.iter().collect();
+    // Local sources are outgoing to the detector: they never count toward a scan (unless
+    // --direction both) and are never banned (unless --no-allow-local).
+    if cfg.allow_local || cfg.direction != DirectionFilter::Both {
+        nets.extend(cfg.locals.iter());
+    }
+    nets.extend(host.iter().map(|&a| IpNet::from(a)));
+    for special in [
+        "127.0.0.0/8",
+        "0.0.0.0/32",
+        "255.255.255.255/32",
+        "224.0.0.0/4",
+        "::1/128",
+        "::/128",
+        "ff00::/8",
+    ] {
+        if let Ok(n) = special.parse() {
+            nets.push(n);
+        }
+    }
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// How the interfaces are attached, for the banner: "veth0 (XDP native)".
+pub fn describe(xdp: &Xdp) -> String {
+    xdp.attached()
+        .iter()
+        .map(|a| format!("{} (XDP {})", a.iface, a.mode))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the XDP thread hands the pipeline besides observations.
+#[derive(Debug)]
+pub struct KernelBans(pub Vec<IpAddr>);
+
+/// How often the program's counters are copied into the metrics.
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+
+/// Reads the ring buffer until `stop`: each event becomes an observation, sent in
+/// batches through `send_batch`; sources the program banned follow their batch through
+/// `send_bans`. With `interfaces` (the XDP source), the program's per-interface counters
+/// are the interfaces' packet and drop metrics.
+pub fn run(
+    mut ring: Ring,
+    stop: &AtomicBool,
+    metrics: &Metrics,
+    interfaces: Option<&[u32]>,
+    now: impl Fn() -> Instant,
+    send_batch: impl Fn(Vec<Observation>) -> bool,
+    send_bans: impl Fn(KernelBans) -> bool,
+) {
+    let mut events = Vec::new();
+    let mut next_counters = now();
+    while !stop.load(Ordering::Relaxed) {
+        events.clear();
+        match ring.wait(Duration::from_millis(200), &mut events) {
+            Ok(0) => {}
+            Ok(bad) => {
+                metrics.decode_errors[synwatch_decode::DecodeError::TruncatedIp.index()]
+                    .fetch_add(bad, Ordering::Relaxed);
+            }
+            Err(e) => {
+                eprintln!("synwatch: cannot read the XDP ring buffer: {e}");
+                break;
+            }
+        }
+        if !events.is_empty() {
+            let clock = BootToUnix::now();
+            let batch: Vec<Observation> = events
+                .iter()
+                .map(|e| Observation {
+                    ts: clock.unix(e.ts_boot),
+                    src: e.src,
+                    dst: e.dst,
+                    sport: e.sport,
+                    dport: e.dport,
+                    flags: TcpFlags(e.flags),
+                })
+                .collect();
+            let banned: Vec<IpAddr> = events
+                .iter()
+                .filter(|e| e.banned())
+                .map(|e| e.src)
+                .collect();
+            if !send_batch(batch) || (!banned.is_empty() && !send_bans(KernelBans(banned))) {
+                break;
+            }
+        }
+        let t = now();
+        if t >= next_counters {
+            next_counters = t + COUNTERS_EVERY;
+            record(&ring, metrics, interfaces);
+        }
+    }
+    record(&ring, metrics, interfaces);
+}
+
+fn record(ring: &Ring, metrics: &Metrics, interfaces: Option<&[u32]>) {
+    let slots: Vec<u32> = match interfaces {
+        Some(s) => s.to_vec(),
+        None => (0..metrics.interfaces.len().max(1) as u32).collect(),
+    };
+    let kernel_bans: u64 = slots
+        .iter()
+        .map(|&s| ring.counter(Counter::KernelBans, s))
+        .sum();
+    metrics
+        .xdp_kernel_bans
+        .store(kernel_bans, Ordering::Relaxed);
+    if let Some(slots) = interfaces {
+        for (iface, &slot) in metrics.interfaces.iter().zip(slots) {
+            iface
+                .packets
+                .store(ring.counter(Counter::Packets, slot), Ordering::Relaxed);
+            iface
+                .drops
+                .store(ring.counter(Counter::RingbufFull, slot), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[expect(clippy::unwrap_used, reason = "tests fail loudly")]
+    fn the_program_never_drops_what_is_protected() {
+        let mut cfg = synwatch_detect::Config {
+            allow: ["198.51.100.0/24".parse::<IpNet>().unwrap()]
+                .into_iter()
+                .collect(),
+            locals: ["10.0.0.0/8".parse::<IpNet>().unwrap()]
+                .into_iter()
+                .collect(),
+            ..synwatch_detect::Config::default()
+        };
+        let detector = Detector::new(cfg.clone());
+        let host = [IpAddr::from([192, 0, 2, 1])].into_iter().collect();
+        let nets = allowlist(&detector, &host);
+        for want in [
+            "198.51.100.0/24",
+            "10.0.0.0/8",
+            "192.0.2.1/32",
+            "127.0.0.0/8",
+            "ff00::/8",
+        ] {
+            assert!(nets.contains(&want.parse().unwrap()), "{want} in {nets:?}");
+        }
+        // Scanning from a local range is counted (and banned) with --direction both and
+        // --no-allow-local: the program must not hide it.
+        cfg.direction = DirectionFilter::Both;
+        cfg.allow_local = false;
+        let nets = allowlist(&Detector::new(cfg), &host);
+        assert!(!nets.contains(&"10.0.0.0/8".parse().unwrap()));
+        assert!(nets.contains(&"192.0.2.1/32".parse().unwrap()));
+    }
+}

@@ -1,0 +1,47 @@
+//! Compiles the XDP program in `bpf/` with clang into `$OUT_DIR/synwatch.bpf.o`, which
+//! the crate embeds. `-g` is required: aya reads the BTF map definitions from it.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let source = manifest.join("../../bpf/synwatch.bpf.c");
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("synwatch.bpf.o");
+    println!("cargo:rerun-if-changed={}", source.display());
+    println!("cargo:rerun-if-env-changed=CLANG");
+    // Debian keeps <asm/types.h> under the multiarch directory of the target.
+    let multiarch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("aarch64") => "aarch64-linux-gnu",
+        Ok("arm") => "arm-linux-gnueabihf",
+        Ok("riscv64") => "riscv64-linux-gnu",
+        Ok("powerpc64") => "powerpc64le-linux-gnu",
+        Ok("s390x") => "s390x-linux-gnu",
+        _ => "x86_64-linux-gnu",
+    };
+    let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    let status = Command::new(&clang)
+        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
+        .arg(format!("-I/usr/include/{multiarch}"))
+        .arg("-c")
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => fail(&format!(
+            "{clang} could not compile {} ({s}); see its messages above",
+            source.display()
+        )),
+        Err(e) => fail(&format!(
+            "cannot run {clang} ({e}): the XDP program is compiled with clang; install clang and libbpf-dev (`make deps` does: apt-get install clang libbpf-dev)"
+        )),
+    }
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("error: {why}");
+    std::process::exit(1);
+}

@@ -1,0 +1,225 @@
+//! The XDP program's ban maps as a blocking backend.
+//!
+//! A ban is an entry in `ban4`/`ban6` whose value holds its end on the kernel's boot
+//! clock (0: until removed) and the packets and bytes it dropped; the program compares
+//! the end with `bpf_ktime_get_boot_ns()` on every packet, so a ban stops dropping the
+//! moment it ends even before user space deletes the entry. Removing a ban also forgets
+//! the source's in-kernel scan track, as the user-space detector forgets it.
+//!
+//! The maps live as long as the program: they are not a firewall that outlives the
+//! agent, so `--keep-rules-on-exit` does not keep XDP bans; the next start restores them
+//! from the saved state.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use synwatch_enforce::{Backend, Ban, DropCounters, EnforceError, Enforcer, KernelBan};
+
+use crate::XdpError;
+use crate::clock;
+use crate::layout::{BanValue, Counter, key4};
+
+/// The ban maps and the drop counters of the loaded program.
+pub struct XdpBans {
+    ban4: HashMap<MapData, u32, [u64; 3]>,
+    ban6: HashMap<MapData, [u8; 16], [u64; 3]>,
+    track4: HashMap<MapData, u32, [u8; 176]>,
+    track6: HashMap<MapData, [u8; 16], [u8; 176]>,
+    counters: PerCpuArray<MapData, u64>,
+    slots: Vec<u32>,
+}
+
+impl std::fmt::Debug for XdpBans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("XdpBans")
+    }
+}
+
+fn failed(map: &str, what: &str, e: &MapError) -> EnforceError {
+    EnforceError::Map {
+        map: map.to_owned(),
+        what: what.to_owned(),
+        detail: e.to_string(),
+    }
+}
+
+/// Whether a removal failed only because the key was not there.
+fn missing(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(nix::libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// The address as the program keys it: IPv4-mapped IPv6 as IPv4.
+enum Keyed {
+    V4(u32),
+    V6([u8; 16]),
+}
+
+fn keyed(addr: IpAddr) -> Keyed {
+    match addr.to_canonical() {
+        IpAddr::V4(a) => Keyed::V4(key4(a)),
+        IpAddr::V6(a) => Keyed::V6(a.octets()),
+    }
+}
+
+impl XdpBans {
+    pub(crate) fn open(
+        share: impl Fn(&'static str) -> Result<aya::maps::Map, XdpError>,
+        slots: Vec<u32>,
+    ) -> Result<Self, XdpError> {
+        fn typed<T: TryFrom<aya::maps::Map, Error = MapError>>(
+            share: &impl Fn(&'static str) -> Result<aya::maps::Map, XdpError>,
+            name: &'static str,
+        ) -> Result<T, XdpError> {
+            T::try_from(share(name)?).map_err(|e| XdpError::map(name, e))
+        }
+        Ok(Self {
+            ban4: typed(&share, "ban4")?,
+            ban6: typed(&share, "ban6")?,
+            track4: typed(&share, "track4")?,
+            track6: typed(&share, "track6")?,
+            counters: typed(&share, "counters")?,
+            slots,
+        })
+    }
+
+    fn insert(&mut self, ban: &Ban, now: u64) -> Result<(), EnforceError> {
+        let expires = match ban.timeout_secs {
+            None => 0,
+            Some(s) => now.saturating_add(s.saturating_mul(1_000_000_000)).max(1),
+        };
+        // A ban that is renewed keeps its counters.
+        let mut value = BanValue {
+            expires,
+            ..BanValue::default()
+        };
+        match keyed(ban.addr) {
+            Keyed::V4(k) => {
+                if let Ok(old) = self.ban4.get(&k, 0) {
+                    let old = BanValue::from_words(old);
+                    (value.packets, value.bytes) = (old.packets, old.bytes);
+                }
+                self.ban4
+                    .insert(k, value.to_words(), 0)
+                    .map_err(|e| failed("ban4", "add a ban", &e))
+            }
+            Keyed::V6(k) => {
+                if let Ok(old) = self.ban6.get(&k, 0) {
+                    let old = BanValue::from_words(old);
+                    (value.packets, value.bytes) = (old.packets, old.bytes);
+                }
+                self.ban6
+                    .insert(k, value.to_words(), 0)
+                    .map_err(|e| failed("ban6", "add a ban", &e))
+            }
+        }
+    }
+
+    fn clear(&mut self) -> Result<(), EnforceError> {
+        let v4: Vec<u32> = self.ban4.keys().filter_map(Result::ok).collect();
+        let v6: Vec<[u8; 16]> = self.ban6.keys().filter_map(Result::ok).collect();
+        let addrs: Vec<IpAddr> = v4
+            .into_iter()
+            .map(|k| IpAddr::from(k.to_ne_bytes()))
+            .chain(v6.into_iter().map(|k| IpAddr::V6(Ipv6Addr::from(k))))
+            .collect();
+        self.remove(&addrs)
+    }
+
+    fn sum(&self, which: Counter) -> u64 {
+        self.slots
+            .iter()
+            .chain(std::iter::once(&0).filter(|_| self.slots.is_empty()))
+            .filter_map(|&slot| self.counters.get(&which.key(slot), 0).ok())
+            .map(|v| v.iter().sum::<u64>())
+            .sum()
+    }
+}
+
+impl Enforcer for XdpBans {
+    fn backend(&self) -> Backend {
+        Backend::Xdp
+    }
+
+    fn setup(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.clear()?;
+        self.add(bans)
+    }
+
+    fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        let now = clock::boot_now();
+        let mut first = Ok(());
+        for ban in bans {
+            if let Err(e) = self.insert(ban, now)
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    }
+
+    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
+        let mut first = Ok(());
+        for &addr in addrs {
+            let (ban, track) = match keyed(addr) {
+                Keyed::V4(k) => (self.ban4.remove(&k), self.track4.remove(&k)),
+                Keyed::V6(k) => (self.ban6.remove(&k), self.track6.remove(&k)),
+            };
+            for (map, result) in [("ban", ban), ("track", track)] {
+                if let Err(e) = result
+                    && !missing(&e)
+                    && first.is_ok()
+                {
+                    first = Err(failed(map, "remove an address", &e));
+                }
+            }
+        }
+        first
+    }
+
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
+        let now = clock::boot_now();
+        let entry = |addr: IpAddr, v: [u64; 3]| {
+            let v = BanValue::from_words(v);
+            (v.expires == 0 || v.expires > now).then(|| KernelBan {
+                addr,
+                expires_secs: (v.expires != 0).then(|| (v.expires - now).div_ceil(1_000_000_000)),
+                packets: Some(v.packets),
+                bytes: Some(v.bytes),
+            })
+        };
+        let mut out: Vec<KernelBan> = self
+            .ban4
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| entry(IpAddr::from(k.to_ne_bytes()), v))
+            .collect();
+        out.extend(
+            self.ban6
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(k, v)| entry(IpAddr::V6(Ipv6Addr::from(k)), v)),
+        );
+        Ok(out)
+    }
+
+    fn counters(&mut self) -> Result<DropCounters, EnforceError> {
+        Ok(DropCounters {
+            packets: self.sum(Counter::Dropped),
+            bytes: self.sum(Counter::DroppedBytes),
+        })
+    }
+
+    /// The maps exist while the agent holds the program.
+    fn present(&mut self) -> bool {
+        true
+    }
+
+    fn teardown(&mut self) -> Result<(), EnforceError> {
+        self.clear()
+    }
+}

@@ -1,0 +1,254 @@
+//! The byte layouts shared with the C program in `bpf/synwatch.bpf.c`, and the pure
+//! parsing of what it writes. Nothing here touches the kernel, so it is unit-tested
+//! anywhere; the C side's structs must stay in step with these offsets.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Ports one source's track holds in the kernel: `max_ports + 1` must fit.
+pub const TRACK_PORTS: u16 = 16;
+/// Interfaces whose counters are kept apart (more share the last slot's).
+pub const SLOTS: u32 = 64;
+
+/// `config.flags`: report every probe through the ring buffer (the XDP source).
+pub const CFG_EMIT: u32 = 1;
+/// `config.flags`: detect scans in the kernel and ban them there.
+pub const CFG_DETECT: u32 = 2;
+/// `config.flags`: a ban drops only new connections and probes.
+pub const CFG_SCOPE_NEW: u32 = 4;
+
+/// `event.kind`: a SYN without ACK or a stealth probe.
+pub const EV_PROBE: u8 = 1;
+/// `event.kind`: this packet took its source over `max_ports`; the kernel banned the
+/// source and dropped the packet.
+pub const EV_BANNED: u8 = 2;
+
+/// The per-interface counters, in the order of the C enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Packets = 0,
+    Events = 1,
+    RingbufFull = 2,
+    Dropped = 3,
+    DroppedBytes = 4,
+    KernelBans = 5,
+    PassedUnparsed = 6,
+}
+
+/// Counters per slot in the per-CPU array.
+pub const COUNTERS_PER_SLOT: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; 7] = [
+        Counter::Packets,
+        Counter::Events,
+        Counter::RingbufFull,
+        Counter::Dropped,
+        Counter::DroppedBytes,
+        Counter::KernelBans,
+        Counter::PassedUnparsed,
+    ];
+
+    /// The key of this counter for interface slot `slot`.
+    pub fn key(self, slot: u32) -> u32 {
+        slot.min(SLOTS - 1) * COUNTERS_PER_SLOT + self as u32
+    }
+}
+
+/// `struct config`: what the program is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Config {
+    pub window_ns: u64,
+    /// A kernel ban's first length in nanoseconds; 0 lasts until user space lifts it.
+    pub ban_ns: u64,
+    pub max_ports: u32,
+    pub flags: u32,
+}
+
+impl Config {
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0..8].copy_from_slice(&self.window_ns.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.ban_ns.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.max_ports.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
+/// `struct ban`: the value of `ban4`/`ban6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BanValue {
+    /// Boot-clock nanoseconds when the ban ends; 0 lasts until removed.
+    pub expires: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl BanValue {
+    pub fn to_words(self) -> [u64; 3] {
+        [self.expires, self.packets, self.bytes]
+    }
+
+    pub fn from_words(w: [u64; 3]) -> Self {
+        Self {
+            expires: w[0],
+            packets: w[1],
+            bytes: w[2],
+        }
+    }
+}
+
+/// The size of `struct event`.
+pub const EVENT_LEN: usize = 56;
+
+/// One ring buffer record: a probe the program saw, and whether it banned its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    /// Boot-clock nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ts_boot: u64,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    /// The TCP flags byte.
+    pub flags: u8,
+    /// `EV_PROBE` and/or `EV_BANNED`.
+    pub kind: u8,
+    pub ifindex: u32,
+}
+
+impl Event {
+    /// Parses a record; `None` for one of the wrong size or an unknown family (which
+    /// would mean the program and this crate are out of step).
+    pub fn parse(b: &[u8]) -> Option<Event> {
+        if b.len() < EVENT_LEN {
+            return None;
+        }
+        let u64_at = |o: usize| b.get(o..o + 8)?.try_into().ok().map(u64::from_ne_bytes);
+        let u16_at = |o: usize| b.get(o..o + 2)?.try_into().ok().map(u16::from_ne_bytes);
+        let addr_at = |o: usize, family: u8| -> Option<IpAddr> {
+            match family {
+                4 => {
+                    let a: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
+                    Some(IpAddr::V4(Ipv4Addr::from(a)))
+                }
+                6 => {
+                    let a: [u8; 16] = b.get(o..o + 16)?.try_into().ok()?;
+                    Some(IpAddr::V6(Ipv6Addr::from(a)))
+                }
+                _ => None,
+            }
+        };
+        let family = *b.get(45)?;
+        Some(Event {
+            ts_boot: u64_at(0)?,
+            src: addr_at(8, family)?,
+            dst: addr_at(24, family)?,
+            sport: u16_at(40)?,
+            dport: u16_at(42)?,
+            flags: *b.get(44)?,
+            kind: *b.get(46)?,
+            ifindex: b.get(48..52)?.try_into().ok().map(u32::from_ne_bytes)?,
+        })
+    }
+
+    pub fn probe(&self) -> bool {
+        self.kind & EV_PROBE != 0
+    }
+
+    pub fn banned(&self) -> bool {
+        self.kind & EV_BANNED != 0
+    }
+}
+
+/// The key of an address in `ban4`/`track4` (network byte order, as the packet has it).
+pub fn key4(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(family: u8, kind: u8) -> Vec<u8> {
+        let mut b = vec![0u8; EVENT_LEN];
+        b[0..8].copy_from_slice(&123_456_789u64.to_ne_bytes());
+        if family == 4 {
+            b[8..12].copy_from_slice(&[192, 0, 2, 7]);
+            b[24..28].copy_from_slice(&[10, 0, 0, 1]);
+        } else {
+            b[8..24].copy_from_slice(
+                &"2001:db8::7"
+                    .parse::<Ipv6Addr>()
+                    .map_or([0; 16], |a| a.octets()),
+            );
+            b[24..40].copy_from_slice(
+                &"fd00::1"
+                    .parse::<Ipv6Addr>()
+                    .map_or([0; 16], |a| a.octets()),
+            );
+        }
+        b[40..42].copy_from_slice(&40000u16.to_ne_bytes());
+        b[42..44].copy_from_slice(&22u16.to_ne_bytes());
+        b[44] = 0x02;
+        b[45] = family;
+        b[46] = kind;
+        b[48..52].copy_from_slice(&7u32.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn an_ipv4_record_parses_field_by_field() {
+        let e = Event::parse(&record(4, EV_PROBE | EV_BANNED)).expect("parses");
+        assert_eq!(e.ts_boot, 123_456_789);
+        assert_eq!(e.src, IpAddr::from([192, 0, 2, 7]));
+        assert_eq!(e.dst, IpAddr::from([10, 0, 0, 1]));
+        assert_eq!((e.sport, e.dport, e.flags, e.ifindex), (40000, 22, 0x02, 7));
+        assert!(e.probe() && e.banned());
+    }
+
+    #[test]
+    fn an_ipv6_record_parses() {
+        let e = Event::parse(&record(6, EV_BANNED)).expect("parses");
+        assert_eq!(e.src.to_string(), "2001:db8::7");
+        assert_eq!(e.dst.to_string(), "fd00::1");
+        assert!(!e.probe() && e.banned());
+    }
+
+    #[test]
+    fn short_records_and_unknown_families_are_refused() {
+        assert_eq!(Event::parse(&record(4, 1)[..EVENT_LEN - 1]), None);
+        assert_eq!(Event::parse(&record(5, 1)), None);
+        assert_eq!(Event::parse(&[]), None);
+    }
+
+    #[test]
+    fn config_bytes_follow_the_c_struct() {
+        let b = Config {
+            window_ns: 60_000_000_000,
+            ban_ns: 3_600_000_000_000,
+            max_ports: 3,
+            flags: CFG_EMIT | CFG_DETECT,
+        }
+        .to_bytes();
+        assert_eq!(
+            u64::from_ne_bytes(b[0..8].try_into().unwrap_or_default()),
+            60_000_000_000
+        );
+        assert_eq!(
+            u32::from_ne_bytes(b[16..20].try_into().unwrap_or_default()),
+            3
+        );
+        assert_eq!(
+            u32::from_ne_bytes(b[20..24].try_into().unwrap_or_default()),
+            3
+        );
+    }
+
+    #[test]
+    fn counter_keys_stay_inside_the_array() {
+        assert_eq!(Counter::Dropped.key(0), 3);
+        assert_eq!(Counter::Packets.key(2), 16);
+        assert_eq!(Counter::PassedUnparsed.key(1000), (SLOTS - 1) * 8 + 6);
+    }
+}

@@ -1,0 +1,641 @@
+//! synwatch's XDP fast path.
+//!
+//! The program (`bpf/synwatch.bpf.c`, compiled by clang from `build.rs` and embedded in
+//! the binary) runs on every packet a watched interface receives, before the network
+//! stack allocates anything for it. It drops packets from banned sources, reports SYNs
+//! and stealth probes through a ring buffer, and, when blocking in XDP, detects scans
+//! itself so that the packet that makes a source a scanner is already dropped.
+//!
+//! This crate loads it with aya and hands out its parts to the threads that use them:
+//! - [`Xdp`]: the loaded program and its attachments (one bpf_link per interface, so
+//!   the kernel detaches it when the process ends, even by a crash), the configuration
+//!   and the allowlist tries. Dropping it detaches the program.
+//! - [`Ring`]: the ring buffer of [`Event`]s and the per-CPU counters, for the thread
+//!   that observes.
+//! - [`XdpBans`]: the ban maps, as a blocking backend ([`synwatch_enforce::Enforcer`]).
+//!
+//! Layout: `layout` (the byte layouts shared with the C program, pure), `bans` (the
+//! blocking backend), `clock` (the kernel's boot clock against Unix time), this file
+//! (loading, attaching, errors).
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::{ProgramError, XdpMode};
+use aya::{Ebpf, EbpfError, EbpfLoader, include_bytes_aligned};
+use ipnet::IpNet;
+
+mod bans;
+pub mod clock;
+pub mod layout;
+
+pub use bans::XdpBans;
+pub use layout::{Config, Counter, Event};
+
+/// The program object, compiled at build time.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synwatch.bpf.o"));
+
+/// The program's name in the object (and as `ip link` and `bpftool` show it).
+pub const PROGRAM: &str = "synwatch_xdp";
+
+/// The compiled object, for tools that load it themselves (tests attach it with `ip`).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
+/// `--xdp-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Native where the driver supports it, generic otherwise.
+    Auto,
+    /// In the driver only.
+    Native,
+    /// In the kernel's generic path (any interface; slower).
+    Generic,
+}
+
+/// In-kernel scan detection, when blocking in XDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detection {
+    pub max_ports: u16,
+    pub window_ns: u64,
+    /// How long a ban the kernel decides lasts until user space sets its real length
+    /// (0: until lifted).
+    pub ban_secs: u64,
+}
+
+/// What the program is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Report every probe (the XDP source); without it, only kernel bans are reported.
+    pub emit: bool,
+    pub detection: Option<Detection>,
+    /// A ban drops only new connections and probes.
+    pub scope_new: bool,
+}
+
+impl Options {
+    fn config(&self) -> Config {
+        let mut flags = 0;
+        if self.emit {
+            flags |= layout::CFG_EMIT;
+        }
+        if self.scope_new {
+            flags |= layout::CFG_SCOPE_NEW;
+        }
+        let (window_ns, ban_ns, max_ports) = match self.detection {
+            Some(d) if d.max_ports < layout::TRACK_PORTS => {
+                flags |= layout::CFG_DETECT;
+                (
+                    d.window_ns,
+                    d.ban_secs.saturating_mul(1_000_000_000),
+                    u32::from(d.max_ports),
+                )
+            }
+            _ => (0, 0, 0),
+        };
+        Config {
+            window_ns,
+            ban_ns,
+            max_ports,
+            flags,
+        }
+    }
+}
+
+/// Whether in-kernel detection can run with `max_ports` (the kernel keeps at most 16
+/// ports per source).
+pub fn detects_in_kernel(max_ports: u16) -> bool {
+    max_ports < layout::TRACK_PORTS
+}
+
+/// Why the XDP path could not start. The text is one line, with a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error(
+        "the kernel refused BPF ({call}: {source}): XDP needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root), a kernel with BPF enabled (Linux 5.17 or later for everything synwatch's program uses), and under systemd the bpf system call allowed"
+    )]
+    Refused {
+        call: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the kernel's verifier rejected synwatch's XDP program ({source}): {log}. Hint: this program needs Linux 5.17 or later (bpf_loop, ring buffers, the boot clock); on an older kernel use --source pcap"
+    )]
+    Verifier {
+        #[source]
+        source: io::Error,
+        /// The end of the verifier's log, on one line.
+        log: String,
+        /// The whole log, for the curious.
+        full: String,
+    },
+    #[error("cannot load synwatch's XDP program: {0}")]
+    Load(String),
+    #[error("cannot attach XDP to {iface} in {mode} mode: {why}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        why: String,
+    },
+    #[error("XDP map {map}: {why}")]
+    Map { map: &'static str, why: String },
+}
+
+impl XdpError {
+    fn map(map: &'static str, e: impl fmt::Display) -> Self {
+        XdpError::Map {
+            map,
+            why: e.to_string(),
+        }
+    }
+
+    /// The verifier's whole log, when the verifier refused the program.
+    pub fn verifier_log(&self) -> Option<&str> {
+        match self {
+            XdpError::Verifier { full, .. } => Some(full),
+            _ => None,
+        }
+    }
+}
+
+/// Turns a loader error into one that says what to do.
+fn load_error(e: EbpfError) -> XdpError {
+    match e {
+        EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) => {
+            refused_or(format!("creating map {name}"), io_error, |source| {
+                XdpError::Load(format!(
+                    "the kernel cannot create map {name} ({source}); ring buffers need Linux 5.8 or later, LPM tries and LRU hashes 4.11"
+                ))
+            })
+        }
+        other => XdpError::Load(other.to_string()),
+    }
+}
+
+fn refused_or(
+    call: String,
+    source: io::Error,
+    otherwise: impl FnOnce(io::Error) -> XdpError,
+) -> XdpError {
+    match source.raw_os_error() {
+        Some(libc_eperm) if libc_eperm == nix::libc::EPERM || libc_eperm == nix::libc::ENOSYS => {
+            XdpError::Refused { call, source }
+        }
+        _ => otherwise(source),
+    }
+}
+
+/// One interface the program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub iface: String,
+    pub ifindex: u32,
+    /// "native" or "generic".
+    pub mode: &'static str,
+    /// The slot of its counters.
+    pub slot: u32,
+    /// A stale synwatch program was found on it and replaced.
+    pub replaced: Option<String>,
+}
+
+/// The loaded program, its attachments, its configuration and allowlist.
+pub struct Xdp {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+    config: Array<MapData, [u8; 24]>,
+    ifslot: HashMap<MapData, u32, u32>,
+    allow4: LpmTrie<MapData, [u8; 4], u8>,
+    allow6: LpmTrie<MapData, [u8; 16], u8>,
+    options: Options,
+}
+
+impl fmt::Debug for Xdp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Xdp")
+            .field("attached", &self.attached)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpError>
+where
+    T: TryFrom<aya::maps::Map>,
+    T::Error: fmt::Display,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| XdpError::map(name, "missing from the object"))?;
+    T::try_from(map).map_err(|e| XdpError::map(name, e))
+}
+
+/// A second handle on a map another part owns (same kernel map, own descriptor).
+fn share(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
+    use aya::maps::Map;
+    let map = ebpf
+        .map(name)
+        .ok_or_else(|| XdpError::map(name, "missing from the object"))?;
+    // A duplicate of the descriptor: unlike opening the map by id, it needs no
+    // privilege, so it works after the agent dropped its capabilities.
+    let again = |d: &MapData| -> Result<MapData, XdpError> {
+        let fd = d
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| XdpError::map(name, e))?;
+        MapData::from_fd(fd).map_err(|e| XdpError::map(name, e))
+    };
+    let data = match map {
+        Map::PerCpuArray(d) | Map::HashMap(d) | Map::LruHashMap(d) => again(d)?,
+        _ => return Err(XdpError::map(name, "unexpected map type")),
+    };
+    Map::from_map_data(data).map_err(|e| XdpError::map(name, e))
+}
+
+impl Xdp {
+    /// Loads the program (the verifier runs here) and configures it. Nothing is attached
+    /// yet.
+    pub fn load(options: Options) -> Result<Self, XdpError> {
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(load_error)?;
+        let program: &mut aya::programs::Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| XdpError::Load(format!("no program {PROGRAM} in the object")))?
+            .try_into()
+            .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
+        if let Err(e) = program.load() {
+            return Err(match e {
+                ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                } => {
+                    let full = verifier_log.to_string();
+                    if full.trim().is_empty() {
+                        refused_or("BPF_PROG_LOAD".into(), io_error, |source| {
+                            XdpError::Verifier {
+                                source,
+                                log: "no log".into(),
+                                full: String::new(),
+                            }
+                        })
+                    } else {
+                        let tail: Vec<&str> = full
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .collect();
+                        let start = tail.len().saturating_sub(3);
+                        XdpError::Verifier {
+                            source: io_error,
+                            log: tail[start..].join(" | "),
+                            full,
+                        }
+                    }
+                }
+                ProgramError::SyscallError(s) => {
+                    refused_or(s.call.to_string(), s.io_error, |source| {
+                        XdpError::Load(source.to_string())
+                    })
+                }
+                other => XdpError::Load(other.to_string()),
+            });
+        }
+        let mut xdp = Xdp {
+            config: take(&mut ebpf, "config")?,
+            ifslot: take(&mut ebpf, "ifslot")?,
+            allow4: take(&mut ebpf, "allow4")?,
+            allow6: take(&mut ebpf, "allow6")?,
+            ebpf,
+            attached: Vec::new(),
+            options,
+        };
+        xdp.configure(options)?;
+        Ok(xdp)
+    }
+
+    /// Changes what the program does (a reload: detection thresholds).
+    pub fn configure(&mut self, options: Options) -> Result<(), XdpError> {
+        self.options = options;
+        self.config
+            .set(0, options.config().to_bytes(), 0)
+            .map_err(|e| XdpError::map("config", e))
+    }
+
+    pub fn options(&self) -> Options {
+        self.options
+    }
+
+    /// Attaches the program to `iface`. A synwatch program left there by an earlier run
+    /// (attached the old way, through netlink, which outlives its process) is replaced;
+    /// another tool's program is left alone and is an error.
+    pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<&Attached, XdpError> {
+        let attach_error = |mode: &'static str, why: String| XdpError::Attach {
+            iface: iface.to_owned(),
+            mode,
+            why,
+        };
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|e| attach_error("any", format!("no such interface ({e})")))?;
+        let slot = u32::try_from(self.attached.len()).unwrap_or(u32::MAX);
+        if slot < layout::SLOTS {
+            self.ifslot
+                .insert(ifindex, slot, 0)
+                .map_err(|e| XdpError::map("ifslot", e))?;
+        }
+        let tries: &[(XdpMode, &'static str)] = match mode {
+            Mode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+            Mode::Native => &[(XdpMode::Driver, "native")],
+            Mode::Generic => &[(XdpMode::Skb, "generic")],
+        };
+        let mut replaced = None;
+        let mut failures = Vec::new();
+        for &(xdp_mode, name) in tries {
+            let mut result = self.attach_once(ifindex, xdp_mode);
+            if let Err(e) = &result
+                && busy(e)
+            {
+                match stale::occupant(iface) {
+                    Some(p) if p.name == PROGRAM => {
+                        stale::remove(iface).map_err(|why| attach_error(name, why))?;
+                        replaced = Some(format!("{} (id {})", p.name, p.id));
+                        result = self.attach_once(ifindex, xdp_mode);
+                    }
+                    Some(p) => {
+                        return Err(attach_error(
+                            name,
+                            format!(
+                                "another XDP program is attached there ({}, id {}); synwatch does not replace another tool's program: remove it (ip link set dev {iface} xdp off) or use --source pcap",
+                                p.name, p.id
+                            ),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            match result {
+                Ok(()) => {
+                    self.attached.push(Attached {
+                        iface: iface.to_owned(),
+                        ifindex,
+                        mode: name,
+                        slot: slot.min(layout::SLOTS - 1),
+                        replaced,
+                    });
+                    return Ok(self.attached.last().unwrap_or_else(|| unreachable!()));
+                }
+                Err(e) => failures.push(format!("{name}: {}", describe(&e))),
+            }
+        }
+        Err(attach_error(
+            match mode {
+                Mode::Auto => "native or generic",
+                Mode::Native => "native",
+                Mode::Generic => "generic",
+            },
+            failures.join("; "),
+        ))
+    }
+
+    fn attach_once(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), ProgramError> {
+        let program: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        program.attach_to_if_index(ifindex, mode).map(|_| ())
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    /// Replaces the allowlist the program consults before a ban: packets from these
+    /// ranges are never dropped, and their sources never tracked.
+    pub fn set_allowed(&mut self, nets: &[IpNet]) -> Result<(), XdpError> {
+        let want4: Vec<Key<[u8; 4]>> = nets
+            .iter()
+            .filter_map(|n| match n {
+                IpNet::V4(n) => Some(Key::new(u32::from(n.prefix_len()), n.network().octets())),
+                IpNet::V6(_) => None,
+            })
+            .collect();
+        let want6: Vec<Key<[u8; 16]>> = nets
+            .iter()
+            .filter_map(|n| match n {
+                IpNet::V6(n) => Some(Key::new(u32::from(n.prefix_len()), n.network().octets())),
+                IpNet::V4(_) => None,
+            })
+            .collect();
+        replace_trie(&mut self.allow4, &want4).map_err(|e| XdpError::map("allow4", e))?;
+        replace_trie(&mut self.allow6, &want6).map_err(|e| XdpError::map("allow6", e))
+    }
+
+    /// Whether the allowlist covers `addr` (as the program sees it).
+    pub fn is_allowed(&self, addr: IpAddr) -> bool {
+        match addr.to_canonical() {
+            IpAddr::V4(a) => self.allow4.get(&Key::new(32, a.octets()), 0).is_ok(),
+            IpAddr::V6(a) => self.allow6.get(&Key::new(128, a.octets()), 0).is_ok(),
+        }
+    }
+
+    /// The ring buffer and counters, for the observing thread. Once only.
+    pub fn ring(&mut self) -> Result<Ring, XdpError> {
+        let events: RingBuf<MapData> = take(&mut self.ebpf, "events")?;
+        let counters = PerCpuArray::try_from(share(&self.ebpf, "counters")?)
+            .map_err(|e| XdpError::map("counters", e))?;
+        Ok(Ring { events, counters })
+    }
+
+    /// The ban maps as a blocking backend.
+    pub fn bans(&self) -> Result<XdpBans, XdpError> {
+        XdpBans::open(
+            |name| share(&self.ebpf, name),
+            self.attached.iter().map(|a| a.slot).collect(),
+        )
+    }
+
+    /// Runs the program once over `frame` as if `ifindex` had received it (the kernel's
+    /// BPF_PROG_TEST_RUN), and returns its verdict. For tests.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<Verdict, XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let program: &mut aya::programs::Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| XdpError::Load("not loaded".into()))?
+            .try_into()
+            .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = 1;
+        let result = program
+            .test_run(opts)
+            .map_err(|e| XdpError::Load(format!("test run: {e}")))?;
+        Ok(match result.return_value {
+            1 => Verdict::Drop,
+            2 => Verdict::Pass,
+            other => Verdict::Other(other),
+        })
+    }
+}
+
+/// The program's verdict on a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Drop,
+    Pass,
+    Other(u32),
+}
+
+fn replace_trie<K: aya::Pod + PartialEq>(
+    trie: &mut LpmTrie<MapData, K, u8>,
+    want: &[Key<K>],
+) -> Result<(), aya::maps::MapError> {
+    let have: Vec<Key<K>> = trie.keys().filter_map(Result::ok).collect();
+    for key in &have {
+        if !want
+            .iter()
+            .any(|w| w.prefix_len() == key.prefix_len() && w.data() == key.data())
+        {
+            trie.remove(key)?;
+        }
+    }
+    for key in want {
+        trie.insert(key, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// Whether an attach failed because a program is already there.
+fn busy(e: &ProgramError) -> bool {
+    let code = match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    };
+    let text = e.to_string();
+    matches!(code, Some(c) if c == nix::libc::EBUSY || c == nix::libc::EEXIST)
+        || text.contains("already")
+        || text.contains("Device or resource busy")
+}
+
+/// The text of an attach error, with its cause.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::SyscallError(s) => format!("{}: {}", s.call, s.io_error),
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
+    }
+}
+
+/// What the program reported and counted.
+pub struct Ring {
+    events: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl fmt::Debug for Ring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ring")
+    }
+}
+
+impl Ring {
+    /// Waits up to `timeout` for events and appends every one waiting to `out`.
+    /// Records the program and this crate disagree on are counted in the return value's
+    /// second field.
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) -> io::Result<u64> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let ready = {
+            let mut fds = [PollFd::new(self.events.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        };
+        let mut bad = 0;
+        if ready > 0 {
+            while let Some(item) = self.events.next() {
+                match Event::parse(&item) {
+                    Some(e) => out.push(e),
+                    None => bad += 1,
+                }
+            }
+        }
+        Ok(bad)
+    }
+
+    /// A counter summed over CPUs, for one interface slot.
+    pub fn counter(&self, which: Counter, slot: u32) -> u64 {
+        self.counters
+            .get(&which.key(slot), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Finding and removing a program another run left on an interface (through `ip`: aya
+/// has no public netlink detach, and a bpf_link left by a crash cannot exist, since the
+/// kernel detaches it with its process).
+mod stale {
+    use std::process::Command;
+
+    #[derive(Debug)]
+    pub struct Occupant {
+        pub id: u64,
+        pub name: String,
+    }
+
+    /// The XDP program attached to `iface`, as `ip -d link show` describes it.
+    pub fn occupant(iface: &str) -> Option<Occupant> {
+        let out = Command::new("ip")
+            .args(["-d", "link", "show", "dev", iface])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "prog/xdp id 42 name synwatch_xdp tag ..." (drv or generic)
+        let at = text.find("prog/xdp id ")?;
+        let mut words = text[at + "prog/xdp id ".len()..].split_whitespace();
+        let id = words.next()?.parse().ok()?;
+        let name = match (words.next(), words.next()) {
+            (Some("name"), Some(n)) => n.to_owned(),
+            _ => String::new(),
+        };
+        Some(Occupant { id, name })
+    }
+
+    /// Detaches whatever netlink attached to `iface`, in both modes.
+    pub fn remove(iface: &str) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for mode in ["xdpgeneric", "xdpdrv"] {
+            match Command::new("ip")
+                .args(["link", "set", "dev", iface, mode, "off"])
+                .output()
+            {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => errors.push(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+                Err(e) => errors.push(format!("cannot run ip: {e}")),
+            }
+        }
+        if occupant(iface).is_some() {
+            return Err(format!(
+                "a synwatch program is attached and could not be removed: is another synwatch agent running on it? ({})",
+                errors.join("; ")
+            ));
+        }
+        Ok(())
+    }
+}

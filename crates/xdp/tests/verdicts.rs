@@ -1,0 +1,338 @@
+//! The XDP program's verdicts on crafted frames, run by the kernel itself
+//! (BPF_PROG_TEST_RUN): bans drop every protocol from a source until their end on the
+//! kernel's clock, the allowlist wins over a ban, IPv6 with extension headers and
+//! VLAN/QinQ tags are parsed, what cannot be parsed is passed, and in-kernel detection
+//! drops the packet that makes a source a scanner. Needs root (loading BPF).
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use synwatch_enforce::{Ban, Enforcer};
+use synwatch_testkit::packet::{
+    Ipv4, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, tcp_v4, tcp_v6, tcp_v6_ext, udp_v4,
+};
+use synwatch_xdp::{Detection, Event, Options, Verdict, Xdp};
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+
+const SCANNER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const VICTIM: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")),
+        "these tests load BPF programs and must run as root (make test runs them as root)"
+    );
+}
+
+fn load(options: Options) -> Xdp {
+    require_root();
+    Xdp::load(options).unwrap_or_else(|e| panic!("loading the XDP program failed: {e}"))
+}
+
+fn observe_only() -> Options {
+    Options {
+        emit: true,
+        detection: None,
+        scope_new: false,
+    }
+}
+
+fn syn4(src: Ipv4Addr, dport: u16) -> Vec<u8> {
+    ethernet(&tcp_v4(src, 40000, VICTIM, dport, SYN, 0))
+}
+
+fn ban(addr: &str, secs: Option<u64>) -> Ban {
+    Ban {
+        addr: addr.parse().unwrap(),
+        timeout_secs: secs,
+    }
+}
+
+#[test]
+fn a_banned_source_is_dropped_for_every_protocol_and_others_pass() {
+    let mut xdp = load(observe_only());
+    let mut bans = xdp.bans().unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Pass);
+    bans.add(&[ban("192.0.2.9", Some(600))]).unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+    let udp = ethernet(&udp_v4(SCANNER, 5353, VICTIM, 53, 20));
+    assert_eq!(xdp.test_run(&udp).unwrap(), Verdict::Drop);
+    let established = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 22, ACK, 10));
+    assert_eq!(xdp.test_run(&established).unwrap(), Verdict::Drop);
+    assert_eq!(xdp.test_run(&syn4(OTHER, 22)).unwrap(), Verdict::Pass);
+    // IPv4 with options, in a VLAN, and in QinQ.
+    let opts = ethernet(
+        &Ipv4::new(SCANNER, VICTIM)
+            .options(&[1, 1, 1, 1])
+            .tcp(&Tcp::new(1, 2, SYN)),
+    );
+    assert_eq!(xdp.test_run(&opts).unwrap(), Verdict::Drop);
+    let ip = tcp_v4(SCANNER, 40000, VICTIM, 22, SYN, 0);
+    assert_eq!(
+        xdp.test_run(&ethernet_vlan(&ip, &[(0x8100, 7)])).unwrap(),
+        Verdict::Drop
+    );
+    assert_eq!(
+        xdp.test_run(&ethernet_qinq(&ip, 7, 8)).unwrap(),
+        Verdict::Drop
+    );
+
+    let listed = bans.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].addr, IpAddr::from(SCANNER));
+    assert_eq!(
+        listed[0].packets,
+        Some(6),
+        "every dropped packet is counted on the ban"
+    );
+    assert!(
+        listed[0]
+            .expires_secs
+            .is_some_and(|s| (590..=600).contains(&s))
+    );
+    assert_eq!(bans.counters().unwrap().packets, 6);
+
+    bans.remove(&[IpAddr::from(SCANNER)]).unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Pass);
+    assert!(bans.list().unwrap().is_empty());
+    // Removing what is not banned is not an error.
+    bans.remove(&[IpAddr::from(SCANNER)]).unwrap();
+}
+
+#[test]
+fn a_ban_ends_inside_the_map_at_its_time_on_the_kernel_clock() {
+    let mut xdp = load(observe_only());
+    let mut bans = xdp.bans().unwrap();
+    bans.add(&[ban("192.0.2.9", Some(1)), ban("192.0.2.10", None)])
+        .unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+    std::thread::sleep(Duration::from_millis(1100));
+    // Nobody removed it: the program compared its end with the kernel's clock.
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Pass);
+    // A ban without end holds.
+    assert_eq!(xdp.test_run(&syn4(OTHER, 22)).unwrap(), Verdict::Drop);
+    let listed = bans.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].expires_secs, None);
+}
+
+#[test]
+fn the_allowlist_wins_over_a_ban() {
+    let mut xdp = load(observe_only());
+    let mut bans = xdp.bans().unwrap();
+    bans.add(&[ban("192.0.2.9", None), ban("2001:db8::9", None)])
+        .unwrap();
+    xdp.set_allowed(&[
+        "192.0.2.0/24".parse().unwrap(),
+        "2001:db8::/32".parse().unwrap(),
+    ])
+    .unwrap();
+    assert!(xdp.is_allowed(IpAddr::from(SCANNER)));
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Pass);
+    let v6 = ethernet(&tcp_v6(
+        "2001:db8::9".parse().unwrap(),
+        1,
+        "fd00::1".parse().unwrap(),
+        22,
+        SYN,
+        0,
+    ));
+    assert_eq!(xdp.test_run(&v6).unwrap(), Verdict::Pass);
+    // Replaced by a list without them, the bans apply again.
+    xdp.set_allowed(&["198.51.100.0/24".parse().unwrap()])
+        .unwrap();
+    assert!(!xdp.is_allowed(IpAddr::from(SCANNER)));
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+    assert_eq!(xdp.test_run(&v6).unwrap(), Verdict::Drop);
+}
+
+#[test]
+fn ipv6_bans_apply_through_extension_headers_and_unparsable_packets_pass() {
+    let mut xdp = load(observe_only());
+    let mut bans = xdp.bans().unwrap();
+    let src: Ipv6Addr = "2001:db8::9".parse().unwrap();
+    let dst: Ipv6Addr = "fd00::1".parse().unwrap();
+    bans.add(&[ban("2001:db8::9", Some(600))]).unwrap();
+    let plain = ethernet(&tcp_v6(src, 1, dst, 22, SYN, 0));
+    assert_eq!(xdp.test_run(&plain).unwrap(), Verdict::Drop);
+    let exts = [
+        Ipv6Ext::hop_by_hop(),
+        Ipv6Ext::dest_opts(),
+        Ipv6Ext::fragment(0, false),
+    ];
+    let with_ext = ethernet(&tcp_v6_ext(src, 1, dst, 22, SYN, &exts));
+    assert_eq!(xdp.test_run(&with_ext).unwrap(), Verdict::Drop);
+    assert_eq!(
+        xdp.test_run(&ethernet_qinq(&tcp_v6(src, 1, dst, 22, SYN, 0), 1, 2))
+            .unwrap(),
+        Verdict::Drop
+    );
+    // An IPv4-mapped address is banned as the IPv4 address it is.
+    bans.add(&[ban("::ffff:192.0.2.10", Some(600))]).unwrap();
+    assert_eq!(xdp.test_run(&syn4(OTHER, 22)).unwrap(), Verdict::Drop);
+
+    // Three VLAN tags, and a truncated IPv4 header: not parsed, passed on for the stack.
+    let other = "2001:db8::10".parse().unwrap();
+    let tags = ethernet_vlan(
+        &tcp_v6(other, 1, dst, 22, SYN, 0),
+        &[(0x8100, 1), (0x8100, 2), (0x8100, 3)],
+    );
+    assert_eq!(xdp.test_run(&tags).unwrap(), Verdict::Pass);
+    let mut short = ethernet(&tcp_v4(SCANNER, 1, VICTIM, 22, SYN, 0));
+    short.truncate(14 + 12);
+    assert_eq!(xdp.test_run(&short).unwrap(), Verdict::Pass);
+}
+
+#[test]
+fn every_probe_is_reported_with_addresses_ports_and_flags() {
+    let mut xdp = load(observe_only());
+    let mut ring = xdp.ring().unwrap();
+    let src: Ipv6Addr = "2001:db8::9".parse().unwrap();
+    let dst: Ipv6Addr = "fd00::1".parse().unwrap();
+    for frame in [
+        syn4(SCANNER, 22),
+        ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 23, FIN, 0)),
+        ethernet(&tcp_v6(src, 1234, dst, 443, SYN, 0)),
+        // Not probes: a SYN-ACK, an ACK, a RST.
+        ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 24, SYN | ACK, 0)),
+        ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 25, ACK, 0)),
+        ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 26, 0x04, 0)),
+        // A non-first fragment carries no TCP header.
+        ethernet(
+            &Ipv4::new(SCANNER, VICTIM)
+                .fragment(8, false)
+                .tcp(&Tcp::new(1, 27, SYN)),
+        ),
+    ] {
+        assert_eq!(xdp.test_run(&frame).unwrap(), Verdict::Pass);
+    }
+    let mut events: Vec<Event> = Vec::new();
+    ring.wait(Duration::from_millis(100), &mut events).unwrap();
+    let seen: Vec<(IpAddr, u16, u16, u8)> = events
+        .iter()
+        .map(|e| (e.src, e.sport, e.dport, e.flags))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (IpAddr::from(SCANNER), 40000, 22, SYN),
+            (IpAddr::from(SCANNER), 40000, 23, FIN),
+            (IpAddr::from(src), 1234, 443, SYN),
+        ]
+    );
+    assert!(events.iter().all(|e| e.probe() && !e.banned()));
+    assert_eq!(events[2].dst, IpAddr::from(dst));
+    assert_eq!(events[0].dst, IpAddr::from(VICTIM));
+}
+
+fn detecting(max_ports: u16) -> Options {
+    Options {
+        emit: false,
+        detection: Some(Detection {
+            max_ports,
+            window_ns: 60_000_000_000,
+            ban_secs: 3600,
+        }),
+        scope_new: false,
+    }
+}
+
+#[test]
+fn the_packet_that_makes_a_scanner_is_dropped_and_the_source_banned_in_the_kernel() {
+    let mut xdp = load(detecting(3));
+    let mut ring = xdp.ring().unwrap();
+    let mut bans = xdp.bans().unwrap();
+    xdp.set_allowed(&["198.51.100.0/24".parse().unwrap()])
+        .unwrap();
+    for port in [22, 80, 443] {
+        assert_eq!(xdp.test_run(&syn4(SCANNER, port)).unwrap(), Verdict::Pass);
+        // Retransmissions and repeats of a port are not new ports.
+        assert_eq!(xdp.test_run(&syn4(SCANNER, port)).unwrap(), Verdict::Pass);
+    }
+    // A stealth probe to a fourth port crosses the threshold.
+    let fin = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 8080, FIN, 0));
+    assert_eq!(xdp.test_run(&fin).unwrap(), Verdict::Drop);
+    // Banned from then on, for everything.
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+    let listed = bans.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].addr, IpAddr::from(SCANNER));
+    assert!(
+        listed[0]
+            .expires_secs
+            .is_some_and(|s| (3590..=3600).contains(&s))
+    );
+
+    // Only the crossing packet is reported when not observing through XDP.
+    let mut events = Vec::new();
+    ring.wait(Duration::from_millis(100), &mut events).unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].banned() && !events[0].probe());
+    assert_eq!(
+        (events[0].src, events[0].dport, events[0].flags),
+        (IpAddr::from(SCANNER), 8080, FIN)
+    );
+
+    // Another source with three ports is no scanner; an allowlisted one never is.
+    for port in [1, 2, 3] {
+        assert_eq!(xdp.test_run(&syn4(OTHER, port)).unwrap(), Verdict::Pass);
+    }
+    let allowed = Ipv4Addr::new(198, 51, 100, 7);
+    for port in 1..=10 {
+        assert_eq!(xdp.test_run(&syn4(allowed, port)).unwrap(), Verdict::Pass);
+    }
+    assert_eq!(bans.list().unwrap().len(), 1);
+
+    // Lifting the ban forgets the source's ports: it starts again from nothing.
+    bans.remove(&[IpAddr::from(SCANNER)]).unwrap();
+    for port in [22, 80, 443] {
+        assert_eq!(xdp.test_run(&syn4(SCANNER, port)).unwrap(), Verdict::Pass);
+    }
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 25)).unwrap(), Verdict::Drop);
+}
+
+#[test]
+fn in_kernel_detection_follows_max_ports_and_ipv6() {
+    let mut xdp = load(detecting(1));
+    let src: Ipv6Addr = "2001:db8::9".parse().unwrap();
+    let dst: Ipv6Addr = "fd00::1".parse().unwrap();
+    let syn6 = |port| ethernet(&tcp_v6(src, 1, dst, port, SYN, 0));
+    assert_eq!(xdp.test_run(&syn6(22)).unwrap(), Verdict::Pass);
+    assert_eq!(xdp.test_run(&syn6(23)).unwrap(), Verdict::Drop);
+    // Reconfigured for 15 ports (the most the kernel keeps), a new source needs 16.
+    xdp.configure(detecting(15)).unwrap();
+    for port in 1..=15 {
+        assert_eq!(
+            xdp.test_run(&syn4(OTHER, port)).unwrap(),
+            Verdict::Pass,
+            "port {port}"
+        );
+    }
+    assert_eq!(xdp.test_run(&syn4(OTHER, 16)).unwrap(), Verdict::Drop);
+}
+
+#[test]
+fn with_scope_new_a_ban_drops_only_new_connections_and_probes() {
+    let mut xdp = load(Options {
+        scope_new: true,
+        ..observe_only()
+    });
+    let mut bans = xdp.bans().unwrap();
+    bans.add(&[ban("192.0.2.9", None)]).unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+    let fin = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 22, FIN, 0));
+    assert_eq!(xdp.test_run(&fin).unwrap(), Verdict::Drop);
+    let established = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 22, ACK, 10));
+    assert_eq!(xdp.test_run(&established).unwrap(), Verdict::Pass);
+    let udp = ethernet(&udp_v4(SCANNER, 5353, VICTIM, 53, 20));
+    assert_eq!(xdp.test_run(&udp).unwrap(), Verdict::Pass);
+}
