@@ -20,7 +20,7 @@ ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 FROM ${RUST_IMAGE} AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libpcap-dev pkg-config libcap2-bin \
+        libpcap-dev pkg-config libcap2-bin clang libbpf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -33,7 +33,7 @@ RUN --mount=type=cache,id=synwatch-cargo-registry,target=/usr/local/cargo/regist
     # COPY does not keep the sources' modification times everywhere, and cargo decides
     # what to rebuild by them: touch the workspace's own sources so the cached target/
     # can never hold a stale build of them.
-    find crates -type f -exec touch {} + \
+    find crates bpf -type f -exec touch {} + \
  && cargo build --release --locked \
  && install -D -m 0755 target/release/synwatch /out/synwatch \
  && strip --strip-debug /out/synwatch \

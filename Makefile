@@ -10,11 +10,12 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3 iperf3:iperf3
+             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang
 # only for `make test` (promtool comes with the Prometheus server package)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus
 # header file -> Debian package, for crates that link C libraries
-DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev
+DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
+               /usr/include/linux/bpf.h:linux-libc-dev
 
 .PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test image-test check lint fmt bench fuzz clean
 

@@ -1378,7 +1378,7 @@ mod tests {
         assert_eq!(
             choice::<BlockArg>(None, &Some("x".into()), "block", BlockArg::Auto),
             Err(
-                "invalid block 'x' in the config file: expected auto, nftables, iptables or none"
+                "invalid block 'x' in the config file: expected auto, xdp, xdp,nftables, nftables, iptables or none"
                     .into()
             )
         );

@@ -9,36 +9,11 @@
 
 mod lab;
 
-use std::time::Duration;
-
-use lab::{ALLOWED, Agent, CLIENT, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks};
+use lab::{ALLOWED, Agent, CLIENT, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
 use serde_json::Value;
 
 fn is(e: &Value, event: &str, src: &str) -> bool {
     e["event"] == event && e["src"] == src
-}
-
-/// Waits up to `secs` for `cond`.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Deadline::after(secs);
-    while !cond() {
-        assert!(!deadline.passed(), "not within {secs} s: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn metric(lab: &Lab, name: &str) -> u64 {
-    let out = lab.in_victim(&[
-        "curl",
-        "-sf",
-        "--max-time",
-        "2",
-        "http://127.0.0.1:9809/metrics",
-    ]);
-    let page = String::from_utf8_lossy(&out.stdout).into_owned();
-    page.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
 }
 
 /// Bans the kernel holds for the scanner's address (IPv4 set).
@@ -110,10 +85,10 @@ fn lifecycle(backend: &str) {
         lab.connects(CLIENT, VICTIM),
         "the client no longer connects"
     );
-    assert_eq!(metric(&lab, "synwatch_blocked_sources"), 1);
-    assert_eq!(metric(&lab, "synwatch_blocks_total"), 1);
+    assert_eq!(lab.metric("synwatch_blocked_sources"), 1);
+    assert_eq!(lab.metric("synwatch_blocks_total"), 1);
     eventually(8, "the drop counters count the failed connection", || {
-        metric(&lab, "synwatch_dropped_packets_total") > 0
+        lab.metric("synwatch_dropped_packets_total") > 0
     });
 
     // The same over IPv6.
@@ -134,7 +109,7 @@ fn lifecycle(backend: &str) {
     );
     assert!(!agent.events().iter().any(|e| is(e, "block", ALLOWED)));
     assert_eq!(
-        metric(&lab, "synwatch_bans_refused_total{reason=\"allowlisted\"}"),
+        lab.metric("synwatch_bans_refused_total{reason=\"allowlisted\"}"),
         1
     );
     assert!(
@@ -258,7 +233,7 @@ fn flushed_rules_come_back(backend: &str, flush: &[&[&str]]) {
     }
     assert_eq!(kernel_entries(&lab, backend, SCANNER), 0, "not flushed");
     eventually(12, "the rules are set up again", || {
-        metric(&lab, "synwatch_rules_reinstated_total") == 1
+        lab.metric("synwatch_rules_reinstated_total") == 1
     });
     assert_eq!(kernel_entries(&lab, backend, SCANNER), 1);
     assert!(!lab.connects(SCANNER, VICTIM), "the ban did not come back");

@@ -32,6 +32,15 @@ impl Deadline {
     }
 }
 
+/// Waits up to `secs` for `cond`, failing the test with `what` otherwise.
+pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Deadline::after(secs);
+    while !cond() {
+        assert!(!deadline.passed(), "not within {secs} s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub const VICTIM: &str = "10.77.0.1";
 pub const VICTIM6: &str = "fd77::1";
 pub const SCANNER: &str = "10.77.0.2";
@@ -72,6 +81,12 @@ pub struct Lab {
     pub victim: String,
     pub attacker: String,
     pub vif: String,
+    /// The attacker's end of the veth pair.
+    #[allow(
+        dead_code,
+        reason = "only some test binaries capture on the attacker's side"
+    )]
+    pub aif: String,
     children: Vec<Child>,
 }
 
@@ -88,13 +103,14 @@ impl Lab {
         }
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("swl{}x{n}", std::process::id());
+        let aif = format!("{}a", &tag[..tag.len().min(13)]);
         let lab = Lab {
             victim: format!("{tag}v"),
             attacker: format!("{tag}a"),
             vif: format!("{}v", &tag[..tag.len().min(13)]),
+            aif: aif.clone(),
             children: Vec::new(),
         };
-        let aif = format!("{}a", &tag[..tag.len().min(13)]);
         must(&["ip", "netns", "add", &lab.victim]);
         let mut lab = lab;
         must(&["ip", "netns", "add", &lab.attacker]);
@@ -146,6 +162,35 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         lab
+    }
+
+    /// Starts a long-running command in the victim namespace (stopped with the lab).
+    #[allow(dead_code, reason = "not every test binary starts extra servers")]
+    pub fn spawn_in_victim(&mut self, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.victim])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a command in the victim namespace");
+        self.children.push(child);
+    }
+
+    /// A metric's value from the agent serving on the default address in the victim
+    /// namespace (the first sample whose name and labels start with `name`).
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metric_at("127.0.0.1:9809", name)
+    }
+
+    #[allow(dead_code, reason = "not every test binary runs two agents")]
+    pub fn metric_at(&self, addr: &str, name: &str) -> u64 {
+        let url = format!("http://{addr}/metrics");
+        let out = self.in_victim(&["curl", "-sf", "--max-time", "2", &url]);
+        let page = String::from_utf8_lossy(&out.stdout).into_owned();
+        page.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{page}"))
     }
 
     pub fn in_victim(&self, args: &[&str]) -> Output {
@@ -248,6 +293,13 @@ impl Agent {
             .args(wrapper)
             .args([env!("CARGO_BIN_EXE_synwatch"), "run"])
             .args(["--iface", &lab.vif, "--format", "json"])
+            // The pipeline's tests observe through libpcap unless they say otherwise
+            // (lab_xdp.rs tests the XDP source).
+            .args(if args.contains(&"--source") {
+                &[][..]
+            } else {
+                &["--source", "pcap"][..]
+            })
             .args(args)
             .stdout(std::fs::File::create(&out).expect("stdout file"))
             .stderr(std::fs::File::create(&err).expect("stderr file"))

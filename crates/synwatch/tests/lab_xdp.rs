@@ -1,0 +1,493 @@
+//! The XDP fast path against real scanners in a network-namespace lab: the program
+//! detects and bans a SYN scanner in the kernel, so that nmap gets answers from at most
+//! `max_ports` ports; the XDP source and libpcap report the same events for the same
+//! traffic; bans end, the allowlist wins, IPv6 works; a stale program is replaced, a
+//! killed agent leaves none, and `--source auto` falls back to libpcap saying why.
+//! Needs root (make test runs as root).
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod lab;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lab::{ALLOWED, Agent, CLIENT, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6};
+
+/// A second open port on the victim, so that the scan crosses two of them.
+const OTHER_OPEN: u16 = 2222;
+
+fn is(e: &serde_json::Value, event: &str, src: &str) -> bool {
+    e["event"] == event && e["src"] == src
+}
+
+/// tcpdump in the attacker's namespace, recording what the victim sends back.
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    fn start(lab: &Lab, dir: &Path, name: &str, victim: &str) -> Self {
+        let file = dir.join(format!("{name}.pcap"));
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.attacker,
+                "tcpdump",
+                "-U",
+                "-n",
+                "-i",
+                &lab.aif,
+            ])
+            .arg("-w")
+            .arg(&file)
+            .args(["tcp and src host", victim])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump (make deps installs it)");
+        // tcpdump has no "ready" signal; it opens the interface well within this.
+        std::thread::sleep(Duration::from_millis(700));
+        Capture { child, file }
+    }
+
+    /// The victim ports that answered: source ports of the victim's packets.
+    fn answered_ports(mut self) -> BTreeSet<u16> {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let out = Command::new("tcpdump")
+            .args(["-n", "-r"])
+            .arg(&self.file)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                // "12:00:00.000000 IP 10.77.0.1.22 > 10.77.0.2.40000: Flags [R.], ..."
+                let src = l.split_whitespace().nth(2)?;
+                src.rsplit('.').next()?.parse().ok()
+            })
+            .collect()
+    }
+}
+
+/// nmap's SYN scan as the issue runs it: fastest timing, no retries, 1000 ports.
+fn fast_scan(lab: &Lab, src: &str, dst: &str, ports: &str) -> String {
+    let mut args = vec![
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sS",
+        "-T5",
+        "--max-retries",
+        "0",
+        "-p",
+        ports,
+        "-S",
+        src,
+        "-e",
+        &lab.aif,
+    ];
+    if dst.contains(':') {
+        args.push("-6");
+    }
+    args.push(dst);
+    let out = lab.in_attacker(&args);
+    assert!(out.status.success(), "nmap failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The XDP programs attached to the victim's interface, as `ip` lists them.
+fn programs(lab: &Lab) -> Vec<String> {
+    let out = lab.in_victim(&["ip", "-d", "link", "show", "dev", &lab.vif]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("prog/xdp ").map(str::to_owned))
+        .collect()
+}
+
+fn ports_of(e: &serde_json::Value) -> Vec<u64> {
+    e["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_syn_scanner_gets_answers_from_at_most_max_ports_ports_then_nothing() {
+    let mut lab = Lab::new();
+    let port = OTHER_OPEN.to_string();
+    lab.spawn_in_victim(&["python3", "-m", "http.server", &port, "--bind", "::"]);
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "xdp",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "xdp",
+            "--ban",
+            "10m",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(agent.log().contains("(XDP native)"), "{}", agent.log());
+    assert_eq!(programs(&lab).len(), 1, "one program attached");
+    assert!(lab.connects(CLIENT, VICTIM), "the client connects before");
+
+    let capture = Capture::start(&lab, dir.path(), "scan", VICTIM);
+    // 1000 ports, two of them open.
+    let nmap = fast_scan(&lab, SCANNER, VICTIM, "1-998,2222,8080");
+    let answered = capture.answered_ports();
+    assert!(
+        answered.len() <= 3,
+        "the scanner got answers from {} ports: {answered:?}\nnmap: {nmap}",
+        answered.len()
+    );
+    assert!(
+        !nmap.contains("2222/tcp open") || !nmap.contains("8080/tcp open"),
+        "nmap found both open ports: {nmap}"
+    );
+
+    let scan = agent.wait_for(5, |e| is(e, "scan", SCANNER));
+    let block = agent.wait_for(5, |e| is(e, "block", SCANNER));
+    assert_eq!(block["backend"], "xdp");
+    let ports = ports_of(&scan);
+    assert_eq!(ports.len(), 4, "{scan}");
+    // What the scanner heard came from the ports before the crossing one.
+    for p in &answered {
+        assert!(
+            ports[..3].contains(&u64::from(*p)),
+            "{p} answered; scan {scan}"
+        );
+    }
+    // The connection events are the three ports that got through and the crossing one.
+    let connections: BTreeSet<u64> = agent
+        .events()
+        .iter()
+        .filter(|e| is(e, "connection", SCANNER))
+        .map(|e| e["dport"].as_u64().unwrap())
+        .collect();
+    assert_eq!(connections, ports.iter().copied().collect());
+
+    assert!(!lab.connects(SCANNER, VICTIM), "the scanner still connects");
+    assert!(lab.connects(CLIENT, VICTIM), "the client is cut off");
+    assert_eq!(lab.metric("synwatch_xdp_kernel_bans_total"), 1);
+    assert_eq!(lab.metric("synwatch_port_scans_total"), 1);
+    assert_eq!(lab.metric("synwatch_blocks_total"), 1);
+    assert_eq!(lab.metric("synwatch_blocked_sources"), 1);
+    assert_eq!(
+        lab.metric("synwatch_block_backend_info{backend=\"xdp\"}"),
+        1
+    );
+    // The 996 probes from the crossing one on, and the failed connection, were dropped
+    // in XDP (the counters are read every 5 s).
+    lab::eventually(8, "996 packets dropped", || {
+        lab.metric("synwatch_dropped_packets_total") >= 996
+    });
+    let seen = format!("synwatch_packets_total{{interface=\"{}\"}}", lab.vif);
+    assert!(lab.metric(&seen) >= 1000);
+
+    // `synwatch blocks list` sees the ban with the packets it dropped.
+    let (code, out, err) = lab::blocks(&lab, &["list", "--state-dir", state.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(SCANNER), "{out}");
+
+    assert_eq!(agent.stop(), Some(0));
+    assert!(programs(&lab).is_empty(), "the program is detached on stop");
+    assert!(
+        lab.connects(SCANNER, VICTIM),
+        "nothing drops the scanner after stop"
+    );
+}
+
+#[test]
+fn an_ipv6_scanner_is_banned_in_the_kernel_too() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "xdp6",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "xdp",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    let capture = Capture::start(&lab, dir.path(), "scan6", VICTIM6);
+    fast_scan(&lab, SCANNER6, VICTIM6, "1-500,8080");
+    let answered = capture.answered_ports();
+    assert!(answered.len() <= 3, "answers from {answered:?}");
+    agent.wait_for(5, |e| is(e, "block", SCANNER6));
+    assert!(
+        !lab.connects(SCANNER6, VICTIM6),
+        "the IPv6 scanner still connects"
+    );
+    assert!(lab.connects(CLIENT, VICTIM), "IPv4 clients are cut off");
+    assert_eq!(lab.metric("synwatch_xdp_kernel_bans_total"), 1);
+}
+
+/// The connection and scan events without their timestamps, for comparison.
+fn comparable(agent: &Agent) -> (BTreeSet<String>, Vec<String>) {
+    let mut connections = BTreeSet::new();
+    let mut scans = Vec::new();
+    for e in agent.events() {
+        match e["event"].as_str() {
+            Some("connection") => {
+                connections.insert(format!(
+                    "{} {} > {} {} {}",
+                    e["src"], e["sport"], e["dst"], e["dport"], e["direction"]
+                ));
+            }
+            Some("scan") => scans.push(format!(
+                "{} > {} ports {:?} probes {} allowlisted {}",
+                e["src"],
+                e["dst"],
+                ports_of(&e),
+                e["probes"],
+                e["allowlisted"]
+            )),
+            _ => {}
+        }
+    }
+    (connections, scans)
+}
+
+#[test]
+fn the_xdp_source_and_libpcap_report_the_same_events() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--block", "none", "--allow", ALLOWED];
+    let mut xdp_args = vec!["--source", "xdp", "--metrics-addr", "127.0.0.1:9811"];
+    xdp_args.extend(common);
+    let mut pcap_args = vec!["--source", "pcap", "--metrics-addr", "127.0.0.1:9812"];
+    pcap_args.extend(common);
+    let xdp = Agent::start(&lab, dir.path(), "via-xdp", &xdp_args);
+    let pcap = Agent::start(&lab, dir.path(), "via-pcap", &pcap_args);
+
+    // Connections over both families, a SYN scan, a FIN scan from an allowlisted
+    // address, and an IPv6 scan.
+    for _ in 0..3 {
+        assert!(lab.connects(CLIENT, VICTIM));
+    }
+    assert!(lab.connects(SCANNER6, VICTIM6));
+    lab.scan(SCANNER, VICTIM, "1-40,8080");
+    let fin = lab.in_attacker(&[
+        "nmap", "-n", "-Pn", "-sF", "-T4", "-p", "100-110", "-S", ALLOWED, "-e", &lab.aif, VICTIM,
+    ]);
+    assert!(fin.status.success(), "{fin:?}");
+    lab.scan(SCANNER6, VICTIM6, "1-10");
+    for agent in [&xdp, &pcap] {
+        agent.wait_for(5, |e| is(e, "scan", SCANNER6));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (xdp_connections, xdp_scans) = comparable(&xdp);
+    let (pcap_connections, pcap_scans) = comparable(&pcap);
+    assert!(xdp_connections.len() >= 50, "{xdp_connections:?}");
+    assert_eq!(xdp_connections, pcap_connections);
+    assert_eq!(xdp_scans.len(), 3, "{xdp_scans:?}");
+    assert_eq!(xdp_scans, pcap_scans);
+    assert!(
+        xdp_scans
+            .iter()
+            .any(|s| s.contains("\"fin\"") && s.contains("allowlisted true"))
+    );
+    assert_eq!(
+        lab.metric_at(
+            "127.0.0.1:9811",
+            "synwatch_new_connections_total{direction=\"in\"}"
+        ),
+        lab.metric_at(
+            "127.0.0.1:9812",
+            "synwatch_new_connections_total{direction=\"in\"}"
+        ),
+    );
+    assert_eq!(
+        lab.metric_at("127.0.0.1:9811", "synwatch_stealth_probes_total"),
+        lab.metric_at("127.0.0.1:9812", "synwatch_stealth_probes_total"),
+    );
+}
+
+#[test]
+fn bans_end_on_time_and_the_allowlist_is_never_dropped() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "expiry",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "xdp",
+            "--ban",
+            "3s",
+            "--allow",
+            ALLOWED,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    lab.scan(ALLOWED, VICTIM, "1-30");
+    let scan = agent.wait_for(5, |e| is(e, "scan", ALLOWED));
+    assert_eq!(scan["allowlisted"], true);
+    assert!(
+        lab.connects(ALLOWED, VICTIM),
+        "an allowlisted scanner is dropped"
+    );
+
+    fast_scan(&lab, SCANNER, VICTIM, "1-100");
+    agent.wait_for(5, |e| is(e, "block", SCANNER));
+    assert!(!lab.connects(SCANNER, VICTIM));
+    agent.wait_for(10, |e| {
+        is(e, "unblock", SCANNER) && e["reason"] == "expired"
+    });
+    assert!(lab.connects(SCANNER, VICTIM), "the ban did not end");
+    assert!(
+        !agent.events().iter().any(|e| is(e, "block", ALLOWED)),
+        "the allowlisted source was banned"
+    );
+    assert_eq!(lab.metric("synwatch_xdp_kernel_bans_total"), 1);
+    // The ended ban is forgotten in the kernel too: scanning again is a new scan, banned
+    // again.
+    fast_scan(&lab, SCANNER, VICTIM, "1-100");
+    agent.wait_for(5, |e| is(e, "block", SCANNER) && e["offences"] == 2);
+    assert_eq!(lab.metric("synwatch_xdp_kernel_bans_total"), 2);
+}
+
+#[test]
+fn a_stale_program_is_replaced_and_a_killed_agent_leaves_none() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A synwatch program attached the old way (netlink), as a crash on a kernel without
+    // bpf_link would leave it.
+    let object = dir.path().join("synwatch.bpf.o");
+    std::fs::write(&object, synwatch_xdp::object()).unwrap();
+    let out = lab.in_victim(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &lab.vif,
+        "xdpgeneric",
+        "obj",
+        object.to_str().unwrap(),
+        "sec",
+        "xdp",
+    ]);
+    assert!(out.status.success(), "attaching with ip: {out:?}");
+    let stale = programs(&lab);
+    assert_eq!(stale.len(), 1);
+
+    let args = [
+        "--source",
+        "xdp",
+        "--xdp-mode",
+        "generic",
+        "--block",
+        "none",
+    ];
+    let agent = Agent::start(&lab, dir.path(), "replacing", &args);
+    assert!(
+        agent
+            .log()
+            .contains("replaced a stale synwatch XDP program"),
+        "{}",
+        agent.log()
+    );
+    let now = programs(&lab);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, stale, "the old program is still attached");
+    assert!(agent.log().contains("(XDP generic)"));
+    lab.scan(SCANNER, VICTIM, "1-10");
+    agent.wait_for(5, |e| is(e, "scan", SCANNER));
+
+    agent.kill9();
+    assert!(
+        programs(&lab).is_empty(),
+        "a killed agent left {:?}",
+        programs(&lab)
+    );
+    let again = Agent::start(&lab, dir.path(), "again", &args);
+    assert_eq!(programs(&lab).len(), 1);
+    assert!(!again.log().contains("replaced"));
+    assert_eq!(again.stop(), Some(0));
+    assert!(programs(&lab).is_empty());
+}
+
+#[test]
+fn source_auto_falls_back_to_libpcap_in_one_line_and_source_xdp_refuses() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    // Loopback has no native XDP: with --xdp-mode native the program cannot attach.
+    let args = [
+        "--source",
+        "auto",
+        "--xdp-mode",
+        "native",
+        "--iface",
+        "lo",
+        "--block",
+        "none",
+    ];
+    let agent = Agent::start(&lab, dir.path(), "auto", &args);
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("XDP")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].starts_with("synwatch: XDP is not available, watching through libpcap instead: cannot attach XDP to lo in native mode"),
+        "{log}"
+    );
+    assert!(
+        programs(&lab).is_empty(),
+        "a program stayed attached: {:?}",
+        programs(&lab)
+    );
+    lab.scan(SCANNER, VICTIM, "1-10");
+    agent.wait_for(5, |e| is(e, "scan", SCANNER));
+    assert_eq!(agent.stop(), Some(0));
+
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.victim,
+            env!("CARGO_BIN_EXE_synwatch"),
+            "run",
+        ])
+        .args(["--source", "xdp", "--xdp-mode", "native", "--iface", "lo"])
+        .args(["--iface", &lab.vif, "--block", "none"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with(
+            "synwatch: cannot use XDP (--source xdp): cannot attach XDP to lo in native mode"
+        ),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(programs(&lab).is_empty());
+}
