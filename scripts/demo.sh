@@ -80,7 +80,7 @@ web "$SCANNER_IP"
 web "$CLIENT_IP"
 
 step "4. $SCANNER_IP scans ports 1-1000 (nmap -sS, 1000 probes a second)"
-in_attacker nmap -n -Pn -sS -T4 --max-rate 1000 --max-retries 0 --max-rtt-timeout 100ms \
+in_attacker nmap -n -Pn -sS -T4 --min-rate 1000 --max-rate 1000 --max-retries 0 --max-rtt-timeout 100ms \
     -p 1-1000 -S "$SCANNER_IP" -e "$AIF" "$VICTIM_IP" >"$WORK/nmap"
 grep -E "Not shown|Nmap done" "$WORK/nmap" | sed 's/^/  nmap: /'
 echo "  (closed ports answer with a reset until the ban takes effect; after it nothing"

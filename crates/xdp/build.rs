@@ -1,16 +1,24 @@
-//! Compiles the XDP program in `bpf/` with clang into `$OUT_DIR/synwatch.bpf.o`, which
-//! the crate embeds. `-g` is required: aya reads the BTF map definitions from it.
+//! Compiles the XDP programs in `bpf/` with clang into `$OUT_DIR/NAME.bpf.o`, which the
+//! crate (and its benchmark's load generator) embeds. `-g` is required: aya reads the BTF map definitions from it.
 
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let source = manifest.join("../../bpf/synwatch.bpf.c");
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join("synwatch.bpf.o");
-    println!("cargo:rerun-if-changed={}", source.display());
     println!("cargo:rerun-if-env-changed=CLANG");
+    // The agent's program, and the benchmark's load generator (examples/flood.rs).
+    for name in ["synwatch", "flood"] {
+        compile(name);
+    }
+}
+
+fn compile(name: &str) {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let source = manifest.join(format!("../../bpf/{name}.bpf.c"));
+    let out =
+        PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default()).join(format!("{name}.bpf.o"));
+    println!("cargo:rerun-if-changed={}", source.display());
     // Debian keeps <asm/types.h> under the multiarch directory of the target.
     let multiarch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("aarch64") => "aarch64-linux-gnu",

@@ -859,6 +859,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let xdp_blocking = matches!(run_settings.block, BlockArg::Xdp | BlockArg::XdpNftables);
     let xdp_observing = matches!(run_settings.source, SourceArg::Auto | SourceArg::Xdp);
     let mut xdp = None;
+    let mut xdp_fallback = None;
     if !from_sockets && (xdp_observing || xdp_blocking) {
         let options = crate::xdp::options(
             &settings.detector,
@@ -879,7 +880,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     };
                     return usage(format!("cannot use XDP ({option}): {e}"));
                 }
-                eprintln!("synwatch: XDP is not available, watching through libpcap instead: {e}");
+                // Said once libpcap is open: if it cannot open either, that is the error.
+                xdp_fallback = Some(format!(
+                    "synwatch: XDP is not available, watching through libpcap instead: {e}"
+                ));
             }
         }
     }
@@ -896,6 +900,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(line) = xdp_fallback {
+        eprintln!("{line}");
+    }
     let socket_source = if from_sockets {
         let (source, warnings) = SocketSource::open(run_settings.poll)?;
         for w in warnings {

@@ -22,7 +22,7 @@ fn live_agent_reports_a_real_scan_like_its_replay() {
     let events = dir.path().join("events.jsonl");
     let log = dir.path().join("agent.log");
     let agent = format!(
-        "{} run --iface {{iface}} --format json --block none",
+        "{} run --iface {{iface}} --format json --source pcap --block none",
         env!("CARGO_BIN_EXE_synwatch")
     );
     let status = Command::new(repo_root().join("scripts/lab-capture.sh"))
