@@ -11,9 +11,10 @@
 #      none:      no synwatch; the victim's TCP absorbs the flood (SYN cookies)
 #      nftables:  synwatch run --source pcap --block nftables, 10.202.0.3 banned
 #      xdp:       synwatch run --source xdp --block xdp, 10.202.0.3 banned
-#    Reported per case: the sender's rate, the packets the victim's TCP took in
+#    Reported per case: the sender's rate; the packets the victim's TCP took in
 #    (Tcp InSegs) or synwatch dropped (the nft rule's counter, the veth's XDP drop
-#    counter), busy CPU-seconds over the flood (/proc/stat: user+nice+system+irq+
+#    counter), and that count per second of the flood (what the victim absorbed, or
+#    the rate the banned source is dropped at); busy CPU-seconds over the flood (/proc/stat: user+nice+system+irq+
 #    softirq, both cores), and CPU-microseconds per packet beyond the generator's own.
 #    Cases alternate for ROUNDS rounds.
 # 2. Time from the crossing SYN to the ban taking effect: hping3 sends SYNs to ports
@@ -21,7 +22,7 @@
 #    records both directions; reported: the time from the SYN to the 4th distinct port
 #    to the victim's last answer, and how many ports answered, for nftables and xdp.
 #
-# usage: [COUNT=5000000] [ROUNDS=2] scripts/bench-xdp.sh
+# usage: [COUNT=5000000] [ROUNDS=2] [CASES="generator none nftables xdp"] scripts/bench-xdp.sh
 # Needs root and: iproute2, ethtool, nftables, hping3, tcpdump, python3, clang (build).
 # Traffic only goes between the namespaces it creates; they are removed (with every
 # process the script started) on every exit path.
@@ -30,12 +31,14 @@ cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-5000000}
 ROUNDS=${ROUNDS:-2}
+CASES=${CASES:-generator none nftables xdp}
 [ "$(id -u)" -eq 0 ] || { echo "bench-xdp: needs root (network namespaces, XDP)" >&2; exit 1; }
 for tool in ip ethtool nft hping3 tcpdump python3; do
     command -v $tool >/dev/null || { echo "bench-xdp: $tool is missing (make deps installs it)" >&2; exit 1; }
 done
 
-cargo build --release --locked -q -p synwatch -p synwatch-xdp --example flood
+cargo build --release --locked -q -p synwatch
+cargo build --release --locked -q -p synwatch-xdp --example flood
 BIN=target/release/synwatch
 FLOOD=target/release/examples/flood
 
@@ -110,21 +113,25 @@ flood_case() { # name
     sleep 0.3
     s1=$(insegs); local n1 x1; n1=$(nft_drops); x1=$(xdp_drops)
     rate=$(echo "$out" | awk '{print $6}')
+    local secs handled
+    secs=$(echo "$out" | awk '{print $4}')
     case $name in
-        generator) taken="-" ;;
-        none) taken="$((s1 - s0)) taken in by TCP" ;;
-        nftables) taken="$((n1 - n0)) dropped by nftables, $((s1 - s0)) taken in by TCP" ;;
-        xdp) taken="$((x1 - x0)) dropped by XDP, $((s1 - s0)) taken in by TCP" ;;
+        generator) taken="-"; handled=0 ;;
+        none) taken="$((s1 - s0)) taken in by TCP"; handled=$((s1 - s0)) ;;
+        nftables) taken="$((n1 - n0)) dropped by nftables, $((s1 - s0)) taken in by TCP"; handled=$((n1 - n0)) ;;
+        xdp) taken="$((x1 - x0)) dropped by XDP, $((s1 - s0)) taken in by TCP"; handled=$((x1 - x0)) ;;
     esac
+    local hrate
+    hrate=$(awk -v h="$handled" -v s="$secs" 'BEGIN{printf "%.0f", h/s}')
     local cpu us
     cpu=$(awk -v a="$b0" -v b="$b1" -v hz="$hz" 'BEGIN{printf "%.2f", (b-a)/hz}')
     us=$(awk -v c="$cpu" -v n="$COUNT" 'BEGIN{printf "%.3f", c*1e6/n}')
     [ "$name" = generator ] && GEN_US[$round]=$us
     local extra
     extra=$(awk -v u="$us" -v g="${GEN_US[$round]}" 'BEGIN{printf "%.3f", u-g}')
-    printf '  %-10s %9s pps  %-55s cpu %5s s  %6s us/pkt  (%s beyond the generator)\n' \
-        "$name" "$rate" "$taken" "$cpu" "$us" "$extra"
-    echo "$name $rate $cpu $us $extra" >>"$WORK/results"
+    printf '  %-10s sent %8s pps; %-52s = %8s pps; cpu %5s s, %6s us/pkt (%s beyond the generator)\n' \
+        "$name" "$rate" "$taken" "$hrate" "$cpu" "$us" "$extra"
+    echo "$name $hrate $cpu $us $extra" >>"$WORK/results"
     [ -n "$AGENT" ] && stop_agent
     return 0
 }
@@ -132,7 +139,7 @@ flood_case() { # name
 echo "bench-xdp: $(nproc) CPUs, $(uname -r), $COUNT SYNs per case from 10.202.0.3 (new source port each)"
 for round in $(seq "$ROUNDS"); do
     echo "round $round:"
-    for name in generator none nftables xdp; do flood_case "$name"; done
+    for name in $CASES; do flood_case "$name"; done
 done
 python3 - "$WORK/results" <<'EOF'
 import sys, collections
@@ -142,6 +149,7 @@ for line in open(sys.argv[1]):
     rows[name].append((float(rate), float(extra)))
 def mean(xs): return sum(xs) / len(xs)
 nft = rows["nftables"]; xdp = rows["xdp"]
+if not nft or not xdp: sys.exit(0)
 rn, rx = mean([r for r, _ in nft]), mean([r for r, _ in xdp])
 cn, cx = mean([c for _, c in nft]), mean([c for _, c in xdp])
 print(f"banned source dropped: xdp {rx:,.0f} pps vs nftables {rn:,.0f} pps: {rx / rn:.2f}x the rate; "

@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const TRACK_PORTS: u16 = 16;
 /// Interfaces whose counters are kept apart (more share the last slot's).
 pub const SLOTS: u32 = 64;
+/// The size of the program's ifindex -> slot array (indexed modulo this).
+pub const IFSLOTS: u32 = 4096;
 
 /// `config.flags`: report every probe through the ring buffer (the XDP source).
 pub const CFG_EMIT: u32 = 1;

@@ -25,7 +25,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader, include_bytes_aligned};
 use ipnet::IpNet;
@@ -210,7 +210,7 @@ pub struct Xdp {
     ebpf: Ebpf,
     attached: Vec<Attached>,
     config: Array<MapData, [u8; 24]>,
-    ifslot: HashMap<MapData, u32, u32>,
+    ifslot: Array<MapData, u32>,
     allow4: LpmTrie<MapData, [u8; 4], u8>,
     allow6: LpmTrie<MapData, [u8; 16], u8>,
     options: Options,
@@ -344,8 +344,9 @@ impl Xdp {
             .map_err(|e| attach_error("any", format!("no such interface ({e})")))?;
         let slot = u32::try_from(self.attached.len()).unwrap_or(u32::MAX);
         if slot < layout::SLOTS {
+            // Slot + 1 at ifindex modulo the array's size (0: not watched).
             self.ifslot
-                .insert(ifindex, slot, 0)
+                .set(ifindex % layout::IFSLOTS, slot + 1, 0)
                 .map_err(|e| XdpError::map("ifslot", e))?;
         }
         let tries: &[(XdpMode, &'static str)] = match mode {
