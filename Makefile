@@ -10,14 +10,14 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang
+             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool
 # only for `make test` (promtool comes with the Prometheus server package)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev
 
-.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans test image-test check lint fmt bench fuzz clean
+.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp test image-test check lint fmt bench fuzz clean
 
 all: build
 
@@ -134,6 +134,10 @@ bench-bans: build
 ## bench-flood: the live agent under a SYN flood in the namespace lab (root)
 bench-flood: build
 	SECONDS_FLOOD=20 scripts/bench-flood.sh
+
+## bench-xdp: XDP against nftables dropping a banned SYN flood, and time to ban (root)
+bench-xdp: build
+	scripts/bench-xdp.sh
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; stable, no sanitizer)
 FUZZ_SECONDS ?= 60
