@@ -122,28 +122,29 @@ fn ports_of(e: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
+/// The agent observing and blocking through XDP, its state in `dir`/state, with `extra`
+/// options.
+fn xdp_agent(lab: &Lab, dir: &Path, name: &str, extra: &[&str]) -> Agent {
+    let state = dir.join("state");
+    let mut args = vec![
+        "--source",
+        "xdp",
+        "--block",
+        "xdp",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(lab, dir, name, &args)
+}
+
 #[test]
 fn a_syn_scanner_gets_answers_from_at_most_max_ports_ports_then_nothing() {
     let mut lab = Lab::new();
     let port = OTHER_OPEN.to_string();
     lab.spawn_in_victim(&["python3", "-m", "http.server", &port, "--bind", "::"]);
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let agent = Agent::start(
-        &lab,
-        dir.path(),
-        "xdp",
-        &[
-            "--source",
-            "xdp",
-            "--block",
-            "xdp",
-            "--ban",
-            "10m",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
+    let agent = xdp_agent(&lab, dir.path(), "xdp", &["--ban", "10m"]);
     assert!(agent.log().contains("(XDP native)"), "{}", agent.log());
     assert_eq!(programs(&lab).len(), 1, "one program attached");
     assert!(lab.connects(CLIENT, VICTIM), "the client connects before");
@@ -202,6 +203,7 @@ fn a_syn_scanner_gets_answers_from_at_most_max_ports_ports_then_nothing() {
     assert!(lab.metric(&seen) >= 1000);
 
     // `synwatch blocks list` sees the ban with the packets it dropped.
+    let state = dir.path().join("state");
     let (code, out, err) = lab::blocks(&lab, &["list", "--state-dir", state.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(SCANNER), "{out}");
@@ -218,20 +220,7 @@ fn a_syn_scanner_gets_answers_from_at_most_max_ports_ports_then_nothing() {
 fn an_ipv6_scanner_is_banned_in_the_kernel_too() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let agent = Agent::start(
-        &lab,
-        dir.path(),
-        "xdp6",
-        &[
-            "--source",
-            "xdp",
-            "--block",
-            "xdp",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-    );
+    let agent = xdp_agent(&lab, dir.path(), "xdp6", &[]);
     let capture = Capture::start(&lab, dir.path(), "scan6", VICTIM6);
     fast_scan(&lab, SCANNER6, VICTIM6, "1-500,8080");
     let answered = capture.answered_ports();
@@ -331,23 +320,11 @@ fn the_xdp_source_and_libpcap_report_the_same_events() {
 fn bans_end_on_time_and_the_allowlist_is_never_dropped() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let agent = Agent::start(
+    let agent = xdp_agent(
         &lab,
         dir.path(),
         "expiry",
-        &[
-            "--source",
-            "xdp",
-            "--block",
-            "xdp",
-            "--ban",
-            "3s",
-            "--allow",
-            ALLOWED,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
+        &["--ban", "3s", "--allow", ALLOWED],
     );
     lab.scan(ALLOWED, VICTIM, "1-30");
     let scan = agent.wait_for(5, |e| is(e, "scan", ALLOWED));
@@ -470,18 +447,20 @@ fn source_auto_falls_back_to_libpcap_in_one_line_and_source_xdp_refuses() {
     agent.wait_for(5, |e| is(e, "scan", SCANNER));
     assert_eq!(agent.stop(), Some(0));
 
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.victim,
-            env!("CARGO_BIN_EXE_synwatch"),
-            "run",
-        ])
-        .args(["--source", "xdp", "--xdp-mode", "native", "--iface", "lo"])
-        .args(["--iface", &lab.vif, "--block", "none"])
-        .output()
-        .unwrap();
+    let out = lab.in_victim(&[
+        env!("CARGO_BIN_EXE_synwatch"),
+        "run",
+        "--source",
+        "xdp",
+        "--xdp-mode",
+        "native",
+        "--iface",
+        "lo",
+        "--iface",
+        &lab.vif,
+        "--block",
+        "none",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
