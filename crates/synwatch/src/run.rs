@@ -948,6 +948,18 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         let host_now = &host_now;
         move |a: IpAddr| is_protected(a, &detector, host_now)
     };
+    // The handlers go in before any firewall rule does: a SIGTERM that arrives while
+    // the agent sets up (or right after its banner) stops it cleanly, rules removed,
+    // instead of killing it with its rules left behind.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the signal handlers")?;
+    }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
+        .context("cannot install the SIGHUP handler")?;
+
     // The firewall programs run during set-up need the capabilities already.
     share_capabilities(
         &backend_capabilities(Backend::Iptables)
@@ -1013,15 +1025,6 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         None => "none (see the warning above): detecting and reporting only.".to_owned(),
     };
     banner(&watching, &settings, &shown, &blocking, &locals, format);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the signal handlers")?;
-    }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
-        .context("cannot install the SIGHUP handler")?;
 
     metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&stop))
         .context("cannot start the metrics server")?;
