@@ -46,13 +46,16 @@ struct Cli {
 enum Command {
     /// Watch interfaces live: log new connection attempts, report port scans
     ///
-    /// Captures through libpcap with a kernel-side filter (needs CAP_NET_RAW; or
-    /// reads the kernel's socket table with --source sockets, which needs none),
-    /// blocks scanners with nftables or iptables (needs CAP_NET_ADMIN; see
-    /// --block), serves Prometheus metrics on --metrics-addr. SIGHUP reloads
-    /// --config; Ctrl-C or SIGTERM stops it. Examples:
+    /// Observes through an XDP program on each interface where it attaches (needs
+    /// CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), else through libpcap with a
+    /// kernel-side filter (needs CAP_NET_RAW; or reads the kernel's socket table
+    /// with --source sockets, which needs none); blocks scanners in XDP and/or
+    /// with nftables or iptables (see --block), serves Prometheus metrics on
+    /// --metrics-addr. SIGHUP reloads --config; Ctrl-C or SIGTERM stops it.
+    /// Examples:
     ///
     ///   sudo synwatch run --iface eth0 --format json
+    ///   sudo synwatch run --source xdp --block xdp --iface eth0
     ///   sudo synwatch run --block none --allow 192.0.2.0/24
     #[command(verbatim_doc_comment)]
     Run(run::RunArgs),

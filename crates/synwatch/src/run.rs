@@ -120,8 +120,8 @@ pub struct RunArgs {
     )]
     pub iface: Vec<String>,
 
-    /// Where connections are seen: packet capture, or the kernel's socket table where
-    /// capture is not allowed [default: auto]
+    /// Where connections are seen: the XDP program or libpcap, or the kernel's socket
+    /// table where capture is not allowed [default: auto]
     #[arg(long, env = "SYNWATCH_SOURCE", value_enum)]
     pub source: Option<SourceArg>,
 
