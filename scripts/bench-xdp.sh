@@ -47,7 +47,7 @@ V=${TAG}v; A=${TAG}a; VIF=${TAG}v; AIF=${TAG}a
 WORK=$(mktemp -d)
 AGENT=""
 cleanup() {
-    [ -n "$AGENT" ] && kill "$AGENT" 2>/dev/null && wait "$AGENT" 2>/dev/null || true
+    if [ -n "$AGENT" ]; then kill "$AGENT" 2>/dev/null; wait "$AGENT" 2>/dev/null || true; fi
     ip netns pids "$V" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns pids "$A" 2>/dev/null | xargs -r kill 2>/dev/null || true
     ip netns del "$V" 2>/dev/null || true
@@ -61,10 +61,8 @@ ip link add "$VIF" netns "$V" type veth peer name "$AIF" netns "$A"
 ip -n "$V" addr add 10.202.0.1/24 dev "$VIF"
 ip -n "$A" addr add 10.202.0.3/24 dev "$AIF"
 ip -n "$A" addr add 10.202.0.4/24 dev "$AIF"
-for ns_if in "$V $VIF" "$A $AIF"; do
-    set -- $ns_if
-    ip -n "$1" link set lo up; ip -n "$1" link set "$2" up
-done
+ip -n "$V" link set lo up; ip -n "$V" link set "$VIF" up
+ip -n "$A" link set lo up; ip -n "$A" link set "$AIF" up
 ip netns exec "$V" python3 -m http.server 8080 --bind 10.202.0.1 >/dev/null 2>&1 &
 VMAC=$(ip -n "$V" -j link show dev "$VIF" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')
 AMAC=$(ip -n "$A" -j link show dev "$AIF" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["address"])')
@@ -74,6 +72,7 @@ sleep 0.5
 
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 hz=$(getconf CLK_TCK)
+# shellcheck disable=SC2016 # awk's $11, not the shell's
 insegs() { ip netns exec "$V" awk '/^Tcp: [0-9]/{print $11}' /proc/net/snmp; }
 xdp_drops() { ip netns exec "$V" ethtool -S "$VIF" | awk '/xdp_drops/{s+=$2} END{print s+0}'; }
 nft_drops() {

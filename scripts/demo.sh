@@ -25,6 +25,11 @@ done
 cleanup() {
     [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
+    # $SERVER_PID is the subshell around `ip netns exec`: end whatever still runs in
+    # the namespaces (the web server) before removing them.
+    for ns in "$VICTIM" "$ATTACKER"; do
+        ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null
+    done
     ip netns del "$VICTIM" 2>/dev/null || true
     ip netns del "$ATTACKER" 2>/dev/null || true
     rm -rf "$WORK"
