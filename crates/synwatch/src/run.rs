@@ -320,7 +320,7 @@ fn choice<T: clap::ValueEnum + Copy>(
 const ADDRESS_REFRESH: Duration = Duration::from_secs(10);
 
 /// The monotonic clock (the binary is the edge that reads clocks).
-fn monotonic() -> Instant {
+pub(crate) fn monotonic() -> Instant {
     #[expect(
         clippy::disallowed_methods,
         reason = "the binary is the edge that reads clocks"
@@ -996,7 +996,6 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         .as_ref()
         .is_some_and(|b| matches!(b.backend(), Backend::Xdp | Backend::XdpNftables));
     if let Some(x) = xdp.as_mut() {
-        let detector = Detector::new(settings.detector.clone());
         let options = crate::xdp::options(
             &settings.detector,
             xdp_source,
@@ -1007,10 +1006,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 "synwatch: warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
             );
         }
-        let allowed = crate::xdp::allowlist(&detector, &host_now.addresses());
-        if let Err(e) = x.configure(options).and_then(|()| x.set_allowed(&allowed)) {
-            return Err(anyhow::Error::new(e).context("cannot configure the XDP program"));
-        }
+        crate::xdp::apply(x, options, &settings.detector, &host_now.addresses())
+            .context("cannot configure the XDP program")?;
     }
     drop_capabilities(blocker.as_ref().map(Blocker::backend));
     let mut shown = run_settings.clone();
@@ -1062,8 +1059,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         let ring = x
             .ring()
             .context("cannot read the XDP program's ring buffer")?;
-        let slots: Option<Vec<u32>> =
-            xdp_source.then(|| x.attached().iter().map(|a| a.slot).collect());
+        let slots = x.slots();
         let (stop, metrics) = (Arc::clone(&stop), Arc::clone(&metrics));
         let (batches, bans) = (tx.clone(), tx.clone());
         let handle = thread::Builder::new()
@@ -1073,8 +1069,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     ring,
                     &stop,
                     &metrics,
-                    slots.as_deref(),
-                    monotonic,
+                    &slots,
+                    xdp_source,
                     |batch| batches.send(Msg::Batch(batch)).is_ok(),
                     |banned| bans.send(Msg::KernelBans(banned)).is_ok(),
                 );
@@ -1312,11 +1308,7 @@ fn reconfigure_xdp(
     detector: &Detector,
     host: &HostNow,
 ) {
-    let allowed = crate::xdp::allowlist(detector, &host.addresses());
-    if let Err(e) = xdp
-        .configure(options)
-        .and_then(|()| xdp.set_allowed(&allowed))
-    {
+    if let Err(e) = crate::xdp::apply(xdp, options, detector.config(), &host.addresses()) {
         eprintln!("synwatch: cannot update the XDP program: {e}");
     }
 }

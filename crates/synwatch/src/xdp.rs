@@ -9,11 +9,11 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use synwatch_decode::TcpFlags;
-use synwatch_detect::{Detector, DirectionFilter, Observation};
+use synwatch_detect::{DirectionFilter, Observation};
 use synwatch_xdp::clock::BootToUnix;
 use synwatch_xdp::{Counter, Detection, Mode, Options, Ring, Xdp, XdpError};
 
@@ -86,9 +86,22 @@ pub fn start(ifaces: &[String], mode: XdpModeArg, options: Options) -> Result<Xd
     Ok(xdp)
 }
 
+/// Tells the program what to do and which ranges it must never drop or track.
+pub fn apply(
+    xdp: &mut Xdp,
+    options: Options,
+    detector: &synwatch_detect::Config,
+    host: &std::collections::BTreeSet<IpAddr>,
+) -> Result<(), XdpError> {
+    xdp.configure(options)?;
+    xdp.set_allowed(&allowlist(detector, host))
+}
+
 /// The ranges the program never drops or tracks: what `is_protected` covers.
-pub fn allowlist(detector: &Detector, host: &std::collections::BTreeSet<IpAddr>) -> Vec<IpNet> {
-    let cfg = detector.config();
+pub fn allowlist(
+    cfg: &synwatch_detect::Config,
+    host: &std::collections::BTreeSet<IpAddr>,
+) -> Vec<IpNet> {
     let mut nets: Vec<IpNet> = cfg.allow.iter().collect();
     // Local sources are outgoing to the detector: they never count toward a scan (unless
     // --direction both) and are never banned (unless --no-allow-local).
@@ -132,19 +145,20 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads the ring buffer until `stop`: each event becomes an observation, sent in
 /// batches through `send_batch`; sources the program banned follow their batch through
-/// `send_bans`. With `interfaces` (the XDP source), the program's per-interface counters
-/// are the interfaces' packet and drop metrics.
+/// `send_bans`. `slots` are the attached interfaces' counter slots, in the order of
+/// `metrics.interfaces`; when `observing` (the XDP source), the program's per-interface
+/// counters are the interfaces' packet and drop metrics.
 pub fn run(
     mut ring: Ring,
     stop: &AtomicBool,
     metrics: &Metrics,
-    interfaces: Option<&[u32]>,
-    now: impl Fn() -> Instant,
+    slots: &[u32],
+    observing: bool,
     send_batch: impl Fn(Vec<Observation>) -> bool,
     send_bans: impl Fn(KernelBans) -> bool,
 ) {
     let mut events = Vec::new();
-    let mut next_counters = now();
+    let mut next_counters = crate::run::monotonic();
     while !stop.load(Ordering::Relaxed) {
         events.clear();
         match ring.wait(Duration::from_millis(200), &mut events) {
@@ -180,35 +194,28 @@ pub fn run(
                 break;
             }
         }
-        let t = now();
+        let t = crate::run::monotonic();
         if t >= next_counters {
             next_counters = t + COUNTERS_EVERY;
-            record(&ring, metrics, interfaces);
+            record(&ring, metrics, slots, observing);
         }
     }
-    record(&ring, metrics, interfaces);
+    record(&ring, metrics, slots, observing);
 }
 
-fn record(ring: &Ring, metrics: &Metrics, interfaces: Option<&[u32]>) {
-    let slots: Vec<u32> = match interfaces {
-        Some(s) => s.to_vec(),
-        None => (0..metrics.interfaces.len().max(1) as u32).collect(),
-    };
-    let kernel_bans: u64 = slots
-        .iter()
-        .map(|&s| ring.counter(Counter::KernelBans, s))
-        .sum();
+fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool) {
     metrics
         .xdp_kernel_bans
-        .store(kernel_bans, Ordering::Relaxed);
-    if let Some(slots) = interfaces {
+        .store(ring.counter(Counter::KernelBans, slots), Ordering::Relaxed);
+    if observing {
         for (iface, &slot) in metrics.interfaces.iter().zip(slots) {
+            let one = std::slice::from_ref(&slot);
             iface
                 .packets
-                .store(ring.counter(Counter::Packets, slot), Ordering::Relaxed);
+                .store(ring.counter(Counter::Packets, one), Ordering::Relaxed);
             iface
                 .drops
-                .store(ring.counter(Counter::RingbufFull, slot), Ordering::Relaxed);
+                .store(ring.counter(Counter::RingbufFull, one), Ordering::Relaxed);
         }
     }
 }
@@ -229,9 +236,8 @@ mod tests {
                 .collect(),
             ..synwatch_detect::Config::default()
         };
-        let detector = Detector::new(cfg.clone());
         let host = [IpAddr::from([192, 0, 2, 1])].into_iter().collect();
-        let nets = allowlist(&detector, &host);
+        let nets = allowlist(&cfg, &host);
         for want in [
             "198.51.100.0/24",
             "10.0.0.0/8",
@@ -245,7 +251,7 @@ mod tests {
         // --no-allow-local: the program must not hide it.
         cfg.direction = DirectionFilter::Both;
         cfg.allow_local = false;
-        let nets = allowlist(&Detector::new(cfg), &host);
+        let nets = allowlist(&cfg, &host);
         assert!(!nets.contains(&"10.0.0.0/8".parse().unwrap()));
         assert!(nets.contains(&"192.0.2.1/32".parse().unwrap()));
     }

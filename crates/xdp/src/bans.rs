@@ -91,29 +91,12 @@ impl XdpBans {
             None => 0,
             Some(s) => now.saturating_add(s.saturating_mul(1_000_000_000)).max(1),
         };
-        // A ban that is renewed keeps its counters.
-        let mut value = BanValue {
-            expires,
-            ..BanValue::default()
-        };
         match keyed(ban.addr) {
             Keyed::V4(k) => {
-                if let Ok(old) = self.ban4.get(&k, 0) {
-                    let old = BanValue::from_words(old);
-                    (value.packets, value.bytes) = (old.packets, old.bytes);
-                }
-                self.ban4
-                    .insert(k, value.to_words(), 0)
-                    .map_err(|e| failed("ban4", "add a ban", &e))
+                renew(&mut self.ban4, k, expires).map_err(|e| failed("ban4", "add a ban", &e))
             }
             Keyed::V6(k) => {
-                if let Ok(old) = self.ban6.get(&k, 0) {
-                    let old = BanValue::from_words(old);
-                    (value.packets, value.bytes) = (old.packets, old.bytes);
-                }
-                self.ban6
-                    .insert(k, value.to_words(), 0)
-                    .map_err(|e| failed("ban6", "add a ban", &e))
+                renew(&mut self.ban6, k, expires).map_err(|e| failed("ban6", "add a ban", &e))
             }
         }
     }
@@ -128,15 +111,20 @@ impl XdpBans {
             .collect();
         self.remove(&addrs)
     }
+}
 
-    fn sum(&self, which: Counter) -> u64 {
-        self.slots
-            .iter()
-            .chain(std::iter::once(&0).filter(|_| self.slots.is_empty()))
-            .filter_map(|&slot| self.counters.get(&which.key(slot), 0).ok())
-            .map(|v| v.iter().sum::<u64>())
-            .sum()
-    }
+/// Sets the ban on `key` to end at `expires`; a ban that is renewed keeps its counters.
+fn renew<K: aya::Pod>(
+    map: &mut HashMap<MapData, K, [u64; 3]>,
+    key: K,
+    expires: u64,
+) -> Result<(), MapError> {
+    let old = map
+        .get(&key, 0)
+        .map(BanValue::from_words)
+        .unwrap_or_default();
+    let value = BanValue { expires, ..old };
+    map.insert(key, value.to_words(), 0)
 }
 
 impl Enforcer for XdpBans {
@@ -209,8 +197,8 @@ impl Enforcer for XdpBans {
 
     fn counters(&mut self) -> Result<DropCounters, EnforceError> {
         Ok(DropCounters {
-            packets: self.sum(Counter::Dropped),
-            bytes: self.sum(Counter::DroppedBytes),
+            packets: crate::counter_total(&self.counters, Counter::Dropped, &self.slots),
+            bytes: crate::counter_total(&self.counters, Counter::DroppedBytes, &self.slots),
         })
     }
 

@@ -236,6 +236,22 @@ where
     T::try_from(map).map_err(|e| XdpError::map(name, e))
 }
 
+/// The XDP program in the object.
+fn program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::Xdp, ProgramError> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or(ProgramError::NotLoaded)?
+        .try_into()
+}
+
+/// A per-interface counter summed over CPUs and over the interface slots `slots`.
+fn counter_total(counters: &PerCpuArray<MapData, u64>, which: Counter, slots: &[u32]) -> u64 {
+    slots
+        .iter()
+        .filter_map(|&slot| counters.get(&which.key(slot), 0).ok())
+        .map(|v| v.iter().sum::<u64>())
+        .sum()
+}
+
 /// A second handle on a map another part owns (same kernel map, own descriptor).
 fn share(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
     use aya::maps::Map;
@@ -264,11 +280,7 @@ impl Xdp {
     /// yet.
     pub fn load(options: Options) -> Result<Self, XdpError> {
         let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(load_error)?;
-        let program: &mut aya::programs::Xdp = ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| XdpError::Load(format!("no program {PROGRAM} in the object")))?
-            .try_into()
-            .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
+        let program = program(&mut ebpf).map_err(|e| XdpError::Load(e.to_string()))?;
         if let Err(e) = program.load() {
             return Err(match e {
                 ProgramError::LoadError {
@@ -404,12 +416,9 @@ impl Xdp {
     }
 
     fn attach_once(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), ProgramError> {
-        let program: &mut aya::programs::Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(ProgramError::NotLoaded)?
-            .try_into()?;
-        program.attach_to_if_index(ifindex, mode).map(|_| ())
+        program(&mut self.ebpf)?
+            .attach_to_if_index(ifindex, mode)
+            .map(|_| ())
     }
 
     pub fn attached(&self) -> &[Attached] {
@@ -453,24 +462,25 @@ impl Xdp {
         Ok(Ring { events, counters })
     }
 
+    /// The counter slots of the attached interfaces; slot 0 (where packets of unknown
+    /// interfaces count, as test runs' do) while none is attached.
+    pub fn slots(&self) -> Vec<u32> {
+        if self.attached.is_empty() {
+            return vec![0];
+        }
+        self.attached.iter().map(|a| a.slot).collect()
+    }
+
     /// The ban maps as a blocking backend.
     pub fn bans(&self) -> Result<XdpBans, XdpError> {
-        XdpBans::open(
-            |name| share(&self.ebpf, name),
-            self.attached.iter().map(|a| a.slot).collect(),
-        )
+        XdpBans::open(|name| share(&self.ebpf, name), self.slots())
     }
 
     /// Runs the program once over `frame` as if `ifindex` had received it (the kernel's
     /// BPF_PROG_TEST_RUN), and returns its verdict. For tests.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<Verdict, XdpError> {
         use aya::programs::{TestRun, TestRunOptions};
-        let program: &mut aya::programs::Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| XdpError::Load("not loaded".into()))?
-            .try_into()
-            .map_err(|e: ProgramError| XdpError::Load(e.to_string()))?;
+        let program = program(&mut self.ebpf).map_err(|e| XdpError::Load(e.to_string()))?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = 1;
@@ -579,12 +589,9 @@ impl Ring {
         Ok(bad)
     }
 
-    /// A counter summed over CPUs, for one interface slot.
-    pub fn counter(&self, which: Counter, slot: u32) -> u64 {
-        self.counters
-            .get(&which.key(slot), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+    /// A counter summed over CPUs and over the interface slots `slots`.
+    pub fn counter(&self, which: Counter, slots: &[u32]) -> u64 {
+        counter_total(&self.counters, which, slots)
     }
 }
 
