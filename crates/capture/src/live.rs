@@ -6,6 +6,16 @@
 //! `tcp[...]` offsets only cover IPv4, so IPv6 has its own expression on the fixed header;
 //! IPv6 packets whose next header is an extension header cannot be matched at a fixed
 //! offset and are all passed up for the decoder to walk (they are rare).
+//!
+//! What the kernel reassembles, synwatch must see, so IPv4 TCP fragments whose offset can
+//! still hold part of a TCP header (offset below 64 bytes: `nmap -f` cuts the header into
+//! 8-byte pieces) pass too, for user space to reassemble; later fragments carry only
+//! payload and stay in the kernel. IPv6 fragments pass with the extension headers.
+//!
+//! On Ethernet the same tests are repeated behind one and two in-band VLAN tags (802.1Q,
+//! 802.1ad, 0x9100). Live, the kernel has already moved the outer 802.1Q/802.1ad tag into
+//! packet metadata before the filter runs, so these clauses are what lets double- and
+//! triple-tagged frames through; in a capture file every tag is in-band.
 
 use std::fmt;
 
@@ -16,8 +26,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::Packet;
 
-/// The kernel-side filter, in libpcap syntax.
-pub const FILTER: &str = "(tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) \
+/// The kernel-side filter of untagged packets, in libpcap syntax (any link type).
+///
+/// Order matters: a classic BPF load past the end of the packet rejects it outright, so
+/// the fragment test (a first fragment may end inside the TCP header) comes before any
+/// load of the TCP flags.
+pub const FILTER: &str = "(ip and ip[9] == 6 and (ip[6:2] & 0x3fff) != 0 and (ip[6:2] & 0x1fff) < 8) \
+     or (tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) \
      or (tcp[tcpflags] & (tcp-syn|tcp-ack|tcp-rst) == 0) \
      or (ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 51 or ip6[6] == 60 \
          or (ip6[6] == 6 and ((ip6[53] & 0x12) == 0x02 or (ip6[53] & 0x16) == 0))))";
@@ -25,6 +40,65 @@ pub const FILTER: &str = "(tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn) \
 /// The filter of `synwatch inventory`: every IP packet (the decoder keeps TCP and UDP,
 /// whatever extension headers come first).
 pub const INVENTORY_FILTER: &str = "ip or ip6";
+
+/// Which traffic a live handle passes to user space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// Connection attempts, stealth probes and what reassembly needs ([`FILTER`], and on
+    /// Ethernet the same behind VLAN tags).
+    Attempts,
+    /// Every IP packet ([`INVENTORY_FILTER`]).
+    Inventory,
+}
+
+impl Filter {
+    /// The filter text for a link type (a pcap `LINKTYPE_*`/DLT number).
+    pub fn text(self, linktype: u32) -> String {
+        match self {
+            Filter::Inventory => INVENTORY_FILTER.to_owned(),
+            // DLT_EN10MB: raw `ether[]` loads exist only on Ethernet.
+            Filter::Attempts if linktype == 1 => format!(
+                "({FILTER}) or ({tag0} and {one}) or ({tag0} and {tag1} and {two})",
+                tag0 = vlan_tag_at(12),
+                tag1 = vlan_tag_at(16),
+                one = attempts_at(18),
+                two = attempts_at(22),
+            ),
+            Filter::Attempts => FILTER.to_owned(),
+        }
+    }
+}
+
+/// A VLAN tag protocol identifier at byte `at` of an Ethernet frame.
+fn vlan_tag_at(at: usize) -> String {
+    format!("(ether[{at}:2] == 0x8100 or ether[{at}:2] == 0x88a8 or ether[{at}:2] == 0x9100)")
+}
+
+/// [`FILTER`] written with raw loads, for an IP header at byte `l3` of an Ethernet frame
+/// (its ethertype in the two bytes before).
+fn attempts_at(l3: usize) -> String {
+    let et = l3 - 2;
+    let flags4 = format!("ether[{l3} + ((ether[{l3}] & 0xf) << 2) + 13]");
+    let flags6 = l3 + 53;
+    let next6 = l3 + 6;
+    format!(
+        "((ether[{et}:2] == 0x0800 and ether[{l3} + 9] == 6 and \
+           (((ether[{l3} + 6:2] & 0x3fff) != 0 and (ether[{l3} + 6:2] & 0x1fff) < 8) \
+            or ((ether[{l3} + 6:2] & 0x1fff) == 0 and \
+                (({flags4} & 0x12) == 0x02 or ({flags4} & 0x16) == 0)))) \
+         or (ether[{et}:2] == 0x86dd and \
+           (ether[{next6}] == 0 or ether[{next6}] == 43 or ether[{next6}] == 44 \
+            or ether[{next6}] == 51 or ether[{next6}] == 60 \
+            or (ether[{next6}] == 6 and \
+                ((ether[{flags6}] & 0x12) == 0x02 or (ether[{flags6}] & 0x16) == 0)))))"
+    )
+}
+
+/// Bytes kept of each packet. Linux walks an IPv6 header chain as long as the packet
+/// (a destination-options header alone may hold 2 KiB of options), so the whole of a
+/// jumbo frame is kept; what the filter passes is almost only SYNs and probes, whose
+/// frames are short, so this costs nothing on ordinary traffic.
+pub const SNAPLEN: i32 = 9216;
 
 /// How a live handle is opened.
 #[derive(Debug, Clone)]
@@ -36,17 +110,17 @@ pub struct LiveOptions {
     pub buffer_bytes: i32,
     /// How long a read waits for packets before returning with none, in milliseconds.
     pub timeout_ms: i32,
-    /// The kernel-side filter, in libpcap syntax.
-    pub filter: &'static str,
+    /// Which traffic passes the kernel-side filter.
+    pub filter: Filter,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
         Self {
-            snaplen: 256,
+            snaplen: SNAPLEN,
             buffer_bytes: 16 << 20,
             timeout_ms: 100,
-            filter: FILTER,
+            filter: Filter::Attempts,
         }
     }
 }
@@ -150,12 +224,12 @@ impl LiveCapture {
             // blocking read (and shutdown) forever.
             .setnonblock()
             .map_err(open_err)?;
-        cap.filter(opts.filter, true)
+        let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
+        cap.filter(&opts.filter.text(linktype), true)
             .map_err(|source| LiveError::Filter {
                 iface: iface.to_owned(),
                 source,
             })?;
-        let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
         Ok(Self {
             cap,
             iface: iface.to_owned(),
@@ -239,12 +313,13 @@ impl LiveCapture {
     }
 }
 
-/// Compiles [`FILTER`] for a link type without opening any interface (no privileges
-/// needed), so that what the filter passes can be checked on built packets.
+/// Compiles the [`Filter::Attempts`] filter for a link type without opening any
+/// interface (no privileges needed), so that what it passes can be checked on built
+/// packets.
 pub fn compiled_filter(linktype: u32) -> Result<pcap::BpfProgram, pcap::Error> {
     let link = i32::try_from(linktype).unwrap_or(i32::MAX);
     let dead = Capture::dead(Linktype(link))?;
-    dead.compile(FILTER, true)
+    dead.compile(&Filter::Attempts.text(linktype), true)
 }
 
 #[cfg(test)]

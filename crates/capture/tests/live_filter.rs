@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use synwatch_capture::live::compiled_filter;
 use synwatch_testkit::packet::{
-    ACK, CWR, ECE, FIN, Ipv6, PSH, RST, SYN, Tcp, URG, ethernet, sll, sll2, tcp_ip, udp_v4,
+    ACK, CWR, ECE, FIN, Ipv4, Ipv6, PSH, RST, SYN, TPID_8021AD, TPID_8021Q, Tcp, URG, Udp,
+    ethernet, ethernet_vlan, sll, sll2, tcp_ip, udp_v4,
 };
 
 fn ip(s: &str) -> IpAddr {
@@ -102,5 +103,90 @@ fn cooked_captures_filter_the_same() {
             !filter.filter(&frame(&packet("2001:db8::bad", "2001:db8::1", SYN | ACK))),
             "linktype {linktype}"
         );
+    }
+}
+
+/// `nmap -f`: a SYN whose 20-byte TCP header is cut into 8-byte IPv4 fragments.
+fn nmap_f(flags: u8, protocol_udp: bool) -> Vec<Vec<u8>> {
+    let src = "203.0.113.9".parse().expect("v4");
+    let dst = "192.0.2.1".parse().expect("v4");
+    let header = Ipv4::new(src, dst).id(4242);
+    if protocol_udp {
+        let payload = Udp::new(5353, 53).payload_len(40).datagram_v4(src, dst);
+        return header.fragments(17, &payload, 8);
+    }
+    header.fragments(6, &Tcp::new(40000, 22, flags).segment_v4(src, dst), 8)
+}
+
+#[test]
+fn ipv4_tcp_fragments_that_can_hold_the_header_pass_for_reassembly() {
+    let filter = compiled_filter(1).expect("compile for Ethernet");
+    let pieces = nmap_f(SYN, false);
+    assert_eq!(pieces.len(), 3, "8 + 8 + 4 bytes of TCP header");
+    for (i, piece) in pieces.iter().enumerate() {
+        assert!(filter.filter(&ethernet(piece)), "fragment {i} must pass");
+    }
+    // Later pieces of a long segment carry payload only: offset 64 bytes and beyond.
+    let src = "203.0.113.9".parse().expect("v4");
+    let dst = "192.0.2.1".parse().expect("v4");
+    let long = Tcp::new(40000, 22, ACK)
+        .payload_len(400)
+        .segment_v4(src, dst);
+    let pieces = Ipv4::new(src, dst).fragments(6, &long, 56);
+    assert!(filter.filter(&ethernet(&pieces[0])));
+    for piece in &pieces[2..] {
+        assert!(!filter.filter(&ethernet(piece)), "payload-only fragment");
+    }
+    for (i, piece) in nmap_f(0, true).iter().enumerate() {
+        assert!(!filter.filter(&ethernet(piece)), "UDP fragment {i}");
+    }
+}
+
+#[test]
+fn one_and_two_in_band_vlan_tags_filter_like_untagged_frames() {
+    let filter = compiled_filter(1).expect("compile for Ethernet");
+    let stacks: [&[(u16, u16)]; 4] = [
+        &[(TPID_8021Q, 10)],
+        &[(TPID_8021AD, 10)],
+        &[(0x9100, 10)],
+        &[(TPID_8021AD, 10), (TPID_8021Q, 20)],
+    ];
+    for tags in stacks {
+        for (src, dst) in [
+            ("203.0.113.9", "192.0.2.1"),
+            ("2001:db8::bad", "2001:db8::1"),
+        ] {
+            for (flags, pass) in [(SYN, true), (FIN | PSH | URG, true), (SYN | ACK, false)] {
+                let frame = ethernet_vlan(&packet(src, dst, flags), tags);
+                assert_eq!(
+                    filter.filter(&frame),
+                    pass,
+                    "{tags:?} {src} flags {flags:#x}"
+                );
+            }
+            let ip = packet(src, dst, ACK);
+            assert!(!filter.filter(&ethernet_vlan(&ip, tags)), "{tags:?} ACK");
+        }
+        for piece in nmap_f(SYN, false) {
+            assert!(
+                filter.filter(&ethernet_vlan(&piece, tags)),
+                "{tags:?} fragment"
+            );
+        }
+        let ext = Ipv6::new(v6("2001:db8::bad"), v6("2001:db8::1"))
+            .dest_opts()
+            .tcp(&Tcp::new(1, 22, SYN));
+        assert!(
+            filter.filter(&ethernet_vlan(&ext, tags)),
+            "{tags:?} IPv6 chain"
+        );
+        let udp = udp_v4(
+            "203.0.113.9".parse().expect("v4"),
+            53,
+            "192.0.2.1".parse().expect("v4"),
+            53,
+            10,
+        );
+        assert!(!filter.filter(&ethernet_vlan(&udp, tags)), "{tags:?} UDP");
     }
 }

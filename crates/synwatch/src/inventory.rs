@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use synwatch_capture::live::{INVENTORY_FILTER, LiveError, LiveOptions};
+use synwatch_capture::live::{Filter, LiveError, LiveOptions};
 use synwatch_decode::{Decoded, LinkType, Segment, decode};
 use synwatch_detect::Nanos;
 use synwatch_detect::inventory::{
@@ -275,7 +275,9 @@ fn live(
     duration: Option<Duration>,
 ) -> Result<std::result::Result<(Inventory, Read), String>> {
     let opts = LiveOptions {
-        filter: INVENTORY_FILTER,
+        filter: Filter::Inventory,
+        // Every packet passes: keep only the headers the flow summary reads.
+        snaplen: 256,
         ..LiveOptions::default()
     };
     let captures = match crate::run::open_all(ifaces, &opts) {
