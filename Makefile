@@ -11,8 +11,10 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
              ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool
-# only for `make test` (promtool comes with the Prometheus server package)
-TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus
+# only for `make test` (promtool comes with the Prometheus server package; scapy, for
+# Debian's /usr/bin/python3, crafts the lab's evasive packets)
+TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \
+              scapy:python3-scapy
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev

@@ -1497,3 +1497,95 @@ mod tests {
         assert!(write_spoofed(Vec::new(), &too_many).is_err());
     }
 }
+
+/// What [`write_fragment_flood`] writes.
+#[derive(Debug, Clone)]
+pub struct FragmentFloodConfig {
+    /// Incomplete first fragments, each from its own spoofed source (default 1,000,000).
+    pub fragments: u64,
+    /// PRNG seed (default 1).
+    pub seed: u64,
+}
+
+impl Default for FragmentFloodConfig {
+    fn default() -> Self {
+        Self {
+            fragments: 1_000_000,
+            seed: 1,
+        }
+    }
+}
+
+/// The `nmap -f` scanner hidden in [`write_fragment_flood`]: every SYN it sends is cut
+/// into 8-byte fragments.
+pub const FRAGMENTING_SCANNER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+/// The ordinary (unfragmented) SYN scanner in [`write_fragment_flood`].
+pub const PLAIN_SCANNER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+
+/// Writes a flood of incomplete IPv4 fragments at [`VICTIM_V4`], 1 µs apart from
+/// [`START_SECS`]: `cfg.fragments` first fragments (offset 0, more to follow, 8 bytes of a
+/// SYN's TCP header: the flags never arrive), each from a distinct spoofed source and IP
+/// id, none ever completed. Spread evenly through the flood, two scanners probe 20 ports
+/// each: [`FRAGMENTING_SCANNER`] as `nmap -sS -f` does (each SYN in three fragments sent
+/// back to back, the last first), [`PLAIN_SCANNER`] with whole SYNs. Streams: memory use
+/// is constant. The state-exhaustion input for fragment reassembly: both scanners must
+/// still be found.
+pub fn write_fragment_flood<W: Write>(w: W, cfg: &FragmentFloodConfig) -> io::Result<GenStats> {
+    const PORTS: u64 = 20;
+    if cfg.fragments >= 1 << 28 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most 2^28 spoofed sources, asked for {}", cfg.fragments),
+        ));
+    }
+    let mut rng = XorShift64::new(cfg.seed);
+    let key = rng.next_u32();
+    let mut pw = PcapWriter::new(w, LINKTYPE_ETHERNET, false)?;
+    let t0 = START_SECS * NS;
+    let every = (cfg.fragments / PORTS).max(1);
+    let mut at = t0;
+    let mut write = |pw: &mut PcapWriter<W>, ip: &[u8]| -> io::Result<()> {
+        let frame = ethernet_with(SERVER_MAC, ROUTER_MAC, ETHERTYPE_IPV4, ip);
+        at += US;
+        pw.write_packet(at, &frame)
+    };
+    let mut syns = 0;
+    for i in 0..cfg.fragments {
+        let r = rng.next_u64();
+        let src = distinct_v4(u32::try_from(i).unwrap_or(0), key);
+        let syn = Tcp::new(
+            1024 + (r as u16) % 64_512,
+            1 + ((r >> 16) as u16) % 65_535,
+            SYN,
+        )
+        .segment_v4(src, VICTIM_V4);
+        let first = Ipv4::new(src, VICTIM_V4)
+            .id((r >> 32) as u16)
+            .fragment(0, true)
+            .encode(IPPROTO_TCP, &syn[..8]);
+        write(&mut pw, &first)?;
+        if i % every == every / 2 && i / every < PORTS {
+            let port = 1000 + (i / every) as u16;
+            let scan = Tcp::new(40_000, port, SYN).segment_v4(FRAGMENTING_SCANNER, VICTIM_V4);
+            let mut pieces = Ipv4::new(FRAGMENTING_SCANNER, VICTIM_V4)
+                .id(port)
+                .fragments(IPPROTO_TCP, &scan, 8);
+            pieces.rotate_right(1);
+            for piece in &pieces {
+                write(&mut pw, piece)?;
+            }
+            let plain = Ipv4::new(PLAIN_SCANNER, VICTIM_V4).tcp(&Tcp::new(40_000, port, SYN));
+            write(&mut pw, &plain)?;
+            syns += 2;
+        }
+    }
+    let (packets, bytes) = (pw.packets(), pw.bytes());
+    pw.finish()?;
+    Ok(GenStats {
+        packets,
+        bytes,
+        syns,
+        sources: cfg.fragments + 2,
+        scanners: vec![IpAddr::V4(FRAGMENTING_SCANNER), IpAddr::V4(PLAIN_SCANNER)],
+    })
+}

@@ -4,6 +4,7 @@
 //! synwatch-gen sample OUT
 //! synwatch-gen bench OUT [--packets N] [--sources S] [--scanners K] [--ports-per-scanner P] [--seed X]
 //! synwatch-gen spoofed OUT [--sources N] [--v6] [--seed X]
+//! synwatch-gen fragments OUT [--fragments N] [--seed X]
 //! ```
 //!
 //! OUT is a path, or `-` for standard output. Output is classic pcap, Ethernet,
@@ -16,16 +17,18 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use synwatch_testkit::generate::{
-    BenchConfig, GenStats, SpoofedConfig, write_bench, write_sample, write_spoofed,
+    BenchConfig, FragmentFloodConfig, GenStats, SpoofedConfig, write_bench, write_fragment_flood,
+    write_sample, write_spoofed,
 };
 
 const USAGE: &str = "\
 usage: synwatch-gen sample OUT
        synwatch-gen bench OUT [--packets N] [--sources S] [--scanners K] [--ports-per-scanner P] [--seed X]
        synwatch-gen spoofed OUT [--sources N] [--v6] [--seed X]
+       synwatch-gen fragments OUT [--fragments N] [--seed X]
 OUT is a file path or - for standard output (classic pcap, Ethernet, microseconds).
 defaults: bench --packets 3000000 --sources 50000 --scanners 300 --ports-per-scanner 500 --seed 1;
-          spoofed --sources 10000000 --seed 1";
+          spoofed --sources 10000000 --seed 1; fragments --fragments 1000000 --seed 1";
 
 /// Output buffer: large, so the generators' small writes become few big ones.
 const BUF_SIZE: usize = 8 << 20;
@@ -34,6 +37,7 @@ enum Cmd {
     Sample,
     Bench(BenchConfig),
     Spoofed(SpoofedConfig),
+    Fragments(FragmentFloodConfig),
 }
 
 /// Parses a count such as `3000000` or `3_000_000`.
@@ -54,6 +58,7 @@ fn parse(args: &[String]) -> Result<(Cmd, String), String> {
         "sample" => Cmd::Sample,
         "bench" => Cmd::Bench(BenchConfig::default()),
         "spoofed" => Cmd::Spoofed(SpoofedConfig::default()),
+        "fragments" => Cmd::Fragments(FragmentFloodConfig::default()),
         other => return Err(format!("unknown subcommand {other:?}")),
     };
     let mut it = opts.iter();
@@ -69,6 +74,8 @@ fn parse(args: &[String]) -> Result<(Cmd, String), String> {
             (Cmd::Spoofed(c), "--sources") => c.sources = number(flag, it.next())?,
             (Cmd::Spoofed(c), "--seed") => c.seed = number(flag, it.next())?,
             (Cmd::Spoofed(c), "--v6") => c.v6 = true,
+            (Cmd::Fragments(c), "--fragments") => c.fragments = number(flag, it.next())?,
+            (Cmd::Fragments(c), "--seed") => c.seed = number(flag, it.next())?,
             _ => return Err(format!("unexpected argument {flag:?} for {sub}")),
         }
     }
@@ -86,6 +93,7 @@ fn run(cmd: &Cmd, out: &str) -> io::Result<GenStats> {
         Cmd::Sample => write_sample(w),
         Cmd::Bench(c) => write_bench(w, c),
         Cmd::Spoofed(c) => write_spoofed(w, c),
+        Cmd::Fragments(c) => write_fragment_flood(w, c),
     }
 }
 
