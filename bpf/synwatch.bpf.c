@@ -5,18 +5,35 @@
  *
  * 1. Drops packets from banned sources (hash maps ban4/ban6, expiry in the value
  *    against the kernel's boot clock), unless the source is on the allowlist (LPM
- *    tries allow4/allow6, which win over a ban).
- * 2. Reports SYN-without-ACK segments and stealth probes (no SYN, ACK or RST) to user
- *    space through the ring buffer `events`, when user space observes through XDP.
- * 3. Detects scans in the kernel when blocking in XDP: each source's distinct
+ *    tries allow4/allow6, which win over a ban). The ban goes by the L3 source, so it
+ *    covers every protocol, fragments and malformed packets alike.
+ * 2. Judges what it can exactly as user space's decode() (crates/decode) does, and
+ *    reports SYN-without-ACK segments and stealth probes (no SYN, ACK or RST) through
+ *    the ring buffer `events` (EV_PROBE), when user space observes through XDP.
+ *    Judged here: Ethernet with up to 8 VLAN tags (0x8100, 0x88a8, 0x9100; a 9th is
+ *    refused, as decode refuses it); IPv4 with IHL >= 5, the payload bounded by the
+ *    total length (0: by the frame, as for TSO captures); IPv6 with the payload bounded
+ *    by the payload length (0: by the frame) and up to IPV6_EXT_HEADERS hop-by-hop,
+ *    routing, destination-options and AH headers; TCP with data offset >= 5 and the
+ *    whole header, options included, inside the IP payload. Anything else is no
+ *    attempt and is passed on untouched (counted as C_PASSED_UNPARSED when malformed).
+ * 3. Hands up what it cannot judge (EV_RAW records, only with CFG_EMIT): IPv4
+ *    fragments of TCP (MF set or an offset) whose offset can still hold part of a TCP
+ *    header (offset * 8 < 60), IPv6 packets with a fragment header before their
+ *    transport header, and IPv6 header chains longer than the program walks. The
+ *    record carries the packet from its L3 header on (after Ethernet and VLAN tags,
+ *    so user space decodes it as raw IP), at most RAW_CAP bytes of it (C_RAW_TRUNCATED
+ *    counts the cut ones), with the length the frame held. User space reassembles and
+ *    judges them; they are passed (unless banned) and never counted by step 4. Other
+ *    fragments (non-TCP, or beyond the TCP header) are passed without a record.
+ * 4. Detects scans in the kernel when blocking in XDP: each source's distinct
  *    destination ports within the window are kept in an LRU map (at most
  *    max_ports + 1 of them); the packet that takes a source over max_ports bans it
  *    and is dropped, and user space hears of it through the ring buffer.
  *
- * Anything the program cannot parse (3 VLAN tags, more than 6 IPv6 extension headers,
- * truncated headers, non-first fragments) is passed on untouched for the stack and
- * for libpcap. Per-CPU counters record what it did. The layouts shared with user
- * space are mirrored in crates/xdp/src/layout.rs; keep the two in step.
+ * Per-CPU counters record what it did. The layouts shared with user space are mirrored
+ * in crates/xdp/src/layout.rs (checked by _Static_assert here and by tests there); keep
+ * the two in step. Needs Linux 5.18 (bpf_xdp_load_bytes).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -29,8 +46,12 @@
 
 /* Ports a source's track can hold: max_ports + 1 <= TRACK_PORTS. */
 #define TRACK_PORTS 16
-#define VLAN_TAGS 2
-#define IPV6_EXT_HEADERS 6
+/* decode's MAX_VLAN_TAGS: a 9th tag makes the frame no attempt. */
+#define VLAN_TAGS 8
+/* IPv6 extension headers walked here; a longer chain is handed up raw. */
+#define IPV6_EXT_HEADERS 8
+/* Bytes of a raw packet (from its L3 header on) an EV_RAW record carries. */
+#define RAW_CAP 512
 #define SLOTS 64
 
 /* config.flags */
@@ -41,6 +62,7 @@
 /* event.kind */
 #define EV_PROBE 1  /* a SYN without ACK or a stealth probe */
 #define EV_BANNED 2 /* this packet took its source over max_ports: banned, dropped */
+#define EV_RAW 4    /* a packet the program cannot judge, handed up (struct raw_event) */
 
 /* counters, per interface slot */
 enum {
@@ -51,7 +73,9 @@ enum {
 	C_DROPPED_BYTES,
 	C_KERNEL_BANS,
 	C_PASSED_UNPARSED,
-	C_COUNT = 8,
+	C_RAW,           /* EV_RAW records sent */
+	C_RAW_TRUNCATED, /* ...of which cut at RAW_CAP bytes */
+	C_COUNT = 16,    /* the stride of a slot's counters */
 };
 
 struct config {
@@ -88,6 +112,34 @@ struct event {
 	__u32 ifindex;
 	__u32 pad2;
 };
+
+/* An EV_RAW record: `kind` sits where struct event has it, so one byte tells the two
+ * apart; only RAW_HEADER + copied bytes of it go into the ring. */
+struct raw_event {
+	__u64 ts;     /* boot-clock ns */
+	__u32 ifindex;
+	__u32 len;    /* bytes the frame held from the L3 header on */
+	__u16 copied; /* bytes of data[] that follow: min(len, RAW_CAP) */
+	__u8 pad[28];
+	__u8 kind; /* EV_RAW */
+	__u8 pad2;
+	__u8 data[RAW_CAP];
+};
+#define RAW_HEADER 48
+
+_Static_assert(sizeof(struct config) == 24, "struct config: layout.rs Config::to_bytes");
+_Static_assert(sizeof(struct ban) == 24, "struct ban: layout.rs BanValue");
+_Static_assert(sizeof(struct event) == 56, "struct event: layout.rs EVENT_LEN");
+_Static_assert(__builtin_offsetof(struct event, flags) == 44, "layout.rs Event::parse");
+_Static_assert(__builtin_offsetof(struct event, family) == 45, "layout.rs Event::parse");
+_Static_assert(__builtin_offsetof(struct event, kind) == 46, "layout.rs KIND_AT");
+_Static_assert(__builtin_offsetof(struct event, ifindex) == 48, "layout.rs Event::parse");
+_Static_assert(__builtin_offsetof(struct raw_event, len) == 12, "layout.rs RawPacket::parse");
+_Static_assert(__builtin_offsetof(struct raw_event, copied) == 16, "layout.rs RawPacket::parse");
+_Static_assert(__builtin_offsetof(struct raw_event, kind) == 46, "layout.rs KIND_AT");
+_Static_assert(__builtin_offsetof(struct raw_event, data) == RAW_HEADER, "layout.rs RAW_HEADER");
+_Static_assert(sizeof(struct raw_event) == RAW_HEADER + RAW_CAP, "layout.rs RAW_CAP");
+_Static_assert(C_RAW_TRUNCATED < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
 
 struct lpm4 {
 	__u32 prefixlen;
@@ -179,6 +231,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
+
+/* Where a raw record is put together (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct raw_event);
+} raw_scratch SEC(".maps");
 
 static __always_inline void count(__u32 slot, __u32 which, __u64 by)
 {
@@ -286,6 +346,96 @@ __noinline int crosses(struct track *t, __u32 dport, __u64 now, __u64 window, __
 	return 1;
 }
 
+
+/* Hands the packet up from its L3 header at `l3` on (EV_RAW), at most RAW_CAP bytes of
+ * it. A ring record costs its 8-byte header plus RAW_HEADER + copied bytes rounded up
+ * to 8: bpf_ringbuf_output() takes a variable length where bpf_ringbuf_reserve() would
+ * take RAW_CAP for an 8-byte fragment too. */
+__noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
+{
+	__u32 key = 0;
+	struct raw_event *r = bpf_map_lookup_elem(&raw_scratch, &key);
+	if (!r)
+		return 0;
+	/* The whole frame, fragments of a multi-buffer one included. */
+	__u64 total = bpf_xdp_get_buff_len(ctx);
+	if (total <= l3)
+		return 0;
+	__u64 len = total - l3;
+	/* 64 bits: a 32-bit copy would be checked in a register the helper call does not
+	 * use, and the verifier would see a possible zero-sized read. */
+	__u64 copied = len < RAW_CAP ? len : RAW_CAP;
+	if (copied == 0 || copied > RAW_CAP)
+		return 0;
+	r->ts = now;
+	r->ifindex = ctx->ingress_ifindex;
+	r->len = len;
+	r->copied = copied;
+	r->kind = EV_RAW;
+	if (bpf_xdp_load_bytes(ctx, l3, r->data, copied))
+		return 0;
+	if (bpf_ringbuf_output(&events, r, RAW_HEADER + copied, 0)) {
+		count(slot, C_RINGBUF_FULL, 1);
+		return 0;
+	}
+	count(slot, C_RAW, 1);
+	if (copied < len)
+		count(slot, C_RAW_TRUNCATED, 1);
+	return 1;
+}
+
+static __always_inline int is_vlan(__u16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD) ||
+	       proto == bpf_htons(0x9100);
+}
+
+/* The IPv6 extension headers the walk steps over (the fragment header is handed up). */
+static __always_inline int is_ipv6_ext(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_AH;
+}
+
+#define WALK_RAW (1ULL << 32) /* hand the packet up */
+#define WALK_BAD (2ULL << 32) /* no attempt: cut short, or bounds broken */
+
+/* Walks the IPv6 extension headers after the fixed header at `l3` (the packet ends at
+ * l3 + lim by its payload length), starting with `next`, the way decode() walks them.
+ * Returns the transport protocol << 16 | its offset from l3, or WALK_RAW for a
+ * fragment header or a chain longer than IPV6_EXT_HEADERS, or WALK_BAD.
+ *
+ * A global function, so the verifier checks it once for any arguments: inline, every
+ * length the chain can end at was a path of its own through the rest of the program
+ * (from 52k to 400k instructions to verify). */
+__noinline __u64 ipv6_walk(struct xdp_md *ctx, __u32 l3, __u32 lim, __u32 next)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (l3 > 64)
+		return WALK_BAD;
+	/* Hidden from clang, so the mask that bounds it for the verifier stays. */
+	asm volatile("" : "+r"(l3));
+	void *ip6 = data + (l3 & 0x7f);
+	__u32 off = sizeof(struct ipv6hdr);
+	for (int i = 0; i < IPV6_EXT_HEADERS; i++) {
+		if (next == IPPROTO_FRAGMENT)
+			return WALK_RAW;
+		if (!is_ipv6_ext(next))
+			return ((__u64)next << 16) | off;
+		__u8 *h = ip6 + off;
+		if (off + 2 > lim || (void *)(h + 2) > data_end)
+			return WALK_BAD;
+		/* AH counts 4-octet units minus 2, the others 8-octet units minus 1. */
+		__u32 hlen = next == IPPROTO_AH ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
+		next = h[0];
+		off += hlen;
+	}
+	if (next == IPPROTO_FRAGMENT || is_ipv6_ext(next))
+		return WALK_RAW; /* a longer chain than walked here */
+	return ((__u64)next << 16) | off;
+}
+
 SEC("xdp")
 int synwatch_xdp(struct xdp_md *ctx)
 {
@@ -304,7 +454,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 	__u16 proto = eth->h_proto;
 	void *cur = eth + 1;
 	for (int i = 0; i < VLAN_TAGS; i++) {
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+		if (!is_vlan(proto))
 			break;
 		struct vlan_hdr *vh = cur;
 		if ((void *)(vh + 1) > data_end)
@@ -312,6 +462,8 @@ int synwatch_xdp(struct xdp_md *ctx)
 		proto = vh->proto;
 		cur = vh + 1;
 	}
+	if (is_vlan(proto))
+		goto unparsed; /* more tags than decode() takes */
 
 	__u32 key = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &key);
@@ -325,16 +477,20 @@ int synwatch_xdp(struct xdp_md *ctx)
 	struct lpm4 a4;
 	struct lpm6 a6;
 	__u8 next;
-	void *l4;
-	int first_fragment = 1;
+	/* Offsets from the L3 header: `avail` bytes of it are in the frame, the IP header
+	 * says it ends at `lim` (<= avail), the transport header starts at `off`. */
+	__u32 l3 = cur - data;
+	__u32 avail = data_end - cur;
+	__u32 lim, off;
+	__u32 ihl = 0, total = 0, frag = 0;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cur;
-		if ((void *)(ip + 1) > data_end)
+		if ((void *)(ip + 1) > data_end || ip->version != 4)
 			goto unparsed;
-		__u32 ihl = ip->ihl * 4;
-		if (ihl < sizeof(*ip))
-			goto unparsed;
+		ihl = ip->ihl * 4;
+		total = bpf_ntohs(ip->tot_len);
+		frag = bpf_ntohs(ip->frag_off);
 		__builtin_memcpy(ev.src, &ip->saddr, 4);
 		__builtin_memcpy(ev.dst, &ip->daddr, 4);
 		ev.family = 4;
@@ -345,13 +501,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 		a4.prefixlen = 32;
 		__builtin_memcpy(a4.addr, &ip->saddr, 4);
 		next = ip->protocol;
-		if (ip->frag_off & bpf_htons(0x1fff))
-			first_fragment = 0;
-		l4 = cur + ihl;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = cur;
-		if ((void *)(ip6 + 1) > data_end)
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 			goto unparsed;
+		total = bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(ev.src, &ip6->saddr, 16);
 		__builtin_memcpy(ev.dst, &ip6->daddr, 16);
 		ev.family = 6;
@@ -362,7 +516,6 @@ int synwatch_xdp(struct xdp_md *ctx)
 		a6.prefixlen = 128;
 		__builtin_memcpy(a6.addr, &ip6->saddr, 16);
 		next = ip6->nexthdr;
-		l4 = ip6 + 1;
 	} else {
 		return XDP_PASS;
 	}
@@ -382,34 +535,43 @@ int synwatch_xdp(struct xdp_md *ctx)
 		}
 	}
 
-	/* 2. Down to TCP: IPv6 extension headers, a bounded walk. */
-	if (ev.family == 6) {
-		for (int i = 0; i < IPV6_EXT_HEADERS; i++) {
-			if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
-			    next == IPPROTO_DSTOPTS) {
-				__u8 *h = l4;
-				if ((void *)(h + 2) > data_end)
-					goto unparsed;
-				next = h[0];
-				l4 = h + (h[1] + 1) * 8;
-			} else if (next == IPPROTO_FRAGMENT) {
-				__u8 *h = l4;
-				if ((void *)(h + 8) > data_end)
-					goto unparsed;
-				next = h[0];
-				if (((h[2] << 8) | h[3]) & 0xfff8)
-					first_fragment = 0;
-				l4 = h + 8;
-			} else {
-				break;
-			}
+	/* 2. Down to TCP, bounded as decode() bounds it. */
+	if (ev.family == 4) {
+		if (ihl < sizeof(struct iphdr) || ihl > avail)
+			goto unparsed;
+		if (total == 0) {
+			lim = avail; /* TSO: the frame is the only bound */
+		} else if (total < ihl) {
+			goto unparsed;
+		} else {
+			lim = total < avail ? total : avail;
 		}
+		if (frag & 0x3fff) {
+			/* More fragments, or an offset: the kernel reassembles it. */
+			if (next == IPPROTO_TCP && (frag & 0x1fff) * 8 < 60)
+				goto raw;
+			return XDP_PASS;
+		}
+		off = ihl;
+	} else {
+		lim = total == 0 ? avail : (40 + total < avail ? 40 + total : avail);
+		__u64 walked = ipv6_walk(ctx, l3, lim, next);
+		if (walked == WALK_RAW)
+			goto raw;
+		if (walked == WALK_BAD)
+			goto unparsed;
+		next = walked >> 16;
+		/* The walk ends within the packet, below 40 + 8 * 2056 bytes; the mask
+		 * tells the verifier so. */
+		off = walked & 0x7fff;
 	}
-	if (next != IPPROTO_TCP || !first_fragment)
+	if (next != IPPROTO_TCP)
 		return XDP_PASS;
-	struct tcphdr *tcp = l4;
-	if ((void *)(tcp + 1) > data_end)
+	struct tcphdr *tcp = cur + off;
+	if (off + sizeof(*tcp) > lim || (void *)(tcp + 1) > data_end)
 		goto unparsed;
+	if (tcp->doff < 5 || off + tcp->doff * 4 > lim)
+		goto unparsed; /* a bad data offset, or options cut short */
 	__u8 flags = ((__u8 *)tcp)[13];
 	if (!is_probe(flags))
 		return XDP_PASS;
@@ -464,6 +626,13 @@ int synwatch_xdp(struct xdp_md *ctx)
 		}
 	}
 	return verdict;
+
+raw:
+	/* Not judged here, nor counted toward a scan: user space reassembles and decides.
+	 * A source banned for new connections only (CFG_SCOPE_NEW) gets it passed too. */
+	if (cfg->flags & CFG_EMIT)
+		send_raw(ctx, l3, slot, now);
+	return XDP_PASS;
 
 unparsed:
 	count(slot, C_PASSED_UNPARSED, 1);

@@ -5,17 +5,19 @@
 //! banned a scanner itself (with `--block xdp`). Both become observations for the same
 //! detector as libpcap's, so the user-space detector stays the reference: it decides the
 //! scan events, the ban lengths, the logging and the saved state. A source the program
-//! banned but the detector would not (a ban cap reached, say) is lifted again.
+//! banned but the detector would not (a ban cap reached, say) is lifted again. Packets
+//! the program cannot judge (fragments, long IPv6 header chains) come up raw, from their
+//! L3 header on, and go through the same decoder as libpcap's.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use synwatch_decode::TcpFlags;
+use synwatch_decode::{Decoded, LinkType, TcpFlags, decode};
 use synwatch_detect::{DirectionFilter, Observation};
 use synwatch_xdp::clock::BootToUnix;
-use synwatch_xdp::{Counter, Detection, Mode, Options, Ring, Xdp, XdpError};
+use synwatch_xdp::{Counter, Detection, Mode, Options, Record, Ring, Xdp, XdpError};
 
 use crate::metrics::Metrics;
 
@@ -174,22 +176,34 @@ pub fn run(
         }
         if !events.is_empty() {
             let clock = BootToUnix::now();
-            let batch: Vec<Observation> = events
-                .iter()
-                .map(|e| Observation {
-                    ts: clock.unix(e.ts_boot),
-                    src: e.src,
-                    dst: e.dst,
-                    sport: e.sport,
-                    dport: e.dport,
-                    flags: TcpFlags(e.flags),
-                })
-                .collect();
-            let banned: Vec<IpAddr> = events
-                .iter()
-                .filter(|e| e.banned())
-                .map(|e| e.src)
-                .collect();
+            let mut batch: Vec<Observation> = Vec::with_capacity(events.len());
+            let mut banned: Vec<IpAddr> = Vec::new();
+            for record in &events {
+                match record {
+                    Record::Probe(e) => {
+                        batch.push(Observation {
+                            ts: clock.unix(e.ts_boot),
+                            src: e.src,
+                            dst: e.dst,
+                            sport: e.sport,
+                            dport: e.dport,
+                            flags: TcpFlags(e.flags),
+                        });
+                        if e.banned() {
+                            banned.push(e.src);
+                        }
+                    }
+                    Record::Raw(p) => match decode(LinkType::Raw, &p.bytes) {
+                        Ok(Decoded::Segment(seg)) => {
+                            batch.extend(Observation::of_segment(clock.unix(p.ts_boot), &seg));
+                        }
+                        Ok(Decoded::Skipped(_)) => {}
+                        Err(kind) => {
+                            metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+                        }
+                    },
+                }
+            }
             if !send_batch(batch) || (!banned.is_empty() && !send_bans(KernelBans(banned))) {
                 break;
             }

@@ -47,6 +47,8 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ROUTING: u8 = 43;
 /// IP protocol number of the IPv6 fragment header.
 pub const IPPROTO_FRAGMENT: u8 = 44;
+/// IP protocol number of the IPv6 authentication header.
+pub const IPPROTO_AH: u8 = 51;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 /// IP protocol number "no next header" (IPv6).
@@ -567,6 +569,15 @@ pub enum Ipv6Ext {
         /// Type-specific data.
         data: Vec<u8>,
     },
+    /// Authentication header (protocol 51): SPI, sequence number 1, then `icv`
+    /// (zero-padded to a multiple of 8 bytes overall). Its length field counts 4-octet
+    /// units minus 2, unlike the other extension headers.
+    Auth {
+        /// Security parameters index.
+        spi: u32,
+        /// Integrity check value.
+        icv: Vec<u8>,
+    },
     /// Fragment header (protocol 44), 8 bytes.
     Fragment {
         /// Fragment offset in 8-byte units (13 bits).
@@ -604,6 +615,14 @@ impl Ipv6Ext {
         }
     }
 
+    /// Authentication header with a 12-byte ICV (HMAC-SHA1-96): 24 bytes, length field 4.
+    pub fn auth() -> Self {
+        Self::Auth {
+            spi: 0x0000_1001,
+            icv: vec![0xa5; 12],
+        }
+    }
+
     /// Fragment header: `offset` in 8-byte units, M flag `more`, id 0x0bad_f00d.
     /// `fragment(0, false)` is an atomic fragment, `offset > 0` a non-first fragment.
     pub fn fragment(offset: u16, more: bool) -> Self {
@@ -624,6 +643,7 @@ impl Ipv6Ext {
             Self::HopByHop(_) => IPPROTO_HOPOPTS,
             Self::DestOpts(_) => IPPROTO_DSTOPTS,
             Self::Routing { .. } => IPPROTO_ROUTING,
+            Self::Auth { .. } => IPPROTO_AH,
             Self::Fragment { .. } => IPPROTO_FRAGMENT,
         }
     }
@@ -658,6 +678,20 @@ impl Ipv6Ext {
                 while !(v.len() - start).is_multiple_of(8) {
                     v.push(0);
                 }
+            }
+            Self::Auth { spi, icv } => {
+                v.extend_from_slice(&[0, 0]); // reserved
+                v.extend_from_slice(&spi.to_be_bytes());
+                v.extend_from_slice(&1u32.to_be_bytes());
+                v.extend_from_slice(icv);
+                while !(v.len() - start).is_multiple_of(8) {
+                    v.push(0);
+                }
+                let units = (v.len() - start) / 4 - 2;
+                v[start + 1] = u8::try_from(units).unwrap_or_else(|_| {
+                    panic!("authentication header of {} bytes", v.len() - start)
+                });
+                return;
             }
             Self::Fragment { offset, more, id } => {
                 let field = ((offset & 0x1fff) << 3) | u16::from(*more);

@@ -23,6 +23,16 @@ pub const EV_PROBE: u8 = 1;
 /// `event.kind`: this packet took its source over `max_ports`; the kernel banned the
 /// source and dropped the packet.
 pub const EV_BANNED: u8 = 2;
+/// `raw_event.kind`: a packet the program could not judge, handed up whole (up to
+/// [`RAW_CAP`] bytes) for user space to decode and reassemble.
+pub const EV_RAW: u8 = 4;
+/// Where both record layouts keep their kind byte.
+pub const KIND_AT: usize = 46;
+/// The size of `struct raw_event`'s header; the packet bytes follow it.
+pub const RAW_HEADER: usize = 48;
+/// The most bytes of a raw packet (from its L3 header on) one record carries; longer
+/// packets are cut there and counted in [`Counter::RawTruncated`].
+pub const RAW_CAP: usize = 512;
 
 /// The per-interface counters, in the order of the C enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +44,17 @@ pub enum Counter {
     DroppedBytes = 4,
     KernelBans = 5,
     PassedUnparsed = 6,
+    /// Raw records (packets the program could not judge) sent up the ring.
+    RawRecords = 7,
+    /// Raw records whose packet was longer than [`RAW_CAP`] and was cut.
+    RawTruncated = 8,
 }
 
 /// Counters per slot in the per-CPU array.
-pub const COUNTERS_PER_SLOT: u32 = 8;
+pub const COUNTERS_PER_SLOT: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    pub const ALL: [Counter; 9] = [
         Counter::Packets,
         Counter::Events,
         Counter::RingbufFull,
@@ -48,6 +62,8 @@ impl Counter {
         Counter::DroppedBytes,
         Counter::KernelBans,
         Counter::PassedUnparsed,
+        Counter::RawRecords,
+        Counter::RawTruncated,
     ];
 
     /// The key of this counter for interface slot `slot`.
@@ -103,7 +119,72 @@ impl BanValue {
 /// The size of `struct event`.
 pub const EVENT_LEN: usize = 56;
 
-/// One ring buffer record: a probe the program saw, and whether it banned its source.
+/// One ring buffer record, as [`crate::Ring::wait`] yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A probe the program judged (and maybe the ban it decided).
+    Probe(Event),
+    /// A packet it could not judge: user space decodes it.
+    Raw(RawPacket),
+}
+
+impl Record {
+    /// Parses a record of either kind, by its kind byte; `None` for anything this crate
+    /// and the program do not agree on. Never panics, whatever the bytes.
+    pub fn parse(b: &[u8]) -> Option<Record> {
+        if *b.get(KIND_AT)? == EV_RAW {
+            RawPacket::parse(b).map(Record::Raw)
+        } else {
+            Event::parse(b).map(Record::Probe)
+        }
+    }
+}
+
+/// `struct raw_event`: a packet handed up as it arrived, from its L3 header on (decode
+/// it as `LinkType::Raw`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPacket {
+    /// Boot-clock nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ts_boot: u64,
+    pub ifindex: u32,
+    /// How many bytes the frame held from the L3 header on.
+    pub len: u32,
+    /// The first `min(len, RAW_CAP)` of them.
+    pub bytes: Vec<u8>,
+}
+
+impl RawPacket {
+    /// Parses a raw record: the header, then exactly `copied` bytes; `None` when the
+    /// lengths disagree or the kind is not [`EV_RAW`].
+    pub fn parse(b: &[u8]) -> Option<RawPacket> {
+        if *b.get(KIND_AT)? != EV_RAW {
+            return None;
+        }
+        let u32_at = |o: usize| b.get(o..o + 4)?.try_into().ok().map(u32::from_ne_bytes);
+        let ts_boot = b.get(0..8)?.try_into().ok().map(u64::from_ne_bytes)?;
+        let ifindex = u32_at(8)?;
+        let len = u32_at(12)?;
+        let copied = usize::from(b.get(16..18)?.try_into().ok().map(u16::from_ne_bytes)?);
+        let expected = usize::try_from(len).ok()?.min(RAW_CAP);
+        if copied != expected || copied == 0 {
+            return None;
+        }
+        let bytes = b.get(RAW_HEADER..RAW_HEADER + copied)?.to_vec();
+        Some(RawPacket {
+            ts_boot,
+            ifindex,
+            len,
+            bytes,
+        })
+    }
+
+    /// Whether the packet was longer than what the record carries.
+    pub fn truncated(&self) -> bool {
+        usize::try_from(self.len).map_or(true, |l| l > self.bytes.len())
+    }
+}
+
+/// A probe record: a probe the program saw, and whether it banned its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event {
     /// Boot-clock nanoseconds (`bpf_ktime_get_boot_ns`).
@@ -120,10 +201,15 @@ pub struct Event {
 }
 
 impl Event {
-    /// Parses a record; `None` for one of the wrong size or an unknown family (which
-    /// would mean the program and this crate are out of step).
+    /// Parses a probe record; `None` for one of the wrong size, an unknown family or
+    /// a kind that is not a probe's (which would mean the program and this crate are
+    /// out of step). Never panics, whatever the bytes.
     pub fn parse(b: &[u8]) -> Option<Event> {
         if b.len() < EVENT_LEN {
+            return None;
+        }
+        let kind = *b.get(KIND_AT)?;
+        if kind == 0 || kind & !(EV_PROBE | EV_BANNED) != 0 {
             return None;
         }
         let u64_at = |o: usize| b.get(o..o + 8)?.try_into().ok().map(u64::from_ne_bytes);
@@ -149,7 +235,7 @@ impl Event {
             sport: u16_at(40)?,
             dport: u16_at(42)?,
             flags: *b.get(44)?,
-            kind: *b.get(46)?,
+            kind,
             ifindex: b.get(48..52)?.try_into().ok().map(u32::from_ne_bytes)?,
         })
     }
@@ -250,7 +336,102 @@ mod tests {
     #[test]
     fn counter_keys_stay_inside_the_array() {
         assert_eq!(Counter::Dropped.key(0), 3);
-        assert_eq!(Counter::Packets.key(2), 16);
-        assert_eq!(Counter::PassedUnparsed.key(1000), (SLOTS - 1) * 8 + 6);
+        assert_eq!(Counter::Packets.key(2), 32);
+        assert_eq!(Counter::PassedUnparsed.key(1000), (SLOTS - 1) * 16 + 6);
+        assert_eq!(Counter::RawTruncated.key(1), 16 + 8);
+        for c in Counter::ALL {
+            assert!((c as u32) < COUNTERS_PER_SLOT, "{c:?} fits a slot");
+        }
+    }
+
+    fn raw_record(len: u32, packet: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; RAW_HEADER];
+        b[0..8].copy_from_slice(&987_654_321u64.to_ne_bytes());
+        b[8..12].copy_from_slice(&3u32.to_ne_bytes());
+        b[12..16].copy_from_slice(&len.to_ne_bytes());
+        let copied = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+        b[16..18].copy_from_slice(&copied.to_ne_bytes());
+        b[KIND_AT] = EV_RAW;
+        b.extend_from_slice(packet);
+        b
+    }
+
+    #[test]
+    fn a_raw_record_parses_with_its_bytes() {
+        let packet: Vec<u8> = (0..28u8).collect();
+        let r = Record::parse(&raw_record(28, &packet)).expect("parses");
+        let Record::Raw(r) = r else {
+            panic!("a raw record: {r:?}")
+        };
+        assert_eq!((r.ts_boot, r.ifindex, r.len), (987_654_321, 3, 28));
+        assert_eq!(r.bytes, packet);
+        assert!(!r.truncated());
+        // Cut at the cap: the length says how long the packet was.
+        let long = vec![0x45u8; RAW_CAP];
+        let Some(Record::Raw(r)) = Record::parse(&raw_record(1500, &long)) else {
+            panic!("a truncated raw record parses")
+        };
+        assert_eq!((r.len, r.bytes.len()), (1500, RAW_CAP));
+        assert!(r.truncated());
+    }
+
+    #[test]
+    fn raw_records_whose_lengths_disagree_are_refused() {
+        let packet = [0x45u8; 40];
+        // Fewer bytes than `copied` says, a `copied` that is not min(len, cap), none.
+        assert_eq!(
+            Record::parse(&raw_record(40, &packet)[..RAW_HEADER + 39]),
+            None
+        );
+        assert_eq!(Record::parse(&raw_record(41, &packet)), None);
+        assert_eq!(Record::parse(&raw_record(0, &[])), None);
+        assert_eq!(RawPacket::parse(&record(4, EV_PROBE)), None);
+        // A probe record is not a raw one and the other way round.
+        assert_eq!(Event::parse(&raw_record(40, &packet)), None);
+        assert!(matches!(
+            Record::parse(&record(4, EV_PROBE)),
+            Some(Record::Probe(_))
+        ));
+    }
+
+    #[test]
+    fn record_layout_constants_follow_the_c_structs() {
+        // struct event: kind at 46; struct raw_event: kind at 46, data at 48, RAW_CAP
+        // bytes of it (the _Static_asserts in bpf/synwatch.bpf.c hold the C side).
+        assert_eq!(KIND_AT, 46);
+        assert_eq!(RAW_HEADER, 48);
+        assert_eq!(RAW_CAP, 512);
+        const {
+            assert!(KIND_AT < EVENT_LEN && KIND_AT < RAW_HEADER);
+            assert!(EV_RAW & (EV_PROBE | EV_BANNED) == 0);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_bytes_make_parsing_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 0..700)) {
+            let _ = Record::parse(&b);
+            let _ = Event::parse(&b);
+            let _ = RawPacket::parse(&b);
+        }
+
+        #[test]
+        fn any_raw_record_with_a_raw_kind_byte_parses_or_is_refused_cleanly(
+            len in 0u32..4000,
+            fill in proptest::num::u8::ANY,
+            cut in 0usize..600,
+        ) {
+            let packet = vec![fill; usize::try_from(len).unwrap_or(0).min(RAW_CAP)];
+            let mut b = raw_record(len, &packet);
+            b.truncate(cut.max(KIND_AT + 1));
+            match Record::parse(&b) {
+                Some(Record::Raw(r)) => {
+                    proptest::prop_assert_eq!(r.bytes.len(), packet.len());
+                    proptest::prop_assert_eq!(r.len, len);
+                }
+                Some(Record::Probe(p)) => proptest::prop_assert!(false, "a probe: {p:?}"),
+                None => proptest::prop_assert!(len == 0 || b.len() < RAW_HEADER + packet.len()),
+            }
+        }
     }
 }

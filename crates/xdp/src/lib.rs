@@ -6,13 +6,31 @@
 //! and stealth probes through a ring buffer, and, when blocking in XDP, detects scans
 //! itself so that the packet that makes a source a scanner is already dropped.
 //!
+//! The key decision: one truth for both paths. What the program judges, it judges exactly
+//! as `synwatch_decode::decode()` does (up to 8 VLAN tags, IPv4 bounded by its total
+//! length, IPv6 bounded by its payload length through up to 8 hop-by-hop, routing,
+//! destination-options and AH headers, TCP with a data offset of at least 5 and its whole
+//! header present); what it cannot judge in the kernel it hands to user space as a
+//! [`RawPacket`] instead of guessing: IPv4 fragments of TCP that may hold part of its
+//! header, IPv6 packets with a fragment header, and longer IPv6 header chains. Those go
+//! up from their L3 header on (decode them as `LinkType::Raw`), at most
+//! [`layout::RAW_CAP`] (512) bytes of each, and are passed unless their source is banned;
+//! in-kernel detection never counts them. `tests/differential.rs` holds the two paths
+//! to the same verdicts on the decoder's fuzz corpus, the golden captures and crafted
+//! evasions.
+//!
 //! This crate loads it with aya and hands out its parts to the threads that use them:
 //! - [`Xdp`]: the loaded program and its attachments (one bpf_link per interface, so
 //!   the kernel detaches it when the process ends, even by a crash), the configuration
 //!   and the allowlist tries. Dropping it detaches the program.
-//! - [`Ring`]: the ring buffer of [`Event`]s and the per-CPU counters, for the thread
-//!   that observes.
+//! - [`Ring`]: the ring buffer of [`Record`]s (a probe [`Event`] or a [`RawPacket`]) and
+//!   the per-CPU counters, for the thread that observes.
 //! - [`XdpBans`]: the ban maps, as a blocking backend ([`synwatch_enforce::Enforcer`]).
+//!
+//! The ring buffer holds 4 MiB. A probe record takes 64 bytes of it (56 and the ring's
+//! 8-byte header); a raw record 8 + 48 + the bytes copied, rounded up to 8: 88 bytes for
+//! one of `nmap -f`'s 28-byte fragments, 568 at most, so a full ring holds at least 7,380
+//! raw packets. What did not fit is counted ([`Counter::RingbufFull`]).
 //!
 //! Layout: `layout` (the byte layouts shared with the C program, pure), `bans` (the
 //! blocking backend), `clock` (the kernel's boot clock against Unix time), this file
@@ -35,7 +53,7 @@ pub mod clock;
 pub mod layout;
 
 pub use bans::XdpBans;
-pub use layout::{Config, Counter, Event};
+pub use layout::{Config, Counter, Event, RawPacket, Record};
 
 /// The program object, compiled at build time.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/synwatch.bpf.o"));
@@ -118,7 +136,7 @@ pub fn detects_in_kernel(max_ports: u16) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error(
-        "the kernel refused BPF ({call}: {source}): XDP needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root), a kernel with BPF enabled (Linux 5.17 or later for everything synwatch's program uses), and under systemd the bpf system call allowed"
+        "the kernel refused BPF ({call}: {source}): XDP needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root), a kernel with BPF enabled (Linux 5.18 or later for everything synwatch's program uses), and under systemd the bpf system call allowed"
     )]
     Refused {
         call: String,
@@ -126,7 +144,7 @@ pub enum XdpError {
         source: io::Error,
     },
     #[error(
-        "the kernel's verifier rejected synwatch's XDP program ({source}): {log}. Hint: this program needs Linux 5.17 or later (bpf_loop, ring buffers, the boot clock); on an older kernel use --source pcap"
+        "the kernel's verifier rejected synwatch's XDP program ({source}): {log}. Hint: this program needs Linux 5.18 or later (bpf_loop, ring buffers, the boot clock, bpf_xdp_load_bytes); on an older kernel use --source pcap"
     )]
     Verifier {
         #[source]
@@ -476,6 +494,13 @@ impl Xdp {
         XdpBans::open(|name| share(&self.ebpf, name), self.slots())
     }
 
+    /// How many instructions the kernel's verifier went through to accept the program
+    /// (the cost of its paths; the kernel's limit is a million), where the kernel says.
+    pub fn verified_instructions(&mut self) -> Option<u32> {
+        let program = program(&mut self.ebpf).ok()?;
+        program.info().ok()?.verified_instruction_count()
+    }
+
     /// Runs the program once over `frame` as if `ifindex` had received it (the kernel's
     /// BPF_PROG_TEST_RUN), and returns its verdict. For tests.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<Verdict, XdpError> {
@@ -563,10 +588,10 @@ impl fmt::Debug for Ring {
 }
 
 impl Ring {
-    /// Waits up to `timeout` for events and appends every one waiting to `out`.
-    /// Records the program and this crate disagree on are counted in the return value's
-    /// second field.
-    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Event>) -> io::Result<u64> {
+    /// Waits up to `timeout` for records and appends every one waiting to `out`: probes
+    /// the program judged and raw packets it handed up. Returns how many records this
+    /// crate could not parse (the program and this crate out of step).
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<Record>) -> io::Result<u64> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let ready = {
@@ -580,7 +605,7 @@ impl Ring {
         let mut bad = 0;
         if ready > 0 {
             while let Some(item) = self.events.next() {
-                match Event::parse(&item) {
+                match Record::parse(&item) {
                     Some(e) => out.push(e),
                     None => bad += 1,
                 }

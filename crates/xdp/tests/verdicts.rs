@@ -13,7 +13,7 @@ use synwatch_enforce::{Ban, Enforcer};
 use synwatch_testkit::packet::{
     Ipv4, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, tcp_v4, tcp_v6, tcp_v6_ext, udp_v4,
 };
-use synwatch_xdp::{Detection, Event, Options, Verdict, Xdp};
+use synwatch_xdp::{Counter, Detection, Event, Options, Record, Ring, Verdict, Xdp};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -44,6 +44,19 @@ fn observe_only() -> Options {
         detection: None,
         scope_new: false,
     }
+}
+
+/// The probe records waiting in the ring; a raw record fails the test.
+fn probes(ring: &mut Ring) -> Vec<Event> {
+    let mut records = Vec::new();
+    ring.wait(Duration::from_millis(100), &mut records).unwrap();
+    records
+        .into_iter()
+        .map(|r| match r {
+            Record::Probe(e) => e,
+            Record::Raw(raw) => panic!("no raw record expected here: {raw:?}"),
+        })
+        .collect()
 }
 
 fn syn4(src: Ipv4Addr, dport: u16) -> Vec<u8> {
@@ -180,12 +193,10 @@ fn ipv6_bans_apply_through_extension_headers_and_unparsable_packets_pass() {
     bans.add(&[ban("::ffff:192.0.2.10", Some(600))]).unwrap();
     assert_eq!(xdp.test_run(&syn4(OTHER, 22)).unwrap(), Verdict::Drop);
 
-    // Three VLAN tags, and a truncated IPv4 header: not parsed, passed on for the stack.
+    // Nine VLAN tags (decode takes eight), and a truncated IPv4 header: not parsed,
+    // passed on for the stack.
     let other = "2001:db8::10".parse().unwrap();
-    let tags = ethernet_vlan(
-        &tcp_v6(other, 1, dst, 22, SYN, 0),
-        &[(0x8100, 1), (0x8100, 2), (0x8100, 3)],
-    );
+    let tags = ethernet_vlan(&tcp_v6(other, 1, dst, 22, SYN, 0), &[(0x8100, 1); 9]);
     assert_eq!(xdp.test_run(&tags).unwrap(), Verdict::Pass);
     let mut short = ethernet(&tcp_v4(SCANNER, 1, VICTIM, 22, SYN, 0));
     short.truncate(14 + 12);
@@ -215,8 +226,7 @@ fn every_probe_is_reported_with_addresses_ports_and_flags() {
     ] {
         assert_eq!(xdp.test_run(&frame).unwrap(), Verdict::Pass);
     }
-    let mut events: Vec<Event> = Vec::new();
-    ring.wait(Duration::from_millis(100), &mut events).unwrap();
+    let events = probes(&mut ring);
     let seen: Vec<(IpAddr, u16, u16, u8)> = events
         .iter()
         .map(|e| (e.src, e.sport, e.dport, e.flags))
@@ -273,8 +283,7 @@ fn the_packet_that_makes_a_scanner_is_dropped_and_the_source_banned_in_the_kerne
     );
 
     // Only the crossing packet is reported when not observing through XDP.
-    let mut events = Vec::new();
-    ring.wait(Duration::from_millis(100), &mut events).unwrap();
+    let events = probes(&mut ring);
     assert_eq!(events.len(), 1, "{events:?}");
     assert!(events[0].banned() && !events[0].probe());
     assert_eq!(
@@ -335,4 +344,95 @@ fn with_scope_new_a_ban_drops_only_new_connections_and_probes() {
     assert_eq!(xdp.test_run(&established).unwrap(), Verdict::Pass);
     let udp = ethernet(&udp_v4(SCANNER, 5353, VICTIM, 53, 20));
     assert_eq!(xdp.test_run(&udp).unwrap(), Verdict::Pass);
+}
+
+/// The records waiting in the ring: (probes, raw packets).
+fn records(ring: &mut Ring) -> (Vec<Event>, Vec<synwatch_xdp::RawPacket>) {
+    let mut all = Vec::new();
+    ring.wait(Duration::from_millis(100), &mut all).unwrap();
+    let mut probes = Vec::new();
+    let mut raw = Vec::new();
+    for r in all {
+        match r {
+            Record::Probe(e) => probes.push(e),
+            Record::Raw(p) => raw.push(p),
+        }
+    }
+    (probes, raw)
+}
+
+/// nmap -sS -f: the TCP header cut into 8-byte fragments.
+fn nmap_f(src: Ipv4Addr, dport: u16) -> Vec<Vec<u8>> {
+    let segment = Tcp::new(40000, dport, SYN).segment_v4(src, VICTIM);
+    Ipv4::new(src, VICTIM)
+        .fragments(6, &segment, 8)
+        .iter()
+        .map(|f| ethernet(f))
+        .collect()
+}
+
+#[test]
+fn fragments_are_handed_up_raw_and_passed_unless_their_source_is_banned() {
+    let mut xdp = load(observe_only());
+    let mut ring = xdp.ring().unwrap();
+    let mut bans = xdp.bans().unwrap();
+    let frags = nmap_f(SCANNER, 22);
+    for f in &frags {
+        assert_eq!(xdp.test_run(f).unwrap(), Verdict::Pass);
+    }
+    let (probes, raw) = records(&mut ring);
+    assert!(probes.is_empty(), "{probes:?}");
+    assert_eq!(raw.len(), 3);
+    for (r, f) in raw.iter().zip(&frags) {
+        assert_eq!(r.bytes, f[14..], "the packet from its IPv4 header on");
+        assert_eq!(usize::try_from(r.len).unwrap(), f.len() - 14);
+        assert!(!r.truncated());
+    }
+    assert_eq!(ring.counter(Counter::RawRecords, &xdp.slots()), 3);
+
+    // A banned source's fragments are dropped like everything else from it...
+    bans.add(&[ban("192.0.2.9", None)]).unwrap();
+    for f in &frags {
+        assert_eq!(xdp.test_run(f).unwrap(), Verdict::Drop);
+    }
+    assert!(records(&mut ring).1.is_empty());
+    // ...and, banned for new connections only, passed and handed up: the program cannot
+    // tell a new connection from a fragment.
+    xdp.configure(Options {
+        scope_new: true,
+        ..observe_only()
+    })
+    .unwrap();
+    for f in &frags {
+        assert_eq!(xdp.test_run(f).unwrap(), Verdict::Pass);
+    }
+    assert_eq!(records(&mut ring).1.len(), 3);
+}
+
+#[test]
+fn in_kernel_detection_does_not_count_raw_packets_and_they_need_emit() {
+    let mut xdp = load(detecting(1));
+    let mut ring = xdp.ring().unwrap();
+    // Fragments to ten ports: no ban (user space judges them), and no records either:
+    // without the XDP source nobody reads raw packets.
+    for port in 1..=10 {
+        for f in nmap_f(SCANNER, port) {
+            assert_eq!(xdp.test_run(&f).unwrap(), Verdict::Pass);
+        }
+    }
+    let (probes, raw) = records(&mut ring);
+    assert!(probes.is_empty() && raw.is_empty(), "{probes:?} {raw:?}");
+    assert_eq!(ring.counter(Counter::RawRecords, &xdp.slots()), 0);
+    // Whole SYNs are still counted: the second port bans.
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 1)).unwrap(), Verdict::Pass);
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 2)).unwrap(), Verdict::Drop);
+}
+
+#[test]
+fn the_verifier_accepts_the_program_cheaply() {
+    let mut xdp = load(observe_only());
+    // The kernel's limit is a million; the walk of IPv6 headers, inline, took 400k.
+    if let Some(n) = xdp.verified_instructions() {
+        assert!(n < 200_000, "{n} instructions verified");
+    }
 }
