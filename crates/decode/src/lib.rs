@@ -17,6 +17,12 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+mod reassembly;
+
+pub use reassembly::{
+    HEAD_BYTES, MAX_FRAGMENT_RANGES, Reassembler, ReassemblyLimits, ReassemblyStats,
+};
+
 /// The link-layer framings synwatch understands, named after their pcap `LINKTYPE_*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinkType {
@@ -260,7 +266,7 @@ fn be32(data: &[u8], at: usize) -> Option<u32> {
 ///
 /// IP fragments are judged alone: a non-first fragment is [`Skip::Fragment`], a first
 /// fragment is decoded from the bytes it holds (so a first fragment cut inside the TCP
-/// header is [`DecodeError::TruncatedTcp`]). `Reassembler::decode` collects them instead.
+/// header is [`DecodeError::TruncatedTcp`]). [`Reassembler::decode`] collects them instead.
 pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
     match parse(link, data)? {
         Parsed::Decoded(decoded) => Ok(decoded),
@@ -269,20 +275,16 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
 }
 
 /// What the link and IP layers make of one packet: the final answer, or an IP fragment
-/// for the caller to judge alone ([`decode`]) or to collect (the reassembler).
+/// for the caller to judge alone ([`decode`]) or to collect ([`Reassembler`]).
 #[derive(Debug)]
 pub(crate) enum Parsed<'a> {
     Decoded(Decoded),
     Fragment(Fragment<'a>),
 }
 
-/// One IPv4 fragment (MF set or a non-zero offset), or one IPv6 packet whose first
-/// fragment header that is not atomic (RFC 6946) says it is a fragment.
+/// One IPv4 fragment (MF set or a non-zero offset), or one IPv6 packet with a fragment
+/// header that makes it a fragment (not an atomic one, RFC 6946).
 #[derive(Debug, Clone, Copy)]
-#[expect(
-    dead_code,
-    reason = "the reassembler, in the next commit, reads the rest"
-)]
 pub(crate) struct Fragment<'a> {
     pub(crate) src: IpAddr,
     pub(crate) dst: IpAddr,
@@ -462,7 +464,7 @@ fn decode_ipv4(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
             offset: u32::from(frag & 0x1fff) * 8,
             more: frag & 0x2000 != 0,
             header_len: ihl as u32,
-            claimed: (total != 0).then_some((total - ihl) as u32),
+            claimed: (total != 0).then(|| (total - ihl) as u32),
             payload: &data[ihl..end],
             ip_len,
         }));
@@ -511,7 +513,7 @@ fn decode_ipv6(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
                 offset: u32::from(field & 0xfff8),
                 more: field & 1 != 0,
                 header_len: at as u32,
-                claimed: (payload_len != 0).then_some((ip_len - (at + 8)) as u32),
+                claimed: (payload_len != 0).then(|| (ip_len - (at + 8)) as u32),
                 payload,
                 ip_len,
             }))

@@ -255,6 +255,27 @@ fn ipv4_fragments_first_decodes_others_skip() {
     );
 }
 
+/// The fragment refactor computed a fragment's length as total - IHL before looking at a
+/// total length of 0 (TSO), and underflowed.
+#[test]
+fn ipv4_fragment_with_total_length_zero_does_not_panic() {
+    let mut pkt = v4_syn_raw();
+    pkt[2..4].copy_from_slice(&[0, 0]);
+    pkt[6] = 0x20;
+    syn_v4_expected(seg(decode(LinkType::Raw, &pkt)));
+    pkt[7] = 1;
+    assert_eq!(
+        decode(LinkType::Raw, &pkt),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    let mut r = Reassembler::default();
+    assert_eq!(
+        r.decode(LinkType::Raw, &pkt, 0),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    assert_eq!(r.stats().dropped, 1);
+}
+
 #[test]
 fn ipv4_length_fields_are_checked() {
     let mut short_ihl = v4_syn_raw();
