@@ -9,15 +9,24 @@
 //!
 //! Layout: link layers ([`LinkType`], Ethernet with 802.1Q/802.1ad stacks, Linux cooked
 //! SLL/SLL2, raw IP, BSD loopback) then IPv4 (options, fragments) and IPv6 (extension
-//! headers walked for as long as the packet lasts, like Linux), then TCP or UDP. Anything
-//! that is not TCP or UDP over IP is
-//! [`Skip`]ped, which is not an error; packets that claim to be IP/TCP but break the
-//! rules are a [`DecodeError`], a small `Copy` kind meant to be counted.
+//! headers walked for as long as the packet lasts, as Linux walks them, with
+//! [`MAX_IPV6_EXTENSION_HEADERS`] only as a backstop), then TCP or UDP. Anything that is
+//! not TCP or UDP over IP is [`Skip`]ped, which is not an error; packets that claim to be
+//! IP/TCP but break the rules are a [`DecodeError`], a small `Copy` kind meant to be
+//! counted.
+//!
+//! Fragments: [`decode`] judges each packet alone (a non-first fragment is
+//! [`Skip::Fragment`]). [`Reassembler`] (`reassembly.rs`) decodes the same way but collects
+//! IPv4 and IPv6 fragments as the Linux stack would take them, in bounded state with time
+//! passed in, and judges a fragmented segment once its transport header is whole; its
+//! module docs ([`reassembly`]) list the kernel behaviours it follows and the few it does
+//! not. Both share one parse (`parse`), which stops at a fragment and hands over its key,
+//! offset, MF flag and payload.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-mod reassembly;
+pub mod reassembly;
 
 pub use reassembly::{
     HEAD_BYTES, MAX_FRAGMENT_RANGES, Reassembler, ReassemblyLimits, ReassemblyStats,
