@@ -145,7 +145,7 @@ bench-xdp: build
 FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd fuzz && for t in decode capture_reader; do \
+	cd fuzz && for t in decode reassembly capture_reader; do \
 	    $(CARGO) fuzz run -s none $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
 

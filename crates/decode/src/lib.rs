@@ -8,13 +8,29 @@
 //! of bounds or panic; the fuzz targets in `fuzz/` hold that line.
 //!
 //! Layout: link layers ([`LinkType`], Ethernet with 802.1Q/802.1ad stacks, Linux cooked
-//! SLL/SLL2, raw IP, BSD loopback) then IPv4 (options, fragments) and IPv6 (bounded walk of
-//! extension headers), then TCP or UDP. Anything that is not TCP or UDP over IP is
-//! [`Skip`]ped, which is not an error; packets that claim to be IP/TCP but break the
-//! rules are a [`DecodeError`], a small `Copy` kind meant to be counted.
+//! SLL/SLL2, raw IP, BSD loopback) then IPv4 (options, fragments) and IPv6 (extension
+//! headers walked for as long as the packet lasts, as Linux walks them, with
+//! [`MAX_IPV6_EXTENSION_HEADERS`] only as a backstop), then TCP or UDP. Anything that is
+//! not TCP or UDP over IP is [`Skip`]ped, which is not an error; packets that claim to be
+//! IP/TCP but break the rules are a [`DecodeError`], a small `Copy` kind meant to be
+//! counted.
+//!
+//! Fragments: [`decode`] judges each packet alone (a non-first fragment is
+//! [`Skip::Fragment`]). [`Reassembler`] (`reassembly.rs`) decodes the same way but collects
+//! IPv4 and IPv6 fragments as the Linux stack would take them, in bounded state with time
+//! passed in, and judges a fragmented segment once its transport header is whole; its
+//! module docs ([`reassembly`]) list the kernel behaviours it follows and the few it does
+//! not. Both share one parse (`parse`), which stops at a fragment and hands over its key,
+//! offset, MF flag and payload.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub mod reassembly;
+
+pub use reassembly::{
+    HEAD_BYTES, MAX_FRAGMENT_RANGES, Reassembler, ReassemblyLimits, ReassemblyStats,
+};
 
 /// The link-layer framings synwatch understands, named after their pcap `LINKTYPE_*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -160,7 +176,10 @@ pub enum DecodeError {
     BadTcpDataOffset,
     /// More VLAN tags than a sane network stacks.
     TooManyVlanTags,
-    /// More IPv6 extension headers than the bounded walk allows.
+    /// More IPv6 extension headers than [`MAX_IPV6_EXTENSION_HEADERS`]: only absurd
+    /// inputs (a capture with over 64 KiB of extension headers and payload length 0),
+    /// since the walk otherwise ends with the packet, as Linux's does. Kept so that the
+    /// metric label set [`DecodeError::ALL`] stays stable.
     TooManyExtensionHeaders,
     /// A BSD loopback header names an address family that is not IP.
     UnknownLoopbackFamily,
@@ -222,8 +241,13 @@ pub enum Decoded {
 
 /// How deep 802.1Q/802.1ad tags may stack before the packet is refused.
 pub const MAX_VLAN_TAGS: usize = 8;
-/// How many IPv6 extension headers the walk follows before giving up.
-pub const MAX_IPV6_EXTENSION_HEADERS: usize = 8;
+/// A backstop on the IPv6 extension-header walk, not a policy: like Linux, the walk
+/// follows extension headers for as long as the packet's bytes last, and since each header
+/// is at least 8 bytes, a payload length (at most 65535) holds fewer than this many. Only
+/// a jumbogram or TSO capture (payload length 0, bounded by the capture) with more than
+/// 64 KiB of extension headers can reach it, and gets
+/// [`DecodeError::TooManyExtensionHeaders`].
+pub const MAX_IPV6_EXTENSION_HEADERS: usize = 8192;
 
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
@@ -231,8 +255,8 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
+pub(crate) const PROTO_TCP: u8 = 6;
+pub(crate) const PROTO_UDP: u8 = 17;
 
 #[inline]
 fn be16(data: &[u8], at: usize) -> Option<u16> {
@@ -248,7 +272,78 @@ fn be32(data: &[u8], at: usize) -> Option<u32> {
 
 /// Decodes one captured packet (`data` is what the capture holds, possibly cut short by
 /// the snap length) framed as `link`.
+///
+/// IP fragments are judged alone: a non-first fragment is [`Skip::Fragment`], a first
+/// fragment is decoded from the bytes it holds (so a first fragment cut inside the TCP
+/// header is [`DecodeError::TruncatedTcp`]). [`Reassembler::decode`] collects them instead.
 pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
+    match parse(link, data)? {
+        Parsed::Decoded(decoded) => Ok(decoded),
+        Parsed::Fragment(fragment) => fragment.decode_alone(),
+    }
+}
+
+/// What the link and IP layers make of one packet: the final answer, or an IP fragment
+/// for the caller to judge alone ([`decode`]) or to collect ([`Reassembler`]).
+#[derive(Debug)]
+pub(crate) enum Parsed<'a> {
+    Decoded(Decoded),
+    Fragment(Fragment<'a>),
+}
+
+/// One IPv4 fragment (MF set or a non-zero offset), or one IPv6 packet with a fragment
+/// header that makes it a fragment (not an atomic one, RFC 6946).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fragment<'a> {
+    pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
+    /// The IPv4 identification (16 bits) or the IPv6 fragment header's (32 bits).
+    pub(crate) id: u32,
+    pub(crate) v6: bool,
+    /// IPv4: the protocol. IPv6: the fragment header's next header, the first header of
+    /// the fragmentable part (it means something only in the first fragment).
+    pub(crate) next: u8,
+    /// Where this fragment's data starts in the fragmentable part, in bytes.
+    pub(crate) offset: u32,
+    /// More fragments follow (MF).
+    pub(crate) more: bool,
+    /// Bytes before the fragmentable part that a reassembled datagram keeps: the IPv4
+    /// header, or the IPv6 header with its unfragmentable extension headers (the fragment
+    /// header itself is removed by reassembly).
+    pub(crate) header_len: u32,
+    /// Fragment data length by the IP header; `None` when the header leaves it open
+    /// (IPv4 total length 0, IPv6 payload length 0), which reassembly refuses.
+    pub(crate) claimed: Option<u32>,
+    /// The captured fragment data (at most `claimed` bytes; fewer under a snap length).
+    pub(crate) payload: &'a [u8],
+    /// What [`decode`] reports as [`Segment::ip_len`] for this packet alone.
+    pub(crate) ip_len: usize,
+}
+
+impl Fragment<'_> {
+    /// What [`decode`] makes of this fragment without reassembly.
+    pub(crate) fn decode_alone(&self) -> Result<Decoded, DecodeError> {
+        if self.offset != 0 {
+            return Ok(Decoded::Skipped(Skip::Fragment));
+        }
+        if !self.v6 {
+            return decode_transport(self.next, self.src, self.dst, self.payload, self.ip_len);
+        }
+        // A first IPv6 fragment: the rest of the chain, then the transport, from what
+        // this fragment holds.
+        match walk_ipv6(self.payload, self.next, 0, true)? {
+            Walk::Upper { next, at } => {
+                let payload = self.payload.get(at..).ok_or(DecodeError::TruncatedIp)?;
+                decode_transport(next, self.src, self.dst, payload, self.ip_len)
+            }
+            Walk::Fragment { .. } => Ok(Decoded::Skipped(Skip::Fragment)),
+        }
+    }
+}
+
+/// [`decode`] up to the point where a fragment would be judged.
+#[inline]
+pub(crate) fn parse(link: LinkType, data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     match link {
         LinkType::Ethernet => decode_ethernet(data),
         LinkType::Raw => decode_ip(data),
@@ -289,7 +384,7 @@ pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
     }
 }
 
-fn decode_ethernet(data: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ethernet(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     let mut ethertype = be16(data, 12).ok_or(DecodeError::TruncatedLink)?;
     let mut offset = 14;
     let mut tags = 0;
@@ -307,15 +402,15 @@ fn decode_ethernet(data: &[u8]) -> Result<Decoded, DecodeError> {
     decode_ethertype(ethertype, &data[offset..])
 }
 
-fn decode_ethertype(ethertype: u16, payload: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ethertype(ethertype: u16, payload: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     match ethertype {
         ETHERTYPE_IPV4 => decode_ipv4_checked(payload),
         ETHERTYPE_IPV6 => decode_ipv6_checked(payload),
-        _ => Ok(Decoded::Skipped(Skip::NotIp)),
+        _ => Ok(Parsed::Decoded(Decoded::Skipped(Skip::NotIp))),
     }
 }
 
-fn decode_ip(data: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ip(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     match data.first() {
         Some(b) if b >> 4 == 4 => decode_ipv4(data),
         Some(b) if b >> 4 == 6 => decode_ipv6(data),
@@ -324,7 +419,7 @@ fn decode_ip(data: &[u8]) -> Result<Decoded, DecodeError> {
     }
 }
 
-fn decode_ipv4_checked(data: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ipv4_checked(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     match data.first() {
         Some(b) if b >> 4 == 4 => decode_ipv4(data),
         Some(_) => Err(DecodeError::BadIpVersion),
@@ -332,7 +427,7 @@ fn decode_ipv4_checked(data: &[u8]) -> Result<Decoded, DecodeError> {
     }
 }
 
-fn decode_ipv6_checked(data: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ipv6_checked(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     match data.first() {
         Some(b) if b >> 4 == 6 => decode_ipv6(data),
         Some(_) => Err(DecodeError::BadIpVersion),
@@ -340,7 +435,7 @@ fn decode_ipv6_checked(data: &[u8]) -> Result<Decoded, DecodeError> {
     }
 }
 
-fn decode_ipv4(data: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ipv4(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     let header = data.get(..20).ok_or(DecodeError::TruncatedIp)?;
     let ihl = usize::from(header[0] & 0x0f) * 4;
     if ihl < 20 {
@@ -359,10 +454,6 @@ fn decode_ipv4(data: &[u8]) -> Result<Decoded, DecodeError> {
     } else {
         total.min(data.len())
     };
-    let frag_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-    if frag_offset != 0 {
-        return Ok(Decoded::Skipped(Skip::Fragment));
-    }
     let src = IpAddr::V4(Ipv4Addr::new(
         header[12], header[13], header[14], header[15],
     ));
@@ -370,10 +461,27 @@ fn decode_ipv4(data: &[u8]) -> Result<Decoded, DecodeError> {
         header[16], header[17], header[18], header[19],
     ));
     let ip_len = if total == 0 { data.len() } else { total };
-    decode_transport(header[9], src, dst, &data[ihl..end], ip_len)
+    let frag = u16::from_be_bytes([header[6], header[7]]);
+    // MF (0x2000) or a fragment offset: a fragment (bit 0x8000 is reserved, 0x4000 DF).
+    if frag & 0x3fff != 0 {
+        return Ok(Parsed::Fragment(Fragment {
+            src,
+            dst,
+            id: u32::from(u16::from_be_bytes([header[4], header[5]])),
+            v6: false,
+            next: header[9],
+            offset: u32::from(frag & 0x1fff) * 8,
+            more: frag & 0x2000 != 0,
+            header_len: ihl as u32,
+            claimed: (total != 0).then(|| (total - ihl) as u32),
+            payload: &data[ihl..end],
+            ip_len,
+        }));
+    }
+    decode_transport(header[9], src, dst, &data[ihl..end], ip_len).map(Parsed::Decoded)
 }
 
-fn decode_ipv6(data: &[u8]) -> Result<Decoded, DecodeError> {
+fn decode_ipv6(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     let header = data.get(..40).ok_or(DecodeError::TruncatedIp)?;
     let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
     // Payload length 0 means a jumbogram (or a TSO capture): bounded by the capture.
@@ -395,43 +503,85 @@ fn decode_ipv6(data: &[u8]) -> Result<Decoded, DecodeError> {
     let dst = IpAddr::V6(Ipv6Addr::from(dst));
 
     let data = &data[..end];
-    let mut next = header[6];
-    let mut offset = 40;
+    match walk_ipv6(data, header[6], 40, false)? {
+        Walk::Upper { next, at } => {
+            let payload = data.get(at..).ok_or(DecodeError::TruncatedIp)?;
+            decode_transport(next, src, dst, payload, ip_len).map(Parsed::Decoded)
+        }
+        Walk::Fragment { at } => {
+            // The walk read these 8 bytes before it stopped here.
+            let ext = data.get(at..at + 8).ok_or(DecodeError::TruncatedIp)?;
+            let field = u16::from_be_bytes([ext[2], ext[3]]);
+            let payload = data.get(at + 8..).ok_or(DecodeError::TruncatedIp)?;
+            Ok(Parsed::Fragment(Fragment {
+                src,
+                dst,
+                id: u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]),
+                v6: true,
+                next: ext[0],
+                offset: u32::from(field & 0xfff8),
+                more: field & 1 != 0,
+                header_len: at as u32,
+                claimed: (payload_len != 0).then(|| (ip_len - (at + 8)) as u32),
+                payload,
+                ip_len,
+            }))
+        }
+    }
+}
+
+/// Where an IPv6 extension-header walk stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// At the upper-layer header `next`, which starts `at` bytes in (possibly past the
+    /// end of the data, when the last extension header claims more than there is).
+    Upper { next: u8, at: usize },
+    /// At a fragment header that makes the packet a fragment, `at` bytes in.
+    Fragment { at: usize },
+}
+
+/// Walks IPv6 extension headers from `at` in `data`, `next` being the type of the first,
+/// the way Linux does: hop-by-hop, routing, destination options, AH and fragment headers
+/// for as long as the bytes last. Each header is at least 8 bytes, so the walk ends with
+/// the data; [`MAX_IPV6_EXTENSION_HEADERS`] is only a backstop against absurd inputs.
+///
+/// An atomic fragment header (offset 0, no MF) is walked through, as Linux does (RFC
+/// 6946); so is a first fragment's when `through_first` (what [`decode`] judges alone).
+/// Any other fragment header stops the walk.
+pub(crate) fn walk_ipv6(
+    data: &[u8],
+    mut next: u8,
+    mut at: usize,
+    through_first: bool,
+) -> Result<Walk, DecodeError> {
     for _ in 0..=MAX_IPV6_EXTENSION_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, not
             // counting the first 8.
             0 | 43 | 60 => {
-                let ext = data
-                    .get(offset..offset + 2)
-                    .ok_or(DecodeError::TruncatedIp)?;
+                let ext = data.get(at..at + 2).ok_or(DecodeError::TruncatedIp)?;
                 next = ext[0];
-                offset += (usize::from(ext[1]) + 1) * 8;
+                at += (usize::from(ext[1]) + 1) * 8;
             }
-            // Fragment header: fixed 8 bytes; only the first fragment has the transport.
+            // Fragment header: fixed 8 bytes; offset in the top 13 bits, MF the lowest.
             44 => {
-                let ext = data
-                    .get(offset..offset + 8)
-                    .ok_or(DecodeError::TruncatedIp)?;
-                let frag_offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
-                if frag_offset != 0 {
-                    return Ok(Decoded::Skipped(Skip::Fragment));
+                let ext = data.get(at..at + 8).ok_or(DecodeError::TruncatedIp)?;
+                let field = u16::from_be_bytes([ext[2], ext[3]]);
+                let first = field & 0xfff8 == 0;
+                let atomic = first && field & 1 == 0;
+                if !(atomic || first && through_first) {
+                    return Ok(Walk::Fragment { at });
                 }
                 next = ext[0];
-                offset += 8;
+                at += 8;
             }
             // Authentication header: length in 4-octet units, minus 2.
             51 => {
-                let ext = data
-                    .get(offset..offset + 2)
-                    .ok_or(DecodeError::TruncatedIp)?;
+                let ext = data.get(at..at + 2).ok_or(DecodeError::TruncatedIp)?;
                 next = ext[0];
-                offset += (usize::from(ext[1]) + 2) * 4;
+                at += (usize::from(ext[1]) + 2) * 4;
             }
-            _ => {
-                let payload = data.get(offset..).ok_or(DecodeError::TruncatedIp)?;
-                return decode_transport(next, src, dst, payload, ip_len);
-            }
+            _ => return Ok(Walk::Upper { next, at }),
         }
     }
     Err(DecodeError::TooManyExtensionHeaders)
@@ -444,18 +594,31 @@ fn decode_transport(
     payload: &[u8],
     ip_len: usize,
 ) -> Result<Decoded, DecodeError> {
+    transport(proto, src, dst, payload, payload.len(), ip_len)
+}
+
+/// Judges a transport header of which `head` holds the first bytes (at least the 20 of a
+/// TCP base header, or all there are) and `len` bytes are present in all.
+pub(crate) fn transport(
+    proto: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    head: &[u8],
+    len: usize,
+    ip_len: usize,
+) -> Result<Decoded, DecodeError> {
     let ip_len = u32::try_from(ip_len).unwrap_or(u32::MAX);
     match proto {
         PROTO_TCP => {
-            let ports = be32(payload, 0).ok_or(DecodeError::TruncatedTcp)?;
-            let Some(&[offset_byte, flags]) = payload.get(12..14) else {
+            let ports = be32(head, 0).ok_or(DecodeError::TruncatedTcp)?;
+            let Some(&[offset_byte, flags]) = head.get(12..14) else {
                 return Err(DecodeError::TruncatedTcp);
             };
             let header_len = usize::from(offset_byte >> 4) * 4;
             if header_len < 20 {
                 return Err(DecodeError::BadTcpDataOffset);
             }
-            if payload.len() < header_len {
+            if len < header_len {
                 return Err(DecodeError::TruncatedTcp);
             }
             Ok(Decoded::Segment(Segment {
@@ -468,8 +631,8 @@ fn decode_transport(
             }))
         }
         PROTO_UDP => {
-            let ports = be32(payload, 0).ok_or(DecodeError::TruncatedUdp)?;
-            if payload.len() < 8 {
+            let ports = be32(head, 0).ok_or(DecodeError::TruncatedUdp)?;
+            if len < 8 {
                 return Err(DecodeError::TruncatedUdp);
             }
             Ok(Decoded::Segment(Segment {

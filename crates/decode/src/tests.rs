@@ -255,6 +255,27 @@ fn ipv4_fragments_first_decodes_others_skip() {
     );
 }
 
+/// The fragment refactor computed a fragment's length as total - IHL before looking at a
+/// total length of 0 (TSO), and underflowed.
+#[test]
+fn ipv4_fragment_with_total_length_zero_does_not_panic() {
+    let mut pkt = v4_syn_raw();
+    pkt[2..4].copy_from_slice(&[0, 0]);
+    pkt[6] = 0x20;
+    syn_v4_expected(seg(decode(LinkType::Raw, &pkt)));
+    pkt[7] = 1;
+    assert_eq!(
+        decode(LinkType::Raw, &pkt),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    let mut r = Reassembler::default();
+    assert_eq!(
+        r.decode(LinkType::Raw, &pkt, 0),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    assert_eq!(r.stats().dropped, 1);
+}
+
 #[test]
 fn ipv4_length_fields_are_checked() {
     let mut short_ihl = v4_syn_raw();
@@ -368,18 +389,19 @@ fn ipv6_extension_header_walk() {
         Ok(Decoded::Skipped(Skip::Fragment))
     );
 
-    let too_many: Vec<(u8, Vec<u8>)> = (0..=MAX_IPV6_EXTENSION_HEADERS)
-        .map(|_| (60, ext8(0)))
-        .collect();
+    // Like Linux, no count limit: the walk lasts as long as the bytes do. The backstop
+    // can only be reached with payload length 0 (jumbogram/TSO capture), since 65535
+    // bytes of payload hold fewer headers.
+    let mut too_many = v6_with_extensions(&vec![(60, ext8(0)); MAX_IPV6_EXTENSION_HEADERS + 1]);
+    too_many[4..6].copy_from_slice(&[0, 0]);
     assert_eq!(
-        decode(LinkType::Raw, &v6_with_extensions(&too_many)),
+        decode(LinkType::Raw, &too_many),
         Err(DecodeError::TooManyExtensionHeaders)
     );
-    let just_enough: Vec<(u8, Vec<u8>)> = (0..MAX_IPV6_EXTENSION_HEADERS)
-        .map(|_| (60, ext8(0)))
-        .collect();
+    let mut just_enough = v6_with_extensions(&vec![(60, ext8(0)); MAX_IPV6_EXTENSION_HEADERS]);
+    just_enough[4..6].copy_from_slice(&[0, 0]);
     assert!(matches!(
-        decode(LinkType::Raw, &v6_with_extensions(&just_enough)),
+        decode(LinkType::Raw, &just_enough),
         Ok(Decoded::Segment(_))
     ));
 
@@ -394,6 +416,30 @@ fn ipv6_extension_header_walk() {
     assert_eq!(
         decode(LinkType::Raw, &none),
         Ok(Decoded::Skipped(Skip::OtherProtocol))
+    );
+}
+
+/// Linux answers a SYN behind ten destination options headers; the walk used to stop at 8.
+#[test]
+fn ten_destination_options_headers_then_tcp() {
+    let pkt = v6_with_extensions(&vec![(60, ext8(0)); 10]);
+    let s = seg(decode(LinkType::Raw, &pkt));
+    assert_eq!((s.sport, s.dport), (40000, 8080));
+    assert_eq!(s.transport, Transport::Tcp(TcpFlags(TcpFlags::SYN)));
+    assert_eq!(s.ip_len as usize, pkt.len());
+    // A long mixed chain within one ordinary packet.
+    let mut chain = vec![(0, ext8(0))];
+    chain.extend((0..40).map(|i| {
+        if i % 2 == 0 {
+            (60, ext8(1))
+        } else {
+            (43, ext8(0))
+        }
+    }));
+    chain.push((44, fragment(0, false)));
+    assert_eq!(
+        seg(decode(LinkType::Raw, &v6_with_extensions(&chain))).dport,
+        8080
     );
 }
 

@@ -1,0 +1,626 @@
+//! IPv4 and IPv6 fragment reassembly, as far as synwatch needs it: pure (time is an
+//! argument, `now_ns`), bounded, and following what the Linux stack accepts, so that a SYN
+//! the kernel reassembles and answers (`nmap -sS -f`: the TCP header in 8-byte fragments,
+//! in any order) is a SYN synwatch sees.
+//!
+//! The key decision is to keep no fragment data beyond the first [`HEAD_BYTES`] bytes of
+//! the transport header (ports, data offset, flags): per datagram the table holds those
+//! bytes, the byte ranges received (to tell duplicates, overlaps and completion apart, at
+//! most [`MAX_FRAGMENT_RANGES`] of them) and a few lengths. A datagram is judged, once,
+//! as soon as its transport header is whole (TCP: the full header including options, by
+//! its data offset; UDP: 8 bytes), even before its last fragment, as SPEC §2 says; its
+//! entry then stays, marked judged, until the datagram completes or times out, so later
+//! fragments do not judge it again.
+//!
+//! Linux behaviours followed (`net/ipv4/ip_fragment.c`, `net/ipv6/reassembly.c`,
+//! `inet_frag_queue_insert` in `net/ipv4/inet_fragment.c`):
+//! - the datagram key is (src, dst, IP ID, protocol) for IPv4 and (src, dst, 32-bit ID)
+//!   for IPv6; fragments come in any order;
+//! - a fragment wholly inside data already held is a duplicate: ignored, datagram kept;
+//! - any other overlap discards the whole datagram (Linux since 4.19 for IPv4; RFC 5722);
+//! - a second last fragment with another end, a last fragment ending before data already
+//!   held, data beyond a known end, or a fragment left empty discard the datagram;
+//! - a non-last IPv4 fragment whose length is not a multiple of 8 is trimmed down to one
+//!   (the trimmed bytes are ignored); the same IPv6 fragment is dropped, alone;
+//! - an IPv6 fragment with payload length 0 (jumbo) or ending past 65535 is dropped, alone;
+//!   so is an IPv4 fragment with total length 0 (which `ip_rcv` refuses);
+//! - an IPv6 first fragment that does not hold the whole header chain through the
+//!   upper-layer header (TCP 20 bytes, UDP 8, ICMPv6 8, others 1) is dropped (RFC 7112,
+//!   RFC 8200 §4.5, Linux `ipv6frag_thdr_truncated`): it is no attempt;
+//! - a datagram times out 30 s (`ipfrag_time`) after its first fragment arrived; a
+//!   fragment arriving exactly `timeout_ns` later still joins it, one arriving
+//!   `timeout_ns + 1` later starts a new datagram;
+//! - a datagram longer than 65535 bytes once complete is dropped.
+//!
+//! Deliberately different: Linux refuses new fragments above `ipfrag_high_thresh`; this
+//! table evicts its oldest datagrams instead (counted in [`ReassemblyStats::evicted`]), so a
+//! flood cannot stop it from seeing new datagrams. Overlaps are checked against the merged
+//! byte ranges held, where Linux checks against its runs of tail-appended fragments: a
+//! fragment that exactly spans two adjacent fragments that did not arrive in order is a
+//! duplicate here and an overlap there. Not followed: `ipfrag_max_dist`, the IPv6 quirk
+//! that lets a first fragment whose chain is cut at an extension-header boundary pass the
+//! RFC 7112 check (SPEC says such a fragment is no attempt), nested fragmentation (a
+//! fragment header inside the fragmentable part: dropped), and the IPv6 rule that a
+//! hop-by-hop header comes first.
+//!
+//! Bounds: at most [`ReassemblyLimits::max_datagrams`] datagrams and
+//! [`ReassemblyLimits::max_bytes`] bytes of fragment data accounted (the payload lengths of
+//! the fragments each datagram took, what the kernel would be holding for it; this table
+//! itself keeps only a fixed entry of under 256 bytes per datagram, plus its ranges past
+//! the first four); past either, the oldest datagrams
+//! are evicted. A datagram whose fragments would need more than [`MAX_FRAGMENT_RANGES`]
+//! separate ranges is dropped. Packets that are not fragments cost one branch over
+//! [`crate::decode`] and touch no state; expiry runs on the fragment path and in
+//! [`Reassembler::expire`], which a caller with a timer calls at
+//! [`Reassembler::next_expiry_ns`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use smallvec::SmallVec;
+
+use crate::{
+    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Parsed, Skip, Walk, parse,
+    transport, walk_ipv6,
+};
+
+/// The most separate byte ranges one datagram may hold before it is dropped (in-order or
+/// reverse-order fragments merge into one range; only gaps make more).
+pub const MAX_FRAGMENT_RANGES: usize = 64;
+
+/// How many bytes of the transport header a datagram keeps: the TCP base header (ports,
+/// data offset, flags); the options are only counted, never read.
+pub const HEAD_BYTES: usize = 20;
+
+/// The largest IP payload (IPv6) or datagram (IPv4) reassembly produces.
+const IP_MAX: u32 = 65535;
+const PROTO_ICMPV6: u8 = 58;
+const NIL: u32 = u32::MAX;
+
+/// How much a [`Reassembler`] may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReassemblyLimits {
+    /// Datagrams held at once (at least 1 is used). Default 4096.
+    pub max_datagrams: usize,
+    /// Fragment bytes accounted at once, like `net.ipv4.ipfrag_high_thresh`. Default 4 MiB.
+    pub max_bytes: usize,
+    /// How long a datagram may wait for its fragments, from its first one; the kernel's
+    /// `ipfrag_time`. Default 30 s.
+    pub timeout_ns: u64,
+}
+
+impl Default for ReassemblyLimits {
+    fn default() -> Self {
+        Self {
+            max_datagrams: 4096,
+            max_bytes: 4 << 20,
+            timeout_ns: 30_000_000_000,
+        }
+    }
+}
+
+/// Counters and gauges of a [`Reassembler`], meant for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    /// Fragments seen (every IPv4/IPv6 fragment passed to [`Reassembler::decode`]).
+    pub fragments: u64,
+    /// Segments produced from fragments (one at most per datagram).
+    pub completed: u64,
+    /// Datagrams discarded (overlaps, conflicting ends, too many ranges, oversize) and
+    /// fragments dropped alone (bad length, RFC 7112, unsupported).
+    pub dropped: u64,
+    /// Datagrams pushed out, oldest first, to make room within the limits.
+    pub evicted: u64,
+    /// Datagrams that timed out before completing.
+    pub timed_out: u64,
+    /// Datagrams held now.
+    pub datagrams_in_use: u64,
+    /// Fragment bytes accounted now (see [`ReassemblyLimits::max_bytes`]).
+    pub bytes_in_use: u64,
+}
+
+/// Decodes packets like [`crate::decode`], collecting IP fragments into datagrams.
+#[derive(Debug)]
+pub struct Reassembler {
+    limits: ReassemblyLimits,
+    index: HashMap<Key, u32, foldhash::fast::RandomState>,
+    /// Entries by slot; `index` points here and `free` lists the empty ones.
+    slots: Vec<Option<Datagram>>,
+    free: Vec<u32>,
+    /// Both ends of the list of held datagrams in creation order (`older`/`newer` links).
+    oldest: u32,
+    newest: u32,
+    bytes: usize,
+    stats: ReassemblyStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    src: IpAddr,
+    dst: IpAddr,
+    id: u32,
+    /// The IPv4 protocol; 0 for IPv6, whose key has none.
+    proto: u8,
+}
+
+#[derive(Debug)]
+struct Datagram {
+    key: Key,
+    v6: bool,
+    created_ns: u64,
+    older: u32,
+    newer: u32,
+    /// The datagram's fragmentable-part length as known so far (Linux `q.len`).
+    len: u32,
+    /// Bytes of the fragments taken (Linux `q.meat`).
+    meat: u32,
+    first_in: bool,
+    last_in: bool,
+    judged: bool,
+    /// The upper-layer protocol (IPv4: the key's; IPv6: from the first fragment).
+    upper: u8,
+    /// Where the transport header starts in the fragmentable part (IPv6: after the
+    /// extension headers the first fragment carries there).
+    transport_at: u32,
+    /// IP header bytes the reassembled datagram keeps (from the first fragment).
+    header_len: u32,
+    /// The lowest offset from which the capture lacks bytes the IP header says a
+    /// fragment has (a snap length); `u32::MAX` when nothing is missing.
+    captured_to: u32,
+    head: [u8; HEAD_BYTES],
+    /// Byte ranges received, sorted, disjoint and not adjacent (merged).
+    ranges: SmallVec<[(u32, u32); 4]>,
+}
+
+/// How a fragment's byte range relates to the ranges held.
+enum Fit {
+    New,
+    Duplicate,
+    Overlap,
+}
+
+impl Datagram {
+    fn fit(&self, start: u32, end: u32) -> Fit {
+        for &(s, e) in &self.ranges {
+            if s <= start && end <= e {
+                return Fit::Duplicate;
+            }
+            if s < end && start < e {
+                return Fit::Overlap;
+            }
+        }
+        Fit::New
+    }
+
+    /// Adds a range known not to overlap; false when that would need too many ranges.
+    fn insert(&mut self, start: u32, end: u32) -> bool {
+        let at = self.ranges.partition_point(|&(s, _)| s < start);
+        let joins_prev = at > 0 && self.ranges.get(at - 1).is_some_and(|r| r.1 == start);
+        let joins_next = self.ranges.get(at).is_some_and(|r| r.0 == end);
+        match (joins_prev, joins_next) {
+            (true, true) => {
+                let next_end = self.ranges[at].1;
+                self.ranges[at - 1].1 = next_end;
+                self.ranges.remove(at);
+            }
+            (true, false) => self.ranges[at - 1].1 = end,
+            (false, true) => self.ranges[at].0 = start,
+            (false, false) => {
+                if self.ranges.len() >= MAX_FRAGMENT_RANGES {
+                    return false;
+                }
+                self.ranges.insert(at, (start, end));
+            }
+        }
+        true
+    }
+
+    /// Bytes of the transport header present from its start on, contiguously.
+    fn transport_bytes(&self) -> u32 {
+        let t = self.transport_at;
+        let covered = self
+            .ranges
+            .iter()
+            .find(|&&(s, e)| s <= t && t < e)
+            .map_or(t, |r| r.1);
+        covered.min(self.captured_to).saturating_sub(t)
+    }
+
+    fn complete(&self) -> bool {
+        self.first_in && self.last_in && self.ranges.as_slice() == [(0, self.len)]
+    }
+
+    /// The transport header's verdict once it is whole (or the datagram complete).
+    fn judge(&self, complete: bool) -> Option<Result<Decoded, DecodeError>> {
+        let avail = self.transport_bytes() as usize;
+        let head = self.head.get(..avail.min(HEAD_BYTES)).unwrap_or(&[]);
+        let whole = match self.upper {
+            PROTO_TCP => match head.get(12) {
+                Some(&offset_byte) if avail >= HEAD_BYTES => {
+                    let header_len = usize::from(offset_byte >> 4) * 4;
+                    header_len < 20 || avail >= header_len
+                }
+                _ => false,
+            },
+            PROTO_UDP => avail >= 8,
+            _ => true,
+        };
+        if !(whole || complete) {
+            return None;
+        }
+        let ip_len = if self.last_in {
+            self.header_len + self.len
+        } else {
+            self.header_len + self.meat
+        };
+        Some(transport(
+            self.upper,
+            self.key.src,
+            self.key.dst,
+            head,
+            avail,
+            ip_len as usize,
+        ))
+    }
+}
+
+impl Default for Reassembler {
+    fn default() -> Self {
+        Self::new(ReassemblyLimits::default())
+    }
+}
+
+impl Reassembler {
+    pub fn new(limits: ReassemblyLimits) -> Self {
+        let limits = ReassemblyLimits {
+            max_datagrams: limits.max_datagrams.max(1),
+            ..limits
+        };
+        Self {
+            index: HashMap::with_capacity_and_hasher(
+                limits.max_datagrams.min(4096),
+                foldhash::fast::RandomState::default(),
+            ),
+            slots: Vec::new(),
+            free: Vec::new(),
+            oldest: NIL,
+            newest: NIL,
+            bytes: 0,
+            stats: ReassemblyStats::default(),
+            limits,
+        }
+    }
+
+    /// The limits in force (`max_datagrams` raised to 1 if it was 0).
+    pub fn limits(&self) -> ReassemblyLimits {
+        self.limits
+    }
+
+    /// Decodes one captured packet like [`crate::decode`], except that fragments are
+    /// collected: a held fragment gives `Ok(Decoded::Skipped(Skip::Fragment))`; the
+    /// fragment that makes the transport header whole gives the datagram's verdict
+    /// (usually `Ok(Decoded::Segment(..))`), once per datagram. Its
+    /// [`Segment::ip_len`](crate::Segment::ip_len) is the reassembled datagram's length
+    /// (IP header of the first fragment, without an IPv6 fragment header, plus the
+    /// fragmentable part) when the last fragment has been seen, else that header plus the
+    /// fragment bytes seen so far. A fragment dropped by the rules in the module docs is
+    /// also `Skipped(Fragment)`, and counted in [`ReassemblyStats`].
+    pub fn decode(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        now_ns: u64,
+    ) -> Result<Decoded, DecodeError> {
+        match parse(link, data)? {
+            Parsed::Decoded(decoded) => Ok(decoded),
+            Parsed::Fragment(fragment) => self.fragment(&fragment, now_ns),
+        }
+    }
+
+    /// Drops the datagrams whose first fragment came more than the timeout before
+    /// `now_ns`. Also done on every fragment [`Reassembler::decode`] sees.
+    pub fn expire(&mut self, now_ns: u64) {
+        while let Some(oldest) = self.slot(self.oldest) {
+            if now_ns.saturating_sub(oldest.created_ns) <= self.limits.timeout_ns {
+                break;
+            }
+            self.remove(self.oldest);
+            self.stats.timed_out += 1;
+        }
+    }
+
+    /// When the oldest datagram times out (the first `now_ns` at which
+    /// [`Reassembler::expire`] drops it), or `None` when nothing is held.
+    pub fn next_expiry_ns(&self) -> Option<u64> {
+        self.slot(self.oldest).map(|d| {
+            d.created_ns
+                .saturating_add(self.limits.timeout_ns)
+                .saturating_add(1)
+        })
+    }
+
+    pub fn stats(&self) -> ReassemblyStats {
+        ReassemblyStats {
+            datagrams_in_use: self.index.len() as u64,
+            bytes_in_use: self.bytes as u64,
+            ..self.stats
+        }
+    }
+
+    fn slot(&self, index: u32) -> Option<&Datagram> {
+        self.slots.get(index as usize)?.as_ref()
+    }
+
+    fn slot_mut(&mut self, index: u32) -> Option<&mut Datagram> {
+        self.slots.get_mut(index as usize)?.as_mut()
+    }
+
+    fn dropped(&mut self) -> Result<Decoded, DecodeError> {
+        self.stats.dropped += 1;
+        Ok(Decoded::Skipped(Skip::Fragment))
+    }
+
+    fn fragment(&mut self, f: &Fragment<'_>, now_ns: u64) -> Result<Decoded, DecodeError> {
+        self.stats.fragments += 1;
+        self.expire(now_ns);
+        if !f.v6 && !matches!(f.next, PROTO_TCP | PROTO_UDP) {
+            // The protocol is in every IPv4 fragment: nothing to collect.
+            return f.decode_alone();
+        }
+        let Some(claimed) = f.claimed else {
+            return self.dropped();
+        };
+        let start = f.offset;
+        let mut end = start + claimed;
+        if f.more && !end.is_multiple_of(8) {
+            if f.v6 {
+                return self.dropped();
+            }
+            end &= !7;
+        }
+        if f.v6 && end > IP_MAX {
+            return self.dropped();
+        }
+        // The first fragment's upper layer: for IPv6, the chain through the upper-layer
+        // header must be in it (RFC 7112).
+        let upper = if start != 0 {
+            None
+        } else if f.v6 {
+            match walk_ipv6(f.payload, f.next, 0, false) {
+                Ok(Walk::Upper { next, at }) => {
+                    let need = match next {
+                        PROTO_TCP => 20,
+                        PROTO_UDP | PROTO_ICMPV6 => 8,
+                        _ => 1,
+                    };
+                    if at + need > claimed as usize {
+                        return self.dropped();
+                    }
+                    Some((next, at as u32))
+                }
+                // A fragment inside a fragment: not followed.
+                Ok(Walk::Fragment { .. }) => return self.dropped(),
+                // The capture, not the fragment, ends inside the chain.
+                Err(e) if f.payload.len() < claimed as usize => return Err(e),
+                Err(_) => return self.dropped(),
+            }
+        } else {
+            Some((f.next, 0))
+        };
+        let key = Key {
+            src: f.src,
+            dst: f.dst,
+            id: f.id,
+            proto: if f.v6 { 0 } else { f.next },
+        };
+        let index = match self.index.get(&key).copied() {
+            Some(index) => {
+                let expired = self
+                    .slot(index)
+                    .is_some_and(|d| now_ns.saturating_sub(d.created_ns) > self.limits.timeout_ns);
+                if !expired {
+                    index
+                } else {
+                    self.remove(index);
+                    self.stats.timed_out += 1;
+                    if end == start {
+                        return self.dropped();
+                    }
+                    self.create(key, f, now_ns)
+                }
+            }
+            // A fragment that would discard a new datagram at once creates none.
+            None if end == start => return self.dropped(),
+            None => self.create(key, f, now_ns),
+        };
+        self.queue(index, f, start, end, upper)
+    }
+
+    /// Linux's `ip_frag_queue`/`ip6_frag_queue` for one fragment of a held datagram.
+    fn queue(
+        &mut self,
+        index: u32,
+        f: &Fragment<'_>,
+        start: u32,
+        end: u32,
+        upper: Option<(u8, u32)>,
+    ) -> Result<Decoded, DecodeError> {
+        let Some(d) = self.slot_mut(index) else {
+            return Ok(Decoded::Skipped(Skip::Fragment));
+        };
+        let discard = if !f.more {
+            let conflicts = end < d.len || (d.last_in && end != d.len);
+            if !conflicts {
+                d.last_in = true;
+                d.len = end;
+            }
+            conflicts
+        } else if end > d.len {
+            if !d.last_in {
+                d.len = end;
+            }
+            d.last_in
+        } else {
+            false
+        };
+        if discard || end == start {
+            return self.discard(index);
+        }
+        match d.fit(start, end) {
+            Fit::Duplicate => return Ok(Decoded::Skipped(Skip::Fragment)),
+            Fit::Overlap => return self.discard(index),
+            Fit::New => {
+                if !d.insert(start, end) {
+                    return self.discard(index);
+                }
+            }
+        }
+        d.meat += end - start;
+        if let Some((upper, transport_at)) = upper {
+            d.first_in = true;
+            d.upper = upper;
+            d.transport_at = transport_at;
+            d.header_len = f.header_len;
+        }
+        let captured = (f.payload.len() as u32).min(end - start);
+        if captured < end - start {
+            d.captured_to = d.captured_to.min(start + captured);
+        }
+        // The transport header's first bytes: IPv4 ones may come in any fragment; IPv6
+        // ones all come in the first (RFC 7112), which sets `transport_at`.
+        if !d.v6 || start == 0 {
+            let (t, s) = (d.transport_at as usize, start as usize);
+            let from = t.max(s);
+            let to = (s + captured as usize).min(t + HEAD_BYTES);
+            if from < to
+                && let (Some(head), Some(bytes)) = (
+                    d.head.get_mut(from - t..to - t),
+                    f.payload.get(from - s..to - s),
+                )
+            {
+                head.copy_from_slice(bytes);
+            }
+        }
+        self.bytes += (end - start) as usize;
+        if !self.make_room(index) {
+            return Ok(Decoded::Skipped(Skip::Fragment));
+        }
+        let Some(d) = self.slot_mut(index) else {
+            return Ok(Decoded::Skipped(Skip::Fragment));
+        };
+        let complete = d.complete();
+        let oversize = if d.v6 {
+            d.header_len - 40 + d.len > IP_MAX
+        } else {
+            d.header_len + d.len > IP_MAX
+        };
+        if complete && oversize {
+            return self.discard(index);
+        }
+        let mut verdict = Ok(Decoded::Skipped(Skip::Fragment));
+        if !d.judged
+            && d.first_in
+            && let Some(judged) = d.judge(complete)
+        {
+            d.judged = true;
+            if matches!(judged, Ok(Decoded::Segment(_))) {
+                self.stats.completed += 1;
+            }
+            verdict = judged;
+        }
+        if complete {
+            self.remove(index);
+        }
+        verdict
+    }
+
+    fn discard(&mut self, index: u32) -> Result<Decoded, DecodeError> {
+        self.remove(index);
+        self.dropped()
+    }
+
+    /// Evicts the oldest datagrams other than `keep` while over the byte budget; false
+    /// when `keep` alone is over it (then it is evicted too).
+    fn make_room(&mut self, keep: u32) -> bool {
+        while self.bytes > self.limits.max_bytes {
+            let victim = if self.oldest == keep {
+                self.slot(keep).map_or(NIL, |d| d.newer)
+            } else {
+                self.oldest
+            };
+            if victim == NIL {
+                self.remove(keep);
+                self.stats.evicted += 1;
+                return false;
+            }
+            self.remove(victim);
+            self.stats.evicted += 1;
+        }
+        true
+    }
+
+    fn create(&mut self, key: Key, f: &Fragment<'_>, now_ns: u64) -> u32 {
+        while self.index.len() >= self.limits.max_datagrams && self.oldest != NIL {
+            self.remove(self.oldest);
+            self.stats.evicted += 1;
+        }
+        let datagram = Datagram {
+            key,
+            v6: f.v6,
+            created_ns: now_ns,
+            older: self.newest,
+            newer: NIL,
+            len: 0,
+            meat: 0,
+            first_in: false,
+            last_in: false,
+            judged: false,
+            upper: if f.v6 { 0 } else { f.next },
+            transport_at: 0,
+            header_len: f.header_len,
+            captured_to: u32::MAX,
+            head: [0; HEAD_BYTES],
+            ranges: SmallVec::new(),
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                if let Some(slot) = self.slots.get_mut(index as usize) {
+                    *slot = Some(datagram);
+                }
+                index
+            }
+            None => {
+                self.slots.push(Some(datagram));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let newest = self.newest;
+        match self.slot_mut(newest) {
+            Some(prev) => prev.newer = index,
+            None => self.oldest = index,
+        }
+        self.newest = index;
+        self.index.insert(key, index);
+        index
+    }
+
+    fn remove(&mut self, index: u32) {
+        let Some(d) = self.slots.get_mut(index as usize).and_then(Option::take) else {
+            return;
+        };
+        match self.slot_mut(d.older) {
+            Some(older) => older.newer = d.newer,
+            None => self.oldest = d.newer,
+        }
+        match self.slot_mut(d.newer) {
+            Some(newer) => newer.older = d.older,
+            None => self.newest = d.older,
+        }
+        self.index.remove(&d.key);
+        self.bytes -= d.meat as usize;
+        self.free.push(index);
+    }
+}
+
+#[cfg(test)]
+mod tests;

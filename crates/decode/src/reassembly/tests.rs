@@ -1,0 +1,788 @@
+//! Reassembly tests. Fragments are built by hand (etherparse does not fragment), from a
+//! TCP header laid out here, so every offset and length is visible in the test.
+
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::{Segment, TcpFlags, Transport, decode};
+
+const SEC: u64 = 1_000_000_000;
+const SRC4: [u8; 4] = [192, 0, 2, 56];
+const DST4: [u8; 4] = [10, 0, 0, 5];
+const MAC: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// A TCP SYN header 5973 -> 80 with `option_words` 4-byte words of NOP options, then
+/// `data` bytes of payload.
+fn tcp_syn(option_words: u8, data: usize) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&5973u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = (5 + option_words) << 4;
+    tcp[13] = TcpFlags::SYN;
+    tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    tcp.extend(vec![1u8; usize::from(option_words) * 4]);
+    tcp.extend(vec![0xabu8; data]);
+    tcp
+}
+
+/// One IPv4 fragment: `data` at byte `offset` of the datagram's payload.
+fn v4_frag(id: u16, proto: u8, offset: usize, more: bool, data: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![0x45, 0];
+    pkt.extend(((20 + data.len()) as u16).to_be_bytes());
+    pkt.extend(id.to_be_bytes());
+    let field = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+    pkt.extend(field.to_be_bytes());
+    pkt.extend([64, proto, 0, 0]);
+    pkt.extend(SRC4);
+    pkt.extend(DST4);
+    pkt.extend(data);
+    pkt
+}
+
+/// `payload` split into IPv4 fragments of `size` bytes (nmap -f: 8).
+fn v4_split(id: u16, payload: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = payload.chunks(size).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| v4_frag(id, 6, i * size, i + 1 < chunks.len(), chunk))
+        .collect()
+}
+
+fn ip6(s: &str) -> [u8; 16] {
+    match ip(s) {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => panic!("not v6"),
+    }
+}
+
+/// One IPv6 fragment: fixed header, fragment header (next header `next`), `data` at
+/// byte `offset` of the fragmentable part.
+fn v6_frag(id: u32, next: u8, offset: usize, more: bool, data: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![0x60, 0, 0, 0];
+    pkt.extend(((8 + data.len()) as u16).to_be_bytes());
+    pkt.extend([44, 64]);
+    pkt.extend(ip6("2001:db8::bad"));
+    pkt.extend(ip6("2001:db8::5"));
+    let field = offset as u16 | u16::from(more);
+    pkt.extend([next, 0]);
+    pkt.extend(field.to_be_bytes());
+    pkt.extend(id.to_be_bytes());
+    pkt.extend(data);
+    pkt
+}
+
+/// A destination options header of 8 bytes (six Pad1 options).
+fn dst_opts(next: u8) -> Vec<u8> {
+    vec![next, 0, 0, 0, 0, 0, 0, 0]
+}
+
+fn feed(r: &mut Reassembler, link: LinkType, packets: &[Vec<u8>], now: u64) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for p in packets {
+        match r.decode(link, p, now) {
+            Ok(Decoded::Segment(s)) => out.push(s),
+            Ok(Decoded::Skipped(Skip::Fragment)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+fn syn_v4(s: &Segment) {
+    assert_eq!((s.src, s.dst), (ip("192.0.2.56"), ip("10.0.0.5")));
+    assert_eq!((s.sport, s.dport), (5973, 80));
+    assert_eq!(s.transport, Transport::Tcp(TcpFlags(TcpFlags::SYN)));
+}
+
+fn one_segment(r: &mut Reassembler, link: LinkType, packets: &[Vec<u8>]) -> Segment {
+    let got = feed(r, link, packets, 0);
+    assert_eq!(got.len(), 1, "{got:?}");
+    got[0]
+}
+
+#[test]
+fn nmap_f_in_order_gives_one_syn_once_the_header_is_whole() {
+    let frags = v4_split(7, &tcp_syn(0, 0), 8);
+    assert_eq!(frags.len(), 3);
+    // What decode() alone makes of them.
+    assert_eq!(
+        decode(LinkType::Raw, &frags[0]),
+        Err(DecodeError::TruncatedTcp)
+    );
+    assert_eq!(
+        decode(LinkType::Raw, &frags[1]),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    let mut r = Reassembler::default();
+    for (i, frag) in frags.iter().enumerate() {
+        let got = r.decode(LinkType::Raw, frag, 0);
+        if i < 2 {
+            assert_eq!(got, Ok(Decoded::Skipped(Skip::Fragment)));
+        } else {
+            let Ok(Decoded::Segment(s)) = got else {
+                panic!("{got:?}")
+            };
+            syn_v4(&s);
+            assert_eq!(s.ip_len, 40);
+        }
+    }
+    let stats = r.stats();
+    assert_eq!((stats.fragments, stats.completed, stats.dropped), (3, 1, 0));
+    assert_eq!((stats.datagrams_in_use, stats.bytes_in_use), (0, 0));
+}
+
+#[test]
+fn nmap_f_reversed_and_with_options() {
+    let mut frags = v4_split(8, &tcp_syn(0, 0), 8);
+    frags.reverse();
+    let mut r = Reassembler::default();
+    let s = one_segment(&mut r, LinkType::Raw, &frags);
+    syn_v4(&s);
+    assert_eq!(s.ip_len, 40);
+
+    // A 40-byte header (options) and data: judged when the options are in, before the
+    // last fragment; ip_len is then what has been seen.
+    let frags = v4_split(9, &tcp_syn(5, 24), 8);
+    let mut r = Reassembler::default();
+    let got = feed(&mut r, LinkType::Raw, &frags[..5], 0);
+    assert_eq!(got.len(), 1);
+    syn_v4(&got[0]);
+    assert_eq!(got[0].ip_len, 20 + 40);
+    assert!(feed(&mut r, LinkType::Raw, &frags[5..], 0).is_empty());
+    assert_eq!(r.stats().completed, 1);
+    assert_eq!(r.stats().datagrams_in_use, 0);
+}
+
+#[test]
+fn duplicates_are_ignored_and_the_datagram_kept() {
+    let f = v4_split(10, &tcp_syn(0, 0), 8);
+    let mut r = Reassembler::default();
+    let packets = [
+        f[0].clone(),
+        f[0].clone(),
+        f[1].clone(),
+        f[0].clone(),
+        f[1].clone(),
+        f[2].clone(),
+    ];
+    syn_v4(&one_segment(&mut r, LinkType::Raw, &packets));
+    assert_eq!(r.stats().dropped, 0);
+    // A fragment inside a larger one held is a duplicate too.
+    let tcp = tcp_syn(0, 12);
+    let mut r = Reassembler::default();
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(11, 6, 0, true, &tcp[..24]),
+            v4_frag(11, 6, 8, true, &tcp[8..16]),
+            v4_frag(11, 6, 24, false, &tcp[24..]),
+        ],
+        0,
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(r.stats().dropped, 0);
+}
+
+#[test]
+fn a_repeated_first_fragment_after_the_verdict_gives_no_second_segment() {
+    let tcp = tcp_syn(0, 16);
+    let first = v4_frag(12, 6, 0, true, &tcp[..24]);
+    let last = v4_frag(12, 6, 24, false, &tcp[24..]);
+    let mut r = Reassembler::default();
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[first.clone(), first.clone(), first, last],
+        0,
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].ip_len, 20 + 24, "judged before the last fragment");
+    assert_eq!(r.stats().completed, 1);
+    assert_eq!(r.stats().datagrams_in_use, 0);
+}
+
+#[test]
+fn a_partial_overlap_discards_the_datagram() {
+    let tcp = tcp_syn(0, 12);
+    let mut r = Reassembler::default();
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(13, 6, 0, true, &tcp[..16]),
+            v4_frag(13, 6, 8, true, &tcp[8..24]),
+            v4_frag(13, 6, 16, true, &tcp[16..24]),
+            v4_frag(13, 6, 24, false, &tcp[24..]),
+        ],
+        0,
+    );
+    assert!(got.is_empty());
+    let stats = r.stats();
+    assert_eq!(stats.dropped, 1);
+    // The two after the overlap started a new datagram, which lacks its first fragment.
+    assert_eq!(stats.datagrams_in_use, 1);
+    assert_eq!(stats.completed, 0);
+}
+
+#[test]
+fn conflicting_ends_discard_the_datagram() {
+    let tcp = tcp_syn(0, 12);
+    // A second last fragment with another end.
+    let mut r = Reassembler::default();
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(14, 6, 24, false, &tcp[24..]),
+            v4_frag(14, 6, 24, false, &tcp[24..28]),
+        ],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+    // Data beyond a known end.
+    let mut r = Reassembler::default();
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(15, 6, 8, false, &tcp[8..16]),
+            v4_frag(15, 6, 16, true, &tcp[16..24]),
+        ],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+    // A last fragment ending before data held.
+    let mut r = Reassembler::default();
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(16, 6, 16, true, &tcp[16..24]),
+            v4_frag(16, 6, 8, false, &tcp[8..16]),
+        ],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+}
+
+#[test]
+fn ipv4_non_last_fragments_are_trimmed_to_eight_bytes_like_linux() {
+    // The first fragment holds 12 bytes: Linux keeps 8; the next one starts at 8 and
+    // is no overlap.
+    let tcp = tcp_syn(0, 0);
+    let mut r = Reassembler::default();
+    let s = one_segment(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(17, 6, 0, true, &tcp[..12]),
+            v4_frag(17, 6, 8, false, &tcp[8..]),
+        ],
+    );
+    syn_v4(&s);
+    assert_eq!(s.ip_len, 40);
+    assert_eq!(r.stats().dropped, 0);
+    // Trimmed to nothing: the datagram is discarded (Linux `end == offset`).
+    let mut r = Reassembler::default();
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[v4_frag(18, 6, 0, true, &tcp[..4])],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+}
+
+#[test]
+fn ipv6_with_the_chain_in_the_first_fragment() {
+    // Destination options in the fragmentable part, then a 32-byte TCP header whose last
+    // 8 option bytes are in the second fragment.
+    let mut part = dst_opts(6);
+    part.extend(tcp_syn(3, 0));
+    assert_eq!(part.len(), 40);
+    let frags = [
+        v6_frag(0xdead_beef, 60, 0, true, &part[..32]),
+        v6_frag(0xdead_beef, 60, 32, false, &part[32..]),
+    ];
+    for order in [[0, 1], [1, 0]] {
+        let mut r = Reassembler::default();
+        let packets: Vec<Vec<u8>> = order.iter().map(|&i| frags[i].clone()).collect();
+        let got = r.decode(LinkType::Ipv6, &packets[0], 0);
+        assert_eq!(got, Ok(Decoded::Skipped(Skip::Fragment)));
+        let Ok(Decoded::Segment(s)) = r.decode(LinkType::Ipv6, &packets[1], 0) else {
+            panic!("no segment");
+        };
+        assert_eq!((s.src, s.dst), (ip("2001:db8::bad"), ip("2001:db8::5")));
+        assert_eq!((s.sport, s.dport), (5973, 80));
+        assert_eq!(s.transport, Transport::Tcp(TcpFlags(TcpFlags::SYN)));
+        // Fixed header plus the 40-byte fragmentable part; the fragment header is gone.
+        assert_eq!(s.ip_len, 80);
+        assert_eq!(r.stats().datagrams_in_use, 0);
+    }
+}
+
+#[test]
+fn ipv6_first_fragment_without_the_whole_tcp_header_is_dropped() {
+    let tcp = tcp_syn(0, 8);
+    let first = v6_frag(1, 6, 0, true, &tcp[..16]);
+    let rest = v6_frag(1, 6, 16, false, &tcp[16..]);
+    // decode() alone: an error, not an attempt.
+    assert_eq!(
+        decode(LinkType::Raw, &first),
+        Err(DecodeError::TruncatedTcp)
+    );
+    let mut r = Reassembler::default();
+    assert!(feed(&mut r, LinkType::Raw, &[first, rest], 0).is_empty());
+    let stats = r.stats();
+    assert_eq!((stats.dropped, stats.completed), (1, 0));
+    // The later fragment waits for a first fragment that will never come.
+    assert_eq!(stats.datagrams_in_use, 1);
+
+    // The chain itself cut inside the first fragment: dropped as well.
+    let mut part = vec![6, 2];
+    part.extend([0u8; 22]);
+    part.extend(tcp_syn(0, 0));
+    let mut r = Reassembler::default();
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[v6_frag(2, 60, 0, true, &part[..16])],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+}
+
+#[test]
+fn ipv6_bad_fragment_lengths_are_dropped_alone() {
+    let tcp = tcp_syn(0, 12);
+    let mut r = Reassembler::default();
+    // Not a multiple of 8 and not the last: dropped, nothing held.
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[v6_frag(3, 6, 0, true, &tcp[..28])],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+    // Payload length 0 (jumbo) with a fragment header.
+    let mut jumbo = v6_frag(4, 6, 0, true, &tcp[..24]);
+    jumbo[4..6].copy_from_slice(&[0, 0]);
+    feed(&mut r, LinkType::Raw, &[jumbo], 0);
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (2, 0));
+    // Ending past 65535.
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[v6_frag(5, 6, 65528, false, &tcp[..16])],
+        0,
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (3, 0));
+}
+
+#[test]
+fn the_timeout_is_30_s_from_the_first_fragment_inclusive() {
+    let f = v4_split(20, &tcp_syn(0, 0), 8);
+    let t0 = 5 * SEC;
+    // Exactly 30 s later: still the same datagram.
+    let mut r = Reassembler::default();
+    assert!(feed(&mut r, LinkType::Raw, &f[..2], t0).is_empty());
+    assert_eq!(r.next_expiry_ns(), Some(t0 + 30 * SEC + 1));
+    assert_eq!(feed(&mut r, LinkType::Raw, &f[2..], t0 + 30 * SEC).len(), 1);
+    assert_eq!(r.stats().timed_out, 0);
+
+    // 30 s + 1 ns later: a new datagram, which lacks the first two fragments.
+    let mut r = Reassembler::default();
+    feed(&mut r, LinkType::Raw, &f[..2], t0);
+    assert!(feed(&mut r, LinkType::Raw, &f[2..], t0 + 30 * SEC + 1).is_empty());
+    let stats = r.stats();
+    assert_eq!((stats.timed_out, stats.datagrams_in_use), (1, 1));
+
+    // expire() on its own, at the boundary.
+    let mut r = Reassembler::default();
+    feed(&mut r, LinkType::Raw, &f[..1], t0);
+    r.expire(t0 + 30 * SEC);
+    assert_eq!(r.stats().datagrams_in_use, 1);
+    r.expire(t0 + 30 * SEC + 1);
+    assert_eq!((r.stats().datagrams_in_use, r.stats().timed_out), (0, 1));
+    assert_eq!(r.next_expiry_ns(), None);
+
+    // A shorter configured timeout.
+    let mut r = Reassembler::new(ReassemblyLimits {
+        timeout_ns: SEC,
+        ..ReassemblyLimits::default()
+    });
+    feed(&mut r, LinkType::Raw, &f[..2], 0);
+    assert!(feed(&mut r, LinkType::Raw, &f[2..], SEC + 1).is_empty());
+}
+
+/// A small xorshift, so the flood is the same on every run.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn a_flood_of_spoofed_first_fragments_stays_within_bounds() {
+    let limits = ReassemblyLimits::default();
+    let mut r = Reassembler::new(limits);
+    // Spoofed first fragments: 8 bytes of TCP (held, waiting), or a whole SYN header
+    // and data (judged at once, then held until complete or pushed out).
+    let big = v4_frag(1, 6, 0, true, &tcp_syn(0, 1460));
+    let small = v4_frag(1, 6, 0, true, &tcp_syn(0, 0)[..8]);
+    let normal = {
+        let mut p = v4_frag(99, 6, 0, false, &tcp_syn(0, 0));
+        p[6..8].copy_from_slice(&[0, 0]);
+        p
+    };
+    let nmap_f = v4_split(4242, &tcp_syn(0, 0), 8);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut segments = 0;
+    for i in 0..1_000_000u64 {
+        let now = i * 1_000; // 1M fragments a second
+        let x = next(&mut rng);
+        let mut p = if x & 1 == 0 {
+            big.clone()
+        } else {
+            small.clone()
+        };
+        p[12..16].copy_from_slice(&(x >> 8).to_be_bytes()[..4]);
+        p[4..6].copy_from_slice(&(x as u16).to_be_bytes());
+        let got = r.decode(LinkType::Raw, &p, now);
+        if x & 1 == 0 {
+            assert!(matches!(got, Ok(Decoded::Segment(_))), "{got:?}");
+        } else {
+            assert_eq!(got, Ok(Decoded::Skipped(Skip::Fragment)));
+        }
+        if i == 500_000 {
+            let Ok(Decoded::Segment(s)) = r.decode(LinkType::Raw, &normal, now) else {
+                panic!("the normal SYN was lost in the flood");
+            };
+            syn_v4(&s);
+            segments += feed(&mut r, LinkType::Raw, &nmap_f, now).len();
+        }
+        let stats = r.stats();
+        assert!(stats.datagrams_in_use <= limits.max_datagrams as u64);
+        assert!(stats.bytes_in_use <= limits.max_bytes as u64);
+    }
+    assert_eq!(segments, 1, "the fragmented SYN in the flood");
+    let stats = r.stats();
+    assert!(stats.evicted > 990_000, "{stats:?}");
+    assert_eq!(stats.fragments, 1_000_003);
+    assert_eq!(stats.timed_out, 0);
+    // The fragmented SYN's datagram completed; every other one is held or was evicted.
+    assert_eq!(
+        stats.evicted + stats.datagrams_in_use,
+        1_000_000,
+        "every datagram is held or was evicted: {stats:?}"
+    );
+}
+
+#[test]
+fn small_limits_evict_oldest_first() {
+    let mut r = Reassembler::new(ReassemblyLimits {
+        max_datagrams: 2,
+        max_bytes: 100,
+        timeout_ns: 30 * SEC,
+    });
+    let tcp = tcp_syn(0, 0);
+    // Three datagrams: the first is evicted, the later two complete.
+    let a = v4_split(1, &tcp, 8);
+    let b = v4_split(2, &tcp, 8);
+    let c = v4_split(3, &tcp, 8);
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[a[0].clone(), b[0].clone(), c[0].clone()],
+        0,
+    );
+    assert_eq!(r.stats().evicted, 1);
+    assert!(feed(&mut r, LinkType::Raw, &a[1..], 0).is_empty());
+    // a's late fragments made a new datagram, pushing b out.
+    assert_eq!(r.stats().evicted, 2);
+    assert_eq!(feed(&mut r, LinkType::Raw, &c[1..], 0).len(), 1);
+    // One fragment alone over the byte budget does not stay.
+    feed(
+        &mut r,
+        LinkType::Raw,
+        &[v4_frag(4, 6, 0, true, &[0; 128])],
+        0,
+    );
+    assert!(r.stats().bytes_in_use <= 100);
+    assert_eq!(r.limits().max_datagrams, 2);
+    assert_eq!(
+        Reassembler::new(ReassemblyLimits {
+            max_datagrams: 0,
+            ..ReassemblyLimits::default()
+        })
+        .limits()
+        .max_datagrams,
+        1
+    );
+}
+
+#[test]
+fn an_entry_stays_small() {
+    assert!(std::mem::size_of::<Option<Datagram>>() < 256);
+}
+
+#[test]
+fn too_many_ranges_drop_the_datagram() {
+    let mut r = Reassembler::default();
+    let mut packets = Vec::new();
+    for i in 0..=MAX_FRAGMENT_RANGES {
+        packets.push(v4_frag(5, 6, 16 + i * 16, true, &[0; 8]));
+    }
+    feed(&mut r, LinkType::Raw, &packets, 0);
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+}
+
+#[test]
+fn an_oversize_datagram_is_dropped_on_completion() {
+    let mut first = tcp_syn(0, 0);
+    first.resize(65504, 0);
+    let mut r = Reassembler::default();
+    // The first fragment holds the whole header: judged at once.
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v4_frag(6, 6, 0, true, &first),
+            v4_frag(6, 6, 65504, false, &[0; 40]),
+        ],
+        0,
+    );
+    assert_eq!(got.len(), 1);
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+}
+
+#[test]
+fn ten_ipv6_destination_options_headers_through_the_reassembler() {
+    let mut part = Vec::new();
+    for i in 0..10 {
+        part.extend(dst_opts(if i == 9 { 6 } else { 60 }));
+    }
+    part.extend(tcp_syn(0, 16));
+    let mut pkt = vec![0x60, 0, 0, 0];
+    pkt.extend((part.len() as u16).to_be_bytes());
+    pkt.extend([60, 64]);
+    pkt.extend(ip6("2001:db8::bad"));
+    pkt.extend(ip6("2001:db8::5"));
+    pkt.extend(&part);
+    let mut r = Reassembler::default();
+    let want = decode(LinkType::Raw, &pkt);
+    assert!(matches!(want, Ok(Decoded::Segment(s)) if s.dport == 80));
+    assert_eq!(r.decode(LinkType::Raw, &pkt, 0), want);
+    // And fragmented, the ten headers in the first fragment.
+    let frags = [
+        v6_frag(7, 60, 0, true, &part[..104]),
+        v6_frag(7, 60, 104, false, &part[104..]),
+    ];
+    let got = feed(&mut r, LinkType::Raw, &frags, 0);
+    assert_eq!(got.len(), 1);
+    // Judged on the first fragment, before the last came: header plus bytes seen.
+    assert_eq!(got[0].ip_len, 40 + 104);
+}
+
+fn ethernet(tags: &[u16], ethertype: u16, ip: &[u8]) -> Vec<u8> {
+    let mut frame = MAC.to_vec();
+    for &tpid in tags {
+        frame.extend(tpid.to_be_bytes());
+        frame.extend([0, 42]);
+    }
+    frame.extend(ethertype.to_be_bytes());
+    frame.extend(ip);
+    // Ethernet pads short frames to 60 bytes; the padding is no fragment data.
+    if frame.len() < 60 {
+        frame.resize(60, 0xee);
+    }
+    frame
+}
+
+#[test]
+fn framings_vlan_qinq_sll_and_sll2() {
+    let tcp = tcp_syn(0, 0);
+    let frags = v4_split(30, &tcp, 8);
+    for tags in [
+        &[][..],
+        &[0x8100],
+        &[0x88a8, 0x8100],
+        &[0x9100, 0x8100, 0x8100],
+    ] {
+        let framed: Vec<Vec<u8>> = frags.iter().map(|f| ethernet(tags, 0x0800, f)).collect();
+        let mut r = Reassembler::default();
+        let s = one_segment(&mut r, LinkType::Ethernet, &framed);
+        syn_v4(&s);
+        assert_eq!(s.ip_len, 40, "tags {tags:?}");
+    }
+    let mut r = Reassembler::default();
+    let sll: Vec<Vec<u8>> = frags
+        .iter()
+        .map(|f| {
+            let mut p = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x08, 0x00];
+            p.extend(f);
+            p
+        })
+        .collect();
+    syn_v4(&one_segment(&mut r, LinkType::LinuxSll, &sll));
+    let sll2: Vec<Vec<u8>> = frags
+        .iter()
+        .rev()
+        .map(|f| {
+            let mut p = vec![0x08, 0x00, 0, 0, 0, 0, 0, 3, 0, 1, 0, 6];
+            p.extend([1, 2, 3, 4, 5, 6, 0, 0]);
+            p.extend(f);
+            p
+        })
+        .collect();
+    syn_v4(&one_segment(&mut r, LinkType::LinuxSll2, &sll2));
+    // IPv6 fragments behind a VLAN tag.
+    let mut part = dst_opts(6);
+    part.extend(tcp_syn(0, 12));
+    let v6: Vec<Vec<u8>> = [
+        v6_frag(8, 60, 32, false, &part[32..]),
+        v6_frag(8, 60, 0, true, &part[..32]),
+    ]
+    .iter()
+    .map(|f| ethernet(&[0x8100], 0x86dd, f))
+    .collect();
+    assert_eq!(one_segment(&mut r, LinkType::Ethernet, &v6).dport, 80);
+}
+
+#[test]
+fn udp_is_reassembled_and_other_ipv4_protocols_are_not_held() {
+    let mut udp = vec![0x14, 0xe9, 0, 53, 0, 24, 0, 0];
+    udp.extend([7u8; 16]);
+    let frags: Vec<Vec<u8>> = vec![
+        v4_frag(40, 17, 8, false, &udp[8..]),
+        v4_frag(40, 17, 0, true, &udp[..8]),
+    ];
+    let mut r = Reassembler::default();
+    let s = one_segment(&mut r, LinkType::Raw, &frags);
+    assert_eq!((s.sport, s.dport, s.transport), (5353, 53, Transport::Udp));
+
+    let icmp = [
+        v4_frag(41, 1, 0, true, &[8; 16]),
+        v4_frag(41, 1, 16, false, &[0; 8]),
+    ];
+    assert_eq!(
+        r.decode(LinkType::Raw, &icmp[0], 0),
+        Ok(Decoded::Skipped(Skip::OtherProtocol))
+    );
+    assert_eq!(
+        r.decode(LinkType::Raw, &icmp[1], 0),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    assert_eq!(r.stats().datagrams_in_use, 0);
+    assert_eq!(r.stats().fragments, 4);
+
+    // IPv6: the protocol is known from the first fragment.
+    let mut r = Reassembler::default();
+    let icmp6 = [
+        v6_frag(9, 58, 16, false, &[0; 8]),
+        v6_frag(9, 58, 0, true, &[128; 16]),
+    ];
+    assert_eq!(
+        r.decode(LinkType::Raw, &icmp6[0], 0),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    assert_eq!(
+        r.decode(LinkType::Raw, &icmp6[1], 0),
+        Ok(Decoded::Skipped(Skip::OtherProtocol))
+    );
+    assert_eq!(r.stats().datagrams_in_use, 0);
+}
+
+#[test]
+fn a_snap_length_cut_fragment_never_makes_a_segment() {
+    let tcp = tcp_syn(0, 4);
+    let mut first = v4_frag(50, 6, 0, true, &tcp[..16]);
+    first.truncate(20 + 10);
+    let rest = v4_frag(50, 6, 16, false, &tcp[16..]);
+    let mut r = Reassembler::default();
+    assert_eq!(
+        r.decode(LinkType::Raw, &first, 0),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    // Complete by the IP headers, but the capture lacks header bytes.
+    assert_eq!(
+        r.decode(LinkType::Raw, &rest, 0),
+        Err(DecodeError::TruncatedTcp)
+    );
+    assert_eq!((r.stats().completed, r.stats().datagrams_in_use), (0, 0));
+}
+
+#[test]
+fn packets_that_are_not_fragments_decode_as_decode_does() {
+    let mut r = Reassembler::default();
+    let whole = v4_frag(1, 6, 0, false, &tcp_syn(0, 0));
+    assert_eq!(
+        r.decode(LinkType::Raw, &whole, 0),
+        decode(LinkType::Raw, &whole)
+    );
+    assert_eq!(r.stats(), ReassemblyStats::default());
+    // An IPv6 atomic fragment (offset 0, no MF) is no fragment (RFC 6946).
+    let atomic = v6_frag(1, 6, 0, false, &tcp_syn(0, 0));
+    assert!(matches!(
+        r.decode(LinkType::Raw, &atomic, 0),
+        Ok(Decoded::Segment(_))
+    ));
+    assert_eq!(r.stats().fragments, 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// nmap -f (a 28-byte header and data) in any order, with duplicates sprinkled in:
+    /// exactly one SYN.
+    #[test]
+    fn nmap_f_in_any_order_gives_exactly_one_syn(
+        frags in Just(v4_split(77, &tcp_syn(2, 16), 8)).prop_shuffle(),
+        dups in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let mut packets = frags.clone();
+        for d in dups {
+            let at = d.index(packets.len());
+            // Never a copy of the fragment that completes the datagram: a copy after
+            // completion starts a new datagram, as it does in Linux.
+            packets.insert(at, frags[d.index(frags.len() - 1)].clone());
+        }
+        let mut r = Reassembler::default();
+        let got = feed(&mut r, LinkType::Raw, &packets, 0);
+        prop_assert_eq!(got.len(), 1);
+        syn_v4(&got[0]);
+        let stats = r.stats();
+        prop_assert_eq!((stats.completed, stats.dropped, stats.datagrams_in_use), (1, 0, 0));
+    }
+
+    /// Arbitrary packets at arbitrary times: no panic, limits held.
+    #[test]
+    fn arbitrary_sequences_stay_within_limits(
+        packets in prop::collection::vec(
+            (0u64..40 * SEC, prop::collection::vec(any::<u8>(), 0..120)),
+            0..40,
+        ),
+    ) {
+        let limits = ReassemblyLimits { max_datagrams: 4, max_bytes: 200, timeout_ns: 30 * SEC };
+        let mut r = Reassembler::new(limits);
+        for (now, mut p) in packets {
+            // Mostly IPv4 fragments of one small key space, so they meet.
+            if let Some(b) = p.first_mut() { *b = 0x45; }
+            if p.len() > 9 { p[6] &= 0x20 | 0x03; p[9] = 6; }
+            let _ = r.decode(LinkType::Raw, &p, now);
+            let stats = r.stats();
+            prop_assert!(stats.datagrams_in_use <= 4);
+            prop_assert!(stats.bytes_in_use <= 200);
+        }
+    }
+}
