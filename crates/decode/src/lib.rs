@@ -277,18 +277,86 @@ fn be32(data: &[u8], at: usize) -> Option<u32> {
 /// fragment is decoded from the bytes it holds (so a first fragment cut inside the TCP
 /// header is [`DecodeError::TruncatedTcp`]). [`Reassembler::decode`] collects them instead.
 pub fn decode(link: LinkType, data: &[u8]) -> Result<Decoded, DecodeError> {
-    match parse(link, data)? {
-        Parsed::Decoded(decoded) => Ok(decoded),
-        Parsed::Fragment(fragment) => fragment.decode_alone(),
-    }
+    parse(link, data, |at| at.read().decode_alone())
 }
 
-/// What the link and IP layers make of one packet: the final answer, or an IP fragment
-/// for the caller to judge alone ([`decode`]) or to collect ([`Reassembler`]).
-#[derive(Debug)]
-pub(crate) enum Parsed<'a> {
-    Decoded(Decoded),
-    Fragment(Fragment<'a>),
+/// What a parse does with a fragment it meets: judge it alone ([`decode`]) or collect it
+/// ([`Reassembler`]). Handing it to a closure, rather than returning it in a larger enum,
+/// keeps every other packet's result on the path it always took (returned through an
+/// enum, each packet's decode took twice as long).
+pub(crate) trait OnFragment<'a>:
+    FnOnce(FragmentAt<'a>) -> Result<Decoded, DecodeError>
+{
+}
+
+impl<'a, F: FnOnce(FragmentAt<'a>) -> Result<Decoded, DecodeError>> OnFragment<'a> for F {}
+
+/// Where a fragment is: its IP packet (from the IP header to the end the IP header
+/// gives, within the capture), whose header fields the parse has checked, and for IPv6
+/// the position of the fragment header (0 for IPv4, where no fragment header can be).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FragmentAt<'a> {
+    ip: &'a [u8],
+    frag_at: u32,
+}
+
+impl<'a> FragmentAt<'a> {
+    /// The fragment's fields. The parse checked every length read here; the fallbacks
+    /// only keep this panic-free should that ever change.
+    #[inline(never)]
+    pub(crate) fn read(self) -> Fragment<'a> {
+        let ip = self.ip;
+        let field = |at: usize| be16(ip, at).unwrap_or(0);
+        let byte = |at: usize| ip.get(at).copied().unwrap_or(0);
+        let addr4 = |at: usize| Ipv4Addr::from(be32(ip, at).unwrap_or(0));
+        let addr6 = |at: usize| {
+            let mut octets = [0u8; 16];
+            if let Some(bytes) = ip.get(at..at + 16) {
+                octets.copy_from_slice(bytes);
+            }
+            Ipv6Addr::from(octets)
+        };
+        if self.frag_at == 0 {
+            let ihl = usize::from(byte(0) & 0x0f) * 4;
+            let total = usize::from(field(2));
+            let frag = field(6);
+            Fragment {
+                src: IpAddr::V4(addr4(12)),
+                dst: IpAddr::V4(addr4(16)),
+                id: u32::from(field(4)),
+                v6: false,
+                next: byte(9),
+                offset: u32::from(frag & 0x1fff) * 8,
+                more: frag & 0x2000 != 0,
+                header_len: ihl as u32,
+                claimed: (total != 0).then(|| total.saturating_sub(ihl) as u32),
+                payload: ip.get(ihl..).unwrap_or(&[]),
+                ip_len: if total == 0 { ip.len() } else { total },
+            }
+        } else {
+            let at = self.frag_at as usize;
+            let payload_len = usize::from(field(4));
+            let ip_len = if payload_len == 0 {
+                ip.len()
+            } else {
+                40 + payload_len
+            };
+            let frag = field(at + 2);
+            Fragment {
+                src: IpAddr::V6(addr6(8)),
+                dst: IpAddr::V6(addr6(24)),
+                id: be32(ip, at + 4).unwrap_or(0),
+                v6: true,
+                next: byte(at),
+                offset: u32::from(frag & 0xfff8),
+                more: frag & 1 != 0,
+                header_len: at as u32,
+                claimed: (payload_len != 0).then(|| ip_len.saturating_sub(at + 8) as u32),
+                payload: ip.get(at + 8..).unwrap_or(&[]),
+                ip_len,
+            }
+        }
+    }
 }
 
 /// One IPv4 fragment (MF set or a non-zero offset), or one IPv6 packet with a fragment
@@ -322,6 +390,7 @@ pub(crate) struct Fragment<'a> {
 
 impl Fragment<'_> {
     /// What [`decode`] makes of this fragment without reassembly.
+    #[inline(never)]
     pub(crate) fn decode_alone(&self) -> Result<Decoded, DecodeError> {
         if self.offset != 0 {
             return Ok(Decoded::Skipped(Skip::Fragment));
@@ -341,22 +410,26 @@ impl Fragment<'_> {
     }
 }
 
-/// [`decode`] up to the point where a fragment would be judged.
+/// [`decode`], with what to do about a fragment left to `on_fragment`.
 #[inline]
-pub(crate) fn parse(link: LinkType, data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+pub(crate) fn parse<'a>(
+    link: LinkType,
+    data: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     match link {
-        LinkType::Ethernet => decode_ethernet(data),
-        LinkType::Raw => decode_ip(data),
-        LinkType::Ipv4 => decode_ipv4_checked(data),
-        LinkType::Ipv6 => decode_ipv6_checked(data),
+        LinkType::Ethernet => decode_ethernet(data, on_fragment),
+        LinkType::Raw => decode_ip(data, on_fragment),
+        LinkType::Ipv4 => decode_ipv4_checked(data, on_fragment),
+        LinkType::Ipv6 => decode_ipv6_checked(data, on_fragment),
         LinkType::LinuxSll => {
             let proto = be16(data, 14).ok_or(DecodeError::TruncatedLink)?;
-            decode_ethertype(proto, &data[16..])
+            decode_ethertype(proto, &data[16..], on_fragment)
         }
         LinkType::LinuxSll2 => {
             let proto = be16(data, 0).ok_or(DecodeError::TruncatedLink)?;
             let payload = data.get(20..).ok_or(DecodeError::TruncatedLink)?;
-            decode_ethertype(proto, payload)
+            decode_ethertype(proto, payload, on_fragment)
         }
         LinkType::Null | LinkType::Loop => {
             let raw = data.get(..4).ok_or(DecodeError::TruncatedLink)?;
@@ -375,16 +448,19 @@ pub(crate) fn parse(link: LinkType, data: &[u8]) -> Result<Parsed<'_>, DecodeErr
             };
             let payload = &data[4..];
             match family {
-                2 => decode_ipv4_checked(payload),
+                2 => decode_ipv4_checked(payload, on_fragment),
                 // AF_INET6 on Linux, NetBSD/OpenBSD, FreeBSD/DragonFly, macOS.
-                10 | 24 | 28 | 30 => decode_ipv6_checked(payload),
+                10 | 24 | 28 | 30 => decode_ipv6_checked(payload, on_fragment),
                 _ => Err(DecodeError::UnknownLoopbackFamily),
             }
         }
     }
 }
 
-fn decode_ethernet(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ethernet<'a>(
+    data: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     let mut ethertype = be16(data, 12).ok_or(DecodeError::TruncatedLink)?;
     let mut offset = 14;
     let mut tags = 0;
@@ -399,43 +475,56 @@ fn decode_ethernet(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
         ethertype = be16(data, offset + 2).ok_or(DecodeError::TruncatedLink)?;
         offset += 4;
     }
-    decode_ethertype(ethertype, &data[offset..])
+    decode_ethertype(ethertype, &data[offset..], on_fragment)
 }
 
-fn decode_ethertype(ethertype: u16, payload: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ethertype<'a>(
+    ethertype: u16,
+    payload: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     match ethertype {
-        ETHERTYPE_IPV4 => decode_ipv4_checked(payload),
-        ETHERTYPE_IPV6 => decode_ipv6_checked(payload),
-        _ => Ok(Parsed::Decoded(Decoded::Skipped(Skip::NotIp))),
+        ETHERTYPE_IPV4 => decode_ipv4_checked(payload, on_fragment),
+        ETHERTYPE_IPV6 => decode_ipv6_checked(payload, on_fragment),
+        _ => Ok(Decoded::Skipped(Skip::NotIp)),
     }
 }
 
-fn decode_ip(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ip<'a>(data: &'a [u8], on_fragment: impl OnFragment<'a>) -> Result<Decoded, DecodeError> {
     match data.first() {
-        Some(b) if b >> 4 == 4 => decode_ipv4(data),
-        Some(b) if b >> 4 == 6 => decode_ipv6(data),
+        Some(b) if b >> 4 == 4 => decode_ipv4(data, on_fragment),
+        Some(b) if b >> 4 == 6 => decode_ipv6(data, on_fragment),
         Some(_) => Err(DecodeError::BadIpVersion),
         None => Err(DecodeError::TruncatedIp),
     }
 }
 
-fn decode_ipv4_checked(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ipv4_checked<'a>(
+    data: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     match data.first() {
-        Some(b) if b >> 4 == 4 => decode_ipv4(data),
+        Some(b) if b >> 4 == 4 => decode_ipv4(data, on_fragment),
         Some(_) => Err(DecodeError::BadIpVersion),
         None => Err(DecodeError::TruncatedIp),
     }
 }
 
-fn decode_ipv6_checked(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ipv6_checked<'a>(
+    data: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     match data.first() {
-        Some(b) if b >> 4 == 6 => decode_ipv6(data),
+        Some(b) if b >> 4 == 6 => decode_ipv6(data, on_fragment),
         Some(_) => Err(DecodeError::BadIpVersion),
         None => Err(DecodeError::TruncatedIp),
     }
 }
 
-fn decode_ipv4(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ipv4<'a>(
+    data: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     let header = data.get(..20).ok_or(DecodeError::TruncatedIp)?;
     let ihl = usize::from(header[0] & 0x0f) * 4;
     if ihl < 20 {
@@ -454,6 +543,14 @@ fn decode_ipv4(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     } else {
         total.min(data.len())
     };
+    let frag = u16::from_be_bytes([header[6], header[7]]);
+    // MF (0x2000) or a fragment offset: a fragment (bit 0x8000 is reserved, 0x4000 DF).
+    if frag & 0x3fff != 0 {
+        return on_fragment(FragmentAt {
+            ip: &data[..end],
+            frag_at: 0,
+        });
+    }
     let src = IpAddr::V4(Ipv4Addr::new(
         header[12], header[13], header[14], header[15],
     ));
@@ -461,27 +558,13 @@ fn decode_ipv4(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
         header[16], header[17], header[18], header[19],
     ));
     let ip_len = if total == 0 { data.len() } else { total };
-    let frag = u16::from_be_bytes([header[6], header[7]]);
-    // MF (0x2000) or a fragment offset: a fragment (bit 0x8000 is reserved, 0x4000 DF).
-    if frag & 0x3fff != 0 {
-        return Ok(Parsed::Fragment(Fragment {
-            src,
-            dst,
-            id: u32::from(u16::from_be_bytes([header[4], header[5]])),
-            v6: false,
-            next: header[9],
-            offset: u32::from(frag & 0x1fff) * 8,
-            more: frag & 0x2000 != 0,
-            header_len: ihl as u32,
-            claimed: (total != 0).then(|| (total - ihl) as u32),
-            payload: &data[ihl..end],
-            ip_len,
-        }));
-    }
-    decode_transport(header[9], src, dst, &data[ihl..end], ip_len).map(Parsed::Decoded)
+    decode_transport(header[9], src, dst, &data[ihl..end], ip_len)
 }
 
-fn decode_ipv6(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
+fn decode_ipv6<'a>(
+    data: &'a [u8],
+    on_fragment: impl OnFragment<'a>,
+) -> Result<Decoded, DecodeError> {
     let header = data.get(..40).ok_or(DecodeError::TruncatedIp)?;
     let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
     // Payload length 0 means a jumbogram (or a TSO capture): bounded by the capture.
@@ -506,27 +589,13 @@ fn decode_ipv6(data: &[u8]) -> Result<Parsed<'_>, DecodeError> {
     match walk_ipv6(data, header[6], 40, false)? {
         Walk::Upper { next, at } => {
             let payload = data.get(at..).ok_or(DecodeError::TruncatedIp)?;
-            decode_transport(next, src, dst, payload, ip_len).map(Parsed::Decoded)
+            decode_transport(next, src, dst, payload, ip_len)
         }
-        Walk::Fragment { at } => {
-            // The walk read these 8 bytes before it stopped here.
-            let ext = data.get(at..at + 8).ok_or(DecodeError::TruncatedIp)?;
-            let field = u16::from_be_bytes([ext[2], ext[3]]);
-            let payload = data.get(at + 8..).ok_or(DecodeError::TruncatedIp)?;
-            Ok(Parsed::Fragment(Fragment {
-                src,
-                dst,
-                id: u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]),
-                v6: true,
-                next: ext[0],
-                offset: u32::from(field & 0xfff8),
-                more: field & 1 != 0,
-                header_len: at as u32,
-                claimed: (payload_len != 0).then(|| (ip_len - (at + 8)) as u32),
-                payload,
-                ip_len,
-            }))
-        }
+        // The walk read the fragment header's 8 bytes before it stopped there.
+        Walk::Fragment { at } => on_fragment(FragmentAt {
+            ip: data,
+            frag_at: at as u32,
+        }),
     }
 }
 
@@ -587,6 +656,7 @@ pub(crate) fn walk_ipv6(
     Err(DecodeError::TooManyExtensionHeaders)
 }
 
+#[inline]
 fn decode_transport(
     proto: u8,
     src: IpAddr,
@@ -599,6 +669,7 @@ fn decode_transport(
 
 /// Judges a transport header of which `head` holds the first bytes (at least the 20 of a
 /// TCP base header, or all there are) and `len` bytes are present in all.
+#[inline]
 pub(crate) fn transport(
     proto: u8,
     src: IpAddr,

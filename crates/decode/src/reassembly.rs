@@ -60,8 +60,8 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use crate::{
-    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Parsed, Skip, Walk, parse,
-    transport, walk_ipv6,
+    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Skip, Walk, parse, transport,
+    walk_ipv6,
 };
 
 /// The most separate byte ranges one datagram may hold before it is dropped (in-order or
@@ -311,10 +311,7 @@ impl Reassembler {
         data: &[u8],
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
-        match parse(link, data)? {
-            Parsed::Decoded(decoded) => Ok(decoded),
-            Parsed::Fragment(fragment) => self.fragment(&fragment, now_ns),
-        }
+        parse(link, data, |at| self.fragment(&at.read(), now_ns))
     }
 
     /// Drops the datagrams whose first fragment came more than the timeout before
