@@ -10,13 +10,13 @@
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use synwatch_decode::DecodeError;
+use synwatch_decode::{DecodeError, ReassemblyStats};
 use synwatch_detect::Stats;
 
 /// Counters of one capture interface.
@@ -60,10 +60,22 @@ pub struct Metrics {
     /// The blocking backend in use ("none" when not blocking); set once at start.
     pub backend: std::sync::OnceLock<&'static str>,
     pub decode_errors: [AtomicU64; DecodeError::ALL.len()],
+    /// Fragment reassembly, one entry per reassembling thread (each capture thread, and
+    /// the XDP ring's reader last), summed when rendered.
+    pub reassembly: Vec<Mutex<ReassemblyStats>>,
     /// Unix time (seconds) the pipeline last went round its loop: `/healthz` is healthy
     /// while this is recent.
     pub heartbeat: AtomicI64,
     pub start_time: AtomicI64,
+}
+
+/// Writes one metric family: help, type and samples (label text, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
 }
 
 /// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
@@ -91,6 +103,9 @@ impl Metrics {
                     ..InterfaceMetrics::default()
                 })
                 .collect(),
+            reassembly: (0..=interfaces.len())
+                .map(|_| Mutex::new(ReassemblyStats::default()))
+                .collect(),
             heartbeat: AtomicI64::new(now),
             start_time: AtomicI64::new(now),
             ..Self::default()
@@ -110,6 +125,71 @@ impl Metrics {
         self.heartbeat.store(unix_now(), Ordering::Relaxed);
     }
 
+    /// Copies the totals of reassembling thread `slot` (a capture thread's interface
+    /// index, or the interface count for the XDP ring's reader).
+    pub fn record_reassembly(&self, slot: usize, stats: ReassemblyStats) {
+        if let Some(cell) = self.reassembly.get(slot)
+            && let Ok(mut held) = cell.lock()
+        {
+            *held = stats;
+        }
+    }
+
+    fn render_reassembly(&self, out: &mut String) {
+        let mut sum = ReassemblyStats::default();
+        for cell in &self.reassembly {
+            if let Ok(s) = cell.lock() {
+                sum.fragments += s.fragments;
+                sum.completed += s.completed;
+                sum.dropped += s.dropped;
+                sum.evicted += s.evicted;
+                sum.timed_out += s.timed_out;
+                sum.datagrams_in_use += s.datagrams_in_use;
+                sum.bytes_in_use += s.bytes_in_use;
+            }
+        }
+        let plain = |v: u64| [(String::new(), v)];
+        family(
+            out,
+            "synwatch_fragments_total",
+            "counter",
+            "IP fragments that reached synwatch's reassembly.",
+            &plain(sum.fragments),
+        );
+        family(
+            out,
+            "synwatch_reassembled_datagrams_total",
+            "counter",
+            "Fragmented datagrams whose transport header was made whole (and judged).",
+            &plain(sum.completed),
+        );
+        family(
+            out,
+            "synwatch_reassembly_failures_total",
+            "counter",
+            "Incomplete datagrams given up, by reason: overlapping or invalid fragments (dropped as Linux drops them), pushed out by the table's bounds (oldest first), or timed out (30 s).",
+            &[
+                ("{reason=\"invalid\"}".into(), sum.dropped),
+                ("{reason=\"evicted\"}".into(), sum.evicted),
+                ("{reason=\"timeout\"}".into(), sum.timed_out),
+            ],
+        );
+        family(
+            out,
+            "synwatch_reassembly_datagrams",
+            "gauge",
+            "Incomplete datagrams held for reassembly.",
+            &plain(sum.datagrams_in_use),
+        );
+        family(
+            out,
+            "synwatch_reassembly_bytes",
+            "gauge",
+            "Bytes held for reassembly (bounded).",
+            &plain(sum.bytes_in_use),
+        );
+    }
+
     pub fn healthy(&self) -> bool {
         unix_now() - self.heartbeat.load(Ordering::Relaxed) <= HEALTHY_WITHIN_SECS
     }
@@ -119,11 +199,7 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{labels} {value}");
-            }
+            family(&mut out, name, kind, help, samples);
         };
         let plain = |v: u64| vec![(String::new(), v)];
         family(
@@ -296,6 +372,7 @@ impl Metrics {
             "Version of the running synwatch.",
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
+        self.render_reassembly(&mut out);
         process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
         out
     }

@@ -11,7 +11,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use synwatch_capture::{CaptureError, CaptureReader};
-use synwatch_decode::{DecodeError, Decoded, LinkType, Skip, TcpFlags, Transport, decode};
+use synwatch_decode::{
+    DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits, ReassemblyStats, Skip, TcpFlags,
+    Transport,
+};
 use synwatch_detect::{AddrSet, Detector, Direction, Observation};
 
 use crate::config::DetectSettings;
@@ -55,6 +58,8 @@ pub struct Totals {
     pub not_ip: u64,
     pub other_protocol: u64,
     pub fragments: u64,
+    /// What fragment reassembly did over the whole replay.
+    pub reassembly: ReassemblyStats,
     pub unsupported_link: u64,
     pub decode_errors: [u64; DecodeError::ALL.len()],
     pub connections_logged: u64,
@@ -118,6 +123,7 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
     let mut prep = Prepare {
         formatter: Formatter::new(format),
         locals: settings.detector.locals.clone(),
+        defrag: Reassembler::new(ReassemblyLimits::default()),
     };
     let detector = Detector::new(settings.detector);
 
@@ -149,6 +155,7 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         let _ = batches.send(batch);
     }
     drop(batches);
+    totals.reassembly = prep.defrag.stats();
     progress.clear();
     let done = worker
         .join()
@@ -287,6 +294,8 @@ struct Prepare {
     formatter: Formatter,
     /// The detector's local addresses, to give each formatted event its direction.
     locals: AddrSet,
+    /// One reassembly across all files: they are read in time order, as one capture.
+    defrag: Reassembler,
 }
 
 impl Prepare {
@@ -357,7 +366,8 @@ fn replay_file(
             }
             continue;
         };
-        match decode(link, packet.data) {
+        let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
+        match prep.defrag.decode(link, packet.data, at) {
             Ok(Decoded::Segment(seg)) => match seg.transport {
                 Transport::Tcp(_) => {
                     totals.tcp += 1;
@@ -448,7 +458,8 @@ fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 scans:           {}\n\
          \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {})\n\
          \x20 decode problems: {}\n\
-         \x20 skipped:         {} not IP, {} other protocols, {} non-first fragments, {} on unsupported links\n\
+         \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links\n\
+         \x20 fragments:       {} seen, {} datagrams reassembled, {} given up ({} invalid or overlapping, {} evicted, {} timed out)\n\
          \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back)\n\
          \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
         t.files,
@@ -471,6 +482,12 @@ fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         thousands(t.other_protocol),
         thousands(t.fragments),
         thousands(t.unsupported_link),
+        thousands(t.reassembly.fragments),
+        thousands(t.reassembly.completed),
+        thousands(t.reassembly.dropped + t.reassembly.evicted + t.reassembly.timed_out),
+        thousands(t.reassembly.dropped),
+        thousands(t.reassembly.evicted),
+        thousands(t.reassembly.timed_out),
         thousands(t.out_of_order),
         t.max_step_back as f64 / 1e9,
         secs,

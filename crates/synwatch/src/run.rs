@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
-use synwatch_decode::{DecodeError, Decoded, LinkType, decode};
+use synwatch_decode::{DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits};
 use synwatch_detect::{Detector, Direction, Observation, Seen};
 
 use synwatch_enforce::bans::Policy;
@@ -392,6 +392,7 @@ fn capture_thread(
 ) {
     let counters: &InterfaceMetrics = &metrics.interfaces[slot];
     let link = LinkType::from_linktype(cap.linktype());
+    let mut defrag = Reassembler::new(ReassemblyLimits::default());
     let mut batch = Vec::with_capacity(BATCH);
     let mut packets = 0u64;
     let mut next_stats = monotonic() + STATS_EVERY;
@@ -413,7 +414,8 @@ fn capture_thread(
         if let Some(packet) = packet {
             packets += 1;
             if let Some(link) = link {
-                match decode(link, packet.data) {
+                let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
+                match defrag.decode(link, packet.data, at) {
                     Ok(Decoded::Segment(seg)) => {
                         batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
                     }
@@ -437,8 +439,12 @@ fn capture_thread(
         if now >= next_stats {
             next_stats = now + STATS_EVERY;
             record_stats(&mut cap);
+            // Packet timestamps are the kernel's wall clock: so is the expiry.
+            defrag.expire(u64::try_from(wall_nanos()).unwrap_or(0));
+            metrics.record_reassembly(slot, defrag.stats());
         }
     }
+    metrics.record_reassembly(slot, defrag.stats());
     counters.packets.fetch_add(packets, Ordering::Relaxed);
     if !batch.is_empty() {
         let _ = out.send(Msg::Batch(batch));

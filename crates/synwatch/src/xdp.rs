@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use synwatch_decode::{Decoded, LinkType, TcpFlags, decode};
+use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits, TcpFlags};
 use synwatch_detect::{DirectionFilter, Observation};
-use synwatch_xdp::clock::BootToUnix;
+use synwatch_xdp::clock::{BootToUnix, boot_now};
 use synwatch_xdp::{Counter, Detection, Mode, Options, Record, Ring, Xdp, XdpError};
 
 use crate::metrics::Metrics;
@@ -160,6 +160,10 @@ pub fn run(
     send_bans: impl Fn(KernelBans) -> bool,
 ) {
     let mut events = Vec::new();
+    // Fragments and long header chains come up raw; the boot clock of their records is
+    // the reassembly's clock (monotonic, as the kernel's own reassembly timer).
+    let mut defrag = Reassembler::new(ReassemblyLimits::default());
+    let reassembly_slot = metrics.interfaces.len();
     let mut next_counters = crate::run::monotonic();
     while !stop.load(Ordering::Relaxed) {
         events.clear();
@@ -193,7 +197,7 @@ pub fn run(
                             banned.push(e.src);
                         }
                     }
-                    Record::Raw(p) => match decode(LinkType::Raw, &p.bytes) {
+                    Record::Raw(p) => match defrag.decode(LinkType::Raw, &p.bytes, p.ts_boot) {
                         Ok(Decoded::Segment(seg)) => {
                             batch.extend(Observation::of_segment(clock.unix(p.ts_boot), &seg));
                         }
@@ -212,6 +216,8 @@ pub fn run(
         if t >= next_counters {
             next_counters = t + COUNTERS_EVERY;
             record(&ring, metrics, slots, observing);
+            defrag.expire(boot_now());
+            metrics.record_reassembly(reassembly_slot, defrag.stats());
         }
     }
     record(&ring, metrics, slots, observing);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use synwatch_testkit::packet::{
-    ACK, FIN, Ipv6, Ipv6Ext, PSH, RST, SYN, Tcp, URG, ethernet, ethernet_qinq, ethernet_vlan,
+    ACK, FIN, Ipv4, Ipv6, Ipv6Ext, PSH, RST, SYN, Tcp, URG, ethernet, ethernet_qinq, ethernet_vlan,
     loop_loopback, null_loopback, sll, sll2, tcp_ip, udp_v4,
 };
 use synwatch_testkit::pcap::{PcapNgWriter, PcapWriter};
@@ -199,12 +199,13 @@ fn ipv6_extension_headers_and_fragments() {
         (0, Ipv6::new(s6, h6).hop_by_hop().tcp(&syn(22))),
         (SEC, Ipv6::new(s6, h6).routing().tcp(&syn(23))),
         (2 * SEC, Ipv6::new(s6, h6).dest_opts().tcp(&syn(24))),
-        // First fragment (offset 0, more follow): it carries the TCP header.
+        // First fragment (offset 0, more follow): it carries the TCP header (with an MSS
+        // option: Linux drops a non-last fragment whose length is not a multiple of 8).
         (
             3 * SEC,
             Ipv6::new(s6, h6)
                 .ext(Ipv6Ext::fragment(0, true))
-                .tcp(&syn(25)),
+                .tcp(&syn(25).options(&[2, 4, 5, 180])),
         ),
         // A later fragment: no TCP header in it, skipped.
         (
@@ -226,7 +227,14 @@ fn ipv6_extension_headers_and_fragments() {
     let frames: Vec<(i64, Vec<u8>)> = frames.into_iter().map(|(t, p)| (t, ethernet(&p))).collect();
     let out = run_case("ipv6_extension_headers", 1, &frames, false);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("1 non-first fragments"), "{stderr}");
+    assert!(
+        stderr.contains("1 fragments held or past the TCP header"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("fragments:       2 seen, 1 datagrams reassembled"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -671,4 +679,133 @@ fn pipes_and_dev_stdin_are_read_once_not_lost_to_the_time_order_peek() {
         "{}",
         String::from_utf8_lossy(&piped.stderr)
     );
+}
+
+/// `nmap -sS -f` and its variants as Linux reassembles them: IPv4 SYNs cut into 8-byte
+/// fragments in order, reversed, shuffled and with a duplicate are attempts; a SYN whose
+/// fragments overlap is dropped by Linux and is none; an IPv6 SYN whose first fragment
+/// holds the whole TCP header is an attempt, one whose first fragment cuts the TCP header
+/// (RFC 7112) is none; a fragmented SYN behind an 802.1Q tag is an attempt.
+#[test]
+fn fragmented_syns_are_reassembled_as_linux_takes_them() {
+    let (s4, h4) = (
+        "203.0.113.66".parse().expect("v4"),
+        "192.0.2.1".parse().expect("v4"),
+    );
+    let pieces = |dport: u16| {
+        Ipv4::new(s4, h4)
+            .id(dport)
+            .fragments(6, &Tcp::new(40000, dport, SYN).segment_v4(s4, h4), 8)
+    };
+    let mut frames: Frames = Vec::new();
+    let mut at = 0;
+    let mut push = |frames: &mut Frames, ip: &[u8]| {
+        at += SEC / 10;
+        frames.push((at, ethernet(ip)));
+    };
+    for p in pieces(1001) {
+        push(&mut frames, &p);
+    }
+    for p in pieces(1002).iter().rev() {
+        push(&mut frames, p);
+    }
+    let p = pieces(1003);
+    for i in [1, 2, 0] {
+        push(&mut frames, &p[i]);
+    }
+    let p = pieces(1004);
+    for i in [0, 0, 1, 1, 2] {
+        push(&mut frames, &p[i]);
+    }
+    // 1005: after the second piece, one of 16 bytes at offset 0 overlaps it.
+    let p = pieces(1005);
+    let overlapping = Ipv4::new(s4, h4)
+        .id(1005)
+        .fragment(0, true)
+        .encode(6, &Tcp::new(40000, 1005, SYN).segment_v4(s4, h4)[..16]);
+    for ip in [&p[1], &overlapping, &p[0], &p[2]] {
+        push(&mut frames, ip);
+    }
+    let (s6, h6) = (
+        "2001:db8::bad".parse().expect("v6"),
+        "2001:db8::1".parse().expect("v6"),
+    );
+    let frag6 = |offset: u16, more: bool, id: u32, bytes: &[u8]| {
+        Ipv6::new(s6, h6)
+            .ext(Ipv6Ext::Fragment { offset, more, id })
+            .encode(6, bytes)
+    };
+    let syn6 = |dport| {
+        Tcp::new(40000, dport, SYN)
+            .payload_len(16)
+            .segment_v6(s6, h6)
+    };
+    // 1006: 24 bytes (the whole TCP header and 4 of payload), then the rest.
+    let whole = syn6(1006);
+    push(&mut frames, &frag6(0, true, 6, &whole[..24]));
+    push(&mut frames, &frag6(3, false, 6, &whole[24..]));
+    // 1007: the first fragment holds 8 bytes of the TCP header: Linux drops it.
+    let cut = syn6(1007);
+    push(&mut frames, &frag6(0, true, 7, &cut[..8]));
+    push(&mut frames, &frag6(1, false, 7, &cut[8..]));
+    // 1008: nmap -f behind an 802.1Q tag.
+    for p in pieces(1008) {
+        at += SEC / 10;
+        frames.push((at, ethernet_vlan(&p, &[(0x8100, 42)])));
+    }
+    let out = run_case("fragments", 1, &frames, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("6 datagrams reassembled, 2 given up (2 invalid or overlapping"),
+        "{stderr}"
+    );
+}
+
+/// A million incomplete first fragments from spoofed sources (the generator's
+/// `fragments` capture) overflow the reassembly table, which stays within its bounds by
+/// evicting the oldest; the `nmap -f` scanner and the plain scanner hidden in the flood
+/// are both still reported.
+#[test]
+fn a_flood_of_incomplete_fragments_hides_no_scanner() {
+    use synwatch_testkit::generate::{
+        FRAGMENTING_SCANNER, FragmentFloodConfig, PLAIN_SCANNER, write_fragment_flood,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("flood.pcap");
+    let file = std::fs::File::create(&path).expect("create");
+    let cfg = FragmentFloodConfig {
+        fragments: 1_000_000,
+        seed: 7,
+    };
+    write_fragment_flood(std::io::BufWriter::new(file), &cfg).expect("write the flood");
+    let out = replay(&["--format", "json"], &[&path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for scanner in [FRAGMENTING_SCANNER, PLAIN_SCANNER] {
+        let scans: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains("\"event\":\"scan\"") && l.contains(&format!("\"{scanner}\"")))
+            .collect();
+        assert_eq!(scans.len(), 1, "{scanner}: {stdout}");
+        assert!(
+            scans[0].contains("\"ports\":[1000,1001,1002,1003]"),
+            "{}",
+            scans[0]
+        );
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("20 datagrams reassembled"), "{stderr}");
+    let evicted = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("fragments:"))
+        .and_then(|l| l.split(" evicted").next())
+        .and_then(|s| s.rsplit(", ").next())
+        .and_then(|n| n.replace(',', "").parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no eviction count in {stderr}"));
+    // Everything beyond the default table of 4,096 datagrams was pushed out.
+    assert!(evicted >= 1_000_000 - 4_096, "{stderr}");
 }

@@ -376,6 +376,7 @@ impl Agent {
     }
 
     /// SIGKILL: no chance to clean up.
+    #[allow(dead_code, reason = "not every test binary kills its agent")]
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -1,0 +1,274 @@
+//! Evasions the kernel undoes, in the network-namespace lab, through libpcap and through
+//! XDP: `nmap -sS -f` (the TCP header cut into 8-byte IPv4 fragments) and `nmap -sS
+//! --mtu 16` are reported as scans and banned, and a replay of a capture of the same
+//! traffic reports the same scans; SYNs behind ten IPv6 Destination Options headers,
+//! which Linux answers, are seen.
+//!
+//! Needs root; `make test` runs these as root.
+
+mod lab;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lab::{ALLOWED, Agent, CLIENT, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
+use serde_json::Value;
+
+fn is(e: &Value, event: &str, src: &str) -> bool {
+    e["event"] == event && e["src"] == src
+}
+
+/// The agent of one source: libpcap banning through nftables, or XDP banning in XDP.
+fn agent(lab: &Lab, dir: &Path, source: &str) -> Agent {
+    let state = dir.join("state");
+    let block = if source == "xdp" { "xdp" } else { "nftables" };
+    Agent::start(
+        lab,
+        dir,
+        source,
+        &[
+            "--source",
+            source,
+            "--block",
+            block,
+            "--ban",
+            "10m",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ],
+    )
+}
+
+/// `nmap -sS` from `src` with evasion options `extra`.
+fn nmap(lab: &Lab, src: &str, extra: &[&str], ports: &str) {
+    let mut args = vec![
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sS",
+        "-T4",
+        "--max-retries",
+        "1",
+        "-e",
+        &lab.aif,
+        "-S",
+        src,
+        "-p",
+        ports,
+    ];
+    args.extend_from_slice(extra);
+    args.push(VICTIM);
+    let out = lab.in_attacker(&args);
+    assert!(out.status.success(), "nmap failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The kernel reassembled the probes and answered them (closed ports answer too).
+    assert!(
+        text.contains("closed") || text.contains("open"),
+        "Linux did not answer the fragmented probes: {text}"
+    );
+}
+
+/// tcpdump writing everything on the victim's interface to a file.
+struct Recording(Child);
+
+impl Recording {
+    fn start(lab: &Lab, file: &Path) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.victim, "tcpdump", "-U", "-n", "-i"])
+            .arg(&lab.vif)
+            .arg("-w")
+            .arg(file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump (make deps installs it)");
+        // tcpdump has no "ready" signal; it opens the interface well within this.
+        std::thread::sleep(Duration::from_millis(700));
+        Recording(child)
+    }
+
+    fn stop(mut self) {
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// `synwatch replay` of a capture file, as JSON events.
+fn replay(file: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args([
+            "replay", "--format", "json", "--local", VICTIM, "--local", VICTIM6,
+        ])
+        .arg(file)
+        .output()
+        .expect("run synwatch replay");
+    assert!(out.status.success(), "replay failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+fn fragmented_scans_are_reported_banned_and_replayed(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&lab, dir.path(), source);
+    let file = dir.path().join("fragments.pcap");
+    let recording = Recording::start(&lab, &file);
+
+    // nmap -f: 8 + 8 + 4 bytes of TCP header in three fragments.
+    nmap(&lab, SCANNER, &["-f"], "1-20");
+    let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER));
+    assert_eq!(scan["ports"].as_array().map(Vec::len), Some(4), "{scan}");
+    agent.wait_for(3, |e| is(e, "block", SCANNER));
+    let attempts = agent
+        .events()
+        .iter()
+        .filter(|e| is(e, "connection", SCANNER))
+        .count();
+    assert!(attempts >= 4, "{attempts} attempts logged of nmap -f");
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the fragmenting scanner still connects"
+    );
+
+    // --mtu 16: two fragments of 16 and 4 bytes.
+    nmap(&lab, ALLOWED, &["--mtu", "16"], "1-20");
+    agent.wait_for(3, |e| is(e, "scan", ALLOWED));
+    agent.wait_for(3, |e| is(e, "block", ALLOWED));
+    assert!(
+        lab.connects(CLIENT, VICTIM),
+        "the client no longer connects"
+    );
+    // Ordinary scans are caught beside them.
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    agent.wait_for(3, |e| is(e, "block", SCANNER6));
+    recording.stop();
+    let (code, listed, _) = blocks(&lab, &["list"]);
+    assert_eq!(code, 0);
+    for banned in [SCANNER, ALLOWED, SCANNER6] {
+        assert!(listed.contains(&format!("\"{banned}\"")), "{banned}: {listed}");
+    }
+
+    // Replay of the same traffic reports the same scans, with the same ports.
+    let live = agent.events();
+    let replayed = replay(&file);
+    for scanner in [SCANNER, ALLOWED] {
+        let pick = |events: &[Value]| {
+            events
+                .iter()
+                .find(|e| is(e, "scan", scanner))
+                .map(|e| e["ports"].clone())
+        };
+        assert_eq!(
+            pick(&replayed),
+            pick(&live),
+            "replay and {source} disagree on {scanner}"
+        );
+    }
+    // The reassembly's metrics are copied once a second.
+    eventually(3, "fragments are counted", || {
+        lab.metric("synwatch_fragments_total") >= 8
+            && lab.metric("synwatch_reassembled_datagrams_total") >= 8
+    });
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nmap_f_and_mtu_16_are_caught_through_libpcap_and_replay() {
+    fragmented_scans_are_reported_banned_and_replayed("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nmap_f_and_mtu_16_are_caught_through_xdp_and_replay() {
+    fragmented_scans_are_reported_banned_and_replayed("xdp");
+}
+
+/// SYNs to `ports` from SCANNER6, each behind `headers` Destination Options headers,
+/// sent by scapy (Debian's python3-scapy) at the Ethernet layer.
+fn syns_behind_destination_options(lab: &Lab, headers: usize, ports: &[u16]) {
+    let out = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!mac.is_empty(), "no MAC for {}: {out:?}", lab.vif);
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let script = format!(
+        "from scapy.all import *\n\
+         conf.verb = 0\n\
+         for port in [{ports}]:\n\
+         \x20   p = IPv6(src='{SCANNER6}', dst='{VICTIM6}')\n\
+         \x20   for _ in range({headers}):\n\
+         \x20       p = p / IPv6ExtHdrDestOpt(options=[PadN(optdata=b'\\0' * 4)])\n\
+         \x20   sendp(Ether(dst='{mac}') / p / TCP(sport=45000, dport=port, flags='S'), iface='{aif}')\n",
+        ports = ports.join(", "),
+        aif = lab.aif,
+    );
+    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "scapy failed (make test installs python3-scapy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn long_ipv6_header_chains_are_seen(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&lab, dir.path(), source);
+    let file = dir.path().join("answers.pcap");
+    // Linux's answers (SYN-ACK or RST) to the probes, captured on the attacker's side.
+    let answers = Command::new("ip")
+        .args(["netns", "exec", &lab.attacker, "tcpdump", "-U", "-n", "-i"])
+        .arg(&lab.aif)
+        .arg("-w")
+        .arg(&file)
+        .args(["tcp and src host", VICTIM6])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    let answers = Recording(answers);
+    std::thread::sleep(Duration::from_millis(700));
+
+    syns_behind_destination_options(&lab, 10, &[21, 22, 23, 25, 8080]);
+    let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
+    assert_eq!(scan["ports"], serde_json::json!([21, 22, 23, 25]), "{scan}");
+    // (The fifth may be dropped by the ban before XDP reports it.)
+    for port in [21, 22, 23, 25] {
+        assert!(
+            agent
+                .events()
+                .iter()
+                .any(|e| is(e, "connection", SCANNER6) && e["dport"] == port),
+            "no connection event for port {port}"
+        );
+    }
+    answers.stop();
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .output()
+        .expect("tcpdump -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().count() >= 4,
+        "Linux should have answered the probes behind ten headers: {text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn syns_behind_ten_destination_options_headers_are_seen_through_libpcap() {
+    long_ipv6_header_chains_are_seen("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn syns_behind_ten_destination_options_headers_are_seen_through_xdp() {
+    long_ipv6_header_chains_are_seen("xdp");
+}
