@@ -75,7 +75,18 @@ struct Recording(Child);
 impl Recording {
     fn start(lab: &Lab, file: &Path) -> Self {
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.victim, "tcpdump", "-U", "-n", "-i"])
+            // Immediate mode: a packet waiting in a ring block when tcpdump is stopped
+            // would otherwise be lost.
+            .args([
+                "netns",
+                "exec",
+                &lab.victim,
+                "tcpdump",
+                "--immediate-mode",
+                "-U",
+                "-n",
+            ])
+            .arg("-i")
             .arg(&lab.vif)
             .arg("-w")
             .arg(file)
@@ -148,10 +159,15 @@ fn fragmented_scans_are_reported_banned_and_replayed(source: &str) {
     lab.scan(SCANNER6, VICTIM6, "1-20");
     agent.wait_for(3, |e| is(e, "block", SCANNER6));
     recording.stop();
-    let (code, listed, _) = blocks(&lab, &["list"]);
+    let state = dir.path().join("state");
+    let state = state.to_str().expect("utf-8 path");
+    let (code, listed, _) = blocks(&lab, &["list", "--state-dir", state]);
     assert_eq!(code, 0);
     for banned in [SCANNER, ALLOWED, SCANNER6] {
-        assert!(listed.contains(&format!("\"{banned}\"")), "{banned}: {listed}");
+        assert!(
+            listed.contains(&format!("\"{banned}\"")),
+            "{banned}: {listed}"
+        );
     }
 
     // Replay of the same traffic reports the same scans, with the same ports.
@@ -220,20 +236,9 @@ fn long_ipv6_header_chains_are_seen(source: &str) {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&lab, dir.path(), source);
+    // Linux's answers (SYN-ACK or RST) to the probes, captured leaving the victim.
     let file = dir.path().join("answers.pcap");
-    // Linux's answers (SYN-ACK or RST) to the probes, captured on the attacker's side.
-    let answers = Command::new("ip")
-        .args(["netns", "exec", &lab.attacker, "tcpdump", "-U", "-n", "-i"])
-        .arg(&lab.aif)
-        .arg("-w")
-        .arg(&file)
-        .args(["tcp and src host", VICTIM6])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    let answers = Recording(answers);
-    std::thread::sleep(Duration::from_millis(700));
+    let answers = Recording::start(&lab, &file);
 
     syns_behind_destination_options(&lab, 10, &[21, 22, 23, 25, 8080]);
     let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
@@ -252,6 +257,7 @@ fn long_ipv6_header_chains_are_seen(source: &str) {
     let out = Command::new("tcpdump")
         .args(["-n", "-r"])
         .arg(&file)
+        .args(["tcp and src host", VICTIM6])
         .output()
         .expect("tcpdump -r");
     let text = String::from_utf8_lossy(&out.stdout);
