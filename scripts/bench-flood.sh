@@ -10,6 +10,10 @@
 # usage: [SYNWATCH=target/release/synwatch] [SECONDS_FLOOD=20] [BENCH_DIR=target/bench] \
 #        [HPING_PROCS=1] scripts/bench-flood.sh
 # HPING_PROCS runs that many hping3 floods side by side (one hping3 tops out at one CPU).
+# HPING_FLAGS (default -S) sets the packets' flags: "-S -x" sets More Fragments on every
+# SYN, a flood of first fragments whose datagrams never complete (fragment reassembly
+# under load: every one is held until pushed out of the bounded table). SYNWATCH_ARGS
+# adds options to the agent's command line (e.g. "--source pcap").
 # Before the flood, /metrics is fetched 20 times on the idle agent as a baseline.
 # Needs root, iproute2, hping3, tcpdump, curl. Traffic only ever goes between the two
 # namespaces it creates, and they are removed (with every process it started) on every
@@ -23,6 +27,8 @@ set -euo pipefail
 synwatch=${SYNWATCH:-target/release/synwatch}
 secs=${SECONDS_FLOOD:-20}
 procs=${HPING_PROCS:-1}
+read -r -a hping_flags <<<"${HPING_FLAGS:--S}"
+read -r -a agent_args <<<"${SYNWATCH_ARGS:-}"
 dir=${BENCH_DIR:-target/bench}
 metrics_addr=127.0.0.1:9810
 
@@ -115,7 +121,7 @@ hz=$(getconf CLK_TCK)
 # detection and reporting, and an agent that blocks would keep its bans and control
 # socket in the host's --state-dir, which the namespaces do not separate.
 ip netns exec "$victim" "$synwatch" run --iface "$vif" --format json --metrics-addr "$metrics_addr" \
-    --block none >"$events" 2>"$agent_log" &
+    --block none "${agent_args[@]}" >"$events" 2>"$agent_log" &
 agent_pid=$!
 pids+=("$agent_pid")
 ip netns exec "$victim" tcpdump -i "$vif" -n -w /dev/null -B 8192 'tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn' \
@@ -170,7 +176,7 @@ pids+=("$rss_pid")
 echo "bench-flood: flooding 10.198.0.1:80 from random sources for $secs s ($procs hping3)..." >&2
 flood_pids=()
 for i in $(seq "$procs"); do
-    ip netns exec "$attacker" timeout "$secs" hping3 --flood -S --rand-source -p 80 10.198.0.1 \
+    ip netns exec "$attacker" timeout "$secs" hping3 --flood "${hping_flags[@]}" --rand-source -p 80 10.198.0.1 \
         >"$hping_log.$i.log" 2>&1 &
     flood_pids+=("$!")
     pids+=("$!")
@@ -232,7 +238,7 @@ peak_rss=$(sort -n "$rss_log" | tail -1)
 lines=$(wc -l <"$events")
 bytes=$(wc -c <"$events")
 
-echo "synwatch run under $procs x hping3 --flood -S --rand-source for $secs s ($(nproc) CPUs shared by hping3, the kernel, synwatch and tcpdump)"
+echo "synwatch run under $procs x hping3 --flood ${hping_flags[*]} --rand-source for $secs s ($(nproc) CPUs shared by hping3, the kernel, synwatch and tcpdump)"
 echo "  load average before the run: $load0"
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }'; }
 m_total=$(( m_total1 - m_total0 ))
@@ -256,6 +262,9 @@ echo "  synwatch CPU: $(cpu "$agent_ticks") s over the flood" \
     "tcpdump CPU: $(cpu $(( tcpdump_cpu1 - tcpdump_cpu0 ))) s"
 echo "  synwatch memory: peak VmRSS sampled ${peak_rss:-?} kB, VmHWM $hwm kB, VmRSS after the flood $rss_end kB"
 echo "  tracked sources: $tracked (cap --max-sources $max_sources: $( [ "$tracked" -le "$max_sources" ] && echo "bounded" || echo "EXCEEDED")), evicted $evicted"
+echo "  fragment reassembly: $(metric "synwatch_fragments_total ") fragments, $(metric "synwatch_reassembled_datagrams_total ") judged," \
+    "$(metric 'synwatch_reassembly_failures_total{reason="evicted"}') evicted; held at the end $(metric "synwatch_reassembly_datagrams ") datagrams," \
+    "$(metric "synwatch_reassembly_bytes ") bytes"
 echo "  events on stdout: $lines lines, $bytes bytes" \
     "($(grep -c '"event":"connection"' "$events" || true) connection, $(grep -c '"event":"suppressed"' "$events" || true) suppressed," \
     "$(grep -c '"event":"scan"' "$events" || true) scan); held back by the log limit (metric): $suppressed"
