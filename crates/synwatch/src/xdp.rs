@@ -145,6 +145,14 @@ pub struct KernelBans(pub Vec<IpAddr>);
 /// How often the program's counters are copied into the metrics.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
+/// Records fewer than this in one read are a trickle: the thread then waits
+/// [`COALESCE`] before reading again, so that under a flood each hand-over to the
+/// pipeline carries many records rather than one or two (the ring wakes its reader for
+/// every record, and each hand-over costs the pipeline a turn of its loop).
+const TRICKLE: usize = 256;
+/// What a trickle waits for company: the most an event is delayed by it.
+const COALESCE: Duration = Duration::from_millis(2);
+
 /// Reads the ring buffer until `stop`: each event becomes an observation, sent in
 /// batches through `send_batch`; sources the program banned follow their batch through
 /// `send_bans`. `slots` are the attached interfaces' counter slots, in the order of
@@ -208,8 +216,12 @@ pub fn run(
                     },
                 }
             }
+            let trickle = events.len() < TRICKLE;
             if !send_batch(batch) || (!banned.is_empty() && !send_bans(KernelBans(banned))) {
                 break;
+            }
+            if trickle {
+                std::thread::sleep(COALESCE);
             }
         }
         let t = crate::run::monotonic();
