@@ -10,7 +10,8 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool
+             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool \
+             ping:iputils-ping
 # only for `make test` (promtool comes with the Prometheus server package)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus
 # header file -> Debian package, for crates that link C libraries

@@ -18,6 +18,7 @@ use synwatch_enforce::{Backend, EnforceError, Enforcer, KernelBan, Scope};
 
 use crate::control::{BanView, Reply, Request};
 use crate::metrics::Metrics;
+use crate::protect::Why;
 use crate::state::Store;
 
 /// Seconds between attempts to apply a change the kernel refused.
@@ -41,17 +42,6 @@ pub struct BlockSettings {
 pub enum Happened {
     Blocked(Record),
     Unblocked(IpAddr, &'static str),
-}
-
-/// Whether an address must never be banned: loopback, unspecified and multicast
-/// addresses, the host's own, local and allowlisted ones. `is_listed` is asked last.
-pub fn protected(addr: IpAddr, is_listed: impl Fn(IpAddr) -> bool) -> bool {
-    let addr = addr.to_canonical();
-    addr.is_loopback()
-        || addr.is_unspecified()
-        || addr.is_multicast()
-        || addr == IpAddr::from([255, 255, 255, 255])
-        || is_listed(addr)
 }
 
 pub struct Blocker {
@@ -151,11 +141,12 @@ impl Blocker {
         self.book.set_policy(policy);
     }
 
-    /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]).
-    pub fn scan(&mut self, src: IpAddr, ports: &[u16], now: i64, protected: bool) {
+    /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]), unless
+    /// `protected` says why it must not be.
+    pub fn scan(&mut self, src: IpAddr, ports: &[u16], now: i64, protected: Option<Why>) {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let reason = format!("ports {}", ports.join(","));
-        match self.book.scan(src, reason, now, protected) {
+        match self.book.scan(src, reason, now, protected.is_some()) {
             Ok(record) => {
                 self.unsaved.push(record.clone());
                 self.pending.push(record);
@@ -167,12 +158,12 @@ impl Blocker {
                     _ => &self.metrics.bans_refused_rate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(src, why, now);
+                self.log_refusal(src, why, protected, now);
             }
         }
     }
 
-    fn log_refusal(&mut self, src: IpAddr, why: Refused, now: i64) {
+    fn log_refusal(&mut self, src: IpAddr, why: Refused, protected: Option<Why>, now: i64) {
         let minute = now.div_euclid(60);
         if minute != self.refusal_minute {
             self.refusal_minute = minute;
@@ -183,7 +174,10 @@ impl Blocker {
             return;
         }
         let text = match why {
-            Refused::Protected => "it is local or allowlisted (reported, never blocked)".to_owned(),
+            Refused::Protected => format!(
+                "it is {} (reported, never blocked)",
+                protected.map_or("local or allowlisted", Why::describe)
+            ),
             _ => format!(
                 "the cap of {} new bans per minute is reached (--ban-rate; a flood of spoofed sources looks like this)",
                 self.book.policy().per_minute
@@ -347,7 +341,7 @@ impl Blocker {
         &mut self,
         request: &Request,
         now: i64,
-        protected: impl Fn(IpAddr) -> bool,
+        protected: impl Fn(IpAddr) -> Option<Why>,
     ) -> (Reply, Vec<Happened>) {
         let backend = self.enforcer.backend().as_str();
         let mut happened = Vec::new();
@@ -363,12 +357,14 @@ impl Blocker {
                     .collect();
             }
             Request::Add { addr, secs } => {
-                if protected(*addr) {
+                if let Some(why) = protected(*addr) {
                     return (
                         Reply::error(
                             backend,
                             format!(
-                                "{addr} is local, allowlisted or special (loopback, multicast): synwatch never blocks it"
+                                "{addr} is {} ({}): synwatch never blocks it",
+                                why.describe(),
+                                why.as_str()
                             ),
                         ),
                         happened,
@@ -522,10 +518,10 @@ mod tests {
         let runner = RecordingRunner::default();
         let (mut b, lapsed) = start(dir.path(), &runner, 1000);
         assert!(lapsed.is_empty());
-        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, false);
-        b.scan(ip("192.0.2.2"), &[21, 22, 23, 25], 1000, false);
-        b.scan(ip("192.0.2.3"), &[21, 22, 23, 25], 1000, false); // over the cap of 2
-        b.scan(ip("10.0.0.1"), &[21, 22, 23, 25], 1000, true); // protected
+        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, None);
+        b.scan(ip("192.0.2.2"), &[21, 22, 23, 25], 1000, None);
+        b.scan(ip("192.0.2.3"), &[21, 22, 23, 25], 1000, None); // over the cap of 2
+        b.scan(ip("10.0.0.1"), &[21, 22, 23, 25], 1000, Some(Why::Local)); // protected
         let happened = b.apply(1000);
         assert_eq!(happened.len(), 2);
         assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
@@ -566,7 +562,7 @@ mod tests {
         runner.answer(Err(
             "Error: Could not process rule: Device or resource busy",
         ));
-        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, false);
+        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, None);
         assert!(b.apply(0).is_empty());
         assert_eq!(b.metrics.ban_failures.load(Ordering::Relaxed), 1);
         assert!(b.apply(4).is_empty(), "not before the retry time");
@@ -579,7 +575,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None);
         assert_eq!(b.apply(0).len(), 1);
         let before = runner.transcript().len();
         // At the next check the table is gone (nft answers with an error).
@@ -613,7 +609,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None);
         b.apply(0);
         assert_eq!(
             b.apply(60),
@@ -625,29 +621,36 @@ mod tests {
                 secs: Some(0),
             },
             61,
-            |_| false,
+            |_| None,
         );
         assert!(reply.ok);
         assert_eq!(reply.bans[0].expires, None);
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.reason == "manual"));
         let (reply, _) = b.control(
             &Request::Add {
-                addr: ip("127.0.0.1"),
+                addr: ip("192.0.2.254"),
                 secs: None,
             },
             61,
-            |a| protected(a, |_| false),
+            |a| (a == ip("192.0.2.254")).then_some(Why::Infra(crate::host::Role::Gateway)),
         );
         assert!(!reply.ok);
+        assert!(
+            reply
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("a gateway of this host") && e.contains("(gateway)")),
+            "{reply:?}"
+        );
         let (reply, _) = b.control(
             &Request::Remove {
                 addr: ip("192.0.2.7"),
             },
             62,
-            |_| false,
+            |_| None,
         );
         assert_eq!(reply.error.as_deref(), Some("192.0.2.7 is not blocked"));
-        let (reply, happened) = b.control(&Request::Flush, 62, |_| false);
+        let (reply, happened) = b.control(&Request::Flush, 62, |_| None);
         assert_eq!(reply.bans.len(), 1);
         assert_eq!(
             happened,
@@ -668,7 +671,7 @@ mod tests {
                     secs: Some(0),
                 },
                 0,
-                |_| false,
+                |_| None,
             );
         }
         // Restarted with 192.0.2.200 now protected (see `start`): not restored.
@@ -689,23 +692,5 @@ mod tests {
         );
         assert_eq!(b.active(), 0);
         assert!(b.release_protected(12, |_| true).is_empty());
-    }
-
-    #[test]
-    fn special_addresses_are_always_protected() {
-        for a in [
-            "127.0.0.1",
-            "::1",
-            "0.0.0.0",
-            "::",
-            "224.0.0.1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "255.255.255.255",
-        ] {
-            assert!(protected(ip(a), |_| false), "{a}");
-        }
-        assert!(!protected(ip("192.0.2.1"), |_| false));
-        assert!(protected(ip("::ffff:192.0.2.1"), |a| a == ip("192.0.2.1")));
     }
 }

@@ -89,6 +89,13 @@ impl Formatter {
     }
 
     pub fn scan(&mut self, s: &Scan, out: &mut Vec<u8>) {
+        self.scan_protected(s, None, out);
+    }
+
+    /// A scan, with why its source is never banned when the agent knows better than the
+    /// detector (a gateway, router or resolver of this host: `"allowlisted_reason"`).
+    pub fn scan_protected(&mut self, s: &Scan, protected: Option<&str>, out: &mut Vec<u8>) {
+        let allowlisted = s.allowlisted || protected.is_some();
         match self.format {
             Format::Json => {
                 self.json_head(out, s.ts, b"scan", s.src);
@@ -108,7 +115,12 @@ impl Formatter {
                     out.push(b'"');
                 }
                 out.extend_from_slice(b"],\"allowlisted\":");
-                out.extend_from_slice(if s.allowlisted { b"true" } else { b"false" });
+                out.extend_from_slice(if allowlisted { b"true" } else { b"false" });
+                if let Some(why) = protected {
+                    out.extend_from_slice(b",\"allowlisted_reason\":\"");
+                    out.extend_from_slice(why.as_bytes());
+                    out.push(b'"');
+                }
                 out.extend_from_slice(b"}\n");
             }
             Format::Table => {
@@ -134,8 +146,16 @@ impl Formatter {
                     }
                     out.push(b')');
                 }
-                if s.allowlisted {
-                    out.extend_from_slice(b" (allowlisted: not to be blocked)");
+                match protected {
+                    Some(why) => {
+                        out.extend_from_slice(b" (");
+                        out.extend_from_slice(why.as_bytes());
+                        out.extend_from_slice(b": not to be blocked)");
+                    }
+                    None if allowlisted => {
+                        out.extend_from_slice(b" (allowlisted: not to be blocked)");
+                    }
+                    None => {}
                 }
                 out.push(b'\n');
             }
@@ -315,6 +335,10 @@ impl<W: Write> EventWriter<W> {
 
     pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
         self.format_and_write(|f, out| f.scan(s, out))
+    }
+
+    pub fn scan_protected(&mut self, s: &Scan, protected: Option<&str>) -> io::Result<()> {
+        self.format_and_write(|f, out| f.scan_protected(s, protected, out))
     }
 
     /// One line for what the log rate limit held back in a second.
@@ -711,6 +735,23 @@ mod tests {
             table.contains("on ports 21,22,23,25 (probes: fin,xmas) (allowlisted"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_scan_from_a_gateway_says_why_it_is_not_banned() {
+        let s = scan();
+        assert!(!s.allowlisted);
+        let json = render(|w| w.scan_protected(&s, Some("gateway")), Format::Json);
+        assert!(
+            json.contains("\"allowlisted\":true,\"allowlisted_reason\":\"gateway\"}"),
+            "{json}"
+        );
+        let table = render(|w| w.scan_protected(&s, Some("resolver")), Format::Table);
+        assert!(table.contains("(resolver: not to be blocked)"), "{table}");
+        // Nothing added where nothing is protected.
+        let json = render(|w| w.scan_protected(&s, None), Format::Json);
+        assert_eq!(json, render(|w| w.scan(&s), Format::Json));
+        assert!(!json.contains("allowlisted_reason"), "{json}");
     }
 
     #[test]

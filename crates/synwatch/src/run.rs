@@ -25,14 +25,14 @@ use synwatch_detect::{Detector, Direction, Observation, Seen};
 use synwatch_enforce::bans::Policy;
 use synwatch_enforce::{Backend, Scope, SystemRunner};
 
-use crate::block;
 use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
 use crate::control;
-use crate::host::Host;
+use crate::host::{Host, Infrastructure};
 use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
+use crate::protect::{self, Why};
 use crate::sockets::{SocketCounters, SocketSource};
 use crate::xdp::{KernelBans, XdpModeArg};
 
@@ -452,6 +452,7 @@ fn banner(
     run: &RunSettings,
     blocking: &str,
     locals: &[IpAddr],
+    infra: &str,
     format: Format,
 ) {
     let d = &settings.detector;
@@ -463,6 +464,7 @@ fn banner(
          \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan.\n\
          \x20 Blocking: {blocking}\n\
          \x20 This host's addresses (outgoing; never blocked): {}{}\n\
+         \x20 Its gateways, routers and resolvers (never blocked, kept current): {infra}\n\
          \x20 Events: {} on stdout. Metrics: http://{}/metrics (health: /healthz). Stop with Ctrl-C.",
         d.max_ports,
         shown.join(", "),
@@ -776,30 +778,59 @@ fn release_protected<W: std::io::Write>(
     host: &HostNow,
     events: &mut EventWriter<W>,
 ) -> std::io::Result<()> {
-    let happened =
-        blocker.release_protected(metrics::unix_now(), |a| is_protected(a, detector, host));
+    let happened = blocker.release_protected(metrics::unix_now(), |a| {
+        is_protected(a, detector, host).is_some()
+    });
     report(happened, blocker.backend().as_str(), events, detector)
 }
 
-/// Whether `addr` must never be banned, asked at ban time: the host's addresses as they
-/// are now, the configured local and allowlisted ranges, special addresses.
-fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> bool {
-    block::protected(addr, |a| {
-        host.addresses().contains(&a) || detector.is_allowlisted(a) || detector.is_local(a)
-    })
+/// Why `addr` must never be banned, asked at ban time: the host's addresses, gateways,
+/// routers and resolvers as they are now, the configured local and allowlisted ranges,
+/// special addresses (one rule: `protect.rs`).
+fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> Option<Why> {
+    let snapshot = host.snapshot();
+    protect::why(addr, snapshot.view(detector.config()))
 }
 
-/// The host's addresses for ban-time checks, read again when a second old: fresh enough
-/// that an address added a moment ago counts, without a getifaddrs(3) per ban when
-/// thousands of scanners arrive together.
+/// One read of what the protection rule needs from the host.
+#[derive(Debug, Clone, Default)]
+struct HostSnapshot {
+    addresses: std::collections::BTreeSet<IpAddr>,
+    infra: Infrastructure,
+}
+
+impl HostSnapshot {
+    fn read() -> Self {
+        Self::of(Host::read().unwrap_or_default())
+    }
+
+    fn of(host: Host) -> Self {
+        Self {
+            addresses: host.addresses,
+            infra: Infrastructure::read(),
+        }
+    }
+
+    fn view<'a>(&'a self, cfg: &'a synwatch_detect::Config) -> protect::View<'a> {
+        protect::View {
+            host: &self.addresses,
+            infra: &self.infra,
+            cfg,
+        }
+    }
+}
+
+/// The host's addresses and infrastructure for ban-time checks, read again when a
+/// second old: fresh enough that an address added or a gateway changed a moment ago
+/// counts, without reading them per ban when thousands of scanners arrive together.
 #[derive(Debug, Default)]
 struct HostNow {
-    /// When the addresses were read (`None`: never) and what they were.
-    read: std::cell::RefCell<(Option<Instant>, std::collections::BTreeSet<IpAddr>)>,
+    /// When the host was read (`None`: never) and what it was.
+    read: std::cell::RefCell<(Option<Instant>, HostSnapshot)>,
 }
 
 impl HostNow {
-    fn addresses(&self) -> std::cell::Ref<'_, std::collections::BTreeSet<IpAddr>> {
+    fn snapshot(&self) -> std::cell::Ref<'_, HostSnapshot> {
         let now = monotonic();
         let stale = self
             .read
@@ -807,14 +838,14 @@ impl HostNow {
             .0
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
         if stale {
-            self.set(now, Host::read().unwrap_or_default().addresses);
+            self.set(now, HostSnapshot::read());
         }
-        std::cell::Ref::map(self.read.borrow(), |(_, set)| set)
+        std::cell::Ref::map(self.read.borrow(), |(_, snapshot)| snapshot)
     }
 
-    /// Takes addresses read elsewhere at `at`.
-    fn set(&self, at: Instant, addresses: std::collections::BTreeSet<IpAddr>) {
-        *self.read.borrow_mut() = (Some(at), addresses);
+    /// Takes a host read elsewhere at `at`.
+    fn set(&self, at: Instant, snapshot: HostSnapshot) {
+        *self.read.borrow_mut() = (Some(at), snapshot);
     }
 }
 
@@ -946,7 +977,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let protected_at_start = {
         let detector = Detector::new(settings.detector.clone());
         let host_now = &host_now;
-        move |a: IpAddr| is_protected(a, &detector, host_now)
+        move |a: IpAddr| is_protected(a, &detector, host_now).is_some()
     };
     // The handlers go in before any firewall rule does: a SIGTERM that arrives while
     // the agent sets up (or right after its banner) stops it cleanly, rules removed,
@@ -1006,7 +1037,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 "synwatch: warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
             );
         }
-        crate::xdp::apply(x, options, &settings.detector, &host_now.addresses())
+        crate::xdp::apply(x, options, host_now.snapshot().view(&settings.detector))
             .context("cannot configure the XDP program")?;
     }
     drop_capabilities(blocker.as_ref().map(Blocker::backend));
@@ -1021,7 +1052,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
         None => "none (see the warning above): detecting and reporting only.".to_owned(),
     };
-    banner(&watching, &settings, &shown, &blocking, &locals, format);
+    let infra = host_now.snapshot().infra.describe();
+    banner(
+        &watching, &settings, &shown, &blocking, &locals, &infra, format,
+    );
 
     metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&stop))
         .context("cannot start the metrics server")?;
@@ -1086,6 +1120,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
     let mut output: std::io::Result<()> = report(lapsed, backend_name, &mut events, &mut detector);
     let mut next_refresh = monotonic() + ADDRESS_REFRESH;
+    let mut known_infra = host_now.snapshot().infra.clone();
     let mut logged = 0u64;
     // The loop runs until the capture threads have ended and their last batches are
     // handled (the control thread's sender never disconnects, so that is checked).
@@ -1132,9 +1167,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         }
                     }
                     if let Some(scan) = &out.scan {
-                        output = output.and(events.scan(scan));
+                        let protected = is_protected(scan.src, &detector, &host_now);
+                        output =
+                            output.and(events.scan_protected(scan, protected.map(Why::as_str)));
                         if let Some(b) = blocker.as_mut() {
-                            let protected = is_protected(scan.src, &detector, &host_now);
                             b.scan(scan.src, &scan.ports, metrics::unix_now(), protected);
                         }
                     }
@@ -1205,13 +1241,25 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             if let Ok(fresh) = Host::read() {
                 let mut cfg = detector.config().clone();
                 cfg.locals = fresh.locals(&configured_locals);
-                host_now.set(now, fresh.addresses);
-                if cfg.locals != detector.config().locals {
+                let snapshot = HostSnapshot::of(fresh);
+                let infra_changed = snapshot.infra != known_infra;
+                if infra_changed {
+                    eprintln!(
+                        "synwatch: this host's gateways, routers and resolvers (never blocked) are now: {}",
+                        snapshot.infra.describe()
+                    );
+                    known_infra = snapshot.infra.clone();
+                }
+                host_now.set(now, snapshot);
+                let locals_changed = cfg.locals != detector.config().locals;
+                if locals_changed {
                     detector.reconfigure(cfg);
-                    if let Some(b) = blocker.as_mut() {
-                        output =
-                            output.and(release_protected(b, &mut detector, &host_now, &mut events));
-                    }
+                }
+                if (locals_changed || infra_changed)
+                    && let Some(b) = blocker.as_mut()
+                {
+                    output =
+                        output.and(release_protected(b, &mut detector, &host_now, &mut events));
                 }
                 if let Some(x) = xdp.as_mut() {
                     reconfigure_xdp(x, x.options(), &detector, &host_now);
@@ -1308,7 +1356,7 @@ fn reconfigure_xdp(
     detector: &Detector,
     host: &HostNow,
 ) {
-    if let Err(e) = crate::xdp::apply(xdp, options, detector.config(), &host.addresses()) {
+    if let Err(e) = crate::xdp::apply(xdp, options, host.snapshot().view(detector.config())) {
         eprintln!("synwatch: cannot update the XDP program: {e}");
     }
 }
