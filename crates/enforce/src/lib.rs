@@ -271,6 +271,53 @@ impl Enforcer for Layered {
     }
 }
 
+/// `--dry-run`: stands in for `backend`, takes every change and applies none, so the
+/// agent decides and reports everything while the kernel stays as it was.
+#[derive(Debug, Clone, Copy)]
+pub struct DryRun {
+    pub backend: Backend,
+}
+
+impl Enforcer for DryRun {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn setup(&mut self, _bans: &[Ban]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
+    fn add(&mut self, _bans: &[Ban]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
+    fn remove(&mut self, _addrs: &[IpAddr]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
+    /// Nothing is in the kernel.
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
+        Ok(Vec::new())
+    }
+
+    fn counters(&mut self) -> Result<DropCounters, EnforceError> {
+        Ok(DropCounters::default())
+    }
+
+    fn present(&mut self) -> bool {
+        false
+    }
+
+    /// Nothing was set up, so nothing can have been removed.
+    fn intact(&mut self) -> bool {
+        true
+    }
+
+    fn teardown(&mut self) -> Result<(), EnforceError> {
+        Ok(())
+    }
+}
+
 /// Splits bans by address family; IPv4-mapped IPv6 addresses count as IPv4, since that
 /// is how the kernel sees their packets.
 fn by_family<T: Copy>(items: &[T], addr: impl Fn(&T) -> IpAddr) -> (Vec<T>, Vec<T>) {

@@ -35,6 +35,23 @@ pub struct BlockSettings {
     pub policy: Policy,
     pub state_dir: PathBuf,
     pub keep_rules: bool,
+    /// `--dry-run`: the enforcer is a [`synwatch_enforce::DryRun`], and bans are kept
+    /// in [`DRY_RUN_DIR`] under the state directory, so a real run never restores them.
+    pub dry_run: bool,
+}
+
+/// Where a dry run keeps its bans, under the state directory.
+pub const DRY_RUN_DIR: &str = "dry-run";
+
+impl BlockSettings {
+    /// The directory of the ban database.
+    pub fn store_dir(&self) -> PathBuf {
+        if self.dry_run {
+            self.state_dir.join(DRY_RUN_DIR)
+        } else {
+            self.state_dir.clone()
+        }
+    }
 }
 
 /// Something to report as an event.
@@ -49,6 +66,7 @@ pub struct Blocker {
     book: Book,
     store: Store,
     keep_rules: bool,
+    dry_run: bool,
     /// Bans decided but not yet in the kernel.
     pending: Vec<Record>,
     /// Bans decided but not yet saved (saved together, in one transaction, just before
@@ -83,7 +101,7 @@ impl Blocker {
         now: i64,
         protected: impl Fn(IpAddr) -> bool,
     ) -> Result<(Self, Vec<Happened>)> {
-        let mut store = Store::open(&settings.state_dir)?;
+        let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
         let over_addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
@@ -107,6 +125,7 @@ impl Blocker {
             book,
             store,
             keep_rules: settings.keep_rules,
+            dry_run: settings.dry_run,
             pending: Vec::new(),
             unsaved: Vec::new(),
             lifting: Vec::new(),
@@ -130,6 +149,11 @@ impl Blocker {
 
     pub fn backend(&self) -> Backend {
         self.enforcer.backend()
+    }
+
+    /// Whether bans are only decided and reported (`--dry-run`).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// Restored bans, for the banner.
@@ -432,6 +456,9 @@ impl Blocker {
     /// Stops blocking: removes synwatch's rules (the saved bans come back at the next
     /// start) unless told to keep them.
     pub fn stop(mut self) {
+        if self.dry_run {
+            return;
+        }
         if self.keep_rules {
             // Whatever did not reach the kernel yet still should, since the rules stay.
             let now = crate::metrics::unix_now();
@@ -488,6 +515,7 @@ mod tests {
             },
             state_dir: dir.to_path_buf(),
             keep_rules: false,
+            dry_run: false,
         }
     }
 
@@ -552,6 +580,54 @@ mod tests {
         let (b, lapsed) = start(dir.path(), &runner, 2000);
         assert_eq!(lapsed.len(), 2);
         assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn a_dry_run_decides_and_reports_bans_but_applies_and_keeps_none_for_a_real_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dry = settings(dir.path());
+        dry.dry_run = true;
+        let enforcer = Box::new(synwatch_enforce::DryRun {
+            backend: Backend::Nftables,
+        });
+        let (mut b, _) =
+            Blocker::start(enforcer, &dry, Arc::new(Metrics::default()), 0, |_| false).unwrap();
+        assert!(b.dry_run());
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(
+            ip("192.0.2.254"),
+            &[1, 2, 3, 4],
+            0,
+            Some(Why::Infra(crate::host::Role::Gateway)),
+        );
+        let happened = b.apply(0);
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
+        assert_eq!(b.metrics.blocks.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            b.metrics.bans_refused_allowlisted.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(b.active(), 1);
+        // Expiry is reported as in a real run.
+        assert_eq!(
+            b.apply(60),
+            vec![Happened::Unblocked(ip("192.0.2.1"), "expired")]
+        );
+        b.scan(ip("192.0.2.2"), &[1, 2, 3, 4], 61, None);
+        assert_eq!(b.apply(61).len(), 1);
+        b.stop();
+        assert!(
+            dir.path()
+                .join(DRY_RUN_DIR)
+                .join(crate::state::DB_FILE)
+                .exists()
+        );
+        // A real run on the same state directory restores nothing of it.
+        let runner = RecordingRunner::default();
+        let (b, lapsed) = start(dir.path(), &runner, 62);
+        assert!(lapsed.is_empty());
+        assert_eq!(b.active(), 0);
+        assert!(!runner.transcript()[0].contains("192.0.2.2"));
     }
 
     #[test]

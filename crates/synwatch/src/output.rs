@@ -38,6 +38,8 @@ pub struct BlockEvent<'a> {
     pub until: Option<i64>,
     pub reason: &'a str,
     pub offences: u32,
+    /// `--dry-run`: decided, not applied.
+    pub dry_run: bool,
 }
 
 /// Formats events as bytes, without writing them anywhere: the part of output that can
@@ -230,6 +232,9 @@ impl Formatter {
                 out.extend_from_slice(b.reason.as_bytes());
                 out.extend_from_slice(b"\",\"offences\":");
                 write_u64(out, u64::from(b.offences));
+                if b.dry_run {
+                    out.extend_from_slice(b",\"dry_run\":true");
+                }
                 out.extend_from_slice(b"}\n");
             }
             Format::Table => {
@@ -239,7 +244,12 @@ impl Formatter {
                 use std::io::Write as _;
                 let _ = writeln!(
                     out,
-                    "Blocked {} {} ({}, {}{})",
+                    "{} {} {} ({}, {}{})",
+                    if b.dry_run {
+                        "Would block (dry run)"
+                    } else {
+                        "Blocked"
+                    },
                     b.src,
                     until.map_or("until removed".to_owned(), |u| format!("until {u}")),
                     b.backend,
@@ -733,6 +743,29 @@ mod tests {
         let table = render(|w| w.scan(&s), Format::Table);
         assert!(
             table.contains("on ports 21,22,23,25 (probes: fin,xmas) (allowlisted"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_block_says_so_and_a_real_one_is_unchanged() {
+        let mut b = BlockEvent {
+            ts: 0,
+            src: IpAddr::from([203, 0, 113, 9]),
+            backend: "nftables",
+            until: None,
+            reason: "ports 1,2,3,4",
+            offences: 1,
+            dry_run: false,
+        };
+        let real = render(|w| w.block(&b), Format::Json);
+        assert!(real.ends_with("\"offences\":1}\n"), "{real}");
+        b.dry_run = true;
+        let dry = render(|w| w.block(&b), Format::Json);
+        assert!(dry.ends_with("\"offences\":1,\"dry_run\":true}\n"), "{dry}");
+        let table = render(|w| w.block(&b), Format::Table);
+        assert!(
+            table.contains("Would block (dry run) 203.0.113.9 until removed"),
             "{table}"
         );
     }

@@ -162,6 +162,12 @@ pub struct RunArgs {
     #[arg(long, env = "SYNWATCH_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
 
+    /// Decide and report everything (scans, bans with "dry_run":true, lifts) but apply
+    /// nothing to the kernel: a way to try the settings first. Bans are kept in
+    /// STATE_DIR/dry-run, apart from real ones
+    #[arg(long, env = "SYNWATCH_DRY_RUN")]
+    pub dry_run: bool,
+
     /// Leave synwatch's firewall rules and bans in place when stopping (by default they
     /// are removed, and restored at the next start)
     #[arg(long, env = "SYNWATCH_KEEP_RULES_ON_EXIT")]
@@ -268,6 +274,7 @@ impl RunSettings {
                 .or_else(|| file.state_dir.clone())
                 .unwrap_or_else(|| "/var/lib/synwatch".into()),
             keep_rules: args.keep_rules_on_exit || file.keep_rules_on_exit.unwrap_or(false),
+            dry_run: args.dry_run || file.dry_run.unwrap_or(false),
         };
         Ok(Self {
             ifaces,
@@ -519,7 +526,12 @@ fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
         format!("at most {} new bans a minute", p.per_minute)
     };
     format!(
-        "{} ({rules}). Scanners are banned {length}; {cap}; {}. {} ban{} restored from {}.",
+        "{}{} ({rules}). Scanners are banned {length}; {cap}; {}. {} ban{} restored from {}.",
+        if blocker.dry_run() {
+            "DRY RUN (--dry-run: every ban decided and reported, none applied to the kernel) as "
+        } else {
+            ""
+        },
         blocker.backend(),
         match b.scope {
             Scope::All => "a ban drops all their traffic",
@@ -527,7 +539,7 @@ fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
         },
         blocker.active(),
         if blocker.active() == 1 { "" } else { "s" },
-        b.state_dir.display(),
+        b.store_dir().display(),
     )
 }
 
@@ -550,7 +562,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
          xdp_mode = \"{}\"\n\
          poll = \"{}ms\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
-         keep_rules_on_exit = {}\n\
+         keep_rules_on_exit = {}\ndry_run = {}\n\
          metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
         d.max_ports,
         list(d.locals.iter().map(|n| n.to_string()).collect()),
@@ -584,6 +596,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
             .replace('\\', "\\\\")
             .replace('"', "\\\""),
         b.keep_rules,
+        b.dry_run,
         run.metrics_addr,
         run.log_limit_source,
         run.log_limit_global,
@@ -612,9 +625,11 @@ fn start_blocking(
         (BlockArg::Nftables, _) => &[Backend::Nftables],
         (BlockArg::Iptables, _) => &[Backend::Iptables],
     };
+    // A dry run stands in for the first choice and needs no privilege.
     // The XDP ban maps are reached through descriptors the agent already holds.
-    if candidates == [Backend::Xdp] {
-        return start_backend(Backend::Xdp, settings, metrics, protected, xdp)
+    if settings.dry_run || candidates == [Backend::Xdp] {
+        let backend = candidates[0];
+        return start_backend(backend, settings, metrics, protected, xdp)
             .map(Some)
             .map_err(|e| format!("{e:#}"));
     }
@@ -665,6 +680,7 @@ fn start_backend(
         Ok(Box::new(xdp.bans()?))
     };
     let enforcer = match backend {
+        _ if settings.dry_run => Box::new(synwatch_enforce::DryRun { backend }),
         Backend::Xdp => maps()?,
         Backend::XdpNftables => Box::new(synwatch_enforce::Layered::new(
             backend,
@@ -746,6 +762,7 @@ pub(crate) fn wall_nanos() -> i64 {
 fn report<W: std::io::Write>(
     happened: Vec<Happened>,
     backend: &str,
+    dry_run: bool,
     events: &mut EventWriter<W>,
     detector: &mut Detector,
 ) -> std::io::Result<()> {
@@ -760,6 +777,7 @@ fn report<W: std::io::Write>(
                 until: r.expires,
                 reason: &r.reason,
                 offences: r.offences,
+                dry_run,
             }),
             Happened::Unblocked(addr, why) => {
                 detector.forget(addr);
@@ -781,7 +799,13 @@ fn release_protected<W: std::io::Write>(
     let happened = blocker.release_protected(metrics::unix_now(), |a| {
         is_protected(a, detector, host).is_some()
     });
-    report(happened, blocker.backend().as_str(), events, detector)
+    report(
+        happened,
+        blocker.backend().as_str(),
+        blocker.dry_run(),
+        events,
+        detector,
+    )
 }
 
 /// Why `addr` must never be banned, asked at ban time: the host's addresses, gateways,
@@ -895,7 +919,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         let options = crate::xdp::options(
             &settings.detector,
             xdp_observing,
-            xdp_blocking.then_some((&run_settings.blocking, true)),
+            (xdp_blocking && !run_settings.blocking.dry_run)
+                .then_some((&run_settings.blocking, true)),
         );
         match crate::xdp::start(&ifaces, run_settings.xdp_mode, options) {
             Ok(x) => xdp = Some(x),
@@ -1023,9 +1048,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let _ = metrics
         .backend
         .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
-    let blocks_in_xdp = blocker
-        .as_ref()
-        .is_some_and(|b| matches!(b.backend(), Backend::Xdp | Backend::XdpNftables));
+    // In a dry run the program neither detects nor drops: nothing is applied.
+    let blocks_in_xdp = blocker.as_ref().is_some_and(|b| {
+        !b.dry_run() && matches!(b.backend(), Backend::Xdp | Backend::XdpNftables)
+    });
     if let Some(x) = xdp.as_mut() {
         let options = crate::xdp::options(
             &settings.detector,
@@ -1040,7 +1066,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         crate::xdp::apply(x, options, host_now.snapshot().view(&settings.detector))
             .context("cannot configure the XDP program")?;
     }
-    drop_capabilities(blocker.as_ref().map(Blocker::backend));
+    drop_capabilities(
+        blocker
+            .as_ref()
+            .filter(|b| !b.dry_run())
+            .map(Blocker::backend),
+    );
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
@@ -1118,7 +1149,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
     let mut events = EventWriter::new(std::io::stdout().lock(), format);
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
-    let mut output: std::io::Result<()> = report(lapsed, backend_name, &mut events, &mut detector);
+    let dry_run = blocker.as_ref().is_some_and(Blocker::dry_run);
+    let mut output: std::io::Result<()> =
+        report(lapsed, backend_name, dry_run, &mut events, &mut detector);
     let mut next_refresh = monotonic() + ADDRESS_REFRESH;
     let mut known_infra = host_now.snapshot().infra.clone();
     let mut logged = 0u64;
@@ -1193,7 +1226,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
                         is_protected(a, &detector, &host_now)
                     });
-                    output = output.and(report(happened, backend_name, &mut events, &mut detector));
+                    output = output.and(report(
+                        happened,
+                        backend_name,
+                        dry_run,
+                        &mut events,
+                        &mut detector,
+                    ));
                     let _ = call.reply.send(reply);
                 }
             }
@@ -1206,7 +1245,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         {
             applied_at = now;
             let happened = b.apply(metrics::unix_now());
-            output = output.and(report(happened, backend_name, &mut events, &mut detector));
+            output = output.and(report(
+                happened,
+                backend_name,
+                dry_run,
+                &mut events,
+                &mut detector,
+            ));
         }
         // Live events go out as they happen, not when a buffer fills.
         output = output.and(events.flush());
@@ -1271,7 +1316,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
         let happened = b.apply(metrics::unix_now());
-        output = output.and(report(happened, backend_name, &mut events, &mut detector));
+        output = output.and(report(
+            happened,
+            backend_name,
+            dry_run,
+            &mut events,
+            &mut detector,
+        ));
         output = output.and(events.flush());
         b.stop();
         let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
