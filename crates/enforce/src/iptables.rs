@@ -5,6 +5,11 @@
 //! ahead of anything added later, so DOCKER-USER is the only reliable place for
 //! container traffic).
 //!
+//! Each set holds a canary element ([`crate::CANARY4`], [`crate::CANARY6`]) from set-up
+//! on; `ipset test` on it, `-C` on the chain's rule and on each jump tell within a few
+//! milliseconds, whatever the number of bans, whether someone flushed or removed any of
+//! it.
+//!
 //! Bans change only the sets, through one `ipset restore -exist` run per batch, never the
 //! rules: rule count stays constant whatever the number of bans.
 
@@ -12,8 +17,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::{
-    Backend, Ban, Command, DropCounters, EnforceError, Enforcer, KernelBan, Runner, Scope,
-    by_family, canonical,
+    Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
+    Runner, Scope, by_family, canonical,
 };
 
 pub const CHAIN: &str = "SYNWATCH";
@@ -59,6 +64,12 @@ pub fn sets_script(bans: &[Ban]) -> String {
             "create {set} hash:ip family {family} timeout 0 counters maxelem {MAX_ELEMENTS}"
         );
         let _ = writeln!(s, "flush {set}");
+        let canary = if set == SET4 {
+            IpAddr::V4(CANARY4)
+        } else {
+            IpAddr::V6(CANARY6)
+        };
+        let _ = writeln!(s, "add {set} {canary} timeout 0");
     }
     s.push_str(&add_script(bans));
     s
@@ -101,11 +112,7 @@ pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
         "create the synwatch4/synwatch6 ipsets",
     ))];
     for (program, set, _) in FAMILIES {
-        let mut rule = format!("-A {CHAIN} -m set --match-set {set} src");
-        if scope == Scope::New {
-            rule.push_str(" -m conntrack --ctstate NEW");
-        }
-        rule.push_str(" -j DROP");
+        let rule = format!("-A {CHAIN} {}", drop_rule(scope, set).join(" "));
         // Declaring the chain in a --noflush restore creates it, or empties it if a
         // previous run left it.
         let restore = format!("*filter\n:{CHAIN} - [0:0]\n{rule}\nCOMMIT\n");
@@ -132,6 +139,16 @@ pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
     plan
 }
 
+/// The chain's one rule, after `-A CHAIN` (or `-C CHAIN`).
+fn drop_rule(scope: Scope, set: &str) -> Vec<&str> {
+    let mut rule = vec!["-m", "set", "--match-set", set, "src"];
+    if scope == Scope::New {
+        rule.extend(["-m", "conntrack", "--ctstate", "NEW"]);
+    }
+    rule.extend(["-j", "DROP"]);
+    rule
+}
+
 fn jump(program: &'static str, hook: &str) -> Step {
     Step::Unless {
         check: ipt(
@@ -145,6 +162,41 @@ fn jump(program: &'static str, hook: &str) -> Step {
             format!("jump from {hook} to {CHAIN} ({program})"),
         ),
     }
+}
+
+/// The checks that everything set up is in place, each failing when it is not: each
+/// set's canary (`ipset test`, which also fails for a missing set), each family's drop
+/// rule in the chain and jumps from INPUT and FORWARD. A few milliseconds each, whatever
+/// the number of bans.
+pub fn check_plan(scope: Scope) -> Vec<Step> {
+    let mut plan = Vec::new();
+    for (program, set, _) in FAMILIES {
+        let canary = if set == SET4 {
+            CANARY4.to_string()
+        } else {
+            CANARY6.to_string()
+        };
+        plan.push(Step::Run(Command::new(
+            "ipset",
+            &["-q", "test", set, &canary],
+            format!("look for the canary of the {set} ipset"),
+        )));
+        let mut rule = vec!["-C", CHAIN];
+        rule.extend(drop_rule(scope, set));
+        plan.push(Step::Run(ipt(
+            program,
+            &rule,
+            format!("look for the rule of the {CHAIN} chain ({program})"),
+        )));
+        for hook in HOOKS {
+            plan.push(Step::Run(ipt(
+                program,
+                &["-C", hook, "-j", CHAIN],
+                format!("look for the jump from {hook}"),
+            )));
+        }
+    }
+    plan
 }
 
 /// The plan that removes every trace: jumps, chain, sets.
@@ -299,6 +351,7 @@ impl Enforcer for Iptables {
             ))?;
             all.extend(parse_ipset_save(&out));
         }
+        all.retain(|b| !crate::is_canary(b.addr));
         Ok(all)
     }
 
@@ -328,28 +381,7 @@ impl Enforcer for Iptables {
     }
 
     fn intact(&mut self) -> bool {
-        // Both sets, and each family's jumps from INPUT and FORWARD (a jump cannot exist
-        // without the chain).
-        let sets = FAMILIES.iter().all(|(_, set, _)| {
-            self.runner
-                .run(&Command::new(
-                    "ipset",
-                    &["list", "-n", set],
-                    format!("look for the {set} ipset"),
-                ))
-                .is_ok()
-        });
-        sets && FAMILIES.iter().all(|(program, _, _)| {
-            HOOKS.iter().all(|hook| {
-                self.runner
-                    .run(&ipt(
-                        program,
-                        &["-C", hook, "-j", CHAIN],
-                        format!("look for the jump from {hook}"),
-                    ))
-                    .is_ok()
-            })
-        })
+        self.execute(&check_plan(self.scope)).is_ok()
     }
 
     fn teardown(&mut self) -> Result<(), EnforceError> {
@@ -370,11 +402,53 @@ mod tests {
             sets_script(&[ban("192.0.2.7", Some(3600)), ban("2001:db8::7", None)]),
             "create synwatch4 hash:ip family inet timeout 0 counters maxelem 1048576\n\
              flush synwatch4\n\
+             add synwatch4 0.0.0.1 timeout 0\n\
              create synwatch6 hash:ip family inet6 timeout 0 counters maxelem 1048576\n\
              flush synwatch6\n\
+             add synwatch6 100::1 timeout 0\n\
              add synwatch4 192.0.2.7 timeout 3600\n\
              add synwatch6 2001:db8::7 timeout 0\n"
         );
+    }
+
+    #[test]
+    fn a_flushed_set_or_chain_or_a_removed_jump_is_noticed_cheaply() {
+        let runner = RecordingRunner::default();
+        let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
+        assert!(ipt.intact());
+        let t = runner.transcript();
+        assert_eq!(t.len(), 8, "{t:#?}");
+        assert_eq!(t[0], "ipset -q test synwatch4 0.0.0.1");
+        assert_eq!(
+            t[1],
+            "iptables -w -C SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP"
+        );
+        assert_eq!(t[4], "ipset -q test synwatch6 100::1");
+        assert!(
+            t.iter().all(|c| !c.contains(" -L") && !c.contains("save")),
+            "{t:#?}"
+        );
+        // `ipset flush` took the canary (ipset test fails): not intact.
+        runner.answer(Err("Warning: 0.0.0.1 is NOT in set synwatch4."));
+        assert!(!ipt.intact());
+        // `iptables -F SYNWATCH`: the rule check fails.
+        runner.answer(Ok(""));
+        runner.answer(Err(
+            "iptables: Bad rule (does a matching rule exist in that chain?).",
+        ));
+        assert!(!ipt.intact());
+    }
+
+    #[test]
+    fn the_canaries_are_not_bans() {
+        let text = "add synwatch4 0.0.0.1 timeout 0 packets 0 bytes 0\nadd synwatch4 192.0.2.1 timeout 5 packets 1 bytes 60\n";
+        let runner = RecordingRunner::default();
+        runner.answer(Ok(text));
+        runner.answer(Ok("add synwatch6 100::1 timeout 0 packets 0 bytes 0\n"));
+        let mut ipt = Iptables::new(Scope::All, Box::new(runner));
+        let bans = ipt.list().unwrap();
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        assert_eq!(bans[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::net::IpAddr;
 
 pub mod bans;
 pub mod iptables;
+pub mod nflink;
 pub mod nftables;
 mod runner;
 
@@ -171,6 +172,19 @@ pub trait Enforcer: Send {
     fn teardown(&mut self) -> Result<(), EnforceError>;
 }
 
+/// The canary element synwatch keeps in each of its IPv4 sets from set-up on: a source
+/// no packet can have (0.0.0.0/8, "this network", is a martian source to Linux), so its
+/// presence costs nothing, and its absence says the set was flushed or replaced.
+pub const CANARY4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(0, 0, 0, 1);
+/// The same for the IPv6 sets: in the discard-only prefix 100::/64 (RFC 6666).
+pub const CANARY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
+
+/// Whether `addr` is one of the canaries (left out of what the kernel is said to ban).
+pub fn is_canary(addr: IpAddr) -> bool {
+    let addr = addr.to_canonical();
+    addr == IpAddr::V4(CANARY4) || addr == IpAddr::V6(CANARY6)
+}
+
 /// Opens a firewall backend over a runner. Nothing touches the kernel until a method is
 /// called. `None` for the XDP backends, which need the loaded program (synwatch-xdp).
 pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<Box<dyn Enforcer>> {
@@ -178,6 +192,22 @@ pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<B
         Backend::Nftables => Some(Box::new(nftables::Nftables::new(scope, runner))),
         Backend::Iptables => Some(Box::new(iptables::Iptables::new(scope, runner))),
         Backend::Xdp | Backend::XdpNftables => None,
+    }
+}
+
+/// Opens a firewall backend on this system: its programs through [`SystemRunner`], and
+/// for nftables the cheap netlink look ([`nflink`]) for tamper checks and counters (with
+/// `nft` as the fallback where the netlink socket cannot be opened).
+pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> {
+    match backend {
+        Backend::Nftables => {
+            let nft = nftables::Nftables::new(scope, Box::new(SystemRunner));
+            Some(Box::new(match nflink::Netlink::open() {
+                Ok(look) => nft.with_look(Box::new(look)),
+                Err(_) => nft,
+            }))
+        }
+        other => open(other, scope, Box::new(SystemRunner)),
     }
 }
 

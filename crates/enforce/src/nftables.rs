@@ -4,6 +4,12 @@
 //! which is how packets reach containers behind a bridge), at priority `filter - 10` so
 //! the drop happens ahead of ordinary filter rules, Docker's included.
 //!
+//! Each set holds a canary element ([`crate::CANARY4`], [`crate::CANARY6`], addresses
+//! that are never a packet's source) from set-up on: with the rules, it is what the check
+//! for tampering looks at every few seconds, through [`crate::nflink`] rather than `nft`
+//! (which reads every element of every set first), so the check costs microseconds with
+//! 100k bans.
+//!
 //! Each operation is one `nft -f -` run, which the kernel applies as one transaction: a
 //! batch of ten thousand bans is one run, and setting up replaces a table left by a
 //! crashed run and restores the saved bans with no moment in between where they are
@@ -14,9 +20,10 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use crate::nflink::{LookError, RuleInfo};
 use crate::{
-    Backend, Ban, Command, DropCounters, EnforceError, Enforcer, KernelBan, Runner, Scope,
-    by_family, canonical,
+    Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
+    Runner, Scope, by_family, canonical,
 };
 
 pub const TABLE: &str = "synwatch";
@@ -55,8 +62,41 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
         );
     }
     s.push_str("}\n");
+    let _ = writeln!(s, "add element inet {TABLE} {SET4} {{ {CANARY4} }}");
+    let _ = writeln!(s, "add element inet {TABLE} {SET6} {{ {CANARY6} }}");
     add_elements(&mut s, "add", bans, true);
     s
+}
+
+/// Whether the rules as the kernel holds them are synwatch's: in each base chain, a rule
+/// looking up each set.
+pub fn rules_intact(rules: &[RuleInfo]) -> bool {
+    ["input", "forward"].iter().all(|chain| {
+        [SET4, SET6].iter().all(|set| {
+            rules
+                .iter()
+                .any(|r| r.chain == *chain && r.sets.iter().any(|s| s == set))
+        })
+    })
+}
+
+/// A cheap look at the table as the kernel holds it: [`crate::nflink::Netlink`], or a
+/// fake in tests.
+pub trait Look: Send + std::fmt::Debug {
+    /// Every rule of table `inet synwatch`.
+    fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError>;
+    /// Whether `addr` is an element of `set`.
+    fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError>;
+}
+
+impl Look for crate::nflink::Netlink {
+    fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError> {
+        self.rules(crate::nflink::NFPROTO_INET, TABLE)
+    }
+
+    fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError> {
+        self.has_element(crate::nflink::NFPROTO_INET, TABLE, set, addr)
+    }
 }
 
 /// The script that adds `bans`, renewing the timeout of any already present: nft's
@@ -171,11 +211,45 @@ pub fn parse_chain_counters(json: &str) -> Result<DropCounters, String> {
 pub struct Nftables {
     scope: Scope,
     runner: Box<dyn Runner>,
+    /// Without one, checks and counters go through `nft` (slow with many bans).
+    look: Option<Box<dyn Look>>,
 }
 
 impl Nftables {
     pub fn new(scope: Scope, runner: Box<dyn Runner>) -> Self {
-        Self { scope, runner }
+        Self {
+            scope,
+            runner,
+            look: None,
+        }
+    }
+
+    /// Checks for tampering and reads counters through `look` instead of `nft`.
+    pub fn with_look(mut self, look: Box<dyn Look>) -> Self {
+        self.look = Some(look);
+        self
+    }
+
+    /// Whether the table, its chains' rules and both canaries are in place; `None` when
+    /// the look itself failed (say, a netlink error), so `nft` should be asked instead.
+    fn looked_intact(&mut self) -> Option<bool> {
+        let look = self.look.as_mut()?;
+        let rules = match look.rules() {
+            Ok(r) => r,
+            Err(LookError::Absent) => return Some(false),
+            Err(LookError::Failed(_)) => return None,
+        };
+        if !rules_intact(&rules) {
+            return Some(false);
+        }
+        for (set, canary) in [(SET4, IpAddr::V4(CANARY4)), (SET6, IpAddr::V6(CANARY6))] {
+            match look.has_element(set, canary) {
+                Ok(true) => {}
+                Ok(false) | Err(LookError::Absent) => return Some(false),
+                Err(LookError::Failed(_)) => return None,
+            }
+        }
+        Some(true)
     }
 
     fn script(&mut self, script: String, what: &str) -> Result<(), EnforceError> {
@@ -223,11 +297,19 @@ impl Enforcer for Nftables {
                 detail,
             })?);
         }
+        all.retain(|b| !crate::is_canary(b.addr));
         Ok(all)
     }
 
     fn counters(&mut self) -> Result<DropCounters, EnforceError> {
         let mut sum = DropCounters::default();
+        if let Some(Ok(rules)) = self.look.as_mut().map(|l| l.rules()) {
+            for r in rules {
+                sum.packets += r.packets;
+                sum.bytes += r.bytes;
+            }
+            return Ok(sum);
+        }
         for chain in ["input", "forward"] {
             let what = format!("list chain inet {TABLE} {chain}");
             // Terse: without the sets' elements, which can be a hundred thousand.
@@ -251,6 +333,15 @@ impl Enforcer for Nftables {
                 "look for table inet synwatch",
             ))
             .is_ok()
+    }
+
+    /// The table, each base chain's two drop rules and each set's canary: a deleted
+    /// table, set or chain, a flushed chain or set, or a deleted rule all show.
+    fn intact(&mut self) -> bool {
+        match self.looked_intact() {
+            Some(intact) => intact,
+            None => self.present(),
+        }
     }
 
     fn teardown(&mut self) -> Result<(), EnforceError> {
@@ -281,9 +372,96 @@ table inet synwatch {\n\
 \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
 }\n\
+add element inet synwatch banned4 { 0.0.0.1 }\n\
+add element inet synwatch banned6 { 100::1 }\n\
 add element inet synwatch banned4 { 192.0.2.7 timeout 3600s }\n\
 add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(s, expected);
+    }
+
+    /// The kernel's table as a fake look sees it.
+    #[derive(Debug, Clone, Default)]
+    struct Kernel {
+        rules: Option<Vec<RuleInfo>>,
+        elements: Vec<(String, IpAddr)>,
+        broken: bool,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct FakeLook(std::sync::Arc<std::sync::Mutex<Kernel>>);
+
+    impl Look for FakeLook {
+        fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError> {
+            let k = self.0.lock().unwrap();
+            if k.broken {
+                return Err(LookError::Failed("EPERM".into()));
+            }
+            k.rules.clone().ok_or(LookError::Absent)
+        }
+
+        fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError> {
+            let k = self.0.lock().unwrap();
+            Ok(k.elements.iter().any(|(s, a)| s == set && *a == addr))
+        }
+    }
+
+    fn synwatch_rules() -> Vec<RuleInfo> {
+        let mut rules = Vec::new();
+        for chain in ["input", "forward"] {
+            for (set, packets) in [(SET4, 2), (SET6, 1)] {
+                rules.push(RuleInfo {
+                    chain: chain.into(),
+                    sets: vec![set.into()],
+                    packets,
+                    bytes: packets * 60,
+                });
+            }
+        }
+        rules
+    }
+
+    #[test]
+    fn a_flushed_set_or_chain_or_a_deleted_table_is_noticed_without_running_nft() {
+        let runner = RecordingRunner::default();
+        let look = FakeLook::default();
+        let mut nft =
+            Nftables::new(Scope::All, Box::new(runner.clone())).with_look(Box::new(look.clone()));
+        let set_up = |look: &FakeLook| {
+            let mut k = look.0.lock().unwrap();
+            k.rules = Some(synwatch_rules());
+            k.elements = vec![
+                (SET4.into(), IpAddr::V4(CANARY4)),
+                (SET6.into(), IpAddr::V6(CANARY6)),
+            ];
+        };
+        assert!(!nft.intact(), "no table");
+        set_up(&look);
+        assert!(nft.intact());
+        assert_eq!(
+            nft.counters().unwrap(),
+            DropCounters {
+                packets: 6,
+                bytes: 360
+            }
+        );
+        // nft flush set inet synwatch banned6: the canary is gone.
+        look.0.lock().unwrap().elements.pop();
+        assert!(!nft.intact());
+        // nft flush chain inet synwatch forward: its rules are gone.
+        set_up(&look);
+        look.0.lock().unwrap().rules = Some(
+            synwatch_rules()
+                .into_iter()
+                .filter(|r| r.chain != "forward")
+                .collect(),
+        );
+        assert!(!nft.intact());
+        // Nothing ran nft.
+        assert!(runner.transcript().is_empty(), "{:?}", runner.transcript());
+        // A look that fails is no evidence of tampering: nft is asked.
+        look.0.lock().unwrap().broken = true;
+        assert!(nft.intact());
+        assert_eq!(runner.transcript(), ["nft list table inet synwatch"]);
     }
 
     #[test]
@@ -291,7 +469,11 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         let s = setup_script(Scope::New, &[]);
         assert!(s.contains("ip saddr @banned4 ct state new counter drop"));
         assert!(s.contains("ip6 saddr @banned6 ct state new counter drop"));
-        assert!(!s.contains("add element"));
+        assert_eq!(
+            s.matches("add element").count(),
+            2,
+            "only the canaries: {s}"
+        );
     }
 
     #[test]

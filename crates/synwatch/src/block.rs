@@ -23,8 +23,10 @@ use crate::state::Store;
 
 /// Seconds between attempts to apply a change the kernel refused.
 const RETRY_SECS: i64 = 5;
-/// Seconds between reads of the drop rules' counters.
-const COUNTERS_SECS: i64 = 5;
+/// Seconds between checks that synwatch's rules are intact (each set's canary, the
+/// rules, the jumps: microseconds for nftables through netlink, a few milliseconds for
+/// iptables, whatever the number of bans) and reads of the drop rules' counters.
+const COUNTERS_SECS: i64 = 3;
 /// Refused bans logged per minute (all are counted in the metrics).
 const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
 

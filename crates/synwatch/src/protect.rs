@@ -19,7 +19,8 @@ use crate::host::{Infrastructure, Role};
 /// Why an address is never banned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
-    /// Loopback, unspecified, broadcast or multicast: never a real source.
+    /// Loopback, unspecified, broadcast, multicast, 0.0.0.0/8 or 100::/64: never a real
+    /// source.
     Special,
     /// One of this host's addresses, or a configured `--local` range.
     Local,
@@ -63,10 +64,12 @@ pub struct View<'a> {
 }
 
 /// Special ranges, as the XDP allowlist holds them; [`why`] tests the same with
-/// `std`'s predicates.
-const SPECIAL: [&str; 7] = [
+/// `std`'s predicates. 0.0.0.0/8 and the discard-only 100::/64 are never a source, and
+/// hold the canaries synwatch keeps in its kernel sets.
+const SPECIAL: [&str; 8] = [
     "127.0.0.0/8",
-    "0.0.0.0/32",
+    "0.0.0.0/8",
+    "100::/64",
     "255.255.255.255/32",
     "224.0.0.0/4",
     "::1/128",
@@ -84,7 +87,12 @@ fn locals_protected(cfg: &Config) -> bool {
 /// Why `addr` must never be banned, or `None` when it may be.
 pub fn why(addr: IpAddr, view: View<'_>) -> Option<Why> {
     let addr = addr.to_canonical();
-    if addr.is_loopback()
+    let never_a_source = match addr {
+        IpAddr::V4(a) => a.octets()[0] == 0,
+        IpAddr::V6(a) => a.segments()[..4] == [0x100, 0, 0, 0],
+    };
+    if never_a_source
+        || addr.is_loopback()
         || addr.is_unspecified()
         || addr.is_multicast()
         || addr == IpAddr::from([255, 255, 255, 255])
@@ -160,7 +168,9 @@ mod tests {
         (host, infra, cfg)
     }
 
-    const SAMPLES: [&str; 16] = [
+    const SAMPLES: [&str; 18] = [
+        "0.0.0.1",
+        "100::1",
         "127.0.0.1",
         "::1",
         "0.0.0.0",
@@ -188,7 +198,7 @@ mod tests {
             cfg: &cfg,
         };
         let reason = |a: &str| why(ip(a), view).map(Why::as_str);
-        for special in &SAMPLES[..8] {
+        for special in &SAMPLES[..10] {
             assert_eq!(reason(special), Some("special"), "{special}");
         }
         assert_eq!(reason("192.0.2.1"), Some("local"));

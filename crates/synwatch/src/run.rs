@@ -23,7 +23,7 @@ use synwatch_decode::{DecodeError, Decoded, LinkType, decode};
 use synwatch_detect::{Detector, Direction, Observation, Seen};
 
 use synwatch_enforce::bans::Policy;
-use synwatch_enforce::{Backend, Scope, SystemRunner};
+use synwatch_enforce::{Backend, Scope};
 
 use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
@@ -674,7 +674,7 @@ fn start_backend(
     protected: &dyn Fn(IpAddr) -> bool,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) -> anyhow::Result<(Blocker, Vec<Happened>)> {
-    let rules = |b| synwatch_enforce::open(b, settings.scope, Box::new(SystemRunner));
+    let rules = |b| synwatch_enforce::open_system(b, settings.scope);
     let maps = || -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
         let xdp = xdp.context("the XDP program is not running")?;
         Ok(Box::new(xdp.bans()?))

@@ -327,3 +327,83 @@ fn xdp_dry_run_reports_bans_and_applies_none() {
     // The program would otherwise ban the scanner itself, in the kernel.
     dry_run_applies_nothing(&["--source", "xdp", "--block", "xdp"], "xdp");
 }
+
+/// Each kind of tampering with synwatch's own sets, chains and jumps (not only a missing
+/// table) is undone within seconds, with the running bans, and counted.
+fn tampering_is_undone(backend: &str, tampers: &[&[&[&str]]]) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        backend,
+        &[
+            "--block",
+            backend,
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(2, |e| is(e, "block", SCANNER));
+    assert!(!lab.connects(SCANNER, VICTIM), "the ban does not hold");
+    for (n, commands) in tampers.iter().enumerate() {
+        for command in *commands {
+            let out = lab.in_victim(command);
+            assert!(out.status.success(), "{command:?}: {out:?}");
+        }
+        assert!(
+            lab.connects(SCANNER, VICTIM),
+            "{commands:?} did not lift the ban"
+        );
+        eventually(8, &format!("{commands:?} is undone"), || {
+            lab.metric("synwatch_rules_reinstated_total") == n as u64 + 1
+        });
+        assert!(
+            !lab.connects(SCANNER, VICTIM),
+            "the ban did not come back after {commands:?}"
+        );
+        assert_eq!(kernel_entries(&lab, backend, SCANNER), 1);
+        assert!(lab.connects(CLIENT, VICTIM), "the client is cut off");
+    }
+    // Untouched, nothing is set up again.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        lab.metric("synwatch_rules_reinstated_total"),
+        tampers.len() as u64
+    );
+    let log = agent.log();
+    assert!(log.contains("removed by someone else"), "{log}");
+    assert_eq!(agent.stop(), Some(0), "{log}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_flushed_sets_and_chains_come_back() {
+    tampering_is_undone(
+        "nftables",
+        &[
+            &[&["nft", "flush", "set", "inet", "synwatch", "banned4"]],
+            &[&["nft", "flush", "chain", "inet", "synwatch", "input"]],
+            &[
+                &["nft", "flush", "chain", "inet", "synwatch", "input"],
+                &["nft", "delete", "chain", "inet", "synwatch", "input"],
+            ],
+            &[&["nft", "delete", "table", "inet", "synwatch"]],
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_flushed_chain_ipset_and_removed_jump_come_back() {
+    tampering_is_undone(
+        "iptables",
+        &[
+            &[&["iptables", "-w", "-F", "SYNWATCH"]],
+            &[&["ipset", "flush", "synwatch4"]],
+            &[&["iptables", "-w", "-D", "INPUT", "-j", "SYNWATCH"]],
+        ],
+    );
+}
