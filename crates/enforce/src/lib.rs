@@ -24,6 +24,7 @@ pub mod iptables;
 pub mod nflink;
 pub mod nftables;
 mod runner;
+pub mod waiting;
 
 pub use runner::{Command, RecordingRunner, Runner, SystemRunner};
 

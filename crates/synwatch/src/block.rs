@@ -170,9 +170,13 @@ impl Blocker {
     /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]), unless
     /// `protected` says why it must not be.
     pub fn scan(&mut self, src: IpAddr, ports: &[u16], now: i64, protected: Option<Why>) {
+        let ports_seen = ports;
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let reason = format!("ports {}", ports.join(","));
-        match self.book.scan(src, reason, now, protected.is_some()) {
+        match self
+            .book
+            .scan_ports(src, reason, ports_seen, now, protected.is_some())
+        {
             Ok(record) => {
                 self.unsaved.push(record.clone());
                 self.pending.push(record);
@@ -181,12 +185,53 @@ impl Blocker {
             Err(why) => {
                 let counter = match why {
                     Refused::Protected => &self.metrics.bans_refused_allowlisted,
+                    Refused::NetworkShare => &self.metrics.bans_refused_network,
                     _ => &self.metrics.bans_refused_rate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                self.note_waiting();
                 self.log_refusal(src, why, protected, now);
             }
         }
+    }
+
+    fn note_waiting(&self) {
+        self.metrics
+            .bans_waiting
+            .store(self.book.waiting() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether scans wait for the cap (then [`Blocker::activity`] is worth calling).
+    pub fn has_waiting(&self) -> bool {
+        self.book.waiting() > 0
+    }
+
+    /// `src` was seen reaching `port` at `now`: if its scan waits for the cap, that is more
+    /// evidence, and a sign it is still active.
+    pub fn activity(&mut self, src: IpAddr, port: u16, now: i64) {
+        self.book.touch(src, port, now);
+    }
+
+    /// Bans waiting scans as the cap makes room, strongest evidence first (applied at the
+    /// next [`Blocker::apply`]); forgets those whose source was quiet for `quiet_secs` or
+    /// became protected.
+    pub fn promote(&mut self, now: i64, quiet_secs: i64, protected: impl Fn(IpAddr) -> bool) {
+        if !self.has_waiting() {
+            return;
+        }
+        let (given, forgotten) = self.book.promote(now, quiet_secs, protected);
+        self.metrics
+            .bans_delayed
+            .fetch_add(given.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .bans_abandoned
+            .fetch_add(forgotten as u64, Ordering::Relaxed);
+        for record in given {
+            self.unsaved.push(record.clone());
+            self.pending.push(record);
+        }
+        self.note_waiting();
+        self.retry_at = self.retry_at.min(now);
     }
 
     fn log_refusal(&mut self, src: IpAddr, why: Refused, protected: Option<Why>, now: i64) {
@@ -204,9 +249,15 @@ impl Blocker {
                 "it is {} (reported, never blocked)",
                 protected.map_or("local or allowlisted", Why::describe)
             ),
+            Refused::NetworkShare => format!(
+                "its network (/24 or /48) had its share of the cap of {} new bans per minute (--ban-rate); it waits, {} scan(s) in all, and is banned as soon as the cap allows while it is active",
+                self.book.policy().per_minute,
+                self.book.waiting()
+            ),
             _ => format!(
-                "the cap of {} new bans per minute is reached (--ban-rate; a flood of spoofed sources looks like this)",
-                self.book.policy().per_minute
+                "the cap of {} new bans per minute is reached (--ban-rate; a flood of spoofed sources looks like this); it waits, {} scan(s) in all, strongest evidence first, and is banned as soon as the cap allows while it is active",
+                self.book.policy().per_minute,
+                self.book.waiting()
             ),
         };
         let more = if self.refusals_logged == REFUSALS_LOGGED_PER_MINUTE {
@@ -333,11 +384,21 @@ impl Blocker {
     }
 
     /// The XDP program banned `addr` by itself. The detector, which saw the same packet,
-    /// normally decided the same ban a moment earlier; if it did not (the source is
-    /// protected, the cap on new bans is reached, the two disagree), the kernel's ban is
-    /// lifted again at the next apply, without an event. Returns whether it stays.
+    /// normally decided the same ban a moment earlier. If the cap made that scan wait,
+    /// the kernel's ban is kept (and counted against the cap): user space never lifts it
+    /// because of the cap. If the detector did not decide it at all (the source is
+    /// protected, the two disagree), the kernel's ban is lifted again at the next apply,
+    /// without an event. Returns whether it stays.
     pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64) -> bool {
         if self.book.get(addr).is_some() {
+            return true;
+        }
+        if let Some(record) = self.book.take_waiting(addr, now) {
+            self.metrics.bans_delayed.fetch_add(1, Ordering::Relaxed);
+            self.unsaved.push(record.clone());
+            self.pending.push(record);
+            self.note_waiting();
+            self.retry_at = self.retry_at.min(now);
             return true;
         }
         if !self.lifting.contains(&addr) {
@@ -355,6 +416,7 @@ impl Blocker {
         protected: impl Fn(IpAddr) -> bool,
     ) -> Vec<Happened> {
         let addrs = self.book.release(protected);
+        self.note_waiting();
         if addrs.is_empty() {
             return Vec::new();
         }
@@ -428,6 +490,7 @@ impl Blocker {
             },
             Request::Flush => {
                 let records = self.book.flush();
+                self.note_waiting();
                 let addrs = records.iter().map(|r| r.addr).collect();
                 happened = self.lift(addrs, "flushed", now);
                 reply.bans = records.iter().map(|r| view(r, None)).collect();
@@ -548,9 +611,10 @@ mod tests {
         let runner = RecordingRunner::default();
         let (mut b, lapsed) = start(dir.path(), &runner, 1000);
         assert!(lapsed.is_empty());
+        // Two networks: with a cap of 2, one /24 gets one a minute.
         b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, None);
-        b.scan(ip("192.0.2.2"), &[21, 22, 23, 25], 1000, None);
-        b.scan(ip("192.0.2.3"), &[21, 22, 23, 25], 1000, None); // over the cap of 2
+        b.scan(ip("198.51.100.2"), &[21, 22, 23, 25], 1000, None);
+        b.scan(ip("203.0.113.3"), &[21, 22, 23, 25], 1000, None); // over the cap of 2
         b.scan(ip("10.0.0.1"), &[21, 22, 23, 25], 1000, Some(Why::Local)); // protected
         let happened = b.apply(1000);
         assert_eq!(happened.len(), 2);
@@ -563,7 +627,7 @@ mod tests {
         // Setup, one batch, one counter read of two chains.
         let adds: Vec<_> = t.iter().filter(|c| c.contains("timeout 60s")).collect();
         assert_eq!(adds.len(), 1, "{t:#?}");
-        assert!(adds[0].contains("{ 192.0.2.1 timeout 60s, 192.0.2.2 timeout 60s }"));
+        assert!(adds[0].contains("{ 192.0.2.1 timeout 60s, 198.51.100.2 timeout 60s }"));
 
         // Restarted 30 s later (as after kill -9): the bans return with 30 s left.
         drop(b);
@@ -573,7 +637,7 @@ mod tests {
         let setup = &runner.transcript()[0];
         assert!(
             setup.contains(
-                "add element inet synwatch banned4 { 192.0.2.1 timeout 30s, 192.0.2.2 timeout 30s }"
+                "add element inet synwatch banned4 { 192.0.2.1 timeout 30s, 198.51.100.2 timeout 30s }"
             ),
             "{setup}"
         );
@@ -630,6 +694,59 @@ mod tests {
         assert!(lapsed.is_empty());
         assert_eq!(b.active(), 0);
         assert!(!runner.transcript()[0].contains("192.0.2.2"));
+    }
+
+    #[test]
+    fn a_scan_the_cap_refused_waits_and_is_banned_when_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None); // over the cap of 2: waits
+        assert_eq!(b.apply(0).len(), 2);
+        assert!(b.has_waiting());
+        assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 1);
+        assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
+        // Still scanning; at 60 the first bans leave the cap's minute.
+        b.activity(ip("192.0.2.1"), 80, 40);
+        b.promote(59, 60, |_| false);
+        assert!(b.apply(59).is_empty());
+        b.promote(60, 60, |_| false);
+        let happened = b.apply(60);
+        // (The first two bans, of 60 s, end at the same moment.)
+        assert!(
+            happened
+                .iter()
+                .any(|h| matches!(h, Happened::Blocked(r) if r.addr == ip("192.0.2.1"))),
+            "{happened:?}"
+        );
+        assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(b.metrics.bans_delayed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_kernel_ban_on_a_scanner_waiting_for_the_cap_is_kept_not_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None); // waits
+        b.apply(0);
+        let before = runner.transcript().len();
+        // The XDP program banned it by itself: kept, reported, never lifted.
+        assert!(b.confirm_kernel_ban(ip("192.0.2.1"), 1));
+        let happened = b.apply(1);
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
+        let t = &runner.transcript()[before..];
+        // Renewed (added with its timeout), never removed.
+        assert!(
+            t.iter().all(|c| c.ends_with("{ 192.0.2.1 timeout 60s }\n")),
+            "{t:#?}"
+        );
+        // A source the detector never decided on is lifted, as before.
+        assert!(!b.confirm_kernel_ban(ip("198.51.100.7"), 2));
     }
 
     #[test]

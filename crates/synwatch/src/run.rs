@@ -152,8 +152,9 @@ pub struct RunArgs {
     #[arg(long, env = "SYNWATCH_BAN_MAX", value_name = "DUR")]
     pub ban_max: Option<String>,
 
-    /// New bans allowed per minute; more are refused, counted and logged (a guard
-    /// against spoofed sources; 0: no cap) [default: 60]
+    /// New bans allowed per minute, at most a quarter of them to one /24 or /48 (a guard
+    /// against spoofed sources; 0: no cap); scans beyond wait, strongest evidence first,
+    /// and are banned as the cap allows while their source is active [default: 60]
     #[arg(long, env = "SYNWATCH_BAN_RATE", value_name = "N")]
     pub ban_rate: Option<u32>,
 
@@ -1180,6 +1181,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         output = output.and(events.suppressed(&held));
                     }
                     let out = detector.observe(obs);
+                    // A scan waiting for the cap gains evidence, and shows it is active.
+                    if let Some(b) = blocker.as_mut()
+                        && b.has_waiting()
+                    {
+                        b.activity(obs.src, obs.dport, obs.ts.div_euclid(1_000_000_000));
+                    }
                     if out.log {
                         if limiter.allow(obs.src) {
                             logged += 1;
@@ -1244,6 +1251,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             && (idle || now.duration_since(applied_at) >= APPLY_EVERY)
         {
             applied_at = now;
+            // Waiting scans whose source was quiet for a whole window have ended.
+            let quiet_secs = (detector.config().window + 999_999_999) / 1_000_000_000;
+            b.promote(metrics::unix_now(), quiet_secs, |a| {
+                is_protected(a, &detector, &host_now).is_some()
+            });
             let happened = b.apply(metrics::unix_now());
             output = output.and(report(
                 happened,
