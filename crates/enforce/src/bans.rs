@@ -44,6 +44,9 @@ pub struct Record {
     pub reason: String,
     /// How many bans in a row this source has had, this one included.
     pub offences: u32,
+    /// Only new connections are dropped: the source held an established connection to
+    /// this host when it was banned, and its sessions live on.
+    pub new_only: bool,
 }
 
 impl Record {
@@ -54,6 +57,7 @@ impl Record {
             timeout_secs: self
                 .expires
                 .map(|e| u64::try_from(e.saturating_sub(now)).unwrap_or(0).max(1)),
+            new_only: self.new_only,
         }
     }
 }
@@ -281,6 +285,14 @@ impl Book {
         (given, forgotten)
     }
 
+    /// Makes `addr`'s running ban one on new connections only (its source holds an
+    /// established connection to this host). Returns the updated record.
+    pub fn mark_new_only(&mut self, addr: IpAddr) -> Option<Record> {
+        let r = self.active.get_mut(&addr)?;
+        r.new_only = true;
+        Some(r.clone())
+    }
+
     /// The kernel banned a waiting source by itself (the XDP program's own detection):
     /// the ban is kept, counted against the cap, rather than lifted because of it.
     pub fn take_waiting(&mut self, addr: IpAddr, now: i64) -> Option<Record> {
@@ -318,6 +330,7 @@ impl Book {
             expires,
             reason,
             offences,
+            new_only: false,
         };
         self.offenders.insert(
             addr,
@@ -626,6 +639,7 @@ mod tests {
                 expires: Some(3600),
                 reason: "22,80,443,8080".into(),
                 offences: 1,
+                new_only: false,
             },
             Record {
                 addr: ip("192.0.2.2"),
@@ -633,6 +647,7 @@ mod tests {
                 expires: Some(100),
                 reason: String::new(),
                 offences: 1,
+                new_only: false,
             },
         ];
         let over = b.restore(saved, vec![], 1000);

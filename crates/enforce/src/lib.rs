@@ -34,6 +34,9 @@ pub struct Ban {
     pub addr: IpAddr,
     /// Seconds from now; `None` lasts until removed.
     pub timeout_secs: Option<u64>,
+    /// Drops only new connections (and probes), so that sessions the source holds live
+    /// on: it held an established connection to this host when it was banned.
+    pub new_only: bool,
 }
 
 /// What a ban drops.
@@ -367,5 +370,6 @@ fn test_ban(addr: &str, timeout_secs: Option<u64>) -> Ban {
     Ban {
         addr: addr.parse().unwrap(),
         timeout_secs,
+        new_only: false,
     }
 }

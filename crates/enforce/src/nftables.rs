@@ -1,5 +1,7 @@
 //! nftables: synwatch's own table `inet synwatch`, one set per address family with
-//! per-element timeouts and counters, and a drop rule per family in two base chains, on
+//! per-element timeouts and counters (and one more per family, `banned4_new` and
+//! `banned6_new`, for bans on sources that held an established connection: matched with
+//! `ct state new`, so their sessions live on), and a drop rule per set in two base chains, on
 //! the input hook (traffic to this host) and the forward hook (traffic routed through it,
 //! which is how packets reach containers behind a bridge), at priority `filter - 10` so
 //! the drop happens ahead of ordinary filter rules, Docker's included.
@@ -23,12 +25,22 @@ use serde_json::Value;
 use crate::nflink::{LookError, RuleInfo};
 use crate::{
     Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
-    Runner, Scope, by_family, canonical,
+    Runner, Scope, canonical,
 };
 
 pub const TABLE: &str = "synwatch";
 pub const SET4: &str = "banned4";
 pub const SET6: &str = "banned6";
+/// Bans that drop only new connections (`Ban::new_only`).
+pub const SET4_NEW: &str = "banned4_new";
+pub const SET6_NEW: &str = "banned6_new";
+/// Every set: name, element type, whether its rule matches only new connections.
+const SETS: [(&str, &str, bool); 4] = [
+    (SET4, "ipv4_addr", false),
+    (SET6, "ipv6_addr", false),
+    (SET4_NEW, "ipv4_addr", true),
+    (SET6_NEW, "ipv6_addr", true),
+];
 /// Elements per `add element` statement: keeps each line of the script reasonable.
 const CHUNK: usize = 1000;
 
@@ -43,12 +55,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     let _ = writeln!(s, "add table inet {TABLE}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
-    for set in [SET4, SET6] {
-        let ty = if set == SET4 {
-            "ipv4_addr"
-        } else {
-            "ipv6_addr"
-        };
+    for (set, ty, _) in SETS {
         let _ = writeln!(
             s,
             "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tcounter\n\t}}"
@@ -57,14 +64,25 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     for (chain, hook) in [("input", "input"), ("forward", "forward")] {
         let _ = writeln!(
             s,
-            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;\n\
-             \t\tip saddr @{SET4} {matched}counter drop\n\t\tip6 saddr @{SET6} {matched}counter drop\n\t}}"
+            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;"
         );
+        for (set, ty, new_only) in SETS {
+            let family = if ty == "ipv4_addr" { "ip" } else { "ip6" };
+            let matched = if new_only { "ct state new " } else { matched };
+            let _ = writeln!(s, "\t\t{family} saddr @{set} {matched}counter drop");
+        }
+        s.push_str("\t}\n");
     }
     s.push_str("}\n");
-    let _ = writeln!(s, "add element inet {TABLE} {SET4} {{ {CANARY4} }}");
-    let _ = writeln!(s, "add element inet {TABLE} {SET6} {{ {CANARY6} }}");
-    add_elements(&mut s, "add", bans, true);
+    for (set, ty, _) in SETS {
+        let canary = if ty == "ipv4_addr" {
+            IpAddr::V4(CANARY4)
+        } else {
+            IpAddr::V6(CANARY6)
+        };
+        let _ = writeln!(s, "add element inet {TABLE} {set} {{ {canary} }}");
+    }
+    add_elements(&mut s, "add", bans, true, false);
     s
 }
 
@@ -72,7 +90,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
 /// looking up each set.
 pub fn rules_intact(rules: &[RuleInfo]) -> bool {
     ["input", "forward"].iter().all(|chain| {
-        [SET4, SET6].iter().all(|set| {
+        SETS.iter().all(|(set, ..)| {
             rules
                 .iter()
                 .any(|r| r.chain == *chain && r.sets.iter().any(|s| s == set))
@@ -104,9 +122,13 @@ impl Look for crate::nflink::Netlink {
 /// deleted, and added again with its new timeout, all in the same transaction.
 pub fn add_script(bans: &[Ban]) -> String {
     let mut s = String::new();
-    add_elements(&mut s, "add", bans, false);
-    add_elements(&mut s, "delete", bans, false);
-    add_elements(&mut s, "add", bans, true);
+    add_elements(&mut s, "add", bans, false, false);
+    add_elements(&mut s, "delete", bans, false, false);
+    add_elements(&mut s, "add", bans, true, false);
+    // Out of the other set of its family, in case the ban changed kind (a source banned
+    // for new connections only, banned again once its session has ended).
+    add_elements(&mut s, "add", bans, false, true);
+    add_elements(&mut s, "delete", bans, false, true);
     s
 }
 
@@ -118,11 +140,14 @@ pub fn remove_script(addrs: &[IpAddr]) -> String {
         .map(|&addr| Ban {
             addr,
             timeout_secs: None,
+            new_only: false,
         })
         .collect();
     let mut s = String::new();
-    add_elements(&mut s, "add", &bans, false);
-    add_elements(&mut s, "delete", &bans, false);
+    for other in [false, true] {
+        add_elements(&mut s, "add", &bans, false, other);
+        add_elements(&mut s, "delete", &bans, false, other);
+    }
     s
 }
 
@@ -130,9 +155,19 @@ pub fn teardown_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
-fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool) {
-    let (v4, v6) = by_family(bans, |b| b.addr);
-    for (set, family) in [(SET4, v4), (SET6, v6)] {
+/// The set a ban belongs in (`other`: the other set of its family).
+fn set_of(ban: &Ban, other: bool) -> &'static str {
+    match (canonical(ban.addr).is_ipv4(), ban.new_only != other) {
+        (true, false) => SET4,
+        (false, false) => SET6,
+        (true, true) => SET4_NEW,
+        (false, true) => SET6_NEW,
+    }
+}
+
+fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool, other: bool) {
+    for (set, ..) in SETS {
+        let family: Vec<&Ban> = bans.iter().filter(|b| set_of(b, other) == set).collect();
         for chunk in family.chunks(CHUNK) {
             let _ = write!(s, "{verb} element inet {TABLE} {set} {{ ");
             for (i, ban) in chunk.iter().enumerate() {
@@ -242,7 +277,12 @@ impl Nftables {
         if !rules_intact(&rules) {
             return Some(false);
         }
-        for (set, canary) in [(SET4, IpAddr::V4(CANARY4)), (SET6, IpAddr::V6(CANARY6))] {
+        for (set, ty, _) in SETS {
+            let canary = if ty == "ipv4_addr" {
+                IpAddr::V4(CANARY4)
+            } else {
+                IpAddr::V6(CANARY6)
+            };
             match look.has_element(set, canary) {
                 Ok(true) => {}
                 Ok(false) | Err(LookError::Absent) => return Some(false),
@@ -288,7 +328,7 @@ impl Enforcer for Nftables {
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
         let mut all = Vec::new();
-        for set in [SET4, SET6] {
+        for (set, ..) in SETS {
             let what = format!("list set inet {TABLE} {set}");
             let out = self.json(&["list", "set", "inet", TABLE, set], &what)?;
             all.extend(parse_set(&out).map_err(|detail| EnforceError::Output {
@@ -367,13 +407,19 @@ delete table inet synwatch\n\
 table inet synwatch {\n\
 \tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
 \tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
 \tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
-\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
+\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
 \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
-\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
+\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
 }\n\
 add element inet synwatch banned4 { 0.0.0.1 }\n\
 add element inet synwatch banned6 { 100::1 }\n\
+add element inet synwatch banned4_new { 0.0.0.1 }\n\
+add element inet synwatch banned6_new { 100::1 }\n\
 add element inet synwatch banned4 { 192.0.2.7 timeout 3600s }\n\
 add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(s, expected);
@@ -408,7 +454,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     fn synwatch_rules() -> Vec<RuleInfo> {
         let mut rules = Vec::new();
         for chain in ["input", "forward"] {
-            for (set, packets) in [(SET4, 2), (SET6, 1)] {
+            for (set, packets) in [(SET4, 2), (SET6, 1), (SET4_NEW, 0), (SET6_NEW, 0)] {
                 rules.push(RuleInfo {
                     chain: chain.into(),
                     sets: vec![set.into()],
@@ -431,6 +477,8 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             k.rules = Some(synwatch_rules());
             k.elements = vec![
                 (SET4.into(), IpAddr::V4(CANARY4)),
+                (SET4_NEW.into(), IpAddr::V4(CANARY4)),
+                (SET6_NEW.into(), IpAddr::V6(CANARY6)),
                 (SET6.into(), IpAddr::V6(CANARY6)),
             ];
         };
@@ -469,11 +517,13 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         let s = setup_script(Scope::New, &[]);
         assert!(s.contains("ip saddr @banned4 ct state new counter drop"));
         assert!(s.contains("ip6 saddr @banned6 ct state new counter drop"));
+        assert!(s.contains("ip6 saddr @banned6_new ct state new counter drop"));
         assert_eq!(
             s.matches("add element").count(),
-            2,
+            4,
             "only the canaries: {s}"
         );
+        assert_eq!(s.matches("ct state new").count(), 8, "{s}");
     }
 
     #[test]
@@ -486,7 +536,23 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             s,
             "add element inet synwatch banned4 { 192.0.2.7, 198.51.100.1 }\n\
              delete element inet synwatch banned4 { 192.0.2.7, 198.51.100.1 }\n\
-             add element inet synwatch banned4 { 192.0.2.7 timeout 60s, 198.51.100.1 timeout 1s }\n"
+             add element inet synwatch banned4 { 192.0.2.7 timeout 60s, 198.51.100.1 timeout 1s }\n\
+             add element inet synwatch banned4_new { 192.0.2.7, 198.51.100.1 }\n\
+             delete element inet synwatch banned4_new { 192.0.2.7, 198.51.100.1 }\n"
+        );
+    }
+
+    #[test]
+    fn a_ban_on_a_source_with_a_session_goes_to_the_new_connections_set_only() {
+        let mut b = ban("2001:db8::7", Some(60));
+        b.new_only = true;
+        assert_eq!(
+            add_script(&[b]),
+            "add element inet synwatch banned6_new { 2001:db8::7 }\n\
+             delete element inet synwatch banned6_new { 2001:db8::7 }\n\
+             add element inet synwatch banned6_new { 2001:db8::7 timeout 60s }\n\
+             add element inet synwatch banned6 { 2001:db8::7 }\n\
+             delete element inet synwatch banned6 { 2001:db8::7 }\n"
         );
     }
 
@@ -496,7 +562,9 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(
             s,
             "add element inet synwatch banned6 { 2001:db8::1 }\n\
-             delete element inet synwatch banned6 { 2001:db8::1 }\n"
+             delete element inet synwatch banned6 { 2001:db8::1 }\n\
+             add element inet synwatch banned6_new { 2001:db8::1 }\n\
+             delete element inet synwatch banned6_new { 2001:db8::1 }\n"
         );
         assert_eq!(remove_script(&[]), "");
     }
@@ -507,10 +575,15 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             .map(|i| Ban {
                 addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
                 timeout_secs: Some(10),
+                new_only: false,
             })
             .collect();
         let s = add_script(&bans);
-        assert_eq!(s.lines().count(), 9, "three statements of each kind");
+        assert_eq!(
+            s.lines().count(),
+            15,
+            "three statements of each kind (two for the other set)"
+        );
         assert_eq!(s.matches("timeout 10s").count(), 2500);
     }
 

@@ -168,8 +168,16 @@ impl Blocker {
     }
 
     /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]), unless
-    /// `protected` says why it must not be.
-    pub fn scan(&mut self, src: IpAddr, ports: &[u16], now: i64, protected: Option<Why>) {
+    /// `protected` says why it must not be. `session`: the source holds an established
+    /// connection to this host, so the ban drops only its new connections.
+    pub fn scan(
+        &mut self,
+        src: IpAddr,
+        ports: &[u16],
+        now: i64,
+        protected: Option<Why>,
+        session: bool,
+    ) {
         let ports_seen = ports;
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let reason = format!("ports {}", ports.join(","));
@@ -177,10 +185,7 @@ impl Blocker {
             .book
             .scan_ports(src, reason, ports_seen, now, protected.is_some())
         {
-            Ok(record) => {
-                self.unsaved.push(record.clone());
-                self.pending.push(record);
-            }
+            Ok(record) => self.decided(record, session),
             Err(Refused::AlreadyBanned) => {}
             Err(why) => {
                 let counter = match why {
@@ -193,6 +198,16 @@ impl Blocker {
                 self.log_refusal(src, why, protected, now);
             }
         }
+    }
+
+    /// A ban decided: on new connections only when its source holds a session; saved and
+    /// applied at the next [`Blocker::apply`].
+    fn decided(&mut self, mut record: Record, session: bool) {
+        if session && let Some(r) = self.book.mark_new_only(record.addr) {
+            record = r;
+        }
+        self.unsaved.push(record.clone());
+        self.pending.push(record);
     }
 
     fn note_waiting(&self) {
@@ -215,7 +230,13 @@ impl Blocker {
     /// Bans waiting scans as the cap makes room, strongest evidence first (applied at the
     /// next [`Blocker::apply`]); forgets those whose source was quiet for `quiet_secs` or
     /// became protected.
-    pub fn promote(&mut self, now: i64, quiet_secs: i64, protected: impl Fn(IpAddr) -> bool) {
+    pub fn promote(
+        &mut self,
+        now: i64,
+        quiet_secs: i64,
+        protected: impl Fn(IpAddr) -> bool,
+        mut session: impl FnMut(IpAddr) -> bool,
+    ) {
         if !self.has_waiting() {
             return;
         }
@@ -227,8 +248,8 @@ impl Blocker {
             .bans_abandoned
             .fetch_add(forgotten as u64, Ordering::Relaxed);
         for record in given {
-            self.unsaved.push(record.clone());
-            self.pending.push(record);
+            let held = session(record.addr);
+            self.decided(record, held);
         }
         self.note_waiting();
         self.retry_at = self.retry_at.min(now);
@@ -389,14 +410,15 @@ impl Blocker {
     /// because of the cap. If the detector did not decide it at all (the source is
     /// protected, the two disagree), the kernel's ban is lifted again at the next apply,
     /// without an event. Returns whether it stays.
-    pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64) -> bool {
+    pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64, session: bool) -> bool {
         if self.book.get(addr).is_some() {
             return true;
         }
         if let Some(record) = self.book.take_waiting(addr, now) {
             self.metrics.bans_delayed.fetch_add(1, Ordering::Relaxed);
-            self.unsaved.push(record.clone());
-            self.pending.push(record);
+            // With a session, the kernel's ban (all traffic) is rewritten as one on new
+            // connections only by the next apply.
+            self.decided(record, session);
             self.note_waiting();
             self.retry_at = self.retry_at.min(now);
             return true;
@@ -612,10 +634,16 @@ mod tests {
         let (mut b, lapsed) = start(dir.path(), &runner, 1000);
         assert!(lapsed.is_empty());
         // Two networks: with a cap of 2, one /24 gets one a minute.
-        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, None);
-        b.scan(ip("198.51.100.2"), &[21, 22, 23, 25], 1000, None);
-        b.scan(ip("203.0.113.3"), &[21, 22, 23, 25], 1000, None); // over the cap of 2
-        b.scan(ip("10.0.0.1"), &[21, 22, 23, 25], 1000, Some(Why::Local)); // protected
+        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, None, false);
+        b.scan(ip("198.51.100.2"), &[21, 22, 23, 25], 1000, None, false);
+        b.scan(ip("203.0.113.3"), &[21, 22, 23, 25], 1000, None, false); // over the cap of 2
+        b.scan(
+            ip("10.0.0.1"),
+            &[21, 22, 23, 25],
+            1000,
+            Some(Why::Local),
+            false,
+        ); // protected
         let happened = b.apply(1000);
         assert_eq!(happened.len(), 2);
         assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
@@ -659,12 +687,13 @@ mod tests {
         let (mut b, _) =
             Blocker::start(enforcer, &dry, Arc::new(Metrics::default()), 0, |_| false).unwrap();
         assert!(b.dry_run());
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
         b.scan(
             ip("192.0.2.254"),
             &[1, 2, 3, 4],
             0,
             Some(Why::Infra(crate::host::Role::Gateway)),
+            false,
         );
         let happened = b.apply(0);
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
@@ -679,7 +708,7 @@ mod tests {
             b.apply(60),
             vec![Happened::Unblocked(ip("192.0.2.1"), "expired")]
         );
-        b.scan(ip("192.0.2.2"), &[1, 2, 3, 4], 61, None);
+        b.scan(ip("192.0.2.2"), &[1, 2, 3, 4], 61, None, false);
         assert_eq!(b.apply(61).len(), 1);
         b.stop();
         assert!(
@@ -701,18 +730,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None);
-        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None); // over the cap of 2: waits
+        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false); // over the cap of 2: waits
         assert_eq!(b.apply(0).len(), 2);
         assert!(b.has_waiting());
         assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 1);
         assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
         // Still scanning; at 60 the first bans leave the cap's minute.
         b.activity(ip("192.0.2.1"), 80, 40);
-        b.promote(59, 60, |_| false);
+        b.promote(59, 60, |_| false, |_| false);
         assert!(b.apply(59).is_empty());
-        b.promote(60, 60, |_| false);
+        b.promote(60, 60, |_| false, |_| false);
         let happened = b.apply(60);
         // (The first two bans, of 60 s, end at the same moment.)
         assert!(
@@ -730,23 +759,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None);
-        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None); // waits
+        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false); // waits
         b.apply(0);
         let before = runner.transcript().len();
         // The XDP program banned it by itself: kept, reported, never lifted.
-        assert!(b.confirm_kernel_ban(ip("192.0.2.1"), 1));
+        assert!(b.confirm_kernel_ban(ip("192.0.2.1"), 1, false));
         let happened = b.apply(1);
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
         let t = &runner.transcript()[before..];
         // Renewed (added with its timeout), never removed.
         assert!(
-            t.iter().all(|c| c.ends_with("{ 192.0.2.1 timeout 60s }\n")),
+            t.iter()
+                .all(|c| c.contains("banned4 { 192.0.2.1 timeout 60s }\n")),
             "{t:#?}"
         );
         // A source the detector never decided on is lifted, as before.
-        assert!(!b.confirm_kernel_ban(ip("198.51.100.7"), 2));
+        assert!(!b.confirm_kernel_ban(ip("198.51.100.7"), 2, false));
+    }
+
+    #[test]
+    fn a_source_holding_a_session_is_banned_for_new_connections_only_and_stays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, true);
+        let happened = b.apply(0);
+        assert!(
+            matches!(&happened[..], [Happened::Blocked(r)] if r.new_only),
+            "{happened:?}"
+        );
+        let t = runner.transcript();
+        assert!(
+            t.iter()
+                .any(|c| c
+                    .contains("add element inet synwatch banned4_new { 192.0.2.1 timeout 60s }")),
+            "{t:#?}"
+        );
+        // Restarted: restored as it was.
+        drop(b);
+        let runner = RecordingRunner::default();
+        let (_b, _) = start(dir.path(), &runner, 10);
+        assert!(
+            runner.transcript()[0]
+                .contains("add element inet synwatch banned4_new { 192.0.2.1 timeout 50s }"),
+            "{:#?}",
+            runner.transcript()
+        );
     }
 
     #[test]
@@ -757,7 +817,7 @@ mod tests {
         runner.answer(Err(
             "Error: Could not process rule: Device or resource busy",
         ));
-        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, None, false);
         assert!(b.apply(0).is_empty());
         assert_eq!(b.metrics.ban_failures.load(Ordering::Relaxed), 1);
         assert!(b.apply(4).is_empty(), "not before the retry time");
@@ -770,7 +830,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
         assert_eq!(b.apply(0).len(), 1);
         let before = runner.transcript().len();
         // At the next check the table is gone (nft answers with an error).
@@ -804,7 +864,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
         b.apply(0);
         assert_eq!(
             b.apply(60),

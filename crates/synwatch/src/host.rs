@@ -3,12 +3,14 @@
 //! plain file reads, so no privilege and no helper program is needed, and cheap enough
 //! to repeat every few seconds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use nix::net::if_::InterfaceFlags;
+use synwatch_capture::sockets::{SocketTable, TcpSocket, TcpState};
 use synwatch_detect::AddrSet;
 
 /// One read of the host's interfaces.
@@ -159,6 +161,63 @@ impl Infrastructure {
     }
 }
 
+/// The remote addresses of this host's established TCP connections, whichever side opened
+/// them (IPv4-mapped addresses as IPv4).
+pub fn established_peers(sockets: &[TcpSocket]) -> HashSet<IpAddr> {
+    sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Established)
+        .map(|s| s.remote.ip().to_canonical())
+        .collect()
+}
+
+/// Who holds an established connection to this host, asked when a ban is decided (a
+/// source with a session is banned for new connections only: SPEC §2). The socket table
+/// (sock_diag, else /proc) is read at most once a second, and only when asked.
+#[derive(Debug)]
+pub struct Sessions {
+    table: Option<SocketTable>,
+    read: Option<(Instant, HashSet<IpAddr>)>,
+}
+
+impl Sessions {
+    /// Opens the socket table; where it cannot be read, no source counts as holding a
+    /// session (said once, here).
+    pub fn open() -> Self {
+        let table = match SocketTable::open() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "synwatch: warning: cannot read the socket table ({e}): bans will drop established sessions too"
+                );
+                None
+            }
+        };
+        Self { table, read: None }
+    }
+
+    /// Whether `addr` held an established connection at most a second before `now`.
+    pub fn holds(&mut self, addr: IpAddr, now: Instant) -> bool {
+        let Some(table) = self.table.as_mut() else {
+            return false;
+        };
+        let stale = self
+            .read
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1));
+        if stale {
+            let peers = table
+                .dump()
+                .map(|s| established_peers(&s))
+                .unwrap_or_default();
+            self.read = Some((now, peers));
+        }
+        self.read
+            .as_ref()
+            .is_some_and(|(_, peers)| peers.contains(&addr.to_canonical()))
+    }
+}
+
 /// RTF_GATEWAY in the routes' flags.
 const RTF_GATEWAY: u32 = 0x0002;
 
@@ -248,6 +307,35 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert!(infra.describe().contains("192.0.2.1 (gateway, eth0)"));
         // Nothing readable: nothing found, no error.
         assert_eq!(Infrastructure::parse("", "", []), Infrastructure::default());
+    }
+
+    #[test]
+    fn established_peers_are_the_remote_ends_of_established_sockets_only() {
+        let sock = |local: &str, remote: &str, state| TcpSocket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+        };
+        let peers = established_peers(&[
+            sock("192.0.2.1:22", "198.51.100.7:50000", TcpState::Established),
+            sock(
+                "[::ffff:192.0.2.1]:22",
+                "[::ffff:198.51.100.8]:1",
+                TcpState::Established,
+            ),
+            sock("192.0.2.1:22", "203.0.113.9:1", TcpState::SynRecv),
+            sock("0.0.0.0:22", "0.0.0.0:0", TcpState::Listen),
+            sock(
+                "[2001:db8::1]:443",
+                "[2001:db8::9]:2",
+                TcpState::Established,
+            ),
+        ]);
+        let want: HashSet<IpAddr> = ["198.51.100.7", "198.51.100.8", "2001:db8::9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(peers, want);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct BlockEvent<'a> {
     pub offences: u32,
     /// `--dry-run`: decided, not applied.
     pub dry_run: bool,
+    /// Only new connections are dropped: the source held an established connection.
+    pub new_only: bool,
 }
 
 /// Formats events as bytes, without writing them anywhere: the part of output that can
@@ -235,6 +237,9 @@ impl Formatter {
                 if b.dry_run {
                     out.extend_from_slice(b",\"dry_run\":true");
                 }
+                if b.new_only {
+                    out.extend_from_slice(b",\"scope\":\"new\",\"established\":true");
+                }
                 out.extend_from_slice(b"}\n");
             }
             Format::Table => {
@@ -244,7 +249,7 @@ impl Formatter {
                 use std::io::Write as _;
                 let _ = writeln!(
                     out,
-                    "{} {} {} ({}, {}{})",
+                    "{} {} {} ({}, {}{}){}",
                     if b.dry_run {
                         "Would block (dry run)"
                     } else {
@@ -258,6 +263,11 @@ impl Formatter {
                         format!(", offence {}", b.offences)
                     } else {
                         String::new()
+                    },
+                    if b.new_only {
+                        ": new connections only, it holds an established one"
+                    } else {
+                        ""
                     }
                 );
             }
@@ -757,6 +767,7 @@ mod tests {
             reason: "ports 1,2,3,4",
             offences: 1,
             dry_run: false,
+            new_only: false,
         };
         let real = render(|w| w.block(&b), Format::Json);
         assert!(real.ends_with("\"offences\":1}\n"), "{real}");
@@ -768,6 +779,15 @@ mod tests {
             table.contains("Would block (dry run) 203.0.113.9 until removed"),
             "{table}"
         );
+        b.dry_run = false;
+        b.new_only = true;
+        let session = render(|w| w.block(&b), Format::Json);
+        assert!(
+            session.ends_with("\"offences\":1,\"scope\":\"new\",\"established\":true}\n"),
+            "{session}"
+        );
+        let table = render(|w| w.block(&b), Format::Table);
+        assert!(table.contains("new connections only"), "{table}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use synwatch_enforce::{Backend, Scope};
 use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
 use crate::control;
-use crate::host::{Host, Infrastructure};
+use crate::host::{Host, Infrastructure, Sessions};
 use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
@@ -72,7 +72,8 @@ impl BlockArg {
 /// `--block-scope`: what a ban drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScopeArg {
-    /// Every packet from a banned source
+    /// Every packet from a banned source (but only new connections from one that held an
+    /// established connection when it was banned)
     All,
     /// Only new connections from it (established ones continue)
     New,
@@ -779,6 +780,7 @@ fn report<W: std::io::Write>(
                 reason: &r.reason,
                 offences: r.offences,
                 dry_run,
+                new_only: r.new_only,
             }),
             Happened::Unblocked(addr, why) => {
                 detector.forget(addr);
@@ -1154,6 +1156,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut output: std::io::Result<()> =
         report(lapsed, backend_name, dry_run, &mut events, &mut detector);
     let mut next_refresh = monotonic() + ADDRESS_REFRESH;
+    // A source holding an established connection is banned for new connections only
+    // (with --block-scope new every ban is, so the socket table is not read).
+    let mut sessions =
+        (blocker.is_some() && run_settings.blocking.scope == Scope::All).then(Sessions::open);
+    let mut holds_session =
+        move |a: IpAddr| sessions.as_mut().is_some_and(|s| s.holds(a, monotonic()));
     let mut known_infra = host_now.snapshot().infra.clone();
     let mut logged = 0u64;
     // The loop runs until the capture threads have ended and their last batches are
@@ -1211,7 +1219,14 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         output =
                             output.and(events.scan_protected(scan, protected.map(Why::as_str)));
                         if let Some(b) = blocker.as_mut() {
-                            b.scan(scan.src, &scan.ports, metrics::unix_now(), protected);
+                            let session = protected.is_none() && holds_session(scan.src);
+                            b.scan(
+                                scan.src,
+                                &scan.ports,
+                                metrics::unix_now(),
+                                protected,
+                                session,
+                            );
                         }
                     }
                 }
@@ -1220,7 +1235,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 if let Some(b) = blocker.as_mut() {
                     let now = metrics::unix_now();
                     for addr in addrs {
-                        if !b.confirm_kernel_ban(addr, now) {
+                        if !b.confirm_kernel_ban(addr, now, holds_session(addr)) {
                             eprintln!(
                                 "synwatch: the XDP program banned {addr}, but the detector did not (see above); lifting it"
                             );
@@ -1253,9 +1268,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             applied_at = now;
             // Waiting scans whose source was quiet for a whole window have ended.
             let quiet_secs = (detector.config().window + 999_999_999) / 1_000_000_000;
-            b.promote(metrics::unix_now(), quiet_secs, |a| {
-                is_protected(a, &detector, &host_now).is_some()
-            });
+            b.promote(
+                metrics::unix_now(),
+                quiet_secs,
+                |a| is_protected(a, &detector, &host_now).is_some(),
+                &mut holds_session,
+            );
             let happened = b.apply(metrics::unix_now());
             output = output.and(report(
                 happened,

@@ -121,6 +121,72 @@ fn spoofed_infrastructure_is_never_banned(args: &[&str], backend: &str) {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// A forged burst "from" a peer with an open session: the peer is banned for new
+/// connections only (said in the block event), and its session keeps flowing.
+fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
+    let mut lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 9000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(64)\n        if not d:\n            break\n        c.sendall(d)\n";
+    lab.spawn_in_victim(&["python3", "-c", echo]);
+    let progress = dir.path().join("session.log");
+    let client = format!(
+        "import socket, time\nc = socket.socket()\nc.settimeout(3)\nc.bind(('{CLIENT}', 0))\nc.connect(('{VICTIM}', 9000))\nf = open('{}', 'a', buffering=1)\nwhile True:\n    c.sendall(b'x')\n    assert c.recv(8) == b'x'\n    f.write('ok\\n')\n    time.sleep(0.2)\n",
+        progress.display()
+    );
+    let exchanged = || {
+        std::fs::read_to_string(&progress)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let state = dir.path().join("state");
+    let mut all = vec!["--state-dir", state.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let agent = Agent::start(&lab, dir.path(), backend, &all);
+    eventually(10, "the echo server starts", || {
+        lab.in_attacker(&[
+            "python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('{VICTIM}', 9000), 1)"),
+        ])
+        .status
+        .success()
+    });
+    lab.spawn_in_attacker(&["python3", "-c", &client]);
+    eventually(5, "the session exchanges", || exchanged() >= 3);
+
+    lab.forge_syns(CLIENT, VICTIM, &[21, 22, 23, 25]);
+    let block = agent.wait_for(3, |e| e["event"] == "block" && e["src"] == CLIENT);
+    assert_eq!(block["scope"], "new", "{block}");
+    assert_eq!(block["established"], true, "{block}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = exchanged();
+    eventually(5, "the session keeps flowing", || exchanged() >= before + 5);
+    // New connections from the peer are refused.
+    assert!(
+        !lab.connects(CLIENT, VICTIM),
+        "a new connection got through"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_keeps_a_banned_peers_established_session() {
+    a_peers_session_survives_a_forged_scan(&["--block", "nftables"], "nftables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_keeps_a_banned_peers_established_session() {
+    a_peers_session_survives_a_forged_scan(&["--block", "iptables"], "iptables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_keeps_a_banned_peers_established_session() {
+    a_peers_session_survives_a_forged_scan(&["--source", "xdp", "--block", "xdp"], "xdp");
+}
+
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_never_bans_the_gateway_router_or_resolver_on_forged_scans() {
