@@ -110,6 +110,9 @@ pub struct Book {
     recent: VecDeque<(i64, IpAddr)>,
     /// Scans the cap refused, waiting for room.
     waiting: Waiting,
+    /// Waiting scans pushed out of the full queue by stronger ones, not yet collected by
+    /// [`Book::take_evicted`].
+    evicted: usize,
     /// No active ban ends before this (a lower bound, so that looking for expired bans
     /// costs nothing until one is due).
     earliest: Option<i64>,
@@ -125,6 +128,7 @@ impl Book {
             offenders: HashMap::new(),
             recent: VecDeque::new(),
             waiting: Waiting::default(),
+            evicted: 0,
             earliest: None,
             pruned_at: i64::MIN,
         }
@@ -208,7 +212,9 @@ impl Book {
             return Err(Refused::AlreadyBanned);
         }
         if let Err(why) = self.room(addr, now) {
-            self.waiting.add(addr, reason, ports, now);
+            if self.waiting.add(addr, reason, ports, now).is_some() {
+                self.evicted += 1;
+            }
             return Err(why);
         }
         self.waiting.remove(addr);
@@ -245,6 +251,12 @@ impl Book {
     /// Scans waiting for room.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Waiting scans dropped from the full queue since the last call (the weakest, or a
+    /// newcomer weaker still).
+    pub fn take_evicted(&mut self) -> usize {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Bans waiting scans while the cap has room, strongest evidence first, skipping
@@ -543,6 +555,19 @@ mod tests {
     }
 
     #[test]
+    fn scans_dropped_from_the_full_queue_are_counted() {
+        let mut b = book(3600, 86_400, 1);
+        b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
+        for i in 0..crate::waiting::MAX_WAITING as u32 + 3 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0xc000_0000 + (i << 8)));
+            let _ = b.scan_ports(a, String::new(), &[1, 2, 3, 4], 1, false);
+        }
+        assert_eq!(b.waiting(), crate::waiting::MAX_WAITING);
+        assert_eq!(b.take_evicted(), 3);
+        assert_eq!(b.take_evicted(), 0);
+    }
+
+    #[test]
     fn a_ban_the_kernel_made_on_a_waiting_source_is_kept() {
         let mut b = book(3600, 86_400, 1);
         b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
@@ -601,8 +626,10 @@ mod tests {
             Some(60),
             "banned as soon as the first slot freed"
         );
-        // The queue stays bounded however long the forger goes on.
+        // The queue stays bounded however long the forger goes on (1,640 forged in all,
+        // 60 a minute banned, the quiet ones forgotten).
         assert!(b.waiting() <= crate::waiting::MAX_WAITING);
+        assert_eq!(b.take_evicted(), 0);
     }
 
     #[test]

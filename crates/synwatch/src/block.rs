@@ -194,6 +194,9 @@ impl Blocker {
                     _ => &self.metrics.bans_refused_rate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .bans_abandoned
+                    .fetch_add(self.book.take_evicted() as u64, Ordering::Relaxed);
                 self.note_waiting();
                 self.log_refusal(src, why, protected, now);
             }
