@@ -169,6 +169,89 @@ fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// Invented scanners: `first` 4-SYN bursts from random addresses of random networks at
+/// once, then `per_sec` more a second for `secs` seconds (python3, raw socket).
+const INVENT_SCANNERS: &str = r#"
+import random, socket, struct, sys, time
+dst, first, per_sec, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+da = socket.inet_aton(dst)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def burst():
+    sa = bytes([random.randint(11, 200), random.randint(0, 255), random.randint(0, 255), random.randint(1, 254)])
+    for i, port in enumerate([21, 22, 23, 25]):
+        tcp = struct.pack('!HHIIBBHHH', 41000 + i, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+        tcp = tcp[:16] + struct.pack('!H', csum(sa + da + struct.pack('!xBH', 6, len(tcp)) + tcp)) + tcp[18:]
+        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 1, 0, 64, 6, 0, sa, da)
+        raw.sendto(ip + tcp, (dst, 0))
+for _ in range(first):
+    burst()
+for _ in range(secs * per_sec):
+    burst()
+    time.sleep(1 / per_sec)
+"#;
+
+/// A forger fills the cap on new bans with invented scanners and keeps adding more; a
+/// real scanner that keeps scanning still gets banned within about one cap period.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it (about 80 s)"]
+fn nftables_bans_a_real_scanner_despite_a_forged_flood_of_scanners() {
+    let mut lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "flood",
+        &[
+            "--block",
+            "nftables",
+            "--ban-rate",
+            "20",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    // Two hundred at once (the first twenty take the whole cap), then five a second.
+    lab.spawn_in_attacker(&["python3", "-c", INVENT_SCANNERS, VICTIM, "200", "5", "150"]);
+    eventually(10, "the cap is full", || {
+        lab.metric("synwatch_blocks_total") == 20 && lab.metric("synwatch_bans_waiting") > 100
+    });
+    // The real scanner: slow and steady, new ports all along.
+    lab.spawn_in_attacker(&[
+        "nmap",
+        "-n",
+        "-Pn",
+        "-sS",
+        "--max-rate",
+        "20",
+        "--max-retries",
+        "0",
+        "-p",
+        "1-5000",
+        "-S",
+        SCANNER,
+        VICTIM,
+    ]);
+    let scan = agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(scan["allowlisted"], false);
+    // The cap was filled at about the same moment: one cap period, and a little.
+    agent.wait_for(75, |e| e["event"] == "block" && e["src"] == SCANNER);
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the real scanner still connects"
+    );
+    assert!(lab.metric("synwatch_bans_refused_total{reason=\"rate_limited\"}") > 100);
+    assert!(lab.metric("synwatch_bans_delayed_total") >= 1);
+    let log = agent.log();
+    assert!(log.contains("it waits"), "{log}");
+    assert_eq!(agent.stop(), Some(0));
+}
+
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_keeps_a_banned_peers_established_session() {
