@@ -10,7 +10,8 @@ SAMPLE := samples/lab-nmap-scan.pcap
 DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdump \
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
-             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool
+             ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool \
+             ping:iputils-ping
 # only for `make test` (promtool comes with the Prometheus server package; scapy, for
 # Debian's /usr/bin/python3, crafts the lab's evasive packets)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \

@@ -85,8 +85,12 @@ struct config {
 	__u32 flags;
 };
 
+/* In ban.expires: the ban drops only new connections and probes (the source held an
+ * established connection when it was banned); boot-clock ns never reach this bit. */
+#define BAN_NEW_ONLY (1ULL << 63)
+
 struct ban {
-	__u64 expires; /* boot-clock ns; 0: until removed */
+	__u64 expires; /* boot-clock ns, | BAN_NEW_ONLY; 0: until removed */
 	__u64 packets;
 	__u64 bytes;
 };
@@ -261,7 +265,10 @@ static __always_inline int is_probe(__u8 f)
 static __always_inline struct ban *banned(void *map, void *key, __u64 now)
 {
 	struct ban *b = bpf_map_lookup_elem(map, key);
-	if (b && (b->expires == 0 || b->expires > now))
+	if (!b)
+		return 0;
+	__u64 expires = b->expires & ~BAN_NEW_ONLY;
+	if (expires == 0 || expires > now)
 		return b;
 	return 0;
 }
@@ -526,7 +533,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 	struct ban *b = banned(ban_map, src_key, now);
 	if (b) {
 		is_allowed = bpf_map_lookup_elem(allow_map, allow_key) != 0;
-		if (!is_allowed && !(cfg->flags & CFG_SCOPE_NEW)) {
+		if (!is_allowed && !(cfg->flags & CFG_SCOPE_NEW) && !(b->expires & BAN_NEW_ONLY)) {
 			b->packets++; /* per CPU races only undercount */
 			b->bytes += len;
 			count(slot, C_DROPPED, 1);
@@ -576,7 +583,8 @@ int synwatch_xdp(struct xdp_md *ctx)
 	if (!is_probe(flags))
 		return XDP_PASS;
 	if (b && !is_allowed) {
-		/* --block-scope new: only new connections and probes are dropped. */
+		/* --block-scope new, or a ban on a source with a session: only new connections
+		 * and probes are dropped. */
 		b->packets++; /* per CPU races only undercount */
 		b->bytes += len;
 		count(slot, C_DROPPED, 1);

@@ -1,5 +1,6 @@
 //! The ban lifecycle, independent of any backend: how long a ban lasts, repeat offenders,
-//! the cap on new bans per minute, and expiry. Pure: time (Unix seconds) is an argument,
+//! the cap on new bans per minute (shared between networks, with the scans it refuses
+//! waiting for room: see `waiting.rs`), and expiry. Pure: time (Unix seconds) is an argument,
 //! and whether an address is protected (local or allowlisted) is the caller's answer,
 //! asked again at ban time.
 
@@ -7,6 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 
 use crate::Ban;
+use crate::waiting::{Waiting, network};
 
 /// How bans are given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,9 @@ pub struct Record {
     pub reason: String,
     /// How many bans in a row this source has had, this one included.
     pub offences: u32,
+    /// Only new connections are dropped: the source held an established connection to
+    /// this host when it was banned, and its sessions live on.
+    pub new_only: bool,
 }
 
 impl Record {
@@ -52,8 +57,15 @@ impl Record {
             timeout_secs: self
                 .expires
                 .map(|e| u64::try_from(e.saturating_sub(now)).unwrap_or(0).max(1)),
+            new_only: self.new_only,
         }
     }
+}
+
+/// New bans one network may take in any minute: a quarter of the cap (at least one), so
+/// that no /24 or /48 can take it all.
+pub fn network_share(per_minute: usize) -> usize {
+    per_minute.div_ceil(4).max(1)
 }
 
 /// A past offender: offences so far and when the last ban ends (or ended).
@@ -68,8 +80,11 @@ pub struct Offender {
 pub enum Refused {
     /// A local or allowlisted address.
     Protected,
-    /// The cap on new bans per minute was reached.
+    /// The cap on new bans per minute was reached: the scan waits.
     RateLimited,
+    /// The source's network (/24, /48) has had its share of the cap this minute: the scan
+    /// waits.
+    NetworkShare,
     /// Already banned; nothing to do.
     AlreadyBanned,
 }
@@ -79,6 +94,7 @@ impl Refused {
         match self {
             Refused::Protected => "allowlisted",
             Refused::RateLimited => "rate_limited",
+            Refused::NetworkShare => "network_share",
             Refused::AlreadyBanned => "already_banned",
         }
     }
@@ -90,7 +106,13 @@ pub struct Book {
     policy: Policy,
     active: HashMap<IpAddr, Record>,
     offenders: HashMap<IpAddr, Offender>,
-    recent: VecDeque<i64>,
+    /// New automatic bans of the last minute: when, and the network.
+    recent: VecDeque<(i64, IpAddr)>,
+    /// Scans the cap refused, waiting for room.
+    waiting: Waiting,
+    /// Waiting scans pushed out of the full queue by stronger ones, not yet collected by
+    /// [`Book::take_evicted`].
+    evicted: usize,
     /// No active ban ends before this (a lower bound, so that looking for expired bans
     /// costs nothing until one is due).
     earliest: Option<i64>,
@@ -105,6 +127,8 @@ impl Book {
             active: HashMap::new(),
             offenders: HashMap::new(),
             recent: VecDeque::new(),
+            waiting: Waiting::default(),
+            evicted: 0,
             earliest: None,
             pruned_at: i64::MIN,
         }
@@ -168,20 +192,125 @@ impl Book {
         now: i64,
         protected: bool,
     ) -> Result<Record, Refused> {
+        self.scan_ports(addr, reason, &[], now, protected)
+    }
+
+    /// The same, with the ports the scan reached (its evidence). A scan the cap refuses
+    /// ([`Refused::RateLimited`], [`Refused::NetworkShare`]) waits: see [`Book::promote`].
+    pub fn scan_ports(
+        &mut self,
+        addr: IpAddr,
+        reason: String,
+        ports: &[u16],
+        now: i64,
+        protected: bool,
+    ) -> Result<Record, Refused> {
         if protected {
             return Err(Refused::Protected);
         }
         if self.active.contains_key(&addr) {
             return Err(Refused::AlreadyBanned);
         }
-        while self.recent.front().is_some_and(|&t| t <= now - 60) {
+        if let Err(why) = self.room(addr, now) {
+            if self.waiting.add(addr, reason, ports, now).is_some() {
+                self.evicted += 1;
+            }
+            return Err(why);
+        }
+        self.waiting.remove(addr);
+        self.recent.push_back((now, network(addr)));
+        Ok(self.give(addr, reason, now, None))
+    }
+
+    /// Whether the cap leaves room for a new ban of `addr` at `now`: fewer than
+    /// `per_minute` new bans in the last minute, and fewer than its network's share.
+    fn room(&mut self, addr: IpAddr, now: i64) -> Result<(), Refused> {
+        while self.recent.front().is_some_and(|&(t, _)| t <= now - 60) {
             self.recent.pop_front();
         }
-        if self.policy.per_minute > 0 && self.recent.len() >= self.policy.per_minute as usize {
+        let cap = self.policy.per_minute as usize;
+        if cap == 0 {
+            return Ok(());
+        }
+        if self.recent.len() >= cap {
             return Err(Refused::RateLimited);
         }
-        self.recent.push_back(now);
-        Ok(self.give(addr, reason, now, None))
+        let net = network(addr);
+        if self.recent.iter().filter(|(_, n)| *n == net).count() >= network_share(cap) {
+            return Err(Refused::NetworkShare);
+        }
+        Ok(())
+    }
+
+    /// The source of a waiting scan was seen again, reaching `port` (more evidence, and
+    /// still active).
+    pub fn touch(&mut self, addr: IpAddr, port: u16, now: i64) {
+        self.waiting.touch(addr, port, now);
+    }
+
+    /// Scans waiting for room.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Waiting scans dropped from the full queue since the last call (the weakest, or a
+    /// newcomer weaker still).
+    pub fn take_evicted(&mut self) -> usize {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Bans waiting scans while the cap has room, strongest evidence first, skipping
+    /// those whose network has had its share (they wait on) and forgetting those whose
+    /// source was quiet for `quiet_secs` (the episode is over) or became protected.
+    /// Returns the bans given and how many waiting scans were forgotten.
+    pub fn promote(
+        &mut self,
+        now: i64,
+        quiet_secs: i64,
+        protected: impl Fn(IpAddr) -> bool,
+    ) -> (Vec<Record>, usize) {
+        if self.waiting.is_empty() {
+            return (Vec::new(), 0);
+        }
+        let before = self.waiting.len();
+        self.waiting.prune(now.saturating_sub(quiet_secs));
+        let active = &self.active;
+        self.waiting
+            .retain(|a| !protected(a) && !active.contains_key(&a));
+        let forgotten = before - self.waiting.len();
+        let mut given = Vec::new();
+        // Networks found without room this round (at most one look each).
+        let mut full: Vec<IpAddr> = Vec::new();
+        while let Some(addr) = self.waiting.best(|a| !full.contains(&network(a))) {
+            match self.room(addr, now) {
+                Ok(()) => {
+                    let Some(w) = self.waiting.remove(addr) else {
+                        break;
+                    };
+                    self.recent.push_back((now, network(addr)));
+                    given.push(self.give(addr, w.reason, now, None));
+                }
+                Err(Refused::NetworkShare) => full.push(network(addr)),
+                Err(_) => break,
+            }
+        }
+        (given, forgotten)
+    }
+
+    /// Makes `addr`'s running ban one on new connections only (its source holds an
+    /// established connection to this host). Returns the updated record.
+    pub fn mark_new_only(&mut self, addr: IpAddr) -> Option<Record> {
+        let r = self.active.get_mut(&addr)?;
+        r.new_only = true;
+        Some(r.clone())
+    }
+
+    /// The kernel banned a waiting source by itself (the XDP program's own detection):
+    /// the ban is kept, counted against the cap, rather than lifted because of it.
+    pub fn take_waiting(&mut self, addr: IpAddr, now: i64) -> Option<Record> {
+        let w = self.waiting.remove(addr)?;
+        self.recent.push_back((now, network(addr)));
+        Some(self.give(addr, w.reason, now, None))
     }
 
     /// A ban asked for by the operator: no cap, and `secs` (0 = until removed) or the
@@ -213,6 +342,7 @@ impl Book {
             expires,
             reason,
             offences,
+            new_only: false,
         };
         self.offenders.insert(
             addr,
@@ -241,6 +371,7 @@ impl Book {
     /// Lifts the bans of the addresses `pred` selects (addresses that became protected);
     /// their offences are forgiven. Returns the addresses.
     pub fn release(&mut self, pred: impl Fn(IpAddr) -> bool) -> Vec<IpAddr> {
+        self.waiting.retain(|a| !pred(a));
         let addrs: Vec<IpAddr> = self.active.keys().copied().filter(|a| pred(*a)).collect();
         for addr in &addrs {
             self.remove(*addr);
@@ -251,6 +382,7 @@ impl Book {
     /// Lifts every ban.
     pub fn flush(&mut self) -> Vec<Record> {
         self.offenders.clear();
+        self.waiting.clear();
         self.active.drain().map(|(_, r)| r).collect()
     }
 
@@ -357,7 +489,7 @@ mod tests {
         let mut b = book(3600, 86_400, 3);
         for i in 0..3 {
             assert!(
-                b.scan(ip(&format!("192.0.2.{i}")), String::new(), 100, false)
+                b.scan(ip(&format!("10.{i}.0.1")), String::new(), 100, false)
                     .is_ok()
             );
         }
@@ -365,7 +497,139 @@ mod tests {
             b.scan(ip("192.0.2.9"), String::new(), 159, false),
             Err(Refused::RateLimited)
         );
+        assert_eq!(b.waiting(), 1);
         assert!(b.scan(ip("192.0.2.9"), String::new(), 160, false).is_ok());
+        assert_eq!(b.waiting(), 0);
+    }
+
+    #[test]
+    fn one_network_gets_a_quarter_of_the_cap_and_the_rest_waits_its_turn() {
+        let mut b = book(3600, 86_400, 8);
+        assert_eq!(network_share(8), 2);
+        assert!(b.scan(ip("192.0.2.1"), String::new(), 0, false).is_ok());
+        assert!(b.scan(ip("192.0.2.2"), String::new(), 0, false).is_ok());
+        assert_eq!(
+            b.scan(ip("192.0.2.3"), String::new(), 0, false),
+            Err(Refused::NetworkShare)
+        );
+        // Another network still has room; the same /48 of IPv6 shares one budget.
+        assert!(b.scan(ip("198.51.100.1"), String::new(), 0, false).is_ok());
+        assert!(
+            b.scan(ip("2001:db8:1:1::1"), String::new(), 0, false)
+                .is_ok()
+        );
+        assert!(
+            b.scan(ip("2001:db8:1:2::1"), String::new(), 0, false)
+                .is_ok()
+        );
+        assert_eq!(
+            b.scan(ip("2001:db8:1:3::1"), String::new(), 0, false),
+            Err(Refused::NetworkShare)
+        );
+        // A minute later the waiting scans get their turn, while still active.
+        b.touch(ip("192.0.2.3"), 80, 50);
+        b.touch(ip("2001:db8:1:3::1"), 80, 50);
+        let (given, forgotten) = b.promote(59, 60, |_| false);
+        assert!(given.is_empty() && forgotten == 0);
+        let (given, _) = b.promote(60, 60, |_| false);
+        let mut addrs: Vec<IpAddr> = given.iter().map(|r| r.addr).collect();
+        addrs.sort();
+        assert_eq!(addrs, [ip("192.0.2.3"), ip("2001:db8:1:3::1")]);
+        assert_eq!(b.waiting(), 0);
+    }
+
+    #[test]
+    fn a_waiting_scan_whose_source_went_quiet_or_protected_is_forgotten() {
+        let mut b = book(3600, 86_400, 1);
+        b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
+        b.scan(ip("192.0.2.1"), String::new(), 0, false)
+            .unwrap_err();
+        b.scan(ip("198.51.100.1"), String::new(), 0, false)
+            .unwrap_err();
+        b.touch(ip("198.51.100.1"), 9, 30);
+        // At 61 the cap has room, but 192.0.2.1 was quiet for a whole window (60 s).
+        let (given, forgotten) = b.promote(61, 60, |a| a == ip("198.51.100.1"));
+        assert!(given.is_empty());
+        assert_eq!(forgotten, 2, "one quiet, one now protected");
+        assert_eq!(b.waiting(), 0);
+    }
+
+    #[test]
+    fn scans_dropped_from_the_full_queue_are_counted() {
+        let mut b = book(3600, 86_400, 1);
+        b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
+        for i in 0..crate::waiting::MAX_WAITING as u32 + 3 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0xc000_0000 + (i << 8)));
+            let _ = b.scan_ports(a, String::new(), &[1, 2, 3, 4], 1, false);
+        }
+        assert_eq!(b.waiting(), crate::waiting::MAX_WAITING);
+        assert_eq!(b.take_evicted(), 3);
+        assert_eq!(b.take_evicted(), 0);
+    }
+
+    #[test]
+    fn a_ban_the_kernel_made_on_a_waiting_source_is_kept() {
+        let mut b = book(3600, 86_400, 1);
+        b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
+        assert_eq!(
+            b.scan(ip("192.0.2.1"), "ports 1,2,3,4".into(), 0, false),
+            Err(Refused::RateLimited)
+        );
+        let r = b.take_waiting(ip("192.0.2.1"), 1).unwrap();
+        assert_eq!(r.reason, "ports 1,2,3,4");
+        assert!(b.get(ip("192.0.2.1")).is_some());
+        assert_eq!(b.take_waiting(ip("192.0.2.9"), 1), None);
+    }
+
+    /// A forger queues 200 invented scanners from random networks, then keeps adding five
+    /// a second; a real scanner that keeps reaching new ports is banned within about one
+    /// cap period of the moment the cap was filled.
+    #[test]
+    fn a_forged_flood_of_scanners_cannot_keep_a_real_one_unbanned() {
+        let mut b = book(3600, 86_400, 60);
+        // A small deterministic generator of "random" networks.
+        let mut x: u32 = 0x2545_f491;
+        let mut invented = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            IpAddr::from(std::net::Ipv4Addr::from(x | 0x0100_0000))
+        };
+        for _ in 0..200 {
+            let _ = b.scan_ports(invented(), "forged".into(), &[21, 22, 23, 25], 0, false);
+        }
+        assert_eq!(b.len(), 60, "the first comers took the whole cap");
+        assert_eq!(b.waiting(), 140);
+        let real = ip("203.0.113.66");
+        let mut banned_at = None;
+        for now in 1..=300i64 {
+            if now == 1 {
+                assert_eq!(
+                    b.scan_ports(real, "real".into(), &[1, 2, 3, 4], now, false),
+                    Err(Refused::RateLimited)
+                );
+            }
+            for _ in 0..5 {
+                let _ = b.scan_ports(invented(), "forged".into(), &[21, 22, 23, 25], now, false);
+            }
+            // The real scanner keeps scanning: a new port every second.
+            if banned_at.is_none() {
+                b.touch(real, 1000 + now as u16, now);
+            }
+            let (given, _) = b.promote(now, 60, |_| false);
+            if given.iter().any(|r| r.addr == real) {
+                banned_at = Some(now);
+            }
+        }
+        assert_eq!(
+            banned_at,
+            Some(60),
+            "banned as soon as the first slot freed"
+        );
+        // The queue stays bounded however long the forger goes on (1,640 forged in all,
+        // 60 a minute banned, the quiet ones forgotten).
+        assert!(b.waiting() <= crate::waiting::MAX_WAITING);
+        assert_eq!(b.take_evicted(), 0);
     }
 
     #[test]
@@ -402,6 +666,7 @@ mod tests {
                 expires: Some(3600),
                 reason: "22,80,443,8080".into(),
                 offences: 1,
+                new_only: false,
             },
             Record {
                 addr: ip("192.0.2.2"),
@@ -409,6 +674,7 @@ mod tests {
                 expires: Some(100),
                 reason: String::new(),
                 offences: 1,
+                new_only: false,
             },
         ];
         let over = b.restore(saved, vec![], 1000);

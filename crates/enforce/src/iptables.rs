@@ -1,9 +1,16 @@
 //! iptables for hosts without nftables: two ipsets (`synwatch4`, `synwatch6`, hash:ip with
-//! per-entry timeouts and counters) and one chain `SYNWATCH` per family holding a single
-//! rule that drops what matches the set. The chain is jumped to from the top of INPUT,
+//! per-entry timeouts and counters) and one chain `SYNWATCH` per family holding a rule
+//! that drops what matches the set, and the same for bans on sources that held an
+//! established connection (`synwatch4_new`, `synwatch6_new`, matched with `--ctstate
+//! NEW` so that their sessions live on). The chain is jumped to from the top of INPUT,
 //! FORWARD and, where Docker created it, DOCKER-USER (Docker puts its own FORWARD rules
 //! ahead of anything added later, so DOCKER-USER is the only reliable place for
 //! container traffic).
+//!
+//! Each set holds a canary element ([`crate::CANARY4`], [`crate::CANARY6`]) from set-up
+//! on; `ipset test` on it, `-C` on the chain's rule and on each jump tell within a few
+//! milliseconds, whatever the number of bans, whether someone flushed or removed any of
+//! it.
 //!
 //! Bans change only the sets, through one `ipset restore -exist` run per batch, never the
 //! rules: rule count stays constant whatever the number of bans.
@@ -12,13 +19,42 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use crate::{
-    Backend, Ban, Command, DropCounters, EnforceError, Enforcer, KernelBan, Runner, Scope,
-    by_family, canonical,
+    Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
+    Runner, Scope, by_family, canonical,
 };
 
 pub const CHAIN: &str = "SYNWATCH";
 pub const SET4: &str = "synwatch4";
 pub const SET6: &str = "synwatch6";
+/// Bans that drop only new connections (`Ban::new_only`).
+pub const SET4_NEW: &str = "synwatch4_new";
+pub const SET6_NEW: &str = "synwatch6_new";
+/// Every set: the program of its family, its name, ipset family, and whether its rule
+/// matches only new connections.
+const SETS: [(&str, &str, &str, bool); 4] = [
+    ("iptables", SET4, "inet", false),
+    ("iptables", SET4_NEW, "inet", true),
+    ("ip6tables", SET6, "inet6", false),
+    ("ip6tables", SET6_NEW, "inet6", true),
+];
+
+/// The set a ban belongs in (`other`: the other set of its family).
+fn set_of(ban: &Ban, other: bool) -> &'static str {
+    match (canonical(ban.addr).is_ipv4(), ban.new_only != other) {
+        (true, false) => SET4,
+        (false, false) => SET6,
+        (true, true) => SET4_NEW,
+        (false, true) => SET6_NEW,
+    }
+}
+
+fn canary_of(family: &str) -> IpAddr {
+    if family == "inet" {
+        IpAddr::V4(CANARY4)
+    } else {
+        IpAddr::V6(CANARY6)
+    }
+}
 /// The most bans each set holds (ipset's default of 65536 is too few under attack).
 pub const MAX_ELEMENTS: u32 = 1 << 20;
 /// Built-in chains that jump to ours, and the one Docker adds when present.
@@ -53,12 +89,13 @@ fn ipt(program: &'static str, args: &[&str], what: impl Into<String>) -> Command
 /// The ipset input that creates both sets (if missing), empties them and adds `bans`.
 pub fn sets_script(bans: &[Ban]) -> String {
     let mut s = String::new();
-    for (_, set, family) in FAMILIES {
+    for (_, set, family, _) in SETS {
         let _ = writeln!(
             s,
             "create {set} hash:ip family {family} timeout 0 counters maxelem {MAX_ELEMENTS}"
         );
         let _ = writeln!(s, "flush {set}");
+        let _ = writeln!(s, "add {set} {} timeout 0", canary_of(family));
     }
     s.push_str(&add_script(bans));
     s
@@ -69,10 +106,13 @@ pub fn sets_script(bans: &[Ban]) -> String {
 pub fn add_script(bans: &[Ban]) -> String {
     let mut s = String::new();
     let (v4, v6) = by_family(bans, |b| b.addr);
-    for (set, family) in [(SET4, v4), (SET6, v6)] {
+    for family in [v4, v6] {
         for ban in family {
             let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
-            let _ = writeln!(s, "add {set} {} timeout {timeout}", canonical(ban.addr));
+            let addr = canonical(ban.addr);
+            let _ = writeln!(s, "add {} {addr} timeout {timeout}", set_of(&ban, false));
+            // Out of the other set of its family, in case the ban changed kind.
+            let _ = writeln!(s, "del {} {addr}", set_of(&ban, true));
         }
     }
     s
@@ -82,9 +122,11 @@ pub fn add_script(bans: &[Ban]) -> String {
 pub fn remove_script(addrs: &[IpAddr]) -> String {
     let mut s = String::new();
     let (v4, v6) = by_family(addrs, |a| *a);
-    for (set, family) in [(SET4, v4), (SET6, v6)] {
+    for (sets, family) in [([SET4, SET4_NEW], v4), ([SET6, SET6_NEW], v6)] {
         for addr in family {
-            let _ = writeln!(s, "del {set} {}", canonical(addr));
+            for set in sets {
+                let _ = writeln!(s, "del {set} {}", canonical(addr));
+            }
         }
     }
     s
@@ -100,12 +142,15 @@ pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
         sets_script(bans),
         "create the synwatch4/synwatch6 ipsets",
     ))];
-    for (program, set, _) in FAMILIES {
-        let mut rule = format!("-A {CHAIN} -m set --match-set {set} src");
-        if scope == Scope::New {
-            rule.push_str(" -m conntrack --ctstate NEW");
-        }
-        rule.push_str(" -j DROP");
+    for (program, _, _) in FAMILIES {
+        let rules: Vec<String> = SETS
+            .iter()
+            .filter(|(p, ..)| *p == program)
+            .map(|&(_, set, _, new_only)| {
+                format!("-A {CHAIN} {}", drop_rule(scope, set, new_only).join(" "))
+            })
+            .collect();
+        let rule = rules.join("\n");
         // Declaring the chain in a --noflush restore creates it, or empties it if a
         // previous run left it.
         let restore = format!("*filter\n:{CHAIN} - [0:0]\n{rule}\nCOMMIT\n");
@@ -132,6 +177,16 @@ pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
     plan
 }
 
+/// The chain's one rule, after `-A CHAIN` (or `-C CHAIN`).
+fn drop_rule(scope: Scope, set: &str, new_only: bool) -> Vec<&str> {
+    let mut rule = vec!["-m", "set", "--match-set", set, "src"];
+    if scope == Scope::New || new_only {
+        rule.extend(["-m", "conntrack", "--ctstate", "NEW"]);
+    }
+    rule.extend(["-j", "DROP"]);
+    rule
+}
+
 fn jump(program: &'static str, hook: &str) -> Step {
     Step::Unless {
         check: ipt(
@@ -145,6 +200,38 @@ fn jump(program: &'static str, hook: &str) -> Step {
             format!("jump from {hook} to {CHAIN} ({program})"),
         ),
     }
+}
+
+/// The checks that everything set up is in place, each failing when it is not: each
+/// set's canary (`ipset test`, which also fails for a missing set), each family's drop
+/// rule in the chain and jumps from INPUT and FORWARD. A few milliseconds each, whatever
+/// the number of bans.
+pub fn check_plan(scope: Scope) -> Vec<Step> {
+    let mut plan = Vec::new();
+    for (program, set, family, new_only) in SETS {
+        plan.push(Step::Run(Command::new(
+            "ipset",
+            &["-q", "test", set, &canary_of(family).to_string()],
+            format!("look for the canary of the {set} ipset"),
+        )));
+        let mut rule = vec!["-C", CHAIN];
+        rule.extend(drop_rule(scope, set, new_only));
+        plan.push(Step::Run(ipt(
+            program,
+            &rule,
+            format!("look for the rule of the {CHAIN} chain ({program})"),
+        )));
+    }
+    for (program, _, _) in FAMILIES {
+        for hook in HOOKS {
+            plan.push(Step::Run(ipt(
+                program,
+                &["-C", hook, "-j", CHAIN],
+                format!("look for the jump from {hook}"),
+            )));
+        }
+    }
+    plan
 }
 
 /// The plan that removes every trace: jumps, chain, sets.
@@ -161,7 +248,7 @@ pub fn teardown_plan() -> Vec<Step> {
         plan.push(Step::Try(ipt(program, &["-F", CHAIN], "empty the chain")));
         plan.push(Step::Try(ipt(program, &["-X", CHAIN], "delete the chain")));
     }
-    for (_, set, _) in FAMILIES {
+    for (_, set, _, _) in SETS {
         plan.push(Step::Try(Command::new(
             "ipset",
             &["destroy", set],
@@ -291,7 +378,7 @@ impl Enforcer for Iptables {
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
         let mut all = Vec::new();
-        for (_, set, _) in FAMILIES {
+        for (_, set, _, _) in SETS {
             let out = self.runner.run(&Command::new(
                 "ipset",
                 &["save", set],
@@ -299,6 +386,7 @@ impl Enforcer for Iptables {
             ))?;
             all.extend(parse_ipset_save(&out));
         }
+        all.retain(|b| !crate::is_canary(b.addr));
         Ok(all)
     }
 
@@ -328,28 +416,7 @@ impl Enforcer for Iptables {
     }
 
     fn intact(&mut self) -> bool {
-        // Both sets, and each family's jumps from INPUT and FORWARD (a jump cannot exist
-        // without the chain).
-        let sets = FAMILIES.iter().all(|(_, set, _)| {
-            self.runner
-                .run(&Command::new(
-                    "ipset",
-                    &["list", "-n", set],
-                    format!("look for the {set} ipset"),
-                ))
-                .is_ok()
-        });
-        sets && FAMILIES.iter().all(|(program, _, _)| {
-            HOOKS.iter().all(|hook| {
-                self.runner
-                    .run(&ipt(
-                        program,
-                        &["-C", hook, "-j", CHAIN],
-                        format!("look for the jump from {hook}"),
-                    ))
-                    .is_ok()
-            })
-        })
+        self.execute(&check_plan(self.scope)).is_ok()
     }
 
     fn teardown(&mut self) -> Result<(), EnforceError> {
@@ -370,22 +437,80 @@ mod tests {
             sets_script(&[ban("192.0.2.7", Some(3600)), ban("2001:db8::7", None)]),
             "create synwatch4 hash:ip family inet timeout 0 counters maxelem 1048576\n\
              flush synwatch4\n\
+             add synwatch4 0.0.0.1 timeout 0\n\
+             create synwatch4_new hash:ip family inet timeout 0 counters maxelem 1048576\n\
+             flush synwatch4_new\n\
+             add synwatch4_new 0.0.0.1 timeout 0\n\
              create synwatch6 hash:ip family inet6 timeout 0 counters maxelem 1048576\n\
              flush synwatch6\n\
+             add synwatch6 100::1 timeout 0\n\
+             create synwatch6_new hash:ip family inet6 timeout 0 counters maxelem 1048576\n\
+             flush synwatch6_new\n\
+             add synwatch6_new 100::1 timeout 0\n\
              add synwatch4 192.0.2.7 timeout 3600\n\
-             add synwatch6 2001:db8::7 timeout 0\n"
+             del synwatch4_new 192.0.2.7\n\
+             add synwatch6 2001:db8::7 timeout 0\n\
+             del synwatch6_new 2001:db8::7\n"
         );
+    }
+
+    #[test]
+    fn a_flushed_set_or_chain_or_a_removed_jump_is_noticed_cheaply() {
+        let runner = RecordingRunner::default();
+        let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
+        assert!(ipt.intact());
+        let t = runner.transcript();
+        assert_eq!(t.len(), 12, "{t:#?}");
+        assert_eq!(t[0], "ipset -q test synwatch4 0.0.0.1");
+        assert_eq!(
+            t[1],
+            "iptables -w -C SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP"
+        );
+        assert_eq!(t[2], "ipset -q test synwatch4_new 0.0.0.1");
+        assert_eq!(t[6], "ipset -q test synwatch6_new 100::1");
+        assert!(
+            t.iter().all(|c| !c.contains(" -L") && !c.contains("save")),
+            "{t:#?}"
+        );
+        // `ipset flush` took the canary (ipset test fails): not intact.
+        runner.answer(Err("Warning: 0.0.0.1 is NOT in set synwatch4."));
+        assert!(!ipt.intact());
+        // `iptables -F SYNWATCH`: the rule check fails.
+        runner.answer(Ok(""));
+        runner.answer(Err(
+            "iptables: Bad rule (does a matching rule exist in that chain?).",
+        ));
+        assert!(!ipt.intact());
+    }
+
+    #[test]
+    fn the_canaries_are_not_bans() {
+        let text = "add synwatch4 0.0.0.1 timeout 0 packets 0 bytes 0\nadd synwatch4 192.0.2.1 timeout 5 packets 1 bytes 60\n";
+        let runner = RecordingRunner::default();
+        runner.answer(Ok(text));
+        runner.answer(Ok("add synwatch6 100::1 timeout 0 packets 0 bytes 0\n"));
+        let mut ipt = Iptables::new(Scope::All, Box::new(runner));
+        let bans = ipt.list().unwrap();
+        assert_eq!(bans.len(), 1, "{bans:?}");
+        assert_eq!(bans[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn bans_change_only_the_sets() {
         assert_eq!(
             add_script(&[ban("::ffff:192.0.2.9", Some(5))]),
-            "add synwatch4 192.0.2.9 timeout 5\n"
+            "add synwatch4 192.0.2.9 timeout 5\ndel synwatch4_new 192.0.2.9\n"
+        );
+        let mut session = ban("2001:db8::9", None);
+        session.new_only = true;
+        assert_eq!(
+            add_script(&[session]),
+            "add synwatch6_new 2001:db8::9 timeout 0\ndel synwatch6 2001:db8::9\n"
         );
         assert_eq!(
             remove_script(&["192.0.2.9".parse().unwrap(), "2001:db8::1".parse().unwrap()]),
-            "del synwatch4 192.0.2.9\ndel synwatch6 2001:db8::1\n"
+            "del synwatch4 192.0.2.9\ndel synwatch4_new 192.0.2.9\n\
+             del synwatch6 2001:db8::1\ndel synwatch6_new 2001:db8::1\n"
         );
         let runner = RecordingRunner::default();
         let mut ipt = Iptables::new(Scope::All, Box::new(runner.clone()));
@@ -395,7 +520,7 @@ mod tests {
         assert_eq!(
             runner.transcript(),
             vec![
-                "ipset restore -exist\nadd synwatch4 192.0.2.1 timeout 5\nadd synwatch4 192.0.2.2 timeout 5\n"
+                "ipset restore -exist\nadd synwatch4 192.0.2.1 timeout 5\ndel synwatch4_new 192.0.2.1\nadd synwatch4 192.0.2.2 timeout 5\ndel synwatch4_new 192.0.2.2\n"
             ]
         );
     }
@@ -420,7 +545,7 @@ mod tests {
         let t = runner.transcript();
         assert_eq!(
             t[1],
-            "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
+            "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
         );
         assert_eq!(t[2], "iptables -w -C INPUT -j SYNWATCH");
         assert_eq!(t[3], "iptables -w -I INPUT 1 -j SYNWATCH");
@@ -428,7 +553,7 @@ mod tests {
         assert_eq!(t[5], "iptables -w -n -L DOCKER-USER");
         assert_eq!(
             t[6],
-            "ip6tables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch6 src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
+            "ip6tables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch6 src -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6_new src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
         );
         // Everything after the canned answers succeeds: both jumps exist, Docker too.
         assert_eq!(
@@ -468,7 +593,9 @@ mod tests {
                 "ip6tables -w -F SYNWATCH",
                 "ip6tables -w -X SYNWATCH",
                 "ipset destroy synwatch4",
+                "ipset destroy synwatch4_new",
                 "ipset destroy synwatch6",
+                "ipset destroy synwatch6_new",
             ]
         );
     }

@@ -21,8 +21,10 @@ use std::net::IpAddr;
 
 pub mod bans;
 pub mod iptables;
+pub mod nflink;
 pub mod nftables;
 mod runner;
+pub mod waiting;
 
 pub use runner::{Command, RecordingRunner, Runner, SystemRunner};
 
@@ -32,6 +34,9 @@ pub struct Ban {
     pub addr: IpAddr,
     /// Seconds from now; `None` lasts until removed.
     pub timeout_secs: Option<u64>,
+    /// Drops only new connections (and probes), so that sessions the source holds live
+    /// on: it held an established connection to this host when it was banned.
+    pub new_only: bool,
 }
 
 /// What a ban drops.
@@ -171,6 +176,19 @@ pub trait Enforcer: Send {
     fn teardown(&mut self) -> Result<(), EnforceError>;
 }
 
+/// The canary element synwatch keeps in each of its IPv4 sets from set-up on: a source
+/// no packet can have (0.0.0.0/8, "this network", is a martian source to Linux), so its
+/// presence costs nothing, and its absence says the set was flushed or replaced.
+pub const CANARY4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(0, 0, 0, 1);
+/// The same for the IPv6 sets: in the discard-only prefix 100::/64 (RFC 6666).
+pub const CANARY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
+
+/// Whether `addr` is one of the canaries (left out of what the kernel is said to ban).
+pub fn is_canary(addr: IpAddr) -> bool {
+    let addr = addr.to_canonical();
+    addr == IpAddr::V4(CANARY4) || addr == IpAddr::V6(CANARY6)
+}
+
 /// Opens a firewall backend over a runner. Nothing touches the kernel until a method is
 /// called. `None` for the XDP backends, which need the loaded program (synwatch-xdp).
 pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<Box<dyn Enforcer>> {
@@ -178,6 +196,22 @@ pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<B
         Backend::Nftables => Some(Box::new(nftables::Nftables::new(scope, runner))),
         Backend::Iptables => Some(Box::new(iptables::Iptables::new(scope, runner))),
         Backend::Xdp | Backend::XdpNftables => None,
+    }
+}
+
+/// Opens a firewall backend on this system: its programs through [`SystemRunner`], and
+/// for nftables the cheap netlink look ([`nflink`]) for tamper checks and counters (with
+/// `nft` as the fallback where the netlink socket cannot be opened).
+pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> {
+    match backend {
+        Backend::Nftables => {
+            let nft = nftables::Nftables::new(scope, Box::new(SystemRunner));
+            Some(Box::new(match nflink::Netlink::open() {
+                Ok(look) => nft.with_look(Box::new(look)),
+                Err(_) => nft,
+            }))
+        }
+        other => open(other, scope, Box::new(SystemRunner)),
     }
 }
 
@@ -271,6 +305,53 @@ impl Enforcer for Layered {
     }
 }
 
+/// `--dry-run`: stands in for `backend`, takes every change and applies none, so the
+/// agent decides and reports everything while the kernel stays as it was.
+#[derive(Debug, Clone, Copy)]
+pub struct DryRun {
+    pub backend: Backend,
+}
+
+impl Enforcer for DryRun {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn setup(&mut self, _bans: &[Ban]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
+    fn add(&mut self, _bans: &[Ban]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
+    fn remove(&mut self, _addrs: &[IpAddr]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+
+    /// Nothing is in the kernel.
+    fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
+        Ok(Vec::new())
+    }
+
+    fn counters(&mut self) -> Result<DropCounters, EnforceError> {
+        Ok(DropCounters::default())
+    }
+
+    fn present(&mut self) -> bool {
+        false
+    }
+
+    /// Nothing was set up, so nothing can have been removed.
+    fn intact(&mut self) -> bool {
+        true
+    }
+
+    fn teardown(&mut self) -> Result<(), EnforceError> {
+        Ok(())
+    }
+}
+
 /// Splits bans by address family; IPv4-mapped IPv6 addresses count as IPv4, since that
 /// is how the kernel sees their packets.
 fn by_family<T: Copy>(items: &[T], addr: impl Fn(&T) -> IpAddr) -> (Vec<T>, Vec<T>) {
@@ -289,5 +370,6 @@ fn test_ban(addr: &str, timeout_secs: Option<u64>) -> Ban {
     Ban {
         addr: addr.parse().unwrap(),
         timeout_secs,
+        new_only: false,
     }
 }

@@ -1,8 +1,16 @@
 //! nftables: synwatch's own table `inet synwatch`, one set per address family with
-//! per-element timeouts and counters, and a drop rule per family in two base chains, on
+//! per-element timeouts and counters (and one more per family, `banned4_new` and
+//! `banned6_new`, for bans on sources that held an established connection: matched with
+//! `ct state new`, so their sessions live on), and a drop rule per set in two base chains, on
 //! the input hook (traffic to this host) and the forward hook (traffic routed through it,
 //! which is how packets reach containers behind a bridge), at priority `filter - 10` so
 //! the drop happens ahead of ordinary filter rules, Docker's included.
+//!
+//! Each set holds a canary element ([`crate::CANARY4`], [`crate::CANARY6`], addresses
+//! that are never a packet's source) from set-up on: with the rules, it is what the check
+//! for tampering looks at every few seconds, through [`crate::nflink`] rather than `nft`
+//! (which reads every element of every set first), so the check costs microseconds with
+//! 100k bans.
 //!
 //! Each operation is one `nft -f -` run, which the kernel applies as one transaction: a
 //! batch of ten thousand bans is one run, and setting up replaces a table left by a
@@ -14,14 +22,25 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use crate::nflink::{LookError, RuleInfo};
 use crate::{
-    Backend, Ban, Command, DropCounters, EnforceError, Enforcer, KernelBan, Runner, Scope,
-    by_family, canonical,
+    Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
+    Runner, Scope, canonical,
 };
 
 pub const TABLE: &str = "synwatch";
 pub const SET4: &str = "banned4";
 pub const SET6: &str = "banned6";
+/// Bans that drop only new connections (`Ban::new_only`).
+pub const SET4_NEW: &str = "banned4_new";
+pub const SET6_NEW: &str = "banned6_new";
+/// Every set: name, element type, whether its rule matches only new connections.
+const SETS: [(&str, &str, bool); 4] = [
+    (SET4, "ipv4_addr", false),
+    (SET6, "ipv6_addr", false),
+    (SET4_NEW, "ipv4_addr", true),
+    (SET6_NEW, "ipv6_addr", true),
+];
 /// Elements per `add element` statement: keeps each line of the script reasonable.
 const CHUNK: usize = 1000;
 
@@ -36,12 +55,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     let _ = writeln!(s, "add table inet {TABLE}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
-    for set in [SET4, SET6] {
-        let ty = if set == SET4 {
-            "ipv4_addr"
-        } else {
-            "ipv6_addr"
-        };
+    for (set, ty, _) in SETS {
         let _ = writeln!(
             s,
             "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tcounter\n\t}}"
@@ -50,13 +64,57 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     for (chain, hook) in [("input", "input"), ("forward", "forward")] {
         let _ = writeln!(
             s,
-            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;\n\
-             \t\tip saddr @{SET4} {matched}counter drop\n\t\tip6 saddr @{SET6} {matched}counter drop\n\t}}"
+            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;"
         );
+        for (set, ty, new_only) in SETS {
+            let family = if ty == "ipv4_addr" { "ip" } else { "ip6" };
+            let matched = if new_only { "ct state new " } else { matched };
+            let _ = writeln!(s, "\t\t{family} saddr @{set} {matched}counter drop");
+        }
+        s.push_str("\t}\n");
     }
     s.push_str("}\n");
-    add_elements(&mut s, "add", bans, true);
+    for (set, ty, _) in SETS {
+        let canary = if ty == "ipv4_addr" {
+            IpAddr::V4(CANARY4)
+        } else {
+            IpAddr::V6(CANARY6)
+        };
+        let _ = writeln!(s, "add element inet {TABLE} {set} {{ {canary} }}");
+    }
+    add_elements(&mut s, "add", bans, true, false);
     s
+}
+
+/// Whether the rules as the kernel holds them are synwatch's: in each base chain, a rule
+/// looking up each set.
+pub fn rules_intact(rules: &[RuleInfo]) -> bool {
+    ["input", "forward"].iter().all(|chain| {
+        SETS.iter().all(|(set, ..)| {
+            rules
+                .iter()
+                .any(|r| r.chain == *chain && r.sets.iter().any(|s| s == set))
+        })
+    })
+}
+
+/// A cheap look at the table as the kernel holds it: [`crate::nflink::Netlink`], or a
+/// fake in tests.
+pub trait Look: Send + std::fmt::Debug {
+    /// Every rule of table `inet synwatch`.
+    fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError>;
+    /// Whether `addr` is an element of `set`.
+    fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError>;
+}
+
+impl Look for crate::nflink::Netlink {
+    fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError> {
+        self.rules(crate::nflink::NFPROTO_INET, TABLE)
+    }
+
+    fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError> {
+        self.has_element(crate::nflink::NFPROTO_INET, TABLE, set, addr)
+    }
 }
 
 /// The script that adds `bans`, renewing the timeout of any already present: nft's
@@ -64,9 +122,13 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
 /// deleted, and added again with its new timeout, all in the same transaction.
 pub fn add_script(bans: &[Ban]) -> String {
     let mut s = String::new();
-    add_elements(&mut s, "add", bans, false);
-    add_elements(&mut s, "delete", bans, false);
-    add_elements(&mut s, "add", bans, true);
+    add_elements(&mut s, "add", bans, false, false);
+    add_elements(&mut s, "delete", bans, false, false);
+    add_elements(&mut s, "add", bans, true, false);
+    // Out of the other set of its family, in case the ban changed kind (a source banned
+    // for new connections only, banned again once its session has ended).
+    add_elements(&mut s, "add", bans, false, true);
+    add_elements(&mut s, "delete", bans, false, true);
     s
 }
 
@@ -78,11 +140,14 @@ pub fn remove_script(addrs: &[IpAddr]) -> String {
         .map(|&addr| Ban {
             addr,
             timeout_secs: None,
+            new_only: false,
         })
         .collect();
     let mut s = String::new();
-    add_elements(&mut s, "add", &bans, false);
-    add_elements(&mut s, "delete", &bans, false);
+    for other in [false, true] {
+        add_elements(&mut s, "add", &bans, false, other);
+        add_elements(&mut s, "delete", &bans, false, other);
+    }
     s
 }
 
@@ -90,9 +155,19 @@ pub fn teardown_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
-fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool) {
-    let (v4, v6) = by_family(bans, |b| b.addr);
-    for (set, family) in [(SET4, v4), (SET6, v6)] {
+/// The set a ban belongs in (`other`: the other set of its family).
+fn set_of(ban: &Ban, other: bool) -> &'static str {
+    match (canonical(ban.addr).is_ipv4(), ban.new_only != other) {
+        (true, false) => SET4,
+        (false, false) => SET6,
+        (true, true) => SET4_NEW,
+        (false, true) => SET6_NEW,
+    }
+}
+
+fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool, other: bool) {
+    for (set, ..) in SETS {
+        let family: Vec<&Ban> = bans.iter().filter(|b| set_of(b, other) == set).collect();
         for chunk in family.chunks(CHUNK) {
             let _ = write!(s, "{verb} element inet {TABLE} {set} {{ ");
             for (i, ban) in chunk.iter().enumerate() {
@@ -171,11 +246,50 @@ pub fn parse_chain_counters(json: &str) -> Result<DropCounters, String> {
 pub struct Nftables {
     scope: Scope,
     runner: Box<dyn Runner>,
+    /// Without one, checks and counters go through `nft` (slow with many bans).
+    look: Option<Box<dyn Look>>,
 }
 
 impl Nftables {
     pub fn new(scope: Scope, runner: Box<dyn Runner>) -> Self {
-        Self { scope, runner }
+        Self {
+            scope,
+            runner,
+            look: None,
+        }
+    }
+
+    /// Checks for tampering and reads counters through `look` instead of `nft`.
+    pub fn with_look(mut self, look: Box<dyn Look>) -> Self {
+        self.look = Some(look);
+        self
+    }
+
+    /// Whether the table, its chains' rules and both canaries are in place; `None` when
+    /// the look itself failed (say, a netlink error), so `nft` should be asked instead.
+    fn looked_intact(&mut self) -> Option<bool> {
+        let look = self.look.as_mut()?;
+        let rules = match look.rules() {
+            Ok(r) => r,
+            Err(LookError::Absent) => return Some(false),
+            Err(LookError::Failed(_)) => return None,
+        };
+        if !rules_intact(&rules) {
+            return Some(false);
+        }
+        for (set, ty, _) in SETS {
+            let canary = if ty == "ipv4_addr" {
+                IpAddr::V4(CANARY4)
+            } else {
+                IpAddr::V6(CANARY6)
+            };
+            match look.has_element(set, canary) {
+                Ok(true) => {}
+                Ok(false) | Err(LookError::Absent) => return Some(false),
+                Err(LookError::Failed(_)) => return None,
+            }
+        }
+        Some(true)
     }
 
     fn script(&mut self, script: String, what: &str) -> Result<(), EnforceError> {
@@ -214,7 +328,7 @@ impl Enforcer for Nftables {
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
         let mut all = Vec::new();
-        for set in [SET4, SET6] {
+        for (set, ..) in SETS {
             let what = format!("list set inet {TABLE} {set}");
             let out = self.json(&["list", "set", "inet", TABLE, set], &what)?;
             all.extend(parse_set(&out).map_err(|detail| EnforceError::Output {
@@ -223,11 +337,19 @@ impl Enforcer for Nftables {
                 detail,
             })?);
         }
+        all.retain(|b| !crate::is_canary(b.addr));
         Ok(all)
     }
 
     fn counters(&mut self) -> Result<DropCounters, EnforceError> {
         let mut sum = DropCounters::default();
+        if let Some(Ok(rules)) = self.look.as_mut().map(|l| l.rules()) {
+            for r in rules {
+                sum.packets += r.packets;
+                sum.bytes += r.bytes;
+            }
+            return Ok(sum);
+        }
         for chain in ["input", "forward"] {
             let what = format!("list chain inet {TABLE} {chain}");
             // Terse: without the sets' elements, which can be a hundred thousand.
@@ -253,6 +375,15 @@ impl Enforcer for Nftables {
             .is_ok()
     }
 
+    /// The table, each base chain's two drop rules and each set's canary: a deleted
+    /// table, set or chain, a flushed chain or set, or a deleted rule all show.
+    fn intact(&mut self) -> bool {
+        match self.looked_intact() {
+            Some(intact) => intact,
+            None => self.present(),
+        }
+    }
+
     fn teardown(&mut self) -> Result<(), EnforceError> {
         self.script(teardown_script(), "delete table inet synwatch")
     }
@@ -276,14 +407,109 @@ delete table inet synwatch\n\
 table inet synwatch {\n\
 \tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
 \tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
 \tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
-\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
+\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
 \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
-\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\t}\n\
+\t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
 }\n\
+add element inet synwatch banned4 { 0.0.0.1 }\n\
+add element inet synwatch banned6 { 100::1 }\n\
+add element inet synwatch banned4_new { 0.0.0.1 }\n\
+add element inet synwatch banned6_new { 100::1 }\n\
 add element inet synwatch banned4 { 192.0.2.7 timeout 3600s }\n\
 add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(s, expected);
+    }
+
+    /// The kernel's table as a fake look sees it.
+    #[derive(Debug, Clone, Default)]
+    struct Kernel {
+        rules: Option<Vec<RuleInfo>>,
+        elements: Vec<(String, IpAddr)>,
+        broken: bool,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    struct FakeLook(std::sync::Arc<std::sync::Mutex<Kernel>>);
+
+    impl Look for FakeLook {
+        fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError> {
+            let k = self.0.lock().unwrap();
+            if k.broken {
+                return Err(LookError::Failed("EPERM".into()));
+            }
+            k.rules.clone().ok_or(LookError::Absent)
+        }
+
+        fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError> {
+            let k = self.0.lock().unwrap();
+            Ok(k.elements.iter().any(|(s, a)| s == set && *a == addr))
+        }
+    }
+
+    fn synwatch_rules() -> Vec<RuleInfo> {
+        let mut rules = Vec::new();
+        for chain in ["input", "forward"] {
+            for (set, packets) in [(SET4, 2), (SET6, 1), (SET4_NEW, 0), (SET6_NEW, 0)] {
+                rules.push(RuleInfo {
+                    chain: chain.into(),
+                    sets: vec![set.into()],
+                    packets,
+                    bytes: packets * 60,
+                });
+            }
+        }
+        rules
+    }
+
+    #[test]
+    fn a_flushed_set_or_chain_or_a_deleted_table_is_noticed_without_running_nft() {
+        let runner = RecordingRunner::default();
+        let look = FakeLook::default();
+        let mut nft =
+            Nftables::new(Scope::All, Box::new(runner.clone())).with_look(Box::new(look.clone()));
+        let set_up = |look: &FakeLook| {
+            let mut k = look.0.lock().unwrap();
+            k.rules = Some(synwatch_rules());
+            k.elements = vec![
+                (SET4.into(), IpAddr::V4(CANARY4)),
+                (SET4_NEW.into(), IpAddr::V4(CANARY4)),
+                (SET6_NEW.into(), IpAddr::V6(CANARY6)),
+                (SET6.into(), IpAddr::V6(CANARY6)),
+            ];
+        };
+        assert!(!nft.intact(), "no table");
+        set_up(&look);
+        assert!(nft.intact());
+        assert_eq!(
+            nft.counters().unwrap(),
+            DropCounters {
+                packets: 6,
+                bytes: 360
+            }
+        );
+        // nft flush set inet synwatch banned6: the canary is gone.
+        look.0.lock().unwrap().elements.pop();
+        assert!(!nft.intact());
+        // nft flush chain inet synwatch forward: its rules are gone.
+        set_up(&look);
+        look.0.lock().unwrap().rules = Some(
+            synwatch_rules()
+                .into_iter()
+                .filter(|r| r.chain != "forward")
+                .collect(),
+        );
+        assert!(!nft.intact());
+        // Nothing ran nft.
+        assert!(runner.transcript().is_empty(), "{:?}", runner.transcript());
+        // A look that fails is no evidence of tampering: nft is asked.
+        look.0.lock().unwrap().broken = true;
+        assert!(nft.intact());
+        assert_eq!(runner.transcript(), ["nft list table inet synwatch"]);
     }
 
     #[test]
@@ -291,7 +517,13 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         let s = setup_script(Scope::New, &[]);
         assert!(s.contains("ip saddr @banned4 ct state new counter drop"));
         assert!(s.contains("ip6 saddr @banned6 ct state new counter drop"));
-        assert!(!s.contains("add element"));
+        assert!(s.contains("ip6 saddr @banned6_new ct state new counter drop"));
+        assert_eq!(
+            s.matches("add element").count(),
+            4,
+            "only the canaries: {s}"
+        );
+        assert_eq!(s.matches("ct state new").count(), 8, "{s}");
     }
 
     #[test]
@@ -304,7 +536,23 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             s,
             "add element inet synwatch banned4 { 192.0.2.7, 198.51.100.1 }\n\
              delete element inet synwatch banned4 { 192.0.2.7, 198.51.100.1 }\n\
-             add element inet synwatch banned4 { 192.0.2.7 timeout 60s, 198.51.100.1 timeout 1s }\n"
+             add element inet synwatch banned4 { 192.0.2.7 timeout 60s, 198.51.100.1 timeout 1s }\n\
+             add element inet synwatch banned4_new { 192.0.2.7, 198.51.100.1 }\n\
+             delete element inet synwatch banned4_new { 192.0.2.7, 198.51.100.1 }\n"
+        );
+    }
+
+    #[test]
+    fn a_ban_on_a_source_with_a_session_goes_to_the_new_connections_set_only() {
+        let mut b = ban("2001:db8::7", Some(60));
+        b.new_only = true;
+        assert_eq!(
+            add_script(&[b]),
+            "add element inet synwatch banned6_new { 2001:db8::7 }\n\
+             delete element inet synwatch banned6_new { 2001:db8::7 }\n\
+             add element inet synwatch banned6_new { 2001:db8::7 timeout 60s }\n\
+             add element inet synwatch banned6 { 2001:db8::7 }\n\
+             delete element inet synwatch banned6 { 2001:db8::7 }\n"
         );
     }
 
@@ -314,7 +562,9 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(
             s,
             "add element inet synwatch banned6 { 2001:db8::1 }\n\
-             delete element inet synwatch banned6 { 2001:db8::1 }\n"
+             delete element inet synwatch banned6 { 2001:db8::1 }\n\
+             add element inet synwatch banned6_new { 2001:db8::1 }\n\
+             delete element inet synwatch banned6_new { 2001:db8::1 }\n"
         );
         assert_eq!(remove_script(&[]), "");
     }
@@ -325,10 +575,15 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             .map(|i| Ban {
                 addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
                 timeout_secs: Some(10),
+                new_only: false,
             })
             .collect();
         let s = add_script(&bans);
-        assert_eq!(s.lines().count(), 9, "three statements of each kind");
+        assert_eq!(
+            s.lines().count(),
+            15,
+            "three statements of each kind (two for the other set)"
+        );
         assert_eq!(s.matches("timeout 10s").count(), 2500);
     }
 

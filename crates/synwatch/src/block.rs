@@ -18,12 +18,15 @@ use synwatch_enforce::{Backend, EnforceError, Enforcer, KernelBan, Scope};
 
 use crate::control::{BanView, Reply, Request};
 use crate::metrics::Metrics;
+use crate::protect::Why;
 use crate::state::Store;
 
 /// Seconds between attempts to apply a change the kernel refused.
 const RETRY_SECS: i64 = 5;
-/// Seconds between reads of the drop rules' counters.
-const COUNTERS_SECS: i64 = 5;
+/// Seconds between checks that synwatch's rules are intact (each set's canary, the
+/// rules, the jumps: microseconds for nftables through netlink, a few milliseconds for
+/// iptables, whatever the number of bans) and reads of the drop rules' counters.
+const COUNTERS_SECS: i64 = 3;
 /// Refused bans logged per minute (all are counted in the metrics).
 const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
 
@@ -34,6 +37,23 @@ pub struct BlockSettings {
     pub policy: Policy,
     pub state_dir: PathBuf,
     pub keep_rules: bool,
+    /// `--dry-run`: the enforcer is a [`synwatch_enforce::DryRun`], and bans are kept
+    /// in [`DRY_RUN_DIR`] under the state directory, so a real run never restores them.
+    pub dry_run: bool,
+}
+
+/// Where a dry run keeps its bans, under the state directory.
+pub const DRY_RUN_DIR: &str = "dry-run";
+
+impl BlockSettings {
+    /// The directory of the ban database.
+    pub fn store_dir(&self) -> PathBuf {
+        if self.dry_run {
+            self.state_dir.join(DRY_RUN_DIR)
+        } else {
+            self.state_dir.clone()
+        }
+    }
 }
 
 /// Something to report as an event.
@@ -43,22 +63,12 @@ pub enum Happened {
     Unblocked(IpAddr, &'static str),
 }
 
-/// Whether an address must never be banned: loopback, unspecified and multicast
-/// addresses, the host's own, local and allowlisted ones. `is_listed` is asked last.
-pub fn protected(addr: IpAddr, is_listed: impl Fn(IpAddr) -> bool) -> bool {
-    let addr = addr.to_canonical();
-    addr.is_loopback()
-        || addr.is_unspecified()
-        || addr.is_multicast()
-        || addr == IpAddr::from([255, 255, 255, 255])
-        || is_listed(addr)
-}
-
 pub struct Blocker {
     enforcer: Box<dyn Enforcer>,
     book: Book,
     store: Store,
     keep_rules: bool,
+    dry_run: bool,
     /// Bans decided but not yet in the kernel.
     pending: Vec<Record>,
     /// Bans decided but not yet saved (saved together, in one transaction, just before
@@ -93,7 +103,7 @@ impl Blocker {
         now: i64,
         protected: impl Fn(IpAddr) -> bool,
     ) -> Result<(Self, Vec<Happened>)> {
-        let mut store = Store::open(&settings.state_dir)?;
+        let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
         let over_addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
@@ -117,6 +127,7 @@ impl Blocker {
             book,
             store,
             keep_rules: settings.keep_rules,
+            dry_run: settings.dry_run,
             pending: Vec::new(),
             unsaved: Vec::new(),
             lifting: Vec::new(),
@@ -142,6 +153,11 @@ impl Blocker {
         self.enforcer.backend()
     }
 
+    /// Whether bans are only decided and reported (`--dry-run`).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     /// Restored bans, for the banner.
     pub fn active(&self) -> usize {
         self.book.len()
@@ -151,28 +167,98 @@ impl Blocker {
         self.book.set_policy(policy);
     }
 
-    /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]).
-    pub fn scan(&mut self, src: IpAddr, ports: &[u16], now: i64, protected: bool) {
+    /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]), unless
+    /// `protected` says why it must not be. `session`: the source holds an established
+    /// connection to this host, so the ban drops only its new connections.
+    pub fn scan(
+        &mut self,
+        src: IpAddr,
+        ports: &[u16],
+        now: i64,
+        protected: Option<Why>,
+        session: bool,
+    ) {
+        let ports_seen = ports;
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let reason = format!("ports {}", ports.join(","));
-        match self.book.scan(src, reason, now, protected) {
-            Ok(record) => {
-                self.unsaved.push(record.clone());
-                self.pending.push(record);
-            }
+        match self
+            .book
+            .scan_ports(src, reason, ports_seen, now, protected.is_some())
+        {
+            Ok(record) => self.decided(record, session),
             Err(Refused::AlreadyBanned) => {}
             Err(why) => {
                 let counter = match why {
                     Refused::Protected => &self.metrics.bans_refused_allowlisted,
+                    Refused::NetworkShare => &self.metrics.bans_refused_network,
                     _ => &self.metrics.bans_refused_rate,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                self.log_refusal(src, why, now);
+                self.metrics
+                    .bans_abandoned
+                    .fetch_add(self.book.take_evicted() as u64, Ordering::Relaxed);
+                self.note_waiting();
+                self.log_refusal(src, why, protected, now);
             }
         }
     }
 
-    fn log_refusal(&mut self, src: IpAddr, why: Refused, now: i64) {
+    /// A ban decided: on new connections only when its source holds a session; saved and
+    /// applied at the next [`Blocker::apply`].
+    fn decided(&mut self, mut record: Record, session: bool) {
+        if session && let Some(r) = self.book.mark_new_only(record.addr) {
+            record = r;
+        }
+        self.unsaved.push(record.clone());
+        self.pending.push(record);
+    }
+
+    fn note_waiting(&self) {
+        self.metrics
+            .bans_waiting
+            .store(self.book.waiting() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether scans wait for the cap (then [`Blocker::activity`] is worth calling).
+    pub fn has_waiting(&self) -> bool {
+        self.book.waiting() > 0
+    }
+
+    /// `src` was seen reaching `port` at `now`: if its scan waits for the cap, that is more
+    /// evidence, and a sign it is still active.
+    pub fn activity(&mut self, src: IpAddr, port: u16, now: i64) {
+        self.book.touch(src, port, now);
+    }
+
+    /// Bans waiting scans as the cap makes room, strongest evidence first (applied at the
+    /// next [`Blocker::apply`]); forgets those whose source was quiet for `quiet_secs` or
+    /// became protected.
+    pub fn promote(
+        &mut self,
+        now: i64,
+        quiet_secs: i64,
+        protected: impl Fn(IpAddr) -> bool,
+        mut session: impl FnMut(IpAddr) -> bool,
+    ) {
+        if !self.has_waiting() {
+            return;
+        }
+        let (given, forgotten) = self.book.promote(now, quiet_secs, protected);
+        self.metrics
+            .bans_delayed
+            .fetch_add(given.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .bans_abandoned
+            .fetch_add(forgotten as u64, Ordering::Relaxed);
+        for record in given {
+            let held = session(record.addr);
+            self.decided(record, held);
+        }
+        self.note_waiting();
+        self.retry_at = self.retry_at.min(now);
+    }
+
+    fn log_refusal(&mut self, src: IpAddr, why: Refused, protected: Option<Why>, now: i64) {
         let minute = now.div_euclid(60);
         if minute != self.refusal_minute {
             self.refusal_minute = minute;
@@ -183,10 +269,19 @@ impl Blocker {
             return;
         }
         let text = match why {
-            Refused::Protected => "it is local or allowlisted (reported, never blocked)".to_owned(),
+            Refused::Protected => format!(
+                "it is {} (reported, never blocked)",
+                protected.map_or("local or allowlisted", Why::describe)
+            ),
+            Refused::NetworkShare => format!(
+                "its network (/24 or /48) had its share of the cap of {} new bans per minute (--ban-rate); it waits, {} scan(s) in all, and is banned as soon as the cap allows while it is active",
+                self.book.policy().per_minute,
+                self.book.waiting()
+            ),
             _ => format!(
-                "the cap of {} new bans per minute is reached (--ban-rate; a flood of spoofed sources looks like this)",
-                self.book.policy().per_minute
+                "the cap of {} new bans per minute is reached (--ban-rate; a flood of spoofed sources looks like this); it waits, {} scan(s) in all, strongest evidence first, and is banned as soon as the cap allows while it is active",
+                self.book.policy().per_minute,
+                self.book.waiting()
             ),
         };
         let more = if self.refusals_logged == REFUSALS_LOGGED_PER_MINUTE {
@@ -313,11 +408,22 @@ impl Blocker {
     }
 
     /// The XDP program banned `addr` by itself. The detector, which saw the same packet,
-    /// normally decided the same ban a moment earlier; if it did not (the source is
-    /// protected, the cap on new bans is reached, the two disagree), the kernel's ban is
-    /// lifted again at the next apply, without an event. Returns whether it stays.
-    pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64) -> bool {
+    /// normally decided the same ban a moment earlier. If the cap made that scan wait,
+    /// the kernel's ban is kept (and counted against the cap): user space never lifts it
+    /// because of the cap. If the detector did not decide it at all (the source is
+    /// protected, the two disagree), the kernel's ban is lifted again at the next apply,
+    /// without an event. Returns whether it stays.
+    pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64, session: bool) -> bool {
         if self.book.get(addr).is_some() {
+            return true;
+        }
+        if let Some(record) = self.book.take_waiting(addr, now) {
+            self.metrics.bans_delayed.fetch_add(1, Ordering::Relaxed);
+            // With a session, the kernel's ban (all traffic) is rewritten as one on new
+            // connections only by the next apply.
+            self.decided(record, session);
+            self.note_waiting();
+            self.retry_at = self.retry_at.min(now);
             return true;
         }
         if !self.lifting.contains(&addr) {
@@ -335,6 +441,7 @@ impl Blocker {
         protected: impl Fn(IpAddr) -> bool,
     ) -> Vec<Happened> {
         let addrs = self.book.release(protected);
+        self.note_waiting();
         if addrs.is_empty() {
             return Vec::new();
         }
@@ -347,7 +454,7 @@ impl Blocker {
         &mut self,
         request: &Request,
         now: i64,
-        protected: impl Fn(IpAddr) -> bool,
+        protected: impl Fn(IpAddr) -> Option<Why>,
     ) -> (Reply, Vec<Happened>) {
         let backend = self.enforcer.backend().as_str();
         let mut happened = Vec::new();
@@ -363,12 +470,14 @@ impl Blocker {
                     .collect();
             }
             Request::Add { addr, secs } => {
-                if protected(*addr) {
+                if let Some(why) = protected(*addr) {
                     return (
                         Reply::error(
                             backend,
                             format!(
-                                "{addr} is local, allowlisted or special (loopback, multicast): synwatch never blocks it"
+                                "{addr} is {} ({}): synwatch never blocks it",
+                                why.describe(),
+                                why.as_str()
                             ),
                         ),
                         happened,
@@ -406,6 +515,7 @@ impl Blocker {
             },
             Request::Flush => {
                 let records = self.book.flush();
+                self.note_waiting();
                 let addrs = records.iter().map(|r| r.addr).collect();
                 happened = self.lift(addrs, "flushed", now);
                 reply.bans = records.iter().map(|r| view(r, None)).collect();
@@ -436,6 +546,9 @@ impl Blocker {
     /// Stops blocking: removes synwatch's rules (the saved bans come back at the next
     /// start) unless told to keep them.
     pub fn stop(mut self) {
+        if self.dry_run {
+            return;
+        }
         if self.keep_rules {
             // Whatever did not reach the kernel yet still should, since the rules stay.
             let now = crate::metrics::unix_now();
@@ -492,6 +605,7 @@ mod tests {
             },
             state_dir: dir.to_path_buf(),
             keep_rules: false,
+            dry_run: false,
         }
     }
 
@@ -522,10 +636,17 @@ mod tests {
         let runner = RecordingRunner::default();
         let (mut b, lapsed) = start(dir.path(), &runner, 1000);
         assert!(lapsed.is_empty());
-        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, false);
-        b.scan(ip("192.0.2.2"), &[21, 22, 23, 25], 1000, false);
-        b.scan(ip("192.0.2.3"), &[21, 22, 23, 25], 1000, false); // over the cap of 2
-        b.scan(ip("10.0.0.1"), &[21, 22, 23, 25], 1000, true); // protected
+        // Two networks: with a cap of 2, one /24 gets one a minute.
+        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, None, false);
+        b.scan(ip("198.51.100.2"), &[21, 22, 23, 25], 1000, None, false);
+        b.scan(ip("203.0.113.3"), &[21, 22, 23, 25], 1000, None, false); // over the cap of 2
+        b.scan(
+            ip("10.0.0.1"),
+            &[21, 22, 23, 25],
+            1000,
+            Some(Why::Local),
+            false,
+        ); // protected
         let happened = b.apply(1000);
         assert_eq!(happened.len(), 2);
         assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
@@ -537,7 +658,7 @@ mod tests {
         // Setup, one batch, one counter read of two chains.
         let adds: Vec<_> = t.iter().filter(|c| c.contains("timeout 60s")).collect();
         assert_eq!(adds.len(), 1, "{t:#?}");
-        assert!(adds[0].contains("{ 192.0.2.1 timeout 60s, 192.0.2.2 timeout 60s }"));
+        assert!(adds[0].contains("{ 192.0.2.1 timeout 60s, 198.51.100.2 timeout 60s }"));
 
         // Restarted 30 s later (as after kill -9): the bans return with 30 s left.
         drop(b);
@@ -547,7 +668,7 @@ mod tests {
         let setup = &runner.transcript()[0];
         assert!(
             setup.contains(
-                "add element inet synwatch banned4 { 192.0.2.1 timeout 30s, 192.0.2.2 timeout 30s }"
+                "add element inet synwatch banned4 { 192.0.2.1 timeout 30s, 198.51.100.2 timeout 30s }"
             ),
             "{setup}"
         );
@@ -559,6 +680,139 @@ mod tests {
     }
 
     #[test]
+    fn a_dry_run_decides_and_reports_bans_but_applies_and_keeps_none_for_a_real_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dry = settings(dir.path());
+        dry.dry_run = true;
+        let enforcer = Box::new(synwatch_enforce::DryRun {
+            backend: Backend::Nftables,
+        });
+        let (mut b, _) =
+            Blocker::start(enforcer, &dry, Arc::new(Metrics::default()), 0, |_| false).unwrap();
+        assert!(b.dry_run());
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.254"),
+            &[1, 2, 3, 4],
+            0,
+            Some(Why::Infra(crate::host::Role::Gateway)),
+            false,
+        );
+        let happened = b.apply(0);
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
+        assert_eq!(b.metrics.blocks.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            b.metrics.bans_refused_allowlisted.load(Ordering::Relaxed),
+            1
+        );
+        assert_eq!(b.active(), 1);
+        // Expiry is reported as in a real run.
+        assert_eq!(
+            b.apply(60),
+            vec![Happened::Unblocked(ip("192.0.2.1"), "expired")]
+        );
+        b.scan(ip("192.0.2.2"), &[1, 2, 3, 4], 61, None, false);
+        assert_eq!(b.apply(61).len(), 1);
+        b.stop();
+        assert!(
+            dir.path()
+                .join(DRY_RUN_DIR)
+                .join(crate::state::DB_FILE)
+                .exists()
+        );
+        // A real run on the same state directory restores nothing of it.
+        let runner = RecordingRunner::default();
+        let (b, lapsed) = start(dir.path(), &runner, 62);
+        assert!(lapsed.is_empty());
+        assert_eq!(b.active(), 0);
+        assert!(!runner.transcript()[0].contains("192.0.2.2"));
+    }
+
+    #[test]
+    fn a_scan_the_cap_refused_waits_and_is_banned_when_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false); // over the cap of 2: waits
+        assert_eq!(b.apply(0).len(), 2);
+        assert!(b.has_waiting());
+        assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 1);
+        assert_eq!(b.metrics.bans_refused_rate.load(Ordering::Relaxed), 1);
+        // Still scanning; at 60 the first bans leave the cap's minute.
+        b.activity(ip("192.0.2.1"), 80, 40);
+        b.promote(59, 60, |_| false, |_| false);
+        assert!(b.apply(59).is_empty());
+        b.promote(60, 60, |_| false, |_| false);
+        let happened = b.apply(60);
+        // (The first two bans, of 60 s, end at the same moment.)
+        assert!(
+            happened
+                .iter()
+                .any(|h| matches!(h, Happened::Blocked(r) if r.addr == ip("192.0.2.1"))),
+            "{happened:?}"
+        );
+        assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(b.metrics.bans_delayed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_kernel_ban_on_a_scanner_waiting_for_the_cap_is_kept_not_lifted() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false); // waits
+        b.apply(0);
+        let before = runner.transcript().len();
+        // The XDP program banned it by itself: kept, reported, never lifted.
+        assert!(b.confirm_kernel_ban(ip("192.0.2.1"), 1, false));
+        let happened = b.apply(1);
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
+        let t = &runner.transcript()[before..];
+        // Renewed (added with its timeout), never removed.
+        assert!(
+            t.iter()
+                .all(|c| c.contains("banned4 { 192.0.2.1 timeout 60s }\n")),
+            "{t:#?}"
+        );
+        // A source the detector never decided on is lifted, as before.
+        assert!(!b.confirm_kernel_ban(ip("198.51.100.7"), 2, false));
+    }
+
+    #[test]
+    fn a_source_holding_a_session_is_banned_for_new_connections_only_and_stays_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, true);
+        let happened = b.apply(0);
+        assert!(
+            matches!(&happened[..], [Happened::Blocked(r)] if r.new_only),
+            "{happened:?}"
+        );
+        let t = runner.transcript();
+        assert!(
+            t.iter()
+                .any(|c| c
+                    .contains("add element inet synwatch banned4_new { 192.0.2.1 timeout 60s }")),
+            "{t:#?}"
+        );
+        // Restarted: restored as it was.
+        drop(b);
+        let runner = RecordingRunner::default();
+        let (_b, _) = start(dir.path(), &runner, 10);
+        assert!(
+            runner.transcript()[0]
+                .contains("add element inet synwatch banned4_new { 192.0.2.1 timeout 50s }"),
+            "{:#?}",
+            runner.transcript()
+        );
+    }
+
+    #[test]
     fn a_refused_change_is_retried_until_it_goes_through() {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
@@ -566,7 +820,7 @@ mod tests {
         runner.answer(Err(
             "Error: Could not process rule: Device or resource busy",
         ));
-        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, false);
+        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, None, false);
         assert!(b.apply(0).is_empty());
         assert_eq!(b.metrics.ban_failures.load(Ordering::Relaxed), 1);
         assert!(b.apply(4).is_empty(), "not before the retry time");
@@ -579,7 +833,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
         assert_eq!(b.apply(0).len(), 1);
         let before = runner.transcript().len();
         // At the next check the table is gone (nft answers with an error).
@@ -613,7 +867,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, false);
+        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
         b.apply(0);
         assert_eq!(
             b.apply(60),
@@ -625,29 +879,36 @@ mod tests {
                 secs: Some(0),
             },
             61,
-            |_| false,
+            |_| None,
         );
         assert!(reply.ok);
         assert_eq!(reply.bans[0].expires, None);
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.reason == "manual"));
         let (reply, _) = b.control(
             &Request::Add {
-                addr: ip("127.0.0.1"),
+                addr: ip("192.0.2.254"),
                 secs: None,
             },
             61,
-            |a| protected(a, |_| false),
+            |a| (a == ip("192.0.2.254")).then_some(Why::Infra(crate::host::Role::Gateway)),
         );
         assert!(!reply.ok);
+        assert!(
+            reply
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("a gateway of this host") && e.contains("(gateway)")),
+            "{reply:?}"
+        );
         let (reply, _) = b.control(
             &Request::Remove {
                 addr: ip("192.0.2.7"),
             },
             62,
-            |_| false,
+            |_| None,
         );
         assert_eq!(reply.error.as_deref(), Some("192.0.2.7 is not blocked"));
-        let (reply, happened) = b.control(&Request::Flush, 62, |_| false);
+        let (reply, happened) = b.control(&Request::Flush, 62, |_| None);
         assert_eq!(reply.bans.len(), 1);
         assert_eq!(
             happened,
@@ -668,7 +929,7 @@ mod tests {
                     secs: Some(0),
                 },
                 0,
-                |_| false,
+                |_| None,
             );
         }
         // Restarted with 192.0.2.200 now protected (see `start`): not restored.
@@ -689,23 +950,5 @@ mod tests {
         );
         assert_eq!(b.active(), 0);
         assert!(b.release_protected(12, |_| true).is_empty());
-    }
-
-    #[test]
-    fn special_addresses_are_always_protected() {
-        for a in [
-            "127.0.0.1",
-            "::1",
-            "0.0.0.0",
-            "::",
-            "224.0.0.1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "255.255.255.255",
-        ] {
-            assert!(protected(ip(a), |_| false), "{a}");
-        }
-        assert!(!protected(ip("192.0.2.1"), |_| false));
-        assert!(protected(ip("::ffff:192.0.2.1"), |a| a == ip("192.0.2.1")));
     }
 }

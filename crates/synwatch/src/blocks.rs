@@ -11,9 +11,9 @@ use anyhow::{Context, Result};
 use synwatch_enforce::bans::{Book, Policy};
 use synwatch_enforce::{Backend, Enforcer, Scope, SystemRunner};
 
-use crate::block::{protected, view};
+use crate::block::view;
 use crate::control::{self, BanView, Reply, Request};
-use crate::host::Host;
+use crate::host::{Host, Infrastructure};
 use crate::output::{Format, rfc3339};
 use crate::state::{DB_FILE, Store};
 
@@ -223,12 +223,23 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
                 .collect();
         }
         Request::Add { addr, secs } => {
+            // No agent runs, so no configuration is known: the host's own addresses,
+            // gateways, routers and resolvers are protected all the same.
             let host = Host::read().unwrap_or_default();
-            if protected(*addr, |a| host.addresses.contains(&a)) {
+            let infra = Infrastructure::read();
+            let cfg = synwatch_detect::Config::default();
+            let protection = crate::protect::View {
+                host: &host.addresses,
+                infra: &infra,
+                cfg: &cfg,
+            };
+            if let Some(why) = crate::protect::why(*addr, protection) {
                 return Ok(Reply::error(
                     &backend,
                     format!(
-                        "{addr} is this host's own or a special address (loopback, multicast): synwatch never blocks it"
+                        "{addr} is {} ({}): synwatch never blocks it",
+                        why.describe(),
+                        why.as_str()
                     ),
                 ));
             }

@@ -125,6 +125,7 @@ pub struct FileConfig {
     pub ban_rate: Option<u32>,
     pub state_dir: Option<std::path::PathBuf>,
     pub keep_rules_on_exit: Option<bool>,
+    pub dry_run: Option<bool>,
     pub metrics_addr: Option<String>,
     pub log_limit_source: Option<u32>,
     pub log_limit_global: Option<u32>,

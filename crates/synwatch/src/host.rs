@@ -1,11 +1,16 @@
-//! This host's interfaces and addresses, read with getifaddrs(3).
+//! This host's interfaces and addresses, read with getifaddrs(3), and the infrastructure
+//! it depends on (gateways, IPv6 routers, resolvers), read from /proc and resolv.conf:
+//! plain file reads, so no privilege and no helper program is needed, and cheap enough
+//! to repeat every few seconds.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use nix::net::if_::InterfaceFlags;
+use synwatch_capture::sockets::{SocketTable, TcpSocket, TcpState};
 use synwatch_detect::AddrSet;
 
 /// One read of the host's interfaces.
@@ -50,9 +55,293 @@ impl Host {
     }
 }
 
+/// What a piece of infrastructure is to this host: why it must never be banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// The next hop of an IPv4 route (the default gateway, or the gateway of any other
+    /// route).
+    Gateway,
+    /// The next hop of an IPv6 route (a router, often link-local).
+    Router,
+    /// A DNS resolver of resolv.conf.
+    Resolver,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Router => "router",
+            Role::Resolver => "resolver",
+        }
+    }
+}
+
+/// Where one piece of infrastructure is: its role and, for a next hop, the interface
+/// (a link-local next hop means nothing without it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Infra {
+    pub role: Role,
+    pub iface: Option<String>,
+}
+
+/// The gateways, routers and resolvers this host depends on, by address. A blind
+/// spoofer can make any of them look like a scanner; banning one would cut the host
+/// off (SPEC §2, "Never cut the host off").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Infrastructure {
+    pub by_addr: BTreeMap<IpAddr, Infra>,
+}
+
+/// Where [`Infrastructure::read`] looks.
+pub const ROUTES4: &str = "/proc/net/route";
+pub const ROUTES6: &str = "/proc/net/ipv6_route";
+/// resolv.conf, and systemd-resolved's list of its upstream servers (where it runs, the
+/// first names only its local stub, 127.0.0.53).
+pub const RESOLV_CONFS: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"];
+
+impl Infrastructure {
+    /// Reads this network namespace's routes and the resolvers. A file that is missing or
+    /// unreadable contributes nothing (no IPv6, no resolv.conf).
+    pub fn read() -> Self {
+        let text = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let resolvers: Vec<String> = RESOLV_CONFS.iter().map(|p| text(p)).collect();
+        Self::parse(
+            &text(ROUTES4),
+            &text(ROUTES6),
+            resolvers.iter().map(String::as_str),
+        )
+    }
+
+    /// The same from the files' contents.
+    pub fn parse<'a>(
+        routes4: &str,
+        routes6: &str,
+        resolv_confs: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut infra = Self::default();
+        for (addr, iface) in gateways4(routes4) {
+            infra.add(addr, Role::Gateway, Some(iface));
+        }
+        for (addr, iface) in routers6(routes6) {
+            infra.add(addr, Role::Router, Some(iface));
+        }
+        for conf in resolv_confs {
+            for addr in nameservers(conf) {
+                infra.add(addr, Role::Resolver, None);
+            }
+        }
+        infra
+    }
+
+    fn add(&mut self, addr: IpAddr, role: Role, iface: Option<String>) {
+        // A gateway that is also the resolver (a home router) is kept as the gateway.
+        self.by_addr.entry(addr).or_insert(Infra { role, iface });
+    }
+
+    pub fn get(&self, addr: IpAddr) -> Option<&Infra> {
+        self.by_addr.get(&addr)
+    }
+
+    /// For the banner and logs: "10.0.0.1 (gateway, eth0), fe80::1 (router, eth0)".
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .by_addr
+            .iter()
+            .map(|(addr, i)| match &i.iface {
+                Some(iface) => format!("{addr} ({}, {iface})", i.role.as_str()),
+                None => format!("{addr} ({})", i.role.as_str()),
+            })
+            .collect();
+        if parts.is_empty() {
+            "none found".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// The remote addresses of this host's established TCP connections, whichever side opened
+/// them (IPv4-mapped addresses as IPv4).
+pub fn established_peers(sockets: &[TcpSocket]) -> HashSet<IpAddr> {
+    sockets
+        .iter()
+        .filter(|s| s.state == TcpState::Established)
+        .map(|s| s.remote.ip().to_canonical())
+        .collect()
+}
+
+/// Who holds an established connection to this host, asked when a ban is decided (a
+/// source with a session is banned for new connections only: SPEC §2). The socket table
+/// (sock_diag, else /proc) is read at most once a second, and only when asked.
+#[derive(Debug)]
+pub struct Sessions {
+    table: Option<SocketTable>,
+    read: Option<(Instant, HashSet<IpAddr>)>,
+}
+
+impl Sessions {
+    /// Opens the socket table; where it cannot be read, no source counts as holding a
+    /// session (said once, here).
+    pub fn open() -> Self {
+        let table = match SocketTable::open() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "synwatch: warning: cannot read the socket table ({e}): bans will drop established sessions too"
+                );
+                None
+            }
+        };
+        Self { table, read: None }
+    }
+
+    /// Whether `addr` held an established connection at most a second before `now`.
+    pub fn holds(&mut self, addr: IpAddr, now: Instant) -> bool {
+        let Some(table) = self.table.as_mut() else {
+            return false;
+        };
+        let stale = self
+            .read
+            .as_ref()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1));
+        if stale {
+            let peers = table
+                .dump()
+                .map(|s| established_peers(&s))
+                .unwrap_or_default();
+            self.read = Some((now, peers));
+        }
+        self.read
+            .as_ref()
+            .is_some_and(|(_, peers)| peers.contains(&addr.to_canonical()))
+    }
+}
+
+/// RTF_GATEWAY in the routes' flags.
+const RTF_GATEWAY: u32 = 0x0002;
+
+/// The next hops of /proc/net/route: `Iface Destination Gateway Flags ...`, addresses
+/// as the kernel's %08X of a network-order word.
+fn gateways4(text: &str) -> Vec<(IpAddr, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (iface, gw, flags) = (f.first()?, f.get(2)?, f.get(3)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let gw = u32::from_str_radix(gw, 16).ok()?;
+            (flags & RTF_GATEWAY != 0 && gw != 0).then(|| {
+                (
+                    IpAddr::V4(Ipv4Addr::from(gw.to_ne_bytes())),
+                    (*iface).to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// The next hops of /proc/net/ipv6_route: `dest plen src plen nexthop metric refcnt use
+/// flags iface`, every routing table (routers learned from advertisements included).
+fn routers6(text: &str) -> Vec<(IpAddr, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (hop, flags, iface) = (f.get(4)?, f.get(8)?, f.get(9)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let hop = Ipv6Addr::from(u128::from_str_radix(hop, 16).ok()?);
+            (flags & RTF_GATEWAY != 0 && !hop.is_unspecified())
+                .then(|| (IpAddr::V6(hop), (*iface).to_owned()))
+        })
+        .collect()
+}
+
+/// The `nameserver` lines of a resolv.conf (a zone index such as `%eth0` dropped).
+fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "nameserver").then_some(())?;
+            let addr = words.next()?;
+            addr.split('%').next()?.parse().ok()
+        })
+        .collect()
+}
+
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateways_routers_and_resolvers_are_read_from_proc_and_resolv_conf() {
+        let routes4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            wg0\t0000330A\t0200330A\t0003\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        let routes6 = "\
+fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000002 00000000 00050003     eth0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
+";
+        let resolv = "# comment\nsearch example.org\nnameserver 192.0.2.53\nnameserver fe80::53%eth0\nnameserver 192.0.2.1\n";
+        let stub = "nameserver 127.0.0.53\noptions edns0\n";
+        let infra = Infrastructure::parse(routes4, routes6, [resolv, stub]);
+        let role = |a: &str| infra.get(a.parse().unwrap()).map(|i| i.role);
+        assert_eq!(role("192.0.2.1"), Some(Role::Gateway), "{infra:?}");
+        assert_eq!(role("10.51.0.2"), Some(Role::Gateway));
+        assert_eq!(role("fe80::1"), Some(Role::Router));
+        assert_eq!(
+            infra
+                .get("fe80::1".parse().unwrap())
+                .unwrap()
+                .iface
+                .as_deref(),
+            Some("eth0")
+        );
+        assert_eq!(role("192.0.2.53"), Some(Role::Resolver));
+        assert_eq!(role("fe80::53"), Some(Role::Resolver));
+        assert_eq!(role("127.0.0.53"), Some(Role::Resolver));
+        assert_eq!(infra.by_addr.len(), 6, "{infra:?}");
+        assert_eq!(role("192.0.2.0"), None);
+        assert!(infra.describe().contains("192.0.2.1 (gateway, eth0)"));
+        // Nothing readable: nothing found, no error.
+        assert_eq!(Infrastructure::parse("", "", []), Infrastructure::default());
+    }
+
+    #[test]
+    fn established_peers_are_the_remote_ends_of_established_sockets_only() {
+        let sock = |local: &str, remote: &str, state| TcpSocket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+        };
+        let peers = established_peers(&[
+            sock("192.0.2.1:22", "198.51.100.7:50000", TcpState::Established),
+            sock(
+                "[::ffff:192.0.2.1]:22",
+                "[::ffff:198.51.100.8]:1",
+                TcpState::Established,
+            ),
+            sock("192.0.2.1:22", "203.0.113.9:1", TcpState::SynRecv),
+            sock("0.0.0.0:22", "0.0.0.0:0", TcpState::Listen),
+            sock(
+                "[2001:db8::1]:443",
+                "[2001:db8::9]:2",
+                TcpState::Established,
+            ),
+        ]);
+        let want: HashSet<IpAddr> = ["198.51.100.7", "198.51.100.8", "2001:db8::9"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(peers, want);
+    }
+
+    #[test]
+    fn this_hosts_own_routes_read_without_error() {
+        let _ = Infrastructure::read();
+    }
 
     #[test]
     fn the_loopback_address_is_local_and_loopback_is_not_a_default_interface() {

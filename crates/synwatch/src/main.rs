@@ -24,6 +24,7 @@ mod limit;
 mod manual;
 mod metrics;
 mod output;
+mod protect;
 mod replay;
 mod run;
 mod sockets;

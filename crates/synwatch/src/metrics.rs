@@ -50,6 +50,13 @@ pub struct Metrics {
     pub unblocks: AtomicU64,
     pub bans_refused_allowlisted: AtomicU64,
     pub bans_refused_rate: AtomicU64,
+    pub bans_refused_network: AtomicU64,
+    /// Scans refused by the cap that wait for room (gauge), bans given after waiting,
+    /// and waiting scans forgotten (their source went quiet, became protected, or was
+    /// pushed out of a full queue by stronger evidence).
+    pub bans_waiting: AtomicU64,
+    pub bans_delayed: AtomicU64,
+    pub bans_abandoned: AtomicU64,
     pub ban_failures: AtomicU64,
     /// Times the rules were found unreadable (flushed by someone) and set up again.
     pub rules_reinstated: AtomicU64,
@@ -250,7 +257,7 @@ impl Metrics {
         family(
             "synwatch_bans_refused_total",
             "counter",
-            "Bans not given, by reason: the source is local or allowlisted, or the cap on new bans per minute was reached.",
+            "Bans not given at once, by reason: the source is protected (allowlisted, local, a gateway, router or resolver), the cap on new bans per minute was reached, or the source's network (/24, /48) had its share of it (those two wait: synwatch_bans_waiting).",
             &[
                 (
                     "{reason=\"allowlisted\"}".into(),
@@ -260,7 +267,29 @@ impl Metrics {
                     "{reason=\"rate_limited\"}".into(),
                     get(&self.bans_refused_rate),
                 ),
+                (
+                    "{reason=\"network_share\"}".into(),
+                    get(&self.bans_refused_network),
+                ),
             ],
+        );
+        family(
+            "synwatch_bans_waiting",
+            "gauge",
+            "Scans refused by the cap on new bans, waiting for room while their source is active (strongest evidence first).",
+            &plain(get(&self.bans_waiting)),
+        );
+        family(
+            "synwatch_bans_delayed_total",
+            "counter",
+            "Bans given to scans that had waited for the cap.",
+            &plain(get(&self.bans_delayed)),
+        );
+        family(
+            "synwatch_bans_abandoned_total",
+            "counter",
+            "Waiting scans forgotten: the source went quiet for a window, became protected, or was pushed out of a full queue.",
+            &plain(get(&self.bans_abandoned)),
         );
         family(
             "synwatch_ban_failures_total",

@@ -38,6 +38,10 @@ pub struct BlockEvent<'a> {
     pub until: Option<i64>,
     pub reason: &'a str,
     pub offences: u32,
+    /// `--dry-run`: decided, not applied.
+    pub dry_run: bool,
+    /// Only new connections are dropped: the source held an established connection.
+    pub new_only: bool,
 }
 
 /// Formats events as bytes, without writing them anywhere: the part of output that can
@@ -89,6 +93,13 @@ impl Formatter {
     }
 
     pub fn scan(&mut self, s: &Scan, out: &mut Vec<u8>) {
+        self.scan_protected(s, None, out);
+    }
+
+    /// A scan, with why its source is never banned when the agent knows better than the
+    /// detector (a gateway, router or resolver of this host: `"allowlisted_reason"`).
+    pub fn scan_protected(&mut self, s: &Scan, protected: Option<&str>, out: &mut Vec<u8>) {
+        let allowlisted = s.allowlisted || protected.is_some();
         match self.format {
             Format::Json => {
                 self.json_head(out, s.ts, b"scan", s.src);
@@ -108,7 +119,12 @@ impl Formatter {
                     out.push(b'"');
                 }
                 out.extend_from_slice(b"],\"allowlisted\":");
-                out.extend_from_slice(if s.allowlisted { b"true" } else { b"false" });
+                out.extend_from_slice(if allowlisted { b"true" } else { b"false" });
+                if let Some(why) = protected {
+                    out.extend_from_slice(b",\"allowlisted_reason\":\"");
+                    out.extend_from_slice(why.as_bytes());
+                    out.push(b'"');
+                }
                 out.extend_from_slice(b"}\n");
             }
             Format::Table => {
@@ -134,8 +150,16 @@ impl Formatter {
                     }
                     out.push(b')');
                 }
-                if s.allowlisted {
-                    out.extend_from_slice(b" (allowlisted: not to be blocked)");
+                match protected {
+                    Some(why) => {
+                        out.extend_from_slice(b" (");
+                        out.extend_from_slice(why.as_bytes());
+                        out.extend_from_slice(b": not to be blocked)");
+                    }
+                    None if allowlisted => {
+                        out.extend_from_slice(b" (allowlisted: not to be blocked)");
+                    }
+                    None => {}
                 }
                 out.push(b'\n');
             }
@@ -210,6 +234,12 @@ impl Formatter {
                 out.extend_from_slice(b.reason.as_bytes());
                 out.extend_from_slice(b"\",\"offences\":");
                 write_u64(out, u64::from(b.offences));
+                if b.dry_run {
+                    out.extend_from_slice(b",\"dry_run\":true");
+                }
+                if b.new_only {
+                    out.extend_from_slice(b",\"scope\":\"new\",\"established\":true");
+                }
                 out.extend_from_slice(b"}\n");
             }
             Format::Table => {
@@ -219,7 +249,12 @@ impl Formatter {
                 use std::io::Write as _;
                 let _ = writeln!(
                     out,
-                    "Blocked {} {} ({}, {}{})",
+                    "{} {} {} ({}, {}{}){}",
+                    if b.dry_run {
+                        "Would block (dry run)"
+                    } else {
+                        "Blocked"
+                    },
                     b.src,
                     until.map_or("until removed".to_owned(), |u| format!("until {u}")),
                     b.backend,
@@ -228,6 +263,11 @@ impl Formatter {
                         format!(", offence {}", b.offences)
                     } else {
                         String::new()
+                    },
+                    if b.new_only {
+                        ": new connections only, it holds an established one"
+                    } else {
+                        ""
                     }
                 );
             }
@@ -315,6 +355,10 @@ impl<W: Write> EventWriter<W> {
 
     pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
         self.format_and_write(|f, out| f.scan(s, out))
+    }
+
+    pub fn scan_protected(&mut self, s: &Scan, protected: Option<&str>) -> io::Result<()> {
+        self.format_and_write(|f, out| f.scan_protected(s, protected, out))
     }
 
     /// One line for what the log rate limit held back in a second.
@@ -711,6 +755,56 @@ mod tests {
             table.contains("on ports 21,22,23,25 (probes: fin,xmas) (allowlisted"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn a_dry_run_block_says_so_and_a_real_one_is_unchanged() {
+        let mut b = BlockEvent {
+            ts: 0,
+            src: IpAddr::from([203, 0, 113, 9]),
+            backend: "nftables",
+            until: None,
+            reason: "ports 1,2,3,4",
+            offences: 1,
+            dry_run: false,
+            new_only: false,
+        };
+        let real = render(|w| w.block(&b), Format::Json);
+        assert!(real.ends_with("\"offences\":1}\n"), "{real}");
+        b.dry_run = true;
+        let dry = render(|w| w.block(&b), Format::Json);
+        assert!(dry.ends_with("\"offences\":1,\"dry_run\":true}\n"), "{dry}");
+        let table = render(|w| w.block(&b), Format::Table);
+        assert!(
+            table.contains("Would block (dry run) 203.0.113.9 until removed"),
+            "{table}"
+        );
+        b.dry_run = false;
+        b.new_only = true;
+        let session = render(|w| w.block(&b), Format::Json);
+        assert!(
+            session.ends_with("\"offences\":1,\"scope\":\"new\",\"established\":true}\n"),
+            "{session}"
+        );
+        let table = render(|w| w.block(&b), Format::Table);
+        assert!(table.contains("new connections only"), "{table}");
+    }
+
+    #[test]
+    fn a_scan_from_a_gateway_says_why_it_is_not_banned() {
+        let s = scan();
+        assert!(!s.allowlisted);
+        let json = render(|w| w.scan_protected(&s, Some("gateway")), Format::Json);
+        assert!(
+            json.contains("\"allowlisted\":true,\"allowlisted_reason\":\"gateway\"}"),
+            "{json}"
+        );
+        let table = render(|w| w.scan_protected(&s, Some("resolver")), Format::Table);
+        assert!(table.contains("(resolver: not to be blocked)"), "{table}");
+        // Nothing added where nothing is protected.
+        let json = render(|w| w.scan_protected(&s, None), Format::Json);
+        assert_eq!(json, render(|w| w.scan(&s), Format::Json));
+        assert!(!json.contains("allowlisted_reason"), "{json}");
     }
 
     #[test]

@@ -23,16 +23,16 @@ use synwatch_decode::{DecodeError, Decoded, LinkType, Reassembler, ReassemblyLim
 use synwatch_detect::{Detector, Direction, Observation, Seen};
 
 use synwatch_enforce::bans::Policy;
-use synwatch_enforce::{Backend, Scope, SystemRunner};
+use synwatch_enforce::{Backend, Scope};
 
-use crate::block;
 use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
 use crate::control;
-use crate::host::Host;
+use crate::host::{Host, Infrastructure, Sessions};
 use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
+use crate::protect::{self, Why};
 use crate::sockets::{SocketCounters, SocketSource};
 use crate::xdp::{KernelBans, XdpModeArg};
 
@@ -72,7 +72,8 @@ impl BlockArg {
 /// `--block-scope`: what a ban drops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScopeArg {
-    /// Every packet from a banned source
+    /// Every packet from a banned source (but only new connections from one that held an
+    /// established connection when it was banned)
     All,
     /// Only new connections from it (established ones continue)
     New,
@@ -152,8 +153,9 @@ pub struct RunArgs {
     #[arg(long, env = "SYNWATCH_BAN_MAX", value_name = "DUR")]
     pub ban_max: Option<String>,
 
-    /// New bans allowed per minute; more are refused, counted and logged (a guard
-    /// against spoofed sources; 0: no cap) [default: 60]
+    /// New bans allowed per minute, at most a quarter of them to one /24 or /48 (a guard
+    /// against spoofed sources; 0: no cap); scans beyond wait, strongest evidence first,
+    /// and are banned as the cap allows while their source is active [default: 60]
     #[arg(long, env = "SYNWATCH_BAN_RATE", value_name = "N")]
     pub ban_rate: Option<u32>,
 
@@ -161,6 +163,12 @@ pub struct RunArgs {
     /// [default: /var/lib/synwatch]
     #[arg(long, env = "SYNWATCH_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<std::path::PathBuf>,
+
+    /// Decide and report everything (scans, bans with "dry_run":true, lifts) but apply
+    /// nothing to the kernel: a way to try the settings first. Bans are kept in
+    /// STATE_DIR/dry-run, apart from real ones
+    #[arg(long, env = "SYNWATCH_DRY_RUN")]
+    pub dry_run: bool,
 
     /// Leave synwatch's firewall rules and bans in place when stopping (by default they
     /// are removed, and restored at the next start)
@@ -268,6 +276,7 @@ impl RunSettings {
                 .or_else(|| file.state_dir.clone())
                 .unwrap_or_else(|| "/var/lib/synwatch".into()),
             keep_rules: args.keep_rules_on_exit || file.keep_rules_on_exit.unwrap_or(false),
+            dry_run: args.dry_run || file.dry_run.unwrap_or(false),
         };
         Ok(Self {
             ifaces,
@@ -458,6 +467,7 @@ fn banner(
     run: &RunSettings,
     blocking: &str,
     locals: &[IpAddr],
+    infra: &str,
     format: Format,
 ) {
     let d = &settings.detector;
@@ -469,6 +479,7 @@ fn banner(
          \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan.\n\
          \x20 Blocking: {blocking}\n\
          \x20 This host's addresses (outgoing; never blocked): {}{}\n\
+         \x20 Its gateways, routers and resolvers (never blocked, kept current): {infra}\n\
          \x20 Events: {} on stdout. Metrics: http://{}/metrics (health: /healthz). Stop with Ctrl-C.",
         d.max_ports,
         shown.join(", "),
@@ -523,7 +534,12 @@ fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
         format!("at most {} new bans a minute", p.per_minute)
     };
     format!(
-        "{} ({rules}). Scanners are banned {length}; {cap}; {}. {} ban{} restored from {}.",
+        "{}{} ({rules}). Scanners are banned {length}; {cap}; {}. {} ban{} restored from {}.",
+        if blocker.dry_run() {
+            "DRY RUN (--dry-run: every ban decided and reported, none applied to the kernel) as "
+        } else {
+            ""
+        },
         blocker.backend(),
         match b.scope {
             Scope::All => "a ban drops all their traffic",
@@ -531,7 +547,7 @@ fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
         },
         blocker.active(),
         if blocker.active() == 1 { "" } else { "s" },
-        b.state_dir.display(),
+        b.store_dir().display(),
     )
 }
 
@@ -554,7 +570,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
          xdp_mode = \"{}\"\n\
          poll = \"{}ms\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
-         keep_rules_on_exit = {}\n\
+         keep_rules_on_exit = {}\ndry_run = {}\n\
          metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
         d.max_ports,
         list(d.locals.iter().map(|n| n.to_string()).collect()),
@@ -588,6 +604,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
             .replace('\\', "\\\\")
             .replace('"', "\\\""),
         b.keep_rules,
+        b.dry_run,
         run.metrics_addr,
         run.log_limit_source,
         run.log_limit_global,
@@ -616,9 +633,11 @@ fn start_blocking(
         (BlockArg::Nftables, _) => &[Backend::Nftables],
         (BlockArg::Iptables, _) => &[Backend::Iptables],
     };
+    // A dry run stands in for the first choice and needs no privilege.
     // The XDP ban maps are reached through descriptors the agent already holds.
-    if candidates == [Backend::Xdp] {
-        return start_backend(Backend::Xdp, settings, metrics, protected, xdp)
+    if settings.dry_run || candidates == [Backend::Xdp] {
+        let backend = candidates[0];
+        return start_backend(backend, settings, metrics, protected, xdp)
             .map(Some)
             .map_err(|e| format!("{e:#}"));
     }
@@ -663,12 +682,13 @@ fn start_backend(
     protected: &dyn Fn(IpAddr) -> bool,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) -> anyhow::Result<(Blocker, Vec<Happened>)> {
-    let rules = |b| synwatch_enforce::open(b, settings.scope, Box::new(SystemRunner));
+    let rules = |b| synwatch_enforce::open_system(b, settings.scope);
     let maps = || -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
         let xdp = xdp.context("the XDP program is not running")?;
         Ok(Box::new(xdp.bans()?))
     };
     let enforcer = match backend {
+        _ if settings.dry_run => Box::new(synwatch_enforce::DryRun { backend }),
         Backend::Xdp => maps()?,
         Backend::XdpNftables => Box::new(synwatch_enforce::Layered::new(
             backend,
@@ -750,6 +770,7 @@ pub(crate) fn wall_nanos() -> i64 {
 fn report<W: std::io::Write>(
     happened: Vec<Happened>,
     backend: &str,
+    dry_run: bool,
     events: &mut EventWriter<W>,
     detector: &mut Detector,
 ) -> std::io::Result<()> {
@@ -764,6 +785,8 @@ fn report<W: std::io::Write>(
                 until: r.expires,
                 reason: &r.reason,
                 offences: r.offences,
+                dry_run,
+                new_only: r.new_only,
             }),
             Happened::Unblocked(addr, why) => {
                 detector.forget(addr);
@@ -782,30 +805,65 @@ fn release_protected<W: std::io::Write>(
     host: &HostNow,
     events: &mut EventWriter<W>,
 ) -> std::io::Result<()> {
-    let happened =
-        blocker.release_protected(metrics::unix_now(), |a| is_protected(a, detector, host));
-    report(happened, blocker.backend().as_str(), events, detector)
+    let happened = blocker.release_protected(metrics::unix_now(), |a| {
+        is_protected(a, detector, host).is_some()
+    });
+    report(
+        happened,
+        blocker.backend().as_str(),
+        blocker.dry_run(),
+        events,
+        detector,
+    )
 }
 
-/// Whether `addr` must never be banned, asked at ban time: the host's addresses as they
-/// are now, the configured local and allowlisted ranges, special addresses.
-fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> bool {
-    block::protected(addr, |a| {
-        host.addresses().contains(&a) || detector.is_allowlisted(a) || detector.is_local(a)
-    })
+/// Why `addr` must never be banned, asked at ban time: the host's addresses, gateways,
+/// routers and resolvers as they are now, the configured local and allowlisted ranges,
+/// special addresses (one rule: `protect.rs`).
+fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> Option<Why> {
+    let snapshot = host.snapshot();
+    protect::why(addr, snapshot.view(detector.config()))
 }
 
-/// The host's addresses for ban-time checks, read again when a second old: fresh enough
-/// that an address added a moment ago counts, without a getifaddrs(3) per ban when
-/// thousands of scanners arrive together.
+/// One read of what the protection rule needs from the host.
+#[derive(Debug, Clone, Default)]
+struct HostSnapshot {
+    addresses: std::collections::BTreeSet<IpAddr>,
+    infra: Infrastructure,
+}
+
+impl HostSnapshot {
+    fn read() -> Self {
+        Self::of(Host::read().unwrap_or_default())
+    }
+
+    fn of(host: Host) -> Self {
+        Self {
+            addresses: host.addresses,
+            infra: Infrastructure::read(),
+        }
+    }
+
+    fn view<'a>(&'a self, cfg: &'a synwatch_detect::Config) -> protect::View<'a> {
+        protect::View {
+            host: &self.addresses,
+            infra: &self.infra,
+            cfg,
+        }
+    }
+}
+
+/// The host's addresses and infrastructure for ban-time checks, read again when a
+/// second old: fresh enough that an address added or a gateway changed a moment ago
+/// counts, without reading them per ban when thousands of scanners arrive together.
 #[derive(Debug, Default)]
 struct HostNow {
-    /// When the addresses were read (`None`: never) and what they were.
-    read: std::cell::RefCell<(Option<Instant>, std::collections::BTreeSet<IpAddr>)>,
+    /// When the host was read (`None`: never) and what it was.
+    read: std::cell::RefCell<(Option<Instant>, HostSnapshot)>,
 }
 
 impl HostNow {
-    fn addresses(&self) -> std::cell::Ref<'_, std::collections::BTreeSet<IpAddr>> {
+    fn snapshot(&self) -> std::cell::Ref<'_, HostSnapshot> {
         let now = monotonic();
         let stale = self
             .read
@@ -813,14 +871,14 @@ impl HostNow {
             .0
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
         if stale {
-            self.set(now, Host::read().unwrap_or_default().addresses);
+            self.set(now, HostSnapshot::read());
         }
-        std::cell::Ref::map(self.read.borrow(), |(_, set)| set)
+        std::cell::Ref::map(self.read.borrow(), |(_, snapshot)| snapshot)
     }
 
-    /// Takes addresses read elsewhere at `at`.
-    fn set(&self, at: Instant, addresses: std::collections::BTreeSet<IpAddr>) {
-        *self.read.borrow_mut() = (Some(at), addresses);
+    /// Takes a host read elsewhere at `at`.
+    fn set(&self, at: Instant, snapshot: HostSnapshot) {
+        *self.read.borrow_mut() = (Some(at), snapshot);
     }
 }
 
@@ -870,7 +928,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         let options = crate::xdp::options(
             &settings.detector,
             xdp_observing,
-            xdp_blocking.then_some((&run_settings.blocking, true)),
+            (xdp_blocking && !run_settings.blocking.dry_run)
+                .then_some((&run_settings.blocking, true)),
         );
         match crate::xdp::start(&ifaces, run_settings.xdp_mode, options) {
             Ok(x) => xdp = Some(x),
@@ -952,7 +1011,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let protected_at_start = {
         let detector = Detector::new(settings.detector.clone());
         let host_now = &host_now;
-        move |a: IpAddr| is_protected(a, &detector, host_now)
+        move |a: IpAddr| is_protected(a, &detector, host_now).is_some()
     };
     // The handlers go in before any firewall rule does: a SIGTERM that arrives while
     // the agent sets up (or right after its banner) stops it cleanly, rules removed,
@@ -998,9 +1057,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let _ = metrics
         .backend
         .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
-    let blocks_in_xdp = blocker
-        .as_ref()
-        .is_some_and(|b| matches!(b.backend(), Backend::Xdp | Backend::XdpNftables));
+    // In a dry run the program neither detects nor drops: nothing is applied.
+    let blocks_in_xdp = blocker.as_ref().is_some_and(|b| {
+        !b.dry_run() && matches!(b.backend(), Backend::Xdp | Backend::XdpNftables)
+    });
     if let Some(x) = xdp.as_mut() {
         let options = crate::xdp::options(
             &settings.detector,
@@ -1012,10 +1072,15 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 "synwatch: warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
             );
         }
-        crate::xdp::apply(x, options, &settings.detector, &host_now.addresses())
+        crate::xdp::apply(x, options, host_now.snapshot().view(&settings.detector))
             .context("cannot configure the XDP program")?;
     }
-    drop_capabilities(blocker.as_ref().map(Blocker::backend));
+    drop_capabilities(
+        blocker
+            .as_ref()
+            .filter(|b| !b.dry_run())
+            .map(Blocker::backend),
+    );
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
@@ -1027,7 +1092,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
         None => "none (see the warning above): detecting and reporting only.".to_owned(),
     };
-    banner(&watching, &settings, &shown, &blocking, &locals, format);
+    let infra = host_now.snapshot().infra.describe();
+    banner(
+        &watching, &settings, &shown, &blocking, &locals, &infra, format,
+    );
 
     metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&stop))
         .context("cannot start the metrics server")?;
@@ -1090,8 +1158,17 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
     let mut events = EventWriter::new(std::io::stdout().lock(), format);
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
-    let mut output: std::io::Result<()> = report(lapsed, backend_name, &mut events, &mut detector);
+    let dry_run = blocker.as_ref().is_some_and(Blocker::dry_run);
+    let mut output: std::io::Result<()> =
+        report(lapsed, backend_name, dry_run, &mut events, &mut detector);
     let mut next_refresh = monotonic() + ADDRESS_REFRESH;
+    // A source holding an established connection is banned for new connections only
+    // (with --block-scope new every ban is, so the socket table is not read).
+    let mut sessions =
+        (blocker.is_some() && run_settings.blocking.scope == Scope::All).then(Sessions::open);
+    let mut holds_session =
+        move |a: IpAddr| sessions.as_mut().is_some_and(|s| s.holds(a, monotonic()));
+    let mut known_infra = host_now.snapshot().infra.clone();
     let mut logged = 0u64;
     // The loop runs until the capture threads have ended and their last batches are
     // handled (the control thread's sender never disconnects, so that is checked).
@@ -1118,6 +1195,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         output = output.and(events.suppressed(&held));
                     }
                     let out = detector.observe(obs);
+                    // A scan waiting for the cap gains evidence, and shows it is active.
+                    if let Some(b) = blocker.as_mut()
+                        && b.has_waiting()
+                    {
+                        b.activity(obs.src, obs.dport, obs.ts.div_euclid(1_000_000_000));
+                    }
                     if out.log {
                         if limiter.allow(obs.src) {
                             logged += 1;
@@ -1138,10 +1221,18 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         }
                     }
                     if let Some(scan) = &out.scan {
-                        output = output.and(events.scan(scan));
+                        let protected = is_protected(scan.src, &detector, &host_now);
+                        output =
+                            output.and(events.scan_protected(scan, protected.map(Why::as_str)));
                         if let Some(b) = blocker.as_mut() {
-                            let protected = is_protected(scan.src, &detector, &host_now);
-                            b.scan(scan.src, &scan.ports, metrics::unix_now(), protected);
+                            let session = protected.is_none() && holds_session(scan.src);
+                            b.scan(
+                                scan.src,
+                                &scan.ports,
+                                metrics::unix_now(),
+                                protected,
+                                session,
+                            );
                         }
                     }
                 }
@@ -1150,7 +1241,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 if let Some(b) = blocker.as_mut() {
                     let now = metrics::unix_now();
                     for addr in addrs {
-                        if !b.confirm_kernel_ban(addr, now) {
+                        if !b.confirm_kernel_ban(addr, now, holds_session(addr)) {
                             eprintln!(
                                 "synwatch: the XDP program banned {addr}, but the detector did not (see above); lifting it"
                             );
@@ -1163,7 +1254,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
                         is_protected(a, &detector, &host_now)
                     });
-                    output = output.and(report(happened, backend_name, &mut events, &mut detector));
+                    output = output.and(report(
+                        happened,
+                        backend_name,
+                        dry_run,
+                        &mut events,
+                        &mut detector,
+                    ));
                     let _ = call.reply.send(reply);
                 }
             }
@@ -1175,8 +1272,22 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             && (idle || now.duration_since(applied_at) >= APPLY_EVERY)
         {
             applied_at = now;
+            // Waiting scans whose source was quiet for a whole window have ended.
+            let quiet_secs = (detector.config().window + 999_999_999) / 1_000_000_000;
+            b.promote(
+                metrics::unix_now(),
+                quiet_secs,
+                |a| is_protected(a, &detector, &host_now).is_some(),
+                &mut holds_session,
+            );
             let happened = b.apply(metrics::unix_now());
-            output = output.and(report(happened, backend_name, &mut events, &mut detector));
+            output = output.and(report(
+                happened,
+                backend_name,
+                dry_run,
+                &mut events,
+                &mut detector,
+            ));
         }
         // Live events go out as they happen, not when a buffer fills.
         output = output.and(events.flush());
@@ -1211,13 +1322,25 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             if let Ok(fresh) = Host::read() {
                 let mut cfg = detector.config().clone();
                 cfg.locals = fresh.locals(&configured_locals);
-                host_now.set(now, fresh.addresses);
-                if cfg.locals != detector.config().locals {
+                let snapshot = HostSnapshot::of(fresh);
+                let infra_changed = snapshot.infra != known_infra;
+                if infra_changed {
+                    eprintln!(
+                        "synwatch: this host's gateways, routers and resolvers (never blocked) are now: {}",
+                        snapshot.infra.describe()
+                    );
+                    known_infra = snapshot.infra.clone();
+                }
+                host_now.set(now, snapshot);
+                let locals_changed = cfg.locals != detector.config().locals;
+                if locals_changed {
                     detector.reconfigure(cfg);
-                    if let Some(b) = blocker.as_mut() {
-                        output =
-                            output.and(release_protected(b, &mut detector, &host_now, &mut events));
-                    }
+                }
+                if (locals_changed || infra_changed)
+                    && let Some(b) = blocker.as_mut()
+                {
+                    output =
+                        output.and(release_protected(b, &mut detector, &host_now, &mut events));
                 }
                 if let Some(x) = xdp.as_mut() {
                     reconfigure_xdp(x, x.options(), &detector, &host_now);
@@ -1229,7 +1352,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
         let happened = b.apply(metrics::unix_now());
-        output = output.and(report(happened, backend_name, &mut events, &mut detector));
+        output = output.and(report(
+            happened,
+            backend_name,
+            dry_run,
+            &mut events,
+            &mut detector,
+        ));
         output = output.and(events.flush());
         b.stop();
         let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
@@ -1314,7 +1443,7 @@ fn reconfigure_xdp(
     detector: &Detector,
     host: &HostNow,
 ) {
-    if let Err(e) = crate::xdp::apply(xdp, options, detector.config(), &host.addresses()) {
+    if let Err(e) = crate::xdp::apply(xdp, options, host.snapshot().view(detector.config())) {
         eprintln!("synwatch: cannot update the XDP program: {e}");
     }
 }

@@ -46,6 +46,11 @@ impl Store {
              );",
         )
         .with_context(|| format!("cannot set up the ban database {}", path.display()))?;
+        // Added after the first release: databases from before get the column.
+        if conn.prepare("SELECT new_only FROM bans LIMIT 0").is_err() {
+            conn.execute_batch("ALTER TABLE bans ADD COLUMN new_only INTEGER NOT NULL DEFAULT 0")
+                .with_context(|| format!("cannot upgrade the ban database {}", path.display()))?;
+        }
         Ok(Self { conn, path })
     }
 
@@ -60,8 +65,8 @@ impl Store {
         {
             let mut ban = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO bans (addr, since, expires, reason, offences)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO bans (addr, since, expires, reason, offences, new_only)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .context(what.clone())?;
             let mut offender = tx
@@ -72,8 +77,10 @@ impl Store {
                 .context(what.clone())?;
             for r in records {
                 let addr = r.addr.to_string();
-                ban.execute(params![addr, r.since, r.expires, r.reason, r.offences])
-                    .context(what.clone())?;
+                ban.execute(params![
+                    addr, r.since, r.expires, r.reason, r.offences, r.new_only
+                ])
+                .context(what.clone())?;
                 offender
                     .execute(params![addr, r.offences, r.expires.unwrap_or(i64::MAX)])
                     .context(what.clone())?;
@@ -114,7 +121,9 @@ impl Store {
         let what = self.context("read bans");
         let mut stmt = self
             .conn
-            .prepare("SELECT addr, since, expires, reason, offences FROM bans ORDER BY since, addr")
+            .prepare(
+                "SELECT addr, since, expires, reason, offences, new_only FROM bans ORDER BY since, addr",
+            )
             .context(what.clone())?;
         let rows = stmt
             .query_map([], |row| {
@@ -124,12 +133,13 @@ impl Store {
                     row.get::<_, Option<i64>>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, u32>(4)?,
+                    row.get::<_, bool>(5)?,
                 ))
             })
             .context(what.clone())?;
         let mut out = Vec::new();
         for row in rows {
-            let (addr, since, expires, reason, offences) = row.context(what.clone())?;
+            let (addr, since, expires, reason, offences, new_only) = row.context(what.clone())?;
             match addr.parse() {
                 Ok(addr) => out.push(Record {
                     addr,
@@ -137,6 +147,7 @@ impl Store {
                     expires,
                     reason,
                     offences,
+                    new_only,
                 }),
                 Err(_) => eprintln!(
                     "synwatch: warning: skipping '{addr}' in {}: not an address",
@@ -205,6 +216,7 @@ mod tests {
             expires,
             reason: "21,22,23,25".into(),
             offences: 2,
+            new_only: addr.contains(':'),
         }
     }
 

@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits, TcpFlags};
 use synwatch_detect::{DirectionFilter, Observation};
 use synwatch_xdp::clock::{BootToUnix, boot_now};
@@ -88,45 +87,15 @@ pub fn start(ifaces: &[String], mode: XdpModeArg, options: Options) -> Result<Xd
     Ok(xdp)
 }
 
-/// Tells the program what to do and which ranges it must never drop or track.
+/// Tells the program what to do and which ranges it must never drop or track (the
+/// protected ones: see `protect.rs`).
 pub fn apply(
     xdp: &mut Xdp,
     options: Options,
-    detector: &synwatch_detect::Config,
-    host: &std::collections::BTreeSet<IpAddr>,
+    protected: crate::protect::View<'_>,
 ) -> Result<(), XdpError> {
     xdp.configure(options)?;
-    xdp.set_allowed(&allowlist(detector, host))
-}
-
-/// The ranges the program never drops or tracks: what `is_protected` covers.
-pub fn allowlist(
-    cfg: &synwatch_detect::Config,
-    host: &std::collections::BTreeSet<IpAddr>,
-) -> Vec<IpNet> {
-    let mut nets: Vec<IpNet> = cfg.allow.iter().collect();
-    // Local sources are outgoing to the detector: they never count toward a scan (unless
-    // --direction both) and are never banned (unless --no-allow-local).
-    if cfg.allow_local || cfg.direction != DirectionFilter::Both {
-        nets.extend(cfg.locals.iter());
-    }
-    nets.extend(host.iter().map(|&a| IpNet::from(a)));
-    for special in [
-        "127.0.0.0/8",
-        "0.0.0.0/32",
-        "255.255.255.255/32",
-        "224.0.0.0/4",
-        "::1/128",
-        "::/128",
-        "ff00::/8",
-    ] {
-        if let Ok(n) = special.parse() {
-            nets.push(n);
-        }
-    }
-    nets.sort();
-    nets.dedup();
-    nets
+    xdp.set_allowed(&crate::protect::allowlist(protected))
 }
 
 /// How the interfaces are attached, for the banner: "veth0 (XDP native)".
@@ -249,42 +218,5 @@ fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool) {
                 .drops
                 .store(ring.counter(Counter::RingbufFull, one), Ordering::Relaxed);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[expect(clippy::unwrap_used, reason = "tests fail loudly")]
-    fn the_program_never_drops_what_is_protected() {
-        let mut cfg = synwatch_detect::Config {
-            allow: ["198.51.100.0/24".parse::<IpNet>().unwrap()]
-                .into_iter()
-                .collect(),
-            locals: ["10.0.0.0/8".parse::<IpNet>().unwrap()]
-                .into_iter()
-                .collect(),
-            ..synwatch_detect::Config::default()
-        };
-        let host = [IpAddr::from([192, 0, 2, 1])].into_iter().collect();
-        let nets = allowlist(&cfg, &host);
-        for want in [
-            "198.51.100.0/24",
-            "10.0.0.0/8",
-            "192.0.2.1/32",
-            "127.0.0.0/8",
-            "ff00::/8",
-        ] {
-            assert!(nets.contains(&want.parse().unwrap()), "{want} in {nets:?}");
-        }
-        // Scanning from a local range is counted (and banned) with --direction both and
-        // --no-allow-local: the program must not hide it.
-        cfg.direction = DirectionFilter::Both;
-        cfg.allow_local = false;
-        let nets = allowlist(&cfg, &host);
-        assert!(!nets.contains(&"10.0.0.0/8".parse().unwrap()));
-        assert!(nets.contains(&"192.0.2.1/32".parse().unwrap()));
     }
 }

@@ -265,3 +265,145 @@ fn iptables_rules_flushed_by_a_ruleset_reload_come_back() {
         ],
     );
 }
+
+/// `--dry-run`: the scan is reported and the ban decided (a `block` event with
+/// `"dry_run":true`), but nothing reaches the kernel: the scanner still connects and
+/// synwatch has no rules, sets or XDP bans.
+fn dry_run_applies_nothing(args: &[&str], backend: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut all = vec!["--dry-run", "--state-dir", state.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let agent = Agent::start(&lab, dir.path(), backend, &all);
+    assert!(agent.log().contains("DRY RUN"), "{}", agent.log());
+    lab.scan(SCANNER, VICTIM, "1-20");
+    let block = agent.wait_for(3, |e| is(e, "block", SCANNER));
+    assert_eq!(block["dry_run"], true, "{block}");
+    assert_eq!(block["backend"], backend, "{block}");
+    assert!(
+        lab.connects(SCANNER, VICTIM),
+        "a dry run blocked the scanner"
+    );
+    assert_eq!(rules_left(&lab, "nftables"), Vec::<String>::new());
+    assert_eq!(rules_left(&lab, "iptables"), Vec::<String>::new());
+    assert_eq!(lab.metric("synwatch_blocks_total"), 1);
+    // `blocks list` shows the decided ban, not in the kernel.
+    let state_arg = state.to_str().expect("utf-8");
+    let (code, out, err) = blocks(&lab, &["list", "--state-dir", state_arg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(SCANNER) && out.contains("\"in_kernel\":false"),
+        "{out}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+    // A real run on the same state directory restores nothing of it.
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "real",
+        &["--block", "nftables", "--state-dir", state_arg],
+    );
+    assert!(agent.log().contains("0 bans restored"), "{}", agent.log());
+    assert!(lab.connects(SCANNER, VICTIM), "a dry-run ban was restored");
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_dry_run_reports_bans_and_applies_none() {
+    dry_run_applies_nothing(&["--block", "nftables"], "nftables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_dry_run_reports_bans_and_applies_none() {
+    dry_run_applies_nothing(&["--block", "iptables"], "iptables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_dry_run_reports_bans_and_applies_none() {
+    // The program would otherwise ban the scanner itself, in the kernel.
+    dry_run_applies_nothing(&["--source", "xdp", "--block", "xdp"], "xdp");
+}
+
+/// Each kind of tampering with synwatch's own sets, chains and jumps (not only a missing
+/// table) is undone within seconds, with the running bans, and counted.
+fn tampering_is_undone(backend: &str, tampers: &[&[&[&str]]]) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        backend,
+        &[
+            "--block",
+            backend,
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(2, |e| is(e, "block", SCANNER));
+    assert!(!lab.connects(SCANNER, VICTIM), "the ban does not hold");
+    for (n, commands) in tampers.iter().enumerate() {
+        for command in *commands {
+            let out = lab.in_victim(command);
+            assert!(out.status.success(), "{command:?}: {out:?}");
+        }
+        assert!(
+            lab.connects(SCANNER, VICTIM),
+            "{commands:?} did not lift the ban"
+        );
+        eventually(8, &format!("{commands:?} is undone"), || {
+            lab.metric("synwatch_rules_reinstated_total") == n as u64 + 1
+        });
+        assert!(
+            !lab.connects(SCANNER, VICTIM),
+            "the ban did not come back after {commands:?}"
+        );
+        assert_eq!(kernel_entries(&lab, backend, SCANNER), 1);
+        assert!(lab.connects(CLIENT, VICTIM), "the client is cut off");
+    }
+    // Untouched, nothing is set up again.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        lab.metric("synwatch_rules_reinstated_total"),
+        tampers.len() as u64
+    );
+    let log = agent.log();
+    assert!(log.contains("removed by someone else"), "{log}");
+    assert_eq!(agent.stop(), Some(0), "{log}");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_flushed_sets_and_chains_come_back() {
+    tampering_is_undone(
+        "nftables",
+        &[
+            &[&["nft", "flush", "set", "inet", "synwatch", "banned4"]],
+            &[&["nft", "flush", "chain", "inet", "synwatch", "input"]],
+            &[
+                &["nft", "flush", "chain", "inet", "synwatch", "input"],
+                &["nft", "delete", "chain", "inet", "synwatch", "input"],
+            ],
+            &[&["nft", "delete", "table", "inet", "synwatch"]],
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_flushed_chain_ipset_and_removed_jump_come_back() {
+    tampering_is_undone(
+        "iptables",
+        &[
+            &[&["iptables", "-w", "-F", "SYNWATCH"]],
+            &[&["ipset", "flush", "synwatch4"]],
+            &[&["iptables", "-w", "-D", "INPUT", "-j", "SYNWATCH"]],
+        ],
+    );
+}

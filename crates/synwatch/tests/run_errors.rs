@@ -122,6 +122,7 @@ fn print_config_shows_the_layered_configuration_as_toml() {
         "ban_rate = 5",
         "state_dir = \"/var/lib/synwatch\"",
         "keep_rules_on_exit = false",
+        "dry_run = false",
     ] {
         assert!(text.lines().any(|l| l == line), "lacks {line}:\n{text}");
     }

@@ -92,12 +92,10 @@ impl XdpBans {
             Some(s) => now.saturating_add(s.saturating_mul(1_000_000_000)).max(1),
         };
         match keyed(ban.addr) {
-            Keyed::V4(k) => {
-                renew(&mut self.ban4, k, expires).map_err(|e| failed("ban4", "add a ban", &e))
-            }
-            Keyed::V6(k) => {
-                renew(&mut self.ban6, k, expires).map_err(|e| failed("ban6", "add a ban", &e))
-            }
+            Keyed::V4(k) => renew(&mut self.ban4, k, expires, ban.new_only)
+                .map_err(|e| failed("ban4", "add a ban", &e)),
+            Keyed::V6(k) => renew(&mut self.ban6, k, expires, ban.new_only)
+                .map_err(|e| failed("ban6", "add a ban", &e)),
         }
     }
 
@@ -113,17 +111,23 @@ impl XdpBans {
     }
 }
 
-/// Sets the ban on `key` to end at `expires`; a ban that is renewed keeps its counters.
+/// Sets the ban on `key` to end at `expires` (dropping only new connections when
+/// `new_only`); a ban that is renewed keeps its counters.
 fn renew<K: aya::Pod>(
     map: &mut HashMap<MapData, K, [u64; 3]>,
     key: K,
     expires: u64,
+    new_only: bool,
 ) -> Result<(), MapError> {
     let old = map
         .get(&key, 0)
         .map(BanValue::from_words)
         .unwrap_or_default();
-    let value = BanValue { expires, ..old };
+    let value = BanValue {
+        expires,
+        new_only,
+        ..old
+    };
     map.insert(key, value.to_words(), 0)
 }
 

@@ -100,18 +100,31 @@ pub struct BanValue {
     pub expires: u64,
     pub packets: u64,
     pub bytes: u64,
+    /// Drops only new connections and probes (the source held an established connection
+    /// when it was banned). The top bit of `expires` in the map (`BAN_NEW_ONLY` in C):
+    /// boot-clock nanoseconds never reach it.
+    pub new_only: bool,
 }
+
+/// `BAN_NEW_ONLY`: the flag bit of a ban's `expires` word.
+pub const BAN_NEW_ONLY: u64 = 1 << 63;
 
 impl BanValue {
     pub fn to_words(self) -> [u64; 3] {
-        [self.expires, self.packets, self.bytes]
+        let flag = if self.new_only { BAN_NEW_ONLY } else { 0 };
+        [
+            (self.expires & !BAN_NEW_ONLY) | flag,
+            self.packets,
+            self.bytes,
+        ]
     }
 
     pub fn from_words(w: [u64; 3]) -> Self {
         Self {
-            expires: w[0],
+            expires: w[0] & !BAN_NEW_ONLY,
             packets: w[1],
             bytes: w[2],
+            new_only: w[0] & BAN_NEW_ONLY != 0,
         }
     }
 }
@@ -308,6 +321,25 @@ mod tests {
         assert_eq!(Event::parse(&record(4, 1)[..EVENT_LEN - 1]), None);
         assert_eq!(Event::parse(&record(5, 1)), None);
         assert_eq!(Event::parse(&[]), None);
+    }
+
+    #[test]
+    fn a_ban_on_new_connections_only_is_the_top_bit_of_its_end() {
+        let v = BanValue {
+            expires: 5_000,
+            packets: 1,
+            bytes: 2,
+            new_only: true,
+        };
+        let w = v.to_words();
+        assert_eq!(w, [BAN_NEW_ONLY | 5_000, 1, 2]);
+        assert_eq!(BanValue::from_words(w), v);
+        let all = BanValue {
+            new_only: false,
+            ..v
+        };
+        assert_eq!(all.to_words()[0], 5_000);
+        assert_eq!(BanValue::from_words(all.to_words()), all);
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn ban(addr: &str, secs: Option<u64>) -> Ban {
     Ban {
         addr: addr.parse().unwrap(),
         timeout_secs: secs,
+        new_only: false,
     }
 }
 
@@ -435,4 +436,29 @@ fn the_verifier_accepts_the_program_cheaply() {
     if let Some(n) = xdp.verified_instructions() {
         assert!(n < 200_000, "{n} instructions verified");
     }
+}
+
+#[test]
+fn a_ban_on_a_source_with_a_session_drops_only_its_new_connections_and_probes() {
+    // The default scope drops everything from a banned source, except from one banned
+    // while it held an established connection.
+    let mut xdp = load(observe_only());
+    let mut bans = xdp.bans().unwrap();
+    let mut session = ban("192.0.2.9", Some(600));
+    session.new_only = true;
+    bans.add(&[session]).unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+    let fin = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 22, FIN, 0));
+    assert_eq!(xdp.test_run(&fin).unwrap(), Verdict::Drop);
+    let established = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 22, ACK, 10));
+    assert_eq!(xdp.test_run(&established).unwrap(), Verdict::Pass);
+    let listed = bans.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].expires_secs.is_some_and(|s| s <= 600),
+        "{listed:?}"
+    );
+    // Banned again for all traffic (the session ended): everything is dropped.
+    bans.add(&[ban("192.0.2.9", Some(600))]).unwrap();
+    assert_eq!(xdp.test_run(&established).unwrap(), Verdict::Drop);
 }

@@ -42,10 +42,13 @@ pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 pub const VICTIM: &str = "10.77.0.1";
+#[allow(dead_code, reason = "not every test binary uses IPv6")]
 pub const VICTIM6: &str = "fd77::1";
 pub const SCANNER: &str = "10.77.0.2";
+#[allow(dead_code, reason = "not every test binary uses IPv6")]
 pub const SCANNER6: &str = "fd77::2";
 pub const CLIENT: &str = "10.77.0.3";
+#[allow(dead_code, reason = "not every test binary allowlists")]
 pub const ALLOWED: &str = "10.77.0.4";
 pub const HTTP_PORT: u16 = 8080;
 
@@ -164,6 +167,43 @@ impl Lab {
         lab
     }
 
+    /// Starts a long-running command in the attacker namespace (stopped with the lab).
+    #[allow(dead_code, reason = "not every test binary starts extra servers")]
+    pub fn spawn_in_attacker(&mut self, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.attacker])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a command in the attacker namespace");
+        self.children.push(child);
+    }
+
+    /// Files the victim namespace sees in /etc through `ip netns exec` (resolv.conf):
+    /// /etc/netns/NAME, removed with the lab.
+    #[allow(dead_code, reason = "not every test binary sets the victim's resolver")]
+    pub fn victim_etc(&self, file: &str, text: &str) {
+        let dir = Path::new("/etc/netns").join(&self.victim);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NAME");
+        std::fs::write(dir.join(file), text).expect("write a file of /etc/netns/NAME");
+    }
+
+    /// SYNs with any source address `src` (forged: it need not be the attacker's), one
+    /// to each of `ports` of `dst`, sent through a raw socket of the attacker namespace.
+    #[allow(dead_code, reason = "not every test binary forges packets")]
+    pub fn forge_syns(&self, src: &str, dst: &str, ports: &[u16]) {
+        let mut args = vec!["python3", "-c", FORGE_SYNS, src, dst];
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        args.extend(ports.iter().map(String::as_str));
+        let out = self.in_attacker(&args);
+        assert!(
+            out.status.success(),
+            "forging SYNs from {src} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts a long-running command in the victim namespace (stopped with the lab).
     #[allow(dead_code, reason = "not every test binary starts extra servers")]
     pub fn spawn_in_victim(&mut self, args: &[&str]) {
@@ -266,8 +306,34 @@ impl Drop for Lab {
         }
         let _ = sh(&["ip", "netns", "del", &self.victim]);
         let _ = sh(&["ip", "netns", "del", &self.attacker]);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.victim));
     }
 }
+
+/// A raw-socket SYN sender (no scapy needed): python3 -c FORGE_SYNS SRC DST PORT...
+/// IPv4 and IPv6, headers and checksums written by hand.
+const FORGE_SYNS: &str = r#"
+import socket, struct, sys
+src, dst, ports = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3:]]
+v6 = ':' in dst
+fam = socket.AF_INET6 if v6 else socket.AF_INET
+sa, da = socket.inet_pton(fam, src), socket.inet_pton(fam, dst)
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i, port in enumerate(ports):
+    tcp = struct.pack('!HHIIBBHHH', 41000 + i, port, 7000 + i, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = sa + da + (struct.pack('!IxxxB', len(tcp), 6) if v6 else struct.pack('!xBH', 6, len(tcp)))
+    tcp = tcp[:16] + struct.pack('!H', csum(pseudo + tcp)) + tcp[18:]
+    if v6:
+        ip = struct.pack('!IHBB', 6 << 28, len(tcp), 6, 64) + sa + da
+    else:
+        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 1 + i, 0, 64, 6, 0, sa, da)
+    raw.sendto(ip + tcp, (dst, 0))
+"#;
 
 /// `synwatch run` in the victim namespace, stdout and stderr in files.
 #[derive(Debug)]
@@ -395,6 +461,7 @@ impl Drop for Agent {
 }
 
 /// `synwatch blocks ARGS` in the victim namespace, JSON output; (exit code, stdout, stderr).
+#[allow(dead_code, reason = "not every test binary asks the agent")]
 pub fn blocks(lab: &Lab, args: &[&str]) -> (i32, String, String) {
     let out = Command::new("ip")
         .args([

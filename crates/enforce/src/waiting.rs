@@ -1,0 +1,195 @@
+//! Scans the cap on new bans refused, waiting for room (SPEC §2, "Spoofing cannot buy a
+//! scanner time"). A forger can invent scanners by the hundred (four forged SYNs each);
+//! a real scanner keeps reaching new ports. So the waiting are ordered by evidence (the
+//! distinct ports their source reached, then how recently it was active), not by
+//! arrival, and a source that went quiet for a whole window leaves the queue (its
+//! episode is over). The queue is bounded: when full, the weakest entry makes room.
+//!
+//! Networks share the cap: [`network`] is the /24 (IPv4) or /48 (IPv6) of an address,
+//! the unit a single operator (or a forger's chosen range) typically holds.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+/// Most scans waiting at once.
+pub const MAX_WAITING: usize = 4096;
+/// Distinct ports remembered per waiting source: evidence saturates there.
+const MAX_PORTS: usize = 1024;
+
+/// The network an address counts in for the cap: its /24 or /48.
+pub fn network(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V4(a) => {
+            let [x, y, z, _] = a.octets();
+            IpAddr::from([x, y, z, 0])
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+        }
+    }
+}
+
+/// One waiting scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter {
+    pub reason: String,
+    ports: HashSet<u16>,
+    /// When the scan was refused and when its source was last seen (Unix seconds).
+    pub since: i64,
+    pub last: i64,
+}
+
+impl Waiter {
+    /// Distinct ports its source reached (saturating at a thousand).
+    pub fn evidence(&self) -> usize {
+        self.ports.len()
+    }
+
+    fn rank(&self) -> (usize, i64, std::cmp::Reverse<i64>) {
+        (self.evidence(), self.last, std::cmp::Reverse(self.since))
+    }
+}
+
+/// The queue.
+#[derive(Debug, Clone, Default)]
+pub struct Waiting {
+    by_addr: HashMap<IpAddr, Waiter>,
+}
+
+impl Waiting {
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.by_addr.contains_key(&addr)
+    }
+
+    /// Queues a refused scan (or updates the waiting one). When the queue is full the
+    /// weakest entry makes room, unless the newcomer is weaker still. Returns the address
+    /// that left the queue, if any (the newcomer itself when it was not kept).
+    pub fn add(&mut self, addr: IpAddr, reason: String, ports: &[u16], now: i64) -> Option<IpAddr> {
+        if let Some(w) = self.by_addr.get_mut(&addr) {
+            w.last = w.last.max(now);
+            for &p in ports {
+                if w.ports.len() < MAX_PORTS {
+                    w.ports.insert(p);
+                }
+            }
+            return None;
+        }
+        let waiter = Waiter {
+            reason,
+            ports: ports.iter().copied().take(MAX_PORTS).collect(),
+            since: now,
+            last: now,
+        };
+        let mut dropped = None;
+        if self.by_addr.len() >= MAX_WAITING {
+            let weakest = self
+                .by_addr
+                .iter()
+                .min_by_key(|(a, w)| (w.rank(), **a))
+                .map(|(a, w)| (*a, w.rank()));
+            match weakest {
+                Some((a, rank)) if rank < waiter.rank() => {
+                    self.by_addr.remove(&a);
+                    dropped = Some(a);
+                }
+                _ => return Some(addr),
+            }
+        }
+        self.by_addr.insert(addr, waiter);
+        dropped
+    }
+
+    /// The source of a waiting scan was seen again, reaching `port`.
+    pub fn touch(&mut self, addr: IpAddr, port: u16, now: i64) {
+        if let Some(w) = self.by_addr.get_mut(&addr) {
+            w.last = w.last.max(now);
+            if w.ports.len() < MAX_PORTS {
+                w.ports.insert(port);
+            }
+        }
+    }
+
+    /// Forgets sources last seen before `quiet_before`; returns how many.
+    pub fn prune(&mut self, quiet_before: i64) -> usize {
+        let before = self.by_addr.len();
+        self.by_addr.retain(|_, w| w.last >= quiet_before);
+        before - self.by_addr.len()
+    }
+
+    /// The strongest waiting source `eligible` accepts.
+    pub fn best(&self, eligible: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+        self.by_addr
+            .iter()
+            .filter(|(a, _)| eligible(**a))
+            .max_by_key(|(a, w)| (w.rank(), std::cmp::Reverse(**a)))
+            .map(|(a, _)| *a)
+    }
+
+    pub fn remove(&mut self, addr: IpAddr) -> Option<Waiter> {
+        self.by_addr.remove(&addr)
+    }
+
+    /// Forgets the sources `pred` selects.
+    pub fn retain(&mut self, pred: impl Fn(IpAddr) -> bool) {
+        self.by_addr.retain(|a, _| pred(*a));
+    }
+
+    pub fn clear(&mut self) {
+        self.by_addr.clear();
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_are_slash_24_and_slash_48() {
+        assert_eq!(network(ip("192.0.2.77")), ip("192.0.2.0"));
+        assert_eq!(network(ip("::ffff:192.0.2.77")), ip("192.0.2.0"));
+        assert_eq!(network(ip("2001:db8:1:2::9")), ip("2001:db8:1::"));
+    }
+
+    #[test]
+    fn the_strongest_evidence_goes_first_and_the_weakest_makes_room() {
+        let mut w = Waiting::default();
+        w.add(ip("192.0.2.1"), "a".into(), &[1, 2, 3, 4], 0);
+        w.add(ip("198.51.100.1"), "b".into(), &[1, 2, 3, 4], 5);
+        // Same evidence: the more recently active first.
+        assert_eq!(w.best(|_| true), Some(ip("198.51.100.1")));
+        // A source still reaching new ports outranks both.
+        w.touch(ip("192.0.2.1"), 9, 6);
+        assert_eq!(w.best(|_| true), Some(ip("192.0.2.1")));
+        assert_eq!(w.best(|a| a != ip("192.0.2.1")), Some(ip("198.51.100.1")));
+        // Quiet sources leave.
+        assert_eq!(w.prune(5), 0);
+        assert_eq!(w.prune(6), 1);
+        assert!(!w.contains(ip("198.51.100.1")));
+        // A full queue drops its weakest for a stronger newcomer, not for a weaker one.
+        let mut w = Waiting::default();
+        for i in 0..MAX_WAITING as u32 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert_eq!(w.add(a, String::new(), &[1, 2, 3, 4], 10), None);
+        }
+        let weak = ip("203.0.113.1");
+        assert_eq!(w.add(weak, String::new(), &[1, 2, 3, 4], 9), Some(weak));
+        let strong = ip("203.0.113.2");
+        assert!(w.add(strong, String::new(), &[1, 2, 3, 4, 5], 10).is_some());
+        assert!(w.contains(strong));
+        assert_eq!(w.len(), MAX_WAITING);
+    }
+}
