@@ -22,7 +22,8 @@
 #    records both directions; reported: the time from the SYN to the 4th distinct port
 #    to the victim's last answer, and how many ports answered, for nftables and xdp.
 #
-# usage: [COUNT=5000000] [ROUNDS=2] [CASES="generator none nftables xdp"] scripts/bench-xdp.sh
+# usage: [COUNT=5000000] [ROUNDS=2] [CASES="generator none nftables xdp"] [SYNWATCH=BIN] scripts/bench-xdp.sh
+# (CASES=" " skips the floods and measures only the time to ban)
 # Needs root and: iproute2, ethtool, nftables, hping3, tcpdump, python3, clang (build).
 # Traffic only goes between the namespaces it creates; they are removed (with every
 # process the script started) on every exit path.
@@ -39,7 +40,7 @@ done
 
 cargo build --release --locked -q -p synwatch
 cargo build --release --locked -q -p synwatch-xdp --example flood
-BIN=target/release/synwatch
+BIN=${SYNWATCH:-target/release/synwatch}
 FLOOD=target/release/examples/flood
 
 TAG=swx$$
@@ -140,7 +141,7 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round:"
     for name in $CASES; do flood_case "$name"; done
 done
-python3 - "$WORK/results" <<'EOF'
+[ -s "$WORK/results" ] && python3 - "$WORK/results" <<'EOF'
 import sys, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):

@@ -167,6 +167,11 @@ impl Blocker {
         self.book.set_policy(policy);
     }
 
+    /// Whether bans are decided but not yet in the kernel.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]), unless
     /// `protected` says why it must not be. `session`: the source holds an established
     /// connection to this host, so the ban drops only its new connections.

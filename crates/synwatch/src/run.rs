@@ -1173,10 +1173,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // The loop runs until the capture threads have ended and their last batches are
     // handled (the control thread's sender never disconnects, so that is checked).
     let mut draining = false;
-    // Bans go to the kernel at most every APPLY_EVERY while packets keep coming, and at
-    // once when the queue is idle: the first scanner is banned at once, and a burst of
-    // them is one kernel transaction.
+    // Bans go to the kernel at once when none went for APPLY_EVERY (the first scanner of
+    // a quiet spell is banned within the batch that made it one), then at most every
+    // APPLY_EVERY while packets keep coming, so that a burst of them is one kernel
+    // transaction; expiry and the rest of the upkeep run at that pace, or when idle.
     let mut applied_at = monotonic();
+    let mut pushed_at = applied_at.checked_sub(APPLY_EVERY).unwrap_or(applied_at);
     let mut idle;
     loop {
         let msg = if draining {
@@ -1269,7 +1271,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         }
         let now = monotonic();
         if let Some(b) = blocker.as_mut()
-            && (idle || now.duration_since(applied_at) >= APPLY_EVERY)
+            && (idle
+                || now.duration_since(applied_at) >= APPLY_EVERY
+                || (b.has_pending() && now.duration_since(pushed_at) >= APPLY_EVERY))
         {
             applied_at = now;
             // Waiting scans whose source was quiet for a whole window have ended.
@@ -1280,6 +1284,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 |a| is_protected(a, &detector, &host_now).is_some(),
                 &mut holds_session,
             );
+            if b.has_pending() {
+                pushed_at = now;
+            }
             let happened = b.apply(metrics::unix_now());
             output = output.and(report(
                 happened,
