@@ -369,7 +369,7 @@ scan_and_check() {
         sleep 0.1
     done
     events | grep -E "\"event\":\"(scan|block)\",\"src\":\"$re\"" | sed 's/^/  | /' >&2 || true
-    events_have "\"event\":\"scan\",\"src\":\"$re\"" || { logs >&2; die "no scan event for $scanner"; }
+    events_have "\"event\":\"scan\",\"kind\":\"ports\",\"src\":\"$re\"" || { logs >&2; die "no scan event for $scanner"; }
     events_have "\"event\":\"block\",\"src\":\"$re\"" || { logs >&2; die "no block event for $scanner"; }
     if fetch "$scanner"; then die "the scanner $scanner still reaches 10.78.0.1:8080"; fi
     say "ok: the scanner $scanner is cut off"

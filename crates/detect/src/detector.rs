@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv6Net};
 use smallvec::SmallVec;
 use synwatch_decode::TcpFlags;
 
@@ -87,10 +88,20 @@ pub struct Config {
     pub max_sources: usize,
     /// Cap on remembered 4-tuples (for retransmission detection).
     pub max_attempts: usize,
+    /// IPv6 sources count per /N (48 to 128; 128 counts per address).
+    pub ipv6_prefix: u8,
+    /// Addresses of this host's neighbourhood besides `locals` (its gateways, routers,
+    /// resolvers): an IPv6 prefix holding one of them or a local address counts per
+    /// address, so that the host's LAN neighbours are never lumped into one scanner.
+    pub neighbours: AddrSet,
 }
 
 /// Default cap on tracked sources (state at the cap: see docs/PERFORMANCE.md).
 pub const DEFAULT_MAX_SOURCES: usize = 100_000;
+
+/// IPv6 sources count per /64 unless configured otherwise: one subscriber, one host or
+/// one cloud instance usually holds a whole /64, and rotating through it is free.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 impl Default for Config {
     fn default() -> Self {
@@ -103,6 +114,8 @@ impl Default for Config {
             allow_local: true,
             max_sources: DEFAULT_MAX_SOURCES,
             max_attempts: 2 * DEFAULT_MAX_SOURCES,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            neighbours: AddrSet::new(),
         }
     }
 }
@@ -164,6 +177,9 @@ pub struct Scan {
     pub window: Nanos,
     /// The source is local or on the allowlist: report, never block.
     pub allowlisted: bool,
+    /// The IPv6 network the source was counted as (`--ipv6-prefix`), when it was counted
+    /// per prefix rather than per address: the ban covers it.
+    pub prefix: Option<IpNet>,
 }
 
 /// The detector's verdict on one observation.
@@ -240,6 +256,9 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug)]
 pub struct Detector {
     cfg: Config,
+    /// The IPv6 networks (at `ipv6_prefix`) holding a local or neighbour address, whose
+    /// sources count per address.
+    shared: AddrSet,
     now: Nanos,
     last_sweep: Nanos,
     sources: Map<[u64; 2], Source>,
@@ -250,6 +269,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(cfg: Config) -> Self {
         Self {
+            shared: shared_prefixes(&cfg),
             cfg,
             now: Nanos::MIN,
             last_sweep: Nanos::MIN,
@@ -266,7 +286,26 @@ impl Detector {
     /// Replaces thresholds and address sets, keeping all state. Tracked port lists longer
     /// than a lowered threshold needs are trimmed at their next observation.
     pub fn reconfigure(&mut self, cfg: Config) {
+        self.shared = shared_prefixes(&cfg);
         self.cfg = cfg;
+    }
+
+    /// What a source counts as: its own address, or (IPv6, per `--ipv6-prefix`) its
+    /// network, unless that network holds one of this host's or its neighbours' addresses.
+    pub fn source_of(&self, addr: IpAddr) -> (IpAddr, Option<IpNet>) {
+        match addr {
+            IpAddr::V6(a) if self.cfg.ipv6_prefix < 128 && a.to_ipv4_mapped().is_none() => {
+                let Ok(net) = Ipv6Net::new(a, self.cfg.ipv6_prefix) else {
+                    return (addr, None);
+                };
+                if self.shared.contains(addr) {
+                    return (addr, None);
+                }
+                let net = net.trunc();
+                (IpAddr::V6(net.network()), Some(IpNet::V6(net)))
+            }
+            _ => (addr, None),
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -287,7 +326,8 @@ impl Detector {
     /// still recognised): once a ban on it is lifted, its next scan is a new episode and is
     /// reported (and banned) again, even if it never paused for a whole window.
     pub fn forget(&mut self, addr: IpAddr) -> bool {
-        self.sources.remove(&halves(addr_key(addr))).is_some()
+        let (key, _) = self.source_of(addr);
+        self.sources.remove(&halves(addr_key(key))).is_some()
     }
 
     /// Whether `addr` is local or allowlisted under the current configuration.
@@ -421,7 +461,8 @@ impl Detector {
     fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> Option<Scan> {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
-        let key = halves(addr_key(obs.src));
+        let (counted_as, prefix) = self.source_of(obs.src);
+        let key = halves(addr_key(counted_as));
         if self.sources.len() >= self.cfg.max_sources && !self.sources.contains_key(&key) {
             self.evict_sources();
         }
@@ -474,6 +515,7 @@ impl Detector {
             window,
             allowlisted: self.cfg.allow.contains(obs.src)
                 || (self.cfg.allow_local && self.cfg.locals.contains(obs.src)),
+            prefix,
         })
     }
 
@@ -513,6 +555,28 @@ impl Detector {
             self.sweep();
         }
     }
+}
+
+/// The IPv6 networks at `cfg.ipv6_prefix` that hold a local or neighbour address (or lie
+/// inside a local range): their sources count per address.
+fn shared_prefixes(cfg: &Config) -> AddrSet {
+    let mut shared = AddrSet::new();
+    if cfg.ipv6_prefix >= 128 {
+        return shared;
+    }
+    for net in cfg.locals.iter().chain(cfg.neighbours.iter()) {
+        if let IpNet::V6(n) = net {
+            let wide = if n.prefix_len() >= cfg.ipv6_prefix {
+                Ipv6Net::new(n.network(), cfg.ipv6_prefix).map(|w| w.trunc())
+            } else {
+                Ok(n.trunc())
+            };
+            if let Ok(w) = wide {
+                shared.insert(IpNet::V6(w));
+            }
+        }
+    }
+    shared
 }
 
 /// At the cap, this share of a table is evicted in one pass, so that each eviction pass

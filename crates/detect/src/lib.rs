@@ -17,8 +17,8 @@ pub mod probe;
 
 pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
 pub use detector::{
-    Config, DEFAULT_MAX_SOURCES, Detector, Direction, DirectionFilter, Nanos, Observation, Outcome,
-    Scan, Seen, Stats,
+    Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_SOURCES, Detector, Direction, DirectionFilter, Nanos,
+    Observation, Outcome, Scan, Seen, Stats,
 };
 pub use probe::{Probe, ProbeSet};
 

@@ -698,3 +698,117 @@ proptest! {
         }
     }
 }
+
+/// Three ports from each of `addresses` addresses of 2001:db8:77:1::/64, one second apart.
+fn rotation(addresses: u16) -> Vec<Observation> {
+    (0..addresses)
+        .flat_map(|a| {
+            (0..3u16).map(move |p| {
+                let t = i64::from(a * 3 + p) * SEC;
+                obs(
+                    t,
+                    &format!("2001:db8:77:1::{:x}", a + 2),
+                    40000,
+                    "2001:db8::1",
+                    1000 + a * 3 + p,
+                    SYN,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn forty_addresses_of_one_64_with_three_ports_each_are_one_scanner() {
+    let mut det = Detector::new(Config::default());
+    let (scans, logged) = run(&mut det, &rotation(40));
+    assert_eq!(logged, 120, "connection events are per attempt, as before");
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    let scan = &scans[0];
+    // The address whose attempt crossed the threshold: the second one's first port.
+    assert_eq!(scan.src, ip("2001:db8:77:1::3"));
+    assert_eq!(
+        scan.prefix,
+        Some("2001:db8:77:1::/64".parse().expect("net"))
+    );
+    assert_eq!(scan.ports, [1000, 1001, 1002, 1003]);
+    assert_eq!(det.tracked_sources(), 1);
+    // Forgetting any address of the network forgets the network.
+    assert!(det.forget(ip("2001:db8:77:1::ffff")));
+}
+
+#[test]
+fn a_single_ipv6_scanner_carries_its_64_and_ipv4_has_no_prefix() {
+    let mut det = Detector::new(Config::default());
+    let v6: Vec<_> = (0..4u16)
+        .map(|i| {
+            obs(
+                i64::from(i) * SEC,
+                "2001:db8:9::77",
+                40000,
+                "2001:db8::1",
+                20 + i,
+                SYN,
+            )
+        })
+        .collect();
+    let (scans, _) = run(&mut det, &v6);
+    assert_eq!(scans[0].src, ip("2001:db8:9::77"));
+    assert_eq!(
+        scans[0].prefix,
+        Some("2001:db8:9::/64".parse().expect("net"))
+    );
+    let v4: Vec<_> = (0..4u16)
+        .map(|i| syn(i64::from(i) * SEC, "203.0.113.9", 20 + i))
+        .collect();
+    let (scans, _) = run(&mut det, &v4);
+    assert_eq!(scans[0].prefix, None);
+}
+
+#[test]
+fn per_address_with_ipv6_prefix_128() {
+    let mut det = Detector::new(Config {
+        ipv6_prefix: 128,
+        ..Config::default()
+    });
+    assert_eq!(run(&mut det, &rotation(40)).0, vec![]);
+    // One source an address: at least the 20 of the last window are held (per /64 it
+    // would be one).
+    assert!(det.tracked_sources() >= 20, "{}", det.tracked_sources());
+}
+
+#[test]
+fn a_prefix_that_holds_this_host_or_its_router_counts_per_address() {
+    // The host's own on-link /64: its neighbours are not one scanner.
+    let mut det = Detector::new(Config {
+        locals: ["2001:db8:77:1::1"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    });
+    assert_eq!(run(&mut det, &rotation(40)).0, vec![]);
+    // A router's /64 (a link-local one here) likewise; another /64 still counts as one.
+    let mut cfg = Config {
+        neighbours: ["2001:db8:77:1::fe"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    };
+    let mut det = Detector::new(cfg.clone());
+    assert_eq!(run(&mut det, &rotation(40)).0, vec![]);
+    // The router moves away: on reconfiguration the /64 is one scanner again.
+    cfg.neighbours = AddrSet::new();
+    det.reconfigure(cfg);
+    let later: Vec<_> = rotation(2)
+        .into_iter()
+        .map(|mut o| {
+            o.ts += 3600 * SEC;
+            o
+        })
+        .collect();
+    let (scans, _) = run(&mut det, &later);
+    assert_eq!(scans.len(), 1);
+    assert!(scans[0].prefix.is_some());
+}

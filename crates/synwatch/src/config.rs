@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use serde::Deserialize;
-use synwatch_detect::{AddrSet, Config, DEFAULT_MAX_SOURCES, DirectionFilter, Nanos, parse_cidr};
+use synwatch_detect::{
+    AddrSet, Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_SOURCES, DirectionFilter, Nanos, parse_cidr,
+};
 
 use crate::output::Format;
 
@@ -83,6 +85,12 @@ pub struct DetectArgs {
     #[arg(long, env = "SYNWATCH_MAX_SOURCES", value_name = "N")]
     pub max_sources: Option<String>,
 
+    /// IPv6 sources are counted, and banned, per /N (48 to 128; 128 counts each address);
+    /// a network holding this host's or its router's address counts per address
+    /// [default: 64]
+    #[arg(long, env = "SYNWATCH_IPV6_PREFIX", value_name = "N")]
+    pub ipv6_prefix: Option<String>,
+
     /// The options (by argument id) whose values came from `SYNWATCH_*` variables, so
     /// that an error names the variable the user set rather than a flag they never typed.
     #[arg(skip)]
@@ -113,6 +121,7 @@ pub struct FileConfig {
     pub direction: Option<DirectionArg>,
     pub format: Option<Format>,
     pub max_sources: Option<toml::Value>,
+    pub ipv6_prefix: Option<toml::Value>,
     // Keys of `synwatch run` only (replay ignores them, so one file serves both).
     pub iface: Option<Vec<String>>,
     pub source: Option<String>,
@@ -187,6 +196,11 @@ impl DetectSettings {
             }
             (None, None) => DEFAULT_MAX_SOURCES as u64,
         };
+        let ipv6_prefix = match (&args.ipv6_prefix, &file.ipv6_prefix) {
+            (Some(text), _) => parse_count(&args.label("ipv6_prefix"), text, 48, 128)?,
+            (None, Some(value)) => parse_count("ipv6_prefix", &toml_number(value), 48, 128)?,
+            (None, None) => u64::from(DEFAULT_IPV6_PREFIX),
+        };
         let mut warnings = Vec::new();
         let format = args.format.or(file.format);
         let local = pick_list(&args.local, &file.local);
@@ -213,6 +227,9 @@ impl DetectSettings {
                 allow_local,
                 max_sources,
                 max_attempts: max_sources.saturating_mul(2),
+                ipv6_prefix: u8::try_from(ipv6_prefix).unwrap_or(128),
+                // The agent adds its gateways, routers and resolvers as it finds them.
+                neighbours: Default::default(),
             },
             format,
             warnings,
@@ -431,7 +448,7 @@ mod tests {
     #[test]
     fn invalid_values_fail_with_one_clear_line() {
         type Case = (fn(&mut DetectArgs), &'static str);
-        let cases: [Case; 5] = [
+        let cases: [Case; 6] = [
             (
                 |a| a.window = Some("0s".into()),
                 "invalid --window '0s': the window must be longer than zero",
@@ -443,6 +460,10 @@ mod tests {
             (
                 |a| a.max_ports = Some("-1".into()),
                 "invalid --max-ports '-1': expected a whole number",
+            ),
+            (
+                |a| a.ipv6_prefix = Some("40".into()),
+                "invalid --ipv6-prefix '40': must be between 48 and 128",
             ),
             (
                 |a| a.max_ports = Some("70000".into()),

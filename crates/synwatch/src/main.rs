@@ -147,8 +147,9 @@ pub fn default_format() -> output::Format {
 }
 
 /// The detection options' argument ids, for telling where each value came from.
-const DETECT_IDS: [&str; 7] = [
+const DETECT_IDS: [&str; 8] = [
     "max_ports",
+    "ipv6_prefix",
     "window",
     "local",
     "allow",

@@ -102,7 +102,12 @@ impl Formatter {
         let allowlisted = s.allowlisted || protected.is_some();
         match self.format {
             Format::Json => {
-                self.json_head(out, s.ts, b"scan", s.src);
+                // `kind` goes right after `event`, as SPEC §4 shows it.
+                self.json_head(out, s.ts, b"scan\",\"kind\":\"ports", s.src);
+                if let Some(prefix) = s.prefix {
+                    out.extend_from_slice(b"\",\"prefix\":\"");
+                    out.extend_from_slice(prefix.to_string().as_bytes());
+                }
                 out.extend_from_slice(b"\",\"dst\":\"");
                 write_ip(out, s.dst);
                 out.extend_from_slice(b"\",\"ports\":[");
@@ -148,6 +153,11 @@ impl Formatter {
                         }
                         out.extend_from_slice(p.as_str().as_bytes());
                     }
+                    out.push(b')');
+                }
+                if let Some(prefix) = s.prefix {
+                    out.extend_from_slice(b" (counted as ");
+                    out.extend_from_slice(prefix.to_string().as_bytes());
                     out.push(b')');
                 }
                 match protected {
@@ -649,6 +659,7 @@ mod tests {
             probes,
             window: 60 * SEC,
             allowlisted: false,
+            prefix: None,
         }
     }
 
@@ -662,7 +673,25 @@ mod tests {
         let line = render(|w| w.scan(&scan()), Format::Json);
         assert_eq!(
             line,
-            "{\"ts\":\"2023-11-14T22:13:20.900000Z\",\"event\":\"scan\",\"src\":\"203.0.113.9\",\"dst\":\"192.0.2.1\",\"ports\":[21,22,23,25],\"window_secs\":60,\"probes\":[\"syn\"],\"allowlisted\":false}\n"
+            "{\"ts\":\"2023-11-14T22:13:20.900000Z\",\"event\":\"scan\",\"kind\":\"ports\",\"src\":\"203.0.113.9\",\"dst\":\"192.0.2.1\",\"ports\":[21,22,23,25],\"window_secs\":60,\"probes\":[\"syn\"],\"allowlisted\":false}\n"
+        );
+        // An IPv6 scanner counted per /64 (SPEC §4's second example).
+        let v6 = Scan {
+            src: ip("2001:db8:77:1::2"),
+            dst: ip("2001:db8::1"),
+            ports: vec![1000, 1001, 1002, 1003],
+            prefix: Some("2001:db8:77:1::/64".parse().expect("net")),
+            ..scan()
+        };
+        let line = render(|w| w.scan(&v6), Format::Json);
+        assert_eq!(
+            line,
+            "{\"ts\":\"2023-11-14T22:13:20.900000Z\",\"event\":\"scan\",\"kind\":\"ports\",\"src\":\"2001:db8:77:1::2\",\"prefix\":\"2001:db8:77:1::/64\",\"dst\":\"2001:db8::1\",\"ports\":[1000,1001,1002,1003],\"window_secs\":60,\"probes\":[\"syn\"],\"allowlisted\":false}\n"
+        );
+        let text = render(|w| w.scan(&v6), Format::Table);
+        assert!(
+            text.contains("on ports 1000,1001,1002,1003 (counted as 2001:db8:77:1::/64)"),
+            "{text}"
         );
     }
 

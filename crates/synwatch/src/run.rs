@@ -566,7 +566,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
     let b = &run.blocking;
     format!(
         "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
-         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\niface = {}\nsource = \"{}\"\n\
+         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\nipv6_prefix = {}\niface = {}\nsource = \"{}\"\n\
          xdp_mode = \"{}\"\n\
          poll = \"{}ms\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
@@ -586,6 +586,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
             Format::Table => "table",
         },
         d.max_sources,
+        d.ipv6_prefix,
         list(run.ifaces.clone()),
         run.source.as_str(),
         run.xdp_mode.as_str(),
@@ -853,6 +854,16 @@ impl HostSnapshot {
     }
 }
 
+/// The gateways, routers and resolvers, as the detector's neighbours: an IPv6 prefix
+/// holding one counts its sources per address.
+fn neighbours(infra: &Infrastructure) -> synwatch_detect::AddrSet {
+    let mut set = synwatch_detect::AddrSet::new();
+    for &addr in infra.by_addr.keys() {
+        set.insert(ipnet::IpNet::from(addr));
+    }
+    set
+}
+
 /// The host's addresses and infrastructure for ban-time checks, read again when a
 /// second old: fresh enough that an address added or a gateway changed a moment ago
 /// counts, without reading them per ban when thousands of scanners arrive together.
@@ -918,6 +929,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     }
     let mut configured_locals = settings.detector.locals.clone();
     settings.detector.locals = host.locals(&configured_locals);
+    settings.detector.neighbours = neighbours(&Infrastructure::read());
 
     // XDP first: where it attaches, it observes instead of libpcap.
     let xdp_blocking = matches!(run_settings.block, BlockArg::Xdp | BlockArg::XdpNftables);
@@ -1330,6 +1342,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 let mut cfg = detector.config().clone();
                 cfg.locals = fresh.locals(&configured_locals);
                 let snapshot = HostSnapshot::of(fresh);
+                cfg.neighbours = neighbours(&snapshot.infra);
                 let infra_changed = snapshot.infra != known_infra;
                 if infra_changed {
                     eprintln!(
@@ -1340,7 +1353,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 }
                 host_now.set(now, snapshot);
                 let locals_changed = cfg.locals != detector.config().locals;
-                if locals_changed {
+                if locals_changed || cfg.neighbours != detector.config().neighbours {
                     detector.reconfigure(cfg);
                 }
                 if (locals_changed || infra_changed)
@@ -1480,6 +1493,7 @@ fn reload_config(
             let configured = cfg.locals.clone();
             let host = Host::read().unwrap_or_default();
             cfg.locals = host.locals(&configured);
+            cfg.neighbours = detector.config().neighbours.clone();
             eprintln!(
                 "synwatch: reloaded {}: a scan is more than {} ports within {} s; {} allowlisted ranges",
                 path.display(),

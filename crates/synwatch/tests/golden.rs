@@ -396,7 +396,8 @@ fn a_capture_cut_mid_record_prints_every_event_before_the_cut_then_exits_2() {
     let want: Vec<&str> = full
         .lines()
         .filter(|l| {
-            !l.contains("\"dport\":8443") && !l.contains("\"event\":\"scan\",\"src\":\"2001")
+            !l.contains("\"dport\":8443")
+                && !l.contains("\"event\":\"scan\",\"kind\":\"ports\",\"src\":\"2001")
         })
         .collect();
     let got = String::from_utf8_lossy(&out.stdout);
