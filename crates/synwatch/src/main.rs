@@ -18,6 +18,7 @@ mod block;
 mod blocks;
 mod config;
 mod control;
+mod event_queue;
 mod host;
 mod inventory;
 mod limit;

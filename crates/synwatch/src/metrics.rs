@@ -43,6 +43,8 @@ pub struct Metrics {
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
+    /// Events not written to stdout, by [`DropReason`](crate::event_queue::DropReason).
+    pub events_dropped: [AtomicU64; crate::event_queue::DropReason::ALL.len()],
     /// Blocking: active bans, bans applied, lifted, refused (by reason), failed attempts
     /// to apply, and what the drop rules dropped (read from the kernel's rule counters).
     pub blocked_sources: AtomicU64,
@@ -359,6 +361,20 @@ impl Metrics {
             "counter",
             "Connection events not printed by the per-source log rate limit (still counted here).",
             &plain(get(&self.events_suppressed)),
+        );
+        family(
+            "synwatch_events_dropped_total",
+            "counter",
+            "Events not written to stdout, by reason: its reader does not keep up (output_blocked: the bounded queue to the writer is full), has gone (output_closed: EPIPE), or writing failed (output_failed). Detecting and blocking go on regardless.",
+            &crate::event_queue::DropReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{{reason=\"{}\"}}", r.as_str()),
+                        get(&self.events_dropped[r.index()]),
+                    )
+                })
+                .collect::<Vec<_>>(),
         );
         family(
             "synwatch_pipeline_heartbeat_timestamp_seconds",

@@ -29,6 +29,7 @@ use crate::block;
 use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
 use crate::control;
+use crate::event_queue::EventQueue;
 use crate::host::Host;
 use crate::limit::LogLimiter;
 use crate::metrics::{self, InterfaceMetrics, Metrics};
@@ -330,6 +331,9 @@ pub(crate) fn monotonic() -> Instant {
 
 /// Longest a decided ban waits for others to join its kernel transaction under load.
 const APPLY_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a stopping agent waits for stdout to take its last events.
+const FINAL_OUTPUT_WAIT: Duration = Duration::from_secs(2);
 
 /// How often capture threads read the kernel's drop counters.
 const STATS_EVERY: Duration = Duration::from_secs(1);
@@ -1088,7 +1092,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
 
     let mut detector = Detector::new(settings.detector.clone());
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
-    let mut events = EventWriter::new(std::io::stdout().lock(), format);
+    // Events reach stdout through a bounded queue and a thread of their own: a reader
+    // that stalls or goes away costs events (counted), never detection or bans.
+    let queue = EventQueue::start(std::io::stdout(), Arc::clone(&metrics))
+        .context("cannot start the stdout writer thread")?;
+    let mut events = EventWriter::new(queue, format);
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
     let mut output: std::io::Result<()> = report(lapsed, backend_name, &mut events, &mut detector);
     let mut next_refresh = monotonic() + ADDRESS_REFRESH;
@@ -1234,6 +1242,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         b.stop();
         let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
     }
+    output = output.and(events.flush());
+    // The last events get a moment to reach a reader that reads; one that does not
+    // cannot hold the exit.
+    if !events.get_ref().drain(FINAL_OUTPUT_WAIT) {
+        eprintln!("synwatch: warning: stdout did not take the last events; exiting without them");
+    }
 
     let mut lines = Vec::new();
     for (name, handle) in workers {
@@ -1299,8 +1313,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         metrics.bans_refused_allowlisted.load(Ordering::Relaxed)
             + metrics.bans_refused_rate.load(Ordering::Relaxed),
     );
+    // Event output cannot fail here (see event_queue.rs): stdout's troubles are
+    // counted, and never end the agent.
     match output {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(crate::ExitStatus::Success),
         Err(e) => Err(anyhow::Error::new(e).context("cannot write events to stdout")),
         Ok(()) => Ok(crate::ExitStatus::Success),
     }

@@ -287,6 +287,21 @@ impl Agent {
     /// run as its last arguments, such as setpriv).
     pub fn start_under(lab: &Lab, dir: &Path, name: &str, wrapper: &[&str], args: &[&str]) -> Self {
         let out = dir.join(format!("{name}.jsonl"));
+        let stdout = Stdio::from(std::fs::File::create(&out).expect("stdout file"));
+        Self::start_with(lab, dir, name, wrapper, stdout, args)
+    }
+
+    /// Like `start_under`, with stdout going to `stdout` (a pipe, say) instead of the
+    /// events file.
+    pub fn start_with(
+        lab: &Lab,
+        dir: &Path,
+        name: &str,
+        wrapper: &[&str],
+        stdout: Stdio,
+        args: &[&str],
+    ) -> Self {
+        let out = dir.join(format!("{name}.jsonl"));
         let err = dir.join(format!("{name}.log"));
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.victim])
@@ -301,7 +316,7 @@ impl Agent {
                 &["--source", "pcap"][..]
             })
             .args(args)
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stdout(stdout)
             .stderr(std::fs::File::create(&err).expect("stderr file"))
             .spawn()
             .expect("start synwatch");
@@ -365,6 +380,49 @@ impl Agent {
             let _ = Command::new("kill")
                 .args([&format!("-{signal}"), &child.id().to_string()])
                 .status();
+        }
+    }
+
+    /// The agent's stdout when it was started with a pipe.
+    #[allow(dead_code, reason = "only the fault tests pipe stdout")]
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
+    /// The agent's process id (`ip netns exec` execs it).
+    #[allow(dead_code, reason = "only some test binaries look at the process")]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Whether the agent is still running.
+    #[allow(dead_code, reason = "only some test binaries look at the process")]
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then the exit code, which must come within `secs` (else the test fails
+    /// and the agent is killed).
+    #[allow(dead_code, reason = "only some test binaries time the stop")]
+    pub fn stop_within(mut self, secs: u64) -> Option<i32> {
+        self.signal("TERM");
+        let deadline = Deadline::after(secs);
+        let mut child = self.child.take()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if deadline.passed() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "SIGTERM did not stop the agent within {secs} s: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

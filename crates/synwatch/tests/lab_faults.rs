@@ -1,0 +1,159 @@
+//! Faults the agent must survive (SPEC §6), in the network-namespace lab. Each test
+//! asserts what an operator cares about: the agent is still running, its bans are
+//! still in the kernel, new scanners are still banned, and SIGTERM still stops it.
+//!
+//! - stdout closed (`| head`) or never read (a stalled pipe): events are dropped and
+//!   counted, enforcement carries on, memory stays bounded.
+//!
+//! Needs root; `make test` runs these as root.
+
+#[allow(
+    dead_code,
+    reason = "the harness serves many test binaries; this one uses part of it"
+)]
+mod lab;
+
+use std::process::Stdio;
+
+use lab::{Agent, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
+
+/// Whether the kernel holds a ban on `addr` in synwatch's nftables sets.
+fn banned_in_nftables(lab: &Lab, addr: &str) -> bool {
+    let set = if addr.contains(':') {
+        "banned6"
+    } else {
+        "banned4"
+    };
+    let out = lab.in_victim(&["nft", "list", "set", "inet", "synwatch", set]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .any(|word| word == addr)
+}
+
+/// The agent's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `synwatch blocks list` answers, and within `secs`.
+fn blocks_list_answers(lab: &Lab, dir: &std::path::Path, secs: u64) -> String {
+    let deadline = Deadline::after(secs);
+    let state = dir.join("state");
+    let state = state.to_str().expect("utf-8 path");
+    let (code, out, err) = blocks(lab, &["list", "--state-dir", state]);
+    assert_eq!(code, 0, "blocks list failed: {err}");
+    assert!(
+        !deadline.passed(),
+        "blocks list took more than {secs} s: {err}"
+    );
+    out
+}
+
+fn state_args(dir: &std::path::Path) -> Vec<String> {
+    let state = dir.join("state");
+    vec![
+        "--block".into(),
+        "nftables".into(),
+        "--state-dir".into(),
+        state.to_str().expect("utf-8 path").into(),
+    ]
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_closed_stdout_stops_events_but_never_enforcement() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_with(&lab, dir.path(), "closed", &[], Stdio::piped(), &args);
+    // The reader goes away, as `synwatch run | head -1` does.
+    drop(agent.take_stdout());
+
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    eventually(10, "the closed stdout reported", || {
+        agent.log().contains("stdout is closed")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    assert!(banned_in_nftables(&lab, SCANNER), "the ban stays");
+    assert!(lab.metric("synwatch_events_dropped_total{reason=\"output_closed\"}") > 0);
+
+    // A new scanner is still banned.
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "the second scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    let list = blocks_list_answers(&lab, dir.path(), 5);
+    assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
+    assert_eq!(
+        agent.log().matches("stdout is closed").count(),
+        1,
+        "said once: {}",
+        agent.log()
+    );
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    let code = agent.stop_within(10);
+    assert_eq!(code, Some(0), "stopped by SIGTERM");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_stdout_nobody_reads_holds_up_neither_bans_nor_stopping() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = state_args(dir.path());
+    // Every attempt is an event: the pipe and the queue behind it fill.
+    args.extend(["--log-limit-source", "0", "--log-limit-global", "0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The pipe's read end stays open in `agent`, and nobody reads it.
+    let mut agent = Agent::start_with(&lab, dir.path(), "stalled", &[], Stdio::piped(), &args);
+    let pid = agent.pid();
+    let rss_before = rss_kib(pid);
+
+    // 40,000 SYNs to as many ports: some 5 MB of events, more than the pipe (64 KiB)
+    // and the agent's queue (4 MiB) together hold.
+    let flood = lab.in_attacker(&[
+        "hping3", "-q", "-S", "-p", "++1", "-i", "u40", "-c", "40000", "-a", SCANNER, VICTIM,
+    ]);
+    assert!(
+        flood.status.success() || flood.status.code() == Some(1),
+        "hping3: {}",
+        String::from_utf8_lossy(&flood.stderr)
+    );
+    eventually(10, "events dropped and counted", || {
+        lab.metric("synwatch_events_dropped_total{reason=\"output_blocked\"}") > 0
+    });
+    assert!(
+        agent.log().contains("stdout is not taking events"),
+        "{}",
+        agent.log()
+    );
+    eventually(10, "the flooding scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    // The control socket and the pipeline answer while stdout is stuck.
+    let list = blocks_list_answers(&lab, dir.path(), 5);
+    assert!(list.contains(SCANNER), "{list}");
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a new scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    let code = agent.stop_within(10);
+    assert_eq!(code, Some(0), "stopped by SIGTERM");
+}
