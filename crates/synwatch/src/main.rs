@@ -25,6 +25,7 @@ mod limit;
 mod manual;
 mod metrics;
 mod output;
+mod owner;
 mod replay;
 mod run;
 mod sockets;
@@ -53,6 +54,9 @@ enum Command {
     /// with --source sockets, which needs none); blocks scanners in XDP and/or
     /// with nftables or iptables (see --block), serves Prometheus metrics on
     /// --metrics-addr. SIGHUP reloads --config; Ctrl-C or SIGTERM stops it.
+    /// One blocking agent per network namespace: a second one refuses to
+    /// start (exit 2). A stdout that stalls or closes costs events (counted),
+    /// never bans.
     /// Examples:
     ///
     ///   sudo synwatch run --iface eth0 --format json

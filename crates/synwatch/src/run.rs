@@ -659,6 +659,19 @@ fn start_blocking(
     }
 }
 
+/// Whether this agent may set up firewall rules (or the XDP program's bans), and so
+/// must be their only owner: any `--block` but `none`, where it holds CAP_NET_ADMIN
+/// (without it, no rule can be touched: `auto` detects only, the others say why).
+fn claims_firewall(block: BlockArg) -> bool {
+    block != BlockArg::None
+        && caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_NET_ADMIN,
+        )
+        .unwrap_or(false)
+}
+
 /// Opens one backend and starts the blocker on it.
 fn start_backend(
     backend: Backend,
@@ -861,6 +874,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .write_all(print_config(&settings, &shown, format).as_bytes())
             .context("cannot write the configuration to stdout")?;
         return Ok(crate::ExitStatus::Success);
+    }
+    // Before any rule or XDP program is touched: one agent per network namespace.
+    if claims_firewall(run_settings.block)
+        && let Err(e) = crate::owner::claim()
+    {
+        return usage(e.to_string());
     }
     let mut configured_locals = settings.detector.locals.clone();
     settings.detector.locals = host.locals(&configured_locals);

@@ -157,3 +157,103 @@ fn a_stdout_nobody_reads_holds_up_neither_bans_nor_stopping() {
     let code = agent.stop_within(10);
     assert_eq!(code, Some(0), "stopped by SIGTERM");
 }
+
+/// `synwatch run ARGS` in the victim namespace under `wrapper`, to its end (a test
+/// failure if it runs on for 20 s); (exit code, stderr).
+fn run_to_end(lab: &Lab, wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.victim])
+        .args(wrapper)
+        .args([env!("CARGO_BIN_EXE_synwatch"), "run", "--iface", &lab.vif])
+        .args(["--source", "pcap", "--metrics-addr", "127.0.0.1:9810"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start synwatch");
+    let deadline = Deadline::after(20);
+    while matches!(child.try_wait(), Ok(None)) {
+        if deadline.passed() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second agent ran on instead of refusing to start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_second_agent_refuses_to_take_the_first_ones_rules() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = Agent::start(&lab, dir.path(), "first", &args);
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+
+    // Another state directory, another user, or the default blocking: each is refused,
+    // naming the first agent, before it touches the first one's rules.
+    let other = dir.path().join("other-state");
+    let other = other.to_str().expect("utf-8 path");
+    let holder = format!("pid {}", first.pid());
+    let nobody = [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--inh-caps",
+        "+net_admin,+net_raw",
+        "--ambient-caps",
+        "+net_admin,+net_raw",
+    ];
+    for (wrapper, block) in [
+        (&[][..], "nftables"),
+        (&[][..], "auto"),
+        (&[][..], "iptables"),
+        (&nobody[..], "nftables"),
+    ] {
+        let (code, err) = run_to_end(&lab, wrapper, &["--block", block, "--state-dir", other]);
+        assert_eq!(code, Some(2), "{wrapper:?} --block {block}: {err}");
+        assert!(
+            err.contains("another synwatch agent already runs in this network namespace")
+                && err.contains(&holder)
+                && err.contains("--block none"),
+            "{wrapper:?} --block {block}: {err}"
+        );
+        assert!(
+            banned_in_nftables(&lab, SCANNER),
+            "the first agent's ban is still in the kernel after --block {block}"
+        );
+    }
+    // The first agent's table was never replaced: still its ban, still enforcing.
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the scanner is still dropped"
+    );
+    assert!(first.running(), "{}", first.log());
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a new scanner banned by the first agent", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+
+    // Detecting only touches no rule: a second agent may do that.
+    let watcher = Agent::start(
+        &lab,
+        dir.path(),
+        "watcher",
+        &["--block", "none", "--metrics-addr", "127.0.0.1:9811"],
+    );
+    assert_eq!(watcher.stop(), Some(0));
+    assert_eq!(first.stop_within(10), Some(0));
+}
