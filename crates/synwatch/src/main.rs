@@ -22,6 +22,7 @@ mod event_queue;
 mod host;
 mod inventory;
 mod limit;
+mod links;
 mod manual;
 mod metrics;
 mod output;

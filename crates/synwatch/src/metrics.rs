@@ -19,10 +19,16 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use synwatch_decode::{DecodeError, ReassemblyStats};
 use synwatch_detect::Stats;
 
-/// Counters of one capture interface.
+/// Counters of one capture interface. The agent keeps spare slots for interfaces that
+/// appear while it runs: a slot is unused until it is given a name, and keeps it.
 #[derive(Debug, Default)]
 pub struct InterfaceMetrics {
-    pub name: String,
+    name: std::sync::OnceLock<String>,
+    /// Whether the interface is watched right now (capture open, or program attached).
+    pub up: AtomicBool,
+    /// Why `/healthz` fails on this interface's account (a named interface missing, a
+    /// capture that failed), or `None`.
+    pub fault: Mutex<Option<String>>,
     /// Packets that reached synwatch (passed the kernel filter).
     pub packets: AtomicU64,
     /// Packets the kernel dropped for want of buffer space.
@@ -80,6 +86,25 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+impl InterfaceMetrics {
+    /// The interface's name ("" for an unused slot).
+    pub fn name(&self) -> &str {
+        self.name.get().map_or("", String::as_str)
+    }
+
+    pub fn in_use(&self) -> bool {
+        self.name.get().is_some()
+    }
+
+    /// Records whether the interface is watched, and what `/healthz` should say.
+    pub fn set_state(&self, up: bool, fault: Option<String>) {
+        self.up.store(up, Ordering::Relaxed);
+        if let Ok(mut held) = self.fault.lock() {
+            *held = fault;
+        }
+    }
+}
+
 /// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
 const HEALTHY_WITHIN_SECS: i64 = 5;
 
@@ -95,15 +120,23 @@ pub fn unix_now() -> i64 {
 }
 
 impl Metrics {
+    #[cfg(test)]
     pub fn new(interfaces: &[String]) -> Self {
+        Self::with_spare(interfaces, 0)
+    }
+
+    /// With `spare` unnamed interface slots for interfaces that appear later.
+    pub fn with_spare(interfaces: &[String], spare: usize) -> Self {
         let now = unix_now();
         Self {
             interfaces: interfaces
                 .iter()
                 .map(|name| InterfaceMetrics {
-                    name: name.clone(),
+                    name: name.clone().into(),
+                    up: AtomicBool::new(true),
                     ..InterfaceMetrics::default()
                 })
+                .chain((0..spare).map(|_| InterfaceMetrics::default()))
                 .collect(),
             reassembly: (0..=interfaces.len())
                 .map(|_| Mutex::new(ReassemblyStats::default()))
@@ -192,8 +225,42 @@ impl Metrics {
         );
     }
 
-    pub fn healthy(&self) -> bool {
-        unix_now() - self.heartbeat.load(Ordering::Relaxed) <= HEALTHY_WITHIN_SECS
+    /// `Ok` while the pipeline runs and every source works; else why not, one line per
+    /// fault (the body of a failing `/healthz`).
+    pub fn health(&self) -> Result<(), String> {
+        let mut faults = String::new();
+        if unix_now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
+            faults.push_str("the capture pipeline is not running\n");
+        }
+        for iface in &self.interfaces {
+            if let Ok(fault) = iface.fault.lock()
+                && let Some(why) = fault.as_deref()
+            {
+                faults.push_str(why);
+                faults.push('\n');
+            }
+        }
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(faults)
+        }
+    }
+
+    /// The slot of interface `name`: the one it had, else the first unused one (`None`
+    /// when every slot is taken).
+    pub fn interface_slot(&self, name: &str) -> Option<usize> {
+        static ASSIGNING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = ASSIGNING.lock();
+        if let Some(slot) = self.interfaces.iter().position(|i| i.name() == name) {
+            return Some(slot);
+        }
+        let slot = self
+            .interfaces
+            .iter()
+            .position(|i| i.name.get().is_none())?;
+        let _ = self.interfaces[slot].name.set(name.to_owned());
+        Some(slot)
     }
 
     /// The page in the Prometheus text exposition format (version 0.0.4).
@@ -309,9 +376,16 @@ impl Metrics {
         let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
             self.interfaces
                 .iter()
-                .map(|i| (format!("{{interface=\"{}\"}}", escape(&i.name)), f(i)))
+                .filter(|i| i.in_use())
+                .map(|i| (format!("{{interface=\"{}\"}}", escape(i.name())), f(i)))
                 .collect()
         };
+        family(
+            "synwatch_interface_up",
+            "gauge",
+            "Whether the interface is watched right now (1), or missing or failed and waited for (0).",
+            &by_iface(&|i| u64::from(i.up.load(Ordering::Relaxed))),
+        );
         family(
             "synwatch_packets_total",
             "counter",
@@ -509,14 +583,10 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
-        ("GET" | "HEAD", "/healthz") if metrics.healthy() => {
-            ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned())
-        }
-        ("GET" | "HEAD", "/healthz") => (
-            "503 Service Unavailable",
-            "text/plain; charset=utf-8",
-            "the capture pipeline is not running\n".to_owned(),
-        ),
+        ("GET" | "HEAD", "/healthz") => match metrics.health() {
+            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", why),
+        },
         ("GET" | "HEAD", _) => (
             "404 Not Found",
             "text/plain; charset=utf-8",
@@ -582,6 +652,13 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .expect("the heartbeat gauge");
         assert!((unix_now() - heartbeat).abs() <= 5, "{heartbeat}");
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        metrics.interfaces[0].set_state(false, Some("eth0 is missing".into()));
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.ends_with("\r\n\r\neth0 is missing\n"), "{health}");
+        assert!(get(addr, "/metrics").contains("synwatch_interface_up{interface=\"eth0\"} 0"));
+        metrics.interfaces[0].set_state(true, None);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
         metrics.heartbeat.store(0, Ordering::Relaxed);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));

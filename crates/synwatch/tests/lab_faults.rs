@@ -15,7 +15,7 @@ mod lab;
 
 use std::process::Stdio;
 
-use lab::{Agent, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
+use lab::{Agent, CLIENT, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
 
 /// Whether the kernel holds a ban on `addr` in synwatch's nftables sets.
 fn banned_in_nftables(lab: &Lab, addr: &str) -> bool {
@@ -256,4 +256,170 @@ fn a_second_agent_refuses_to_take_the_first_ones_rules() {
     );
     assert_eq!(watcher.stop(), Some(0));
     assert_eq!(first.stop_within(10), Some(0));
+}
+
+/// `/healthz` of the agent in the victim namespace: (status, body).
+fn healthz(lab: &Lab) -> (u32, String) {
+    let out = lab.in_victim(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "-w",
+        "\n%{http_code}",
+        "http://127.0.0.1:9809/healthz",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The watched interface is deleted and created again under the same name: `/healthz`
+/// fails while it is gone, says why, and once it is back a scan through it is caught.
+fn recreated_interface_is_watched_again(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Agent::start(
+        &lab,
+        dir.path(),
+        source,
+        &["--source", source, "--block", "none"],
+    );
+    // Down and up: the same interface, still watched.
+    for state in ["down", "up"] {
+        let out = lab.in_victim(&["ip", "link", "set", &lab.vif, state]);
+        assert!(out.status.success(), "ip link set {state}");
+    }
+    eventually(10, "the client connects again", || {
+        lab.connects(CLIENT, VICTIM)
+    });
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(healthz(&lab).0, 200);
+
+    lab.delete_link();
+    eventually(10, "/healthz fails while the interface is gone", || {
+        let (code, body) = healthz(&lab);
+        code == 503 && body.contains(&lab.vif) && body.contains("missing")
+    });
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    assert!(
+        lab.metric(&format!(
+            "synwatch_interface_up{{interface=\"{}\"}}",
+            lab.vif
+        )) == 0,
+        "the interface is down in the metrics"
+    );
+
+    lab.create_link();
+    eventually(10, "/healthz passes once the interface is back", || {
+        healthz(&lab).0 == 200
+    });
+    assert!(agent.log().contains("is back"), "{}", agent.log());
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER6);
+    assert_eq!(
+        lab.metric(&format!(
+            "synwatch_interface_up{{interface=\"{}\"}}",
+            lab.vif
+        )),
+        1
+    );
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_recreated_interface_is_captured_again_through_libpcap() {
+    recreated_interface_is_watched_again("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_recreated_interface_gets_the_xdp_program_again() {
+    recreated_interface_is_watched_again("xdp");
+}
+
+/// With the default every-interface watch, an interface that comes up after the start
+/// is watched too.
+fn a_new_interface_is_watched(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        source,
+        &["--source", source, "--block", "none"],
+    );
+    // A second veth pair between the namespaces, on another subnet.
+    let stem = &lab.vif[..lab.vif.len() - 1];
+    let (vif2, aif2) = (format!("{stem}w"), format!("{stem}b"));
+    for args in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            &vif2,
+            "netns",
+            &lab.victim,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &aif2,
+            "netns",
+            &lab.attacker,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.victim,
+            "addr",
+            "add",
+            "10.78.0.1/24",
+            "dev",
+            &vif2,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.attacker,
+            "addr",
+            "add",
+            "10.78.0.2/24",
+            "dev",
+            &aif2,
+        ],
+        vec!["ip", "-n", &lab.victim, "link", "set", &vif2, "up"],
+        vec!["ip", "-n", &lab.attacker, "link", "set", &aif2, "up"],
+    ] {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eventually(10, "the new interface watched", || {
+        agent.log().contains(&format!("interface {vif2} came up"))
+    });
+    lab.scan("10.78.0.2", "10.78.0.1", "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.78.0.2");
+    assert_eq!(healthz(&lab).0, 200);
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_new_interface_is_captured_through_libpcap() {
+    a_new_interface_is_watched("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_new_interface_gets_the_xdp_program() {
+    a_new_interface_is_watched("xdp");
 }

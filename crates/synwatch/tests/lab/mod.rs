@@ -114,39 +114,7 @@ impl Lab {
         must(&["ip", "netns", "add", &lab.victim]);
         let mut lab = lab;
         must(&["ip", "netns", "add", &lab.attacker]);
-        must(&[
-            "ip",
-            "link",
-            "add",
-            &lab.vif,
-            "netns",
-            &lab.victim,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &aif,
-            "netns",
-            &lab.attacker,
-        ]);
-        for (ns, ifname, addrs) in [
-            (&lab.victim, &lab.vif, vec!["10.77.0.1/24", "fd77::1/64"]),
-            (
-                &lab.attacker,
-                &aif,
-                vec!["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"],
-            ),
-        ] {
-            for a in addrs {
-                let mut args = vec!["ip", "-n", ns, "addr", "add", a, "dev", ifname];
-                if a.contains(':') {
-                    args.push("nodad");
-                }
-                must(&args);
-            }
-            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-        }
+        lab.create_link();
         let server = Command::new("ip")
             .args(["netns", "exec", &lab.victim, "python3", "-m", "http.server"])
             .arg(HTTP_PORT.to_string())
@@ -162,6 +130,49 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(100));
         }
         lab
+    }
+
+    /// The veth pair between the namespaces, with the lab's addresses, up.
+    pub fn create_link(&self) {
+        must(&[
+            "ip",
+            "link",
+            "add",
+            &self.vif,
+            "netns",
+            &self.victim,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.aif,
+            "netns",
+            &self.attacker,
+        ]);
+        for (ns, ifname, addrs) in [
+            (&self.victim, &self.vif, vec!["10.77.0.1/24", "fd77::1/64"]),
+            (
+                &self.attacker,
+                &self.aif,
+                vec!["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"],
+            ),
+        ] {
+            for a in addrs {
+                let mut args = vec!["ip", "-n", ns, "addr", "add", a, "dev", ifname];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                must(&args);
+            }
+            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+        }
+    }
+
+    /// Deletes the veth pair (both ends go).
+    #[allow(dead_code, reason = "only the fault tests delete the link")]
+    pub fn delete_link(&self) {
+        must(&["ip", "-n", &self.victim, "link", "del", &self.vif]);
     }
 
     /// Starts a long-running command in the victim namespace (stopped with the lab).
@@ -301,13 +312,35 @@ impl Agent {
         stdout: Stdio,
         args: &[&str],
     ) -> Self {
+        Self::spawn(lab, dir, name, wrapper, stdout, Some(&lab.vif), args)
+    }
+
+    /// Like `start`, without `--iface`: the agent watches every interface that is up in
+    /// the victim namespace, and those that come up later.
+    #[allow(dead_code, reason = "only the fault tests watch every interface")]
+    pub fn start_on_every_interface(lab: &Lab, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let out = dir.join(format!("{name}.jsonl"));
+        let stdout = Stdio::from(std::fs::File::create(&out).expect("stdout file"));
+        Self::spawn(lab, dir, name, &[], stdout, None, args)
+    }
+
+    fn spawn(
+        lab: &Lab,
+        dir: &Path,
+        name: &str,
+        wrapper: &[&str],
+        stdout: Stdio,
+        iface: Option<&str>,
+        args: &[&str],
+    ) -> Self {
         let out = dir.join(format!("{name}.jsonl"));
         let err = dir.join(format!("{name}.log"));
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.victim])
             .args(wrapper)
             .args([env!("CARGO_BIN_EXE_synwatch"), "run"])
-            .args(["--iface", &lab.vif, "--format", "json"])
+            .args(iface.map(|i| ["--iface", i]).iter().flatten())
+            .args(["--format", "json"])
             // The pipeline's tests observe through libpcap unless they say otherwise
             // (lab_xdp.rs tests the XDP source).
             .args(if args.contains(&"--source") {
