@@ -1206,7 +1206,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    // Only a signal stops the agent: anything else that ended the loop (every source
+    // gone) is a failure, never exit 0, so that a supervisor restarts it.
+    let asked_to_stop = stop.swap(true, Ordering::Relaxed);
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
         let happened = b.apply(metrics::unix_now());
@@ -1290,6 +1292,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // counted, and never end the agent.
     match output {
         Err(e) => Err(anyhow::Error::new(e).context("cannot write events to stdout")),
+        Ok(()) if !asked_to_stop => Err(anyhow::anyhow!(
+            "every source of connections ended (see above) without being asked to stop"
+        )),
         Ok(()) => Ok(crate::ExitStatus::Success),
     }
 }
