@@ -17,6 +17,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod block;
 mod blocks;
 mod config;
+mod conns;
 mod control;
 mod event_queue;
 mod host;

@@ -2,13 +2,15 @@
 //! them with `/healthz`.
 //!
 //! The agent has no other use for an async runtime, so the server is a blocking accept
-//! loop on its own thread: each request is one short read and one write of a page built
-//! from atomics, well under a millisecond, and a client that stalls is cut off by socket
-//! timeouts. Values are plain atomics written by the pipeline threads, so a scrape never
-//! waits for the pipeline and the pipeline never waits for a scrape.
+//! loop on its own thread that hands each client to a thread of its own (at most
+//! [`MAX_CLIENTS`] at once; see conns.rs): the request head must arrive whole within
+//! [`REQUEST_WITHIN`], so a slow or silent client holds only its own thread, and only
+//! that long. Each answer is a page built from atomics, well under a millisecond. Values
+//! are plain atomics written by the pipeline threads, so a scrape never waits for the
+//! pipeline and the pipeline never waits for a scrape.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -538,10 +540,14 @@ pub fn serve(
     thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
+            let limit = crate::conns::Limit::new("metrics-client", MAX_CLIENTS);
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = answer(stream, &metrics);
+                        let metrics = Arc::clone(&metrics);
+                        limit.spawn(stream, move |stream| {
+                            let _ = answer(stream, &metrics);
+                        });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Wait for the next connection (or, every 200 ms, look at `stop`).
@@ -556,24 +562,25 @@ pub fn serve(
     Ok(())
 }
 
+/// Clients served at once; more are closed unanswered.
+const MAX_CLIENTS: usize = 16;
+
+/// How long a client has to send its whole request head, and then to take the answer.
+const REQUEST_WITHIN: Duration = Duration::from_secs(2);
+
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut request = [0u8; 2048];
-    let mut len = 0;
+    let mut request = Vec::with_capacity(512);
     // Read up to the end of the request head (or what fits): only its first line matters.
-    while len < request.len() {
-        let n = stream.read(&mut request[len..])?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&request[..len]);
+    crate::conns::read_request(
+        &mut stream,
+        crate::conns::deadline(REQUEST_WITHIN),
+        2048,
+        &mut request,
+        |r| r.windows(4).any(|w| w == b"\r\n\r\n"),
+    )?;
+    stream.set_write_timeout(Some(REQUEST_WITHIN))?;
+    let head = String::from_utf8_lossy(&request);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
@@ -610,6 +617,7 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
 
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).expect("connect");
@@ -663,6 +671,69 @@ mod tests {
         metrics.heartbeat.store(0, Ordering::Relaxed);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
         assert!(get(addr, "/").starts_with("HTTP/1.1 404"));
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn slow_and_silent_clients_delay_nobody_and_are_cut_at_the_deadline() {
+        let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+
+        // Five silent connections, and one that sends a byte every 1.5 s.
+        let silent: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        let mut dripping = slow.try_clone().expect("clone");
+        let drip = thread::spawn(move || {
+            for b in b"GET /metrics HTTP/1.1\r\n\r\n" {
+                if dripping.write_all(&[*b]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1500));
+            }
+        });
+        thread::sleep(Duration::from_millis(100));
+        let asked = crate::run::monotonic();
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        assert!(
+            crate::run::monotonic() - asked < Duration::from_secs(1),
+            "/healthz waited behind slow clients"
+        );
+        // The slow client is cut off at the deadline, not served byte by byte forever.
+        slow.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        assert!(
+            crate::run::monotonic() - asked < REQUEST_WITHIN + Duration::from_secs(1),
+            "the slow client held its connection past the deadline"
+        );
+        assert!(rest.is_empty(), "{rest:?}");
+        drop(silent);
+        drip.join().expect("drip");
+
+        // Beyond the cap, connections are closed at once; served again once the idle
+        // ones reach their deadline.
+        let held: Vec<TcpStream> = (0..MAX_CLIENTS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect(addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut nothing = Vec::new();
+        assert_eq!(extra.read_to_end(&mut nothing).expect("closed at once"), 0);
+        thread::sleep(REQUEST_WITHIN + Duration::from_millis(300));
+        // (The test outlived the heartbeat's freshness: the pipeline would have beaten.)
+        metrics.heartbeat.store(unix_now(), Ordering::Relaxed);
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        drop(held);
         stop.store(true, Ordering::Relaxed);
     }
 }
