@@ -149,8 +149,12 @@ fn a_stdout_nobody_reads_holds_up_neither_bans_nor_stopping() {
         banned_in_nftables(&lab, SCANNER6)
     });
     let rss_after = rss_kib(pid);
+    eprintln!(
+        "resident memory: {rss_before} KiB before the flood, {rss_after} KiB after; {} events dropped",
+        lab.metric("synwatch_events_dropped_total{reason=\"output_blocked\"}")
+    );
     assert!(
-        rss_after < rss_before + 64 * 1024,
+        rss_after < rss_before + 32 * 1024,
         "memory grew from {rss_before} KiB to {rss_after} KiB"
     );
     assert!(agent.running(), "the agent exited: {}", agent.log());
