@@ -1,7 +1,9 @@
 //! The agent's control socket, `control.sock` in the state directory: how
 //! `synwatch blocks` reaches a running agent. One request per connection, one JSON line
 //! each way. The socket is created with mode 0600 in a 0700 directory: only its owner
-//! (root, normally) can change bans.
+//! (root, normally) can change bans. Each client is served on a thread of its own (at
+//! most [`MAX_CLIENTS`] at once) and must send its request within [`REQUEST_WITHIN`], so a
+//! silent or slow client holds up no one else (see conns.rs).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
@@ -131,22 +133,38 @@ pub fn serve<M: Send + 'static>(
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS);
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 // A client that fails or goes away is its own problem; serving goes on
                 // until the process ends.
-                let _ = answer(stream, &calls, wrap);
+                let calls = calls.clone();
+                limit.spawn(stream, move |stream| {
+                    let _ = answer(stream, &calls, wrap);
+                });
             }
         })
         .context("cannot start the control thread")?;
     Ok(())
 }
 
-fn answer<M>(stream: UnixStream, calls: &mpsc::Sender<M>, wrap: fn(Call) -> M) -> Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(std::io::Read::take(stream.try_clone()?, 64 * 1024)).read_line(&mut line)?;
+/// Clients served at once; more are closed unanswered.
+const MAX_CLIENTS: usize = 8;
+
+/// How long a client has to send its whole request, and then to take the answer.
+const REQUEST_WITHIN: Duration = Duration::from_secs(5);
+
+fn answer<M>(mut stream: UnixStream, calls: &mpsc::Sender<M>, wrap: fn(Call) -> M) -> Result<()> {
+    let mut request = Vec::with_capacity(256);
+    crate::conns::read_request(
+        &mut stream,
+        crate::conns::deadline(REQUEST_WITHIN),
+        64 * 1024,
+        &mut request,
+        |r| r.contains(&b'\n'),
+    )?;
+    stream.set_write_timeout(Some(REQUEST_WITHIN))?;
+    let line = String::from_utf8_lossy(&request);
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             let (tx, rx) = mpsc::channel();
@@ -251,5 +269,26 @@ mod tests {
         // The listener is gone but its file stays: no agent answers.
         assert!(call(dir.path(), &Request::List).unwrap().is_none());
         assert!(bind(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn silent_clients_do_not_hold_up_a_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind(dir.path()).unwrap();
+        let (tx, rx) = mpsc::channel::<Call>();
+        serve(listener, tx, |c| c).unwrap();
+        let pipeline = thread::spawn(move || {
+            let call = rx.recv().unwrap();
+            call.reply.send(Reply::ok("nftables")).unwrap();
+        });
+        let silent: Vec<UnixStream> = (0..5)
+            .map(|_| UnixStream::connect(socket_path(dir.path())).unwrap())
+            .collect();
+        let asked = crate::run::monotonic();
+        let reply = call(dir.path(), &Request::List).unwrap().unwrap();
+        assert!(reply.ok);
+        assert!(crate::run::monotonic() - asked < Duration::from_secs(1));
+        pipeline.join().unwrap();
+        drop(silent);
     }
 }

@@ -17,13 +17,17 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod block;
 mod blocks;
 mod config;
+mod conns;
 mod control;
+mod event_queue;
 mod host;
 mod inventory;
 mod limit;
+mod links;
 mod manual;
 mod metrics;
 mod output;
+mod owner;
 mod protect;
 mod replay;
 mod run;
@@ -53,6 +57,9 @@ enum Command {
     /// with --source sockets, which needs none); blocks scanners in XDP and/or
     /// with nftables or iptables (see --block), serves Prometheus metrics on
     /// --metrics-addr. SIGHUP reloads --config; Ctrl-C or SIGTERM stops it.
+    /// One blocking agent per network namespace: a second one refuses to
+    /// start (exit 2). A stdout that stalls or closes costs events (counted),
+    /// never bans.
     /// Examples:
     ///
     ///   sudo synwatch run --iface eth0 --format json

@@ -2,13 +2,15 @@
 //! them with `/healthz`.
 //!
 //! The agent has no other use for an async runtime, so the server is a blocking accept
-//! loop on its own thread: each request is one short read and one write of a page built
-//! from atomics, well under a millisecond, and a client that stalls is cut off by socket
-//! timeouts. Values are plain atomics written by the pipeline threads, so a scrape never
-//! waits for the pipeline and the pipeline never waits for a scrape.
+//! loop on its own thread that hands each client to a thread of its own (at most
+//! [`MAX_CLIENTS`] at once; see conns.rs): the request head must arrive whole within
+//! [`REQUEST_WITHIN`], so a slow or silent client holds only its own thread, and only
+//! that long. Each answer is a page built from atomics, well under a millisecond. Values
+//! are plain atomics written by the pipeline threads, so a scrape never waits for the
+//! pipeline and the pipeline never waits for a scrape.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,10 +21,16 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use synwatch_decode::{DecodeError, ReassemblyStats};
 use synwatch_detect::Stats;
 
-/// Counters of one capture interface.
+/// Counters of one capture interface. The agent keeps spare slots for interfaces that
+/// appear while it runs: a slot is unused until it is given a name, and keeps it.
 #[derive(Debug, Default)]
 pub struct InterfaceMetrics {
-    pub name: String,
+    name: std::sync::OnceLock<String>,
+    /// Whether the interface is watched right now (capture open, or program attached).
+    pub up: AtomicBool,
+    /// Why `/healthz` fails on this interface's account (a named interface missing, a
+    /// capture that failed), or `None`.
+    pub fault: Mutex<Option<String>>,
     /// Packets that reached synwatch (passed the kernel filter).
     pub packets: AtomicU64,
     /// Packets the kernel dropped for want of buffer space.
@@ -43,6 +51,8 @@ pub struct Metrics {
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
+    /// Events not written to stdout, by [`DropReason`](crate::event_queue::DropReason).
+    pub events_dropped: [AtomicU64; crate::event_queue::DropReason::ALL.len()],
     /// Blocking: active bans, bans applied, lifted, refused (by reason), failed attempts
     /// to apply, and what the drop rules dropped (read from the kernel's rule counters).
     pub blocked_sources: AtomicU64,
@@ -85,6 +95,25 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+impl InterfaceMetrics {
+    /// The interface's name ("" for an unused slot).
+    pub fn name(&self) -> &str {
+        self.name.get().map_or("", String::as_str)
+    }
+
+    pub fn in_use(&self) -> bool {
+        self.name.get().is_some()
+    }
+
+    /// Records whether the interface is watched, and what `/healthz` should say.
+    pub fn set_state(&self, up: bool, fault: Option<String>) {
+        self.up.store(up, Ordering::Relaxed);
+        if let Ok(mut held) = self.fault.lock() {
+            *held = fault;
+        }
+    }
+}
+
 /// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
 const HEALTHY_WITHIN_SECS: i64 = 5;
 
@@ -100,15 +129,23 @@ pub fn unix_now() -> i64 {
 }
 
 impl Metrics {
+    #[cfg(test)]
     pub fn new(interfaces: &[String]) -> Self {
+        Self::with_spare(interfaces, 0)
+    }
+
+    /// With `spare` unnamed interface slots for interfaces that appear later.
+    pub fn with_spare(interfaces: &[String], spare: usize) -> Self {
         let now = unix_now();
         Self {
             interfaces: interfaces
                 .iter()
                 .map(|name| InterfaceMetrics {
-                    name: name.clone(),
+                    name: name.clone().into(),
+                    up: AtomicBool::new(true),
                     ..InterfaceMetrics::default()
                 })
+                .chain((0..spare).map(|_| InterfaceMetrics::default()))
                 .collect(),
             reassembly: (0..=interfaces.len())
                 .map(|_| Mutex::new(ReassemblyStats::default()))
@@ -197,8 +234,42 @@ impl Metrics {
         );
     }
 
-    pub fn healthy(&self) -> bool {
-        unix_now() - self.heartbeat.load(Ordering::Relaxed) <= HEALTHY_WITHIN_SECS
+    /// `Ok` while the pipeline runs and every source works; else why not, one line per
+    /// fault (the body of a failing `/healthz`).
+    pub fn health(&self) -> Result<(), String> {
+        let mut faults = String::new();
+        if unix_now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
+            faults.push_str("the capture pipeline is not running\n");
+        }
+        for iface in &self.interfaces {
+            if let Ok(fault) = iface.fault.lock()
+                && let Some(why) = fault.as_deref()
+            {
+                faults.push_str(why);
+                faults.push('\n');
+            }
+        }
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(faults)
+        }
+    }
+
+    /// The slot of interface `name`: the one it had, else the first unused one (`None`
+    /// when every slot is taken).
+    pub fn interface_slot(&self, name: &str) -> Option<usize> {
+        static ASSIGNING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = ASSIGNING.lock();
+        if let Some(slot) = self.interfaces.iter().position(|i| i.name() == name) {
+            return Some(slot);
+        }
+        let slot = self
+            .interfaces
+            .iter()
+            .position(|i| i.name.get().is_none())?;
+        let _ = self.interfaces[slot].name.set(name.to_owned());
+        Some(slot)
     }
 
     /// The page in the Prometheus text exposition format (version 0.0.4).
@@ -336,9 +407,16 @@ impl Metrics {
         let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
             self.interfaces
                 .iter()
-                .map(|i| (format!("{{interface=\"{}\"}}", escape(&i.name)), f(i)))
+                .filter(|i| i.in_use())
+                .map(|i| (format!("{{interface=\"{}\"}}", escape(i.name())), f(i)))
                 .collect()
         };
+        family(
+            "synwatch_interface_up",
+            "gauge",
+            "Whether the interface is watched right now (1), or missing or failed and waited for (0).",
+            &by_iface(&|i| u64::from(i.up.load(Ordering::Relaxed))),
+        );
         family(
             "synwatch_packets_total",
             "counter",
@@ -388,6 +466,20 @@ impl Metrics {
             "counter",
             "Connection events not printed by the per-source log rate limit (still counted here).",
             &plain(get(&self.events_suppressed)),
+        );
+        family(
+            "synwatch_events_dropped_total",
+            "counter",
+            "Events not written to stdout, by reason: its reader does not keep up (output_blocked: the bounded queue to the writer is full), has gone (output_closed: EPIPE), or writing failed (output_failed). Detecting and blocking go on regardless.",
+            &crate::event_queue::DropReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{{reason=\"{}\"}}", r.as_str()),
+                        get(&self.events_dropped[r.index()]),
+                    )
+                })
+                .collect::<Vec<_>>(),
         );
         family(
             "synwatch_pipeline_heartbeat_timestamp_seconds",
@@ -477,10 +569,14 @@ pub fn serve(
     thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
+            let limit = crate::conns::Limit::new("metrics-client", MAX_CLIENTS);
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let _ = answer(stream, &metrics);
+                        let metrics = Arc::clone(&metrics);
+                        limit.spawn(stream, move |stream| {
+                            let _ = answer(stream, &metrics);
+                        });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Wait for the next connection (or, every 200 ms, look at `stop`).
@@ -495,24 +591,25 @@ pub fn serve(
     Ok(())
 }
 
+/// Clients served at once; more are closed unanswered.
+const MAX_CLIENTS: usize = 16;
+
+/// How long a client has to send its whole request head, and then to take the answer.
+const REQUEST_WITHIN: Duration = Duration::from_secs(2);
+
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut request = [0u8; 2048];
-    let mut len = 0;
+    let mut request = Vec::with_capacity(512);
     // Read up to the end of the request head (or what fits): only its first line matters.
-    while len < request.len() {
-        let n = stream.read(&mut request[len..])?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&request[..len]);
+    crate::conns::read_request(
+        &mut stream,
+        crate::conns::deadline(REQUEST_WITHIN),
+        2048,
+        &mut request,
+        |r| r.windows(4).any(|w| w == b"\r\n\r\n"),
+    )?;
+    stream.set_write_timeout(Some(REQUEST_WITHIN))?;
+    let head = String::from_utf8_lossy(&request);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
@@ -522,14 +619,10 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
             "text/plain; version=0.0.4; charset=utf-8",
             metrics.render(),
         ),
-        ("GET" | "HEAD", "/healthz") if metrics.healthy() => {
-            ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned())
-        }
-        ("GET" | "HEAD", "/healthz") => (
-            "503 Service Unavailable",
-            "text/plain; charset=utf-8",
-            "the capture pipeline is not running\n".to_owned(),
-        ),
+        ("GET" | "HEAD", "/healthz") => match metrics.health() {
+            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+            Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", why),
+        },
         ("GET" | "HEAD", _) => (
             "404 Not Found",
             "text/plain; charset=utf-8",
@@ -553,6 +646,7 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read as _;
 
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).expect("connect");
@@ -596,9 +690,79 @@ mod tests {
             .expect("the heartbeat gauge");
         assert!((unix_now() - heartbeat).abs() <= 5, "{heartbeat}");
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        metrics.interfaces[0].set_state(false, Some("eth0 is missing".into()));
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.ends_with("\r\n\r\neth0 is missing\n"), "{health}");
+        assert!(get(addr, "/metrics").contains("synwatch_interface_up{interface=\"eth0\"} 0"));
+        metrics.interfaces[0].set_state(true, None);
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
         metrics.heartbeat.store(0, Ordering::Relaxed);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
         assert!(get(addr, "/").starts_with("HTTP/1.1 404"));
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn slow_and_silent_clients_delay_nobody_and_are_cut_at_the_deadline() {
+        let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+
+        // Five silent connections, and one that sends a byte every 1.5 s.
+        let silent: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        let mut dripping = slow.try_clone().expect("clone");
+        let drip = thread::spawn(move || {
+            for b in b"GET /metrics HTTP/1.1\r\n\r\n" {
+                if dripping.write_all(&[*b]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1500));
+            }
+        });
+        thread::sleep(Duration::from_millis(100));
+        let asked = crate::run::monotonic();
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        assert!(
+            crate::run::monotonic() - asked < Duration::from_secs(1),
+            "/healthz waited behind slow clients"
+        );
+        // The slow client is cut off at the deadline, not served byte by byte forever.
+        slow.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest);
+        assert!(
+            crate::run::monotonic() - asked < REQUEST_WITHIN + Duration::from_secs(1),
+            "the slow client held its connection past the deadline"
+        );
+        assert!(rest.is_empty(), "{rest:?}");
+        drop(silent);
+        drip.join().expect("drip");
+
+        // Beyond the cap, connections are closed at once; served again once the idle
+        // ones reach their deadline.
+        let held: Vec<TcpStream> = (0..MAX_CLIENTS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        thread::sleep(Duration::from_millis(200));
+        let mut extra = TcpStream::connect(addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut nothing = Vec::new();
+        assert_eq!(extra.read_to_end(&mut nothing).expect("closed at once"), 0);
+        thread::sleep(REQUEST_WITHIN + Duration::from_millis(300));
+        // (The test outlived the heartbeat's freshness: the pipeline would have beaten.)
+        metrics.heartbeat.store(unix_now(), Ordering::Relaxed);
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        drop(held);
         stop.store(true, Ordering::Relaxed);
     }
 }

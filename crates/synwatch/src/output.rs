@@ -452,6 +452,11 @@ impl<W: Write> EventWriter<W> {
         Ok(())
     }
 
+    /// The writer events go to.
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.write_all(&self.line)?;
         self.line.clear();

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
-use synwatch_decode::{DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits};
+use synwatch_decode::DecodeError;
 use synwatch_detect::{Detector, Direction, Observation, Seen};
 
 use synwatch_enforce::bans::Policy;
@@ -28,9 +28,11 @@ use synwatch_enforce::{Backend, Scope};
 use crate::block::{BlockSettings, Blocker, Happened};
 use crate::config::{DetectArgs, DetectSettings};
 use crate::control;
+use crate::event_queue::EventQueue;
 use crate::host::{Host, Infrastructure, Sessions};
 use crate::limit::LogLimiter;
-use crate::metrics::{self, InterfaceMetrics, Metrics};
+use crate::links;
+use crate::metrics::{self, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
 use crate::protect::{self, Why};
 use crate::sockets::{SocketCounters, SocketSource};
@@ -111,8 +113,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub detect: DetectArgs,
 
-    /// Interface to capture on (repeatable, or comma-separated in the environment)
-    /// [default: every interface that is up, loopback only when named]
+    /// Interface to capture on (repeatable, or comma-separated in the environment); one
+    /// deleted and created again is watched again, and /healthz fails while it is
+    /// missing [default: every interface that is up, and those that come up later;
+    /// loopback only when named]
     #[arg(
         long,
         env = "SYNWATCH_IFACE",
@@ -340,12 +344,8 @@ pub(crate) fn monotonic() -> Instant {
 /// Longest a decided ban waits for others to join its kernel transaction under load.
 const APPLY_EVERY: Duration = Duration::from_millis(100);
 
-/// How often capture threads read the kernel's drop counters.
-const STATS_EVERY: Duration = Duration::from_secs(1);
-
-/// Observations a capture thread collects before handing them over; a quiet interface
-/// hands over what it has whenever a read times out.
-const BATCH: usize = 256;
+/// How long a stopping agent waits for stdout to take its last events.
+const FINAL_OUTPUT_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens every interface first, so that a missing privilege or a wrong name stops the
 /// agent before it claims to be watching anything.
@@ -390,75 +390,6 @@ enum Msg {
     /// Sources the XDP program banned by itself (after the batch holding their packet).
     KernelBans(KernelBans),
     Call(control::Call),
-}
-
-fn capture_thread(
-    mut cap: LiveCapture,
-    stop: &AtomicBool,
-    out: &mpsc::Sender<Msg>,
-    metrics: &Metrics,
-    slot: usize,
-) {
-    let counters: &InterfaceMetrics = &metrics.interfaces[slot];
-    let link = LinkType::from_linktype(cap.linktype());
-    let mut defrag = Reassembler::new(ReassemblyLimits::default());
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut packets = 0u64;
-    let mut next_stats = monotonic() + STATS_EVERY;
-    let record_stats = |cap: &mut LiveCapture| {
-        if let Ok(s) = cap.stats() {
-            counters.drops.store(s.dropped, Ordering::Relaxed);
-            counters.if_drops.store(s.if_dropped, Ordering::Relaxed);
-        }
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let packet = match cap.next_packet() {
-            Ok(Some(p)) => Some(p),
-            Ok(None) => None,
-            Err(e) => {
-                eprintln!("synwatch: {e}");
-                break;
-            }
-        };
-        if let Some(packet) = packet {
-            packets += 1;
-            if let Some(link) = link {
-                let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
-                match defrag.decode(link, packet.data, at) {
-                    Ok(Decoded::Segment(seg)) => {
-                        batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
-                    }
-                    Ok(Decoded::Skipped(_)) => {}
-                    Err(kind) => {
-                        metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            if batch.len() < BATCH {
-                continue;
-            }
-        }
-        // A full batch, or a read that found nothing: hand over what there is.
-        counters.packets.fetch_add(packets, Ordering::Relaxed);
-        packets = 0;
-        if !batch.is_empty() && out.send(Msg::Batch(std::mem::take(&mut batch))).is_err() {
-            break;
-        }
-        let now = monotonic();
-        if now >= next_stats {
-            next_stats = now + STATS_EVERY;
-            record_stats(&mut cap);
-            // Packet timestamps are the kernel's wall clock: so is the expiry.
-            defrag.expire(u64::try_from(wall_nanos()).unwrap_or(0));
-            metrics.record_reassembly(slot, defrag.stats());
-        }
-    }
-    metrics.record_reassembly(slot, defrag.stats());
-    counters.packets.fetch_add(packets, Ordering::Relaxed);
-    if !batch.is_empty() {
-        let _ = out.send(Msg::Batch(batch));
-    }
-    record_stats(&mut cap);
 }
 
 fn banner(
@@ -675,6 +606,19 @@ fn start_blocking(
     }
 }
 
+/// Whether this agent may set up firewall rules (or the XDP program's bans), and so
+/// must be their only owner: any `--block` but `none`, where it holds CAP_NET_ADMIN
+/// (without it, no rule can be touched: `auto` detects only, the others say why).
+fn claims_firewall(block: BlockArg) -> bool {
+    block != BlockArg::None
+        && caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_NET_ADMIN,
+        )
+        .unwrap_or(false)
+}
+
 /// Opens one backend and starts the blocker on it.
 fn start_backend(
     backend: Backend,
@@ -738,15 +682,21 @@ fn share_capabilities(wanted: &caps::CapsHashSet) {
 
 /// Gives up every capability once the capture handles, the listening sockets and the
 /// firewall rules are set up, except what the blocking backend's programs need for
-/// later bans and for setting the rules up again (kept ambient for them).
-fn drop_capabilities(blocking: Option<Backend>) {
+/// later bans and for setting the rules up again (kept ambient for them), and, when
+/// `capturing` through libpcap, CAP_NET_RAW for the agent itself (not its children):
+/// an interface deleted and created again is opened again (links.rs).
+fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
     let keep = blocking.map(backend_capabilities).unwrap_or_default();
-    for set in [
-        caps::CapSet::Inheritable,
-        caps::CapSet::Effective,
-        caps::CapSet::Permitted,
+    let mut own = keep.clone();
+    if capturing {
+        own.insert(caps::Capability::CAP_NET_RAW);
+    }
+    for (set, wanted) in [
+        (caps::CapSet::Inheritable, &keep),
+        (caps::CapSet::Effective, &own),
+        (caps::CapSet::Permitted, &own),
     ] {
-        if let Err(e) = caps::set(None, set, &keep) {
+        if let Err(e) = caps::set(None, set, wanted) {
             eprintln!("synwatch: warning: could not drop capabilities ({set:?}): {e}");
         }
     }
@@ -927,6 +877,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .context("cannot write the configuration to stdout")?;
         return Ok(crate::ExitStatus::Success);
     }
+    // Before any rule or XDP program is touched: one agent per network namespace.
+    if claims_firewall(run_settings.block)
+        && let Err(e) = crate::owner::claim()
+    {
+        return usage(e.to_string());
+    }
     let mut configured_locals = settings.detector.locals.clone();
     settings.detector.locals = host.locals(&configured_locals);
     settings.detector.neighbours = neighbours(&Infrastructure::read());
@@ -1003,7 +959,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             ));
         }
     };
-    let metrics = Arc::new(Metrics::new(&ifaces));
+    // With the default every-interface watch, interfaces that come up later get a slot.
+    let discovering = run_settings.ifaces.is_empty() && !from_sockets;
+    let spare = if discovering { links::SPARE_SLOTS } else { 0 };
+    let metrics = Arc::new(Metrics::with_spare(&ifaces, spare));
     let (tx, rx) = mpsc::channel::<Msg>();
     // The control socket first: a second agent on the same state directory must stop
     // before it touches the first one's firewall rules.
@@ -1092,6 +1051,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .as_ref()
             .filter(|b| !b.dry_run())
             .map(Blocker::backend),
+        !pcap_ifaces.is_empty() || discovering && !xdp_source,
     );
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
@@ -1119,15 +1079,15 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     }
 
     let mut workers = Vec::new();
-    for (slot, cap) in captures.into_iter().enumerate() {
-        let (stop, tx, metrics) = (Arc::clone(&stop), tx.clone(), Arc::clone(&metrics));
-        let name = cap.iface().to_owned();
-        let handle = thread::Builder::new()
-            .name(format!("capture-{name}"))
-            .spawn(move || capture_thread(cap, &stop, &tx, &metrics, slot))
-            .context("cannot start a capture thread")?;
-        workers.push((name, handle));
-    }
+    workers.extend(start_captures(
+        captures,
+        &ifaces,
+        discovering && !xdp_source,
+        !run_settings.ifaces.is_empty(),
+        &stop,
+        &metrics,
+        &tx,
+    )?);
     let socket_counters = Arc::new(SocketCounters::default());
     if let Some(source) = socket_source {
         let (stop, tx, counters) = (Arc::clone(&stop), tx.clone(), Arc::clone(&socket_counters));
@@ -1168,7 +1128,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
 
     let mut detector = Detector::new(settings.detector.clone());
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
-    let mut events = EventWriter::new(std::io::stdout().lock(), format);
+    // Events reach stdout through a bounded queue and a thread of their own: a reader
+    // that stalls or goes away costs events (counted), never detection or bans.
+    let queue = EventQueue::start(std::io::stdout(), Arc::clone(&metrics))
+        .context("cannot start the stdout writer thread")?;
+    let mut events = EventWriter::new(queue, format);
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
     let dry_run = blocker.as_ref().is_some_and(Blocker::dry_run);
     let mut output: std::io::Result<()> =
@@ -1181,6 +1145,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut holds_session =
         move |a: IpAddr| sessions.as_mut().is_some_and(|s| s.holds(a, monotonic()));
     let mut known_infra = host_now.snapshot().infra.clone();
+    let mut next_link_check = monotonic() + links::CHECK_EVERY;
+    let mut xdp_links = links::XdpLinks::default();
     let mut logged = 0u64;
     // The loop runs until the capture threads have ended and their last batches are
     // handled (the control thread's sender never disconnects, so that is checked).
@@ -1336,6 +1302,19 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 reconfigure_xdp(x, options, &detector, &host_now);
             }
         }
+        if now >= next_link_check
+            && let Some(x) = xdp.as_mut()
+        {
+            next_link_check = now + links::CHECK_EVERY;
+            links::check_xdp(
+                x,
+                run_settings.xdp_mode.mode(),
+                &mut xdp_links,
+                &metrics,
+                !run_settings.ifaces.is_empty(),
+                discovering,
+            );
+        }
         if now >= next_refresh {
             next_refresh = now + ADDRESS_REFRESH;
             if let Ok(fresh) = Host::read() {
@@ -1368,7 +1347,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    // Only a signal stops the agent: anything else that ended the loop (every source
+    // gone) is a failure, never exit 0, so that a supervisor restarts it.
+    let asked_to_stop = stop.swap(true, Ordering::Relaxed);
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
         let happened = b.apply(metrics::unix_now());
@@ -1383,6 +1364,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         b.stop();
         let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
     }
+    output = output.and(events.flush());
+    // The last events get a moment to reach a reader that reads; one that does not
+    // cannot hold the exit.
+    if !events.get_ref().drain(FINAL_OUTPUT_WAIT) {
+        eprintln!("synwatch: warning: stdout did not take the last events; exiting without them");
+    }
 
     let mut lines = Vec::new();
     for (name, handle) in workers {
@@ -1390,7 +1377,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .join()
             .map_err(|_| anyhow::anyhow!("the capture thread for {name} failed"))?;
     }
-    for iface in &metrics.interfaces {
+    for iface in metrics.interfaces.iter().filter(|i| i.in_use()) {
         let decode_errors: u64 = DecodeError::ALL
             .iter()
             .map(|k| metrics.decode_errors[k.index()].load(Ordering::Relaxed))
@@ -1398,14 +1385,14 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         lines.push(if xdp_source {
             format!(
                 "  {} (XDP): {} packets seen by the program, {} probes lost (ring buffer full)",
-                iface.name,
+                iface.name(),
                 iface.packets.load(Ordering::Relaxed),
                 iface.drops.load(Ordering::Relaxed),
             )
         } else {
             format!(
                 "  {}: {} packets passed the filter, {} dropped by the kernel; {} undecodable in all",
-                iface.name,
+                iface.name(),
                 iface.packets.load(Ordering::Relaxed),
                 iface.drops.load(Ordering::Relaxed),
                 decode_errors,
@@ -1448,11 +1435,60 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         metrics.bans_refused_allowlisted.load(Ordering::Relaxed)
             + metrics.bans_refused_rate.load(Ordering::Relaxed),
     );
+    // Event output cannot fail here (see event_queue.rs): stdout's troubles are
+    // counted, and never end the agent.
     match output {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(crate::ExitStatus::Success),
         Err(e) => Err(anyhow::Error::new(e).context("cannot write events to stdout")),
+        Ok(()) if !asked_to_stop => Err(anyhow::anyhow!(
+            "every source of connections ended (see above) without being asked to stop"
+        )),
         Ok(()) => Ok(crate::ExitStatus::Success),
     }
+}
+
+/// Starts a capture thread for each interface opened at start, each watching its
+/// interface until the agent stops (reopening it when it returns; see links.rs), and,
+/// with `discover`, a thread that watches interfaces that come up later.
+fn start_captures(
+    captures: Vec<LiveCapture>,
+    ifaces: &[String],
+    discover: bool,
+    required: bool,
+    stop: &Arc<AtomicBool>,
+    metrics: &Arc<Metrics>,
+    tx: &mpsc::Sender<Msg>,
+) -> Result<Vec<(String, thread::JoinHandle<()>)>> {
+    let send = {
+        let tx = tx.clone();
+        move |batch| tx.send(Msg::Batch(batch)).is_ok()
+    };
+    let watch = Arc::new(links::Watch {
+        stop: Arc::clone(stop),
+        metrics: Arc::clone(metrics),
+        options: LiveOptions::default(),
+        required,
+        send,
+    });
+    let mut workers = Vec::new();
+    for (slot, cap) in captures.into_iter().enumerate() {
+        let name = cap.iface().to_owned();
+        let watch = Arc::clone(&watch);
+        let thread_name = name.clone();
+        let handle = thread::Builder::new()
+            .name(format!("capture-{name}"))
+            .spawn(move || links::supervise(&thread_name, slot, Some(cap), &watch))
+            .context("cannot start a capture thread")?;
+        workers.push((name, handle));
+    }
+    if discover {
+        let watched = ifaces.to_vec();
+        let handle = thread::Builder::new()
+            .name("interfaces".into())
+            .spawn(move || links::discover(&watched, &watch))
+            .context("cannot start the interface watch thread")?;
+        workers.push(("new interfaces".to_owned(), handle));
+    }
+    Ok(workers)
 }
 
 /// Tells the XDP program the configuration and protected ranges now in force; a failure

@@ -40,7 +40,7 @@ impl XdpModeArg {
         }
     }
 
-    fn mode(self) -> Mode {
+    pub fn mode(self) -> Mode {
         match self {
             Self::Auto => Mode::Auto,
             Self::Native => Mode::Native,

@@ -365,6 +365,25 @@ impl Xdp {
     /// (attached the old way, through netlink, which outlives its process) is replaced;
     /// another tool's program is left alone and is an error.
     pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<&Attached, XdpError> {
+        let slot = u32::try_from(self.attached.len()).unwrap_or(u32::MAX);
+        let attached = self.attach_at(iface, mode, slot)?;
+        self.attached.push(attached);
+        Ok(self.attached.last().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Attaches the program again to `iface` when the interface of that name was
+    /// deleted and created again (a new ifindex: the old attachment went with the old
+    /// interface), keeping its counter slot. A name not attached before is attached.
+    pub fn reattach(&mut self, iface: &str, mode: Mode) -> Result<&Attached, XdpError> {
+        let Some(at) = self.attached.iter().position(|a| a.iface == iface) else {
+            return self.attach(iface, mode);
+        };
+        let fresh = self.attach_at(iface, mode, self.attached[at].slot)?;
+        self.attached[at] = fresh;
+        Ok(&self.attached[at])
+    }
+
+    fn attach_at(&mut self, iface: &str, mode: Mode, slot: u32) -> Result<Attached, XdpError> {
         let attach_error = |mode: &'static str, why: String| XdpError::Attach {
             iface: iface.to_owned(),
             mode,
@@ -372,7 +391,6 @@ impl Xdp {
         };
         let ifindex = nix::net::if_::if_nametoindex(iface)
             .map_err(|e| attach_error("any", format!("no such interface ({e})")))?;
-        let slot = u32::try_from(self.attached.len()).unwrap_or(u32::MAX);
         if slot < layout::SLOTS {
             // Slot + 1 at ifindex modulo the array's size (0: not watched).
             self.ifslot
@@ -411,14 +429,13 @@ impl Xdp {
             }
             match result {
                 Ok(()) => {
-                    self.attached.push(Attached {
+                    return Ok(Attached {
                         iface: iface.to_owned(),
                         ifindex,
                         mode: name,
                         slot: slot.min(layout::SLOTS - 1),
                         replaced,
                     });
-                    return Ok(self.attached.last().unwrap_or_else(|| unreachable!()));
                 }
                 Err(e) => failures.push(format!("{name}: {}", describe(&e))),
             }

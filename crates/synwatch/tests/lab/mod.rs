@@ -117,39 +117,7 @@ impl Lab {
         must(&["ip", "netns", "add", &lab.victim]);
         let mut lab = lab;
         must(&["ip", "netns", "add", &lab.attacker]);
-        must(&[
-            "ip",
-            "link",
-            "add",
-            &lab.vif,
-            "netns",
-            &lab.victim,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &aif,
-            "netns",
-            &lab.attacker,
-        ]);
-        for (ns, ifname, addrs) in [
-            (&lab.victim, &lab.vif, vec!["10.77.0.1/24", "fd77::1/64"]),
-            (
-                &lab.attacker,
-                &aif,
-                vec!["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"],
-            ),
-        ] {
-            for a in addrs {
-                let mut args = vec!["ip", "-n", ns, "addr", "add", a, "dev", ifname];
-                if a.contains(':') {
-                    args.push("nodad");
-                }
-                must(&args);
-            }
-            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-        }
+        lab.create_link();
         let server = Command::new("ip")
             .args(["netns", "exec", &lab.victim, "python3", "-m", "http.server"])
             .arg(HTTP_PORT.to_string())
@@ -202,6 +170,49 @@ impl Lab {
             "forging SYNs from {src} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The veth pair between the namespaces, with the lab's addresses, up.
+    pub fn create_link(&self) {
+        must(&[
+            "ip",
+            "link",
+            "add",
+            &self.vif,
+            "netns",
+            &self.victim,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.aif,
+            "netns",
+            &self.attacker,
+        ]);
+        for (ns, ifname, addrs) in [
+            (&self.victim, &self.vif, vec!["10.77.0.1/24", "fd77::1/64"]),
+            (
+                &self.attacker,
+                &self.aif,
+                vec!["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"],
+            ),
+        ] {
+            for a in addrs {
+                let mut args = vec!["ip", "-n", ns, "addr", "add", a, "dev", ifname];
+                if a.contains(':') {
+                    args.push("nodad");
+                }
+                must(&args);
+            }
+            must(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            must(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+        }
+    }
+
+    /// Deletes the veth pair (both ends go).
+    #[allow(dead_code, reason = "only the fault tests delete the link")]
+    pub fn delete_link(&self) {
+        must(&["ip", "-n", &self.victim, "link", "del", &self.vif]);
     }
 
     /// Starts a long-running command in the victim namespace (stopped with the lab).
@@ -353,12 +364,49 @@ impl Agent {
     /// run as its last arguments, such as setpriv).
     pub fn start_under(lab: &Lab, dir: &Path, name: &str, wrapper: &[&str], args: &[&str]) -> Self {
         let out = dir.join(format!("{name}.jsonl"));
+        let stdout = Stdio::from(std::fs::File::create(&out).expect("stdout file"));
+        Self::start_with(lab, dir, name, wrapper, stdout, args)
+    }
+
+    /// Like `start_under`, with stdout going to `stdout` (a pipe, say) instead of the
+    /// events file.
+    pub fn start_with(
+        lab: &Lab,
+        dir: &Path,
+        name: &str,
+        wrapper: &[&str],
+        stdout: Stdio,
+        args: &[&str],
+    ) -> Self {
+        Self::spawn(lab, dir, name, wrapper, stdout, Some(&lab.vif), args)
+    }
+
+    /// Like `start`, without `--iface`: the agent watches every interface that is up in
+    /// the victim namespace, and those that come up later.
+    #[allow(dead_code, reason = "only the fault tests watch every interface")]
+    pub fn start_on_every_interface(lab: &Lab, dir: &Path, name: &str, args: &[&str]) -> Self {
+        let out = dir.join(format!("{name}.jsonl"));
+        let stdout = Stdio::from(std::fs::File::create(&out).expect("stdout file"));
+        Self::spawn(lab, dir, name, &[], stdout, None, args)
+    }
+
+    fn spawn(
+        lab: &Lab,
+        dir: &Path,
+        name: &str,
+        wrapper: &[&str],
+        stdout: Stdio,
+        iface: Option<&str>,
+        args: &[&str],
+    ) -> Self {
+        let out = dir.join(format!("{name}.jsonl"));
         let err = dir.join(format!("{name}.log"));
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.victim])
             .args(wrapper)
             .args([env!("CARGO_BIN_EXE_synwatch"), "run"])
-            .args(["--iface", &lab.vif, "--format", "json"])
+            .args(iface.map(|i| ["--iface", i]).iter().flatten())
+            .args(["--format", "json"])
             // The pipeline's tests observe through libpcap unless they say otherwise
             // (lab_xdp.rs tests the XDP source).
             .args(if args.contains(&"--source") {
@@ -367,7 +415,7 @@ impl Agent {
                 &["--source", "pcap"][..]
             })
             .args(args)
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stdout(stdout)
             .stderr(std::fs::File::create(&err).expect("stderr file"))
             .spawn()
             .expect("start synwatch");
@@ -431,6 +479,49 @@ impl Agent {
             let _ = Command::new("kill")
                 .args([&format!("-{signal}"), &child.id().to_string()])
                 .status();
+        }
+    }
+
+    /// The agent's stdout when it was started with a pipe.
+    #[allow(dead_code, reason = "only the fault tests pipe stdout")]
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
+    /// The agent's process id (`ip netns exec` execs it).
+    #[allow(dead_code, reason = "only some test binaries look at the process")]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Whether the agent is still running.
+    #[allow(dead_code, reason = "only some test binaries look at the process")]
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM, then the exit code, which must come within `secs` (else the test fails
+    /// and the agent is killed).
+    #[allow(dead_code, reason = "only some test binaries time the stop")]
+    pub fn stop_within(mut self, secs: u64) -> Option<i32> {
+        self.signal("TERM");
+        let deadline = Deadline::after(secs);
+        let mut child = self.child.take()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if deadline.passed() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "SIGTERM did not stop the agent within {secs} s: {}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

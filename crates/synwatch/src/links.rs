@@ -1,0 +1,373 @@
+//! Interfaces that come and go. A watched interface may be deleted and created again
+//! under the same name (a VPN or container veth, a driver reload, a renamed NIC): the
+//! capture handle or XDP attachment of the old one then sees nothing, forever. So each
+//! capture thread checks every [`CHECK_EVERY`] that its name still leads to the ifindex
+//! it opened, and when it does not (or a read fails) it closes the handle, says so, and
+//! opens the interface again as soon as it is back; the pipeline does the same for the
+//! XDP program's attachments ([`check_xdp`]). With the default every-interface watch,
+//! interfaces that come up later are watched too ([`discover`]).
+//!
+//! Why a check by name rather than rtnetlink notifications: `if_nametoindex` is a socket
+//! and one ioctl (12 µs a call measured here from Python, the interpreter included), so
+//! one a second per interface costs nothing measurable (with discovery, one
+//! getifaddrs(3) a second as well), needs
+//! no netlink socket, parser or extra thread, and cannot miss an event the way a
+//! notification socket can when its buffer overflows; a delete-and-create between two
+//! checks still shows as a new ifindex. The price is up to a second before an interface
+//! that returned is watched again.
+//!
+//! While a named interface is missing, or a capture cannot be opened or read, its slot
+//! in the metrics carries a fault and `/healthz` answers 503 with it; the capture thread
+//! itself never ends before the agent stops, so the agent never exits on its own.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use synwatch_capture::live::{LiveCapture, LiveOptions};
+use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits};
+use synwatch_detect::Observation;
+
+use crate::host::Host;
+use crate::metrics::{InterfaceMetrics, Metrics};
+use crate::run::{monotonic, wall_nanos};
+
+/// How often an interface's name is checked against the ifindex being watched, and a
+/// missing one looked for.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Observations a capture thread collects before handing them over; a quiet interface
+/// hands over what it has whenever a read times out.
+const BATCH: usize = 256;
+
+/// Spare metric slots for interfaces that appear while the agent runs.
+pub const SPARE_SLOTS: usize = 32;
+
+/// The ifindex `name` leads to now, if any.
+pub fn ifindex(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// Why a capture handle was given up.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The agent is stopping (or the pipeline is gone).
+    Stopped,
+    /// The name no longer leads to the interface the handle was opened on.
+    Gone,
+    /// Reading failed.
+    Failed(String),
+}
+
+/// What a capture thread needs besides its interface.
+pub struct Watch<F: Fn(Vec<Observation>) -> bool> {
+    pub stop: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub options: LiveOptions,
+    /// Named with --iface: while it is missing, `/healthz` fails.
+    pub required: bool,
+    pub send: F,
+}
+
+impl<F: Fn(Vec<Observation>) -> bool> std::fmt::Debug for Watch<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A capture thread: watches `name` through libpcap (starting with `first`, opened at
+/// start, when given) until the agent stops, opening it again whenever it returns.
+pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
+    name: &str,
+    slot: usize,
+    mut first: Option<LiveCapture>,
+    watch: &Watch<F>,
+) {
+    let counters = &watch.metrics.interfaces[slot];
+    // The trouble last said on stderr, so that each is said once.
+    let mut trouble: Option<String> = None;
+    let report = |trouble: &mut Option<String>, why: String, fault: bool| {
+        if trouble.as_deref() != Some(why.as_str()) {
+            eprintln!("synwatch: {why}");
+        }
+        counters.set_state(false, fault.then(|| why.clone()));
+        *trouble = Some(why);
+    };
+    while !watch.stop.load(Ordering::Relaxed) {
+        let cap = match first.take() {
+            Some(cap) => Some(cap),
+            None if ifindex(name).is_none() => {
+                let why = format!(
+                    "interface {name} is missing (deleted or renamed): waiting for it to return"
+                );
+                report(&mut trouble, why, watch.required);
+                None
+            }
+            None => match LiveCapture::open(name, &watch.options) {
+                Ok(cap) => Some(cap),
+                Err(e) => {
+                    report(
+                        &mut trouble,
+                        format!("cannot watch {name}: {e}; trying again"),
+                        true,
+                    );
+                    None
+                }
+            },
+        };
+        let (Some(cap), Some(index)) = (cap, ifindex(name)) else {
+            sleep_unless_stopped(&watch.stop, CHECK_EVERY);
+            continue;
+        };
+        if trouble.take().is_some() {
+            eprintln!("synwatch: interface {name} is back (ifindex {index}): watching it again");
+        }
+        counters.set_state(true, None);
+        match capture(cap, index, name, slot, watch) {
+            End::Stopped => break,
+            End::Gone => {
+                let why = format!(
+                    "interface {name} is missing (deleted or renamed): waiting for it to return"
+                );
+                report(&mut trouble, why, watch.required);
+            }
+            End::Failed(why) => {
+                report(&mut trouble, format!("{why}; opening it again"), true);
+                sleep_unless_stopped(&watch.stop, CHECK_EVERY);
+            }
+        }
+    }
+    counters.up.store(false, Ordering::Relaxed);
+}
+
+fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
+    let step = Duration::from_millis(100);
+    let mut slept = Duration::ZERO;
+    while slept < total && !stop.load(Ordering::Relaxed) {
+        thread::sleep(step);
+        slept += step;
+    }
+}
+
+/// Reads one capture handle until the agent stops, the interface goes, or reading fails.
+fn capture<F: Fn(Vec<Observation>) -> bool>(
+    mut cap: LiveCapture,
+    index: u32,
+    name: &str,
+    slot: usize,
+    watch: &Watch<F>,
+) -> End {
+    let metrics = &watch.metrics;
+    let counters: &InterfaceMetrics = &metrics.interfaces[slot];
+    let link = LinkType::from_linktype(cap.linktype());
+    let mut defrag = Reassembler::new(ReassemblyLimits::default());
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut packets = 0u64;
+    let mut next_check = monotonic() + CHECK_EVERY;
+    // The kernel's counters restart with each handle: they add to what earlier handles
+    // on this interface counted.
+    let (drops_before, if_drops_before) = (
+        counters.drops.load(Ordering::Relaxed),
+        counters.if_drops.load(Ordering::Relaxed),
+    );
+    let record_stats = |cap: &mut LiveCapture| {
+        if let Ok(s) = cap.stats() {
+            counters
+                .drops
+                .store(drops_before + s.dropped, Ordering::Relaxed);
+            counters
+                .if_drops
+                .store(if_drops_before + s.if_dropped, Ordering::Relaxed);
+        }
+    };
+    let end = loop {
+        if watch.stop.load(Ordering::Relaxed) {
+            break End::Stopped;
+        }
+        let packet = match cap.next_packet() {
+            Ok(p) => p,
+            Err(e) if ifindex(name) != Some(index) => {
+                let _ = e;
+                break End::Gone;
+            }
+            Err(e) => break End::Failed(e.to_string()),
+        };
+        if let Some(packet) = packet {
+            packets += 1;
+            if let Some(link) = link {
+                let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
+                match defrag.decode(link, packet.data, at) {
+                    Ok(Decoded::Segment(seg)) => {
+                        batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
+                    }
+                    Ok(Decoded::Skipped(_)) => {}
+                    Err(kind) => {
+                        metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if batch.len() < BATCH {
+                continue;
+            }
+        }
+        // A full batch, or a read that found nothing: hand over what there is.
+        counters.packets.fetch_add(packets, Ordering::Relaxed);
+        packets = 0;
+        if !batch.is_empty() && !(watch.send)(std::mem::take(&mut batch)) {
+            break End::Stopped;
+        }
+        let now = monotonic();
+        if now >= next_check {
+            next_check = now + CHECK_EVERY;
+            record_stats(&mut cap);
+            // Packet timestamps are the kernel's wall clock: so is the expiry.
+            defrag.expire(u64::try_from(wall_nanos()).unwrap_or(0));
+            metrics.record_reassembly(slot, defrag.stats());
+            if ifindex(name) != Some(index) {
+                break End::Gone;
+            }
+        }
+    };
+    metrics.record_reassembly(slot, defrag.stats());
+    counters.packets.fetch_add(packets, Ordering::Relaxed);
+    if !batch.is_empty() {
+        let _ = (watch.send)(batch);
+    }
+    record_stats(&mut cap);
+    end
+}
+
+/// With the default every-interface watch: every [`CHECK_EVERY`], starts a capture
+/// thread for each interface that came up and is not watched yet, until the agent
+/// stops; then waits for those threads. `watched` are the interfaces watched from the
+/// start (their threads are the caller's).
+pub fn discover<F>(watched: &[String], watch: &Arc<Watch<F>>)
+where
+    F: Fn(Vec<Observation>) -> bool + Send + Sync + 'static,
+{
+    let mut known: BTreeSet<String> = watched.iter().cloned().collect();
+    let mut threads = Vec::new();
+    let mut full_said = false;
+    while !watch.stop.load(Ordering::Relaxed) {
+        sleep_unless_stopped(&watch.stop, CHECK_EVERY);
+        let Ok(host) = Host::read() else { continue };
+        for name in host.up.difference(&known.clone()) {
+            let Some(slot) = watch.metrics.interface_slot(name) else {
+                if !full_said {
+                    eprintln!(
+                        "synwatch: warning: {name} came up, but every interface slot is taken: not watching it (name the interfaces with --iface, or restart)"
+                    );
+                    full_said = true;
+                }
+                continue;
+            };
+            known.insert(name.clone());
+            eprintln!("synwatch: interface {name} came up: watching it");
+            let (name, watch) = (name.clone(), Arc::clone(watch));
+            match thread::Builder::new()
+                .name(format!("capture-{name}"))
+                .spawn(move || supervise(&name, slot, None, &watch))
+            {
+                Ok(handle) => threads.push(handle),
+                Err(e) => eprintln!("synwatch: cannot start a capture thread: {e}"),
+            }
+        }
+    }
+    for handle in threads {
+        let _ = handle.join();
+    }
+}
+
+/// What [`check_xdp`] remembers between checks.
+#[derive(Debug, Default)]
+pub struct XdpLinks {
+    /// Interfaces whose absence was reported.
+    missing: BTreeSet<String>,
+}
+
+/// Checks the XDP program's attachments (the pipeline calls this every
+/// [`CHECK_EVERY`]): an interface created again under a watched name gets the program
+/// again; with the default every-interface watch (`discover`), one that came up is
+/// attached too. `required`: named interfaces, whose absence fails `/healthz`.
+pub fn check_xdp(
+    xdp: &mut synwatch_xdp::Xdp,
+    mode: synwatch_xdp::Mode,
+    links: &mut XdpLinks,
+    metrics: &Metrics,
+    required: bool,
+    discover: bool,
+) {
+    let attached: Vec<(String, u32)> = xdp
+        .attached()
+        .iter()
+        .map(|a| (a.iface.clone(), a.ifindex))
+        .collect();
+    for (name, was) in &attached {
+        let slot = metrics.interface_slot(name);
+        let counters = slot.and_then(|s| metrics.interfaces.get(s));
+        let set = |up: bool, fault: Option<String>| {
+            if let Some(c) = counters {
+                c.set_state(up, fault);
+            }
+        };
+        match ifindex(name) {
+            Some(now) if now == *was => {}
+            Some(now) => match xdp.reattach(name, mode) {
+                Ok(a) => {
+                    eprintln!(
+                        "synwatch: interface {name} is back (ifindex {now}): the XDP program is attached again ({})",
+                        a.mode
+                    );
+                    links.missing.remove(name);
+                    set(true, None);
+                }
+                Err(e) => {
+                    let why = format!("cannot attach the XDP program to {name} again: {e}");
+                    if links.missing.insert(name.clone()) {
+                        eprintln!("synwatch: {why}; trying again");
+                    }
+                    set(false, Some(why));
+                }
+            },
+            None => {
+                let why = format!(
+                    "interface {name} is missing (deleted or renamed): waiting for it to return"
+                );
+                if links.missing.insert(name.clone()) {
+                    eprintln!("synwatch: {why}");
+                }
+                set(false, required.then_some(why));
+            }
+        }
+    }
+    if !discover {
+        return;
+    }
+    let Ok(host) = Host::read() else { return };
+    for name in &host.up {
+        if attached.iter().any(|(n, _)| n == name) || links.missing.contains(name) {
+            continue;
+        }
+        match xdp.attach(name, mode) {
+            Ok(a) => {
+                eprintln!(
+                    "synwatch: interface {name} came up: the XDP program is attached ({})",
+                    a.mode
+                );
+                if let Some(slot) = metrics.interface_slot(name) {
+                    metrics.interfaces[slot].set_state(true, None);
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "synwatch: interface {name} came up, but cannot attach the XDP program: {e}"
+                );
+                links.missing.insert(name.clone());
+            }
+        }
+    }
+}

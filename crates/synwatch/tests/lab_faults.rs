@@ -1,0 +1,429 @@
+//! Faults the agent must survive (SPEC §6), in the network-namespace lab. Each test
+//! asserts what an operator cares about: the agent is still running, its bans are
+//! still in the kernel, new scanners are still banned, and SIGTERM still stops it.
+//!
+//! - stdout closed (`| head`) or never read (a stalled pipe): events are dropped and
+//!   counted, enforcement carries on, memory stays bounded.
+//!
+//! Needs root; `make test` runs these as root.
+
+#[allow(
+    dead_code,
+    reason = "the harness serves many test binaries; this one uses part of it"
+)]
+mod lab;
+
+use std::process::Stdio;
+
+use lab::{Agent, CLIENT, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
+
+/// Whether the kernel holds a ban on `addr` in synwatch's nftables sets.
+fn banned_in_nftables(lab: &Lab, addr: &str) -> bool {
+    let set = if addr.contains(':') {
+        "banned6"
+    } else {
+        "banned4"
+    };
+    let out = lab.in_victim(&["nft", "list", "set", "inet", "synwatch", set]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(|c: char| !(c.is_ascii_hexdigit() || c == '.' || c == ':'))
+        .any(|word| word == addr)
+}
+
+/// The agent's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `synwatch blocks list` answers, and within `secs`.
+fn blocks_list_answers(lab: &Lab, dir: &std::path::Path, secs: u64) -> String {
+    let deadline = Deadline::after(secs);
+    let state = dir.join("state");
+    let state = state.to_str().expect("utf-8 path");
+    let (code, out, err) = blocks(lab, &["list", "--state-dir", state]);
+    assert_eq!(code, 0, "blocks list failed: {err}");
+    assert!(
+        !deadline.passed(),
+        "blocks list took more than {secs} s: {err}"
+    );
+    out
+}
+
+fn state_args(dir: &std::path::Path) -> Vec<String> {
+    let state = dir.join("state");
+    vec![
+        "--block".into(),
+        "nftables".into(),
+        "--state-dir".into(),
+        state.to_str().expect("utf-8 path").into(),
+    ]
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_closed_stdout_stops_events_but_never_enforcement() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_with(&lab, dir.path(), "closed", &[], Stdio::piped(), &args);
+    // The reader goes away, as `synwatch run | head -1` does.
+    drop(agent.take_stdout());
+
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    eventually(10, "the closed stdout reported", || {
+        agent.log().contains("stdout is closed")
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    assert!(banned_in_nftables(&lab, SCANNER), "the ban stays");
+    assert!(lab.metric("synwatch_events_dropped_total{reason=\"output_closed\"}") > 0);
+
+    // A new scanner is still banned.
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "the second scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    let list = blocks_list_answers(&lab, dir.path(), 5);
+    assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
+    assert_eq!(
+        agent.log().matches("stdout is closed").count(),
+        1,
+        "said once: {}",
+        agent.log()
+    );
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    let code = agent.stop_within(10);
+    assert_eq!(code, Some(0), "stopped by SIGTERM");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_stdout_nobody_reads_holds_up_neither_bans_nor_stopping() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = state_args(dir.path());
+    // Every attempt is an event: the pipe and the queue behind it fill.
+    args.extend(["--log-limit-source", "0", "--log-limit-global", "0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The pipe's read end stays open in `agent`, and nobody reads it.
+    let mut agent = Agent::start_with(&lab, dir.path(), "stalled", &[], Stdio::piped(), &args);
+    let pid = agent.pid();
+    let rss_before = rss_kib(pid);
+
+    // 40,000 SYNs to as many ports: some 5 MB of events, more than the pipe (64 KiB)
+    // and the agent's queue (4 MiB) together hold.
+    let flood = lab.in_attacker(&[
+        "hping3", "-q", "-S", "-p", "++1", "-i", "u40", "-c", "40000", "-a", SCANNER, VICTIM,
+    ]);
+    assert!(
+        flood.status.success() || flood.status.code() == Some(1),
+        "hping3: {}",
+        String::from_utf8_lossy(&flood.stderr)
+    );
+    eventually(10, "events dropped and counted", || {
+        lab.metric("synwatch_events_dropped_total{reason=\"output_blocked\"}") > 0
+    });
+    assert!(
+        agent.log().contains("stdout is not taking events"),
+        "{}",
+        agent.log()
+    );
+    eventually(10, "the flooding scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    // The control socket and the pipeline answer while stdout is stuck.
+    let list = blocks_list_answers(&lab, dir.path(), 5);
+    assert!(list.contains(SCANNER), "{list}");
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a new scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "resident memory: {rss_before} KiB before the flood, {rss_after} KiB after; {} events dropped",
+        lab.metric("synwatch_events_dropped_total{reason=\"output_blocked\"}")
+    );
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    let code = agent.stop_within(10);
+    assert_eq!(code, Some(0), "stopped by SIGTERM");
+}
+
+/// `synwatch run ARGS` in the victim namespace under `wrapper`, to its end (a test
+/// failure if it runs on for 20 s); (exit code, stderr).
+fn run_to_end(lab: &Lab, wrapper: &[&str], args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.victim])
+        .args(wrapper)
+        .args([env!("CARGO_BIN_EXE_synwatch"), "run", "--iface", &lab.vif])
+        .args(["--source", "pcap", "--metrics-addr", "127.0.0.1:9810"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start synwatch");
+    let deadline = Deadline::after(20);
+    while matches!(child.try_wait(), Ok(None)) {
+        if deadline.passed() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second agent ran on instead of refusing to start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_second_agent_refuses_to_take_the_first_ones_rules() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = Agent::start(&lab, dir.path(), "first", &args);
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+
+    // Another state directory, another user, or the default blocking: each is refused,
+    // naming the first agent, before it touches the first one's rules.
+    let other = dir.path().join("other-state");
+    let other = other.to_str().expect("utf-8 path");
+    let holder = format!("pid {}", first.pid());
+    let nobody = [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--inh-caps",
+        "+net_admin,+net_raw",
+        "--ambient-caps",
+        "+net_admin,+net_raw",
+    ];
+    for (wrapper, block) in [
+        (&[][..], "nftables"),
+        (&[][..], "auto"),
+        (&[][..], "iptables"),
+        (&nobody[..], "nftables"),
+    ] {
+        let (code, err) = run_to_end(&lab, wrapper, &["--block", block, "--state-dir", other]);
+        assert_eq!(code, Some(2), "{wrapper:?} --block {block}: {err}");
+        assert!(
+            err.contains("another synwatch agent already runs in this network namespace")
+                && err.contains(&holder)
+                && err.contains("--block none"),
+            "{wrapper:?} --block {block}: {err}"
+        );
+        assert!(
+            banned_in_nftables(&lab, SCANNER),
+            "the first agent's ban is still in the kernel after --block {block}"
+        );
+    }
+    // The first agent's table was never replaced: still its ban, still enforcing.
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the scanner is still dropped"
+    );
+    assert!(first.running(), "{}", first.log());
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a new scanner banned by the first agent", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+
+    // Detecting only touches no rule: a second agent may do that.
+    let watcher = Agent::start(
+        &lab,
+        dir.path(),
+        "watcher",
+        &["--block", "none", "--metrics-addr", "127.0.0.1:9811"],
+    );
+    assert_eq!(watcher.stop(), Some(0));
+    assert_eq!(first.stop_within(10), Some(0));
+}
+
+/// `/healthz` of the agent in the victim namespace: (status, body).
+fn healthz(lab: &Lab) -> (u32, String) {
+    let out = lab.in_victim(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "3",
+        "-w",
+        "\n%{http_code}",
+        "http://127.0.0.1:9809/healthz",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The watched interface is deleted and created again under the same name: `/healthz`
+/// fails while it is gone, says why, and once it is back a scan through it is caught.
+fn recreated_interface_is_watched_again(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut agent = Agent::start(
+        &lab,
+        dir.path(),
+        source,
+        &["--source", source, "--block", "none"],
+    );
+    // Down and up: the same interface, still watched.
+    for state in ["down", "up"] {
+        let out = lab.in_victim(&["ip", "link", "set", &lab.vif, state]);
+        assert!(out.status.success(), "ip link set {state}");
+    }
+    eventually(10, "the client connects again", || {
+        lab.connects(CLIENT, VICTIM)
+    });
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(healthz(&lab).0, 200);
+
+    lab.delete_link();
+    eventually(10, "/healthz fails while the interface is gone", || {
+        let (code, body) = healthz(&lab);
+        code == 503 && body.contains(&lab.vif) && body.contains("missing")
+    });
+    assert!(agent.running(), "the agent exited: {}", agent.log());
+    assert!(
+        lab.metric(&format!(
+            "synwatch_interface_up{{interface=\"{}\"}}",
+            lab.vif
+        )) == 0,
+        "the interface is down in the metrics"
+    );
+
+    lab.create_link();
+    eventually(10, "/healthz passes once the interface is back", || {
+        healthz(&lab).0 == 200
+    });
+    assert!(agent.log().contains("is back"), "{}", agent.log());
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER6);
+    assert_eq!(
+        lab.metric(&format!(
+            "synwatch_interface_up{{interface=\"{}\"}}",
+            lab.vif
+        )),
+        1
+    );
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_recreated_interface_is_captured_again_through_libpcap() {
+    recreated_interface_is_watched_again("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_recreated_interface_gets_the_xdp_program_again() {
+    recreated_interface_is_watched_again("xdp");
+}
+
+/// With the default every-interface watch, an interface that comes up after the start
+/// is watched too.
+fn a_new_interface_is_watched(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        source,
+        &["--source", source, "--block", "none"],
+    );
+    // A second veth pair between the namespaces, on another subnet.
+    let stem = &lab.vif[..lab.vif.len() - 1];
+    let (vif2, aif2) = (format!("{stem}w"), format!("{stem}b"));
+    for args in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            &vif2,
+            "netns",
+            &lab.victim,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &aif2,
+            "netns",
+            &lab.attacker,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.victim,
+            "addr",
+            "add",
+            "10.78.0.1/24",
+            "dev",
+            &vif2,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.attacker,
+            "addr",
+            "add",
+            "10.78.0.2/24",
+            "dev",
+            &aif2,
+        ],
+        vec!["ip", "-n", &lab.victim, "link", "set", &vif2, "up"],
+        vec!["ip", "-n", &lab.attacker, "link", "set", &aif2, "up"],
+    ] {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("ip");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eventually(10, "the new interface watched", || {
+        agent.log().contains(&format!("interface {vif2} came up"))
+    });
+    lab.scan("10.78.0.2", "10.78.0.1", "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.78.0.2");
+    assert_eq!(healthz(&lab).0, 200);
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_new_interface_is_captured_through_libpcap() {
+    a_new_interface_is_watched("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_new_interface_gets_the_xdp_program() {
+    a_new_interface_is_watched("xdp");
+}
