@@ -21,6 +21,7 @@ use synwatch_decode::TcpFlags;
 
 use crate::addrset::AddrSet;
 use crate::probe::{Probe, ProbeSet};
+use crate::sweep::{Pending, Sweeps, Tuple};
 
 /// Nanoseconds since the Unix epoch: the only notion of time the detector has.
 pub type Nanos = i64;
@@ -94,6 +95,15 @@ pub struct Config {
     /// resolvers): an IPv6 prefix holding one of them or a local address counts per
     /// address, so that the host's LAN neighbours are never lumped into one scanner.
     pub neighbours: AddrSet,
+    /// An address sweep is unanswered attempts to more than this many distinct hosts on
+    /// one port within the window...
+    pub max_hosts: u16,
+    /// ...an attempt being unanswered when no SYN-ACK for it came within this time.
+    pub answer_wait: Nanos,
+    /// Whether to look for sweeps at all: only where the answers can be seen (libpcap and
+    /// captures see both directions; the XDP program sees what arrives, not what the host
+    /// sends back, so there every attempt would look unanswered).
+    pub sweeps: bool,
 }
 
 /// Default cap on tracked sources (state at the cap: see docs/PERFORMANCE.md).
@@ -116,6 +126,9 @@ impl Default for Config {
             max_attempts: 2 * DEFAULT_MAX_SOURCES,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
             neighbours: AddrSet::new(),
+            max_hosts: 16,
+            answer_wait: 3_000_000_000,
+            sweeps: true,
         }
     }
 }
@@ -133,13 +146,16 @@ pub struct Observation {
 
 impl Observation {
     /// The observation of a decoded segment taken at `ts`, if it is something the
-    /// detector looks at: a TCP connection attempt or stealth probe.
+    /// detector looks at: a TCP connection attempt, a stealth probe, or a SYN-ACK (the
+    /// answer that keeps an attempt out of sweep counting).
     #[inline]
     pub fn of_segment(ts: Nanos, seg: &synwatch_decode::Segment) -> Option<Self> {
         let synwatch_decode::Transport::Tcp(flags) = seg.transport else {
             return None;
         };
-        Probe::classify(flags)?;
+        if Probe::classify(flags).is_none() && !is_answer(flags) {
+            return None;
+        }
         Some(Self {
             ts,
             src: seg.src,
@@ -164,9 +180,29 @@ pub enum Seen {
     Stealth(Direction, Probe),
 }
 
-/// A detected port scan.
+/// What a [`Scan`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScanKind {
+    /// More than `max_ports` distinct ports (`ports` holds them).
+    Ports,
+    /// Unanswered attempts to more than `max_hosts` hosts on one port (`ports` holds the
+    /// port, `hosts` the hosts).
+    Sweep,
+}
+
+impl ScanKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ports => "ports",
+            Self::Sweep => "sweep",
+        }
+    }
+}
+
+/// A detected port scan or address sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
+    pub kind: ScanKind,
     pub ts: Nanos,
     pub src: IpAddr,
     /// The destination of the attempt that crossed the threshold.
@@ -180,6 +216,8 @@ pub struct Scan {
     /// The IPv6 network the source was counted as (`--ipv6-prefix`), when it was counted
     /// per prefix rather than per address: the ban covers it.
     pub prefix: Option<IpNet>,
+    /// A sweep's hosts: the first `max_hosts + 1` reached, in first-seen order.
+    pub hosts: Vec<IpAddr>,
 }
 
 /// The detector's verdict on one observation.
@@ -189,6 +227,9 @@ pub struct Outcome {
     /// Whether a `connection` event is due (a new attempt in a selected direction).
     pub log: bool,
     pub scan: Option<Scan>,
+    /// Address sweeps that became known by this observation's time (their attempts' answer
+    /// time ran out); usually none.
+    pub sweeps: Vec<Scan>,
 }
 
 /// Running totals, for summaries and metrics.
@@ -199,6 +240,10 @@ pub struct Stats {
     pub retransmissions: u64,
     pub stealth_probes: u64,
     pub scans: u64,
+    /// Address sweeps detected (not counted in `scans`).
+    pub sweeps: u64,
+    /// Attempts or answers dropped at the caps before a sweep could be judged.
+    pub sweep_state_dropped: u64,
     /// Sources dropped to stay under the cap before their state expired.
     pub sources_evicted: u64,
     /// 4-tuples dropped to stay under the cap before they expired.
@@ -264,6 +309,9 @@ pub struct Detector {
     sources: Map<[u64; 2], Source>,
     attempts: Map<FourTuple, Nanos>,
     stats: Stats,
+    sweeps: Sweeps,
+    /// Sweeps found while time advanced, for the next [`Outcome`].
+    found: Vec<Scan>,
 }
 
 impl Detector {
@@ -276,6 +324,8 @@ impl Detector {
             sources: Map::default(),
             attempts: Map::default(),
             stats: Stats::default(),
+            sweeps: Sweeps::default(),
+            found: Vec::new(),
         }
     }
 
@@ -309,7 +359,37 @@ impl Detector {
     }
 
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            sweep_state_dropped: self.sweeps.dropped,
+            ..self.stats
+        }
+    }
+
+    /// Attempts waiting for their answer time before they count toward a sweep.
+    pub fn awaiting_answers(&self) -> usize {
+        self.sweeps.waiting()
+    }
+
+    /// Moves time to `now` without an observation (a quiet interface): returns the sweeps
+    /// that became known. The agent calls it at [`Detector::poll_at`].
+    pub fn tick(&mut self, now: Nanos) -> Vec<Scan> {
+        self.advance(now);
+        std::mem::take(&mut self.found)
+    }
+
+    /// When [`Detector::tick`] next has something to do: the answer time of the oldest
+    /// waiting attempt.
+    pub fn poll_at(&self) -> Option<Nanos> {
+        self.sweeps
+            .oldest()
+            .map(|ts| ts.saturating_add(self.cfg.answer_wait))
+    }
+
+    /// The input has ended (the end of a replay): every attempt still waiting for its
+    /// answer is judged unanswered. Returns the sweeps that makes.
+    pub fn finish(&mut self) -> Vec<Scan> {
+        self.judge_due(None);
+        std::mem::take(&mut self.found)
     }
 
     /// Sources currently tracked.
@@ -327,7 +407,9 @@ impl Detector {
     /// reported (and banned) again, even if it never paused for a whole window.
     pub fn forget(&mut self, addr: IpAddr) -> bool {
         let (key, _) = self.source_of(addr);
-        self.sources.remove(&halves(addr_key(key))).is_some()
+        let key = halves(addr_key(key));
+        self.sweeps.forget(key);
+        self.sources.remove(&key).is_some()
     }
 
     /// Whether `addr` is local or allowlisted under the current configuration.
@@ -344,10 +426,21 @@ impl Detector {
     /// out-of-order timestamp is treated as the latest time seen).
     pub fn observe(&mut self, obs: &Observation) -> Outcome {
         let Some(probe) = Probe::classify(obs.flags) else {
+            if self.cfg.sweeps && is_answer(obs.flags) {
+                self.advance(obs.ts);
+                let tuple = Tuple {
+                    client: obs.dst,
+                    server: obs.src,
+                    client_port: obs.dport,
+                    server_port: obs.sport,
+                };
+                self.sweeps.answer(tuple, self.now, self.cfg.max_attempts);
+            }
             return Outcome {
                 seen: Seen::Ignored,
                 log: false,
                 scan: None,
+                sweeps: std::mem::take(&mut self.found),
             };
         };
         self.advance(obs.ts);
@@ -365,6 +458,7 @@ impl Detector {
                     seen: Seen::Retransmission(direction),
                     log: false,
                     scan: None,
+                    sweeps: std::mem::take(&mut self.found),
                 };
             }
             match direction {
@@ -383,13 +477,70 @@ impl Detector {
                 seen,
                 log,
                 scan: None,
+                sweeps: std::mem::take(&mut self.found),
             };
+        }
+        if probe == Probe::Syn && self.cfg.sweeps {
+            let tuple = Tuple {
+                client: obs.src,
+                server: obs.dst,
+                client_port: obs.sport,
+                server_port: obs.dport,
+            };
+            self.sweeps
+                .attempt(Pending { ts: now, tuple }, self.cfg.max_attempts);
         }
         let scan = self.track(obs, probe, now);
         if scan.is_some() {
             self.stats.scans += 1;
         }
-        Outcome { seen, log, scan }
+        Outcome {
+            seen,
+            log,
+            scan,
+            sweeps: std::mem::take(&mut self.found),
+        }
+    }
+
+    /// Judges the waiting attempts whose answer time is over at `now` (all, at `None`),
+    /// keeping the sweeps they make in `found`.
+    fn judge_due(&mut self, now: Option<Nanos>) {
+        let (wait, window) = (self.cfg.answer_wait, self.cfg.window);
+        while let Some((p, answered)) = self.sweeps.next_due(now, wait) {
+            if answered {
+                continue;
+            }
+            let (counted_as, prefix) = self.source_of(p.tuple.client);
+            let key = halves(addr_key(counted_as));
+            let Some(found) = self.sweeps.unanswered(
+                key,
+                p.ts,
+                p.tuple.server,
+                p.tuple.server_port,
+                window,
+                self.cfg.max_hosts,
+                self.cfg.max_sources,
+            ) else {
+                continue;
+            };
+            self.stats.sweeps += 1;
+            let src = p.tuple.client;
+            self.found.push(Scan {
+                kind: ScanKind::Sweep,
+                ts: p.ts.saturating_add(wait),
+                src,
+                dst: p.tuple.server,
+                ports: vec![found.dport],
+                probes: Probe::Syn.into(),
+                window,
+                allowlisted: self.is_allowlisted(src),
+                prefix,
+                hosts: found.hosts,
+            });
+        }
+        if let Some(now) = now {
+            self.sweeps.prune_answers(now, wait);
+        }
     }
 
     fn advance(&mut self, ts: Nanos) {
@@ -400,6 +551,11 @@ impl Detector {
         // live state without paying for a pass on every packet. Measured from the last
         // sweep, not against a deadline: a deadline saturates near i64::MAX and would
         // then sweep on every packet.
+        // Attempts whose answer time ran out are judged first: the sweep below must not
+        // drop a source's history before its last attempts are counted.
+        if self.cfg.sweeps {
+            self.judge_due(Some(self.now));
+        }
         let period = (self.cfg.window / 4).max(1_000_000_000);
         if self.last_sweep == Nanos::MIN || self.now.saturating_sub(self.last_sweep) >= period {
             self.sweep();
@@ -414,6 +570,7 @@ impl Detector {
             .retain(|_, s| now.saturating_sub(s.last_activity) <= window);
         self.attempts
             .retain(|_, last| now.saturating_sub(*last) <= window);
+        self.sweeps.sweep_stale(now, window);
     }
 
     fn is_retransmission(&mut self, obs: &Observation) -> bool {
@@ -507,6 +664,8 @@ impl Detector {
             .iter()
             .fold(ProbeSet::default(), |acc, p| acc.union(p.probes));
         Some(Scan {
+            kind: ScanKind::Ports,
+            hosts: Vec::new(),
             ts: obs.ts,
             src: obs.src,
             dst: obs.dst,
@@ -555,6 +714,12 @@ impl Detector {
             self.sweep();
         }
     }
+}
+
+/// A SYN-ACK: the answer that tells an attempt was accepted.
+#[inline]
+fn is_answer(flags: TcpFlags) -> bool {
+    flags.has(TcpFlags::SYN | TcpFlags::ACK) && !flags.has(TcpFlags::RST)
 }
 
 /// The IPv6 networks at `cfg.ipv6_prefix` that hold a local or neighbour address (or lie

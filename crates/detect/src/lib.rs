@@ -7,18 +7,20 @@
 //! exactly the same state machine, and every edge (59 s, 60 s, 60.001 s) is a unit test.
 //!
 //! Layout: [`probe`] classifies TCP flags, [`addrset`] holds local and allowlisted ranges,
-//! [`detector`] is the state machine with its bounded tables, [`inventory`] folds TCP and
-//! UDP traffic into flows for `synwatch inventory`.
+//! [`detector`] is the state machine with its bounded tables (port scans per source, IPv6
+//! sources per prefix), `sweep` finds address sweeps among the attempts nobody answered,
+//! [`inventory`] folds TCP and UDP traffic into flows for `synwatch inventory`.
 
 pub mod addrset;
 pub mod detector;
 pub mod inventory;
 pub mod probe;
+mod sweep;
 
 pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
 pub use detector::{
     Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_SOURCES, Detector, Direction, DirectionFilter, Nanos,
-    Observation, Outcome, Scan, Seen, Stats,
+    Observation, Outcome, Scan, ScanKind, Seen, Stats,
 };
 pub use probe::{Probe, ProbeSet};
 

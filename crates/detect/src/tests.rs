@@ -812,3 +812,147 @@ fn a_prefix_that_holds_this_host_or_its_router_counts_per_address() {
     assert_eq!(scans.len(), 1);
     assert!(scans[0].prefix.is_some());
 }
+
+/// SYNs from `src` to port 22 of 10.20.0.1, .2, ... `hosts` of them, 100 ms apart; with
+/// `answered`, each host answers 10 ms later with a SYN-ACK.
+fn sweep_stream(src: &str, hosts: u8, answered: bool) -> Vec<Observation> {
+    let mut stream = Vec::new();
+    for h in 1..=hosts {
+        let host = format!("10.20.0.{h}");
+        let at = i64::from(h) * 100 * MS;
+        stream.push(obs(at, src, 50000 + u16::from(h), &host, 22, SYN));
+        if answered {
+            stream.push(obs(
+                at + 10 * MS,
+                &host,
+                22,
+                src,
+                50000 + u16::from(h),
+                SYN | TcpFlags::ACK,
+            ));
+        }
+    }
+    stream
+}
+
+/// Feeds all observations, then ends the input; returns every sweep.
+fn sweeps_of(det: &mut Detector, stream: &[Observation]) -> Vec<Scan> {
+    let mut sweeps: Vec<Scan> = stream.iter().flat_map(|o| det.observe(o).sweeps).collect();
+    sweeps.extend(det.finish());
+    sweeps
+}
+
+#[test]
+fn thirty_unanswered_hosts_on_one_port_are_one_sweep() {
+    let mut det = Detector::new(Config::default());
+    let sweeps = sweeps_of(&mut det, &sweep_stream("198.51.100.77", 30, false));
+    assert_eq!(sweeps.len(), 1, "{sweeps:?}");
+    let s = &sweeps[0];
+    assert_eq!(s.kind, ScanKind::Sweep);
+    assert_eq!(s.src, ip("198.51.100.77"));
+    assert_eq!(s.ports, [22]);
+    let want: Vec<IpAddr> = (1..=17).map(|h| ip(&format!("10.20.0.{h}"))).collect();
+    assert_eq!(
+        s.hosts, want,
+        "the first max_hosts + 1, in first-seen order"
+    );
+    // Known once the 17th attempt's answer time ran out: 1.7 s + 3 s.
+    assert_eq!(s.ts, T0 + 4_700 * MS);
+    assert_eq!(det.stats().sweeps, 1);
+    assert_eq!(det.stats().scans, 0, "one port is no port scan");
+}
+
+#[test]
+fn a_monitoring_server_whose_connections_are_answered_is_no_sweeper() {
+    let mut det = Detector::new(Config::default());
+    assert_eq!(
+        sweeps_of(&mut det, &sweep_stream("192.0.2.200", 30, true)),
+        vec![]
+    );
+}
+
+#[test]
+fn an_answer_after_the_answer_wait_does_not_count() {
+    let mut det = Detector::new(Config {
+        answer_wait: 5 * MS,
+        ..Config::default()
+    });
+    // Every SYN-ACK comes 10 ms after its SYN: too late.
+    assert_eq!(
+        sweeps_of(&mut det, &sweep_stream("198.51.100.77", 30, true)).len(),
+        1
+    );
+}
+
+#[test]
+fn sixteen_hosts_are_not_a_sweep_and_seventeen_are() {
+    let mut det = Detector::new(Config::default());
+    assert_eq!(
+        sweeps_of(&mut det, &sweep_stream("198.51.100.1", 16, false)),
+        vec![]
+    );
+    let mut det = Detector::new(Config::default());
+    assert_eq!(
+        sweeps_of(&mut det, &sweep_stream("198.51.100.1", 17, false)).len(),
+        1
+    );
+}
+
+#[test]
+fn a_sweep_is_found_by_the_clock_when_no_packet_follows() {
+    let mut det = Detector::new(Config::default());
+    let stream = sweep_stream("198.51.100.77", 20, false);
+    let during: Vec<Scan> = stream.iter().flat_map(|o| det.observe(o).sweeps).collect();
+    assert_eq!(during, vec![], "none is judged before its answer time");
+    assert_eq!(det.poll_at(), Some(T0 + 100 * MS + 3 * SEC));
+    assert_eq!(det.tick(T0 + 4 * SEC), vec![]);
+    let found = det.tick(T0 + 5 * SEC);
+    assert_eq!(found.len(), 1);
+    assert_eq!(det.awaiting_answers(), 0);
+    assert_eq!(det.poll_at(), None);
+}
+
+#[test]
+fn without_visible_answers_no_sweep_is_looked_for() {
+    let mut det = Detector::new(Config {
+        sweeps: false,
+        ..Config::default()
+    });
+    assert_eq!(
+        sweeps_of(&mut det, &sweep_stream("198.51.100.77", 30, false)),
+        vec![]
+    );
+    assert_eq!(det.awaiting_answers(), 0);
+}
+
+#[test]
+fn a_sweep_is_reported_once_per_episode() {
+    let mut det = Detector::new(Config::default());
+    let mut stream = sweep_stream("198.51.100.77", 30, false);
+    // The same sweep again 10 s later (same episode), then after a quiet window.
+    let again: Vec<Observation> = stream
+        .iter()
+        .map(|o| Observation {
+            ts: o.ts + 10 * SEC,
+            sport: o.sport + 100,
+            ..*o
+        })
+        .collect();
+    let later: Vec<Observation> = stream
+        .iter()
+        .map(|o| Observation {
+            ts: o.ts + 200 * SEC,
+            sport: o.sport + 200,
+            ..*o
+        })
+        .collect();
+    stream.extend(again);
+    stream.extend(later);
+    let found = sweeps_of(&mut det, &stream);
+    assert_eq!(
+        found.len(),
+        2,
+        "{:?}",
+        found.iter().map(|s| s.ts - T0).collect::<Vec<_>>()
+    );
+}

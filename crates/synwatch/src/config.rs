@@ -91,6 +91,16 @@ pub struct DetectArgs {
     #[arg(long, env = "SYNWATCH_IPV6_PREFIX", value_name = "N")]
     pub ipv6_prefix: Option<String>,
 
+    /// An address sweep is unanswered attempts to more than N hosts on one port within
+    /// the window... [default: 16]
+    #[arg(long, env = "SYNWATCH_MAX_HOSTS", value_name = "N")]
+    pub max_hosts: Option<String>,
+
+    /// ...an attempt being unanswered when no SYN-ACK for it is seen within DUR
+    /// [default: 3s]
+    #[arg(long, env = "SYNWATCH_ANSWER_WAIT", value_name = "DUR")]
+    pub answer_wait: Option<String>,
+
     /// The options (by argument id) whose values came from `SYNWATCH_*` variables, so
     /// that an error names the variable the user set rather than a flag they never typed.
     #[arg(skip)]
@@ -122,6 +132,8 @@ pub struct FileConfig {
     pub format: Option<Format>,
     pub max_sources: Option<toml::Value>,
     pub ipv6_prefix: Option<toml::Value>,
+    pub max_hosts: Option<toml::Value>,
+    pub answer_wait: Option<toml::Value>,
     // Keys of `synwatch run` only (replay ignores them, so one file serves both).
     pub iface: Option<Vec<String>>,
     pub source: Option<String>,
@@ -201,6 +213,16 @@ impl DetectSettings {
             (None, Some(value)) => parse_count("ipv6_prefix", &toml_number(value), 48, 128)?,
             (None, None) => u64::from(DEFAULT_IPV6_PREFIX),
         };
+        let max_hosts = match (&args.max_hosts, &file.max_hosts) {
+            (Some(text), _) => parse_count(&args.label("max_hosts"), text, 1, 65_535)?,
+            (None, Some(value)) => parse_count("max_hosts", &toml_number(value), 1, 65_535)?,
+            (None, None) => 16,
+        };
+        let answer_wait = match (&args.answer_wait, &file.answer_wait) {
+            (Some(text), _) => parse_window(&args.label("answer_wait"), text)?,
+            (None, Some(value)) => parse_window("answer_wait", &toml_number(value))?,
+            (None, None) => 3_000_000_000,
+        };
         let mut warnings = Vec::new();
         let format = args.format.or(file.format);
         let local = pick_list(&args.local, &file.local);
@@ -230,6 +252,10 @@ impl DetectSettings {
                 ipv6_prefix: u8::try_from(ipv6_prefix).unwrap_or(128),
                 // The agent adds its gateways, routers and resolvers as it finds them.
                 neighbours: Default::default(),
+                max_hosts: u16::try_from(max_hosts).unwrap_or(u16::MAX),
+                answer_wait,
+                // The agent turns them off where it cannot see the answers.
+                sweeps: true,
             },
             format,
             warnings,

@@ -154,9 +154,11 @@ pub fn default_format() -> output::Format {
 }
 
 /// The detection options' argument ids, for telling where each value came from.
-const DETECT_IDS: [&str; 8] = [
+const DETECT_IDS: [&str; 10] = [
     "max_ports",
     "ipv6_prefix",
+    "max_hosts",
+    "answer_wait",
     "window",
     "local",
     "allow",

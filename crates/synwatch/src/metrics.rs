@@ -48,6 +48,7 @@ pub struct Metrics {
     pub retransmissions: AtomicU64,
     pub stealth_probes: AtomicU64,
     pub scans: AtomicU64,
+    pub sweeps: AtomicU64,
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
@@ -164,6 +165,7 @@ impl Metrics {
         set(&self.retransmissions, s.retransmissions);
         set(&self.stealth_probes, s.stealth_probes);
         set(&self.scans, s.scans);
+        set(&self.sweeps, s.sweeps);
         set(&self.sources_evicted, s.sources_evicted);
         set(&self.tracked_sources, tracked as u64);
         self.heartbeat.store(unix_now(), Ordering::Relaxed);
@@ -306,6 +308,12 @@ impl Metrics {
             "counter",
             "Port scans detected (one per scanning source and episode).",
             &plain(get(&self.scans)),
+        );
+        family(
+            "synwatch_address_sweeps_total",
+            "counter",
+            "Address sweeps detected: unanswered attempts to more than --max-hosts hosts on one port (one per source and episode).",
+            &plain(get(&self.sweeps)),
         );
         family(
             "synwatch_blocked_sources",

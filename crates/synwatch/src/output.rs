@@ -7,7 +7,7 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 
-use synwatch_detect::{Direction, Nanos, Probe, Scan};
+use synwatch_detect::{Direction, Nanos, Probe, Scan, ScanKind};
 
 /// The two event formats of `--format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -100,6 +100,9 @@ impl Formatter {
     /// detector (a gateway, router or resolver of this host: `"allowlisted_reason"`).
     pub fn scan_protected(&mut self, s: &Scan, protected: Option<&str>, out: &mut Vec<u8>) {
         let allowlisted = s.allowlisted || protected.is_some();
+        if s.kind == ScanKind::Sweep {
+            return self.sweep(s, allowlisted, protected, out);
+        }
         match self.format {
             Format::Json => {
                 // `kind` goes right after `event`, as SPEC §4 shows it.
@@ -170,6 +173,76 @@ impl Formatter {
                         out.extend_from_slice(b" (allowlisted: not to be blocked)");
                     }
                     None => {}
+                }
+                out.push(b'\n');
+            }
+        }
+    }
+
+    /// An address sweep: `{"event":"scan","kind":"sweep","src":...,"dport":22,"hosts":[...]}`.
+    fn sweep(&mut self, s: &Scan, allowlisted: bool, protected: Option<&str>, out: &mut Vec<u8>) {
+        let dport = s.ports.first().copied().unwrap_or(0);
+        match self.format {
+            Format::Json => {
+                self.json_head(out, s.ts, b"scan\",\"kind\":\"sweep", s.src);
+                if let Some(prefix) = s.prefix {
+                    out.extend_from_slice(b"\",\"prefix\":\"");
+                    out.extend_from_slice(prefix.to_string().as_bytes());
+                }
+                out.extend_from_slice(b"\",\"dport\":");
+                write_ports(out, &[dport]);
+                out.extend_from_slice(b",\"hosts\":[");
+                for (i, host) in s.hosts.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.push(b'"');
+                    write_ip(out, *host);
+                    out.push(b'"');
+                }
+                out.extend_from_slice(b"],\"window_secs\":");
+                write_secs(out, s.window);
+                out.extend_from_slice(b",\"allowlisted\":");
+                out.extend_from_slice(if allowlisted { b"true" } else { b"false" });
+                if let Some(why) = protected {
+                    out.extend_from_slice(b",\"allowlisted_reason\":\"");
+                    out.extend_from_slice(why.as_bytes());
+                    out.push(b'"');
+                }
+                out.extend_from_slice(b"}\n");
+            }
+            Format::Table => {
+                let mut src = Vec::with_capacity(40);
+                write_ip(&mut src, s.src);
+                let mut port = Vec::with_capacity(8);
+                port.push(b':');
+                write_ports(&mut port, &[dport]);
+                self.table_row(out, s.ts, &src, &port);
+                out.extend_from_slice(b"Address sweep detected: ");
+                out.extend_from_slice(&src);
+                out.extend_from_slice(b" -> port ");
+                write_ports(out, &[dport]);
+                out.extend_from_slice(b" on ");
+                write_u64(out, s.hosts.len() as u64);
+                out.extend_from_slice(b" hosts (");
+                for (i, host) in s.hosts.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_ip(out, *host);
+                }
+                out.push(b')');
+                if let Some(prefix) = s.prefix {
+                    out.extend_from_slice(b" (counted as ");
+                    out.extend_from_slice(prefix.to_string().as_bytes());
+                    out.push(b')');
+                }
+                if let Some(why) = protected {
+                    out.extend_from_slice(b" (");
+                    out.extend_from_slice(why.as_bytes());
+                    out.extend_from_slice(b": not to be blocked)");
+                } else if allowlisted {
+                    out.extend_from_slice(b" (allowlisted: not to be blocked)");
                 }
                 out.push(b'\n');
             }
@@ -665,7 +738,32 @@ mod tests {
             window: 60 * SEC,
             allowlisted: false,
             prefix: None,
+            kind: ScanKind::Ports,
+            hosts: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_sweep_names_its_port_and_hosts() {
+        let sweep = Scan {
+            kind: ScanKind::Sweep,
+            src: ip("198.51.100.77"),
+            dst: ip("10.20.0.17"),
+            ports: vec![22],
+            hosts: vec![ip("10.20.0.1"), ip("10.20.0.2")],
+            ..scan()
+        };
+        assert_eq!(
+            render(|w| w.scan(&sweep), Format::Json),
+            "{\"ts\":\"2023-11-14T22:13:20.900000Z\",\"event\":\"scan\",\"kind\":\"sweep\",\"src\":\"198.51.100.77\",\"dport\":22,\"hosts\":[\"10.20.0.1\",\"10.20.0.2\"],\"window_secs\":60,\"allowlisted\":false}\n"
+        );
+        let text = render(|w| w.scan(&sweep), Format::Table);
+        assert!(
+            text.contains(
+                "Address sweep detected: 198.51.100.77 -> port 22 on 2 hosts (10.20.0.1,10.20.0.2)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

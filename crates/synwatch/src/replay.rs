@@ -203,15 +203,22 @@ fn detect_thread(
                 }
             }
             start = end;
-            if let Some(scan) = &out.scan
-                && let Err(e) = events.scan(scan)
-            {
-                output = Err(e);
-                break 'batches;
+            for scan in out.scan.iter().chain(&out.sweeps) {
+                if let Err(e) = events.scan(scan) {
+                    output = Err(e);
+                    break 'batches;
+                }
             }
         }
         batch.clear();
         let _ = recycle.send(batch);
+    }
+    // The capture has ended: attempts still waiting for their answer time are judged
+    // unanswered.
+    if output.is_ok() {
+        for scan in detector.finish() {
+            output = output.and_then(|()| events.scan(&scan));
+        }
     }
     if output.is_ok() {
         output = events.flush();
@@ -300,7 +307,7 @@ struct Prepare {
 
 impl Prepare {
     fn push(&mut self, batch: &mut Batch, obs: Observation) {
-        if obs.flags.has(TcpFlags::SYN) {
+        if obs.flags.has(TcpFlags::SYN) && !obs.flags.has(TcpFlags::ACK) {
             let direction = if self.locals.contains(obs.src) {
                 Direction::Out
             } else {
@@ -455,7 +462,7 @@ fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 packets:         {} ({} on the wire), {} TCP, {} UDP\n\
          \x20 attempts:        {} incoming, {} outgoing, {} retransmissions, {} stealth probes\n\
          \x20 connections:     {} logged\n\
-         \x20 scans:           {}\n\
+         \x20 scans:           {} port scans, {} address sweeps\n\
          \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {})\n\
          \x20 decode problems: {}\n\
          \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links\n\
@@ -474,6 +481,7 @@ fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         thousands(s.stealth_probes),
         thousands(t.connections_logged),
         thousands(s.scans),
+        thousands(s.sweeps),
         thousands(det.tracked_sources() as u64),
         thousands(s.sources_evicted),
         thousands(det.config().max_sources as u64),

@@ -497,7 +497,8 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
     let b = &run.blocking;
     format!(
         "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
-         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\nipv6_prefix = {}\niface = {}\nsource = \"{}\"\n\
+         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\nipv6_prefix = {}\nmax_hosts = {}\n\
+         answer_wait = \"{}ms\"\niface = {}\nsource = \"{}\"\n\
          xdp_mode = \"{}\"\n\
          poll = \"{}ms\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
@@ -518,6 +519,8 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
         },
         d.max_sources,
         d.ipv6_prefix,
+        d.max_hosts,
+        d.answer_wait / 1_000_000,
         list(run.ifaces.clone()),
         run.source.as_str(),
         run.xdp_mode.as_str(),
@@ -771,6 +774,30 @@ fn release_protected<W: std::io::Write>(
 /// Why `addr` must never be banned, asked at ban time: the host's addresses, gateways,
 /// routers and resolvers as they are now, the configured local and allowlisted ranges,
 /// special addresses (one rule: `protect.rs`).
+/// A port scan or sweep: reported (saying why its source is never banned, where it is
+/// protected), and banned unless protected (for new connections only when the source
+/// holds a session with this host).
+fn on_scan<W: std::io::Write>(
+    scan: &synwatch_detect::Scan,
+    (detector, host_now, holds_session): (&Detector, &HostNow, &mut impl FnMut(IpAddr) -> bool),
+    events: &mut EventWriter<W>,
+    blocker: Option<&mut Blocker>,
+) -> std::io::Result<()> {
+    let protected = is_protected(scan.src, detector, host_now);
+    let written = events.scan_protected(scan, protected.map(Why::as_str));
+    if let Some(b) = blocker {
+        let session = protected.is_none() && holds_session(scan.src);
+        b.scan(
+            scan.src,
+            &scan.ports,
+            metrics::unix_now(),
+            protected,
+            session,
+        );
+    }
+    written
+}
+
 fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> Option<Why> {
     let snapshot = host.snapshot();
     protect::why(addr, snapshot.view(detector.config()))
@@ -1126,6 +1153,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     }
     drop(tx);
 
+    // Sweeps need the answers: libpcap sees what the host sends back, the XDP program
+    // and the socket table do not.
+    settings.detector.sweeps = !xdp_source && !from_sockets;
     let mut detector = Detector::new(settings.detector.clone());
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
     // Events reach stdout through a bounded queue and a thread of their own: a reader
@@ -1200,20 +1230,9 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                             metrics.events_suppressed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    if let Some(scan) = &out.scan {
-                        let protected = is_protected(scan.src, &detector, &host_now);
-                        output =
-                            output.and(events.scan_protected(scan, protected.map(Why::as_str)));
-                        if let Some(b) = blocker.as_mut() {
-                            let session = protected.is_none() && holds_session(scan.src);
-                            b.scan(
-                                scan.src,
-                                &scan.ports,
-                                metrics::unix_now(),
-                                protected,
-                                session,
-                            );
-                        }
+                    for scan in out.scan.iter().chain(&out.sweeps) {
+                        let seen = (&detector, &host_now, &mut holds_session);
+                        output = output.and(on_scan(scan, seen, &mut events, blocker.as_mut()));
                     }
                 }
             }
@@ -1246,6 +1265,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
             Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        // Sweeps become known when their attempts' answer time runs out, packets or not.
+        if detector.poll_at().is_some_and(|at| at <= wall_nanos()) {
+            for scan in detector.tick(wall_nanos()) {
+                let seen = (&detector, &host_now, &mut holds_session);
+                output = output.and(on_scan(&scan, seen, &mut events, blocker.as_mut()));
+            }
         }
         let now = monotonic();
         if let Some(b) = blocker.as_mut()
@@ -1530,6 +1556,7 @@ fn reload_config(
             let host = Host::read().unwrap_or_default();
             cfg.locals = host.locals(&configured);
             cfg.neighbours = detector.config().neighbours.clone();
+            cfg.sweeps = detector.config().sweeps;
             eprintln!(
                 "synwatch: reloaded {}: a scan is more than {} ports within {} s; {} allowlisted ranges",
                 path.display(),

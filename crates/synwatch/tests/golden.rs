@@ -810,3 +810,62 @@ fn a_flood_of_incomplete_fragments_hides_no_scanner() {
     // Everything beyond the default table of 4,096 datagrams was pushed out.
     assert!(evicted >= 1_000_000 - 4_096, "{stderr}");
 }
+
+/// IPv6 sources per /64 and address sweeps in replay: forty addresses of one /64 with
+/// three ports each are one scanner with the /64 as its prefix; a source whose SYNs to
+/// thirty hosts on port 22 go unanswered is a sweep, while a monitoring server whose
+/// thirty connections are answered is not; an IPv4 port scan is as before.
+#[test]
+fn ipv6_prefixes_and_address_sweeps() {
+    let mut frames: Frames = Vec::new();
+    let ms = SEC / 1000;
+    // Forty addresses of 2001:db8:77:1::/64, three ports each, 100 ms apart.
+    for a in 0..40u16 {
+        for p in 0..3u16 {
+            let at = i64::from(a * 3 + p) * 100 * ms;
+            let src = format!("2001:db8:77:1::{:x}", a + 2);
+            let ip6 = tcp_ip(ip(&src), 40000, ip("2001:db8::1"), 1000 + a * 3 + p, SYN, 0);
+            frames.push((at, ethernet(&ip6)));
+        }
+    }
+    // A sweep of port 22 over 10.20.0.1-30 (a gateway's view), never answered, and a
+    // monitoring server checking the same hosts, answered within 2 ms.
+    for h in 1..=30u16 {
+        let at = 20 * SEC + i64::from(h) * 50 * ms;
+        let host = format!("10.20.0.{h}");
+        let sweep = tcp_ip(ip("198.51.100.77"), 50000 + h, ip(&host), 22, SYN, 0);
+        frames.push((at, ethernet(&sweep)));
+        let check = tcp_ip(ip("192.0.2.200"), 51000 + h, ip(&host), 22, SYN, 0);
+        frames.push((at + ms, ethernet(&check)));
+        let answer = tcp_ip(ip(&host), 22, ip("192.0.2.200"), 51000 + h, SYN | ACK, 0);
+        frames.push((at + 3 * ms, ethernet(&answer)));
+    }
+    // An ordinary IPv4 port scan.
+    for p in 0..4u16 {
+        let ip4 = tcp_ip(ip("203.0.113.9"), 40000, ip("192.0.2.1"), 21 + p, SYN, 0);
+        frames.push((40 * SEC + i64::from(p) * SEC, ethernet(&ip4)));
+    }
+    frames.sort_by_key(|f| f.0);
+    let out = run_case("prefixes_and_sweeps", 1, &frames, false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let scans: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .filter(|e| e["event"] == "scan")
+        .collect();
+    assert_eq!(scans.len(), 3, "{scans:#?}");
+    assert_eq!(scans[0]["kind"], "ports");
+    assert_eq!(scans[0]["prefix"], "2001:db8:77:1::/64");
+    assert_eq!(scans[0]["src"], "2001:db8:77:1::3");
+    assert_eq!(scans[1]["kind"], "sweep");
+    assert_eq!(scans[1]["src"], "198.51.100.77");
+    assert_eq!(scans[1]["dport"], 22);
+    assert_eq!(scans[1]["hosts"].as_array().map(Vec::len), Some(17));
+    assert_eq!(scans[2]["src"], "203.0.113.9");
+    assert!(scans[2].get("prefix").is_none());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 port scans, 1 address sweeps"),
+        "{stderr}"
+    );
+}
