@@ -107,10 +107,7 @@ impl Formatter {
             Format::Json => {
                 // `kind` goes right after `event`, as SPEC §4 shows it.
                 self.json_head(out, s.ts, b"scan\",\"kind\":\"ports", s.src);
-                if let Some(prefix) = s.prefix {
-                    out.extend_from_slice(b"\",\"prefix\":\"");
-                    out.extend_from_slice(prefix.to_string().as_bytes());
-                }
+                json_prefix(out, s);
                 out.extend_from_slice(b"\",\"dst\":\"");
                 write_ip(out, s.dst);
                 out.extend_from_slice(b"\",\"ports\":[");
@@ -126,14 +123,8 @@ impl Formatter {
                     out.extend_from_slice(p.as_str().as_bytes());
                     out.push(b'"');
                 }
-                out.extend_from_slice(b"],\"allowlisted\":");
-                out.extend_from_slice(if allowlisted { b"true" } else { b"false" });
-                if let Some(why) = protected {
-                    out.extend_from_slice(b",\"allowlisted_reason\":\"");
-                    out.extend_from_slice(why.as_bytes());
-                    out.push(b'"');
-                }
-                out.extend_from_slice(b"}\n");
+                out.push(b']');
+                json_allowlisted(out, allowlisted, protected);
             }
             Format::Table => {
                 let mut src = Vec::with_capacity(40);
@@ -158,23 +149,7 @@ impl Formatter {
                     }
                     out.push(b')');
                 }
-                if let Some(prefix) = s.prefix {
-                    out.extend_from_slice(b" (counted as ");
-                    out.extend_from_slice(prefix.to_string().as_bytes());
-                    out.push(b')');
-                }
-                match protected {
-                    Some(why) => {
-                        out.extend_from_slice(b" (");
-                        out.extend_from_slice(why.as_bytes());
-                        out.extend_from_slice(b": not to be blocked)");
-                    }
-                    None if allowlisted => {
-                        out.extend_from_slice(b" (allowlisted: not to be blocked)");
-                    }
-                    None => {}
-                }
-                out.push(b'\n');
+                table_notes(out, s, allowlisted, protected);
             }
         }
     }
@@ -185,10 +160,7 @@ impl Formatter {
         match self.format {
             Format::Json => {
                 self.json_head(out, s.ts, b"scan\",\"kind\":\"sweep", s.src);
-                if let Some(prefix) = s.prefix {
-                    out.extend_from_slice(b"\",\"prefix\":\"");
-                    out.extend_from_slice(prefix.to_string().as_bytes());
-                }
+                json_prefix(out, s);
                 out.extend_from_slice(b"\",\"dport\":");
                 write_ports(out, &[dport]);
                 out.extend_from_slice(b",\"hosts\":[");
@@ -202,14 +174,7 @@ impl Formatter {
                 }
                 out.extend_from_slice(b"],\"window_secs\":");
                 write_secs(out, s.window);
-                out.extend_from_slice(b",\"allowlisted\":");
-                out.extend_from_slice(if allowlisted { b"true" } else { b"false" });
-                if let Some(why) = protected {
-                    out.extend_from_slice(b",\"allowlisted_reason\":\"");
-                    out.extend_from_slice(why.as_bytes());
-                    out.push(b'"');
-                }
-                out.extend_from_slice(b"}\n");
+                json_allowlisted(out, allowlisted, protected);
             }
             Format::Table => {
                 let mut src = Vec::with_capacity(40);
@@ -232,19 +197,7 @@ impl Formatter {
                     write_ip(out, *host);
                 }
                 out.push(b')');
-                if let Some(prefix) = s.prefix {
-                    out.extend_from_slice(b" (counted as ");
-                    out.extend_from_slice(prefix.to_string().as_bytes());
-                    out.push(b')');
-                }
-                if let Some(why) = protected {
-                    out.extend_from_slice(b" (");
-                    out.extend_from_slice(why.as_bytes());
-                    out.extend_from_slice(b": not to be blocked)");
-                } else if allowlisted {
-                    out.extend_from_slice(b" (allowlisted: not to be blocked)");
-                }
-                out.push(b'\n');
+                table_notes(out, s, allowlisted, protected);
             }
         }
     }
@@ -399,6 +352,47 @@ impl Formatter {
         }
         out.push(COLUMN);
     }
+}
+
+/// A scan's `"prefix"` (after `src`, its string still open), when counted per prefix.
+fn json_prefix(out: &mut Vec<u8>, s: &Scan) {
+    if let Some(prefix) = s.prefix {
+        out.extend_from_slice(b"\",\"prefix\":\"");
+        out.extend_from_slice(prefix.to_string().as_bytes());
+    }
+}
+
+/// A scan's closing `"allowlisted"` (and why, where the agent knows), then the end of
+/// the line.
+fn json_allowlisted(out: &mut Vec<u8>, allowlisted: bool, protected: Option<&str>) {
+    out.extend_from_slice(b",\"allowlisted\":");
+    out.extend_from_slice(if allowlisted { b"true" } else { b"false" });
+    if let Some(why) = protected {
+        out.extend_from_slice(b",\"allowlisted_reason\":\"");
+        out.extend_from_slice(why.as_bytes());
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// The end of a scan's table message: the prefix it was counted as, and why it is not
+/// to be blocked.
+fn table_notes(out: &mut Vec<u8>, s: &Scan, allowlisted: bool, protected: Option<&str>) {
+    if let Some(prefix) = s.prefix {
+        out.extend_from_slice(b" (counted as ");
+        out.extend_from_slice(prefix.to_string().as_bytes());
+        out.push(b')');
+    }
+    match protected {
+        Some(why) => {
+            out.extend_from_slice(b" (");
+            out.extend_from_slice(why.as_bytes());
+            out.extend_from_slice(b": not to be blocked)");
+        }
+        None if allowlisted => out.extend_from_slice(b" (allowlisted: not to be blocked)"),
+        None => {}
+    }
+    out.push(b'\n');
 }
 
 /// Separates the columns of a formatted table row until the writer pads them.
