@@ -40,28 +40,9 @@ fn agent(lab: &Lab, dir: &Path, source: &str) -> Agent {
     )
 }
 
-/// `nmap -sS` from `src` with evasion options `extra`.
+/// `nmap -sS` from `src` with evasion options `extra`, which Linux must answer.
 fn nmap(lab: &Lab, src: &str, extra: &[&str], ports: &str) {
-    let mut args = vec![
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sS",
-        "-T4",
-        "--max-retries",
-        "1",
-        "-e",
-        &lab.aif,
-        "-S",
-        src,
-        "-p",
-        ports,
-    ];
-    args.extend_from_slice(extra);
-    args.push(VICTIM);
-    let out = lab.in_attacker(&args);
-    assert!(out.status.success(), "nmap failed: {out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = lab.nmap(src, VICTIM, ports, extra);
     // The kernel reassembled the probes and answered them (closed ports answer too).
     assert!(
         text.contains("closed") || text.contains("open"),

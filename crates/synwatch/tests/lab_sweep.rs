@@ -53,24 +53,7 @@ fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_
         assert!(out.status.success(), "the client could not fetch {url}");
     }
     // The sweeper: port 22 on every address, nobody listening.
-    let mut args = vec![
-        "nmap",
-        "-n",
-        "-Pn",
-        "-sS",
-        "-T4",
-        "--max-retries",
-        "0",
-        "-p",
-        "22",
-        "-S",
-        SCANNER,
-        "-e",
-    ];
-    args.push(&lab.aif);
-    args.push("10.77.1.1-30");
-    let out = lab.in_attacker(&args);
-    assert!(out.status.success(), "nmap failed: {out:?}");
+    lab.nmap(SCANNER, "10.77.1.1-30", "22", &[]);
 
     let sweep = agent.wait_for(8, |e| e["event"] == "scan" && e["kind"] == "sweep");
     assert_eq!(sweep["src"], SCANNER, "{sweep}");

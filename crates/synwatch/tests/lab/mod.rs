@@ -283,6 +283,12 @@ impl Lab {
 
     /// A SYN scan of `ports` from `src` (an attacker-side address) to `dst`.
     pub fn scan(&self, src: &str, dst: &str, ports: &str) {
+        self.nmap(src, dst, ports, &[]);
+    }
+
+    /// `nmap -sS` from `src` (an attacker-side address) to `targets` (an address or an
+    /// nmap range) on `ports`, with `extra` options (evasions, timing); its output.
+    pub fn nmap(&self, src: &str, targets: &str, ports: &str, extra: &[&str]) -> String {
         let mut args = vec![
             "nmap",
             "-n",
@@ -291,21 +297,25 @@ impl Lab {
             "-T4",
             "--max-retries",
             "1",
+            "-e",
+            &self.aif,
             "-p",
             ports,
             "-S",
             src,
         ];
-        if dst.contains(':') {
+        args.extend_from_slice(extra);
+        if targets.contains(':') {
             args.push("-6");
         }
-        args.push(dst);
+        args.push(targets);
         let out = self.in_attacker(&args);
         assert!(
             out.status.success(),
             "nmap failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
