@@ -26,7 +26,7 @@ pub mod nftables;
 mod runner;
 pub mod waiting;
 
-pub use runner::{Command, RecordingRunner, Runner, SystemRunner};
+pub use runner::{Command, RecordingRunner, Runner, SystemRunner, system_command};
 
 /// One ban as the kernel holds it: the address and how long it lasts from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,20 @@ pub enum EnforceError {
         what: String,
         detail: String,
     },
+    /// The program is missing from the system directories, or could be replaced by
+    /// someone other than root.
+    #[error(
+        "refusing to run {program}: {why} (helper programs run only from root-owned system directories: {dirs})",
+        dirs = runner::SYSTEM_DIRS.join(", ")
+    )]
+    Untrusted { program: String, why: String },
+    /// The program did not finish in time and was killed.
+    #[error("{program} did not finish within {secs} s while trying to {what}; it was killed")]
+    Timeout {
+        program: String,
+        what: String,
+        secs: u64,
+    },
 }
 
 impl EnforceError {
@@ -136,7 +150,10 @@ impl EnforceError {
             EnforceError::Spawn { source, .. } => {
                 source.kind() == std::io::ErrorKind::PermissionDenied
             }
-            EnforceError::Output { .. } | EnforceError::Map { .. } => false,
+            EnforceError::Output { .. }
+            | EnforceError::Map { .. }
+            | EnforceError::Untrusted { .. }
+            | EnforceError::Timeout { .. } => false,
         }
     }
 }
@@ -205,13 +222,13 @@ pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<B
 pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> {
     match backend {
         Backend::Nftables => {
-            let nft = nftables::Nftables::new(scope, Box::new(SystemRunner));
+            let nft = nftables::Nftables::new(scope, Box::new(SystemRunner::default()));
             Some(Box::new(match nflink::Netlink::open() {
                 Ok(look) => nft.with_look(Box::new(look)),
                 Err(_) => nft,
             }))
         }
-        other => open(other, scope, Box::new(SystemRunner)),
+        other => open(other, scope, Box::new(SystemRunner::default())),
     }
 }
 

@@ -183,7 +183,7 @@ fn table(bans: &[BanView]) -> String {
 fn kernel_backend() -> Option<Box<dyn Enforcer>> {
     [Backend::Nftables, Backend::Iptables]
         .into_iter()
-        .filter_map(|b| synwatch_enforce::open(b, Scope::All, Box::new(SystemRunner)))
+        .filter_map(|b| synwatch_enforce::open(b, Scope::All, Box::new(SystemRunner::default())))
         .find_map(|mut e| e.present().then_some(e))
 }
 

@@ -641,7 +641,6 @@ impl Ring {
 /// has no public netlink detach, and a bpf_link left by a crash cannot exist, since the
 /// kernel detaches it with its process).
 mod stale {
-    use std::process::Command;
 
     #[derive(Debug)]
     pub struct Occupant {
@@ -651,7 +650,8 @@ mod stale {
 
     /// The XDP program attached to `iface`, as `ip -d link show` describes it.
     pub fn occupant(iface: &str) -> Option<Occupant> {
-        let out = Command::new("ip")
+        let out = synwatch_enforce::system_command("ip")
+            .ok()?
             .args(["-d", "link", "show", "dev", iface])
             .output()
             .ok()?;
@@ -671,13 +671,17 @@ mod stale {
     pub fn remove(iface: &str) -> Result<(), String> {
         let mut errors = Vec::new();
         for mode in ["xdpgeneric", "xdpdrv"] {
-            match Command::new("ip")
-                .args(["link", "set", "dev", iface, mode, "off"])
-                .output()
-            {
+            let run = synwatch_enforce::system_command("ip")
+                .map_err(|e| e.to_string())
+                .and_then(|mut ip| {
+                    ip.args(["link", "set", "dev", iface, mode, "off"])
+                        .output()
+                        .map_err(|e| format!("cannot run ip: {e}"))
+                });
+            match run {
                 Ok(o) if o.status.success() => {}
                 Ok(o) => errors.push(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-                Err(e) => errors.push(format!("cannot run ip: {e}")),
+                Err(e) => errors.push(e),
             }
         }
         if occupant(iface).is_some() {
