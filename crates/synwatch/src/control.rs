@@ -127,7 +127,7 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener> {
 /// wrapped by `wrap` into the pipeline's own message type.
 pub fn serve<M: Send + 'static>(
     listener: UnixListener,
-    calls: mpsc::Sender<M>,
+    calls: mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
 ) -> Result<()> {
     thread::Builder::new()
@@ -154,7 +154,11 @@ const MAX_CLIENTS: usize = 8;
 /// How long a client has to send its whole request, and then to take the answer.
 const REQUEST_WITHIN: Duration = Duration::from_secs(5);
 
-fn answer<M>(mut stream: UnixStream, calls: &mpsc::Sender<M>, wrap: fn(Call) -> M) -> Result<()> {
+fn answer<M>(
+    mut stream: UnixStream,
+    calls: &mpsc::SyncSender<M>,
+    wrap: fn(Call) -> M,
+) -> Result<()> {
     let mut request = Vec::with_capacity(256);
     crate::conns::read_request(
         &mut stream,
@@ -238,7 +242,7 @@ mod tests {
     fn a_request_reaches_the_pipeline_and_its_reply_comes_back() {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(dir.path()).unwrap();
-        let (tx, rx) = mpsc::channel::<Call>();
+        let (tx, rx) = mpsc::sync_channel::<Call>(4);
         serve(listener, tx, |c| c).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
@@ -275,7 +279,7 @@ mod tests {
     fn silent_clients_do_not_hold_up_a_request() {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(dir.path()).unwrap();
-        let (tx, rx) = mpsc::channel::<Call>();
+        let (tx, rx) = mpsc::sync_channel::<Call>(4);
         serve(listener, tx, |c| c).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub stealth_probes: AtomicU64,
     pub scans: AtomicU64,
     pub sweeps: AtomicU64,
+    /// Observations dropped because the pipeline's queue was full.
+    pub queue_dropped: AtomicU64,
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
@@ -308,6 +310,12 @@ impl Metrics {
             "counter",
             "Port scans detected (one per scanning source and episode).",
             &plain(get(&self.scans)),
+        );
+        family(
+            "synwatch_queue_dropped_total",
+            "counter",
+            "Observations dropped because the queue from capture to the pipeline was full (the pipeline fell behind); bounded instead of growing.",
+            &plain(get(&self.queue_dropped)),
         );
         family(
             "synwatch_address_sweeps_total",

@@ -382,6 +382,25 @@ pub(crate) fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<Str
     Ok(named.to_vec())
 }
 
+/// Batches the queue to the pipeline thread holds (each up to a capture thread's batch of
+/// observations): about a quarter of a million observations, a second of a heavy flood.
+const QUEUE_BATCHES: usize = 1024;
+
+/// Hands a batch of observations to the pipeline: when it has fallen so far behind that
+/// its queue is full, the batch is dropped and counted (`synwatch_queue_dropped_total`)
+/// rather than held in memory. False once the pipeline has gone.
+fn offer(tx: &mpsc::SyncSender<Msg>, batch: Vec<Observation>, metrics: &Metrics) -> bool {
+    let n = batch.len() as u64;
+    match tx.try_send(Msg::Batch(batch)) {
+        Ok(()) => true,
+        Err(mpsc::TrySendError::Full(_)) => {
+            metrics.queue_dropped.fetch_add(n, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::TrySendError::Disconnected(_)) => false,
+    }
+}
+
 /// What reaches the pipeline thread: observations from a capture thread, or a request
 /// from `synwatch blocks` through the control socket.
 #[derive(Debug)]
@@ -990,7 +1009,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let discovering = run_settings.ifaces.is_empty() && !from_sockets;
     let spare = if discovering { links::SPARE_SLOTS } else { 0 };
     let metrics = Arc::new(Metrics::with_spare(&ifaces, spare));
-    let (tx, rx) = mpsc::channel::<Msg>();
+    let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_BATCHES);
     // The control socket first: a second agent on the same state directory must stop
     // before it touches the first one's firewall rules.
     let control_listener = if run_settings.block == BlockArg::None {
@@ -1118,11 +1137,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let socket_counters = Arc::new(SocketCounters::default());
     if let Some(source) = socket_source {
         let (stop, tx, counters) = (Arc::clone(&stop), tx.clone(), Arc::clone(&socket_counters));
+        let metrics = Arc::clone(&metrics);
         let handle = thread::Builder::new()
             .name("sockets".into())
             .spawn(move || {
                 crate::sockets::run(source, &stop, &counters, wall_nanos, monotonic, |batch| {
-                    tx.send(Msg::Batch(batch)).is_ok()
+                    offer(&tx, batch, &metrics)
                 });
             })
             .context("cannot start the socket table thread")?;
@@ -1144,7 +1164,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     &metrics,
                     &slots,
                     xdp_source,
-                    |batch| batches.send(Msg::Batch(batch)).is_ok(),
+                    |batch| offer(&batches, batch, &metrics),
                     |banned| bans.send(Msg::KernelBans(banned)).is_ok(),
                 );
             })
@@ -1482,11 +1502,11 @@ fn start_captures(
     required: bool,
     stop: &Arc<AtomicBool>,
     metrics: &Arc<Metrics>,
-    tx: &mpsc::Sender<Msg>,
+    tx: &mpsc::SyncSender<Msg>,
 ) -> Result<Vec<(String, thread::JoinHandle<()>)>> {
     let send = {
-        let tx = tx.clone();
-        move |batch| tx.send(Msg::Batch(batch)).is_ok()
+        let (tx, metrics) = (tx.clone(), Arc::clone(metrics));
+        move |batch| offer(&tx, batch, &metrics)
     };
     let watch = Arc::new(links::Watch {
         stop: Arc::clone(stop),
@@ -1580,6 +1600,33 @@ fn reload_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_queue_to_the_pipeline_drops_and_counts_instead_of_growing() {
+        let metrics = Metrics::new(&[]);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(2);
+        let obs = |n: usize| {
+            vec![
+                Observation {
+                    ts: 0,
+                    src: IpAddr::from([192, 0, 2, 9]),
+                    dst: IpAddr::from([192, 0, 2, 1]),
+                    sport: 1,
+                    dport: 22,
+                    flags: synwatch_decode::TcpFlags(synwatch_decode::TcpFlags::SYN),
+                };
+                n
+            ]
+        };
+        assert!(offer(&tx, obs(10), &metrics));
+        assert!(offer(&tx, obs(10), &metrics));
+        // Full: the third batch is dropped and counted, the capture thread goes on.
+        assert!(offer(&tx, obs(7), &metrics));
+        assert_eq!(metrics.queue_dropped.load(Ordering::Relaxed), 7);
+        assert_eq!(rx.try_iter().count(), 2);
+        drop(rx);
+        assert!(!offer(&tx, obs(1), &metrics), "the pipeline has gone");
+    }
 
     #[test]
     fn an_enumerated_option_comes_from_the_flag_then_the_file_then_the_default() {
