@@ -20,12 +20,14 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use serde_json::Value;
 
 use crate::nflink::{LookError, RuleInfo};
 use crate::{
     Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
-    Runner, Scope, canonical,
+    Runner, Scope, ban_net, net_text,
 };
 
 pub const TABLE: &str = "synwatch";
@@ -58,7 +60,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     for (set, ty, _) in SETS {
         let _ = writeln!(
             s,
-            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tcounter\n\t}}"
+            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags interval,timeout\n\t\tcounter\n\t}}"
         );
     }
     for (chain, hook) in [("input", "input"), ("forward", "forward")] {
@@ -134,11 +136,11 @@ pub fn add_script(bans: &[Ban]) -> String {
 
 /// The script that removes `addrs`; adding first makes removing an absent (for instance
 /// just expired) element harmless instead of failing the whole batch.
-pub fn remove_script(addrs: &[IpAddr]) -> String {
-    let bans: Vec<Ban> = addrs
+pub fn remove_script(nets: &[IpNet]) -> String {
+    let bans: Vec<Ban> = nets
         .iter()
-        .map(|&addr| Ban {
-            addr,
+        .map(|&net| Ban {
+            net,
             timeout_secs: None,
             new_only: false,
         })
@@ -157,7 +159,10 @@ pub fn teardown_script() -> String {
 
 /// The set a ban belongs in (`other`: the other set of its family).
 fn set_of(ban: &Ban, other: bool) -> &'static str {
-    match (canonical(ban.addr).is_ipv4(), ban.new_only != other) {
+    match (
+        matches!(ban_net(ban.net), IpNet::V4(_)),
+        ban.new_only != other,
+    ) {
         (true, false) => SET4,
         (false, false) => SET6,
         (true, true) => SET4_NEW,
@@ -174,7 +179,7 @@ fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool, other:
                 if i > 0 {
                     s.push_str(", ");
                 }
-                let _ = write!(s, "{}", canonical(ban.addr));
+                s.push_str(&net_text(ban.net));
                 if timeouts && let Some(t) = ban.timeout_secs {
                     let _ = write!(s, " timeout {}s", t.max(1));
                 }
@@ -202,14 +207,34 @@ pub fn parse_set(json: &str) -> Result<Vec<KernelBan>, String> {
                 Some(inner) => (inner.get("val"), Some(inner)),
                 None => (Some(e), None),
             };
-            let addr: IpAddr = val
-                .and_then(Value::as_str)
-                .ok_or("an element without an address")?
-                .parse()
-                .map_err(|_| "an element that is not an address")?;
+            // An address is a string; a range, {"prefix": {"addr": ..., "len": ...}}.
+            let net = match val {
+                Some(Value::String(a)) => a
+                    .parse::<IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| "an element that is not an address")?,
+                Some(v) => {
+                    let addr = v
+                        .pointer("/prefix/addr")
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse::<IpAddr>().ok());
+                    let len = v
+                        .pointer("/prefix/len")
+                        .and_then(Value::as_u64)
+                        .and_then(|l| u8::try_from(l).ok());
+                    match (addr, len) {
+                        (Some(a), Some(l)) => {
+                            IpNet::new(a, l).map_err(|_| "an element with a bad prefix")?
+                        }
+                        // A range that is no prefix: synwatch never adds one.
+                        _ => continue,
+                    }
+                }
+                None => return Err("an element without an address".into()),
+            };
             let num = |path: &str| attrs.and_then(|a| a.pointer(path)).and_then(Value::as_u64);
             out.push(KernelBan {
-                addr,
+                net,
                 expires_secs: num("/expires").or(num("/timeout").map(|_| 0)),
                 packets: num("/counter/packets"),
                 bytes: num("/counter/bytes"),
@@ -322,8 +347,8 @@ impl Enforcer for Nftables {
         self.script(add_script(bans), "add bans to table inet synwatch")
     }
 
-    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
-        self.script(remove_script(addrs), "remove bans from table inet synwatch")
+    fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.script(remove_script(nets), "remove bans from table inet synwatch")
     }
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
@@ -337,7 +362,7 @@ impl Enforcer for Nftables {
                 detail,
             })?);
         }
-        all.retain(|b| !crate::is_canary(b.addr));
+        all.retain(|b| !(crate::is_host(b.net) && crate::is_canary(b.net.addr())));
         Ok(all)
     }
 
@@ -405,10 +430,10 @@ mod tests {
         let expected = "add table inet synwatch\n\
 delete table inet synwatch\n\
 table inet synwatch {\n\
-\tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
-\tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
-\tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
-\tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
 \tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
 \t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
@@ -543,6 +568,45 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     }
 
     #[test]
+    fn ranges_are_interval_elements_with_timeouts() {
+        let s = add_script(&[
+            ban("2001:db8:1::/48", Some(60)),
+            ban("198.51.100.77/24", None),
+        ]);
+        assert_eq!(
+            s,
+            "add element inet synwatch banned4 { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6 { 2001:db8:1::/48 }\n\
+             delete element inet synwatch banned4 { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned6 { 2001:db8:1::/48 }\n\
+             add element inet synwatch banned4 { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6 { 2001:db8:1::/48 timeout 60s }\n\
+             add element inet synwatch banned4_new { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_new { 2001:db8:1::/48 }\n\
+             delete element inet synwatch banned4_new { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned6_new { 2001:db8:1::/48 }\n"
+        );
+        assert_eq!(
+            remove_script(&[crate::parse_net("198.51.100.0/24").unwrap()]),
+            "add element inet synwatch banned4 { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned4 { 198.51.100.0/24 }\n\
+             add element inet synwatch banned4_new { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned4_new { 198.51.100.0/24 }\n"
+        );
+    }
+
+    #[test]
+    fn reads_range_elements() {
+        let json = r#"{"nftables": [{"set": {"name": "banned6", "elem": [{"elem": {"val": {"prefix": {"addr": "2001:db8:1::", "len": 48}}, "timeout": 60, "expires": 59, "counter": {"packets": 2, "bytes": 120}}}, {"elem": {"val": {"range": ["2001:db8::1", "2001:db8::5"]}}}, "100::1"]}}]}"#;
+        let bans = parse_set(json).unwrap();
+        assert_eq!(bans.len(), 2, "{bans:?}");
+        assert_eq!(bans[0].net, crate::parse_net("2001:db8:1::/48").unwrap());
+        assert_eq!(bans[0].expires_secs, Some(59));
+        assert_eq!(bans[0].packets, Some(2));
+        assert_eq!(bans[1].net, crate::parse_net("100::1").unwrap());
+    }
+
+    #[test]
     fn a_ban_on_a_source_with_a_session_goes_to_the_new_connections_set_only() {
         let mut b = ban("2001:db8::7", Some(60));
         b.new_only = true;
@@ -558,7 +622,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
 
     #[test]
     fn removing_tolerates_elements_already_gone() {
-        let s = remove_script(&["2001:db8::1".parse().unwrap()]);
+        let s = remove_script(&[crate::parse_net("2001:db8::1").unwrap()]);
         assert_eq!(
             s,
             "add element inet synwatch banned6 { 2001:db8::1 }\n\
@@ -573,7 +637,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     fn large_batches_are_split_into_statements_of_a_thousand() {
         let bans: Vec<Ban> = (0..2500u32)
             .map(|i| Ban {
-                addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                net: IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
                 timeout_secs: Some(10),
                 new_only: false,
             })
@@ -613,19 +677,19 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             bans,
             vec![
                 KernelBan {
-                    addr: "1.2.3.4".parse().unwrap(),
+                    net: crate::parse_net("1.2.3.4").unwrap(),
                     expires_secs: Some(19),
                     packets: Some(3),
                     bytes: Some(180)
                 },
                 KernelBan {
-                    addr: "5.6.7.8".parse().unwrap(),
+                    net: crate::parse_net("5.6.7.8").unwrap(),
                     expires_secs: None,
                     packets: Some(0),
                     bytes: Some(0)
                 },
                 KernelBan {
-                    addr: "9.9.9.9".parse().unwrap(),
+                    net: crate::parse_net("9.9.9.9").unwrap(),
                     expires_secs: None,
                     packets: None,
                     bytes: None
