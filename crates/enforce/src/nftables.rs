@@ -1,7 +1,13 @@
 //! nftables: synwatch's own table `inet synwatch`, one set per address family with
 //! per-element timeouts and counters (and one more per family, `banned4_new` and
 //! `banned6_new`, for bans on sources that held an established connection: matched with
-//! `ct state new`, so their sessions live on), and a drop rule per set in two base chains, on
+//! `ct state new`, so their sessions live on), and the same four again for range bans
+//! (`banned4_net`, `banned6_net`, `banned4_net_new`, `banned6_net_new`: interval sets,
+//! whose elements are CIDR ranges). Addresses stay in hash sets because nft 1.0.6 makes
+//! deleting from an interval set cost a read of the whole set (every renewal deletes:
+//! 20,000 address renewals took 115 s in an interval set, 0.3 s in a hash set; see
+//! docs/PERFORMANCE.md). The kernel refuses an interval element overlapping another,
+//! so the ban book never holds a range inside a range; and a drop rule per set in two base chains, on
 //! the input hook (traffic to this host) and the forward hook (traffic routed through it,
 //! which is how packets reach containers behind a bridge), at priority `filter - 10` so
 //! the drop happens ahead of ordinary filter rules, Docker's included.
@@ -36,12 +42,22 @@ pub const SET6: &str = "banned6";
 /// Bans that drop only new connections (`Ban::new_only`).
 pub const SET4_NEW: &str = "banned4_new";
 pub const SET6_NEW: &str = "banned6_new";
-/// Every set: name, element type, whether its rule matches only new connections.
-const SETS: [(&str, &str, bool); 4] = [
-    (SET4, "ipv4_addr", false),
-    (SET6, "ipv6_addr", false),
-    (SET4_NEW, "ipv4_addr", true),
-    (SET6_NEW, "ipv6_addr", true),
+/// Range bans (interval sets).
+pub const NET4: &str = "banned4_net";
+pub const NET6: &str = "banned6_net";
+pub const NET4_NEW: &str = "banned4_net_new";
+pub const NET6_NEW: &str = "banned6_net_new";
+/// Every set: name, element type, whether its rule matches only new connections,
+/// whether it holds ranges (an interval set).
+const SETS: [(&str, &str, bool, bool); 8] = [
+    (SET4, "ipv4_addr", false, false),
+    (SET6, "ipv6_addr", false, false),
+    (SET4_NEW, "ipv4_addr", true, false),
+    (SET6_NEW, "ipv6_addr", true, false),
+    (NET4, "ipv4_addr", false, true),
+    (NET6, "ipv6_addr", false, true),
+    (NET4_NEW, "ipv4_addr", true, true),
+    (NET6_NEW, "ipv6_addr", true, true),
 ];
 /// Elements per `add element` statement: keeps each line of the script reasonable.
 const CHUNK: usize = 1000;
@@ -57,10 +73,15 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     let _ = writeln!(s, "add table inet {TABLE}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
-    for (set, ty, _) in SETS {
+    for (set, ty, _, interval) in SETS {
+        let flags = if interval {
+            "interval,timeout"
+        } else {
+            "timeout"
+        };
         let _ = writeln!(
             s,
-            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags interval,timeout\n\t\tcounter\n\t}}"
+            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags {flags}\n\t\tcounter\n\t}}"
         );
     }
     for (chain, hook) in [("input", "input"), ("forward", "forward")] {
@@ -68,7 +89,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
             s,
             "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;"
         );
-        for (set, ty, new_only) in SETS {
+        for (set, ty, new_only, _) in SETS {
             let family = if ty == "ipv4_addr" { "ip" } else { "ip6" };
             let matched = if new_only { "ct state new " } else { matched };
             let _ = writeln!(s, "\t\t{family} saddr @{set} {matched}counter drop");
@@ -76,7 +97,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
         s.push_str("\t}\n");
     }
     s.push_str("}\n");
-    for (set, ty, _) in SETS {
+    for (set, ty, ..) in SETS {
         let canary = if ty == "ipv4_addr" {
             IpAddr::V4(CANARY4)
         } else {
@@ -157,16 +178,22 @@ pub fn teardown_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
-/// The set a ban belongs in (`other`: the other set of its family).
+/// The set a ban belongs in (`other`: the other set of its family and kind).
 fn set_of(ban: &Ban, other: bool) -> &'static str {
+    let net = ban_net(ban.net);
     match (
-        matches!(ban_net(ban.net), IpNet::V4(_)),
+        matches!(net, IpNet::V4(_)),
         ban.new_only != other,
+        crate::is_host(net),
     ) {
-        (true, false) => SET4,
-        (false, false) => SET6,
-        (true, true) => SET4_NEW,
-        (false, true) => SET6_NEW,
+        (true, false, true) => SET4,
+        (false, false, true) => SET6,
+        (true, true, true) => SET4_NEW,
+        (false, true, true) => SET6_NEW,
+        (true, false, false) => NET4,
+        (false, false, false) => NET6,
+        (true, true, false) => NET4_NEW,
+        (false, true, false) => NET6_NEW,
     }
 }
 
@@ -302,7 +329,7 @@ impl Nftables {
         if !rules_intact(&rules) {
             return Some(false);
         }
-        for (set, ty, _) in SETS {
+        for (set, ty, ..) in SETS {
             let canary = if ty == "ipv4_addr" {
                 IpAddr::V4(CANARY4)
             } else {
@@ -430,21 +457,33 @@ mod tests {
         let expected = "add table inet synwatch\n\
 delete table inet synwatch\n\
 table inet synwatch {\n\
-\tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
-\tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
-\tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
-\tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned4 {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned4_net {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned6_net {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned4_net_new {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned6_net_new {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
 \tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
-\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\
+\t\tip saddr @banned4_net counter drop\n\t\tip6 saddr @banned6_net counter drop\n\
+\t\tip saddr @banned4_net_new ct state new counter drop\n\t\tip6 saddr @banned6_net_new ct state new counter drop\n\t}\n\
 \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
-\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\
+\t\tip saddr @banned4_net counter drop\n\t\tip6 saddr @banned6_net counter drop\n\
+\t\tip saddr @banned4_net_new ct state new counter drop\n\t\tip6 saddr @banned6_net_new ct state new counter drop\n\t}\n\
 }\n\
 add element inet synwatch banned4 { 0.0.0.1 }\n\
 add element inet synwatch banned6 { 100::1 }\n\
 add element inet synwatch banned4_new { 0.0.0.1 }\n\
 add element inet synwatch banned6_new { 100::1 }\n\
+add element inet synwatch banned4_net { 0.0.0.1 }\n\
+add element inet synwatch banned6_net { 100::1 }\n\
+add element inet synwatch banned4_net_new { 0.0.0.1 }\n\
+add element inet synwatch banned6_net_new { 100::1 }\n\
 add element inet synwatch banned4 { 192.0.2.7 timeout 3600s }\n\
 add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(s, expected);
@@ -479,7 +518,16 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     fn synwatch_rules() -> Vec<RuleInfo> {
         let mut rules = Vec::new();
         for chain in ["input", "forward"] {
-            for (set, packets) in [(SET4, 2), (SET6, 1), (SET4_NEW, 0), (SET6_NEW, 0)] {
+            for (set, packets) in [
+                (SET4, 2),
+                (SET6, 1),
+                (SET4_NEW, 0),
+                (SET6_NEW, 0),
+                (NET4, 0),
+                (NET6, 0),
+                (NET4_NEW, 0),
+                (NET6_NEW, 0),
+            ] {
                 rules.push(RuleInfo {
                     chain: chain.into(),
                     sets: vec![set.into()],
@@ -504,6 +552,10 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                 (SET4.into(), IpAddr::V4(CANARY4)),
                 (SET4_NEW.into(), IpAddr::V4(CANARY4)),
                 (SET6_NEW.into(), IpAddr::V6(CANARY6)),
+                (NET4.into(), IpAddr::V4(CANARY4)),
+                (NET4_NEW.into(), IpAddr::V4(CANARY4)),
+                (NET6_NEW.into(), IpAddr::V6(CANARY6)),
+                (NET6.into(), IpAddr::V6(CANARY6)),
                 (SET6.into(), IpAddr::V6(CANARY6)),
             ];
         };
@@ -519,6 +571,10 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         );
         // nft flush set inet synwatch banned6: the canary is gone.
         look.0.lock().unwrap().elements.pop();
+        assert!(!nft.intact());
+        // nft flush set inet synwatch banned6_net: the same.
+        set_up(&look);
+        look.0.lock().unwrap().elements.retain(|(s, _)| s != NET6);
         assert!(!nft.intact());
         // nft flush chain inet synwatch forward: its rules are gone.
         set_up(&look);
@@ -545,10 +601,10 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert!(s.contains("ip6 saddr @banned6_new ct state new counter drop"));
         assert_eq!(
             s.matches("add element").count(),
-            4,
+            8,
             "only the canaries: {s}"
         );
-        assert_eq!(s.matches("ct state new").count(), 8, "{s}");
+        assert_eq!(s.matches("ct state new").count(), 16, "{s}");
     }
 
     #[test]
@@ -568,30 +624,30 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     }
 
     #[test]
-    fn ranges_are_interval_elements_with_timeouts() {
+    fn ranges_are_interval_elements_with_timeouts_in_their_own_sets() {
         let s = add_script(&[
             ban("2001:db8:1::/48", Some(60)),
             ban("198.51.100.77/24", None),
         ]);
         assert_eq!(
             s,
-            "add element inet synwatch banned4 { 198.51.100.0/24 }\n\
-             add element inet synwatch banned6 { 2001:db8:1::/48 }\n\
-             delete element inet synwatch banned4 { 198.51.100.0/24 }\n\
-             delete element inet synwatch banned6 { 2001:db8:1::/48 }\n\
-             add element inet synwatch banned4 { 198.51.100.0/24 }\n\
-             add element inet synwatch banned6 { 2001:db8:1::/48 timeout 60s }\n\
-             add element inet synwatch banned4_new { 198.51.100.0/24 }\n\
-             add element inet synwatch banned6_new { 2001:db8:1::/48 }\n\
-             delete element inet synwatch banned4_new { 198.51.100.0/24 }\n\
-             delete element inet synwatch banned6_new { 2001:db8:1::/48 }\n"
+            "add element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_net { 2001:db8:1::/48 }\n\
+             delete element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned6_net { 2001:db8:1::/48 }\n\
+             add element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_net { 2001:db8:1::/48 timeout 60s }\n\
+             add element inet synwatch banned4_net_new { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_net_new { 2001:db8:1::/48 }\n\
+             delete element inet synwatch banned4_net_new { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned6_net_new { 2001:db8:1::/48 }\n"
         );
         assert_eq!(
             remove_script(&[crate::parse_net("198.51.100.0/24").unwrap()]),
-            "add element inet synwatch banned4 { 198.51.100.0/24 }\n\
-             delete element inet synwatch banned4 { 198.51.100.0/24 }\n\
-             add element inet synwatch banned4_new { 198.51.100.0/24 }\n\
-             delete element inet synwatch banned4_new { 198.51.100.0/24 }\n"
+            "add element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             add element inet synwatch banned4_net_new { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned4_net_new { 198.51.100.0/24 }\n"
         );
     }
 

@@ -1153,8 +1153,9 @@ mod tests {
         );
         let t = runner.transcript();
         assert!(
-            t.iter().any(|c| c
-                .contains("add element inet synwatch banned6 { 2001:db8:1:2::/64 timeout 60s }")),
+            t.iter().any(|c| c.contains(
+                "add element inet synwatch banned6_net { 2001:db8:1:2::/64 timeout 60s }"
+            )),
             "{t:#?}"
         );
         // Another address of it: nothing more.
@@ -1215,8 +1216,8 @@ mod tests {
         );
         let t = &runner.transcript()[before..];
         assert_eq!(t.len(), 2, "{t:#?}");
-        assert!(t[0].contains("delete element inet synwatch banned6 { 2001:db8:1:2::/64 }"));
-        assert!(t[1].contains("add element inet synwatch banned6 { 2001:db8:1::/48 }"));
+        assert!(t[0].contains("delete element inet synwatch banned6_net { 2001:db8:1:2::/64 }"));
+        assert!(t[1].contains("add element inet synwatch banned6_net { 2001:db8:1::/48 }"));
         assert_eq!(b.active(), 1);
         // A range over the gateway is refused and says which address it would cover.
         let gateway = |a: IpNet| {
@@ -1244,7 +1245,7 @@ mod tests {
         let (mut b, _) = start(dir.path(), &runner, 10);
         assert!(
             runner.transcript()[0]
-                .contains("add element inet synwatch banned6 { 2001:db8:1::/48 }")
+                .contains("add element inet synwatch banned6_net { 2001:db8:1::/48 }")
         );
         let (reply, happened) = b.control(
             &Request::Remove {

@@ -520,6 +520,31 @@ impl Xdp {
     }
 }
 
+impl Xdp {
+    /// Runs the program `repeat` times over `frame` (BPF_PROG_TEST_RUN) and returns its
+    /// verdict and the kernel's measure of one run's time, averaged. For benchmarks.
+    pub fn test_run_timed(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, Duration), XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let program = program(&mut self.ebpf).map_err(|e| XdpError::Load(e.to_string()))?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat.max(1);
+        let result = program
+            .test_run(opts)
+            .map_err(|e| XdpError::Load(format!("test run: {e}")))?;
+        let verdict = match result.return_value {
+            1 => Verdict::Drop,
+            2 => Verdict::Pass,
+            other => Verdict::Other(other),
+        };
+        Ok((verdict, result.duration))
+    }
+}
+
 /// The program's verdict on a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
