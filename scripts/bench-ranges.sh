@@ -4,7 +4,10 @@
 # namespaces joined by a veth pair: a victim (10.198.0.1) and an attacker (10.198.0.2).
 # For each case:
 #   nft-addr    N addresses in synwatch's address set (`flags timeout`, a hash);
-#   nft-range   N /24s in its range set (`flags interval,timeout`);
+#   nft-range   N /24s in its range set (`flags interval,timeout`), as synwatch adds
+#               ranges the kernel does not hold (`add element` only);
+#   nft-renew   the same N /24s added as renewals are (add, delete, add with the
+#               timeout: what every address ban takes), for reference;
 #   nft-ival    N addresses in an interval set, for reference (why addresses are not
 #               kept in the range sets);
 #   ipset-ip    N addresses in a hash:ip set (before range bans), for reference;
@@ -17,7 +20,8 @@
 # `cargo run --release -p synwatch-xdp --example ban_cost` (BPF_PROG_TEST_RUN).
 #
 # usage: [N=100000] [RUN_SECONDS=5] [ROUNDS=3] [CASES="none nft-addr ..."]
-#        scripts/bench-ranges.sh   (nft-ival is not run by default: quadratic in N)
+#        scripts/bench-ranges.sh   (nft-ival and nft-renew are not run by default:
+#        quadratic in N)
 # Needs root and: iproute2, nftables, iptables, ipset, iperf3, python3.
 set -euo pipefail
 
@@ -79,7 +83,11 @@ open(work + "/nft-addr.setup", "w").write(nft_setup("timeout"))
 open(work + "/nft-range.setup", "w").write(nft_setup("interval,timeout"))
 open(work + "/nft-ival.setup", "w").write(nft_setup("interval,timeout"))
 open(work + "/nft-addr.add", "w").write(nft_add(addrs))
-open(work + "/nft-range.add", "w").write(nft_add(ranges))
+open(work + "/nft-range.add", "w").write("\n".join(
+    "add element inet synwatch banned4 { %s }" % ", ".join(r + " timeout 3600s" for r in ranges[c:c + 1000])
+    for c in range(0, n, 1000)) + "\n")
+open(work + "/nft-renew.setup", "w").write(nft_setup("interval,timeout"))
+open(work + "/nft-renew.add", "w").write(nft_add(ranges))
 open(work + "/nft-ival.add", "w").write(nft_add(addrs))
 for case, kind in (("ipset-ip", "hash:ip"), ("ipset-addr", "hash:net"), ("ipset-range", "hash:net")):
     open(work + "/%s.setup" % case, "w").write(

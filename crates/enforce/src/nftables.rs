@@ -370,8 +370,26 @@ impl Enforcer for Nftables {
         self.script(script, "create table inet synwatch")
     }
 
+    /// Ranges the kernel does not hold yet (in either set of their kind, asked through
+    /// the netlink look) are simply added: deleting from an interval set costs nft a
+    /// read of the whole set, so only ranges being renewed, or changing kind, take the
+    /// add-delete-add path that addresses always take.
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
-        self.script(add_script(bans), "add bans to table inet synwatch")
+        let (fresh, known): (Vec<Ban>, Vec<Ban>) = match self.look.as_mut() {
+            Some(look) => bans.iter().partition(|b| {
+                !crate::is_host(b.net)
+                    && [false, true].iter().all(|&other| {
+                        matches!(
+                            look.has_element(set_of(b, other), ban_net(b.net).addr()),
+                            Ok(false)
+                        )
+                    })
+            }),
+            None => (Vec::new(), bans.to_vec()),
+        };
+        let mut script = add_script(&known);
+        add_elements(&mut script, "add", &fresh, true, false);
+        self.script(script, "add bans to table inet synwatch")
     }
 
     fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
@@ -660,6 +678,45 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(bans[0].expires_secs, Some(59));
         assert_eq!(bans[0].packets, Some(2));
         assert_eq!(bans[1].net, crate::parse_net("100::1").unwrap());
+    }
+
+    #[test]
+    fn ranges_the_kernel_does_not_hold_are_added_without_deletes() {
+        let runner = RecordingRunner::default();
+        let look = FakeLook::default();
+        look.0.lock().unwrap().elements = vec![(NET4.into(), "198.51.100.0".parse().unwrap())];
+        let mut nft = Nftables::new(Scope::All, Box::new(runner.clone())).with_look(Box::new(look));
+        nft.add(&[
+            ban("203.0.113.0/24", Some(60)),
+            ban("198.51.100.0/24", Some(60)),
+            ban("192.0.2.1", Some(60)),
+        ])
+        .unwrap();
+        let t = runner.transcript();
+        assert_eq!(t.len(), 1);
+        // The address and the range held already are renewed; the new range only added.
+        assert!(
+            t[0].contains("delete element inet synwatch banned4 { 192.0.2.1 }"),
+            "{}",
+            t[0]
+        );
+        assert!(
+            t[0].contains("delete element inet synwatch banned4_net { 198.51.100.0/24 }"),
+            "{}",
+            t[0]
+        );
+        assert!(
+            !t[0].contains("delete element inet synwatch banned4_net { 203.0.113.0/24"),
+            "{}",
+            t[0]
+        );
+        assert!(
+            t[0].ends_with(
+                "add element inet synwatch banned4_net { 203.0.113.0/24 timeout 60s }\n"
+            ),
+            "{}",
+            t[0]
+        );
     }
 
     #[test]
