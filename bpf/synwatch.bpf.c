@@ -223,6 +223,18 @@ struct {
 	__type(value, struct ban);
 } bannet6 SEC(".maps");
 
+/* Which tries hold a range (RANGES_V4 for bannet4, RANGES_V6 for bannet6), set by user
+ * space after each change: a source no ban holds then costs no trie lookup where no
+ * range of its family is banned (an array lookup, which the verifier inlines). */
+#define RANGES_V4 1
+#define RANGES_V6 2
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ranges_held SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 16384);
@@ -555,8 +567,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	int is_allowed = -1; /* not looked up yet */
 	void *allow_key = ev.family == 4 ? (void *)&a4 : (void *)&a6;
 	struct ban *b = banned(ban_map, src_key, now);
-	if (!b)
-		b = banned(net_map, allow_key, now); /* a range holding the source */
+	if (!b) {
+		__u32 *held = bpf_map_lookup_elem(&ranges_held, &key);
+		if (held && (*held & (ev.family == 4 ? RANGES_V4 : RANGES_V6)))
+			b = banned(net_map, allow_key, now); /* a range holding the source */
+	}
 	if (b) {
 		is_allowed = bpf_map_lookup_elem(allow_map, allow_key) != 0;
 		if (!is_allowed && !(cfg->flags & CFG_SCOPE_NEW) && !(b->expires & BAN_NEW_ONLY)) {

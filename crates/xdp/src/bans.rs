@@ -2,7 +2,8 @@
 //!
 //! A ban of an address is an entry in the hashes `ban4`/`ban6`, a ban of a range one in
 //! the LPM tries `bannet4`/`bannet6` (consulted when the hash has no running ban for the
-//! source); either value holds its end on the kernel's boot clock (0: until removed) and the packets and bytes it dropped; the program compares
+//! source, and only while the array `ranges_held` says the trie of its family holds a
+//! range); either value holds its end on the kernel's boot clock (0: until removed) and the packets and bytes it dropped; the program compares
 //! the end with `bpf_ktime_get_boot_ns()` on every packet, so a ban stops dropping the
 //! moment it ends even before user space deletes the entry. Removing a ban also forgets
 //! the source's in-kernel scan track, as the user-space detector forgets it.
@@ -14,7 +15,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray};
 use ipnet::IpNet;
 use synwatch_enforce::{
     Backend, Ban, DropCounters, EnforceError, Enforcer, KernelBan, ban_net, is_host,
@@ -30,6 +31,8 @@ pub struct XdpBans {
     ban6: HashMap<MapData, [u8; 16], [u64; 3]>,
     bannet4: LpmTrie<MapData, [u8; 4], [u64; 3]>,
     bannet6: LpmTrie<MapData, [u8; 16], [u64; 3]>,
+    /// Whether each trie holds a range (the program skips an empty one).
+    ranges_held: Array<MapData, u32>,
     track4: HashMap<MapData, u32, [u8; 176]>,
     track6: HashMap<MapData, [u8; 16], [u8; 176]>,
     counters: PerCpuArray<MapData, u64>,
@@ -98,6 +101,7 @@ impl XdpBans {
             ban6: typed(&share, "ban6")?,
             bannet4: typed(&share, "bannet4")?,
             bannet6: typed(&share, "bannet6")?,
+            ranges_held: typed(&share, "ranges_held")?,
             track4: typed(&share, "track4")?,
             track6: typed(&share, "track6")?,
             counters: typed(&share, "counters")?,
@@ -120,6 +124,16 @@ impl XdpBans {
             Keyed::Net6(k) => renew_net(&mut self.bannet6, &k, expires, ban.new_only)
                 .map_err(|e| failed("bannet6", "add a range ban", &e)),
         }
+    }
+
+    /// Tells the program which tries hold a range (after the tries changed).
+    fn note_ranges(&mut self) -> Result<(), EnforceError> {
+        // The program's RANGES_V4 and RANGES_V6 bits.
+        let held = u32::from(self.bannet4.keys().next().is_some())
+            | (u32::from(self.bannet6.keys().next().is_some()) << 1);
+        self.ranges_held
+            .set(0, held, 0)
+            .map_err(|e| failed("ranges_held", "note the ranges held", &e))
     }
 
     fn clear(&mut self) -> Result<(), EnforceError> {
@@ -208,6 +222,9 @@ impl Enforcer for XdpBans {
                 first = Err(e);
             }
         }
+        if bans.iter().any(|b| !is_host(b.net)) {
+            first = first.and(self.note_ranges());
+        }
         first
     }
 
@@ -228,6 +245,9 @@ impl Enforcer for XdpBans {
                     first = Err(failed(map, "remove an address", &e));
                 }
             }
+        }
+        if nets.iter().any(|n| !is_host(*n)) {
+            first = first.and(self.note_ranges());
         }
         first
     }

@@ -287,7 +287,11 @@ fn share(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
         MapData::from_fd(fd).map_err(|e| XdpError::map(name, e))
     };
     let data = match map {
-        Map::PerCpuArray(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::LpmTrie(d) => again(d)?,
+        Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::LpmTrie(d) => again(d)?,
         _ => return Err(XdpError::map(name, "unexpected map type")),
     };
     Map::from_map_data(data).map_err(|e| XdpError::map(name, e))
