@@ -165,7 +165,8 @@ impl Book {
     }
 
     /// Takes back saved state (after a restart); records already over at `now` are
-    /// returned rather than kept, so the caller can report and forget them.
+    /// returned rather than kept, so the caller can report and forget them. A record
+    /// inside a restored range is not kept either: [`Book::take_absorbed`] has it.
     pub fn restore(
         &mut self,
         records: Vec<Record>,
@@ -183,9 +184,15 @@ impl Book {
             } else if self.covering(r.net).is_none() {
                 self.note_expiry(r.expires);
                 for inside in self.covered(r.net) {
-                    self.take(inside);
+                    if let Some(stale) = self.take(inside) {
+                        self.absorbed.push(stale);
+                    }
                 }
                 self.put(r);
+            } else {
+                // Inside a restored range (saved by hand, or before it): the range stands
+                // for it; the caller forgets it with the absorbed ones.
+                self.absorbed.push(r);
             }
         }
         over
@@ -930,6 +937,7 @@ mod tests {
         all.extend(saved);
         assert!(again.restore(all, vec![], 1).is_empty());
         assert_eq!(again.len(), n as usize);
+        assert_eq!(again.take_absorbed().len(), 1, "the stale address");
         // A /48 over the first 65,536 absorbs them.
         again.manual(ip("2001:db8::/48"), None, 2).unwrap();
         assert_eq!(again.take_absorbed().len(), 65_536);

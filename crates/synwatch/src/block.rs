@@ -119,6 +119,9 @@ impl Blocker {
         let over = book.restore(store.bans()?, store.offenders()?, now);
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
         store.delete(&over_addrs, false)?;
+        // Saved bans inside a saved range: the range stands for them.
+        let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
+        store.delete(&inside, false)?;
         // The configuration or the host's addresses may have changed while no agent ran:
         // a saved ban on what is now protected is not restored.
         let released = book.release(protected);

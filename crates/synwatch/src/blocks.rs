@@ -228,6 +228,9 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
     let mut book = Book::new(Policy::default());
     let lapsed = book.restore(store.bans()?, store.offenders()?, now);
     store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
+    // Saved bans inside a saved range: the range stands for them.
+    let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
+    store.delete(&inside, false)?;
     let mut kernel = kernel_backend();
     let backend = kernel
         .as_ref()
