@@ -3,9 +3,10 @@
  * synwatch's XDP program: runs on every packet an interface receives, before the
  * network stack.
  *
- * 1. Drops packets from banned sources (hash maps ban4/ban6, expiry in the value
- *    against the kernel's boot clock), unless the source is on the allowlist (LPM
- *    tries allow4/allow6, which win over a ban). The ban goes by the L3 source, so it
+ * 1. Drops packets from banned sources (hash maps ban4/ban6 for addresses, consulted
+ *    first, then LPM tries bannet4/bannet6 for ranges; expiry in the value against the
+ *    kernel's boot clock), unless the source is on the allowlist (LPM tries
+ *    allow4/allow6, which win over a ban). The ban goes by the L3 source, so it
  *    covers every protocol, fragments and malformed packets alike.
  * 2. Judges what it can exactly as user space's decode() (crates/decode) does, and
  *    reports SYN-without-ACK segments and stealth probes (no SYN, ACK or RST) through
@@ -155,6 +156,9 @@ struct lpm6 {
 	__u8 addr[16];
 };
 
+_Static_assert(sizeof(struct lpm4) == 8, "layout.rs: aya's lpm_trie::Key<[u8; 4]>");
+_Static_assert(sizeof(struct lpm6) == 20, "layout.rs: aya's lpm_trie::Key<[u8; 16]>");
+
 struct vlan_hdr {
 	__be16 tci;
 	__be16 proto;
@@ -200,6 +204,36 @@ struct {
 	__type(key, __u8[16]);
 	__type(value, struct ban);
 } ban6 SEC(".maps");
+
+/* Range bans (a network, longest prefix first), with the same value as ban4/ban6;
+ * looked up only when the exact-match hash has no running ban for the source. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm4);
+	__type(value, struct ban);
+} bannet4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm6);
+	__type(value, struct ban);
+} bannet6 SEC(".maps");
+
+/* Which tries hold a range (RANGES_V4 for bannet4, RANGES_V6 for bannet6), set by user
+ * space after each change: a source no ban holds then costs no trie lookup where no
+ * range of its family is banned (an array lookup, which the verifier inlines). */
+#define RANGES_V4 1
+#define RANGES_V6 2
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} ranges_held SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -479,7 +513,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 	__u64 now = bpf_ktime_get_boot_ns();
 
 	struct event ev = {};
-	void *ban_map, *track_map, *allow_map;
+	void *ban_map, *net_map, *track_map, *allow_map;
 	void *src_key;
 	struct lpm4 a4;
 	struct lpm6 a6;
@@ -502,6 +536,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 		__builtin_memcpy(ev.dst, &ip->daddr, 4);
 		ev.family = 4;
 		ban_map = &ban4;
+		net_map = &bannet4;
 		track_map = &track4;
 		allow_map = &allow4;
 		src_key = ev.src;
@@ -517,6 +552,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 		__builtin_memcpy(ev.dst, &ip6->daddr, 16);
 		ev.family = 6;
 		ban_map = &ban6;
+		net_map = &bannet6;
 		track_map = &track6;
 		allow_map = &allow6;
 		src_key = ev.src;
@@ -531,6 +567,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	int is_allowed = -1; /* not looked up yet */
 	void *allow_key = ev.family == 4 ? (void *)&a4 : (void *)&a6;
 	struct ban *b = banned(ban_map, src_key, now);
+	if (!b) {
+		__u32 *held = bpf_map_lookup_elem(&ranges_held, &key);
+		if (held && (*held & (ev.family == 4 ? RANGES_V4 : RANGES_V6)))
+			b = banned(net_map, allow_key, now); /* a range holding the source */
+	}
 	if (b) {
 		is_allowed = bpf_map_lookup_elem(allow_map, allow_key) != 0;
 		if (!is_allowed && !(cfg->flags & CFG_SCOPE_NEW) && !(b->expires & BAN_NEW_ONLY)) {

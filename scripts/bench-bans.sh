@@ -430,7 +430,7 @@ ipset_files() { # ipset_files N SETS ADD
     python3 -c '
 import ipaddress, sys
 first, n = ipaddress.IPv4Address(sys.argv[1]), int(sys.argv[2])
-sets = "".join("create %s hash:ip family %s timeout 0 counters maxelem 1048576\nflush %s\n" % (s, f, s)
+sets = "".join("create %s hash:net family %s timeout 0 counters maxelem 1048576\nflush %s\n" % (s, f, s)
                for s, f in (("synwatch4", "inet"), ("synwatch6", "inet6")))
 open(sys.argv[3], "w").write(sets)
 open(sys.argv[4], "w").write("".join("add synwatch4 %s timeout 3600\n" % (first + i) for i in range(n)))' "$first_src" "$1" "$2" "$3"

@@ -3,12 +3,21 @@
 //! waiting for room: see `waiting.rs`), and expiry. Pure: time (Unix seconds) is an argument,
 //! and whether an address is protected (local or allowlisted) is the caller's answer,
 //! asked again at ban time.
+//!
+//! A ban is of a network: an address is a /32 or /128, a range anything wider (a
+//! scanner's IPv6 /64, `synwatch blocks add 198.51.100.0/24`). The book never holds one
+//! ban inside another, which is also what nftables' interval sets require: a ban inside a
+//! running one is refused as already banned, and a range banned over running bans of
+//! networks inside it absorbs them (they are lifted, reported with the reason
+//! "covered", and the range stands for them; see [`Book::take_absorbed`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
-use crate::Ban;
+use ipnet::IpNet;
+
 use crate::waiting::{Waiting, network};
+use crate::{Ban, ban_net, is_host};
 
 /// How bans are given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +44,9 @@ impl Default for Policy {
 /// One active ban.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub addr: IpAddr,
+    /// What is banned: an address (a /32 or /128) or a range, canonical
+    /// ([`crate::ban_net`]).
+    pub net: IpNet,
     /// When it began (Unix seconds).
     pub since: i64,
     /// When it ends; `None` lasts until removed.
@@ -53,7 +64,7 @@ impl Record {
     /// The ban as the kernel should hold it at `now`.
     pub fn ban(&self, now: i64) -> Ban {
         Ban {
-            addr: self.addr,
+            net: self.net,
             timeout_secs: self
                 .expires
                 .map(|e| u64::try_from(e.saturating_sub(now)).unwrap_or(0).max(1)),
@@ -104,8 +115,16 @@ impl Refused {
 #[derive(Debug, Clone)]
 pub struct Book {
     policy: Policy,
-    active: HashMap<IpAddr, Record>,
-    offenders: HashMap<IpAddr, Offender>,
+    active: HashMap<IpNet, Record>,
+    /// How many active bans are ranges of each (family is IPv6, prefix length): where to
+    /// look for a range covering a network.
+    ranges: BTreeMap<(bool, u8), usize>,
+    /// The active networks in address order: the bans inside a range are a slice of it.
+    order: BTreeSet<IpNet>,
+    /// Bans lifted because a range banned over them stands for them, not yet collected
+    /// by [`Book::take_absorbed`].
+    absorbed: Vec<Record>,
+    offenders: HashMap<IpNet, Offender>,
     /// New automatic bans of the last minute: when, and the network.
     recent: VecDeque<(i64, IpAddr)>,
     /// Scans the cap refused, waiting for room.
@@ -125,6 +144,9 @@ impl Book {
         Self {
             policy,
             active: HashMap::new(),
+            ranges: BTreeMap::new(),
+            order: BTreeSet::new(),
+            absorbed: Vec::new(),
             offenders: HashMap::new(),
             recent: VecDeque::new(),
             waiting: Waiting::default(),
@@ -143,28 +165,110 @@ impl Book {
     }
 
     /// Takes back saved state (after a restart); records already over at `now` are
-    /// returned rather than kept, so the caller can report and forget them.
+    /// returned rather than kept, so the caller can report and forget them. A record
+    /// inside a restored range is not kept either: [`Book::take_absorbed`] has it.
     pub fn restore(
         &mut self,
         records: Vec<Record>,
-        offenders: Vec<(IpAddr, Offender)>,
+        offenders: Vec<(IpNet, Offender)>,
         now: i64,
     ) -> Vec<Record> {
         self.offenders.extend(offenders);
         let mut over = Vec::new();
+        // Wider first, so that a (stale) ban inside a restored range is left out.
+        let mut records = records;
+        records.sort_by_key(|r| r.net.prefix_len());
         for r in records {
             if r.expires.is_some_and(|e| e <= now) {
                 over.push(r);
-            } else {
+            } else if self.covering(r.net).is_none() {
                 self.note_expiry(r.expires);
-                self.active.insert(r.addr, r);
+                for inside in self.covered(r.net) {
+                    if let Some(stale) = self.take(inside) {
+                        self.absorbed.push(stale);
+                    }
+                }
+                self.put(r);
+            } else {
+                // Inside a restored range (saved by hand, or before it): the range stands
+                // for it; the caller forgets it with the absorbed ones.
+                self.absorbed.push(r);
             }
         }
         over
     }
 
-    pub fn get(&self, addr: IpAddr) -> Option<&Record> {
-        self.active.get(&addr)
+    /// The ban of exactly `net`.
+    pub fn get(&self, net: IpNet) -> Option<&Record> {
+        self.active.get(&ban_net(net))
+    }
+
+    /// The running ban that holds `net`: a ban of `net` itself or of a range around it.
+    pub fn covering(&self, net: IpNet) -> Option<&Record> {
+        let net = ban_net(net);
+        if let Some(r) = self.active.get(&net) {
+            return Some(r);
+        }
+        let v6 = matches!(net, IpNet::V6(_));
+        self.ranges
+            .range((v6, 0)..(v6, net.prefix_len()))
+            .find_map(|(&(_, len), _)| {
+                let outer = IpNet::new(net.addr(), len).ok()?.trunc();
+                self.active.get(&outer)
+            })
+    }
+
+    /// The running bans strictly inside `net` (none when `net` is an address).
+    fn covered(&self, net: IpNet) -> Vec<IpNet> {
+        if is_host(net) {
+            return Vec::new();
+        }
+        // Networks inside `net` start at an address inside it; in address order they lie
+        // between its first address and its last.
+        let (Ok(lo), Ok(hi)) = (
+            IpNet::new(net.network(), 0),
+            IpNet::new(net.broadcast(), net.max_prefix_len()),
+        ) else {
+            return Vec::new();
+        };
+        self.order
+            .range(lo..=hi)
+            .filter(|&&k| k != net && net.contains(&k))
+            .copied()
+            .collect()
+    }
+
+    fn put(&mut self, r: Record) {
+        self.order.insert(r.net);
+        if !is_host(r.net) {
+            *self
+                .ranges
+                .entry((matches!(r.net, IpNet::V6(_)), r.net.prefix_len()))
+                .or_default() += 1;
+        }
+        self.active.insert(r.net, r);
+    }
+
+    fn take(&mut self, net: IpNet) -> Option<Record> {
+        let r = self.active.remove(&net)?;
+        self.order.remove(&net);
+        if !is_host(net) {
+            let key = (matches!(net, IpNet::V6(_)), net.prefix_len());
+            if let Some(n) = self.ranges.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ranges.remove(&key);
+                }
+            }
+        }
+        Some(r)
+    }
+
+    /// Bans lifted since the last call because a range banned over them stands for them:
+    /// the caller removes them from the kernel (before adding the range, which nftables
+    /// would otherwise refuse as overlapping) and from the saved state.
+    pub fn take_absorbed(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.absorbed)
     }
 
     pub fn active(&self) -> impl Iterator<Item = &Record> {
@@ -179,15 +283,16 @@ impl Book {
         self.active.is_empty()
     }
 
-    pub fn offender(&self, addr: IpAddr) -> Option<Offender> {
-        self.offenders.get(&addr).copied()
+    pub fn offender(&self, net: IpNet) -> Option<Offender> {
+        self.offenders.get(&ban_net(net)).copied()
     }
 
-    /// An automatic ban for a scan from `addr`: refused when protected, already banned,
-    /// or over the per-minute cap.
+    /// An automatic ban for a scan from `addr` (an address or the network it counts in):
+    /// refused when protected, already banned (by itself or a range around it), or over
+    /// the per-minute cap.
     pub fn scan(
         &mut self,
-        addr: IpAddr,
+        addr: IpNet,
         reason: String,
         now: i64,
         protected: bool,
@@ -199,16 +304,17 @@ impl Book {
     /// ([`Refused::RateLimited`], [`Refused::NetworkShare`]) waits: see [`Book::promote`].
     pub fn scan_ports(
         &mut self,
-        addr: IpAddr,
+        addr: IpNet,
         reason: String,
         ports: &[u16],
         now: i64,
         protected: bool,
     ) -> Result<Record, Refused> {
+        let addr = ban_net(addr);
         if protected {
             return Err(Refused::Protected);
         }
-        if self.active.contains_key(&addr) {
+        if self.covering(addr).is_some() {
             return Err(Refused::AlreadyBanned);
         }
         if let Err(why) = self.room(addr, now) {
@@ -218,13 +324,13 @@ impl Book {
             return Err(why);
         }
         self.waiting.remove(addr);
-        self.recent.push_back((now, network(addr)));
+        self.recent.push_back((now, network(addr.addr())));
         Ok(self.give(addr, reason, now, None))
     }
 
     /// Whether the cap leaves room for a new ban of `addr` at `now`: fewer than
     /// `per_minute` new bans in the last minute, and fewer than its network's share.
-    fn room(&mut self, addr: IpAddr, now: i64) -> Result<(), Refused> {
+    fn room(&mut self, addr: IpNet, now: i64) -> Result<(), Refused> {
         while self.recent.front().is_some_and(|&(t, _)| t <= now - 60) {
             self.recent.pop_front();
         }
@@ -235,7 +341,7 @@ impl Book {
         if self.recent.len() >= cap {
             return Err(Refused::RateLimited);
         }
-        let net = network(addr);
+        let net = network(addr.addr());
         if self.recent.iter().filter(|(_, n)| *n == net).count() >= network_share(cap) {
             return Err(Refused::NetworkShare);
         }
@@ -243,9 +349,9 @@ impl Book {
     }
 
     /// The source of a waiting scan was seen again, reaching `port` (more evidence, and
-    /// still active).
+    /// still active): the scan of the address, or of a range holding it.
     pub fn touch(&mut self, addr: IpAddr, port: u16, now: i64) {
-        self.waiting.touch(addr, port, now);
+        self.waiting.touch_covering(addr, port, now);
     }
 
     /// Scans waiting for room.
@@ -267,30 +373,34 @@ impl Book {
         &mut self,
         now: i64,
         quiet_secs: i64,
-        protected: impl Fn(IpAddr) -> bool,
+        protected: impl Fn(IpNet) -> bool,
     ) -> (Vec<Record>, usize) {
         if self.waiting.is_empty() {
             return (Vec::new(), 0);
         }
         let before = self.waiting.len();
         self.waiting.prune(now.saturating_sub(quiet_secs));
-        let active = &self.active;
+        let covered: Vec<IpNet> = self
+            .waiting
+            .keys()
+            .filter(|&a| self.covering(a).is_some())
+            .collect();
         self.waiting
-            .retain(|a| !protected(a) && !active.contains_key(&a));
+            .retain(|a| !protected(a) && !covered.contains(&a));
         let forgotten = before - self.waiting.len();
         let mut given = Vec::new();
         // Networks found without room this round (at most one look each).
         let mut full: Vec<IpAddr> = Vec::new();
-        while let Some(addr) = self.waiting.best(|a| !full.contains(&network(a))) {
+        while let Some(addr) = self.waiting.best(|a| !full.contains(&network(a.addr()))) {
             match self.room(addr, now) {
                 Ok(()) => {
                     let Some(w) = self.waiting.remove(addr) else {
                         break;
                     };
-                    self.recent.push_back((now, network(addr)));
+                    self.recent.push_back((now, network(addr.addr())));
                     given.push(self.give(addr, w.reason, now, None));
                 }
-                Err(Refused::NetworkShare) => full.push(network(addr)),
+                Err(Refused::NetworkShare) => full.push(network(addr.addr())),
                 Err(_) => break,
             }
         }
@@ -299,28 +409,42 @@ impl Book {
 
     /// Makes `addr`'s running ban one on new connections only (its source holds an
     /// established connection to this host). Returns the updated record.
-    pub fn mark_new_only(&mut self, addr: IpAddr) -> Option<Record> {
-        let r = self.active.get_mut(&addr)?;
+    pub fn mark_new_only(&mut self, addr: IpNet) -> Option<Record> {
+        let r = self.active.get_mut(&ban_net(addr))?;
         r.new_only = true;
         Some(r.clone())
     }
 
     /// The kernel banned a waiting source by itself (the XDP program's own detection):
     /// the ban is kept, counted against the cap, rather than lifted because of it.
-    pub fn take_waiting(&mut self, addr: IpAddr, now: i64) -> Option<Record> {
+    pub fn take_waiting(&mut self, addr: IpNet, now: i64) -> Option<Record> {
+        let addr = ban_net(addr);
         let w = self.waiting.remove(addr)?;
-        self.recent.push_back((now, network(addr)));
+        self.recent.push_back((now, network(addr.addr())));
         Some(self.give(addr, w.reason, now, None))
     }
 
     /// A ban asked for by the operator: no cap, and `secs` (0 = until removed) or the
-    /// policy's length with doubling when `None`. Replaces an active ban of the address.
-    pub fn manual(&mut self, addr: IpAddr, secs: Option<u64>, now: i64) -> Record {
-        self.active.remove(&addr);
-        self.give(addr, "manual".into(), now, secs)
+    /// policy's length with doubling when `None`. Replaces an active ban of the same
+    /// network; a network inside a running range is refused as already banned (with
+    /// the range's record); a range absorbs the bans inside it.
+    pub fn manual(
+        &mut self,
+        addr: IpNet,
+        secs: Option<u64>,
+        now: i64,
+    ) -> Result<Record, (Refused, Record)> {
+        let addr = ban_net(addr);
+        if let Some(r) = self.covering(addr)
+            && r.net != addr
+        {
+            return Err((Refused::AlreadyBanned, r.clone()));
+        }
+        self.take(addr);
+        Ok(self.give(addr, "manual".into(), now, secs))
     }
 
-    fn give(&mut self, addr: IpAddr, reason: String, now: i64, secs: Option<u64>) -> Record {
+    fn give(&mut self, addr: IpNet, reason: String, now: i64, secs: Option<u64>) -> Record {
         let max = self.policy.max_secs.max(self.policy.duration_secs);
         let offences = match self.offenders.get(&addr) {
             Some(o) if now.saturating_sub(o.last_until) <= max as i64 => {
@@ -337,7 +461,7 @@ impl Book {
         });
         let expires = (length > 0).then(|| now.saturating_add(length as i64));
         let record = Record {
-            addr,
+            net: addr,
             since: now,
             expires,
             reason,
@@ -352,7 +476,12 @@ impl Book {
             },
         );
         self.note_expiry(expires);
-        self.active.insert(addr, record.clone());
+        for inside in self.covered(addr) {
+            if let Some(r) = self.take(inside) {
+                self.absorbed.push(r);
+            }
+        }
+        self.put(record.clone());
         record
     }
 
@@ -363,16 +492,17 @@ impl Book {
     }
 
     /// Lifts a ban now (the operator's `remove`): the source's offences are forgiven.
-    pub fn remove(&mut self, addr: IpAddr) -> Option<Record> {
+    pub fn remove(&mut self, addr: IpNet) -> Option<Record> {
+        let addr = ban_net(addr);
         self.offenders.remove(&addr);
-        self.active.remove(&addr)
+        self.take(addr)
     }
 
-    /// Lifts the bans of the addresses `pred` selects (addresses that became protected);
-    /// their offences are forgiven. Returns the addresses.
-    pub fn release(&mut self, pred: impl Fn(IpAddr) -> bool) -> Vec<IpAddr> {
+    /// Lifts the bans `pred` selects (networks that became protected, or came to cover a
+    /// protected address); their offences are forgiven. Returns the networks.
+    pub fn release(&mut self, pred: impl Fn(IpNet) -> bool) -> Vec<IpNet> {
         self.waiting.retain(|a| !pred(a));
-        let addrs: Vec<IpAddr> = self.active.keys().copied().filter(|a| pred(*a)).collect();
+        let addrs: Vec<IpNet> = self.active.keys().copied().filter(|a| pred(*a)).collect();
         for addr in &addrs {
             self.remove(*addr);
         }
@@ -383,6 +513,8 @@ impl Book {
     pub fn flush(&mut self) -> Vec<Record> {
         self.offenders.clear();
         self.waiting.clear();
+        self.ranges.clear();
+        self.order.clear();
         self.active.drain().map(|(_, r)| r).collect()
     }
 
@@ -398,16 +530,13 @@ impl Book {
         if self.earliest.is_none_or(|e| e > now) {
             return Vec::new();
         }
-        let over: Vec<IpAddr> = self
+        let over: Vec<IpNet> = self
             .active
             .values()
             .filter(|r| r.expires.is_some_and(|e| e <= now))
-            .map(|r| r.addr)
+            .map(|r| r.net)
             .collect();
-        let over: Vec<Record> = over
-            .into_iter()
-            .filter_map(|a| self.active.remove(&a))
-            .collect();
+        let over: Vec<Record> = over.into_iter().filter_map(|a| self.take(a)).collect();
         self.earliest = self.active.values().filter_map(|r| r.expires).min();
         over
     }
@@ -424,8 +553,8 @@ impl Book {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> IpNet {
+        crate::parse_net(s).unwrap()
     }
 
     fn book(duration: u64, max: u64, per_minute: u32) -> Book {
@@ -527,12 +656,12 @@ mod tests {
             Err(Refused::NetworkShare)
         );
         // A minute later the waiting scans get their turn, while still active.
-        b.touch(ip("192.0.2.3"), 80, 50);
-        b.touch(ip("2001:db8:1:3::1"), 80, 50);
+        b.touch(ip("192.0.2.3").addr(), 80, 50);
+        b.touch(ip("2001:db8:1:3::1").addr(), 80, 50);
         let (given, forgotten) = b.promote(59, 60, |_| false);
         assert!(given.is_empty() && forgotten == 0);
         let (given, _) = b.promote(60, 60, |_| false);
-        let mut addrs: Vec<IpAddr> = given.iter().map(|r| r.addr).collect();
+        let mut addrs: Vec<IpNet> = given.iter().map(|r| r.net).collect();
         addrs.sort();
         assert_eq!(addrs, [ip("192.0.2.3"), ip("2001:db8:1:3::1")]);
         assert_eq!(b.waiting(), 0);
@@ -546,7 +675,7 @@ mod tests {
             .unwrap_err();
         b.scan(ip("198.51.100.1"), String::new(), 0, false)
             .unwrap_err();
-        b.touch(ip("198.51.100.1"), 9, 30);
+        b.touch(ip("198.51.100.1").addr(), 9, 30);
         // At 61 the cap has room, but 192.0.2.1 was quiet for a whole window (60 s).
         let (given, forgotten) = b.promote(61, 60, |a| a == ip("198.51.100.1"));
         assert!(given.is_empty());
@@ -559,7 +688,9 @@ mod tests {
         let mut b = book(3600, 86_400, 1);
         b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
         for i in 0..crate::waiting::MAX_WAITING as u32 + 3 {
-            let a = IpAddr::from(std::net::Ipv4Addr::from(0xc000_0000 + (i << 8)));
+            let a = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0xc000_0000 + (i << 8),
+            )));
             let _ = b.scan_ports(a, String::new(), &[1, 2, 3, 4], 1, false);
         }
         assert_eq!(b.waiting(), crate::waiting::MAX_WAITING);
@@ -593,7 +724,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
-            IpAddr::from(std::net::Ipv4Addr::from(x | 0x0100_0000))
+            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(x | 0x0100_0000)))
         };
         for _ in 0..200 {
             let _ = b.scan_ports(invented(), "forged".into(), &[21, 22, 23, 25], 0, false);
@@ -614,10 +745,10 @@ mod tests {
             }
             // The real scanner keeps scanning: a new port every second.
             if banned_at.is_none() {
-                b.touch(real, 1000 + now as u16, now);
+                b.touch(real.addr(), 1000 + now as u16, now);
             }
             let (given, _) = b.promote(now, 60, |_| false);
-            if given.iter().any(|r| r.addr == real) {
+            if given.iter().any(|r| r.net == real) {
                 banned_at = Some(now);
             }
         }
@@ -647,9 +778,9 @@ mod tests {
     fn manual_bans_replace_and_ignore_the_cap() {
         let mut b = book(3600, 86_400, 1);
         b.scan(ip("192.0.2.1"), String::new(), 0, false).unwrap();
-        let r = b.manual(ip("192.0.2.2"), Some(3), 0);
+        let r = b.manual(ip("192.0.2.2"), Some(3), 0).unwrap();
         assert_eq!(r.expires, Some(3));
-        let r = b.manual(ip("192.0.2.1"), Some(0), 1);
+        let r = b.manual(ip("192.0.2.1"), Some(0), 1).unwrap();
         assert_eq!((r.expires, r.reason.as_str()), (None, "manual"));
         assert_eq!(b.next_expiry(), Some(3));
         assert_eq!(b.expire(3).len(), 1);
@@ -661,7 +792,7 @@ mod tests {
         let mut b = book(3600, 86_400, 60);
         let saved = vec![
             Record {
-                addr: ip("192.0.2.1"),
+                net: ip("192.0.2.1"),
                 since: 0,
                 expires: Some(3600),
                 reason: "22,80,443,8080".into(),
@@ -669,7 +800,7 @@ mod tests {
                 new_only: false,
             },
             Record {
-                addr: ip("192.0.2.2"),
+                net: ip("192.0.2.2"),
                 since: 0,
                 expires: Some(100),
                 reason: String::new(),
@@ -683,5 +814,133 @@ mod tests {
             b.get(ip("192.0.2.1")).unwrap().ban(1000).timeout_secs,
             Some(2600)
         );
+    }
+
+    #[test]
+    fn an_address_inside_a_banned_range_is_not_banned_twice() {
+        let mut b = book(3600, 86_400, 0);
+        let r = b
+            .scan(ip("2001:db8:1:2::/64"), "ports".into(), 0, false)
+            .unwrap();
+        assert_eq!(r.ban(0).net, ip("2001:db8:1:2::/64"));
+        for inside in [
+            "2001:db8:1:2::77",
+            "2001:db8:1:2:8000::/65",
+            "2001:db8:1:2::/64",
+        ] {
+            assert_eq!(
+                b.scan(ip(inside), String::new(), 1, false),
+                Err(Refused::AlreadyBanned),
+                "{inside}"
+            );
+        }
+        assert_eq!(
+            b.covering(ip("2001:db8:1:2::9")).map(|r| r.net),
+            Some(ip("2001:db8:1:2::/64"))
+        );
+        assert_eq!(b.covering(ip("2001:db8:1:3::9")), None);
+        // Outside it, banned as usual; a manual ban inside is refused with the range.
+        assert!(
+            b.scan(ip("2001:db8:1:3::9"), String::new(), 1, false)
+                .is_ok()
+        );
+        let (why, by) = b.manual(ip("2001:db8:1:2::5"), None, 2).unwrap_err();
+        assert_eq!(
+            (why, by.net),
+            (Refused::AlreadyBanned, ip("2001:db8:1:2::/64"))
+        );
+        assert_eq!(b.len(), 2);
+        // Once the range is lifted, its addresses can be banned again.
+        b.remove(ip("2001:db8:1:2::/64"));
+        assert!(b.manual(ip("2001:db8:1:2::5"), None, 3).is_ok());
+        assert!(b.take_absorbed().is_empty());
+    }
+
+    #[test]
+    fn a_range_absorbs_the_bans_inside_it() {
+        let mut b = book(3600, 86_400, 0);
+        b.scan(ip("198.51.100.7"), String::new(), 0, false).unwrap();
+        b.scan(ip("198.51.100.8"), String::new(), 0, false).unwrap();
+        b.scan(ip("198.51.101.8"), String::new(), 0, false).unwrap();
+        let r = b.manual(ip("198.51.100.0/24"), Some(0), 5).unwrap();
+        assert_eq!((r.net, r.expires), (ip("198.51.100.0/24"), None));
+        let mut gone: Vec<IpNet> = b.take_absorbed().iter().map(|r| r.net).collect();
+        gone.sort();
+        assert_eq!(gone, [ip("198.51.100.7"), ip("198.51.100.8")]);
+        assert_eq!(b.len(), 2);
+        assert!(b.get(ip("198.51.101.8")).is_some());
+        // A wider range absorbs the narrower one in turn.
+        b.manual(ip("198.51.0.0/16"), None, 6).unwrap();
+        assert_eq!(b.take_absorbed().len(), 2);
+        assert_eq!(b.len(), 1);
+        // Expiry and flush keep the index of ranges in step.
+        assert_eq!(b.expire(6 + 3600).len(), 1);
+        assert_eq!(b.covering(ip("198.51.100.7")), None);
+    }
+
+    #[test]
+    fn a_waiting_range_is_touched_by_its_addresses_and_protection_goes_by_network() {
+        let mut b = book(3600, 86_400, 1);
+        b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
+        assert_eq!(
+            b.scan(ip("2001:db8:7:7::/64"), String::new(), 0, false),
+            Err(Refused::RateLimited)
+        );
+        b.touch(ip("2001:db8:7:7::1234").addr(), 80, 50);
+        let (given, forgotten) = b.promote(61, 60, |_| false);
+        assert_eq!(forgotten, 0, "still active through its addresses");
+        assert_eq!(given[0].net, ip("2001:db8:7:7::/64"));
+        // A range the caller says covers a protected address is released.
+        let lifted = b.release(|n| n.contains(&ip("2001:db8:7:7::1")));
+        assert_eq!(lifted, [ip("2001:db8:7:7::/64")]);
+        assert_eq!(
+            b.scan(ip("2001:db8:7:7::/64"), String::new(), 200, true),
+            Err(Refused::Protected)
+        );
+    }
+
+    /// A hundred thousand ranges (an IPv6 scanner per /64, no cap) are given and
+    /// restored without looking at every ban for each (the bans inside a range are a
+    /// slice of the book in address order).
+    #[test]
+    fn many_ranges_are_given_and_restored_without_quadratic_work() {
+        let mut b = book(3600, 86_400, 0);
+        let n = 100_000u32;
+        let net = |i: u32| {
+            IpNet::new(
+                IpAddr::from(std::net::Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    (i >> 16) as u16,
+                    i as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                )),
+                64,
+            )
+            .unwrap()
+        };
+        for i in 0..n {
+            b.scan(net(i), String::new(), 0, false).unwrap();
+        }
+        assert_eq!(b.len(), n as usize);
+        let inside = ip("2001:db8:1:869f::9");
+        assert_eq!(b.covering(inside).map(|r| r.net), Some(net(n - 1)));
+        let saved: Vec<Record> = b.active().cloned().collect();
+        let mut again = book(3600, 86_400, 0);
+        // A stale address ban inside a range, saved before it: left out.
+        let mut stale = saved[0].clone();
+        stale.net = IpNet::from(stale.net.addr());
+        let mut all = vec![stale];
+        all.extend(saved);
+        assert!(again.restore(all, vec![], 1).is_empty());
+        assert_eq!(again.len(), n as usize);
+        assert_eq!(again.take_absorbed().len(), 1, "the stale address");
+        // A /48 over the first 65,536 absorbs them.
+        again.manual(ip("2001:db8::/48"), None, 2).unwrap();
+        assert_eq!(again.take_absorbed().len(), 65_536);
+        assert_eq!(again.len(), n as usize - 65_536 + 1);
     }
 }

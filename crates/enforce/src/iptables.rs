@@ -1,5 +1,6 @@
-//! iptables for hosts without nftables: two ipsets (`synwatch4`, `synwatch6`, hash:ip with
-//! per-entry timeouts and counters) and one chain `SYNWATCH` per family holding a rule
+//! iptables for hosts without nftables: two ipsets (`synwatch4`, `synwatch6`, hash:net
+//! with per-entry timeouts and counters: an address is a /32 or /128 entry, a range bans
+//! the whole network) and one chain `SYNWATCH` per family holding a rule
 //! that drops what matches the set, and the same for bans on sources that held an
 //! established connection (`synwatch4_new`, `synwatch6_new`, matched with `--ctstate
 //! NEW` so that their sessions live on). The chain is jumped to from the top of INPUT,
@@ -18,9 +19,11 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::{
     Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
-    Runner, Scope, by_family, canonical,
+    Runner, Scope, ban_net, by_family, net_text,
 };
 
 pub const CHAIN: &str = "SYNWATCH";
@@ -40,7 +43,10 @@ const SETS: [(&str, &str, &str, bool); 4] = [
 
 /// The set a ban belongs in (`other`: the other set of its family).
 fn set_of(ban: &Ban, other: bool) -> &'static str {
-    match (canonical(ban.addr).is_ipv4(), ban.new_only != other) {
+    match (
+        matches!(ban_net(ban.net), IpNet::V4(_)),
+        ban.new_only != other,
+    ) {
         (true, false) => SET4,
         (false, false) => SET6,
         (true, true) => SET4_NEW,
@@ -78,6 +84,13 @@ pub enum Step {
     UntilFails(Command),
     /// Run `then` only if `check` succeeds (hook DOCKER-USER only where it exists).
     If { check: Command, then: Box<Step> },
+    /// Run `then` only if `check` succeeds and its output holds `says` (a set of an older
+    /// type to replace).
+    When {
+        check: Command,
+        says: &'static str,
+        then: Box<Step>,
+    },
 }
 
 fn ipt(program: &'static str, args: &[&str], what: impl Into<String>) -> Command {
@@ -92,7 +105,7 @@ pub fn sets_script(bans: &[Ban]) -> String {
     for (_, set, family, _) in SETS {
         let _ = writeln!(
             s,
-            "create {set} hash:ip family {family} timeout 0 counters maxelem {MAX_ELEMENTS}"
+            "create {set} hash:net family {family} timeout 0 counters maxelem {MAX_ELEMENTS}"
         );
         let _ = writeln!(s, "flush {set}");
         let _ = writeln!(s, "add {set} {} timeout 0", canary_of(family));
@@ -105,11 +118,11 @@ pub fn sets_script(bans: &[Ban]) -> String {
 /// new timeout. Timeout 0 is ipset's "until removed".
 pub fn add_script(bans: &[Ban]) -> String {
     let mut s = String::new();
-    let (v4, v6) = by_family(bans, |b| b.addr);
+    let (v4, v6) = by_family(bans, |b| b.net);
     for family in [v4, v6] {
         for ban in family {
             let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
-            let addr = canonical(ban.addr);
+            let addr = net_text(ban.net);
             let _ = writeln!(s, "add {} {addr} timeout {timeout}", set_of(&ban, false));
             // Out of the other set of its family, in case the ban changed kind.
             let _ = writeln!(s, "del {} {addr}", set_of(&ban, true));
@@ -118,14 +131,14 @@ pub fn add_script(bans: &[Ban]) -> String {
     s
 }
 
-/// The ipset input removing `addrs` (with `-exist`, an absent one is no error).
-pub fn remove_script(addrs: &[IpAddr]) -> String {
+/// The ipset input removing `nets` (with `-exist`, an absent one is no error).
+pub fn remove_script(nets: &[IpNet]) -> String {
     let mut s = String::new();
-    let (v4, v6) = by_family(addrs, |a| *a);
+    let (v4, v6) = by_family(nets, |n| *n);
     for (sets, family) in [([SET4, SET4_NEW], v4), ([SET6, SET6_NEW], v6)] {
-        for addr in family {
+        for net in family {
             for set in sets {
-                let _ = writeln!(s, "del {set} {}", canonical(addr));
+                let _ = writeln!(s, "del {set} {}", net_text(net));
             }
         }
     }
@@ -136,12 +149,50 @@ fn ipset_restore(script: String, what: &str) -> Command {
     Command::new("ipset", &["restore", "-exist"], what).with_stdin(script)
 }
 
+/// The output of `ipset list -t` for a set of the type synwatch used before range bans,
+/// which cannot hold a network.
+const OLD_TYPE: &str = "Type: hash:ip\n";
+
+/// The steps that replace sets left by an older synwatch (hash:ip): the chain that uses
+/// them is emptied (set-up fills it again) so that they can be destroyed, and set-up
+/// creates them anew with the saved bans. Nothing where the sets are already hash:net.
+fn migrate_plan() -> Vec<Step> {
+    let old = |set: &str| {
+        Command::new(
+            "ipset",
+            &["-q", "list", "-t", set],
+            format!("look at the type of the {set} ipset"),
+        )
+    };
+    let mut plan = Vec::new();
+    for (program, set, _) in FAMILIES {
+        plan.push(Step::When {
+            check: old(set),
+            says: OLD_TYPE,
+            then: Box::new(Step::Try(ipt(program, &["-F", CHAIN], "empty the chain"))),
+        });
+    }
+    for (_, set, _, _) in SETS {
+        plan.push(Step::When {
+            check: old(set),
+            says: OLD_TYPE,
+            then: Box::new(Step::Try(Command::new(
+                "ipset",
+                &["destroy", set],
+                format!("replace the hash:ip {set} ipset"),
+            ))),
+        });
+    }
+    plan
+}
+
 /// The plan that sets everything up holding exactly `bans`.
 pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
-    let mut plan = vec![Step::Run(ipset_restore(
+    let mut plan = migrate_plan();
+    plan.push(Step::Run(ipset_restore(
         sets_script(bans),
         "create the synwatch4/synwatch6 ipsets",
-    ))];
+    )));
     for (program, _, _) in FAMILIES {
         let rules: Vec<String> = SETS
             .iter()
@@ -258,7 +309,7 @@ pub fn teardown_plan() -> Vec<Step> {
     plan
 }
 
-/// Reads `ipset save SET` output: `add SET ADDR timeout N packets P bytes B`.
+/// Reads `ipset save SET` output: `add SET ADDR[/LEN] timeout N packets P bytes B`.
 pub fn parse_ipset_save(text: &str) -> Vec<KernelBan> {
     text.lines()
         .filter_map(|line| {
@@ -267,9 +318,9 @@ pub fn parse_ipset_save(text: &str) -> Vec<KernelBan> {
                 return None;
             }
             let _set = words.next()?;
-            let addr: IpAddr = words.next()?.parse().ok()?;
+            let net = crate::parse_net(words.next()?)?;
             let mut ban = KernelBan {
-                addr,
+                net,
                 expires_secs: None,
                 packets: None,
                 bytes: None,
@@ -348,6 +399,10 @@ impl Iptables {
                 Ok(_) => self.step(then),
                 Err(_) => Ok(()),
             },
+            Step::When { check, says, then } => match self.runner.run(check) {
+                Ok(out) if out.contains(says) => self.step(then),
+                _ => Ok(()),
+            },
         }
     }
 
@@ -372,8 +427,8 @@ impl Enforcer for Iptables {
         self.restore(add_script(bans), "add bans to the synwatch ipsets")
     }
 
-    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
-        self.restore(remove_script(addrs), "remove bans from the synwatch ipsets")
+    fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.restore(remove_script(nets), "remove bans from the synwatch ipsets")
     }
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
@@ -386,7 +441,7 @@ impl Enforcer for Iptables {
             ))?;
             all.extend(parse_ipset_save(&out));
         }
-        all.retain(|b| !crate::is_canary(b.addr));
+        all.retain(|b| !(crate::is_host(b.net) && crate::is_canary(b.net.addr())));
         Ok(all)
     }
 
@@ -435,16 +490,16 @@ mod tests {
     fn sets_are_created_emptied_and_filled_in_one_restore() {
         assert_eq!(
             sets_script(&[ban("192.0.2.7", Some(3600)), ban("2001:db8::7", None)]),
-            "create synwatch4 hash:ip family inet timeout 0 counters maxelem 1048576\n\
+            "create synwatch4 hash:net family inet timeout 0 counters maxelem 1048576\n\
              flush synwatch4\n\
              add synwatch4 0.0.0.1 timeout 0\n\
-             create synwatch4_new hash:ip family inet timeout 0 counters maxelem 1048576\n\
+             create synwatch4_new hash:net family inet timeout 0 counters maxelem 1048576\n\
              flush synwatch4_new\n\
              add synwatch4_new 0.0.0.1 timeout 0\n\
-             create synwatch6 hash:ip family inet6 timeout 0 counters maxelem 1048576\n\
+             create synwatch6 hash:net family inet6 timeout 0 counters maxelem 1048576\n\
              flush synwatch6\n\
              add synwatch6 100::1 timeout 0\n\
-             create synwatch6_new hash:ip family inet6 timeout 0 counters maxelem 1048576\n\
+             create synwatch6_new hash:net family inet6 timeout 0 counters maxelem 1048576\n\
              flush synwatch6_new\n\
              add synwatch6_new 100::1 timeout 0\n\
              add synwatch4 192.0.2.7 timeout 3600\n\
@@ -492,7 +547,7 @@ mod tests {
         let mut ipt = Iptables::new(Scope::All, Box::new(runner));
         let bans = ipt.list().unwrap();
         assert_eq!(bans.len(), 1, "{bans:?}");
-        assert_eq!(bans[0].addr, "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(bans[0].net, crate::parse_net("192.0.2.1").unwrap());
     }
 
     #[test]
@@ -508,7 +563,10 @@ mod tests {
             "add synwatch6_new 2001:db8::9 timeout 0\ndel synwatch6 2001:db8::9\n"
         );
         assert_eq!(
-            remove_script(&["192.0.2.9".parse().unwrap(), "2001:db8::1".parse().unwrap()]),
+            remove_script(&[
+                crate::parse_net("192.0.2.9").unwrap(),
+                crate::parse_net("2001:db8::1").unwrap()
+            ]),
             "del synwatch4 192.0.2.9\ndel synwatch4_new 192.0.2.9\n\
              del synwatch6 2001:db8::1\ndel synwatch6_new 2001:db8::1\n"
         );
@@ -528,6 +586,10 @@ mod tests {
     #[test]
     fn setup_creates_one_rule_per_family_and_jumps_only_where_missing() {
         let runner = RecordingRunner::default();
+        // The sets are hash:net already (nothing to migrate).
+        for _ in 0..6 {
+            runner.answer(Ok("Name: synwatch4\nType: hash:net\n"));
+        }
         // ipset restore, iptables-restore, -C INPUT fails (no jump yet), -I INPUT,
         // -C FORWARD succeeds (already there), DOCKER-USER lookup fails (no Docker).
         for answer in [
@@ -543,6 +605,8 @@ mod tests {
         let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
         ipt.setup(&[]).unwrap();
         let t = runner.transcript();
+        assert_eq!(t[0], "ipset -q list -t synwatch4");
+        let t = &t[6..];
         assert_eq!(
             t[1],
             "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
@@ -564,6 +628,69 @@ mod tests {
                 "ip6tables -w -n -L DOCKER-USER",
                 "ip6tables -w -C DOCKER-USER -j SYNWATCH"
             ]
+        );
+    }
+
+    #[test]
+    fn sets_of_the_old_hash_ip_type_are_replaced_at_setup() {
+        let runner = RecordingRunner::default();
+        // synwatch4 and synwatch4_new are hash:ip; the IPv6 sets do not exist. (Every
+        // command takes the next answer.)
+        let old = "Name: synwatch4\nType: hash:ip\nRevision: 6\n";
+        let none = "The set with the given name does not exist";
+        for answer in [
+            Ok(old),
+            Ok(""),
+            Err(none),
+            Ok(old),
+            Ok(""),
+            Ok(old),
+            Ok(""),
+            Err(none),
+            Err(none),
+        ] {
+            runner.answer(answer);
+        }
+        let mut ipt = Iptables::new(Scope::All, Box::new(runner.clone()));
+        ipt.setup(&[ban("198.51.100.0/24", Some(60))]).unwrap();
+        let t = runner.transcript();
+        assert_eq!(
+            &t[..9],
+            [
+                "ipset -q list -t synwatch4",
+                "iptables -w -F SYNWATCH",
+                "ipset -q list -t synwatch6",
+                "ipset -q list -t synwatch4",
+                "ipset destroy synwatch4",
+                "ipset -q list -t synwatch4_new",
+                "ipset destroy synwatch4_new",
+                "ipset -q list -t synwatch6",
+                "ipset -q list -t synwatch6_new",
+            ]
+        );
+        assert!(t[9].starts_with("ipset restore -exist\ncreate synwatch4 hash:net"));
+        assert!(
+            t[9].contains(
+                "add synwatch4 198.51.100.0/24 timeout 60\ndel synwatch4_new 198.51.100.0/24\n"
+            ),
+            "{}",
+            t[9]
+        );
+    }
+
+    #[test]
+    fn ranges_are_hash_net_entries() {
+        assert_eq!(
+            add_script(&[
+                ban("2001:db8:1::/48", None),
+                ban("::ffff:198.51.100.0/120", Some(9))
+            ]),
+            "add synwatch4 198.51.100.0/24 timeout 9\ndel synwatch4_new 198.51.100.0/24\n\
+             add synwatch6 2001:db8:1::/48 timeout 0\ndel synwatch6_new 2001:db8:1::/48\n"
+        );
+        assert_eq!(
+            remove_script(&[crate::parse_net("2001:db8:1::/48").unwrap()]),
+            "del synwatch6 2001:db8:1::/48\ndel synwatch6_new 2001:db8:1::/48\n"
         );
     }
 
@@ -602,20 +729,27 @@ mod tests {
 
     #[test]
     fn reads_ipset_entries_and_rule_counters() {
-        let save = "create synwatch4 hash:ip family inet hashsize 1024 maxelem 1048576 timeout 0 counters\n\
+        let save = "create synwatch4 hash:net family inet hashsize 1024 maxelem 1048576 timeout 0 counters\n\
                     add synwatch4 192.0.2.7 timeout 3591 packets 4 bytes 240\n\
-                    add synwatch4 192.0.2.8 timeout 0 packets 0 bytes 0\n";
+                    add synwatch4 192.0.2.8 timeout 0 packets 0 bytes 0\n\
+                    add synwatch4 198.51.100.0/24 timeout 0 packets 0 bytes 0\n";
         assert_eq!(
             parse_ipset_save(save),
             vec![
                 KernelBan {
-                    addr: "192.0.2.7".parse().unwrap(),
+                    net: crate::parse_net("192.0.2.7").unwrap(),
                     expires_secs: Some(3591),
                     packets: Some(4),
                     bytes: Some(240)
                 },
                 KernelBan {
-                    addr: "192.0.2.8".parse().unwrap(),
+                    net: crate::parse_net("192.0.2.8").unwrap(),
+                    expires_secs: None,
+                    packets: Some(0),
+                    bytes: Some(0)
+                },
+                KernelBan {
+                    net: crate::parse_net("198.51.100.0/24").unwrap(),
                     expires_secs: None,
                     packets: Some(0),
                     bytes: Some(0)

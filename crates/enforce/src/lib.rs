@@ -19,6 +19,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv4Net};
+
 pub mod bans;
 pub mod iptables;
 pub mod nflink;
@@ -28,10 +30,11 @@ pub mod waiting;
 
 pub use runner::{Command, RecordingRunner, Runner, SystemRunner, system_command};
 
-/// One ban as the kernel holds it: the address and how long it lasts from now.
+/// One ban as the kernel holds it: the network (an address is a /32 or /128) and how
+/// long it lasts from now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ban {
-    pub addr: IpAddr,
+    pub net: IpNet,
     /// Seconds from now; `None` lasts until removed.
     pub timeout_secs: Option<u64>,
     /// Drops only new connections (and probes), so that sessions the source holds live
@@ -80,7 +83,7 @@ impl fmt::Display for Backend {
 /// A ban as read back from the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelBan {
-    pub addr: IpAddr,
+    pub net: IpNet,
     /// Seconds left; `None` for a ban without timeout.
     pub expires_secs: Option<u64>,
     /// Packets and bytes this element has matched, where the backend counts them.
@@ -170,8 +173,9 @@ pub trait Enforcer: Send {
     /// Adds bans, or renews them (an address already banned takes the new timeout).
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError>;
 
-    /// Removes bans; an address that is not banned (any more) is not an error.
-    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError>;
+    /// Removes bans (each exactly as it was added); one that is not banned (any more)
+    /// is not an error.
+    fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError>;
 
     /// The bans the kernel holds now.
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError>;
@@ -281,8 +285,8 @@ impl Enforcer for Layered {
         self.both(|e| e.add(bans))
     }
 
-    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
-        self.both(|e| e.remove(addrs))
+    fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.both(|e| e.remove(nets))
     }
 
     /// The first backend's view, with the packets the second dropped added per address.
@@ -290,7 +294,7 @@ impl Enforcer for Layered {
         let mut bans = self.first.list()?;
         if let Ok(behind) = self.second.list() {
             for ban in &mut bans {
-                if let Some(b) = behind.iter().find(|b| b.addr == ban.addr) {
+                if let Some(b) = behind.iter().find(|b| b.net == ban.net) {
                     ban.packets = Some(ban.packets.unwrap_or(0) + b.packets.unwrap_or(0));
                     ban.bytes = Some(ban.bytes.unwrap_or(0) + b.bytes.unwrap_or(0));
                 }
@@ -342,7 +346,7 @@ impl Enforcer for DryRun {
         Ok(())
     }
 
-    fn remove(&mut self, _addrs: &[IpAddr]) -> Result<(), EnforceError> {
+    fn remove(&mut self, _nets: &[IpNet]) -> Result<(), EnforceError> {
         Ok(())
     }
 
@@ -369,24 +373,81 @@ impl Enforcer for DryRun {
     }
 }
 
-/// Splits bans by address family; IPv4-mapped IPv6 addresses count as IPv4, since that
-/// is how the kernel sees their packets.
-fn by_family<T: Copy>(items: &[T], addr: impl Fn(&T) -> IpAddr) -> (Vec<T>, Vec<T>) {
-    items.iter().partition(|i| addr(i).to_canonical().is_ipv4())
+/// Splits bans by address family (their networks are canonical: see [`ban_net`]).
+fn by_family<T: Copy>(items: &[T], net: impl Fn(&T) -> IpNet) -> (Vec<T>, Vec<T>) {
+    items
+        .iter()
+        .partition(|i| matches!(ban_net(net(i)), IpNet::V4(_)))
 }
 
-/// An address as the kernel tools write it (mapped IPv6 as plain IPv4).
-fn canonical(addr: IpAddr) -> IpAddr {
-    addr.to_canonical()
+/// A network as synwatch bans it: its host bits cleared, and an IPv4-mapped IPv6 network
+/// (inside `::ffff:0:0/96`) as the IPv4 network it stands for, since that is how the
+/// kernel sees its packets. An address is a /32 or /128.
+pub fn ban_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.addr().to_ipv4_mapped() {
+            Some(a) => Ipv4Net::new(a, n.prefix_len() - 96)
+                .map(|v4| IpNet::V4(v4).trunc())
+                .unwrap_or(net.trunc()),
+            None => net.trunc(),
+        },
+        _ => net.trunc(),
+    }
+}
+
+/// Whether `net` is a single address (a /32 or /128).
+pub fn is_host(net: IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// A network as the kernel tools and people write it: an address alone for a /32 or
+/// /128, `ADDR/LEN` for a range.
+pub fn net_text(net: IpNet) -> String {
+    let net = ban_net(net);
+    if is_host(net) {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// Reads an address (a /32 or /128) or a CIDR range, canonical (host bits cleared,
+/// IPv4-mapped IPv6 as IPv4); `None` when it is neither.
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    let net = match text.parse::<IpAddr>() {
+        Ok(a) => IpNet::from(a),
+        Err(_) => text.parse::<IpNet>().ok()?,
+    };
+    Some(ban_net(net))
 }
 
 /// A ban for the backends' tests.
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests fail loudly on a bad address")]
-fn test_ban(addr: &str, timeout_secs: Option<u64>) -> Ban {
+fn test_ban(net: &str, timeout_secs: Option<u64>) -> Ban {
     Ban {
-        addr: addr.parse().unwrap(),
+        net: parse_net(net).unwrap(),
         timeout_secs,
         new_only: false,
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on a bad address")]
+mod net_tests {
+    use super::*;
+
+    #[test]
+    fn networks_are_canonical_and_written_as_people_do() {
+        let n = |s: &str| parse_net(s).unwrap();
+        assert_eq!(net_text(n("192.0.2.7")), "192.0.2.7");
+        assert_eq!(net_text(n("::ffff:192.0.2.7")), "192.0.2.7");
+        assert_eq!(net_text(n("::ffff:198.51.100.0/120")), "198.51.100.0/24");
+        assert_eq!(net_text(n("198.51.100.9/24")), "198.51.100.0/24");
+        assert_eq!(net_text(n("2001:db8:1:2::5/48")), "2001:db8:1::/48");
+        assert_eq!(net_text(n("2001:db8::7/128")), "2001:db8::7");
+        assert_eq!(parse_net("nonsense"), None);
+        assert_eq!(parse_net("10.0.0.0/33"), None);
     }
 }

@@ -1,7 +1,13 @@
 //! nftables: synwatch's own table `inet synwatch`, one set per address family with
 //! per-element timeouts and counters (and one more per family, `banned4_new` and
 //! `banned6_new`, for bans on sources that held an established connection: matched with
-//! `ct state new`, so their sessions live on), and a drop rule per set in two base chains, on
+//! `ct state new`, so their sessions live on), and the same four again for range bans
+//! (`banned4_net`, `banned6_net`, `banned4_net_new`, `banned6_net_new`: interval sets,
+//! whose elements are CIDR ranges). Addresses stay in hash sets because nft 1.0.6 makes
+//! deleting from an interval set cost a read of the whole set (every renewal deletes:
+//! 20,000 address renewals took 115 s in an interval set, 0.3 s in a hash set; see
+//! docs/PERFORMANCE.md). The kernel refuses an interval element overlapping another,
+//! so the ban book never holds a range inside a range; and a drop rule per set in two base chains, on
 //! the input hook (traffic to this host) and the forward hook (traffic routed through it,
 //! which is how packets reach containers behind a bridge), at priority `filter - 10` so
 //! the drop happens ahead of ordinary filter rules, Docker's included.
@@ -20,12 +26,14 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use serde_json::Value;
 
 use crate::nflink::{LookError, RuleInfo};
 use crate::{
     Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
-    Runner, Scope, canonical,
+    Runner, Scope, ban_net, net_text,
 };
 
 pub const TABLE: &str = "synwatch";
@@ -34,12 +42,22 @@ pub const SET6: &str = "banned6";
 /// Bans that drop only new connections (`Ban::new_only`).
 pub const SET4_NEW: &str = "banned4_new";
 pub const SET6_NEW: &str = "banned6_new";
-/// Every set: name, element type, whether its rule matches only new connections.
-const SETS: [(&str, &str, bool); 4] = [
-    (SET4, "ipv4_addr", false),
-    (SET6, "ipv6_addr", false),
-    (SET4_NEW, "ipv4_addr", true),
-    (SET6_NEW, "ipv6_addr", true),
+/// Range bans (interval sets).
+pub const NET4: &str = "banned4_net";
+pub const NET6: &str = "banned6_net";
+pub const NET4_NEW: &str = "banned4_net_new";
+pub const NET6_NEW: &str = "banned6_net_new";
+/// Every set: name, element type, whether its rule matches only new connections,
+/// whether it holds ranges (an interval set).
+const SETS: [(&str, &str, bool, bool); 8] = [
+    (SET4, "ipv4_addr", false, false),
+    (SET6, "ipv6_addr", false, false),
+    (SET4_NEW, "ipv4_addr", true, false),
+    (SET6_NEW, "ipv6_addr", true, false),
+    (NET4, "ipv4_addr", false, true),
+    (NET6, "ipv6_addr", false, true),
+    (NET4_NEW, "ipv4_addr", true, true),
+    (NET6_NEW, "ipv6_addr", true, true),
 ];
 /// Elements per `add element` statement: keeps each line of the script reasonable.
 const CHUNK: usize = 1000;
@@ -55,10 +73,15 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     let _ = writeln!(s, "add table inet {TABLE}");
     let _ = writeln!(s, "delete table inet {TABLE}");
     let _ = writeln!(s, "table inet {TABLE} {{");
-    for (set, ty, _) in SETS {
+    for (set, ty, _, interval) in SETS {
+        let flags = if interval {
+            "interval,timeout"
+        } else {
+            "timeout"
+        };
         let _ = writeln!(
             s,
-            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t\tcounter\n\t}}"
+            "\tset {set} {{\n\t\ttype {ty}\n\t\tflags {flags}\n\t\tcounter\n\t}}"
         );
     }
     for (chain, hook) in [("input", "input"), ("forward", "forward")] {
@@ -66,7 +89,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
             s,
             "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter - 10; policy accept;"
         );
-        for (set, ty, new_only) in SETS {
+        for (set, ty, new_only, _) in SETS {
             let family = if ty == "ipv4_addr" { "ip" } else { "ip6" };
             let matched = if new_only { "ct state new " } else { matched };
             let _ = writeln!(s, "\t\t{family} saddr @{set} {matched}counter drop");
@@ -74,7 +97,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
         s.push_str("\t}\n");
     }
     s.push_str("}\n");
-    for (set, ty, _) in SETS {
+    for (set, ty, ..) in SETS {
         let canary = if ty == "ipv4_addr" {
             IpAddr::V4(CANARY4)
         } else {
@@ -134,11 +157,11 @@ pub fn add_script(bans: &[Ban]) -> String {
 
 /// The script that removes `addrs`; adding first makes removing an absent (for instance
 /// just expired) element harmless instead of failing the whole batch.
-pub fn remove_script(addrs: &[IpAddr]) -> String {
-    let bans: Vec<Ban> = addrs
+pub fn remove_script(nets: &[IpNet]) -> String {
+    let bans: Vec<Ban> = nets
         .iter()
-        .map(|&addr| Ban {
-            addr,
+        .map(|&net| Ban {
+            net,
             timeout_secs: None,
             new_only: false,
         })
@@ -155,13 +178,22 @@ pub fn teardown_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
-/// The set a ban belongs in (`other`: the other set of its family).
+/// The set a ban belongs in (`other`: the other set of its family and kind).
 fn set_of(ban: &Ban, other: bool) -> &'static str {
-    match (canonical(ban.addr).is_ipv4(), ban.new_only != other) {
-        (true, false) => SET4,
-        (false, false) => SET6,
-        (true, true) => SET4_NEW,
-        (false, true) => SET6_NEW,
+    let net = ban_net(ban.net);
+    match (
+        matches!(net, IpNet::V4(_)),
+        ban.new_only != other,
+        crate::is_host(net),
+    ) {
+        (true, false, true) => SET4,
+        (false, false, true) => SET6,
+        (true, true, true) => SET4_NEW,
+        (false, true, true) => SET6_NEW,
+        (true, false, false) => NET4,
+        (false, false, false) => NET6,
+        (true, true, false) => NET4_NEW,
+        (false, true, false) => NET6_NEW,
     }
 }
 
@@ -174,7 +206,7 @@ fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool, other:
                 if i > 0 {
                     s.push_str(", ");
                 }
-                let _ = write!(s, "{}", canonical(ban.addr));
+                s.push_str(&net_text(ban.net));
                 if timeouts && let Some(t) = ban.timeout_secs {
                     let _ = write!(s, " timeout {}s", t.max(1));
                 }
@@ -202,14 +234,34 @@ pub fn parse_set(json: &str) -> Result<Vec<KernelBan>, String> {
                 Some(inner) => (inner.get("val"), Some(inner)),
                 None => (Some(e), None),
             };
-            let addr: IpAddr = val
-                .and_then(Value::as_str)
-                .ok_or("an element without an address")?
-                .parse()
-                .map_err(|_| "an element that is not an address")?;
+            // An address is a string; a range, {"prefix": {"addr": ..., "len": ...}}.
+            let net = match val {
+                Some(Value::String(a)) => a
+                    .parse::<IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| "an element that is not an address")?,
+                Some(v) => {
+                    let addr = v
+                        .pointer("/prefix/addr")
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse::<IpAddr>().ok());
+                    let len = v
+                        .pointer("/prefix/len")
+                        .and_then(Value::as_u64)
+                        .and_then(|l| u8::try_from(l).ok());
+                    match (addr, len) {
+                        (Some(a), Some(l)) => {
+                            IpNet::new(a, l).map_err(|_| "an element with a bad prefix")?
+                        }
+                        // A range that is no prefix: synwatch never adds one.
+                        _ => continue,
+                    }
+                }
+                None => return Err("an element without an address".into()),
+            };
             let num = |path: &str| attrs.and_then(|a| a.pointer(path)).and_then(Value::as_u64);
             out.push(KernelBan {
-                addr,
+                net,
                 expires_secs: num("/expires").or(num("/timeout").map(|_| 0)),
                 packets: num("/counter/packets"),
                 bytes: num("/counter/bytes"),
@@ -277,7 +329,7 @@ impl Nftables {
         if !rules_intact(&rules) {
             return Some(false);
         }
-        for (set, ty, _) in SETS {
+        for (set, ty, ..) in SETS {
             let canary = if ty == "ipv4_addr" {
                 IpAddr::V4(CANARY4)
             } else {
@@ -318,12 +370,30 @@ impl Enforcer for Nftables {
         self.script(script, "create table inet synwatch")
     }
 
+    /// Ranges the kernel does not hold yet (in either set of their kind, asked through
+    /// the netlink look) are simply added: deleting from an interval set costs nft a
+    /// read of the whole set, so only ranges being renewed, or changing kind, take the
+    /// add-delete-add path that addresses always take.
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
-        self.script(add_script(bans), "add bans to table inet synwatch")
+        let (fresh, known): (Vec<Ban>, Vec<Ban>) = match self.look.as_mut() {
+            Some(look) => bans.iter().partition(|b| {
+                !crate::is_host(b.net)
+                    && [false, true].iter().all(|&other| {
+                        matches!(
+                            look.has_element(set_of(b, other), ban_net(b.net).addr()),
+                            Ok(false)
+                        )
+                    })
+            }),
+            None => (Vec::new(), bans.to_vec()),
+        };
+        let mut script = add_script(&known);
+        add_elements(&mut script, "add", &fresh, true, false);
+        self.script(script, "add bans to table inet synwatch")
     }
 
-    fn remove(&mut self, addrs: &[IpAddr]) -> Result<(), EnforceError> {
-        self.script(remove_script(addrs), "remove bans from table inet synwatch")
+    fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.script(remove_script(nets), "remove bans from table inet synwatch")
     }
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {
@@ -337,7 +407,7 @@ impl Enforcer for Nftables {
                 detail,
             })?);
         }
-        all.retain(|b| !crate::is_canary(b.addr));
+        all.retain(|b| !(crate::is_host(b.net) && crate::is_canary(b.net.addr())));
         Ok(all)
     }
 
@@ -409,17 +479,29 @@ table inet synwatch {\n\
 \tset banned6 {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
 \tset banned4_new {\n\t\ttype ipv4_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
 \tset banned6_new {\n\t\ttype ipv6_addr\n\t\tflags timeout\n\t\tcounter\n\t}\n\
+\tset banned4_net {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned6_net {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned4_net_new {\n\t\ttype ipv4_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
+\tset banned6_net_new {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
 \tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
-\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\
+\t\tip saddr @banned4_net counter drop\n\t\tip6 saddr @banned6_net counter drop\n\
+\t\tip saddr @banned4_net_new ct state new counter drop\n\t\tip6 saddr @banned6_net_new ct state new counter drop\n\t}\n\
 \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
-\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\t}\n\
+\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\
+\t\tip saddr @banned4_net counter drop\n\t\tip6 saddr @banned6_net counter drop\n\
+\t\tip saddr @banned4_net_new ct state new counter drop\n\t\tip6 saddr @banned6_net_new ct state new counter drop\n\t}\n\
 }\n\
 add element inet synwatch banned4 { 0.0.0.1 }\n\
 add element inet synwatch banned6 { 100::1 }\n\
 add element inet synwatch banned4_new { 0.0.0.1 }\n\
 add element inet synwatch banned6_new { 100::1 }\n\
+add element inet synwatch banned4_net { 0.0.0.1 }\n\
+add element inet synwatch banned6_net { 100::1 }\n\
+add element inet synwatch banned4_net_new { 0.0.0.1 }\n\
+add element inet synwatch banned6_net_new { 100::1 }\n\
 add element inet synwatch banned4 { 192.0.2.7 timeout 3600s }\n\
 add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert_eq!(s, expected);
@@ -454,7 +536,16 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     fn synwatch_rules() -> Vec<RuleInfo> {
         let mut rules = Vec::new();
         for chain in ["input", "forward"] {
-            for (set, packets) in [(SET4, 2), (SET6, 1), (SET4_NEW, 0), (SET6_NEW, 0)] {
+            for (set, packets) in [
+                (SET4, 2),
+                (SET6, 1),
+                (SET4_NEW, 0),
+                (SET6_NEW, 0),
+                (NET4, 0),
+                (NET6, 0),
+                (NET4_NEW, 0),
+                (NET6_NEW, 0),
+            ] {
                 rules.push(RuleInfo {
                     chain: chain.into(),
                     sets: vec![set.into()],
@@ -479,6 +570,10 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                 (SET4.into(), IpAddr::V4(CANARY4)),
                 (SET4_NEW.into(), IpAddr::V4(CANARY4)),
                 (SET6_NEW.into(), IpAddr::V6(CANARY6)),
+                (NET4.into(), IpAddr::V4(CANARY4)),
+                (NET4_NEW.into(), IpAddr::V4(CANARY4)),
+                (NET6_NEW.into(), IpAddr::V6(CANARY6)),
+                (NET6.into(), IpAddr::V6(CANARY6)),
                 (SET6.into(), IpAddr::V6(CANARY6)),
             ];
         };
@@ -494,6 +589,10 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         );
         // nft flush set inet synwatch banned6: the canary is gone.
         look.0.lock().unwrap().elements.pop();
+        assert!(!nft.intact());
+        // nft flush set inet synwatch banned6_net: the same.
+        set_up(&look);
+        look.0.lock().unwrap().elements.retain(|(s, _)| s != NET6);
         assert!(!nft.intact());
         // nft flush chain inet synwatch forward: its rules are gone.
         set_up(&look);
@@ -520,10 +619,10 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         assert!(s.contains("ip6 saddr @banned6_new ct state new counter drop"));
         assert_eq!(
             s.matches("add element").count(),
-            4,
+            8,
             "only the canaries: {s}"
         );
-        assert_eq!(s.matches("ct state new").count(), 8, "{s}");
+        assert_eq!(s.matches("ct state new").count(), 16, "{s}");
     }
 
     #[test]
@@ -543,6 +642,84 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     }
 
     #[test]
+    fn ranges_are_interval_elements_with_timeouts_in_their_own_sets() {
+        let s = add_script(&[
+            ban("2001:db8:1::/48", Some(60)),
+            ban("198.51.100.77/24", None),
+        ]);
+        assert_eq!(
+            s,
+            "add element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_net { 2001:db8:1::/48 }\n\
+             delete element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned6_net { 2001:db8:1::/48 }\n\
+             add element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_net { 2001:db8:1::/48 timeout 60s }\n\
+             add element inet synwatch banned4_net_new { 198.51.100.0/24 }\n\
+             add element inet synwatch banned6_net_new { 2001:db8:1::/48 }\n\
+             delete element inet synwatch banned4_net_new { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned6_net_new { 2001:db8:1::/48 }\n"
+        );
+        assert_eq!(
+            remove_script(&[crate::parse_net("198.51.100.0/24").unwrap()]),
+            "add element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned4_net { 198.51.100.0/24 }\n\
+             add element inet synwatch banned4_net_new { 198.51.100.0/24 }\n\
+             delete element inet synwatch banned4_net_new { 198.51.100.0/24 }\n"
+        );
+    }
+
+    #[test]
+    fn reads_range_elements() {
+        let json = r#"{"nftables": [{"set": {"name": "banned6", "elem": [{"elem": {"val": {"prefix": {"addr": "2001:db8:1::", "len": 48}}, "timeout": 60, "expires": 59, "counter": {"packets": 2, "bytes": 120}}}, {"elem": {"val": {"range": ["2001:db8::1", "2001:db8::5"]}}}, "100::1"]}}]}"#;
+        let bans = parse_set(json).unwrap();
+        assert_eq!(bans.len(), 2, "{bans:?}");
+        assert_eq!(bans[0].net, crate::parse_net("2001:db8:1::/48").unwrap());
+        assert_eq!(bans[0].expires_secs, Some(59));
+        assert_eq!(bans[0].packets, Some(2));
+        assert_eq!(bans[1].net, crate::parse_net("100::1").unwrap());
+    }
+
+    #[test]
+    fn ranges_the_kernel_does_not_hold_are_added_without_deletes() {
+        let runner = RecordingRunner::default();
+        let look = FakeLook::default();
+        look.0.lock().unwrap().elements = vec![(NET4.into(), "198.51.100.0".parse().unwrap())];
+        let mut nft = Nftables::new(Scope::All, Box::new(runner.clone())).with_look(Box::new(look));
+        nft.add(&[
+            ban("203.0.113.0/24", Some(60)),
+            ban("198.51.100.0/24", Some(60)),
+            ban("192.0.2.1", Some(60)),
+        ])
+        .unwrap();
+        let t = runner.transcript();
+        assert_eq!(t.len(), 1);
+        // The address and the range held already are renewed; the new range only added.
+        assert!(
+            t[0].contains("delete element inet synwatch banned4 { 192.0.2.1 }"),
+            "{}",
+            t[0]
+        );
+        assert!(
+            t[0].contains("delete element inet synwatch banned4_net { 198.51.100.0/24 }"),
+            "{}",
+            t[0]
+        );
+        assert!(
+            !t[0].contains("delete element inet synwatch banned4_net { 203.0.113.0/24"),
+            "{}",
+            t[0]
+        );
+        assert!(
+            t[0].ends_with(
+                "add element inet synwatch banned4_net { 203.0.113.0/24 timeout 60s }\n"
+            ),
+            "{}",
+            t[0]
+        );
+    }
+
+    #[test]
     fn a_ban_on_a_source_with_a_session_goes_to_the_new_connections_set_only() {
         let mut b = ban("2001:db8::7", Some(60));
         b.new_only = true;
@@ -558,7 +735,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
 
     #[test]
     fn removing_tolerates_elements_already_gone() {
-        let s = remove_script(&["2001:db8::1".parse().unwrap()]);
+        let s = remove_script(&[crate::parse_net("2001:db8::1").unwrap()]);
         assert_eq!(
             s,
             "add element inet synwatch banned6 { 2001:db8::1 }\n\
@@ -573,7 +750,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     fn large_batches_are_split_into_statements_of_a_thousand() {
         let bans: Vec<Ban> = (0..2500u32)
             .map(|i| Ban {
-                addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                net: IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))),
                 timeout_secs: Some(10),
                 new_only: false,
             })
@@ -613,19 +790,19 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             bans,
             vec![
                 KernelBan {
-                    addr: "1.2.3.4".parse().unwrap(),
+                    net: crate::parse_net("1.2.3.4").unwrap(),
                     expires_secs: Some(19),
                     packets: Some(3),
                     bytes: Some(180)
                 },
                 KernelBan {
-                    addr: "5.6.7.8".parse().unwrap(),
+                    net: crate::parse_net("5.6.7.8").unwrap(),
                     expires_secs: None,
                     packets: Some(0),
                     bytes: Some(0)
                 },
                 KernelBan {
-                    addr: "9.9.9.9".parse().unwrap(),
+                    net: crate::parse_net("9.9.9.9").unwrap(),
                     expires_secs: None,
                     packets: None,
                     bytes: None

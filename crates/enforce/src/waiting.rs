@@ -8,8 +8,10 @@
 //! Networks share the cap: [`network`] is the /24 (IPv4) or /48 (IPv6) of an address,
 //! the unit a single operator (or a forger's chosen range) typically holds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 /// Most scans waiting at once.
 pub const MAX_WAITING: usize = 4096;
@@ -54,7 +56,10 @@ impl Waiter {
 /// The queue.
 #[derive(Debug, Clone, Default)]
 pub struct Waiting {
-    by_addr: HashMap<IpAddr, Waiter>,
+    by_addr: HashMap<IpNet, Waiter>,
+    /// The (family is IPv6, prefix length) of waiting ranges, to find the range an
+    /// address belongs to.
+    lens: BTreeSet<(bool, u8)>,
 }
 
 impl Waiting {
@@ -66,14 +71,47 @@ impl Waiting {
         self.by_addr.is_empty()
     }
 
-    pub fn contains(&self, addr: IpAddr) -> bool {
+    pub fn contains(&self, addr: IpNet) -> bool {
         self.by_addr.contains_key(&addr)
+    }
+
+    /// The waiting networks.
+    pub fn keys(&self) -> impl Iterator<Item = IpNet> + '_ {
+        self.by_addr.keys().copied()
+    }
+
+    fn relens(&mut self) {
+        self.lens = self
+            .by_addr
+            .keys()
+            .filter(|k| k.prefix_len() < k.max_prefix_len())
+            .map(|k| (matches!(k, IpNet::V6(_)), k.prefix_len()))
+            .collect();
+    }
+
+    /// The source `addr` was seen again, reaching `port`: touches the waiting scan of the
+    /// address, or else of a waiting range that holds it.
+    pub fn touch_covering(&mut self, addr: IpAddr, port: u16, now: i64) {
+        let host = crate::ban_net(IpNet::from(addr));
+        if self.by_addr.contains_key(&host) || self.lens.is_empty() {
+            return self.touch(host, port, now);
+        }
+        let v6 = matches!(host, IpNet::V6(_));
+        let outer = self
+            .lens
+            .range((v6, 0)..(v6, host.prefix_len()))
+            .rev()
+            .filter_map(|&(_, len)| IpNet::new(host.addr(), len).ok().map(|n| n.trunc()))
+            .find(|n| self.by_addr.contains_key(n));
+        if let Some(n) = outer {
+            self.touch(n, port, now);
+        }
     }
 
     /// Queues a refused scan (or updates the waiting one). When the queue is full the
     /// weakest entry makes room, unless the newcomer is weaker still. Returns the address
     /// that left the queue, if any (the newcomer itself when it was not kept).
-    pub fn add(&mut self, addr: IpAddr, reason: String, ports: &[u16], now: i64) -> Option<IpAddr> {
+    pub fn add(&mut self, addr: IpNet, reason: String, ports: &[u16], now: i64) -> Option<IpNet> {
         if let Some(w) = self.by_addr.get_mut(&addr) {
             w.last = w.last.max(now);
             for &p in ports {
@@ -104,12 +142,16 @@ impl Waiting {
                 _ => return Some(addr),
             }
         }
+        if addr.prefix_len() < addr.max_prefix_len() {
+            self.lens
+                .insert((matches!(addr, IpNet::V6(_)), addr.prefix_len()));
+        }
         self.by_addr.insert(addr, waiter);
         dropped
     }
 
     /// The source of a waiting scan was seen again, reaching `port`.
-    pub fn touch(&mut self, addr: IpAddr, port: u16, now: i64) {
+    pub fn touch(&mut self, addr: IpNet, port: u16, now: i64) {
         if let Some(w) = self.by_addr.get_mut(&addr) {
             w.last = w.last.max(now);
             if w.ports.len() < MAX_PORTS {
@@ -122,11 +164,12 @@ impl Waiting {
     pub fn prune(&mut self, quiet_before: i64) -> usize {
         let before = self.by_addr.len();
         self.by_addr.retain(|_, w| w.last >= quiet_before);
+        self.relens();
         before - self.by_addr.len()
     }
 
     /// The strongest waiting source `eligible` accepts.
-    pub fn best(&self, eligible: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    pub fn best(&self, eligible: impl Fn(IpNet) -> bool) -> Option<IpNet> {
         self.by_addr
             .iter()
             .filter(|(a, _)| eligible(**a))
@@ -134,17 +177,19 @@ impl Waiting {
             .map(|(a, _)| *a)
     }
 
-    pub fn remove(&mut self, addr: IpAddr) -> Option<Waiter> {
+    pub fn remove(&mut self, addr: IpNet) -> Option<Waiter> {
         self.by_addr.remove(&addr)
     }
 
     /// Forgets the sources `pred` selects.
-    pub fn retain(&mut self, pred: impl Fn(IpAddr) -> bool) {
+    pub fn retain(&mut self, pred: impl Fn(IpNet) -> bool) {
         self.by_addr.retain(|a, _| pred(*a));
+        self.relens();
     }
 
     pub fn clear(&mut self) {
         self.by_addr.clear();
+        self.lens.clear();
     }
 }
 
@@ -157,6 +202,10 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn n(s: &str) -> IpNet {
+        IpNet::from(ip(s))
+    }
+
     #[test]
     fn networks_are_slash_24_and_slash_48() {
         assert_eq!(network(ip("192.0.2.77")), ip("192.0.2.0"));
@@ -167,27 +216,27 @@ mod tests {
     #[test]
     fn the_strongest_evidence_goes_first_and_the_weakest_makes_room() {
         let mut w = Waiting::default();
-        w.add(ip("192.0.2.1"), "a".into(), &[1, 2, 3, 4], 0);
-        w.add(ip("198.51.100.1"), "b".into(), &[1, 2, 3, 4], 5);
+        w.add(n("192.0.2.1"), "a".into(), &[1, 2, 3, 4], 0);
+        w.add(n("198.51.100.1"), "b".into(), &[1, 2, 3, 4], 5);
         // Same evidence: the more recently active first.
-        assert_eq!(w.best(|_| true), Some(ip("198.51.100.1")));
+        assert_eq!(w.best(|_| true), Some(n("198.51.100.1")));
         // A source still reaching new ports outranks both.
-        w.touch(ip("192.0.2.1"), 9, 6);
-        assert_eq!(w.best(|_| true), Some(ip("192.0.2.1")));
-        assert_eq!(w.best(|a| a != ip("192.0.2.1")), Some(ip("198.51.100.1")));
+        w.touch(n("192.0.2.1"), 9, 6);
+        assert_eq!(w.best(|_| true), Some(n("192.0.2.1")));
+        assert_eq!(w.best(|a| a != n("192.0.2.1")), Some(n("198.51.100.1")));
         // Quiet sources leave.
         assert_eq!(w.prune(5), 0);
         assert_eq!(w.prune(6), 1);
-        assert!(!w.contains(ip("198.51.100.1")));
+        assert!(!w.contains(n("198.51.100.1")));
         // A full queue drops its weakest for a stronger newcomer, not for a weaker one.
         let mut w = Waiting::default();
         for i in 0..MAX_WAITING as u32 {
-            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let a = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
             assert_eq!(w.add(a, String::new(), &[1, 2, 3, 4], 10), None);
         }
-        let weak = ip("203.0.113.1");
+        let weak = n("203.0.113.1");
         assert_eq!(w.add(weak, String::new(), &[1, 2, 3, 4], 9), Some(weak));
-        let strong = ip("203.0.113.2");
+        let strong = n("203.0.113.2");
         assert!(w.add(strong, String::new(), &[1, 2, 3, 4, 5], 10).is_some());
         assert!(w.contains(strong));
         assert_eq!(w.len(), MAX_WAITING);

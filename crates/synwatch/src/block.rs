@@ -6,8 +6,16 @@
 //! kernel refuses is logged, counted and retried every few seconds until it goes through;
 //! it never stops the agent. Bans are saved before they are applied, so a crash in
 //! between loses nothing: the next start restores them.
+//!
+//! A ban is of a network: an address (/32, /128) or a range (a scanner's IPv6 /64, or
+//! `synwatch blocks add 198.51.100.0/24`). A ban inside a running range is not given
+//! again; a range given over running bans inside it absorbs them: they are lifted
+//! (reported as unblocked with the reason "covered") before the range goes in, in the
+//! same push to the kernel.
 
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -60,7 +68,7 @@ impl BlockSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happened {
     Blocked(Record),
-    Unblocked(IpAddr, &'static str),
+    Unblocked(IpNet, &'static str),
 }
 
 pub struct Blocker {
@@ -74,8 +82,11 @@ pub struct Blocker {
     /// Bans decided but not yet saved (saved together, in one transaction, just before
     /// they go to the kernel).
     unsaved: Vec<Record>,
-    /// Addresses whose removal from the kernel failed, to retry.
-    lifting: Vec<IpAddr>,
+    /// Networks to remove from the kernel (or whose removal failed, to retry).
+    lifting: Vec<IpNet>,
+    /// What happened outside [`Blocker::apply`] (bans absorbed by a range), reported by
+    /// the next one.
+    reported: Vec<Happened>,
     retry_at: i64,
     counters_at: i64,
     metrics: Arc<Metrics>,
@@ -101,13 +112,16 @@ impl Blocker {
         settings: &BlockSettings,
         metrics: Arc<Metrics>,
         now: i64,
-        protected: impl Fn(IpAddr) -> bool,
+        protected: impl Fn(IpNet) -> bool,
     ) -> Result<(Self, Vec<Happened>)> {
         let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
-        let over_addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
+        let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
         store.delete(&over_addrs, false)?;
+        // Saved bans inside a saved range: the range stands for them.
+        let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
+        store.delete(&inside, false)?;
         // The configuration or the host's addresses may have changed while no agent ran:
         // a saved ban on what is now protected is not restored.
         let released = book.release(protected);
@@ -131,6 +145,7 @@ impl Blocker {
             pending: Vec::new(),
             unsaved: Vec::new(),
             lifting: Vec::new(),
+            reported: Vec::new(),
             retry_at: now,
             counters_at: now,
             metrics,
@@ -172,12 +187,18 @@ impl Blocker {
         !self.pending.is_empty()
     }
 
-    /// A scan from `src`: decides a ban (applied at the next [`Blocker::apply`]), unless
-    /// `protected` says why it must not be. `session`: the source holds an established
-    /// connection to this host, so the ban drops only its new connections.
+    /// A scan whose attempt from `src` crossed the threshold: decides a ban of `target`
+    /// (the network the detector counted `src` in: `src` itself as a /32 or /128, or its
+    /// IPv6 prefix), applied at the next [`Blocker::apply`], unless `protected` says why
+    /// `target` must not be banned (for a range, that it would cover a protected
+    /// address: see [`crate::protect::ban_target`], which narrows such a range to `src`).
+    /// Nothing is given when a running ban already holds `target`. `session`: the source
+    /// holds an established connection to this host, so the ban drops only its new
+    /// connections.
     pub fn scan(
         &mut self,
         src: IpAddr,
+        target: IpNet,
         ports: &[u16],
         now: i64,
         protected: Option<Why>,
@@ -185,12 +206,19 @@ impl Blocker {
     ) {
         let ports_seen = ports;
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-        let reason = format!("ports {}", ports.join(","));
+        let reason = if synwatch_enforce::is_host(target) {
+            format!("ports {}", ports.join(","))
+        } else {
+            format!("ports {} from {src}", ports.join(","))
+        };
         match self
             .book
-            .scan_ports(src, reason, ports_seen, now, protected.is_some())
+            .scan_ports(target, reason, ports_seen, now, protected.is_some())
         {
-            Ok(record) => self.decided(record, session),
+            Ok(record) => {
+                self.absorb(now);
+                self.decided(record, session);
+            }
             Err(Refused::AlreadyBanned) => {}
             Err(why) => {
                 let counter = match why {
@@ -203,15 +231,37 @@ impl Blocker {
                     .bans_abandoned
                     .fetch_add(self.book.take_evicted() as u64, Ordering::Relaxed);
                 self.note_waiting();
-                self.log_refusal(src, why, protected, now);
+                self.log_refusal(target, why, protected, now);
             }
         }
+    }
+
+    /// Lifts the bans a range just given absorbed (before the range goes in: nftables
+    /// refuses overlapping elements); reported by the next [`Blocker::apply`].
+    fn absorb(&mut self, now: i64) -> Vec<Happened> {
+        let absorbed: Vec<IpNet> = self.book.take_absorbed().iter().map(|r| r.net).collect();
+        if absorbed.is_empty() {
+            return Vec::new();
+        }
+        if let Err(e) = self.store.delete(&absorbed, false) {
+            eprintln!("synwatch: {e:#}");
+        }
+        self.pending.retain(|p| !absorbed.contains(&p.net));
+        self.unsaved.retain(|p| !absorbed.contains(&p.net));
+        self.lifting.extend(&absorbed);
+        self.retry_at = self.retry_at.min(now);
+        let happened: Vec<Happened> = absorbed
+            .into_iter()
+            .map(|n| Happened::Unblocked(n, "covered"))
+            .collect();
+        self.reported.extend(happened.iter().cloned());
+        happened
     }
 
     /// A ban decided: on new connections only when its source holds a session; saved and
     /// applied at the next [`Blocker::apply`].
     fn decided(&mut self, mut record: Record, session: bool) {
-        if session && let Some(r) = self.book.mark_new_only(record.addr) {
+        if session && let Some(r) = self.book.mark_new_only(record.net) {
             record = r;
         }
         self.unsaved.push(record.clone());
@@ -242,7 +292,7 @@ impl Blocker {
         &mut self,
         now: i64,
         quiet_secs: i64,
-        protected: impl Fn(IpAddr) -> bool,
+        protected: impl Fn(IpNet) -> bool,
         mut session: impl FnMut(IpAddr) -> bool,
     ) {
         if !self.has_waiting() {
@@ -255,15 +305,16 @@ impl Blocker {
         self.metrics
             .bans_abandoned
             .fetch_add(forgotten as u64, Ordering::Relaxed);
+        self.absorb(now);
         for record in given {
-            let held = session(record.addr);
+            let held = synwatch_enforce::is_host(record.net) && session(record.net.addr());
             self.decided(record, held);
         }
         self.note_waiting();
         self.retry_at = self.retry_at.min(now);
     }
 
-    fn log_refusal(&mut self, src: IpAddr, why: Refused, protected: Option<Why>, now: i64) {
+    fn log_refusal(&mut self, src: IpNet, why: Refused, protected: Option<Why>, now: i64) {
         let minute = now.div_euclid(60);
         if minute != self.refusal_minute {
             self.refusal_minute = minute;
@@ -294,20 +345,21 @@ impl Blocker {
         } else {
             ""
         };
+        let src = synwatch_enforce::net_text(src);
         eprintln!("synwatch: not blocking {src}: {text}{more}");
     }
 
     /// Applies pending bans in one batch, lifts expired ones, retries failed changes and
     /// refreshes the drop counters. Returns what to report.
     pub fn apply(&mut self, now: i64) -> Vec<Happened> {
-        let mut happened = Vec::new();
+        let mut happened = std::mem::take(&mut self.reported);
         if self.book.next_expiry().is_some_and(|t| t <= now) {
             let over = self.book.expire(now);
-            let addrs: Vec<IpAddr> = over.iter().map(|r| r.addr).collect();
+            let addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
             // The kernel lets them lapse by itself; removing them as well keeps the two
             // in step even when clocks disagree by a second.
-            self.pending.retain(|p| !addrs.contains(&p.addr));
-            self.unsaved.retain(|p| !addrs.contains(&p.addr));
+            self.pending.retain(|p| !addrs.contains(&p.net));
+            self.unsaved.retain(|p| !addrs.contains(&p.net));
             self.lifting.extend(&addrs);
             let policy = self.book.policy();
             let memory = policy.max_secs.max(policy.duration_secs) as i64;
@@ -419,7 +471,8 @@ impl Blocker {
     /// protected, the two disagree), the kernel's ban is lifted again at the next apply,
     /// without an event. Returns whether it stays.
     pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64, session: bool) -> bool {
-        if self.book.get(addr).is_some() {
+        let addr = synwatch_enforce::ban_net(IpNet::from(addr));
+        if self.book.covering(addr).is_some() {
             return true;
         }
         if let Some(record) = self.book.take_waiting(addr, now) {
@@ -439,11 +492,11 @@ impl Blocker {
     }
 
     /// Lifts bans on addresses that became protected (an allowlist reloaded, an address
-    /// added to this host).
+    /// added to this host), and on ranges that came to cover one.
     pub fn release_protected(
         &mut self,
         now: i64,
-        protected: impl Fn(IpAddr) -> bool,
+        protected: impl Fn(IpNet) -> bool,
     ) -> Vec<Happened> {
         let addrs = self.book.release(protected);
         self.note_waiting();
@@ -454,12 +507,13 @@ impl Blocker {
     }
 
     /// A request from `synwatch blocks`. Changes are applied at once, and what they did
-    /// is reported like the agent's own.
+    /// is reported like the agent's own. `protected` is [`crate::protect::why_net`]: why
+    /// a network must not be banned, and the protected address or range it would cover.
     pub fn control(
         &mut self,
         request: &Request,
         now: i64,
-        protected: impl Fn(IpAddr) -> Option<Why>,
+        protected: impl Fn(IpNet) -> Option<(Why, IpNet)>,
     ) -> (Reply, Vec<Happened>) {
         let backend = self.enforcer.backend().as_str();
         let mut happened = Vec::new();
@@ -468,36 +522,46 @@ impl Blocker {
             Request::List => {
                 let kernel = self.enforcer.list().ok();
                 let mut records: Vec<&Record> = self.book.active().collect();
-                records.sort_by_key(|r| (r.since, r.addr));
+                records.sort_by_key(|r| (r.since, r.net));
                 reply.bans = records
                     .into_iter()
                     .map(|r| view(r, kernel.as_deref()))
                     .collect();
             }
             Request::Add { addr, secs } => {
-                if let Some(why) = protected(*addr) {
-                    return (
-                        Reply::error(
-                            backend,
-                            format!(
-                                "{addr} is {} ({}): synwatch never blocks it",
-                                why.describe(),
-                                why.as_str()
-                            ),
-                        ),
-                        happened,
-                    );
+                let addr = &synwatch_enforce::ban_net(*addr);
+                if let Some((why, covered)) = protected(*addr) {
+                    let text = refusal(*addr, why, covered);
+                    eprintln!("synwatch: not blocking {text}");
+                    return (Reply::error(backend, text), happened);
                 }
-                let record = self.book.manual(*addr, *secs, now);
-                self.unsaved.retain(|p| p.addr != *addr);
+                let record = match self.book.manual(*addr, *secs, now) {
+                    Ok(r) => r,
+                    Err((_, by)) => {
+                        let by = synwatch_enforce::net_text(by.net);
+                        return (
+                            Reply::error(
+                                backend,
+                                format!(
+                                    "{} is already blocked: it is inside the banned range {by}",
+                                    synwatch_enforce::net_text(*addr)
+                                ),
+                            ),
+                            happened,
+                        );
+                    }
+                };
+                happened = self.absorb(now);
+                self.reported.clear();
+                self.unsaved.retain(|p| p.net != *addr);
                 if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
                     reply.note = Some(format!("{e:#}; the ban holds until the agent stops"));
                 }
-                self.pending.retain(|p| p.addr != *addr);
+                self.pending.retain(|p| p.net != *addr);
                 self.pending.push(record);
                 self.retry_at = now;
-                happened = self.push_to_kernel(now);
-                if self.pending.iter().any(|p| p.addr == *addr) {
+                happened.extend(self.push_to_kernel(now));
+                if self.pending.iter().any(|p| p.net == *addr) {
                     reply.note = Some(format!(
                         "saved, but the kernel refused it for now; retrying every {RETRY_SECS} s (see the agent's log)"
                     ));
@@ -511,17 +575,28 @@ impl Blocker {
             }
             Request::Remove { addr } => match self.book.remove(*addr) {
                 Some(record) => {
-                    happened = self.lift(vec![record.addr], "removed", now);
+                    happened = self.lift(vec![record.net], "removed", now);
                     reply.bans = vec![view(&record, None)];
                 }
                 None => {
-                    reply = Reply::error(backend, format!("{addr} is not blocked"));
+                    let inside = self
+                        .book
+                        .covering(*addr)
+                        .map(|r| {
+                            format!(
+                                " (it is inside the banned range {}: remove that, or let it end)",
+                                synwatch_enforce::net_text(r.net)
+                            )
+                        })
+                        .unwrap_or_default();
+                    let addr = synwatch_enforce::net_text(*addr);
+                    reply = Reply::error(backend, format!("{addr} is not blocked{inside}"));
                 }
             },
             Request::Flush => {
                 let records = self.book.flush();
                 self.note_waiting();
-                let addrs = records.iter().map(|r| r.addr).collect();
+                let addrs = records.iter().map(|r| r.net).collect();
                 happened = self.lift(addrs, "flushed", now);
                 reply.bans = records.iter().map(|r| view(r, None)).collect();
             }
@@ -532,12 +607,12 @@ impl Blocker {
         (reply, happened)
     }
 
-    fn lift(&mut self, addrs: Vec<IpAddr>, why: &'static str, now: i64) -> Vec<Happened> {
+    fn lift(&mut self, addrs: Vec<IpNet>, why: &'static str, now: i64) -> Vec<Happened> {
         if let Err(e) = self.store.delete(&addrs, true) {
             eprintln!("synwatch: {e:#}");
         }
-        self.pending.retain(|p| !addrs.contains(&p.addr));
-        self.unsaved.retain(|p| !addrs.contains(&p.addr));
+        self.pending.retain(|p| !addrs.contains(&p.net));
+        self.unsaved.retain(|p| !addrs.contains(&p.net));
         self.lifting.extend(&addrs);
         self.retry_at = now;
         let mut happened = self.push_to_kernel(now);
@@ -575,15 +650,35 @@ impl Blocker {
 /// the kernel.
 fn running_bans(book: &Book, now: i64) -> Vec<synwatch_enforce::Ban> {
     let mut bans: Vec<_> = book.active().map(|r| r.ban(now)).collect();
-    bans.sort_by_key(|b| b.addr);
+    bans.sort_by_key(|b| b.net);
     bans
+}
+
+/// Why `net` is not banned, for the log and the reply: what it is, or for a range the
+/// protected address or range inside it.
+pub fn refusal(net: IpNet, why: Why, covered: IpNet) -> String {
+    let text = synwatch_enforce::net_text(net);
+    if synwatch_enforce::is_host(net) {
+        format!(
+            "{text}: it is {} ({}): synwatch never blocks it",
+            why.describe(),
+            why.as_str()
+        )
+    } else {
+        format!(
+            "{text}: the range covers {}, which is {} ({}): synwatch never blocks it; ban a narrower range or the addresses",
+            synwatch_enforce::net_text(covered),
+            why.describe(),
+            why.as_str()
+        )
+    }
 }
 
 /// A saved ban with what the kernel says about it.
 pub fn view(r: &Record, kernel: Option<&[KernelBan]>) -> BanView {
-    let k = kernel.and_then(|k| k.iter().find(|b| b.addr == r.addr.to_canonical()));
+    let k = kernel.and_then(|k| k.iter().find(|b| b.net == r.net));
     BanView {
-        addr: r.addr,
+        addr: r.net,
         reason: r.reason.clone(),
         since: r.since,
         expires: r.expires,
@@ -626,13 +721,17 @@ mod tests {
             &settings(dir),
             Arc::new(Metrics::default()),
             now,
-            |a| a == ip("192.0.2.200"),
+            |a| a == n("192.0.2.200"),
         )
         .unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    fn n(s: &str) -> IpNet {
+        synwatch_enforce::parse_net(s).unwrap()
     }
 
     #[test]
@@ -642,11 +741,33 @@ mod tests {
         let (mut b, lapsed) = start(dir.path(), &runner, 1000);
         assert!(lapsed.is_empty());
         // Two networks: with a cap of 2, one /24 gets one a minute.
-        b.scan(ip("192.0.2.1"), &[21, 22, 23, 25], 1000, None, false);
-        b.scan(ip("198.51.100.2"), &[21, 22, 23, 25], 1000, None, false);
-        b.scan(ip("203.0.113.3"), &[21, 22, 23, 25], 1000, None, false); // over the cap of 2
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[21, 22, 23, 25],
+            1000,
+            None,
+            false,
+        );
+        b.scan(
+            ip("198.51.100.2"),
+            n("198.51.100.2"),
+            &[21, 22, 23, 25],
+            1000,
+            None,
+            false,
+        );
+        b.scan(
+            ip("203.0.113.3"),
+            n("203.0.113.3"),
+            &[21, 22, 23, 25],
+            1000,
+            None,
+            false,
+        ); // over the cap of 2
         b.scan(
             ip("10.0.0.1"),
+            n("10.0.0.1"),
             &[21, 22, 23, 25],
             1000,
             Some(Why::Local),
@@ -695,16 +816,24 @@ mod tests {
         let (mut b, _) =
             Blocker::start(enforcer, &dry, Arc::new(Metrics::default()), 0, |_| false).unwrap();
         assert!(b.dry_run());
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        );
         b.scan(
             ip("192.0.2.254"),
+            n("192.0.2.254"),
             &[1, 2, 3, 4],
             0,
             Some(Why::Infra(crate::host::Role::Gateway)),
             false,
         );
         let happened = b.apply(0);
-        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("192.0.2.1")));
         assert_eq!(b.metrics.blocks.load(Ordering::Relaxed), 1);
         assert_eq!(
             b.metrics.bans_refused_allowlisted.load(Ordering::Relaxed),
@@ -714,9 +843,16 @@ mod tests {
         // Expiry is reported as in a real run.
         assert_eq!(
             b.apply(60),
-            vec![Happened::Unblocked(ip("192.0.2.1"), "expired")]
+            vec![Happened::Unblocked(n("192.0.2.1"), "expired")]
         );
-        b.scan(ip("192.0.2.2"), &[1, 2, 3, 4], 61, None, false);
+        b.scan(
+            ip("192.0.2.2"),
+            n("192.0.2.2"),
+            &[1, 2, 3, 4],
+            61,
+            None,
+            false,
+        );
         assert_eq!(b.apply(61).len(), 1);
         b.stop();
         assert!(
@@ -738,9 +874,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false); // over the cap of 2: waits
+        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        ); // over the cap of 2: waits
         assert_eq!(b.apply(0).len(), 2);
         assert!(b.has_waiting());
         assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 1);
@@ -755,7 +898,7 @@ mod tests {
         assert!(
             happened
                 .iter()
-                .any(|h| matches!(h, Happened::Blocked(r) if r.addr == ip("192.0.2.1"))),
+                .any(|h| matches!(h, Happened::Blocked(r) if r.net == n("192.0.2.1"))),
             "{happened:?}"
         );
         assert_eq!(b.metrics.bans_waiting.load(Ordering::Relaxed), 0);
@@ -767,15 +910,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(ip("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false); // waits
+        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        ); // waits
         b.apply(0);
         let before = runner.transcript().len();
         // The XDP program banned it by itself: kept, reported, never lifted.
         assert!(b.confirm_kernel_ban(ip("192.0.2.1"), 1, false));
         let happened = b.apply(1);
-        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("192.0.2.1")));
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("192.0.2.1")));
         let t = &runner.transcript()[before..];
         // Renewed (added with its timeout), never removed.
         assert!(
@@ -792,7 +942,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, true);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            true,
+        );
         let happened = b.apply(0);
         assert!(
             matches!(&happened[..], [Happened::Blocked(r)] if r.new_only),
@@ -825,12 +982,19 @@ mod tests {
         runner.answer(Err(
             "Error: Could not process rule: Device or resource busy",
         ));
-        b.scan(ip("2001:db8::5"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("2001:db8::5"),
+            n("2001:db8::5"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        );
         assert!(b.apply(0).is_empty());
         assert_eq!(b.metrics.ban_failures.load(Ordering::Relaxed), 1);
         assert!(b.apply(4).is_empty(), "not before the retry time");
         let happened = b.apply(5);
-        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.addr == ip("2001:db8::5")));
+        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("2001:db8::5")));
     }
 
     #[test]
@@ -838,7 +1002,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        );
         assert_eq!(b.apply(0).len(), 1);
         let before = runner.transcript().len();
         // At the next check the table is gone (nft answers with an error).
@@ -872,15 +1043,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("192.0.2.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        );
         b.apply(0);
         assert_eq!(
             b.apply(60),
-            vec![Happened::Unblocked(ip("192.0.2.1"), "expired")]
+            vec![Happened::Unblocked(n("192.0.2.1"), "expired")]
         );
         let (reply, happened) = b.control(
             &Request::Add {
-                addr: ip("192.0.2.9"),
+                addr: n("192.0.2.9"),
                 secs: Some(0),
             },
             61,
@@ -891,11 +1069,11 @@ mod tests {
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.reason == "manual"));
         let (reply, _) = b.control(
             &Request::Add {
-                addr: ip("192.0.2.254"),
+                addr: n("192.0.2.254"),
                 secs: None,
             },
             61,
-            |a| (a == ip("192.0.2.254")).then_some(Why::Infra(crate::host::Role::Gateway)),
+            |a| (a == n("192.0.2.254")).then_some((Why::Infra(crate::host::Role::Gateway), a)),
         );
         assert!(!reply.ok);
         assert!(
@@ -907,7 +1085,7 @@ mod tests {
         );
         let (reply, _) = b.control(
             &Request::Remove {
-                addr: ip("192.0.2.7"),
+                addr: n("192.0.2.7"),
             },
             62,
             |_| None,
@@ -917,7 +1095,7 @@ mod tests {
         assert_eq!(reply.bans.len(), 1);
         assert_eq!(
             happened,
-            vec![Happened::Unblocked(ip("192.0.2.9"), "flushed")]
+            vec![Happened::Unblocked(n("192.0.2.9"), "flushed")]
         );
         assert_eq!(b.active(), 0);
     }
@@ -930,7 +1108,7 @@ mod tests {
         for a in ["192.0.2.200", "192.0.2.201"] {
             b.control(
                 &Request::Add {
-                    addr: ip(a),
+                    addr: n(a),
                     secs: Some(0),
                 },
                 0,
@@ -943,17 +1121,147 @@ mod tests {
         let (mut b, lapsed) = start(dir.path(), &runner, 10);
         assert_eq!(
             lapsed,
-            vec![Happened::Unblocked(ip("192.0.2.200"), "allowlisted")]
+            vec![Happened::Unblocked(n("192.0.2.200"), "allowlisted")]
         );
         assert!(!runner.transcript()[0].contains("192.0.2.200"));
         assert_eq!(b.active(), 1);
         // Protected while running (a reload): lifted at once.
-        let happened = b.release_protected(11, |a| a == ip("192.0.2.201"));
+        let happened = b.release_protected(11, |a| a == n("192.0.2.201"));
         assert_eq!(
             happened,
-            vec![Happened::Unblocked(ip("192.0.2.201"), "allowlisted")]
+            vec![Happened::Unblocked(n("192.0.2.201"), "allowlisted")]
         );
         assert_eq!(b.active(), 0);
         assert!(b.release_protected(12, |_| true).is_empty());
+    }
+
+    #[test]
+    fn ranges_hold_once_absorb_what_they_cover_and_never_cover_a_protected_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        // A scanner counted in its /64 is banned as the /64.
+        b.scan(
+            ip("2001:db8:1:2::9"),
+            n("2001:db8:1:2::/64"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        );
+        let happened = b.apply(0);
+        assert!(
+            matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("2001:db8:1:2::/64") && r.reason == "ports 1,2,3,4 from 2001:db8:1:2::9"),
+            "{happened:?}"
+        );
+        let t = runner.transcript();
+        assert!(
+            t.iter().any(|c| c.contains(
+                "add element inet synwatch banned6_net { 2001:db8:1:2::/64 timeout 60s }"
+            )),
+            "{t:#?}"
+        );
+        // Another address of it: nothing more.
+        b.scan(
+            ip("2001:db8:1:2::77"),
+            n("2001:db8:1:2::77"),
+            &[1, 2, 3, 4],
+            1,
+            None,
+            false,
+        );
+        assert!(b.apply(1).is_empty());
+        let (reply, _) = b.control(
+            &Request::Add {
+                addr: n("2001:db8:1:2::5"),
+                secs: None,
+            },
+            1,
+            |_| None,
+        );
+        assert_eq!(
+            reply.error.as_deref(),
+            Some(
+                "2001:db8:1:2::5 is already blocked: it is inside the banned range 2001:db8:1:2::/64"
+            )
+        );
+        let (reply, _) = b.control(
+            &Request::Remove {
+                addr: n("2001:db8:1:2::5"),
+            },
+            1,
+            |_| None,
+        );
+        assert!(
+            reply
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("inside the banned range 2001:db8:1:2::/64")),
+            "{reply:?}"
+        );
+        // A manual /48 absorbs the /64: lifted before the /48 goes in.
+        let before = runner.transcript().len();
+        let (reply, happened) = b.control(
+            &Request::Add {
+                addr: n("2001:db8:1::/48"),
+                secs: Some(0),
+            },
+            2,
+            |_| None,
+        );
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(
+            happened,
+            vec![
+                Happened::Unblocked(n("2001:db8:1:2::/64"), "covered"),
+                Happened::Blocked(b.book.get(n("2001:db8:1::/48")).unwrap().clone()),
+            ]
+        );
+        let t = &runner.transcript()[before..];
+        assert_eq!(t.len(), 2, "{t:#?}");
+        assert!(t[0].contains("delete element inet synwatch banned6_net { 2001:db8:1:2::/64 }"));
+        assert!(t[1].contains("add element inet synwatch banned6_net { 2001:db8:1::/48 }"));
+        assert_eq!(b.active(), 1);
+        // A range over the gateway is refused and says which address it would cover.
+        let gateway = |a: IpNet| {
+            a.contains(&n("192.0.2.254"))
+                .then_some((Why::Infra(crate::host::Role::Gateway), n("192.0.2.254")))
+        };
+        let (reply, happened) = b.control(
+            &Request::Add {
+                addr: n("192.0.2.0/24"),
+                secs: None,
+            },
+            3,
+            gateway,
+        );
+        assert!(!reply.ok && happened.is_empty());
+        assert_eq!(
+            reply.error.as_deref(),
+            Some(
+                "192.0.2.0/24: the range covers 192.0.2.254, which is a gateway of this host (a next hop of its routes) (gateway): synwatch never blocks it; ban a narrower range or the addresses"
+            )
+        );
+        // Removed as it was given; restored as a range after a restart.
+        drop(b);
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 10);
+        assert!(
+            runner.transcript()[0]
+                .contains("add element inet synwatch banned6_net { 2001:db8:1::/48 }")
+        );
+        let (reply, happened) = b.control(
+            &Request::Remove {
+                addr: n("2001:db8:1::/48"),
+            },
+            11,
+            |_| None,
+        );
+        assert!(reply.ok);
+        assert_eq!(
+            happened,
+            vec![Happened::Unblocked(n("2001:db8:1::/48"), "removed")]
+        );
+        assert_eq!(b.active(), 0);
     }
 }

@@ -4,8 +4,9 @@
 //! otherwise the change waits in the state for the next start).
 
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
 
 use anyhow::{Context, Result};
 use synwatch_enforce::bans::{Book, Policy};
@@ -39,19 +40,30 @@ pub struct BlocksArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
-    /// Show every ban: address, reason (ports seen), since, expires, packets dropped
+    /// Show every ban: address or range, reason (ports seen), since, expires, packets dropped
     List,
-    /// Ban an address now
+    /// Ban an address or a CIDR range (198.51.100.0/24, 2001:db8:1::/48) now
     Add {
-        addr: IpAddr,
+        #[arg(value_name = "ADDR|CIDR", value_parser = parse_net)]
+        addr: IpNet,
         /// How long (0: until removed) [default: the agent's --ban, 1h without an agent]
         #[arg(long = "for", value_name = "DUR")]
         duration: Option<String>,
     },
-    /// Lift a ban now (and forget the address's earlier offences)
-    Remove { addr: IpAddr },
+    /// Lift a ban now, named as it was given (and forget its earlier offences)
+    Remove {
+        #[arg(value_name = "ADDR|CIDR", value_parser = parse_net)]
+        addr: IpNet,
+    },
     /// Lift every ban
     Flush,
+}
+
+/// An address or a CIDR range, canonical.
+fn parse_net(text: &str) -> std::result::Result<IpNet, String> {
+    synwatch_enforce::parse_net(text).ok_or_else(|| {
+        format!("'{text}' is neither an address nor a CIDR range (like 198.51.100.0/24)")
+    })
 }
 
 pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
@@ -100,9 +112,17 @@ pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
         (Action::Add { .. }, Format::Table) => reply
             .bans
             .iter()
-            .map(|b| format!("blocked {} {}\n", b.addr, until(b.expires)))
+            .map(|b| {
+                format!(
+                    "blocked {} {}\n",
+                    synwatch_enforce::net_text(b.addr),
+                    until(b.expires)
+                )
+            })
             .collect(),
-        (Action::Remove { addr }, Format::Table) => format!("unblocked {addr}\n"),
+        (Action::Remove { addr }, Format::Table) => {
+            format!("unblocked {}\n", synwatch_enforce::net_text(*addr))
+        }
         (Action::Flush, Format::Table) => format!(
             "unblocked {} address{}\n",
             reply.bans.len(),
@@ -125,7 +145,7 @@ fn when(secs: i64) -> String {
 
 fn json_line(b: &BanView, backend: &str) -> String {
     let value = serde_json::json!({
-        "addr": b.addr.to_string(),
+        "addr": synwatch_enforce::net_text(b.addr),
         "reason": b.reason,
         "since": when(b.since),
         "expires": b.expires.map(when),
@@ -144,7 +164,7 @@ fn table(bans: &[BanView]) -> String {
         .map(|b| {
             let count = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
             [
-                b.addr.to_string(),
+                synwatch_enforce::net_text(b.addr),
                 b.reason.clone(),
                 when(b.since),
                 b.expires.map_or("never".into(), when),
@@ -197,14 +217,20 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
     ) && !exists
     {
         return Ok(match request {
-            Request::Remove { addr } => Reply::error("none", format!("{addr} is not blocked")),
+            Request::Remove { addr } => Reply::error(
+                "none",
+                format!("{} is not blocked", synwatch_enforce::net_text(*addr)),
+            ),
             _ => Reply::ok("none"),
         });
     }
     let mut store = Store::open(state_dir)?;
     let mut book = Book::new(Policy::default());
     let lapsed = book.restore(store.bans()?, store.offenders()?, now);
-    store.delete(&lapsed.iter().map(|r| r.addr).collect::<Vec<_>>(), false)?;
+    store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
+    // Saved bans inside a saved range: the range stands for them.
+    let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
+    store.delete(&inside, false)?;
     let mut kernel = kernel_backend();
     let backend = kernel
         .as_ref()
@@ -216,7 +242,7 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
         Request::List => {
             let listed = kernel.as_mut().and_then(|k| k.list().ok());
             let mut records: Vec<_> = book.active().collect();
-            records.sort_by_key(|r| (r.since, r.addr));
+            records.sort_by_key(|r| (r.since, r.net));
             reply.bans = records
                 .into_iter()
                 .map(|r| view(r, listed.as_deref()))
@@ -233,28 +259,44 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
                 infra: &infra,
                 cfg: &cfg,
             };
-            if let Some(why) = crate::protect::why(*addr, protection) {
+            if let Some((why, covered)) = crate::protect::why_net(*addr, protection) {
                 return Ok(Reply::error(
                     &backend,
-                    format!(
-                        "{addr} is {} ({}): synwatch never blocks it",
-                        why.describe(),
-                        why.as_str()
-                    ),
+                    crate::block::refusal(*addr, why, covered),
                 ));
             }
-            let record = book.manual(*addr, *secs, now);
+            let record = match book.manual(*addr, *secs, now) {
+                Ok(r) => r,
+                Err((_, by)) => {
+                    return Ok(Reply::error(
+                        &backend,
+                        format!(
+                            "{} is already blocked: it is inside the banned range {}",
+                            synwatch_enforce::net_text(*addr),
+                            synwatch_enforce::net_text(by.net)
+                        ),
+                    ));
+                }
+            };
+            // Bans inside a new range are lifted: the range stands for them.
+            let absorbed: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
+            store.delete(&absorbed, false)?;
             store.save(std::slice::from_ref(&record))?;
             match kernel.as_mut() {
-                Some(k) => k
-                    .add(&[record.ban(now)])
-                    .context("saved, but the kernel refused the ban")?,
+                Some(k) => {
+                    k.remove(&absorbed).context(
+                        "saved, but the kernel refused to lift the bans inside the range",
+                    )?;
+                    k.add(&[record.ban(now)])
+                        .context("saved, but the kernel refused the ban")?
+                }
                 None => reply.note = Some(waiting.into()),
             }
             reply.bans = vec![view(&record, None)];
         }
         Request::Remove { addr } => {
             let Some(record) = book.remove(*addr) else {
+                let addr = synwatch_enforce::net_text(*addr);
                 return Ok(Reply::error(&backend, format!("{addr} is not blocked")));
             };
             store.delete(&[*addr], true)?;
@@ -266,12 +308,12 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
         }
         Request::Flush => {
             let records = book.flush();
-            let addrs: Vec<IpAddr> = records.iter().map(|r| r.addr).collect();
+            let addrs: Vec<IpNet> = records.iter().map(|r| r.net).collect();
             store.delete(&addrs, true)?;
             if let Some(k) = kernel.as_mut() {
                 // Also whatever the kernel holds that the state does not.
                 let mut all = addrs.clone();
-                all.extend(k.list().unwrap_or_default().into_iter().map(|b| b.addr));
+                all.extend(k.list().unwrap_or_default().into_iter().map(|b| b.net));
                 k.remove(&all)
                     .context("flushed the saved bans, but the kernel refused")?;
             }

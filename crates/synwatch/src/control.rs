@@ -6,7 +6,6 @@
 //! silent or slow client holds up no one else (see conns.rs).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -15,6 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub const SOCKET_FILE: &str = "control.sock";
@@ -25,12 +25,15 @@ pub const SOCKET_FILE: &str = "control.sock";
 pub enum Request {
     List,
     /// `secs`: 0 until removed; `None` the agent's `--ban` policy.
+    /// `addr`: an address (a /32 or /128) or a CIDR range.
     Add {
-        addr: IpAddr,
+        #[serde(with = "net_str")]
+        addr: IpNet,
         secs: Option<u64>,
     },
     Remove {
-        addr: IpAddr,
+        #[serde(with = "net_str")]
+        addr: IpNet,
     },
     Flush,
 }
@@ -38,7 +41,9 @@ pub enum Request {
 /// One ban as `synwatch blocks list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanView {
-    pub addr: IpAddr,
+    /// The address, or the range (`ADDR/LEN`).
+    #[serde(with = "net_str")]
+    pub addr: IpNet,
     pub reason: String,
     /// Unix seconds.
     pub since: i64,
@@ -86,6 +91,23 @@ impl Reply {
             error: Some(error),
             ..Self::ok(backend)
         }
+    }
+}
+
+/// A network on the wire as people write it: an address alone for a /32 or /128 (as
+/// before range bans), `ADDR/LEN` for a range.
+mod net_str {
+    use ipnet::IpNet;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(net: &IpNet, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&synwatch_enforce::net_text(*net))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+        let text = String::deserialize(d)?;
+        synwatch_enforce::parse_net(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("not an address or CIDR: {text}")))
     }
 }
 
@@ -226,12 +248,19 @@ mod tests {
     #[test]
     fn requests_are_one_json_line() {
         let add = Request::Add {
-            addr: "192.0.2.1".parse().unwrap(),
+            addr: synwatch_enforce::parse_net("192.0.2.1").unwrap(),
             secs: Some(60),
         };
         let text = serde_json::to_string(&add).unwrap();
         assert_eq!(text, r#"{"op":"add","addr":"192.0.2.1","secs":60}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), add);
+        let range = Request::Remove {
+            addr: synwatch_enforce::parse_net("2001:db8:1::/48").unwrap(),
+        };
+        let text = serde_json::to_string(&range).unwrap();
+        assert_eq!(text, r#"{"op":"remove","addr":"2001:db8:1::/48"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), range);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"remove","addr":"x"}"#).is_err());
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"op":"list"}"#).unwrap(),
             Request::List

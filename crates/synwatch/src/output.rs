@@ -32,7 +32,11 @@ pub struct Connection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockEvent<'a> {
     pub ts: Nanos,
+    /// The address banned, or the first address of the range banned.
     pub src: IpAddr,
+    /// The range banned, when the ban is of one (written as `prefix`, as scan events
+    /// write the prefix a source counts in).
+    pub prefix: Option<ipnet::IpNet>,
     pub backend: &'a str,
     /// Unix seconds; `None` until removed.
     pub until: Option<i64>,
@@ -254,6 +258,7 @@ impl Formatter {
         match self.format {
             Format::Json => {
                 self.json_head(out, b.ts, b"block", b.src);
+                write_prefix(out, b.prefix);
                 out.extend_from_slice(b"\",\"backend\":\"");
                 out.extend_from_slice(b.backend.as_bytes());
                 out.extend_from_slice(b"\",\"until\":");
@@ -279,8 +284,11 @@ impl Formatter {
                 out.extend_from_slice(b"}\n");
             }
             Format::Table => {
-                let mut src = Vec::with_capacity(40);
-                write_ip(&mut src, b.src);
+                let mut src = Vec::with_capacity(44);
+                match b.prefix {
+                    Some(p) => src.extend_from_slice(p.to_string().as_bytes()),
+                    None => write_ip(&mut src, b.src),
+                }
                 self.table_row(out, b.ts, &src, b"-");
                 use std::io::Write as _;
                 let _ = writeln!(
@@ -291,7 +299,7 @@ impl Formatter {
                     } else {
                         "Blocked"
                     },
-                    b.src,
+                    b.prefix.map_or(b.src.to_string(), |p| p.to_string()),
                     until.map_or("until removed".to_owned(), |u| format!("until {u}")),
                     b.backend,
                     b.reason,
@@ -310,17 +318,28 @@ impl Formatter {
         }
     }
 
-    pub fn unblock(&mut self, ts: Nanos, src: IpAddr, reason: &str, out: &mut Vec<u8>) {
+    pub fn unblock(
+        &mut self,
+        ts: Nanos,
+        src: IpAddr,
+        prefix: Option<ipnet::IpNet>,
+        reason: &str,
+        out: &mut Vec<u8>,
+    ) {
         match self.format {
             Format::Json => {
                 self.json_head(out, ts, b"unblock", src);
+                write_prefix(out, prefix);
                 out.extend_from_slice(b"\",\"reason\":\"");
                 out.extend_from_slice(reason.as_bytes());
                 out.extend_from_slice(b"\"}\n");
             }
             Format::Table => {
-                let mut text = Vec::with_capacity(40);
-                write_ip(&mut text, src);
+                let mut text = Vec::with_capacity(44);
+                match prefix {
+                    Some(p) => text.extend_from_slice(p.to_string().as_bytes()),
+                    None => write_ip(&mut text, src),
+                }
                 self.table_row(out, ts, &text, b"-");
                 out.extend_from_slice(b"Unblocked ");
                 out.extend_from_slice(&text);
@@ -447,8 +466,11 @@ impl<W: Write> EventWriter<W> {
         self.format_and_write(|f, out| f.block(b, out))
     }
 
-    pub fn unblock(&mut self, ts: Nanos, src: IpAddr, reason: &str) -> io::Result<()> {
-        self.format_and_write(|f, out| f.unblock(ts, src, reason, out))
+    /// A ban lifted: of `net`, an address or a range.
+    pub fn unblock(&mut self, ts: Nanos, net: ipnet::IpNet, reason: &str) -> io::Result<()> {
+        let net = synwatch_enforce::ban_net(net);
+        let prefix = (!synwatch_enforce::is_host(net)).then_some(net);
+        self.format_and_write(|f, out| f.unblock(ts, net.addr(), prefix, reason, out))
     }
 
     /// Formats one event into the scratch buffer, then writes it as [`Self::formatted`]
@@ -573,6 +595,15 @@ fn write_socket(line: &mut Vec<u8>, addr: IpAddr, port: u16) {
     }
     line.push(b':');
     write_small(line, port);
+}
+
+/// In a JSON event whose `src` string is still open: closes it and adds `prefix` (left
+/// open in turn) when the event is about a range.
+fn write_prefix(out: &mut Vec<u8>, prefix: Option<ipnet::IpNet>) {
+    if let Some(p) = prefix {
+        out.extend_from_slice(b"\",\"prefix\":\"");
+        out.extend_from_slice(p.to_string().as_bytes());
+    }
 }
 
 pub fn write_ip(line: &mut Vec<u8>, addr: IpAddr) {
@@ -888,6 +919,7 @@ mod tests {
         let mut b = BlockEvent {
             ts: 0,
             src: IpAddr::from([203, 0, 113, 9]),
+            prefix: None,
             backend: "nftables",
             until: None,
             reason: "ports 1,2,3,4",

@@ -114,6 +114,61 @@ pub fn why(addr: IpAddr, view: View<'_>) -> Option<Why> {
     None
 }
 
+/// Why `net` (an address, or a range) must never be banned, with the protected address
+/// or range it would cover; `None` when it may be. A range is refused when it holds any
+/// protected address (the host's own, a gateway, router or resolver) or overlaps a
+/// protected range (the allowlist, `--local`, special ranges). For an address this is
+/// [`why`].
+pub fn why_net(net: IpNet, view: View<'_>) -> Option<(Why, IpNet)> {
+    let net = synwatch_enforce::ban_net(net);
+    if synwatch_enforce::is_host(net) {
+        return why(net.addr(), view).map(|w| (w, net));
+    }
+    let overlaps = |other: IpNet| {
+        let other = synwatch_enforce::ban_net(other);
+        net.contains(&other) || other.contains(&net)
+    };
+    if let Some(special) = SPECIAL
+        .iter()
+        .filter_map(|s| s.parse::<IpNet>().ok())
+        .find(|&s| overlaps(s))
+    {
+        return Some((Why::Special, special));
+    }
+    let inside = |a: &IpAddr| net.contains(&a.to_canonical());
+    if let Some(a) = view.host.iter().find(|a| inside(a)) {
+        return Some((Why::Local, IpNet::from(a.to_canonical())));
+    }
+    if let Some((a, infra)) = view.infra.by_addr.iter().find(|(a, _)| inside(a)) {
+        return Some((Why::Infra(infra.role), IpNet::from(a.to_canonical())));
+    }
+    if let Some(n) = view.cfg.allow.iter().find(|&n| overlaps(n)) {
+        return Some((Why::Allowlisted, n));
+    }
+    if locals_protected(view.cfg)
+        && let Some(n) = view.cfg.locals.iter().find(|&n| overlaps(n))
+    {
+        return Some((Why::Local, n));
+    }
+    None
+}
+
+/// What to ban for a scan whose attempt from `src` crossed the threshold, counted in
+/// `target` (`src` itself, or its IPv6 prefix), and why not: a range that would cover a
+/// protected address is narrowed to `src` alone (neighbours of the host or of its router
+/// are never lumped together), which is then judged by [`why`].
+pub fn ban_target(src: IpAddr, target: IpNet, view: View<'_>) -> (IpNet, Option<Why>) {
+    let target = synwatch_enforce::ban_net(target);
+    let host = synwatch_enforce::ban_net(IpNet::from(src));
+    if !synwatch_enforce::is_host(target)
+        && target.contains(&host)
+        && why_net(target, view).is_none()
+    {
+        return (target, None);
+    }
+    (host, why(src, view))
+}
+
 /// The ranges the XDP program never drops or tracks: exactly what [`why`] protects.
 pub fn allowlist(view: View<'_>) -> Vec<IpNet> {
     let mut nets: Vec<IpNet> = view.cfg.allow.iter().collect();
@@ -210,6 +265,61 @@ mod tests {
         assert_eq!(reason("10.1.2.3"), Some("local"));
         assert_eq!(reason("192.0.2.77"), None);
         assert_eq!(reason("fe80::2"), None);
+    }
+
+    #[test]
+    fn a_range_that_would_cover_a_protected_address_is_refused_and_says_which() {
+        let (host, infra, cfg) = fake();
+        let view = View {
+            host: &host,
+            infra: &infra,
+            cfg: &cfg,
+        };
+        let net = |s: &str| synwatch_enforce::parse_net(s).unwrap();
+        let covered = |s: &str| why_net(net(s), view).map(|(w, n)| (w.as_str(), n.to_string()));
+        assert_eq!(
+            covered("192.0.2.0/24"),
+            Some(("local", "192.0.2.1/32".into()))
+        );
+        assert_eq!(
+            covered("192.0.2.128/25"),
+            Some(("gateway", "192.0.2.254/32".into()))
+        );
+        assert_eq!(covered("fe80::/64"), Some(("router", "fe80::1/128".into())));
+        assert_eq!(
+            covered("198.51.100.0/24"),
+            Some(("resolver", "198.51.100.53/32".into()))
+        );
+        // Overlapping a protected range either way.
+        assert_eq!(
+            covered("203.0.0.0/16"),
+            Some(("allowlisted", "203.0.113.0/24".into()))
+        );
+        assert_eq!(
+            covered("203.0.113.128/25"),
+            Some(("allowlisted", "203.0.113.0/24".into()))
+        );
+        assert_eq!(covered("10.9.0.0/16"), Some(("local", "10.0.0.0/8".into())));
+        assert_eq!(
+            covered("0.0.0.0/0"),
+            Some(("special", "127.0.0.0/8".into()))
+        );
+        assert_eq!(covered("::/0").map(|c| c.0), Some("special"));
+        // Ranges clear of them may be banned; an address is judged as `why` judges it.
+        assert_eq!(covered("192.0.2.128/26"), None);
+        assert_eq!(covered("2001:db8:1::/48"), None);
+        assert_eq!(covered("192.0.2.254").map(|c| c.0), Some("gateway"));
+        assert_eq!(covered("192.0.2.77"), None);
+        // A scan's prefix covering a protected address is narrowed to the source.
+        let (t, p) = ban_target(ip("fe80::99"), net("fe80::/64"), view);
+        assert_eq!((t, p), (net("fe80::99"), None));
+        let (t, p) = ban_target(ip("2001:db8:1:2::9"), net("2001:db8:1:2::/64"), view);
+        assert_eq!((t, p), (net("2001:db8:1:2::/64"), None));
+        let (t, p) = ban_target(ip("192.0.2.254"), net("192.0.2.254"), view);
+        assert_eq!(
+            (t, p.map(Why::as_str)),
+            (net("192.0.2.254"), Some("gateway"))
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
 use synwatch_decode::DecodeError;
 use synwatch_detect::{Detector, Direction, Observation, Seen};
@@ -575,7 +576,7 @@ fn start_blocking(
     choice: BlockArg,
     settings: &BlockSettings,
     metrics: &Arc<Metrics>,
-    protected: &dyn Fn(IpAddr) -> bool,
+    protected: &dyn Fn(IpNet) -> bool,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) -> Result<Option<(Blocker, Vec<Happened>)>, String> {
     let candidates: &[Backend] = match (choice, xdp.is_some()) {
@@ -646,7 +647,7 @@ fn start_backend(
     backend: Backend,
     settings: &BlockSettings,
     metrics: &Arc<Metrics>,
-    protected: &dyn Fn(IpAddr) -> bool,
+    protected: &dyn Fn(IpNet) -> bool,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) -> anyhow::Result<(Blocker, Vec<Happened>)> {
     let rules = |b| synwatch_enforce::open_system(b, settings.scope);
@@ -753,7 +754,8 @@ fn report<W: std::io::Write>(
         result = result.and(match h {
             Happened::Blocked(r) => events.block(&BlockEvent {
                 ts,
-                src: r.addr,
+                src: r.net.addr(),
+                prefix: (!synwatch_enforce::is_host(r.net)).then_some(r.net),
                 backend,
                 until: r.expires,
                 reason: &r.reason,
@@ -761,9 +763,11 @@ fn report<W: std::io::Write>(
                 dry_run,
                 new_only: r.new_only,
             }),
-            Happened::Unblocked(addr, why) => {
-                detector.forget(addr);
-                events.unblock(ts, addr, why)
+            Happened::Unblocked(net, why) => {
+                // A range's sources are forgotten as the detector counts them (what it
+                // keeps per address inside the range ends with its window).
+                detector.forget(net.addr());
+                events.unblock(ts, net, why)
             }
         });
     }
@@ -778,8 +782,8 @@ fn release_protected<W: std::io::Write>(
     host: &HostNow,
     events: &mut EventWriter<W>,
 ) -> std::io::Result<()> {
-    let happened = blocker.release_protected(metrics::unix_now(), |a| {
-        is_protected(a, detector, host).is_some()
+    let happened = blocker.release_protected(metrics::unix_now(), |n| {
+        is_protected_net(n, detector, host).is_some()
     });
     report(
         happened,
@@ -805,9 +809,17 @@ fn on_scan<W: std::io::Write>(
     let protected = is_protected(scan.src, detector, host_now);
     let written = events.scan_protected(scan, protected.map(Why::as_str));
     if let Some(b) = blocker {
+        // The network the detector counted the source in (its /64 for IPv6), narrowed
+        // to the address where it would cover a protected one.
+        let wanted = scan.prefix.unwrap_or_else(|| IpNet::from(scan.src));
+        let (target, protected) = {
+            let snapshot = host_now.snapshot();
+            protect::ban_target(scan.src, wanted, snapshot.view(detector.config()))
+        };
         let session = protected.is_none() && holds_session(scan.src);
         b.scan(
             scan.src,
+            target,
             &scan.ports,
             metrics::unix_now(),
             protected,
@@ -820,6 +832,13 @@ fn on_scan<W: std::io::Write>(
 fn is_protected(addr: IpAddr, detector: &Detector, host: &HostNow) -> Option<Why> {
     let snapshot = host.snapshot();
     protect::why(addr, snapshot.view(detector.config()))
+}
+
+/// Why `net` (an address or a range) must never be banned, and the protected address or
+/// range it would cover (`protect::why_net`).
+fn is_protected_net(net: IpNet, detector: &Detector, host: &HostNow) -> Option<(Why, IpNet)> {
+    let snapshot = host.snapshot();
+    protect::why_net(net, snapshot.view(detector.config()))
 }
 
 /// One read of what the protection rule needs from the host.
@@ -1028,7 +1047,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let protected_at_start = {
         let detector = Detector::new(settings.detector.clone());
         let host_now = &host_now;
-        move |a: IpAddr| is_protected(a, &detector, host_now).is_some()
+        move |n: IpNet| is_protected_net(n, &detector, host_now).is_some()
     };
     // The handlers go in before any firewall rule does: a SIGTERM that arrives while
     // the agent sets up (or right after its banner) stops it cleanly, rules removed,
@@ -1271,7 +1290,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Ok(Msg::Call(call)) => {
                 if let Some(b) = blocker.as_mut() {
                     let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
-                        is_protected(a, &detector, &host_now)
+                        is_protected_net(a, &detector, &host_now)
                     });
                     output = output.and(report(
                         happened,
@@ -1305,7 +1324,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             b.promote(
                 metrics::unix_now(),
                 quiet_secs,
-                |a| is_protected(a, &detector, &host_now).is_some(),
+                |a| is_protected_net(a, &detector, &host_now).is_some(),
                 &mut holds_session,
             );
             if b.has_pending() {

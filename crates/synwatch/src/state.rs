@@ -4,13 +4,22 @@
 //!
 //! Times are Unix seconds of the wall clock, since a ban's end must mean the same moment
 //! after a reboot. Each change is its own transaction; a batch of bans is one.
+//!
+//! A ban's key (column `addr`) is the network as people write it: an address alone for
+//! a /32 or /128, `ADDR/LEN` for a range ([`synwatch_enforce::net_text`]), so databases
+//! from before range bans read as they are; their rows are rewritten once in canonical
+//! form (IPv4-mapped IPv6 as IPv4) on opening (schema version 1).
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use ipnet::IpNet;
 use rusqlite::{Connection, params};
 use synwatch_enforce::bans::{Offender, Record};
+use synwatch_enforce::{net_text, parse_net};
+
+/// `PRAGMA user_version` once the keys are canonical networks.
+const SCHEMA_NETWORKS: i64 = 1;
 
 pub const DB_FILE: &str = "bans.db";
 
@@ -51,7 +60,40 @@ impl Store {
             conn.execute_batch("ALTER TABLE bans ADD COLUMN new_only INTEGER NOT NULL DEFAULT 0")
                 .with_context(|| format!("cannot upgrade the ban database {}", path.display()))?;
         }
-        Ok(Self { conn, path })
+        let mut store = Self { conn, path };
+        store
+            .canonicalise()
+            .with_context(|| store.context("upgrade the keys"))?;
+        Ok(store)
+    }
+
+    /// Rewrites keys saved before range bans in canonical form, once.
+    fn canonicalise(&mut self) -> rusqlite::Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version >= SCHEMA_NETWORKS {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for table in ["bans", "offenders"] {
+            let keys: Vec<String> = tx
+                .prepare(&format!("SELECT addr FROM {table}"))?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for key in keys {
+                if let Some(net) = parse_net(&key)
+                    && net_text(net) != key
+                {
+                    tx.execute(
+                        &format!("UPDATE OR REPLACE {table} SET addr = ?1 WHERE addr = ?2"),
+                        params![net_text(net), key],
+                    )?;
+                }
+            }
+        }
+        tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_NETWORKS}"))?;
+        tx.commit()
     }
 
     fn context(&self, what: &str) -> String {
@@ -76,7 +118,7 @@ impl Store {
                 )
                 .context(what.clone())?;
             for r in records {
-                let addr = r.addr.to_string();
+                let addr = net_text(r.net);
                 ban.execute(params![
                     addr, r.since, r.expires, r.reason, r.offences, r.new_only
                 ])
@@ -90,11 +132,11 @@ impl Store {
     }
 
     /// Forgets bans that ended or were lifted; `forgive` also forgets the offences.
-    pub fn delete(&mut self, addrs: &[IpAddr], forgive: bool) -> Result<()> {
+    pub fn delete(&mut self, nets: &[IpNet], forgive: bool) -> Result<()> {
         let what = self.context("delete bans");
         let tx = self.conn.transaction().context(what.clone())?;
-        for addr in addrs {
-            let addr = addr.to_string();
+        for &net in nets {
+            let addr = net_text(net);
             tx.execute("DELETE FROM bans WHERE addr = ?1", params![addr])
                 .context(what.clone())?;
             if forgive {
@@ -140,17 +182,17 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (addr, since, expires, reason, offences, new_only) = row.context(what.clone())?;
-            match addr.parse() {
-                Ok(addr) => out.push(Record {
-                    addr,
+            match parse_net(&addr) {
+                Some(net) => out.push(Record {
+                    net,
                     since,
                     expires,
                     reason,
                     offences,
                     new_only,
                 }),
-                Err(_) => eprintln!(
-                    "synwatch: warning: skipping '{addr}' in {}: not an address",
+                None => eprintln!(
+                    "synwatch: warning: skipping '{addr}' in {}: not an address or CIDR range",
                     self.path.display()
                 ),
             }
@@ -158,7 +200,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn offenders(&self) -> Result<Vec<(IpAddr, Offender)>> {
+    pub fn offenders(&self) -> Result<Vec<(IpNet, Offender)>> {
         let what = self.context("read offenders");
         let mut stmt = self
             .conn
@@ -176,7 +218,7 @@ impl Store {
         let mut out = Vec::new();
         for row in rows {
             let (addr, offences, last_until) = row.context(what.clone())?;
-            if let Ok(addr) = addr.parse() {
+            if let Some(addr) = parse_net(&addr) {
                 out.push((
                     addr,
                     Offender {
@@ -211,7 +253,7 @@ mod tests {
 
     fn record(addr: &str, expires: Option<i64>) -> Record {
         Record {
-            addr: addr.parse().unwrap(),
+            net: parse_net(addr).unwrap(),
             since: 100,
             expires,
             reason: "21,22,23,25".into(),
@@ -232,7 +274,7 @@ mod tests {
         }
         let s = Store::open(&state).unwrap();
         let mut bans = s.bans().unwrap();
-        bans.sort_by_key(|r| r.addr);
+        bans.sort_by_key(|r| r.net);
         assert_eq!(
             bans,
             vec![record("192.0.2.1", Some(9999)), record("2001:db8::1", None)]
@@ -252,13 +294,56 @@ mod tests {
             record("192.0.2.2", Some(200)),
         ])
         .unwrap();
-        s.delete(&["192.0.2.1".parse().unwrap()], false).unwrap();
-        s.delete(&["192.0.2.2".parse().unwrap()], true).unwrap();
+        s.delete(&[parse_net("192.0.2.1").unwrap()], false).unwrap();
+        s.delete(&[parse_net("192.0.2.2").unwrap()], true).unwrap();
         assert!(s.bans().unwrap().is_empty());
         let offenders = s.offenders().unwrap();
         assert_eq!(offenders.len(), 1);
         assert_eq!(offenders[0].1.offences, 2);
         s.prune_offenders(201).unwrap();
         assert!(s.offenders().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ranges_are_kept_and_old_keys_are_made_canonical() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A database of before range bans, with a key written as IPv4-mapped IPv6.
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE bans (addr TEXT PRIMARY KEY, since INTEGER NOT NULL, expires INTEGER,
+                     reason TEXT NOT NULL, offences INTEGER NOT NULL);
+                 CREATE TABLE offenders (addr TEXT PRIMARY KEY, offences INTEGER NOT NULL,
+                     last_until INTEGER NOT NULL);
+                 INSERT INTO bans VALUES ('::ffff:192.0.2.9', 1, NULL, 'manual', 1);
+                 INSERT INTO bans VALUES ('2001:db8::1', 1, NULL, 'manual', 1);
+                 INSERT INTO offenders VALUES ('::ffff:192.0.2.9', 1, 9);",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(dir.path()).unwrap();
+        s.save(&[
+            record("2001:db8:1::/48", None),
+            record("198.51.100.0/24", Some(500)),
+        ])
+        .unwrap();
+        let mut nets: Vec<String> = s.bans().unwrap().iter().map(|r| net_text(r.net)).collect();
+        nets.sort();
+        assert_eq!(
+            nets,
+            [
+                "192.0.2.9",
+                "198.51.100.0/24",
+                "2001:db8:1::/48",
+                "2001:db8::1"
+            ]
+        );
+        // Deleting by network finds the migrated row.
+        s.delete(&[parse_net("::ffff:192.0.2.9").unwrap()], true)
+            .unwrap();
+        s.delete(&[parse_net("198.51.100.0/24").unwrap()], true)
+            .unwrap();
+        assert_eq!(s.bans().unwrap().len(), 2);
+        assert_eq!(s.offenders().unwrap().len(), 1, "the /48 still counts");
     }
 }

@@ -323,6 +323,17 @@ mod tests {
         assert_eq!(Event::parse(&[]), None);
     }
 
+    /// The C program's `struct lpm4`/`struct lpm6` (its `_Static_assert`s say 8 and 20),
+    /// the keys of the range-ban tries bannet4/bannet6 and the allowlist tries.
+    #[test]
+    fn lpm_keys_are_the_c_structs() {
+        use aya::maps::lpm_trie::Key;
+        assert_eq!(std::mem::size_of::<Key<[u8; 4]>>(), 8);
+        assert_eq!(std::mem::size_of::<Key<[u8; 16]>>(), 20);
+        let k = Key::new(24, [198u8, 51, 100, 0]);
+        assert_eq!((k.prefix_len(), k.data()), (24, [198, 51, 100, 0]));
+    }
+
     #[test]
     fn a_ban_on_new_connections_only_is_the_top_bit_of_its_end() {
         let v = BanValue {

@@ -287,7 +287,11 @@ fn share(ebpf: &Ebpf, name: &'static str) -> Result<aya::maps::Map, XdpError> {
         MapData::from_fd(fd).map_err(|e| XdpError::map(name, e))
     };
     let data = match map {
-        Map::PerCpuArray(d) | Map::HashMap(d) | Map::LruHashMap(d) => again(d)?,
+        Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::LpmTrie(d) => again(d)?,
         _ => return Err(XdpError::map(name, "unexpected map type")),
     };
     Map::from_map_data(data).map_err(|e| XdpError::map(name, e))
@@ -534,6 +538,31 @@ impl Xdp {
             2 => Verdict::Pass,
             other => Verdict::Other(other),
         })
+    }
+}
+
+impl Xdp {
+    /// Runs the program `repeat` times over `frame` (BPF_PROG_TEST_RUN) and returns its
+    /// verdict and the kernel's measure of one run's time, averaged. For benchmarks.
+    pub fn test_run_timed(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(Verdict, Duration), XdpError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let program = program(&mut self.ebpf).map_err(|e| XdpError::Load(e.to_string()))?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat.max(1);
+        let result = program
+            .test_run(opts)
+            .map_err(|e| XdpError::Load(format!("test run: {e}")))?;
+        let verdict = match result.return_value {
+            1 => Verdict::Drop,
+            2 => Verdict::Pass,
+            other => Verdict::Other(other),
+        };
+        Ok((verdict, result.duration))
     }
 }
 

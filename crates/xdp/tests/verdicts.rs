@@ -9,6 +9,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use synwatch_enforce::{Ban, Enforcer};
 use synwatch_testkit::packet::{
     Ipv4, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, tcp_v4, tcp_v6, tcp_v6_ext, udp_v4,
@@ -65,7 +67,7 @@ fn syn4(src: Ipv4Addr, dport: u16) -> Vec<u8> {
 
 fn ban(addr: &str, secs: Option<u64>) -> Ban {
     Ban {
-        addr: addr.parse().unwrap(),
+        net: synwatch_enforce::parse_net(addr).unwrap(),
         timeout_secs: secs,
         new_only: false,
     }
@@ -102,7 +104,7 @@ fn a_banned_source_is_dropped_for_every_protocol_and_others_pass() {
 
     let listed = bans.list().unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].addr, IpAddr::from(SCANNER));
+    assert_eq!(listed[0].net, IpNet::from(IpAddr::from(SCANNER)));
     assert_eq!(
         listed[0].packets,
         Some(6),
@@ -115,11 +117,93 @@ fn a_banned_source_is_dropped_for_every_protocol_and_others_pass() {
     );
     assert_eq!(bans.counters().unwrap().packets, 6);
 
-    bans.remove(&[IpAddr::from(SCANNER)]).unwrap();
+    bans.remove(&[IpNet::from(IpAddr::from(SCANNER))]).unwrap();
     assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Pass);
     assert!(bans.list().unwrap().is_empty());
     // Removing what is not banned is not an error.
-    bans.remove(&[IpAddr::from(SCANNER)]).unwrap();
+    bans.remove(&[IpNet::from(IpAddr::from(SCANNER))]).unwrap();
+}
+
+/// Range bans live in the LPM tries bannet4/bannet6: an address inside is dropped, one
+/// outside passes; the exact-match hash is consulted first, and an expired range lets
+/// its addresses through.
+#[test]
+fn a_range_ban_drops_every_address_inside_it_and_none_outside() {
+    let mut xdp = load(observe_only());
+    let mut bans = xdp.bans().unwrap();
+    let dst: Ipv6Addr = "fd00::1".parse().unwrap();
+    let syn6 = |src: &str| ethernet(&tcp_v6(src.parse().unwrap(), 1, dst, 22, SYN, 0));
+    bans.add(&[
+        ban("2001:db8:1:2::/64", Some(600)),
+        ban("198.51.100.0/24", None),
+    ])
+    .unwrap();
+    for inside in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2:ffff:ffff:ffff:ffff",
+        "2001:db8:1:2:abcd::77",
+    ] {
+        assert_eq!(
+            xdp.test_run(&syn6(inside)).unwrap(),
+            Verdict::Drop,
+            "{inside}"
+        );
+    }
+    for outside in [
+        "2001:db8:1:3::1",
+        "2001:db8:1:1:ffff:ffff:ffff:ffff",
+        "2001:db8::9",
+    ] {
+        assert_eq!(
+            xdp.test_run(&syn6(outside)).unwrap(),
+            Verdict::Pass,
+            "{outside}"
+        );
+    }
+    let in4 = Ipv4Addr::new(198, 51, 100, 201);
+    assert_eq!(xdp.test_run(&syn4(in4, 22)).unwrap(), Verdict::Drop);
+    let udp = ethernet(&udp_v4(in4, 5353, VICTIM, 53, 20));
+    assert_eq!(xdp.test_run(&udp).unwrap(), Verdict::Drop);
+    assert_eq!(
+        xdp.test_run(&syn4(Ipv4Addr::new(198, 51, 101, 1), 22))
+            .unwrap(),
+        Verdict::Pass
+    );
+    assert_eq!(
+        xdp.test_run(&syn4(Ipv4Addr::new(198, 51, 99, 255), 22))
+            .unwrap(),
+        Verdict::Pass
+    );
+    // Listed as ranges, with what they dropped.
+    let mut listed = bans.list().unwrap();
+    listed.sort_by_key(|b| b.net);
+    let nets: Vec<String> = listed.iter().map(|b| b.net.to_string()).collect();
+    assert_eq!(nets, ["198.51.100.0/24", "2001:db8:1:2::/64"]);
+    assert_eq!(listed[0].packets, Some(2));
+    assert_eq!(listed[1].packets, Some(3));
+    assert_eq!(listed[0].expires_secs, None);
+    // The allowlist still wins inside a banned range.
+    xdp.set_allowed(&["198.51.100.201/32".parse().unwrap()])
+        .unwrap();
+    assert_eq!(xdp.test_run(&syn4(in4, 22)).unwrap(), Verdict::Pass);
+    xdp.set_allowed(&[]).unwrap();
+    // Lifted exactly as added.
+    bans.remove(&[synwatch_enforce::parse_net("198.51.100.0/24").unwrap()])
+        .unwrap();
+    assert_eq!(xdp.test_run(&syn4(in4, 22)).unwrap(), Verdict::Pass);
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:1:2::1")).unwrap(),
+        Verdict::Drop
+    );
+    // A range ends inside the map at its time, like an address.
+    bans.add(&[ban("2001:db8:1:2::/64", Some(1))]).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:1:2::1")).unwrap(),
+        Verdict::Pass
+    );
+    bans.teardown().unwrap();
+    assert!(bans.list().unwrap().is_empty());
 }
 
 #[test]
@@ -276,7 +360,7 @@ fn the_packet_that_makes_a_scanner_is_dropped_and_the_source_banned_in_the_kerne
     assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
     let listed = bans.list().unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].addr, IpAddr::from(SCANNER));
+    assert_eq!(listed[0].net, IpNet::from(IpAddr::from(SCANNER)));
     assert!(
         listed[0]
             .expires_secs
@@ -303,7 +387,7 @@ fn the_packet_that_makes_a_scanner_is_dropped_and_the_source_banned_in_the_kerne
     assert_eq!(bans.list().unwrap().len(), 1);
 
     // Lifting the ban forgets the source's ports: it starts again from nothing.
-    bans.remove(&[IpAddr::from(SCANNER)]).unwrap();
+    bans.remove(&[IpNet::from(IpAddr::from(SCANNER))]).unwrap();
     for port in [22, 80, 443] {
         assert_eq!(xdp.test_run(&syn4(SCANNER, port)).unwrap(), Verdict::Pass);
     }
