@@ -279,6 +279,11 @@ impl Book {
         self.active.len()
     }
 
+    /// How many of the active bans are ranges (networks wider than one address).
+    pub fn ranges(&self) -> usize {
+        self.ranges.values().sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.active.is_empty()
     }

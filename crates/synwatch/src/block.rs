@@ -133,9 +133,6 @@ impl Blocker {
                 enforcer.backend().as_str()
             )
         })?;
-        metrics
-            .blocked_sources
-            .store(book.len() as u64, Ordering::Relaxed);
         let blocker = Self {
             enforcer,
             book,
@@ -161,6 +158,7 @@ impl Blocker {
                     .map(|a| Happened::Unblocked(a, "allowlisted")),
             )
             .collect();
+        blocker.record_held();
         Ok((blocker, lapsed))
     }
 
@@ -399,10 +397,19 @@ impl Blocker {
                 self.metrics.dropped_bytes.store(c.bytes, Ordering::Relaxed);
             }
         }
+        self.record_held();
+        happened
+    }
+
+    /// The ban gauges: bans held, and of them ranges.
+    fn record_held(&self) {
+        let held = |n: usize| n as u64;
         self.metrics
             .blocked_sources
-            .store(self.book.len() as u64, Ordering::Relaxed);
-        happened
+            .store(held(self.book.len()), Ordering::Relaxed);
+        self.metrics
+            .blocked_ranges
+            .store(held(self.book.ranges()), Ordering::Relaxed);
     }
 
     fn push_to_kernel(&mut self, now: i64) -> Vec<Happened> {
@@ -601,9 +608,7 @@ impl Blocker {
                 reply.bans = records.iter().map(|r| view(r, None)).collect();
             }
         }
-        self.metrics
-            .blocked_sources
-            .store(self.book.len() as u64, Ordering::Relaxed);
+        self.record_held();
         (reply, happened)
     }
 

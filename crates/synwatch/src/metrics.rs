@@ -59,6 +59,8 @@ pub struct Metrics {
     /// Blocking: active bans, bans applied, lifted, refused (by reason), failed attempts
     /// to apply, and what the drop rules dropped (read from the kernel's rule counters).
     pub blocked_sources: AtomicU64,
+    /// Of the bans held, those on networks wider than one address.
+    pub blocked_ranges: AtomicU64,
     pub blocks: AtomicU64,
     pub unblocks: AtomicU64,
     pub bans_refused_allowlisted: AtomicU64,
@@ -328,6 +330,12 @@ impl Metrics {
             "gauge",
             "Sources currently blocked.",
             &plain(get(&self.blocked_sources)),
+        );
+        family(
+            "synwatch_blocked_ranges",
+            "gauge",
+            "Of the blocked sources, the bans on networks wider than one address (an IPv6 scanner's /64, a manual CIDR).",
+            &plain(get(&self.blocked_ranges)),
         );
         family(
             "synwatch_blocks_total",

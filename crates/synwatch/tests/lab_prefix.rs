@@ -8,7 +8,7 @@
 #[expect(dead_code, reason = "this test uses part of the shared lab")]
 mod lab;
 
-use lab::{Agent, Lab, VICTIM6};
+use lab::{Agent, Lab, VICTIM6, eventually};
 
 /// The rotating scanner's /64 and a neighbouring one, both routed to the attacker.
 const ROTATING: &str = "fd77:1:2::";
@@ -75,6 +75,9 @@ fn rotating_64_is_banned_as_a_64(block: &str) {
         "a fresh address of the banned /64 still connects"
     );
     assert!(lab.connects(OTHER, VICTIM6), "another /64 was banned too");
+    eventually(3, "the range ban is counted", || {
+        lab.metric("synwatch_blocked_ranges") == 1
+    });
 }
 
 #[test]
