@@ -285,6 +285,8 @@ fn live(
         Err(e @ LiveError::Permission { .. }) => return Ok(Err(e.to_string())),
         Err(e) => return Err(e.into()),
     };
+    // The handles are open: nothing after this needs a privilege.
+    crate::run::drop_all_capabilities();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))

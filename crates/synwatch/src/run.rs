@@ -708,6 +708,12 @@ fn share_capabilities(wanted: &caps::CapsHashSet) {
 /// later bans and for setting the rules up again (kept ambient for them), and, when
 /// `capturing` through libpcap, CAP_NET_RAW for the agent itself (not its children):
 /// an interface deleted and created again is opened again (links.rs).
+/// Drops every capability (effective, permitted, inheritable, ambient): for commands
+/// that have opened their handles and need no privilege after.
+pub(crate) fn drop_all_capabilities() {
+    drop_capabilities(None, false);
+}
+
 fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
     let keep = blocking.map(backend_capabilities).unwrap_or_default();
     let mut own = keep.clone();

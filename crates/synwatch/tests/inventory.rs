@@ -491,3 +491,32 @@ fn live_inventory_sees_the_lab_traffic() {
         );
     }
 }
+
+/// A live inventory needs CAP_NET_RAW only to open its captures: once they are open it
+/// holds no capability at all.
+#[test]
+#[ignore = "needs root (a live capture); make test runs it"]
+fn a_live_inventory_holds_no_capability_once_its_captures_are_open() {
+    lab::require_root();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["inventory", "--iface", "lo", "--duration", "4s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synwatch inventory");
+    // The banner comes after the captures are open and the capabilities dropped.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("the banner");
+    assert!(line.contains("inventory of lo"), "{line}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    for set in ["CapEff:", "CapPrm:", "CapAmb:"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{set} missing: {status}"));
+        assert_eq!(value, "0000000000000000", "{set} still held");
+    }
+    assert!(child.wait().expect("wait").success());
+}
