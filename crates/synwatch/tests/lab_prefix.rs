@@ -20,16 +20,7 @@ fn rotating_64_is_banned_as_a_64(block: &str) {
     addrs.push(format!("{ROTATING}99"));
     addrs.push(OTHER.to_owned());
     for a in &addrs {
-        let out = lab.in_attacker(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{a}/64"),
-            "dev",
-            &lab.aif,
-            "nodad",
-        ]);
-        assert!(out.status.success(), "{out:?}");
+        lab.add_attacker_address(&format!("{a}/64"));
     }
     let out = lab.in_victim(&["ip", "-6", "route", "add", "fd77:1::/32", "via", "fd77::2"]);
     assert!(out.status.success(), "{out:?}");

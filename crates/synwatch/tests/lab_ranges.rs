@@ -25,20 +25,10 @@ const GATEWAY: &str = "10.77.0.254";
 fn lab() -> Lab {
     let lab = Lab::new();
     for a in IN4 {
-        let out = lab.in_attacker(&["ip", "addr", "add", &format!("{a}/24"), "dev", &lab.aif]);
-        assert!(out.status.success(), "{out:?}");
+        lab.add_attacker_address(&format!("{a}/24"));
     }
     for a in IN6 {
-        let out = lab.in_attacker(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{a}/64"),
-            "dev",
-            &lab.aif,
-            "nodad",
-        ]);
-        assert!(out.status.success(), "{out:?}");
+        lab.add_attacker_address(&format!("{a}/64"));
     }
     // A gateway for the victim (nobody answers for it; the protection rule sees it).
     let out = lab.in_victim(&["ip", "route", "add", "default", "via", GATEWAY]);

@@ -281,6 +281,17 @@ impl Lab {
         .success()
     }
 
+    /// Adds an address (`ADDR/LEN`) to the attacker's end of the veth.
+    #[allow(dead_code, reason = "only some test binaries add addresses")]
+    pub fn add_attacker_address(&self, cidr: &str) {
+        let mut args = vec!["ip", "addr", "add", cidr, "dev", &self.aif];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        let out = self.in_attacker(&args);
+        assert!(out.status.success(), "adding {cidr}: {out:?}");
+    }
+
     /// A SYN scan of `ports` from `src` (an attacker-side address) to `dst`.
     pub fn scan(&self, src: &str, dst: &str, ports: &str) {
         self.nmap(src, dst, ports, &[]);
