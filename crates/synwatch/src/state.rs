@@ -31,13 +31,43 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`, which is created with mode 0700.
+    ///
+    /// A file that is not a database, or a corrupt one, is moved aside (`bans.db.corrupt-
+    /// UNIXTIME`) with a warning and a new one started: blocking must not stop because the
+    /// list of past bans cannot be read.
     pub fn open(dir: &Path) -> Result<Self> {
         create_dir_private(dir)?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)
-            .with_context(|| format!("cannot open the ban database {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .context("cannot configure the ban database")?;
+        let conn = match Self::connect(&path) {
+            Err(e) if is_corrupt(&e) => {
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::metrics::unix_now()));
+                std::fs::rename(&path, &aside).with_context(|| {
+                    format!("cannot move the unreadable ban database {} aside", path.display())
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{suffix}")));
+                }
+                eprintln!(
+                    "synwatch: WARNING: the ban database {} is not readable ({e}); moved it to {} and started a new one: the bans it held are not restored",
+                    path.display(),
+                    aside.display()
+                );
+                Self::connect(&path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("cannot open the ban database {}", path.display()))?;
+        let mut store = Self { conn, path };
+        store
+            .canonicalise()
+            .with_context(|| store.context("upgrade the keys"))?;
+        Ok(store)
+    }
+
+    /// Opens `path` and sets its tables up (creating them, adding later columns).
+    fn connect(path: &Path) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -53,18 +83,12 @@ impl Store {
                  offences INTEGER NOT NULL,
                  last_until INTEGER NOT NULL
              );",
-        )
-        .with_context(|| format!("cannot set up the ban database {}", path.display()))?;
+        )?;
         // Added after the first release: databases from before get the column.
         if conn.prepare("SELECT new_only FROM bans LIMIT 0").is_err() {
-            conn.execute_batch("ALTER TABLE bans ADD COLUMN new_only INTEGER NOT NULL DEFAULT 0")
-                .with_context(|| format!("cannot upgrade the ban database {}", path.display()))?;
+            conn.execute_batch("ALTER TABLE bans ADD COLUMN new_only INTEGER NOT NULL DEFAULT 0")?;
         }
-        let mut store = Self { conn, path };
-        store
-            .canonicalise()
-            .with_context(|| store.context("upgrade the keys"))?;
-        Ok(store)
+        Ok(conn)
     }
 
     /// Rewrites keys saved before range bans in canonical form, once.
@@ -181,7 +205,16 @@ impl Store {
             .context(what.clone())?;
         let mut out = Vec::new();
         for row in rows {
-            let (addr, since, expires, reason, offences, new_only) = row.context(what.clone())?;
+            let (addr, since, expires, reason, offences, new_only) = match row {
+                Ok(fields) => fields,
+                Err(e) => {
+                    eprintln!(
+                        "synwatch: warning: skipping a ban in {}: {e} (edited by hand?)",
+                        self.path.display()
+                    );
+                    continue;
+                }
+            };
             match parse_net(&addr) {
                 Some(net) => out.push(Record {
                     net,
@@ -216,8 +249,8 @@ impl Store {
             })
             .context(what.clone())?;
         let mut out = Vec::new();
-        for row in rows {
-            let (addr, offences, last_until) = row.context(what.clone())?;
+        // A row that does not read (edited by hand) costs that offender's history only.
+        for (addr, offences, last_until) in rows.flatten() {
             if let Some(addr) = parse_net(&addr) {
                 out.push((
                     addr,
@@ -230,6 +263,14 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Whether opening failed because the file is not a sound database.
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 /// Creates the state directory readable only by its owner (ban lists and the control
@@ -260,6 +301,41 @@ mod tests {
             offences: 2,
             new_only: addr.contains(':'),
         }
+    }
+
+    #[test]
+    fn a_file_that_is_no_database_is_moved_aside_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(DB_FILE),
+            b"this is not an SQLite database at all, but long enough to look like one's header",
+        )
+        .unwrap();
+        let mut s = Store::open(dir.path()).expect("a new database");
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        assert_eq!(s.bans().unwrap().len(), 1);
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("bans.db.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the unreadable file is kept for a look");
+    }
+
+    #[test]
+    fn a_row_that_does_not_read_is_skipped_and_the_others_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        s.conn
+            .execute_batch(
+                "INSERT INTO bans (addr, since, expires, reason, offences) VALUES ('192.0.2.2', 'yesterday', NULL, 'x', 1);
+                 INSERT INTO offenders (addr, offences, last_until) VALUES ('192.0.2.2', 'many', 0);",
+            )
+            .unwrap();
+        let bans = s.bans().expect("the readable rows");
+        assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
+        assert_eq!(s.offenders().expect("the readable rows").len(), 1);
     }
 
     #[test]
