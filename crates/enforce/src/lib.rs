@@ -64,6 +64,28 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The longest ban (seconds) this backend's kernel objects can time out by
+    /// themselves: ipset takes timeouts up to 2,147,483 s (24 days 20 h); nftables and the
+    /// XDP maps count nanoseconds in 64 bits (584 years), bounded here at 500 years.
+    /// Bans "until removed" have no timeout and no limit.
+    pub fn max_ban_secs(self) -> u64 {
+        match self {
+            Backend::Iptables => 2_147_483,
+            Backend::Nftables | Backend::Xdp | Backend::XdpNftables => 500 * 365 * 86_400,
+        }
+    }
+
+    /// Why a ban of `secs` (0: until removed) cannot go to this backend, if it cannot.
+    pub fn refuses_ban_of(self, secs: u64) -> Option<String> {
+        let max = self.max_ban_secs();
+        (secs > max).then(|| {
+            format!(
+                "{self} keeps bans for at most {max} s ({} days); ban for less, or until removed (0)",
+                max / 86_400
+            )
+        })
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Nftables => "nftables",
@@ -437,6 +459,23 @@ fn test_ban(net: &str, timeout_secs: Option<u64>) -> Ban {
 #[expect(clippy::unwrap_used, reason = "tests fail loudly on a bad address")]
 mod net_tests {
     use super::*;
+
+    #[test]
+    fn each_backend_says_how_long_a_ban_it_keeps() {
+        let day = 86_400;
+        assert!(Backend::Iptables.refuses_ban_of(24 * day).is_none());
+        let why = Backend::Iptables.refuses_ban_of(25 * day).unwrap();
+        assert!(
+            why.contains("iptables keeps bans for at most 2147483 s"),
+            "{why}"
+        );
+        for b in [Backend::Nftables, Backend::Xdp, Backend::XdpNftables] {
+            assert!(b.refuses_ban_of(10 * 365 * day).is_none(), "{b}");
+            assert!(b.refuses_ban_of(u64::MAX).is_some(), "{b}");
+        }
+        // Until removed: no timeout at all.
+        assert!(Backend::Iptables.refuses_ban_of(0).is_none());
+    }
 
     #[test]
     fn networks_are_canonical_and_written_as_people_do() {

@@ -536,6 +536,9 @@ impl Blocker {
                     .collect();
             }
             Request::Add { addr, secs } => {
+                if let Some(why) = self.backend().refuses_ban_of(secs.unwrap_or(0)) {
+                    return (Reply::error(backend, why), happened);
+                }
                 let addr = &synwatch_enforce::ban_net(*addr);
                 if let Some((why, covered)) = protected(*addr) {
                     let text = refusal(*addr, why, covered);
@@ -733,6 +736,41 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_manual_ban_longer_than_the_backend_keeps_is_refused_not_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let enforcer = open(Backend::Iptables, Scope::All, Box::new(runner.clone()))
+            .expect("iptables opens without a program");
+        let (mut b, _) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::new(Metrics::default()),
+            0,
+            |_| false,
+        )
+        .unwrap();
+        let add = |secs| Request::Add {
+            addr: n("198.51.100.7"),
+            secs: Some(secs),
+        };
+        // ipset keeps timeouts up to 2,147,483 s: thirty days would fail every later batch.
+        let (reply, happened) = b.control(&add(30 * 86_400), 10, |_| None);
+        assert!(!reply.ok, "{reply:?}");
+        assert!(
+            reply
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("2147483 s")),
+            "{reply:?}"
+        );
+        assert!(happened.is_empty());
+        assert_eq!(b.active(), 0);
+        // Twenty days, and until removed, are taken.
+        assert!(b.control(&add(20 * 86_400), 10, |_| None).0.ok);
+        assert!(b.control(&add(0), 10, |_| None).0.ok);
     }
 
     fn n(s: &str) -> IpNet {

@@ -232,10 +232,8 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
     let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
     store.delete(&inside, false)?;
     let mut kernel = kernel_backend();
-    let backend = kernel
-        .as_ref()
-        .map_or("none", |k| k.backend().as_str())
-        .to_owned();
+    let backend_kind = kernel.as_ref().map(|k| k.backend());
+    let backend = backend_kind.map_or("none", Backend::as_str).to_owned();
     let waiting = "no agent is running and no synwatch rules are in the kernel: the change is saved and takes effect when the agent starts";
     let mut reply = Reply::ok(&backend);
     match request {
@@ -249,6 +247,11 @@ fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
                 .collect();
         }
         Request::Add { addr, secs } => {
+            if let Some(b) = backend_kind
+                && let Some(why) = b.refuses_ban_of(secs.unwrap_or(0))
+            {
+                return Ok(Reply::error(&backend, why));
+            }
             // No agent runs, so no configuration is known: the host's own addresses,
             // gateways, routers and resolvers are protected all the same.
             let host = Host::read().unwrap_or_default();

@@ -650,6 +650,14 @@ fn start_backend(
     protected: &dyn Fn(IpNet) -> bool,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) -> anyhow::Result<(Blocker, Vec<Happened>)> {
+    let policy = settings.policy;
+    if let Some(why) = backend.refuses_ban_of(policy.duration_secs.max(policy.max_secs)) {
+        anyhow::bail!(
+            "invalid --ban {} / --ban-max {}: {why}",
+            duration_text(policy.duration_secs),
+            duration_text(policy.max_secs)
+        );
+    }
     let rules = |b| synwatch_enforce::open_system(b, settings.scope);
     let maps = || -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
         let xdp = xdp.context("the XDP program is not running")?;

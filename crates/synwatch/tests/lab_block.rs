@@ -407,3 +407,31 @@ fn iptables_flushed_chain_ipset_and_removed_jump_come_back() {
         ],
     );
 }
+
+/// ipset keeps timeouts up to 2,147,483 s: an agent asked to ban longer through iptables
+/// refuses at start (exit 2) rather than fail every batch of bans later.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_ban_longer_than_ipset_keeps_is_refused_at_start() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let out = lab.in_victim(&[
+        env!("CARGO_BIN_EXE_synwatch"),
+        "run",
+        "--iface",
+        &lab.vif,
+        "--source",
+        "pcap",
+        "--block",
+        "iptables",
+        "--ban",
+        "30d",
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("2147483 s"), "{stderr}");
+    assert!(rules_left(&lab, "iptables").is_empty(), "rules were set up");
+}
