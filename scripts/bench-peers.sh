@@ -30,8 +30,9 @@
 #   detected  the tool's own record of the scanner (log line, alert, scan event)
 #   banned    the scanner's address (any form) in the tool's firewall state in the victim
 #   fw_s      first time a 50 ms poller of that state saw the ban, minus the first probe
-#   ban_s     attacker-side capture: the victim's last answer to the scanner minus the
-#             first probe (only when banned and the tail probe ended refused)
+#   ban_s     attacker-side capture: the victim's last answer (SYN-ACK or RST) to the
+#             scanner minus the first probe (only when banned and the tail probe ended
+#             refused)
 #   cross_s   the same from the probe that reached the 4th distinct port ("none": that
 #             probe got no answer, the ban was already in place)
 #   ports     distinct victim ports that answered the scanner (SYN-ACK or RST)
@@ -259,8 +260,12 @@ for line in open(cap):
             ports.append(dp)
             if len(ports) == 4: cross = t
     elif sa in victims and da in scanners:
-        last_ans = t
-        if sp != "8080": answered.add(sp)
+        # an answer to an attempt: SYN-ACK or RST (not the victim's retransmissions on a
+        # connection the tail probe opened just before the ban)
+        fl = line.split("Flags [", 1)[1][:3] if "Flags [" in line else ""
+        if "S" in fl or "R" in fl:
+            last_ans = t
+            if sp != "8080": answered.add(sp)
 def f(x): return "-" if x is None else "%.3f" % x
 ban_s = cross_s = None
 if t_ban != "-" and last_ans is not None and first is not None:
