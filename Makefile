@@ -142,7 +142,7 @@ bench-xdp: build
 	scripts/bench-xdp.sh
 
 ## bench-peers: synwatch side by side with portsentry, psad, fail2ban and CrowdSec in a
-## namespace lab (root; installs the peers from Debian when missing; ~20 min; see
+## namespace lab (root; installs the peers from Debian when missing; ~16 min; see
 ## docs/COMPARISON.md). SYNWATCH= another binary, TOOLS=, WORKLOADS=, OUT=results.tsv
 bench-peers: build
 	scripts/bench-peers.sh
