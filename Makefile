@@ -20,7 +20,7 @@ TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promto
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev
 
-.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp test image-test check lint fmt bench fuzz clean
+.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp bench-peers test image-test check lint fmt bench fuzz clean
 
 all: build
 
@@ -141,6 +141,12 @@ bench-flood: build
 ## bench-xdp: XDP against nftables dropping a banned SYN flood, and time to ban (root)
 bench-xdp: build
 	scripts/bench-xdp.sh
+
+## bench-peers: synwatch side by side with portsentry, psad, fail2ban and CrowdSec in a
+## namespace lab (root; installs the peers from Debian when missing; ~16 min; see
+## docs/COMPARISON.md). SYNWATCH= another binary, TOOLS=, WORKLOADS=, OUT=results.tsv
+bench-peers: build
+	scripts/bench-peers.sh
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; stable, no sanitizer)
 FUZZ_SECONDS ?= 60
