@@ -96,8 +96,8 @@ pub struct DetectArgs {
     #[arg(long, env = "SYNWATCH_MAX_HOSTS", value_name = "N")]
     pub max_hosts: Option<String>,
 
-    /// ...an attempt being unanswered when no SYN-ACK for it is seen within DUR
-    /// [default: 3s]
+    /// ...an attempt being unanswered when no SYN-ACK for it is seen within DUR (sweeps
+    /// are looked for where the answers are seen: replay and --source pcap) [default: 3s]
     #[arg(long, env = "SYNWATCH_ANSWER_WAIT", value_name = "DUR")]
     pub answer_wait: Option<String>,
 
