@@ -3,68 +3,17 @@
 //! regression test in a plain `cargo test`, with no cargo-fuzz and no nightly needed.
 //!
 //! Like the targets, it asserts that nothing panics, that the packet loop ends and that a
-//! `Reassembler` holds within its limits. Keep `decode_one`, `reassemble_one` and
-//! `read_one` in step with the three targets.
+//! `Reassembler` holds within its limits. The decode and reassembly harnesses are the
+//! targets' own (`synwatch_decode::fuzz`); keep `read_one` in step with the
+//! `capture_reader` target.
 
 use std::fs;
 use std::panic;
 use std::path::{Path, PathBuf};
 
 use synwatch_capture::CaptureReader;
-use synwatch_decode::{LinkType, Reassembler, ReassemblyLimits, decode};
-
-/// The `decode` target's table: its first input byte (modulo the length) picks the link
-/// type, and the corpus files rely on this order.
-const LINKS: [LinkType; 8] = [
-    LinkType::Null,
-    LinkType::Ethernet,
-    LinkType::Raw,
-    LinkType::Loop,
-    LinkType::LinuxSll,
-    LinkType::Ipv4,
-    LinkType::Ipv6,
-    LinkType::LinuxSll2,
-];
-
-/// `fuzz/fuzz_targets/decode.rs`.
-fn decode_one(data: &[u8]) {
-    let Some((&selector, packet)) = data.split_first() else {
-        return;
-    };
-    let link = LINKS[usize::from(selector) % LINKS.len()];
-    let _ = decode(link, packet);
-}
-
-/// The `reassembly` target's limits: small, so that eviction runs.
-const LIMITS: ReassemblyLimits = ReassemblyLimits {
-    max_datagrams: 8,
-    max_bytes: 2048,
-    timeout_ns: 30_000_000_000,
-};
-
-/// `fuzz/fuzz_targets/reassembly.rs`: the first byte picks the link type, then each
-/// packet is a length byte, a time step byte (quarter seconds) and up to that many bytes.
-fn reassemble_one(data: &[u8]) {
-    let Some((&selector, mut rest)) = data.split_first() else {
-        return;
-    };
-    let link = LINKS[usize::from(selector) % LINKS.len()];
-    let mut reassembler = Reassembler::new(LIMITS);
-    let mut now = 0u64;
-    while let [len, step, tail @ ..] = rest {
-        let (packet, next) = tail.split_at(usize::from(*len).min(tail.len()));
-        rest = next;
-        now = now.saturating_add(u64::from(*step) * 250_000_000);
-        let _ = reassembler.decode(link, packet, now);
-        let stats = reassembler.stats();
-        assert!(stats.datagrams_in_use <= LIMITS.max_datagrams as u64);
-        assert!(stats.bytes_in_use <= LIMITS.max_bytes as u64);
-        assert!(stats.completed <= stats.fragments);
-    }
-    reassembler.expire(now.saturating_add(LIMITS.timeout_ns + 1));
-    assert_eq!(reassembler.stats().datagrams_in_use, 0);
-    assert_eq!(reassembler.stats().bytes_in_use, 0);
-}
+use synwatch_decode::fuzz::{decode_input, reassembly_input};
+use synwatch_decode::{LinkType, Reassembler, decode};
 
 /// `fuzz/fuzz_targets/capture_reader.rs`.
 fn read_one(data: &[u8]) {
@@ -134,18 +83,18 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn decode_corpus_never_panics() {
-    replay("decode", decode_one);
+    replay("decode", decode_input);
 }
 
 #[test]
 fn reassembly_corpus_never_panics() {
-    replay("reassembly", reassemble_one);
+    replay("reassembly", reassembly_input);
 }
 
 /// The decode corpus read as packet sequences too: more shapes for the reassembler.
 #[test]
 fn decode_corpus_through_the_reassembler_never_panics() {
-    replay("decode", reassemble_one);
+    replay("decode", reassembly_input);
 }
 
 #[test]

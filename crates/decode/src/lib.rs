@@ -26,6 +26,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub mod fuzz;
 pub mod reassembly;
 
 pub use reassembly::{
@@ -68,6 +69,19 @@ impl LinkType {
             _ => return None,
         })
     }
+
+    /// Every framing, in the order of their `LINKTYPE_*` numbers (the fuzz inputs' first
+    /// byte picks one by this order: [`fuzz`]).
+    pub const ALL: [LinkType; 8] = [
+        Self::Null,
+        Self::Ethernet,
+        Self::Raw,
+        Self::Loop,
+        Self::LinuxSll,
+        Self::Ipv4,
+        Self::Ipv6,
+        Self::LinuxSll2,
+    ];
 
     /// The canonical `LINKTYPE_*` number.
     pub fn linktype(self) -> u32 {

@@ -182,19 +182,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The decode fuzz target's table (fuzz/fuzz_targets/decode.rs): the first byte of a
-/// corpus file, modulo its length, picks the link type of the rest.
-const LINKS: [LinkType; 8] = [
-    LinkType::Null,
-    LinkType::Ethernet,
-    LinkType::Raw,
-    LinkType::Loop,
-    LinkType::LinuxSll,
-    LinkType::Ipv4,
-    LinkType::Ipv6,
-    LinkType::LinuxSll2,
-];
-
 /// The IP packet a non-Ethernet link type frames, as the decoder finds it.
 fn l3_of(link: LinkType, packet: &[u8]) -> Option<&[u8]> {
     match link {
@@ -218,12 +205,12 @@ fn corpus_frames() -> Vec<(String, Vec<u8>)> {
     for path in files {
         let data = std::fs::read(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let Some((&selector, packet)) = data.split_first() else {
+        // The decode target's layout: a link type selector, then the packet.
+        let Some((link, packet)) = synwatch_decode::fuzz::split_input(&data) else {
             continue;
         };
         // Any bytes are an Ethernet frame.
         frames.push((format!("corpus {name} as Ethernet"), packet.to_vec()));
-        let link = LINKS[usize::from(selector) % LINKS.len()];
         if let Some(ip) = l3_of(link, packet) {
             for ethertype in [0x0800u16, 0x86dd] {
                 frames.push((
