@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use synwatch_capture::{CaptureError, CaptureReader};
 use synwatch_decode::{
-    DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits, ReassemblyStats, Skip, TcpFlags,
-    Transport,
+    DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits, ReassemblyStats, Skip, Transport,
 };
-use synwatch_detect::{AddrSet, Detector, Direction, Observation};
+use synwatch_detect::{AddrSet, Detector, Direction, Observation, Probe};
 
 use crate::config::DetectSettings;
 use crate::output::{Connection, EventWriter, Format, Formatter};
@@ -307,7 +306,8 @@ struct Prepare {
 
 impl Prepare {
     fn push(&mut self, batch: &mut Batch, obs: Observation) {
-        if obs.flags.has(TcpFlags::SYN) && !obs.flags.has(TcpFlags::ACK) {
+        // An attempt, by the detector's own rule (not a SYN-ACK, not a stealth probe).
+        if Probe::classify(obs.flags) == Some(Probe::Syn) {
             let direction = if self.locals.contains(obs.src) {
                 Direction::Out
             } else {
