@@ -30,7 +30,11 @@
  * 4. Detects scans in the kernel when blocking in XDP: each source's distinct
  *    destination ports within the window are kept in an LRU map (at most
  *    max_ports + 1 of them); the packet that takes a source over max_ports bans it
- *    and is dropped, and user space hears of it through the ring buffer.
+ *    and is dropped, and user space hears of it through the ring buffer. A source is
+ *    what the user-space detector counts as one (crates/detect source_of): an IPv4
+ *    address; an IPv6 address's network of config.ipv6_prefix bits, banned as a range
+ *    in bannet6, unless the LPM trie peraddr6 (prefixes holding a protected address)
+ *    holds the address, which then counts per address.
  *
  * Per-CPU counters record what it did. The layouts shared with user space are mirrored
  * in crates/xdp/src/layout.rs (checked by _Static_assert here and by tests there); keep
@@ -84,6 +88,10 @@ struct config {
 	__u64 ban_ns; /* a kernel ban's first length; 0: until removed */
 	__u32 max_ports;
 	__u32 flags;
+	/* --ipv6-prefix: in-kernel detection counts an IPv6 source as its network of this
+	 * length (1..127), unless peraddr6 holds it; 0 or 128: per address. */
+	__u32 ipv6_prefix;
+	__u32 pad;
 };
 
 /* In ban.expires: the ban drops only new connections and probes (the source held an
@@ -113,7 +121,8 @@ struct event {
 	__u8 flags;
 	__u8 family; /* 4 or 6 */
 	__u8 kind;
-	__u8 pad;
+	__u8 prefix; /* EV_BANNED: the length of the network counted and banned (IPv6
+		      * counted per prefix), 0: the address */
 	__u32 ifindex;
 	__u32 pad2;
 };
@@ -132,12 +141,13 @@ struct raw_event {
 };
 #define RAW_HEADER 48
 
-_Static_assert(sizeof(struct config) == 24, "struct config: layout.rs Config::to_bytes");
+_Static_assert(sizeof(struct config) == 32, "struct config: layout.rs Config::to_bytes");
 _Static_assert(sizeof(struct ban) == 24, "struct ban: layout.rs BanValue");
 _Static_assert(sizeof(struct event) == 56, "struct event: layout.rs EVENT_LEN");
 _Static_assert(__builtin_offsetof(struct event, flags) == 44, "layout.rs Event::parse");
 _Static_assert(__builtin_offsetof(struct event, family) == 45, "layout.rs Event::parse");
 _Static_assert(__builtin_offsetof(struct event, kind) == 46, "layout.rs KIND_AT");
+_Static_assert(__builtin_offsetof(struct event, prefix) == 47, "layout.rs Event::parse");
 _Static_assert(__builtin_offsetof(struct event, ifindex) == 48, "layout.rs Event::parse");
 _Static_assert(__builtin_offsetof(struct raw_event, len) == 12, "layout.rs RawPacket::parse");
 _Static_assert(__builtin_offsetof(struct raw_event, copied) == 16, "layout.rs RawPacket::parse");
@@ -250,6 +260,17 @@ struct {
 	__type(key, struct lpm6);
 	__type(value, __u8);
 } allow6 SEC(".maps");
+
+/* The IPv6 networks whose sources in-kernel detection counts per address although
+ * config.ipv6_prefix is below 128: those holding this host's or its neighbours'
+ * addresses (the user-space detector's rule), and ::ffff:0:0/96. Set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm6);
+	__type(value, __u8);
+} peraddr6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -423,6 +444,27 @@ __noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
 	if (copied < len)
 		count(slot, C_RAW_TRUNCATED, 1);
 	return 1;
+}
+
+/* Turns `k` (an address, /128) into its network of `plen` bits (1..127). */
+static __always_inline void mask6(struct lpm6 *k, __u32 plen)
+{
+	__u64 hi, lo;
+	__builtin_memcpy(&hi, k->addr, 8);
+	__builtin_memcpy(&lo, k->addr + 8, 8);
+	hi = bpf_be64_to_cpu(hi);
+	lo = bpf_be64_to_cpu(lo);
+	if (plen >= 64) {
+		lo &= plen == 64 ? 0 : ~0ULL << ((128 - plen) & 63);
+	} else {
+		lo = 0;
+		hi &= ~0ULL << ((64 - plen) & 63);
+	}
+	hi = bpf_cpu_to_be64(hi);
+	lo = bpf_cpu_to_be64(lo);
+	__builtin_memcpy(k->addr, &hi, 8);
+	__builtin_memcpy(k->addr + 8, &lo, 8);
+	k->prefixlen = plen;
 }
 
 static __always_inline int is_vlan(__u16 proto)
@@ -644,11 +686,21 @@ int synwatch_xdp(struct xdp_md *ctx)
 	if (cfg->flags & CFG_DETECT) {
 		if (is_allowed < 0)
 			is_allowed = bpf_map_lookup_elem(allow_map, allow_key) != 0;
-		struct track *t = bpf_map_lookup_elem(track_map, src_key);
+		/* IPv6 counts per network (--ipv6-prefix), unless the network holds a
+		 * protected address: a6 becomes the network, the key of its track and ban. */
+		void *track_key = src_key;
+		__u32 plen = cfg->ipv6_prefix;
+		if (ev.family == 6 && plen > 0 && plen < 128 &&
+		    !bpf_map_lookup_elem(&peraddr6, &a6)) {
+			mask6(&a6, plen);
+			track_key = a6.addr;
+			ev.prefix = plen;
+		}
+		struct track *t = bpf_map_lookup_elem(track_map, track_key);
 		if (!t) {
 			struct track fresh = {};
-			bpf_map_update_elem(track_map, src_key, &fresh, BPF_NOEXIST);
-			t = bpf_map_lookup_elem(track_map, src_key);
+			bpf_map_update_elem(track_map, track_key, &fresh, BPF_NOEXIST);
+			t = bpf_map_lookup_elem(track_map, track_key);
 		}
 		if (!is_allowed && crosses(t, ev.dport, now, cfg->window_ns, cfg->max_ports + 1)) {
 			struct ban nb = {
@@ -656,7 +708,16 @@ int synwatch_xdp(struct xdp_md *ctx)
 				.packets = 1,
 				.bytes = len,
 			};
-			bpf_map_update_elem(ban_map, src_key, &nb, BPF_ANY);
+			if (ev.prefix) {
+				/* The network, as a range ban; the trie is looked up from now on. */
+				bpf_map_update_elem(&bannet6, &a6, &nb, BPF_ANY);
+				__u32 *held = bpf_map_lookup_elem(&ranges_held, &key);
+				/* Not atomic: CPUs only ever set this bit here. */
+				if (held && !(*held & RANGES_V6))
+					*held |= RANGES_V6;
+			} else {
+				bpf_map_update_elem(ban_map, src_key, &nb, BPF_ANY);
+			}
 			count(slot, C_KERNEL_BANS, 1);
 			count(slot, C_DROPPED, 1);
 			count(slot, C_DROPPED_BYTES, len);

@@ -471,14 +471,15 @@ impl Blocker {
         );
     }
 
-    /// The XDP program banned `addr` by itself. The detector, which saw the same packet,
+    /// The XDP program banned `net` by itself (an address, or the network of an IPv6
+    /// source it counted per `--ipv6-prefix`). The detector, which saw the same packet,
     /// normally decided the same ban a moment earlier. If the cap made that scan wait,
     /// the kernel's ban is kept (and counted against the cap): user space never lifts it
     /// because of the cap. If the detector did not decide it at all (the source is
     /// protected, the two disagree), the kernel's ban is lifted again at the next apply,
     /// without an event. Returns whether it stays.
-    pub fn confirm_kernel_ban(&mut self, addr: IpAddr, now: i64, session: bool) -> bool {
-        let addr = synwatch_enforce::ban_net(IpNet::from(addr));
+    pub fn confirm_kernel_ban(&mut self, net: impl Into<IpNet>, now: i64, session: bool) -> bool {
+        let addr = synwatch_enforce::ban_net(net.into());
         if self.book.covering(addr).is_some() {
             return true;
         }

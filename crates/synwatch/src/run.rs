@@ -1289,13 +1289,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     }
                 }
             }
-            Ok(Msg::KernelBans(KernelBans(addrs))) => {
+            Ok(Msg::KernelBans(KernelBans(banned))) => {
                 if let Some(b) = blocker.as_mut() {
                     let now = metrics::unix_now();
-                    for addr in addrs {
-                        if !b.confirm_kernel_ban(addr, now, holds_session(addr)) {
+                    for (net, addr) in banned {
+                        if !b.confirm_kernel_ban(net, now, holds_session(addr)) {
                             eprintln!(
-                                "synwatch: the XDP program banned {addr}, but the detector did not (see above); lifting it"
+                                "synwatch: the XDP program banned {net}, but the detector did not (see above); lifting it"
                             );
                         }
                     }

@@ -10,6 +10,8 @@
 //! L3 header on, and go through the same decoder as libpcap's.
 
 use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv6Net};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -63,6 +65,7 @@ pub fn options(
             max_ports: detector.max_ports,
             window_ns: u64::try_from(detector.window).unwrap_or(u64::MAX),
             ban_secs: b.policy.duration_secs,
+            ipv6_prefix: detector.ipv6_prefix,
         })
     });
     Options {
@@ -95,7 +98,35 @@ pub fn apply(
     protected: crate::protect::View<'_>,
 ) -> Result<(), XdpError> {
     xdp.configure(options)?;
+    xdp.set_per_address(&per_address(protected.cfg))?;
     xdp.set_allowed(&crate::protect::allowlist(protected))
+}
+
+/// The IPv6 networks whose sources the program counts per address although
+/// `--ipv6-prefix` is shorter: those at that length holding a local or neighbour address
+/// (or lying inside a local range), the detector's rule (`Detector::source_of`), which
+/// the test below holds the two to.
+fn per_address(cfg: &synwatch_detect::Config) -> Vec<Ipv6Net> {
+    if cfg.ipv6_prefix >= 128 {
+        return Vec::new();
+    }
+    let mut nets: Vec<Ipv6Net> = cfg
+        .locals
+        .iter()
+        .chain(cfg.neighbours.iter())
+        .filter_map(|net| match net {
+            IpNet::V6(n) if n.prefix_len() >= cfg.ipv6_prefix => {
+                Ipv6Net::new(n.network(), cfg.ipv6_prefix)
+                    .ok()
+                    .map(|w| w.trunc())
+            }
+            IpNet::V6(n) => Some(n.trunc()),
+            IpNet::V4(_) => None,
+        })
+        .collect();
+    nets.sort();
+    nets.dedup();
+    nets
 }
 
 /// How the interfaces are attached, for the banner: "veth0 (XDP native)".
@@ -107,9 +138,11 @@ pub fn describe(xdp: &Xdp) -> String {
         .join(", ")
 }
 
-/// What the XDP thread hands the pipeline besides observations.
+/// What the XDP thread hands the pipeline besides observations: what the program banned
+/// (an address, or the network of an IPv6 source it counted per `--ipv6-prefix`), and
+/// the address whose packet crossed.
 #[derive(Debug)]
-pub struct KernelBans(pub Vec<IpAddr>);
+pub struct KernelBans(pub Vec<(IpNet, IpAddr)>);
 
 /// How often the program's counters are copied into the metrics.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
@@ -158,7 +191,7 @@ pub fn run(
         if !events.is_empty() {
             let clock = BootToUnix::now();
             let mut batch: Vec<Observation> = Vec::with_capacity(events.len());
-            let mut banned: Vec<IpAddr> = Vec::new();
+            let mut banned: Vec<(IpNet, IpAddr)> = Vec::new();
             for record in &events {
                 match record {
                     Record::Probe(e) => {
@@ -171,7 +204,7 @@ pub fn run(
                             flags: TcpFlags(e.flags),
                         });
                         if e.banned() {
-                            banned.push(e.src);
+                            banned.push((e.banned_net(), e.src));
                         }
                     }
                     Record::Raw(p) => match defrag.decode(LinkType::Raw, &p.bytes, p.ts_boot) {
@@ -217,6 +250,68 @@ fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool) {
             iface
                 .drops
                 .store(ring.counter(Counter::RingbufFull, one), Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+    use synwatch_detect::{AddrSet, Config, Detector};
+
+    /// Whether the program counts `addr` per address: `peraddr6` (an LPM trie of
+    /// [`per_address`] and ::ffff:0:0/96) holds it, or the prefix is 128.
+    fn kernel_per_address(cfg: &Config, addr: IpAddr) -> bool {
+        let IpAddr::V6(a) = addr else { return true };
+        let mapped: Ipv6Net = "::ffff:0:0/96".parse().unwrap();
+        cfg.ipv6_prefix >= 128
+            || mapped.contains(&a)
+            || per_address(cfg).iter().any(|n| n.contains(&a))
+    }
+
+    #[test]
+    fn the_program_counts_per_address_exactly_where_the_detector_does() {
+        for prefix in [48u8, 56, 64, 100, 128] {
+            let mut cfg = Config {
+                ipv6_prefix: prefix,
+                ..Config::default()
+            };
+            // The host's own on-link /64, a local range wider than the prefix, and a
+            // neighbour (its router) elsewhere.
+            cfg.locals = AddrSet::new();
+            for l in ["2001:db8:77:1::10/128", "fd00:aa00::/40", "192.0.2.1/32"] {
+                cfg.locals.insert(l.parse().unwrap());
+            }
+            cfg.neighbours = AddrSet::new();
+            cfg.neighbours
+                .insert("2001:db8:99:5::fe/128".parse().unwrap());
+            let detector = Detector::new(cfg.clone());
+            for addr in [
+                "2001:db8:77:1::10",
+                "2001:db8:77:1:dead::1",
+                "2001:db8:77:2::1",
+                "2001:db8:77:100::1",
+                "fd00:aa00:1:2::3",
+                "fd00:ab00::3",
+                "2001:db8:99:5::1",
+                "2001:db8:99:6::1",
+                "2001:db8:98::1",
+                "::ffff:192.0.2.9",
+                "3fff::1",
+                "192.0.2.9",
+            ] {
+                let addr: IpAddr = addr.parse().unwrap();
+                let (_, prefix) = detector.source_of(addr);
+                assert_eq!(
+                    kernel_per_address(&cfg, addr),
+                    prefix.is_none(),
+                    "{addr} with --ipv6-prefix {prefix:?}"
+                );
+                if let Some(IpNet::V6(net)) = prefix {
+                    assert_eq!(net.prefix_len(), cfg.ipv6_prefix);
+                }
+            }
         }
     }
 }

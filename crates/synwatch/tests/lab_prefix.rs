@@ -69,6 +69,31 @@ fn rotating_64_is_banned_as_a_64(block: &str) {
     eventually(3, "the range ban is counted", || {
         lab.metric("synwatch_blocked_ranges") == 1
     });
+    if block == "xdp" {
+        xdp_counts_the_64_in_the_kernel(&lab);
+    }
+}
+
+/// With XDP, the program itself counted the rotation as its /64 and banned the /64 with
+/// the crossing packet (one kernel ban, the same range as the detector's, so it is held
+/// once); sources on the victim's own /64 are counted per address in the kernel too: two
+/// neighbours with two ports each and a connection (three ports each, five in their /64)
+/// are no scanner.
+fn xdp_counts_the_64_in_the_kernel(lab: &Lab) {
+    eventually(3, "the kernel's ban is counted", || {
+        lab.metric("synwatch_xdp_kernel_bans_total") == 1
+    });
+    let neighbours = ["fd77::7", "fd77::8"];
+    for (i, n) in neighbours.iter().enumerate() {
+        lab.add_attacker_address(&format!("{n}/64"));
+        let ports = format!("{}-{}", 200 + 2 * i, 201 + 2 * i);
+        lab.nmap(n, VICTIM6, &ports, &[]);
+    }
+    for n in neighbours {
+        assert!(lab.connects(n, VICTIM6), "neighbour {n} was banned");
+    }
+    assert_eq!(lab.metric("synwatch_xdp_kernel_bans_total"), 1);
+    assert_eq!(lab.metric("synwatch_blocked_ranges"), 1);
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //! range); either value holds its end on the kernel's boot clock (0: until removed) and the packets and bytes it dropped; the program compares
 //! the end with `bpf_ktime_get_boot_ns()` on every packet, so a ban stops dropping the
 //! moment it ends even before user space deletes the entry. Removing a ban also forgets
-//! the source's in-kernel scan track, as the user-space detector forgets it.
+//! the source's in-kernel scan track, as the user-space detector forgets it (for an IPv6
+//! range, the track of the network: the program counts a source per `--ipv6-prefix`
+//! under its network, and bans that itself as a range in `bannet6`).
 //!
 //! The maps live as long as the program: they are not a firewall that outlives the
 //! agent, so `--keep-rules-on-exit` does not keep XDP bans; the next start restores them
@@ -235,7 +237,8 @@ impl Enforcer for XdpBans {
                 Keyed::V4(k) => (self.ban4.remove(&k), self.track4.remove(&k)),
                 Keyed::V6(k) => (self.ban6.remove(&k), self.track6.remove(&k)),
                 Keyed::Net4(k) => (self.bannet4.remove(&k), Ok(())),
-                Keyed::Net6(k) => (self.bannet6.remove(&k), Ok(())),
+                // The program tracks a source counted per prefix under its network.
+                Keyed::Net6(k) => (self.bannet6.remove(&k), self.track6.remove(&k.data())),
             };
             for (map, result) in [("ban", ban), ("track", track)] {
                 if let Err(e) = result

@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::{IpNet, Ipv6Net};
+
 /// Ports one source's track holds in the kernel: `max_ports + 1` must fit.
 pub const TRACK_PORTS: u16 = 16;
 /// Interfaces whose counters are kept apart (more share the last slot's).
@@ -80,15 +82,22 @@ pub struct Config {
     pub ban_ns: u64,
     pub max_ports: u32,
     pub flags: u32,
+    /// `--ipv6-prefix`: in-kernel detection counts an IPv6 source as its network of
+    /// this many bits (1..=127) unless `peraddr6` holds it; 0 or 128: per address.
+    pub ipv6_prefix: u32,
 }
 
+/// The size of `struct config`.
+pub const CONFIG_LEN: usize = 32;
+
 impl Config {
-    pub fn to_bytes(self) -> [u8; 24] {
-        let mut b = [0u8; 24];
+    pub fn to_bytes(self) -> [u8; CONFIG_LEN] {
+        let mut b = [0u8; CONFIG_LEN];
         b[0..8].copy_from_slice(&self.window_ns.to_ne_bytes());
         b[8..16].copy_from_slice(&self.ban_ns.to_ne_bytes());
         b[16..20].copy_from_slice(&self.max_ports.to_ne_bytes());
         b[20..24].copy_from_slice(&self.flags.to_ne_bytes());
+        b[24..28].copy_from_slice(&self.ipv6_prefix.to_ne_bytes());
         b
     }
 }
@@ -210,6 +219,9 @@ pub struct Event {
     pub flags: u8,
     /// `EV_PROBE` and/or `EV_BANNED`.
     pub kind: u8,
+    /// With `EV_BANNED`: the length of the IPv6 network the program counted the source
+    /// as and banned (see [`Event::banned_net`]); 0 when it counted the address.
+    pub prefix: u8,
     pub ifindex: u32,
 }
 
@@ -249,6 +261,7 @@ impl Event {
             dport: u16_at(42)?,
             flags: *b.get(44)?,
             kind,
+            prefix: *b.get(47)?,
             ifindex: b.get(48..52)?.try_into().ok().map(u32::from_ne_bytes)?,
         })
     }
@@ -259,6 +272,17 @@ impl Event {
 
     pub fn banned(&self) -> bool {
         self.kind & EV_BANNED != 0
+    }
+
+    /// What the program banned with this packet (when [`Event::banned`]): the source's
+    /// IPv6 network when it counted the source per prefix, else the address.
+    pub fn banned_net(&self) -> IpNet {
+        match self.src {
+            IpAddr::V6(a) if (1..128).contains(&self.prefix) => {
+                Ipv6Net::new(a, self.prefix).map_or(IpNet::from(self.src), |n| IpNet::V6(n.trunc()))
+            }
+            _ => IpNet::from(self.src),
+        }
     }
 }
 
@@ -294,6 +318,7 @@ mod tests {
         b[44] = 0x02;
         b[45] = family;
         b[46] = kind;
+        b[47] = if family == 6 { 64 } else { 0 };
         b[48..52].copy_from_slice(&7u32.to_ne_bytes());
         b
     }
@@ -314,6 +339,12 @@ mod tests {
         assert_eq!(e.src.to_string(), "2001:db8::7");
         assert_eq!(e.dst.to_string(), "fd00::1");
         assert!(!e.probe() && e.banned());
+        assert_eq!(e.prefix, 64);
+        assert_eq!(e.banned_net().to_string(), "2001:db8::/64");
+        let per_address = Event { prefix: 0, ..e };
+        assert_eq!(per_address.banned_net().to_string(), "2001:db8::7/128");
+        let v4 = Event::parse(&record(4, EV_BANNED)).expect("parses");
+        assert_eq!(v4.banned_net().to_string(), "192.0.2.7/32");
     }
 
     #[test]
@@ -360,6 +391,7 @@ mod tests {
             ban_ns: 3_600_000_000_000,
             max_ports: 3,
             flags: CFG_EMIT | CFG_DETECT,
+            ipv6_prefix: 64,
         }
         .to_bytes();
         assert_eq!(
@@ -373,6 +405,10 @@ mod tests {
         assert_eq!(
             u32::from_ne_bytes(b[20..24].try_into().unwrap_or_default()),
             3
+        );
+        assert_eq!(
+            u32::from_ne_bytes(b[24..28].try_into().unwrap_or_default()),
+            64
         );
     }
 

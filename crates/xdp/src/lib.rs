@@ -85,6 +85,9 @@ pub struct Detection {
     /// How long a ban the kernel decides lasts until user space sets its real length
     /// (0: until lifted).
     pub ban_secs: u64,
+    /// `--ipv6-prefix`: an IPv6 source counts (and is banned) as its network of this
+    /// many bits, unless [`Xdp::set_per_address`] covers it; 128: per address.
+    pub ipv6_prefix: u8,
 }
 
 /// What the program is told to do.
@@ -106,22 +109,24 @@ impl Options {
         if self.scope_new {
             flags |= layout::CFG_SCOPE_NEW;
         }
-        let (window_ns, ban_ns, max_ports) = match self.detection {
+        let (window_ns, ban_ns, max_ports, ipv6_prefix) = match self.detection {
             Some(d) if d.max_ports < layout::TRACK_PORTS => {
                 flags |= layout::CFG_DETECT;
                 (
                     d.window_ns,
                     d.ban_secs.saturating_mul(1_000_000_000),
                     u32::from(d.max_ports),
+                    u32::from(d.ipv6_prefix.min(128)),
                 )
             }
-            _ => (0, 0, 0),
+            _ => (0, 0, 0, 128),
         };
         Config {
             window_ns,
             ban_ns,
             max_ports,
             flags,
+            ipv6_prefix,
         }
     }
 }
@@ -227,10 +232,11 @@ pub struct Attached {
 pub struct Xdp {
     ebpf: Ebpf,
     attached: Vec<Attached>,
-    config: Array<MapData, [u8; 24]>,
+    config: Array<MapData, [u8; layout::CONFIG_LEN]>,
     ifslot: Array<MapData, u32>,
     allow4: LpmTrie<MapData, [u8; 4], u8>,
     allow6: LpmTrie<MapData, [u8; 16], u8>,
+    peraddr6: LpmTrie<MapData, [u8; 16], u8>,
     options: Options,
 }
 
@@ -345,11 +351,13 @@ impl Xdp {
             ifslot: take(&mut ebpf, "ifslot")?,
             allow4: take(&mut ebpf, "allow4")?,
             allow6: take(&mut ebpf, "allow6")?,
+            peraddr6: take(&mut ebpf, "peraddr6")?,
             ebpf,
             attached: Vec::new(),
             options,
         };
         xdp.configure(options)?;
+        xdp.set_per_address(&[])?;
         Ok(xdp)
     }
 
@@ -483,6 +491,22 @@ impl Xdp {
             .collect();
         replace_trie(&mut self.allow4, &want4).map_err(|e| XdpError::map("allow4", e))?;
         replace_trie(&mut self.allow6, &want6).map_err(|e| XdpError::map("allow6", e))
+    }
+
+    /// Replaces the IPv6 networks whose sources in-kernel detection counts per address
+    /// although [`Detection::ipv6_prefix`] is shorter than 128: those that hold this
+    /// host's or its neighbours' addresses (the user-space detector's rule, so the
+    /// host's LAN neighbours are never one scanner). IPv4-mapped addresses
+    /// (`::ffff:0:0/96`) always count per address, as the detector counts them.
+    pub fn set_per_address(&mut self, nets: &[ipnet::Ipv6Net]) -> Result<(), XdpError> {
+        let mapped = ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96)
+            .map_err(|e| XdpError::map("peraddr6", e))?;
+        let want: Vec<Key<[u8; 16]>> = nets
+            .iter()
+            .chain(std::iter::once(&mapped))
+            .map(|n| Key::new(u32::from(n.prefix_len()), n.network().octets()))
+            .collect();
+        replace_trie(&mut self.peraddr6, &want).map_err(|e| XdpError::map("peraddr6", e))
     }
 
     /// Whether the allowlist covers `addr` (as the program sees it).

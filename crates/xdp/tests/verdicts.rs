@@ -330,14 +330,127 @@ fn every_probe_is_reported_with_addresses_ports_and_flags() {
 }
 
 fn detecting(max_ports: u16) -> Options {
+    detecting_per(max_ports, 128)
+}
+
+/// In-kernel detection counting IPv6 sources per network of `ipv6_prefix` bits.
+fn detecting_per(max_ports: u16, ipv6_prefix: u8) -> Options {
     Options {
         emit: false,
         detection: Some(Detection {
             max_ports,
             window_ns: 60_000_000_000,
             ban_secs: 3600,
+            ipv6_prefix,
         }),
         scope_new: false,
+    }
+}
+
+fn syn6(src: &str, dport: u16) -> Vec<u8> {
+    let dst: Ipv6Addr = "2001:db8:77:1::10".parse().unwrap();
+    ethernet(&tcp_v6(src.parse().unwrap(), 40000, dst, dport, SYN, 0))
+}
+
+/// `--ipv6-prefix 64`: a scanner rotating through the addresses of its /64, one port
+/// each, is one source and is banned as the /64 (a range ban, which holds every
+/// address of it and none of the next /64); the host's own on-link /64 (handed to the
+/// program as counted per address) holds neighbours that are counted, and banned, one
+/// by one.
+#[test]
+fn in_kernel_detection_counts_ipv6_per_prefix_and_bans_the_prefix() {
+    let mut xdp = load(detecting_per(3, 64));
+    xdp.set_per_address(&["2001:db8:77:1::/64".parse().unwrap()])
+        .unwrap();
+    let mut ring = xdp.ring().unwrap();
+    let mut bans = xdp.bans().unwrap();
+
+    for (i, port) in [22, 80, 443].into_iter().enumerate() {
+        let src = format!("2001:db8:bad:1::{}", i + 1);
+        assert_eq!(xdp.test_run(&syn6(&src, port)).unwrap(), Verdict::Pass);
+    }
+    // The fourth address of the /64, with a fourth port, makes the /64 a scanner.
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:bad:1::4", 8080)).unwrap(),
+        Verdict::Drop
+    );
+    let events = probes(&mut ring);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0].banned());
+    assert_eq!(events[0].src.to_string(), "2001:db8:bad:1::4");
+    assert_eq!(events[0].prefix, 64);
+    assert_eq!(events[0].banned_net().to_string(), "2001:db8:bad:1::/64");
+    let listed = bans.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].net.to_string(), "2001:db8:bad:1::/64");
+    assert!(
+        listed[0]
+            .expires_secs
+            .is_some_and(|s| (3590..=3600).contains(&s))
+    );
+    // A fresh address of that /64 is refused; one of the next /64 is not.
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:bad:1:ffff::9", 22)).unwrap(),
+        Verdict::Drop
+    );
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:bad:2::1", 22)).unwrap(),
+        Verdict::Pass
+    );
+
+    // Neighbours on the host's own /64: four of them with three ports each (twelve
+    // ports in one /64) are four sources, none a scanner.
+    for n in ["a", "b", "c", "d"] {
+        for port in [22, 80, 443] {
+            let src = format!("2001:db8:77:1::{n}");
+            assert_eq!(
+                xdp.test_run(&syn6(&src, port)).unwrap(),
+                Verdict::Pass,
+                "{src} port {port}"
+            );
+        }
+    }
+    // One of them with a fourth port is a scanner, banned alone.
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:77:1::a", 8080)).unwrap(),
+        Verdict::Drop
+    );
+    let events = probes(&mut ring);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].prefix, events[0].banned()), (0, true));
+    assert_eq!(events[0].banned_net().to_string(), "2001:db8:77:1::a/128");
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:77:1::b", 22)).unwrap(),
+        Verdict::Pass
+    );
+    let mut nets: Vec<String> = bans
+        .list()
+        .unwrap()
+        .iter()
+        .map(|b| b.net.to_string())
+        .collect();
+    nets.sort();
+    assert_eq!(nets, ["2001:db8:77:1::a/128", "2001:db8:bad:1::/64"]);
+
+    // Lifting the range forgets the network's ports: it starts again from nothing.
+    bans.remove(&["2001:db8:bad:1::/64".parse().unwrap()])
+        .unwrap();
+    for port in [22, 80, 443] {
+        assert_eq!(
+            xdp.test_run(&syn6("2001:db8:bad:1::7", port)).unwrap(),
+            Verdict::Pass
+        );
+    }
+    assert_eq!(
+        xdp.test_run(&syn6("2001:db8:bad:1::8", 25)).unwrap(),
+        Verdict::Drop
+    );
+
+    // Per address again with --ipv6-prefix 128: a rotation is many sources.
+    xdp.configure(detecting_per(3, 128)).unwrap();
+    for i in 1..=8u16 {
+        let src = format!("2001:db8:bad:3::{i}");
+        assert_eq!(xdp.test_run(&syn6(&src, i)).unwrap(), Verdict::Pass);
     }
 }
 
