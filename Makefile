@@ -11,7 +11,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
              ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool \
-             ping:iputils-ping
+             ping:iputils-ping xdp-filter:xdp-tools bpftool:bpftool
 # only for `make test` (promtool comes with the Prometheus server package; scapy, for
 # Debian's /usr/bin/python3, crafts the lab's evasive packets)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \
@@ -138,7 +138,7 @@ bench-bans: build
 bench-flood: build
 	SECONDS_FLOOD=20 scripts/bench-flood.sh
 
-## bench-xdp: XDP against nftables dropping a banned SYN flood, and time to ban (root)
+## bench-xdp: XDP against nftables and xdp-filter dropping a banned SYN flood, and time to ban (root)
 bench-xdp: build
 	scripts/bench-xdp.sh
 
