@@ -27,6 +27,11 @@
  *    counts the cut ones), with the length the frame held. User space reassembles and
  *    judges them; they are passed (unless banned) and never counted by step 4. Other
  *    fragments (non-TCP, or beyond the TCP header) are passed without a record.
+ * 3a. With CFG_SAME (the XDP source), judges SYN retransmissions as the user-space
+ *    detector does: a SYN whose 4-tuple the LRU map `attempts` saw within config.same_ns
+ *    is counted (C_SAME) and passed, neither sent up nor counted toward a scan. User
+ *    space judges the SYNs it reassembles from raw records against the same map and
+ *    records their sightings there, so both share one table of last sightings.
  * 4. Detects scans in the kernel when blocking in XDP: each source's distinct
  *    destination ports within the window are kept in an LRU map (at most
  *    max_ports + 1 of them); the packet that takes a source over max_ports bans it
@@ -63,6 +68,7 @@
 #define CFG_EMIT 1      /* report every probe (the XDP source) */
 #define CFG_DETECT 2    /* detect scans in the kernel and ban them */
 #define CFG_SCOPE_NEW 4 /* a ban drops only new connections and probes */
+#define CFG_SAME 8      /* judge SYN retransmissions here (config.same_ns) */
 
 /* event.kind */
 #define EV_PROBE 1  /* a SYN without ACK or a stealth probe */
@@ -80,6 +86,7 @@ enum {
 	C_PASSED_UNPARSED,
 	C_RAW,           /* EV_RAW records sent */
 	C_RAW_TRUNCATED, /* ...of which cut at RAW_CAP bytes */
+	C_SAME,          /* SYNs judged retransmissions here (CFG_SAME), not sent up */
 	C_COUNT = 16,    /* the stride of a slot's counters */
 };
 
@@ -92,6 +99,9 @@ struct config {
 	 * length (1..127), unless peraddr6 holds it; 0 or 128: per address. */
 	__u32 ipv6_prefix;
 	__u32 pad;
+	/* CFG_SAME: a SYN whose 4-tuple was last seen at most this long ago is a
+	 * retransmission (SPEC §2 "same attempt", the detector's window). */
+	__u64 same_ns;
 };
 
 /* In ban.expires: the ban drops only new connections and probes (the source held an
@@ -141,7 +151,7 @@ struct raw_event {
 };
 #define RAW_HEADER 48
 
-_Static_assert(sizeof(struct config) == 32, "struct config: layout.rs Config::to_bytes");
+_Static_assert(sizeof(struct config) == 40, "struct config: layout.rs Config::to_bytes");
 _Static_assert(sizeof(struct ban) == 24, "struct ban: layout.rs BanValue");
 _Static_assert(sizeof(struct event) == 56, "struct event: layout.rs EVENT_LEN");
 _Static_assert(__builtin_offsetof(struct event, flags) == 44, "layout.rs Event::parse");
@@ -154,7 +164,19 @@ _Static_assert(__builtin_offsetof(struct raw_event, copied) == 16, "layout.rs Ra
 _Static_assert(__builtin_offsetof(struct raw_event, kind) == 46, "layout.rs KIND_AT");
 _Static_assert(__builtin_offsetof(struct raw_event, data) == RAW_HEADER, "layout.rs RAW_HEADER");
 _Static_assert(sizeof(struct raw_event) == RAW_HEADER + RAW_CAP, "layout.rs RAW_CAP");
-_Static_assert(C_RAW_TRUNCATED < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
+_Static_assert(C_SAME < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
+
+/* The key of `attempts`: a SYN's 4-tuple (IPv4 addresses in the first 4 bytes of
+ * src/dst, the rest zero) and its family. */
+struct tuple {
+	__u8 src[16];
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 family;
+	__u8 pad[3];
+};
+_Static_assert(sizeof(struct tuple) == 40, "layout.rs TUPLE_LEN");
 
 struct lpm4 {
 	__u32 prefixlen;
@@ -290,6 +312,26 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
+
+/* CFG_SAME: each SYN's 4-tuple -> the boot-clock ns of its last sighting, for the SYNs
+ * the program judges and (written by user space) those it hands up raw. A SYN whose
+ * 4-tuple was seen within config.same_ns is a retransmission: counted (C_SAME), not
+ * sent up, not counted toward a scan. As many as the user-space detector's table
+ * holds by default (2 x --max-sources). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct tuple);
+	__type(value, __u64);
+} attempts SEC(".maps");
+
+/* Where a SYN's 4-tuple is put together (kept off the stack, which is near its limit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tuple);
+} tuple_scratch SEC(".maps");
 
 /* Where a raw record is put together (too big for the stack). */
 struct {
@@ -444,6 +486,30 @@ __noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
 	if (copied < len)
 		count(slot, C_RAW_TRUNCATED, 1);
 	return 1;
+}
+
+/* Whether the SYN in `ev` repeats a 4-tuple seen within `same_ns` (a retransmission);
+ * records this sighting either way. */
+static __always_inline int same_attempt(struct event *ev, __u64 now, __u64 same_ns)
+{
+	__u32 zero = 0;
+	struct tuple *k = bpf_map_lookup_elem(&tuple_scratch, &zero);
+	if (!k)
+		return 0;
+	__builtin_memcpy(k->src, ev->src, 16);
+	__builtin_memcpy(k->dst, ev->dst, 16);
+	k->sport = ev->sport;
+	k->dport = ev->dport;
+	k->family = ev->family;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	__u64 *last = bpf_map_lookup_elem(&attempts, k);
+	if (!last) {
+		bpf_map_update_elem(&attempts, k, &now, BPF_ANY);
+		return 0;
+	}
+	__u64 then = *last;
+	*last = now;
+	return then <= now && now - then <= same_ns;
 }
 
 /* Turns `k` (an address, /128) into its network of `plen` bits (1..127). */
@@ -680,6 +746,13 @@ int synwatch_xdp(struct xdp_md *ctx)
 	ev.flags = flags;
 	ev.ifindex = ifindex;
 	ev.kind = (cfg->flags & CFG_EMIT) ? EV_PROBE : 0;
+
+	/* A retransmitted SYN is not a new attempt: not sent up, and (as in the user-space
+	 * detector) not counted toward a scan. */
+	if ((cfg->flags & CFG_SAME) && (flags & 0x02) && same_attempt(&ev, now, cfg->same_ns)) {
+		count(slot, C_SAME, 1);
+		return XDP_PASS;
+	}
 
 	/* 3. In-kernel detection. */
 	int verdict = XDP_PASS;

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub dropped_bytes: AtomicU64,
     /// Scanners the XDP program banned by itself (read from its counters).
     pub xdp_kernel_bans: AtomicU64,
+    /// SYN retransmissions judged by the XDP program (and for fragments through its
+    /// table), which never reach the detector; part of `retransmissions` as reported.
+    pub xdp_retransmissions: AtomicU64,
     /// The blocking backend in use ("none" when not blocking); set once at start.
     pub backend: std::sync::OnceLock<&'static str>,
     pub decode_errors: [AtomicU64; DecodeError::ALL.len()],
@@ -299,7 +302,7 @@ impl Metrics {
             "synwatch_retransmitted_attempts_total",
             "counter",
             "SYNs repeating a 4-tuple seen within the window (not new attempts).",
-            &plain(get(&self.retransmissions)),
+            &plain(get(&self.retransmissions) + get(&self.xdp_retransmissions)),
         );
         family(
             "synwatch_stealth_probes_total",

@@ -1502,7 +1502,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         lines.join("\n"),
         s.attempts_in,
         s.attempts_out,
-        s.retransmissions,
+        s.retransmissions + metrics.xdp_retransmissions.load(Ordering::Relaxed),
         s.stealth_probes,
         logged,
         metrics.events_suppressed.load(Ordering::Relaxed),

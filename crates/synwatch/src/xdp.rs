@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits, TcpFlags};
-use synwatch_detect::{DirectionFilter, Observation};
+use synwatch_detect::{DirectionFilter, Observation, Probe};
 use synwatch_xdp::clock::{BootToUnix, boot_now};
 use synwatch_xdp::{Counter, Detection, Mode, Options, Record, Ring, Xdp, XdpError};
 
@@ -72,6 +72,9 @@ pub fn options(
         emit,
         detection,
         scope_new: blocking.is_some_and(|(b, _)| b.scope == synwatch_enforce::Scope::New),
+        // Observing through XDP, the program judges SYN retransmissions by the
+        // detector's window (SPEC §2 "same attempt") and sends up only new attempts.
+        same_attempt_ns: u64::try_from(detector.window).unwrap_or(0),
     }
 }
 
@@ -175,6 +178,9 @@ pub fn run(
     let mut defrag = Reassembler::new(ReassemblyLimits::default());
     let reassembly_slot = metrics.interfaces.len();
     let mut next_counters = crate::run::monotonic();
+    // SYNs handed up raw that the program's table of last sightings judged
+    // retransmissions (the program counts its own).
+    let mut raw_same = 0u64;
     while !stop.load(Ordering::Relaxed) {
         events.clear();
         match ring.wait(Duration::from_millis(200), &mut events) {
@@ -209,7 +215,21 @@ pub fn run(
                     }
                     Record::Raw(p) => match defrag.decode(LinkType::Raw, &p.bytes, p.ts_boot) {
                         Ok(Decoded::Segment(seg)) => {
-                            batch.extend(Observation::of_segment(clock.unix(p.ts_boot), &seg));
+                            let Some(obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg)
+                            else {
+                                continue;
+                            };
+                            // One table of last sightings for the SYNs the program judged
+                            // and those it could not: the detector only ever sees the
+                            // new attempts of either.
+                            if Probe::classify(obs.flags) == Some(Probe::Syn)
+                                && ring
+                                    .same_attempt(obs.src, obs.dst, obs.sport, obs.dport, p.ts_boot)
+                            {
+                                raw_same += 1;
+                                continue;
+                            }
+                            batch.push(obs);
                         }
                         Ok(Decoded::Skipped(_)) => {}
                         Err(kind) => {
@@ -229,18 +249,22 @@ pub fn run(
         let t = crate::run::monotonic();
         if t >= next_counters {
             next_counters = t + COUNTERS_EVERY;
-            record(&ring, metrics, slots, observing);
+            record(&ring, metrics, slots, observing, raw_same);
             defrag.expire(boot_now());
             metrics.record_reassembly(reassembly_slot, defrag.stats());
         }
     }
-    record(&ring, metrics, slots, observing);
+    record(&ring, metrics, slots, observing, raw_same);
 }
 
-fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool) {
+fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool, raw_same: u64) {
     metrics
         .xdp_kernel_bans
         .store(ring.counter(Counter::KernelBans, slots), Ordering::Relaxed);
+    metrics.xdp_retransmissions.store(
+        ring.counter(Counter::Retransmissions, slots) + raw_same,
+        Ordering::Relaxed,
+    );
     if observing {
         for (iface, &slot) in metrics.interfaces.iter().zip(slots) {
             let one = std::slice::from_ref(&slot);

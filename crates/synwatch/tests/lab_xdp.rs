@@ -472,3 +472,79 @@ fn source_auto_falls_back_to_libpcap_in_one_line_and_source_xdp_refuses() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(programs(&lab).is_empty());
 }
+
+/// SYN retransmissions, whole and fragmented, through the XDP source (where the program
+/// judges the SYNs it parses and user space the fragments, against one table of last
+/// sightings) and through libpcap: the same two connections logged once each, and the
+/// same five retransmissions counted.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn retransmissions_judged_in_the_kernel_are_counted_and_not_logged() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let xdp = Agent::start(
+        &lab,
+        dir.path(),
+        "via-xdp",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "none",
+            "--metrics-addr",
+            "127.0.0.1:9813",
+        ],
+    );
+    let pcap = Agent::start(
+        &lab,
+        dir.path(),
+        "via-pcap",
+        &[
+            "--source",
+            "pcap",
+            "--block",
+            "none",
+            "--metrics-addr",
+            "127.0.0.1:9814",
+        ],
+    );
+    let out = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
+    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // 45001: three whole SYNs, then the same SYN in 8-byte fragments; 45002: first in
+    // fragments, then twice whole.
+    let script = format!(
+        "from scapy.all import *\nimport time\nconf.verb = 0\n\
+         def syn(sport): return IP(src='{SCANNER}', dst='{VICTIM}') / TCP(sport=sport, dport=7001, flags='S')\n\
+         def whole(sport): sendp(Ether(dst='{mac}') / syn(sport), iface='{aif}')\n\
+         def split(sport):\n\
+         \x20   for f in fragment(syn(sport), fragsize=8): sendp(Ether(dst='{mac}') / f, iface='{aif}')\n\
+         for step in [lambda: whole(45001), lambda: whole(45001), lambda: whole(45001),\n\
+         \x20            lambda: split(45001), lambda: split(45002), lambda: whole(45002),\n\
+         \x20            lambda: whole(45002)]:\n\
+         \x20   step(); time.sleep(0.2)\n",
+        aif = lab.aif,
+    );
+    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "scapy failed (make test installs python3-scapy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (agent, addr) in [(&xdp, "127.0.0.1:9813"), (&pcap, "127.0.0.1:9814")] {
+        lab::eventually(3, "five retransmissions counted", || {
+            lab.metric_at(addr, "synwatch_retransmitted_attempts_total") == 5
+        });
+        let logged: Vec<u64> = agent
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "connection" && e["dport"] == 7001)
+            .filter_map(|e| e["sport"].as_u64())
+            .collect();
+        assert_eq!(logged, [45001, 45002], "{addr}");
+        assert_eq!(
+            lab.metric_at(addr, "synwatch_new_connections_total{direction=\"in\"}"),
+            2,
+            "{addr}"
+        );
+    }
+}

@@ -112,6 +112,7 @@ fn main() {
                 emit: false,
                 detection: None,
                 scope_new: false,
+                same_attempt_ns: 0,
             })
             .unwrap();
             let mut maps = xdp.bans().unwrap();

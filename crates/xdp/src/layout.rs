@@ -19,6 +19,9 @@ pub const CFG_EMIT: u32 = 1;
 pub const CFG_DETECT: u32 = 2;
 /// `config.flags`: a ban drops only new connections and probes.
 pub const CFG_SCOPE_NEW: u32 = 4;
+/// `config.flags`: judge SYN retransmissions in the kernel (`config.same_ns`), and send
+/// up only new attempts.
+pub const CFG_SAME: u32 = 8;
 
 /// `event.kind`: a SYN without ACK or a stealth probe.
 pub const EV_PROBE: u8 = 1;
@@ -50,13 +53,15 @@ pub enum Counter {
     RawRecords = 7,
     /// Raw records whose packet was longer than [`RAW_CAP`] and was cut.
     RawTruncated = 8,
+    /// SYNs the program judged retransmissions (`CFG_SAME`) and did not send up.
+    Retransmissions = 9,
 }
 
 /// Counters per slot in the per-CPU array.
 pub const COUNTERS_PER_SLOT: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::Packets,
         Counter::Events,
         Counter::RingbufFull,
@@ -66,6 +71,7 @@ impl Counter {
         Counter::PassedUnparsed,
         Counter::RawRecords,
         Counter::RawTruncated,
+        Counter::Retransmissions,
     ];
 
     /// The key of this counter for interface slot `slot`.
@@ -85,10 +91,13 @@ pub struct Config {
     /// `--ipv6-prefix`: in-kernel detection counts an IPv6 source as its network of
     /// this many bits (1..=127) unless `peraddr6` holds it; 0 or 128: per address.
     pub ipv6_prefix: u32,
+    /// With [`CFG_SAME`]: a SYN whose 4-tuple was last seen at most this many
+    /// nanoseconds ago is a retransmission (the detector's window).
+    pub same_ns: u64,
 }
 
 /// The size of `struct config`.
-pub const CONFIG_LEN: usize = 32;
+pub const CONFIG_LEN: usize = 40;
 
 impl Config {
     pub fn to_bytes(self) -> [u8; CONFIG_LEN] {
@@ -98,8 +107,42 @@ impl Config {
         b[16..20].copy_from_slice(&self.max_ports.to_ne_bytes());
         b[20..24].copy_from_slice(&self.flags.to_ne_bytes());
         b[24..28].copy_from_slice(&self.ipv6_prefix.to_ne_bytes());
+        b[32..40].copy_from_slice(&self.same_ns.to_ne_bytes());
         b
     }
+
+    /// The flags and `same_ns` of a config as [`Config::to_bytes`] wrote it.
+    pub fn same_of(b: &[u8; CONFIG_LEN]) -> Option<u64> {
+        let flags = u32::from_ne_bytes(b[20..24].try_into().ok()?);
+        let same = u64::from_ne_bytes(b[32..40].try_into().ok()?);
+        (flags & CFG_SAME != 0).then_some(same)
+    }
+}
+
+/// The size of `struct tuple`, the key of the `attempts` map.
+pub const TUPLE_LEN: usize = 40;
+
+/// The `attempts` key of a SYN's 4-tuple, as the program builds it from its event: the
+/// addresses in the first 4 or 16 bytes of two 16-byte fields, the ports in host order,
+/// the family; `None` when the two addresses are of different families.
+pub fn tuple_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Option<[u8; TUPLE_LEN]> {
+    let mut k = [0u8; TUPLE_LEN];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            k[0..4].copy_from_slice(&s.octets());
+            k[16..20].copy_from_slice(&d.octets());
+            k[36] = 4;
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            k[0..16].copy_from_slice(&s.octets());
+            k[16..32].copy_from_slice(&d.octets());
+            k[36] = 6;
+        }
+        _ => return None,
+    }
+    k[32..34].copy_from_slice(&sport.to_ne_bytes());
+    k[34..36].copy_from_slice(&dport.to_ne_bytes());
+    Some(k)
 }
 
 /// `struct ban`: the value of `ban4`/`ban6`.
@@ -392,6 +435,7 @@ mod tests {
             max_ports: 3,
             flags: CFG_EMIT | CFG_DETECT,
             ipv6_prefix: 64,
+            same_ns: 0,
         }
         .to_bytes();
         assert_eq!(
@@ -410,6 +454,35 @@ mod tests {
             u32::from_ne_bytes(b[24..28].try_into().unwrap_or_default()),
             64
         );
+        assert_eq!(Config::same_of(&b), None);
+        let same = Config {
+            flags: CFG_EMIT | CFG_SAME,
+            same_ns: 60_000_000_000,
+            ..Config::default()
+        }
+        .to_bytes();
+        assert_eq!(Config::same_of(&same), Some(60_000_000_000));
+    }
+
+    #[test]
+    fn tuple_keys_follow_the_c_struct() {
+        let k = tuple_key(
+            IpAddr::from([192, 0, 2, 7]),
+            IpAddr::from([10, 0, 0, 1]),
+            40000,
+            22,
+        )
+        .unwrap_or([0; TUPLE_LEN]);
+        assert_eq!(&k[0..4], &[192, 0, 2, 7]);
+        assert!(k[4..16].iter().all(|&b| b == 0));
+        assert_eq!(&k[16..20], &[10, 0, 0, 1]);
+        assert_eq!(u16::from_ne_bytes([k[32], k[33]]), 40000);
+        assert_eq!(u16::from_ne_bytes([k[34], k[35]]), 22);
+        assert_eq!(&k[36..40], &[4, 0, 0, 0]);
+        let v6: IpAddr = "2001:db8::7".parse().unwrap_or(IpAddr::from([0u8; 16]));
+        let k6 = tuple_key(v6, v6, 1, 2).unwrap_or([0; TUPLE_LEN]);
+        assert_eq!(k6[36], 6);
+        assert_eq!(tuple_key(v6, IpAddr::from([10, 0, 0, 1]), 1, 2), None);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{Array, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::{ProgramError, XdpMode};
 use aya::{Ebpf, EbpfError, EbpfLoader, include_bytes_aligned};
 use ipnet::IpNet;
@@ -98,6 +98,10 @@ pub struct Options {
     pub detection: Option<Detection>,
     /// A ban drops only new connections and probes.
     pub scope_new: bool,
+    /// With `emit`: judge SYN retransmissions in the kernel, a SYN whose 4-tuple was
+    /// last seen at most this many nanoseconds ago (the detector's window) being one,
+    /// and send up only new attempts (0: every SYN goes up). See [`Ring::same_attempt`].
+    pub same_attempt_ns: u64,
 }
 
 impl Options {
@@ -109,6 +113,12 @@ impl Options {
         if self.scope_new {
             flags |= layout::CFG_SCOPE_NEW;
         }
+        let same_ns = if self.emit && self.same_attempt_ns > 0 {
+            flags |= layout::CFG_SAME;
+            self.same_attempt_ns
+        } else {
+            0
+        };
         let (window_ns, ban_ns, max_ports, ipv6_prefix) = match self.detection {
             Some(d) if d.max_ports < layout::TRACK_PORTS => {
                 flags |= layout::CFG_DETECT;
@@ -127,6 +137,7 @@ impl Options {
             max_ports,
             flags,
             ipv6_prefix,
+            same_ns,
         }
     }
 }
@@ -347,7 +358,9 @@ impl Xdp {
             });
         }
         let mut xdp = Xdp {
-            config: take(&mut ebpf, "config")?,
+            // Shared, not taken: the ring's reader reads it too.
+            config: Array::try_from(share(&ebpf, "config")?)
+                .map_err(|e| XdpError::map("config", e))?,
             ifslot: take(&mut ebpf, "ifslot")?,
             allow4: take(&mut ebpf, "allow4")?,
             allow6: take(&mut ebpf, "allow6")?,
@@ -522,7 +535,16 @@ impl Xdp {
         let events: RingBuf<MapData> = take(&mut self.ebpf, "events")?;
         let counters = PerCpuArray::try_from(share(&self.ebpf, "counters")?)
             .map_err(|e| XdpError::map("counters", e))?;
-        Ok(Ring { events, counters })
+        let attempts = HashMap::try_from(share(&self.ebpf, "attempts")?)
+            .map_err(|e| XdpError::map("attempts", e))?;
+        let config = Array::try_from(share(&self.ebpf, "config")?)
+            .map_err(|e| XdpError::map("config", e))?;
+        Ok(Ring {
+            events,
+            counters,
+            attempts,
+            config,
+        })
     }
 
     /// The counter slots of the attached interfaces; slot 0 (where packets of unknown
@@ -649,6 +671,8 @@ fn describe(e: &ProgramError) -> String {
 pub struct Ring {
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    attempts: HashMap<MapData, [u8; layout::TUPLE_LEN], u64>,
+    config: Array<MapData, [u8; layout::CONFIG_LEN]>,
 }
 
 impl fmt::Debug for Ring {
@@ -687,6 +711,41 @@ impl Ring {
     /// A counter summed over CPUs and over the interface slots `slots`.
     pub fn counter(&self, which: Counter, slots: &[u32]) -> u64 {
         counter_total(&self.counters, which, slots)
+    }
+
+    /// Whether a SYN decoded in user space from a raw record (a fragment the program
+    /// could not judge) at `ts_boot` repeats a 4-tuple seen within the window: the
+    /// program's own judgement, from its `attempts` map, whose sighting this records
+    /// (so that the program and user space keep one table of last sightings). Always
+    /// false when the program does not judge retransmissions (`CFG_SAME` off): then
+    /// every SYN goes up and the detector judges them all.
+    pub fn same_attempt(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        ts_boot: u64,
+    ) -> bool {
+        let Some(window) = self
+            .config
+            .get(&0, 0)
+            .ok()
+            .and_then(|c| Config::same_of(&c))
+        else {
+            return false;
+        };
+        let Some(key) = layout::tuple_key(src, dst, sport, dport) else {
+            return false;
+        };
+        let same = self
+            .attempts
+            .get(&key, 0)
+            .is_ok_and(|then| then <= ts_boot && ts_boot - then <= window);
+        // A later sighting the program made meanwhile is not moved back.
+        let last = self.attempts.get(&key, 0).unwrap_or(0).max(ts_boot);
+        let _ = self.attempts.insert(key, last, 0);
+        same
     }
 }
 

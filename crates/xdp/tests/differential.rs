@@ -88,6 +88,7 @@ impl Harness {
             emit: true,
             detection: None,
             scope_new: false,
+            same_attempt_ns: 0,
         })
         .unwrap_or_else(|e| panic!("BPF unavailable, the differential test cannot run: {e}"));
         let ring = xdp.ring().unwrap();

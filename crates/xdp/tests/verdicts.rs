@@ -45,6 +45,7 @@ fn observe_only() -> Options {
         emit: true,
         detection: None,
         scope_new: false,
+        same_attempt_ns: 0,
     }
 }
 
@@ -344,6 +345,7 @@ fn detecting_per(max_ports: u16, ipv6_prefix: u8) -> Options {
             ipv6_prefix,
         }),
         scope_new: false,
+        same_attempt_ns: 0,
     }
 }
 
@@ -531,6 +533,7 @@ fn in_kernel_detection_follows_max_ports_and_ipv6() {
 fn with_scope_new_a_ban_drops_only_new_connections_and_probes() {
     let mut xdp = load(Options {
         scope_new: true,
+        same_attempt_ns: 0,
         ..observe_only()
     });
     let mut bans = xdp.bans().unwrap();
@@ -598,6 +601,7 @@ fn fragments_are_handed_up_raw_and_passed_unless_their_source_is_banned() {
     // tell a new connection from a fragment.
     xdp.configure(Options {
         scope_new: true,
+        same_attempt_ns: 0,
         ..observe_only()
     })
     .unwrap();
@@ -658,4 +662,87 @@ fn a_ban_on_a_source_with_a_session_drops_only_its_new_connections_and_probes() 
     // Banned again for all traffic (the session ended): everything is dropped.
     bans.add(&[ban("192.0.2.9", Some(600))]).unwrap();
     assert_eq!(xdp.test_run(&established).unwrap(), Verdict::Drop);
+}
+
+/// Observing with retransmissions judged in the kernel (`same_attempt_ns`).
+fn observe_judging_retransmissions(window_ns: u64) -> Options {
+    Options {
+        same_attempt_ns: window_ns,
+        ..observe_only()
+    }
+}
+
+/// SPEC §2 "same attempt": a SYN repeating a 4-tuple seen within the window is a
+/// retransmission. The program judges the SYNs it parses, counts the retransmissions
+/// and sends up only new attempts; the SYNs it hands up raw are judged by user space
+/// against the same table (`Ring::same_attempt`), so one table holds the last sightings
+/// of both. Stealth probes are never retransmissions.
+#[test]
+fn syn_retransmissions_are_judged_in_the_kernel_and_not_sent_up() {
+    let mut xdp = load(observe_judging_retransmissions(60_000_000_000));
+    let mut ring = xdp.ring().unwrap();
+    let slots = xdp.slots();
+    let syn = |sport: u16| ethernet(&tcp_v4(SCANNER, sport, VICTIM, 22, SYN, 0));
+    let fin = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 23, FIN, 0));
+    let v6 = |sport: u16| {
+        let src: Ipv6Addr = "2001:db8::9".parse().unwrap();
+        let dst: Ipv6Addr = "fd00::1".parse().unwrap();
+        ethernet(&tcp_v6(src, sport, dst, 22, SYN, 0))
+    };
+    for frame in [
+        syn(40000),
+        syn(40000), // a retransmission
+        syn(40001), // another attempt
+        syn(40000), // a retransmission again
+        fin.clone(),
+        fin.clone(), // stealth probes are never retransmissions
+        v6(40000),
+        v6(40000), // a retransmission
+    ] {
+        assert_eq!(xdp.test_run(&frame).unwrap(), Verdict::Pass);
+    }
+    let seen: Vec<(u16, u16, u8)> = probes(&mut ring)
+        .iter()
+        .map(|e| (e.sport, e.dport, e.flags))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (40000, 22, SYN),
+            (40001, 22, SYN),
+            (40000, 23, FIN),
+            (40000, 23, FIN),
+            (40000, 22, SYN)
+        ]
+    );
+    assert_eq!(ring.counter(Counter::Retransmissions, &slots), 3);
+
+    // A SYN handed up raw is judged against the same table: a repeat of a 4-tuple the
+    // program saw is a retransmission, a new one is not, and the program then treats
+    // the 4-tuple user space saw as seen.
+    let now = synwatch_xdp::clock::boot_now();
+    let (scanner, victim) = (IpAddr::from(SCANNER), IpAddr::from(VICTIM));
+    assert!(ring.same_attempt(scanner, victim, 40001, 22, now));
+    assert!(!ring.same_attempt(scanner, victim, 40002, 22, now));
+    assert!(ring.same_attempt(scanner, victim, 40002, 22, now + 1));
+    assert_eq!(xdp.test_run(&syn(40002)).unwrap(), Verdict::Pass);
+    assert!(probes(&mut ring).is_empty());
+    assert_eq!(ring.counter(Counter::Retransmissions, &slots), 4);
+    // A sighting longer ago than the window is no retransmission.
+    assert!(!ring.same_attempt(scanner, victim, 40002, 22, now + 120_000_000_000));
+
+    // With a window of 1 ns, every SYN arrives after its 4-tuple's window: all go up.
+    xdp.configure(observe_judging_retransmissions(1)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(xdp.test_run(&syn(40003)).unwrap(), Verdict::Pass);
+    }
+    assert_eq!(probes(&mut ring).len(), 3);
+    // Off, the program sends up every SYN and user space's own detector judges them.
+    xdp.configure(observe_only()).unwrap();
+    for _ in 0..2 {
+        assert_eq!(xdp.test_run(&syn(40000)).unwrap(), Verdict::Pass);
+    }
+    assert_eq!(probes(&mut ring).len(), 2);
+    assert!(!ring.same_attempt(scanner, victim, 40000, 22, now));
+    assert_eq!(ring.counter(Counter::Retransmissions, &slots), 4);
 }
