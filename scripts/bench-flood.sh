@@ -13,7 +13,9 @@
 # HPING_FLAGS (default -S) sets the packets' flags: "-S -x" sets More Fragments on every
 # SYN, a flood of first fragments whose datagrams never complete (fragment reassembly
 # under load: every one is held until pushed out of the bounded table). SYNWATCH_ARGS
-# adds options to the agent's command line (e.g. "--source pcap").
+# adds options to the agent's command line (e.g. "--source pcap"). HPING_SOURCE (default
+# --rand-source) sets where the SYNs come from: "-k" floods from the attacker's own
+# address and one source port, every SYN after the first a retransmission of it.
 # Before the flood, /metrics is fetched 20 times on the idle agent as a baseline.
 # Needs root, iproute2, hping3, tcpdump, curl. Traffic only ever goes between the two
 # namespaces it creates, and they are removed (with every process it started) on every
@@ -29,6 +31,7 @@ secs=${SECONDS_FLOOD:-20}
 procs=${HPING_PROCS:-1}
 read -r -a hping_flags <<<"${HPING_FLAGS:--S}"
 read -r -a agent_args <<<"${SYNWATCH_ARGS:-}"
+read -r -a hping_source <<<"${HPING_SOURCE:---rand-source}"
 dir=${BENCH_DIR:-target/bench}
 metrics_addr=127.0.0.1:9810
 
@@ -176,7 +179,7 @@ pids+=("$rss_pid")
 echo "bench-flood: flooding 10.198.0.1:80 from random sources for $secs s ($procs hping3)..." >&2
 flood_pids=()
 for i in $(seq "$procs"); do
-    ip netns exec "$attacker" timeout "$secs" hping3 --flood "${hping_flags[@]}" --rand-source -p 80 10.198.0.1 \
+    ip netns exec "$attacker" timeout "$secs" hping3 --flood "${hping_flags[@]}" "${hping_source[@]}" -p 80 10.198.0.1 \
         >"$hping_log.$i.log" 2>&1 &
     flood_pids+=("$!")
     pids+=("$!")
@@ -238,7 +241,7 @@ peak_rss=$(sort -n "$rss_log" | tail -1)
 lines=$(wc -l <"$events")
 bytes=$(wc -c <"$events")
 
-echo "synwatch run under $procs x hping3 --flood ${hping_flags[*]} --rand-source for $secs s ($(nproc) CPUs shared by hping3, the kernel, synwatch and tcpdump)"
+echo "synwatch run under $procs x hping3 --flood ${hping_flags[*]} ${hping_source[*]} for $secs s ($(nproc) CPUs shared by hping3, the kernel, synwatch and tcpdump)"
 echo "  load average before the run: $load0"
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }'; }
 m_total=$(( m_total1 - m_total0 ))
