@@ -4,7 +4,11 @@
 //! the binary) runs on every packet a watched interface receives, before the network
 //! stack allocates anything for it. It drops packets from banned sources, reports SYNs
 //! and stealth probes through a ring buffer, and, when blocking in XDP, detects scans
-//! itself so that the packet that makes a source a scanner is already dropped.
+//! itself so that the packet that makes a source a scanner is already dropped (counting
+//! an IPv6 source as its `--ipv6-prefix` network and banning that, unless
+//! [`Xdp::set_per_address`] covers it, as the user-space detector counts). Observing, it
+//! judges SYN retransmissions itself ([`Options::same_attempt_ns`]) and sends up only
+//! new attempts.
 //!
 //! The key decision: one truth for both paths. What the program judges, it judges exactly
 //! as `synwatch_decode::decode()` does (up to 8 VLAN tags, IPv4 bounded by its total
