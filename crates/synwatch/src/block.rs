@@ -639,7 +639,7 @@ impl Blocker {
         }
         if self.keep_rules {
             // Whatever did not reach the kernel yet still should, since the rules stay.
-            let now = crate::metrics::unix_now();
+            let now = crate::clock::now();
             self.retry_at = now;
             self.push_to_kernel(now);
             eprintln!(

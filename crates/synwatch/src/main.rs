@@ -16,6 +16,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod block;
 mod blocks;
+mod clock;
 mod config;
 mod conns;
 mod control;

@@ -155,7 +155,7 @@ impl Metrics {
             reassembly: (0..=interfaces.len())
                 .map(|_| Mutex::new(ReassemblyStats::default()))
                 .collect(),
-            heartbeat: AtomicI64::new(now),
+            heartbeat: AtomicI64::new(crate::clock::now()),
             start_time: AtomicI64::new(now),
             ..Self::default()
         }
@@ -172,7 +172,9 @@ impl Metrics {
         set(&self.sweeps, s.sweeps);
         set(&self.sources_evicted, s.sources_evicted);
         set(&self.tracked_sources, tracked as u64);
-        self.heartbeat.store(unix_now(), Ordering::Relaxed);
+        // In agent time (monotonic): a step of the wall clock neither fails /healthz nor
+        // hides a pipeline that stopped.
+        self.heartbeat.store(crate::clock::now(), Ordering::Relaxed);
     }
 
     /// Copies the totals of reassembling thread `slot` (a capture thread's interface
@@ -244,7 +246,7 @@ impl Metrics {
     /// fault (the body of a failing `/healthz`).
     pub fn health(&self) -> Result<(), String> {
         let mut faults = String::new();
-        if unix_now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
+        if crate::clock::now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
             faults.push_str("the capture pipeline is not running\n");
         }
         for iface in &self.interfaces {
@@ -509,7 +511,12 @@ impl Metrics {
             "synwatch_pipeline_heartbeat_timestamp_seconds",
             "gauge",
             "Unix time the pipeline last went round its loop (at least once a second while it runs; /healthz fails once this is too old).",
-            &plain(u64::try_from(self.heartbeat.load(Ordering::Relaxed)).unwrap_or(0)),
+            &plain(
+                u64::try_from(
+                    crate::clock::wall_offset().to_wall(self.heartbeat.load(Ordering::Relaxed)),
+                )
+                .unwrap_or(0),
+            ),
         );
         family(
             "synwatch_build_info",
@@ -783,7 +790,9 @@ mod tests {
         assert_eq!(extra.read_to_end(&mut nothing).expect("closed at once"), 0);
         thread::sleep(REQUEST_WITHIN + Duration::from_millis(300));
         // (The test outlived the heartbeat's freshness: the pipeline would have beaten.)
-        metrics.heartbeat.store(unix_now(), Ordering::Relaxed);
+        metrics
+            .heartbeat
+            .store(crate::clock::now(), Ordering::Relaxed);
         let health = get(addr, "/healthz");
         assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
         drop(held);

@@ -677,7 +677,7 @@ fn start_backend(
         enforcer,
         settings,
         Arc::clone(metrics),
-        metrics::unix_now(),
+        crate::clock::now(),
         protected,
     )
 }
@@ -763,6 +763,8 @@ fn report<W: std::io::Write>(
     detector: &mut Detector,
 ) -> std::io::Result<()> {
     let ts = wall_nanos();
+    // Ban times are agent time (clock.rs); the event says when on the wall clock.
+    let wall = crate::clock::wall_offset();
     let mut result = Ok(());
     for h in happened {
         result = result.and(match h {
@@ -771,7 +773,7 @@ fn report<W: std::io::Write>(
                 src: r.net.addr(),
                 prefix: (!synwatch_enforce::is_host(r.net)).then_some(r.net),
                 backend,
-                until: r.expires,
+                until: r.expires.map(|t| wall.to_wall(t)),
                 reason: &r.reason,
                 offences: r.offences,
                 dry_run,
@@ -796,7 +798,7 @@ fn release_protected<W: std::io::Write>(
     host: &HostNow,
     events: &mut EventWriter<W>,
 ) -> std::io::Result<()> {
-    let happened = blocker.release_protected(metrics::unix_now(), |n| {
+    let happened = blocker.release_protected(crate::clock::now(), |n| {
         is_protected_net(n, detector, host).is_some()
     });
     report(
@@ -835,7 +837,7 @@ fn on_scan<W: std::io::Write>(
             scan.src,
             target,
             &scan.ports,
-            metrics::unix_now(),
+            crate::clock::now(),
             protected,
             session,
         );
@@ -1262,7 +1264,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     if let Some(b) = blocker.as_mut()
                         && b.has_waiting()
                     {
-                        b.activity(obs.src, obs.dport, obs.ts.div_euclid(1_000_000_000));
+                        // Agent time, as the cap counts (packet times are wall time).
+                        b.activity(obs.src, obs.dport, crate::clock::now());
                     }
                     if out.log {
                         if limiter.allow(obs.src) {
@@ -1291,7 +1294,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
             Ok(Msg::KernelBans(KernelBans(addrs))) => {
                 if let Some(b) = blocker.as_mut() {
-                    let now = metrics::unix_now();
+                    let now = crate::clock::now();
                     for addr in addrs {
                         if !b.confirm_kernel_ban(addr, now, holds_session(addr)) {
                             eprintln!(
@@ -1303,9 +1306,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
             Ok(Msg::Call(call)) => {
                 if let Some(b) = blocker.as_mut() {
-                    let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
-                        is_protected_net(a, &detector, &host_now)
-                    });
+                    let (mut reply, happened) =
+                        b.control(&call.request, crate::clock::now(), |a| {
+                            is_protected_net(a, &detector, &host_now)
+                        });
+                    crate::clock::wall_offset().bans_to_wall(&mut reply.bans);
                     output = output.and(report(
                         happened,
                         backend_name,
@@ -1336,7 +1341,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             // Waiting scans whose source was quiet for a whole window have ended.
             let quiet_secs = (detector.config().window + 999_999_999) / 1_000_000_000;
             b.promote(
-                metrics::unix_now(),
+                crate::clock::now(),
                 quiet_secs,
                 |a| is_protected_net(a, &detector, &host_now).is_some(),
                 &mut holds_session,
@@ -1344,7 +1349,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             if b.has_pending() {
                 pushed_at = now;
             }
-            let happened = b.apply(metrics::unix_now());
+            let happened = b.apply(crate::clock::now());
             output = output.and(report(
                 happened,
                 backend_name,
@@ -1431,7 +1436,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let asked_to_stop = stop.swap(true, Ordering::Relaxed);
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
-        let happened = b.apply(metrics::unix_now());
+        let happened = b.apply(crate::clock::now());
         output = output.and(report(
             happened,
             backend_name,

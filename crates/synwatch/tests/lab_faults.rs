@@ -4,6 +4,8 @@
 //!
 //! - stdout closed (`| head`) or never read (a stalled pipe): events are dropped and
 //!   counted, enforcement carries on, memory stays bounded.
+//! - the wall clock stepped (for the agent alone, through libfaketime from Debian's
+//!   `faketime` package): bans neither expire nor freeze, only printed times move.
 //!
 //! Needs root; `make test` runs these as root.
 
@@ -426,4 +428,87 @@ fn a_new_interface_is_captured_through_libpcap() {
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn a_new_interface_gets_the_xdp_program() {
     a_new_interface_is_watched("xdp");
+}
+
+/// libfaketime: the agent alone reads a wall clock moved by what is written to
+/// `FAKETIME_TIMESTAMP_FILE` (monotonic and boot clocks untouched); the host's clock is
+/// never stepped.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Unix seconds of an RFC 3339 time.
+fn unix_of(rfc3339: &str) -> i64 {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", rfc3339, "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a time: {rfc3339}"))
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_step_of_the_wall_clock_changes_only_the_times_printed() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "libfaketime is missing: make test-deps installs it (Debian package faketime)"
+    );
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stamp = dir.path().join("faketime");
+    std::fs::write(&stamp, "+0\n").expect("write the fake clock");
+    let preload = format!("LD_PRELOAD={FAKETIME}");
+    let file = format!("FAKETIME_TIMESTAMP_FILE={}", stamp.display());
+    let wrapper = [
+        "env",
+        &preload,
+        &file,
+        "FAKETIME_NO_CACHE=1",
+        "FAKETIME_DONT_FAKE_MONOTONIC=1",
+    ];
+    let mut args = state_args(dir.path());
+    args.extend(["--ban", "10m"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_under(&lab, dir.path(), "clock", &wrapper, &args);
+    lab.scan(SCANNER, VICTIM, "1-20");
+    let is_block =
+        |src: &'static str| move |e: &serde_json::Value| e["event"] == "block" && e["src"] == src;
+    let first = agent.wait_for(10, is_block(SCANNER));
+    let until1 = unix_of(first["until"].as_str().expect("until"));
+
+    // The wall clock jumps a day ahead, far past the ban's end: the ban runs on.
+    std::fs::write(&stamp, "+1d\n").expect("step the fake clock");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(agent.running(), "{}", agent.log());
+    assert!(
+        banned_in_nftables(&lab, SCANNER),
+        "the ban outlives a step of the wall clock: {}",
+        agent.log()
+    );
+    assert!(
+        !agent.events().iter().any(|e| e["event"] == "unblock"),
+        "nothing expired: {:?}",
+        agent.events()
+    );
+    let list = blocks_list_answers(&lab, dir.path(), 5);
+    assert!(list.contains(SCANNER), "{list}");
+    assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+
+    // A new scanner is caught, and its ban's end is printed on the stepped clock.
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    let second = agent.wait_for(10, is_block(SCANNER6));
+    let until2 = unix_of(second["until"].as_str().expect("until"));
+    assert!(
+        (until2 - until1 - 86_400).abs() < 120,
+        "printed a day later: {first} then {second}"
+    );
+
+    // And two days back: nothing expires, the agent stays healthy.
+    std::fs::write(&stamp, "-1d\n").expect("step the fake clock back");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(banned_in_nftables(&lab, SCANNER) && banned_in_nftables(&lab, SCANNER6));
+    assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+    assert!(agent.running(), "{}", agent.log());
+    assert_eq!(agent.stop_within(10), Some(0));
 }
