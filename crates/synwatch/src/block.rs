@@ -117,6 +117,7 @@ impl Blocker {
         let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
+        metrics.record_state_damage(store.damage());
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
         store.delete(&over_addrs, false)?;
         // Saved bans inside a saved range: the range stands for them.

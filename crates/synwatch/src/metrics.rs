@@ -89,6 +89,14 @@ pub struct Metrics {
     /// while this is recent.
     pub heartbeat: AtomicI64,
     pub start_time: AtomicI64,
+    /// What could not be read of the saved state at start: the database moved aside
+    /// (0 or 1) and rows skipped.
+    pub state_moved_aside: AtomicU64,
+    pub state_rows_skipped: AtomicU64,
+    /// Why the agent runs degraded (protection partly lost, yet worth running on):
+    /// said by a `/healthz` that still answers 200, so that a container is not
+    /// restarted into the same state over and over.
+    pub degraded: Mutex<Vec<String>>,
 }
 
 /// Writes one metric family: help, type and samples (label text, value).
@@ -242,6 +250,37 @@ impl Metrics {
         );
     }
 
+    /// Records what could not be read of the saved state, for `/healthz` and `/metrics`.
+    pub fn record_state_damage(&self, damage: &crate::state::Damage) {
+        let mut why = Vec::new();
+        if let Some(aside) = &damage.moved_aside {
+            self.state_moved_aside.store(1, Ordering::Relaxed);
+            why.push(format!(
+                "the ban database was unreadable and moved to {}: its bans were not restored",
+                aside.display()
+            ));
+        }
+        if damage.rows_skipped > 0 {
+            self.state_rows_skipped
+                .store(damage.rows_skipped, Ordering::Relaxed);
+            why.push(format!(
+                "{} row(s) of the ban database did not read and were skipped",
+                damage.rows_skipped
+            ));
+        }
+        if let Ok(mut held) = self.degraded.lock() {
+            held.extend(why);
+        }
+    }
+
+    /// The body of a healthy `/healthz`: `ok`, or `degraded` and why, one line each.
+    pub fn healthy_body(&self) -> String {
+        match self.degraded.lock() {
+            Ok(why) if !why.is_empty() => format!("degraded\n{}\n", why.join("\n")),
+            _ => "ok\n".to_owned(),
+        }
+    }
+
     /// `Ok` while the pipeline runs and every source works; else why not, one line per
     /// fault (the body of a failing `/healthz`).
     pub fn health(&self) -> Result<(), String> {
@@ -320,6 +359,21 @@ impl Metrics {
             "counter",
             "Observations dropped because the queue from capture to the pipeline was full (the pipeline fell behind); bounded instead of growing.",
             &plain(get(&self.queue_dropped)),
+        );
+        family(
+            "synwatch_state_damage",
+            "gauge",
+            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read. /healthz then says degraded.",
+            &[
+                (
+                    "{kind=\"file_moved_aside\"}".into(),
+                    get(&self.state_moved_aside),
+                ),
+                (
+                    "{kind=\"rows_skipped\"}".into(),
+                    get(&self.state_rows_skipped),
+                ),
+            ],
         );
         family(
             "synwatch_address_sweeps_total",
@@ -651,7 +705,11 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
             metrics.render(),
         ),
         ("GET" | "HEAD", "/healthz") => match metrics.health() {
-            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+            Ok(()) => (
+                "200 OK",
+                "text/plain; charset=utf-8",
+                metrics.healthy_body(),
+            ),
             Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", why),
         },
         ("GET" | "HEAD", _) => (
@@ -731,6 +789,41 @@ mod tests {
         metrics.heartbeat.store(0, Ordering::Relaxed);
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
         assert!(get(addr, "/").starts_with("HTTP/1.1 404"));
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn damaged_state_keeps_healthz_up_and_says_degraded() {
+        let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+        assert!(get(addr, "/healthz").ends_with("\r\n\r\nok\n"));
+        metrics.record_state_damage(&crate::state::Damage {
+            moved_aside: Some("/var/lib/synwatch/bans.db.corrupt-1".into()),
+            rows_skipped: 2,
+        });
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        assert!(
+            health.ends_with(
+                "\r\n\r\ndegraded\nthe ban database was unreadable and moved to /var/lib/synwatch/bans.db.corrupt-1: its bans were not restored\n2 row(s) of the ban database did not read and were skipped\n"
+            ),
+            "{health}"
+        );
+        let page = get(addr, "/metrics");
+        assert!(
+            page.contains("synwatch_state_damage{kind=\"file_moved_aside\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains("synwatch_state_damage{kind=\"rows_skipped\"} 2"),
+            "{page}"
+        );
+        // A real failure still wins.
+        metrics.interfaces[0].set_state(false, Some("eth0 is missing".into()));
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
         stop.store(true, Ordering::Relaxed);
     }
 

@@ -34,6 +34,17 @@ pub struct Store {
     path: PathBuf,
     /// Wall time minus agent time now (`clock::wall_offset`; given by hand in tests).
     offset: fn() -> Offset,
+    damage: Damage,
+}
+
+/// What could not be read of the state: reported in `/healthz` and `/metrics`, since a
+/// ban that was not restored is protection lost.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Where an unreadable database was moved at opening.
+    pub moved_aside: Option<PathBuf>,
+    /// Rows of bans or offenders skipped because they did not read.
+    pub rows_skipped: u64,
 }
 
 impl Store {
@@ -50,6 +61,7 @@ impl Store {
     pub fn open_with(dir: &Path, offset: fn() -> Offset) -> Result<Self> {
         create_dir_private(dir)?;
         let path = dir.join(DB_FILE);
+        let mut damage = Damage::default();
         let conn = match Self::connect(&path) {
             Err(e) if is_corrupt(&e) => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::metrics::unix_now()));
@@ -64,12 +76,18 @@ impl Store {
                     path.display(),
                     aside.display()
                 );
+                damage.moved_aside = Some(aside);
                 Self::connect(&path)
             }
             other => other,
         }
         .with_context(|| format!("cannot open the ban database {}", path.display()))?;
-        let mut store = Self { conn, path, offset };
+        let mut store = Self {
+            conn,
+            path,
+            offset,
+            damage,
+        };
         store
             .canonicalise()
             .with_context(|| store.context("upgrade the keys"))?;
@@ -130,6 +148,11 @@ impl Store {
         }
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_NETWORKS}"))?;
         tx.commit()
+    }
+
+    /// What could not be read since opening.
+    pub fn damage(&self) -> &Damage {
+        &self.damage
     }
 
     fn context(&self, what: &str) -> String {
@@ -204,7 +227,7 @@ impl Store {
 
     /// Every saved ban, in agent time; rows that do not parse (edited by hand) are
     /// reported and skipped.
-    pub fn bans(&self) -> Result<Vec<Record>> {
+    pub fn bans(&mut self) -> Result<Vec<Record>> {
         let what = self.context("read bans");
         let off = (self.offset)();
         let mut stmt = self
@@ -230,6 +253,7 @@ impl Store {
             let (addr, since, expires, reason, offences, new_only) = match row {
                 Ok(fields) => fields,
                 Err(e) => {
+                    self.damage.rows_skipped += 1;
                     eprintln!(
                         "synwatch: warning: skipping a ban in {}: {e} (edited by hand?)",
                         self.path.display()
@@ -246,17 +270,20 @@ impl Store {
                     offences,
                     new_only,
                 }),
-                None => eprintln!(
-                    "synwatch: warning: skipping '{addr}' in {}: not an address or CIDR range",
-                    self.path.display()
-                ),
+                None => {
+                    self.damage.rows_skipped += 1;
+                    eprintln!(
+                        "synwatch: warning: skipping '{addr}' in {}: not an address or CIDR range",
+                        self.path.display()
+                    );
+                }
             }
         }
         Ok(out)
     }
 
     /// Every remembered offender, in agent time.
-    pub fn offenders(&self) -> Result<Vec<(IpNet, Offender)>> {
+    pub fn offenders(&mut self) -> Result<Vec<(IpNet, Offender)>> {
         let what = self.context("read offenders");
         let off = (self.offset)();
         let mut stmt = self
@@ -274,8 +301,15 @@ impl Store {
             .context(what.clone())?;
         let mut out = Vec::new();
         // A row that does not read (edited by hand) costs that offender's history only.
-        for (addr, offences, last_until) in rows.flatten() {
-            if let Some(addr) = parse_net(&addr) {
+        for row in rows {
+            let parsed = row.ok().and_then(|(addr, offences, last_until)| {
+                Some((parse_net(&addr)?, offences, last_until))
+            });
+            let Some((addr, offences, last_until)) = parsed else {
+                self.damage.rows_skipped += 1;
+                continue;
+            };
+            {
                 out.push((
                     addr,
                     Offender {
@@ -344,6 +378,11 @@ mod tests {
             .filter(|n| n.starts_with("bans.db.corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1, "the unreadable file is kept for a look");
+        assert_eq!(
+            s.damage().moved_aside,
+            Some(dir.path().join(&aside[0])),
+            "reported"
+        );
     }
 
     #[test]
@@ -360,6 +399,8 @@ mod tests {
         let bans = s.bans().expect("the readable rows");
         assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
         assert_eq!(s.offenders().expect("the readable rows").len(), 1);
+        assert_eq!(s.damage().rows_skipped, 2, "one ban, one offender");
+        assert_eq!(s.damage().moved_aside, None);
     }
 
     #[test]
@@ -372,7 +413,7 @@ mod tests {
                 .unwrap();
             s.save(&[record("192.0.2.1", Some(9999))]).unwrap();
         }
-        let s = Store::open(&state).unwrap();
+        let mut s = Store::open(&state).unwrap();
         let mut bans = s.bans().unwrap();
         bans.sort_by_key(|r| r.net);
         assert_eq!(
@@ -419,7 +460,7 @@ mod tests {
         assert_eq!(s.offenders().unwrap().len(), 1);
         // Read by an agent whose clocks agree (after a reboot): the same wall times.
         drop(s);
-        let s = Store::open_with(dir.path(), Offset::default).unwrap();
+        let mut s = Store::open_with(dir.path(), Offset::default).unwrap();
         let expires: Vec<Option<i64>> = s.bans().unwrap().iter().map(|r| r.expires).collect();
         assert!(expires.contains(&Some(7300)), "{expires:?}");
     }

@@ -4,6 +4,8 @@
 //!
 //! - stdout closed (`| head`) or never read (a stalled pipe): events are dropped and
 //!   counted, enforcement carries on, memory stays bounded.
+//! - a corrupt state file: moved aside, reported in `/healthz` (degraded, still 200)
+//!   and `/metrics`, blocking goes on.
 //! - the wall clock stepped (for the agent alone, through libfaketime from Debian's
 //!   `faketime` package): bans neither expire nor freeze, only printed times move.
 //!
@@ -509,6 +511,53 @@ fn a_step_of_the_wall_clock_changes_only_the_times_printed() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(banned_in_nftables(&lab, SCANNER) && banned_in_nftables(&lab, SCANNER6));
     assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+    assert!(agent.running(), "{}", agent.log());
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_corrupt_state_file_is_reported_in_healthz_and_blocking_goes_on() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state dir");
+    std::fs::write(
+        state.join("bans.db"),
+        b"not an SQLite database, but long enough to be taken for the start of one",
+    )
+    .expect("write the corrupt file");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&lab, dir.path(), "corrupt", &args);
+    assert!(
+        agent.log().contains("WARNING"),
+        "said loudly: {}",
+        agent.log()
+    );
+    // Degraded, not failed: a failing health check would restart the agent into the
+    // same state over and over.
+    let (code, body) = healthz(&lab);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("degraded\n") && body.contains("moved to"),
+        "{body}"
+    );
+    assert_eq!(
+        lab.metric("synwatch_state_damage{kind=\"file_moved_aside\"}"),
+        1
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    assert!(agent.running(), "{}", agent.log());
+    assert_eq!(agent.stop_within(10), Some(0));
+
+    // The new database holds the ban: restarted, the agent restores it and is healthy.
+    let mut agent = Agent::start(&lab, dir.path(), "after", &args);
+    eventually(10, "the ban restored", || banned_in_nftables(&lab, SCANNER));
+    assert_eq!(healthz(&lab), (200, "ok\n".to_owned()));
     assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
 }
