@@ -29,6 +29,7 @@ mod manual;
 mod metrics;
 mod output;
 mod owner;
+mod privileges;
 mod protect;
 mod replay;
 mod run;

@@ -724,6 +724,8 @@ pub(crate) fn drop_all_capabilities() {
 
 fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
     let keep = blocking.map(backend_capabilities).unwrap_or_default();
+    // Started as root, children would otherwise regain the whole bounding set.
+    crate::privileges::limit_bounding(&keep);
     let mut own = keep.clone();
     if capturing {
         own.insert(caps::Capability::CAP_NET_RAW);
