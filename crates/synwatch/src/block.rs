@@ -92,7 +92,15 @@ pub struct Blocker {
     metrics: Arc<Metrics>,
     refusal_minute: i64,
     refusals_logged: u32,
+    /// Bans still to put back after the rules were set up again (in address order, the
+    /// next ones last), a chunk a turn: see [`Blocker::reinstate`].
+    reinstating: Vec<IpNet>,
 }
+
+/// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
+/// any wait): one `nft -f` or `ipset restore` of 2,000 elements takes about 30 ms here,
+/// where all of 100,000 at once held the pipeline for over a second.
+const REINSTATE_CHUNK: usize = 2_000;
 
 impl std::fmt::Debug for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +157,7 @@ impl Blocker {
             metrics,
             refusal_minute: 0,
             refusals_logged: 0,
+            reinstating: Vec::new(),
         };
         let lapsed = over_addrs
             .into_iter()
@@ -183,7 +192,7 @@ impl Blocker {
 
     /// Whether bans are decided but not yet in the kernel.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.reinstating.is_empty()
     }
 
     /// A scan whose attempt from `src` crossed the threshold: decides a ban of `target`
@@ -387,6 +396,9 @@ impl Blocker {
         if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
             happened.extend(self.push_to_kernel(now));
         }
+        if !self.reinstating.is_empty() && now >= self.retry_at {
+            self.reinstate_chunk(now);
+        }
         if now >= self.counters_at {
             self.counters_at = now + COUNTERS_SECS;
             if !self.enforcer.intact() {
@@ -436,21 +448,35 @@ impl Blocker {
         happened
     }
 
-    /// Sets synwatch's rules up again with every running ban once they are found missing:
-    /// someone flushed them (a firewall service reloading its configuration with
-    /// `flush ruleset`, `iptables -F`). Until then the scanners it had banned got through.
+    /// Sets synwatch's rules up again once they are found missing: someone flushed them
+    /// (a firewall service reloading its configuration with `flush ruleset`, `iptables
+    /// -F`). Until then the scanners it had banned got through. The rules come back with
+    /// the first [`REINSTATE_CHUNK`] bans, the rest follow a chunk a turn, so that the
+    /// pipeline never waits for a hundred thousand bans to be written at once.
     fn reinstate(&mut self, now: i64) {
-        let bans = running_bans(&self.book, now);
+        let mut nets: Vec<IpNet> = running_bans(&self.book, now)
+            .into_iter()
+            .map(|b| b.net)
+            .collect();
+        let total = nets.len();
+        // The first chunk goes with the set-up; the rest wait, the next ones last.
+        let rest = nets.split_off(nets.len().min(REINSTATE_CHUNK));
+        let bans: Vec<_> = nets
+            .iter()
+            .filter_map(|&n| self.book.get(n))
+            .map(|r| r.ban(now))
+            .collect();
         let backend = self.enforcer.backend();
         match self.enforcer.setup(&bans) {
             Ok(()) => {
+                self.reinstating = rest;
+                self.reinstating.reverse();
                 self.metrics
                     .rules_reinstated
                     .fetch_add(1, Ordering::Relaxed);
                 eprintln!(
-                    "synwatch: synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {} ban{}",
-                    bans.len(),
-                    if bans.len() == 1 { "" } else { "s" }
+                    "synwatch: synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {total} ban{}",
+                    if total == 1 { "" } else { "s" }
                 );
             }
             Err(e) => {
@@ -459,6 +485,23 @@ impl Blocker {
                     "synwatch: synwatch's {backend} rules were removed by someone else, and setting them up again failed: {e}; retrying in {COUNTERS_SECS} s"
                 );
             }
+        }
+    }
+
+    /// Puts the next chunk of bans back into rules that were set up again. A ban lifted
+    /// or ended meanwhile is skipped; a chunk the kernel refuses is tried again later.
+    fn reinstate_chunk(&mut self, now: i64) {
+        let from = self.reinstating.len().saturating_sub(REINSTATE_CHUNK);
+        let chunk = self.reinstating.split_off(from);
+        let bans: Vec<_> = chunk
+            .iter()
+            .rev()
+            .filter_map(|&n| self.book.get(n))
+            .map(|r| r.ban(now))
+            .collect();
+        if let Err(e) = self.enforcer.add(&bans) {
+            self.failed(&e, bans.len(), "put back", now);
+            self.reinstating.extend(chunk);
         }
     }
 
@@ -1080,6 +1123,70 @@ mod tests {
             "{:#?}",
             runner.transcript()
         );
+    }
+
+    #[test]
+    fn many_bans_come_back_a_chunk_a_turn_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = REINSTATE_CHUNK * 2 + 7;
+        {
+            let mut store = Store::open(&settings(dir.path()).store_dir()).unwrap();
+            let records: Vec<Record> = (0..total)
+                .map(|i| Record {
+                    net: IpNet::from(IpAddr::from([10, 9, (i >> 8) as u8, i as u8])),
+                    since: 0,
+                    expires: Some(3600),
+                    reason: "1,2,3,4".into(),
+                    offences: 1,
+                    new_only: false,
+                })
+                .collect();
+            store.save(&records).unwrap();
+        }
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        let elements = |text: &str| text.matches(" timeout ").count();
+        let before = runner.transcript().len();
+        runner.answer(Err("Error: No such file or directory"));
+        b.apply(5);
+        let t = runner.transcript();
+        let setup = t[before..]
+            .iter()
+            .find(|c| c.contains("add table inet synwatch"))
+            .unwrap_or_else(|| panic!("no setup: {:#?}", &t[before..]));
+        assert_eq!(
+            elements(setup),
+            REINSTATE_CHUNK,
+            "the rules and the first chunk"
+        );
+        assert!(
+            b.has_pending(),
+            "the rest waits, and the pipeline comes back soon"
+        );
+        let mut put_back = REINSTATE_CHUNK;
+        for turn in 0..3 {
+            let before = runner.transcript().len();
+            b.apply(5);
+            let added: usize = runner.transcript()[before..]
+                .iter()
+                .filter(|c| !c.contains("add table"))
+                .map(|c| elements(c))
+                .sum();
+            assert!(added <= REINSTATE_CHUNK, "turn {turn}: {added}");
+            put_back += added;
+        }
+        assert_eq!(put_back, total, "every ban is back");
+        assert!(!b.has_pending());
+        // And each at most once: the set-up and the chunks hold every address.
+        let all: String = runner.transcript()[before..].concat();
+        for i in [0usize, REINSTATE_CHUNK, total - 1] {
+            let addr = IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
+            assert_eq!(
+                all.matches(&format!(" {addr} timeout")).count(),
+                1,
+                "{addr}"
+            );
+        }
     }
 
     #[test]

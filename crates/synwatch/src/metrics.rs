@@ -97,7 +97,15 @@ pub struct Metrics {
     /// said by a `/healthz` that still answers 200, so that a container is not
     /// restarted into the same state over and over.
     pub degraded: Mutex<Vec<String>>,
+    /// The longest turn of the pipeline's loop (work after a message or timeout, not the
+    /// wait for one), in microseconds, and the turns longer than [`SLOW_TURN`]: how long
+    /// packets, bans and control requests waited behind one piece of work.
+    pub longest_turn_us: AtomicU64,
+    pub slow_turns: AtomicU64,
 }
+
+/// A turn of the pipeline longer than this counts in `synwatch_pipeline_slow_turns_total`.
+pub const SLOW_TURN: Duration = Duration::from_millis(50);
 
 /// Writes one metric family: help, type and samples (label text, value).
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -248,6 +256,15 @@ impl Metrics {
             "Bytes held for reassembly (bounded).",
             &plain(sum.bytes_in_use),
         );
+    }
+
+    /// Records how long one turn of the pipeline's loop took.
+    pub fn record_turn(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.longest_turn_us.fetch_max(us, Ordering::Relaxed);
+        if took > SLOW_TURN {
+            self.slow_turns.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Records what could not be read of the saved state, for `/healthz` and `/metrics`.
@@ -578,9 +595,31 @@ impl Metrics {
             "Version of the running synwatch.",
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
+        self.render_turns(&mut out);
         self.render_reassembly(&mut out);
         process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
         out
+    }
+}
+
+impl Metrics {
+    fn render_turns(&self, out: &mut String) {
+        let longest = self.longest_turn_us.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP synwatch_pipeline_longest_turn_seconds The longest one turn of the pipeline took since start (handling a batch of packets, applying bans, a control request): the longest any packet or ban waited behind other work.\n\
+             # TYPE synwatch_pipeline_longest_turn_seconds gauge\n\
+             synwatch_pipeline_longest_turn_seconds {}.{:06}",
+            longest / 1_000_000,
+            longest % 1_000_000
+        );
+        family(
+            out,
+            "synwatch_pipeline_slow_turns_total",
+            "counter",
+            "Turns of the pipeline that took longer than 50 ms.",
+            &[(String::new(), self.slow_turns.load(Ordering::Relaxed))],
+        );
     }
 }
 
@@ -790,6 +829,24 @@ mod tests {
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
         assert!(get(addr, "/").starts_with("HTTP/1.1 404"));
         stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn the_longest_turn_and_the_slow_ones_are_kept() {
+        let metrics = Metrics::new(&["eth0".to_owned()]);
+        for ms in [30, 70, 10, 51, 50] {
+            metrics.record_turn(Duration::from_millis(ms));
+        }
+        let page = metrics.render();
+        assert!(
+            page.contains("\nsynwatch_pipeline_longest_turn_seconds 0.070000\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\nsynwatch_pipeline_slow_turns_total 2\n"),
+            "{page}"
+        );
+        assert!(page.contains("# TYPE synwatch_pipeline_longest_turn_seconds gauge\n"));
     }
 
     #[test]

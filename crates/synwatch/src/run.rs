@@ -1245,7 +1245,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut applied_at = monotonic();
     let mut pushed_at = applied_at.checked_sub(APPLY_EVERY).unwrap_or(applied_at);
     let mut idle;
+    let mut turn_started: Option<Instant> = None;
     loop {
+        if let Some(t) = turn_started.take() {
+            metrics.record_turn(monotonic().saturating_duration_since(t));
+        }
         let msg = if draining {
             match rx.try_recv() {
                 Ok(m) => Ok(m),
@@ -1255,6 +1259,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             rx.recv_timeout(Duration::from_millis(200))
         };
         idle = draining;
+        turn_started = Some(monotonic());
         match msg {
             Ok(Msg::Batch(batch)) => {
                 for obs in &batch {
