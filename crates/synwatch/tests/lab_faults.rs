@@ -8,6 +8,10 @@
 //!   and `/metrics`, blocking goes on.
 //! - started as root: the agent's threads and the programs it runs hold only what
 //!   blocking needs (the bounding set too).
+//! - killed with SIGKILL during a batch of bans: every ban it reported is back after the
+//!   restart; a SIGHUP storm: still running, bans held, new scanners caught.
+//! - the state directory full (a small tmpfs in the agent's own mount namespace): bans
+//!   go on, saving fails loudly; read-only at start: refused in one line (exit 2).
 //! - the wall clock stepped (for the agent alone, through libfaketime from Debian's
 //!   `faketime` package): bans neither expire nor freeze, only printed times move.
 //!
@@ -730,4 +734,256 @@ fn with_xdp_alone_the_agent_holds_no_capability_and_still_bans() {
     assert!(!lab.connects(SCANNER, VICTIM), "the scanner is dropped");
     assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// Every address in synwatch's IPv4 nftables set, read once.
+fn nftables_bans4(lab: &Lab) -> std::collections::HashSet<String> {
+    let out = lab.in_victim(&["nft", "list", "set", "inet", "synwatch", "banned4"]);
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|w| w.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// scripts/bench-bans-send.py in the attacker namespace, started: four SYNs to four
+/// ports from each of `count` forged sources from `first`, as raw frames to the victim.
+fn start_forged_scanners(lab: &Lab, first: &str, count: u32) -> std::process::Child {
+    let mac = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_owned();
+    let sender = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/bench-bans-send.py"
+    );
+    std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.attacker,
+            "python3",
+            sender,
+            &lab.aif,
+            &mac,
+        ])
+        .args([VICTIM, first, &count.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the sender")
+}
+
+/// The sources of the `block` events the agent wrote.
+fn reported_bans(agent: &Agent) -> Vec<String> {
+    agent
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "block")
+        .filter_map(|e| e["src"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn killed_during_a_batch_of_bans_the_agent_restores_every_ban_it_reported() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = state_args(dir.path());
+    args.extend(["--ban-rate", "0"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&lab, dir.path(), "killed", &args);
+    let mut sender = start_forged_scanners(&lab, "10.128.0.1", 3000);
+    // Killed as soon as the first bans are reported, while the rest keep coming.
+    eventually(30, "the first bans reported", || {
+        !reported_bans(&agent).is_empty()
+    });
+    let events = agent.out.clone();
+    agent.kill9();
+    let _ = sender.kill();
+    let _ = sender.wait();
+    let reported: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "block")
+        .filter_map(|e| e["src"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!reported.is_empty());
+    eprintln!("{} of 3000 bans reported before the kill", reported.len());
+
+    let mut agent = Agent::start(&lab, dir.path(), "restarted", &args);
+    let held = nftables_bans4(&lab);
+    let lost: Vec<&String> = reported.iter().filter(|a| !held.contains(*a)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} reported bans are not back after the restart: {:?}...",
+        lost.len(),
+        reported.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // And the agent goes on catching scanners.
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "a new scanner banned", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    assert!(agent.running(), "{}", agent.log());
+    assert_eq!(agent.stop_within(20), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_sighup_storm_leaves_the_agent_running_its_bans_held_and_scanners_caught() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("synwatch.toml");
+    std::fs::write(&config, "max_ports = 3\n").expect("write the config");
+    let mut args = state_args(dir.path());
+    args.extend(["--config".into(), config.to_str().expect("utf-8").into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&lab, dir.path(), "hup", &args);
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+
+    // Five hundred SIGHUPs as fast as kill sends them, while a new scanner scans.
+    let pid = agent.pid().to_string();
+    let storm = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "i=0; while [ $i -lt 500 ]; do kill -HUP $0 || exit 1; i=$((i+1)); done",
+            &pid,
+        ])
+        .status()
+        .expect("send the signals");
+    assert!(storm.success(), "the agent went away during the storm");
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a scanner during the storm banned", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    assert!(agent.running(), "{}", agent.log());
+    assert!(banned_in_nftables(&lab, SCANNER), "the first ban is held");
+    assert!(agent.log().contains("reloaded"), "{}", agent.log());
+    assert_eq!(healthz(&lab).0, 200);
+    let list = blocks_list_answers(&lab, dir.path(), 5);
+    assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// A state directory that fills up: the agent goes on running, its bans stay in the
+/// kernel and new scanners are still banned (their bans held until it stops), and it
+/// says why they are not saved. The state directory is a small tmpfs mounted in a mount
+/// namespace of the agent's own (gone with it); the test fills it from inside that
+/// namespace (nsenter).
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_full_state_directory_costs_saving_not_blocking() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let state_text = state.to_str().expect("utf-8 path").to_owned();
+    let mount = format!(
+        "mount -t tmpfs -o size=2m,mode=0700 synwatch-test {state_text} && exec \"$0\" \"$@\""
+    );
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &mount,
+    ];
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_under(&lab, dir.path(), "full", &wrapper, &args);
+    let pid = agent.pid().to_string();
+    let inside = |cmd: &[&str]| {
+        let mut args = vec!["--target", &pid, "--mount", "--"];
+        args.extend_from_slice(cmd);
+        std::process::Command::new("nsenter")
+            .args(&args)
+            .output()
+            .expect("nsenter")
+    };
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+
+    // Full: whatever space is left goes to a file of zeros.
+    let fill = format!("of={state_text}/fill");
+    let _ = inside(&["dd", "if=/dev/zero", &fill, "bs=64k"]);
+    let df = inside(&["df", "--output=avail", &state_text]);
+    assert!(
+        String::from_utf8_lossy(&df.stdout)
+            .lines()
+            .nth(1)
+            .map(str::trim)
+            == Some("0"),
+        "the state directory is not full: {df:?}"
+    );
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a scanner banned with the disk full", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    eventually(10, "the failure to save said", || {
+        agent.log().contains("hold only until the agent stops")
+    });
+    assert!(agent.running(), "{}", agent.log());
+    assert!(banned_in_nftables(&lab, SCANNER), "the first ban is held");
+    assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+    // `synwatch blocks` still reaches the agent (its socket is in the agent's mounts).
+    let list = inside(&[
+        env!("CARGO_BIN_EXE_synwatch"),
+        "blocks",
+        "list",
+        "--state-dir",
+        &state_text,
+        "--format",
+        "json",
+    ]);
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// A state directory that is read-only at start: the agent cannot keep its bans across
+/// a restart nor serve `synwatch blocks`, and says so at once (exit 2, one line naming
+/// the directory) rather than run on with bans that a restart would lose; it leaves no
+/// rules behind.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_read_only_state_directory_is_refused_at_start_in_one_line() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let state_text = state.to_str().expect("utf-8 path").to_owned();
+    let mount = format!(
+        "mount -t tmpfs -o size=2m,mode=0700 synwatch-test {state_text} && mount -o remount,ro {state_text} && exec \"$0\" \"$@\""
+    );
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &mount,
+    ];
+    let (code, err) = run_to_end(
+        &lab,
+        &wrapper,
+        &["--block", "nftables", "--state-dir", &state_text],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.lines().count() == 1
+            && err.contains(&state_text)
+            && err.contains("Read-only file system"),
+        "{err}"
+    );
+    let table = lab.in_victim(&["nft", "list", "table", "inet", "synwatch"]);
+    assert!(!table.status.success(), "rules left behind");
 }
