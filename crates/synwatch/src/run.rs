@@ -1256,7 +1256,13 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 Err(_) => break,
             }
         } else {
-            rx.recv_timeout(Duration::from_millis(200))
+            // Bans waiting to be put back go a chunk every APPLY_EVERY, traffic or not.
+            let wait = if blocker.as_ref().is_some_and(Blocker::has_pending) {
+                APPLY_EVERY
+            } else {
+                Duration::from_millis(200)
+            };
+            rx.recv_timeout(wait)
         };
         idle = draining;
         turn_started = Some(monotonic());
