@@ -95,6 +95,9 @@ pub struct Blocker {
     /// Bans still to put back after the rules were set up again (in address order, the
     /// next ones last), a chunk a turn: see [`Blocker::reinstate`].
     reinstating: Vec<IpNet>,
+    /// The rule check and counters on a thread of their own, once started
+    /// ([`Blocker::check_from_thread`]); until then (and in tests) the pipeline asks.
+    upkeep: Option<crate::upkeep::Upkeep>,
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
@@ -158,6 +161,7 @@ impl Blocker {
             refusal_minute: 0,
             refusals_logged: 0,
             reinstating: Vec::new(),
+            upkeep: None,
         };
         let lapsed = over_addrs
             .into_iter()
@@ -401,9 +405,14 @@ impl Blocker {
         }
         if now >= self.counters_at {
             self.counters_at = now + COUNTERS_SECS;
-            if !self.enforcer.intact() {
+            let (intact, counters) = match &self.upkeep {
+                Some(u) => u.take().map_or((true, None), |r| (r.intact, r.counters)),
+                None if !self.enforcer.intact() => (false, None),
+                None => (true, self.enforcer.counters().ok()),
+            };
+            if !intact {
                 self.reinstate(now);
-            } else if let Ok(c) = self.enforcer.counters() {
+            } else if let Some(c) = counters {
                 self.metrics
                     .dropped_packets
                     .store(c.packets, Ordering::Relaxed);
@@ -423,6 +432,9 @@ impl Blocker {
         self.metrics
             .blocked_ranges
             .store(held(self.book.ranges()), Ordering::Relaxed);
+        self.metrics
+            .bans_reinstating
+            .store(held(self.reinstating.len()), Ordering::Relaxed);
     }
 
     fn push_to_kernel(&mut self, now: i64) -> Vec<Happened> {
@@ -471,6 +483,9 @@ impl Blocker {
             Ok(()) => {
                 self.reinstating = rest;
                 self.reinstating.reverse();
+                if let Some(u) = &self.upkeep {
+                    u.set_up_again();
+                }
                 self.metrics
                     .rules_reinstated
                     .fetch_add(1, Ordering::Relaxed);
@@ -485,6 +500,18 @@ impl Blocker {
                     "synwatch: synwatch's {backend} rules were removed by someone else, and setting them up again failed: {e}; retrying in {COUNTERS_SECS} s"
                 );
             }
+        }
+    }
+
+    /// Leaves the rule check and the counters to a thread asking `checker` (a second
+    /// handle on the same rules), so that the pipeline never waits for them. Called once
+    /// privileges are dropped (the thread inherits the pipeline's).
+    pub fn check_from_thread(&mut self, checker: Box<dyn Enforcer>) {
+        match crate::upkeep::Upkeep::start(checker, std::time::Duration::from_secs(2)) {
+            Ok(u) => self.upkeep = Some(u),
+            Err(e) => eprintln!(
+                "synwatch: warning: cannot start the rule check thread ({e}); the pipeline checks the rules itself"
+            ),
         }
     }
 
@@ -1163,6 +1190,10 @@ mod tests {
             b.has_pending(),
             "the rest waits, and the pipeline comes back soon"
         );
+        assert_eq!(
+            b.metrics.bans_reinstating.load(Ordering::Relaxed),
+            (total - REINSTATE_CHUNK) as u64
+        );
         let mut put_back = REINSTATE_CHUNK;
         for turn in 0..3 {
             let before = runner.transcript().len();
@@ -1177,6 +1208,7 @@ mod tests {
         }
         assert_eq!(put_back, total, "every ban is back");
         assert!(!b.has_pending());
+        assert_eq!(b.metrics.bans_reinstating.load(Ordering::Relaxed), 0);
         // And each at most once: the set-up and the chunks hold every address.
         let all: String = runner.transcript()[before..].concat();
         for i in [0usize, REINSTATE_CHUNK, total - 1] {

@@ -35,6 +35,7 @@ mod replay;
 mod run;
 mod sockets;
 mod state;
+mod upkeep;
 mod xdp;
 
 /// See every new TCP connection attempt, recognise port scans.

@@ -102,6 +102,8 @@ pub struct Metrics {
     /// packets, bans and control requests waited behind one piece of work.
     pub longest_turn_us: AtomicU64,
     pub slow_turns: AtomicU64,
+    /// Bans still to be put back into rules set up again after tampering.
+    pub bans_reinstating: AtomicU64,
 }
 
 /// A turn of the pipeline longer than this counts in `synwatch_pipeline_slow_turns_total`.
@@ -619,6 +621,13 @@ impl Metrics {
             "counter",
             "Turns of the pipeline that took longer than 50 ms.",
             &[(String::new(), self.slow_turns.load(Ordering::Relaxed))],
+        );
+        family(
+            out,
+            "synwatch_bans_reinstating",
+            "gauge",
+            "Bans still to be put back into synwatch's rules after someone removed them (they go back a chunk every 100 ms).",
+            &[(String::new(), self.bans_reinstating.load(Ordering::Relaxed))],
         );
     }
 }

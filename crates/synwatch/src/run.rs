@@ -1136,6 +1136,15 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .map(Blocker::backend),
         !pcap_ifaces.is_empty() || discovering && !xdp_source,
     );
+    // The rule check and counters of nftables and iptables run on a thread of their own
+    // (upkeep.rs), started with the privileges just kept.
+    if let Some(b) = blocker.as_mut().filter(|b| !b.dry_run())
+        && let Some(checker) = matches!(b.backend(), Backend::Nftables | Backend::Iptables)
+            .then(|| synwatch_enforce::open_system(b.backend(), run_settings.blocking.scope))
+            .flatten()
+    {
+        b.check_from_thread(checker);
+    }
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
