@@ -403,15 +403,23 @@ impl Blocker {
         if !self.reinstating.is_empty() && now >= self.retry_at {
             self.reinstate_chunk(now);
         }
-        if now >= self.counters_at {
-            self.counters_at = now + COUNTERS_SECS;
-            let (intact, counters) = match &self.upkeep {
-                Some(u) => u.take().map_or((true, None), |r| (r.intact, r.counters)),
-                None if !self.enforcer.intact() => (false, None),
-                None => (true, self.enforcer.counters().ok()),
-            };
+        // The rule check's latest answer (each turn: it costs a lock), or every few
+        // seconds the pipeline's own look.
+        let looked = match &self.upkeep {
+            Some(u) => u.take().map(|r| (r.intact, r.set_up, r.counters)),
+            None if now >= self.counters_at => {
+                self.counters_at = now + COUNTERS_SECS;
+                Some(if self.enforcer.intact() {
+                    (true, false, self.enforcer.counters().ok())
+                } else {
+                    (false, false, None)
+                })
+            }
+            None => None,
+        };
+        if let Some((intact, set_up, counters)) = looked {
             if !intact {
-                self.reinstate(now);
+                self.reinstate(now, set_up);
             } else if let Some(c) = counters {
                 self.metrics
                     .dropped_packets
@@ -464,27 +472,39 @@ impl Blocker {
     /// (a firewall service reloading its configuration with `flush ruleset`, `iptables
     /// -F`). Until then the scanners it had banned got through. The rules come back with
     /// the first [`REINSTATE_CHUNK`] bans, the rest follow a chunk a turn, so that the
-    /// pipeline never waits for a hundred thousand bans to be written at once.
-    fn reinstate(&mut self, now: i64) {
+    /// pipeline never waits for a hundred thousand bans to be written at once. `set_up`:
+    /// the rule check's thread has set the rules up again already (empty); every ban
+    /// goes back a chunk a turn.
+    fn reinstate(&mut self, now: i64, set_up: bool) {
         let mut nets: Vec<IpNet> = running_bans(&self.book, now)
             .into_iter()
             .map(|b| b.net)
             .collect();
         let total = nets.len();
         // The first chunk goes with the set-up; the rest wait, the next ones last.
-        let rest = nets.split_off(nets.len().min(REINSTATE_CHUNK));
+        let first = if set_up { 0 } else { REINSTATE_CHUNK };
+        let rest = nets.split_off(nets.len().min(first));
         let bans: Vec<_> = nets
             .iter()
             .filter_map(|&n| self.book.get(n))
             .map(|r| r.ban(now))
             .collect();
         let backend = self.enforcer.backend();
-        match self.enforcer.setup(&bans) {
+        let done = if set_up {
+            Ok(())
+        } else {
+            self.enforcer.setup(&bans)
+        };
+        match done {
             Ok(()) => {
                 self.reinstating = rest;
                 self.reinstating.reverse();
                 if let Some(u) = &self.upkeep {
                     u.set_up_again();
+                }
+                if set_up {
+                    // Set up empty by the check's thread: the first chunk goes now.
+                    self.reinstate_chunk(now);
                 }
                 self.metrics
                     .rules_reinstated
