@@ -101,9 +101,10 @@ pub struct Blocker {
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
-/// any wait): one `nft -f` adding 2,500 elements to a set takes about 20 ms here, where
-/// all of 100,000 at once held the pipeline for over a second.
-const REINSTATE_CHUNK: usize = 2_500;
+/// any wait): one `nft -f` or `ipset restore` adding 1,500 elements to a set of 100,000
+/// takes 10-30 ms here (docs/PERFORMANCE.md, bench-hold.sh), where all of 100,000 at once
+/// held the pipeline for over a second.
+const REINSTATE_CHUNK: usize = 1_500;
 
 impl std::fmt::Debug for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
