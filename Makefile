@@ -12,10 +12,11 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
              ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool \
              ping:iputils-ping xdp-filter:xdp-tools bpftool:bpftool
-# only for `make test` (promtool comes with the Prometheus server package; scapy, for
+# only for `make test` (promtool comes with the Prometheus server package; faketime brings
+# libfaketime, which steps the wall clock for the agent alone in lab_faults; scapy, for
 # Debian's /usr/bin/python3, crafts the lab's evasive packets)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \
-              scapy:python3-scapy
+              scapy:python3-scapy faketime:faketime
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev

@@ -195,6 +195,13 @@ pub trait Enforcer: Send {
     /// Adds bans, or renews them (an address already banned takes the new timeout).
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError>;
 
+    /// Puts bans back into rules just set up again ([`Enforcer::setup`]) that do not
+    /// hold them yet: nothing to renew, so it may be cheaper than [`Enforcer::add`]. A
+    /// ban already there keeps what it has.
+    fn refill(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.add(bans)
+    }
+
     /// Removes bans (each exactly as it was added); one that is not banned (any more)
     /// is not an error.
     fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError>;
@@ -305,6 +312,10 @@ impl Enforcer for Layered {
 
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
         self.both(|e| e.add(bans))
+    }
+
+    fn refill(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        self.both(|e| e.refill(bans))
     }
 
     fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {

@@ -92,7 +92,19 @@ pub struct Blocker {
     metrics: Arc<Metrics>,
     refusal_minute: i64,
     refusals_logged: u32,
+    /// Bans still to put back after the rules were set up again (in address order, the
+    /// next ones last), a chunk a turn: see [`Blocker::reinstate`].
+    reinstating: Vec<IpNet>,
+    /// The rule check and counters on a thread of their own, once started
+    /// ([`Blocker::check_from_thread`]); until then (and in tests) the pipeline asks.
+    upkeep: Option<crate::upkeep::Upkeep>,
 }
+
+/// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
+/// any wait): one `nft -f` or `ipset restore` adding 1,500 elements to a set of 100,000
+/// takes 10-30 ms here (docs/PERFORMANCE.md, bench-hold.sh), where all of 100,000 at once
+/// held the pipeline for over a second.
+const REINSTATE_CHUNK: usize = 1_500;
 
 impl std::fmt::Debug for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,6 +129,7 @@ impl Blocker {
         let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
+        metrics.record_state_damage(store.damage());
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
         store.delete(&over_addrs, false)?;
         // Saved bans inside a saved range: the range stands for them.
@@ -148,6 +161,8 @@ impl Blocker {
             metrics,
             refusal_minute: 0,
             refusals_logged: 0,
+            reinstating: Vec::new(),
+            upkeep: None,
         };
         let lapsed = over_addrs
             .into_iter()
@@ -182,7 +197,7 @@ impl Blocker {
 
     /// Whether bans are decided but not yet in the kernel.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        !self.pending.is_empty() || !self.reinstating.is_empty()
     }
 
     /// A scan whose attempt from `src` crossed the threshold: decides a ban of `target`
@@ -386,11 +401,27 @@ impl Blocker {
         if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
             happened.extend(self.push_to_kernel(now));
         }
-        if now >= self.counters_at {
-            self.counters_at = now + COUNTERS_SECS;
-            if !self.enforcer.intact() {
-                self.reinstate(now);
-            } else if let Ok(c) = self.enforcer.counters() {
+        if !self.reinstating.is_empty() && now >= self.retry_at {
+            self.reinstate_chunk(now);
+        }
+        // The rule check's latest answer (each turn: it costs a lock), or every few
+        // seconds the pipeline's own look.
+        let looked = match &self.upkeep {
+            Some(u) => u.take().map(|r| (r.intact, r.set_up, r.counters)),
+            None if now >= self.counters_at => {
+                self.counters_at = now + COUNTERS_SECS;
+                Some(if self.enforcer.intact() {
+                    (true, false, self.enforcer.counters().ok())
+                } else {
+                    (false, false, None)
+                })
+            }
+            None => None,
+        };
+        if let Some((intact, set_up, counters)) = looked {
+            if !intact {
+                self.reinstate(now, set_up);
+            } else if let Some(c) = counters {
                 self.metrics
                     .dropped_packets
                     .store(c.packets, Ordering::Relaxed);
@@ -410,6 +441,9 @@ impl Blocker {
         self.metrics
             .blocked_ranges
             .store(held(self.book.ranges()), Ordering::Relaxed);
+        self.metrics
+            .bans_reinstating
+            .store(held(self.reinstating.len()), Ordering::Relaxed);
     }
 
     fn push_to_kernel(&mut self, now: i64) -> Vec<Happened> {
@@ -435,21 +469,50 @@ impl Blocker {
         happened
     }
 
-    /// Sets synwatch's rules up again with every running ban once they are found missing:
-    /// someone flushed them (a firewall service reloading its configuration with
-    /// `flush ruleset`, `iptables -F`). Until then the scanners it had banned got through.
-    fn reinstate(&mut self, now: i64) {
-        let bans = running_bans(&self.book, now);
+    /// Sets synwatch's rules up again once they are found missing: someone flushed them
+    /// (a firewall service reloading its configuration with `flush ruleset`, `iptables
+    /// -F`). Until then the scanners it had banned got through. The rules come back with
+    /// the first [`REINSTATE_CHUNK`] bans, the rest follow a chunk a turn, so that the
+    /// pipeline never waits for a hundred thousand bans to be written at once. `set_up`:
+    /// the rule check's thread has set the rules up again already (empty); every ban
+    /// goes back a chunk a turn.
+    fn reinstate(&mut self, now: i64, set_up: bool) {
+        let mut nets: Vec<IpNet> = running_bans(&self.book, now)
+            .into_iter()
+            .map(|b| b.net)
+            .collect();
+        let total = nets.len();
+        // The first chunk goes with the set-up; the rest wait, the next ones last.
+        let first = if set_up { 0 } else { REINSTATE_CHUNK };
+        let rest = nets.split_off(nets.len().min(first));
+        let bans: Vec<_> = nets
+            .iter()
+            .filter_map(|&n| self.book.get(n))
+            .map(|r| r.ban(now))
+            .collect();
         let backend = self.enforcer.backend();
-        match self.enforcer.setup(&bans) {
+        let done = if set_up {
+            Ok(())
+        } else {
+            self.enforcer.setup(&bans)
+        };
+        match done {
             Ok(()) => {
+                self.reinstating = rest;
+                self.reinstating.reverse();
+                if let Some(u) = &self.upkeep {
+                    u.set_up_again();
+                }
+                if set_up {
+                    // Set up empty by the check's thread: the first chunk goes now.
+                    self.reinstate_chunk(now);
+                }
                 self.metrics
                     .rules_reinstated
                     .fetch_add(1, Ordering::Relaxed);
                 eprintln!(
-                    "synwatch: synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {} ban{}",
-                    bans.len(),
-                    if bans.len() == 1 { "" } else { "s" }
+                    "synwatch: synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {total} ban{}",
+                    if total == 1 { "" } else { "s" }
                 );
             }
             Err(e) => {
@@ -458,6 +521,35 @@ impl Blocker {
                     "synwatch: synwatch's {backend} rules were removed by someone else, and setting them up again failed: {e}; retrying in {COUNTERS_SECS} s"
                 );
             }
+        }
+    }
+
+    /// Leaves the rule check and the counters to a thread asking `checker` (a second
+    /// handle on the same rules), so that the pipeline never waits for them. Called once
+    /// privileges are dropped (the thread inherits the pipeline's).
+    pub fn check_from_thread(&mut self, checker: Box<dyn Enforcer>) {
+        match crate::upkeep::Upkeep::start(checker, std::time::Duration::from_secs(2)) {
+            Ok(u) => self.upkeep = Some(u),
+            Err(e) => eprintln!(
+                "synwatch: warning: cannot start the rule check thread ({e}); the pipeline checks the rules itself"
+            ),
+        }
+    }
+
+    /// Puts the next chunk of bans back into rules that were set up again. A ban lifted
+    /// or ended meanwhile is skipped; a chunk the kernel refuses is tried again later.
+    fn reinstate_chunk(&mut self, now: i64) {
+        let from = self.reinstating.len().saturating_sub(REINSTATE_CHUNK);
+        let chunk = self.reinstating.split_off(from);
+        let bans: Vec<_> = chunk
+            .iter()
+            .rev()
+            .filter_map(|&n| self.book.get(n))
+            .map(|r| r.ban(now))
+            .collect();
+        if let Err(e) = self.enforcer.refill(&bans) {
+            self.failed(&e, bans.len(), "put back", now);
+            self.reinstating.extend(chunk);
         }
     }
 
@@ -640,7 +732,7 @@ impl Blocker {
         }
         if self.keep_rules {
             // Whatever did not reach the kernel yet still should, since the rules stay.
-            let now = crate::metrics::unix_now();
+            let now = crate::clock::now();
             self.retry_at = now;
             self.push_to_kernel(now);
             eprintln!(
@@ -1080,6 +1172,75 @@ mod tests {
             "{:#?}",
             runner.transcript()
         );
+    }
+
+    #[test]
+    fn many_bans_come_back_a_chunk_a_turn_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = REINSTATE_CHUNK * 2 + 7;
+        {
+            let mut store = Store::open(&settings(dir.path()).store_dir()).unwrap();
+            let records: Vec<Record> = (0..total)
+                .map(|i| Record {
+                    net: IpNet::from(IpAddr::from([10, 9, (i >> 8) as u8, i as u8])),
+                    since: 0,
+                    expires: Some(3600),
+                    reason: "1,2,3,4".into(),
+                    offences: 1,
+                    new_only: false,
+                })
+                .collect();
+            store.save(&records).unwrap();
+        }
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        let elements = |text: &str| text.matches(" timeout ").count();
+        let before = runner.transcript().len();
+        runner.answer(Err("Error: No such file or directory"));
+        b.apply(5);
+        let t = runner.transcript();
+        let setup = t[before..]
+            .iter()
+            .find(|c| c.contains("add table inet synwatch"))
+            .unwrap_or_else(|| panic!("no setup: {:#?}", &t[before..]));
+        assert_eq!(
+            elements(setup),
+            REINSTATE_CHUNK,
+            "the rules and the first chunk"
+        );
+        assert!(
+            b.has_pending(),
+            "the rest waits, and the pipeline comes back soon"
+        );
+        assert_eq!(
+            b.metrics.bans_reinstating.load(Ordering::Relaxed),
+            (total - REINSTATE_CHUNK) as u64
+        );
+        let mut put_back = REINSTATE_CHUNK;
+        for turn in 0..3 {
+            let before = runner.transcript().len();
+            b.apply(5);
+            let added: usize = runner.transcript()[before..]
+                .iter()
+                .filter(|c| !c.contains("add table"))
+                .map(|c| elements(c))
+                .sum();
+            assert!(added <= REINSTATE_CHUNK, "turn {turn}: {added}");
+            put_back += added;
+        }
+        assert_eq!(put_back, total, "every ban is back");
+        assert!(!b.has_pending());
+        assert_eq!(b.metrics.bans_reinstating.load(Ordering::Relaxed), 0);
+        // And each at most once: the set-up and the chunks hold every address.
+        let all: String = runner.transcript()[before..].concat();
+        for i in [0usize, REINSTATE_CHUNK, total - 1] {
+            let addr = IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
+            assert_eq!(
+                all.matches(&format!(" {addr} timeout")).count(),
+                1,
+                "{addr}"
+            );
+        }
     }
 
     #[test]

@@ -209,7 +209,7 @@ fn kernel_backend() -> Option<Box<dyn Enforcer>> {
 
 /// No agent runs: work on the saved state, and on the kernel if rules are there.
 fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
-    let now = crate::metrics::unix_now();
+    let now = crate::clock::now();
     let exists = state_dir.join(DB_FILE).exists();
     if matches!(
         request,

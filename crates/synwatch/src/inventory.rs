@@ -159,6 +159,11 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
                 "synwatch: warning: no --local addresses: every flow is 'else' (name this host's addresses with --local)"
             );
         }
+        // Reading captures and writing the tree need no other privilege.
+        crate::privileges::keep_only(&[
+            caps::Capability::CAP_DAC_READ_SEARCH,
+            caps::Capability::CAP_DAC_OVERRIDE,
+        ]);
         files(&args.pcap, cfg)
     };
     let flows = inventory.flows();

@@ -16,6 +16,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod block;
 mod blocks;
+mod clock;
 mod config;
 mod conns;
 mod control;
@@ -28,11 +29,13 @@ mod manual;
 mod metrics;
 mod output;
 mod owner;
+mod privileges;
 mod protect;
 mod replay;
 mod run;
 mod sockets;
 mod state;
+mod upkeep;
 mod xdp;
 
 /// See every new TCP connection attempt, recognise port scans.

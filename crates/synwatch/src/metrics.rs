@@ -92,7 +92,25 @@ pub struct Metrics {
     /// while this is recent.
     pub heartbeat: AtomicI64,
     pub start_time: AtomicI64,
+    /// What could not be read of the saved state at start: the database moved aside
+    /// (0 or 1) and rows skipped.
+    pub state_moved_aside: AtomicU64,
+    pub state_rows_skipped: AtomicU64,
+    /// Why the agent runs degraded (protection partly lost, yet worth running on):
+    /// said by a `/healthz` that still answers 200, so that a container is not
+    /// restarted into the same state over and over.
+    pub degraded: Mutex<Vec<String>>,
+    /// The longest turn of the pipeline's loop (work after a message or timeout, not the
+    /// wait for one), in microseconds, and the turns longer than [`SLOW_TURN`]: how long
+    /// packets, bans and control requests waited behind one piece of work.
+    pub longest_turn_us: AtomicU64,
+    pub slow_turns: AtomicU64,
+    /// Bans still to be put back into rules set up again after tampering.
+    pub bans_reinstating: AtomicU64,
 }
+
+/// A turn of the pipeline longer than this counts in `synwatch_pipeline_slow_turns_total`.
+pub const SLOW_TURN: Duration = Duration::from_millis(50);
 
 /// Writes one metric family: help, type and samples (label text, value).
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
@@ -158,7 +176,7 @@ impl Metrics {
             reassembly: (0..=interfaces.len())
                 .map(|_| Mutex::new(ReassemblyStats::default()))
                 .collect(),
-            heartbeat: AtomicI64::new(now),
+            heartbeat: AtomicI64::new(crate::clock::now()),
             start_time: AtomicI64::new(now),
             ..Self::default()
         }
@@ -175,7 +193,9 @@ impl Metrics {
         set(&self.sweeps, s.sweeps);
         set(&self.sources_evicted, s.sources_evicted);
         set(&self.tracked_sources, tracked as u64);
-        self.heartbeat.store(unix_now(), Ordering::Relaxed);
+        // In agent time (monotonic): a step of the wall clock neither fails /healthz nor
+        // hides a pipeline that stopped.
+        self.heartbeat.store(crate::clock::now(), Ordering::Relaxed);
     }
 
     /// Copies the totals of reassembling thread `slot` (a capture thread's interface
@@ -243,11 +263,51 @@ impl Metrics {
         );
     }
 
+    /// Records how long one turn of the pipeline's loop took.
+    pub fn record_turn(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.longest_turn_us.fetch_max(us, Ordering::Relaxed);
+        if took > SLOW_TURN {
+            self.slow_turns.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records what could not be read of the saved state, for `/healthz` and `/metrics`.
+    pub fn record_state_damage(&self, damage: &crate::state::Damage) {
+        let mut why = Vec::new();
+        if let Some(aside) = &damage.moved_aside {
+            self.state_moved_aside.store(1, Ordering::Relaxed);
+            why.push(format!(
+                "the ban database was unreadable and moved to {}: its bans were not restored",
+                aside.display()
+            ));
+        }
+        if damage.rows_skipped > 0 {
+            self.state_rows_skipped
+                .store(damage.rows_skipped, Ordering::Relaxed);
+            why.push(format!(
+                "{} row(s) of the ban database did not read and were skipped",
+                damage.rows_skipped
+            ));
+        }
+        if let Ok(mut held) = self.degraded.lock() {
+            held.extend(why);
+        }
+    }
+
+    /// The body of a healthy `/healthz`: `ok`, or `degraded` and why, one line each.
+    pub fn healthy_body(&self) -> String {
+        match self.degraded.lock() {
+            Ok(why) if !why.is_empty() => format!("degraded\n{}\n", why.join("\n")),
+            _ => "ok\n".to_owned(),
+        }
+    }
+
     /// `Ok` while the pipeline runs and every source works; else why not, one line per
     /// fault (the body of a failing `/healthz`).
     pub fn health(&self) -> Result<(), String> {
         let mut faults = String::new();
-        if unix_now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
+        if crate::clock::now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
             faults.push_str("the capture pipeline is not running\n");
         }
         for iface in &self.interfaces {
@@ -321,6 +381,21 @@ impl Metrics {
             "counter",
             "Observations dropped because the queue from capture to the pipeline was full (the pipeline fell behind); bounded instead of growing.",
             &plain(get(&self.queue_dropped)),
+        );
+        family(
+            "synwatch_state_damage",
+            "gauge",
+            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read. /healthz then says degraded.",
+            &[
+                (
+                    "{kind=\"file_moved_aside\"}".into(),
+                    get(&self.state_moved_aside),
+                ),
+                (
+                    "{kind=\"rows_skipped\"}".into(),
+                    get(&self.state_rows_skipped),
+                ),
+            ],
         );
         family(
             "synwatch_address_sweeps_total",
@@ -512,7 +587,12 @@ impl Metrics {
             "synwatch_pipeline_heartbeat_timestamp_seconds",
             "gauge",
             "Unix time the pipeline last went round its loop (at least once a second while it runs; /healthz fails once this is too old).",
-            &plain(u64::try_from(self.heartbeat.load(Ordering::Relaxed)).unwrap_or(0)),
+            &plain(
+                u64::try_from(
+                    crate::clock::wall_offset().to_wall(self.heartbeat.load(Ordering::Relaxed)),
+                )
+                .unwrap_or(0),
+            ),
         );
         family(
             "synwatch_build_info",
@@ -520,9 +600,38 @@ impl Metrics {
             "Version of the running synwatch.",
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
+        self.render_turns(&mut out);
         self.render_reassembly(&mut out);
         process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
         out
+    }
+}
+
+impl Metrics {
+    fn render_turns(&self, out: &mut String) {
+        let longest = self.longest_turn_us.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP synwatch_pipeline_longest_turn_seconds The longest one turn of the pipeline took since start (handling a batch of packets, applying bans, a control request): the longest any packet or ban waited behind other work.\n\
+             # TYPE synwatch_pipeline_longest_turn_seconds gauge\n\
+             synwatch_pipeline_longest_turn_seconds {}.{:06}",
+            longest / 1_000_000,
+            longest % 1_000_000
+        );
+        family(
+            out,
+            "synwatch_pipeline_slow_turns_total",
+            "counter",
+            "Turns of the pipeline that took longer than 50 ms.",
+            &[(String::new(), self.slow_turns.load(Ordering::Relaxed))],
+        );
+        family(
+            out,
+            "synwatch_bans_reinstating",
+            "gauge",
+            "Bans still to be put back into synwatch's rules after someone removed them (they go back a chunk every 100 ms).",
+            &[(String::new(), self.bans_reinstating.load(Ordering::Relaxed))],
+        );
     }
 }
 
@@ -647,7 +756,11 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
             metrics.render(),
         ),
         ("GET" | "HEAD", "/healthz") => match metrics.health() {
-            Ok(()) => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+            Ok(()) => (
+                "200 OK",
+                "text/plain; charset=utf-8",
+                metrics.healthy_body(),
+            ),
             Err(why) => ("503 Service Unavailable", "text/plain; charset=utf-8", why),
         },
         ("GET" | "HEAD", _) => (
@@ -731,6 +844,59 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_turn_and_the_slow_ones_are_kept() {
+        let metrics = Metrics::new(&["eth0".to_owned()]);
+        for ms in [30, 70, 10, 51, 50] {
+            metrics.record_turn(Duration::from_millis(ms));
+        }
+        let page = metrics.render();
+        assert!(
+            page.contains("\nsynwatch_pipeline_longest_turn_seconds 0.070000\n"),
+            "{page}"
+        );
+        assert!(
+            page.contains("\nsynwatch_pipeline_slow_turns_total 2\n"),
+            "{page}"
+        );
+        assert!(page.contains("# TYPE synwatch_pipeline_longest_turn_seconds gauge\n"));
+    }
+
+    #[test]
+    fn damaged_state_keeps_healthz_up_and_says_degraded() {
+        let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+        assert!(get(addr, "/healthz").ends_with("\r\n\r\nok\n"));
+        metrics.record_state_damage(&crate::state::Damage {
+            moved_aside: Some("/var/lib/synwatch/bans.db.corrupt-1".into()),
+            rows_skipped: 2,
+        });
+        let health = get(addr, "/healthz");
+        assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        assert!(
+            health.ends_with(
+                "\r\n\r\ndegraded\nthe ban database was unreadable and moved to /var/lib/synwatch/bans.db.corrupt-1: its bans were not restored\n2 row(s) of the ban database did not read and were skipped\n"
+            ),
+            "{health}"
+        );
+        let page = get(addr, "/metrics");
+        assert!(
+            page.contains("synwatch_state_damage{kind=\"file_moved_aside\"} 1"),
+            "{page}"
+        );
+        assert!(
+            page.contains("synwatch_state_damage{kind=\"rows_skipped\"} 2"),
+            "{page}"
+        );
+        // A real failure still wins.
+        metrics.interfaces[0].set_state(false, Some("eth0 is missing".into()));
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    #[test]
     fn slow_and_silent_clients_delay_nobody_and_are_cut_at_the_deadline() {
         let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
@@ -786,7 +952,9 @@ mod tests {
         assert_eq!(extra.read_to_end(&mut nothing).expect("closed at once"), 0);
         thread::sleep(REQUEST_WITHIN + Duration::from_millis(300));
         // (The test outlived the heartbeat's freshness: the pipeline would have beaten.)
-        metrics.heartbeat.store(unix_now(), Ordering::Relaxed);
+        metrics
+            .heartbeat
+            .store(crate::clock::now(), Ordering::Relaxed);
         let health = get(addr, "/healthz");
         assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
         drop(held);

@@ -75,6 +75,9 @@ fn claim_name(name: &str) -> Result<(), ClaimError> {
             thread::Builder::new()
                 .name("owner".into())
                 .spawn(move || {
+                    // Started before the agent drops its privileges (capabilities are
+                    // per thread): it needs none.
+                    crate::privileges::drop_all_in_this_thread();
                     for stream in listener.incoming() {
                         drop(stream);
                     }

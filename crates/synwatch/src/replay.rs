@@ -103,6 +103,9 @@ struct DetectDone {
 /// the events. Decoding is most of the work per packet, detection most of the work per
 /// attempt, and the two overlap.
 pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending> {
+    // Replay reads the files named and writes stdout: no other privilege, before any
+    // byte of a capture is read.
+    crate::privileges::keep_only(&[caps::Capability::CAP_DAC_READ_SEARCH]);
     let format = settings.format.unwrap_or_else(crate::default_format);
     let mut totals = Totals::default();
     let mut progress = Progress::new(&args.files);

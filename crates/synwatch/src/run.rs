@@ -677,7 +677,7 @@ fn start_backend(
         enforcer,
         settings,
         Arc::clone(metrics),
-        metrics::unix_now(),
+        crate::clock::now(),
         protected,
     )
 }
@@ -724,6 +724,8 @@ pub(crate) fn drop_all_capabilities() {
 
 fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
     let keep = blocking.map(backend_capabilities).unwrap_or_default();
+    // Started as root, children would otherwise regain the whole bounding set.
+    crate::privileges::limit_bounding(&keep);
     let mut own = keep.clone();
     if capturing {
         own.insert(caps::Capability::CAP_NET_RAW);
@@ -763,6 +765,8 @@ fn report<W: std::io::Write>(
     detector: &mut Detector,
 ) -> std::io::Result<()> {
     let ts = wall_nanos();
+    // Ban times are agent time (clock.rs); the event says when on the wall clock.
+    let wall = crate::clock::wall_offset();
     let mut result = Ok(());
     for h in happened {
         result = result.and(match h {
@@ -771,7 +775,7 @@ fn report<W: std::io::Write>(
                 src: r.net.addr(),
                 prefix: (!synwatch_enforce::is_host(r.net)).then_some(r.net),
                 backend,
-                until: r.expires,
+                until: r.expires.map(|t| wall.to_wall(t)),
                 reason: &r.reason,
                 offences: r.offences,
                 dry_run,
@@ -796,7 +800,7 @@ fn release_protected<W: std::io::Write>(
     host: &HostNow,
     events: &mut EventWriter<W>,
 ) -> std::io::Result<()> {
-    let happened = blocker.release_protected(metrics::unix_now(), |n| {
+    let happened = blocker.release_protected(crate::clock::now(), |n| {
         is_protected_net(n, detector, host).is_some()
     });
     report(
@@ -835,7 +839,7 @@ fn on_scan<W: std::io::Write>(
             scan.src,
             target,
             &scan.ports,
-            metrics::unix_now(),
+            crate::clock::now(),
             protected,
             session,
         );
@@ -1132,6 +1136,15 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .map(Blocker::backend),
         !pcap_ifaces.is_empty() || discovering && !xdp_source,
     );
+    // The rule check and counters of nftables and iptables run on a thread of their own
+    // (upkeep.rs), started with the privileges just kept.
+    if let Some(b) = blocker.as_mut().filter(|b| !b.dry_run())
+        && let Some(checker) = matches!(b.backend(), Backend::Nftables | Backend::Iptables)
+            .then(|| synwatch_enforce::open_system(b.backend(), run_settings.blocking.scope))
+            .flatten()
+    {
+        b.check_from_thread(checker);
+    }
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
@@ -1241,16 +1254,27 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let mut applied_at = monotonic();
     let mut pushed_at = applied_at.checked_sub(APPLY_EVERY).unwrap_or(applied_at);
     let mut idle;
+    let mut turn_started: Option<Instant> = None;
     loop {
+        if let Some(t) = turn_started.take() {
+            metrics.record_turn(monotonic().saturating_duration_since(t));
+        }
         let msg = if draining {
             match rx.try_recv() {
                 Ok(m) => Ok(m),
                 Err(_) => break,
             }
         } else {
-            rx.recv_timeout(Duration::from_millis(200))
+            // Bans waiting to be put back go a chunk every APPLY_EVERY, traffic or not.
+            let wait = if blocker.as_ref().is_some_and(Blocker::has_pending) {
+                APPLY_EVERY
+            } else {
+                Duration::from_millis(200)
+            };
+            rx.recv_timeout(wait)
         };
         idle = draining;
+        turn_started = Some(monotonic());
         match msg {
             Ok(Msg::Batch(batch)) => {
                 for obs in &batch {
@@ -1262,7 +1286,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     if let Some(b) = blocker.as_mut()
                         && b.has_waiting()
                     {
-                        b.activity(obs.src, obs.dport, obs.ts.div_euclid(1_000_000_000));
+                        // Agent time, as the cap counts (packet times are wall time).
+                        b.activity(obs.src, obs.dport, crate::clock::now());
                     }
                     if out.log {
                         if limiter.allow(obs.src) {
@@ -1291,7 +1316,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
             Ok(Msg::KernelBans(KernelBans(banned))) => {
                 if let Some(b) = blocker.as_mut() {
-                    let now = metrics::unix_now();
+                    let now = crate::clock::now();
                     for (net, addr) in banned {
                         if !b.confirm_kernel_ban(net, now, holds_session(addr)) {
                             eprintln!(
@@ -1303,9 +1328,11 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             }
             Ok(Msg::Call(call)) => {
                 if let Some(b) = blocker.as_mut() {
-                    let (reply, happened) = b.control(&call.request, metrics::unix_now(), |a| {
-                        is_protected_net(a, &detector, &host_now)
-                    });
+                    let (mut reply, happened) =
+                        b.control(&call.request, crate::clock::now(), |a| {
+                            is_protected_net(a, &detector, &host_now)
+                        });
+                    crate::clock::wall_offset().bans_to_wall(&mut reply.bans);
                     output = output.and(report(
                         happened,
                         backend_name,
@@ -1336,7 +1363,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             // Waiting scans whose source was quiet for a whole window have ended.
             let quiet_secs = (detector.config().window + 999_999_999) / 1_000_000_000;
             b.promote(
-                metrics::unix_now(),
+                crate::clock::now(),
                 quiet_secs,
                 |a| is_protected_net(a, &detector, &host_now).is_some(),
                 &mut holds_session,
@@ -1344,7 +1371,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             if b.has_pending() {
                 pushed_at = now;
             }
-            let happened = b.apply(metrics::unix_now());
+            let happened = b.apply(crate::clock::now());
             output = output.and(report(
                 happened,
                 backend_name,
@@ -1431,7 +1458,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let asked_to_stop = stop.swap(true, Ordering::Relaxed);
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
-        let happened = b.apply(metrics::unix_now());
+        let happened = b.apply(crate::clock::now());
         output = output.and(report(
             happened,
             backend_name,

@@ -2,8 +2,11 @@
 //! survive a restart (even `kill -9`) with their remaining time, and so that
 //! `synwatch blocks` can work on them when no agent runs.
 //!
-//! Times are Unix seconds of the wall clock, since a ban's end must mean the same moment
-//! after a reboot. Each change is its own transaction; a batch of bans is one.
+//! Times on disk are Unix seconds of the wall clock, since a ban's end must mean the same
+//! moment after a reboot; the agent counts in agent time (`clock.rs`), and the store
+//! converts with the offset between the two read at each read or write, so that a ban
+//! saved after a step of the wall clock still ends when it should. Each change is its own
+//! transaction; a batch of bans is one.
 //!
 //! A ban's key (column `addr`) is the network as people write it: an address alone for
 //! a /32 or /128, `ADDR/LEN` for a range ([`synwatch_enforce::net_text`]), so databases
@@ -18,6 +21,8 @@ use rusqlite::{Connection, params};
 use synwatch_enforce::bans::{Offender, Record};
 use synwatch_enforce::{net_text, parse_net};
 
+use crate::clock::Offset;
+
 /// `PRAGMA user_version` once the keys are canonical networks.
 const SCHEMA_NETWORKS: i64 = 1;
 
@@ -27,6 +32,19 @@ pub const DB_FILE: &str = "bans.db";
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Wall time minus agent time now (`clock::wall_offset`; given by hand in tests).
+    offset: fn() -> Offset,
+    damage: Damage,
+}
+
+/// What could not be read of the state: reported in `/healthz` and `/metrics`, since a
+/// ban that was not restored is protection lost.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// Where an unreadable database was moved at opening.
+    pub moved_aside: Option<PathBuf>,
+    /// Rows of bans or offenders skipped because they did not read.
+    pub rows_skipped: u64,
 }
 
 impl Store {
@@ -36,8 +54,14 @@ impl Store {
     /// UNIXTIME`) with a warning and a new one started: blocking must not stop because the
     /// list of past bans cannot be read.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, crate::clock::wall_offset)
+    }
+
+    /// [`Store::open`] with the wall clock's offset from agent time read by `offset`.
+    pub fn open_with(dir: &Path, offset: fn() -> Offset) -> Result<Self> {
         create_dir_private(dir)?;
         let path = dir.join(DB_FILE);
+        let mut damage = Damage::default();
         let conn = match Self::connect(&path) {
             Err(e) if is_corrupt(&e) => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::metrics::unix_now()));
@@ -52,12 +76,18 @@ impl Store {
                     path.display(),
                     aside.display()
                 );
+                damage.moved_aside = Some(aside);
                 Self::connect(&path)
             }
             other => other,
         }
         .with_context(|| format!("cannot open the ban database {}", path.display()))?;
-        let mut store = Self { conn, path };
+        let mut store = Self {
+            conn,
+            path,
+            offset,
+            damage,
+        };
         store
             .canonicalise()
             .with_context(|| store.context("upgrade the keys"))?;
@@ -120,6 +150,11 @@ impl Store {
         tx.commit()
     }
 
+    /// What could not be read since opening.
+    pub fn damage(&self) -> &Damage {
+        &self.damage
+    }
+
     fn context(&self, what: &str) -> String {
         format!("cannot {what} in the ban database {}", self.path.display())
     }
@@ -127,6 +162,7 @@ impl Store {
     /// Records bans (new or renewed) and their offenders, in one transaction.
     pub fn save(&mut self, records: &[Record]) -> Result<()> {
         let what = self.context("save bans");
+        let off = (self.offset)();
         let tx = self.conn.transaction().context(what.clone())?;
         {
             let mut ban = tx
@@ -143,12 +179,18 @@ impl Store {
                 .context(what.clone())?;
             for r in records {
                 let addr = net_text(r.net);
+                let expires = r.expires.map(|t| off.to_wall(t));
                 ban.execute(params![
-                    addr, r.since, r.expires, r.reason, r.offences, r.new_only
+                    addr,
+                    off.to_wall(r.since),
+                    expires,
+                    r.reason,
+                    r.offences,
+                    r.new_only
                 ])
                 .context(what.clone())?;
                 offender
-                    .execute(params![addr, r.offences, r.expires.unwrap_or(i64::MAX)])
+                    .execute(params![addr, r.offences, expires.unwrap_or(i64::MAX)])
                     .context(what.clone())?;
             }
         }
@@ -171,8 +213,9 @@ impl Store {
         tx.commit().context(what)
     }
 
-    /// Forgets offenders whose last ban ended before `before`.
+    /// Forgets offenders whose last ban ended before agent time `before`.
     pub fn prune_offenders(&mut self, before: i64) -> Result<()> {
+        let before = (self.offset)().to_wall(before);
         self.conn
             .execute(
                 "DELETE FROM offenders WHERE last_until < ?1",
@@ -182,9 +225,11 @@ impl Store {
             .with_context(|| self.context("prune offenders"))
     }
 
-    /// Every saved ban; rows that do not parse (edited by hand) are reported and skipped.
-    pub fn bans(&self) -> Result<Vec<Record>> {
+    /// Every saved ban, in agent time; rows that do not parse (edited by hand) are
+    /// reported and skipped.
+    pub fn bans(&mut self) -> Result<Vec<Record>> {
         let what = self.context("read bans");
+        let off = (self.offset)();
         let mut stmt = self
             .conn
             .prepare(
@@ -208,6 +253,7 @@ impl Store {
             let (addr, since, expires, reason, offences, new_only) = match row {
                 Ok(fields) => fields,
                 Err(e) => {
+                    self.damage.rows_skipped += 1;
                     eprintln!(
                         "synwatch: warning: skipping a ban in {}: {e} (edited by hand?)",
                         self.path.display()
@@ -218,23 +264,28 @@ impl Store {
             match parse_net(&addr) {
                 Some(net) => out.push(Record {
                     net,
-                    since,
-                    expires,
+                    since: off.to_agent(since),
+                    expires: expires.map(|t| off.to_agent(t)),
                     reason,
                     offences,
                     new_only,
                 }),
-                None => eprintln!(
-                    "synwatch: warning: skipping '{addr}' in {}: not an address or CIDR range",
-                    self.path.display()
-                ),
+                None => {
+                    self.damage.rows_skipped += 1;
+                    eprintln!(
+                        "synwatch: warning: skipping '{addr}' in {}: not an address or CIDR range",
+                        self.path.display()
+                    );
+                }
             }
         }
         Ok(out)
     }
 
-    pub fn offenders(&self) -> Result<Vec<(IpNet, Offender)>> {
+    /// Every remembered offender, in agent time.
+    pub fn offenders(&mut self) -> Result<Vec<(IpNet, Offender)>> {
         let what = self.context("read offenders");
+        let off = (self.offset)();
         let mut stmt = self
             .conn
             .prepare("SELECT addr, offences, last_until FROM offenders")
@@ -250,13 +301,20 @@ impl Store {
             .context(what.clone())?;
         let mut out = Vec::new();
         // A row that does not read (edited by hand) costs that offender's history only.
-        for (addr, offences, last_until) in rows.flatten() {
-            if let Some(addr) = parse_net(&addr) {
+        for row in rows {
+            let parsed = row.ok().and_then(|(addr, offences, last_until)| {
+                Some((parse_net(&addr)?, offences, last_until))
+            });
+            let Some((addr, offences, last_until)) = parsed else {
+                self.damage.rows_skipped += 1;
+                continue;
+            };
+            {
                 out.push((
                     addr,
                     Offender {
                         offences,
-                        last_until,
+                        last_until: off.to_agent(last_until),
                     },
                 ));
             }
@@ -320,6 +378,11 @@ mod tests {
             .filter(|n| n.starts_with("bans.db.corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1, "the unreadable file is kept for a look");
+        assert_eq!(
+            s.damage().moved_aside,
+            Some(dir.path().join(&aside[0])),
+            "reported"
+        );
     }
 
     #[test]
@@ -336,6 +399,8 @@ mod tests {
         let bans = s.bans().expect("the readable rows");
         assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
         assert_eq!(s.offenders().expect("the readable rows").len(), 1);
+        assert_eq!(s.damage().rows_skipped, 2, "one ban, one offender");
+        assert_eq!(s.damage().moved_aside, None);
     }
 
     #[test]
@@ -348,7 +413,7 @@ mod tests {
                 .unwrap();
             s.save(&[record("192.0.2.1", Some(9999))]).unwrap();
         }
-        let s = Store::open(&state).unwrap();
+        let mut s = Store::open(&state).unwrap();
         let mut bans = s.bans().unwrap();
         bans.sort_by_key(|r| r.net);
         assert_eq!(
@@ -359,6 +424,45 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&state).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn times_are_saved_in_wall_time_and_read_in_agent_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // The wall clock was set an hour ahead since the agent started.
+        let mut s = Store::open_with(dir.path(), || Offset { secs: 3600 }).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700)), record("192.0.2.2", None)])
+            .unwrap();
+        let on_disk: Vec<(i64, Option<i64>)> = s
+            .conn
+            .prepare("SELECT since, expires FROM bans ORDER BY addr")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(on_disk, [(3700, Some(7300)), (3700, None)]);
+        let mut bans = s.bans().unwrap();
+        bans.sort_by_key(|r| r.net);
+        assert_eq!(
+            bans,
+            [record("192.0.2.1", Some(3700)), record("192.0.2.2", None)]
+        );
+        let mut offenders = s.offenders().unwrap();
+        offenders.sort_by_key(|o| o.0);
+        let until: Vec<i64> = offenders.iter().map(|o| o.1.last_until).collect();
+        assert_eq!(until, [3700, i64::MAX], "never stays never");
+        // Pruning compares in the same frame: the offender whose ban ended at 3700 of
+        // agent time (7300 on the wall) goes with anything that ended before 3701.
+        s.prune_offenders(3700).unwrap();
+        assert_eq!(s.offenders().unwrap().len(), 2);
+        s.prune_offenders(3701).unwrap();
+        assert_eq!(s.offenders().unwrap().len(), 1);
+        // Read by an agent whose clocks agree (after a reboot): the same wall times.
+        drop(s);
+        let mut s = Store::open_with(dir.path(), Offset::default).unwrap();
+        let expires: Vec<Option<i64>> = s.bans().unwrap().iter().map(|r| r.expires).collect();
+        assert!(expires.contains(&Some(7300)), "{expires:?}");
     }
 
     #[test]

@@ -510,7 +510,7 @@ fn a_live_inventory_holds_no_capability_once_its_captures_are_open() {
     std::io::BufRead::read_line(&mut stderr, &mut line).expect("the banner");
     assert!(line.contains("inventory of lo"), "{line}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
-    for set in ["CapEff:", "CapPrm:", "CapAmb:"] {
+    for set in ["CapEff:", "CapPrm:", "CapAmb:", "CapBnd:"] {
         let value = status
             .lines()
             .find_map(|l| l.strip_prefix(set))
@@ -519,4 +519,67 @@ fn a_live_inventory_holds_no_capability_once_its_captures_are_open() {
         assert_eq!(value, "0000000000000000", "{set} still held");
     }
     assert!(child.wait().expect("wait").success());
+}
+
+/// `replay` and `inventory --pcap` read files and write stdout: started as root, they
+/// give up every capability but reading files before they read a byte of a capture.
+/// The capture is a FIFO, so the command waits on it while its sets are looked at.
+#[test]
+#[ignore = "needs root (to start with capabilities); make test runs it"]
+fn replay_and_a_capture_inventory_hold_only_file_access_while_reading() {
+    lab::require_root();
+    const DAC_OVERRIDE: u64 = 1 << 1;
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    for (args, keeps) in [
+        (&["replay"][..], DAC_READ_SEARCH),
+        (&["inventory", "--pcap"][..], DAC_READ_SEARCH | DAC_OVERRIDE),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("capture.pcap");
+        assert!(
+            Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .expect("mkfifo")
+                .success()
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(args)
+            .arg(&fifo)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run synwatch");
+        let status =
+            || std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let set = |status: &str, name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        };
+        // Waiting for a writer on the FIFO: by then it has dropped what it drops.
+        let waiting = lab::Deadline::after(10);
+        while set(&status(), "CapBnd:") != Some(0) {
+            assert!(!waiting.passed(), "{args:?}: never dropped: {}", status());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let status = status();
+        for (name, want) in [
+            ("CapEff:", keeps),
+            ("CapPrm:", keeps),
+            ("CapInh:", 0),
+            ("CapAmb:", 0),
+        ] {
+            assert_eq!(set(&status, name), Some(want), "{args:?} {name}: {status}");
+        }
+        // The writer comes and goes without a byte: an empty capture, a usage error.
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open the FIFO"),
+        );
+        assert_eq!(child.wait().expect("wait").code(), Some(2), "{args:?}");
+    }
 }
