@@ -13,9 +13,10 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool \
              ping:iputils-ping
 # only for `make test` (promtool comes with the Prometheus server package; scapy, for
-# Debian's /usr/bin/python3, crafts the lab's evasive packets)
+# Debian's /usr/bin/python3, crafts the lab's evasive packets; crowdsec: lab_fleet.rs runs its
+# Local API in a namespace, with a config and database of its own)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \
-              scapy:python3-scapy
+              scapy:python3-scapy cscli:crowdsec
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev

@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 use crate::protect::Why;
 use crate::state::Store;
 
+pub mod fleet;
+
 /// Seconds between attempts to apply a change the kernel refused.
 const RETRY_SECS: i64 = 5;
 /// Seconds between checks that synwatch's rules are intact (each set's canary, the
@@ -92,6 +94,8 @@ pub struct Blocker {
     metrics: Arc<Metrics>,
     refusal_minute: i64,
     refusals_logged: u32,
+    /// The CrowdSec Local API: pulled decisions held, bans to push.
+    fleet: fleet::Fleet,
 }
 
 impl std::fmt::Debug for Blocker {
@@ -148,6 +152,7 @@ impl Blocker {
             metrics,
             refusal_minute: 0,
             refusals_logged: 0,
+            fleet: fleet::Fleet::default(),
         };
         let lapsed = over_addrs
             .into_iter()
@@ -427,7 +432,9 @@ impl Blocker {
                     self.metrics
                         .blocks
                         .fetch_add(bans.len() as u64, Ordering::Relaxed);
-                    happened.extend(self.pending.drain(..).map(Happened::Blocked));
+                    let records: Vec<Record> = self.pending.drain(..).collect();
+                    self.push_to_fleet(&records, now);
+                    happened.extend(records.into_iter().map(Happened::Blocked));
                 }
                 Err(e) => self.failed(&e, bans.len(), "apply", now),
             }
@@ -688,6 +695,7 @@ pub fn view(r: &Record, kernel: Option<&[KernelBan]>) -> BanView {
     BanView {
         addr: r.net,
         reason: r.reason.clone(),
+        origin: fleet::origin(&r.reason),
         since: r.since,
         expires: r.expires,
         offences: r.offences,

@@ -19,6 +19,7 @@ mod blocks;
 mod config;
 mod conns;
 mod control;
+mod crowdsec;
 mod event_queue;
 mod host;
 mod inventory;

@@ -89,10 +89,18 @@ pub struct Metrics {
     /// while this is recent.
     pub heartbeat: AtomicI64,
     pub start_time: AtomicI64,
+    /// The CrowdSec Local API's counters, when the agent uses it.
+    pub crowdsec: std::sync::OnceLock<Arc<crate::crowdsec::Stats>>,
 }
 
 /// Writes one metric family: help, type and samples (label text, value).
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+pub(crate) fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(String, u64)],
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
@@ -518,6 +526,9 @@ impl Metrics {
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
         self.render_reassembly(&mut out);
+        if let Some(c) = self.crowdsec.get() {
+            c.render(&mut out);
+        }
         process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
         out
     }

@@ -1,0 +1,274 @@
+//! The blocker's side of the fleet (SPEC §7): pulled decisions become bans of the book,
+//! and bans decided from scans are offered to the push thread.
+//!
+//! A pulled ban is a ban like a manual one, with the reason `lapi:<origin>` (so it is
+//! saved, restored at the next start, shown with its origin by `blocks list`), that
+//! neither waits for nor counts against the cap. A decision is not enforced:
+//! - on a protected address, or a range covering one (reported and counted);
+//! - where a running ban of synwatch's own (a scan's, a manual one) holds the network or
+//!   a wider one: the local ban stands, with its own time;
+//! - when it is this agent's own alert coming back.
+//!
+//! Several decisions may name the same network (two machines, a scenario and `cscli`):
+//! the ban is lifted when the last of them is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ipnet::IpNet;
+use synwatch_enforce::bans::Record;
+
+use super::{Blocker, Happened};
+use crate::crowdsec::lapi::{self, Skip};
+use crate::crowdsec::pull::Pull;
+use crate::crowdsec::push::{self, Note, Outbox};
+use crate::crowdsec::{OriginClass, Stats};
+use crate::protect::Why;
+
+/// The reason of a pulled ban: this prefix, then its origin.
+pub const LAPI_REASON: &str = "lapi:";
+/// Protected decisions logged per pull (all are counted).
+const PROTECTED_LOGGED: usize = 10;
+/// A pulled decision whose end is within this of the held ban's is not given again.
+const SAME_END_SECS: i64 = 60;
+
+/// Where a ban comes from, as `blocks list` shows it: `synwatch` (a scan), `manual`
+/// (`synwatch blocks add`), or the origin of a LAPI decision (`crowdsec/<scenario>`,
+/// `cscli`, ...).
+pub fn origin(reason: &str) -> String {
+    match reason.strip_prefix(LAPI_REASON) {
+        Some(o) => o.to_owned(),
+        None if reason == "manual" => "manual".to_owned(),
+        None => "synwatch".to_owned(),
+    }
+}
+
+fn is_pulled(r: &Record) -> bool {
+    r.reason.starts_with(LAPI_REASON)
+}
+
+/// The blocker's fleet state.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    outbox: Option<Arc<Outbox>>,
+    stats: Option<Arc<Stats>>,
+    /// Pulled decisions held: id to network, and per network how many.
+    ids: HashMap<i64, IpNet>,
+    per_net: HashMap<IpNet, u32>,
+    /// Networks this agent pushed, until when: their decisions coming back are its own.
+    pushed: HashMap<IpNet, i64>,
+    /// What the detector saw of scans whose ban is not pushed yet.
+    notes: HashMap<IpNet, Note>,
+}
+
+/// Notes kept at most (scans waiting for the cap have one each).
+const NOTES_MAX: usize = 100_000;
+
+impl Blocker {
+    /// Joins the fleet: bans decided from scans go to `outbox` (none: pull only), and
+    /// the fleet's counters to `stats`.
+    pub fn join_fleet(&mut self, outbox: Option<Arc<Outbox>>, stats: Arc<Stats>) {
+        self.fleet.outbox = outbox;
+        stats.held.store(
+            self.book.active().filter(|r| is_pulled(r)).count() as u64,
+            Ordering::Relaxed,
+        );
+        self.fleet.stats = Some(stats);
+    }
+
+    /// What the detector saw of the scan about to be banned as `target` (for its alert).
+    pub fn note_scan(&mut self, target: IpNet, sweep: bool, ports: &[u16], hosts: usize) {
+        if self.fleet.outbox.is_none() || self.dry_run {
+            return;
+        }
+        if self.fleet.notes.len() >= NOTES_MAX {
+            self.fleet.notes.clear();
+        }
+        self.fleet.notes.insert(
+            synwatch_enforce::ban_net(target),
+            Note {
+                sweep,
+                ports: ports.to_vec(),
+                hosts,
+            },
+        );
+    }
+
+    /// Bans that just reached the kernel: those decided from scans are pushed.
+    pub(super) fn push_to_fleet(&mut self, records: &[Record], now: i64) {
+        let Some(outbox) = &self.fleet.outbox else {
+            return;
+        };
+        if self.dry_run {
+            return;
+        }
+        for r in records.iter().filter(|r| push::is_detection(r)) {
+            let note = self.fleet.notes.remove(&r.net);
+            outbox.offer(push::alert(r, note.as_ref(), now));
+            self.fleet
+                .pushed
+                .insert(r.net, r.expires.unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Applies one pull: lifts the bans of deleted decisions (when no other decision
+    /// holds them), gives those of new ones, and after a full pull (`startup`) lifts the
+    /// pulled bans the LAPI no longer has. Bans given are applied at the next
+    /// [`Blocker::apply`]; lifts at once. `protected` is [`crate::protect::why_net`].
+    pub fn pulled(
+        &mut self,
+        pull: Pull,
+        now: i64,
+        protected: impl Fn(IpNet) -> Option<(Why, IpNet)>,
+    ) -> Vec<Happened> {
+        let stats = self.fleet.stats.clone().unwrap_or_default();
+        self.fleet.pushed.retain(|_, until| *until > now);
+        let mut lift: HashSet<IpNet> = HashSet::new();
+        if pull.startup {
+            self.fleet.ids.clear();
+            self.fleet.per_net.clear();
+        }
+        for d in &pull.deleted {
+            let Ok(net) = lapi::decision_net(d) else {
+                continue;
+            };
+            let net = synwatch_enforce::ban_net(net);
+            match self.fleet.ids.remove(&d.id) {
+                Some(held) => {
+                    let left = self.fleet.per_net.get_mut(&held).map(|n| {
+                        *n = n.saturating_sub(1);
+                        *n
+                    });
+                    if left == Some(0) {
+                        self.fleet.per_net.remove(&held);
+                        lift.insert(held);
+                    }
+                }
+                // A decision this agent did not see given (before a restart).
+                None if !self.fleet.per_net.contains_key(&net) => {
+                    lift.insert(net);
+                }
+                None => {}
+            }
+        }
+        let mut keep: HashSet<IpNet> = HashSet::new();
+        let mut protected_logged = 0;
+        let mut protected_more = 0;
+        for d in &pull.new {
+            let label = lapi::origin_label(&d.origin, &d.scenario);
+            let class = OriginClass::of(&label);
+            stats.pulled(class);
+            let ban = match lapi::to_ban(d) {
+                Ok(b) => b,
+                Err(why) => {
+                    stats.skipped(class, why);
+                    continue;
+                }
+            };
+            let net = synwatch_enforce::ban_net(ban.net);
+            if ban.synwatch && self.fleet.pushed.contains_key(&net) {
+                stats.skipped(class, Skip::Own);
+                continue;
+            }
+            if let Some((why, covered)) = protected(net) {
+                stats.skipped(class, Skip::Protected);
+                if protected_logged < PROTECTED_LOGGED {
+                    protected_logged += 1;
+                    eprintln!(
+                        "synwatch: not enforcing the CrowdSec decision {} ({}) on {}",
+                        d.id,
+                        ban.origin,
+                        super::refusal(net, why, covered)
+                    );
+                } else {
+                    protected_more += 1;
+                }
+                continue;
+            }
+            keep.insert(net);
+            lift.remove(&net);
+            if self.fleet.ids.insert(ban.id, net).is_none() {
+                *self.fleet.per_net.entry(net).or_default() += 1;
+            }
+            let ends = now.saturating_add(i64::try_from(ban.secs).unwrap_or(i64::MAX));
+            let holds = match self.book.covering(net) {
+                // A ban of synwatch's own, or a wider one, stands.
+                Some(r) if !is_pulled(r) || r.net != net => true,
+                Some(r) => r.expires.is_none_or(|e| e + SAME_END_SECS >= ends),
+                None => false,
+            };
+            if holds {
+                stats.skipped(class, Skip::Held);
+                continue;
+            }
+            let reason = format!("{LAPI_REASON}{}", ban.origin);
+            match self.book.given(net, Some(ban.secs), reason, now) {
+                Ok(record) => {
+                    stats.applied(class);
+                    self.absorb(now);
+                    self.pending.retain(|p| p.net != net);
+                    self.unsaved.retain(|p| p.net != net);
+                    self.decided(record, false);
+                    self.retry_at = self.retry_at.min(now);
+                }
+                Err(_) => stats.skipped(class, Skip::Held),
+            }
+        }
+        if protected_more > 0 {
+            eprintln!(
+                "synwatch: not enforcing {protected_more} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})"
+            );
+        }
+        if pull.startup {
+            lift.extend(
+                self.book
+                    .active()
+                    .filter(|r| is_pulled(r) && !keep.contains(&r.net))
+                    .map(|r| r.net),
+            );
+        }
+        // Only pulled bans are lifted by the LAPI; a scan's or a manual ban stays.
+        let lift: Vec<IpNet> = lift
+            .into_iter()
+            .filter(|n| self.book.get(*n).is_some_and(is_pulled))
+            .collect();
+        let mut happened = Vec::new();
+        if !lift.is_empty() {
+            for n in &lift {
+                self.book.remove(*n);
+            }
+            stats.lifted.fetch_add(lift.len() as u64, Ordering::Relaxed);
+            happened = self.lift(lift, "deleted", now);
+        }
+        self.record_held();
+        self.note_fleet_held();
+        happened
+    }
+
+    /// The gauge of pulled bans held.
+    pub(super) fn note_fleet_held(&self) {
+        if let Some(stats) = &self.fleet.stats {
+            stats.held.store(
+                self.book.active().filter(|r| is_pulled(r)).count() as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_of_reasons() {
+        assert_eq!(origin("ports 22,80"), "synwatch");
+        assert_eq!(origin("manual"), "manual");
+        assert_eq!(origin("lapi:cscli"), "cscli");
+        assert_eq!(
+            origin("lapi:crowdsec/crowdsecurity/ssh-bf"),
+            "crowdsec/crowdsecurity/ssh-bf"
+        );
+    }
+}
