@@ -526,8 +526,11 @@ impl Metrics {
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
         self.render_reassembly(&mut out);
-        if let Some(c) = self.crowdsec.get() {
-            c.render(&mut out);
+        // Served without the fleet too (zero), so that its alert and panels always
+        // find their series.
+        match self.crowdsec.get() {
+            Some(c) => c.render(&mut out),
+            None => crate::crowdsec::Stats::default().render(&mut out),
         }
         process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
         out

@@ -235,6 +235,8 @@ pub struct Stats {
     pub pull_errors: AtomicU64,
     /// Unix time of the last pull that was applied.
     pub last_sync: AtomicI64,
+    /// `--crowdsec-pull` in seconds (0: not pulling).
+    pub pull_interval: AtomicU64,
     pub pushed: AtomicU64,
     pub push_queue: AtomicU64,
     pub push_dropped: AtomicU64,
@@ -333,6 +335,13 @@ impl Stats {
         );
         family(
             out,
+            "synwatch_crowdsec_pull_interval_seconds",
+            "gauge",
+            "How often decisions are pulled from the CrowdSec Local API (--crowdsec-pull; 0: not pulling).",
+            &plain(get(&self.pull_interval)),
+        );
+        family(
+            out,
             "synwatch_crowdsec_alerts_pushed_total",
             "counter",
             "Bans posted to the CrowdSec Local API as alerts and accepted.",
@@ -427,6 +436,9 @@ pub fn start(
     if let (Some(key), Some(key_file)) = (opened.key, settings.key_file.clone()) {
         let (client, stats, stop) = (opened.client, Arc::clone(&stats), Arc::clone(stop));
         let every = settings.pull;
+        stats
+            .pull_interval
+            .store(every.as_secs().max(1), Ordering::Relaxed);
         threads.handles.push(
             std::thread::Builder::new()
                 .name("crowdsec-pull".into())
