@@ -626,8 +626,10 @@ impl Blocker {
         if let Err(e) = self.store.delete(&addrs, true) {
             eprintln!("synwatch: {e:#}");
         }
-        self.pending.retain(|p| !addrs.contains(&p.net));
-        self.unsaved.retain(|p| !addrs.contains(&p.net));
+        // A set: the LAPI may delete thousands of decisions at once.
+        let lifted: std::collections::HashSet<IpNet> = addrs.iter().copied().collect();
+        self.pending.retain(|p| !lifted.contains(&p.net));
+        self.unsaved.retain(|p| !lifted.contains(&p.net));
         self.lifting.extend(&addrs);
         self.retry_at = now;
         let mut happened = self.push_to_kernel(now);

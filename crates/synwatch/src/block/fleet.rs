@@ -203,12 +203,17 @@ impl Blocker {
                 continue;
             }
             let reason = format!("{LAPI_REASON}{}", ban.origin);
+            let replaced = self.book.get(net).is_some();
             match self.book.given(net, Some(ban.secs), reason, now) {
                 Ok(record) => {
                     stats.applied(class);
                     self.absorb(now);
-                    self.pending.retain(|p| p.net != net);
-                    self.unsaved.retain(|p| p.net != net);
+                    // (Only a ban held before can be on its way to the kernel: a
+                    // startup pull of 100,000 new ones must not scan the queue each time.)
+                    if replaced {
+                        self.pending.retain(|p| p.net != net);
+                        self.unsaved.retain(|p| p.net != net);
+                    }
                     self.decided(record, false);
                     self.retry_at = self.retry_at.min(now);
                 }
