@@ -21,7 +21,7 @@ TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promto
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev
 
-.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp bench-peers test image-test check lint fmt bench fuzz clean
+.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp bench-peers bench-crowdsec test image-test check lint fmt bench fuzz clean
 
 all: build
 
@@ -148,6 +148,12 @@ bench-xdp: build
 ## docs/COMPARISON.md). SYNWATCH= another binary, TOOLS=, WORKLOADS=, OUT=results.tsv
 bench-peers: build
 	scripts/bench-peers.sh
+
+## bench-crowdsec: a startup pull of N=100000 CrowdSec decisions, synwatch against
+## crowdsec-firewall-bouncer on the same LAPI (root; needs crowdsec and
+## crowdsec-firewall-bouncer from Debian; see docs/FLEET.md)
+bench-crowdsec: build
+	scripts/bench-crowdsec.sh
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; stable, no sanitizer)
 FUZZ_SECONDS ?= 60
