@@ -263,8 +263,250 @@ impl Blocker {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
+    use crate::block::BlockSettings;
+    use crate::crowdsec::lapi::Decision;
+    use crate::metrics::Metrics;
+    use synwatch_enforce::bans::Policy;
+    use synwatch_enforce::{Backend, RecordingRunner, Scope, open};
+
+    const GATEWAY: &str = "192.0.2.254";
+
+    fn n(s: &str) -> IpNet {
+        synwatch_enforce::parse_net(s).unwrap()
+    }
+
+    fn blocker(dir: &std::path::Path, runner: &RecordingRunner) -> (Blocker, Arc<Stats>) {
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        let settings = BlockSettings {
+            scope: Scope::All,
+            policy: Policy {
+                duration_secs: 60,
+                max_secs: 3600,
+                per_minute: 1,
+            },
+            state_dir: dir.to_path_buf(),
+            keep_rules: false,
+            dry_run: false,
+        };
+        let (mut b, _) =
+            Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
+                false
+            })
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        b.join_fleet(
+            Some(Arc::new(Outbox::new(Arc::clone(&stats)))),
+            Arc::clone(&stats),
+        );
+        (b, stats)
+    }
+
+    fn protected(net: IpNet) -> Option<(Why, IpNet)> {
+        net.contains(&n(GATEWAY).addr())
+            .then(|| (Why::Infra(crate::host::Role::Gateway), n(GATEWAY)))
+    }
+
+    fn d(id: i64, origin: &str, scope: &str, value: &str) -> Decision {
+        Decision {
+            id,
+            origin: origin.into(),
+            kind: "ban".into(),
+            scope: scope.into(),
+            value: value.into(),
+            duration: "1h".into(),
+            scenario: "crowdsecurity/ssh-bf".into(),
+            simulated: None,
+        }
+    }
+
+    fn pull(startup: bool, new: Vec<Decision>, deleted: Vec<Decision>) -> Pull {
+        Pull {
+            startup,
+            new,
+            deleted,
+        }
+    }
+
+    fn held(b: &Blocker) -> Vec<(String, String)> {
+        let mut v: Vec<_> = b
+            .book
+            .active()
+            .map(|r| (synwatch_enforce::net_text(r.net), origin(&r.reason)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn lifted(h: &[Happened]) -> Vec<IpNet> {
+        h.iter()
+            .filter_map(|h| match h {
+                Happened::Unblocked(net, "deleted") => Some(*net),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decisions_become_bans_with_their_origin_and_protected_ones_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let p = pull(
+            true,
+            vec![
+                d(1, "cscli", "Ip", "198.51.100.7"),
+                d(2, "crowdsec", "Range", "2001:db8:1:2::/64"),
+                d(3, "cscli", "Ip", GATEWAY),
+                d(4, "cscli", "Range", "192.0.2.0/24"),
+                d(5, "crowdsec", "Country", "FR"),
+            ],
+            vec![],
+        );
+        assert!(b.pulled(p, 100, protected).is_empty());
+        assert_eq!(
+            held(&b),
+            vec![
+                ("198.51.100.7".into(), "cscli".into()),
+                (
+                    "2001:db8:1:2::/64".into(),
+                    "crowdsec/crowdsecurity/ssh-bf".into()
+                ),
+            ]
+        );
+        assert_eq!(stats.skipped_of(OriginClass::Cscli, Skip::Protected), 2);
+        assert_eq!(stats.skipped_of(OriginClass::Crowdsec, Skip::Scope), 1);
+        // Given like any ban: to the kernel at the next apply, with their time, not
+        // against the cap of one ban a minute.
+        let happened = b.apply(100);
+        assert_eq!(happened.len(), 2, "{happened:?}");
+        let rec = b.book.get(n("198.51.100.7")).unwrap();
+        assert_eq!(rec.expires, Some(100 + 3600));
+        assert!(runner.transcript().join("\n").contains("198.51.100.7"));
+        assert_eq!(stats.held.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_network_goes_when_its_last_decision_is_deleted_and_local_bans_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = blocker(dir.path(), &runner);
+        b.scan(
+            "203.0.113.9".parse().unwrap(),
+            n("203.0.113.9"),
+            &[1, 2, 3, 4],
+            10,
+            None,
+            false,
+        );
+        b.apply(10);
+        let p = pull(
+            true,
+            vec![
+                d(1, "cscli", "Ip", "198.51.100.7"),
+                d(2, "crowdsec", "Ip", "198.51.100.7"),
+                d(3, "cscli", "Ip", "203.0.113.9"),
+            ],
+            vec![],
+        );
+        b.pulled(p, 20, protected);
+        b.apply(20);
+        // The local ban stands with its own origin.
+        assert_eq!(
+            held(&b),
+            vec![
+                ("198.51.100.7".into(), "cscli".into()),
+                ("203.0.113.9".into(), "synwatch".into()),
+            ]
+        );
+        let h = b.pulled(
+            pull(false, vec![], vec![d(1, "cscli", "Ip", "198.51.100.7")]),
+            30,
+            protected,
+        );
+        assert!(lifted(&h).is_empty(), "another decision still holds it");
+        let h = b.pulled(
+            pull(
+                false,
+                vec![],
+                vec![
+                    d(2, "crowdsec", "Ip", "198.51.100.7"),
+                    d(3, "cscli", "Ip", "203.0.113.9"),
+                ],
+            ),
+            40,
+            protected,
+        );
+        assert_eq!(lifted(&h), vec![n("198.51.100.7")]);
+        assert_eq!(held(&b), vec![("203.0.113.9".into(), "synwatch".into())]);
+    }
+
+    #[test]
+    fn a_full_pull_keeps_what_is_held_lifts_what_is_gone_and_gives_what_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let first = vec![
+            d(1, "cscli", "Ip", "198.51.100.1"),
+            d(2, "cscli", "Ip", "198.51.100.2"),
+        ];
+        b.pulled(pull(true, first, vec![]), 0, protected);
+        b.apply(0);
+        let before = runner.transcript().len();
+        // The LAPI was away; on its return everything again: 1 still, 2 gone, 3 new.
+        let again = vec![
+            d(1, "cscli", "Ip", "198.51.100.1"),
+            d(3, "cscli", "Ip", "198.51.100.3"),
+        ];
+        let mut h = b.pulled(pull(true, again, vec![]), 30, protected);
+        assert_eq!(lifted(&h), vec![n("198.51.100.2")]);
+        // (The lift went to the kernel at once, and the new ban with it.)
+        h.extend(b.apply(30));
+        let given: Vec<IpNet> = h
+            .iter()
+            .filter_map(|h| match h {
+                Happened::Blocked(r) => Some(r.net),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(given, vec![n("198.51.100.3")], "1 is not given again");
+        let kernel = runner.transcript()[before..].join("\n");
+        assert!(!kernel.contains("198.51.100.1"), "1 untouched: {kernel}");
+        assert_eq!(stats.skipped_of(OriginClass::Cscli, Skip::Held), 1);
+        assert_eq!(
+            held(&b),
+            vec![
+                ("198.51.100.1".into(), "cscli".into()),
+                ("198.51.100.3".into(), "cscli".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn its_own_alerts_are_pushed_once_and_skipped_when_they_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let src = "203.0.113.9".parse().unwrap();
+        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
+        b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
+        b.apply(10);
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
+        // A manual ban is not pushed.
+        let call = crate::control::Request::Add {
+            addr: n("203.0.113.10"),
+            secs: None,
+        };
+        b.control(&call, 11, |_| None);
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
+        let mut back = d(7, "crowdsec", "Ip", "203.0.113.9");
+        back.scenario = "synwatch/port-scan".into();
+        b.pulled(pull(false, vec![back], vec![]), 20, protected);
+        assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
+        assert_eq!(held(&b)[0], ("203.0.113.10".into(), "manual".into()));
+    }
 
     #[test]
     fn origins_of_reasons() {

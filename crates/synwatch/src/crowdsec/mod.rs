@@ -258,6 +258,11 @@ impl Stats {
         self.skipped[origin.index()][why.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
+    pub fn skipped_of(&self, origin: OriginClass, why: Skip) -> u64 {
+        self.skipped[origin.index()][why.index()].load(Ordering::Relaxed)
+    }
+
     /// The `synwatch_crowdsec_*` families.
     pub fn render(&self, out: &mut String) {
         use crate::metrics::family;
