@@ -191,7 +191,10 @@ impl Blocker {
             if self.fleet.ids.insert(ban.id, net).is_none() {
                 *self.fleet.per_net.entry(net).or_default() += 1;
             }
-            let ends = now.saturating_add(i64::try_from(ban.secs).unwrap_or(i64::MAX));
+            // As long as the backend keeps a ban (iptables: 24 days); a longer decision
+            // is given again by the next full pull after it ends here.
+            let secs = ban.secs.min(self.backend().max_ban_secs());
+            let ends = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
             let holds = match self.book.covering(net) {
                 // A ban of synwatch's own, or a wider one, stands.
                 Some(r) if !is_pulled(r) || r.net != net => true,
@@ -204,7 +207,7 @@ impl Blocker {
             }
             let reason = format!("{LAPI_REASON}{}", ban.origin);
             let replaced = self.book.get(net).is_some();
-            match self.book.given(net, Some(ban.secs), reason, now) {
+            match self.book.given(net, Some(secs), reason, now) {
                 Ok(record) => {
                     stats.applied(class);
                     self.absorb(now);
@@ -506,6 +509,37 @@ mod tests {
         b.pulled(pull(false, vec![back], vec![]), 20, protected);
         assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
         assert_eq!(held(&b)[0], ("203.0.113.10".into(), "manual".into()));
+    }
+
+    #[test]
+    fn a_decision_longer_than_the_backend_keeps_a_ban_is_cut_to_what_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let enforcer = open(Backend::Iptables, Scope::All, Box::new(runner.clone())).unwrap();
+        let settings = BlockSettings {
+            scope: Scope::All,
+            policy: Policy {
+                duration_secs: 60,
+                max_secs: 3600,
+                per_minute: 1,
+            },
+            state_dir: dir.path().to_path_buf(),
+            keep_rules: false,
+            dry_run: false,
+        };
+        let (mut b, _) =
+            Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
+                false
+            })
+            .unwrap();
+        let mut long = d(1, "cscli", "Ip", "198.51.100.7");
+        long.duration = "8760h".into();
+        b.pulled(pull(true, vec![long], vec![]), 0, protected);
+        b.apply(0);
+        let r = b.book.get(n("198.51.100.7")).unwrap();
+        assert_eq!(r.expires, Some(2_147_483));
+        let script = runner.transcript().join("\n");
+        assert!(script.contains("198.51.100.7 timeout 2147483"), "{script}");
     }
 
     #[test]
