@@ -15,6 +15,10 @@ use std::time::Duration;
 use super::Stats;
 use super::lapi::{self, Client, Decision, LapiError};
 
+/// A full pull (`startup=true`) at least this often, which reconciles as after an outage:
+/// whatever drifted, and decisions longer than the backend keeps a ban, given again.
+pub const FULL_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// One pull's decisions, for the pipeline.
 #[derive(Debug, Clone, Default)]
 pub struct Pull {
@@ -46,10 +50,14 @@ pub fn run(
     deliver: impl Fn(Pull) -> bool,
 ) {
     let mut startup = true;
+    let mut full_at = crate::run::monotonic();
     let mut failing = false;
     let mut errors_logged = 0u32;
     let mut last_kind = None;
     while !stop.load(Ordering::Relaxed) {
+        if crate::run::monotonic().duration_since(full_at) >= FULL_EVERY {
+            startup = true;
+        }
         if startup
             && failing
             && let Ok(k) = lapi::read_key(key_file)
@@ -68,6 +76,9 @@ pub fn run(
                         "synwatch: the CrowdSec LAPI at {} answers again; resynchronising",
                         client.base()
                     );
+                }
+                if startup {
+                    full_at = crate::run::monotonic();
                 }
                 if !deliver(pull) {
                     return;
