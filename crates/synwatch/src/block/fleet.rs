@@ -389,6 +389,20 @@ mod tests {
         assert_eq!(rec.expires, Some(100 + 3600));
         assert!(runner.transcript().join("\n").contains("198.51.100.7"));
         assert_eq!(stats.held.load(Ordering::Relaxed), 2);
+        // Nor did they use up the cap: a scanner seen here is banned at once.
+        b.scan(
+            "203.0.113.9".parse().unwrap(),
+            n("203.0.113.9"),
+            &[1, 2, 3, 4],
+            101,
+            None,
+            false,
+        );
+        let happened = b.apply(101);
+        assert!(
+            matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("203.0.113.9")),
+            "{happened:?}"
+        );
     }
 
     #[test]
