@@ -158,6 +158,20 @@ SWPID=$!
 PIDS+=($SWPID)
 sleep 0.2
 # ip netns exec execs (no function or subshell between): the pid is synwatch's.
+# First by its own counter of bans the kernel took (cheap to poll), then as for the
+# bouncer, by listing the kernel's set (a listing of 100,000 takes a second or more
+# itself, so that time is late by up to one listing).
+blocks=0
+while [ "$blocks" -lt "$N" ]; do
+    blocks=$(inns curl -sf --max-time 2 http://127.0.0.1:9899/metrics \
+        | awk '$1 == "synwatch_blocks_total" {print $2}')
+    blocks=${blocks:-0}
+    kill -0 "$SWPID" 2>/dev/null || { tail -5 "$DIR/synwatch.log"; exit 1; }
+    sleep 0.1
+done
+t=$(now)
+printf 'synwatch: the kernel took %d bans after %.1f s (synwatch_blocks_total), peak RSS %d MiB\n' \
+    "$N" "$(echo "$t - $start" | bc)" $(( $(awk '/VmHWM/ {print $2}' "/proc/$SWPID/status") / 1024 ))
 measure "$SWPID" inet synwatch banned4 "synwatch $($SYNWATCH --version | cut -d' ' -f2)" "$start" \
     || { tail -5 "$DIR/synwatch.log"; exit 1; }
 kill -TERM "$SWPID"; wait "$SWPID" 2>/dev/null || true
