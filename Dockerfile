@@ -40,10 +40,11 @@ RUN --mount=type=cache,id=synwatch-cargo-registry,target=/usr/local/cargo/regist
  && setcap cap_net_raw,cap_net_admin+ep /out/synwatch
 
 FROM ${RUNTIME_IMAGE}
-# libcap2-bin (setcap, getcap, capsh; 100 kB) stays for inspecting the capabilities.
+# libcap2-bin (setcap, getcap, capsh; 100 kB) stays for inspecting the capabilities;
+# ca-certificates gives the system roots an https:// CrowdSec LAPI is checked against.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libpcap0.8 nftables iptables ipset libcap2-bin \
+        libpcap0.8 nftables iptables ipset libcap2-bin ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 # Runs as the unprivileged user synwatch (UID/GID 9809, fixed so that a bind-mounted state
 # directory can be given to it: chown 9809:9809 DIR), with file capabilities on the

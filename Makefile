@@ -14,14 +14,15 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              ping:iputils-ping xdp-filter:xdp-tools bpftool:bpftool
 # only for `make test` (promtool comes with the Prometheus server package; faketime brings
 # libfaketime, which steps the wall clock for the agent alone in lab_faults; scapy, for
-# Debian's /usr/bin/python3, crafts the lab's evasive packets)
+# Debian's /usr/bin/python3, crafts the lab's evasive packets;
+# crowdsec: lab_fleet.rs runs its Local API in a namespace, with a config and database of its own)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \
-              scapy:python3-scapy faketime:faketime
+              scapy:python3-scapy faketime:faketime cscli:crowdsec
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev
 
-.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp bench-peers test image-test check lint fmt bench fuzz clean
+.PHONY: all deps test-deps build install install-files uninstall run demo replay-sample bench-flood bench-bans bench-xdp bench-peers bench-crowdsec test image-test check lint fmt bench fuzz clean
 
 all: build
 
@@ -148,6 +149,12 @@ bench-xdp: build
 ## docs/COMPARISON.md). SYNWATCH= another binary, TOOLS=, WORKLOADS=, OUT=results.tsv
 bench-peers: build
 	scripts/bench-peers.sh
+
+## bench-crowdsec: a startup pull of N=100000 CrowdSec decisions, synwatch against
+## crowdsec-firewall-bouncer on the same LAPI (root; needs crowdsec and
+## crowdsec-firewall-bouncer from Debian; see docs/FLEET.md)
+bench-crowdsec: build
+	scripts/bench-crowdsec.sh
 
 ## fuzz: run each fuzz target for FUZZ_SECONDS (needs cargo-fuzz; stable, no sanitizer)
 FUZZ_SECONDS ?= 60

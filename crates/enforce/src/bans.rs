@@ -439,6 +439,19 @@ impl Book {
         secs: Option<u64>,
         now: i64,
     ) -> Result<Record, (Refused, Record)> {
+        self.given(addr, secs, "manual".into(), now)
+    }
+
+    /// A ban given from outside with its reason (a manual one, a decision of the fleet's
+    /// CrowdSec Local API): replaces a ban of the same network, is refused inside a wider
+    /// running one, and neither waits for nor counts against the cap.
+    pub fn given(
+        &mut self,
+        addr: IpNet,
+        secs: Option<u64>,
+        reason: String,
+        now: i64,
+    ) -> Result<Record, (Refused, Record)> {
         let addr = ban_net(addr);
         if let Some(r) = self.covering(addr)
             && r.net != addr
@@ -446,7 +459,7 @@ impl Book {
             return Err((Refused::AlreadyBanned, r.clone()));
         }
         self.take(addr);
-        Ok(self.give(addr, "manual".into(), now, secs))
+        Ok(self.give(addr, reason, now, secs))
     }
 
     fn give(&mut self, addr: IpNet, reason: String, now: i64, secs: Option<u64>) -> Record {

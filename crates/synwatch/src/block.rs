@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 use crate::protect::Why;
 use crate::state::Store;
 
+pub mod fleet;
+
 /// Seconds between attempts to apply a change the kernel refused.
 const RETRY_SECS: i64 = 5;
 /// Seconds between checks that synwatch's rules are intact (each set's canary, the
@@ -98,6 +100,8 @@ pub struct Blocker {
     /// The rule check and counters on a thread of their own, once started
     /// ([`Blocker::check_from_thread`]); until then (and in tests) the pipeline asks.
     upkeep: Option<crate::upkeep::Upkeep>,
+    /// The CrowdSec Local API: pulled decisions held, bans to push.
+    fleet: fleet::Fleet,
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
@@ -163,6 +167,7 @@ impl Blocker {
             refusals_logged: 0,
             reinstating: Vec::new(),
             upkeep: None,
+            fleet: fleet::Fleet::default(),
         };
         let lapsed = over_addrs
             .into_iter()
@@ -461,7 +466,9 @@ impl Blocker {
                     self.metrics
                         .blocks
                         .fetch_add(bans.len() as u64, Ordering::Relaxed);
-                    happened.extend(self.pending.drain(..).map(Happened::Blocked));
+                    let records: Vec<Record> = self.pending.drain(..).collect();
+                    self.push_to_fleet(&records, now);
+                    happened.extend(records.into_iter().map(Happened::Blocked));
                 }
                 Err(e) => self.failed(&e, bans.len(), "apply", now),
             }
@@ -712,8 +719,10 @@ impl Blocker {
         if let Err(e) = self.store.delete(&addrs, true) {
             eprintln!("synwatch: {e:#}");
         }
-        self.pending.retain(|p| !addrs.contains(&p.net));
-        self.unsaved.retain(|p| !addrs.contains(&p.net));
+        // A set: the LAPI may delete thousands of decisions at once.
+        let lifted: std::collections::HashSet<IpNet> = addrs.iter().copied().collect();
+        self.pending.retain(|p| !lifted.contains(&p.net));
+        self.unsaved.retain(|p| !lifted.contains(&p.net));
         self.lifting.extend(&addrs);
         self.retry_at = now;
         let mut happened = self.push_to_kernel(now);
@@ -781,6 +790,7 @@ pub fn view(r: &Record, kernel: Option<&[KernelBan]>) -> BanView {
     BanView {
         addr: r.net,
         reason: r.reason.clone(),
+        origin: fleet::origin(&r.reason),
         since: r.since,
         expires: r.expires,
         offences: r.offences,

@@ -40,7 +40,8 @@ pub struct BlocksArgs {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Action {
-    /// Show every ban: address or range, reason (ports seen), since, expires, packets dropped
+    /// Show every ban: address or range, reason (ports seen), since, expires, packets
+    /// dropped, origin (synwatch, manual, or a CrowdSec origin: crowdsec/SCENARIO, cscli)
     List,
     /// Ban an address or a CIDR range (198.51.100.0/24, 2001:db8:1::/48) now
     Add {
@@ -147,6 +148,7 @@ fn json_line(b: &BanView, backend: &str) -> String {
     let value = serde_json::json!({
         "addr": synwatch_enforce::net_text(b.addr),
         "reason": b.reason,
+        "origin": b.origin,
         "since": when(b.since),
         "expires": b.expires.map(when),
         "offences": b.offences,
@@ -159,7 +161,7 @@ fn json_line(b: &BanView, backend: &str) -> String {
 }
 
 fn table(bans: &[BanView]) -> String {
-    let rows: Vec<[String; 6]> = bans
+    let rows: Vec<[String; 7]> = bans
         .iter()
         .map(|b| {
             let count = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
@@ -173,10 +175,13 @@ fn table(bans: &[BanView]) -> String {
                     _ => count(b.packets),
                 },
                 count(b.bytes),
+                b.origin.clone(),
             ]
         })
         .collect();
-    let header = ["ADDRESS", "REASON", "SINCE", "EXPIRES", "PACKETS", "BYTES"];
+    let header = [
+        "ADDRESS", "REASON", "SINCE", "EXPIRES", "PACKETS", "BYTES", "ORIGIN",
+    ];
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

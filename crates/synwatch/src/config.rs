@@ -150,6 +150,10 @@ pub struct FileConfig {
     pub metrics_addr: Option<String>,
     pub log_limit_source: Option<u32>,
     pub log_limit_global: Option<u32>,
+    pub crowdsec_credentials: Option<std::path::PathBuf>,
+    pub crowdsec_bouncer_key_file: Option<std::path::PathBuf>,
+    pub crowdsec_url: Option<String>,
+    pub crowdsec_pull: Option<toml::Value>,
 }
 
 impl FileConfig {

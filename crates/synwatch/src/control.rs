@@ -45,6 +45,10 @@ pub struct BanView {
     #[serde(with = "net_str")]
     pub addr: IpNet,
     pub reason: String,
+    /// Where the ban comes from: `synwatch` (a scan), `manual`, or the origin of a
+    /// CrowdSec decision (`crowdsec/<scenario>`, `cscli`, ...).
+    #[serde(default)]
+    pub origin: String,
     /// Unix seconds.
     pub since: i64,
     /// Unix seconds; `None` until removed.

@@ -20,6 +20,7 @@ mod clock;
 mod config;
 mod conns;
 mod control;
+mod crowdsec;
 mod event_queue;
 mod host;
 mod inventory;

@@ -107,13 +107,21 @@ pub struct Metrics {
     pub slow_turns: AtomicU64,
     /// Bans still to be put back into rules set up again after tampering.
     pub bans_reinstating: AtomicU64,
+    /// The CrowdSec Local API's counters, when the agent uses it.
+    pub crowdsec: std::sync::OnceLock<Arc<crate::crowdsec::Stats>>,
 }
 
 /// A turn of the pipeline longer than this counts in `synwatch_pipeline_slow_turns_total`.
 pub const SLOW_TURN: Duration = Duration::from_millis(50);
 
 /// Writes one metric family: help, type and samples (label text, value).
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+pub(crate) fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(String, u64)],
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, value) in samples {
@@ -602,6 +610,12 @@ impl Metrics {
         );
         self.render_turns(&mut out);
         self.render_reassembly(&mut out);
+        // Served without the fleet too (zero), so that its alert and panels always
+        // find their series.
+        match self.crowdsec.get() {
+            Some(c) => c.render(&mut out),
+            None => crate::crowdsec::Stats::default().render(&mut out),
+        }
         process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
         out
     }

@@ -197,6 +197,9 @@ pub struct RunArgs {
     /// Print the effective configuration (file < environment < flags) as TOML and exit
     #[arg(long)]
     pub print_config: bool,
+
+    #[command(flatten)]
+    pub crowdsec: Box<crate::crowdsec::CrowdsecArgs>,
 }
 
 /// The run-only settings, validated.
@@ -211,6 +214,7 @@ struct RunSettings {
     metrics_addr: SocketAddr,
     log_limit_source: u32,
     log_limit_global: u32,
+    crowdsec: crate::crowdsec::Settings,
 }
 
 impl RunSettings {
@@ -299,6 +303,7 @@ impl RunSettings {
                 .log_limit_global
                 .or(file.log_limit_global)
                 .unwrap_or(5000),
+            crowdsec: crate::crowdsec::Settings::from_args(&args.crowdsec, file)?,
         })
     }
 }
@@ -410,6 +415,8 @@ enum Msg {
     /// Sources the XDP program banned by itself (after the batch holding their packet).
     KernelBans(KernelBans),
     Call(control::Call),
+    /// Decisions pulled from the CrowdSec Local API.
+    Fleet(crate::crowdsec::pull::Pull),
 }
 
 fn banner(
@@ -563,7 +570,7 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
         run.metrics_addr,
         run.log_limit_source,
         run.log_limit_global,
-    )
+    ) + &run.crowdsec.toml()
 }
 
 /// How to give synwatch CAP_NET_ADMIN, for the message when it lacks it.
@@ -835,6 +842,8 @@ fn on_scan<W: std::io::Write>(
             protect::ban_target(scan.src, wanted, snapshot.view(detector.config()))
         };
         let session = protected.is_none() && holds_session(scan.src);
+        let sweep = scan.kind == synwatch_detect::ScanKind::Sweep;
+        b.note_scan(target, sweep, &scan.ports, scan.hosts.len());
         b.scan(
             scan.src,
             target,
@@ -960,6 +969,21 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .context("cannot write the configuration to stdout")?;
         return Ok(crate::ExitStatus::Success);
     }
+    let fleet = if run_settings.crowdsec.enabled() {
+        if run_settings.block == BlockArg::None {
+            eprintln!(
+                "synwatch: warning: the CrowdSec options are ignored with --block none (nothing to push, nothing to enforce)"
+            );
+            None
+        } else {
+            match run_settings.crowdsec.open() {
+                Ok(o) => Some(o),
+                Err(why) => return usage(why),
+            }
+        }
+    } else {
+        None
+    };
     // Before any rule or XDP program is touched: one agent per network namespace.
     if claims_firewall(run_settings.block)
         && let Err(e) = crate::owner::claim()
@@ -1217,6 +1241,27 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             .context("cannot start the XDP thread")?;
         workers.push(("the XDP ring buffer".to_owned(), handle));
     }
+    let fleet_threads = match (fleet, blocker.as_mut()) {
+        (Some(opened), Some(b)) => {
+            crate::crowdsec::start(opened, &run_settings.crowdsec, b, &metrics, &stop, {
+                let (tx, stop) = (tx.clone(), Arc::clone(&stop));
+                move |pull| {
+                    let mut msg = Msg::Fleet(pull);
+                    loop {
+                        match tx.try_send(msg) {
+                            Ok(()) => return true,
+                            Err(mpsc::TrySendError::Full(m)) if !stop.load(Ordering::Relaxed) => {
+                                msg = m;
+                                thread::sleep(Duration::from_millis(20));
+                            }
+                            Err(_) => return false,
+                        }
+                    }
+                }
+            })?
+        }
+        _ => crate::crowdsec::Threads::default(),
+    };
     drop(tx);
 
     // Sweeps need the answers: libpcap sees what the host sends back, the XDP program
@@ -1343,6 +1388,20 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     let _ = call.reply.send(reply);
                 }
             }
+            Ok(Msg::Fleet(pull)) => {
+                if let Some(b) = blocker.as_mut() {
+                    let happened = b.pulled(pull, crate::clock::now(), |a| {
+                        is_protected_net(a, &detector, &host_now)
+                    });
+                    output = output.and(report(
+                        happened,
+                        backend_name,
+                        dry_run,
+                        &mut events,
+                        &mut detector,
+                    ));
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -1456,6 +1515,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // Only a signal stops the agent: anything else that ended the loop (every source
     // gone) is a failure, never exit 0, so that a supervisor restarts it.
     let asked_to_stop = stop.swap(true, Ordering::Relaxed);
+    fleet_threads.join();
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
         let happened = b.apply(crate::clock::now());

@@ -142,6 +142,54 @@ fn print_config_shows_the_layered_configuration_as_toml() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 }
 
+#[test]
+fn the_crowdsec_options_layer_like_the_others_and_bad_ones_are_usage_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("synwatch.toml");
+    std::fs::write(
+        &file,
+        "crowdsec_url = \"http://10.0.0.9:8080\"\ncrowdsec_pull = \"30s\"\ncrowdsec_bouncer_key_file = \"/etc/synwatch/key\"\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--iface", "lo", "--print-config", "--config"])
+        .arg(&file)
+        .env("SYNWATCH_CROWDSEC_PULL", "5s")
+        .output()
+        .expect("run synwatch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "crowdsec_url = \"http://10.0.0.9:8080\"",
+        "crowdsec_pull = \"5s\"",
+        "crowdsec_bouncer_key_file = \"/etc/synwatch/key\"",
+    ] {
+        assert!(text.lines().any(|l| l == line), "lacks {line}:\n{text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--print-config",
+            "--crowdsec-pull",
+            "100ms",
+        ])
+        .output()
+        .expect("run synwatch");
+    assert_usage_error(&out, &["--crowdsec-pull", "at least 1s"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--iface", "lo", "--print-config"])
+        .env("SYNWATCH_CROWDSEC_URL", "lapi.example:8080")
+        .output()
+        .expect("run synwatch");
+    assert_usage_error(&out, &["--crowdsec-url", "http://HOST:PORT"]);
+}
+
 /// Checks a usage error: exit 2 and one stderr line holding each of `wants`.
 fn assert_usage_error(out: &std::process::Output, wants: &[&str]) {
     assert_eq!(out.status.code(), Some(2));

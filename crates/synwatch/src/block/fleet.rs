@@ -1,0 +1,569 @@
+//! The blocker's side of the fleet (SPEC §7): pulled decisions become bans of the book,
+//! and bans decided from scans are offered to the push thread.
+//!
+//! A pulled ban is a ban like a manual one, with the reason `lapi:<origin>` (so it is
+//! saved, restored at the next start, shown with its origin by `blocks list`), that
+//! neither waits for nor counts against the cap. A decision is not enforced:
+//! - on a protected address, or a range covering one (reported and counted);
+//! - where a running ban of synwatch's own (a scan's, a manual one) holds the network or
+//!   a wider one: the local ban stands, with its own time;
+//! - when it is this agent's own alert coming back.
+//!
+//! Several decisions may name the same network (two machines, a scenario and `cscli`):
+//! the ban is lifted when the last of them is deleted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ipnet::IpNet;
+use synwatch_enforce::bans::Record;
+
+use super::{Blocker, Happened};
+use crate::crowdsec::lapi::{self, Skip};
+use crate::crowdsec::pull::Pull;
+use crate::crowdsec::push::{self, Note, Outbox};
+use crate::crowdsec::{OriginClass, Stats};
+use crate::protect::Why;
+
+/// The reason of a pulled ban: this prefix, then its origin.
+pub const LAPI_REASON: &str = "lapi:";
+/// Protected decisions logged per pull (all are counted).
+const PROTECTED_LOGGED: usize = 10;
+/// A pulled decision whose end is within this of the held ban's is not given again.
+const SAME_END_SECS: i64 = 60;
+
+/// Where a ban comes from, as `blocks list` shows it: `synwatch` (a scan), `manual`
+/// (`synwatch blocks add`), or the origin of a LAPI decision (`crowdsec/<scenario>`,
+/// `cscli`, ...).
+pub fn origin(reason: &str) -> String {
+    match reason.strip_prefix(LAPI_REASON) {
+        Some(o) => o.to_owned(),
+        None if reason == "manual" => "manual".to_owned(),
+        None => "synwatch".to_owned(),
+    }
+}
+
+fn is_pulled(r: &Record) -> bool {
+    r.reason.starts_with(LAPI_REASON)
+}
+
+/// The blocker's fleet state.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    outbox: Option<Arc<Outbox>>,
+    stats: Option<Arc<Stats>>,
+    /// Pulled decisions held: id to network, and per network how many.
+    ids: HashMap<i64, IpNet>,
+    per_net: HashMap<IpNet, u32>,
+    /// Networks this agent pushed, until when: their decisions coming back are its own.
+    pushed: HashMap<IpNet, i64>,
+    /// What the detector saw of scans whose ban is not pushed yet.
+    notes: HashMap<IpNet, Note>,
+}
+
+/// Notes kept at most (scans waiting for the cap have one each).
+const NOTES_MAX: usize = 100_000;
+
+impl Blocker {
+    /// Joins the fleet: bans decided from scans go to `outbox` (none: pull only), and
+    /// the fleet's counters to `stats`.
+    pub fn join_fleet(&mut self, outbox: Option<Arc<Outbox>>, stats: Arc<Stats>) {
+        self.fleet.outbox = outbox;
+        stats.held.store(
+            self.book.active().filter(|r| is_pulled(r)).count() as u64,
+            Ordering::Relaxed,
+        );
+        self.fleet.stats = Some(stats);
+    }
+
+    /// What the detector saw of the scan about to be banned as `target` (for its alert).
+    pub fn note_scan(&mut self, target: IpNet, sweep: bool, ports: &[u16], hosts: usize) {
+        if self.fleet.outbox.is_none() || self.dry_run {
+            return;
+        }
+        if self.fleet.notes.len() >= NOTES_MAX {
+            self.fleet.notes.clear();
+        }
+        self.fleet.notes.insert(
+            synwatch_enforce::ban_net(target),
+            Note {
+                sweep,
+                ports: ports.to_vec(),
+                hosts,
+            },
+        );
+    }
+
+    /// Bans that just reached the kernel: those decided from scans are pushed.
+    pub(super) fn push_to_fleet(&mut self, records: &[Record], now: i64) {
+        let Some(outbox) = &self.fleet.outbox else {
+            return;
+        };
+        if self.dry_run {
+            return;
+        }
+        for r in records.iter().filter(|r| push::is_detection(r)) {
+            let note = self.fleet.notes.remove(&r.net);
+            outbox.offer(push::alert(r, note.as_ref(), now));
+            self.fleet
+                .pushed
+                .insert(r.net, r.expires.unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Applies one pull: lifts the bans of deleted decisions (when no other decision
+    /// holds them), gives those of new ones, and after a full pull (`startup`) lifts the
+    /// pulled bans the LAPI no longer has. Bans given are applied at the next
+    /// [`Blocker::apply`]; lifts at once. `protected` is [`crate::protect::why_net`].
+    pub fn pulled(
+        &mut self,
+        pull: Pull,
+        now: i64,
+        protected: impl Fn(IpNet) -> Option<(Why, IpNet)>,
+    ) -> Vec<Happened> {
+        let stats = self.fleet.stats.clone().unwrap_or_default();
+        self.fleet.pushed.retain(|_, until| *until > now);
+        let mut lift: HashSet<IpNet> = HashSet::new();
+        if pull.startup {
+            self.fleet.ids.clear();
+            self.fleet.per_net.clear();
+        }
+        for d in &pull.deleted {
+            let Ok(net) = lapi::decision_net(d) else {
+                continue;
+            };
+            let net = synwatch_enforce::ban_net(net);
+            match self.fleet.ids.remove(&d.id) {
+                Some(held) => {
+                    let left = self.fleet.per_net.get_mut(&held).map(|n| {
+                        *n = n.saturating_sub(1);
+                        *n
+                    });
+                    if left == Some(0) {
+                        self.fleet.per_net.remove(&held);
+                        lift.insert(held);
+                    }
+                }
+                // A decision this agent did not see given (before a restart).
+                None if !self.fleet.per_net.contains_key(&net) => {
+                    lift.insert(net);
+                }
+                None => {}
+            }
+        }
+        let mut keep: HashSet<IpNet> = HashSet::new();
+        let mut protected_logged = 0;
+        let mut protected_more = 0;
+        for d in &pull.new {
+            let label = lapi::origin_label(&d.origin, &d.scenario);
+            let class = OriginClass::of(&label);
+            stats.pulled(class);
+            let ban = match lapi::to_ban(d) {
+                Ok(b) => b,
+                Err(why) => {
+                    stats.skipped(class, why);
+                    continue;
+                }
+            };
+            let net = synwatch_enforce::ban_net(ban.net);
+            if ban.synwatch && self.fleet.pushed.contains_key(&net) {
+                stats.skipped(class, Skip::Own);
+                continue;
+            }
+            if let Some((why, covered)) = protected(net) {
+                stats.skipped(class, Skip::Protected);
+                if protected_logged < PROTECTED_LOGGED {
+                    protected_logged += 1;
+                    eprintln!(
+                        "synwatch: not enforcing the CrowdSec decision {} ({}) on {}",
+                        d.id,
+                        ban.origin,
+                        super::refusal(net, why, covered)
+                    );
+                } else {
+                    protected_more += 1;
+                }
+                continue;
+            }
+            keep.insert(net);
+            lift.remove(&net);
+            if self.fleet.ids.insert(ban.id, net).is_none() {
+                *self.fleet.per_net.entry(net).or_default() += 1;
+            }
+            // As long as the backend keeps a ban (iptables: 24 days); a longer decision
+            // is given again by the next full pull after it ends here.
+            let secs = ban.secs.min(self.backend().max_ban_secs());
+            let ends = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+            let holds = match self.book.covering(net) {
+                // A ban of synwatch's own, or a wider one, stands.
+                Some(r) if !is_pulled(r) || r.net != net => true,
+                Some(r) => r.expires.is_none_or(|e| e + SAME_END_SECS >= ends),
+                None => false,
+            };
+            if holds {
+                stats.skipped(class, Skip::Held);
+                continue;
+            }
+            let reason = format!("{LAPI_REASON}{}", ban.origin);
+            let replaced = self.book.get(net).is_some();
+            match self.book.given(net, Some(secs), reason, now) {
+                Ok(record) => {
+                    stats.applied(class);
+                    self.absorb(now);
+                    // (Only a ban held before can be on its way to the kernel: a
+                    // startup pull of 100,000 new ones must not scan the queue each time.)
+                    if replaced {
+                        self.pending.retain(|p| p.net != net);
+                        self.unsaved.retain(|p| p.net != net);
+                    }
+                    self.decided(record, false);
+                    self.retry_at = self.retry_at.min(now);
+                }
+                Err(_) => stats.skipped(class, Skip::Held),
+            }
+        }
+        if protected_more > 0 {
+            eprintln!(
+                "synwatch: not enforcing {protected_more} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})"
+            );
+        }
+        if pull.startup {
+            lift.extend(
+                self.book
+                    .active()
+                    .filter(|r| is_pulled(r) && !keep.contains(&r.net))
+                    .map(|r| r.net),
+            );
+        }
+        // Only pulled bans are lifted by the LAPI; a scan's or a manual ban stays.
+        let lift: Vec<IpNet> = lift
+            .into_iter()
+            .filter(|n| self.book.get(*n).is_some_and(is_pulled))
+            .collect();
+        let mut happened = Vec::new();
+        if !lift.is_empty() {
+            for n in &lift {
+                self.book.remove(*n);
+            }
+            stats.lifted.fetch_add(lift.len() as u64, Ordering::Relaxed);
+            happened = self.lift(lift, "deleted", now);
+        }
+        self.record_held();
+        self.note_fleet_held();
+        happened
+    }
+
+    /// The gauge of pulled bans held.
+    pub(super) fn note_fleet_held(&self) {
+        if let Some(stats) = &self.fleet.stats {
+            stats.held.store(
+                self.book.active().filter(|r| is_pulled(r)).count() as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+    use crate::block::BlockSettings;
+    use crate::crowdsec::lapi::Decision;
+    use crate::metrics::Metrics;
+    use synwatch_enforce::bans::Policy;
+    use synwatch_enforce::{Backend, RecordingRunner, Scope, open};
+
+    const GATEWAY: &str = "192.0.2.254";
+
+    fn n(s: &str) -> IpNet {
+        synwatch_enforce::parse_net(s).unwrap()
+    }
+
+    fn blocker(dir: &std::path::Path, runner: &RecordingRunner) -> (Blocker, Arc<Stats>) {
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        let settings = BlockSettings {
+            scope: Scope::All,
+            policy: Policy {
+                duration_secs: 60,
+                max_secs: 3600,
+                per_minute: 1,
+            },
+            state_dir: dir.to_path_buf(),
+            keep_rules: false,
+            dry_run: false,
+        };
+        let (mut b, _) =
+            Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
+                false
+            })
+            .unwrap();
+        let stats = Arc::new(Stats::default());
+        b.join_fleet(
+            Some(Arc::new(Outbox::new(Arc::clone(&stats)))),
+            Arc::clone(&stats),
+        );
+        (b, stats)
+    }
+
+    fn protected(net: IpNet) -> Option<(Why, IpNet)> {
+        net.contains(&n(GATEWAY).addr())
+            .then(|| (Why::Infra(crate::host::Role::Gateway), n(GATEWAY)))
+    }
+
+    fn d(id: i64, origin: &str, scope: &str, value: &str) -> Decision {
+        Decision {
+            id,
+            origin: origin.into(),
+            kind: "ban".into(),
+            scope: scope.into(),
+            value: value.into(),
+            duration: "1h".into(),
+            scenario: "crowdsecurity/ssh-bf".into(),
+            simulated: None,
+        }
+    }
+
+    fn pull(startup: bool, new: Vec<Decision>, deleted: Vec<Decision>) -> Pull {
+        Pull {
+            startup,
+            new,
+            deleted,
+        }
+    }
+
+    fn held(b: &Blocker) -> Vec<(String, String)> {
+        let mut v: Vec<_> = b
+            .book
+            .active()
+            .map(|r| (synwatch_enforce::net_text(r.net), origin(&r.reason)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn lifted(h: &[Happened]) -> Vec<IpNet> {
+        h.iter()
+            .filter_map(|h| match h {
+                Happened::Unblocked(net, "deleted") => Some(*net),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decisions_become_bans_with_their_origin_and_protected_ones_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let p = pull(
+            true,
+            vec![
+                d(1, "cscli", "Ip", "198.51.100.7"),
+                d(2, "crowdsec", "Range", "2001:db8:1:2::/64"),
+                d(3, "cscli", "Ip", GATEWAY),
+                d(4, "cscli", "Range", "192.0.2.0/24"),
+                d(5, "crowdsec", "Country", "FR"),
+            ],
+            vec![],
+        );
+        assert!(b.pulled(p, 100, protected).is_empty());
+        assert_eq!(
+            held(&b),
+            vec![
+                ("198.51.100.7".into(), "cscli".into()),
+                (
+                    "2001:db8:1:2::/64".into(),
+                    "crowdsec/crowdsecurity/ssh-bf".into()
+                ),
+            ]
+        );
+        assert_eq!(stats.skipped_of(OriginClass::Cscli, Skip::Protected), 2);
+        assert_eq!(stats.skipped_of(OriginClass::Crowdsec, Skip::Scope), 1);
+        // Given like any ban: to the kernel at the next apply, with their time, not
+        // against the cap of one ban a minute.
+        let happened = b.apply(100);
+        assert_eq!(happened.len(), 2, "{happened:?}");
+        let rec = b.book.get(n("198.51.100.7")).unwrap();
+        assert_eq!(rec.expires, Some(100 + 3600));
+        assert!(runner.transcript().join("\n").contains("198.51.100.7"));
+        assert_eq!(stats.held.load(Ordering::Relaxed), 2);
+        // Nor did they use up the cap: a scanner seen here is banned at once.
+        b.scan(
+            "203.0.113.9".parse().unwrap(),
+            n("203.0.113.9"),
+            &[1, 2, 3, 4],
+            101,
+            None,
+            false,
+        );
+        let happened = b.apply(101);
+        assert!(
+            matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("203.0.113.9")),
+            "{happened:?}"
+        );
+    }
+
+    #[test]
+    fn a_network_goes_when_its_last_decision_is_deleted_and_local_bans_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = blocker(dir.path(), &runner);
+        b.scan(
+            "203.0.113.9".parse().unwrap(),
+            n("203.0.113.9"),
+            &[1, 2, 3, 4],
+            10,
+            None,
+            false,
+        );
+        b.apply(10);
+        let p = pull(
+            true,
+            vec![
+                d(1, "cscli", "Ip", "198.51.100.7"),
+                d(2, "crowdsec", "Ip", "198.51.100.7"),
+                d(3, "cscli", "Ip", "203.0.113.9"),
+            ],
+            vec![],
+        );
+        b.pulled(p, 20, protected);
+        b.apply(20);
+        // The local ban stands with its own origin.
+        assert_eq!(
+            held(&b),
+            vec![
+                ("198.51.100.7".into(), "cscli".into()),
+                ("203.0.113.9".into(), "synwatch".into()),
+            ]
+        );
+        let h = b.pulled(
+            pull(false, vec![], vec![d(1, "cscli", "Ip", "198.51.100.7")]),
+            30,
+            protected,
+        );
+        assert!(lifted(&h).is_empty(), "another decision still holds it");
+        let h = b.pulled(
+            pull(
+                false,
+                vec![],
+                vec![
+                    d(2, "crowdsec", "Ip", "198.51.100.7"),
+                    d(3, "cscli", "Ip", "203.0.113.9"),
+                ],
+            ),
+            40,
+            protected,
+        );
+        assert_eq!(lifted(&h), vec![n("198.51.100.7")]);
+        assert_eq!(held(&b), vec![("203.0.113.9".into(), "synwatch".into())]);
+    }
+
+    #[test]
+    fn a_full_pull_keeps_what_is_held_lifts_what_is_gone_and_gives_what_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let first = vec![
+            d(1, "cscli", "Ip", "198.51.100.1"),
+            d(2, "cscli", "Ip", "198.51.100.2"),
+        ];
+        b.pulled(pull(true, first, vec![]), 0, protected);
+        b.apply(0);
+        let before = runner.transcript().len();
+        // The LAPI was away; on its return everything again: 1 still, 2 gone, 3 new.
+        let again = vec![
+            d(1, "cscli", "Ip", "198.51.100.1"),
+            d(3, "cscli", "Ip", "198.51.100.3"),
+        ];
+        let mut h = b.pulled(pull(true, again, vec![]), 30, protected);
+        assert_eq!(lifted(&h), vec![n("198.51.100.2")]);
+        // (The lift went to the kernel at once, and the new ban with it.)
+        h.extend(b.apply(30));
+        let given: Vec<IpNet> = h
+            .iter()
+            .filter_map(|h| match h {
+                Happened::Blocked(r) => Some(r.net),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(given, vec![n("198.51.100.3")], "1 is not given again");
+        let kernel = runner.transcript()[before..].join("\n");
+        assert!(!kernel.contains("198.51.100.1"), "1 untouched: {kernel}");
+        assert_eq!(stats.skipped_of(OriginClass::Cscli, Skip::Held), 1);
+        assert_eq!(
+            held(&b),
+            vec![
+                ("198.51.100.1".into(), "cscli".into()),
+                ("198.51.100.3".into(), "cscli".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn its_own_alerts_are_pushed_once_and_skipped_when_they_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let src = "203.0.113.9".parse().unwrap();
+        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
+        b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
+        b.apply(10);
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
+        // A manual ban is not pushed.
+        let call = crate::control::Request::Add {
+            addr: n("203.0.113.10"),
+            secs: None,
+        };
+        b.control(&call, 11, |_| None);
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
+        let mut back = d(7, "crowdsec", "Ip", "203.0.113.9");
+        back.scenario = "synwatch/port-scan".into();
+        b.pulled(pull(false, vec![back], vec![]), 20, protected);
+        assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
+        assert_eq!(held(&b)[0], ("203.0.113.10".into(), "manual".into()));
+    }
+
+    #[test]
+    fn a_decision_longer_than_the_backend_keeps_a_ban_is_cut_to_what_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let enforcer = open(Backend::Iptables, Scope::All, Box::new(runner.clone())).unwrap();
+        let settings = BlockSettings {
+            scope: Scope::All,
+            policy: Policy {
+                duration_secs: 60,
+                max_secs: 3600,
+                per_minute: 1,
+            },
+            state_dir: dir.path().to_path_buf(),
+            keep_rules: false,
+            dry_run: false,
+        };
+        let (mut b, _) =
+            Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
+                false
+            })
+            .unwrap();
+        let mut long = d(1, "cscli", "Ip", "198.51.100.7");
+        long.duration = "8760h".into();
+        b.pulled(pull(true, vec![long], vec![]), 0, protected);
+        b.apply(0);
+        let r = b.book.get(n("198.51.100.7")).unwrap();
+        assert_eq!(r.expires, Some(2_147_483));
+        let script = runner.transcript().join("\n");
+        assert!(script.contains("198.51.100.7 timeout 2147483"), "{script}");
+    }
+
+    #[test]
+    fn origins_of_reasons() {
+        assert_eq!(origin("ports 22,80"), "synwatch");
+        assert_eq!(origin("manual"), "manual");
+        assert_eq!(origin("lapi:cscli"), "cscli");
+        assert_eq!(
+            origin("lapi:crowdsec/crowdsecurity/ssh-bf"),
+            "crowdsec/crowdsecurity/ssh-bf"
+        );
+    }
+}

@@ -1,0 +1,632 @@
+//! The CrowdSec Local API (v1) as synwatch uses it: the machine credentials file, the
+//! watcher login, alerts, and the bouncer's decision stream; with the parsing and the
+//! mapping of decisions to bans, which need no network (unit-tested below).
+//!
+//! Field names follow CrowdSec's swagger (pkg/models): an alert needs `scenario`,
+//! `scenario_hash`, `scenario_version`, `message`, `events_count`, `start_at`,
+//! `stop_at`, `capacity`, `leakspeed`, `simulated`, `events` and `source`, or a 1.4 LAPI
+//! refuses it.
+
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The largest answer read from the LAPI (a decision is about 150 bytes: this is room
+/// for some 800,000 of them). A longer one is refused with an error, never held.
+pub const MAX_BODY: u64 = 128 << 20;
+/// How long one request may take, connection included.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Machine credentials: CrowdSec's own `local_api_credentials.yaml`, as written by
+/// `cscli machines add NAME --auto -f FILE`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub url: String,
+    pub login: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("url", &self.url)
+            .field("login", &self.login)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|why| format!("{}: {why}", path.display()))
+    }
+
+    /// The file is flat YAML (`key: value` lines); only `url`, `login` and `password`
+    /// are read.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (mut url, mut login, mut password) = (None, None, None);
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = unquote(value.trim());
+            match key.trim() {
+                "url" => url = Some(value),
+                "login" => login = Some(value),
+                "password" => password = Some(value),
+                _ => {}
+            }
+        }
+        let need = |v: Option<String>, key: &str| {
+            v.filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("no `{key}:` in the CrowdSec credentials file"))
+        };
+        Ok(Self {
+            url: need(url, "url")?,
+            login: need(login, "login")?,
+            password: need(password, "password")?,
+        })
+    }
+}
+
+fn unquote(v: &str) -> String {
+    let v = v.trim();
+    for q in ['"', '\''] {
+        if let Some(inner) = v.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return inner.to_owned();
+        }
+    }
+    v.to_owned()
+}
+
+/// Reads a bouncer key (`cscli bouncers add NAME -o raw`): the file's first line.
+pub fn read_key(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the bouncer key file {}: {e}", path.display()))?;
+    let key = text.lines().next().unwrap_or("").trim().to_owned();
+    if key.is_empty() || key.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "the bouncer key file {} holds no key (write the output of `cscli bouncers add NAME -o raw` into it)",
+            path.display()
+        ));
+    }
+    Ok(key)
+}
+
+/// `url` checked and without a trailing slash.
+pub fn base_url(url: &str) -> Result<String, String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() => Ok(trimmed.to_owned()),
+        _ => Err(format!(
+            "invalid CrowdSec LAPI URL '{url}': expected http://HOST:PORT or https://HOST:PORT"
+        )),
+    }
+}
+
+/// What went wrong talking to the LAPI, said so that the operator knows what to do.
+#[derive(Debug)]
+pub enum LapiError {
+    /// Not reached (refused, timed out, DNS): the LAPI is away.
+    Unreachable(String),
+    /// It answered with an HTTP error status.
+    Status { code: u16, body: String },
+    /// It answered with something that is not what the API says.
+    Invalid(String),
+}
+
+impl LapiError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LapiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(why) => write!(f, "the LAPI is unreachable: {why}"),
+            Self::Status { code, body } => {
+                write!(f, "the LAPI answered HTTP {code}")?;
+                let body = body.trim();
+                if !body.is_empty() {
+                    let cut: String = body.chars().take(200).collect();
+                    write!(f, ": {cut}")?;
+                }
+                Ok(())
+            }
+            Self::Invalid(why) => write!(f, "the LAPI's answer is not valid: {why}"),
+        }
+    }
+}
+
+/// A blocking HTTP client for one LAPI (HTTPS with the system's roots through rustls).
+#[derive(Debug, Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: String) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(TIMEOUT)
+            .timeout_connect(Duration::from_secs(5))
+            .user_agent(concat!("synwatch/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self { agent, base }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn answer(result: Result<ureq::Response, ureq::Error>) -> Result<Vec<u8>, LapiError> {
+        match result {
+            Ok(resp) => read_limited(resp.into_reader()),
+            Err(ureq::Error::Status(code, resp)) => {
+                let body = read_limited(resp.into_reader()).unwrap_or_default();
+                Err(LapiError::Status {
+                    code,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                })
+            }
+            Err(ureq::Error::Transport(t)) => Err(LapiError::Unreachable(t.to_string())),
+        }
+    }
+
+    /// `POST /v1/watchers/login`: a JWT for the machine.
+    pub fn login(&self, creds: &Credentials, scenarios: &[&str]) -> Result<String, LapiError> {
+        let body = serde_json::json!({
+            "machine_id": creds.login,
+            "password": creds.password,
+            "scenarios": scenarios,
+        });
+        let url = format!("{}/v1/watchers/login", self.base);
+        let bytes = Self::answer(
+            self.agent
+                .post(&url)
+                .set("Content-Type", "application/json")
+                .send_string(&body.to_string()),
+        )?;
+        #[derive(Deserialize)]
+        struct Login {
+            token: Option<String>,
+        }
+        let login: Login = serde_json::from_slice(&bytes)
+            .map_err(|e| LapiError::Invalid(format!("login answer: {e}")))?;
+        login
+            .token
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| LapiError::Invalid("login answer without a token".into()))
+    }
+
+    /// `POST /v1/alerts` with a JSON array of alerts.
+    pub fn post_alerts(&self, token: &str, alerts: &[serde_json::Value]) -> Result<(), LapiError> {
+        let url = format!("{}/v1/alerts", self.base);
+        let body = serde_json::Value::Array(alerts.to_vec()).to_string();
+        Self::answer(
+            self.agent
+                .post(&url)
+                .set("Authorization", &format!("Bearer {token}"))
+                .set("Content-Type", "application/json")
+                .send_string(&body),
+        )
+        .map(drop)
+    }
+
+    /// `GET /v1/decisions/stream`: every running decision with `startup`, else what
+    /// changed since this bouncer's last pull.
+    pub fn stream(&self, key: &str, startup: bool) -> Result<Stream, LapiError> {
+        let url = format!("{}/v1/decisions/stream", self.base);
+        let bytes = Self::answer(
+            self.agent
+                .get(&url)
+                .query("startup", if startup { "true" } else { "false" })
+                .set("X-Api-Key", key)
+                .call(),
+        )?;
+        parse_stream(&bytes)
+    }
+}
+
+fn read_limited(reader: impl std::io::Read) -> Result<Vec<u8>, LapiError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| LapiError::Unreachable(format!("reading the answer: {e}")))?;
+    if bytes.len() as u64 > MAX_BODY {
+        return Err(LapiError::Invalid(format!(
+            "the answer is longer than {} MiB; not read",
+            MAX_BODY >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A decision as the stream gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Decision {
+    pub id: i64,
+    pub origin: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub scope: String,
+    pub value: String,
+    pub duration: String,
+    pub scenario: String,
+    pub simulated: Option<bool>,
+}
+
+/// One answer of the decision stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Stream {
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub new: Vec<Decision>,
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub deleted: Vec<Decision>,
+}
+
+fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Decision>, D::Error> {
+    Ok(Option::<Vec<Decision>>::deserialize(d)?.unwrap_or_default())
+}
+
+pub fn parse_stream(bytes: &[u8]) -> Result<Stream, LapiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
+        LapiError::Invalid(format!(
+            "the decision stream is not the JSON of the API ({e}); it starts with {start:?}"
+        ))
+    })
+}
+
+/// Why a pulled decision is not enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Not a `ban` (captcha, throttle...).
+    Type,
+    /// Not of scope `Ip` or `Range` (Country, AS, Username...).
+    Scope,
+    /// Its value is not an address or range.
+    Invalid,
+    /// A decision of a scenario in simulation.
+    Simulated,
+    /// Its time is over.
+    Expired,
+    /// Pushed by this agent: it holds the ban already.
+    Own,
+    /// On an address synwatch never blocks (or a range covering one).
+    Protected,
+    /// A running ban holds it already (the same network or a wider one).
+    Held,
+}
+
+impl Skip {
+    pub const ALL: [Skip; 8] = [
+        Self::Type,
+        Self::Scope,
+        Self::Invalid,
+        Self::Simulated,
+        Self::Expired,
+        Self::Own,
+        Self::Protected,
+        Self::Held,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Type => "type",
+            Self::Scope => "scope",
+            Self::Invalid => "invalid",
+            Self::Simulated => "simulated",
+            Self::Expired => "expired",
+            Self::Own => "own",
+            Self::Protected => "protected",
+            Self::Held => "held",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+}
+
+/// A pulled decision that can be enforced: the network, for how long, and where it
+/// comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    pub id: i64,
+    pub net: IpNet,
+    /// Seconds it still runs (at least 1).
+    pub secs: u64,
+    /// [`origin_label`]: `crowdsec/<scenario>`, `cscli`, `capi`...
+    pub origin: String,
+    /// A scenario of synwatch's (`synwatch/...`): pushed by a synwatch, maybe this one.
+    pub synwatch: bool,
+}
+
+/// The network a decision names, for a new decision as for a deleted one.
+pub fn decision_net(d: &Decision) -> Result<IpNet, Skip> {
+    let value = d.value.trim();
+    if d.scope.eq_ignore_ascii_case("ip") {
+        if let Ok(a) = value.parse::<IpAddr>() {
+            return Ok(IpNet::from(a));
+        }
+        // Some writers give an address as ADDR/32.
+        return match value.parse::<IpNet>() {
+            Ok(n) if synwatch_enforce::is_host(n) => Ok(n),
+            _ => Err(Skip::Invalid),
+        };
+    }
+    if d.scope.eq_ignore_ascii_case("range") {
+        return match value.parse::<IpNet>() {
+            Ok(n) => Ok(n.trunc()),
+            Err(_) => match value.parse::<IpAddr>() {
+                Ok(a) => Ok(IpNet::from(a)),
+                Err(_) => Err(Skip::Invalid),
+            },
+        };
+    }
+    Err(Skip::Scope)
+}
+
+/// A new decision as a ban to enforce, or why not.
+pub fn to_ban(d: &Decision) -> Result<Ban, Skip> {
+    if !d.kind.eq_ignore_ascii_case("ban") {
+        return Err(Skip::Type);
+    }
+    let net = decision_net(d)?;
+    if d.simulated == Some(true) {
+        return Err(Skip::Simulated);
+    }
+    let secs = match parse_go_duration(&d.duration) {
+        Some(s) if s > 0.0 => s.ceil() as u64,
+        Some(_) => return Err(Skip::Expired),
+        None => return Err(Skip::Invalid),
+    };
+    Ok(Ban {
+        id: d.id,
+        net,
+        secs: secs.max(1),
+        origin: origin_label(&d.origin, &d.scenario),
+        synwatch: d.scenario.starts_with("synwatch/"),
+    })
+}
+
+/// Where a decision comes from, as `blocks list` shows it: `crowdsec/<scenario>` for a
+/// CrowdSec scenario (a synwatch's included: `crowdsec/synwatch/port-scan`), `cscli` for
+/// `cscli decisions add`, `capi` for the community blocklist, `lists/<name>` for a
+/// subscribed list, else the origin as given.
+pub fn origin_label(origin: &str, scenario: &str) -> String {
+    // It goes into events and listings as is: only the characters of scenario names.
+    let clean = |s: &str| -> String {
+        s.chars()
+            .take(100)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_./:@".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    match origin.to_ascii_lowercase().as_str() {
+        "crowdsec" if !scenario.is_empty() => format!("crowdsec/{}", clean(scenario)),
+        "crowdsec" => "crowdsec".into(),
+        "cscli" => "cscli".into(),
+        "capi" => "capi".into(),
+        "lists" => format!("lists/{}", clean(scenario)),
+        "" => "lapi".into(),
+        other => clean(other),
+    }
+}
+
+/// A Go duration (`1h2m3.5s`, `-3s`, `59m59.93647s`, `150ms`) in seconds.
+pub fn parse_go_duration(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..end].parse().ok()?;
+        rest = &rest[end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_end..];
+        total += number * scale;
+    }
+    if !total.is_finite() {
+        return None;
+    }
+    Some(if negative { -total } else { total })
+}
+
+/// Whether `origin` (as [`origin_label`] gives it) is that of a decision of a synwatch.
+pub fn is_synwatch_origin(origin: &str) -> bool {
+    origin.starts_with("crowdsec/synwatch/")
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    fn decision(kind: &str, scope: &str, value: &str, duration: &str) -> Decision {
+        Decision {
+            id: 7,
+            origin: "crowdsec".into(),
+            kind: kind.into(),
+            scope: scope.into(),
+            value: value.into(),
+            duration: duration.into(),
+            scenario: "crowdsecurity/ssh-bf".into(),
+            simulated: None,
+        }
+    }
+
+    #[test]
+    fn credentials_are_read_from_cscli_s_file() {
+        let c = Credentials::parse(
+            "url: http://127.0.0.1:8080/\nlogin: m1\npassword: \"p:w d\"\n# comment\n",
+        )
+        .unwrap();
+        assert_eq!(c.url, "http://127.0.0.1:8080/");
+        assert_eq!(c.login, "m1");
+        assert_eq!(c.password, "p:w d");
+        let e = Credentials::parse("url: http://x\nlogin: m1\n").unwrap_err();
+        assert!(e.contains("password"), "{e}");
+        assert!(!format!("{c:?}").contains("p:w d"));
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        assert_eq!(
+            base_url("http://10.0.0.1:8080/").unwrap(),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(base_url("https://lapi").unwrap(), "https://lapi");
+        assert!(base_url("10.0.0.1:8080").is_err());
+        assert!(base_url("http://").is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("3h"), Some(10_800.0));
+        assert_eq!(parse_go_duration("1h2m3s"), Some(3723.0));
+        let d = parse_go_duration("59m59.936473928s").unwrap();
+        assert!((d - 3_599.936_473_928).abs() < 1e-6);
+        assert_eq!(parse_go_duration("150ms"), Some(0.15));
+        assert_eq!(parse_go_duration("-3s"), Some(-3.0));
+        assert_eq!(parse_go_duration("0"), Some(0.0));
+        for bad in ["", "3", "3x", "h", "1.2.3s", "--1s"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn decisions_map_to_bans_of_ip_and_range_in_both_families() {
+        let b = to_ban(&decision("ban", "Ip", "192.0.2.7", "59m59.5s")).unwrap();
+        assert_eq!(b.net, "192.0.2.7/32".parse::<IpNet>().unwrap());
+        assert_eq!(b.secs, 3600);
+        assert_eq!(b.origin, "crowdsec/crowdsecurity/ssh-bf");
+        assert!(!b.synwatch);
+        let b = to_ban(&decision("ban", "Range", "2001:db8:1:2::5/64", "1h")).unwrap();
+        assert_eq!(b.net, "2001:db8:1:2::/64".parse::<IpNet>().unwrap());
+        let b = to_ban(&decision("ban", "range", "198.51.100.0/24", "1h")).unwrap();
+        assert_eq!(b.net, "198.51.100.0/24".parse::<IpNet>().unwrap());
+        let b = to_ban(&decision("ban", "Ip", "2001:db8::1", "1s")).unwrap();
+        assert_eq!(b.net, "2001:db8::1/128".parse::<IpNet>().unwrap());
+    }
+
+    #[test]
+    fn decisions_not_enforced_say_why() {
+        let skip = |d: Decision| to_ban(&d).unwrap_err();
+        assert_eq!(
+            skip(decision("captcha", "Ip", "192.0.2.7", "1h")),
+            Skip::Type
+        );
+        assert_eq!(skip(decision("ban", "Country", "FR", "1h")), Skip::Scope);
+        assert_eq!(
+            skip(decision("ban", "Ip", "not-an-ip", "1h")),
+            Skip::Invalid
+        );
+        assert_eq!(
+            skip(decision("ban", "Ip", "192.0.2.0/24", "1h")),
+            Skip::Invalid
+        );
+        assert_eq!(
+            skip(decision("ban", "Ip", "192.0.2.7", "-2s")),
+            Skip::Expired
+        );
+        assert_eq!(
+            skip(decision("ban", "Ip", "192.0.2.7", "soon")),
+            Skip::Invalid
+        );
+        let mut d = decision("ban", "Ip", "192.0.2.7", "1h");
+        d.simulated = Some(true);
+        assert_eq!(skip(d), Skip::Simulated);
+    }
+
+    #[test]
+    fn origins_are_labelled() {
+        assert_eq!(
+            origin_label("crowdsec", "synwatch/port-scan"),
+            "crowdsec/synwatch/port-scan"
+        );
+        assert!(is_synwatch_origin(&origin_label(
+            "crowdsec",
+            "synwatch/address-sweep"
+        )));
+        assert_eq!(origin_label("cscli", "manual 'ban' from 'm1'"), "cscli");
+        assert_eq!(origin_label("CAPI", "crowdsecurity/ssh-bf"), "capi");
+        assert_eq!(origin_label("lists", "firehol"), "lists/firehol");
+        assert_eq!(origin_label("", ""), "lapi");
+        assert_eq!(origin_label("crowdsec", "a\"b\\c d\n"), "crowdsec/a_b_c_d_");
+        assert_eq!(origin_label("we\"ird", ""), "we_ird");
+    }
+
+    #[test]
+    fn streams_parse_with_null_lists_and_unknown_fields_and_refuse_garbage() {
+        let s = parse_stream(br#"{"deleted":null,"new":[{"duration":"1h","id":1,"origin":"cscli","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.1","uuid":"u"}]}"#).unwrap();
+        assert_eq!(s.new.len(), 1);
+        assert!(s.deleted.is_empty());
+        assert_eq!(s.new[0].origin, "cscli");
+        let s = parse_stream(br#"{"new":null,"deleted":null}"#).unwrap();
+        assert_eq!(s, Stream::default());
+        let e = parse_stream(b"<html>502 Bad Gateway</html>").unwrap_err();
+        assert!(e.to_string().contains("not the JSON"), "{e}");
+        assert!(parse_stream(br#"{"new":[{"id":"x"}]}"#).is_err());
+        assert!(parse_stream(br#"[1,2]"#).is_err());
+    }
+
+    #[test]
+    fn an_empty_key_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_key(&p).unwrap_err().contains("holds no key"));
+        std::fs::write(&p, "abc123\n").unwrap();
+        assert_eq!(read_key(&p).unwrap(), "abc123");
+    }
+}

@@ -1,0 +1,546 @@
+//! The fleet: synwatch shares its bans through CrowdSec's Local API (SPEC §7).
+//!
+//! - **Push** ([`push`]): every ban synwatch decides from a scan is posted as an alert
+//!   with its decision, from a thread of its own fed through a bounded queue
+//!   ([`push::Outbox`]); the pipeline never waits for the network.
+//! - **Pull** ([`pull`]): a thread streams the fleet's decisions and hands them to the
+//!   pipeline thread, which applies them to the ban book and the backend like any other
+//!   ban (see `block/fleet.rs`).
+//!
+//! Decisions taken (documented in the README):
+//! - Pulled bans are bans of the book with the reason `lapi:<origin>`; they are saved
+//!   like the others, so a restarted agent enforces them at once, before the LAPI
+//!   answers, and its first pull (`startup=true`) reconciles: what the LAPI no longer
+//!   holds is lifted, nothing held is lifted and given again.
+//! - Pulled bans neither wait for nor count against `--ban-rate`: that cap guards this
+//!   host against a flood of spoofed sources it sees itself; the decisions of the LAPI
+//!   come from authenticated machines, each of which applied its own cap.
+
+pub mod lapi;
+pub mod pull;
+pub mod push;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::FileConfig;
+use lapi::Skip;
+
+/// `synwatch run`'s CrowdSec options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CrowdsecArgs {
+    /// Push every ban to a CrowdSec Local API as an alert, with these machine credentials
+    /// (CrowdSec's local_api_credentials.yaml, from `cscli machines add NAME --auto -f
+    /// FILE`)
+    #[arg(long, env = "SYNWATCH_CROWDSEC_CREDENTIALS", value_name = "FILE")]
+    pub crowdsec_credentials: Option<PathBuf>,
+
+    /// Enforce the fleet's ban decisions from the CrowdSec Local API, with this bouncer
+    /// key (a file holding the output of `cscli bouncers add NAME -o raw`)
+    #[arg(long, env = "SYNWATCH_CROWDSEC_BOUNCER_KEY_FILE", value_name = "FILE")]
+    pub crowdsec_bouncer_key_file: Option<PathBuf>,
+
+    /// The Local API's URL [default: the url of --crowdsec-credentials]
+    #[arg(long, env = "SYNWATCH_CROWDSEC_URL", value_name = "URL")]
+    pub crowdsec_url: Option<String>,
+
+    /// How often to pull the fleet's decisions [default: 10s]
+    #[arg(long, env = "SYNWATCH_CROWDSEC_PULL", value_name = "DUR")]
+    pub crowdsec_pull: Option<String>,
+}
+
+/// The validated CrowdSec options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub credentials: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub url: Option<String>,
+    pub pull: Duration,
+}
+
+impl Settings {
+    /// Flags (and their environment variables) over the file's keys.
+    pub fn from_args(args: &CrowdsecArgs, file: &FileConfig) -> Result<Self, String> {
+        let (text, option) = match (&args.crowdsec_pull, &file.crowdsec_pull) {
+            (Some(t), _) => (t.clone(), "--crowdsec-pull"),
+            (None, Some(v)) => (crate::config::toml_number(v), "crowdsec_pull"),
+            (None, None) => ("10s".to_owned(), "--crowdsec-pull"),
+        };
+        let nanos = crate::config::parse_duration(&text)
+            .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
+        if nanos < 1_000_000_000 {
+            return Err(format!("invalid {option} '{text}': must be at least 1s"));
+        }
+        let url = args
+            .crowdsec_url
+            .clone()
+            .or_else(|| file.crowdsec_url.clone());
+        if let Some(u) = &url {
+            lapi::base_url(u).map_err(|why| format!("--crowdsec-url: {why}"))?;
+        }
+        Ok(Self {
+            credentials: args
+                .crowdsec_credentials
+                .clone()
+                .or_else(|| file.crowdsec_credentials.clone()),
+            key_file: args
+                .crowdsec_bouncer_key_file
+                .clone()
+                .or_else(|| file.crowdsec_bouncer_key_file.clone()),
+            url,
+            pull: Duration::from_nanos(nanos.unsigned_abs()),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.credentials.is_some() || self.key_file.is_some()
+    }
+
+    /// The `--print-config` lines: the pull interval always, the rest when set.
+    pub fn toml(&self) -> String {
+        let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut out = String::new();
+        if let Some(p) = &self.credentials {
+            out += &format!(
+                "crowdsec_credentials = {}\n",
+                quoted(&p.display().to_string())
+            );
+        }
+        if let Some(p) = &self.key_file {
+            out += &format!(
+                "crowdsec_bouncer_key_file = {}\n",
+                quoted(&p.display().to_string())
+            );
+        }
+        if let Some(u) = &self.url {
+            out += &format!("crowdsec_url = {}\n", quoted(u));
+        }
+        let ms = self.pull.as_millis();
+        if ms.is_multiple_of(1000) {
+            out += &format!("crowdsec_pull = \"{}s\"\n", ms / 1000);
+        } else {
+            out += &format!("crowdsec_pull = \"{ms}ms\"\n");
+        }
+        out
+    }
+
+    /// The LAPI to talk to, its credentials and the bouncer key, read and checked now:
+    /// a file that cannot be read is a usage error at start, not a retry loop.
+    pub fn open(&self) -> Result<Opened, String> {
+        let credentials = self
+            .credentials
+            .as_deref()
+            .map(lapi::Credentials::read)
+            .transpose()?;
+        let key = self.key_file.as_deref().map(lapi::read_key).transpose()?;
+        let url = match (&self.url, &credentials) {
+            (Some(u), _) => u.clone(),
+            (None, Some(c)) => c.url.clone(),
+            (None, None) => {
+                return Err(
+                    "--crowdsec-bouncer-key-file needs the LAPI's URL: give --crowdsec-url (or --crowdsec-credentials, whose url is used)"
+                        .into(),
+                );
+            }
+        };
+        let base = lapi::base_url(&url).map_err(|why| match &self.url {
+            Some(_) => format!("--crowdsec-url: {why}"),
+            None => format!("the url of --crowdsec-credentials: {why}"),
+        })?;
+        Ok(Opened {
+            client: lapi::Client::new(base),
+            credentials,
+            key,
+        })
+    }
+}
+
+/// What [`Settings::open`] read.
+#[derive(Debug)]
+pub struct Opened {
+    pub client: lapi::Client,
+    pub credentials: Option<lapi::Credentials>,
+    pub key: Option<String>,
+}
+
+/// Where a decision comes from, for the metrics' `origin` label (a short fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginClass {
+    Synwatch,
+    Crowdsec,
+    Cscli,
+    Capi,
+    Lists,
+    Other,
+}
+
+impl OriginClass {
+    pub const ALL: [OriginClass; 6] = [
+        Self::Synwatch,
+        Self::Crowdsec,
+        Self::Cscli,
+        Self::Capi,
+        Self::Lists,
+        Self::Other,
+    ];
+
+    /// Of an origin as [`lapi::origin_label`] gives it.
+    pub fn of(label: &str) -> Self {
+        if lapi::is_synwatch_origin(label) {
+            Self::Synwatch
+        } else if label == "crowdsec" || label.starts_with("crowdsec/") {
+            Self::Crowdsec
+        } else if label == "cscli" {
+            Self::Cscli
+        } else if label == "capi" {
+            Self::Capi
+        } else if label.starts_with("lists/") {
+            Self::Lists
+        } else {
+            Self::Other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Synwatch => "synwatch",
+            Self::Crowdsec => "crowdsec",
+            Self::Cscli => "cscli",
+            Self::Capi => "capi",
+            Self::Lists => "lists",
+            Self::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+const ORIGINS: usize = OriginClass::ALL.len();
+const SKIPS: usize = Skip::ALL.len();
+
+/// The fleet's counters, rendered into `/metrics` after the agent's own.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pulled: [AtomicU64; ORIGINS],
+    applied: [AtomicU64; ORIGINS],
+    skipped: [[AtomicU64; SKIPS]; ORIGINS],
+    /// Pulled bans lifted because the LAPI deleted their decisions.
+    pub lifted: AtomicU64,
+    /// Pulled bans held now (gauge).
+    pub held: AtomicU64,
+    pub pull_errors: AtomicU64,
+    /// Unix time of the last pull that was applied.
+    pub last_sync: AtomicI64,
+    /// `--crowdsec-pull` in seconds (0: not pulling).
+    pub pull_interval: AtomicU64,
+    pub pushed: AtomicU64,
+    pub push_queue: AtomicU64,
+    pub push_dropped: AtomicU64,
+    pub push_errors: AtomicU64,
+    /// Unix time of the last alerts the LAPI took.
+    pub last_push: AtomicI64,
+}
+
+impl Stats {
+    pub fn pulled(&self, origin: OriginClass) {
+        self.pulled[origin.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn applied(&self, origin: OriginClass) {
+        self.applied[origin.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn skipped(&self, origin: OriginClass, why: Skip) {
+        self.skipped[origin.index()][why.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub fn skipped_of(&self, origin: OriginClass, why: Skip) -> u64 {
+        self.skipped[origin.index()][why.index()].load(Ordering::Relaxed)
+    }
+
+    /// The `synwatch_crowdsec_*` families.
+    pub fn render(&self, out: &mut String) {
+        use crate::metrics::family;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let by_origin = |counters: &[AtomicU64; ORIGINS]| -> Vec<(String, u64)> {
+            OriginClass::ALL
+                .iter()
+                .map(|o| {
+                    (
+                        format!("{{origin=\"{}\"}}", o.as_str()),
+                        get(&counters[o.index()]),
+                    )
+                })
+                .collect()
+        };
+        let plain = |v: u64| vec![(String::new(), v)];
+        let stamp = |a: &AtomicI64| plain(u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0));
+        family(
+            out,
+            "synwatch_crowdsec_decisions_pulled_total",
+            "counter",
+            "New decisions received from the CrowdSec Local API, by origin (synwatch: a scenario of a synwatch).",
+            &by_origin(&self.pulled),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_decisions_applied_total",
+            "counter",
+            "Decisions from the CrowdSec Local API given as bans, by origin.",
+            &by_origin(&self.applied),
+        );
+        let mut skipped = Vec::new();
+        for o in OriginClass::ALL {
+            for s in Skip::ALL {
+                skipped.push((
+                    format!("{{origin=\"{}\",reason=\"{}\"}}", o.as_str(), s.as_str()),
+                    get(&self.skipped[o.index()][s.index()]),
+                ));
+            }
+        }
+        family(
+            out,
+            "synwatch_crowdsec_decisions_skipped_total",
+            "counter",
+            "Decisions from the CrowdSec Local API not enforced, by origin and reason (protected: an address synwatch never blocks; held: a running ban holds it; own: pushed by this agent; type, scope, invalid, simulated, expired).",
+            &skipped,
+        );
+        family(
+            out,
+            "synwatch_crowdsec_decisions_lifted_total",
+            "counter",
+            "Bans from the CrowdSec Local API lifted because their decisions were deleted there.",
+            &plain(get(&self.lifted)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_bans",
+            "gauge",
+            "Bans held that came from the CrowdSec Local API.",
+            &plain(get(&self.held)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_pull_errors_total",
+            "counter",
+            "Pulls from the CrowdSec Local API that failed (unreachable, refused, invalid answer).",
+            &plain(get(&self.pull_errors)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_last_sync_timestamp_seconds",
+            "gauge",
+            "Unix time of the last pull from the CrowdSec Local API that was applied (0: none yet).",
+            &stamp(&self.last_sync),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_pull_interval_seconds",
+            "gauge",
+            "How often decisions are pulled from the CrowdSec Local API (--crowdsec-pull; 0: not pulling).",
+            &plain(get(&self.pull_interval)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_alerts_pushed_total",
+            "counter",
+            "Bans posted to the CrowdSec Local API as alerts and accepted.",
+            &plain(get(&self.pushed)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_push_queue",
+            "gauge",
+            "Alerts waiting to be posted to the CrowdSec Local API.",
+            &plain(get(&self.push_queue)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_push_dropped_total",
+            "counter",
+            "Alerts dropped: the queue was full (the LAPI away too long), or the LAPI refused them as invalid.",
+            &plain(get(&self.push_dropped)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_push_errors_total",
+            "counter",
+            "Attempts to post alerts that failed (each is retried with backoff).",
+            &plain(get(&self.push_errors)),
+        );
+        family(
+            out,
+            "synwatch_crowdsec_last_push_timestamp_seconds",
+            "gauge",
+            "Unix time the CrowdSec Local API last took alerts (0: none yet).",
+            &stamp(&self.last_push),
+        );
+    }
+}
+
+/// The push and pull threads, joined when the agent stops.
+#[derive(Debug, Default)]
+pub struct Threads {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    outbox: Option<Arc<push::Outbox>>,
+}
+
+impl Threads {
+    /// Waits for the threads (the agent's stop flag is set): a request under way ends
+    /// at its timeout at most.
+    pub fn join(self) {
+        if let Some(o) = &self.outbox {
+            o.wake();
+        }
+        for h in self.handles {
+            if h.join().is_err() {
+                eprintln!("synwatch: a CrowdSec thread failed");
+            }
+        }
+    }
+}
+
+/// Joins the fleet: the push thread (with machine credentials) and the pull thread
+/// (with a bouncer key), which hands each pull to `deliver` (the pipeline's queue).
+pub fn start(
+    opened: Opened,
+    settings: &Settings,
+    blocker: &mut crate::block::Blocker,
+    metrics: &crate::metrics::Metrics,
+    stop: &Arc<AtomicBool>,
+    deliver: impl Fn(pull::Pull) -> bool + Send + 'static,
+) -> anyhow::Result<Threads> {
+    use anyhow::Context as _;
+    let stats = Arc::clone(metrics.crowdsec.get_or_init(Arc::default));
+    let mut threads = Threads::default();
+    let base = opened.client.base().to_owned();
+    if let Some(creds) = opened.credentials {
+        let outbox = Arc::new(push::Outbox::new(Arc::clone(&stats)));
+        threads.outbox = Some(Arc::clone(&outbox));
+        let (client, st, stop) = (opened.client.clone(), Arc::clone(&stats), Arc::clone(stop));
+        let ob = Arc::clone(&outbox);
+        threads.handles.push(
+            std::thread::Builder::new()
+                .name("crowdsec-push".into())
+                .spawn(move || push::run(&client, &creds, &ob, &st, &stop))
+                .context("cannot start the CrowdSec push thread")?,
+        );
+        blocker.join_fleet(Some(outbox), Arc::clone(&stats));
+        eprintln!(
+            "synwatch: pushing bans to the CrowdSec LAPI at {base} (scenarios {})",
+            push::SCENARIOS.join(", ")
+        );
+    } else {
+        blocker.join_fleet(None, Arc::clone(&stats));
+    }
+    if let (Some(key), Some(key_file)) = (opened.key, settings.key_file.clone()) {
+        let (client, stats, stop) = (opened.client, Arc::clone(&stats), Arc::clone(stop));
+        let every = settings.pull;
+        stats
+            .pull_interval
+            .store(every.as_secs().max(1), Ordering::Relaxed);
+        threads.handles.push(
+            std::thread::Builder::new()
+                .name("crowdsec-pull".into())
+                .spawn(move || pull::run(&client, key, &key_file, every, &stats, &stop, deliver))
+                .context("cannot start the CrowdSec pull thread")?,
+        );
+        eprintln!(
+            "synwatch: enforcing the ban decisions of the CrowdSec LAPI at {base}, pulled every {} s",
+            every.as_secs()
+        );
+    }
+    Ok(threads)
+}
+
+/// Sleeps `total` in short steps, returning early (false) once `stop` is set.
+pub(crate) fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
+    let step = Duration::from_millis(100);
+    let mut left = total;
+    while !left.is_zero() {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let d = left.min(step);
+        std::thread::sleep(d);
+        left -= d;
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_layer_flags_over_the_file_and_check_the_interval() {
+        let file: FileConfig = toml::from_str(
+            "crowdsec_pull = \"30s\"\ncrowdsec_url = \"http://10.0.0.1:8080\"\ncrowdsec_bouncer_key_file = \"/k\"\n",
+        )
+        .unwrap();
+        let s = Settings::from_args(&CrowdsecArgs::default(), &file).unwrap();
+        assert_eq!(s.pull, Duration::from_secs(30));
+        assert_eq!(s.url.as_deref(), Some("http://10.0.0.1:8080"));
+        assert!(s.enabled());
+        let args = CrowdsecArgs {
+            crowdsec_pull: Some("2s".into()),
+            ..CrowdsecArgs::default()
+        };
+        let s = Settings::from_args(&args, &file).unwrap();
+        assert_eq!(s.pull, Duration::from_secs(2));
+        assert!(s.toml().contains("crowdsec_pull = \"2s\"\n"));
+        let args = CrowdsecArgs {
+            crowdsec_pull: Some("10ms".into()),
+            ..CrowdsecArgs::default()
+        };
+        let e = Settings::from_args(&args, &file).unwrap_err();
+        assert!(
+            e.contains("--crowdsec-pull") && e.contains("at least 1s"),
+            "{e}"
+        );
+        let args = CrowdsecArgs {
+            crowdsec_url: Some("lapi:8080".into()),
+            ..CrowdsecArgs::default()
+        };
+        let e = Settings::from_args(&args, &FileConfig::default()).unwrap_err();
+        assert!(e.contains("--crowdsec-url"), "{e}");
+        let s = Settings::from_args(&CrowdsecArgs::default(), &FileConfig::default()).unwrap();
+        assert!(!s.enabled());
+        assert_eq!(s.toml(), "crowdsec_pull = \"10s\"\n");
+    }
+
+    #[test]
+    fn a_key_without_a_url_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "k\n").unwrap();
+        let s = Settings {
+            credentials: None,
+            key_file: Some(key),
+            url: None,
+            pull: Duration::from_secs(10),
+        };
+        assert!(s.open().unwrap_err().contains("--crowdsec-url"));
+    }
+
+    #[test]
+    fn origins_fall_in_a_few_classes() {
+        assert_eq!(
+            OriginClass::of("crowdsec/synwatch/port-scan"),
+            OriginClass::Synwatch
+        );
+        assert_eq!(
+            OriginClass::of("crowdsec/crowdsecurity/ssh-bf"),
+            OriginClass::Crowdsec
+        );
+        assert_eq!(OriginClass::of("cscli"), OriginClass::Cscli);
+        assert_eq!(OriginClass::of("lists/x"), OriginClass::Lists);
+        assert_eq!(OriginClass::of("weird"), OriginClass::Other);
+    }
+}

@@ -1,0 +1,378 @@
+//! Pushing synwatch's bans to the LAPI as alerts, from a thread of its own.
+//!
+//! The pipeline offers each ban to the [`Outbox`] (a bounded queue: when it is full,
+//! the alert is dropped and counted, the pipeline never waits); the push thread logs in
+//! (a JWT, renewed before it runs out and whenever the LAPI says 401), posts what is
+//! queued in batches of up to [`BATCH`], and while the LAPI is away retries with a
+//! backoff doubling from 1 s to 60 s, keeping the queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use synwatch_enforce::bans::Record;
+
+use super::Stats;
+use super::lapi::{Client, Credentials, LapiError};
+use crate::metrics::unix_now;
+use crate::run::monotonic;
+
+/// Alerts held while the LAPI is away; more are dropped (counted).
+pub const QUEUE: usize = 10_000;
+/// Alerts per request.
+pub const BATCH: usize = 100;
+/// A token is renewed this long after it was given (CrowdSec's JWTs last an hour).
+const TOKEN_LIFE: Duration = Duration::from_secs(30 * 60);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The scenarios synwatch pushes under.
+pub const SCENARIOS: [&str; 2] = ["synwatch/port-scan", "synwatch/address-sweep"];
+
+/// What the detector saw of a scan, for its alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub sweep: bool,
+    pub ports: Vec<u16>,
+    pub hosts: usize,
+}
+
+/// The queue between the pipeline and the push thread.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<serde_json::Value>>,
+    ready: Condvar,
+    stats: Arc<Stats>,
+}
+
+impl Outbox {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            ready: Condvar::new(),
+            stats,
+        }
+    }
+
+    /// Queues an alert; false (and counted) when the queue is full.
+    pub fn offer(&self, alert: serde_json::Value) -> bool {
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
+        if q.len() >= QUEUE {
+            self.stats.push_dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        q.push_back(alert);
+        self.stats
+            .push_queue
+            .store(q.len() as u64, Ordering::Relaxed);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Up to `n` alerts from the front (left in the queue), waiting up to `wait` for one.
+    fn peek(&self, n: usize, wait: Duration) -> Vec<serde_json::Value> {
+        let Ok(q) = self.queue.lock() else {
+            return Vec::new();
+        };
+        let q = match self.ready.wait_timeout_while(q, wait, |q| q.is_empty()) {
+            Ok((q, _)) => q,
+            Err(_) => return Vec::new(),
+        };
+        q.iter().take(n).cloned().collect()
+    }
+
+    /// Removes `n` alerts from the front (posted, or refused for good).
+    fn done(&self, n: usize) {
+        if let Ok(mut q) = self.queue.lock() {
+            let n = n.min(q.len());
+            q.drain(..n);
+            self.stats
+                .push_queue
+                .store(q.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn wake(&self) {
+        self.ready.notify_all();
+    }
+}
+
+/// The alert of one ban (swagger's `Alert`, with one `Decision`).
+pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Value {
+    let net = record.net;
+    let host = synwatch_enforce::is_host(net);
+    let value = synwatch_enforce::net_text(net);
+    let scope = if host { "Ip" } else { "Range" };
+    let sweep = note.is_some_and(|n| n.sweep);
+    let scenario = SCENARIOS[usize::from(sweep)];
+    let ports: Vec<u16> = match note {
+        Some(n) => n.ports.clone(),
+        None => ports_of(&record.reason),
+    };
+    let ports_text = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let count = if sweep {
+        note.map_or(0, |n| n.hosts)
+    } else {
+        ports.len()
+    };
+    let message = if sweep {
+        format!("synwatch: {value} swept {count} hosts on port {ports_text}")
+    } else {
+        format!("synwatch: {value} scanned {count} ports ({ports_text})")
+    };
+    let duration = match record.expires {
+        Some(e) => format!("{}s", e.saturating_sub(now).max(1)),
+        // Until removed: a year, the LAPI has no "forever".
+        None => "8760h".to_owned(),
+    };
+    // Ban times are agent time (crate::clock); the LAPI is told wall-clock times.
+    let wall = crate::clock::wall_offset();
+    let at = crate::output::rfc3339(wall.to_wall(record.since).saturating_mul(1_000_000_000));
+    let stamp = crate::output::rfc3339(wall.to_wall(now).saturating_mul(1_000_000_000));
+    let mut source = serde_json::json!({ "scope": scope, "value": value });
+    if host {
+        source["ip"] = serde_json::Value::String(net.addr().to_string());
+    } else {
+        source["range"] = serde_json::Value::String(value.clone());
+    }
+    let mut meta = vec![
+        serde_json::json!({"key": "source_ip", "value": net.addr().to_string()}),
+        serde_json::json!({"key": "ports", "value": ports_text}),
+        serde_json::json!({"key": "offences", "value": record.offences.to_string()}),
+    ];
+    if sweep {
+        meta.push(serde_json::json!({"key": "hosts", "value": count.to_string()}));
+    }
+    serde_json::json!({
+        "scenario": scenario,
+        "scenario_hash": "",
+        "scenario_version": env!("CARGO_PKG_VERSION"),
+        "message": message,
+        "events_count": i32::try_from(count.max(1)).unwrap_or(i32::MAX),
+        "start_at": at,
+        "stop_at": stamp,
+        "capacity": 0,
+        "leakspeed": "0s",
+        "simulated": false,
+        "remediation": true,
+        "events": [{ "timestamp": stamp, "meta": meta }],
+        "source": source,
+        "decisions": [{
+            "origin": "crowdsec",
+            "type": "ban",
+            "scope": scope,
+            "value": value,
+            "duration": duration,
+            "scenario": scenario,
+        }],
+    })
+}
+
+/// The ports of a scan's reason (`ports 22,80` or `ports 22,80 from ADDR`).
+fn ports_of(reason: &str) -> Vec<u16> {
+    reason
+        .strip_prefix("ports ")
+        .and_then(|r| r.split_whitespace().next())
+        .map(|list| list.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Whether a record is a ban synwatch decided from a scan (not manual, not pulled).
+pub fn is_detection(record: &Record) -> bool {
+    record.reason.starts_with("ports ")
+}
+
+/// The push thread's loop: until `stop`.
+pub fn run(
+    client: &Client,
+    creds: &Credentials,
+    outbox: &Outbox,
+    stats: &Stats,
+    stop: &AtomicBool,
+) {
+    let mut token: Option<(String, Instant)> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        let batch = outbox.peek(BATCH, Duration::from_millis(500));
+        if batch.is_empty() {
+            continue;
+        }
+        if token
+            .as_ref()
+            .is_some_and(|(_, at)| monotonic().duration_since(*at) >= TOKEN_LIFE)
+        {
+            token = None;
+        }
+        let result = match &token {
+            Some((t, _)) => client.post_alerts(t, &batch),
+            None => match client.login(creds, &SCENARIOS) {
+                Ok(t) => {
+                    let r = client.post_alerts(&t, &batch);
+                    token = Some((t, monotonic()));
+                    r
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(()) => {
+                outbox.done(batch.len());
+                stats
+                    .pushed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.last_push.store(unix_now(), Ordering::Relaxed);
+                if failing {
+                    eprintln!(
+                        "synwatch: the CrowdSec LAPI at {} takes alerts again",
+                        client.base()
+                    );
+                }
+                failing = false;
+                backoff = Duration::from_secs(1);
+            }
+            Err(e) if e.status() == Some(401) && token.is_some() => {
+                // The token ran out or the LAPI restarted with another secret: log in again.
+                token = None;
+            }
+            Err(e @ LapiError::Status { code, .. })
+                if (400..500).contains(&code) && code != 401 && code != 403 && code != 429 =>
+            {
+                // Refused as invalid: retrying cannot help.
+                outbox.done(batch.len());
+                stats
+                    .push_dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                stats.push_errors.fetch_add(1, Ordering::Relaxed);
+                eprintln!(
+                    "synwatch: the CrowdSec LAPI at {} refused {} alert(s), dropped: {e}",
+                    client.base(),
+                    batch.len()
+                );
+            }
+            Err(e) => {
+                stats.push_errors.fetch_add(1, Ordering::Relaxed);
+                let hint = match e.status() {
+                    Some(401 | 403) => " (check --crowdsec-credentials: `cscli machines list`)",
+                    _ => "",
+                };
+                if !failing {
+                    eprintln!(
+                        "synwatch: cannot push bans to the CrowdSec LAPI at {}: {e}{hint}; {} alert(s) queued, retrying with backoff (up to {} s)",
+                        client.base(),
+                        batch.len(),
+                        BACKOFF_MAX.as_secs()
+                    );
+                }
+                failing = true;
+                token = token.filter(|_| e.status().is_none());
+                if !super::sleep_unless_stopped(backoff, stop) {
+                    break;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    fn record(net: &str, reason: &str, expires: Option<i64>) -> Record {
+        Record {
+            net: net.parse().unwrap(),
+            since: 1_000,
+            expires,
+            reason: reason.into(),
+            offences: 1,
+            new_only: false,
+        }
+    }
+
+    #[test]
+    fn a_port_scan_becomes_an_ip_alert_with_its_decision() {
+        let r = record("192.0.2.7/32", "ports 22,80,443", Some(4_600));
+        let a = alert(&r, None, 1_000);
+        assert_eq!(a["scenario"], "synwatch/port-scan");
+        assert_eq!(a["source"]["scope"], "Ip");
+        assert_eq!(a["source"]["value"], "192.0.2.7");
+        assert_eq!(a["source"]["ip"], "192.0.2.7");
+        assert_eq!(a["events_count"], 3);
+        let d = &a["decisions"][0];
+        assert_eq!(d["type"], "ban");
+        assert_eq!(d["scope"], "Ip");
+        assert_eq!(d["value"], "192.0.2.7");
+        assert_eq!(d["duration"], "3600s");
+        assert_eq!(d["scenario"], "synwatch/port-scan");
+        let meta = a["events"][0]["meta"].as_array().unwrap();
+        assert!(
+            meta.iter()
+                .any(|m| m["key"] == "ports" && m["value"] == "22,80,443")
+        );
+        for field in [
+            "scenario_hash",
+            "scenario_version",
+            "message",
+            "start_at",
+            "stop_at",
+            "capacity",
+            "leakspeed",
+            "simulated",
+        ] {
+            assert!(!a[field].is_null(), "{field}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_prefix_is_a_range_alert_and_a_sweep_its_own_scenario() {
+        let r = record(
+            "2001:db8:1:2::/64",
+            "ports 22,80 from 2001:db8:1:2::9",
+            None,
+        );
+        let note = Note {
+            sweep: true,
+            ports: vec![22],
+            hosts: 12,
+        };
+        let a = alert(&r, Some(&note), 1_000);
+        assert_eq!(a["scenario"], "synwatch/address-sweep");
+        assert_eq!(a["source"]["scope"], "Range");
+        assert_eq!(a["source"]["range"], "2001:db8:1:2::/64");
+        assert_eq!(a["decisions"][0]["scope"], "Range");
+        assert_eq!(a["decisions"][0]["duration"], "8760h");
+        assert_eq!(a["events_count"], 12);
+    }
+
+    #[test]
+    fn the_outbox_is_bounded_and_counts_what_it_drops() {
+        let stats = Arc::new(Stats::default());
+        let o = Outbox::new(Arc::clone(&stats));
+        for i in 0..QUEUE + 5 {
+            o.offer(serde_json::json!(i));
+        }
+        assert_eq!(stats.push_dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), QUEUE as u64);
+        let first = o.peek(BATCH, Duration::ZERO);
+        assert_eq!(first.len(), BATCH);
+        assert_eq!(first[0], serde_json::json!(0));
+        o.done(BATCH);
+        assert_eq!(o.peek(1, Duration::ZERO)[0], serde_json::json!(BATCH));
+    }
+
+    #[test]
+    fn detections_are_told_from_manual_and_pulled_bans() {
+        assert!(is_detection(&record("192.0.2.1/32", "ports 1,2", None)));
+        assert!(!is_detection(&record("192.0.2.1/32", "manual", None)));
+        assert!(!is_detection(&record("192.0.2.1/32", "lapi:cscli", None)));
+        assert_eq!(ports_of("ports 22,80 from 2001:db8::1"), vec![22, 80]);
+    }
+}
