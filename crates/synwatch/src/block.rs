@@ -393,6 +393,7 @@ impl Blocker {
                 .fetch_add(addrs.len() as u64, Ordering::Relaxed);
             happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, "expired")));
             self.retry_at = self.retry_at.min(now);
+            self.give_deferred(now);
         }
         if !self.unsaved.is_empty() {
             if let Err(e) = self.store.save(&self.unsaved) {

@@ -6,7 +6,8 @@
 //! neither waits for nor counts against the cap. A decision is not enforced:
 //! - on a protected address, or a range covering one (reported and counted);
 //! - where a running ban of synwatch's own (a scan's, a manual one) holds the network or
-//!   a wider one: the local ban stands, with its own time;
+//!   a wider one: the local ban stands, with its own time, and a decision that outlasts
+//!   it is given when it expires (a short local ban never shortens the fleet's);
 //! - when it is this agent's own alert coming back.
 //!
 //! Several decisions may name the same network (two machines, a scenario and `cscli`):
@@ -60,6 +61,10 @@ pub struct Fleet {
     pushed: HashMap<IpNet, i64>,
     /// What the detector saw of scans whose ban is not pushed yet.
     notes: HashMap<IpNet, Note>,
+    /// Decisions that outlast the local ban holding their network (or a wider one), and
+    /// when they end: given when that ban expires, so that a short local ban never
+    /// shortens the fleet's longer one.
+    deferred: HashMap<IpNet, (i64, String)>,
 }
 
 /// Notes kept at most (scans waiting for the cap have one each).
@@ -128,6 +133,7 @@ impl Blocker {
         if pull.startup {
             self.fleet.ids.clear();
             self.fleet.per_net.clear();
+            self.fleet.deferred.clear();
         }
         for d in &pull.deleted {
             let Ok(net) = lapi::decision_net(d) else {
@@ -142,6 +148,7 @@ impl Blocker {
                     });
                     if left == Some(0) {
                         self.fleet.per_net.remove(&held);
+                        self.fleet.deferred.remove(&held);
                         lift.insert(held);
                     }
                 }
@@ -195,9 +202,19 @@ impl Blocker {
             // is given again by the next full pull after it ends here.
             let secs = ban.secs.min(self.backend().max_ban_secs());
             let ends = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+            let reason = format!("{LAPI_REASON}{}", ban.origin);
             let holds = match self.book.covering(net) {
-                // A ban of synwatch's own, or a wider one, stands.
-                Some(r) if !is_pulled(r) || r.net != net => true,
+                // A ban of synwatch's own, or a wider one, stands; should it end first,
+                // the decision is given then.
+                Some(r) if !is_pulled(r) || r.net != net => {
+                    if r.expires.is_some_and(|e| e + SAME_END_SECS < ends) {
+                        let later = self.fleet.deferred.get(&net).is_none_or(|d| d.0 < ends);
+                        if later {
+                            self.fleet.deferred.insert(net, (ends, reason.clone()));
+                        }
+                    }
+                    true
+                }
                 Some(r) => r.expires.is_none_or(|e| e + SAME_END_SECS >= ends),
                 None => false,
             };
@@ -205,7 +222,6 @@ impl Blocker {
                 stats.skipped(class, Skip::Held);
                 continue;
             }
-            let reason = format!("{LAPI_REASON}{}", ban.origin);
             let replaced = self.book.get(net).is_some();
             match self.book.given(net, Some(secs), reason, now) {
                 Ok(record) => {
@@ -252,6 +268,33 @@ impl Blocker {
         self.record_held();
         self.note_fleet_held();
         happened
+    }
+
+    /// Gives the deferred decisions whose network no ban holds any more (the local ban
+    /// that held it expired); drops those that ended. Called after bans expire.
+    pub(super) fn give_deferred(&mut self, now: i64) {
+        if self.fleet.deferred.is_empty() {
+            return;
+        }
+        let deferred = std::mem::take(&mut self.fleet.deferred);
+        for (net, (ends, reason)) in deferred {
+            if ends <= now {
+                continue;
+            }
+            if self.book.covering(net).is_some() {
+                self.fleet.deferred.insert(net, (ends, reason));
+                continue;
+            }
+            let secs = u64::try_from(ends - now).unwrap_or(0);
+            if let Ok(record) = self.book.given(net, Some(secs), reason, now) {
+                if let Some(stats) = &self.fleet.stats {
+                    stats.applied(OriginClass::of(&origin(&record.reason)));
+                }
+                self.decided(record, false);
+                self.retry_at = self.retry_at.min(now);
+            }
+        }
+        self.note_fleet_held();
     }
 
     /// The gauge of pulled bans held.
@@ -458,6 +501,70 @@ mod tests {
         );
         assert_eq!(lifted(&h), vec![n("198.51.100.7")]);
         assert_eq!(held(&b), vec![("203.0.113.9".into(), "synwatch".into())]);
+    }
+
+    #[test]
+    fn a_decision_outlasting_the_local_ban_is_given_when_that_ban_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = blocker(dir.path(), &runner);
+        let (gone, stays) = ("203.0.113.10", "203.0.113.9");
+        // A decision deleted before the local ban holding it ends: nothing is given.
+        b.scan(
+            gone.parse().unwrap(),
+            n(gone),
+            &[1, 2, 3, 4],
+            10,
+            None,
+            false,
+        );
+        b.apply(10);
+        let ends = b.book.get(n(gone)).unwrap().expires.unwrap();
+        b.pulled(
+            pull(true, vec![d(2, "cscli", "Ip", gone)], vec![]),
+            20,
+            protected,
+        );
+        b.pulled(
+            pull(false, vec![], vec![d(2, "cscli", "Ip", gone)]),
+            30,
+            protected,
+        );
+        b.apply(ends + 1);
+        assert!(b.book.get(n(gone)).is_none());
+        // The fleet bans a source for an hour while a one-minute local ban holds it.
+        let t = ends + 1;
+        b.scan(
+            stays.parse().unwrap(),
+            n(stays),
+            &[1, 2, 3, 4],
+            t,
+            None,
+            false,
+        );
+        b.apply(t);
+        let ends = b.book.get(n(stays)).unwrap().expires.unwrap();
+        b.pulled(
+            pull(false, vec![d(1, "cscli", "Ip", stays)], vec![]),
+            t + 5,
+            protected,
+        );
+        assert_eq!(origin(&b.book.get(n(stays)).unwrap().reason), "synwatch");
+        let happened = b.apply(ends + 1);
+        assert!(
+            happened
+                .iter()
+                .any(|h| matches!(h, Happened::Unblocked(net, "expired") if *net == n(stays))),
+            "{happened:?}"
+        );
+        // It stays banned, now by the fleet's decision, until the decision ends.
+        let rec = b.book.get(n(stays)).expect("the fleet's ban given");
+        assert_eq!(origin(&rec.reason), "cscli");
+        assert_eq!(rec.expires, Some(t + 5 + 3600));
+        b.apply(ends + 2);
+        let sent = runner.transcript();
+        let mentions = sent.iter().filter(|l| l.contains(stays)).count();
+        assert!(mentions >= 2, "given to the kernel again: {sent:?}");
     }
 
     #[test]
