@@ -308,6 +308,29 @@ fn fleet_agent(
 }
 
 /// The bans `blocks list` shows on the victim of `lab`.
+/// The agent's crowdsec-push and crowdsec-pull threads: name, CapEff, CapPrm.
+fn fleet_thread_capabilities(pid: u32) -> Vec<(String, u64, u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the agent's threads");
+    let mut found = Vec::new();
+    for task in tasks.filter_map(Result::ok) {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let name = field("Name:");
+        if name.starts_with("crowdsec-pu") {
+            let mask = |key| u64::from_str_radix(&field(key), 16).expect("a capability mask");
+            found.push((name, mask("CapEff:"), mask("CapPrm:")));
+        }
+    }
+    found
+}
+
 fn listed(lab: &Lab, state: &Path) -> Vec<Value> {
     let (code, out, err) = blocks(
         lab,
@@ -352,6 +375,12 @@ fn a_fleet_shares_bans_and_enforces_cscli_decisions_through_a_real_lapi() {
         eventually(WITHIN, "a first sync", || {
             lab.metric("synwatch_crowdsec_last_sync_timestamp_seconds") > 0
         });
+        // The threads that talk to the LAPI and parse its answers hold no capability.
+        let fleet_threads = fleet_thread_capabilities(agent.pid());
+        assert_eq!(fleet_threads.len(), 2, "push and pull: {fleet_threads:?}");
+        for (name, eff, prm) in fleet_threads {
+            assert_eq!((eff, prm), (0, 0), "{name} holds capabilities");
+        }
     }
 
     // A scan of A: banned on A, pushed, pulled by B.

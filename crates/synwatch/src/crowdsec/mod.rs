@@ -427,7 +427,12 @@ pub fn start(
         threads.handles.push(
             std::thread::Builder::new()
                 .name("crowdsec-push".into())
-                .spawn(move || push::run(&client, &creds, &ob, &st, &stop))
+                .spawn(move || {
+                    // It talks to the network and parses what comes back: it needs no
+                    // capability, and holds none (they are per thread).
+                    crate::privileges::drop_all_in_this_thread();
+                    push::run(&client, &creds, &ob, &st, &stop)
+                })
                 .context("cannot start the CrowdSec push thread")?,
         );
         blocker.join_fleet(Some(outbox), Arc::clone(&stats));
@@ -447,7 +452,10 @@ pub fn start(
         threads.handles.push(
             std::thread::Builder::new()
                 .name("crowdsec-pull".into())
-                .spawn(move || pull::run(&client, key, &key_file, every, &stats, &stop, deliver))
+                .spawn(move || {
+                    crate::privileges::drop_all_in_this_thread();
+                    pull::run(&client, key, &key_file, every, &stats, &stop, deliver)
+                })
                 .context("cannot start the CrowdSec pull thread")?,
         );
         eprintln!(
