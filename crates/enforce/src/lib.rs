@@ -243,8 +243,9 @@ pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<B
 }
 
 /// Opens a firewall backend on this system: its programs through [`SystemRunner`], and
-/// for nftables the cheap netlink look ([`nflink`]) for tamper checks and counters (with
-/// `nft` as the fallback where the netlink socket cannot be opened).
+/// for nftables the cheap netlink look ([`nflink`]) for tamper checks, counters and
+/// address bans (with `nft` as the fallback where the netlink socket cannot be opened or
+/// a change through it fails).
 pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> {
     match backend {
         Backend::Nftables => {

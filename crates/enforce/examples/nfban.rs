@@ -1,0 +1,77 @@
+//! How long one address ban takes to reach the kernel through the nftables backend, over
+//! netlink (as the agent bans) and through `nft -f -` (the fallback), one ban at a time, in
+//! the current network namespace. Sets up table `inet synwatch` and tears it down. Prints
+//! figures, and checks with `nft` that the last netlink ban is in the set.
+//!
+//!     ip netns add nfban && ip netns exec nfban target/release/examples/nfban [BANS]
+
+#![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
+#![expect(clippy::disallowed_methods, reason = "a benchmark reads the clock")]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use synwatch_enforce::nflink::Netlink;
+use synwatch_enforce::nftables::Nftables;
+use synwatch_enforce::{Ban, Enforcer, Scope, SystemRunner};
+
+fn ban(i: u32) -> Ban {
+    Ban {
+        net: IpNet::from(IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i))),
+        timeout_secs: Some(600),
+        new_only: false,
+    }
+}
+
+fn percentiles(mut t: Vec<Duration>) -> String {
+    t.sort();
+    let at = |p: usize| t[(t.len() - 1) * p / 100];
+    format!(
+        "median {:?}, p90 {:?}, max {:?} ({} bans)",
+        at(50),
+        at(90),
+        at(100),
+        t.len()
+    )
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200)
+        .max(1);
+    let look = Netlink::open().map_err(|e| e.to_string())?;
+    let mut netlink =
+        Nftables::new(Scope::All, Box::new(SystemRunner::default())).with_look(Box::new(look));
+    let mut nft = Nftables::new(Scope::All, Box::new(SystemRunner::default()));
+    netlink.setup(&[])?;
+    let mut times = Vec::new();
+    for i in 0..n {
+        let started = Instant::now();
+        netlink.add(&[ban(i)])?;
+        times.push(started.elapsed());
+    }
+    println!("netlink: {}", percentiles(times));
+    let mut times = Vec::new();
+    for i in n..2 * n {
+        let started = Instant::now();
+        nft.add(&[ban(i)])?;
+        times.push(started.elapsed());
+    }
+    println!("nft -f -: {}", percentiles(times));
+    let listed = std::process::Command::new("nft")
+        .args(["list", "set", "inet", "synwatch", "banned4"])
+        .output()?;
+    let text = String::from_utf8_lossy(&listed.stdout);
+    let last = IpAddr::V4(Ipv4Addr::from(0xc633_6400 + n - 1));
+    println!(
+        "last netlink ban {last} in the set: {}",
+        text.contains(&format!("{last} ")) && text.contains("timeout 10m")
+    );
+    if std::env::var_os("NFBAN_KEEP").is_none() {
+        netlink.teardown()?;
+    }
+    Ok(())
+}
