@@ -503,6 +503,10 @@ impl Detector {
     fn judge_due(&mut self, now: Option<Nanos>) {
         let (wait, window) = (self.cfg.answer_wait, self.cfg.window);
         while let Some((p, answered)) = self.sweeps.next_due(now, wait) {
+            if let Some(ahead) = self.sweeps.queued(PREFETCH_AHEAD) {
+                let (counted_as, _) = self.source_of(ahead.tuple.client);
+                self.sweeps.prefetch(&halves(addr_key(counted_as)));
+            }
             if answered {
                 continue;
             }
@@ -637,6 +641,9 @@ impl Detector {
         })
     }
 }
+
+/// How many attempts ahead of the one judged the sweep table is prefetched.
+const PREFETCH_AHEAD: usize = 8;
 
 /// A SYN-ACK: the answer that tells an attempt was accepted.
 #[inline]
