@@ -109,10 +109,10 @@ pub struct Config {
 /// Default cap on tracked sources (state at the cap: see docs/PERFORMANCE.md).
 pub const DEFAULT_MAX_SOURCES: usize = 100_000;
 
-/// Default cap on remembered 4-tuples, independent of the source cap: a few sources may make
-/// many attempts. At the cap that is 24 bytes a tuple (48 for IPv6) in tables at most 3/4
-/// full: under 64 MB for IPv4 (see docs/PERFORMANCE.md).
-pub const DEFAULT_MAX_ATTEMPTS: usize = 2_000_000;
+/// Default cap on remembered 4-tuples, independent of the source cap: a few sources may
+/// make many attempts. At the cap the tables hold at most 2^21 slots: 48 MB of 24-byte
+/// IPv4 slots, 96 MB were they all IPv6 (see docs/PERFORMANCE.md).
+pub const DEFAULT_MAX_ATTEMPTS: usize = 1_000_000;
 
 /// IPv6 sources count per /64 unless configured otherwise: one subscriber, one host or
 /// one cloud instance usually holds a whole /64, and rotating through it is free.
