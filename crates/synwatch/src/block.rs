@@ -374,6 +374,11 @@ impl Blocker {
             happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, "expired")));
             self.retry_at = self.retry_at.min(now);
         }
+        // The kernel first, the state file after: a scanner is dropped microseconds
+        // after its crossing probe, not after a database commit (milliseconds).
+        if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
+            happened.extend(self.push_to_kernel(now));
+        }
         if !self.unsaved.is_empty() {
             if let Err(e) = self.store.save(&self.unsaved) {
                 eprintln!(
@@ -382,9 +387,6 @@ impl Blocker {
                 );
             }
             self.unsaved.clear();
-        }
-        if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
-            happened.extend(self.push_to_kernel(now));
         }
         if now >= self.counters_at {
             self.counters_at = now + COUNTERS_SECS;
