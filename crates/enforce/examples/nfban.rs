@@ -1,9 +1,11 @@
 //! How long one address ban takes to reach the kernel through the nftables backend, over
 //! netlink (as the agent bans) and through `nft -f -` (the fallback), one ban at a time, in
 //! the current network namespace. Sets up table `inet synwatch` and tears it down. Prints
-//! figures, and checks with `nft` that the last netlink ban is in the set.
+//! figures, and checks with `nft` that the last netlink ban is in the set. With
+//! `iptables` after the count, the same for the iptables backend (netlink against
+//! `ipset restore`, checked with `ipset list`).
 //!
-//!     ip netns add nfban && ip netns exec nfban target/release/examples/nfban [BANS]
+//!     ip netns add nfban && ip netns exec nfban target/release/examples/nfban [BANS] [iptables]
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 #![expect(clippy::disallowed_methods, reason = "a benchmark reads the clock")]
@@ -12,6 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use synwatch_enforce::iptables::Iptables;
 use synwatch_enforce::nflink::Netlink;
 use synwatch_enforce::nftables::Nftables;
 use synwatch_enforce::{Ban, Enforcer, Scope, SystemRunner};
@@ -43,9 +46,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(200)
         .max(1);
     let look = Netlink::open().map_err(|e| e.to_string())?;
-    let mut netlink =
-        Nftables::new(Scope::All, Box::new(SystemRunner::default())).with_look(Box::new(look));
-    let mut nft = Nftables::new(Scope::All, Box::new(SystemRunner::default()));
+    let iptables = std::env::args().nth(2).as_deref() == Some("iptables");
+    let (mut netlink, mut nft): (Box<dyn Enforcer>, Box<dyn Enforcer>) = if iptables {
+        (
+            Box::new(
+                Iptables::new(Scope::All, Box::new(SystemRunner::default())).with_netlink(look),
+            ),
+            Box::new(Iptables::new(Scope::All, Box::new(SystemRunner::default()))),
+        )
+    } else {
+        (
+            Box::new(
+                Nftables::new(Scope::All, Box::new(SystemRunner::default()))
+                    .with_look(Box::new(look)),
+            ),
+            Box::new(Nftables::new(Scope::All, Box::new(SystemRunner::default()))),
+        )
+    };
     netlink.setup(&[])?;
     let mut times = Vec::new();
     for i in 0..n {
@@ -60,15 +77,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         nft.add(&[ban(i)])?;
         times.push(started.elapsed());
     }
-    println!("nft -f -: {}", percentiles(times));
-    let listed = std::process::Command::new("nft")
-        .args(["list", "set", "inet", "synwatch", "banned4"])
-        .output()?;
+    println!(
+        "{}: {}",
+        if iptables {
+            "ipset restore"
+        } else {
+            "nft -f -"
+        },
+        percentiles(times)
+    );
+    let listed = if iptables {
+        std::process::Command::new("ipset")
+            .args(["list", "synwatch4"])
+            .output()?
+    } else {
+        std::process::Command::new("nft")
+            .args(["list", "set", "inet", "synwatch", "banned4"])
+            .output()?
+    };
     let text = String::from_utf8_lossy(&listed.stdout);
     let last = IpAddr::V4(Ipv4Addr::from(0xc633_6400 + n - 1));
+    let timed = if iptables { "timeout " } else { "timeout 10m" };
     println!(
         "last netlink ban {last} in the set: {}",
-        text.contains(&format!("{last} ")) && text.contains("timeout 10m")
+        text.contains(&format!("{last} ")) && text.contains(timed)
     );
     if std::env::var_os("NFBAN_KEEP").is_none() {
         netlink.teardown()?;

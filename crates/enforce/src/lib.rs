@@ -255,6 +255,13 @@ pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> 
                 Err(_) => nft,
             }))
         }
+        Backend::Iptables => {
+            let ipt = iptables::Iptables::new(scope, Box::new(SystemRunner::default()));
+            Some(Box::new(match nflink::Netlink::open() {
+                Ok(nl) => ipt.with_netlink(nl),
+                Err(_) => ipt,
+            }))
+        }
         other => open(other, scope, Box::new(SystemRunner::default())),
     }
 }

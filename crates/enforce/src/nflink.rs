@@ -175,6 +175,80 @@ pub struct ElementChange<'a> {
     pub timeout_ms: Option<u64>,
 }
 
+const NFNL_SUBSYS_IPSET: u16 = 6;
+const IPSET_CMD_ADD: u16 = 9;
+const IPSET_CMD_DEL: u16 = 10;
+/// The ipset protocol version spoken (the kernel accepts 6 and 7).
+const IPSET_PROTOCOL: u8 = 7;
+const IPSET_ATTR_PROTOCOL: u16 = 1;
+const IPSET_ATTR_SETNAME: u16 = 2;
+const IPSET_ATTR_DATA: u16 = 7;
+const IPSET_ATTR_IP: u16 = 1;
+const IPSET_ATTR_IPADDR_IPV4: u16 = 1;
+const IPSET_ATTR_IPADDR_IPV6: u16 = 2;
+const IPSET_ATTR_CIDR: u16 = 3;
+const IPSET_ATTR_TIMEOUT: u16 = 6;
+const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+
+/// One change to an ipset entry, for [`ipset_messages`]: as `ipset -exist add SET NET
+/// timeout T` (an entry already present takes the new timeout; 0 lasts until removed) or
+/// `ipset -exist del SET NET` (an absent one is no error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpsetChange<'a> {
+    pub add: bool,
+    pub set: &'a str,
+    pub net: ipnet::IpNet,
+    pub timeout_secs: u32,
+}
+
+/// The messages applying `changes` (ipset has no transactions: each is applied on its
+/// own, as `ipset restore` does), numbered from `seq + 1`, each acknowledged; read the
+/// answer with [`parse_acks`] and `seq`.
+pub fn ipset_messages(seq: u32, changes: &[IpsetChange<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        let (family, addr) = match c.net.addr().to_canonical() {
+            IpAddr::V4(a) => (NFPROTO_IPV4, (IPSET_ATTR_IPADDR_IPV4, a.octets().to_vec())),
+            IpAddr::V6(a) => (NFPROTO_IPV6, (IPSET_ATTR_IPADDR_IPV6, a.octets().to_vec())),
+        };
+        let prefix = match (c.net.addr().to_canonical(), c.net) {
+            (IpAddr::V4(_), ipnet::IpNet::V6(n)) => n.prefix_len().saturating_sub(96),
+            _ => c.net.prefix_len(),
+        };
+        let mut ip = Vec::new();
+        put_attr(&mut ip, addr.0 | NLA_F_NET_BYTEORDER, &addr.1);
+        let mut data = Vec::new();
+        put_attr(&mut data, IPSET_ATTR_IP | NLA_F_NESTED, &ip);
+        put_attr(&mut data, IPSET_ATTR_CIDR, &[prefix]);
+        if c.add {
+            put_attr(
+                &mut data,
+                IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER,
+                &c.timeout_secs.to_be_bytes(),
+            );
+        }
+        let mut attrs = Vec::new();
+        put_attr(&mut attrs, IPSET_ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+        put_str(&mut attrs, IPSET_ATTR_SETNAME, c.set);
+        put_attr(&mut attrs, IPSET_ATTR_DATA | NLA_F_NESTED, &data);
+        let cmd = if c.add { IPSET_CMD_ADD } else { IPSET_CMD_DEL };
+        let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        // Without NLM_F_EXCL: the kernel's "-exist".
+        let mut m = message(
+            0,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq.wrapping_add(n),
+            family,
+            &attrs,
+        );
+        m[4..6].copy_from_slice(&((NFNL_SUBSYS_IPSET << 8) | cmd).to_ne_bytes());
+        out.extend(m);
+    }
+    out
+}
+
 /// A batch marker (begin or end) for the nftables subsystem.
 fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
     let mut m = Vec::with_capacity(NLMSG_HDRLEN + NFGENMSG_LEN);
@@ -507,6 +581,22 @@ impl Netlink {
         result
     }
 
+    /// Applies `changes` to ipsets, each on its own (see [`ipset_messages`]).
+    pub fn change_ipsets(&mut self, changes: &[IpsetChange<'_>]) -> Result<(), LookError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut acked = 0;
+        let result = self.ask(
+            |seq| ipset_messages(seq, changes),
+            |d, seq| parse_acks(d, seq, changes.len(), &mut acked),
+        );
+        self.seq = self
+            .seq
+            .wrapping_add(u32::try_from(changes.len()).unwrap_or(u32::MAX));
+        result
+    }
+
     fn ask(
         &mut self,
         request: impl FnOnce(u32) -> Vec<u8>,
@@ -818,5 +908,54 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn ipset_messages_are_exist_style_adds_and_deletes_with_net_and_timeout() {
+        let changes = [
+            IpsetChange {
+                add: true,
+                set: "synwatch4",
+                net: "192.0.2.7/32".parse().unwrap(),
+                timeout_secs: 600,
+            },
+            IpsetChange {
+                add: false,
+                set: "synwatch6_new",
+                net: "2001:db8::/48".parse().unwrap(),
+                timeout_secs: 0,
+            },
+        ];
+        let msgs = split(&ipset_messages(20, &changes));
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0].0, (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_ADD);
+        assert_eq!(msgs[1].0, (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_DEL);
+        // No NLM_F_EXCL: an entry already there (or already gone) is no error.
+        assert!(msgs.iter().all(|m| m.1 == NLM_F_REQUEST | NLM_F_ACK));
+        assert_eq!(msgs.iter().map(|m| m.2).collect::<Vec<_>>(), [21, 22]);
+        for (m, (set, key, cidr, timeout)) in msgs.iter().zip([
+            ("synwatch4", vec![192, 0, 2, 7], 32u8, Some(600u32)),
+            (
+                "synwatch6_new",
+                "2001:db8::"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets()
+                    .to_vec(),
+                48,
+                None,
+            ),
+        ]) {
+            let top: Vec<(u16, &[u8])> = attrs(&m.3).collect();
+            assert_eq!(top[0], (IPSET_ATTR_PROTOCOL, &[IPSET_PROTOCOL][..]));
+            assert_eq!(text(top[1].1), set);
+            let data: Vec<(u16, &[u8])> = attrs(top[2].1).collect();
+            assert_eq!(attrs(data[0].1).next().unwrap().1, &key[..]);
+            assert_eq!(data[1], (IPSET_ATTR_CIDR, &[cidr][..]));
+            let got = data
+                .get(2)
+                .map(|d| u32::from_be_bytes(d.1.try_into().unwrap()));
+            assert_eq!(got, timeout);
+        }
     }
 }
