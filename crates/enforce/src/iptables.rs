@@ -13,8 +13,10 @@
 //! milliseconds, whatever the number of bans, whether someone flushed or removed any of
 //! it.
 //!
-//! Bans change only the sets, through one `ipset restore -exist` run per batch, never the
-//! rules: rule count stays constant whatever the number of bans.
+//! Bans change only the sets, never the rules: rule count stays constant whatever the
+//! number of bans. Added bans go over netfilter netlink when the backend holds a socket
+//! (no process start), else, and for everything else, one `ipset restore -exist` run per
+//! batch.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;

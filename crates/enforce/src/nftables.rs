@@ -18,7 +18,9 @@
 //! (which reads every element of every set first), so the check costs microseconds with
 //! 100k bans.
 //!
-//! Each operation is one `nft -f -` run, which the kernel applies as one transaction: a
+//! Address bans go to the kernel over netlink ([`crate::nflink`], one transaction, no
+//! process start) when the backend has a look that can; every other operation is one
+//! `nft -f -` run, which the kernel applies as one transaction: a
 //! batch of ten thousand bans is one run, and setting up replaces a table left by a
 //! crashed run and restores the saved bans with no moment in between where they are
 //! missing.
