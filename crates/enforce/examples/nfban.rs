@@ -3,14 +3,14 @@
 //! the current network namespace. Sets up table `inet synwatch` and tears it down. Prints
 //! figures, and checks with `nft` that the last netlink ban is in the set. With
 //! `iptables` after the count, the same for the iptables backend (netlink against
-//! `ipset restore`, checked with `ipset list`).
+//! `ipset restore`, checked with `ipset list`). `NFBAN_V6=1` bans IPv6 addresses.
 //!
 //!     ip netns add nfban && ip netns exec nfban target/release/examples/nfban [BANS] [iptables]
 
 #![expect(clippy::print_stdout, reason = "a benchmark prints its figures")]
 #![expect(clippy::disallowed_methods, reason = "a benchmark reads the clock")]
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -19,9 +19,20 @@ use synwatch_enforce::nflink::Netlink;
 use synwatch_enforce::nftables::Nftables;
 use synwatch_enforce::{Ban, Enforcer, Scope, SystemRunner};
 
+/// The `i`th address banned: 198.51.100.0 on, or 2001:db8::5100:0 on with `NFBAN_V6`.
+fn addr(i: u32) -> IpAddr {
+    if std::env::var_os("NFBAN_V6").is_some() {
+        IpAddr::V6(Ipv6Addr::from(
+            0x2001_0db8_0000_0000_0000_0000_5100_0000u128 + u128::from(i),
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i))
+    }
+}
+
 fn ban(i: u32) -> Ban {
     Ban {
-        net: IpNet::from(IpAddr::V4(Ipv4Addr::from(0xc633_6400 + i))),
+        net: IpNet::from(addr(i)),
         timeout_secs: Some(600),
         new_only: false,
     }
@@ -86,17 +97,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         percentiles(times)
     );
-    let listed = if iptables {
-        std::process::Command::new("ipset")
-            .args(["list", "synwatch4"])
-            .output()?
-    } else {
-        std::process::Command::new("nft")
-            .args(["list", "set", "inet", "synwatch", "banned4"])
-            .output()?
+    let last = addr(n - 1);
+    let listed = match (iptables, last.is_ipv4()) {
+        (true, v4) => std::process::Command::new("ipset")
+            .args(["list", if v4 { "synwatch4" } else { "synwatch6" }])
+            .output()?,
+        (false, v4) => std::process::Command::new("nft")
+            .args(["list", "set", "inet", "synwatch"])
+            .arg(if v4 { "banned4" } else { "banned6" })
+            .output()?,
     };
     let text = String::from_utf8_lossy(&listed.stdout);
-    let last = IpAddr::V4(Ipv4Addr::from(0xc633_6400 + n - 1));
     let timed = if iptables { "timeout " } else { "timeout 10m" };
     println!(
         "last netlink ban {last} in the set: {}",
