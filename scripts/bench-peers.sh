@@ -43,7 +43,8 @@
 #
 # usage: make bench-peers   or   scripts/bench-peers.sh   (root)
 #   SYNWATCH=path/to/synwatch (default target/release/synwatch)
-#   TOOLS="synwatch-pcap synwatch-xdp portsentry psad fail2ban crowdsec"
+#   TOOLS="synwatch-pcap synwatch-xdp portsentry psad fail2ban crowdsec" (also
+#         synwatch-ipt: --source pcap --block iptables, not in the default list)
 #   WORKLOADS="syn-T4 syn-T5 connect ipv6 fin xmas slow frag rot64 gwburst benign"
 #   OUT=file (results TSV; default: printed only)  CAP=20 (nmap cap, s)  TAIL=6
 #   KEEP=1 keeps the work directory (logs, captures, configurations) for a look
@@ -341,8 +342,9 @@ wait_for() { # seconds command...: poll until the command succeeds
 
 start_tool() {
     case $TOOL in
-    synwatch-pcap|synwatch-xdp)
+    synwatch-pcap|synwatch-ipt|synwatch-xdp)
         local mode=(--source pcap --block nftables)
+        [ "$TOOL" = synwatch-ipt ] && mode=(--source pcap --block iptables)
         [ "$TOOL" = synwatch-xdp ] && mode=(--source xdp --block xdp)
         ip netns exec "$V" "$SYNWATCH" run --iface "$VIF" --format json --state-dir "$D/state" \
             --metrics-addr 127.0.0.1:19809 "${mode[@]}" >"$D/events.json" 2>"$D/agent.err" & disown
@@ -520,6 +522,7 @@ fw_state() { # where each tool puts its bans, read cheaply (a 50 ms poller runs 
         # a call (measured), which the poller would charge to synwatch's CPU
         synwatch-pcap) inv nft list table inet synwatch 2>/dev/null ;;
         synwatch-xdp) inv "$SYNWATCH" blocks list --state-dir "$D/state" 2>/dev/null ;;
+        synwatch-ipt) inv ipset list 2>/dev/null ;;
         portsentry) inv iptables -S INPUT 2>/dev/null ;;
         psad) inv iptables -S PSAD_BLOCK_INPUT 2>/dev/null; inv ip6tables -S PSAD_BLOCK_INPUT 2>/dev/null ;;
         fail2ban) inv nft list table inet f2b-table 2>/dev/null ;;

@@ -111,6 +111,9 @@ pub struct LiveOptions {
     pub buffer_bytes: i32,
     /// How long a read waits for packets before returning with none, in milliseconds.
     pub timeout_ms: i32,
+    /// The most a packet waits in the kernel's ring before it is handed up, in
+    /// milliseconds (the block timer; a flood fills blocks sooner, so batches stay large).
+    pub block_ms: i32,
     /// Which traffic passes the kernel-side filter.
     pub filter: Filter,
 }
@@ -121,6 +124,7 @@ impl Default for LiveOptions {
             snaplen: SNAPLEN,
             buffer_bytes: 16 << 20,
             timeout_ms: 100,
+            block_ms: 1,
             filter: Filter::Attempts,
         }
     }
@@ -215,7 +219,11 @@ impl LiveCapture {
             .map_err(open_err)?
             .snaplen(opts.snaplen)
             .buffer_size(opts.buffer_bytes)
-            .timeout(opts.timeout_ms)
+            // libpcap's timeout is the kernel's block timer (TPACKET_V3): a block of
+            // packets is handed up when full or when the timer runs out, so this bounds
+            // how late a probe on a quiet link reaches the detector (and a scanner its
+            // ban). Our own poll waits `timeout_ms`.
+            .timeout(opts.block_ms)
             .precision(Precision::Nano)
             .promisc(false)
             .open()

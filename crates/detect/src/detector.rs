@@ -1,26 +1,25 @@
 //! The scan detector (SPEC §2): a pure state machine fed one observation at a time.
 //!
-//! State is two bounded tables:
+//! State is two bounded tables (laid out in `state`, one cache line per lookup):
 //! - attempts by 4-tuple, to tell a retransmission (same 4-tuple within a window of its
 //!   last sighting) from a new attempt;
 //! - sources, each holding only what the window needs: the `max_ports + 1` most recently
 //!   reached distinct ports (enough to decide "more than `max_ports` within the window"
-//!   exactly), the time of its last attempt, and whether a scan episode is open.
+//!   exactly), with the time of each, and whether a scan episode is open.
 //!
 //! Both tables are swept of expired entries as time advances and have a hard cap; at the
-//! cap, eviction removes a quarter of the table in one pass, lowest-ranked first, so that
-//! its cost is amortised and the sources closest to being scanners stay.
+//! cap, a CLOCK hand evicts one entry per insertion in O(1) amortised, sources by a credit
+//! that favours those closest to being scanners and those that keep coming back, so that
+//! noise cannot push a real scanner out.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
-use smallvec::SmallVec;
 use synwatch_decode::TcpFlags;
 
 use crate::addrset::AddrSet;
 use crate::probe::{Probe, ProbeSet};
+use crate::state::{Attempts, PortSeen, Sources};
 use crate::sweep::{Pending, Sweeps, Tuple};
 
 /// Nanoseconds since the Unix epoch: the only notion of time the detector has.
@@ -87,7 +86,8 @@ pub struct Config {
     pub allow_local: bool,
     /// Cap on tracked sources.
     pub max_sources: usize,
-    /// Cap on remembered 4-tuples (for retransmission detection).
+    /// Cap on remembered 4-tuples (for retransmission detection): every attempt of the
+    /// window is remembered up to it (see [`DEFAULT_MAX_ATTEMPTS`]).
     pub max_attempts: usize,
     /// IPv6 sources count per /N (48 to 128; 128 counts per address).
     pub ipv6_prefix: u8,
@@ -109,6 +109,11 @@ pub struct Config {
 /// Default cap on tracked sources (state at the cap: see docs/PERFORMANCE.md).
 pub const DEFAULT_MAX_SOURCES: usize = 100_000;
 
+/// Default cap on remembered 4-tuples, independent of the source cap: a few sources may
+/// make many attempts. At the cap the tables hold at most 2^21 slots: 48 MB of 24-byte
+/// IPv4 slots, 96 MB were they all IPv6 (see docs/PERFORMANCE.md).
+pub const DEFAULT_MAX_ATTEMPTS: usize = 1_000_000;
+
 /// IPv6 sources count per /64 unless configured otherwise: one subscriber, one host or
 /// one cloud instance usually holds a whole /64, and rotating through it is free.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
@@ -123,7 +128,7 @@ impl Default for Config {
             allow: AddrSet::new(),
             allow_local: true,
             max_sources: DEFAULT_MAX_SOURCES,
-            max_attempts: 2 * DEFAULT_MAX_SOURCES,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
             neighbours: AddrSet::new(),
             max_hosts: 16,
@@ -250,24 +255,6 @@ pub struct Stats {
     pub attempts_evicted: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct PortSeen {
-    last: Nanos,
-    port: u16,
-    probes: ProbeSet,
-}
-
-#[derive(Debug, Clone)]
-struct Source {
-    /// The most recently reached distinct ports inside the window (at most
-    /// `max_ports + 1`), in the order of the first sighting of each one's current run.
-    ports: SmallVec<[PortSeen; 4]>,
-    /// Last attempt or stealth probe (not retransmission).
-    last_activity: Nanos,
-    /// A scan was reported and the source has not gone quiet for a window since.
-    in_episode: bool,
-}
-
 /// An address as one integer (IPv4 in its IPv4-mapped IPv6 form): hashing one `u128`
 /// is several times cheaper than hashing the `IpAddr` enum, and these tables are probed
 /// on every attempt.
@@ -281,21 +268,10 @@ fn addr_key(addr: IpAddr) -> AddrKey {
     }
 }
 
-/// A 4-tuple as plain words. Addresses are split into `u64` halves so that the entry is
-/// 8-byte aligned: with `u128` fields each (key, time) entry would pad to 64 bytes, not 48.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FourTuple {
-    src: [u64; 2],
-    dst: [u64; 2],
-    ports: u32,
-}
-
 #[inline]
 fn halves(key: AddrKey) -> [u64; 2] {
     [(key >> 64) as u64, key as u64]
 }
-
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The port-scan detector. Feed it observations in time order with [`Detector::observe`].
 #[derive(Debug)]
@@ -306,8 +282,8 @@ pub struct Detector {
     shared: AddrSet,
     now: Nanos,
     last_sweep: Nanos,
-    sources: Map<[u64; 2], Source>,
-    attempts: Map<FourTuple, Nanos>,
+    sources: Sources,
+    attempts: Attempts,
     stats: Stats,
     sweeps: Sweeps,
     /// Sweeps found while time advanced, for the next [`Outcome`].
@@ -321,8 +297,8 @@ impl Detector {
             cfg,
             now: Nanos::MIN,
             last_sweep: Nanos::MIN,
-            sources: Map::default(),
-            attempts: Map::default(),
+            sources: Sources::default(),
+            attempts: Attempts::default(),
             stats: Stats::default(),
             sweeps: Sweeps::default(),
             found: Vec::new(),
@@ -409,7 +385,7 @@ impl Detector {
         let (key, _) = self.source_of(addr);
         let key = halves(addr_key(key));
         self.sweeps.forget(key);
-        self.sources.remove(&key).is_some()
+        self.sources.remove(&key)
     }
 
     /// Whether `addr` is local or allowlisted under the current configuration.
@@ -420,6 +396,26 @@ impl Detector {
     /// Whether `addr` is one of the host's addresses.
     pub fn is_local(&self, addr: IpAddr) -> bool {
         self.cfg.locals.contains(addr)
+    }
+
+    /// A hint that `obs` is observed soon: starts loading the table slots it will need, so
+    /// that a caller holding a batch of observations can overlap their memory latency
+    /// (calling it a few observations ahead of [`Detector::observe`]). Changes nothing.
+    #[inline]
+    pub fn prefetch(&self, obs: &Observation) {
+        let Some(probe) = Probe::classify(obs.flags) else {
+            return;
+        };
+        if probe == Probe::Syn {
+            self.attempts.prefetch(&crate::state::Tuple::new(
+                addr_key(obs.src),
+                addr_key(obs.dst),
+                obs.sport,
+                obs.dport,
+            ));
+        }
+        let (counted_as, _) = self.source_of(obs.src);
+        self.sources.prefetch(&halves(addr_key(counted_as)));
     }
 
     /// Takes one segment. Time is the observation's; it never runs backwards here (an
@@ -507,6 +503,10 @@ impl Detector {
     fn judge_due(&mut self, now: Option<Nanos>) {
         let (wait, window) = (self.cfg.answer_wait, self.cfg.window);
         while let Some((p, answered)) = self.sweeps.next_due(now, wait) {
+            if let Some(ahead) = self.sweeps.queued(PREFETCH_AHEAD) {
+                let (counted_as, _) = self.source_of(ahead.tuple.client);
+                self.sweeps.prefetch(&halves(addr_key(counted_as)));
+            }
             if answered {
                 continue;
             }
@@ -566,51 +566,19 @@ impl Detector {
     fn sweep(&mut self) {
         self.last_sweep = self.now;
         let (now, window) = (self.now, self.cfg.window);
-        self.sources
-            .retain(|_, s| now.saturating_sub(s.last_activity) <= window);
-        self.attempts
-            .retain(|_, last| now.saturating_sub(*last) <= window);
+        self.sources.expire(now, window);
+        self.attempts.expire(now, window);
         self.sweeps.sweep_stale(now, window);
     }
 
     fn is_retransmission(&mut self, obs: &Observation) -> bool {
-        let key = FourTuple {
-            src: halves(addr_key(obs.src)),
-            dst: halves(addr_key(obs.dst)),
-            ports: u32::from(obs.sport) << 16 | u32::from(obs.dport),
-        };
-        let (now, window) = (self.now, self.cfg.window);
-        if self.attempts.len() >= self.cfg.max_attempts && !self.attempts.contains_key(&key) {
-            self.evict_attempts();
-        }
-        match self.attempts.entry(key) {
-            Entry::Occupied(mut seen) => {
-                let last = seen.insert(now);
-                now.saturating_sub(last) <= window
-            }
-            Entry::Vacant(slot) => {
-                slot.insert(now);
-                false
-            }
-        }
-    }
-
-    /// Makes room in the attempt table: expired entries first, then the least recently
-    /// seen quarter.
-    fn evict_attempts(&mut self) {
-        self.sweep_if_stale();
-        if self.attempts.len() < self.cfg.max_attempts {
-            return;
-        }
-        let ages: Vec<Nanos> = self.attempts.values().copied().collect();
-        let evict = evict_lowest(&ages, EVICT_FRACTION);
-        // `retain` visits entries in the same order as `values` did.
-        let mut i = 0;
-        self.attempts.retain(|_, _| {
-            i += 1;
-            !evict[i - 1]
-        });
-        self.stats.attempts_evicted += evict.iter().filter(|e| **e).count() as u64;
+        let tuple =
+            crate::state::Tuple::new(addr_key(obs.src), addr_key(obs.dst), obs.sport, obs.dport);
+        let (repeat, evicted) =
+            self.attempts
+                .sighting(tuple, self.now, self.cfg.window, self.cfg.max_attempts);
+        self.stats.attempts_evicted += evicted;
+        repeat
     }
 
     /// Records `obs` against its source; returns a scan if this observation starts an
@@ -620,19 +588,12 @@ impl Detector {
         let window = self.cfg.window;
         let (counted_as, prefix) = self.source_of(obs.src);
         let key = halves(addr_key(counted_as));
-        if self.sources.len() >= self.cfg.max_sources && !self.sources.contains_key(&key) {
-            self.evict_sources();
-        }
-        let source = self.sources.entry(key).or_insert_with(|| Source {
-            ports: SmallVec::new(),
-            last_activity: now,
-            in_episode: false,
-        });
+        let (mut source, evicted) = self.sources.load(key, now, window, self.cfg.max_sources);
+        self.stats.sources_evicted += evicted;
 
         if now.saturating_sub(source.last_activity) > window {
             source.in_episode = false;
         }
-        source.last_activity = now;
         // A port that left the window ends its run; seen again, it is a new first sighting.
         source
             .ports
@@ -655,10 +616,12 @@ impl Detector {
             source.ports.remove(oldest);
         }
 
-        if source.in_episode || source.ports.len() < keep {
+        let starts = !source.in_episode && source.ports.len() >= keep;
+        source.in_episode |= starts;
+        self.sources.store(&source, now);
+        if !starts {
             return None;
         }
-        source.in_episode = true;
         let ports = &source.ports;
         let probes = ports
             .iter()
@@ -677,44 +640,10 @@ impl Detector {
             prefix,
         })
     }
-
-    /// Makes room for new sources: first drops expired ones; if the table is still full,
-    /// evicts a quarter of it, lowest rank first and, within a rank, least recently active.
-    fn evict_sources(&mut self) {
-        self.sweep_if_stale();
-        if self.sources.len() < self.cfg.max_sources {
-            return;
-        }
-        let (now, window, max_ports) = (self.now, self.cfg.window, self.cfg.max_ports);
-        // Rank in the high bits, recency below: one integer orders by both. The rank is at
-        // most 65,537 (17 bits); the time since the last activity takes 46 bits (19 hours
-        // of nanoseconds), anything older counting as oldest.
-        let scores: Vec<Nanos> = self
-            .sources
-            .values()
-            .map(|s| {
-                let rank = rank(s, now, window, max_ports) as i64;
-                let age = now.saturating_sub(s.last_activity).clamp(0, (1 << 46) - 1);
-                (rank << 46) | ((1 << 46) - 1 - age)
-            })
-            .collect();
-        let evict = evict_lowest(&scores, EVICT_FRACTION);
-        let mut i = 0;
-        self.sources.retain(|_, _| {
-            i += 1;
-            !evict[i - 1]
-        });
-        self.stats.sources_evicted += evict.iter().filter(|e| **e).count() as u64;
-    }
-
-    /// Sweeps unless a sweep ran recently: under a flood eviction runs often, and a sweep
-    /// so soon after the last would find nothing to expire.
-    fn sweep_if_stale(&mut self) {
-        if self.now.saturating_sub(self.last_sweep) > self.cfg.window / 16 {
-            self.sweep();
-        }
-    }
 }
+
+/// How many attempts ahead of the one judged the sweep table is prefetched.
+const PREFETCH_AHEAD: usize = 8;
 
 /// A SYN-ACK: the answer that tells an attempt was accepted.
 #[inline]
@@ -744,61 +673,9 @@ fn shared_prefixes(cfg: &Config) -> AddrSet {
     shared
 }
 
-/// At the cap, this share of a table is evicted in one pass, so that each eviction pass
-/// is paid for by that many insertions.
-const EVICT_FRACTION: usize = 4;
-
-/// Marks the `len / fraction` (at least one) entries with the lowest scores; ties at the
-/// cut go by position.
-fn evict_lowest(scores: &[Nanos], fraction: usize) -> Vec<bool> {
-    let target = (scores.len() / fraction).max(1).min(scores.len());
-    if target == 0 {
-        return Vec::new();
-    }
-    let mut sorted = scores.to_vec();
-    let (_, &mut cutoff, _) = sorted.select_nth_unstable(target - 1);
-    let mut ties_left = target - scores.iter().filter(|s| **s < cutoff).count();
-    scores
-        .iter()
-        .map(|s| {
-            if *s < cutoff {
-                true
-            } else if *s == cutoff && ties_left > 0 {
-                ties_left -= 1;
-                true
-            } else {
-                false
-            }
-        })
-        .collect()
-}
-
-/// How close a source is to being a scanner: sources in an episode rank highest, then by
-/// distinct ports still inside the window.
-fn rank(source: &Source, now: Nanos, window: Nanos, max_ports: u16) -> usize {
-    if source.in_episode {
-        return usize::from(max_ports) + 2;
-    }
-    source
-        .ports
-        .iter()
-        .filter(|p| now.saturating_sub(p.last) <= window)
-        .count()
-}
 #[cfg(test)]
 mod sizing {
     use super::*;
-
-    #[test]
-    fn evict_lowest_takes_the_share_with_ties_by_position() {
-        assert_eq!(
-            evict_lowest(&[5, 1, 9, 1, 7, 3, 1, 8], 4),
-            [false, true, false, true, false, false, false, false]
-        );
-        assert_eq!(evict_lowest(&[4, 4, 4, 4], 2), [true, true, false, false]);
-        assert_eq!(evict_lowest(&[2], 4), [true]);
-        assert!(evict_lowest(&[], 4).is_empty());
-    }
 
     #[test]
     fn timestamps_at_the_end_of_time_do_not_sweep_every_packet() {
@@ -824,12 +701,6 @@ mod sizing {
     }
 
     #[test]
-    fn entries_stay_compact() {
-        assert_eq!(std::mem::size_of::<(FourTuple, Nanos)>(), 48);
-        assert!(std::mem::size_of::<([u64; 2], Source)>() <= 104);
-    }
-
-    #[test]
     fn tables_stay_near_their_caps_under_a_spoofed_flood() {
         let cfg = Config {
             max_sources: 10_000,
@@ -849,8 +720,8 @@ mod sizing {
             d.observe(&o);
             assert!(d.sources.len() <= 10_000 && d.attempts.len() <= 20_000);
         }
-        // hashbrown keeps at most 7/8 of its buckets full and may double once while
-        // tombstones from eviction linger: four times the cap bounds the allocation.
+        // The tables keep at most 3/4 of their slots full and round to powers of two:
+        // under 8/3 slots an entry, so four times the cap bounds the allocation.
         assert!(
             d.sources.capacity() <= 4 * 10_000,
             "{}",

@@ -15,12 +15,14 @@ pub mod addrset;
 pub mod detector;
 pub mod inventory;
 pub mod probe;
+mod state;
 mod sweep;
+mod table;
 
 pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
 pub use detector::{
-    Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_SOURCES, Detector, Direction, DirectionFilter, Nanos,
-    Observation, Outcome, Scan, ScanKind, Seen, Stats,
+    Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES, Detector, Direction,
+    DirectionFilter, Nanos, Observation, Outcome, Scan, ScanKind, Seen, Stats,
 };
 pub use probe::{Probe, ProbeSet};
 

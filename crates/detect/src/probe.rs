@@ -63,6 +63,9 @@ impl Probe {
 pub struct ProbeSet(u8);
 
 impl ProbeSet {
+    /// No probe kinds.
+    pub const EMPTY: Self = Self(0);
+
     pub fn insert(&mut self, probe: Probe) {
         self.0 |= probe.bit();
     }

@@ -518,6 +518,83 @@ fn source_cap_keeps_the_scanner_under_a_spoofed_flood() {
 }
 
 #[test]
+fn spoofed_sources_with_three_ports_each_do_not_evict_a_slow_scanner() {
+    // Every spoofed source reaches three ports at once, as many as a source may without
+    // being a scanner, and never comes back. The scanner's probes are further apart each
+    // time, the last gap longer than it takes the flood to fill the whole table: neither
+    // its port count nor its recency can keep it, only that it keeps coming back.
+    let cap = 1000u32;
+    let mut det = Detector::new(Config {
+        max_sources: cap as usize,
+        ..local_cfg()
+    });
+    let scanner = "203.0.113.9";
+    let gaps = [300u32, 600, 1200];
+    let mut probes_at = vec![100u32];
+    for g in gaps {
+        probes_at.push(probes_at[probes_at.len() - 1] + g);
+    }
+    let mut scans = Vec::new();
+    let mut t = 0;
+    for i in 0..probes_at[probes_at.len() - 1] + 2000 {
+        let spoofed = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
+        for dport in [22, 80, 443] {
+            t += 10_000;
+            let o = Observation {
+                ts: T0 + t,
+                src: spoofed,
+                dst: ip("192.0.2.1"),
+                sport: 1024,
+                dport,
+                flags: TcpFlags(SYN),
+            };
+            scans.extend(det.observe(&o).scan);
+        }
+        assert!(det.tracked_sources() <= cap as usize);
+        if let Some(n) = probes_at.iter().position(|&at| at == i) {
+            scans.extend(det.observe(&syn(t, scanner, 1000 + n as u16)).scan);
+        }
+    }
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    assert_eq!(scans[0].src, ip(scanner));
+    assert_eq!(scans[0].ports, [1000, 1001, 1002, 1003]);
+    assert!(det.stats().sources_evicted > 2000, "{:?}", det.stats());
+}
+
+#[test]
+fn every_distinct_attempt_of_a_window_is_remembered_beyond_the_source_cap() {
+    // Few sources, many attempts each: remembered 4-tuples are not capped by the source
+    // cap, so every retransmission is recognised (each attempt is sent twice, the repeat
+    // after all the others, all inside one window).
+    let mut det = Detector::new(Config {
+        max_sources: 1000,
+        ..local_cfg()
+    });
+    let attempts: Vec<Observation> = (0..300_000u32)
+        .map(|i| Observation {
+            ts: T0 + Nanos::from(i) * 10_000,
+            src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i % 1000)),
+            dst: ip("192.0.2.1"),
+            sport: 1024 + (i / 1000) as u16,
+            dport: 80,
+            flags: TcpFlags(SYN),
+        })
+        .collect();
+    let (_, logged) = run(&mut det, &attempts);
+    assert_eq!(logged, 300_000);
+    let end = T0 + 3 * SEC;
+    let repeats: Vec<Observation> = attempts
+        .iter()
+        .map(|o| Observation { ts: end, ..*o })
+        .collect();
+    let (_, logged) = run(&mut det, &repeats);
+    assert_eq!(logged, 0);
+    let stats = det.stats();
+    assert_eq!(stats.retransmissions, 300_000, "{stats:?}");
+    assert_eq!(stats.attempts_evicted, 0, "{stats:?}");
+}
+
+#[test]
 fn state_expires_once_sources_go_quiet() {
     let mut det = Detector::new(local_cfg());
     for i in 0..100u16 {

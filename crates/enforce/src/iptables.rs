@@ -13,8 +13,10 @@
 //! milliseconds, whatever the number of bans, whether someone flushed or removed any of
 //! it.
 //!
-//! Bans change only the sets, through one `ipset restore -exist` run per batch, never the
-//! rules: rule count stays constant whatever the number of bans.
+//! Bans change only the sets, never the rules: rule count stays constant whatever the
+//! number of bans. Added bans go over netfilter netlink when the backend holds a socket
+//! (no process start), else, and for everything else, one `ipset restore -exist` run per
+//! batch.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -149,6 +151,28 @@ pub fn refill_script(bans: &[Ban]) -> String {
         }
     }
     s
+}
+
+/// The changes of [`add_script`], for [`crate::nflink::Netlink::change_ipsets`].
+pub fn ipset_changes(bans: &[Ban]) -> Vec<crate::nflink::IpsetChange<'static>> {
+    let mut out = Vec::with_capacity(bans.len() * 2);
+    for ban in bans {
+        let net = ban_net(ban.net);
+        let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
+        out.push(crate::nflink::IpsetChange {
+            add: true,
+            set: set_of(ban, false),
+            net,
+            timeout_secs: u32::try_from(timeout).unwrap_or(u32::MAX),
+        });
+        out.push(crate::nflink::IpsetChange {
+            add: false,
+            set: set_of(ban, true),
+            net,
+            timeout_secs: 0,
+        });
+    }
+    out
 }
 
 /// The ipset input removing `nets` (with `-exist`, an absent one is no error).
@@ -381,11 +405,24 @@ pub fn parse_rule_counters(text: &str) -> DropCounters {
 pub struct Iptables {
     scope: Scope,
     runner: Box<dyn Runner>,
+    /// Where bans go without starting `ipset`, when there is one.
+    netlink: Option<crate::nflink::Netlink>,
 }
 
 impl Iptables {
     pub fn new(scope: Scope, runner: Box<dyn Runner>) -> Self {
-        Self { scope, runner }
+        Self {
+            scope,
+            runner,
+            netlink: None,
+        }
+    }
+
+    /// Adds bans over this netfilter netlink socket instead of `ipset restore` (which
+    /// stays the fallback when the kernel refuses).
+    pub fn with_netlink(mut self, netlink: crate::nflink::Netlink) -> Self {
+        self.netlink = Some(netlink);
+        self
     }
 
     fn execute(&mut self, plan: &[Step]) -> Result<(), EnforceError> {
@@ -443,7 +480,14 @@ impl Enforcer for Iptables {
         self.execute(&setup_plan(self.scope, bans))
     }
 
+    /// Over netlink when it can (no process start), else one `ipset restore` run; both
+    /// make the same changes as [`add_script`].
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        if let Some(nl) = self.netlink.as_mut()
+            && nl.change_ipsets(&ipset_changes(bans)).is_ok()
+        {
+            return Ok(());
+        }
         self.restore(add_script(bans), "add bans to the synwatch ipsets")
     }
 

@@ -250,8 +250,9 @@ pub fn open(backend: Backend, scope: Scope, runner: Box<dyn Runner>) -> Option<B
 }
 
 /// Opens a firewall backend on this system: its programs through [`SystemRunner`], and
-/// for nftables the cheap netlink look ([`nflink`]) for tamper checks and counters (with
-/// `nft` as the fallback where the netlink socket cannot be opened).
+/// for nftables the cheap netlink look ([`nflink`]) for tamper checks, counters and
+/// address bans (with `nft` as the fallback where the netlink socket cannot be opened or
+/// a change through it fails).
 pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> {
     match backend {
         Backend::Nftables => {
@@ -259,6 +260,13 @@ pub fn open_system(backend: Backend, scope: Scope) -> Option<Box<dyn Enforcer>> 
             Some(Box::new(match nflink::Netlink::open() {
                 Ok(look) => nft.with_look(Box::new(look)),
                 Err(_) => nft,
+            }))
+        }
+        Backend::Iptables => {
+            let ipt = iptables::Iptables::new(scope, Box::new(SystemRunner::default()));
+            Some(Box::new(match nflink::Netlink::open() {
+                Ok(nl) => ipt.with_netlink(nl),
+                Err(_) => ipt,
             }))
         }
         other => open(other, scope, Box::new(SystemRunner::default())),

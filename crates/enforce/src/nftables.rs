@@ -18,7 +18,9 @@
 //! (which reads every element of every set first), so the check costs microseconds with
 //! 100k bans.
 //!
-//! Each operation is one `nft -f -` run, which the kernel applies as one transaction: a
+//! Address bans go to the kernel over netlink ([`crate::nflink`], one transaction, no
+//! process start) when the backend has a look that can; every other operation is one
+//! `nft -f -` run, which the kernel applies as one transaction: a
 //! batch of ten thousand bans is one run, and setting up replaces a table left by a
 //! crashed run and restores the saved bans with no moment in between where they are
 //! missing.
@@ -30,7 +32,7 @@ use ipnet::IpNet;
 
 use serde_json::Value;
 
-use crate::nflink::{LookError, RuleInfo};
+use crate::nflink::{ElementChange, LookError, RuleInfo};
 use crate::{
     Backend, Ban, CANARY4, CANARY6, Command, DropCounters, EnforceError, Enforcer, KernelBan,
     Runner, Scope, ban_net, net_text,
@@ -128,6 +130,12 @@ pub trait Look: Send + std::fmt::Debug {
     fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError>;
     /// Whether `addr` is an element of `set`.
     fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError>;
+    /// Applies element changes to the sets of table `inet synwatch` in one transaction,
+    /// without starting `nft`; a look that cannot says so, and `nft` does it.
+    fn change_elements(&mut self, changes: &[ElementChange<'_>]) -> Result<(), LookError> {
+        let _ = changes;
+        Err(LookError::Failed("this look cannot change elements".into()))
+    }
 }
 
 impl Look for crate::nflink::Netlink {
@@ -138,6 +146,36 @@ impl Look for crate::nflink::Netlink {
     fn has_element(&mut self, set: &str, addr: IpAddr) -> Result<bool, LookError> {
         self.has_element(crate::nflink::NFPROTO_INET, TABLE, set, addr)
     }
+
+    fn change_elements(&mut self, changes: &[ElementChange<'_>]) -> Result<(), LookError> {
+        self.change_elements(crate::nflink::NFPROTO_INET, TABLE, changes)
+    }
+}
+
+/// The element changes that ban the addresses (single-address bans) of `bans` as
+/// [`add_script`] does: each made sure to exist, deleted and added again with its timeout
+/// (a renewal), and taken out of the other set of its family. One transaction.
+pub fn host_ban_changes(bans: &[Ban]) -> Vec<ElementChange<'static>> {
+    let mut out = Vec::with_capacity(bans.len() * 5);
+    for b in bans {
+        let (set, other) = (set_of(b, false), set_of(b, true));
+        let addr = ban_net(b.net).addr();
+        let timeout_ms = b.timeout_secs.map(|t| t.max(1).saturating_mul(1000));
+        let change = |add, set, timeout_ms| ElementChange {
+            add,
+            set,
+            addr,
+            timeout_ms,
+        };
+        out.extend([
+            change(true, set, None),
+            change(false, set, None),
+            change(true, set, timeout_ms),
+            change(true, other, None),
+            change(false, other, None),
+        ]);
+    }
+    out
 }
 
 /// The script that adds `bans`, renewing the timeout of any already present: nft's
@@ -374,7 +412,22 @@ impl Enforcer for Nftables {
     /// the netlink look) are simply added: deleting from an interval set costs nft a
     /// read of the whole set, so only ranges being renewed, or changing kind, take the
     /// add-delete-add path that addresses always take.
+    ///
+    /// Address bans go to the kernel over netlink when the look can (no process start:
+    /// the kernel holds the ban microseconds after the call); if that fails they take
+    /// the `nft` path with the rest.
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+        let (hosts, ranges): (Vec<Ban>, Vec<Ban>) =
+            bans.iter().partition(|b| crate::is_host(b.net));
+        let sent = !hosts.is_empty()
+            && self
+                .look
+                .as_mut()
+                .is_some_and(|look| look.change_elements(&host_ban_changes(&hosts)).is_ok());
+        let bans = if sent { ranges } else { bans.to_vec() };
+        if bans.is_empty() {
+            return Ok(());
+        }
         let (fresh, known): (Vec<Ban>, Vec<Ban>) = match self.look.as_mut() {
             Some(look) => bans.iter().partition(|b| {
                 !crate::is_host(b.net)
@@ -854,6 +907,92 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                 packets: 8,
                 bytes: 500
             }
+        );
+    }
+
+    /// One element change as a fake kernel took it: add or delete, set, address, timeout.
+    type Applied = (bool, String, IpAddr, Option<u64>);
+
+    /// A look that applies element changes to its fake kernel, or refuses.
+    #[derive(Debug, Clone, Default)]
+    struct WritingLook {
+        applied: std::sync::Arc<std::sync::Mutex<Vec<Applied>>>,
+        refuse: bool,
+    }
+
+    impl Look for WritingLook {
+        fn rules(&mut self) -> Result<Vec<RuleInfo>, LookError> {
+            Ok(synwatch_rules())
+        }
+
+        fn has_element(&mut self, _: &str, _: IpAddr) -> Result<bool, LookError> {
+            Ok(false)
+        }
+
+        fn change_elements(&mut self, changes: &[ElementChange<'_>]) -> Result<(), LookError> {
+            if self.refuse {
+                return Err(LookError::Failed("EPERM".into()));
+            }
+            self.applied.lock().unwrap().extend(
+                changes
+                    .iter()
+                    .map(|c| (c.add, c.set.to_owned(), c.addr, c.timeout_ms)),
+            );
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn address_bans_go_over_netlink_without_nft_and_ranges_still_through_nft() {
+        let runner = RecordingRunner::default();
+        let look = WritingLook::default();
+        let mut nft =
+            Nftables::new(Scope::All, Box::new(runner.clone())).with_look(Box::new(look.clone()));
+        nft.add(&[ban("192.0.2.7", Some(60)), ban("2001:db8::7", None)])
+            .unwrap();
+        assert!(runner.transcript().is_empty(), "{:?}", runner.transcript());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        // The same transaction as add_script: exist, delete, add with the timeout, and
+        // out of the other set of the family.
+        assert_eq!(
+            *look.applied.lock().unwrap(),
+            [
+                (true, SET4.into(), v4, None),
+                (false, SET4.into(), v4, None),
+                (true, SET4.into(), v4, Some(60_000)),
+                (true, SET4_NEW.into(), v4, None),
+                (false, SET4_NEW.into(), v4, None),
+                (true, SET6.into(), v6, None),
+                (false, SET6.into(), v6, None),
+                (true, SET6.into(), v6, None),
+                (true, SET6_NEW.into(), v6, None),
+                (false, SET6_NEW.into(), v6, None),
+            ]
+        );
+        // A range goes through nft; the address beside it does not.
+        nft.add(&[ban("198.51.100.0/24", Some(60)), ban("192.0.2.8", Some(60))])
+            .unwrap();
+        assert_eq!(runner.transcript().len(), 1);
+        assert!(runner.transcript()[0].contains("198.51.100.0/24"));
+        assert!(!runner.transcript()[0].contains("192.0.2.8"));
+    }
+
+    #[test]
+    fn address_bans_take_nft_when_netlink_refuses() {
+        let runner = RecordingRunner::default();
+        let look = WritingLook {
+            refuse: true,
+            ..WritingLook::default()
+        };
+        let mut nft = Nftables::new(Scope::All, Box::new(runner.clone())).with_look(Box::new(look));
+        nft.add(&[ban("192.0.2.7", Some(60))]).unwrap();
+        assert_eq!(
+            runner.transcript(),
+            [format!(
+                "nft -f -\n{}",
+                add_script(&[ban("192.0.2.7", Some(60))])
+            )]
         );
     }
 }

@@ -395,6 +395,11 @@ impl Blocker {
             self.retry_at = self.retry_at.min(now);
             self.give_deferred(now);
         }
+        // The kernel first, the state file after: a scanner is dropped microseconds
+        // after its crossing probe, not after a database commit (milliseconds).
+        if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
+            happened.extend(self.push_to_kernel(now));
+        }
         if !self.unsaved.is_empty() {
             if let Err(e) = self.store.save(&self.unsaved) {
                 eprintln!(
@@ -403,9 +408,6 @@ impl Blocker {
                 );
             }
             self.unsaved.clear();
-        }
-        if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
-            happened.extend(self.push_to_kernel(now));
         }
         if !self.reinstating.is_empty() && now >= self.retry_at {
             self.reinstate_chunk(now);

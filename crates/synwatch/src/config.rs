@@ -8,7 +8,8 @@ use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
 use serde::Deserialize;
 use synwatch_detect::{
-    AddrSet, Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_SOURCES, DirectionFilter, Nanos, parse_cidr,
+    AddrSet, Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES,
+    DirectionFilter, Nanos, parse_cidr,
 };
 
 use crate::output::Format;
@@ -252,7 +253,9 @@ impl DetectSettings {
                 )?,
                 allow_local,
                 max_sources,
-                max_attempts: max_sources.saturating_mul(2),
+                // Retransmission memory does not follow the source cap: a few sources may
+                // make many attempts (SPEC §2 asks that every one be remembered).
+                max_attempts: max_sources.saturating_mul(2).max(DEFAULT_MAX_ATTEMPTS),
                 ipv6_prefix: u8::try_from(ipv6_prefix).unwrap_or(128),
                 // The agent adds its gateways, routers and resolvers as it finds them.
                 neighbours: Default::default(),

@@ -639,6 +639,9 @@ pub struct BenchConfig {
     pub ports_per_scanner: u32,
     /// PRNG seed (default 1).
     pub seed: u64,
+    /// Seconds the capture spans (default [`BENCH_DURATION_SECS`]); 60 puts every attempt
+    /// inside one scan window.
+    pub duration_secs: u32,
 }
 
 impl Default for BenchConfig {
@@ -649,11 +652,12 @@ impl Default for BenchConfig {
             scanners: 300,
             ports_per_scanner: 500,
             seed: 1,
+            duration_secs: BENCH_DURATION_SECS as u32,
         }
     }
 }
 
-/// Length of the bench capture: 10 minutes.
+/// Default length of the bench capture: 10 minutes.
 pub const BENCH_DURATION_SECS: i64 = 600;
 
 /// The numbers [`write_bench`] actually uses for a configuration: when the SYN budget
@@ -750,7 +754,7 @@ fn service_port(rng: &mut XorShift64) -> u16 {
 }
 
 /// Writes the throughput benchmark capture: `cfg.packets` Ethernet packets over
-/// [`BENCH_DURATION_SECS`] from [`START_SECS`], mostly established TCP data (ACK set,
+/// `cfg.duration_secs` from [`START_SECS`], mostly established TCP data (ACK set,
 /// 0–128 byte payloads, tens of thousands of 4-tuples, to and from 10.0.0.0/24 servers
 /// on 443/80/22) and about 20% SYNs ([`BenchConfig::plan`]):
 ///
@@ -767,7 +771,7 @@ pub fn write_bench<W: Write>(w: W, cfg: &BenchConfig) -> io::Result<GenStats> {
     let plan = cfg.plan();
     let mut rng = XorShift64::new(cfg.seed);
     let key = rng.next_u32();
-    let dur = (BENCH_DURATION_SECS * NS) as u64;
+    let dur = (i64::from(cfg.duration_secs.max(1)) * NS) as u64;
     let k = plan.scanners;
     let p = plan.ports_per_scanner;
 
@@ -1336,6 +1340,7 @@ mod tests {
             scanners: 30,
             ports_per_scanner: 300,
             seed: 42,
+            ..BenchConfig::default()
         };
         let plan = cfg.plan();
         assert_eq!(plan.syns, 40_000);

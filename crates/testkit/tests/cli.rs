@@ -68,3 +68,31 @@ fn writes_files_and_reports() {
     assert!(out.status.success());
     assert_eq!(std::fs::metadata(&s).unwrap().len(), 24 + 1000 * (16 + 54));
 }
+
+/// The first and last packet times (seconds) of a little-endian pcap.
+fn time_span(pcap: &[u8]) -> (u32, u32) {
+    let mut at = 24;
+    let (mut first, mut last) = (None, 0);
+    while at + 16 <= pcap.len() {
+        let word = |o: usize| u32::from_le_bytes(pcap[at + o..at + o + 4].try_into().unwrap());
+        let (secs, len) = (word(0), word(8) as usize);
+        first.get_or_insert(secs);
+        last = secs;
+        at += 16 + len;
+    }
+    (first.unwrap(), last)
+}
+
+#[test]
+fn bench_duration_sets_the_span_of_the_capture() {
+    let out = run_gen(&["bench", "-", "--packets", "5000", "--duration", "3"]);
+    assert!(out.status.success());
+    let (first, last) = time_span(&out.stdout);
+    assert!(last - first <= 3, "{first}..{last}");
+    let out = run_gen(&["bench", "-", "--packets", "5000"]);
+    let (first, last) = time_span(&out.stdout);
+    assert!(
+        last - first > 500,
+        "the default spans 10 minutes: {first}..{last}"
+    );
+}

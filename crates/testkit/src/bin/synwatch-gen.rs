@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! synwatch-gen sample OUT
-//! synwatch-gen bench OUT [--packets N] [--sources S] [--scanners K] [--ports-per-scanner P] [--seed X]
+//! synwatch-gen bench OUT [--packets N] [--sources S] [--scanners K] [--ports-per-scanner P] [--seed X] [--duration SECS]
 //! synwatch-gen spoofed OUT [--sources N] [--v6] [--seed X]
 //! synwatch-gen fragments OUT [--fragments N] [--seed X]
 //! ```
@@ -23,11 +23,11 @@ use synwatch_testkit::generate::{
 
 const USAGE: &str = "\
 usage: synwatch-gen sample OUT
-       synwatch-gen bench OUT [--packets N] [--sources S] [--scanners K] [--ports-per-scanner P] [--seed X]
+       synwatch-gen bench OUT [--packets N] [--sources S] [--scanners K] [--ports-per-scanner P] [--seed X] [--duration SECS]
        synwatch-gen spoofed OUT [--sources N] [--v6] [--seed X]
        synwatch-gen fragments OUT [--fragments N] [--seed X]
 OUT is a file path or - for standard output (classic pcap, Ethernet, microseconds).
-defaults: bench --packets 3000000 --sources 50000 --scanners 300 --ports-per-scanner 500 --seed 1;
+defaults: bench --packets 3000000 --sources 50000 --scanners 300 --ports-per-scanner 500 --seed 1 --duration 600;
           spoofed --sources 10000000 --seed 1; fragments --fragments 1000000 --seed 1";
 
 /// Output buffer: large, so the generators' small writes become few big ones.
@@ -71,6 +71,7 @@ fn parse(args: &[String]) -> Result<(Cmd, String), String> {
                 c.ports_per_scanner = number(flag, it.next())?
             }
             (Cmd::Bench(c), "--seed") => c.seed = number(flag, it.next())?,
+            (Cmd::Bench(c), "--duration") => c.duration_secs = number(flag, it.next())?,
             (Cmd::Spoofed(c), "--sources") => c.sources = number(flag, it.next())?,
             (Cmd::Spoofed(c), "--seed") => c.seed = number(flag, it.next())?,
             (Cmd::Spoofed(c), "--v6") => c.v6 = true,

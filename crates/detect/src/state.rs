@@ -1,0 +1,584 @@
+//! The detector's two per-attempt tables, laid out for one cache line each:
+//!
+//! - [`Sources`]: one 64-byte slot per source (or IPv6 prefix) holding everything the port
+//!   count needs: its key, the `max_ports + 1` most recent distinct ports with the time and
+//!   probe kinds of each (inline up to four, the default `--max-ports 3`; more in a side
+//!   table), the open episode and its eviction state. The time of its last activity is the
+//!   latest of its ports' times, so it needs no field of its own.
+//! - [`Attempts`]: the 4-tuples seen within the window, for retransmissions: IPv4 tuples in
+//!   24-byte slots (two and a half to a cache line), IPv6 ones in 48-byte slots.
+//!
+//! The key decision is eviction by CLOCK instead of sorting: at the cap, a hand walks the
+//! table; an expired entry goes at once, an entry with credit left loses one and stays, an
+//! entry without goes. Each entry's credit is set when it is hit, so the hand's work is paid
+//! for by the hits (O(1) amortised per insertion). A source's credit is one, plus how often
+//! it came back after the hand had passed it times its distinct ports in the window (the
+//! scan score), at most [`MAX_CREDIT`], which a source in an open episode holds: a spoofed
+//! source that sends its probes at once never comes back and is gone after one or two turns
+//! of the hand, however many ports it reached; a real scanner, however slow, does come back,
+//! and each return with more ports lets it outlive more of such noise.
+
+use smallvec::SmallVec;
+
+use crate::detector::Nanos;
+use crate::probe::ProbeSet;
+use crate::table::{Slot, Table};
+
+/// A source key: an address (IPv4 in its IPv4-mapped form) as two halves.
+pub(crate) type Key = [u64; 2];
+
+/// Ports held in the slot itself.
+const INLINE: usize = 4;
+/// `len` of a free slot.
+const FREE: u8 = 0xFE;
+/// `len` of a source whose ports are in the side table.
+const WIDE: u8 = 0xFF;
+/// Most credit a source can hold: an open episode.
+pub(crate) const MAX_CREDIT: u8 = 15;
+/// The `clock` bit set when the hand passes an entry.
+const VISITED: u8 = 0x80;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortSeen {
+    pub last: Nanos,
+    pub port: u16,
+    pub probes: ProbeSet,
+}
+
+pub(crate) type Ports = SmallVec<[PortSeen; INLINE]>;
+
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+pub(crate) struct SourceSlot {
+    key: Key,
+    lasts: [Nanos; INLINE],
+    ports: [u16; INLINE],
+    probes: [ProbeSet; INLINE],
+    /// Ports held inline (0 to 4), [`WIDE`] or [`FREE`]. With 0 or [`WIDE`], `lasts[0]` is
+    /// the last activity.
+    len: u8,
+    pub in_episode: bool,
+    /// Credit left (low bits) and [`VISITED`].
+    clock: u8,
+    /// Times the source came back after the hand had passed it (saturating).
+    returns: u8,
+}
+
+impl Slot for SourceSlot {
+    type Key = Key;
+    const EMPTY: Self = Self {
+        key: [0; 2],
+        lasts: [0; INLINE],
+        ports: [0; INLINE],
+        probes: [ProbeSet::EMPTY; INLINE],
+        len: FREE,
+        in_episode: false,
+        clock: 0,
+        returns: 0,
+    };
+
+    #[inline]
+    fn is_used(&self) -> bool {
+        self.len != FREE
+    }
+
+    #[inline]
+    fn key(&self) -> Key {
+        self.key
+    }
+}
+
+impl SourceSlot {
+    /// The time of the source's last attempt or probe.
+    #[inline]
+    pub fn last_activity(&self) -> Nanos {
+        match self.len {
+            0 | WIDE | FREE => self.lasts[0],
+            n => self.lasts[..usize::from(n)]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(self.lasts[0]),
+        }
+    }
+}
+
+/// The source table (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct Sources {
+    table: Table<SourceSlot>,
+    /// Port lists longer than [`INLINE`] (only with `--max-ports` above 3).
+    wide: std::collections::HashMap<Key, Ports, foldhash::fast::RandomState>,
+}
+
+/// A source's state taken out of its slot to be worked on.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub index: usize,
+    pub ports: Ports,
+    pub in_episode: bool,
+    /// The source was not tracked before this observation.
+    pub new: bool,
+    pub last_activity: Nanos,
+}
+
+impl Sources {
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    #[inline]
+    pub fn prefetch(&self, key: &Key) {
+        self.table.prefetch(key);
+    }
+
+    /// The state of `key`, made room for (evicting one source when `cap` is reached) and
+    /// created empty at `now` if it is not tracked. Returns the state and how many sources
+    /// were evicted to make room.
+    #[inline]
+    pub fn load(&mut self, key: Key, now: Nanos, window: Nanos, cap: usize) -> (Loaded, u64) {
+        let mut evicted = 0;
+        let index = match self.table.find(&key) {
+            Some(i) => i,
+            None => {
+                if self.table.len() >= cap.max(1) {
+                    evicted = self.evict_one(now, window);
+                }
+                match self.table.find_or_free(&key) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        let mut slot = SourceSlot::EMPTY;
+                        slot.key = key;
+                        slot.len = 0;
+                        slot.lasts[0] = now;
+                        self.table.fill(i, slot);
+                        return (
+                            Loaded {
+                                index: i,
+                                ports: Ports::new(),
+                                in_episode: false,
+                                new: true,
+                                last_activity: now,
+                            },
+                            evicted,
+                        );
+                    }
+                }
+            }
+        };
+        let slot = self.table.get(index);
+        let ports = if slot.len == WIDE {
+            self.wide.get(&key).cloned().unwrap_or_default()
+        } else {
+            (0..usize::from(slot.len))
+                .map(|i| PortSeen {
+                    last: slot.lasts[i],
+                    port: slot.ports[i],
+                    probes: slot.probes[i],
+                })
+                .collect()
+        };
+        (
+            Loaded {
+                index,
+                ports,
+                in_episode: slot.in_episode,
+                new: false,
+                last_activity: slot.last_activity(),
+            },
+            evicted,
+        )
+    }
+
+    /// Writes a source's state back after an observation at `now`, giving it its credit.
+    #[inline]
+    pub fn store(&mut self, s: &Loaded, now: Nanos) {
+        let slot = self.table.get_mut(s.index);
+        let key = slot.key;
+        let was_wide = slot.len == WIDE;
+        if s.ports.len() <= INLINE {
+            for (i, p) in s.ports.iter().enumerate() {
+                slot.lasts[i] = p.last;
+                slot.ports[i] = p.port;
+                slot.probes[i] = p.probes;
+            }
+            slot.len = s.ports.len() as u8;
+            if s.ports.is_empty() {
+                slot.lasts[0] = now;
+            }
+        } else {
+            slot.len = WIDE;
+            slot.lasts[0] = now;
+        }
+        slot.in_episode = s.in_episode;
+        if !s.new && slot.clock & VISITED != 0 {
+            slot.returns = slot.returns.saturating_add(1);
+        }
+        slot.clock = if s.in_episode {
+            MAX_CREDIT
+        } else {
+            (1 + usize::from(slot.returns) * s.ports.len()).min(usize::from(MAX_CREDIT)) as u8
+        };
+        if s.ports.len() > INLINE {
+            self.wide.insert(key, s.ports.clone());
+        } else if was_wide {
+            self.wide.remove(&key);
+        }
+    }
+
+    /// Forgets a source; whether it was tracked.
+    pub fn remove(&mut self, key: &Key) -> bool {
+        let Some(i) = self.table.find(key) else {
+            return false;
+        };
+        self.remove_at(i);
+        true
+    }
+
+    fn remove_at(&mut self, i: usize) {
+        let slot = self.table.get(i);
+        if slot.len == WIDE {
+            let key = slot.key;
+            self.wide.remove(&key);
+        }
+        self.table.remove(i);
+    }
+
+    /// Drops the sources quiet for more than `window` at `now`.
+    pub fn expire(&mut self, now: Nanos, window: Nanos) {
+        let wide = &mut self.wide;
+        self.table.retain(|s| {
+            let keep = now.saturating_sub(s.last_activity()) <= window;
+            if !keep && s.len == WIDE {
+                wide.remove(&s.key);
+            }
+            keep
+        });
+    }
+
+    /// Makes room for one source (CLOCK, see the module documentation); returns 1 if a
+    /// live source had to go, 0 if an expired one did.
+    fn evict_one(&mut self, now: Nanos, window: Nanos) -> u64 {
+        if self.table.len() == 0 {
+            return 0;
+        }
+        loop {
+            let cap = self.table.capacity();
+            let h = if self.table.hand >= cap {
+                0
+            } else {
+                self.table.hand
+            };
+            self.table.hand = h;
+            let slot = self.table.get_mut(h);
+            if !slot.is_used() {
+                self.table.hand = h + 1;
+                continue;
+            }
+            if now.saturating_sub(slot.last_activity()) > window {
+                self.remove_at(h);
+                return 0;
+            }
+            let credit = slot.clock & !VISITED;
+            if credit > 0 {
+                slot.clock = (credit - 1) | VISITED;
+                self.table.hand = h + 1;
+                continue;
+            }
+            self.remove_at(h);
+            return 1;
+        }
+    }
+}
+
+/// The IPv4 4-tuple key: source, destination, ports.
+type Key4 = [u32; 3];
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt4 {
+    key: Key4,
+    /// 0 free, 1 in use, 2 in use and referenced since the hand passed.
+    state: u32,
+    last: Nanos,
+}
+
+/// The IPv6 (or mixed) 4-tuple key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key6 {
+    src: Key,
+    dst: Key,
+    ports: u32,
+}
+
+/// Flat rather than holding a [`Key6`], so that `state` fills the key's padding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt6 {
+    src: Key,
+    dst: Key,
+    ports: u32,
+    state: u32,
+    last: Nanos,
+}
+
+/// What both attempt slots offer the generic code.
+pub(crate) trait AttemptSlot: Slot {
+    fn new(key: Self::Key, now: Nanos) -> Self;
+    fn last(&self) -> Nanos;
+    /// Records a sighting at `now`; returns the previous one.
+    fn seen(&mut self, now: Nanos) -> Nanos;
+    /// Clears the reference bit; whether it was set.
+    fn unreference(&mut self) -> bool;
+}
+
+/// The parts both attempt slots share.
+macro_rules! attempt_slot {
+    ($ty:ty, $key:ty) => {
+        impl AttemptSlot for $ty {
+            #[inline]
+            fn new(key: $key, now: Nanos) -> Self {
+                let mut slot = Self::EMPTY;
+                slot.set_key(key);
+                slot.state = 2;
+                slot.last = now;
+                slot
+            }
+            #[inline]
+            fn last(&self) -> Nanos {
+                self.last
+            }
+            #[inline]
+            fn seen(&mut self, now: Nanos) -> Nanos {
+                self.state = 2;
+                std::mem::replace(&mut self.last, now)
+            }
+            #[inline]
+            fn unreference(&mut self) -> bool {
+                std::mem::replace(&mut self.state, 1) == 2
+            }
+        }
+    };
+}
+
+impl Slot for Attempt4 {
+    type Key = Key4;
+    const EMPTY: Self = Self {
+        key: [0; 3],
+        state: 0,
+        last: 0,
+    };
+    #[inline]
+    fn is_used(&self) -> bool {
+        self.state != 0
+    }
+    #[inline]
+    fn key(&self) -> Key4 {
+        self.key
+    }
+}
+
+impl Attempt4 {
+    #[inline]
+    fn set_key(&mut self, key: Key4) {
+        self.key = key;
+    }
+}
+
+impl Slot for Attempt6 {
+    type Key = Key6;
+    const EMPTY: Self = Self {
+        src: [0; 2],
+        dst: [0; 2],
+        ports: 0,
+        state: 0,
+        last: 0,
+    };
+    #[inline]
+    fn is_used(&self) -> bool {
+        self.state != 0
+    }
+    #[inline]
+    fn key(&self) -> Key6 {
+        Key6 {
+            src: self.src,
+            dst: self.dst,
+            ports: self.ports,
+        }
+    }
+}
+
+impl Attempt6 {
+    #[inline]
+    fn set_key(&mut self, key: Key6) {
+        (self.src, self.dst, self.ports) = (key.src, key.dst, key.ports);
+    }
+}
+
+attempt_slot!(Attempt4, Key4);
+attempt_slot!(Attempt6, Key6);
+
+/// A 4-tuple, sorted into the table that holds its kind.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Tuple {
+    V4(Key4),
+    V6(Key6),
+}
+
+impl Tuple {
+    /// The tuple of addresses given as keys (IPv4 ones IPv4-mapped) and ports.
+    #[inline]
+    pub fn new(src: u128, dst: u128, sport: u16, dport: u16) -> Self {
+        let ports = u32::from(sport) << 16 | u32::from(dport);
+        const MAPPED: u128 = 0xffff_0000_0000;
+        if src >> 32 == MAPPED >> 32 && dst >> 32 == MAPPED >> 32 {
+            Self::V4([src as u32, dst as u32, ports])
+        } else {
+            Self::V6(Key6 {
+                src: [(src >> 64) as u64, src as u64],
+                dst: [(dst >> 64) as u64, dst as u64],
+                ports,
+            })
+        }
+    }
+}
+
+/// The remembered 4-tuples (see the module documentation).
+#[derive(Debug, Default)]
+pub(crate) struct Attempts {
+    v4: Table<Attempt4>,
+    v6: Table<Attempt6>,
+}
+
+impl Attempts {
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.v4.capacity() + self.v6.capacity()
+    }
+
+    #[inline]
+    pub fn prefetch(&self, t: &Tuple) {
+        match t {
+            Tuple::V4(k) => self.v4.prefetch(k),
+            Tuple::V6(k) => self.v6.prefetch(k),
+        }
+    }
+
+    /// Records a sighting of `t` at `now`; returns whether it repeats one within `window`
+    /// (a retransmission) and how many live tuples were evicted to stay under `cap`.
+    #[inline]
+    pub fn sighting(&mut self, t: Tuple, now: Nanos, window: Nanos, cap: usize) -> (bool, u64) {
+        let full = self.len() >= cap.max(1);
+        let (v4, v6) = (&mut self.v4, &mut self.v6);
+        match t {
+            Tuple::V4(k) => sighting(v4, v6, k, now, window, full),
+            Tuple::V6(k) => sighting(v6, v4, k, now, window, full),
+        }
+    }
+
+    /// Drops the tuples last seen more than `window` before `now`.
+    pub fn expire(&mut self, now: Nanos, window: Nanos) {
+        self.v4.retain(|a| now.saturating_sub(a.last()) <= window);
+        self.v6.retain(|a| now.saturating_sub(a.last()) <= window);
+    }
+}
+
+#[inline]
+fn sighting<A: AttemptSlot, B: AttemptSlot>(
+    table: &mut Table<A>,
+    other: &mut Table<B>,
+    key: A::Key,
+    now: Nanos,
+    window: Nanos,
+    full: bool,
+) -> (bool, u64) {
+    if let Some(i) = table.find(&key) {
+        let last = table.get_mut(i).seen(now);
+        return (now.saturating_sub(last) <= window, 0);
+    }
+    let evicted = if !full {
+        0
+    } else if table.len() > 0 {
+        evict_attempt(table, now, window)
+    } else {
+        evict_attempt(other, now, window)
+    };
+    if let Err(i) = table.find_or_free(&key) {
+        table.fill(i, A::new(key, now));
+    }
+    (false, evicted)
+}
+
+/// Makes room for one tuple (CLOCK over the reference bit; expired tuples go first as the
+/// hand meets them); returns 1 if a live tuple had to go.
+fn evict_attempt<A: AttemptSlot>(table: &mut Table<A>, now: Nanos, window: Nanos) -> u64 {
+    if table.len() == 0 {
+        return 0;
+    }
+    loop {
+        let h = if table.hand >= table.capacity() {
+            0
+        } else {
+            table.hand
+        };
+        table.hand = h;
+        let slot = table.get_mut(h);
+        if !slot.is_used() {
+            table.hand = h + 1;
+            continue;
+        }
+        if now.saturating_sub(slot.last()) > window {
+            table.remove(h);
+            return 0;
+        }
+        if slot.unreference() {
+            table.hand = h + 1;
+            continue;
+        }
+        table.remove(h);
+        return 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_one_cache_line_or_less() {
+        assert_eq!(std::mem::size_of::<SourceSlot>(), 64);
+        assert_eq!(std::mem::align_of::<SourceSlot>(), 64);
+        assert_eq!(std::mem::size_of::<Attempt4>(), 24);
+        assert_eq!(std::mem::size_of::<Attempt6>(), 48);
+    }
+
+    #[test]
+    fn ipv4_tuples_take_the_small_table_and_mixed_ones_the_large() {
+        let v4 = |a: u32| 0xffff_0000_0000u128 | u128::from(a);
+        assert!(matches!(
+            Tuple::new(v4(1), v4(2), 3, 4),
+            Tuple::V4([1, 2, 0x0003_0004])
+        ));
+        assert!(matches!(Tuple::new(v4(1), 2, 3, 4), Tuple::V6(_)));
+        assert!(matches!(Tuple::new(1 << 100, 2, 3, 4), Tuple::V6(_)));
+        let mut a = Attempts::default();
+        for t in [
+            Tuple::new(v4(1), v4(2), 3, 4),
+            Tuple::new(1 << 100, 2, 3, 4),
+        ] {
+            assert_eq!(a.sighting(t, 0, 10, 10), (false, 0));
+            assert_eq!(a.sighting(t, 10, 10, 10), (true, 0));
+            assert_eq!(a.sighting(t, 21, 10, 10), (false, 0));
+        }
+        assert_eq!(a.len(), 2);
+        a.expire(32, 10);
+        assert_eq!(a.len(), 0);
+    }
+}
