@@ -14,30 +14,21 @@ use std::process::ExitCode;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-mod block;
 mod blocks;
-mod clock;
 mod config;
-mod conns;
-mod control;
-mod crowdsec;
-mod event_queue;
-mod host;
 mod inventory;
-mod limit;
-mod links;
 mod manual;
-mod metrics;
 mod output;
-mod owner;
-mod privileges;
-mod protect;
 mod replay;
 mod run;
-mod sockets;
-mod state;
-mod upkeep;
 mod xdp;
+
+// The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
+// and the like pointing at its modules.
+use synwatch_agent::{
+    block, clock, conns, control, crowdsec, event_queue, host, limit, links, metrics, owner,
+    privileges, protect, sockets, state, upkeep,
+};
 
 /// See every new TCP connection attempt, recognise port scans.
 ///

@@ -1,0 +1,30 @@
+//! The running synwatch agent as a library, without a command line and without stdout
+//! (diagnostics go to stderr; events go to whatever writer the caller hands over).
+//!
+//! Layout: `block` (the blocker: ban book, kernel backends, the control handler),
+//! `state` (the SQLite ban store), `limit` (the log limiter), `metrics` (Prometheus
+//! counters and the HTTP server), `control` (the control socket's server and protocol),
+//! `conns` (bounded, deadlined connection handling shared by both servers),
+//! `event_queue` (the bounded queue in front of the event writer), `host` (this host's
+//! interfaces and addresses), `protect` (which addresses are never banned), `links`
+//! (interfaces coming and going), `sockets` (the socket-table source), `owner` (which
+//! process owns a socket), `privileges` (capabilities), `upkeep` (the rule check),
+//! `clock` (wall and monotonic time at the edge), `crowdsec` (the CrowdSec Local API
+//! client: pushing bans, pulling decisions).
+
+pub mod block;
+pub mod clock;
+pub mod conns;
+pub mod control;
+pub mod crowdsec;
+pub mod event_queue;
+pub mod host;
+pub mod limit;
+pub mod links;
+pub mod metrics;
+pub mod owner;
+pub mod privileges;
+pub mod protect;
+pub mod sockets;
+pub mod state;
+pub mod upkeep;
