@@ -113,6 +113,27 @@ pub fn wall_offset() -> Offset {
     o.offset(unix, boot)
 }
 
+/// The monotonic clock (the agent is an edge that reads clocks).
+pub fn monotonic() -> std::time::Instant {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the agent is the edge that reads clocks"
+    )]
+    std::time::Instant::now()
+}
+
+/// Unix time now in nanoseconds, for events the agent itself causes (bans).
+pub fn wall_nanos() -> i64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the agent is the edge that reads clocks"
+    )]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

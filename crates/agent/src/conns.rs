@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::run::monotonic;
+use crate::clock::monotonic;
 
 /// A stream whose reads can be given a timeout.
 pub trait Timeouts {

@@ -321,10 +321,10 @@ mod tests {
         let silent: Vec<UnixStream> = (0..5)
             .map(|_| UnixStream::connect(socket_path(dir.path())).unwrap())
             .collect();
-        let asked = crate::run::monotonic();
+        let asked = crate::clock::monotonic();
         let reply = call(dir.path(), &Request::List).unwrap().unwrap();
         assert!(reply.ok);
-        assert!(crate::run::monotonic() - asked < Duration::from_secs(1));
+        assert!(crate::clock::monotonic() - asked < Duration::from_secs(1));
         pipeline.join().unwrap();
         drop(silent);
     }

@@ -1,5 +1,5 @@
 //! Event output that can never hold up enforcement. The pipeline formats events as
-//! before (through [`EventWriter`](crate::output::EventWriter)), but what it writes goes
+//! before (through the binary's `EventWriter`), but what it writes goes
 //! into a bounded queue that a thread of its own copies to stdout. A reader that stops
 //! reading (an unread pipe, a stalled log shipper) fills the queue, and further events
 //! are dropped and counted (`synwatch_events_dropped_total{reason="output_blocked"}`)
@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::clock::monotonic;
 use crate::metrics::Metrics;
-use crate::run::monotonic;
 
 /// Bytes of events waiting for the writer thread, at most (one write larger than this
 /// is still taken when the queue is empty).

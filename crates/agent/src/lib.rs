@@ -10,7 +10,7 @@
 //! (interfaces coming and going), `sockets` (the socket-table source), `owner` (which
 //! process owns a socket), `privileges` (capabilities), `upkeep` (the rule check),
 //! `clock` (wall and monotonic time at the edge), `crowdsec` (the CrowdSec Local API
-//! client: pushing bans, pulling decisions).
+//! client: pushing bans, pulling decisions), `timefmt` (RFC 3339 timestamps).
 
 pub mod block;
 pub mod clock;
@@ -27,4 +27,5 @@ pub mod privileges;
 pub mod protect;
 pub mod sockets;
 pub mod state;
+pub mod timefmt;
 pub mod upkeep;

@@ -30,9 +30,9 @@ use synwatch_capture::live::{LiveCapture, LiveOptions};
 use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits};
 use synwatch_detect::Observation;
 
+use crate::clock::{monotonic, wall_nanos};
 use crate::host::Host;
 use crate::metrics::{InterfaceMetrics, Metrics};
-use crate::run::{monotonic, wall_nanos};
 
 /// How often an interface's name is checked against the ifindex being watched, and a
 /// missing one looked for.

@@ -16,6 +16,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod blocks;
 mod config;
+mod crowdsec_args;
 mod inventory;
 mod manual;
 mod output;
@@ -26,8 +27,8 @@ mod xdp;
 // The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
 // and the like pointing at its modules.
 use synwatch_agent::{
-    block, clock, conns, control, crowdsec, event_queue, host, limit, links, metrics, owner,
-    privileges, protect, sockets, state, upkeep,
+    block, clock, control, crowdsec, event_queue, host, limit, links, metrics, owner, privileges,
+    protect, sockets, state,
 };
 
 /// See every new TCP connection attempt, recognise port scans.

@@ -199,7 +199,7 @@ pub struct RunArgs {
     pub print_config: bool,
 
     #[command(flatten)]
-    pub crowdsec: Box<crate::crowdsec::CrowdsecArgs>,
+    pub crowdsec: Box<crate::crowdsec_args::CrowdsecArgs>,
 }
 
 /// The run-only settings, validated.
@@ -303,7 +303,7 @@ impl RunSettings {
                 .log_limit_global
                 .or(file.log_limit_global)
                 .unwrap_or(5000),
-            crowdsec: crate::crowdsec::Settings::from_args(&args.crowdsec, file)?,
+            crowdsec: crate::crowdsec_args::settings(&args.crowdsec, file)?,
         })
     }
 }
@@ -338,14 +338,8 @@ fn choice<T: clap::ValueEnum + Copy>(
 /// while running counts as local (or stops counting) without a restart.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(10);
 
-/// The monotonic clock (the binary is the edge that reads clocks).
-pub(crate) fn monotonic() -> Instant {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    Instant::now()
-}
+/// The monotonic clock (read at the edge, in the agent library).
+pub(crate) use synwatch_agent::clock::monotonic;
 
 /// Longest a decided ban waits for others to join its kernel transaction under load.
 const APPLY_EVERY: Duration = Duration::from_millis(100);
@@ -751,16 +745,7 @@ fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
 }
 
 /// Unix time now in nanoseconds, for events the agent itself causes (bans).
-pub(crate) fn wall_nanos() -> i64 {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    let now = std::time::SystemTime::now();
-    now.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use synwatch_agent::clock::wall_nanos;
 
 /// Writes what blocking did as events; a lifted ban also resets the source's detector
 /// state, so that scanning again is a new scan, banned again.

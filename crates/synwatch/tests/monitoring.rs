@@ -630,7 +630,7 @@ fn the_dashboard_queries_are_valid_promql() {
 #[test]
 fn the_kit_names_only_metrics_that_metrics_rs_writes() {
     // The fleet's families are written by crowdsec/mod.rs, rendered into the same page.
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/src");
     let source = read(&src.join("metrics.rs")) + &read(&src.join("crowdsec/mod.rs"));
     let names = kit_names();
     assert!(names.len() >= DASHBOARD_FAMILIES.len(), "{names:?}");

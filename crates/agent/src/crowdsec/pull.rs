@@ -50,12 +50,12 @@ pub fn run(
     deliver: impl Fn(Pull) -> bool,
 ) {
     let mut startup = true;
-    let mut full_at = crate::run::monotonic();
+    let mut full_at = crate::clock::monotonic();
     let mut failing = false;
     let mut errors_logged = 0u32;
     let mut last_kind = None;
     while !stop.load(Ordering::Relaxed) {
-        if crate::run::monotonic().duration_since(full_at) >= FULL_EVERY {
+        if crate::clock::monotonic().duration_since(full_at) >= FULL_EVERY {
             startup = true;
         }
         if startup
@@ -78,7 +78,7 @@ pub fn run(
                     );
                 }
                 if startup {
-                    full_at = crate::run::monotonic();
+                    full_at = crate::clock::monotonic();
                 }
                 if !deliver(pull) {
                     return;

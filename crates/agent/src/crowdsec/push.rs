@@ -15,8 +15,8 @@ use synwatch_enforce::bans::Record;
 
 use super::Stats;
 use super::lapi::{Client, Credentials, LapiError};
+use crate::clock::monotonic;
 use crate::metrics::unix_now;
-use crate::run::monotonic;
 
 /// Alerts held while the LAPI is away; more are dropped (counted).
 pub const QUEUE: usize = 10_000;
@@ -133,8 +133,8 @@ pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Valu
     };
     // Ban times are agent time (crate::clock); the LAPI is told wall-clock times.
     let wall = crate::clock::wall_offset();
-    let at = crate::output::rfc3339(wall.to_wall(record.since).saturating_mul(1_000_000_000));
-    let stamp = crate::output::rfc3339(wall.to_wall(now).saturating_mul(1_000_000_000));
+    let at = crate::timefmt::rfc3339(wall.to_wall(record.since).saturating_mul(1_000_000_000));
+    let stamp = crate::timefmt::rfc3339(wall.to_wall(now).saturating_mul(1_000_000_000));
     let mut source = serde_json::json!({ "scope": scope, "value": value });
     if host {
         source["ip"] = serde_json::Value::String(net.addr().to_string());

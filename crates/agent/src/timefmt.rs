@@ -1,0 +1,60 @@
+//! RFC 3339 timestamps, for the event printers and the CrowdSec alerts alike.
+
+use synwatch_detect::Nanos;
+
+/// Formats RFC 3339 UTC timestamps with microseconds, remembering the last whole second
+/// so that consecutive events (the usual case) only format their fraction.
+#[derive(Debug, Default, Clone)]
+pub struct TimestampCache {
+    second: Option<i64>,
+    prefix: Vec<u8>,
+}
+
+impl TimestampCache {
+    pub fn write(&mut self, ts: Nanos, line: &mut Vec<u8>) {
+        let second = ts.div_euclid(1_000_000_000);
+        let micros = ts.rem_euclid(1_000_000_000) / 1000;
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.prefix.clear();
+            let (y, mo, d, h, mi, s) = civil(second);
+            use std::io::Write as _;
+            let _ = write!(self.prefix, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.");
+        }
+        line.extend_from_slice(&self.prefix);
+        let mut digits = [b'0'; 6];
+        let mut m = micros;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (m % 10) as u8;
+            m /= 10;
+        }
+        line.extend_from_slice(&digits);
+        line.push(b'Z');
+    }
+}
+
+/// RFC 3339 text for one timestamp.
+pub fn rfc3339(ts: Nanos) -> String {
+    let mut line = Vec::with_capacity(27);
+    TimestampCache::default().write(ts, &mut line);
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Seconds since the epoch to (year, month, day, hour, minute, second), proleptic
+/// Gregorian, after Howard Hinnant's `civil_from_days`.
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, mi, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (y, m as u32, d as u32, h as u32, mi as u32, s as u32)
+}
