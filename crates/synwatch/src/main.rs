@@ -5,8 +5,9 @@
 //! (0 success, 1 runtime failure, 2 bad usage or unreadable input; SPEC §3).
 //!
 //! Layout: `config` (layered options and validation), `output` (event formats),
-//! `replay` (the pipeline over capture files), `run` (the live agent), `host` (this
-//! host's interfaces and addresses).
+//! `replay` (the pipeline over capture files), `run` (the live agent); the agent's
+//! parts (blocker, ban store, metrics, control socket, this host's interfaces and
+//! addresses, CrowdSec client, ...) are the library crate `synwatch-agent`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
