@@ -6,11 +6,12 @@
 //! counters and the HTTP server), `control` (the control socket's server and protocol),
 //! `conns` (bounded, deadlined connection handling shared by both servers),
 //! `event_queue` (the bounded queue in front of the event writer), `host` (this host's
-//! interfaces and addresses), `protect` (which addresses are never banned), `links`
-//! (interfaces coming and going), `sockets` (the socket-table source), `owner` (which
-//! process owns a socket), `privileges` (capabilities), `upkeep` (the rule check),
-//! `clock` (wall and monotonic time at the edge), `crowdsec` (the CrowdSec Local API
-//! client: pushing bans, pulling decisions), `timefmt` (RFC 3339 timestamps).
+//! interfaces and addresses), `pipeline` (the per-observation step that live runs and
+//! replays share), `protect` (which addresses are never banned), `links` (interfaces
+//! coming and going), `sockets` (the socket-table source), `owner` (which process owns
+//! a socket), `privileges` (capabilities), `upkeep` (the rule check), `clock` (wall and
+//! monotonic time at the edge), `crowdsec` (the CrowdSec Local API client: pushing
+//! bans, pulling decisions), `timefmt` (RFC 3339 timestamps).
 
 pub mod block;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod limit;
 pub mod links;
 pub mod metrics;
 pub mod owner;
+pub mod pipeline;
 pub mod privileges;
 pub mod protect;
 pub mod sockets;

@@ -28,8 +28,8 @@ mod xdp;
 // The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
 // and the like pointing at its modules.
 use synwatch_agent::{
-    block, clock, control, crowdsec, event_queue, host, limit, links, metrics, owner, privileges,
-    protect, sockets, state,
+    block, clock, control, crowdsec, event_queue, host, limit, links, metrics, owner, pipeline,
+    privileges, protect, sockets, state,
 };
 
 /// See every new TCP connection attempt, recognise port scans.

@@ -18,6 +18,7 @@ use synwatch_detect::{AddrSet, Detector, Direction, Observation, Probe};
 
 use crate::config::DetectSettings;
 use crate::output::{Connection, EventWriter, Format, Formatter};
+use crate::pipeline::{StepSink, step};
 
 /// `synwatch replay` options beyond the shared detection ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -204,21 +205,17 @@ fn detect_thread(
             if let Some(ahead) = batch.obs.get(i + PREFETCH_AHEAD) {
                 detector.prefetch(ahead);
             }
-            let out = detector.observe(obs);
-            if out.log {
-                connections_logged += 1;
-                if let Err(e) = events.formatted(&batch.text[start..end]) {
-                    output = Err(e);
-                    break 'batches;
-                }
+            let mut sink = ReplayStep {
+                events: &mut events,
+                text: &batch.text[start..end],
+                logged: &mut connections_logged,
+                failed: false,
+            };
+            if let Err(e) = step(&mut detector, obs, &mut sink) {
+                output = Err(e);
+                break 'batches;
             }
             start = end;
-            for scan in out.scan.iter().chain(&out.sweeps) {
-                if let Err(e) = events.scan(scan) {
-                    output = Err(e);
-                    break 'batches;
-                }
-            }
         }
         batch.clear();
         let _ = recycle.send(batch);
@@ -237,6 +234,41 @@ fn detect_thread(
         detector,
         connections_logged,
         output,
+    }
+}
+
+/// Replay's end of the per-observation step: the `connection` line was formatted by the
+/// reading thread; nothing more is written after the first failed write.
+struct ReplayStep<'a, W: io::Write> {
+    events: &'a mut EventWriter<W>,
+    text: &'a [u8],
+    logged: &'a mut u64,
+    failed: bool,
+}
+
+impl<W: io::Write> ReplayStep<'_, W> {
+    fn write(
+        &mut self,
+        write: impl FnOnce(&mut EventWriter<W>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let result = write(self.events);
+        self.failed = result.is_err();
+        result
+    }
+}
+
+impl<W: io::Write> StepSink for ReplayStep<'_, W> {
+    fn connection(&mut self, _obs: &Observation, _direction: Direction) -> io::Result<()> {
+        *self.logged += 1;
+        let text = self.text;
+        self.write(|events| events.formatted(text))
+    }
+
+    fn scan(&mut self, _detector: &Detector, scan: &synwatch_detect::Scan) -> io::Result<()> {
+        self.write(|events| events.scan(scan))
     }
 }
 

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use ipnet::IpNet;
 use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
 use synwatch_decode::DecodeError;
-use synwatch_detect::{Detector, Direction, Observation, Seen};
+use synwatch_detect::{Detector, Direction, Observation};
 
 use synwatch_enforce::bans::Policy;
 use synwatch_enforce::{Backend, Scope};
@@ -35,6 +35,7 @@ use crate::limit::LogLimiter;
 use crate::links;
 use crate::metrics::{self, Metrics};
 use crate::output::{BlockEvent, Connection, EventWriter, Format};
+use crate::pipeline::{StepSink, step};
 use crate::protect::{self, Why};
 use crate::sockets::{SocketCounters, SocketSource};
 use crate::xdp::{KernelBans, XdpModeArg};
@@ -810,6 +811,61 @@ fn release_protected<W: std::io::Write>(
 /// A port scan or sweep: reported (saying why its source is never banned, where it is
 /// protected), and banned unless protected (for new connections only when the source
 /// holds a session with this host).
+/// The live agent's end of the per-observation step: the log limiter, the event
+/// writer, and the blocker (which takes scans, and activity of scans waiting for the cap).
+struct LiveStep<'a, W: std::io::Write, F: FnMut(IpAddr) -> bool> {
+    limiter: &'a mut LogLimiter,
+    events: &'a mut EventWriter<W>,
+    metrics: &'a Metrics,
+    blocker: Option<&'a mut Blocker>,
+    host_now: &'a HostNow,
+    holds_session: &'a mut F,
+    logged: &'a mut u64,
+}
+
+impl<W: std::io::Write, F: FnMut(IpAddr) -> bool> StepSink for LiveStep<'_, W, F> {
+    fn before(&mut self, obs: &Observation) -> std::io::Result<()> {
+        match self.limiter.roll(obs.ts) {
+            Some(held) => self.events.suppressed(&held),
+            None => Ok(()),
+        }
+    }
+
+    fn observed(&mut self, obs: &Observation) {
+        // A scan waiting for the cap gains evidence, and shows it is active.
+        if let Some(b) = self.blocker.as_deref_mut()
+            && b.has_waiting()
+        {
+            // Agent time, as the cap counts (packet times are wall time).
+            b.activity(obs.src, obs.dport, crate::clock::now());
+        }
+    }
+
+    fn connection(&mut self, obs: &Observation, direction: Direction) -> std::io::Result<()> {
+        if self.limiter.allow(obs.src) {
+            *self.logged += 1;
+            self.events.connection(&Connection {
+                ts: obs.ts,
+                src: obs.src,
+                sport: obs.sport,
+                dst: obs.dst,
+                dport: obs.dport,
+                direction,
+            })
+        } else {
+            self.metrics
+                .events_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    fn scan(&mut self, detector: &Detector, scan: &synwatch_detect::Scan) -> std::io::Result<()> {
+        let seen = (detector, self.host_now, &mut *self.holds_session);
+        on_scan(scan, seen, self.events, self.blocker.as_deref_mut())
+    }
+}
+
 fn on_scan<W: std::io::Write>(
     scan: &synwatch_detect::Scan,
     (detector, host_now, holds_session): (&Detector, &HostNow, &mut impl FnMut(IpAddr) -> bool),
@@ -1307,41 +1363,17 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         turn_started = Some(monotonic());
         match msg {
             Ok(Msg::Batch(batch)) => {
+                let mut sink = LiveStep {
+                    limiter: &mut limiter,
+                    events: &mut events,
+                    metrics: &metrics,
+                    blocker: blocker.as_mut(),
+                    host_now: &host_now,
+                    holds_session: &mut holds_session,
+                    logged: &mut logged,
+                };
                 for obs in &batch {
-                    if let Some(held) = limiter.roll(obs.ts) {
-                        output = output.and(events.suppressed(&held));
-                    }
-                    let out = detector.observe(obs);
-                    // A scan waiting for the cap gains evidence, and shows it is active.
-                    if let Some(b) = blocker.as_mut()
-                        && b.has_waiting()
-                    {
-                        // Agent time, as the cap counts (packet times are wall time).
-                        b.activity(obs.src, obs.dport, crate::clock::now());
-                    }
-                    if out.log {
-                        if limiter.allow(obs.src) {
-                            logged += 1;
-                            let direction = match out.seen {
-                                Seen::Attempt(d) => d,
-                                _ => Direction::In,
-                            };
-                            output = output.and(events.connection(&Connection {
-                                ts: obs.ts,
-                                src: obs.src,
-                                sport: obs.sport,
-                                dst: obs.dst,
-                                dport: obs.dport,
-                                direction,
-                            }));
-                        } else {
-                            metrics.events_suppressed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    for scan in out.scan.iter().chain(&out.sweeps) {
-                        let seen = (&detector, &host_now, &mut holds_session);
-                        output = output.and(on_scan(scan, seen, &mut events, blocker.as_mut()));
-                    }
+                    output = output.and(step(&mut detector, obs, &mut sink));
                 }
             }
             Ok(Msg::KernelBans(KernelBans(banned))) => {
