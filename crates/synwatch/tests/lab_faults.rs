@@ -675,7 +675,14 @@ fn started_as_root_the_agent_and_its_children_keep_only_what_blocking_needs() {
         banned_in_nftables(&lab, SCANNER)
     });
     let mut children = 0;
-    // The ban may go through netlink; the rule check and counters run nft too.
+    // Address bans go through netlink; a range ban is given to `nft`.
+    let state = dir.path().join("state");
+    let added = std::process::Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["blocks", "add", "198.51.100.0/24", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("run synwatch blocks add");
+    assert!(added.status.success(), "{added:?}");
     eventually(15, "nft run by the agent", || {
         std::fs::read_dir(&seen).is_ok_and(|mut d| d.next().is_some())
     });
