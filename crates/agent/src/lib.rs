@@ -11,13 +11,15 @@
 //! coming and going), `sockets` (the socket-table source), `owner` (which process owns
 //! a socket), `privileges` (capabilities), `upkeep` (the rule check), `clock` (wall and
 //! monotonic time at the edge), `crowdsec` (the CrowdSec Local API client: pushing
-//! bans, pulling decisions), `timefmt` (RFC 3339 timestamps).
+//! bans, pulling decisions), `timefmt` (RFC 3339 timestamps), `diag` (the subscriber that
+//! writes diagnostics to stderr, as text or JSON).
 
 pub mod block;
 pub mod clock;
 pub mod conns;
 pub mod control;
 pub mod crowdsec;
+pub mod diag;
 pub mod event_queue;
 pub mod host;
 pub mod limit;

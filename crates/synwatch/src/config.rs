@@ -102,6 +102,9 @@ pub struct DetectArgs {
     #[arg(long, env = "SYNWATCH_ANSWER_WAIT", value_name = "DUR")]
     pub answer_wait: Option<String>,
 
+    #[command(flatten)]
+    pub log: crate::diag::LogArgs,
+
     /// The options (by argument id) whose values came from `SYNWATCH_*` variables, so
     /// that an error names the variable the user set rather than a flag they never typed.
     #[arg(skip)]
@@ -135,6 +138,8 @@ pub struct FileConfig {
     pub ipv6_prefix: Option<toml::Value>,
     pub max_hosts: Option<toml::Value>,
     pub answer_wait: Option<toml::Value>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
     // Keys of `synwatch run` only (replay ignores them, so one file serves both).
     pub iface: Option<Vec<String>>,
     pub source: Option<String>,

@@ -18,6 +18,7 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 mod blocks;
 mod config;
 mod crowdsec_args;
+mod diag;
 mod inventory;
 mod manual;
 mod output;
@@ -164,7 +165,9 @@ const DETECT_IDS: [&str; 10] = [
     "max_sources",
 ];
 
-/// Validates the detection options (printing warnings), or says why not.
+/// Validates the detection options, installs the diagnostics subscriber they configure
+/// (then says their warnings through it), or says why not: an error in the options
+/// themselves is the command's one line on stderr, written before any subscriber exists.
 fn settings(
     detect: &mut config::DetectArgs,
     sub: Option<&ArgMatches>,
@@ -176,10 +179,15 @@ fn settings(
             .map(|id| (*id).to_owned())
             .collect();
     }
-    match config::DetectSettings::from_args(detect) {
-        Ok(s) => {
+    let layered = config::DetectSettings::from_args(detect).and_then(|s| {
+        let log = diag::LogSettings::from_args(&detect.log, &s.file).map_err(anyhow::Error::msg)?;
+        Ok((s, log))
+    });
+    match layered {
+        Ok((s, log)) => {
+            diag::install(log);
             for warning in &s.warnings {
-                eprintln!("synwatch: warning: {warning}");
+                tracing::warn!("warning: {warning}");
             }
             Ok(s)
         }
@@ -196,7 +204,7 @@ fn exit(result: anyhow::Result<ExitStatus>) -> ExitCode {
         Ok(ExitStatus::BadInput) => ExitCode::from(EXIT_BAD_INPUT),
         Ok(ExitStatus::Failed) => ExitCode::from(EXIT_RUNTIME),
         Err(e) => {
-            eprintln!("synwatch: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -208,6 +216,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // `run` and `replay` install theirs once their options are layered; the other
+    // commands (whose own messages are their output) get the defaults.
+    if !matches!(cli.command, Command::Run(_) | Command::Replay(_)) {
+        diag::install(diag::LogSettings::default());
+    }
     match cli.command {
         Command::Run(mut args) => {
             let settings = match settings(&mut args.detect, matches.subcommand_matches("run")) {

@@ -121,8 +121,8 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
     if settings.detector.locals.is_empty()
         && settings.detector.direction != synwatch_detect::DirectionFilter::In
     {
-        eprintln!(
-            "synwatch: warning: without --local every attempt counts as incoming; give this \
+        tracing::warn!(
+            "warning: without --local every attempt counts as incoming; give this \
              host's addresses for --direction out or both to find outgoing ones"
         );
     }
@@ -152,7 +152,7 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
             Err(FileError::Input(msg)) => {
                 progress.clear();
                 totals.files_failed += 1;
-                eprintln!("synwatch: {msg}");
+                tracing::error!("{msg}");
                 ending = Ending::BadInput;
             }
         }
@@ -173,8 +173,8 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         Ok(()) => {}
     }
     if totals.max_step_back >= 1_000_000_000 {
-        eprintln!(
-            "synwatch: warning: {} packets are stamped earlier than packets before them (up to {:.3} s back); \
+        tracing::warn!(
+            "warning: {} packets are stamped earlier than packets before them (up to {:.3} s back); \
              the detector counts them at the latest time seen, which can join attempts into one window",
             totals.out_of_order,
             totals.max_step_back as f64 / 1e9
@@ -309,8 +309,8 @@ pub(crate) fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
             .iter()
             .map(|p| display_name(p).to_string())
             .collect();
-        eprintln!(
-            "synwatch: replaying in the time order of the files' first packets: {}",
+        tracing::info!(
+            "replaying in the time order of the files' first packets: {}",
             names.join(", ")
         );
     }

@@ -427,8 +427,8 @@ fn banner(
     let window = d.window as f64 / 1e9;
     let shown: Vec<String> = locals.iter().take(8).map(IpAddr::to_string).collect();
     let more = locals.len().saturating_sub(shown.len());
-    eprintln!(
-        "synwatch: watching {watching} for new TCP connection attempts (IPv4 and IPv6).\n\
+    tracing::info!(
+        "watching {watching} for new TCP connection attempts (IPv4 and IPv6).\n\
          \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan.\n\
          \x20 Blocking: {blocking}\n\
          \x20 This host's addresses (outgoing; never blocked): {}{}\n\
@@ -568,6 +568,13 @@ fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) ->
     ) + &run.crowdsec.toml()
 }
 
+/// The `--print-config` lines of the diagnostics options (layered and checked before).
+fn log_config(args: &RunArgs, settings: &DetectSettings) -> String {
+    crate::diag::LogSettings::from_args(&args.detect.log, &settings.file)
+        .unwrap_or_default()
+        .toml()
+}
+
 /// How to give synwatch CAP_NET_ADMIN, for the message when it lacks it.
 const GRANT_NET_ADMIN: &str = "run it as root (sudo synwatch run), or grant the capabilities to the binary (sudo setcap cap_net_raw,cap_net_admin+ep $(command -v synwatch)), or in a container add --cap-add NET_RAW --cap-add NET_ADMIN with --network host; or detect only with --block none";
 
@@ -608,7 +615,7 @@ fn start_blocking(
         let why =
             format!("blocking needs CAP_NET_ADMIN, which this process lacks: {GRANT_NET_ADMIN}");
         if choice == BlockArg::Auto {
-            eprintln!("synwatch: warning: not blocking: {why}");
+            tracing::warn!("warning: not blocking: {why}");
             return Ok(None);
         }
         return Err(why);
@@ -621,8 +628,8 @@ fn start_blocking(
         }
     }
     if choice == BlockArg::Auto {
-        eprintln!(
-            "synwatch: warning: not blocking (detecting and reporting only): no backend works here; {}",
+        tracing::warn!(
+            "warning: not blocking (detecting and reporting only): no backend works here; {}",
             failures.join("; ")
         );
         Ok(None)
@@ -738,7 +745,7 @@ fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
         (caps::CapSet::Permitted, &own),
     ] {
         if let Err(e) = caps::set(None, set, wanted) {
-            eprintln!("synwatch: warning: could not drop capabilities ({set:?}): {e}");
+            tracing::warn!("warning: could not drop capabilities ({set:?}): {e}");
         }
     }
     let _ = caps::clear(None, caps::CapSet::Ambient);
@@ -978,7 +985,7 @@ impl HostNow {
 
 pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitStatus> {
     let usage = |why: String| {
-        eprintln!("synwatch: {why}");
+        tracing::error!("{why}");
         Ok(crate::ExitStatus::BadInput)
     };
     let run_settings = match RunSettings::from_args(args, &settings) {
@@ -990,8 +997,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let from_sockets = run_settings.source == SourceArg::Sockets;
     let ifaces = if from_sockets {
         if !run_settings.ifaces.is_empty() {
-            eprintln!(
-                "synwatch: warning: --iface is ignored with --source sockets (the socket table is the whole host's)"
+            tracing::warn!(
+                "warning: --iface is ignored with --source sockets (the socket table is the whole host's)"
             );
         }
         Vec::new()
@@ -1006,14 +1013,16 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         shown.ifaces = ifaces;
         use std::io::Write as _;
         std::io::stdout()
-            .write_all(print_config(&settings, &shown, format).as_bytes())
+            .write_all(
+                (print_config(&settings, &shown, format) + &log_config(args, &settings)).as_bytes(),
+            )
             .context("cannot write the configuration to stdout")?;
         return Ok(crate::ExitStatus::Success);
     }
     let fleet = if run_settings.crowdsec.enabled() {
         if run_settings.block == BlockArg::None {
-            eprintln!(
-                "synwatch: warning: the CrowdSec options are ignored with --block none (nothing to push, nothing to enforce)"
+            tracing::warn!(
+                "warning: the CrowdSec options are ignored with --block none (nothing to push, nothing to enforce)"
             );
             None
         } else {
@@ -1051,7 +1060,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Ok(x) => xdp = Some(x),
             Err(e) => {
                 if let Some(log) = e.verifier_log() {
-                    eprintln!("synwatch: the verifier's log:\n{log}");
+                    tracing::warn!("the verifier's log:\n{log}");
                 }
                 if run_settings.source == SourceArg::Xdp || xdp_blocking {
                     let option = if xdp_blocking {
@@ -1063,7 +1072,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 }
                 // Said once libpcap is open: if it cannot open either, that is the error.
                 xdp_fallback = Some(format!(
-                    "synwatch: XDP is not available, watching through libpcap instead: {e}"
+                    "XDP is not available, watching through libpcap instead: {e}"
                 ));
             }
         }
@@ -1082,12 +1091,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         Err(e) => return Err(e.into()),
     };
     if let Some(line) = xdp_fallback {
-        eprintln!("{line}");
+        tracing::warn!("{line}");
     }
     let socket_source = if from_sockets {
         let (source, warnings) = SocketSource::open(run_settings.poll)?;
         for w in warnings {
-            eprintln!("synwatch: warning: {w}");
+            tracing::warn!("warning: {w}");
         }
         Some(source)
     } else {
@@ -1187,8 +1196,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             blocks_in_xdp.then_some((&run_settings.blocking, true)),
         );
         if blocks_in_xdp && options.detection.is_none() {
-            eprintln!(
-                "synwatch: warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
+            tracing::warn!(
+                "warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
             );
         }
         crate::xdp::apply(x, options, host_now.snapshot().view(&settings.detector))
@@ -1381,8 +1390,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                     let now = crate::clock::now();
                     for (net, addr) in banned {
                         if !b.confirm_kernel_ban(net, now, holds_session(addr)) {
-                            eprintln!(
-                                "synwatch: the XDP program banned {net}, but the detector did not (see above); lifting it"
+                            tracing::warn!(
+                                "the XDP program banned {net}, but the detector did not (see above); lifting it"
                             );
                         }
                     }
@@ -1506,8 +1515,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 cfg.neighbours = neighbours(&snapshot.infra);
                 let infra_changed = snapshot.infra != known_infra;
                 if infra_changed {
-                    eprintln!(
-                        "synwatch: this host's gateways, routers and resolvers (never blocked) are now: {}",
+                    tracing::info!(
+                        "this host's gateways, routers and resolvers (never blocked) are now: {}",
                         snapshot.infra.describe()
                     );
                     known_infra = snapshot.infra.clone();
@@ -1551,7 +1560,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // The last events get a moment to reach a reader that reads; one that does not
     // cannot hold the exit.
     if !events.get_ref().drain(FINAL_OUTPUT_WAIT) {
-        eprintln!("synwatch: warning: stdout did not take the last events; exiting without them");
+        tracing::warn!("warning: stdout did not take the last events; exiting without them");
     }
 
     let mut lines = Vec::new();
@@ -1601,8 +1610,8 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         ));
     }
     let s = detector.stats();
-    eprintln!(
-        "synwatch: stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted); bans applied: {}, lifted: {}, refused: {}",
+    tracing::info!(
+        "stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted); bans applied: {}, lifted: {}, refused: {}",
         lines.join("\n"),
         s.attempts_in,
         s.attempts_out,
@@ -1683,7 +1692,7 @@ fn reconfigure_xdp(
     host: &HostNow,
 ) {
     if let Err(e) = crate::xdp::apply(xdp, options, host.snapshot().view(detector.config())) {
-        eprintln!("synwatch: cannot update the XDP program: {e}");
+        tracing::error!("cannot update the XDP program: {e}");
     }
 }
 
@@ -1696,7 +1705,7 @@ fn reload_config(
     detector: &mut Detector,
 ) -> Option<(synwatch_detect::AddrSet, RunSettings)> {
     let Some(path) = &args.detect.config else {
-        eprintln!("synwatch: SIGHUP: no --config file to reload; configuration unchanged");
+        tracing::warn!("SIGHUP: no --config file to reload; configuration unchanged");
         return None;
     };
     let fresh = DetectSettings::from_args(&args.detect).and_then(|fresh| {
@@ -1706,7 +1715,7 @@ fn reload_config(
     match fresh {
         Ok((fresh, fresh_run)) => {
             for warning in &fresh.warnings {
-                eprintln!("synwatch: warning: {warning}");
+                tracing::warn!("warning: {warning}");
             }
             let mut cfg = fresh.detector;
             let configured = cfg.locals.clone();
@@ -1714,8 +1723,8 @@ fn reload_config(
             cfg.locals = host.locals(&configured);
             cfg.neighbours = detector.config().neighbours.clone();
             cfg.sweeps = detector.config().sweeps;
-            eprintln!(
-                "synwatch: reloaded {}: a scan is more than {} ports within {} s; {} allowlisted ranges",
+            tracing::info!(
+                "reloaded {}: a scan is more than {} ports within {} s; {} allowlisted ranges",
                 path.display(),
                 cfg.max_ports,
                 cfg.window as f64 / 1e9,
@@ -1725,8 +1734,8 @@ fn reload_config(
             Some((configured, fresh_run))
         }
         Err(e) => {
-            eprintln!(
-                "synwatch: reloading {} failed, keeping the running configuration: {e:#}",
+            tracing::error!(
+                "reloading {} failed, keeping the running configuration: {e:#}",
                 path.display()
             );
             None

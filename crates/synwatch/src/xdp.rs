@@ -85,8 +85,8 @@ pub fn start(ifaces: &[String], mode: XdpModeArg, options: Options) -> Result<Xd
     for iface in ifaces {
         let attached = xdp.attach(iface, mode.mode())?;
         if let Some(old) = &attached.replaced {
-            eprintln!(
-                "synwatch: replaced a stale synwatch XDP program on {iface} ({old}) left by an earlier run"
+            tracing::info!(
+                "replaced a stale synwatch XDP program on {iface} ({old}) left by an earlier run"
             );
         }
     }
@@ -190,7 +190,7 @@ pub fn run(
                     .fetch_add(bad, Ordering::Relaxed);
             }
             Err(e) => {
-                eprintln!("synwatch: cannot read the XDP ring buffer: {e}");
+                tracing::error!("cannot read the XDP ring buffer: {e}");
                 break;
             }
         }

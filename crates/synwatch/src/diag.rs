@@ -1,0 +1,189 @@
+//! The diagnostics options, `--log-level` and `--log-format`, layered file < env < flags
+//! like every option; `synwatch_agent::diag` writes with what they chose.
+
+use tracing::level_filters::LevelFilter;
+
+use synwatch_agent::diag::Format;
+
+use crate::config::FileConfig;
+
+/// `--log-level`: the least severe diagnostics written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Only failures
+    Error,
+    /// Failures and warnings
+    Warn,
+    /// What the agent does: start, interfaces coming and going, reloads, the summary
+    Info,
+    /// More detail (aya's debug records too)
+    Debug,
+    /// Everything
+    Trace,
+}
+
+impl LogLevel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+
+    fn filter(self) -> LevelFilter {
+        match self {
+            Self::Error => LevelFilter::ERROR,
+            Self::Warn => LevelFilter::WARN,
+            Self::Info => LevelFilter::INFO,
+            Self::Debug => LevelFilter::DEBUG,
+            Self::Trace => LevelFilter::TRACE,
+        }
+    }
+}
+
+/// `--log-format`: how diagnostics are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `synwatch: message`, one per line (continuation lines indented)
+    Text,
+    /// One JSON object per line: level, target, message, fields
+    Json,
+}
+
+impl LogFormat {
+    fn format(self) -> Format {
+        match self {
+            Self::Text => Format::Text,
+            Self::Json => Format::Json,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// The diagnostics options of `run` and `replay`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct LogArgs {
+    /// The least severe diagnostics written to stderr (events on stdout are not affected)
+    /// [default: info]
+    #[arg(long, env = "SYNWATCH_LOG_LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
+
+    /// How diagnostics are written to stderr: text lines "synwatch: message", or one JSON
+    /// object per line (level, target, message, fields) [default: text]
+    #[arg(long, env = "SYNWATCH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The layered diagnostics settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl LogSettings {
+    /// The flag (clap has put it over the environment), else the file's key, else the
+    /// default. A bad file value is one line naming the key.
+    pub fn from_args(args: &LogArgs, file: &FileConfig) -> Result<Self, String> {
+        Ok(Self {
+            level: choice(args.log_level, &file.log_level, "log_level", LogLevel::Info)?,
+            format: choice(
+                args.log_format,
+                &file.log_format,
+                "log_format",
+                LogFormat::Text,
+            )?,
+        })
+    }
+
+    /// The `--print-config` lines.
+    pub fn toml(&self) -> String {
+        format!(
+            "log_level = \"{}\"\nlog_format = \"{}\"\n",
+            self.level.as_str(),
+            self.format.as_str()
+        )
+    }
+}
+
+/// An enumerated option: the flag's value, else the file's `key`, else `default`.
+fn choice<T: clap::ValueEnum + Copy>(
+    flag: Option<T>,
+    file: &Option<String>,
+    key: &str,
+    default: T,
+) -> Result<T, String> {
+    let Some(text) = file.as_deref().filter(|_| flag.is_none()) else {
+        return Ok(flag.unwrap_or(default));
+    };
+    T::from_str(text, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        format!(
+            "invalid {key} '{text}' in the config file: expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// Installs the agent's subscriber on stderr with these settings (once per process).
+pub fn install(settings: LogSettings) {
+    synwatch_agent::diag::install(settings.level.filter(), settings.format.format());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_the_default() {
+        let mut file = FileConfig::default();
+        let none = LogArgs::default();
+        assert_eq!(
+            LogSettings::from_args(&none, &file),
+            Ok(LogSettings::default())
+        );
+        file.log_level = Some("warn".into());
+        file.log_format = Some("json".into());
+        let from_file = LogSettings::from_args(&none, &file).expect("valid");
+        assert_eq!(from_file.level, LogLevel::Warn);
+        assert_eq!(from_file.format, LogFormat::Json);
+        let flags = LogArgs {
+            log_level: Some(LogLevel::Debug),
+            log_format: Some(LogFormat::Text),
+        };
+        assert_eq!(
+            LogSettings::from_args(&flags, &file),
+            Ok(LogSettings {
+                level: LogLevel::Debug,
+                format: LogFormat::Text
+            })
+        );
+        file.log_level = Some("loud".into());
+        let err = LogSettings::from_args(&none, &file).expect_err("refused");
+        assert_eq!(
+            err,
+            "invalid log_level 'loud' in the config file: expected one of error, warn, info, debug, trace"
+        );
+    }
+}
