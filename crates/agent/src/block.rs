@@ -262,7 +262,7 @@ impl Blocker {
             return Vec::new();
         }
         if let Err(e) = self.store.delete(&absorbed, false) {
-            eprintln!("synwatch: {e:#}");
+            tracing::error!("{e:#}");
         }
         self.pending.retain(|p| !absorbed.contains(&p.net));
         self.unsaved.retain(|p| !absorbed.contains(&p.net));
@@ -364,7 +364,7 @@ impl Blocker {
             ""
         };
         let src = synwatch_enforce::net_text(src);
-        eprintln!("synwatch: not blocking {src}: {text}{more}");
+        tracing::warn!("not blocking {src}: {text}{more}");
     }
 
     /// Applies pending bans in one batch, lifts expired ones, retries failed changes and
@@ -386,7 +386,7 @@ impl Blocker {
                 .delete(&addrs, false)
                 .and_then(|()| self.store.prune_offenders(now.saturating_sub(memory)))
             {
-                eprintln!("synwatch: {e:#}");
+                tracing::error!("{e:#}");
             }
             self.metrics
                 .unblocks
@@ -402,8 +402,8 @@ impl Blocker {
         }
         if !self.unsaved.is_empty() {
             if let Err(e) = self.store.save(&self.unsaved) {
-                eprintln!(
-                    "synwatch: {e:#}; {} new ban(s) hold only until the agent stops",
+                tracing::error!(
+                    "{e:#}; {} new ban(s) hold only until the agent stops",
                     self.unsaved.len()
                 );
             }
@@ -520,15 +520,15 @@ impl Blocker {
                 self.metrics
                     .rules_reinstated
                     .fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "synwatch: synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {total} ban{}",
+                tracing::warn!(
+                    "synwatch's {backend} rules were removed by someone else (a firewall reload?); set them up again with {total} ban{}",
                     if total == 1 { "" } else { "s" }
                 );
             }
             Err(e) => {
                 self.metrics.ban_failures.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "synwatch: synwatch's {backend} rules were removed by someone else, and setting them up again failed: {e}; retrying in {COUNTERS_SECS} s"
+                tracing::error!(
+                    "synwatch's {backend} rules were removed by someone else, and setting them up again failed: {e}; retrying in {COUNTERS_SECS} s"
                 );
             }
         }
@@ -540,8 +540,8 @@ impl Blocker {
     pub fn check_from_thread(&mut self, checker: Box<dyn Enforcer>) {
         match crate::upkeep::Upkeep::start(checker, std::time::Duration::from_secs(2)) {
             Ok(u) => self.upkeep = Some(u),
-            Err(e) => eprintln!(
-                "synwatch: warning: cannot start the rule check thread ({e}); the pipeline checks the rules itself"
+            Err(e) => tracing::warn!(
+                "warning: cannot start the rule check thread ({e}); the pipeline checks the rules itself"
             ),
         }
     }
@@ -566,8 +566,8 @@ impl Blocker {
     fn failed(&mut self, e: &EnforceError, count: usize, verb: &str, now: i64) {
         self.metrics.ban_failures.fetch_add(1, Ordering::Relaxed);
         self.retry_at = now + RETRY_SECS;
-        eprintln!(
-            "synwatch: cannot {verb} {count} ban{} with {}: {e}; retrying in {RETRY_SECS} s",
+        tracing::error!(
+            "cannot {verb} {count} ban{} with {}: {e}; retrying in {RETRY_SECS} s",
             if count == 1 { "" } else { "s" },
             self.enforcer.backend()
         );
@@ -645,7 +645,7 @@ impl Blocker {
                 let addr = &synwatch_enforce::ban_net(*addr);
                 if let Some((why, covered)) = protected(*addr) {
                     let text = refusal(*addr, why, covered);
-                    eprintln!("synwatch: not blocking {text}");
+                    tracing::warn!("not blocking {text}");
                     return (Reply::error(backend, text), happened);
                 }
                 let record = match self.book.manual(*addr, *secs, now) {
@@ -720,7 +720,7 @@ impl Blocker {
 
     fn lift(&mut self, addrs: Vec<IpNet>, why: &'static str, now: i64) -> Vec<Happened> {
         if let Err(e) = self.store.delete(&addrs, true) {
-            eprintln!("synwatch: {e:#}");
+            tracing::error!("{e:#}");
         }
         // A set: the LAPI may delete thousands of decisions at once.
         let lifted: std::collections::HashSet<IpNet> = addrs.iter().copied().collect();
@@ -747,14 +747,14 @@ impl Blocker {
             let now = crate::clock::now();
             self.retry_at = now;
             self.push_to_kernel(now);
-            eprintln!(
-                "synwatch: leaving {} bans in the kernel (--keep-rules-on-exit)",
+            tracing::info!(
+                "leaving {} bans in the kernel (--keep-rules-on-exit)",
                 self.book.len()
             );
             return;
         }
         if let Err(e) = self.enforcer.teardown() {
-            eprintln!("synwatch: cannot remove synwatch's firewall rules: {e}");
+            tracing::error!("cannot remove synwatch's firewall rules: {e}");
         }
     }
 }

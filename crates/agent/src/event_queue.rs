@@ -155,8 +155,8 @@ impl EventQueue {
             .warned_at
             .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
         {
-            eprintln!(
-                "synwatch: warning: stdout is not taking events as fast as they come: {} dropped since the last warning (counted in synwatch_events_dropped_total{{reason=\"output_blocked\"}}); detecting and blocking go on",
+            tracing::warn!(
+                "warning: stdout is not taking events as fast as they come: {} dropped since the last warning (counted in synwatch_events_dropped_total{{reason=\"output_blocked\"}}); detecting and blocking go on",
                 self.unreported
             );
             self.warned_at = Some(now);
@@ -224,8 +224,8 @@ fn writer<W: Write>(mut out: W, shared: &Shared, metrics: &Metrics) {
             state.writing = false;
             shared.idle.notify_all();
             drop(state);
-            eprintln!(
-                "synwatch: warning: stdout is closed ({e}): events are no longer written (counted in synwatch_events_dropped_total{{reason=\"output_closed\"}}); detecting and blocking go on"
+            tracing::warn!(
+                "warning: stdout is closed ({e}): events are no longer written (counted in synwatch_events_dropped_total{{reason=\"output_closed\"}}); detecting and blocking go on"
             );
             return;
         }
@@ -234,8 +234,8 @@ fn writer<W: Write>(mut out: W, shared: &Shared, metrics: &Metrics) {
         let now = monotonic();
         if failed_at.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
             failed_at = Some(now);
-            eprintln!(
-                "synwatch: warning: cannot write events to stdout ({e}): dropped (counted in synwatch_events_dropped_total{{reason=\"output_failed\"}}); detecting and blocking go on"
+            tracing::warn!(
+                "warning: cannot write events to stdout ({e}): dropped (counted in synwatch_events_dropped_total{{reason=\"output_failed\"}}); detecting and blocking go on"
             );
         }
     }

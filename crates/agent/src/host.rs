@@ -187,8 +187,8 @@ impl Sessions {
         let table = match SocketTable::open() {
             Ok(t) => Some(t),
             Err(e) => {
-                eprintln!(
-                    "synwatch: warning: cannot read the socket table ({e}): bans will drop established sessions too"
+                tracing::warn!(
+                    "warning: cannot read the socket table ({e}): bans will drop established sessions too"
                 );
                 None
             }

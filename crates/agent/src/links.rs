@@ -92,7 +92,7 @@ pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
     let mut trouble: Option<String> = None;
     let report = |trouble: &mut Option<String>, why: String, fault: bool| {
         if trouble.as_deref() != Some(why.as_str()) {
-            eprintln!("synwatch: {why}");
+            tracing::warn!("{why}");
         }
         counters.set_state(false, fault.then(|| why.clone()));
         *trouble = Some(why);
@@ -124,7 +124,7 @@ pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
             continue;
         };
         if trouble.take().is_some() {
-            eprintln!("synwatch: interface {name} is back (ifindex {index}): watching it again");
+            tracing::info!("interface {name} is back (ifindex {index}): watching it again");
         }
         counters.set_state(true, None);
         match capture(cap, index, name, slot, watch) {
@@ -258,22 +258,22 @@ where
         for name in host.up.difference(&known.clone()) {
             let Some(slot) = watch.metrics.interface_slot(name) else {
                 if !full_said {
-                    eprintln!(
-                        "synwatch: warning: {name} came up, but every interface slot is taken: not watching it (name the interfaces with --iface, or restart)"
+                    tracing::warn!(
+                        "warning: {name} came up, but every interface slot is taken: not watching it (name the interfaces with --iface, or restart)"
                     );
                     full_said = true;
                 }
                 continue;
             };
             known.insert(name.clone());
-            eprintln!("synwatch: interface {name} came up: watching it");
+            tracing::info!("interface {name} came up: watching it");
             let (name, watch) = (name.clone(), Arc::clone(watch));
             match thread::Builder::new()
                 .name(format!("capture-{name}"))
                 .spawn(move || supervise(&name, slot, None, &watch))
             {
                 Ok(handle) => threads.push(handle),
-                Err(e) => eprintln!("synwatch: cannot start a capture thread: {e}"),
+                Err(e) => tracing::error!("cannot start a capture thread: {e}"),
             }
         }
     }
@@ -318,8 +318,8 @@ pub fn check_xdp(
             Some(now) if now == *was => {}
             Some(now) => match xdp.reattach(name, mode) {
                 Ok(a) => {
-                    eprintln!(
-                        "synwatch: interface {name} is back (ifindex {now}): the XDP program is attached again ({})",
+                    tracing::info!(
+                        "interface {name} is back (ifindex {now}): the XDP program is attached again ({})",
                         a.mode
                     );
                     links.missing.remove(name);
@@ -328,7 +328,7 @@ pub fn check_xdp(
                 Err(e) => {
                     let why = format!("cannot attach the XDP program to {name} again: {e}");
                     if links.missing.insert(name.clone()) {
-                        eprintln!("synwatch: {why}; trying again");
+                        tracing::warn!("{why}; trying again");
                     }
                     set(false, Some(why));
                 }
@@ -338,7 +338,7 @@ pub fn check_xdp(
                     "interface {name} is missing (deleted or renamed): waiting for it to return"
                 );
                 if links.missing.insert(name.clone()) {
-                    eprintln!("synwatch: {why}");
+                    tracing::warn!("{why}");
                 }
                 set(false, required.then_some(why));
             }
@@ -354,8 +354,8 @@ pub fn check_xdp(
         }
         match xdp.attach(name, mode) {
             Ok(a) => {
-                eprintln!(
-                    "synwatch: interface {name} came up: the XDP program is attached ({})",
+                tracing::info!(
+                    "interface {name} came up: the XDP program is attached ({})",
                     a.mode
                 );
                 if let Some(slot) = metrics.interface_slot(name) {
@@ -363,9 +363,7 @@ pub fn check_xdp(
                 }
             }
             Err(e) => {
-                eprintln!(
-                    "synwatch: interface {name} came up, but cannot attach the XDP program: {e}"
-                );
+                tracing::error!("interface {name} came up, but cannot attach the XDP program: {e}");
                 links.missing.insert(name.clone());
             }
         }

@@ -23,7 +23,7 @@ pub fn limit_bounding(children: &CapsHashSet) {
     };
     for cap in bounding.difference(children) {
         if let Err(e) = caps::drop(None, CapSet::Bounding, *cap) {
-            eprintln!("synwatch: warning: could not drop {cap} from the bounding set: {e}");
+            tracing::warn!("warning: could not drop {cap} from the bounding set: {e}");
         }
     }
 }
@@ -47,7 +47,7 @@ pub fn keep_only(files: &[Capability]) {
         (CapSet::Permitted, &keep),
     ] {
         if let Err(e) = caps::set(None, set, wanted) {
-            eprintln!("synwatch: warning: could not drop capabilities ({set:?}): {e}");
+            tracing::warn!("warning: could not drop capabilities ({set:?}): {e}");
         }
     }
 }

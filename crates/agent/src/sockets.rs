@@ -129,7 +129,7 @@ pub fn run(
             Ok(dump) => {
                 counters.dumps.fetch_add(1, Ordering::Relaxed);
                 if failing {
-                    eprintln!("synwatch: the socket table reads again");
+                    tracing::info!("the socket table reads again");
                     failing = false;
                 }
                 if !deliver(tracker.update(&dump), &[&counters.connections]) {
@@ -139,7 +139,7 @@ pub fn run(
             Err(e) => {
                 counters.dump_failures.fetch_add(1, Ordering::Relaxed);
                 if !failing {
-                    eprintln!("synwatch: cannot read the socket table (retrying): {e}");
+                    tracing::error!("cannot read the socket table (retrying): {e}");
                     failing = true;
                 }
             }
@@ -166,7 +166,7 @@ pub fn run(
             }
             destroyed.clear();
             if let Err(e) = events.read(&mut destroyed) {
-                eprintln!("synwatch: {e}; going on with dumps only");
+                tracing::warn!("{e}; going on with dumps only");
                 source.events = None;
                 continue;
             }

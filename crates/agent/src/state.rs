@@ -71,8 +71,8 @@ impl Store {
                 for suffix in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{suffix}")));
                 }
-                eprintln!(
-                    "synwatch: WARNING: the ban database {} is not readable ({e}); moved it to {} and started a new one: the bans it held are not restored",
+                tracing::error!(
+                    "WARNING: the ban database {} is not readable ({e}); moved it to {} and started a new one: the bans it held are not restored",
                     path.display(),
                     aside.display()
                 );
@@ -254,8 +254,8 @@ impl Store {
                 Ok(fields) => fields,
                 Err(e) => {
                     self.damage.rows_skipped += 1;
-                    eprintln!(
-                        "synwatch: warning: skipping a ban in {}: {e} (edited by hand?)",
+                    tracing::warn!(
+                        "warning: skipping a ban in {}: {e} (edited by hand?)",
                         self.path.display()
                     );
                     continue;
@@ -272,8 +272,8 @@ impl Store {
                 }),
                 None => {
                     self.damage.rows_skipped += 1;
-                    eprintln!(
-                        "synwatch: warning: skipping '{addr}' in {}: not an address or CIDR range",
+                    tracing::warn!(
+                        "warning: skipping '{addr}' in {}: not an address or CIDR range",
                         self.path.display()
                     );
                 }

@@ -107,9 +107,7 @@ fn look(checker: &mut dyn Enforcer, setups: u64) -> Report {
             Ok(()) => true,
             Err(e) => {
                 // The pipeline tries itself, and says what failed.
-                eprintln!(
-                    "synwatch: synwatch's rules are missing; setting them up again failed: {e}"
-                );
+                tracing::error!("synwatch's rules are missing; setting them up again failed: {e}");
                 false
             }
         }

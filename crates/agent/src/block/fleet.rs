@@ -182,8 +182,8 @@ impl Blocker {
                 stats.skipped(class, Skip::Protected);
                 if protected_logged < PROTECTED_LOGGED {
                     protected_logged += 1;
-                    eprintln!(
-                        "synwatch: not enforcing the CrowdSec decision {} ({}) on {}",
+                    tracing::warn!(
+                        "not enforcing the CrowdSec decision {} ({}) on {}",
                         d.id,
                         ban.origin,
                         super::refusal(net, why, covered)
@@ -240,8 +240,8 @@ impl Blocker {
             }
         }
         if protected_more > 0 {
-            eprintln!(
-                "synwatch: not enforcing {protected_more} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})"
+            tracing::warn!(
+                "not enforcing {protected_more} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})"
             );
         }
         if pull.startup {

@@ -342,7 +342,7 @@ impl Threads {
         }
         for h in self.handles {
             if h.join().is_err() {
-                eprintln!("synwatch: a CrowdSec thread failed");
+                tracing::error!("a CrowdSec thread failed");
             }
         }
     }
@@ -379,8 +379,8 @@ pub fn start(
                 .context("cannot start the CrowdSec push thread")?,
         );
         blocker.join_fleet(Some(outbox), Arc::clone(&stats));
-        eprintln!(
-            "synwatch: pushing bans to the CrowdSec LAPI at {base} (scenarios {})",
+        tracing::info!(
+            "pushing bans to the CrowdSec LAPI at {base} (scenarios {})",
             push::SCENARIOS.join(", ")
         );
     } else {
@@ -401,8 +401,8 @@ pub fn start(
                 })
                 .context("cannot start the CrowdSec pull thread")?,
         );
-        eprintln!(
-            "synwatch: enforcing the ban decisions of the CrowdSec LAPI at {base}, pulled every {} s",
+        tracing::info!(
+            "enforcing the ban decisions of the CrowdSec LAPI at {base}, pulled every {} s",
             every.as_secs()
         );
     }

@@ -72,8 +72,8 @@ pub fn run(
                     deleted: stream.deleted,
                 };
                 if failing {
-                    eprintln!(
-                        "synwatch: the CrowdSec LAPI at {} answers again; resynchronising",
+                    tracing::info!(
+                        "the CrowdSec LAPI at {} answers again; resynchronising",
                         client.base()
                     );
                 }
@@ -99,8 +99,8 @@ pub fn run(
                 if errors_logged.is_multiple_of(30) || last_kind != Some(kind) {
                     last_kind = Some(kind);
                     errors_logged = 0;
-                    eprintln!(
-                        "synwatch: cannot pull decisions from the CrowdSec LAPI at {}: {e}{}; the bans held stay enforced, retrying every {} s",
+                    tracing::error!(
+                        "cannot pull decisions from the CrowdSec LAPI at {}: {e}{}; the bans held stay enforced, retrying every {} s",
                         client.base(),
                         hint(&e),
                         every.as_secs()

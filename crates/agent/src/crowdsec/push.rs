@@ -229,10 +229,7 @@ pub fn run(
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 stats.last_push.store(unix_now(), Ordering::Relaxed);
                 if failing {
-                    eprintln!(
-                        "synwatch: the CrowdSec LAPI at {} takes alerts again",
-                        client.base()
-                    );
+                    tracing::info!("the CrowdSec LAPI at {} takes alerts again", client.base());
                 }
                 failing = false;
                 backoff = Duration::from_secs(1);
@@ -250,8 +247,8 @@ pub fn run(
                     .push_dropped
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 stats.push_errors.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "synwatch: the CrowdSec LAPI at {} refused {} alert(s), dropped: {e}",
+                tracing::error!(
+                    "the CrowdSec LAPI at {} refused {} alert(s), dropped: {e}",
                     client.base(),
                     batch.len()
                 );
@@ -263,8 +260,8 @@ pub fn run(
                     _ => "",
                 };
                 if !failing {
-                    eprintln!(
-                        "synwatch: cannot push bans to the CrowdSec LAPI at {}: {e}{hint}; {} alert(s) queued, retrying with backoff (up to {} s)",
+                    tracing::error!(
+                        "cannot push bans to the CrowdSec LAPI at {}: {e}{hint}; {} alert(s) queued, retrying with backoff (up to {} s)",
                         client.base(),
                         batch.len(),
                         BACKOFF_MAX.as_secs()
