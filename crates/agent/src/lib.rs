@@ -12,7 +12,8 @@
 //! a socket), `privileges` (capabilities), `upkeep` (the rule check), `clock` (wall and
 //! monotonic time at the edge), `crowdsec` (the CrowdSec Local API client: pushing
 //! bans, pulling decisions), `timefmt` (RFC 3339 timestamps), `diag` (the subscriber that
-//! writes diagnostics to stderr, as text or JSON).
+//! writes diagnostics to stderr, as text or JSON), `xdp` (the XDP program: starting it,
+//! its ring-buffer thread, what it is told).
 
 pub mod block;
 pub mod clock;
@@ -33,3 +34,4 @@ pub mod sockets;
 pub mod state;
 pub mod timefmt;
 pub mod upkeep;
+pub mod xdp;

@@ -24,13 +24,12 @@ mod manual;
 mod output;
 mod replay;
 mod run;
-mod xdp;
 
 // The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
 // and the like pointing at its modules.
 use synwatch_agent::{
     block, clock, control, crowdsec, event_queue, host, limit, links, metrics, owner, pipeline,
-    privileges, protect, sockets, state,
+    privileges, protect, sockets, state, xdp,
 };
 
 /// See every new TCP connection attempt, recognise port scans.

@@ -38,7 +38,36 @@ use crate::output::{BlockEvent, Connection, EventWriter, Format};
 use crate::pipeline::{StepSink, step};
 use crate::protect::{self, Why};
 use crate::sockets::{SocketCounters, SocketSource};
-use crate::xdp::{KernelBans, XdpModeArg};
+use crate::xdp::KernelBans;
+
+/// `--xdp-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (in the driver) where the driver supports it, else generic
+    Auto,
+    /// In the driver only: fails on interfaces whose driver has no XDP support
+    Native,
+    /// In the kernel's generic receive path: works everywhere, slower
+    Generic,
+}
+
+impl XdpModeArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+
+    pub fn mode(self) -> synwatch_xdp::Mode {
+        match self {
+            Self::Auto => synwatch_xdp::Mode::Auto,
+            Self::Native => synwatch_xdp::Mode::Native,
+            Self::Generic => synwatch_xdp::Mode::Generic,
+        }
+    }
+}
 
 /// `--block`: what is done to scanners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -1056,7 +1085,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             (xdp_blocking && !run_settings.blocking.dry_run)
                 .then_some((&run_settings.blocking, true)),
         );
-        match crate::xdp::start(&ifaces, run_settings.xdp_mode, options) {
+        match crate::xdp::start(&ifaces, run_settings.xdp_mode.mode(), options) {
             Ok(x) => xdp = Some(x),
             Err(e) => {
                 if let Some(log) = e.verifier_log() {

@@ -1,4 +1,4 @@
-//! The XDP path of `synwatch run`: starting the program on the watched interfaces, the
+//! The XDP path of the running agent: starting the program on the watched interfaces, the
 //! thread that turns its ring buffer into observations, and the allowlist it consults.
 //!
 //! The program reports probes (with `--source xdp`) and the packets with which it
@@ -21,35 +21,6 @@ use synwatch_xdp::clock::{BootToUnix, boot_now};
 use synwatch_xdp::{Counter, Detection, Mode, Options, Record, Ring, Xdp, XdpError};
 
 use crate::metrics::Metrics;
-
-/// `--xdp-mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeArg {
-    /// Native (in the driver) where the driver supports it, else generic
-    Auto,
-    /// In the driver only: fails on interfaces whose driver has no XDP support
-    Native,
-    /// In the kernel's generic receive path: works everywhere, slower
-    Generic,
-}
-
-impl XdpModeArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Native => "native",
-            Self::Generic => "generic",
-        }
-    }
-
-    pub fn mode(self) -> Mode {
-        match self {
-            Self::Auto => Mode::Auto,
-            Self::Native => Mode::Native,
-            Self::Generic => Mode::Generic,
-        }
-    }
-}
 
 /// What the program is told, from the running configuration.
 pub fn options(
@@ -80,10 +51,10 @@ pub fn options(
 
 /// Loads the program and attaches it to every interface; on any failure nothing stays
 /// attached (the program is dropped).
-pub fn start(ifaces: &[String], mode: XdpModeArg, options: Options) -> Result<Xdp, XdpError> {
+pub fn start(ifaces: &[String], mode: Mode, options: Options) -> Result<Xdp, XdpError> {
     let mut xdp = Xdp::load(options)?;
     for iface in ifaces {
-        let attached = xdp.attach(iface, mode.mode())?;
+        let attached = xdp.attach(iface, mode)?;
         if let Some(old) = &attached.replaced {
             tracing::info!(
                 "replaced a stale synwatch XDP program on {iface} ({old}) left by an earlier run"
@@ -177,7 +148,7 @@ pub fn run(
     // the reassembly's clock (monotonic, as the kernel's own reassembly timer).
     let mut defrag = Reassembler::new(ReassemblyLimits::default());
     let reassembly_slot = metrics.interfaces.len();
-    let mut next_counters = crate::run::monotonic();
+    let mut next_counters = crate::clock::monotonic();
     // SYNs handed up raw that the program's table of last sightings judged
     // retransmissions (the program counts its own).
     let mut raw_same = 0u64;
@@ -246,7 +217,7 @@ pub fn run(
                 std::thread::sleep(COALESCE);
             }
         }
-        let t = crate::run::monotonic();
+        let t = crate::clock::monotonic();
         if t >= next_counters {
             next_counters = t + COUNTERS_EVERY;
             record(&ring, metrics, slots, observing, raw_same);
