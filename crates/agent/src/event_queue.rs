@@ -167,9 +167,26 @@ impl EventQueue {
     /// Waits up to `timeout` for the writer to write what is queued (at a clean stop);
     /// whether it did. A reader that never reads does not hold the agent's exit.
     pub fn drain(&self, timeout: Duration) -> bool {
-        let state = self.shared.lock();
+        self.drainer().drain(timeout)
+    }
+
+    /// A handle that can wait for the queue to empty once the queue itself has been
+    /// handed to a printer.
+    pub fn drainer(&self) -> Drainer {
+        Drainer(Arc::clone(&self.shared))
+    }
+}
+
+/// Waits for the writer thread to take what is queued (see [`EventQueue::drain`]).
+#[derive(Debug, Clone)]
+pub struct Drainer(Arc<Shared>);
+
+impl Drainer {
+    /// As [`EventQueue::drain`].
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let state = self.0.lock();
         let (state, _) = self
-            .shared
+            .0
             .idle
             .wait_timeout_while(state, timeout, |s| {
                 !s.closed && (s.writing || !s.chunks.is_empty())

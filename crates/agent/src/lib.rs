@@ -1,7 +1,9 @@
 //! The running synwatch agent as a library, without a command line and without stdout
 //! (diagnostics go to stderr; events go to whatever writer the caller hands over).
 //!
-//! Layout: `block` (the blocker: ban book, kernel backends, the control handler),
+//! Layout: `agent` (the running agent: its settings, set-up, loop and stop; what the
+//! binary hands it: where events go, the stop token, the reload request), `events` (the
+//! events it reports and the `EventSink` seam the binary's printers implement), `block` (the blocker: ban book, kernel backends, the control handler),
 //! `state` (the SQLite ban store), `limit` (the log limiter), `metrics` (Prometheus
 //! counters and the HTTP server), `control` (the control socket's server and protocol),
 //! `conns` (bounded, deadlined connection handling shared by both servers),
@@ -15,6 +17,7 @@
 //! writes diagnostics to stderr, as text or JSON), `xdp` (the XDP program: starting it,
 //! its ring-buffer thread, what it is told).
 
+pub mod agent;
 pub mod block;
 pub mod clock;
 pub mod conns;
@@ -22,6 +25,7 @@ pub mod control;
 pub mod crowdsec;
 pub mod diag;
 pub mod event_queue;
+pub mod events;
 pub mod host;
 pub mod limit;
 pub mod links;

@@ -144,7 +144,7 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
             Some(Err(why)) => return usage(format!("invalid --duration: {why}")),
         };
         let host = Host::read()?;
-        let ifaces = match crate::run::choose_interfaces(&args.iface, &host) {
+        let ifaces = match synwatch_agent::agent::choose_interfaces(&args.iface, &host) {
             Ok(i) => i,
             Err(why) => return usage(why),
         };
@@ -285,13 +285,13 @@ fn live(
         snaplen: 256,
         ..LiveOptions::default()
     };
-    let captures = match crate::run::open_all(ifaces, &opts) {
+    let captures = match synwatch_agent::agent::open_all(ifaces, &opts) {
         Ok(c) => c,
         Err(e @ LiveError::Permission { .. }) => return Ok(Err(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     // The handles are open: nothing after this needs a privilege.
-    crate::run::drop_all_capabilities();
+    synwatch_agent::agent::drop_all_capabilities();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))

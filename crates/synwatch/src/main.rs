@@ -5,7 +5,8 @@
 //! (0 success, 1 runtime failure, 2 bad usage or unreadable input; SPEC §3).
 //!
 //! Layout: `config` (layered options and validation), `output` (event formats),
-//! `replay` (the pipeline over capture files), `run` (the live agent); the agent's
+//! `replay` (the pipeline over capture files), `run_args` (`synwatch run`: its options,
+//! layered into the settings of the agent library's `agent::run`); the agent's
 //! parts (blocker, ban store, metrics, control socket, this host's interfaces and
 //! addresses, CrowdSec client, ...) are the library crate `synwatch-agent`.
 
@@ -23,14 +24,11 @@ mod inventory;
 mod manual;
 mod output;
 mod replay;
-mod run;
+mod run_args;
 
 // The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
 // and the like pointing at its modules.
-use synwatch_agent::{
-    block, clock, control, crowdsec, event_queue, host, limit, links, metrics, owner, pipeline,
-    privileges, protect, sockets, state, xdp,
-};
+use synwatch_agent::{block, clock, control, host, limit, pipeline, privileges, protect, state};
 
 /// See every new TCP connection attempt, recognise port scans.
 ///
@@ -63,7 +61,7 @@ enum Command {
     ///   sudo synwatch run --source xdp --block xdp --iface eth0
     ///   sudo synwatch run --block none --allow 192.0.2.0/24
     #[command(verbatim_doc_comment)]
-    Run(run::RunArgs),
+    Run(run_args::RunArgs),
 
     /// Replay pcap/pcapng captures through the detector (nothing is blocked)
     ///
@@ -226,7 +224,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            exit(run::run(&args, settings))
+            exit(run_args::run(&args, settings))
         }
         Command::Blocks(args) => exit(blocks::run(&args)),
         Command::Completions { shell } => exit(

@@ -17,36 +17,9 @@ pub enum Format {
     Json,
 }
 
-/// A new connection attempt worth logging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Connection {
-    pub ts: Nanos,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
-    pub direction: Direction,
-}
-
-/// A ban applied in the kernel (the `block` event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockEvent<'a> {
-    pub ts: Nanos,
-    /// The address banned, or the first address of the range banned.
-    pub src: IpAddr,
-    /// The range banned, when the ban is of one (written as `prefix`, as scan events
-    /// write the prefix a source counts in).
-    pub prefix: Option<ipnet::IpNet>,
-    pub backend: &'a str,
-    /// Unix seconds; `None` until removed.
-    pub until: Option<i64>,
-    pub reason: &'a str,
-    pub offences: u32,
-    /// `--dry-run`: decided, not applied.
-    pub dry_run: bool,
-    /// Only new connections are dropped: the source held an established connection.
-    pub new_only: bool,
-}
+// The events and the sink the agent reports them to are the agent library's; the printers
+// here implement it.
+pub use synwatch_agent::events::{BlockEvent, Connection};
 
 /// Formats events as bytes, without writing them anywhere: the part of output that can
 /// run on another thread than the one that decides which events are due.
@@ -431,6 +404,32 @@ pub struct EventWriter<W: Write> {
     scratch: Vec<u8>,
 }
 
+impl<W: Write> synwatch_agent::events::EventSink for EventWriter<W> {
+    fn connection(&mut self, c: &Connection) -> io::Result<()> {
+        EventWriter::connection(self, c)
+    }
+
+    fn scan(&mut self, s: &Scan, protected: Option<&str>) -> io::Result<()> {
+        self.scan_protected(s, protected)
+    }
+
+    fn suppressed(&mut self, s: &crate::limit::Suppressed) -> io::Result<()> {
+        EventWriter::suppressed(self, s)
+    }
+
+    fn block(&mut self, b: &BlockEvent<'_>) -> io::Result<()> {
+        EventWriter::block(self, b)
+    }
+
+    fn unblock(&mut self, ts: Nanos, net: ipnet::IpNet, reason: &str) -> io::Result<()> {
+        EventWriter::unblock(self, ts, net, reason)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        EventWriter::flush(self)
+    }
+}
+
 /// Buffered bytes that trigger a write to the output.
 const FLUSH_AT: usize = 1 << 18;
 
@@ -539,11 +538,6 @@ impl<W: Write> EventWriter<W> {
             self.line.clear();
         }
         Ok(())
-    }
-
-    /// The writer events go to.
-    pub fn get_ref(&self) -> &W {
-        &self.out
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

@@ -1,4 +1,6 @@
-//! `synwatch run`: the live agent. One capture thread per interface reads through libpcap
+//! The running agent (`synwatch run`), without a command line or stdout: it takes its
+//! validated [`Settings`], an [`EventSink`] for its events, a writer for them, and a stop
+//! token ([`Io`]), and runs until stopped. One capture thread per interface reads through libpcap
 //! (kernel-side filter, kernel timestamps) and hands connection attempts and stealth
 //! probes to this thread, which runs the same detector as replay, writes the events
 //! (rate-limited per source and overall) and keeps the metrics that `/metrics` serves.
@@ -11,6 +13,7 @@
 //! `--block none` detects and reports only.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -23,35 +26,84 @@ use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
 use synwatch_decode::DecodeError;
 use synwatch_detect::{Detector, Direction, Observation};
 
-use synwatch_enforce::bans::Policy;
 use synwatch_enforce::{Backend, Scope};
 
 use crate::block::{BlockSettings, Blocker, Happened};
-use crate::config::{DetectArgs, DetectSettings};
+use crate::clock::{monotonic, wall_nanos};
 use crate::control;
 use crate::event_queue::EventQueue;
+use crate::events::{BlockEvent, Connection, EventSink};
 use crate::host::{Host, Infrastructure, Sessions};
 use crate::limit::LogLimiter;
 use crate::links;
 use crate::metrics::{self, Metrics};
-use crate::output::{BlockEvent, Connection, EventWriter, Format};
 use crate::pipeline::{StepSink, step};
 use crate::protect::{self, Why};
 use crate::sockets::{SocketCounters, SocketSource};
 use crate::xdp::KernelBans;
 
-/// `--xdp-mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum XdpModeArg {
-    /// Native (in the driver) where the driver supports it, else generic
+/// Where the agent learns of connections (`--source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// XDP where it attaches, else libpcap (saying why).
     Auto,
-    /// In the driver only: fails on interfaces whose driver has no XDP support
+    /// The XDP program on each interface, through its ring buffer.
+    Xdp,
+    /// Packet capture through libpcap.
+    Pcap,
+    /// The kernel's socket table, polled.
+    Sockets,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
+            Self::Pcap => "pcap",
+            Self::Sockets => "sockets",
+        }
+    }
+}
+
+/// What is done to scanners (`--block`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Block {
+    /// xdp,nftables where the XDP program runs, else nftables, else iptables, else none.
+    Auto,
+    /// The XDP program's ban maps.
+    Xdp,
+    /// XDP, and nftables for the traffic XDP does not see.
+    XdpNftables,
+    Nftables,
+    Iptables,
+    /// Detect and report only.
+    None,
+}
+
+impl Block {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Xdp => "xdp",
+            Self::XdpNftables => "xdp,nftables",
+            Self::Nftables => "nftables",
+            Self::Iptables => "iptables",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Where the XDP program runs (`--xdp-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native where the driver supports it, else generic.
+    Auto,
     Native,
-    /// In the kernel's generic receive path: works everywhere, slower
     Generic,
 }
 
-impl XdpModeArg {
+impl XdpMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Auto => "auto",
@@ -69,307 +121,74 @@ impl XdpModeArg {
     }
 }
 
-/// `--block`: what is done to scanners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BlockArg {
-    /// xdp,nftables where the XDP program runs, else nftables, else iptables, else none
-    /// (saying why)
-    Auto,
-    /// The XDP program's ban maps: dropped before the network stack, and scanners banned
-    /// in the kernel by the packet that makes them scanners
-    Xdp,
-    /// Both: XDP, and nftables for the traffic XDP does not see
-    #[value(name = "xdp,nftables")]
-    XdpNftables,
-    /// synwatch's own table `inet synwatch` (input and forward hooks)
-    Nftables,
-    /// synwatch's own chain SYNWATCH with ipsets (INPUT, FORWARD, DOCKER-USER)
-    Iptables,
-    /// Detect and report only
-    None,
-}
-
-impl BlockArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            BlockArg::Auto => "auto",
-            BlockArg::Xdp => "xdp",
-            BlockArg::XdpNftables => "xdp,nftables",
-            BlockArg::Nftables => "nftables",
-            BlockArg::Iptables => "iptables",
-            BlockArg::None => "none",
-        }
-    }
-}
-
-/// `--block-scope`: what a ban drops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScopeArg {
-    /// Every packet from a banned source (but only new connections from one that held an
-    /// established connection when it was banned)
-    All,
-    /// Only new connections from it (established ones continue)
-    New,
-}
-
-/// Where the agent learns of connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceArg {
-    /// XDP where it attaches, else libpcap (saying why)
-    Auto,
-    /// The XDP program on each interface, through its ring buffer (needs CAP_BPF,
-    /// CAP_NET_ADMIN and CAP_PERFMON; sees incoming packets only)
-    Xdp,
-    /// Packet capture through libpcap (needs CAP_NET_RAW)
-    Pcap,
-    /// The kernel's socket table, polled (no capture privilege; sees only accepted
-    /// connections)
-    Sockets,
-}
-
-impl SourceArg {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Xdp => "xdp",
-            Self::Pcap => "pcap",
-            Self::Sockets => "sockets",
-        }
-    }
-}
-
-/// `synwatch run` options beyond the shared detection ones.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub detect: DetectArgs,
-
-    /// Interface to capture on (repeatable, or comma-separated in the environment); one
-    /// deleted and created again is watched again, and /healthz fails while it is
-    /// missing [default: every interface that is up, and those that come up later;
-    /// loopback only when named]
-    #[arg(
-        long,
-        env = "SYNWATCH_IFACE",
-        value_name = "NAME",
-        value_delimiter = ','
-    )]
-    pub iface: Vec<String>,
-
-    /// Where connections are seen: the XDP program or libpcap, or the kernel's socket
-    /// table where capture is not allowed [default: auto]
-    #[arg(long, env = "SYNWATCH_SOURCE", value_enum)]
-    pub source: Option<SourceArg>,
-
-    /// Where the XDP program runs: in the driver (native) where it supports XDP, else in
-    /// the kernel's generic path [default: auto]
-    #[arg(long, env = "SYNWATCH_XDP_MODE", value_enum)]
-    pub xdp_mode: Option<XdpModeArg>,
-
-    /// How often --source sockets reads the socket table [default: 1s]
-    #[arg(long, env = "SYNWATCH_POLL", value_name = "DUR")]
-    pub poll: Option<String>,
-
-    /// How to block scanners [default: auto]
-    #[arg(long, env = "SYNWATCH_BLOCK", value_enum)]
-    pub block: Option<BlockArg>,
-
-    /// What a ban drops [default: all]
-    #[arg(long, env = "SYNWATCH_BLOCK_SCOPE", value_enum)]
-    pub block_scope: Option<ScopeArg>,
-
-    /// How long a first ban lasts (0: until removed); repeat offenders get twice their
-    /// last ban, up to --ban-max [default: 1h]
-    #[arg(long, env = "SYNWATCH_BAN", value_name = "DUR")]
-    pub ban: Option<String>,
-
-    /// The longest ban a repeat offender gets; a source whose last ban ended longer ago
-    /// than this starts again at --ban [default: 24h]
-    #[arg(long, env = "SYNWATCH_BAN_MAX", value_name = "DUR")]
-    pub ban_max: Option<String>,
-
-    /// New bans allowed per minute, at most a quarter of them to one /24 or /48 (a guard
-    /// against spoofed sources; 0: no cap); scans beyond wait, strongest evidence first,
-    /// and are banned as the cap allows while their source is active [default: 60]
-    #[arg(long, env = "SYNWATCH_BAN_RATE", value_name = "N")]
-    pub ban_rate: Option<u32>,
-
-    /// Where bans are kept across restarts, and the control socket of `synwatch blocks`
-    /// [default: /var/lib/synwatch]
-    #[arg(long, env = "SYNWATCH_STATE_DIR", value_name = "DIR")]
-    pub state_dir: Option<std::path::PathBuf>,
-
-    /// Decide and report everything (scans, bans with "dry_run":true, lifts) but apply
-    /// nothing to the kernel: a way to try the settings first. Bans are kept in
-    /// STATE_DIR/dry-run, apart from real ones
-    #[arg(long, env = "SYNWATCH_DRY_RUN")]
-    pub dry_run: bool,
-
-    /// Leave synwatch's firewall rules and bans in place when stopping (by default they
-    /// are removed, and restored at the next start)
-    #[arg(long, env = "SYNWATCH_KEEP_RULES_ON_EXIT")]
-    pub keep_rules_on_exit: bool,
-
-    /// Where to serve /metrics and /healthz [default: 127.0.0.1:9809]
-    #[arg(long, env = "SYNWATCH_METRICS_ADDR", value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
-
-    /// Connection events one source may log per second; more are counted, not printed
-    /// (0: no limit) [default: 1000]
-    #[arg(long, env = "SYNWATCH_LOG_LIMIT_SOURCE", value_name = "N")]
-    pub log_limit_source: Option<u32>,
-
-    /// Connection events all sources together may log per second (0: no limit)
-    /// [default: 5000]
-    #[arg(long, env = "SYNWATCH_LOG_LIMIT_GLOBAL", value_name = "N")]
-    pub log_limit_global: Option<u32>,
-
-    /// Print the effective configuration (file < environment < flags) as TOML and exit
-    #[arg(long)]
-    pub print_config: bool,
-
-    #[command(flatten)]
-    pub crowdsec: Box<crate::crowdsec_args::CrowdsecArgs>,
-}
-
-/// The run-only settings, validated.
+/// The running agent's settings beyond detection, validated (the binary layers them from
+/// its flags, the environment and the configuration file).
 #[derive(Debug, Clone)]
-struct RunSettings {
-    ifaces: Vec<String>,
-    source: SourceArg,
-    xdp_mode: XdpModeArg,
-    poll: Duration,
-    block: BlockArg,
-    blocking: BlockSettings,
-    metrics_addr: SocketAddr,
-    log_limit_source: u32,
-    log_limit_global: u32,
-    crowdsec: crate::crowdsec::Settings,
+pub struct Settings {
+    /// The interfaces named (none: every one that is up, and those that come up later).
+    pub ifaces: Vec<String>,
+    pub source: Source,
+    pub xdp_mode: XdpMode,
+    /// How often the socket table is read (`--source sockets`).
+    pub poll: Duration,
+    pub block: Block,
+    pub blocking: BlockSettings,
+    pub metrics_addr: SocketAddr,
+    pub log_limit_source: u32,
+    pub log_limit_global: u32,
+    pub crowdsec: crate::crowdsec::Settings,
 }
 
-impl RunSettings {
-    fn from_args(args: &RunArgs, detect: &DetectSettings) -> Result<Self, String> {
-        let file = &detect.file;
-        let ifaces = if args.iface.is_empty() {
-            file.iface.clone().unwrap_or_default()
-        } else {
-            args.iface.clone()
-        };
-        let (addr_text, option) = match (&args.metrics_addr, &file.metrics_addr) {
-            (Some(a), _) => (a.clone(), "--metrics-addr"),
-            (None, Some(a)) => (a.clone(), "metrics_addr"),
-            (None, None) => ("127.0.0.1:9809".to_owned(), "--metrics-addr"),
-        };
-        let metrics_addr = addr_text.parse().map_err(|_| {
-            format!("invalid {option} '{addr_text}': expected HOST:PORT, e.g. 127.0.0.1:9809 or [::1]:9809")
-        })?;
-        let block = choice(args.block, &file.block, "block", BlockArg::Auto)?;
-        let scope = choice(
-            args.block_scope,
-            &file.block_scope,
-            "block_scope",
-            ScopeArg::All,
-        )?;
-        let source = choice(args.source, &file.source, "source", SourceArg::Auto)?;
-        let xdp_mode = choice(args.xdp_mode, &file.xdp_mode, "xdp_mode", XdpModeArg::Auto)?;
-        // A duration from the flag, else the file key, else `default`; with the option's
-        // name and text as written, for messages.
-        let duration =
-            |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: &str| {
-                let (text, option) = match (flag, key) {
-                    (Some(t), _) => (t.clone(), format!("--{}", name.replace('_', "-"))),
-                    (None, Some(v)) => (crate::config::toml_number(v), name.to_owned()),
-                    (None, None) => (default.to_owned(), format!("--{}", name.replace('_', "-"))),
-                };
-                match crate::config::parse_duration(&text) {
-                    Ok(nanos) => Ok((nanos, option, text)),
-                    Err(why) => Err(format!("invalid {option} '{text}': {why}")),
-                }
-            };
-        let secs = |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: &str| {
-            duration(flag, key, name, default)
-                .map(|(nanos, ..)| u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
-        };
-        let poll = {
-            let (nanos, option, text) = duration(&args.poll, &file.poll, "poll", "1s")?;
-            if nanos < 10_000_000 {
-                return Err(format!("invalid {option} '{text}': must be at least 10ms"));
-            }
-            Duration::from_nanos(nanos.unsigned_abs())
-        };
-        let duration_secs = secs(&args.ban, &file.ban, "ban", "1h")?;
-        let max_secs = secs(&args.ban_max, &file.ban_max, "ban_max", "24h")?;
-        let blocking = BlockSettings {
-            scope: match scope {
-                ScopeArg::All => Scope::All,
-                ScopeArg::New => Scope::New,
-            },
-            policy: Policy {
-                duration_secs,
-                max_secs,
-                per_minute: args.ban_rate.or(file.ban_rate).unwrap_or(60),
-            },
-            state_dir: args
-                .state_dir
-                .clone()
-                .or_else(|| file.state_dir.clone())
-                .unwrap_or_else(|| "/var/lib/synwatch".into()),
-            keep_rules: args.keep_rules_on_exit || file.keep_rules_on_exit.unwrap_or(false),
-            dry_run: args.dry_run || file.dry_run.unwrap_or(false),
-        };
-        Ok(Self {
-            ifaces,
-            source,
-            xdp_mode,
-            poll,
-            block,
-            blocking,
-            metrics_addr,
-            log_limit_source: args
-                .log_limit_source
-                .or(file.log_limit_source)
-                .unwrap_or(1000),
-            log_limit_global: args
-                .log_limit_global
-                .or(file.log_limit_global)
-                .unwrap_or(5000),
-            crowdsec: crate::crowdsec_args::settings(&args.crowdsec, file)?,
-        })
+/// The configuration read again on a reload request.
+#[derive(Debug, Clone)]
+pub struct Reread {
+    /// The file it came from, for the message.
+    pub path: PathBuf,
+    /// The detector's configuration as configured (before this host's addresses join it).
+    pub detector: synwatch_detect::Config,
+    pub settings: Settings,
+}
+
+/// What the caller hands the agent: where its events go and who prints them, the stop
+/// token and the reload request (the binary's signal handlers set them), and how to read
+/// the configuration again.
+pub struct Io {
+    /// Where events are written (stdout, in the binary), through a bounded queue and a
+    /// thread of its own.
+    pub out: Box<dyn std::io::Write + Send>,
+    /// The printer that formats events into that queue.
+    pub printer: Box<dyn FnOnce(EventQueue) -> Box<dyn EventSink>>,
+    /// How the events are shown, for the banner ("JSON lines", "a table").
+    pub events_shown_as: &'static str,
+    /// Set to stop the agent (it then removes its rules and exits cleanly).
+    pub stop: Arc<AtomicBool>,
+    /// Set to have the agent read its configuration again through `reread`.
+    pub reload: Arc<AtomicBool>,
+    pub reread: Box<dyn FnMut() -> Option<Reread>>,
+}
+
+impl std::fmt::Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("events_shown_as", &self.events_shown_as)
+            .field("stop", &self.stop)
+            .field("reload", &self.reload)
+            .finish_non_exhaustive()
     }
 }
 
-/// An enumerated option: the flag's value, else the config file's `key` (which must name
-/// one of the values), else `default`.
-fn choice<T: clap::ValueEnum + Copy>(
-    flag: Option<T>,
-    file: &Option<String>,
-    key: &str,
-    default: T,
-) -> Result<T, String> {
-    let Some(text) = file.as_deref().filter(|_| flag.is_none()) else {
-        return Ok(flag.unwrap_or(default));
-    };
-    T::from_str(text, false).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-            .collect();
-        let (last, rest) = names
-            .split_last()
-            .map_or(("", &[][..]), |(l, r)| (l.as_str(), r));
-        format!(
-            "invalid {key} '{text}' in the config file: expected {} or {last}",
-            rest.join(", ")
-        )
-    })
+/// How a run ended without a runtime failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Asked to stop, and stopped cleanly.
+    Stopped,
+    /// Refused to start: a usage error, already reported (exit 2 in the binary).
+    Usage,
 }
 
 /// How often the host's addresses are read again, so that an address added or removed
 /// while running counts as local (or stops counting) without a restart.
 const ADDRESS_REFRESH: Duration = Duration::from_secs(10);
-
-/// The monotonic clock (read at the edge, in the agent library).
-pub(crate) use synwatch_agent::clock::monotonic;
 
 /// Longest a decided ban waits for others to join its kernel transaction under load.
 const APPLY_EVERY: Duration = Duration::from_millis(100);
@@ -379,10 +198,7 @@ const FINAL_OUTPUT_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens every interface first, so that a missing privilege or a wrong name stops the
 /// agent before it claims to be watching anything.
-pub(crate) fn open_all(
-    ifaces: &[String],
-    opts: &LiveOptions,
-) -> Result<Vec<LiveCapture>, LiveError> {
+pub fn open_all(ifaces: &[String], opts: &LiveOptions) -> Result<Vec<LiveCapture>, LiveError> {
     ifaces
         .iter()
         .map(|name| LiveCapture::open(name, opts))
@@ -391,7 +207,7 @@ pub(crate) fn open_all(
 
 /// The interfaces to watch: the named ones (which must exist), or every one that is up.
 /// The error is a usage error, one line.
-pub(crate) fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, String> {
+pub fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, String> {
     if named.is_empty() {
         if host.up.is_empty() {
             return Err(
@@ -445,14 +261,13 @@ enum Msg {
 
 fn banner(
     watching: &str,
-    settings: &DetectSettings,
-    run: &RunSettings,
+    d: &synwatch_detect::Config,
+    run: &Settings,
     blocking: &str,
     locals: &[IpAddr],
     infra: &str,
-    format: Format,
+    events: &str,
 ) {
-    let d = &settings.detector;
     let window = d.window as f64 / 1e9;
     let shown: Vec<String> = locals.iter().take(8).map(IpAddr::to_string).collect();
     let more = locals.len().saturating_sub(shown.len());
@@ -470,16 +285,13 @@ fn banner(
         } else {
             String::new()
         },
-        match format {
-            Format::Json => "JSON lines",
-            Format::Table => "a table",
-        },
+        events,
         run.metrics_addr,
     );
 }
 
 /// A duration in seconds as the config file and flags accept it.
-fn duration_text(secs: u64) -> String {
+pub fn duration_text(secs: u64) -> String {
     match secs {
         0 => "0".into(),
         s if s % 3600 == 0 => format!("{}h", s / 3600),
@@ -533,77 +345,6 @@ fn blocking_text(blocker: &Blocker, b: &BlockSettings) -> String {
     )
 }
 
-/// The effective configuration as TOML, as `--print-config` shows it.
-fn print_config(settings: &DetectSettings, run: &RunSettings, format: Format) -> String {
-    let d = &settings.detector;
-    let list = |items: Vec<String>| {
-        let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
-        format!("[{}]", quoted.join(", "))
-    };
-    let window = if d.window % 1_000_000_000 == 0 {
-        format!("{}s", d.window / 1_000_000_000)
-    } else {
-        format!("{}ms", d.window / 1_000_000)
-    };
-    let b = &run.blocking;
-    format!(
-        "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
-         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\nipv6_prefix = {}\nmax_hosts = {}\n\
-         answer_wait = \"{}ms\"\niface = {}\nsource = \"{}\"\n\
-         xdp_mode = \"{}\"\n\
-         poll = \"{}ms\"\nblock = \"{}\"\n\
-         block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
-         keep_rules_on_exit = {}\ndry_run = {}\n\
-         metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
-        d.max_ports,
-        list(d.locals.iter().map(|n| n.to_string()).collect()),
-        list(d.allow.iter().map(|n| n.to_string()).collect()),
-        !d.allow_local,
-        match d.direction {
-            synwatch_detect::DirectionFilter::In => "in",
-            synwatch_detect::DirectionFilter::Out => "out",
-            synwatch_detect::DirectionFilter::Both => "both",
-        },
-        match format {
-            Format::Json => "json",
-            Format::Table => "table",
-        },
-        d.max_sources,
-        d.ipv6_prefix,
-        d.max_hosts,
-        d.answer_wait / 1_000_000,
-        list(run.ifaces.clone()),
-        run.source.as_str(),
-        run.xdp_mode.as_str(),
-        run.poll.as_millis(),
-        run.block.as_str(),
-        match b.scope {
-            Scope::All => "all",
-            Scope::New => "new",
-        },
-        duration_text(b.policy.duration_secs),
-        duration_text(b.policy.max_secs),
-        b.policy.per_minute,
-        b.state_dir
-            .display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\""),
-        b.keep_rules,
-        b.dry_run,
-        run.metrics_addr,
-        run.log_limit_source,
-        run.log_limit_global,
-    ) + &run.crowdsec.toml()
-}
-
-/// The `--print-config` lines of the diagnostics options (layered and checked before).
-fn log_config(args: &RunArgs, settings: &DetectSettings) -> String {
-    crate::diag::LogSettings::from_args(&args.detect.log, &settings.file)
-        .unwrap_or_default()
-        .toml()
-}
-
 /// How to give synwatch CAP_NET_ADMIN, for the message when it lacks it.
 const GRANT_NET_ADMIN: &str = "run it as root (sudo synwatch run), or grant the capabilities to the binary (sudo setcap cap_net_raw,cap_net_admin+ep $(command -v synwatch)), or in a container add --cap-add NET_RAW --cap-add NET_ADMIN with --network host; or detect only with --block none";
 
@@ -611,20 +352,20 @@ const GRANT_NET_ADMIN: &str = "run it as root (sudo synwatch run), or grant the 
 /// a backend named explicitly that cannot work. `auto` falls back to none with a
 /// warning saying why.
 fn start_blocking(
-    choice: BlockArg,
+    choice: Block,
     settings: &BlockSettings,
     metrics: &Arc<Metrics>,
     protected: &dyn Fn(IpNet) -> bool,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) -> Result<Option<(Blocker, Vec<Happened>)>, String> {
     let candidates: &[Backend] = match (choice, xdp.is_some()) {
-        (BlockArg::None, _) => return Ok(None),
-        (BlockArg::Auto, true) => &[Backend::XdpNftables, Backend::Xdp],
-        (BlockArg::Auto, false) => &[Backend::Nftables, Backend::Iptables],
-        (BlockArg::Xdp, _) => &[Backend::Xdp],
-        (BlockArg::XdpNftables, _) => &[Backend::XdpNftables],
-        (BlockArg::Nftables, _) => &[Backend::Nftables],
-        (BlockArg::Iptables, _) => &[Backend::Iptables],
+        (Block::None, _) => return Ok(None),
+        (Block::Auto, true) => &[Backend::XdpNftables, Backend::Xdp],
+        (Block::Auto, false) => &[Backend::Nftables, Backend::Iptables],
+        (Block::Xdp, _) => &[Backend::Xdp],
+        (Block::XdpNftables, _) => &[Backend::XdpNftables],
+        (Block::Nftables, _) => &[Backend::Nftables],
+        (Block::Iptables, _) => &[Backend::Iptables],
     };
     // A dry run stands in for the first choice and needs no privilege.
     // The XDP ban maps are reached through descriptors the agent already holds.
@@ -643,7 +384,7 @@ fn start_blocking(
     if !admin {
         let why =
             format!("blocking needs CAP_NET_ADMIN, which this process lacks: {GRANT_NET_ADMIN}");
-        if choice == BlockArg::Auto {
+        if choice == Block::Auto {
             tracing::warn!("warning: not blocking: {why}");
             return Ok(None);
         }
@@ -656,7 +397,7 @@ fn start_blocking(
             Err(e) => failures.push(format!("{backend}: {e:#}")),
         }
     }
-    if choice == BlockArg::Auto {
+    if choice == Block::Auto {
         tracing::warn!(
             "warning: not blocking (detecting and reporting only): no backend works here; {}",
             failures.join("; ")
@@ -670,8 +411,8 @@ fn start_blocking(
 /// Whether this agent may set up firewall rules (or the XDP program's bans), and so
 /// must be their only owner: any `--block` but `none`, where it holds CAP_NET_ADMIN
 /// (without it, no rule can be touched: `auto` detects only, the others say why).
-fn claims_firewall(block: BlockArg) -> bool {
-    block != BlockArg::None
+fn claims_firewall(block: Block) -> bool {
+    block != Block::None
         && caps::has_cap(
             None,
             caps::CapSet::Effective,
@@ -756,7 +497,7 @@ fn share_capabilities(wanted: &caps::CapsHashSet) {
 /// an interface deleted and created again is opened again (links.rs).
 /// Drops every capability (effective, permitted, inheritable, ambient): for commands
 /// that have opened their handles and need no privilege after.
-pub(crate) fn drop_all_capabilities() {
+pub fn drop_all_capabilities() {
     drop_capabilities(None, false);
 }
 
@@ -781,16 +522,13 @@ fn drop_capabilities(blocking: Option<Backend>, capturing: bool) {
     share_capabilities(&keep);
 }
 
-/// Unix time now in nanoseconds, for events the agent itself causes (bans).
-pub(crate) use synwatch_agent::clock::wall_nanos;
-
 /// Writes what blocking did as events; a lifted ban also resets the source's detector
 /// state, so that scanning again is a new scan, banned again.
-fn report<W: std::io::Write>(
+fn report(
     happened: Vec<Happened>,
     backend: &str,
     dry_run: bool,
-    events: &mut EventWriter<W>,
+    events: &mut dyn EventSink,
     detector: &mut Detector,
 ) -> std::io::Result<()> {
     let ts = wall_nanos();
@@ -823,11 +561,11 @@ fn report<W: std::io::Write>(
 
 /// Lifts bans on addresses that became protected (after a reload or an address change)
 /// and reports them.
-fn release_protected<W: std::io::Write>(
+fn release_protected(
     blocker: &mut Blocker,
     detector: &mut Detector,
     host: &HostNow,
-    events: &mut EventWriter<W>,
+    events: &mut dyn EventSink,
 ) -> std::io::Result<()> {
     let happened = blocker.release_protected(crate::clock::now(), |n| {
         is_protected_net(n, detector, host).is_some()
@@ -849,9 +587,9 @@ fn release_protected<W: std::io::Write>(
 /// holds a session with this host).
 /// The live agent's end of the per-observation step: the log limiter, the event
 /// writer, and the blocker (which takes scans, and activity of scans waiting for the cap).
-struct LiveStep<'a, W: std::io::Write, F: FnMut(IpAddr) -> bool> {
+struct LiveStep<'a, F: FnMut(IpAddr) -> bool> {
     limiter: &'a mut LogLimiter,
-    events: &'a mut EventWriter<W>,
+    events: &'a mut dyn EventSink,
     metrics: &'a Metrics,
     blocker: Option<&'a mut Blocker>,
     host_now: &'a HostNow,
@@ -859,7 +597,7 @@ struct LiveStep<'a, W: std::io::Write, F: FnMut(IpAddr) -> bool> {
     logged: &'a mut u64,
 }
 
-impl<W: std::io::Write, F: FnMut(IpAddr) -> bool> StepSink for LiveStep<'_, W, F> {
+impl<F: FnMut(IpAddr) -> bool> StepSink for LiveStep<'_, F> {
     fn before(&mut self, obs: &Observation) -> std::io::Result<()> {
         match self.limiter.roll(obs.ts) {
             Some(held) => self.events.suppressed(&held),
@@ -902,14 +640,14 @@ impl<W: std::io::Write, F: FnMut(IpAddr) -> bool> StepSink for LiveStep<'_, W, F
     }
 }
 
-fn on_scan<W: std::io::Write>(
+fn on_scan(
     scan: &synwatch_detect::Scan,
     (detector, host_now, holds_session): (&Detector, &HostNow, &mut impl FnMut(IpAddr) -> bool),
-    events: &mut EventWriter<W>,
+    events: &mut dyn EventSink,
     blocker: Option<&mut Blocker>,
 ) -> std::io::Result<()> {
     let protected = is_protected(scan.src, detector, host_now);
-    let written = events.scan_protected(scan, protected.map(Why::as_str));
+    let written = events.scan(scan, protected.map(Why::as_str));
     if let Some(b) = blocker {
         // The network the detector counted the source in (its /64 for IPv6), narrowed
         // to the address where it would cover a protected one.
@@ -1012,44 +750,48 @@ impl HostNow {
     }
 }
 
-pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitStatus> {
-    let usage = |why: String| {
-        tracing::error!("{why}");
-        Ok(crate::ExitStatus::BadInput)
-    };
-    let run_settings = match RunSettings::from_args(args, &settings) {
-        Ok(r) => r,
-        Err(why) => return usage(why),
-    };
-    let format = settings.format.unwrap_or_else(crate::default_format);
-    let host = Host::read()?;
-    let from_sockets = run_settings.source == SourceArg::Sockets;
-    let ifaces = if from_sockets {
-        if !run_settings.ifaces.is_empty() {
+/// The interfaces the agent will watch: none with `--source sockets` (saying the named
+/// ones are ignored), else the named ones (which must exist) or every one that is up.
+/// The error is a usage error, one line.
+pub fn interfaces(settings: &Settings, host: &Host) -> Result<Vec<String>, String> {
+    if settings.source == Source::Sockets {
+        if !settings.ifaces.is_empty() {
             tracing::warn!(
                 "warning: --iface is ignored with --source sockets (the socket table is the whole host's)"
             );
         }
-        Vec::new()
-    } else {
-        match choose_interfaces(&run_settings.ifaces, &host) {
-            Ok(i) => i,
-            Err(why) => return usage(why),
-        }
-    };
-    if args.print_config {
-        let mut shown = run_settings.clone();
-        shown.ifaces = ifaces;
-        use std::io::Write as _;
-        std::io::stdout()
-            .write_all(
-                (print_config(&settings, &shown, format) + &log_config(args, &settings)).as_bytes(),
-            )
-            .context("cannot write the configuration to stdout")?;
-        return Ok(crate::ExitStatus::Success);
+        return Ok(Vec::new());
     }
+    choose_interfaces(&settings.ifaces, host)
+}
+
+/// Runs the agent until `io.stop` is set (or every source ends): `detector` is the
+/// configured detection, `host` this host as read at start, `ifaces` what
+/// [`interfaces`] chose. Sets up the sources, the blocker, the metrics and control
+/// servers, then runs the loop; at the end removes what it set up and joins its threads.
+pub fn run(
+    run_settings: Settings,
+    detector: synwatch_detect::Config,
+    host: Host,
+    ifaces: Vec<String>,
+    io: Io,
+) -> Result<Outcome> {
+    let usage = |why: String| {
+        tracing::error!("{why}");
+        Ok(Outcome::Usage)
+    };
+    let Io {
+        out,
+        printer,
+        events_shown_as,
+        stop,
+        reload,
+        mut reread,
+    } = io;
+    let mut settings = detector;
+    let from_sockets = run_settings.source == Source::Sockets;
     let fleet = if run_settings.crowdsec.enabled() {
-        if run_settings.block == BlockArg::None {
+        if run_settings.block == Block::None {
             tracing::warn!(
                 "warning: the CrowdSec options are ignored with --block none (nothing to push, nothing to enforce)"
             );
@@ -1069,18 +811,18 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     {
         return usage(e.to_string());
     }
-    let mut configured_locals = settings.detector.locals.clone();
-    settings.detector.locals = host.locals(&configured_locals);
-    settings.detector.neighbours = neighbours(&Infrastructure::read());
+    let mut configured_locals = settings.locals.clone();
+    settings.locals = host.locals(&configured_locals);
+    settings.neighbours = neighbours(&Infrastructure::read());
 
     // XDP first: where it attaches, it observes instead of libpcap.
-    let xdp_blocking = matches!(run_settings.block, BlockArg::Xdp | BlockArg::XdpNftables);
-    let xdp_observing = matches!(run_settings.source, SourceArg::Auto | SourceArg::Xdp);
+    let xdp_blocking = matches!(run_settings.block, Block::Xdp | Block::XdpNftables);
+    let xdp_observing = matches!(run_settings.source, Source::Auto | Source::Xdp);
     let mut xdp = None;
     let mut xdp_fallback = None;
     if !from_sockets && (xdp_observing || xdp_blocking) {
         let options = crate::xdp::options(
-            &settings.detector,
+            &settings,
             xdp_observing,
             (xdp_blocking && !run_settings.blocking.dry_run)
                 .then_some((&run_settings.blocking, true)),
@@ -1091,7 +833,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 if let Some(log) = e.verifier_log() {
                     tracing::warn!("the verifier's log:\n{log}");
                 }
-                if run_settings.source == SourceArg::Xdp || xdp_blocking {
+                if run_settings.source == Source::Xdp || xdp_blocking {
                     let option = if xdp_blocking {
                         format!("--block {}", run_settings.block.as_str())
                     } else {
@@ -1152,7 +894,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_BATCHES);
     // The control socket first: a second agent on the same state directory must stop
     // before it touches the first one's firewall rules.
-    let control_listener = if run_settings.block == BlockArg::None {
+    let control_listener = if run_settings.block == Block::None {
         None
     } else {
         let dir = &run_settings.blocking.state_dir;
@@ -1166,22 +908,10 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     };
     let host_now = HostNow::default();
     let protected_at_start = {
-        let detector = Detector::new(settings.detector.clone());
+        let detector = Detector::new(settings.clone());
         let host_now = &host_now;
         move |n: IpNet| is_protected_net(n, &detector, host_now).is_some()
     };
-    // The handlers go in before any firewall rule does: a SIGTERM that arrives while
-    // the agent sets up (or right after its banner) stops it cleanly, rules removed,
-    // instead of killing it with its rules left behind.
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the signal handlers")?;
-    }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
-        .context("cannot install the SIGHUP handler")?;
-
     // The firewall programs run during set-up need the capabilities already.
     share_capabilities(
         &backend_capabilities(Backend::Iptables)
@@ -1220,7 +950,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     });
     if let Some(x) = xdp.as_mut() {
         let options = crate::xdp::options(
-            &settings.detector,
+            &settings,
             xdp_source,
             blocks_in_xdp.then_some((&run_settings.blocking, true)),
         );
@@ -1229,7 +959,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 "warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
             );
         }
-        crate::xdp::apply(x, options, host_now.snapshot().view(&settings.detector))
+        crate::xdp::apply(x, options, host_now.snapshot().view(&settings))
             .context("cannot configure the XDP program")?;
     }
     drop_capabilities(
@@ -1254,14 +984,20 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     let locals: Vec<IpAddr> = host.addresses.iter().copied().collect();
     let blocking = match &blocker {
         Some(b) => blocking_text(b, &run_settings.blocking),
-        None if run_settings.block == BlockArg::None => {
+        None if run_settings.block == Block::None => {
             "none (--block none: detect and report only).".to_owned()
         }
         None => "none (see the warning above): detecting and reporting only.".to_owned(),
     };
     let infra = host_now.snapshot().infra.describe();
     banner(
-        &watching, &settings, &shown, &blocking, &locals, &infra, format,
+        &watching,
+        &settings,
+        &shown,
+        &blocking,
+        &locals,
+        &infra,
+        events_shown_as,
     );
 
     metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&stop))
@@ -1269,7 +1005,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     // Without blocking the socket is not bound, and `synwatch blocks` says no agent runs.
     if let (Some(l), Some(_)) = (control_listener, &blocker) {
         control::serve(l, tx.clone(), Msg::Call)?;
-    } else if run_settings.block != BlockArg::None {
+    } else if run_settings.block != Block::None {
         let _ = std::fs::remove_file(control::socket_path(&run_settings.blocking.state_dir));
     }
 
@@ -1345,18 +1081,20 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
 
     // Sweeps need the answers: libpcap sees what the host sends back, the XDP program
     // and the socket table do not.
-    settings.detector.sweeps = !xdp_source && !from_sockets;
-    let mut detector = Detector::new(settings.detector.clone());
+    settings.sweeps = !xdp_source && !from_sockets;
+    let mut detector = Detector::new(settings.clone());
     let mut limiter = LogLimiter::new(run_settings.log_limit_source, run_settings.log_limit_global);
     // Events reach stdout through a bounded queue and a thread of their own: a reader
     // that stalls or goes away costs events (counted), never detection or bans.
-    let queue = EventQueue::start(std::io::stdout(), Arc::clone(&metrics))
+    let queue = EventQueue::start(out, Arc::clone(&metrics))
         .context("cannot start the stdout writer thread")?;
-    let mut events = EventWriter::new(queue, format);
+    let drainer = queue.drainer();
+    let mut events = printer(queue);
+    let events = &mut *events;
     let backend_name = blocker.as_ref().map_or("none", |b| b.backend().as_str());
     let dry_run = blocker.as_ref().is_some_and(Blocker::dry_run);
     let mut output: std::io::Result<()> =
-        report(lapsed, backend_name, dry_run, &mut events, &mut detector);
+        report(lapsed, backend_name, dry_run, events, &mut detector);
     let mut next_refresh = monotonic() + ADDRESS_REFRESH;
     // A source holding an established connection is banned for new connections only
     // (with --block-scope new every ban is, so the socket table is not read).
@@ -1403,7 +1141,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             Ok(Msg::Batch(batch)) => {
                 let mut sink = LiveStep {
                     limiter: &mut limiter,
-                    events: &mut events,
+                    events,
                     metrics: &metrics,
                     blocker: blocker.as_mut(),
                     host_now: &host_now,
@@ -1437,7 +1175,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         happened,
                         backend_name,
                         dry_run,
-                        &mut events,
+                        events,
                         &mut detector,
                     ));
                     let _ = call.reply.send(reply);
@@ -1452,7 +1190,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                         happened,
                         backend_name,
                         dry_run,
-                        &mut events,
+                        events,
                         &mut detector,
                     ));
                 }
@@ -1464,7 +1202,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         if detector.poll_at().is_some_and(|at| at <= wall_nanos()) {
             for scan in detector.tick(wall_nanos()) {
                 let seen = (&detector, &host_now, &mut holds_session);
-                output = output.and(on_scan(&scan, seen, &mut events, blocker.as_mut()));
+                output = output.and(on_scan(&scan, seen, events, blocker.as_mut()));
             }
         }
         let now = monotonic();
@@ -1490,7 +1228,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 happened,
                 backend_name,
                 dry_run,
-                &mut events,
+                events,
                 &mut detector,
             ));
         }
@@ -1506,12 +1244,12 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             draining = true;
         }
         if reload.swap(false, Ordering::Relaxed)
-            && let Some((configured, fresh_run)) = reload_config(args, &mut detector)
+            && let Some((configured, fresh_run)) = reload_config(reread(), &mut detector)
         {
             configured_locals = configured;
             if let Some(b) = blocker.as_mut() {
                 b.set_policy(fresh_run.blocking.policy);
-                output = output.and(release_protected(b, &mut detector, &host_now, &mut events));
+                output = output.and(release_protected(b, &mut detector, &host_now, events));
             }
             if let Some(x) = xdp.as_mut() {
                 let options = crate::xdp::options(
@@ -1558,8 +1296,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
                 if (locals_changed || infra_changed)
                     && let Some(b) = blocker.as_mut()
                 {
-                    output =
-                        output.and(release_protected(b, &mut detector, &host_now, &mut events));
+                    output = output.and(release_protected(b, &mut detector, &host_now, events));
                 }
                 if let Some(x) = xdp.as_mut() {
                     reconfigure_xdp(x, x.options(), &detector, &host_now);
@@ -1578,7 +1315,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
             happened,
             backend_name,
             dry_run,
-            &mut events,
+            events,
             &mut detector,
         ));
         output = output.and(events.flush());
@@ -1588,7 +1325,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
     output = output.and(events.flush());
     // The last events get a moment to reach a reader that reads; one that does not
     // cannot hold the exit.
-    if !events.get_ref().drain(FINAL_OUTPUT_WAIT) {
+    if !drainer.drain(FINAL_OUTPUT_WAIT) {
         tracing::warn!("warning: stdout did not take the last events; exiting without them");
     }
 
@@ -1663,7 +1400,7 @@ pub fn run(args: &RunArgs, mut settings: DetectSettings) -> Result<crate::ExitSt
         Ok(()) if !asked_to_stop => Err(anyhow::anyhow!(
             "every source of connections ended (see above) without being asked to stop"
         )),
-        Ok(()) => Ok(crate::ExitStatus::Success),
+        Ok(()) => Ok(Outcome::Stopped),
     }
 }
 
@@ -1725,51 +1462,32 @@ fn reconfigure_xdp(
     }
 }
 
-/// SIGHUP: reads the configuration again (file, environment and flags as at start) and
-/// applies thresholds and address lists to the running detector, keeping its state. A
-/// configuration that does not validate is reported and the running one kept.
-/// Returns the newly configured (not discovered) local addresses.
+/// A reload request: applies the configuration read again (`None`: nothing to apply,
+/// already said why) to the running detector, thresholds and address lists, keeping its
+/// state. Returns the newly configured (not discovered) local addresses.
 fn reload_config(
-    args: &RunArgs,
+    fresh: Option<Reread>,
     detector: &mut Detector,
-) -> Option<(synwatch_detect::AddrSet, RunSettings)> {
-    let Some(path) = &args.detect.config else {
-        tracing::warn!("SIGHUP: no --config file to reload; configuration unchanged");
-        return None;
-    };
-    let fresh = DetectSettings::from_args(&args.detect).and_then(|fresh| {
-        let run = RunSettings::from_args(args, &fresh).map_err(anyhow::Error::msg)?;
-        Ok((fresh, run))
-    });
-    match fresh {
-        Ok((fresh, fresh_run)) => {
-            for warning in &fresh.warnings {
-                tracing::warn!("warning: {warning}");
-            }
-            let mut cfg = fresh.detector;
-            let configured = cfg.locals.clone();
-            let host = Host::read().unwrap_or_default();
-            cfg.locals = host.locals(&configured);
-            cfg.neighbours = detector.config().neighbours.clone();
-            cfg.sweeps = detector.config().sweeps;
-            tracing::info!(
-                "reloaded {}: a scan is more than {} ports within {} s; {} allowlisted ranges",
-                path.display(),
-                cfg.max_ports,
-                cfg.window as f64 / 1e9,
-                cfg.allow.len()
-            );
-            detector.reconfigure(cfg);
-            Some((configured, fresh_run))
-        }
-        Err(e) => {
-            tracing::error!(
-                "reloading {} failed, keeping the running configuration: {e:#}",
-                path.display()
-            );
-            None
-        }
-    }
+) -> Option<(synwatch_detect::AddrSet, Settings)> {
+    let Reread {
+        path,
+        detector: mut cfg,
+        settings,
+    } = fresh?;
+    let configured = cfg.locals.clone();
+    let host = Host::read().unwrap_or_default();
+    cfg.locals = host.locals(&configured);
+    cfg.neighbours = detector.config().neighbours.clone();
+    cfg.sweeps = detector.config().sweeps;
+    tracing::info!(
+        "reloaded {}: a scan is more than {} ports within {} s; {} allowlisted ranges",
+        path.display(),
+        cfg.max_ports,
+        cfg.window as f64 / 1e9,
+        cfg.allow.len()
+    );
+    detector.reconfigure(cfg);
+    Some((configured, settings))
 }
 
 #[cfg(test)]
@@ -1801,39 +1519,5 @@ mod tests {
         assert_eq!(rx.try_iter().count(), 2);
         drop(rx);
         assert!(!offer(&tx, obs(1), &metrics), "the pipeline has gone");
-    }
-
-    #[test]
-    fn an_enumerated_option_comes_from_the_flag_then_the_file_then_the_default() {
-        let file = Some("new".to_owned());
-        assert_eq!(
-            choice(Some(ScopeArg::All), &file, "block_scope", ScopeArg::All),
-            Ok(ScopeArg::All)
-        );
-        assert_eq!(
-            choice(None, &file, "block_scope", ScopeArg::All),
-            Ok(ScopeArg::New)
-        );
-        assert_eq!(
-            choice(None, &None, "block_scope", ScopeArg::New),
-            Ok(ScopeArg::New)
-        );
-        assert_eq!(
-            choice::<BlockArg>(None, &Some("x".into()), "block", BlockArg::Auto),
-            Err(
-                "invalid block 'x' in the config file: expected auto, xdp, xdp,nftables, nftables, iptables or none"
-                    .into()
-            )
-        );
-        // A valid flag wins over an invalid file value.
-        assert_eq!(
-            choice(
-                Some(SourceArg::Pcap),
-                &Some("x".into()),
-                "source",
-                SourceArg::Auto
-            ),
-            Ok(SourceArg::Pcap)
-        );
     }
 }
