@@ -414,6 +414,32 @@ pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
     Nanos::try_from(total).map_err(|_| "too large".to_owned())
 }
 
+/// An enumerated option: the flag's value, else the config file's `key` (which must name
+/// one of the values), else `default`.
+pub(crate) fn choice<T: clap::ValueEnum + Copy>(
+    flag: Option<T>,
+    file: &Option<String>,
+    key: &str,
+    default: T,
+) -> Result<T, String> {
+    let Some(text) = file.as_deref().filter(|_| flag.is_none()) else {
+        return Ok(flag.unwrap_or(default));
+    };
+    T::from_str(text, false).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+            .collect();
+        let (last, rest) = names
+            .split_last()
+            .map_or(("", &[][..]), |(l, r)| (l.as_str(), r));
+        format!(
+            "invalid {key} '{text}' in the config file: expected {} or {last}",
+            rest.join(", ")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

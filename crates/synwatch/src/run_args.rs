@@ -16,7 +16,7 @@ use synwatch_enforce::Scope;
 use synwatch_enforce::bans::Policy;
 
 use crate::block::BlockSettings;
-use crate::config::{DetectArgs, DetectSettings};
+use crate::config::{DetectArgs, DetectSettings, choice};
 use crate::host::Host;
 use crate::output::{EventWriter, Format};
 
@@ -259,32 +259,6 @@ pub(crate) fn settings(args: &RunArgs, detect: &DetectSettings) -> Result<Settin
             .or(file.log_limit_global)
             .unwrap_or(5000),
         crowdsec: crate::crowdsec_args::settings(&args.crowdsec, file)?,
-    })
-}
-
-/// An enumerated option: the flag's value, else the config file's `key` (which must name
-/// one of the values), else `default`.
-fn choice<T: clap::ValueEnum + Copy>(
-    flag: Option<T>,
-    file: &Option<String>,
-    key: &str,
-    default: T,
-) -> Result<T, String> {
-    let Some(text) = file.as_deref().filter(|_| flag.is_none()) else {
-        return Ok(flag.unwrap_or(default));
-    };
-    T::from_str(text, false).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
-            .collect();
-        let (last, rest) = names
-            .split_last()
-            .map_or(("", &[][..]), |(l, r)| (l.as_str(), r));
-        format!(
-            "invalid {key} '{text}' in the config file: expected {} or {last}",
-            rest.join(", ")
-        )
     })
 }
 

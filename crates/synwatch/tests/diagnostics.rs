@@ -137,7 +137,7 @@ fn a_bad_value_in_the_file_is_one_line_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
-        "synwatch: invalid log_format 'xml' in the config file: expected one of text, json\n"
+        "synwatch: invalid log_format 'xml' in the config file: expected text or json\n"
     );
 }
 
