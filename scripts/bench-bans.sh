@@ -313,7 +313,8 @@ e2e() {
     rx1=$(in_victim cat "/sys/class/net/$vif/statistics/rx_packets")
     rxd1=$(in_victim cat "/sys/class/net/$vif/statistics/rx_dropped")
     tx1=$(in_attacker cat "/sys/class/net/$aif/statistics/tx_packets")
-    local turn slow
+    local turn slow qdrop
+    qdrop=$(metric "$page" "synwatch_queue_dropped_total")
     turn=$(awk 'index($0, "synwatch_pipeline_longest_turn_seconds ") == 1 { print $NF }' <<<"$page")
     slow=$(metric "$page" "synwatch_pipeline_slow_turns_total")
     t_list0=$(now)
@@ -401,11 +402,11 @@ EOF
     local c0 c1
     read -ra c0 <<<"$cpu0"
     read -ra c1 <<<"$cpu1"
-    record "e2e-extra	$backend	$n	$run	$(( c1[0] - c0[0] ))	$(( c1[1] - c0[1] ))	$(( c1[2] + c1[3] - c0[2] - c0[3] ))	$hz	$page_drops	${summary_drops:-?}	$page_blocks	$page_pkts	$page_fail	$(( rx1 - rx0 ))	$(( rxd1 - rxd0 ))	$check	$(awk -v a="$t_list1" -v b="$t_list0" 'BEGIN { print a - b }')	$(awk -v a="$t_stop1" -v b="$t_stop0" 'BEGIN { print a - b }')	$rc	$leftover	$hwm	$idle_self	$idle_child	$idle_secs	${turn:-?}	$slow	$(( tx1 - tx0 ))"
+    record "e2e-extra	$backend	$n	$run	$(( c1[0] - c0[0] ))	$(( c1[1] - c0[1] ))	$(( c1[2] + c1[3] - c0[2] - c0[3] ))	$hz	$page_drops	${summary_drops:-?}	$page_blocks	$page_pkts	$page_fail	$(( rx1 - rx0 ))	$(( rxd1 - rxd0 ))	$check	$(awk -v a="$t_list1" -v b="$t_list0" 'BEGIN { print a - b }')	$(awk -v a="$t_stop1" -v b="$t_stop0" 'BEGIN { print a - b }')	$rc	$leftover	$hwm	$idle_self	$idle_child	$idle_secs	${turn:-?}	$slow	$(( tx1 - tx0 ))	$qdrop"
     tail -1 "$results" | awk -F'\t' -v b="$backend" -v n="$n" -v r="$run" '{
         split($16, k, " ");
-        printf "  %s N=%d run %s: blocks_total %s, kernel set %s (missing %s, extra %s; read in %.2f s), capture drops %s (summary %s), ban failures %s, stop %.2f s, exit %s, left over %s; attacker tx %s, victim rx %s (dropped %s); longest pipeline turn %s s, turns over 50 ms %s\n",
-            b, n, r, $11, k[1], k[2], k[3], $17, $9, $10, $13, $18, $19, $20, $27, $14, $15, $25, $26 }' >&2
+        printf "  %s N=%d run %s: blocks_total %s, kernel set %s (missing %s, extra %s; read in %.2f s), capture drops %s (summary %s), ban failures %s, stop %.2f s, exit %s, left over %s; attacker tx %s, victim rx %s (dropped %s); longest pipeline turn %s s, turns over 50 ms %s; dropped on the way to the pipeline (queue full) %s\n",
+            b, n, r, $11, k[1], k[2], k[3], $17, $9, $10, $13, $18, $19, $20, $27, $14, $15, $25, $26, $28 }' >&2
     grep '^e2e	' "$results" | tail -1 | cut -f5 | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
@@ -658,7 +659,8 @@ for (b, n), rs in sorted(e2e.items(), key=lambda kv: (kv[0][1], kv[0][0])):
           "; agent peak RSS (VmHWM, kB):", " ".join(e[16] for e in ex),
           "; sender frames/s:", " ".join(f"{r['send_packets'] / r['send_seconds']:,.0f}" for r in rs),
           "; attacker tx:", " ".join(e[22] if len(e) > 22 else "?" for e in ex),
-          "; longest pipeline turn (s) / turns over 50 ms:", " ".join(f"{e[20]}/{e[21]}" if len(e) > 21 else "?" for e in ex))
+          "; longest pipeline turn (s) / turns over 50 ms:", " ".join(f"{e[20]}/{e[21]}" if len(e) > 21 else "?" for e in ex),
+          "; queue drops (synwatch_queue_dropped_total):", " ".join(e[23] if len(e) > 23 else "?" for e in ex))
     for e in ex:
         if e[17]:
             print(f"  idle {e[19]} s holding {n:,} bans: agent CPU {int(e[17]) / hz:.2f} s, children (nft/iptables) {int(e[18]) / hz:.2f} s"
