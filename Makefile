@@ -11,7 +11,7 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
              nmap:nmap curl:curl editcap:tshark mergecap:tshark python3:python3 \
              hyperfine:hyperfine /usr/bin/time:time nft:nftables iptables:iptables \
              ipset:ipset hping3:hping3 iperf3:iperf3 clang:clang ethtool:ethtool \
-             ping:iputils-ping xdp-filter:xdp-tools bpftool:bpftool
+             ping:iputils-ping xdp-filter:xdp-tools bpftool:bpftool tcpreplay:tcpreplay
 # only for `make test` (promtool comes with the Prometheus server package; faketime brings
 # libfaketime, which steps the wall clock for the agent alone in lab_faults; scapy, for
 # Debian's /usr/bin/python3, crafts the lab's evasive packets;

@@ -11,7 +11,11 @@ addresses the host does not have, hence raw frames addressed to the victim's MAC
 built before the clock starts. Prints one JSON object: packets, send errors, wall-clock
 start and end (Unix seconds), seconds spent sending.
 
+--pcap FILE writes the same frames (source MAC: IFACE's) to a classic pcap file instead of
+sending them, for a faster sender (tcpreplay --topspeed) to send; prints nothing.
+
 usage: bench-bans-send.py IFACE DST_MAC DST_IP FIRST_SRC COUNT [--ports 4] [--rate PPS]
+                          [--pcap FILE]
 """
 
 import argparse
@@ -43,6 +47,7 @@ def main():
     p.add_argument("--ports", type=int, default=4)
     p.add_argument("--first-port", type=int, default=1001)
     p.add_argument("--rate", type=float, default=0.0)
+    p.add_argument("--pcap")
     a = p.parse_args()
 
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -75,6 +80,14 @@ def main():
         for tcp, tbase in frames_by_port:
             tc = (~fold(tbase + sw)) & 0xFFFF
             frames.append(eth + iph + tcp[:16] + struct.pack("!H", tc) + tcp[18:])
+
+    if a.pcap:
+        with open(a.pcap, "wb") as out:
+            out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+            for i, f in enumerate(frames):
+                out.write(struct.pack("<IIII", i // 1000000, i % 1000000, len(f), len(f)))
+                out.write(f)
+        return
 
     send = sock.send
     errors = 0

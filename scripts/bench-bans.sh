@@ -12,7 +12,12 @@
 #    (wall clock, /metrics polled every 50 ms, then the kernel set read once), bans/s,
 #    kernel runs (distinct `block` timestamps: each apply is one nft/ipset run), the
 #    agent's CPU and its children's (nft, ipset), capture drops, peak RSS, and whether the
-#    kernel set holds exactly the N expected addresses. The agent's teardown at SIGTERM
+#    kernel set holds exactly the N expected addresses (XDP: the program's ban4 map, read
+#    with bpftool), and the agent's longest pipeline turn (synwatch_pipeline_longest_turn_seconds).
+#    The sender: with SEND=tcpreplay (the default when tcpreplay is installed) the frames
+#    are written to a pcap once per N (scripts/bench-bans-send.py --pcap, untimed) and sent
+#    with `tcpreplay --topspeed -i VETH` from the attacker namespace; with SEND=python the
+#    Python sender writes them itself (about 90,000 frames/s here: slower than the agent). The agent's teardown at SIGTERM
 #    is timed and checked, and on the last run of each size the CPU the agent (and the
 #    programs it runs) use while holding the bans idle, over IDLE_SECONDS.
 # 2. The rule-per-address peer, in a third namespace: N `iptables -w -I INPUT -s ADDR -j
@@ -30,7 +35,8 @@
 #    (the time to its banner is the restore). Cases alternate, TPUT_RUNS rounds.
 #
 # usage: [SYNWATCH=target/release/synwatch] [SIZES="10000 100000"] [RUNS=3]
-#        [BACKENDS="nftables iptables"] [RATE=0 (sender packets/s cap; 0 = none)]
+#        [BACKENDS="nftables iptables" (also: xdp)] [RATE=0 (sender packets/s cap; 0 = none)]
+#        [SEND=tcpreplay|python] [SECTIONS="1 2 2b 3"]
 #        [PEER_N=10000] [PEER_SECONDS=240] [BATCH_SIZES="10000 100000"]
 #        [TPUT_N=100000] [TPUT_SECONDS=5] [TPUT_RUNS=3] [IDLE_SECONDS=10]
 #        [BENCH_DIR=target/bench]
@@ -56,6 +62,8 @@ idle_secs=${IDLE_SECONDS:-10}
 dir=${BENCH_DIR:-target/bench}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 sender=${SENDER:-$here/bench-bans-send.py}
+send_mode=${SEND:-$(command -v tcpreplay >/dev/null && echo tcpreplay || echo python)}
+sections=" ${SECTIONS:-1 2 2b 3} "
 stall_secs=60
 
 for tool in ip nft iptables iptables-restore ipset iperf3 python3 curl tcpdump; do
@@ -64,6 +72,12 @@ done
 [ "$(id -u)" -eq 0 ] || { echo "bench-bans: needs root (network namespaces, firewall)" >&2; exit 2; }
 [ -x "$synwatch" ] || { echo "bench-bans: no synwatch binary at $synwatch (cargo build --release, or set SYNWATCH)" >&2; exit 2; }
 [ -r "$sender" ] || { echo "bench-bans: no sender at $sender" >&2; exit 2; }
+case $send_mode in
+    python) ;;
+    tcpreplay) command -v tcpreplay >/dev/null || { echo "bench-bans: tcpreplay is missing (apt-get install tcpreplay, or SEND=python)" >&2; exit 2; }
+               [ "$rate" = 0 ] || { echo "bench-bans: RATE needs SEND=python" >&2; exit 2; } ;;
+    *) echo "bench-bans: SEND is tcpreplay or python" >&2; exit 2 ;;
+esac
 for v in runs peer_n peer_secs tput_n tput_secs tput_runs idle_secs; do
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "bench-bans: $v must be a positive whole number" >&2; exit 2; }
 done
@@ -139,6 +153,18 @@ import json, sys
 for item in json.load(sys.stdin)["nftables"]:
     for e in item.get("set", {}).get("elem", []):
         print(e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e)'
+    elif [ "$1" = xdp ]; then
+        # The ban4 map of the program attached to the victim's veth (maps are not per
+        # namespace: found through the program, not by name). Keys: the address bytes.
+        local prog map
+        prog=$(ip -n "$2" -j link show "$vif" | python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["xdp"]["prog"]["id"])')
+        for map in $(bpftool -j prog show id "$prog" | python3 -c 'import json, sys; print(*json.load(sys.stdin)["map_ids"])'); do
+            bpftool -j map show id "$map" | grep -q '"name":"ban4"' || continue
+            bpftool -j map dump id "$map" | python3 -c '
+import json, sys
+for e in json.load(sys.stdin):
+    print(".".join(str(int(b, 16)) for b in e["key"]))'
+        done
     else
         ip netns exec "$2" ipset save synwatch4 | awk '$1 == "add" { print $3 }'
     fi
@@ -210,6 +236,23 @@ stop_agent() {
     kill -TERM "$agent_pid"
     wait "$agent_pid" || agent_rc=$?
 }
+# send_tcpreplay PCAP OUT: sends PCAP from the attacker's veth end as fast as tcpreplay
+# can, and writes the JSON the Python sender prints (seconds: tcpreplay's own account).
+send_tcpreplay() {
+    local start out
+    start=$(now)
+    out=$(in_attacker tcpreplay --topspeed -i "$aif" "$1" 2>&1) || { echo "$out" >&2; return 1; }
+    python3 -c '
+import json, re, sys
+out, start, end = sys.stdin.read(), float(sys.argv[1]), float(sys.argv[2])
+m = re.search(r"Actual: (\d+) packets .* sent in ([0-9.]+) seconds", out)
+f = re.search(r"Failed packets:\s+(\d+)", out)
+if not m:
+    sys.exit("bench-bans: cannot read tcpreplay output:\n" + out)
+json.dump({"packets": int(m.group(1)), "errors": int(f.group(1)) if f else 0, "start": start,
+           "end": end, "seconds": float(m.group(2))}, sys.stdout)
+print()' "$start" "$(now)" <<<"$out" >"$2"
+}
 # The state directory of the last end-to-end run of TPUT_N bans, per backend: section 3
 # starts the agent on it again, and it restores those bans.
 declare -A saved_state=()
@@ -224,17 +267,24 @@ e2e() {
     events="$dir/bans.$backend.$n.$run.jsonl"
     log="$dir/bans.$backend.$n.$run.log"
     sendout="$dir/bans.$backend.$n.$run.send.json"
-    start_agent "$events" "$log" --block "$backend" --ban-rate 0 --ban 1h --state-dir "$state" \
+    local source=pcap
+    [ "$backend" = xdp ] && source=xdp
+    start_agent "$events" "$log" --source "$source" --block "$backend" --ban-rate 0 --ban 1h --state-dir "$state" \
         --log-limit-source 0 --log-limit-global 0
     local cpu0 rx0 rxd0
     cpu0=$(cpu_ticks "$agent_pid")
     rx0=$(in_victim cat "/sys/class/net/$vif/statistics/rx_packets")
     rxd0=$(in_victim cat "/sys/class/net/$vif/statistics/rx_dropped")
 
-    local rate_args=()
+    local rate_args=() tx0
     [ "$rate" != 0 ] && rate_args=(--rate "$rate")
-    ip netns exec "$attacker" python3 "$sender" "$aif" "$victim_mac" "$victim_ip" "$first_src" "$n" \
-        "${rate_args[@]}" >"$sendout" &
+    tx0=$(in_attacker cat "/sys/class/net/$aif/statistics/tx_packets")
+    if [ "$send_mode" = tcpreplay ]; then
+        send_tcpreplay "$dir/bans.frames.$n.pcap" "$sendout" &
+    else
+        ip netns exec "$attacker" python3 "$sender" "$aif" "$victim_mac" "$victim_ip" "$first_src" "$n" \
+            "${rate_args[@]}" >"$sendout" &
+    fi
     local send_pid=$!
     pids+=("$send_pid")
     # All bans applied: synwatch_blocks_total counts bans the kernel accepted (nft or
@@ -258,10 +308,15 @@ e2e() {
     # Let the capture threads publish their kernel drop counters (every second).
     sleep 1.5
     page=$(in_victim curl -sf --max-time 5 "$metrics_url")
-    local cpu1 rx1 rxd1 t_list0 t_list1 check
+    local cpu1 rx1 rxd1 tx1 t_list0 t_list1 check
     cpu1=$(cpu_ticks "$agent_pid")
     rx1=$(in_victim cat "/sys/class/net/$vif/statistics/rx_packets")
     rxd1=$(in_victim cat "/sys/class/net/$vif/statistics/rx_dropped")
+    tx1=$(in_attacker cat "/sys/class/net/$aif/statistics/tx_packets")
+    local turn slow qdrop
+    qdrop=$(metric "$page" "synwatch_queue_dropped_total")
+    turn=$(awk 'index($0, "synwatch_pipeline_longest_turn_seconds ") == 1 { print $NF }' <<<"$page")
+    slow=$(metric "$page" "synwatch_pipeline_slow_turns_total")
     t_list0=$(now)
     check=$(kernel_addrs "$backend" "$victim" | check_addrs "$first_src" "$n")
     t_list1=$(now)
@@ -278,7 +333,7 @@ e2e() {
         idle_child=$(( idle1[2] + idle1[3] - idle0[2] - idle0[3] ))
         echo "  idle $idle_secs s holding $n bans ($backend): agent CPU $(awk -v t="$idle_self" -v h="$hz" 'BEGIN { printf "%.2f", t / h }') s, its children $(awk -v t="$idle_child" -v h="$hz" 'BEGIN { printf "%.2f", t / h }') s" >&2
     fi
-    [ "$n" = "$tput_n" ] && saved_state[$backend]=$state
+    [ "$n" = "$tput_n" ] && [ "$backend" != xdp ] && saved_state[$backend]=$state
 
     # SIGTERM: the agent removes its table/chain and sets; time it and check.
     local t_stop0 t_stop1 rc leftover
@@ -288,6 +343,8 @@ e2e() {
     t_stop1=$(now)
     if [ "$backend" = nftables ]; then
         leftover=$(in_victim nft list tables | grep -c synwatch || true)
+    elif [ "$backend" = xdp ]; then
+        leftover=$(in_victim ip link show "$vif" | grep -c "prog/xdp" || true)
     else
         leftover=$(( $(in_victim ipset list -n | grep -c synwatch || true) + $(in_victim iptables -S | grep -c SYNWATCH || true) ))
     fi
@@ -345,21 +402,25 @@ EOF
     local c0 c1
     read -ra c0 <<<"$cpu0"
     read -ra c1 <<<"$cpu1"
-    record "e2e-extra	$backend	$n	$run	$(( c1[0] - c0[0] ))	$(( c1[1] - c0[1] ))	$(( c1[2] + c1[3] - c0[2] - c0[3] ))	$hz	$page_drops	${summary_drops:-?}	$page_blocks	$page_pkts	$page_fail	$(( rx1 - rx0 ))	$(( rxd1 - rxd0 ))	$check	$(awk -v a="$t_list1" -v b="$t_list0" 'BEGIN { print a - b }')	$(awk -v a="$t_stop1" -v b="$t_stop0" 'BEGIN { print a - b }')	$rc	$leftover	$hwm	$idle_self	$idle_child	$idle_secs"
+    record "e2e-extra	$backend	$n	$run	$(( c1[0] - c0[0] ))	$(( c1[1] - c0[1] ))	$(( c1[2] + c1[3] - c0[2] - c0[3] ))	$hz	$page_drops	${summary_drops:-?}	$page_blocks	$page_pkts	$page_fail	$(( rx1 - rx0 ))	$(( rxd1 - rxd0 ))	$check	$(awk -v a="$t_list1" -v b="$t_list0" 'BEGIN { print a - b }')	$(awk -v a="$t_stop1" -v b="$t_stop0" 'BEGIN { print a - b }')	$rc	$leftover	$hwm	$idle_self	$idle_child	$idle_secs	${turn:-?}	$slow	$(( tx1 - tx0 ))	$qdrop"
     tail -1 "$results" | awk -F'\t' -v b="$backend" -v n="$n" -v r="$run" '{
         split($16, k, " ");
-        printf "  %s N=%d run %s: blocks_total %s, kernel set %s (missing %s, extra %s; read in %.2f s), capture drops %s (summary %s), ban failures %s, stop %.2f s, exit %s, left over %s\n",
-            b, n, r, $11, k[1], k[2], k[3], $17, $9, $10, $13, $18, $19, $20 }' >&2
+        printf "  %s N=%d run %s: blocks_total %s, kernel set %s (missing %s, extra %s; read in %.2f s), capture drops %s (summary %s), ban failures %s, stop %.2f s, exit %s, left over %s; attacker tx %s, victim rx %s (dropped %s); longest pipeline turn %s s, turns over 50 ms %s; dropped on the way to the pipeline (queue full) %s\n",
+            b, n, r, $11, k[1], k[2], k[3], $17, $9, $10, $13, $18, $19, $20, $27, $14, $15, $25, $26, $28 }' >&2
     grep '^e2e	' "$results" | tail -1 | cut -f5 | python3 -c '
 import json, sys
 r = json.loads(sys.stdin.read())
-print("    first scan -> last block %.2f s, sender start -> all in kernel %.2f s (sender %.2f s), %d kernel runs (max %d bans), ban latency median %.3f s p99 %.3f s" % (
-    r["first_scan_to_last_block"], r["wall"], r["send_seconds"], r["kernel_runs"], r["max_bans_per_run"], r["lat_median"], r["lat_p99"]))' >&2
+print("    first scan -> last block %.2f s, sender start -> all in kernel %.2f s (sender %.2f s = %.0f frames/s), %d kernel runs (max %d bans), ban latency median %.3f s p99 %.3f s" % (
+    r["first_scan_to_last_block"], r["wall"], r["send_seconds"], r["send_packets"] / r["send_seconds"], r["kernel_runs"], r["max_bans_per_run"], r["lat_median"], r["lat_p99"]))' >&2
 }
 
 echo "bench-bans: $(nproc) CPUs, $(uname -r), $(nft -v), $(iptables -V), ipset $(ipset -v | awk '{ sub(",", "", $2); print $2 }'), $(iperf3 -v | head -1 | awk '{print $1, $2}'), $("$synwatch" --version 2>/dev/null || echo synwatch)" >&2
-echo "bench-bans: 1. bans per second through the agent" >&2
+echo "bench-bans: 1. bans per second through the agent (sender: $send_mode$([ "$send_mode" = tcpreplay ] && echo ", $(tcpreplay -V 2>&1 | head -1)"))" >&2
 for n in $sizes; do
+    [[ $sections == *" 1 "* ]] || break
+    if [ "$send_mode" = tcpreplay ]; then
+        in_attacker python3 "$sender" "$aif" "$victim_mac" "$victim_ip" "$first_src" "$n" --pcap "$dir/bans.frames.$n.pcap"
+    fi
     for run in $(seq "$runs"); do
         for backend in $backends; do
             e2e "$backend" "$n" "$run"
@@ -368,6 +429,7 @@ for n in $sizes; do
 done
 
 # ---------------------------------------------------------------- 2. the peers
+if [[ $sections == *" 2 "* ]]; then
 echo "bench-bans: 2. one iptables rule per address (namespace $peer, $(iptables -V))" >&2
 # One process per ban, PEER_N of them or PEER_SECONDS, whichever comes first; a line every
 # 500 bans: "count elapsed-microseconds".
@@ -392,6 +454,7 @@ record "peer-insert	$peer_n	$peer_done	$peer_us	$peer_rules	$(tr '\n' ' ' <"$dir
 echo "  iptables -I x $peer_done: $(awk -v u="$peer_us" 'BEGIN { printf "%.1f s", u / 1e6 }'), $peer_rules rules in INPUT" >&2
 t0=$(now); in_peer iptables -w -F INPUT; t1=$(now)
 echo "  (iptables -F INPUT of them: $(awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.2f s", a - b }'))" >&2
+fi
 
 restore_file() { # restore_file N FILE: N -A INPUT rules as iptables-restore input
     python3 -c '
@@ -446,6 +509,7 @@ tmpdirs+=("$work")
 
 echo "bench-bans: 2b. one batch of N bans: iptables-restore rules, and synwatch's own nft and ipset texts" >&2
 for n in $batch_sizes; do
+    [[ $sections == *" 2b "* ]] || break
     restore_file "$n" "$work/rules.$n"
     nft_files "$n" "$work/nft-setup" "$work/nft-add.$n"
     ipset_files "$n" "$work/ipset-sets" "$work/ipset-add.$n"
@@ -472,6 +536,7 @@ for n in $batch_sizes; do
 done
 
 # ---------------------------------------------------------------- 3. throughput
+if [[ $sections == *" 3 "* ]]; then
 echo "bench-bans: 3. ordinary traffic with $tput_n addresses banned (iperf3, $tput_secs s TCP + $tput_secs s UDP per case; $tput_runs rounds, cases alternating)" >&2
 restore_file "$tput_n" "$work/rules.$tput_n"
 nft_files "$tput_n" "$work/nft-setup" "$work/nft-add.$tput_n"
@@ -551,6 +616,7 @@ for round in $(seq "$tput_runs"); do
         case_down "$case"
     done
 done
+fi
 
 # ---------------------------------------------------------------- summary
 python3 - "$results" "$hz" <<'EOF'
@@ -590,7 +656,11 @@ for (b, n), rs in sorted(e2e.items(), key=lambda kv: (kv[0][1], kv[0][0])):
           "; veth rx / rx_dropped:", " ".join(f"{e[9]}/{e[10]}" for e in ex),
           "; ban failures:", " ".join(e[8] for e in ex), "; exit:", " ".join(e[14] for e in ex),
           "; left over after stop:", " ".join(e[15] for e in ex),
-          "; agent peak RSS (VmHWM, kB):", " ".join(e[16] for e in ex))
+          "; agent peak RSS (VmHWM, kB):", " ".join(e[16] for e in ex),
+          "; sender frames/s:", " ".join(f"{r['send_packets'] / r['send_seconds']:,.0f}" for r in rs),
+          "; attacker tx:", " ".join(e[22] if len(e) > 22 else "?" for e in ex),
+          "; longest pipeline turn (s) / turns over 50 ms:", " ".join(f"{e[20]}/{e[21]}" if len(e) > 21 else "?" for e in ex),
+          "; queue drops (synwatch_queue_dropped_total):", " ".join(e[23] if len(e) > 23 else "?" for e in ex))
     for e in ex:
         if e[17]:
             print(f"  idle {e[19]} s holding {n:,} bans: agent CPU {int(e[17]) / hz:.2f} s, children (nft/iptables) {int(e[18]) / hz:.2f} s"

@@ -742,6 +742,10 @@ impl Blocker {
         if self.dry_run {
             return;
         }
+        // The rule check must not set the rules up again behind the teardown.
+        if let Some(u) = self.upkeep.take() {
+            u.finish();
+        }
         if self.keep_rules {
             // Whatever did not reach the kernel yet still should, since the rules stay.
             let now = crate::clock::now();

@@ -33,6 +33,7 @@ pub struct Upkeep {
     latest: Arc<Mutex<Option<Report>>>,
     setups: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Upkeep {
@@ -44,7 +45,7 @@ impl Upkeep {
         let setups = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s, st) = (Arc::clone(&latest), Arc::clone(&setups), Arc::clone(&stop));
-        thread::Builder::new()
+        let handle = thread::Builder::new()
             .name("upkeep".into())
             .spawn(move || {
                 while !st.load(Ordering::Relaxed) {
@@ -72,7 +73,18 @@ impl Upkeep {
             latest,
             setups,
             stop,
+            thread: Some(handle),
         })
+    }
+
+    /// Stops the thread and waits for it (at most one look and 100 ms), so that a look
+    /// in progress cannot set the rules up again after the agent has removed them: one
+    /// run of 100,000 bans in nine left an empty table behind (bench-bans.sh, "left over").
+    pub fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// The latest answer, once, unless it began before the last [`Upkeep::set_up_again`]
@@ -169,5 +181,22 @@ mod tests {
             });
         }
         assert_eq!(upkeep.take(), None, "stale");
+    }
+
+    #[test]
+    fn once_finished_the_thread_asks_no_more() {
+        let runner = synwatch_enforce::RecordingRunner::default();
+        let checker =
+            synwatch_enforce::open(Backend::Nftables, Scope::All, Box::new(runner.clone()))
+                .unwrap();
+        // No pause between looks: the thread is always asking.
+        let upkeep = Upkeep::start(checker, Duration::ZERO).unwrap();
+        while runner.transcript().is_empty() {
+            thread::sleep(Duration::from_millis(5));
+        }
+        upkeep.finish();
+        let asked = runner.transcript().len();
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(runner.transcript().len(), asked, "asked after finish");
     }
 }

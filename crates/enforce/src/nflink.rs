@@ -65,6 +65,13 @@ const NFGENMSG_LEN: usize = 4;
 const RECV_BUF_LEN: usize = 64 << 10;
 /// Datagrams read for one answer before giving up (synwatch's table has four rules).
 const MAX_READS: usize = 1024;
+/// Element changes per transaction at most (about 80 bytes each): a request must fit the
+/// socket's send buffer (208 KiB by default; a larger one failed with EMSGSIZE, and every
+/// batch of more than about 500 bans then took the `nft` path).
+const CHANGES_PER_BATCH: usize = 1_000;
+/// ipset messages per request at most: each is acknowledged, and the acknowledgements of
+/// one request must fit the receive buffer (ENOBUFS past it).
+const IPSET_PER_REQUEST: usize = 100;
 
 /// One rule as the kernel holds it: its chain, the sets it looks up, its counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -265,8 +272,10 @@ fn batch_marker(kind: u16, seq: u32) -> Vec<u8> {
 }
 
 /// The batch applying `changes` to sets of `table` in one transaction: a begin marker
-/// numbered `seq`, each change numbered on from it with an acknowledgement asked for, an
-/// end marker. Returns the batch and how many acknowledgements it asks for.
+/// numbered `seq`, each change numbered on from it, an end marker. Only the last change
+/// asks for an acknowledgement (the kernel reports a failing change whether asked or
+/// not, ahead of it): one per change filled the receive buffer past a few thousand
+/// changes. Returns the batch and how many changes it holds.
 pub fn element_batch(
     seq: u32,
     family: u8,
@@ -297,9 +306,14 @@ pub fn element_batch(
             &list,
         );
         let (kind, flags) = if c.add {
-            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK)
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE)
         } else {
-            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST)
+        };
+        let flags = if i + 1 == changes.len() {
+            flags | NLM_F_ACK
+        } else {
+            flags
         };
         let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
         out.extend(message(kind, flags, seq.wrapping_add(n), family, &attrs));
@@ -310,8 +324,9 @@ pub fn element_batch(
 }
 
 /// Reads one datagram of the answer to a batch begun at `seq` with `expected` changes:
-/// counts their acknowledgements in `acked`; the first error fails the whole batch (the
-/// kernel has then applied none of it).
+/// counts their acknowledgements in `acked`, done at the last change's; the first error
+/// fails the whole batch (the kernel has then applied none of it), as does an error
+/// answering the batch itself (`seq`: the commit failed).
 pub fn parse_acks(
     datagram: &[u8],
     seq: u32,
@@ -319,6 +334,7 @@ pub fn parse_acks(
     acked: &mut usize,
 ) -> Result<Progress, LookError> {
     let mut rest = datagram;
+    let mut last = false;
     while rest.len() >= NLMSG_HDRLEN {
         let word = |at: usize| -> Option<u32> {
             Some(u32::from_ne_bytes(rest.get(at..at + 4)?.try_into().ok()?))
@@ -336,13 +352,22 @@ pub fn parse_acks(
         };
         rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
         let index = msg_seq.wrapping_sub(seq) as usize;
-        if kind != NLMSG_ERROR || index == 0 || index > expected {
+        if kind != NLMSG_ERROR || index > expected {
             continue;
         }
         let code = body
             .get(..4)
             .and_then(|b| b.try_into().ok())
             .map_or(0, i32::from_ne_bytes);
+        if index == 0 {
+            if code != 0 {
+                return Err(LookError::Failed(format!(
+                    "the kernel refused the batch of {expected} changes: {}",
+                    Errno::from_raw(-code)
+                )));
+            }
+            continue;
+        }
         if code != 0 {
             return Err(LookError::Failed(format!(
                 "the kernel refused change {index} of {expected}: {}",
@@ -350,8 +375,9 @@ pub fn parse_acks(
             )));
         }
         *acked += 1;
+        last |= index == expected;
     }
-    Ok(if *acked >= expected {
+    Ok(if *acked >= expected || last {
         Progress::Done
     } else {
         Progress::More
@@ -558,43 +584,53 @@ impl Netlink {
         }
     }
 
-    /// Applies `changes` to sets of `table` as one transaction (all or none).
+    /// Applies `changes` to sets of `table`, in transactions (all or none each) of at most
+    /// [`CHANGES_PER_BATCH`] changes that never split one address's changes. At the first
+    /// refused the rest are not sent; the transactions before it stay applied.
     pub fn change_elements(
         &mut self,
         family: u8,
         table: &str,
         changes: &[ElementChange<'_>],
     ) -> Result<(), LookError> {
-        if changes.is_empty() {
-            return Ok(());
+        // Transactions of at most CHANGES_PER_BATCH changes, each address's in one.
+        let mut rest = changes;
+        while !rest.is_empty() {
+            let mut end = rest.len().min(CHANGES_PER_BATCH);
+            while end < rest.len() && rest[end].addr == rest[end - 1].addr {
+                end += 1;
+            }
+            let (batch, later) = rest.split_at(end);
+            rest = later;
+            let mut acked = 0;
+            let result = self.ask(
+                |seq| element_batch(seq, family, table, batch).0,
+                |d, seq| parse_acks(d, seq, batch.len(), &mut acked),
+            );
+            // The batch took sequence numbers up to its end marker: the next request must
+            // not take one of them for its own.
+            self.seq = self
+                .seq
+                .wrapping_add(u32::try_from(batch.len() + 1).unwrap_or(u32::MAX));
+            result?;
         }
-        let mut acked = 0;
-        let result = self.ask(
-            |seq| element_batch(seq, family, table, changes).0,
-            |d, seq| parse_acks(d, seq, changes.len(), &mut acked),
-        );
-        // The batch took sequence numbers up to its end marker: the next request must not
-        // take one of them for its own.
-        self.seq = self
-            .seq
-            .wrapping_add(u32::try_from(changes.len() + 1).unwrap_or(u32::MAX));
-        result
+        Ok(())
     }
 
     /// Applies `changes` to ipsets, each on its own (see [`ipset_messages`]).
     pub fn change_ipsets(&mut self, changes: &[IpsetChange<'_>]) -> Result<(), LookError> {
-        if changes.is_empty() {
-            return Ok(());
+        for part in changes.chunks(IPSET_PER_REQUEST) {
+            let mut acked = 0;
+            let result = self.ask(
+                |seq| ipset_messages(seq, part),
+                |d, seq| parse_acks(d, seq, part.len(), &mut acked),
+            );
+            self.seq = self
+                .seq
+                .wrapping_add(u32::try_from(part.len()).unwrap_or(u32::MAX));
+            result?;
         }
-        let mut acked = 0;
-        let result = self.ask(
-            |seq| ipset_messages(seq, changes),
-            |d, seq| parse_acks(d, seq, changes.len(), &mut acked),
-        );
-        self.seq = self
-            .seq
-            .wrapping_add(u32::try_from(changes.len()).unwrap_or(u32::MAX));
-        result
+        Ok(())
     }
 
     fn ask(
@@ -838,7 +874,8 @@ mod tests {
             msgs.iter().map(|m| m.2).collect::<Vec<_>>(),
             [40, 41, 42, 43]
         );
-        assert_eq!(msgs[1].1, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK);
+        // Only the last change asks for an acknowledgement.
+        assert_eq!(msgs[1].1, NLM_F_REQUEST | NLM_F_CREATE);
         assert_eq!(msgs[2].1, NLM_F_REQUEST | NLM_F_ACK);
         // The batch markers name the nftables subsystem.
         assert_eq!(&batch[NLMSG_HDRLEN + 2..NLMSG_HDRLEN + 4], &[0, 10]);
@@ -899,6 +936,19 @@ mod tests {
         let mut acked = 0;
         let err = parse_acks(&ack(12, -(Errno::ENOENT as i32)), 10, 2, &mut acked).unwrap_err();
         assert!(err.to_string().contains("change 2 of 2"), "{err}");
+        // Only the last change asked: its acknowledgement ends the batch; an error for an
+        // earlier change comes first and fails it; so does one answering the batch itself.
+        let mut acked = 0;
+        assert_eq!(
+            parse_acks(&ack(12, 0), 10, 2, &mut acked),
+            Ok(Progress::Done)
+        );
+        let mut d = ack(11, -(Errno::EEXIST as i32));
+        d.extend(ack(12, 0));
+        let err = parse_acks(&d, 10, 2, &mut 0).unwrap_err();
+        assert!(err.to_string().contains("change 1 of 2"), "{err}");
+        let err = parse_acks(&ack(10, -(Errno::ENOMEM as i32)), 10, 2, &mut 0).unwrap_err();
+        assert!(err.to_string().contains("the batch of 2 changes"), "{err}");
         assert!(
             parse_acks(
                 &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
