@@ -228,22 +228,46 @@ pub fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, S
     Ok(named.to_vec())
 }
 
-/// Batches the queue to the pipeline thread holds (each up to a capture thread's batch of
-/// observations): about a quarter of a million observations, a second of a heavy flood.
-const QUEUE_BATCHES: usize = 1024;
+/// Observations the queue to the pipeline thread holds at most: a quarter of a million
+/// (12 MB at 48 bytes each; a second or two of a heavy flood), so that a long turn of the
+/// pipeline (a burst of bans) is absorbed, not lost. Bounded by observations, not
+/// batches: under a flood the capture threads hand over small batches as often as their
+/// buffer timer fires, and a bound in batches filled after a few thousand observations.
+const QUEUE_OBSERVATIONS: u64 = 262_144;
+/// Messages the channel holds at most; the observations' bound above comes first unless
+/// batches are tiny.
+const QUEUE_MESSAGES: usize = 16_384;
 
 /// Hands a batch of observations to the pipeline: when it has fallen so far behind that
 /// its queue is full, the batch is dropped and counted (`synwatch_queue_dropped_total`)
 /// rather than held in memory. False once the pipeline has gone.
 fn offer(tx: &mpsc::SyncSender<Msg>, batch: Vec<Observation>, metrics: &Metrics) -> bool {
+    offer_within(tx, batch, metrics, QUEUE_OBSERVATIONS)
+}
+
+fn offer_within(
+    tx: &mpsc::SyncSender<Msg>,
+    batch: Vec<Observation>,
+    metrics: &Metrics,
+    limit: u64,
+) -> bool {
     let n = batch.len() as u64;
+    if metrics.queued.load(Ordering::Relaxed).saturating_add(n) > limit {
+        metrics.queue_dropped.fetch_add(n, Ordering::Relaxed);
+        return true;
+    }
+    metrics.queued.fetch_add(n, Ordering::Relaxed);
     match tx.try_send(Msg::Batch(batch)) {
         Ok(()) => true,
         Err(mpsc::TrySendError::Full(_)) => {
+            metrics.queued.fetch_sub(n, Ordering::Relaxed);
             metrics.queue_dropped.fetch_add(n, Ordering::Relaxed);
             true
         }
-        Err(mpsc::TrySendError::Disconnected(_)) => false,
+        Err(mpsc::TrySendError::Disconnected(_)) => {
+            metrics.queued.fetch_sub(n, Ordering::Relaxed);
+            false
+        }
     }
 }
 
@@ -891,7 +915,7 @@ pub fn run(
     let discovering = run_settings.ifaces.is_empty() && !from_sockets;
     let spare = if discovering { links::SPARE_SLOTS } else { 0 };
     let metrics = Arc::new(Metrics::with_spare(&ifaces, spare));
-    let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_BATCHES);
+    let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_MESSAGES);
     // The control socket first: a second agent on the same state directory must stop
     // before it touches the first one's firewall rules.
     let control_listener = if run_settings.block == Block::None {
@@ -1139,6 +1163,9 @@ pub fn run(
         turn_started = Some(monotonic());
         match msg {
             Ok(Msg::Batch(batch)) => {
+                metrics
+                    .queued
+                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
                 let mut sink = LiveStep {
                     limiter: &mut limiter,
                     events,
@@ -1516,8 +1543,49 @@ mod tests {
         // Full: the third batch is dropped and counted, the capture thread goes on.
         assert!(offer(&tx, obs(7), &metrics));
         assert_eq!(metrics.queue_dropped.load(Ordering::Relaxed), 7);
+        assert_eq!(metrics.queued.load(Ordering::Relaxed), 20);
         assert_eq!(rx.try_iter().count(), 2);
         drop(rx);
         assert!(!offer(&tx, obs(1), &metrics), "the pipeline has gone");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_observations_not_batches() {
+        let metrics = Metrics::default();
+        let (tx, rx) = mpsc::sync_channel::<Msg>(100);
+        let obs = |n: usize| {
+            vec![
+                Observation {
+                    ts: 0,
+                    src: IpAddr::from([192, 0, 2, 9]),
+                    dst: IpAddr::from([192, 0, 2, 1]),
+                    sport: 1,
+                    dport: 22,
+                    flags: synwatch_decode::TcpFlags(synwatch_decode::TcpFlags::SYN),
+                };
+                n
+            ]
+        };
+        assert!(offer_within(&tx, obs(10), &metrics, 25));
+        assert!(offer_within(&tx, obs(10), &metrics, 25));
+        // 27 would be held: dropped and counted, though the channel has room.
+        assert!(offer_within(&tx, obs(7), &metrics, 25));
+        assert_eq!(metrics.queue_dropped.load(Ordering::Relaxed), 7);
+        // The pipeline takes a batch: there is room again.
+        let Ok(Msg::Batch(b)) = rx.try_recv() else {
+            panic!("a batch")
+        };
+        metrics.queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
+        assert!(offer_within(&tx, obs(7), &metrics, 25));
+        assert_eq!(metrics.queued.load(Ordering::Relaxed), 17);
+        assert_eq!(metrics.queue_dropped.load(Ordering::Relaxed), 7);
+        // Many tiny batches fit where a bound in batches would have dropped them.
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_MESSAGES);
+        let metrics = Metrics::default();
+        for _ in 0..5_000 {
+            assert!(offer(&tx, obs(1), &metrics));
+        }
+        assert_eq!(metrics.queue_dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(rx.try_iter().count(), 5_000);
     }
 }

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub sweeps: AtomicU64,
     /// Observations dropped because the pipeline's queue was full.
     pub queue_dropped: AtomicU64,
+    /// Observations waiting in the queue to the pipeline.
+    pub queued: AtomicU64,
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
@@ -390,6 +392,12 @@ impl Metrics {
             "counter",
             "Observations dropped because the queue from capture to the pipeline was full (the pipeline fell behind); bounded instead of growing.",
             &plain(get(&self.queue_dropped)),
+        );
+        family(
+            "synwatch_queue_observations",
+            "gauge",
+            "Observations waiting in the queue from capture to the pipeline (at most 262,144; beyond it they are dropped and counted in synwatch_queue_dropped_total).",
+            &plain(get(&self.queued)),
         );
         family(
             "synwatch_state_damage",
