@@ -210,6 +210,9 @@ pub fn run(
         {
             token = None;
         }
+        // Whether the token was held before this turn: a 401 to a token just given is
+        // no reason to log in again at once (that would spin against the LAPI).
+        let held = token.is_some();
         let result = match &token {
             Some((t, _)) => client.post_alerts(t, &batch),
             None => match client.login(creds, &SCENARIOS) {
@@ -234,7 +237,7 @@ pub fn run(
                 failing = false;
                 backoff = Duration::from_secs(1);
             }
-            Err(e) if e.status() == Some(401) && token.is_some() => {
+            Err(e) if e.status() == Some(401) && held => {
                 // The token ran out or the LAPI restarted with another secret: log in again.
                 token = None;
             }
@@ -282,6 +285,150 @@ pub fn run(
 #[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
+
+    /// A LAPI on 127.0.0.1 answering each request (one a connection) with
+    /// `answer(path, bearer token, logins so far)`; what it was asked is logged.
+    struct FakeLapi {
+        base: String,
+        asked: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl FakeLapi {
+        fn start(answer: fn(&str, &str, usize) -> (u16, String)) -> Self {
+            use std::io::{BufRead, BufReader, Read, Write};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let log = Arc::clone(&asked);
+            std::thread::spawn(move || {
+                let mut logins = 0;
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { return };
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        continue;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let (mut length, mut token) = (0, String::new());
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                            break;
+                        }
+                        let lower = header.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if let Some(v) = header.strip_prefix("Authorization: Bearer ") {
+                            token = v.trim().to_owned();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    if path.ends_with("/login") {
+                        logins += 1;
+                        log.lock().unwrap().push("login".to_owned());
+                    } else {
+                        log.lock().unwrap().push(format!("alerts {token}"));
+                    }
+                    let (code, text) = answer(&path, &token, logins);
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                }
+            });
+            Self { base, asked }
+        }
+
+        fn asked(&self) -> Vec<String> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    /// Runs the push thread against `lapi` while `during` offers alerts and waits.
+    fn pushing(lapi: &FakeLapi, during: impl FnOnce(&Outbox, &Stats)) {
+        let stats = Arc::new(Stats::default());
+        let outbox = Arc::new(Outbox::new(Arc::clone(&stats)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let creds = Credentials {
+            url: lapi.base.clone(),
+            login: "victim".into(),
+            password: "secret".into(),
+        };
+        let client = Client::new(lapi.base.clone());
+        let thread = {
+            let (outbox, stats, stop) =
+                (Arc::clone(&outbox), Arc::clone(&stats), Arc::clone(&stop));
+            std::thread::spawn(move || run(&client, &creds, &outbox, &stats, &stop))
+        };
+        during(&outbox, &stats);
+        stop.store(true, Ordering::Relaxed);
+        outbox.wake();
+        thread.join().unwrap();
+    }
+
+    fn pushed_within(stats: &Stats, n: u64, secs: u64) -> bool {
+        let until = monotonic() + Duration::from_secs(secs);
+        while monotonic() < until {
+            if stats.pushed.load(Ordering::Relaxed) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_token_the_lapi_no_longer_takes_is_renewed_at_once() {
+        // The first token is taken once, then refused (the LAPI restarted with another
+        // secret); the second is taken.
+        let lapi = FakeLapi::start(|path, token, logins| {
+            static TAKEN: AtomicBool = AtomicBool::new(false);
+            if path.ends_with("/login") {
+                return (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"));
+            }
+            match token {
+                "t1" if !TAKEN.swap(true, Ordering::Relaxed) => (201, "[]".into()),
+                "t2" => (201, "[]".into()),
+                _ => (401, "{\"message\":\"token expired\"}".into()),
+            }
+        });
+        pushing(&lapi, |outbox, stats| {
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(pushed_within(stats, 1, 10), "the first alert pushed");
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(pushed_within(stats, 2, 10), "the second alert pushed");
+            // Renewed at once: no failed push counted, no backoff taken.
+            assert_eq!(stats.push_errors.load(Ordering::Relaxed), 0);
+        });
+        assert_eq!(
+            lapi.asked(),
+            ["login", "alerts t1", "alerts t1", "login", "alerts t2"]
+        );
+    }
+
+    #[test]
+    fn a_fresh_token_refused_backs_off_instead_of_spinning() {
+        let lapi = FakeLapi::start(|path, _, logins| {
+            if path.ends_with("/login") {
+                (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"))
+            } else {
+                (401, "{\"message\":\"no\"}".into())
+            }
+        });
+        pushing(&lapi, |outbox, stats| {
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            std::thread::sleep(Duration::from_millis(2_500));
+            assert_eq!(stats.pushed.load(Ordering::Relaxed), 0);
+            assert!(stats.push_errors.load(Ordering::Relaxed) >= 1);
+        });
+        let logins = lapi.asked().iter().filter(|a| *a == "login").count();
+        // Backoff of 1 s, then 2 s: two or three logins in 2.5 s, not hundreds.
+        assert!((1..=3).contains(&logins), "{:?}", lapi.asked());
+    }
 
     fn record(net: &str, reason: &str, expires: Option<i64>) -> Record {
         Record {
