@@ -114,7 +114,7 @@ pub struct DetectArgs {
 impl DetectArgs {
     /// How to name option `id` (`max_ports`) in a message: as the variable when the value
     /// came from the environment, else as the flag.
-    fn label(&self, id: &str) -> String {
+    pub(crate) fn label(&self, id: &str) -> String {
         if self.from_env.iter().any(|e| e == id) {
             format!("SYNWATCH_{}", id.to_ascii_uppercase())
         } else {

@@ -32,11 +32,17 @@ pub struct CrowdsecArgs {
 }
 
 /// Flags (and their environment variables) over the file's keys.
-pub fn settings(args: &CrowdsecArgs, file: &FileConfig) -> Result<Settings, String> {
+/// `label` names an option in messages (its flag, or its variable when the value came
+/// from the environment).
+pub fn settings(
+    args: &CrowdsecArgs,
+    file: &FileConfig,
+    label: impl Fn(&str) -> String,
+) -> Result<Settings, String> {
     let (text, option) = match (&args.crowdsec_pull, &file.crowdsec_pull) {
-        (Some(t), _) => (t.clone(), "--crowdsec-pull"),
-        (None, Some(v)) => (crate::config::toml_number(v), "crowdsec_pull"),
-        (None, None) => ("10s".to_owned(), "--crowdsec-pull"),
+        (Some(t), _) => (t.clone(), label("crowdsec_pull")),
+        (None, Some(v)) => (crate::config::toml_number(v), "crowdsec_pull".to_owned()),
+        (None, None) => ("10s".to_owned(), label("crowdsec_pull")),
     };
     let nanos = crate::config::parse_duration(&text)
         .map_err(|why| format!("invalid {option} '{text}': {why}"))?;
@@ -48,8 +54,12 @@ pub fn settings(args: &CrowdsecArgs, file: &FileConfig) -> Result<Settings, Stri
         .clone()
         .or_else(|| file.crowdsec_url.clone());
     if let Some(u) = &url {
-        synwatch_agent::crowdsec::lapi::base_url(u)
-            .map_err(|why| format!("--crowdsec-url: {why}"))?;
+        let option = if args.crowdsec_url.is_some() {
+            label("crowdsec_url")
+        } else {
+            "crowdsec_url".to_owned()
+        };
+        synwatch_agent::crowdsec::lapi::base_url(u).map_err(|why| format!("{option}: {why}"))?;
     }
     Ok(Settings {
         credentials: args
@@ -70,13 +80,17 @@ pub fn settings(args: &CrowdsecArgs, file: &FileConfig) -> Result<Settings, Stri
 mod tests {
     use super::*;
 
+    fn flag(id: &str) -> String {
+        format!("--{}", id.replace('_', "-"))
+    }
+
     #[test]
     fn settings_layer_flags_over_the_file_and_check_the_interval() {
         let file: FileConfig = toml::from_str(
             "crowdsec_pull = \"30s\"\ncrowdsec_url = \"http://10.0.0.1:8080\"\ncrowdsec_bouncer_key_file = \"/k\"\n",
         )
         .unwrap();
-        let s = settings(&CrowdsecArgs::default(), &file).unwrap();
+        let s = settings(&CrowdsecArgs::default(), &file, flag).unwrap();
         assert_eq!(s.pull, Duration::from_secs(30));
         assert_eq!(s.url.as_deref(), Some("http://10.0.0.1:8080"));
         assert!(s.enabled());
@@ -84,14 +98,14 @@ mod tests {
             crowdsec_pull: Some("2s".into()),
             ..CrowdsecArgs::default()
         };
-        let s = settings(&args, &file).unwrap();
+        let s = settings(&args, &file, flag).unwrap();
         assert_eq!(s.pull, Duration::from_secs(2));
         assert!(s.toml().contains("crowdsec_pull = \"2s\"\n"));
         let args = CrowdsecArgs {
             crowdsec_pull: Some("10ms".into()),
             ..CrowdsecArgs::default()
         };
-        let e = settings(&args, &file).unwrap_err();
+        let e = settings(&args, &file, flag).unwrap_err();
         assert!(
             e.contains("--crowdsec-pull") && e.contains("at least 1s"),
             "{e}"
@@ -100,9 +114,9 @@ mod tests {
             crowdsec_url: Some("lapi:8080".into()),
             ..CrowdsecArgs::default()
         };
-        let e = settings(&args, &FileConfig::default()).unwrap_err();
+        let e = settings(&args, &FileConfig::default(), flag).unwrap_err();
         assert!(e.contains("--crowdsec-url"), "{e}");
-        let s = settings(&CrowdsecArgs::default(), &FileConfig::default()).unwrap();
+        let s = settings(&CrowdsecArgs::default(), &FileConfig::default(), flag).unwrap();
         assert!(!s.enabled());
         assert_eq!(s.toml(), "crowdsec_pull = \"10s\"\n");
     }

@@ -148,20 +148,6 @@ pub fn default_format() -> output::Format {
     }
 }
 
-/// The detection options' argument ids, for telling where each value came from.
-const DETECT_IDS: [&str; 10] = [
-    "max_ports",
-    "ipv6_prefix",
-    "max_hosts",
-    "answer_wait",
-    "window",
-    "local",
-    "allow",
-    "direction",
-    "format",
-    "max_sources",
-];
-
 /// Validates the detection options, installs the diagnostics subscriber they configure
 /// (then says their warnings through it), or says why not: an error in the options
 /// themselves is the command's one line on stderr, written before any subscriber exists.
@@ -170,10 +156,13 @@ fn settings(
     sub: Option<&ArgMatches>,
 ) -> Result<config::DetectSettings, ExitCode> {
     if let Some(sub) = sub {
-        detect.from_env = DETECT_IDS
-            .iter()
+        // Every option of the command whose value came from its environment variable:
+        // messages about it name the variable, not the flag.
+        detect.from_env = sub
+            .ids()
+            .map(|id| id.as_str())
             .filter(|id| sub.value_source(id) == Some(ValueSource::EnvVariable))
-            .map(|id| (*id).to_owned())
+            .map(str::to_owned)
             .collect();
     }
     let layered = config::DetectSettings::from_args(detect).and_then(|s| {

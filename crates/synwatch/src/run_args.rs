@@ -179,10 +179,11 @@ pub(crate) fn settings(args: &RunArgs, detect: &DetectSettings) -> Result<Settin
     } else {
         args.iface.clone()
     };
+    let label = |id: &str| args.detect.label(id);
     let (addr_text, option) = match (&args.metrics_addr, &file.metrics_addr) {
-        (Some(a), _) => (a.clone(), "--metrics-addr"),
-        (None, Some(a)) => (a.clone(), "metrics_addr"),
-        (None, None) => ("127.0.0.1:9809".to_owned(), "--metrics-addr"),
+        (Some(a), _) => (a.clone(), label("metrics_addr")),
+        (None, Some(a)) => (a.clone(), "metrics_addr".to_owned()),
+        (None, None) => ("127.0.0.1:9809".to_owned(), label("metrics_addr")),
     };
     let metrics_addr = addr_text.parse().map_err(|_| {
         format!(
@@ -202,9 +203,9 @@ pub(crate) fn settings(args: &RunArgs, detect: &DetectSettings) -> Result<Settin
     // name and text as written, for messages.
     let duration = |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: &str| {
         let (text, option) = match (flag, key) {
-            (Some(t), _) => (t.clone(), format!("--{}", name.replace('_', "-"))),
+            (Some(t), _) => (t.clone(), label(name)),
             (None, Some(v)) => (crate::config::toml_number(v), name.to_owned()),
-            (None, None) => (default.to_owned(), format!("--{}", name.replace('_', "-"))),
+            (None, None) => (default.to_owned(), label(name)),
         };
         match crate::config::parse_duration(&text) {
             Ok(nanos) => Ok((nanos, option, text)),
@@ -258,7 +259,7 @@ pub(crate) fn settings(args: &RunArgs, detect: &DetectSettings) -> Result<Settin
             .log_limit_global
             .or(file.log_limit_global)
             .unwrap_or(5000),
-        crowdsec: crate::crowdsec_args::settings(&args.crowdsec, file)?,
+        crowdsec: crate::crowdsec_args::settings(&args.crowdsec, file, label)?,
     })
 }
 

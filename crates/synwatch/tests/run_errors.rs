@@ -187,7 +187,37 @@ fn the_crowdsec_options_layer_like_the_others_and_bad_ones_are_usage_errors() {
         .env("SYNWATCH_CROWDSEC_URL", "lapi.example:8080")
         .output()
         .expect("run synwatch");
-    assert_usage_error(&out, &["--crowdsec-url", "http://HOST:PORT"]);
+    assert_usage_error(&out, &["SYNWATCH_CROWDSEC_URL", "http://HOST:PORT"]);
+}
+
+/// A bad value names where it came from: the environment variable, else the flag.
+#[test]
+fn a_bad_value_names_the_variable_or_the_flag_it_came_from() {
+    let cases = [
+        ("ban_max", "abc", "unknown unit"),
+        ("metrics_addr", "x", "HOST:PORT"),
+        ("poll", "1ms", "at least 10ms"),
+        ("window", "zz", "unknown unit"),
+        ("crowdsec_pull", "100ms", "at least 1s"),
+        ("crowdsec_url", "ftp://x", "http://HOST:PORT"),
+    ];
+    for (id, bad, why) in cases {
+        let var = format!("SYNWATCH_{}", id.to_ascii_uppercase());
+        let flag = format!("--{}", id.replace('_', "-"));
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--print-config"])
+            .env(&var, bad)
+            .output()
+            .expect("run synwatch");
+        assert_usage_error(&out, &[&var, why]);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(&flag));
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--print-config", &flag, bad])
+            .output()
+            .expect("run synwatch");
+        assert_usage_error(&out, &[&flag, why]);
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(&var));
+    }
 }
 
 /// Checks a usage error: exit 2 and one stderr line holding each of `wants`.
