@@ -354,6 +354,24 @@ pub struct Nftables {
 }
 
 impl Nftables {
+    /// Sends the address bans of `bans` to the kernel over netlink, as the element
+    /// changes `changes` makes of them, when the look can; returns what is left for `nft`:
+    /// the ranges, or every ban when netlink was not used or failed.
+    fn hosts_over_netlink(
+        &mut self,
+        bans: &[Ban],
+        changes: fn(&[Ban]) -> Vec<ElementChange<'static>>,
+    ) -> Vec<Ban> {
+        let (hosts, ranges): (Vec<Ban>, Vec<Ban>) =
+            bans.iter().partition(|b| crate::is_host(b.net));
+        let sent = !hosts.is_empty()
+            && self
+                .look
+                .as_mut()
+                .is_some_and(|look| look.change_elements(&changes(&hosts)).is_ok());
+        if sent { ranges } else { bans.to_vec() }
+    }
+
     pub fn new(scope: Scope, runner: Box<dyn Runner>) -> Self {
         Self {
             scope,
@@ -430,14 +448,7 @@ impl Enforcer for Nftables {
     /// the kernel holds the ban microseconds after the call); if that fails they take
     /// the `nft` path with the rest.
     fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
-        let (hosts, ranges): (Vec<Ban>, Vec<Ban>) =
-            bans.iter().partition(|b| crate::is_host(b.net));
-        let sent = !hosts.is_empty()
-            && self
-                .look
-                .as_mut()
-                .is_some_and(|look| look.change_elements(&host_ban_changes(&hosts)).is_ok());
-        let bans = if sent { ranges } else { bans.to_vec() };
+        let bans = self.hosts_over_netlink(bans, host_ban_changes);
         if bans.is_empty() {
             return Ok(());
         }
@@ -463,14 +474,7 @@ impl Enforcer for Nftables {
     /// netlink when the look can, as in [`Enforcer::add`]: a chunk of 1,500 through
     /// `nft -f -` held the pipeline 30-60 ms (starting nft alone took 7-12 ms).
     fn refill(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
-        let (hosts, ranges): (Vec<Ban>, Vec<Ban>) =
-            bans.iter().partition(|b| crate::is_host(b.net));
-        let sent = !hosts.is_empty()
-            && self
-                .look
-                .as_mut()
-                .is_some_and(|look| look.change_elements(&refill_changes(&hosts)).is_ok());
-        let bans = if sent { ranges } else { bans.to_vec() };
+        let bans = self.hosts_over_netlink(bans, refill_changes);
         let mut script = String::new();
         add_elements(&mut script, "add", &bans, true, false);
         self.script(script, "put bans back into table inet synwatch")
