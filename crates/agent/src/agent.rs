@@ -1521,23 +1521,25 @@ fn reload_config(
 mod tests {
     use super::*;
 
+    /// `n` SYNs of one source, as a capture thread hands them over.
+    fn obs(n: usize) -> Vec<Observation> {
+        vec![
+            Observation {
+                ts: 0,
+                src: IpAddr::from([192, 0, 2, 9]),
+                dst: IpAddr::from([192, 0, 2, 1]),
+                sport: 1,
+                dport: 22,
+                flags: synwatch_decode::TcpFlags(synwatch_decode::TcpFlags::SYN),
+            };
+            n
+        ]
+    }
+
     #[test]
     fn a_full_queue_to_the_pipeline_drops_and_counts_instead_of_growing() {
         let metrics = Metrics::new(&[]);
         let (tx, rx) = mpsc::sync_channel::<Msg>(2);
-        let obs = |n: usize| {
-            vec![
-                Observation {
-                    ts: 0,
-                    src: IpAddr::from([192, 0, 2, 9]),
-                    dst: IpAddr::from([192, 0, 2, 1]),
-                    sport: 1,
-                    dport: 22,
-                    flags: synwatch_decode::TcpFlags(synwatch_decode::TcpFlags::SYN),
-                };
-                n
-            ]
-        };
         assert!(offer(&tx, obs(10), &metrics));
         assert!(offer(&tx, obs(10), &metrics));
         // Full: the third batch is dropped and counted, the capture thread goes on.
@@ -1553,19 +1555,6 @@ mod tests {
     fn the_queue_is_bounded_by_observations_not_batches() {
         let metrics = Metrics::default();
         let (tx, rx) = mpsc::sync_channel::<Msg>(100);
-        let obs = |n: usize| {
-            vec![
-                Observation {
-                    ts: 0,
-                    src: IpAddr::from([192, 0, 2, 9]),
-                    dst: IpAddr::from([192, 0, 2, 1]),
-                    sport: 1,
-                    dport: 22,
-                    flags: synwatch_decode::TcpFlags(synwatch_decode::TcpFlags::SYN),
-                };
-                n
-            ]
-        };
         assert!(offer_within(&tx, obs(10), &metrics, 25));
         assert!(offer_within(&tx, obs(10), &metrics, 25));
         // 27 would be held: dropped and counted, though the channel has room.
