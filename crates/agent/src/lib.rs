@@ -7,7 +7,8 @@
 //! `state` (the SQLite ban store), `limit` (the log limiter), `metrics` (Prometheus
 //! counters and the HTTP server), `control` (the control socket's server and protocol),
 //! `conns` (bounded, deadlined connection handling shared by both servers),
-//! `event_queue` (the bounded queue in front of the event writer), `host` (this host's
+//! `event_queue` (the bounded queue in front of the event writer), `event_text` (the
+//! events' JSON and table text, formatted for the printers), `host` (this host's
 //! interfaces and addresses), `pipeline` (the per-observation step that live runs and
 //! replays share), `protect` (which addresses are never banned), `links` (interfaces
 //! coming and going), `sockets` (the socket-table source), `owner` (which process owns
@@ -25,6 +26,7 @@ pub mod control;
 pub mod crowdsec;
 pub mod diag;
 pub mod event_queue;
+pub mod event_text;
 pub mod events;
 pub mod host;
 pub mod limit;

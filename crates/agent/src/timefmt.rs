@@ -58,3 +58,36 @@ fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let y = if m <= 2 { y + 1 } else { y };
     (y, m as u32, d as u32, h as u32, mi as u32, s as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Nanos = 1_000_000_000;
+
+    #[test]
+    fn timestamps_across_dates_and_before_the_epoch() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400 * SEC), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(4_107_542_399 * SEC + 999_999_999),
+            "2100-02-28T23:59:59.999999Z"
+        );
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(rfc3339(i64::MAX), "2262-04-11T23:47:16.854775Z");
+        assert_eq!(rfc3339(i64::MIN), "1677-09-21T00:12:43.145224Z");
+    }
+
+    #[test]
+    fn cached_second_is_refreshed() {
+        let mut cache = TimestampCache::default();
+        let mut line = Vec::new();
+        cache.write(5 * SEC + 1000, &mut line);
+        cache.write(5 * SEC + 2000, &mut line);
+        cache.write(6 * SEC, &mut line);
+        assert_eq!(
+            String::from_utf8(line).expect("utf8"),
+            "1970-01-01T00:00:05.000001Z1970-01-01T00:00:05.000002Z1970-01-01T00:00:06.000000Z"
+        );
+    }
+}

@@ -17,8 +17,9 @@ use synwatch_decode::{
 use synwatch_detect::{AddrSet, Detector, Direction, Observation, Probe};
 
 use crate::config::DetectSettings;
-use crate::output::{Connection, EventWriter, Format, Formatter};
+use crate::output::{Connection, EventWriter, Format};
 use crate::pipeline::{StepSink, step};
+use synwatch_agent::event_text::Formatter;
 
 /// `synwatch replay` options beyond the shared detection ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -127,7 +128,7 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<Ending
         );
     }
     let mut prep = Prepare {
-        formatter: Formatter::new(format),
+        formatter: Formatter::new(format.into()),
         locals: settings.detector.locals.clone(),
         defrag: Reassembler::new(ReassemblyLimits::default()),
     };
