@@ -10,7 +10,9 @@
 //! `event_queue` (the bounded queue in front of the event writer), `event_text` (the
 //! events' JSON and table text, formatted for the printers), `host` (this host's
 //! interfaces and addresses), `pipeline` (the per-observation step that live runs and
-//! replays share), `protect` (which addresses are never banned), `links` (interfaces
+//! replays share), `replay` (the pipeline over capture files, no blocker), `packets`
+//! (capture files as one stream of time, and the packet-to-segment step replay and
+//! inventory share), `protect` (which addresses are never banned), `links` (interfaces
 //! coming and going), `sockets` (the socket-table source), `owner` (which process owns
 //! a socket), `privileges` (capabilities), `upkeep` (the rule check), `clock` (wall and
 //! monotonic time at the edge), `crowdsec` (the CrowdSec Local API client: pushing
@@ -33,9 +35,11 @@ pub mod limit;
 pub mod links;
 pub mod metrics;
 pub mod owner;
+pub mod packets;
 pub mod pipeline;
 pub mod privileges;
 pub mod protect;
+pub mod replay;
 pub mod sockets;
 pub mod state;
 pub mod timefmt;

@@ -227,11 +227,14 @@ fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
         ..Read::default()
     };
     let mut warned = false;
-    for path in crate::replay::time_order(paths) {
-        let mut reader = match crate::replay::open(path) {
+    for path in synwatch_agent::packets::time_order(paths) {
+        let mut reader = match synwatch_agent::packets::open(path) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("synwatch: {}", crate::replay::input_error(path, &e));
+                eprintln!(
+                    "synwatch: {}",
+                    synwatch_agent::packets::input_error(path, &e)
+                );
                 read.bad_input = true;
                 continue;
             }
@@ -241,7 +244,10 @@ fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
                 Ok(Some(p)) => feed(&mut inventory, &mut read, p.linktype, p.ts_nanos, p.data),
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("synwatch: {}", crate::replay::input_error(path, &e));
+                    eprintln!(
+                        "synwatch: {}",
+                        synwatch_agent::packets::input_error(path, &e)
+                    );
                     read.bad_input = true;
                     break;
                 }

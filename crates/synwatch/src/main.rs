@@ -28,7 +28,7 @@ mod run_args;
 
 // The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
 // and the like pointing at its modules.
-use synwatch_agent::{block, clock, control, host, limit, pipeline, privileges, protect, state};
+use synwatch_agent::{block, clock, control, host, limit, privileges, protect, state};
 
 /// See every new TCP connection attempt, recognise port scans.
 ///
@@ -235,10 +235,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            exit(replay::run(&args, settings).map(|ending| match ending {
-                replay::Ending::Clean | replay::Ending::OutputClosed => ExitStatus::Success,
-                replay::Ending::BadInput => ExitStatus::BadInput,
-            }))
+            exit(replay::run(&args, settings))
         }
     }
 }

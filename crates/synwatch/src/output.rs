@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 
 use synwatch_agent::event_text::{self, COLUMN, Formatter};
+use synwatch_agent::events::EventSink;
 use synwatch_detect::{Nanos, Scan};
 
 /// The two event formats of `--format`.
@@ -43,25 +44,29 @@ pub struct EventWriter<W: Write> {
     scratch: Vec<u8>,
 }
 
-impl<W: Write> synwatch_agent::events::EventSink for EventWriter<W> {
+impl<W: Write> EventSink for EventWriter<W> {
     fn connection(&mut self, c: &Connection) -> io::Result<()> {
-        EventWriter::connection(self, c)
+        self.format_and_write(|f, out| f.connection(c, out))
     }
 
     fn scan(&mut self, s: &Scan, protected: Option<&str>) -> io::Result<()> {
-        self.scan_protected(s, protected)
+        self.format_and_write(|f, out| f.scan_protected(s, protected, out))
     }
 
+    /// One line for what the log rate limit held back in a second.
     fn suppressed(&mut self, s: &crate::limit::Suppressed) -> io::Result<()> {
-        EventWriter::suppressed(self, s)
+        self.format_and_write(|f, out| f.suppressed(s, out))
     }
 
     fn block(&mut self, b: &BlockEvent<'_>) -> io::Result<()> {
-        EventWriter::block(self, b)
+        self.format_and_write(|f, out| f.block(b, out))
     }
 
+    /// A ban lifted: of `net`, an address or a range.
     fn unblock(&mut self, ts: Nanos, net: ipnet::IpNet, reason: &str) -> io::Result<()> {
-        EventWriter::unblock(self, ts, net, reason)
+        let net = synwatch_enforce::ban_net(net);
+        let prefix = (!synwatch_enforce::is_host(net)).then_some(net);
+        self.format_and_write(|f, out| f.unblock(ts, net.addr(), prefix, reason, out))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -81,34 +86,6 @@ impl<W: Write> EventWriter<W> {
             columns: None,
             scratch: Vec::new(),
         }
-    }
-
-    pub fn connection(&mut self, c: &Connection) -> io::Result<()> {
-        self.format_and_write(|f, out| f.connection(c, out))
-    }
-
-    pub fn scan(&mut self, s: &Scan) -> io::Result<()> {
-        self.format_and_write(|f, out| f.scan(s, out))
-    }
-
-    pub fn scan_protected(&mut self, s: &Scan, protected: Option<&str>) -> io::Result<()> {
-        self.format_and_write(|f, out| f.scan_protected(s, protected, out))
-    }
-
-    /// One line for what the log rate limit held back in a second.
-    pub fn suppressed(&mut self, s: &crate::limit::Suppressed) -> io::Result<()> {
-        self.format_and_write(|f, out| f.suppressed(s, out))
-    }
-
-    pub fn block(&mut self, b: &BlockEvent<'_>) -> io::Result<()> {
-        self.format_and_write(|f, out| f.block(b, out))
-    }
-
-    /// A ban lifted: of `net`, an address or a range.
-    pub fn unblock(&mut self, ts: Nanos, net: ipnet::IpNet, reason: &str) -> io::Result<()> {
-        let net = synwatch_enforce::ban_net(net);
-        let prefix = (!synwatch_enforce::is_host(net)).then_some(net);
-        self.format_and_write(|f, out| f.unblock(ts, net.addr(), prefix, reason, out))
     }
 
     /// Formats one event into the scratch buffer, then writes it as [`Self::formatted`]
@@ -253,7 +230,7 @@ mod tests {
         let text = render(
             |w| {
                 w.connection(&conn())?;
-                w.scan(&scan())
+                w.scan(&scan(), None)
             },
             Format::Table,
         );

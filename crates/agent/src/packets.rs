@@ -1,0 +1,179 @@
+//! From captured packets to TCP and UDP segments: what replay and inventory share.
+//!
+//! Capture files are one source: opened (`-` is stdin), read in the time order of their
+//! first packets so that rotated captures make one stream of time, read packet by
+//! packet ([`each_packet`]), and named in messages ([`input_error`]). [`Segments`] is the
+//! decode step every packet goes through, from files or live: its link type resolved
+//! per packet (in pcapng each interface has its own), then decoded, with or without
+//! fragment reassembly.
+
+use std::io;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use synwatch_capture::{CaptureError, CaptureReader, Packet};
+use synwatch_decode::{
+    DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits, ReassemblyStats, decode,
+};
+use synwatch_detect::Nanos;
+
+/// Opens a capture file; `-` reads stdin.
+pub fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
+    if path.as_os_str() == "-" {
+        CaptureReader::from_reader(Box::new(io::stdin()))
+    } else {
+        CaptureReader::open(path)
+    }
+}
+
+/// The files in the order of their first packets' timestamps, so that rotated captures
+/// given in any order (`cap-10.pcap cap-2.pcap`, as a shell glob sorts them) replay as
+/// one stream of time. Files whose first packet cannot be read (and stdin, which can be
+/// read only once) keep their place at the front, where their errors are reported.
+pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
+    let first_ts = |path: &PathBuf| -> Option<i64> {
+        // Only regular files can be read twice: a pipe, FIFO or /dev/stdin would lose
+        // what the peek consumed.
+        if path.as_os_str() == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            return None;
+        }
+        let mut reader = CaptureReader::open(path).ok()?;
+        reader.next_packet().ok().flatten().map(|p| p.ts_nanos)
+    };
+    let mut keyed: Vec<(Option<i64>, &PathBuf)> = files.iter().map(|p| (first_ts(p), p)).collect();
+    keyed.sort_by_key(|(ts, _)| *ts);
+    let ordered: Vec<&PathBuf> = keyed.into_iter().map(|(_, p)| p).collect();
+    if ordered.iter().zip(files).any(|(a, b)| *a != b) {
+        let names: Vec<String> = ordered
+            .iter()
+            .map(|p| display_name(p).to_string())
+            .collect();
+        tracing::info!(
+            "replaying in the time order of the files' first packets: {}",
+            names.join(", ")
+        );
+    }
+    ordered
+}
+
+/// How a file is named in messages (`-` is stdin).
+pub fn display_name(path: &Path) -> std::path::Display<'_> {
+    if path.as_os_str() == "-" {
+        Path::new("stdin").display()
+    } else {
+        path.display()
+    }
+}
+
+/// The message for a capture error, naming the file unless the error already does.
+pub fn input_error(path: &Path, e: &CaptureError) -> String {
+    let path = display_name(path);
+    match e {
+        CaptureError::Io { path: Some(_), .. } => e.to_string(),
+        CaptureError::Truncated { packets: 1.., .. } => {
+            format!("{path}: {e}; every packet before it was replayed")
+        }
+        _ => format!("{path}: {e}"),
+    }
+}
+
+/// Shows how far the reading has got (replay's progress bar on a terminal); `()` shows
+/// nothing.
+pub trait Progress {
+    /// `position` is the byte offset in the current file; `file_done` moves on to the next.
+    fn tick(&mut self, position: u64, file_done: bool);
+    /// Takes the progress off the screen, before a message or at the end.
+    fn clear(&mut self);
+}
+
+impl Progress for () {
+    fn tick(&mut self, _position: u64, _file_done: bool) {}
+    fn clear(&mut self) {}
+}
+
+/// Every packet of the capture file at `path`, in order, to `each`, until the file ends
+/// (`Ok(None)`) or `each` breaks (`Ok(Some)` with its value). A file that cannot be
+/// opened, or turns out bad part-way, is the message naming it ([`input_error`]); the
+/// packets before the bad one were handed over.
+pub fn each_packet<B>(
+    path: &Path,
+    progress: &mut impl Progress,
+    mut each: impl FnMut(Packet<'_>) -> ControlFlow<B>,
+) -> Result<Option<B>, String> {
+    let mut reader = open(path).map_err(|e| input_error(path, &e))?;
+    let mut count: u64 = 0;
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                progress.tick(reader.position(), true);
+                return Err(input_error(path, &e));
+            }
+        };
+        count += 1;
+        if let ControlFlow::Break(value) = each(packet) {
+            return Ok(Some(value));
+        }
+        if count & 0xffff == 0 {
+            progress.tick(reader.position(), false);
+        }
+    }
+    progress.tick(reader.position(), true);
+    Ok(None)
+}
+
+/// Why a packet has no segment to give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotDecoded {
+    /// Framed as a link type (this `LINKTYPE_*`) that is not supported.
+    Link(u32),
+    /// Malformed or cut short.
+    Bad(DecodeError),
+}
+
+/// The decode step: a captured packet (its raw link type and bytes) to a segment, or to
+/// what it was instead.
+#[derive(Debug)]
+pub struct Segments {
+    /// `None`: each fragment is judged alone.
+    defrag: Option<Reassembler>,
+}
+
+impl Segments {
+    /// Fragments are collected and reassembled (replay, one reassembly across all its
+    /// files: they are read in time order, as one capture).
+    pub fn reassembling() -> Self {
+        Self {
+            defrag: Some(Reassembler::new(ReassemblyLimits::default())),
+        }
+    }
+
+    /// Each packet alone: a non-first fragment is skipped (inventory).
+    pub fn per_packet() -> Self {
+        Self { defrag: None }
+    }
+
+    /// Decodes one packet framed as `linktype`, captured at `ts`.
+    #[inline]
+    pub fn decode(&mut self, linktype: u32, data: &[u8], ts: Nanos) -> Result<Decoded, NotDecoded> {
+        let Some(link) = LinkType::from_linktype(linktype) else {
+            return Err(NotDecoded::Link(linktype));
+        };
+        match &mut self.defrag {
+            Some(defrag) => {
+                let at = u64::try_from(ts).unwrap_or(0);
+                defrag.decode(link, data, at).map_err(NotDecoded::Bad)
+            }
+            None => decode(link, data).map_err(NotDecoded::Bad),
+        }
+    }
+
+    /// What fragment reassembly did so far (all zero without it).
+    pub fn reassembly(&self) -> ReassemblyStats {
+        self.defrag
+            .as_ref()
+            .map(Reassembler::stats)
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,502 @@
+//! Replay: the detection pipeline over capture files, with no blocker. Its engine runs on
+//! two threads: the calling one reads and decodes every packet ([`crate::packets`]) and
+//! passes on only connection attempts and stealth probes, each `connection` event
+//! already formatted; the detecting one runs the per-observation step
+//! ([`crate::pipeline::step`]) and writes what is due to the caller's sink. Decoding is
+//! most of the work per packet, detection most of the work per attempt, and the two
+//! overlap.
+//!
+//! Files form one stream of time, read in the order of their first packets, so a capture
+//! split by rotation replays as the whole whatever order the files are named in. A file
+//! that cannot be read is reported in one line and the rest still run; the ending then
+//! says that some input was bad.
+
+use std::io;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use synwatch_decode::{DecodeError, Decoded, ReassemblyStats, Skip, Transport};
+use synwatch_detect::{AddrSet, Config, Detector, Direction, Observation, Probe};
+
+use crate::event_text::{Format, Formatter};
+use crate::events::{Connection, EventSink};
+use crate::packets::{NotDecoded, Progress, Segments, display_name, each_packet, time_order};
+use crate::pipeline::{StepSink, step};
+
+/// Where a replay's events go: an [`EventSink`] that also takes `connection` events
+/// already formatted by a [`Formatter`] of its format (replay formats them on its
+/// reading thread, the sink only writes them).
+pub trait FormattedSink: EventSink {
+    fn formatted(&mut self, event: &[u8]) -> io::Result<()>;
+}
+
+/// How the replay ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// Every file read to its end.
+    Clean,
+    /// Some input was missing, unreadable, cut short or not supported.
+    BadInput,
+    /// The sink's writer went away (e.g. stdout into `| head`): stop quietly.
+    OutputClosed,
+    /// Writing the events failed otherwise.
+    OutputFailed(io::Error),
+}
+
+/// What a replay did: how it ended, what it counted, and the detector as it was at the
+/// end (for its statistics).
+#[derive(Debug)]
+pub struct Replayed {
+    pub ending: Ending,
+    pub totals: Totals,
+    pub detector: Detector,
+}
+
+/// What a replay counted.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub files: u64,
+    pub files_failed: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub tcp: u64,
+    pub udp: u64,
+    pub not_ip: u64,
+    pub other_protocol: u64,
+    pub fragments: u64,
+    /// What fragment reassembly did over the whole replay.
+    pub reassembly: ReassemblyStats,
+    pub unsupported_link: u64,
+    pub decode_errors: [u64; DecodeError::ALL.len()],
+    pub connections_logged: u64,
+    /// The latest packet time seen, and packets stamped before it.
+    pub latest_ts: i64,
+    pub out_of_order: u64,
+    pub max_step_back: i64,
+}
+
+/// Observations travel from the reading thread to the detecting thread in batches of
+/// this many, so the hand-over costs a fraction of a nanosecond per packet.
+const BATCH: usize = 4096;
+
+/// How many observations ahead the detecting thread prefetches the detector's slots.
+const PREFETCH_AHEAD: usize = 8;
+
+/// Attempts and probes for the detecting thread, each with its `connection` event already
+/// formatted (empty for stealth probes): formatting is a pure function of the packet, so
+/// the reading thread does it and the detecting thread only decides what is printed.
+#[derive(Debug, Default)]
+struct Batch {
+    obs: Vec<Observation>,
+    text: Vec<u8>,
+    /// End of each observation's event in `text`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.obs.clear();
+        self.text.clear();
+        self.ends.clear();
+    }
+}
+
+/// What the detecting thread hands back when the stream ends.
+struct DetectDone {
+    detector: Detector,
+    connections_logged: u64,
+    output: io::Result<()>,
+}
+
+/// Replays `files` through a detector configured by `config`, the events in `format`
+/// to the sink `open_sink` makes on the detecting thread (so that it may hold a lock,
+/// such as stdout's, that cannot move between threads).
+pub fn replay<S, F>(
+    files: &[PathBuf],
+    config: Config,
+    format: Format,
+    open_sink: F,
+    progress: &mut impl Progress,
+) -> anyhow::Result<Replayed>
+where
+    S: FormattedSink,
+    F: FnOnce() -> S + Send + 'static,
+{
+    let mut totals = Totals::default();
+    let mut prep = Prepare {
+        formatter: Formatter::new(format),
+        locals: config.locals.clone(),
+        segments: Segments::reassembling(),
+    };
+    let detector = Detector::new(config);
+
+    let (batches, inbox) = mpsc::sync_channel::<Batch>(8);
+    let (recycle, spare) = mpsc::channel::<Batch>();
+    let worker = thread::Builder::new()
+        .name("synwatch-detect".into())
+        .spawn(move || detect_thread(detector, open_sink, &inbox, &recycle))
+        .map_err(|e| anyhow::anyhow!("cannot start the detection thread: {e}"))?;
+
+    let mut ending = Ending::Clean;
+    let mut batch = Batch::default();
+    totals.latest_ts = i64::MIN;
+    for path in time_order(files) {
+        totals.files += 1;
+        let sink = (&mut batch, &batches, &spare);
+        match replay_file(path, &mut totals, progress, &mut prep, sink) {
+            Ok(()) => {}
+            Err(FileError::OutputGone) => break,
+            Err(FileError::Input(msg)) => {
+                progress.clear();
+                totals.files_failed += 1;
+                tracing::error!("{msg}");
+                ending = Ending::BadInput;
+            }
+        }
+    }
+    if !batch.obs.is_empty() {
+        let _ = batches.send(batch);
+    }
+    drop(batches);
+    totals.reassembly = prep.segments.reassembly();
+    progress.clear();
+    let done = worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the detection thread failed"))?;
+    totals.connections_logged = done.connections_logged;
+    let ending = match done.output {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ending::OutputClosed,
+        Err(e) => Ending::OutputFailed(e),
+        Ok(()) => {
+            warn_out_of_order(&totals);
+            ending
+        }
+    };
+    Ok(Replayed {
+        ending,
+        totals,
+        detector: done.detector,
+    })
+}
+
+fn warn_out_of_order(totals: &Totals) {
+    if totals.max_step_back >= 1_000_000_000 {
+        tracing::warn!(
+            "warning: {} packets are stamped earlier than packets before them (up to {:.3} s back); \
+             the detector counts them at the latest time seen, which can join attempts into one window",
+            totals.out_of_order,
+            totals.max_step_back as f64 / 1e9
+        );
+    }
+}
+
+fn detect_thread<S: FormattedSink>(
+    mut detector: Detector,
+    open_sink: impl FnOnce() -> S,
+    inbox: &mpsc::Receiver<Batch>,
+    recycle: &mpsc::Sender<Batch>,
+) -> DetectDone {
+    let mut events = open_sink();
+    let mut connections_logged = 0;
+    let mut output = Ok(());
+    'batches: for mut batch in inbox {
+        let mut start = 0;
+        for (i, (obs, &end)) in batch.obs.iter().zip(&batch.ends).enumerate() {
+            // The detector's table slots for an observation a few places on start loading
+            // now, so its lookups overlap this one's instead of waiting in turn.
+            if let Some(ahead) = batch.obs.get(i + PREFETCH_AHEAD) {
+                detector.prefetch(ahead);
+            }
+            let mut sink = ReplayStep {
+                events: &mut events,
+                text: &batch.text[start..end],
+                logged: &mut connections_logged,
+                failed: false,
+            };
+            if let Err(e) = step(&mut detector, obs, &mut sink) {
+                output = Err(e);
+                break 'batches;
+            }
+            start = end;
+        }
+        batch.clear();
+        let _ = recycle.send(batch);
+    }
+    // The capture has ended: attempts still waiting for their answer time are judged
+    // unanswered.
+    if output.is_ok() {
+        for scan in detector.finish() {
+            output = output.and_then(|()| events.scan(&scan, None));
+        }
+    }
+    if output.is_ok() {
+        output = events.flush();
+    }
+    DetectDone {
+        detector,
+        connections_logged,
+        output,
+    }
+}
+
+/// Replay's end of the per-observation step: the `connection` line was formatted by the
+/// reading thread; nothing more is written after the first failed write.
+struct ReplayStep<'a, S> {
+    events: &'a mut S,
+    text: &'a [u8],
+    logged: &'a mut u64,
+    failed: bool,
+}
+
+impl<S: FormattedSink> ReplayStep<'_, S> {
+    fn write(&mut self, write: impl FnOnce(&mut S) -> io::Result<()>) -> io::Result<()> {
+        if self.failed {
+            return Ok(());
+        }
+        let result = write(self.events);
+        self.failed = result.is_err();
+        result
+    }
+}
+
+impl<S: FormattedSink> StepSink for ReplayStep<'_, S> {
+    fn connection(&mut self, _obs: &Observation, _direction: Direction) -> io::Result<()> {
+        *self.logged += 1;
+        let text = self.text;
+        self.write(|events| events.formatted(text))
+    }
+
+    fn scan(&mut self, _detector: &Detector, scan: &synwatch_detect::Scan) -> io::Result<()> {
+        self.write(|events| events.scan(scan, None))
+    }
+}
+
+enum FileError {
+    /// The input is bad: reported, and the other files still run.
+    Input(String),
+    /// The detecting thread stopped (its output failed): nothing more to do.
+    OutputGone,
+}
+
+/// What the reading thread needs to prepare observations for the detecting thread.
+struct Prepare {
+    formatter: Formatter,
+    /// The detector's local addresses, to give each formatted event its direction.
+    locals: AddrSet,
+    /// One reassembly across all files: they are read in time order, as one capture.
+    segments: Segments,
+}
+
+impl Prepare {
+    fn push(&mut self, batch: &mut Batch, obs: Observation) {
+        // An attempt, by the detector's own rule (not a SYN-ACK, not a stealth probe).
+        if Probe::classify(obs.flags) == Some(Probe::Syn) {
+            let direction = if self.locals.contains(obs.src) {
+                Direction::Out
+            } else {
+                Direction::In
+            };
+            let event = Connection {
+                ts: obs.ts,
+                src: obs.src,
+                sport: obs.sport,
+                dst: obs.dst,
+                dport: obs.dport,
+                direction,
+            };
+            self.formatter.connection(&event, &mut batch.text);
+        }
+        batch.ends.push(batch.text.len());
+        batch.obs.push(obs);
+    }
+}
+
+type BatchSink<'a> = (
+    &'a mut Batch,
+    &'a mpsc::SyncSender<Batch>,
+    &'a mpsc::Receiver<Batch>,
+);
+
+fn replay_file(
+    path: &Path,
+    totals: &mut Totals,
+    progress: &mut impl Progress,
+    prep: &mut Prepare,
+    (batch, batches, spare): BatchSink<'_>,
+) -> Result<(), FileError> {
+    let mut unsupported: Vec<u32> = Vec::new();
+    let read = each_packet(path, progress, |packet| {
+        totals.packets += 1;
+        if packet.ts_nanos < totals.latest_ts {
+            totals.out_of_order += 1;
+            totals.max_step_back = totals
+                .max_step_back
+                .max(totals.latest_ts.saturating_sub(packet.ts_nanos));
+        } else {
+            totals.latest_ts = packet.ts_nanos;
+        }
+        totals.bytes += u64::from(packet.orig_len);
+        // Resolved per packet: in pcapng each section and interface has its own link type.
+        match prep
+            .segments
+            .decode(packet.linktype, packet.data, packet.ts_nanos)
+        {
+            Ok(Decoded::Segment(seg)) => match seg.transport {
+                Transport::Tcp(_) => {
+                    totals.tcp += 1;
+                    let Some(obs) = Observation::of_segment(packet.ts_nanos, &seg) else {
+                        return ControlFlow::Continue(());
+                    };
+                    prep.push(batch, obs);
+                    if batch.obs.len() == BATCH {
+                        let next = spare.try_recv().unwrap_or_default();
+                        let full = std::mem::replace(batch, next);
+                        if batches.send(full).is_err() {
+                            return ControlFlow::Break(FileError::OutputGone);
+                        }
+                    }
+                }
+                Transport::Udp => totals.udp += 1,
+            },
+            Ok(Decoded::Skipped(Skip::NotIp)) => totals.not_ip += 1,
+            Ok(Decoded::Skipped(Skip::OtherProtocol)) => totals.other_protocol += 1,
+            Ok(Decoded::Skipped(Skip::Fragment)) => totals.fragments += 1,
+            Err(NotDecoded::Link(linktype)) => {
+                totals.unsupported_link += 1;
+                // A few named in the message are enough; a crafted file may hold thousands.
+                if unsupported.len() < 8 && !unsupported.contains(&linktype) {
+                    unsupported.push(linktype);
+                }
+            }
+            Err(NotDecoded::Bad(kind)) => totals.decode_errors[kind.index()] += 1,
+        }
+        ControlFlow::Continue(())
+    });
+    match read {
+        Ok(None) => {}
+        Ok(Some(stopped)) => return Err(stopped),
+        Err(msg) => return Err(FileError::Input(msg)),
+    }
+    if !unsupported.is_empty() {
+        let list: Vec<String> = unsupported.iter().map(u32::to_string).collect();
+        return Err(FileError::Input(format!(
+            "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
+            display_name(path),
+            list.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A count with thousands separated by commas.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A byte count in B, KiB, MiB, ... (one decimal above bytes).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The summary of a replay, as written on stderr at its end.
+pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
+    let s = det.stats();
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        t.packets as f64 / secs
+    } else {
+        0.0
+    };
+    let problems: Vec<String> = DecodeError::ALL
+        .iter()
+        .filter(|k| t.decode_errors[k.index()] > 0)
+        .map(|k| format!("{} {}", k.as_str(), thousands(t.decode_errors[k.index()])))
+        .collect();
+    let problems = if problems.is_empty() {
+        "none".to_owned()
+    } else {
+        problems.join(", ")
+    };
+    format!(
+        "synwatch replay summary\n\
+         \x20 files:           {} ({} unreadable or incomplete)\n\
+         \x20 packets:         {} ({} on the wire), {} TCP, {} UDP\n\
+         \x20 attempts:        {} incoming, {} outgoing, {} retransmissions, {} stealth probes\n\
+         \x20 connections:     {} logged\n\
+         \x20 scans:           {} port scans, {} address sweeps\n\
+         \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {})\n\
+         \x20 decode problems: {}\n\
+         \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links\n\
+         \x20 fragments:       {} seen, {} datagrams reassembled, {} given up ({} invalid or overlapping, {} evicted, {} timed out)\n\
+         \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back)\n\
+         \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
+        t.files,
+        t.files_failed,
+        thousands(t.packets),
+        human_bytes(t.bytes),
+        thousands(t.tcp),
+        thousands(t.udp),
+        thousands(s.attempts_in),
+        thousands(s.attempts_out),
+        thousands(s.retransmissions),
+        thousands(s.stealth_probes),
+        thousands(t.connections_logged),
+        thousands(s.scans),
+        thousands(s.sweeps),
+        thousands(det.tracked_sources() as u64),
+        thousands(s.sources_evicted),
+        thousands(det.config().max_sources as u64),
+        problems,
+        thousands(t.not_ip),
+        thousands(t.other_protocol),
+        thousands(t.fragments),
+        thousands(t.unsupported_link),
+        thousands(t.reassembly.fragments),
+        thousands(t.reassembly.completed),
+        thousands(t.reassembly.dropped + t.reassembly.evicted + t.reassembly.timed_out),
+        thousands(t.reassembly.dropped),
+        thousands(t.reassembly.evicted),
+        thousands(t.reassembly.timed_out),
+        thousands(t.out_of_order),
+        t.max_step_back as f64 / 1e9,
+        secs,
+        rate / 1e6,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(3_000_000), "3,000,000");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}
