@@ -7,6 +7,7 @@
 //! `state` (the SQLite ban store), `limit` (the log limiter), `metrics` (Prometheus
 //! counters and the HTTP server), `control` (the control socket's server and protocol),
 //! `conns` (bounded, deadlined connection handling shared by both servers),
+//! `inventory` (flows folded for firewall policy, from capture files or live),
 //! `event_queue` (the bounded queue in front of the event writer), `event_text` (the
 //! events' JSON and table text, formatted for the printers), `host` (this host's
 //! interfaces and addresses), `pipeline` (the per-observation step that live runs and
@@ -31,6 +32,7 @@ pub mod event_queue;
 pub mod event_text;
 pub mod events;
 pub mod host;
+pub mod inventory;
 pub mod limit;
 pub mod links;
 pub mod metrics;
