@@ -4,7 +4,7 @@
 //! Layout: `agent` (the running agent: its settings, set-up, loop and stop; what the
 //! binary hands it: where events go, the stop token, the reload request), `events` (the
 //! events it reports and the `EventSink` seam the binary's printers implement), `block` (the blocker: ban book, kernel backends, the control handler),
-//! `state` (the SQLite ban store), `limit` (the log limiter), `metrics` (Prometheus
+//! `offline` (the ban list answered with no agent running), `state` (the SQLite ban store), `limit` (the log limiter), `metrics` (Prometheus
 //! counters and the HTTP server), `control` (the control socket's server and protocol),
 //! `conns` (bounded, deadlined connection handling shared by both servers),
 //! `inventory` (flows folded for firewall policy, from capture files or live),
@@ -36,6 +36,7 @@ pub mod inventory;
 pub mod limit;
 pub mod links;
 pub mod metrics;
+pub mod offline;
 pub mod owner;
 pub mod packets;
 pub mod pipeline;

@@ -1,22 +1,16 @@
 //! `synwatch blocks list|add|remove|flush`: the ban list, through the running agent's
 //! control socket when one runs, or straight on the saved state and the kernel when none
-//! does (after a stop with `--keep-rules-on-exit`, the rules are still there to change;
-//! otherwise the change waits in the state for the next start).
+//! does (the agent library's [`synwatch_agent::offline`]); the bans printed as a table or
+//! JSON lines.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-
-use ipnet::IpNet;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use synwatch_enforce::bans::{Book, Policy};
-use synwatch_enforce::{Backend, Enforcer, Scope, SystemRunner};
+use ipnet::IpNet;
 
-use crate::block::view;
-use crate::control::{self, BanView, Reply, Request};
-use crate::host::{Host, Infrastructure};
+use crate::control::{self, BanView, Request};
 use crate::output::{Format, rfc3339};
-use crate::state::{DB_FILE, Store};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BlocksArgs {
@@ -88,7 +82,7 @@ pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
     };
     let reply = match control::call(&args.state_dir, &request)? {
         Some(reply) => reply,
-        None => offline(&args.state_dir, &request)?,
+        None => synwatch_agent::offline::answer(&args.state_dir, &request)?,
     };
     let format = args.format.unwrap_or_else(crate::default_format);
     if let Some(note) = &reply.note {
@@ -202,131 +196,4 @@ fn table(bans: &[BanView]) -> String {
         out.push_str("(no bans)\n");
     }
     out
-}
-
-/// The firewall rules a stopped agent left (with `--keep-rules-on-exit`), if any.
-fn kernel_backend() -> Option<Box<dyn Enforcer>> {
-    [Backend::Nftables, Backend::Iptables]
-        .into_iter()
-        .filter_map(|b| synwatch_enforce::open(b, Scope::All, Box::new(SystemRunner::default())))
-        .find_map(|mut e| e.present().then_some(e))
-}
-
-/// No agent runs: work on the saved state, and on the kernel if rules are there.
-fn offline(state_dir: &Path, request: &Request) -> Result<Reply> {
-    let now = crate::clock::now();
-    let exists = state_dir.join(DB_FILE).exists();
-    if matches!(
-        request,
-        Request::List | Request::Remove { .. } | Request::Flush
-    ) && !exists
-    {
-        return Ok(match request {
-            Request::Remove { addr } => Reply::error(
-                "none",
-                format!("{} is not blocked", synwatch_enforce::net_text(*addr)),
-            ),
-            _ => Reply::ok("none"),
-        });
-    }
-    let mut store = Store::open(state_dir)?;
-    let mut book = Book::new(Policy::default());
-    let lapsed = book.restore(store.bans()?, store.offenders()?, now);
-    store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
-    // Saved bans inside a saved range: the range stands for them.
-    let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
-    store.delete(&inside, false)?;
-    let mut kernel = kernel_backend();
-    let backend_kind = kernel.as_ref().map(|k| k.backend());
-    let backend = backend_kind.map_or("none", Backend::as_str).to_owned();
-    let waiting = "no agent is running and no synwatch rules are in the kernel: the change is saved and takes effect when the agent starts";
-    let mut reply = Reply::ok(&backend);
-    match request {
-        Request::List => {
-            let listed = kernel.as_mut().and_then(|k| k.list().ok());
-            let mut records: Vec<_> = book.active().collect();
-            records.sort_by_key(|r| (r.since, r.net));
-            reply.bans = records
-                .into_iter()
-                .map(|r| view(r, listed.as_deref()))
-                .collect();
-        }
-        Request::Add { addr, secs } => {
-            if let Some(b) = backend_kind
-                && let Some(why) = b.refuses_ban_of(secs.unwrap_or(0))
-            {
-                return Ok(Reply::error(&backend, why));
-            }
-            // No agent runs, so no configuration is known: the host's own addresses,
-            // gateways, routers and resolvers are protected all the same.
-            let host = Host::read().unwrap_or_default();
-            let infra = Infrastructure::read();
-            let cfg = synwatch_detect::Config::default();
-            let protection = crate::protect::View {
-                host: &host.addresses,
-                infra: &infra,
-                cfg: &cfg,
-            };
-            if let Some((why, covered)) = crate::protect::why_net(*addr, protection) {
-                return Ok(Reply::error(
-                    &backend,
-                    crate::block::refusal(*addr, why, covered),
-                ));
-            }
-            let record = match book.manual(*addr, *secs, now) {
-                Ok(r) => r,
-                Err((_, by)) => {
-                    return Ok(Reply::error(
-                        &backend,
-                        format!(
-                            "{} is already blocked: it is inside the banned range {}",
-                            synwatch_enforce::net_text(*addr),
-                            synwatch_enforce::net_text(by.net)
-                        ),
-                    ));
-                }
-            };
-            // Bans inside a new range are lifted: the range stands for them.
-            let absorbed: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
-            store.delete(&absorbed, false)?;
-            store.save(std::slice::from_ref(&record))?;
-            match kernel.as_mut() {
-                Some(k) => {
-                    k.remove(&absorbed).context(
-                        "saved, but the kernel refused to lift the bans inside the range",
-                    )?;
-                    k.add(&[record.ban(now)])
-                        .context("saved, but the kernel refused the ban")?
-                }
-                None => reply.note = Some(waiting.into()),
-            }
-            reply.bans = vec![view(&record, None)];
-        }
-        Request::Remove { addr } => {
-            let Some(record) = book.remove(*addr) else {
-                let addr = synwatch_enforce::net_text(*addr);
-                return Ok(Reply::error(&backend, format!("{addr} is not blocked")));
-            };
-            store.delete(&[*addr], true)?;
-            if let Some(k) = kernel.as_mut() {
-                k.remove(&[*addr])
-                    .context("removed from the saved bans, but the kernel refused")?;
-            }
-            reply.bans = vec![view(&record, None)];
-        }
-        Request::Flush => {
-            let records = book.flush();
-            let addrs: Vec<IpNet> = records.iter().map(|r| r.net).collect();
-            store.delete(&addrs, true)?;
-            if let Some(k) = kernel.as_mut() {
-                // Also whatever the kernel holds that the state does not.
-                let mut all = addrs.clone();
-                all.extend(k.list().unwrap_or_default().into_iter().map(|b| b.net));
-                k.remove(&all)
-                    .context("flushed the saved bans, but the kernel refused")?;
-            }
-            reply.bans = records.iter().map(|r| view(r, None)).collect();
-        }
-    }
-    Ok(reply)
 }

@@ -28,7 +28,7 @@ mod run_args;
 
 // The running agent is the library crate `synwatch-agent`; these names keep `crate::block`
 // and the like pointing at its modules.
-use synwatch_agent::{block, clock, control, host, limit, privileges, protect, state};
+use synwatch_agent::{block, control, host, limit, privileges};
 
 /// See every new TCP connection attempt, recognise port scans.
 ///

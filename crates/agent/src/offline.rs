@@ -1,0 +1,182 @@
+//! The ban list with no agent running (`synwatch blocks` when the control socket does
+//! not answer): the requests of the control protocol answered straight from the saved
+//! state, and applied to the kernel too when a stopped agent left its rules there (with
+//! `--keep-rules-on-exit`); otherwise a change waits in the state for the next start.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ipnet::IpNet;
+use synwatch_enforce::bans::{Book, Policy};
+use synwatch_enforce::{Backend, Enforcer, Scope, SystemRunner};
+
+use crate::block::view;
+use crate::control::{Reply, Request};
+use crate::host::{Host, Infrastructure};
+use crate::state::{DB_FILE, Store};
+
+/// The firewall rules a stopped agent left (with `--keep-rules-on-exit`), if any.
+fn kernel_backend() -> Option<Box<dyn Enforcer>> {
+    [Backend::Nftables, Backend::Iptables]
+        .into_iter()
+        .filter_map(|b| synwatch_enforce::open(b, Scope::All, Box::new(SystemRunner::default())))
+        .find_map(|mut e| e.present().then_some(e))
+}
+
+/// The saved bans, the kernel's rules if any, and the reply being made.
+struct Offline {
+    now: i64,
+    store: Store,
+    book: Book,
+    kernel: Option<Box<dyn Enforcer>>,
+    backend_kind: Option<Backend>,
+    backend: String,
+}
+
+/// Answers `request` with no agent running: on the saved state in `state_dir`, and on
+/// the kernel if rules are there.
+pub fn answer(state_dir: &Path, request: &Request) -> Result<Reply> {
+    let now = crate::clock::now();
+    let exists = state_dir.join(DB_FILE).exists();
+    if matches!(
+        request,
+        Request::List | Request::Remove { .. } | Request::Flush
+    ) && !exists
+    {
+        return Ok(match request {
+            Request::Remove { addr } => Reply::error(
+                "none",
+                format!("{} is not blocked", synwatch_enforce::net_text(*addr)),
+            ),
+            _ => Reply::ok("none"),
+        });
+    }
+    let mut store = Store::open(state_dir)?;
+    let mut book = Book::new(Policy::default());
+    let lapsed = book.restore(store.bans()?, store.offenders()?, now);
+    store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
+    // Saved bans inside a saved range: the range stands for them.
+    let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
+    store.delete(&inside, false)?;
+    let kernel = kernel_backend();
+    let backend_kind = kernel.as_ref().map(|k| k.backend());
+    let mut state = Offline {
+        now,
+        store,
+        book,
+        kernel,
+        backend_kind,
+        backend: backend_kind.map_or("none", Backend::as_str).to_owned(),
+    };
+    match request {
+        Request::List => Ok(state.list()),
+        Request::Add { addr, secs } => state.add(*addr, *secs),
+        Request::Remove { addr } => state.remove(*addr),
+        Request::Flush => state.flush(),
+    }
+}
+
+impl Offline {
+    fn list(&mut self) -> Reply {
+        let mut reply = Reply::ok(&self.backend);
+        let listed = self.kernel.as_mut().and_then(|k| k.list().ok());
+        let mut records: Vec<_> = self.book.active().collect();
+        records.sort_by_key(|r| (r.since, r.net));
+        reply.bans = records
+            .into_iter()
+            .map(|r| view(r, listed.as_deref()))
+            .collect();
+        reply
+    }
+
+    fn add(&mut self, addr: IpNet, secs: Option<u64>) -> Result<Reply> {
+        let backend = &self.backend;
+        if let Some(b) = self.backend_kind
+            && let Some(why) = b.refuses_ban_of(secs.unwrap_or(0))
+        {
+            return Ok(Reply::error(backend, why));
+        }
+        // No agent runs, so no configuration is known: the host's own addresses,
+        // gateways, routers and resolvers are protected all the same.
+        let host = Host::read().unwrap_or_default();
+        let infra = Infrastructure::read();
+        let cfg = synwatch_detect::Config::default();
+        let protection = crate::protect::View {
+            host: &host.addresses,
+            infra: &infra,
+            cfg: &cfg,
+        };
+        if let Some((why, covered)) = crate::protect::why_net(addr, protection) {
+            return Ok(Reply::error(
+                backend,
+                crate::block::refusal(addr, why, covered),
+            ));
+        }
+        let record = match self.book.manual(addr, secs, self.now) {
+            Ok(r) => r,
+            Err((_, by)) => {
+                return Ok(Reply::error(
+                    backend,
+                    format!(
+                        "{} is already blocked: it is inside the banned range {}",
+                        synwatch_enforce::net_text(addr),
+                        synwatch_enforce::net_text(by.net)
+                    ),
+                ));
+            }
+        };
+        let mut reply = Reply::ok(backend);
+        // Bans inside a new range are lifted: the range stands for them.
+        let absorbed: Vec<IpNet> = self.book.take_absorbed().iter().map(|r| r.net).collect();
+        self.store.delete(&absorbed, false)?;
+        self.store.save(std::slice::from_ref(&record))?;
+        match self.kernel.as_mut() {
+            Some(k) => {
+                k.remove(&absorbed)
+                    .context("saved, but the kernel refused to lift the bans inside the range")?;
+                k.add(&[record.ban(self.now)])
+                    .context("saved, but the kernel refused the ban")?
+            }
+            None => reply.note = Some(WAITING.into()),
+        }
+        reply.bans = vec![view(&record, None)];
+        Ok(reply)
+    }
+
+    fn remove(&mut self, addr: IpNet) -> Result<Reply> {
+        let Some(record) = self.book.remove(addr) else {
+            let addr = synwatch_enforce::net_text(addr);
+            return Ok(Reply::error(
+                &self.backend,
+                format!("{addr} is not blocked"),
+            ));
+        };
+        self.store.delete(&[addr], true)?;
+        if let Some(k) = self.kernel.as_mut() {
+            k.remove(&[addr])
+                .context("removed from the saved bans, but the kernel refused")?;
+        }
+        let mut reply = Reply::ok(&self.backend);
+        reply.bans = vec![view(&record, None)];
+        Ok(reply)
+    }
+
+    fn flush(&mut self) -> Result<Reply> {
+        let records = self.book.flush();
+        let addrs: Vec<IpNet> = records.iter().map(|r| r.net).collect();
+        self.store.delete(&addrs, true)?;
+        if let Some(k) = self.kernel.as_mut() {
+            // Also whatever the kernel holds that the state does not.
+            let mut all = addrs.clone();
+            all.extend(k.list().unwrap_or_default().into_iter().map(|b| b.net));
+            k.remove(&all)
+                .context("flushed the saved bans, but the kernel refused")?;
+        }
+        let mut reply = Reply::ok(&self.backend);
+        reply.bans = records.iter().map(|r| view(r, None)).collect();
+        Ok(reply)
+    }
+}
+
+/// The note of a change made with no agent and no rules in the kernel.
+const WAITING: &str = "no agent is running and no synwatch rules are in the kernel: the change is saved and takes effect when the agent starts";
