@@ -24,6 +24,7 @@
 pub mod agent;
 pub mod block;
 pub mod clock;
+pub mod config;
 pub mod conns;
 pub mod control;
 pub mod crowdsec;

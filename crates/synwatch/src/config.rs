@@ -4,12 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use ipnet::IpNet;
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use synwatch_detect::{
-    AddrSet, Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES,
-    DirectionFilter, Nanos, parse_cidr,
+    Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES, DirectionFilter,
 };
 
 use crate::output::Format;
@@ -275,8 +273,8 @@ impl DetectSettings {
     }
 }
 
-/// The largest accepted `--max-sources`.
-const MAX_SOURCES_LIMIT: u64 = u32::MAX as u64;
+pub use synwatch_agent::config::{HostBits, parse_duration, parse_set};
+use synwatch_agent::config::{MAX_SOURCES_LIMIT, parse_count, parse_window};
 
 fn pick_list(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
     if flag.is_empty() {
@@ -291,127 +289,6 @@ pub fn toml_number(value: &toml::Value) -> String {
         toml::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
-}
-
-/// What `ADDR/LEN` with host bits set (`10.1.2.5/24`, as `ip addr` prints an interface
-/// address) stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum HostBits {
-    /// The one address: this host's address on that network (`--local`).
-    Host,
-    /// The whole network (`--allow`: the wider reading never bans more).
-    Network,
-}
-
-pub(crate) fn parse_set(
-    option: &str,
-    values: &[String],
-    host_bits: HostBits,
-    warnings: &mut Vec<String>,
-) -> Result<AddrSet> {
-    let mut set = AddrSet::new();
-    for value in values.iter().map(|v| v.trim()).filter(|v| !v.is_empty()) {
-        let net = parse_cidr(value).with_context(|| format!("invalid {option}"))?;
-        let exact: Option<IpNet> = value.parse().ok();
-        let net = match exact {
-            Some(given) if given.addr() != given.network() => match host_bits {
-                HostBits::Host => {
-                    warnings.push(format!(
-                        "{option} {value} has host bits set: taken as the single address {} \
-                         (write {net} for the whole network)",
-                        given.addr()
-                    ));
-                    IpNet::from(given.addr())
-                }
-                HostBits::Network => {
-                    warnings.push(format!(
-                        "{option} {value} has host bits set: taken as the network {net}"
-                    ));
-                    net
-                }
-            },
-            _ => net,
-        };
-        set.insert(net);
-    }
-    Ok(set)
-}
-
-fn parse_count(option: &str, text: &str, min: u64, max: u64) -> Result<u64> {
-    let n: u64 = text
-        .trim()
-        .replace('_', "")
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid {option} '{text}': expected a whole number"))?;
-    if n < min || n > max {
-        bail!("invalid {option} '{text}': must be between {min} and {max}");
-    }
-    Ok(n)
-}
-
-fn parse_window(option: &str, text: &str) -> Result<Nanos> {
-    let nanos =
-        parse_duration(text).map_err(|why| anyhow::anyhow!("invalid {option} '{text}': {why}"))?;
-    if nanos == 0 {
-        bail!("invalid {option} '{text}': the window must be longer than zero");
-    }
-    Ok(nanos)
-}
-
-/// Parses `60s`, `1m`, `500ms`, `1h30m`, `1.5s`, `2d`; a bare number is seconds.
-/// Returns nanoseconds.
-pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
-    const EXPECTED: &str = "expected a duration such as 60s, 1m, 500ms or 1h30m";
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(EXPECTED.into());
-    }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: i64 = text.parse().map_err(|_| "too large".to_owned())?;
-        return secs
-            .checked_mul(1_000_000_000)
-            .ok_or_else(|| "too large".to_owned());
-    }
-    let mut total: i128 = 0;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit: {EXPECTED}"))?;
-        let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let scale: i128 = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "d" => 86_400_000_000_000,
-            _ => return Err(format!("unknown unit '{unit}': {EXPECTED}")),
-        };
-        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-        if int.is_empty() && frac.is_empty() || frac.contains('.') {
-            return Err(EXPECTED.into());
-        }
-        let int: i128 = if int.is_empty() {
-            0
-        } else {
-            int.parse().map_err(|_| "too large".to_owned())?
-        };
-        let mut part = int.checked_mul(scale).ok_or("too large")?;
-        let mut denom: i128 = 1;
-        for digit in frac.bytes().take(18) {
-            denom *= 10;
-            part += i128::from(digit - b'0') * scale / denom;
-        }
-        total = total.checked_add(part).ok_or("too large")?;
-        rest = tail;
-    }
-    Nanos::try_from(total).map_err(|_| "too large".to_owned())
 }
 
 /// An enumerated option: the flag's value, else the config file's `key` (which must name
@@ -444,30 +321,9 @@ pub(crate) fn choice<T: clap::ValueEnum + Copy>(
 mod tests {
     use super::*;
     use std::io::Write as _;
+    use synwatch_detect::Nanos;
 
     const S: Nanos = 1_000_000_000;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("60s"), Ok(60 * S));
-        assert_eq!(parse_duration("1m"), Ok(60 * S));
-        assert_eq!(parse_duration("500ms"), Ok(S / 2));
-        assert_eq!(parse_duration("1h30m"), Ok(5400 * S));
-        assert_eq!(parse_duration("1.5s"), Ok(3 * S / 2));
-        assert_eq!(parse_duration("90"), Ok(90 * S));
-        assert_eq!(parse_duration("2d"), Ok(2 * 86_400 * S));
-        for bad in [
-            "",
-            "s",
-            "10x",
-            "1.2.3s",
-            "-5s",
-            "5 s",
-            "99999999999999999999999h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     fn args() -> DetectArgs {
         DetectArgs::default()

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use synwatch_agent::agent::{self, Block, Settings, Source, XdpMode, duration_text};
+use synwatch_agent::agent::{self, Block, Settings, Source, XdpMode};
 use synwatch_agent::events::EventSink;
 use synwatch_enforce::Scope;
 use synwatch_enforce::bans::Policy;
@@ -297,68 +297,12 @@ impl From<SourceArg> for Source {
     }
 }
 
-/// The effective configuration as TOML, as `--print-config` shows it.
-fn print_config(settings: &DetectSettings, run: &Settings, format: Format) -> String {
-    let d = &settings.detector;
-    let list = |items: Vec<String>| {
-        let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
-        format!("[{}]", quoted.join(", "))
-    };
-    let window = if d.window % 1_000_000_000 == 0 {
-        format!("{}s", d.window / 1_000_000_000)
-    } else {
-        format!("{}ms", d.window / 1_000_000)
-    };
-    let b = &run.blocking;
-    format!(
-        "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
-         direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\nipv6_prefix = {}\nmax_hosts = {}\n\
-         answer_wait = \"{}ms\"\niface = {}\nsource = \"{}\"\n\
-         xdp_mode = \"{}\"\n\
-         poll = \"{}ms\"\nblock = \"{}\"\n\
-         block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
-         keep_rules_on_exit = {}\ndry_run = {}\n\
-         metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
-        d.max_ports,
-        list(d.locals.iter().map(|n| n.to_string()).collect()),
-        list(d.allow.iter().map(|n| n.to_string()).collect()),
-        !d.allow_local,
-        match d.direction {
-            synwatch_detect::DirectionFilter::In => "in",
-            synwatch_detect::DirectionFilter::Out => "out",
-            synwatch_detect::DirectionFilter::Both => "both",
-        },
-        match format {
-            Format::Json => "json",
-            Format::Table => "table",
-        },
-        d.max_sources,
-        d.ipv6_prefix,
-        d.max_hosts,
-        d.answer_wait / 1_000_000,
-        list(run.ifaces.clone()),
-        run.source.as_str(),
-        run.xdp_mode.as_str(),
-        run.poll.as_millis(),
-        run.block.as_str(),
-        match b.scope {
-            Scope::All => "all",
-            Scope::New => "new",
-        },
-        duration_text(b.policy.duration_secs),
-        duration_text(b.policy.max_secs),
-        b.policy.per_minute,
-        b.state_dir
-            .display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\""),
-        b.keep_rules,
-        b.dry_run,
-        run.metrics_addr,
-        run.log_limit_source,
-        run.log_limit_global,
-    ) + &run.crowdsec.toml()
+/// The name of an event format in the configuration file.
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::Json => "json",
+        Format::Table => "table",
+    }
 }
 
 /// The `--print-config` lines of the diagnostics options (layered and checked before).
@@ -389,7 +333,9 @@ pub fn run(args: &RunArgs, settings: DetectSettings) -> Result<crate::ExitStatus
         use std::io::Write as _;
         std::io::stdout()
             .write_all(
-                (print_config(&settings, &shown, format) + &log_config(args, &settings)).as_bytes(),
+                (synwatch_agent::config::to_toml(&settings.detector, &shown, format_name(format))
+                    + &log_config(args, &settings))
+                    .as_bytes(),
             )
             .context("cannot write the configuration to stdout")?;
         return Ok(crate::ExitStatus::Success);
