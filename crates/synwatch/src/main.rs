@@ -1,14 +1,17 @@
 //! synwatch: sees every new TCP connection attempt, logs it, recognises port scans.
 //!
-//! This binary is the thin edge over the library crates: command line and configuration,
-//! wiring a source through decode and detect to the event output, and exit codes
-//! (0 success, 1 runtime failure, 2 bad usage or unreadable input; SPEC §3).
+//! This binary is the thin edge over the library crates: the command line (clap), the
+//! layering of the options into the library's validated configuration, the printers of
+//! events on stdout, and exit codes (0 success, 1 runtime failure, 2 bad usage or
+//! unreadable input; SPEC §3).
 //!
-//! Layout: `config` (layered options and validation), `output` (event formats),
-//! `replay` (the pipeline over capture files), `run_args` (`synwatch run`: its options,
-//! layered into the settings of the agent library's `agent::run`); the agent's
-//! parts (blocker, ban store, metrics, control socket, this host's interfaces and
-//! addresses, CrowdSec client, ...) are the library crate `synwatch-agent`.
+//! Layout: `config` (the detection options and the file, layered), `diag` and
+//! `crowdsec_args` (more options, layered), `output` (the event printer: the agent's
+//! `EventSink`), one file per command: `run_args` (`synwatch run`, layered into the
+//! settings of the agent library's `agent::run`), `replay`, `inventory`, `blocks`,
+//! `manual` (completions and man pages). What they run (the agent, replay's engine,
+//! the inventory, the offline ban list, the events' text, ...) is the library crate
+//! `synwatch-agent`.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
