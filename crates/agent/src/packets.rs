@@ -177,3 +177,76 @@ impl Segments {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    use synwatch_testkit::packet::{SYN, ethernet, tcp_ip};
+    use synwatch_testkit::pcap::PcapWriter;
+
+    fn syn() -> Vec<u8> {
+        let (src, dst): (IpAddr, IpAddr) = (
+            "198.51.100.7".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+        );
+        ethernet(&tcp_ip(src, 40000, dst, 22, SYN, 0))
+    }
+
+    #[test]
+    fn the_link_type_is_resolved_per_packet_and_an_unknown_one_is_named() {
+        for mut segments in [Segments::per_packet(), Segments::reassembling()] {
+            let got = segments.decode(1, &syn(), 0);
+            assert!(
+                matches!(got, Ok(Decoded::Segment(s)) if s.dport == 22),
+                "{got:?}"
+            );
+            assert_eq!(
+                segments.decode(4242, &syn(), 0),
+                Err(NotDecoded::Link(4242))
+            );
+            let bad = segments.decode(1, &syn()[..20], 0);
+            assert!(matches!(bad, Err(NotDecoded::Bad(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn each_packet_stops_where_asked_and_names_a_file_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("three.pcap");
+        let mut w = PcapWriter::new(std::fs::File::create(&path).unwrap(), 1, false).unwrap();
+        for ts in [3, 1, 2] {
+            w.write_packet(ts * 1_000_000_000, &syn()).unwrap();
+        }
+        w.finish().unwrap();
+        let mut seen = Vec::new();
+        let stopped = each_packet(&path, &mut (), |p| {
+            seen.push(p.ts_nanos / 1_000_000_000);
+            match seen.len() {
+                2 => ControlFlow::Break("second"),
+                _ => ControlFlow::Continue(()),
+            }
+        });
+        assert_eq!(stopped, Ok(Some("second")));
+        assert_eq!(seen, [3, 1]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        let mut count = 0;
+        let cut = each_packet(&path, &mut (), |_| {
+            count += 1;
+            ControlFlow::<()>::Continue(())
+        });
+        let msg = cut.unwrap_err();
+        assert!(msg.starts_with(&format!("{}: ", path.display())), "{msg}");
+        assert!(
+            msg.ends_with("every packet before it was replayed"),
+            "{msg}"
+        );
+        assert_eq!(count, 2);
+        let missing = dir.path().join("missing.pcap");
+        let err = each_packet(&missing, &mut (), |_| ControlFlow::<()>::Continue(()));
+        assert!(err.unwrap_err().contains("missing.pcap"));
+    }
+}

@@ -487,8 +487,163 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex};
+
+    use synwatch_detect::Scan;
+    use synwatch_testkit::packet::{SYN, ethernet, tcp_ip};
+    use synwatch_testkit::pcap::PcapWriter;
+
+    use crate::limit::Suppressed;
+
+    const SEC: i64 = 1_000_000_000;
+    const T0: i64 = 1_700_000_000 * SEC;
+
+    /// What reached the sink, in order: formatted lines as they are, scans by their ports.
+    type Written = Arc<Mutex<Vec<String>>>;
+
+    /// A sink that writes what it is given into `written`, and fails every write with
+    /// `fail` once `fail_after` events are written.
+    struct Record {
+        written: Written,
+        fail: Option<(usize, io::ErrorKind)>,
+    }
+
+    impl Record {
+        fn push(&mut self, line: String) -> io::Result<()> {
+            let mut written = self.written.lock().unwrap();
+            match self.fail {
+                Some((after, kind)) if written.len() >= after => Err(kind.into()),
+                _ => {
+                    written.push(line);
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    impl EventSink for Record {
+        fn connection(&mut self, _c: &Connection) -> io::Result<()> {
+            unreachable!("replay hands its connections over formatted")
+        }
+        fn scan(&mut self, s: &Scan, protected: Option<&str>) -> io::Result<()> {
+            self.push(format!("scan {} {:?} {protected:?}", s.src, s.ports))
+        }
+        fn suppressed(&mut self, _s: &Suppressed) -> io::Result<()> {
+            unreachable!("replay has no log limit")
+        }
+        fn block(&mut self, _b: &crate::events::BlockEvent<'_>) -> io::Result<()> {
+            unreachable!("replay has no blocker")
+        }
+        fn unblock(&mut self, _ts: i64, _net: ipnet::IpNet, _reason: &str) -> io::Result<()> {
+            unreachable!("replay has no blocker")
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl FormattedSink for Record {
+        fn formatted(&mut self, event: &[u8]) -> io::Result<()> {
+            self.push(String::from_utf8(event.to_vec()).unwrap())
+        }
+    }
+
+    /// A capture of SYNs from `src` to 192.0.2.1, to each of `ports` in turn, 10 ms apart
+    /// from `start`.
+    fn capture(dir: &Path, name: &str, src: &str, ports: &[u16], start: i64) -> PathBuf {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = PcapWriter::new(file, 1, false).unwrap();
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), "192.0.2.1".parse().unwrap());
+        for (i, &port) in ports.iter().enumerate() {
+            let frame = ethernet(&tcp_ip(src, 40000, dst, port, SYN, 0));
+            w.write_packet(start + i as i64 * SEC / 100, &frame)
+                .unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    fn run(files: &[PathBuf], fail: Option<(usize, io::ErrorKind)>) -> (Replayed, Vec<String>) {
+        let written = Written::default();
+        let sink = {
+            let written = Arc::clone(&written);
+            move || Record { written, fail }
+        };
+        let done = replay(files, Config::default(), Format::Json, sink, &mut ()).unwrap();
+        let lines = written.lock().unwrap().clone();
+        (done, lines)
+    }
+
+    #[test]
+    fn files_replay_in_time_order_each_attempt_logged_once_and_the_scan_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        // Named against their time order; port 22 again, at the end, is a retransmission.
+        let later = capture(
+            dir.path(),
+            "a.pcap",
+            "198.51.100.7",
+            &[23, 25, 22],
+            T0 + SEC,
+        );
+        let first = capture(dir.path(), "b.pcap", "198.51.100.7", &[21, 22], T0);
+        let (done, lines) = run(&[later, first], None);
+        assert!(matches!(done.ending, Ending::Clean), "{:?}", done.ending);
+        let dports: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split("\"dport\":").nth(1))
+            .map(|rest| rest.split(',').next().unwrap())
+            .collect();
+        assert_eq!(dports, ["21", "22", "23", "25"], "{lines:?}");
+        assert!(
+            lines[0]
+                .starts_with("{\"ts\":\"2023-11-14T22:13:20.000000Z\",\"event\":\"connection\"")
+        );
+        assert_eq!(
+            lines.last().unwrap(),
+            "scan 198.51.100.7 [21, 22, 23, 25] None"
+        );
+        let t = &done.totals;
+        assert_eq!((t.files, t.files_failed, t.packets, t.tcp), (2, 0, 5, 5));
+        assert_eq!(t.connections_logged, 4);
+        assert_eq!(done.detector.stats().retransmissions, 1);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_bad_input_and_the_others_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = capture(dir.path(), "good.pcap", "198.51.100.7", &[22], T0);
+        let (done, lines) = run(&[dir.path().join("missing.pcap"), good], None);
+        assert!(matches!(done.ending, Ending::BadInput), "{:?}", done.ending);
+        assert_eq!((done.totals.files, done.totals.files_failed), (2, 1));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+    }
+
+    #[test]
+    fn a_sink_that_closes_ends_the_replay_quietly_and_one_that_fails_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (1..=2000).collect();
+        let file = capture(dir.path(), "many.pcap", "198.51.100.7", &ports, T0);
+        let (done, lines) = run(
+            std::slice::from_ref(&file),
+            Some((3, io::ErrorKind::BrokenPipe)),
+        );
+        assert!(
+            matches!(done.ending, Ending::OutputClosed),
+            "{:?}",
+            done.ending
+        );
+        assert_eq!(lines.len(), 3);
+        let (done, _) = run(&[file], Some((0, io::ErrorKind::PermissionDenied)));
+        match done.ending {
+            Ending::OutputFailed(e) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn numbers_read_well() {
