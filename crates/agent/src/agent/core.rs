@@ -515,3 +515,458 @@ fn reconfigure_xdp(
     }
 }
 
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    //! The loop without root: a clock that moves when told, a host whose addresses the
+    //! test changes, nftables over a runner that records its commands, events recorded
+    //! as lines, and the test standing in for the sources by pushing into the queue.
+
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashSet;
+    use std::net::IpAddr;
+    use std::path::PathBuf;
+
+    use ipnet::IpNet;
+    use synwatch_decode::TcpFlags;
+    use synwatch_enforce::bans::Policy;
+    use synwatch_enforce::{Backend, RecordingRunner, Scope};
+
+    use super::super::feed::Feed;
+    use super::super::seams::HostView;
+    use super::super::{Block, Source, XdpMode};
+    use crate::block::BlockSettings;
+    use crate::clock::Offset;
+    use crate::host::Host;
+
+    /// Agent time when a test starts.
+    const T0: i64 = 1_700_000_000;
+    /// This host's address.
+    const HOST: &str = "192.0.2.1";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        synwatch_enforce::parse_net(s).unwrap()
+    }
+
+    /// Moves only when told.
+    struct FakeClock {
+        start: Instant,
+        elapsed: Cell<Duration>,
+    }
+
+    impl FakeClock {
+        fn advance(&self, by: Duration) {
+            self.elapsed.set(self.elapsed.get() + by);
+        }
+    }
+
+    impl Clock for FakeClock {
+        fn monotonic(&self) -> Instant {
+            self.start + self.elapsed.get()
+        }
+        fn agent_secs(&self) -> i64 {
+            T0 + i64::try_from(self.elapsed.get().as_secs()).unwrap()
+        }
+        fn wall_nanos(&self) -> i64 {
+            T0 * 1_000_000_000 + i64::try_from(self.elapsed.get().as_nanos()).unwrap()
+        }
+        fn wall_offset(&self) -> Offset {
+            Offset::default()
+        }
+    }
+
+    /// The host as the test says it is.
+    #[derive(Default)]
+    struct FakeHost {
+        addresses: Vec<IpAddr>,
+        sessions: HashSet<IpAddr>,
+    }
+
+    struct SharedHost(Rc<RefCell<FakeHost>>);
+
+    impl HostView for SharedHost {
+        fn host(&mut self) -> Option<Host> {
+            let mut host = Host::default();
+            host.addresses
+                .extend(self.0.borrow().addresses.iter().copied());
+            Some(host)
+        }
+        fn infrastructure(&mut self) -> Infrastructure {
+            Infrastructure::default()
+        }
+        fn holds_session(&mut self, addr: IpAddr) -> bool {
+            self.0.borrow().sessions.contains(&addr)
+        }
+    }
+
+    /// The events, one line each.
+    struct Lines(Rc<RefCell<Vec<String>>>);
+
+    impl EventSink for Lines {
+        fn connection(&mut self, _: &crate::events::Connection) -> io::Result<()> {
+            Ok(())
+        }
+        fn scan(&mut self, s: &synwatch_detect::Scan, protected: Option<&str>) -> io::Result<()> {
+            let why = protected
+                .map(|p| format!(" protected {p}"))
+                .unwrap_or_default();
+            self.0.borrow_mut().push(format!("scan {}{why}", s.src));
+            Ok(())
+        }
+        fn suppressed(&mut self, _: &crate::limit::Suppressed) -> io::Result<()> {
+            Ok(())
+        }
+        fn block(&mut self, b: &BlockEvent<'_>) -> io::Result<()> {
+            let until = b.until.map_or(-1, |t| t - T0);
+            self.0
+                .borrow_mut()
+                .push(format!("block {} for {until}", b.src));
+            Ok(())
+        }
+        fn unblock(&mut self, _: i64, net: IpNet, reason: &str) -> io::Result<()> {
+            self.0
+                .borrow_mut()
+                .push(format!("unblock {} {reason}", net.addr()));
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn block_settings(dir: &std::path::Path, ban_secs: u64) -> BlockSettings {
+        BlockSettings {
+            scope: Scope::All,
+            policy: Policy {
+                duration_secs: ban_secs,
+                max_secs: 3600,
+                per_minute: 0,
+            },
+            state_dir: dir.to_path_buf(),
+            keep_rules: false,
+            dry_run: false,
+        }
+    }
+
+    fn settings(dir: &std::path::Path, ban_secs: u64) -> Settings {
+        Settings {
+            ifaces: Vec::new(),
+            source: Source::Pcap,
+            xdp_mode: XdpMode::Auto,
+            poll: Duration::from_secs(1),
+            block: Block::Nftables,
+            blocking: block_settings(dir, ban_secs),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            log_limit_source: 100,
+            log_limit_global: 1000,
+            crowdsec: crate::crowdsec::Settings {
+                credentials: None,
+                key_file: None,
+                url: None,
+                pull: Duration::from_secs(10),
+            },
+        }
+    }
+
+    /// The detector's configuration as configured: more than 3 ports in a minute.
+    fn configured() -> synwatch_detect::Config {
+        synwatch_detect::Config {
+            sweeps: false,
+            ..synwatch_detect::Config::default()
+        }
+    }
+
+    struct Harness {
+        core: Core,
+        clock: Rc<FakeClock>,
+        host: Rc<RefCell<FakeHost>>,
+        runner: RecordingRunner,
+        /// Commands the blocker ran setting up.
+        setup: usize,
+        events: Rc<RefCell<Vec<String>>>,
+        metrics: Arc<Metrics>,
+        reload: Arc<AtomicBool>,
+        reread: Rc<RefCell<Option<Reread>>>,
+        dir: tempfile::TempDir,
+        /// The source port of the next scan's SYNs (each scan's attempts are new ones).
+        sport: Cell<u16>,
+    }
+
+    /// The loop with a blocker on nftables (bans of 600 s, no cap), on a host whose
+    /// address is [`HOST`].
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Rc::new(FakeClock {
+            start: crate::clock::monotonic(),
+            elapsed: Cell::new(Duration::ZERO),
+        });
+        let host = Rc::new(RefCell::new(FakeHost {
+            addresses: vec![ip(HOST)],
+            ..FakeHost::default()
+        }));
+        let runner = RecordingRunner::default();
+        let metrics = Arc::new(Metrics::default());
+        let enforcer =
+            synwatch_enforce::open(Backend::Nftables, Scope::All, Box::new(runner.clone()))
+                .unwrap();
+        let blocking = block_settings(dir.path(), 600);
+        let (blocker, lapsed) =
+            Blocker::start(enforcer, &blocking, Arc::clone(&metrics), T0, |_| false).unwrap();
+        let setup = runner.transcript().len();
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let reload = Arc::new(AtomicBool::new(false));
+        let reread = Rc::new(RefCell::new(None));
+        let configured = configured();
+        let mut detector = configured.clone();
+        detector.locals = Host {
+            addresses: [ip(HOST)].into_iter().collect(),
+            ..Host::default()
+        }
+        .locals(&configured.locals);
+        let view: Rc<dyn Clock> = clock.clone();
+        let parts = Parts {
+            detector,
+            configured_locals: configured.locals,
+            log_limits: (100, 1000),
+            blocker: Some(blocker),
+            host: HostNow::new(Box::new(SharedHost(Rc::clone(&host))), Rc::clone(&view)),
+            clock: view,
+            metrics: Arc::clone(&metrics),
+            events: Box::new(Lines(Rc::clone(&events))),
+            xdp: None,
+            reload: Arc::clone(&reload),
+            reread: {
+                let reread = Rc::clone(&reread);
+                Box::new(move || reread.borrow_mut().take())
+            },
+        };
+        Harness {
+            core: Core::new(parts, lapsed),
+            clock,
+            host,
+            runner,
+            setup,
+            events,
+            metrics,
+            reload,
+            reread,
+            dir,
+            sport: Cell::new(40_000),
+        }
+    }
+
+    impl Harness {
+        /// SYNs from `src` to four ports of this host, now: a port scan.
+        fn scan(&self, src: &str) -> Vec<Observation> {
+            let sport = self.sport.get();
+            self.sport.set(sport + 1);
+            (0..4)
+                .map(|i| Observation {
+                    ts: self.clock.wall_nanos() + i,
+                    src: ip(src),
+                    dst: ip(HOST),
+                    sport,
+                    dport: 20 + u16::try_from(i).unwrap(),
+                    flags: TcpFlags(TcpFlags::SYN),
+                })
+                .collect()
+        }
+
+        /// What the blocker ran since it was set up.
+        fn commands(&self) -> Vec<String> {
+            self.runner.transcript()[self.setup..].to_vec()
+        }
+
+        /// The kernel changes that only lifted bans (nftables adds what it deletes first,
+        /// without a timeout, so that deleting what is gone is no error).
+        fn removals(&self) -> Vec<String> {
+            let commands = self.commands();
+            commands
+                .into_iter()
+                .filter(|c| c.contains("delete element") && !c.contains(" timeout "))
+                .collect()
+        }
+
+        /// The kernel changes that added bans (with their timeout).
+        fn adds(&self) -> Vec<String> {
+            let commands = self.commands();
+            commands
+                .into_iter()
+                .filter(|c| c.contains(" timeout "))
+                .collect()
+        }
+
+        /// The events since the last call.
+        fn events(&self) -> Vec<String> {
+            std::mem::take(&mut *self.events.borrow_mut())
+        }
+    }
+
+    #[test]
+    fn scanners_in_one_batch_are_banned_in_one_kernel_change() {
+        let mut h = harness();
+        let mut batch = h.scan("198.51.100.1");
+        batch.extend(h.scan("198.51.100.2"));
+        batch.extend(h.scan("203.0.113.3"));
+        h.core.turn(Some(Msg::Batch(batch)), false);
+        let adds = h.adds();
+        assert_eq!(adds.len(), 1, "{:#?}", h.commands());
+        for a in ["198.51.100.1", "198.51.100.2", "203.0.113.3"] {
+            assert!(adds[0].contains(&format!("{a} timeout 600s")), "{adds:#?}");
+        }
+        let blocks = h.events().into_iter().filter(|e| e.starts_with("block"));
+        assert_eq!(blocks.count(), 3);
+        // More scanners while traffic keeps coming wait for the next change, all
+        // together, APPLY_EVERY later.
+        h.core.turn(Some(Msg::Batch(h.scan("203.0.113.4"))), false);
+        h.core.turn(Some(Msg::Batch(h.scan("203.0.113.5"))), false);
+        assert_eq!(h.adds().len(), 1, "{:#?}", h.commands());
+        h.clock.advance(APPLY_EVERY);
+        h.core.turn(None, false);
+        let adds = h.adds();
+        assert_eq!(adds.len(), 2, "{adds:#?}");
+        assert!(adds[1].contains("203.0.113.4 timeout 600s, 203.0.113.5 timeout 600s"));
+    }
+
+    #[test]
+    fn a_reload_lifts_bans_on_what_became_allowlisted_and_applies_the_new_policy() {
+        let mut h = harness();
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        assert_eq!(
+            h.events(),
+            ["scan 198.51.100.7", "block 198.51.100.7 for 600"]
+        );
+        // Read again, the configuration allowlists its network and bans for 120 s.
+        let mut detector = configured();
+        detector.allow.insert(net("198.51.100.0/24"));
+        *h.reread.borrow_mut() = Some(Reread {
+            path: PathBuf::from("/etc/synwatch.toml"),
+            detector,
+            settings: settings(h.dir.path(), 120),
+        });
+        // Not read until asked.
+        h.core.turn(None, true);
+        assert!(h.reread.borrow().is_some());
+        assert!(h.events().is_empty());
+        h.reload.store(true, Ordering::Relaxed);
+        h.core.turn(None, true);
+        assert!(h.reread.borrow().is_none(), "read again");
+        assert!(!h.reload.load(Ordering::Relaxed));
+        assert_eq!(h.events(), ["unblock 198.51.100.7 allowlisted"]);
+        let removed = h.removals();
+        assert!(
+            removed.iter().any(|c| c.contains("198.51.100.7")),
+            "{removed:#?}"
+        );
+        assert!(h.core.detector.config().allow.contains(ip("198.51.100.7")));
+        // This host's addresses are still local.
+        assert!(h.core.detector.config().locals.contains(ip(HOST)));
+        // Scanning again is reported, never banned; another scanner is banned for 120 s.
+        h.clock.advance(Duration::from_secs(1));
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        h.core.turn(Some(Msg::Batch(h.scan("203.0.113.9"))), true);
+        assert_eq!(
+            h.events(),
+            [
+                "scan 198.51.100.7 protected allowlisted",
+                "scan 203.0.113.9",
+                "block 203.0.113.9 for 121",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_added_to_the_host_is_local_and_unbanned_and_removed_is_not() {
+        let mut h = harness();
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        assert_eq!(
+            h.events(),
+            ["scan 198.51.100.7", "block 198.51.100.7 for 600"]
+        );
+        // The address is added to an interface: at the next read of the host it is local.
+        h.host.borrow_mut().addresses.push(ip("198.51.100.7"));
+        h.clock.advance(ADDRESS_REFRESH - Duration::from_secs(1));
+        h.core.turn(None, true);
+        assert!(h.events().is_empty(), "not read again yet");
+        h.clock.advance(Duration::from_secs(1));
+        h.core.turn(None, true);
+        assert_eq!(h.events(), ["unblock 198.51.100.7 allowlisted"]);
+        assert!(h.core.detector.config().locals.contains(ip("198.51.100.7")));
+        assert!(h.removals().iter().any(|c| c.contains("198.51.100.7")));
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        assert!(
+            !h.events().iter().any(|e| e.starts_with("block")),
+            "a local address is never banned"
+        );
+        // Removed again: it scans like any other source, and is banned.
+        h.host
+            .borrow_mut()
+            .addresses
+            .retain(|&a| a != ip("198.51.100.7"));
+        h.clock.advance(ADDRESS_REFRESH);
+        h.core.turn(None, true);
+        assert!(!h.core.detector.config().locals.contains(ip("198.51.100.7")));
+        assert!(h.core.detector.config().locals.contains(ip(HOST)));
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        let events = h.events();
+        assert!(
+            events.iter().any(|e| e.starts_with("block 198.51.100.7 ")),
+            "banned again: {events:?}"
+        );
+    }
+
+    #[test]
+    fn a_kernel_ban_is_kept_when_the_detector_agrees_and_lifted_when_protected() {
+        let mut h = harness();
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        let bans = |pairs: &[&str]| {
+            Msg::KernelBans(KernelBans(pairs.iter().map(|a| (net(a), ip(a))).collect()))
+        };
+        // The program banned the same scanner the detector did: kept.
+        h.core.turn(Some(bans(&["198.51.100.7"])), true);
+        assert!(h.removals().is_empty(), "{:#?}", h.commands());
+        assert_eq!(h.core.blocker.as_ref().unwrap().active(), 1);
+        // The host's own address, which the program banned (it disagrees): lifted.
+        h.core.turn(Some(bans(&[HOST])), true);
+        let lifted = h.removals();
+        assert_eq!(lifted.len(), 1, "{:#?}", h.commands());
+        assert!(lifted[0].contains(HOST), "{lifted:#?}");
+        assert!(!lifted[0].contains("198.51.100.7"));
+        assert_eq!(h.core.blocker.as_ref().unwrap().active(), 1);
+        assert!(
+            !h.events().iter().any(|e| e.contains(HOST)),
+            "lifted without an event"
+        );
+    }
+
+    #[test]
+    fn batches_offered_to_a_full_queue_are_counted_as_dropped() {
+        let mut h = harness();
+        let (feed, rx) = Feed::bounded(Arc::clone(&h.metrics), 2, 1_000);
+        // A source hands over three batches before the loop takes any: two fit.
+        assert!(feed.offer(h.scan("198.51.100.1")));
+        assert!(feed.offer(h.scan("198.51.100.2")));
+        assert!(feed.offer(h.scan("198.51.100.3")));
+        assert_eq!(h.metrics.queued.load(Ordering::Relaxed), 8);
+        let stop = AtomicBool::new(false);
+        h.core.run(&rx, &stop, || true);
+        let text = h.metrics.render();
+        assert!(
+            text.contains("\nsynwatch_queue_dropped_total 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nsynwatch_queue_observations 0\n"), "{text}");
+        let events = h.events();
+        let banned: Vec<&String> = events.iter().filter(|e| e.starts_with("block")).collect();
+        assert_eq!(
+            banned,
+            ["block 198.51.100.1 for 600", "block 198.51.100.2 for 600"]
+        );
+        assert!(!stop.load(Ordering::Relaxed));
+    }
+}
