@@ -164,6 +164,16 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A counter's or gauge's value now.
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// The one sample of a family without labels.
+fn plain(v: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), v)]
+}
+
 impl Metrics {
     /// Without spare interface slots (the binary's tests use it too, so it is not
     /// `cfg(test)` any more now that they live in another crate).
@@ -355,11 +365,29 @@ impl Metrics {
     /// The page in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.render_traffic(&mut out);
+        self.render_blocking(&mut out);
+        self.render_kernel(&mut out);
+        self.render_interfaces(&mut out);
+        self.render_pipeline(&mut out);
+        self.render_turns(&mut out);
+        self.render_reassembly(&mut out);
+        // Served without the fleet too (zero), so that its alert and panels always
+        // find their series.
+        match self.crowdsec.get() {
+            Some(c) => c.render(&mut out),
+            None => crate::crowdsec::Stats::default().render(&mut out),
+        }
+        process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
+        out
+    }
+
+    /// What was seen (attempts, probes, scans, sweeps), the queue to the pipeline, and
+    /// the saved state's damage.
+    fn render_traffic(&self, out: &mut String) {
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            family(&mut out, name, kind, help, samples);
+            family(out, name, kind, help, samples);
         };
-        let plain = |v: u64| vec![(String::new(), v)];
         family(
             "synwatch_new_connections_total",
             "counter",
@@ -420,6 +448,13 @@ impl Metrics {
             "Address sweeps detected: unanswered attempts to more than --max-hosts hosts on one port (one per source and episode).",
             &plain(get(&self.sweeps)),
         );
+    }
+
+    /// The bans: held, given, lifted, refused, waiting, failed.
+    fn render_blocking(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         family(
             "synwatch_blocked_sources",
             "gauge",
@@ -493,6 +528,13 @@ impl Metrics {
             "Times synwatch's firewall rules could not be read (a flushed ruleset) and were set up again with the running bans.",
             &plain(get(&self.rules_reinstated)),
         );
+    }
+
+    /// What the kernel did with the bans: drops, the XDP program's own bans, the backend.
+    fn render_kernel(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         family(
             "synwatch_dropped_packets_total",
             "counter",
@@ -523,6 +565,13 @@ impl Metrics {
                 1,
             )],
         );
+    }
+
+    /// Per interface: up, packets, drops; and what could not be decoded.
+    fn render_interfaces(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
             self.interfaces
                 .iter()
@@ -568,6 +617,13 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>(),
         );
+    }
+
+    /// The detector, the event output, the heartbeat and the version.
+    fn render_pipeline(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         family(
             "synwatch_tracked_sources",
             "gauge",
@@ -617,16 +673,6 @@ impl Metrics {
             "Version of the running synwatch.",
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
-        self.render_turns(&mut out);
-        self.render_reassembly(&mut out);
-        // Served without the fleet too (zero), so that its alert and panels always
-        // find their series.
-        match self.crowdsec.get() {
-            Some(c) => c.render(&mut out),
-            None => crate::crowdsec::Stats::default().render(&mut out),
-        }
-        process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
-        out
     }
 }
 
