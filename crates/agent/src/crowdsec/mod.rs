@@ -206,7 +206,7 @@ impl Stats {
         self.skipped[origin.index()][why.index()].load(Ordering::Relaxed)
     }
 
-    /// The `synwatch_crowdsec_*` families.
+    /// The `synwatch_crowdsec_*` families (those of pulls here).
     pub fn render(&self, out: &mut String) {
         use crate::metrics::family;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -288,6 +288,15 @@ impl Stats {
             "How often decisions are pulled from the CrowdSec Local API (--crowdsec-pull; 0: not pulling).",
             &plain(get(&self.pull_interval)),
         );
+        self.render_push(out);
+    }
+
+    /// The `synwatch_crowdsec_*` families of the push thread.
+    fn render_push(&self, out: &mut String) {
+        use crate::metrics::family;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let plain = |v: u64| vec![(String::new(), v)];
+        let stamp = |a: &AtomicI64| plain(u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0));
         family(
             out,
             "synwatch_crowdsec_alerts_pushed_total",
