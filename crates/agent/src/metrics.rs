@@ -15,7 +15,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_now;
+use crate::prom::family;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use synwatch_decode::{DecodeError, ReassemblyStats};
@@ -56,8 +59,8 @@ pub struct Metrics {
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
-    /// Events not written to stdout, by [`DropReason`](crate::event_queue::DropReason).
-    pub events_dropped: [AtomicU64; crate::event_queue::DropReason::ALL.len()],
+    /// Events not written to stdout, by [`DropReason`](DropReason).
+    pub events_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Blocking: active bans, bans applied, lifted, refused (by reason), failed attempts
     /// to apply, and what the drop rules dropped (read from the kernel's rule counters).
     pub blocked_sources: AtomicU64,
@@ -116,18 +119,30 @@ pub struct Metrics {
 /// A turn of the pipeline longer than this counts in `synwatch_pipeline_slow_turns_total`.
 pub const SLOW_TURN: Duration = Duration::from_millis(50);
 
-/// Writes one metric family: help, type and samples (label text, value).
-pub(crate) fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: &[(String, u64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+/// Why events were dropped: the label of `synwatch_events_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// stdout does not take events as fast as they come (the queue is full).
+    Blocked,
+    /// stdout's reader has gone (EPIPE); nothing more is written.
+    Closed,
+    /// Writing to stdout failed otherwise (a full disk, an I/O error).
+    Failed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [DropReason::Blocked, DropReason::Closed, DropReason::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Blocked => "output_blocked",
+            DropReason::Closed => "output_closed",
+            DropReason::Failed => "output_failed",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -152,17 +167,6 @@ impl InterfaceMetrics {
 
 /// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
 const HEALTHY_WITHIN_SECS: i64 = 5;
-
-pub fn unix_now() -> i64 {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    let now = SystemTime::now();
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// A counter's or gauge's value now.
 fn get(a: &AtomicU64) -> u64 {
@@ -646,7 +650,7 @@ impl Metrics {
             "synwatch_events_dropped_total",
             "counter",
             "Events not written to stdout, by reason: its reader does not keep up (output_blocked: the bounded queue to the writer is full), has gone (output_closed: EPIPE), or writing failed (output_failed). Detecting and blocking go on regardless.",
-            &crate::event_queue::DropReason::ALL
+            &DropReason::ALL
                 .iter()
                 .map(|r| {
                     (

@@ -264,7 +264,7 @@ impl Core {
         let (mut reply, happened) = b.control(&call.request, self.clock.agent_secs(), |a| {
             is_protected_net(a, detector, host)
         });
-        self.clock.wall_offset().bans_to_wall(&mut reply.bans);
+        control::bans_to_wall(&mut reply.bans, self.clock.wall_offset());
         self.report(happened);
         let _ = call.reply.send(reply);
     }

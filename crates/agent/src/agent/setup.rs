@@ -228,7 +228,10 @@ fn start_fleet(
         let (feed, stop) = (feed.clone(), Arc::clone(stop));
         move |pull| feed.send_unless_stopped(Msg::Fleet(pull), &stop)
     };
-    crate::crowdsec::start(opened, &run.crowdsec, b, feed.metrics(), stop, deliver)
+    let stats = Arc::clone(feed.metrics().crowdsec.get_or_init(Arc::default));
+    let threads = crate::crowdsec::start(opened, &run.crowdsec, &stats, stop, deliver)?;
+    b.join_fleet(threads.outbox(), stats);
+    Ok(threads)
 }
 
 /// The CrowdSec client, where its options are given and something is enforced.
