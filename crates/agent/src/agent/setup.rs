@@ -99,6 +99,27 @@ struct Blocking {
     in_xdp: bool,
 }
 
+/// What set-up opened and decided before anything runs.
+struct Opened {
+    run: Settings,
+    /// The detector's configuration, this host's addresses and neighbours included.
+    cfg: synwatch_detect::Config,
+    /// The local ranges as configured.
+    configured_locals: synwatch_detect::AddrSet,
+    clock: Rc<dyn Clock>,
+    host_now: HostNow,
+    fleet: Option<crate::crowdsec::Opened>,
+    sources: Sources,
+    /// The metrics server's socket.
+    listener: std::net::TcpListener,
+    /// The control socket, where something is blocked.
+    control: Option<std::os::unix::net::UnixListener>,
+    metrics: Arc<Metrics>,
+    blocking: Blocking,
+    /// Interfaces that come up later are watched too.
+    discovering: bool,
+}
+
 /// Sets the agent up (see the module's documentation) and starts its threads.
 pub(super) fn start(
     run: Settings,
@@ -107,6 +128,18 @@ pub(super) fn start(
     ifaces: Vec<String>,
     io: Io,
 ) -> Result<Running, Refusal> {
+    let opened = open(run, detector, &host, &ifaces)?;
+    announce(&opened, &host, io.events_shown_as);
+    launch(opened, &ifaces, io)
+}
+
+/// Opens everything that needs a privilege, and drops the privileges after.
+fn open(
+    run: Settings,
+    detector: synwatch_detect::Config,
+    host: &Host,
+    ifaces: &[String],
+) -> Result<Opened, Refusal> {
     let fleet = open_fleet(&run)?;
     // Before any rule or XDP program is touched: one agent per network namespace.
     if claims_firewall(run.block)
@@ -121,18 +154,18 @@ pub(super) fn start(
     cfg.locals = host.locals(&configured_locals);
     cfg.neighbours = neighbours(&host_now.infrastructure());
 
-    let mut sources = open_sources(&run, &cfg, &ifaces)?;
+    let mut sources = open_sources(&run, &cfg, ifaces)?;
     let listener = bind_metrics(run.metrics_addr)?;
     // With the default every-interface watch, interfaces that come up later get a slot.
     let discovering = run.ifaces.is_empty() && run.source != Source::Sockets;
     let spare = if discovering { links::SPARE_SLOTS } else { 0 };
-    let metrics = Arc::new(Metrics::with_spare(&ifaces, spare));
-    let (feed, rx) = Feed::channel(Arc::clone(&metrics));
+    let metrics = Arc::new(Metrics::with_spare(ifaces, spare));
     // The control socket first: a second agent on the same state directory must stop
     // before it touches the first one's firewall rules.
-    let control_listener = bind_control(&run)?;
+    let control = bind_control(&run)?;
     let mut blocking = start_blocker(&run, &cfg, &metrics, &host_now, &mut sources)?;
-    if blocking.blocker.is_none() && control_listener.is_some() {
+    // Without blocking the socket is not served, and `synwatch blocks` says no agent runs.
+    if blocking.blocker.is_none() && control.is_some() {
         let _ = std::fs::remove_file(control::socket_path(&run.blocking.state_dir));
     }
     drop_capabilities(
@@ -144,62 +177,86 @@ pub(super) fn start(
         sources.pcap || discovering && !sources.xdp_source,
     );
     start_rule_check(&run, blocking.blocker.as_mut());
-    let mut shown = run.clone();
-    // With port 0 the kernel picks one: say which.
-    shown.metrics_addr = listener.local_addr().unwrap_or(run.metrics_addr);
-    super::banner::say(
-        &sources.watching,
-        &cfg,
-        &shown,
-        blocking.blocker.as_ref(),
-        &host,
-        &host_now.snapshot().infra.describe(),
-        io.events_shown_as,
-    );
+    Ok(Opened {
+        run,
+        cfg,
+        configured_locals,
+        clock,
+        host_now,
+        fleet,
+        sources,
+        listener,
+        control,
+        metrics,
+        blocking,
+        discovering,
+    })
+}
 
-    metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&io.stop))
+/// The banner, saying what is watched and how.
+fn announce(o: &Opened, host: &Host, events_shown_as: &str) {
+    let mut shown = o.run.clone();
+    // With port 0 the kernel picks one: say which.
+    shown.metrics_addr = o.listener.local_addr().unwrap_or(o.run.metrics_addr);
+    super::banner::say(
+        &o.sources.watching,
+        &o.cfg,
+        &shown,
+        o.blocking.blocker.as_ref(),
+        host,
+        &o.host_now.snapshot().infra.describe(),
+        events_shown_as,
+    );
+}
+
+/// Starts the servers, the sources' threads and the event writer, and hands the loop
+/// what it runs with.
+fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> {
+    let run = &o.run;
+    let (feed, rx) = Feed::channel(Arc::clone(&o.metrics));
+    metrics::serve(o.listener, Arc::clone(&o.metrics), Arc::clone(&io.stop))
         .context("cannot start the metrics server")?;
-    if let (Some(l), Some(_)) = (control_listener, &blocking.blocker) {
+    if let (Some(l), Some(_)) = (o.control, &o.blocking.blocker) {
         control::serve(l, feed.sender(), Msg::Call)?;
     }
-    let threads = start_threads(&run, &ifaces, &mut sources, &feed, &io.stop, discovering)?;
-    let fleet_threads = start_fleet(fleet, &run, blocking.blocker.as_mut(), &feed, &io.stop)?;
+    let threads = start_threads(run, ifaces, &mut o.sources, &feed, &io.stop, o.discovering)?;
+    let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
     drop(feed);
 
     // Sweeps need the answers: libpcap sees what the host sends back, the XDP program
     // and the socket table do not.
-    cfg.sweeps = !sources.xdp_source && run.source != Source::Sockets;
+    o.cfg.sweeps = !o.sources.xdp_source && run.source != Source::Sockets;
     // Events reach stdout through a bounded queue and a thread of their own: a reader
     // that stalls or goes away costs events (counted), never detection or bans.
-    let queue = EventQueue::start(io.out, Arc::clone(&metrics))
+    let queue = EventQueue::start(io.out, Arc::clone(&o.metrics))
         .context("cannot start the stdout writer thread")?;
     let drainer = queue.drainer();
     // A source holding an established connection is banned for new connections only
     // (with --block-scope new every ban is, so the socket table is not read).
     let sessions =
-        (blocking.blocker.is_some() && run.blocking.scope == Scope::All).then(Sessions::open);
+        (o.blocking.blocker.is_some() && run.blocking.scope == Scope::All).then(Sessions::open);
     let parts = Parts {
-        detector: cfg,
-        configured_locals,
+        detector: o.cfg,
+        configured_locals: o.configured_locals,
         log_limits: (run.log_limit_source, run.log_limit_global),
-        blocker: blocking.blocker,
-        host: HostNow::new(Box::new(SystemHost { sessions }), Rc::clone(&clock)),
-        clock,
-        metrics,
+        blocker: o.blocking.blocker,
+        host: HostNow::new(Box::new(SystemHost { sessions }), Rc::clone(&o.clock)),
+        clock: o.clock,
+        metrics: o.metrics,
         events: (io.printer)(queue),
-        xdp: sources.running(&run, blocking.in_xdp, discovering),
+        xdp: o.sources.running(run, o.blocking.in_xdp, o.discovering),
         reload: io.reload,
         reread: io.reread,
     };
     Ok(Running {
-        core: Core::new(parts, std::mem::take(&mut blocking.lapsed)),
+        core: Core::new(parts, o.blocking.lapsed),
         rx,
         stop: io.stop,
         workers: threads.workers,
         fleet_threads,
         drainer,
         socket_counters: threads.socket_counters,
-        state_dir: run.blocking.state_dir,
+        state_dir: o.run.blocking.state_dir.clone(),
     })
 }
 
