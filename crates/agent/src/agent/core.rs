@@ -485,16 +485,14 @@ impl Core {
     /// before the blocker stops and removes what it set up (and the control socket in
     /// `state_dir`).
     pub(super) fn stop_blocking(&mut self, state_dir: &std::path::Path) {
-        if let Some(mut b) = self.blocker.take() {
+        if let Some(b) = self.blocker.as_mut() {
             let happened = b.apply(self.clock.agent_secs());
-            // Reported with the blocker's backend, as while it ran.
-            self.blocker = Some(b);
             self.report(happened);
             let flushed = self.events.flush();
             self.written(flushed);
-            if let Some(b) = self.blocker.take() {
-                b.stop();
-            }
+        }
+        if let Some(b) = self.blocker.take() {
+            b.stop();
             let _ = std::fs::remove_file(control::socket_path(state_dir));
         }
         let flushed = self.events.flush();
@@ -942,6 +940,31 @@ mod tests {
             !h.events().iter().any(|e| e.contains(HOST)),
             "lifted without an event"
         );
+    }
+
+    #[test]
+    fn stopping_applies_and_reports_the_last_bans_then_removes_the_rules() {
+        let mut h = harness();
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.1"))), false);
+        // Decided while traffic keeps coming: it waits for the next change.
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.2"))), false);
+        assert_eq!(h.adds().len(), 1);
+        let socket = control::socket_path(h.dir.path());
+        std::fs::write(&socket, "").unwrap();
+        h.core.stop_blocking(h.dir.path());
+        let commands = h.commands();
+        let adds = h.adds();
+        assert_eq!(adds.len(), 2, "{commands:#?}");
+        assert!(adds[1].contains("198.51.100.2 timeout 600s"));
+        let last = commands.last().unwrap();
+        assert!(last.contains("delete table inet synwatch"), "{commands:#?}");
+        assert!(
+            h.events()
+                .contains(&"block 198.51.100.2 for 600".to_owned()),
+            "reported"
+        );
+        assert!(h.core.blocker.is_none());
+        assert!(!socket.exists(), "the control socket is removed");
     }
 
     #[test]
