@@ -66,14 +66,6 @@ impl Offset {
         }
     }
 
-    /// Ban views (a control reply) from agent time to wall time, as they are printed.
-    pub fn bans_to_wall(self, bans: &mut [crate::control::BanView]) {
-        for b in bans {
-            b.since = self.to_wall(b.since);
-            b.expires = b.expires.map(|t| self.to_wall(t));
-        }
-    }
-
     /// The agent time of wall-clock time `t`. `i64::MAX` ("never") stays what it is.
     pub fn to_agent(self, t: i64) -> i64 {
         if t == i64::MAX {
@@ -120,6 +112,18 @@ pub fn monotonic() -> std::time::Instant {
         reason = "the agent is the edge that reads clocks"
     )]
     std::time::Instant::now()
+}
+
+/// Unix time now in whole seconds.
+pub fn unix_now() -> i64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the agent is the edge that reads clocks"
+    )]
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Unix time now in nanoseconds, for events the agent itself causes (bans).

@@ -122,6 +122,15 @@ pub struct Call {
     pub reply: mpsc::Sender<Reply>,
 }
 
+/// Ban views (a reply) from agent time to wall time (`wall`: wall minus agent time), as
+/// they are printed.
+pub fn bans_to_wall(bans: &mut [BanView], wall: crate::clock::Offset) {
+    for b in bans {
+        b.since = wall.to_wall(b.since);
+        b.expires = b.expires.map(|t| wall.to_wall(t));
+    }
+}
+
 pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SOCKET_FILE)
 }

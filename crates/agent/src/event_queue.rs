@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::clock::monotonic;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 
 /// Bytes of events waiting for the writer thread, at most (one write larger than this
 /// is still taken when the queue is empty).
@@ -27,33 +27,6 @@ pub const QUEUE_BYTES: usize = 4 << 20;
 
 /// Shortest time between two warnings about dropped events.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Why events were dropped: the label of `synwatch_events_dropped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// stdout does not take events as fast as they come (the queue is full).
-    Blocked,
-    /// stdout's reader has gone (EPIPE); nothing more is written.
-    Closed,
-    /// Writing to stdout failed otherwise (a full disk, an I/O error).
-    Failed,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 3] = [DropReason::Blocked, DropReason::Closed, DropReason::Failed];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Blocked => "output_blocked",
-            DropReason::Closed => "output_closed",
-            DropReason::Failed => "output_failed",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 #[derive(Debug, Default)]
 struct State {

@@ -11,7 +11,7 @@
 //! interfaces and addresses), `pipeline` (the per-observation step that live runs and
 //! replays share), `protect` (which addresses are never banned), `links` (interfaces
 //! coming and going), `sockets` (the socket-table source), `owner` (which process owns
-//! a socket), `privileges` (capabilities), `upkeep` (the rule check), `clock` (wall and
+//! a socket), `privileges` (capabilities), `prom` (the Prometheus text format), `upkeep` (the rule check), `clock` (wall and
 //! monotonic time at the edge), `crowdsec` (the CrowdSec Local API client: pushing
 //! bans, pulling decisions), `timefmt` (RFC 3339 timestamps), `diag` (the subscriber that
 //! writes diagnostics to stderr, as text or JSON), `xdp` (the XDP program: starting it,
@@ -46,6 +46,7 @@ pub mod owner;
 pub mod packets;
 pub mod pipeline;
 pub mod privileges;
+pub mod prom;
 pub mod protect;
 pub mod replay;
 pub mod sockets;

@@ -15,7 +15,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_now;
+use crate::prom::family;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use synwatch_decode::{DecodeError, ReassemblyStats};
@@ -56,8 +59,8 @@ pub struct Metrics {
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
     pub events_suppressed: AtomicU64,
-    /// Events not written to stdout, by [`DropReason`](crate::event_queue::DropReason).
-    pub events_dropped: [AtomicU64; crate::event_queue::DropReason::ALL.len()],
+    /// Events not written to stdout, by [`DropReason`](DropReason).
+    pub events_dropped: [AtomicU64; DropReason::ALL.len()],
     /// Blocking: active bans, bans applied, lifted, refused (by reason), failed attempts
     /// to apply, and what the drop rules dropped (read from the kernel's rule counters).
     pub blocked_sources: AtomicU64,
@@ -116,18 +119,30 @@ pub struct Metrics {
 /// A turn of the pipeline longer than this counts in `synwatch_pipeline_slow_turns_total`.
 pub const SLOW_TURN: Duration = Duration::from_millis(50);
 
-/// Writes one metric family: help, type and samples (label text, value).
-pub(crate) fn family(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    samples: &[(String, u64)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+/// Why events were dropped: the label of `synwatch_events_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// stdout does not take events as fast as they come (the queue is full).
+    Blocked,
+    /// stdout's reader has gone (EPIPE); nothing more is written.
+    Closed,
+    /// Writing to stdout failed otherwise (a full disk, an I/O error).
+    Failed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 3] = [DropReason::Blocked, DropReason::Closed, DropReason::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Blocked => "output_blocked",
+            DropReason::Closed => "output_closed",
+            DropReason::Failed => "output_failed",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -153,15 +168,14 @@ impl InterfaceMetrics {
 /// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
 const HEALTHY_WITHIN_SECS: i64 = 5;
 
-pub fn unix_now() -> i64 {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the binary is the edge that reads clocks"
-    )]
-    let now = SystemTime::now();
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// A counter's or gauge's value now.
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// The one sample of a family without labels.
+fn plain(v: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), v)]
 }
 
 impl Metrics {
@@ -355,11 +369,29 @@ impl Metrics {
     /// The page in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        self.render_traffic(&mut out);
+        self.render_blocking(&mut out);
+        self.render_kernel(&mut out);
+        self.render_interfaces(&mut out);
+        self.render_pipeline(&mut out);
+        self.render_turns(&mut out);
+        self.render_reassembly(&mut out);
+        // Served without the fleet too (zero), so that its alert and panels always
+        // find their series.
+        match self.crowdsec.get() {
+            Some(c) => c.render(&mut out),
+            None => crate::crowdsec::Stats::default().render(&mut out),
+        }
+        process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
+        out
+    }
+
+    /// What was seen (attempts, probes, scans, sweeps), the queue to the pipeline, and
+    /// the saved state's damage.
+    fn render_traffic(&self, out: &mut String) {
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-            family(&mut out, name, kind, help, samples);
+            family(out, name, kind, help, samples);
         };
-        let plain = |v: u64| vec![(String::new(), v)];
         family(
             "synwatch_new_connections_total",
             "counter",
@@ -420,6 +452,13 @@ impl Metrics {
             "Address sweeps detected: unanswered attempts to more than --max-hosts hosts on one port (one per source and episode).",
             &plain(get(&self.sweeps)),
         );
+    }
+
+    /// The bans: held, given, lifted, refused, waiting, failed.
+    fn render_blocking(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         family(
             "synwatch_blocked_sources",
             "gauge",
@@ -493,6 +532,13 @@ impl Metrics {
             "Times synwatch's firewall rules could not be read (a flushed ruleset) and were set up again with the running bans.",
             &plain(get(&self.rules_reinstated)),
         );
+    }
+
+    /// What the kernel did with the bans: drops, the XDP program's own bans, the backend.
+    fn render_kernel(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         family(
             "synwatch_dropped_packets_total",
             "counter",
@@ -523,6 +569,13 @@ impl Metrics {
                 1,
             )],
         );
+    }
+
+    /// Per interface: up, packets, drops; and what could not be decoded.
+    fn render_interfaces(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
             self.interfaces
                 .iter()
@@ -568,6 +621,13 @@ impl Metrics {
                 })
                 .collect::<Vec<_>>(),
         );
+    }
+
+    /// The detector, the event output, the heartbeat and the version.
+    fn render_pipeline(&self, out: &mut String) {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            family(out, name, kind, help, samples);
+        };
         family(
             "synwatch_tracked_sources",
             "gauge",
@@ -590,7 +650,7 @@ impl Metrics {
             "synwatch_events_dropped_total",
             "counter",
             "Events not written to stdout, by reason: its reader does not keep up (output_blocked: the bounded queue to the writer is full), has gone (output_closed: EPIPE), or writing failed (output_failed). Detecting and blocking go on regardless.",
-            &crate::event_queue::DropReason::ALL
+            &DropReason::ALL
                 .iter()
                 .map(|r| {
                     (
@@ -617,16 +677,6 @@ impl Metrics {
             "Version of the running synwatch.",
             &[(format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION")), 1)],
         );
-        self.render_turns(&mut out);
-        self.render_reassembly(&mut out);
-        // Served without the fleet too (zero), so that its alert and panels always
-        // find their series.
-        match self.crowdsec.get() {
-            Some(c) => c.render(&mut out),
-            None => crate::crowdsec::Stats::default().render(&mut out),
-        }
-        process_metrics(&mut out, self.start_time.load(Ordering::Relaxed));
-        out
     }
 }
 

@@ -64,7 +64,7 @@ impl Store {
         let mut damage = Damage::default();
         let conn = match Self::connect(&path) {
             Err(e) if is_corrupt(&e) => {
-                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::metrics::unix_now()));
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::clock::unix_now()));
                 std::fs::rename(&path, &aside).with_context(|| {
                     format!("cannot move the unreadable ban database {} aside", path.display())
                 })?;

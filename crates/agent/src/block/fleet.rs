@@ -31,6 +31,13 @@ use crate::protect::Why;
 pub const LAPI_REASON: &str = "lapi:";
 /// Protected decisions logged per pull (all are counted).
 const PROTECTED_LOGGED: usize = 10;
+
+/// Decisions on protected addresses in one pull: logged, and only counted.
+#[derive(Debug, Default)]
+struct Refused {
+    logged: usize,
+    more: usize,
+}
 /// A pulled decision whose end is within this of the held ban's is not given again.
 const SAME_END_SECS: i64 = 60;
 
@@ -129,119 +136,24 @@ impl Blocker {
     ) -> Vec<Happened> {
         let stats = self.fleet.stats.clone().unwrap_or_default();
         self.fleet.pushed.retain(|_, until| *until > now);
-        let mut lift: HashSet<IpNet> = HashSet::new();
         if pull.startup {
             self.fleet.ids.clear();
             self.fleet.per_net.clear();
             self.fleet.deferred.clear();
         }
-        for d in &pull.deleted {
-            let Ok(net) = lapi::decision_net(d) else {
-                continue;
-            };
-            let net = synwatch_enforce::ban_net(net);
-            match self.fleet.ids.remove(&d.id) {
-                Some(held) => {
-                    let left = self.fleet.per_net.get_mut(&held).map(|n| {
-                        *n = n.saturating_sub(1);
-                        *n
-                    });
-                    if left == Some(0) {
-                        self.fleet.per_net.remove(&held);
-                        self.fleet.deferred.remove(&held);
-                        lift.insert(held);
-                    }
-                }
-                // A decision this agent did not see given (before a restart).
-                None if !self.fleet.per_net.contains_key(&net) => {
-                    lift.insert(net);
-                }
-                None => {}
-            }
-        }
+        let mut lift = self.fleet_deleted(&pull.deleted);
         let mut keep: HashSet<IpNet> = HashSet::new();
-        let mut protected_logged = 0;
-        let mut protected_more = 0;
+        let mut refused = Refused::default();
         for d in &pull.new {
-            let label = lapi::origin_label(&d.origin, &d.scenario);
-            let class = OriginClass::of(&label);
-            stats.pulled(class);
-            let ban = match lapi::to_ban(d) {
-                Ok(b) => b,
-                Err(why) => {
-                    stats.skipped(class, why);
-                    continue;
-                }
-            };
-            let net = synwatch_enforce::ban_net(ban.net);
-            if ban.synwatch && self.fleet.pushed.contains_key(&net) {
-                stats.skipped(class, Skip::Own);
-                continue;
-            }
-            if let Some((why, covered)) = protected(net) {
-                stats.skipped(class, Skip::Protected);
-                if protected_logged < PROTECTED_LOGGED {
-                    protected_logged += 1;
-                    tracing::warn!(
-                        "not enforcing the CrowdSec decision {} ({}) on {}",
-                        d.id,
-                        ban.origin,
-                        super::refusal(net, why, covered)
-                    );
-                } else {
-                    protected_more += 1;
-                }
-                continue;
-            }
-            keep.insert(net);
-            lift.remove(&net);
-            if self.fleet.ids.insert(ban.id, net).is_none() {
-                *self.fleet.per_net.entry(net).or_default() += 1;
-            }
-            // As long as the backend keeps a ban (iptables: 24 days); a longer decision
-            // is given again by the next full pull after it ends here.
-            let secs = ban.secs.min(self.backend().max_ban_secs());
-            let ends = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
-            let reason = format!("{LAPI_REASON}{}", ban.origin);
-            let holds = match self.book.covering(net) {
-                // A ban of synwatch's own, or a wider one, stands; should it end first,
-                // the decision is given then.
-                Some(r) if !is_pulled(r) || r.net != net => {
-                    if r.expires.is_some_and(|e| e + SAME_END_SECS < ends) {
-                        let later = self.fleet.deferred.get(&net).is_none_or(|d| d.0 < ends);
-                        if later {
-                            self.fleet.deferred.insert(net, (ends, reason.clone()));
-                        }
-                    }
-                    true
-                }
-                Some(r) => r.expires.is_none_or(|e| e + SAME_END_SECS >= ends),
-                None => false,
-            };
-            if holds {
-                stats.skipped(class, Skip::Held);
-                continue;
-            }
-            let replaced = self.book.get(net).is_some();
-            match self.book.given(net, Some(secs), reason, now) {
-                Ok(record) => {
-                    stats.applied(class);
-                    self.absorb(now);
-                    // (Only a ban held before can be on its way to the kernel: a
-                    // startup pull of 100,000 new ones must not scan the queue each time.)
-                    if replaced {
-                        self.pending.retain(|p| p.net != net);
-                        self.unsaved.retain(|p| p.net != net);
-                    }
-                    self.decided(record, false);
-                    self.retry_at = self.retry_at.min(now);
-                }
-                Err(_) => stats.skipped(class, Skip::Held),
+            if let Some(net) = self.fleet_decision(d, now, &stats, &protected, &mut refused) {
+                keep.insert(net);
+                lift.remove(&net);
             }
         }
-        if protected_more > 0 {
+        if refused.more > 0 {
             tracing::warn!(
-                "not enforcing {protected_more} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})"
+                "not enforcing {} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})",
+                refused.more
             );
         }
         if pull.startup {
@@ -268,6 +180,124 @@ impl Blocker {
         self.record_held();
         self.note_fleet_held();
         happened
+    }
+
+    /// The decisions the LAPI deleted: the networks whose last decision it was (or which
+    /// this agent did not see given, before a restart), to lift.
+    fn fleet_deleted(&mut self, deleted: &[lapi::Decision]) -> HashSet<IpNet> {
+        let mut lift: HashSet<IpNet> = HashSet::new();
+        for d in deleted {
+            let Ok(net) = lapi::decision_net(d) else {
+                continue;
+            };
+            let net = synwatch_enforce::ban_net(net);
+            match self.fleet.ids.remove(&d.id) {
+                Some(held) => {
+                    let left = self.fleet.per_net.get_mut(&held).map(|n| {
+                        *n = n.saturating_sub(1);
+                        *n
+                    });
+                    if left == Some(0) {
+                        self.fleet.per_net.remove(&held);
+                        self.fleet.deferred.remove(&held);
+                        lift.insert(held);
+                    }
+                }
+                // A decision this agent did not see given (before a restart).
+                None if !self.fleet.per_net.contains_key(&net) => {
+                    lift.insert(net);
+                }
+                None => {}
+            }
+        }
+        lift
+    }
+
+    /// One new decision: given unless it is malformed, synwatch's own, protected or
+    /// already held. Returns the network it holds to (kept through a startup pull).
+    fn fleet_decision(
+        &mut self,
+        d: &lapi::Decision,
+        now: i64,
+        stats: &Stats,
+        protected: &impl Fn(IpNet) -> Option<(Why, IpNet)>,
+        refused: &mut Refused,
+    ) -> Option<IpNet> {
+        let label = lapi::origin_label(&d.origin, &d.scenario);
+        let class = OriginClass::of(&label);
+        stats.pulled(class);
+        let ban = match lapi::to_ban(d) {
+            Ok(b) => b,
+            Err(why) => {
+                stats.skipped(class, why);
+                return None;
+            }
+        };
+        let net = synwatch_enforce::ban_net(ban.net);
+        if ban.synwatch && self.fleet.pushed.contains_key(&net) {
+            stats.skipped(class, Skip::Own);
+            return None;
+        }
+        if let Some((why, covered)) = protected(net) {
+            stats.skipped(class, Skip::Protected);
+            if refused.logged < PROTECTED_LOGGED {
+                refused.logged += 1;
+                tracing::warn!(
+                    "not enforcing the CrowdSec decision {} ({}) on {}",
+                    d.id,
+                    ban.origin,
+                    super::refusal(net, why, covered)
+                );
+            } else {
+                refused.more += 1;
+            }
+            return None;
+        }
+        let kept = Some(net);
+        if self.fleet.ids.insert(ban.id, net).is_none() {
+            *self.fleet.per_net.entry(net).or_default() += 1;
+        }
+        // As long as the backend keeps a ban (iptables: 24 days); a longer decision
+        // is given again by the next full pull after it ends here.
+        let secs = ban.secs.min(self.backend().max_ban_secs());
+        let ends = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+        let reason = format!("{LAPI_REASON}{}", ban.origin);
+        let holds = match self.book.covering(net) {
+            // A ban of synwatch's own, or a wider one, stands; should it end first,
+            // the decision is given then.
+            Some(r) if !is_pulled(r) || r.net != net => {
+                if r.expires.is_some_and(|e| e + SAME_END_SECS < ends) {
+                    let later = self.fleet.deferred.get(&net).is_none_or(|d| d.0 < ends);
+                    if later {
+                        self.fleet.deferred.insert(net, (ends, reason.clone()));
+                    }
+                }
+                true
+            }
+            Some(r) => r.expires.is_none_or(|e| e + SAME_END_SECS >= ends),
+            None => false,
+        };
+        if holds {
+            stats.skipped(class, Skip::Held);
+            return kept;
+        }
+        let replaced = self.book.get(net).is_some();
+        match self.book.given(net, Some(secs), reason, now) {
+            Ok(record) => {
+                stats.applied(class);
+                self.absorb(now);
+                // (Only a ban held before can be on its way to the kernel: a
+                // startup pull of 100,000 new ones must not scan the queue each time.)
+                if replaced {
+                    self.pending.retain(|p| p.net != net);
+                    self.unsaved.retain(|p| p.net != net);
+                }
+                self.decided(record, false);
+                self.retry_at = self.retry_at.min(now);
+            }
+            Err(_) => stats.skipped(class, Skip::Held),
+        }
+        kept
     }
 
     /// Gives the deferred decisions whose network no ban holds any more (the local ban

@@ -206,9 +206,9 @@ impl Stats {
         self.skipped[origin.index()][why.index()].load(Ordering::Relaxed)
     }
 
-    /// The `synwatch_crowdsec_*` families.
+    /// The `synwatch_crowdsec_*` families (those of pulls here).
     pub fn render(&self, out: &mut String) {
-        use crate::metrics::family;
+        use crate::prom::family;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let by_origin = |counters: &[AtomicU64; ORIGINS]| -> Vec<(String, u64)> {
             OriginClass::ALL
@@ -288,6 +288,15 @@ impl Stats {
             "How often decisions are pulled from the CrowdSec Local API (--crowdsec-pull; 0: not pulling).",
             &plain(get(&self.pull_interval)),
         );
+        self.render_push(out);
+    }
+
+    /// The `synwatch_crowdsec_*` families of the push thread.
+    fn render_push(&self, out: &mut String) {
+        use crate::prom::family;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let plain = |v: u64| vec![(String::new(), v)];
+        let stamp = |a: &AtomicI64| plain(u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0));
         family(
             out,
             "synwatch_crowdsec_alerts_pushed_total",
@@ -334,6 +343,12 @@ pub struct Threads {
 }
 
 impl Threads {
+    /// Where the blocker hands bans to push (`Blocker::join_fleet`): none without
+    /// machine credentials.
+    pub fn outbox(&self) -> Option<Arc<push::Outbox>> {
+        self.outbox.clone()
+    }
+
     /// Waits for the threads (the agent's stop flag is set): a request under way ends
     /// at its timeout at most.
     pub fn join(self) {
@@ -350,22 +365,21 @@ impl Threads {
 
 /// Joins the fleet: the push thread (with machine credentials) and the pull thread
 /// (with a bouncer key), which hands each pull to `deliver` (the pipeline's queue).
+/// Counts in `stats`. The blocker joins with the threads' outbox.
 pub fn start(
     opened: Opened,
     settings: &Settings,
-    blocker: &mut crate::block::Blocker,
-    metrics: &crate::metrics::Metrics,
+    stats: &Arc<Stats>,
     stop: &Arc<AtomicBool>,
     deliver: impl Fn(pull::Pull) -> bool + Send + 'static,
 ) -> anyhow::Result<Threads> {
     use anyhow::Context as _;
-    let stats = Arc::clone(metrics.crowdsec.get_or_init(Arc::default));
     let mut threads = Threads::default();
     let base = opened.client.base().to_owned();
     if let Some(creds) = opened.credentials {
-        let outbox = Arc::new(push::Outbox::new(Arc::clone(&stats)));
+        let outbox = Arc::new(push::Outbox::new(Arc::clone(stats)));
         threads.outbox = Some(Arc::clone(&outbox));
-        let (client, st, stop) = (opened.client.clone(), Arc::clone(&stats), Arc::clone(stop));
+        let (client, st, stop) = (opened.client.clone(), Arc::clone(stats), Arc::clone(stop));
         let ob = Arc::clone(&outbox);
         threads.handles.push(
             std::thread::Builder::new()
@@ -378,16 +392,13 @@ pub fn start(
                 })
                 .context("cannot start the CrowdSec push thread")?,
         );
-        blocker.join_fleet(Some(outbox), Arc::clone(&stats));
         tracing::info!(
             "pushing bans to the CrowdSec LAPI at {base} (scenarios {})",
             push::SCENARIOS.join(", ")
         );
-    } else {
-        blocker.join_fleet(None, Arc::clone(&stats));
     }
     if let (Some(key), Some(key_file)) = (opened.key, settings.key_file.clone()) {
-        let (client, stats, stop) = (opened.client, Arc::clone(&stats), Arc::clone(stop));
+        let (client, stats, stop) = (opened.client, Arc::clone(stats), Arc::clone(stop));
         let every = settings.pull;
         stats
             .pull_interval

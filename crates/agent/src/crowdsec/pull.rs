@@ -85,7 +85,7 @@ pub fn run(
                 }
                 stats
                     .last_sync
-                    .store(crate::metrics::unix_now(), Ordering::Relaxed);
+                    .store(crate::clock::unix_now(), Ordering::Relaxed);
                 startup = false;
                 failing = false;
                 errors_logged = 0;

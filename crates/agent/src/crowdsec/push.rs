@@ -16,7 +16,7 @@ use synwatch_enforce::bans::Record;
 use super::Stats;
 use super::lapi::{Client, Credentials, LapiError};
 use crate::clock::monotonic;
-use crate::metrics::unix_now;
+use crate::clock::unix_now;
 
 /// Alerts held while the LAPI is away; more are dropped (counted).
 pub const QUEUE: usize = 10_000;

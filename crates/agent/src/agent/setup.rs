@@ -1,0 +1,596 @@
+//! Starting the agent, in the order that keeps a refusal cheap: the CrowdSec client and
+//! the claim on this network namespace, the XDP program and the capture handles (a
+//! missing privilege or a wrong name stops the agent before it claims to be watching
+//! anything), the listening sockets, the blocker (which sets up the firewall), then the
+//! privileges are dropped, the banner said, and the threads started. What it returns,
+//! [`Running`], is the loop (`core.rs`) with the threads it joins at the end.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::thread;
+
+use anyhow::Context;
+use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
+use synwatch_enforce::{Backend, Scope};
+
+use super::backend::start_blocking;
+use super::caps::{backend_capabilities, claims_firewall, drop_capabilities, share_capabilities};
+use super::core::{Core, Parts, XdpRunning};
+use super::feed::{Feed, Msg};
+use super::host_now::{HostNow, is_protected_net, neighbours};
+use super::seams::{Clock, SystemClock, SystemHost};
+use super::{Block, Io, Settings, Source, open_all};
+use crate::block::{Blocker, Happened};
+use crate::control;
+use crate::event_queue::{Drainer, EventQueue};
+use crate::host::{Host, Sessions};
+use crate::links;
+use crate::metrics::{self, Metrics};
+use crate::sockets::{SocketCounters, SocketSource};
+
+/// Why the agent did not start.
+pub(super) enum Refusal {
+    /// A usage error, said once (exit 2 in the binary).
+    Usage(String),
+    Failed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Refusal {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Failed(e)
+    }
+}
+
+fn usage<T>(why: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal::Usage(why.into()))
+}
+
+/// The running agent: its loop, and the threads it joins when the loop ends.
+pub(super) struct Running {
+    pub(super) core: Core,
+    pub(super) rx: std::sync::mpsc::Receiver<Msg>,
+    pub(super) stop: Arc<AtomicBool>,
+    /// The sources' threads, each with what it watches.
+    pub(super) workers: Vec<(String, thread::JoinHandle<()>)>,
+    pub(super) fleet_threads: crate::crowdsec::Threads,
+    /// Waits for stdout to take the last events.
+    pub(super) drainer: Drainer,
+    /// The socket table's counters, with `--source sockets`.
+    pub(super) socket_counters: Option<Arc<SocketCounters>>,
+    pub(super) state_dir: PathBuf,
+}
+
+/// Where connections come from: the XDP program, libpcap's handles or the socket table.
+struct Sources {
+    xdp: Option<synwatch_xdp::Xdp>,
+    /// The XDP program observes (rather than libpcap).
+    xdp_source: bool,
+    captures: Vec<LiveCapture>,
+    /// Interfaces opened through libpcap.
+    pcap: bool,
+    sockets: Option<SocketSource>,
+    /// What is watched, for the banner.
+    watching: String,
+}
+
+impl Sources {
+    /// The XDP program, to keep current from the loop.
+    fn running(&mut self, run: &Settings, blocking: bool, discovering: bool) -> Option<XdpRunning> {
+        self.xdp.take().map(|xdp| XdpRunning {
+            xdp,
+            observing: self.xdp_source,
+            blocking,
+            mode: run.xdp_mode.mode(),
+            links: links::XdpLinks::default(),
+            required: !run.ifaces.is_empty(),
+            discovering,
+        })
+    }
+}
+
+/// What the blocker set up, or why nothing is blocked.
+struct Blocking {
+    blocker: Option<Blocker>,
+    /// Saved bans that ended while no agent ran.
+    lapsed: Vec<Happened>,
+    /// The XDP program bans by itself.
+    in_xdp: bool,
+}
+
+/// What set-up opened and decided before anything runs.
+struct Opened {
+    run: Settings,
+    /// The detector's configuration, this host's addresses and neighbours included.
+    cfg: synwatch_detect::Config,
+    /// The local ranges as configured.
+    configured_locals: synwatch_detect::AddrSet,
+    clock: Rc<dyn Clock>,
+    host_now: HostNow,
+    fleet: Option<crate::crowdsec::Opened>,
+    sources: Sources,
+    /// The metrics server's socket.
+    listener: std::net::TcpListener,
+    /// The control socket, where something is blocked.
+    control: Option<std::os::unix::net::UnixListener>,
+    metrics: Arc<Metrics>,
+    blocking: Blocking,
+    /// Interfaces that come up later are watched too.
+    discovering: bool,
+}
+
+/// Sets the agent up (see the module's documentation) and starts its threads.
+pub(super) fn start(
+    run: Settings,
+    detector: synwatch_detect::Config,
+    host: Host,
+    ifaces: Vec<String>,
+    io: Io,
+) -> Result<Running, Refusal> {
+    let opened = open(run, detector, &host, &ifaces)?;
+    announce(&opened, &host, io.events_shown_as);
+    launch(opened, &ifaces, io)
+}
+
+/// Opens everything that needs a privilege, and drops the privileges after.
+fn open(
+    run: Settings,
+    detector: synwatch_detect::Config,
+    host: &Host,
+    ifaces: &[String],
+) -> Result<Opened, Refusal> {
+    let fleet = open_fleet(&run)?;
+    // Before any rule or XDP program is touched: one agent per network namespace.
+    if claims_firewall(run.block)
+        && let Err(e) = crate::owner::claim()
+    {
+        return usage(e.to_string());
+    }
+    let clock: Rc<dyn Clock> = Rc::new(SystemClock);
+    let host_now = HostNow::new(Box::new(SystemHost { sessions: None }), Rc::clone(&clock));
+    let configured_locals = detector.locals.clone();
+    let mut cfg = detector;
+    cfg.locals = host.locals(&configured_locals);
+    cfg.neighbours = neighbours(&host_now.infrastructure());
+
+    let mut sources = open_sources(&run, &cfg, ifaces)?;
+    let listener = bind_metrics(run.metrics_addr)?;
+    // With the default every-interface watch, interfaces that come up later get a slot.
+    let discovering = run.ifaces.is_empty() && run.source != Source::Sockets;
+    let spare = if discovering { links::SPARE_SLOTS } else { 0 };
+    let metrics = Arc::new(Metrics::with_spare(ifaces, spare));
+    // The control socket first: a second agent on the same state directory must stop
+    // before it touches the first one's firewall rules.
+    let control = bind_control(&run)?;
+    let mut blocking = start_blocker(&run, &cfg, &metrics, &host_now, &mut sources)?;
+    // Without blocking the socket is not served, and `synwatch blocks` says no agent runs.
+    if blocking.blocker.is_none() && control.is_some() {
+        let _ = std::fs::remove_file(control::socket_path(&run.blocking.state_dir));
+    }
+    drop_capabilities(
+        blocking
+            .blocker
+            .as_ref()
+            .filter(|b| !b.dry_run())
+            .map(Blocker::backend),
+        sources.pcap || discovering && !sources.xdp_source,
+    );
+    start_rule_check(&run, blocking.blocker.as_mut());
+    Ok(Opened {
+        run,
+        cfg,
+        configured_locals,
+        clock,
+        host_now,
+        fleet,
+        sources,
+        listener,
+        control,
+        metrics,
+        blocking,
+        discovering,
+    })
+}
+
+/// The banner, saying what is watched and how.
+fn announce(o: &Opened, host: &Host, events_shown_as: &str) {
+    let mut shown = o.run.clone();
+    // With port 0 the kernel picks one: say which.
+    shown.metrics_addr = o.listener.local_addr().unwrap_or(o.run.metrics_addr);
+    super::banner::say(
+        &o.sources.watching,
+        &o.cfg,
+        &shown,
+        o.blocking.blocker.as_ref(),
+        host,
+        &o.host_now.snapshot().infra.describe(),
+        events_shown_as,
+    );
+}
+
+/// Starts the servers, the sources' threads and the event writer, and hands the loop
+/// what it runs with.
+fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> {
+    let run = &o.run;
+    let (feed, rx) = Feed::channel(Arc::clone(&o.metrics));
+    metrics::serve(o.listener, Arc::clone(&o.metrics), Arc::clone(&io.stop))
+        .context("cannot start the metrics server")?;
+    if let (Some(l), Some(_)) = (o.control, &o.blocking.blocker) {
+        control::serve(l, feed.sender(), Msg::Call)?;
+    }
+    let threads = start_threads(run, ifaces, &mut o.sources, &feed, &io.stop, o.discovering)?;
+    let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
+    drop(feed);
+
+    // Sweeps need the answers: libpcap sees what the host sends back, the XDP program
+    // and the socket table do not.
+    o.cfg.sweeps = !o.sources.xdp_source && run.source != Source::Sockets;
+    // Events reach stdout through a bounded queue and a thread of their own: a reader
+    // that stalls or goes away costs events (counted), never detection or bans.
+    let queue = EventQueue::start(io.out, Arc::clone(&o.metrics))
+        .context("cannot start the stdout writer thread")?;
+    let drainer = queue.drainer();
+    // A source holding an established connection is banned for new connections only
+    // (with --block-scope new every ban is, so the socket table is not read).
+    let sessions =
+        (o.blocking.blocker.is_some() && run.blocking.scope == Scope::All).then(Sessions::open);
+    let parts = Parts {
+        detector: o.cfg,
+        configured_locals: o.configured_locals,
+        log_limits: (run.log_limit_source, run.log_limit_global),
+        blocker: o.blocking.blocker,
+        host: HostNow::new(Box::new(SystemHost { sessions }), Rc::clone(&o.clock)),
+        clock: o.clock,
+        metrics: o.metrics,
+        events: (io.printer)(queue),
+        xdp: o.sources.running(run, o.blocking.in_xdp, o.discovering),
+        reload: io.reload,
+        reread: io.reread,
+    };
+    Ok(Running {
+        core: Core::new(parts, o.blocking.lapsed),
+        rx,
+        stop: io.stop,
+        workers: threads.workers,
+        fleet_threads,
+        drainer,
+        socket_counters: threads.socket_counters,
+        state_dir: o.run.blocking.state_dir.clone(),
+    })
+}
+
+/// The metrics server's socket.
+fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, Refusal> {
+    metrics::bind(addr).or_else(|e| {
+        usage(format!(
+            "cannot serve metrics on {addr}: {e} (choose another with --metrics-addr)"
+        ))
+    })
+}
+
+/// Joins the CrowdSec fleet, where its client is open and something is blocked: pulls
+/// reach the loop through `feed`.
+fn start_fleet(
+    fleet: Option<crate::crowdsec::Opened>,
+    run: &Settings,
+    blocker: Option<&mut Blocker>,
+    feed: &Feed,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<crate::crowdsec::Threads> {
+    let (Some(opened), Some(b)) = (fleet, blocker) else {
+        return Ok(crate::crowdsec::Threads::default());
+    };
+    let deliver = {
+        let (feed, stop) = (feed.clone(), Arc::clone(stop));
+        move |pull| feed.send_unless_stopped(Msg::Fleet(pull), &stop)
+    };
+    let stats = Arc::clone(feed.metrics().crowdsec.get_or_init(Arc::default));
+    let threads = crate::crowdsec::start(opened, &run.crowdsec, &stats, stop, deliver)?;
+    b.join_fleet(threads.outbox(), stats);
+    Ok(threads)
+}
+
+/// The CrowdSec client, where its options are given and something is enforced.
+fn open_fleet(run: &Settings) -> Result<Option<crate::crowdsec::Opened>, Refusal> {
+    if !run.crowdsec.enabled() {
+        return Ok(None);
+    }
+    if run.block == Block::None {
+        tracing::warn!(
+            "warning: the CrowdSec options are ignored with --block none (nothing to push, nothing to enforce)"
+        );
+        return Ok(None);
+    }
+    match run.crowdsec.open() {
+        Ok(o) => Ok(Some(o)),
+        Err(why) => usage(why),
+    }
+}
+
+/// Starts the XDP program (first: where it attaches, it observes instead of libpcap),
+/// opens libpcap on the interfaces it does not observe, or the socket table.
+fn open_sources(
+    run: &Settings,
+    cfg: &synwatch_detect::Config,
+    ifaces: &[String],
+) -> Result<Sources, Refusal> {
+    let from_sockets = run.source == Source::Sockets;
+    let xdp_observing = matches!(run.source, Source::Auto | Source::Xdp);
+    let (xdp, xdp_fallback) = start_xdp(run, cfg, ifaces)?;
+    let xdp_source = xdp.is_some() && xdp_observing;
+    let pcap_ifaces = if xdp_source { &[] } else { ifaces };
+    let captures = match open_all(pcap_ifaces, &LiveOptions::default()) {
+        Ok(c) => c,
+        Err(e @ LiveError::Permission { .. }) => {
+            return usage(format!(
+                "{e}; or, without capture, read the socket table with --source sockets"
+            ));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).into()),
+    };
+    if let Some(line) = xdp_fallback {
+        tracing::warn!("{line}");
+    }
+    let sockets = if from_sockets {
+        let (source, warnings) = SocketSource::open(run.poll)?;
+        for w in warnings {
+            tracing::warn!("warning: {w}");
+        }
+        Some(source)
+    } else {
+        None
+    };
+    let watching = match (&sockets, &xdp) {
+        (Some(s), _) => s.describe(),
+        (None, Some(x)) if xdp_source => crate::xdp::describe(x),
+        (None, _) => ifaces.join(", "),
+    };
+    Ok(Sources {
+        xdp,
+        xdp_source,
+        captures,
+        pcap: !pcap_ifaces.is_empty(),
+        sockets,
+        watching,
+    })
+}
+
+/// The XDP program, where it observes or bans. When it cannot start but libpcap can
+/// stand in (`--source auto`), the line saying so, to say once libpcap is open.
+fn start_xdp(
+    run: &Settings,
+    cfg: &synwatch_detect::Config,
+    ifaces: &[String],
+) -> Result<(Option<synwatch_xdp::Xdp>, Option<String>), Refusal> {
+    let xdp_blocking = matches!(run.block, Block::Xdp | Block::XdpNftables);
+    let xdp_observing = matches!(run.source, Source::Auto | Source::Xdp);
+    if run.source == Source::Sockets || !(xdp_observing || xdp_blocking) {
+        return Ok((None, None));
+    }
+    let options = crate::xdp::options(
+        cfg,
+        xdp_observing,
+        (xdp_blocking && !run.blocking.dry_run).then_some((&run.blocking, true)),
+    );
+    match crate::xdp::start(ifaces, run.xdp_mode.mode(), options) {
+        Ok(x) => Ok((Some(x), None)),
+        Err(e) => {
+            if let Some(log) = e.verifier_log() {
+                tracing::warn!("the verifier's log:\n{log}");
+            }
+            if run.source == Source::Xdp || xdp_blocking {
+                let option = if xdp_blocking {
+                    format!("--block {}", run.block.as_str())
+                } else {
+                    "--source xdp".to_owned()
+                };
+                return usage(format!("cannot use XDP ({option}): {e}"));
+            }
+            // Said once libpcap is open: if it cannot open either, that is the error.
+            let line = format!("XDP is not available, watching through libpcap instead: {e}");
+            Ok((None, Some(line)))
+        }
+    }
+}
+
+/// The control socket, where something may be blocked.
+fn bind_control(run: &Settings) -> Result<Option<std::os::unix::net::UnixListener>, Refusal> {
+    if run.block == Block::None {
+        return Ok(None);
+    }
+    let dir = &run.blocking.state_dir;
+    if let Err(e) = crate::state::create_dir_private(dir) {
+        return usage(format!("{e:#} (choose another with --state-dir)"));
+    }
+    match control::bind(dir) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => usage(format!("{e:#}")),
+    }
+}
+
+/// Starts the blocker `--block` asks for (a usage error where it cannot), and tells the
+/// XDP program what to do.
+fn start_blocker(
+    run: &Settings,
+    cfg: &synwatch_detect::Config,
+    metrics: &Arc<Metrics>,
+    host_now: &HostNow,
+    sources: &mut Sources,
+) -> Result<Blocking, Refusal> {
+    let protected_at_start = {
+        let detector = synwatch_detect::Detector::new(cfg.clone());
+        move |n| is_protected_net(n, &detector, host_now).is_some()
+    };
+    // The firewall programs run during set-up need the capabilities already.
+    share_capabilities(
+        &backend_capabilities(Backend::Iptables)
+            .union(&backend_capabilities(Backend::Nftables))
+            .copied()
+            .collect(),
+    );
+    let started = start_blocking(
+        run.block,
+        &run.blocking,
+        metrics,
+        &protected_at_start,
+        sources.xdp.as_ref(),
+    );
+    let (blocker, lapsed) = match started {
+        Ok(Some((b, lapsed))) => (Some(b), lapsed),
+        Ok(None) => (None, Vec::new()),
+        Err(why) => {
+            if run.block != Block::None {
+                let _ = std::fs::remove_file(control::socket_path(&run.blocking.state_dir));
+            }
+            return usage(format!(
+                "cannot block with --block {}: {why}",
+                run.block.as_str()
+            ));
+        }
+    };
+    let _ = metrics
+        .backend
+        .set(blocker.as_ref().map_or("none", |b| b.backend().as_str()));
+    // In a dry run the program neither detects nor drops: nothing is applied.
+    let in_xdp = blocker.as_ref().is_some_and(|b| {
+        !b.dry_run() && matches!(b.backend(), Backend::Xdp | Backend::XdpNftables)
+    });
+    if let Some(x) = sources.xdp.as_mut() {
+        let options = crate::xdp::options(
+            cfg,
+            sources.xdp_source,
+            in_xdp.then_some((&run.blocking, true)),
+        );
+        if in_xdp && options.detection.is_none() {
+            tracing::warn!(
+                "warning: the XDP program detects scans itself only with a --max-ports of 15 or less and --direction in or both; scanners are banned from user space instead, a few packets later"
+            );
+        }
+        crate::xdp::apply(x, options, host_now.snapshot().view(cfg))
+            .context("cannot configure the XDP program")?;
+    }
+    Ok(Blocking {
+        blocker,
+        lapsed,
+        in_xdp,
+    })
+}
+
+/// The rule check and counters of nftables and iptables run on a thread of their own
+/// (upkeep.rs), started with the privileges just kept.
+fn start_rule_check(run: &Settings, blocker: Option<&mut Blocker>) {
+    if let Some(b) = blocker.filter(|b| !b.dry_run())
+        && let Some(checker) = matches!(b.backend(), Backend::Nftables | Backend::Iptables)
+            .then(|| synwatch_enforce::open_system(b.backend(), run.blocking.scope))
+            .flatten()
+    {
+        b.check_from_thread(checker);
+    }
+}
+
+/// The sources' threads.
+struct Threads {
+    workers: Vec<(String, thread::JoinHandle<()>)>,
+    socket_counters: Option<Arc<SocketCounters>>,
+}
+
+/// Starts a thread per source: the capture threads, the socket table's, the XDP ring
+/// buffer's; each hands what it sees to `feed`.
+fn start_threads(
+    run: &Settings,
+    ifaces: &[String],
+    sources: &mut Sources,
+    feed: &Feed,
+    stop: &Arc<AtomicBool>,
+    discovering: bool,
+) -> anyhow::Result<Threads> {
+    let mut workers = start_captures(
+        std::mem::take(&mut sources.captures),
+        ifaces,
+        discovering && !sources.xdp_source,
+        !run.ifaces.is_empty(),
+        stop,
+        feed,
+    )?;
+    let mut socket_counters = None;
+    if let Some(source) = sources.sockets.take() {
+        let counters = Arc::new(SocketCounters::default());
+        socket_counters = Some(Arc::clone(&counters));
+        let (stop, feed) = (Arc::clone(stop), feed.clone());
+        let (wall, mono) = (crate::clock::wall_nanos, crate::clock::monotonic);
+        let handle = thread::Builder::new()
+            .name("sockets".into())
+            .spawn(move || {
+                crate::sockets::run(source, &stop, &counters, wall, mono, |batch| {
+                    feed.offer(batch)
+                });
+            })
+            .context("cannot start the socket table thread")?;
+        workers.push(("the socket table".to_owned(), handle));
+    }
+    if let Some(x) = sources.xdp.as_mut() {
+        let ring = x
+            .ring()
+            .context("cannot read the XDP program's ring buffer")?;
+        let slots = x.slots();
+        let (stop, feed, observing) = (Arc::clone(stop), feed.clone(), sources.xdp_source);
+        let metrics = Arc::clone(feed.metrics());
+        let handle = thread::Builder::new()
+            .name("xdp".into())
+            .spawn(move || {
+                let (batches, bans) = (|batch| feed.offer(batch), |b| feed.kernel_bans(b));
+                crate::xdp::run(ring, &stop, &metrics, &slots, observing, batches, bans);
+            })
+            .context("cannot start the XDP thread")?;
+        workers.push(("the XDP ring buffer".to_owned(), handle));
+    }
+    Ok(Threads {
+        workers,
+        socket_counters,
+    })
+}
+
+/// Starts a capture thread for each interface opened at start, each watching its
+/// interface until the agent stops (reopening it when it returns; see links.rs), and,
+/// with `discover`, a thread that watches interfaces that come up later.
+fn start_captures(
+    captures: Vec<LiveCapture>,
+    ifaces: &[String],
+    discover: bool,
+    required: bool,
+    stop: &Arc<AtomicBool>,
+    feed: &Feed,
+) -> anyhow::Result<Vec<(String, thread::JoinHandle<()>)>> {
+    let send = {
+        let feed = feed.clone();
+        move |batch| feed.offer(batch)
+    };
+    let watch = Arc::new(links::Watch {
+        stop: Arc::clone(stop),
+        metrics: Arc::clone(feed.metrics()),
+        options: LiveOptions::default(),
+        required,
+        send,
+    });
+    let mut workers = Vec::new();
+    for (slot, cap) in captures.into_iter().enumerate() {
+        let name = cap.iface().to_owned();
+        let watch = Arc::clone(&watch);
+        let thread_name = name.clone();
+        let handle = thread::Builder::new()
+            .name(format!("capture-{name}"))
+            .spawn(move || links::supervise(&thread_name, slot, Some(cap), &watch))
+            .context("cannot start a capture thread")?;
+        workers.push((name, handle));
+    }
+    if discover {
+        let watched = ifaces.to_vec();
+        let handle = thread::Builder::new()
+            .name("interfaces".into())
+            .spawn(move || links::discover(&watched, &watch))
+            .context("cannot start the interface watch thread")?;
+        workers.push(("new interfaces".to_owned(), handle));
+    }
+    Ok(workers)
+}
