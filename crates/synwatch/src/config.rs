@@ -10,6 +10,7 @@ use synwatch_detect::{
     Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES, DirectionFilter,
 };
 
+use crate::diag::{LogArgs, LogFormat, LogLevel, LogSettings};
 use crate::output::Format;
 
 /// `--direction`: which attempts are logged and tracked for scans.
@@ -101,7 +102,7 @@ pub struct DetectArgs {
     pub answer_wait: Option<String>,
 
     #[command(flatten)]
-    pub log: crate::diag::LogArgs,
+    pub log: LogArgs,
 
     /// The options (by argument id) whose values came from `SYNWATCH_*` variables, so
     /// that an error names the variable the user set rather than a flag they never typed.
@@ -291,6 +292,20 @@ pub fn toml_number(value: &toml::Value) -> String {
     }
 }
 
+/// The diagnostics settings: the flag (clap has put it over the environment), else the
+/// file's key, else the default. A bad file value is one line naming the key.
+pub fn log_settings(args: &LogArgs, file: &FileConfig) -> Result<LogSettings, String> {
+    Ok(LogSettings {
+        level: choice(args.log_level, &file.log_level, "log_level", LogLevel::Info)?,
+        format: choice(
+            args.log_format,
+            &file.log_format,
+            "log_format",
+            LogFormat::Text,
+        )?,
+    })
+}
+
 /// An enumerated option: the flag's value, else the config file's `key` (which must name
 /// one of the values), else `default`.
 pub(crate) fn choice<T: clap::ValueEnum + Copy>(
@@ -453,5 +468,34 @@ mod tests {
         a.config = Some(f.path().to_owned());
         let err = format!("{:#}", DetectSettings::from_args(&a).expect_err("typo"));
         assert!(err.contains("(line 2)") && err.contains("windoww"), "{err}");
+    }
+
+    #[test]
+    fn log_flags_win_over_the_file_which_wins_over_the_default() {
+        let mut file = FileConfig::default();
+        let none = LogArgs::default();
+        assert_eq!(log_settings(&none, &file), Ok(LogSettings::default()));
+        file.log_level = Some("warn".into());
+        file.log_format = Some("json".into());
+        let from_file = log_settings(&none, &file).expect("valid");
+        assert_eq!(from_file.level, LogLevel::Warn);
+        assert_eq!(from_file.format, LogFormat::Json);
+        let flags = LogArgs {
+            log_level: Some(LogLevel::Debug),
+            log_format: Some(LogFormat::Text),
+        };
+        assert_eq!(
+            log_settings(&flags, &file),
+            Ok(LogSettings {
+                level: LogLevel::Debug,
+                format: LogFormat::Text
+            })
+        );
+        file.log_level = Some("loud".into());
+        let err = log_settings(&none, &file).expect_err("refused");
+        assert_eq!(
+            err,
+            "invalid log_level 'loud' in the config file: expected error, warn, info, debug or trace"
+        );
     }
 }

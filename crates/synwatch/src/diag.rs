@@ -5,8 +5,6 @@ use tracing::level_filters::LevelFilter;
 
 use synwatch_agent::diag::Format;
 
-use crate::config::{FileConfig, choice};
-
 /// `--log-level`: the least severe diagnostics written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
@@ -100,20 +98,6 @@ impl Default for LogSettings {
 }
 
 impl LogSettings {
-    /// The flag (clap has put it over the environment), else the file's key, else the
-    /// default. A bad file value is one line naming the key.
-    pub fn from_args(args: &LogArgs, file: &FileConfig) -> Result<Self, String> {
-        Ok(Self {
-            level: choice(args.log_level, &file.log_level, "log_level", LogLevel::Info)?,
-            format: choice(
-                args.log_format,
-                &file.log_format,
-                "log_format",
-                LogFormat::Text,
-            )?,
-        })
-    }
-
     /// The `--print-config` lines.
     pub fn toml(&self) -> String {
         format!(
@@ -127,41 +111,4 @@ impl LogSettings {
 /// Installs the agent's subscriber on stderr with these settings (once per process).
 pub fn install(settings: LogSettings) {
     synwatch_agent::diag::install(settings.level.filter(), settings.format.format());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_win_over_the_file_which_wins_over_the_default() {
-        let mut file = FileConfig::default();
-        let none = LogArgs::default();
-        assert_eq!(
-            LogSettings::from_args(&none, &file),
-            Ok(LogSettings::default())
-        );
-        file.log_level = Some("warn".into());
-        file.log_format = Some("json".into());
-        let from_file = LogSettings::from_args(&none, &file).expect("valid");
-        assert_eq!(from_file.level, LogLevel::Warn);
-        assert_eq!(from_file.format, LogFormat::Json);
-        let flags = LogArgs {
-            log_level: Some(LogLevel::Debug),
-            log_format: Some(LogFormat::Text),
-        };
-        assert_eq!(
-            LogSettings::from_args(&flags, &file),
-            Ok(LogSettings {
-                level: LogLevel::Debug,
-                format: LogFormat::Text
-            })
-        );
-        file.log_level = Some("loud".into());
-        let err = LogSettings::from_args(&none, &file).expect_err("refused");
-        assert_eq!(
-            err,
-            "invalid log_level 'loud' in the config file: expected error, warn, info, debug or trace"
-        );
-    }
 }

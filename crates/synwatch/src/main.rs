@@ -169,7 +169,7 @@ fn settings(
             .collect();
     }
     let layered = config::DetectSettings::from_args(detect).and_then(|s| {
-        let log = diag::LogSettings::from_args(&detect.log, &s.file).map_err(anyhow::Error::msg)?;
+        let log = config::log_settings(&detect.log, &s.file).map_err(anyhow::Error::msg)?;
         Ok((s, log))
     });
     match layered {

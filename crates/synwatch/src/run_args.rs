@@ -307,7 +307,7 @@ fn format_name(format: Format) -> &'static str {
 
 /// The `--print-config` lines of the diagnostics options (layered and checked before).
 fn log_config(args: &RunArgs, settings: &DetectSettings) -> String {
-    crate::diag::LogSettings::from_args(&args.detect.log, &settings.file)
+    crate::config::log_settings(&args.detect.log, &settings.file)
         .unwrap_or_default()
         .toml()
 }
