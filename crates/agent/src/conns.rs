@@ -12,13 +12,38 @@
 
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
 use crate::clock::monotonic;
+
+/// Accepts connections on `listener` (set non-blocking here) and hands each to `serve`,
+/// until `stop` is set: the thread that runs this ends within 200 ms of it.
+pub fn accept_until<L: AsFd, S>(
+    listener: &L,
+    accept: impl Fn(&L) -> io::Result<S>,
+    stop: &AtomicBool,
+    mut serve: impl FnMut(S),
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match accept(listener) {
+            Ok(stream) => serve(stream),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Wait for the next connection (or, every 200 ms, look at `stop`).
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(200u8));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
 
 /// A stream whose reads can be given a timeout.
 pub trait Timeouts {

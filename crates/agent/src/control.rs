@@ -9,7 +9,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -159,28 +160,31 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener> {
 }
 
 /// Accepts requests on its own thread and hands each to the pipeline through `calls`,
-/// wrapped by `wrap` into the pipeline's own message type.
+/// wrapped by `wrap` into the pipeline's own message type, until `stop` is set (the
+/// thread ends within 200 ms of it, dropping its sender: join the handle).
 pub fn serve<M: Send + 'static>(
     listener: UnixListener,
     calls: mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
-) -> Result<()> {
+    stop: Arc<AtomicBool>,
+) -> Result<thread::JoinHandle<()>> {
+    listener
+        .set_nonblocking(true)
+        .context("cannot set up the control socket")?;
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS);
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                // A client that fails or goes away is its own problem; serving goes on
-                // until the process ends.
+            let accept = |l: &UnixListener| l.accept().map(|(stream, _)| stream);
+            crate::conns::accept_until(&listener, accept, &stop, |stream| {
+                // A client that fails or goes away is its own problem.
                 let calls = calls.clone();
                 limit.spawn(stream, move |stream| {
                     let _ = answer(stream, &calls, wrap);
                 });
-            }
+            });
         })
-        .context("cannot start the control thread")?;
-    Ok(())
+        .context("cannot start the control thread")
 }
 
 /// Clients served at once; more are closed unanswered.
@@ -194,6 +198,7 @@ fn answer<M>(
     calls: &mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
 ) -> Result<()> {
+    stream.set_nonblocking(false)?;
     let mut request = Vec::with_capacity(256);
     crate::conns::read_request(
         &mut stream,
@@ -285,7 +290,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(dir.path()).unwrap();
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
-        serve(listener, tx, |c| c).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = serve(listener, tx, |c| c, Arc::clone(&stop)).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
             assert_eq!(call.request, Request::Flush);
@@ -298,13 +304,21 @@ mod tests {
                     note: Some("flushed".into()),
                 })
                 .unwrap();
+            rx
         });
         let reply = call(dir.path(), &Request::Flush).unwrap().unwrap();
         assert_eq!(reply.note.as_deref(), Some("flushed"));
-        pipeline.join().unwrap();
         // A second agent on the same directory is refused.
         let err = bind(dir.path()).unwrap_err().to_string();
         assert!(err.contains("another synwatch agent is running"), "{err}");
+        // Asked to stop, the server's thread ends (the agent joins it), dropping its sender.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server.join().unwrap();
+        let rx = pipeline.join().unwrap();
+        assert!(
+            rx.recv().is_err(),
+            "the control thread still holds its sender"
+        );
     }
 
     #[test]
@@ -322,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(dir.path()).unwrap();
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
-        serve(listener, tx, |c| c).unwrap();
+        serve(listener, tx, |c| c, Arc::default()).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
             call.reply.send(Reply::ok("nftables")).unwrap();

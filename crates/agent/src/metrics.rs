@@ -20,7 +20,6 @@ use std::time::Duration;
 use crate::clock::unix_now;
 use crate::prom::family;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use synwatch_decode::{DecodeError, ReassemblyStats};
 use synwatch_detect::Stats;
 
@@ -768,36 +767,26 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
-/// Serves `/metrics` and `/healthz` until `stop` is set.
+/// Serves `/metrics` and `/healthz` until `stop` is set (the thread ends within 200 ms of
+/// it: join the handle).
 pub fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-) -> io::Result<()> {
+) -> io::Result<thread::JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
             let limit = crate::conns::Limit::new("metrics-client", MAX_CLIENTS);
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let metrics = Arc::clone(&metrics);
-                        limit.spawn(stream, move |stream| {
-                            let _ = answer(stream, &metrics);
-                        });
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Wait for the next connection (or, every 200 ms, look at `stop`).
-                        use std::os::fd::AsFd as _;
-                        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-                        let _ = poll(&mut fds, PollTimeout::from(200u8));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        })?;
-    Ok(())
+            let accept = |l: &TcpListener| l.accept().map(|(stream, _)| stream);
+            crate::conns::accept_until(&listener, accept, &stop, |stream| {
+                let metrics = Arc::clone(&metrics);
+                limit.spawn(stream, move |stream| {
+                    let _ = answer(stream, &metrics);
+                });
+            });
+        })
 }
 
 /// Clients served at once; more are closed unanswered.
@@ -940,7 +929,7 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
-        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+        let server = serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
         assert!(get(addr, "/healthz").ends_with("\r\n\r\nok\n"));
         metrics.record_state_damage(&crate::state::Damage {
             moved_aside: Some("/var/lib/synwatch/bans.db.corrupt-1".into()),
@@ -966,7 +955,13 @@ mod tests {
         // A real failure still wins.
         metrics.interfaces[0].set_state(false, Some("eth0 is missing".into()));
         assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
+        // Asked to stop, the server's thread ends (the agent joins it) and lets the port go.
         stop.store(true, Ordering::Relaxed);
+        server.join().expect("the server thread ends");
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "the port is still served"
+        );
     }
 
     #[test]

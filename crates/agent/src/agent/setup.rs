@@ -54,6 +54,8 @@ pub(super) struct Running {
     pub(super) stop: Arc<AtomicBool>,
     /// The sources' threads, each with what it watches.
     pub(super) workers: Vec<(String, thread::JoinHandle<()>)>,
+    /// The metrics server's and the control socket's accepting threads.
+    pub(super) servers: Vec<(&'static str, thread::JoinHandle<()>)>,
     pub(super) fleet_threads: crate::crowdsec::Threads,
     /// Waits for stdout to take the last events.
     pub(super) drainer: Drainer,
@@ -214,10 +216,17 @@ fn announce(o: &Opened, host: &Host, events_shown_as: &str) {
 fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> {
     let run = &o.run;
     let (feed, rx) = Feed::channel(Arc::clone(&o.metrics));
-    metrics::serve(o.listener, Arc::clone(&o.metrics), Arc::clone(&io.stop))
-        .context("cannot start the metrics server")?;
+    let mut servers = vec![(
+        "the metrics server",
+        metrics::serve(o.listener, Arc::clone(&o.metrics), Arc::clone(&io.stop))
+            .context("cannot start the metrics server")?,
+    )];
     if let (Some(l), Some(_)) = (o.control, &o.blocking.blocker) {
-        control::serve(l, feed.sender(), Msg::Call)?;
+        let stop = Arc::clone(&io.stop);
+        servers.push((
+            "the control socket",
+            control::serve(l, feed.sender(), Msg::Call, stop)?,
+        ));
     }
     let threads = start_threads(run, ifaces, &mut o.sources, &feed, &io.stop, o.discovering)?;
     let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
@@ -253,6 +262,7 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         rx,
         stop: io.stop,
         workers: threads.workers,
+        servers,
         fleet_threads,
         drainer,
         socket_counters: threads.socket_counters,

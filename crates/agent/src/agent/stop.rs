@@ -39,6 +39,11 @@ impl Running {
                 .join()
                 .map_err(|_| anyhow::anyhow!("the capture thread for {name} failed"))?;
         }
+        for (name, handle) in self.servers {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread of {name} failed"))?;
+        }
         let core = &mut self.core;
         let metrics = Arc::clone(&core.metrics);
         let metrics = &*metrics;
