@@ -401,6 +401,11 @@ fn groups(r: &[Reached]) -> impl Iterator<Item = (usize, usize)> + '_ {
 }
 
 impl Sweeps {
+    /// Sources with sweep state (some may have expired since the last sweep).
+    pub fn tracked(&self) -> usize {
+        self.sweepers.len()
+    }
+
     /// Attempts waiting for their answer.
     pub fn waiting(&self) -> usize {
         self.pending.len()
