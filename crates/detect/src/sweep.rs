@@ -81,14 +81,15 @@ const WIDE: u8 = 0xFF;
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 struct SweepSlot {
+    // What a sweep or the hand reads comes first, in the first cache line.
     key: [u64; 2],
     last: Nanos,
-    ts: [Nanos; INLINE],
-    hosts: [u32; INLINE],
-    ports: [u16; INLINE],
     /// Entries held (0 to [`INLINE`]), [`WIDE`] or [`FREE`].
     len: u8,
     in_episode: bool,
+    ports: [u16; INLINE],
+    hosts: [u32; INLINE],
+    ts: [Nanos; INLINE],
 }
 
 impl Slot for SweepSlot {
@@ -96,11 +97,11 @@ impl Slot for SweepSlot {
     const EMPTY: Self = Self {
         key: [0; 2],
         last: 0,
-        ts: [0; INLINE],
-        hosts: [0; INLINE],
-        ports: [0; INLINE],
         len: FREE,
         in_episode: false,
+        ports: [0; INLINE],
+        hosts: [0; INLINE],
+        ts: [0; INLINE],
     };
     #[inline]
     fn is_used(&self) -> bool {
@@ -243,7 +244,8 @@ impl Sweeps {
         while looked < STALE_LOOKS && t.len() > 0 {
             let h = if t.hand >= t.capacity() { 0 } else { t.hand };
             t.hand = h;
-            let slot = *t.get(h);
+            // By reference: a slot is two cache lines, and this needs only the first.
+            let slot = t.get(h);
             if !slot.is_used() {
                 t.hand = h + 1;
                 continue;
@@ -503,6 +505,9 @@ mod tests {
     fn slots_are_two_cache_lines() {
         assert_eq!(std::mem::size_of::<SweepSlot>(), 128);
         assert_eq!(std::mem::align_of::<SweepSlot>(), 64);
+        // The hand and the sweeps read only the first line.
+        assert!(std::mem::offset_of!(SweepSlot, len) < 64);
+        assert!(std::mem::offset_of!(SweepSlot, last) < 64);
     }
 
     /// Random attempts from a few sources, few ports and hosts, times that leave the window
