@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use foldhash::fast::RandomState;
-
 use synwatch_detect::Nanos;
 
 const SECOND: Nanos = 1_000_000_000;
@@ -39,9 +37,7 @@ pub struct LogLimiter {
     global: u32,
     second: Nanos,
     logged: u32,
-    /// foldhash, not SipHash: under a flood this is hashed for every packet, and the
-    /// addresses are counted for a second only.
-    by_source: HashMap<IpAddr, (u32, u64), RandomState>,
+    by_source: HashMap<IpAddr, (u32, u64)>,
     suppressed: u64,
     untracked: u64,
 }
@@ -54,7 +50,7 @@ impl LogLimiter {
             global,
             second: Nanos::MIN,
             logged: 0,
-            by_source: HashMap::default(),
+            by_source: HashMap::new(),
             suppressed: 0,
             untracked: 0,
         }
