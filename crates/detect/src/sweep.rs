@@ -47,11 +47,12 @@ pub(crate) struct Pending {
     pub tuple: Tuple,
 }
 
-/// A host a source reached unanswered on a port, and when it last did.
+/// A host a source reached unanswered on a port, and when it last did. In a slot the host
+/// is an IPv4 address as a `u32`, counted as such (cheaper to copy and compare).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reached {
+struct Reached<H> {
     port: u16,
-    host: IpAddr,
+    host: H,
     ts: Nanos,
 }
 
@@ -61,11 +62,40 @@ const INLINE: usize = 7;
 /// A sweeping source's state. `reached` lists, for each port in the order the ports were
 /// first reached, the distinct hosts reached unanswered inside the window in first-seen
 /// order: one flat list grouped by port, so that the common case fits in a slot whole.
-#[derive(Debug, Clone, Default)]
-struct Sweeper {
+#[derive(Debug, Clone)]
+struct Sweeper<H = IpAddr> {
     last: Nanos,
     in_episode: bool,
-    reached: SmallVec<[Reached; INLINE + 1]>,
+    reached: SmallVec<[Reached<H>; INLINE + 1]>,
+}
+
+impl<H> Default for Sweeper<H> {
+    fn default() -> Self {
+        Self {
+            last: 0,
+            in_episode: false,
+            reached: SmallVec::new(),
+        }
+    }
+}
+
+impl Sweeper<u32> {
+    /// The same state with its hosts as addresses.
+    fn widen(self) -> Sweeper {
+        Sweeper {
+            last: self.last,
+            in_episode: self.in_episode,
+            reached: self
+                .reached
+                .iter()
+                .map(|r| Reached {
+                    port: r.port,
+                    host: IpAddr::V4(r.host.into()),
+                    ts: r.ts,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Sources the hand looks at for a stale one when the table is full.
@@ -220,17 +250,25 @@ impl Sweeps {
             }
         };
         let slot = self.sweepers.get_mut(at);
-        if slot.len == WIDE {
+        let found = if slot.len == WIDE {
             // Stays in the side table until it goes quiet.
             let s = self.wide.entry(slot.key).or_default();
             let found = count(s, ts, host, port, window, max_hosts);
             slot.last = s.last;
-            return found;
-        }
-        let mut s = self.load(at);
-        let found = count(&mut s, ts, host, port, window, max_hosts);
-        self.store(at, s);
-        found
+            found
+        } else if let IpAddr::V4(v4) = host {
+            // The common case: counted in the slot's own terms.
+            let mut s = self.load(at);
+            let found = count(&mut s, ts, v4.to_bits(), port, window, max_hosts);
+            self.store(at, s);
+            found.map(|hosts| hosts.into_iter().map(|h| IpAddr::V4(h.into())).collect())
+        } else {
+            let mut s = self.load(at).widen();
+            let found = count(&mut s, ts, host, port, window, max_hosts);
+            self.store_wide(at, s);
+            found
+        };
+        found.map(|hosts| Found { dport: port, hosts })
     }
 
     /// At the cap: moves the hand over up to [`STALE_LOOKS`] sources, dropping those quiet
@@ -266,7 +304,7 @@ impl Sweeps {
 
     /// The state of a source held in its slot.
     #[inline]
-    fn load(&self, at: usize) -> Sweeper {
+    fn load(&self, at: usize) -> Sweeper<u32> {
         let slot = self.sweepers.get(at);
         let n = usize::from(slot.len).min(INLINE);
         Sweeper {
@@ -275,7 +313,7 @@ impl Sweeps {
             reached: (0..n)
                 .map(|i| Reached {
                     port: slot.ports[i],
-                    host: IpAddr::V4(slot.hosts[i].into()),
+                    host: slot.hosts[i],
                     ts: slot.ts[i],
                 })
                 .collect(),
@@ -285,7 +323,23 @@ impl Sweeps {
     /// Puts the state of a source held in its slot back: in the slot if it fits, else in
     /// the side table.
     #[inline]
-    fn store(&mut self, at: usize, s: Sweeper) {
+    fn store(&mut self, at: usize, s: Sweeper<u32>) {
+        if s.reached.len() > INLINE {
+            return self.store_wide(at, s.widen());
+        }
+        let slot = self.sweepers.get_mut(at);
+        slot.last = s.last;
+        slot.in_episode = s.in_episode;
+        for (i, r) in s.reached.iter().enumerate() {
+            slot.ports[i] = r.port;
+            slot.hosts[i] = r.host;
+            slot.ts[i] = r.ts;
+        }
+        slot.len = s.reached.len() as u8;
+    }
+
+    /// [`Sweeps::store`] for a state that may hold IPv6 hosts.
+    fn store_wide(&mut self, at: usize, s: Sweeper) {
         let slot = self.sweepers.get_mut(at);
         slot.last = s.last;
         slot.in_episode = s.in_episode;
@@ -322,15 +376,15 @@ impl Sweeps {
 }
 
 /// Counts an unanswered attempt at `ts` to `host`:`port` against a source's state;
-/// returns the sweep it makes, once per episode.
-fn count(
-    s: &mut Sweeper,
+/// returns the hosts of the sweep it makes, once per episode.
+fn count<H: Copy + Eq>(
+    s: &mut Sweeper<H>,
     ts: Nanos,
-    host: IpAddr,
+    host: H,
     port: u16,
     window: Nanos,
     max_hosts: u16,
-) -> Option<Found> {
+) -> Option<Vec<H>> {
     let keep = usize::from(max_hosts) + 1;
     if ts.saturating_sub(s.last) > window {
         s.in_episode = false;
@@ -380,14 +434,11 @@ fn count(
         return None;
     }
     s.in_episode = true;
-    Some(Found {
-        dport: port,
-        hosts: r[start..end].iter().map(|e| e.host).collect(),
-    })
+    Some(r[start..end].iter().map(|e| e.host).collect())
 }
 
 /// The runs of one port in a flat list grouped by port, as index ranges.
-fn groups(r: &[Reached]) -> impl Iterator<Item = (usize, usize)> + '_ {
+fn groups<H>(r: &[Reached<H>]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
         let first = r.get(start)?;
