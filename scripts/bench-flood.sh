@@ -16,6 +16,7 @@
 # adds options to the agent's command line (e.g. "--source pcap"). HPING_SOURCE (default
 # --rand-source) sets where the SYNs come from: "-k" floods from the attacker's own
 # address and one source port, every SYN after the first a retransmission of it.
+# NS_TAG (default swf) prefixes the namespaces' names (the PID follows).
 # Before the flood, /metrics is fetched 20 times on the idle agent as a baseline.
 # Needs root, iproute2, hping3, tcpdump, curl. Traffic only ever goes between the two
 # namespaces it creates, and they are removed (with every process it started) on every
@@ -45,7 +46,7 @@ done
 [[ "$procs" =~ ^[1-9][0-9]*$ ]] || { echo "bench-flood: HPING_PROCS must be a whole number" >&2; exit 2; }
 mkdir -p "$dir"
 
-tag="swf$$"
+tag="${NS_TAG:-swf}$$"
 victim="${tag}v"
 attacker="${tag}a"
 vif="${tag:0:11}v0"

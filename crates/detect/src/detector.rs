@@ -547,16 +547,26 @@ impl Detector {
         if ts > self.now {
             self.now = ts;
         }
-        // Sweeping every quarter window keeps expired state below a quarter of the
-        // live state without paying for a pass on every packet. Measured from the last
-        // sweep, not against a deadline: a deadline saturates near i64::MAX and would
-        // then sweep on every packet.
+        // A sweep reads every slot of every table, so it runs once a window: expired
+        // state stays below the live state (the tables' memory at most doubles), and the
+        // lookups, which compare times, give the same answers whether an expired entry was
+        // swept or not. Near a cap, where an expired entry takes a live one's room, every
+        // quarter window. Measured from the last sweep, not against a deadline: a deadline
+        // saturates near i64::MAX and would then sweep on every packet.
         // Attempts whose answer time ran out are judged first: the sweep below must not
         // drop a source's history before its last attempts are counted.
         if self.cfg.sweeps {
             self.judge_due(Some(self.now));
         }
-        let period = (self.cfg.window / 4).max(1_000_000_000);
+        let near_cap = self.sources.len() * 2 >= self.cfg.max_sources
+            || self.sweeps.tracked() * 2 >= self.cfg.max_sources
+            || self.attempts.len() * 2 >= self.cfg.max_attempts;
+        let period = if near_cap {
+            self.cfg.window / 4
+        } else {
+            self.cfg.window
+        }
+        .max(1_000_000_000);
         if self.last_sweep == Nanos::MIN || self.now.saturating_sub(self.last_sweep) >= period {
             self.sweep();
         }

@@ -144,6 +144,28 @@ impl Sources {
     pub fn load(&mut self, key: Key, now: Nanos, window: Nanos, cap: usize) -> (Loaded, u64) {
         let mut evicted = 0;
         let index = match self.table.find(&key) {
+            // A source quiet for more than a window starts afresh, as it would had a sweep
+            // dropped it already: what it did before (its returns) is no longer evidence.
+            Some(i) if now.saturating_sub(self.table.get(i).last_activity()) > window => {
+                if self.table.get(i).len == WIDE {
+                    self.wide.remove(&key);
+                }
+                let mut slot = SourceSlot::EMPTY;
+                slot.key = key;
+                slot.len = 0;
+                slot.lasts[0] = now;
+                *self.table.get_mut(i) = slot;
+                return (
+                    Loaded {
+                        index: i,
+                        ports: Ports::new(),
+                        in_episode: false,
+                        new: true,
+                        last_activity: now,
+                    },
+                    evicted,
+                );
+            }
             Some(i) => i,
             None => {
                 if self.table.len() >= cap.max(1) {

@@ -60,7 +60,7 @@ impl<S: Slot> Table<S> {
         (self.hasher.hash_one(key) as usize) & (self.slots.len().wrapping_sub(1))
     }
 
-    /// Asks the CPU to start loading `key`'s home slot, so that a lookup a little later
+    /// Asks the CPU to start loading `key`'s home slot (all its cache lines), so that a lookup a little later
     /// does not wait for memory. Does nothing where there is no prefetch instruction.
     #[inline]
     pub fn prefetch(&self, key: &S::Key) {
@@ -68,7 +68,10 @@ impl<S: Slot> Table<S> {
             return;
         }
         let slot: *const S = &self.slots[self.home(key)];
-        prefetch(slot.cast());
+        // Every cache line of a slot wider than one (they are aligned to 64 bytes).
+        for line in (0..std::mem::size_of::<S>()).step_by(64) {
+            prefetch(slot.cast::<i8>().wrapping_add(line));
+        }
     }
 
     /// The index of `key`'s slot.
