@@ -17,13 +17,11 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv6Net};
 use synwatch_decode::TcpFlags;
 
+use crate::Nanos;
 use crate::addrset::AddrSet;
 use crate::probe::{Probe, ProbeSet};
 use crate::state::{Attempts, PortSeen, Sources};
 use crate::sweep::{Pending, Sweeps, Tuple};
-
-/// Nanoseconds since the Unix epoch: the only notion of time the detector has.
-pub type Nanos = i64;
 
 /// Whether an attempt leaves or enters the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -22,9 +22,12 @@ mod table;
 pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
 pub use detector::{
     Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES, Detector, Direction,
-    DirectionFilter, Nanos, Observation, Outcome, Scan, ScanKind, Seen, Stats,
+    DirectionFilter, Observation, Outcome, Scan, ScanKind, Seen, Stats,
 };
 pub use probe::{Probe, ProbeSet};
+
+/// Nanoseconds since the Unix epoch: the only notion of time the detector has.
+pub type Nanos = i64;
 
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@
 
 use smallvec::SmallVec;
 
-use crate::detector::Nanos;
+use crate::Nanos;
 use crate::probe::ProbeSet;
 use crate::table::{Slot, Table};
 

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use smallvec::SmallVec;
 
-use crate::detector::Nanos;
+use crate::Nanos;
 use crate::table::{Slot, Table};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
