@@ -87,7 +87,7 @@ done
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-tag="swb$$"
+tag="${NS_TAG:-swb}$$"
 victim="${tag}v"
 attacker="${tag}a"
 peer="${tag}p"

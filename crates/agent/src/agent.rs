@@ -281,6 +281,8 @@ enum Msg {
     Call(control::Call),
     /// Decisions pulled from the CrowdSec Local API.
     Fleet(crate::crowdsec::pull::Pull),
+    /// The ban writer finished a chunk (block/writer.rs): report it now.
+    Applied,
 }
 
 fn banner(
@@ -1002,6 +1004,13 @@ pub fn run(
     {
         b.check_from_thread(checker);
     }
+    if let Some(b) = blocker.as_mut() {
+        let tx = tx.clone();
+        // A full queue means the pipeline is busy and collects the chunk on a turn soon.
+        b.write_from_thread(Box::new(move || {
+            let _ = tx.try_send(Msg::Applied);
+        }));
+    }
     let mut shown = run_settings.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = listener.local_addr().unwrap_or(run_settings.metrics_addr);
@@ -1222,7 +1231,7 @@ pub fn run(
                     ));
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
+            Ok(Msg::Applied) | Err(mpsc::RecvTimeoutError::Timeout) => idle = true,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
         // Sweeps become known when their attempts' answer time runs out, packets or not.
@@ -1337,7 +1346,7 @@ pub fn run(
     fleet_threads.join();
     if let Some(mut b) = blocker.take() {
         // Bans decided in the last moments are saved (and reported) before stopping.
-        let happened = b.apply(crate::clock::now());
+        let happened = b.apply_all(crate::clock::now());
         output = output.and(report(
             happened,
             backend_name,
