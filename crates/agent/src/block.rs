@@ -96,6 +96,10 @@ pub struct Blocker {
     unsaved: Vec<Record>,
     /// Networks to remove from the kernel (or whose removal failed, to retry).
     lifting: Vec<IpNet>,
+    /// Of `pending`, the bans that replace one the kernel may hold (a pulled decision
+    /// renewing a ban, a ban put back after a refused change): renewed in the kernel,
+    /// where the others, new to it, take a plain add from the writer thread.
+    renewing: std::collections::HashSet<IpNet>,
     /// What happened outside [`Blocker::apply`] (bans absorbed by a range), reported by
     /// the next one.
     reported: Vec<Happened>,
@@ -170,6 +174,7 @@ impl Blocker {
             pending: Vec::new(),
             unsaved: Vec::new(),
             lifting: Vec::new(),
+            renewing: std::collections::HashSet::new(),
             reported: Vec::new(),
             retry_at: now,
             counters_at: now,
@@ -233,14 +238,18 @@ impl Blocker {
     /// [`Blocker::apply`], after waiting for the bans in the writer's hands: at the end,
     /// every ban decided is applied, saved and reported.
     pub fn apply_all(&mut self, now: i64) -> Vec<Happened> {
-        let Some(mut w) = self.writer.take() else {
-            return self.apply(now);
-        };
-        let done = w.wait();
-        let mut happened = self.take_done(done, now);
-        happened.extend(self.apply(now));
-        self.writer = Some(w);
-        happened
+        let mut happened = Vec::new();
+        loop {
+            if let Some(w) = self.writer.as_mut() {
+                let done = w.wait();
+                happened.extend(self.take_done(done, now));
+            }
+            // Hands what is pending to the writer (or applies it here without one).
+            happened.extend(self.apply(now));
+            if !self.writer.as_ref().is_some_and(Writer::busy) {
+                return happened;
+            }
+        }
     }
 
     /// The chunks the writer handed back: bans in the kernel and saved (reported now), or
@@ -266,6 +275,8 @@ impl Blocker {
                 }
                 Err(e) => {
                     self.failed(&e, d.records.len(), "apply", now);
+                    // Part of the batch may be in: renewed, not added, next time.
+                    self.renewing.extend(d.records.iter().map(|r| r.net));
                     let mut back: Vec<Record> = d
                         .records
                         .into_iter()
@@ -555,7 +566,9 @@ impl Blocker {
             if w.busy() {
                 return Vec::new();
             }
-            match w.send(std::mem::take(&mut self.pending), now) {
+            let renewing = std::mem::take(&mut self.renewing);
+            let renew = (self.backend != Backend::Iptables).then_some(renewing);
+            match w.send(std::mem::take(&mut self.pending), renew, now) {
                 Ok(()) => {
                     // The writer saves what it is handed: with it, `unsaved` is a part
                     // of `pending`.

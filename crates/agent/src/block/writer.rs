@@ -11,10 +11,12 @@
 //! which locks them for everything else (lifts, control requests, rules put back): it
 //! waits at most for one chunk.
 
+use std::collections::HashSet;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 
+use ipnet::IpNet;
 use synwatch_enforce::bans::Record;
 use synwatch_enforce::{EnforceError, Enforcer};
 
@@ -59,6 +61,12 @@ pub struct Done {
 
 struct Job {
     records: Vec<Record>,
+    /// Of `records`, those that replace a ban the kernel may hold (renewed with
+    /// [`Enforcer::add`]); the others are new to it and go in with a plain
+    /// [`Enforcer::refill`], a fifth of the netlink work for nftables. `None`: all are
+    /// renewed (iptables, whose refill runs `ipset restore` where its add goes over
+    /// netlink).
+    renew: Option<HashSet<IpNet>>,
     now: i64,
 }
 
@@ -106,10 +114,19 @@ impl Writer {
     }
 
     /// Hands a batch over. False if the thread is gone (the caller applies it itself).
-    pub fn send(&mut self, records: Vec<Record>, now: i64) -> Result<(), Vec<Record>> {
+    pub fn send(
+        &mut self,
+        records: Vec<Record>,
+        renew: Option<HashSet<IpNet>>,
+        now: i64,
+    ) -> Result<(), Vec<Record>> {
         let n = records.len();
         match &self.jobs {
-            Some(jobs) => match jobs.send(Job { records, now }) {
+            Some(jobs) => match jobs.send(Job {
+                records,
+                renew,
+                now,
+            }) {
                 Ok(()) => {
                     self.in_flight += n;
                     Ok(())
@@ -163,17 +180,32 @@ impl Writer {
 }
 
 fn write(hands: &Mutex<Hands>, job: Job, done: &mpsc::Sender<Done>, wake: &dyn Fn()) {
-    let Job { mut records, now } = job;
+    let Job {
+        mut records,
+        renew,
+        now,
+    } = job;
     while !records.is_empty() {
         let rest = records.split_off(records.len().min(CHUNK));
         let mut chunk = records;
         records = rest;
-        let bans: Vec<_> = chunk.iter().map(|r| r.ban(now)).collect();
+        let (renewed, fresh): (Vec<_>, Vec<_>) = chunk
+            .iter()
+            .map(|r| r.ban(now))
+            .partition(|b| renew.as_ref().is_none_or(|r| r.contains(&b.net)));
         let result = {
             let mut h = lock(hands);
             // The kernel first, the state file after: a scanner is dropped as soon as
             // possible, and a crash between the two loses only unreported bans.
-            let result = h.enforcer.add(&bans);
+            let result = if fresh.is_empty() {
+                Ok(())
+            } else {
+                h.enforcer.refill(&fresh)
+            };
+            let result = match result {
+                Ok(()) if !renewed.is_empty() => h.enforcer.add(&renewed),
+                other => other,
+            };
             let saving = if result.is_ok() {
                 &chunk[..]
             } else {
@@ -221,8 +253,8 @@ mod tests {
     #[derive(Default)]
     struct Kernel {
         bans: BTreeSet<IpNet>,
-        /// The name of the thread of each `add`.
-        adders: Vec<String>,
+        /// Each `add` or `refill`: which, on which thread, of what.
+        calls: Vec<(&'static str, String, Vec<String>)>,
         refuse: bool,
     }
 
@@ -241,21 +273,10 @@ mod tests {
             Ok(())
         }
         fn add(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
-            if let Some(gate) = &self.gate {
-                let _ = gate.recv();
-            }
-            let mut k = self.kernel.lock().unwrap();
-            k.adders
-                .push(thread::current().name().unwrap_or("?").to_owned());
-            if k.refuse {
-                return Err(EnforceError::Map {
-                    map: "fake".into(),
-                    what: "add".into(),
-                    detail: "refused".into(),
-                });
-            }
-            k.bans.extend(bans.iter().map(|b| b.net));
-            Ok(())
+            self.put("add", bans)
+        }
+        fn refill(&mut self, bans: &[Ban]) -> Result<(), EnforceError> {
+            self.put("refill", bans)
         }
         fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
             let mut k = self.kernel.lock().unwrap();
@@ -275,6 +296,29 @@ mod tests {
         }
         fn teardown(&mut self) -> Result<(), EnforceError> {
             self.kernel.lock().unwrap().bans.clear();
+            Ok(())
+        }
+    }
+
+    impl Fake {
+        fn put(&mut self, how: &'static str, bans: &[Ban]) -> Result<(), EnforceError> {
+            if let Some(gate) = &self.gate {
+                let _ = gate.recv();
+            }
+            let mut k = self.kernel.lock().unwrap();
+            k.calls.push((
+                how,
+                thread::current().name().unwrap_or("?").to_owned(),
+                bans.iter().map(|b| b.net.addr().to_string()).collect(),
+            ));
+            if k.refuse {
+                return Err(EnforceError::Map {
+                    map: "fake".into(),
+                    what: "add".into(),
+                    detail: "refused".into(),
+                });
+            }
+            k.bans.extend(bans.iter().map(|b| b.net));
             Ok(())
         }
     }
@@ -394,10 +438,22 @@ mod tests {
             4,
             "counted once each"
         );
+        let calls: Vec<(&str, String)> = r
+            .kernel
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(|(how, thread, _)| (*how, thread.clone()))
+            .collect();
+        // Two batches, both on the writer thread, both plain adds: the kernel held none
+        // of these addresses.
         assert_eq!(
-            r.kernel.lock().unwrap().adders,
-            vec!["ban-writer".to_owned(), "ban-writer".to_owned()],
-            "two batches, both on the writer thread"
+            calls,
+            vec![
+                ("refill", "ban-writer".to_owned()),
+                ("refill", "ban-writer".to_owned())
+            ]
         );
         assert_eq!(saved(r.dir.path()).len(), 4);
     }
@@ -462,5 +518,39 @@ mod tests {
         assert_eq!(blocked(&happened), set(&["198.51.100.9"]));
         assert_eq!(r.kernel.lock().unwrap().bans.len(), 1);
         assert_eq!(saved(r.dir.path()), set(&["198.51.100.9"]));
+        // On the caller's thread, renewing whatever the kernel holds for it.
+        let calls = &r.kernel.lock().unwrap().calls;
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].0, "add");
+        assert_ne!(calls[0].1, "ban-writer");
+    }
+
+    #[test]
+    fn a_pulled_decision_replacing_a_held_ban_is_renewed_in_the_kernel_not_plainly_added() {
+        use crate::crowdsec::lapi::Decision;
+        use crate::crowdsec::pull::Pull;
+        let mut r = rig(None);
+        let decision = |id, duration: &str| Decision {
+            id,
+            origin: "cscli".into(),
+            kind: "ban".into(),
+            scope: "Ip".into(),
+            value: "198.51.100.7".into(),
+            duration: duration.into(),
+            scenario: "crowdsecurity/ssh-bf".into(),
+            simulated: None,
+        };
+        let pull = |d| Pull {
+            startup: false,
+            new: vec![d],
+            deleted: vec![],
+        };
+        r.blocker.pulled(pull(decision(1, "1h")), 1000, |_| None);
+        assert_eq!(blocked(&r.blocker.apply_all(1000)), set(&["198.51.100.7"]));
+        // The same address for longer: the kernel holds it with the old timeout.
+        r.blocker.pulled(pull(decision(2, "4h")), 1010, |_| None);
+        assert_eq!(blocked(&r.blocker.apply_all(1010)), set(&["198.51.100.7"]));
+        let calls: Vec<&'static str> = r.kernel.lock().unwrap().calls.iter().map(|c| c.0).collect();
+        assert_eq!(calls, vec!["refill", "add"]);
     }
 }
