@@ -39,7 +39,8 @@
 #        [SEND=tcpreplay|python] [SECTIONS="1 2 2b 3"]
 #        [PEER_N=10000] [PEER_SECONDS=240] [BATCH_SIZES="10000 100000"]
 #        [TPUT_N=100000] [TPUT_SECONDS=5] [TPUT_RUNS=3] [IDLE_SECONDS=10]
-#        [BENCH_DIR=target/bench]
+#        [BENCH_DIR=target/bench] [NS_TAG=swb (namespace name prefix)]
+#        [AGENT_CPUS= SENDER_CPUS= (taskset CPU lists)] [QUIET_VICTIM=0|1 (see below)]
 #        scripts/bench-bans.sh
 # Needs root and: iproute2, nftables, iptables, ipset, iperf3, python3, curl, tcpdump. Traffic
 # only ever goes between the namespaces it creates; every firewall change is made inside
