@@ -39,7 +39,8 @@
 #        [SEND=tcpreplay|python] [SECTIONS="1 2 2b 3"]
 #        [PEER_N=10000] [PEER_SECONDS=240] [BATCH_SIZES="10000 100000"]
 #        [TPUT_N=100000] [TPUT_SECONDS=5] [TPUT_RUNS=3] [IDLE_SECONDS=10]
-#        [BENCH_DIR=target/bench]
+#        [BENCH_DIR=target/bench] [NS_TAG=swb (namespace name prefix)]
+#        [AGENT_CPUS= SENDER_CPUS= (taskset CPU lists)] [QUIET_VICTIM=0|1 (see below)]
 #        scripts/bench-bans.sh
 # Needs root and: iproute2, nftables, iptables, ipset, iperf3, python3, curl, tcpdump. Traffic
 # only ever goes between the namespaces it creates; every firewall change is made inside
@@ -65,6 +66,11 @@ sender=${SENDER:-$here/bench-bans-send.py}
 send_mode=${SEND:-$(command -v tcpreplay >/dev/null && echo tcpreplay || echo python)}
 sections=" ${SECTIONS:-1 2 2b 3} "
 stall_secs=60
+# AGENT_CPUS / SENDER_CPUS: taskset CPU lists for the agent and the sender (none: any).
+agent_pin=(env)
+[ -n "${AGENT_CPUS:-}" ] && agent_pin=(taskset -c "$AGENT_CPUS")
+sender_pin=(env)
+[ -n "${SENDER_CPUS:-}" ] && sender_pin=(taskset -c "$SENDER_CPUS")
 
 for tool in ip nft iptables iptables-restore ipset iperf3 python3 curl tcpdump; do
     command -v "$tool" >/dev/null || { echo "bench-bans: $tool is missing (apt-get install iproute2 nftables iptables ipset iperf3 python3 curl tcpdump)" >&2; exit 2; }
@@ -87,7 +93,7 @@ done
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-tag="swb$$"
+tag="${NS_TAG:-swb}$$"
 victim="${tag}v"
 attacker="${tag}a"
 peer="${tag}p"
@@ -126,6 +132,20 @@ for ns in "$victim" "$attacker" "$peer"; do ip -n "$ns" link set lo up; done
 ip -n "$victim" link set "$vif" up
 ip -n "$attacker" link set "$aif" up
 victim_mac=$(cat "/sys/class/net/$vif/address" 2>/dev/null || ip netns exec "$victim" cat "/sys/class/net/$vif/address")
+# QUIET_VICTIM=1: the victim drops the scanners' frames in prerouting before conntrack
+# (priority -400; the capture, a packet socket, sees them before that), as a host with a
+# default-drop firewall would: no conntrack entry, no TCP, no RST back for each of them.
+# The agent's work is the same; the kernel's and the sender's, sharing the 2 vCPUs, less.
+if [ "${QUIET_VICTIM:-0}" = 1 ]; then
+    ip netns exec "$victim" nft -f - <<EOF
+table inet bench_quiet {
+    chain pre {
+        type filter hook prerouting priority -400; policy accept;
+        ip saddr 10.128.0.0/9 drop
+    }
+}
+EOF
+fi
 
 in_victim() { ip netns exec "$victim" "$@"; }
 in_attacker() { ip netns exec "$attacker" "$@"; }
@@ -217,7 +237,7 @@ agent_pid=""
 start_agent() {
     local out=$1 log=$2
     shift 2
-    ip netns exec "$victim" "$synwatch" run --iface "$vif" --format json "$@" >"$out" 2>"$log" &
+    ip netns exec "$victim" "${agent_pin[@]}" "$synwatch" run --iface "$vif" --format json "$@" >"$out" 2>"$log" &
     agent_pid=$!
     pids+=("$agent_pid")
     for _ in $(seq 1200); do
@@ -241,7 +261,7 @@ stop_agent() {
 send_tcpreplay() {
     local start out
     start=$(now)
-    out=$(in_attacker tcpreplay --topspeed -i "$aif" "$1" 2>&1) || { echo "$out" >&2; return 1; }
+    out=$(in_attacker "${sender_pin[@]}" tcpreplay --topspeed -i "$aif" "$1" 2>&1) || { echo "$out" >&2; return 1; }
     python3 -c '
 import json, re, sys
 out, start, end = sys.stdin.read(), float(sys.argv[1]), float(sys.argv[2])
@@ -310,6 +330,12 @@ e2e() {
     page=$(in_victim curl -sf --max-time 5 "$metrics_url")
     local cpu1 rx1 rxd1 tx1 t_list0 t_list1 check
     cpu1=$(cpu_ticks "$agent_pid")
+    # Per thread of the agent (since its start): which one is busy.
+    local threads=""
+    for t in /proc/"$agent_pid"/task/*; do
+        threads+=$(awk -v hz="$hz" '{ sub(/^[^(]*\(/, ""); name = $0; sub(/\).*/, "", name); sub(/^[^)]*\) /, ""); printf "%s %.2f s; ", name, ($12 + $13) / hz }' "$t/stat")
+    done
+    echo "  agent threads (CPU since start): $threads" >&2
     rx1=$(in_victim cat "/sys/class/net/$vif/statistics/rx_packets")
     rxd1=$(in_victim cat "/sys/class/net/$vif/statistics/rx_dropped")
     tx1=$(in_attacker cat "/sys/class/net/$aif/statistics/tx_packets")

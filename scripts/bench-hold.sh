@@ -43,7 +43,7 @@ for v in n hold_secs gets; do
 done
 [ "$n" -le 4000000 ] || { echo "bench-hold: N is at most 4000000" >&2; exit 2; }
 
-tag="swh$$"
+tag="${NS_TAG:-swh}$$"
 victim="${tag}v"
 attacker="${tag}a"
 vif="${tag:0:11}v0"

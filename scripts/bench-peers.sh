@@ -70,7 +70,7 @@ PY=/usr/bin/python3   # Debian's, for python3-scapy (not a pyenv or venv one)
 [ -x "$SYNWATCH" ] || { echo "bench-peers: $SYNWATCH not found ('make build' first)" >&2; exit 2; }
 
 T0=$(date +%s)
-TAG="pb$$"
+TAG="${NS_TAG:-pb}$$"
 S=${TAG}s V=${TAG}v A=${TAG}a C=${TAG}c
 VIF=${TAG}v0 AIF=${TAG}a0 CIF=${TAG}c0
 VIP=10.67.0.1 AIP=10.67.0.2 CIPV4=10.67.0.3 GW=10.67.0.254

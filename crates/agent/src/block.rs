@@ -2,10 +2,11 @@
 //! backend, driven from the pipeline thread.
 //!
 //! Bans decided while a batch of packets is processed are applied together at the end of
-//! it, as one kernel transaction, so a burst of scanners costs one `nft` run. A change the
-//! kernel refuses is logged, counted and retried every few seconds until it goes through;
-//! it never stops the agent. Bans are saved before they are applied, so a crash in
-//! between loses nothing: the next start restores them.
+//! it, as one kernel transaction, so a burst of scanners costs one `nft` run. In the
+//! running agent a thread of its own puts them into the kernel and then saves them
+//! (block/writer.rs), so that a burst of thousands never holds the pipeline; a ban is
+//! reported only once it is in both. A change the kernel refuses is logged, counted and
+//! retried every few seconds until it goes through; it never stops the agent.
 //!
 //! A ban is of a network: an address (/32, /128) or a range (a scanner's IPv6 /64, or
 //! `synwatch blocks add 198.51.100.0/24`). A ban inside a running range is not given
@@ -17,8 +18,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use synwatch_enforce::bans::{Book, Policy, Record, Refused};
@@ -30,6 +31,9 @@ use crate::protect::Why;
 use crate::state::Store;
 
 pub mod fleet;
+pub mod writer;
+
+use writer::{Hands, Writer, lock};
 
 /// Seconds between attempts to apply a change the kernel refused.
 const RETRY_SECS: i64 = 5;
@@ -74,18 +78,28 @@ pub enum Happened {
 }
 
 pub struct Blocker {
-    enforcer: Box<dyn Enforcer>,
+    /// The kernel backend and the saved state, shared with the writer thread.
+    hands: Arc<Mutex<Hands>>,
+    backend: Backend,
+    /// New bans into the kernel and the state file off the pipeline thread, once started
+    /// ([`Blocker::write_from_thread`]); until then (and in most tests) the pipeline's own
+    /// call to [`Blocker::apply`] does it.
+    writer: Option<Writer>,
     book: Book,
-    store: Store,
     keep_rules: bool,
     dry_run: bool,
     /// Bans decided but not yet in the kernel.
     pending: Vec<Record>,
-    /// Bans decided but not yet saved (saved together, in one transaction, just before
-    /// they go to the kernel).
+    /// Bans decided but not yet saved (saved together, in one transaction, just after
+    /// they went to the kernel). With the writer thread, always a part of `pending`: the
+    /// writer saves what it is handed.
     unsaved: Vec<Record>,
     /// Networks to remove from the kernel (or whose removal failed, to retry).
     lifting: Vec<IpNet>,
+    /// Of `pending`, the bans that replace one the kernel may hold (a pulled decision
+    /// renewing a ban, a ban put back after a refused change): renewed in the kernel,
+    /// where the others, new to it, take a plain add from the writer thread.
+    renewing: std::collections::HashSet<IpNet>,
     /// What happened outside [`Blocker::apply`] (bans absorbed by a range), reported by
     /// the next one.
     reported: Vec<Happened>,
@@ -113,7 +127,7 @@ const REINSTATE_CHUNK: usize = 1_500;
 impl std::fmt::Debug for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Blocker")
-            .field("backend", &self.enforcer.backend())
+            .field("backend", &self.backend)
             .field("bans", &self.book.len())
             .finish()
     }
@@ -151,14 +165,16 @@ impl Blocker {
             )
         })?;
         let blocker = Self {
-            enforcer,
+            backend: enforcer.backend(),
+            hands: Arc::new(Mutex::new(Hands { enforcer, store })),
+            writer: None,
             book,
-            store,
             keep_rules: settings.keep_rules,
             dry_run: settings.dry_run,
             pending: Vec::new(),
             unsaved: Vec::new(),
             lifting: Vec::new(),
+            renewing: std::collections::HashSet::new(),
             reported: Vec::new(),
             retry_at: now,
             counters_at: now,
@@ -183,7 +199,7 @@ impl Blocker {
     }
 
     pub fn backend(&self) -> Backend {
-        self.enforcer.backend()
+        self.backend
     }
 
     /// Whether bans are only decided and reported (`--dry-run`).
@@ -202,7 +218,83 @@ impl Blocker {
 
     /// Whether bans are decided but not yet in the kernel.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.reinstating.is_empty()
+        !self.pending.is_empty()
+            || !self.reinstating.is_empty()
+            || self.writer.as_ref().is_some_and(Writer::busy)
+    }
+
+    /// Leaves new bans (into the kernel, then into the state file) to a thread of their
+    /// own (block/writer.rs), so that a burst of thousands never holds the pipeline; `wake`
+    /// is called as each chunk is done, so that the pipeline reports it at once.
+    pub fn write_from_thread(&mut self, wake: Box<dyn Fn() + Send>) {
+        match Writer::start(Arc::clone(&self.hands), wake) {
+            Ok(w) => self.writer = Some(w),
+            Err(e) => tracing::warn!(
+                "warning: cannot start the ban writer thread ({e}); the pipeline applies bans itself"
+            ),
+        }
+    }
+
+    /// [`Blocker::apply`], after waiting for the bans in the writer's hands: at the end,
+    /// every ban decided is applied, saved and reported.
+    pub fn apply_all(&mut self, now: i64) -> Vec<Happened> {
+        let mut happened = Vec::new();
+        loop {
+            if let Some(w) = self.writer.as_mut() {
+                let done = w.wait();
+                happened.extend(self.take_done(done, now));
+            }
+            // Hands what is pending to the writer (or applies it here without one).
+            happened.extend(self.apply(now));
+            if !self.writer.as_ref().is_some_and(Writer::busy) {
+                return happened;
+            }
+        }
+    }
+
+    /// The chunks the writer handed back: bans in the kernel and saved (reported now), or
+    /// refused (pending again, retried later). A ban lifted while it was on its way (a
+    /// `blocks remove`, a range absorbing it) is taken out of the kernel and the state
+    /// file again, and not reported.
+    fn take_done(&mut self, done: Vec<writer::Done>, now: i64) -> Vec<Happened> {
+        let mut happened = Vec::new();
+        let mut gone = Vec::new();
+        for d in done {
+            match d.result {
+                Ok(()) => {
+                    self.metrics
+                        .blocks
+                        .fetch_add(d.records.len() as u64, Ordering::Relaxed);
+                    let (held, lifted): (Vec<Record>, Vec<Record>) = d
+                        .records
+                        .into_iter()
+                        .partition(|r| self.book.get(r.net).is_some());
+                    gone.extend(lifted.into_iter().map(|r| r.net));
+                    self.push_to_fleet(&held, now);
+                    happened.extend(held.into_iter().map(Happened::Blocked));
+                }
+                Err(e) => {
+                    self.failed(&e, d.records.len(), "apply", now);
+                    // Part of the batch may be in: renewed, not added, next time.
+                    self.renewing.extend(d.records.iter().map(|r| r.net));
+                    let mut back: Vec<Record> = d
+                        .records
+                        .into_iter()
+                        .filter(|r| self.book.get(r.net).is_some())
+                        .collect();
+                    back.append(&mut self.pending);
+                    self.pending = back;
+                }
+            }
+        }
+        if !gone.is_empty() {
+            if let Err(e) = lock(&self.hands).store.delete(&gone, false) {
+                tracing::error!("{e:#}");
+            }
+            self.lifting.extend(gone);
+            self.retry_at = self.retry_at.min(now);
+        }
+        happened
     }
 
     /// A scan whose attempt from `src` crossed the threshold: decides a ban of `target`
@@ -261,7 +353,7 @@ impl Blocker {
         if absorbed.is_empty() {
             return Vec::new();
         }
-        if let Err(e) = self.store.delete(&absorbed, false) {
+        if let Err(e) = lock(&self.hands).store.delete(&absorbed, false) {
             tracing::error!("{e:#}");
         }
         self.pending.retain(|p| !absorbed.contains(&p.net));
@@ -371,6 +463,10 @@ impl Blocker {
     /// refreshes the drop counters. Returns what to report.
     pub fn apply(&mut self, now: i64) -> Vec<Happened> {
         let mut happened = std::mem::take(&mut self.reported);
+        if let Some(w) = self.writer.as_mut() {
+            let done = w.collect();
+            happened.extend(self.take_done(done, now));
+        }
         if self.book.next_expiry().is_some_and(|t| t <= now) {
             let over = self.book.expire(now);
             let addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
@@ -381,13 +477,15 @@ impl Blocker {
             self.lifting.extend(&addrs);
             let policy = self.book.policy();
             let memory = policy.max_secs.max(policy.duration_secs) as i64;
-            if let Err(e) = self
+            let mut h = lock(&self.hands);
+            if let Err(e) = h
                 .store
                 .delete(&addrs, false)
-                .and_then(|()| self.store.prune_offenders(now.saturating_sub(memory)))
+                .and_then(|()| h.store.prune_offenders(now.saturating_sub(memory)))
             {
                 tracing::error!("{e:#}");
             }
+            drop(h);
             self.metrics
                 .unblocks
                 .fetch_add(addrs.len() as u64, Ordering::Relaxed);
@@ -400,8 +498,8 @@ impl Blocker {
         if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
             happened.extend(self.push_to_kernel(now));
         }
-        if !self.unsaved.is_empty() {
-            if let Err(e) = self.store.save(&self.unsaved) {
+        if !self.unsaved.is_empty() && self.writer.is_none() {
+            if let Err(e) = lock(&self.hands).store.save(&self.unsaved) {
                 tracing::error!(
                     "{e:#}; {} new ban(s) hold only until the agent stops",
                     self.unsaved.len()
@@ -418,8 +516,9 @@ impl Blocker {
             Some(u) => u.take().map(|r| (r.intact, r.set_up, r.counters)),
             None if now >= self.counters_at => {
                 self.counters_at = now + COUNTERS_SECS;
-                Some(if self.enforcer.intact() {
-                    (true, false, self.enforcer.counters().ok())
+                let mut h = lock(&self.hands);
+                Some(if h.enforcer.intact() {
+                    (true, false, h.enforcer.counters().ok())
                 } else {
                     (false, false, None)
                 })
@@ -454,29 +553,68 @@ impl Blocker {
             .store(held(self.reinstating.len()), Ordering::Relaxed);
     }
 
+    /// Lifts what waits to be lifted, then puts the pending bans into the kernel: here,
+    /// or handed to the writer thread when it runs (and is not busy with the last batch:
+    /// then they wait for the next call), which reports them through the next
+    /// [`Blocker::apply`].
     fn push_to_kernel(&mut self, now: i64) -> Vec<Happened> {
-        let mut happened = Vec::new();
-        if !self.lifting.is_empty() {
-            match self.enforcer.remove(&self.lifting) {
-                Ok(()) => self.lifting.clear(),
-                Err(e) => self.failed(&e, self.lifting.len(), "lift", now),
-            }
+        self.remove_lifted(now);
+        if self.pending.is_empty() {
+            return Vec::new();
         }
-        if !self.pending.is_empty() {
-            let bans: Vec<_> = self.pending.iter().map(|r| r.ban(now)).collect();
-            match self.enforcer.add(&bans) {
+        if let Some(w) = self.writer.as_mut() {
+            if w.busy() {
+                return Vec::new();
+            }
+            let renewing = std::mem::take(&mut self.renewing);
+            let renew = (self.backend != Backend::Iptables).then_some(renewing);
+            match w.send(std::mem::take(&mut self.pending), renew, now) {
                 Ok(()) => {
-                    self.metrics
-                        .blocks
-                        .fetch_add(bans.len() as u64, Ordering::Relaxed);
-                    let records: Vec<Record> = self.pending.drain(..).collect();
-                    self.push_to_fleet(&records, now);
-                    happened.extend(records.into_iter().map(Happened::Blocked));
+                    // The writer saves what it is handed: with it, `unsaved` is a part
+                    // of `pending`.
+                    self.unsaved.clear();
+                    return Vec::new();
                 }
-                Err(e) => self.failed(&e, bans.len(), "apply", now),
+                // The thread is gone: applied here.
+                Err(records) => self.pending = records,
             }
         }
-        happened
+        let records = std::mem::take(&mut self.pending);
+        self.add_now(records, now)
+    }
+
+    fn remove_lifted(&mut self, now: i64) {
+        if self.lifting.is_empty() {
+            return;
+        }
+        let result = lock(&self.hands).enforcer.remove(&self.lifting);
+        match result {
+            Ok(()) => self.lifting.clear(),
+            Err(e) => self.failed(&e, self.lifting.len(), "lift", now),
+        }
+    }
+
+    /// Puts `records` into the kernel on this thread; what the kernel refuses is pending
+    /// again.
+    fn add_now(&mut self, records: Vec<Record>, now: i64) -> Vec<Happened> {
+        let bans: Vec<_> = records.iter().map(|r| r.ban(now)).collect();
+        let result = lock(&self.hands).enforcer.add(&bans);
+        match result {
+            Ok(()) => {
+                self.metrics
+                    .blocks
+                    .fetch_add(bans.len() as u64, Ordering::Relaxed);
+                self.push_to_fleet(&records, now);
+                records.into_iter().map(Happened::Blocked).collect()
+            }
+            Err(e) => {
+                self.failed(&e, bans.len(), "apply", now);
+                let mut back = records;
+                back.append(&mut self.pending);
+                self.pending = back;
+                Vec::new()
+            }
+        }
     }
 
     /// Sets synwatch's rules up again once they are found missing: someone flushed them
@@ -500,11 +638,11 @@ impl Blocker {
             .filter_map(|&n| self.book.get(n))
             .map(|r| r.ban(now))
             .collect();
-        let backend = self.enforcer.backend();
+        let backend = self.backend;
         let done = if set_up {
             Ok(())
         } else {
-            self.enforcer.setup(&bans)
+            lock(&self.hands).enforcer.setup(&bans)
         };
         match done {
             Ok(()) => {
@@ -557,7 +695,8 @@ impl Blocker {
             .filter_map(|&n| self.book.get(n))
             .map(|r| r.ban(now))
             .collect();
-        if let Err(e) = self.enforcer.refill(&bans) {
+        let result = lock(&self.hands).enforcer.refill(&bans);
+        if let Err(e) = result {
             self.failed(&e, bans.len(), "put back", now);
             self.reinstating.extend(chunk);
         }
@@ -569,7 +708,7 @@ impl Blocker {
         tracing::error!(
             "cannot {verb} {count} ban{} with {}: {e}; retrying in {RETRY_SECS} s",
             if count == 1 { "" } else { "s" },
-            self.enforcer.backend()
+            self.backend
         );
     }
 
@@ -625,12 +764,12 @@ impl Blocker {
         now: i64,
         protected: impl Fn(IpNet) -> Option<(Why, IpNet)>,
     ) -> (Reply, Vec<Happened>) {
-        let backend = self.enforcer.backend().as_str();
+        let backend = self.backend.as_str();
         let mut happened = Vec::new();
         let mut reply = Reply::ok(backend);
         match request {
             Request::List => {
-                let kernel = self.enforcer.list().ok();
+                let kernel = lock(&self.hands).enforcer.list().ok();
                 let mut records: Vec<&Record> = self.book.active().collect();
                 records.sort_by_key(|r| (r.since, r.net));
                 reply.bans = records
@@ -667,13 +806,15 @@ impl Blocker {
                 happened = self.absorb(now);
                 self.reported.clear();
                 self.unsaved.retain(|p| p.net != *addr);
-                if let Err(e) = self.store.save(std::slice::from_ref(&record)) {
+                let saved = lock(&self.hands).store.save(std::slice::from_ref(&record));
+                if let Err(e) = saved {
                     reply.note = Some(format!("{e:#}; the ban holds until the agent stops"));
                 }
                 self.pending.retain(|p| p.net != *addr);
-                self.pending.push(record);
+                // This ban alone, at once: not behind a burst of scanners' bans.
                 self.retry_at = now;
-                happened.extend(self.push_to_kernel(now));
+                self.remove_lifted(now);
+                happened.extend(self.add_now(vec![record], now));
                 if self.pending.iter().any(|p| p.net == *addr) {
                     reply.note = Some(format!(
                         "saved, but the kernel refused it for now; retrying every {RETRY_SECS} s (see the agent's log)"
@@ -719,7 +860,8 @@ impl Blocker {
     }
 
     fn lift(&mut self, addrs: Vec<IpNet>, why: &'static str, now: i64) -> Vec<Happened> {
-        if let Err(e) = self.store.delete(&addrs, true) {
+        let deleted = lock(&self.hands).store.delete(&addrs, true);
+        if let Err(e) = deleted {
             tracing::error!("{e:#}");
         }
         // A set: the LAPI may delete thousands of decisions at once.
@@ -746,6 +888,10 @@ impl Blocker {
         if let Some(u) = self.upkeep.take() {
             u.finish();
         }
+        // Nothing is in flight after [`Blocker::apply_all`]; the thread ends here.
+        if let Some(w) = self.writer.take() {
+            drop(w.finish());
+        }
         if self.keep_rules {
             // Whatever did not reach the kernel yet still should, since the rules stay.
             let now = crate::clock::now();
@@ -757,7 +903,8 @@ impl Blocker {
             );
             return;
         }
-        if let Err(e) = self.enforcer.teardown() {
+        let torn = lock(&self.hands).enforcer.teardown();
+        if let Err(e) = torn {
             tracing::error!("cannot remove synwatch's firewall rules: {e}");
         }
     }

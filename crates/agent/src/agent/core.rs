@@ -166,6 +166,8 @@ impl Core {
             };
             turn_started = Some(self.clock.monotonic());
             match msg {
+                // A chunk of bans is in the kernel and saved: reported at once.
+                Ok(Msg::Applied) => self.turn(None, true),
                 Ok(m) => self.turn(Some(m), draining),
                 Err(mpsc::RecvTimeoutError::Timeout) => self.turn(None, true),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -197,7 +199,7 @@ impl Core {
             Some(Msg::KernelBans(banned)) => self.on_kernel_bans(banned),
             Some(Msg::Call(call)) => self.on_call(call),
             Some(Msg::Fleet(pull)) => self.on_fleet(pull),
-            None => {}
+            Some(Msg::Applied) | None => {}
         }
         self.tick_detector();
         let now = self.clock.monotonic();
@@ -486,7 +488,7 @@ impl Core {
     /// `state_dir`).
     pub(super) fn stop_blocking(&mut self, state_dir: &std::path::Path) {
         if let Some(b) = self.blocker.as_mut() {
-            let happened = b.apply(self.clock.agent_secs());
+            let happened = b.apply_all(self.clock.agent_secs());
             self.report(happened);
             let flushed = self.events.flush();
             self.written(flushed);

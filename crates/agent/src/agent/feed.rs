@@ -35,6 +35,8 @@ pub(crate) enum Msg {
     Call(control::Call),
     /// Decisions pulled from the CrowdSec Local API.
     Fleet(crate::crowdsec::pull::Pull),
+    /// The ban writer finished a chunk (block/writer.rs): report it now.
+    Applied,
 }
 
 /// The sending end of the queue to the pipeline, as the sources hold it.

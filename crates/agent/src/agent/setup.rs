@@ -228,6 +228,13 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
             control::serve(l, feed.sender(), Msg::Call, stop)?,
         ));
     }
+    if let Some(b) = o.blocking.blocker.as_mut() {
+        let tx = feed.sender();
+        // A full queue means the pipeline is busy and collects the chunk on a turn soon.
+        b.write_from_thread(Box::new(move || {
+            let _ = tx.try_send(Msg::Applied);
+        }));
+    }
     let threads = start_threads(run, ifaces, &mut o.sources, &feed, &io.stop, o.discovering)?;
     let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
     drop(feed);

@@ -291,6 +291,7 @@ impl Blocker {
                 if replaced {
                     self.pending.retain(|p| p.net != net);
                     self.unsaved.retain(|p| p.net != net);
+                    self.renewing.insert(net);
                 }
                 self.decided(record, false);
                 self.retry_at = self.retry_at.min(now);
