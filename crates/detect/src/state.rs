@@ -129,7 +129,7 @@ impl Sources {
 
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
-        self.table.capacity()
+        self.table.span()
     }
 
     #[inline]
@@ -289,9 +289,10 @@ impl Sources {
         if self.table.len() == 0 {
             return 0;
         }
+        self.table.step();
         loop {
-            let cap = self.table.capacity();
-            let h = if self.table.hand >= cap {
+            let span = self.table.span();
+            let h = if self.table.hand >= span {
                 0
             } else {
                 self.table.hand
@@ -482,7 +483,7 @@ impl Attempts {
 
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
-        self.v4.capacity() + self.v6.capacity()
+        self.v4.span() + self.v6.span()
     }
 
     #[inline]
@@ -544,8 +545,9 @@ fn evict_attempt<A: AttemptSlot>(table: &mut Table<A>, now: Nanos, window: Nanos
     if table.len() == 0 {
         return 0;
     }
+    table.step();
     loop {
-        let h = if table.hand >= table.capacity() {
+        let h = if table.hand >= table.span() {
             0
         } else {
             table.hand

@@ -277,10 +277,11 @@ impl Sweeps {
     /// that O(1) under a flood, where a pass over the whole table per attempt was not.
     fn expire_some(&mut self, now: Nanos, window: Nanos) -> bool {
         let t = &mut self.sweepers;
+        t.step();
         let mut looked = 0;
         let mut freed = false;
         while looked < STALE_LOOKS && t.len() > 0 {
-            let h = if t.hand >= t.capacity() { 0 } else { t.hand };
+            let h = if t.hand >= t.span() { 0 } else { t.hand };
             t.hand = h;
             // By reference: a slot is two cache lines, and this needs only the first.
             let slot = t.get(h);

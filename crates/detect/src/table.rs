@@ -25,13 +25,41 @@ pub(crate) trait Slot: Copy {
 /// Fewest slots once anything is stored.
 const MIN_SLOTS: usize = 16;
 
+/// Slots of the old array moved on by each insertion while the table grows (at least:
+/// a cluster is always moved whole). The new array is twice the old one and grows again
+/// at 3/4 of it, so two an insertion would do; more end sooner the time in which a
+/// lookup of an absent key may look in both arrays, at a few microseconds an insertion.
+const MOVE_PER_INSERT: usize = 64;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Table<S: Slot> {
     slots: Vec<S>,
+    /// Entries held, in `slots` and `old` together.
     len: usize,
+    /// While the table grows: the previous array, whose entries move to `slots` a few
+    /// at a time (see [`Growing`]).
+    old: Option<Growing<S>>,
     hasher: foldhash::fast::RandomState,
-    /// The eviction hand (CLOCK): the next slot an eviction looks at.
+    /// The eviction hand (CLOCK): the next index an eviction looks at (see
+    /// [`Table::span`]).
     pub hand: usize,
+}
+
+/// The array a growing table is leaving. Its entries move a whole cluster (a run of used
+/// slots between two empty ones) at a time, and the slots they leave are emptied: as a
+/// cluster only ever goes whole, no probe run through what is left is ever cut, so the
+/// old array stays a correct table of the entries not moved yet (removals there shift
+/// entries back inside their cluster, as in any table; nothing is inserted there).
+#[derive(Debug, Clone)]
+struct Growing<S> {
+    slots: Vec<S>,
+    len: usize,
+    /// The first slot looked at: just after an empty one, so at a cluster's start.
+    start: usize,
+    /// The next slot to look at.
+    cursor: usize,
+    /// Slots not looked at yet.
+    left: usize,
 }
 
 impl<S: Slot> Default for Table<S> {
@@ -39,6 +67,7 @@ impl<S: Slot> Default for Table<S> {
         Self {
             slots: Vec::new(),
             len: 0,
+            old: None,
             hasher: foldhash::fast::RandomState::default(),
             hand: 0,
         }
@@ -50,14 +79,26 @@ impl<S: Slot> Table<S> {
         self.len
     }
 
-    /// Slots allocated (used or not).
+    /// Slots allocated (used or not) in the array new entries go to.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.slots.len()
     }
 
+    /// The indexes a hand walks, `0..span()`: while the table grows, the old array's
+    /// slots follow the new one's.
+    pub fn span(&self) -> usize {
+        self.slots.len() + self.old.as_ref().map_or(0, |o| o.slots.len())
+    }
+
+    #[inline]
+    fn home_in(&self, key: &S::Key, slots: usize) -> usize {
+        (self.hasher.hash_one(key) as usize) & (slots.wrapping_sub(1))
+    }
+
     #[inline]
     fn home(&self, key: &S::Key) -> usize {
-        (self.hasher.hash_one(key) as usize) & (self.slots.len().wrapping_sub(1))
+        self.home_in(key, self.slots.len())
     }
 
     /// Asks the CPU to start loading `key`'s home slot (all its cache lines), so that a lookup a little later
@@ -74,40 +115,13 @@ impl<S: Slot> Table<S> {
         }
     }
 
-    /// The index of `key`'s slot.
+    /// The index of `key`'s slot in `slots` (linear probing from its home).
     #[inline]
-    pub fn find(&self, key: &S::Key) -> Option<usize> {
-        if self.len == 0 {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
+    fn find_in(&self, slots: &[S], key: &S::Key) -> Result<usize, usize> {
+        let mask = slots.len() - 1;
+        let mut i = self.home_in(key, slots.len());
         loop {
-            let s = &self.slots[i];
-            if !s.is_used() {
-                return None;
-            }
-            if s.key() == *key {
-                return Some(i);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// `Ok(index)` of `key`'s slot, or `Err(index)` of the free slot it would take (the
-    /// table grows first if one more entry would overload it).
-    #[inline]
-    pub fn find_or_free(&mut self, key: &S::Key) -> Result<usize, usize> {
-        if (self.len + 1) * 4 > self.slots.len() * 3 {
-            if let Some(i) = self.find(key) {
-                return Ok(i);
-            }
-            self.resize((self.slots.len() * 2).max(MIN_SLOTS));
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
-        loop {
-            let s = &self.slots[i];
+            let s = &slots[i];
             if !s.is_used() {
                 return Err(i);
             }
@@ -116,6 +130,57 @@ impl<S: Slot> Table<S> {
             }
             i = (i + 1) & mask;
         }
+    }
+
+    /// The index of `key`'s slot. While the table grows, an entry still in the old array
+    /// has an index past [`Table::capacity`]; [`Table::get`] and the rest take it alike.
+    #[inline]
+    pub fn find(&self, key: &S::Key) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        if let Some(i) = (!self.slots.is_empty())
+            .then(|| self.find_in(&self.slots, key).ok())
+            .flatten()
+        {
+            return Some(i);
+        }
+        self.find_old(key)
+    }
+
+    /// The index of `key`'s slot in the old array (as [`Table::find`] gives it), without
+    /// touching memory when its home there was moved already (the slots moved are empty,
+    /// so the key is not there).
+    #[inline]
+    fn find_old(&self, key: &S::Key) -> Option<usize> {
+        let old = self.old.as_ref().filter(|o| o.len > 0)?;
+        let n = old.slots.len();
+        let home = self.home_in(key, n);
+        if (home.wrapping_sub(old.start) & (n - 1)) < n - old.left {
+            return None;
+        }
+        let i = self.find_in(&old.slots, key).ok()?;
+        Some(self.slots.len() + i)
+    }
+
+    /// `Ok(index)` of `key`'s slot, or `Err(index)` of the free slot it would take (the
+    /// table grows first if one more entry would overload it).
+    #[inline]
+    pub fn find_or_free(&mut self, key: &S::Key) -> Result<usize, usize> {
+        self.step();
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            if let Some(i) = self.find(key) {
+                return Ok(i);
+            }
+            self.settle();
+            if (self.len + 1) * 4 > self.slots.len() * 3 {
+                self.grow((self.slots.len() * 2).max(MIN_SLOTS));
+            }
+        }
+        if let Some(i) = self.find_old(key) {
+            return Ok(i);
+        }
+        self.find_in(&self.slots, key)
     }
 
     /// Stores `slot` in the free slot `i` that [`Table::find_or_free`] returned (with no
@@ -129,42 +194,80 @@ impl<S: Slot> Table<S> {
 
     #[inline]
     pub fn get(&self, i: usize) -> &S {
-        &self.slots[i]
+        match i.checked_sub(self.slots.len()) {
+            None => &self.slots[i],
+            Some(j) => {
+                &self
+                    .old
+                    .as_ref()
+                    .expect("an index past the array is in the old one")
+                    .slots[j]
+            }
+        }
     }
 
     #[inline]
     pub fn get_mut(&mut self, i: usize) -> &mut S {
-        &mut self.slots[i]
+        match i.checked_sub(self.slots.len()) {
+            None => &mut self.slots[i],
+            Some(j) => {
+                &mut self
+                    .old
+                    .as_mut()
+                    .expect("an index past the array is in the old one")
+                    .slots[j]
+            }
+        }
     }
 
     /// Empties slot `i`, shifting the entries after it back so that no probe run is cut.
     /// The entry that lands in `i` (if any) has not been looked at by a walk at `i`.
     pub fn remove(&mut self, i: usize) {
-        debug_assert!(self.slots[i].is_used());
-        let mask = self.slots.len() - 1;
+        match i.checked_sub(self.slots.len()) {
+            None => {
+                let mut slots = std::mem::take(&mut self.slots);
+                self.remove_in(&mut slots, i);
+                self.slots = slots;
+            }
+            Some(j) => {
+                let mut old = self
+                    .old
+                    .take()
+                    .expect("an index past the array is in the old one");
+                self.remove_in(&mut old.slots, j);
+                old.len -= 1;
+                self.old = Some(old);
+            }
+        }
+        self.len -= 1;
+    }
+
+    fn remove_in(&self, slots: &mut [S], i: usize) {
+        debug_assert!(slots[i].is_used());
+        let mask = slots.len() - 1;
         let mut hole = i;
         let mut j = (i + 1) & mask;
         loop {
-            let s = self.slots[j];
+            let s = slots[j];
             if !s.is_used() {
                 break;
             }
-            let home = self.home(&s.key());
+            let home = self.home_in(&s.key(), slots.len());
             // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
-                self.slots[hole] = s;
+                slots[hole] = s;
                 hole = j;
             }
             j = (j + 1) & mask;
         }
-        self.slots[hole] = S::EMPTY;
-        self.len -= 1;
+        slots[hole] = S::EMPTY;
     }
 
     /// Keeps the entries for which `keep` holds (it may see an entry twice, so it must
     /// answer the same both times); returns how many were removed. A table left under an
     /// eighth full shrinks.
     pub fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) -> usize {
+        self.settle();
         let before = self.len;
         let mut i = 0;
         while i < self.slots.len() {
@@ -177,28 +280,86 @@ impl<S: Slot> Table<S> {
         }
         if self.slots.len() > MIN_SLOTS && self.len * 8 < self.slots.len() {
             let want = (self.len * 2).next_power_of_two().max(MIN_SLOTS);
-            self.resize(want);
+            self.grow(want);
+            self.settle();
         }
         before - self.len
     }
 
-    /// The used entries, in slot order.
+    /// The used entries.
     #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = &S> + '_ {
-        self.slots.iter().filter(|s| s.is_used())
+        let old = self.old.iter().flat_map(|o| o.slots.iter());
+        self.slots.iter().chain(old).filter(|s| s.is_used())
     }
 
-    fn resize(&mut self, slots: usize) {
-        let old = std::mem::replace(&mut self.slots, vec![S::EMPTY; slots]);
-        let mask = slots - 1;
-        for s in old.into_iter().filter(|s| s.is_used()) {
-            let mut i = self.home(&s.key());
-            while self.slots[i].is_used() {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = s;
+    /// Moves a few more of the old array's entries on, if the table is growing. Insertions
+    /// do this themselves; a table at its cap takes none, so its evictions call this, or
+    /// a growth begun just under the cap would never end.
+    #[inline]
+    pub fn step(&mut self) {
+        if self.old.is_some() {
+            self.move_some(MOVE_PER_INSERT);
         }
-        self.hand &= mask;
+    }
+
+    /// Moves what is left of the old array, if the table is growing.
+    fn settle(&mut self) {
+        while self.old.is_some() {
+            self.move_some(usize::MAX);
+        }
+    }
+
+    /// Moves `at_least` slots' worth of the old array (whole clusters) into the new one.
+    fn move_some(&mut self, at_least: usize) {
+        let Some(mut old) = self.old.take() else {
+            return;
+        };
+        let mask = old.slots.len() - 1;
+        let mut looked = 0;
+        // Stop only at an empty slot, so that a cluster goes whole.
+        while old.left > 0 && (looked < at_least || old.slots[old.cursor].is_used()) {
+            let s = std::mem::replace(&mut old.slots[old.cursor], S::EMPTY);
+            if s.is_used() {
+                // An entry is in one array only, so this finds a free slot.
+                let (Ok(free) | Err(free)) = self.find_in(&self.slots, &s.key());
+                debug_assert!(!self.slots[free].is_used());
+                self.slots[free] = s;
+                old.len -= 1;
+            }
+            old.cursor = (old.cursor + 1) & mask;
+            old.left -= 1;
+            looked += 1;
+        }
+        debug_assert!(
+            old.left > 0 || old.len == 0,
+            "every slot looked at, every entry moved"
+        );
+        if old.left > 0 && old.len > 0 {
+            self.old = Some(old);
+        }
+    }
+
+    /// Gives the table a new array of `slots` slots; the entries move to it as the table
+    /// is used (or at once, with [`Table::settle`]).
+    fn grow(&mut self, slots: usize) {
+        debug_assert!(self.old.is_none());
+        let previous = std::mem::replace(&mut self.slots, vec![S::EMPTY; slots]);
+        let held = self.len;
+        if held == 0 {
+            return;
+        }
+        // Start after an empty slot (a table is never full), so at a cluster's start.
+        let empty = previous.iter().position(|s| !s.is_used()).unwrap_or(0);
+        let n = previous.len();
+        let start = (empty + 1) & (n - 1);
+        self.old = Some(Growing {
+            slots: previous,
+            len: held,
+            start,
+            cursor: start,
+            left: n,
+        });
     }
 }
 
@@ -299,6 +460,44 @@ mod tests {
         }
         assert_eq!(t.iter().count(), model.len());
         assert!(t.capacity() <= 4 * model.len().max(MIN_SLOTS));
+    }
+
+    #[test]
+    fn a_growing_table_moves_its_entries_a_few_at_a_time_and_finds_them_all_meanwhile() {
+        let mut t = Table::<Pair>::default();
+        let mut k = 0;
+        // Up to the insertion that grows the table past 3/4 of 4,096 slots.
+        while t.capacity() <= 4_096 {
+            put(&mut t, k, k);
+            k += 1;
+        }
+        let moving = t.old.as_ref().map_or(0, |o| o.len);
+        assert!(
+            moving > 3_000,
+            "the growth moved {} of {k} at once",
+            k as usize - moving
+        );
+        // Every entry is found, wherever it is, and a removal in either array holds.
+        assert_eq!(t.find(&7).map(|i| t.get(i).value), Some(7));
+        let i = t.find(&7).expect("held");
+        t.remove(i);
+        assert_eq!(t.find(&7), None);
+        for j in (0..k).filter(|j| *j != 7) {
+            assert_eq!(t.find(&j).map(|i| t.get(i).value), Some(j), "{j}");
+        }
+        // Insertions move the rest on, well before the next growth.
+        let held = t.len();
+        for j in k..k + 1_000 {
+            put(&mut t, j, j);
+        }
+        assert!(t.old.is_none(), "still moving after 1,000 insertions");
+        assert_eq!(t.len(), held + 1_000);
+        assert_eq!(t.iter().count(), t.len());
+        assert!(
+            (0..k + 1_000)
+                .filter(|j| *j != 7)
+                .all(|j| t.find(&j).is_some())
+        );
     }
 
     #[test]
