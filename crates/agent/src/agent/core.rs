@@ -995,6 +995,7 @@ mod tests {
             stop: Arc::clone(&stop),
             workers: vec![("the test's source".to_owned(), source)],
             servers: Vec::new(),
+            control_stop: Arc::default(),
             fleet_threads: crate::crowdsec::Threads::default(),
             drainer: queue.drainer(),
             socket_counters: None,
@@ -1038,6 +1039,53 @@ mod tests {
                 "{events:#?}"
             );
         }
+    }
+
+    #[test]
+    fn a_control_request_made_while_the_agent_winds_down_is_answered_by_it() {
+        let mut h = harness();
+        let (feed, rx) = Feed::bounded(Arc::clone(&h.metrics), 4, 1_000);
+        assert!(feed.offer(h.scan("198.51.100.1")));
+        h.core.turn(Some(rx.recv().unwrap()), true);
+        let listener = control::bind(h.dir.path()).unwrap();
+        let (server, control_stop) = super::super::setup::serve_control(listener, &feed).unwrap();
+        drop(feed);
+        // Asked to stop (a signal) while a source still hands over its last packets, and
+        // `synwatch blocks list` asks meanwhile; the source ends once it has its answer.
+        let (answered, source_ends) = std::sync::mpsc::channel::<()>();
+        let source = std::thread::spawn(move || {
+            let _ = source_ends.recv();
+        });
+        let dir = h.dir.path().to_path_buf();
+        let client = std::thread::spawn(move || {
+            let reply = control::call(&dir, &control::Request::List);
+            let _ = answered.send(());
+            reply.map_err(|e| format!("{e:#}"))
+        });
+        let queue =
+            crate::event_queue::EventQueue::start(io::sink(), Arc::clone(&h.metrics)).unwrap();
+        let running = super::super::setup::Running {
+            core: h.core,
+            rx,
+            stop: Arc::new(AtomicBool::new(true)),
+            workers: vec![("the test's source".to_owned(), source)],
+            servers: vec![("the control socket", server)],
+            control_stop,
+            fleet_threads: crate::crowdsec::Threads::default(),
+            drainer: queue.drainer(),
+            socket_counters: None,
+            state_dir: h.dir.path().to_path_buf(),
+        };
+        // Ends: the control socket's thread is joined.
+        assert_eq!(running.run().unwrap(), super::super::Outcome::Stopped);
+        let reply = client.join().unwrap();
+        let reply = reply
+            .expect("an answer")
+            .expect("the agent answers, not the state");
+        assert_eq!(reply.backend, "nftables");
+        let banned: Vec<String> = reply.bans.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(banned, ["198.51.100.1/32"]);
+        assert!(!control::socket_path(h.dir.path()).exists());
     }
 
     #[test]
