@@ -290,13 +290,23 @@ fn blocking_without_cap_net_admin_says_how_to_grant_it() {
             "--block none",
         ],
     );
+    // The control socket, bound before blocking was tried, is not left behind.
+    let socket = state.path().join("control.sock");
+    assert!(!socket.exists(), "the control socket is left behind");
 
     // auto falls back to detecting only, saying why, and runs.
     let (mut child, mut lines) =
         spawn_reading_stderr(&mut run_without_net_admin("auto", state.path()));
-    let seen = read_until(&mut lines, "Blocking:");
+    let seen = read_until(&mut lines, "Stop with Ctrl-C");
+    // Nothing is blocked, so no control socket answers (`synwatch blocks` says no agent
+    // runs): it is gone by the time the banner is said.
+    let socket_left = socket.exists();
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        !socket_left,
+        "the control socket stays though nothing is blocked"
+    );
     assert!(
         seen.contains("warning: not blocking: blocking needs CAP_NET_ADMIN"),
         "{seen}"

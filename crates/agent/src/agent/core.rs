@@ -969,6 +969,127 @@ mod tests {
         assert!(!socket.exists(), "the control socket is removed");
     }
 
+    /// The agent run to its end after its one source handed over a last batch and ended,
+    /// with a ban decided that no turn has applied yet; `asked`: the stop token was set
+    /// (a signal). Either way the stop token ends set (for the threads), the rules and
+    /// the control socket are removed; returns the outcome and the events.
+    fn run_to_end(asked: bool) -> (Result<super::super::Outcome, String>, Vec<String>) {
+        let mut h = harness();
+        let (feed, rx) = Feed::bounded(Arc::clone(&h.metrics), 4, 1_000);
+        for src in ["198.51.100.1", "198.51.100.2"] {
+            assert!(feed.offer(h.scan(src)));
+            // The second is decided while traffic keeps coming: it waits.
+            h.core.turn(Some(rx.recv().unwrap()), false);
+        }
+        assert_eq!(h.adds().len(), 1);
+        let socket = control::socket_path(h.dir.path());
+        std::fs::write(&socket, "").unwrap();
+        let last = h.scan("198.51.100.3");
+        let source = std::thread::spawn(move || {
+            assert!(feed.offer(last));
+        });
+        let queue =
+            crate::event_queue::EventQueue::start(io::sink(), Arc::clone(&h.metrics)).unwrap();
+        let stop = Arc::new(AtomicBool::new(asked));
+        let running = super::super::setup::Running {
+            core: h.core,
+            rx,
+            stop: Arc::clone(&stop),
+            workers: vec![("the test's source".to_owned(), source)],
+            servers: Vec::new(),
+            control_stop: Arc::default(),
+            fleet_threads: crate::crowdsec::Threads::default(),
+            drainer: queue.drainer(),
+            socket_counters: None,
+            state_dir: h.dir.path().to_path_buf(),
+        };
+        let outcome = running.run().map_err(|e| format!("{e:#}"));
+        assert!(
+            stop.load(Ordering::Relaxed),
+            "the stop token is set for the threads"
+        );
+        assert!(!socket.exists(), "the control socket is removed");
+        let commands = h.runner.transcript()[h.setup..].to_vec();
+        let last = commands.last().unwrap();
+        assert!(last.contains("delete table inet synwatch"), "{commands:#?}");
+        let events = h.events.borrow().clone();
+        (outcome, events)
+    }
+
+    #[test]
+    fn sources_that_end_unasked_are_a_failure_and_a_stop_is_not_and_both_clean_up() {
+        let (outcome, events) = run_to_end(false);
+        let err = outcome.expect_err("sources ended without a signal");
+        assert!(
+            err.contains(
+                "every source of connections ended (see above) without being asked to stop"
+            ),
+            "{err}"
+        );
+        // The source's last batch is taken, and the last bans applied and reported.
+        for src in ["198.51.100.2", "198.51.100.3"] {
+            assert!(
+                events.contains(&format!("block {src} for 600")),
+                "{events:#?}"
+            );
+        }
+        let (outcome, events) = run_to_end(true);
+        assert_eq!(outcome, Ok(super::super::Outcome::Stopped));
+        for src in ["198.51.100.2", "198.51.100.3"] {
+            assert!(
+                events.contains(&format!("block {src} for 600")),
+                "{events:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_control_request_made_while_the_agent_winds_down_is_answered_by_it() {
+        let mut h = harness();
+        let (feed, rx) = Feed::bounded(Arc::clone(&h.metrics), 4, 1_000);
+        assert!(feed.offer(h.scan("198.51.100.1")));
+        h.core.turn(Some(rx.recv().unwrap()), true);
+        let listener = control::bind(h.dir.path()).unwrap();
+        let (server, control_stop) = super::super::setup::serve_control(listener, &feed).unwrap();
+        drop(feed);
+        // Asked to stop (a signal) while a source still hands over its last packets, and
+        // `synwatch blocks list` asks meanwhile; the source ends once it has its answer.
+        let (answered, source_ends) = std::sync::mpsc::channel::<()>();
+        let source = std::thread::spawn(move || {
+            let _ = source_ends.recv();
+        });
+        let dir = h.dir.path().to_path_buf();
+        let client = std::thread::spawn(move || {
+            let reply = control::call(&dir, &control::Request::List);
+            let _ = answered.send(());
+            reply.map_err(|e| format!("{e:#}"))
+        });
+        let queue =
+            crate::event_queue::EventQueue::start(io::sink(), Arc::clone(&h.metrics)).unwrap();
+        let running = super::super::setup::Running {
+            core: h.core,
+            rx,
+            stop: Arc::new(AtomicBool::new(true)),
+            workers: vec![("the test's source".to_owned(), source)],
+            servers: vec![("the control socket", server)],
+            control_stop,
+            fleet_threads: crate::crowdsec::Threads::default(),
+            drainer: queue.drainer(),
+            socket_counters: None,
+            state_dir: h.dir.path().to_path_buf(),
+        };
+        // Ends: the control socket's thread is joined.
+        assert_eq!(running.run().unwrap(), super::super::Outcome::Stopped);
+        let reply = client.join().unwrap();
+        let reply = reply
+            .expect("an answer")
+            .expect("the agent answers, not the state");
+        assert_eq!(reply.backend, "nftables");
+        let banned: Vec<String> = reply.bans.iter().map(|b| b.addr.to_string()).collect();
+        assert_eq!(banned, ["198.51.100.1/32"]);
+        assert!(!control::socket_path(h.dir.path()).exists());
+    }
+
     #[test]
     fn batches_offered_to_a_full_queue_are_counted_as_dropped() {
         let mut h = harness();

@@ -56,6 +56,9 @@ pub(super) struct Running {
     pub(super) workers: Vec<(String, thread::JoinHandle<()>)>,
     /// The metrics server's and the control socket's accepting threads.
     pub(super) servers: Vec<(&'static str, thread::JoinHandle<()>)>,
+    /// Set once blocking has stopped, to end the control socket's thread (see
+    /// [`serve_control`]).
+    pub(super) control_stop: Arc<AtomicBool>,
     pub(super) fleet_threads: crate::crowdsec::Threads,
     /// Waits for stdout to take the last events.
     pub(super) drainer: Drainer,
@@ -221,12 +224,11 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         metrics::serve(o.listener, Arc::clone(&o.metrics), Arc::clone(&io.stop))
             .context("cannot start the metrics server")?,
     )];
+    let mut control_stop = Arc::default();
     if let (Some(l), Some(_)) = (o.control, &o.blocking.blocker) {
-        let stop = Arc::clone(&io.stop);
-        servers.push((
-            "the control socket",
-            control::serve(l, feed.sender(), Msg::Call, stop)?,
-        ));
+        let (thread, stop) = serve_control(l, &feed)?;
+        servers.push(("the control socket", thread));
+        control_stop = stop;
     }
     if let Some(b) = o.blocking.blocker.as_mut() {
         let tx = feed.sender();
@@ -270,11 +272,27 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         stop: io.stop,
         workers: threads.workers,
         servers,
+        control_stop,
         fleet_threads,
         drainer,
         socket_counters: threads.socket_counters,
         state_dir: o.run.blocking.state_dir.clone(),
     })
+}
+
+/// Serves the control socket, handing requests to the loop through `feed`, until the
+/// token returned with its thread is set, which the agent does once its blocker has
+/// stopped (`stop.rs`), not when it is asked to stop: a request made while the agent
+/// winds down (the loop takes what the sources sent last) is answered by the agent,
+/// rather than refused, which would have `synwatch blocks` change the saved bans and the
+/// rules behind the stopping agent's back.
+pub(super) fn serve_control(
+    listener: std::os::unix::net::UnixListener,
+    feed: &Feed,
+) -> anyhow::Result<(thread::JoinHandle<()>, Arc<AtomicBool>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = control::serve(listener, feed.sender(), Msg::Call, Arc::clone(&stop))?;
+    Ok((thread, stop))
 }
 
 /// The metrics server's socket.

@@ -29,6 +29,8 @@ impl Running {
         let asked_to_stop = self.stop.swap(true, Ordering::Relaxed);
         self.fleet_threads.join();
         self.core.stop_blocking(&self.state_dir);
+        // The control socket is gone with the blocker: its thread may end.
+        self.control_stop.store(true, Ordering::Relaxed);
         // The last events get a moment to reach a reader that reads; one that does not
         // cannot hold the exit.
         if !self.drainer.drain(FINAL_OUTPUT_WAIT) {
