@@ -5,6 +5,7 @@
 //! limited. Pure: time (nanoseconds) is passed in.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 
 use synwatch_detect::Nanos;
@@ -31,15 +32,48 @@ pub struct Suppressed {
     pub untracked: u64,
 }
 
+/// Slots of the IPv4 sources' table: twice the most sources counted a second, so that
+/// it is at most half full (and a free slot is always found; the hash is keyed per run,
+/// so no one can line sources up in one run of slots).
+const V4_SLOTS: usize = 2 * MAX_SOURCES_PER_SECOND;
+
+/// One IPv4 source's events of the current second: logged and held back. A slot belongs
+/// to the second whose number it carries; older ones are free.
+#[derive(Debug, Clone, Copy, Default)]
+struct V4Slot {
+    second: u32,
+    addr: u32,
+    logged: u32,
+    held: u32,
+}
+
+/// Under a spoofed flood every event is a new source, and the limiter's table is read
+/// at a cache miss per event in the live agent (the detector's tables take the caches):
+/// IPv4 sources are counted in an open-addressed table of 16-byte slots, one miss where a
+/// `HashMap` of `IpAddr`s took two or three, and emptied each second by a new second
+/// number rather than a sweep. IPv6 sources use the `HashMap`.
 #[derive(Debug)]
 pub struct LogLimiter {
     per_source: u32,
     global: u32,
     second: Nanos,
     logged: u32,
+    /// The IPv4 sources' table, allocated at the first IPv4 event.
+    v4: Vec<V4Slot>,
+    /// Sources in `v4` this second.
+    v4_len: usize,
+    /// The number the slots of this second carry (0: none yet).
+    v4_second: u32,
+    hasher: foldhash::fast::RandomState,
     by_source: HashMap<IpAddr, (u32, u64)>,
     suppressed: u64,
     untracked: u64,
+}
+
+/// Where an IPv4 source's slot is.
+enum Slot {
+    Held(usize),
+    Free(usize),
 }
 
 impl LogLimiter {
@@ -50,9 +84,38 @@ impl LogLimiter {
             global,
             second: Nanos::MIN,
             logged: 0,
+            v4: Vec::new(),
+            v4_len: 0,
+            v4_second: 1,
+            hasher: foldhash::fast::RandomState::default(),
             by_source: HashMap::new(),
             suppressed: 0,
             untracked: 0,
+        }
+    }
+
+    /// Sources counted this second.
+    fn sources(&self) -> usize {
+        self.v4_len + self.by_source.len()
+    }
+
+    /// The slot of `addr` in the IPv4 table, or where it would go.
+    fn v4_slot(&mut self, addr: u32) -> Slot {
+        if self.v4.is_empty() {
+            self.v4 = vec![V4Slot::default(); V4_SLOTS];
+        }
+        let mask = V4_SLOTS - 1;
+        let mut i = (self.hasher.hash_one(addr) as usize) & mask;
+        // Ends: at most MAX_SOURCES_PER_SECOND of the slots belong to this second.
+        loop {
+            let slot = &self.v4[i];
+            if slot.second != self.v4_second {
+                return Slot::Free(i);
+            }
+            if slot.addr == addr {
+                return Slot::Held(i);
+            }
+            i = (i + 1) & mask;
         }
     }
 
@@ -60,15 +123,36 @@ impl LogLimiter {
     /// [`LogLimiter::roll`] with the event's time first.
     pub fn allow(&mut self, src: IpAddr) -> bool {
         let over_global = self.global != 0 && self.logged >= self.global;
-        let full = self.by_source.len() >= MAX_SOURCES_PER_SECOND;
-        if full && !self.by_source.contains_key(&src) {
-            if over_global {
-                self.untracked += 1;
+        let full = self.sources() >= MAX_SOURCES_PER_SECOND;
+        if let IpAddr::V4(v4) = src {
+            let addr = u32::from(v4);
+            let i = match self.v4_slot(addr) {
+                Slot::Held(i) => i,
+                Slot::Free(i) if !full => {
+                    self.v4[i] = V4Slot {
+                        second: self.v4_second,
+                        addr,
+                        logged: 0,
+                        held: 0,
+                    };
+                    self.v4_len += 1;
+                    i
+                }
+                Slot::Free(_) => return self.untracked(over_global),
+            };
+            let slot = &mut self.v4[i];
+            let over_source = self.per_source != 0 && slot.logged >= self.per_source;
+            if over_source || over_global {
+                slot.held = slot.held.saturating_add(1);
                 self.suppressed += 1;
                 return false;
             }
+            slot.logged += 1;
             self.logged += 1;
             return true;
+        }
+        if full && !self.by_source.contains_key(&src) {
+            return self.untracked(over_global);
         }
         let entry = self.by_source.entry(src).or_insert((0, 0));
         let over_source = self.per_source != 0 && entry.0 >= self.per_source;
@@ -82,6 +166,17 @@ impl LogLimiter {
         true
     }
 
+    /// An event from a source beyond the second's table: held to the global limit only.
+    fn untracked(&mut self, over_global: bool) -> bool {
+        if over_global {
+            self.untracked += 1;
+            self.suppressed += 1;
+            return false;
+        }
+        self.logged += 1;
+        true
+    }
+
     /// Starts the second `now` falls in, returning the summary of the one that ended
     /// if anything was held back in it.
     pub fn roll(&mut self, now: Nanos) -> Option<Suppressed> {
@@ -91,11 +186,23 @@ impl LogLimiter {
         }
         let previous = std::mem::replace(&mut self.second, second);
         let summary = (self.suppressed > 0).then(|| {
+            let second = self.v4_second;
+            let v4 = self
+                .v4
+                .iter()
+                .filter(|s| s.second == second && s.held > 0)
+                .map(|s| {
+                    (
+                        IpAddr::from(std::net::Ipv4Addr::from(s.addr)),
+                        u64::from(s.held),
+                    )
+                });
             let mut top: Vec<(IpAddr, u64)> = self
                 .by_source
                 .iter()
                 .filter(|(_, (_, held))| *held > 0)
                 .map(|(src, (_, held))| (*src, *held))
+                .chain(v4)
                 .collect();
             let sources = top.len() as u64;
             // The five that lost most (a total order: ties by address), without sorting
@@ -115,6 +222,8 @@ impl LogLimiter {
             }
         });
         self.by_source.clear();
+        self.v4_len = 0;
+        self.v4_second = self.v4_second.wrapping_add(1).max(1);
         self.logged = 0;
         self.suppressed = 0;
         self.untracked = 0;
@@ -192,6 +301,43 @@ mod tests {
         want.truncate(5);
         assert_eq!(s.top, want);
         assert!(s.top.iter().all(|e| e.1 == 39), "{:?}", s.top);
+    }
+
+    /// IPv4 sources (in their own table) and IPv6 ones (in the map) share the budgets
+    /// and the cap on sources a second, and both are summed up; a new second starts
+    /// every source afresh.
+    #[test]
+    fn ipv4_and_ipv6_sources_share_the_limits_and_the_summary() {
+        let mut l = LogLimiter::new(2, 0);
+        l.roll(0);
+        let (v4, v6) = (ip("203.0.113.1"), ip("2001:db8::1"));
+        let a: Vec<bool> = (0..5).flat_map(|_| [l.allow(v4), l.allow(v6)]).collect();
+        assert_eq!(
+            a,
+            [
+                true, true, true, true, false, false, false, false, false, false
+            ]
+        );
+        let s = l.roll(SECOND).expect("a summary");
+        assert_eq!((s.count, s.sources, s.untracked), (6, 2, 0));
+        assert_eq!(s.top, [(v4, 3), (v6, 3)]);
+        assert!(l.allow(v4) && l.allow(v4) && !l.allow(v4));
+        let s = l.roll(2 * SECOND).expect("a summary");
+        assert_eq!((s.count, s.top), (1, vec![(v4, 1)]));
+        // The cap on sources counts both: with the table full of IPv4 sources, an IPv6
+        // one is untracked, and the reverse.
+        let mut l = LogLimiter::new(1, 1);
+        l.roll(0);
+        for i in 0..MAX_SOURCES_PER_SECOND as u32 - 1 {
+            l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+        }
+        assert!(!l.allow(v6));
+        assert!(!l.allow(v4), "one source too many");
+        assert!(!l.allow(ip("2001:db8::2")));
+        let s = l.roll(SECOND).expect("a summary");
+        assert_eq!(s.untracked, 2);
+        assert_eq!(s.sources, MAX_SOURCES_PER_SECOND as u64 - 1);
+        assert_eq!(s.count, s.sources + s.untracked);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use synwatch_capture::live::{LiveCapture, LiveOptions};
 use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits};
@@ -40,7 +40,40 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Observations a capture thread collects before handing them over; a quiet interface
 /// hands over what it has whenever a read times out.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
+
+/// Packets a second from which a capture thread that has read all the kernel handed up
+/// pauses [`FLOOD_PAUSE`] before looking again (see [`Pace`]).
+const FLOOD_RATE: u64 = 50_000;
+/// How long a capture thread under a flood waits for packets to pile up: the most a
+/// packet is delayed by it.
+const FLOOD_PAUSE: Duration = Duration::from_millis(2);
+
+/// Fewer wake-ups under a flood. libpcap's kernel ring hands up a block of packets every
+/// millisecond (`LiveOptions::block_ms`, kept that short so that a probe on a quiet link
+/// reaches the detector at once), so a capture thread that waits for each block wakes a
+/// thousand times a second, and so does the pipeline it hands each block to: under a
+/// flood that is most of the capture thread's CPU. When the packets read since the last
+/// time the ring ran dry came at [`FLOOD_RATE`] or more, the thread pauses
+/// [`FLOOD_PAUSE`] before looking again, and then finds several blocks waiting; below
+/// that rate (a scan on a quiet link) it never pauses.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the ring last ran dry.
+    dry_at: Option<Instant>,
+}
+
+impl Pace {
+    /// The ring ran dry at `now`, `packets` read since it last did: how long to pause.
+    fn dry(&mut self, packets: u64, now: Instant) -> Option<Duration> {
+        let since = now.saturating_duration_since(self.dry_at.replace(now)?);
+        // At least a millisecond's worth at the flood rate, so that a few packets read
+        // moments apart are not taken for a flood.
+        let flood = packets >= FLOOD_RATE / 1000
+            && u128::from(packets) * 1_000_000_000 >= u128::from(FLOOD_RATE) * since.as_nanos();
+        flood.then_some(FLOOD_PAUSE)
+    }
+}
 
 /// Spare metric slots for interfaces that appear while the agent runs.
 pub const SPARE_SLOTS: usize = 32;
@@ -167,6 +200,9 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
     let mut defrag = Reassembler::new(ReassemblyLimits::default());
     let mut batch = Vec::with_capacity(BATCH);
     let mut packets = 0u64;
+    let mut pace = Pace::default();
+    // Packets read since the ring last ran dry.
+    let mut burst = 0u64;
     let mut next_check = monotonic() + CHECK_EVERY;
     // The kernel's counters restart with each handle: they add to what earlier handles
     // on this interface counted.
@@ -196,8 +232,10 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
             }
             Err(e) => break End::Failed(e.to_string()),
         };
+        let dry = packet.is_none();
         if let Some(packet) = packet {
             packets += 1;
+            burst += 1;
             if let Some(link) = link {
                 let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
                 match defrag.decode(link, packet.data, at) {
@@ -217,10 +255,16 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
         // A full batch, or a read that found nothing: hand over what there is.
         counters.packets.fetch_add(packets, Ordering::Relaxed);
         packets = 0;
-        if !batch.is_empty() && !(watch.send)(std::mem::take(&mut batch)) {
+        if !batch.is_empty()
+            && !(watch.send)(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+        {
             break End::Stopped;
         }
-        let now = monotonic();
+        let mut now = monotonic();
+        if dry && let Some(pause) = pace.dry(std::mem::take(&mut burst), now) {
+            thread::sleep(pause);
+            now = monotonic();
+        }
         if now >= next_check {
             next_check = now + CHECK_EVERY;
             record_stats(&mut cap);
@@ -367,5 +411,32 @@ pub fn check_xdp(
                 links.missing.insert(name.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capture_thread_pauses_under_a_flood_and_never_on_a_quiet_link() {
+        let start = monotonic();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut pace = Pace::default();
+        // The first time the ring runs dry there is no rate yet.
+        assert_eq!(pace.dry(500, at(0)), None);
+        // A scan on a quiet link: a few probes a millisecond, never a pause.
+        assert_eq!(pace.dry(10, at(1)), None);
+        assert_eq!(pace.dry(40, at(2)), None);
+        // 100 packets a millisecond (100,000 a second): a flood.
+        assert_eq!(pace.dry(100, at(3)), Some(FLOOD_PAUSE));
+        assert_eq!(pace.dry(300, at(6)), Some(FLOOD_PAUSE));
+        // Many packets, but over a long read timeout: 1,000 a second.
+        assert_eq!(pace.dry(100, at(106)), None);
+        // Just under and at the flood rate.
+        assert_eq!(pace.dry(99, at(108)), None);
+        assert_eq!(pace.dry(100, at(110)), Some(FLOOD_PAUSE));
+        // A burst of a few packets moments after the last look is no flood.
+        assert_eq!(pace.dry(3, at(110)), None);
     }
 }
