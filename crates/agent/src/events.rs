@@ -6,7 +6,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use synwatch_detect::{Direction, Nanos, Scan};
+use synwatch_detect::{Direction, Nanos, Observation, Scan};
 
 use crate::limit::Suppressed;
 
@@ -19,6 +19,20 @@ pub struct Connection {
     pub dst: IpAddr,
     pub dport: u16,
     pub direction: Direction,
+}
+
+impl Connection {
+    /// The attempt `obs`, going `direction`.
+    pub fn of(obs: &Observation, direction: Direction) -> Self {
+        Self {
+            ts: obs.ts,
+            src: obs.src,
+            sport: obs.sport,
+            dst: obs.dst,
+            dport: obs.dport,
+            direction,
+        }
+    }
 }
 
 /// A ban applied in the kernel (the `block` event).

@@ -299,14 +299,7 @@ impl Prepare {
             } else {
                 Direction::In
             };
-            let event = Connection {
-                ts: obs.ts,
-                src: obs.src,
-                sport: obs.sport,
-                dst: obs.dst,
-                dport: obs.dport,
-                direction,
-            };
+            let event = Connection::of(&obs, direction);
             self.formatter.connection(&event, &mut batch.text);
         }
         batch.ends.push(batch.text.len());

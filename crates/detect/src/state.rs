@@ -89,6 +89,15 @@ impl Slot for SourceSlot {
 }
 
 impl SourceSlot {
+    /// The slot of `key`, a source first seen (or seen afresh) at `now`.
+    fn fresh(key: Key, now: Nanos) -> Self {
+        let mut slot = Self::EMPTY;
+        slot.key = key;
+        slot.len = 0;
+        slot.lasts[0] = now;
+        slot
+    }
+
     /// The time of the source's last attempt or probe.
     #[inline]
     pub fn last_activity(&self) -> Nanos {
@@ -122,6 +131,19 @@ pub(crate) struct Loaded {
     pub last_activity: Nanos,
 }
 
+impl Loaded {
+    /// A source with nothing behind it yet, in slot `index`.
+    fn fresh(index: usize, now: Nanos) -> Self {
+        Self {
+            index,
+            ports: Ports::new(),
+            in_episode: false,
+            new: true,
+            last_activity: now,
+        }
+    }
+}
+
 impl Sources {
     pub fn len(&self) -> usize {
         self.table.len()
@@ -150,21 +172,8 @@ impl Sources {
                 if self.table.get(i).len == WIDE {
                     self.wide.remove(&key);
                 }
-                let mut slot = SourceSlot::EMPTY;
-                slot.key = key;
-                slot.len = 0;
-                slot.lasts[0] = now;
-                *self.table.get_mut(i) = slot;
-                return (
-                    Loaded {
-                        index: i,
-                        ports: Ports::new(),
-                        in_episode: false,
-                        new: true,
-                        last_activity: now,
-                    },
-                    evicted,
-                );
+                *self.table.get_mut(i) = SourceSlot::fresh(key, now);
+                return (Loaded::fresh(i, now), evicted);
             }
             Some(i) => i,
             None => {
@@ -174,21 +183,8 @@ impl Sources {
                 match self.table.find_or_free(&key) {
                     Ok(i) => i,
                     Err(i) => {
-                        let mut slot = SourceSlot::EMPTY;
-                        slot.key = key;
-                        slot.len = 0;
-                        slot.lasts[0] = now;
-                        self.table.fill(i, slot);
-                        return (
-                            Loaded {
-                                index: i,
-                                ports: Ports::new(),
-                                in_episode: false,
-                                new: true,
-                                last_activity: now,
-                            },
-                            evicted,
-                        );
+                        self.table.fill(i, SourceSlot::fresh(key, now));
+                        return (Loaded::fresh(i, now), evicted);
                     }
                 }
             }

@@ -48,14 +48,7 @@ impl StepSink for LiveStep<'_> {
     fn connection(&mut self, obs: &Observation, direction: Direction) -> std::io::Result<()> {
         if self.limiter.allow(obs.src) {
             *self.logged += 1;
-            self.events.connection(&Connection {
-                ts: obs.ts,
-                src: obs.src,
-                sport: obs.sport,
-                dst: obs.dst,
-                dport: obs.dport,
-                direction,
-            })
+            self.events.connection(&Connection::of(obs, direction))
         } else {
             self.metrics
                 .events_suppressed
