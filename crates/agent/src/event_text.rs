@@ -503,11 +503,7 @@ mod tests {
     use std::io;
     use synwatch_detect::ProbeSet;
 
-    const SEC: Nanos = 1_000_000_000;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("test address")
-    }
+    use crate::fixtures::{connection as conn, ip, port_scan as scan};
 
     /// What the formatter makes of the events a test gives it, as the printers' methods
     /// take them (table columns are left unpadded: the printers pad them).
@@ -542,34 +538,6 @@ mod tests {
         };
         f(&mut w).expect("write");
         String::from_utf8(w.out).expect("utf8")
-    }
-
-    fn conn() -> Connection {
-        Connection {
-            ts: 1_700_000_000 * SEC + 300_000_000,
-            src: ip("203.0.113.9"),
-            sport: 40001,
-            dst: ip("192.0.2.1"),
-            dport: 22,
-            direction: Direction::In,
-        }
-    }
-
-    fn scan() -> Scan {
-        let mut probes = ProbeSet::default();
-        probes.insert(Probe::Syn);
-        Scan {
-            ts: 1_700_000_000 * SEC + 900_000_000,
-            src: ip("203.0.113.9"),
-            dst: ip("192.0.2.1"),
-            ports: vec![21, 22, 23, 25],
-            probes,
-            window: 60 * SEC,
-            allowlisted: false,
-            prefix: None,
-            kind: ScanKind::Ports,
-            hosts: Vec::new(),
-        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod diag;
 pub mod event_queue;
 pub mod event_text;
 pub mod events;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod host;
 pub mod inventory;
 pub mod limit;

@@ -177,14 +177,7 @@ pub use synwatch_agent::timefmt::rfc3339;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
-    use synwatch_detect::{Direction, Probe, ProbeSet, ScanKind};
-
-    const SEC: Nanos = 1_000_000_000;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("test address")
-    }
+    use synwatch_agent::fixtures::{connection as conn, ip, port_scan as scan};
 
     fn render(
         f: impl FnOnce(&mut EventWriter<&mut Vec<u8>>) -> io::Result<()>,
@@ -195,34 +188,6 @@ mod tests {
         f(&mut w).expect("write");
         w.flush().expect("flush");
         String::from_utf8(out).expect("utf8")
-    }
-
-    fn conn() -> Connection {
-        Connection {
-            ts: 1_700_000_000 * SEC + 300_000_000,
-            src: ip("203.0.113.9"),
-            sport: 40001,
-            dst: ip("192.0.2.1"),
-            dport: 22,
-            direction: Direction::In,
-        }
-    }
-
-    fn scan() -> Scan {
-        let mut probes = ProbeSet::default();
-        probes.insert(Probe::Syn);
-        Scan {
-            ts: 1_700_000_000 * SEC + 900_000_000,
-            src: ip("203.0.113.9"),
-            dst: ip("192.0.2.1"),
-            ports: vec![21, 22, 23, 25],
-            probes,
-            window: 60 * SEC,
-            allowlisted: false,
-            prefix: None,
-            kind: ScanKind::Ports,
-            hosts: Vec::new(),
-        }
     }
 
     #[test]
