@@ -222,9 +222,14 @@ impl Core {
 
     /// Observations from a source, through the detector.
     fn on_batch(&mut self, batch: &[Observation]) {
-        self.metrics
+        // Saturating: a count that wrapped would make the feed refuse every batch after.
+        let n = batch.len() as u64;
+        let _ = self
+            .metrics
             .queued
-            .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
         let mut sink = LiveStep {
             limiter: &mut self.limiter,
             events: &mut *self.events,
@@ -1088,6 +1093,16 @@ mod tests {
         let banned: Vec<String> = reply.bans.iter().map(|b| b.addr.to_string()).collect();
         assert_eq!(banned, ["198.51.100.1/32"]);
         assert!(!control::socket_path(h.dir.path()).exists());
+    }
+
+    #[test]
+    fn a_batch_the_feed_did_not_count_never_wraps_the_queue_count() {
+        let mut h = harness();
+        let (feed, _rx) = Feed::bounded(Arc::clone(&h.metrics), 2, 1_000);
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.1"))), false);
+        assert_eq!(h.metrics.queued.load(Ordering::Relaxed), 0);
+        // Wrapped, the count would be near 2^64 and the feed would refuse this.
+        assert!(feed.offer(h.scan("198.51.100.2")));
     }
 
     #[test]
