@@ -462,6 +462,68 @@ mod tests {
         assert!(t.capacity() <= 4 * model.len().max(MIN_SLOTS));
     }
 
+    /// Removes the first entry a hand meets from where it stands, as the detector's
+    /// evictions do (over both arrays while the table grows); returns its key, and
+    /// whether it was still in the old array.
+    fn evict(t: &mut Table<Pair>) -> Option<(u32, bool)> {
+        if t.len() == 0 {
+            return None;
+        }
+        t.step();
+        loop {
+            let h = if t.hand >= t.span() { 0 } else { t.hand };
+            t.hand = h;
+            if t.get(h).is_used() {
+                let key = t.get(h).key;
+                let old = h >= t.capacity();
+                t.remove(h);
+                return Some((key, old));
+            }
+            t.hand = h + 1;
+        }
+    }
+
+    #[test]
+    fn evictions_by_the_hand_agree_with_a_hash_map_across_growths() {
+        let mut t = Table::<Pair>::default();
+        let mut model = std::collections::HashMap::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for step in 0..300_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Keys from a range that widens, so the table keeps growing while the hand
+            // evicts and entries are removed.
+            let key = (x % u64::from(1_000 + step / 10)) as u32;
+            match x % 11 {
+                0..=6 => {
+                    put(&mut t, key, step);
+                    model.insert(key, step);
+                }
+                7 => {
+                    if let Some(i) = t.find(&key) {
+                        t.remove(i);
+                    }
+                    model.remove(&key);
+                }
+                _ => {
+                    if let Some((gone, _)) = evict(&mut t) {
+                        assert!(model.remove(&gone).is_some(), "evicted {gone}, not held");
+                    }
+                }
+            }
+            assert_eq!(t.len(), model.len());
+            assert_eq!(
+                t.find(&key).map(|i| t.get(i).value),
+                model.get(&key).copied()
+            );
+        }
+        for (k, v) in &model {
+            assert_eq!(t.find(k).map(|i| t.get(i).value), Some(*v));
+        }
+        assert_eq!(t.iter().count(), model.len());
+    }
+
     #[test]
     fn a_growing_table_moves_its_entries_a_few_at_a_time_and_finds_them_all_meanwhile() {
         let mut t = Table::<Pair>::default();
@@ -482,11 +544,23 @@ mod tests {
         let i = t.find(&7).expect("held");
         t.remove(i);
         assert_eq!(t.find(&7), None);
-        for j in (0..k).filter(|j| *j != 7) {
-            assert_eq!(t.find(&j).map(|i| t.get(i).value), Some(j), "{j}");
+        // A hand that walks on into the old array evicts from there too.
+        t.hand = t.capacity();
+        let mut gone = vec![7];
+        let mut from_old = 0;
+        for _ in 0..20 {
+            let (key, old) = evict(&mut t).expect("entries held");
+            gone.push(key);
+            from_old += usize::from(old);
+        }
+        assert!(from_old > 0, "the hand never reached the old array");
+        for j in 0..k {
+            let want = (!gone.contains(&j)).then_some(j);
+            assert_eq!(t.find(&j).map(|i| t.get(i).value), want, "{j}");
         }
         // Insertions move the rest on, well before the next growth.
         let held = t.len();
+        assert_eq!(held, k as usize - gone.len());
         for j in k..k + 1_000 {
             put(&mut t, j, j);
         }
@@ -495,7 +569,7 @@ mod tests {
         assert_eq!(t.iter().count(), t.len());
         assert!(
             (0..k + 1_000)
-                .filter(|j| *j != 7)
+                .filter(|j| !gone.contains(j))
                 .all(|j| t.find(&j).is_some())
         );
     }
