@@ -109,11 +109,12 @@ demo: build
 replay-sample: build
 	$(BIN) replay --local 10.199.0.1 --local fd99::1 $(SAMPLE)
 
-## test: formatting, lints, the container image test, and every test (lab tests need
-## root and run for real)
+## test: formatting, lints, the code's shape (scripts/check-layout.py), the container
+## image test, and every test (lab tests need root and run for real)
 test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	scripts/check-layout.py crates
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/image-test.sh; \
 	else echo "make test: the container image test needs root: run sudo make image-test" >&2; exit 1; fi
 	$(CARGO) test --workspace --locked -- --include-ignored
