@@ -288,11 +288,7 @@ impl Blocker {
             }
         }
         if !gone.is_empty() {
-            if let Err(e) = lock(&self.hands).store.delete(&gone, false) {
-                tracing::error!("{e:#}");
-            }
-            self.lifting.extend(gone);
-            self.retry_at = self.retry_at.min(now);
+            self.unban(&gone, false, now);
         }
         happened
     }
@@ -353,13 +349,7 @@ impl Blocker {
         if absorbed.is_empty() {
             return Vec::new();
         }
-        if let Err(e) = lock(&self.hands).store.delete(&absorbed, false) {
-            tracing::error!("{e:#}");
-        }
-        self.pending.retain(|p| !absorbed.contains(&p.net));
-        self.unsaved.retain(|p| !absorbed.contains(&p.net));
-        self.lifting.extend(&absorbed);
-        self.retry_at = self.retry_at.min(now);
+        self.unban(&absorbed, false, now);
         let happened: Vec<Happened> = absorbed
             .into_iter()
             .map(|n| Happened::Unblocked(n, "covered"))
@@ -472,25 +462,19 @@ impl Blocker {
             let addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
             // The kernel lets them lapse by itself; removing them as well keeps the two
             // in step even when clocks disagree by a second.
-            self.pending.retain(|p| !addrs.contains(&p.net));
-            self.unsaved.retain(|p| !addrs.contains(&p.net));
-            self.lifting.extend(&addrs);
+            self.unban(&addrs, false, now);
             let policy = self.book.policy();
             let memory = policy.max_secs.max(policy.duration_secs) as i64;
-            let mut h = lock(&self.hands);
-            if let Err(e) = h
+            let pruned = lock(&self.hands)
                 .store
-                .delete(&addrs, false)
-                .and_then(|()| h.store.prune_offenders(now.saturating_sub(memory)))
-            {
+                .prune_offenders(now.saturating_sub(memory));
+            if let Err(e) = pruned {
                 tracing::error!("{e:#}");
             }
-            drop(h);
             self.metrics
                 .unblocks
                 .fetch_add(addrs.len() as u64, Ordering::Relaxed);
             happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, "expired")));
-            self.retry_at = self.retry_at.min(now);
             self.give_deferred(now);
         }
         // The kernel first, the state file after: a scanner is dropped microseconds
@@ -859,17 +843,23 @@ impl Blocker {
         (reply, happened)
     }
 
-    fn lift(&mut self, addrs: Vec<IpNet>, why: &'static str, now: i64) -> Vec<Happened> {
-        let deleted = lock(&self.hands).store.delete(&addrs, true);
-        if let Err(e) = deleted {
+    /// Takes the bans on `nets` out of the state file (`forgive`: their offences too) and
+    /// out of what waits to go into the kernel or the file, and queues them to be lifted
+    /// from the kernel at the next push.
+    fn unban(&mut self, nets: &[IpNet], forgive: bool, now: i64) {
+        if let Err(e) = lock(&self.hands).store.delete(nets, forgive) {
             tracing::error!("{e:#}");
         }
-        // A set: the LAPI may delete thousands of decisions at once.
-        let lifted: std::collections::HashSet<IpNet> = addrs.iter().copied().collect();
-        self.pending.retain(|p| !lifted.contains(&p.net));
-        self.unsaved.retain(|p| !lifted.contains(&p.net));
-        self.lifting.extend(&addrs);
-        self.retry_at = now;
+        // A set: thousands may end at once (expiry, the LAPI deleting decisions).
+        let gone: std::collections::HashSet<IpNet> = nets.iter().copied().collect();
+        self.pending.retain(|p| !gone.contains(&p.net));
+        self.unsaved.retain(|p| !gone.contains(&p.net));
+        self.lifting.extend(nets);
+        self.retry_at = self.retry_at.min(now);
+    }
+
+    fn lift(&mut self, addrs: Vec<IpNet>, why: &'static str, now: i64) -> Vec<Happened> {
+        self.unban(&addrs, true, now);
         let mut happened = self.push_to_kernel(now);
         self.metrics
             .unblocks
