@@ -355,8 +355,10 @@ mod tests {
         synwatch_enforce::parse_net(s).unwrap()
     }
 
-    fn blocker(dir: &std::path::Path, runner: &RecordingRunner) -> (Blocker, Arc<Stats>) {
-        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+    /// A blocker on `backend` over `runner`, banning for 60 s (an hour at most), one a
+    /// minute, with no fleet.
+    fn started(backend: Backend, dir: &std::path::Path, runner: &RecordingRunner) -> Blocker {
+        let enforcer = open(backend, Scope::All, Box::new(runner.clone())).unwrap();
         let settings = BlockSettings {
             scope: Scope::All,
             policy: Policy {
@@ -368,11 +370,16 @@ mod tests {
             keep_rules: false,
             dry_run: false,
         };
-        let (mut b, _) =
-            Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
-                false
-            })
-            .unwrap();
+        Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
+            false
+        })
+        .unwrap()
+        .0
+    }
+
+    /// An nftables blocker that has joined the fleet.
+    fn blocker(dir: &std::path::Path, runner: &RecordingRunner) -> (Blocker, Arc<Stats>) {
+        let mut b = started(Backend::Nftables, dir, runner);
         let stats = Arc::new(Stats::default());
         b.join_fleet(
             Some(Arc::new(Outbox::new(Arc::clone(&stats)))),
@@ -667,23 +674,7 @@ mod tests {
     fn a_decision_longer_than_the_backend_keeps_a_ban_is_cut_to_what_it_keeps() {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
-        let enforcer = open(Backend::Iptables, Scope::All, Box::new(runner.clone())).unwrap();
-        let settings = BlockSettings {
-            scope: Scope::All,
-            policy: Policy {
-                duration_secs: 60,
-                max_secs: 3600,
-                per_minute: 1,
-            },
-            state_dir: dir.path().to_path_buf(),
-            keep_rules: false,
-            dry_run: false,
-        };
-        let (mut b, _) =
-            Blocker::start(enforcer, &settings, Arc::new(Metrics::default()), 0, |_| {
-                false
-            })
-            .unwrap();
+        let mut b = started(Backend::Iptables, dir.path(), &runner);
         let mut long = d(1, "cscli", "Ip", "198.51.100.7");
         long.duration = "8760h".into();
         b.pulled(pull(true, vec![long], vec![]), 0, protected);
