@@ -876,6 +876,23 @@ fn a_sighup_storm_leaves_the_agent_running_its_bans_held_and_scanners_caught() {
     assert_eq!(agent.stop_within(10), Some(0));
 }
 
+/// `DIR/state` made a 2 MB tmpfs in a mount namespace of the agent's own (gone with it):
+/// its path, and the wrapper to start the agent under. `then` runs after the mount,
+/// before the agent (`{state}` in it stands for the path).
+fn tmpfs_state(dir: &std::path::Path, then: &str) -> (String, Vec<String>) {
+    let state = dir.join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let state = state.to_str().expect("utf-8 path").to_owned();
+    let then = then.replace("{state}", &state);
+    let mount = format!(
+        "mount -t tmpfs -o size=2m,mode=0700 synwatch-test {state} && {then}exec \"$0\" \"$@\""
+    );
+    let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c"];
+    let mut wrapper: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
+    wrapper.push(mount);
+    (state, wrapper)
+}
+
 /// A state directory that fills up: the agent goes on running, its bans stay in the
 /// kernel and new scanners are still banned (their bans held until it stops), and it
 /// says why they are not saved. The state directory is a small tmpfs mounted in a mount
@@ -886,21 +903,8 @@ fn a_sighup_storm_leaves_the_agent_running_its_bans_held_and_scanners_caught() {
 fn a_full_state_directory_costs_saving_not_blocking() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).expect("mkdir");
-    let state_text = state.to_str().expect("utf-8 path").to_owned();
-    let mount = format!(
-        "mount -t tmpfs -o size=2m,mode=0700 synwatch-test {state_text} && exec \"$0\" \"$@\""
-    );
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &mount,
-    ];
+    let (state_text, wrapper) = tmpfs_state(dir.path(), "");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let args = state_args(dir.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_under(&lab, dir.path(), "full", &wrapper, &args);
@@ -964,21 +968,8 @@ fn a_full_state_directory_costs_saving_not_blocking() {
 fn a_read_only_state_directory_is_refused_at_start_in_one_line() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).expect("mkdir");
-    let state_text = state.to_str().expect("utf-8 path").to_owned();
-    let mount = format!(
-        "mount -t tmpfs -o size=2m,mode=0700 synwatch-test {state_text} && mount -o remount,ro {state_text} && exec \"$0\" \"$@\""
-    );
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &mount,
-    ];
+    let (state_text, wrapper) = tmpfs_state(dir.path(), "mount -o remount,ro {state} && ");
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let (code, err) = run_to_end(
         &lab,
         &wrapper,
