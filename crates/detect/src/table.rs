@@ -407,6 +407,14 @@ mod tests {
         }
     }
 
+    /// The next of a xorshift sequence: the tests' operations and keys.
+    fn xorshift(mut x: u64) -> u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+
     fn put(t: &mut Table<Pair>, key: u32, value: u32) {
         match t.find_or_free(&key) {
             Ok(i) => t.get_mut(i).value = value,
@@ -427,9 +435,7 @@ mod tests {
         let mut model = std::collections::HashMap::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
         for step in 0..200_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            x = xorshift(x);
             let key = (x % 5_000) as u32;
             match x % 7 {
                 0..=3 => {
@@ -489,9 +495,7 @@ mod tests {
         let mut model = std::collections::HashMap::new();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for step in 0..300_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            x = xorshift(x);
             // Keys from a range that widens, so the table keeps growing while the hand
             // evicts and entries are removed.
             let key = (x % u64::from(1_000 + step / 10)) as u32;
