@@ -47,6 +47,7 @@
 # them; they are removed (with every process the script started) on every exit path.
 # Files of the last run are left in BENCH_DIR/bans.*.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lab-pair.sh"
 
 synwatch=${SYNWATCH:-target/release/synwatch}
 sizes=${SIZES:-10000 100000}
@@ -122,15 +123,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
-ip netns add "$victim"
-ip netns add "$attacker"
+lab_pair "$victim" "$attacker" "$vif" "$aif" "$victim_ip/24" "$attacker_ip/24"
 ip netns add "$peer"
-ip link add "$vif" netns "$victim" type veth peer name "$aif" netns "$attacker"
-ip -n "$victim" addr add "$victim_ip/24" dev "$vif"
-ip -n "$attacker" addr add "$attacker_ip/24" dev "$aif"
-for ns in "$victim" "$attacker" "$peer"; do ip -n "$ns" link set lo up; done
-ip -n "$victim" link set "$vif" up
-ip -n "$attacker" link set "$aif" up
+ip -n "$peer" link set lo up
 victim_mac=$(cat "/sys/class/net/$vif/address" 2>/dev/null || ip netns exec "$victim" cat "/sys/class/net/$vif/address")
 # QUIET_VICTIM=1: the victim drops the scanners' frames in prerouting before conntrack
 # (priority -400; the capture, a packet socket, sees them before that), as a host with a

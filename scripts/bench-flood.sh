@@ -26,6 +26,7 @@
 # go out of the veth like a real host's replies (and are dropped in the attacker
 # namespace, which does not forward) instead of failing a route lookup.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lab-pair.sh"
 
 synwatch=${SYNWATCH:-target/release/synwatch}
 secs=${SECONDS_FLOOD:-20}
@@ -80,14 +81,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
-ip netns add "$victim"
-ip netns add "$attacker"
-ip link add "$vif" netns "$victim" type veth peer name "$aif" netns "$attacker"
-ip -n "$victim" addr add 10.198.0.1/24 dev "$vif"
-ip -n "$attacker" addr add 10.198.0.2/24 dev "$aif"
-for ns in "$victim" "$attacker"; do ip -n "$ns" link set lo up; done
-ip -n "$victim" link set "$vif" up
-ip -n "$attacker" link set "$aif" up
+lab_pair "$victim" "$attacker" "$vif" "$aif" 10.198.0.1/24 10.198.0.2/24
 ip -n "$victim" route add default via 10.198.0.2 dev "$vif"
 
 in_victim() { ip netns exec "$victim" "$@"; }

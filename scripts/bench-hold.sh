@@ -26,6 +26,7 @@
 # Needs root, iproute2, nftables, iptables, ipset, python3, curl. Every change is made
 # inside the namespaces it creates; they are removed (with the agent) on every exit path.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lab-pair.sh"
 
 synwatch=${SYNWATCH:-target/release/synwatch}
 n=${N:-100000}
@@ -63,14 +64,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ip netns add "$victim"
-ip netns add "$attacker"
-ip link add "$vif" netns "$victim" type veth peer name "$aif" netns "$attacker"
-ip -n "$victim" addr add 10.198.0.1/24 dev "$vif"
-ip -n "$attacker" addr add 10.198.0.2/24 dev "$aif"
-for ns in "$victim" "$attacker"; do ip -n "$ns" link set lo up; done
-ip -n "$victim" link set "$vif" up
-ip -n "$attacker" link set "$aif" up
+lab_pair "$victim" "$attacker" "$vif" "$aif" 10.198.0.1/24 10.198.0.2/24
 
 in_victim() { ip netns exec "$victim" "$@"; }
 now() { date +%s.%N; }

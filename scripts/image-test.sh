@@ -39,6 +39,7 @@
 # two namespaces it creates; they, the containers and their volume are removed on every
 # exit path. Prints how long each phase took.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lab-pair.sh"
 cd "$(dirname "$0")/.."
 
 image=${IMAGE:-localhost/synwatch:test}
@@ -297,15 +298,8 @@ fi
 "${pm[@]}" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -F "$image" >&2 || true
 
 phase "lab: namespaces, server"
-ip netns add "$victim"
-ip netns add "$attacker"
 lab_up=1
-ip link add "$vif" netns "$victim" type veth peer name "$aif" netns "$attacker"
-ip -n "$victim" addr add 10.78.0.1/24 dev "$vif"
-for addr in 10.78.0.2 10.78.0.3 10.78.0.4; do ip -n "$attacker" addr add "$addr/24" dev "$aif"; done
-for ns in "$victim" "$attacker"; do ip -n "$ns" link set lo up; done
-ip -n "$victim" link set "$vif" up
-ip -n "$attacker" link set "$aif" up
+lab_pair "$victim" "$attacker" "$vif" "$aif" 10.78.0.1/24 10.78.0.2/24 10.78.0.3/24 10.78.0.4/24
 
 work=$(mktemp -d)
 echo "hello from the victim" >"$work/index.html"

@@ -17,6 +17,7 @@
 #   LAB_AGENT='target/debug/synwatch run --iface {iface} --format json' \
 #   LAB_AGENT_OUT=events.jsonl LAB_AGENT_ERR=agent.log scripts/lab-capture.sh lab.pcap
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lab-pair.sh"
 
 out=${1:?usage: $0 OUT.pcap [PORTS] [CURL_REQUESTS]}
 ports=${2:-1-100}
@@ -44,17 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$victim"
-ip netns add "$attacker"
-ip link add "$vif" netns "$victim" type veth peer name "$aif" netns "$attacker"
-ip -n "$victim" addr add 10.199.0.1/24 dev "$vif"
-ip -n "$victim" addr add fd99::1/64 dev "$vif" nodad
-ip -n "$attacker" addr add 10.199.0.2/24 dev "$aif"
-ip -n "$attacker" addr add 10.199.0.3/24 dev "$aif"
-ip -n "$attacker" addr add fd99::2/64 dev "$aif" nodad
-for ns in "$victim" "$attacker"; do ip -n "$ns" link set lo up; done
-ip -n "$victim" link set "$vif" up
-ip -n "$attacker" link set "$aif" up
+lab_pair "$victim" "$attacker" "$vif" "$aif" "10.199.0.1/24 fd99::1/64" \
+    10.199.0.2/24 10.199.0.3/24 fd99::2/64
 
 # Dual-stack HTTP server on the victim.
 ip netns exec "$victim" python3 -m http.server 8080 --bind :: >/dev/null 2>&1 &
