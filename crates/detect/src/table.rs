@@ -139,13 +139,11 @@ impl<S: Slot> Table<S> {
         if self.len == 0 {
             return None;
         }
-        if let Some(i) = (!self.slots.is_empty())
-            .then(|| self.find_in(&self.slots, key).ok())
-            .flatten()
-        {
-            return Some(i);
+        // Entries held means an array to hold them: `slots` is not empty.
+        match self.find_in(&self.slots, key) {
+            Ok(i) => Some(i),
+            Err(_) => self.find_old(key),
         }
-        self.find_old(key)
     }
 
     /// The index of `key`'s slot in the old array (as [`Table::find`] gives it), without
@@ -172,15 +170,17 @@ impl<S: Slot> Table<S> {
             if let Some(i) = self.find(key) {
                 return Ok(i);
             }
+            // A growth still under way (rare: each insertion moves 64 slots on) ends
+            // first; moving entries changes neither their number nor the new array.
             self.settle();
-            if (self.len + 1) * 4 > self.slots.len() * 3 {
-                self.grow((self.slots.len() * 2).max(MIN_SLOTS));
-            }
+            self.grow((self.slots.len() * 2).max(MIN_SLOTS));
         }
-        if let Some(i) = self.find_old(key) {
-            return Ok(i);
+        // The new array first: most keys are there, and its free slot is the answer
+        // when the key is in neither.
+        match self.find_in(&self.slots, key) {
+            Ok(i) => Ok(i),
+            Err(free) => self.find_old(key).ok_or(free),
         }
-        self.find_in(&self.slots, key)
     }
 
     /// Stores `slot` in the free slot `i` that [`Table::find_or_free`] returned (with no
