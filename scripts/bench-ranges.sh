@@ -24,6 +24,7 @@
 #        quadratic in N)
 # Needs root and: iproute2, nftables, iptables, ipset, iperf3, python3.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lab-pair.sh"
 
 n=${N:-100000}
 # (Not SECONDS: bash's own variable.)
@@ -46,14 +47,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-ip netns add "$victim"
-ip netns add "$attacker"
-ip link add "${tag}x" netns "$victim" type veth peer name "${tag}y" netns "$attacker"
-ip -n "$victim" addr add 10.198.0.1/24 dev "${tag}x"
-ip -n "$attacker" addr add 10.198.0.2/24 dev "${tag}y"
-for ns in "$victim" "$attacker"; do ip -n "$ns" link set lo up; done
-ip -n "$victim" link set "${tag}x" up
-ip -n "$attacker" link set "${tag}y" up
+lab_pair "$victim" "$attacker" "${tag}x" "${tag}y" 10.198.0.1/24 10.198.0.2/24
 in_victim() { ip netns exec "$victim" "$@"; }
 ip netns exec "$victim" iperf3 -s -B 10.198.0.1 -p 5201 >/dev/null 2>&1 &
 pids+=("$!")
