@@ -376,6 +376,11 @@ impl Detector {
         self.attempts.len()
     }
 
+    /// Sources with address-sweep state.
+    pub fn tracked_sweepers(&self) -> usize {
+        self.sweeps.tracked()
+    }
+
     /// Forgets a source's ports and episode (its 4-tuples stay, so retransmissions are
     /// still recognised): once a ban on it is lifted, its next scan is a new episode and is
     /// reported (and banned) again, even if it never paused for a whole window.

@@ -10,6 +10,12 @@
 //! its source cap, the ports of one source to [`PORTS_PER_SOURCE`] and the hosts of one
 //! port to `max_hosts + 1`.
 //!
+//! At the source cap a newcomer always gets in: a CLOCK hand evicts one source, as in the
+//! port-scan table (`state`), by a credit of one plus (returns after the hand passed it)
+//! x (hosts it reached in the window), an open episode the most. A spoofed flood fills the
+//! table with sources of one unanswered attempt that never come back, so they go first and
+//! cannot keep a real sweeper out, nor push out one that keeps coming back.
+//!
 //! Judging is a lookup per attempt, so the sweeping sources live in an open-addressed table
 //! of 128-byte slots (two cache lines, loaded together) that hold the common case whole: up
 //! to seven (port, IPv4 host, time) entries, the source's state being one flat list grouped
@@ -98,8 +104,10 @@ impl Sweeper<u32> {
     }
 }
 
-/// Sources the hand looks at for a stale one when the table is full.
-const STALE_LOOKS: usize = 16;
+/// Most credit a sweeping source can hold: an open episode.
+const MAX_CREDIT: u8 = 15;
+/// The `clock` bit set when the hand passes a source.
+const VISITED: u8 = 0x80;
 
 /// `len` of a free slot.
 const FREE: u8 = 0xFE;
@@ -117,6 +125,10 @@ struct SweepSlot {
     /// Entries held (0 to [`INLINE`]), [`WIDE`] or [`FREE`].
     len: u8,
     in_episode: bool,
+    /// Credit left (low bits) and [`VISITED`].
+    clock: u8,
+    /// Times the source came back after the hand had passed it (saturating).
+    returns: u8,
     ports: [u16; INLINE],
     hosts: [u32; INLINE],
     ts: [Nanos; INLINE],
@@ -129,6 +141,8 @@ impl Slot for SweepSlot {
         last: 0,
         len: FREE,
         in_episode: false,
+        clock: 0,
+        returns: 0,
         ports: [0; INLINE],
         hosts: [0; INLINE],
         ts: [0; INLINE],
@@ -232,12 +246,11 @@ impl Sweeps {
         max_hosts: u16,
         cap: usize,
     ) -> Option<Found> {
-        let at = match self.sweepers.find(&key) {
-            Some(i) => i,
+        let (at, new) = match self.sweepers.find(&key) {
+            Some(i) => (i, false),
             None => {
-                if self.sweepers.len() >= cap && !self.expire_some(ts, window) {
-                    self.dropped += 1;
-                    return None;
+                if self.sweepers.len() >= cap {
+                    self.dropped += self.evict_one(ts, window);
                 }
                 let Err(i) = self.sweepers.find_or_free(&key) else {
                     return None;
@@ -246,61 +259,83 @@ impl Sweeps {
                 slot.key = key;
                 slot.len = 0;
                 self.sweepers.fill(i, slot);
-                i
+                (i, true)
             }
         };
         let slot = self.sweepers.get_mut(at);
-        let found = if slot.len == WIDE {
+        let (found, held, in_episode) = if slot.len == WIDE {
             // Stays in the side table until it goes quiet.
             let s = self.wide.entry(slot.key).or_default();
             let found = count(s, ts, host, port, window, max_hosts);
             slot.last = s.last;
-            found
+            (found, s.reached.len(), s.in_episode)
         } else if let IpAddr::V4(v4) = host {
             // The common case: counted in the slot's own terms.
             let mut s = self.load(at);
             let found = count(&mut s, ts, v4.to_bits(), port, window, max_hosts);
+            let (held, in_episode) = (s.reached.len(), s.in_episode);
             self.store(at, s);
-            found.map(|hosts| hosts.into_iter().map(|h| IpAddr::V4(h.into())).collect())
+            let found =
+                found.map(|hosts| hosts.into_iter().map(|h| IpAddr::V4(h.into())).collect());
+            (found, held, in_episode)
         } else {
             let mut s = self.load(at).widen();
             let found = count(&mut s, ts, host, port, window, max_hosts);
+            let (held, in_episode) = (s.reached.len(), s.in_episode);
             self.store_wide(at, s);
-            found
+            (found, held, in_episode)
         };
+        self.credit(at, new, held, in_episode);
         found.map(|hosts| Found { dport: port, hosts })
     }
 
-    /// At the cap: moves the hand over up to [`STALE_LOOKS`] sources, dropping those quiet
-    /// for more than a window; whether one went. A full table of live sources keeps them
-    /// (what they count is evidence) and the newcomer is dropped; bounding the walk keeps
-    /// that O(1) under a flood, where a pass over the whole table per attempt was not.
-    fn expire_some(&mut self, now: Nanos, window: Nanos) -> bool {
+    /// Gives a source its credit after an attempt counted (see the module documentation):
+    /// it now holds `held` hosts in the window.
+    #[inline]
+    fn credit(&mut self, at: usize, new: bool, held: usize, in_episode: bool) {
+        let slot = self.sweepers.get_mut(at);
+        if !new && slot.clock & VISITED != 0 {
+            slot.returns = slot.returns.saturating_add(1);
+        }
+        slot.clock = if in_episode {
+            MAX_CREDIT
+        } else {
+            (1 + usize::from(slot.returns) * held).min(usize::from(MAX_CREDIT)) as u8
+        };
+    }
+
+    /// Makes room for one source at the cap (CLOCK): a source quiet for more than a window
+    /// goes at once, one with credit left loses one and stays, one without goes. Returns 1
+    /// if a live source had to go, 0 if a quiet one did. O(1) amortised: the hand's steps
+    /// over sources with credit were paid for by the attempts that gave it.
+    fn evict_one(&mut self, now: Nanos, window: Nanos) -> u64 {
         let t = &mut self.sweepers;
+        if t.len() == 0 {
+            return 0;
+        }
         t.step();
-        let mut looked = 0;
-        let mut freed = false;
-        while looked < STALE_LOOKS && t.len() > 0 {
+        loop {
             let h = if t.hand >= t.span() { 0 } else { t.hand };
             t.hand = h;
             // By reference: a slot is two cache lines, and this needs only the first.
-            let slot = t.get(h);
+            let slot = t.get_mut(h);
             if !slot.is_used() {
                 t.hand = h + 1;
                 continue;
             }
-            looked += 1;
-            if now.saturating_sub(slot.last) > window {
-                if slot.len == WIDE {
-                    self.wide.remove(&slot.key);
-                }
-                t.remove(h);
-                freed = true;
-            } else {
+            let live = now.saturating_sub(slot.last) <= window;
+            let credit = slot.clock & !VISITED;
+            if live && credit > 0 {
+                slot.clock = (credit - 1) | VISITED;
                 t.hand = h + 1;
+                continue;
             }
+            if slot.len == WIDE {
+                self.wide.remove(&slot.key);
+            }
+            t.remove(h);
+            return u64::from(live);
         }
-        freed
     }
 
     /// The state of a source held in its slot.
@@ -560,6 +595,7 @@ mod tests {
         // The hand and the sweeps read only the first line.
         assert!(std::mem::offset_of!(SweepSlot, len) < 64);
         assert!(std::mem::offset_of!(SweepSlot, last) < 64);
+        assert!(std::mem::offset_of!(SweepSlot, clock) < 64);
     }
 
     /// Random attempts from a few sources, few ports and hosts, times that leave the window

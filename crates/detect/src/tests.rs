@@ -1033,3 +1033,92 @@ fn a_sweep_is_reported_once_per_episode() {
         found.iter().map(|s| s.ts - T0).collect::<Vec<_>>()
     );
 }
+
+/// A spoofed SYN flood's attempt: source number `i`, unanswered, to `host` on port 80.
+fn spoofed(ts: Nanos, i: u32, host: u8) -> Observation {
+    Observation {
+        ts: T0 + ts,
+        src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i)),
+        dst: IpAddr::from(std::net::Ipv4Addr::new(10, 30, 0, host)),
+        sport: 1024,
+        dport: 80,
+        flags: TcpFlags(SYN),
+    }
+}
+
+/// The sweeper's attempt to its `n`th host (10.20.0.n) on port 22.
+fn sweeping(ts: Nanos, n: u8) -> Observation {
+    obs(
+        ts,
+        "198.51.100.77",
+        50000 + u16::from(n),
+        &format!("10.20.0.{n}"),
+        22,
+        SYN,
+    )
+}
+
+#[test]
+fn a_spoofed_flood_at_the_cap_does_not_keep_a_new_sweeper_out() {
+    // Every spoofed source makes one unanswered attempt and never comes back; the sweep
+    // state is full of them, all inside the window, long before the sweeper starts. It
+    // reaches a new host every 500 spoofed attempts, and must still be found.
+    let cap = 1000;
+    let mut det = Detector::new(Config {
+        max_sources: cap,
+        ..Config::default()
+    });
+    let mut found = Vec::new();
+    let mut n = 0u8;
+    for i in 0..60_000u32 {
+        let t = Nanos::from(i) * 100_000;
+        found.extend(det.observe(&spoofed(t, i, 1)).sweeps);
+        if i >= 5_000 && i % 500 == 0 && n < 17 {
+            n += 1;
+            found.extend(det.observe(&sweeping(t, n)).sweeps);
+        }
+        assert!(det.tracked_sweepers() <= cap);
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].src, ip("198.51.100.77"));
+    let want: Vec<IpAddr> = (1..=17).map(|h| ip(&format!("10.20.0.{h}"))).collect();
+    assert_eq!(found[0].hosts, want);
+}
+
+#[test]
+fn spoofed_sources_with_max_hosts_each_do_not_evict_a_slow_sweeper() {
+    // As `spoofed_sources_with_three_ports_each_do_not_evict_a_slow_scanner`, for sweeps:
+    // every spoofed source reaches `max_hosts` hosts at once, as many as a source may
+    // without being a sweeper, and never comes back; the sweeper's attempts are further
+    // apart each time, the last gap longer than it takes the flood to fill the whole
+    // table. Only its coming back can keep it.
+    let cap = 1000u32;
+    let mut det = Detector::new(Config {
+        max_sources: cap as usize,
+        max_hosts: 4,
+        answer_wait: 10 * MS,
+        ..Config::default()
+    });
+    let gaps = [300u32, 600, 1200, 1500];
+    let mut hosts_at = vec![100u32];
+    for g in gaps {
+        hosts_at.push(hosts_at[hosts_at.len() - 1] + g);
+    }
+    let mut found = Vec::new();
+    let mut t = 0;
+    for i in 0..hosts_at[hosts_at.len() - 1] + 2000 {
+        for host in 1..=4 {
+            t += 10_000;
+            found.extend(det.observe(&spoofed(t, i, host)).sweeps);
+        }
+        assert!(det.tracked_sweepers() <= cap as usize);
+        if let Some(n) = hosts_at.iter().position(|&at| at == i) {
+            found.extend(det.observe(&sweeping(t, n as u8 + 1)).sweeps);
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].src, ip("198.51.100.77"));
+    let want: Vec<IpAddr> = (1..=5).map(|h| ip(&format!("10.20.0.{h}"))).collect();
+    assert_eq!(found[0].hosts, want);
+    assert!(det.stats().sweep_state_dropped > 2000, "{:?}", det.stats());
+}
