@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 
 use crate::Nanos;
 use crate::probe::ProbeSet;
-use crate::table::{Slot, Table};
+use crate::table::{Hand, Slot, Table};
 
 /// A source key: an address (IPv4 in its IPv4-mapped form) as two halves.
 pub(crate) type Key = [u64; 2];
@@ -282,36 +282,20 @@ impl Sources {
     /// Makes room for one source (CLOCK, see the module documentation); returns 1 if a
     /// live source had to go, 0 if an expired one did.
     fn evict_one(&mut self, now: Nanos, window: Nanos) -> u64 {
-        if self.table.len() == 0 {
-            return 0;
-        }
-        self.table.step();
-        loop {
-            let span = self.table.span();
-            let h = if self.table.hand >= span {
-                0
-            } else {
-                self.table.hand
-            };
-            self.table.hand = h;
-            let slot = self.table.get_mut(h);
-            if !slot.is_used() {
-                self.table.hand = h + 1;
-                continue;
-            }
-            if now.saturating_sub(slot.last_activity()) > window {
-                self.remove_at(h);
-                return 0;
-            }
+        let live = |slot: &SourceSlot| now.saturating_sub(slot.last_activity()) <= window;
+        let Some(h) = self.table.clock(|slot| {
             let credit = slot.clock & !VISITED;
-            if credit > 0 {
+            if live(slot) && credit > 0 {
                 slot.clock = (credit - 1) | VISITED;
-                self.table.hand = h + 1;
-                continue;
+                return Hand::Pass;
             }
-            self.remove_at(h);
-            return 1;
-        }
+            Hand::Evict
+        }) else {
+            return 0;
+        };
+        let was_live = live(self.table.get(h));
+        self.remove_at(h);
+        u64::from(was_live)
     }
 }
 
@@ -538,33 +522,18 @@ fn sighting<A: AttemptSlot, B: AttemptSlot>(
 /// Makes room for one tuple (CLOCK over the reference bit; expired tuples go first as the
 /// hand meets them); returns 1 if a live tuple had to go.
 fn evict_attempt<A: AttemptSlot>(table: &mut Table<A>, now: Nanos, window: Nanos) -> u64 {
-    if table.len() == 0 {
+    let live = |slot: &A| now.saturating_sub(slot.last()) <= window;
+    let Some(h) = table.clock(|slot| {
+        if live(slot) && slot.unreference() {
+            return Hand::Pass;
+        }
+        Hand::Evict
+    }) else {
         return 0;
-    }
-    table.step();
-    loop {
-        let h = if table.hand >= table.span() {
-            0
-        } else {
-            table.hand
-        };
-        table.hand = h;
-        let slot = table.get_mut(h);
-        if !slot.is_used() {
-            table.hand = h + 1;
-            continue;
-        }
-        if now.saturating_sub(slot.last()) > window {
-            table.remove(h);
-            return 0;
-        }
-        if slot.unreference() {
-            table.hand = h + 1;
-            continue;
-        }
-        table.remove(h);
-        return 1;
-    }
+    };
+    let was_live = live(table.get(h));
+    table.remove(h);
+    u64::from(was_live)
 }
 
 #[cfg(test)]

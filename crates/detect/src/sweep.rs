@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use crate::Nanos;
-use crate::table::{Slot, Table};
+use crate::table::{Hand, Slot, Table};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -309,33 +309,25 @@ impl Sweeps {
     /// if a live source had to go, 0 if a quiet one did. O(1) amortised: the hand's steps
     /// over sources with credit were paid for by the attempts that gave it.
     fn evict_one(&mut self, now: Nanos, window: Nanos) -> u64 {
-        let t = &mut self.sweepers;
-        if t.len() == 0 {
-            return 0;
-        }
-        t.step();
-        loop {
-            let h = if t.hand >= t.span() { 0 } else { t.hand };
-            t.hand = h;
-            // By reference: a slot is two cache lines, and this needs only the first.
-            let slot = t.get_mut(h);
-            if !slot.is_used() {
-                t.hand = h + 1;
-                continue;
-            }
-            let live = now.saturating_sub(slot.last) <= window;
+        // By reference: a slot is two cache lines, and the hand needs only the first.
+        let live = |slot: &SweepSlot| now.saturating_sub(slot.last) <= window;
+        let Some(h) = self.sweepers.clock(|slot| {
             let credit = slot.clock & !VISITED;
-            if live && credit > 0 {
+            if live(slot) && credit > 0 {
                 slot.clock = (credit - 1) | VISITED;
-                t.hand = h + 1;
-                continue;
+                return Hand::Pass;
             }
-            if slot.len == WIDE {
-                self.wide.remove(&slot.key);
-            }
-            t.remove(h);
-            return u64::from(live);
+            Hand::Evict
+        }) else {
+            return 0;
+        };
+        let slot = self.sweepers.get(h);
+        let (key, wide, was_live) = (slot.key, slot.len == WIDE, live(slot));
+        if wide {
+            self.wide.remove(&key);
         }
+        self.sweepers.remove(h);
+        u64::from(was_live)
     }
 
     /// The state of a source held in its slot.

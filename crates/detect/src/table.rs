@@ -40,9 +40,18 @@ pub(crate) struct Table<S: Slot> {
     /// at a time (see [`Growing`]).
     old: Option<Growing<S>>,
     hasher: foldhash::fast::RandomState,
-    /// The eviction hand (CLOCK): the next index an eviction looks at (see
+    /// The eviction hand (CLOCK): the next index [`Table::clock`] looks at (see
     /// [`Table::span`]).
-    pub hand: usize,
+    hand: usize,
+}
+
+/// What the eviction hand does with the entry it points at ([`Table::clock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hand {
+    /// Leave it (after taking a credit or clearing a bit) and move on.
+    Pass,
+    /// This one goes.
+    Evict,
 }
 
 /// The array a growing table is leaving. Its entries move a whole cluster (a run of used
@@ -293,6 +302,31 @@ impl<S: Slot> Table<S> {
         self.slots.iter().chain(old).filter(|s| s.is_used())
     }
 
+    /// Moves the eviction hand (CLOCK) over the used entries, both arrays while the table
+    /// grows, until `judge` picks one to evict, and returns its index, the hand left on
+    /// it; `None` if the table is empty. `judge` may change the entries it passes (take a
+    /// credit, clear a reference bit): that, paid for by the hits that gave the credit,
+    /// is what keeps a walk O(1) amortised. The caller removes the entry.
+    pub fn clock(&mut self, mut judge: impl FnMut(&mut S) -> Hand) -> Option<usize> {
+        if self.len == 0 {
+            return None;
+        }
+        self.step();
+        loop {
+            let h = if self.hand >= self.span() {
+                0
+            } else {
+                self.hand
+            };
+            self.hand = h;
+            let slot = self.get_mut(h);
+            if slot.is_used() && judge(slot) == Hand::Evict {
+                return Some(h);
+            }
+            self.hand = h + 1;
+        }
+    }
+
     /// Moves a few more of the old array's entries on, if the table is growing. Insertions
     /// do this themselves; a table at its cap takes none, so its evictions call this, or
     /// a growth begun just under the cap would never end.
@@ -472,21 +506,11 @@ mod tests {
     /// evictions do (over both arrays while the table grows); returns its key, and
     /// whether it was still in the old array.
     fn evict(t: &mut Table<Pair>) -> Option<(u32, bool)> {
-        if t.len() == 0 {
-            return None;
-        }
-        t.step();
-        loop {
-            let h = if t.hand >= t.span() { 0 } else { t.hand };
-            t.hand = h;
-            if t.get(h).is_used() {
-                let key = t.get(h).key;
-                let old = h >= t.capacity();
-                t.remove(h);
-                return Some((key, old));
-            }
-            t.hand = h + 1;
-        }
+        let h = t.clock(|_| Hand::Evict)?;
+        let key = t.get(h).key;
+        let old = h >= t.capacity();
+        t.remove(h);
+        Some((key, old))
     }
 
     #[test]
