@@ -57,6 +57,7 @@ pub struct Metrics {
     pub queued: AtomicU64,
     pub tracked_sources: AtomicU64,
     pub sources_evicted: AtomicU64,
+    pub first_sightings: AtomicU64,
     pub events_suppressed: AtomicU64,
     /// Events not written to stdout, by [`DropReason`](DropReason).
     pub events_dropped: [AtomicU64; DropReason::ALL.len()],
@@ -216,6 +217,7 @@ impl Metrics {
         set(&self.scans, s.scans);
         set(&self.sweeps, s.sweeps);
         set(&self.sources_evicted, s.sources_evicted);
+        set(&self.first_sightings, s.first_sightings);
         set(&self.tracked_sources, tracked as u64);
         // In agent time (monotonic): a step of the wall clock neither fails /healthz nor
         // hides a pipeline that stopped.
@@ -638,6 +640,12 @@ impl Metrics {
             "counter",
             "Sources dropped at the tracking cap before their state expired.",
             &plain(get(&self.sources_evicted)),
+        );
+        family(
+            "synwatch_first_sightings_total",
+            "counter",
+            "Attempts of untracked sources seen while the source table was full, written down apart instead of evicting a tracked source (a source gets a slot when it comes back within the window).",
+            &plain(get(&self.first_sightings)),
         );
         family(
             "synwatch_events_suppressed_total",

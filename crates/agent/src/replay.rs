@@ -439,7 +439,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 attempts:        {} incoming, {} outgoing, {} retransmissions, {} stealth probes\n\
          \x20 connections:     {} logged\n\
          \x20 scans:           {} port scans, {} address sweeps\n\
-         \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {})\n\
+         \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {}; {} first sightings held apart at the cap)\n\
          \x20 decode problems: {}\n\
          \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links\n\
          \x20 fragments:       {} seen, {} datagrams reassembled, {} given up ({} invalid or overlapping, {} evicted, {} timed out)\n\
@@ -461,6 +461,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         thousands(det.tracked_sources() as u64),
         thousands(s.sources_evicted),
         thousands(det.config().max_sources as u64),
+        thousands(s.first_sightings),
         problems,
         thousands(t.not_ip),
         thousands(t.other_protocol),

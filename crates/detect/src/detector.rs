@@ -249,6 +249,10 @@ pub struct Stats {
     pub sweep_state_dropped: u64,
     /// Sources dropped to stay under the cap before their state expired.
     pub sources_evicted: u64,
+    /// Attempts or probes of sources not tracked, seen while the source table was full:
+    /// written down apart as first sightings instead of evicting a tracked source (a
+    /// spoofed flood's packets, mostly).
+    pub first_sightings: u64,
     /// 4-tuples dropped to stay under the cap before they expired.
     pub attempts_evicted: u64,
 }
@@ -601,7 +605,20 @@ impl Detector {
         let window = self.cfg.window;
         let (counted_as, prefix) = self.source_of(obs.src);
         let key = halves(addr_key(counted_as));
-        let (mut source, evicted) = self.sources.load(key, now, window, self.cfg.max_sources);
+        // One port alone cannot make a scan (unless `max_ports` is 0): at the cap, a new
+        // source's first sighting may wait apart for it to come back.
+        let seen = (keep > 1).then(|| PortSeen {
+            last: now,
+            port: obs.dport,
+            probes: probe.into(),
+        });
+        let Some((mut source, evicted)) =
+            self.sources
+                .load(key, now, window, self.cfg.max_sources, seen)
+        else {
+            self.stats.first_sightings += 1;
+            return None;
+        };
         self.stats.sources_evicted += evicted;
 
         if now.saturating_sub(source.last_activity) > window {

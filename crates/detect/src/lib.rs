@@ -8,11 +8,12 @@
 //!
 //! Layout: [`probe`] classifies TCP flags, [`addrset`] holds local and allowlisted ranges,
 //! [`detector`] is the state machine with its bounded tables (port scans per source, IPv6
-//! sources per prefix), `sweep` finds address sweeps among the attempts nobody answered,
+//! sources per prefix; `first` holds the sources seen once while the table is full), `sweep` finds address sweeps among the attempts nobody answered,
 //! [`inventory`] folds TCP and UDP traffic into flows for `synwatch inventory`.
 
 pub mod addrset;
 pub mod detector;
+mod first;
 pub mod inventory;
 pub mod probe;
 mod state;

@@ -74,6 +74,16 @@ impl ProbeSet {
         self.0 & probe.bit() != 0
     }
 
+    /// The set as one byte, for packed tables.
+    pub(crate) fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set [`ProbeSet::bits`] gave.
+    pub(crate) fn from_bits(bits: u8) -> Self {
+        Self(bits)
+    }
+
     pub fn union(self, other: ProbeSet) -> ProbeSet {
         ProbeSet(self.0 | other.0)
     }

@@ -16,11 +16,14 @@
 //! scan score), at most [`MAX_CREDIT`], which a source in an open episode holds: a spoofed
 //! source that sends its probes at once never comes back and is gone after one or two turns
 //! of the hand, however many ports it reached; a real scanner, however slow, does come back,
-//! and each return with more ports lets it outlive more of such noise.
+//! and each return with more ports lets it outlive more of such noise. While the table is
+//! full, a source not tracked yet is only written down (`first`) until it comes back, so
+//! sources that never do evict nobody.
 
 use smallvec::SmallVec;
 
 use crate::Nanos;
+use crate::first::{FirstSights, Seen};
 use crate::probe::ProbeSet;
 use crate::table::{Hand, Slot, Table};
 
@@ -118,6 +121,8 @@ pub(crate) struct Sources {
     table: Table<SourceSlot>,
     /// Port lists longer than [`INLINE`] (only with `--max-ports` above 3).
     wide: std::collections::HashMap<Key, Ports, foldhash::fast::RandomState>,
+    /// Sources seen once while the table is full (see `first`).
+    first: FirstSights,
 }
 
 /// A source's state taken out of its slot to be worked on.
@@ -160,10 +165,22 @@ impl Sources {
     }
 
     /// The state of `key`, made room for (evicting one source when `cap` is reached) and
-    /// created empty at `now` if it is not tracked. Returns the state and how many sources
-    /// were evicted to make room.
+    /// created at `now` if it is not tracked. Returns the state and how many sources were
+    /// evicted to make room.
+    ///
+    /// With `seen` (this observation's port, when one port alone cannot make a scan), a
+    /// source not tracked while the table is full is not given a slot at once: its first
+    /// sighting is written down apart (`first`) and `None` returned; it gets a slot,
+    /// holding that first port, when it comes back within the window.
     #[inline]
-    pub fn load(&mut self, key: Key, now: Nanos, window: Nanos, cap: usize) -> (Loaded, u64) {
+    pub fn load(
+        &mut self,
+        key: Key,
+        now: Nanos,
+        window: Nanos,
+        cap: usize,
+        seen: Option<PortSeen>,
+    ) -> Option<(Loaded, u64)> {
         let mut evicted = 0;
         let index = match self.table.find(&key) {
             // A source quiet for more than a window starts afresh, as it would had a sweep
@@ -173,18 +190,34 @@ impl Sources {
                     self.wide.remove(&key);
                 }
                 *self.table.get_mut(i) = SourceSlot::fresh(key, now);
-                return (Loaded::fresh(i, now), evicted);
+                return Some((Loaded::fresh(i, now), evicted));
             }
             Some(i) => i,
             None => {
+                let mut before = None;
                 if self.table.len() >= cap.max(1) {
+                    if let Some(p) = seen {
+                        let seen = Seen {
+                            ts: p.last,
+                            port: p.port,
+                            probes: p.probes,
+                        };
+                        let first = self.first.take_or_note(&key, seen, window, cap)?;
+                        before = Some(PortSeen {
+                            last: first.ts,
+                            port: first.port,
+                            probes: first.probes,
+                        });
+                    }
                     evicted = self.evict_one(now, window);
                 }
                 match self.table.find_or_free(&key) {
                     Ok(i) => i,
                     Err(i) => {
                         self.table.fill(i, SourceSlot::fresh(key, now));
-                        return (Loaded::fresh(i, now), evicted);
+                        let mut fresh = Loaded::fresh(i, now);
+                        fresh.ports.extend(before);
+                        return Some((fresh, evicted));
                     }
                 }
             }
@@ -201,7 +234,7 @@ impl Sources {
                 })
                 .collect()
         };
-        (
+        Some((
             Loaded {
                 index,
                 ports,
@@ -210,7 +243,7 @@ impl Sources {
                 last_activity: slot.last_activity(),
             },
             evicted,
-        )
+        ))
     }
 
     /// Writes a source's state back after an observation at `now`, giving it its credit.
@@ -249,8 +282,9 @@ impl Sources {
         }
     }
 
-    /// Forgets a source; whether it was tracked.
+    /// Forgets a source (a first sighting of it too); whether it was tracked.
     pub fn remove(&mut self, key: &Key) -> bool {
+        self.first.forget(key);
         let Some(i) = self.table.find(key) else {
             return false;
         };
@@ -269,6 +303,7 @@ impl Sources {
 
     /// Drops the sources quiet for more than `window` at `now`.
     pub fn expire(&mut self, now: Nanos, window: Nanos) {
+        self.first.release_if_quiet(now, window);
         let wide = &mut self.wide;
         self.table.retain(|s| {
             let keep = now.saturating_sub(s.last_activity()) <= window;

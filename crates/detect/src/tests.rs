@@ -513,7 +513,11 @@ fn source_cap_keeps_the_scanner_under_a_spoofed_flood() {
     assert_eq!(scans[0].src, ip(scanner));
     assert_eq!(scans[0].ports, [1, 2, 3, 4]);
     let stats = det.stats();
-    assert!(stats.sources_evicted > 150_000, "{stats:?}");
+    // The flood's sources, seen once each, were written down apart at the cap instead of
+    // turning the table over: the scanner, tracked since its first probe, kept its slot
+    // and nobody was evicted.
+    assert!(stats.first_sightings > 190_000, "{stats:?}");
+    assert_eq!(stats.sources_evicted, 0, "{stats:?}");
     assert!(stats.attempts_evicted > 0, "{stats:?}");
 }
 
@@ -1121,4 +1125,42 @@ fn spoofed_sources_with_max_hosts_each_do_not_evict_a_slow_sweeper() {
     let want: Vec<IpAddr> = (1..=5).map(|h| ip(&format!("10.20.0.{h}"))).collect();
     assert_eq!(found[0].hosts, want);
     assert!(det.stats().sweep_state_dropped > 2000, "{:?}", det.stats());
+}
+
+#[test]
+fn a_scanner_slower_than_a_flood_turns_the_table_over_is_still_found() {
+    // Every spoofed source sends one SYN and never comes back; between two of the
+    // scanner's probes the flood brings three times as many new sources as the table
+    // holds, from the first gap on, so neither its credit nor its recency can keep it in
+    // the table. Sources seen once at the cap are remembered apart (first sightings), so
+    // its second probe finds its first and it gets a place the flood cannot take.
+    let cap = 1000u32;
+    let mut det = Detector::new(Config {
+        max_sources: cap as usize,
+        ..local_cfg()
+    });
+    let scanner = "203.0.113.9";
+    let mut scans = Vec::new();
+    let mut probes = 0u16;
+    for i in 0..20_000u32 {
+        let t = Nanos::from(i) * 10_000;
+        let o = Observation {
+            ts: T0 + t,
+            src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i)),
+            dst: ip("192.0.2.1"),
+            sport: 1024,
+            dport: 80,
+            flags: TcpFlags(SYN),
+        };
+        scans.extend(det.observe(&o).scan);
+        assert!(det.tracked_sources() <= cap as usize);
+        if i >= 2000 && i % 3000 == 2000 {
+            scans.extend(det.observe(&syn(t, scanner, 1000 + probes)).scan);
+            probes += 1;
+        }
+    }
+    assert_eq!(probes, 6);
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    assert_eq!(scans[0].src, ip(scanner));
+    assert_eq!(scans[0].ports, [1000, 1001, 1002, 1003]);
 }

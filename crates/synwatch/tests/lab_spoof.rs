@@ -289,3 +289,74 @@ fn xdp_never_bans_the_gateway_router_or_resolver_on_forged_scans() {
     // must hold the infrastructure too.
     spoofed_infrastructure_is_never_banned(&["--source", "xdp", "--block", "xdp"], "xdp");
 }
+
+/// A spoofed SYN flood (a new random source per packet, none coming back) fills the
+/// source table; a real scanner probing a port every two seconds, far slower than the
+/// flood turns a table of 5,000 sources over, is still found and banned: at the cap the
+/// flood's sources are only written down as first sightings and evict nobody, so the
+/// scanner's second probe finds its first and gets a slot the flood cannot take.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it (about 30 s)"]
+fn nftables_bans_a_slow_scanner_through_a_spoofed_syn_flood_at_the_source_cap() {
+    let mut lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "slowflood",
+        &[
+            "--source",
+            "pcap",
+            "--block",
+            "nftables",
+            "--max-sources",
+            "5000",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    // Up to 20,000 SYNs a second (hping3 waits 50 µs between them), each from a new
+    // random address.
+    lab.spawn_in_attacker(&[
+        "hping3",
+        "-q",
+        "-S",
+        "-p",
+        "80",
+        "-i",
+        "u50",
+        "--rand-source",
+        VICTIM,
+    ]);
+    eventually(20, "the flood fills the source table", || {
+        lab.metric("synwatch_first_sightings_total") > 20_000
+    });
+    let flood_before = lab.metric("synwatch_first_sightings_total");
+    // Eight ports, one every 2 s: the table turns over many times between two probes.
+    lab.nmap(
+        SCANNER,
+        VICTIM,
+        "1-8",
+        &["--scan-delay", "2s", "--max-retries", "0"],
+    );
+    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(scan["ports"].as_array().map(Vec::len), Some(4), "{scan}");
+    agent.wait_for(5, |e| e["event"] == "block" && e["src"] == SCANNER);
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the slow scanner still connects"
+    );
+    // The flood went on all along, and went through first sightings, not evictions.
+    let flood = lab.metric("synwatch_first_sightings_total") - flood_before;
+    let evicted = lab.metric("synwatch_sources_evicted_total");
+    assert!(
+        flood > 50_000,
+        "only {flood} first sightings during the scan"
+    );
+    assert!(
+        evicted * 100 < flood,
+        "{evicted} evicted for {flood} first sightings"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}

@@ -117,7 +117,7 @@ fn socket_line(c: &SocketCounters) -> String {
 fn summary(lines: &[String], metrics: &Metrics, detector: &synwatch_detect::Detector, logged: u64) {
     let s = detector.stats();
     tracing::info!(
-        "stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted); bans applied: {}, lifted: {}, refused: {}",
+        "stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted, {} first sightings held apart at the cap); bans applied: {}, lifted: {}, refused: {}",
         lines.join("\n"),
         s.attempts_in,
         s.attempts_out,
@@ -128,6 +128,7 @@ fn summary(lines: &[String], metrics: &Metrics, detector: &synwatch_detect::Dete
         s.scans,
         detector.tracked_sources(),
         s.sources_evicted,
+        s.first_sightings,
         metrics.blocks.load(Ordering::Relaxed),
         metrics.unblocks.load(Ordering::Relaxed),
         metrics.bans_refused_allowlisted.load(Ordering::Relaxed)
