@@ -527,6 +527,7 @@ impl Detector {
                 window,
                 self.cfg.max_hosts,
                 self.cfg.max_sources,
+                || self.sources.contains(&key),
             ) else {
                 continue;
             };

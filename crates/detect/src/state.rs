@@ -282,6 +282,11 @@ impl Sources {
         }
     }
 
+    /// Whether `key` holds a slot.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.table.find(key).is_some()
+    }
+
     /// Forgets a source (a first sighting of it too); whether it was tracked.
     pub fn remove(&mut self, key: &Key) -> bool {
         self.first.forget(key);

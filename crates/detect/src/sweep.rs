@@ -10,11 +10,13 @@
 //! its source cap, the ports of one source to [`PORTS_PER_SOURCE`] and the hosts of one
 //! port to `max_hosts + 1`.
 //!
-//! At the source cap a newcomer always gets in: a CLOCK hand evicts one source, as in the
-//! port-scan table (`state`), by a credit of one plus (returns after the hand passed it)
-//! x (hosts it reached in the window), an open episode the most. A spoofed flood fills the
-//! table with sources of one unanswered attempt that never come back, so they go first and
-//! cannot keep a real sweeper out, nor push out one that keeps coming back.
+//! At the source cap a newcomer that came back since its first attempt (it holds a slot
+//! of the port-scan table, which a source seen once at the cap does not get) gets in: a
+//! CLOCK hand evicts one source, as in the port-scan table (`state`), by a credit of one
+//! plus (returns after the hand passed it) x (hosts it reached in the window), an open
+//! episode the most. A spoofed flood's sources, one unanswered attempt each, are dropped
+//! at the cap (counted): they neither keep a real sweeper out nor turn the table over
+//! between two of its attempts.
 //!
 //! Judging is a lookup per attempt, so the sweeping sources live in an open-addressed table
 //! of 128-byte slots (two cache lines, loaded together) that hold the common case whole: up
@@ -231,7 +233,11 @@ impl Sweeps {
     }
 
     /// Counts an unanswered attempt from the source counted as `key`, made at `ts` to
-    /// `host`:`port`; returns the sweep it makes, once per episode.
+    /// `host`:`port`; returns the sweep it makes, once per episode. At the cap, a source
+    /// without sweep state gets a place (evicting one) only if `returned` says it came
+    /// back since its first attempt (it holds a slot of the port-scan table, where a
+    /// source seen once at the cap gets none): a spoofed flood's sources, which never
+    /// come back, are dropped (counted) instead of turning the table over.
     #[expect(
         clippy::too_many_arguments,
         reason = "the thresholds travel with the attempt"
@@ -245,11 +251,16 @@ impl Sweeps {
         window: Nanos,
         max_hosts: u16,
         cap: usize,
+        returned: impl FnOnce() -> bool,
     ) -> Option<Found> {
         let (at, new) = match self.sweepers.find(&key) {
             Some(i) => (i, false),
             None => {
                 if self.sweepers.len() >= cap {
+                    if !returned() {
+                        self.dropped += 1;
+                        return None;
+                    }
                     self.dropped += self.evict_one(ts, window);
                 }
                 let Err(i) = self.sweepers.find_or_free(&key) else {
@@ -635,8 +646,16 @@ mod tests {
                 // Attempts are judged a little out of order: their times go back a bit.
                 let at = ts - next(30) as Nanos;
                 let want = models[src].count(at, host, port, window, max_hosts);
-                let got =
-                    sweeps.unanswered([0, src as u64], at, host, port, window, max_hosts, 100);
+                let got = sweeps.unanswered(
+                    [0, src as u64],
+                    at,
+                    host,
+                    port,
+                    window,
+                    max_hosts,
+                    100,
+                    || true,
+                );
                 assert_eq!(got, want, "source {src} at {at}");
                 found += usize::from(got.is_some());
                 if next(5_000) == 0 {
