@@ -2,8 +2,10 @@
 # Memory under spoofed sources: replays SOURCES (default 10M) SYNs from distinct random
 # addresses and reports peak RSS, split into anonymous memory (the detector's state) and
 # file pages of the mapped capture, sampled from /proc every 50 ms, and /usr/bin/time's
-# maximum resident set size. Run from the repo root after `cargo build --release`.
+# maximum resident set size. Run from the repo root after `cargo build --release`
+# (SYNWATCH=BIN measures another build).
 set -euo pipefail
+synwatch=${SYNWATCH:-target/release/synwatch}
 dir=${BENCH_DIR:-target/bench}
 sources=${SOURCES:-10000000}
 mkdir -p "$dir"
@@ -11,7 +13,7 @@ cap="$dir/spoofed-$sources.pcap"
 [ -s "$cap" ] || target/release/synwatch-gen spoofed "$cap" --sources "$sources"
 
 for cap_sources in ${CAPS:-100000 1000000}; do
-    target/release/synwatch replay --format json --max-sources "$cap_sources" "$cap" \
+    "$synwatch" replay --format json --max-sources "$cap_sources" "$cap" \
         >/dev/null 2>"$dir/memory.summary" &
     pid=$!
     peak_anon=0; peak_file=0
@@ -22,7 +24,7 @@ for cap_sources in ${CAPS:-100000 1000000}; do
         sleep 0.05
     done
     wait "$pid"
-    maxrss=$( { /usr/bin/time -f "%M" target/release/synwatch replay --format json --no-summary \
+    maxrss=$( { /usr/bin/time -f "%M" "$synwatch" replay --format json --no-summary \
         --max-sources "$cap_sources" "$cap" >/dev/null; } 2>&1 | tail -1)
     echo "--max-sources $cap_sources over $sources spoofed sources ($(du -h "$cap" | cut -f1) capture):"
     echo "  peak RssAnon ${peak_anon} kB, peak RssFile ${peak_file} kB, /usr/bin/time max RSS ${maxrss} kB"
