@@ -10,8 +10,10 @@
 //! come back then passes through this array without touching the table, and a slow
 //! scanner needs only its first sighting to last until its second probe.
 //!
-//! Bounded: sixteen entries per source of the cap (16 bytes each, in buckets of four to a
-//! cache line), allocated the first time the table is full. A new sighting takes an empty
+//! Bounded: sixteen entries per source of the cap, at most [`MAX_BUCKETS`] x 4 (16 bytes
+//! each, in buckets of four to a cache line: 32 MB, reached at the default cap of 100,000;
+//! how long a sighting lasts depends on the flood's rate, not on the cap), allocated the
+//! first time the table is full. A new sighting takes an empty
 //! or expired entry of its bucket, or else the oldest. Under a flood of `R` new sources a
 //! second, a sighting lasts about `16 x cap / R` seconds (at the default cap and 100,000
 //! spoofed SYNs a second, a scanner probing every 5 s is found in about 98 runs out of
@@ -37,6 +39,9 @@ pub(crate) struct Seen {
 
 /// Entries per bucket: one cache line.
 const WAYS: usize = 4;
+
+/// Most buckets: 32 MB.
+const MAX_BUCKETS: usize = 1 << 19;
 
 /// A first sighting: the source's tag (hash bits, then the probe kinds and the port) and
 /// when. `tag == 0` is a free entry (a used one always has a probe kind).
@@ -73,7 +78,7 @@ impl FirstSights {
         if self.buckets.is_empty() {
             let n = cap
                 .saturating_mul(16 / WAYS)
-                .clamp(16, 1 << 24)
+                .clamp(16, MAX_BUCKETS)
                 .next_power_of_two();
             self.buckets = vec![Bucket::default(); n];
         }
