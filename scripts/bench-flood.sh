@@ -17,6 +17,9 @@
 # --rand-source) sets where the SYNs come from: "-k" floods from the attacker's own
 # address and one source port, every SYN after the first a retransmission of it.
 # NS_TAG (default swf) prefixes the namespaces' names (the PID follows).
+# SLOW_SCAN=SECS adds a real scanner 2 s into the flood: `nmap -sS --scan-delay SECS` of
+# ports 1-8 from 10.198.0.3 (a second attacker address), and reports whether synwatch
+# reported its scan (the flood must last 2 + 8 x SECS seconds or more).
 # Before the flood, /metrics is fetched 20 times on the idle agent as a baseline.
 # Needs root, iproute2, hping3, tcpdump, curl. Traffic only ever goes between the two
 # namespaces it creates, and they are removed (with every process it started) on every
@@ -179,6 +182,16 @@ for i in $(seq "$procs"); do
     flood_pids+=("$!")
     pids+=("$!")
 done
+slow_scan=${SLOW_SCAN:-}
+if [ -n "$slow_scan" ]; then
+    ip -n "$attacker" addr add 10.198.0.3/24 dev "$aif"
+    (
+        sleep 2
+        ip netns exec "$attacker" nmap -n -Pn -sS --scan-delay "${slow_scan}s" --max-retries 0 \
+            -e "$aif" -S 10.198.0.3 -p 1-8 10.198.0.1
+    ) >"$dir/flood.nmap.log" 2>&1 &
+    pids+=("$!")
+fi
 for i in "${!flood_pids[@]}"; do
     flood_rc=0
     wait "${flood_pids[$i]}" || flood_rc=$?
@@ -277,6 +290,12 @@ latency_summary() { # latency_summary WHAT FILE
                 (slow + fail == 0) ? "all under 100 ms" : sprintf("%d NOT under 100 ms", slow + fail)
         }'
 }
+if [ -n "$slow_scan" ]; then
+    found=$(grep '"event":"scan"' "$events" | grep '"src":"10.198.0.3"' | head -1 || true)
+    echo "  slow scanner (nmap -sS --scan-delay ${slow_scan}s -p 1-8 from 10.198.0.3, 2 s into the flood):" \
+        "$( [ -n "$found" ] && echo "reported: $found" || echo "NOT reported")"
+    grep -q 'Nmap done' "$dir/flood.nmap.log" || echo "  (nmap had not finished when the flood ended: see $dir/flood.nmap.log)"
+fi
 latency_summary "on the idle agent" "$idle_latency"
 latency_summary "during the flood" "$latency"
 echo "  synwatch exit code after SIGTERM: $agent_rc; its summary:"
