@@ -483,7 +483,11 @@ impl Detector {
                 sweeps: std::mem::take(&mut self.found),
             };
         }
-        if probe == Probe::Syn && self.cfg.sweeps {
+        let (scan, tracked) = self.track(obs, probe, now);
+        // A source seen for the first time at the cap (a first sighting) is not counted
+        // toward sweeps: under a spoofed flood that is every packet, whose answer would
+        // otherwise be waited for and judged, and a sweeper counts from its next attempt.
+        if probe == Probe::Syn && self.cfg.sweeps && tracked {
             let tuple = Tuple {
                 client: obs.src,
                 server: obs.dst,
@@ -493,7 +497,6 @@ impl Detector {
             self.sweeps
                 .attempt(Pending { ts: now, tuple }, self.cfg.max_attempts);
         }
-        let scan = self.track(obs, probe, now);
         if scan.is_some() {
             self.stats.scans += 1;
         }
@@ -600,8 +603,9 @@ impl Detector {
     }
 
     /// Records `obs` against its source; returns a scan if this observation starts an
-    /// episode.
-    fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> Option<Scan> {
+    /// episode, and whether the source holds a slot (not if only a first sighting of it
+    /// was written down).
+    fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> (Option<Scan>, bool) {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
         let (counted_as, prefix) = self.source_of(obs.src);
@@ -618,7 +622,7 @@ impl Detector {
                 .load(key, now, window, self.cfg.max_sources, seen)
         else {
             self.stats.first_sightings += 1;
-            return None;
+            return (None, false);
         };
         self.stats.sources_evicted += evicted;
 
@@ -651,13 +655,13 @@ impl Detector {
         source.in_episode |= starts;
         self.sources.store(&source, now);
         if !starts {
-            return None;
+            return (None, true);
         }
         let ports = &source.ports;
         let probes = ports
             .iter()
             .fold(ProbeSet::default(), |acc, p| acc.union(p.probes));
-        Some(Scan {
+        let scan = Scan {
             kind: ScanKind::Ports,
             hosts: Vec::new(),
             ts: obs.ts,
@@ -669,7 +673,8 @@ impl Detector {
             allowlisted: self.cfg.allow.contains(obs.src)
                 || (self.cfg.allow_local && self.cfg.locals.contains(obs.src)),
             prefix,
-        })
+        };
+        (Some(scan), true)
     }
 }
 
