@@ -83,6 +83,20 @@ pub fn ifindex(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
 
+/// Whether `name`'s frames start with an Ethernet header, which the XDP program reads:
+/// Ethernet devices (and all that look like one: veth, bridges, bonds, VLANs, Wi-Fi,
+/// gretap) and loopback; not tun devices, WireGuard, PPP or IP tunnels, whose frames start
+/// at the IP header. An interface whose type cannot be read (it does not exist yet)
+/// counts as Ethernet: it is asked again when it appears.
+pub fn is_ethernet(name: &str) -> bool {
+    if name.contains('/') {
+        return false;
+    }
+    // ARPHRD_ETHER and ARPHRD_LOOPBACK (<linux/if_arp.h>).
+    std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+        .map_or(true, |t| matches!(t.trim(), "1" | "772"))
+}
+
 /// Why a capture handle was given up.
 #[derive(Debug, PartialEq, Eq)]
 enum End {
@@ -360,6 +374,15 @@ pub fn check_xdp(
         };
         match ifindex(name) {
             Some(now) if now == *was => {}
+            Some(_) if !is_ethernet(name) => {
+                let why = format!(
+                    "interface {name} is back without an Ethernet header (a tunnel or VPN now): the XDP program cannot watch it"
+                );
+                if links.missing.insert(name.clone()) {
+                    tracing::warn!("{why}");
+                }
+                set(false, Some(why));
+            }
             Some(now) => match xdp.reattach(name, mode) {
                 Ok(a) => {
                     tracing::info!(
@@ -394,6 +417,13 @@ pub fn check_xdp(
     let Ok(host) = Host::read() else { return };
     for name in &host.up {
         if attached.iter().any(|(n, _)| n == name) || links.missing.contains(name) {
+            continue;
+        }
+        if !is_ethernet(name) {
+            tracing::warn!(
+                "interface {name} came up without an Ethernet header (a tunnel or VPN): the XDP program cannot watch it (--source pcap watches every interface)"
+            );
+            links.missing.insert(name.clone());
             continue;
         }
         match xdp.attach(name, mode) {

@@ -548,3 +548,107 @@ fn retransmissions_judged_in_the_kernel_are_counted_and_not_logged() {
         );
     }
 }
+
+/// A tun device's peer (a VPN client): opens tun device ARGV[1] and writes ARGV[5] SYNs
+/// from ARGV[2] to ARGV[3], ports ARGV[4] on, as raw IPv4 packets (no Ethernet header).
+const TUN_PEER: &str = r#"
+import fcntl, os, socket, struct, sys, time
+name, src, dst, first, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", name.encode(), 0x0001 | 0x1000))
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+sa, da = socket.inet_aton(src), socket.inet_aton(dst)
+time.sleep(0.5)
+for port in range(first, first + count):
+    tcp = struct.pack("!HHIIBBHHH", 45000, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+    c = csum(sa + da + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", c) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), port, 0, 64, 6, 0, sa, da)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    os.write(fd, ip + tcp)
+    time.sleep(0.02)
+time.sleep(0.5)
+"#;
+
+/// A tun device (a VPN): its frames start at the IP header, which the XDP program does
+/// not read. `--source auto` watches it through libpcap, saying why in one line, and
+/// logs a peer's scan; `--source xdp` and `--block xdp` refuse to start, naming it,
+/// rather than watch or ban nothing there.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_tunnel_is_watched_through_libpcap_and_xdp_refuses_it() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["ip", "tuntap", "add", "dev", "swtun0", "mode", "tun"][..],
+        &["ip", "addr", "add", "10.73.0.1/24", "dev", "swtun0"],
+        &["ip", "link", "set", "swtun0", "up"],
+    ] {
+        let out = lab.in_victim(cmd);
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+    }
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        "tun",
+        &["--source", "auto", "--block", "none", "--iface", "swtun0"],
+    );
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("Ethernet")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].starts_with("synwatch: swtun0 has no Ethernet header")
+            && lines[0].ends_with("watching every interface through libpcap"),
+        "{log}"
+    );
+    let out = lab.in_victim(&[
+        "python3",
+        "-c",
+        TUN_PEER,
+        "swtun0",
+        "10.73.0.9",
+        "10.73.0.1",
+        "5000",
+        "10",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let scan = agent.wait_for(5, |e| is(e, "scan", "10.73.0.9"));
+    assert_eq!(ports_of(&scan), [5000, 5001, 5002, 5003]);
+    let connections = agent
+        .events()
+        .iter()
+        .filter(|e| is(e, "connection", "10.73.0.9"))
+        .count();
+    assert_eq!(connections, 10);
+    assert_eq!(agent.stop(), Some(0));
+
+    for (args, option) in [
+        (&["--source", "xdp", "--block", "none"][..], "--source xdp"),
+        (&["--source", "pcap", "--block", "xdp"], "--block xdp"),
+    ] {
+        let state = dir.path().join("state");
+        let mut cmd = vec![
+            env!("CARGO_BIN_EXE_synwatch"),
+            "run",
+            "--iface",
+            "swtun0",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        cmd.extend_from_slice(args);
+        let out = lab.in_victim(&cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "synwatch: cannot use XDP ({option}): swtun0 has no Ethernet header"
+            )),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}

@@ -351,8 +351,7 @@ fn open_sources(
     ifaces: &[String],
 ) -> Result<Sources, Refusal> {
     let from_sockets = run.source == Source::Sockets;
-    let xdp_observing = matches!(run.source, Source::Auto | Source::Xdp);
-    let (xdp, xdp_fallback) = start_xdp(run, cfg, ifaces)?;
+    let (xdp, xdp_observing, xdp_fallback) = start_xdp(run, cfg, ifaces)?;
     let xdp_source = xdp.is_some() && xdp_observing;
     let pcap_ifaces = if xdp_source { &[] } else { ifaces };
     let captures = match open_all(pcap_ifaces, &LiveOptions::default()) {
@@ -391,25 +390,59 @@ fn open_sources(
     })
 }
 
-/// The XDP program, where it observes or bans. When it cannot start but libpcap can
-/// stand in (`--source auto`), the line saying so, to say once libpcap is open.
+/// The XDP program, where it observes or bans, and whether it observes. When it cannot
+/// start but libpcap can stand in (`--source auto`), the line saying so, to say once
+/// libpcap is open.
+///
+/// The program reads Ethernet frames: an interface whose frames start at the IP header
+/// (a tun device, WireGuard, an IP tunnel) gets no XDP program. With `--source auto`
+/// every interface is then watched through libpcap; the hybrid `--block xdp,nftables`
+/// drops in XDP on the others and nftables covers that one; `--source xdp` and
+/// `--block xdp` refuse to start rather than watch or ban nothing there.
 fn start_xdp(
     run: &Settings,
     cfg: &synwatch_detect::Config,
     ifaces: &[String],
-) -> Result<(Option<synwatch_xdp::Xdp>, Option<String>), Refusal> {
+) -> Result<(Option<synwatch_xdp::Xdp>, bool, Option<String>), Refusal> {
     let xdp_blocking = matches!(run.block, Block::Xdp | Block::XdpNftables);
-    let xdp_observing = matches!(run.source, Source::Auto | Source::Xdp);
+    let mut xdp_observing = matches!(run.source, Source::Auto | Source::Xdp);
     if run.source == Source::Sockets || !(xdp_observing || xdp_blocking) {
-        return Ok((None, None));
+        return Ok((None, false, None));
+    }
+    let (framed, bare): (Vec<String>, Vec<String>) =
+        ifaces.iter().cloned().partition(|i| links::is_ethernet(i));
+    let mut fallback = None;
+    if !bare.is_empty() {
+        let why = format!(
+            "{} {} no Ethernet header (frames start at the IP header: a tunnel or VPN), and the XDP program reads Ethernet frames",
+            bare.join(", "),
+            if bare.len() == 1 { "has" } else { "have" },
+        );
+        if run.source == Source::Xdp {
+            return usage(format!(
+                "cannot use XDP (--source xdp): {why}; watch through libpcap (--source pcap), or leave it out (--iface)"
+            ));
+        }
+        if run.block == Block::Xdp {
+            return usage(format!(
+                "cannot use XDP (--block xdp): {why}; ban with --block nftables, iptables or auto"
+            ));
+        }
+        if xdp_observing {
+            fallback = Some(format!("{why}: watching every interface through libpcap"));
+            xdp_observing = false;
+        }
+        if !xdp_blocking || framed.is_empty() {
+            return Ok((None, false, fallback));
+        }
     }
     let options = crate::xdp::options(
         cfg,
         xdp_observing,
         (xdp_blocking && !run.blocking.dry_run).then_some((&run.blocking, true)),
     );
-    match crate::xdp::start(ifaces, run.xdp_mode.mode(), options) {
-        Ok(x) => Ok((Some(x), None)),
+    match crate::xdp::start(&framed, run.xdp_mode.mode(), options) {
+        Ok(x) => Ok((Some(x), xdp_observing, fallback)),
         Err(e) => {
             if let Some(log) = e.verifier_log() {
                 tracing::warn!("the verifier's log:\n{log}");
@@ -424,7 +457,7 @@ fn start_xdp(
             }
             // Said once libpcap is open: if it cannot open either, that is the error.
             let line = format!("XDP is not available, watching through libpcap instead: {e}");
-            Ok((None, Some(line)))
+            Ok((None, false, Some(line)))
         }
     }
 }
