@@ -197,11 +197,14 @@ pub enum DecodeError {
     TooManyExtensionHeaders,
     /// A BSD loopback header names an address family that is not IP.
     UnknownLoopbackFamily,
+    /// An IPv4 fragment whose header checksum is wrong: Linux drops it before it
+    /// reassembles anything, so it takes no place among the fragments held.
+    BadIpChecksum,
 }
 
 impl DecodeError {
     /// Every kind, in a stable order (for summaries and metric labels).
-    pub const ALL: [DecodeError; 11] = [
+    pub const ALL: [DecodeError; 12] = [
         Self::TruncatedLink,
         Self::TruncatedIp,
         Self::TruncatedTcp,
@@ -213,6 +216,7 @@ impl DecodeError {
         Self::TooManyVlanTags,
         Self::TooManyExtensionHeaders,
         Self::UnknownLoopbackFamily,
+        Self::BadIpChecksum,
     ];
 
     /// A short snake_case name, stable across releases.
@@ -229,6 +233,7 @@ impl DecodeError {
             Self::TooManyVlanTags => "too_many_vlan_tags",
             Self::TooManyExtensionHeaders => "too_many_extension_headers",
             Self::UnknownLoopbackFamily => "unknown_loopback_family",
+            Self::BadIpChecksum => "bad_ip_checksum",
         }
     }
 
@@ -560,6 +565,12 @@ fn decode_ipv4<'a>(
     let frag = u16::from_be_bytes([header[6], header[7]]);
     // MF (0x2000) or a fragment offset: a fragment (bit 0x8000 is reserved, 0x4000 DF).
     if frag & 0x3fff != 0 {
+        // Linux checks the header before it reassembles (ip_rcv_core): a fragment with a
+        // wrong checksum is dropped there. Held here, a flood of such never-completing
+        // fragments would push out the real ones the kernel keeps and completes.
+        if !ipv4_checksum_ok(&data[..ihl]) {
+            return Err(DecodeError::BadIpChecksum);
+        }
         return on_fragment(FragmentAt {
             ip: &data[..end],
             frag_at: 0,
@@ -573,6 +584,34 @@ fn decode_ipv4<'a>(
     ));
     let ip_len = if total == 0 { data.len() } else { total };
     decode_transport(header[9], src, dst, &data[ihl..end], ip_len)
+}
+
+/// Whether an IPv4 header (options included) sums to all ones, as a correct one does.
+fn ipv4_checksum_ok(header: &[u8]) -> bool {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Writes the header checksum of the IPv4 packet `pkt` (its fields set): for tests that
+/// build or change headers.
+#[cfg(test)]
+pub(crate) fn set_ipv4_checksum(pkt: &mut [u8]) {
+    let ihl = usize::from(pkt[0] & 0x0f) * 4;
+    pkt[10..12].fill(0);
+    let mut sum: u32 = pkt[..ihl]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    pkt[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 fn decode_ipv6<'a>(

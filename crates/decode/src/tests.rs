@@ -245,10 +245,12 @@ fn ipv4_options_are_skipped() {
 fn ipv4_fragments_first_decodes_others_skip() {
     let mut first = v4_syn_raw();
     first[6] = 0x20; // MF set, offset 0: the first fragment still carries TCP.
+    crate::set_ipv4_checksum(&mut first);
     syn_v4_expected(seg(decode(LinkType::Raw, &first)));
     let mut later = v4_syn_raw();
     later[6] = 0x00;
     later[7] = 0x10; // offset 16 * 8 bytes
+    crate::set_ipv4_checksum(&mut later);
     assert_eq!(
         decode(LinkType::Raw, &later),
         Ok(Decoded::Skipped(Skip::Fragment))
@@ -262,8 +264,10 @@ fn ipv4_fragment_with_total_length_zero_does_not_panic() {
     let mut pkt = v4_syn_raw();
     pkt[2..4].copy_from_slice(&[0, 0]);
     pkt[6] = 0x20;
+    crate::set_ipv4_checksum(&mut pkt);
     syn_v4_expected(seg(decode(LinkType::Raw, &pkt)));
     pkt[7] = 1;
+    crate::set_ipv4_checksum(&mut pkt);
     assert_eq!(
         decode(LinkType::Raw, &pkt),
         Ok(Decoded::Skipped(Skip::Fragment))

@@ -43,6 +43,7 @@ fn v4_frag(id: u16, proto: u8, offset: usize, more: bool, data: &[u8]) -> Vec<u8
     pkt.extend(SRC4);
     pkt.extend(DST4);
     pkt.extend(data);
+    crate::set_ipv4_checksum(&mut pkt);
     pkt
 }
 
@@ -458,6 +459,7 @@ fn a_flood_of_spoofed_first_fragments_stays_within_bounds() {
         };
         p[12..16].copy_from_slice(&(x >> 8).to_be_bytes()[..4]);
         p[4..6].copy_from_slice(&(x as u16).to_be_bytes());
+        crate::set_ipv4_checksum(&mut p);
         let got = r.decode(LinkType::Raw, &p, now);
         if x & 1 == 0 {
             assert!(matches!(got, Ok(Decoded::Segment(_))), "{got:?}");
@@ -785,4 +787,30 @@ proptest! {
             prop_assert!(stats.bytes_in_use <= 200);
         }
     }
+}
+
+#[test]
+fn fragments_with_a_wrong_header_checksum_take_no_place() {
+    // Linux drops them before reassembly, so they never push out the real fragments it
+    // keeps: a scanner that sends such junk between the pieces of each SYN would
+    // otherwise have every piece evicted here while the kernel answers the SYN.
+    let mut r = Reassembler::default();
+    let syn = v4_split(7, &tcp_syn(0, 0), 8);
+    assert_eq!(
+        r.decode(LinkType::Raw, &syn[0], 0),
+        Ok(Decoded::Skipped(Skip::Fragment))
+    );
+    let held = ReassemblyLimits::default().max_datagrams;
+    for i in 0..held as u32 + 100 {
+        let mut junk = v4_frag(1, 6, 0, true, &tcp_syn(0, 0)[..8]);
+        junk[12..16].copy_from_slice(&i.to_be_bytes());
+        crate::set_ipv4_checksum(&mut junk);
+        junk[10] ^= 0xff;
+        assert_eq!(
+            r.decode(LinkType::Raw, &junk, 1),
+            Err(DecodeError::BadIpChecksum)
+        );
+    }
+    assert_eq!(r.stats().evicted, 0);
+    assert_eq!(feed(&mut r, LinkType::Raw, &syn[1..], 2).len(), 1);
 }
