@@ -1,7 +1,8 @@
 //! Live capture through libpcap: one handle per interface, with a kernel-side BPF filter
 //! so that only what the detector needs reaches user space.
 //!
-//! The filter keeps TCP segments with SYN set and RST clear (connection attempts, and the
+//! The filter keeps TCP segments with SYN set (connection attempts, whatever else is set
+//! with ACK clear, SYN+RST included as SPEC §2 and the other paths count it; and the
 //! SYN-ACKs that answer them: an attempt nobody answered counts toward an address sweep)
 //! and segments with none of SYN, ACK, RST (stealth probes), over IPv4 and IPv6. libpcap's
 //! `tcp[...]` offsets only cover IPv4, so IPv6 has its own expression on the fixed header;
@@ -33,10 +34,10 @@ use crate::Packet;
 /// the fragment test (a first fragment may end inside the TCP header) comes before any
 /// load of the TCP flags.
 pub const FILTER: &str = "(ip and ip[9] == 6 and (ip[6:2] & 0x3fff) != 0 and (ip[6:2] & 0x1fff) < 8) \
-     or (tcp[tcpflags] & (tcp-syn|tcp-rst) == tcp-syn) \
+     or (tcp[tcpflags] & tcp-syn != 0) \
      or (tcp[tcpflags] & (tcp-syn|tcp-ack|tcp-rst) == 0) \
      or (ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 51 or ip6[6] == 60 \
-         or (ip6[6] == 6 and ((ip6[53] & 0x06) == 0x02 or (ip6[53] & 0x16) == 0))))";
+         or (ip6[6] == 6 and ((ip6[53] & 0x02) == 0x02 or (ip6[53] & 0x16) == 0))))";
 
 /// The filter of `synwatch inventory`: every IP packet (the decoder keeps TCP and UDP,
 /// whatever extension headers come first).
@@ -86,12 +87,12 @@ fn attempts_at(l3: usize) -> String {
         "((ether[{et}:2] == 0x0800 and ether[{l3} + 9] == 6 and \
            (((ether[{l3} + 6:2] & 0x3fff) != 0 and (ether[{l3} + 6:2] & 0x1fff) < 8) \
             or ((ether[{l3} + 6:2] & 0x1fff) == 0 and \
-                (({flags4} & 0x06) == 0x02 or ({flags4} & 0x16) == 0)))) \
+                (({flags4} & 0x02) == 0x02 or ({flags4} & 0x16) == 0)))) \
          or (ether[{et}:2] == 0x86dd and \
            (ether[{next6}] == 0 or ether[{next6}] == 43 or ether[{next6}] == 44 \
             or ether[{next6}] == 51 or ether[{next6}] == 60 \
             or (ether[{next6}] == 6 and \
-                ((ether[{flags6}] & 0x06) == 0x02 or (ether[{flags6}] & 0x16) == 0)))))"
+                ((ether[{flags6}] & 0x02) == 0x02 or (ether[{flags6}] & 0x16) == 0)))))"
     )
 }
 

@@ -35,9 +35,11 @@ fn attempts_and_stealth_probes_pass_everything_else_stays_in_the_kernel() {
         ("PSH", PSH),
         // The answer that keeps an attempt out of sweep counting.
         ("SYN-ACK", SYN | ACK),
+        // SYN set and ACK clear: an attempt (SPEC §2), as XDP and replay count it.
+        ("SYN+RST", SYN | RST),
+        ("SYN+FIN+RST+PSH+URG", SYN | FIN | RST | PSH | URG),
     ];
     let block = [
-        ("SYN+RST", SYN | RST),
         ("ACK", ACK),
         ("PSH-ACK", PSH | ACK),
         ("FIN-ACK", FIN | ACK),
