@@ -271,6 +271,19 @@ fn the_xdp_source_and_libpcap_report_the_same_events() {
     pcap_args.extend(common);
     let xdp = Agent::start(&lab, dir.path(), "via-xdp", &xdp_args);
     let pcap = Agent::start(&lab, dir.path(), "via-pcap", &pcap_args);
+    // The XDP program does not see the host's answers: its banner says sweeps are not
+    // looked for, where libpcap's says what a sweep is.
+    assert!(
+        xdp.log().contains("Address sweeps are not looked for: the XDP program sees what arrives, not the host's answers (--source pcap looks for them)."),
+        "{}",
+        xdp.log()
+    );
+    assert!(
+        pcap.log()
+            .contains("unanswered attempts reach more than 16 hosts on one port is reported as an address sweep"),
+        "{}",
+        pcap.log()
+    );
 
     // Connections over both families, a SYN scan, a FIN scan from an allowlisted
     // address, and an IPv6 scan.

@@ -41,11 +41,22 @@ fn banner(
     events: &str,
 ) {
     let window = d.window as f64 / 1e9;
+    let sweeps = if d.sweeps {
+        format!(
+            "A source whose unanswered attempts reach more than {} hosts on one port is reported as an address sweep.",
+            d.max_hosts
+        )
+    } else if run.source == super::Source::Sockets {
+        "Address sweeps are not looked for: the socket table does not show unanswered attempts."
+            .to_owned()
+    } else {
+        "Address sweeps are not looked for: the XDP program sees what arrives, not the host's answers (--source pcap looks for them).".to_owned()
+    };
     let shown: Vec<String> = locals.iter().take(8).map(IpAddr::to_string).collect();
     let more = locals.len().saturating_sub(shown.len());
     tracing::info!(
         "watching {watching} for new TCP connection attempts (IPv4 and IPv6).\n\
-         \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan.\n\
+         \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan. {sweeps}\n\
          \x20 Blocking: {blocking}\n\
          \x20 This host's addresses (outgoing; never blocked): {}{}\n\
          \x20 Its gateways, routers and resolvers (never blocked, kept current): {infra}\n\

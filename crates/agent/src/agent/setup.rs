@@ -203,15 +203,23 @@ fn announce(o: &Opened, host: &Host, events_shown_as: &str) {
     let mut shown = o.run.clone();
     // With port 0 the kernel picks one: say which.
     shown.metrics_addr = o.listener.local_addr().unwrap_or(o.run.metrics_addr);
+    let mut cfg = o.cfg.clone();
+    cfg.sweeps = sees_answers(&o.sources, &o.run);
     super::banner::say(
         &o.sources.watching,
-        &o.cfg,
+        &cfg,
         &shown,
         o.blocking.blocker.as_ref(),
         host,
         &o.host_now.snapshot().infra.describe(),
         events_shown_as,
     );
+}
+
+/// Whether sweeps can be looked for: they need the answers, and libpcap sees what the
+/// host sends back where the XDP program and the socket table do not.
+fn sees_answers(sources: &Sources, run: &Settings) -> bool {
+    !sources.xdp_source && run.source != Source::Sockets
 }
 
 /// Starts the servers, the sources' threads and the event writer, and hands the loop
@@ -241,9 +249,7 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
     let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
     drop(feed);
 
-    // Sweeps need the answers: libpcap sees what the host sends back, the XDP program
-    // and the socket table do not.
-    o.cfg.sweeps = !o.sources.xdp_source && run.source != Source::Sockets;
+    o.cfg.sweeps = sees_answers(&o.sources, run);
     // Events reach stdout through a bounded queue and a thread of their own: a reader
     // that stalls or goes away costs events (counted), never detection or bans.
     let queue = EventQueue::start(io.out, Arc::clone(&o.metrics))
