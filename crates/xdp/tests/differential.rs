@@ -662,6 +662,9 @@ fn v6_fragment_of(len: usize) -> Vec<u8> {
 
 #[test]
 fn raw_packets_longer_than_the_cap_are_cut_and_counted() {
+    // The cap is at least what libpcap captures of a frame, so that user space reaches
+    // every TCP header libpcap reaches (SPEC §2: the two paths agree).
+    assert!(RAW_CAP >= snaplen(), "{RAW_CAP} < {}", snaplen());
     let mut h = Harness::new();
     // A jumbo frame: BPF_PROG_TEST_RUN hands the program a multi-buffer frame (its
     // first page linear, the rest in fragments), as a driver does.
