@@ -23,8 +23,8 @@
  *    header (offset * 8 < 60), IPv6 packets with a fragment header before their
  *    transport header, and IPv6 header chains longer than the program walks. The
  *    record carries the packet from its L3 header on (after Ethernet and VLAN tags,
- *    so user space decodes it as raw IP), at most RAW_CAP bytes of it (C_RAW_TRUNCATED
- *    counts the cut ones), with the length the frame held. User space reassembles and
+ *    so user space decodes it as raw IP), at most RAW_CAP bytes of it, libpcap's snap
+ *    length (C_RAW_TRUNCATED counts the cut ones), with the length the frame held. User space reassembles and
  *    judges them; they are passed (unless banned) and never counted by step 4. Other
  *    fragments (non-TCP, or beyond the TCP header) are passed without a record.
  * 3a. With CFG_SAME (the XDP source), judges SYN retransmissions as the user-space
@@ -60,9 +60,14 @@
 #define VLAN_TAGS 8
 /* IPv6 extension headers walked here; a longer chain is handed up raw. */
 #define IPV6_EXT_HEADERS 8
-/* Bytes of a raw packet (from its L3 header on) an EV_RAW record carries. */
-#define RAW_CAP 512
+/* Bytes of a raw packet (from its L3 header on) an EV_RAW record carries at most:
+ * libpcap's snap length (crates/capture SNAPLEN), so that user space reaches every TCP
+ * header libpcap reaches, however long the header chain before it. A record takes only
+ * what it copies of the ring. */
+#define RAW_CAP 9216
 #define SLOTS 64
+/* The size of the ring buffer `events` (layout.rs RING_BYTES). */
+#define RING_BYTES (1 << 22)
 
 /* config.flags */
 #define CFG_EMIT 1      /* report every probe (the XDP source) */
@@ -165,6 +170,8 @@ _Static_assert(__builtin_offsetof(struct raw_event, kind) == 46, "layout.rs KIND
 _Static_assert(__builtin_offsetof(struct raw_event, data) == RAW_HEADER, "layout.rs RAW_HEADER");
 _Static_assert(sizeof(struct raw_event) == RAW_HEADER + RAW_CAP, "layout.rs RAW_CAP");
 _Static_assert(C_SAME < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
+_Static_assert(RAW_CAP <= 0xffff, "raw_event.copied holds it");
+_Static_assert(RAW_HEADER + RAW_CAP + 8 <= RING_BYTES, "a whole record fits the ring");
 
 /* The key of `attempts`: a SYN's 4-tuple (IPv4 addresses in the first 4 bytes of
  * src/dst, the rest zero) and its family. */
@@ -310,7 +317,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
+	__uint(max_entries, RING_BYTES);
 } events SEC(".maps");
 
 /* CFG_SAME: each SYN's 4-tuple -> the boot-clock ns of its last sighting, for the SYNs
@@ -333,7 +340,7 @@ struct {
 	__type(value, struct tuple);
 } tuple_scratch SEC(".maps");
 
-/* Where a raw record is put together (too big for the stack). */
+/* Where a raw record is put together (too big for the stack; 9 KiB per CPU). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -452,9 +459,11 @@ __noinline int crosses(struct track *t, __u32 dport, __u64 now, __u64 window, __
 
 
 /* Hands the packet up from its L3 header at `l3` on (EV_RAW), at most RAW_CAP bytes of
- * it. A ring record costs its 8-byte header plus RAW_HEADER + copied bytes rounded up
- * to 8: bpf_ringbuf_output() takes a variable length where bpf_ringbuf_reserve() would
- * take RAW_CAP for an 8-byte fragment too. */
+ * it, read with bpf_xdp_load_bytes() (which reads a multi-buffer frame's fragments too).
+ * A ring record costs its 8-byte header plus RAW_HEADER + copied bytes rounded up to 8:
+ * bpf_ringbuf_output() takes a variable length where bpf_ringbuf_reserve() would take
+ * RAW_CAP for an 8-byte fragment too, so a small packet costs what it did when the cap
+ * was 512, and only a long one costs more. */
 __noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
 {
 	__u32 key = 0;

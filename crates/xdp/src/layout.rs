@@ -29,15 +29,29 @@ pub const EV_PROBE: u8 = 1;
 /// source and dropped the packet.
 pub const EV_BANNED: u8 = 2;
 /// `raw_event.kind`: a packet the program could not judge, handed up whole (up to
-/// [`RAW_CAP`] bytes) for user space to decode and reassemble.
+/// [`RAW_CAP`] bytes of it) for user space to decode and reassemble.
 pub const EV_RAW: u8 = 4;
 /// Where both record layouts keep their kind byte.
 pub const KIND_AT: usize = 46;
 /// The size of `struct raw_event`'s header; the packet bytes follow it.
 pub const RAW_HEADER: usize = 48;
-/// The most bytes of a raw packet (from its L3 header on) one record carries; longer
-/// packets are cut there and counted in [`Counter::RawTruncated`].
-pub const RAW_CAP: usize = 512;
+/// The most bytes of a raw packet (from its L3 header on) one record carries:
+/// libpcap's snap length (`synwatch_capture::live::SNAPLEN`), so that user space
+/// reaches every TCP header libpcap reaches, behind however long a header chain. Longer
+/// packets are cut there and counted in [`Counter::RawTruncated`]. A record takes only
+/// the bytes it carries of the ring (see [`raw_record_cost`]).
+pub const RAW_CAP: usize = 9216;
+
+/// What a raw record of a packet of `len` bytes (from its L3 header on) takes of the
+/// ring: the ring's 8-byte header, [`RAW_HEADER`] and the bytes copied, rounded up to 8.
+pub const fn raw_record_cost(len: usize) -> usize {
+    let copied = if len < RAW_CAP { len } else { RAW_CAP };
+    (8 + RAW_HEADER + copied).next_multiple_of(8)
+}
+
+/// The size of the ring buffer `events` (`RING_BYTES` in C). A record takes the ring's
+/// 8-byte header plus its own length, rounded up to 8.
+pub const RING_BYTES: usize = 1 << 22;
 
 /// The per-interface counters, in the order of the C enum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -520,10 +534,10 @@ mod tests {
         assert!(!r.truncated());
         // Cut at the cap: the length says how long the packet was.
         let long = vec![0x45u8; RAW_CAP];
-        let Some(Record::Raw(r)) = Record::parse(&raw_record(1500, &long)) else {
+        let Some(Record::Raw(r)) = Record::parse(&raw_record(10_000, &long)) else {
             panic!("a truncated raw record parses")
         };
-        assert_eq!((r.len, r.bytes.len()), (1500, RAW_CAP));
+        assert_eq!((r.len, r.bytes.len()), (10_000, RAW_CAP));
         assert!(r.truncated());
     }
 
@@ -552,7 +566,18 @@ mod tests {
         // bytes of it (the _Static_asserts in bpf/synwatch.bpf.c hold the C side).
         assert_eq!(KIND_AT, 46);
         assert_eq!(RAW_HEADER, 48);
-        assert_eq!(RAW_CAP, 512);
+        assert_eq!(RAW_CAP, 9216);
+        // raw_event.copied is 16 bits; a whole record fits the ring.
+        const {
+            assert!(RAW_CAP <= u16::MAX as usize);
+            assert!(raw_record_cost(RAW_CAP) <= RING_BYTES);
+        }
+        // nmap -f's 28-byte fragments take what they took with a 512-byte cap.
+        assert_eq!(raw_record_cost(28), 88);
+        assert_eq!(raw_record_cost(512), 568);
+        assert_eq!(raw_record_cost(1500), 1560);
+        assert_eq!(raw_record_cost(RAW_CAP), 9272);
+        assert_eq!(raw_record_cost(60_000), 9272);
         const {
             assert!(KIND_AT < EVENT_LEN && KIND_AT < RAW_HEADER);
             assert!(EV_RAW & (EV_PROBE | EV_BANNED) == 0);
@@ -561,7 +586,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn no_bytes_make_parsing_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 0..700)) {
+        fn no_bytes_make_parsing_panic(b in proptest::collection::vec(proptest::num::u8::ANY, 0..10_000)) {
             let _ = Record::parse(&b);
             let _ = Event::parse(&b);
             let _ = RawPacket::parse(&b);
@@ -569,9 +594,9 @@ mod tests {
 
         #[test]
         fn any_raw_record_with_a_raw_kind_byte_parses_or_is_refused_cleanly(
-            len in 0u32..4000,
+            len in 0u32..20_000,
             fill in proptest::num::u8::ANY,
-            cut in 0usize..600,
+            cut in 0usize..10_000,
         ) {
             let packet = vec![fill; usize::try_from(len).unwrap_or(0).min(RAW_CAP)];
             let mut b = raw_record(len, &packet);

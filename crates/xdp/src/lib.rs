@@ -18,8 +18,9 @@
 //! [`RawPacket`] instead of guessing: IPv4 fragments of TCP that may hold part of its
 //! header, IPv6 packets with a fragment header, and longer IPv6 header chains. Those go
 //! up from their L3 header on (decode them as `LinkType::Raw`), at most
-//! [`layout::RAW_CAP`] (512) bytes of each, and are passed unless their source is banned;
-//! in-kernel detection never counts them. `tests/differential.rs` holds the two paths
+//! [`layout::RAW_CAP`] (9,216, libpcap's snap length) bytes of each, so that user space
+//! reaches every TCP header libpcap reaches however long the header chain before it, and
+//! are passed unless their source is banned; in-kernel detection never counts them. `tests/differential.rs` holds the two paths
 //! to the same verdicts on the decoder's fuzz corpus, the golden captures and crafted
 //! evasions.
 //!
@@ -31,10 +32,13 @@
 //!   the per-CPU counters, for the thread that observes.
 //! - [`XdpBans`]: the ban maps, as a blocking backend ([`synwatch_enforce::Enforcer`]).
 //!
-//! The ring buffer holds 4 MiB. A probe record takes 64 bytes of it (56 and the ring's
-//! 8-byte header); a raw record 8 + 48 + the bytes copied, rounded up to 8: 88 bytes for
-//! one of `nmap -f`'s 28-byte fragments, 568 at most, so a full ring holds at least 7,380
-//! raw packets. What did not fit is counted ([`Counter::RingbufFull`]).
+//! The ring buffer holds 4 MiB ([`layout::RING_BYTES`]). A probe record takes 64 bytes of
+//! it (56 and the ring's 8-byte header); a raw record 8 + 48 + the bytes copied, rounded
+//! up to 8 ([`layout::raw_record_cost`]), since the program writes only what it copied:
+//! 88 bytes for one of `nmap -f`'s 28-byte fragments (a full ring holds 47,662 of them),
+//! 1,560 for a 1,500-byte packet (2,688), 9,272 at most (452). What did not fit is
+//! counted ([`Counter::RingbufFull`]); `tests/differential.rs` floods the ring with each
+//! size and checks these figures.
 //!
 //! Layout: `layout` (the byte layouts shared with the C program, pure), `bans` (the
 //! blocking backend), `clock` (the kernel's boot clock against Unix time), this file

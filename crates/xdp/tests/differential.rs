@@ -24,7 +24,7 @@ use synwatch_testkit::packet::{
     ACK, FIN, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6, Ipv6Ext, MAC_DST, MAC_SRC, PSH, RST, SYN, Tcp,
     URG, Udp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_ip, udp_v4,
 };
-use synwatch_xdp::layout::RAW_CAP;
+use synwatch_xdp::layout::{RAW_CAP, RING_BYTES, raw_record_cost};
 use synwatch_xdp::{Counter, Options, RawPacket, Record, Ring, Verdict, Xdp};
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
@@ -157,6 +157,14 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
                 l3[..r.bytes.len()],
                 "{what}: raw bytes are the L3 packet"
             );
+            // User space judges what it is handed as libpcap judges what it captures
+            // (the frame's first SNAPLEN bytes): the same attempt, or none.
+            assert_eq!(
+                by_decode(LinkType::Raw, &r.bytes),
+                by_decode(LinkType::Ethernet, &frame[..frame.len().min(snaplen())]),
+                "{what}: the raw bytes ({} of {len}) say what libpcap's capture says",
+                r.bytes.len()
+            );
             if r.truncated() {
                 tally.truncated += 1;
             } else {
@@ -177,6 +185,11 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
         }
     }
     xdp
+}
+
+/// The bytes of a frame libpcap captures (synwatch's snap length).
+fn snaplen() -> usize {
+    usize::try_from(synwatch_capture::live::SNAPLEN).unwrap()
 }
 
 fn root() -> PathBuf {
@@ -517,6 +530,49 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
         }
         p
     };
+    // Header chains that put TCP past the first 512 bytes, handed up whole: a 608-byte
+    // hop-by-hop header before an atomic fragment header, nine 104-byte
+    // destination-options headers (the red team's hbhfrag and dest9).
+    let big_opts = |n: usize, size: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| {
+                let mut opt = vec![0x1e, u8::try_from(size).unwrap()];
+                opt.resize(2 + size, 0);
+                opt
+            })
+            .collect()
+    };
+    let hbh_frag = v6
+        .clone()
+        .ext(Ipv6Ext::HopByHop(big_opts(3, 200)))
+        .ext(Ipv6Ext::fragment(0, false))
+        .tcp(&syn);
+    assert_eq!(hbh_frag.len(), 40 + 608 + 8 + 20);
+    add(
+        "608-byte hop-by-hop, atomic fragment",
+        Raw,
+        ethernet(&hbh_frag),
+    );
+    let mut fat_chain = v6.clone();
+    for _ in 0..9 {
+        fat_chain = fat_chain.ext(Ipv6Ext::DestOpts(big_opts(1, 100)));
+    }
+    let dest9 = fat_chain.tcp(&syn);
+    assert_eq!(dest9.len(), 40 + 9 * 104 + 20);
+    add("nine 104-byte dest-opts", Raw, ethernet(&dest9));
+    let mut two_kib = v6.clone();
+    for _ in 0..2 {
+        two_kib = two_kib.ext(Ipv6Ext::DestOpts(big_opts(4, 250)));
+    }
+    add(
+        "two 1 KiB dest-opts, first fragment",
+        Raw,
+        ethernet(
+            &two_kib
+                .ext(Ipv6Ext::fragment(0, true))
+                .tcp(&syn.clone().syn_options()),
+        ),
+    );
     add("8 dest-opts", Attempt, ethernet(&chain(8).tcp(&syn)));
     add("9 dest-opts", Raw, ethernet(&chain(9).tcp(&syn)));
     add("10 dest-opts", Raw, ethernet(&chain(10).tcp(&syn)));
@@ -596,12 +652,23 @@ fn xdp_and_decode_reach_the_same_verdict_on_every_frame() {
     assert_eq!(h.ring.counter(Counter::RingbufFull, &[0]), 0);
 }
 
+/// An IPv6 packet with a fragment header (handed up raw) of `len` bytes in all.
+fn v6_fragment_of(len: usize) -> Vec<u8> {
+    let head = 40 + 8 + 20;
+    Ipv6::new(src6(), dst6())
+        .ext(Ipv6Ext::fragment(0, true))
+        .tcp(&Tcp::new(1, 22, SYN).payload_len(len - head))
+}
+
 #[test]
 fn raw_packets_longer_than_the_cap_are_cut_and_counted() {
+    // The cap is at least what libpcap captures of a frame, so that user space reaches
+    // every TCP header libpcap reaches (SPEC §2: the two paths agree).
+    assert!(RAW_CAP >= snaplen(), "{RAW_CAP} < {}", snaplen());
     let mut h = Harness::new();
-    let big = Ipv6::new(src6(), dst6())
-        .ext(Ipv6Ext::fragment(0, true))
-        .tcp(&Tcp::new(1, 22, SYN).payload_len(1000));
+    // A jumbo frame: BPF_PROG_TEST_RUN hands the program a multi-buffer frame (its
+    // first page linear, the rest in fragments), as a driver does.
+    let big = v6_fragment_of(RAW_CAP + 1000);
     let frame = ethernet(&big);
     let Said::Raw(r) = h.by_xdp(&frame) else {
         panic!("a fragment is handed up")
@@ -616,4 +683,67 @@ fn raw_packets_longer_than_the_cap_are_cut_and_counted() {
     );
     assert_eq!(h.ring.counter(Counter::RawRecords, &[0]), 1);
     assert_eq!(h.ring.counter(Counter::RawTruncated, &[0]), 1);
+    // One byte short of the cap from the L3 header on: whole, not cut, and so at the
+    // cap exactly.
+    for len in [RAW_CAP - 1, RAW_CAP] {
+        let Said::Raw(r) = h.by_xdp(&ethernet(&v6_fragment_of(len))) else {
+            panic!("a fragment is handed up")
+        };
+        assert_eq!((r.bytes.len(), r.truncated()), (len, false));
+    }
+    assert_eq!(h.ring.counter(Counter::RawTruncated, &[0]), 1);
+}
+
+/// A flood of packets handed up raw fills the ring to its size and no further: the
+/// records that did not fit are counted (RingbufFull), the ones that did are whole. The
+/// small records of nmap -f's fragments take no more room than their bytes, and the ring
+/// holds as many records of each size as the crate's documentation says.
+#[test]
+fn a_flood_of_raw_packets_fills_the_ring_to_its_size_and_the_rest_is_counted() {
+    let segment = Tcp::new(40000, 22, SYN).segment_v4(SRC4, DST4);
+    let nmap_f = Ipv4::new(SRC4, DST4).fragments(IPPROTO_TCP, &segment, 8)[0].clone();
+    assert_eq!(nmap_f.len(), 28);
+    let cases = [
+        ("an nmap -f fragment", nmap_f, 88, 47_662),
+        (
+            "a 1500-byte IPv6 fragment",
+            v6_fragment_of(1500),
+            1560,
+            2688,
+        ),
+        (
+            "a 10,000-byte IPv6 fragment",
+            v6_fragment_of(10_000),
+            9272,
+            452,
+        ),
+    ];
+    for (what, packet, cost, fits) in cases {
+        assert_eq!(raw_record_cost(packet.len()), cost, "{what}");
+        assert_eq!(RING_BYTES / cost, fits, "{what}: the crate doc's figure");
+        let mut h = Harness::new();
+        let extra = 100;
+        let frame = ethernet(&packet);
+        let runs = u32::try_from(fits + extra).unwrap();
+        let (verdict, _) = h.xdp.test_run_timed(&frame, runs).unwrap();
+        assert_eq!(verdict, Verdict::Pass, "{what}");
+        let sent = h.ring.counter(Counter::RawRecords, &[0]);
+        let full = h.ring.counter(Counter::RingbufFull, &[0]);
+        assert_eq!(
+            (sent, full),
+            (u64::try_from(fits).unwrap(), u64::try_from(extra).unwrap()),
+            "{what}"
+        );
+        h.records.clear();
+        h.ring.wait(Duration::ZERO, &mut h.records).unwrap();
+        assert_eq!(h.records.len(), fits, "{what}");
+        for record in &h.records {
+            let Record::Raw(r) = record else {
+                panic!("{what}: {record:?}")
+            };
+            assert_eq!(r.bytes, packet[..packet.len().min(RAW_CAP)], "{what}");
+        }
+        // Read, the ring has room again.
+        assert!(matches!(h.by_xdp(&frame), Said::Raw(_)), "{what}");
+    }
 }
