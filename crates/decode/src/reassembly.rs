@@ -34,7 +34,16 @@
 //!
 //! Deliberately different: Linux refuses new fragments above `ipfrag_high_thresh`; this
 //! table evicts its oldest datagrams instead (counted in [`ReassemblyStats::evicted`]), so a
-//! flood cannot stop it from seeing new datagrams. Overlaps are checked against the merged
+//! flood cannot stop it from seeing new datagrams. What keeps the two in step is that this
+//! table holds at least what the kernel can: 16,384 datagrams is 4 MiB (the kernel's
+//! default budget) at 256 bytes each, less than the smallest fragment's socket buffer
+//! costs the kernel, and the byte bound counts fragment data only where the kernel counts
+//! whole buffers. So by the time a junk flood pushes a real datagram's first fragment out
+//! here, the kernel's budget is spent too, and it refuses the rest of that datagram: the
+//! kernel cannot complete (and answer) an attempt that this table lost. (At 4,096, junk
+//! between the pieces of each SYN pushed them out here while the kernel, under budget,
+//! kept and completed them.) Fragments whose IPv4 header checksum is wrong are refused
+//! before they take a place, as Linux refuses them before reassembly. Overlaps are checked against the merged
 //! byte ranges held, where Linux checks against its runs of tail-appended fragments: a
 //! fragment that exactly spans two adjacent fragments that did not arrive in order is a
 //! duplicate here and an overlap there. Not followed: `ipfrag_max_dist`, the IPv6 quirk
@@ -80,7 +89,8 @@ const NIL: u32 = u32::MAX;
 /// How much a [`Reassembler`] may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyLimits {
-    /// Datagrams held at once (at least 1 is used). Default 4096.
+    /// Datagrams held at once (at least 1 is used). Default 16,384: at least as many as
+    /// the kernel's default budget can hold (see the module documentation).
     pub max_datagrams: usize,
     /// Fragment bytes accounted at once, like `net.ipv4.ipfrag_high_thresh`. Default 4 MiB.
     pub max_bytes: usize,
@@ -92,7 +102,7 @@ pub struct ReassemblyLimits {
 impl Default for ReassemblyLimits {
     fn default() -> Self {
         Self {
-            max_datagrams: 4096,
+            max_datagrams: 16_384,
             max_bytes: 4 << 20,
             timeout_ns: 30_000_000_000,
         }
