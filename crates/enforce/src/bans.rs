@@ -456,10 +456,21 @@ impl Book {
         Some(r.clone())
     }
 
-    /// The kernel banned a waiting source by itself (the XDP program's own detection):
-    /// the ban is kept, counted against the cap, rather than lifted because of it.
+    /// Whether a scan of `addr` waits for the cap.
+    pub fn is_waiting(&self, addr: IpNet) -> bool {
+        self.waiting.contains(ban_net(addr))
+    }
+
+    /// The kernel banned a waiting source by itself (the XDP program's own detection,
+    /// which has no cap of its own): the ban is given, counted against the cap, only when
+    /// the cap would give it now (room for it, and no stronger waiting scan ahead of
+    /// it). Otherwise `None`: the scan waits on, and the caller lifts the kernel's ban.
     pub fn take_waiting(&mut self, addr: IpNet, now: i64) -> Option<Record> {
         let addr = ban_net(addr);
+        if !self.waiting.contains(addr) || self.covering(addr).is_some() {
+            return None;
+        }
+        self.admit(addr, now).ok()?;
         let w = self.waiting.remove(addr)?;
         self.recent.push_back((now, network(addr.addr())));
         Some(self.give(addr, w.reason, now, None))
@@ -752,18 +763,57 @@ mod tests {
         assert_eq!(b.take_evicted(), 0);
     }
 
+    /// The red team's F3: the XDP program bans in the kernel with no cap; its bans of
+    /// scans the cap made wait are given only as the cap allows.
     #[test]
-    fn a_ban_the_kernel_made_on_a_waiting_source_is_kept() {
+    fn a_ban_the_kernel_made_on_a_waiting_source_is_given_only_as_the_cap_allows() {
         let mut b = book(3600, 86_400, 1);
         b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
         assert_eq!(
             b.scan(ip("192.0.2.1"), "ports 1,2,3,4".into(), 0, false),
             Err(Refused::RateLimited)
         );
-        let r = b.take_waiting(ip("192.0.2.1"), 1).unwrap();
+        assert_eq!(
+            b.take_waiting(ip("192.0.2.1"), 1),
+            None,
+            "no room: it waits"
+        );
+        assert!(b.is_waiting(ip("192.0.2.1")));
+        assert!(b.get(ip("192.0.2.1")).is_none());
+        b.touch(ip("192.0.2.1").addr(), 5, 59);
+        let r = b.take_waiting(ip("192.0.2.1"), 60).unwrap();
         assert_eq!(r.reason, "ports 1,2,3,4");
         assert!(b.get(ip("192.0.2.1")).is_some());
-        assert_eq!(b.take_waiting(ip("192.0.2.9"), 1), None);
+        assert!(!b.is_waiting(ip("192.0.2.1")));
+        assert_eq!(b.take_waiting(ip("192.0.2.9"), 61), None);
+    }
+
+    /// Five hundred invented scanners (two hundred of one /24) the kernel banned by
+    /// itself: the cap's sixty a minute are kept, fifteen of them from the one /24.
+    #[test]
+    fn kernel_bans_of_a_forged_flood_keep_to_the_cap_and_the_network_shares() {
+        let mut b = book(3600, 86_400, 60);
+        let mut kernel = Vec::new();
+        for i in 0..500u32 {
+            let a = if i < 200 {
+                IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0ac8_0000 + i)))
+            } else {
+                IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                    0x0a64_0009 + (i << 8),
+                )))
+            };
+            let _ = b.scan(a, "forged".into(), i64::from(i / 100), false);
+            kernel.push(a);
+        }
+        for (i, a) in kernel.iter().enumerate() {
+            let _ = b.take_waiting(*a, 5 + i as i64 / 100);
+        }
+        assert_eq!(b.len(), 60);
+        let one24 = b
+            .active()
+            .filter(|r| network(r.net.addr()) == network(ip("10.200.0.0").addr()))
+            .count();
+        assert_eq!(one24, 15);
     }
 
     /// A forger queues 200 invented scanners from random networks, then keeps adding five

@@ -247,14 +247,17 @@ impl Core {
     }
 
     /// Sources the XDP program banned by itself: kept where the detector decided the
-    /// same (or its scan waits for the cap), lifted otherwise.
+    /// same (or its scan waited for the cap and the cap now has room for it), lifted
+    /// otherwise (a scan the cap refuses waits on).
     fn on_kernel_bans(&mut self, KernelBans(banned): KernelBans) {
         let Some(b) = self.blocker.as_mut() else {
             return;
         };
         let now = self.clock.agent_secs();
         for (net, addr) in banned {
-            if !b.confirm_kernel_ban(net, now, self.host.holds_session(addr)) {
+            if b.confirm_kernel_ban(net, now, self.host.holds_session(addr))
+                == crate::block::Confirmed::Lifted
+            {
                 tracing::warn!(
                     "the XDP program banned {net}, but the detector did not (see above); lifting it"
                 );
