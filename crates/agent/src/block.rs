@@ -405,7 +405,7 @@ impl Blocker {
         now: i64,
         quiet_secs: i64,
         protected: impl Fn(IpNet) -> bool,
-        mut session: impl FnMut(IpAddr) -> bool,
+        mut session: impl FnMut(IpNet) -> bool,
     ) {
         if !self.has_waiting() {
             return;
@@ -419,7 +419,8 @@ impl Blocker {
             .fetch_add(forgotten as u64, Ordering::Relaxed);
         self.absorb(now);
         for record in given {
-            let held = synwatch_enforce::is_host(record.net) && session(record.net.addr());
+            // A range holds a session when any address of it does.
+            let held = session(record.net);
             self.decided(record, held);
         }
         self.note_waiting();
@@ -1306,6 +1307,45 @@ mod tests {
                 .contains("add element inet synwatch banned4_new { 192.0.2.1 timeout 50s }"),
             "{:#?}",
             runner.transcript()
+        );
+    }
+
+    /// The red team's F1, for a range banned after waiting for the cap: an address of
+    /// it (not the scanner's) holds a session, so the range drops only new connections.
+    #[test]
+    fn a_waiting_range_holding_a_session_is_banned_for_new_connections_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("fd72::99"),
+            n("fd72::/64"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        ); // waits
+        b.apply(0);
+        b.activity(ip("fd72::99"), 80, 40);
+        let mut asked = Vec::new();
+        b.promote(
+            60,
+            60,
+            |_| false,
+            |net| {
+                asked.push(net);
+                net.contains(&ip("fd72::5"))
+            },
+        );
+        assert_eq!(asked, [n("fd72::/64")]);
+        let happened = b.apply(60);
+        assert!(
+            happened.iter().any(
+                |h| matches!(h, Happened::Blocked(r) if r.net == n("fd72::/64") && r.new_only)
+            ),
+            "{happened:?}"
         );
     }
 
