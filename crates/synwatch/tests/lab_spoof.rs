@@ -169,6 +169,58 @@ fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// A forged burst from another address of a peer's IPv6 /64 (red team F1): the /64 is
+/// banned as a range, for new connections only since an address inside it holds a
+/// session, and that session keeps flowing.
+fn a_session_survives_a_range_ban_forged_from_its_64(args: &[&str], backend: &str) {
+    const PEER: &str = "fd72::5";
+    const FORGER: &str = "fd72::99";
+    let mut lab = Lab::new();
+    lab.add_attacker_address(&format!("{PEER}/64"));
+    let vif = lab.vif.clone();
+    let out = lab.in_victim(&["ip", "-6", "route", "add", "fd72::/64", "dev", &vif]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = "import socket\ns = socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::', 9000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(64)\n        if not d:\n            break\n        c.sendall(d)\n";
+    lab.spawn_in_victim(&["python3", "-c", echo]);
+    let progress = dir.path().join("session.log");
+    let client = format!(
+        "import socket, time\nc = socket.socket(socket.AF_INET6)\nc.settimeout(3)\nc.bind(('{PEER}', 0))\nc.connect(('{VICTIM6}', 9000))\nf = open('{}', 'a', buffering=1)\nwhile True:\n    c.sendall(b'x')\n    assert c.recv(8) == b'x'\n    f.write('ok\\n')\n    time.sleep(0.2)\n",
+        progress.display()
+    );
+    let exchanged = || {
+        std::fs::read_to_string(&progress)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let state = dir.path().join("state");
+    let mut all = vec!["--state-dir", state.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let agent = Agent::start(&lab, dir.path(), backend, &all);
+    eventually(10, "the echo server starts", || {
+        lab.in_attacker(&[
+            "python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('{VICTIM6}', 9000), 1)"),
+        ])
+        .status
+        .success()
+    });
+    lab.spawn_in_attacker(&["python3", "-c", &client]);
+    eventually(5, "the session exchanges", || exchanged() >= 3);
+
+    lab.forge_syns(FORGER, VICTIM6, &[21, 22, 23, 25]);
+    let block = agent.wait_for(3, |e| e["event"] == "block" && e["prefix"] == "fd72::/64");
+    assert_eq!(block["scope"], "new", "{block}");
+    assert_eq!(block["established"], true, "{block}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = exchanged();
+    eventually(5, "the session keeps flowing", || exchanged() >= before + 5);
+    // New connections from the /64 are refused.
+    assert!(!lab.connects(PEER, VICTIM6), "a new connection got through");
+    assert_eq!(agent.stop(), Some(0));
+}
+
 /// Invented scanners: `first` 4-SYN bursts from random addresses of random networks at
 /// once, then `per_sec` more a second for `secs` seconds (python3, raw socket).
 const INVENT_SCANNERS: &str = r#"
@@ -268,6 +320,27 @@ fn iptables_keeps_a_banned_peers_established_session() {
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn xdp_keeps_a_banned_peers_established_session() {
     a_peers_session_survives_a_forged_scan(&["--source", "xdp", "--block", "xdp"], "xdp");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_keeps_a_session_of_a_64_banned_from_another_address() {
+    a_session_survives_a_range_ban_forged_from_its_64(&["--block", "nftables"], "nftables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_keeps_a_session_of_a_64_banned_from_another_address() {
+    a_session_survives_a_range_ban_forged_from_its_64(&["--block", "iptables"], "iptables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_keeps_a_session_of_a_64_banned_from_another_address() {
+    a_session_survives_a_range_ban_forged_from_its_64(
+        &["--source", "xdp", "--block", "xdp"],
+        "xdp",
+    );
 }
 
 #[test]
