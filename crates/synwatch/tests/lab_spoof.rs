@@ -304,6 +304,67 @@ fn nftables_bans_a_real_scanner_despite_a_forged_flood_of_scanners() {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// The XDP program bans scanners in the kernel by itself, with no cap of its own (red
+/// team F3): forty scanners forged from one /24 are all banned there, and user space
+/// keeps only the /24's share of the cap (5 of 20), lifting the others at once; their
+/// scans wait. One of the forged addresses, really held by the attacker, connects again.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_kernel_bans_beyond_the_cap_are_lifted_and_wait() {
+    let lab = Lab::new();
+    let last = "10.200.0.40";
+    lab.add_attacker_address(&format!("{last}/24"));
+    let vif = lab.vif.clone();
+    let out = lab.in_victim(&["ip", "route", "add", "10.200.0.0/24", "dev", &vif]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lab.connects(last, VICTIM), "the route to 10.200.0.0/24");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "xdpcap",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "xdp",
+            "--ban-rate",
+            "20",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    for i in 1..=40 {
+        lab.forge_syns(&format!("10.200.0.{i}"), VICTIM, &[21, 22, 23, 25]);
+    }
+    agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == last);
+    eventually(5, "the kernel banned all forty", || {
+        lab.metric("synwatch_xdp_kernel_bans_total") >= 40
+    });
+    eventually(5, "the scans beyond the share wait", || {
+        lab.metric("synwatch_bans_waiting") == 35
+    });
+    // The lifts reach the kernel within a turn or two.
+    eventually(
+        5,
+        "a forged address whose scan waits connects again",
+        || lab.connects(last, VICTIM),
+    );
+    let blocks = agent
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "block")
+        .count();
+    assert_eq!(blocks, 5, "the /24's share of the cap");
+    let (_, list, _) = lab::blocks(
+        &lab,
+        &["list", "--state-dir", state.to_str().expect("utf-8")],
+    );
+    assert_eq!(list.matches("10.200.0.").count(), 5, "{list}");
+    assert_eq!(agent.stop(), Some(0));
+}
+
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_keeps_a_banned_peers_established_session() {
