@@ -365,6 +365,84 @@ fn xdp_kernel_bans_beyond_the_cap_are_lifted_and_wait() {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// Invented scanners, each from a /24 of its own: one a second for 60 s (the cap of 60
+/// a minute fills with bans a second apart), then `rate` a second for `secs` seconds, so
+/// that newcomers are at the door each time a slot frees (python3, raw socket).
+const TRICKLE_THEN_FLOOD: &str = r#"
+import socket, struct, sys, time
+dst, rate, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+da = socket.inet_aton(dst)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+n = 0
+def burst():
+    global n
+    n += 1
+    sa = bytes([20 + n // 65536, (n // 256) % 256, n % 256, 9])
+    for i, port in enumerate([5000, 5001, 5002, 5003]):
+        tcp = struct.pack('!HHIIBBHHH', 41000 + i, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+        tcp = tcp[:16] + struct.pack('!H', csum(sa + da + struct.pack('!xBH', 6, len(tcp)) + tcp)) + tcp[18:]
+        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 1, 0, 64, 6, 0, sa, da)
+        raw.sendto(ip + tcp, (dst, 0))
+t0 = time.time()
+for s in range(60):
+    burst()
+    time.sleep(max(0, t0 + s + 1 - time.time()))
+t1, sent = time.time(), 0
+while time.time() - t1 < secs:
+    due = int((time.time() - t1) * rate)
+    while sent < due:
+        burst()
+        sent += 1
+    time.sleep(0.01)
+"#;
+
+/// The red team's F4: with the cap filled by bans a second apart and invented scanners
+/// arriving all the time, each slot that frees must go to the waiting scan with the
+/// strongest evidence, not to whichever newcomer comes first: a real `nmap -sS` of a
+/// thousand ports, over in a fraction of a second, is banned at one of the next slots.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it (about 70 s)"]
+fn nftables_gives_a_freed_slot_to_a_real_scanner_not_to_the_next_invented_one() {
+    let mut lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "trickle",
+        &[
+            "--source",
+            "pcap",
+            "--block",
+            "nftables",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    lab.spawn_in_attacker(&["python3", "-c", TRICKLE_THEN_FLOOD, VICTIM, "170", "100"]);
+    // The cap filled a second at a time, and the flood began.
+    eventually(75, "the cap is full and scans wait", || {
+        lab.metric("synwatch_blocks_total") >= 60 && lab.metric("synwatch_bans_waiting") > 100
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    lab.nmap(SCANNER, VICTIM, "1-1000", &[]);
+    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(scan["allowlisted"], false);
+    // A slot frees every second; the flood's newcomers must not take them all.
+    agent.wait_for(15, |e| e["event"] == "block" && e["src"] == SCANNER);
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the real scanner still connects"
+    );
+    assert!(lab.metric("synwatch_bans_delayed_total") >= 1);
+    assert_eq!(agent.stop(), Some(0));
+}
+
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_keeps_a_banned_peers_established_session() {
