@@ -70,6 +70,18 @@ impl BlockSettings {
     }
 }
 
+/// What became of a ban the XDP program made by itself
+/// ([`Blocker::confirm_kernel_ban`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// The detector decided the same ban (now, or as the cap made room): it stays.
+    Kept,
+    /// The cap made the scan wait: the kernel's ban is lifted, the scan waits.
+    Waits,
+    /// The detector did not decide it: lifted.
+    Lifted,
+}
+
 /// Something to report as an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happened {
@@ -393,7 +405,7 @@ impl Blocker {
         now: i64,
         quiet_secs: i64,
         protected: impl Fn(IpNet) -> bool,
-        mut session: impl FnMut(IpAddr) -> bool,
+        mut session: impl FnMut(IpNet) -> bool,
     ) {
         if !self.has_waiting() {
             return;
@@ -407,7 +419,8 @@ impl Blocker {
             .fetch_add(forgotten as u64, Ordering::Relaxed);
         self.absorb(now);
         for record in given {
-            let held = synwatch_enforce::is_host(record.net) && session(record.net.addr());
+            // A range holds a session when any address of it does.
+            let held = session(record.net);
             self.decided(record, held);
         }
         self.note_waiting();
@@ -698,16 +711,23 @@ impl Blocker {
 
     /// The XDP program banned `net` by itself (an address, or the network of an IPv6
     /// source it counted per `--ipv6-prefix`). The detector, which saw the same packet,
-    /// normally decided the same ban a moment earlier. If the cap made that scan wait,
-    /// the kernel's ban is kept (and counted against the cap): user space never lifts it
-    /// because of the cap. If the detector did not decide it at all (the source is
-    /// protected, the two disagree), the kernel's ban is lifted again at the next apply,
-    /// without an event. Returns whether it stays.
-    pub fn confirm_kernel_ban(&mut self, net: impl Into<IpNet>, now: i64, session: bool) -> bool {
+    /// normally decided the same ban a moment earlier. The program has no cap of its own:
+    /// if the cap made that scan wait, the kernel's ban is kept only when the cap would
+    /// give it now (counted against it); otherwise it is lifted again at the next apply
+    /// and the scan waits like any other. If the detector did not decide it at all (the
+    /// source is protected, the two disagree), the kernel's ban is lifted too, without
+    /// an event.
+    pub fn confirm_kernel_ban(
+        &mut self,
+        net: impl Into<IpNet>,
+        now: i64,
+        session: bool,
+    ) -> Confirmed {
         let addr = synwatch_enforce::ban_net(net.into());
         if self.book.covering(addr).is_some() {
-            return true;
+            return Confirmed::Kept;
         }
+        let waiting = self.book.is_waiting(addr);
         if let Some(record) = self.book.take_waiting(addr, now) {
             self.metrics.bans_delayed.fetch_add(1, Ordering::Relaxed);
             // With a session, the kernel's ban (all traffic) is rewritten as one on new
@@ -715,13 +735,17 @@ impl Blocker {
             self.decided(record, session);
             self.note_waiting();
             self.retry_at = self.retry_at.min(now);
-            return true;
+            return Confirmed::Kept;
         }
         if !self.lifting.contains(&addr) {
             self.lifting.push(addr);
         }
         self.retry_at = self.retry_at.min(now);
-        false
+        if waiting {
+            Confirmed::Waits
+        } else {
+            Confirmed::Lifted
+        }
     }
 
     /// Lifts bans on addresses that became protected (an allowlist reloaded, an address
@@ -1195,8 +1219,10 @@ mod tests {
         assert_eq!(b.metrics.bans_delayed.load(Ordering::Relaxed), 1);
     }
 
+    /// The red team's F3: the XDP program bans by itself, with no cap; a ban of a
+    /// scan the cap made wait is lifted again and the scan waits like any other.
     #[test]
-    fn a_kernel_ban_on_a_scanner_waiting_for_the_cap_is_kept_not_lifted() {
+    fn a_kernel_ban_on_a_scanner_waiting_for_the_cap_is_lifted_and_given_as_the_cap_allows() {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
@@ -1212,19 +1238,39 @@ mod tests {
         ); // waits
         b.apply(0);
         let before = runner.transcript().len();
-        // The XDP program banned it by itself: kept, reported, never lifted.
-        assert!(b.confirm_kernel_ban(ip("192.0.2.1"), 1, false));
-        let happened = b.apply(1);
-        assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("192.0.2.1")));
+        // The XDP program banned it by itself: over the cap, so lifted; it waits.
+        assert_eq!(
+            b.confirm_kernel_ban(ip("192.0.2.1"), 1, false),
+            Confirmed::Waits
+        );
+        assert!(b.apply(1).is_empty());
         let t = &runner.transcript()[before..];
-        // Renewed (added with its timeout), never removed.
         assert!(
             t.iter()
-                .all(|c| c.contains("banned4 { 192.0.2.1 timeout 60s }\n")),
+                .any(|c| c.contains("delete element") && c.contains("192.0.2.1")),
             "{t:#?}"
         );
+        assert!(b.has_waiting());
+        assert_eq!(b.active(), 2);
+        // Once the cap has room, a kernel ban of it is kept (and reported).
+        b.activity(ip("192.0.2.1"), 80, 40);
+        assert_eq!(
+            b.confirm_kernel_ban(ip("192.0.2.1"), 60, false),
+            Confirmed::Kept
+        );
+        let happened = b.apply(60);
+        assert!(
+            happened
+                .iter()
+                .any(|h| matches!(h, Happened::Blocked(r) if r.net == n("192.0.2.1"))),
+            "{happened:?}"
+        );
+        assert!(!b.has_waiting());
         // A source the detector never decided on is lifted, as before.
-        assert!(!b.confirm_kernel_ban(ip("198.51.100.7"), 2, false));
+        assert_eq!(
+            b.confirm_kernel_ban(ip("198.51.100.7"), 61, false),
+            Confirmed::Lifted
+        );
     }
 
     #[test]
@@ -1261,6 +1307,45 @@ mod tests {
                 .contains("add element inet synwatch banned4_new { 192.0.2.1 timeout 50s }"),
             "{:#?}",
             runner.transcript()
+        );
+    }
+
+    /// The red team's F1, for a range banned after waiting for the cap: an address of
+    /// it (not the scanner's) holds a session, so the range drops only new connections.
+    #[test]
+    fn a_waiting_range_holding_a_session_is_banned_for_new_connections_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("fd72::99"),
+            n("fd72::/64"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        ); // waits
+        b.apply(0);
+        b.activity(ip("fd72::99"), 80, 40);
+        let mut asked = Vec::new();
+        b.promote(
+            60,
+            60,
+            |_| false,
+            |net| {
+                asked.push(net);
+                net.contains(&ip("fd72::5"))
+            },
+        );
+        assert_eq!(asked, [n("fd72::/64")]);
+        let happened = b.apply(60);
+        assert!(
+            happened.iter().any(
+                |h| matches!(h, Happened::Blocked(r) if r.net == n("fd72::/64") && r.new_only)
+            ),
+            "{happened:?}"
         );
     }
 

@@ -171,6 +171,16 @@ pub fn established_peers(sockets: &[TcpSocket]) -> HashSet<IpAddr> {
         .collect()
 }
 
+/// Whether an address of `net` is among `peers`: for an address, a lookup; for a range
+/// (an IPv6 scanner's /64), whether any peer lies inside it, so that banning the range
+/// never cuts another address's session.
+fn held_in(peers: &HashSet<IpAddr>, net: IpNet) -> bool {
+    if net.prefix_len() == net.max_prefix_len() {
+        return peers.contains(&net.addr().to_canonical());
+    }
+    peers.iter().any(|p| net.contains(p))
+}
+
 /// Who holds an established connection to this host, asked when a ban is decided (a
 /// source with a session is banned for new connections only: SPEC §2). The socket table
 /// (sock_diag, else /proc) is read at most once a second, and only when asked.
@@ -196,8 +206,9 @@ impl Sessions {
         Self { table, read: None }
     }
 
-    /// Whether `addr` held an established connection at most a second before `now`.
-    pub fn holds(&mut self, addr: IpAddr, now: Instant) -> bool {
+    /// Whether an address in `net` (an address, or a range about to be banned) held an
+    /// established connection at most a second before `now`.
+    pub fn holds(&mut self, net: IpNet, now: Instant) -> bool {
         let Some(table) = self.table.as_mut() else {
             return false;
         };
@@ -214,7 +225,7 @@ impl Sessions {
         }
         self.read
             .as_ref()
-            .is_some_and(|(_, peers)| peers.contains(&addr.to_canonical()))
+            .is_some_and(|(_, peers)| held_in(peers, net))
     }
 }
 
@@ -336,6 +347,15 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
             .map(|a| a.parse().unwrap())
             .collect();
         assert_eq!(peers, want);
+        // A range holds a session when any peer lies inside it (red team F1: a /64
+        // banned over another address's session).
+        let net = |s: &str| -> IpNet { s.parse().unwrap() };
+        assert!(held_in(&peers, net("2001:db8::/64")));
+        assert!(held_in(&peers, net("2001:db8::9/128")));
+        assert!(!held_in(&peers, net("2001:db8::99/128")));
+        assert!(!held_in(&peers, net("2001:db8:0:1::/64")));
+        assert!(held_in(&peers, net("198.51.100.0/24")));
+        assert!(held_in(&peers, net("198.51.100.8/32")));
     }
 
     #[test]

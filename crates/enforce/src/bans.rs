@@ -91,7 +91,8 @@ pub struct Offender {
 pub enum Refused {
     /// A local or allowlisted address.
     Protected,
-    /// The cap on new bans per minute was reached: the scan waits.
+    /// The cap on new bans per minute was reached, or the room it has goes to a waiting
+    /// scan with stronger evidence: the scan waits.
     RateLimited,
     /// The source's network (/24, /48) has had its share of the cap this minute: the scan
     /// waits.
@@ -328,9 +329,44 @@ impl Book {
             }
             return Err(why);
         }
-        self.waiting.remove(addr);
+        if self.waiting.is_empty() {
+            self.recent.push_back((now, network(addr.addr())));
+            return Ok(self.give(addr, reason, now, None));
+        }
+        // Scans wait: a slot the cap freed goes to the strongest evidence, and the
+        // newcomer competes for it from the queue, on the same footing (a trickle of
+        // invented scanners must not take every freed slot before the waiting get it).
+        if self.waiting.add(addr, reason, ports, now).is_some() {
+            self.evicted += 1;
+        }
+        self.admit(addr, now)?;
+        let Some(w) = self.waiting.remove(addr) else {
+            return Err(Refused::RateLimited);
+        };
         self.recent.push_back((now, network(addr.addr())));
-        Ok(self.give(addr, reason, now, None))
+        Ok(self.give(addr, w.reason, now, None))
+    }
+
+    /// Whether the waiting scan of `addr` may take a slot of the cap now: the cap has
+    /// room for it (in all, and in its network's share), and no waiting scan with
+    /// stronger evidence (or as strong and more recently active) whose network has room
+    /// is ahead of it. A scan that is not waiting (a newcomer the full queue did not
+    /// keep) is refused.
+    fn admit(&mut self, addr: IpNet, now: i64) -> Result<(), Refused> {
+        self.room(addr, now)?;
+        let share = network_share(self.policy.per_minute as usize);
+        let mut taken: HashMap<IpAddr, usize> = HashMap::new();
+        for &(_, net) in &self.recent {
+            *taken.entry(net).or_default() += 1;
+        }
+        let best = self.waiting.best(|a| {
+            taken.get(&network(a.addr())).copied().unwrap_or(0) < share
+                && self.covering(a).is_none()
+        });
+        match best {
+            Some(b) if b == addr => Ok(()),
+            _ => Err(Refused::RateLimited),
+        }
     }
 
     /// Whether the cap leaves room for a new ban of `addr` at `now`: fewer than
@@ -420,10 +456,21 @@ impl Book {
         Some(r.clone())
     }
 
-    /// The kernel banned a waiting source by itself (the XDP program's own detection):
-    /// the ban is kept, counted against the cap, rather than lifted because of it.
+    /// Whether a scan of `addr` waits for the cap.
+    pub fn is_waiting(&self, addr: IpNet) -> bool {
+        self.waiting.contains(ban_net(addr))
+    }
+
+    /// The kernel banned a waiting source by itself (the XDP program's own detection,
+    /// which has no cap of its own): the ban is given, counted against the cap, only when
+    /// the cap would give it now (room for it, and no stronger waiting scan ahead of
+    /// it). Otherwise `None`: the scan waits on, and the caller lifts the kernel's ban.
     pub fn take_waiting(&mut self, addr: IpNet, now: i64) -> Option<Record> {
         let addr = ban_net(addr);
+        if !self.waiting.contains(addr) || self.covering(addr).is_some() {
+            return None;
+        }
+        self.admit(addr, now).ok()?;
         let w = self.waiting.remove(addr)?;
         self.recent.push_back((now, network(addr.addr())));
         Some(self.give(addr, w.reason, now, None))
@@ -716,18 +763,57 @@ mod tests {
         assert_eq!(b.take_evicted(), 0);
     }
 
+    /// The red team's F3: the XDP program bans in the kernel with no cap; its bans of
+    /// scans the cap made wait are given only as the cap allows.
     #[test]
-    fn a_ban_the_kernel_made_on_a_waiting_source_is_kept() {
+    fn a_ban_the_kernel_made_on_a_waiting_source_is_given_only_as_the_cap_allows() {
         let mut b = book(3600, 86_400, 1);
         b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
         assert_eq!(
             b.scan(ip("192.0.2.1"), "ports 1,2,3,4".into(), 0, false),
             Err(Refused::RateLimited)
         );
-        let r = b.take_waiting(ip("192.0.2.1"), 1).unwrap();
+        assert_eq!(
+            b.take_waiting(ip("192.0.2.1"), 1),
+            None,
+            "no room: it waits"
+        );
+        assert!(b.is_waiting(ip("192.0.2.1")));
+        assert!(b.get(ip("192.0.2.1")).is_none());
+        b.touch(ip("192.0.2.1").addr(), 5, 59);
+        let r = b.take_waiting(ip("192.0.2.1"), 60).unwrap();
         assert_eq!(r.reason, "ports 1,2,3,4");
         assert!(b.get(ip("192.0.2.1")).is_some());
-        assert_eq!(b.take_waiting(ip("192.0.2.9"), 1), None);
+        assert!(!b.is_waiting(ip("192.0.2.1")));
+        assert_eq!(b.take_waiting(ip("192.0.2.9"), 61), None);
+    }
+
+    /// Five hundred invented scanners (two hundred of one /24) the kernel banned by
+    /// itself: the cap's sixty a minute are kept, fifteen of them from the one /24.
+    #[test]
+    fn kernel_bans_of_a_forged_flood_keep_to_the_cap_and_the_network_shares() {
+        let mut b = book(3600, 86_400, 60);
+        let mut kernel = Vec::new();
+        for i in 0..500u32 {
+            let a = if i < 200 {
+                IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0ac8_0000 + i)))
+            } else {
+                IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                    0x0a64_0009 + (i << 8),
+                )))
+            };
+            let _ = b.scan(a, "forged".into(), i64::from(i / 100), false);
+            kernel.push(a);
+        }
+        for (i, a) in kernel.iter().enumerate() {
+            let _ = b.take_waiting(*a, 5 + i as i64 / 100);
+        }
+        assert_eq!(b.len(), 60);
+        let one24 = b
+            .active()
+            .filter(|r| network(r.net.addr()) == network(ip("10.200.0.0").addr()))
+            .count();
+        assert_eq!(one24, 15);
     }
 
     /// A forger queues 200 invented scanners from random networks, then keeps adding five
@@ -779,6 +865,107 @@ mod tests {
         // 60 a minute banned, the quiet ones forgotten).
         assert!(b.waiting() <= crate::waiting::MAX_WAITING);
         assert_eq!(b.take_evicted(), 0);
+    }
+
+    /// The red team's F4: a forger fills the cap with bans spread over a minute (one a
+    /// second), then invents 170 scanners a second, each from its own /24, so that one
+    /// slot frees every second with newcomers already at the door. A real scanner
+    /// detected at +63 s (a thousand ports) waits, and the next slot that frees goes to
+    /// it, not to the next invented scanner.
+    #[test]
+    fn a_slot_the_cap_frees_goes_to_the_strongest_waiting_scan_not_to_the_next_newcomer() {
+        let mut b = book(3600, 86_400, 60);
+        let mut n = 0u32;
+        let mut invented = move || {
+            n += 1;
+            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0009 + (n << 8),
+            )))
+        };
+        let forged = [5000, 5001, 5002, 5003];
+        for now in 0..60 {
+            assert!(
+                b.scan_ports(invented(), "forged".into(), &forged, now, false)
+                    .is_ok()
+            );
+        }
+        let real = ip("192.0.2.2");
+        let mut banned_at = None;
+        for now in 60..200i64 {
+            for i in 0..170 {
+                if now == 63 && i == 50 {
+                    assert_eq!(
+                        b.scan_ports(real, "real".into(), &[1, 2, 3, 4], now, false),
+                        Err(Refused::RateLimited),
+                        "this second's slot went to the first newcomer"
+                    );
+                    for port in 5..=1000 {
+                        b.touch(real.addr(), port, now);
+                    }
+                }
+                let _ = b.scan_ports(invented(), "forged".into(), &forged, now, false);
+            }
+            // The real scanner went quiet after its scan; it stays the strongest.
+            b.promote(now, 60, |_| false);
+            if banned_at.is_none() && b.get(real).is_some() {
+                banned_at = Some(now);
+            }
+        }
+        assert_eq!(banned_at, Some(64), "the next slot that freed");
+        assert_eq!(b.get(real).map(|r| r.reason.as_str()), Some("real"));
+    }
+
+    /// A newcomer competes with the waiting scans whose network has room: one whose
+    /// network had its share does not hold the cap's room from other networks, and a
+    /// newcomer from a network that had its share waits even with room in the cap.
+    #[test]
+    fn a_newcomer_competes_with_the_waiting_scans_by_evidence_within_the_network_shares() {
+        let mut b = book(3600, 86_400, 8);
+        b.scan(ip("192.0.2.1"), String::new(), 0, false).unwrap();
+        b.scan(ip("192.0.2.2"), String::new(), 0, false).unwrap();
+        assert_eq!(
+            b.scan_ports(ip("192.0.2.3"), String::new(), &[1, 2, 3, 4], 0, false),
+            Err(Refused::NetworkShare)
+        );
+        b.touch(ip("192.0.2.3").addr(), 9, 1);
+        // The strong waiting scan cannot be banned (its /24 had its share): the
+        // newcomer from another network takes the room.
+        assert!(
+            b.scan_ports(ip("198.51.100.1"), String::new(), &[1, 2, 3, 4], 2, false)
+                .is_ok()
+        );
+        assert_eq!(
+            b.scan_ports(
+                ip("192.0.2.4"),
+                String::new(),
+                &[1, 2, 3, 4, 5, 6],
+                2,
+                false
+            ),
+            Err(Refused::NetworkShare)
+        );
+        // Another network's scan waiting with more evidence than a newcomer goes first.
+        for i in 0..5 {
+            b.scan(ip(&format!("10.{i}.0.1")), String::new(), 3, false)
+                .unwrap();
+        }
+        assert_eq!(
+            b.scan_ports(ip("203.0.113.1"), String::new(), &[1, 2, 3, 4, 5], 4, false),
+            Err(Refused::RateLimited)
+        );
+        assert_eq!(b.len(), 8);
+        b.touch(ip("203.0.113.1").addr(), 6, 59);
+        // At 60 the first two bans' slots free (and 192.0.2.0/24's share with them): the
+        // waiting take them by evidence, 203.0.113.1 (6 ports, the most recently active)
+        // and 192.0.2.4 (6); 192.0.2.3 (5) and the newcomer (4) wait.
+        assert_eq!(
+            b.scan_ports(ip("198.51.100.9"), String::new(), &[1, 2, 3, 4], 60, false),
+            Err(Refused::RateLimited)
+        );
+        let (given, _) = b.promote(60, 60, |_| false);
+        let given: Vec<IpNet> = given.iter().map(|r| r.net).collect();
+        assert_eq!(given, [ip("203.0.113.1"), ip("192.0.2.4")]);
+        assert_eq!(b.waiting(), 2);
     }
 
     #[test]

@@ -169,6 +169,58 @@ fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// A forged burst from another address of a peer's IPv6 /64 (red team F1): the /64 is
+/// banned as a range, for new connections only since an address inside it holds a
+/// session, and that session keeps flowing.
+fn a_session_survives_a_range_ban_forged_from_its_64(args: &[&str], backend: &str) {
+    const PEER: &str = "fd72::5";
+    const FORGER: &str = "fd72::99";
+    let mut lab = Lab::new();
+    lab.add_attacker_address(&format!("{PEER}/64"));
+    let vif = lab.vif.clone();
+    let out = lab.in_victim(&["ip", "-6", "route", "add", "fd72::/64", "dev", &vif]);
+    assert!(out.status.success(), "{out:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let echo = "import socket\ns = socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::', 9000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(64)\n        if not d:\n            break\n        c.sendall(d)\n";
+    lab.spawn_in_victim(&["python3", "-c", echo]);
+    let progress = dir.path().join("session.log");
+    let client = format!(
+        "import socket, time\nc = socket.socket(socket.AF_INET6)\nc.settimeout(3)\nc.bind(('{PEER}', 0))\nc.connect(('{VICTIM6}', 9000))\nf = open('{}', 'a', buffering=1)\nwhile True:\n    c.sendall(b'x')\n    assert c.recv(8) == b'x'\n    f.write('ok\\n')\n    time.sleep(0.2)\n",
+        progress.display()
+    );
+    let exchanged = || {
+        std::fs::read_to_string(&progress)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let state = dir.path().join("state");
+    let mut all = vec!["--state-dir", state.to_str().expect("utf-8")];
+    all.extend_from_slice(args);
+    let agent = Agent::start(&lab, dir.path(), backend, &all);
+    eventually(10, "the echo server starts", || {
+        lab.in_attacker(&[
+            "python3",
+            "-c",
+            &format!("import socket; socket.create_connection(('{VICTIM6}', 9000), 1)"),
+        ])
+        .status
+        .success()
+    });
+    lab.spawn_in_attacker(&["python3", "-c", &client]);
+    eventually(5, "the session exchanges", || exchanged() >= 3);
+
+    lab.forge_syns(FORGER, VICTIM6, &[21, 22, 23, 25]);
+    let block = agent.wait_for(3, |e| e["event"] == "block" && e["prefix"] == "fd72::/64");
+    assert_eq!(block["scope"], "new", "{block}");
+    assert_eq!(block["established"], true, "{block}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = exchanged();
+    eventually(5, "the session keeps flowing", || exchanged() >= before + 5);
+    // New connections from the /64 are refused.
+    assert!(!lab.connects(PEER, VICTIM6), "a new connection got through");
+    assert_eq!(agent.stop(), Some(0));
+}
+
 /// Invented scanners: `first` 4-SYN bursts from random addresses of random networks at
 /// once, then `per_sec` more a second for `secs` seconds (python3, raw socket).
 const INVENT_SCANNERS: &str = r#"
@@ -252,6 +304,145 @@ fn nftables_bans_a_real_scanner_despite_a_forged_flood_of_scanners() {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// The XDP program bans scanners in the kernel by itself, with no cap of its own (red
+/// team F3): forty scanners forged from one /24 are all banned there, and user space
+/// keeps only the /24's share of the cap (5 of 20), lifting the others at once; their
+/// scans wait. One of the forged addresses, really held by the attacker, connects again.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_kernel_bans_beyond_the_cap_are_lifted_and_wait() {
+    let lab = Lab::new();
+    let last = "10.200.0.40";
+    lab.add_attacker_address(&format!("{last}/24"));
+    let vif = lab.vif.clone();
+    let out = lab.in_victim(&["ip", "route", "add", "10.200.0.0/24", "dev", &vif]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(lab.connects(last, VICTIM), "the route to 10.200.0.0/24");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "xdpcap",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "xdp",
+            "--ban-rate",
+            "20",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    for i in 1..=40 {
+        lab.forge_syns(&format!("10.200.0.{i}"), VICTIM, &[21, 22, 23, 25]);
+    }
+    agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == last);
+    eventually(5, "the kernel banned all forty", || {
+        lab.metric("synwatch_xdp_kernel_bans_total") >= 40
+    });
+    eventually(5, "the scans beyond the share wait", || {
+        lab.metric("synwatch_bans_waiting") == 35
+    });
+    // The lifts reach the kernel within a turn or two.
+    eventually(
+        5,
+        "a forged address whose scan waits connects again",
+        || lab.connects(last, VICTIM),
+    );
+    let blocks = agent
+        .events()
+        .into_iter()
+        .filter(|e| e["event"] == "block")
+        .count();
+    assert_eq!(blocks, 5, "the /24's share of the cap");
+    let (_, list, _) = lab::blocks(
+        &lab,
+        &["list", "--state-dir", state.to_str().expect("utf-8")],
+    );
+    assert_eq!(list.matches("10.200.0.").count(), 5, "{list}");
+    assert_eq!(agent.stop(), Some(0));
+}
+
+/// Invented scanners, each from a /24 of its own: one a second for 60 s (the cap of 60
+/// a minute fills with bans a second apart), then `rate` a second for `secs` seconds, so
+/// that newcomers are at the door each time a slot frees (python3, raw socket).
+const TRICKLE_THEN_FLOOD: &str = r#"
+import socket, struct, sys, time
+dst, rate, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+da = socket.inet_aton(dst)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+n = 0
+def burst():
+    global n
+    n += 1
+    sa = bytes([20 + n // 65536, (n // 256) % 256, n % 256, 9])
+    for i, port in enumerate([5000, 5001, 5002, 5003]):
+        tcp = struct.pack('!HHIIBBHHH', 41000 + i, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+        tcp = tcp[:16] + struct.pack('!H', csum(sa + da + struct.pack('!xBH', 6, len(tcp)) + tcp)) + tcp[18:]
+        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 1, 0, 64, 6, 0, sa, da)
+        raw.sendto(ip + tcp, (dst, 0))
+t0 = time.time()
+for s in range(60):
+    burst()
+    time.sleep(max(0, t0 + s + 1 - time.time()))
+t1, sent = time.time(), 0
+while time.time() - t1 < secs:
+    due = int((time.time() - t1) * rate)
+    while sent < due:
+        burst()
+        sent += 1
+    time.sleep(0.01)
+"#;
+
+/// The red team's F4: with the cap filled by bans a second apart and invented scanners
+/// arriving all the time, each slot that frees must go to the waiting scan with the
+/// strongest evidence, not to whichever newcomer comes first: a real `nmap -sS` of a
+/// thousand ports, over in a fraction of a second, is banned at one of the next slots.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it (about 70 s)"]
+fn nftables_gives_a_freed_slot_to_a_real_scanner_not_to_the_next_invented_one() {
+    let mut lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "trickle",
+        &[
+            "--source",
+            "pcap",
+            "--block",
+            "nftables",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    lab.spawn_in_attacker(&["python3", "-c", TRICKLE_THEN_FLOOD, VICTIM, "170", "100"]);
+    // The cap filled a second at a time, and the flood began.
+    eventually(75, "the cap is full and scans wait", || {
+        lab.metric("synwatch_blocks_total") >= 60 && lab.metric("synwatch_bans_waiting") > 100
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    lab.nmap(SCANNER, VICTIM, "1-1000", &[]);
+    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(scan["allowlisted"], false);
+    // A slot frees every second; the flood's newcomers must not take them all.
+    agent.wait_for(15, |e| e["event"] == "block" && e["src"] == SCANNER);
+    assert!(
+        !lab.connects(SCANNER, VICTIM),
+        "the real scanner still connects"
+    );
+    assert!(lab.metric("synwatch_bans_delayed_total") >= 1);
+    assert_eq!(agent.stop(), Some(0));
+}
+
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_keeps_a_banned_peers_established_session() {
@@ -268,6 +459,27 @@ fn iptables_keeps_a_banned_peers_established_session() {
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn xdp_keeps_a_banned_peers_established_session() {
     a_peers_session_survives_a_forged_scan(&["--source", "xdp", "--block", "xdp"], "xdp");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_keeps_a_session_of_a_64_banned_from_another_address() {
+    a_session_survives_a_range_ban_forged_from_its_64(&["--block", "nftables"], "nftables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn iptables_keeps_a_session_of_a_64_banned_from_another_address() {
+    a_session_survives_a_range_ban_forged_from_its_64(&["--block", "iptables"], "iptables");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_keeps_a_session_of_a_64_banned_from_another_address() {
+    a_session_survives_a_range_ban_forged_from_its_64(
+        &["--source", "xdp", "--block", "xdp"],
+        "xdp",
+    );
 }
 
 #[test]

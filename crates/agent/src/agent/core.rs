@@ -247,14 +247,17 @@ impl Core {
     }
 
     /// Sources the XDP program banned by itself: kept where the detector decided the
-    /// same (or its scan waits for the cap), lifted otherwise.
+    /// same (or its scan waited for the cap and the cap now has room for it), lifted
+    /// otherwise (a scan the cap refuses waits on).
     fn on_kernel_bans(&mut self, KernelBans(banned): KernelBans) {
         let Some(b) = self.blocker.as_mut() else {
             return;
         };
         let now = self.clock.agent_secs();
-        for (net, addr) in banned {
-            if !b.confirm_kernel_ban(net, now, self.host.holds_session(addr)) {
+        for (net, _) in banned {
+            // For a range, any address of it holding a session keeps its sessions.
+            let session = self.host.holds_session(synwatch_enforce::ban_net(net));
+            if b.confirm_kernel_ban(net, now, session) == crate::block::Confirmed::Lifted {
                 tracing::warn!(
                     "the XDP program banned {net}, but the detector did not (see above); lifting it"
                 );
@@ -604,8 +607,8 @@ mod tests {
         fn infrastructure(&mut self) -> Infrastructure {
             Infrastructure::default()
         }
-        fn holds_session(&mut self, addr: IpAddr) -> bool {
-            self.0.borrow().sessions.contains(&addr)
+        fn holds_session(&mut self, net: IpNet) -> bool {
+            self.0.borrow().sessions.iter().any(|a| net.contains(a))
         }
     }
 
@@ -922,6 +925,31 @@ mod tests {
         assert!(
             events.iter().any(|e| e.starts_with("block 198.51.100.7 ")),
             "banned again: {events:?}"
+        );
+    }
+
+    /// The red team's F1: an IPv6 scanner is banned as its /64; an address of that /64
+    /// (not the scanner's) holds a session with this host, so the range is banned for
+    /// new connections only and the session lives on.
+    #[test]
+    fn a_range_holding_another_address_with_a_session_is_banned_for_new_connections_only() {
+        let mut h = harness();
+        h.host.borrow_mut().sessions.insert(ip("fd72::5"));
+        h.core.turn(Some(Msg::Batch(h.scan("fd72::99"))), true);
+        let adds = h.adds();
+        assert_eq!(adds.len(), 1, "{:#?}", h.commands());
+        assert!(
+            adds[0]
+                .contains("add element inet synwatch banned6_net_new { fd72::/64 timeout 600s }"),
+            "{adds:#?}"
+        );
+        // A /64 no session is in drops everything.
+        h.clock.advance(APPLY_EVERY);
+        h.core.turn(Some(Msg::Batch(h.scan("fd73::99"))), true);
+        let adds = h.adds();
+        assert!(
+            adds[1].contains("add element inet synwatch banned6_net { fd73::/64 timeout 600s }"),
+            "{adds:#?}"
         );
     }
 

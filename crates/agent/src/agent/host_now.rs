@@ -88,8 +88,9 @@ impl HostNow {
         }
     }
 
-    pub(super) fn holds_session(&self, addr: IpAddr) -> bool {
-        self.view.borrow_mut().holds_session(addr)
+    /// Whether an address in `net` holds an established connection with this host.
+    pub(super) fn holds_session(&self, net: IpNet) -> bool {
+        self.view.borrow_mut().holds_session(net)
     }
 }
 

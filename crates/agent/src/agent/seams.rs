@@ -5,7 +5,7 @@
 //! batching, reload, an address appearing and a kernel ban's confirmation are tested
 //! without root.
 
-use std::net::IpAddr;
+use ipnet::IpNet;
 use std::time::Instant;
 
 use crate::clock::Offset;
@@ -54,8 +54,9 @@ pub trait HostView {
     fn host(&mut self) -> Option<Host>;
     /// Its gateways, routers and resolvers now.
     fn infrastructure(&mut self) -> Infrastructure;
-    /// Whether `addr` holds an established TCP connection with this host.
-    fn holds_session(&mut self, addr: IpAddr) -> bool;
+    /// Whether an address in `net` (an address, or a range about to be banned) holds an
+    /// established TCP connection with this host.
+    fn holds_session(&mut self, net: IpNet) -> bool;
 }
 
 /// This host as the system says: getifaddrs(3), /proc's routes and resolv.conf
@@ -76,9 +77,9 @@ impl HostView for SystemHost {
         Infrastructure::read()
     }
 
-    fn holds_session(&mut self, addr: IpAddr) -> bool {
+    fn holds_session(&mut self, net: IpNet) -> bool {
         self.sessions
             .as_mut()
-            .is_some_and(|s| s.holds(addr, crate::clock::monotonic()))
+            .is_some_and(|s| s.holds(net, crate::clock::monotonic()))
     }
 }

@@ -2,7 +2,6 @@
 //! the event writer, and the blocker (which takes scans, and activity of scans waiting
 //! for the cap).
 
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use ipnet::IpNet;
@@ -99,7 +98,8 @@ pub(super) fn on_scan(
             let snapshot = host.snapshot();
             protect::ban_target(scan.src, wanted, snapshot.view(detector.config()))
         };
-        let session = protected.is_none() && host.holds_session(scan.src);
+        // For a range, any address of it that holds a session keeps its sessions.
+        let session = protected.is_none() && host.holds_session(target);
         let sweep = scan.kind == synwatch_detect::ScanKind::Sweep;
         b.note_scan(target, sweep, &scan.ports, scan.hosts.len());
         b.scan(
@@ -114,7 +114,8 @@ pub(super) fn on_scan(
     written
 }
 
-/// Whether `addr` holds a session, for the blocker's `session` arguments.
-pub(super) fn holds_session(host: &HostNow) -> impl FnMut(IpAddr) -> bool + '_ {
+/// Whether an address in a network holds a session, for the blocker's `session`
+/// arguments.
+pub(super) fn holds_session(host: &HostNow) -> impl FnMut(IpNet) -> bool + '_ {
     move |a| host.holds_session(a)
 }
