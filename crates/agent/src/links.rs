@@ -373,7 +373,13 @@ pub fn check_xdp(
             }
         };
         match ifindex(name) {
-            Some(now) if now == *was => {}
+            // Renamed away and back: the same interface, the program still on it.
+            Some(now) if now == *was => {
+                if links.missing.remove(name) {
+                    tracing::info!("interface {name} is back (ifindex {now})");
+                    set(true, None);
+                }
+            }
             Some(_) if !is_ethernet(name) => {
                 let why = format!(
                     "interface {name} is back without an Ethernet header (a tunnel or VPN now): the XDP program cannot watch it"

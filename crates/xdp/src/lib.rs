@@ -251,6 +251,9 @@ pub struct Attached {
 pub struct Xdp {
     ebpf: Ebpf,
     attached: Vec<Attached>,
+    /// The bpf_link of each attachment, in the order of `attached` (`None` where it
+    /// could not be kept apart).
+    links: Vec<Option<aya::programs::xdp::XdpLinkId>>,
     config: Array<MapData, [u8; layout::CONFIG_LEN]>,
     ifslot: Array<MapData, u32>,
     allow4: LpmTrie<MapData, [u8; 4], u8>,
@@ -375,6 +378,7 @@ impl Xdp {
             peraddr6: take(&mut ebpf, "peraddr6")?,
             ebpf,
             attached: Vec::new(),
+            links: Vec::new(),
             options,
         };
         xdp.configure(options)?;
@@ -399,8 +403,9 @@ impl Xdp {
     /// another tool's program is left alone and is an error.
     pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<&Attached, XdpError> {
         let slot = u32::try_from(self.attached.len()).unwrap_or(u32::MAX);
-        let attached = self.attach_at(iface, mode, slot)?;
+        let (attached, link) = self.attach_at(iface, mode, slot)?;
         self.attached.push(attached);
+        self.links.push(link);
         Ok(self.attached.last().unwrap_or_else(|| unreachable!()))
     }
 
@@ -411,12 +416,27 @@ impl Xdp {
         let Some(at) = self.attached.iter().position(|a| a.iface == iface) else {
             return self.attach(iface, mode);
         };
-        let fresh = self.attach_at(iface, mode, self.attached[at].slot)?;
+        let (fresh, link) = self.attach_at(iface, mode, self.attached[at].slot)?;
+        // The old link went with the old interface, but its descriptor and the kernel's
+        // link object stay until detached: one per re-creation, without bound.
+        if let Some(old) = self.links.get_mut(at).and_then(Option::take)
+            && let Ok(p) = program(&mut self.ebpf)
+        {
+            let _ = p.detach(old);
+        }
         self.attached[at] = fresh;
+        if let Some(l) = self.links.get_mut(at) {
+            *l = link;
+        }
         Ok(&self.attached[at])
     }
 
-    fn attach_at(&mut self, iface: &str, mode: Mode, slot: u32) -> Result<Attached, XdpError> {
+    fn attach_at(
+        &mut self,
+        iface: &str,
+        mode: Mode,
+        slot: u32,
+    ) -> Result<(Attached, Option<aya::programs::xdp::XdpLinkId>), XdpError> {
         let attach_error = |mode: &'static str, why: String| XdpError::Attach {
             iface: iface.to_owned(),
             mode,
@@ -461,14 +481,15 @@ impl Xdp {
                 }
             }
             match result {
-                Ok(()) => {
-                    return Ok(Attached {
+                Ok(link) => {
+                    let attached = Attached {
                         iface: iface.to_owned(),
                         ifindex,
                         mode: name,
                         slot: slot.min(layout::SLOTS - 1),
                         replaced,
-                    });
+                    };
+                    return Ok((attached, Some(link)));
                 }
                 Err(e) => failures.push(format!("{name}: {}", describe(&e))),
             }
@@ -483,10 +504,12 @@ impl Xdp {
         ))
     }
 
-    fn attach_once(&mut self, ifindex: u32, mode: XdpMode) -> Result<(), ProgramError> {
-        program(&mut self.ebpf)?
-            .attach_to_if_index(ifindex, mode)
-            .map(|_| ())
+    fn attach_once(
+        &mut self,
+        ifindex: u32,
+        mode: XdpMode,
+    ) -> Result<aya::programs::xdp::XdpLinkId, ProgramError> {
+        program(&mut self.ebpf)?.attach_to_if_index(ifindex, mode)
     }
 
     pub fn attached(&self) -> &[Attached] {
