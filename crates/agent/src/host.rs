@@ -65,6 +65,9 @@ pub enum Role {
     Router,
     /// A DNS resolver of resolv.conf.
     Resolver,
+    /// The CrowdSec Local API server the agent talks to (`--crowdsec-url`, or the url
+    /// of `--crowdsec-credentials`): banning it would cut the agent off its fleet.
+    Lapi,
 }
 
 impl Role {
@@ -73,6 +76,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Router => "router",
             Role::Resolver => "resolver",
+            Role::Lapi => "lapi",
         }
     }
 }
@@ -132,6 +136,14 @@ impl Infrastructure {
             }
         }
         infra
+    }
+
+    /// Adds the addresses of the CrowdSec Local API server (where not already known in
+    /// another role).
+    pub fn add_lapi(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        for addr in addrs {
+            self.add(addr.to_canonical(), Role::Lapi, None);
+        }
     }
 
     fn add(&mut self, addr: IpAddr, role: Role, iface: Option<String>) {

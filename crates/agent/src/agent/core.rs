@@ -421,7 +421,7 @@ impl Core {
         let infra_changed = snapshot.infra != self.known_infra;
         if infra_changed {
             tracing::info!(
-                "this host's gateways, routers and resolvers (never blocked) are now: {}",
+                "this host's gateways, routers, resolvers and CrowdSec LAPI (never blocked) are now: {}",
                 snapshot.infra.describe()
             );
             self.known_infra = snapshot.infra.clone();

@@ -1,0 +1,112 @@
+//! What the host cannot work without is never banned on forged scans (SPEC §2, "Never cut
+//! the host off"), beyond the plain default gateway of `lab_spoof.rs`: the CrowdSec Local
+//! API server the agent pulls from, and the gateways that only a full read of the routing
+//! tables finds (the second next hop of an ECMP default route, a policy-routing table's
+//! default route, the members of a nexthop group, IPv6 included).
+//!
+//! Needs root; `make test` runs these as root.
+
+#[expect(dead_code, reason = "these tests use part of the lab")]
+mod lab;
+
+use lab::{Agent, Lab, SCANNER, VICTIM, eventually};
+
+/// Where the fake LAPI listens: an address of the attacker's namespace.
+const LAPI: &str = "10.77.0.99";
+
+/// A LAPI that answers every decision stream with nothing new, and appends a line to
+/// `log` for each request.
+fn fake_lapi(lab: &mut Lab, log: &std::path::Path) {
+    let server = format!(
+        r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.0'
+    def do_GET(self):
+        b = b'{{"new": [], "deleted": []}}'
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+        with open('{}', 'a') as f:
+            f.write(self.path + '\n')
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(('{LAPI}', 8080), H).serve_forever()
+"#,
+        log.display()
+    );
+    lab.spawn_in_attacker(&["python3", "-c", &server]);
+}
+
+fn requests(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+fn the_lapi_server_is_never_banned(backend: &str, block: &[&str]) {
+    let mut lab = Lab::new();
+    lab.add_attacker_address(&format!("{LAPI}/24"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let served = dir.path().join("lapi.log");
+    fake_lapi(&mut lab, &served);
+    let key = dir.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("key");
+    let state = dir.path().join("state");
+    let url = format!("http://{LAPI}:8080/");
+    let mut args = vec![
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--crowdsec-bouncer-key-file",
+        key.to_str().expect("utf-8"),
+        "--crowdsec-url",
+        &url,
+        "--crowdsec-pull",
+        "1s",
+    ];
+    args.extend_from_slice(block);
+    let agent = Agent::start(&lab, dir.path(), backend, &args);
+    let log = agent.log();
+    assert!(log.contains(&format!("{LAPI} (lapi)")), "{log}");
+    eventually(10, "the agent pulls from the LAPI", || {
+        requests(&served) >= 2
+    });
+
+    lab.forge_syns(LAPI, VICTIM, &[7001, 7002, 7003, 7004]);
+    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == LAPI);
+    assert_eq!(scan["allowlisted"], true, "{scan}");
+    assert_eq!(scan["allowlisted_reason"], "lapi", "{scan}");
+    // The agent still reaches its LAPI: more pulls are served after the forged scan.
+    let before = requests(&served);
+    eventually(10, "the agent keeps pulling from the LAPI", || {
+        requests(&served) >= before + 2
+    });
+    let events = agent.events();
+    assert!(!events.iter().any(|e| e["event"] == "block"), "{events:#?}");
+    assert!(
+        agent.log().contains(&format!(
+            "not blocking {LAPI}: it is the CrowdSec Local API"
+        )),
+        "{}",
+        agent.log()
+    );
+
+    // A real scanner is still banned.
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(5, |e| e["event"] == "block" && e["src"] == SCANNER);
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_never_bans_the_crowdsec_lapi_server_on_forged_scans() {
+    the_lapi_server_is_never_banned("nftables", &["--block", "nftables"]);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_never_bans_the_crowdsec_lapi_server_on_forged_scans() {
+    the_lapi_server_is_never_banned("xdp", &["--source", "xdp", "--block", "xdp"]);
+}
