@@ -9,7 +9,7 @@
 #[expect(dead_code, reason = "these tests use part of the lab")]
 mod lab;
 
-use lab::{Agent, Lab, SCANNER, VICTIM, eventually};
+use lab::{Agent, Lab, SCANNER, VICTIM, VICTIM6, eventually};
 
 /// Where the fake LAPI listens: an address of the attacker's namespace.
 const LAPI: &str = "10.77.0.99";
@@ -109,4 +109,167 @@ fn nftables_never_bans_the_crowdsec_lapi_server_on_forged_scans() {
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn xdp_never_bans_the_crowdsec_lapi_server_on_forged_scans() {
     the_lapi_server_is_never_banned("xdp", &["--source", "xdp", "--block", "xdp"]);
+}
+
+/// Next hops that /proc/net/route (the main table's first hop) does not show: the
+/// second hop of an ECMP default route, a policy table's default route, the members of
+/// a nexthop group (IPv4 in a policy table, IPv6 as the default), and a hop added to the
+/// ECMP default route while the agent runs. None of them need to exist: the
+/// protection rule reads the routes.
+const HOPS: [(&str, &str); 7] = [
+    ("10.77.0.253", "gateway"),
+    ("10.77.0.252", "gateway"),
+    ("10.77.0.249", "gateway"),
+    ("10.77.0.248", "gateway"),
+    ("fe80::260", "router"),
+    ("fe80::261", "router"),
+    ("10.77.0.251", "gateway"),
+];
+
+fn every_next_hop_is_never_banned(backend: &str, block: &[&str]) {
+    let lab = Lab::new();
+    let vif = lab.vif.clone();
+    let commands: Vec<Vec<&str>> = vec![
+        vec![
+            "ip",
+            "route",
+            "add",
+            "default",
+            "nexthop",
+            "via",
+            "10.77.0.254",
+            "dev",
+            &vif,
+            "nexthop",
+            "via",
+            "10.77.0.253",
+            "dev",
+            &vif,
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.77.0.252",
+            "dev",
+            &vif,
+            "table",
+            "100",
+        ],
+        vec![
+            "ip",
+            "nexthop",
+            "add",
+            "id",
+            "8",
+            "via",
+            "10.77.0.249",
+            "dev",
+            &vif,
+        ],
+        vec![
+            "ip",
+            "nexthop",
+            "add",
+            "id",
+            "9",
+            "via",
+            "10.77.0.248",
+            "dev",
+            &vif,
+        ],
+        vec!["ip", "nexthop", "add", "id", "10", "group", "8/9"],
+        vec![
+            "ip", "route", "add", "default", "nhid", "10", "table", "200",
+        ],
+        vec![
+            "ip",
+            "nexthop",
+            "add",
+            "id",
+            "16",
+            "via",
+            "fe80::260",
+            "dev",
+            &vif,
+        ],
+        vec![
+            "ip",
+            "nexthop",
+            "add",
+            "id",
+            "17",
+            "via",
+            "fe80::261",
+            "dev",
+            &vif,
+        ],
+        vec!["ip", "nexthop", "add", "id", "18", "group", "16/17"],
+        vec!["ip", "-6", "route", "add", "default", "nhid", "18"],
+    ];
+    for args in &commands {
+        let out = lab.in_victim(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut args = vec!["--state-dir", state.to_str().expect("utf-8")];
+    args.extend_from_slice(block);
+    let agent = Agent::start(&lab, dir.path(), backend, &args);
+    let log = agent.log();
+    for (addr, role) in &HOPS[..6] {
+        assert!(log.contains(&format!("{addr} ({role}")), "{addr}: {log}");
+    }
+    // A third hop of the main default route, set while the agent runs, counts once the
+    // host view is read again (at most a second old at ban time).
+    let replace = [
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "nexthop",
+        "via",
+        "10.77.0.254",
+        "dev",
+        &vif,
+        "nexthop",
+        "via",
+        "10.77.0.253",
+        "dev",
+        &vif,
+        "nexthop",
+        "via",
+        "10.77.0.251",
+        "dev",
+        &vif,
+    ];
+    let out = lab.in_victim(&replace);
+    assert!(out.status.success(), "{replace:?}: {out:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    for (src, role) in HOPS {
+        let dst = if src.contains(':') { VICTIM6 } else { VICTIM };
+        lab.forge_syns(src, dst, &[4001, 4002, 4003, 4004]);
+        let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == src);
+        assert_eq!(scan["allowlisted"], true, "{scan}");
+        assert_eq!(scan["allowlisted_reason"], role, "{scan}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = agent.events();
+    assert!(!events.iter().any(|e| e["event"] == "block"), "{events:#?}");
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_never_bans_any_next_hop_of_the_default_routes_on_forged_scans() {
+    every_next_hop_is_never_banned("nftables", &["--block", "nftables"]);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_never_bans_any_next_hop_of_the_default_routes_on_forged_scans() {
+    every_next_hop_is_never_banned("xdp", &["--source", "xdp", "--block", "xdp"]);
 }

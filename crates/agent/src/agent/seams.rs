@@ -68,6 +68,8 @@ pub struct SystemHost {
     pub sessions: Option<Sessions>,
     /// The CrowdSec Local API server the agent talks to, if any.
     pub lapi: Option<crate::crowdsec::host::LapiAddrs>,
+    /// The routes, read again as they change.
+    pub routes: crate::host::Routes,
 }
 
 impl HostView for SystemHost {
@@ -76,7 +78,7 @@ impl HostView for SystemHost {
     }
 
     fn infrastructure(&mut self) -> Infrastructure {
-        let mut infra = Infrastructure::read();
+        let mut infra = self.routes.read(crate::clock::monotonic());
         if let Some(lapi) = &self.lapi {
             infra.add_lapi(lapi.get());
         }

@@ -163,6 +163,7 @@ fn open(
         Box::new(SystemHost {
             sessions: None,
             lapi: lapi.clone(),
+            routes: crate::host::Routes::default(),
         }),
         Rc::clone(&clock),
     );
@@ -275,6 +276,7 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
             Box::new(SystemHost {
                 sessions,
                 lapi: o.lapi,
+                routes: crate::host::Routes::default(),
             }),
             Rc::clone(&o.clock),
         ),
