@@ -894,6 +894,57 @@ fn a_prefix_that_holds_this_host_or_its_router_counts_per_address() {
     assert!(scans[0].prefix.is_some());
 }
 
+#[test]
+fn an_allowlisted_addresss_neighbours_count_per_address() {
+    // An allowlisted monitor checks three ports, a neighbour of its /64 connects once:
+    // not one scanner (SPEC §2: a prefix holding a protected address counts per
+    // address).
+    let cfg = Config {
+        allow: ["2001:db8:7::7"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    };
+    let mut det = Detector::new(cfg);
+    let mut stream: Vec<Observation> = (0..3u16)
+        .map(|p| {
+            obs(
+                i64::from(p) * SEC,
+                "2001:db8:7::7",
+                40000,
+                "2001:db8::1",
+                7001 + p,
+                SYN,
+            )
+        })
+        .collect();
+    stream.push(obs(
+        4 * SEC,
+        "2001:db8:7::8",
+        40000,
+        "2001:db8::1",
+        443,
+        SYN,
+    ));
+    assert_eq!(run(&mut det, &stream).0, vec![]);
+    assert_eq!(
+        det.source_of(ip("2001:db8:7::8")),
+        (ip("2001:db8:7::8"), None)
+    );
+    // Outside the allowlisted address's /64, sources still count per /64.
+    assert!(det.source_of(ip("2001:db8:8::8")).1.is_some());
+    // An allowlisted network as wide as the prefix is counted as one, as configured.
+    let mut det = Detector::new(Config {
+        allow: ["2001:db8:77:1::/64"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    });
+    assert_eq!(run(&mut det, &rotation(2)).0.len(), 1);
+}
+
 /// SYNs from `src` to port 22 of 10.20.0.1, .2, ... `hosts` of them, 100 ms apart; with
 /// `answered`, each host answers 10 ms later with a SYN-ACK.
 fn sweep_stream(src: &str, hosts: u8, answered: bool) -> Vec<Observation> {
