@@ -79,7 +79,8 @@ pub fn apply(
 /// The IPv6 networks whose sources the program counts per address although
 /// `--ipv6-prefix` is shorter: the detector's own list
 /// ([`synwatch_detect::per_address_prefixes`]: those holding a local, neighbour or
-/// allowlisted address, local ranges), which the test below holds the two to.
+/// allowlisted address, local ranges, NAT64's prefixes), which the test below holds the
+/// two to.
 fn per_address(cfg: &synwatch_detect::Config) -> Vec<Ipv6Net> {
     let mut nets: Vec<Ipv6Net> = synwatch_detect::per_address_prefixes(cfg)
         .iter()
@@ -293,6 +294,10 @@ mod tests {
                 "2001:db8:7::8",
                 "2001:db8:7:1::8",
                 "2001:db8:aa00:1::1",
+                "64:ff9b::102:304",
+                "64:ff9b::1:0:0:1",
+                "64:ff9b:1:2::1",
+                "64:ff9b:2::1",
                 "192.0.2.9",
             ] {
                 let addr: IpAddr = addr.parse().unwrap();
@@ -306,12 +311,14 @@ mod tests {
                     assert_eq!(net.prefix_len(), cfg.ipv6_prefix);
                 }
             }
-            // The allowlisted monitor's neighbours are never lumped together, in the
-            // kernel either.
-            assert!(
-                kernel_per_address(&cfg, "2001:db8:7::8".parse().unwrap()),
-                "with --ipv6-prefix {prefix}"
-            );
+            // The allowlisted monitor's neighbours and NAT64's addresses (IPv4 hosts)
+            // are never lumped together, in the kernel either.
+            for addr in ["2001:db8:7::8", "64:ff9b::102:304", "64:ff9b:1:2::1"] {
+                assert!(
+                    kernel_per_address(&cfg, addr.parse().unwrap()),
+                    "{addr} with --ipv6-prefix {prefix}"
+                );
+            }
         }
     }
 }

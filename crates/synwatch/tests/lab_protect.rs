@@ -273,3 +273,62 @@ fn nftables_never_bans_any_next_hop_of_the_default_routes_on_forged_scans() {
 fn xdp_never_bans_any_next_hop_of_the_default_routes_on_forged_scans() {
     every_next_hop_is_never_banned("xdp", &["--source", "xdp", "--block", "xdp"]);
 }
+
+/// IPv6 networks that count per address although `--ipv6-prefix` is 64: an allowlisted
+/// monitor's /64 (its neighbour is not lumped in with the monitor's ports) and NAT64's
+/// 64:ff9b::/96 (each address stands for an IPv4 host: a forged scan "from" one bans it
+/// alone, not the /64 through which the host reaches all of IPv4).
+fn per_address_networks_are_never_banned_whole(backend: &str, block: &[&str]) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut args = vec![
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--allow",
+        "2001:db8:7::7/128",
+    ];
+    args.extend_from_slice(block);
+    let agent = Agent::start(&lab, dir.path(), backend, &args);
+    // Attaching a native XDP program takes the link down and up: the victim's IPv6
+    // address is usable again once the attacker's side reaches it.
+    eventually(10, "the victim's IPv6 address answers", || {
+        lab.in_attacker(&["ping", "-6", "-n", "-c", "1", "-W", "1", VICTIM6])
+            .status
+            .success()
+    });
+
+    lab.forge_syns("2001:db8:7::7", VICTIM6, &[7001, 7002, 7003]);
+    lab.forge_syns("2001:db8:7::8", VICTIM6, &[443]);
+    lab.forge_syns("64:ff9b::102:304", VICTIM6, &[3001, 3002, 3003, 3004]);
+    let block = agent.wait_for(5, |e| e["event"] == "block");
+    assert_eq!(block["src"], "64:ff9b::102:304", "{block}");
+    assert!(block.get("prefix").is_none(), "{block}");
+    // The allowlisted monitor's neighbour was not made a scanner by the monitor's ports.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let events = agent.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "scan" && e["src"] == "2001:db8:7::8"),
+        "{events:#?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e["event"] == "block").count(),
+        1,
+        "{events:#?}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_counts_an_allowlisted_addresss_neighbours_and_nat64_per_address() {
+    per_address_networks_are_never_banned_whole("nftables", &["--block", "nftables"]);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_counts_an_allowlisted_addresss_neighbours_and_nat64_per_address() {
+    per_address_networks_are_never_banned_whole("xdp", &["--source", "xdp", "--block", "xdp"]);
+}
