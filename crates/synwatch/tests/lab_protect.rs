@@ -332,3 +332,66 @@ fn nftables_counts_an_allowlisted_addresss_neighbours_and_nat64_per_address() {
 fn xdp_counts_an_allowlisted_addresss_neighbours_and_nat64_per_address() {
     per_address_networks_are_never_banned_whole("xdp", &["--source", "xdp", "--block", "xdp"]);
 }
+
+/// A gateway set while the agent runs: the XDP program bans by itself, from its own
+/// allowlist, before user space sees a packet. Once a ban-time read of the host has seen
+/// the new gateway (the first forged scan's), the program's allowlist holds it at once:
+/// it is not banned in the kernel again on each of the next forged scans (which would
+/// drop its traffic for a moment each time) until the periodic read, 10 s later.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_is_told_a_new_gateway_as_soon_as_the_host_view_sees_it() {
+    const NEW_GATEWAY: &str = "10.77.0.242";
+    let lab = Lab::new();
+    lab.add_attacker_address(&format!("{NEW_GATEWAY}/24"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let args = [
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--source",
+        "xdp",
+        "--block",
+        "xdp",
+    ];
+    let agent = Agent::start(&lab, dir.path(), "xdp", &args);
+    let vif = lab.vif.clone();
+    let route = [
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        NEW_GATEWAY,
+        "dev",
+        &vif,
+    ];
+    let out = lab.in_victim(&route);
+    assert!(out.status.success(), "{route:?}: {out:?}");
+    // The host view at ban time is at most a second old.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for i in 0..6u16 {
+        let ports: Vec<u16> = (0..4).map(|p| 6000 + i * 10 + p).collect();
+        lab.forge_syns(NEW_GATEWAY, VICTIM, &ports);
+        // One scan episode: reported once; each burst's attempts are logged.
+        let last = serde_json::json!(ports[3]);
+        agent.wait_for(5, |e| {
+            e["event"] == "connection" && e["src"] == NEW_GATEWAY && e["dport"] == last
+        });
+        // A moment for a kernel ban, if the program made one, to reach user space.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let scan = agent.wait_for(1, |e| e["event"] == "scan" && e["src"] == NEW_GATEWAY);
+    assert_eq!(scan["allowlisted_reason"], "gateway", "{scan}");
+    let log = agent.log();
+    let kernel_bans = log
+        .matches(&format!("the XDP program banned {NEW_GATEWAY}/32"))
+        .count();
+    assert!(
+        kernel_bans <= 1,
+        "banned in the kernel {kernel_bans} times: {log}"
+    );
+    let events = agent.events();
+    assert!(!events.iter().any(|e| e["event"] == "block"), "{events:#?}");
+    assert_eq!(agent.stop(), Some(0));
+}
