@@ -42,9 +42,11 @@ RUN --mount=type=cache,id=synwatch-cargo-registry,target=/usr/local/cargo/regist
 FROM ${RUNTIME_IMAGE}
 # libcap2-bin (setcap, getcap, capsh; 100 kB) stays for inspecting the capabilities;
 # ca-certificates gives the system roots an https:// CrowdSec LAPI is checked against.
+# iproute2's ip lists every next hop of the default routes (ECMP, policy tables, nexthop
+# groups), which /proc does not show: they are protected like the first.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libpcap0.8 nftables iptables ipset libcap2-bin ca-certificates \
+        libpcap0.8 nftables iptables ipset iproute2 libcap2-bin ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 # Runs as the unprivileged user synwatch (UID/GID 9809, fixed so that a bind-mounted state
 # directory can be given to it: chown 9809:9809 DIR), with file capabilities on the

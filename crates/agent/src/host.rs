@@ -1,7 +1,9 @@
 //! This host's interfaces and addresses, read with getifaddrs(3), and the infrastructure
-//! it depends on (gateways, IPv6 routers, resolvers), read from /proc and resolv.conf:
-//! plain file reads, so no privilege and no helper program is needed, and cheap enough
-//! to repeat every few seconds.
+//! it depends on (gateways, IPv6 routers, resolvers), read from /proc and resolv.conf
+//! (plain file reads, cheap enough to repeat every second) and from `ip -j` (the default
+//! routes of every table with all their next hops, and nexthop objects, which /proc does
+//! not show), run again only when /proc's routes change or every [`ROUTES_EVERY`]; no
+//! privilege is needed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -65,6 +67,9 @@ pub enum Role {
     Router,
     /// A DNS resolver of resolv.conf.
     Resolver,
+    /// The CrowdSec Local API server the agent talks to (`--crowdsec-url`, or the url
+    /// of `--crowdsec-credentials`): banning it would cut the agent off its fleet.
+    Lapi,
 }
 
 impl Role {
@@ -73,6 +78,7 @@ impl Role {
             Role::Gateway => "gateway",
             Role::Router => "router",
             Role::Resolver => "resolver",
+            Role::Lapi => "lapi",
         }
     }
 }
@@ -101,19 +107,14 @@ pub const ROUTES6: &str = "/proc/net/ipv6_route";
 pub const RESOLV_CONFS: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"];
 
 impl Infrastructure {
-    /// Reads this network namespace's routes and the resolvers. A file that is missing or
-    /// unreadable contributes nothing (no IPv6, no resolv.conf).
+    /// Reads this network namespace's routes and the resolvers, once (see [`Routes`],
+    /// which the running agent keeps). A file that is missing or unreadable contributes
+    /// nothing (no IPv6, no resolv.conf).
     pub fn read() -> Self {
-        let text = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
-        let resolvers: Vec<String> = RESOLV_CONFS.iter().map(|p| text(p)).collect();
-        Self::parse(
-            &text(ROUTES4),
-            &text(ROUTES6),
-            resolvers.iter().map(String::as_str),
-        )
+        Routes::default().read(crate::clock::monotonic())
     }
 
-    /// The same from the files' contents.
+    /// The same from /proc's routes and the resolv.confs' contents.
     pub fn parse<'a>(
         routes4: &str,
         routes6: &str,
@@ -132,6 +133,24 @@ impl Infrastructure {
             }
         }
         infra
+    }
+
+    /// Adds the addresses of the CrowdSec Local API server (where not already known in
+    /// another role).
+    pub fn add_lapi(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        for addr in addrs {
+            self.add(addr.to_canonical(), Role::Lapi, None);
+        }
+    }
+
+    /// Adds a next hop: a gateway (IPv4) or a router (IPv6).
+    fn add_hop(&mut self, addr: IpAddr, iface: Option<String>) {
+        let role = if addr.is_ipv4() {
+            Role::Gateway
+        } else {
+            Role::Router
+        };
+        self.add(addr, role, iface);
     }
 
     fn add(&mut self, addr: IpAddr, role: Role, iface: Option<String>) {
@@ -159,6 +178,121 @@ impl Infrastructure {
             parts.join(", ")
         }
     }
+}
+
+/// How long the next hops read through `ip` serve before `ip` runs again, when
+/// /proc's routes have not changed meanwhile (the host view's own pace).
+pub const ROUTES_EVERY: Duration = Duration::from_secs(10);
+
+/// The `ip` commands that list what /proc does not show: default routes of every
+/// table (policy routing) with every next hop (ECMP, nexthop groups), both families,
+/// and the nexthop objects.
+const IP_LISTINGS: [(&[&str], &str); 3] = [
+    (
+        &["-j", "-4", "route", "show", "table", "all", "default"],
+        "list the IPv4 default routes",
+    ),
+    (
+        &["-j", "-6", "route", "show", "table", "all", "default"],
+        "list the IPv6 default routes",
+    ),
+    (&["-j", "nexthop", "show"], "list the nexthop objects"),
+];
+
+/// The infrastructure, read live: /proc's routes and resolv.conf at every read (plain
+/// file reads), and the next hops only `ip` shows (every default route of every table,
+/// every next hop of a multipath route or nexthop group) when /proc's routes changed
+/// since `ip` last ran, or [`ROUTES_EVERY`] after (so a change in a policy table alone
+/// counts within that time). `ip` runs from its fixed system path with a clean
+/// environment; where it cannot run, /proc's routes alone count (said once).
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// When `ip` last ran, and a digest of /proc's routes then.
+    ran: Option<(Instant, u64)>,
+    /// The next hops it found.
+    hops: Vec<(IpAddr, Option<String>)>,
+    said: bool,
+}
+
+impl Routes {
+    /// The infrastructure now (`now`: the monotonic clock).
+    pub fn read(&mut self, now: Instant) -> Infrastructure {
+        let text = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let (routes4, routes6) = (text(ROUTES4), text(ROUTES6));
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (&routes4, &routes6).hash(&mut h);
+            h.finish()
+        };
+        let current = self
+            .ran
+            .is_some_and(|(at, d)| d == digest && now.duration_since(at) < ROUTES_EVERY);
+        if !current {
+            self.hops = self.listed_hops();
+            self.ran = Some((now, digest));
+        }
+        let resolvers: Vec<String> = RESOLV_CONFS.iter().map(|p| text(p)).collect();
+        let mut infra =
+            Infrastructure::parse(&routes4, &routes6, resolvers.iter().map(String::as_str));
+        for (addr, iface) in &self.hops {
+            infra.add_hop(*addr, iface.clone());
+        }
+        infra
+    }
+
+    /// The next hops `ip` lists.
+    fn listed_hops(&mut self) -> Vec<(IpAddr, Option<String>)> {
+        let mut runner = synwatch_enforce::SystemRunner {
+            timeout: Duration::from_secs(2),
+        };
+        let mut listings = Vec::new();
+        for (args, what) in IP_LISTINGS {
+            let cmd = synwatch_enforce::Command::new("ip", args, what);
+            match synwatch_enforce::Runner::run(&mut runner, &cmd) {
+                Ok(out) => listings.push(out),
+                Err(e) => {
+                    if !self.said {
+                        tracing::warn!(
+                            "warning: cannot {what} with ip ({e}): only the next hops of /proc/net/route and /proc/net/ipv6_route are protected"
+                        );
+                        self.said = true;
+                    }
+                    listings.push(String::new());
+                }
+            }
+        }
+        listings.iter().flat_map(|l| next_hops_json(l)).collect()
+    }
+}
+
+/// The next hops of `ip -j route` (every route given: the gateway, an IPv4 route's
+/// IPv6 `via`, each of `nexthops`) or `ip -j nexthop` (every nexthop object with a
+/// gateway), with their interfaces. Anything else (bad JSON, an empty listing) gives
+/// nothing.
+pub fn next_hops_json(text: &str) -> Vec<(IpAddr, Option<String>)> {
+    use serde_json::Value;
+    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) else {
+        return Vec::new();
+    };
+    let hop = |v: &Value, dev: Option<&str>| -> Option<(IpAddr, Option<String>)> {
+        let addr = v
+            .get("gateway")
+            .and_then(Value::as_str)
+            .or_else(|| v.get("via")?.get("host")?.as_str())?;
+        let addr: IpAddr = addr.split('%').next()?.parse().ok()?;
+        let dev = v.get("dev").and_then(Value::as_str).or(dev);
+        (!addr.is_unspecified()).then(|| (addr.to_canonical(), dev.map(str::to_owned)))
+    };
+    let mut hops = Vec::new();
+    for item in &items {
+        let dev = item.get("dev").and_then(Value::as_str);
+        hops.extend(hop(item, None));
+        if let Some(Value::Array(nexthops)) = item.get("nexthops") {
+            hops.extend(nexthops.iter().filter_map(|n| hop(n, dev)));
+        }
+    }
+    hops
 }
 
 /// The remote addresses of this host's established TCP connections, whichever side opened
@@ -318,6 +452,55 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert!(infra.describe().contains("192.0.2.1 (gateway, eth0)"));
         // Nothing readable: nothing found, no error.
         assert_eq!(Infrastructure::parse("", "", []), Infrastructure::default());
+    }
+
+    #[test]
+    fn every_next_hop_of_the_default_routes_and_nexthop_objects_is_read_from_ip_json() {
+        // `ip -j -4 route show table all default`: a policy table's route, an ECMP
+        // route, a nexthop group's route; an IPv4 route through an IPv6 next hop.
+        let routes4 = r#"[{"dst":"default","gateway":"10.71.0.252","dev":"d0","table":"100","flags":[]},
+            {"dst":"default","nhid":10,"table":"200","flags":[],"nexthops":[{"gateway":"10.71.0.249","dev":"d0","weight":1,"flags":[]},{"gateway":"10.71.0.248","dev":"d0","weight":1,"flags":[]}]},
+            {"dst":"default","dev":"d1","flags":[],"nexthops":[{"gateway":"10.71.0.254","weight":1,"flags":[]},{"gateway":"10.71.0.253","dev":"d0","weight":1,"flags":[]}]},
+            {"dst":"default","via":{"family":"inet6","host":"fe80::290"},"dev":"d0","flags":[]},
+            {"dst":"default","dev":"wg0","scope":"link","flags":[]}]"#;
+        let routes6 = r#"[{"dst":"default","nhid":18,"metric":10,"flags":[],"pref":"medium","nexthops":[{"gateway":"fe80::260","dev":"d0","weight":1,"flags":[]},{"gateway":"fe80::261","dev":"d0","weight":1,"flags":[]}]}]"#;
+        let nexthops = r#"[{"id":8,"gateway":"10.71.0.247","dev":"d0","scope":"link","flags":[]},{"id":10,"group":[{"id":8},{"id":9}],"flags":[]},{"id":17,"gateway":"fe80::262","dev":"d0","scope":"link","flags":[]},{"id":20,"dev":"d0","flags":[]}]"#;
+        let mut infra = Infrastructure::default();
+        for listing in [routes4, routes6, nexthops] {
+            for (addr, iface) in next_hops_json(listing) {
+                infra.add_hop(addr, iface);
+            }
+        }
+        let found: Vec<String> = infra
+            .by_addr
+            .iter()
+            .map(|(a, i)| {
+                format!(
+                    "{a} {} {}",
+                    i.role.as_str(),
+                    i.iface.as_deref().unwrap_or("-")
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "10.71.0.247 gateway d0",
+                "10.71.0.248 gateway d0",
+                "10.71.0.249 gateway d0",
+                "10.71.0.252 gateway d0",
+                "10.71.0.253 gateway d0",
+                "10.71.0.254 gateway d1",
+                "fe80::260 router d0",
+                "fe80::261 router d0",
+                "fe80::262 router d0",
+                "fe80::290 router d0",
+            ]
+        );
+        // Not JSON, or no listing: nothing, no error.
+        assert!(next_hops_json("Error: nexthop objects not supported").is_empty());
+        assert!(next_hops_json("").is_empty());
+        assert!(next_hops_json(r#"{"dst":"default","gateway":"10.0.0.1"}"#).is_empty());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! A blind spoofer can make any address look like a scanner (four forged SYNs are a
 //! scan), so besides the configured allowlist the addresses the host cannot work without
 //! are protected, discovered live: its own, its gateways and IPv6 routers (link-local
-//! ones included), its resolvers (SPEC §2, "Never cut the host off"). A scan from one of
+//! ones included), its resolvers, the CrowdSec Local API server it talks to (SPEC §2,
+//! "Never cut the host off"). A scan from one of
 //! them is still reported, with why it is not banned.
 
 use std::collections::BTreeSet;
@@ -26,7 +27,7 @@ pub enum Why {
     Local,
     /// A configured `--allow` range.
     Allowlisted,
-    /// A gateway, router or resolver of this host.
+    /// A gateway, router or resolver of this host, or its CrowdSec LAPI server.
     Infra(Role),
 }
 
@@ -50,6 +51,9 @@ impl Why {
             Why::Infra(Role::Gateway) => "a gateway of this host (a next hop of its routes)",
             Why::Infra(Role::Router) => "an IPv6 router of this host (a next hop of its routes)",
             Why::Infra(Role::Resolver) => "a DNS resolver of this host (resolv.conf)",
+            Why::Infra(Role::Lapi) => {
+                "the CrowdSec Local API server of this agent (--crowdsec-url)"
+            }
         }
     }
 }

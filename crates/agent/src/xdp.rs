@@ -77,23 +77,14 @@ pub fn apply(
 }
 
 /// The IPv6 networks whose sources the program counts per address although
-/// `--ipv6-prefix` is shorter: those at that length holding a local or neighbour address
-/// (or lying inside a local range), the detector's rule (`Detector::source_of`), which
-/// the test below holds the two to.
+/// `--ipv6-prefix` is shorter: the detector's own list
+/// ([`synwatch_detect::per_address_prefixes`]: those holding a local, neighbour or
+/// allowlisted address, local ranges, NAT64's prefixes), which the test below holds the
+/// two to.
 fn per_address(cfg: &synwatch_detect::Config) -> Vec<Ipv6Net> {
-    if cfg.ipv6_prefix >= 128 {
-        return Vec::new();
-    }
-    let mut nets: Vec<Ipv6Net> = cfg
-        .locals
+    let mut nets: Vec<Ipv6Net> = synwatch_detect::per_address_prefixes(cfg)
         .iter()
-        .chain(cfg.neighbours.iter())
         .filter_map(|net| match net {
-            IpNet::V6(n) if n.prefix_len() >= cfg.ipv6_prefix => {
-                Ipv6Net::new(n.network(), cfg.ipv6_prefix)
-                    .ok()
-                    .map(|w| w.trunc())
-            }
             IpNet::V6(n) => Some(n.trunc()),
             IpNet::V4(_) => None,
         })
@@ -281,6 +272,12 @@ mod tests {
             cfg.neighbours = AddrSet::new();
             cfg.neighbours
                 .insert("2001:db8:99:5::fe/128".parse().unwrap());
+            // An allowlisted monitor (its neighbours count per address), an allowlisted
+            // network as wide as any prefix (counted as configured).
+            cfg.allow = AddrSet::new();
+            for a in ["2001:db8:7::7/128", "2001:db8:aa00::/40"] {
+                cfg.allow.insert(a.parse().unwrap());
+            }
             let detector = Detector::new(cfg.clone());
             for addr in [
                 "2001:db8:77:1::10",
@@ -294,6 +291,13 @@ mod tests {
                 "2001:db8:98::1",
                 "::ffff:192.0.2.9",
                 "3fff::1",
+                "2001:db8:7::8",
+                "2001:db8:7:1::8",
+                "2001:db8:aa00:1::1",
+                "64:ff9b::102:304",
+                "64:ff9b::1:0:0:1",
+                "64:ff9b:1:2::1",
+                "64:ff9b:2::1",
                 "192.0.2.9",
             ] {
                 let addr: IpAddr = addr.parse().unwrap();
@@ -306,6 +310,14 @@ mod tests {
                 if let Some(IpNet::V6(net)) = prefix {
                     assert_eq!(net.prefix_len(), cfg.ipv6_prefix);
                 }
+            }
+            // The allowlisted monitor's neighbours and NAT64's addresses (IPv4 hosts)
+            // are never lumped together, in the kernel either.
+            for addr in ["2001:db8:7::8", "64:ff9b::102:304", "64:ff9b:1:2::1"] {
+                assert!(
+                    kernel_per_address(&cfg, addr.parse().unwrap()),
+                    "{addr} with --ipv6-prefix {prefix}"
+                );
             }
         }
     }

@@ -295,7 +295,7 @@ pub struct Detector {
 impl Detector {
     pub fn new(cfg: Config) -> Self {
         Self {
-            shared: shared_prefixes(&cfg),
+            shared: per_address_prefixes(&cfg),
             cfg,
             now: Nanos::MIN,
             last_sweep: Nanos::MIN,
@@ -314,12 +314,13 @@ impl Detector {
     /// Replaces thresholds and address sets, keeping all state. Tracked port lists longer
     /// than a lowered threshold needs are trimmed at their next observation.
     pub fn reconfigure(&mut self, cfg: Config) {
-        self.shared = shared_prefixes(&cfg);
+        self.shared = per_address_prefixes(&cfg);
         self.cfg = cfg;
     }
 
     /// What a source counts as: its own address, or (IPv6, per `--ipv6-prefix`) its
-    /// network, unless that network holds one of this host's or its neighbours' addresses.
+    /// network, unless that network holds one of this host's, its neighbours' or an
+    /// allowlisted address, or is NAT64's ([`per_address_prefixes`]).
     pub fn source_of(&self, addr: IpAddr) -> (IpAddr, Option<IpNet>) {
         match addr {
             IpAddr::V6(a) if self.cfg.ipv6_prefix < 128 && a.to_ipv4_mapped().is_none() => {
@@ -687,14 +688,44 @@ fn is_answer(flags: TcpFlags) -> bool {
     flags.has(TcpFlags::SYN | TcpFlags::ACK) && !flags.has(TcpFlags::RST)
 }
 
-/// The IPv6 networks at `cfg.ipv6_prefix` that hold a local or neighbour address (or lie
-/// inside a local range): their sources count per address.
-fn shared_prefixes(cfg: &Config) -> AddrSet {
+/// The NAT64 prefixes (RFC 6052's well-known 64:ff9b::/96, RFC 8215's local-use
+/// 64:ff9b:1::/48): each address in them stands for an IPv4 host, so their sources
+/// count per address, never as one network (a forged scan "from" one would otherwise
+/// ban the /64 through which the host reaches all of IPv4).
+pub const NAT64_PREFIXES: [Ipv6Net; 2] = [
+    match Ipv6Net::new(std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
+        Ok(n) => n,
+        Err(_) => unreachable!(),
+    },
+    match Ipv6Net::new(std::net::Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48) {
+        Ok(n) => n,
+        Err(_) => unreachable!(),
+    },
+];
+
+/// The IPv6 networks whose sources count per address although `cfg.ipv6_prefix` is
+/// shorter: those at that length that hold a local, neighbour or allowlisted address
+/// (an `--allow` range narrower than the prefix) or a NAT64 prefix, and the local ranges
+/// and NAT64 prefixes wider than it. The XDP program is given the same list.
+pub fn per_address_prefixes(cfg: &Config) -> AddrSet {
     let mut shared = AddrSet::new();
     if cfg.ipv6_prefix >= 128 {
         return shared;
     }
-    for net in cfg.locals.iter().chain(cfg.neighbours.iter()) {
+    // An allowlisted range as wide as the prefix or wider holds only allowlisted
+    // sources: counting them together lumps no one else in.
+    let allowed = cfg.allow.iter().filter(|n| match n {
+        IpNet::V6(n) => n.prefix_len() > cfg.ipv6_prefix,
+        IpNet::V4(_) => false,
+    });
+    let nat64 = NAT64_PREFIXES.iter().map(|&n| IpNet::V6(n));
+    for net in cfg
+        .locals
+        .iter()
+        .chain(cfg.neighbours.iter())
+        .chain(allowed)
+        .chain(nat64)
+    {
         if let IpNet::V6(n) = net {
             let wide = if n.prefix_len() >= cfg.ipv6_prefix {
                 Ipv6Net::new(n.network(), cfg.ipv6_prefix).map(|w| w.trunc())

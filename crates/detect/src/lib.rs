@@ -23,7 +23,8 @@ mod table;
 pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
 pub use detector::{
     Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES, Detector, Direction,
-    DirectionFilter, Observation, Outcome, Scan, ScanKind, Seen, Stats,
+    DirectionFilter, NAT64_PREFIXES, Observation, Outcome, Scan, ScanKind, Seen, Stats,
+    per_address_prefixes,
 };
 pub use probe::{Probe, ProbeSet};
 

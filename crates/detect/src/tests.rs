@@ -894,6 +894,103 @@ fn a_prefix_that_holds_this_host_or_its_router_counts_per_address() {
     assert!(scans[0].prefix.is_some());
 }
 
+#[test]
+fn an_allowlisted_addresss_neighbours_count_per_address() {
+    // An allowlisted monitor checks three ports, a neighbour of its /64 connects once:
+    // not one scanner (SPEC §2: a prefix holding a protected address counts per
+    // address).
+    let cfg = Config {
+        allow: ["2001:db8:7::7"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    };
+    let mut det = Detector::new(cfg);
+    let mut stream: Vec<Observation> = (0..3u16)
+        .map(|p| {
+            obs(
+                i64::from(p) * SEC,
+                "2001:db8:7::7",
+                40000,
+                "2001:db8::1",
+                7001 + p,
+                SYN,
+            )
+        })
+        .collect();
+    stream.push(obs(
+        4 * SEC,
+        "2001:db8:7::8",
+        40000,
+        "2001:db8::1",
+        443,
+        SYN,
+    ));
+    assert_eq!(run(&mut det, &stream).0, vec![]);
+    assert_eq!(
+        det.source_of(ip("2001:db8:7::8")),
+        (ip("2001:db8:7::8"), None)
+    );
+    // Outside the allowlisted address's /64, sources still count per /64.
+    assert!(det.source_of(ip("2001:db8:8::8")).1.is_some());
+    // An allowlisted network as wide as the prefix is counted as one, as configured.
+    let mut det = Detector::new(Config {
+        allow: ["2001:db8:77:1::/64"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("cidr"))
+            .collect(),
+        ..Config::default()
+    });
+    assert_eq!(run(&mut det, &rotation(2)).0.len(), 1);
+}
+
+#[test]
+fn nat64_sources_count_per_address_as_the_ipv4_hosts_they_stand_for() {
+    // NAT64: every address of 64:ff9b::/96 and 64:ff9b:1::/48 is an IPv4 host of its
+    // own, with any --ipv6-prefix.
+    for prefix in [48, 56, 64, 96] {
+        let det = Detector::new(Config {
+            ipv6_prefix: prefix,
+            ..Config::default()
+        });
+        for a in ["64:ff9b::102:304", "64:ff9b::a47:909", "64:ff9b:1:ab::1"] {
+            assert_eq!(det.source_of(ip(a)), (ip(a), None), "{a} /{prefix}");
+        }
+    }
+    let mut det = Detector::new(Config::default());
+    let stream: Vec<Observation> = (0..4u16)
+        .map(|i| {
+            let src = format!("64:ff9b::102:{:x}", 0x300 + i);
+            obs(
+                i64::from(i) * SEC,
+                &src,
+                40000,
+                "2001:db8::1",
+                3001 + i,
+                SYN,
+            )
+        })
+        .collect();
+    assert_eq!(run(&mut det, &stream).0, vec![]);
+    // Four ports from one of them is a scan of that address alone.
+    let stream: Vec<Observation> = (0..4u16)
+        .map(|i| {
+            obs(
+                10 * SEC + i64::from(i) * SEC,
+                "64:ff9b::102:304",
+                40000,
+                "2001:db8::1",
+                3001 + i,
+                SYN,
+            )
+        })
+        .collect();
+    let (scans, _) = run(&mut det, &stream);
+    assert_eq!(scans.len(), 1);
+    assert_eq!(scans[0].prefix, None);
+}
+
 /// SYNs from `src` to port 22 of 10.20.0.1, .2, ... `hosts` of them, 100 ms apart; with
 /// `answered`, each host answers 10 ms later with a SYN-ACK.
 fn sweep_stream(src: &str, hosts: u8, answered: bool) -> Vec<Observation> {

@@ -86,8 +86,8 @@ pub struct DetectArgs {
     pub max_sources: Option<String>,
 
     /// IPv6 sources are counted, and banned, per /N (48 to 128; 128 counts each address);
-    /// a network holding this host's or its router's address counts per address
-    /// [default: 64]
+    /// a network holding this host's, its router's or an --allow address counts per
+    /// address, and so does NAT64's 64:ff9b::/96 and 64:ff9b:1::/48 [default: 64]
     #[arg(long, env = "SYNWATCH_IPV6_PREFIX", value_name = "N")]
     pub ipv6_prefix: Option<String>,
 

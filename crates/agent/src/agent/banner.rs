@@ -59,7 +59,7 @@ fn banner(
          \x20 A source reaching more than {} distinct ports within {window} s is reported as a port scan. {sweeps}\n\
          \x20 Blocking: {blocking}\n\
          \x20 This host's addresses (outgoing; never blocked): {}{}\n\
-         \x20 Its gateways, routers and resolvers (never blocked, kept current): {infra}\n\
+         \x20 Its gateways, routers, resolvers and CrowdSec LAPI (never blocked, kept current): {infra}\n\
          \x20 Events: {} on stdout. Metrics: http://{}/metrics (health: /healthz). Stop with Ctrl-C.",
         d.max_ports,
         shown.join(", "),

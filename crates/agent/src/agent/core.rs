@@ -408,9 +408,14 @@ impl Core {
 
     /// Reads this host's addresses and infrastructure again every ADDRESS_REFRESH, so
     /// that an address added or removed while running counts as local (or stops
-    /// counting) without a restart; bans on what became protected are lifted.
+    /// counting) without a restart; bans on what became protected are lifted. A change
+    /// that a ban-time read saw (at most a second old) is applied at once, rather than
+    /// at the next periodic read: above all to the XDP program's allowlist, which would
+    /// otherwise ban a gateway changed a moment ago in the kernel on every forged scan
+    /// until then.
     fn refresh_host(&mut self, now: Instant) {
-        if now < self.timers.next_refresh {
+        let changed = self.host.take_changed();
+        if now < self.timers.next_refresh && !changed {
             return;
         }
         self.timers.next_refresh = now + ADDRESS_REFRESH;
@@ -424,12 +429,14 @@ impl Core {
         let infra_changed = snapshot.infra != self.known_infra;
         if infra_changed {
             tracing::info!(
-                "this host's gateways, routers and resolvers (never blocked) are now: {}",
+                "this host's gateways, routers, resolvers and CrowdSec LAPI (never blocked) are now: {}",
                 snapshot.infra.describe()
             );
             self.known_infra = snapshot.infra.clone();
         }
         self.host.set(now, snapshot);
+        // What this read found is applied here.
+        self.host.take_changed();
         let locals_changed = cfg.locals != self.detector.config().locals;
         if locals_changed || cfg.neighbours != self.detector.config().neighbours {
             self.detector.reconfigure(cfg);
@@ -592,6 +599,7 @@ mod tests {
     #[derive(Default)]
     struct FakeHost {
         addresses: Vec<IpAddr>,
+        gateways: Vec<IpAddr>,
         sessions: HashSet<IpAddr>,
     }
 
@@ -605,7 +613,17 @@ mod tests {
             Some(host)
         }
         fn infrastructure(&mut self) -> Infrastructure {
-            Infrastructure::default()
+            let mut infra = Infrastructure::default();
+            for &addr in &self.0.borrow().gateways {
+                infra.by_addr.insert(
+                    addr,
+                    crate::host::Infra {
+                        role: crate::host::Role::Gateway,
+                        iface: None,
+                    },
+                );
+            }
+            infra
         }
         fn holds_session(&mut self, net: IpNet) -> bool {
             self.0.borrow().sessions.iter().any(|a| net.contains(a))
@@ -951,6 +969,38 @@ mod tests {
             adds[1].contains("add element inet synwatch banned6_net { fd73::/64 timeout 600s }"),
             "{adds:#?}"
         );
+    }
+
+    #[test]
+    fn a_gateway_change_seen_at_ban_time_is_applied_at_once() {
+        let mut h = harness();
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        assert_eq!(
+            h.events(),
+            ["scan 198.51.100.7", "block 198.51.100.7 for 600"]
+        );
+        // It becomes the default gateway; a second later another scanner's ban reads
+        // the host again (at most a second old), well before the periodic read.
+        h.host.borrow_mut().gateways.push(ip("198.51.100.7"));
+        h.clock.advance(Duration::from_secs(1));
+        h.core.turn(Some(Msg::Batch(h.scan("203.0.113.9"))), true);
+        let events = h.events();
+        assert!(
+            events.contains(&"unblock 198.51.100.7 allowlisted".to_owned()),
+            "{events:?}"
+        );
+        assert!(h.removals().iter().any(|c| c.contains("198.51.100.7")));
+        // The detector's neighbours (its per-address prefixes) follow as well.
+        assert!(
+            h.core
+                .detector
+                .config()
+                .neighbours
+                .contains(ip("198.51.100.7"))
+        );
+        // Nothing changed since: the next turns do not read the host again.
+        h.core.turn(None, true);
+        assert!(h.events().is_empty());
     }
 
     #[test]

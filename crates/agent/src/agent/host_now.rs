@@ -3,7 +3,7 @@
 //! address added or a gateway changed a moment ago counts, without reading them per ban
 //! when thousands of scanners arrive together.
 
-use std::cell::{Ref, RefCell};
+use std::cell::{Cell, Ref, RefCell};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -17,7 +17,7 @@ use crate::host::{Host, Infrastructure};
 use crate::protect::{self, Why};
 
 /// One read of what the protection rule needs from the host.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct HostSnapshot {
     pub(super) addresses: BTreeSet<IpAddr>,
     pub(super) infra: Infrastructure,
@@ -40,6 +40,9 @@ pub(super) struct HostNow {
     clock: Rc<dyn Clock>,
     /// When the host was read (`None`: never) and what it was.
     read: RefCell<(Option<Instant>, HostSnapshot)>,
+    /// A read found the host changed since the one before (an address, a gateway):
+    /// the loop then applies the change at once ([`HostNow::take_changed`]).
+    changed: Cell<bool>,
 }
 
 impl HostNow {
@@ -48,6 +51,7 @@ impl HostNow {
             view: RefCell::new(view),
             clock,
             read: RefCell::default(),
+            changed: Cell::new(false),
         }
     }
 
@@ -67,7 +71,17 @@ impl HostNow {
 
     /// Takes a host read elsewhere at `at`.
     pub(super) fn set(&self, at: Instant, snapshot: HostSnapshot) {
-        *self.read.borrow_mut() = (Some(at), snapshot);
+        let mut read = self.read.borrow_mut();
+        if read.0.is_some() && read.1 != snapshot {
+            self.changed.set(true);
+        }
+        *read = (Some(at), snapshot);
+    }
+
+    /// Whether a read since the last call found the host changed (a ban-time read
+    /// sees a new gateway before the loop's periodic read does).
+    pub(super) fn take_changed(&self) -> bool {
+        self.changed.replace(false)
     }
 
     /// Reads the host's interfaces and addresses (`None`: they cannot be read).

@@ -52,7 +52,7 @@ impl Clock for SystemClock {
 pub trait HostView {
     /// This host's interfaces and addresses now; `None` where they cannot be read.
     fn host(&mut self) -> Option<Host>;
-    /// Its gateways, routers and resolvers now.
+    /// Its gateways, routers and resolvers now, and the CrowdSec LAPI server.
     fn infrastructure(&mut self) -> Infrastructure;
     /// Whether an address in `net` (an address, or a range about to be banned) holds an
     /// established TCP connection with this host.
@@ -60,12 +60,17 @@ pub trait HostView {
 }
 
 /// This host as the system says: getifaddrs(3), /proc's routes and resolv.conf
-/// (`host.rs`), and, where `sessions` is open, the socket table.
+/// (`host.rs`), the CrowdSec LAPI's addresses, and, where `sessions` is open, the socket
+/// table.
 #[derive(Debug)]
 pub struct SystemHost {
     /// `None`: no source counts as holding a session (nothing is banned, or every ban
     /// drops only new connections anyway).
     pub sessions: Option<Sessions>,
+    /// The CrowdSec Local API server the agent talks to, if any.
+    pub lapi: Option<crate::crowdsec::host::LapiAddrs>,
+    /// The routes, read again as they change.
+    pub routes: crate::host::Routes,
 }
 
 impl HostView for SystemHost {
@@ -74,7 +79,11 @@ impl HostView for SystemHost {
     }
 
     fn infrastructure(&mut self) -> Infrastructure {
-        Infrastructure::read()
+        let mut infra = self.routes.read(crate::clock::monotonic());
+        if let Some(lapi) = &self.lapi {
+            infra.add_lapi(lapi.get());
+        }
+        infra
     }
 
     fn holds_session(&mut self, net: IpNet) -> bool {

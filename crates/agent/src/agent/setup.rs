@@ -114,6 +114,8 @@ struct Opened {
     clock: Rc<dyn Clock>,
     host_now: HostNow,
     fleet: Option<crate::crowdsec::Opened>,
+    /// The CrowdSec LAPI server's addresses (protected), where it is used.
+    lapi: Option<crate::crowdsec::host::LapiAddrs>,
     sources: Sources,
     /// The metrics server's socket.
     listener: std::net::TcpListener,
@@ -153,7 +155,18 @@ fn open(
         return usage(e.to_string());
     }
     let clock: Rc<dyn Clock> = Rc::new(SystemClock);
-    let host_now = HostNow::new(Box::new(SystemHost { sessions: None }), Rc::clone(&clock));
+    // The LAPI server is protected like a gateway (SPEC §2).
+    let lapi = fleet
+        .as_ref()
+        .and_then(|f| crate::crowdsec::host::LapiAddrs::start(f.client.base()));
+    let host_now = HostNow::new(
+        Box::new(SystemHost {
+            sessions: None,
+            lapi: lapi.clone(),
+            routes: crate::host::Routes::default(),
+        }),
+        Rc::clone(&clock),
+    );
     let configured_locals = detector.locals.clone();
     let mut cfg = detector;
     cfg.locals = host.locals(&configured_locals);
@@ -189,6 +202,7 @@ fn open(
         clock,
         host_now,
         fleet,
+        lapi,
         sources,
         listener,
         control,
@@ -264,7 +278,14 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         configured_locals: o.configured_locals,
         log_limits: (run.log_limit_source, run.log_limit_global),
         blocker: o.blocking.blocker,
-        host: HostNow::new(Box::new(SystemHost { sessions }), Rc::clone(&o.clock)),
+        host: HostNow::new(
+            Box::new(SystemHost {
+                sessions,
+                lapi: o.lapi,
+                routes: crate::host::Routes::default(),
+            }),
+            Rc::clone(&o.clock),
+        ),
         clock: o.clock,
         metrics: o.metrics,
         events: (io.printer)(queue),

@@ -16,6 +16,7 @@
 //!   host against a flood of spoofed sources it sees itself; the decisions of the LAPI
 //!   come from authenticated machines, each of which applied its own cap.
 
+pub mod host;
 pub mod lapi;
 pub mod pull;
 pub mod push;
