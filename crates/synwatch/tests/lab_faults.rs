@@ -288,6 +288,20 @@ fn healthz(lab: &Lab) -> (u32, String) {
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
+/// The bpf_links process `pid` holds open.
+fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf_link")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// The watched interface is deleted and created again under the same name: `/healthz`
 /// fails while it is gone, says why, and once it is back a scan through it is caught.
 fn recreated_interface_is_watched_again(source: &str) {
@@ -311,6 +325,27 @@ fn recreated_interface_is_watched_again(source: &str) {
     agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
     assert_eq!(healthz(&lab).0, 200);
 
+    // Renamed away (missing meanwhile) and back: the same interface (same ifindex) again.
+    for args in [
+        &["ip", "link", "set", &lab.vif, "down"][..],
+        &["ip", "link", "set", &lab.vif, "name", "swaway0"],
+    ] {
+        assert!(lab.in_victim(args).status.success(), "{args:?}");
+    }
+    eventually(10, "/healthz fails while the name is gone", || {
+        healthz(&lab).0 == 503
+    });
+    for args in [
+        &["ip", "link", "set", "swaway0", "name", &lab.vif][..],
+        &["ip", "link", "set", &lab.vif, "up"],
+    ] {
+        assert!(lab.in_victim(args).status.success(), "{args:?}");
+    }
+    eventually(10, "/healthz passes once the name is back", || {
+        healthz(&lab).0 == 200
+    });
+    assert!(agent.log().contains("is back"), "{}", agent.log());
+
     lab.delete_link();
     eventually(10, "/healthz fails while the interface is gone", || {
         let (code, body) = healthz(&lab);
@@ -330,6 +365,10 @@ fn recreated_interface_is_watched_again(source: &str) {
         healthz(&lab).0 == 200
     });
     assert!(agent.log().contains("is back"), "{}", agent.log());
+    if source == "xdp" {
+        // The old interface's bpf_link was let go: one link, not one per re-creation.
+        assert_eq!(bpf_links(agent.pid()), 1);
+    }
     lab.scan(SCANNER6, VICTIM6, "1-20");
     agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER6);
     assert_eq!(
