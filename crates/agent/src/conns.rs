@@ -1,22 +1,25 @@
 //! Serving clients that one client cannot hold: `/metrics`, `/healthz` and the control
-//! socket each serve every connection on a thread of its own, up to a cap (more are
-//! closed at once, so a flood of idle connections costs a few threads, not the
-//! agent), and each request must arrive whole within a deadline, whatever the pace of
-//! its bytes: a client that sends a byte every second and a half, or nothing at all,
-//! holds one thread until its deadline and delays nobody else.
+//! socket each serve every connection on a thread of its own, up to a cap, and each
+//! request must arrive whole within a deadline, whatever the pace of its bytes. At the
+//! cap, a new connection is not turned away while some connection is still waiting for
+//! its request: the one that has waited longest is closed to make room. So a client
+//! holding every slot with idle connections (and reopening each as it is closed) only
+//! ever pushes out its own: a health check whose request arrives at once is served. Only
+//! when every slot is busy answering is a newcomer closed unanswered.
 //!
 //! Why threads rather than one poll loop: a request is tiny and short-lived, the
 //! control socket's answer waits on the pipeline (which a poll loop could not do without
 //! a state machine of its own), and a capped number of threads bounds memory just as
 //! well (each is a few pages of stack in use).
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -62,13 +65,79 @@ impl Timeouts for UnixStream {
     }
 }
 
+/// A connection the server can close from another thread (to make room at the cap).
+pub trait Closable {
+    /// Something that closes this connection, its reads ending at once.
+    fn closer(&self) -> Option<Closer>;
+}
+
+/// Closes one connection.
+pub type Closer = Box<dyn Fn() + Send>;
+
+impl Closable for TcpStream {
+    fn closer(&self) -> Option<Closer> {
+        let s = self.try_clone().ok()?;
+        Some(Box::new(move || {
+            let _ = s.shutdown(Shutdown::Both);
+        }))
+    }
+}
+
+impl Closable for UnixStream {
+    fn closer(&self) -> Option<Closer> {
+        let s = self.try_clone().ok()?;
+        Some(Box::new(move || {
+            let _ = s.shutdown(Shutdown::Both);
+        }))
+    }
+}
+
+/// The connections still waiting for their request, oldest first.
+type Waiting = Arc<Mutex<VecDeque<(u64, Closer)>>>;
+
+/// Held by a connection's thread while its request is still coming: drop it once the
+/// request is whole, and the connection can no longer be closed to make room.
+pub struct Reading {
+    id: u64,
+    waiting: Option<Waiting>,
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading").field("id", &self.id).finish()
+    }
+}
+
+impl std::fmt::Debug for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limit")
+            .field("name", &self.name)
+            .field("cap", &self.cap)
+            .field("active", &self.active)
+            .field("refused", &self.refused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if let Some(w) = &self.waiting
+            && let Ok(mut w) = w.lock()
+        {
+            w.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
 /// How many connections a server handles at once, and what it refused.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limit {
     name: &'static str,
     cap: usize,
     active: Arc<AtomicUsize>,
     refused: Arc<AtomicU64>,
+    waiting: Waiting,
+    next_id: Arc<AtomicU64>,
 }
 
 /// Counts one connection being served until dropped.
@@ -88,6 +157,8 @@ impl Limit {
             cap,
             active: Arc::default(),
             refused: Arc::default(),
+            waiting: Arc::default(),
+            next_id: Arc::default(),
         }
     }
 
@@ -97,24 +168,42 @@ impl Limit {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Serves `stream` with `handle` on a thread of its own, unless the cap is reached
-    /// (then the connection is closed unanswered). Whether it is served.
-    pub fn spawn<S: Send + 'static>(
+    /// Serves `stream` with `handle` on a thread of its own; `handle` drops the
+    /// [`Reading`] it is given once the request is whole. At the cap, the connection
+    /// that has waited longest for its request is closed to make room (its thread ends
+    /// moments later, so for those moments up to twice the cap are served); if none is
+    /// waiting, `stream` is closed unanswered. Whether it is served.
+    pub fn spawn<S: Closable + Send + 'static>(
         &self,
         stream: S,
-        handle: impl FnOnce(S) + Send + 'static,
+        handle: impl FnOnce(S, Reading) + Send + 'static,
     ) -> bool {
-        if self.active.fetch_add(1, Ordering::Relaxed) >= self.cap {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return false;
+        let active = self.active.fetch_add(1, Ordering::Relaxed);
+        if active >= self.cap {
+            let oldest = self.waiting.lock().ok().and_then(|mut w| w.pop_front());
+            match oldest {
+                Some((_, close)) if active < 2 * self.cap => close(),
+                _ => {
+                    self.active.fetch_sub(1, Ordering::Relaxed);
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+            }
         }
         let slot = Slot(Arc::clone(&self.active));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut reading = Reading { id, waiting: None };
+        if let Some(close) = stream.closer()
+            && let Ok(mut w) = self.waiting.lock()
+        {
+            w.push_back((id, close));
+            reading.waiting = Some(Arc::clone(&self.waiting));
+        }
         thread::Builder::new()
             .name(self.name.into())
             .spawn(move || {
                 let _slot = slot;
-                handle(stream);
+                handle(stream, reading);
             })
             .is_ok()
     }
@@ -197,24 +286,83 @@ mod tests {
         sender.join().unwrap();
     }
 
+    impl Closable for () {
+        fn closer(&self) -> Option<Closer> {
+            None
+        }
+    }
+
     #[test]
-    fn connections_beyond_the_cap_are_refused_and_slots_come_back() {
+    fn connections_beyond_the_cap_are_refused_when_none_is_waiting_and_slots_come_back() {
         let limit = Limit::new("test", 2);
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let wait = Arc::new(std::sync::Mutex::new(wait));
         for _ in 0..2 {
             let wait = Arc::clone(&wait);
-            assert!(limit.spawn((), move |()| {
+            assert!(limit.spawn((), move |(), _| {
                 let _ = wait.lock().unwrap().recv();
             }));
         }
-        assert!(!limit.spawn((), |()| {}));
+        assert!(!limit.spawn((), |(), _| {}));
         assert_eq!(limit.refused(), 1);
         release.send(()).unwrap();
         release.send(()).unwrap();
         while limit.active.load(Ordering::Relaxed) > 0 {
             thread::yield_now();
         }
-        assert!(limit.spawn((), |()| {}));
+        assert!(limit.spawn((), |(), _| {}));
+    }
+
+    /// Reads a request line with `reading` held, then answers "ok".
+    fn serve_line(mut stream: UnixStream, reading: Reading) {
+        let mut buf = Vec::new();
+        let within = deadline(Duration::from_secs(60));
+        if read_request(&mut stream, within, 64, &mut buf, |b| b.ends_with(b"\n")).is_ok()
+            && buf.ends_with(b"\n")
+        {
+            drop(reading);
+            let _ = stream.write_all(b"ok\n");
+        }
+    }
+
+    #[test]
+    fn idle_connections_holding_every_slot_make_room_for_a_real_request() {
+        // Two idle clients take both slots (and their requests could wait a minute);
+        // a third, whose request comes at once, is served: the longest-waiting idle one
+        // is closed for it. Before, it was closed unanswered.
+        let limit = Limit::new("test", 2);
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            let (client, server) = UnixStream::pair().unwrap();
+            assert!(limit.spawn(server, serve_line));
+            idle.push(client);
+        }
+        let (mut client, server) = UnixStream::pair().unwrap();
+        assert!(limit.spawn(server, serve_line));
+        client.write_all(b"hello\n").unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "ok\n");
+        assert_eq!(limit.refused(), 0);
+        // The first idle client was the one closed.
+        let mut rest = Vec::new();
+        assert_eq!(idle[0].read_to_end(&mut rest).unwrap(), 0);
+        // A slot busy answering is never taken: with both answering, a newcomer is
+        // refused.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(std::sync::Mutex::new(wait));
+        let busy = Limit::new("busy", 1);
+        let hold = Arc::clone(&wait);
+        assert!(busy.spawn((), move |(), reading| {
+            drop(reading);
+            let _ = hold.lock().unwrap().recv();
+        }));
+        let (_c, s) = UnixStream::pair().unwrap();
+        // The busy one's Reading is gone once its thread runs; wait for that.
+        while !busy.waiting.lock().unwrap().is_empty() {
+            thread::yield_now();
+        }
+        assert!(!busy.spawn(s, serve_line));
+        release.send(()).unwrap();
     }
 }

@@ -179,8 +179,8 @@ pub fn serve<M: Send + 'static>(
             crate::conns::accept_until(&listener, accept, &stop, |stream| {
                 // A client that fails or goes away is its own problem.
                 let calls = calls.clone();
-                limit.spawn(stream, move |stream| {
-                    let _ = answer(stream, &calls, wrap);
+                limit.spawn(stream, move |stream, reading| {
+                    let _ = answer(stream, reading, &calls, wrap);
                 });
             });
         })
@@ -195,6 +195,7 @@ const REQUEST_WITHIN: Duration = Duration::from_secs(5);
 
 fn answer<M>(
     mut stream: UnixStream,
+    reading: crate::conns::Reading,
     calls: &mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
 ) -> Result<()> {
@@ -207,6 +208,8 @@ fn answer<M>(
         &mut request,
         |r| r.contains(&b'\n'),
     )?;
+    // The request is in: from here on, this connection is not closed to make room.
+    drop(reading);
     stream.set_write_timeout(Some(REQUEST_WITHIN))?;
     let line = String::from_utf8_lossy(&request);
     let reply = match serde_json::from_str::<Request>(&line) {

@@ -790,8 +790,8 @@ pub fn serve(
             let accept = |l: &TcpListener| l.accept().map(|(stream, _)| stream);
             crate::conns::accept_until(&listener, accept, &stop, |stream| {
                 let metrics = Arc::clone(&metrics);
-                limit.spawn(stream, move |stream| {
-                    let _ = answer(stream, &metrics);
+                limit.spawn(stream, move |stream, reading| {
+                    let _ = answer(stream, reading, &metrics);
                 });
             });
         })
@@ -803,7 +803,11 @@ const MAX_CLIENTS: usize = 16;
 /// How long a client has to send its whole request head, and then to take the answer.
 const REQUEST_WITHIN: Duration = Duration::from_secs(2);
 
-fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    reading: crate::conns::Reading,
+    metrics: &Metrics,
+) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     let mut request = Vec::with_capacity(512);
     // Read up to the end of the request head (or what fits): only its first line matters.
@@ -814,6 +818,8 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
         &mut request,
         |r| r.windows(4).any(|w| w == b"\r\n\r\n"),
     )?;
+    // The request is in: from here on, this connection is not closed to make room.
+    drop(reading);
     stream.set_write_timeout(Some(REQUEST_WITHIN))?;
     let head = String::from_utf8_lossy(&request);
     let mut parts = head.split_whitespace();
@@ -1014,25 +1020,29 @@ mod tests {
         drop(silent);
         drip.join().expect("drip");
 
-        // Beyond the cap, connections are closed at once; served again once the idle
-        // ones reach their deadline.
-        let held: Vec<TcpStream> = (0..MAX_CLIENTS)
+        // Idle connections holding every slot make room for a real request: the one
+        // that has waited longest is closed for it (before, the request was closed
+        // unanswered until the idle ones reached their deadline).
+        let mut held: Vec<TcpStream> = (0..MAX_CLIENTS)
             .map(|_| TcpStream::connect(addr).expect("connect"))
             .collect();
         thread::sleep(Duration::from_millis(200));
-        let mut extra = TcpStream::connect(addr).expect("connect");
-        extra
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .expect("timeout");
-        let mut nothing = Vec::new();
-        assert_eq!(extra.read_to_end(&mut nothing).expect("closed at once"), 0);
-        thread::sleep(REQUEST_WITHIN + Duration::from_millis(300));
         // (The test outlived the heartbeat's freshness: the pipeline would have beaten.)
         metrics
             .heartbeat
             .store(crate::clock::now(), Ordering::Relaxed);
         let health = get(addr, "/healthz");
         assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        held[0]
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let mut nothing = Vec::new();
+        assert_eq!(
+            held[0]
+                .read_to_end(&mut nothing)
+                .expect("closed for the request"),
+            0
+        );
         drop(held);
         stop.store(true, Ordering::Relaxed);
     }
