@@ -121,16 +121,43 @@ fn spoofed_infrastructure_is_never_banned(args: &[&str], backend: &str) {
     assert_eq!(agent.stop(), Some(0));
 }
 
-/// A forged burst "from" a peer with an open session: the peer is banned for new
-/// connections only (said in the block event), and its session keeps flowing.
-fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
+/// Who holds the session, who forges the scan, and what the ban must name.
+struct SessionCase {
+    /// The peer holding a session to `victim`.
+    peer: &'static str,
+    /// The forged scan's source: the peer itself, or another address of its /64.
+    forger: &'static str,
+    victim: &'static str,
+    /// The block event's key naming the ban (`src` or `prefix`) and its value.
+    banned: (&'static str, &'static str),
+}
+
+/// A forged burst from `case.forger` while `case.peer` holds a session: the ban is for
+/// new connections only (said in the block event), and the session keeps flowing.
+fn a_session_survives_a_forged_scan(args: &[&str], backend: &str, case: &SessionCase) {
     let mut lab = Lab::new();
+    let v6 = case.victim.contains(':');
+    if v6 {
+        lab.add_attacker_address(&format!("{}/64", case.peer));
+        let vif = lab.vif.clone();
+        let out = lab.in_victim(&["ip", "-6", "route", "add", "fd72::/64", "dev", &vif]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let (family, any) = if v6 {
+        ("socket.AF_INET6", "::")
+    } else {
+        ("socket.AF_INET", "0.0.0.0")
+    };
     let dir = tempfile::tempdir().expect("tempdir");
-    let echo = "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', 9000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(64)\n        if not d:\n            break\n        c.sendall(d)\n";
-    lab.spawn_in_victim(&["python3", "-c", echo]);
+    let echo = format!(
+        "import socket\ns = socket.socket({family})\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{any}', 9000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(64)\n        if not d:\n            break\n        c.sendall(d)\n"
+    );
+    lab.spawn_in_victim(&["python3", "-c", &echo]);
     let progress = dir.path().join("session.log");
     let client = format!(
-        "import socket, time\nc = socket.socket()\nc.settimeout(3)\nc.bind(('{CLIENT}', 0))\nc.connect(('{VICTIM}', 9000))\nf = open('{}', 'a', buffering=1)\nwhile True:\n    c.sendall(b'x')\n    assert c.recv(8) == b'x'\n    f.write('ok\\n')\n    time.sleep(0.2)\n",
+        "import socket, time\nc = socket.socket({family})\nc.settimeout(3)\nc.bind(('{}', 0))\nc.connect(('{}', 9000))\nf = open('{}', 'a', buffering=1)\nwhile True:\n    c.sendall(b'x')\n    assert c.recv(8) == b'x'\n    f.write('ok\\n')\n    time.sleep(0.2)\n",
+        case.peer,
+        case.victim,
         progress.display()
     );
     let exchanged = || {
@@ -146,7 +173,10 @@ fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
         lab.in_attacker(&[
             "python3",
             "-c",
-            &format!("import socket; socket.create_connection(('{VICTIM}', 9000), 1)"),
+            &format!(
+                "import socket; socket.create_connection(('{}', 9000), 1)",
+                case.victim
+            ),
         ])
         .status
         .success()
@@ -154,72 +184,39 @@ fn a_peers_session_survives_a_forged_scan(args: &[&str], backend: &str) {
     lab.spawn_in_attacker(&["python3", "-c", &client]);
     eventually(5, "the session exchanges", || exchanged() >= 3);
 
-    lab.forge_syns(CLIENT, VICTIM, &[21, 22, 23, 25]);
-    let block = agent.wait_for(3, |e| e["event"] == "block" && e["src"] == CLIENT);
+    lab.forge_syns(case.forger, case.victim, &[21, 22, 23, 25]);
+    let (key, value) = case.banned;
+    let block = agent.wait_for(3, |e| e["event"] == "block" && e[key] == value);
     assert_eq!(block["scope"], "new", "{block}");
     assert_eq!(block["established"], true, "{block}");
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before = exchanged();
     eventually(5, "the session keeps flowing", || exchanged() >= before + 5);
-    // New connections from the peer are refused.
+    // New connections from the banned source are refused.
     assert!(
-        !lab.connects(CLIENT, VICTIM),
+        !lab.connects(case.peer, case.victim),
         "a new connection got through"
     );
     assert_eq!(agent.stop(), Some(0));
 }
 
-/// A forged burst from another address of a peer's IPv6 /64 (red team F1): the /64 is
-/// banned as a range, for new connections only since an address inside it holds a
-/// session, and that session keeps flowing.
-fn a_session_survives_a_range_ban_forged_from_its_64(args: &[&str], backend: &str) {
-    const PEER: &str = "fd72::5";
-    const FORGER: &str = "fd72::99";
-    let mut lab = Lab::new();
-    lab.add_attacker_address(&format!("{PEER}/64"));
-    let vif = lab.vif.clone();
-    let out = lab.in_victim(&["ip", "-6", "route", "add", "fd72::/64", "dev", &vif]);
-    assert!(out.status.success(), "{out:?}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let echo = "import socket\ns = socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::', 9000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    while True:\n        d = c.recv(64)\n        if not d:\n            break\n        c.sendall(d)\n";
-    lab.spawn_in_victim(&["python3", "-c", echo]);
-    let progress = dir.path().join("session.log");
-    let client = format!(
-        "import socket, time\nc = socket.socket(socket.AF_INET6)\nc.settimeout(3)\nc.bind(('{PEER}', 0))\nc.connect(('{VICTIM6}', 9000))\nf = open('{}', 'a', buffering=1)\nwhile True:\n    c.sendall(b'x')\n    assert c.recv(8) == b'x'\n    f.write('ok\\n')\n    time.sleep(0.2)\n",
-        progress.display()
-    );
-    let exchanged = || {
-        std::fs::read_to_string(&progress)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
-    let state = dir.path().join("state");
-    let mut all = vec!["--state-dir", state.to_str().expect("utf-8")];
-    all.extend_from_slice(args);
-    let agent = Agent::start(&lab, dir.path(), backend, &all);
-    eventually(10, "the echo server starts", || {
-        lab.in_attacker(&[
-            "python3",
-            "-c",
-            &format!("import socket; socket.create_connection(('{VICTIM6}', 9000), 1)"),
-        ])
-        .status
-        .success()
-    });
-    lab.spawn_in_attacker(&["python3", "-c", &client]);
-    eventually(5, "the session exchanges", || exchanged() >= 3);
+/// The scan forged "from" the peer itself.
+const PEER_ITSELF: SessionCase = SessionCase {
+    peer: CLIENT,
+    forger: CLIENT,
+    victim: VICTIM,
+    banned: ("src", CLIENT),
+};
 
-    lab.forge_syns(FORGER, VICTIM6, &[21, 22, 23, 25]);
-    let block = agent.wait_for(3, |e| e["event"] == "block" && e["prefix"] == "fd72::/64");
-    assert_eq!(block["scope"], "new", "{block}");
-    assert_eq!(block["established"], true, "{block}");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let before = exchanged();
-    eventually(5, "the session keeps flowing", || exchanged() >= before + 5);
-    // New connections from the /64 are refused.
-    assert!(!lab.connects(PEER, VICTIM6), "a new connection got through");
-    assert_eq!(agent.stop(), Some(0));
-}
+/// The scan forged from another address of the peer's IPv6 /64 (red team F1): the /64 is
+/// banned as a range, for new connections only since an address inside it holds a
+/// session.
+const ANOTHER_OF_ITS_64: SessionCase = SessionCase {
+    peer: "fd72::5",
+    forger: "fd72::99",
+    victim: VICTIM6,
+    banned: ("prefix", "fd72::/64"),
+};
 
 /// Invented scanners: `first` 4-SYN bursts from random addresses of random networks at
 /// once, then `per_sec` more a second for `secs` seconds (python3, raw socket).
@@ -446,39 +443,40 @@ fn nftables_gives_a_freed_slot_to_a_real_scanner_not_to_the_next_invented_one() 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_keeps_a_banned_peers_established_session() {
-    a_peers_session_survives_a_forged_scan(&["--block", "nftables"], "nftables");
+    a_session_survives_a_forged_scan(&["--block", "nftables"], "nftables", &PEER_ITSELF);
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn iptables_keeps_a_banned_peers_established_session() {
-    a_peers_session_survives_a_forged_scan(&["--block", "iptables"], "iptables");
+    a_session_survives_a_forged_scan(&["--block", "iptables"], "iptables", &PEER_ITSELF);
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn xdp_keeps_a_banned_peers_established_session() {
-    a_peers_session_survives_a_forged_scan(&["--source", "xdp", "--block", "xdp"], "xdp");
+    a_session_survives_a_forged_scan(&["--source", "xdp", "--block", "xdp"], "xdp", &PEER_ITSELF);
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_keeps_a_session_of_a_64_banned_from_another_address() {
-    a_session_survives_a_range_ban_forged_from_its_64(&["--block", "nftables"], "nftables");
+    a_session_survives_a_forged_scan(&["--block", "nftables"], "nftables", &ANOTHER_OF_ITS_64);
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn iptables_keeps_a_session_of_a_64_banned_from_another_address() {
-    a_session_survives_a_range_ban_forged_from_its_64(&["--block", "iptables"], "iptables");
+    a_session_survives_a_forged_scan(&["--block", "iptables"], "iptables", &ANOTHER_OF_ITS_64);
 }
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn xdp_keeps_a_session_of_a_64_banned_from_another_address() {
-    a_session_survives_a_range_ban_forged_from_its_64(
+    a_session_survives_a_forged_scan(
         &["--source", "xdp", "--block", "xdp"],
         "xdp",
+        &ANOTHER_OF_ITS_64,
     );
 }
 
