@@ -218,11 +218,11 @@ const ANOTHER_OF_ITS_64: SessionCase = SessionCase {
     banned: ("prefix", "fd72::/64"),
 };
 
-/// Invented scanners: `first` 4-SYN bursts from random addresses of random networks at
-/// once, then `per_sec` more a second for `secs` seconds (python3, raw socket).
-const INVENT_SCANNERS: &str = r#"
+/// What both scanner inventors start with (python3, raw socket): `burst(sa, ports)` sends
+/// a SYN from the 4-byte address `sa` to each of `ports` of the victim, ARGV[1].
+const BURSTS: &str = r#"
 import random, socket, struct, sys, time
-dst, first, per_sec, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dst = sys.argv[1]
 da = socket.inet_aton(dst)
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 def csum(b):
@@ -230,17 +230,25 @@ def csum(b):
     while s >> 16:
         s = (s & 0xffff) + (s >> 16)
     return ~s & 0xffff
-def burst():
-    sa = bytes([random.randint(11, 200), random.randint(0, 255), random.randint(0, 255), random.randint(1, 254)])
-    for i, port in enumerate([21, 22, 23, 25]):
+def burst(sa, ports):
+    for i, port in enumerate(ports):
         tcp = struct.pack('!HHIIBBHHH', 41000 + i, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
         tcp = tcp[:16] + struct.pack('!H', csum(sa + da + struct.pack('!xBH', 6, len(tcp)) + tcp)) + tcp[18:]
         ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 1, 0, 64, 6, 0, sa, da)
         raw.sendto(ip + tcp, (dst, 0))
+"#;
+
+/// Invented scanners: `first` 4-SYN bursts from random addresses of random networks at
+/// once, then `per_sec` more a second for `secs` seconds (after [`BURSTS`]).
+const INVENT_SCANNERS: &str = r#"
+first, per_sec, secs = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def invented():
+    sa = bytes([random.randint(11, 200), random.randint(0, 255), random.randint(0, 255), random.randint(1, 254)])
+    burst(sa, [21, 22, 23, 25])
 for _ in range(first):
-    burst()
+    invented()
 for _ in range(secs * per_sec):
-    burst()
+    invented()
     time.sleep(1 / per_sec)
 "#;
 
@@ -266,7 +274,8 @@ fn nftables_bans_a_real_scanner_despite_a_forged_flood_of_scanners() {
         ],
     );
     // Two hundred at once (the first twenty take the whole cap), then five a second.
-    lab.spawn_in_attacker(&["python3", "-c", INVENT_SCANNERS, VICTIM, "200", "5", "150"]);
+    let script = format!("{BURSTS}{INVENT_SCANNERS}");
+    lab.spawn_in_attacker(&["python3", "-c", &script, VICTIM, "200", "5", "150"]);
     eventually(10, "the cap is full", || {
         lab.metric("synwatch_blocks_total") == 20 && lab.metric("synwatch_bans_waiting") > 100
     });
@@ -364,36 +373,23 @@ fn xdp_kernel_bans_beyond_the_cap_are_lifted_and_wait() {
 
 /// Invented scanners, each from a /24 of its own: one a second for 60 s (the cap of 60
 /// a minute fills with bans a second apart), then `rate` a second for `secs` seconds, so
-/// that newcomers are at the door each time a slot frees (python3, raw socket).
+/// that newcomers are at the door each time a slot frees (after [`BURSTS`]).
 const TRICKLE_THEN_FLOOD: &str = r#"
-import socket, struct, sys, time
-dst, rate, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-da = socket.inet_aton(dst)
-raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-def csum(b):
-    s = sum(struct.unpack('!%dH' % (len(b) // 2), b))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return ~s & 0xffff
+rate, secs = int(sys.argv[2]), int(sys.argv[3])
 n = 0
-def burst():
+def invented():
     global n
     n += 1
-    sa = bytes([20 + n // 65536, (n // 256) % 256, n % 256, 9])
-    for i, port in enumerate([5000, 5001, 5002, 5003]):
-        tcp = struct.pack('!HHIIBBHHH', 41000 + i, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
-        tcp = tcp[:16] + struct.pack('!H', csum(sa + da + struct.pack('!xBH', 6, len(tcp)) + tcp)) + tcp[18:]
-        ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 40, 1, 0, 64, 6, 0, sa, da)
-        raw.sendto(ip + tcp, (dst, 0))
+    burst(bytes([20 + n // 65536, (n // 256) % 256, n % 256, 9]), [5000, 5001, 5002, 5003])
 t0 = time.time()
 for s in range(60):
-    burst()
+    invented()
     time.sleep(max(0, t0 + s + 1 - time.time()))
 t1, sent = time.time(), 0
 while time.time() - t1 < secs:
     due = int((time.time() - t1) * rate)
     while sent < due:
-        burst()
+        invented()
         sent += 1
     time.sleep(0.01)
 "#;
@@ -421,7 +417,8 @@ fn nftables_gives_a_freed_slot_to_a_real_scanner_not_to_the_next_invented_one() 
             state.to_str().expect("utf-8"),
         ],
     );
-    lab.spawn_in_attacker(&["python3", "-c", TRICKLE_THEN_FLOOD, VICTIM, "170", "100"]);
+    let script = format!("{BURSTS}{TRICKLE_THEN_FLOOD}");
+    lab.spawn_in_attacker(&["python3", "-c", &script, VICTIM, "170", "100"]);
     // The cap filled a second at a time, and the flood began.
     eventually(75, "the cap is full and scans wait", || {
         lab.metric("synwatch_blocks_total") >= 60 && lab.metric("synwatch_bans_waiting") > 100
