@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 use crate::Nanos;
 use crate::first::{FirstSights, Seen};
 use crate::probe::ProbeSet;
-use crate::table::{Hand, Slot, Table};
+use crate::table::{Hand, Slot, Table, credit};
 
 /// A source key: an address (IPv4 in its IPv4-mapped form) as two halves.
 pub(crate) type Key = [u64; 2];
@@ -36,10 +36,6 @@ const INLINE: usize = 4;
 const FREE: u8 = 0xFE;
 /// `len` of a source whose ports are in the side table.
 const WIDE: u8 = 0xFF;
-/// Most credit a source can hold: an open episode.
-pub(crate) const MAX_CREDIT: u8 = 15;
-/// The `clock` bit set when the hand passes an entry.
-const VISITED: u8 = 0x80;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PortSeen {
@@ -267,14 +263,13 @@ impl Sources {
             slot.lasts[0] = now;
         }
         slot.in_episode = s.in_episode;
-        if !s.new && slot.clock & VISITED != 0 {
-            slot.returns = slot.returns.saturating_add(1);
-        }
-        slot.clock = if s.in_episode {
-            MAX_CREDIT
-        } else {
-            (1 + usize::from(slot.returns) * s.ports.len()).min(usize::from(MAX_CREDIT)) as u8
-        };
+        credit::earn(
+            &mut slot.clock,
+            &mut slot.returns,
+            s.new,
+            s.ports.len(),
+            s.in_episode,
+        );
         if s.ports.len() > INLINE {
             self.wide.insert(key, s.ports.clone());
         } else if was_wide {
@@ -324,12 +319,8 @@ impl Sources {
     fn evict_one(&mut self, now: Nanos, window: Nanos) -> u64 {
         let live = |slot: &SourceSlot| now.saturating_sub(slot.last_activity()) <= window;
         let Some(h) = self.table.clock(|slot| {
-            let credit = slot.clock & !VISITED;
-            if live(slot) && credit > 0 {
-                slot.clock = (credit - 1) | VISITED;
-                return Hand::Pass;
-            }
-            Hand::Evict
+            let live = live(slot);
+            credit::spend(&mut slot.clock, live)
         }) else {
             return 0;
         };

@@ -31,7 +31,7 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use crate::Nanos;
-use crate::table::{Hand, Slot, Table};
+use crate::table::{Slot, Table, credit};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -105,11 +105,6 @@ impl Sweeper<u32> {
         }
     }
 }
-
-/// Most credit a sweeping source can hold: an open episode.
-const MAX_CREDIT: u8 = 15;
-/// The `clock` bit set when the hand passes a source.
-const VISITED: u8 = 0x80;
 
 /// `len` of a free slot.
 const FREE: u8 = 0xFE;
@@ -305,14 +300,7 @@ impl Sweeps {
     #[inline]
     fn credit(&mut self, at: usize, new: bool, held: usize, in_episode: bool) {
         let slot = self.sweepers.get_mut(at);
-        if !new && slot.clock & VISITED != 0 {
-            slot.returns = slot.returns.saturating_add(1);
-        }
-        slot.clock = if in_episode {
-            MAX_CREDIT
-        } else {
-            (1 + usize::from(slot.returns) * held).min(usize::from(MAX_CREDIT)) as u8
-        };
+        credit::earn(&mut slot.clock, &mut slot.returns, new, held, in_episode);
     }
 
     /// Makes room for one source at the cap (CLOCK): a source quiet for more than a window
@@ -323,12 +311,8 @@ impl Sweeps {
         // By reference: a slot is two cache lines, and the hand needs only the first.
         let live = |slot: &SweepSlot| now.saturating_sub(slot.last) <= window;
         let Some(h) = self.sweepers.clock(|slot| {
-            let credit = slot.clock & !VISITED;
-            if live(slot) && credit > 0 {
-                slot.clock = (credit - 1) | VISITED;
-                return Hand::Pass;
-            }
-            Hand::Evict
+            let live = live(slot);
+            credit::spend(&mut slot.clock, live)
         }) else {
             return 0;
         };

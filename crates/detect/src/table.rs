@@ -45,6 +45,45 @@ pub(crate) struct Table<S: Slot> {
     hand: usize,
 }
 
+/// The credit a source earns for CLOCK eviction, shared by the port-scan and sweep
+/// tables: one `clock` byte (credit in the low bits, [`credit::VISITED`] once the hand
+/// passed) and a saturating count of returns after the hand passed.
+pub(crate) mod credit {
+    use super::Hand;
+
+    /// Most credit an entry can hold: an open episode.
+    pub const MAX: u8 = 15;
+    /// The `clock` bit set when the hand passes an entry.
+    pub const VISITED: u8 = 0x80;
+
+    /// After a hit: a return is counted if the hand had passed since the last one (and
+    /// the entry is not `new`); the credit is then one plus returns x `evidence` (ports
+    /// or hosts in the window), at most [`MAX`], which an open episode holds.
+    #[inline]
+    pub fn earn(clock: &mut u8, returns: &mut u8, new: bool, evidence: usize, in_episode: bool) {
+        if !new && *clock & VISITED != 0 {
+            *returns = returns.saturating_add(1);
+        }
+        *clock = if in_episode {
+            MAX
+        } else {
+            (1 + usize::from(*returns) * evidence).min(usize::from(MAX)) as u8
+        };
+    }
+
+    /// The hand at an entry: a live one with credit left spends one and stays, any
+    /// other goes.
+    #[inline]
+    pub fn spend(clock: &mut u8, live: bool) -> Hand {
+        let left = *clock & !VISITED;
+        if live && left > 0 {
+            *clock = (left - 1) | VISITED;
+            return Hand::Pass;
+        }
+        Hand::Evict
+    }
+}
+
 /// What the eviction hand does with the entry it points at ([`Table::clock`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Hand {
