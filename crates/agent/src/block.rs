@@ -128,6 +128,12 @@ pub struct Blocker {
     upkeep: Option<crate::upkeep::Upkeep>,
     /// The CrowdSec Local API: pulled decisions held, bans to push.
     fleet: fleet::Fleet,
+    /// The longest timeout the backend's kernel sets take
+    /// ([`Backend::kernel_max_secs`]): a ban longer than that goes in with this timeout.
+    kernel_max: u64,
+    /// When the bans longer than the kernel holds are to be renewed there, before the
+    /// first of their elements runs out ([`renewal_due`]).
+    renew_at: Option<i64>,
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
@@ -159,7 +165,6 @@ impl Blocker {
         let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
         let over = book.restore(store.bans()?, store.offenders()?, now);
-        metrics.record_state_damage(store.damage());
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
         store.delete(&over_addrs, false)?;
         // Saved bans inside a saved range: the range stands for them.
@@ -170,12 +175,20 @@ impl Blocker {
         let released = book.release(protected);
         store.delete(&released, true)?;
         let bans = running_bans(&book, now);
-        enforcer.setup(&bans).with_context(|| {
+        let refused = set_up_with(&mut *enforcer, &bans).with_context(|| {
             format!(
                 "cannot set up blocking with {}",
                 enforcer.backend().as_str()
             )
         })?;
+        // A saved ban the kernel refuses costs that ban only: reported as damage.
+        for &net in &refused {
+            book.remove(net);
+        }
+        store.note_refused(refused.len() as u64);
+        metrics.record_state_damage(store.damage());
+        let kernel_max = enforcer.backend().kernel_max_secs();
+        let renew_at = renewal_due(kernel_max, book.active(), now);
         let blocker = Self {
             backend: enforcer.backend(),
             hands: Arc::new(Mutex::new(Hands { enforcer, store })),
@@ -196,6 +209,8 @@ impl Blocker {
             reinstating: Vec::new(),
             upkeep: None,
             fleet: fleet::Fleet::default(),
+            kernel_max,
+            renew_at,
         };
         let lapsed = over_addrs
             .into_iter()
@@ -507,6 +522,9 @@ impl Blocker {
         if !self.reinstating.is_empty() && now >= self.retry_at {
             self.reinstate_chunk(now);
         }
+        if self.renew_at.is_some_and(|t| now >= t) {
+            self.renew_long(now);
+        }
         // The rule check's latest answer (each turn: it costs a lock), or every few
         // seconds the pipeline's own look.
         let looked = match &self.upkeep {
@@ -559,6 +577,9 @@ impl Blocker {
         if self.pending.is_empty() {
             return Vec::new();
         }
+        let pending = std::mem::take(&mut self.pending);
+        self.note_kernel(&pending, now);
+        self.pending = pending;
         if let Some(w) = self.writer.as_mut() {
             if w.busy() {
                 return Vec::new();
@@ -594,6 +615,7 @@ impl Blocker {
     /// Puts `records` into the kernel on this thread; what the kernel refuses is pending
     /// again.
     fn add_now(&mut self, records: Vec<Record>, now: i64) -> Vec<Happened> {
+        self.note_kernel(&records, now);
         let bans: Vec<_> = records.iter().map(|r| r.ban(now)).collect();
         let result = lock(&self.hands).enforcer.add(&bans);
         match result {
@@ -643,6 +665,9 @@ impl Blocker {
         };
         match done {
             Ok(()) => {
+                self.renew_at = None;
+                let all: Vec<Record> = self.book.active().cloned().collect();
+                self.note_kernel(&all, now);
                 self.reinstating = rest;
                 self.reinstating.reverse();
                 if let Some(u) = &self.upkeep {
@@ -696,6 +721,48 @@ impl Blocker {
         if let Err(e) = result {
             self.failed(&e, bans.len(), "put back", now);
             self.reinstating.extend(chunk);
+        }
+    }
+
+    /// Notes `records` going to the kernel at `now`: those longer than its sets hold
+    /// are renewed there before their elements run out.
+    fn note_kernel(&mut self, records: &[Record], now: i64) {
+        if let Some(due) = renewal_due(self.kernel_max, records.iter(), now) {
+            self.renew_at = Some(self.renew_at.map_or(due, |t| t.min(due)));
+        }
+    }
+
+    /// Renews in the kernel every ban that may outlast its element there: each ban
+    /// ending later than [`renew_margin`] from now (those given with a clamped timeout
+    /// end no earlier than that), with its remaining time, clamped again.
+    fn renew_long(&mut self, now: i64) {
+        self.renew_at = None;
+        let margin = renew_margin(self.kernel_max);
+        let records: Vec<Record> = self
+            .book
+            .active()
+            .filter(|r| r.expires.is_some_and(|e| e > now.saturating_add(margin)))
+            .cloned()
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let bans: Vec<_> = records.iter().map(|r| r.ban(now)).collect();
+        let result = lock(&self.hands).enforcer.add(&bans);
+        match result {
+            Ok(()) => {
+                self.note_kernel(&records, now);
+                tracing::info!(
+                    "renewed {} ban(s) longer than {} keeps an element ({} s)",
+                    bans.len(),
+                    self.backend,
+                    self.kernel_max
+                );
+            }
+            Err(e) => {
+                self.failed(&e, bans.len(), "renew", now);
+                self.renew_at = Some(now + RETRY_SECS);
+            }
         }
     }
 
@@ -924,6 +991,90 @@ impl Blocker {
     }
 }
 
+/// How long before a clamped element runs out its ban is renewed: a day, or half the
+/// longest timeout of a kernel that takes less than two.
+fn renew_margin(kernel_max: u64) -> i64 {
+    i64::try_from((kernel_max / 2).min(86_400)).unwrap_or(86_400)
+}
+
+/// When bans going to the kernel at `now` need renewing there: some time before the
+/// element of the first of them longer than `kernel_max` runs out; `None` if none is.
+fn renewal_due<'a>(
+    kernel_max: u64,
+    records: impl Iterator<Item = &'a Record>,
+    now: i64,
+) -> Option<i64> {
+    let max = i64::try_from(kernel_max).unwrap_or(i64::MAX);
+    let clamped = records
+        .into_iter()
+        .any(|r| r.expires.is_some_and(|e| e.saturating_sub(now) > max));
+    clamped.then(|| {
+        now.saturating_add(max)
+            .saturating_sub(renew_margin(kernel_max))
+    })
+}
+
+/// Sets the backend up holding `bans`. If the kernel refuses them (a saved ban it
+/// cannot take), it is set up empty and they are put back in chunks, halving any chunk
+/// it refuses down to the bans it refuses alone: those are left out and returned, the
+/// others hold. Fails only if it cannot be set up at all.
+fn set_up_with(
+    enforcer: &mut dyn Enforcer,
+    bans: &[synwatch_enforce::Ban],
+) -> Result<Vec<IpNet>, EnforceError> {
+    let first = match enforcer.setup(bans) {
+        Ok(()) => return Ok(Vec::new()),
+        Err(e) if bans.is_empty() => return Err(e),
+        Err(e) => e,
+    };
+    enforcer.setup(&[])?;
+    tracing::error!(
+        "the kernel refused the {} saved ban(s) together ({first}); putting them back a few at a time",
+        bans.len()
+    );
+    let mut refused = Vec::new();
+    // Kernel calls left for halving: past them, what is refused stays out whole.
+    let mut budget = 2_000_usize;
+    for chunk in bans.chunks(REINSTATE_CHUNK) {
+        put_back(enforcer, chunk, &mut refused, &mut budget);
+    }
+    for net in refused.iter().take(REFUSALS_LOGGED_PER_MINUTE as usize) {
+        tracing::error!(
+            "WARNING: the kernel refused the saved ban of {}: it is not restored",
+            synwatch_enforce::net_text(*net)
+        );
+    }
+    Ok(refused)
+}
+
+/// Puts `bans` into rules just set up; a refused group is halved until the refused
+/// bans are found (added to `refused`).
+fn put_back(
+    enforcer: &mut dyn Enforcer,
+    bans: &[synwatch_enforce::Ban],
+    refused: &mut Vec<IpNet>,
+    budget: &mut usize,
+) {
+    if bans.is_empty() {
+        return;
+    }
+    if *budget == 0 {
+        refused.extend(bans.iter().map(|b| b.net));
+        return;
+    }
+    *budget -= 1;
+    if enforcer.refill(bans).is_ok() {
+        return;
+    }
+    if let [one] = bans {
+        refused.push(one.net);
+        return;
+    }
+    let (a, b) = bans.split_at(bans.len() / 2);
+    put_back(enforcer, a, refused, budget);
+    put_back(enforcer, b, refused, budget);
+}
+
 /// Every running ban with its remaining time, in address order: what a set-up puts in
 /// the kernel.
 fn running_bans(book: &Book, now: i64) -> Vec<synwatch_enforce::Ban> {
@@ -1046,6 +1197,121 @@ mod tests {
 
     fn n(s: &str) -> IpNet {
         synwatch_enforce::parse_net(s).unwrap()
+    }
+
+    /// Saves `records` in the state directory `dir`, as an earlier run would have.
+    fn saved(dir: &std::path::Path, records: &[Record]) {
+        crate::state::Store::open(dir)
+            .unwrap()
+            .save(records)
+            .unwrap();
+    }
+
+    fn manual(net: &str, since: i64, expires: Option<i64>) -> Record {
+        Record {
+            net: n(net),
+            since,
+            expires,
+            reason: "manual".into(),
+            offences: 1,
+            new_only: false,
+        }
+    }
+
+    #[test]
+    fn a_ban_longer_than_nft_takes_is_restored_clamped_and_renewed_before_it_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400;
+        saved(
+            dir.path(),
+            &[manual("192.0.2.1", 1000, Some(1000 + 1200 * day))],
+        );
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 1000);
+        let setup = &runner.transcript()[0];
+        // nft 1.0.6 refuses "timeout 103680000s" (value too large).
+        assert!(
+            setup.contains("banned4 { 192.0.2.1 timeout 99999999s }"),
+            "{setup}"
+        );
+        assert_eq!(b.active(), 1);
+        // Not renewed while its element has long to run...
+        let before = runner.transcript().len();
+        b.apply(1000 + 1000 * day);
+        let renewals = |t: &[String]| {
+            t.iter()
+                .filter(|c| c.contains("delete element inet synwatch banned4 { 192.0.2.1 }"))
+                .count()
+        };
+        assert_eq!(renewals(&runner.transcript()[before..]), 0);
+        // ...but a day before it runs out, with the time left (clamped again).
+        let due = 1000 + 99_999_999 - day;
+        b.apply(due);
+        let t = runner.transcript();
+        assert_eq!(renewals(&t[before..]), 1, "{t:#?}");
+        let left = 1200 * day - (due - 1000);
+        assert!(
+            t.iter()
+                .any(|c| c.contains(&format!("banned4 {{ 192.0.2.1 timeout {left}s }}"))),
+            "{t:#?}"
+        );
+        // Renewed once, not at every turn.
+        b.apply(due + 10);
+        assert_eq!(renewals(&runner.transcript()[before..]), 1);
+    }
+
+    #[test]
+    fn a_saved_ban_the_kernel_refuses_is_left_out_and_the_others_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        saved(
+            dir.path(),
+            &[
+                manual("192.0.2.1", 1000, Some(5000)),
+                manual("192.0.2.2", 1000, Some(5000)),
+            ],
+        );
+        let runner = RecordingRunner::default();
+        // The set-up with both, then (empty) set-up, both put back, the first, the second.
+        for answer in [
+            Err("Error: value too large"),
+            Ok(""),
+            Err("Error: value too large"),
+            Ok(""),
+            Err("Error: value too large"),
+        ] {
+            runner.answer(answer);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        let (b, _) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::clone(&metrics),
+            1000,
+            |_| false,
+        )
+        .expect("a ban the kernel refuses never stops the restore");
+        assert_eq!(b.active(), 1);
+        let t = runner.transcript();
+        assert_eq!(t.len(), 5, "{t:#?}");
+        assert!(
+            t[3].contains("banned4 { 192.0.2.1 timeout 4000s }"),
+            "{}",
+            t[3]
+        );
+        assert!(
+            t[4].contains("banned4 { 192.0.2.2 timeout 4000s }"),
+            "{}",
+            t[4]
+        );
+        assert_eq!(metrics.state_bans_refused.load(Ordering::Relaxed), 1);
+        assert!(
+            metrics
+                .healthy_body()
+                .contains("the kernel refused 1 saved ban(s) at restore"),
+            "{}",
+            metrics.healthy_body()
+        );
     }
 
     #[test]

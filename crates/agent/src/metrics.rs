@@ -101,6 +101,8 @@ pub struct Metrics {
     /// (0 or 1) and rows skipped.
     pub state_moved_aside: AtomicU64,
     pub state_rows_skipped: AtomicU64,
+    /// Saved bans the kernel refused at restore.
+    pub state_bans_refused: AtomicU64,
     /// Why the agent runs degraded (protection partly lost, yet worth running on):
     /// said by a `/healthz` that still answers 200, so that a container is not
     /// restarted into the same state over and over.
@@ -316,6 +318,14 @@ impl Metrics {
                 damage.rows_skipped
             ));
         }
+        if damage.bans_refused > 0 {
+            self.state_bans_refused
+                .store(damage.bans_refused, Ordering::Relaxed);
+            why.push(format!(
+                "the kernel refused {} saved ban(s) at restore: they were not restored",
+                damage.bans_refused
+            ));
+        }
         if let Ok(mut held) = self.degraded.lock() {
             held.extend(why);
         }
@@ -435,7 +445,7 @@ impl Metrics {
         family(
             "synwatch_state_damage",
             "gauge",
-            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read. /healthz then says degraded.",
+            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read, bans_refused the saved bans the kernel refused (not restored; the others were). /healthz then says degraded.",
             &[
                 (
                     "{kind=\"file_moved_aside\"}".into(),
@@ -444,6 +454,10 @@ impl Metrics {
                 (
                     "{kind=\"rows_skipped\"}".into(),
                     get(&self.state_rows_skipped),
+                ),
+                (
+                    "{kind=\"bans_refused\"}".into(),
+                    get(&self.state_bans_refused),
                 ),
             ],
         );
@@ -942,6 +956,7 @@ mod tests {
         metrics.record_state_damage(&crate::state::Damage {
             moved_aside: Some("/var/lib/synwatch/bans.db.corrupt-1".into()),
             rows_skipped: 2,
+            ..Default::default()
         });
         let health = get(addr, "/healthz");
         assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");

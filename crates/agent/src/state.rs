@@ -45,6 +45,8 @@ pub struct Damage {
     pub moved_aside: Option<PathBuf>,
     /// Rows of bans or offenders skipped because they did not read.
     pub rows_skipped: u64,
+    /// Saved bans the kernel refused at restore (left out; the others hold).
+    pub bans_refused: u64,
 }
 
 impl Store {
@@ -148,6 +150,11 @@ impl Store {
         }
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_NETWORKS}"))?;
         tx.commit()
+    }
+
+    /// Counts saved bans the kernel refused at restore as damage.
+    pub fn note_refused(&mut self, n: u64) {
+        self.damage.bans_refused += n;
     }
 
     /// What could not be read since opening.
