@@ -288,6 +288,19 @@ impl Store {
                     continue;
                 }
             };
+            // No backend takes a ban this long: no ban synwatch gave (9223372036854775807,
+            // written by hand, made the kernel refuse the whole restore).
+            let longest = i64::try_from(synwatch_enforce::LONGEST_BAN_SECS).unwrap_or(i64::MAX);
+            if let Some(e) = expires
+                && e.saturating_sub(since) > longest
+            {
+                self.damage.rows_skipped += 1;
+                tracing::warn!(
+                    "warning: skipping the ban of '{addr}' in {}: it would end at {e}, more than 500 years after it began",
+                    self.path.display()
+                );
+                continue;
+            }
             match parse_net(&addr) {
                 Some(net) => out.push(Record {
                     net,
@@ -498,6 +511,22 @@ mod tests {
                 "{schema}"
             );
         }
+    }
+
+    #[test]
+    fn a_ban_no_backend_takes_is_skipped_and_the_others_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_with(dir.path(), Offset::default).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        s.conn
+            .execute_batch(
+                "INSERT INTO bans VALUES ('192.0.2.9', 100, 9223372036854775807, 'x', 1, 0);
+                 INSERT INTO bans VALUES ('192.0.2.8', -9223372036854775808, 100, 'x', 1, 0);",
+            )
+            .unwrap();
+        let bans = s.bans().expect("the others");
+        assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
+        assert_eq!(s.damage().rows_skipped, 2);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum Scope {
     New,
 }
 
+/// The longest ban any backend takes (500 years): a saved ban longer than that is no
+/// ban synwatch gave.
+pub const LONGEST_BAN_SECS: u64 = 500 * 365 * 86_400;
+
 /// The longest element timeout `nft` takes (1.0.6: "value too large" above it).
 pub const NFT_MAX_TIMEOUT_SECS: u64 = 99_999_999;
 /// The longest element timeout ipset takes.
@@ -82,7 +86,7 @@ impl Backend {
     pub fn max_ban_secs(self) -> u64 {
         match self {
             Backend::Iptables => 2_147_483,
-            Backend::Nftables | Backend::Xdp | Backend::XdpNftables => 500 * 365 * 86_400,
+            Backend::Nftables | Backend::Xdp | Backend::XdpNftables => LONGEST_BAN_SECS,
         }
     }
 
