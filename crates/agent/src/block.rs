@@ -164,15 +164,22 @@ impl Blocker {
     ) -> Result<(Self, Vec<Happened>)> {
         let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
-        let over = book.restore(store.bans()?, store.offenders()?, now);
+        // The configuration or the host's addresses may have changed while no agent ran
+        // (or the file was written by hand): a saved ban on what is now protected, or a
+        // range covering it, is not restored, and is left out before a range could
+        // absorb the bans inside it.
+        let (mut released, saved): (Vec<Record>, Vec<Record>) = store
+            .bans()?
+            .into_iter()
+            .partition(|r| r.expires.is_none_or(|e| e > now) && protected(r.net));
+        let over = book.restore(saved, store.offenders()?, now);
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
         store.delete(&over_addrs, false)?;
         // Saved bans inside a saved range: the range stands for them.
         let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
         store.delete(&inside, false)?;
-        // The configuration or the host's addresses may have changed while no agent ran:
-        // a saved ban on what is now protected is not restored.
-        let released = book.release(protected);
+        let mut released: Vec<IpNet> = released.drain(..).map(|r| r.net).collect();
+        released.extend(book.release(protected));
         store.delete(&released, true)?;
         let bans = running_bans(&book, now);
         let refused = set_up_with(&mut *enforcer, &bans).with_context(|| {
@@ -215,6 +222,11 @@ impl Blocker {
         let lapsed = over_addrs
             .into_iter()
             .map(|a| Happened::Unblocked(a, "expired"))
+            .chain(
+                inside
+                    .into_iter()
+                    .map(|a| Happened::Unblocked(a, "covered")),
+            )
             .chain(
                 released
                     .into_iter()
@@ -1312,6 +1324,58 @@ mod tests {
             "{}",
             metrics.healthy_body()
         );
+    }
+
+    #[test]
+    fn a_saved_range_covering_a_protected_address_is_refused_before_it_absorbs_the_bans_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        saved(
+            dir.path(),
+            &[
+                manual("192.0.2.2", 1000, Some(5000)),
+                // Covers 192.0.2.200, protected in `start`.
+                manual("192.0.2.0/24", 1000, Some(5000)),
+                manual("0.0.0.0/0", 1000, None),
+                // A range that covers nothing protected still stands for the bans inside.
+                manual("198.51.100.0/24", 1000, Some(5000)),
+                manual("198.51.100.7", 1000, Some(5000)),
+            ],
+        );
+        let runner = RecordingRunner::default();
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        // As `protect::why_net` answers: a network covering a protected address.
+        let (b, lapsed) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::new(Metrics::default()),
+            1000,
+            |net| net.contains(&ip("192.0.2.200")),
+        )
+        .unwrap();
+        let mut nets: Vec<IpNet> = b.book.active().map(|r| r.net).collect();
+        nets.sort();
+        assert_eq!(nets, [n("192.0.2.2"), n("198.51.100.0/24")]);
+        let setup = &runner.transcript()[0];
+        assert!(
+            setup.contains("banned4 { 192.0.2.2 timeout 4000s }"),
+            "{setup}"
+        );
+        let mut lapsed = lapsed;
+        lapsed.sort_by_key(|h| format!("{h:?}"));
+        assert_eq!(
+            lapsed,
+            [
+                Happened::Unblocked(n("0.0.0.0/0"), "allowlisted"),
+                Happened::Unblocked(n("192.0.2.0/24"), "allowlisted"),
+                Happened::Unblocked(n("198.51.100.7"), "covered"),
+            ]
+        );
+        // The ban inside the refused range is still saved; the refused range is not.
+        drop(b);
+        let mut store = crate::state::Store::open(dir.path()).unwrap();
+        let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
+        nets.sort();
+        assert_eq!(nets, [n("192.0.2.2"), n("198.51.100.0/24")]);
     }
 
     #[test]
