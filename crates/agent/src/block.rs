@@ -134,6 +134,10 @@ pub struct Blocker {
     /// When the bans longer than the kernel holds are to be renewed there, before the
     /// first of their elements runs out ([`renewal_due`]).
     renew_at: Option<i64>,
+    /// Bans in the book whose saving failed (the state directory full or unwritable):
+    /// saved again every [`RETRY_SECS`] until it works.
+    not_saved: std::collections::BTreeSet<IpNet>,
+    save_retry_at: i64,
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
@@ -174,13 +178,13 @@ impl Blocker {
             .partition(|r| r.expires.is_none_or(|e| e > now) && protected(r.net));
         let over = book.restore(saved, store.offenders()?, now);
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
-        store.delete(&over_addrs, false)?;
+        forget(&mut store, &over_addrs, false);
         // Saved bans inside a saved range: the range stands for them.
         let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
-        store.delete(&inside, false)?;
+        forget(&mut store, &inside, false);
         let mut released: Vec<IpNet> = released.drain(..).map(|r| r.net).collect();
         released.extend(book.release(protected));
-        store.delete(&released, true)?;
+        forget(&mut store, &released, true);
         let bans = running_bans(&book, now);
         let refused = set_up_with(&mut *enforcer, &bans).with_context(|| {
             format!(
@@ -218,6 +222,8 @@ impl Blocker {
             fleet: fleet::Fleet::default(),
             kernel_max,
             renew_at,
+            not_saved: std::collections::BTreeSet::new(),
+            save_retry_at: now,
         };
         let lapsed = over_addrs
             .into_iter()
@@ -308,6 +314,9 @@ impl Blocker {
                         .records
                         .into_iter()
                         .partition(|r| self.book.get(r.net).is_some());
+                    if !d.saved {
+                        self.keep_unsaved(held.iter().map(|r| r.net), now);
+                    }
                     gone.extend(lifted.into_iter().map(|r| r.net));
                     self.push_to_fleet(&held, now);
                     happened.extend(held.into_iter().map(Happened::Blocked));
@@ -523,13 +532,18 @@ impl Blocker {
             happened.extend(self.push_to_kernel(now));
         }
         if !self.unsaved.is_empty() && self.writer.is_none() {
-            if let Err(e) = lock(&self.hands).store.save(&self.unsaved) {
+            let saved = lock(&self.hands).store.save(&self.unsaved);
+            let unsaved = std::mem::take(&mut self.unsaved);
+            if let Err(e) = saved {
                 tracing::error!(
-                    "{e:#}; {} new ban(s) hold only until the agent stops",
-                    self.unsaved.len()
+                    "{e:#}; {} new ban(s) hold only until the agent stops unless saving them succeeds later (retried every {RETRY_SECS} s)",
+                    unsaved.len()
                 );
+                self.keep_unsaved(unsaved.iter().map(|r| r.net), now);
             }
-            self.unsaved.clear();
+        }
+        if !self.not_saved.is_empty() && now >= self.save_retry_at {
+            self.save_again(now);
         }
         if !self.reinstating.is_empty() && now >= self.retry_at {
             self.reinstate_chunk(now);
@@ -736,6 +750,48 @@ impl Blocker {
         }
     }
 
+    /// Bans whose saving failed: saved again later, reported meanwhile.
+    fn keep_unsaved(&mut self, nets: impl Iterator<Item = IpNet>, now: i64) {
+        let before = self.not_saved.len();
+        self.not_saved.extend(nets);
+        if self.not_saved.len() > before {
+            self.save_retry_at = now + RETRY_SECS;
+        }
+        self.note_unsaved();
+    }
+
+    fn note_unsaved(&self) {
+        self.metrics
+            .bans_unsaved
+            .store(self.not_saved.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Saves the bans whose saving failed, as the book holds them now.
+    fn save_again(&mut self, now: i64) {
+        let records: Vec<Record> = self
+            .not_saved
+            .iter()
+            .filter_map(|&n| self.book.get(n).cloned())
+            .collect();
+        let saved = lock(&self.hands).store.save(&records);
+        match saved {
+            Ok(()) => {
+                if !records.is_empty() {
+                    tracing::info!(
+                        "saved {} ban(s) that could not be saved before",
+                        records.len()
+                    );
+                }
+                self.not_saved.clear();
+            }
+            Err(e) => {
+                tracing::debug!("{e:#}; retrying in {RETRY_SECS} s");
+                self.save_retry_at = now + RETRY_SECS;
+            }
+        }
+        self.note_unsaved();
+    }
+
     /// Notes `records` going to the kernel at `now`: those longer than its sets hold
     /// are renewed there before their elements run out.
     fn note_kernel(&mut self, records: &[Record], now: i64) {
@@ -895,7 +951,10 @@ impl Blocker {
                 self.unsaved.retain(|p| p.net != *addr);
                 let saved = lock(&self.hands).store.save(std::slice::from_ref(&record));
                 if let Err(e) = saved {
-                    reply.note = Some(format!("{e:#}; the ban holds until the agent stops"));
+                    reply.note = Some(format!(
+                        "{e:#}; the ban holds until the agent stops unless saving it succeeds later (retried every {RETRY_SECS} s)"
+                    ));
+                    self.keep_unsaved(std::iter::once(record.net), now);
                 }
                 self.pending.retain(|p| p.net != *addr);
                 // This ban alone, at once: not behind a burst of scanners' bans.
@@ -957,6 +1016,10 @@ impl Blocker {
         let gone: std::collections::HashSet<IpNet> = nets.iter().copied().collect();
         self.pending.retain(|p| !gone.contains(&p.net));
         self.unsaved.retain(|p| !gone.contains(&p.net));
+        if !self.not_saved.is_empty() {
+            self.not_saved.retain(|n| !gone.contains(n));
+            self.note_unsaved();
+        }
         self.lifting.extend(nets);
         self.retry_at = self.retry_at.min(now);
     }
@@ -1000,6 +1063,14 @@ impl Blocker {
         if let Err(e) = torn {
             tracing::error!("cannot remove synwatch's firewall rules: {e}");
         }
+    }
+}
+
+/// Takes `nets` out of the state file at start; a file that cannot be written (a full
+/// disk) keeps them, to be let go at the next start, and never stops blocking.
+fn forget(store: &mut Store, nets: &[IpNet], forgive: bool) {
+    if let Err(e) = store.delete(nets, forgive) {
+        tracing::error!("{e:#}");
     }
 }
 
@@ -1376,6 +1447,51 @@ mod tests {
         let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
         nets.sort();
         assert_eq!(nets, [n("192.0.2.2"), n("198.51.100.0/24")]);
+    }
+
+    #[test]
+    fn bans_added_or_decided_while_the_disk_is_full_are_saved_once_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 1000);
+        let sql = |sql: &str| {
+            rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        };
+        sql(
+            "CREATE TRIGGER full BEFORE INSERT ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        );
+        let add = Request::Add {
+            addr: n("198.51.100.7"),
+            secs: Some(600),
+        };
+        let (reply, _) = b.control(&add, 1000, |_| None);
+        assert!(reply.ok, "{reply:?}");
+        assert!(
+            reply.note.as_deref().is_some_and(|n| n.contains("retried")),
+            "{reply:?}"
+        );
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            1000,
+            None,
+            false,
+        );
+        assert_eq!(b.apply(1000).len(), 1);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 2);
+        assert!(b.metrics.healthy_body().starts_with("degraded\n"));
+        sql("DROP TRIGGER full;");
+        b.apply(1005);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 0);
+        assert_eq!(b.metrics.healthy_body(), "ok\n");
+        let mut store = crate::state::Store::open(dir.path()).unwrap();
+        let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
+        nets.sort();
+        assert_eq!(nets, [n("192.0.2.1"), n("198.51.100.7")]);
     }
 
     #[test]

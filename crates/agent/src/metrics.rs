@@ -114,6 +114,9 @@ pub struct Metrics {
     pub slow_turns: AtomicU64,
     /// Bans still to be put back into rules set up again after tampering.
     pub bans_reinstating: AtomicU64,
+    /// Bans in the kernel that could not be saved yet (the state directory full or
+    /// unwritable): retried; `/healthz` says degraded meanwhile.
+    pub bans_unsaved: AtomicU64,
     /// The CrowdSec Local API's counters, when the agent uses it.
     pub crowdsec: std::sync::OnceLock<Arc<crate::crowdsec::Stats>>,
 }
@@ -333,9 +336,20 @@ impl Metrics {
 
     /// The body of a healthy `/healthz`: `ok`, or `degraded` and why, one line each.
     pub fn healthy_body(&self) -> String {
-        match self.degraded.lock() {
-            Ok(why) if !why.is_empty() => format!("degraded\n{}\n", why.join("\n")),
-            _ => "ok\n".to_owned(),
+        let mut why = match self.degraded.lock() {
+            Ok(why) => why.clone(),
+            Err(_) => Vec::new(),
+        };
+        let unsaved = self.bans_unsaved.load(Ordering::Relaxed);
+        if unsaved > 0 {
+            why.push(format!(
+                "{unsaved} ban(s) could not be saved (the state directory is full or unwritable): they hold until the agent stops; saving is retried"
+            ));
+        }
+        if why.is_empty() {
+            "ok\n".to_owned()
+        } else {
+            format!("degraded\n{}\n", why.join("\n"))
         }
     }
 
@@ -725,6 +739,13 @@ impl Metrics {
             "gauge",
             "Bans still to be put back into synwatch's rules after someone removed them (they go back a chunk every 100 ms).",
             &[(String::new(), self.bans_reinstating.load(Ordering::Relaxed))],
+        );
+        family(
+            out,
+            "synwatch_bans_unsaved",
+            "gauge",
+            "Bans in the kernel not saved to the state file yet (the state directory full or unwritable; retried every 5 s). They would be lost at a restart; /healthz says degraded meanwhile.",
+            &[(String::new(), self.bans_unsaved.load(Ordering::Relaxed))],
         );
     }
 }
