@@ -137,6 +137,10 @@ pub struct Blocker {
     /// Bans in the book whose saving failed (the state directory full or unwritable):
     /// saved again every [`RETRY_SECS`] until it works.
     not_saved: std::collections::BTreeSet<IpNet>,
+    /// Bans lifted whose removal from the state file failed (with whether their
+    /// offences were forgiven): removed again with the saving, lest a restart bring
+    /// them back.
+    not_deleted: std::collections::BTreeMap<IpNet, bool>,
     save_retry_at: i64,
 }
 
@@ -223,6 +227,7 @@ impl Blocker {
             kernel_max,
             renew_at,
             not_saved: std::collections::BTreeSet::new(),
+            not_deleted: std::collections::BTreeMap::new(),
             save_retry_at: now,
         };
         let lapsed = over_addrs
@@ -542,7 +547,8 @@ impl Blocker {
                 self.keep_unsaved(unsaved.iter().map(|r| r.net), now);
             }
         }
-        if !self.not_saved.is_empty() && now >= self.save_retry_at {
+        if (!self.not_saved.is_empty() || !self.not_deleted.is_empty()) && now >= self.save_retry_at
+        {
             self.save_again(now);
         }
         if !self.reinstating.is_empty() && now >= self.retry_at {
@@ -761,13 +767,43 @@ impl Blocker {
     }
 
     fn note_unsaved(&self) {
-        self.metrics
-            .bans_unsaved
-            .store(self.not_saved.len() as u64, Ordering::Relaxed);
+        self.metrics.bans_unsaved.store(
+            (self.not_saved.len() + self.not_deleted.len()) as u64,
+            Ordering::Relaxed,
+        );
     }
 
-    /// Saves the bans whose saving failed, as the book holds them now.
+    /// Removes the lifted bans whose removal failed, then saves the bans whose saving
+    /// failed, as the book holds them now.
     fn save_again(&mut self, now: i64) {
+        if !self.not_deleted.is_empty() {
+            // A network banned again since is saved anew (or waits in `not_saved`).
+            let (mut forgiven, mut kept) = (Vec::new(), Vec::new());
+            for (&net, &forgive) in &self.not_deleted {
+                if self.book.get(net).is_none() {
+                    if forgive {
+                        forgiven.push(net);
+                    } else {
+                        kept.push(net);
+                    }
+                }
+            }
+            let deleted = {
+                let mut h = lock(&self.hands);
+                h.store
+                    .delete(&forgiven, true)
+                    .and_then(|()| h.store.delete(&kept, false))
+            };
+            match deleted {
+                Ok(()) => self.not_deleted.clear(),
+                Err(e) => {
+                    tracing::debug!("{e:#}; retrying in {RETRY_SECS} s");
+                    self.save_retry_at = now + RETRY_SECS;
+                    self.note_unsaved();
+                    return;
+                }
+            }
+        }
         let records: Vec<Record> = self
             .not_saved
             .iter()
@@ -1009,8 +1045,19 @@ impl Blocker {
     /// out of what waits to go into the kernel or the file, and queues them to be lifted
     /// from the kernel at the next push.
     fn unban(&mut self, nets: &[IpNet], forgive: bool, now: i64) {
-        if let Err(e) = lock(&self.hands).store.delete(nets, forgive) {
-            tracing::error!("{e:#}");
+        let deleted = lock(&self.hands).store.delete(nets, forgive);
+        if let Err(e) = deleted {
+            tracing::error!(
+                "{e:#}; {} lifted ban(s) stay in the state file until removing them succeeds (retried every {RETRY_SECS} s)",
+                nets.len()
+            );
+            if self.not_deleted.is_empty() && self.not_saved.is_empty() {
+                self.save_retry_at = now + RETRY_SECS;
+            }
+            for &net in nets {
+                *self.not_deleted.entry(net).or_default() |= forgive;
+            }
+            self.note_unsaved();
         }
         // A set: thousands may end at once (expiry, the LAPI deleting decisions).
         let gone: std::collections::HashSet<IpNet> = nets.iter().copied().collect();
@@ -1492,6 +1539,50 @@ mod tests {
         let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
         nets.sort();
         assert_eq!(nets, [n("192.0.2.1"), n("198.51.100.7")]);
+    }
+
+    #[test]
+    fn a_ban_lifted_while_the_disk_is_full_is_removed_from_the_file_once_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 1000);
+        let sql = |sql: &str| {
+            rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        };
+        for a in ["198.51.100.7", "198.51.100.8"] {
+            let add = Request::Add {
+                addr: n(a),
+                secs: Some(600),
+            };
+            assert!(b.control(&add, 1000, |_| None).0.ok);
+        }
+        sql(
+            "CREATE TRIGGER full BEFORE DELETE ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        );
+        let remove = Request::Remove {
+            addr: n("198.51.100.7"),
+        };
+        let (reply, happened) = b.control(&remove, 1001, |_| None);
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(
+            happened,
+            [Happened::Unblocked(n("198.51.100.7"), "removed")]
+        );
+        b.apply(1001);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 1);
+        assert!(b.metrics.healthy_body().starts_with("degraded\n"));
+        sql("DROP TRIGGER full;");
+        b.apply(1006);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 0);
+        assert_eq!(b.metrics.healthy_body(), "ok\n");
+        // A restart does not bring it back.
+        drop(b);
+        let (b, _) = start(dir.path(), &RecordingRunner::default(), 1010);
+        let nets: Vec<IpNet> = b.book.active().map(|r| r.net).collect();
+        assert_eq!(nets, [n("198.51.100.8")]);
     }
 
     #[test]

@@ -114,8 +114,9 @@ pub struct Metrics {
     pub slow_turns: AtomicU64,
     /// Bans still to be put back into rules set up again after tampering.
     pub bans_reinstating: AtomicU64,
-    /// Bans in the kernel that could not be saved yet (the state directory full or
-    /// unwritable): retried; `/healthz` says degraded meanwhile.
+    /// Bans in the kernel that could not be saved yet, and lifted bans that could not be
+    /// removed from the state file (the state directory full or unwritable): retried;
+    /// `/healthz` says degraded meanwhile.
     pub bans_unsaved: AtomicU64,
     /// The CrowdSec Local API's counters, when the agent uses it.
     pub crowdsec: std::sync::OnceLock<Arc<crate::crowdsec::Stats>>,
@@ -343,7 +344,7 @@ impl Metrics {
         let unsaved = self.bans_unsaved.load(Ordering::Relaxed);
         if unsaved > 0 {
             why.push(format!(
-                "{unsaved} ban(s) could not be saved (the state directory is full or unwritable): they hold until the agent stops; saving is retried"
+                "{unsaved} change(s) to the saved bans (new bans, lifted bans) could not be saved (the state directory is full or unwritable): a restart would not see them; saving is retried"
             ));
         }
         if why.is_empty() {
@@ -744,7 +745,7 @@ impl Metrics {
             out,
             "synwatch_bans_unsaved",
             "gauge",
-            "Bans in the kernel not saved to the state file yet (the state directory full or unwritable; retried every 5 s). They would be lost at a restart; /healthz says degraded meanwhile.",
+            "Changes to the saved bans not written to the state file yet (the state directory full or unwritable; retried every 5 s): bans in the kernel a restart would lose, lifted bans a restart would bring back. /healthz says degraded meanwhile.",
             &[(String::new(), self.bans_unsaved.load(Ordering::Relaxed))],
         );
     }

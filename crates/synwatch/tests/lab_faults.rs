@@ -959,7 +959,7 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
     // Degraded while a ban is not saved (a restart would lose it)...
     eventually(10, "/healthz says the ban is not saved", || {
-        healthz(&lab).1.contains("1 ban(s) could not be saved")
+        healthz(&lab).1.contains("1 change(s) to the saved bans")
     });
     // ...and once there is space again, it is saved and the agent healthy again.
     let _ = inside(&["rm", &format!("{state_text}/fill")]);

@@ -426,7 +426,7 @@ mod tests {
         assert!(
             metrics
                 .healthy_body()
-                .starts_with("degraded\n2 ban(s) could not be saved"),
+                .starts_with("degraded\n2 change(s) to the saved bans"),
             "{}",
             metrics.healthy_body()
         );
