@@ -103,6 +103,19 @@ impl Store {
     /// checks that they have what synwatch reads.
     fn connect(path: &Path) -> Result<Connection, Unsound> {
         let conn = Self::tables(path)?;
+        // synwatch makes no triggers: one found (written by hand) could refuse every
+        // save or delete, so it goes, and the bans stay.
+        let triggers: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in triggers {
+            tracing::warn!(
+                "warning: removing the trigger '{name}' from the ban database {} (synwatch makes none; edited by hand?)",
+                path.display()
+            );
+            conn.execute_batch(&format!("DROP TRIGGER \"{}\"", name.replace('"', "\"\"")))?;
+        }
         for query in [
             "SELECT addr, since, expires, reason, offences, new_only FROM bans LIMIT 0",
             "SELECT addr, offences, last_until FROM offenders LIMIT 0",
@@ -527,6 +540,26 @@ mod tests {
         let bans = s.bans().expect("the others");
         assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
         assert_eq!(s.damage().rows_skipped, 2);
+    }
+
+    #[test]
+    fn triggers_written_into_the_database_are_removed_and_the_bans_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        s.conn
+            .execute_batch(
+                "CREATE TRIGGER \"no \"\"saves\"\"\" BEFORE INSERT ON bans BEGIN SELECT RAISE(ABORT, 'no'); END;
+                 CREATE TRIGGER nodeletes BEFORE DELETE ON bans BEGIN SELECT RAISE(ABORT, 'no'); END;",
+            )
+            .unwrap();
+        assert!(s.save(&[record("192.0.2.2", Some(3700))]).is_err());
+        drop(s);
+        let mut s = Store::open(dir.path()).unwrap();
+        s.save(&[record("192.0.2.2", Some(3700))]).unwrap();
+        s.delete(&[parse_net("192.0.2.2").unwrap()], true).unwrap();
+        assert_eq!(s.bans().unwrap(), vec![record("192.0.2.1", Some(3700))]);
+        assert_eq!(s.damage().moved_aside, None);
     }
 
     #[test]
