@@ -128,6 +128,20 @@ pub struct Blocker {
     upkeep: Option<crate::upkeep::Upkeep>,
     /// The CrowdSec Local API: pulled decisions held, bans to push.
     fleet: fleet::Fleet,
+    /// The longest timeout the backend's kernel sets take
+    /// ([`Backend::kernel_max_secs`]): a ban longer than that goes in with this timeout.
+    kernel_max: u64,
+    /// When the bans longer than the kernel holds are to be renewed there, before the
+    /// first of their elements runs out ([`renewal_due`]).
+    renew_at: Option<i64>,
+    /// Bans in the book whose saving failed (the state directory full or unwritable):
+    /// saved again every [`RETRY_SECS`] until it works.
+    not_saved: std::collections::BTreeSet<IpNet>,
+    /// Bans lifted whose removal from the state file failed (with whether their
+    /// offences were forgiven): removed again with the saving, lest a restart bring
+    /// them back.
+    not_deleted: std::collections::BTreeMap<IpNet, bool>,
+    save_retry_at: i64,
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
@@ -158,24 +172,38 @@ impl Blocker {
     ) -> Result<(Self, Vec<Happened>)> {
         let mut store = Store::open(&settings.store_dir())?;
         let mut book = Book::new(settings.policy);
-        let over = book.restore(store.bans()?, store.offenders()?, now);
-        metrics.record_state_damage(store.damage());
+        // The configuration or the host's addresses may have changed while no agent ran
+        // (or the file was written by hand): a saved ban on what is now protected, or a
+        // range covering it, is not restored, and is left out before a range could
+        // absorb the bans inside it.
+        let (mut released, saved): (Vec<Record>, Vec<Record>) = store
+            .bans()?
+            .into_iter()
+            .partition(|r| r.expires.is_none_or(|e| e > now) && protected(r.net));
+        let over = book.restore(saved, store.offenders()?, now);
         let over_addrs: Vec<IpNet> = over.iter().map(|r| r.net).collect();
-        store.delete(&over_addrs, false)?;
+        forget(&mut store, &over_addrs, false);
         // Saved bans inside a saved range: the range stands for them.
         let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
-        store.delete(&inside, false)?;
-        // The configuration or the host's addresses may have changed while no agent ran:
-        // a saved ban on what is now protected is not restored.
-        let released = book.release(protected);
-        store.delete(&released, true)?;
+        forget(&mut store, &inside, false);
+        let mut released: Vec<IpNet> = released.drain(..).map(|r| r.net).collect();
+        released.extend(book.release(protected));
+        forget(&mut store, &released, true);
         let bans = running_bans(&book, now);
-        enforcer.setup(&bans).with_context(|| {
+        let refused = set_up_with(&mut *enforcer, &bans).with_context(|| {
             format!(
                 "cannot set up blocking with {}",
                 enforcer.backend().as_str()
             )
         })?;
+        // A saved ban the kernel refuses costs that ban only: reported as damage.
+        for &net in &refused {
+            book.remove(net);
+        }
+        store.note_refused(refused.len() as u64);
+        metrics.record_state_damage(store.damage());
+        let kernel_max = enforcer.backend().kernel_max_secs();
+        let renew_at = renewal_due(kernel_max, book.active(), now);
         let blocker = Self {
             backend: enforcer.backend(),
             hands: Arc::new(Mutex::new(Hands { enforcer, store })),
@@ -196,10 +224,20 @@ impl Blocker {
             reinstating: Vec::new(),
             upkeep: None,
             fleet: fleet::Fleet::default(),
+            kernel_max,
+            renew_at,
+            not_saved: std::collections::BTreeSet::new(),
+            not_deleted: std::collections::BTreeMap::new(),
+            save_retry_at: now,
         };
         let lapsed = over_addrs
             .into_iter()
             .map(|a| Happened::Unblocked(a, "expired"))
+            .chain(
+                inside
+                    .into_iter()
+                    .map(|a| Happened::Unblocked(a, "covered")),
+            )
             .chain(
                 released
                     .into_iter()
@@ -281,6 +319,9 @@ impl Blocker {
                         .records
                         .into_iter()
                         .partition(|r| self.book.get(r.net).is_some());
+                    if !d.saved {
+                        self.keep_unsaved(held.iter().map(|r| r.net), now);
+                    }
                     gone.extend(lifted.into_iter().map(|r| r.net));
                     self.push_to_fleet(&held, now);
                     happened.extend(held.into_iter().map(Happened::Blocked));
@@ -496,16 +537,25 @@ impl Blocker {
             happened.extend(self.push_to_kernel(now));
         }
         if !self.unsaved.is_empty() && self.writer.is_none() {
-            if let Err(e) = lock(&self.hands).store.save(&self.unsaved) {
+            let saved = lock(&self.hands).store.save(&self.unsaved);
+            let unsaved = std::mem::take(&mut self.unsaved);
+            if let Err(e) = saved {
                 tracing::error!(
-                    "{e:#}; {} new ban(s) hold only until the agent stops",
-                    self.unsaved.len()
+                    "{e:#}; {} new ban(s) hold only until the agent stops unless saving them succeeds later (retried every {RETRY_SECS} s)",
+                    unsaved.len()
                 );
+                self.keep_unsaved(unsaved.iter().map(|r| r.net), now);
             }
-            self.unsaved.clear();
+        }
+        if (!self.not_saved.is_empty() || !self.not_deleted.is_empty()) && now >= self.save_retry_at
+        {
+            self.save_again(now);
         }
         if !self.reinstating.is_empty() && now >= self.retry_at {
             self.reinstate_chunk(now);
+        }
+        if self.renew_at.is_some_and(|t| now >= t) {
+            self.renew_long(now);
         }
         // The rule check's latest answer (each turn: it costs a lock), or every few
         // seconds the pipeline's own look.
@@ -559,6 +609,9 @@ impl Blocker {
         if self.pending.is_empty() {
             return Vec::new();
         }
+        let pending = std::mem::take(&mut self.pending);
+        self.note_kernel(&pending, now);
+        self.pending = pending;
         if let Some(w) = self.writer.as_mut() {
             if w.busy() {
                 return Vec::new();
@@ -594,6 +647,7 @@ impl Blocker {
     /// Puts `records` into the kernel on this thread; what the kernel refuses is pending
     /// again.
     fn add_now(&mut self, records: Vec<Record>, now: i64) -> Vec<Happened> {
+        self.note_kernel(&records, now);
         let bans: Vec<_> = records.iter().map(|r| r.ban(now)).collect();
         let result = lock(&self.hands).enforcer.add(&bans);
         match result {
@@ -643,6 +697,9 @@ impl Blocker {
         };
         match done {
             Ok(()) => {
+                self.renew_at = None;
+                let all: Vec<Record> = self.book.active().cloned().collect();
+                self.note_kernel(&all, now);
                 self.reinstating = rest;
                 self.reinstating.reverse();
                 if let Some(u) = &self.upkeep {
@@ -696,6 +753,120 @@ impl Blocker {
         if let Err(e) = result {
             self.failed(&e, bans.len(), "put back", now);
             self.reinstating.extend(chunk);
+        }
+    }
+
+    /// Bans whose saving failed: saved again later, reported meanwhile.
+    fn keep_unsaved(&mut self, nets: impl Iterator<Item = IpNet>, now: i64) {
+        let before = self.not_saved.len();
+        self.not_saved.extend(nets);
+        if self.not_saved.len() > before {
+            self.save_retry_at = now + RETRY_SECS;
+        }
+        self.note_unsaved();
+    }
+
+    fn note_unsaved(&self) {
+        self.metrics.bans_unsaved.store(
+            (self.not_saved.len() + self.not_deleted.len()) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Removes the lifted bans whose removal failed, then saves the bans whose saving
+    /// failed, as the book holds them now.
+    fn save_again(&mut self, now: i64) {
+        if !self.not_deleted.is_empty() {
+            // A network banned again since is saved anew (or waits in `not_saved`).
+            let (mut forgiven, mut kept) = (Vec::new(), Vec::new());
+            for (&net, &forgive) in &self.not_deleted {
+                if self.book.get(net).is_none() {
+                    if forgive {
+                        forgiven.push(net);
+                    } else {
+                        kept.push(net);
+                    }
+                }
+            }
+            let deleted = {
+                let mut h = lock(&self.hands);
+                h.store
+                    .delete(&forgiven, true)
+                    .and_then(|()| h.store.delete(&kept, false))
+            };
+            match deleted {
+                Ok(()) => self.not_deleted.clear(),
+                Err(e) => {
+                    tracing::debug!("{e:#}; retrying in {RETRY_SECS} s");
+                    self.save_retry_at = now + RETRY_SECS;
+                    self.note_unsaved();
+                    return;
+                }
+            }
+        }
+        let records: Vec<Record> = self
+            .not_saved
+            .iter()
+            .filter_map(|&n| self.book.get(n).cloned())
+            .collect();
+        let saved = lock(&self.hands).store.save(&records);
+        match saved {
+            Ok(()) => {
+                if !records.is_empty() {
+                    tracing::info!(
+                        "saved {} ban(s) that could not be saved before",
+                        records.len()
+                    );
+                }
+                self.not_saved.clear();
+            }
+            Err(e) => {
+                tracing::debug!("{e:#}; retrying in {RETRY_SECS} s");
+                self.save_retry_at = now + RETRY_SECS;
+            }
+        }
+        self.note_unsaved();
+    }
+
+    /// Notes `records` going to the kernel at `now`: those longer than its sets hold
+    /// are renewed there before their elements run out.
+    fn note_kernel(&mut self, records: &[Record], now: i64) {
+        if let Some(due) = renewal_due(self.kernel_max, records.iter(), now) {
+            self.renew_at = Some(self.renew_at.map_or(due, |t| t.min(due)));
+        }
+    }
+
+    /// Renews in the kernel every ban that may outlast its element there: each ban
+    /// ending later than [`renew_margin`] from now (those given with a clamped timeout
+    /// end no earlier than that), with its remaining time, clamped again.
+    fn renew_long(&mut self, now: i64) {
+        self.renew_at = None;
+        let margin = renew_margin(self.kernel_max);
+        let records: Vec<Record> = self
+            .book
+            .active()
+            .filter(|r| r.expires.is_some_and(|e| e > now.saturating_add(margin)))
+            .cloned()
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        let bans: Vec<_> = records.iter().map(|r| r.ban(now)).collect();
+        let result = lock(&self.hands).enforcer.add(&bans);
+        match result {
+            Ok(()) => {
+                self.note_kernel(&records, now);
+                tracing::info!(
+                    "renewed {} ban(s) longer than {} keeps an element ({} s)",
+                    bans.len(),
+                    self.backend,
+                    self.kernel_max
+                );
+            }
+            Err(e) => {
+                self.failed(&e, bans.len(), "renew", now);
+                self.renew_at = Some(now + RETRY_SECS);
+            }
         }
     }
 
@@ -816,7 +987,10 @@ impl Blocker {
                 self.unsaved.retain(|p| p.net != *addr);
                 let saved = lock(&self.hands).store.save(std::slice::from_ref(&record));
                 if let Err(e) = saved {
-                    reply.note = Some(format!("{e:#}; the ban holds until the agent stops"));
+                    reply.note = Some(format!(
+                        "{e:#}; the ban holds until the agent stops unless saving it succeeds later (retried every {RETRY_SECS} s)"
+                    ));
+                    self.keep_unsaved(std::iter::once(record.net), now);
                 }
                 self.pending.retain(|p| p.net != *addr);
                 // This ban alone, at once: not behind a burst of scanners' bans.
@@ -871,13 +1045,28 @@ impl Blocker {
     /// out of what waits to go into the kernel or the file, and queues them to be lifted
     /// from the kernel at the next push.
     fn unban(&mut self, nets: &[IpNet], forgive: bool, now: i64) {
-        if let Err(e) = lock(&self.hands).store.delete(nets, forgive) {
-            tracing::error!("{e:#}");
+        let deleted = lock(&self.hands).store.delete(nets, forgive);
+        if let Err(e) = deleted {
+            tracing::error!(
+                "{e:#}; {} lifted ban(s) stay in the state file until removing them succeeds (retried every {RETRY_SECS} s)",
+                nets.len()
+            );
+            if self.not_deleted.is_empty() && self.not_saved.is_empty() {
+                self.save_retry_at = now + RETRY_SECS;
+            }
+            for &net in nets {
+                *self.not_deleted.entry(net).or_default() |= forgive;
+            }
+            self.note_unsaved();
         }
         // A set: thousands may end at once (expiry, the LAPI deleting decisions).
         let gone: std::collections::HashSet<IpNet> = nets.iter().copied().collect();
         self.pending.retain(|p| !gone.contains(&p.net));
         self.unsaved.retain(|p| !gone.contains(&p.net));
+        if !self.not_saved.is_empty() {
+            self.not_saved.retain(|n| !gone.contains(n));
+            self.note_unsaved();
+        }
         self.lifting.extend(nets);
         self.retry_at = self.retry_at.min(now);
     }
@@ -922,6 +1111,98 @@ impl Blocker {
             tracing::error!("cannot remove synwatch's firewall rules: {e}");
         }
     }
+}
+
+/// Takes `nets` out of the state file at start; a file that cannot be written (a full
+/// disk) keeps them, to be let go at the next start, and never stops blocking.
+fn forget(store: &mut Store, nets: &[IpNet], forgive: bool) {
+    if let Err(e) = store.delete(nets, forgive) {
+        tracing::error!("{e:#}");
+    }
+}
+
+/// How long before a clamped element runs out its ban is renewed: a day, or half the
+/// longest timeout of a kernel that takes less than two.
+fn renew_margin(kernel_max: u64) -> i64 {
+    i64::try_from((kernel_max / 2).min(86_400)).unwrap_or(86_400)
+}
+
+/// When bans going to the kernel at `now` need renewing there: some time before the
+/// element of the first of them longer than `kernel_max` runs out; `None` if none is.
+fn renewal_due<'a>(
+    kernel_max: u64,
+    records: impl Iterator<Item = &'a Record>,
+    now: i64,
+) -> Option<i64> {
+    let max = i64::try_from(kernel_max).unwrap_or(i64::MAX);
+    let clamped = records
+        .into_iter()
+        .any(|r| r.expires.is_some_and(|e| e.saturating_sub(now) > max));
+    clamped.then(|| {
+        now.saturating_add(max)
+            .saturating_sub(renew_margin(kernel_max))
+    })
+}
+
+/// Sets the backend up holding `bans`. If the kernel refuses them (a saved ban it
+/// cannot take), it is set up empty and they are put back in chunks, halving any chunk
+/// it refuses down to the bans it refuses alone: those are left out and returned, the
+/// others hold. Fails only if it cannot be set up at all.
+fn set_up_with(
+    enforcer: &mut dyn Enforcer,
+    bans: &[synwatch_enforce::Ban],
+) -> Result<Vec<IpNet>, EnforceError> {
+    let first = match enforcer.setup(bans) {
+        Ok(()) => return Ok(Vec::new()),
+        Err(e) if bans.is_empty() => return Err(e),
+        Err(e) => e,
+    };
+    enforcer.setup(&[])?;
+    tracing::error!(
+        "the kernel refused the {} saved ban(s) together ({first}); putting them back a few at a time",
+        bans.len()
+    );
+    let mut refused = Vec::new();
+    // Kernel calls left for halving: past them, what is refused stays out whole.
+    let mut budget = 2_000_usize;
+    for chunk in bans.chunks(REINSTATE_CHUNK) {
+        put_back(enforcer, chunk, &mut refused, &mut budget);
+    }
+    for net in refused.iter().take(REFUSALS_LOGGED_PER_MINUTE as usize) {
+        tracing::error!(
+            "WARNING: the kernel refused the saved ban of {}: it is not restored",
+            synwatch_enforce::net_text(*net)
+        );
+    }
+    Ok(refused)
+}
+
+/// Puts `bans` into rules just set up; a refused group is halved until the refused
+/// bans are found (added to `refused`).
+fn put_back(
+    enforcer: &mut dyn Enforcer,
+    bans: &[synwatch_enforce::Ban],
+    refused: &mut Vec<IpNet>,
+    budget: &mut usize,
+) {
+    if bans.is_empty() {
+        return;
+    }
+    if *budget == 0 {
+        refused.extend(bans.iter().map(|b| b.net));
+        return;
+    }
+    *budget -= 1;
+    if enforcer.refill(bans).is_ok() {
+        return;
+    }
+    if let [one] = bans {
+        refused.push(one.net);
+        return;
+    }
+    let (a, b) = bans.split_at(bans.len() / 2);
+    put_back(enforcer, a, refused, budget);
+    put_back(enforcer, b, refused, budget);
 }
 
 /// Every running ban with its remaining time, in address order: what a set-up puts in
@@ -1046,6 +1327,262 @@ mod tests {
 
     fn n(s: &str) -> IpNet {
         synwatch_enforce::parse_net(s).unwrap()
+    }
+
+    /// Saves `records` in the state directory `dir`, as an earlier run would have.
+    fn saved(dir: &std::path::Path, records: &[Record]) {
+        crate::state::Store::open(dir)
+            .unwrap()
+            .save(records)
+            .unwrap();
+    }
+
+    fn manual(net: &str, since: i64, expires: Option<i64>) -> Record {
+        Record {
+            net: n(net),
+            since,
+            expires,
+            reason: "manual".into(),
+            offences: 1,
+            new_only: false,
+        }
+    }
+
+    #[test]
+    fn a_ban_longer_than_nft_takes_is_restored_clamped_and_renewed_before_it_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = 86_400;
+        saved(
+            dir.path(),
+            &[manual("192.0.2.1", 1000, Some(1000 + 1200 * day))],
+        );
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 1000);
+        let setup = &runner.transcript()[0];
+        // nft 1.0.6 refuses "timeout 103680000s" (value too large).
+        assert!(
+            setup.contains("banned4 { 192.0.2.1 timeout 99999999s }"),
+            "{setup}"
+        );
+        assert_eq!(b.active(), 1);
+        // Not renewed while its element has long to run...
+        let before = runner.transcript().len();
+        b.apply(1000 + 1000 * day);
+        let renewals = |t: &[String]| {
+            t.iter()
+                .filter(|c| c.contains("delete element inet synwatch banned4 { 192.0.2.1 }"))
+                .count()
+        };
+        assert_eq!(renewals(&runner.transcript()[before..]), 0);
+        // ...but a day before it runs out, with the time left (clamped again).
+        let due = 1000 + 99_999_999 - day;
+        b.apply(due);
+        let t = runner.transcript();
+        assert_eq!(renewals(&t[before..]), 1, "{t:#?}");
+        let left = 1200 * day - (due - 1000);
+        assert!(
+            t.iter()
+                .any(|c| c.contains(&format!("banned4 {{ 192.0.2.1 timeout {left}s }}"))),
+            "{t:#?}"
+        );
+        // Renewed once, not at every turn.
+        b.apply(due + 10);
+        assert_eq!(renewals(&runner.transcript()[before..]), 1);
+    }
+
+    #[test]
+    fn a_saved_ban_the_kernel_refuses_is_left_out_and_the_others_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        saved(
+            dir.path(),
+            &[
+                manual("192.0.2.1", 1000, Some(5000)),
+                manual("192.0.2.2", 1000, Some(5000)),
+            ],
+        );
+        let runner = RecordingRunner::default();
+        // The set-up with both, then (empty) set-up, both put back, the first, the second.
+        for answer in [
+            Err("Error: value too large"),
+            Ok(""),
+            Err("Error: value too large"),
+            Ok(""),
+            Err("Error: value too large"),
+        ] {
+            runner.answer(answer);
+        }
+        let metrics = Arc::new(Metrics::default());
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        let (b, _) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::clone(&metrics),
+            1000,
+            |_| false,
+        )
+        .expect("a ban the kernel refuses never stops the restore");
+        assert_eq!(b.active(), 1);
+        let t = runner.transcript();
+        assert_eq!(t.len(), 5, "{t:#?}");
+        assert!(
+            t[3].contains("banned4 { 192.0.2.1 timeout 4000s }"),
+            "{}",
+            t[3]
+        );
+        assert!(
+            t[4].contains("banned4 { 192.0.2.2 timeout 4000s }"),
+            "{}",
+            t[4]
+        );
+        assert_eq!(metrics.state_bans_refused.load(Ordering::Relaxed), 1);
+        assert!(
+            metrics
+                .healthy_body()
+                .contains("the kernel refused 1 saved ban(s) at restore"),
+            "{}",
+            metrics.healthy_body()
+        );
+    }
+
+    #[test]
+    fn a_saved_range_covering_a_protected_address_is_refused_before_it_absorbs_the_bans_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        saved(
+            dir.path(),
+            &[
+                manual("192.0.2.2", 1000, Some(5000)),
+                // Covers 192.0.2.200, protected in `start`.
+                manual("192.0.2.0/24", 1000, Some(5000)),
+                manual("0.0.0.0/0", 1000, None),
+                // A range that covers nothing protected still stands for the bans inside.
+                manual("198.51.100.0/24", 1000, Some(5000)),
+                manual("198.51.100.7", 1000, Some(5000)),
+            ],
+        );
+        let runner = RecordingRunner::default();
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        // As `protect::why_net` answers: a network covering a protected address.
+        let (b, lapsed) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::new(Metrics::default()),
+            1000,
+            |net| net.contains(&ip("192.0.2.200")),
+        )
+        .unwrap();
+        let mut nets: Vec<IpNet> = b.book.active().map(|r| r.net).collect();
+        nets.sort();
+        assert_eq!(nets, [n("192.0.2.2"), n("198.51.100.0/24")]);
+        let setup = &runner.transcript()[0];
+        assert!(
+            setup.contains("banned4 { 192.0.2.2 timeout 4000s }"),
+            "{setup}"
+        );
+        let mut lapsed = lapsed;
+        lapsed.sort_by_key(|h| format!("{h:?}"));
+        assert_eq!(
+            lapsed,
+            [
+                Happened::Unblocked(n("0.0.0.0/0"), "allowlisted"),
+                Happened::Unblocked(n("192.0.2.0/24"), "allowlisted"),
+                Happened::Unblocked(n("198.51.100.7"), "covered"),
+            ]
+        );
+        // The ban inside the refused range is still saved; the refused range is not.
+        drop(b);
+        let mut store = crate::state::Store::open(dir.path()).unwrap();
+        let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
+        nets.sort();
+        assert_eq!(nets, [n("192.0.2.2"), n("198.51.100.0/24")]);
+    }
+
+    #[test]
+    fn bans_added_or_decided_while_the_disk_is_full_are_saved_once_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 1000);
+        let sql = |sql: &str| {
+            rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        };
+        sql(
+            "CREATE TRIGGER full BEFORE INSERT ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        );
+        let add = Request::Add {
+            addr: n("198.51.100.7"),
+            secs: Some(600),
+        };
+        let (reply, _) = b.control(&add, 1000, |_| None);
+        assert!(reply.ok, "{reply:?}");
+        assert!(
+            reply.note.as_deref().is_some_and(|n| n.contains("retried")),
+            "{reply:?}"
+        );
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            1000,
+            None,
+            false,
+        );
+        assert_eq!(b.apply(1000).len(), 1);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 2);
+        assert!(b.metrics.healthy_body().starts_with("degraded\n"));
+        sql("DROP TRIGGER full;");
+        b.apply(1005);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 0);
+        assert_eq!(b.metrics.healthy_body(), "ok\n");
+        let mut store = crate::state::Store::open(dir.path()).unwrap();
+        let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
+        nets.sort();
+        assert_eq!(nets, [n("192.0.2.1"), n("198.51.100.7")]);
+    }
+
+    #[test]
+    fn a_ban_lifted_while_the_disk_is_full_is_removed_from_the_file_once_it_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 1000);
+        let sql = |sql: &str| {
+            rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        };
+        for a in ["198.51.100.7", "198.51.100.8"] {
+            let add = Request::Add {
+                addr: n(a),
+                secs: Some(600),
+            };
+            assert!(b.control(&add, 1000, |_| None).0.ok);
+        }
+        sql(
+            "CREATE TRIGGER full BEFORE DELETE ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
+        );
+        let remove = Request::Remove {
+            addr: n("198.51.100.7"),
+        };
+        let (reply, happened) = b.control(&remove, 1001, |_| None);
+        assert!(reply.ok, "{reply:?}");
+        assert_eq!(
+            happened,
+            [Happened::Unblocked(n("198.51.100.7"), "removed")]
+        );
+        b.apply(1001);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 1);
+        assert!(b.metrics.healthy_body().starts_with("degraded\n"));
+        sql("DROP TRIGGER full;");
+        b.apply(1006);
+        assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 0);
+        assert_eq!(b.metrics.healthy_body(), "ok\n");
+        // A restart does not bring it back.
+        drop(b);
+        let (b, _) = start(dir.path(), &RecordingRunner::default(), 1010);
+        let nets: Vec<IpNet> = b.book.active().map(|r| r.net).collect();
+        assert_eq!(nets, [n("198.51.100.8")]);
     }
 
     #[test]

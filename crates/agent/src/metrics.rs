@@ -101,6 +101,8 @@ pub struct Metrics {
     /// (0 or 1) and rows skipped.
     pub state_moved_aside: AtomicU64,
     pub state_rows_skipped: AtomicU64,
+    /// Saved bans the kernel refused at restore.
+    pub state_bans_refused: AtomicU64,
     /// Why the agent runs degraded (protection partly lost, yet worth running on):
     /// said by a `/healthz` that still answers 200, so that a container is not
     /// restarted into the same state over and over.
@@ -112,6 +114,10 @@ pub struct Metrics {
     pub slow_turns: AtomicU64,
     /// Bans still to be put back into rules set up again after tampering.
     pub bans_reinstating: AtomicU64,
+    /// Bans in the kernel that could not be saved yet, and lifted bans that could not be
+    /// removed from the state file (the state directory full or unwritable): retried;
+    /// `/healthz` says degraded meanwhile.
+    pub bans_unsaved: AtomicU64,
     /// The CrowdSec Local API's counters, when the agent uses it.
     pub crowdsec: std::sync::OnceLock<Arc<crate::crowdsec::Stats>>,
 }
@@ -316,6 +322,14 @@ impl Metrics {
                 damage.rows_skipped
             ));
         }
+        if damage.bans_refused > 0 {
+            self.state_bans_refused
+                .store(damage.bans_refused, Ordering::Relaxed);
+            why.push(format!(
+                "the kernel refused {} saved ban(s) at restore: they were not restored",
+                damage.bans_refused
+            ));
+        }
         if let Ok(mut held) = self.degraded.lock() {
             held.extend(why);
         }
@@ -323,9 +337,20 @@ impl Metrics {
 
     /// The body of a healthy `/healthz`: `ok`, or `degraded` and why, one line each.
     pub fn healthy_body(&self) -> String {
-        match self.degraded.lock() {
-            Ok(why) if !why.is_empty() => format!("degraded\n{}\n", why.join("\n")),
-            _ => "ok\n".to_owned(),
+        let mut why = match self.degraded.lock() {
+            Ok(why) => why.clone(),
+            Err(_) => Vec::new(),
+        };
+        let unsaved = self.bans_unsaved.load(Ordering::Relaxed);
+        if unsaved > 0 {
+            why.push(format!(
+                "{unsaved} change(s) to the saved bans (new bans, lifted bans) could not be saved (the state directory is full or unwritable): a restart would not see them; saving is retried"
+            ));
+        }
+        if why.is_empty() {
+            "ok\n".to_owned()
+        } else {
+            format!("degraded\n{}\n", why.join("\n"))
         }
     }
 
@@ -435,7 +460,7 @@ impl Metrics {
         family(
             "synwatch_state_damage",
             "gauge",
-            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read. /healthz then says degraded.",
+            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read, bans_refused the saved bans the kernel refused (not restored; the others were). /healthz then says degraded.",
             &[
                 (
                     "{kind=\"file_moved_aside\"}".into(),
@@ -444,6 +469,10 @@ impl Metrics {
                 (
                     "{kind=\"rows_skipped\"}".into(),
                     get(&self.state_rows_skipped),
+                ),
+                (
+                    "{kind=\"bans_refused\"}".into(),
+                    get(&self.state_bans_refused),
                 ),
             ],
         );
@@ -712,6 +741,13 @@ impl Metrics {
             "Bans still to be put back into synwatch's rules after someone removed them (they go back a chunk every 100 ms).",
             &[(String::new(), self.bans_reinstating.load(Ordering::Relaxed))],
         );
+        family(
+            out,
+            "synwatch_bans_unsaved",
+            "gauge",
+            "Changes to the saved bans not written to the state file yet (the state directory full or unwritable; retried every 5 s): bans in the kernel a restart would lose, lifted bans a restart would bring back. /healthz says degraded meanwhile.",
+            &[(String::new(), self.bans_unsaved.load(Ordering::Relaxed))],
+        );
     }
 }
 
@@ -948,6 +984,7 @@ mod tests {
         metrics.record_state_damage(&crate::state::Damage {
             moved_aside: Some("/var/lib/synwatch/bans.db.corrupt-1".into()),
             rows_skipped: 2,
+            ..Default::default()
         });
         let health = get(addr, "/healthz");
         assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");

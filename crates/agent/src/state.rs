@@ -45,12 +45,15 @@ pub struct Damage {
     pub moved_aside: Option<PathBuf>,
     /// Rows of bans or offenders skipped because they did not read.
     pub rows_skipped: u64,
+    /// Saved bans the kernel refused at restore (left out; the others hold).
+    pub bans_refused: u64,
 }
 
 impl Store {
     /// Opens (creating if needed) the database in `dir`, which is created with mode 0700.
     ///
-    /// A file that is not a database, or a corrupt one, is moved aside (`bans.db.corrupt-
+    /// A file that is not a database, a corrupt one, or one whose tables are not
+    /// synwatch's (columns missing), is moved aside (`bans.db.corrupt-
     /// UNIXTIME`) with a warning and a new one started: blocking must not stop because the
     /// list of past bans cannot be read.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -63,7 +66,7 @@ impl Store {
         let path = dir.join(DB_FILE);
         let mut damage = Damage::default();
         let conn = match Self::connect(&path) {
-            Err(e) if is_corrupt(&e) => {
+            Err(e) if e.moves_aside() => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::clock::unix_now()));
                 std::fs::rename(&path, &aside).with_context(|| {
                     format!("cannot move the unreadable ban database {} aside", path.display())
@@ -88,14 +91,44 @@ impl Store {
             offset,
             damage,
         };
-        store
-            .canonicalise()
-            .with_context(|| store.context("upgrade the keys"))?;
+        // Keys left as they were still read (canonical when parsed): a failure here
+        // costs nothing restored.
+        if let Err(e) = store.canonicalise() {
+            tracing::warn!("warning: {}: {e}", store.context("upgrade the keys"));
+        }
         Ok(store)
     }
 
+    /// Opens `path` and sets its tables up (creating them, adding later columns), and
+    /// checks that they have what synwatch reads.
+    fn connect(path: &Path) -> Result<Connection, Unsound> {
+        let conn = Self::tables(path)?;
+        // synwatch makes no triggers: one found (written by hand) could refuse every
+        // save or delete, so it goes, and the bans stay.
+        let triggers: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for name in triggers {
+            tracing::warn!(
+                "warning: removing the trigger '{name}' from the ban database {} (synwatch makes none; edited by hand?)",
+                path.display()
+            );
+            conn.execute_batch(&format!("DROP TRIGGER \"{}\"", name.replace('"', "\"\"")))?;
+        }
+        for query in [
+            "SELECT addr, since, expires, reason, offences, new_only FROM bans LIMIT 0",
+            "SELECT addr, offences, last_until FROM offenders LIMIT 0",
+        ] {
+            if let Err(e) = conn.prepare(query) {
+                return Err(Unsound::Schema(e.to_string()));
+            }
+        }
+        Ok(conn)
+    }
+
     /// Opens `path` and sets its tables up (creating them, adding later columns).
-    fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    fn tables(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(
@@ -132,7 +165,9 @@ impl Store {
         let tx = self.conn.transaction()?;
         for table in ["bans", "offenders"] {
             let keys: Vec<String> = tx
-                .prepare(&format!("SELECT addr FROM {table}"))?
+                .prepare(&format!(
+                    "SELECT addr FROM {table} WHERE typeof(addr) = 'text'"
+                ))?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             for key in keys {
@@ -148,6 +183,11 @@ impl Store {
         }
         tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_NETWORKS}"))?;
         tx.commit()
+    }
+
+    /// Counts saved bans the kernel refused at restore as damage.
+    pub fn note_refused(&mut self, n: u64) {
+        self.damage.bans_refused += n;
     }
 
     /// What could not be read since opening.
@@ -261,6 +301,19 @@ impl Store {
                     continue;
                 }
             };
+            // No backend takes a ban this long: no ban synwatch gave (9223372036854775807,
+            // written by hand, made the kernel refuse the whole restore).
+            let longest = i64::try_from(synwatch_enforce::LONGEST_BAN_SECS).unwrap_or(i64::MAX);
+            if let Some(e) = expires
+                && e.saturating_sub(since) > longest
+            {
+                self.damage.rows_skipped += 1;
+                tracing::warn!(
+                    "warning: skipping the ban of '{addr}' in {}: it would end at {e}, more than 500 years after it began",
+                    self.path.display()
+                );
+                continue;
+            }
             match parse_net(&addr) {
                 Some(net) => out.push(Record {
                     net,
@@ -323,12 +376,59 @@ impl Store {
     }
 }
 
-/// Whether opening failed because the file is not a sound database.
-fn is_corrupt(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
-    )
+/// Why a ban database could not be opened.
+#[derive(Debug)]
+enum Unsound {
+    /// SQLite's error: a file that is no database or a corrupt one is moved aside, any
+    /// other (a busy or unwritable file) is reported as it is.
+    Sqlite(rusqlite::Error),
+    /// A sound database whose tables are not synwatch's (a missing column, a `bans`
+    /// that is a view): moved aside like a corrupt one.
+    Schema(String),
+}
+
+impl From<rusqlite::Error> for Unsound {
+    fn from(e: rusqlite::Error) -> Self {
+        Unsound::Sqlite(e)
+    }
+}
+
+impl std::fmt::Display for Unsound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsound::Sqlite(e) => e.fmt(f),
+            Unsound::Schema(e) => {
+                write!(
+                    f,
+                    "its tables are not those of a synwatch ban database: {e}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for Unsound {}
+
+impl Unsound {
+    /// Whether the file is not a sound ban database: moved aside, a new one started.
+    fn moves_aside(&self) -> bool {
+        match self {
+            Unsound::Sqlite(e) => {
+                matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+                ) || is_schema_error(e)
+            }
+            Unsound::Schema(_) => true,
+        }
+    }
+}
+
+/// Whether setting the tables up failed on what is in the file (`ALTER TABLE` on a
+/// `bans` that is a view, a column that clashes): SQLite's generic error, which a busy,
+/// locked, read-only or full file never gives.
+fn is_schema_error(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::Unknown))
 }
 
 /// Creates the state directory readable only by its owner (ban lists and the control
@@ -383,6 +483,83 @@ mod tests {
             Some(dir.path().join(&aside[0])),
             "reported"
         );
+    }
+
+    #[test]
+    fn a_database_whose_tables_are_not_synwatch_s_is_moved_aside_and_a_new_one_started() {
+        for schema in [
+            // The red team's: a `bans` of one column (read: "no such column: since").
+            "CREATE TABLE bans (addr TEXT); INSERT INTO bans VALUES('10.88.0.2');",
+            // Offenders without their columns.
+            "CREATE TABLE offenders (addr TEXT);",
+            // A view where the table should be (ALTER TABLE fails on it).
+            "CREATE TABLE t (x TEXT); CREATE VIEW bans AS SELECT x AS addr FROM t;",
+            // Keys that are no text, before the keys were made canonical.
+            "CREATE TABLE bans (addr PRIMARY KEY, since INTEGER NOT NULL, expires INTEGER,
+                 reason TEXT NOT NULL, offences INTEGER NOT NULL);
+             INSERT INTO bans VALUES (7, 1, NULL, 'x', 1);",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            Connection::open(dir.path().join(DB_FILE))
+                .unwrap()
+                .execute_batch(schema)
+                .unwrap();
+            let mut s = Store::open(dir.path()).expect(schema);
+            let bans = s.bans().expect(schema);
+            assert!(bans.is_empty(), "{schema}: {bans:?}");
+            s.offenders().expect(schema);
+            if schema.contains("INSERT INTO bans VALUES (7") {
+                // Sound tables: kept, the row that does not read skipped.
+                assert_eq!(s.damage().moved_aside, None, "{schema}");
+                assert_eq!(s.damage().rows_skipped, 1, "{schema}");
+            } else {
+                assert!(s.damage().moved_aside.is_some(), "{schema}");
+            }
+            s.save(&[record("192.0.2.1", Some(3700))]).expect(schema);
+            assert!(
+                s.bans()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.net == record("192.0.2.1", None).net),
+                "{schema}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ban_no_backend_takes_is_skipped_and_the_others_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open_with(dir.path(), Offset::default).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        s.conn
+            .execute_batch(
+                "INSERT INTO bans VALUES ('192.0.2.9', 100, 9223372036854775807, 'x', 1, 0);
+                 INSERT INTO bans VALUES ('192.0.2.8', -9223372036854775808, 100, 'x', 1, 0);",
+            )
+            .unwrap();
+        let bans = s.bans().expect("the others");
+        assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
+        assert_eq!(s.damage().rows_skipped, 2);
+    }
+
+    #[test]
+    fn triggers_written_into_the_database_are_removed_and_the_bans_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        s.conn
+            .execute_batch(
+                "CREATE TRIGGER \"no \"\"saves\"\"\" BEFORE INSERT ON bans BEGIN SELECT RAISE(ABORT, 'no'); END;
+                 CREATE TRIGGER nodeletes BEFORE DELETE ON bans BEGIN SELECT RAISE(ABORT, 'no'); END;",
+            )
+            .unwrap();
+        assert!(s.save(&[record("192.0.2.2", Some(3700))]).is_err());
+        drop(s);
+        let mut s = Store::open(dir.path()).unwrap();
+        s.save(&[record("192.0.2.2", Some(3700))]).unwrap();
+        s.delete(&[parse_net("192.0.2.2").unwrap()], true).unwrap();
+        assert_eq!(s.bans().unwrap(), vec![record("192.0.2.1", Some(3700))]);
+        assert_eq!(s.damage().moved_aside, None);
     }
 
     #[test]

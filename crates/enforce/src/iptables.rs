@@ -116,6 +116,12 @@ pub fn sets_script(bans: &[Ban]) -> String {
     s
 }
 
+/// A timeout as ipset takes it (see [`crate::Backend::kernel_max_secs`]); 0 is ipset's
+/// "until removed", so a timed ban takes at least 1 s.
+fn ipset_timeout(secs: u64) -> u64 {
+    crate::kernel_timeout(secs, crate::IPSET_MAX_TIMEOUT_SECS)
+}
+
 /// The ipset input adding `bans`; with `-exist`, an address already present takes the
 /// new timeout. Timeout 0 is ipset's "until removed".
 pub fn add_script(bans: &[Ban]) -> String {
@@ -123,7 +129,7 @@ pub fn add_script(bans: &[Ban]) -> String {
     let (v4, v6) = by_family(bans, |b| b.net);
     for family in [v4, v6] {
         for ban in family {
-            let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
+            let timeout = ban.timeout_secs.map_or(0, ipset_timeout);
             let addr = net_text(ban.net);
             let _ = writeln!(s, "add {} {addr} timeout {timeout}", set_of(&ban, false));
             // Out of the other set of its family, in case the ban changed kind.
@@ -141,7 +147,7 @@ pub fn refill_script(bans: &[Ban]) -> String {
     let (v4, v6) = by_family(bans, |b| b.net);
     for family in [v4, v6] {
         for ban in family {
-            let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
+            let timeout = ban.timeout_secs.map_or(0, ipset_timeout);
             let _ = writeln!(
                 s,
                 "add {} {} timeout {timeout}",
@@ -158,7 +164,7 @@ pub fn ipset_changes(bans: &[Ban]) -> Vec<crate::nflink::IpsetChange<'static>> {
     let mut out = Vec::with_capacity(bans.len() * 2);
     for ban in bans {
         let net = ban_net(ban.net);
-        let timeout = ban.timeout_secs.map_or(0, |t| t.max(1));
+        let timeout = ban.timeout_secs.map_or(0, ipset_timeout);
         out.push(crate::nflink::IpsetChange {
             add: true,
             set: set_of(ban, false),
@@ -556,6 +562,17 @@ mod tests {
     use super::*;
     use crate::RecordingRunner;
     use crate::test_ban as ban;
+
+    #[test]
+    fn timeouts_longer_than_ipset_takes_are_clamped() {
+        let long = ban("192.0.2.7", Some(30 * 86_400));
+        assert_eq!(
+            refill_script(&[long]),
+            "add synwatch4 192.0.2.7 timeout 2147483\n"
+        );
+        assert!(add_script(&[long]).starts_with("add synwatch4 192.0.2.7 timeout 2147483\n"));
+        assert_eq!(ipset_changes(&[long])[0].timeout_secs, 2_147_483);
+    }
 
     #[test]
     fn refilling_after_a_set_up_is_plain_adds() {

@@ -52,6 +52,21 @@ pub enum Scope {
     New,
 }
 
+/// The longest ban any backend takes (500 years): a saved ban longer than that is no
+/// ban synwatch gave.
+pub const LONGEST_BAN_SECS: u64 = 500 * 365 * 86_400;
+
+/// The longest element timeout `nft` takes (1.0.6: "value too large" above it).
+pub const NFT_MAX_TIMEOUT_SECS: u64 = 99_999_999;
+/// The longest element timeout ipset takes.
+pub const IPSET_MAX_TIMEOUT_SECS: u64 = 2_147_483;
+
+/// A ban's timeout as a kernel set taking at most `max` seconds holds it: between 1 s
+/// and `max` (a longer ban is renewed by the agent before the element runs out).
+pub fn kernel_timeout(secs: u64, max: u64) -> u64 {
+    secs.clamp(1, max.max(1))
+}
+
 /// The kernel backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -71,7 +86,20 @@ impl Backend {
     pub fn max_ban_secs(self) -> u64 {
         match self {
             Backend::Iptables => 2_147_483,
-            Backend::Nftables | Backend::Xdp | Backend::XdpNftables => 500 * 365 * 86_400,
+            Backend::Nftables | Backend::Xdp | Backend::XdpNftables => LONGEST_BAN_SECS,
+        }
+    }
+
+    /// The longest timeout (seconds) one element of this backend's kernel sets takes:
+    /// `nft` refuses timeouts over 99,999,999 s ("value too large"), ipset over
+    /// 2,147,483 s; the XDP maps take [`Backend::max_ban_secs`]. Every timeout written to
+    /// the kernel is clamped to it ([`kernel_timeout`]): a longer ban is held by the
+    /// kernel for this long, and renewed by the agent before that runs out.
+    pub fn kernel_max_secs(self) -> u64 {
+        match self {
+            Backend::Iptables => IPSET_MAX_TIMEOUT_SECS,
+            Backend::Nftables | Backend::XdpNftables => NFT_MAX_TIMEOUT_SECS,
+            Backend::Xdp => self.max_ban_secs(),
         }
     }
 

@@ -160,7 +160,7 @@ pub fn host_ban_changes(bans: &[Ban]) -> Vec<ElementChange<'static>> {
     for b in bans {
         let (set, other) = (set_of(b, false), set_of(b, true));
         let addr = ban_net(b.net).addr();
-        let timeout_ms = b.timeout_secs.map(|t| t.max(1).saturating_mul(1000));
+        let timeout_ms = b.timeout_secs.map(|t| nft_timeout(t).saturating_mul(1000));
         let change = |add, set, timeout_ms| ElementChange {
             add,
             set,
@@ -186,7 +186,7 @@ fn refill_changes(bans: &[Ban]) -> Vec<ElementChange<'static>> {
             add: true,
             set: set_of(b, false),
             addr: ban_net(b.net).addr(),
-            timeout_ms: b.timeout_secs.map(|t| t.max(1).saturating_mul(1000)),
+            timeout_ms: b.timeout_secs.map(|t| nft_timeout(t).saturating_mul(1000)),
         })
         .collect()
 }
@@ -248,6 +248,12 @@ fn set_of(ban: &Ban, other: bool) -> &'static str {
     }
 }
 
+/// A timeout as nft takes it (see [`crate::Backend::kernel_max_secs`]), over netlink too,
+/// so that an element ends the same however it went in.
+fn nft_timeout(secs: u64) -> u64 {
+    crate::kernel_timeout(secs, crate::NFT_MAX_TIMEOUT_SECS)
+}
+
 fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool, other: bool) {
     for (set, ..) in SETS {
         let family: Vec<&Ban> = bans.iter().filter(|b| set_of(b, other) == set).collect();
@@ -259,7 +265,7 @@ fn add_elements(s: &mut String, verb: &str, bans: &[Ban], timeouts: bool, other:
                 }
                 s.push_str(&net_text(ban.net));
                 if timeouts && let Some(t) = ban.timeout_secs {
-                    let _ = write!(s, " timeout {}s", t.max(1));
+                    let _ = write!(s, " timeout {}s", nft_timeout(t));
                 }
             }
             s.push_str(" }\n");
@@ -727,6 +733,36 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
              add element inet synwatch banned4_new { 192.0.2.7, 198.51.100.1 }\n\
              delete element inet synwatch banned4_new { 192.0.2.7, 198.51.100.1 }\n"
         );
+    }
+
+    #[test]
+    fn timeouts_longer_than_nft_takes_are_clamped_in_scripts_and_over_netlink() {
+        // nft 1.0.6 refuses "timeout 103680000s" (1200 days): value too large.
+        let long = Some(1200 * 86_400);
+        let script = setup_script(
+            Scope::All,
+            &[
+                ban("192.0.2.7", long),
+                ban("198.51.100.0/24", Some(u64::MAX)),
+            ],
+        );
+        assert!(
+            script.contains("banned4 { 192.0.2.7 timeout 99999999s }"),
+            "{script}"
+        );
+        assert!(
+            script.contains("banned4_net { 198.51.100.0/24 timeout 99999999s }"),
+            "{script}"
+        );
+        assert!(add_script(&[ban("192.0.2.7", long)]).contains("timeout 99999999s"));
+        let changes = host_ban_changes(&[ban("192.0.2.7", long)]);
+        let timeouts: Vec<u64> = changes.iter().filter_map(|c| c.timeout_ms).collect();
+        assert_eq!(timeouts, [99_999_999_000]);
+        let timeouts: Vec<u64> = refill_changes(&[ban("192.0.2.7", long)])
+            .iter()
+            .filter_map(|c| c.timeout_ms)
+            .collect();
+        assert_eq!(timeouts, [99_999_999_000]);
     }
 
     #[test]

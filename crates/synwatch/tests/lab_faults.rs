@@ -11,7 +11,8 @@
 //! - killed with SIGKILL during a batch of bans: every ban it reported is back after the
 //!   restart; a SIGHUP storm: still running, bans held, new scanners caught.
 //! - the state directory full (a small tmpfs in the agent's own mount namespace): bans
-//!   go on, saving fails loudly; read-only at start: refused in one line (exit 2).
+//!   go on, saving fails loudly (`/healthz` degraded) and is retried until space returns;
+//!   read-only at start: refused in one line (exit 2).
 //! - the wall clock stepped (for the agent alone, through libfaketime from Debian's
 //!   `faketime` package): bans neither expire nor freeze, only printed times move.
 //!
@@ -995,6 +996,27 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     ]);
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
+    // Degraded while a ban is not saved (a restart would lose it)...
+    eventually(10, "/healthz says the ban is not saved", || {
+        healthz(&lab).1.contains("1 change(s) to the saved bans")
+    });
+    // ...and once there is space again, it is saved and the agent healthy again.
+    let _ = inside(&["rm", &format!("{state_text}/fill")]);
+    eventually(15, "the ban saved once there is space", || {
+        healthz(&lab) == (200, "ok\n".to_owned())
+    });
+    let saved = inside(&[
+        "python3",
+        "-c",
+        "import sqlite3, sys; print(' '.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT addr FROM bans')))",
+        &format!("{state_text}/bans.db"),
+    ]);
+    let saved = String::from_utf8_lossy(&saved.stdout);
+    assert!(
+        saved.split_whitespace().any(|a| a == SCANNER6),
+        "{saved}: {}",
+        agent.log()
+    );
     assert_eq!(agent.stop_within(10), Some(0));
 }
 

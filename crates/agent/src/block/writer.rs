@@ -57,6 +57,8 @@ pub struct Done {
     /// together, not applied (saved all the same, as the pipeline saves what it could
     /// not apply).
     pub result: Result<(), EnforceError>,
+    /// Whether the chunk was saved (if not, the pipeline keeps trying).
+    pub saved: bool,
 }
 
 struct Job {
@@ -212,18 +214,21 @@ fn write(hands: &Mutex<Hands>, job: Job, done: &mpsc::Sender<Done>, wake: &dyn F
                 chunk.extend(std::mem::take(&mut records));
                 &chunk[..]
             };
-            if let Err(e) = h.store.save(saving) {
+            let saved = h.store.save(saving);
+            if let Err(e) = &saved {
                 tracing::error!(
-                    "{e:#}; {} new ban(s) hold only until the agent stops",
+                    "{e:#}; {} new ban(s) hold only until the agent stops unless saving them succeeds later (retried every few seconds)",
                     saving.len()
                 );
             }
-            result
+            (result, saved.is_ok())
         };
+        let (result, saved) = result;
         if done
             .send(Done {
                 records: chunk,
                 result,
+                saved,
             })
             .is_err()
         {
@@ -393,6 +398,64 @@ mod tests {
 
     fn set(addrs: &[&str]) -> BTreeSet<String> {
         addrs.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    /// Makes saving bans in `dir` fail as a full disk does, or work again.
+    fn disk_full(dir: &std::path::Path, full: bool) {
+        let conn = rusqlite::Connection::open(dir.join(crate::state::DB_FILE)).unwrap();
+        conn.execute_batch(if full {
+            "CREATE TRIGGER full BEFORE INSERT ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;"
+        } else {
+            "DROP TRIGGER full;"
+        })
+        .unwrap();
+    }
+
+    /// The addresses saved in `dir`, read without opening a [`Store`] (which would
+    /// remove the trigger [`disk_full`] made).
+    fn rows(dir: &std::path::Path) -> BTreeSet<String> {
+        let conn = rusqlite::Connection::open(dir.join(crate::state::DB_FILE)).unwrap();
+        let mut stmt = conn.prepare("SELECT addr FROM bans").unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn bans_that_could_not_be_saved_are_saved_once_the_state_directory_takes_them() {
+        let mut r = rig(None);
+        disk_full(r.dir.path(), true);
+        scan(&mut r.blocker, "192.0.2.1");
+        scan(&mut r.blocker, "192.0.2.2");
+        // In the kernel and reported, but not saved: degraded, and retried.
+        let happened = r.blocker.apply_all(1000);
+        assert_eq!(blocked(&happened), set(&["192.0.2.1", "192.0.2.2"]));
+        assert!(rows(r.dir.path()).is_empty());
+        let metrics = Arc::clone(&r.blocker.metrics);
+        assert_eq!(metrics.bans_unsaved.load(Ordering::Relaxed), 2);
+        assert!(
+            metrics
+                .healthy_body()
+                .starts_with("degraded\n2 change(s) to the saved bans"),
+            "{}",
+            metrics.healthy_body()
+        );
+        // Still full at the next try.
+        r.blocker.apply(1005);
+        assert_eq!(metrics.bans_unsaved.load(Ordering::Relaxed), 2);
+        // Space again: saved at the next try, and healthy again.
+        disk_full(r.dir.path(), false);
+        r.blocker.apply(1007);
+        assert_eq!(
+            rows(r.dir.path()),
+            BTreeSet::new(),
+            "not before the retry is due"
+        );
+        r.blocker.apply(1010);
+        assert_eq!(rows(r.dir.path()), set(&["192.0.2.1", "192.0.2.2"]));
+        assert_eq!(metrics.bans_unsaved.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.healthy_body(), "ok\n");
     }
 
     #[test]
