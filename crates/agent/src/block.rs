@@ -957,57 +957,7 @@ impl Blocker {
                     .collect();
             }
             Request::Add { addr, secs } => {
-                if let Some(why) = self.backend().refuses_ban_of(secs.unwrap_or(0)) {
-                    return (Reply::error(backend, why), happened);
-                }
-                let addr = &synwatch_enforce::ban_net(*addr);
-                if let Some((why, covered)) = protected(*addr) {
-                    let text = refusal(*addr, why, covered);
-                    tracing::warn!("not blocking {text}");
-                    return (Reply::error(backend, text), happened);
-                }
-                let record = match self.book.manual(*addr, *secs, now) {
-                    Ok(r) => r,
-                    Err((_, by)) => {
-                        let by = synwatch_enforce::net_text(by.net);
-                        return (
-                            Reply::error(
-                                backend,
-                                format!(
-                                    "{} is already blocked: it is inside the banned range {by}",
-                                    synwatch_enforce::net_text(*addr)
-                                ),
-                            ),
-                            happened,
-                        );
-                    }
-                };
-                happened = self.absorb(now);
-                self.reported.clear();
-                self.unsaved.retain(|p| p.net != *addr);
-                let saved = lock(&self.hands).store.save(std::slice::from_ref(&record));
-                if let Err(e) = saved {
-                    reply.note = Some(format!(
-                        "{e:#}; the ban holds until the agent stops unless saving it succeeds later (retried every {RETRY_SECS} s)"
-                    ));
-                    self.keep_unsaved(std::iter::once(record.net), now);
-                }
-                self.pending.retain(|p| p.net != *addr);
-                // This ban alone, at once: not behind a burst of scanners' bans.
-                self.retry_at = now;
-                self.remove_lifted(now);
-                happened.extend(self.add_now(vec![record], now));
-                if self.pending.iter().any(|p| p.net == *addr) {
-                    reply.note = Some(format!(
-                        "saved, but the kernel refused it for now; retrying every {RETRY_SECS} s (see the agent's log)"
-                    ));
-                }
-                reply.bans = self
-                    .book
-                    .get(*addr)
-                    .map(|r| view(r, None))
-                    .into_iter()
-                    .collect();
+                (reply, happened) = self.add_manual(*addr, *secs, now, &protected);
             }
             Request::Remove { addr } => match self.book.remove(*addr) {
                 Some(record) => {
@@ -1038,6 +988,72 @@ impl Blocker {
             }
         }
         self.record_held();
+        (reply, happened)
+    }
+
+    /// `synwatch blocks add`: bans `addr` at once, for `secs` (the policy's length when
+    /// `None`), unless it is protected or already inside a banned range.
+    fn add_manual(
+        &mut self,
+        addr: IpNet,
+        secs: Option<u64>,
+        now: i64,
+        protected: &impl Fn(IpNet) -> Option<(Why, IpNet)>,
+    ) -> (Reply, Vec<Happened>) {
+        let backend = self.backend.as_str();
+        let mut happened = Vec::new();
+        let mut reply = Reply::ok(backend);
+        if let Some(why) = self.backend().refuses_ban_of(secs.unwrap_or(0)) {
+            return (Reply::error(backend, why), happened);
+        }
+        let addr = synwatch_enforce::ban_net(addr);
+        if let Some((why, covered)) = protected(addr) {
+            let text = refusal(addr, why, covered);
+            tracing::warn!("not blocking {text}");
+            return (Reply::error(backend, text), happened);
+        }
+        let record = match self.book.manual(addr, secs, now) {
+            Ok(r) => r,
+            Err((_, by)) => {
+                let by = synwatch_enforce::net_text(by.net);
+                return (
+                    Reply::error(
+                        backend,
+                        format!(
+                            "{} is already blocked: it is inside the banned range {by}",
+                            synwatch_enforce::net_text(addr)
+                        ),
+                    ),
+                    happened,
+                );
+            }
+        };
+        happened = self.absorb(now);
+        self.reported.clear();
+        self.unsaved.retain(|p| p.net != addr);
+        let saved = lock(&self.hands).store.save(std::slice::from_ref(&record));
+        if let Err(e) = saved {
+            reply.note = Some(format!(
+                "{e:#}; the ban holds until the agent stops unless saving it succeeds later (retried every {RETRY_SECS} s)"
+            ));
+            self.keep_unsaved(std::iter::once(record.net), now);
+        }
+        self.pending.retain(|p| p.net != addr);
+        // This ban alone, at once: not behind a burst of scanners' bans.
+        self.retry_at = now;
+        self.remove_lifted(now);
+        happened.extend(self.add_now(vec![record], now));
+        if self.pending.iter().any(|p| p.net == addr) {
+            reply.note = Some(format!(
+                "saved, but the kernel refused it for now; retrying every {RETRY_SECS} s (see the agent's log)"
+            ));
+        }
+        reply.bans = self
+            .book
+            .get(addr)
+            .map(|r| view(r, None))
+            .into_iter()
+            .collect();
         (reply, happened)
     }
 
