@@ -273,22 +273,6 @@ fn a_second_agent_refuses_to_take_the_first_ones_rules() {
     assert_eq!(first.stop_within(10), Some(0));
 }
 
-/// `/healthz` of the agent in the victim namespace: (status, body).
-fn healthz(lab: &Lab) -> (u32, String) {
-    let out = lab.in_victim(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "3",
-        "-w",
-        "\n%{http_code}",
-        "http://127.0.0.1:9809/healthz",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// The bpf_links process `pid` holds open.
 fn bpf_links(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -324,7 +308,7 @@ fn recreated_interface_is_watched_again(source: &str) {
     });
     lab.scan(SCANNER, VICTIM, "1-20");
     agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
-    assert_eq!(healthz(&lab).0, 200);
+    assert_eq!(lab.healthz().0, 200);
 
     // Renamed away (missing meanwhile) and back: the same interface (same ifindex) again.
     for args in [
@@ -334,7 +318,7 @@ fn recreated_interface_is_watched_again(source: &str) {
         assert!(lab.in_victim(args).status.success(), "{args:?}");
     }
     eventually(10, "/healthz fails while the name is gone", || {
-        healthz(&lab).0 == 503
+        lab.healthz().0 == 503
     });
     for args in [
         &["ip", "link", "set", "swaway0", "name", &lab.vif][..],
@@ -343,13 +327,13 @@ fn recreated_interface_is_watched_again(source: &str) {
         assert!(lab.in_victim(args).status.success(), "{args:?}");
     }
     eventually(10, "/healthz passes once the name is back", || {
-        healthz(&lab).0 == 200
+        lab.healthz().0 == 200
     });
     assert!(agent.log().contains("is back"), "{}", agent.log());
 
     lab.delete_link();
     eventually(10, "/healthz fails while the interface is gone", || {
-        let (code, body) = healthz(&lab);
+        let (code, body) = lab.healthz();
         code == 503 && body.contains(&lab.vif) && body.contains("missing")
     });
     assert!(agent.running(), "the agent exited: {}", agent.log());
@@ -363,7 +347,7 @@ fn recreated_interface_is_watched_again(source: &str) {
 
     lab.create_link();
     eventually(10, "/healthz passes once the interface is back", || {
-        healthz(&lab).0 == 200
+        lab.healthz().0 == 200
     });
     assert!(agent.log().contains("is back"), "{}", agent.log());
     if source == "xdp" {
@@ -462,7 +446,7 @@ fn a_new_interface_is_watched(source: &str) {
     });
     lab.scan("10.78.0.2", "10.78.0.1", "1-20");
     agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.78.0.2");
-    assert_eq!(healthz(&lab).0, 200);
+    assert_eq!(lab.healthz().0, 200);
     assert_eq!(agent.stop_within(10), Some(0));
 }
 
@@ -541,7 +525,7 @@ fn a_step_of_the_wall_clock_changes_only_the_times_printed() {
     );
     let list = blocks_list_answers(&lab, dir.path(), 5);
     assert!(list.contains(SCANNER), "{list}");
-    assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+    assert_eq!(lab.healthz().0, 200, "{}", agent.log());
 
     // A new scanner is caught, and its ban's end is printed on the stepped clock.
     lab.scan(SCANNER6, VICTIM6, "1-20");
@@ -556,7 +540,7 @@ fn a_step_of_the_wall_clock_changes_only_the_times_printed() {
     std::fs::write(&stamp, "-1d\n").expect("step the fake clock back");
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(banned_in_nftables(&lab, SCANNER) && banned_in_nftables(&lab, SCANNER6));
-    assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+    assert_eq!(lab.healthz().0, 200, "{}", agent.log());
     assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
 }
@@ -583,7 +567,7 @@ fn a_corrupt_state_file_is_reported_in_healthz_and_blocking_goes_on() {
     );
     // Degraded, not failed: a failing health check would restart the agent into the
     // same state over and over.
-    let (code, body) = healthz(&lab);
+    let (code, body) = lab.healthz();
     assert_eq!(code, 200, "{body}");
     assert!(
         body.starts_with("degraded\n") && body.contains("moved to"),
@@ -603,7 +587,7 @@ fn a_corrupt_state_file_is_reported_in_healthz_and_blocking_goes_on() {
     // The new database holds the ban: restarted, the agent restores it and is healthy.
     let mut agent = Agent::start(&lab, dir.path(), "after", &args);
     eventually(10, "the ban restored", || banned_in_nftables(&lab, SCANNER));
-    assert_eq!(healthz(&lab), (200, "ok\n".to_owned()));
+    assert_eq!(lab.healthz(), (200, "ok\n".to_owned()));
     assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
 }
@@ -910,7 +894,7 @@ fn a_sighup_storm_leaves_the_agent_running_its_bans_held_and_scanners_caught() {
     assert!(agent.running(), "{}", agent.log());
     assert!(banned_in_nftables(&lab, SCANNER), "the first ban is held");
     assert!(agent.log().contains("reloaded"), "{}", agent.log());
-    assert_eq!(healthz(&lab).0, 200);
+    assert_eq!(lab.healthz().0, 200);
     let list = blocks_list_answers(&lab, dir.path(), 5);
     assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
     assert_eq!(agent.stop_within(10), Some(0));
@@ -983,7 +967,7 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     });
     assert!(agent.running(), "{}", agent.log());
     assert!(banned_in_nftables(&lab, SCANNER), "the first ban is held");
-    assert_eq!(healthz(&lab).0, 200, "{}", agent.log());
+    assert_eq!(lab.healthz().0, 200, "{}", agent.log());
     // `synwatch blocks` still reaches the agent (its socket is in the agent's mounts).
     let list = inside(&[
         env!("CARGO_BIN_EXE_synwatch"),
@@ -998,12 +982,12 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
     // Degraded while a ban is not saved (a restart would lose it)...
     eventually(10, "/healthz says the ban is not saved", || {
-        healthz(&lab).1.contains("1 change(s) to the saved bans")
+        lab.healthz().1.contains("1 change(s) to the saved bans")
     });
     // ...and once there is space again, it is saved and the agent healthy again.
     let _ = inside(&["rm", &format!("{state_text}/fill")]);
     eventually(15, "the ban saved once there is space", || {
-        healthz(&lab) == (200, "ok\n".to_owned())
+        lab.healthz() == (200, "ok\n".to_owned())
     });
     let saved = inside(&[
         "python3",

@@ -26,22 +26,6 @@ fn banned_in_nftables(lab: &Lab, addr: &str) -> bool {
         .any(|word| word == addr)
 }
 
-/// `/healthz` of the agent in the victim namespace: (status, body).
-fn healthz(lab: &Lab) -> (u32, String) {
-    let out = lab.in_victim(&[
-        "curl",
-        "-s",
-        "--max-time",
-        "3",
-        "-w",
-        "\n%{http_code}",
-        "http://127.0.0.1:9809/healthz",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
 /// Runs `sql` on `STATE/bans.db` (Python's sqlite3: the lab needs python3 already).
 fn sqlite(state: &std::path::Path, sql: &str) {
     std::fs::create_dir_all(state).expect("state dir");
@@ -101,7 +85,7 @@ fn a_ban_longer_than_nft_takes_is_restored_and_blocks_with_nftables_and_auto() {
         });
         assert!(!lab.connects(SCANNER, VICTIM), "--block {block}");
         assert!(lab.connects(CLIENT, VICTIM), "--block {block}");
-        assert_eq!(healthz(&lab), (200, "ok\n".to_owned()), "--block {block}");
+        assert_eq!(lab.healthz(), (200, "ok\n".to_owned()), "--block {block}");
         // Its element holds what nft takes; the agent renews it before that runs out.
         let set = lab.in_victim(&["nft", "list", "set", "inet", "synwatch", "banned4"]);
         let set = String::from_utf8_lossy(&set.stdout);
@@ -166,7 +150,7 @@ fn a_hostile_ban_database_never_stops_blocking() {
             "--block {block}: {}",
             agent.log()
         );
-        let (code, body) = healthz(&lab);
+        let (code, body) = lab.healthz();
         assert_eq!(code, 200, "{body}");
         if why.is_empty() {
             eventually(10, "an unblock event for the refused range", || {

@@ -228,6 +228,24 @@ impl Lab {
         self.children.push(child);
     }
 
+    /// `/healthz` of the agent serving on the default address in the victim namespace:
+    /// (status, body).
+    #[allow(dead_code, reason = "only the fault and state tests read /healthz")]
+    pub fn healthz(&self) -> (u32, String) {
+        let out = self.in_victim(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "-w",
+            "\n%{http_code}",
+            "http://127.0.0.1:9809/healthz",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     /// A metric's value from the agent serving on the default address in the victim
     /// namespace (the first sample whose name and labels start with `name`).
     pub fn metric(&self, name: &str) -> u64 {
