@@ -335,6 +335,13 @@ impl Metrics {
         }
     }
 
+    /// Records why the agent runs with less protection than asked, for `/healthz`.
+    pub fn record_degraded(&self, why: String) {
+        if let Ok(mut held) = self.degraded.lock() {
+            held.push(why);
+        }
+    }
+
     /// The body of a healthy `/healthz`: `ok`, or `degraded` and why, one line each.
     pub fn healthy_body(&self) -> String {
         let mut why = match self.degraded.lock() {

@@ -1030,3 +1030,32 @@ fn a_read_only_state_directory_is_refused_at_start_in_one_line() {
     let table = lab.in_victim(&["nft", "list", "table", "inet", "synwatch"]);
     assert!(!table.status.success(), "rules left behind");
 }
+
+/// `--block auto` that finds no backend it may use (here: no CAP_NET_ADMIN) keeps
+/// detecting and says so, and `/healthz` answers 200 `degraded` with the reason rather
+/// than `ok`: an operator's health check sees the host is not protected.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn block_auto_without_a_backend_says_degraded() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let wrapper = ["setpriv", "--bounding-set", "-net_admin", "--"];
+    let args = [
+        "--block",
+        "auto",
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+    ];
+    let agent = Agent::start_under(&lab, dir.path(), "nobackend", &wrapper, &args);
+    assert!(agent.log().contains("not blocking"), "{}", agent.log());
+    let (code, body) = lab.healthz();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.starts_with("degraded\nnot blocking (--block auto): blocking needs CAP_NET_ADMIN"),
+        "{body}"
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
+    assert_eq!(agent.stop(), Some(0));
+}

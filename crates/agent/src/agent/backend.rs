@@ -52,6 +52,7 @@ pub(super) fn start_blocking(
             format!("blocking needs CAP_NET_ADMIN, which this process lacks: {GRANT_NET_ADMIN}");
         if choice == Block::Auto {
             tracing::warn!("warning: not blocking: {why}");
+            metrics.record_degraded(format!("not blocking (--block auto): {why}"));
             return Ok(None);
         }
         return Err(why);
@@ -64,10 +65,9 @@ pub(super) fn start_blocking(
         }
     }
     if choice == Block::Auto {
-        tracing::warn!(
-            "warning: not blocking (detecting and reporting only): no backend works here; {}",
-            failures.join("; ")
-        );
+        let why = format!("no backend works here; {}", failures.join("; "));
+        tracing::warn!("warning: not blocking (detecting and reporting only): {why}");
+        metrics.record_degraded(format!("not blocking (--block auto): {why}"));
         Ok(None)
     } else {
         Err(failures.join("; "))
