@@ -1506,10 +1506,26 @@ mod tests {
         );
         // The ban inside the refused range is still saved; the refused range is not.
         drop(b);
-        let mut store = crate::state::Store::open(dir.path()).unwrap();
+        assert_eq!(
+            saved_nets(dir.path()),
+            [n("192.0.2.2"), n("198.51.100.0/24")]
+        );
+    }
+
+    /// Runs `statements` on the state file in `dir` behind the blocker's back.
+    fn sql(dir: &std::path::Path, statements: &str) {
+        rusqlite::Connection::open(dir.join(crate::state::DB_FILE))
+            .unwrap()
+            .execute_batch(statements)
+            .unwrap();
+    }
+
+    /// The bans saved in the state file in `dir`, in order.
+    fn saved_nets(dir: &std::path::Path) -> Vec<IpNet> {
+        let mut store = crate::state::Store::open(dir).unwrap();
         let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
         nets.sort();
-        assert_eq!(nets, [n("192.0.2.2"), n("198.51.100.0/24")]);
+        nets
     }
 
     #[test]
@@ -1517,13 +1533,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 1000);
-        let sql = |sql: &str| {
-            rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
-                .unwrap()
-                .execute_batch(sql)
-                .unwrap();
-        };
         sql(
+            dir.path(),
             "CREATE TRIGGER full BEFORE INSERT ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
         );
         let add = Request::Add {
@@ -1547,14 +1558,11 @@ mod tests {
         assert_eq!(b.apply(1000).len(), 1);
         assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 2);
         assert!(b.metrics.healthy_body().starts_with("degraded\n"));
-        sql("DROP TRIGGER full;");
+        sql(dir.path(), "DROP TRIGGER full;");
         b.apply(1005);
         assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 0);
         assert_eq!(b.metrics.healthy_body(), "ok\n");
-        let mut store = crate::state::Store::open(dir.path()).unwrap();
-        let mut nets: Vec<IpNet> = store.bans().unwrap().iter().map(|r| r.net).collect();
-        nets.sort();
-        assert_eq!(nets, [n("192.0.2.1"), n("198.51.100.7")]);
+        assert_eq!(saved_nets(dir.path()), [n("192.0.2.1"), n("198.51.100.7")]);
     }
 
     #[test]
@@ -1562,12 +1570,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 1000);
-        let sql = |sql: &str| {
-            rusqlite::Connection::open(dir.path().join(crate::state::DB_FILE))
-                .unwrap()
-                .execute_batch(sql)
-                .unwrap();
-        };
         for a in ["198.51.100.7", "198.51.100.8"] {
             let add = Request::Add {
                 addr: n(a),
@@ -1576,6 +1578,7 @@ mod tests {
             assert!(b.control(&add, 1000, |_| None).0.ok);
         }
         sql(
+            dir.path(),
             "CREATE TRIGGER full BEFORE DELETE ON bans BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;",
         );
         let remove = Request::Remove {
@@ -1590,7 +1593,7 @@ mod tests {
         b.apply(1001);
         assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 1);
         assert!(b.metrics.healthy_body().starts_with("degraded\n"));
-        sql("DROP TRIGGER full;");
+        sql(dir.path(), "DROP TRIGGER full;");
         b.apply(1006);
         assert_eq!(b.metrics.bans_unsaved.load(Ordering::Relaxed), 0);
         assert_eq!(b.metrics.healthy_body(), "ok\n");

@@ -330,8 +330,8 @@ impl Metrics {
                 damage.bans_refused
             ));
         }
-        if let Ok(mut held) = self.degraded.lock() {
-            held.extend(why);
+        for w in why {
+            self.record_degraded(w);
         }
     }
 

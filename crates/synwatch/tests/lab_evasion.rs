@@ -190,9 +190,7 @@ fn nmap_f_and_mtu_16_are_caught_through_xdp_and_replay() {
 /// Runs `body` in Debian's python3 with scapy in the attacker namespace, with `mac`
 /// (the victim interface's address) and `iface` (the attacker's end) defined.
 fn scapy(lab: &Lab, body: &str) {
-    let out = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
-    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(!mac.is_empty(), "no MAC for {}: {out:?}", lab.vif);
+    let mac = lab.victim_mac();
     let script = format!(
         "from scapy.all import *\nconf.verb = 0\nmac = '{mac}'\niface = '{}'\n{body}",
         lab.aif

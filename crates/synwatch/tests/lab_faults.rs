@@ -780,8 +780,7 @@ fn nftables_bans4(lab: &Lab) -> std::collections::HashSet<String> {
 /// scripts/bench-bans-send.py in the attacker namespace, started: four SYNs to four
 /// ports from each of `count` forged sources from `first`, as raw frames to the victim.
 fn start_forged_scanners(lab: &Lab, first: &str, count: u32) -> std::process::Child {
-    let mac = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
-    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_owned();
+    let mac = lab.victim_mac();
     let sender = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../scripts/bench-bans-send.py"

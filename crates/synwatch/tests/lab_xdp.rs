@@ -123,6 +123,28 @@ fn ports_of(e: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
+/// Two agents side by side on the victim's interface, neither blocking: one observing
+/// through XDP ("via-xdp"), one through libpcap ("via-pcap"), serving `/metrics` on
+/// `addrs` (XDP's, then libpcap's), both with `extra` options.
+fn side_by_side(lab: &Lab, dir: &Path, addrs: (&str, &str), extra: &[&str]) -> (Agent, Agent) {
+    let start = |name: &str, source: &str, addr: &str| {
+        let mut args = vec![
+            "--source",
+            source,
+            "--block",
+            "none",
+            "--metrics-addr",
+            addr,
+        ];
+        args.extend_from_slice(extra);
+        Agent::start(lab, dir, name, &args)
+    };
+    (
+        start("via-xdp", "xdp", addrs.0),
+        start("via-pcap", "pcap", addrs.1),
+    )
+}
+
 /// The agent observing and blocking through XDP, its state in `dir`/state, with `extra`
 /// options.
 fn xdp_agent(lab: &Lab, dir: &Path, name: &str, extra: &[&str]) -> Agent {
@@ -265,13 +287,12 @@ fn comparable(agent: &Agent) -> (BTreeSet<String>, Vec<String>) {
 fn the_xdp_source_and_libpcap_report_the_same_events() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();
-    let common = ["--block", "none", "--allow", ALLOWED];
-    let mut xdp_args = vec!["--source", "xdp", "--metrics-addr", "127.0.0.1:9811"];
-    xdp_args.extend(common);
-    let mut pcap_args = vec!["--source", "pcap", "--metrics-addr", "127.0.0.1:9812"];
-    pcap_args.extend(common);
-    let xdp = Agent::start(&lab, dir.path(), "via-xdp", &xdp_args);
-    let pcap = Agent::start(&lab, dir.path(), "via-pcap", &pcap_args);
+    let (xdp, pcap) = side_by_side(
+        &lab,
+        dir.path(),
+        ("127.0.0.1:9811", "127.0.0.1:9812"),
+        &["--allow", ALLOWED],
+    );
     // The XDP program does not see the host's answers: its banner says sweeps are not
     // looked for, where libpcap's says what a sweep is.
     assert!(
@@ -496,34 +517,8 @@ fn source_auto_falls_back_to_libpcap_in_one_line_and_source_xdp_refuses() {
 fn retransmissions_judged_in_the_kernel_are_counted_and_not_logged() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();
-    let xdp = Agent::start(
-        &lab,
-        dir.path(),
-        "via-xdp",
-        &[
-            "--source",
-            "xdp",
-            "--block",
-            "none",
-            "--metrics-addr",
-            "127.0.0.1:9813",
-        ],
-    );
-    let pcap = Agent::start(
-        &lab,
-        dir.path(),
-        "via-pcap",
-        &[
-            "--source",
-            "pcap",
-            "--block",
-            "none",
-            "--metrics-addr",
-            "127.0.0.1:9814",
-        ],
-    );
-    let out = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
-    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (xdp, pcap) = side_by_side(&lab, dir.path(), ("127.0.0.1:9813", "127.0.0.1:9814"), &[]);
+    let mac = lab.victim_mac();
     // 45001: three whole SYNs, then the same SYN in 8-byte fragments; 45002: first in
     // fragments, then twice whole.
     let script = format!(
@@ -678,34 +673,8 @@ fn syns_behind_long_ipv6_header_chains_are_handed_up_whole() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().unwrap();
     let (xdp_addr, pcap_addr) = ("127.0.0.1:9815", "127.0.0.1:9816");
-    let xdp = Agent::start(
-        &lab,
-        dir.path(),
-        "via-xdp",
-        &[
-            "--source",
-            "xdp",
-            "--block",
-            "none",
-            "--metrics-addr",
-            xdp_addr,
-        ],
-    );
-    let pcap = Agent::start(
-        &lab,
-        dir.path(),
-        "via-pcap",
-        &[
-            "--source",
-            "pcap",
-            "--block",
-            "none",
-            "--metrics-addr",
-            pcap_addr,
-        ],
-    );
-    let out = lab.in_victim(&["cat", &format!("/sys/class/net/{}/address", lab.vif)]);
-    let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (xdp, pcap) = side_by_side(&lab, dir.path(), (xdp_addr, pcap_addr), &[]);
+    let mac = lab.victim_mac();
     let script = format!(
         "from scapy.all import *\nimport time\nconf.verb = 0\n\
          big = lambda n: HBHOptUnknown(otype=0x1e, optdata=b'\\0' * n)\n\

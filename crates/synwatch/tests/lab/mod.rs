@@ -228,6 +228,15 @@ impl Lab {
         self.children.push(child);
     }
 
+    /// The victim interface's MAC address (what raw frames sent to the victim carry).
+    #[allow(dead_code, reason = "only the tests that send raw frames need it")]
+    pub fn victim_mac(&self) -> String {
+        let out = self.in_victim(&["cat", &format!("/sys/class/net/{}/address", self.vif)]);
+        let mac = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!mac.is_empty(), "no MAC for {}: {out:?}", self.vif);
+        mac
+    }
+
     /// `/healthz` of the agent serving on the default address in the victim namespace:
     /// (status, body).
     #[allow(dead_code, reason = "only the fault and state tests read /healthz")]
