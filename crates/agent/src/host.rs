@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -111,7 +112,7 @@ impl Infrastructure {
     /// which the running agent keeps). A file that is missing or unreadable contributes
     /// nothing (no IPv6, no resolv.conf).
     pub fn read() -> Self {
-        Routes::default().read(crate::clock::monotonic())
+        Routes::once().read()
     }
 
     /// The same from /proc's routes and the resolv.confs' contents.
@@ -201,22 +202,47 @@ const IP_LISTINGS: [(&[&str], &str); 3] = [
 
 /// The infrastructure, read live: /proc's routes and resolv.conf at every read (plain
 /// file reads), and the next hops only `ip` shows (every default route of every table,
-/// every next hop of a multipath route or nexthop group) when /proc's routes changed
-/// since `ip` last ran, or [`ROUTES_EVERY`] after (so a change in a policy table alone
-/// counts within that time). `ip` runs from its fixed system path with a clean
-/// environment; where it cannot run, /proc's routes alone count (said once).
-#[derive(Debug, Default)]
+/// every next hop of a multipath route or nexthop group). `ip` runs at the first read,
+/// again at once when /proc's routes changed (so that a forged scan right after a route
+/// change cannot ban the new hop), and every [`ROUTES_EVERY`] on a thread of its own (so
+/// that a change in a policy table alone counts within that time, without the pipeline
+/// waiting on `ip`). `ip` runs from its fixed system path with a clean environment;
+/// where it cannot run, /proc's routes alone count (said once). Clones share what was
+/// listed; the thread ends once no clone is left.
+#[derive(Debug, Clone, Default)]
 pub struct Routes {
-    /// When `ip` last ran, and a digest of /proc's routes then.
-    ran: Option<(Instant, u64)>,
+    listed: Arc<Mutex<Listed>>,
+}
+
+/// What `ip` listed, shared by the clones of a [`Routes`] and its refreshing thread.
+#[derive(Debug, Default)]
+struct Listed {
+    /// A digest of /proc's routes when `ip` last ran for a read.
+    digest: Option<u64>,
     /// The next hops it found.
     hops: Vec<(IpAddr, Option<String>)>,
+    /// Bumped by every listing, so that the thread's (which runs without the lock) never
+    /// replaces a newer one.
+    generation: u64,
     said: bool,
+    /// The refreshing thread runs (or is not wanted: [`Routes::once`]).
+    refreshing: bool,
 }
 
 impl Routes {
-    /// The infrastructure now (`now`: the monotonic clock).
-    pub fn read(&mut self, now: Instant) -> Infrastructure {
+    /// For one read only: no thread lists the routes again.
+    fn once() -> Self {
+        let listed = Listed {
+            refreshing: true,
+            ..Listed::default()
+        };
+        Self {
+            listed: Arc::new(Mutex::new(listed)),
+        }
+    }
+
+    /// The infrastructure now.
+    pub fn read(&mut self) -> Infrastructure {
         let text = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let (routes4, routes6) = (text(ROUTES4), text(ROUTES6));
         let digest = {
@@ -225,45 +251,86 @@ impl Routes {
             (&routes4, &routes6).hash(&mut h);
             h.finish()
         };
-        let current = self
-            .ran
-            .is_some_and(|(at, d)| d == digest && now.duration_since(at) < ROUTES_EVERY);
-        if !current {
-            self.hops = self.listed_hops();
-            self.ran = Some((now, digest));
-        }
+        let hops = {
+            let mut l = lock(&self.listed);
+            if l.digest != Some(digest) {
+                l.hops = listed_hops(&mut l.said);
+                l.digest = Some(digest);
+                l.generation += 1;
+            }
+            if !l.refreshing {
+                l.refreshing = true;
+                let weak = Arc::downgrade(&self.listed);
+                let spawned = std::thread::Builder::new()
+                    .name("routes".into())
+                    .spawn(move || refresh(&weak));
+                if let Err(e) = spawned {
+                    tracing::warn!(
+                        "warning: cannot start the thread that lists the routes again: {e}; they are listed when /proc's routes change"
+                    );
+                }
+            }
+            l.hops.clone()
+        };
         let resolvers: Vec<String> = RESOLV_CONFS.iter().map(|p| text(p)).collect();
         let mut infra =
             Infrastructure::parse(&routes4, &routes6, resolvers.iter().map(String::as_str));
-        for (addr, iface) in &self.hops {
-            infra.add_hop(*addr, iface.clone());
+        for (addr, iface) in hops {
+            infra.add_hop(addr, iface);
         }
         infra
     }
+}
 
-    /// The next hops `ip` lists.
-    fn listed_hops(&mut self) -> Vec<(IpAddr, Option<String>)> {
-        let mut runner = synwatch_enforce::SystemRunner {
-            timeout: Duration::from_secs(2),
+fn lock(listed: &Mutex<Listed>) -> std::sync::MutexGuard<'_, Listed> {
+    listed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Lists the routes again every [`ROUTES_EVERY`] while a clone of the [`Routes`] lives.
+fn refresh(listed: &Weak<Mutex<Listed>>) {
+    loop {
+        std::thread::sleep(ROUTES_EVERY);
+        let Some(shared) = listed.upgrade() else {
+            return;
         };
-        let mut listings = Vec::new();
-        for (args, what) in IP_LISTINGS {
-            let cmd = synwatch_enforce::Command::new("ip", args, what);
-            match synwatch_enforce::Runner::run(&mut runner, &cmd) {
-                Ok(out) => listings.push(out),
-                Err(e) => {
-                    if !self.said {
-                        tracing::warn!(
-                            "warning: cannot {what} with ip ({e}): only the next hops of /proc/net/route and /proc/net/ipv6_route are protected"
-                        );
-                        self.said = true;
-                    }
-                    listings.push(String::new());
+        let (generation, mut said) = {
+            let l = lock(&shared);
+            (l.generation, l.said)
+        };
+        let hops = listed_hops(&mut said);
+        let mut l = lock(&shared);
+        l.said = said;
+        if l.generation == generation {
+            l.hops = hops;
+            l.generation += 1;
+        }
+    }
+}
+
+/// The next hops `ip` lists (`said`: whether its failure was said already).
+fn listed_hops(said: &mut bool) -> Vec<(IpAddr, Option<String>)> {
+    let mut runner = synwatch_enforce::SystemRunner {
+        timeout: Duration::from_secs(2),
+    };
+    let mut listings = Vec::new();
+    for (args, what) in IP_LISTINGS {
+        let cmd = synwatch_enforce::Command::new("ip", args, what);
+        match synwatch_enforce::Runner::run(&mut runner, &cmd) {
+            Ok(out) => listings.push(out),
+            Err(e) => {
+                if !*said {
+                    tracing::warn!(
+                        "warning: cannot {what} with ip ({e}): only the next hops of /proc/net/route and /proc/net/ipv6_route are protected"
+                    );
+                    *said = true;
                 }
+                listings.push(String::new());
             }
         }
-        listings.iter().flat_map(|l| next_hops_json(l)).collect()
     }
+    listings.iter().flat_map(|l| next_hops_json(l)).collect()
 }
 
 /// The next hops of `ip -j route` (every route given: the gateway, an IPv4 route's

@@ -79,7 +79,7 @@ impl HostView for SystemHost {
     }
 
     fn infrastructure(&mut self) -> Infrastructure {
-        let mut infra = self.routes.read(crate::clock::monotonic());
+        let mut infra = self.routes.read();
         if let Some(lapi) = &self.lapi {
             infra.add_lapi(lapi.get());
         }

@@ -116,6 +116,8 @@ struct Opened {
     fleet: Option<crate::crowdsec::Opened>,
     /// The CrowdSec LAPI server's addresses (protected), where it is used.
     lapi: Option<crate::crowdsec::host::LapiAddrs>,
+    /// The routes as listed, shared by the set-up's host view and the loop's.
+    routes: crate::host::Routes,
     sources: Sources,
     /// The metrics server's socket.
     listener: std::net::TcpListener,
@@ -159,11 +161,12 @@ fn open(
     let lapi = fleet
         .as_ref()
         .and_then(|f| crate::crowdsec::host::LapiAddrs::start(f.client.base()));
+    let routes = crate::host::Routes::default();
     let host_now = HostNow::new(
         Box::new(SystemHost {
             sessions: None,
             lapi: lapi.clone(),
-            routes: crate::host::Routes::default(),
+            routes: routes.clone(),
         }),
         Rc::clone(&clock),
     );
@@ -203,6 +206,7 @@ fn open(
         host_now,
         fleet,
         lapi,
+        routes,
         sources,
         listener,
         control,
@@ -282,7 +286,7 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
             Box::new(SystemHost {
                 sessions,
                 lapi: o.lapi,
-                routes: crate::host::Routes::default(),
+                routes: o.routes,
             }),
             Rc::clone(&o.clock),
         ),
