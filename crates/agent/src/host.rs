@@ -112,7 +112,7 @@ impl Infrastructure {
     /// which the running agent keeps). A file that is missing or unreadable contributes
     /// nothing (no IPv6, no resolv.conf).
     pub fn read() -> Self {
-        Routes::once().read()
+        Routes::default().read()
     }
 
     /// The same from /proc's routes and the resolv.confs' contents.
@@ -225,22 +225,11 @@ struct Listed {
     /// replaces a newer one.
     generation: u64,
     said: bool,
-    /// The refreshing thread runs (or is not wanted: [`Routes::once`]).
+    /// The refreshing thread runs ([`Routes::keep_listing`]).
     refreshing: bool,
 }
 
 impl Routes {
-    /// For one read only: no thread lists the routes again.
-    fn once() -> Self {
-        let listed = Listed {
-            refreshing: true,
-            ..Listed::default()
-        };
-        Self {
-            listed: Arc::new(Mutex::new(listed)),
-        }
-    }
-
     /// The infrastructure now.
     pub fn read(&mut self) -> Infrastructure {
         let text = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
@@ -258,18 +247,6 @@ impl Routes {
                 l.digest = Some(digest);
                 l.generation += 1;
             }
-            if !l.refreshing {
-                l.refreshing = true;
-                let weak = Arc::downgrade(&self.listed);
-                let spawned = std::thread::Builder::new()
-                    .name("routes".into())
-                    .spawn(move || refresh(&weak));
-                if let Err(e) = spawned {
-                    tracing::warn!(
-                        "warning: cannot start the thread that lists the routes again: {e}; they are listed when /proc's routes change"
-                    );
-                }
-            }
             l.hops.clone()
         };
         let resolvers: Vec<String> = RESOLV_CONFS.iter().map(|p| text(p)).collect();
@@ -279,6 +256,28 @@ impl Routes {
             infra.add_hop(addr, iface);
         }
         infra
+    }
+}
+
+impl Routes {
+    /// Starts the thread that lists the routes every [`ROUTES_EVERY`] (once). Call it
+    /// after the agent dropped its privileges: a thread keeps the capabilities it was
+    /// started with.
+    pub fn keep_listing(&self) {
+        let mut l = lock(&self.listed);
+        if l.refreshing {
+            return;
+        }
+        l.refreshing = true;
+        let weak = Arc::downgrade(&self.listed);
+        let spawned = std::thread::Builder::new()
+            .name("routes".into())
+            .spawn(move || refresh(&weak));
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "warning: cannot start the thread that lists the routes again: {e}; they are listed when /proc's routes change"
+            );
+        }
     }
 }
 

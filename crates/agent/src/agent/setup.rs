@@ -286,7 +286,11 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
             Box::new(SystemHost {
                 sessions,
                 lapi: o.lapi,
-                routes: o.routes,
+                routes: {
+                    // Privileges are dropped by now: the thread starts without them.
+                    o.routes.keep_listing();
+                    o.routes
+                },
             }),
             Rc::clone(&o.clock),
         ),
