@@ -80,7 +80,7 @@ impl FirstSights {
                 .saturating_mul(16 / WAYS)
                 .clamp(16, MAX_BUCKETS)
                 .next_power_of_two();
-            self.buckets = vec![Bucket::default(); n];
+            self.buckets = crate::table::array(n, Bucket::default());
         }
         let h = self.hasher.hash_one(key);
         ((h as usize) & (self.buckets.len() - 1), h & SOURCE_BITS)

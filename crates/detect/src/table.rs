@@ -159,7 +159,7 @@ impl<S: Slot> Table<S> {
         let slot: *const S = &self.slots[self.home(key)];
         // Every cache line of a slot wider than one (they are aligned to 64 bytes).
         for line in (0..std::mem::size_of::<S>()).step_by(64) {
-            prefetch(slot.cast::<i8>().wrapping_add(line));
+            prefetch_line(slot.cast::<i8>().wrapping_add(line));
         }
     }
 
@@ -417,7 +417,7 @@ impl<S: Slot> Table<S> {
     /// is used (or at once, with [`Table::settle`]).
     fn grow(&mut self, slots: usize) {
         debug_assert!(self.old.is_none());
-        let previous = std::mem::replace(&mut self.slots, vec![S::EMPTY; slots]);
+        let previous = std::mem::replace(&mut self.slots, array(slots, S::EMPTY));
         let held = self.len;
         if held == 0 {
             return;
@@ -436,10 +436,55 @@ impl<S: Slot> Table<S> {
     }
 }
 
+/// An array of `n` empty slots. One of 2 MiB or more is backed by huge pages where the
+/// kernel has them on request (transparent huge pages in `madvise` mode, Debian's
+/// default): its lookups land anywhere in it, and with 4 KiB pages nearly each one also
+/// misses the TLB, a page walk that under virtualisation costs as much again as the
+/// cache miss itself.
+pub(crate) fn array<S: Copy>(n: usize, empty: S) -> Vec<S> {
+    let mut v: Vec<S> = Vec::with_capacity(n);
+    let bytes = n * std::mem::size_of::<S>();
+    if bytes >= HUGE_PAGE {
+        advise_huge(v.as_mut_ptr().cast(), bytes);
+    }
+    v.resize(n, empty);
+    v
+}
+
+/// The size of a huge page (x86-64, arm64 with 4 KiB pages).
+const HUGE_PAGE: usize = 2 << 20;
+
+#[cfg(target_os = "linux")]
+fn advise_huge(start: *mut u8, bytes: usize) {
+    // madvise takes whole pages: the pages wholly inside the allocation.
+    const PAGE: usize = 4096;
+    let first = (start as usize).next_multiple_of(PAGE);
+    let end = (start as usize + bytes) & !(PAGE - 1);
+    let Some(at) = std::ptr::NonNull::new(first as *mut std::ffi::c_void) else {
+        return;
+    };
+    if end <= first {
+        return;
+    }
+    #[expect(
+        unsafe_code,
+        reason = "MADV_HUGEPAGE only changes how the kernel backs pages this allocation owns \
+                  (not touched yet): no content, mapping or permission changes"
+    )]
+    // SAFETY: [first, end) lies inside the live allocation `start..start + bytes`; the
+    // advice changes neither its contents nor its mapping. A refusal (no THP) is fine.
+    let _ = unsafe {
+        nix::sys::mman::madvise(at, end - first, nix::sys::mman::MmapAdvise::MADV_HUGEPAGE)
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_start: *mut u8, _bytes: usize) {}
+
 /// A hint to bring the cache line at `p` in; never dereferences `p` as far as the program
 /// can tell.
 #[inline]
-fn prefetch(p: *const i8) {
+fn prefetch_line(p: *const i8) {
     #[cfg(target_arch = "x86_64")]
     #[expect(
         unsafe_code,
