@@ -119,6 +119,16 @@ impl LogLimiter {
         }
     }
 
+    /// Starts loading the slot [`LogLimiter::allow`] will look at for `src` (a hint for
+    /// a batch's later observations: changes nothing).
+    #[inline]
+    pub fn prefetch(&self, src: IpAddr) {
+        if let (IpAddr::V4(v4), false) = (src, self.v4.is_empty()) {
+            let i = (self.hasher.hash_one(u32::from(v4)) as usize) & (V4_SLOTS - 1);
+            synwatch_detect::prefetch(&self.v4[i]);
+        }
+    }
+
     /// Whether a connection event from `src` may be printed in the current second. Call
     /// [`LogLimiter::roll`] with the event's time first.
     pub fn allow(&mut self, src: IpAddr) -> bool {

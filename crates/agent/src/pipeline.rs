@@ -7,6 +7,11 @@ use std::io;
 
 use synwatch_detect::{Detector, Direction, Observation, Scan, Seen};
 
+/// How many observations ahead of the one stepped the detector's table slots are
+/// prefetched (replay and the live agent alike): far enough for the loads to arrive, near
+/// enough that they are still in the cache when used.
+pub const PREFETCH_AHEAD: usize = 8;
+
 /// Where one observation's results go. The step owns this seam; `run` and `replay`
 /// implement it.
 pub trait StepSink {

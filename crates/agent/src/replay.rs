@@ -24,7 +24,7 @@ use synwatch_detect::{AddrSet, Config, Detector, Direction, Observation, Probe};
 use crate::event_text::{Format, Formatter};
 use crate::events::{Connection, EventSink};
 use crate::packets::{NotDecoded, Progress, Segments, display_name, each_packet, time_order};
-use crate::pipeline::{StepSink, step};
+use crate::pipeline::{PREFETCH_AHEAD, StepSink, step};
 
 /// Where a replay's events go: an [`EventSink`] that also takes `connection` events
 /// already formatted by a [`Formatter`] of its format (replay formats them on its
@@ -81,9 +81,6 @@ pub struct Totals {
 /// Observations travel from the reading thread to the detecting thread in batches of
 /// this many, so the hand-over costs a fraction of a nanosecond per packet.
 const BATCH: usize = 4096;
-
-/// How many observations ahead the detecting thread prefetches the detector's slots.
-const PREFETCH_AHEAD: usize = 8;
 
 /// Attempts and probes for the detecting thread, each with its `connection` event already
 /// formatted (empty for stealth probes): formatting is a pure function of the packet, so

@@ -178,12 +178,19 @@ fn main() {
         max_sources: 10_000,
         ..Config::default()
     };
-    let scenarios: [Scenario; 6] = [
+    let scenarios: [Scenario; 7] = [
         ("mixed", mixed, Config::default(), 0),
         ("mixed, prefetched 8 ahead", mixed, Config::default(), 8),
         // The live agent's case under `bench-flood.sh`: the default caps (100,000
         // sources, 1,000,000 remembered attempts), tables growing as in its first seconds.
         ("flood at the default caps", flood, Config::default(), 0),
+        // As the live agent steps a batch: prefetched 8 ahead.
+        (
+            "flood at the default caps, prefetched",
+            flood,
+            Config::default(),
+            8,
+        ),
         ("flood at a 10,000-source cap", flood, small_cap.clone(), 0),
         (
             "flood at a 10,000-source cap, prefetched",

@@ -86,6 +86,17 @@ impl FirstSights {
         ((h as usize) & (self.buckets.len() - 1), h & SOURCE_BITS)
     }
 
+    /// Starts loading `key`'s bucket (see [`crate::table::Table::prefetch`]), if the
+    /// array is in use.
+    #[inline]
+    pub fn prefetch(&self, key: &Key) {
+        if self.buckets.is_empty() {
+            return;
+        }
+        let b = (self.hasher.hash_one(key) as usize) & (self.buckets.len() - 1);
+        crate::table::prefetch_line(std::ptr::from_ref(&self.buckets[b]).cast());
+    }
+
     /// A source not in the table, seen as `seen`: returns its first sighting if it had
     /// one within `window` (and forgets it: the source now gets a slot), or else writes
     /// this one down and returns `None`.

@@ -158,6 +158,8 @@ impl Sources {
     #[inline]
     pub fn prefetch(&self, key: &Key) {
         self.table.prefetch(key);
+        // At the cap, an untracked source's first sighting is looked up too.
+        self.first.prefetch(key);
     }
 
     /// The state of `key`, made room for (evicting one source when `cap` is reached) and

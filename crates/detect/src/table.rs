@@ -484,7 +484,7 @@ fn advise_huge(_start: *mut u8, _bytes: usize) {}
 /// A hint to bring the cache line at `p` in; never dereferences `p` as far as the program
 /// can tell.
 #[inline]
-fn prefetch_line(p: *const i8) {
+pub(crate) fn prefetch_line(p: *const i8) {
     #[cfg(target_arch = "x86_64")]
     #[expect(
         unsafe_code,

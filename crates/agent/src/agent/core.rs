@@ -29,7 +29,7 @@ use crate::host::Infrastructure;
 use crate::limit::LogLimiter;
 use crate::links;
 use crate::metrics::Metrics;
-use crate::pipeline::step;
+use crate::pipeline::{PREFETCH_AHEAD, step};
 use crate::xdp::KernelBans;
 
 /// How long the loop waits for a message when nothing is due.
@@ -240,7 +240,14 @@ impl Core {
             logged: &mut self.logged,
         };
         let mut result = Ok(());
-        for obs in batch {
+        for (i, obs) in batch.iter().enumerate() {
+            // The slots an observation a few places on will need start loading now, so
+            // that under a flood of new sources the lookups overlap instead of each
+            // waiting for memory in turn.
+            if let Some(ahead) = batch.get(i + PREFETCH_AHEAD) {
+                self.detector.prefetch(ahead);
+                sink.limiter.prefetch(ahead.src);
+            }
             result = result.and(step(&mut self.detector, obs, &mut sink));
         }
         self.written(result);
