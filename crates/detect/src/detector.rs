@@ -787,8 +787,8 @@ mod sizing {
             d.observe(&o);
             assert!(d.sources.len() <= 10_000 && d.attempts.len() <= 20_000);
         }
-        // The tables keep at most 3/4 of their slots full and round to powers of two:
-        // under 8/3 slots an entry, so four times the cap bounds the allocation.
+        // The tables keep at most 1/2 of their slots full and round to powers of two:
+        // under 4 slots an entry, so four times the cap bounds the allocation.
         assert!(
             d.sources.capacity() <= 4 * 10_000,
             "{}",
