@@ -272,7 +272,7 @@ impl Metrics {
             out,
             "synwatch_reassembly_failures_total",
             "counter",
-            "Incomplete datagrams given up, by reason: overlapping or invalid fragments (dropped as Linux drops them), pushed out by the table's bounds (oldest first), or timed out (30 s).",
+            "Incomplete datagrams given up, by reason: overlapping or invalid fragments (dropped as Linux drops them), pushed out by the table's bounds (oldest first), or timed out (IPv4 30 s, IPv6 60 s).",
             &[
                 ("{reason=\"invalid\"}".into(), sum.dropped),
                 ("{reason=\"evicted\"}".into(), sum.evicted),

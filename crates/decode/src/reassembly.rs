@@ -27,9 +27,10 @@
 //! - an IPv6 first fragment that does not hold the whole header chain through the
 //!   upper-layer header (TCP 20 bytes, UDP 8, ICMPv6 8, others 1) is dropped (RFC 7112,
 //!   RFC 8200 §4.5, Linux `ipv6frag_thdr_truncated`): it is no attempt;
-//! - a datagram times out 30 s (`ipfrag_time`) after its first fragment arrived; a
-//!   fragment arriving exactly `timeout_ns` later still joins it, one arriving
-//!   `timeout_ns + 1` later starts a new datagram;
+//! - an IPv4 datagram times out 30 s (`net.ipv4.ipfrag_time`) after its first fragment
+//!   arrived, an IPv6 one 60 s (`net.ipv6.ip6frag_time`); a fragment arriving exactly the
+//!   timeout later still joins it, one arriving a nanosecond after that starts a new
+//!   datagram;
 //! - a datagram longer than 65535 bytes once complete is dropped.
 //!
 //! Deliberately different: Linux refuses new fragments above `ipfrag_high_thresh`; this
@@ -94,9 +95,22 @@ pub struct ReassemblyLimits {
     pub max_datagrams: usize,
     /// Fragment bytes accounted at once, like `net.ipv4.ipfrag_high_thresh`. Default 4 MiB.
     pub max_bytes: usize,
-    /// How long a datagram may wait for its fragments, from its first one; the kernel's
-    /// `ipfrag_time`. Default 30 s.
+    /// How long an IPv4 datagram may wait for its fragments, from its first one; the
+    /// kernel's `net.ipv4.ipfrag_time`. Default 30 s.
     pub timeout_ns: u64,
+    /// The same for IPv6: `net.ipv6.ip6frag_time`. Default 60 s.
+    pub timeout6_ns: u64,
+}
+
+impl ReassemblyLimits {
+    /// The timeout of an IPv6 (`v6`) or IPv4 datagram.
+    fn timeout(&self, v6: bool) -> u64 {
+        if v6 {
+            self.timeout6_ns
+        } else {
+            self.timeout_ns
+        }
+    }
 }
 
 impl Default for ReassemblyLimits {
@@ -105,6 +119,7 @@ impl Default for ReassemblyLimits {
             max_datagrams: 16_384,
             max_bytes: 4 << 20,
             timeout_ns: 30_000_000_000,
+            timeout6_ns: 60_000_000_000,
         }
     }
 }
@@ -137,9 +152,11 @@ pub struct Reassembler {
     /// Entries by slot; `index` points here and `free` lists the empty ones.
     slots: Vec<Option<Datagram>>,
     free: Vec<u32>,
-    /// Both ends of the list of held datagrams in creation order (`older`/`newer` links).
-    oldest: u32,
-    newest: u32,
+    /// Both ends of the lists of held datagrams in creation order (`older`/`newer`
+    /// links), one list per family (index `v6 as usize`): each has one timeout, so each
+    /// list is also in the order its datagrams time out.
+    oldest: [u32; 2],
+    newest: [u32; 2],
     bytes: usize,
     stats: ReassemblyStats,
 }
@@ -293,8 +310,8 @@ impl Reassembler {
             ),
             slots: Vec::new(),
             free: Vec::new(),
-            oldest: NIL,
-            newest: NIL,
+            oldest: [NIL; 2],
+            newest: [NIL; 2],
             bytes: 0,
             stats: ReassemblyStats::default(),
             limits,
@@ -327,23 +344,32 @@ impl Reassembler {
     /// Drops the datagrams whose first fragment came more than the timeout before
     /// `now_ns`. Also done on every fragment [`Reassembler::decode`] sees.
     pub fn expire(&mut self, now_ns: u64) {
-        while let Some(oldest) = self.slot(self.oldest) {
-            if now_ns.saturating_sub(oldest.created_ns) <= self.limits.timeout_ns {
-                break;
+        for family in [false, true] {
+            let timeout = self.limits.timeout(family);
+            while let Some(oldest) = self.slot(self.oldest[usize::from(family)]) {
+                if now_ns.saturating_sub(oldest.created_ns) <= timeout {
+                    break;
+                }
+                self.remove(self.oldest[usize::from(family)]);
+                self.stats.timed_out += 1;
             }
-            self.remove(self.oldest);
-            self.stats.timed_out += 1;
         }
     }
 
     /// When the oldest datagram times out (the first `now_ns` at which
     /// [`Reassembler::expire`] drops it), or `None` when nothing is held.
     pub fn next_expiry_ns(&self) -> Option<u64> {
-        self.slot(self.oldest).map(|d| {
-            d.created_ns
-                .saturating_add(self.limits.timeout_ns)
-                .saturating_add(1)
-        })
+        [false, true]
+            .into_iter()
+            .filter_map(|family| {
+                let d = self.slot(self.oldest[usize::from(family)])?;
+                Some(
+                    d.created_ns
+                        .saturating_add(self.limits.timeout(family))
+                        .saturating_add(1),
+                )
+            })
+            .min()
     }
 
     pub fn stats(&self) -> ReassemblyStats {
@@ -422,9 +448,9 @@ impl Reassembler {
         };
         let index = match self.index.get(&key).copied() {
             Some(index) => {
-                let expired = self
-                    .slot(index)
-                    .is_some_and(|d| now_ns.saturating_sub(d.created_ns) > self.limits.timeout_ns);
+                let expired = self.slot(index).is_some_and(|d| {
+                    now_ns.saturating_sub(d.created_ns) > self.limits.timeout(d.v6)
+                });
                 if !expired {
                     index
                 } else {
@@ -550,11 +576,7 @@ impl Reassembler {
     /// when `keep` alone is over it (then it is evicted too).
     fn make_room(&mut self, keep: u32) -> bool {
         while self.bytes > self.limits.max_bytes {
-            let victim = if self.oldest == keep {
-                self.slot(keep).map_or(NIL, |d| d.newer)
-            } else {
-                self.oldest
-            };
+            let victim = self.oldest_but(keep);
             if victim == NIL {
                 self.remove(keep);
                 self.stats.evicted += 1;
@@ -566,16 +588,39 @@ impl Reassembler {
         true
     }
 
+    /// The oldest datagram of either family other than `keep` (`NIL` if none).
+    fn oldest_but(&self, keep: u32) -> u32 {
+        let head = |family: usize| {
+            let i = self.oldest[family];
+            let i = if i == keep {
+                self.slot(keep).map_or(NIL, |d| d.newer)
+            } else {
+                i
+            };
+            self.slot(i).map(|d| (d.created_ns, i))
+        };
+        match (head(0), head(1)) {
+            (Some(a), Some(b)) => a.min(b).1,
+            (Some((_, i)), None) | (None, Some((_, i))) => i,
+            (None, None) => NIL,
+        }
+    }
+
     fn create(&mut self, key: Key, f: &Fragment<'_>, now_ns: u64) -> u32 {
-        while self.index.len() >= self.limits.max_datagrams && self.oldest != NIL {
-            self.remove(self.oldest);
+        while self.index.len() >= self.limits.max_datagrams {
+            let oldest = self.oldest_but(NIL);
+            if oldest == NIL {
+                break;
+            }
+            self.remove(oldest);
             self.stats.evicted += 1;
         }
+        let family = usize::from(f.v6);
         let datagram = Datagram {
             key,
             v6: f.v6,
             created_ns: now_ns,
-            older: self.newest,
+            older: self.newest[family],
             newer: NIL,
             len: 0,
             meat: 0,
@@ -601,12 +646,12 @@ impl Reassembler {
                 (self.slots.len() - 1) as u32
             }
         };
-        let newest = self.newest;
+        let newest = self.newest[family];
         match self.slot_mut(newest) {
             Some(prev) => prev.newer = index,
-            None => self.oldest = index,
+            None => self.oldest[family] = index,
         }
-        self.newest = index;
+        self.newest[family] = index;
         self.index.insert(key, index);
         index
     }
@@ -615,13 +660,14 @@ impl Reassembler {
         let Some(d) = self.slots.get_mut(index as usize).and_then(Option::take) else {
             return;
         };
+        let family = usize::from(d.v6);
         match self.slot_mut(d.older) {
             Some(older) => older.newer = d.newer,
-            None => self.oldest = d.newer,
+            None => self.oldest[family] = d.newer,
         }
         match self.slot_mut(d.newer) {
             Some(newer) => newer.older = d.older,
-            None => self.newest = d.older,
+            None => self.newest[family] = d.older,
         }
         self.index.remove(&d.key);
         self.bytes -= d.meat as usize;

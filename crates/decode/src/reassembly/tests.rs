@@ -425,6 +425,64 @@ fn the_timeout_is_30_s_from_the_first_fragment_inclusive() {
     assert!(feed(&mut r, LinkType::Raw, &f[2..], SEC + 1).is_empty());
 }
 
+#[test]
+fn an_ipv6_datagram_waits_60_s_like_ip6frag_time() {
+    // Linux keeps an IPv6 datagram 60 s (net.ipv6.ip6frag_time), not IPv4's 30 s: a
+    // scanner that sends the tail of each fragmented SYN 40 s after its head still gets
+    // an answer, so the SYN must still be seen. (The head holds the base TCP header, as
+    // RFC 7112 wants, but not its options.)
+    let part = tcp_syn(3, 0);
+    let v6 = [
+        v6_frag(7, 6, 0, true, &part[..24]),
+        v6_frag(7, 6, 24, false, &part[24..]),
+    ];
+    let v4 = v4_split(21, &tcp_syn(0, 0), 8);
+    let t0 = 5 * SEC;
+    let mut r = Reassembler::default();
+    assert!(feed(&mut r, LinkType::Ipv6, &v6[..1], t0).is_empty());
+    // An IPv4 datagram begun later times out first, and does not take the IPv6 one along.
+    assert!(feed(&mut r, LinkType::Raw, &v4[..1], t0 + SEC).is_empty());
+    assert_eq!(r.next_expiry_ns(), Some(t0 + 31 * SEC + 1));
+    r.expire(t0 + 40 * SEC);
+    assert_eq!((r.stats().timed_out, r.stats().datagrams_in_use), (1, 1));
+    assert_eq!(r.next_expiry_ns(), Some(t0 + 60 * SEC + 1));
+    let got = feed(&mut r, LinkType::Ipv6, &v6[1..], t0 + 60 * SEC);
+    assert_eq!(
+        got.len(),
+        1,
+        "the IPv6 SYN completed 60 s after its first fragment"
+    );
+    assert_eq!(got[0].transport, Transport::Tcp(TcpFlags(TcpFlags::SYN)));
+
+    // A nanosecond later it is a new datagram, lacking its head.
+    let mut r = Reassembler::default();
+    feed(&mut r, LinkType::Ipv6, &v6[..1], t0);
+    assert!(feed(&mut r, LinkType::Ipv6, &v6[1..], t0 + 60 * SEC + 1).is_empty());
+    assert_eq!(r.stats().timed_out, 1);
+}
+
+#[test]
+fn the_oldest_datagram_of_either_family_is_pushed_out_first() {
+    let part = tcp_syn(3, 0);
+    let mut r = Reassembler::new(ReassemblyLimits {
+        max_datagrams: 2,
+        ..ReassemblyLimits::default()
+    });
+    let old6 = v6_frag(1, 6, 0, true, &part[..24]);
+    let v4 = v4_split(2, &part, 8);
+    feed(&mut r, LinkType::Ipv6, &[old6], 0);
+    feed(&mut r, LinkType::Raw, &v4[..1], SEC);
+    // A third datagram pushes out the IPv6 one (the oldest), not the IPv4 one.
+    feed(
+        &mut r,
+        LinkType::Ipv6,
+        &[v6_frag(3, 6, 0, true, &part[..24])],
+        2 * SEC,
+    );
+    assert_eq!(r.stats().evicted, 1);
+    assert_eq!(feed(&mut r, LinkType::Raw, &v4[1..], 2 * SEC).len(), 1);
+}
+
 /// A small xorshift, so the flood is the same on every run.
 fn next(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -498,7 +556,7 @@ fn small_limits_evict_oldest_first() {
     let mut r = Reassembler::new(ReassemblyLimits {
         max_datagrams: 2,
         max_bytes: 100,
-        timeout_ns: 30 * SEC,
+        ..ReassemblyLimits::default()
     });
     let tcp = tcp_syn(0, 0);
     // Three datagrams: the first is evicted, the later two complete.
@@ -778,7 +836,7 @@ proptest! {
             0..40,
         ),
     ) {
-        let limits = ReassemblyLimits { max_datagrams: 4, max_bytes: 200, timeout_ns: 30 * SEC };
+        let limits = ReassemblyLimits { max_datagrams: 4, max_bytes: 200, ..ReassemblyLimits::default() };
         let mut r = Reassembler::new(limits);
         for (now, mut p) in packets {
             // Mostly IPv4 fragments of one small key space, so they meet.
