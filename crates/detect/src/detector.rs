@@ -356,12 +356,12 @@ impl Detector {
         std::mem::take(&mut self.found)
     }
 
-    /// When [`Detector::tick`] next has something to do: the answer time of the oldest
-    /// waiting attempt.
+    /// When [`Detector::tick`] next has something to do: just after the answer time of
+    /// the oldest waiting attempt (an answer at exactly `answer_wait` still counts).
     pub fn poll_at(&self) -> Option<Nanos> {
         self.sweeps
             .oldest()
-            .map(|ts| ts.saturating_add(self.cfg.answer_wait))
+            .map(|ts| ts.saturating_add(self.cfg.answer_wait).saturating_add(1))
     }
 
     /// The input has ended (the end of a replay): every attempt still waiting for its
@@ -518,11 +518,12 @@ impl Detector {
                 let (counted_as, _) = self.source_of(ahead.tuple.client);
                 self.sweeps.prefetch(&halves(addr_key(counted_as)));
             }
-            if answered {
-                continue;
-            }
             let (counted_as, prefix) = self.source_of(p.tuple.client);
             let key = halves(addr_key(counted_as));
+            if answered {
+                self.sweeps.touch(key, p.ts);
+                continue;
+            }
             let Some(found) = self.sweeps.unanswered(
                 key,
                 p.ts,

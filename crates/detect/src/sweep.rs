@@ -36,7 +36,14 @@ use crate::table::{Slot, Table, credit};
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Ports remembered for one sweeping source: a sweep is one port across many hosts, so a
-/// few suffice; the least recently active is forgotten first.
+/// few suffice. A further port is remembered only when one of these has no host left in
+/// the window. Why not forget the least recently used port, as this once did: a scanner
+/// that tries the same nine or more ports host after host (nmap's host groups) reaches
+/// each port just after the one forgotten for it, so every port was forgotten before it
+/// came round again and the sweep was never found. Keeping the ports that came first finds
+/// it on them. (A source that holds eight ports with one host each in the window keeps a
+/// ninth port out; reaching nine ports in a window, it is a port scanner unless
+/// `--max-ports` is 8 or more.)
 pub const PORTS_PER_SOURCE: usize = 8;
 
 /// An attempt as its 4-tuple (client side first), for matching its answer.
@@ -199,10 +206,13 @@ impl Sweeps {
     }
 
     /// The next attempt whose answer time is over at `now` (all of them when `now` is
-    /// `None`: the input has ended), with whether it was answered.
+    /// `None`: the input has ended), with whether it was answered. An answer `wait` after
+    /// its attempt is within the time (SPEC: "within `answer_wait`"), so an attempt is due
+    /// only once more than `wait` has passed: an answer stamped exactly then is recorded
+    /// first.
     pub fn next_due(&mut self, now: Option<Nanos>, wait: Nanos) -> Option<(Pending, bool)> {
         let first = self.pending.front()?;
-        if now.is_some_and(|now| now.saturating_sub(first.ts) < wait) {
+        if now.is_some_and(|now| now.saturating_sub(first.ts) <= wait) {
             return None;
         }
         let p = self.pending.pop_front()?;
@@ -387,6 +397,22 @@ impl Sweeps {
         self.wide.insert(key, s);
     }
 
+    /// An answered attempt from the source counted as `key` at `ts`: it counts toward no
+    /// sweep, but it is an attempt, so a sweeping source's episode goes on (SPEC: an
+    /// episode ends when the source has made no attempt for a whole window).
+    pub fn touch(&mut self, key: [u64; 2], ts: Nanos) {
+        let Some(i) = self.sweepers.find(&key) else {
+            return;
+        };
+        let slot = self.sweepers.get_mut(i);
+        slot.last = slot.last.max(ts);
+        if slot.len == WIDE
+            && let Some(s) = self.wide.get_mut(&key)
+        {
+            s.last = s.last.max(ts);
+        }
+    }
+
     /// Asks for the slot of the source counted as `key` to be loaded: it is judged soon.
     pub fn prefetch(&self, key: &[u64; 2]) {
         self.sweepers.prefetch(key);
@@ -422,11 +448,12 @@ fn count<H: Copy + Eq>(
         ),
         None => {
             if groups(r).count() >= PORTS_PER_SOURCE {
-                // The port whose latest host is the oldest goes (the first of equals).
-                let stalest = groups(r).min_by_key(|&(a, b)| r[a..b].iter().map(|e| e.ts).max());
-                if let Some((a, b)) = stalest {
-                    r.drain(a..b);
-                }
+                // A port whose hosts all left the window makes room; else the newcomer
+                // is not remembered (see PORTS_PER_SOURCE).
+                let gone = groups(r)
+                    .find(|&(a, b)| r[a..b].iter().all(|e| ts.saturating_sub(e.ts) > window));
+                let (a, b) = gone?;
+                r.drain(a..b);
             }
             (r.len(), r.len())
         }
@@ -545,10 +572,13 @@ mod tests {
                 Some(i) => i,
                 None => {
                     if self.ports.len() >= PORTS_PER_SOURCE {
-                        let stalest = (0..self.ports.len())
-                            .min_by_key(|&i| self.ports[i].1.iter().map(|h| h.1).max())
-                            .unwrap_or(0);
-                        self.ports.remove(stalest);
+                        let gone = (0..self.ports.len()).find(|&i| {
+                            self.ports[i]
+                                .1
+                                .iter()
+                                .all(|h| ts.saturating_sub(h.1) > window)
+                        })?;
+                        self.ports.remove(gone);
                     }
                     self.ports.push((port, Vec::new()));
                     self.ports.len() - 1

@@ -1082,10 +1082,13 @@ fn a_sweep_is_found_by_the_clock_when_no_packet_follows() {
     let stream = sweep_stream("198.51.100.77", 20, false);
     let during: Vec<Scan> = stream.iter().flat_map(|o| det.observe(o).sweeps).collect();
     assert_eq!(during, vec![], "none is judged before its answer time");
-    assert_eq!(det.poll_at(), Some(T0 + 100 * MS + 3 * SEC));
+    assert_eq!(det.poll_at(), Some(T0 + 100 * MS + 3 * SEC + 1));
     assert_eq!(det.tick(T0 + 4 * SEC), vec![]);
     let found = det.tick(T0 + 5 * SEC);
     assert_eq!(found.len(), 1);
+    // The last attempt (2 s) may still be answered at exactly 5 s.
+    assert_eq!(det.awaiting_answers(), 1);
+    assert_eq!(det.tick(T0 + 5 * SEC + 1), vec![]);
     assert_eq!(det.awaiting_answers(), 0);
     assert_eq!(det.poll_at(), None);
 }
@@ -1321,4 +1324,105 @@ fn a_sweeper_slower_than_a_flood_turns_the_sweep_table_over_is_still_found() {
     // would, one answer time's worth).
     assert!(waiting < 10, "{waiting} attempts waited at once");
     assert!(det.stats().first_sightings > 50_000, "{:?}", det.stats());
+}
+
+/// Unanswered SYNs host after host, each host tried on every port of `ports` in turn
+/// (nmap's host groups), 10 ms apart.
+fn host_by_host(src: &str, hosts: u8, ports: &[u16]) -> Vec<Observation> {
+    let mut stream = Vec::new();
+    let mut at = 0;
+    for h in 1..=hosts {
+        for &p in ports {
+            at += 10 * MS;
+            stream.push(obs(at, src, 50000 + p, &format!("10.20.0.{h}"), p, SYN));
+        }
+    }
+    stream
+}
+
+#[test]
+fn a_sweep_of_nine_ports_host_after_host_is_found() {
+    // Remembering only eight ports a source, and forgetting the least recently used,
+    // forgot each port just before its turn came round again: no sweep was ever found.
+    let cfg = Config {
+        max_ports: 20,
+        ..Config::default()
+    };
+    for n in [8u16, 9, 12, 40] {
+        let ports: Vec<u16> = (1000..1000 + n).collect();
+        let mut det = Detector::new(cfg.clone());
+        let sweeps = sweeps_of(&mut det, &host_by_host("198.51.100.77", 20, &ports));
+        assert_eq!(sweeps.len(), 1, "{n} ports: {sweeps:?}");
+        assert_eq!(sweeps[0].ports, [1000], "{n} ports: the first port");
+        assert_eq!(sweeps[0].hosts.len(), 17);
+    }
+}
+
+#[test]
+fn an_answer_exactly_answer_wait_after_its_attempt_counts() {
+    // "unanswered when no SYN-ACK for its 4-tuple is seen within answer_wait": an
+    // answer at exactly 3 s is within it.
+    for (delay, want) in [(3 * SEC - 1, 0), (3 * SEC, 0), (3 * SEC + 1, 1)] {
+        let mut det = Detector::new(Config::default());
+        let mut stream = Vec::new();
+        for h in 1..=20u16 {
+            let (host, at) = (format!("10.20.0.{h}"), i64::from(h) * 100 * MS);
+            stream.push(obs(at, "198.51.100.77", 50000 + h, &host, 22, SYN));
+            let answer = obs(at + delay, &host, 22, "198.51.100.77", 50000 + h, SYN);
+            stream.push(Observation {
+                flags: TcpFlags(SYN | TcpFlags::ACK),
+                ..answer
+            });
+        }
+        stream.sort_by_key(|o| o.ts);
+        assert_eq!(
+            sweeps_of(&mut det, &stream).len(),
+            want,
+            "answers {delay} ns after their attempts"
+        );
+    }
+}
+
+#[test]
+fn answered_attempts_keep_a_sweep_episode_open() {
+    // An episode ends when the source made no attempt for a whole window; answered
+    // attempts are attempts. Seventeen unanswered hosts, then an answered attempt every
+    // 30 s, then seventeen more unanswered hosts: one episode, one report.
+    let mut det = Detector::new(Config::default());
+    let src = "198.51.100.77";
+    let mut stream = sweep_stream(src, 17, false);
+    let mut at = 2 * SEC;
+    for i in 0..7u16 {
+        at += 30 * SEC;
+        stream.push(obs(at, src, 40000 + i, "10.30.0.1", 22, SYN));
+        stream.push(obs(
+            at + 10 * MS,
+            "10.30.0.1",
+            22,
+            src,
+            40000 + i,
+            SYN | TcpFlags::ACK,
+        ));
+    }
+    for h in 1..=17u8 {
+        let host = format!("10.40.0.{h}");
+        stream.push(obs(
+            at + i64::from(h) * 100 * MS,
+            src,
+            60000 + u16::from(h),
+            &host,
+            22,
+            SYN,
+        ));
+    }
+    assert_eq!(sweeps_of(&mut det, &stream).len(), 1);
+
+    // Without the answered attempts the source was quiet for a window: two episodes.
+    let mut det = Detector::new(Config::default());
+    let quiet: Vec<Observation> = stream
+        .iter()
+        .filter(|o| o.dst != ip("10.30.0.1") && o.src != ip("10.30.0.1"))
+        .copied()
+        .collect();
+    assert_eq!(sweeps_of(&mut det, &quiet).len(), 2);
 }
