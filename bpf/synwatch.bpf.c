@@ -14,14 +14,16 @@
  *    Judged here: Ethernet with up to 8 VLAN tags (0x8100, 0x88a8, 0x9100; a 9th is
  *    refused, as decode refuses it); IPv4 with IHL >= 5, the payload bounded by the
  *    total length (0: by the frame, as for TSO captures); IPv6 with the payload bounded
- *    by the payload length (0: by the frame) and up to IPV6_EXT_HEADERS hop-by-hop,
- *    routing, destination-options and AH headers; TCP with data offset >= 5 and the
+ *    by the payload length (0: by the frame) and no extension header; TCP with data
+ *    offset >= 5 and the
  *    whole header, options included, inside the IP payload. Anything else is no
  *    attempt and is passed on untouched (counted as C_PASSED_UNPARSED when malformed).
  * 3. Hands up what it cannot judge (EV_RAW records, only with CFG_EMIT): IPv4
  *    fragments of TCP (MF set or an offset) whose offset can still hold part of a TCP
- *    header (offset * 8 < 60), IPv6 packets with a fragment header before their
- *    transport header, and IPv6 header chains longer than the program walks. The
+ *    header (offset * 8 < 60), IPv6 packets with any extension header (Linux refuses
+ *    some: a hop-by-hop header not first, a routing header with segments left, options
+ *    against its padding rules; decode judges each chain as the kernel does), and IPv6
+ *    packets from a multicast or IPv4-mapped source (decode refuses them). The
  *    record carries the packet from its L3 header on (after Ethernet and VLAN tags,
  *    so user space decodes it as raw IP), at most RAW_CAP bytes of it, libpcap's snap
  *    length (C_RAW_TRUNCATED counts the cut ones), with the length the frame held. User space reassembles and
@@ -58,8 +60,6 @@
 #define TRACK_PORTS 16
 /* decode's MAX_VLAN_TAGS: a 9th tag makes the frame no attempt. */
 #define VLAN_TAGS 8
-/* IPv6 extension headers walked here; a longer chain is handed up raw. */
-#define IPV6_EXT_HEADERS 8
 /* Bytes of a raw packet (from its L3 header on) an EV_RAW record carries at most:
  * libpcap's snap length (crates/capture SNAPLEN), so that user space reaches every TCP
  * header libpcap reaches, however long the header chain before it. A record takes only
@@ -555,43 +555,15 @@ static __always_inline int is_ipv6_ext(__u8 next)
 	       next == IPPROTO_AH;
 }
 
-#define WALK_RAW (1ULL << 32) /* hand the packet up */
-#define WALK_BAD (2ULL << 32) /* no attempt: cut short, or bounds broken */
-
-/* Walks the IPv6 extension headers after the fixed header at `l3` (the packet ends at
- * l3 + lim by its payload length), starting with `next`, the way decode() walks them.
- * Returns the transport protocol << 16 | its offset from l3, or WALK_RAW for a
- * fragment header or a chain longer than IPV6_EXT_HEADERS, or WALK_BAD.
- *
- * A global function, so the verifier checks it once for any arguments: inline, every
- * length the chain can end at was a path of its own through the rest of the program
- * (from 52k to 400k instructions to verify). */
-__noinline __u64 ipv6_walk(struct xdp_md *ctx, __u32 l3, __u32 lim, __u32 next)
+/* Whether an IPv6 source is one decode refuses: multicast, or IPv4-mapped. */
+static __always_inline int is_refused_v6_source(const __u8 *a)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	if (l3 > 64)
-		return WALK_BAD;
-	/* Hidden from clang, so the mask that bounds it for the verifier stays. */
-	asm volatile("" : "+r"(l3));
-	void *ip6 = data + (l3 & 0x7f);
-	__u32 off = sizeof(struct ipv6hdr);
-	for (int i = 0; i < IPV6_EXT_HEADERS; i++) {
-		if (next == IPPROTO_FRAGMENT)
-			return WALK_RAW;
-		if (!is_ipv6_ext(next))
-			return ((__u64)next << 16) | off;
-		__u8 *h = ip6 + off;
-		if (off + 2 > lim || (void *)(h + 2) > data_end)
-			return WALK_BAD;
-		/* AH counts 4-octet units minus 2, the others 8-octet units minus 1. */
-		__u32 hlen = next == IPPROTO_AH ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
-		next = h[0];
-		off += hlen;
-	}
-	if (next == IPPROTO_FRAGMENT || is_ipv6_ext(next))
-		return WALK_RAW; /* a longer chain than walked here */
-	return ((__u64)next << 16) | off;
+	if (a[0] == 0xff)
+		return 1;
+	for (int i = 0; i < 10; i++)
+		if (a[i])
+			return 0;
+	return a[10] == 0xff && a[11] == 0xff;
 }
 
 SEC("xdp")
@@ -720,15 +692,10 @@ int synwatch_xdp(struct xdp_md *ctx)
 		off = ihl;
 	} else {
 		lim = total == 0 ? avail : (40 + total < avail ? 40 + total : avail);
-		__u64 walked = ipv6_walk(ctx, l3, lim, next);
-		if (walked == WALK_RAW)
+		/* Any extension header, and a source decode refuses: user space judges. */
+		if (next == IPPROTO_FRAGMENT || is_ipv6_ext(next) || is_refused_v6_source(ev.src))
 			goto raw;
-		if (walked == WALK_BAD)
-			goto unparsed;
-		next = walked >> 16;
-		/* The walk ends within the packet, below 40 + 8 * 2056 bytes; the mask
-		 * tells the verifier so. */
-		off = walked & 0x7fff;
+		off = sizeof(struct ipv6hdr);
 	}
 	if (next != IPPROTO_TCP)
 		return XDP_PASS;

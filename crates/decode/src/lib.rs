@@ -200,11 +200,20 @@ pub enum DecodeError {
     /// An IPv4 fragment whose header checksum is wrong: Linux drops it before it
     /// reassembles anything, so it takes no place among the fragments held.
     BadIpChecksum,
+    /// An IPv6 extension header Linux refuses (see [`ipv6_header_refused`]): a
+    /// hop-by-hop header anywhere but first, a routing header with segments left (or of
+    /// a segment-routing or mobility type), options that break the padding rules, an
+    /// unknown option whose type says "discard", more than eight options.
+    BadIpv6Extension,
+    /// An IPv6 packet from a multicast or an IPv4-mapped address: Linux drops the first
+    /// on input and answers no SYN from the second, which would otherwise also be
+    /// counted as the IPv4 address it maps.
+    BadIpv6Source,
 }
 
 impl DecodeError {
     /// Every kind, in a stable order (for summaries and metric labels).
-    pub const ALL: [DecodeError; 12] = [
+    pub const ALL: [DecodeError; 14] = [
         Self::TruncatedLink,
         Self::TruncatedIp,
         Self::TruncatedTcp,
@@ -217,6 +226,8 @@ impl DecodeError {
         Self::TooManyExtensionHeaders,
         Self::UnknownLoopbackFamily,
         Self::BadIpChecksum,
+        Self::BadIpv6Extension,
+        Self::BadIpv6Source,
     ];
 
     /// A short snake_case name, stable across releases.
@@ -234,6 +245,8 @@ impl DecodeError {
             Self::TooManyExtensionHeaders => "too_many_extension_headers",
             Self::UnknownLoopbackFamily => "unknown_loopback_family",
             Self::BadIpChecksum => "bad_ip_checksum",
+            Self::BadIpv6Extension => "bad_ipv6_extension",
+            Self::BadIpv6Source => "bad_ipv6_source",
         }
     }
 
@@ -635,7 +648,11 @@ fn decode_ipv6<'a>(
     src.copy_from_slice(&header[8..24]);
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&header[24..40]);
-    let src = IpAddr::V6(Ipv6Addr::from(src));
+    let src = Ipv6Addr::from(src);
+    if src.is_multicast() || src.to_ipv4_mapped().is_some() {
+        return Err(DecodeError::BadIpv6Source);
+    }
+    let src = IpAddr::V6(src);
     let dst = IpAddr::V6(Ipv6Addr::from(dst));
 
     let data = &data[..end];
@@ -676,14 +693,23 @@ pub(crate) fn walk_ipv6(
     mut at: usize,
     through_first: bool,
 ) -> Result<Walk, DecodeError> {
-    for _ in 0..=MAX_IPV6_EXTENSION_HEADERS {
+    // Only a walk from the fixed header (byte 40 of the packet) starts where a hop-by-hop
+    // header may be.
+    let from_fixed_header = at == 40;
+    for i in 0..=MAX_IPV6_EXTENSION_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, not
             // counting the first 8.
             0 | 43 | 60 => {
                 let ext = data.get(at..at + 2).ok_or(DecodeError::TruncatedIp)?;
+                let len = (usize::from(ext[1]) + 1) * 8;
+                let header = data.get(at..at + len).ok_or(DecodeError::TruncatedIp)?;
+                let first = i == 0 && from_fixed_header;
+                if ipv6_header_refused(next, header, at, first, data) {
+                    return Err(DecodeError::BadIpv6Extension);
+                }
                 next = ext[0];
-                at += (usize::from(ext[1]) + 1) * 8;
+                at += len;
             }
             // Fragment header: fixed 8 bytes; offset in the top 13 bits, MF the lowest.
             44 => {
@@ -707,6 +733,93 @@ pub(crate) fn walk_ipv6(
         }
     }
     Err(DecodeError::TooManyExtensionHeaders)
+}
+
+/// Whether Linux drops a packet for its hop-by-hop (`kind` 0), routing (43) or
+/// destination-options (60) extension header `header`, `at` bytes into the packet `ip`
+/// (which starts with the fixed IPv6 header when the walk did), `first` if it directly
+/// follows the fixed header. As `net/ipv6/exthdrs.c` (`ip6_parse_tlv`,
+/// `ipv6_rthdr_rcv`) and `ip6_input.c` judge them on a host with the default sysctls:
+/// - hop-by-hop only first (later, it is an unknown next header);
+/// - routing: segment routing (type 4) and RPL (3) are off by default, a mobility header
+///   (2) is discarded unless the host processed it itself, and any other type is
+///   refused while it has segments left;
+/// - options: at most 7 padding bytes in a row, PadN bytes all zero, at most 8 other
+///   options (`max_{hbh,dst}_opts_number`), none running past the header, an unknown
+///   option whose type's top bits say anything but "skip" discards the packet; known
+///   ones: router alert (length 2), jumbo payload (length 4, only with payload length
+///   0, above 65,535), CALIPSO (length 8 or more), IOAM (4-byte aligned) in hop-by-hop,
+///   the home address option in destination options (discarded: there is no mobility
+///   binding for it).
+fn ipv6_header_refused(kind: u8, header: &[u8], at: usize, first: bool, ip: &[u8]) -> bool {
+    match kind {
+        0 if !first => true,
+        43 => {
+            let (kind, left) = (header[2], header[3]);
+            matches!(kind, 2..=4) || left != 0
+        }
+        _ => {
+            let payload_len_zero = ip.get(4..6) == Some(&[0, 0]);
+            ipv6_options_refused(&header[2..], at + 2, kind == 0, payload_len_zero)
+        }
+    }
+}
+
+/// `ip6_parse_tlv` over the options `opts`, which start `at` bytes into the packet.
+fn ipv6_options_refused(opts: &[u8], at: usize, hop_by_hop: bool, payload_len_zero: bool) -> bool {
+    const MAX_OPTIONS: usize = 8;
+    let (mut off, mut padding, mut options) = (0, 0, 0);
+    while off < opts.len() {
+        let kind = opts[off];
+        if kind == 0 {
+            padding += 1;
+            if padding > 7 {
+                return true;
+            }
+            off += 1;
+            continue;
+        }
+        let Some(&len) = opts.get(off + 1) else {
+            return true;
+        };
+        let len = usize::from(len) + 2;
+        let Some(option) = opts.get(off..off + len) else {
+            return true;
+        };
+        if kind == 1 {
+            padding += len;
+            if padding > 7 || option[2..].iter().any(|&b| b != 0) {
+                return true;
+            }
+        } else {
+            options += 1;
+            if options > MAX_OPTIONS {
+                return true;
+            }
+            let refused = match (hop_by_hop, kind) {
+                (true, 0x05) => len != 4,
+                (true, 0xc2) => {
+                    let jumbo = option
+                        .get(2..6)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    len != 6
+                        || (at + off) % 4 != 2
+                        || !payload_len_zero
+                        || jumbo.is_none_or(|j| j <= 65_535)
+                }
+                (true, 0x07) => len < 10 || usize::from(option[6]) * 4 + 8 > len - 2,
+                (true, 0x31) => !(at + off).is_multiple_of(4),
+                (false, 0xc9) => true,
+                _ => kind >> 6 != 0,
+            };
+            if refused {
+                return true;
+            }
+            padding = 0;
+        }
+        off += len;
+    }
+    false
 }
 
 #[inline]

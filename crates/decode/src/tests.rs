@@ -352,7 +352,23 @@ fn v6_with_extensions(exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
     pkt
 }
 
+/// A hop-by-hop or destination-options header of `(len_units + 1) * 8` bytes whose
+/// options Linux takes: PadN alone in 8 bytes, else one option of an unknown type whose
+/// top bits say "skip".
 fn ext8(len_units: u8) -> Vec<u8> {
+    let mut v = vec![0u8; (usize::from(len_units) + 1) * 8];
+    v[1] = len_units;
+    if len_units == 0 {
+        v[2..4].copy_from_slice(&[1, 4]);
+    } else {
+        v[2] = 0x1e;
+        v[3] = (v.len() - 4) as u8;
+    }
+    v
+}
+
+/// A routing header of type 0 with no segments left, `(len_units + 1) * 8` bytes.
+fn routing8(len_units: u8) -> Vec<u8> {
     let mut v = vec![0u8; (usize::from(len_units) + 1) * 8];
     v[1] = len_units;
     v
@@ -369,7 +385,7 @@ fn fragment(offset_units: u16, more: bool) -> Vec<u8> {
 fn ipv6_extension_header_walk() {
     let pkt = v6_with_extensions(&[
         (0, ext8(0)),
-        (43, ext8(2)),
+        (43, routing8(2)),
         (60, ext8(1)),
         (44, fragment(0, true)),
     ]);
@@ -410,7 +426,7 @@ fn ipv6_extension_header_walk() {
     ));
 
     // A routing header claiming more bytes than the packet has.
-    let mut cut = v6_with_extensions(&[(43, ext8(0))]);
+    let mut cut = v6_with_extensions(&[(43, routing8(0))]);
     cut[41] = 200;
     assert!(decode(LinkType::Raw, &cut).is_err());
 
@@ -421,6 +437,97 @@ fn ipv6_extension_header_walk() {
         decode(LinkType::Raw, &none),
         Ok(Decoded::Skipped(Skip::OtherProtocol))
     );
+}
+
+#[test]
+fn ipv6_headers_linux_refuses_are_no_attempt() {
+    let refused = |pkt: &[u8]| decode(LinkType::Raw, pkt);
+    let bad = Err(DecodeError::BadIpv6Extension);
+    // Hop-by-hop anywhere but first.
+    assert_eq!(
+        refused(&v6_with_extensions(&[(60, ext8(0)), (0, ext8(0))])),
+        bad
+    );
+    assert!(refused(&v6_with_extensions(&[(0, ext8(0)), (60, ext8(0))])).is_ok());
+    // Routing headers: segments left, or segment routing, RPL and mobility types.
+    for (kind, left, taken) in [
+        (0, 0, true),
+        (0, 1, false),
+        (2, 0, false),
+        (3, 0, false),
+        (4, 0, false),
+        (5, 0, true),
+    ] {
+        let mut rh = routing8(1);
+        rh[2..4].copy_from_slice(&[kind, left]);
+        let got = refused(&v6_with_extensions(&[(43, rh)]));
+        assert_eq!(got.is_ok(), taken, "type {kind}, {left} left: {got:?}");
+    }
+    // Padding: more than 7 bytes in a row, or PadN with a non-zero byte.
+    let opts = |body: &[u8]| {
+        let mut v = vec![0, ((body.len() + 2) / 8 - 1) as u8];
+        v.extend(body);
+        v
+    };
+    assert_eq!(
+        refused(&v6_with_extensions(&[(
+            60,
+            opts(&[1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        )])),
+        bad
+    );
+    assert_eq!(refused(&v6_with_extensions(&[(60, opts(&[0; 14]))])), bad);
+    assert_eq!(
+        refused(&v6_with_extensions(&[(60, opts(&[1, 4, 0, 0, 9, 0]))])),
+        bad
+    );
+    // An unknown option: "skip" is taken, the three kinds of "discard" are not.
+    for (kind, taken) in [(0x1e, true), (0x5e, false), (0x9e, false), (0xde, false)] {
+        let got = refused(&v6_with_extensions(&[(60, opts(&[kind, 0, 1, 2, 0, 0]))]));
+        assert_eq!(got.is_ok(), taken, "option {kind:#x}: {got:?}");
+    }
+    // Nine options where eight are allowed.
+    let mut nine = Vec::new();
+    for _ in 0..9 {
+        nine.extend([0x1e, 0]);
+    }
+    nine.extend([1, 2, 0, 0]);
+    assert_eq!(refused(&v6_with_extensions(&[(60, opts(&nine))])), bad);
+    // An option running past its header.
+    assert_eq!(
+        refused(&v6_with_extensions(&[(60, opts(&[0x1e, 9, 0, 0, 0, 0]))])),
+        bad
+    );
+    // Router alert of the right length is taken; the home address option is not.
+    assert!(refused(&v6_with_extensions(&[(0, opts(&[5, 2, 0, 0, 1, 0]))])).is_ok());
+    assert_eq!(
+        refused(&v6_with_extensions(&[(0, opts(&[5, 3, 0, 0, 0, 1]))])),
+        bad
+    );
+    assert_eq!(
+        refused(&v6_with_extensions(&[(60, opts(&[0xc9, 4, 0, 0, 0, 0]))])),
+        bad
+    );
+}
+
+#[test]
+fn ipv6_from_multicast_or_ipv4_mapped_sources_is_no_attempt() {
+    for src in ["ff02::1", "::ffff:10.9.9.9"] {
+        let mut pkt = v6_syn_raw(40000, 22, TcpFlags::SYN);
+        pkt[8..24].copy_from_slice(&ip6(src));
+        assert_eq!(
+            decode(LinkType::Raw, &pkt),
+            Err(DecodeError::BadIpv6Source),
+            "{src}"
+        );
+    }
+    // An IPv4-compatible (deprecated) or ordinary address is an attempt.
+    let mut pkt = v6_syn_raw(40000, 22, TcpFlags::SYN);
+    pkt[8..24].copy_from_slice(&ip6("::10.9.9.9"));
+    assert!(matches!(
+        decode(LinkType::Raw, &pkt),
+        Ok(Decoded::Segment(_))
+    ));
 }
 
 /// Linux answers a SYN behind ten destination options headers; the walk used to stop at 8.
@@ -437,7 +544,7 @@ fn ten_destination_options_headers_then_tcp() {
         if i % 2 == 0 {
             (60, ext8(1))
         } else {
-            (43, ext8(0))
+            (43, routing8(0))
         }
     }));
     chain.push((44, fragment(0, false)));
