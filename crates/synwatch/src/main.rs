@@ -199,11 +199,46 @@ fn exit(result: anyhow::Result<ExitStatus>) -> ExitCode {
     }
 }
 
+/// A command line clap refuses: one line on stderr (SPEC §3) and exit 2. Help and the
+/// version (asked for, or shown for a missing subcommand) print as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!(
+        "synwatch: {} (see --help)",
+        one_line(&e.render().to_string())
+    );
+    ExitCode::from(EXIT_BAD_INPUT)
+}
+
+/// clap's message without its blank lines, usage and "For more information" lines, on
+/// one line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(e) => return usage_error(e),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(e) => e.exit(),
+        Err(e) => return usage_error(e),
     };
     // `run` and `replay` install theirs once their options are layered; the other
     // commands (whose own messages are their output) get the defaults.

@@ -316,3 +316,35 @@ fn blocking_without_cap_net_admin_says_how_to_grant_it() {
         "{seen}"
     );
 }
+
+#[test]
+fn a_command_line_clap_refuses_is_one_line_and_exit_2() {
+    for (args, wants) in [
+        (
+            &["run", "--bogus"][..],
+            &["unexpected argument '--bogus'"][..],
+        ),
+        (
+            &["replay", "--format", "xml", "x.pcap"],
+            &["invalid value 'xml'", "table, json"],
+        ),
+        (
+            &["replay", "--max-ports", "many", "x.pcap"],
+            &["--max-ports"],
+        ),
+        (&["frobnicate"], &["unrecognized subcommand 'frobnicate'"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(args)
+            .output()
+            .expect("synwatch runs");
+        assert_usage_error(&out, wants);
+    }
+    // Help is not an error: stdout, exit 0.
+    let help = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--help"])
+        .output()
+        .expect("synwatch runs");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--max-ports"));
+}
