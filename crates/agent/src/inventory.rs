@@ -42,10 +42,10 @@ fn feed(
     inventory: &mut Inventory,
     read: &mut Read,
     segments: &mut Segments,
-    (linktype, ts, data): (u32, Nanos, &[u8]),
+    (linktype, ts, data, wire_len): (u32, Nanos, &[u8], u32),
 ) {
     read.packets += 1;
-    match segments.decode(linktype, data, ts) {
+    match segments.decode(linktype, data, ts, wire_len) {
         Ok(Decoded::Segment(seg)) => inventory.observe(ts, &seg),
         Ok(Decoded::Skipped(_)) => {}
         Err(_) => read.undecodable += 1,
@@ -64,7 +64,7 @@ pub fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
     let mut warned = false;
     for path in time_order(paths) {
         let each = each_packet(path, &mut (), |p| {
-            let packet = (p.linktype, p.ts_nanos, p.data);
+            let packet = (p.linktype, p.ts_nanos, p.data, p.orig_len);
             feed(&mut inventory, &mut read, &mut segments, packet);
             warned = warn_cap(&inventory, warned);
             ControlFlow::<()>::Continue(())
@@ -188,7 +188,7 @@ fn spawn_capture(
                 let got = match cap.next_packet() {
                     Ok(Some(p)) => {
                         packets += 1;
-                        match segments.decode(linktype, p.data, p.ts_nanos) {
+                        match segments.decode(linktype, p.data, p.ts_nanos, p.orig_len) {
                             Ok(Decoded::Segment(seg)) => batch.push((p.ts_nanos, seg)),
                             Ok(Decoded::Skipped(_)) => {}
                             Err(_) => undecodable += 1,

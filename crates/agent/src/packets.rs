@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use synwatch_capture::{CaptureError, CaptureReader, Packet};
 use synwatch_decode::{
     DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits, ReassemblyStats, decode,
+    decode_cut,
 };
 use synwatch_detect::Nanos;
 
@@ -154,18 +155,37 @@ impl Segments {
         Self { defrag: None }
     }
 
-    /// Decodes one packet framed as `linktype`, captured at `ts`.
+    /// Decodes one packet framed as `linktype`, captured at `ts`, `wire_len` bytes long
+    /// on the wire (`data` may hold fewer: a snap length cut it). A segment whose header
+    /// the capture cut after what decoding reads is still one ([`decode_cut`]).
     #[inline]
-    pub fn decode(&mut self, linktype: u32, data: &[u8], ts: Nanos) -> Result<Decoded, NotDecoded> {
+    pub fn decode(
+        &mut self,
+        linktype: u32,
+        data: &[u8],
+        ts: Nanos,
+        wire_len: u32,
+    ) -> Result<Decoded, NotDecoded> {
         let Some(link) = LinkType::from_linktype(linktype) else {
             return Err(NotDecoded::Link(linktype));
         };
-        match &mut self.defrag {
+        let got = match &mut self.defrag {
             Some(defrag) => {
                 let at = u64::try_from(ts).unwrap_or(0);
-                defrag.decode(link, data, at).map_err(NotDecoded::Bad)
+                defrag.decode(link, data, at)
             }
-            None => decode(link, data).map_err(NotDecoded::Bad),
+            None => decode(link, data),
+        };
+        match got {
+            Err(DecodeError::TruncatedTcp | DecodeError::TruncatedUdp)
+                if (wire_len as usize) > data.len() =>
+            {
+                match decode_cut(link, data, wire_len as usize) {
+                    Ok(Decoded::Segment(s)) => Ok(Decoded::Segment(s)),
+                    _ => got.map_err(NotDecoded::Bad),
+                }
+            }
+            got => got.map_err(NotDecoded::Bad),
         }
     }
 
@@ -184,7 +204,8 @@ mod tests {
     use super::*;
     use std::net::IpAddr;
 
-    use synwatch_testkit::packet::{SYN, ethernet, tcp_ip};
+    use synwatch_decode::{TcpFlags, Transport};
+    use synwatch_testkit::packet::{Ipv4, SYN, Tcp, ethernet, tcp_ip};
     use synwatch_testkit::pcap::PcapWriter;
 
     fn syn() -> Vec<u8> {
@@ -198,17 +219,42 @@ mod tests {
     #[test]
     fn the_link_type_is_resolved_per_packet_and_an_unknown_one_is_named() {
         for mut segments in [Segments::per_packet(), Segments::reassembling()] {
-            let got = segments.decode(1, &syn(), 0);
+            let got = segments.decode(1, &syn(), 0, 54);
             assert!(
                 matches!(got, Ok(Decoded::Segment(s)) if s.dport == 22),
                 "{got:?}"
             );
             assert_eq!(
-                segments.decode(4242, &syn(), 0),
+                segments.decode(4242, &syn(), 0, 54),
                 Err(NotDecoded::Link(4242))
             );
-            let bad = segments.decode(1, &syn()[..20], 0);
+            let bad = segments.decode(1, &syn()[..20], 0, 20);
             assert!(matches!(bad, Err(NotDecoded::Bad(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_syn_cut_inside_its_options_by_the_snap_length_is_still_an_attempt() {
+        // tcpdump once captured 68 bytes by default: a SYN's 20 bytes of TCP options
+        // are cut after 14 bytes of Ethernet, 20 of IP and 34 of TCP.
+        let whole = ethernet(
+            &Ipv4::new([198, 51, 100, 7].into(), [192, 0, 2, 1].into())
+                .tcp(&Tcp::new(40000, 22, SYN).syn_options()),
+        );
+        assert_eq!(whole.len(), 14 + 20 + 40);
+        for mut segments in [Segments::per_packet(), Segments::reassembling()] {
+            let wire = whole.len() as u32;
+            let got = segments.decode(1, &whole[..68], 0, wire);
+            assert!(
+                matches!(got, Ok(Decoded::Segment(s)) if s.dport == 22 && s.transport == Transport::Tcp(TcpFlags(SYN))),
+                "{got:?}"
+            );
+            // The packet itself was that short: Linux drops it, no attempt.
+            let short = segments.decode(1, &whole[..68], 0, 68);
+            assert_eq!(short, Err(NotDecoded::Bad(DecodeError::TruncatedTcp)));
+            // Cut before the flags: what they were is not known, no attempt.
+            let blind = segments.decode(1, &whole[..14 + 20 + 12], 0, wire);
+            assert_eq!(blind, Err(NotDecoded::Bad(DecodeError::TruncatedTcp)));
         }
     }
 

@@ -330,10 +330,12 @@ fn replay_file(
         }
         totals.bytes += u64::from(packet.orig_len);
         // Resolved per packet: in pcapng each section and interface has its own link type.
-        match prep
-            .segments
-            .decode(packet.linktype, packet.data, packet.ts_nanos)
-        {
+        match prep.segments.decode(
+            packet.linktype,
+            packet.data,
+            packet.ts_nanos,
+            packet.orig_len,
+        ) {
             Ok(Decoded::Segment(seg)) => match seg.transport {
                 Transport::Tcp(_) => {
                     totals.tcp += 1;

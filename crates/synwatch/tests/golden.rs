@@ -869,3 +869,56 @@ fn ipv6_prefixes_and_address_sweeps() {
         "{stderr}"
     );
 }
+
+/// tcpdump once captured 68 bytes of each packet by default: every SYN's options are cut
+/// (14 bytes of Ethernet, 20 of IPv4, 34 of a 40-byte TCP header). The host received
+/// them whole, so such a capture still shows its attempts and its scan; a SYN cut before
+/// its flags does not count.
+#[test]
+fn a_capture_with_a_68_byte_snap_length_still_shows_its_scan() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("snap68.pcap");
+    let file = std::fs::File::create(&path).expect("create capture");
+    let opts = synwatch_testkit::pcap::PcapOptions {
+        snaplen: 68,
+        ..synwatch_testkit::pcap::PcapOptions::new(1)
+    };
+    let mut w = PcapWriter::with_options(std::io::BufWriter::new(file), opts).expect("header");
+    let syn = |dport: u16| {
+        ethernet(
+            &Ipv4::new(
+                "203.0.113.9".parse().expect("v4"),
+                "192.0.2.1".parse().expect("v4"),
+            )
+            .tcp(&Tcp::new(40000 + dport, dport, SYN).syn_options()),
+        )
+    };
+    for (i, port) in [21u16, 22, 23, 25].into_iter().enumerate() {
+        w.write_packet(T0 + i as i64 * SEC, &syn(port))
+            .expect("write");
+    }
+    // Cut before the flags: 14 + 20 + 12 bytes of a SYN to port 80.
+    let whole = syn(80);
+    w.write_packet_orig_len(T0 + 5 * SEC, &whole[..46], whole.len() as u32)
+        .expect("write");
+    w.finish().expect("finish").flush().expect("flush");
+    let out = replay(&["--format", "json", "--no-summary"], &[&path]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let connections = stdout
+        .lines()
+        .filter(|l| l.contains(r#""event":"connection""#))
+        .count();
+    assert_eq!(connections, 4, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(r#""event":"scan""#) && l.contains("[21,22,23,25]")),
+        "{stdout}"
+    );
+}
