@@ -345,6 +345,93 @@ where
 pub struct XdpLinks {
     /// Interfaces whose absence was reported.
     missing: BTreeSet<String>,
+    /// Checks made, for [`VERIFY_EVERY`].
+    checks: u32,
+    /// Why the program could not be attached again where it was removed from outside.
+    removed: std::collections::BTreeMap<String, String>,
+}
+
+impl XdpLinks {
+    fn fault(&self, name: &str) -> Option<String> {
+        self.removed.get(name).cloned()
+    }
+}
+
+/// The XDP program was removed from `name` from outside (the interface is the same):
+/// attaches it again, said once per removal and counted in
+/// `synwatch_rules_reinstated_total`; where that fails (another tool's program took its
+/// place), the interface counts as missing, with why.
+fn restore(
+    xdp: &mut synwatch_xdp::Xdp,
+    mode: synwatch_xdp::Mode,
+    name: &str,
+    links: &mut XdpLinks,
+    metrics: &Metrics,
+) {
+    let first = !links.missing.contains(name);
+    if first {
+        tracing::warn!(
+            "the XDP program is no longer attached to {name} (detached or replaced by another tool): attaching it again"
+        );
+    }
+    match xdp.reattach(name, mode) {
+        Ok(a) => {
+            tracing::info!("the XDP program is attached to {name} again ({})", a.mode);
+            metrics.rules_reinstated.fetch_add(1, Ordering::Relaxed);
+            links.missing.remove(name);
+            links.removed.remove(name);
+        }
+        Err(e) => {
+            let why = format!(
+                "the XDP program was removed from {name} and cannot be attached again: {e}"
+            );
+            if first {
+                tracing::warn!("{why}; trying again");
+            }
+            links.missing.insert(name.to_owned());
+            links.removed.insert(name.to_owned(), why);
+        }
+    }
+}
+
+/// Every how many checks the kernel is asked which XDP program each interface runs
+/// (one `ip -j -d link show`, a few milliseconds): a program detached or replaced by
+/// another tool (`bpftool link detach`, `ip link set dev X xdp off`) leaves the
+/// interface unwatched and its bans unenforced, so it is attached again within seconds,
+/// as a flushed nftables table is set up again.
+const VERIFY_EVERY: u32 = 3;
+
+/// The id of the XDP program each interface runs (interfaces without one are not
+/// listed); `None` when `ip` cannot tell.
+fn xdp_programs() -> Option<std::collections::HashMap<String, u64>> {
+    let mut runner = synwatch_enforce::SystemRunner {
+        timeout: Duration::from_secs(2),
+    };
+    let cmd = synwatch_enforce::Command::new(
+        "ip",
+        &["-j", "-d", "link", "show"],
+        "list the XDP programs of the interfaces",
+    );
+    let text = synwatch_enforce::Runner::run(&mut runner, &cmd).ok()?;
+    xdp_programs_json(&text)
+}
+
+/// [`xdp_programs`] from `ip -j -d link show`'s output.
+fn xdp_programs_json(text: &str) -> Option<std::collections::HashMap<String, u64>> {
+    use serde_json::Value;
+    let Ok(Value::Array(links)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    Some(
+        links
+            .iter()
+            .filter_map(|l| {
+                let name = l.get("ifname")?.as_str()?;
+                let id = l.get("xdp")?.get("prog")?.get("id")?.as_u64()?;
+                Some((name.to_owned(), id))
+            })
+            .collect(),
+    )
 }
 
 /// Checks the XDP program's attachments (the pipeline calls this every
@@ -364,6 +451,12 @@ pub fn check_xdp(
         .iter()
         .map(|a| (a.iface.clone(), a.ifindex))
         .collect();
+    let ours = xdp.program_id().map(u64::from);
+    let running = match ours {
+        Some(_) if links.checks.is_multiple_of(VERIFY_EVERY) => xdp_programs(),
+        _ => None,
+    };
+    links.checks = links.checks.wrapping_add(1);
     for (name, was) in &attached {
         let slot = metrics.interface_slot(name);
         let counters = slot.and_then(|s| metrics.interfaces.get(s));
@@ -373,9 +466,20 @@ pub fn check_xdp(
             }
         };
         match ifindex(name) {
+            // The same interface, and the kernel says the program is no longer on it:
+            // detached or replaced from outside.
+            Some(now)
+                if now == *was
+                    && running
+                        .as_ref()
+                        .is_some_and(|r| r.get(name).copied() != ours) =>
+            {
+                restore(xdp, mode, name, links, metrics);
+                set(!links.missing.contains(name), links.fault(name));
+            }
             // Renamed away and back: the same interface, the program still on it.
             Some(now) if now == *was => {
-                if links.missing.remove(name) {
+                if !links.removed.contains_key(name) && links.missing.remove(name) {
                     tracing::info!("interface {name} is back (ifindex {now})");
                     set(true, None);
                 }
@@ -396,6 +500,7 @@ pub fn check_xdp(
                         a.mode
                     );
                     links.missing.remove(name);
+                    links.removed.remove(name);
                     set(true, None);
                 }
                 Err(e) => {
@@ -417,9 +522,20 @@ pub fn check_xdp(
             }
         }
     }
-    if !discover {
-        return;
+    if discover {
+        attach_new(xdp, mode, links, metrics, &attached);
     }
+}
+
+/// With the default every-interface watch: attaches the program to each interface that
+/// came up and is neither watched (`attached`) nor known to be missing.
+fn attach_new(
+    xdp: &mut synwatch_xdp::Xdp,
+    mode: synwatch_xdp::Mode,
+    links: &mut XdpLinks,
+    metrics: &Metrics,
+    attached: &[(String, u32)],
+) {
     let Ok(host) = Host::read() else { return };
     for name in &host.up {
         if attached.iter().any(|(n, _)| n == name) || links.missing.contains(name) {

@@ -725,3 +725,58 @@ fn syns_behind_long_ipv6_header_chains_are_handed_up_whole() {
         );
     }
 }
+
+/// The ids of the bpf_links of the program attached to the victim's interface (lab tests
+/// run side by side, each agent with a program of its own), from `bpftool link show`.
+fn xdp_links(lab: &Lab) -> Vec<u64> {
+    let listed = programs(lab);
+    let prog: u64 = listed
+        .first()
+        .and_then(|p| p.strip_prefix("id "))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no program on the victim: {listed:?}"));
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool runs (apt-get install bpftool)");
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["type"] == "xdp" && l["prog_id"].as_u64() == Some(prog))
+        .filter_map(|l| l["id"].as_u64())
+        .collect()
+}
+
+#[test]
+fn a_program_detached_from_outside_is_attached_again_and_its_bans_hold() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = xdp_agent(&lab, dir.path(), "detached", &[]);
+    let before = programs(&lab);
+    assert_eq!(before.len(), 1, "{before:?}");
+    fast_scan(&lab, SCANNER, VICTIM, "1-100");
+    agent.wait_for(5, |e| is(e, "block", SCANNER));
+    assert!(!lab.connects(SCANNER, VICTIM));
+
+    // Another tool (or a careless operator) detaches the program: nothing watches the
+    // interface and the ban no longer holds, until the agent attaches it again.
+    let ours = xdp_links(&lab);
+    assert!(!ours.is_empty());
+    for id in &ours {
+        let out = lab.in_victim(&["bpftool", "link", "detach", "id", &id.to_string()]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    lab::eventually(10, "the program is attached again", || {
+        programs(&lab).len() == 1 && lab.metric("synwatch_rules_reinstated_total") >= 1
+    });
+    assert!(!lab.connects(SCANNER, VICTIM), "the ban did not hold again");
+    assert_eq!(lab.healthz().0, 200);
+    // And it watches again: a new scanner is found and banned.
+    fast_scan(&lab, CLIENT, VICTIM, "1-100");
+    agent.wait_for(5, |e| is(e, "block", CLIENT));
+    let said = agent.log();
+    assert!(said.contains("no longer attached"), "{said}");
+}

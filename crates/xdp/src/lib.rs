@@ -512,6 +512,14 @@ impl Xdp {
         program(&mut self.ebpf)?.attach_to_if_index(ifindex, mode)
     }
 
+    /// The kernel's id of the loaded program, as `ip -d link show` lists it on the
+    /// interfaces it is attached to (its name there needs privileges the agent drops;
+    /// the id does not).
+    pub fn program_id(&mut self) -> Option<u32> {
+        let info = program(&mut self.ebpf).ok()?.info().ok()?;
+        Some(info.id())
+    }
+
     pub fn attached(&self) -> &[Attached] {
         &self.attached
     }
