@@ -66,6 +66,17 @@ impl std::fmt::Display for ClaimError {
     }
 }
 
+/// Who holds the claim in this network namespace, if an agent does.
+pub fn holder_if_any() -> Option<Holder> {
+    holder_of(CLAIM_NAME)
+}
+
+fn holder_of(name: &str) -> Option<Holder> {
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).ok()?;
+    UnixStream::connect_addr(&addr).ok()?;
+    Some(holder(&addr))
+}
+
 fn claim_name(name: &str) -> Result<(), ClaimError> {
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(ClaimError::Io)?;
     match UnixListener::bind_addr(&addr) {
@@ -129,6 +140,8 @@ mod tests {
         // interfere.
         let name = format!("synwatch-test-{}", std::process::id());
         claim_name(&name).unwrap();
+        assert!(holder_of(&format!("{name}-none")).is_none());
+        assert!(holder_of(&name).is_some());
         let Err(ClaimError::Held(holder)) = claim_name(&name) else {
             panic!("a second claim succeeded");
         };

@@ -82,7 +82,19 @@ pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
     };
     let reply = match control::call(&args.state_dir, &request)? {
         Some(reply) => reply,
-        None => synwatch_agent::offline::answer(&args.state_dir, &request)?,
+        None => {
+            // No agent answers at this state directory; one that runs in this network
+            // namespace anyway owns the kernel's bans: editing them (or another saved
+            // list) behind it would leave bans it can neither see nor lift.
+            if let Some(holder) = synwatch_agent::owner::holder_if_any() {
+                eprintln!(
+                    "synwatch: an agent runs in this network namespace ({holder}), but not with state directory {}: give blocks its --state-dir (or SYNWATCH_STATE_DIR)",
+                    args.state_dir.display()
+                );
+                return Ok(crate::ExitStatus::BadInput);
+            }
+            synwatch_agent::offline::answer(&args.state_dir, &request)?
+        }
     };
     let format = args.format.unwrap_or_else(crate::default_format);
     if let Some(note) = &reply.note {

@@ -435,3 +435,51 @@ fn a_ban_longer_than_ipset_keeps_is_refused_at_start() {
     assert!(stderr.contains("2147483 s"), "{stderr}");
     assert!(rules_left(&lab, "iptables").is_empty(), "rules were set up");
 }
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn blocks_with_another_state_dir_than_the_running_agents_is_refused() {
+    // An operator's `synwatch blocks` that misses the agent's state directory (it runs
+    // with SYNWATCH_STATE_DIR, the command without) used to edit the kernel's set behind
+    // the agent: a ban it could neither list nor lift.
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let other = dir.path().join("other");
+    let _agent = Agent::start(
+        &lab,
+        dir.path(),
+        "owner",
+        &[
+            "--block",
+            "nftables",
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+    );
+    for action in [
+        &["add", CLIENT][..],
+        &["remove", CLIENT],
+        &["flush"],
+        &["list"],
+    ] {
+        let mut args = vec!["--state-dir", other.to_str().expect("utf-8")];
+        args.extend_from_slice(action);
+        let (code, stdout, stderr) = blocks(&lab, &args);
+        assert_eq!(code, 2, "{action:?}: {stdout} {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("an agent runs in this network namespace"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(kernel_entries(&lab, "nftables", CLIENT), 0);
+    assert!(!other.exists(), "a stray state directory was made");
+    // With the agent's own state directory it goes through the agent.
+    let (code, _, stderr) = blocks(
+        &lab,
+        &["--state-dir", state.to_str().expect("utf-8"), "add", CLIENT],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(kernel_entries(&lab, "nftables", CLIENT), 1);
+}
