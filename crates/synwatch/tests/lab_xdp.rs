@@ -780,3 +780,38 @@ fn a_program_detached_from_outside_is_attached_again_and_its_bans_hold() {
     let said = agent.log();
     assert!(said.contains("no longer attached"), "{said}");
 }
+
+#[test]
+fn source_auto_watches_through_libpcap_when_outgoing_attempts_are_asked_for() {
+    // The XDP program sees what arrives only: with --direction out or both, auto used to
+    // pick it anyway and log no outgoing attempt, saying nothing.
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "outgoing",
+        &["--source", "auto", "--direction", "both", "--block", "none"],
+    );
+    let log = agent.log();
+    assert!(log.contains("outgoing attempts are asked for"), "{log}");
+    assert!(programs(&lab).is_empty(), "the XDP program watches: {log}");
+    // The victim connects out, to a closed port of the attacker's (refused: its SYN is
+    // what counts).
+    lab.in_victim(&[
+        "curl",
+        "-s",
+        "--connect-timeout",
+        "1",
+        &format!("http://{SCANNER}:9/"),
+    ]);
+    agent.wait_for(5, |e| {
+        e["event"] == "connection"
+            && e["src"] == VICTIM
+            && e["dst"] == SCANNER
+            && e["direction"] == "out"
+    });
+    lab::eventually(3, "the outgoing attempt is counted", || {
+        lab.metric("synwatch_new_connections_total{direction=\"out\"}") >= 1
+    });
+}

@@ -447,6 +447,21 @@ fn start_xdp(
     let (framed, bare): (Vec<String>, Vec<String>) =
         ifaces.iter().cloned().partition(|i| links::is_ethernet(i));
     let mut fallback = None;
+    let outgoing = cfg.direction != synwatch_detect::DirectionFilter::In;
+    if outgoing && run.source == Source::Auto {
+        fallback = Some(
+            "outgoing attempts are asked for (--direction out or both), and the XDP program sees only what arrives: watching every interface through libpcap"
+                .to_owned(),
+        );
+        xdp_observing = false;
+        if !xdp_blocking {
+            return Ok((None, false, fallback));
+        }
+    } else if outgoing && run.source == Source::Xdp {
+        tracing::warn!(
+            "warning: --source xdp sees only what arrives: no outgoing attempt is logged or counted (--source pcap sees them)"
+        );
+    }
     if !bare.is_empty() {
         let why = format!(
             "{} {} no Ethernet header (frames start at the IP header: a tunnel or VPN), and the XDP program reads Ethernet frames",
