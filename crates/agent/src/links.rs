@@ -571,6 +571,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_program_of_each_interface_is_read_from_ip_json() {
+        // `ip -j -d link show` as the agent (without CAP_SYS_ADMIN) gets it: ids, no names.
+        let text = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK"]},
+            {"ifindex":7,"ifname":"eth0","xdp":{"mode":1,"prog":{"id":772,"tag":"c0e7d73d07bac6c3","jited":1}}},
+            {"ifindex":8,"ifname":"eth1","xdp":{"mode":2,"prog":{"id":9,"name":"xdp_filter"}}}]"#;
+        let got = xdp_programs_json(text).expect("parsed");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got.get("eth0"), Some(&772));
+        assert_eq!(got.get("eth1"), Some(&9));
+        assert_eq!(got.get("lo"), None);
+        assert_eq!(xdp_programs_json("not json"), None);
+    }
+
+    #[test]
     fn a_capture_thread_pauses_under_a_flood_and_never_on_a_quiet_link() {
         let start = monotonic();
         let at = |ms: u64| start + Duration::from_millis(ms);
