@@ -134,17 +134,52 @@ impl Drop for Reading {
 pub struct Limit {
     name: &'static str,
     cap: usize,
+    /// Connections served, not counting those closed to make room (their threads end
+    /// moments later).
     active: Arc<AtomicUsize>,
+    /// Threads serving, those winding down included: at most [`THREADS_PER_SLOT`] x cap.
+    threads: Arc<AtomicUsize>,
     refused: Arc<AtomicU64>,
     waiting: Waiting,
     next_id: Arc<AtomicU64>,
 }
 
-/// Counts one connection being served until dropped.
-#[derive(Debug)]
-struct Slot(Arc<AtomicUsize>);
+/// Most threads a server runs per slot of its cap: those of connections closed to make
+/// room end within moments, but a client reopening connections as fast as they are
+/// closed must not grow them without bound.
+const THREADS_PER_SLOT: usize = 4;
+
+/// How long a new connection waits for a thread at the thread bound.
+const THREAD_WAIT: Duration = Duration::from_millis(200);
+
+/// Counts one connection being served until released: when its thread ends, or at
+/// once when it is closed to make room, so that a client reopening idle connections as
+/// fast as they are closed cannot keep the count at the cap with connections already
+/// closed (a real request was then turned away).
+#[derive(Debug, Clone)]
+struct Slot {
+    active: Arc<AtomicUsize>,
+    released: Arc<AtomicBool>,
+}
+
+impl Slot {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::Relaxed) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for Slot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Counts one serving thread until dropped.
+struct Thread(Arc<AtomicUsize>);
+
+impl Drop for Thread {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -156,6 +191,7 @@ impl Limit {
             name,
             cap,
             active: Arc::default(),
+            threads: Arc::default(),
             refused: Arc::default(),
             waiting: Arc::default(),
             next_id: Arc::default(),
@@ -170,38 +206,66 @@ impl Limit {
 
     /// Serves `stream` with `handle` on a thread of its own; `handle` drops the
     /// [`Reading`] it is given once the request is whole. At the cap, the connection
-    /// that has waited longest for its request is closed to make room (its thread ends
-    /// moments later, so for those moments up to twice the cap are served); if none is
-    /// waiting, `stream` is closed unanswered. Whether it is served.
+    /// that has waited longest for its request is closed to make room, and its slot
+    /// freed at once (its thread ends moments later; threads are bounded apart, at
+    /// [`THREADS_PER_SLOT`] x cap); if none is waiting, `stream` is closed unanswered.
+    /// Whether it is served.
     pub fn spawn<S: Closable + Send + 'static>(
         &self,
         stream: S,
         handle: impl FnOnce(S, Reading) + Send + 'static,
     ) -> bool {
+        let refuse = || {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            false
+        };
+        // At the thread bound, the threads of closed connections are given a moment to
+        // end: the accepting thread waits, which paces a client reopening connections to
+        // the rate they close, rather than turning everyone away.
+        let waited_since = monotonic();
+        while self.threads.load(Ordering::Relaxed) >= THREADS_PER_SLOT * self.cap {
+            if monotonic().saturating_duration_since(waited_since) > THREAD_WAIT {
+                return refuse();
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
         let active = self.active.fetch_add(1, Ordering::Relaxed);
         if active >= self.cap {
             let oldest = self.waiting.lock().ok().and_then(|mut w| w.pop_front());
             match oldest {
-                Some((_, close)) if active < 2 * self.cap => close(),
-                _ => {
+                // Closing it releases its slot at once.
+                Some((_, close)) => close(),
+                None => {
                     self.active.fetch_sub(1, Ordering::Relaxed);
-                    self.refused.fetch_add(1, Ordering::Relaxed);
-                    return false;
+                    return refuse();
                 }
             }
         }
-        let slot = Slot(Arc::clone(&self.active));
+        let slot = Slot {
+            active: Arc::clone(&self.active),
+            released: Arc::default(),
+        };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut reading = Reading { id, waiting: None };
         if let Some(close) = stream.closer()
             && let Ok(mut w) = self.waiting.lock()
         {
-            w.push_back((id, close));
+            let freed = slot.clone();
+            w.push_back((
+                id,
+                Box::new(move || {
+                    close();
+                    freed.release();
+                }),
+            ));
             reading.waiting = Some(Arc::clone(&self.waiting));
         }
+        self.threads.fetch_add(1, Ordering::Relaxed);
+        let running = Thread(Arc::clone(&self.threads));
         thread::Builder::new()
             .name(self.name.into())
             .spawn(move || {
+                let _running = running;
                 let _slot = slot;
                 handle(stream, reading);
             })
@@ -322,6 +386,37 @@ mod tests {
         {
             drop(reading);
             let _ = stream.write_all(b"ok\n");
+        }
+    }
+
+    #[test]
+    fn a_client_reopening_idle_connections_as_fast_as_they_close_keeps_no_one_out() {
+        // Twice the cap in idle connections, each reopened the moment it is closed: the
+        // closed ones used to count until their threads ended, so the count sat at its
+        // bound and a real request was turned away (found with 32 idle clients on the
+        // control socket, whose cap is 16).
+        let limit = Limit::new("test", 2);
+        let mut hog = Vec::new();
+        for _ in 0..200 {
+            let (client, server) = UnixStream::pair().unwrap();
+            // Served, or refused only at the thread bound: never for a count of
+            // connections already closed.
+            limit.spawn(server, serve_line);
+            hog.push(client);
+        }
+        assert!(limit.active.load(Ordering::Relaxed) <= 2);
+        let (mut client, server) = UnixStream::pair().unwrap();
+        assert!(
+            limit.spawn(server, serve_line),
+            "the real request was refused"
+        );
+        client.write_all(b"hello\n").unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "ok\n");
+        // The threads of the closed connections end: the bound on threads holds.
+        while limit.threads.load(Ordering::Relaxed) > 2 {
+            thread::yield_now();
         }
     }
 
