@@ -451,10 +451,12 @@ pub fn check_xdp(
         .iter()
         .map(|a| (a.iface.clone(), a.ifindex))
         .collect();
-    let ours = xdp.program_id().map(u64::from);
-    let running = match ours {
-        Some(_) if links.checks.is_multiple_of(VERIFY_EVERY) => xdp_programs(),
-        _ => None,
+    // Every VERIFY_EVERY checks: our program's id, and the program each interface runs.
+    let running = if links.checks.is_multiple_of(VERIFY_EVERY) {
+        xdp.program_id()
+            .and_then(|ours| Some((u64::from(ours), xdp_programs()?)))
+    } else {
+        None
     };
     links.checks = links.checks.wrapping_add(1);
     for (name, was) in &attached {
@@ -472,7 +474,7 @@ pub fn check_xdp(
                 if now == *was
                     && running
                         .as_ref()
-                        .is_some_and(|r| r.get(name).copied() != ours) =>
+                        .is_some_and(|(ours, r)| r.get(name) != Some(ours)) =>
             {
                 restore(xdp, mode, name, links, metrics);
                 set(!links.missing.contains(name), links.fault(name));
