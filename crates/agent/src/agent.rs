@@ -50,7 +50,8 @@ pub use caps::drop_all_capabilities;
 /// Where the agent learns of connections (`--source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// XDP where it attaches, else libpcap (saying why).
+    /// XDP where it attaches and only incoming attempts are asked for, else libpcap
+    /// (saying why).
     Auto,
     /// The XDP program on each interface, through its ring buffer.
     Xdp,

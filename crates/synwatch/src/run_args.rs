@@ -64,7 +64,7 @@ pub enum ScopeArg {
 /// Where the agent learns of connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SourceArg {
-    /// XDP where it attaches, else libpcap (saying why)
+    /// XDP where it attaches and only incoming attempts are asked for, else libpcap (saying why)
     Auto,
     /// The XDP program on each interface, through its ring buffer (needs CAP_BPF,
     /// CAP_NET_ADMIN and CAP_PERFMON; sees incoming packets only)
