@@ -37,6 +37,10 @@ use writer::{Hands, Writer, lock};
 
 /// Seconds between attempts to apply a change the kernel refused.
 const RETRY_SECS: i64 = 5;
+
+/// Bans ending within this many seconds are not looked for in the kernel's listing
+/// ([`Blocker::reconcile`]): the kernel's own timeout may remove them first.
+const RECONCILE_MARGIN_SECS: i64 = 120;
 /// Seconds between checks that synwatch's rules are intact (each set's canary, the
 /// rules, the jumps: microseconds for nftables through netlink, a few milliseconds for
 /// iptables, whatever the number of bans) and reads of the drop rules' counters.
@@ -123,6 +127,8 @@ pub struct Blocker {
     /// Bans still to put back after the rules were set up again (in address order, the
     /// next ones last), a chunk a turn: see [`Blocker::reinstate`].
     reinstating: Vec<IpNet>,
+    /// Bans the kernel's last listing lacked ([`Blocker::reconcile`]).
+    suspects: std::collections::HashSet<IpNet>,
     /// The rule check and counters on a thread of their own, once started
     /// ([`Blocker::check_from_thread`]); until then (and in tests) the pipeline asks.
     upkeep: Option<crate::upkeep::Upkeep>,
@@ -222,6 +228,7 @@ impl Blocker {
             refusal_minute: 0,
             refusals_logged: 0,
             reinstating: Vec::new(),
+            suspects: std::collections::HashSet::new(),
             upkeep: None,
             fleet: fleet::Fleet::default(),
             kernel_max,
@@ -582,6 +589,9 @@ impl Blocker {
                 self.metrics.dropped_bytes.store(c.bytes, Ordering::Relaxed);
             }
         }
+        if let Some(listed) = self.upkeep.as_ref().and_then(|u| u.take_listing()) {
+            self.reconcile(&listed, now);
+        }
         self.record_held();
         happened
     }
@@ -754,6 +764,49 @@ impl Blocker {
             self.failed(&e, bans.len(), "put back", now);
             self.reinstating.extend(chunk);
         }
+    }
+
+    /// Compares the kernel's listing with the running bans: a ban missing from two
+    /// listings in a row (30 s apart, so that none still on its way to the kernel
+    /// counts) was removed by hand (`nft delete element`, `bpftool map delete`), where
+    /// the rules' own check only sees whole sets flushed; it is put back, said and
+    /// counted in `synwatch_rules_reinstated_total`.
+    fn reconcile(&mut self, listed: &[IpNet], now: i64) {
+        if self.dry_run || !self.reinstating.is_empty() {
+            self.suspects.clear();
+            return;
+        }
+        let listed: std::collections::HashSet<IpNet> = listed.iter().copied().collect();
+        // Bans ending within the next listing may leave the kernel first, by its timeout.
+        let lasting = now.saturating_add(RECONCILE_MARGIN_SECS);
+        let missing: std::collections::HashSet<IpNet> = self
+            .book
+            .active()
+            .filter(|r| r.expires.is_none_or(|e| e > lasting) && !listed.contains(&r.net))
+            .map(|r| r.net)
+            .collect();
+        let mut gone: Vec<IpNet> = missing.intersection(&self.suspects).copied().collect();
+        self.suspects = missing;
+        if gone.is_empty() {
+            return;
+        }
+        gone.sort();
+        let backend = self.backend;
+        tracing::warn!(
+            "{} ban{} missing from synwatch's {backend} sets (removed by someone else?): putting {} back",
+            gone.len(),
+            if gone.len() == 1 { " was" } else { "s were" },
+            if gone.len() == 1 { "it" } else { "them" },
+        );
+        self.metrics
+            .rules_reinstated
+            .fetch_add(1, Ordering::Relaxed);
+        for net in &gone {
+            self.suspects.remove(net);
+        }
+        gone.reverse();
+        self.reinstating = gone;
+        self.reinstate_chunk(now);
     }
 
     /// Bans whose saving failed: saved again later, reported meanwhile.
@@ -1339,6 +1392,70 @@ mod tests {
         // Twenty days, and until removed, are taken.
         assert!(b.control(&add(20 * 86_400), 10, |_| None).0.ok);
         assert!(b.control(&add(0), 10, |_| None).0.ok);
+    }
+
+    #[test]
+    fn a_ban_removed_from_the_kernel_by_hand_is_put_back_after_two_listings() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let enforcer = open(Backend::Nftables, Scope::All, Box::new(runner.clone())).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (mut b, _) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::clone(&metrics),
+            0,
+            |_| false,
+        )
+        .unwrap();
+        // Until removed.
+        let add = |addr: &str| Request::Add {
+            addr: n(addr),
+            secs: Some(0),
+        };
+        assert!(b.control(&add("198.51.100.7"), 10, |_| None).0.ok);
+        assert!(b.control(&add("198.51.100.8"), 10, |_| None).0.ok);
+        b.apply(11);
+        let both = [n("198.51.100.7"), n("198.51.100.8")];
+        let put_back = |runner: &RecordingRunner| {
+            runner
+                .transcript()
+                .iter()
+                .filter(|c| c.contains("add element") && c.contains("198.51.100.7"))
+                .count()
+        };
+        let before = put_back(&runner);
+        // Listed whole: nothing to do.
+        b.reconcile(&both, 20);
+        // Missing once: it may still be on its way to the kernel.
+        b.reconcile(&both[1..], 50);
+        assert_eq!(put_back(&runner), before);
+        assert_eq!(metrics.rules_reinstated.load(Ordering::Relaxed), 0);
+        // Missing twice in a row: removed by hand, put back.
+        b.reconcile(&both[1..], 80);
+        assert_eq!(put_back(&runner), before + 1, "{:#?}", runner.transcript());
+        assert_eq!(metrics.rules_reinstated.load(Ordering::Relaxed), 1);
+        // Back in the kernel's listing: nothing more.
+        b.reconcile(&both, 110);
+        b.reconcile(&both, 140);
+        assert_eq!(put_back(&runner), before + 1);
+        // A ban ending soon is left to the kernel's own timeout.
+        assert!(
+            b.control(
+                &Request::Add {
+                    addr: n("198.51.100.9"),
+                    secs: Some(60)
+                },
+                150,
+                |_| None
+            )
+            .0
+            .ok
+        );
+        b.apply(151);
+        b.reconcile(&both, 160);
+        b.reconcile(&both, 190);
+        assert_eq!(metrics.rules_reinstated.load(Ordering::Relaxed), 1);
     }
 
     fn n(s: &str) -> IpNet {

@@ -27,10 +27,19 @@ pub struct Report {
     setups: u64,
 }
 
+/// Every how many looks the thread also lists the bans the kernel holds, for the
+/// pipeline to find a ban removed from a set or map by hand (the rules' own check sees
+/// flushed sets, not one element gone): at a look every 2 s, 30 s.
+const LIST_EVERY: u64 = 15;
+
+/// What the kernel held at a listing, and the set-ups made before it began.
+type Listing = (u64, Vec<ipnet::IpNet>);
+
 /// The thread asking, and its latest answer.
 #[derive(Debug)]
 pub struct Upkeep {
     latest: Arc<Mutex<Option<Report>>>,
+    listing: Arc<Mutex<Option<Listing>>>,
     setups: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
@@ -42,14 +51,26 @@ impl Upkeep {
     /// programs it runs need.
     pub fn start(mut checker: Box<dyn Enforcer>, every: Duration) -> std::io::Result<Self> {
         let latest: Arc<Mutex<Option<Report>>> = Arc::new(Mutex::new(None));
+        let listing: Arc<Mutex<Option<Listing>>> = Arc::new(Mutex::new(None));
         let setups = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s, st) = (Arc::clone(&latest), Arc::clone(&setups), Arc::clone(&stop));
+        let listed = Arc::clone(&listing);
         let handle = thread::Builder::new()
             .name("upkeep".into())
             .spawn(move || {
+                let mut looks = 0u64;
                 while !st.load(Ordering::Relaxed) {
-                    let mut report = look(checker.as_mut(), s.load(Ordering::Acquire));
+                    let before = s.load(Ordering::Acquire);
+                    let mut report = look(checker.as_mut(), before);
+                    looks += 1;
+                    if report.intact
+                        && looks.is_multiple_of(LIST_EVERY)
+                        && let Ok(bans) = checker.list()
+                        && let Ok(mut held) = listed.lock()
+                    {
+                        *held = Some((before, bans.into_iter().map(|b| b.net).collect()));
+                    }
                     if let Ok(mut held) = l.lock() {
                         // A set-up the pipeline has not heard of yet stays news: the
                         // rules it made hold none of the bans until the pipeline acts.
@@ -71,6 +92,7 @@ impl Upkeep {
             })?;
         Ok(Self {
             latest,
+            listing,
             setups,
             stop,
             thread: Some(handle),
@@ -95,6 +117,13 @@ impl Upkeep {
             Some(r) if r.setups == self.setups.load(Ordering::Acquire) => held.take(),
             _ => None,
         }
+    }
+
+    /// The bans the kernel held at the latest listing, once, unless it began before the
+    /// last [`Upkeep::set_up_again`].
+    pub fn take_listing(&self) -> Option<Vec<ipnet::IpNet>> {
+        let (setups, bans) = self.listing.lock().ok()?.take()?;
+        (setups == self.setups.load(Ordering::Acquire)).then_some(bans)
     }
 
     /// The pipeline set the rules up again: answers from before do not count.

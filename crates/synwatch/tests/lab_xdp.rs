@@ -815,3 +815,58 @@ fn source_auto_watches_through_libpcap_when_outgoing_attempts_are_asked_for() {
         lab.metric("synwatch_new_connections_total{direction=\"out\"}") >= 1
     });
 }
+
+/// The id of the XDP program on the victim's interface, from `ip -d link show`.
+fn program_id(lab: &Lab) -> u64 {
+    let listed = programs(lab);
+    listed
+        .first()
+        .and_then(|p| p.strip_prefix("id "))
+        .and_then(|p| p.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no program on the victim: {listed:?}"))
+}
+
+#[test]
+fn a_ban_deleted_from_the_xdp_map_by_hand_is_put_back() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = xdp_agent(&lab, dir.path(), "mapdelete", &[]);
+    fast_scan(&lab, SCANNER, VICTIM, "1-100");
+    agent.wait_for(5, |e| is(e, "block", SCANNER));
+    assert!(!lab.connects(SCANNER, VICTIM));
+    // The program's ban4 map, and the scanner's key in it (the address's bytes).
+    let prog = Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &program_id(&lab).to_string()])
+        .output()
+        .expect("bpftool runs");
+    let prog: serde_json::Value = serde_json::from_slice(&prog.stdout).unwrap();
+    let ban4 = prog["map_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .find(|id| {
+            let map = Command::new("bpftool")
+                .args(["-j", "map", "show", "id", &id.to_string()])
+                .output()
+                .unwrap();
+            let map: serde_json::Value = serde_json::from_slice(&map.stdout).unwrap();
+            map["name"] == "ban4"
+        })
+        .expect("the ban4 map");
+    let key: Vec<String> = SCANNER.split('.').map(str::to_owned).collect();
+    let mut args = vec!["map", "delete", "id"];
+    let id = ban4.to_string();
+    args.push(&id);
+    args.push("key");
+    args.extend(key.iter().map(String::as_str));
+    let out = Command::new("bpftool").args(&args).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(lab.connects(SCANNER, VICTIM), "the ban was not deleted");
+    // Two listings 30 s apart find it missing: put back.
+    lab::eventually(75, "the ban is put back", || !lab.connects(SCANNER, VICTIM));
+    assert!(lab.metric("synwatch_rules_reinstated_total") >= 1);
+    let said = agent.log();
+    assert!(said.contains("missing from synwatch's"), "{said}");
+}

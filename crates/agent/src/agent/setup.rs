@@ -197,7 +197,7 @@ fn open(
             .map(Blocker::backend),
         sources.pcap || discovering && !sources.xdp_source,
     );
-    start_rule_check(&run, blocking.blocker.as_mut());
+    start_rule_check(&run, blocking.blocker.as_mut(), sources.xdp.as_ref());
     Ok(Opened {
         run,
         cfg,
@@ -595,14 +595,29 @@ fn start_blocker(
     })
 }
 
-/// The rule check and counters of nftables and iptables run on a thread of their own
-/// (upkeep.rs), started with the privileges just kept.
-fn start_rule_check(run: &Settings, blocker: Option<&mut Blocker>) {
-    if let Some(b) = blocker.filter(|b| !b.dry_run())
-        && let Some(checker) = matches!(b.backend(), Backend::Nftables | Backend::Iptables)
-            .then(|| synwatch_enforce::open_system(b.backend(), run.blocking.scope))
-            .flatten()
-    {
+/// The rule check, the counters and the listing of the kernel's bans run on a thread of
+/// their own (upkeep.rs), through a second handle on the same rules or maps, started
+/// with the privileges just kept.
+fn start_rule_check(
+    run: &Settings,
+    blocker: Option<&mut Blocker>,
+    xdp: Option<&synwatch_xdp::Xdp>,
+) {
+    let Some(b) = blocker.filter(|b| !b.dry_run()) else {
+        return;
+    };
+    let rules = |backend| synwatch_enforce::open_system(backend, run.blocking.scope);
+    let maps =
+        || -> Option<Box<dyn synwatch_enforce::Enforcer>> { Some(Box::new(xdp?.bans().ok()?)) };
+    let checker = match b.backend() {
+        Backend::Nftables | Backend::Iptables => rules(b.backend()),
+        Backend::Xdp => maps(),
+        Backend::XdpNftables => maps().zip(rules(Backend::Nftables)).map(|(m, r)| {
+            Box::new(synwatch_enforce::Layered::new(Backend::XdpNftables, m, r))
+                as Box<dyn synwatch_enforce::Enforcer>
+        }),
+    };
+    if let Some(checker) = checker {
         b.check_from_thread(checker);
     }
 }
