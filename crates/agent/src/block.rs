@@ -767,7 +767,7 @@ impl Blocker {
     }
 
     /// Compares the kernel's listing with the running bans: a ban missing from two
-    /// listings in a row (30 s apart, so that none still on its way to the kernel
+    /// listings in a row (30 s or more apart, so that none still on its way to the kernel
     /// counts) was removed by hand (`nft delete element`, `bpftool map delete`), where
     /// the rules' own check only sees whole sets flushed; it is put back, said and
     /// counted in `synwatch_rules_reinstated_total`.

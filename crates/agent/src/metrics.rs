@@ -566,7 +566,7 @@ impl Metrics {
         family(
             "synwatch_rules_reinstated_total",
             "counter",
-            "Times synwatch's firewall rules could not be read (a flushed ruleset) and were set up again with the running bans, or its XDP program was found detached and attached again.",
+            "Times synwatch's firewall rules could not be read (a flushed ruleset) and were set up again with the running bans, bans found deleted one by one were put back, or its XDP program was found detached and attached again.",
             &plain(get(&self.rules_reinstated)),
         );
     }

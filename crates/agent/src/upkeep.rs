@@ -29,8 +29,13 @@ pub struct Report {
 
 /// Every how many looks the thread also lists the bans the kernel holds, for the
 /// pipeline to find a ban removed from a set or map by hand (the rules' own check sees
-/// flushed sets, not one element gone): at a look every 2 s, 30 s.
+/// flushed sets, not one element gone): at a look every 2 s, 30 s, for every
+/// [`LIST_BANS`] bans listed the last time (listing 100,000 nftables elements costs
+/// `nft` about 2 s of CPU: every 5 minutes then).
 const LIST_EVERY: u64 = 15;
+
+/// Bans per [`LIST_EVERY`] looks between two listings.
+const LIST_BANS: u64 = 10_000;
 
 /// What the kernel held at a listing, and the set-ups made before it began.
 type Listing = (u64, Vec<ipnet::IpNet>);
@@ -59,17 +64,20 @@ impl Upkeep {
         let handle = thread::Builder::new()
             .name("upkeep".into())
             .spawn(move || {
-                let mut looks = 0u64;
+                let (mut looks, mut list_at) = (0u64, LIST_EVERY);
                 while !st.load(Ordering::Relaxed) {
                     let before = s.load(Ordering::Acquire);
                     let mut report = look(checker.as_mut(), before);
                     looks += 1;
                     if report.intact
-                        && looks.is_multiple_of(LIST_EVERY)
+                        && looks >= list_at
                         && let Ok(bans) = checker.list()
-                        && let Ok(mut held) = listed.lock()
                     {
-                        *held = Some((before, bans.into_iter().map(|b| b.net).collect()));
+                        let n = bans.len() as u64;
+                        list_at = looks + LIST_EVERY * n.div_ceil(LIST_BANS).max(1);
+                        if let Ok(mut held) = listed.lock() {
+                            *held = Some((before, bans.into_iter().map(|b| b.net).collect()));
+                        }
                     }
                     if let Ok(mut held) = l.lock() {
                         // A set-up the pipeline has not heard of yet stays news: the
