@@ -729,13 +729,7 @@ fn syns_behind_long_ipv6_header_chains_are_handed_up_whole() {
 /// The ids of the bpf_links of the program attached to the victim's interface (lab tests
 /// run side by side, each agent with a program of its own), from `bpftool link show`.
 fn xdp_links(lab: &Lab) -> Vec<u64> {
-    let listed = programs(lab);
-    let prog: u64 = listed
-        .first()
-        .and_then(|p| p.strip_prefix("id "))
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("no program on the victim: {listed:?}"));
+    let prog = program_id(lab);
     let out = Command::new("bpftool")
         .args(["-j", "link", "show"])
         .output()
