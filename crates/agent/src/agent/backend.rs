@@ -14,6 +14,29 @@ use crate::metrics::Metrics;
 /// How to give synwatch CAP_NET_ADMIN, for the message when it lacks it.
 const GRANT_NET_ADMIN: &str = "run it as root (sudo synwatch run), or grant the capabilities to the binary (sudo setcap cap_net_raw,cap_net_admin+ep $(command -v synwatch)), or in a container add --cap-add NET_RAW --cap-add NET_ADMIN with --network host; or detect only with --block none";
 
+/// A handle on `backend`'s rules or maps in the kernel (the XDP program's maps from
+/// `xdp`): the blocker's, or a second one on the same for the rule check's thread.
+pub(super) fn open_kernel(
+    backend: Backend,
+    scope: synwatch_enforce::Scope,
+    xdp: Option<&synwatch_xdp::Xdp>,
+) -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
+    let rules = |b| synwatch_enforce::open_system(b, scope);
+    let maps = || -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
+        let xdp = xdp.context("the XDP program is not running")?;
+        Ok(Box::new(xdp.bans()?))
+    };
+    Ok(match backend {
+        Backend::Xdp => maps()?,
+        Backend::XdpNftables => Box::new(synwatch_enforce::Layered::new(
+            backend,
+            maps()?,
+            rules(Backend::Nftables).context("nftables")?,
+        )),
+        other => rules(other).context("no such backend")?,
+    })
+}
+
 /// Starts the blocking backend `choice` asks for. `Err` is a usage error (exit 2):
 /// a backend named explicitly that cannot work. `auto` falls back to none with a
 /// warning saying why.
@@ -90,20 +113,10 @@ fn start_backend(
             duration_text(policy.max_secs)
         );
     }
-    let rules = |b| synwatch_enforce::open_system(b, settings.scope);
-    let maps = || -> anyhow::Result<Box<dyn synwatch_enforce::Enforcer>> {
-        let xdp = xdp.context("the XDP program is not running")?;
-        Ok(Box::new(xdp.bans()?))
-    };
-    let enforcer = match backend {
-        _ if settings.dry_run => Box::new(synwatch_enforce::DryRun { backend }),
-        Backend::Xdp => maps()?,
-        Backend::XdpNftables => Box::new(synwatch_enforce::Layered::new(
-            backend,
-            maps()?,
-            rules(Backend::Nftables).context("nftables")?,
-        )),
-        other => rules(other).context("no such backend")?,
+    let enforcer: Box<dyn synwatch_enforce::Enforcer> = if settings.dry_run {
+        Box::new(synwatch_enforce::DryRun { backend })
+    } else {
+        open_kernel(backend, settings.scope, xdp)?
     };
     Blocker::start(
         enforcer,

@@ -603,21 +603,9 @@ fn start_rule_check(
     blocker: Option<&mut Blocker>,
     xdp: Option<&synwatch_xdp::Xdp>,
 ) {
-    let Some(b) = blocker.filter(|b| !b.dry_run()) else {
-        return;
-    };
-    let rules = |backend| synwatch_enforce::open_system(backend, run.blocking.scope);
-    let maps =
-        || -> Option<Box<dyn synwatch_enforce::Enforcer>> { Some(Box::new(xdp?.bans().ok()?)) };
-    let checker = match b.backend() {
-        Backend::Nftables | Backend::Iptables => rules(b.backend()),
-        Backend::Xdp => maps(),
-        Backend::XdpNftables => maps().zip(rules(Backend::Nftables)).map(|(m, r)| {
-            Box::new(synwatch_enforce::Layered::new(Backend::XdpNftables, m, r))
-                as Box<dyn synwatch_enforce::Enforcer>
-        }),
-    };
-    if let Some(checker) = checker {
+    if let Some(b) = blocker.filter(|b| !b.dry_run())
+        && let Ok(checker) = super::backend::open_kernel(b.backend(), run.blocking.scope, xdp)
+    {
         b.check_from_thread(checker);
     }
 }
