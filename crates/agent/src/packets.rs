@@ -177,13 +177,10 @@ impl Segments {
             None => decode(link, data),
         };
         match got {
-            Err(DecodeError::TruncatedTcp | DecodeError::TruncatedUdp)
-                if (wire_len as usize) > data.len() =>
-            {
-                match decode_cut(link, data, wire_len as usize) {
-                    Ok(Decoded::Segment(s)) => Ok(Decoded::Segment(s)),
-                    _ => got.map_err(NotDecoded::Bad),
-                }
+            Err(e @ (DecodeError::TruncatedTcp | DecodeError::TruncatedUdp)) => {
+                decode_cut(link, data, wire_len as usize)
+                    .map(Decoded::Segment)
+                    .ok_or(NotDecoded::Bad(e))
             }
             got => got.map_err(NotDecoded::Bad),
         }

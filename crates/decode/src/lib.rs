@@ -669,24 +669,18 @@ fn decode_ipv6<'a>(
     }
 }
 
-/// [`decode`] for a packet the capture cut short: `data` holds the first bytes of a
-/// packet that had `wire_len` bytes on the wire (a pcap record's original length). An
-/// old capture's snap length (tcpdump once defaulted to 68 bytes) cuts a SYN inside its
-/// TCP options; the host received the whole header, so it is still an attempt. When
-/// [`decode`] finds the TCP or UDP header cut and the wire held more, the packet is
-/// decoded again with the missing bytes (up to `wire_len`, at most 64 more) filled once
-/// with zeros and once with ones: only if both give the same segment, so that nothing
-/// it reports came from a byte that was not captured, is that the verdict. A fragment is
-/// never judged this way (its bytes matter to reassembly).
-pub fn decode_cut(link: LinkType, data: &[u8], wire_len: usize) -> Result<Decoded, DecodeError> {
-    let first = decode(link, data);
-    if wire_len <= data.len()
-        || !matches!(
-            first,
-            Err(DecodeError::TruncatedTcp | DecodeError::TruncatedUdp)
-        )
-    {
-        return first;
+/// The segment of a packet the capture cut short, where [`decode`] found its TCP or
+/// UDP header cut: `data` holds the first bytes of a packet that had `wire_len` bytes on
+/// the wire (a pcap record's original length). An old capture's snap length (tcpdump
+/// once defaulted to 68 bytes) cuts a SYN inside its TCP options; the host received the
+/// whole header, so it is still an attempt. The packet is decoded again with the missing
+/// bytes (up to `wire_len`, at most [`MAX_CUT_FILL`] more) filled once with zeros and
+/// once with ones: only if both give the same segment, so that nothing it reports came
+/// from a byte that was not captured, is it returned. A fragment never is (its bytes
+/// matter to reassembly).
+pub fn decode_cut(link: LinkType, data: &[u8], wire_len: usize) -> Option<Segment> {
+    if wire_len <= data.len() {
+        return None;
     }
     let filled = |byte: u8| {
         let mut whole = Vec::with_capacity(wire_len.min(data.len() + MAX_CUT_FILL));
@@ -695,8 +689,8 @@ pub fn decode_cut(link: LinkType, data: &[u8], wire_len: usize) -> Result<Decode
         parse(link, &whole, |_| Err(DecodeError::TruncatedTcp))
     };
     match (filled(0), filled(0xff)) {
-        (Ok(Decoded::Segment(a)), Ok(Decoded::Segment(b))) if a == b => Ok(Decoded::Segment(a)),
-        _ => first,
+        (Ok(Decoded::Segment(a)), Ok(Decoded::Segment(b))) if a == b => Some(a),
+        _ => None,
     }
 }
 
