@@ -99,13 +99,19 @@ impl LogLimiter {
         self.v4_len + self.by_source.len()
     }
 
+    /// Where the probe for `addr` starts in the IPv4 table.
+    #[inline]
+    fn v4_home(&self, addr: u32) -> usize {
+        (self.hasher.hash_one(addr) as usize) & (V4_SLOTS - 1)
+    }
+
     /// The slot of `addr` in the IPv4 table, or where it would go.
     fn v4_slot(&mut self, addr: u32) -> Slot {
         if self.v4.is_empty() {
             self.v4 = vec![V4Slot::default(); V4_SLOTS];
         }
         let mask = V4_SLOTS - 1;
-        let mut i = (self.hasher.hash_one(addr) as usize) & mask;
+        let mut i = self.v4_home(addr);
         // Ends: at most MAX_SOURCES_PER_SECOND of the slots belong to this second.
         loop {
             let slot = &self.v4[i];
@@ -124,8 +130,7 @@ impl LogLimiter {
     #[inline]
     pub fn prefetch(&self, src: IpAddr) {
         if let (IpAddr::V4(v4), false) = (src, self.v4.is_empty()) {
-            let i = (self.hasher.hash_one(u32::from(v4)) as usize) & (V4_SLOTS - 1);
-            synwatch_detect::prefetch(&self.v4[i]);
+            synwatch_detect::prefetch(&self.v4[self.v4_home(u32::from(v4))]);
         }
     }
 

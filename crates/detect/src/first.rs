@@ -82,6 +82,12 @@ impl FirstSights {
                 .next_power_of_two();
             self.buckets = crate::table::array(n, Bucket::default());
         }
+        self.hashed(key)
+    }
+
+    /// The bucket of `key` in the allocated array and its tag without port and probes.
+    #[inline]
+    fn hashed(&self, key: &Key) -> (usize, u64) {
         let h = self.hasher.hash_one(key);
         ((h as usize) & (self.buckets.len() - 1), h & SOURCE_BITS)
     }
@@ -93,7 +99,7 @@ impl FirstSights {
         if self.buckets.is_empty() {
             return;
         }
-        let b = (self.hasher.hash_one(key) as usize) & (self.buckets.len() - 1);
+        let (b, _) = self.hashed(key);
         crate::table::prefetch_line(std::ptr::from_ref(&self.buckets[b]).cast());
     }
 
