@@ -309,14 +309,22 @@ fn refresh(listed: &Weak<Mutex<Listed>>) {
 }
 
 /// The next hops `ip` lists (`said`: whether its failure was said already).
-fn listed_hops(said: &mut bool) -> Vec<(IpAddr, Option<String>)> {
+/// What `ip ARGS` prints, run from its fixed system path with a clean environment and
+/// given 2 s; `what` names the job in an error.
+pub fn ip_output(args: &[&str], what: &str) -> Result<String, synwatch_enforce::EnforceError> {
     let mut runner = synwatch_enforce::SystemRunner {
         timeout: Duration::from_secs(2),
     };
+    synwatch_enforce::Runner::run(
+        &mut runner,
+        &synwatch_enforce::Command::new("ip", args, what),
+    )
+}
+
+fn listed_hops(said: &mut bool) -> Vec<(IpAddr, Option<String>)> {
     let mut listings = Vec::new();
     for (args, what) in IP_LISTINGS {
-        let cmd = synwatch_enforce::Command::new("ip", args, what);
-        match synwatch_enforce::Runner::run(&mut runner, &cmd) {
+        match ip_output(args, what) {
             Ok(out) => listings.push(out),
             Err(e) => {
                 if !*said {

@@ -404,15 +404,11 @@ const VERIFY_EVERY: u32 = 3;
 /// The id of the XDP program each interface runs (interfaces without one are not
 /// listed); `None` when `ip` cannot tell.
 fn xdp_programs() -> Option<std::collections::HashMap<String, u64>> {
-    let mut runner = synwatch_enforce::SystemRunner {
-        timeout: Duration::from_secs(2),
-    };
-    let cmd = synwatch_enforce::Command::new(
-        "ip",
+    let text = crate::host::ip_output(
         &["-j", "-d", "link", "show"],
         "list the XDP programs of the interfaces",
-    );
-    let text = synwatch_enforce::Runner::run(&mut runner, &cmd).ok()?;
+    )
+    .ok()?;
     xdp_programs_json(&text)
 }
 
