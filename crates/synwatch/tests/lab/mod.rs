@@ -493,10 +493,13 @@ impl Agent {
         std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
+    /// The events written so far: every whole line (a line the agent is still writing,
+    /// not yet ended by its newline, is not an event yet; every whole one must be JSON).
     pub fn events(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.out)
             .unwrap_or_default()
-            .lines()
+            .split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
             .collect()
     }
