@@ -1,10 +1,17 @@
 //! An open-addressed hash table for the detector's per-attempt lookups.
 //!
 //! The key decision is to own the memory layout: entries live in one flat array (linear
-//! probing, no separate control bytes), so a lookup that finds its key at home touches one
-//! cache line, the slot of a key can be prefetched before it is needed, and an eviction hand
-//! can walk the array (CLOCK) in O(1) amortised per insertion. Deletion shifts the following
-//! entries back instead of leaving tombstones, so probe runs never degrade under churn.
+//! probing), so a lookup that finds its key at home touches one slot, the slot of a key can
+//! be prefetched before it is needed, and an eviction hand can walk the array (CLOCK) in
+//! O(1) amortised per insertion. Deletion shifts the following entries back instead of
+//! leaving tombstones, so probe runs never degrade under churn.
+//!
+//! Beside the slots, one control byte a slot: 0 for a free slot, else 7 bits of the key's
+//! hash (bits the home index does not use) with the top bit set. A probe walks the control
+//! bytes and reads a slot only where they match, about once in 128 for another key. Under a
+//! spoofed flood nearly every lookup is of an absent key: it then reads only control bytes,
+//! 64 slots to a cache line and a table's worth in a few hundred KiB to a few MiB, mostly
+//! in the CPU's caches, where the slots (24 to 64 bytes each) are megabytes away in memory.
 //!
 //! Capacity is a power of two and the load is kept at or under 1/2: the table grows by
 //! doubling and shrinks (after a sweep) when under 1/16 full, so memory follows the entries
@@ -37,6 +44,8 @@ const MOVE_PER_INSERT: usize = 64;
 #[derive(Debug, Clone)]
 pub(crate) struct Table<S: Slot> {
     slots: Vec<S>,
+    /// One control byte per slot (see the module documentation).
+    ctrl: Vec<u8>,
     /// Entries held, in `slots` and `old` together.
     len: usize,
     /// While the table grows: the previous array, whose entries move to `slots` a few
@@ -104,6 +113,7 @@ pub(crate) enum Hand {
 #[derive(Debug, Clone)]
 struct Growing<S> {
     slots: Vec<S>,
+    ctrl: Vec<u8>,
     len: usize,
     /// The first slot looked at: just after an empty one, so at a cluster's start.
     start: usize,
@@ -117,6 +127,7 @@ impl<S: Slot> Default for Table<S> {
     fn default() -> Self {
         Self {
             slots: Vec::new(),
+            ctrl: Vec::new(),
             len: 0,
             old: None,
             hasher: foldhash::fast::RandomState::default(),
@@ -152,6 +163,12 @@ impl<S: Slot> Table<S> {
         self.home_in(key, self.slots.len())
     }
 
+    /// The control byte of a used slot holding `key`.
+    #[inline]
+    fn tag(&self, key: &S::Key) -> u8 {
+        tag_of(self.hasher.hash_one(key))
+    }
+
     /// Asks the CPU to start loading `key`'s home slot (all its cache lines), so that a lookup a little later
     /// does not wait for memory. Does nothing where there is no prefetch instruction.
     #[inline]
@@ -159,24 +176,29 @@ impl<S: Slot> Table<S> {
         if self.slots.is_empty() {
             return;
         }
-        let slot: *const S = &self.slots[self.home(key)];
+        let home = self.home(key);
+        prefetch_line(std::ptr::from_ref(&self.ctrl[home]).cast());
+        let slot: *const S = &self.slots[home];
         // Every cache line of a slot wider than one (they are aligned to 64 bytes).
         for line in (0..std::mem::size_of::<S>()).step_by(64) {
             prefetch_line(slot.cast::<i8>().wrapping_add(line));
         }
     }
 
-    /// The index of `key`'s slot in `slots` (linear probing from its home).
+    /// The index of `key`'s slot in `slots` (linear probing from its home over the
+    /// control bytes `ctrl`), or of the free slot that ends its probe run.
     #[inline]
-    fn find_in(&self, slots: &[S], key: &S::Key) -> Result<usize, usize> {
+    fn find_in(&self, slots: &[S], ctrl: &[u8], key: &S::Key) -> Result<usize, usize> {
         let mask = slots.len() - 1;
-        let mut i = self.home_in(key, slots.len());
+        let hash = self.hasher.hash_one(key);
+        let tag = tag_of(hash);
+        let mut i = (hash as usize) & mask;
         loop {
-            let s = &slots[i];
-            if !s.is_used() {
+            let c = ctrl[i];
+            if c == FREE {
                 return Err(i);
             }
-            if s.key() == *key {
+            if c == tag && slots[i].key() == *key {
                 return Ok(i);
             }
             i = (i + 1) & mask;
@@ -191,7 +213,7 @@ impl<S: Slot> Table<S> {
             return None;
         }
         // Entries held means an array to hold them: `slots` is not empty.
-        match self.find_in(&self.slots, key) {
+        match self.find_in(&self.slots, &self.ctrl, key) {
             Ok(i) => Some(i),
             Err(_) => self.find_old(key),
         }
@@ -208,7 +230,7 @@ impl<S: Slot> Table<S> {
         if (home.wrapping_sub(old.start) & (n - 1)) < n - old.left {
             return None;
         }
-        let i = self.find_in(&old.slots, key).ok()?;
+        let i = self.find_in(&old.slots, &old.ctrl, key).ok()?;
         Some(self.slots.len() + i)
     }
 
@@ -228,7 +250,7 @@ impl<S: Slot> Table<S> {
         }
         // The new array first: most keys are there, and its free slot is the answer
         // when the key is in neither.
-        match self.find_in(&self.slots, key) {
+        match self.find_in(&self.slots, &self.ctrl, key) {
             Ok(i) => Ok(i),
             Err(free) => self.find_old(key).ok_or(free),
         }
@@ -239,6 +261,7 @@ impl<S: Slot> Table<S> {
     #[inline]
     pub fn fill(&mut self, i: usize, slot: S) {
         debug_assert!(!self.slots[i].is_used() && slot.is_used());
+        self.ctrl[i] = self.tag(&slot.key());
         self.slots[i] = slot;
         self.len += 1;
     }
@@ -276,16 +299,19 @@ impl<S: Slot> Table<S> {
     pub fn remove(&mut self, i: usize) {
         match i.checked_sub(self.slots.len()) {
             None => {
-                let mut slots = std::mem::take(&mut self.slots);
-                self.remove_in(&mut slots, i);
-                self.slots = slots;
+                let (mut slots, mut ctrl) = (
+                    std::mem::take(&mut self.slots),
+                    std::mem::take(&mut self.ctrl),
+                );
+                self.remove_in(&mut slots, &mut ctrl, i);
+                (self.slots, self.ctrl) = (slots, ctrl);
             }
             Some(j) => {
                 let mut old = self
                     .old
                     .take()
                     .expect("an index past the array is in the old one");
-                self.remove_in(&mut old.slots, j);
+                self.remove_in(&mut old.slots, &mut old.ctrl, j);
                 old.len -= 1;
                 self.old = Some(old);
             }
@@ -293,25 +319,24 @@ impl<S: Slot> Table<S> {
         self.len -= 1;
     }
 
-    fn remove_in(&self, slots: &mut [S], i: usize) {
+    fn remove_in(&self, slots: &mut [S], ctrl: &mut [u8], i: usize) {
         debug_assert!(slots[i].is_used());
         let mask = slots.len() - 1;
         let mut hole = i;
         let mut j = (i + 1) & mask;
-        loop {
+        while ctrl[j] != FREE {
             let s = slots[j];
-            if !s.is_used() {
-                break;
-            }
             let home = self.home_in(&s.key(), slots.len());
             // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 slots[hole] = s;
+                ctrl[hole] = ctrl[j];
                 hole = j;
             }
             j = (j + 1) & mask;
         }
         slots[hole] = S::EMPTY;
+        ctrl[hole] = FREE;
     }
 
     /// Keeps the entries for which `keep` holds (it may see an entry twice, so it must
@@ -322,8 +347,7 @@ impl<S: Slot> Table<S> {
         let before = self.len;
         let mut i = 0;
         while i < self.slots.len() {
-            let s = &self.slots[i];
-            if s.is_used() && !keep(s) {
+            if self.ctrl[i] != FREE && !keep(&self.slots[i]) {
                 self.remove(i);
             } else {
                 i += 1;
@@ -335,6 +359,22 @@ impl<S: Slot> Table<S> {
             self.settle();
         }
         before - self.len
+    }
+
+    /// Whether every control byte says what its slot holds.
+    #[cfg(test)]
+    fn consistent(&self) -> bool {
+        let agree = |slots: &[S], ctrl: &[u8]| {
+            slots.len() == ctrl.len()
+                && slots.iter().zip(ctrl).all(|(s, &c)| {
+                    if s.is_used() {
+                        c == self.tag(&s.key())
+                    } else {
+                        c == FREE
+                    }
+                })
+        };
+        agree(&self.slots, &self.ctrl) && self.old.as_ref().is_none_or(|o| agree(&o.slots, &o.ctrl))
     }
 
     /// The used entries.
@@ -394,13 +434,15 @@ impl<S: Slot> Table<S> {
         let mask = old.slots.len() - 1;
         let mut looked = 0;
         // Stop only at an empty slot, so that a cluster goes whole.
-        while old.left > 0 && (looked < at_least || old.slots[old.cursor].is_used()) {
+        while old.left > 0 && (looked < at_least || old.ctrl[old.cursor] != FREE) {
             let s = std::mem::replace(&mut old.slots[old.cursor], S::EMPTY);
-            if s.is_used() {
+            let c = std::mem::replace(&mut old.ctrl[old.cursor], FREE);
+            if c != FREE {
                 // An entry is in one array only, so this finds a free slot.
-                let (Ok(free) | Err(free)) = self.find_in(&self.slots, &s.key());
+                let (Ok(free) | Err(free)) = self.find_in(&self.slots, &self.ctrl, &s.key());
                 debug_assert!(!self.slots[free].is_used());
                 self.slots[free] = s;
+                self.ctrl[free] = c;
                 old.len -= 1;
             }
             old.cursor = (old.cursor + 1) & mask;
@@ -421,22 +463,34 @@ impl<S: Slot> Table<S> {
     fn grow(&mut self, slots: usize) {
         debug_assert!(self.old.is_none());
         let previous = std::mem::replace(&mut self.slots, array(slots, S::EMPTY));
+        let previous_ctrl = std::mem::replace(&mut self.ctrl, array(slots, FREE));
         let held = self.len;
         if held == 0 {
             return;
         }
         // Start after an empty slot (a table is never full), so at a cluster's start.
-        let empty = previous.iter().position(|s| !s.is_used()).unwrap_or(0);
+        let empty = previous_ctrl.iter().position(|&c| c == FREE).unwrap_or(0);
         let n = previous.len();
         let start = (empty + 1) & (n - 1);
         self.old = Some(Growing {
             slots: previous,
+            ctrl: previous_ctrl,
             len: held,
             start,
             cursor: start,
             left: n,
         });
     }
+}
+
+/// The control byte of a free slot.
+const FREE: u8 = 0;
+
+/// The control byte of a used slot whose key hashes to `hash`: bits 57 to 63 (a home
+/// index takes the low bits) with the top bit set, so never [`FREE`].
+#[inline]
+fn tag_of(hash: u64) -> u8 {
+    0x80 | (hash >> 57) as u8
 }
 
 /// An array of `n` empty slots. One of 2 MiB or more is backed by huge pages where the
@@ -586,6 +640,7 @@ mod tests {
             assert_eq!(t.find(k).map(|i| t.get(i).value), Some(*v));
         }
         assert_eq!(t.iter().count(), model.len());
+        assert!(t.consistent());
         assert!(t.capacity() <= 4 * model.len().max(MIN_SLOTS));
     }
 
@@ -632,11 +687,15 @@ mod tests {
                 t.find(&key).map(|i| t.get(i).value),
                 model.get(&key).copied()
             );
+            if step % 4_096 == 0 {
+                assert!(t.consistent(), "control bytes disagree at step {step}");
+            }
         }
         for (k, v) in &model {
             assert_eq!(t.find(k).map(|i| t.get(i).value), Some(*v));
         }
         assert_eq!(t.iter().count(), model.len());
+        assert!(t.consistent());
     }
 
     #[test]
@@ -680,6 +739,7 @@ mod tests {
             put(&mut t, j, j);
         }
         assert!(t.old.is_none(), "still moving after 1,000 insertions");
+        assert!(t.consistent());
         assert_eq!(t.len(), held + 1_000);
         assert_eq!(t.iter().count(), t.len());
         assert!(
