@@ -91,7 +91,7 @@ fn mixed() -> Vec<Observation> {
 /// A spoofed SYN flood: every observation a new source, the source table at its cap.
 fn flood() -> Vec<Observation> {
     let dst = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
-    (0..1_000_000u32)
+    (0..3_000_000u32)
         .map(|i| {
             let src = IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i.wrapping_mul(2_654_435_761)));
             syn(T0 + Nanos::from(i) * 10_000, src, dst, 1024, 80)
