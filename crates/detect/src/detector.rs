@@ -20,7 +20,7 @@ use synwatch_decode::TcpFlags;
 use crate::Nanos;
 use crate::addrset::AddrSet;
 use crate::probe::{Probe, ProbeSet};
-use crate::state::{Attempts, PortSeen, Sources};
+use crate::state::{Attempts, PortSeen, Sources, Tuple as Tuple4};
 use crate::sweep::{Pending, Sweeps, Tuple};
 
 /// Whether an attempt leaves or enters the host.
@@ -415,7 +415,7 @@ impl Detector {
             return;
         };
         if probe == Probe::Syn {
-            self.attempts.prefetch(&crate::state::Tuple::new(
+            self.attempts.prefetch(&Tuple4::new(
                 addr_key(obs.src),
                 addr_key(obs.dst),
                 obs.sport,
@@ -455,8 +455,11 @@ impl Detector {
             Direction::In
         };
 
+        // A new attempt's 4-tuple not remembered yet, and its mark: remembered once the
+        // source is known to hold a slot (a first sighting keeps the mark instead).
+        let mut unremembered = None;
         let seen = if probe == Probe::Syn {
-            if self.is_retransmission(obs) {
+            let Some(tuple) = self.new_attempt(obs) else {
                 self.stats.retransmissions += 1;
                 return Outcome {
                     seen: Seen::Retransmission(direction),
@@ -464,7 +467,8 @@ impl Detector {
                     scan: None,
                     sweeps: std::mem::take(&mut self.found),
                 };
-            }
+            };
+            unremembered = tuple;
             match direction {
                 Direction::In => self.stats.attempts_in += 1,
                 Direction::Out => self.stats.attempts_out += 1,
@@ -477,6 +481,9 @@ impl Detector {
 
         let log = probe == Probe::Syn && self.cfg.direction.selects(direction);
         if !self.cfg.direction.counts_toward_scans(direction) {
+            if let Some((tuple, _)) = unremembered {
+                self.remember(tuple);
+            }
             return Outcome {
                 seen,
                 log,
@@ -484,7 +491,11 @@ impl Detector {
                 sweeps: std::mem::take(&mut self.found),
             };
         }
-        let (scan, tracked) = self.track(obs, probe, now);
+        let mark = unremembered.map_or(0, |(_, mark)| mark);
+        let (scan, tracked) = self.track(obs, probe, now, mark);
+        if tracked && let Some((tuple, _)) = unremembered {
+            self.remember(tuple);
+        }
         // A source seen for the first time at the cap (a first sighting) is not counted
         // toward sweeps: under a spoofed flood that is every packet, whose answer would
         // otherwise be waited for and judged, and a sweeper counts from its next attempt.
@@ -594,30 +605,60 @@ impl Detector {
         self.sweeps.sweep_stale(now, window);
     }
 
-    fn is_retransmission(&mut self, obs: &Observation) -> bool {
-        let tuple =
-            crate::state::Tuple::new(addr_key(obs.src), addr_key(obs.dst), obs.sport, obs.dport);
-        let (repeat, evicted) =
-            self.attempts
-                .sighting(tuple, self.now, self.cfg.window, self.cfg.max_attempts);
-        self.stats.attempts_evicted += evicted;
-        repeat
+    /// A SYN's 4-tuple against those remembered: `None` for a retransmission; for a new
+    /// attempt, its 4-tuple and mark if they are not remembered yet (the caller has it
+    /// [`Detector::remember`]ed unless it becomes a first sighting).
+    fn new_attempt(&mut self, obs: &Observation) -> Option<Option<(Tuple4, u32)>> {
+        let tuple = Tuple4::new(addr_key(obs.src), addr_key(obs.dst), obs.sport, obs.dport);
+        match self.attempts.again(tuple, self.now, self.cfg.window) {
+            Some(true) => return None,
+            Some(false) => return Some(None),
+            None => {}
+        }
+        let mark = self.sources.mark(&tuple);
+        let (counted_as, _) = self.source_of(obs.src);
+        let key = halves(addr_key(counted_as));
+        if self
+            .sources
+            .first_repeat(&key, mark, self.now, self.cfg.window)
+        {
+            // A first sighting's attempt again: remembered in full from now on.
+            self.remember(tuple);
+            return None;
+        }
+        Some(Some((tuple, mark)))
     }
 
-    /// Records `obs` against its source; returns a scan if this observation starts an
-    /// episode, and whether the source holds a slot (not if only a first sighting of it
-    /// was written down).
-    fn track(&mut self, obs: &Observation, probe: Probe, now: Nanos) -> (Option<Scan>, bool) {
+    /// Remembers a 4-tuple not remembered yet, seen now.
+    fn remember(&mut self, tuple: Tuple4) {
+        self.stats.attempts_evicted +=
+            self.attempts
+                .insert(tuple, self.now, self.cfg.window, self.cfg.max_attempts);
+    }
+
+    /// Records `obs` (of an attempt marked `mark`, 0 for none) against its source;
+    /// returns a scan if this observation starts an episode, and whether the source holds
+    /// a slot (not if only a first sighting of it was written down, `mark` with it).
+    fn track(
+        &mut self,
+        obs: &Observation,
+        probe: Probe,
+        now: Nanos,
+        mark: u32,
+    ) -> (Option<Scan>, bool) {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
         let (counted_as, prefix) = self.source_of(obs.src);
         let key = halves(addr_key(counted_as));
         // One port alone cannot make a scan (unless `max_ports` is 0): at the cap, a new
         // source's first sighting may wait apart for it to come back.
-        let seen = (keep > 1).then(|| PortSeen {
-            last: now,
-            port: obs.dport,
-            probes: probe.into(),
+        let seen = (keep > 1).then(|| {
+            let seen = PortSeen {
+                last: now,
+                port: obs.dport,
+                probes: probe.into(),
+            };
+            (seen, mark)
         });
         let Some((mut source, evicted)) =
             self.sources

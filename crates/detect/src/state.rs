@@ -18,7 +18,8 @@
 //! of the hand, however many ports it reached; a real scanner, however slow, does come back,
 //! and each return with more ports lets it outlive more of such noise. While the table is
 //! full, a source not tracked yet is only written down (`first`) until it comes back, so
-//! sources that never do evict nobody.
+//! sources that never do evict nobody; the 4-tuple of its attempt is remembered there too,
+//! not in [`Attempts`], so that they evict no remembered attempt either.
 
 use smallvec::SmallVec;
 
@@ -162,14 +163,29 @@ impl Sources {
         self.first.prefetch(key);
     }
 
+    /// The mark a first sighting keeps of an attempt's 4-tuple (see `first`).
+    #[inline]
+    pub fn mark(&self, tuple: &Tuple) -> u32 {
+        self.first.mark(tuple)
+    }
+
+    /// Whether the attempt marked `mark` of source `key` is a first sighting's, seen within
+    /// `window` of `now`: a retransmission, whose 4-tuple the caller now remembers in the
+    /// 4-tuple table.
+    #[inline]
+    pub fn first_repeat(&mut self, key: &Key, mark: u32, now: Nanos, window: Nanos) -> bool {
+        self.first.repeat(key, mark, now, window)
+    }
+
     /// The state of `key`, made room for (evicting one source when `cap` is reached) and
     /// created at `now` if it is not tracked. Returns the state and how many sources were
     /// evicted to make room.
     ///
     /// With `seen` (this observation's port, when one port alone cannot make a scan), a
     /// source not tracked while the table is full is not given a slot at once: its first
-    /// sighting is written down apart (`first`) and `None` returned; it gets a slot,
-    /// holding that first port, when it comes back within the window.
+    /// sighting is written down apart (`first`), with `mark`, its attempt's 4-tuple mark
+    /// (0 for a stealth probe), and `None` returned; it gets a slot, holding that first
+    /// port, when it comes back within the window.
     #[inline]
     pub fn load(
         &mut self,
@@ -177,7 +193,7 @@ impl Sources {
         now: Nanos,
         window: Nanos,
         cap: usize,
-        seen: Option<PortSeen>,
+        seen: Option<(PortSeen, u32)>,
     ) -> Option<(Loaded, u64)> {
         let mut evicted = 0;
         let index = match self.table.find(&key) {
@@ -194,13 +210,13 @@ impl Sources {
             None => {
                 let mut before = None;
                 if self.table.len() >= cap.max(1) {
-                    if let Some(p) = seen {
+                    if let Some((p, mark)) = seen {
                         let seen = Seen {
                             ts: p.last,
                             port: p.port,
                             probes: p.probes,
                         };
-                        let first = self.first.take_or_note(&key, seen, window, cap)?;
+                        let first = self.first.take_or_note(&key, seen, mark, window, cap)?;
                         before = Some(PortSeen {
                             last: first.ts,
                             port: first.port,
@@ -458,7 +474,7 @@ attempt_slot!(Attempt4, Key4);
 attempt_slot!(Attempt6, Key6);
 
 /// A 4-tuple, sorted into the table that holds its kind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Hash)]
 pub(crate) enum Tuple {
     V4(Key4),
     V6(Key6),
@@ -509,13 +525,33 @@ impl Attempts {
 
     /// Records a sighting of `t` at `now`; returns whether it repeats one within `window`
     /// (a retransmission) and how many live tuples were evicted to stay under `cap`.
-    #[inline]
+    #[cfg(test)]
     pub fn sighting(&mut self, t: Tuple, now: Nanos, window: Nanos, cap: usize) -> (bool, u64) {
+        match self.again(t, now, window) {
+            Some(repeat) => (repeat, 0),
+            None => (false, self.insert(t, now, window, cap)),
+        }
+    }
+
+    /// A sighting at `now` of `t`, if it is remembered: whether it repeats the last one
+    /// within `window` (a retransmission). `None` if `t` is not remembered.
+    #[inline]
+    pub fn again(&mut self, t: Tuple, now: Nanos, window: Nanos) -> Option<bool> {
+        match t {
+            Tuple::V4(k) => again(&mut self.v4, k, now, window),
+            Tuple::V6(k) => again(&mut self.v6, k, now, window),
+        }
+    }
+
+    /// Remembers `t`, not remembered yet, as seen at `now`; returns how many live tuples
+    /// were evicted to stay under `cap`.
+    #[inline]
+    pub fn insert(&mut self, t: Tuple, now: Nanos, window: Nanos, cap: usize) -> u64 {
         let full = self.len() >= cap.max(1);
         let (v4, v6) = (&mut self.v4, &mut self.v6);
         match t {
-            Tuple::V4(k) => sighting(v4, v6, k, now, window, full),
-            Tuple::V6(k) => sighting(v6, v4, k, now, window, full),
+            Tuple::V4(k) => insert(v4, v6, k, now, window, full),
+            Tuple::V6(k) => insert(v6, v4, k, now, window, full),
         }
     }
 
@@ -527,18 +563,26 @@ impl Attempts {
 }
 
 #[inline]
-fn sighting<A: AttemptSlot, B: AttemptSlot>(
+fn again<A: AttemptSlot>(
+    table: &mut Table<A>,
+    key: A::Key,
+    now: Nanos,
+    window: Nanos,
+) -> Option<bool> {
+    let i = table.find(&key)?;
+    let last = table.get_mut(i).seen(now);
+    Some(now.saturating_sub(last) <= window)
+}
+
+#[inline]
+fn insert<A: AttemptSlot, B: AttemptSlot>(
     table: &mut Table<A>,
     other: &mut Table<B>,
     key: A::Key,
     now: Nanos,
     window: Nanos,
     full: bool,
-) -> (bool, u64) {
-    if let Some(i) = table.find(&key) {
-        let last = table.get_mut(i).seen(now);
-        return (now.saturating_sub(last) <= window, 0);
-    }
+) -> u64 {
     let evicted = if !full {
         0
     } else if table.len() > 0 {
@@ -549,7 +593,7 @@ fn sighting<A: AttemptSlot, B: AttemptSlot>(
     if let Err(i) = table.find_or_free(&key) {
         table.fill(i, A::new(key, now));
     }
-    (false, evicted)
+    evicted
 }
 
 /// Makes room for one tuple (CLOCK over the reference bit; expired tuples go first as the

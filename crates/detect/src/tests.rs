@@ -515,10 +515,17 @@ fn source_cap_keeps_the_scanner_under_a_spoofed_flood() {
     let stats = det.stats();
     // The flood's sources, seen once each, were written down apart at the cap instead of
     // turning the table over: the scanner, tracked since its first probe, kept its slot
-    // and nobody was evicted.
+    // and nobody was evicted. Their attempts were written down with them, so they did not
+    // turn the 4-tuple table over either: it holds the first 1,000 sources' and the
+    // scanner's.
     assert!(stats.first_sightings > 190_000, "{stats:?}");
     assert_eq!(stats.sources_evicted, 0, "{stats:?}");
-    assert!(stats.attempts_evicted > 0, "{stats:?}");
+    assert_eq!(stats.attempts_evicted, 0, "{stats:?}");
+    assert!(
+        det.tracked_attempts() <= 1_000 + 400,
+        "{}",
+        det.tracked_attempts()
+    );
 }
 
 #[test]
@@ -1425,4 +1432,144 @@ fn answered_attempts_keep_a_sweep_episode_open() {
         .copied()
         .collect();
     assert_eq!(sweeps_of(&mut det, &quiet).len(), 2);
+}
+
+/// A detector whose source table (cap 2) is full: two sources hold the slots.
+fn full_detector() -> Detector {
+    let mut det = Detector::new(Config {
+        max_sources: 2,
+        ..local_cfg()
+    });
+    for (i, src) in ["10.0.0.1", "10.0.0.2"].iter().enumerate() {
+        det.observe(&syn(i as Nanos * MS, src, 22));
+    }
+    assert_eq!(det.tracked_sources(), 2);
+    det
+}
+
+#[test]
+fn a_first_sightings_retransmission_is_one_and_its_memory_lasts_the_window() {
+    let mut det = full_detector();
+    let first = syn(SEC, "198.51.100.7", 80);
+    let again = |det: &mut Detector, at: Nanos| {
+        det.observe(&Observation {
+            ts: T0 + at,
+            ..first
+        })
+    };
+    assert_eq!(again(&mut det, SEC).seen, Seen::Attempt(Direction::In));
+    assert_eq!(det.stats().first_sightings, 1);
+    // Not in the 4-tuple table: the first sighting holds it.
+    assert_eq!(det.tracked_attempts(), 2);
+    for at in [2 * SEC, 4 * SEC, 8 * SEC] {
+        let out = again(&mut det, at);
+        assert_eq!(out.seen, Seen::Retransmission(Direction::In), "at {at}");
+        assert!(!out.log);
+    }
+    // Within the window of its last sighting (8 s), not of its first.
+    assert_eq!(
+        again(&mut det, 67 * SEC).seen,
+        Seen::Retransmission(Direction::In)
+    );
+    assert_eq!(
+        again(&mut det, 128 * SEC).seen,
+        Seen::Attempt(Direction::In)
+    );
+}
+
+#[test]
+fn a_first_sighting_left_alone_past_the_window_is_a_new_attempt_again() {
+    let mut det = full_detector();
+    let first = syn(SEC, "198.51.100.7", 80);
+    assert_eq!(det.observe(&first).seen, Seen::Attempt(Direction::In));
+    let late = Observation {
+        ts: first.ts + 60 * SEC + 1,
+        ..first
+    };
+    assert_eq!(det.observe(&late).seen, Seen::Attempt(Direction::In));
+    let inside = Observation {
+        ts: late.ts + 60 * SEC,
+        ..first
+    };
+    assert_eq!(
+        det.observe(&inside).seen,
+        Seen::Retransmission(Direction::In)
+    );
+}
+
+#[test]
+fn a_source_back_with_a_new_port_still_has_its_first_attempt_remembered() {
+    let mut det = full_detector();
+    let first = syn(SEC, "198.51.100.7", 80);
+    assert_eq!(det.observe(&first).seen, Seen::Attempt(Direction::In));
+    // Back on another port: a slot (evicting one), its first port with it.
+    let second = syn(2 * SEC, "198.51.100.7", 443);
+    let out = det.observe(&second);
+    assert_eq!(out.seen, Seen::Attempt(Direction::In));
+    assert!(out.log);
+    assert_eq!(det.stats().first_sightings, 1);
+    // Its first attempt retransmitted, then its second: both retransmissions.
+    for o in [first, second, first] {
+        let o = Observation {
+            ts: o.ts + 3 * SEC,
+            ..o
+        };
+        assert_eq!(
+            det.observe(&o).seen,
+            Seen::Retransmission(Direction::In),
+            "{o:?}"
+        );
+    }
+    // And its ports count: two more make a scan of four.
+    let (scans, _) = run(
+        &mut det,
+        &[
+            syn(5 * SEC, "198.51.100.7", 22),
+            syn(6 * SEC, "198.51.100.7", 25),
+        ],
+    );
+    assert_eq!(scans.len(), 1, "{scans:?}");
+    assert_eq!(scans[0].ports, [80, 443, 22, 25]);
+}
+
+#[test]
+fn a_forgotten_first_sighting_keeps_its_attempt_a_retransmission() {
+    let mut det = full_detector();
+    let first = syn(SEC, "198.51.100.7", 80);
+    det.observe(&first);
+    // A lifted ban forgets the source's ports, not its 4-tuples.
+    det.forget(ip("198.51.100.7"));
+    let again = Observation {
+        ts: first.ts + SEC,
+        ..first
+    };
+    assert_eq!(
+        det.observe(&again).seen,
+        Seen::Retransmission(Direction::In)
+    );
+    // Its port was forgotten: back on another port, it is a first sighting again.
+    det.observe(&syn(3 * SEC, "198.51.100.7", 443));
+    assert_eq!(det.stats().first_sightings, 2);
+}
+
+#[test]
+fn first_sightings_of_an_ipv6_prefix_tell_its_addresses_attempts_apart() {
+    let mut det = full_detector();
+    let a = obs(SEC, "2001:db8:77:1::a", 5000, "192.0.2.1", 80, SYN);
+    let b = obs(SEC, "2001:db8:77:1::b", 5000, "192.0.2.1", 80, SYN);
+    assert_eq!(det.observe(&a).seen, Seen::Attempt(Direction::In));
+    // Same prefix, same ports, another address: another attempt (and the prefix's
+    // second, so it gets a slot).
+    assert_eq!(det.observe(&b).seen, Seen::Attempt(Direction::In));
+    for o in [a, b] {
+        let o = Observation {
+            ts: o.ts + SEC,
+            ..o
+        };
+        assert_eq!(
+            det.observe(&o).seen,
+            Seen::Retransmission(Direction::In),
+            "{o:?}"
+        );
+    }
 }
