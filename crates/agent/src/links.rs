@@ -47,7 +47,7 @@ const BATCH: usize = 1024;
 const FLOOD_RATE: u64 = 50_000;
 /// How long a capture thread under a flood waits for packets to pile up: the most a
 /// packet is delayed by it.
-const FLOOD_PAUSE: Duration = Duration::from_millis(2);
+const FLOOD_PAUSE: Duration = Duration::from_millis(5);
 
 /// Fewer wake-ups under a flood. libpcap's kernel ring hands up a block of packets every
 /// millisecond (`LiveOptions::block_ms`, kept that short so that a probe on a quiet link
