@@ -9,6 +9,11 @@
 //! with captured packets. What this cannot see: attempts on closed ports (no socket is
 //! made), and half-open SYN scans of open ports unless a dump happens to catch the
 //! request socket.
+//!
+//! The first dump is only a baseline: the connections open when the agent starts were not
+//! seen opening, at a time it does not know, so they are not reported. Taken as attempts
+//! made at start, a client holding sessions to four services (a monitoring server, the
+//! operator's own workstation) would be a port scanner on every restart.
 
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -113,6 +118,7 @@ pub fn run(
     let mut tracker = NewConnections::new();
     let mut destroyed = Vec::new();
     let mut failing = false;
+    let mut baseline = true;
     // Counts new connections and hands them over as observations taken now; false when
     // the pipeline is gone.
     let deliver = |found: Vec<Connection>, counter: &[&AtomicU64]| {
@@ -132,7 +138,13 @@ pub fn run(
                     tracing::info!("the socket table reads again");
                     failing = false;
                 }
-                if !deliver(tracker.update(&dump), &[&counters.connections]) {
+                let found = tracker.update(&dump);
+                if std::mem::take(&mut baseline) {
+                    tracing::info!(
+                        "{} connections already open at start: not reported (their opening was not seen)",
+                        found.len()
+                    );
+                } else if !deliver(found, &[&counters.connections]) {
                     return;
                 }
             }
@@ -186,6 +198,55 @@ pub fn run(
 mod tests {
     use super::*;
     use synwatch_capture::sockets::TcpState;
+
+    const TCP: &str = include_str!("../../capture/tests/fixtures/proc_net_tcp");
+
+    #[test]
+    fn connections_open_at_start_are_a_baseline_and_only_later_ones_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = dir.path().join("proc/net");
+        std::fs::create_dir_all(&net).unwrap();
+        std::fs::write(net.join("tcp"), TCP).unwrap();
+        let source = SocketSource {
+            table: SocketTable::with_proc(synwatch_capture::sockets::ProcSource::with_root(
+                dir.path(),
+            )),
+            events: None,
+            poll: Duration::from_millis(5),
+        };
+        let (stop, counters) = (AtomicBool::new(false), SocketCounters::default());
+        let sent = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                run(
+                    source,
+                    &stop,
+                    &counters,
+                    || 7,
+                    crate::clock::monotonic,
+                    |batch| {
+                        sent.lock().unwrap().extend(batch);
+                        true
+                    },
+                );
+            });
+            let dumps_reach = |n: u64| {
+                while counters.dumps.load(Ordering::Relaxed) < n {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            };
+            dumps_reach(2);
+            // A new connection to 10.0.0.5:22 (listening) from 203.0.113.77:40001.
+            let line = "   7: 0500000A:0016 4D7100CB:9C41 01 00000000:00000000 00:00000000 00000000  1000        0 40007 1 0000000000000000 100 0 0 10 0\n";
+            std::fs::write(net.join("tcp"), format!("{TCP}{line}")).unwrap();
+            dumps_reach(4);
+            stop.store(true, Ordering::Relaxed);
+        });
+        let sent = sent.into_inner().unwrap();
+        let seen: Vec<_> = sent.iter().map(|o| (o.src, o.sport, o.dport)).collect();
+        assert_eq!(seen, [("203.0.113.77".parse().unwrap(), 40001, 22)]);
+        assert_eq!(counters.connections.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn a_connection_stands_for_the_syn_that_opened_it() {
