@@ -626,17 +626,26 @@ impl Metrics {
             "Whether the interface is watched right now (1), or missing or failed and waited for (0).",
             &by_iface(&|i| u64::from(i.up.load(Ordering::Relaxed))),
         );
+        // Required names (SPEC §5): with no interface watched (`--source sockets`, which
+        // reads no packets) each is one sample of 0 without labels, so that it is there.
+        let or_zero = |samples: Vec<(String, u64)>| {
+            if samples.is_empty() {
+                vec![(String::new(), 0)]
+            } else {
+                samples
+            }
+        };
         family(
             "synwatch_packets_total",
             "counter",
             "Packets that passed the kernel filter and reached synwatch, by interface.",
-            &by_iface(&|i| get(&i.packets)),
+            &or_zero(by_iface(&|i| get(&i.packets))),
         );
         family(
             "synwatch_capture_drops_total",
             "counter",
             "Packets the kernel dropped before synwatch could read them (buffer full), by interface.",
-            &by_iface(&|i| get(&i.drops)),
+            &or_zero(by_iface(&|i| get(&i.drops))),
         );
         family(
             "synwatch_interface_drops_total",
@@ -913,6 +922,19 @@ mod tests {
         let mut reply = String::new();
         s.read_to_string(&mut reply).expect("read");
         reply
+    }
+
+    #[test]
+    fn the_required_packet_counters_are_there_without_an_interface() {
+        let page = Metrics::new(&[]).render();
+        for line in ["synwatch_packets_total 0", "synwatch_capture_drops_total 0"] {
+            assert!(page.lines().any(|l| l == line), "lacks {line}:\n{page}");
+        }
+        let watched = Metrics::new(&["eth0".to_owned()]);
+        watched.interfaces[0].packets.store(5, Ordering::Relaxed);
+        let page = watched.render();
+        assert!(page.contains("synwatch_packets_total{interface=\"eth0\"} 5"));
+        assert!(!page.lines().any(|l| l == "synwatch_packets_total 0"));
     }
 
     #[test]
