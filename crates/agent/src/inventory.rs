@@ -23,7 +23,7 @@ use synwatch_detect::inventory::{
     Class, Endpoint, FlowKey, FlowStats, Inventory, InventoryConfig, Proto,
 };
 
-use crate::packets::{Segments, each_packet, time_order};
+use crate::packets::{NotDecoded, Segments, each_packet, time_order};
 use crate::timefmt::rfc3339;
 
 /// What the packets of one inventory amounted to, beyond the flows.
@@ -31,29 +31,40 @@ use crate::timefmt::rfc3339;
 pub struct Read {
     pub packets: u64,
     pub undecodable: u64,
-    /// Some capture file could not be read, or not to its end.
+    /// Some capture file could not be read, or not to its end, or held packets of a link
+    /// type that cannot be decoded.
     pub bad_input: bool,
+    /// A live capture failed before the end (its interface went away): the flows cover
+    /// only the traffic before.
+    pub lost: bool,
     /// What was read, for the summary: the files, or the interfaces.
     pub what: String,
 }
 
-/// Counts one captured packet.
+/// Counts one captured packet; returns its link type if that is one that cannot be
+/// decoded.
 fn feed(
     inventory: &mut Inventory,
     read: &mut Read,
     segments: &mut Segments,
     (linktype, ts, data, wire_len): (u32, Nanos, &[u8], u32),
-) {
+) -> Option<u32> {
     read.packets += 1;
     match segments.decode(linktype, data, ts, wire_len) {
         Ok(Decoded::Segment(seg)) => inventory.observe(ts, &seg),
         Ok(Decoded::Skipped(_)) => {}
-        Err(_) => read.undecodable += 1,
+        Err(NotDecoded::Link(linktype)) => {
+            read.undecodable += 1;
+            return Some(linktype);
+        }
+        Err(NotDecoded::Bad(_)) => read.undecodable += 1,
     }
+    None
 }
 
 /// The inventory of capture files, read as one stream of time. A file that cannot be
-/// read is reported in one line and the others still count.
+/// read, or holds packets of a link type that cannot be decoded, is reported in one line
+/// (as `replay` reports it) and the others still count.
 pub fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
     let mut inventory = Inventory::new(cfg);
     let mut read = Read {
@@ -63,14 +74,26 @@ pub fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
     let mut segments = Segments::per_packet();
     let mut warned = false;
     for path in time_order(paths) {
+        let mut unsupported = Vec::new();
         let each = each_packet(path, &mut (), |p| {
             let packet = (p.linktype, p.ts_nanos, p.data, p.orig_len);
-            feed(&mut inventory, &mut read, &mut segments, packet);
+            let link = feed(&mut inventory, &mut read, &mut segments, packet);
+            // A few named in the message are enough; a crafted file may hold thousands.
+            if let Some(l) = link
+                && unsupported.len() < 8
+                && !unsupported.contains(&l)
+            {
+                unsupported.push(l);
+            }
             warned = warn_cap(&inventory, warned);
             ControlFlow::<()>::Continue(())
         });
         if let Err(msg) = each {
             tracing::error!("{msg}");
+            read.bad_input = true;
+        }
+        if !unsupported.is_empty() {
+            tracing::error!("{}", crate::replay::unsupported_links(path, &unsupported));
             read.bad_input = true;
         }
     }
@@ -134,9 +157,15 @@ pub fn live(
         )),
     );
     let (tx, rx) = mpsc::channel::<(Batch, u64, u64)>();
+    let lost = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for cap in captures {
-        workers.push(spawn_capture(cap, Arc::clone(stop), tx.clone())?);
+        workers.push(spawn_capture(
+            cap,
+            Arc::clone(stop),
+            Arc::clone(&lost),
+            tx.clone(),
+        )?);
     }
     drop(tx);
     let started = crate::clock::monotonic();
@@ -166,14 +195,17 @@ pub fn live(
     for handle in workers {
         let _ = handle.join();
     }
+    read.lost = lost.load(Ordering::Relaxed);
     Ok((inventory, read))
 }
 
 /// The thread that reads one interface's packets until `stop`, handing their segments
-/// over in batches with the counts of packets read and not decoded.
+/// over in batches with the counts of packets read and not decoded; a capture that fails
+/// sets `lost`.
 fn spawn_capture(
     mut cap: LiveCapture,
     stop: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
     tx: mpsc::Sender<(Batch, u64, u64)>,
 ) -> Result<thread::JoinHandle<()>> {
     let name = cap.iface().to_owned();
@@ -184,7 +216,22 @@ fn spawn_capture(
             let mut segments = Segments::per_packet();
             let mut batch = Batch::new();
             let (mut packets, mut undecodable) = (0u64, 0u64);
+            // A handle on an interface that was deleted (and perhaps made again under its
+            // name) reads nothing more, often without an error: checked like the agent's.
+            let index = crate::links::ifindex(&name);
+            let mut next_check = crate::clock::monotonic() + crate::links::CHECK_EVERY;
             while !stop.load(Ordering::Relaxed) {
+                let now = crate::clock::monotonic();
+                if now >= next_check {
+                    next_check = now + crate::links::CHECK_EVERY;
+                    if crate::links::ifindex(&name) != index {
+                        tracing::error!(
+                            "capture on {name} lost: the interface went away or was made again"
+                        );
+                        lost.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                }
                 let got = match cap.next_packet() {
                     Ok(Some(p)) => {
                         packets += 1;
@@ -198,6 +245,7 @@ fn spawn_capture(
                     Ok(None) => false,
                     Err(e) => {
                         tracing::error!("{e}");
+                        lost.store(true, Ordering::Relaxed);
                         break;
                     }
                 };
@@ -227,6 +275,9 @@ pub fn summary(inventory: &Inventory, read: &Read, flows: usize) -> String {
             "; {} packets between other hosts left out (--no-else)",
             s.else_skipped
         );
+    }
+    if read.lost {
+        text.push_str("; a capture failed before the end (above): these flows are incomplete");
     }
     let o = inventory.overflow();
     if o.since.is_some() {

@@ -373,14 +373,20 @@ fn replay_file(
         Err(msg) => return Err(FileError::Input(msg)),
     }
     if !unsupported.is_empty() {
-        let list: Vec<String> = unsupported.iter().map(u32::to_string).collect();
-        return Err(FileError::Input(format!(
-            "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
-            display_name(path),
-            list.join(", ")
-        )));
+        return Err(FileError::Input(unsupported_links(path, &unsupported)));
     }
     Ok(())
+}
+
+/// The line that says a capture file held packets of link types synwatch cannot decode
+/// (`replay` and `inventory --pcap` alike: their packets were skipped, exit 2).
+pub fn unsupported_links(path: &Path, linktypes: &[u32]) -> String {
+    let list: Vec<String> = linktypes.iter().map(u32::to_string).collect();
+    format!(
+        "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
+        display_name(path),
+        list.join(", ")
+    )
 }
 
 /// A count with thousands separated by commas.

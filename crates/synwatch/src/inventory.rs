@@ -184,6 +184,8 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
     }
     Ok(if read.bad_input {
         crate::ExitStatus::BadInput
+    } else if read.lost {
+        crate::ExitStatus::Failed
     } else {
         crate::ExitStatus::Success
     })
