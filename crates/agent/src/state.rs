@@ -64,7 +64,11 @@ impl Store {
     pub fn open_with(dir: &Path, offset: fn() -> Offset) -> Result<Self> {
         create_dir_private(dir)?;
         let path = dir.join(DB_FILE);
-        let mut damage = Damage::default();
+        tighten(dir);
+        let mut damage = Damage {
+            moved_aside: set_aside_what_is_no_file(dir),
+            ..Damage::default()
+        };
         let conn = match Self::connect(&path) {
             Err(e) if e.moves_aside() => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::clock::unix_now()));
@@ -431,6 +435,75 @@ fn is_schema_error(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::Unknown))
 }
 
+/// The ban database and SQLite's files beside it must be regular files: a directory, a
+/// FIFO, a device or a symlink (followed, it would have the agent write where someone
+/// else chose) in their place would keep the database from opening, and the agent from
+/// blocking. Each is moved aside (`NAME.notfile-UNIXTIME`) with a warning, so that a new
+/// database starts; returns where the database's own entry went, if it was moved.
+fn set_aside_what_is_no_file(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut moved = None;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let name = format!("{DB_FILE}{suffix}");
+        let path = dir.join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let kind = meta.file_type();
+        if kind.is_file() {
+            continue;
+        }
+        let what = if kind.is_symlink() {
+            "a symbolic link"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        let aside = dir.join(format!("{name}.notfile-{}", crate::clock::unix_now()));
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => {
+                tracing::error!(
+                    "WARNING: {} is {what}, not the ban database's file; moved it to {} and started a new one",
+                    path.display(),
+                    aside.display()
+                );
+                if suffix.is_empty() {
+                    moved = Some(aside);
+                }
+            }
+            Err(e) => tracing::error!("cannot move {} ({what}) aside: {e}", path.display()),
+        }
+    }
+    moved
+}
+
+/// A state directory other users may write to lets them replace the ban database (or
+/// plant a symlink in its place): it is made 0700 where this process owns it, and said
+/// either way.
+fn tighten(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    if meta.mode() & 0o022 == 0 {
+        return;
+    }
+    let mine = meta.uid() == nix::unistd::geteuid().as_raw();
+    if mine && std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
+        tracing::warn!(
+            "warning: the state directory {} was writable by other users (mode {:o}); made it 0700",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    } else {
+        tracing::error!(
+            "WARNING: the state directory {} is writable by other users (mode {:o}), who can change the bans it holds: make it 0700 and owned by the agent's user",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+}
+
 /// Creates the state directory readable only by its owner (ban lists and the control
 /// socket are not for other users).
 pub fn create_dir_private(dir: &Path) -> Result<()> {
@@ -459,6 +532,44 @@ mod tests {
             offences: 2,
             new_only: addr.contains(':'),
         }
+    }
+
+    #[test]
+    fn a_directory_fifo_or_symlink_in_the_database_s_place_is_moved_aside_and_bans_kept() {
+        type Make = fn(&Path);
+        let make: [(&str, Make); 3] = [
+            ("directory", |p| std::fs::create_dir(p).unwrap()),
+            ("fifo", |p| {
+                nix::unistd::mkfifo(p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+            }),
+            ("dangling symlink", |p| {
+                std::os::unix::fs::symlink("/nonexistent/elsewhere.db", p).unwrap();
+            }),
+        ];
+        for (what, make) in make {
+            let dir = tempfile::tempdir().unwrap();
+            make(&dir.path().join(DB_FILE));
+            // A -wal of the wrong kind too.
+            std::fs::create_dir(dir.path().join(format!("{DB_FILE}-wal"))).unwrap();
+            let mut s = Store::open(dir.path()).unwrap();
+            let aside = s.damage().moved_aside.clone().expect(what);
+            assert!(aside.exists() || aside.is_symlink(), "{what}");
+            s.save(&[record("203.0.113.9", None)]).unwrap();
+            drop(s);
+            let mut s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.damage().moved_aside, None, "{what}");
+            assert_eq!(s.bans().unwrap().len(), 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_state_dir_other_users_can_write_is_made_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let _s = Store::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
