@@ -163,7 +163,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: String) -> Self {
+        // Redirects are not followed: each request carries the bouncer key or the
+        // machine's token, which a redirect would hand to whatever host it names.
         let agent = ureq::AgentBuilder::new()
+            .redirects(0)
             .timeout(TIMEOUT)
             .timeout_connect(Duration::from_secs(5))
             .user_agent(concat!("synwatch/", env!("CARGO_PKG_VERSION")))
@@ -177,6 +180,17 @@ impl Client {
 
     fn answer(result: Result<ureq::Response, ureq::Error>) -> Result<Vec<u8>, LapiError> {
         match result {
+            Ok(resp) if !(200..300).contains(&resp.status()) => {
+                let code = resp.status();
+                let to = resp.header("location").unwrap_or("nowhere").to_owned();
+                Err(LapiError::Status {
+                    code,
+                    body: format!(
+                        "a redirect to {} (not followed: it would carry the key)",
+                        to.chars().take(200).collect::<String>()
+                    ),
+                })
+            }
             Ok(resp) => read_limited(resp.into_reader()),
             Err(ureq::Error::Status(code, resp)) => {
                 let body = read_limited(resp.into_reader()).unwrap_or_default();
@@ -503,6 +517,35 @@ mod tests {
             scenario: "crowdsecurity/ssh-bf".into(),
             simulated: None,
         }
+    }
+
+    #[test]
+    fn a_redirect_is_an_error_and_the_key_never_goes_where_it_points() {
+        use std::io::{Read, Write};
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let there = elsewhere.local_addr().unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let lapi = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", lapi.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = lapi.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 302 Found\r\nLocation: http://{there}/v1/decisions/stream\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        });
+        let e = Client::new(base).stream("secret-key", true).unwrap_err();
+        server.join().unwrap();
+        assert!(
+            matches!(&e, LapiError::Status { code: 302, body } if body.contains("not followed")),
+            "{e:?}"
+        );
+        assert!(
+            elsewhere.accept().is_err(),
+            "the redirect's target was contacted"
+        );
     }
 
     #[test]
