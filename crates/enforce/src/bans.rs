@@ -490,8 +490,9 @@ impl Book {
     }
 
     /// A ban given from outside with its reason (a manual one, a decision of the fleet's
-    /// CrowdSec Local API): replaces a ban of the same network, is refused inside a wider
-    /// running one, and neither waits for nor counts against the cap.
+    /// CrowdSec Local API): replaces a ban of the same network (as the same offence: asked
+    /// for again, it is not doubled), is refused inside a wider running one, and neither
+    /// waits for nor counts against the cap.
     pub fn given(
         &mut self,
         addr: IpNet,
@@ -505,7 +506,17 @@ impl Book {
         {
             return Err((Refused::AlreadyBanned, r.clone()));
         }
-        self.take(addr);
+        let replaced = self.take(addr);
+        if let Some(r) = replaced {
+            // The running ban's offence, asked for again: counted once.
+            self.offenders.insert(
+                addr,
+                Offender {
+                    offences: r.offences.saturating_sub(1),
+                    last_until: now,
+                },
+            );
+        }
         Ok(self.give(addr, reason, now, secs))
     }
 
@@ -990,6 +1001,27 @@ mod tests {
         assert_eq!(b.next_expiry(), Some(3));
         assert_eq!(b.expire(3).len(), 1);
         assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn a_running_ban_asked_for_again_is_the_same_offence_not_a_doubled_one() {
+        let mut b = book(3600, 86_400, 60);
+        let first = b.manual(ip("2001:db8::5"), None, 0).unwrap();
+        assert_eq!((first.offences, first.expires), (1, Some(3600)));
+        for at in [10, 20] {
+            let again = b.manual(ip("2001:db8::5"), None, at).unwrap();
+            assert_eq!(
+                (again.offences, again.expires),
+                (1, Some(at + 3600)),
+                "at {at}"
+            );
+        }
+        let shorter = b.manual(ip("2001:db8::5"), Some(300), 30).unwrap();
+        assert_eq!((shorter.offences, shorter.expires), (1, Some(330)));
+        // A scan banned again once that ban is over is a repeat offence.
+        assert_eq!(b.expire(330).len(), 1);
+        let repeat = b.manual(ip("2001:db8::5"), None, 400).unwrap();
+        assert_eq!((repeat.offences, repeat.expires), (2, Some(400 + 7200)));
     }
 
     #[test]
