@@ -37,7 +37,15 @@ const PROTECTED_LOGGED: usize = 10;
 struct Refused {
     logged: usize,
     more: usize,
+    /// Decisions left out as not enforceable here (type, scope, value), said and not.
+    unfit_logged: usize,
+    unfit_more: usize,
 }
+/// A LAPI's text, cut to a length a log line can hold and without control characters.
+fn short(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
 /// A pulled decision whose end is within this of the held ban's is not given again.
 const SAME_END_SECS: i64 = 60;
 
@@ -156,6 +164,12 @@ impl Blocker {
                 refused.more
             );
         }
+        if refused.unfit_more > 0 {
+            tracing::info!(
+                "not enforcing {} more CrowdSec decision(s) of another type or scope or with a bad value (synwatch_crowdsec_decisions_skipped_total)",
+                refused.unfit_more
+            );
+        }
         if pull.startup {
             lift.extend(
                 self.book
@@ -230,6 +244,22 @@ impl Blocker {
             Ok(b) => b,
             Err(why) => {
                 stats.skipped(class, why);
+                if matches!(why, Skip::Type | Skip::Scope | Skip::Invalid) {
+                    if refused.unfit_logged < PROTECTED_LOGGED {
+                        refused.unfit_logged += 1;
+                        tracing::info!(
+                            "not enforcing the CrowdSec decision {} ({label}): {} {} of scope {} for {} ({})",
+                            d.id,
+                            short(&d.kind),
+                            short(&d.value),
+                            short(&d.scope),
+                            short(&d.duration),
+                            why.as_str()
+                        );
+                    } else {
+                        refused.unfit_more += 1;
+                    }
+                }
                 return None;
             }
         };

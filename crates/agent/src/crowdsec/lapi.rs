@@ -289,20 +289,27 @@ pub struct Decision {
 }
 
 /// One answer of the decision stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stream {
-    #[serde(default, deserialize_with = "null_is_empty")]
     pub new: Vec<Decision>,
-    #[serde(default, deserialize_with = "null_is_empty")]
     pub deleted: Vec<Decision>,
+    /// Entries of either list that are not decisions as the API gives them (a field of
+    /// the wrong type or missing), each said in a line: left out one by one, so that
+    /// one of them does not keep the others from being applied.
+    pub malformed: Vec<String>,
 }
 
-fn null_is_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Decision>, D::Error> {
-    Ok(Option::<Vec<Decision>>::deserialize(d)?.unwrap_or_default())
+/// The stream as it comes, each decision still unread.
+#[derive(Deserialize)]
+struct RawStream<'a> {
+    #[serde(default, borrow)]
+    new: Option<Vec<&'a serde_json::value::RawValue>>,
+    #[serde(default, borrow)]
+    deleted: Option<Vec<&'a serde_json::value::RawValue>>,
 }
 
 pub fn parse_stream(bytes: &[u8]) -> Result<Stream, LapiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let raw: RawStream<'_> = serde_json::from_slice(bytes).map_err(|e| {
         let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
             .chars()
             .filter(|c| !c.is_control())
@@ -310,7 +317,29 @@ pub fn parse_stream(bytes: &[u8]) -> Result<Stream, LapiError> {
         LapiError::Invalid(format!(
             "the decision stream is not the JSON of the API ({e}); it starts with {start:?}"
         ))
-    })
+    })?;
+    let mut stream = Stream::default();
+    let read = |list: Option<Vec<&serde_json::value::RawValue>>, malformed: &mut Vec<String>| {
+        let mut out = Vec::new();
+        for d in list.unwrap_or_default() {
+            match serde_json::from_str::<Decision>(d.get()) {
+                Ok(d) => out.push(d),
+                Err(e) => {
+                    let text: String = d
+                        .get()
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(120)
+                        .collect();
+                    malformed.push(format!("{e} in {text}"));
+                }
+            }
+        }
+        out
+    };
+    stream.new = read(raw.new, &mut stream.malformed);
+    stream.deleted = read(raw.deleted, &mut stream.malformed);
+    Ok(stream)
 }
 
 /// Why a pulled decision is not enforced.
@@ -659,8 +688,31 @@ mod tests {
         assert_eq!(s, Stream::default());
         let e = parse_stream(b"<html>502 Bad Gateway</html>").unwrap_err();
         assert!(e.to_string().contains("not the JSON"), "{e}");
-        assert!(parse_stream(br#"{"new":[{"id":"x"}]}"#).is_err());
         assert!(parse_stream(br#"[1,2]"#).is_err());
+        assert!(parse_stream(br#"{"new":7}"#).is_err());
+    }
+
+    #[test]
+    fn a_malformed_decision_is_left_out_alone_and_said() {
+        let good = r#"{"duration":"1h","id":1,"origin":"cscli","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.1"}"#;
+        let bad = [
+            r#"{"id":"x"}"#,
+            r#"{"duration":"1h","id":2,"origin":null,"scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.2"}"#,
+            r#"{"duration":3600,"id":3,"origin":"cscli","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.3"}"#,
+            r#"{"duration":"1h","id":99999999999999999999,"origin":"cscli","scenario":"x","scope":"Ip","type":"ban","value":"192.0.2.4"}"#,
+            "null",
+            "\"text\"",
+        ];
+        let body = format!(
+            r#"{{"new":[{good},{}],"deleted":[{good},{}]}}"#,
+            bad.join(","),
+            bad[0]
+        );
+        let s = parse_stream(body.as_bytes()).unwrap();
+        assert_eq!((s.new.len(), s.deleted.len()), (1, 1));
+        assert_eq!(s.new[0].value, "192.0.2.1");
+        assert_eq!(s.malformed.len(), bad.len() + 1, "{:#?}", s.malformed);
+        assert!(s.malformed[1].contains("192.0.2.2"), "{}", s.malformed[1]);
     }
 
     #[test]

@@ -37,6 +37,25 @@ fn hint(e: &LapiError) -> &'static str {
     }
 }
 
+/// Most malformed decisions named per pull (the rest are counted in one line).
+const MALFORMED_NAMED: usize = 5;
+
+/// Says which pulled entries were not decisions (counted as `invalid`).
+fn said_malformed(malformed: &[String], stats: &Stats) {
+    for m in malformed.iter().take(MALFORMED_NAMED) {
+        tracing::warn!("warning: a pulled CrowdSec decision is malformed and left out: {m}");
+    }
+    if malformed.len() > MALFORMED_NAMED {
+        tracing::warn!(
+            "warning: {} more malformed CrowdSec decisions left out in this pull",
+            malformed.len() - MALFORMED_NAMED
+        );
+    }
+    for _ in malformed {
+        stats.skipped(super::OriginClass::Other, super::lapi::Skip::Invalid);
+    }
+}
+
 /// The pull thread's loop, until `stop` or until the pipeline is gone (`deliver`
 /// returns false). `key` is read again from `key_file` before each full pull, so that
 /// a replaced key is taken without a restart.
@@ -66,6 +85,7 @@ pub fn run(
         }
         match client.stream(&key, startup) {
             Ok(stream) => {
+                said_malformed(&stream.malformed, stats);
                 let pull = Pull {
                     startup,
                     new: stream.new,

@@ -60,7 +60,14 @@ impl Outbox {
             return false;
         };
         if q.len() >= QUEUE {
-            self.stats.push_dropped.fetch_add(1, Ordering::Relaxed);
+            let before = self.stats.push_dropped.fetch_add(1, Ordering::Relaxed);
+            // Said at the first drop and at every thousandth after.
+            if before.is_multiple_of(1000) {
+                tracing::warn!(
+                    "warning: the queue of alerts for the CrowdSec LAPI is full ({QUEUE}); {} dropped so far (synwatch_crowdsec_push_dropped_total)",
+                    before + 1
+                );
+            }
             return false;
         }
         q.push_back(alert);
