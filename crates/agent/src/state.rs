@@ -280,15 +280,44 @@ impl Store {
                 "SELECT addr, since, expires, reason, offences, new_only FROM bans ORDER BY since, addr",
             )
             .context(what.clone())?;
+        // Each column as it is stored (SQLite keeps any type in any column): only the
+        // address and the end decide a ban; the others, unreadable, fall back to a
+        // default, so that a row edited by hand still blocks.
         let rows = stmt
             .query_map([], |row| {
+                use rusqlite::types::Value as V;
+                let addr = match row.get::<_, V>(0)? {
+                    V::Text(t) => t,
+                    V::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
+                    other => format!("{other:?}"),
+                };
+                let int = |v: V| match v {
+                    V::Integer(i) => Some(i),
+                    V::Real(f) if f.is_finite() => Some(f as i64),
+                    _ => None,
+                };
+                let expires = match row.get::<_, V>(2)? {
+                    V::Null => Ok(None),
+                    v => int(v).map(Some).ok_or(()),
+                };
+                let Ok(expires) = expires else {
+                    return Err(rusqlite::Error::InvalidColumnType(
+                        2,
+                        format!("expires of '{addr}'"),
+                        rusqlite::types::Type::Text,
+                    ));
+                };
                 Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, Option<i64>>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, u32>(4)?,
-                    row.get::<_, bool>(5)?,
+                    addr,
+                    int(row.get::<_, V>(1)?).unwrap_or(0),
+                    expires,
+                    match row.get::<_, V>(3)? {
+                        V::Text(t) => t,
+                        _ => String::new(),
+                    },
+                    int(row.get::<_, V>(4)?)
+                        .map_or(1, |n| u32::try_from(n.max(1)).unwrap_or(u32::MAX)),
+                    int(row.get::<_, V>(5)?).is_some_and(|n| n != 0),
                 ))
             })
             .context(what.clone())?;
@@ -678,14 +707,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Store::open(dir.path()).unwrap();
         s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        // Only the address and the end decide a ban: a row whose other columns do not
+        // read (edited by hand) still blocks, with defaults for them; one whose end does
+        // not read is skipped.
         s.conn
             .execute_batch(
-                "INSERT INTO bans (addr, since, expires, reason, offences) VALUES ('192.0.2.2', 'yesterday', NULL, 'x', 1);
+                "INSERT INTO bans (addr, since, expires, reason, offences) VALUES ('192.0.2.2', 'yesterday', NULL, X'00', 1);
+                 INSERT INTO bans (addr, since, expires, reason, offences) VALUES ('192.0.2.3', 0, 'soon', 'x', 1);
+                 INSERT INTO bans (addr, since, expires, reason, offences) VALUES ('192.0.2.4', 7, 3700.5, 'x', 9223372036854775807);
                  INSERT INTO offenders (addr, offences, last_until) VALUES ('192.0.2.2', 'many', 0);",
             )
             .unwrap();
         let bans = s.bans().expect("the readable rows");
-        assert_eq!(bans, vec![record("192.0.2.1", Some(3700))]);
+        let kept = |addr: &str, since, expires, offences| Record {
+            since,
+            reason: if addr == "192.0.2.2" { "" } else { "x" }.into(),
+            offences,
+            new_only: false,
+            ..record(addr, expires)
+        };
+        assert_eq!(
+            bans,
+            // In SQLite's order of `since`: numbers, then text.
+            vec![
+                kept("192.0.2.4", 7, Some(3700), u32::MAX),
+                record("192.0.2.1", Some(3700)),
+                kept("192.0.2.2", 0, None, 1),
+            ]
+        );
         assert_eq!(s.offenders().expect("the readable rows").len(), 1);
         assert_eq!(s.damage().rows_skipped, 2, "one ban, one offender");
         assert_eq!(s.damage().moved_aside, None);
