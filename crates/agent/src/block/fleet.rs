@@ -41,6 +41,30 @@ struct Refused {
     unfit_logged: usize,
     unfit_more: usize,
 }
+impl Refused {
+    /// A decision not enforceable here for its type, scope or value: said (the first
+    /// few of a pull).
+    fn unfit(&mut self, d: &lapi::Decision, label: &str, why: Skip) {
+        if !matches!(why, Skip::Type | Skip::Scope | Skip::Invalid) {
+            return;
+        }
+        if self.unfit_logged >= PROTECTED_LOGGED {
+            self.unfit_more += 1;
+            return;
+        }
+        self.unfit_logged += 1;
+        tracing::info!(
+            "not enforcing the CrowdSec decision {} ({label}): {} {} of scope {} for {} ({})",
+            d.id,
+            short(&d.kind),
+            short(&d.value),
+            short(&d.scope),
+            short(&d.duration),
+            why.as_str()
+        );
+    }
+}
+
 /// A LAPI's text, cut to a length a log line can hold and without control characters.
 fn short(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(64).collect()
@@ -244,22 +268,7 @@ impl Blocker {
             Ok(b) => b,
             Err(why) => {
                 stats.skipped(class, why);
-                if matches!(why, Skip::Type | Skip::Scope | Skip::Invalid) {
-                    if refused.unfit_logged < PROTECTED_LOGGED {
-                        refused.unfit_logged += 1;
-                        tracing::info!(
-                            "not enforcing the CrowdSec decision {} ({label}): {} {} of scope {} for {} ({})",
-                            d.id,
-                            short(&d.kind),
-                            short(&d.value),
-                            short(&d.scope),
-                            short(&d.duration),
-                            why.as_str()
-                        );
-                    } else {
-                        refused.unfit_more += 1;
-                    }
-                }
+                refused.unfit(d, &label, why);
                 return None;
             }
         };
