@@ -1014,6 +1014,7 @@ impl Blocker {
             }
             Request::Remove { addr } => match self.book.remove(*addr) {
                 Some(record) => {
+                    self.withdraw_from_fleet(std::slice::from_ref(&record));
                     happened = self.lift(vec![record.net], "removed", now);
                     reply.bans = vec![view(&record, None)];
                 }
@@ -1034,6 +1035,7 @@ impl Blocker {
             },
             Request::Flush => {
                 let records = self.book.flush();
+                self.withdraw_from_fleet(&records);
                 self.note_waiting();
                 let addrs = records.iter().map(|r| r.net).collect();
                 happened = self.lift(addrs, "flushed", now);

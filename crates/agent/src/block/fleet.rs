@@ -156,6 +156,21 @@ impl Blocker {
         }
     }
 
+    /// Bans lifted by hand (`blocks remove`, `flush`): those this agent pushed are
+    /// withdrawn from the fleet (their decisions stay its own meanwhile, so a pull does
+    /// not bring them back before the LAPI deletes them).
+    pub(super) fn withdraw_from_fleet(&mut self, records: &[Record]) {
+        let Some(outbox) = &self.fleet.outbox else {
+            return;
+        };
+        for r in records
+            .iter()
+            .filter(|r| self.fleet.pushed.contains_key(&r.net))
+        {
+            outbox.withdraw(r.net);
+        }
+    }
+
     /// Applies one pull: lifts the bans of deleted decisions (when no other decision
     /// holds them), gives those of new ones, and after a full pull (`startup`) lifts the
     /// pulled bans the LAPI no longer has. Bans given are applied at the next
@@ -707,6 +722,35 @@ mod tests {
         b.pulled(pull(false, vec![back], vec![]), 20, protected);
         assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
         assert_eq!(held(&b)[0], ("203.0.113.10".into(), "manual".into()));
+    }
+
+    #[test]
+    fn a_pushed_ban_lifted_by_hand_is_withdrawn_and_a_manual_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, stats) = blocker(dir.path(), &runner);
+        let src = "203.0.113.9".parse().unwrap();
+        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
+        b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
+        b.apply(10);
+        let add = crate::control::Request::Add {
+            addr: n("203.0.113.10"),
+            secs: None,
+        };
+        b.control(&add, 11, |_| None);
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
+        for addr in ["203.0.113.10", "203.0.113.9"] {
+            let remove = crate::control::Request::Remove { addr: n(addr) };
+            b.control(&remove, 12, |_| None);
+        }
+        // The alert, then its withdrawal; nothing for the manual ban.
+        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 2);
+        // Until the LAPI deletes it, the decision coming back is still this agent's own.
+        let mut back = d(7, "crowdsec", "Ip", "203.0.113.9");
+        back.scenario = "synwatch/port-scan".into();
+        b.pulled(pull(false, vec![back], vec![]), 20, protected);
+        assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
+        assert!(held(&b).is_empty(), "{:?}", held(&b));
     }
 
     #[test]

@@ -243,6 +243,45 @@ impl Client {
         .map(drop)
     }
 
+    /// `DELETE /v1/decisions` of `scenario` on exactly `net` (`ip=` or `range=`): the
+    /// fleet's decisions of one of synwatch's scenarios on a network lifted here by hand.
+    /// Returns how many the LAPI deleted.
+    pub fn delete_decisions(
+        &self,
+        token: &str,
+        net: ipnet::IpNet,
+        scenario: &str,
+    ) -> Result<u64, LapiError> {
+        let url = format!("{}/v1/decisions", self.base);
+        let (key, value) = if synwatch_enforce::is_host(net) {
+            ("ip", net.addr().to_string())
+        } else {
+            ("range", synwatch_enforce::net_text(net))
+        };
+        let bytes = Self::answer(
+            self.agent
+                .delete(&url)
+                .query(key, &value)
+                .query("scenario", scenario)
+                .set("Authorization", &format!("Bearer {token}"))
+                .call(),
+        )?;
+        #[derive(Deserialize)]
+        struct Deleted {
+            #[serde(rename = "nbDeleted", default)]
+            deleted: serde_json::Value,
+        }
+        let n = serde_json::from_slice::<Deleted>(&bytes)
+            .ok()
+            .and_then(|d| match d.deleted {
+                serde_json::Value::String(s) => s.parse().ok(),
+                serde_json::Value::Number(n) => n.as_u64(),
+                _ => None,
+            })
+            .unwrap_or(0);
+        Ok(n)
+    }
+
     /// `GET /v1/decisions/stream`: every running decision with `startup`, else what
     /// changed since this bouncer's last pull.
     pub fn stream(&self, key: &str, startup: bool) -> Result<Stream, LapiError> {

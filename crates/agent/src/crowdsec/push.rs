@@ -5,6 +5,12 @@
 //! (a JWT, renewed before it runs out and whenever the LAPI says 401), posts what is
 //! queued in batches of up to [`BATCH`], and while the LAPI is away retries with a
 //! backoff doubling from 1 s to 60 s, keeping the queue.
+//!
+//! A ban this agent pushed and the operator then lifts by hand (`synwatch blocks remove`
+//! or `flush`) is withdrawn from the fleet in the same queue, after its alert: the
+//! LAPI's decisions of synwatch's scenarios on exactly that network are deleted
+//! (`DELETE /v1/decisions`), so that the ban comes back neither on the other hosts nor
+//! here, pulled, after a restart.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,10 +43,67 @@ pub struct Note {
     pub hosts: usize,
 }
 
+/// What the push thread sends, in the order it was queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// An alert with its decision (`POST /v1/alerts`).
+    Alert(serde_json::Value),
+    /// A network this agent pushed and the operator lifted: the fleet's decisions of
+    /// synwatch's scenarios on it are deleted.
+    Withdraw(ipnet::IpNet),
+}
+
+/// What one request of the push thread carries: the alerts at the front of the queue,
+/// or the withdrawal there.
+enum Work {
+    Alerts(Vec<serde_json::Value>),
+    Withdraw(ipnet::IpNet),
+}
+
+impl Work {
+    /// The work at the front of `items` (not empty).
+    fn of(items: Vec<Outgoing>) -> Self {
+        let mut alerts = Vec::new();
+        for item in items {
+            match item {
+                Outgoing::Alert(a) => alerts.push(a),
+                Outgoing::Withdraw(net) if alerts.is_empty() => return Self::Withdraw(net),
+                Outgoing::Withdraw(_) => break,
+            }
+        }
+        Self::Alerts(alerts)
+    }
+
+    /// Queue entries it takes.
+    fn len(&self) -> usize {
+        match self {
+            Self::Alerts(a) => a.len(),
+            Self::Withdraw(_) => 1,
+        }
+    }
+
+    fn send(&self, client: &Client, token: &str) -> Result<(), LapiError> {
+        match self {
+            Self::Alerts(batch) => client.post_alerts(token, batch),
+            Self::Withdraw(net) => {
+                let mut deleted = 0;
+                for scenario in SCENARIOS {
+                    deleted += client.delete_decisions(token, *net, scenario)?;
+                }
+                tracing::info!(
+                    "withdrew {deleted} decision(s) of synwatch's scenarios on {} from the CrowdSec LAPI (the ban was lifted here by hand)",
+                    synwatch_enforce::net_text(*net)
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The queue between the pipeline and the push thread.
 #[derive(Debug)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<serde_json::Value>>,
+    queue: Mutex<VecDeque<Outgoing>>,
     ready: Condvar,
     stats: Arc<Stats>,
 }
@@ -56,6 +119,16 @@ impl Outbox {
 
     /// Queues an alert; false (and counted) when the queue is full.
     pub fn offer(&self, alert: serde_json::Value) -> bool {
+        self.queue_up(Outgoing::Alert(alert))
+    }
+
+    /// Queues the withdrawal of a network this agent pushed; false (and counted) when
+    /// the queue is full.
+    pub fn withdraw(&self, net: ipnet::IpNet) -> bool {
+        self.queue_up(Outgoing::Withdraw(net))
+    }
+
+    fn queue_up(&self, item: Outgoing) -> bool {
         let Ok(mut q) = self.queue.lock() else {
             return false;
         };
@@ -70,7 +143,7 @@ impl Outbox {
             }
             return false;
         }
-        q.push_back(alert);
+        q.push_back(item);
         self.stats
             .push_queue
             .store(q.len() as u64, Ordering::Relaxed);
@@ -78,8 +151,8 @@ impl Outbox {
         true
     }
 
-    /// Up to `n` alerts from the front (left in the queue), waiting up to `wait` for one.
-    fn peek(&self, n: usize, wait: Duration) -> Vec<serde_json::Value> {
+    /// Up to `n` entries from the front (left in the queue), waiting up to `wait` for one.
+    fn peek(&self, n: usize, wait: Duration) -> Vec<Outgoing> {
         let Ok(q) = self.queue.lock() else {
             return Vec::new();
         };
@@ -207,10 +280,11 @@ pub fn run(
     let mut backoff = Duration::from_secs(1);
     let mut failing = false;
     while !stop.load(Ordering::Relaxed) {
-        let batch = outbox.peek(BATCH, Duration::from_millis(500));
-        if batch.is_empty() {
+        let items = outbox.peek(BATCH, Duration::from_millis(500));
+        if items.is_empty() {
             continue;
         }
+        let work = Work::of(items);
         if token
             .as_ref()
             .is_some_and(|(_, at)| monotonic().duration_since(*at) >= TOKEN_LIFE)
@@ -221,10 +295,10 @@ pub fn run(
         // no reason to log in again at once (that would spin against the LAPI).
         let held = token.is_some();
         let result = match &token {
-            Some((t, _)) => client.post_alerts(t, &batch),
+            Some((t, _)) => work.send(client, t),
             None => match client.login(creds, &SCENARIOS) {
                 Ok(t) => {
-                    let r = client.post_alerts(&t, &batch);
+                    let r = work.send(client, &t);
                     token = Some((t, monotonic()));
                     r
                 }
@@ -233,10 +307,12 @@ pub fn run(
         };
         match result {
             Ok(()) => {
-                outbox.done(batch.len());
-                stats
-                    .pushed
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                outbox.done(work.len());
+                if let Work::Alerts(batch) = &work {
+                    stats
+                        .pushed
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
                 stats.last_push.store(unix_now(), Ordering::Relaxed);
                 if failing {
                     tracing::info!("the CrowdSec LAPI at {} takes alerts again", client.base());
@@ -252,15 +328,15 @@ pub fn run(
                 if (400..500).contains(&code) && code != 401 && code != 403 && code != 429 =>
             {
                 // Refused as invalid: retrying cannot help.
-                outbox.done(batch.len());
+                outbox.done(work.len());
                 stats
                     .push_dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(work.len() as u64, Ordering::Relaxed);
                 stats.push_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
-                    "the CrowdSec LAPI at {} refused {} alert(s), dropped: {e}",
+                    "the CrowdSec LAPI at {} refused {} alert(s) or withdrawal(s), dropped: {e}",
                     client.base(),
-                    batch.len()
+                    work.len()
                 );
             }
             Err(e) => {
@@ -273,7 +349,7 @@ pub fn run(
                     tracing::error!(
                         "cannot push bans to the CrowdSec LAPI at {}: {e}{hint}; {} alert(s) queued, retrying with backoff (up to {} s)",
                         client.base(),
-                        batch.len(),
+                        work.len(),
                         BACKOFF_MAX.as_secs()
                     );
                 }
@@ -316,6 +392,7 @@ mod tests {
                     if reader.read_line(&mut line).is_err() {
                         continue;
                     }
+                    let method = line.split_whitespace().next().unwrap_or("").to_owned();
                     let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
                     let (mut length, mut token) = (0, String::new());
                     loop {
@@ -336,8 +413,10 @@ mod tests {
                     if path.ends_with("/login") {
                         logins += 1;
                         log.lock().unwrap().push("login".to_owned());
-                    } else {
+                    } else if path.starts_with("/v1/alerts") {
                         log.lock().unwrap().push(format!("alerts {token}"));
+                    } else {
+                        log.lock().unwrap().push(format!("{method} {path} {token}"));
                     }
                     let (code, text) = answer(&path, &token, logins);
                     let _ = write!(
@@ -414,6 +493,46 @@ mod tests {
         assert_eq!(
             lapi.asked(),
             ["login", "alerts t1", "alerts t1", "login", "alerts t2"]
+        );
+    }
+
+    #[test]
+    fn a_ban_lifted_by_hand_is_withdrawn_after_its_alert_for_both_scenarios() {
+        let lapi = FakeLapi::start(|path, _, logins| {
+            if path.ends_with("/login") {
+                (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"))
+            } else if path.starts_with("/v1/decisions") {
+                (200, "{\"nbDeleted\":\"1\"}".into())
+            } else {
+                (201, "[]".into())
+            }
+        });
+        pushing(&lapi, |outbox, stats| {
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(outbox.withdraw("192.0.2.7/32".parse().unwrap()));
+            assert!(outbox.withdraw("2001:db8:1:2::/64".parse().unwrap()));
+            let until = monotonic() + Duration::from_secs(10);
+            while lapi.asked().len() < 6 && monotonic() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(stats.pushed.load(Ordering::Relaxed), 1);
+            assert_eq!(stats.push_errors.load(Ordering::Relaxed), 0);
+        });
+        let asked = lapi.asked();
+        assert_eq!(asked[..2], ["login", "alerts t1"], "{asked:?}");
+        let deletes: Vec<String> = asked[2..]
+            .iter()
+            .map(|a| a.replace("%2F", "/").replace("%3A", ":"))
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                "DELETE /v1/decisions?ip=192.0.2.7&scenario=synwatch/port-scan t1",
+                "DELETE /v1/decisions?ip=192.0.2.7&scenario=synwatch/address-sweep t1",
+                "DELETE /v1/decisions?range=2001:db8:1:2::/64&scenario=synwatch/port-scan t1",
+                "DELETE /v1/decisions?range=2001:db8:1:2::/64&scenario=synwatch/address-sweep t1",
+            ],
+            "{asked:?}"
         );
     }
 
@@ -514,9 +633,12 @@ mod tests {
         assert_eq!(stats.push_queue.load(Ordering::Relaxed), QUEUE as u64);
         let first = o.peek(BATCH, Duration::ZERO);
         assert_eq!(first.len(), BATCH);
-        assert_eq!(first[0], serde_json::json!(0));
+        assert_eq!(first[0], Outgoing::Alert(serde_json::json!(0)));
         o.done(BATCH);
-        assert_eq!(o.peek(1, Duration::ZERO)[0], serde_json::json!(BATCH));
+        assert_eq!(
+            o.peek(1, Duration::ZERO)[0],
+            Outgoing::Alert(serde_json::json!(BATCH))
+        );
     }
 
     #[test]
