@@ -479,6 +479,27 @@ fn a_fleet_shares_bans_and_enforces_cscli_decisions_through_a_real_lapi() {
             .any(|e| e["event"] == "unblock" && e["reason"] == "deleted"),
         "B reports the lifts"
     );
+
+    // A's operator lifts the scan's ban by hand (a forged scan of a friend, say): it is
+    // withdrawn from the fleet, so B lifts it too and it does not come back to A.
+    let (code, _, err) = blocks(
+        &a,
+        &[
+            "remove",
+            SCANNER,
+            "--state-dir",
+            state_a.to_str().expect("utf-8"),
+        ],
+    );
+    assert_eq!(code, 0, "blocks remove: {err}");
+    eventually(WITHIN, "the LAPI drops A's decision", || {
+        !lapi.has_decision(SCANNER, "synwatch/")
+    });
+    eventually(WITHIN, "B lifts the withdrawn ban", || {
+        ban_of(&listed(&b, &state_b), SCANNER).is_none()
+    });
+    assert!(reaches(&a, SCANNER) && reaches(&b, SCANNER));
+    assert!(agent_a.log().contains("withdrew"), "{}", agent_a.log());
     lapi.stop();
     for agent in [agent_a, agent_b] {
         assert_eq!(agent.stop(), Some(0));
