@@ -491,9 +491,15 @@ impl Detector {
                 sweeps: std::mem::take(&mut self.found),
             };
         }
-        let mark = unremembered.map_or(0, |(_, mark)| mark);
+        // While the 4-tuple table has room, every attempt is remembered there, exactly.
+        // Only once it is full (where it would evict remembered attempts: a spoofed flood)
+        // does a first sighting keep its attempt's mark instead (see `first`).
+        let marks = self.attempts.len() >= self.cfg.max_attempts;
+        let mark = unremembered.filter(|_| marks).map_or(0, |(_, mark)| mark);
         let (scan, tracked) = self.track(obs, probe, now, mark);
-        if tracked && let Some((tuple, _)) = unremembered {
+        if (tracked || !marks)
+            && let Some((tuple, _)) = unremembered
+        {
             self.remember(tuple);
         }
         // A source seen for the first time at the cap (a first sighting) is not counted
@@ -660,10 +666,20 @@ impl Detector {
             };
             (seen, mark)
         });
-        let Some((mut source, evicted)) =
-            self.sources
-                .load(key, now, window, self.cfg.max_sources, seen)
-        else {
+        // The first sightings hold their attempts' marks in place of the 4-tuple table:
+        // room for as many as it would hold, or sixteen per source of the cap.
+        let first_entries = self
+            .cfg
+            .max_sources
+            .saturating_mul(16)
+            .max(self.cfg.max_attempts);
+        let Some((mut source, evicted)) = self.sources.load(
+            key,
+            (now, window),
+            self.cfg.max_sources,
+            first_entries,
+            seen,
+        ) else {
             self.stats.first_sightings += 1;
             return (None, false);
         };

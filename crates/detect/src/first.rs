@@ -10,20 +10,23 @@
 //! come back then passes through this array without touching the table, and a slow
 //! scanner needs only its first sighting to last until its second probe.
 //!
-//! A first sighting of a SYN also holds its attempt's 4-tuple, as a 32-bit mark (a keyed
-//! hash), in place of the 4-tuple table (`state::Attempts`): a flood's SYN is then one
-//! entry here and none there, where it used to evict a remembered 4-tuple of real traffic
-//! on every packet once that table was full. A retransmission of the attempt finds its
+//! Once the 4-tuple table (`state::Attempts`) is full, a first sighting of a SYN also holds
+//! its attempt's 4-tuple, as a 32-bit mark (a keyed hash), in place of that table: a
+//! flood's SYN is then one entry here and none there, where it used to evict a remembered
+//! 4-tuple of real traffic on every packet. (While that table has room, it remembers every
+//! attempt exactly, first sightings' too: a mark can be pushed out of its bucket by later
+//! sightings, and its retransmission then counts as a new attempt.) A retransmission of the attempt finds its
 //! mark here and moves the whole 4-tuple to the 4-tuple table; when the source comes back
 //! with another attempt, its port goes to its new slot and the entry stays as the first
 //! attempt's mark alone (`probes` empty) for as long as that attempt is in the window.
 //! The source's next attempt is told from a retransmission of its first by the mark: they
 //! are mistaken for each other about once in 4 x 10^9 returns, and no one can aim at that.
 //!
-//! Bounded: about sixteen entries per source of the cap, at most [`MAX_BUCKETS`] x 3 (20
-//! bytes each, in buckets of three to a cache line: 32 MB, reached at the default cap of
-//! 100,000; how long a sighting lasts depends on the flood's rate, not on the cap),
-//! allocated the first time the table is full. A new sighting takes an empty or expired
+//! Bounded: as many entries as the larger of sixteen per source of the cap and the cap on
+//! remembered 4-tuples (whose work the marks take over), at most [`MAX_BUCKETS`] x 3 (20
+//! bytes each, in buckets of three to a cache line: 32 MB, reached at the default caps;
+//! how long a sighting lasts depends on the flood's rate, not on the cap), allocated the
+//! first time the table is full. A new sighting takes an empty or expired
 //! entry of its bucket, or else the oldest. Under a flood of `R` new sources a second, a
 //! sighting lasts about `16 x cap / R` seconds (at most `1.5 M / R`: 15 s at 100,000 spoofed
 //! SYNs a second; a scanner whose first sighting was pushed out counts from its next
@@ -89,13 +92,11 @@ impl FirstSights {
         !self.buckets.is_empty()
     }
 
-    /// The bucket of `key` and its tag without port and probes, for a table of `cap`
-    /// sources (allocated on first use).
-    fn locate(&mut self, key: &Key, cap: usize) -> (usize, u64) {
+    /// The bucket of `key` and its tag without port and probes, in an array of about
+    /// `entries` entries (allocated on first use).
+    fn locate(&mut self, key: &Key, entries: usize) -> (usize, u64) {
         if self.buckets.is_empty() {
-            let n = (cap.saturating_mul(16) / WAYS)
-                .clamp(16, MAX_BUCKETS)
-                .next_power_of_two();
+            let n = (entries / WAYS).clamp(16, MAX_BUCKETS).next_power_of_two();
             self.buckets = crate::table::array(n, Bucket::default());
         }
         self.hashed(key)
@@ -155,16 +156,17 @@ impl FirstSights {
     /// A source not in the table, seen as `seen` in an attempt marked `mark` (0 for a
     /// stealth probe): returns its first sighting if it had one within `window` (its port
     /// is taken: the source now gets a slot; the entry keeps the first attempt's mark), or
-    /// else writes this one down, mark and all, and returns `None`.
+    /// else writes this one down, mark and all, and returns `None`. `entries`: the size
+    /// of the array to allocate on first use.
     pub fn take_or_note(
         &mut self,
         key: &Key,
         seen: Seen,
         mark: u32,
         window: Nanos,
-        cap: usize,
+        entries: usize,
     ) -> Option<Seen> {
-        let (b, source) = self.locate(key, cap);
+        let (b, source) = self.locate(key, entries);
         let now = seen.ts;
         let bucket = &mut self.buckets[b];
         let live = |tag: u64, ts: Nanos| tag != 0 && now.saturating_sub(ts) <= window;

@@ -185,14 +185,15 @@ impl Sources {
     /// source not tracked while the table is full is not given a slot at once: its first
     /// sighting is written down apart (`first`), with `mark`, its attempt's 4-tuple mark
     /// (0 for a stealth probe), and `None` returned; it gets a slot, holding that first
-    /// port, when it comes back within the window.
+    /// port, when it comes back within the window. `first_entries`: how many first
+    /// sightings to make room for.
     #[inline]
     pub fn load(
         &mut self,
         key: Key,
-        now: Nanos,
-        window: Nanos,
+        (now, window): (Nanos, Nanos),
         cap: usize,
+        first_entries: usize,
         seen: Option<(PortSeen, u32)>,
     ) -> Option<(Loaded, u64)> {
         let mut evicted = 0;
@@ -216,7 +217,9 @@ impl Sources {
                             port: p.port,
                             probes: p.probes,
                         };
-                        let first = self.first.take_or_note(&key, seen, mark, window, cap)?;
+                        let first =
+                            self.first
+                                .take_or_note(&key, seen, mark, window, first_entries)?;
                         before = Some(PortSeen {
                             last: first.ts,
                             port: first.port,
