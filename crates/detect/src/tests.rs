@@ -1584,3 +1584,60 @@ fn first_sightings_of_an_ipv6_prefix_tell_its_addresses_attempts_apart() {
         );
     }
 }
+
+/// Retransmissions are told apart exactly whatever the source cap, while the 4-tuple
+/// table has room: the same stream (30,000 sources, 30% retransmitting up to 70 s later,
+/// 15% coming back on other ports and retransmitting their first attempt again) gives
+/// the same new attempts at a cap of 500 (first sightings in use, sources evicted and
+/// noted again) as at a cap no stream reaches.
+#[test]
+fn retransmissions_are_told_apart_at_any_source_cap() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut stream = Vec::new();
+    for i in 0..30_000i64 {
+        let t = i * 500_000;
+        let src = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + (next() as u32 >> 8)));
+        let sport = 1024 + (next() % 60_000) as u16;
+        let dport = [22, 80, 443, 8080][(next() % 4) as usize];
+        let at = |ts: Nanos, sport: u16, dport: u16| Observation {
+            ts: T0 + ts,
+            src,
+            dst: ip("10.0.0.1"),
+            sport,
+            dport,
+            flags: TcpFlags(SYN),
+        };
+        stream.push(at(t, sport, dport));
+        let r = next() % 100;
+        if r < 30 {
+            for dt in [1, 3, 7, 15, 31, 62, 70] {
+                if next() % 3 == 0 {
+                    stream.push(at(t + dt * SEC, sport, dport));
+                }
+            }
+        }
+        if r < 15 {
+            for k in 0..(1 + next() % 4) as u16 {
+                stream.push(at(t + (2 + i64::from(k)) * SEC, sport + 1 + k, 1000 + k));
+            }
+            stream.push(at(t + 9 * SEC, sport, dport));
+        }
+    }
+    stream.sort_by_key(|o| o.ts);
+    let attempts = |max_sources| {
+        let mut det = Detector::new(Config {
+            max_sources,
+            ..local_cfg()
+        });
+        let (_, logged) = run(&mut det, &stream);
+        assert!(det.stats().first_sightings > 0 || max_sources > 30_000);
+        (logged, det.stats().retransmissions)
+    };
+    assert_eq!(attempts(500), attempts(10_000_000));
+}
