@@ -470,27 +470,38 @@ fn a_capture_of_a_link_type_it_cannot_decode_is_named_and_exits_2_as_in_replay()
     assert_eq!(text.lines().count(), EXPECTED.len(), "{text}");
 }
 
-#[test]
-#[ignore = "needs root and network namespaces; make test runs it"]
-fn live_inventory_sees_the_lab_traffic() {
-    let lab = lab::Lab::new();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (out, err) = (dir.path().join("flows.jsonl"), dir.path().join("log"));
-    let mut child = Command::new("ip")
+/// `synwatch inventory` of the lab's victim interface for `duration`, as JSON.
+fn live_inventory(
+    lab: &lab::Lab,
+    duration: &str,
+    out: std::process::Stdio,
+    err: &Path,
+) -> std::process::Child {
+    Command::new("ip")
         .args(["netns", "exec", &lab.victim, env!("CARGO_BIN_EXE_synwatch")])
         .args([
             "inventory",
             "--iface",
             &lab.vif,
             "--duration",
-            "4s",
+            duration,
             "--format",
             "json",
         ])
-        .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
+        .stdout(out)
+        .stderr(std::fs::File::create(err).expect("stderr file"))
         .spawn()
-        .expect("start synwatch inventory");
+        .expect("start synwatch inventory")
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn live_inventory_sees_the_lab_traffic() {
+    let lab = lab::Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, err) = (dir.path().join("flows.jsonl"), dir.path().join("log"));
+    let stdout = std::fs::File::create(&out).expect("stdout file");
+    let mut child = live_inventory(&lab, "4s", stdout.into(), &err);
     let deadline = lab::Deadline::after(10);
     while !std::fs::read_to_string(&err)
         .unwrap_or_default()
@@ -534,21 +545,7 @@ fn a_live_inventory_whose_interface_is_made_again_says_it_is_incomplete_and_exit
     let lab = lab::Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let err = dir.path().join("log");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &lab.victim, env!("CARGO_BIN_EXE_synwatch")])
-        .args([
-            "inventory",
-            "--iface",
-            &lab.vif,
-            "--duration",
-            "20s",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("start synwatch inventory");
+    let mut child = live_inventory(&lab, "20s", std::process::Stdio::null(), &err);
     lab::eventually(10, "the inventory starts", || {
         std::fs::read_to_string(&err)
             .unwrap_or_default()

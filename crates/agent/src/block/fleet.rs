@@ -700,22 +700,26 @@ mod tests {
         );
     }
 
+    /// A scan of 203.0.113.9 banned and pushed at 10, a manual ban of 203.0.113.10 at 11.
+    fn a_scan_and_a_manual_ban(b: &mut Blocker) {
+        let src = "203.0.113.9".parse().unwrap();
+        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
+        b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
+        b.apply(10);
+        let add = crate::control::Request::Add {
+            addr: n("203.0.113.10"),
+            secs: None,
+        };
+        b.control(&add, 11, |_| None);
+    }
+
     #[test]
     fn its_own_alerts_are_pushed_once_and_skipped_when_they_come_back() {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, stats) = blocker(dir.path(), &runner);
-        let src = "203.0.113.9".parse().unwrap();
-        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
-        b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
-        b.apply(10);
-        assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
+        a_scan_and_a_manual_ban(&mut b);
         // A manual ban is not pushed.
-        let call = crate::control::Request::Add {
-            addr: n("203.0.113.10"),
-            secs: None,
-        };
-        b.control(&call, 11, |_| None);
         assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
         let mut back = d(7, "crowdsec", "Ip", "203.0.113.9");
         back.scenario = "synwatch/port-scan".into();
@@ -729,15 +733,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, stats) = blocker(dir.path(), &runner);
-        let src = "203.0.113.9".parse().unwrap();
-        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
-        b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
-        b.apply(10);
-        let add = crate::control::Request::Add {
-            addr: n("203.0.113.10"),
-            secs: None,
-        };
-        b.control(&add, 11, |_| None);
+        a_scan_and_a_manual_ban(&mut b);
         assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
         for addr in ["203.0.113.10", "203.0.113.9"] {
             let remove = crate::control::Request::Remove { addr: n(addr) };
