@@ -455,11 +455,17 @@ impl Detector {
             Direction::In
         };
 
+        // What the source counts as, looked up once for the 4-tuple and the port count.
+        let counted = self.source_of(obs.src);
+        // While the 4-tuple table has room, every attempt is remembered there, exactly.
+        // Only once it is full (where it would evict remembered attempts: a spoofed flood)
+        // does a first sighting keep its attempt's mark instead (see `first`).
+        let marks = self.attempts.len() >= self.cfg.max_attempts;
         // A new attempt's 4-tuple not remembered yet, and its mark: remembered once the
         // source is known to hold a slot (a first sighting keeps the mark instead).
         let mut unremembered = None;
         let seen = if probe == Probe::Syn {
-            let Some(tuple) = self.new_attempt(obs) else {
+            let Some(tuple) = self.new_attempt(obs, counted.0, marks) else {
                 self.stats.retransmissions += 1;
                 return Outcome {
                     seen: Seen::Retransmission(direction),
@@ -491,12 +497,8 @@ impl Detector {
                 sweeps: std::mem::take(&mut self.found),
             };
         }
-        // While the 4-tuple table has room, every attempt is remembered there, exactly.
-        // Only once it is full (where it would evict remembered attempts: a spoofed flood)
-        // does a first sighting keep its attempt's mark instead (see `first`).
-        let marks = self.attempts.len() >= self.cfg.max_attempts;
         let mark = unremembered.filter(|_| marks).map_or(0, |(_, mark)| mark);
-        let (scan, tracked) = self.track(obs, probe, now, mark);
+        let (scan, tracked) = self.track(obs, probe, (now, counted), mark);
         if (tracked || !marks)
             && let Some((tuple, _)) = unremembered
         {
@@ -611,18 +613,27 @@ impl Detector {
         self.sweeps.sweep_stale(now, window);
     }
 
-    /// A SYN's 4-tuple against those remembered: `None` for a retransmission; for a new
-    /// attempt, its 4-tuple and mark if they are not remembered yet (the caller has it
-    /// [`Detector::remember`]ed unless it becomes a first sighting).
-    fn new_attempt(&mut self, obs: &Observation) -> Option<Option<(Tuple4, u32)>> {
+    /// A SYN (of a source that counts as `counted_as`) against the 4-tuples remembered:
+    /// `None` for a retransmission; for a new attempt, its 4-tuple and mark if they are
+    /// not remembered yet (the caller has it [`Detector::remember`]ed unless it becomes a
+    /// first sighting). The mark is 0 where no first sighting may hold one (none are
+    /// kept, and `marks` says none will be).
+    fn new_attempt(
+        &mut self,
+        obs: &Observation,
+        counted_as: IpAddr,
+        marks: bool,
+    ) -> Option<Option<(Tuple4, u32)>> {
         let tuple = Tuple4::new(addr_key(obs.src), addr_key(obs.dst), obs.sport, obs.dport);
         match self.attempts.again(tuple, self.now, self.cfg.window) {
             Some(true) => return None,
             Some(false) => return Some(None),
             None => {}
         }
+        if !marks && !self.sources.first_in_use() {
+            return Some(Some((tuple, 0)));
+        }
         let mark = self.sources.mark(&tuple);
-        let (counted_as, _) = self.source_of(obs.src);
         let key = halves(addr_key(counted_as));
         if self
             .sources
@@ -642,19 +653,19 @@ impl Detector {
                 .insert(tuple, self.now, self.cfg.window, self.cfg.max_attempts);
     }
 
-    /// Records `obs` (of an attempt marked `mark`, 0 for none) against its source;
+    /// Records `obs` (of an attempt marked `mark`, 0 for none) at `now` against its
+    /// source, which counts as `counted_as` (within `prefix`: [`Detector::source_of`]);
     /// returns a scan if this observation starts an episode, and whether the source holds
     /// a slot (not if only a first sighting of it was written down, `mark` with it).
     fn track(
         &mut self,
         obs: &Observation,
         probe: Probe,
-        now: Nanos,
+        (now, (counted_as, prefix)): (Nanos, (IpAddr, Option<IpNet>)),
         mark: u32,
     ) -> (Option<Scan>, bool) {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
-        let (counted_as, prefix) = self.source_of(obs.src);
         let key = halves(addr_key(counted_as));
         // One port alone cannot make a scan (unless `max_ports` is 0): at the cap, a new
         // source's first sighting may wait apart for it to come back.

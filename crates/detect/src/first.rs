@@ -71,6 +71,14 @@ struct Bucket {
     marks: [u32; WAYS],
 }
 
+impl Bucket {
+    /// Entry `i` of `source` gives up its port: it stays as its attempt's mark alone, or
+    /// is freed if it has none.
+    fn port_taken(&mut self, i: usize, source: u64) {
+        self.tags[i] = if self.marks[i] == 0 { 0 } else { source };
+    }
+}
+
 /// The bits of a tag that name the source (the top one always set, so that a used
 /// entry's tag is never 0).
 const SOURCE_BITS: u64 = !0 << 24;
@@ -179,7 +187,7 @@ impl FirstSights {
                     port: tag as u16,
                     probes: ProbeSet::from_bits((tag >> 16) as u8),
                 };
-                bucket.tags[i] = if bucket.marks[i] == 0 { 0 } else { source };
+                bucket.port_taken(i, source);
                 return Some(first);
             }
             // The place for a new sighting: a free or expired entry, or the oldest.
@@ -205,7 +213,7 @@ impl FirstSights {
         let bucket = &mut self.buckets[b];
         for i in 0..WAYS {
             if bucket.tags[i] & SOURCE_BITS == source && bucket.tags[i] & PROBE_BITS != 0 {
-                bucket.tags[i] = if bucket.marks[i] == 0 { 0 } else { source };
+                bucket.port_taken(i, source);
             }
         }
     }

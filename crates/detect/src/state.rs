@@ -163,6 +163,12 @@ impl Sources {
         self.first.prefetch(key);
     }
 
+    /// Whether first sightings are kept (the table was full within the window).
+    #[inline]
+    pub fn first_in_use(&self) -> bool {
+        self.first.in_use()
+    }
+
     /// The mark a first sighting keeps of an attempt's 4-tuple (see `first`).
     #[inline]
     pub fn mark(&self, tuple: &Tuple) -> u32 {
