@@ -41,6 +41,7 @@ struct Refused {
     unfit_logged: usize,
     unfit_more: usize,
 }
+
 impl Refused {
     /// A decision not enforceable here for its type, scope or value: said (the first
     /// few of a pull).
@@ -56,18 +57,13 @@ impl Refused {
         tracing::info!(
             "not enforcing the CrowdSec decision {} ({label}): {} {} of scope {} for {} ({})",
             d.id,
-            short(&d.kind),
-            short(&d.value),
-            short(&d.scope),
-            short(&d.duration),
+            lapi::printable(&d.kind, 64),
+            lapi::printable(&d.value, 64),
+            lapi::printable(&d.scope, 64),
+            lapi::printable(&d.duration, 64),
             why.as_str()
         );
     }
-}
-
-/// A LAPI's text, cut to a length a log line can hold and without control characters.
-fn short(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 /// A pulled decision whose end is within this of the held ban's is not given again.

@@ -182,13 +182,10 @@ impl Client {
         match result {
             Ok(resp) if !(200..300).contains(&resp.status()) => {
                 let code = resp.status();
-                let to = resp.header("location").unwrap_or("nowhere").to_owned();
+                let to = printable(resp.header("location").unwrap_or("nowhere"), 200);
                 Err(LapiError::Status {
                     code,
-                    body: format!(
-                        "a redirect to {} (not followed: it would carry the key)",
-                        to.chars().take(200).collect::<String>()
-                    ),
+                    body: format!("a redirect to {to} (not followed: it would carry the key)"),
                 })
             }
             Ok(resp) => read_limited(resp.into_reader()),
@@ -347,12 +344,14 @@ struct RawStream<'a> {
     deleted: Option<Vec<&'a serde_json::value::RawValue>>,
 }
 
+/// A LAPI's text for a log line: without control characters, at most `max` of the rest.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 pub fn parse_stream(bytes: &[u8]) -> Result<Stream, LapiError> {
     let raw: RawStream<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
-            .chars()
-            .filter(|c| !c.is_control())
-            .collect();
+        let start = printable(&String::from_utf8_lossy(&bytes[..bytes.len().min(60)]), 60);
         LapiError::Invalid(format!(
             "the decision stream is not the JSON of the API ({e}); it starts with {start:?}"
         ))
@@ -363,15 +362,7 @@ pub fn parse_stream(bytes: &[u8]) -> Result<Stream, LapiError> {
         for d in list.unwrap_or_default() {
             match serde_json::from_str::<Decision>(d.get()) {
                 Ok(d) => out.push(d),
-                Err(e) => {
-                    let text: String = d
-                        .get()
-                        .chars()
-                        .filter(|c| !c.is_control())
-                        .take(120)
-                        .collect();
-                    malformed.push(format!("{e} in {text}"));
-                }
+                Err(e) => malformed.push(format!("{e} in {}", printable(d.get(), 120))),
             }
         }
         out
