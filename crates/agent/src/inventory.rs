@@ -74,16 +74,11 @@ pub fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
     let mut segments = Segments::per_packet();
     let mut warned = false;
     for path in time_order(paths) {
-        let mut unsupported = Vec::new();
+        let mut unsupported = crate::replay::UnsupportedLinks::default();
         let each = each_packet(path, &mut (), |p| {
             let packet = (p.linktype, p.ts_nanos, p.data, p.orig_len);
-            let link = feed(&mut inventory, &mut read, &mut segments, packet);
-            // A few named in the message are enough; a crafted file may hold thousands.
-            if let Some(l) = link
-                && unsupported.len() < 8
-                && !unsupported.contains(&l)
-            {
-                unsupported.push(l);
+            if let Some(link) = feed(&mut inventory, &mut read, &mut segments, packet) {
+                unsupported.note(link);
             }
             warned = warn_cap(&inventory, warned);
             ControlFlow::<()>::Continue(())
@@ -92,8 +87,8 @@ pub fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
             tracing::error!("{msg}");
             read.bad_input = true;
         }
-        if !unsupported.is_empty() {
-            tracing::error!("{}", crate::replay::unsupported_links(path, &unsupported));
+        if let Some(line) = unsupported.message(path) {
+            tracing::error!("{line}");
             read.bad_input = true;
         }
     }

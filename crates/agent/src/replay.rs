@@ -317,7 +317,7 @@ fn replay_file(
     prep: &mut Prepare,
     (batch, batches, spare): BatchSink<'_>,
 ) -> Result<(), FileError> {
-    let mut unsupported: Vec<u32> = Vec::new();
+    let mut unsupported = UnsupportedLinks::default();
     let read = each_packet(path, progress, |packet| {
         totals.packets += 1;
         if packet.ts_nanos < totals.latest_ts {
@@ -358,10 +358,7 @@ fn replay_file(
             Ok(Decoded::Skipped(Skip::Fragment)) => totals.fragments += 1,
             Err(NotDecoded::Link(linktype)) => {
                 totals.unsupported_link += 1;
-                // A few named in the message are enough; a crafted file may hold thousands.
-                if unsupported.len() < 8 && !unsupported.contains(&linktype) {
-                    unsupported.push(linktype);
-                }
+                unsupported.note(linktype);
             }
             Err(NotDecoded::Bad(kind)) => totals.decode_errors[kind.index()] += 1,
         }
@@ -372,21 +369,38 @@ fn replay_file(
         Ok(Some(stopped)) => return Err(stopped),
         Err(msg) => return Err(FileError::Input(msg)),
     }
-    if !unsupported.is_empty() {
-        return Err(FileError::Input(unsupported_links(path, &unsupported)));
+    match unsupported.message(path) {
+        Some(line) => Err(FileError::Input(line)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-/// The line that says a capture file held packets of link types synwatch cannot decode
-/// (`replay` and `inventory --pcap` alike: their packets were skipped, exit 2).
-pub fn unsupported_links(path: &Path, linktypes: &[u32]) -> String {
-    let list: Vec<String> = linktypes.iter().map(u32::to_string).collect();
-    format!(
-        "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
-        display_name(path),
-        list.join(", ")
-    )
+/// The link types of a capture file's packets that synwatch cannot decode (`replay` and
+/// `inventory --pcap` alike: their packets are skipped, and the file named, exit 2).
+#[derive(Debug, Default)]
+pub struct UnsupportedLinks(Vec<u32>);
+
+impl UnsupportedLinks {
+    /// A packet of `linktype` could not be decoded. A few named in the message are
+    /// enough; a crafted file may hold thousands.
+    pub fn note(&mut self, linktype: u32) {
+        if self.0.len() < 8 && !self.0.contains(&linktype) {
+            self.0.push(linktype);
+        }
+    }
+
+    /// The line that names them, if there were any.
+    pub fn message(&self, path: &Path) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = self.0.iter().map(u32::to_string).collect();
+        Some(format!(
+            "{}: link type {} not supported (supported: Ethernet, Linux cooked SLL/SLL2, raw IPv4/IPv6, BSD loopback); its packets were skipped",
+            display_name(path),
+            list.join(", ")
+        ))
+    }
 }
 
 /// A count with thousands separated by commas.
