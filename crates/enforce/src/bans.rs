@@ -506,8 +506,7 @@ impl Book {
         {
             return Err((Refused::AlreadyBanned, r.clone()));
         }
-        let replaced = self.take(addr);
-        if let Some(r) = replaced {
+        if let Some(r) = self.take(addr) {
             // The running ban's offence, asked for again: counted once.
             self.offenders.insert(
                 addr,
