@@ -568,15 +568,16 @@ impl Blocker {
         // seconds the pipeline's own look.
         let looked = match &self.upkeep {
             Some(u) => u.take().map(|r| (r.intact, r.set_up, r.counters)),
-            None if now >= self.counters_at => {
+            // Not while the writer thread holds the hands (applying bans): the pipeline
+            // looks again at its next turn instead of waiting for the kernel.
+            None if now >= self.counters_at => writer::try_lock(&self.hands).map(|mut h| {
                 self.counters_at = now + COUNTERS_SECS;
-                let mut h = lock(&self.hands);
-                Some(if h.enforcer.intact() {
+                if h.enforcer.intact() {
                     (true, false, h.enforcer.counters().ok())
                 } else {
                     (false, false, None)
-                })
-            }
+                }
+            }),
             None => None,
         };
         if let Some((intact, set_up, counters)) = looked {

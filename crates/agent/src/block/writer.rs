@@ -49,6 +49,16 @@ pub fn lock(hands: &Mutex<Hands>) -> MutexGuard<'_, Hands> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The lock on [`Hands`] if no one holds it now: `None` while the writer thread is
+/// applying bans (a look that can wait for the next turn must not wait for the kernel).
+pub fn try_lock(hands: &Mutex<Hands>) -> Option<MutexGuard<'_, Hands>> {
+    match hands.try_lock() {
+        Ok(h) => Some(h),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 /// A chunk of a batch, done.
 #[derive(Debug)]
 pub struct Done {
@@ -250,7 +260,7 @@ mod tests {
     use synwatch_enforce::{Backend, Ban, DropCounters, KernelBan, Scope};
 
     use super::*;
-    use crate::block::{BlockSettings, Blocker, Happened};
+    use crate::block::{BlockSettings, Blocker, COUNTERS_SECS, Happened};
     use crate::control::Request;
     use crate::metrics::Metrics;
 
@@ -261,6 +271,8 @@ mod tests {
         /// Each `add` or `refill`: which, on which thread, of what.
         calls: Vec<(&'static str, String, Vec<String>)>,
         refuse: bool,
+        /// Kernel changes that reached the gate (and wait there, holding the hands).
+        at_gate: usize,
     }
 
     /// An enforcer over [`Kernel`]; with a gate, each `add` first waits for a word on it.
@@ -308,6 +320,7 @@ mod tests {
     impl Fake {
         fn put(&mut self, how: &'static str, bans: &[Ban]) -> Result<(), EnforceError> {
             if let Some(gate) = &self.gate {
+                self.kernel.lock().unwrap().at_gate += 1;
                 let _ = gate.recv();
             }
             let mut k = self.kernel.lock().unwrap();
@@ -456,6 +469,48 @@ mod tests {
         assert_eq!(rows(r.dir.path()), set(&["192.0.2.1", "192.0.2.2"]));
         assert_eq!(metrics.bans_unsaved.load(Ordering::Relaxed), 0);
         assert_eq!(metrics.healthy_body(), "ok\n");
+    }
+
+    /// Regression: with no rule check thread, the pipeline's own look at the rules and
+    /// counters came due while the writer thread held the hands, waiting on the kernel,
+    /// and the pipeline waited with it (in the test, for ever: the gate opens later).
+    #[test]
+    fn the_pipeline_does_not_wait_for_the_writer_to_look_at_the_counters() {
+        let (open, gate) = mpsc::channel();
+        let mut r = rig(Some(gate));
+        scan(&mut r.blocker, "192.0.2.1");
+        assert!(blocked(&r.blocker.apply(1000)).is_empty());
+        while r.kernel.lock().unwrap().at_gate == 0 {
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Should the pipeline wait after all, a watchdog opens the gate and says so.
+        let opened_late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let (open, opened_late) = (open.clone(), Arc::clone(&opened_late));
+            let (stop, stopped) = mpsc::channel::<()>();
+            let t = thread::spawn(move || {
+                if stopped
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .is_err()
+                {
+                    opened_late.store(true, Ordering::Relaxed);
+                    let _ = open.send(());
+                }
+            });
+            (stop, t)
+        };
+        // Counters due (every 3 s), the writer still inside the kernel change.
+        let happened = r.blocker.apply(1000 + COUNTERS_SECS + 1);
+        assert!(blocked(&happened).is_empty(), "{happened:?}");
+        let _ = watchdog.0.send(());
+        watchdog.1.join().unwrap();
+        assert!(
+            !opened_late.load(Ordering::Relaxed),
+            "apply waited for the writer thread"
+        );
+        open.send(()).unwrap();
+        let happened = r.blocker.apply_all(1000 + COUNTERS_SECS + 1);
+        assert_eq!(blocked(&happened), set(&["192.0.2.1"]));
     }
 
     #[test]
