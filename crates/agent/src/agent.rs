@@ -156,8 +156,8 @@ pub struct Reread {
 }
 
 /// What the caller hands the agent: where its events go and who prints them, the stop
-/// token and the reload request (the binary's signal handlers set them), and how to read
-/// the configuration again.
+/// token, the reload and status requests (the binary's signal handlers set them), and how
+/// to read the configuration again.
 pub struct Io {
     /// Where events are written (stdout, in the binary), through a bounded queue and a
     /// thread of its own.
@@ -170,6 +170,9 @@ pub struct Io {
     pub stop: Arc<AtomicBool>,
     /// Set to have the agent read its configuration again through `reread`.
     pub reload: Arc<AtomicBool>,
+    /// Set to have the agent write its status (the lines of its stop summary) on stderr
+    /// and go on.
+    pub status: Arc<AtomicBool>,
     pub reread: Box<dyn FnMut() -> Option<Reread>>,
 }
 

@@ -23,6 +23,8 @@ bad usage or unreadable input, with one line on standard error saying what and w
 address lists without losing state; \fBSIGINT\fR and \fBSIGTERM\fR stop the agent, which
 removes its firewall rules (unless \fB\-\-keep\-rules\-on\-exit\fR) and prints a summary on
 standard error.
+\fBSIGUSR1\fR and \fBSIGUSR2\fR write the same summary so far on standard error, headed
+\fBstatus:\fR, and the agent runs on.
 .SH FILES
 .TP
 \fI/etc/synwatch/synwatch.toml\fR

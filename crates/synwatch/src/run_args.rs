@@ -351,6 +351,13 @@ pub fn run(args: &RunArgs, settings: DetectSettings) -> Result<crate::ExitStatus
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))
         .context("cannot install the SIGHUP handler")?;
+    // SIGUSR1 and SIGUSR2 (sent by log rotation scripts and by people) would end the
+    // agent by default: they ask for its status on stderr instead.
+    let status = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+        signal_hook::flag::register(signal, Arc::clone(&status))
+            .context("cannot install the SIGUSR1 and SIGUSR2 handlers")?;
+    }
     let reread = {
         let args = args.clone();
         move || reload_config(&args)
@@ -366,6 +373,7 @@ pub fn run(args: &RunArgs, settings: DetectSettings) -> Result<crate::ExitStatus
         },
         stop,
         reload,
+        status,
         reread: Box::new(reread),
     };
     Ok(

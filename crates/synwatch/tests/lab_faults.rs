@@ -899,6 +899,49 @@ fn a_sighup_storm_leaves_the_agent_running_its_bans_held_and_scanners_caught() {
     assert_eq!(agent.stop_within(10), Some(0));
 }
 
+/// SIGUSR1 and SIGUSR2 (sent by log rotation scripts, by hand, or by anyone allowed to
+/// signal the agent) used to end it; they now write its status on stderr, and it goes
+/// on: its bans held, new scanners caught, a clean stop at the end.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn sigusr1_and_sigusr2_write_the_status_and_the_agent_runs_on() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&lab, dir.path(), "usr", &args);
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    let pid = agent.pid().to_string();
+    for signal in ["-USR1", "-USR2", "-USR1"] {
+        let sent = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill {signal}: the agent is gone");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(agent.running(), "after {signal}: {}", agent.log());
+    }
+    eventually(5, "three status reports", || {
+        agent.log().matches("status:").count() == 3
+    });
+    let log = agent.log();
+    let status = &log[log.find("status:").expect("a status report")..];
+    assert!(
+        status.contains("packets passed the filter") && status.contains("scans: 1;"),
+        "{status}"
+    );
+    assert!(status.contains("bans applied: 1,"), "{status}");
+    lab.scan(SCANNER6, VICTIM6, "1-20");
+    eventually(10, "a scanner after the signals banned", || {
+        banned_in_nftables(&lab, SCANNER6)
+    });
+    assert!(banned_in_nftables(&lab, SCANNER), "the first ban is held");
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
 /// `DIR/state` made a 2 MB tmpfs in a mount namespace of the agent's own (gone with it):
 /// its path, and the wrapper to start the agent under. `then` runs after the mount,
 /// before the agent (`{state}` in it stands for the path).

@@ -30,6 +30,7 @@ use crate::limit::LogLimiter;
 use crate::links;
 use crate::metrics::Metrics;
 use crate::pipeline::{PREFETCH_AHEAD, step};
+use crate::sockets::SocketCounters;
 use crate::xdp::KernelBans;
 
 /// How long the loop waits for a message when nothing is due.
@@ -67,6 +68,8 @@ pub(super) struct Parts {
     /// Set to have the configuration read again through `reread`.
     pub(super) reload: Arc<AtomicBool>,
     pub(super) reread: Box<dyn FnMut() -> Option<Reread>>,
+    /// Set to have the status written on stderr.
+    pub(super) status: Arc<AtomicBool>,
 }
 
 /// When the loop next (or last) does what it does on a timer.
@@ -98,6 +101,9 @@ pub(super) struct Core {
     pub(super) xdp: Option<XdpRunning>,
     reload: Arc<AtomicBool>,
     reread: Box<dyn FnMut() -> Option<Reread>>,
+    status: Arc<AtomicBool>,
+    /// The socket table's counters, with `--source sockets`.
+    pub(super) socket_counters: Option<Arc<SocketCounters>>,
     timers: Timers,
 }
 
@@ -122,6 +128,8 @@ impl Core {
             xdp: parts.xdp,
             reload: parts.reload,
             reread: parts.reread,
+            status: parts.status,
+            socket_counters: None,
             // Bans go to the kernel at once when none went for APPLY_EVERY (the first
             // scanner of a quiet spell is banned within the batch that made it one), then
             // at most every APPLY_EVERY while packets keep coming, so that a burst of them
@@ -210,6 +218,9 @@ impl Core {
         self.metrics
             .record_detector(&self.detector.stats(), self.detector.tracked_sources());
         self.reload_if_asked();
+        if self.status.swap(false, Ordering::Relaxed) {
+            self.tell("status:");
+        }
         self.check_links(now);
         self.refresh_host(now);
     }
@@ -773,6 +784,7 @@ mod tests {
             events: Box::new(Lines(Rc::clone(&events))),
             xdp: None,
             reload: Arc::clone(&reload),
+            status: Arc::default(),
             reread: {
                 let reread = Rc::clone(&reread);
                 Box::new(move || reread.borrow_mut().take())
@@ -1090,7 +1102,6 @@ mod tests {
             control_stop: Arc::default(),
             fleet_threads: crate::crowdsec::Threads::default(),
             drainer: queue.drainer(),
-            socket_counters: None,
             state_dir: h.dir.path().to_path_buf(),
         };
         let outcome = running.run().map_err(|e| format!("{e:#}"));
@@ -1165,7 +1176,6 @@ mod tests {
             control_stop,
             fleet_threads: crate::crowdsec::Threads::default(),
             drainer: queue.drainer(),
-            socket_counters: None,
             state_dir: h.dir.path().to_path_buf(),
         };
         // Ends: the control socket's thread is joined.

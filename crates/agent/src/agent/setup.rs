@@ -62,8 +62,6 @@ pub(super) struct Running {
     pub(super) fleet_threads: crate::crowdsec::Threads,
     /// Waits for stdout to take the last events.
     pub(super) drainer: Drainer,
-    /// The socket table's counters, with `--source sockets`.
-    pub(super) socket_counters: Option<Arc<SocketCounters>>,
     pub(super) state_dir: PathBuf,
 }
 
@@ -300,9 +298,12 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         xdp: o.sources.running(run, o.blocking.in_xdp, o.discovering),
         reload: io.reload,
         reread: io.reread,
+        status: io.status,
     };
+    let mut core = Core::new(parts, o.blocking.lapsed);
+    core.socket_counters = threads.socket_counters;
     Ok(Running {
-        core: Core::new(parts, o.blocking.lapsed),
+        core,
         rx,
         stop: io.stop,
         workers: threads.workers,
@@ -310,7 +311,6 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         control_stop,
         fleet_threads,
         drainer,
-        socket_counters: threads.socket_counters,
         state_dir: o.run.blocking.state_dir.clone(),
     })
 }

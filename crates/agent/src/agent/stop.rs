@@ -1,12 +1,12 @@
 //! Running the agent to its end: the loop, then shutdown (the last bans saved, the
 //! rules removed, every thread joined) and the summary on stderr.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use synwatch_decode::DecodeError;
 
+use super::core::Core;
 use super::setup::Running;
 use super::{FINAL_OUTPUT_WAIT, Outcome};
 use crate::metrics::Metrics;
@@ -47,22 +47,16 @@ impl Running {
                 .map_err(|_| anyhow::anyhow!("the thread of {name} failed"))?;
         }
         let core = &mut self.core;
-        let metrics = Arc::clone(&core.metrics);
-        let metrics = &*metrics;
-        let xdp_source = core.xdp.as_ref().is_some_and(|x| x.observing);
-        let mut lines = interface_lines(metrics, xdp_source);
-        if core.xdp.as_ref().is_some_and(|x| x.blocking) {
-            lines.push(format!(
-                "  XDP: {} scanners banned by the program itself",
-                metrics.xdp_kernel_bans.load(Ordering::Relaxed)
-            ));
-        }
+        let lines = core.source_lines();
         // Detaches the program from every interface.
         drop(core.xdp.take());
-        if let Some(c) = &self.socket_counters {
-            lines.push(socket_line(c));
-        }
-        summary(&lines, metrics, &core.detector, core.logged);
+        summary(
+            "stopped.",
+            &lines,
+            &core.metrics,
+            &core.detector,
+            core.logged,
+        );
         // Event output cannot fail here (see event_queue.rs): stdout's troubles are
         // counted, and never end the agent.
         match std::mem::replace(&mut core.output, Ok(())) {
@@ -72,6 +66,35 @@ impl Running {
             )),
             Ok(()) => Ok(Outcome::Stopped),
         }
+    }
+}
+
+impl Core {
+    /// What each source saw and lost, a line each: the summary's first lines.
+    pub(super) fn source_lines(&self) -> Vec<String> {
+        let xdp_source = self.xdp.as_ref().is_some_and(|x| x.observing);
+        let mut lines = interface_lines(&self.metrics, xdp_source);
+        if self.xdp.as_ref().is_some_and(|x| x.blocking) {
+            lines.push(format!(
+                "  XDP: {} scanners banned by the program itself",
+                self.metrics.xdp_kernel_bans.load(Ordering::Relaxed)
+            ));
+        }
+        if let Some(c) = &self.socket_counters {
+            lines.push(socket_line(c));
+        }
+        lines
+    }
+
+    /// The summary so far on stderr, under `heading`, the agent running on (SIGUSR1).
+    pub(super) fn tell(&self, heading: &str) {
+        summary(
+            heading,
+            &self.source_lines(),
+            &self.metrics,
+            &self.detector,
+            self.logged,
+        );
     }
 }
 
@@ -113,11 +136,17 @@ fn socket_line(c: &SocketCounters) -> String {
     )
 }
 
-/// The summary on stderr: the sources' `lines`, then what was seen and done.
-fn summary(lines: &[String], metrics: &Metrics, detector: &synwatch_detect::Detector, logged: u64) {
+/// The summary on stderr: `heading`, the sources' `lines`, then what was seen and done.
+fn summary(
+    heading: &str,
+    lines: &[String],
+    metrics: &Metrics,
+    detector: &synwatch_detect::Detector,
+    logged: u64,
+) {
     let s = detector.stats();
     tracing::info!(
-        "stopped.\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted, {} first sightings held apart at the cap); bans applied: {}, lifted: {}, refused: {}",
+        "{heading}\n{}\n  attempts: {} incoming, {} outgoing, {} retransmissions, {} stealth probes; {} connections logged, {} held back by the log limit\n  scans: {}; sources tracked: {} ({} evicted, {} first sightings held apart at the cap); bans applied: {}, lifted: {}, refused: {}",
         lines.join("\n"),
         s.attempts_in,
         s.attempts_out,
