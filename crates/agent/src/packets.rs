@@ -101,6 +101,28 @@ pub fn each_packet<B>(
     progress: &mut impl Progress,
     mut each: impl FnMut(Packet<'_>) -> ControlFlow<B>,
 ) -> Result<Option<B>, String> {
+    each_read(path, progress, |next| match next {
+        Next::Packet(packet) => each(packet),
+        Next::CaughtUp => ControlFlow::Continue(()),
+    })
+}
+
+/// What [`each_read`] hands over.
+#[derive(Debug)]
+pub enum Next<'a> {
+    Packet(Packet<'a>),
+    /// A stream (a pipe) has no whole packet waiting: reading on may wait for its writer,
+    /// so what the caller holds back (a batch) should go on now.
+    CaughtUp,
+}
+
+/// As [`each_packet`], and [`Next::CaughtUp`] after each packet a stream has nothing
+/// more to follow yet.
+pub fn each_read<B>(
+    path: &Path,
+    progress: &mut impl Progress,
+    mut each: impl FnMut(Next<'_>) -> ControlFlow<B>,
+) -> Result<Option<B>, String> {
     let mut reader = open(path).map_err(|e| input_error(path, &e))?;
     let mut count: u64 = 0;
     loop {
@@ -113,7 +135,12 @@ pub fn each_packet<B>(
             }
         };
         count += 1;
-        if let ControlFlow::Break(value) = each(packet) {
+        if let ControlFlow::Break(value) = each(Next::Packet(packet)) {
+            return Ok(Some(value));
+        }
+        if !reader.next_is_buffered()
+            && let ControlFlow::Break(value) = each(Next::CaughtUp)
+        {
             return Ok(Some(value));
         }
         if count & 0xffff == 0 {

@@ -23,7 +23,7 @@ use synwatch_detect::{AddrSet, Config, Detector, Direction, Observation, Probe};
 
 use crate::event_text::{Format, Formatter};
 use crate::events::{Connection, EventSink};
-use crate::packets::{NotDecoded, Progress, Segments, display_name, each_packet, time_order};
+use crate::packets::{Next, NotDecoded, Progress, Segments, display_name, each_read, time_order};
 use crate::pipeline::{PREFETCH_AHEAD, StepSink, step};
 
 /// Where a replay's events go: an [`EventSink`] that also takes `connection` events
@@ -199,7 +199,8 @@ fn detect_thread<S: FormattedSink>(
     let mut events = open_sink();
     let mut connections_logged = 0;
     let mut output = Ok(());
-    'batches: for mut batch in inbox {
+    let mut next = inbox.recv().ok();
+    'batches: while let Some(mut batch) = next.take() {
         let mut start = 0;
         for (i, (obs, &end)) in batch.obs.iter().zip(&batch.ends).enumerate() {
             // The detector's table slots for an observation a few places on start loading
@@ -221,6 +222,18 @@ fn detect_thread<S: FormattedSink>(
         }
         batch.clear();
         let _ = recycle.send(batch);
+        next = match inbox.try_recv() {
+            Ok(batch) => Some(batch),
+            Err(mpsc::TryRecvError::Disconnected) => None,
+            // The reader is behind (or waits on a pipe): what was printed goes out now.
+            Err(mpsc::TryRecvError::Empty) => {
+                if let Err(e) = events.flush() {
+                    output = Err(e);
+                    break 'batches;
+                }
+                inbox.recv().ok()
+            }
+        };
     }
     // The capture has ended: attempts still waiting for their answer time are judged
     // unanswered.
@@ -318,7 +331,14 @@ fn replay_file(
     (batch, batches, spare): BatchSink<'_>,
 ) -> Result<(), FileError> {
     let mut unsupported = UnsupportedLinks::default();
-    let read = each_packet(path, progress, |packet| {
+    let read = each_read(path, progress, |next| {
+        let packet = match next {
+            Next::Packet(packet) => packet,
+            // A pipe with nothing more yet: what was read goes to the detector now, not
+            // when the batch fills (a quiet live link could take minutes).
+            Next::CaughtUp if batch.obs.is_empty() => return ControlFlow::Continue(()),
+            Next::CaughtUp => return hand_over(batch, batches, spare),
+        };
         totals.packets += 1;
         if packet.ts_nanos < totals.latest_ts {
             totals.out_of_order += 1;
@@ -344,11 +364,7 @@ fn replay_file(
                     };
                     prep.push(batch, obs);
                     if batch.obs.len() == BATCH {
-                        let next = spare.try_recv().unwrap_or_default();
-                        let full = std::mem::replace(batch, next);
-                        if batches.send(full).is_err() {
-                            return ControlFlow::Break(FileError::OutputGone);
-                        }
+                        return hand_over(batch, batches, spare);
                     }
                 }
                 Transport::Udp => totals.udp += 1,
@@ -372,6 +388,20 @@ fn replay_file(
     match unsupported.message(path) {
         Some(line) => Err(FileError::Input(line)),
         None => Ok(()),
+    }
+}
+
+/// Sends `batch` to the detecting thread, taking a spare one (or a new one) in its place.
+fn hand_over(
+    batch: &mut Batch,
+    batches: &mpsc::SyncSender<Batch>,
+    spare: &mpsc::Receiver<Batch>,
+) -> ControlFlow<FileError> {
+    let next = spare.try_recv().unwrap_or_default();
+    let full = std::mem::replace(batch, next);
+    match batches.send(full) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(FileError::OutputGone),
     }
 }
 

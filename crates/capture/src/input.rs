@@ -294,6 +294,12 @@ impl Input {
     pub(crate) fn total_len(&self) -> Option<u64> {
         self.total_len
     }
+
+    /// Whether the input is read from a stream (a pipe, a device, a decompressor), whose
+    /// next read may wait for a writer, rather than held whole (a mapped file, bytes).
+    pub(crate) fn is_stream(&self) -> bool {
+        matches!(self.src, Src::Stream(_))
+    }
 }
 
 #[inline]

@@ -357,6 +357,21 @@ impl CaptureReader {
         }
     }
 
+    /// Whether the next packet (or the end) can be read without waiting for input: always
+    /// for files and bytes, and for a stream (a pipe) when its next record has arrived
+    /// whole. A reader that batches packets sends its batch on when this is false, so that
+    /// a live pipe (`tcpdump -U -w - | ...`) is not held back until more traffic comes.
+    pub fn next_is_buffered(&self) -> bool {
+        if self.done || !self.input.is_stream() {
+            return true;
+        }
+        let rest = self.input.rest();
+        match &self.parser {
+            Parser::Pcap(p) => p.next_buffered(rest),
+            Parser::PcapNg(p) => p.next_buffered(rest),
+        }
+    }
+
     /// How many packets have been returned so far.
     pub fn packets_read(&self) -> u64 {
         self.packets

@@ -148,6 +148,19 @@ impl Pcap {
     }
 
     #[inline]
+    /// Whether `rest` (the input from the cursor on) holds the whole next record.
+    pub(crate) fn next_buffered(&self, rest: &[u8]) -> bool {
+        let Some(&[.., c0, c1, c2, c3, _, _, _, _]) = rest.first_chunk::<16>() else {
+            return false;
+        };
+        let caplen = if self.kind.big_endian {
+            u32::from_be_bytes([c0, c1, c2, c3])
+        } else {
+            u32::from_le_bytes([c0, c1, c2, c3])
+        };
+        (rest.len() as u64) >= self.record_header_len as u64 + u64::from(caplen)
+    }
+
     pub(crate) fn next<'a>(
         &self,
         input: &'a mut Input,

@@ -100,6 +100,21 @@ impl PcapNg {
         &self.interfaces
     }
 
+    /// Whether `rest` (the input from the cursor on) holds the whole next block, as far as
+    /// its length in this section's byte order says (a new section's header in the other
+    /// order reads as too long: not buffered).
+    pub(crate) fn next_buffered(&self, rest: &[u8]) -> bool {
+        let Some(&[_, _, _, _, l0, l1, l2, l3]) = rest.first_chunk::<8>() else {
+            return false;
+        };
+        let len = if self.big_endian {
+            u32::from_be_bytes([l0, l1, l2, l3])
+        } else {
+            u32::from_le_bytes([l0, l1, l2, l3])
+        };
+        (rest.len() as u64) >= u64::from(len.max(12))
+    }
+
     pub(crate) fn next<'a>(
         &mut self,
         input: &'a mut Input,

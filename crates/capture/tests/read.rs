@@ -325,3 +325,98 @@ fn open_streams_a_named_pipe() {
     assert_eq!(read_ok(&mut r), want);
     writer.join().unwrap();
 }
+
+/// A stream that hands out `bytes` cut at `cuts`, one piece per read (a pipe whose
+/// writer wrote them one by one).
+struct Pieces {
+    pieces: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Pieces {
+    fn boxed(bytes: &[u8], cuts: &[usize]) -> Box<dyn std::io::Read + Send> {
+        let mut pieces = std::collections::VecDeque::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&bytes.len()]) {
+            pieces.push_back(bytes[from..cut].to_vec());
+            from = cut;
+        }
+        Box::new(Self { pieces })
+    }
+}
+
+impl std::io::Read for Pieces {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let Some(piece) = self.pieces.front_mut() else {
+            return Ok(0);
+        };
+        let n = piece.len().min(buf.len());
+        buf[..n].copy_from_slice(&piece[..n]);
+        piece.drain(..n);
+        if piece.is_empty() {
+            self.pieces.pop_front();
+        }
+        Ok(n)
+    }
+}
+
+/// Reads the packets of `bytes`, a stream whose first piece ends at `cut`, and says before
+/// the first read and after each (the end included) whether the next one is buffered.
+fn buffered_after_each(bytes: &[u8], cut: usize) -> Vec<bool> {
+    let mut r = CaptureReader::from_reader(Pieces::boxed(bytes, &[cut])).unwrap();
+    let mut said = vec![r.next_is_buffered()];
+    while r.next_packet().unwrap().is_some() {
+        said.push(r.next_is_buffered());
+    }
+    said.push(r.next_is_buffered());
+    said
+}
+
+#[test]
+fn a_stream_says_whether_its_next_record_has_arrived_whole() {
+    for big_endian in [false, true] {
+        let mut w = PcapWriter::new(1, 65535, big_endian, false);
+        let mut ends = Vec::new();
+        for i in 0..3 {
+            w.packet(i * 1_000_000_000, &[0xab; 60], 60);
+            ends.push(w.offset());
+        }
+        let bytes = w.finish();
+        // The first piece: the header, the first record and 10 bytes of the second.
+        // Before any packet: the first is there. After it: the second is cut (the reader
+        // would wait on the pipe). After the second (the rest came): the third is there.
+        // After the third: nothing yet. At the end: nothing to wait for.
+        assert_eq!(
+            buffered_after_each(&bytes, ends[0] + 10),
+            [true, false, true, false, true],
+            "pcap, big endian {big_endian}"
+        );
+        // Cut inside the second record's header: not whole either.
+        assert_eq!(
+            buffered_after_each(&bytes, ends[0] + 4),
+            [true, false, true, false, true]
+        );
+    }
+    for big_endian in [false, true] {
+        let mut w = NgWriter::new(big_endian);
+        w.shb();
+        w.idb(1, 65535, None, None, None);
+        let mut ends = Vec::new();
+        for i in 0..3 {
+            w.epb(0, i * 1_000_000, &[0xcd; 60], 60);
+            ends.push(w.offset());
+        }
+        let bytes = w.finish();
+        assert_eq!(
+            buffered_after_each(&bytes, ends[0] + 10),
+            [true, false, true, false, true],
+            "pcapng, big endian {big_endian}"
+        );
+    }
+    // A file is never waited on.
+    let mut w = PcapWriter::new(1, 65535, false, false);
+    w.packet(0, &[0; 60], 60);
+    let mut r = CaptureReader::from_bytes(w.finish()).unwrap();
+    assert!(r.next_is_buffered());
+    r.next_packet().unwrap().unwrap();
+    assert!(r.next_is_buffered());
+}

@@ -682,6 +682,55 @@ fn pipes_and_dev_stdin_are_read_once_not_lost_to_the_time_order_peek() {
     );
 }
 
+/// `tcpdump -U -w - | synwatch replay -`: what has come through the pipe is judged and
+/// printed while the pipe stays open, not held back until 1,024 attempts or the end.
+#[test]
+fn a_pipe_left_open_has_its_events_printed_as_its_packets_come() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let mut args = LOCAL_ARGS.to_vec();
+    args.extend(["--format", "json", "-"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .arg("replay")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(&std::fs::read(&good).expect("read"))
+        .expect("write to the pipe");
+    stdin.flush().expect("flush");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let want = std::fs::read_to_string(golden_path("ethernet")).expect("golden");
+    let mut got = String::new();
+    for _ in want.lines() {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => got.push_str(&(line + "\n")),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(got, want, "printed while the pipe is open");
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    reader.join().expect("the reader");
+    assert!(status.success(), "{status}");
+    assert!(rx.try_recv().is_err(), "nothing more at the end");
+}
+
 /// `nmap -sS -f` and its variants as Linux reassembles them: IPv4 SYNs cut into 8-byte
 /// fragments in order, reversed, shuffled and with a duplicate are attempts; a SYN whose
 /// fragments overlap is dropped by Linux and is none; an IPv6 SYN whose first fragment
