@@ -572,7 +572,8 @@ fn with_the_lapi_away_bans_stay_enforced_and_local_bans_queue_until_it_returns()
 }
 
 /// A fake LAPI (python3 in the victim's namespace) answering the decision stream with
-/// what the file `mode` says: `garbage`, `endless`, `forbidden` or `ok`.
+/// what the file `mode` says: `garbage`, `endless`, `forbidden`, `stall` (no answer at
+/// all) or `ok`.
 const FAKE_LAPI: &str = r#"
 import http.server, sys, json
 mode_file = sys.argv[2]
@@ -580,6 +581,10 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
     def do_GET(self):
         mode = open(mode_file).read().strip()
+        if mode == 'stall':
+            import time
+            time.sleep(3600)
+            return
         if mode == 'forbidden':
             body = b'{"message":"access forbidden"}'
             self.send_response(403)
@@ -670,7 +675,17 @@ fn bad_answers_from_the_lapi_get_a_clear_error_and_the_agent_keeps_running() {
         !reaches(&lab, LONE4)
     });
     assert!(reaches(&lab, CLIENT));
-    assert_eq!(agent.stop(), Some(0));
+    // A LAPI that stops answering mid-request does not hold the agent's exit for the
+    // request's timeout (20 s).
+    std::fs::write(&mode, "stall").expect("mode");
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = std::time::Instant::now();
+    assert_eq!(agent.stop_within(10), Some(0));
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 #[test]

@@ -12,6 +12,10 @@ use super::{FINAL_OUTPUT_WAIT, Outcome};
 use crate::metrics::Metrics;
 use crate::sockets::SocketCounters;
 
+/// Longest the stop waits for the CrowdSec threads (a request under way to a LAPI that
+/// does not answer).
+const FLEET_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Running {
     /// Runs the loop until the agent is asked to stop (or every source ends), then
     /// stops.
@@ -27,7 +31,7 @@ impl Running {
         // Only a signal stops the agent: anything else that ended the loop (every source
         // gone) is a failure, never exit 0, so that a supervisor restarts it.
         let asked_to_stop = self.stop.swap(true, Ordering::Relaxed);
-        self.fleet_threads.join();
+        self.fleet_threads.join(FLEET_STOP_WAIT);
         self.core.stop_blocking(&self.state_dir);
         // The control socket is gone with the blocker: its thread may end.
         self.control_stop.store(true, Ordering::Relaxed);

@@ -350,14 +350,23 @@ impl Threads {
         self.outbox.clone()
     }
 
-    /// Waits for the threads (the agent's stop flag is set): a request under way ends
-    /// at its timeout at most.
-    pub fn join(self) {
+    /// Waits for the threads (the agent's stop flag is set), for at most `wait` in all: a
+    /// request to a LAPI that stalls would otherwise hold the agent's exit until its
+    /// timeout (20 s). A thread still in such a request is left to end with the process.
+    pub fn join(self, wait: std::time::Duration) {
         if let Some(o) = &self.outbox {
             o.wake();
         }
+        let deadline = std::time::Instant::now() + wait;
         for h in self.handles {
-            if h.join().is_err() {
+            while !h.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if !h.is_finished() {
+                tracing::warn!(
+                    "warning: a request to the CrowdSec LAPI is still under way; stopping without waiting for its answer"
+                );
+            } else if h.join().is_err() {
                 tracing::error!("a CrowdSec thread failed");
             }
         }
