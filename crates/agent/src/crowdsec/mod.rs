@@ -357,9 +357,9 @@ impl Threads {
         if let Some(o) = &self.outbox {
             o.wake();
         }
-        let deadline = std::time::Instant::now() + wait;
+        let deadline = crate::clock::monotonic() + wait;
         for h in self.handles {
-            while !h.is_finished() && std::time::Instant::now() < deadline {
+            while !h.is_finished() && crate::clock::monotonic() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             if !h.is_finished() {
