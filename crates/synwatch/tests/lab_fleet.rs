@@ -679,13 +679,7 @@ fn bad_answers_from_the_lapi_get_a_clear_error_and_the_agent_keeps_running() {
     // request's timeout (20 s).
     std::fs::write(&mode, "stall").expect("mode");
     std::thread::sleep(Duration::from_secs(3));
-    let asked = std::time::Instant::now();
-    assert_eq!(agent.stop_within(10), Some(0));
-    assert!(
-        asked.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        asked.elapsed()
-    );
+    assert_eq!(agent.stop_within(8), Some(0));
 }
 
 #[test]
