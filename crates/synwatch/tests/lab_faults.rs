@@ -689,9 +689,11 @@ fn started_as_root_the_agent_and_its_children_keep_only_what_blocking_needs() {
     ];
     let main = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     expect_sets(&capabilities(&main), &agent_sets, "the agent");
-    let threads = thread_capabilities(agent.pid());
-    assert!(threads.len() > 3, "{threads:?}");
-    for caps in threads {
+    // Some threads start after the banner (the pipeline's helpers): wait for them.
+    eventually(10, "the agent's threads started", || {
+        thread_capabilities(agent.pid()).len() > 3
+    });
+    for caps in thread_capabilities(agent.pid()) {
         expect_at_most(&caps, &agent_sets, "an agent thread");
     }
     lab.scan(SCANNER, VICTIM, "1-20");
