@@ -100,8 +100,7 @@ pub(super) fn on_scan(
         };
         // For a range, any address of it that holds a session keeps its sessions.
         let session = protected.is_none() && host.holds_session(target);
-        let sweep = scan.kind == synwatch_detect::ScanKind::Sweep;
-        b.note_scan(target, sweep, &scan.ports, scan.hosts.len());
+        b.note_scan(target, scan);
         b.scan(
             scan.src,
             target,

@@ -118,7 +118,7 @@ impl Blocker {
     }
 
     /// What the detector saw of the scan about to be banned as `target` (for its alert).
-    pub fn note_scan(&mut self, target: IpNet, sweep: bool, ports: &[u16], hosts: usize) {
+    pub fn note_scan(&mut self, target: IpNet, scan: &synwatch_detect::Scan) {
         if self.fleet.outbox.is_none() || self.dry_run {
             return;
         }
@@ -128,9 +128,10 @@ impl Blocker {
         self.fleet.notes.insert(
             synwatch_enforce::ban_net(target),
             Note {
-                sweep,
-                ports: ports.to_vec(),
-                hosts,
+                src: scan.src,
+                sweep: scan.kind == synwatch_detect::ScanKind::Sweep,
+                ports: scan.ports.clone(),
+                hosts: scan.hosts.clone(),
             },
         );
     }
@@ -699,7 +700,19 @@ mod tests {
     /// A scan of 203.0.113.9 banned and pushed at 10, a manual ban of 203.0.113.10 at 11.
     fn a_scan_and_a_manual_ban(b: &mut Blocker) {
         let src = "203.0.113.9".parse().unwrap();
-        b.note_scan(n("203.0.113.9"), false, &[1, 2, 3, 4], 0);
+        let scan = synwatch_detect::Scan {
+            kind: synwatch_detect::ScanKind::Ports,
+            hosts: Vec::new(),
+            ts: 10_000_000_000,
+            src,
+            dst: "192.0.2.1".parse().unwrap(),
+            ports: vec![1, 2, 3, 4],
+            probes: synwatch_detect::Probe::Syn.into(),
+            window: 60_000_000_000,
+            allowlisted: false,
+            prefix: None,
+        };
+        b.note_scan(n("203.0.113.9"), &scan);
         b.scan(src, n("203.0.113.9"), &[1, 2, 3, 4], 10, None, false);
         b.apply(10);
         let add = crate::control::Request::Add {

@@ -38,9 +38,12 @@ pub const SCENARIOS: [&str; 2] = ["synwatch/port-scan", "synwatch/address-sweep"
 /// What the detector saw of a scan, for its alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
+    /// The scanning address (a range ban's alert names it, not the range's first).
+    pub src: std::net::IpAddr,
     pub sweep: bool,
     pub ports: Vec<u16>,
-    pub hosts: usize,
+    /// A sweep's hosts, in the order first seen.
+    pub hosts: Vec<std::net::IpAddr>,
 }
 
 /// What the push thread sends, in the order it was queued.
@@ -196,8 +199,15 @@ pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Valu
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    let hosts_text = note.map_or_else(String::new, |n| {
+        n.hosts
+            .iter()
+            .map(std::net::IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     let count = if sweep {
-        note.map_or(0, |n| n.hosts)
+        note.map_or(0, |n| n.hosts.len())
     } else {
         ports.len()
     };
@@ -222,12 +232,12 @@ pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Valu
         source["range"] = serde_json::Value::String(value.clone());
     }
     let mut meta = vec![
-        serde_json::json!({"key": "source_ip", "value": net.addr().to_string()}),
+        serde_json::json!({"key": "source_ip", "value": note.map_or(net.addr(), |n| n.src).to_string()}),
         serde_json::json!({"key": "ports", "value": ports_text}),
         serde_json::json!({"key": "offences", "value": record.offences.to_string()}),
     ];
     if sweep {
-        meta.push(serde_json::json!({"key": "hosts", "value": count.to_string()}));
+        meta.push(serde_json::json!({"key": "hosts", "value": hosts_text}));
     }
     serde_json::json!({
         "scenario": scenario,
@@ -608,10 +618,14 @@ mod tests {
             "ports 22,80 from 2001:db8:1:2::9",
             None,
         );
+        let hosts: Vec<std::net::IpAddr> = (1..=12)
+            .map(|i| format!("2001:db8:ff::{i}").parse().unwrap())
+            .collect();
         let note = Note {
+            src: "2001:db8:1:2::9".parse().unwrap(),
             sweep: true,
             ports: vec![22],
-            hosts: 12,
+            hosts,
         };
         let a = alert(&r, Some(&note), 1_000);
         assert_eq!(a["scenario"], "synwatch/address-sweep");
@@ -620,6 +634,21 @@ mod tests {
         assert_eq!(a["decisions"][0]["scope"], "Range");
         assert_eq!(a["decisions"][0]["duration"], "8760h");
         assert_eq!(a["events_count"], 12);
+        // The meta names the scanning address (not the range's first) and the hosts.
+        let meta = |key: &str| {
+            a["events"][0]["meta"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["key"] == key)
+                .map(|m| m["value"].clone())
+        };
+        assert_eq!(meta("source_ip").unwrap(), "2001:db8:1:2::9");
+        let listed = meta("hosts").unwrap();
+        let listed: Vec<&str> = listed.as_str().unwrap().split(',').collect();
+        assert_eq!(listed.len(), 12);
+        assert_eq!(listed[0], "2001:db8:ff::1");
+        assert_eq!(listed[11], "2001:db8:ff::12");
     }
 
     #[test]
