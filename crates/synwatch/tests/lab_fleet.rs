@@ -545,6 +545,14 @@ fn with_the_lapi_away_bans_stay_enforced_and_local_bans_queue_until_it_returns()
         "{}",
         agent_a.log()
     );
+    // A restart meanwhile loses nothing: the queue is saved at stop and queued again at
+    // the next start.
+    assert_eq!(agent_a.stop(), Some(0));
+    let agent_a = fleet_agent(&a, dir.path(), "a", &url_a, &cred_a, NFT);
+    eventually(WITHIN, "A's saved alert waits in its queue again", || {
+        a.metric("synwatch_crowdsec_push_queue") == 1
+    });
+    assert!(agent_a.log().contains("queued again"), "{}", agent_a.log());
 
     lapi.resume();
     eventually(40, "A's queued alert arrives once the LAPI is back", || {

@@ -356,7 +356,14 @@ fn start_fleet(
         move |pull| feed.send_unless_stopped(Msg::Fleet(pull), &stop)
     };
     let stats = Arc::clone(feed.metrics().crowdsec.get_or_init(Arc::default));
-    let threads = crate::crowdsec::start(opened, &run.crowdsec, &stats, stop, deliver)?;
+    let threads = crate::crowdsec::start(
+        opened,
+        &run.crowdsec,
+        &run.blocking.state_dir,
+        &stats,
+        stop,
+        deliver,
+    )?;
     b.join_fleet(threads.outbox(), stats);
     Ok(threads)
 }

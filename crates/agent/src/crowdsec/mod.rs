@@ -341,6 +341,8 @@ impl Stats {
 pub struct Threads {
     handles: Vec<std::thread::JoinHandle<()>>,
     outbox: Option<Arc<push::Outbox>>,
+    /// Where the queue left at stop is saved ([`push::QUEUE_FILE`] in the state directory).
+    queue_file: Option<std::path::PathBuf>,
 }
 
 impl Threads {
@@ -370,15 +372,31 @@ impl Threads {
                 tracing::error!("a CrowdSec thread failed");
             }
         }
+        // What could not be sent is sent at the next start, not lost with this process.
+        if let (Some(o), Some(path)) = (&self.outbox, &self.queue_file) {
+            match o.save(path, crate::clock::unix_now()) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    "{n} alert(s) and withdrawal(s) for the CrowdSec LAPI not sent yet; saved in {} for the next start",
+                    path.display()
+                ),
+                Err(e) => tracing::error!(
+                    "cannot save the queued alert(s) for the CrowdSec LAPI in {}: {e}; they are lost",
+                    path.display()
+                ),
+            }
+        }
     }
 }
 
 /// Joins the fleet: the push thread (with machine credentials) and the pull thread
 /// (with a bouncer key), which hands each pull to `deliver` (the pipeline's queue).
-/// Counts in `stats`. The blocker joins with the threads' outbox.
+/// Counts in `stats`. The blocker joins with the threads' outbox. What the last run left
+/// queued in `state_dir` is queued first.
 pub fn start(
     opened: Opened,
     settings: &Settings,
+    state_dir: &std::path::Path,
     stats: &Arc<Stats>,
     stop: &Arc<AtomicBool>,
     deliver: impl Fn(pull::Pull) -> bool + Send + 'static,
@@ -388,7 +406,19 @@ pub fn start(
     let base = opened.client.base().to_owned();
     if let Some(creds) = opened.credentials {
         let outbox = Arc::new(push::Outbox::new(Arc::clone(stats)));
+        let queue_file = state_dir.join(push::QUEUE_FILE);
+        match outbox.restore(&queue_file, crate::clock::unix_now()) {
+            Ok((0, 0)) => {}
+            Ok((queued, left_out)) => tracing::info!(
+                "{queued} alert(s) and withdrawal(s) for the CrowdSec LAPI left by the last run queued again ({left_out} over or unreadable, left out)"
+            ),
+            Err(e) => tracing::error!(
+                "cannot read {} (what the last run could not push): {e}",
+                queue_file.display()
+            ),
+        }
         threads.outbox = Some(Arc::clone(&outbox));
+        threads.queue_file = Some(queue_file);
         let (client, st, stop) = (opened.client.clone(), Arc::clone(stats), Arc::clone(stop));
         let ob = Arc::clone(&outbox);
         threads.handles.push(

@@ -13,6 +13,8 @@
 //! here, pulled, after a restart.
 
 use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +33,10 @@ pub const BATCH: usize = 100;
 /// A token is renewed this long after it was given (CrowdSec's JWTs last an hour).
 const TOKEN_LIFE: Duration = Duration::from_secs(30 * 60);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The file in the state directory where a stopping agent leaves the alerts and
+/// withdrawals it could not send, for its next start.
+pub const QUEUE_FILE: &str = "crowdsec-queue.jsonl";
 
 /// The scenarios synwatch pushes under.
 pub const SCENARIOS: [&str; 2] = ["synwatch/port-scan", "synwatch/address-sweep"];
@@ -180,6 +186,69 @@ impl Outbox {
     pub fn wake(&self) {
         self.ready.notify_all();
     }
+
+    /// Writes what is still queued to `path` (a stopping agent, for its next start): one
+    /// JSON object a line, `{"alert":...,"saved_at":UNIX}` or `{"withdraw":"NET"}`,
+    /// written aside and renamed into place, readable by root alone. Nothing queued
+    /// removes the file. Returns how many were saved.
+    pub fn save(&self, path: &Path, now_wall: i64) -> io::Result<usize> {
+        let items: Vec<Outgoing> = match self.queue.lock() {
+            Ok(q) => q.iter().cloned().collect(),
+            Err(p) => p.into_inner().iter().cloned().collect(),
+        };
+        if items.is_empty() {
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(0),
+            };
+        }
+        let mut text = String::new();
+        for item in &items {
+            let line = match item {
+                Outgoing::Alert(a) => serde_json::json!({ "alert": a, "saved_at": now_wall }),
+                Outgoing::Withdraw(net) => serde_json::json!({ "withdraw": net.to_string() }),
+            };
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        let aside = path.with_extension("jsonl.new");
+        {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&aside)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&aside, path)?;
+        Ok(items.len())
+    }
+
+    /// Queues what a stopped agent saved in `path` ([`Outbox::save`]), then removes the
+    /// file: withdrawals as they were; alerts with their decision shortened by the time
+    /// the agent was away, left out once that is over. Lines that do not read are left
+    /// out and counted. Returns (queued, left out); no file is (0, 0).
+    pub fn restore(&self, path: &Path, now_wall: i64) -> io::Result<(usize, usize)> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+            Err(e) => return Err(e),
+        };
+        let (mut queued, mut left_out) = (0, 0);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if saved_item(line, now_wall).is_some_and(|item| self.queue_up(item)) {
+                queued += 1;
+            } else {
+                left_out += 1;
+            }
+        }
+        std::fs::remove_file(path)?;
+        Ok((queued, left_out))
+    }
 }
 
 /// The alert of one ban (swagger's `Alert`, with one `Decision`).
@@ -262,6 +331,28 @@ pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Valu
             "scenario": scenario,
         }],
     })
+}
+
+/// One line of a saved queue ([`Outbox::save`]), as it is to be queued again at
+/// `now_wall`: `None` if it does not read, or is an alert whose ban is over.
+fn saved_item(line: &str, now_wall: i64) -> Option<Outgoing> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if let Some(net) = v.get("withdraw") {
+        return net.as_str()?.parse().ok().map(Outgoing::Withdraw);
+    }
+    let mut alert = v.get("alert")?.clone();
+    let away = now_wall.saturating_sub(v.get("saved_at")?.as_i64()?).max(0);
+    let decision = alert.get_mut("decisions")?.get_mut(0)?;
+    let duration = decision.get("duration")?.as_str()?;
+    // "Ns" for a ban that ends (see `alert`); "8760h", until removed, stays.
+    if let Some(secs) = duration.strip_suffix('s') {
+        let left = secs.parse::<i64>().ok()?.saturating_sub(away);
+        if left <= 0 {
+            return None;
+        }
+        decision["duration"] = serde_json::Value::String(format!("{left}s"));
+    }
+    Some(Outgoing::Alert(alert))
 }
 
 /// The ports of a scan's reason (`ports 22,80` or `ports 22,80 from ADDR`).
@@ -649,6 +740,64 @@ mod tests {
         assert_eq!(listed.len(), 12);
         assert_eq!(listed[0], "2001:db8:ff::1");
         assert_eq!(listed[11], "2001:db8:ff::12");
+    }
+
+    /// What a stopping agent leaves queued comes back at the next start: withdrawals as
+    /// they were, alerts shortened by the time away (left out once their ban is over);
+    /// a line that does not read is left out, and the file is gone once read.
+    #[test]
+    fn a_queue_saved_at_stop_is_queued_again_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(QUEUE_FILE);
+        let stats = Arc::new(Stats::default());
+        let o = Outbox::new(Arc::clone(&stats));
+        let short = alert(
+            &record("192.0.2.7/32", "ports 1,2,3,4", Some(1_100)),
+            None,
+            1_000,
+        );
+        let long = alert(
+            &record("192.0.2.8/32", "ports 1,2,3,4", Some(5_000)),
+            None,
+            1_000,
+        );
+        let forever = alert(&record("192.0.2.9/32", "ports 1,2,3,4", None), None, 1_000);
+        assert_eq!(short["decisions"][0]["duration"], "100s");
+        o.offer(short);
+        o.withdraw("198.51.100.0/24".parse().unwrap());
+        o.offer(long);
+        o.offer(forever);
+        assert_eq!(o.save(&path, 50_000).unwrap(), 4);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("not json\n{\"withdraw\":\"not a net\"}\n");
+        std::fs::write(&path, text).unwrap();
+
+        // Started again 500 s later.
+        let again = Outbox::new(Arc::clone(&stats));
+        assert_eq!(again.restore(&path, 50_500).unwrap(), (3, 3));
+        assert!(!path.exists());
+        let items = again.peek(10, Duration::ZERO);
+        assert_eq!(items.len(), 3);
+        assert_eq!(
+            items[0],
+            Outgoing::Withdraw("198.51.100.0/24".parse().unwrap())
+        );
+        let Outgoing::Alert(a) = &items[1] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(a["decisions"][0]["value"], "192.0.2.8");
+        assert_eq!(a["decisions"][0]["duration"], "3500s");
+        let Outgoing::Alert(a) = &items[2] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(a["decisions"][0]["duration"], "8760h");
+        // Nothing queued: no file, and none to read.
+        assert_eq!(Outbox::new(Arc::clone(&stats)).save(&path, 0).unwrap(), 0);
+        assert!(!path.exists());
+        assert_eq!(again.restore(&path, 0).unwrap(), (0, 0));
     }
 
     #[test]
