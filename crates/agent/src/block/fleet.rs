@@ -146,7 +146,7 @@ impl Blocker {
         }
         for r in records.iter().filter(|r| push::is_detection(r)) {
             let note = self.fleet.notes.remove(&r.net);
-            outbox.offer(push::alert(r, note.as_ref(), now));
+            outbox.offer(push::alert(r, note.as_ref(), now), push::ends_wall(r));
             self.fleet
                 .pushed
                 .insert(r.net, r.expires.unwrap_or(i64::MAX));

@@ -374,7 +374,7 @@ impl Threads {
         }
         // What could not be sent is sent at the next start, not lost with this process.
         if let (Some(o), Some(path)) = (&self.outbox, &self.queue_file) {
-            match o.save(path, crate::clock::unix_now()) {
+            match o.save(path) {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(
                     "{n} alert(s) and withdrawal(s) for the CrowdSec LAPI not sent yet; saved in {} for the next start",

@@ -55,8 +55,11 @@ pub struct Note {
 /// What the push thread sends, in the order it was queued.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
-    /// An alert with its decision (`POST /v1/alerts`).
-    Alert(serde_json::Value),
+    /// An alert with its decision (`POST /v1/alerts`), and when its ban ends (Unix
+    /// seconds; `None`: until removed): the decision's duration is counted from when it
+    /// is sent, so an alert that waited for the LAPI does not ban for longer on the
+    /// fleet than here, and one whose ban is over is not sent.
+    Alert(serde_json::Value, Option<i64>),
     /// A network this agent pushed and the operator lifted: the fleet's decisions of
     /// synwatch's scenarios on it are deleted.
     Withdraw(ipnet::IpNet),
@@ -65,35 +68,41 @@ pub enum Outgoing {
 /// What one request of the push thread carries: the alerts at the front of the queue,
 /// or the withdrawal there.
 enum Work {
-    Alerts(Vec<serde_json::Value>),
+    /// The alerts to post, and how many queue entries they take (alerts whose ban ended
+    /// while queued among them, not posted).
+    Alerts(Vec<serde_json::Value>, usize),
     Withdraw(ipnet::IpNet),
 }
 
 impl Work {
-    /// The work at the front of `items` (not empty).
-    fn of(items: Vec<Outgoing>) -> Self {
-        let mut alerts = Vec::new();
+    /// The work at the front of `items` (not empty), at `now_wall` (Unix seconds).
+    fn of(items: Vec<Outgoing>, now_wall: i64) -> Self {
+        let (mut alerts, mut taken) = (Vec::new(), 0);
         for item in items {
             match item {
-                Outgoing::Alert(a) => alerts.push(a),
-                Outgoing::Withdraw(net) if alerts.is_empty() => return Self::Withdraw(net),
+                Outgoing::Alert(a, ends) => {
+                    taken += 1;
+                    alerts.extend(with_duration(a, ends, now_wall));
+                }
+                Outgoing::Withdraw(net) if taken == 0 => return Self::Withdraw(net),
                 Outgoing::Withdraw(_) => break,
             }
         }
-        Self::Alerts(alerts)
+        Self::Alerts(alerts, taken)
     }
 
     /// Queue entries it takes.
     fn len(&self) -> usize {
         match self {
-            Self::Alerts(a) => a.len(),
+            Self::Alerts(_, taken) => *taken,
             Self::Withdraw(_) => 1,
         }
     }
 
     fn send(&self, client: &Client, token: &str) -> Result<(), LapiError> {
         match self {
-            Self::Alerts(batch) => client.post_alerts(token, batch),
+            Self::Alerts(batch, _) if batch.is_empty() => Ok(()),
+            Self::Alerts(batch, _) => client.post_alerts(token, batch),
             Self::Withdraw(net) => {
                 let mut deleted = 0;
                 for scenario in SCENARIOS {
@@ -127,8 +136,8 @@ impl Outbox {
     }
 
     /// Queues an alert; false (and counted) when the queue is full.
-    pub fn offer(&self, alert: serde_json::Value) -> bool {
-        self.queue_up(Outgoing::Alert(alert))
+    pub fn offer(&self, alert: serde_json::Value, ends: Option<i64>) -> bool {
+        self.queue_up(Outgoing::Alert(alert, ends))
     }
 
     /// Queues the withdrawal of a network this agent pushed; false (and counted) when
@@ -188,10 +197,10 @@ impl Outbox {
     }
 
     /// Writes what is still queued to `path` (a stopping agent, for its next start): one
-    /// JSON object a line, `{"alert":...,"saved_at":UNIX}` or `{"withdraw":"NET"}`,
+    /// JSON object a line, `{"alert":...,"ends":UNIX_OR_NULL}` or `{"withdraw":"NET"}`,
     /// written aside and renamed into place, readable by root alone. Nothing queued
     /// removes the file. Returns how many were saved.
-    pub fn save(&self, path: &Path, now_wall: i64) -> io::Result<usize> {
+    pub fn save(&self, path: &Path) -> io::Result<usize> {
         let items: Vec<Outgoing> = match self.queue.lock() {
             Ok(q) => q.iter().cloned().collect(),
             Err(p) => p.into_inner().iter().cloned().collect(),
@@ -205,7 +214,7 @@ impl Outbox {
         let mut text = String::new();
         for item in &items {
             let line = match item {
-                Outgoing::Alert(a) => serde_json::json!({ "alert": a, "saved_at": now_wall }),
+                Outgoing::Alert(a, ends) => serde_json::json!({ "alert": a, "ends": ends }),
                 Outgoing::Withdraw(net) => serde_json::json!({ "withdraw": net.to_string() }),
             };
             text.push_str(&line.to_string());
@@ -229,9 +238,9 @@ impl Outbox {
     }
 
     /// Queues what a stopped agent saved in `path` ([`Outbox::save`]), then removes the
-    /// file: withdrawals as they were; alerts with their decision shortened by the time
-    /// the agent was away, left out once that is over. Lines that do not read are left
-    /// out and counted. Returns (queued, left out); no file is (0, 0).
+    /// file: withdrawals as they were; alerts unless their ban ended while the agent was
+    /// away. Lines that do not read are left out and counted. Returns (queued, left
+    /// out); no file is (0, 0).
     pub fn restore(&self, path: &Path, now_wall: i64) -> io::Result<(usize, usize)> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -340,19 +349,45 @@ fn saved_item(line: &str, now_wall: i64) -> Option<Outgoing> {
     if let Some(net) = v.get("withdraw") {
         return net.as_str()?.parse().ok().map(Outgoing::Withdraw);
     }
-    let mut alert = v.get("alert")?.clone();
-    let away = now_wall.saturating_sub(v.get("saved_at")?.as_i64()?).max(0);
-    let decision = alert.get_mut("decisions")?.get_mut(0)?;
-    let duration = decision.get("duration")?.as_str()?;
-    // "Ns" for a ban that ends (see `alert`); "8760h", until removed, stays.
-    if let Some(secs) = duration.strip_suffix('s') {
-        let left = secs.parse::<i64>().ok()?.saturating_sub(away);
-        if left <= 0 {
-            return None;
-        }
-        decision["duration"] = serde_json::Value::String(format!("{left}s"));
+    let alert = v.get("alert")?.clone();
+    let ends = match v.get("ends")? {
+        serde_json::Value::Null => None,
+        e => Some(e.as_i64()?),
+    };
+    with_duration(alert.clone(), ends, now_wall)?;
+    Some(Outgoing::Alert(alert, ends))
+}
+
+/// `alert` with its decision's duration counted from `now_wall` to `ends` (Unix seconds;
+/// `None`, until removed: "8760h" as made); `None` once the ban is over.
+fn with_duration(
+    mut alert: serde_json::Value,
+    ends: Option<i64>,
+    now_wall: i64,
+) -> Option<serde_json::Value> {
+    let Some(ends) = ends else {
+        return Some(alert);
+    };
+    let left = ends.saturating_sub(now_wall);
+    if left <= 0 {
+        return None;
     }
-    Some(Outgoing::Alert(alert))
+    if let Some(d) = alert
+        .get_mut("decisions")
+        .and_then(|d| d.get_mut(0))
+        .and_then(|d| d.get_mut("duration"))
+    {
+        *d = serde_json::Value::String(format!("{left}s"));
+    }
+    Some(alert)
+}
+
+/// When the ban of `record` ends, in Unix seconds (`None`: until removed), for
+/// [`Outbox::offer`].
+pub fn ends_wall(record: &Record) -> Option<i64> {
+    record
+        .expires
+        .map(|e| crate::clock::wall_offset().to_wall(e))
 }
 
 /// The ports of a scan's reason (`ports 22,80` or `ports 22,80 from ADDR`).
@@ -385,7 +420,7 @@ pub fn run(
         if items.is_empty() {
             continue;
         }
-        let work = Work::of(items);
+        let work = Work::of(items, unix_now());
         if token
             .as_ref()
             .is_some_and(|(_, at)| monotonic().duration_since(*at) >= TOKEN_LIFE)
@@ -409,7 +444,7 @@ pub fn run(
         match result {
             Ok(()) => {
                 outbox.done(work.len());
-                if let Work::Alerts(batch) = &work {
+                if let Work::Alerts(batch, _) = &work {
                     stats
                         .pushed
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -584,9 +619,9 @@ mod tests {
             }
         });
         pushing(&lapi, |outbox, stats| {
-            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"}), None));
             assert!(pushed_within(stats, 1, 10), "the first alert pushed");
-            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"}), None));
             assert!(pushed_within(stats, 2, 10), "the second alert pushed");
             // Renewed at once: no failed push counted, no backoff taken.
             assert_eq!(stats.push_errors.load(Ordering::Relaxed), 0);
@@ -609,7 +644,7 @@ mod tests {
             }
         });
         pushing(&lapi, |outbox, stats| {
-            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"}), None));
             assert!(outbox.withdraw("192.0.2.7/32".parse().unwrap()));
             assert!(outbox.withdraw("2001:db8:1:2::/64".parse().unwrap()));
             let until = monotonic() + Duration::from_secs(10);
@@ -647,7 +682,7 @@ mod tests {
             }
         });
         pushing(&lapi, |outbox, stats| {
-            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"})));
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"}), None));
             std::thread::sleep(Duration::from_millis(2_500));
             assert_eq!(stats.pushed.load(Ordering::Relaxed), 0);
             assert!(stats.push_errors.load(Ordering::Relaxed) >= 1);
@@ -743,31 +778,21 @@ mod tests {
     }
 
     /// What a stopping agent leaves queued comes back at the next start: withdrawals as
-    /// they were, alerts shortened by the time away (left out once their ban is over);
-    /// a line that does not read is left out, and the file is gone once read.
+    /// they were, alerts unless their ban ended meanwhile; a line that does not read is
+    /// left out, and the file is gone once read. An alert's duration is counted from
+    /// when it is sent.
     #[test]
     fn a_queue_saved_at_stop_is_queued_again_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(QUEUE_FILE);
         let stats = Arc::new(Stats::default());
         let o = Outbox::new(Arc::clone(&stats));
-        let short = alert(
-            &record("192.0.2.7/32", "ports 1,2,3,4", Some(1_100)),
-            None,
-            1_000,
-        );
-        let long = alert(
-            &record("192.0.2.8/32", "ports 1,2,3,4", Some(5_000)),
-            None,
-            1_000,
-        );
-        let forever = alert(&record("192.0.2.9/32", "ports 1,2,3,4", None), None, 1_000);
-        assert_eq!(short["decisions"][0]["duration"], "100s");
-        o.offer(short);
+        let made = |net: &str| alert(&record(net, "ports 1,2,3,4", None), None, 1_000);
+        o.offer(made("192.0.2.7/32"), Some(50_100));
         o.withdraw("198.51.100.0/24".parse().unwrap());
-        o.offer(long);
-        o.offer(forever);
-        assert_eq!(o.save(&path, 50_000).unwrap(), 4);
+        o.offer(made("192.0.2.8/32"), Some(54_000));
+        o.offer(made("192.0.2.9/32"), None);
+        assert_eq!(o.save(&path).unwrap(), 4);
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -775,7 +800,7 @@ mod tests {
         text.push_str("not json\n{\"withdraw\":\"not a net\"}\n");
         std::fs::write(&path, text).unwrap();
 
-        // Started again 500 s later.
+        // Started again at 50,500: the first alert's ban is over.
         let again = Outbox::new(Arc::clone(&stats));
         assert_eq!(again.restore(&path, 50_500).unwrap(), (3, 3));
         assert!(!path.exists());
@@ -785,17 +810,25 @@ mod tests {
             items[0],
             Outgoing::Withdraw("198.51.100.0/24".parse().unwrap())
         );
-        let Outgoing::Alert(a) = &items[1] else {
-            panic!("{items:?}")
+        assert_eq!(
+            items[1],
+            Outgoing::Alert(made("192.0.2.8/32"), Some(54_000))
+        );
+        assert_eq!(items[2], Outgoing::Alert(made("192.0.2.9/32"), None));
+        // Sent at 51,000: the alert bans for what is left of the ban, 3,000 s.
+        let Work::Alerts(batch, taken) = Work::of(items[1..].to_vec(), 51_000) else {
+            panic!("alerts")
         };
-        assert_eq!(a["decisions"][0]["value"], "192.0.2.8");
-        assert_eq!(a["decisions"][0]["duration"], "3500s");
-        let Outgoing::Alert(a) = &items[2] else {
-            panic!("{items:?}")
+        assert_eq!(taken, 2);
+        assert_eq!(batch[0]["decisions"][0]["duration"], "3000s");
+        assert_eq!(batch[1]["decisions"][0]["duration"], "8760h");
+        // Sent after its end: taken from the queue, not posted.
+        let Work::Alerts(batch, taken) = Work::of(items[1..2].to_vec(), 54_000) else {
+            panic!("alerts")
         };
-        assert_eq!(a["decisions"][0]["duration"], "8760h");
+        assert_eq!((batch.len(), taken), (0, 1));
         // Nothing queued: no file, and none to read.
-        assert_eq!(Outbox::new(Arc::clone(&stats)).save(&path, 0).unwrap(), 0);
+        assert_eq!(Outbox::new(Arc::clone(&stats)).save(&path).unwrap(), 0);
         assert!(!path.exists());
         assert_eq!(again.restore(&path, 0).unwrap(), (0, 0));
     }
@@ -805,17 +838,17 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let o = Outbox::new(Arc::clone(&stats));
         for i in 0..QUEUE + 5 {
-            o.offer(serde_json::json!(i));
+            o.offer(serde_json::json!(i), None);
         }
         assert_eq!(stats.push_dropped.load(Ordering::Relaxed), 5);
         assert_eq!(stats.push_queue.load(Ordering::Relaxed), QUEUE as u64);
         let first = o.peek(BATCH, Duration::ZERO);
         assert_eq!(first.len(), BATCH);
-        assert_eq!(first[0], Outgoing::Alert(serde_json::json!(0)));
+        assert_eq!(first[0], Outgoing::Alert(serde_json::json!(0), None));
         o.done(BATCH);
         assert_eq!(
             o.peek(1, Duration::ZERO)[0],
-            Outgoing::Alert(serde_json::json!(BATCH))
+            Outgoing::Alert(serde_json::json!(BATCH), None)
         );
     }
 
