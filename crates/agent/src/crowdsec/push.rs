@@ -38,6 +38,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// withdrawals it could not send, for its next start.
 pub const QUEUE_FILE: &str = "crowdsec-queue.jsonl";
 
+/// The most of a saved queue read at start (a full queue of alerts is about 15 MB).
+const SAVED_MAX: u64 = 64 << 20;
+
 /// The scenarios synwatch pushes under.
 pub const SCENARIOS: [&str; 2] = ["synwatch/port-scan", "synwatch/address-sweep"];
 
@@ -242,11 +245,22 @@ impl Outbox {
     /// away. Lines that do not read are left out and counted. Returns (queued, left
     /// out); no file is (0, 0).
     pub fn restore(&self, path: &Path, now_wall: i64) -> io::Result<(usize, usize)> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
+        match std::fs::symlink_metadata(path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
             Err(e) => return Err(e),
-        };
+            // A FIFO would hold the start, a device or a link is not what a stop wrote.
+            Ok(m) if !m.is_file() => {
+                return Err(io::Error::other("not a regular file; left alone, not read"));
+            }
+            Ok(_) => {}
+        }
+        // At most what a full queue takes and more: a larger file is cut there.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(path)?, SAVED_MAX),
+            &mut bytes,
+        )?;
+        let text = String::from_utf8_lossy(&bytes);
         let (mut queued, mut left_out) = (0, 0);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             if saved_item(line, now_wall).is_some_and(|item| self.queue_up(item)) {
@@ -827,6 +841,16 @@ mod tests {
             panic!("alerts")
         };
         assert_eq!((batch.len(), taken), (0, 1));
+        // Bytes that are not UTF-8 are one bad line; the others still read.
+        std::fs::write(&path, b"\xff\xfe{\n{\"withdraw\":\"192.0.2.0/24\"}\n").unwrap();
+        assert_eq!(
+            Outbox::new(Arc::clone(&stats)).restore(&path, 0).unwrap(),
+            (1, 1)
+        );
+        // Something other than a file there is left alone, not read (a FIFO would hang).
+        std::fs::create_dir(&path).unwrap();
+        assert!(Outbox::new(Arc::clone(&stats)).restore(&path, 0).is_err());
+        std::fs::remove_dir(&path).unwrap();
         // Nothing queued: no file, and none to read.
         assert_eq!(Outbox::new(Arc::clone(&stats)).save(&path).unwrap(), 0);
         assert!(!path.exists());
