@@ -8,6 +8,7 @@
 use std::slice;
 
 use crate::input::Input;
+use crate::pcapng::read_u32;
 use crate::{CaptureError, Format, Interface, MAX_RECORD_LEN, Packet};
 
 const MAGIC_MICRO: u32 = 0xa1b2_c3d4;
@@ -147,20 +148,16 @@ impl Pcap {
         slice::from_ref(&self.interface)
     }
 
-    #[inline]
     /// Whether `rest` (the input from the cursor on) holds the whole next record.
     pub(crate) fn next_buffered(&self, rest: &[u8]) -> bool {
         let Some(&[.., c0, c1, c2, c3, _, _, _, _]) = rest.first_chunk::<16>() else {
             return false;
         };
-        let caplen = if self.kind.big_endian {
-            u32::from_be_bytes([c0, c1, c2, c3])
-        } else {
-            u32::from_le_bytes([c0, c1, c2, c3])
-        };
+        let caplen = read_u32(self.kind.big_endian, [c0, c1, c2, c3]);
         (rest.len() as u64) >= self.record_header_len as u64 + u64::from(caplen)
     }
 
+    #[inline]
     pub(crate) fn next<'a>(
         &self,
         input: &'a mut Input,
@@ -194,13 +191,7 @@ impl Pcap {
             o3,
         ] = header;
         let be = self.kind.big_endian;
-        let u32_ = |b| {
-            if be {
-                u32::from_be_bytes(b)
-            } else {
-                u32::from_le_bytes(b)
-            }
-        };
+        let u32_ = |b| read_u32(be, b);
         let caplen = u32_([c0, c1, c2, c3]);
         let caplen_usize = caplen as usize;
         if caplen_usize > MAX_RECORD_LEN {

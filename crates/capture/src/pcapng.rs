@@ -107,11 +107,7 @@ impl PcapNg {
         let Some(&[_, _, _, _, l0, l1, l2, l3]) = rest.first_chunk::<8>() else {
             return false;
         };
-        let len = if self.big_endian {
-            u32::from_be_bytes([l0, l1, l2, l3])
-        } else {
-            u32::from_le_bytes([l0, l1, l2, l3])
-        };
+        let len = read_u32(self.big_endian, [l0, l1, l2, l3]);
         (rest.len() as u64) >= u64::from(len.max(12))
     }
 
@@ -424,7 +420,7 @@ fn read_u16(big_endian: bool, b: [u8; 2]) -> u16 {
     }
 }
 
-fn read_u32(big_endian: bool, b: [u8; 4]) -> u32 {
+pub(crate) fn read_u32(big_endian: bool, b: [u8; 4]) -> u32 {
     if big_endian {
         u32::from_be_bytes(b)
     } else {
