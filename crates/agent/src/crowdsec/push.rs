@@ -13,7 +13,7 @@
 //! here, pulled, after a restart.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -256,10 +256,7 @@ impl Outbox {
         }
         // At most what a full queue takes and more: a larger file is cut there.
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(std::fs::File::open(path)?, SAVED_MAX),
-            &mut bytes,
-        )?;
+        io::Read::take(std::fs::File::open(path)?, SAVED_MAX).read_to_end(&mut bytes)?;
         let text = String::from_utf8_lossy(&bytes);
         let (mut queued, mut left_out) = (0, 0);
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -286,18 +283,7 @@ pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Valu
         Some(n) => n.ports.clone(),
         None => ports_of(&record.reason),
     };
-    let ports_text = ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let hosts_text = note.map_or_else(String::new, |n| {
-        n.hosts
-            .iter()
-            .map(std::net::IpAddr::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let ports_text = comma_joined(&ports);
     let count = if sweep {
         note.map_or(0, |n| n.hosts.len())
     } else {
@@ -328,8 +314,8 @@ pub fn alert(record: &Record, note: Option<&Note>, now: i64) -> serde_json::Valu
         serde_json::json!({"key": "ports", "value": ports_text}),
         serde_json::json!({"key": "offences", "value": record.offences.to_string()}),
     ];
-    if sweep {
-        meta.push(serde_json::json!({"key": "hosts", "value": hosts_text}));
+    if let Some(n) = note.filter(|_| sweep) {
+        meta.push(serde_json::json!({"key": "hosts", "value": comma_joined(&n.hosts)}));
     }
     serde_json::json!({
         "scenario": scenario,
@@ -363,13 +349,20 @@ fn saved_item(line: &str, now_wall: i64) -> Option<Outgoing> {
     if let Some(net) = v.get("withdraw") {
         return net.as_str()?.parse().ok().map(Outgoing::Withdraw);
     }
-    let alert = v.get("alert")?.clone();
     let ends = match v.get("ends")? {
         serde_json::Value::Null => None,
         e => Some(e.as_i64()?),
     };
-    with_duration(alert.clone(), ends, now_wall)?;
-    Some(Outgoing::Alert(alert, ends))
+    if ended(ends, now_wall) {
+        return None;
+    }
+    Some(Outgoing::Alert(v.get("alert")?.clone(), ends))
+}
+
+/// Whether a ban ending at `ends` (Unix seconds; `None`: until removed) is over at
+/// `now_wall`.
+fn ended(ends: Option<i64>, now_wall: i64) -> bool {
+    ends.is_some_and(|e| e <= now_wall)
 }
 
 /// `alert` with its decision's duration counted from `now_wall` to `ends` (Unix seconds;
@@ -379,13 +372,13 @@ fn with_duration(
     ends: Option<i64>,
     now_wall: i64,
 ) -> Option<serde_json::Value> {
+    if ended(ends, now_wall) {
+        return None;
+    }
     let Some(ends) = ends else {
         return Some(alert);
     };
     let left = ends.saturating_sub(now_wall);
-    if left <= 0 {
-        return None;
-    }
     if let Some(d) = alert
         .get_mut("decisions")
         .and_then(|d| d.get_mut(0))
@@ -394,6 +387,11 @@ fn with_duration(
         *d = serde_json::Value::String(format!("{left}s"));
     }
     Some(alert)
+}
+
+/// `items` as text, comma-separated.
+fn comma_joined<T: std::fmt::Display>(items: &[T]) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// When the ban of `record` ends, in Unix seconds (`None`: until removed), for
