@@ -81,16 +81,23 @@ impl AddrSet {
     #[inline]
     pub fn contains(&self, addr: IpAddr) -> bool {
         match addr {
-            IpAddr::V4(a) => !self.v4.is_empty() && self.v4.iter().any(|n| n.contains(&a)),
+            IpAddr::V4(a) => self.contains_v4(a),
             IpAddr::V6(a) => {
                 if let Some(v4) = a.to_ipv4_mapped()
-                    && self.contains(IpAddr::V4(v4))
+                    && self.contains_v4(v4)
                 {
                     return true;
                 }
                 !self.v6.is_empty() && self.v6.iter().any(|n| n.contains(&a))
             }
         }
+    }
+
+    /// [`AddrSet::contains`] for an IPv4 address: not recursive, so that it can be inlined
+    /// where the address is in a register.
+    #[inline]
+    fn contains_v4(&self, a: std::net::Ipv4Addr) -> bool {
+        !self.v4.is_empty() && self.v4.iter().any(|n| n.contains(&a))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -19,8 +19,9 @@ use synwatch_decode::TcpFlags;
 
 use crate::Nanos;
 use crate::addrset::AddrSet;
+use crate::key::{AddrKey, addr_key, halves, key_addr, key_v4};
 use crate::probe::{Probe, ProbeSet};
-use crate::state::{Attempts, PortSeen, Sources, Tuple as Tuple4};
+use crate::state::{Attempts, Key, PortSeen, Sources, Tuple as Tuple4};
 use crate::sweep::{Pending, Sweeps, Tuple};
 
 /// Whether an attempt leaves or enters the host.
@@ -257,24 +258,6 @@ pub struct Stats {
     pub attempts_evicted: u64,
 }
 
-/// An address as one integer (IPv4 in its IPv4-mapped IPv6 form): hashing one `u128`
-/// is several times cheaper than hashing the `IpAddr` enum, and these tables are probed
-/// on every attempt.
-type AddrKey = u128;
-
-#[inline]
-fn addr_key(addr: IpAddr) -> AddrKey {
-    match addr {
-        IpAddr::V4(a) => 0xffff_0000_0000 | u128::from(a.to_bits()),
-        IpAddr::V6(a) => a.to_bits(),
-    }
-}
-
-#[inline]
-fn halves(key: AddrKey) -> [u64; 2] {
-    [(key >> 64) as u64, key as u64]
-}
-
 /// The port-scan detector. Feed it observations in time order with [`Detector::observe`].
 #[derive(Debug)]
 pub struct Detector {
@@ -337,6 +320,30 @@ impl Detector {
         }
     }
 
+    /// The key of what `addr` counts as ([`Detector::source_of`] without the prefix): on
+    /// the hot path, inlined so that the address stays in registers. An address handed
+    /// back through memory is read in other pieces than it was written in, and such a read
+    /// waits for every store before it to reach the cache.
+    #[inline(always)]
+    fn key_of(&self, addr: IpAddr) -> Key {
+        self.counted_key(addr_key(addr))
+    }
+
+    /// [`Detector::key_of`] for an address given as its [`AddrKey`].
+    #[inline(always)]
+    fn counted_key(&self, key: AddrKey) -> Key {
+        if self.cfg.ipv6_prefix >= 128
+            || key_v4(key).is_some()
+            || self.shared.contains(IpAddr::V6(key.into()))
+        {
+            return halves(key);
+        }
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.cfg.ipv6_prefix))
+            .unwrap_or(0);
+        halves(key & mask)
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             sweep_state_dropped: self.sweeps.dropped,
@@ -390,8 +397,7 @@ impl Detector {
     /// still recognised): once a ban on it is lifted, its next scan is a new episode and is
     /// reported (and banned) again, even if it never paused for a whole window.
     pub fn forget(&mut self, addr: IpAddr) -> bool {
-        let (key, _) = self.source_of(addr);
-        let key = halves(addr_key(key));
+        let key = self.key_of(addr);
         self.sweeps.forget(key);
         self.sources.remove(&key)
     }
@@ -422,8 +428,7 @@ impl Detector {
                 obs.dport,
             ));
         }
-        let (counted_as, _) = self.source_of(obs.src);
-        self.sources.prefetch(&halves(addr_key(counted_as)));
+        self.sources.prefetch(&self.key_of(obs.src));
     }
 
     /// Takes one segment. Time is the observation's; it never runs backwards here (an
@@ -433,8 +438,8 @@ impl Detector {
             if self.cfg.sweeps && is_answer(obs.flags) {
                 self.advance(obs.ts);
                 let tuple = Tuple {
-                    client: obs.dst,
-                    server: obs.src,
+                    client: addr_key(obs.dst),
+                    server: addr_key(obs.src),
                     client_port: obs.dport,
                     server_port: obs.sport,
                 };
@@ -455,8 +460,8 @@ impl Detector {
             Direction::In
         };
 
-        // What the source counts as, looked up once for the 4-tuple and the port count.
-        let counted = self.source_of(obs.src);
+        // The key of what the source counts as, for the 4-tuple and the port count.
+        let key = self.key_of(obs.src);
         // While the 4-tuple table has room, every attempt is remembered there, exactly.
         // Only once it is full (where it would evict remembered attempts: a spoofed flood)
         // does a first sighting keep its attempt's mark instead (see `first`).
@@ -465,7 +470,7 @@ impl Detector {
         // source is known to hold a slot (a first sighting keeps the mark instead).
         let mut unremembered = None;
         let seen = if probe == Probe::Syn {
-            let Some(tuple) = self.new_attempt(obs, counted.0, marks) else {
+            let Some(tuple) = self.new_attempt(obs, &key, marks) else {
                 self.stats.retransmissions += 1;
                 return Outcome {
                     seen: Seen::Retransmission(direction),
@@ -498,7 +503,7 @@ impl Detector {
             };
         }
         let mark = unremembered.filter(|_| marks).map_or(0, |(_, mark)| mark);
-        let (scan, tracked) = self.track(obs, probe, (now, counted), mark);
+        let (scan, tracked) = self.track(obs, probe, (now, &key), mark);
         if (tracked || !marks)
             && let Some((tuple, _)) = unremembered
         {
@@ -509,8 +514,8 @@ impl Detector {
         // otherwise be waited for and judged, and a sweeper counts from its next attempt.
         if probe == Probe::Syn && self.cfg.sweeps && tracked {
             let tuple = Tuple {
-                client: obs.src,
-                server: obs.dst,
+                client: addr_key(obs.src),
+                server: addr_key(obs.dst),
                 client_port: obs.sport,
                 server_port: obs.dport,
             };
@@ -534,11 +539,9 @@ impl Detector {
         let (wait, window) = (self.cfg.answer_wait, self.cfg.window);
         while let Some((p, answered)) = self.sweeps.next_due(now, wait) {
             if let Some(ahead) = self.sweeps.queued(PREFETCH_AHEAD) {
-                let (counted_as, _) = self.source_of(ahead.tuple.client);
-                self.sweeps.prefetch(&halves(addr_key(counted_as)));
+                self.sweeps.prefetch(&self.counted_key(ahead.tuple.client));
             }
-            let (counted_as, prefix) = self.source_of(p.tuple.client);
-            let key = halves(addr_key(counted_as));
+            let key = self.counted_key(p.tuple.client);
             if answered {
                 self.sweeps.touch(key, p.ts);
                 continue;
@@ -556,17 +559,17 @@ impl Detector {
                 continue;
             };
             self.stats.sweeps += 1;
-            let src = p.tuple.client;
+            let src = key_addr(p.tuple.client);
             self.found.push(Scan {
                 kind: ScanKind::Sweep,
                 ts: p.ts.saturating_add(wait),
                 src,
-                dst: p.tuple.server,
+                dst: key_addr(p.tuple.server),
                 ports: vec![found.dport],
                 probes: Probe::Syn.into(),
                 window,
                 allowlisted: self.is_allowlisted(src),
-                prefix,
+                prefix: self.source_of(src).1,
                 hosts: found.hosts,
             });
         }
@@ -613,7 +616,7 @@ impl Detector {
         self.sweeps.sweep_stale(now, window);
     }
 
-    /// A SYN (of a source that counts as `counted_as`) against the 4-tuples remembered:
+    /// A SYN (of a source whose key is `key`) against the 4-tuples remembered:
     /// `None` for a retransmission; for a new attempt, its 4-tuple and mark if they are
     /// not remembered yet (the caller has it [`Detector::remember`]ed unless it becomes a
     /// first sighting). The mark is 0 where no first sighting may hold one (none are
@@ -621,7 +624,7 @@ impl Detector {
     fn new_attempt(
         &mut self,
         obs: &Observation,
-        counted_as: IpAddr,
+        key: &Key,
         marks: bool,
     ) -> Option<Option<(Tuple4, u32)>> {
         let tuple = Tuple4::new(addr_key(obs.src), addr_key(obs.dst), obs.sport, obs.dport);
@@ -634,10 +637,9 @@ impl Detector {
             return Some(Some((tuple, 0)));
         }
         let mark = self.sources.mark(&tuple);
-        let key = halves(addr_key(counted_as));
         if self
             .sources
-            .first_repeat(&key, mark, self.now, self.cfg.window)
+            .first_repeat(key, mark, self.now, self.cfg.window)
         {
             // A first sighting's attempt again: remembered in full from now on.
             self.remember(tuple);
@@ -654,19 +656,18 @@ impl Detector {
     }
 
     /// Records `obs` (of an attempt marked `mark`, 0 for none) at `now` against its
-    /// source, which counts as `counted_as` (within `prefix`: [`Detector::source_of`]);
+    /// source, whose key is `key` ([`Detector::key_of`]);
     /// returns a scan if this observation starts an episode, and whether the source holds
     /// a slot (not if only a first sighting of it was written down, `mark` with it).
     fn track(
         &mut self,
         obs: &Observation,
         probe: Probe,
-        (now, (counted_as, prefix)): (Nanos, (IpAddr, Option<IpNet>)),
+        (now, &key): (Nanos, &Key),
         mark: u32,
     ) -> (Option<Scan>, bool) {
         let keep = usize::from(self.cfg.max_ports) + 1;
         let window = self.cfg.window;
-        let key = halves(addr_key(counted_as));
         // One port alone cannot make a scan (unless `max_ports` is 0): at the cap, a new
         // source's first sighting may wait apart for it to come back.
         let seen = (keep > 1).then(|| {
@@ -742,7 +743,7 @@ impl Detector {
             window,
             allowlisted: self.cfg.allow.contains(obs.src)
                 || (self.cfg.allow_local && self.cfg.locals.contains(obs.src)),
-            prefix,
+            prefix: self.source_of(obs.src).1,
         };
         (Some(scan), true)
     }
@@ -868,5 +869,51 @@ mod sizing {
             "{}",
             d.attempts.capacity()
         );
+    }
+}
+
+#[cfg(test)]
+mod keys {
+    use super::*;
+    use crate::parse_cidr;
+
+    #[test]
+    fn the_hot_path_key_is_the_key_of_what_source_of_counts_an_address_as() {
+        let set = |nets: &[&str]| -> AddrSet {
+            nets.iter().map(|n| parse_cidr(n).expect("cidr")).collect()
+        };
+        let addrs = [
+            "198.51.100.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::ffff:198.51.100.7",
+            "::",
+            "::1",
+            "2001:db8:77:1::2",
+            "2001:db8:77:1:ffff:ffff:ffff:ffff",
+            "2001:db8:5::9",
+            "2001:db8:5:0:1::9",
+            "fe80::1",
+            "64:ff9b::102:304",
+            "64:ff9b:1:ab::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ];
+        for prefix in [48, 56, 63, 64, 65, 100, 127, 128] {
+            let det = Detector::new(Config {
+                ipv6_prefix: prefix,
+                locals: set(&["2001:db8:5::1", "192.0.2.1"]),
+                allow: set(&["2001:db8:6::/56"]),
+                neighbours: set(&["fe80::1"]),
+                ..Config::default()
+            });
+            for a in addrs {
+                let addr: IpAddr = a.parse().expect("address");
+                assert_eq!(
+                    det.key_of(addr),
+                    halves(addr_key(det.source_of(addr).0)),
+                    "{a} at /{prefix}"
+                );
+            }
+        }
     }
 }

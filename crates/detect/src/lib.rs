@@ -15,6 +15,7 @@ pub mod addrset;
 pub mod detector;
 mod first;
 pub mod inventory;
+mod key;
 pub mod probe;
 mod state;
 mod sweep;

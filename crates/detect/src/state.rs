@@ -21,6 +21,8 @@
 //! sources that never do evict nobody; the 4-tuple of its attempt is remembered there too,
 //! not in [`Attempts`], so that they evict no remembered attempt either.
 
+use std::hash::BuildHasher;
+
 use smallvec::SmallVec;
 
 use crate::Nanos;
@@ -360,6 +362,13 @@ impl Sources {
 /// The IPv4 4-tuple key: source, destination, ports.
 type Key4 = [u32; 3];
 
+/// The words [`Key4`] is hashed as: two registers, never its bytes (see
+/// [`Slot::hash_key`]).
+#[inline]
+fn key4_words(key: &Key4) -> (u64, u32) {
+    (u64::from(key[0]) << 32 | u64::from(key[1]), key[2])
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Attempt4 {
     key: Key4,
@@ -440,6 +449,10 @@ impl Slot for Attempt4 {
     fn key(&self) -> Key4 {
         self.key
     }
+    #[inline]
+    fn hash_key(key: &Key4, seed: &foldhash::fast::RandomState) -> u64 {
+        seed.hash_one(key4_words(key))
+    }
 }
 
 impl Attempt4 {
@@ -483,10 +496,20 @@ attempt_slot!(Attempt4, Key4);
 attempt_slot!(Attempt6, Key6);
 
 /// A 4-tuple, sorted into the table that holds its kind.
-#[derive(Debug, Clone, Copy, Hash)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Tuple {
     V4(Key4),
     V6(Key6),
+}
+
+impl std::hash::Hash for Tuple {
+    /// Whole words, as the tables hash their keys (see [`Slot::hash_key`]).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            Self::V4(key) => key4_words(key).hash(state),
+            Self::V6(key) => key.hash(state),
+        }
+    }
 }
 
 impl Tuple {

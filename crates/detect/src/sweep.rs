@@ -31,6 +31,7 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use crate::Nanos;
+use crate::key::{key_addr, key_v4};
 use crate::table::{Slot, Table, credit};
 
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -46,11 +47,12 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// `--max-ports` is 8 or more.)
 pub const PORTS_PER_SOURCE: usize = 8;
 
-/// An attempt as its 4-tuple (client side first), for matching its answer.
+/// An attempt as its 4-tuple (client side first), for matching its answer. The addresses
+/// are keys (`detector::addr_key`): whole words, copied and hashed in registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Tuple {
-    pub client: IpAddr,
-    pub server: IpAddr,
+    pub client: u128,
+    pub server: u128,
     pub client_port: u16,
     pub server_port: u16,
 }
@@ -238,7 +240,7 @@ impl Sweeps {
     }
 
     /// Counts an unanswered attempt from the source counted as `key`, made at `ts` to
-    /// `host`:`port`; returns the sweep it makes, once per episode. At the cap, a source
+    /// `host`:`port` (the host as its `detector::addr_key`); returns the sweep it makes, once per episode. At the cap, a source
     /// without sweep state gets a place (evicting one) only if `returned` says it came
     /// back since its first attempt (it holds a slot of the port-scan table, where a
     /// source seen once at the cap gets none): a spoofed flood's sources, which never
@@ -251,7 +253,7 @@ impl Sweeps {
         &mut self,
         key: [u64; 2],
         ts: Nanos,
-        host: IpAddr,
+        host: u128,
         port: u16,
         window: Nanos,
         max_hosts: u16,
@@ -282,13 +284,13 @@ impl Sweeps {
         let (found, held, in_episode) = if slot.len == WIDE {
             // Stays in the side table until it goes quiet.
             let s = self.wide.entry(slot.key).or_default();
-            let found = count(s, ts, host, port, window, max_hosts);
+            let found = count(s, ts, key_addr(host), port, window, max_hosts);
             slot.last = s.last;
             (found, s.reached.len(), s.in_episode)
-        } else if let IpAddr::V4(v4) = host {
+        } else if let Some(v4) = key_v4(host) {
             // The common case: counted in the slot's own terms.
             let mut s = self.load(at);
-            let found = count(&mut s, ts, v4.to_bits(), port, window, max_hosts);
+            let found = count(&mut s, ts, v4, port, window, max_hosts);
             let (held, in_episode) = (s.reached.len(), s.in_episode);
             self.store(at, s);
             let found =
@@ -296,7 +298,7 @@ impl Sweeps {
             (found, held, in_episode)
         } else {
             let mut s = self.load(at).widen();
-            let found = count(&mut s, ts, host, port, window, max_hosts);
+            let found = count(&mut s, ts, key_addr(host), port, window, max_hosts);
             let (held, in_episode) = (s.reached.len(), s.in_episode);
             self.store_wide(at, s);
             (found, held, in_episode)
@@ -663,7 +665,7 @@ mod tests {
                 let got = sweeps.unanswered(
                     [0, src as u64],
                     at,
-                    host,
+                    crate::key::addr_key(host),
                     port,
                     window,
                     max_hosts,

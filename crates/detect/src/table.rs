@@ -30,6 +30,15 @@ pub(crate) trait Slot: Copy {
     const EMPTY: Self;
     fn is_used(&self) -> bool;
     fn key(&self) -> Self::Key;
+    /// The hash of `key` under `seed`. A key whose derived `Hash` writes bytes that the
+    /// hasher then reads back at other offsets (a `[u32; 3]` is read as two overlapping
+    /// `u64`s) overrides it to hash whole words: such a read cannot be served from the
+    /// stores that wrote the key and waits until they, and every store before them, reach
+    /// the cache (behind a store that missed it, a memory latency).
+    #[inline]
+    fn hash_key(key: &Self::Key, seed: &foldhash::fast::RandomState) -> u64 {
+        seed.hash_one(key)
+    }
 }
 
 /// Fewest slots once anything is stored.
@@ -155,7 +164,7 @@ impl<S: Slot> Table<S> {
 
     #[inline]
     fn home_in(&self, key: &S::Key, slots: usize) -> usize {
-        (self.hasher.hash_one(key) as usize) & (slots.wrapping_sub(1))
+        (S::hash_key(key, &self.hasher) as usize) & (slots.wrapping_sub(1))
     }
 
     #[inline]
@@ -166,7 +175,7 @@ impl<S: Slot> Table<S> {
     /// The control byte of a used slot holding `key`.
     #[inline]
     fn tag(&self, key: &S::Key) -> u8 {
-        tag_of(self.hasher.hash_one(key))
+        tag_of(S::hash_key(key, &self.hasher))
     }
 
     /// Asks the CPU to start loading `key`'s home slot (all its cache lines), so that a lookup a little later
@@ -190,7 +199,7 @@ impl<S: Slot> Table<S> {
     #[inline]
     fn find_in(&self, slots: &[S], ctrl: &[u8], key: &S::Key) -> Result<usize, usize> {
         let mask = slots.len() - 1;
-        let hash = self.hasher.hash_one(key);
+        let hash = S::hash_key(key, &self.hasher);
         let tag = tag_of(hash);
         let mut i = (hash as usize) & mask;
         loop {
