@@ -704,22 +704,30 @@ impl Detector {
         source
             .ports
             .retain(|p| now.saturating_sub(p.last) <= window);
+        // Only the most recently seen ports decide "more than max_ports in the window".
+        let drop_oldest = |ports: &mut crate::state::Ports| {
+            let oldest = (0..ports.len()).min_by_key(|&i| ports[i].last).unwrap_or(0);
+            ports.remove(oldest);
+        };
         if let Some(seen) = source.ports.iter_mut().find(|p| p.port == obs.dport) {
             seen.last = now;
             seen.probes.insert(probe);
         } else {
+            // Room is made before the newcomer comes in, not after: it is the latest (at
+            // `now`, and last of any ties), so the same port goes either way, and the list
+            // stays within its inline room instead of spilling to the heap and back on
+            // every new port of a scanner.
+            if source.ports.len() >= keep {
+                drop_oldest(&mut source.ports);
+            }
             source.ports.push(PortSeen {
                 port: obs.dport,
                 probes: probe.into(),
                 last: now,
             });
         }
-        // Only the most recently seen ports decide "more than max_ports in the window".
         while source.ports.len() > keep {
-            let oldest = (0..source.ports.len())
-                .min_by_key(|&i| source.ports[i].last)
-                .unwrap_or(0);
-            source.ports.remove(oldest);
+            drop_oldest(&mut source.ports);
         }
 
         let starts = !source.in_episode && source.ports.len() >= keep;
