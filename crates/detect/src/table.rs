@@ -351,15 +351,58 @@ impl<S: Slot> Table<S> {
     /// Keeps the entries for which `keep` holds (it may see an entry twice, so it must
     /// answer the same both times); returns how many were removed. A table left under an
     /// eighth full shrinks.
+    ///
+    /// One pass, a cluster (a run of used slots between two empty ones) at a time: a
+    /// cluster that lost entries is emptied and its survivors put back from their homes.
+    /// A survivor's home lies in its cluster, before it, so it lands at or before where it
+    /// was, in the cluster's own slots; no other cluster is touched. Removing entry by
+    /// entry, shifting the rest of the cluster back each time, cost several times more
+    /// where a sweep drops most of a table.
     pub fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) -> usize {
         self.settle();
         let before = self.len;
-        let mut i = 0;
-        while i < self.slots.len() {
-            if self.ctrl[i] != FREE && !keep(&self.slots[i]) {
-                self.remove(i);
-            } else {
-                i += 1;
+        let n = self.slots.len();
+        if self.len > 0 {
+            let mask = n - 1;
+            // Start after an empty slot (a table is never full), so at a cluster's start;
+            // that empty slot is looked at last, so no cluster is cut in two.
+            let empty = self.ctrl.iter().position(|&c| c == FREE).unwrap_or(0);
+            let mut i = (empty + 1) & mask;
+            let mut left = n;
+            let mut survivors: Vec<(S, u8)> = Vec::new();
+            while left > 0 {
+                if self.ctrl[i] == FREE {
+                    i = (i + 1) & mask;
+                    left -= 1;
+                    continue;
+                }
+                let start = i;
+                let mut removed = false;
+                survivors.clear();
+                while self.ctrl[i] != FREE {
+                    if keep(&self.slots[i]) {
+                        survivors.push((self.slots[i], self.ctrl[i]));
+                    } else {
+                        removed = true;
+                        self.len -= 1;
+                    }
+                    i = (i + 1) & mask;
+                    left -= 1;
+                }
+                if !removed {
+                    continue;
+                }
+                let mut j = start;
+                while j != i {
+                    self.slots[j] = S::EMPTY;
+                    self.ctrl[j] = FREE;
+                    j = (j + 1) & mask;
+                }
+                for &(s, c) in &survivors {
+                    let (Ok(free) | Err(free)) = self.find_in(&self.slots, &self.ctrl, &s.key());
+                    self.slots[free] = s;
+                    self.ctrl[free] = c;
+                }
             }
         }
         if self.slots.len() > MIN_SLOTS && self.len * 16 < self.slots.len() {
@@ -651,6 +694,69 @@ mod tests {
         assert_eq!(t.iter().count(), model.len());
         assert!(t.consistent());
         assert!(t.capacity() <= 4 * model.len().max(MIN_SLOTS));
+    }
+
+    /// A slot whose keys hash to a few homes (the top of the array among them), so that
+    /// clusters are long and wrap round the array's end.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Crowded(Pair);
+
+    impl Slot for Crowded {
+        type Key = u32;
+        const EMPTY: Self = Self(Pair::EMPTY);
+        fn is_used(&self) -> bool {
+            self.0.used
+        }
+        fn key(&self) -> u32 {
+            self.0.key
+        }
+        fn hash_key(key: &u32, _: &foldhash::fast::RandomState) -> u64 {
+            // Homes 0, 1 and the last few slots of any array; tags still differ.
+            let home = [0u64, 1, u64::MAX, u64::MAX - 2][(key % 4) as usize];
+            home & 0x00ff_ffff_ffff_ffff | u64::from(key % 97) << 57
+        }
+    }
+
+    #[test]
+    fn a_retain_keeps_every_survivor_of_long_wrapping_clusters_findable() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..300u32 {
+            let mut t = Table::<Crowded>::default();
+            let mut model = std::collections::HashMap::new();
+            x = xorshift(x);
+            let n = 1 + (x % 200) as u32;
+            for key in 0..n {
+                let key = key * 7 + round;
+                match t.find_or_free(&key) {
+                    Ok(_) => unreachable!("keys are distinct"),
+                    Err(i) => t.fill(
+                        i,
+                        Crowded(Pair {
+                            key,
+                            value: key ^ 0x55,
+                            used: true,
+                        }),
+                    ),
+                }
+                model.insert(key, key ^ 0x55);
+            }
+            x = xorshift(x);
+            let salt = x;
+            let kept = |k: u32| !xorshift(salt ^ u64::from(k)).is_multiple_of(3);
+            let removed = t.retain(|s| kept(s.0.key));
+            model.retain(|k, _| kept(*k));
+            assert_eq!(removed, n as usize - model.len(), "round {round}");
+            assert_eq!(t.len(), model.len());
+            assert!(t.consistent());
+            for key in 0..n {
+                let key = key * 7 + round;
+                assert_eq!(
+                    t.find(&key).map(|i| t.get(i).0.value),
+                    model.get(&key).copied(),
+                    "round {round}, key {key}"
+                );
+            }
+        }
     }
 
     /// Removes the first entry a hand meets from where it stands, as the detector's
