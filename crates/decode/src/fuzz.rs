@@ -29,6 +29,7 @@ pub const REASSEMBLY_LIMITS: ReassemblyLimits = ReassemblyLimits {
     max_bytes: 2048,
     timeout_ns: 30_000_000_000,
     timeout6_ns: 60_000_000_000,
+    max_dist: 64,
 };
 
 /// The `reassembly` target: the rest is a sequence of packets, each a length byte, a time

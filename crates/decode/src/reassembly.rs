@@ -5,8 +5,8 @@
 //!
 //! The key decision is to keep no fragment data beyond the first [`HEAD_BYTES`] bytes of
 //! the transport header (ports, data offset, flags): per datagram the table holds those
-//! bytes, the byte ranges received (to tell duplicates, overlaps and completion apart, at
-//! most [`MAX_FRAGMENT_RANGES`] of them) and a few lengths. A datagram is judged, once,
+//! bytes, the byte ranges received in Linux's runs (to tell duplicates, overlaps and
+//! completion apart exactly as the kernel does) and a few lengths. A datagram is judged, once,
 //! as soon as its transport header is whole (TCP: the full header including options, by
 //! its data offset; UDP: 8 bytes), even before its last fragment, as SPEC §2 says; its
 //! entry then stays, marked judged, until the datagram completes or times out, so later
@@ -16,8 +16,16 @@
 //! `inet_frag_queue_insert` in `net/ipv4/inet_fragment.c`):
 //! - the datagram key is (src, dst, IP ID, protocol) for IPv4 and (src, dst, 32-bit ID)
 //!   for IPv6; fragments come in any order;
-//! - a fragment wholly inside data already held is a duplicate: ignored, datagram kept;
-//! - any other overlap discards the whole datagram (Linux since 4.19 for IPv4; RFC 5722);
+//! - fragments are held as runs: a fragment that starts where the datagram's last byte so
+//!   far ends extends the last run, any other makes a run of its own;
+//! - a fragment wholly inside one run is a duplicate: ignored, datagram kept;
+//! - any other overlap discards the whole datagram (Linux since 4.19 for IPv4; RFC 5722),
+//!   even one that brings no new byte because it spans two runs (a scanner that sends a
+//!   junk header in pieces, then one piece across them, then the real SYN with the same
+//!   ID has the kernel discard the junk and answer the SYN);
+//! - an IPv4 datagram that gets a fragment more than `ipfrag_max_dist` (64) fragments
+//!   from its source after its previous one, counting fragments of every protocol,
+//!   starts again empty (`ip_frag_too_far`, `ip_frag_reinit`);
 //! - a second last fragment with another end, a last fragment ending before data already
 //!   held, data beyond a known end, or a fragment left empty discard the datagram;
 //! - a non-last IPv4 fragment whose length is not a multiple of 8 is trimmed down to one
@@ -44,22 +52,21 @@
 //! kernel cannot complete (and answer) an attempt that this table lost. (At 4,096, junk
 //! between the pieces of each SYN pushed them out here while the kernel, under budget,
 //! kept and completed them.) Fragments whose IPv4 header checksum is wrong are refused
-//! before they take a place, as Linux refuses them before reassembly. Overlaps are checked against the merged
-//! byte ranges held, where Linux checks against its runs of tail-appended fragments: a
-//! fragment that exactly spans two adjacent fragments that did not arrive in order is a
-//! duplicate here and an overlap there. Not followed: `ipfrag_max_dist`, the IPv6 quirk
-//! that lets a first fragment whose chain is cut at an extension-header boundary pass the
-//! RFC 7112 check (SPEC says such a fragment is no attempt), nested fragmentation (a
-//! fragment header inside the fragmentable part: dropped), and the IPv6 rule that a
-//! hop-by-hop header comes first.
+//! before they take a place, as Linux refuses them before reassembly. Not followed: the
+//! IPv6 quirk that lets a first fragment whose chain is cut at an extension-header
+//! boundary pass the RFC 7112 check (SPEC says such a fragment is no attempt), nested
+//! fragmentation (a fragment header inside the fragmentable part: dropped), and the IPv6
+//! rule that a hop-by-hop header comes first.
 //!
 //! Bounds: at most [`ReassemblyLimits::max_datagrams`] datagrams and
 //! [`ReassemblyLimits::max_bytes`] bytes of fragment data accounted (the payload lengths of
 //! the fragments each datagram took, what the kernel would be holding for it; this table
-//! itself keeps only a fixed entry of under 256 bytes per datagram, plus its ranges past
-//! the first four); past either, the oldest datagrams
-//! are evicted. A datagram whose fragments would need more than [`MAX_FRAGMENT_RANGES`]
-//! separate ranges is dropped. Packets that are not fragments cost one branch over
+//! itself keeps only a fixed entry of under 256 bytes per datagram, plus 8 bytes a run
+//! past the first four), and at most 65,536 runs in all; past any of these, the oldest
+//! datagrams are evicted. No datagram needs more than [`MAX_FRAGMENT_RANGES`] runs, the
+//! most 8-byte pieces 65,535 bytes hold (Linux has no limit of its own: its 4 MiB budget
+//! runs out first). The IPv4 sources with datagrams held keep a fragment count for
+//! `ipfrag_max_dist`, one entry each. Packets that are not fragments cost one branch over
 //! [`crate::decode`] and touch no state; expiry runs on the fragment path and in
 //! [`Reassembler::expire`], which a caller with a timer calls at
 //! [`Reassembler::next_expiry_ns`].
@@ -74,9 +81,14 @@ use crate::{
     walk_ipv6,
 };
 
-/// The most separate byte ranges one datagram may hold before it is dropped (in-order or
-/// reverse-order fragments merge into one range; only gaps make more).
-pub const MAX_FRAGMENT_RANGES: usize = 64;
+/// The most runs one datagram may hold: every run holds at least 8 bytes but the last,
+/// so no datagram of up to 65535 bytes needs more; Linux has no lower limit of its own.
+pub const MAX_FRAGMENT_RANGES: usize = 8192;
+
+/// The most runs all datagrams together may hold before the oldest datagrams are pushed
+/// out (8 bytes each, 512 KiB). More than the kernel can hold: each fragment it keeps
+/// costs it a socket buffer of several hundred bytes against its 4 MiB budget.
+const MAX_RUNS_HELD: usize = 65_536;
 
 /// How many bytes of the transport header a datagram keeps: the TCP base header (ports,
 /// data offset, flags); the options are only counted, never read.
@@ -100,6 +112,10 @@ pub struct ReassemblyLimits {
     pub timeout_ns: u64,
     /// The same for IPv6: `net.ipv6.ip6frag_time`. Default 60 s.
     pub timeout6_ns: u64,
+    /// `net.ipv4.ipfrag_max_dist`: an IPv4 datagram that gets a fragment after more than
+    /// this many other fragments from its source since its previous one starts again,
+    /// empty (0: never). Default 64.
+    pub max_dist: u32,
 }
 
 impl ReassemblyLimits {
@@ -120,6 +136,7 @@ impl Default for ReassemblyLimits {
             max_bytes: 4 << 20,
             timeout_ns: 30_000_000_000,
             timeout6_ns: 60_000_000_000,
+            max_dist: 64,
         }
     }
 }
@@ -158,7 +175,22 @@ pub struct Reassembler {
     oldest: [u32; 2],
     newest: [u32; 2],
     bytes: usize,
+    /// Runs held by all datagrams together (see [`MAX_RUNS_HELD`]).
+    runs: usize,
+    /// IPv4 sources with datagrams held: Linux's `inet_peer` fragment counter.
+    peers: HashMap<IpAddr, Peer, foldhash::fast::RandomState>,
     stats: ReassemblyStats,
+}
+
+/// An IPv4 source's fragments, counted for `ipfrag_max_dist` while it has datagrams held
+/// (only the differences between the count and the datagrams' marks matter, so a source
+/// without datagrams needs no count).
+#[derive(Debug, Default)]
+struct Peer {
+    /// Fragments from the source (Linux `peer->rid`).
+    rid: u32,
+    /// Its datagrams held.
+    held: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -195,8 +227,13 @@ struct Datagram {
     /// fragment has (a snap length); `u32::MAX` when nothing is missing.
     captured_to: u32,
     head: [u8; HEAD_BYTES],
-    /// Byte ranges received, sorted, disjoint and not adjacent (merged).
-    ranges: SmallVec<[(u32, u32); 4]>,
+    /// The fragments taken, as Linux keeps them: runs of fragments each of which began
+    /// where the one before it ended and came in as the datagram's last so far (a run is
+    /// extended only at the datagram's tail); sorted and disjoint, but two runs may touch.
+    runs: SmallVec<[(u32, u32); 4]>,
+    /// The source's fragment count at this datagram's previous fragment (IPv4,
+    /// `ipfrag_max_dist`).
+    rid: u32,
 }
 
 /// How a fragment's byte range relates to the ranges held.
@@ -207,54 +244,68 @@ enum Fit {
 }
 
 impl Datagram {
+    /// `inet_frag_queue_insert`'s verdict on a fragment: past the tail, it overlaps if it
+    /// starts before the tail's end; elsewhere it is a duplicate only if it lies wholly
+    /// inside one run, and overlaps if it touches any run otherwise. So a fragment that
+    /// exactly spans two runs is an overlap, and discards the datagram, where the bytes
+    /// it brings were all held already.
     fn fit(&self, start: u32, end: u32) -> Fit {
-        for &(s, e) in &self.ranges {
-            if s <= start && end <= e {
-                return Fit::Duplicate;
+        match self.runs.last() {
+            None => return Fit::New,
+            Some(&(_, tail)) if tail < end => {
+                return if start < tail { Fit::Overlap } else { Fit::New };
             }
-            if s < end && start < e {
-                return Fit::Overlap;
-            }
+            Some(_) => {}
         }
-        Fit::New
+        let at = self.runs.partition_point(|&(_, e)| e <= start);
+        match self.runs.get(at) {
+            Some(&(s, e)) if s < end => {
+                if s <= start && end <= e {
+                    Fit::Duplicate
+                } else {
+                    Fit::Overlap
+                }
+            }
+            _ => Fit::New,
+        }
     }
 
-    /// Adds a range known not to overlap; false when that would need too many ranges.
+    /// Takes a fragment [`Datagram::fit`] called new: it extends the tail run if it starts
+    /// where that ends, else it is a run of its own. False when that would need too many
+    /// runs.
     fn insert(&mut self, start: u32, end: u32) -> bool {
-        let at = self.ranges.partition_point(|&(s, _)| s < start);
-        let joins_prev = at > 0 && self.ranges.get(at - 1).is_some_and(|r| r.1 == start);
-        let joins_next = self.ranges.get(at).is_some_and(|r| r.0 == end);
-        match (joins_prev, joins_next) {
-            (true, true) => {
-                let next_end = self.ranges[at].1;
-                self.ranges[at - 1].1 = next_end;
-                self.ranges.remove(at);
-            }
-            (true, false) => self.ranges[at - 1].1 = end,
-            (false, true) => self.ranges[at].0 = start,
-            (false, false) => {
-                if self.ranges.len() >= MAX_FRAGMENT_RANGES {
-                    return false;
-                }
-                self.ranges.insert(at, (start, end));
-            }
+        if let Some(tail) = self.runs.last_mut()
+            && tail.1 == start
+        {
+            tail.1 = end;
+            return true;
         }
+        if self.runs.len() >= MAX_FRAGMENT_RANGES {
+            return false;
+        }
+        let at = self.runs.partition_point(|&(s, _)| s < start);
+        self.runs.insert(at, (start, end));
         true
     }
 
     /// Bytes of the transport header present from its start on, contiguously.
     fn transport_bytes(&self) -> u32 {
         let t = self.transport_at;
-        let covered = self
-            .ranges
-            .iter()
-            .find(|&&(s, e)| s <= t && t < e)
-            .map_or(t, |r| r.1);
+        let at = self.runs.partition_point(|&(_, e)| e <= t);
+        let mut covered = t;
+        for &(s, e) in self.runs.get(at..).unwrap_or(&[]) {
+            if s > covered {
+                break;
+            }
+            covered = e;
+        }
         covered.min(self.captured_to).saturating_sub(t)
     }
 
+    /// Linux's test: first and last fragments in, and as many bytes taken (never twice:
+    /// duplicates and overlaps are not taken) as the datagram is long.
     fn complete(&self) -> bool {
-        self.first_in && self.last_in && self.ranges.as_slice() == [(0, self.len)]
+        self.first_in && self.last_in && self.meat == self.len
     }
 
     /// The transport header's verdict once it is whole (or the datagram complete).
@@ -313,6 +364,8 @@ impl Reassembler {
             oldest: [NIL; 2],
             newest: [NIL; 2],
             bytes: 0,
+            runs: 0,
+            peers: HashMap::default(),
             stats: ReassemblyStats::default(),
             limits,
         }
@@ -380,6 +433,13 @@ impl Reassembler {
         }
     }
 
+    /// Whether the runs counted are the runs the datagrams hold.
+    #[cfg(test)]
+    fn runs_agree(&self) -> bool {
+        let held: usize = self.slots.iter().flatten().map(|d| d.runs.len()).sum();
+        held == self.runs
+    }
+
     fn slot(&self, index: u32) -> Option<&Datagram> {
         self.slots.get(index as usize)?.as_ref()
     }
@@ -396,6 +456,15 @@ impl Reassembler {
     fn fragment(&mut self, f: &Fragment<'_>, now_ns: u64) -> Result<Decoded, DecodeError> {
         self.stats.fragments += 1;
         self.expire(now_ns);
+        // Every IPv4 fragment the kernel queues counts toward its source's
+        // `ipfrag_max_dist`, whatever its protocol.
+        let rid = match (f.v6, f.claimed, self.peers.get_mut(&f.src)) {
+            (false, Some(_), Some(peer)) => {
+                peer.rid = peer.rid.wrapping_add(1);
+                Some(peer.rid)
+            }
+            _ => None,
+        };
         if !f.v6 && !matches!(f.next, PROTO_TCP | PROTO_UDP) {
             // The protocol is in every IPv4 fragment: nothing to collect.
             return f.decode_alone();
@@ -452,7 +521,15 @@ impl Reassembler {
                     now_ns.saturating_sub(d.created_ns) > self.limits.timeout(d.v6)
                 });
                 if !expired {
-                    index
+                    if self.too_far(index, rid) {
+                        // Linux's `ip_frag_reinit`: the datagram starts again, empty, its
+                        // timer restarted, and takes this fragment.
+                        self.remove(index);
+                        self.stats.dropped += 1;
+                        self.create(key, f, now_ns)
+                    } else {
+                        index
+                    }
                 } else {
                     self.remove(index);
                     self.stats.timed_out += 1;
@@ -467,6 +544,18 @@ impl Reassembler {
             None => self.create(key, f, now_ns),
         };
         self.queue(index, f, start, end, upper)
+    }
+
+    /// Linux's `ip_frag_too_far`: whether the IPv4 datagram `index`, holding fragments,
+    /// gets this one (its source's fragment `rid`) after more than `max_dist` other
+    /// fragments from that source. Marks the datagram with `rid` either way.
+    fn too_far(&mut self, index: u32, rid: Option<u32>) -> bool {
+        let max = self.limits.max_dist;
+        let (Some(rid), Some(d)) = (rid, self.slot_mut(index)) else {
+            return false;
+        };
+        let since = rid.wrapping_sub(std::mem::replace(&mut d.rid, rid));
+        max > 0 && !d.runs.is_empty() && since > max
     }
 
     /// Linux's `ip_frag_queue`/`ip6_frag_queue` for one fragment of a held datagram.
@@ -499,6 +588,7 @@ impl Reassembler {
         if discard || end == start {
             return self.discard(index);
         }
+        let before = d.runs.len();
         match d.fit(start, end) {
             Fit::Duplicate => return Ok(Decoded::Skipped(Skip::Fragment)),
             Fit::Overlap => return self.discard(index),
@@ -508,6 +598,7 @@ impl Reassembler {
                 }
             }
         }
+        let added = d.runs.len() - before;
         d.meat += end - start;
         if let Some((upper, transport_at)) = upper {
             d.first_in = true;
@@ -535,6 +626,7 @@ impl Reassembler {
             }
         }
         self.bytes += (end - start) as usize;
+        self.runs += added;
         if !self.make_room(index) {
             return Ok(Decoded::Skipped(Skip::Fragment));
         }
@@ -575,7 +667,7 @@ impl Reassembler {
     /// Evicts the oldest datagrams other than `keep` while over the byte budget; false
     /// when `keep` alone is over it (then it is evicted too).
     fn make_room(&mut self, keep: u32) -> bool {
-        while self.bytes > self.limits.max_bytes {
+        while self.bytes > self.limits.max_bytes || self.runs > MAX_RUNS_HELD {
             let victim = self.oldest_but(keep);
             if victim == NIL {
                 self.remove(keep);
@@ -632,7 +724,8 @@ impl Reassembler {
             header_len: f.header_len,
             captured_to: u32::MAX,
             head: [0; HEAD_BYTES],
-            ranges: SmallVec::new(),
+            runs: SmallVec::new(),
+            rid: 0,
         };
         let index = match self.free.pop() {
             Some(index) => {
@@ -653,6 +746,18 @@ impl Reassembler {
         }
         self.newest[family] = index;
         self.index.insert(key, index);
+        if !f.v6 {
+            let peer = self.peers.entry(key.src).or_insert_with(|| Peer {
+                // This fragment, which [`Reassembler::fragment`] could not count yet.
+                rid: 1,
+                held: 0,
+            });
+            peer.held += 1;
+            let rid = peer.rid;
+            if let Some(d) = self.slot_mut(index) {
+                d.rid = rid;
+            }
+        }
         index
     }
 
@@ -671,6 +776,15 @@ impl Reassembler {
         }
         self.index.remove(&d.key);
         self.bytes -= d.meat as usize;
+        self.runs -= d.runs.len();
+        if !d.v6
+            && let Some(peer) = self.peers.get_mut(&d.key.src)
+        {
+            peer.held -= 1;
+            if peer.held == 0 {
+                self.peers.remove(&d.key.src);
+            }
+        }
         self.free.push(index);
     }
 }

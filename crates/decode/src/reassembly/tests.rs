@@ -599,15 +599,154 @@ fn an_entry_stays_small() {
     assert!(std::mem::size_of::<Option<Datagram>>() < 256);
 }
 
+/// A TCP header with ACK alone (no attempt), 5973 -> 80 like [`tcp_syn`]'s.
+fn tcp_ack() -> Vec<u8> {
+    let mut tcp = tcp_syn(0, 0);
+    tcp[13] = TcpFlags::ACK;
+    tcp
+}
+
+fn flags_of(segments: &[Segment]) -> Vec<Transport> {
+    segments.iter().map(|s| s.transport).collect()
+}
+
 #[test]
-fn too_many_ranges_drop_the_datagram() {
-    let mut r = Reassembler::default();
-    let mut packets = Vec::new();
-    for i in 0..=MAX_FRAGMENT_RANGES {
-        packets.push(v4_frag(5, 6, 16 + i * 16, true, &[0; 8]));
+fn seventy_gaps_between_the_header_pieces_keep_the_datagram_as_linux_does() {
+    // The first 8 bytes, 70 separate pieces of payload, then the rest of the header:
+    // Linux holds them all and answers the SYN (this table once dropped a datagram past
+    // 64 separate ranges, so the scan went unseen).
+    let tcp = tcp_syn(0, 8);
+    let mut packets = vec![v4_frag(5, 6, 0, true, &tcp[..8])];
+    for i in 0..70 {
+        packets.push(v4_frag(5, 6, 40 + i * 16, true, &[0; 8]));
     }
-    feed(&mut r, LinkType::Raw, &packets, 0);
-    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+    packets.push(v4_frag(5, 6, 8, true, &tcp[8..24]));
+    let mut r = Reassembler::default();
+    syn_v4(&one_segment(&mut r, LinkType::Raw, &packets));
+    assert_eq!(r.stats().dropped, 0);
+}
+
+#[test]
+fn fragments_in_reverse_are_runs_of_their_own_and_complete() {
+    // 2,000 runs of 8 bytes, none extended at the tail: complete once every byte is in.
+    let mut payload = tcp_syn(0, 0);
+    payload.resize(16_000, 0);
+    let mut frags = v4_split(6, &payload, 8);
+    frags.reverse();
+    let mut r = Reassembler::default();
+    assert!(feed(&mut r, LinkType::Raw, &frags[..1000], 0).is_empty());
+    assert_eq!(r.runs, 1000);
+    syn_v4(&one_segment(&mut r, LinkType::Raw, &frags[1000..]));
+    let stats = r.stats();
+    assert_eq!(
+        (stats.completed, stats.dropped, stats.datagrams_in_use),
+        (1, 0, 0)
+    );
+    assert_eq!(r.runs, 0);
+}
+
+#[test]
+fn a_fragment_spanning_two_runs_is_an_overlap_as_in_linux() {
+    // Held: [8, 16) then [0, 8), two runs. [0, 16) brings no new byte, but it lies in no
+    // single run: Linux calls it an overlap and discards the datagram, so the real SYN's
+    // pieces that follow with the same ID make a new one, which it answers. Taken as a
+    // duplicate here, the junk header was kept and the SYN never seen.
+    let junk = tcp_ack();
+    let syn = tcp_syn(0, 0);
+    let mut packets = vec![
+        v4_frag(21, 6, 8, true, &junk[8..16]),
+        v4_frag(21, 6, 0, true, &junk[..8]),
+        v4_frag(21, 6, 0, true, &junk[..16]),
+    ];
+    packets.extend(v4_split(21, &syn, 8));
+    let mut r = Reassembler::default();
+    syn_v4(&one_segment(&mut r, LinkType::Raw, &packets));
+    assert_eq!(r.stats().dropped, 1);
+
+    // The same in IPv6: two runs, the spanning fragment, then the real SYN (its first
+    // fragment holds the whole header, as RFC 7112 wants).
+    let syn = tcp_syn(0, 8);
+    let mut r = Reassembler::default();
+    let frag6 = |offset: usize, more: bool, data: &[u8]| v6_frag(22, 6, offset, more, data);
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            frag6(32, true, &[0; 8]),
+            frag6(24, true, &[0; 8]),
+            frag6(24, true, &[0; 16]),
+            frag6(0, true, &syn[..24]),
+            frag6(24, false, &syn[24..]),
+        ],
+        0,
+    );
+    assert_eq!(flags_of(&got), [Transport::Tcp(TcpFlags(TcpFlags::SYN))]);
+    assert_eq!(r.stats().dropped, 1);
+}
+
+#[test]
+fn a_fragment_inside_one_run_is_still_a_duplicate() {
+    // [0, 8) then [8, 16) appended at the tail: one run [0, 16), so [0, 16) again is a
+    // duplicate and the datagram stays.
+    let tcp = tcp_syn(0, 0);
+    let packets = [
+        v4_frag(23, 6, 0, true, &tcp[..8]),
+        v4_frag(23, 6, 8, true, &tcp[8..16]),
+        v4_frag(23, 6, 0, true, &tcp[..16]),
+        v4_frag(23, 6, 16, false, &tcp[16..]),
+    ];
+    let mut r = Reassembler::default();
+    syn_v4(&one_segment(&mut r, LinkType::Raw, &packets));
+    assert_eq!(r.stats().dropped, 0);
+}
+
+/// A junk ACK header's first 16 bytes held for ID 24, `between` ICMP fragments from the
+/// same source, then the real SYN's three pieces with ID 24: what comes out.
+fn after_fragments_between(between: u16) -> (Vec<Transport>, ReassemblyStats) {
+    let mut r = Reassembler::default();
+    let got = junk_between_then_syn(&mut r, between);
+    (got, r.stats())
+}
+
+/// [`after_fragments_between`]'s packets through `r`: the transports of the segments.
+fn junk_between_then_syn(r: &mut Reassembler, between: u16) -> Vec<Transport> {
+    let mut packets = vec![v4_frag(24, 6, 0, true, &tcp_ack()[..16])];
+    for id in 0..between {
+        packets.push(v4_frag(1000 + id, 1, 0, true, &[0; 8]));
+    }
+    packets.extend(v4_split(24, &tcp_syn(0, 0), 8));
+    packets
+        .iter()
+        .filter_map(|p| match r.decode(LinkType::Raw, p, 0) {
+            Ok(Decoded::Segment(s)) => Some(s.transport),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_datagram_starts_again_after_more_than_max_dist_fragments_from_its_source() {
+    // Linux's ipfrag_max_dist (64): a fragment more than 64 of its source's fragments
+    // after the datagram's previous one (itself included: 64 others in between, of any
+    // protocol) empties it, so the real SYN's pieces make it afresh and the kernel
+    // answers. Kept here, the junk bytes were judged and the SYN never seen.
+    let (got, stats) = after_fragments_between(64);
+    assert_eq!(got, [Transport::Tcp(TcpFlags(TcpFlags::SYN))]);
+    assert_eq!(stats.dropped, 1);
+    // 63 do not: the SYN's first two pieces are duplicates of the junk, whose header is
+    // what the datagram holds (an ACK, no attempt), as in Linux.
+    let (got, stats) = after_fragments_between(63);
+    assert_eq!(got, [Transport::Tcp(TcpFlags(TcpFlags::ACK))]);
+    assert_eq!(stats.dropped, 0);
+    // Turned off, nothing starts again.
+    let mut r = Reassembler::new(ReassemblyLimits {
+        max_dist: 0,
+        ..ReassemblyLimits::default()
+    });
+    assert_eq!(
+        junk_between_then_syn(&mut r, 200),
+        [Transport::Tcp(TcpFlags(TcpFlags::ACK))]
+    );
 }
 
 #[test]
@@ -846,6 +985,7 @@ proptest! {
             let stats = r.stats();
             prop_assert!(stats.datagrams_in_use <= 4);
             prop_assert!(stats.bytes_in_use <= 200);
+            prop_assert!(r.runs_agree());
         }
     }
 }
