@@ -212,6 +212,8 @@ const IP_LISTINGS: [(&[&str], &str); 3] = [
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     listed: Arc<Mutex<Listed>>,
+    /// Told of every route change by the kernel (see [`Routes::changed`]).
+    watch: Arc<std::sync::OnceLock<Option<std::os::fd::OwnedFd>>>,
 }
 
 /// What `ip` listed, shared by the clones of a [`Routes`] and its refreshing thread.
@@ -256,6 +258,63 @@ impl Routes {
             infra.add_hop(addr, iface);
         }
         infra
+    }
+}
+
+/// The rtnetlink groups of IPv4 and IPv6 route changes (`RTMGRP_IPV4_ROUTE`,
+/// `RTMGRP_IPV6_ROUTE`).
+const ROUTE_GROUPS: u32 = 0x40 | 0x400;
+
+/// A netlink socket told of every route change in this network namespace, read without
+/// waiting; `None` where it cannot be opened.
+fn route_socket() -> Option<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
+    };
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .ok()?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &NetlinkAddr::new(0, ROUTE_GROUPS),
+    )
+    .ok()?;
+    Some(fd)
+}
+
+impl Routes {
+    /// Subscribes to the kernel's route changes (at once, so that [`Routes::changed`]
+    /// misses none from here on); clones share the subscription.
+    pub fn watch(&self) {
+        self.watch.get_or_init(route_socket);
+    }
+
+    /// Whether a route was added, changed or removed since the last call (a gateway
+    /// replaced, a router gone): the kernel says so on a netlink socket as the change is
+    /// made, so asking costs a system call whatever the size of the routing table, where
+    /// reading /proc's routes grows with it. False where the socket could not be opened
+    /// (then the periodic reads alone see changes).
+    pub fn changed(&self) -> bool {
+        let Some(Some(fd)) = self.watch.get() else {
+            return false;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+        let mut buf = [0u8; 8192];
+        let mut changed = false;
+        loop {
+            match nix::sys::socket::recv(fd, &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return changed,
+                Ok(_) => changed = true,
+                // Messages were lost: something changed.
+                Err(nix::errno::Errno::ENOBUFS) => changed = true,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return changed,
+            }
+        }
     }
 }
 

@@ -395,3 +395,50 @@ fn xdp_is_told_a_new_gateway_as_soon_as_the_host_view_sees_it() {
     assert!(!events.iter().any(|e| e["event"] == "block"), "{events:#?}");
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// A forged scan "from" a gateway set up a moment ago (no sleep between the route change
+/// and the scan, and the host view read just before it) is never banned: the kernel
+/// tells the agent of the route change, and the ban-time read sees the new gateway.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_never_bans_a_gateway_set_up_a_moment_before_a_forged_scan() {
+    const NEW_GATEWAY: &str = "10.77.0.243";
+    let lab = Lab::new();
+    lab.add_attacker_address(&format!("{NEW_GATEWAY}/24"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let args = [
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--block",
+        "nftables",
+    ];
+    let agent = Agent::start(&lab, dir.path(), "nftables", &args);
+    // A ban first, so that the host view was read a moment ago.
+    lab.forge_syns("10.77.0.244", VICTIM, &[7001, 7002, 7003, 7004]);
+    agent.wait_for(5, |e| e["event"] == "block" && e["src"] == "10.77.0.244");
+    let vif = lab.vif.clone();
+    let route = [
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        NEW_GATEWAY,
+        "dev",
+        &vif,
+    ];
+    let out = lab.in_victim(&route);
+    assert!(out.status.success(), "{route:?}: {out:?}");
+    lab.forge_syns(NEW_GATEWAY, VICTIM, &[7011, 7012, 7013, 7014]);
+    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == NEW_GATEWAY);
+    assert_eq!(scan["allowlisted_reason"], "gateway", "{scan}");
+    let events = agent.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "block" && e["src"] == NEW_GATEWAY),
+        "{events:#?}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}

@@ -432,7 +432,9 @@ impl Core {
     /// otherwise ban a gateway changed a moment ago in the kernel on every forged scan
     /// until then.
     fn refresh_host(&mut self, now: Instant) {
-        let changed = self.host.take_changed();
+        // A route change (a new gateway: a ban on it is lifted now, not at the next
+        // periodic read), or a change a ban-time read saw.
+        let changed = self.host.routes_changed() | self.host.take_changed();
         if now < self.timers.next_refresh && !changed {
             return;
         }
@@ -619,6 +621,8 @@ mod tests {
         addresses: Vec<IpAddr>,
         gateways: Vec<IpAddr>,
         sessions: HashSet<IpAddr>,
+        /// A route changed since the loop last asked.
+        routes_changed: bool,
     }
 
     struct SharedHost(Rc<RefCell<FakeHost>>);
@@ -645,6 +649,9 @@ mod tests {
         }
         fn holds_session(&mut self, net: IpNet) -> bool {
             self.0.borrow().sessions.iter().any(|a| net.contains(a))
+        }
+        fn routes_changed(&mut self) -> bool {
+            std::mem::take(&mut self.0.borrow_mut().routes_changed)
         }
     }
 
@@ -1020,6 +1027,40 @@ mod tests {
         // Nothing changed since: the next turns do not read the host again.
         h.core.turn(None, true);
         assert!(h.events().is_empty());
+    }
+
+    #[test]
+    fn a_route_change_protects_the_new_gateway_at_once() {
+        let mut h = harness();
+        // Banned, then made the default gateway: lifted at the next turn, not at the
+        // periodic read ten seconds on.
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        assert_eq!(
+            h.events(),
+            ["scan 198.51.100.7", "block 198.51.100.7 for 600"]
+        );
+        {
+            let mut host = h.host.borrow_mut();
+            host.gateways.push(ip("198.51.100.7"));
+            host.routes_changed = true;
+        }
+        h.core.turn(None, true);
+        assert_eq!(h.events(), ["unblock 198.51.100.7 allowlisted"]);
+        assert!(h.removals().iter().any(|c| c.contains("198.51.100.7")));
+        // A gateway set up a moment after the host was read: a forged scan "from" it in
+        // the same instant is reported, never banned.
+        {
+            let mut host = h.host.borrow_mut();
+            host.gateways.push(ip("203.0.113.9"));
+            host.routes_changed = true;
+        }
+        h.core.turn(Some(Msg::Batch(h.scan("203.0.113.9"))), true);
+        let events = h.events();
+        assert!(
+            !events.iter().any(|e| e.starts_with("block 203.0.113.9")),
+            "{events:?}"
+        );
+        assert!(!h.adds().iter().any(|c| c.contains("203.0.113.9")));
     }
 
     #[test]

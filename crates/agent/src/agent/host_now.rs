@@ -62,7 +62,9 @@ impl HostNow {
             .borrow()
             .0
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
-        if stale {
+        // A route changed since: a forged scan "from" a gateway set up a moment ago must
+        // find it protected, not the gateway of the read before.
+        if stale || self.routes_changed() {
             let host = self.host().unwrap_or_default();
             self.set(now, self.snapshot_of(host));
         }
@@ -82,6 +84,12 @@ impl HostNow {
     /// sees a new gateway before the loop's periodic read does).
     pub(super) fn take_changed(&self) -> bool {
         self.changed.replace(false)
+    }
+
+    /// Whether the routes changed since this was last asked (see
+    /// [`HostView::routes_changed`]).
+    pub(super) fn routes_changed(&self) -> bool {
+        self.view.borrow_mut().routes_changed()
     }
 
     /// Reads the host's interfaces and addresses (`None`: they cannot be read).

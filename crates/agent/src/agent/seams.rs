@@ -57,6 +57,11 @@ pub trait HostView {
     /// Whether an address in `net` (an address, or a range about to be banned) holds an
     /// established TCP connection with this host.
     fn holds_session(&mut self, net: IpNet) -> bool;
+    /// Whether the routes changed since this was last asked (a new gateway, a router
+    /// gone): cheap enough to ask at every scan.
+    fn routes_changed(&mut self) -> bool {
+        false
+    }
 }
 
 /// This host as the system says: getifaddrs(3), /proc's routes and resolv.conf
@@ -90,5 +95,9 @@ impl HostView for SystemHost {
         self.sessions
             .as_mut()
             .is_some_and(|s| s.holds(net, crate::clock::monotonic()))
+    }
+
+    fn routes_changed(&mut self) -> bool {
+        self.routes.changed()
     }
 }

@@ -160,6 +160,7 @@ fn open(
         .as_ref()
         .and_then(|f| crate::crowdsec::host::LapiAddrs::start(f.client.base()));
     let routes = crate::host::Routes::default();
+    routes.watch();
     let host_now = HostNow::new(
         Box::new(SystemHost {
             sessions: None,
