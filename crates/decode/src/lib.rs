@@ -769,9 +769,12 @@ pub(crate) fn walk_ipv6(
 /// follows the fixed header. As `net/ipv6/exthdrs.c` (`ip6_parse_tlv`,
 /// `ipv6_rthdr_rcv`) and `ip6_input.c` judge them on a host with the default sysctls:
 /// - hop-by-hop only first (later, it is an unknown next header);
-/// - routing: segment routing (type 4) and RPL (3) are off by default, a mobility header
-///   (2) is discarded unless the host processed it itself, and any other type is
-///   refused while it has segments left;
+/// - routing: segment routing (type 4) and RPL (3) are off by default, and any type is
+///   refused while it has segments left; a mobility header (2) with none left is taken:
+///   a kernel built with Mobile IPv6 discards it unless it processed it itself, one
+///   without (as some are) takes it and answers the SYN, so it counts (a scanner's SYN
+///   seen where a kernel dropped it costs nothing; one missed where a kernel answered it
+///   hides a scan);
 /// - options: at most 7 padding bytes in a row, PadN bytes all zero, at most 8 other
 ///   options (`max_{hbh,dst}_opts_number`), none running past the header, an unknown
 ///   option whose type's top bits say anything but "skip" discards the packet; known
@@ -784,7 +787,7 @@ fn ipv6_header_refused(kind: u8, header: &[u8], at: usize, first: bool, ip: &[u8
         0 if !first => true,
         43 => {
             let (kind, left) = (header[2], header[3]);
-            matches!(kind, 2..=4) || left != 0
+            matches!(kind, 3 | 4) || left != 0
         }
         _ => {
             let payload_len_zero = ip.get(4..6) == Some(&[0, 0]);
