@@ -334,40 +334,20 @@ fn xdp_counts_an_allowlisted_addresss_neighbours_and_nat64_per_address() {
 }
 
 /// A gateway set while the agent runs: the XDP program bans by itself, from its own
-/// allowlist, before user space sees a packet. Once a ban-time read of the host has seen
-/// the new gateway (the first forged scan's), the program's allowlist holds it at once:
-/// it is not banned in the kernel again on each of the next forged scans (which would
-/// drop its traffic for a moment each time) until the periodic read, 10 s later.
+/// allowlist, before user space sees a packet. Once the agent has seen the new gateway
+/// (told of the route change by the kernel, or at a ban-time read), the program's
+/// allowlist holds it at once: it is not banned in the kernel again on each of the next
+/// forged scans (which would drop its traffic for a moment each time) until the periodic
+/// read, 10 s later.
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn xdp_is_told_a_new_gateway_as_soon_as_the_host_view_sees_it() {
     const NEW_GATEWAY: &str = "10.77.0.242";
-    let lab = Lab::new();
-    lab.add_attacker_address(&format!("{NEW_GATEWAY}/24"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let args = [
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--source",
-        "xdp",
-        "--block",
-        "xdp",
-    ];
+    let (lab, dir, args) =
+        lab_with_spare_address(NEW_GATEWAY, &["--source", "xdp", "--block", "xdp"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(&lab, dir.path(), "xdp", &args);
-    let vif = lab.vif.clone();
-    let route = [
-        "ip",
-        "route",
-        "replace",
-        "default",
-        "via",
-        NEW_GATEWAY,
-        "dev",
-        &vif,
-    ];
-    let out = lab.in_victim(&route);
-    assert!(out.status.success(), "{route:?}: {out:?}");
+    make_default_gateway(&lab, NEW_GATEWAY);
     // The host view at ban time is at most a second old.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     for i in 0..6u16 {
@@ -403,33 +383,13 @@ fn xdp_is_told_a_new_gateway_as_soon_as_the_host_view_sees_it() {
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn nftables_never_bans_a_gateway_set_up_a_moment_before_a_forged_scan() {
     const NEW_GATEWAY: &str = "10.77.0.243";
-    let lab = Lab::new();
-    lab.add_attacker_address(&format!("{NEW_GATEWAY}/24"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let args = [
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--block",
-        "nftables",
-    ];
+    let (lab, dir, args) = lab_with_spare_address(NEW_GATEWAY, &["--block", "nftables"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start(&lab, dir.path(), "nftables", &args);
     // A ban first, so that the host view was read a moment ago.
     lab.forge_syns("10.77.0.244", VICTIM, &[7001, 7002, 7003, 7004]);
     agent.wait_for(5, |e| e["event"] == "block" && e["src"] == "10.77.0.244");
-    let vif = lab.vif.clone();
-    let route = [
-        "ip",
-        "route",
-        "replace",
-        "default",
-        "via",
-        NEW_GATEWAY,
-        "dev",
-        &vif,
-    ];
-    let out = lab.in_victim(&route);
-    assert!(out.status.success(), "{route:?}: {out:?}");
+    make_default_gateway(&lab, NEW_GATEWAY);
     lab.forge_syns(NEW_GATEWAY, VICTIM, &[7011, 7012, 7013, 7014]);
     let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == NEW_GATEWAY);
     assert_eq!(scan["allowlisted_reason"], "gateway", "{scan}");
@@ -441,4 +401,30 @@ fn nftables_never_bans_a_gateway_set_up_a_moment_before_a_forged_scan() {
         "{events:#?}"
     );
     assert_eq!(agent.stop(), Some(0));
+}
+
+/// Makes `gateway` (an address of the attacker's side of the link) the victim's default
+/// gateway.
+fn make_default_gateway(lab: &Lab, gateway: &str) {
+    let vif = lab.vif.clone();
+    let route = [
+        "ip", "route", "replace", "default", "via", gateway, "dev", &vif,
+    ];
+    let out = lab.in_victim(&route);
+    assert!(out.status.success(), "{route:?}: {out:?}");
+}
+
+/// A lab whose attacker side also holds `spare` (a gateway to be), a directory for the
+/// agent, and the agent's arguments: a state directory in it, then `more`.
+fn lab_with_spare_address(spare: &str, more: &[&str]) -> (Lab, tempfile::TempDir, Vec<String>) {
+    let lab = Lab::new();
+    lab.add_attacker_address(&format!("{spare}/24"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let mut args = vec![
+        "--state-dir".to_owned(),
+        state.to_str().expect("utf-8").to_owned(),
+    ];
+    args.extend(more.iter().map(|a| (*a).to_owned()));
+    (lab, dir, args)
 }
