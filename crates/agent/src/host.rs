@@ -221,6 +221,8 @@ pub struct Routes {
 struct Listed {
     /// A digest of /proc's routes when `ip` last ran for a read.
     digest: Option<u64>,
+    /// When `ip` last ran for a read.
+    listed_at: Option<Instant>,
     /// The next hops it found.
     hops: Vec<(IpAddr, Option<String>)>,
     /// Bumped by every listing, so that the thread's (which runs without the lock) never
@@ -236,17 +238,21 @@ impl Routes {
     pub fn read(&mut self) -> Infrastructure {
         let text = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let (routes4, routes6) = (text(ROUTES4), text(ROUTES6));
-        let digest = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (&routes4, &routes6).hash(&mut h);
-            h.finish()
-        };
+        let digest = routes_digest(&routes4, &routes6);
         let hops = {
             let mut l = lock(&self.listed);
-            if l.digest != Some(digest) {
+            let now = crate::clock::monotonic();
+            // At most every LIST_AT_MOST_EVERY: route changes come as fast as a flood of
+            // router advertisements can make them, and each would otherwise start `ip`
+            // while the pipeline waits. /proc's routes, read every time, cover the main
+            // table's next hops meanwhile.
+            let due = l
+                .listed_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= LIST_AT_MOST_EVERY);
+            if l.digest != Some(digest) && due {
                 l.hops = listed_hops(&mut l.said);
                 l.digest = Some(digest);
+                l.listed_at = Some(now);
                 l.generation += 1;
             }
             l.hops.clone()
@@ -259,6 +265,29 @@ impl Routes {
         }
         infra
     }
+}
+
+/// The least time between two listings by `ip` for reads (see [`Routes::read`]).
+const LIST_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+
+/// A digest of /proc's routes as routes: without the columns that count their use
+/// (`RefCnt` and `Use`; `refcnt` and `use` in IPv6's), which change with traffic and
+/// would make every read look like a route change.
+fn routes_digest(routes4: &str, routes6: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (text, skip) in [(routes4, [4, 5]), (routes6, [6, 7])] {
+        for line in text.lines() {
+            for (i, field) in line.split_whitespace().enumerate() {
+                if !skip.contains(&i) {
+                    field.hash(&mut h);
+                }
+            }
+            0xffu8.hash(&mut h);
+        }
+        0xfeu8.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The rtnetlink groups of IPv4 and IPv6 route changes (`RTMGRP_IPV4_ROUTE`,
@@ -550,6 +579,38 @@ fn nameservers(text: &str) -> Vec<IpAddr> {
 #[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_digest_changes_with_the_routes_not_with_their_use_counters() {
+        let v4 = |gateway: &str, refcnt: u32, used: u32| {
+            format!(
+                "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                 eth0\t00000000\t{gateway}\t0003\t{refcnt}\t{used}\t0\t00000000\t0\t0\t0\n"
+            )
+        };
+        let v6 = |hop: &str, refcnt: u32, used: u32| {
+            format!(
+                "00000000000000000000000000000000 00 00000000000000000000000000000000 00 {hop} \
+                 00000400 {refcnt:08x} {used:08x} 00050003     eth0\n"
+            )
+        };
+        let hop = "fe800000000000000000000000000001";
+        let base = routes_digest(&v4("010200C0", 0, 0), &v6(hop, 1, 0));
+        // Traffic moves the counters only: the same routes.
+        assert_eq!(
+            routes_digest(&v4("010200C0", 3, 9_999), &v6(hop, 7, 123_456)),
+            base
+        );
+        // A new gateway, a new router: a change.
+        assert_ne!(routes_digest(&v4("020200C0", 0, 0), &v6(hop, 1, 0)), base);
+        let other = "fe800000000000000000000000000002";
+        assert_ne!(routes_digest(&v4("010200C0", 0, 0), &v6(other, 1, 0)), base);
+        // A route moved from one family's listing to the other's is not the same.
+        assert_ne!(
+            routes_digest("", &v4("010200C0", 0, 0)),
+            routes_digest(&v4("010200C0", 0, 0), "")
+        );
+    }
 
     #[test]
     fn gateways_routers_and_resolvers_are_read_from_proc_and_resolv_conf() {
