@@ -967,6 +967,45 @@ proptest! {
         prop_assert_eq!((stats.completed, stats.dropped, stats.datagrams_in_use), (1, 0, 0));
     }
 
+    /// Well-formed IPv4 fragments of a few datagrams from two sources, any offsets,
+    /// lengths, protocols and orders, under small limits: no panic, limits held, the runs
+    /// counted are the runs held, and nothing is held once every datagram timed out.
+    #[test]
+    fn random_fragments_keep_the_runs_and_limits_consistent(
+        frags in prop::collection::vec(
+            (0u16..6, 0u8..3, 0usize..40, 1usize..5, any::<bool>(), 0u64..3 * SEC),
+            0..300,
+        ),
+    ) {
+        let limits = ReassemblyLimits {
+            max_datagrams: 5,
+            max_bytes: 600,
+            max_dist: 8,
+            ..ReassemblyLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let mut now = 0;
+        for (id, proto, offset_units, len_units, more, step) in frags {
+            now += step;
+            let proto = [6, 17, 1][usize::from(proto)];
+            let mut p = v4_frag(id % 3, proto, offset_units * 8, more, &vec![0x5a; len_units * 8]);
+            if id >= 3 {
+                // The other source.
+                p[15] = 57;
+                crate::set_ipv4_checksum(&mut p);
+            }
+            let _ = r.decode(LinkType::Raw, &p, now);
+            let stats = r.stats();
+            prop_assert!(stats.datagrams_in_use <= 5);
+            prop_assert!(stats.bytes_in_use <= 600);
+            prop_assert!(r.runs_agree());
+            prop_assert!(r.peers.values().map(|p| p.held as usize).sum::<usize>() <= 5);
+        }
+        r.expire(now + 31 * SEC);
+        prop_assert_eq!((r.stats().datagrams_in_use, r.runs), (0, 0));
+        prop_assert!(r.peers.is_empty());
+    }
+
     /// Arbitrary packets at arbitrary times: no panic, limits held.
     #[test]
     fn arbitrary_sequences_stay_within_limits(
