@@ -202,12 +202,13 @@ pub enum DecodeError {
     BadIpChecksum,
     /// An IPv6 extension header Linux refuses (see [`ipv6_header_refused`]): a
     /// hop-by-hop header anywhere but first, a routing header with segments left (or of
-    /// a segment-routing or mobility type), options that break the padding rules, an
+    /// a segment-routing or RPL type), options that break the padding rules, an
     /// unknown option whose type says "discard", more than eight options.
     BadIpv6Extension,
     /// An IPv6 packet from a multicast or an IPv4-mapped address: Linux drops the first
-    /// on input and answers no SYN from the second, which would otherwise also be
-    /// counted as the IPv4 address it maps.
+    /// on input and accepts no connection from the second (a closed port still answers
+    /// it with a reset), which would otherwise also be counted as the IPv4 address it
+    /// maps.
     BadIpv6Source,
 }
 
