@@ -306,18 +306,26 @@ impl Detector {
     /// allowlisted address, or is NAT64's ([`per_address_prefixes`]).
     pub fn source_of(&self, addr: IpAddr) -> (IpAddr, Option<IpNet>) {
         match addr {
-            IpAddr::V6(a) if self.cfg.ipv6_prefix < 128 && a.to_ipv4_mapped().is_none() => {
+            IpAddr::V6(a) if self.counts_per_prefix(addr_key(addr)) => {
                 let Ok(net) = Ipv6Net::new(a, self.cfg.ipv6_prefix) else {
                     return (addr, None);
                 };
-                if self.shared.contains(addr) {
-                    return (addr, None);
-                }
                 let net = net.trunc();
                 (IpAddr::V6(net.network()), Some(IpNet::V6(net)))
             }
             _ => (addr, None),
         }
+    }
+
+    /// Whether the address of `key` counts as its network at `--ipv6-prefix` (see
+    /// [`Detector::source_of`]): an IPv6 address, not IPv4-mapped, whose network holds
+    /// none of the per-address prefixes. The one rule [`Detector::source_of`] and
+    /// [`Detector::counted_key`] both follow.
+    #[inline(always)]
+    fn counts_per_prefix(&self, key: AddrKey) -> bool {
+        self.cfg.ipv6_prefix < 128
+            && key_v4(key).is_none()
+            && !self.shared.contains(IpAddr::V6(key.into()))
     }
 
     /// The key of what `addr` counts as ([`Detector::source_of`] without the prefix): on
@@ -332,10 +340,7 @@ impl Detector {
     /// [`Detector::key_of`] for an address given as its [`AddrKey`].
     #[inline(always)]
     fn counted_key(&self, key: AddrKey) -> Key {
-        if self.cfg.ipv6_prefix >= 128
-            || key_v4(key).is_some()
-            || self.shared.contains(IpAddr::V6(key.into()))
-        {
+        if !self.counts_per_prefix(key) {
             return halves(key);
         }
         let mask = u128::MAX
@@ -749,8 +754,7 @@ impl Detector {
             ports: ports.iter().map(|p| p.port).collect(),
             probes,
             window,
-            allowlisted: self.cfg.allow.contains(obs.src)
-                || (self.cfg.allow_local && self.cfg.locals.contains(obs.src)),
+            allowlisted: self.is_allowlisted(obs.src),
             prefix: self.source_of(obs.src).1,
         };
         (Some(scan), true)
