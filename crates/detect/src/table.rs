@@ -364,10 +364,8 @@ impl<S: Slot> Table<S> {
         let n = self.slots.len();
         if self.len > 0 {
             let mask = n - 1;
-            // Start after an empty slot (a table is never full), so at a cluster's start;
-            // that empty slot is looked at last, so no cluster is cut in two.
-            let empty = self.ctrl.iter().position(|&c| c == FREE).unwrap_or(0);
-            let mut i = (empty + 1) & mask;
+            // That start's empty slot is looked at last, so no cluster is cut in two.
+            let mut i = cluster_start(&self.ctrl);
             let mut left = n;
             let mut survivors: Vec<(S, u8)> = Vec::new();
             while left > 0 {
@@ -520,10 +518,8 @@ impl<S: Slot> Table<S> {
         if held == 0 {
             return;
         }
-        // Start after an empty slot (a table is never full), so at a cluster's start.
-        let empty = previous_ctrl.iter().position(|&c| c == FREE).unwrap_or(0);
         let n = previous.len();
-        let start = (empty + 1) & (n - 1);
+        let start = cluster_start(&previous_ctrl);
         self.old = Some(Growing {
             slots: previous,
             ctrl: previous_ctrl,
@@ -537,6 +533,13 @@ impl<S: Slot> Table<S> {
 
 /// The control byte of a free slot.
 const FREE: u8 = 0;
+
+/// The slot just after the first empty one of `ctrl` (a table is never full): a
+/// cluster's start, where a walk round the array cuts no cluster in two.
+fn cluster_start(ctrl: &[u8]) -> usize {
+    let empty = ctrl.iter().position(|&c| c == FREE).unwrap_or(0);
+    (empty + 1) & (ctrl.len() - 1)
+}
 
 /// The control byte of a used slot whose key hashes to `hash`: bits 57 to 63 (a home
 /// index takes the low bits) with the top bit set, so never [`FREE`].
