@@ -48,7 +48,7 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub const PORTS_PER_SOURCE: usize = 8;
 
 /// An attempt as its 4-tuple (client side first), for matching its answer. The addresses
-/// are keys (`detector::addr_key`): whole words, copied and hashed in registers.
+/// are keys (`key::addr_key`): whole words, copied and hashed in registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Tuple {
     pub client: u128,
@@ -240,11 +240,12 @@ impl Sweeps {
     }
 
     /// Counts an unanswered attempt from the source counted as `key`, made at `ts` to
-    /// `host`:`port` (the host as its `detector::addr_key`); returns the sweep it makes, once per episode. At the cap, a source
-    /// without sweep state gets a place (evicting one) only if `returned` says it came
-    /// back since its first attempt (it holds a slot of the port-scan table, where a
-    /// source seen once at the cap gets none): a spoofed flood's sources, which never
-    /// come back, are dropped (counted) instead of turning the table over.
+    /// `host`:`port` (the host as its `key::addr_key`); returns the sweep it makes, once
+    /// per episode. At the cap, a source without sweep state gets a place (evicting one)
+    /// only if `returned` says it came back since its first attempt (it holds a slot of
+    /// the port-scan table, where a source seen once at the cap gets none): a spoofed
+    /// flood's sources, which never come back, are dropped (counted) instead of turning
+    /// the table over.
     #[expect(
         clippy::too_many_arguments,
         reason = "the thresholds travel with the attempt"
