@@ -185,7 +185,7 @@ pub struct Reassembler {
 /// An IPv4 source's fragments, counted for `ipfrag_max_dist` while it has datagrams held
 /// (only the differences between the count and the datagrams' marks matter, so a source
 /// without datagrams needs no count).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Peer {
     /// Fragments from the source (Linux `peer->rid`).
     rid: u32,
