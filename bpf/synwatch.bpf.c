@@ -19,16 +19,19 @@
  *    whole header, options included, inside the IP payload. Anything else is no
  *    attempt and is passed on untouched (counted as C_PASSED_UNPARSED when malformed).
  * 3. Hands up what it cannot judge (EV_RAW records, only with CFG_EMIT): IPv4
- *    fragments of TCP (MF set or an offset) whose offset can still hold part of a TCP
- *    header (offset * 8 < 60), IPv6 packets with any extension header (Linux refuses
+ *    fragments (MF set or an offset) of every protocol, since the kernel's reassembly
+ *    counts them all (ipfrag_max_dist) and discards a datagram on an overlap anywhere
+ *    in it, IPv6 packets with any extension header (Linux refuses
  *    some: a hop-by-hop header not first, a routing header with segments left, options
  *    against its padding rules; decode judges each chain as the kernel does), and IPv6
  *    packets from a multicast or IPv4-mapped source (decode refuses them). The
  *    record carries the packet from its L3 header on (after Ethernet and VLAN tags,
  *    so user space decodes it as raw IP), at most RAW_CAP bytes of it, libpcap's snap
- *    length (C_RAW_TRUNCATED counts the cut ones), with the length the frame held. User space reassembles and
- *    judges them; they are passed (unless banned) and never counted by step 4. Other
- *    fragments (non-TCP, or beyond the TCP header) are passed without a record.
+ *    length (C_RAW_TRUNCATED counts the cut ones), with the length the frame held; an
+ *    IPv4 fragment that cannot hold part of a TCP header (another protocol's, or at
+ *    offset * 8 >= 60) brings only its first FRAG_HEAD bytes, its IP header: user space
+ *    needs its place in the datagram, not its data. User space reassembles and judges
+ *    them; they are passed (unless banned) and never counted by step 4.
  * 3a. With CFG_SAME (the XDP source), judges SYN retransmissions as the user-space
  *    detector does: a SYN whose 4-tuple the LRU map `attempts` saw within config.same_ns
  *    is counted (C_SAME) and passed, neither sent up nor counted toward a scan. User
@@ -65,6 +68,9 @@
  * header libpcap reaches, however long the header chain before it. A record takes only
  * what it copies of the ring. */
 #define RAW_CAP 9216
+/* Bytes an IPv4 fragment that cannot hold part of a TCP header brings up: its IP header
+ * (at most 60 bytes) and a little (layout.rs FRAG_HEAD). */
+#define FRAG_HEAD 64
 #define SLOTS 64
 /* The size of the ring buffer `events` (layout.rs RING_BYTES). */
 #define RING_BYTES (1 << 22)
@@ -171,6 +177,7 @@ _Static_assert(__builtin_offsetof(struct raw_event, data) == RAW_HEADER, "layout
 _Static_assert(sizeof(struct raw_event) == RAW_HEADER + RAW_CAP, "layout.rs RAW_CAP");
 _Static_assert(C_SAME < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
 _Static_assert(RAW_CAP <= 0xffff, "raw_event.copied holds it");
+_Static_assert(FRAG_HEAD >= 60 && FRAG_HEAD <= RAW_CAP, "a fragment's head holds its IP header");
 _Static_assert(RAW_HEADER + RAW_CAP + 8 <= RING_BYTES, "a whole record fits the ring");
 
 /* The key of `attempts`: a SYN's 4-tuple (IPv4 addresses in the first 4 bytes of
@@ -464,7 +471,7 @@ __noinline int crosses(struct track *t, __u32 dport, __u64 now, __u64 window, __
  * bpf_ringbuf_output() takes a variable length where bpf_ringbuf_reserve() would take
  * RAW_CAP for an 8-byte fragment too, so a small packet costs what it did when the cap
  * was 512, and only a long one costs more. */
-__noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
+__noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now, __u32 cap)
 {
 	__u32 key = 0;
 	struct raw_event *r = bpf_map_lookup_elem(&raw_scratch, &key);
@@ -477,7 +484,7 @@ __noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
 	__u64 len = total - l3;
 	/* 64 bits: a 32-bit copy would be checked in a register the helper call does not
 	 * use, and the verifier would see a possible zero-sized read. */
-	__u64 copied = len < RAW_CAP ? len : RAW_CAP;
+	__u64 copied = len < cap ? len : cap;
 	if (copied == 0 || copied > RAW_CAP)
 		return 0;
 	r->ts = now;
@@ -492,7 +499,7 @@ __noinline int send_raw(struct xdp_md *ctx, __u32 l3, __u32 slot, __u64 now)
 		return 0;
 	}
 	count(slot, C_RAW, 1);
-	if (copied < len)
+	if (copied < len && cap == RAW_CAP)
 		count(slot, C_RAW_TRUNCATED, 1);
 	return 1;
 }
@@ -613,6 +620,8 @@ int synwatch_xdp(struct xdp_md *ctx)
 	__u32 avail = data_end - cur;
 	__u32 lim, off;
 	__u32 ihl = 0, total = 0, frag = 0;
+	/* Bytes a raw record may carry (step 3). */
+	__u32 raw_cap = RAW_CAP;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cur;
@@ -684,10 +693,14 @@ int synwatch_xdp(struct xdp_md *ctx)
 			lim = total < avail ? total : avail;
 		}
 		if (frag & 0x3fff) {
-			/* More fragments, or an offset: the kernel reassembles it. */
-			if (next == IPPROTO_TCP && (frag & 0x1fff) * 8 < 60)
-				goto raw;
-			return XDP_PASS;
+			/* More fragments, or an offset: the kernel reassembles it, and so does
+			 * user space, every protocol's; but not one with total length 0, which
+			 * ip_rcv refuses. */
+			if (total == 0)
+				return XDP_PASS;
+			if (next != IPPROTO_TCP || (frag & 0x1fff) * 8 >= 60)
+				raw_cap = FRAG_HEAD;
+			goto raw;
 		}
 		off = ihl;
 	} else {
@@ -790,7 +803,7 @@ raw:
 	/* Not judged here, nor counted toward a scan: user space reassembles and decides.
 	 * A source banned for new connections only (CFG_SCOPE_NEW) gets it passed too. */
 	if (cfg->flags & CFG_EMIT)
-		send_raw(ctx, l3, slot, now);
+		send_raw(ctx, l3, slot, now, raw_cap);
 	return XDP_PASS;
 
 unparsed:

@@ -9,10 +9,12 @@
 //! IPv6 packets whose next header is an extension header cannot be matched at a fixed
 //! offset and are all passed up for the decoder to walk (they are rare).
 //!
-//! What the kernel reassembles, synwatch must see, so IPv4 TCP fragments whose offset can
-//! still hold part of a TCP header (offset below 64 bytes: `nmap -f` cuts the header into
-//! 8-byte pieces) pass too, for user space to reassemble; later fragments carry only
-//! payload and stay in the kernel. IPv6 fragments pass with the extension headers.
+//! What the kernel reassembles, synwatch must see, so every IPv4 fragment passes too (of
+//! every protocol, at every offset), for user space to reassemble: `nmap -f` cuts the TCP
+//! header into 8-byte pieces, and the kernel counts every protocol's fragments toward
+//! `ipfrag_max_dist` and discards a datagram on an overlap anywhere in it, which a scanner
+//! can use to have junk held for a SYN's IP id thrown away. IPv6 fragments pass with the
+//! extension headers.
 //!
 //! On Ethernet the same tests are repeated behind one and two in-band VLAN tags (802.1Q,
 //! 802.1ad, 0x9100). Live, the kernel has already moved the outer 802.1Q/802.1ad tag into
@@ -33,7 +35,7 @@ use crate::Packet;
 /// Order matters: a classic BPF load past the end of the packet rejects it outright, so
 /// the fragment test (a first fragment may end inside the TCP header) comes before any
 /// load of the TCP flags.
-pub const FILTER: &str = "(ip and ip[9] == 6 and (ip[6:2] & 0x3fff) != 0 and (ip[6:2] & 0x1fff) < 8) \
+pub const FILTER: &str = "(ip and (ip[6:2] & 0x3fff) != 0) \
      or (tcp[tcpflags] & tcp-syn != 0) \
      or (tcp[tcpflags] & (tcp-syn|tcp-ack|tcp-rst) == 0) \
      or (ip6 and (ip6[6] == 0 or ip6[6] == 43 or ip6[6] == 44 or ip6[6] == 51 or ip6[6] == 60 \
@@ -84,9 +86,9 @@ fn attempts_at(l3: usize) -> String {
     let flags6 = l3 + 53;
     let next6 = l3 + 6;
     format!(
-        "((ether[{et}:2] == 0x0800 and ether[{l3} + 9] == 6 and \
-           (((ether[{l3} + 6:2] & 0x3fff) != 0 and (ether[{l3} + 6:2] & 0x1fff) < 8) \
-            or ((ether[{l3} + 6:2] & 0x1fff) == 0 and \
+        "((ether[{et}:2] == 0x0800 and \
+           ((ether[{l3} + 6:2] & 0x3fff) != 0 \
+            or (ether[{l3} + 9] == 6 and \
                 (({flags4} & 0x02) == 0x02 or ({flags4} & 0x16) == 0)))) \
          or (ether[{et}:2] == 0x86dd and \
            (ether[{next6}] == 0 or ether[{next6}] == 43 or ether[{next6}] == 44 \

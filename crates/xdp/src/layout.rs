@@ -42,6 +42,12 @@ pub const RAW_HEADER: usize = 48;
 /// the bytes it carries of the ring (see [`raw_record_cost`]).
 pub const RAW_CAP: usize = 9216;
 
+/// The bytes an IPv4 fragment that cannot hold part of a TCP header (another protocol's,
+/// or one at offset 60 or beyond) brings up: its IP header and a little. Reassembly needs
+/// its place in the datagram (every fragment counts toward `ipfrag_max_dist`, and an
+/// overlap anywhere discards the datagram), not its data.
+pub const FRAG_HEAD: usize = 64;
+
 /// What a raw record of a packet of `len` bytes (from its L3 header on) takes of the
 /// ring: the ring's 8-byte header, [`RAW_HEADER`] and the bytes copied, rounded up to 8.
 pub const fn raw_record_cost(len: usize) -> usize {
@@ -228,13 +234,15 @@ pub struct RawPacket {
     pub ifindex: u32,
     /// How many bytes the frame held from the L3 header on.
     pub len: u32,
-    /// The first `min(len, RAW_CAP)` of them.
+    /// The first `min(len, RAW_CAP)` of them ([`FRAG_HEAD`] of a fragment that cannot
+    /// hold part of a TCP header).
     pub bytes: Vec<u8>,
 }
 
 impl RawPacket {
-    /// Parses a raw record: the header, then exactly `copied` bytes; `None` when the
-    /// lengths disagree or the kind is not [`EV_RAW`].
+    /// Parses a raw record: the header, then exactly `copied` bytes (all of the packet
+    /// up to [`RAW_CAP`], or at least [`FRAG_HEAD`] of it); `None` when the lengths
+    /// disagree or the kind is not [`EV_RAW`].
     pub fn parse(b: &[u8]) -> Option<RawPacket> {
         if *b.get(KIND_AT)? != EV_RAW {
             return None;
@@ -244,8 +252,8 @@ impl RawPacket {
         let ifindex = u32_at(8)?;
         let len = u32_at(12)?;
         let copied = usize::from(b.get(16..18)?.try_into().ok().map(u16::from_ne_bytes)?);
-        let expected = usize::try_from(len).ok()?.min(RAW_CAP);
-        if copied != expected || copied == 0 {
+        let whole = usize::try_from(len).ok()?.min(RAW_CAP);
+        if copied == 0 || copied > whole || (copied < whole && copied < FRAG_HEAD) {
             return None;
         }
         let bytes = b.get(RAW_HEADER..RAW_HEADER + copied)?.to_vec();
@@ -551,6 +559,21 @@ mod tests {
         );
         assert_eq!(Record::parse(&raw_record(41, &packet)), None);
         assert_eq!(Record::parse(&raw_record(0, &[])), None);
+        // A fragment's head: FRAG_HEAD bytes of a longer packet parse, fewer do not.
+        let head = [0x45u8; FRAG_HEAD];
+        let Some(Record::Raw(r)) = Record::parse(&raw_record(1500, &head)) else {
+            panic!("a fragment's head parses")
+        };
+        assert_eq!((r.len, r.bytes.len()), (1500, FRAG_HEAD));
+        assert!(r.truncated());
+        assert_eq!(
+            Record::parse(&raw_record(1500, &head[..FRAG_HEAD - 1])),
+            None
+        );
+        assert_eq!(
+            Record::parse(&raw_record(10_000, &vec![0x45u8; RAW_CAP + 1])),
+            None
+        );
         assert_eq!(RawPacket::parse(&record(4, EV_PROBE)), None);
         // A probe record is not a raw one and the other way round.
         assert_eq!(Event::parse(&raw_record(40, &packet)), None);
@@ -567,6 +590,7 @@ mod tests {
         assert_eq!(KIND_AT, 46);
         assert_eq!(RAW_HEADER, 48);
         assert_eq!(RAW_CAP, 9216);
+        assert_eq!(FRAG_HEAD, 64);
         // raw_event.copied is 16 bits; a whole record fits the ring.
         const {
             assert!(RAW_CAP <= u16::MAX as usize);

@@ -15,12 +15,15 @@
 //! length, IPv6 bounded by its payload length through up to 8 hop-by-hop, routing,
 //! destination-options and AH headers, TCP with a data offset of at least 5 and its whole
 //! header present); what it cannot judge in the kernel it hands to user space as a
-//! [`RawPacket`] instead of guessing: IPv4 fragments of TCP that may hold part of its
-//! header, IPv6 packets with a fragment header, and longer IPv6 header chains. Those go
-//! up from their L3 header on (decode them as `LinkType::Raw`), at most
+//! [`RawPacket`] instead of guessing: IPv4 fragments of every protocol (the kernel's
+//! reassembly counts them all toward `ipfrag_max_dist`, and an overlap anywhere discards
+//! a datagram), IPv6 packets with a fragment header, and longer IPv6 header chains. Those
+//! go up from their L3 header on (decode them as `LinkType::Raw`), at most
 //! [`layout::RAW_CAP`] (9,216, libpcap's snap length) bytes of each, so that user space
-//! reaches every TCP header libpcap reaches however long the header chain before it, and
-//! are passed unless their source is banned; in-kernel detection never counts them. `tests/differential.rs` holds the two paths
+//! reaches every TCP header libpcap reaches however long the header chain before it (an
+//! IPv4 fragment that cannot hold part of a TCP header brings only its first
+//! [`layout::FRAG_HEAD`] bytes, its IP header), and are passed unless their source is
+//! banned; in-kernel detection never counts them. `tests/differential.rs` holds the two paths
 //! to the same verdicts on the decoder's fuzz corpus, the golden captures and crafted
 //! evasions.
 //!
@@ -36,7 +39,8 @@
 //! it (56 and the ring's 8-byte header); a raw record 8 + 48 + the bytes copied, rounded
 //! up to 8 ([`layout::raw_record_cost`]), since the program writes only what it copied:
 //! 88 bytes for one of `nmap -f`'s 28-byte fragments (a full ring holds 47,662 of them),
-//! 1,560 for a 1,500-byte packet (2,688), 9,272 at most (452). What did not fit is
+//! 1,560 for a 1,500-byte packet (2,688), 9,272 at most (452), 120 for an IPv4 fragment
+//! that brings only its head (34,952). What did not fit is
 //! counted ([`Counter::RingbufFull`]); `tests/differential.rs` floods the ring with each
 //! size and checks these figures.
 //!

@@ -24,7 +24,7 @@ use synwatch_testkit::packet::{
     ACK, FIN, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6, Ipv6Ext, MAC_DST, MAC_SRC, PSH, RST, SYN, Tcp,
     URG, Udp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_ip, udp_v4,
 };
-use synwatch_xdp::layout::{RAW_CAP, RING_BYTES, raw_record_cost};
+use synwatch_xdp::layout::{FRAG_HEAD, RAW_CAP, RING_BYTES, raw_record_cost};
 use synwatch_xdp::{Counter, Options, RawPacket, Record, Ring, Verdict, Xdp};
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
@@ -127,6 +127,7 @@ struct Tally {
     attempts: u64,
     raw: u64,
     truncated: u64,
+    heads: u64,
     nothing: u64,
 }
 
@@ -146,7 +147,8 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
             tally.raw += 1;
             let len = usize::try_from(r.len).unwrap();
             assert!(
-                len <= frame.len() - 14 && r.bytes.len() == len.min(RAW_CAP),
+                len <= frame.len() - 14
+                    && r.bytes.len() == raw_bytes_of(&frame[frame.len() - len..]),
                 "{what}: raw lengths {} of {len} for a frame of {}",
                 r.bytes.len(),
                 frame.len()
@@ -166,7 +168,12 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
                 r.bytes.len()
             );
             if r.truncated() {
-                tally.truncated += 1;
+                // Cut at the cap (counted by the program), or a fragment's head.
+                if r.bytes.len() == RAW_CAP {
+                    tally.truncated += 1;
+                } else {
+                    tally.heads += 1;
+                }
             } else {
                 assert_eq!(
                     decode(LinkType::Raw, &r.bytes),
@@ -185,6 +192,19 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
         }
     }
     xdp
+}
+
+/// How many bytes of an L3 packet a raw record carries: an IPv4 fragment that cannot
+/// hold part of a TCP header (another protocol's, or at offset 60 or more) its first
+/// FRAG_HEAD, any other packet up to RAW_CAP.
+fn raw_bytes_of(l3: &[u8]) -> usize {
+    let v4_fragment = l3.len() >= 20 && l3[0] >> 4 == 4 && (l3[6] & 0x3f, l3[7]) != (0, 0);
+    let offset = usize::from(u16::from_be_bytes([l3[6] & 0x1f, l3[7]])) * 8;
+    if v4_fragment && (l3[9] != IPPROTO_TCP || offset >= 60) {
+        l3.len().min(FRAG_HEAD)
+    } else {
+        l3.len().min(RAW_CAP)
+    }
 }
 
 /// The bytes of a frame libpcap captures (synwatch's snap length).
@@ -404,14 +424,26 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
         Raw,
         ethernet(&v4.clone().fragment(7, true).tcp(&syn)),
     );
+    // Fragments that cannot hold part of a TCP header come up too, their IP header
+    // only: the kernel counts every protocol's toward ipfrag_max_dist, and an overlap
+    // anywhere in a datagram discards it.
     add(
         "v4 fragment at 64",
-        Nothing,
+        Raw,
         ethernet(&v4.clone().fragment(8, false).tcp(&syn)),
     );
     add(
+        "v4 fragment at 64, 1400 bytes",
+        Raw,
+        ethernet(
+            &v4.clone()
+                .fragment(8, true)
+                .encode(IPPROTO_TCP, &[0x5a; 1400]),
+        ),
+    );
+    add(
         "v4 UDP first fragment",
-        Nothing,
+        Raw,
         ethernet(
             &v4.clone()
                 .fragment(0, true)
@@ -420,8 +452,18 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     );
     add(
         "v4 UDP later fragment",
-        Nothing,
+        Raw,
         ethernet(&v4.clone().fragment(3, false).encode(IPPROTO_UDP, &[0; 16])),
+    );
+    add(
+        "v4 ICMP first fragment with IP options",
+        Raw,
+        ethernet(
+            &v4.clone()
+                .options(&[1; 40])
+                .fragment(0, true)
+                .encode(1, &[0; 1400]),
+        ),
     );
 
     // Padding after a short total length is not header.
@@ -665,7 +707,17 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     add("IPv6 data offset 4", Nothing, ethernet(&v6_doff4));
     let mut v4_in_v6 = v6.tcp(&syn);
     v4_in_v6[0] = 0x45;
-    add("ethertype IPv6, version 4", Nothing, ethernet(&v4_in_v6));
+    add(
+        "ethertype IPv6, version 4",
+        Nothing,
+        ethernet_with(MAC_DST, MAC_SRC, 0x86dd, &v4_in_v6),
+    );
+    // The same bytes as IPv4: total length 0 and an offset, a fragment ip_rcv refuses.
+    add(
+        "v4 fragment of total length 0",
+        Nothing,
+        ethernet(&v4_in_v6),
+    );
     out
 }
 
@@ -692,7 +744,7 @@ fn xdp_and_decode_reach_the_same_verdict_on_every_frame() {
     }
     eprintln!("{tally:?} (before the crafted frames: {judged:?})");
     assert!(
-        tally.attempts > 100 && tally.raw > 10 && tally.nothing > 100,
+        tally.attempts > 100 && tally.raw > 10 && tally.nothing > 100 && tally.heads >= 3,
         "{tally:?}"
     );
     assert_eq!(h.ring.counter(Counter::RawRecords, &[0]), tally.raw);
@@ -765,9 +817,18 @@ fn a_flood_of_raw_packets_fills_the_ring_to_its_size_and_the_rest_is_counted() {
             9272,
             452,
         ),
+        // Only its IP header comes up.
+        (
+            "a 1500-byte IPv4 UDP fragment",
+            Ipv4::new(SRC4, DST4)
+                .fragment(0, true)
+                .encode(IPPROTO_UDP, &[0; 1480]),
+            120,
+            34_952,
+        ),
     ];
     for (what, packet, cost, fits) in cases {
-        assert_eq!(raw_record_cost(packet.len()), cost, "{what}");
+        assert_eq!(raw_record_cost(raw_bytes_of(&packet)), cost, "{what}");
         assert_eq!(RING_BYTES / cost, fits, "{what}: the crate doc's figure");
         let mut h = Harness::new();
         let extra = 100;
@@ -789,7 +850,7 @@ fn a_flood_of_raw_packets_fills_the_ring_to_its_size_and_the_rest_is_counted() {
             let Record::Raw(r) = record else {
                 panic!("{what}: {record:?}")
             };
-            assert_eq!(r.bytes, packet[..packet.len().min(RAW_CAP)], "{what}");
+            assert_eq!(r.bytes, packet[..raw_bytes_of(&packet)], "{what}");
         }
         // Read, the ring has room again.
         assert!(matches!(h.by_xdp(&frame), Said::Raw(_)), "{what}");
