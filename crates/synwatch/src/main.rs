@@ -15,6 +15,8 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -231,6 +233,17 @@ fn one_line(message: &str) -> String {
         .join(" ")
 }
 
+/// `pkill -USR1 -x synwatch` asks the agent for its status, and reaches every synwatch
+/// process: by default the signal would end a replay of a pipe or a live inventory hours
+/// into its work. These have no status to give, so they take the signals and run on.
+fn outlive_status_signals() {
+    for signal in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::new(AtomicBool::new(false))) {
+            eprintln!("synwatch: warning: cannot install a handler for signal {signal}: {e}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
@@ -267,8 +280,12 @@ fn main() -> ExitCode {
                 ExitStatus::Success
             }))
         }
-        Command::Inventory(args) => exit(inventory::run(&args)),
+        Command::Inventory(args) => {
+            outlive_status_signals();
+            exit(inventory::run(&args))
+        }
         Command::Replay(mut args) => {
+            outlive_status_signals();
             let settings = match settings(&mut args.detect, matches.subcommand_matches("replay")) {
                 Ok(s) => s,
                 Err(code) => return code,

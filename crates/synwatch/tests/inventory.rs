@@ -663,3 +663,72 @@ fn replay_and_a_capture_inventory_hold_only_file_access_while_reading() {
         assert_eq!(child.wait().expect("wait").code(), Some(2), "{args:?}");
     }
 }
+
+/// Sends `signal` to a process.
+fn signal(child: &std::process::Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success(), "kill {signal}");
+}
+
+/// `pkill -USR1 -x synwatch` asks the agent for its status and reaches every synwatch
+/// process: a live inventory and a replay of a pipe take SIGUSR1 and SIGUSR2 and run on
+/// to their normal end.
+#[test]
+#[ignore = "needs root (a live capture); make test runs it"]
+fn sigusr1_and_sigusr2_end_neither_a_live_inventory_nor_a_replay_of_a_pipe() {
+    lab::require_root();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args([
+            "inventory",
+            "--iface",
+            "lo",
+            "--duration",
+            "3s",
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synwatch inventory");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("the banner");
+    assert!(line.contains("inventory of lo"), "{line}");
+    signal(&child, "-USR1");
+    signal(&child, "-USR2");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("capture.pcap");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["replay", "--format", "json", "--local", "10.199.0.1"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run synwatch replay");
+    // It waits on the FIFO (opening it blocks until a writer comes).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    signal(&child, "-USR1");
+    signal(&child, "-USR2");
+    let sample =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/lab-nmap-scan.pcap");
+    std::fs::write(&fifo, std::fs::read(sample).expect("the sample capture"))
+        .expect("write the FIFO");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"event\":\"scan\""), "{text}");
+}
