@@ -349,6 +349,11 @@ pub struct XdpLinks {
     checks: u32,
     /// Why the program could not be attached again where it was removed from outside.
     removed: std::collections::BTreeMap<String, String>,
+    /// With the every-interface watch: interfaces that came up but could not be attached
+    /// (another tool's program on them, no Ethernet header, gone meanwhile), with their
+    /// ifindex and the check of the last try. They are tried again every
+    /// [`VERIFY_EVERY`] checks, and at once when created again.
+    refused: std::collections::BTreeMap<String, (u32, u32)>,
 }
 
 impl XdpLinks {
@@ -455,6 +460,11 @@ pub fn check_xdp(
         None
     };
     links.checks = links.checks.wrapping_add(1);
+    let attached = if discover {
+        follow_renames(xdp, &attached, metrics)
+    } else {
+        attached
+    };
     for (name, was) in &attached {
         let slot = metrics.interface_slot(name);
         let counters = slot.and_then(|s| metrics.interfaces.get(s));
@@ -525,8 +535,59 @@ pub fn check_xdp(
     }
 }
 
+/// The name of the interface `index`, if there is one. (nix's `if_indextoname` takes
+/// the C function's null for success, an empty name.)
+fn name_of(index: u32) -> Option<String> {
+    let name = nix::net::if_::if_indextoname(index).ok()?;
+    Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty())
+}
+
+/// With the every-interface watch, the kernel's attachments follow interfaces, not
+/// names: an attached interface that was renamed is still watched under its new name
+/// (so that an interface created under its old name is attached beside it rather than
+/// taking its program away), and one that is gone is let go (its bpf_link's descriptor
+/// freed; interfaces that come and go, such as containers' veths, would otherwise use
+/// descriptors up). One created again under the same name is attached again by
+/// [`check_xdp`]. Returns the attachments as they now are.
+fn follow_renames(
+    xdp: &mut synwatch_xdp::Xdp,
+    attached: &[(String, u32)],
+    metrics: &Metrics,
+) -> Vec<(String, u32)> {
+    for (name, was) in attached {
+        if ifindex(name) == Some(*was) {
+            continue;
+        }
+        let set = |name: &str, up: bool| {
+            if let Some(slot) = metrics.interface_slot(name) {
+                metrics.interfaces[slot].set_state(up, None);
+            }
+        };
+        match name_of(*was) {
+            Some(now) => {
+                tracing::info!("interface {name} is now named {now}: still watched");
+                xdp.rename(*was, &now);
+                set(name, false);
+                set(&now, true);
+            }
+            None if ifindex(name).is_none() => {
+                tracing::info!("interface {name} is gone: its XDP attachment is let go");
+                xdp.forget(*was);
+                set(name, false);
+            }
+            None => {}
+        }
+    }
+    xdp.attached()
+        .iter()
+        .map(|a| (a.iface.clone(), a.ifindex))
+        .collect()
+}
+
 /// With the default every-interface watch: attaches the program to each interface that
-/// came up and is neither watched (`attached`) nor known to be missing.
+/// came up and is not watched yet (`attached`, by name or by ifindex). One that cannot
+/// be attached is said once and tried again every [`VERIFY_EVERY`] checks (another
+/// tool's program may be taken off it), and at once when created again.
 fn attach_new(
     xdp: &mut synwatch_xdp::Xdp,
     mode: synwatch_xdp::Mode,
@@ -535,15 +596,28 @@ fn attach_new(
     attached: &[(String, u32)],
 ) {
     let Ok(host) = Host::read() else { return };
+    links.refused.retain(|name, _| host.up.contains(name));
     for name in &host.up {
-        if attached.iter().any(|(n, _)| n == name) || links.missing.contains(name) {
+        let Some(index) = ifindex(name) else { continue };
+        if attached.iter().any(|(n, i)| n == name || *i == index) {
             continue;
         }
+        let said = match links.refused.get(name) {
+            Some(&(i, at)) if i == index => {
+                if links.checks.wrapping_sub(at) < VERIFY_EVERY {
+                    continue;
+                }
+                true
+            }
+            _ => false,
+        };
+        links.refused.insert(name.clone(), (index, links.checks));
         if !is_ethernet(name) {
-            tracing::warn!(
-                "interface {name} came up without an Ethernet header (a tunnel or VPN): the XDP program cannot watch it (--source pcap watches every interface)"
-            );
-            links.missing.insert(name.clone());
+            if !said {
+                tracing::warn!(
+                    "interface {name} came up without an Ethernet header (a tunnel or VPN): the XDP program cannot watch it (--source pcap watches every interface)"
+                );
+            }
             continue;
         }
         match xdp.attach(name, mode) {
@@ -552,14 +626,15 @@ fn attach_new(
                     "interface {name} came up: the XDP program is attached ({})",
                     a.mode
                 );
+                links.refused.remove(name);
                 if let Some(slot) = metrics.interface_slot(name) {
                     metrics.interfaces[slot].set_state(true, None);
                 }
             }
-            Err(e) => {
-                tracing::error!("interface {name} came up, but cannot attach the XDP program: {e}");
-                links.missing.insert(name.clone());
-            }
+            Err(e) if !said => tracing::error!(
+                "interface {name} came up, but cannot attach the XDP program: {e}; trying again every few seconds"
+            ),
+            Err(_) => {}
         }
     }
 }

@@ -26,7 +26,9 @@ mod lab;
 
 use std::process::Stdio;
 
-use lab::{Agent, CLIENT, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually};
+use lab::{
+    ALLOWED, Agent, CLIENT, Deadline, Lab, SCANNER, SCANNER6, VICTIM, VICTIM6, blocks, eventually,
+};
 
 /// Whether the kernel holds a ban on `addr` in synwatch's nftables sets.
 fn banned_in_nftables(lab: &Lab, addr: &str) -> bool {
@@ -460,6 +462,159 @@ fn a_new_interface_is_captured_through_libpcap() {
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn a_new_interface_gets_the_xdp_program() {
     a_new_interface_is_watched("xdp");
+}
+
+/// Runs `ip` (or another tool) in the victim's namespace; fails the test if it fails.
+fn in_victim(lab: &Lab, args: &[&str]) {
+    let out = lab.in_victim(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A veth pair `a`/`b`, both ends in the victim's namespace, up.
+fn veth_in_victim(lab: &Lab, a: &str, b: &str) {
+    in_victim(
+        lab,
+        &["ip", "link", "add", a, "type", "veth", "peer", "name", b],
+    );
+    in_victim(lab, &["ip", "link", "set", a, "up"]);
+    in_victim(lab, &["ip", "link", "set", b, "up"]);
+}
+
+/// With the every-interface watch, the XDP program follows interfaces rather than names:
+/// the watched interface renamed keeps its program, its bans and its detection while a
+/// new interface takes its old name and is attached too; interfaces that come and go
+/// leave no descriptor behind; one that could not be attached (a tunnel, another tool's
+/// program) is attached once it can be.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn the_xdp_program_follows_renamed_replaced_and_passing_interfaces() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        "xdp",
+        &[
+            "--source",
+            "xdp",
+            "--block",
+            "xdp",
+            "--ban",
+            "10m",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ],
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    agent.wait_for(10, |e| e["event"] == "block" && e["src"] == SCANNER);
+    assert!(!lab.connects(SCANNER, VICTIM), "banned before the rename");
+
+    // Renamed, and a new interface under its old name.
+    let stem = &lab.vif[..lab.vif.len() - 1];
+    let renamed = format!("{stem}r");
+    in_victim(&lab, &["ip", "link", "set", &lab.vif, "down"]);
+    in_victim(&lab, &["ip", "link", "set", &lab.vif, "name", &renamed]);
+    in_victim(&lab, &["ip", "link", "set", &renamed, "up"]);
+    let vif = lab.vif.clone();
+    eventually(10, "the rename followed", || {
+        agent
+            .log()
+            .contains(&format!("interface {vif} is now named {renamed}"))
+    });
+    veth_in_victim(&lab, &lab.vif, &format!("{stem}p"));
+    eventually(10, "the new interface of the old name attached", || {
+        agent.log().contains(&format!("interface {vif} came up"))
+    });
+    // The renamed interface still has the program: the ban holds, and scans through it
+    // are caught and banned.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!lab.connects(SCANNER, VICTIM), "the ban held on {renamed}");
+    // (IPv4: the link went down for the rename, which took its IPv6 addresses.)
+    lab.scan(ALLOWED, VICTIM, "1-20");
+    agent.wait_for(10, |e| e["event"] == "block" && e["src"] == ALLOWED);
+    assert!(!lab.connects(ALLOWED, VICTIM), "banned through {renamed}");
+
+    // Twenty pairs come and go: their attachments are let go with them.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+            .expect("the agent's descriptors")
+            .count()
+    };
+    let before = fds();
+    for i in 0..20 {
+        veth_in_victim(&lab, &format!("{stem}{i}x"), &format!("{stem}{i}y"));
+    }
+    eventually(15, "the passing interfaces attached", || {
+        agent
+            .log()
+            .matches("came up: the XDP program is attached")
+            .count()
+            >= 41
+    });
+    let during = fds();
+    for i in 0..20 {
+        in_victim(&lab, &["ip", "link", "del", &format!("{stem}{i}x")]);
+    }
+    eventually(15, "the passing interfaces let go", || {
+        agent.log().matches("its XDP attachment is let go").count() >= 40
+    });
+    let after = fds();
+    assert!(during >= before + 40, "{before} then {during} descriptors");
+    assert!(
+        after <= before + 2,
+        "{before} descriptors, {after} after the churn"
+    );
+
+    // A tunnel, created again as a veth under its name; a veth that carried another
+    // tool's program until it was taken off.
+    let tun = format!("{stem}t");
+    in_victim(&lab, &["ip", "tuntap", "add", "dev", &tun, "mode", "tun"]);
+    in_victim(&lab, &["ip", "link", "set", &tun, "up"]);
+    eventually(10, "the tunnel refused", || {
+        agent.log().contains(&format!(
+            "interface {tun} came up without an Ethernet header"
+        ))
+    });
+    in_victim(&lab, &["ip", "link", "del", &tun]);
+    veth_in_victim(&lab, &tun, &format!("{stem}u"));
+    eventually(10, "the veth of the tunnel's name attached", || {
+        agent.log().contains(&format!(
+            "interface {tun} came up: the XDP program is attached"
+        ))
+    });
+    let (other, peer) = (format!("{stem}f"), format!("{stem}g"));
+    in_victim(
+        &lab,
+        &[
+            "ip", "link", "add", &other, "type", "veth", "peer", "name", &peer,
+        ],
+    );
+    // (xdp-filter keeps its state in a bpffs, which `ip netns exec` does not mount.)
+    let load = format!("mount -t bpf bpf /sys/fs/bpf && xdp-filter load --mode skb {other}");
+    in_victim(&lab, &["sh", "-c", &load]);
+    in_victim(&lab, &["ip", "link", "set", &other, "up"]);
+    in_victim(&lab, &["ip", "link", "set", &peer, "up"]);
+    eventually(10, "another tool's program refused", || {
+        agent.log().contains(&format!(
+            "interface {other} came up, but cannot attach the XDP program"
+        ))
+    });
+    in_victim(
+        &lab,
+        &["ip", "link", "set", "dev", &other, "xdpgeneric", "off"],
+    );
+    eventually(10, "attached once the other program is off", || {
+        agent.log().contains(&format!(
+            "interface {other} came up: the XDP program is attached"
+        ))
+    });
+    assert_eq!(lab.healthz().0, 200);
+    assert_eq!(agent.stop_within(10), Some(0));
 }
 
 /// libfaketime: the agent alone reads a wall clock moved by what is written to

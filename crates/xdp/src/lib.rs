@@ -406,7 +406,10 @@ impl Xdp {
     /// (attached the old way, through netlink, which outlives its process) is replaced;
     /// another tool's program is left alone and is an error.
     pub fn attach(&mut self, iface: &str, mode: Mode) -> Result<&Attached, XdpError> {
-        let slot = u32::try_from(self.attached.len()).unwrap_or(u32::MAX);
+        // The first counter slot no attachment holds (attachments come and go).
+        let slot = (0..)
+            .find(|s| self.attached.iter().all(|a| a.slot != *s))
+            .unwrap_or(u32::MAX);
         let (attached, link) = self.attach_at(iface, mode, slot)?;
         self.attached.push(attached);
         self.links.push(link);
@@ -433,6 +436,33 @@ impl Xdp {
             *l = link;
         }
         Ok(&self.attached[at])
+    }
+
+    /// The interface attached as `ifindex` is now named `iface` (renamed: the kernel's
+    /// attachment follows the interface, not its name).
+    pub fn rename(&mut self, ifindex: u32, iface: &str) {
+        for a in self.attached.iter_mut().filter(|a| a.ifindex == ifindex) {
+            iface.clone_into(&mut a.iface);
+        }
+    }
+
+    /// Lets the attachment to `ifindex` go: the interface is gone (the kernel's
+    /// attachment went with it), and its bpf_link's descriptor and counter slot are freed
+    /// for the interfaces that come after it.
+    pub fn forget(&mut self, ifindex: u32) {
+        while let Some(at) = self.attached.iter().position(|a| a.ifindex == ifindex) {
+            let gone = self.attached.remove(at);
+            if at < self.links.len()
+                && let Some(link) = self.links.remove(at)
+                && let Ok(p) = program(&mut self.ebpf)
+            {
+                let _ = p.detach(link);
+            }
+            let key = gone.ifindex % layout::IFSLOTS;
+            if self.ifslot.get(&key, 0).ok() == Some(gone.slot + 1) {
+                let _ = self.ifslot.set(key, 0, 0);
+            }
+        }
     }
 
     fn attach_at(
