@@ -1,9 +1,10 @@
 //! iptables for hosts without nftables: two ipsets (`synwatch4`, `synwatch6`, hash:net
 //! with per-entry timeouts and counters: an address is a /32 or /128 entry, a range bans
-//! the whole network) and one chain `SYNWATCH` per family holding a rule
-//! that drops what matches the set, and the same for bans on sources that held an
+//! the whole network) and one chain `SYNWATCH` per family holding the rules
+//! that drop what matches the sets, and the same for bans on sources that held an
 //! established connection (`synwatch4_new`, `synwatch6_new`, matched with `--ctstate
-//! NEW` so that their sessions live on). The chain is jumped to from the top of INPUT,
+//! NEW`, except TCP segments with ACK and no SYN, so that their sessions live on, even
+//! one older than connection tracking, picked up in mid-stream as new). The chain is jumped to from the top of INPUT,
 //! FORWARD and, where Docker created it, DOCKER-USER (Docker puts its own FORWARD rules
 //! ahead of anything added later, so DOCKER-USER is the only reliable place for
 //! container traffic).
@@ -247,9 +248,8 @@ pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
         let rules: Vec<String> = SETS
             .iter()
             .filter(|(p, ..)| *p == program)
-            .map(|&(_, set, _, new_only)| {
-                format!("-A {CHAIN} {}", drop_rule(scope, set, new_only).join(" "))
-            })
+            .flat_map(|&(_, set, _, new_only)| drop_rules(scope, set, new_only))
+            .map(|rule| format!("-A {CHAIN} {}", rule.join(" ")))
             .collect();
         let rule = rules.join("\n");
         // Declaring the chain in a --noflush restore creates it, or empties it if a
@@ -278,14 +278,26 @@ pub fn setup_plan(scope: Scope, bans: &[Ban]) -> Vec<Step> {
     plan
 }
 
-/// The chain's one rule, after `-A CHAIN` (or `-C CHAIN`).
-fn drop_rule(scope: Scope, set: &str, new_only: bool) -> Vec<&str> {
-    let mut rule = vec!["-m", "set", "--match-set", set, "src"];
+/// The chain's rules for `set`, each after `-A CHAIN` (or `-C CHAIN`). For new
+/// connections only, two: every protocol's new flows but TCP's, and TCP's new flows but
+/// those conntrack picks up in mid-stream (ACK without SYN: a session older than the
+/// tracking, which must live on, not a new connection).
+fn drop_rules(scope: Scope, set: &str, new_only: bool) -> Vec<Vec<&str>> {
+    let base = ["-m", "set", "--match-set", set, "src"];
+    let tail = ["-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"];
     if scope == Scope::New || new_only {
-        rule.extend(["-m", "conntrack", "--ctstate", "NEW"]);
+        vec![
+            [&base[..], &["!", "-p", "tcp"], &tail].concat(),
+            [
+                &base[..],
+                &["-p", "tcp", "!", "--tcp-flags", "SYN,ACK", "ACK"],
+                &tail,
+            ]
+            .concat(),
+        ]
+    } else {
+        vec![[&base[..], &["-j", "DROP"]].concat()]
     }
-    rule.extend(["-j", "DROP"]);
-    rule
 }
 
 fn jump(program: &'static str, hook: &str) -> Step {
@@ -315,13 +327,14 @@ pub fn check_plan(scope: Scope) -> Vec<Step> {
             &["-q", "test", set, &canary_of(family).to_string()],
             format!("look for the canary of the {set} ipset"),
         )));
-        let mut rule = vec!["-C", CHAIN];
-        rule.extend(drop_rule(scope, set, new_only));
-        plan.push(Step::Run(ipt(
-            program,
-            &rule,
-            format!("look for the rule of the {CHAIN} chain ({program})"),
-        )));
+        for drop in drop_rules(scope, set, new_only) {
+            let rule = [&["-C", CHAIN][..], &drop].concat();
+            plan.push(Step::Run(ipt(
+                program,
+                &rule,
+                format!("look for the rule of the {CHAIN} chain ({program})"),
+            )));
+        }
     }
     for (program, _, _) in FAMILIES {
         for hook in HOOKS {
@@ -611,14 +624,18 @@ mod tests {
         let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
         assert!(ipt.intact());
         let t = runner.transcript();
-        assert_eq!(t.len(), 12, "{t:#?}");
+        assert_eq!(t.len(), 16, "{t:#?}");
         assert_eq!(t[0], "ipset -q test synwatch4 0.0.0.1");
         assert_eq!(
             t[1],
-            "iptables -w -C SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP"
+            "iptables -w -C SYNWATCH -m set --match-set synwatch4 src ! -p tcp -m conntrack --ctstate NEW -j DROP"
         );
-        assert_eq!(t[2], "ipset -q test synwatch4_new 0.0.0.1");
-        assert_eq!(t[6], "ipset -q test synwatch6_new 100::1");
+        assert_eq!(
+            t[2],
+            "iptables -w -C SYNWATCH -m set --match-set synwatch4 src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP"
+        );
+        assert_eq!(t[3], "ipset -q test synwatch4_new 0.0.0.1");
+        assert_eq!(t[9], "ipset -q test synwatch6_new 100::1");
         assert!(
             t.iter().all(|c| !c.contains(" -L") && !c.contains("save")),
             "{t:#?}"
@@ -705,7 +722,7 @@ mod tests {
         let t = &t[6..];
         assert_eq!(
             t[1],
-            "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
+            "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4 src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
         );
         assert_eq!(t[2], "iptables -w -C INPUT -j SYNWATCH");
         assert_eq!(t[3], "iptables -w -I INPUT 1 -j SYNWATCH");
@@ -713,7 +730,7 @@ mod tests {
         assert_eq!(t[5], "iptables -w -n -L DOCKER-USER");
         assert_eq!(
             t[6],
-            "ip6tables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch6 src -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6_new src -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
+            "ip6tables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch6 src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6 src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6_new src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6_new src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
         );
         // Everything after the canned answers succeeds: both jumps exist, Docker too.
         assert_eq!(

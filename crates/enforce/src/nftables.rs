@@ -1,7 +1,9 @@
 //! nftables: synwatch's own table `inet synwatch`, one set per address family with
 //! per-element timeouts and counters (and one more per family, `banned4_new` and
 //! `banned6_new`, for bans on sources that held an established connection: matched with
-//! `ct state new`, so their sessions live on), and the same four again for range bans
+//! `ct state new`, except TCP segments with ACK and no SYN, so their sessions live on,
+//! even one older than connection tracking, which is picked up in mid-stream as new),
+//! and the same four again for range bans
 //! (`banned4_net`, `banned6_net`, `banned4_net_new`, `banned6_net_new`: interval sets,
 //! whose elements are CIDR ranges). Addresses stay in hash sets because nft 1.0.6 makes
 //! deleting from an interval set cost a read of the whole set (every renewal deletes:
@@ -61,15 +63,16 @@ const SETS: [(&str, &str, bool, bool); 8] = [
     (NET4_NEW, "ipv4_addr", true, true),
     (NET6_NEW, "ipv6_addr", true, true),
 ];
+/// What a ban for new connections only drops: new flows of every protocol but TCP...
+const NEW_NOT_TCP: &str = "ct state new meta l4proto != tcp";
+/// ...and new TCP flows but those picked up in mid-stream.
+const NEW_TCP: &str = "ct state new tcp flags & (syn | ack) != ack";
+
 /// Elements per `add element` statement: keeps each line of the script reasonable.
 const CHUNK: usize = 1000;
 
 /// The script that (re)creates the table holding exactly `bans`.
 pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
-    let matched = match scope {
-        Scope::All => "",
-        Scope::New => "ct state new ",
-    };
     let mut s = String::new();
     // Creating first makes the delete valid when no table exists yet.
     let _ = writeln!(s, "add table inet {TABLE}");
@@ -93,8 +96,16 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
         );
         for (set, ty, new_only, _) in SETS {
             let family = if ty == "ipv4_addr" { "ip" } else { "ip6" };
-            let matched = if new_only { "ct state new " } else { matched };
-            let _ = writeln!(s, "\t\t{family} saddr @{set} {matched}counter drop");
+            if new_only || scope == Scope::New {
+                // New flows of every protocol but TCP, and TCP's but those conntrack
+                // picks up in mid-stream (ACK without SYN: a session older than the
+                // tracking, which must live on, not a new connection).
+                for matched in [NEW_NOT_TCP, NEW_TCP] {
+                    let _ = writeln!(s, "\t\t{family} saddr @{set} {matched} counter drop");
+                }
+            } else {
+                let _ = writeln!(s, "\t\t{family} saddr @{set} counter drop");
+            }
         }
         s.push_str("\t}\n");
     }
@@ -579,14 +590,18 @@ table inet synwatch {\n\
 \tset banned6_net_new {\n\t\ttype ipv6_addr\n\t\tflags interval,timeout\n\t\tcounter\n\t}\n\
 \tchain input {\n\t\ttype filter hook input priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
-\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\
+\t\tip saddr @banned4_new ct state new meta l4proto != tcp counter drop\n\t\tip saddr @banned4_new ct state new tcp flags & (syn | ack) != ack counter drop\n\
+\t\tip6 saddr @banned6_new ct state new meta l4proto != tcp counter drop\n\t\tip6 saddr @banned6_new ct state new tcp flags & (syn | ack) != ack counter drop\n\
 \t\tip saddr @banned4_net counter drop\n\t\tip6 saddr @banned6_net counter drop\n\
-\t\tip saddr @banned4_net_new ct state new counter drop\n\t\tip6 saddr @banned6_net_new ct state new counter drop\n\t}\n\
+\t\tip saddr @banned4_net_new ct state new meta l4proto != tcp counter drop\n\t\tip saddr @banned4_net_new ct state new tcp flags & (syn | ack) != ack counter drop\n\
+\t\tip6 saddr @banned6_net_new ct state new meta l4proto != tcp counter drop\n\t\tip6 saddr @banned6_net_new ct state new tcp flags & (syn | ack) != ack counter drop\n\t}\n\
 \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\
 \t\tip saddr @banned4 counter drop\n\t\tip6 saddr @banned6 counter drop\n\
-\t\tip saddr @banned4_new ct state new counter drop\n\t\tip6 saddr @banned6_new ct state new counter drop\n\
+\t\tip saddr @banned4_new ct state new meta l4proto != tcp counter drop\n\t\tip saddr @banned4_new ct state new tcp flags & (syn | ack) != ack counter drop\n\
+\t\tip6 saddr @banned6_new ct state new meta l4proto != tcp counter drop\n\t\tip6 saddr @banned6_new ct state new tcp flags & (syn | ack) != ack counter drop\n\
 \t\tip saddr @banned4_net counter drop\n\t\tip6 saddr @banned6_net counter drop\n\
-\t\tip saddr @banned4_net_new ct state new counter drop\n\t\tip6 saddr @banned6_net_new ct state new counter drop\n\t}\n\
+\t\tip saddr @banned4_net_new ct state new meta l4proto != tcp counter drop\n\t\tip saddr @banned4_net_new ct state new tcp flags & (syn | ack) != ack counter drop\n\
+\t\tip6 saddr @banned6_net_new ct state new meta l4proto != tcp counter drop\n\t\tip6 saddr @banned6_net_new ct state new tcp flags & (syn | ack) != ack counter drop\n\t}\n\
 }\n\
 add element inet synwatch banned4 { 0.0.0.1 }\n\
 add element inet synwatch banned6 { 100::1 }\n\
@@ -708,15 +723,26 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
     #[test]
     fn scope_new_matches_only_new_connections() {
         let s = setup_script(Scope::New, &[]);
-        assert!(s.contains("ip saddr @banned4 ct state new counter drop"));
-        assert!(s.contains("ip6 saddr @banned6 ct state new counter drop"));
-        assert!(s.contains("ip6 saddr @banned6_new ct state new counter drop"));
+        // New flows of other protocols, and new TCP flows but mid-stream pickups (an
+        // ACK without SYN: a session older than connection tracking).
+        for set in [
+            "ip saddr @banned4",
+            "ip6 saddr @banned6",
+            "ip6 saddr @banned6_new",
+        ] {
+            assert!(s.contains(&format!(
+                "{set} ct state new meta l4proto != tcp counter drop"
+            )));
+            assert!(s.contains(&format!(
+                "{set} ct state new tcp flags & (syn | ack) != ack counter drop"
+            )));
+        }
         assert_eq!(
             s.matches("add element").count(),
             8,
             "only the canaries: {s}"
         );
-        assert_eq!(s.matches("ct state new").count(), 16, "{s}");
+        assert_eq!(s.matches("ct state new").count(), 32, "{s}");
     }
 
     #[test]
