@@ -156,11 +156,15 @@ impl Infrastructure {
 
     fn add(&mut self, addr: IpAddr, role: Role, iface: Option<String>) {
         // A gateway that is also the resolver (a home router) is kept as the gateway.
-        self.by_addr.entry(addr).or_insert(Infra { role, iface });
+        // An IPv4-mapped form (`nameserver ::ffff:192.0.2.53`: glibc then asks over
+        // IPv4) is kept as the IPv4 address, which is what its packets come from.
+        self.by_addr
+            .entry(addr.to_canonical())
+            .or_insert(Infra { role, iface });
     }
 
     pub fn get(&self, addr: IpAddr) -> Option<&Infra> {
-        self.by_addr.get(&addr)
+        self.by_addr.get(&addr.to_canonical())
     }
 
     /// For the banner and logs: "10.0.0.1 (gateway, eth0), fe80::1 (router, eth0)".
@@ -214,6 +218,24 @@ pub struct Routes {
     listed: Arc<Mutex<Listed>>,
     /// Told of every route change by the kernel (see [`Routes::changed`]).
     watch: Arc<std::sync::OnceLock<Option<std::os::fd::OwnedFd>>>,
+    /// What the resolver files looked like when [`Routes::changed`] last asked.
+    resolv_seen: Arc<Mutex<Option<u64>>>,
+}
+
+/// A digest of what the resolver files are (device, inode, size, modification time,
+/// following symbolic links): a file written again or swapped for another shows, at the
+/// cost of a `stat` each.
+fn resolv_signature() -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in RESOLV_CONFS {
+        match std::fs::metadata(path) {
+            Ok(m) => (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()).hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
 }
 
 /// What `ip` listed, shared by the clones of a [`Routes`] and its refreshing thread.
@@ -320,14 +342,30 @@ impl Routes {
     /// misses none from here on); clones share the subscription.
     pub fn watch(&self) {
         self.watch.get_or_init(route_socket);
+        let mut seen = lock(&self.resolv_seen);
+        seen.get_or_insert_with(resolv_signature);
     }
 
-    /// Whether a route was added, changed or removed since the last call (a gateway
-    /// replaced, a router gone): the kernel says so on a netlink socket as the change is
-    /// made, so asking costs a system call whatever the size of the routing table, where
-    /// reading /proc's routes grows with it. False where the socket could not be opened
-    /// (then the periodic reads alone see changes).
+    /// Whether the infrastructure may have changed since the last call: a route added,
+    /// changed or removed (a gateway replaced, a router gone), or a resolver file
+    /// written or replaced (a resolver changed by hand or by DHCP). The kernel tells of
+    /// route changes on a netlink socket as they are made, so asking costs a system call
+    /// whatever the size of the routing table, where reading /proc's routes grows with
+    /// it; the resolver files cost a `stat` each. Without the socket (it could not be
+    /// opened) route changes are seen by the periodic reads alone.
     pub fn changed(&self) -> bool {
+        let resolv = resolv_signature();
+        let resolv_changed = {
+            let mut seen = lock(&self.resolv_seen);
+            let changed = seen.is_some_and(|s| s != resolv);
+            *seen = Some(resolv);
+            changed
+        };
+        self.routes_changed() || resolv_changed
+    }
+
+    /// The route part of [`Routes::changed`].
+    fn routes_changed(&self) -> bool {
         let Some(Some(fd)) = self.watch.get() else {
             return false;
         };
@@ -369,10 +407,8 @@ impl Routes {
     }
 }
 
-fn lock(listed: &Mutex<Listed>) -> std::sync::MutexGuard<'_, Listed> {
-    listed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lists the routes again every [`ROUTES_EVERY`] while a clone of the [`Routes`] lives.
@@ -623,7 +659,7 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
 00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000002 00000000 00050003     eth0
 00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo
 ";
-        let resolv = "# comment\nsearch example.org\nnameserver 192.0.2.53\nnameserver fe80::53%eth0\nnameserver 192.0.2.1\n";
+        let resolv = "# comment\nsearch example.org\nnameserver 192.0.2.53\nnameserver fe80::53%eth0\nnameserver 192.0.2.1\nnameserver ::ffff:198.51.100.53\n";
         let stub = "nameserver 127.0.0.53\noptions edns0\n";
         let infra = Infrastructure::parse(routes4, routes6, [resolv, stub]);
         let role = |a: &str| infra.get(a.parse().unwrap()).map(|i| i.role);
@@ -641,7 +677,15 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert_eq!(role("192.0.2.53"), Some(Role::Resolver));
         assert_eq!(role("fe80::53"), Some(Role::Resolver));
         assert_eq!(role("127.0.0.53"), Some(Role::Resolver));
-        assert_eq!(infra.by_addr.len(), 6, "{infra:?}");
+        // An IPv4-mapped resolver is its IPv4 address, whichever form is asked about.
+        assert_eq!(role("198.51.100.53"), Some(Role::Resolver));
+        assert_eq!(role("::ffff:198.51.100.53"), Some(Role::Resolver));
+        assert!(
+            infra
+                .by_addr
+                .contains_key(&"198.51.100.53".parse().unwrap())
+        );
+        assert_eq!(infra.by_addr.len(), 7, "{infra:?}");
         assert_eq!(role("192.0.2.0"), None);
         assert!(infra.describe().contains("192.0.2.1 (gateway, eth0)"));
         // Nothing readable: nothing found, no error.

@@ -403,6 +403,39 @@ fn nftables_never_bans_a_gateway_set_up_a_moment_before_a_forged_scan() {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// The same for a resolver: resolv.conf written a moment before a forged scan "from"
+/// the new resolver (the host view read just before it), and written in IPv4-mapped form
+/// (glibc then asks the IPv4 address): reported, never banned (red team, resolvers D1
+/// and D2).
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn nftables_never_bans_a_resolver_set_a_moment_before_a_forged_scan() {
+    const NEW_RESOLVER: &str = "10.77.0.245";
+    let (lab, dir, args) = lab_with_spare_address(NEW_RESOLVER, &["--block", "nftables"]);
+    lab.victim_etc("resolv.conf", "nameserver 10.77.0.246\n");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&lab, dir.path(), "nftables", &args);
+    // A ban first, so that the host view was read a moment ago.
+    lab.forge_syns("10.77.0.244", VICTIM, &[7001, 7002, 7003, 7004]);
+    agent.wait_for(5, |e| e["event"] == "block" && e["src"] == "10.77.0.244");
+    lab.victim_etc(
+        "resolv.conf",
+        &format!("nameserver ::ffff:{NEW_RESOLVER}\n"),
+    );
+    lab.forge_syns(NEW_RESOLVER, VICTIM, &[7011, 7012, 7013, 7014]);
+    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == NEW_RESOLVER);
+    assert_eq!(scan["allowlisted_reason"], "resolver", "{scan}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let events = agent.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "block" && e["src"] == NEW_RESOLVER),
+        "{events:#?}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}
+
 /// Makes `gateway` (an address of the attacker's side of the link) the victim's default
 /// gateway.
 fn make_default_gateway(lab: &Lab, gateway: &str) {

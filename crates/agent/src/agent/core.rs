@@ -432,9 +432,9 @@ impl Core {
     /// otherwise ban a gateway changed a moment ago in the kernel on every forged scan
     /// until then.
     fn refresh_host(&mut self, now: Instant) {
-        // A route change (a new gateway: a ban on it is lifted now, not at the next
-        // periodic read), or a change a ban-time read saw.
-        let changed = self.host.routes_changed() | self.host.take_changed();
+        // A route or resolver change (a new gateway or resolver: a ban on it is lifted
+        // now, not at the next periodic read), or a change a ban-time read saw.
+        let changed = self.host.infra_changed() | self.host.take_changed();
         if now < self.timers.next_refresh && !changed {
             return;
         }
@@ -622,7 +622,7 @@ mod tests {
         gateways: Vec<IpAddr>,
         sessions: HashSet<IpAddr>,
         /// A route changed since the loop last asked.
-        routes_changed: bool,
+        infra_changed: bool,
     }
 
     struct SharedHost(Rc<RefCell<FakeHost>>);
@@ -650,8 +650,8 @@ mod tests {
         fn holds_session(&mut self, net: IpNet) -> bool {
             self.0.borrow().sessions.iter().any(|a| net.contains(a))
         }
-        fn routes_changed(&mut self) -> bool {
-            std::mem::take(&mut self.0.borrow_mut().routes_changed)
+        fn infra_changed(&mut self) -> bool {
+            std::mem::take(&mut self.0.borrow_mut().infra_changed)
         }
     }
 
@@ -1042,7 +1042,7 @@ mod tests {
         {
             let mut host = h.host.borrow_mut();
             host.gateways.push(ip("198.51.100.7"));
-            host.routes_changed = true;
+            host.infra_changed = true;
         }
         h.core.turn(None, true);
         assert_eq!(h.events(), ["unblock 198.51.100.7 allowlisted"]);
@@ -1052,7 +1052,7 @@ mod tests {
         {
             let mut host = h.host.borrow_mut();
             host.gateways.push(ip("203.0.113.9"));
-            host.routes_changed = true;
+            host.infra_changed = true;
         }
         h.core.turn(Some(Msg::Batch(h.scan("203.0.113.9"))), true);
         let events = h.events();

@@ -62,9 +62,9 @@ impl HostNow {
             .borrow()
             .0
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
-        // A route changed since: a forged scan "from" a gateway set up a moment ago must
-        // find it protected, not the gateway of the read before.
-        if stale || self.routes_changed() {
+        // A route or a resolver file changed since: a forged scan "from" a gateway or
+        // resolver set up a moment ago must find it protected, not the read before's.
+        if stale || self.infra_changed() {
             let host = self.host().unwrap_or_default();
             self.set(now, self.snapshot_of(host));
         }
@@ -86,10 +86,10 @@ impl HostNow {
         self.changed.replace(false)
     }
 
-    /// Whether the routes changed since this was last asked (see
-    /// [`HostView::routes_changed`]).
-    pub(super) fn routes_changed(&self) -> bool {
-        self.view.borrow_mut().routes_changed()
+    /// Whether the infrastructure may have changed since this was last asked (see
+    /// [`HostView::infra_changed`]).
+    pub(super) fn infra_changed(&self) -> bool {
+        self.view.borrow_mut().infra_changed()
     }
 
     /// Reads the host's interfaces and addresses (`None`: they cannot be read).

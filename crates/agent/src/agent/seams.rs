@@ -57,9 +57,10 @@ pub trait HostView {
     /// Whether an address in `net` (an address, or a range about to be banned) holds an
     /// established TCP connection with this host.
     fn holds_session(&mut self, net: IpNet) -> bool;
-    /// Whether the routes changed since this was last asked (a new gateway, a router
-    /// gone): cheap enough to ask at every scan.
-    fn routes_changed(&mut self) -> bool {
+    /// Whether the infrastructure may have changed since this was last asked (a route:
+    /// a new gateway, a router gone; a resolver file written): cheap enough to ask at
+    /// every scan.
+    fn infra_changed(&mut self) -> bool {
         false
     }
 }
@@ -97,7 +98,7 @@ impl HostView for SystemHost {
             .is_some_and(|s| s.holds(net, crate::clock::monotonic()))
     }
 
-    fn routes_changed(&mut self) -> bool {
+    fn infra_changed(&mut self) -> bool {
         self.routes.changed()
     }
 }
