@@ -52,8 +52,33 @@ pub fn answer(state_dir: &Path, request: &Request) -> Result<Reply> {
         });
     }
     let mut store = Store::open(state_dir)?;
+    // No agent runs, so no configuration is known: the host's own addresses, gateways,
+    // routers and resolvers are protected all the same.
+    let host = Host::read().unwrap_or_default();
+    let infra = Infrastructure::read();
+    let cfg = synwatch_detect::Config::default();
+    let protection = crate::protect::View {
+        host: &host.addresses,
+        infra: &infra,
+        cfg: &cfg,
+    };
+    // As the agent's start does: a saved ban on a protected address, or a range covering
+    // one (a file written by hand, or a host changed since), is left out, said, and left
+    // out before a range could stand for the saved bans inside it.
+    let (left_out, saved): (Vec<_>, Vec<_>) = store
+        .bans()?
+        .into_iter()
+        .partition(|r| crate::protect::why_net(r.net, protection).is_some());
+    let said: Vec<String> = left_out
+        .iter()
+        .filter_map(|r| {
+            let (why, covered) = crate::protect::why_net(r.net, protection)?;
+            Some(crate::block::refusal(r.net, why, covered))
+        })
+        .collect();
+    store.delete(&left_out.iter().map(|r| r.net).collect::<Vec<_>>(), true)?;
     let mut book = Book::new(Policy::default());
-    let lapsed = book.restore(store.bans()?, store.offenders()?, now);
+    let lapsed = book.restore(saved, store.offenders()?, now);
     store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
     // Saved bans inside a saved range: the range stands for them.
     let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
@@ -68,12 +93,23 @@ pub fn answer(state_dir: &Path, request: &Request) -> Result<Reply> {
         backend_kind,
         backend: backend_kind.map_or("none", Backend::as_str).to_owned(),
     };
-    match request {
-        Request::List => Ok(state.list()),
-        Request::Add { addr, secs } => state.add(*addr, *secs),
-        Request::Remove { addr } => state.remove(*addr),
-        Request::Flush => state.flush(),
+    let mut reply = match request {
+        Request::List => state.list(),
+        Request::Add { addr, secs } => state.add(*addr, *secs, protection)?,
+        Request::Remove { addr } => state.remove(*addr)?,
+        Request::Flush => state.flush()?,
+    };
+    if !said.is_empty() {
+        let note = format!(
+            "left out of the saved bans, and deleted: {}",
+            said.join("; ")
+        );
+        reply.note = Some(match reply.note.take() {
+            Some(other) => format!("{note}. {other}"),
+            None => note,
+        });
     }
+    Ok(reply)
 }
 
 impl Offline {
@@ -89,23 +125,18 @@ impl Offline {
         reply
     }
 
-    fn add(&mut self, addr: IpNet, secs: Option<u64>) -> Result<Reply> {
+    fn add(
+        &mut self,
+        addr: IpNet,
+        secs: Option<u64>,
+        protection: crate::protect::View<'_>,
+    ) -> Result<Reply> {
         let backend = &self.backend;
         if let Some(b) = self.backend_kind
             && let Some(why) = b.refuses_ban_of(secs.unwrap_or(0))
         {
             return Ok(Reply::error(backend, why));
         }
-        // No agent runs, so no configuration is known: the host's own addresses,
-        // gateways, routers and resolvers are protected all the same.
-        let host = Host::read().unwrap_or_default();
-        let infra = Infrastructure::read();
-        let cfg = synwatch_detect::Config::default();
-        let protection = crate::protect::View {
-            host: &host.addresses,
-            infra: &infra,
-            cfg: &cfg,
-        };
         if let Some((why, covered)) = crate::protect::why_net(addr, protection) {
             return Ok(Reply::error(
                 backend,
