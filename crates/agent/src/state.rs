@@ -71,7 +71,7 @@ impl Store {
         };
         let conn = match Self::connect(&path) {
             Err(e) if e.moves_aside() => {
-                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", crate::clock::unix_now()));
+                let aside = aside_path(dir, &format!("{DB_FILE}.corrupt"));
                 std::fs::rename(&path, &aside).with_context(|| {
                     format!("cannot move the unreadable ban database {} aside", path.display())
                 })?;
@@ -469,6 +469,17 @@ fn is_schema_error(e: &rusqlite::Error) -> bool {
 /// else chose) in their place would keep the database from opening, and the agent from
 /// blocking. Each is moved aside (`NAME.notfile-UNIXTIME`) with a warning, so that a new
 /// database starts; returns where the database's own entry went, if it was moved.
+/// Where to move a file aside: `STEM-UNIXTIME` in `dir`, or `STEM-UNIXTIME.N` where that
+/// is taken (two bad files within one second must not overwrite the first one kept).
+fn aside_path(dir: &Path, stem: &str) -> std::path::PathBuf {
+    let base = format!("{stem}-{}", crate::clock::unix_now());
+    std::iter::once(base.clone())
+        .chain((1..).map(|n| format!("{base}.{n}")))
+        .map(|name| dir.join(name))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| dir.join(base))
+}
+
 fn set_aside_what_is_no_file(dir: &Path) -> Option<std::path::PathBuf> {
     let mut moved = None;
     for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -488,7 +499,7 @@ fn set_aside_what_is_no_file(dir: &Path) -> Option<std::path::PathBuf> {
         } else {
             "not a regular file"
         };
-        let aside = dir.join(format!("{name}.notfile-{}", crate::clock::unix_now()));
+        let aside = aside_path(dir, &format!("{name}.notfile"));
         match std::fs::rename(&path, &aside) {
             Ok(()) => {
                 tracing::error!(
@@ -623,6 +634,30 @@ mod tests {
             Some(dir.path().join(&aside[0])),
             "reported"
         );
+    }
+
+    /// Two unreadable files in a row (within the same second, as a test makes them): both
+    /// are kept, neither moved over the other.
+    #[test]
+    fn unreadable_files_moved_aside_one_after_another_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Vec::new();
+        for text in [
+            "first unreadable file, long enough for a header",
+            "second one, as long",
+        ] {
+            std::fs::write(dir.path().join(DB_FILE), text.repeat(4)).unwrap();
+            let s = Store::open(dir.path()).expect("a new database");
+            let aside = s.damage().moved_aside.clone().expect("moved aside");
+            assert_eq!(std::fs::read_to_string(&aside).unwrap(), text.repeat(4));
+            kept.push(aside);
+            drop(s);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(dir.path().join(format!("{DB_FILE}{suffix}")));
+            }
+        }
+        assert_ne!(kept[0], kept[1]);
+        assert!(kept.iter().all(|p| p.exists()), "{kept:?}");
     }
 
     #[test]
