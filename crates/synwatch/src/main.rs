@@ -21,6 +21,24 @@ use std::sync::atomic::AtomicBool;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// `eprintln!` without its panic: a message to stderr that cannot be written (stderr
+/// closed, or a pipe whose reader left, as in `synwatch replay F 2>&1 | head`) is lost,
+/// and the command ends as it would have. Shadows the standard macro in this crate.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` without its panic (see `eprintln!` above).
+macro_rules! eprint {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod blocks;
 mod config;
 mod crowdsec_args;

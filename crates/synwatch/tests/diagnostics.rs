@@ -156,3 +156,43 @@ fn a_run_usage_error_is_a_json_error_line() {
         stderr(&out)
     );
 }
+
+/// The exit code of `synwatch ARGS` run by bash with `redirect` (say `2>&1 | head -c 1`):
+/// `${PIPESTATUS[0]}`, synwatch's own.
+fn exit_code_with(args: &str, redirect: &str) -> String {
+    let script = format!(
+        "{} {args} {redirect}; echo \"exit ${{PIPESTATUS[0]}}\"",
+        env!("CARGO_BIN_EXE_synwatch")
+    );
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("exit ").map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A stderr that cannot be written (closed, or a pipe whose reader left, as in
+/// `synwatch replay F 2>&1 | head`) loses the messages, never panics (exit 101).
+#[test]
+fn a_closed_or_broken_stderr_is_no_panic() {
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/lab-nmap-scan.pcap");
+    let sample = sample.to_str().expect("utf-8 path");
+    for (args, redirect) in [
+        (format!("replay {sample}"), "2>&1 | head -c 1 >/dev/null"),
+        (format!("replay {sample}"), "2>&- >/dev/null"),
+        (
+            format!("inventory --pcap {sample} --local 10.199.0.1"),
+            "2>&1 | head -c 1 >/dev/null",
+        ),
+        (format!("replay {sample} --no-such-option"), "2>&-"),
+    ] {
+        let code = exit_code_with(&args, redirect);
+        assert!(
+            ["0", "2"].contains(&code.as_str()),
+            "{args} {redirect}: exit {code}"
+        );
+    }
+}
