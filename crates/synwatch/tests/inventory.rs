@@ -572,23 +572,38 @@ fn a_live_inventory_whose_interface_is_made_again_says_it_is_incomplete_and_exit
     assert!(log.contains("these flows are incomplete"), "{log}");
 }
 
+/// `synwatch inventory --iface lo --duration DURATION --format json`, once its banner
+/// (its captures open) is on stderr; stdout piped.
+fn live_inventory_of_lo(duration: &str) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args([
+            "inventory",
+            "--iface",
+            "lo",
+            "--duration",
+            duration,
+            "--format",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synwatch inventory");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("the banner");
+    assert!(line.contains("inventory of lo"), "{line}");
+    child
+}
+
 /// A live inventory needs CAP_NET_RAW only to open its captures: once they are open it
 /// holds no capability at all.
 #[test]
 #[ignore = "needs root (a live capture); make test runs it"]
 fn a_live_inventory_holds_no_capability_once_its_captures_are_open() {
     lab::require_root();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-        .args(["inventory", "--iface", "lo", "--duration", "4s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run synwatch inventory");
     // The banner comes after the captures are open and the capabilities dropped.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).expect("the banner");
-    assert!(line.contains("inventory of lo"), "{line}");
+    let mut child = live_inventory_of_lo("4s");
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
     for set in ["CapEff:", "CapPrm:", "CapAmb:", "CapBnd:"] {
         let value = status
@@ -680,24 +695,7 @@ fn signal(child: &std::process::Child, signal: &str) {
 #[ignore = "needs root (a live capture); make test runs it"]
 fn sigusr1_and_sigusr2_end_neither_a_live_inventory_nor_a_replay_of_a_pipe() {
     lab::require_root();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-        .args([
-            "inventory",
-            "--iface",
-            "lo",
-            "--duration",
-            "3s",
-            "--format",
-            "json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run synwatch inventory");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).expect("the banner");
-    assert!(line.contains("inventory of lo"), "{line}");
+    let child = live_inventory_of_lo("3s");
     signal(&child, "-USR1");
     signal(&child, "-USR2");
     let out = child.wait_with_output().expect("wait");
