@@ -449,6 +449,11 @@ impl Agent {
     ) -> Self {
         let out = dir.join(format!("{name}.jsonl"));
         let err = dir.join(format!("{name}.log"));
+        // A state directory of the test's own unless it names one: never the host's
+        // /var/lib/synwatch, whose bans (of a test run before, or of another test's agent
+        // at the same time) would be restored into this one.
+        let own_state = dir.join(format!("{name}.state"));
+        let own_state = ["--state-dir", own_state.to_str().expect("utf-8 path")];
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.victim])
             .args(wrapper)
@@ -461,6 +466,11 @@ impl Agent {
                 &[][..]
             } else {
                 &["--source", "pcap"][..]
+            })
+            .args(if args.contains(&"--state-dir") {
+                &[][..]
+            } else {
+                &own_state[..]
             })
             .args(args)
             .stdout(stdout)
