@@ -572,6 +572,19 @@ fn a_live_inventory_whose_interface_is_made_again_says_it_is_incomplete_and_exit
     assert!(log.contains("these flows are incomplete"), "{log}");
 }
 
+/// A FIFO `capture.pcap` in `dir`: a capture a command waits on until it is written.
+fn fifo_in(dir: &std::path::Path) -> std::path::PathBuf {
+    let fifo = dir.join("capture.pcap");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    fifo
+}
+
 /// `synwatch inventory --iface lo --duration DURATION --format json`, once its banner
 /// (its captures open) is on stderr; stdout piped.
 fn live_inventory_of_lo(duration: &str) -> std::process::Child {
@@ -630,14 +643,7 @@ fn replay_and_a_capture_inventory_hold_only_file_access_while_reading() {
         (&["inventory", "--pcap"][..], DAC_READ_SEARCH | DAC_OVERRIDE),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let fifo = dir.path().join("capture.pcap");
-        assert!(
-            Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .expect("mkfifo")
-                .success()
-        );
+        let fifo = fifo_in(dir.path());
         let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
             .args(args)
             .arg(&fifo)
@@ -702,14 +708,7 @@ fn sigusr1_and_sigusr2_end_neither_a_live_inventory_nor_a_replay_of_a_pipe() {
     assert!(out.status.success(), "{:?}", out.status);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let fifo = dir.path().join("capture.pcap");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .expect("mkfifo")
-            .success()
-    );
+    let fifo = fifo_in(dir.path());
     let child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
         .args(["replay", "--format", "json", "--local", "10.199.0.1"])
         .arg(&fifo)
