@@ -464,11 +464,6 @@ fn is_schema_error(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::Unknown))
 }
 
-/// The ban database and SQLite's files beside it must be regular files: a directory, a
-/// FIFO, a device or a symlink (followed, it would have the agent write where someone
-/// else chose) in their place would keep the database from opening, and the agent from
-/// blocking. Each is moved aside (`NAME.notfile-UNIXTIME`) with a warning, so that a new
-/// database starts; returns where the database's own entry went, if it was moved.
 /// Where to move a file aside: `STEM-UNIXTIME` in `dir`, or `STEM-UNIXTIME.N` where that
 /// is taken (two bad files within one second must not overwrite the first one kept).
 fn aside_path(dir: &Path, stem: &str) -> std::path::PathBuf {
@@ -480,6 +475,11 @@ fn aside_path(dir: &Path, stem: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| dir.join(base))
 }
 
+/// The ban database and SQLite's files beside it must be regular files: a directory, a
+/// FIFO, a device or a symlink (followed, it would have the agent write where someone
+/// else chose) in their place would keep the database from opening, and the agent from
+/// blocking. Each is moved aside (`NAME.notfile-UNIXTIME`) with a warning, so that a new
+/// database starts; returns where the database's own entry went, if it was moved.
 fn set_aside_what_is_no_file(dir: &Path) -> Option<std::path::PathBuf> {
     let mut moved = None;
     for suffix in ["", "-wal", "-shm", "-journal"] {
