@@ -65,18 +65,18 @@ pub fn answer(state_dir: &Path, request: &Request) -> Result<Reply> {
     // As the agent's start does: a saved ban on a protected address, or a range covering
     // one (a file written by hand, or a host changed since), is left out, said, and left
     // out before a range could stand for the saved bans inside it.
-    let (left_out, saved): (Vec<_>, Vec<_>) = store
-        .bans()?
-        .into_iter()
-        .partition(|r| crate::protect::why_net(r.net, protection).is_some());
-    let said: Vec<String> = left_out
-        .iter()
-        .filter_map(|r| {
-            let (why, covered) = crate::protect::why_net(r.net, protection)?;
-            Some(crate::block::refusal(r.net, why, covered))
-        })
-        .collect();
-    store.delete(&left_out.iter().map(|r| r.net).collect::<Vec<_>>(), true)?;
+    let mut saved = Vec::new();
+    let (mut left_out, mut said) = (Vec::new(), Vec::new());
+    for r in store.bans()? {
+        match crate::protect::why_net(r.net, protection) {
+            Some((why, covered)) => {
+                said.push(crate::block::refusal(r.net, why, covered));
+                left_out.push(r.net);
+            }
+            None => saved.push(r),
+        }
+    }
+    store.delete(&left_out, true)?;
     let mut book = Book::new(Policy::default());
     let lapsed = book.restore(saved, store.offenders()?, now);
     store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
