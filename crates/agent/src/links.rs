@@ -466,13 +466,7 @@ pub fn check_xdp(
         attached
     };
     for (name, was) in &attached {
-        let slot = metrics.interface_slot(name);
-        let counters = slot.and_then(|s| metrics.interfaces.get(s));
-        let set = |up: bool, fault: Option<String>| {
-            if let Some(c) = counters {
-                c.set_state(up, fault);
-            }
-        };
+        let set = |up: bool, fault: Option<String>| set_state(metrics, name, up, fault);
         match ifindex(name) {
             // The same interface, and the kernel says the program is no longer on it:
             // detached or replaced from outside.
@@ -535,6 +529,16 @@ pub fn check_xdp(
     }
 }
 
+/// Sets the state the metrics show for interface `name` (up, and why it is not watched).
+fn set_state(metrics: &Metrics, name: &str, up: bool, fault: Option<String>) {
+    if let Some(c) = metrics
+        .interface_slot(name)
+        .and_then(|s| metrics.interfaces.get(s))
+    {
+        c.set_state(up, fault);
+    }
+}
+
 /// The name of the interface `index`, if there is one. (nix's `if_indextoname` takes
 /// the C function's null for success, an empty name.)
 fn name_of(index: u32) -> Option<String> {
@@ -555,25 +559,21 @@ fn follow_renames(
     metrics: &Metrics,
 ) -> Vec<(String, u32)> {
     for (name, was) in attached {
-        if ifindex(name) == Some(*was) {
+        let index = ifindex(name);
+        if index == Some(*was) {
             continue;
         }
-        let set = |name: &str, up: bool| {
-            if let Some(slot) = metrics.interface_slot(name) {
-                metrics.interfaces[slot].set_state(up, None);
-            }
-        };
         match name_of(*was) {
             Some(now) => {
                 tracing::info!("interface {name} is now named {now}: still watched");
                 xdp.rename(*was, &now);
-                set(name, false);
-                set(&now, true);
+                set_state(metrics, name, false, None);
+                set_state(metrics, &now, true, None);
             }
-            None if ifindex(name).is_none() => {
+            None if index.is_none() => {
                 tracing::info!("interface {name} is gone: its XDP attachment is let go");
                 xdp.forget(*was);
-                set(name, false);
+                set_state(metrics, name, false, None);
             }
             None => {}
         }
@@ -627,9 +627,7 @@ fn attach_new(
                     a.mode
                 );
                 links.refused.remove(name);
-                if let Some(slot) = metrics.interface_slot(name) {
-                    metrics.interfaces[slot].set_state(true, None);
-                }
+                set_state(metrics, name, true, None);
             }
             Err(e) if !said => tracing::error!(
                 "interface {name} came up, but cannot attach the XDP program: {e}; trying again every few seconds"
