@@ -426,11 +426,8 @@ impl Xdp {
         let (fresh, link) = self.attach_at(iface, mode, self.attached[at].slot)?;
         // The old link went with the old interface, but its descriptor and the kernel's
         // link object stay until detached: one per re-creation, without bound.
-        if let Some(old) = self.links.get_mut(at).and_then(Option::take)
-            && let Ok(p) = program(&mut self.ebpf)
-        {
-            let _ = p.detach(old);
-        }
+        let old = self.links.get_mut(at).and_then(Option::take);
+        self.detach(old);
         self.attached[at] = fresh;
         if let Some(l) = self.links.get_mut(at) {
             *l = link;
@@ -452,16 +449,24 @@ impl Xdp {
     pub fn forget(&mut self, ifindex: u32) {
         while let Some(at) = self.attached.iter().position(|a| a.ifindex == ifindex) {
             let gone = self.attached.remove(at);
-            if at < self.links.len()
-                && let Some(link) = self.links.remove(at)
-                && let Ok(p) = program(&mut self.ebpf)
-            {
-                let _ = p.detach(link);
-            }
+            let link = (at < self.links.len())
+                .then(|| self.links.remove(at))
+                .flatten();
+            self.detach(link);
             let key = gone.ifindex % layout::IFSLOTS;
             if self.ifslot.get(&key, 0).ok() == Some(gone.slot + 1) {
                 let _ = self.ifslot.set(key, 0, 0);
             }
+        }
+    }
+
+    /// Detaches a bpf_link of the program (a link whose interface is gone still holds a
+    /// descriptor and a kernel object until then).
+    fn detach(&mut self, link: Option<aya::programs::xdp::XdpLinkId>) {
+        if let Some(link) = link
+            && let Ok(p) = program(&mut self.ebpf)
+        {
+            let _ = p.detach(link);
         }
     }
 
