@@ -273,6 +273,13 @@ impl Blocker {
         self.book.set_policy(policy);
     }
 
+    /// Whether the detector decided a ban covering `net`'s address (it holds, or waits for
+    /// the cap).
+    pub fn has_decided(&self, net: impl Into<IpNet>) -> bool {
+        let addr = synwatch_enforce::ban_net(net.into());
+        self.book.covering(addr).is_some() || self.book.is_waiting(addr)
+    }
+
     /// Whether bans are decided but not yet in the kernel.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

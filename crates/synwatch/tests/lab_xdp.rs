@@ -864,3 +864,30 @@ fn a_ban_deleted_from_the_xdp_map_by_hand_is_put_back() {
     let said = agent.log();
     assert!(said.contains("missing from synwatch's"), "{said}");
 }
+
+#[test]
+fn with_libpcap_observing_the_programs_own_ban_waits_for_the_detector() {
+    // The program bans by itself as the crossing probe arrives; libpcap hands the
+    // detector the same probes a few milliseconds later. The program's ban must hold,
+    // not be taken for one the detector disagrees with and lifted.
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "pcap-xdp",
+        &["--source", "pcap", "--block", "xdp"],
+    );
+    for round in 0..3 {
+        let scanner = ["10.77.0.20", "10.77.0.21", "10.77.0.22"][round];
+        lab.add_attacker_address(&format!("{scanner}/24"));
+        fast_scan(&lab, scanner, VICTIM, "1-200");
+        agent.wait_for(5, |e| is(e, "block", scanner));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!lab.connects(scanner, VICTIM), "{scanner} connects");
+    }
+    assert!(lab.metric("synwatch_xdp_kernel_bans_total") >= 1);
+    let said = agent.log();
+    assert!(!said.contains("lifting it"), "{said}");
+    assert_eq!(agent.stop(), Some(0));
+}

@@ -36,6 +36,15 @@ use crate::xdp::KernelBans;
 /// How long the loop waits for a message when nothing is due.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
+/// How long a ban the XDP program made by itself waits for the detector's verdict when
+/// the detector's packets come another way (libpcap, the socket table): those reach it
+/// after the program's ban, by up to a capture thread's pause and the queue.
+const KERNEL_BAN_GRACE: Duration = Duration::from_secs(1);
+
+/// Most kernel bans waiting for the detector's verdict; past it the oldest is judged at
+/// once (the program bans without a cap, so a forged flood could make many).
+const KERNEL_BANS_WAITING: usize = 65_536;
+
 /// The XDP program while it runs, and what the loop needs to keep it current.
 pub(super) struct XdpRunning {
     pub(super) xdp: synwatch_xdp::Xdp,
@@ -105,6 +114,11 @@ pub(super) struct Core {
     /// The socket table's counters, with `--source sockets`.
     pub(super) socket_counters: Option<Arc<SocketCounters>>,
     timers: Timers,
+    /// The XDP program bans by itself but the detector's packets come another way, so
+    /// its bans can arrive before the detector saw the packet that made them.
+    pub(super) kernel_bans_lead: bool,
+    /// The program's bans not yet judged, and when each must be ([`KERNEL_BAN_GRACE`]).
+    unconfirmed: std::collections::VecDeque<(ipnet::IpNet, Instant)>,
 }
 
 impl Core {
@@ -113,6 +127,10 @@ impl Core {
     pub(super) fn new(parts: Parts, lapsed: Vec<Happened>) -> Self {
         let now = parts.clock.monotonic();
         let known_infra = parts.host.snapshot().infra.clone();
+        let kernel_bans_lead = parts
+            .xdp
+            .as_ref()
+            .is_some_and(|x| x.blocking && !x.observing);
         let mut core = Self {
             detector: Detector::new(parts.detector),
             limiter: LogLimiter::new(parts.log_limits.0, parts.log_limits.1),
@@ -130,6 +148,8 @@ impl Core {
             reread: parts.reread,
             status: parts.status,
             socket_counters: None,
+            kernel_bans_lead,
+            unconfirmed: std::collections::VecDeque::new(),
             // Bans go to the kernel at once when none went for APPLY_EVERY (the first
             // scanner of a quiet spell is banned within the batch that made it one), then
             // at most every APPLY_EVERY while packets keep coming, so that a burst of them
@@ -211,6 +231,9 @@ impl Core {
         }
         self.tick_detector();
         let now = self.clock.monotonic();
+        if !self.unconfirmed.is_empty() {
+            self.confirm_waiting_kernel_bans(now);
+        }
         self.apply_due(now, idle);
         // Live events go out as they happen, not when a buffer fills.
         let flushed = self.events.flush();
@@ -266,20 +289,58 @@ impl Core {
 
     /// Sources the XDP program banned by itself: kept where the detector decided the
     /// same (or its scan waited for the cap and the cap now has room for it), lifted
-    /// otherwise (a scan the cap refuses waits on).
+    /// otherwise (a scan the cap refuses waits on). Where the detector's packets come
+    /// another way than the program's ([`Core::kernel_bans_lead`]), a ban the detector
+    /// has not decided yet waits up to [`KERNEL_BAN_GRACE`] for the packet that makes it,
+    /// unless its source is protected: that one is lifted at once.
     fn on_kernel_bans(&mut self, KernelBans(banned): KernelBans) {
+        let now = self.clock.monotonic();
+        for (net, _) in banned {
+            let wait = self.kernel_bans_lead
+                && self.blocker.as_ref().is_some_and(|b| !b.has_decided(net))
+                && is_protected_net(synwatch_enforce::ban_net(net), &self.detector, &self.host)
+                    .is_none();
+            if wait {
+                if self.unconfirmed.len() >= KERNEL_BANS_WAITING
+                    && let Some((oldest, _)) = self.unconfirmed.pop_front()
+                {
+                    self.confirm_kernel_ban(oldest);
+                }
+                self.unconfirmed.push_back((net, now + KERNEL_BAN_GRACE));
+            } else {
+                self.confirm_kernel_ban(net);
+            }
+        }
+    }
+
+    /// Judges the program's bans that waited for the detector: each once the detector
+    /// decided it or its grace ran out.
+    fn confirm_waiting_kernel_bans(&mut self, now: Instant) {
+        let Some(b) = self.blocker.as_ref() else {
+            self.unconfirmed.clear();
+            return;
+        };
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unconfirmed)
+            .into_iter()
+            .partition(|&(net, by)| now >= by || b.has_decided(net));
+        self.unconfirmed = waiting.into();
+        for (net, _) in due {
+            self.confirm_kernel_ban(net);
+        }
+    }
+
+    /// Keeps or lifts one ban the XDP program made ([`Blocker::confirm_kernel_ban`]).
+    fn confirm_kernel_ban(&mut self, net: ipnet::IpNet) {
         let Some(b) = self.blocker.as_mut() else {
             return;
         };
+        // For a range, any address of it holding a session keeps its sessions.
+        let session = self.host.holds_session(synwatch_enforce::ban_net(net));
         let now = self.clock.agent_secs();
-        for (net, _) in banned {
-            // For a range, any address of it holding a session keeps its sessions.
-            let session = self.host.holds_session(synwatch_enforce::ban_net(net));
-            if b.confirm_kernel_ban(net, now, session) == crate::block::Confirmed::Lifted {
-                tracing::warn!(
-                    "the XDP program banned {net}, but the detector did not (see above); lifting it"
-                );
-            }
+        if b.confirm_kernel_ban(net, now, session) == crate::block::Confirmed::Lifted {
+            tracing::warn!(
+                "the XDP program banned {net}, but the detector did not (see above); lifting it"
+            );
         }
     }
 
@@ -1085,6 +1146,46 @@ mod tests {
             !h.events().iter().any(|e| e.contains(HOST)),
             "lifted without an event"
         );
+    }
+
+    #[test]
+    fn a_kernel_ban_ahead_of_the_detectors_packets_waits_for_them() {
+        // The XDP program blocks, libpcap observes: the program's ban of a scanner
+        // reaches the loop before the capture's batch with the same packets.
+        let mut h = harness();
+        h.core.kernel_bans_lead = true;
+        let bans = |pairs: &[&str]| {
+            Msg::KernelBans(KernelBans(pairs.iter().map(|a| (net(a), ip(a))).collect()))
+        };
+        h.core
+            .turn(Some(bans(&["198.51.100.7", "203.0.113.5", HOST])), true);
+        // The host's own address is lifted at once; the others wait for the detector.
+        let lifted = h.removals();
+        assert_eq!(lifted.len(), 1, "{:#?}", h.commands());
+        assert!(lifted[0].contains(HOST), "{lifted:#?}");
+        h.clock.advance(Duration::from_millis(5));
+        h.core.turn(Some(Msg::Batch(h.scan("198.51.100.7"))), true);
+        assert_eq!(
+            h.events(),
+            ["scan 198.51.100.7", "block 198.51.100.7 for 600"]
+        );
+        // The grace running out judges what the detector has not decided by then.
+        let lifted_only = |h: &Harness, what: &[&str]| {
+            let lifted = h.removals();
+            assert_eq!(lifted.len(), what.len(), "{:#?}", h.commands());
+            for (l, w) in lifted.iter().zip(what) {
+                assert!(l.contains(w) && !l.contains("198.51.100.7"), "{lifted:#?}");
+            }
+        };
+        lifted_only(&h, &[HOST]);
+        h.clock.advance(Duration::from_millis(900));
+        h.core.turn(None, true);
+        lifted_only(&h, &[HOST]);
+        h.clock.advance(KERNEL_BAN_GRACE);
+        h.core.turn(None, true);
+        lifted_only(&h, &[HOST, "203.0.113.5"]);
+        assert_eq!(h.core.blocker.as_ref().unwrap().active(), 1);
+        assert!(h.events().is_empty());
     }
 
     #[test]
