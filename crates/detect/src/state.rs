@@ -12,8 +12,11 @@
 //! table; an expired entry goes at once, an entry with credit left loses one and stays, an
 //! entry without goes. Each entry's credit is set when it is hit, so the hand's work is paid
 //! for by the hits (O(1) amortised per insertion). A source's credit is one, plus how often
-//! it came back after the hand had passed it times its distinct ports in the window (the
-//! scan score), at most [`MAX_CREDIT`], which a source in an open episode holds: a spoofed
+//! it came back (after the hand had passed it, or after an eighth of the cap's worth of
+//! other sources came in: before the table is first full the hand has not moved, and a
+//! scanner's returns then would otherwise count for nothing) times its distinct ports in
+//! the window (the scan score), at most [`MAX_CREDIT`], which a source in an open episode
+//! holds: a spoofed
 //! source that sends its probes at once never comes back and is gone after one or two turns
 //! of the hand, however many ports it reached; a real scanner, however slow, does come back,
 //! and each return with more ports lets it outlive more of such noise. While the table is
@@ -62,7 +65,7 @@ pub(crate) struct SourceSlot {
     pub in_episode: bool,
     /// Credit left (low bits) and [`VISITED`].
     clock: u8,
-    /// Times the source came back after the hand had passed it (saturating).
+    /// Times the source came back, and the era of its last hit ([`credit::earn`]).
     returns: u8,
 }
 
@@ -122,6 +125,10 @@ pub(crate) struct Sources {
     wide: std::collections::HashMap<Key, Ports, foldhash::fast::RandomState>,
     /// Sources seen once while the table is full (see `first`).
     first: FirstSights,
+    /// Sources put in the table so far.
+    inserted: u64,
+    /// The turnover era of the current observation ([`credit::era`]).
+    era: u8,
 }
 
 /// A source's state taken out of its slot to be worked on.
@@ -205,6 +212,7 @@ impl Sources {
         seen: Option<(PortSeen, u32)>,
     ) -> Option<(Loaded, u64)> {
         let mut evicted = 0;
+        self.era = credit::era(self.inserted, cap);
         let index = match self.table.find(&key) {
             // A source quiet for more than a window starts afresh, as it would had a sweep
             // dropped it already: what it did before (its returns) is no longer evidence.
@@ -213,6 +221,7 @@ impl Sources {
                     self.wide.remove(&key);
                 }
                 *self.table.get_mut(i) = SourceSlot::fresh(key, now);
+                self.inserted += 1;
                 return Some((Loaded::fresh(i, now), evicted));
             }
             Some(i) => i,
@@ -240,6 +249,7 @@ impl Sources {
                     Ok(i) => i,
                     Err(i) => {
                         self.table.fill(i, SourceSlot::fresh(key, now));
+                        self.inserted += 1;
                         let mut fresh = Loaded::fresh(i, now);
                         fresh.ports.extend(before);
                         return Some((fresh, evicted));
@@ -295,7 +305,7 @@ impl Sources {
         credit::earn(
             &mut slot.clock,
             &mut slot.returns,
-            s.new,
+            (s.new, self.era),
             s.ports.len(),
             s.in_episode,
         );

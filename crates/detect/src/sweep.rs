@@ -13,7 +13,8 @@
 //! At the source cap a newcomer that came back since its first attempt (it holds a slot
 //! of the port-scan table, which a source seen once at the cap does not get) gets in: a
 //! CLOCK hand evicts one source, as in the port-scan table (`state`), by a credit of one
-//! plus (returns after the hand passed it) x (hosts it reached in the window), an open
+//! plus (returns after the hand passed it or an eighth of the cap came in) x (hosts it
+//! reached in the window), an open
 //! episode the most. A spoofed flood's sources, one unanswered attempt each, are dropped
 //! at the cap (counted): they neither keep a real sweeper out nor turn the table over
 //! between two of its attempts.
@@ -181,6 +182,8 @@ pub(crate) struct Sweeps {
     sweepers: Table<SweepSlot>,
     /// Sources with more than one port or host.
     wide: Map<[u64; 2], Sweeper>,
+    /// Sources put in `sweepers` so far (for [`credit::era`]).
+    inserted: u64,
     /// Attempts and answers dropped at the caps before they could be judged.
     pub dropped: u64,
 }
@@ -261,6 +264,7 @@ impl Sweeps {
         cap: usize,
         returned: impl FnOnce() -> bool,
     ) -> Option<Found> {
+        let era = credit::era(self.inserted, cap);
         let (at, new) = match self.sweepers.find(&key) {
             Some(i) => (i, false),
             None => {
@@ -278,6 +282,7 @@ impl Sweeps {
                 slot.key = key;
                 slot.len = 0;
                 self.sweepers.fill(i, slot);
+                self.inserted += 1;
                 (i, true)
             }
         };
@@ -304,16 +309,16 @@ impl Sweeps {
             self.store_wide(at, s);
             (found, held, in_episode)
         };
-        self.credit(at, new, held, in_episode);
+        self.credit(at, (new, era), held, in_episode);
         found.map(|hosts| Found { dport: port, hosts })
     }
 
     /// Gives a source its credit after an attempt counted (see the module documentation):
-    /// it now holds `held` hosts in the window.
+    /// it now holds `held` hosts in the window; `hit` is whether it is new, and the era.
     #[inline]
-    fn credit(&mut self, at: usize, new: bool, held: usize, in_episode: bool) {
+    fn credit(&mut self, at: usize, hit: (bool, u8), held: usize, in_episode: bool) {
         let slot = self.sweepers.get_mut(at);
-        credit::earn(&mut slot.clock, &mut slot.returns, new, held, in_episode);
+        credit::earn(&mut slot.clock, &mut slot.returns, hit, held, in_episode);
     }
 
     /// Makes room for one source at the cap (CLOCK): a source quiet for more than a window

@@ -68,7 +68,7 @@ pub(crate) struct Table<S: Slot> {
 
 /// The credit a source earns for CLOCK eviction, shared by the port-scan and sweep
 /// tables: one `clock` byte (credit in the low bits, [`credit::VISITED`] once the hand
-/// passed) and a saturating count of returns after the hand passed.
+/// passed) and one of returns (a count, and the era of the last hit: see [`credit::earn`]).
 pub(crate) mod credit {
     use super::Hand;
 
@@ -77,18 +77,37 @@ pub(crate) mod credit {
     /// The `clock` bit set when the hand passes an entry.
     pub const VISITED: u8 = 0x80;
 
-    /// After a hit: a return is counted if the hand had passed since the last one (and
-    /// the entry is not `new`); the credit is then one plus returns x `evidence` (ports
-    /// or hosts in the window), at most [`MAX`], which an open episode holds.
+    /// The turnover era (modulo 16) after `inserted` insertions into a table of `cap`
+    /// entries: an eighth of the cap's worth of insertions each, rounded down to a power
+    /// of two (a shift, not a division, on every hit).
     #[inline]
-    pub fn earn(clock: &mut u8, returns: &mut u8, new: bool, evidence: usize, in_episode: bool) {
-        if !new && *clock & VISITED != 0 {
-            *returns = returns.saturating_add(1);
+    pub fn era(inserted: u64, cap: usize) -> u8 {
+        ((inserted >> (cap / 8).max(1).ilog2()) & 0xF) as u8
+    }
+
+    /// After a hit in `era`: a return is counted if the entry is not `new` and the hand
+    /// passed it or an era began since its last hit (before the table is first full the
+    /// hand does not move, and a return then would otherwise count for nothing); the
+    /// credit is then one plus returns x `evidence` (ports or hosts in the window), at
+    /// most [`MAX`], which an open episode holds. `returns` holds the count of returns
+    /// (low four bits, saturating) and the era of the last hit (high four).
+    #[inline]
+    pub fn earn(
+        clock: &mut u8,
+        returns: &mut u8,
+        (new, era): (bool, u8),
+        evidence: usize,
+        in_episode: bool,
+    ) {
+        let mut count = *returns & 0xF;
+        if !new && (*clock & VISITED != 0 || *returns >> 4 != era) {
+            count = (count + 1).min(0xF);
         }
+        *returns = count | era << 4;
         *clock = if in_episode {
             MAX
         } else {
-            (1 + usize::from(*returns) * evidence).min(usize::from(MAX)) as u8
+            (1 + usize::from(count) * evidence).min(usize::from(MAX)) as u8
         };
     }
 
