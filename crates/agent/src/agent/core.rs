@@ -45,6 +45,9 @@ const KERNEL_BAN_GRACE: Duration = Duration::from_secs(1);
 /// once (the program bans without a cap, so a forged flood could make many).
 const KERNEL_BANS_WAITING: usize = 65_536;
 
+/// Most waiting kernel bans looked at in one turn of the loop.
+const KERNEL_BANS_PER_TURN: usize = 4_096;
+
 /// The XDP program while it runs, and what the loop needs to keep it current.
 pub(super) struct XdpRunning {
     pub(super) xdp: synwatch_xdp::Xdp,
@@ -314,17 +317,25 @@ impl Core {
     }
 
     /// Judges the program's bans that waited for the detector: each once the detector
-    /// decided it or its grace ran out.
+    /// decided it or its grace ran out. At most [`KERNEL_BANS_PER_TURN`] are looked at in
+    /// a turn, the rest in the turns after (the ones kept go to the back).
     fn confirm_waiting_kernel_bans(&mut self, now: Instant) {
         let Some(b) = self.blocker.as_ref() else {
             self.unconfirmed.clear();
             return;
         };
-        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unconfirmed)
-            .into_iter()
-            .partition(|&(net, by)| now >= by || b.has_decided(net));
-        self.unconfirmed = waiting.into();
-        for (net, _) in due {
+        let mut due = Vec::new();
+        for _ in 0..self.unconfirmed.len().min(KERNEL_BANS_PER_TURN) {
+            let Some((net, by)) = self.unconfirmed.pop_front() else {
+                break;
+            };
+            if now >= by || b.has_decided(net) {
+                due.push(net);
+            } else {
+                self.unconfirmed.push_back((net, by));
+            }
+        }
+        for net in due {
             self.confirm_kernel_ban(net);
         }
     }
@@ -1186,6 +1197,31 @@ mod tests {
         lifted_only(&h, &[HOST, "203.0.113.5"]);
         assert_eq!(h.core.blocker.as_ref().unwrap().active(), 1);
         assert!(h.events().is_empty());
+    }
+
+    #[test]
+    fn many_kernel_bans_waiting_for_the_detector_are_all_judged_in_a_few_turns() {
+        let mut h = harness();
+        h.core.kernel_bans_lead = true;
+        let n = 3 * KERNEL_BANS_PER_TURN + 7;
+        let addrs: Vec<String> = (0..n)
+            .map(|i| format!("10.1.{}.{}", i / 250, i % 250 + 1))
+            .collect();
+        let banned = addrs.iter().map(|a| (net(a), ip(a))).collect();
+        h.core.turn(Some(Msg::KernelBans(KernelBans(banned))), true);
+        assert_eq!(h.core.unconfirmed.len(), n);
+        h.clock.advance(KERNEL_BAN_GRACE + Duration::from_millis(1));
+        for _ in 0..4 {
+            h.core.turn(None, true);
+        }
+        assert!(h.core.unconfirmed.is_empty());
+        let lifted = h.removals().join("\n");
+        for a in &addrs {
+            assert!(
+                lifted.contains(&format!("{a} ")) || lifted.contains(&format!("{a},")),
+                "{a}"
+            );
+        }
     }
 
     #[test]
