@@ -4,7 +4,8 @@
 //! in any order) is a SYN synwatch sees.
 //!
 //! The key decision is to keep no fragment data beyond the first [`HEAD_BYTES`] bytes of
-//! the transport header (ports, data offset, flags): per datagram the table holds those
+//! the transport header (ports, data offset, flags), but for IPv6 datagrams whose first
+//! fragment cuts the extension-header chain (below): per datagram the table holds those
 //! bytes, the byte ranges received in Linux's runs (to tell duplicates, overlaps and
 //! completion apart exactly as the kernel does) and a few lengths. A datagram is judged, once,
 //! as soon as its transport header is whole (TCP: the full header including options, by
@@ -32,9 +33,13 @@
 //!   (the trimmed bytes are ignored); the same IPv6 fragment is dropped, alone;
 //! - an IPv6 fragment with payload length 0 (jumbo) or ending past 65535 is dropped, alone;
 //!   so is an IPv4 fragment with total length 0 (which `ip_rcv` refuses);
-//! - an IPv6 first fragment that does not hold the whole header chain through the
-//!   upper-layer header (TCP 20 bytes, UDP 8, ICMPv6 8, others 1) is dropped (RFC 7112,
-//!   RFC 8200 §4.5, Linux `ipv6frag_thdr_truncated`): it is no attempt;
+//! - an IPv6 first fragment whose chain reaches the upper-layer header but does not hold
+//!   it whole (TCP 20 bytes, UDP 8, ICMPv6 8, others 1) is dropped (RFC 7112, RFC 8200
+//!   §4.5, Linux `ipv6frag_thdr_truncated`): it is no attempt. That check walks the chain
+//!   reading two bytes of each header, and passes a fragment where it cannot read the
+//!   next one (the chain runs on into later fragments): then the chain is followed over
+//!   the bytes the fragments bring, kept for that (`Datagram::pieces`, bytes the
+//!   fragment lengths already account for) up to [`CHAIN_CAP`] into the datagram;
 //! - an IPv4 datagram times out 30 s (`net.ipv4.ipfrag_time`) after its first fragment
 //!   arrived, an IPv6 one 60 s (`net.ipv6.ip6frag_time`); a fragment arriving exactly the
 //!   timeout later still joins it, one arriving a nanosecond after that starts a new
@@ -52,11 +57,9 @@
 //! kernel cannot complete (and answer) an attempt that this table lost. (At 4,096, junk
 //! between the pieces of each SYN pushed them out here while the kernel, under budget,
 //! kept and completed them.) Fragments whose IPv4 header checksum is wrong are refused
-//! before they take a place, as Linux refuses them before reassembly. Not followed: the
-//! IPv6 quirk that lets a first fragment whose chain is cut at an extension-header
-//! boundary pass the RFC 7112 check (SPEC says such a fragment is no attempt), nested
-//! fragmentation (a fragment header inside the fragmentable part: dropped), and the IPv6
-//! rule that a hop-by-hop header comes first.
+//! before they take a place, as Linux refuses them before reassembly. Not followed: nested
+//! fragmentation (a fragment header inside the fragmentable part: dropped), the IPv6
+//! rule that a hop-by-hop header comes first, and chains longer than [`CHAIN_CAP`].
 //!
 //! Bounds: at most [`ReassemblyLimits::max_datagrams`] datagrams and
 //! [`ReassemblyLimits::max_bytes`] bytes of fragment data accounted (the payload lengths of
@@ -96,6 +99,11 @@ pub const HEAD_BYTES: usize = 20;
 
 /// The largest IP payload (IPv6) or datagram (IPv4) reassembly produces.
 const IP_MAX: u32 = 65535;
+
+/// How far into an IPv6 datagram's fragmentable part an extension-header chain that its
+/// first fragment cuts is followed (libpcap's snap length: as far as a whole packet's
+/// chain is seen); a chain that goes on past it cannot be judged.
+pub const CHAIN_CAP: u32 = 9216;
 const PROTO_ICMPV6: u8 = 58;
 const NIL: u32 = u32::MAX;
 
@@ -227,6 +235,13 @@ struct Datagram {
     /// fragment has (a snap length); `u32::MAX` when nothing is missing.
     captured_to: u32,
     head: [u8; HEAD_BYTES],
+    /// Whether `upper` and `transport_at` are known (IPv4: always; IPv6: once the first
+    /// fragment's chain, or the chain it cuts, is walked through).
+    upper_known: bool,
+    /// IPv6, while the upper layer is not known: the bytes taken below [`CHAIN_CAP`], by
+    /// offset, to walk a chain the first fragment cuts (bytes the fragment lengths already
+    /// account for).
+    pieces: Vec<(u32, Box<[u8]>)>,
     /// The fragments taken, as Linux keeps them: runs of fragments each of which began
     /// where the one before it ended and came in as the datagram's last so far (a run is
     /// extended only at the datagram's tail); sorted and disjoint, but two runs may touch.
@@ -288,6 +303,28 @@ impl Datagram {
         true
     }
 
+    /// Takes the datagram's length from a fragment ending at `end` (the last one unless
+    /// `more`); true when the fragment conflicts with the length known (a second last
+    /// fragment with another end, a last one ending before data held, data past the
+    /// end): the datagram is discarded.
+    fn end_conflicts(&mut self, end: u32, more: bool) -> bool {
+        if !more {
+            let conflicts = end < self.len || (self.last_in && end != self.len);
+            if !conflicts {
+                self.last_in = true;
+                self.len = end;
+            }
+            conflicts
+        } else if end > self.len {
+            if !self.last_in {
+                self.len = end;
+            }
+            self.last_in
+        } else {
+            false
+        }
+    }
+
     /// Bytes of the transport header present from its start on, contiguously.
     fn transport_bytes(&self) -> u32 {
         let t = self.transport_at;
@@ -339,6 +376,79 @@ impl Datagram {
             avail,
             ip_len as usize,
         ))
+    }
+}
+
+/// What a fragment says of its datagram's upper layer.
+#[derive(Debug, Clone, Copy)]
+enum Upper {
+    /// Not the first fragment: nothing.
+    Later,
+    /// The upper-layer protocol and where its header starts in the fragmentable part.
+    Known(u8, u32),
+    /// An IPv6 first fragment whose extension-header chain goes on past its end; the
+    /// type of the chain's first header.
+    Cut(u8),
+}
+
+/// The bytes of an upper-layer header `next` that an IPv6 first fragment must hold
+/// (`ipv6frag_thdr_truncated`): TCP 20, UDP and ICMPv6 8, others 1.
+fn upper_need(next: u8) -> usize {
+    match next {
+        PROTO_TCP => 20,
+        PROTO_UDP | PROTO_ICMPV6 => 8,
+        _ => 1,
+    }
+}
+
+/// Linux's verdict on an IPv6 first fragment `f` of `claimed` bytes: `None` to drop it
+/// (its chain reaches the upper-layer header, which is not whole in it, or an extension
+/// header Linux refuses, or a fragment inside: not followed), else its upper layer or
+/// the chain it cuts. `ipv6_skip_exthdr` reads only the first two bytes of each header
+/// (and a fragment header's offset); where it cannot read them, the check passes.
+fn first_v6_upper(f: &Fragment<'_>, claimed: u32) -> Result<Option<Upper>, DecodeError> {
+    let data = f.payload.get(..claimed as usize).unwrap_or(f.payload);
+    let cut_by_capture = f.payload.len() < claimed as usize;
+    let (mut next, mut at) = (f.next, 0usize);
+    loop {
+        match next {
+            0 | 43 | 60 | 51 | 44 => {}
+            // No next header: Linux's walk stops there and passes the check.
+            59 => return Ok(Some(Upper::Cut(f.next))),
+            _ => break,
+        }
+        let Some(ext) = data.get(at..at + 2) else {
+            if cut_by_capture {
+                return Err(DecodeError::TruncatedIp);
+            }
+            return Ok(Some(Upper::Cut(f.next)));
+        };
+        let len = match next {
+            44 => {
+                let Some(field) = data.get(at + 2..at + 4) else {
+                    return Ok(Some(Upper::Cut(f.next)));
+                };
+                if u16::from_be_bytes([field[0], field[1]]) & 0xfff8 != 0 {
+                    // A later fragment inside: not followed.
+                    return Ok(None);
+                }
+                8
+            }
+            51 => (usize::from(ext[1]) + 2) * 4,
+            _ => (usize::from(ext[1]) + 1) * 8,
+        };
+        next = ext[0];
+        at += len;
+    }
+    if at + upper_need(next) > claimed as usize {
+        return Ok(None);
+    }
+    // The chain is whole in the fragment: judged as before, extension headers and all.
+    match walk_ipv6(f.payload, f.next, 0, false) {
+        Ok(Walk::Upper { next, at }) => Ok(Some(Upper::Known(next, at as u32))),
+        Ok(Walk::Fragment { .. }) => Ok(None),
+        Err(e) if cut_by_capture => Err(e),
+        Err(_) => Ok(None),
     }
 }
 
@@ -483,31 +593,21 @@ impl Reassembler {
         if f.v6 && end > IP_MAX {
             return self.dropped();
         }
-        // The first fragment's upper layer: for IPv6, the chain through the upper-layer
-        // header must be in it (RFC 7112).
+        // The first fragment's upper layer: for IPv6, Linux drops a first fragment whose
+        // chain it can walk to the upper-layer header when that header is not whole in it
+        // (RFC 7112, `ipv6frag_thdr_truncated`), but takes one whose chain it cannot walk
+        // that far (an extension header past its end): that chain is followed here over
+        // the fragments that bring it (`Upper::Cut`).
         let upper = if start != 0 {
-            None
+            Upper::Later
         } else if f.v6 {
-            match walk_ipv6(f.payload, f.next, 0, false) {
-                Ok(Walk::Upper { next, at }) => {
-                    let need = match next {
-                        PROTO_TCP => 20,
-                        PROTO_UDP | PROTO_ICMPV6 => 8,
-                        _ => 1,
-                    };
-                    if at + need > claimed as usize {
-                        return self.dropped();
-                    }
-                    Some((next, at as u32))
-                }
-                // A fragment inside a fragment: not followed.
-                Ok(Walk::Fragment { .. }) => return self.dropped(),
-                // The capture, not the fragment, ends inside the chain.
-                Err(e) if f.payload.len() < claimed as usize => return Err(e),
-                Err(_) => return self.dropped(),
+            match first_v6_upper(f, claimed) {
+                Ok(Some(upper)) => upper,
+                Ok(None) => return self.dropped(),
+                Err(e) => return Err(e),
             }
         } else {
-            Some((f.next, 0))
+            Upper::Known(f.next, 0)
         };
         let key = Key {
             src: f.src,
@@ -546,6 +646,84 @@ impl Reassembler {
         self.queue(index, f, start, end, upper)
     }
 
+    /// What a fragment of datagram `index`, `captured` bytes from `start` on, tells of
+    /// its upper layer; an IPv6 one's bytes are kept while that is not known, and the
+    /// chain its first fragment cut is followed. False when that chain cannot be judged.
+    fn take_upper(
+        &mut self,
+        index: u32,
+        f: &Fragment<'_>,
+        (start, captured): (u32, u32),
+        upper: Upper,
+    ) -> bool {
+        let Some(d) = self.slot_mut(index) else {
+            return true;
+        };
+        match upper {
+            Upper::Known(upper, transport_at) => {
+                d.first_in = true;
+                d.upper = upper;
+                d.transport_at = transport_at;
+                d.upper_known = true;
+                d.pieces = Vec::new();
+                d.header_len = f.header_len;
+            }
+            Upper::Cut(first) => {
+                d.first_in = true;
+                d.upper = first;
+                d.header_len = f.header_len;
+            }
+            Upper::Later => {}
+        }
+        if d.upper_known || start >= CHAIN_CAP {
+            return true;
+        }
+        let keep = captured.min(CHAIN_CAP - start) as usize;
+        let bytes = f.payload.get(..keep).unwrap_or(&[]);
+        d.pieces.push((start, bytes.into()));
+        !d.first_in || self.follow_chain(index)
+    }
+
+    /// Walks the chain the first fragment of the IPv6 datagram `index` cut, over the
+    /// bytes its fragments brought so far, once they reach far enough: on success the
+    /// upper layer is known and its header's first bytes are in `head`. False when the
+    /// chain cannot be judged (an extension header Linux refuses, a fragment inside,
+    /// or longer than [`CHAIN_CAP`]): the datagram is no attempt.
+    fn follow_chain(&mut self, index: u32) -> bool {
+        let Some(d) = self.slot_mut(index) else {
+            return true;
+        };
+        d.pieces.sort_unstable_by_key(|&(at, _)| at);
+        let mut prefix: Vec<u8> = Vec::new();
+        for (at, bytes) in &d.pieces {
+            let at = *at as usize;
+            if at > prefix.len() {
+                break;
+            }
+            let new = bytes.get(prefix.len() - at..).unwrap_or(&[]);
+            prefix.extend_from_slice(new);
+        }
+        match walk_ipv6(&prefix, d.upper, 0, false) {
+            Ok(Walk::Upper { next, at }) if at + upper_need(next) <= prefix.len() => {
+                d.upper = next;
+                d.transport_at = at as u32;
+                let head = prefix
+                    .get(at..(at + HEAD_BYTES).min(prefix.len()))
+                    .unwrap_or(&[]);
+                if let Some(to) = d.head.get_mut(..head.len()) {
+                    to.copy_from_slice(head);
+                }
+                d.upper_known = true;
+                d.pieces = Vec::new();
+                true
+            }
+            Ok(Walk::Upper { .. }) | Err(DecodeError::TruncatedIp) => {
+                (prefix.len() as u32) < CHAIN_CAP
+            }
+            Ok(Walk::Fragment { .. }) | Err(_) => false,
+        }
+    }
+
     /// Linux's `ip_frag_too_far`: whether the IPv4 datagram `index`, holding fragments,
     /// gets this one (its source's fragment `rid`) after more than `max_dist` other
     /// fragments from that source. Marks the datagram with `rid` either way.
@@ -565,27 +743,12 @@ impl Reassembler {
         f: &Fragment<'_>,
         start: u32,
         end: u32,
-        upper: Option<(u8, u32)>,
+        upper: Upper,
     ) -> Result<Decoded, DecodeError> {
         let Some(d) = self.slot_mut(index) else {
             return Ok(Decoded::Skipped(Skip::Fragment));
         };
-        let discard = if !f.more {
-            let conflicts = end < d.len || (d.last_in && end != d.len);
-            if !conflicts {
-                d.last_in = true;
-                d.len = end;
-            }
-            conflicts
-        } else if end > d.len {
-            if !d.last_in {
-                d.len = end;
-            }
-            d.last_in
-        } else {
-            false
-        };
-        if discard || end == start {
+        if d.end_conflicts(end, f.more) || end == start {
             return self.discard(index);
         }
         let before = d.runs.len();
@@ -600,19 +763,20 @@ impl Reassembler {
         }
         let added = d.runs.len() - before;
         d.meat += end - start;
-        if let Some((upper, transport_at)) = upper {
-            d.first_in = true;
-            d.upper = upper;
-            d.transport_at = transport_at;
-            d.header_len = f.header_len;
-        }
         let captured = (f.payload.len() as u32).min(end - start);
         if captured < end - start {
             d.captured_to = d.captured_to.min(start + captured);
         }
+        if !self.take_upper(index, f, (start, captured), upper) {
+            return self.discard(index);
+        }
+        let Some(d) = self.slot_mut(index) else {
+            return Ok(Decoded::Skipped(Skip::Fragment));
+        };
         // The transport header's first bytes: IPv4 ones may come in any fragment; IPv6
-        // ones all come in the first (RFC 7112), which sets `transport_at`.
-        if !d.v6 || start == 0 {
+        // ones once its place is known (the first fragment holds them all unless it cut
+        // the chain before them).
+        if d.upper_known {
             let (t, s) = (d.transport_at as usize, start as usize);
             let from = t.max(s);
             let to = (s + captured as usize).min(t + HEAD_BYTES);
@@ -645,6 +809,7 @@ impl Reassembler {
         let mut verdict = Ok(Decoded::Skipped(Skip::Fragment));
         if !d.judged
             && d.first_in
+            && d.upper_known
             && let Some(judged) = d.judge(complete)
         {
             d.judged = true;
@@ -724,6 +889,8 @@ impl Reassembler {
             header_len: f.header_len,
             captured_to: u32::MAX,
             head: [0; HEAD_BYTES],
+            upper_known: !f.v6,
+            pieces: Vec::new(),
             runs: SmallVec::new(),
             rid: 0,
         };

@@ -340,6 +340,60 @@ fn syns_behind_ten_destination_options_headers_are_seen_through_xdp() {
     long_ipv6_header_chains_are_seen("xdp");
 }
 
+/// SYNs from SCANNER6 whose first IPv6 fragment ends after one Destination Options
+/// header, the next (and the TCP header) in the second fragment: Linux's RFC 7112 check
+/// cannot read that next header, passes the fragment, reassembles and answers. Half the
+/// SYNs come second fragment first.
+fn chains_cut_by_the_first_fragment_are_followed(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&lab, dir.path(), source);
+    let file = dir.path().join("answers.pcap");
+    let answers = Recording::start(&lab, &file);
+    scapy(
+        &lab,
+        &format!(
+            r#"src, dst = '{SCANNER6}', '{VICTIM6}'
+for i, port in enumerate([21, 22, 23, 25]):
+    chain = bytes(IPv6ExtHdrDestOpt(nh=60)) + bytes(IPv6ExtHdrDestOpt(nh=6))
+    chain += bytes(IPv6(src=src, dst=dst) / TCP(sport=45010, dport=port, flags='S'))[40:]
+    frag = lambda data, off, m: Ether(dst=mac) / IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(nh=60, offset=off // 8, m=m, id=9000 + i) / Raw(data)
+    pieces = [frag(chain[:8], 0, 1), frag(chain[8:], 8, 0)]
+    if i % 2:
+        pieces.reverse()
+    for p in pieces:
+        sendp(p, iface=iface)
+"#
+        ),
+    );
+    let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
+    assert_eq!(scan["ports"], serde_json::json!([21, 22, 23, 25]), "{scan}");
+    answers.stop();
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .args(["tcp and src host", VICTIM6])
+        .output()
+        .expect("tcpdump -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().count() >= 3,
+        "Linux should have answered the SYNs whose chain the first fragment cut: {text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn chains_cut_by_the_first_fragment_are_followed_through_libpcap() {
+    chains_cut_by_the_first_fragment_are_followed("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn chains_cut_by_the_first_fragment_are_followed_through_xdp() {
+    chains_cut_by_the_first_fragment_are_followed("xdp");
+}
+
 /// SYNs from SCANNER behind one 802.1Q tag, an 802.1ad + 802.1Q pair and a 0x9100 tag
 /// (injected: this kernel has no VLAN module) are attempts on both paths, and four of
 /// them a scan.

@@ -362,6 +362,146 @@ fn ipv6_first_fragment_without_the_whole_tcp_header_is_dropped() {
     assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
 }
 
+/// An 8-byte destination-options header (padding only) whose next header is `next`.
+fn dest_opts(next: u8) -> Vec<u8> {
+    vec![next, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// A destination-options header of `len` bytes (a multiple of 8, 16 to 2048) whose next
+/// header is `next`, filled with options Linux skips (type 0x1e, experimental, of up to
+/// 255 bytes; no more than 7 bytes of padding, which Linux refuses).
+fn options_header(next: u8, len: usize) -> Vec<u8> {
+    let mut h = vec![next, (len / 8 - 1) as u8];
+    while h.len() < len {
+        let room = len - h.len();
+        let n = room.min(257);
+        h.push(0x1e);
+        h.push((n - 2) as u8);
+        h.resize(h.len() + n - 2, 0);
+    }
+    h
+}
+
+/// A 16-byte destination-options header whose next header is `next`.
+fn opts16(next: u8) -> Vec<u8> {
+    options_header(next, 16)
+}
+
+/// The SYN of the chain `chain` (extension headers, then TCP) split at `cuts` into IPv6
+/// fragments of datagram `id`, the first fragment's next header being `first`.
+fn v6_chain_split(id: u32, first: u8, chain: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(chain.len());
+    bounds
+        .windows(2)
+        .map(|w| v6_frag(id, first, w[0], w[1] < chain.len(), &chain[w[0]..w[1]]))
+        .collect()
+}
+
+#[test]
+fn ipv6_first_fragment_that_cuts_the_chain_before_an_extension_header_is_followed() {
+    // Linux's RFC 7112 check walks the first fragment's chain as far as it can read each
+    // header's first two bytes; when it cannot read the next extension header, the check
+    // passes and the fragment is queued, so the reassembled SYN is answered. Here the
+    // first fragment holds one destination-options header whose next header (another)
+    // is in the second fragment, with the TCP header.
+    let mut chain = dest_opts(60);
+    chain.extend(dest_opts(6));
+    chain.extend(tcp_syn(0, 0));
+    let frags = v6_chain_split(7, 60, &chain, &[8]);
+    let syn = |s: &Segment| {
+        assert_eq!((s.src, s.dst), (ip("2001:db8::bad"), ip("2001:db8::5")));
+        assert_eq!((s.sport, s.dport), (5973, 80));
+        assert_eq!(s.transport, Transport::Tcp(TcpFlags(TcpFlags::SYN)));
+    };
+    let mut r = Reassembler::default();
+    syn(&one_segment(&mut r, LinkType::Raw, &frags));
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (0, 0));
+    // In any order, and in 8-byte pieces.
+    let mut reversed = frags.clone();
+    reversed.reverse();
+    syn(&one_segment(
+        &mut Reassembler::default(),
+        LinkType::Raw,
+        &reversed,
+    ));
+    let cuts: Vec<usize> = (8..chain.len()).step_by(8).collect();
+    let mut pieces = v6_chain_split(8, 60, &chain, &cuts);
+    pieces.rotate_left(2);
+    syn(&one_segment(
+        &mut Reassembler::default(),
+        LinkType::Raw,
+        &pieces,
+    ));
+    // Cut inside a 16-byte header followed by another extension header: Linux reads the
+    // first two bytes, skips past the fragment's end and cannot read the next header, so
+    // it passes too.
+    let mut long = opts16(60);
+    long.extend(dest_opts(6));
+    long.extend(tcp_syn(0, 0));
+    syn(&one_segment(
+        &mut Reassembler::default(),
+        LinkType::Raw,
+        &v6_chain_split(9, 60, &long, &[8]),
+    ));
+    // Cut inside a 16-byte header that the TCP header follows: Linux's walk reaches TCP
+    // and finds it past the fragment's end, so the fragment is dropped: no attempt.
+    let mut direct = opts16(6);
+    direct.extend(tcp_syn(0, 0));
+    let mut r = Reassembler::default();
+    assert!(
+        feed(
+            &mut r,
+            LinkType::Raw,
+            &v6_chain_split(10, 60, &direct, &[8]),
+            0
+        )
+        .is_empty()
+    );
+    assert_eq!(r.stats().dropped, 1);
+}
+
+#[test]
+fn a_cut_chain_is_judged_like_a_whole_one_and_only_so_far() {
+    // An extension header Linux refuses, met after the cut: the datagram is no attempt.
+    let mut chain = dest_opts(60);
+    let mut refused = dest_opts(6);
+    refused[2] = 0x80; // an unknown option whose type says "discard"
+    chain.extend(refused);
+    chain.extend(tcp_syn(0, 0));
+    let mut r = Reassembler::default();
+    assert!(
+        feed(
+            &mut r,
+            LinkType::Raw,
+            &v6_chain_split(11, 60, &chain, &[8]),
+            0
+        )
+        .is_empty()
+    );
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+    // A chain that runs on past CHAIN_CAP cannot be judged: no attempt, nothing held.
+    // (One that ends below it is followed.)
+    let big = 2048usize;
+    let long_chain = |headers: usize| {
+        let mut chain = Vec::new();
+        for _ in 0..headers {
+            chain.extend(options_header(60, big));
+        }
+        let last = chain.len() - big;
+        chain[last] = 6;
+        chain.extend(tcp_syn(0, 0));
+        let cuts: Vec<usize> = (1..chain.len() / 1400 + 1).map(|i| i * 1400).collect();
+        v6_chain_split(12, 60, &chain, &cuts)
+    };
+    let mut r = Reassembler::default();
+    let under = CHAIN_CAP as usize / big;
+    assert_eq!(feed(&mut r, LinkType::Raw, &long_chain(under), 0).len(), 1);
+    assert!(feed(&mut r, LinkType::Raw, &long_chain(under + 1), 0).is_empty());
+    assert_eq!(r.stats().datagrams_in_use, 0);
+}
+
 #[test]
 fn ipv6_bad_fragment_lengths_are_dropped_alone() {
     let tcp = tcp_syn(0, 12);
