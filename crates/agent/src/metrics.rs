@@ -822,22 +822,44 @@ fn process_metrics(out: &mut String, start_time: i64) {
     );
 }
 
-/// Binds `addr` (so that a taken port fails at start, not later).
+/// Binds `addr` (so that a taken port is said at start, not later).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
+/// The metrics server's socket: bound at start, or an address that could not be bound
+/// then (taken by another process, say), tried again every [`REBIND_EVERY`] while the
+/// agent runs and blocks without it: anyone who can take a port first must not be able
+/// to keep the agent from enforcing.
+#[derive(Debug)]
+pub enum Socket {
+    Bound(TcpListener),
+    Retry(SocketAddr),
+}
+
+/// How often an address that could not be bound is tried again.
+pub const REBIND_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves `/metrics` and `/healthz` until `stop` is set (the thread ends within 200 ms of
-/// it: join the handle).
+/// it: join the handle); with [`Socket::Retry`], once the address can be bound.
 pub fn serve(
-    listener: TcpListener,
+    socket: Socket,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> io::Result<thread::JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
+    if let Socket::Bound(listener) = &socket {
+        listener.set_nonblocking(true)?;
+    }
     thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
+            let listener = match socket {
+                Socket::Bound(listener) => listener,
+                Socket::Retry(addr) => match rebind(addr, &stop) {
+                    Some(listener) => listener,
+                    None => return,
+                },
+            };
             let limit = crate::conns::Limit::new("metrics-client", MAX_CLIENTS);
             let accept = |l: &TcpListener| l.accept().map(|(stream, _)| stream);
             crate::conns::accept_until(&listener, accept, &stop, |stream| {
@@ -847,6 +869,27 @@ pub fn serve(
                 });
             });
         })
+}
+
+/// Tries `addr` every [`REBIND_EVERY`] until it is bound (said once) or `stop` is set.
+fn rebind(addr: SocketAddr, stop: &AtomicBool) -> Option<TcpListener> {
+    let step = Duration::from_millis(200);
+    loop {
+        let mut waited = Duration::ZERO;
+        while waited < REBIND_EVERY {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            thread::sleep(step);
+            waited += step;
+        }
+        if let Ok(listener) = bind(addr)
+            && listener.set_nonblocking(true).is_ok()
+        {
+            tracing::warn!("serving /metrics and /healthz on {addr} at last");
+            return Some(listener);
+        }
+    }
 }
 
 /// Clients served at once; more are closed unanswered.
@@ -945,7 +988,12 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
-        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+        serve(
+            Socket::Bound(listener),
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+        )
+        .expect("serve");
 
         let page = get(addr, "/metrics");
         assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
@@ -1008,7 +1056,12 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
-        let server = serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+        let server = serve(
+            Socket::Bound(listener),
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+        )
+        .expect("serve");
         assert!(get(addr, "/healthz").ends_with("\r\n\r\nok\n"));
         metrics.record_state_damage(&crate::state::Damage {
             moved_aside: Some("/var/lib/synwatch/bans.db.corrupt-1".into()),
@@ -1050,7 +1103,12 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stop = Arc::new(AtomicBool::new(false));
-        serve(listener, Arc::clone(&metrics), Arc::clone(&stop)).expect("serve");
+        serve(
+            Socket::Bound(listener),
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+        )
+        .expect("serve");
 
         // Five silent connections, and one that sends a byte every 1.5 s.
         let silent: Vec<TcpStream> = (0..5)

@@ -121,6 +121,50 @@ fn a_closed_stdout_stops_events_but_never_enforcement() {
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
+fn a_metrics_port_taken_first_by_any_user_never_stops_enforcement() {
+    // Any local user can listen on the metrics port (above 1024) before the agent
+    // starts, as after a reboot: the agent must block anyway, and serve its metrics once
+    // the port is free.
+    let mut lab = Lab::new();
+    lab.spawn_in_victim(&[
+        "runuser",
+        "-u",
+        "nobody",
+        "--",
+        "python3",
+        "-c",
+        "import socket, time\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', 9809)); s.listen(); time.sleep(8)",
+    ]);
+    eventually(5, "the port taken", || {
+        let out = lab.in_victim(&["ss", "-Hltn", "sport = :9809"]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&lab, dir.path(), "squatted", &args);
+    assert!(
+        agent
+            .log()
+            .contains("cannot serve metrics on 127.0.0.1:9809"),
+        "{}",
+        agent.log()
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "the scanner banned in the kernel", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    // The squatter leaves (after 8 s); within a retry the agent serves.
+    eventually(15, "the agent's /healthz", || lab.healthz().0 == 200);
+    assert!(lab.metric("synwatch_blocks_total") >= 1);
+    assert!(agent.log().contains("at last"), "{}", agent.log());
+    assert_eq!(agent.stop_within(10), Some(0), "stopped by SIGTERM");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
 fn a_stdout_nobody_reads_holds_up_neither_bans_nor_stopping() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");

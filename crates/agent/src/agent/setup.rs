@@ -118,7 +118,7 @@ struct Opened {
     routes: crate::host::Routes,
     sources: Sources,
     /// The metrics server's socket.
-    listener: std::net::TcpListener,
+    listener: metrics::Socket,
     /// The control socket, where something is blocked.
     control: Option<std::os::unix::net::UnixListener>,
     metrics: Arc<Metrics>,
@@ -175,7 +175,7 @@ fn open(
     cfg.neighbours = neighbours(&host_now.infrastructure());
 
     let mut sources = open_sources(&run, &cfg, ifaces)?;
-    let listener = bind_metrics(run.metrics_addr)?;
+    let listener = bind_metrics(run.metrics_addr);
     // With the default every-interface watch, interfaces that come up later get a slot.
     let discovering = run.ifaces.is_empty() && run.source != Source::Sockets;
     let spare = if discovering { links::SPARE_SLOTS } else { 0 };
@@ -219,7 +219,9 @@ fn open(
 fn announce(o: &Opened, host: &Host, events_shown_as: &str) {
     let mut shown = o.run.clone();
     // With port 0 the kernel picks one: say which.
-    shown.metrics_addr = o.listener.local_addr().unwrap_or(o.run.metrics_addr);
+    if let metrics::Socket::Bound(l) = &o.listener {
+        shown.metrics_addr = l.local_addr().unwrap_or(o.run.metrics_addr);
+    }
     let mut cfg = o.cfg.clone();
     cfg.sweeps = sees_answers(&o.sources, &o.run);
     super::banner::say(
@@ -331,13 +333,22 @@ pub(super) fn serve_control(
     Ok((thread, stop))
 }
 
-/// The metrics server's socket.
-fn bind_metrics(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, Refusal> {
-    metrics::bind(addr).or_else(|e| {
-        usage(format!(
-            "cannot serve metrics on {addr}: {e} (choose another with --metrics-addr)"
-        ))
-    })
+/// The metrics server's socket. An address that cannot be bound (a port another process
+/// took first, which any local user can do) is said and tried again later: the agent
+/// runs and blocks without it rather than not at all.
+fn bind_metrics(addr: std::net::SocketAddr) -> metrics::Socket {
+    match metrics::bind(addr) {
+        Ok(listener) => metrics::Socket::Bound(listener),
+        Err(e) => {
+            tracing::error!(
+                "cannot serve metrics on {addr}: {e}; running and blocking without /metrics \
+                 and /healthz, trying the address again every {} s (choose another with \
+                 --metrics-addr)",
+                metrics::REBIND_EVERY.as_secs()
+            );
+            metrics::Socket::Retry(addr)
+        }
+    }
 }
 
 /// Joins the CrowdSec fleet, where its client is open and something is blocked: pulls
