@@ -519,16 +519,25 @@ fn set_aside_what_is_no_file(dir: &Path) -> Option<std::path::PathBuf> {
 
 /// A state directory other users may write to lets them replace the ban database (or
 /// plant a symlink in its place): it is made 0700 where this process owns it, and said
-/// either way.
+/// either way. So is one that another user (not root) owns, who can do the same and
+/// replace the control socket, whatever its mode.
 fn tighten(dir: &Path) {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let Ok(meta) = std::fs::metadata(dir) else {
         return;
     };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        tracing::error!(
+            "WARNING: the state directory {} belongs to user {}, not to the agent's user ({me}): that user can replace the ban database and the control socket `synwatch blocks` talks to; use a directory owned by the agent's user",
+            dir.display(),
+            meta.uid()
+        );
+    }
     if meta.mode() & 0o022 == 0 {
         return;
     }
-    let mine = meta.uid() == nix::unistd::geteuid().as_raw();
+    let mine = meta.uid() == me;
     if mine && std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
         tracing::warn!(
             "warning: the state directory {} was writable by other users (mode {:o}); made it 0700",

@@ -165,6 +165,38 @@ fn a_metrics_port_taken_first_by_any_user_never_stops_enforcement() {
 
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
+fn a_state_directory_another_user_owns_is_said_loudly() {
+    // Mode 0700, but nobody's: nobody could replace the control socket and the ban
+    // database under the agent (run as root here).
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("theirs");
+    std::fs::create_dir(&state).expect("mkdir");
+    let out = std::process::Command::new("chown")
+        .args(["nobody"])
+        .arg(&state)
+        .output()
+        .expect("chown");
+    assert!(out.status.success(), "{out:?}");
+    let state_text = state.to_str().expect("utf-8");
+    let agent = Agent::start(
+        &lab,
+        dir.path(),
+        "theirs",
+        &["--block", "nftables", "--state-dir", state_text],
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!(
+            "the state directory {state_text} belongs to user 65534"
+        )),
+        "{log}"
+    );
+    assert_eq!(agent.stop_within(10), Some(0), "stopped by SIGTERM");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
 fn a_stdout_nobody_reads_holds_up_neither_bans_nor_stopping() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
