@@ -252,7 +252,7 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
             burst += 1;
             if let Some(link) = link {
                 let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
-                match defrag.decode(link, packet.data, at) {
+                match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
                     Ok(Decoded::Segment(seg)) => {
                         batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
                     }

@@ -199,7 +199,7 @@ impl Segments {
         let got = match &mut self.defrag {
             Some(defrag) => {
                 let at = u64::try_from(ts).unwrap_or(0);
-                defrag.decode(link, data, at)
+                defrag.decode_framed(link, data, wire_len as usize, at)
             }
             None => decode(link, data),
         };

@@ -175,7 +175,12 @@ pub fn run(
                             banned.push((e.banned_net(), e.src));
                         }
                     }
-                    Record::Raw(p) => match defrag.decode(LinkType::Raw, &p.bytes, p.ts_boot) {
+                    Record::Raw(p) => match defrag.decode_framed(
+                        LinkType::Raw,
+                        &p.bytes,
+                        p.len as usize,
+                        p.ts_boot,
+                    ) {
                         Ok(Decoded::Segment(seg)) => {
                             let Some(obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg)
                             else {

@@ -31,6 +31,10 @@
 //!   held, data beyond a known end, or a fragment left empty discard the datagram;
 //! - a non-last IPv4 fragment whose length is not a multiple of 8 is trimmed down to one
 //!   (the trimmed bytes are ignored); the same IPv6 fragment is dropped, alone;
+//! - a fragment whose IP header claims more bytes than its frame holds (where the frame
+//!   is known whole: [`Reassembler::decode_framed`]) is dropped, alone, as `ip_rcv_core`
+//!   and `ip6_rcv_core` drop it before reassembly; where a capture's snap length may
+//!   have cut it, its missing bytes are taken as cut ([`Reassembler::decode`]);
 //! - an IPv6 fragment with payload length 0 (jumbo) or ending past 65535 is dropped, alone;
 //!   so is an IPv4 fragment with total length 0 (which `ip_rcv` refuses);
 //! - an IPv6 first fragment whose chain reaches the upper-layer header but does not hold
@@ -188,6 +192,9 @@ pub struct Reassembler {
     /// IPv4 sources with datagrams held: Linux's `inet_peer` fragment counter.
     peers: HashMap<IpAddr, Peer, foldhash::fast::RandomState>,
     stats: ReassemblyStats,
+    /// The packet being decoded is known to be whole as received
+    /// ([`Reassembler::decode_framed`]).
+    frame_whole: bool,
 }
 
 /// An IPv4 source's fragments, counted for `ipfrag_max_dist` while it has datagrams held
@@ -477,6 +484,7 @@ impl Reassembler {
             runs: 0,
             peers: HashMap::default(),
             stats: ReassemblyStats::default(),
+            frame_whole: false,
             limits,
         }
     }
@@ -501,6 +509,24 @@ impl Reassembler {
         data: &[u8],
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
+        self.frame_whole = false;
+        parse(link, data, |at| self.fragment(&at.read(), now_ns))
+    }
+
+    /// [`Reassembler::decode`] of a packet that was `wire_len` bytes long as received
+    /// (framed as `data` is). When `data` holds all of it, a fragment whose IP header
+    /// claims more bytes than the frame holds is one the kernel drops (`ip_rcv_core`,
+    /// `ip6_rcv_core`): it is dropped here too rather than taken for a fragment a snap
+    /// length cut, so that such junk, which the kernel never queues, cannot overlap and
+    /// so discard the datagram of a real SYN here alone.
+    pub fn decode_framed(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        wire_len: usize,
+        now_ns: u64,
+    ) -> Result<Decoded, DecodeError> {
+        self.frame_whole = data.len() >= wire_len;
         parse(link, data, |at| self.fragment(&at.read(), now_ns))
     }
 
@@ -582,6 +608,9 @@ impl Reassembler {
         let Some(claimed) = f.claimed else {
             return self.dropped();
         };
+        if self.frame_whole && (f.payload.len() as u32) < claimed {
+            return self.dropped();
+        }
         let start = f.offset;
         let mut end = start + claimed;
         if f.more && !end.is_multiple_of(8) {

@@ -394,6 +394,58 @@ fn chains_cut_by_the_first_fragment_are_followed_through_xdp() {
     chains_cut_by_the_first_fragment_are_followed("xdp");
 }
 
+/// SYNs from SCANNER6 in two fragments, with junk sent between them across their bytes
+/// whose IPv6 payload length runs past its frame: the kernel drops the junk before
+/// reassembly and answers the SYNs, so the junk must not discard their datagrams here.
+fn junk_longer_than_its_frame_hides_no_syn(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&lab, dir.path(), source);
+    let file = dir.path().join("answers.pcap");
+    let answers = Recording::start(&lab, &file);
+    scapy(
+        &lab,
+        &format!(
+            r#"src, dst = '{SCANNER6}', '{VICTIM6}'
+opts = [('MSS', 1460), ('NOP', None), ('WScale', 7), ('SAckOK', b''), ('Timestamp', (1, 0)), ('NOP', None), ('NOP', None)]
+for i, port in enumerate([21, 22, 23, 25]):
+    t = bytes(IPv6(src=src, dst=dst) / TCP(sport=45020, dport=port, flags='S', options=opts))[40:]
+    def frag(data, off, m, plen=None):
+        return Ether(dst=mac) / IPv6(src=src, dst=dst, plen=plen) / IPv6ExtHdrFragment(nh=6, offset=off // 8, m=m, id=9100 + i) / Raw(data)
+    sendp(frag(t[:24], 0, 1), iface=iface)
+    sendp(frag(b'\0' * 16, 16, 1, plen=8 + 16 + 8), iface=iface)
+    sendp(frag(t[24:], 24, 0), iface=iface)
+"#
+        ),
+    );
+    let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
+    assert_eq!(scan["ports"], serde_json::json!([21, 22, 23, 25]), "{scan}");
+    answers.stop();
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .args(["tcp and src host", VICTIM6])
+        .output()
+        .expect("tcpdump -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().count() >= 3,
+        "Linux should have answered the SYNs, the junk dropped: {text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn junk_longer_than_its_frame_hides_no_syn_from_libpcap() {
+    junk_longer_than_its_frame_hides_no_syn("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn junk_longer_than_its_frame_hides_no_syn_from_xdp() {
+    junk_longer_than_its_frame_hides_no_syn("xdp");
+}
+
 /// SYNs from SCANNER behind one 802.1Q tag, an 802.1ad + 802.1Q pair and a 0x9100 tag
 /// (injected: this kernel has no VLAN module) are attempts on both paths, and four of
 /// them a scan.

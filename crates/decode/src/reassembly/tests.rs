@@ -503,6 +503,45 @@ fn a_cut_chain_is_judged_like_a_whole_one_and_only_so_far() {
 }
 
 #[test]
+fn a_fragment_claiming_more_than_its_whole_frame_is_dropped_not_taken_for_a_cut() {
+    // Junk the kernel drops before reassembly (its IP length runs past the frame) sent
+    // across a real SYN's fragments: taken for a fragment a snap length cut, it
+    // overlapped them and discarded the SYN's datagram here alone.
+    let tcp = tcp_syn(6, 0);
+    let mut junk6 = v6_frag(21, 6, 16, true, &[0u8; 16]);
+    junk6[4..6].copy_from_slice(&(8u16 + 16 + 8).to_be_bytes());
+    let v6 = vec![
+        v6_frag(21, 6, 0, true, &tcp[..24]),
+        junk6,
+        v6_frag(21, 6, 24, false, &tcp[24..]),
+    ];
+    let mut junk4 = v4_frag(22, 6, 16, true, &[0u8; 16]);
+    junk4[2..4].copy_from_slice(&(20u16 + 16 + 8).to_be_bytes());
+    crate::set_ipv4_checksum(&mut junk4);
+    let v4 = vec![
+        v4_frag(22, 6, 0, true, &tcp[..24]),
+        junk4,
+        v4_frag(22, 6, 24, false, &tcp[24..]),
+    ];
+    for packets in [v6, v4] {
+        let mut r = Reassembler::default();
+        let mut got = Vec::new();
+        for p in &packets {
+            if let Ok(Decoded::Segment(s)) = r.decode_framed(LinkType::Raw, p, p.len(), 0) {
+                got.push(s);
+            }
+        }
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].sport, got[0].dport), (5973, 80));
+        assert_eq!(r.stats().dropped, 1);
+        // Where the capture may have cut the frame, the short fragment is taken as cut:
+        // it overlaps, and the datagram goes (what a snap-length cut capture can show).
+        let mut r = Reassembler::default();
+        assert!(feed(&mut r, LinkType::Raw, &packets, 0).is_empty());
+    }
+}
+
+#[test]
 fn ipv6_bad_fragment_lengths_are_dropped_alone() {
     let tcp = tcp_syn(0, 12);
     let mut r = Reassembler::default();
