@@ -796,6 +796,9 @@ impl Reassembler {
         if captured < end - start {
             d.captured_to = d.captured_to.min(start + captured);
         }
+        // Accounted before anything can discard the datagram (which takes them back).
+        self.bytes += (end - start) as usize;
+        self.runs += added;
         if !self.take_upper(index, f, (start, captured), upper) {
             return self.discard(index);
         }
@@ -818,8 +821,6 @@ impl Reassembler {
                 head.copy_from_slice(bytes);
             }
         }
-        self.bytes += (end - start) as usize;
-        self.runs += added;
         if !self.make_room(index) {
             return Ok(Decoded::Skipped(Skip::Fragment));
         }
