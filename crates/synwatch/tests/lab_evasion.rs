@@ -204,6 +204,17 @@ fn scapy(lab: &Lab, body: &str) {
     );
 }
 
+/// What `tcpdump -n -r` prints of the packets in `file` that `filter` (its words) keeps.
+fn captured(file: &Path, filter: &[&str]) -> String {
+    let out = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(file)
+        .args(filter)
+        .output()
+        .expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Junk held for a SYN's IP id, which the kernel throws away before the real SYN comes
 /// in pieces with the same id: ports 21 and 22 by an overlap past byte 64 of the junk
 /// datagram, ports 23 and 25 by 65 fragments of another protocol (UDP) from the source
@@ -244,13 +255,10 @@ for i, port in enumerate([23, 25]):
     // The kernel answered the SYNs (a reset from a closed port, or a SYN-ACK): the junk
     // was thrown away, or these would have been duplicates of it. (The fourth may
     // already meet the ban.)
-    let out = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .args(["tcp and src host", VICTIM, "and dst host", SCANNER])
-        .output()
-        .expect("tcpdump -r");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = captured(
+        &file,
+        &["tcp and src host", VICTIM, "and dst host", SCANNER],
+    );
     for port in [21, 22, 23] {
         assert!(
             text.lines()
@@ -315,13 +323,7 @@ fn long_ipv6_header_chains_are_seen(source: &str) {
         );
     }
     answers.stop();
-    let out = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .args(["tcp and src host", VICTIM6])
-        .output()
-        .expect("tcpdump -r");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = captured(&file, &["tcp and src host", VICTIM6]);
     assert!(
         text.lines().count() >= 4,
         "Linux should have answered the probes behind ten headers: {text}"
@@ -354,13 +356,7 @@ fn ipv6_syns_are_seen_as_the_kernel_answers_them(source: &str, script: &str, why
     let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
     assert_eq!(scan["ports"], serde_json::json!([21, 22, 23, 25]), "{scan}");
     answers.stop();
-    let out = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .args(["tcp and src host", VICTIM6])
-        .output()
-        .expect("tcpdump -r");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = captured(&file, &["tcp and src host", VICTIM6]);
     assert!(
         text.lines().count() >= 3,
         "Linux should have answered the SYNs ({why}): {text}"
