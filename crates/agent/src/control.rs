@@ -174,7 +174,7 @@ pub fn serve<M: Send + 'static>(
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS);
+            let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS, line_whole);
             let accept = |l: &UnixListener| l.accept().map(|(stream, _)| stream);
             crate::conns::accept_until(&listener, accept, &stop, |stream| {
                 // A client that fails or goes away is its own problem.
@@ -193,6 +193,11 @@ const MAX_CLIENTS: usize = 8;
 /// How long a client has to send its whole request, and then to take the answer.
 const REQUEST_WITHIN: Duration = Duration::from_secs(5);
 
+/// Whether a request (one line) has come whole.
+fn line_whole(r: &[u8]) -> bool {
+    r.contains(&b'\n')
+}
+
 fn answer<M>(
     mut stream: UnixStream,
     reading: crate::conns::Reading,
@@ -206,7 +211,7 @@ fn answer<M>(
         crate::conns::deadline(REQUEST_WITHIN),
         64 * 1024,
         &mut request,
-        |r| r.contains(&b'\n'),
+        line_whole,
     )?;
     // The request is in: from here on, this connection is not closed to make room.
     drop(reading);

@@ -860,7 +860,7 @@ pub fn serve(
                     None => return,
                 },
             };
-            let limit = crate::conns::Limit::new("metrics-client", MAX_CLIENTS);
+            let limit = crate::conns::Limit::new("metrics-client", MAX_CLIENTS, head_whole);
             let accept = |l: &TcpListener| l.accept().map(|(stream, _)| stream);
             crate::conns::accept_until(&listener, accept, &stop, |stream| {
                 let metrics = Arc::clone(&metrics);
@@ -898,6 +898,11 @@ const MAX_CLIENTS: usize = 16;
 /// How long a client has to send its whole request head, and then to take the answer.
 const REQUEST_WITHIN: Duration = Duration::from_secs(2);
 
+/// Whether an HTTP request head has come whole.
+fn head_whole(r: &[u8]) -> bool {
+    r.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
 fn answer(
     mut stream: TcpStream,
     reading: crate::conns::Reading,
@@ -911,7 +916,7 @@ fn answer(
         crate::conns::deadline(REQUEST_WITHIN),
         2048,
         &mut request,
-        |r| r.windows(4).any(|w| w == b"\r\n\r\n"),
+        head_whole,
     )?;
     // The request is in: from here on, this connection is not closed to make room.
     drop(reading);
