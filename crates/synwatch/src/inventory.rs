@@ -157,6 +157,23 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
         ]);
         inventory::files(&args.pcap, cfg)
     };
+    // Nothing could be read at all: the error lines above say everything.
+    if read.bad_input && read.packets == 0 {
+        return Ok(crate::ExitStatus::BadInput);
+    }
+    // A ruleset that drops by default, drawn from part of the traffic, would lock out
+    // what the missing part holds: none is written.
+    if args.nft_draft.is_some() && (read.bad_input || read.lost) {
+        eprintln!(
+            "synwatch: no nftables draft written: the input was not read whole (above), and a \
+             draft from part of the traffic would drop what the rest holds"
+        );
+        return Ok(if read.bad_input {
+            crate::ExitStatus::BadInput
+        } else {
+            crate::ExitStatus::Failed
+        });
+    }
     let flows = inventory.flows();
     eprintln!("{}", summary(&inventory, &read, flows.len()));
     if let Some(dir) = &args.tree {

@@ -438,6 +438,42 @@ fn bad_input_is_reported_and_what_was_read_still_counts() {
 }
 
 #[test]
+fn no_nft_draft_is_written_from_input_not_read_whole() {
+    // A draft drops by default: drawn from an unreadable file it dropped everything new
+    // (to stdout, where `| nft -f -` loads it, or to its file).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = scenario_file(dir.path());
+    let text = dir.path().join("notes.pcap");
+    std::fs::write(&text, "not a capture\n").expect("write");
+    let mut bytes = std::fs::read(&good).expect("read");
+    bytes.truncate(bytes.len() - 10);
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &bytes).expect("write");
+    let missing = dir.path().join("missing.pcap");
+    for input in [&missing, &text, &cut] {
+        let file = dir.path().join("draft.nft");
+        for draft in ["-", file.to_str().expect("utf-8")] {
+            let out = inventory(input, &["--nft-draft", draft]);
+            assert_eq!(out.status.code(), Some(2), "{input:?} {draft}");
+            assert!(out.stdout.is_empty(), "{input:?} {draft}: stdout not empty");
+            assert!(!file.exists(), "{input:?}: a draft was written");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let name = input.file_name().and_then(|n| n.to_str()).expect("name");
+            assert!(stderr.contains(name), "{stderr}");
+        }
+    }
+    // What could not be read at all is one line, and nothing on stdout (not even the
+    // CSV header).
+    for input in [&missing, &text] {
+        let out = inventory(input, &["--format", "csv"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty(), "{input:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}
+
+#[test]
 fn a_capture_of_a_link_type_it_cannot_decode_is_named_and_exits_2_as_in_replay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wifi = dir.path().join("wifi.pcap");
