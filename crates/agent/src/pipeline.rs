@@ -41,6 +41,12 @@ pub fn step(
     let mut result = sink.before(obs);
     let out = detector.observe(obs);
     sink.observed(obs);
+    // Sweeps found while time advanced to `obs` were made by attempts judged before it
+    // (stamped at their answer time's end): they come first, so that events stay in
+    // time order.
+    for scan in &out.sweeps {
+        result = result.and(sink.scan(detector, scan));
+    }
     if out.log {
         let direction = match out.seen {
             Seen::Attempt(d) => d,
@@ -48,7 +54,7 @@ pub fn step(
         };
         result = result.and(sink.connection(obs, direction));
     }
-    for scan in out.scan.iter().chain(&out.sweeps) {
+    if let Some(scan) = &out.scan {
         result = result.and(sink.scan(detector, scan));
     }
     result
@@ -136,6 +142,35 @@ mod tests {
         want.push("scan 4 (1 seen)".into());
         want.extend(["before 80".into(), "observed 80".into()]);
         assert_eq!(sink.calls, want);
+    }
+
+    #[test]
+    fn a_sweep_judged_as_time_advances_comes_before_the_attempt_that_advanced_it() {
+        // 17 hosts on port 22, unanswered: judged once the answer time (3 s) is over,
+        // which a later attempt's time tells. The sweep (stamped 3 s after its last
+        // attempt) used to be printed after that later attempt's connection line.
+        let mut det = detector();
+        let mut sink = Record::default();
+        for host in 1..=17u8 {
+            let mut obs = syn(22);
+            obs.dst = std::net::IpAddr::from([10, 0, 0, host]);
+            obs.ts += i64::from(host) * 1_000_000;
+            step(&mut det, &obs, &mut sink).unwrap();
+        }
+        sink.calls.clear();
+        let mut later = syn(80);
+        later.src = "203.0.113.9".parse().unwrap();
+        later.ts += 10_000_000_000;
+        step(&mut det, &later, &mut sink).unwrap();
+        assert_eq!(
+            sink.calls,
+            [
+                "before 80",
+                "observed 80",
+                "scan 1 (0 seen)",
+                "connection 80 In"
+            ]
+        );
     }
 
     #[test]
