@@ -29,23 +29,46 @@ pub fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
 
 /// The files in the order of their first packets' timestamps, so that rotated captures
 /// given in any order (`cap-10.pcap cap-2.pcap`, as a shell glob sorts them) replay as
-/// one stream of time. Files whose first packet cannot be read (and stdin, which can be
-/// read only once) keep their place at the front, where their errors are reported.
+/// one stream of time. Streams (stdin, a pipe), which can be read only once, come first;
+/// files whose first packet cannot be read come last, where their errors are reported.
 pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
-    let first_ts = |path: &PathBuf| -> Option<i64> {
+    /// Where a file goes: streams first (they cannot be looked into ahead), then files
+    /// by their first packet's time, then files without one (unreadable, not captures,
+    /// or empty), whose error comes last.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Place {
+        Stream,
+        At(i64),
+        Unread,
+    }
+    let place = |path: &PathBuf| -> Place {
         // Only regular files can be read twice: a pipe, FIFO or /dev/stdin would lose
         // what the peek consumed.
         if path.as_os_str() == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-            return None;
+            return if std::fs::metadata(path).is_ok() || path.as_os_str() == "-" {
+                Place::Stream
+            } else {
+                Place::Unread
+            };
         }
-        let mut reader = CaptureReader::open(path).ok()?;
-        reader.next_packet().ok().flatten().map(|p| p.ts_nanos)
+        let first = CaptureReader::open(path).ok().and_then(|mut reader| {
+            let packet = reader.next_packet().ok().flatten();
+            packet.map(|p| p.ts_nanos)
+        });
+        first.map_or(Place::Unread, Place::At)
     };
-    let mut keyed: Vec<(Option<i64>, &PathBuf)> = files.iter().map(|p| (first_ts(p), p)).collect();
-    keyed.sort_by_key(|(ts, _)| *ts);
-    let ordered: Vec<&PathBuf> = keyed.into_iter().map(|(_, p)| p).collect();
-    if ordered.iter().zip(files).any(|(a, b)| *a != b) {
-        let names: Vec<String> = ordered
+    let mut keyed: Vec<(Place, &PathBuf)> = files.iter().map(|p| (place(p), p)).collect();
+    let timed = |keyed: &[(Place, &PathBuf)]| -> Vec<PathBuf> {
+        let timed = keyed.iter().filter(|(at, _)| matches!(at, Place::At(_)));
+        timed.map(|(_, p)| (*p).clone()).collect()
+    };
+    let given = timed(&keyed);
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    // Said only when files that hold packets were reordered: one that cannot be read
+    // is its own error line, wherever it was.
+    let reordered = timed(&keyed);
+    if reordered != given {
+        let names: Vec<String> = reordered
             .iter()
             .map(|p| display_name(p).to_string())
             .collect();
@@ -54,7 +77,7 @@ pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
             names.join(", ")
         );
     }
-    ordered
+    keyed.into_iter().map(|(_, p)| p).collect()
 }
 
 /// How a file is named in messages (`-` is stdin).
