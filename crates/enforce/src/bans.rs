@@ -966,16 +966,55 @@ mod tests {
         assert_eq!(b.len(), 8);
         b.touch(ip("203.0.113.1").addr(), 6, 59);
         // At 60 the first two bans' slots free (and 192.0.2.0/24's share with them): the
-        // waiting take them by evidence, 203.0.113.1 (6 ports, the most recently active)
-        // and 192.0.2.4 (6); 192.0.2.3 (5) and the newcomer (4) wait.
+        // waiting take them by evidence, first those that reached a new port after they
+        // began to wait, 203.0.113.1 (6 ports) and 192.0.2.3 (5); 192.0.2.4 (6 ports, in
+        // one burst) and the newcomer (4) wait.
         assert_eq!(
             b.scan_ports(ip("198.51.100.9"), String::new(), &[1, 2, 3, 4], 60, false),
             Err(Refused::RateLimited)
         );
         let (given, _) = b.promote(60, 60, |_| false);
         let given: Vec<IpNet> = given.iter().map(|r| r.net).collect();
-        assert_eq!(given, [ip("203.0.113.1"), ip("192.0.2.4")]);
+        assert_eq!(given, [ip("203.0.113.1"), ip("192.0.2.3")]);
         assert_eq!(b.waiting(), 2);
+    }
+
+    #[test]
+    fn bursts_of_forged_ports_do_not_keep_a_scanner_that_goes_on_waiting() {
+        // A forger invents two scanners a second, more than the cap gives, each a burst of
+        // 100 ports from a network of its own; a real scanner reaches a new port every
+        // 2 s. Ordered by ports alone, every freed slot went to a burst until the real
+        // scanner had reached 100 ports (200 s); it must be banned within about a cap
+        // period of being refused.
+        let mut b = book(3600, 86_400, 8);
+        let burst: Vec<u16> = (1..=100).collect();
+        let real = ip("192.0.2.77");
+        let mut banned_at = None;
+        let mut forged = 0u32;
+        for now in 0..240i64 {
+            for _ in 0..2 {
+                forged += 1;
+                let fake = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                    0x0a00_0001 + (forged << 8),
+                )));
+                let _ = b.scan_ports(fake, String::new(), &burst, now, false);
+            }
+            if now == 5 {
+                assert!(
+                    b.scan_ports(real, String::new(), &[1, 2, 3, 4], now, false)
+                        .is_err()
+                );
+            }
+            if now > 5 && now % 2 == 0 && banned_at.is_none() {
+                b.touch(real.addr(), 1000 + now as u16, now);
+            }
+            let (given, _) = b.promote(now, 60, |_| false);
+            if given.iter().any(|r| r.net == real) {
+                banned_at = Some(now);
+            }
+        }
+        let at = banned_at.expect("the real scanner was never banned");
+        assert!(at <= 5 + 60 + 10, "banned only at {at} s");
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! Scans the cap on new bans refused, waiting for room (SPEC §2, "Spoofing cannot buy a
-//! scanner time"). A forger can invent scanners by the hundred (four forged SYNs each);
-//! a real scanner keeps reaching new ports. So the waiting are ordered by evidence (the
-//! distinct ports their source reached, then how recently it was active), not by
-//! arrival, and a source that went quiet for a whole window leaves the queue (its
-//! episode is over). The queue is bounded: when full, the weakest entry makes room.
+//! scanner time"). A forger can invent scanners by the hundred, each a burst of forged
+//! SYNs to as many ports as it likes; a real scanner keeps reaching new ports as time
+//! goes by. So the waiting are ordered by evidence, first the seconds in which the source
+//! reached a new port since it began to wait (a burst is over within one, however many
+//! ports it holds; outranking a real scanner waiting for a minute takes a forged source
+//! kept reaching new ports for as long), then the distinct ports, then how recently it
+//! was active; not by arrival. A source that went quiet for a whole window leaves the
+//! queue (its episode is over). The queue is bounded: when full, the weakest entry makes
+//! room. The order is kept in an index, so a refused scan costs O(log n) under a flood of
+//! invented ones, not a pass over the queue.
 //!
 //! Networks share the cap: [`network`] is the /24 (IPv4) or /48 (IPv6) of an address,
 //! the unit a single operator (or a forger's chosen range) typically holds.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -40,7 +46,14 @@ pub struct Waiter {
     /// When the scan was refused and when its source was last seen (Unix seconds).
     pub since: i64,
     pub last: i64,
+    /// Seconds after `since` in which its source reached a port new to it.
+    seconds: u32,
+    /// The last of those seconds.
+    new_at: i64,
 }
+
+/// Where a waiter stands: more is stronger.
+type Rank = (u32, usize, i64, Reverse<i64>);
 
 impl Waiter {
     /// Distinct ports its source reached (saturating at a thousand).
@@ -48,8 +61,28 @@ impl Waiter {
         self.ports.len()
     }
 
-    fn rank(&self) -> (usize, i64, std::cmp::Reverse<i64>) {
-        (self.evidence(), self.last, std::cmp::Reverse(self.since))
+    fn rank(&self) -> Rank {
+        (
+            self.seconds,
+            self.evidence(),
+            self.last,
+            Reverse(self.since),
+        )
+    }
+
+    /// Its source was seen at `now` reaching `ports`.
+    fn seen(&mut self, ports: impl IntoIterator<Item = u16>, now: i64) {
+        self.last = self.last.max(now);
+        let mut new = false;
+        for p in ports {
+            if self.ports.len() < MAX_PORTS {
+                new |= self.ports.insert(p);
+            }
+        }
+        if new && now > self.since && now > self.new_at {
+            self.seconds = self.seconds.saturating_add(1);
+            self.new_at = now;
+        }
     }
 }
 
@@ -57,6 +90,8 @@ impl Waiter {
 #[derive(Debug, Clone, Default)]
 pub struct Waiting {
     by_addr: HashMap<IpNet, Waiter>,
+    /// Every waiter by rank (ties: the lower address is the stronger), weakest first.
+    order: BTreeSet<(Rank, Reverse<IpNet>)>,
     /// The (family is IPv6, prefix length) of waiting ranges, to find the range an
     /// address belongs to.
     lens: BTreeSet<(bool, u8)>,
@@ -108,17 +143,26 @@ impl Waiting {
         }
     }
 
+    /// The waiter of `addr` was seen at `now` reaching `ports`; keeps the index in step.
+    fn seen(&mut self, addr: IpNet, ports: &[u16], now: i64) -> bool {
+        let Some(w) = self.by_addr.get_mut(&addr) else {
+            return false;
+        };
+        let before = w.rank();
+        w.seen(ports.iter().copied(), now);
+        let after = w.rank();
+        if before != after {
+            self.order.remove(&(before, Reverse(addr)));
+            self.order.insert((after, Reverse(addr)));
+        }
+        true
+    }
+
     /// Queues a refused scan (or updates the waiting one). When the queue is full the
     /// weakest entry makes room, unless the newcomer is weaker still. Returns the address
     /// that left the queue, if any (the newcomer itself when it was not kept).
     pub fn add(&mut self, addr: IpNet, reason: String, ports: &[u16], now: i64) -> Option<IpNet> {
-        if let Some(w) = self.by_addr.get_mut(&addr) {
-            w.last = w.last.max(now);
-            for &p in ports {
-                if w.ports.len() < MAX_PORTS {
-                    w.ports.insert(p);
-                }
-            }
+        if self.seen(addr, ports, now) {
             return None;
         }
         let waiter = Waiter {
@@ -126,17 +170,14 @@ impl Waiting {
             ports: ports.iter().copied().take(MAX_PORTS).collect(),
             since: now,
             last: now,
+            seconds: 0,
+            new_at: now,
         };
         let mut dropped = None;
         if self.by_addr.len() >= MAX_WAITING {
-            let weakest = self
-                .by_addr
-                .iter()
-                .min_by_key(|(a, w)| (w.rank(), **a))
-                .map(|(a, w)| (*a, w.rank()));
-            match weakest {
-                Some((a, rank)) if rank < waiter.rank() => {
-                    self.by_addr.remove(&a);
+            match self.order.first().copied() {
+                Some((rank, Reverse(a))) if (rank, Reverse(a)) < (waiter.rank(), Reverse(addr)) => {
+                    self.remove(a);
                     dropped = Some(a);
                 }
                 _ => return Some(addr),
@@ -146,49 +187,58 @@ impl Waiting {
             self.lens
                 .insert((matches!(addr, IpNet::V6(_)), addr.prefix_len()));
         }
+        self.order.insert((waiter.rank(), Reverse(addr)));
         self.by_addr.insert(addr, waiter);
         dropped
     }
 
     /// The source of a waiting scan was seen again, reaching `port`.
     pub fn touch(&mut self, addr: IpNet, port: u16, now: i64) {
-        if let Some(w) = self.by_addr.get_mut(&addr) {
-            w.last = w.last.max(now);
-            if w.ports.len() < MAX_PORTS {
-                w.ports.insert(port);
-            }
-        }
+        self.seen(addr, &[port], now);
     }
 
     /// Forgets sources last seen before `quiet_before`; returns how many.
     pub fn prune(&mut self, quiet_before: i64) -> usize {
         let before = self.by_addr.len();
-        self.by_addr.retain(|_, w| w.last >= quiet_before);
-        self.relens();
+        self.retain_waiters(|_, w| w.last >= quiet_before);
         before - self.by_addr.len()
     }
 
     /// The strongest waiting source `eligible` accepts.
     pub fn best(&self, eligible: impl Fn(IpNet) -> bool) -> Option<IpNet> {
-        self.by_addr
+        self.order
             .iter()
-            .filter(|(a, _)| eligible(**a))
-            .max_by_key(|(a, w)| (w.rank(), std::cmp::Reverse(**a)))
-            .map(|(a, _)| *a)
+            .rev()
+            .map(|&(_, Reverse(a))| a)
+            .find(|&a| eligible(a))
     }
 
     pub fn remove(&mut self, addr: IpNet) -> Option<Waiter> {
-        self.by_addr.remove(&addr)
+        let w = self.by_addr.remove(&addr)?;
+        self.order.remove(&(w.rank(), Reverse(addr)));
+        Some(w)
     }
 
     /// Forgets the sources `pred` selects.
     pub fn retain(&mut self, pred: impl Fn(IpNet) -> bool) {
-        self.by_addr.retain(|a, _| pred(*a));
+        self.retain_waiters(|a, _| pred(a));
+    }
+
+    fn retain_waiters(&mut self, keep: impl Fn(IpNet, &Waiter) -> bool) {
+        let order = &mut self.order;
+        self.by_addr.retain(|&a, w| {
+            let kept = keep(a, w);
+            if !kept {
+                order.remove(&(w.rank(), Reverse(a)));
+            }
+            kept
+        });
         self.relens();
     }
 
     pub fn clear(&mut self) {
         self.by_addr.clear();
+        self.order.clear();
         self.lens.clear();
     }
 }
