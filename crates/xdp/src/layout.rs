@@ -185,7 +185,10 @@ impl BanValue {
     pub fn to_words(self) -> [u64; 3] {
         let flag = if self.new_only { BAN_NEW_ONLY } else { 0 };
         [
-            (self.expires & !BAN_NEW_ONLY) | flag,
+            // An end past the flag bit (a ban for centuries, `now` plus a saturated
+            // length) is the farthest end there is, not its low bits (which were in
+            // the past: the ban was announced and not enforced).
+            self.expires.min(BAN_NEW_ONLY - 1) | flag,
             self.packets,
             self.bytes,
         ]
@@ -447,6 +450,26 @@ mod tests {
         };
         assert_eq!(all.to_words()[0], 5_000);
         assert_eq!(BanValue::from_words(all.to_words()), all);
+    }
+
+    #[test]
+    fn an_end_past_the_flag_bit_is_the_farthest_end_not_a_past_one() {
+        // `--ban 2562047h` on a machine up for an hour: boot time plus the length passes
+        // 2^63 ns; masked, the end was an hour into boot time, long gone.
+        let hour = 3_600_000_000_000u64;
+        for expires in [(1 << 63) + hour, u64::MAX] {
+            for new_only in [false, true] {
+                let v = BanValue {
+                    expires,
+                    packets: 0,
+                    bytes: 0,
+                    new_only,
+                };
+                let back = BanValue::from_words(v.to_words());
+                assert_eq!(back.expires, BAN_NEW_ONLY - 1, "{expires}");
+                assert_eq!(back.new_only, new_only);
+            }
+        }
     }
 
     #[test]

@@ -136,7 +136,9 @@ impl Options {
                 flags |= layout::CFG_DETECT;
                 (
                     d.window_ns,
-                    d.ban_secs.saturating_mul(1_000_000_000),
+                    // The program ends its bans at boot time plus this: kept far below
+                    // the flag bit of a ban's end, so that the sum never reaches it.
+                    d.ban_secs.saturating_mul(1_000_000_000).min(MAX_BAN_NS),
                     u32::from(d.max_ports),
                     u32::from(d.ipv6_prefix.min(128)),
                 )
@@ -153,6 +155,10 @@ impl Options {
         }
     }
 }
+
+/// The longest ban the program gives by itself (about 146 years): boot time plus it stays
+/// below [`layout::BAN_NEW_ONLY`], the flag bit of a ban's end.
+const MAX_BAN_NS: u64 = 1 << 62;
 
 /// Whether in-kernel detection can run with `max_ports` (the kernel keeps at most 16
 /// ports per source).
@@ -881,5 +887,33 @@ mod stale {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_programs_own_ban_length_leaves_room_below_the_flag_bit() {
+        let options = |ban_secs| Options {
+            emit: true,
+            detection: Some(Detection {
+                max_ports: 3,
+                window_ns: 60_000_000_000,
+                ban_secs,
+                ipv6_prefix: 64,
+            }),
+            scope_new: false,
+            same_attempt_ns: 0,
+        };
+        assert_eq!(options(3600).config().ban_ns, 3_600_000_000_000);
+        // `--ban 2562047h`: boot time plus it passed 2^63, and the end wrapped into the
+        // past once the flag bit was masked.
+        let long = options(2_562_047 * 3600).config().ban_ns;
+        assert!(
+            long.checked_add(1 << 61)
+                .is_some_and(|end| end < layout::BAN_NEW_ONLY)
+        );
     }
 }
