@@ -599,16 +599,60 @@ fn routers6(text: &str) -> Vec<(IpAddr, String)> {
         .collect()
 }
 
-/// The `nameserver` lines of a resolv.conf (a zone index such as `%eth0` dropped).
+/// The `nameserver` lines of a resolv.conf (a zone index such as `%eth0` dropped), read
+/// as glibc reads them: an IPv4 address in any form `inet_aton` takes (`10.77.2357`,
+/// `0x0a.77.8.53`, `10.77.8.053`, which is 10.77.8.43), else an IPv6 address.
 fn nameservers(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|line| {
             let mut words = line.split_whitespace();
             (words.next()? == "nameserver").then_some(())?;
             let addr = words.next()?;
+            if let Some(v4) = inet_aton(addr) {
+                return Some(IpAddr::V4(v4));
+            }
             addr.split('%').next()?.parse().ok()
         })
         .collect()
+}
+
+/// An IPv4 address in the forms C's `inet_aton` takes whole: one to four parts, each
+/// decimal, octal (a leading 0) or hexadecimal (0x), the last filling the bytes left.
+fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) = match part.as_bytes() {
+            [b'0', b'x' | b'X', ..] => (&part[2..], 16),
+            [b'0', _, ..] => (&part[1..], 8),
+            [] => return None,
+            _ => (*part, 10),
+        };
+        let value = if digits.is_empty() {
+            0
+        } else if digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            u32::from_str_radix(digits, radix).ok()?
+        } else {
+            return None;
+        };
+        values.push(value);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|&v| v > 0xff) {
+        return None;
+    }
+    let room = 8 * (4 - leading.len() as u32);
+    if room < 32 && *last >> room != 0 {
+        return None;
+    }
+    let high = leading
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, &v)| acc | (v << (24 - 8 * i as u32)));
+    Some(std::net::Ipv4Addr::from(high | last))
 }
 
 #[cfg(test)]
@@ -646,6 +690,29 @@ mod tests {
             routes_digest("", &v4("010200C0", 0, 0)),
             routes_digest(&v4("010200C0", 0, 0), "")
         );
+    }
+
+    #[test]
+    fn resolvers_are_read_in_every_form_glibc_takes() {
+        // glibc reads IPv4 resolvers with inet_aton: a forged scan from 10.77.9.53 got
+        // the resolver written `10.77.2357` banned.
+        let conf = "nameserver 10.77.2357\nnameserver 0x0a.77.8.53\nnameserver 10.77.8.053\n\
+                    nameserver 167772161\nnameserver 10.1\nnameserver 192.0.2.53\n\
+                    nameserver 08.1.1.1\nnameserver 10.1.2.3.4\nnameserver 256.1.1.1\n\
+                    nameserver 10.1.65536\nnameserver fe80::53%eth0\n";
+        let want: Vec<IpAddr> = [
+            "10.77.9.53",
+            "10.77.8.53",
+            "10.77.8.43",
+            "10.0.0.1",
+            "10.0.0.1",
+            "192.0.2.53",
+            "fe80::53",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(nameservers(conf), want);
     }
 
     #[test]
