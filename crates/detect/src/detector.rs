@@ -22,7 +22,7 @@ use crate::addrset::AddrSet;
 use crate::key::{AddrKey, addr_key, halves, key_addr, key_v4};
 use crate::probe::{Probe, ProbeSet};
 use crate::state::{Attempts, Key, PortSeen, Sources, Tuple as Tuple4};
-use crate::sweep::{Pending, Sweeps, Tuple};
+use crate::sweep::{Bounds, Pending, Sweeps, Tuple};
 
 /// Whether an attempt leaves or enters the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -557,7 +557,7 @@ impl Detector {
                 p.tuple.server,
                 p.tuple.server_port,
                 window,
-                self.cfg.max_hosts,
+                Bounds::new(self.cfg.max_hosts, self.cfg.max_ports),
                 self.cfg.max_sources,
                 || self.sources.contains(&key),
             ) else {

@@ -7,7 +7,7 @@
 //! server whose connections succeed is never a sweeper), otherwise it counts toward its
 //! source's hosts on that port. Everything is bounded: the queue and the table of answers
 //! by the detector's attempt cap (oldest dropped first, counted), the sweeping sources by
-//! its source cap, the ports of one source to [`PORTS_PER_SOURCE`] and the hosts of one
+//! its source cap, the ports of one source to [`Bounds::ports`] and the hosts of one
 //! port to `max_hosts + 1`.
 //!
 //! At the source cap a newcomer that came back since its first attempt (it holds a slot
@@ -45,8 +45,35 @@ type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 /// came round again and the sweep was never found. Keeping the ports that came first finds
 /// it on them. (A source that holds eight ports with one host each in the window keeps a
 /// ninth port out; reaching nine ports in a window, it is a port scanner unless
-/// `--max-ports` is 8 or more.)
+/// `--max-ports` is 9 or more, where [`Bounds::new`] keeps more ports.)
 pub const PORTS_PER_SOURCE: usize = 8;
+
+/// Most ports remembered for one sweeping source, however high `--max-ports` is (see
+/// [`Bounds::new`]).
+pub const MOST_PORTS: usize = 32;
+
+/// What one source's sweep state holds: `max_hosts + 1` hosts on each port, `ports`
+/// ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    pub max_hosts: u16,
+    pub ports: usize,
+}
+
+impl Bounds {
+    /// For sweeps of more than `max_hosts` hosts, beside port scans of more than
+    /// `max_ports` ports: [`PORTS_PER_SOURCE`] ports, or `max_ports` where that is more
+    /// (up to [`MOST_PORTS`]). With fewer, a source that first reached that many decoy
+    /// ports, one host each, then swept a port of their own hid the sweep without being a
+    /// port scanner (8 decoys with `--max-ports 9`); with `max_ports` of them, decoys and
+    /// the swept port make it one.
+    pub fn new(max_hosts: u16, max_ports: u16) -> Self {
+        Self {
+            max_hosts,
+            ports: usize::from(max_ports).clamp(PORTS_PER_SOURCE, MOST_PORTS),
+        }
+    }
+}
 
 /// An attempt as its 4-tuple (client side first), for matching its answer. The addresses
 /// are keys (`key::addr_key`): whole words, copied and hashed in registers.
@@ -260,7 +287,7 @@ impl Sweeps {
         host: u128,
         port: u16,
         window: Nanos,
-        max_hosts: u16,
+        bounds: Bounds,
         cap: usize,
         returned: impl FnOnce() -> bool,
     ) -> Option<Found> {
@@ -290,13 +317,13 @@ impl Sweeps {
         let (found, held, in_episode) = if slot.len == WIDE {
             // Stays in the side table until it goes quiet.
             let s = self.wide.entry(slot.key).or_default();
-            let found = count(s, ts, key_addr(host), port, window, max_hosts);
+            let found = count(s, ts, key_addr(host), port, window, bounds);
             slot.last = s.last;
             (found, s.reached.len(), s.in_episode)
         } else if let Some(v4) = key_v4(host) {
             // The common case: counted in the slot's own terms.
             let mut s = self.load(at);
-            let found = count(&mut s, ts, v4, port, window, max_hosts);
+            let found = count(&mut s, ts, v4, port, window, bounds);
             let (held, in_episode) = (s.reached.len(), s.in_episode);
             self.store(at, s);
             let found =
@@ -304,7 +331,7 @@ impl Sweeps {
             (found, held, in_episode)
         } else {
             let mut s = self.load(at).widen();
-            let found = count(&mut s, ts, key_addr(host), port, window, max_hosts);
+            let found = count(&mut s, ts, key_addr(host), port, window, bounds);
             let (held, in_episode) = (s.reached.len(), s.in_episode);
             self.store_wide(at, s);
             (found, held, in_episode)
@@ -440,9 +467,9 @@ fn count<H: Copy + Eq>(
     host: H,
     port: u16,
     window: Nanos,
-    max_hosts: u16,
+    bounds: Bounds,
 ) -> Option<Vec<H>> {
-    let keep = usize::from(max_hosts) + 1;
+    let keep = usize::from(bounds.max_hosts) + 1;
     if ts.saturating_sub(s.last) > window {
         s.in_episode = false;
         s.reached.clear();
@@ -455,9 +482,9 @@ fn count<H: Copy + Eq>(
             at + r[at..].iter().take_while(|e| e.port == port).count(),
         ),
         None => {
-            if groups(r).count() >= PORTS_PER_SOURCE {
+            if groups(r).count() >= bounds.ports {
                 // A port whose hosts all left the window makes room; else the newcomer
-                // is not remembered (see PORTS_PER_SOURCE).
+                // is not remembered (see PORTS_PER_SOURCE and Bounds::new).
                 let gone = groups(r)
                     .find(|&(a, b)| r[a..b].iter().all(|e| ts.saturating_sub(e.ts) > window));
                 let (a, b) = gone?;
@@ -568,9 +595,9 @@ mod tests {
             host: IpAddr,
             port: u16,
             window: Nanos,
-            max_hosts: u16,
+            bounds: Bounds,
         ) -> Option<Found> {
-            let keep = usize::from(max_hosts) + 1;
+            let keep = usize::from(bounds.max_hosts) + 1;
             if ts.saturating_sub(self.last) > window {
                 self.in_episode = false;
                 self.ports.clear();
@@ -579,7 +606,7 @@ mod tests {
             let at = match self.ports.iter().position(|p| p.0 == port) {
                 Some(i) => i,
                 None => {
-                    if self.ports.len() >= PORTS_PER_SOURCE {
+                    if self.ports.len() >= bounds.ports {
                         let gone = (0..self.ports.len()).find(|&i| {
                             self.ports[i]
                                 .1
@@ -640,7 +667,7 @@ mod tests {
     /// were found, and whether the side table was used.
     fn agree(
         window: Nanos,
-        max_hosts: u16,
+        (max_hosts, max_ports): (u16, u16),
         mut pick: impl FnMut(&mut dyn FnMut(u64) -> u64) -> (u16, IpAddr),
     ) -> (usize, bool) {
         let mut next = rng();
@@ -657,14 +684,15 @@ mod tests {
             let (port, host) = pick(&mut next);
             // Attempts are judged a little out of order: their times go back a bit.
             let at = ts - next(30) as Nanos;
-            let want = models[src].count(at, host, port, window, max_hosts);
+            let bounds = Bounds::new(max_hosts, max_ports);
+            let want = models[src].count(at, host, port, window, bounds);
             let got = sweeps.unanswered(
                 [0, src as u64],
                 at,
                 crate::key::addr_key(host),
                 port,
                 window,
-                max_hosts,
+                bounds,
                 100,
                 || true,
             );
@@ -684,7 +712,7 @@ mod tests {
     #[test]
     fn the_flat_state_in_slots_agrees_with_the_list_of_ports() {
         for max_hosts in [1u16, 3, 6, 16] {
-            let (found, wide) = agree(40_000, max_hosts, |next| {
+            let (found, wide) = agree(40_000, (max_hosts, 3), |next| {
                 // Mostly two ports, now and then one of ten more (past the ports kept).
                 let port = match next(4) {
                     0 => 5 + next(10) as u16,
@@ -708,6 +736,15 @@ mod tests {
             assert!(found > 10, "max_hosts {max_hosts}: {found} sweeps");
             assert!(wide, "the side table was used");
         }
+        // More ports kept where --max-ports asks for more (all twelve of them here).
+        let (found, _) = agree(40_000, (3, 12), |next| {
+            let port = 1 + next(12) as u16;
+            (
+                port,
+                IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, next(24) as u8)),
+            )
+        });
+        assert!(found > 10, "--max-ports 12: {found} sweeps");
     }
 
     /// The same with states that mostly fit in a slot (two ports, eight hosts, a window
@@ -717,7 +754,7 @@ mod tests {
     #[test]
     fn the_count_in_a_slot_agrees_with_the_list_of_ports() {
         for max_hosts in [0u16, 1, 2, 3, 5, 6] {
-            let (found, _) = agree(1_500, max_hosts, |next| {
+            let (found, _) = agree(1_500, (max_hosts, 3), |next| {
                 let port = 1 + next(2) as u16;
                 (
                     port,

@@ -1042,6 +1042,59 @@ fn sweeps_of(det: &mut Detector, stream: &[Observation]) -> Vec<Scan> {
 }
 
 #[test]
+fn decoy_ports_reached_first_hide_no_sweep_at_any_max_ports() {
+    // One unanswered SYN to each of `decoys` ports, then port 22 swept over 40 hosts:
+    // with --max-ports 9 the 8 decoys held every port the sweep state kept, the sweep
+    // was never remembered and no port scan came either (found by an independent
+    // check). Now either the sweep or the port scan is reported, whatever the setting.
+    for max_ports in [3u16, 8, 9, 12, 31, 32] {
+        for decoys in [
+            8u16,
+            u16::try_from(crate::sweep::MOST_PORTS).unwrap_or(32) - 1,
+        ] {
+            let mut stream: Vec<Observation> = (0..decoys)
+                .map(|p| {
+                    obs(
+                        i64::from(p) * MS,
+                        "198.51.100.66",
+                        40_000 + p,
+                        "10.20.9.1",
+                        1 + p,
+                        SYN,
+                    )
+                })
+                .collect();
+            for h in 1..=40u8 {
+                let at = SEC + i64::from(h) * 100 * MS;
+                let host = format!("10.20.0.{h}");
+                stream.push(obs(
+                    at,
+                    "198.51.100.66",
+                    50_000 + u16::from(h),
+                    &host,
+                    22,
+                    SYN,
+                ));
+            }
+            let cfg = Config {
+                max_ports,
+                ..Config::default()
+            };
+            let mut det = Detector::new(cfg);
+            let sweeps = sweeps_of(&mut det, &stream);
+            let ports_scan = det.stats().scans > 0;
+            assert!(
+                sweeps.len() == 1 || ports_scan,
+                "--max-ports {max_ports}, {decoys} decoys: no sweep and no port scan"
+            );
+            if usize::from(max_ports) < crate::sweep::MOST_PORTS && decoys < max_ports {
+                assert_eq!(sweeps.len(), 1, "--max-ports {max_ports}, {decoys} decoys");
+            }
+        }
+    }
+}
+
+#[test]
 fn thirty_unanswered_hosts_on_one_port_are_one_sweep() {
     let mut det = Detector::new(Config::default());
     let sweeps = sweeps_of(&mut det, &sweep_stream("198.51.100.77", 30, false));
