@@ -76,7 +76,7 @@ pub fn parse_window(option: &str, text: &str) -> Result<Nanos> {
     let nanos =
         parse_duration(text).map_err(|why| anyhow::anyhow!("invalid {option} '{text}': {why}"))?;
     if nanos == 0 {
-        bail!("invalid {option} '{text}': the window must be longer than zero");
+        bail!("invalid {option} '{text}': it must be longer than zero");
     }
     Ok(nanos)
 }

@@ -383,10 +383,14 @@ mod tests {
     #[test]
     fn invalid_values_fail_with_one_clear_line() {
         type Case = (fn(&mut DetectArgs), &'static str);
-        let cases: [Case; 6] = [
+        let cases: [Case; 7] = [
             (
                 |a| a.window = Some("0s".into()),
-                "invalid --window '0s': the window must be longer than zero",
+                "invalid --window '0s': it must be longer than zero",
+            ),
+            (
+                |a| a.answer_wait = Some("0".into()),
+                "invalid --answer-wait '0': it must be longer than zero",
             ),
             (
                 |a| a.window = Some("soon".into()),
