@@ -64,14 +64,17 @@ fn feed(
 
 /// The inventory of capture files, read as one stream of time. A file that cannot be
 /// read, or holds packets of a link type that cannot be decoded, is reported in one line
-/// (as `replay` reports it) and the others still count.
+/// (as `replay` reports it) and the others still count. Fragments are reassembled as in
+/// `replay`: a flow whose packets all came in fragments is a flow the host saw. A
+/// fragmented datagram is one packet of its flow, counted once its transport header is
+/// whole, with the bytes of the fragments up to there (the rest is not added).
 pub fn files(paths: &[PathBuf], cfg: InventoryConfig) -> (Inventory, Read) {
     let mut inventory = Inventory::new(cfg);
     let mut read = Read {
         what: format!("{} capture file(s)", paths.len()),
         ..Read::default()
     };
-    let mut segments = Segments::per_packet();
+    let mut segments = Segments::reassembling();
     let mut warned = false;
     for path in time_order(paths) {
         let mut unsupported = crate::replay::UnsupportedLinks::default();

@@ -438,6 +438,62 @@ fn bad_input_is_reported_and_what_was_read_still_counts() {
 }
 
 #[test]
+fn fragmented_datagrams_are_flows_of_their_own() {
+    // A 3,000-byte DNS answer in three fragments, and a SYN cut into 8-byte fragments
+    // (nmap -f), not answered: counted per packet, the SYN made no flow at all (its
+    // fragments were "undecodable"). A datagram is one packet of its flow, counted once
+    // its transport header is whole (its bytes as far as that fragment).
+    use synwatch_testkit::packet::{Ipv4, Tcp, Udp};
+    let (client, server) = (
+        "192.0.2.1".parse().expect("v4"),
+        "10.59.184.10".parse().expect("v4"),
+    );
+    let mut cap = Capture::default();
+    let answer = Udp::new(53, 40_000).payload_len(3_000);
+    let answer = answer.datagram_v4(server, client);
+    for piece in Ipv4::new(server, client)
+        .id(7)
+        .fragments(17, &answer, 1_480)
+    {
+        cap.push(piece);
+    }
+    let probe = "203.0.113.5".parse().expect("v4");
+    let syn = Tcp::new(45_000, 22, SYN).segment_v4(probe, client);
+    for piece in Ipv4::new(probe, client).id(8).fragments(6, &syn, 8) {
+        cap.push(piece);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fragments.pcap");
+    cap.write(&path);
+    let out = inventory(&path, &["--format", "json", "--keep-addresses"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let udp = rows
+        .iter()
+        .find(|r| r["proto"] == "udp")
+        .expect("the DNS flow");
+    assert_eq!(udp["packets"], 1, "{udp}");
+    assert_eq!(udp["bytes"], 1_500, "{udp}");
+    let tcp = rows
+        .iter()
+        .find(|r| r["proto"] == "tcp")
+        .expect("the probe's flow");
+    assert_eq!(
+        (tcp["dport"].as_u64(), tcp["connections"].as_u64()),
+        (Some(22), Some(1)),
+        "{tcp}"
+    );
+    assert_eq!(tcp["answered"], 0, "{tcp}");
+}
+
+#[test]
 fn no_nft_draft_is_written_from_input_not_read_whole() {
     // A draft drops by default: drawn from an unreadable file it dropped everything new
     // (to stdout, where `| nft -f -` loads it, or to its file).
