@@ -99,29 +99,31 @@ fn peeked_whole<F: AsFd>(socket: &F, whole: fn(&[u8]) -> bool) -> bool {
     }
 }
 
+/// A [`Handle`] on a connection through `socket`, a clone of it, closed by `shut`.
+fn socket_handle<S: AsFd + Send + Sync + 'static>(
+    socket: io::Result<S>,
+    shut: fn(&S),
+    whole: fn(&[u8]) -> bool,
+) -> Option<Handle> {
+    let socket = Arc::new(socket.ok()?);
+    let peek = Arc::clone(&socket);
+    Some(Handle {
+        close: Box::new(move || shut(&socket)),
+        arrived: Box::new(move || peeked_whole(&*peek, whole)),
+    })
+}
+
 impl Closable for TcpStream {
     fn handle(&self, whole: fn(&[u8]) -> bool) -> Option<Handle> {
-        let s = Arc::new(self.try_clone().ok()?);
-        let peek = Arc::clone(&s);
-        Some(Handle {
-            close: Box::new(move || {
-                let _ = s.shutdown(Shutdown::Both);
-            }),
-            arrived: Box::new(move || peeked_whole(&*peek, whole)),
-        })
+        let shut = |s: &Self| drop(s.shutdown(Shutdown::Both));
+        socket_handle(self.try_clone(), shut, whole)
     }
 }
 
 impl Closable for UnixStream {
     fn handle(&self, whole: fn(&[u8]) -> bool) -> Option<Handle> {
-        let s = Arc::new(self.try_clone().ok()?);
-        let peek = Arc::clone(&s);
-        Some(Handle {
-            close: Box::new(move || {
-                let _ = s.shutdown(Shutdown::Both);
-            }),
-            arrived: Box::new(move || peeked_whole(&*peek, whole)),
-        })
+        let shut = |s: &Self| drop(s.shutdown(Shutdown::Both));
+        socket_handle(self.try_clone(), shut, whole)
     }
 }
 
