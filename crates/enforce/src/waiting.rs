@@ -176,7 +176,7 @@ impl Waiting {
         let mut dropped = None;
         if self.by_addr.len() >= MAX_WAITING {
             match self.order.first().copied() {
-                Some((rank, Reverse(a))) if (rank, Reverse(a)) < (waiter.rank(), Reverse(addr)) => {
+                Some((rank, Reverse(a))) if rank < waiter.rank() => {
                     self.remove(a);
                     dropped = Some(a);
                 }
