@@ -157,22 +157,8 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
         ]);
         inventory::files(&args.pcap, cfg)
     };
-    // Nothing could be read at all: the error lines above say everything.
-    if read.bad_input && read.packets == 0 {
-        return Ok(crate::ExitStatus::BadInput);
-    }
-    // A ruleset that drops by default, drawn from part of the traffic, would lock out
-    // what the missing part holds: none is written.
-    if args.nft_draft.is_some() && (read.bad_input || read.lost) {
-        eprintln!(
-            "synwatch: no nftables draft written: the input was not read whole (above), and a \
-             draft from part of the traffic would drop what the rest holds"
-        );
-        return Ok(if read.bad_input {
-            crate::ExitStatus::BadInput
-        } else {
-            crate::ExitStatus::Failed
-        });
+    if let Some(status) = nothing_to_print(args, &read) {
+        return Ok(status);
     }
     let flows = inventory.flows();
     eprintln!("{}", summary(&inventory, &read, flows.len()));
@@ -206,6 +192,28 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
     } else {
         crate::ExitStatus::Success
     })
+}
+
+/// How the inventory ends without printing flows, if it does: nothing could be read at
+/// all (the error lines say everything), or a draft was asked for and the input was not
+/// read whole (a ruleset that drops by default, drawn from part of the traffic, would
+/// drop what the missing part holds: none is written).
+fn nothing_to_print(args: &InventoryArgs, read: &inventory::Read) -> Option<crate::ExitStatus> {
+    if read.bad_input && read.packets == 0 {
+        return Some(crate::ExitStatus::BadInput);
+    }
+    if args.nft_draft.is_some() && (read.bad_input || read.lost) {
+        eprintln!(
+            "synwatch: no nftables draft written: the input was not read whole (above), and a \
+             draft from part of the traffic would drop what the rest holds"
+        );
+        return Some(if read.bad_input {
+            crate::ExitStatus::BadInput
+        } else {
+            crate::ExitStatus::Failed
+        });
+    }
+    None
 }
 
 /// The columns of a flow, as JSON keys and the CSV header name them.
