@@ -372,9 +372,10 @@ impl<S: Slot> Table<S> {
     /// eighth full shrinks.
     ///
     /// One pass, a cluster (a run of used slots between two empty ones) at a time: a
-    /// cluster that lost entries is emptied and its survivors put back from their homes.
-    /// A survivor's home lies in its cluster, before it, so it lands at or before where it
-    /// was, in the cluster's own slots; no other cluster is touched. Removing entry by
+    /// cluster that lost entries is emptied from its first loss on and the survivors after
+    /// that put back from their homes. A survivor's home lies in its cluster, before it,
+    /// so it lands at or before where it was, in the cluster's own slots; no other cluster
+    /// is touched. Removing entry by
     /// entry, shifting the rest of the cluster back each time, cost several times more
     /// where a sweep drops most of a table.
     pub fn retain(&mut self, mut keep: impl FnMut(&S) -> bool) -> usize {
@@ -393,23 +394,25 @@ impl<S: Slot> Table<S> {
                     left -= 1;
                     continue;
                 }
-                let start = i;
-                let mut removed = false;
+                // The cluster's first loss: the survivors before it stay where they are
+                // (their way from home to slot crosses no emptied slot).
+                let mut first_gone = None;
                 survivors.clear();
                 while self.ctrl[i] != FREE {
                     if keep(&self.slots[i]) {
-                        survivors.push((self.slots[i], self.ctrl[i]));
+                        if first_gone.is_some() {
+                            survivors.push((self.slots[i], self.ctrl[i]));
+                        }
                     } else {
-                        removed = true;
+                        first_gone.get_or_insert(i);
                         self.len -= 1;
                     }
                     i = (i + 1) & mask;
                     left -= 1;
                 }
-                if !removed {
+                let Some(mut j) = first_gone else {
                     continue;
-                }
-                let mut j = start;
+                };
                 while j != i {
                     self.slots[j] = S::EMPTY;
                     self.ctrl[j] = FREE;
