@@ -44,12 +44,13 @@ pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
     let place = |path: &PathBuf| -> Place {
         // Only regular files can be read twice: a pipe, FIFO or /dev/stdin would lose
         // what the peek consumed.
-        if path.as_os_str() == "-" || !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-            return if std::fs::metadata(path).is_ok() || path.as_os_str() == "-" {
-                Place::Stream
-            } else {
-                Place::Unread
-            };
+        if path.as_os_str() == "-" {
+            return Place::Stream;
+        }
+        match std::fs::metadata(path) {
+            Err(_) => return Place::Unread,
+            Ok(m) if !m.is_file() => return Place::Stream,
+            Ok(_) => {}
         }
         let first = CaptureReader::open(path).ok().and_then(|mut reader| {
             let packet = reader.next_packet().ok().flatten();
@@ -58,10 +59,11 @@ pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
         first.map_or(Place::Unread, Place::At)
     };
     let mut keyed: Vec<(Place, &PathBuf)> = files.iter().map(|p| (place(p), p)).collect();
-    let timed = |keyed: &[(Place, &PathBuf)]| -> Vec<PathBuf> {
+    /// The files that hold packets, in the order of `keyed`.
+    fn timed<'a>(keyed: &[(Place, &'a PathBuf)]) -> Vec<&'a PathBuf> {
         let timed = keyed.iter().filter(|(at, _)| matches!(at, Place::At(_)));
-        timed.map(|(_, p)| (*p).clone()).collect()
-    };
+        timed.map(|&(_, p)| p).collect()
+    }
     let given = timed(&keyed);
     keyed.sort_by(|a, b| a.0.cmp(&b.0));
     // Said only when files that hold packets were reordered: one that cannot be read
