@@ -620,7 +620,7 @@ fn nameservers(text: &str) -> Vec<IpAddr> {
 /// decimal, octal (a leading 0) or hexadecimal (0x), the last filling the bytes left.
 fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
     let parts: Vec<&str> = s.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
+    if parts.len() > 4 {
         return None;
     }
     let mut values = Vec::with_capacity(parts.len());
