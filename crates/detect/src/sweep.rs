@@ -112,6 +112,11 @@ struct Sweeper<H = IpAddr> {
     last: Nanos,
     in_episode: bool,
     reached: SmallVec<[Reached<H>; INLINE + 1]>,
+    /// While `reached` is unchanged: up to when it holds all the ports it may, none of
+    /// them with all its hosts out of the window (so a new port is not remembered).
+    /// A port scanner's state stays so through its scan, and each of its new ports is
+    /// turned away by this one comparison.
+    full_until: Nanos,
 }
 
 impl<H> Default for Sweeper<H> {
@@ -120,6 +125,7 @@ impl<H> Default for Sweeper<H> {
             last: 0,
             in_episode: false,
             reached: SmallVec::new(),
+            full_until: Nanos::MIN,
         }
     }
 }
@@ -139,6 +145,7 @@ impl Sweeper<u32> {
                     ts: r.ts,
                 })
                 .collect(),
+            full_until: self.full_until,
         }
     }
 }
@@ -320,8 +327,21 @@ impl Sweeps {
             let found = count(s, ts, key_addr(host), port, window, bounds);
             slot.last = s.last;
             (found, s.reached.len(), s.in_episode)
+        } else if let Some(v4) = key_v4(host)
+            && let Counted::Done(found) = count_in_slot(
+                self.sweepers.get_mut(at),
+                (ts, window),
+                v4,
+                port,
+                usize::from(bounds.max_hosts) + 1,
+            )
+        {
+            // The common case: counted in the slot's own arrays.
+            let slot = self.sweepers.get(at);
+            (found, usize::from(slot.len), slot.in_episode)
         } else if let Some(v4) = key_v4(host) {
-            // The common case: counted in the slot's own terms.
+            // The slot is full and this host is new to it: counted as a list, which the
+            // side table takes.
             let mut s = self.load(at);
             let found = count(&mut s, ts, v4, port, window, bounds);
             let (held, in_episode) = (s.reached.len(), s.in_episode);
@@ -385,6 +405,7 @@ impl Sweeps {
                     ts: slot.ts[i],
                 })
                 .collect(),
+            full_until: Nanos::MIN,
         }
     }
 
@@ -473,6 +494,7 @@ fn count<H: Copy + Eq>(
     if ts.saturating_sub(s.last) > window {
         s.in_episode = false;
         s.reached.clear();
+        s.full_until = Nanos::MIN;
     }
     s.last = s.last.max(ts);
     let r = &mut s.reached;
@@ -481,18 +503,27 @@ fn count<H: Copy + Eq>(
             at,
             at + r[at..].iter().take_while(|e| e.port == port).count(),
         ),
+        None if ts <= s.full_until => return None,
         None => {
             if groups(r).count() >= bounds.ports {
                 // A port whose hosts all left the window makes room; else the newcomer
                 // is not remembered (see PORTS_PER_SOURCE and Bounds::new).
                 let gone = groups(r)
                     .find(|&(a, b)| r[a..b].iter().all(|e| ts.saturating_sub(e.ts) > window));
-                let (a, b) = gone?;
+                let Some((a, b)) = gone else {
+                    // The first time a port leaves: when its last host does.
+                    s.full_until = groups(r)
+                        .map(|(a, b)| r[a..b].iter().map(|e| e.ts).max().unwrap_or(Nanos::MIN))
+                        .min()
+                        .map_or(Nanos::MIN, |t| t.saturating_add(window));
+                    return None;
+                };
                 r.drain(a..b);
             }
             (r.len(), r.len())
         }
     };
+    s.full_until = Nanos::MIN;
     // This port's hosts that left the window are forgotten.
     let mut i = start;
     while i < end {
@@ -520,6 +551,101 @@ fn count<H: Copy + Eq>(
     }
     s.in_episode = true;
     Some(r[start..end].iter().map(|e| e.host).collect())
+}
+
+/// What [`count_in_slot`] did.
+enum Counted {
+    /// Counted: the hosts of the sweep it makes, once per episode.
+    Done(Option<Vec<IpAddr>>),
+    /// The slot holds [`INLINE`] entries and the host is new: what was done so far (the
+    /// window's leavers forgotten) is stored, and [`count`] does the rest.
+    Full,
+}
+
+// A slot's entries hold fewer ports than a source may keep, so a new port always finds
+// room in a slot that has room for an entry (no port has to make way, as in `count`).
+const _: () = assert!(INLINE < PORTS_PER_SOURCE);
+
+/// [`count`] on a slot's own arrays, for an IPv4 `host`: the same steps, without building
+/// a list and storing it back. `keep` is `max_hosts + 1`.
+#[inline]
+fn count_in_slot(
+    slot: &mut SweepSlot,
+    (ts, window): (Nanos, Nanos),
+    host: u32,
+    port: u16,
+    keep: usize,
+) -> Counted {
+    let mut n = usize::from(slot.len).min(INLINE);
+    if ts.saturating_sub(slot.last) > window {
+        slot.in_episode = false;
+        n = 0;
+    }
+    slot.last = slot.last.max(ts);
+    let start = slot.ports[..n].iter().position(|&p| p == port).unwrap_or(n);
+    let mut end = start
+        + slot.ports[start..n]
+            .iter()
+            .take_while(|&&p| p == port)
+            .count();
+    // This port's hosts that left the window are forgotten.
+    let mut i = start;
+    while i < end {
+        if ts.saturating_sub(slot.ts[i]) > window {
+            slot_remove(slot, i);
+            n -= 1;
+            end -= 1;
+        } else {
+            i += 1;
+        }
+    }
+    match (start..end).find(|&i| slot.hosts[i] == host) {
+        Some(i) => slot.ts[i] = slot.ts[i].max(ts),
+        None if n == INLINE => {
+            slot.len = n as u8;
+            return Counted::Full;
+        }
+        None => {
+            // Over the whole arrays, not `end..n`: a fixed count of moves, where a
+            // variable range becomes a call to `memmove`.
+            for j in (1..INLINE).rev() {
+                if j > end {
+                    slot.ports[j] = slot.ports[j - 1];
+                    slot.hosts[j] = slot.hosts[j - 1];
+                    slot.ts[j] = slot.ts[j - 1];
+                }
+            }
+            (slot.ports[end], slot.hosts[end], slot.ts[end]) = (port, host, ts);
+            n += 1;
+            end += 1;
+        }
+    }
+    while end - start > keep {
+        let oldest = (start..end).min_by_key(|&i| slot.ts[i]).unwrap_or(start);
+        slot_remove(slot, oldest);
+        n -= 1;
+        end -= 1;
+    }
+    slot.len = n as u8;
+    if slot.in_episode || end - start < keep {
+        return Counted::Done(None);
+    }
+    slot.in_episode = true;
+    let hosts = slot.hosts[start..end].iter();
+    Counted::Done(Some(hosts.map(|&h| IpAddr::V4(h.into())).collect()))
+}
+
+/// Removes entry `i` of a slot's entries (those past the last are moved too: no
+/// harm, and a fixed count of moves).
+#[inline]
+fn slot_remove(slot: &mut SweepSlot, i: usize) {
+    for j in 0..INLINE - 1 {
+        if j >= i {
+            slot.ports[j] = slot.ports[j + 1];
+            slot.hosts[j] = slot.hosts[j + 1];
+            slot.ts[j] = slot.ts[j + 1];
+        }
+    }
 }
 
 /// The runs of one port in a flat list grouped by port, as index ranges.
@@ -745,6 +871,43 @@ mod tests {
             )
         });
         assert!(found > 10, "--max-ports 12: {found} sweeps");
+    }
+
+    /// A port scanner holds every port a source may keep: each new port is turned away
+    /// until one of them has all its hosts out of the window. Room is made then (and the
+    /// port's sweep found), not once every port has left.
+    #[test]
+    fn a_new_port_gets_room_as_soon_as_the_first_kept_port_leaves() {
+        let (window, bounds) = (100, Bounds::new(16, 3));
+        let mut sweeps = Sweeps::default();
+        let mut model = Model::default();
+        let mut step = |ts: Nanos, port: u16, host: u8| {
+            let host = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, host));
+            let want = model.count(ts, host, port, window, bounds);
+            let got = sweeps.unanswered(
+                [0, 1],
+                ts,
+                crate::key::addr_key(host),
+                port,
+                window,
+                bounds,
+                100,
+                || true,
+            );
+            assert_eq!(got, want, "port {port} at {ts}");
+            got
+        };
+        step(0, 1, 1);
+        for port in 2..=8 {
+            step(50, port, 1);
+        }
+        // All eight kept, none left: turned away.
+        assert_eq!(step(60, 9, 1), None);
+        // Port 1 left the window (its host at 0); the others have not.
+        let found = (0..17)
+            .filter_map(|h| step(101 + Nanos::from(h), 10, h))
+            .count();
+        assert_eq!(found, 1, "the sweep on the port that got room");
     }
 
     /// The same with states that mostly fit in a slot (two ports, eight hosts, a window
