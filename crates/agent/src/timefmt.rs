@@ -4,32 +4,51 @@ use synwatch_detect::Nanos;
 
 /// Formats RFC 3339 UTC timestamps with microseconds, remembering the last whole second
 /// so that consecutive events (the usual case) only format their fraction.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct TimestampCache {
     second: Option<i64>,
-    prefix: Vec<u8>,
+    /// The last timestamp written: `YYYY-MM-DDTHH:MM:SS.ffffffZ` (nanosecond times
+    /// span the years 1677 to 2262, always four digits).
+    stamp: [u8; STAMP],
+}
+
+/// Bytes of a timestamp.
+pub const STAMP: usize = 27;
+
+impl Default for TimestampCache {
+    fn default() -> Self {
+        Self {
+            second: None,
+            stamp: *b"0000-00-00T00:00:00.000000Z",
+        }
+    }
 }
 
 impl TimestampCache {
     pub fn write(&mut self, ts: Nanos, line: &mut Vec<u8>) {
+        line.extend_from_slice(self.stamp(ts));
+    }
+
+    /// The timestamp of `ts`, as bytes.
+    pub fn stamp(&mut self, ts: Nanos) -> &[u8; STAMP] {
         let second = ts.div_euclid(1_000_000_000);
         let micros = ts.rem_euclid(1_000_000_000) / 1000;
         if self.second != Some(second) {
             self.second = Some(second);
-            self.prefix.clear();
             let (y, mo, d, h, mi, s) = civil(second);
+            let mut prefix = Vec::with_capacity(20);
             use std::io::Write as _;
-            let _ = write!(self.prefix, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.");
+            let _ = write!(prefix, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.");
+            if let Some(head) = self.stamp.get_mut(..prefix.len().min(20)) {
+                head.copy_from_slice(&prefix[..head.len()]);
+            }
         }
-        line.extend_from_slice(&self.prefix);
-        let mut digits = [b'0'; 6];
         let mut m = micros;
-        for slot in digits.iter_mut().rev() {
+        for slot in self.stamp[20..26].iter_mut().rev() {
             *slot = b'0' + (m % 10) as u8;
             m /= 10;
         }
-        line.extend_from_slice(&digits);
-        line.push(b'Z');
+        &self.stamp
     }
 }
 
