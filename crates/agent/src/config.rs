@@ -81,6 +81,13 @@ pub fn parse_window(option: &str, text: &str) -> Result<Nanos> {
     Ok(nanos)
 }
 
+/// A ban's length in whole seconds (what the backends and the state file keep), from
+/// `nanos` as [`parse_duration`] read it: rounded up, so that a length under a second
+/// is one second and never 0, which means "until removed".
+pub fn ban_secs(nanos: Nanos) -> u64 {
+    u64::try_from(nanos).unwrap_or(0).div_ceil(1_000_000_000)
+}
+
 /// Parses `60s`, `1m`, `500ms`, `1h30m`, `1.5s`, `2d`; a bare number is seconds.
 /// Returns nanoseconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
@@ -204,6 +211,16 @@ mod tests {
     use super::*;
 
     const S: Nanos = 1_000_000_000;
+
+    #[test]
+    fn ban_lengths_round_up_to_whole_seconds() {
+        assert_eq!(ban_secs(0), 0);
+        assert_eq!(ban_secs(1), 1);
+        assert_eq!(ban_secs(S / 2), 1);
+        assert_eq!(ban_secs(S), 1);
+        assert_eq!(ban_secs(S + 1), 2);
+        assert_eq!(ban_secs(3600 * S), 3600);
+    }
 
     #[test]
     fn durations() {

@@ -41,7 +41,8 @@ pub enum Action {
     Add {
         #[arg(value_name = "ADDR|CIDR", value_parser = parse_net)]
         addr: IpNet,
-        /// How long (0: until removed) [default: the agent's --ban, 1h without an agent]
+        /// How long, in whole seconds rounded up (0: until removed) [default: the agent's
+        /// --ban, 1h without an agent]
         #[arg(long = "for", value_name = "DUR")]
         duration: Option<String>,
     },
@@ -68,7 +69,7 @@ pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
             let secs = match duration {
                 None => None,
                 Some(text) => match crate::config::parse_duration(text) {
-                    Ok(n) => Some(u64::try_from(n / 1_000_000_000).unwrap_or(0)),
+                    Ok(n) => Some(crate::config::ban_secs(n)),
                     Err(why) => {
                         eprintln!("synwatch: invalid --for '{text}': {why}");
                         return Ok(crate::ExitStatus::BadInput);

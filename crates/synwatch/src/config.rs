@@ -274,7 +274,7 @@ impl DetectSettings {
     }
 }
 
-pub use synwatch_agent::config::{HostBits, parse_duration, parse_set};
+pub use synwatch_agent::config::{HostBits, ban_secs, parse_duration, parse_set};
 use synwatch_agent::config::{MAX_SOURCES_LIMIT, parse_count, parse_window};
 
 fn pick_list(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {

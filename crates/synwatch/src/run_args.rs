@@ -116,8 +116,8 @@ pub struct RunArgs {
     #[arg(long, env = "SYNWATCH_BLOCK_SCOPE", value_enum)]
     pub block_scope: Option<ScopeArg>,
 
-    /// How long a first ban lasts (0: until removed); repeat offenders get twice their
-    /// last ban, up to --ban-max [default: 1h]
+    /// How long a first ban lasts, in whole seconds rounded up (0: until removed);
+    /// repeat offenders get twice their last ban, up to --ban-max [default: 1h]
     #[arg(long, env = "SYNWATCH_BAN", value_name = "DUR")]
     pub ban: Option<String>,
 
@@ -213,8 +213,7 @@ pub(crate) fn settings(args: &RunArgs, detect: &DetectSettings) -> Result<Settin
         }
     };
     let secs = |flag: &Option<String>, key: &Option<toml::Value>, name: &str, default: &str| {
-        duration(flag, key, name, default)
-            .map(|(nanos, ..)| u64::try_from(nanos / 1_000_000_000).unwrap_or(0))
+        duration(flag, key, name, default).map(|(nanos, ..)| crate::config::ban_secs(nanos))
     };
     let poll = {
         let (nanos, option, text) = duration(&args.poll, &file.poll, "poll", "1s")?;

@@ -348,3 +348,37 @@ fn a_command_line_clap_refuses_is_one_line_and_exit_2() {
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("--max-ports"));
 }
+
+/// A ban shorter than a second is one second, never 0 ("until removed"); lengths are
+/// whole seconds, rounded up.
+#[test]
+fn a_ban_under_a_second_is_not_a_ban_until_removed() {
+    for (flags, want) in [
+        (
+            ["--ban", "500ms", "--ban-max", "900ms"],
+            ["ban = \"1s\"", "ban_max = \"1s\""],
+        ),
+        (
+            ["--ban", "1500ms", "--ban-max", "1ms"],
+            ["ban = \"2s\"", "ban_max = \"1s\""],
+        ),
+        (
+            ["--ban", "0", "--ban-max", "0s"],
+            ["ban = \"0\"", "ban_max = \"0\""],
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--print-config"])
+            .args(flags)
+            .output()
+            .expect("run synwatch");
+        assert!(out.status.success(), "{flags:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in want {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{flags:?} lacks {line}:\n{text}"
+            );
+        }
+    }
+}
