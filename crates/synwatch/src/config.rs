@@ -67,9 +67,18 @@ pub struct DetectArgs {
     )]
     pub allow: Vec<String>,
 
-    /// Do not treat local addresses as allowlisted
-    #[arg(long, env = "SYNWATCH_NO_ALLOW_LOCAL", value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_allow_local: bool,
+    /// Do not treat local addresses as allowlisted (`=false` turns it off again where the
+    /// environment or the config file turned it on)
+    #[arg(
+        long,
+        env = "SYNWATCH_NO_ALLOW_LOCAL",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_allow_local: Option<bool>,
 
     /// Which attempts are logged; incoming ones always count toward scans, outgoing ones
     /// only with `both` [default: in]
@@ -240,7 +249,7 @@ impl DetectSettings {
             .direction
             .or(file.direction)
             .unwrap_or(DirectionArg::In);
-        let allow_local = !args.no_allow_local && !file.no_allow_local.unwrap_or(false);
+        let allow_local = !args.no_allow_local.or(file.no_allow_local).unwrap_or(false);
         let max_sources = usize::try_from(max_sources).unwrap_or(usize::MAX);
         Ok(Self {
             file,

@@ -140,13 +140,29 @@ pub struct RunArgs {
     /// Decide and report everything (scans, bans with "dry_run":true, lifts) but apply
     /// nothing to the kernel: a way to try the settings first. Bans are kept in
     /// STATE_DIR/dry-run, apart from real ones
-    #[arg(long, env = "SYNWATCH_DRY_RUN")]
-    pub dry_run: bool,
+    #[arg(
+        long,
+        env = "SYNWATCH_DRY_RUN",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dry_run: Option<bool>,
 
     /// Leave synwatch's firewall rules and bans in place when stopping (by default they
     /// are removed, and restored at the next start)
-    #[arg(long, env = "SYNWATCH_KEEP_RULES_ON_EXIT")]
-    pub keep_rules_on_exit: bool,
+    #[arg(
+        long,
+        env = "SYNWATCH_KEEP_RULES_ON_EXIT",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub keep_rules_on_exit: Option<bool>,
 
     /// Where to serve /metrics and /healthz [default: 127.0.0.1:9809]
     #[arg(long, env = "SYNWATCH_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -239,8 +255,11 @@ pub(crate) fn settings(args: &RunArgs, detect: &DetectSettings) -> Result<Settin
             .clone()
             .or_else(|| file.state_dir.clone())
             .unwrap_or_else(|| "/var/lib/synwatch".into()),
-        keep_rules: args.keep_rules_on_exit || file.keep_rules_on_exit.unwrap_or(false),
-        dry_run: args.dry_run || file.dry_run.unwrap_or(false),
+        keep_rules: args
+            .keep_rules_on_exit
+            .or(file.keep_rules_on_exit)
+            .unwrap_or(false),
+        dry_run: args.dry_run.or(file.dry_run).unwrap_or(false),
     };
     Ok(Settings {
         ifaces,

@@ -28,7 +28,7 @@ fn long_options(sub: &str) -> Vec<String> {
                     .and_then(|l| l.split_once(", --"))
                     .map(|(_, o)| o)
             })?;
-            Some(l.split([' ', '=', '<']).next().unwrap_or(l).to_owned())
+            Some(l.split([' ', '=', '<', '[']).next().unwrap_or(l).to_owned())
         })
         .collect();
     assert!(options.len() >= 3, "no options found in: {help}");

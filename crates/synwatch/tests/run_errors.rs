@@ -382,3 +382,52 @@ fn a_ban_under_a_second_is_not_a_ban_until_removed() {
         }
     }
 }
+
+/// Yes/no settings layer like the others: the environment (in any of the spellings the
+/// other yes/no variables take) or `--flag=false` turns off what the file turned on.
+#[test]
+fn yes_no_settings_of_the_file_can_be_turned_off_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bools.toml");
+    std::fs::write(
+        &file,
+        "dry_run = true\nno_allow_local = true\nkeep_rules_on_exit = true\n",
+    )
+    .expect("write");
+    let print = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--print-config", "--config"])
+            .arg(&file)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run synwatch");
+        assert!(out.status.success(), "{args:?} {env:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    let on = print(&[], &[]);
+    for key in ["dry_run", "no_allow_local", "keep_rules_on_exit"] {
+        assert!(has(&on, &format!("{key} = true")), "{on}");
+    }
+    let env_off = [
+        ("SYNWATCH_DRY_RUN", "0"),
+        ("SYNWATCH_NO_ALLOW_LOCAL", "false"),
+        ("SYNWATCH_KEEP_RULES_ON_EXIT", "no"),
+    ];
+    let flags_off = [
+        "--dry-run=false",
+        "--no-allow-local=false",
+        "--keep-rules-on-exit=false",
+    ];
+    for off in [print(&[], &env_off), print(&flags_off, &[])] {
+        for key in ["dry_run", "no_allow_local", "keep_rules_on_exit"] {
+            assert!(has(&off, &format!("{key} = false")), "{off}");
+        }
+    }
+    // A flag alone still turns a setting on, over the environment.
+    let text = print(&["--dry-run"], &[("SYNWATCH_DRY_RUN", "off")]);
+    assert!(has(&text, "dry_run = true"), "{text}");
+    let text = print(&[], &[("SYNWATCH_DRY_RUN", "1")]);
+    assert!(has(&text, "dry_run = true"), "{text}");
+}
