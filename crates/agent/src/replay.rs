@@ -482,7 +482,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         problems.join(", ")
     };
     format!(
-        "synwatch replay summary\n\
+        "replay summary\n\
          \x20 files:           {} ({} unreadable or incomplete)\n\
          \x20 packets:         {} ({} on the wire), {} TCP, {} UDP\n\
          \x20 attempts:        {} incoming, {} outgoing, {} retransmissions, {} stealth probes\n\

@@ -72,7 +72,9 @@ pub fn run(args: &ReplayArgs, settings: DetectSettings) -> anyhow::Result<crate:
     // When nothing at all could be read, the error lines say everything.
     if !args.no_summary && (t.packets > 0 || t.files_failed < t.files) {
         let elapsed = started.elapsed();
-        eprint!("{}", summary(t, &done.detector, elapsed));
+        // A diagnostic like the others: one object under --log-format json, and not
+        // shown below --log-level info.
+        tracing::info!("{}", summary(t, &done.detector, elapsed).trim_end());
     }
     Ok(status)
 }

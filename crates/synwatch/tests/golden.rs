@@ -423,7 +423,7 @@ fn bad_inputs_get_one_line_and_exit_2() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let problems: Vec<&str> = stderr
             .lines()
-            .filter(|l| l.starts_with("synwatch: "))
+            .filter(|l| l.starts_with("synwatch: ") && *l != "synwatch: replay summary")
             .collect();
         assert_eq!(problems.len(), 1, "{stderr}");
         assert!(problems[0].contains(want), "{stderr}");
@@ -649,6 +649,36 @@ fn boolean_options_take_their_environment_variables_too() {
             "SYNWATCH_NO_SUMMARY={value}: {stderr}"
         );
     }
+}
+
+/// The summary is a diagnostic like the others: one JSON object under `--log-format
+/// json` (stderr stays JSON lines for a log shipper), and left out below `info`.
+#[test]
+fn the_summary_follows_the_log_format_and_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 1, false, &framed(ethernet));
+    let stderr = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["replay", "--format", "json"])
+            .args(args)
+            .arg(&good)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stderr).expect("utf8")
+    };
+    let json = stderr(&["--log-format", "json"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{json}");
+    let message = lines[0]["message"].as_str().expect("message");
+    assert!(message.starts_with("replay summary\n"), "{message}");
+    assert!(message.contains("packets:"), "{message}");
+    assert_eq!(stderr(&["--log-level", "warn"]), "");
+    assert!(stderr(&[]).starts_with("synwatch: replay summary\n"));
 }
 
 #[test]
