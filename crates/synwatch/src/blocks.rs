@@ -167,6 +167,24 @@ fn json_line(b: &BanView, backend: &str) -> String {
     format!("{value}\n")
 }
 
+/// Text from the state file (a reason, an origin) as one cell of a row for a
+/// terminal: control characters (a newline that would forge a row, an escape sequence
+/// that would rewrite the screen) shown escaped, as Rust's `escape_debug` writes them.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn table(bans: &[BanView]) -> String {
     let rows: Vec<[String; 7]> = bans
         .iter()
@@ -174,7 +192,7 @@ fn table(bans: &[BanView]) -> String {
             let count = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
             [
                 synwatch_enforce::net_text(b.addr),
-                b.reason.clone(),
+                printable(&b.reason),
                 when(b.since),
                 b.expires.map_or("never".into(), when),
                 match b.in_kernel {
@@ -182,7 +200,7 @@ fn table(bans: &[BanView]) -> String {
                     _ => count(b.packets),
                 },
                 count(b.bytes),
-                b.origin.clone(),
+                printable(&b.origin),
             ]
         })
         .collect();
@@ -209,4 +227,33 @@ fn table(bans: &[BanView]) -> String {
         out.push_str("(no bans)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hostile state file's reason cannot forge a row or send the terminal an escape
+    /// sequence: every ban is one line, its control characters shown escaped.
+    #[test]
+    fn a_reason_with_control_characters_stays_on_its_row() {
+        let ban = BanView {
+            addr: "192.0.2.7/32".parse().expect("net"),
+            reason: "evil\nsynwatch: FAKE LOG LINE \u{1b}[2J".into(),
+            origin: "manual\r".into(),
+            since: 1_700_000_000,
+            expires: None,
+            offences: 1,
+            in_kernel: Some(true),
+            packets: Some(3),
+            bytes: Some(180),
+        };
+        let text = table(&[ban]);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text}");
+        assert!(
+            text.contains(r"evil\nsynwatch: FAKE LOG LINE \u{1b}[2J"),
+            "{text}"
+        );
+    }
 }
