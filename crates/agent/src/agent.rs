@@ -215,8 +215,13 @@ pub fn open_all(ifaces: &[String], opts: &LiveOptions) -> Result<Vec<LiveCapture
 }
 
 /// The interfaces to watch: the named ones (which must exist), or every one that is up.
-/// The error is a usage error, one line.
-pub fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, String> {
+/// The error is a usage error, one line, naming the names as `option` (where they were
+/// given: `--iface`, `SYNWATCH_IFACE`, the file's `iface`).
+pub fn choose_interfaces(
+    named: &[String],
+    option: &str,
+    host: &Host,
+) -> Result<Vec<String>, String> {
     if named.is_empty() {
         if host.up.is_empty() {
             return Err(
@@ -229,7 +234,7 @@ pub fn choose_interfaces(named: &[String], host: &Host) -> Result<Vec<String>, S
         if !host.all.contains(name) {
             let known: Vec<&str> = host.all.iter().map(String::as_str).collect();
             return Err(format!(
-                "invalid --iface '{name}': no such interface (this host has: {})",
+                "invalid {option} '{name}': no such interface (this host has: {})",
                 known.join(", ")
             ));
         }
@@ -249,8 +254,8 @@ pub fn duration_text(secs: u64) -> String {
 
 /// The interfaces the agent will watch: none with `--source sockets` (saying the named
 /// ones are ignored), else the named ones (which must exist) or every one that is up.
-/// The error is a usage error, one line.
-pub fn interfaces(settings: &Settings, host: &Host) -> Result<Vec<String>, String> {
+/// The error is a usage error, one line, naming them as `option`.
+pub fn interfaces(settings: &Settings, option: &str, host: &Host) -> Result<Vec<String>, String> {
     if settings.source == Source::Sockets {
         if !settings.ifaces.is_empty() {
             tracing::warn!(
@@ -259,7 +264,7 @@ pub fn interfaces(settings: &Settings, host: &Host) -> Result<Vec<String>, Strin
         }
         return Ok(Vec::new());
     }
-    choose_interfaces(&settings.ifaces, host)
+    choose_interfaces(&settings.ifaces, option, host)
 }
 
 /// Runs the agent until `io.stop` is set (or every source ends): `detector` is the

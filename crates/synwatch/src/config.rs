@@ -245,6 +245,8 @@ impl DetectSettings {
         let format = args.format.or(file.format);
         let local = pick_list(&args.local, &file.local);
         let allow = pick_list(&args.allow, &file.allow);
+        let local_label = list_label(args, "local", &args.local, &file.local);
+        let allow_label = list_label(args, "allow", &args.allow, &file.allow);
         let direction = args
             .direction
             .or(file.direction)
@@ -257,13 +259,8 @@ impl DetectSettings {
                 max_ports: u16::try_from(max_ports).unwrap_or(u16::MAX),
                 window,
                 direction: direction.into(),
-                locals: parse_set(&args.label("local"), &local, HostBits::Host, &mut warnings)?,
-                allow: parse_set(
-                    &args.label("allow"),
-                    &allow,
-                    HostBits::Network,
-                    &mut warnings,
-                )?,
+                locals: parse_set(&local_label, &local, HostBits::Host, &mut warnings)?,
+                allow: parse_set(&allow_label, &allow, HostBits::Network, &mut warnings)?,
                 allow_local,
                 max_sources,
                 // Retransmission memory does not follow the source cap: a few sources may
@@ -285,6 +282,16 @@ impl DetectSettings {
 
 pub use synwatch_agent::config::{HostBits, ban_secs, parse_duration, parse_set};
 use synwatch_agent::config::{MAX_SOURCES_LIMIT, parse_count, parse_window};
+
+/// How a list option `id` is named in a message: as the flag or variable that gave it,
+/// else as the file's key.
+fn list_label(args: &DetectArgs, id: &str, flag: &[String], file: &Option<Vec<String>>) -> String {
+    if flag.is_empty() && file.is_some() {
+        id.to_owned()
+    } else {
+        args.label(id)
+    }
+}
 
 fn pick_list(flag: &[String], file: &Option<Vec<String>>) -> Vec<String> {
     if flag.is_empty() {

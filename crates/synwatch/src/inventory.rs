@@ -129,7 +129,7 @@ pub fn run(args: &InventoryArgs) -> Result<crate::ExitStatus> {
             Some(Err(why)) => return usage(format!("invalid --duration: {why}")),
         };
         let host = Host::read()?;
-        let ifaces = match synwatch_agent::agent::choose_interfaces(&args.iface, &host) {
+        let ifaces = match synwatch_agent::agent::choose_interfaces(&args.iface, "--iface", &host) {
             Ok(i) => i,
             Err(why) => return usage(why),
         };

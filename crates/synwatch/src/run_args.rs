@@ -341,7 +341,13 @@ pub fn run(args: &RunArgs, settings: DetectSettings) -> Result<crate::ExitStatus
     };
     let format = settings.format.unwrap_or_else(crate::default_format);
     let host = Host::read()?;
-    let ifaces = match agent::interfaces(&run_settings, &host) {
+    // The names as the user gave them: the flag or variable, else the file's key.
+    let iface_option = if args.iface.is_empty() && settings.file.iface.is_some() {
+        "iface".to_owned()
+    } else {
+        args.detect.label("iface")
+    };
+    let ifaces = match agent::interfaces(&run_settings, &iface_option, &host) {
         Ok(i) => i,
         Err(why) => return usage(why),
     };

@@ -431,3 +431,40 @@ fn yes_no_settings_of_the_file_can_be_turned_off_again() {
     let text = print(&[], &[("SYNWATCH_DRY_RUN", "1")]);
     assert!(has(&text, "dry_run = true"), "{text}");
 }
+
+/// A bad value from the config file is named as the file's key, not as a flag the user
+/// never typed.
+#[test]
+fn a_bad_list_value_of_the_file_names_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (key, text, want) in [
+        (
+            "local",
+            "local = [\"10.0.0.300\"]",
+            "invalid local: '10.0.0.300'",
+        ),
+        (
+            "allow",
+            "allow = [\"10.0.0.0/33\"]",
+            "invalid allow: '10.0.0.0/33'",
+        ),
+        (
+            "iface",
+            "iface = [\"no-such-if0\"]",
+            "invalid iface 'no-such-if0'",
+        ),
+    ] {
+        let file = dir.path().join(format!("{key}.toml"));
+        std::fs::write(&file, format!("{text}\n")).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--print-config", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run synwatch");
+        assert_usage_error(&out, &[want]);
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("--"),
+            "{out:?}"
+        );
+    }
+}
