@@ -144,6 +144,17 @@ pub struct Reading {
     waiting: Option<Waiting>,
 }
 
+#[cfg(test)]
+impl Default for Reading {
+    /// A connection no server limits (for tests that call a handler directly).
+    fn default() -> Self {
+        Self {
+            id: 0,
+            waiting: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Reading {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reading").field("id", &self.id).finish()

@@ -924,7 +924,7 @@ fn answer(
     let head = String::from_utf8_lossy(&request);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
+    let path = origin_path(path);
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => (
             "200 OK",
@@ -950,13 +950,25 @@ fn answer(
             "only GET and HEAD\n".to_owned(),
         ),
     };
+    // HEAD: the head a GET would have, its length included, and no body.
+    let length = body.len();
     let body = if method == "HEAD" { "" } else { body.as_str() };
     write!(
         stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
     )?;
     stream.flush()
+}
+
+/// The path of a request target, without its query: from the usual origin form
+/// (`/metrics?x`) or the absolute form a proxy sends (`http://host:9809/metrics`), which
+/// HTTP/1.1 servers must take too.
+fn origin_path(target: &str) -> &str {
+    let target = match target.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => target,
+    };
+    target.split(['?', '#']).next().unwrap_or("")
 }
 
 #[cfg(test)]
@@ -970,6 +982,51 @@ mod tests {
         let mut reply = String::new();
         s.read_to_string(&mut reply).expect("read");
         reply
+    }
+
+    #[test]
+    fn targets_in_origin_and_absolute_form() {
+        assert_eq!(origin_path("/metrics"), "/metrics");
+        assert_eq!(origin_path("/metrics?name[]=x"), "/metrics");
+        assert_eq!(origin_path("http://127.0.0.1:9809/healthz"), "/healthz");
+        assert_eq!(origin_path("http://[::1]:9809/metrics?x"), "/metrics");
+        assert_eq!(origin_path("http://host"), "/");
+        assert_eq!(origin_path(""), "");
+    }
+
+    /// HEAD answers the head a GET would: the same length, no body.
+    #[test]
+    fn head_says_the_length_of_what_get_would_send() {
+        let metrics = Arc::new(Metrics::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn({
+            let metrics = Arc::clone(&metrics);
+            move || {
+                for _ in 0..2 {
+                    let (stream, _) = listener.accept().expect("accept");
+                    let reading = crate::conns::Reading::default();
+                    answer(stream, reading, &metrics).expect("answer");
+                }
+            }
+        });
+        let ask = |method: &str| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            write!(s, "{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).expect("read");
+            reply
+        };
+        let get = ask("GET");
+        let head = ask("HEAD");
+        server.join().expect("server");
+        let (get_head, body) = get.split_once("\r\n\r\n").expect("head");
+        assert!(
+            get_head.contains(&format!("Content-Length: {}", body.len())),
+            "{get}"
+        );
+        assert!(!body.is_empty());
+        assert_eq!(head, format!("{get_head}\r\n\r\n"));
     }
 
     #[test]
