@@ -892,8 +892,12 @@ fn rebind(addr: SocketAddr, stop: &AtomicBool) -> Option<TcpListener> {
     }
 }
 
-/// Clients served at once; more are closed unanswered.
-const MAX_CLIENTS: usize = 16;
+/// Clients served at once; more are closed unanswered, or make room by closing the one
+/// that has waited longest for its request. Room for many: a client reopening idle
+/// connections as fast as they are closed must hold more than this many to close
+/// anyone's at all, and then a health check's connection is closed only if its request
+/// is still not in after this many others came (a thread each, a few pages of stack).
+const MAX_CLIENTS: usize = 64;
 
 /// How long a client has to send its whole request head, and then to take the answer.
 const REQUEST_WITHIN: Duration = Duration::from_secs(2);
@@ -1230,6 +1234,39 @@ mod tests {
             0
         );
         drop(held);
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Room for many: seventeen idle connections (a client reopening each as it is
+    /// closed churned through sixteen slots, closing health checks whose request had
+    /// not arrived yet) close nobody's, and a health check is served beside them.
+    #[test]
+    fn a_few_dozen_idle_connections_close_nobody() {
+        let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(
+            Socket::Bound(listener),
+            Arc::clone(&metrics),
+            Arc::clone(&stop),
+        )
+        .expect("serve");
+        let mut idle: Vec<TcpStream> = (0..40)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        thread::sleep(Duration::from_millis(100));
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 200 OK"));
+        // Well inside their deadline: none was closed to make room.
+        for s in &mut idle {
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut byte = [0u8; 1];
+            let read = s.read(&mut byte);
+            assert!(
+                matches!(&read, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "an idle connection was closed: {read:?}"
+            );
+        }
         stop.store(true, Ordering::Relaxed);
     }
 }
