@@ -102,6 +102,10 @@ pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
             .checked_mul(1_000_000_000)
             .ok_or_else(|| "too large".to_owned());
     }
+    // A bare decimal number is seconds too (`window = 1.5` in the file).
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return parse_duration(&format!("{text}s"));
+    }
     let mut total: i128 = 0;
     let mut rest = text;
     while !rest.is_empty() {
@@ -115,7 +119,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
         let (unit, tail) = tail.split_at(unit_len);
         let scale: i128 = match unit {
             "ns" => 1,
-            "us" | "µs" => 1_000,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
             "ms" => 1_000_000,
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
@@ -230,12 +234,19 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(5400 * S));
         assert_eq!(parse_duration("1.5s"), Ok(3 * S / 2));
         assert_eq!(parse_duration("90"), Ok(90 * S));
+        assert_eq!(parse_duration("1.5"), Ok(3 * S / 2));
+        assert_eq!(parse_duration(".5"), Ok(S / 2));
+        // The micro sign and the Greek mu look alike; both are taken.
+        assert_eq!(parse_duration("3\u{b5}s"), Ok(3_000));
+        assert_eq!(parse_duration("3\u{3bc}s"), Ok(3_000));
         assert_eq!(parse_duration("2d"), Ok(2 * 86_400 * S));
         for bad in [
             "",
             "s",
             "10x",
             "1.2.3s",
+            "1.2.3",
+            ".",
             "-5s",
             "5 s",
             "99999999999999999999999h",
