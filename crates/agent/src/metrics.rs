@@ -98,9 +98,10 @@ pub struct Metrics {
     pub heartbeat: AtomicI64,
     pub start_time: AtomicI64,
     /// What could not be read of the saved state at start: the database moved aside
-    /// (0 or 1) and rows skipped.
+    /// (0 or 1), rows skipped, and stretches of a damaged table that did not read.
     pub state_moved_aside: AtomicU64,
     pub state_rows_skipped: AtomicU64,
+    pub state_unreadable: AtomicU64,
     /// Saved bans the kernel refused at restore.
     pub state_bans_refused: AtomicU64,
     /// Why the agent runs degraded (protection partly lost, yet worth running on):
@@ -314,6 +315,22 @@ impl Metrics {
                 aside.display()
             ));
         }
+        if let Some(aside) = &damage.recovered_from {
+            self.state_moved_aside.store(1, Ordering::Relaxed);
+            why.push(format!(
+                "the ban database was damaged and moved to {}: the bans that could be read of it were restored",
+                aside.display()
+            ));
+        }
+        if !damage.unreadable.is_empty() {
+            self.state_unreadable
+                .store(damage.unreadable.len() as u64, Ordering::Relaxed);
+            let lost: Vec<String> = damage.unreadable.iter().map(ToString::to_string).collect();
+            why.push(format!(
+                "could not read {} of the damaged ban database: those bans were not restored",
+                lost.join(", ")
+            ));
+        }
         if damage.rows_skipped > 0 {
             self.state_rows_skipped
                 .store(damage.rows_skipped, Ordering::Relaxed);
@@ -467,11 +484,15 @@ impl Metrics {
         family(
             "synwatch_state_damage",
             "gauge",
-            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside, its bans not restored), rows_skipped the rows that did not read, bans_refused the saved bans the kernel refused (not restored; the others were). /healthz then says degraded.",
+            "What of the saved ban database could not be read at start: file_moved_aside is 1 when it was no sound database (moved aside; a damaged one's readable bans restored, an unreadable one's not), unreadable_stretches the stretches of rows of a damaged one that could not be read, rows_skipped the rows that did not read, bans_refused the saved bans the kernel refused (not restored; the others were). /healthz then says degraded.",
             &[
                 (
                     "{kind=\"file_moved_aside\"}".into(),
                     get(&self.state_moved_aside),
+                ),
+                (
+                    "{kind=\"unreadable_stretches\"}".into(),
+                    get(&self.state_unreadable),
                 ),
                 (
                     "{kind=\"rows_skipped\"}".into(),

@@ -17,16 +17,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use ipnet::IpNet;
+use rusqlite::types::Value;
 use rusqlite::{Connection, params};
 use synwatch_enforce::bans::{Offender, Record};
 use synwatch_enforce::{net_text, parse_net};
 
 use crate::clock::Offset;
 
+mod salvage;
+
 /// `PRAGMA user_version` once the keys are canonical networks.
 const SCHEMA_NETWORKS: i64 = 1;
 
 pub const DB_FILE: &str = "bans.db";
+
+/// The columns of a saved ban, in the order they are read and copied.
+const BAN_COLUMNS: [&str; 6] = ["addr", "since", "expires", "reason", "offences", "new_only"];
+
+/// The columns of a remembered offender.
+const OFFENDER_COLUMNS: [&str; 3] = ["addr", "offences", "last_until"];
 
 #[derive(Debug)]
 pub struct Store {
@@ -47,6 +56,36 @@ pub struct Damage {
     pub rows_skipped: u64,
     /// Saved bans the kernel refused at restore (left out; the others hold).
     pub bans_refused: u64,
+    /// Where a damaged database (pages that do not read) was moved once what could be
+    /// read of it was copied into a new one: those bans are restored.
+    pub recovered_from: Option<PathBuf>,
+    /// The stretches of rows of that damaged database that could not be read.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A stretch of rows of a damaged table that could not be read, between the rowids of
+/// the rows read on either side (none: the table's start or end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub table: &'static str,
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the rows of {}", self.table)?;
+        match (self.after, self.before) {
+            (Some(a), Some(b)) => write!(
+                f,
+                " between rowids {a} and {b} (at most {})",
+                b.abs_diff(a).saturating_sub(1)
+            ),
+            (Some(a), None) => write!(f, " after rowid {a}"),
+            (None, Some(b)) => write!(f, " before rowid {b}"),
+            (None, None) => write!(f, ", all of them"),
+        }
+    }
 }
 
 impl Store {
@@ -71,13 +110,7 @@ impl Store {
         };
         let conn = match Self::connect(&path) {
             Err(e) if e.moves_aside() => {
-                let aside = aside_path(dir, &format!("{DB_FILE}.corrupt"));
-                std::fs::rename(&path, &aside).with_context(|| {
-                    format!("cannot move the unreadable ban database {} aside", path.display())
-                })?;
-                for suffix in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{suffix}")));
-                }
+                let aside = move_aside(&path)?;
                 tracing::error!(
                     "WARNING: the ban database {} is not readable ({e}); moved it to {} and started a new one: the bans it held are not restored",
                     path.display(),
@@ -95,6 +128,9 @@ impl Store {
             offset,
             damage,
         };
+        if let Some(why) = damaged(&store.conn) {
+            store.recover(&why)?;
+        }
         // Keys left as they were still read (canonical when parsed): a failure here
         // costs nothing restored.
         if let Err(e) = store.canonicalise() {
@@ -270,142 +306,185 @@ impl Store {
     }
 
     /// Every saved ban, in agent time; rows that do not parse (edited by hand) are
-    /// reported and skipped.
+    /// reported and skipped. A table that stops reading part way (a damaged page) is
+    /// read again around the damage ([`Store::recover`]).
     pub fn bans(&mut self) -> Result<Vec<Record>> {
-        let what = self.context("read bans");
-        let off = (self.offset)();
-        let mut stmt = self
-            .conn
-            .prepare(
+        let rows = self
+            .rows(
                 "SELECT addr, since, expires, reason, offences, new_only FROM bans ORDER BY since, addr",
             )
-            .context(what.clone())?;
-        // Each column as it is stored (SQLite keeps any type in any column): only the
-        // address and the end decide a ban; the others, unreadable, fall back to a
-        // default, so that a row edited by hand still blocks.
-        let rows = stmt
-            .query_map([], |row| {
-                use rusqlite::types::Value as V;
-                let addr = match row.get::<_, V>(0)? {
-                    V::Text(t) => t,
-                    V::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
-                    other => format!("{other:?}"),
-                };
-                let int = |v: V| match v {
-                    V::Integer(i) => Some(i),
-                    V::Real(f) if f.is_finite() => Some(f as i64),
-                    _ => None,
-                };
-                let expires = match row.get::<_, V>(2)? {
-                    V::Null => Ok(None),
-                    v => int(v).map(Some).ok_or(()),
-                };
-                let Ok(expires) = expires else {
-                    return Err(rusqlite::Error::InvalidColumnType(
-                        2,
-                        format!("expires of '{addr}'"),
-                        rusqlite::types::Type::Text,
-                    ));
-                };
-                Ok((
-                    addr,
-                    int(row.get::<_, V>(1)?).unwrap_or(0),
-                    expires,
-                    match row.get::<_, V>(3)? {
-                        V::Text(t) => t,
-                        _ => String::new(),
-                    },
-                    int(row.get::<_, V>(4)?)
-                        .map_or(1, |n| u32::try_from(n.max(1)).unwrap_or(u32::MAX)),
-                    int(row.get::<_, V>(5)?).is_some_and(|n| n != 0),
-                ))
-            })
-            .context(what.clone())?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (addr, since, expires, reason, offences, new_only) = match row {
-                Ok(fields) => fields,
-                Err(e) => {
-                    self.damage.rows_skipped += 1;
-                    tracing::warn!(
-                        "warning: skipping a ban in {}: {e} (edited by hand?)",
-                        self.path.display()
-                    );
-                    continue;
+            .with_context(|| self.context("read bans"))?;
+        let off = (self.offset)();
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| self.ban_of(row, off))
+            .collect())
+    }
+
+    /// The rows `query` reads, each column as it is stored; when the file turns out
+    /// damaged, what can be read of it is moved into a new database first.
+    fn rows(&mut self, query: &str) -> Result<Vec<Vec<Value>>> {
+        let read = |conn: &Connection| -> rusqlite::Result<Vec<Vec<Value>>> {
+            let mut stmt = conn.prepare(query)?;
+            let width = stmt.column_count();
+            stmt.query_map([], |row| {
+                (0..width).map(|i| row.get::<_, Value>(i)).collect()
+            })?
+            .collect()
+        };
+        match read(&self.conn) {
+            Err(e) if is_corrupt(&e) && self.damage.recovered_from.is_none() => {
+                self.recover(&e.to_string())?;
+                if let Err(e) = self.canonicalise() {
+                    tracing::warn!("warning: {}: {e}", self.context("upgrade the keys"));
                 }
-            };
-            // No backend takes a ban this long: no ban synwatch gave (9223372036854775807,
-            // written by hand, made the kernel refuse the whole restore).
-            let longest = i64::try_from(synwatch_enforce::LONGEST_BAN_SECS).unwrap_or(i64::MAX);
-            if let Some(e) = expires
-                && e.saturating_sub(since) > longest
-            {
-                self.damage.rows_skipped += 1;
-                tracing::warn!(
-                    "warning: skipping the ban of '{addr}' in {}: it would end at {e}, more than 500 years after it began",
-                    self.path.display()
-                );
-                continue;
+                Ok(read(&self.conn)?)
             }
-            match parse_net(&addr) {
-                Some(net) => out.push(Record {
-                    net,
-                    since: off.to_agent(since),
-                    expires: expires.map(|t| off.to_agent(t)),
-                    reason,
-                    offences,
-                    new_only,
-                }),
-                None => {
-                    self.damage.rows_skipped += 1;
-                    tracing::warn!(
-                        "warning: skipping '{addr}' in {}: not an address or CIDR range",
-                        self.path.display()
-                    );
-                }
-            }
+            other => Ok(other?),
         }
-        Ok(out)
+    }
+
+    /// The ban of one row (`BAN_COLUMNS`, as stored), or `None`, reported and counted,
+    /// when it does not read. Only the address and the end decide a ban: the other
+    /// columns, unreadable (SQLite keeps any type in any column), fall back to a
+    /// default, so that a row edited by hand still blocks.
+    fn ban_of(&mut self, row: Vec<Value>, off: Offset) -> Option<Record> {
+        let [addr, since, expires, reason, offences, new_only] =
+            <[Value; 6]>::try_from(row).ok()?;
+        let addr = match addr {
+            Value::Text(t) => t,
+            Value::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
+            other => format!("{other:?}"),
+        };
+        let int = |v: Value| match v {
+            Value::Integer(i) => Some(i),
+            Value::Real(f) if f.is_finite() => Some(f as i64),
+            _ => None,
+        };
+        let expires = match expires {
+            Value::Null => None,
+            v => {
+                let Some(e) = int(v) else {
+                    self.damage.rows_skipped += 1;
+                    tracing::warn!(
+                        "warning: skipping a ban in {}: its end (expires of '{addr}') is not a number (edited by hand?)",
+                        self.path.display()
+                    );
+                    return None;
+                };
+                Some(e)
+            }
+        };
+        let since = int(since).unwrap_or(0);
+        // No backend takes a ban this long: no ban synwatch gave (9223372036854775807,
+        // written by hand, made the kernel refuse the whole restore).
+        let longest = i64::try_from(synwatch_enforce::LONGEST_BAN_SECS).unwrap_or(i64::MAX);
+        if let Some(e) = expires
+            && e.saturating_sub(since) > longest
+        {
+            self.damage.rows_skipped += 1;
+            tracing::warn!(
+                "warning: skipping the ban of '{addr}' in {}: it would end at {e}, more than 500 years after it began",
+                self.path.display()
+            );
+            return None;
+        }
+        let Some(net) = parse_net(&addr) else {
+            self.damage.rows_skipped += 1;
+            tracing::warn!(
+                "warning: skipping '{addr}' in {}: not an address or CIDR range",
+                self.path.display()
+            );
+            return None;
+        };
+        Some(Record {
+            net,
+            since: off.to_agent(since),
+            expires: expires.map(|t| off.to_agent(t)),
+            reason: match reason {
+                Value::Text(t) => t,
+                _ => String::new(),
+            },
+            offences: int(offences).map_or(1, |n| u32::try_from(n.max(1)).unwrap_or(u32::MAX)),
+            new_only: int(new_only).is_some_and(|n| n != 0),
+        })
     }
 
     /// Every remembered offender, in agent time.
     pub fn offenders(&mut self) -> Result<Vec<(IpNet, Offender)>> {
-        let what = self.context("read offenders");
+        let rows = self
+            .rows("SELECT addr, offences, last_until FROM offenders")
+            .with_context(|| self.context("read offenders"))?;
         let off = (self.offset)();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT addr, offences, last_until FROM offenders")
-            .context(what.clone())?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, u32>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })
-            .context(what.clone())?;
         let mut out = Vec::new();
         // A row that does not read (edited by hand) costs that offender's history only.
         for row in rows {
-            let parsed = row.ok().and_then(|(addr, offences, last_until)| {
+            use rusqlite::types::FromSql as _;
+            let parsed = <[Value; 3]>::try_from(row).ok().and_then(|[a, o, l]| {
+                let addr = String::column_result((&a).into()).ok()?;
+                let offences = u32::column_result((&o).into()).ok()?;
+                let last_until = i64::column_result((&l).into()).ok()?;
                 Some((parse_net(&addr)?, offences, last_until))
             });
             let Some((addr, offences, last_until)) = parsed else {
                 self.damage.rows_skipped += 1;
                 continue;
             };
-            {
-                out.push((
-                    addr,
-                    Offender {
-                        offences,
-                        last_until: off.to_agent(last_until),
-                    },
-                ));
-            }
+            out.push((
+                addr,
+                Offender {
+                    offences,
+                    last_until: off.to_agent(last_until),
+                },
+            ));
         }
         Ok(out)
+    }
+
+    /// Copies what can be read of the damaged database into a new one, the damaged file
+    /// moved aside (`bans.db.corrupt-UNIXTIME`), and reports what could not be read.
+    fn recover(&mut self, why: &str) -> Result<()> {
+        let bans = salvage::read(&self.conn, "bans", &BAN_COLUMNS);
+        let offenders = salvage::read(&self.conn, "offenders", &OFFENDER_COLUMNS);
+        // The damaged file is closed before it moves.
+        let what = self.context("recover bans");
+        let closed = Connection::open_in_memory().context(what.clone())?;
+        drop(std::mem::replace(&mut self.conn, closed));
+        let aside = match move_aside(&self.path) {
+            Ok(aside) => aside,
+            Err(e) => {
+                // Left in place: the store goes on with the damaged file, not with none.
+                if let Ok(conn) = Connection::open(&self.path) {
+                    self.conn = conn;
+                }
+                return Err(e);
+            }
+        };
+        self.conn = Self::connect(&self.path)
+            .with_context(|| format!("cannot start a new ban database {}", self.path.display()))?;
+        let skipped = copy_rows(&mut self.conn, &bans.rows, &offenders.rows).context(what)?;
+        let unreadable: Vec<_> = bans
+            .unreadable
+            .into_iter()
+            .chain(offenders.unreadable)
+            .collect();
+        let lost: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            "WARNING: the ban database {} is damaged ({why}); moved it to {} and started a new one with the {} ban(s) and {} offender(s) that could be read{}",
+            self.path.display(),
+            aside.display(),
+            bans.rows.len(),
+            offenders.rows.len(),
+            if lost.is_empty() {
+                String::new()
+            } else {
+                format!("; could not read {}", lost.join(", "))
+            }
+        );
+        self.damage.rows_skipped += skipped;
+        self.damage.recovered_from = Some(aside);
+        self.damage.unreadable.extend(unreadable);
+        Ok(())
     }
 }
 
@@ -462,6 +541,79 @@ impl Unsound {
 /// locked, read-only or full file never gives.
 fn is_schema_error(e: &rusqlite::Error) -> bool {
     matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::Unknown))
+}
+
+/// Writes rows read from a damaged database (each column as it was stored) into the
+/// new one, in one transaction; returns how many its constraints refused (a key twice, a
+/// value missing), which are left out.
+fn copy_rows(
+    conn: &mut Connection,
+    bans: &[(i64, Vec<Value>)],
+    offenders: &[(i64, Vec<Value>)],
+) -> rusqlite::Result<u64> {
+    let tx = conn.transaction()?;
+    let mut refused = 0;
+    for (table, columns, rows) in [
+        ("bans", &BAN_COLUMNS[..], bans),
+        ("offenders", &OFFENDER_COLUMNS[..], offenders),
+    ] {
+        let places: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let mut insert = tx.prepare(&format!(
+            "INSERT OR IGNORE INTO {table} ({}) VALUES ({})",
+            columns.join(", "),
+            places.join(", ")
+        ))?;
+        for (_, row) in rows {
+            if insert.execute(rusqlite::params_from_iter(row))? == 0 {
+                refused += 1;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(refused)
+}
+
+/// Moves the ban database at `path` aside (`bans.db.corrupt-UNIXTIME`, beside it) and
+/// removes SQLite's files that go with it; returns where it went.
+fn move_aside(path: &Path) -> Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let aside = aside_path(dir, &format!("{DB_FILE}.corrupt"));
+    std::fs::rename(path, &aside).with_context(|| {
+        format!(
+            "cannot move the unreadable ban database {} aside",
+            path.display()
+        )
+    })?;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("{DB_FILE}{suffix}")));
+    }
+    Ok(aside)
+}
+
+/// Whether SQLite's error says the file is damaged (a page that does not read).
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Why the database behind `conn` is damaged, if it is: SQLite's quick check reads every
+/// page of every table and index (a damaged page of the index on `addr` would make each
+/// later delete fail, and one of a table would stop a read at the first row on it).
+fn damaged(conn: &Connection) -> Option<String> {
+    let found: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut stmt| stmt.query_map([], |r| r.get(0))?.collect());
+    match found {
+        Ok(lines) if lines == ["ok"] => None,
+        Ok(lines) => Some(lines.join("; ")),
+        Err(e) if is_corrupt(&e) => Some(e.to_string()),
+        Err(e) => {
+            tracing::warn!("warning: cannot check the ban database: {e}");
+            None
+        }
+    }
 }
 
 /// Where to move a file aside: `STEM-UNIXTIME` in `dir`, or `STEM-UNIXTIME.N` where that
@@ -708,6 +860,117 @@ mod tests {
                 "{schema}"
             );
         }
+    }
+
+    /// A ban database of 3,000 bans (as the agent writes it), one leaf page in the
+    /// middle of `tree` (a table or index) then overwritten with garbage; returns the
+    /// rowids of the bans.
+    fn damaged_database(dir: &Path, tree: &str) -> Vec<(i64, String)> {
+        let path = dir.join(DB_FILE);
+        let mut s = Store::open_with(dir, Offset::default).unwrap();
+        let records: Vec<Record> = (0..3000)
+            .map(|i| Record {
+                reason: "ports 1,2,3,4 from somewhere, a long reason to fill pages".into(),
+                ..record(&format!("10.98.{}.{}", i / 256, i % 256), Some(1_000_000))
+            })
+            .collect();
+        s.save(&records).unwrap();
+        let rowids: Vec<(i64, String)> = s
+            .conn
+            .prepare("SELECT rowid, addr FROM bans ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        s.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+            .unwrap();
+        let page_size = 4096;
+        let leaves: Vec<u64> = s
+            .conn
+            .prepare(
+                "SELECT pageno FROM dbstat WHERE name = ?1 AND pagetype = 'leaf' ORDER BY pageno",
+            )
+            .unwrap()
+            .query_map([tree], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(leaves.len() > 10, "{tree}: {leaves:?}");
+        let page = leaves[leaves.len() / 2];
+        drop(s);
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        use std::io::{Seek as _, Write as _};
+        file.seek(std::io::SeekFrom::Start(page_size * (page - 1)))
+            .unwrap();
+        file.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1024))
+            .unwrap();
+        rowids
+    }
+
+    #[test]
+    fn a_damaged_page_costs_its_own_bans_only_and_the_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let saved = damaged_database(dir.path(), "bans");
+        let mut s = Store::open_with(dir.path(), Offset::default).expect("the readable part");
+        let bans = s.bans().expect("the readable bans");
+        let damage = s.damage().clone();
+        assert!(
+            (2900..3000).contains(&bans.len()),
+            "{} of 3000 restored; {damage:?}",
+            bans.len()
+        );
+        // In the order of a sound file: by start, then key.
+        let order: Vec<(i64, String)> = bans.iter().map(|r| (r.since, net_text(r.net))).collect();
+        assert!(order.is_sorted());
+        // What is missing is one stretch of rowids, the one reported.
+        let [lost] = &damage.unreadable[..] else {
+            panic!("{damage:?}")
+        };
+        let (after, before) = (lost.after.unwrap(), lost.before.unwrap());
+        let read: std::collections::HashSet<IpNet> = bans.iter().map(|r| r.net).collect();
+        for (rowid, addr) in &saved {
+            let inside = *rowid > after && *rowid < before;
+            assert_eq!(
+                read.contains(&parse_net(addr).unwrap()),
+                !inside,
+                "rowid {rowid} ({addr}); {lost}"
+            );
+        }
+        assert_eq!(lost.table, "bans");
+        assert_eq!(
+            saved.len() - bans.len(),
+            usize::try_from(before - after - 1).unwrap()
+        );
+        // The damaged file was moved aside and a new one written with what was read.
+        let aside = damage.recovered_from.clone().expect("moved aside");
+        assert!(aside.exists(), "{aside:?}");
+        assert_eq!(damage.moved_aside, None, "its bans were restored");
+        assert_eq!(s.offenders().unwrap().len(), 3000, "their table is sound");
+        // Writes work on the new file, and a start after reads it as sound.
+        s.delete(&[bans[0].net], true).unwrap();
+        s.save(&[record("192.0.2.1", Some(3700))]).unwrap();
+        drop(s);
+        let mut s = Store::open_with(dir.path(), Offset::default).unwrap();
+        assert_eq!(s.bans().unwrap().len(), bans.len());
+        assert_eq!(*s.damage(), Damage::default());
+    }
+
+    /// A damaged page of the index on the key: every ban reads (by the table), but each
+    /// delete by key would fail; the file is replaced with all of them.
+    #[test]
+    fn a_damaged_index_page_is_found_at_opening_and_the_file_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        damaged_database(dir.path(), "sqlite_autoindex_bans_1");
+        let mut s = Store::open_with(dir.path(), Offset::default).expect("a sound copy");
+        let bans = s.bans().unwrap();
+        assert_eq!(bans.len(), 3000);
+        assert!(s.damage().recovered_from.is_some(), "{:?}", s.damage());
+        assert_eq!(s.damage().unreadable, []);
+        let nets: Vec<IpNet> = bans.iter().map(|r| r.net).collect();
+        s.delete(&nets, true).expect("deletes by key work");
+        assert_eq!(s.bans().unwrap(), []);
     }
 
     #[test]
