@@ -76,6 +76,10 @@ pub struct Reply {
     /// Something worth telling the operator even on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The saved state was found damaged (said in the note): a list shows only what
+    /// could be read of it. Set by the answer given with no agent running.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub damaged: bool,
 }
 
 impl Reply {
@@ -87,6 +91,7 @@ impl Reply {
             backend: backend.to_owned(),
             bans: Vec::new(),
             note: None,
+            damaged: false,
         }
     }
 
@@ -310,6 +315,7 @@ mod tests {
                     backend: "nftables".into(),
                     bans: vec![],
                     note: Some("flushed".into()),
+                    damaged: false,
                 })
                 .unwrap();
             rx

@@ -307,48 +307,17 @@ impl Metrics {
 
     /// Records what could not be read of the saved state, for `/healthz` and `/metrics`.
     pub fn record_state_damage(&self, damage: &crate::state::Damage) {
-        let mut why = Vec::new();
-        if let Some(aside) = &damage.moved_aside {
-            self.state_moved_aside.store(1, Ordering::Relaxed);
-            why.push(format!(
-                "the ban database was unreadable and moved to {}: its bans were not restored",
-                aside.display()
-            ));
-        }
-        if let Some(aside) = &damage.recovered_from {
-            self.state_moved_aside.store(1, Ordering::Relaxed);
-            why.push(format!(
-                "the ban database was damaged and moved to {}: the bans that could be read of it were restored",
-                aside.display()
-            ));
-        }
-        if !damage.unreadable.is_empty() {
-            self.state_unreadable
-                .store(damage.unreadable.len() as u64, Ordering::Relaxed);
-            let lost: Vec<String> = damage.unreadable.iter().map(ToString::to_string).collect();
-            why.push(format!(
-                "could not read {} of the damaged ban database: those bans were not restored",
-                lost.join(", ")
-            ));
-        }
-        if damage.rows_skipped > 0 {
-            self.state_rows_skipped
-                .store(damage.rows_skipped, Ordering::Relaxed);
-            why.push(format!(
-                "{} row(s) of the ban database did not read and were skipped",
-                damage.rows_skipped
-            ));
-        }
-        if damage.bans_refused > 0 {
-            self.state_bans_refused
-                .store(damage.bans_refused, Ordering::Relaxed);
-            why.push(format!(
-                "the kernel refused {} saved ban(s) at restore: they were not restored",
-                damage.bans_refused
-            ));
-        }
-        for w in why {
-            self.record_degraded(w);
+        let moved = damage.moved_aside.is_some() || damage.recovered_from.is_some();
+        self.state_moved_aside
+            .store(u64::from(moved), Ordering::Relaxed);
+        self.state_unreadable
+            .store(damage.unreadable.len() as u64, Ordering::Relaxed);
+        self.state_rows_skipped
+            .store(damage.rows_skipped, Ordering::Relaxed);
+        self.state_bans_refused
+            .store(damage.bans_refused, Ordering::Relaxed);
+        for why in damage.reasons() {
+            self.record_degraded(why);
         }
     }
 

@@ -79,6 +79,9 @@ pub fn answer(state_dir: &Path, request: &Request) -> Result<Reply> {
     store.delete(&left_out, true)?;
     let mut book = Book::new(Policy::default());
     let lapsed = book.restore(saved, store.offenders()?, now);
+    // What of the saved state could not be read (a damaged file is replaced with what
+    // could be read of it as it opens): said with the reply, which is marked.
+    let lost = store.damage().reasons();
     store.delete(&lapsed.iter().map(|r| r.net).collect::<Vec<_>>(), false)?;
     // Saved bans inside a saved range: the range stands for them.
     let inside: Vec<IpNet> = book.take_absorbed().iter().map(|r| r.net).collect();
@@ -99,15 +102,23 @@ pub fn answer(state_dir: &Path, request: &Request) -> Result<Reply> {
         Request::Remove { addr } => state.remove(*addr)?,
         Request::Flush => state.flush()?,
     };
+    let mut notes = Vec::new();
+    if !lost.is_empty() {
+        notes.push(format!(
+            "the saved bans could not all be read: {}",
+            lost.join("; ")
+        ));
+        reply.damaged = true;
+    }
     if !said.is_empty() {
-        let note = format!(
+        notes.push(format!(
             "left out of the saved bans, and deleted: {}",
             said.join("; ")
-        );
-        reply.note = Some(match reply.note.take() {
-            Some(other) => format!("{note}. {other}"),
-            None => note,
-        });
+        ));
+    }
+    notes.extend(reply.note.take());
+    if !notes.is_empty() {
+        reply.note = Some(notes.join(". "));
     }
     Ok(reply)
 }
@@ -211,3 +222,38 @@ impl Offline {
 
 /// The note of a change made with no agent and no rules in the kernel.
 const WAITING: &str = "no agent is running and no synwatch rules are in the kernel: the change is saved and takes effect when the agent starts";
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
+mod tests {
+    use super::*;
+
+    /// With no agent running, a damaged ban database lists what can be read of it,
+    /// and says it is damaged.
+    #[test]
+    fn a_damaged_database_lists_what_can_be_read_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::state::tests::damaged_database(dir.path(), "bans");
+        let reply = answer(dir.path(), &Request::List).unwrap();
+        assert!(reply.ok);
+        assert!(reply.damaged);
+        assert!(
+            (2900..3000).contains(&reply.bans.len()),
+            "{} listed",
+            reply.bans.len()
+        );
+        let note = reply.note.unwrap_or_default();
+        assert!(
+            note.contains("the ban database was damaged and moved to"),
+            "{note}"
+        );
+        assert!(
+            note.contains("could not read the rows of bans between rowids"),
+            "{note}"
+        );
+        // The file was replaced with what could be read: listed again, it is sound.
+        let again = answer(dir.path(), &Request::List).unwrap();
+        assert!(!again.damaged, "{:?}", again.note);
+        assert_eq!(again.bans.len(), reply.bans.len());
+    }
+}

@@ -63,6 +63,45 @@ pub struct Damage {
     pub unreadable: Vec<Unreadable>,
 }
 
+impl Damage {
+    /// What was lost, one sentence each (none when nothing was).
+    pub fn reasons(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Some(aside) = &self.moved_aside {
+            why.push(format!(
+                "the ban database was unreadable and moved to {}: its bans were not restored",
+                aside.display()
+            ));
+        }
+        if let Some(aside) = &self.recovered_from {
+            why.push(format!(
+                "the ban database was damaged and moved to {}: the bans that could be read of it were restored",
+                aside.display()
+            ));
+        }
+        if !self.unreadable.is_empty() {
+            let lost: Vec<String> = self.unreadable.iter().map(ToString::to_string).collect();
+            why.push(format!(
+                "could not read {} of the damaged ban database: those bans were not restored",
+                lost.join(", ")
+            ));
+        }
+        if self.rows_skipped > 0 {
+            why.push(format!(
+                "{} row(s) of the ban database did not read and were skipped",
+                self.rows_skipped
+            ));
+        }
+        if self.bans_refused > 0 {
+            why.push(format!(
+                "the kernel refused {} saved ban(s) at restore: they were not restored",
+                self.bans_refused
+            ));
+        }
+        why
+    }
+}
+
 /// A stretch of rows of a damaged table that could not be read, between the rowids of
 /// the rows read on either side (none: the table's start or end).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -721,7 +760,7 @@ pub fn create_dir_private(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn record(addr: &str, expires: Option<i64>) -> Record {
@@ -865,13 +904,13 @@ mod tests {
     /// A ban database of 3,000 bans (as the agent writes it), one leaf page in the
     /// middle of `tree` (a table or index) then overwritten with garbage; returns the
     /// rowids of the bans.
-    fn damaged_database(dir: &Path, tree: &str) -> Vec<(i64, String)> {
+    pub(crate) fn damaged_database(dir: &Path, tree: &str) -> Vec<(i64, String)> {
         let path = dir.join(DB_FILE);
         let mut s = Store::open_with(dir, Offset::default).unwrap();
         let records: Vec<Record> = (0..3000)
             .map(|i| Record {
                 reason: "ports 1,2,3,4 from somewhere, a long reason to fill pages".into(),
-                ..record(&format!("10.98.{}.{}", i / 256, i % 256), Some(1_000_000))
+                ..record(&format!("10.98.{}.{}", i / 256, i % 256), None)
             })
             .collect();
         s.save(&records).unwrap();

@@ -139,6 +139,11 @@ pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
     };
     out.write_all(text.as_bytes())
         .context("cannot write to stdout")?;
+    // A list of a damaged state file shows what could be read (the note says what
+    // could not), and exits 2 as a capture cut short does; a change made is made.
+    if reply.damaged && matches!(args.action, Action::List) {
+        return Ok(crate::ExitStatus::BadInput);
+    }
     Ok(crate::ExitStatus::Success)
 }
 
