@@ -13,6 +13,7 @@
 
 use std::io;
 use std::ops::ControlFlow;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -31,6 +32,22 @@ use crate::pipeline::{PREFETCH_AHEAD, StepSink, step};
 /// reading thread, the sink only writes them).
 pub trait FormattedSink: EventSink {
     fn formatted(&mut self, event: &[u8]) -> io::Result<()>;
+
+    /// Whether one piece given to [`FormattedSink::formatted_pieces`] may hold several
+    /// events (lines written as they are may; rows padded one by one may not).
+    fn joins_events(&self) -> bool {
+        false
+    }
+
+    /// The events formatted in `pieces` of `text`, in order, each piece one event (or,
+    /// where [`FormattedSink::joins_events`], several). A sink that writes them as they
+    /// are can write them from where they lie, without copying them first.
+    fn formatted_pieces(&mut self, text: &[u8], pieces: &[Range<usize>]) -> io::Result<()> {
+        for piece in pieces {
+            self.formatted(text.get(piece.clone()).unwrap_or_default())?;
+        }
+        Ok(())
+    }
 }
 
 /// How the replay ended.
@@ -200,6 +217,10 @@ fn detect_thread<S: FormattedSink>(
     let mut connections_logged = 0;
     let mut output = Ok(());
     let mut next = inbox.recv().ok();
+    let join = events.joins_events();
+    // The connection lines of a batch to print, as pieces of its text, written at the
+    // batch's end (or before a scan, which comes after them).
+    let mut pieces: Vec<Range<usize>> = Vec::new();
     'batches: while let Some(mut batch) = next.take() {
         let mut start = 0;
         for (i, (obs, &end)) in batch.obs.iter().zip(&batch.ends).enumerate() {
@@ -210,7 +231,10 @@ fn detect_thread<S: FormattedSink>(
             }
             let mut sink = ReplayStep {
                 events: &mut events,
-                text: &batch.text[start..end],
+                text: &batch.text,
+                event: start..end,
+                pieces: &mut pieces,
+                join,
                 logged: &mut connections_logged,
                 failed: false,
             };
@@ -220,6 +244,11 @@ fn detect_thread<S: FormattedSink>(
             }
             start = end;
         }
+        if let Err(e) = events.formatted_pieces(&batch.text, &pieces) {
+            output = Err(e);
+            break 'batches;
+        }
+        pieces.clear();
         batch.clear();
         let _ = recycle.send(batch);
         next = match inbox.try_recv() {
@@ -253,10 +282,15 @@ fn detect_thread<S: FormattedSink>(
 }
 
 /// Replay's end of the per-observation step: the `connection` line was formatted by the
-/// reading thread; nothing more is written after the first failed write.
+/// reading thread (`event` of the batch's `text`) and joins the `pieces` to print;
+/// nothing more is written after the first failed write.
 struct ReplayStep<'a, S> {
     events: &'a mut S,
     text: &'a [u8],
+    event: Range<usize>,
+    pieces: &'a mut Vec<Range<usize>>,
+    /// Whether a piece may hold several events ([`FormattedSink::joins_events`]).
+    join: bool,
     logged: &'a mut u64,
     failed: bool,
 }
@@ -275,11 +309,22 @@ impl<S: FormattedSink> ReplayStep<'_, S> {
 impl<S: FormattedSink> StepSink for ReplayStep<'_, S> {
     fn connection(&mut self, _obs: &Observation, _direction: Direction) -> io::Result<()> {
         *self.logged += 1;
-        let text = self.text;
-        self.write(|events| events.formatted(text))
+        let event = self.event.clone();
+        match self.pieces.last_mut() {
+            // Right after the last piece in the text: one piece, one write.
+            Some(last) if self.join && last.end == event.start => last.end = event.end,
+            _ => self.pieces.push(event),
+        }
+        Ok(())
     }
 
     fn scan(&mut self, _detector: &Detector, scan: &synwatch_detect::Scan) -> io::Result<()> {
+        // The connections before it go out first.
+        let (text, pieces) = (self.text, std::mem::take(self.pieces));
+        self.write(|events| events.formatted_pieces(text, &pieces))?;
+        let mut pieces = pieces;
+        pieces.clear();
+        *self.pieces = pieces;
         self.write(|events| events.scan(scan, None))
     }
 }

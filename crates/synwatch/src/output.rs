@@ -148,6 +148,40 @@ impl<W: Write> EventWriter<W> {
         self.line.extend_from_slice(message);
     }
 
+    /// Whether formatted events are written as they are (JSON lines), not padded.
+    pub fn writes_lines_as_they_are(&self) -> bool {
+        self.formatter.format() == event_text::Format::Json
+    }
+
+    /// Writes JSON lines lying in `pieces` of `text` straight from there (one vectored
+    /// write for them all, no copy into the buffer), after what is buffered.
+    pub fn write_pieces(
+        &mut self,
+        text: &[u8],
+        pieces: &[std::ops::Range<usize>],
+    ) -> io::Result<()> {
+        if !self.line.is_empty() {
+            self.out.write_all(&self.line)?;
+            self.line.clear();
+        }
+        let mut slices: Vec<io::IoSlice<'_>> = pieces
+            .iter()
+            .filter_map(|p| text.get(p.clone()))
+            .filter(|piece| !piece.is_empty())
+            .map(io::IoSlice::new)
+            .collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match self.out.write_vectored(left) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn end_event(&mut self) -> io::Result<()> {
         if self.line.len() >= FLUSH_AT {
             self.out.write_all(&self.line)?;
@@ -188,6 +222,35 @@ mod tests {
         f(&mut w).expect("write");
         w.flush().expect("flush");
         String::from_utf8(out).expect("utf8")
+    }
+
+    /// A writer that takes at most a few bytes a call, vectored or not.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(5);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines written from where they lie come after what was buffered before them, whole
+    /// and in order, however little the writer takes a call.
+    #[test]
+    fn pieces_follow_the_buffered_lines_whole_and_in_order() {
+        let mut w = EventWriter::new(Trickle(Vec::new()), Format::Json);
+        w.scan(&scan(), None).expect("scan");
+        let text = b"line one\nline two\nskipped\nline three\n";
+        w.write_pieces(text, &[0..18, 26..37]).expect("pieces");
+        w.flush().expect("flush");
+        let out = String::from_utf8(w.out.0).expect("utf8");
+        let (first, rest) = out.split_once('\n').expect("two parts");
+        assert!(first.contains("\"event\":\"scan\""), "{out}");
+        assert_eq!(rest, "line one\nline two\nline three\n");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! blocked) to the event printer on stdout, the progress bar and the summary on stderr.
 
 use std::io::{self, IsTerminal};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,20 @@ pub struct ReplayArgs {
 impl<W: io::Write> FormattedSink for EventWriter<W> {
     fn formatted(&mut self, event: &[u8]) -> io::Result<()> {
         EventWriter::formatted(self, event)
+    }
+
+    fn joins_events(&self) -> bool {
+        self.writes_lines_as_they_are()
+    }
+
+    fn formatted_pieces(&mut self, text: &[u8], pieces: &[Range<usize>]) -> io::Result<()> {
+        if !self.writes_lines_as_they_are() {
+            for piece in pieces {
+                EventWriter::formatted(self, text.get(piece.clone()).unwrap_or_default())?;
+            }
+            return Ok(());
+        }
+        self.write_pieces(text, pieces)
     }
 }
 
