@@ -109,11 +109,38 @@ pub fn base_url(url: &str) -> Result<String, String> {
         .strip_prefix("http://")
         .or_else(|| trimmed.strip_prefix("https://"));
     match rest {
-        Some(host) if !host.is_empty() => Ok(trimmed.to_owned()),
+        Some(rest) if authority_is_valid(rest) => Ok(trimmed.to_owned()),
         _ => Err(format!(
             "invalid CrowdSec LAPI URL '{url}': expected http://HOST:PORT or https://HOST:PORT"
         )),
     }
+}
+
+/// Whether what follows the scheme is a host (a name, an IPv4 address or a bracketed
+/// IPv6 one), an optional port from 1 to 65535, and an optional path: no query, fragment,
+/// credentials or spaces, which the API's paths are appended to.
+fn authority_is_valid(rest: &str) -> bool {
+    if rest.contains(['?', '#', '@']) || rest.contains(char::is_whitespace) {
+        return false;
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, after)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => match after {
+                "" => (addr, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (addr, Some(port)),
+                    None => return false,
+                },
+            },
+            _ => return false,
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// What went wrong talking to the LAPI, said so that the operator knows what to do.
@@ -630,6 +657,29 @@ mod tests {
         assert_eq!(base_url("https://lapi").unwrap(), "https://lapi");
         assert!(base_url("10.0.0.1:8080").is_err());
         assert!(base_url("http://").is_err());
+        assert_eq!(
+            base_url("http://[fd00::1]:8080").unwrap(),
+            "http://[fd00::1]:8080"
+        );
+        assert_eq!(
+            base_url("https://lapi.example/crowdsec/").unwrap(),
+            "https://lapi.example/crowdsec"
+        );
+        for bad in [
+            "http://10.88.1.1:99999",
+            "http://10.88.1.1:0",
+            "http://10.88.1.1:80x",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[nothost]:8080",
+            "http://10.88.1.1:8080#x",
+            "http://10.88.1.1:8080?a=b",
+            "http://user:pw@10.88.1.1:8080",
+            "http://10.88.1 .1:8080",
+            "http://:8080",
+        ] {
+            assert!(base_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
