@@ -518,7 +518,8 @@ impl Blocker {
     }
 
     /// Applies pending bans in one batch, lifts expired ones, retries failed changes and
-    /// refreshes the drop counters. Returns what to report.
+    /// refreshes the drop counters. Returns what to report. Fleet decisions that waited
+    /// for an expired ban are given by [`Blocker::give_deferred`] after it.
     pub fn apply(&mut self, now: i64) -> Vec<Happened> {
         let mut happened = std::mem::take(&mut self.reported);
         if let Some(w) = self.writer.as_mut() {
@@ -543,7 +544,9 @@ impl Blocker {
                 .unblocks
                 .fetch_add(addrs.len() as u64, Ordering::Relaxed);
             happened.extend(addrs.into_iter().map(|a| Happened::Unblocked(a, "expired")));
-            self.give_deferred(now);
+            // Fleet decisions deferred behind these bans are given by give_deferred,
+            // which asks whether their sources hold sessions.
+            self.fleet.expired = true;
         }
         // The kernel first, the state file after: a scanner is dropped microseconds
         // after its crossing probe, not after a database commit (milliseconds).

@@ -375,9 +375,12 @@ impl Core {
             return;
         };
         let (detector, host) = (&self.detector, &self.host);
-        let happened = b.pulled(pull, self.clock.agent_secs(), |a| {
-            is_protected_net(a, detector, host)
-        });
+        let happened = b.pulled(
+            pull,
+            self.clock.agent_secs(),
+            |a| is_protected_net(a, detector, host),
+            holds_session(host),
+        );
         self.report(happened);
     }
 
@@ -424,7 +427,13 @@ impl Core {
         if b.has_pending() {
             t.pushed_at = now;
         }
-        let happened = b.apply(self.clock.agent_secs());
+        let secs = self.clock.agent_secs();
+        let mut happened = b.apply(secs);
+        // Fleet decisions that waited for a local ban just expired: given now (for new
+        // connections only where their source holds a session), into the kernel at once.
+        if b.give_deferred(secs, holds_session(host)) {
+            happened.extend(b.apply(secs));
+        }
         self.report(happened);
     }
 

@@ -100,6 +100,9 @@ pub struct Fleet {
     /// when they end: given when that ban expires, so that a short local ban never
     /// shortens the fleet's longer one.
     deferred: HashMap<IpNet, (i64, String)>,
+    /// Bans expired since the deferred decisions were last looked at
+    /// ([`Blocker::give_deferred`]).
+    pub(super) expired: bool,
 }
 
 /// Notes kept at most (scans waiting for the cap have one each).
@@ -172,11 +175,15 @@ impl Blocker {
     /// holds them), gives those of new ones, and after a full pull (`startup`) lifts the
     /// pulled bans the LAPI no longer has. Bans given are applied at the next
     /// [`Blocker::apply`]; lifts at once. `protected` is [`crate::protect::why_net`].
+    /// `session`: whether an address of a network holds an established connection with
+    /// this host, as for a scan's ban: a ban given on such a network drops only its new
+    /// connections (SPEC §2).
     pub fn pulled(
         &mut self,
         pull: Pull,
         now: i64,
         protected: impl Fn(IpNet) -> Option<(Why, IpNet)>,
+        mut session: impl FnMut(IpNet) -> bool,
     ) -> Vec<Happened> {
         let stats = self.fleet.stats.clone().unwrap_or_default();
         self.fleet.pushed.retain(|_, until| *until > now);
@@ -189,7 +196,8 @@ impl Blocker {
         let mut keep: HashSet<IpNet> = HashSet::new();
         let mut refused = Refused::default();
         for d in &pull.new {
-            if let Some(net) = self.fleet_decision(d, now, &stats, &protected, &mut refused) {
+            let given = self.fleet_decision(d, now, &stats, &protected, &mut session, &mut refused);
+            if let Some(net) = given {
                 keep.insert(net);
                 lift.remove(&net);
             }
@@ -264,13 +272,15 @@ impl Blocker {
     }
 
     /// One new decision: given unless it is malformed, synwatch's own, protected or
-    /// already held. Returns the network it holds to (kept through a startup pull).
+    /// already held (for new connections only when `session` says its network holds
+    /// one). Returns the network it holds to (kept through a startup pull).
     fn fleet_decision(
         &mut self,
         d: &lapi::Decision,
         now: i64,
         stats: &Stats,
         protected: &impl Fn(IpNet) -> Option<(Why, IpNet)>,
+        session: &mut impl FnMut(IpNet) -> bool,
         refused: &mut Refused,
     ) -> Option<IpNet> {
         let label = lapi::origin_label(&d.origin, &d.scenario);
@@ -344,7 +354,9 @@ impl Blocker {
                     self.unsaved.retain(|p| p.net != net);
                     self.renewing.insert(net);
                 }
-                self.decided(record, false);
+                // A range holds a session when any address of it does.
+                let held = session(net);
+                self.decided(record, held);
                 self.retry_at = self.retry_at.min(now);
             }
             Err(_) => stats.skipped(class, Skip::Held),
@@ -353,11 +365,14 @@ impl Blocker {
     }
 
     /// Gives the deferred decisions whose network no ban holds any more (the local ban
-    /// that held it expired); drops those that ended. Called after bans expire.
-    pub(super) fn give_deferred(&mut self, now: i64) {
-        if self.fleet.deferred.is_empty() {
-            return;
+    /// that held it expired), for new connections only where `session` says the network
+    /// holds one; drops those that ended. Does something only after bans expired (see
+    /// [`Blocker::apply`]); returns whether it gave a ban, to be applied at once.
+    pub fn give_deferred(&mut self, now: i64, mut session: impl FnMut(IpNet) -> bool) -> bool {
+        if !std::mem::take(&mut self.fleet.expired) || self.fleet.deferred.is_empty() {
+            return false;
         }
+        let mut gave = false;
         let deferred = std::mem::take(&mut self.fleet.deferred);
         for (net, (ends, reason)) in deferred {
             if ends <= now {
@@ -372,11 +387,14 @@ impl Blocker {
                 if let Some(stats) = &self.fleet.stats {
                     stats.applied(OriginClass::of(&origin(&record.reason)));
                 }
-                self.decided(record, false);
+                let held = session(net);
+                self.decided(record, held);
                 self.retry_at = self.retry_at.min(now);
+                gave = true;
             }
         }
         self.note_fleet_held();
+        gave
     }
 
     /// The gauge of pulled bans held.
@@ -500,7 +518,7 @@ mod tests {
             ],
             vec![],
         );
-        assert!(b.pulled(p, 100, protected).is_empty());
+        assert!(b.pulled(p, 100, protected, |_| false).is_empty());
         assert_eq!(
             held(&b),
             vec![
@@ -560,7 +578,7 @@ mod tests {
             ],
             vec![],
         );
-        b.pulled(p, 20, protected);
+        b.pulled(p, 20, protected, |_| false);
         b.apply(20);
         // The local ban stands with its own origin.
         assert_eq!(
@@ -574,6 +592,7 @@ mod tests {
             pull(false, vec![], vec![d(1, "cscli", "Ip", "198.51.100.7")]),
             30,
             protected,
+            |_| false,
         );
         assert!(lifted(&h).is_empty(), "another decision still holds it");
         let h = b.pulled(
@@ -587,6 +606,7 @@ mod tests {
             ),
             40,
             protected,
+            |_| false,
         );
         assert_eq!(lifted(&h), vec![n("198.51.100.7")]);
         assert_eq!(held(&b), vec![("203.0.113.9".into(), "synwatch".into())]);
@@ -613,13 +633,16 @@ mod tests {
             pull(true, vec![d(2, "cscli", "Ip", gone)], vec![]),
             20,
             protected,
+            |_| false,
         );
         b.pulled(
             pull(false, vec![], vec![d(2, "cscli", "Ip", gone)]),
             30,
             protected,
+            |_| false,
         );
         b.apply(ends + 1);
+        assert!(!b.give_deferred(ends + 1, |_| false), "nothing to give");
         assert!(b.book.get(n(gone)).is_none());
         // The fleet bans a source for an hour while a one-minute local ban holds it.
         let t = ends + 1;
@@ -637,6 +660,7 @@ mod tests {
             pull(false, vec![d(1, "cscli", "Ip", stays)], vec![]),
             t + 5,
             protected,
+            |_| false,
         );
         assert_eq!(origin(&b.book.get(n(stays)).unwrap().reason), "synwatch");
         let happened = b.apply(ends + 1);
@@ -646,6 +670,7 @@ mod tests {
                 .any(|h| matches!(h, Happened::Unblocked(net, "expired") if *net == n(stays))),
             "{happened:?}"
         );
+        assert!(b.give_deferred(ends + 1, |_| false));
         // It stays banned, now by the fleet's decision, until the decision ends.
         let rec = b.book.get(n(stays)).expect("the fleet's ban given");
         assert_eq!(origin(&rec.reason), "cscli");
@@ -654,6 +679,72 @@ mod tests {
         let sent = runner.transcript();
         let mentions = sent.iter().filter(|l| l.contains(stays)).count();
         assert!(mentions >= 2, "given to the kernel again: {sent:?}");
+    }
+
+    /// SPEC §2: a source holding an established connection with this host at ban time
+    /// is banned for new connections only, by a pulled decision as by a scan: given at
+    /// once, or when the local ban that held it expires.
+    #[test]
+    fn a_decision_on_a_source_holding_a_session_drops_only_its_new_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = blocker(dir.path(), &runner);
+        let (talks, quiet, waits) = ("198.51.100.7", "198.51.100.8", "203.0.113.9");
+        let peers = [
+            n(talks).addr(),
+            n(waits).addr(),
+            n("2001:db8:1:2::5").addr(),
+        ];
+        let session = |net: IpNet| peers.iter().any(|a| net.contains(a));
+        let decisions = vec![
+            d(1, "cscli", "Ip", talks),
+            d(2, "cscli", "Ip", quiet),
+            d(3, "cscli", "Range", "2001:db8:1:2::/64"),
+        ];
+        b.pulled(pull(true, decisions, vec![]), 0, protected, session);
+        b.apply(0);
+        let new_only = |b: &Blocker, s: &str| b.book.get(n(s)).unwrap().new_only;
+        assert!(new_only(&b, talks));
+        assert!(!new_only(&b, quiet));
+        assert!(
+            new_only(&b, "2001:db8:1:2::/64"),
+            "a peer is inside the range"
+        );
+        let kernel = runner.transcript().join("\n");
+        assert!(
+            kernel.contains(&format!("banned4_new {{ {talks} timeout 3600s }}")),
+            "{kernel}"
+        );
+        assert!(
+            kernel.contains(&format!("banned4 {{ {quiet} timeout 3600s }}")),
+            "{kernel}"
+        );
+        // A scan's ban (new connections only) holds `waits` for a minute; the fleet's
+        // hour-long decision given when it expires keeps the session alive too.
+        b.scan(
+            waits.parse().unwrap(),
+            n(waits),
+            &[1, 2, 3, 4],
+            1,
+            None,
+            true,
+        );
+        b.apply(1);
+        let ends = b.book.get(n(waits)).unwrap().expires.unwrap();
+        b.pulled(
+            pull(false, vec![d(4, "cscli", "Ip", waits)], vec![]),
+            2,
+            protected,
+            session,
+        );
+        b.apply(ends + 1);
+        assert!(b.give_deferred(ends + 1, session));
+        assert_eq!(origin(&b.book.get(n(waits)).unwrap().reason), "cscli");
+        assert!(new_only(&b, waits));
+        b.apply(ends + 1);
+        let kernel = runner.transcript().join("\n");
+        let given = format!("banned4_new {{ {waits} timeout {}s }}", 2 + 3600 - ends - 1);
+        assert!(kernel.contains(&given), "{given} in {kernel}");
     }
 
     #[test]
@@ -665,7 +756,7 @@ mod tests {
             d(1, "cscli", "Ip", "198.51.100.1"),
             d(2, "cscli", "Ip", "198.51.100.2"),
         ];
-        b.pulled(pull(true, first, vec![]), 0, protected);
+        b.pulled(pull(true, first, vec![]), 0, protected, |_| false);
         b.apply(0);
         let before = runner.transcript().len();
         // The LAPI was away; on its return everything again: 1 still, 2 gone, 3 new.
@@ -673,7 +764,7 @@ mod tests {
             d(1, "cscli", "Ip", "198.51.100.1"),
             d(3, "cscli", "Ip", "198.51.100.3"),
         ];
-        let mut h = b.pulled(pull(true, again, vec![]), 30, protected);
+        let mut h = b.pulled(pull(true, again, vec![]), 30, protected, |_| false);
         assert_eq!(lifted(&h), vec![n("198.51.100.2")]);
         // (The lift went to the kernel at once, and the new ban with it.)
         h.extend(b.apply(30));
@@ -732,7 +823,7 @@ mod tests {
         assert_eq!(stats.push_queue.load(Ordering::Relaxed), 1);
         let mut back = d(7, "crowdsec", "Ip", "203.0.113.9");
         back.scenario = "synwatch/port-scan".into();
-        b.pulled(pull(false, vec![back], vec![]), 20, protected);
+        b.pulled(pull(false, vec![back], vec![]), 20, protected, |_| false);
         assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
         assert_eq!(held(&b)[0], ("203.0.113.10".into(), "manual".into()));
     }
@@ -753,7 +844,7 @@ mod tests {
         // Until the LAPI deletes it, the decision coming back is still this agent's own.
         let mut back = d(7, "crowdsec", "Ip", "203.0.113.9");
         back.scenario = "synwatch/port-scan".into();
-        b.pulled(pull(false, vec![back], vec![]), 20, protected);
+        b.pulled(pull(false, vec![back], vec![]), 20, protected, |_| false);
         assert_eq!(stats.skipped_of(OriginClass::Synwatch, Skip::Own), 1);
         assert!(held(&b).is_empty(), "{:?}", held(&b));
     }
@@ -765,7 +856,7 @@ mod tests {
         let mut b = started(Backend::Iptables, dir.path(), &runner);
         let mut long = d(1, "cscli", "Ip", "198.51.100.7");
         long.duration = "8760h".into();
-        b.pulled(pull(true, vec![long], vec![]), 0, protected);
+        b.pulled(pull(true, vec![long], vec![]), 0, protected, |_| false);
         b.apply(0);
         let r = b.book.get(n("198.51.100.7")).unwrap();
         assert_eq!(r.expires, Some(2_147_483));

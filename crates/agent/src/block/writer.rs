@@ -663,10 +663,12 @@ mod tests {
             new: vec![d],
             deleted: vec![],
         };
-        r.blocker.pulled(pull(decision(1, "1h")), 1000, |_| None);
+        r.blocker
+            .pulled(pull(decision(1, "1h")), 1000, |_| None, |_| false);
         assert_eq!(blocked(&r.blocker.apply_all(1000)), set(&["198.51.100.7"]));
         // The same address for longer: the kernel holds it with the old timeout.
-        r.blocker.pulled(pull(decision(2, "4h")), 1010, |_| None);
+        r.blocker
+            .pulled(pull(decision(2, "4h")), 1010, |_| None, |_| false);
         assert_eq!(blocked(&r.blocker.apply_all(1010)), set(&["198.51.100.7"]));
         let calls: Vec<&'static str> = r.kernel.lock().unwrap().calls.iter().map(|c| c.0).collect();
         assert_eq!(calls, vec!["refill", "add"]);
