@@ -362,13 +362,25 @@ pub struct Stream {
     pub malformed: Vec<String>,
 }
 
-/// The stream as it comes, each decision still unread.
+/// The stream as it comes, each decision still unread. Both lists are required (each
+/// `null` or an array), as a CrowdSec LAPI always sends them: a body without them (a
+/// proxy's `{"message":"maintenance"}`, `{}`) is not an empty stream, and read as one it
+/// would lift every pulled ban after a full pull.
 #[derive(Deserialize)]
 struct RawStream<'a> {
-    #[serde(default, borrow)]
-    new: Option<Vec<&'a serde_json::value::RawValue>>,
-    #[serde(default, borrow)]
-    deleted: Option<Vec<&'a serde_json::value::RawValue>>,
+    #[serde(borrow, deserialize_with = "decision_list")]
+    new: Vec<&'a serde_json::value::RawValue>,
+    #[serde(borrow, deserialize_with = "decision_list")]
+    deleted: Vec<&'a serde_json::value::RawValue>,
+}
+
+/// One list of the stream: `null` (none) or an array of decisions still unread. (A
+/// field read with this is required: its absence is an error.)
+fn decision_list<'de, D>(d: D) -> Result<Vec<&'de serde_json::value::RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<Vec<&'de serde_json::value::RawValue>>::deserialize(d).map(Option::unwrap_or_default)
 }
 
 /// A LAPI's text for a log line: without control characters, at most `max` of the rest.
@@ -377,16 +389,21 @@ pub fn printable(text: &str, max: usize) -> String {
 }
 
 pub fn parse_stream(bytes: &[u8]) -> Result<Stream, LapiError> {
-    let raw: RawStream<'_> = serde_json::from_slice(bytes).map_err(|e| {
+    let invalid = |why: &dyn std::fmt::Display| {
         let start = printable(&String::from_utf8_lossy(&bytes[..bytes.len().min(60)]), 60);
         LapiError::Invalid(format!(
-            "the decision stream is not the JSON of the API ({e}); it starts with {start:?}"
+            "the decision stream is not the JSON of the API ({why}); it starts with {start:?}"
         ))
-    })?;
+    };
+    // (serde would also take a struct written as an array, `[null,null]`.)
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(invalid(&"not a JSON object"));
+    }
+    let raw: RawStream<'_> = serde_json::from_slice(bytes).map_err(|e| invalid(&e))?;
     let mut stream = Stream::default();
-    let read = |list: Option<Vec<&serde_json::value::RawValue>>, malformed: &mut Vec<String>| {
+    let read = |list: Vec<&serde_json::value::RawValue>, malformed: &mut Vec<String>| {
         let mut out = Vec::new();
-        for d in list.unwrap_or_default() {
+        for d in list {
             match serde_json::from_str::<Decision>(d.get()) {
                 Ok(d) => out.push(d),
                 Err(e) => malformed.push(format!("{e} in {}", printable(d.get(), 120))),
@@ -770,6 +787,30 @@ mod tests {
         assert!(e.to_string().contains("not the JSON"), "{e}");
         assert!(parse_stream(br#"[1,2]"#).is_err());
         assert!(parse_stream(br#"{"new":7}"#).is_err());
+    }
+
+    /// A 200 answer that is not the stream (a proxy's or a broken LAPI's) is an error of
+    /// the pull, not an empty stream: read as one, a full pull would lift every pulled
+    /// ban. CrowdSec always sends both lists, either of them maybe null.
+    #[test]
+    fn a_body_without_both_lists_is_not_an_empty_stream() {
+        for body in [
+            r#"{"message":"maintenance"}"#,
+            "{}",
+            "[]",
+            "[null,null]",
+            "null",
+            r#"{"new":[]}"#,
+            r#"{"deleted":null}"#,
+            r#"{"new":null,"deleted":{}}"#,
+        ] {
+            let e = parse_stream(body.as_bytes()).unwrap_err();
+            assert!(matches!(e, LapiError::Invalid(_)), "{body}: {e}");
+        }
+        let e = parse_stream(br#"{"message":"maintenance"}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `new`"), "{e}");
+        let s = parse_stream(br#"{"deleted":[],"new":null}"#).unwrap();
+        assert_eq!(s, Stream::default());
     }
 
     #[test]
