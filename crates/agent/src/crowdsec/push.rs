@@ -416,7 +416,31 @@ pub fn is_detection(record: &Record) -> bool {
     record.reason.starts_with("ports ")
 }
 
-/// The push thread's loop: until `stop`.
+/// Whether an HTTP status refusing a push says the request itself is refused, so that
+/// sending it again cannot help: any 4xx but 401 and 403 (the credentials: logged in
+/// again, or retried with backoff), 408 (a timeout) and 429 (too many requests), which
+/// are retried. (A 413 for more than one alert splits the batch instead: see [`run`].)
+fn refused_for_good(code: u16) -> bool {
+    (400..500).contains(&code) && !matches!(code, 401 | 403 | 408 | 429)
+}
+
+/// Takes out of the queue the work the LAPI refused for good (`e`), counted and said.
+fn drop_refused(client: &Client, outbox: &Outbox, stats: &Stats, work: &Work, e: &LapiError) {
+    outbox.done(work.len());
+    stats
+        .push_dropped
+        .fetch_add(work.len() as u64, Ordering::Relaxed);
+    stats.push_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        "the CrowdSec LAPI at {} refused {} alert(s) or withdrawal(s), dropped: {e}",
+        client.base(),
+        work.len()
+    );
+}
+
+/// The push thread's loop: until `stop`. A batch of alerts refused as too large (HTTP
+/// 413) is sent again in halves, down to one alert, which alone is dropped; after each
+/// batch taken, the next may be twice as large again, up to [`BATCH`].
 pub fn run(
     client: &Client,
     creds: &Credentials,
@@ -427,8 +451,10 @@ pub fn run(
     let mut token: Option<(String, Instant)> = None;
     let mut backoff = Duration::from_secs(1);
     let mut failing = false;
+    // Alerts per request now.
+    let mut per_post = BATCH;
     while !stop.load(Ordering::Relaxed) {
-        let items = outbox.peek(BATCH, Duration::from_millis(500));
+        let items = outbox.peek(per_post, Duration::from_millis(500));
         if items.is_empty() {
             continue;
         }
@@ -467,25 +493,24 @@ pub fn run(
                 }
                 failing = false;
                 backoff = Duration::from_secs(1);
+                per_post = (per_post * 2).min(BATCH);
             }
             Err(e) if e.status() == Some(401) && held => {
                 // The token ran out or the LAPI restarted with another secret: log in again.
                 token = None;
             }
-            Err(e @ LapiError::Status { code, .. })
-                if (400..500).contains(&code) && code != 401 && code != 403 && code != 429 =>
-            {
-                // Refused as invalid: retrying cannot help.
-                outbox.done(work.len());
-                stats
-                    .push_dropped
-                    .fetch_add(work.len() as u64, Ordering::Relaxed);
+            Err(e) if e.status() == Some(413) && work.len() > 1 => {
+                // Too large for the LAPI (or a proxy before it): its first half at once.
+                per_post = work.len() / 2;
                 stats.push_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    "the CrowdSec LAPI at {} refused {} alert(s) or withdrawal(s), dropped: {e}",
+                tracing::warn!(
+                    "the CrowdSec LAPI at {} refused {} alerts at once as too large ({e}); sending {per_post} at a time",
                     client.base(),
                     work.len()
                 );
+            }
+            Err(e @ LapiError::Status { code, .. }) if refused_for_good(code) => {
+                drop_refused(client, outbox, stats, &work, &e);
             }
             Err(e) => {
                 stats.push_errors.fetch_add(1, Ordering::Relaxed);
@@ -518,14 +543,14 @@ mod tests {
     use super::*;
 
     /// A LAPI on 127.0.0.1 answering each request (one a connection) with
-    /// `answer(path, bearer token, logins so far)`; what it was asked is logged.
+    /// `answer(path, bearer token, logins so far, body)`; what it was asked is logged.
     struct FakeLapi {
         base: String,
         asked: Arc<Mutex<Vec<String>>>,
     }
 
     impl FakeLapi {
-        fn start(answer: fn(&str, &str, usize) -> (u16, String)) -> Self {
+        fn start(answer: fn(&str, &str, usize, &str) -> (u16, String)) -> Self {
             use std::io::{BufRead, BufReader, Read, Write};
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
@@ -566,7 +591,8 @@ mod tests {
                     } else {
                         log.lock().unwrap().push(format!("{method} {path} {token}"));
                     }
-                    let (code, text) = answer(&path, &token, logins);
+                    let (code, text) =
+                        answer(&path, &token, logins, &String::from_utf8_lossy(&body));
                     let _ = write!(
                         conn,
                         "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
@@ -584,8 +610,20 @@ mod tests {
 
     /// Runs the push thread against `lapi` while `during` offers alerts and waits.
     fn pushing(lapi: &FakeLapi, during: impl FnOnce(&Outbox, &Stats)) {
+        pushing_queued(lapi, &[], during);
+    }
+
+    /// [`pushing`], with `queued` in the queue before the push thread starts.
+    fn pushing_queued(
+        lapi: &FakeLapi,
+        queued: &[serde_json::Value],
+        during: impl FnOnce(&Outbox, &Stats),
+    ) {
         let stats = Arc::new(Stats::default());
         let outbox = Arc::new(Outbox::new(Arc::clone(&stats)));
+        for alert in queued {
+            assert!(outbox.offer(alert.clone(), None));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let creds = Credentials {
             url: lapi.base.clone(),
@@ -619,7 +657,7 @@ mod tests {
     fn a_token_the_lapi_no_longer_takes_is_renewed_at_once() {
         // The first token is taken once, then refused (the LAPI restarted with another
         // secret); the second is taken.
-        let lapi = FakeLapi::start(|path, token, logins| {
+        let lapi = FakeLapi::start(|path, token, logins, _| {
             static TAKEN: AtomicBool = AtomicBool::new(false);
             if path.ends_with("/login") {
                 return (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"));
@@ -646,7 +684,7 @@ mod tests {
 
     #[test]
     fn a_ban_lifted_by_hand_is_withdrawn_after_its_alert_for_both_scenarios() {
-        let lapi = FakeLapi::start(|path, _, logins| {
+        let lapi = FakeLapi::start(|path, _, logins, _| {
             if path.ends_with("/login") {
                 (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"))
             } else if path.starts_with("/v1/decisions") {
@@ -686,7 +724,7 @@ mod tests {
 
     #[test]
     fn a_fresh_token_refused_backs_off_instead_of_spinning() {
-        let lapi = FakeLapi::start(|path, _, logins| {
+        let lapi = FakeLapi::start(|path, _, logins, _| {
             if path.ends_with("/login") {
                 (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"))
             } else {
@@ -702,6 +740,70 @@ mod tests {
         let logins = lapi.asked().iter().filter(|a| *a == "login").count();
         // Backoff of 1 s, then 2 s: two or three logins in 2.5 s, not hundreds.
         assert!((1..=3).contains(&logins), "{:?}", lapi.asked());
+    }
+
+    /// A LAPI (or a proxy before it) that times out once (408), then takes alerts: the
+    /// alert is sent again, not dropped.
+    #[test]
+    fn an_alert_answered_408_is_sent_again() {
+        let lapi = FakeLapi::start(|path, _, logins, _| {
+            static TIMED_OUT: AtomicBool = AtomicBool::new(false);
+            if path.ends_with("/login") {
+                (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"))
+            } else if !TIMED_OUT.swap(true, Ordering::Relaxed) {
+                (408, "{\"message\":\"request timeout\"}".into())
+            } else {
+                (201, "[]".into())
+            }
+        });
+        pushing(&lapi, |outbox, stats| {
+            assert!(outbox.offer(serde_json::json!({"scenario": "synwatch/port-scan"}), None));
+            assert!(pushed_within(stats, 1, 10), "pushed after the 408");
+            assert_eq!(stats.push_dropped.load(Ordering::Relaxed), 0);
+        });
+        let posts = lapi
+            .asked()
+            .iter()
+            .filter(|a| a.starts_with("alerts"))
+            .count();
+        assert_eq!(posts, 2, "{:?}", lapi.asked());
+    }
+
+    /// A LAPI that takes at most two alerts a request and refuses one of them alone as
+    /// too large (413): the batch is halved until each part is taken, and only that one
+    /// alert is dropped.
+    #[test]
+    fn a_batch_refused_as_too_large_is_split_and_only_a_lone_alert_refused_is_dropped() {
+        let lapi = FakeLapi::start(|path, _, logins, body| {
+            if path.ends_with("/login") {
+                return (200, format!("{{\"code\":200,\"token\":\"t{logins}\"}}"));
+            }
+            let alerts = body.matches("\"scenario\"").count();
+            if alerts > 2 || body.contains("huge") {
+                (413, "{\"message\":\"request entity too large\"}".into())
+            } else {
+                (201, "[]".into())
+            }
+        });
+        let alert =
+            |tag: &str| serde_json::json!({"scenario": "synwatch/port-scan", "message": tag});
+        let queued: Vec<serde_json::Value> = ["a", "huge", "c", "d", "e"]
+            .iter()
+            .map(|t| alert(t))
+            .collect();
+        pushing_queued(&lapi, &queued, |_, stats| {
+            assert!(pushed_within(stats, 4, 10), "the four others pushed");
+            assert_eq!(stats.push_dropped.load(Ordering::Relaxed), 1);
+            assert_eq!(stats.push_queue.load(Ordering::Relaxed), 0);
+        });
+        // The five refused; a and huge refused; a; huge and c refused; huge alone
+        // refused (dropped); c; d and e.
+        let posts = lapi
+            .asked()
+            .iter()
+            .filter(|a| a.starts_with("alerts"))
+            .count();
+        assert_eq!(posts, 7, "{:?}", lapi.asked());
     }
 
     fn record(net: &str, reason: &str, expires: Option<i64>) -> Record {
