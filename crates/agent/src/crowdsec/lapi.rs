@@ -267,9 +267,13 @@ impl Client {
         .map(drop)
     }
 
-    /// `DELETE /v1/decisions` of `scenario` on exactly `net` (`ip=` or `range=`): the
-    /// fleet's decisions of one of synwatch's scenarios on a network lifted here by hand.
-    /// Returns how many the LAPI deleted.
+    /// `DELETE /v1/decisions` of `scenario` on exactly `net`: the fleet's decisions of one
+    /// of synwatch's scenarios on a network lifted here by hand. Returns how many the
+    /// LAPI deleted. The filter is `value=`, the decision's value as synwatch's alerts
+    /// give it (an address as itself, a range as ADDR/LEN), which the LAPI matches
+    /// exactly; with `ip=` or `range=` it would delete every decision whose range
+    /// contains `net` too (another host's /64 around a /128), or with `contains=false`
+    /// every one inside it.
     pub fn delete_decisions(
         &self,
         token: &str,
@@ -277,15 +281,10 @@ impl Client {
         scenario: &str,
     ) -> Result<u64, LapiError> {
         let url = format!("{}/v1/decisions", self.base);
-        let (key, value) = if synwatch_enforce::is_host(net) {
-            ("ip", net.addr().to_string())
-        } else {
-            ("range", synwatch_enforce::net_text(net))
-        };
         let bytes = Self::answer(
             self.agent
                 .delete(&url)
-                .query(key, &value)
+                .query("value", &synwatch_enforce::net_text(net))
                 .query("scenario", scenario)
                 .set("Authorization", &format!("Bearer {token}"))
                 .call(),

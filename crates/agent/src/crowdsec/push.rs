@@ -682,6 +682,9 @@ mod tests {
         );
     }
 
+    /// The decisions are named by `value=`, which the LAPI matches exactly: with `ip=`
+    /// or `range=` it deletes every decision whose range contains the network too (the
+    /// /64 or /26 another host pushed), fleet-wide.
     #[test]
     fn a_ban_lifted_by_hand_is_withdrawn_after_its_alert_for_both_scenarios() {
         let lapi = FakeLapi::start(|path, _, logins, _| {
@@ -713,10 +716,10 @@ mod tests {
         assert_eq!(
             deletes,
             [
-                "DELETE /v1/decisions?ip=192.0.2.7&scenario=synwatch/port-scan t1",
-                "DELETE /v1/decisions?ip=192.0.2.7&scenario=synwatch/address-sweep t1",
-                "DELETE /v1/decisions?range=2001:db8:1:2::/64&scenario=synwatch/port-scan t1",
-                "DELETE /v1/decisions?range=2001:db8:1:2::/64&scenario=synwatch/address-sweep t1",
+                "DELETE /v1/decisions?value=192.0.2.7&scenario=synwatch/port-scan t1",
+                "DELETE /v1/decisions?value=192.0.2.7&scenario=synwatch/address-sweep t1",
+                "DELETE /v1/decisions?value=2001:db8:1:2::/64&scenario=synwatch/port-scan t1",
+                "DELETE /v1/decisions?value=2001:db8:1:2::/64&scenario=synwatch/address-sweep t1",
             ],
             "{asked:?}"
         );
