@@ -970,6 +970,20 @@ mod tests {
     use super::*;
     use std::io::Read as _;
 
+    /// Serves `metrics` on a port of its own: its address, and the flag that stops it.
+    fn start(metrics: &Arc<Metrics>) -> (SocketAddr, Arc<AtomicBool>) {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        serve(
+            Socket::Bound(listener),
+            Arc::clone(metrics),
+            Arc::clone(&stop),
+        )
+        .expect("serve");
+        (addr, stop)
+    }
+
     fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).expect("connect");
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
@@ -1041,15 +1055,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
         metrics.attempts_in.store(7, Ordering::Relaxed);
         metrics.interfaces[0].drops.store(3, Ordering::Relaxed);
-        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        serve(
-            Socket::Bound(listener),
-            Arc::clone(&metrics),
-            Arc::clone(&stop),
-        )
-        .expect("serve");
+        let (addr, stop) = start(&metrics);
 
         let page = get(addr, "/metrics");
         assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
@@ -1156,15 +1162,7 @@ mod tests {
     #[test]
     fn slow_and_silent_clients_delay_nobody_and_are_cut_at_the_deadline() {
         let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
-        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        serve(
-            Socket::Bound(listener),
-            Arc::clone(&metrics),
-            Arc::clone(&stop),
-        )
-        .expect("serve");
+        let (addr, stop) = start(&metrics);
 
         // Five silent connections, and one that sends a byte every 1.5 s.
         let silent: Vec<TcpStream> = (0..5)
@@ -1233,15 +1231,7 @@ mod tests {
     #[test]
     fn a_few_dozen_idle_connections_close_nobody() {
         let metrics = Arc::new(Metrics::new(&["eth0".to_owned()]));
-        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = Arc::new(AtomicBool::new(false));
-        serve(
-            Socket::Bound(listener),
-            Arc::clone(&metrics),
-            Arc::clone(&stop),
-        )
-        .expect("serve");
+        let (addr, stop) = start(&metrics);
         let mut idle: Vec<TcpStream> = (0..40)
             .map(|_| TcpStream::connect(addr).expect("connect"))
             .collect();

@@ -776,6 +776,29 @@ mod tests {
         assert!(std::mem::offset_of!(SweepSlot, clock) < 64);
     }
 
+    /// An unanswered attempt of source `src` judged by the sweep state and the model,
+    /// which must agree; what they found.
+    fn judge_both(
+        (sweeps, model): (&mut Sweeps, &mut Model),
+        src: u64,
+        (ts, host, port): (Nanos, IpAddr, u16),
+        (window, bounds): (Nanos, Bounds),
+    ) -> Option<Found> {
+        let want = model.count(ts, host, port, window, bounds);
+        let got = sweeps.unanswered(
+            [0, src],
+            ts,
+            crate::key::addr_key(host),
+            port,
+            window,
+            bounds,
+            100,
+            || true,
+        );
+        assert_eq!(got, want, "source {src}, port {port} at {ts}");
+        got
+    }
+
     /// xorshift64: `next(n)` is below `n`.
     fn rng() -> impl FnMut(u64) -> u64 {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -811,18 +834,12 @@ mod tests {
             // Attempts are judged a little out of order: their times go back a bit.
             let at = ts - next(30) as Nanos;
             let bounds = Bounds::new(max_hosts, max_ports);
-            let want = models[src].count(at, host, port, window, bounds);
-            let got = sweeps.unanswered(
-                [0, src as u64],
-                at,
-                crate::key::addr_key(host),
-                port,
-                window,
-                bounds,
-                100,
-                || true,
+            let got = judge_both(
+                (&mut sweeps, &mut models[src]),
+                src as u64,
+                (at, host, port),
+                (window, bounds),
             );
-            assert_eq!(got, want, "source {src} at {at}");
             found += usize::from(got.is_some());
             wide |= !sweeps.wide.is_empty();
             if next(5_000) == 0 {
@@ -883,19 +900,12 @@ mod tests {
         let mut model = Model::default();
         let mut step = |ts: Nanos, port: u16, host: u8| {
             let host = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, host));
-            let want = model.count(ts, host, port, window, bounds);
-            let got = sweeps.unanswered(
-                [0, 1],
-                ts,
-                crate::key::addr_key(host),
-                port,
-                window,
-                bounds,
-                100,
-                || true,
-            );
-            assert_eq!(got, want, "port {port} at {ts}");
-            got
+            judge_both(
+                (&mut sweeps, &mut model),
+                1,
+                (ts, host, port),
+                (window, bounds),
+            )
         };
         step(0, 1, 1);
         for port in 2..=8 {
