@@ -327,28 +327,23 @@ impl Sweeps {
             let found = count(s, ts, key_addr(host), port, window, bounds);
             slot.last = s.last;
             (found, s.reached.len(), s.in_episode)
-        } else if let Some(v4) = key_v4(host)
-            && let Counted::Done(found) = count_in_slot(
-                self.sweepers.get_mut(at),
-                (ts, window),
-                v4,
-                port,
-                usize::from(bounds.max_hosts) + 1,
-            )
-        {
-            // The common case: counted in the slot's own arrays.
-            let slot = self.sweepers.get(at);
-            (found, usize::from(slot.len), slot.in_episode)
         } else if let Some(v4) = key_v4(host) {
-            // The slot is full and this host is new to it: counted as a list, which the
-            // side table takes.
-            let mut s = self.load(at);
-            let found = count(&mut s, ts, v4, port, window, bounds);
-            let (held, in_episode) = (s.reached.len(), s.in_episode);
-            self.store(at, s);
-            let found =
-                found.map(|hosts| hosts.into_iter().map(|h| IpAddr::V4(h.into())).collect());
-            (found, held, in_episode)
+            let keep = usize::from(bounds.max_hosts) + 1;
+            match count_in_slot(slot, (ts, window), v4, port, keep) {
+                // The common case: counted in the slot's own arrays.
+                Counted::Done(found) => (found, usize::from(slot.len), slot.in_episode),
+                // The slot is full and this host is new to it: counted as a list, which
+                // the side table takes.
+                Counted::Full => {
+                    let mut s = self.load(at);
+                    let found = count(&mut s, ts, v4, port, window, bounds);
+                    let (held, in_episode) = (s.reached.len(), s.in_episode);
+                    self.store(at, s);
+                    let found = found
+                        .map(|hosts| hosts.into_iter().map(|h| IpAddr::V4(h.into())).collect());
+                    (found, held, in_episode)
+                }
+            }
         } else {
             let mut s = self.load(at).widen();
             let found = count(&mut s, ts, key_addr(host), port, window, bounds);
