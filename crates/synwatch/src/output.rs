@@ -153,16 +153,22 @@ impl<W: Write> EventWriter<W> {
         self.formatter.format() == event_text::Format::Json
     }
 
-    /// Writes JSON lines lying in `pieces` of `text` straight from there (one vectored
-    /// write for them all, no copy into the buffer), after what is buffered.
+    /// Writes the events formatted in `pieces` of `text`, in order: JSON lines straight
+    /// from there (one vectored write for them all, no copy into the buffer) after what
+    /// is buffered; table rows one by one, each padded as [`Self::formatted`] does.
     pub fn write_pieces(
         &mut self,
         text: &[u8],
         pieces: &[std::ops::Range<usize>],
     ) -> io::Result<()> {
+        if !self.writes_lines_as_they_are() {
+            for piece in pieces {
+                self.formatted(text.get(piece.clone()).unwrap_or_default())?;
+            }
+            return Ok(());
+        }
         if !self.line.is_empty() {
-            self.out.write_all(&self.line)?;
-            self.line.clear();
+            self.write_buffered()?;
         }
         let mut slices: Vec<io::IoSlice<'_>> = pieces
             .iter()
@@ -184,15 +190,20 @@ impl<W: Write> EventWriter<W> {
 
     fn end_event(&mut self) -> io::Result<()> {
         if self.line.len() >= FLUSH_AT {
-            self.out.write_all(&self.line)?;
-            self.line.clear();
+            self.write_buffered()?;
         }
         Ok(())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Hands what is buffered to the output.
+    fn write_buffered(&mut self) -> io::Result<()> {
         self.out.write_all(&self.line)?;
         self.line.clear();
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_buffered()?;
         self.out.flush()
     }
 }

@@ -38,12 +38,6 @@ impl<W: io::Write> FormattedSink for EventWriter<W> {
     }
 
     fn formatted_pieces(&mut self, text: &[u8], pieces: &[Range<usize>]) -> io::Result<()> {
-        if !self.writes_lines_as_they_are() {
-            for piece in pieces {
-                EventWriter::formatted(self, text.get(piece.clone()).unwrap_or_default())?;
-            }
-            return Ok(());
-        }
         self.write_pieces(text, pieces)
     }
 }
