@@ -319,12 +319,12 @@ impl<S: FormattedSink> StepSink for ReplayStep<'_, S> {
     }
 
     fn scan(&mut self, _detector: &Detector, scan: &synwatch_detect::Scan) -> io::Result<()> {
-        // The connections before it go out first.
+        // The connections before it go out first (the list is kept for its room).
         let (text, pieces) = (self.text, std::mem::take(self.pieces));
-        self.write(|events| events.formatted_pieces(text, &pieces))?;
-        let mut pieces = pieces;
-        pieces.clear();
+        let written = self.write(|events| events.formatted_pieces(text, &pieces));
         *self.pieces = pieces;
+        self.pieces.clear();
+        written?;
         self.write(|events| events.scan(scan, None))
     }
 }
