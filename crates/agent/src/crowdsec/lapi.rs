@@ -126,13 +126,23 @@ fn authority_is_valid(rest: &str) -> bool {
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => match v6.split_once(']') {
-            Some((addr, after)) if addr.parse::<std::net::Ipv6Addr>().is_ok() => match after {
-                "" => (addr, None),
-                _ => match after.strip_prefix(':') {
-                    Some(port) => (addr, Some(port)),
-                    None => return false,
-                },
-            },
+            // A zone index (`fe80::1%25eth0`) follows a link-local address.
+            Some((addr, after))
+                if addr
+                    .split('%')
+                    .next()
+                    .unwrap_or_default()
+                    .parse::<std::net::Ipv6Addr>()
+                    .is_ok() =>
+            {
+                match after {
+                    "" => (addr, None),
+                    _ => match after.strip_prefix(':') {
+                        Some(port) => (addr, Some(port)),
+                        None => return false,
+                    },
+                }
+            }
             _ => return false,
         },
         None => match authority.split_once(':') {
@@ -676,6 +686,10 @@ mod tests {
         assert_eq!(
             base_url("http://[fd00::1]:8080").unwrap(),
             "http://[fd00::1]:8080"
+        );
+        assert_eq!(
+            base_url("http://[fe80::9%25eth0]:8080").unwrap(),
+            "http://[fe80::9%25eth0]:8080"
         );
         assert_eq!(
             base_url("https://lapi.example/crowdsec/").unwrap(),
