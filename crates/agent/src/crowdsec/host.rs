@@ -37,19 +37,7 @@ pub fn place(url: &str) -> Option<Place> {
     let authority = rest.split(['/', '?', '#']).next()?;
     // Credentials before an `@` are not the host.
     let authority = authority.rsplit('@').next()?;
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (addr, after) = v6.split_once(']')?;
-        (addr, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    // A zone index (`fe80::1%eth0`, `%25` in URLs) is not part of the address.
+    let Authority { host, port, .. } = Authority::of(authority)?;
     let bare = host.split('%').next().unwrap_or(host);
     if let Ok(addr) = bare.parse::<IpAddr>() {
         return Some(Place::Address(addr.to_canonical()));
@@ -59,6 +47,42 @@ pub fn place(url: &str) -> Option<Place> {
         None => default_port,
     };
     Some(Place::Name(host.trim_end_matches('.').to_owned(), port))
+}
+
+/// A URL's `HOST[:PORT]` or `[V6][:PORT]`, as written.
+#[derive(Debug, Clone, Copy)]
+pub struct Authority<'a> {
+    /// The host; for a bracketed one, what is inside the brackets, a zone index
+    /// (`fe80::1%25eth0`) included.
+    pub host: &'a str,
+    pub port: Option<&'a str>,
+    pub bracketed: bool,
+}
+
+impl<'a> Authority<'a> {
+    /// `None` when there is no host, or a bracket is not closed or is followed by
+    /// something else than a port.
+    pub fn of(authority: &'a str) -> Option<Self> {
+        let (host, port, bracketed) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (addr, after) = v6.split_once(']')?;
+                let port = match after {
+                    "" => None,
+                    _ => Some(after.strip_prefix(':')?),
+                };
+                (addr, port, true)
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p), false),
+                None => (authority, None, false),
+            },
+        };
+        (!host.is_empty()).then_some(Self {
+            host,
+            port,
+            bracketed,
+        })
+    }
 }
 
 /// The LAPI's addresses as last known, shared between the resolving thread and the host

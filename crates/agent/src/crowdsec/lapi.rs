@@ -123,34 +123,17 @@ fn authority_is_valid(rest: &str) -> bool {
     if rest.contains(['?', '#', '@']) || rest.contains(char::is_whitespace) {
         return false;
     }
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            // A zone index (`fe80::1%25eth0`) follows a link-local address.
-            Some((addr, after))
-                if addr
-                    .split('%')
-                    .next()
-                    .unwrap_or_default()
-                    .parse::<std::net::Ipv6Addr>()
-                    .is_ok() =>
-            {
-                match after {
-                    "" => (addr, None),
-                    _ => match after.strip_prefix(':') {
-                        Some(port) => (addr, Some(port)),
-                        None => return false,
-                    },
-                }
-            }
-            _ => return false,
-        },
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
+    let Some(a) = super::host::Authority::of(rest.split('/').next().unwrap_or_default()) else {
+        return false;
     };
-    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+    // A zone index (`fe80::1%25eth0`) follows a link-local address.
+    let host_is_valid = if a.bracketed {
+        let bare = a.host.split('%').next().unwrap_or_default();
+        bare.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !a.host.contains(':')
+    };
+    host_is_valid && a.port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
 /// What went wrong talking to the LAPI, said so that the operator knows what to do.
