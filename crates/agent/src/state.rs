@@ -37,6 +37,12 @@ const BAN_COLUMNS: [&str; 6] = ["addr", "since", "expires", "reason", "offences"
 /// The columns of a remembered offender.
 const OFFENDER_COLUMNS: [&str; 3] = ["addr", "offences", "last_until"];
 
+/// `SELECT columns FROM table then`: the queries that read saved rows name their
+/// columns from one list, which salvaging a damaged file reads too.
+fn select(columns: &[&str], table: &str, then: &str) -> String {
+    format!("SELECT {} FROM {table} {then}", columns.join(", "))
+}
+
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
@@ -195,11 +201,8 @@ impl Store {
             );
             conn.execute_batch(&format!("DROP TRIGGER \"{}\"", name.replace('"', "\"\"")))?;
         }
-        for query in [
-            "SELECT addr, since, expires, reason, offences, new_only FROM bans LIMIT 0",
-            "SELECT addr, offences, last_until FROM offenders LIMIT 0",
-        ] {
-            if let Err(e) = conn.prepare(query) {
+        for (table, columns) in [("bans", &BAN_COLUMNS[..]), ("offenders", &OFFENDER_COLUMNS)] {
+            if let Err(e) = conn.prepare(&select(columns, table, "LIMIT 0")) {
                 return Err(Unsound::Schema(e.to_string()));
             }
         }
@@ -349,9 +352,7 @@ impl Store {
     /// read again around the damage ([`Store::recover`]).
     pub fn bans(&mut self) -> Result<Vec<Record>> {
         let rows = self
-            .rows(
-                "SELECT addr, since, expires, reason, offences, new_only FROM bans ORDER BY since, addr",
-            )
+            .rows(&select(&BAN_COLUMNS, "bans", "ORDER BY since, addr"))
             .with_context(|| self.context("read bans"))?;
         let off = (self.offset)();
         Ok(rows
@@ -452,7 +453,7 @@ impl Store {
     /// Every remembered offender, in agent time.
     pub fn offenders(&mut self) -> Result<Vec<(IpNet, Offender)>> {
         let rows = self
-            .rows("SELECT addr, offences, last_until FROM offenders")
+            .rows(&select(&OFFENDER_COLUMNS, "offenders", ""))
             .with_context(|| self.context("read offenders"))?;
         let off = (self.offset)();
         let mut out = Vec::new();
