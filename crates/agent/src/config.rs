@@ -96,13 +96,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
     if text.is_empty() {
         return Err(EXPECTED.into());
     }
-    if text.bytes().all(|b| b.is_ascii_digit()) {
-        let secs: i64 = text.parse().map_err(|_| "too large".to_owned())?;
-        return secs
-            .checked_mul(1_000_000_000)
-            .ok_or_else(|| "too large".to_owned());
-    }
-    // A bare decimal number is seconds too (`window = 1.5` in the file).
+    // A bare number is seconds (`90`, and `window = 1.5` in the file).
     if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return parse_duration(&format!("{text}s"));
     }
