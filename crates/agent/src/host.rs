@@ -207,10 +207,10 @@ const IP_LISTINGS: [(&[&str], &str); 3] = [
 /// The infrastructure, read live: /proc's routes and resolv.conf at every read (plain
 /// file reads), and the next hops only `ip` shows (every default route of every table,
 /// every next hop of a multipath route or nexthop group). `ip` runs at the first read,
-/// again at once when /proc's routes changed (so that a forged scan right after a route
-/// change cannot ban the new hop), and every [`ROUTES_EVERY`] on a thread of its own (so
-/// that a change in a policy table alone counts within that time, without the pipeline
-/// waiting on `ip`). `ip` runs from its fixed system path with a clean environment;
+/// again at once when /proc's routes changed or the kernel told of a route change (so
+/// that a forged scan right after a route change cannot ban the new hop), and every
+/// [`ROUTES_EVERY`] on a thread of its own (so that a change counts within that time
+/// where the kernel's word cannot be had, without the pipeline waiting on `ip`). `ip` runs from its fixed system path with a clean environment;
 /// where it cannot run, /proc's routes alone count (said once). Clones share what was
 /// listed; the thread ends once no clone is left.
 #[derive(Debug, Clone, Default)]
@@ -243,6 +243,11 @@ fn resolv_signature() -> u64 {
 struct Listed {
     /// A digest of /proc's routes when `ip` last ran for a read.
     digest: Option<u64>,
+    /// The kernel told of a route change since `ip` last ran for a read. /proc's
+    /// routes do not show every change: a hop added to a multipath route leaves its
+    /// line as it was (it names the first hop alone), as does any change in a policy
+    /// table.
+    told: bool,
     /// When `ip` last ran for a read.
     listed_at: Option<Instant>,
     /// The next hops it found.
@@ -253,6 +258,14 @@ struct Listed {
     said: bool,
     /// The refreshing thread runs ([`Routes::keep_listing`]).
     refreshing: bool,
+}
+
+impl Listed {
+    /// Whether `ip` may run for a read at `now` (see [`LIST_AT_MOST_EVERY`]).
+    fn may_list(&self, now: Instant) -> bool {
+        self.listed_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= LIST_AT_MOST_EVERY)
+    }
 }
 
 impl Routes {
@@ -268,12 +281,10 @@ impl Routes {
             // router advertisements can make them, and each would otherwise start `ip`
             // while the pipeline waits. /proc's routes, read every time, cover the main
             // table's next hops meanwhile.
-            let due = l
-                .listed_at
-                .is_none_or(|at| now.saturating_duration_since(at) >= LIST_AT_MOST_EVERY);
-            if l.digest != Some(digest) && due {
+            if (l.digest != Some(digest) || l.told) && l.may_list(now) {
                 l.hops = listed_hops(&mut l.said);
                 l.digest = Some(digest);
+                l.told = false;
                 l.listed_at = Some(now);
                 l.generation += 1;
             }
@@ -361,7 +372,19 @@ impl Routes {
             *seen = Some(resolv);
             changed
         };
-        self.routes_changed() || resolv_changed
+        if self.routes_changed() {
+            lock(&self.listed).told = true;
+            return true;
+        }
+        // A change told while `ip` could not run again yet: the read that lists it is
+        // asked for once it may.
+        resolv_changed || self.listing_due()
+    }
+
+    /// Whether a change the kernel told of waits for `ip` and `ip` may run again.
+    fn listing_due(&self) -> bool {
+        let l = lock(&self.listed);
+        l.told && l.may_list(crate::clock::monotonic())
     }
 
     /// The route part of [`Routes::changed`].
