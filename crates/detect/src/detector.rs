@@ -23,6 +23,7 @@ use crate::key::{AddrKey, addr_key, halves, key_addr, key_v4};
 use crate::probe::{Probe, ProbeSet};
 use crate::state::{Attempts, Key, PortSeen, Sources, Tuple as Tuple4};
 use crate::sweep::{Bounds, Pending, Sweeps, Tuple};
+use crate::table::SlotUse;
 
 /// Whether an attempt leaves or enters the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -273,6 +274,10 @@ pub struct Detector {
     sweeps: Sweeps,
     /// Sweeps found while time advanced, for the next [`Outcome`].
     found: Vec<Scan>,
+    /// Whether recent SYNs' 4-tuples and recent sources held slots (what
+    /// [`Detector::prefetch`] loads).
+    attempt_slots: SlotUse,
+    source_slots: SlotUse,
 }
 
 impl Detector {
@@ -287,6 +292,8 @@ impl Detector {
             stats: Stats::default(),
             sweeps: Sweeps::default(),
             found: Vec::new(),
+            attempt_slots: SlotUse::default(),
+            source_slots: SlotUse::default(),
         }
     }
 
@@ -426,14 +433,13 @@ impl Detector {
             return;
         };
         if probe == Probe::Syn {
-            self.attempts.prefetch(&Tuple4::new(
-                addr_key(obs.src),
-                addr_key(obs.dst),
-                obs.sport,
-                obs.dport,
-            ));
+            self.attempts.prefetch(
+                &Tuple4::new(addr_key(obs.src), addr_key(obs.dst), obs.sport, obs.dport),
+                self.attempt_slots.likely(),
+            );
         }
-        self.sources.prefetch(&self.key_of(obs.src));
+        self.sources
+            .prefetch(&self.key_of(obs.src), self.source_slots.likely());
     }
 
     /// Takes one segment. Time is the observation's; it never runs backwards here (an
@@ -476,6 +482,7 @@ impl Detector {
         let mut unremembered = None;
         let seen = if probe == Probe::Syn {
             let Some(tuple) = self.new_attempt(obs, &key, marks) else {
+                self.attempt_slots.note(true);
                 self.stats.retransmissions += 1;
                 return Outcome {
                     seen: Seen::Retransmission(direction),
@@ -497,9 +504,7 @@ impl Detector {
 
         let log = probe == Probe::Syn && self.cfg.direction.selects(direction);
         if !self.cfg.direction.counts_toward_scans(direction) {
-            if let Some((tuple, _)) = unremembered {
-                self.remember(tuple);
-            }
+            self.settle_attempt(probe, unremembered, true);
             return Outcome {
                 seen,
                 log,
@@ -509,11 +514,8 @@ impl Detector {
         }
         let mark = unremembered.filter(|_| marks).map_or(0, |(_, mark)| mark);
         let (scan, tracked) = self.track(obs, probe, (now, &key), mark);
-        if (tracked || !marks)
-            && let Some((tuple, _)) = unremembered
-        {
-            self.remember(tuple);
-        }
+        self.source_slots.note(tracked);
+        self.settle_attempt(probe, unremembered, tracked || !marks);
         // A source seen for the first time at the cap (a first sighting) is not counted
         // toward sweeps: under a spoofed flood that is every packet, whose answer would
         // otherwise be waited for and judged, and a sweeper counts from its next attempt.
@@ -654,6 +656,24 @@ impl Detector {
     }
 
     /// Remembers a 4-tuple not remembered yet, seen now.
+    /// After a probe: remembers a new attempt's 4-tuple (`unremembered`) where
+    /// `remember`, and notes for [`Detector::prefetch`] whether a SYN's 4-tuple slot was
+    /// read (it was remembered already) or written.
+    fn settle_attempt(
+        &mut self,
+        probe: Probe,
+        unremembered: Option<(Tuple4, u32)>,
+        remember: bool,
+    ) {
+        if probe != Probe::Syn {
+            return;
+        }
+        self.attempt_slots.note(remember || unremembered.is_none());
+        if remember && let Some((tuple, _)) = unremembered {
+            self.remember(tuple);
+        }
+    }
+
     fn remember(&mut self, tuple: Tuple4) {
         self.stats.attempts_evicted +=
             self.attempts

@@ -165,9 +165,11 @@ impl Sources {
         self.table.span()
     }
 
+    /// Starts loading what a lookup of `key` will read: its control byte, its slot where
+    /// `slot` (see [`crate::table::Table::prefetch`]), and its first sighting.
     #[inline]
-    pub fn prefetch(&self, key: &Key) {
-        self.table.prefetch(key);
+    pub fn prefetch(&self, key: &Key, slot: bool) {
+        self.table.prefetch(key, slot);
         // At the cap, an untracked source's first sighting is looked up too.
         self.first.prefetch(key);
     }
@@ -557,11 +559,12 @@ impl Attempts {
         self.v4.span() + self.v6.span()
     }
 
+    /// Starts loading `t`'s control byte, and its slot where `slot`.
     #[inline]
-    pub fn prefetch(&self, t: &Tuple) {
+    pub fn prefetch(&self, t: &Tuple, slot: bool) {
         match t {
-            Tuple::V4(k) => self.v4.prefetch(k),
-            Tuple::V6(k) => self.v6.prefetch(k),
+            Tuple::V4(k) => self.v4.prefetch(k, slot),
+            Tuple::V6(k) => self.v6.prefetch(k, slot),
         }
     }
 

@@ -466,7 +466,7 @@ impl Sweeps {
 
     /// Asks for the slot of the source counted as `key` to be loaded: it is judged soon.
     pub fn prefetch(&self, key: &[u64; 2]) {
-        self.sweepers.prefetch(key);
+        self.sweepers.prefetch(key, true);
     }
 
     /// The attempt `n` places from the front of the queue.

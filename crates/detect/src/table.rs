@@ -199,13 +199,18 @@ impl<S: Slot> Table<S> {
 
     /// Asks the CPU to start loading `key`'s home slot (all its cache lines), so that a lookup a little later
     /// does not wait for memory. Does nothing where there is no prefetch instruction.
+    /// With `slot` false, only the home's control byte: enough to learn that the key is
+    /// absent, where the caller expects it to be and will not write its slot either.
     #[inline]
-    pub fn prefetch(&self, key: &S::Key) {
+    pub fn prefetch(&self, key: &S::Key, slot: bool) {
         if self.slots.is_empty() {
             return;
         }
         let home = self.home(key);
         prefetch_line(std::ptr::from_ref(&self.ctrl[home]).cast());
+        if !slot {
+            return;
+        }
         let slot: *const S = &self.slots[home];
         // Every cache line of a slot wider than one (they are aligned to 64 bytes).
         for line in (0..std::mem::size_of::<S>()).step_by(64) {
@@ -615,6 +620,35 @@ fn advise_huge(start: *mut u8, bytes: usize) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge(_start: *mut u8, _bytes: usize) {}
 
+/// Whether the last 64 lookups of a table read or wrote their key's slot, one bit each:
+/// under a spoofed flood at the caps nearly every key is absent and gets no slot (a first
+/// sighting holds it), and prefetching the slot as well as its control byte only fills
+/// the memory system with lines no one reads; in ordinary traffic most lookups find
+/// their key, and the slot is prefetched.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotUse(u64);
+
+impl Default for SlotUse {
+    fn default() -> Self {
+        Self(u64::MAX)
+    }
+}
+
+impl SlotUse {
+    /// Records whether a lookup read or wrote its slot.
+    #[inline]
+    pub(crate) fn note(&mut self, used: bool) {
+        self.0 = (self.0 << 1) | u64::from(used);
+    }
+
+    /// Whether the next lookup's slot is worth prefetching: at least one in sixteen of
+    /// the last 64 lookups used theirs.
+    #[inline]
+    pub(crate) fn likely(self) -> bool {
+        self.0.count_ones() >= 4
+    }
+}
+
 /// A hint to bring the cache line at `p` in; never dereferences `p` as far as the program
 /// can tell.
 #[inline]
@@ -657,6 +691,26 @@ mod tests {
         fn key(&self) -> u32 {
             self.key
         }
+    }
+
+    #[test]
+    fn slots_are_prefetched_unless_recent_lookups_left_them_alone() {
+        let mut used = SlotUse::default();
+        assert!(used.likely(), "a new table's slots are prefetched");
+        // A flood of absent keys: after 61 lookups that used no slot, three of 64 did.
+        for _ in 0..60 {
+            used.note(false);
+        }
+        assert!(used.likely());
+        used.note(false);
+        assert!(!used.likely());
+        // Ordinary traffic again: four lookups that used their slot are enough.
+        for _ in 0..3 {
+            used.note(true);
+        }
+        assert!(!used.likely());
+        used.note(true);
+        assert!(used.likely());
     }
 
     /// The next of a xorshift sequence: the tests' operations and keys.
