@@ -270,11 +270,11 @@ impl Core {
         let mut sink = LiveStep {
             limiter: &mut self.limiter,
             events: &mut *self.events,
-            metrics: &self.metrics,
             blocker: self.blocker.as_mut(),
             host: &self.host,
             clock: &*self.clock,
             logged: &mut self.logged,
+            held: 0,
         };
         let mut result = Ok(());
         for (i, obs) in batch.iter().enumerate() {
@@ -287,6 +287,9 @@ impl Core {
             }
             result = result.and(step(&mut self.detector, obs, &mut sink));
         }
+        self.metrics
+            .events_suppressed
+            .fetch_add(sink.held, Ordering::Relaxed);
         self.written(result);
     }
 
@@ -1375,6 +1378,33 @@ mod tests {
         let banned: Vec<String> = reply.bans.iter().map(|b| b.addr.to_string()).collect();
         assert_eq!(banned, ["198.51.100.1/32"]);
         assert!(!control::socket_path(h.dir.path()).exists());
+    }
+
+    #[test]
+    fn connection_events_held_back_by_the_log_limit_are_all_counted() {
+        let mut h = harness();
+        // A flood from distinct sources to one port within a second: 1,000 logged (the
+        // global limit), the rest held back and counted, batch after batch.
+        let flood = |first: u32, n: u32| -> Vec<Observation> {
+            (first..first + n)
+                .map(|i| Observation {
+                    ts: h.clock.wall_nanos() + i64::from(i),
+                    src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
+                    dst: ip(HOST),
+                    sport: 40_000,
+                    dport: 80,
+                    flags: TcpFlags(TcpFlags::SYN),
+                })
+                .collect()
+        };
+        let held = |h: &Harness| h.metrics.events_suppressed.load(Ordering::Relaxed);
+        let batch = flood(0, 1_500);
+        h.core.turn(Some(Msg::Batch(batch)), false);
+        assert_eq!(held(&h), 500);
+        let batch = flood(1_500, 200);
+        h.core.turn(Some(Msg::Batch(batch)), false);
+        assert_eq!(held(&h), 700);
+        assert_eq!(h.core.logged, 1_000);
     }
 
     #[test]

@@ -2,8 +2,6 @@
 //! the event writer, and the blocker (which takes scans, and activity of scans waiting
 //! for the cap).
 
-use std::sync::atomic::Ordering;
-
 use ipnet::IpNet;
 use synwatch_detect::{Detector, Direction, Observation};
 
@@ -12,18 +10,19 @@ use super::seams::Clock;
 use crate::block::Blocker;
 use crate::events::{Connection, EventSink};
 use crate::limit::LogLimiter;
-use crate::metrics::Metrics;
 use crate::pipeline::StepSink;
 use crate::protect::{self, Why};
 
 pub(super) struct LiveStep<'a> {
     pub(super) limiter: &'a mut LogLimiter,
     pub(super) events: &'a mut dyn EventSink,
-    pub(super) metrics: &'a Metrics,
     pub(super) blocker: Option<&'a mut Blocker>,
     pub(super) host: &'a HostNow,
     pub(super) clock: &'a dyn Clock,
     pub(super) logged: &'a mut u64,
+    /// Connection events the limiter held back in this batch, added to the metric once
+    /// the batch is through (one atomic add a batch, not one a packet of a flood).
+    pub(super) held: u64,
 }
 
 impl StepSink for LiveStep<'_> {
@@ -49,9 +48,7 @@ impl StepSink for LiveStep<'_> {
             *self.logged += 1;
             self.events.connection(&Connection::of(obs, direction))
         } else {
-            self.metrics
-                .events_suppressed
-                .fetch_add(1, Ordering::Relaxed);
+            self.held += 1;
             Ok(())
         }
     }
