@@ -195,6 +195,10 @@ impl LogLimiter {
     /// Starts the second `now` falls in, returning the summary of the one that ended
     /// if anything was held back in it.
     pub fn roll(&mut self, now: Nanos) -> Option<Suppressed> {
+        // Within the current second (every event but one a second): no division.
+        if now < self.second.saturating_add(SECOND) {
+            return None;
+        }
         let second = now - now.rem_euclid(SECOND);
         if second <= self.second {
             return None;
@@ -353,6 +357,31 @@ mod tests {
         assert_eq!(s.untracked, 2);
         assert_eq!(s.sources, MAX_SOURCES_PER_SECOND as u64 - 1);
         assert_eq!(s.count, s.sources + s.untracked);
+    }
+
+    #[test]
+    fn a_second_ends_at_its_last_nanosecond_and_time_running_back_starts_none() {
+        let mut l = LogLimiter::new(1, 0);
+        let t = 7 * SECOND;
+        assert_eq!(l.roll(t + SECOND - 1), None);
+        assert!(l.allow(ip("192.0.2.1")));
+        assert!(!l.allow(ip("192.0.2.1")));
+        // Still the same second, to its last nanosecond; an event from before it (a clock
+        // that ran back) counts in it too.
+        assert_eq!(l.roll(t), None);
+        assert_eq!(l.roll(t + SECOND - 1), None);
+        assert_eq!(l.roll(t - 5 * SECOND), None);
+        assert!(!l.allow(ip("192.0.2.1")));
+        let s = l.roll(t + SECOND).expect("a summary");
+        assert_eq!((s.since, s.count), (t, 2));
+        assert!(l.allow(ip("192.0.2.1")));
+        // Negative times (a capture's clock before 1970) roll by whole seconds as well.
+        let mut l = LogLimiter::new(1, 0);
+        assert_eq!(l.roll(-SECOND - 1), None);
+        assert!(l.allow(ip("192.0.2.1")));
+        assert!(!l.allow(ip("192.0.2.1")));
+        assert_eq!(l.roll(-2 * SECOND), None);
+        assert_eq!(l.roll(-SECOND).map(|s| s.since), Some(-2 * SECOND));
     }
 
     #[test]
