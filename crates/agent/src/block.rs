@@ -2266,6 +2266,52 @@ mod tests {
     }
 
     #[test]
+    fn an_address_banned_until_removed_stays_in_the_kernel_past_a_shorter_range_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        let add = |b: &mut Blocker, addr: &str, secs: u64, now: i64| {
+            let request = Request::Add {
+                addr: n(addr),
+                secs: Some(secs),
+            };
+            let (reply, happened) = b.control(&request, now, |_| None);
+            assert!(reply.ok, "{reply:?}");
+            happened
+        };
+        add(&mut b, "198.51.100.80", 0, 0);
+        let before = runner.transcript().len();
+        let happened = add(&mut b, "198.51.100.0/24", 5, 1);
+        assert!(
+            matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("198.51.100.0/24")),
+            "{happened:?}"
+        );
+        let lifted = |runner: &RecordingRunner| {
+            runner.transcript()[before..]
+                .iter()
+                .any(|c| c.contains("delete element inet synwatch banned4 { 198.51.100.80 }"))
+        };
+        assert!(!lifted(&runner), "{:#?}", runner.transcript());
+        // The range ends; the address ban stands, in the kernel and in the saved state.
+        let happened = b.apply(7);
+        assert_eq!(
+            happened,
+            vec![Happened::Unblocked(n("198.51.100.0/24"), "expired")]
+        );
+        assert!(!lifted(&runner), "{:#?}", runner.transcript());
+        assert_eq!(b.active(), 1);
+        drop(b);
+        let runner = RecordingRunner::default();
+        let (b, _) = start(dir.path(), &runner, 10);
+        assert_eq!(b.active(), 1);
+        assert!(
+            runner.transcript()[0].contains("add element inet synwatch banned4 { 198.51.100.80 }"),
+            "{:#?}",
+            runner.transcript()
+        );
+    }
+
+    #[test]
     fn ranges_hold_once_absorb_what_they_cover_and_never_cover_a_protected_address() {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
@@ -2304,7 +2350,7 @@ mod tests {
         let (reply, _) = b.control(
             &Request::Add {
                 addr: n("2001:db8:1:2::5"),
-                secs: None,
+                secs: Some(30),
             },
             1,
             |_| None,

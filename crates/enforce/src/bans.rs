@@ -6,10 +6,14 @@
 //!
 //! A ban is of a network: an address is a /32 or /128, a range anything wider (a
 //! scanner's IPv6 /64, `synwatch blocks add 198.51.100.0/24`). The book never holds one
-//! ban inside another, which is also what nftables' interval sets require: a ban inside a
-//! running one is refused as already banned, and a range banned over running bans of
+//! range inside another, which is also what nftables' interval sets require: a ban inside
+//! a running one is refused as already banned, and a range banned over running bans of
 //! networks inside it absorbs them (they are lifted, reported with the reason
-//! "covered", and the range stands for them; see [`Book::take_absorbed`]).
+//! "covered", and the range stands for them; see [`Book::take_absorbed`]). One exception:
+//! an address ban that outlives the range around it (one until removed inside a range of
+//! an hour) stands beside it, in the backends' sets of addresses, so that it still holds
+//! once the range is over; a range absorbing it would end it early, and an attacker
+//! banned until removed could free himself by scanning from his /64.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -71,6 +75,19 @@ impl Record {
             new_only: self.new_only,
         }
     }
+}
+
+/// Whether `ban`, an address inside the running `range`, stands beside it rather than
+/// being absorbed: it outlives the range (until removed, or ending later), so the range
+/// cannot stand for it. Ranges inside ranges never stand (nftables' interval sets refuse
+/// them).
+fn stands_inside(ban: &Record, range: &Record) -> bool {
+    is_host(ban.net)
+        && match (ban.expires, range.expires) {
+            (None, Some(_)) => true,
+            (Some(b), Some(r)) => b > r,
+            (_, None) => false,
+        }
 }
 
 /// New bans one network may take in any minute: a quarter of the cap (at least one), so
@@ -182,7 +199,10 @@ impl Book {
         for r in records {
             if r.expires.is_some_and(|e| e <= now) {
                 over.push(r);
-            } else if self.covering(r.net).is_none() {
+            } else if self
+                .covering(r.net)
+                .is_none_or(|range| stands_inside(&r, range))
+            {
                 self.note_expiry(r.expires);
                 for inside in self.covered(r.net) {
                     if let Some(stale) = self.take(inside) {
@@ -504,7 +524,15 @@ impl Book {
         if let Some(r) = self.covering(addr)
             && r.net != addr
         {
-            return Err((Refused::AlreadyBanned, r.clone()));
+            let (_, expires) = self.length(addr, now, secs);
+            let within = Record {
+                net: addr,
+                expires,
+                ..r.clone()
+            };
+            if !stands_inside(&within, r) {
+                return Err((Refused::AlreadyBanned, r.clone()));
+            }
         }
         if let Some(r) = self.take(addr) {
             // The running ban's offence, asked for again: counted once.
@@ -519,7 +547,9 @@ impl Book {
         Ok(self.give(addr, reason, now, secs))
     }
 
-    fn give(&mut self, addr: IpNet, reason: String, now: i64, secs: Option<u64>) -> Record {
+    /// The offence count and end of a ban of `addr` given at `now`: `secs` long, or the
+    /// policy's length doubled per earlier offence when `None`.
+    fn length(&self, addr: IpNet, now: i64, secs: Option<u64>) -> (u32, Option<i64>) {
         let max = self.policy.max_secs.max(self.policy.duration_secs);
         let offences = match self.offenders.get(&addr) {
             Some(o) if now.saturating_sub(o.last_until) <= max as i64 => {
@@ -534,7 +564,14 @@ impl Book {
                 doubled.min(max)
             }
         });
-        let expires = (length > 0).then(|| now.saturating_add(length as i64));
+        (
+            offences,
+            (length > 0).then(|| now.saturating_add(length as i64)),
+        )
+    }
+
+    fn give(&mut self, addr: IpNet, reason: String, now: i64, secs: Option<u64>) -> Record {
+        let (offences, expires) = self.length(addr, now, secs);
         let record = Record {
             net: addr,
             since: now,
@@ -552,6 +589,13 @@ impl Book {
         );
         self.note_expiry(expires);
         for inside in self.covered(addr) {
+            if self
+                .active
+                .get(&inside)
+                .is_some_and(|r| stands_inside(r, &record))
+            {
+                continue;
+            }
             if let Some(r) = self.take(inside) {
                 self.absorbed.push(r);
             }
@@ -1114,12 +1158,13 @@ mod tests {
             Some(ip("2001:db8:1:2::/64"))
         );
         assert_eq!(b.covering(ip("2001:db8:1:3::9")), None);
-        // Outside it, banned as usual; a manual ban inside is refused with the range.
+        // Outside it, banned as usual; a manual ban inside that ends before the range
+        // is refused with the range.
         assert!(
             b.scan(ip("2001:db8:1:3::9"), String::new(), 1, false)
                 .is_ok()
         );
-        let (why, by) = b.manual(ip("2001:db8:1:2::5"), None, 2).unwrap_err();
+        let (why, by) = b.manual(ip("2001:db8:1:2::5"), Some(60), 2).unwrap_err();
         assert_eq!(
             (why, by.net),
             (Refused::AlreadyBanned, ip("2001:db8:1:2::/64"))
@@ -1129,6 +1174,77 @@ mod tests {
         b.remove(ip("2001:db8:1:2::/64"));
         assert!(b.manual(ip("2001:db8:1:2::5"), None, 3).is_ok());
         assert!(b.take_absorbed().is_empty());
+    }
+
+    #[test]
+    fn an_address_banned_longer_than_a_range_around_it_outlives_the_range() {
+        let mut b = book(3600, 86_400, 0);
+        // Until removed, then a range of 5 s over it: the address stands beside the
+        // range and is still banned once the range is over.
+        b.manual(ip("198.51.100.80"), Some(0), 0).unwrap();
+        b.manual(ip("198.51.100.81"), Some(3), 0).unwrap();
+        b.manual(ip("198.51.100.0/24"), Some(5), 1).unwrap();
+        let gone: Vec<IpNet> = b.take_absorbed().iter().map(|r| r.net).collect();
+        assert_eq!(gone, [ip("198.51.100.81")], "the shorter one is absorbed");
+        assert_eq!(b.len(), 2);
+        let over: Vec<IpNet> = b.expire(6).iter().map(|r| r.net).collect();
+        assert_eq!(over, [ip("198.51.100.0/24")]);
+        let left = b.covering(ip("198.51.100.80")).expect("still banned");
+        assert_eq!((left.net, left.expires), (ip("198.51.100.80"), None));
+        assert_eq!(b.covering(ip("198.51.100.81")), None);
+        // An attacker banned until removed scans from his /64: the /64's ban of an hour
+        // does not end his.
+        b.manual(ip("2001:db8:9::7"), Some(0), 10).unwrap();
+        b.scan(ip("2001:db8:9::/64"), String::new(), 11, false)
+            .unwrap();
+        assert!(b.take_absorbed().is_empty());
+        b.expire(11 + 3600);
+        assert_eq!(
+            b.covering(ip("2001:db8:9::7")).map(|r| r.expires),
+            Some(None)
+        );
+        // Asked for inside a running range, an address ban that outlives it is given;
+        // one that ends first is refused as already banned.
+        b.manual(ip("203.0.113.0/24"), Some(60), 20).unwrap();
+        assert!(b.manual(ip("203.0.113.9"), Some(0), 21).is_ok());
+        assert!(b.manual(ip("203.0.113.10"), Some(600), 21).is_ok());
+        let (why, by) = b.manual(ip("203.0.113.11"), Some(30), 21).unwrap_err();
+        assert_eq!(
+            (why, by.net),
+            (Refused::AlreadyBanned, ip("203.0.113.0/24"))
+        );
+        // A range inside a longer-lived range is still absorbed (interval sets refuse
+        // overlapping ranges).
+        b.manual(ip("192.0.2.0/26"), Some(0), 30).unwrap();
+        b.manual(ip("192.0.2.0/24"), Some(60), 31).unwrap();
+        assert_eq!(b.take_absorbed().len(), 1);
+    }
+
+    #[test]
+    fn a_saved_address_ban_outliving_a_saved_range_around_it_is_restored_beside_it() {
+        let mut b = book(3600, 86_400, 0);
+        let record = |net: &str, expires: Option<i64>| Record {
+            net: ip(net),
+            since: 0,
+            expires,
+            reason: String::new(),
+            offences: 1,
+            new_only: false,
+        };
+        let saved = vec![
+            record("198.51.100.80", None),
+            record("198.51.100.81", Some(500)),
+            record("198.51.100.82", Some(5000)),
+            record("198.51.100.0/24", Some(3600)),
+        ];
+        assert!(b.restore(saved, vec![], 100).is_empty());
+        let mut gone: Vec<IpNet> = b.take_absorbed().iter().map(|r| r.net).collect();
+        gone.sort();
+        assert_eq!(gone, [ip("198.51.100.81")]);
+        assert_eq!(b.len(), 3);
+        b.expire(3600);
+        assert!(b.get(ip("198.51.100.80")).is_some());
+        assert!(b.get(ip("198.51.100.82")).is_some());
     }
 
     #[test]
