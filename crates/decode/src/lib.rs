@@ -433,7 +433,7 @@ impl Fragment<'_> {
         }
         // A first IPv6 fragment: the rest of the chain, then the transport, from what
         // this fragment holds.
-        match walk_ipv6(self.payload, self.next, 0, true)? {
+        match walk_ipv6(self.payload, self.next, 0)? {
             Walk::Upper { next, at } => {
                 let payload = self.payload.get(at..).ok_or(DecodeError::TruncatedIp)?;
                 decode_transport(next, self.src, self.dst, payload, self.ip_len)
@@ -657,7 +657,7 @@ fn decode_ipv6<'a>(
     let dst = IpAddr::V6(Ipv6Addr::from(dst));
 
     let data = &data[..end];
-    match walk_ipv6(data, header[6], 40, false)? {
+    match walk_ipv6(data, header[6], 40)? {
         Walk::Upper { next, at } => {
             let payload = data.get(at..).ok_or(DecodeError::TruncatedIp)?;
             decode_transport(next, src, dst, payload, ip_len)
@@ -714,17 +714,16 @@ pub(crate) enum Walk {
 /// the data; [`MAX_IPV6_EXTENSION_HEADERS`] is only a backstop against absurd inputs.
 ///
 /// An atomic fragment header (offset 0, no MF) is walked through, as Linux does (RFC
-/// 6946); so is a first fragment's when `through_first` (what [`decode`] judges alone).
-/// Any other fragment header stops the walk.
-pub(crate) fn walk_ipv6(
-    data: &[u8],
-    mut next: u8,
-    mut at: usize,
-    through_first: bool,
-) -> Result<Walk, DecodeError> {
+/// 6946); any other fragment header stops the walk. Only one fragment header is taken:
+/// Linux refuses a fragment header once the packet was defragmented (`ipv6_frag_rcv`:
+/// after an atomic fragment header, and in a reassembled datagram, which is what a walk
+/// from anywhere but the fixed header reads: a fragment's payload), and a fragment
+/// header in a jumbogram (payload length 0).
+pub(crate) fn walk_ipv6(data: &[u8], mut next: u8, mut at: usize) -> Result<Walk, DecodeError> {
     // Only a walk from the fixed header (byte 40 of the packet) starts where a hop-by-hop
     // header may be.
     let from_fixed_header = at == 40;
+    let mut defragmented = !from_fixed_header;
     for i in 0..=MAX_IPV6_EXTENSION_HEADERS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-octet units, not
@@ -743,12 +742,18 @@ pub(crate) fn walk_ipv6(
             // Fragment header: fixed 8 bytes; offset in the top 13 bits, MF the lowest.
             44 => {
                 let ext = data.get(at..at + 8).ok_or(DecodeError::TruncatedIp)?;
+                if defragmented {
+                    return Err(DecodeError::BadIpv6Extension);
+                }
                 let field = u16::from_be_bytes([ext[2], ext[3]]);
-                let first = field & 0xfff8 == 0;
-                let atomic = first && field & 1 == 0;
-                if !(atomic || first && through_first) {
+                if field & 0xfff9 != 0 {
+                    // A real fragment: reassembly judges it (a jumbogram's included).
                     return Ok(Walk::Fragment { at });
                 }
+                if data.get(4..6) == Some(&[0, 0]) {
+                    return Err(DecodeError::BadIpv6Extension);
+                }
+                defragmented = true;
                 next = ext[0];
                 at += 8;
             }

@@ -451,7 +451,7 @@ fn first_v6_upper(f: &Fragment<'_>, claimed: u32) -> Result<Option<Upper>, Decod
         return Ok(None);
     }
     // The chain is whole in the fragment: judged as before, extension headers and all.
-    match walk_ipv6(f.payload, f.next, 0, false) {
+    match walk_ipv6(f.payload, f.next, 0) {
         Ok(Walk::Upper { next, at }) => Ok(Some(Upper::Known(next, at as u32))),
         Ok(Walk::Fragment { .. }) => Ok(None),
         Err(e) if cut_by_capture => Err(e),
@@ -732,7 +732,7 @@ impl Reassembler {
             let new = bytes.get(prefix.len() - at..).unwrap_or(&[]);
             prefix.extend_from_slice(new);
         }
-        match walk_ipv6(&prefix, d.upper, 0, false) {
+        match walk_ipv6(&prefix, d.upper, 0) {
             Ok(Walk::Upper { next, at }) if at + upper_need(next) <= prefix.len() => {
                 d.upper = next;
                 d.transport_at = at as u32;

@@ -1124,6 +1124,52 @@ fn packets_that_are_not_fragments_decode_as_decode_does() {
     assert_eq!(r.stats().fragments, 0);
 }
 
+#[test]
+fn a_second_ipv6_fragment_header_is_refused_as_linux_refuses_it() {
+    let syn = tcp_syn(0, 0);
+    let atomic_header = |next: u8| vec![next, 0, 0, 0, 0, 0, 0, 9];
+    let bad = Err(DecodeError::BadIpv6Extension);
+    // An atomic fragment header, then another: Linux marks the packet defragmented at
+    // the first and refuses the second (ipv6_frag_rcv).
+    let mut inner = atomic_header(6);
+    inner.extend(&syn);
+    let twice = v6_frag(1, 44, 0, false, &inner);
+    // The same with destination options between the second and TCP.
+    let mut inner = atomic_header(60);
+    inner.extend(dst_opts(6));
+    inner.extend(&syn);
+    let with_options = v6_frag(2, 44, 0, false, &inner);
+    for packet in [&twice, &with_options] {
+        assert_eq!(decode(LinkType::Raw, packet), bad);
+        assert_eq!(Reassembler::default().decode(LinkType::Raw, packet, 0), bad);
+    }
+    // An atomic fragment header in a jumbogram (payload length 0).
+    let mut jumbo = v6_frag(3, 6, 0, false, &syn);
+    jumbo[4..6].copy_from_slice(&[0, 0]);
+    assert_eq!(decode(LinkType::Raw, &jumbo), bad);
+    // A datagram of two fragments whose reassembled payload starts with a fragment
+    // header: no attempt, whole or judged by its first fragment alone.
+    let mut payload = atomic_header(6);
+    payload.extend(&syn);
+    let first = v6_frag(4, 44, 0, true, &payload[..16]);
+    let rest = v6_frag(4, 44, 16, false, &payload[16..]);
+    assert!(!matches!(
+        decode(LinkType::Raw, &first),
+        Ok(Decoded::Segment(_))
+    ));
+    let mut r = Reassembler::default();
+    for packet in [&first, &rest] {
+        let got = r.decode(LinkType::Raw, packet, 0);
+        assert!(!matches!(got, Ok(Decoded::Segment(_))), "{got:?}");
+    }
+    // One atomic fragment header is taken, as before.
+    let once = v6_frag(5, 6, 0, false, &syn);
+    assert!(matches!(
+        Reassembler::default().decode(LinkType::Raw, &once, 0),
+        Ok(Decoded::Segment(_))
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
