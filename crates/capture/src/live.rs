@@ -17,9 +17,11 @@
 //! extension headers.
 //!
 //! On Ethernet the same tests are repeated behind one and two in-band VLAN tags (802.1Q,
-//! 802.1ad, 0x9100). Live, the kernel has already moved the outer 802.1Q/802.1ad tag into
-//! packet metadata before the filter runs, so these clauses are what lets double- and
-//! triple-tagged frames through; in a capture file every tag is in-band.
+//! 802.1ad, 0x9100), and a frame with three in-band tags or more passes whole, for the
+//! decoder (which walks eight, as XDP and replay do). Live, the kernel has already moved
+//! the outer 802.1Q/802.1ad tag into packet metadata before the filter runs, so these
+//! clauses are what lets frames with two tags or more through; in a capture file every
+//! tag is in-band.
 
 use std::fmt;
 
@@ -61,10 +63,14 @@ impl Filter {
         match self {
             Filter::Inventory => INVENTORY_FILTER.to_owned(),
             // DLT_EN10MB: raw `ether[]` loads exist only on Ethernet.
+            // Three in-band tags or more (four or more on the wire, the outer one in
+            // metadata): rare enough to pass whole, for the decoder, which walks eight.
             Filter::Attempts if linktype == 1 => format!(
-                "({FILTER}) or ({tag0} and {one}) or ({tag0} and {tag1} and {two})",
+                "({FILTER}) or ({tag0} and {one}) or ({tag0} and {tag1} and {two}) \
+                 or ({tag0} and {tag1} and {tag2})",
                 tag0 = vlan_tag_at(12),
                 tag1 = vlan_tag_at(16),
+                tag2 = vlan_tag_at(20),
                 one = attempts_at(18),
                 two = attempts_at(22),
             ),

@@ -153,6 +153,30 @@ fn ipv4_fragments_of_every_protocol_and_offset_pass_for_reassembly() {
     assert!(!filter.filter(&ethernet(&udp_v4(src, 53, dst, 53, 10))));
 }
 
+/// Behind three to eight in-band tags every frame passes, for the decoder to judge as XDP
+/// and replay do (up to eight tags); an untagged or singly tagged ACK still does not.
+#[test]
+fn three_to_eight_in_band_vlan_tags_pass_for_the_decoder() {
+    let filter = compiled_filter(1).expect("compile for Ethernet");
+    let tag = (TPID_8021Q, 7);
+    for n in 3..=8 {
+        let tags = vec![tag; n];
+        for (src, dst) in [
+            ("203.0.113.9", "192.0.2.1"),
+            ("2001:db8::bad", "2001:db8::1"),
+        ] {
+            for flags in [SYN, FIN | PSH | URG, ACK] {
+                let frame = ethernet_vlan(&packet(src, dst, flags), &tags);
+                assert!(filter.filter(&frame), "{n} tags {src} flags {flags:#x}");
+            }
+        }
+    }
+    for tags in [&[][..], &[tag][..], &[tag, tag][..]] {
+        let frame = ethernet_vlan(&packet("203.0.113.9", "192.0.2.1", ACK), tags);
+        assert!(!filter.filter(&frame), "{} tags: an ACK", tags.len());
+    }
+}
+
 #[test]
 fn one_and_two_in_band_vlan_tags_filter_like_untagged_frames() {
     let filter = compiled_filter(1).expect("compile for Ethernet");

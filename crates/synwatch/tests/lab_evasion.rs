@@ -437,7 +437,8 @@ fn junk_longer_than_its_frame_hides_no_syn_from_xdp() {
 
 /// SYNs from SCANNER behind one 802.1Q tag, an 802.1ad + 802.1Q pair and a 0x9100 tag
 /// (injected: this kernel has no VLAN module) are attempts on both paths, and four of
-/// them a scan.
+/// them a scan; so are SCANNER6's behind four to eight tags (the decoder walks eight, and
+/// libpcap's kernel filter passes what has three in-band tags or more whole).
 fn tagged_frames_are_seen(source: &str) {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -449,11 +450,20 @@ fn tagged_frames_are_seen(source: &str) {
              sendp(Ether(dst=mac) / Dot1Q(vlan=10) / syn(31), iface=iface)\n\
              sendp(Ether(dst=mac, type=0x88a8) / Dot1AD(vlan=20) / Dot1Q(vlan=10) / syn(32), iface=iface)\n\
              sendp(Ether(dst=mac, type=0x9100) / Dot1Q(vlan=30) / syn(33), iface=iface)\n\
-             sendp(Ether(dst=mac, type=0x88a8) / Dot1AD(vlan=20) / Dot1Q(vlan=10) / Dot1Q(vlan=5) / syn(34), iface=iface)\n"
+             sendp(Ether(dst=mac, type=0x88a8) / Dot1AD(vlan=20) / Dot1Q(vlan=10) / Dot1Q(vlan=5) / syn(34), iface=iface)\n\
+             def deep(n, port):\n\
+             \x20   p = Ether(dst=mac)\n\
+             \x20   for i in range(n):\n\
+             \x20       p = p / Dot1Q(vlan=i + 1)\n\
+             \x20   return p / IPv6(src='{SCANNER6}', dst='{VICTIM6}') / TCP(sport=45002, dport=port, flags='S')\n\
+             for n, port in [(4, 41), (5, 42), (6, 43), (8, 44)]:\n\
+             \x20   sendp(deep(n, port), iface=iface)\n"
         ),
     );
     let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER));
     assert_eq!(scan["ports"], serde_json::json!([31, 32, 33, 34]), "{scan}");
+    let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
+    assert_eq!(scan["ports"], serde_json::json!([41, 42, 43, 44]), "{scan}");
 }
 
 #[test]
