@@ -409,19 +409,24 @@ impl Routes {
 }
 
 impl Routes {
-    /// Starts the thread that lists the routes every [`ROUTES_EVERY`] (once). Call it
-    /// after the agent dropped its privileges: a thread keeps the capabilities it was
-    /// started with.
-    pub fn keep_listing(&self) {
+    /// Starts the thread that lists the routes every [`ROUTES_EVERY`] (once), and in
+    /// between calls `wake` as soon as the kernel tells of a route change (where
+    /// [`Routes::watch`] subscribed), so that the pipeline, which reads the change,
+    /// does so at once rather than at its next turn: the XDP program's allowlist gets a
+    /// new gateway within milliseconds, before a forged scan "from" it can be banned in
+    /// the kernel. Call it after the agent dropped its privileges: a thread keeps the
+    /// capabilities it was started with.
+    pub fn keep_listing(&self, wake: Box<dyn Fn() + Send>) {
         let mut l = lock(&self.listed);
         if l.refreshing {
             return;
         }
         l.refreshing = true;
         let weak = Arc::downgrade(&self.listed);
+        let watch = Arc::clone(&self.watch);
         let spawned = std::thread::Builder::new()
             .name("routes".into())
-            .spawn(move || refresh(&weak));
+            .spawn(move || refresh(&weak, &watch, &*wake));
         if let Err(e) = spawned {
             tracing::warn!(
                 "warning: cannot start the thread that lists the routes again: {e}; they are listed when /proc's routes change"
@@ -434,10 +439,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Lists the routes again every [`ROUTES_EVERY`] while a clone of the [`Routes`] lives.
-fn refresh(listed: &Weak<Mutex<Listed>>) {
+/// Lists the routes again every [`ROUTES_EVERY`] while a clone of the [`Routes`] lives,
+/// calling `wake` in between whenever the kernel tells of a route change on `watch`.
+fn refresh(
+    listed: &Weak<Mutex<Listed>>,
+    watch: &std::sync::OnceLock<Option<std::os::fd::OwnedFd>>,
+    wake: &dyn Fn(),
+) {
     loop {
-        std::thread::sleep(ROUTES_EVERY);
+        let deadline = crate::clock::monotonic() + ROUTES_EVERY;
+        wait_telling(watch.get().and_then(Option::as_ref), deadline, wake);
         let Some(shared) = listed.upgrade() else {
             return;
         };
@@ -451,6 +462,37 @@ fn refresh(listed: &Weak<Mutex<Listed>>) {
         if l.generation == generation {
             l.hops = hops;
             l.generation += 1;
+        }
+    }
+}
+
+/// The least time between two calls of [`refresh`]'s `wake`: a flood of route changes
+/// (router advertisements) wakes the pipeline this often at most.
+const WAKE_AT_MOST_EVERY: Duration = Duration::from_millis(5);
+
+/// Waits until `deadline`, calling `wake` whenever `watch` (the route-change socket) has
+/// news. It only polls: the pipeline reads the news ([`Routes::changed`]).
+fn wait_telling(watch: Option<&std::os::fd::OwnedFd>, deadline: Instant, wake: &dyn Fn()) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let left = deadline.saturating_duration_since(crate::clock::monotonic());
+        if left.is_zero() {
+            return;
+        }
+        let Some(fd) = watch else {
+            std::thread::sleep(left);
+            return;
+        };
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::from(u16::try_from(left.as_millis()).unwrap_or(u16::MAX));
+        match poll(&mut fds, timeout) {
+            Ok(n) if n > 0 => {
+                wake();
+                std::thread::sleep(WAKE_AT_MOST_EVERY);
+            }
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(left.min(Duration::from_secs(1))),
         }
     }
 }

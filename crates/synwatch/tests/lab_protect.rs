@@ -378,6 +378,49 @@ fn xdp_is_told_a_new_gateway_as_soon_as_the_host_view_sees_it() {
     assert_eq!(agent.stop(), Some(0));
 }
 
+/// The kernel's word of a route change wakes the agent at once, not at its next turn
+/// (up to 200 ms when idle): a forged scan "from" a gateway set 60 ms before is not
+/// banned by the XDP program in the kernel, three gateways in a row.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn xdp_is_told_a_new_gateway_before_a_forged_scan_that_follows_the_route_change() {
+    const GATEWAYS: [&str; 3] = ["10.77.0.231", "10.77.0.232", "10.77.0.233"];
+    let (lab, dir, args) =
+        lab_with_spare_address(GATEWAYS[0], &["--source", "xdp", "--block", "xdp"]);
+    for gateway in &GATEWAYS[1..] {
+        lab.add_attacker_address(&format!("{gateway}/24"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start(&lab, dir.path(), "xdp", &args);
+    for (i, gateway) in (0u16..).zip(GATEWAYS) {
+        // The agent idle for more than a turn first.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let ports: Vec<u16> = (0..4).map(|p| 7000 + i * 10 + p).collect();
+        let route = [
+            "ip",
+            "-n",
+            &lab.victim,
+            "route",
+            "replace",
+            "default",
+            "via",
+            gateway,
+            "dev",
+            &lab.vif,
+        ];
+        lab.forge_syns_after(&route, 60, gateway, VICTIM, &ports);
+        let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == gateway);
+        assert_eq!(scan["allowlisted_reason"], "gateway", "{scan}");
+    }
+    // A moment for a kernel ban, if the program made one, to reach user space.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = agent.log();
+    assert!(!log.contains("the XDP program banned"), "{log}");
+    let events = agent.events();
+    assert!(!events.iter().any(|e| e["event"] == "block"), "{events:#?}");
+    assert_eq!(agent.stop(), Some(0));
+}
+
 /// A forged scan "from" a gateway set up a moment ago (no sleep between the route change
 /// and the scan, and the host view read just before it) is never banned: the kernel
 /// tells the agent of the route change, and the ban-time read sees the new gateway.

@@ -197,8 +197,9 @@ impl Core {
             };
             turn_started = Some(self.clock.monotonic());
             match msg {
-                // A chunk of bans is in the kernel and saved: reported at once.
-                Ok(Msg::Applied) => self.turn(None, true),
+                // A chunk of bans is in the kernel and saved: reported at once. A route
+                // changed: the turn reads the host again (`refresh_host`).
+                Ok(Msg::Applied | Msg::RoutesChanged) => self.turn(None, true),
                 Ok(m) => self.turn(Some(m), draining),
                 Err(mpsc::RecvTimeoutError::Timeout) => self.turn(None, true),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -230,7 +231,7 @@ impl Core {
             Some(Msg::KernelBans(banned)) => self.on_kernel_bans(banned),
             Some(Msg::Call(call)) => self.on_call(call),
             Some(Msg::Fleet(pull)) => self.on_fleet(pull),
-            Some(Msg::Applied) | None => {}
+            Some(Msg::Applied | Msg::RoutesChanged) | None => {}
         }
         self.tick_detector();
         let now = self.clock.monotonic();

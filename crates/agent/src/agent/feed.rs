@@ -37,6 +37,8 @@ pub(crate) enum Msg {
     Fleet(crate::crowdsec::pull::Pull),
     /// The ban writer finished a chunk (block/writer.rs): report it now.
     Applied,
+    /// The kernel told of a route change (`host.rs`): read the host again now.
+    RoutesChanged,
 }
 
 /// The sending end of the queue to the pipeline, as the sources hold it.

@@ -264,6 +264,7 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
             let _ = tx.try_send(Msg::Applied);
         }));
     }
+    let routes_tx = feed.sender();
     let threads = start_threads(run, ifaces, &mut o.sources, &feed, &io.stop, o.discovering)?;
     let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
     drop(feed);
@@ -288,8 +289,11 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
                 sessions,
                 lapi: o.lapi,
                 routes: {
-                    // Privileges are dropped by now: the thread starts without them.
-                    o.routes.keep_listing();
+                    // Privileges are dropped by now: the thread starts without them. A
+                    // full queue means the pipeline is busy: it reads the host every turn.
+                    o.routes.keep_listing(Box::new(move || {
+                        let _ = routes_tx.try_send(Msg::RoutesChanged);
+                    }));
                     o.routes
                 },
             }),

@@ -161,7 +161,28 @@ impl Lab {
     /// to each of `ports` of `dst`, sent through a raw socket of the attacker namespace.
     #[allow(dead_code, reason = "not every test binary forges packets")]
     pub fn forge_syns(&self, src: &str, dst: &str, ports: &[u16]) {
-        let mut args = vec!["python3", "-c", FORGE_SYNS, src, dst];
+        self.forge_syns_after(&[], 0, src, dst, ports);
+    }
+
+    /// [`Lab::forge_syns`], sent `delay_ms` after the command `first` (run by the same
+    /// script, so the delay is not lost in a process start).
+    #[allow(dead_code, reason = "not every test binary forges packets")]
+    pub fn forge_syns_after(
+        &self,
+        first: &[&str],
+        delay_ms: u32,
+        src: &str,
+        dst: &str,
+        ports: &[u16],
+    ) {
+        let script = if first.is_empty() {
+            FORGE_SYNS.to_owned()
+        } else {
+            format!(
+                "import subprocess, time\nsubprocess.run({first:?}, check=True)\ntime.sleep({delay_ms} / 1000)\n{FORGE_SYNS}"
+            )
+        };
+        let mut args = vec!["python3", "-c", &script, src, dst];
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         args.extend(ports.iter().map(String::as_str));
         let out = self.in_attacker(&args);
