@@ -210,9 +210,10 @@ const IP_LISTINGS: [(&[&str], &str); 3] = [
 /// again at once when /proc's routes changed or the kernel told of a route change (so
 /// that a forged scan right after a route change cannot ban the new hop), and every
 /// [`ROUTES_EVERY`] on a thread of its own (so that a change counts within that time
-/// where the kernel's word cannot be had, without the pipeline waiting on `ip`). `ip` runs from its fixed system path with a clean environment;
-/// where it cannot run, /proc's routes alone count (said once). Clones share what was
-/// listed; the thread ends once no clone is left.
+/// where the kernel's word cannot be had, without the pipeline waiting on `ip`). `ip`
+/// runs from its fixed system path with a clean environment; where it cannot run,
+/// /proc's routes alone count (said once). Clones share what was listed; the thread
+/// ends once no clone is left.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     listed: Arc<Mutex<Listed>>,
