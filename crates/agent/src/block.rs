@@ -1028,6 +1028,15 @@ impl Blocker {
                     self.withdraw_from_fleet(std::slice::from_ref(&record));
                     happened = self.lift(vec![record.net], "removed", now);
                     reply.bans = vec![view(&record, None)];
+                    // An address ban that stood beside a range around it (it outlived
+                    // the range): the range still holds the address.
+                    if let Some(range) = self.book.covering(record.net) {
+                        reply.note = Some(format!(
+                            "{} is still blocked by the banned range {} until that ends",
+                            synwatch_enforce::net_text(record.net),
+                            synwatch_enforce::net_text(range.net)
+                        ));
+                    }
                 }
                 None => {
                     let inside = self
@@ -2300,10 +2309,23 @@ mod tests {
         );
         assert!(!lifted(&runner), "{:#?}", runner.transcript());
         assert_eq!(b.active(), 1);
+        // Removed while a range around it runs, the address is said to stay blocked.
+        add(&mut b, "198.51.100.0/24", 60, 8);
+        let remove = Request::Remove {
+            addr: n("198.51.100.80"),
+        };
+        let (reply, _) = b.control(&remove, 8, |_| None);
+        assert_eq!(
+            reply.note.as_deref(),
+            Some(
+                "198.51.100.80 is still blocked by the banned range 198.51.100.0/24 until that ends"
+            )
+        );
+        add(&mut b, "198.51.100.80", 0, 9);
         drop(b);
         let runner = RecordingRunner::default();
         let (b, _) = start(dir.path(), &runner, 10);
-        assert_eq!(b.active(), 1);
+        assert_eq!(b.active(), 2);
         assert!(
             runner.transcript()[0].contains("add element inet synwatch banned4 { 198.51.100.80 }"),
             "{:#?}",
