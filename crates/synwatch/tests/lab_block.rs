@@ -71,10 +71,10 @@ fn lifecycle(backend: &str) {
         agent.log()
     );
 
-    // The scanner is banned; within a second its next connection fails, the client's
-    // does not.
+    // The scanner is banned; its next connection fails, the client's does not (how soon
+    // is measured by the benchmarks: bench-xdp.sh's time to ban).
     lab.scan(SCANNER, VICTIM, "1-20");
-    let block = agent.wait_for(1, |e| is(e, "block", SCANNER));
+    let block = agent.wait_for(5, |e| is(e, "block", SCANNER));
     assert_eq!(block["backend"], backend);
     assert!(block["until"].is_string(), "{block}");
     assert!(
@@ -93,7 +93,7 @@ fn lifecycle(backend: &str) {
 
     // The same over IPv6.
     lab.scan(SCANNER6, VICTIM6, "1-20");
-    agent.wait_for(1, |e| is(e, "block", SCANNER6));
+    agent.wait_for(5, |e| is(e, "block", SCANNER6));
     assert!(
         !lab.connects(SCANNER6, VICTIM6),
         "the banned IPv6 scanner still connects"
@@ -157,7 +157,7 @@ fn lifecycle(backend: &str) {
     let (code, _, err) = blocks(&lab, &["remove", SCANNER, "--state-dir", state_arg]);
     assert_eq!(code, 0, "{err}");
     assert!(lab.connects(SCANNER, VICTIM), "still banned after remove");
-    agent.wait_for(1, |e| is(e, "unblock", SCANNER) && e["reason"] == "removed");
+    agent.wait_for(5, |e| is(e, "unblock", SCANNER) && e["reason"] == "removed");
     let (code, _, err) = blocks(&lab, &["remove", SCANNER, "--state-dir", state_arg]);
     assert_eq!(code, 1);
     assert!(err.contains("is not blocked"), "{err}");
