@@ -77,13 +77,13 @@ impl Record {
     }
 }
 
-/// Whether `ban`, an address inside the running `range`, stands beside it rather than
-/// being absorbed: it outlives the range (until removed, or ending later), so the range
-/// cannot stand for it. Ranges inside ranges never stand (nftables' interval sets refuse
-/// them).
-fn stands_inside(ban: &Record, range: &Record) -> bool {
-    is_host(ban.net)
-        && match (ban.expires, range.expires) {
+/// Whether a ban of `net` ending at `expires` (`None`: until removed), inside the
+/// running `range`, stands beside it rather than being absorbed: an address that
+/// outlives the range, so the range cannot stand for it. Ranges inside ranges never
+/// stand (nftables' interval sets refuse them).
+fn stands_inside(net: IpNet, expires: Option<i64>, range: &Record) -> bool {
+    is_host(net)
+        && match (expires, range.expires) {
             (None, Some(_)) => true,
             (Some(b), Some(r)) => b > r,
             (_, None) => false,
@@ -201,7 +201,7 @@ impl Book {
                 over.push(r);
             } else if self
                 .covering(r.net)
-                .is_none_or(|range| stands_inside(&r, range))
+                .is_none_or(|range| stands_inside(r.net, r.expires, range))
             {
                 self.note_expiry(r.expires);
                 for inside in self.covered(r.net) {
@@ -525,12 +525,7 @@ impl Book {
             && r.net != addr
         {
             let (_, expires) = self.length(addr, now, secs);
-            let within = Record {
-                net: addr,
-                expires,
-                ..r.clone()
-            };
-            if !stands_inside(&within, r) {
+            if !stands_inside(addr, expires, r) {
                 return Err((Refused::AlreadyBanned, r.clone()));
             }
         }
@@ -592,7 +587,7 @@ impl Book {
             if self
                 .active
                 .get(&inside)
-                .is_some_and(|r| stands_inside(r, &record))
+                .is_some_and(|r| stands_inside(r.net, r.expires, &record))
             {
                 continue;
             }
