@@ -14,8 +14,15 @@ const SECOND: Nanos = 1_000_000_000;
 
 /// Most distinct sources counted per second; events from further sources are held to
 /// the global limit only and counted together (`untracked`), never under a made-up
-/// address.
+/// address. With a global limit, the table holds the next power of two at or above it
+/// (at least [`MIN_SOURCES_PER_SECOND`]): every source that may log in a second has
+/// room, and a source beyond them could not log anyway (the global limit is spent), so
+/// only a flood's count of distinct sources held back is less exact. A table that fits
+/// the core's cache is what keeps a spoofed flood cheap: its every event is a new source.
 const MAX_SOURCES_PER_SECOND: usize = 65_536;
+
+/// The fewest distinct sources counted per second, whatever the global limit.
+const MIN_SOURCES_PER_SECOND: usize = 8_192;
 
 /// What was held back during one second.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,15 +34,22 @@ pub struct Suppressed {
     pub sources: u64,
     /// The sources that lost the most, most first (at most five).
     pub top: Vec<(IpAddr, u64)>,
-    /// Of `count`, events from sources beyond the first [`MAX_SOURCES_PER_SECOND`] of the
+    /// Of `count`, events from sources beyond the first the table holds (at most
+    /// [`MAX_SOURCES_PER_SECOND`]) of the
     /// second (a flood of spoofed addresses), not told apart.
     pub untracked: u64,
 }
 
-/// Slots of the IPv4 sources' table: twice the most sources counted a second, so that
-/// it is at most half full (and a free slot is always found; the hash is keyed per run,
-/// so no one can line sources up in one run of slots).
-const V4_SLOTS: usize = 2 * MAX_SOURCES_PER_SECOND;
+/// The most distinct sources counted per second under a global limit of `global`
+/// events a second (0: none).
+fn sources_per_second(global: u32) -> usize {
+    match global {
+        0 => MAX_SOURCES_PER_SECOND,
+        n => (n as usize)
+            .next_power_of_two()
+            .clamp(MIN_SOURCES_PER_SECOND, MAX_SOURCES_PER_SECOND),
+    }
+}
 
 /// One IPv4 source's events of the current second: logged and held back. A slot belongs
 /// to the second whose number it carries; older ones are free.
@@ -62,6 +76,11 @@ pub struct LogLimiter {
     v4: Vec<V4Slot>,
     /// Sources in `v4` this second.
     v4_len: usize,
+    /// The most distinct sources counted a second ([`sources_per_second`]); the IPv4
+    /// table has twice as many slots, so that it is at most half full (and a free slot is
+    /// always found; the hash is keyed per run, so no one can line sources up in one run
+    /// of slots).
+    max_sources: usize,
     /// The number the slots of this second carry (0: none yet).
     v4_second: u32,
     hasher: foldhash::fast::RandomState,
@@ -86,6 +105,7 @@ impl LogLimiter {
             logged: 0,
             v4: Vec::new(),
             v4_len: 0,
+            max_sources: sources_per_second(global),
             v4_second: 1,
             hasher: foldhash::fast::RandomState::default(),
             by_source: HashMap::new(),
@@ -102,17 +122,17 @@ impl LogLimiter {
     /// Where the probe for `addr` starts in the IPv4 table.
     #[inline]
     fn v4_home(&self, addr: u32) -> usize {
-        (self.hasher.hash_one(addr) as usize) & (V4_SLOTS - 1)
+        (self.hasher.hash_one(addr) as usize) & (2 * self.max_sources - 1)
     }
 
     /// The slot of `addr` in the IPv4 table, or where it would go.
     fn v4_slot(&mut self, addr: u32) -> Slot {
         if self.v4.is_empty() {
-            self.v4 = vec![V4Slot::default(); V4_SLOTS];
+            self.v4 = vec![V4Slot::default(); 2 * self.max_sources];
         }
-        let mask = V4_SLOTS - 1;
+        let mask = self.v4.len() - 1;
         let mut i = self.v4_home(addr);
-        // Ends: at most MAX_SOURCES_PER_SECOND of the slots belong to this second.
+        // Ends: at most `max_sources` of the slots belong to this second.
         loop {
             let slot = &self.v4[i];
             if slot.second != self.v4_second {
@@ -138,7 +158,7 @@ impl LogLimiter {
     /// [`LogLimiter::roll`] with the event's time first.
     pub fn allow(&mut self, src: IpAddr) -> bool {
         let over_global = self.global != 0 && self.logged >= self.global;
-        let full = self.sources() >= MAX_SOURCES_PER_SECOND;
+        let full = self.sources() >= self.max_sources;
         if let IpAddr::V4(v4) = src {
             let addr = u32::from(v4);
             let i = match self.v4_slot(addr) {
@@ -278,25 +298,58 @@ mod tests {
 
     #[test]
     fn a_flood_of_sources_beyond_the_table_is_not_blamed_on_one_address() {
-        let mut l = LogLimiter::new(1000, 10);
-        l.roll(0);
-        let mut n = 0u32;
-        let mut next = || {
-            n += 1;
-            IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
-        };
-        for _ in 0..MAX_SOURCES_PER_SECOND + 100 {
-            l.allow(next());
+        for global in [10, 0] {
+            let mut l = LogLimiter::new(1000, global);
+            l.roll(0);
+            let table = l.max_sources;
+            let mut n = 0u32;
+            let mut next = || {
+                n += 1;
+                IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+            };
+            for _ in 0..table + 100 {
+                l.allow(next());
+            }
+            let logged = if global == 0 { table + 100 } else { 10 };
+            let s = l.roll(SECOND);
+            if global == 0 {
+                assert_eq!(s, None, "no limit: nothing held");
+                continue;
+            }
+            let s = s.expect("a summary");
+            assert_eq!(s.count, (table + 100 - logged) as u64);
+            assert_eq!(s.untracked, 100);
+            assert_eq!(s.sources, (table - logged) as u64);
+            assert!(
+                s.top.iter().all(|(ip, _)| !ip.is_unspecified()),
+                "{:?}",
+                s.top
+            );
         }
+    }
+
+    /// The table holds every source that may log in a second (the global limit, to a
+    /// power of two), within a floor and a ceiling; no global limit takes the ceiling.
+    #[test]
+    fn the_table_is_sized_to_the_global_limit() {
+        let sized = |global| LogLimiter::new(10, global).max_sources;
+        assert_eq!(sized(5000), 8192);
+        assert_eq!(sized(1), MIN_SOURCES_PER_SECOND);
+        assert_eq!(sized(8193), 16_384);
+        assert_eq!(sized(40_000), MAX_SOURCES_PER_SECOND);
+        assert_eq!(sized(u32::MAX), MAX_SOURCES_PER_SECOND);
+        assert_eq!(sized(0), MAX_SOURCES_PER_SECOND);
+        // Under the global limit, a source that finds the table full could not have
+        // logged anyway: every source before it logged its first event or found the
+        // global limit spent.
+        let mut l = LogLimiter::new(1, 5000);
+        l.roll(0);
+        let logged = (0..20_000u32)
+            .filter(|i| l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))))
+            .count();
+        assert_eq!(logged, 5000);
         let s = l.roll(SECOND).expect("a summary");
-        assert_eq!(s.count, (MAX_SOURCES_PER_SECOND + 100 - 10) as u64);
-        assert_eq!(s.untracked, 100);
-        assert_eq!(s.sources, (MAX_SOURCES_PER_SECOND - 10) as u64);
-        assert!(
-            s.top.iter().all(|(ip, _)| !ip.is_unspecified()),
-            "{:?}",
-            s.top
-        );
+        assert_eq!((s.count, s.untracked), (15_000, 20_000 - 8192));
     }
 
     /// Of many sources held back, the five that lost most, most first, ties by address.
@@ -347,7 +400,8 @@ mod tests {
         // one is untracked, and the reverse.
         let mut l = LogLimiter::new(1, 1);
         l.roll(0);
-        for i in 0..MAX_SOURCES_PER_SECOND as u32 - 1 {
+        let table = l.max_sources;
+        for i in 0..table as u32 - 1 {
             l.allow(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
         }
         assert!(!l.allow(v6));
@@ -355,7 +409,7 @@ mod tests {
         assert!(!l.allow(ip("2001:db8::2")));
         let s = l.roll(SECOND).expect("a summary");
         assert_eq!(s.untracked, 2);
-        assert_eq!(s.sources, MAX_SOURCES_PER_SECOND as u64 - 1);
+        assert_eq!(s.sources, table as u64 - 1);
         assert_eq!(s.count, s.sources + s.untracked);
     }
 
