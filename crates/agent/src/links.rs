@@ -238,33 +238,34 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
         if watch.stop.load(Ordering::Relaxed) {
             break End::Stopped;
         }
-        let packet = match cap.next_packet() {
-            Ok(p) => p,
+        // What libpcap holds of the ring, up to a full batch, in one call.
+        let room = BATCH - batch.len();
+        let read = cap.dispatch(room, |packet| {
+            let Some(link) = link else { return };
+            let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
+            match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
+                Ok(Decoded::Segment(seg)) => {
+                    batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
+                }
+                Ok(Decoded::Skipped(_)) => {}
+                Err(kind) => {
+                    metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let read = match read {
+            Ok(n) => n as u64,
             Err(e) if ifindex(name) != Some(index) => {
                 let _ = e;
                 break End::Gone;
             }
             Err(e) => break End::Failed(e.to_string()),
         };
-        let dry = packet.is_none();
-        if let Some(packet) = packet {
-            packets += 1;
-            burst += 1;
-            if let Some(link) = link {
-                let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
-                match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
-                    Ok(Decoded::Segment(seg)) => {
-                        batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
-                    }
-                    Ok(Decoded::Skipped(_)) => {}
-                    Err(kind) => {
-                        metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            if batch.len() < BATCH {
-                continue;
-            }
+        packets += read;
+        burst += read;
+        let dry = read == 0;
+        if !dry && batch.len() < BATCH {
+            continue;
         }
         // A full batch, or a read that found nothing: hand over what there is.
         counters.packets.fetch_add(packets, Ordering::Relaxed);

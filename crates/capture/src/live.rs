@@ -275,26 +275,54 @@ impl LiveCapture {
             self.pending = true;
         }
         match self.cap.next_packet() {
-            Ok(p) => {
-                // With nanosecond precision libpcap puts nanoseconds in tv_usec.
-                let ts = p
-                    .header
-                    .ts
-                    .tv_sec
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(p.header.ts.tv_usec);
-                Ok(Some(Packet {
-                    ts_nanos: ts,
-                    linktype: self.linktype,
-                    iface: 0,
-                    data: p.data,
-                    orig_len: p.header.len,
-                }))
-            }
+            Ok(p) => Ok(Some(Packet {
+                ts_nanos: nanos(p.header),
+                linktype: self.linktype,
+                iface: 0,
+                data: p.data,
+                orig_len: p.header.len,
+            })),
             Err(::pcap::Error::TimeoutExpired) => {
                 self.pending = false;
                 Ok(None)
             }
+            Err(source) => Err(LiveError::Read {
+                iface: self.iface.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Hands up to `max` waiting packets to `each`, as libpcap takes them from the
+    /// kernel's ring, in one call (not one call a packet, as [`LiveCapture::next_packet`]);
+    /// returns how many, 0 when the read timeout passed without any.
+    pub fn dispatch(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(Packet<'_>),
+    ) -> Result<usize, LiveError> {
+        if !self.pending {
+            if !self.poll_readable()? {
+                return Ok(0);
+            }
+            self.pending = true;
+        }
+        let linktype = self.linktype;
+        let handed = self.cap.dispatch(Some(max.max(1)), |p| {
+            each(Packet {
+                ts_nanos: nanos(p.header),
+                linktype,
+                iface: 0,
+                data: p.data,
+                orig_len: p.header.len,
+            });
+        });
+        match handed {
+            Ok(0) => {
+                self.pending = false;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
             Err(source) => Err(LiveError::Read {
                 iface: self.iface.clone(),
                 source,
@@ -329,6 +357,17 @@ impl LiveCapture {
             if_dropped: u64::from(s.if_dropped),
         })
     }
+}
+
+/// A packet's time in nanoseconds: with nanosecond precision libpcap puts nanoseconds in
+/// `tv_usec`.
+#[inline]
+fn nanos(header: &::pcap::PacketHeader) -> i64 {
+    header
+        .ts
+        .tv_sec
+        .saturating_mul(1_000_000_000)
+        .saturating_add(header.ts.tv_usec)
 }
 
 /// Compiles the [`Filter::Attempts`] filter for a link type without opening any
