@@ -18,7 +18,10 @@
 //!
 //! While a named interface is missing, or a capture cannot be opened or read, its slot
 //! in the metrics carries a fault and `/healthz` answers 503 with it; the capture thread
-//! itself never ends before the agent stops, so the agent never exits on its own.
+//! itself never ends before the agent stops, so the agent never exits on its own. With
+//! the every-interface watch, an interface that goes is let go instead: its thread ends
+//! and its metrics slot is given back, and [`discover`] watches it afresh when it (or
+//! any other) comes up, so that containers coming and going never use up the slots.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -115,6 +118,9 @@ pub struct Watch<F: Fn(Vec<Observation>) -> bool> {
     pub options: LiveOptions,
     /// Named with --iface: while it is missing, `/healthz` fails.
     pub required: bool,
+    /// [`discover`] runs: an interface that goes is let go (its thread ends, its slot is
+    /// given back), to be watched afresh when it comes up again.
+    pub rediscovered: bool,
     pub send: F,
 }
 
@@ -144,9 +150,16 @@ pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
         counters.set_state(false, fault.then(|| why.clone()));
         *trouble = Some(why);
     };
+    let let_go = |why: &str| {
+        tracing::info!("interface {name} {why}: no longer watched (watched again if it comes up)");
+        watch.metrics.release_interface(slot);
+    };
     while !watch.stop.load(Ordering::Relaxed) {
         let cap = match first.take() {
             Some(cap) => Some(cap),
+            None if ifindex(name).is_none() && watch.rediscovered => {
+                return let_go("is missing (deleted or renamed)");
+            }
             None if ifindex(name).is_none() => {
                 let why = format!(
                     "interface {name} is missing (deleted or renamed): waiting for it to return"
@@ -176,6 +189,7 @@ pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
         counters.set_state(true, None);
         match capture(cap, index, name, slot, watch) {
             End::Stopped => break,
+            End::Gone if watch.rediscovered => return let_go("went (deleted or renamed)"),
             End::Gone => {
                 let why = format!(
                     "interface {name} is missing (deleted or renamed): waiting for it to return"
@@ -301,20 +315,28 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
 }
 
 /// With the default every-interface watch: every [`CHECK_EVERY`], starts a capture
-/// thread for each interface that came up and is not watched yet, until the agent
-/// stops; then waits for those threads. `watched` are the interfaces watched from the
-/// start (their threads are the caller's).
-pub fn discover<F>(watched: &[String], watch: &Arc<Watch<F>>)
+/// thread for each interface that is up and not watched (holds no metrics slot: it came
+/// up, or came back after it went), until the agent stops; then waits for those threads.
+/// The threads of the interfaces watched from the start are the caller's.
+pub fn discover<F>(watch: &Arc<Watch<F>>)
 where
     F: Fn(Vec<Observation>) -> bool + Send + Sync + 'static,
 {
-    let mut known: BTreeSet<String> = watched.iter().cloned().collect();
-    let mut threads = Vec::new();
+    let mut threads: Vec<thread::JoinHandle<()>> = Vec::new();
     let mut full_said = false;
     while !watch.stop.load(Ordering::Relaxed) {
         sleep_unless_stopped(&watch.stop, CHECK_EVERY);
+        // Threads of interfaces that went have ended: their handles go.
+        threads.retain(|t| !t.is_finished());
         let Ok(host) = Host::read() else { continue };
-        for name in host.up.difference(&known.clone()) {
+        // Watched: the interfaces holding a metrics slot (a thread gives its slot back
+        // when its interface goes).
+        let metrics = &watch.metrics;
+        for name in host
+            .up
+            .iter()
+            .filter(|n| metrics.interface_held(n).is_none())
+        {
             let Some(slot) = watch.metrics.interface_slot(name) else {
                 if !full_said {
                     tracing::warn!(
@@ -324,7 +346,6 @@ where
                 }
                 continue;
             };
-            known.insert(name.clone());
             tracing::info!("interface {name} came up: watching it");
             let (name, watch) = (name.clone(), Arc::clone(watch));
             match thread::Builder::new()

@@ -27,7 +27,8 @@ use synwatch_detect::Stats;
 /// appear while it runs: a slot is unused until it is given a name, and keeps it.
 #[derive(Debug, Default)]
 pub struct InterfaceMetrics {
-    name: std::sync::OnceLock<String>,
+    /// `None` for an unused slot (a discovered interface that went gives its slot back).
+    name: Mutex<Option<String>>,
     /// Whether the interface is watched right now (capture open, or program attached).
     pub up: AtomicBool,
     /// Why `/healthz` fails on this interface's account (a named interface missing, a
@@ -155,12 +156,19 @@ impl DropReason {
 
 impl InterfaceMetrics {
     /// The interface's name ("" for an unused slot).
-    pub fn name(&self) -> &str {
-        self.name.get().map_or("", String::as_str)
+    pub fn name(&self) -> String {
+        self.name
+            .lock()
+            .map(|n| n.clone().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     pub fn in_use(&self) -> bool {
-        self.name.get().is_some()
+        self.name.lock().is_ok_and(|n| n.is_some())
+    }
+
+    fn is(&self, name: &str) -> bool {
+        self.name.lock().is_ok_and(|n| n.as_deref() == Some(name))
     }
 
     /// Records whether the interface is watched, and what `/healthz` should say.
@@ -171,6 +179,9 @@ impl InterfaceMetrics {
         }
     }
 }
+
+/// Interface slots are given out and back one at a time.
+static ASSIGNING: Mutex<()> = Mutex::new(());
 
 /// How stale the pipeline's heartbeat may be before `/healthz` says it is not running.
 const HEALTHY_WITHIN_SECS: i64 = 5;
@@ -199,7 +210,7 @@ impl Metrics {
             interfaces: interfaces
                 .iter()
                 .map(|name| InterfaceMetrics {
-                    name: name.clone().into(),
+                    name: Mutex::new(Some(name.clone())),
                     up: AtomicBool::new(true),
                     ..InterfaceMetrics::default()
                 })
@@ -372,17 +383,36 @@ impl Metrics {
     /// The slot of interface `name`: the one it had, else the first unused one (`None`
     /// when every slot is taken).
     pub fn interface_slot(&self, name: &str) -> Option<usize> {
-        static ASSIGNING: Mutex<()> = Mutex::new(());
         let _one_at_a_time = ASSIGNING.lock();
-        if let Some(slot) = self.interfaces.iter().position(|i| i.name() == name) {
+        if let Some(slot) = self.interface_held(name) {
             return Some(slot);
         }
-        let slot = self
-            .interfaces
-            .iter()
-            .position(|i| i.name.get().is_none())?;
-        let _ = self.interfaces[slot].name.set(name.to_owned());
+        let slot = self.interfaces.iter().position(|i| !i.in_use())?;
+        if let Ok(mut held) = self.interfaces[slot].name.lock() {
+            *held = Some(name.to_owned());
+        }
         Some(slot)
+    }
+
+    /// The slot that holds interface `name` now, if one does.
+    pub fn interface_held(&self, name: &str) -> Option<usize> {
+        self.interfaces.iter().position(|i| i.is(name))
+    }
+
+    /// Gives a discovered interface's slot back (the interface went): its series leave
+    /// `/metrics`, and the slot serves the next interface that comes up, from zero.
+    pub fn release_interface(&self, slot: usize) {
+        let _one_at_a_time = ASSIGNING.lock();
+        let Some(iface) = self.interfaces.get(slot) else {
+            return;
+        };
+        iface.set_state(false, None);
+        for counter in [&iface.packets, &iface.drops, &iface.if_drops] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        if let Ok(mut held) = iface.name.lock() {
+            *held = None;
+        }
     }
 
     /// The page in the Prometheus text exposition format (version 0.0.4).
@@ -607,7 +637,7 @@ impl Metrics {
             self.interfaces
                 .iter()
                 .filter(|i| i.in_use())
-                .map(|i| (format!("{{interface=\"{}\"}}", escape(i.name())), f(i)))
+                .map(|i| (format!("{{interface=\"{}\"}}", escape(&i.name())), f(i)))
                 .collect()
         };
         family(

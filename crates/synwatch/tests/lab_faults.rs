@@ -470,62 +470,137 @@ fn a_new_interface_is_watched(source: &str) {
     // A second veth pair between the namespaces, on another subnet.
     let stem = &lab.vif[..lab.vif.len() - 1];
     let (vif2, aif2) = (format!("{stem}w"), format!("{stem}b"));
-    for args in [
-        vec![
-            "ip",
-            "link",
-            "add",
-            &vif2,
-            "netns",
-            &lab.victim,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &aif2,
-            "netns",
-            &lab.attacker,
-        ],
-        vec![
-            "ip",
-            "-n",
-            &lab.victim,
-            "addr",
-            "add",
-            "10.78.0.1/24",
-            "dev",
-            &vif2,
-        ],
-        vec![
-            "ip",
-            "-n",
-            &lab.attacker,
-            "addr",
-            "add",
-            "10.78.0.2/24",
-            "dev",
-            &aif2,
-        ],
-        vec!["ip", "-n", &lab.victim, "link", "set", &vif2, "up"],
-        vec!["ip", "-n", &lab.attacker, "link", "set", &aif2, "up"],
-    ] {
-        let out = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .expect("ip");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    veth_between(&lab, (&vif2, "10.78.0.1/24"), (&aif2, "10.78.0.2/24"));
     eventually(10, "the new interface watched", || {
         agent.log().contains(&format!("interface {vif2} came up"))
     });
     lab.scan("10.78.0.2", "10.78.0.1", "1-20");
     agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.78.0.2");
     assert_eq!(lab.healthz().0, 200);
+    if source == "pcap" {
+        // Containers come and go: far more interfaces than the agent has spare slots
+        // for come up and go, and one that comes up after them is still watched.
+        churn(&lab, &agent, 6, 8);
+        let (vif3, aif3) = (format!("{stem}x"), format!("{stem}c"));
+        veth_between(&lab, (&vif3, "10.79.0.1/24"), (&aif3, "10.79.0.2/24"));
+        eventually(10, "the interface after the churn watched", || {
+            agent.log().contains(&format!("interface {vif3} came up"))
+        });
+        lab.scan("10.79.0.2", "10.79.0.1", "1-20");
+        agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.79.0.2");
+        assert_eq!(lab.healthz().0, 200);
+    }
     assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// A veth pair from the victim's namespace to the attacker's, up, each end with its
+/// address.
+fn veth_between(lab: &Lab, (vif, victim_addr): (&str, &str), (aif, attacker_addr): (&str, &str)) {
+    for args in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            vif,
+            "netns",
+            &lab.victim,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            aif,
+            "netns",
+            &lab.attacker,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.victim,
+            "addr",
+            "add",
+            victim_addr,
+            "dev",
+            vif,
+        ],
+        vec![
+            "ip",
+            "-n",
+            &lab.attacker,
+            "addr",
+            "add",
+            attacker_addr,
+            "dev",
+            aif,
+        ],
+        vec!["ip", "-n", &lab.victim, "link", "set", vif, "up"],
+        vec!["ip", "-n", &lab.attacker, "link", "set", aif, "up"],
+    ] {
+        run_ok(&args);
+    }
+}
+
+/// `rounds` times, `pairs` veth pairs inside the victim's namespace come up, are
+/// watched, and are deleted (their slots given back).
+fn churn(lab: &Lab, agent: &Agent, rounds: usize, pairs: usize) {
+    let count = |log: &str, what: &str| log.matches(what).count();
+    for round in 0..rounds {
+        let names: Vec<(String, String)> = (0..pairs)
+            .map(|i| (format!("swch{round}p{i}a"), format!("swch{round}p{i}b")))
+            .collect();
+        for (a, b) in &names {
+            run_ok(&[
+                "ip",
+                "-n",
+                &lab.victim,
+                "link",
+                "add",
+                a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b,
+            ]);
+            run_ok(&["ip", "-n", &lab.victim, "link", "set", a, "up"]);
+            run_ok(&["ip", "-n", &lab.victim, "link", "set", b, "up"]);
+        }
+        eventually(15, "every interface of the round watched", || {
+            let log = agent.log();
+            names.iter().all(|(a, b)| {
+                count(&log, &format!("interface {a} came up")) == 1
+                    && count(&log, &format!("interface {b} came up")) == 1
+            })
+        });
+        for (a, _) in &names {
+            run_ok(&["ip", "-n", &lab.victim, "link", "del", a]);
+        }
+        eventually(15, "every interface of the round let go", || {
+            let log = agent.log();
+            let gone = |n: &str| {
+                log.contains(&format!("interface {n} is missing"))
+                    || log.contains(&format!("interface {n} went"))
+            };
+            names.iter().all(|(a, b)| gone(a) && gone(b))
+        });
+    }
+    assert!(
+        !agent.log().contains("every interface slot is taken"),
+        "{}",
+        agent.log()
+    );
+}
+
+/// Runs a command; fails the test if it fails.
+fn run_ok(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run a command");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub(super) fn start(
 ) -> Result<Running, Refusal> {
     let opened = open(run, detector, &host, &ifaces)?;
     announce(&opened, &host, io.events_shown_as);
-    launch(opened, &ifaces, io)
+    launch(opened, io)
 }
 
 /// Opens everything that needs a privilege, and drops the privileges after.
@@ -243,7 +243,7 @@ fn sees_answers(sources: &Sources, run: &Settings) -> bool {
 
 /// Starts the servers, the sources' threads and the event writer, and hands the loop
 /// what it runs with.
-fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> {
+fn launch(mut o: Opened, io: Io) -> Result<Running, Refusal> {
     let run = &o.run;
     let (feed, rx) = Feed::channel(Arc::clone(&o.metrics));
     let mut servers = vec![(
@@ -265,7 +265,7 @@ fn launch(mut o: Opened, ifaces: &[String], io: Io) -> Result<Running, Refusal> 
         }));
     }
     let routes_tx = feed.sender();
-    let threads = start_threads(run, ifaces, &mut o.sources, &feed, &io.stop, o.discovering)?;
+    let threads = start_threads(run, &mut o.sources, &feed, &io.stop, o.discovering)?;
     let fleet_threads = start_fleet(o.fleet, run, o.blocking.blocker.as_mut(), &feed, &io.stop)?;
     drop(feed);
 
@@ -643,7 +643,6 @@ struct Threads {
 /// buffer's; each hands what it sees to `feed`.
 fn start_threads(
     run: &Settings,
-    ifaces: &[String],
     sources: &mut Sources,
     feed: &Feed,
     stop: &Arc<AtomicBool>,
@@ -651,7 +650,6 @@ fn start_threads(
 ) -> anyhow::Result<Threads> {
     let mut workers = start_captures(
         std::mem::take(&mut sources.captures),
-        ifaces,
         discovering && !sources.xdp_source,
         !run.ifaces.is_empty(),
         stop,
@@ -700,7 +698,6 @@ fn start_threads(
 /// with `discover`, a thread that watches interfaces that come up later.
 fn start_captures(
     captures: Vec<LiveCapture>,
-    ifaces: &[String],
     discover: bool,
     required: bool,
     stop: &Arc<AtomicBool>,
@@ -715,6 +712,7 @@ fn start_captures(
         metrics: Arc::clone(feed.metrics()),
         options: LiveOptions::default(),
         required,
+        rediscovered: discover,
         send,
     });
     let mut workers = Vec::new();
@@ -729,10 +727,9 @@ fn start_captures(
         workers.push((name, handle));
     }
     if discover {
-        let watched = ifaces.to_vec();
         let handle = thread::Builder::new()
             .name("interfaces".into())
-            .spawn(move || links::discover(&watched, &watch))
+            .spawn(move || links::discover(&watch))
             .context("cannot start the interface watch thread")?;
         workers.push(("new interfaces".to_owned(), handle));
     }
