@@ -148,6 +148,9 @@ pub struct Blocker {
     /// them back.
     not_deleted: std::collections::BTreeMap<IpNet, bool>,
     save_retry_at: i64,
+    /// When the state file was last checked to be the one the store writes
+    /// ([`Blocker::check_state_file`]).
+    state_checked_at: i64,
 }
 
 /// Bans put back into rules set up again, per turn of the pipeline (every 100 ms while
@@ -236,6 +239,7 @@ impl Blocker {
             not_saved: std::collections::BTreeSet::new(),
             not_deleted: std::collections::BTreeMap::new(),
             save_retry_at: now,
+            state_checked_at: now,
         };
         let lapsed = over_addrs
             .into_iter()
@@ -564,6 +568,10 @@ impl Blocker {
                 self.keep_unsaved(unsaved.iter().map(|r| r.net), now);
             }
         }
+        if now >= self.state_checked_at + RETRY_SECS {
+            self.state_checked_at = now;
+            self.check_state_file(now);
+        }
         if (!self.not_saved.is_empty() || !self.not_deleted.is_empty()) && now >= self.save_retry_at
         {
             self.save_again(now);
@@ -835,6 +843,31 @@ impl Blocker {
             (self.not_saved.len() + self.not_deleted.len()) as u64,
             Ordering::Relaxed,
         );
+    }
+
+    /// The state directory removed (or its database replaced) while the agent runs: what
+    /// it saves would be lost at the next start. A new database is opened in its place and
+    /// every ban the book holds is saved into it (as bans whose saving failed are, so that
+    /// a directory that cannot be made again yet is tried again, and `/healthz` says so).
+    fn check_state_file(&mut self, now: i64) {
+        if self.dry_run || !lock(&self.hands).store.detached() {
+            return;
+        }
+        let reopened = lock(&self.hands).store.reopen();
+        match reopened {
+            Ok(()) => {
+                tracing::error!(
+                    "the ban database was removed or replaced while the agent ran: opened a new one and saving all {} bans into it",
+                    self.book.len()
+                );
+                let held: Vec<IpNet> = self.book.active().map(|r| r.net).collect();
+                self.keep_unsaved(held.into_iter(), now);
+                self.save_retry_at = now;
+            }
+            Err(e) => tracing::error!(
+                "the ban database was removed while the agent ran, and a new one cannot be opened: {e:#} (retried every {RETRY_SECS} s)"
+            ),
+        }
     }
 
     /// Removes the lifted bans whose removal failed, then saves the bans whose saving

@@ -35,9 +35,19 @@ pub fn accept_until<L: AsFd, S>(
     listener: &L,
     accept: impl Fn(&L) -> io::Result<S>,
     stop: &AtomicBool,
+    serve: impl FnMut(S),
+) {
+    accept_while(listener, accept, || !stop.load(Ordering::Relaxed), serve);
+}
+
+/// As [`accept_until`], for as long as `go_on` says (asked at least every 200 ms).
+pub fn accept_while<L: AsFd, S>(
+    listener: &L,
+    accept: impl Fn(&L) -> io::Result<S>,
+    go_on: impl Fn() -> bool,
     mut serve: impl FnMut(S),
 ) {
-    while !stop.load(Ordering::Relaxed) {
+    while go_on() {
         match accept(listener) {
             Ok(stream) => serve(stream),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

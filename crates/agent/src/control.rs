@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::clock::monotonic;
 
 pub const SOCKET_FILE: &str = "control.sock";
 
@@ -167,8 +169,13 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener> {
 /// Accepts requests on its own thread and hands each to the pipeline through `calls`,
 /// wrapped by `wrap` into the pipeline's own message type, until `stop` is set (the
 /// thread ends within 200 ms of it, dropping its sender: join the handle).
+///
+/// A socket file removed behind the agent (its state directory deleted) is noticed
+/// within a second, and the socket bound again where it was (the directory made again),
+/// so that `synwatch blocks` reaches the agent again.
 pub fn serve<M: Send + 'static>(
     listener: UnixListener,
+    state_dir: PathBuf,
     calls: mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
     stop: Arc<AtomicBool>,
@@ -181,15 +188,68 @@ pub fn serve<M: Send + 'static>(
         .spawn(move || {
             let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS, line_whole);
             let accept = |l: &UnixListener| l.accept().map(|(stream, _)| stream);
-            crate::conns::accept_until(&listener, accept, &stop, |stream| {
-                // A client that fails or goes away is its own problem.
-                let calls = calls.clone();
-                limit.spawn(stream, move |stream, reading| {
-                    let _ = answer(stream, reading, &calls, wrap);
+            let path = socket_path(&state_dir);
+            let (mut listener, mut trouble) = (listener, None);
+            loop {
+                let bound = crate::state::file_id(&path);
+                let looked = std::cell::Cell::new(monotonic());
+                // Until asked to stop, or (looked at every second) the file is not ours.
+                let go_on = || {
+                    if stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    let now = monotonic();
+                    if now.saturating_duration_since(looked.get()) < LOOK_EVERY {
+                        return true;
+                    }
+                    looked.set(now);
+                    crate::state::file_id(&path) == bound
+                };
+                crate::conns::accept_while(&listener, accept, go_on, |stream| {
+                    // A client that fails or goes away is its own problem.
+                    let calls = calls.clone();
+                    limit.spawn(stream, move |stream, reading| {
+                        let _ = answer(stream, reading, &calls, wrap);
+                    });
                 });
-            });
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match rebind(&state_dir) {
+                    Ok(l) => {
+                        tracing::warn!(
+                            "the control socket {} was removed: bound it again",
+                            path.display()
+                        );
+                        (listener, trouble) = (l, None);
+                    }
+                    Err(e) => {
+                        let why = format!("{e:#}");
+                        if trouble.as_ref() != Some(&why) {
+                            tracing::error!(
+                                "the control socket was removed and cannot be bound again: {why} (retried every second)"
+                            );
+                        }
+                        trouble = Some(why);
+                        std::thread::sleep(LOOK_EVERY);
+                    }
+                }
+            }
         })
         .context("cannot start the control thread")
+}
+
+/// How often the control thread looks that its socket file is still there.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The state directory made again where it is missing, and the socket bound in it.
+fn rebind(state_dir: &Path) -> Result<UnixListener> {
+    crate::state::create_dir_private(state_dir)?;
+    let listener = bind(state_dir)?;
+    listener
+        .set_nonblocking(true)
+        .context("cannot set up the control socket")?;
+    Ok(listener)
 }
 
 /// Clients served at once; more are closed unanswered.
@@ -304,7 +364,8 @@ mod tests {
         let listener = bind(dir.path()).unwrap();
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
         let stop = Arc::new(AtomicBool::new(false));
-        let server = serve(listener, tx, |c| c, Arc::clone(&stop)).unwrap();
+        let dir_path = dir.path().to_owned();
+        let server = serve(listener, dir_path, tx, |c| c, Arc::clone(&stop)).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
             assert_eq!(call.request, Request::Flush);
@@ -335,6 +396,50 @@ mod tests {
         );
     }
 
+    /// The state directory deleted behind the agent: the socket is bound again where it
+    /// was, and requests reach the pipeline again.
+    #[test]
+    fn a_socket_removed_with_its_directory_is_bound_again() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("state");
+        crate::state::create_dir_private(&dir).unwrap();
+        let listener = bind(&dir).unwrap();
+        let (tx, rx) = mpsc::sync_channel::<Call>(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = serve(listener, dir.clone(), tx, |c| c, Arc::clone(&stop)).unwrap();
+        let pipeline = thread::spawn(move || {
+            while let Ok(call) = rx.recv() {
+                let _ = call.reply.send(Reply {
+                    ok: true,
+                    error: None,
+                    backend: "nftables".into(),
+                    bans: vec![],
+                    note: None,
+                    damaged: false,
+                });
+            }
+        });
+        assert!(call(&dir, &Request::List).unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let started = monotonic();
+        let answered = loop {
+            if let Ok(Some(reply)) = call(&dir, &Request::List) {
+                break Some(reply);
+            }
+            if monotonic().saturating_duration_since(started) > Duration::from_secs(5) {
+                break None;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        assert!(answered.is_some_and(|r| r.ok), "not bound again within 5 s");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the directory made again is private");
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+        pipeline.join().unwrap();
+    }
+
     #[test]
     fn no_agent_is_none_and_a_stale_socket_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -350,7 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(dir.path()).unwrap();
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
-        serve(listener, tx, |c| c, Arc::default()).unwrap();
+        serve(listener, dir.path().to_owned(), tx, |c| c, Arc::default()).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
             call.reply.send(Reply::ok("nftables")).unwrap();

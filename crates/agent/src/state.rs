@@ -50,6 +50,9 @@ pub struct Store {
     /// Wall time minus agent time now (`clock::wall_offset`; given by hand in tests).
     offset: fn() -> Offset,
     damage: Damage,
+    /// The database file's device and inode when opened: another file at `path` (or
+    /// none) means the state directory was removed or replaced behind the agent.
+    file: Option<(u64, u64)>,
 }
 
 /// What could not be read of the state: reported in `/healthz` and `/metrics`, since a
@@ -106,6 +109,12 @@ impl Damage {
         }
         why
     }
+}
+
+/// The device and inode of the file at `path`, if there is one.
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// A stretch of rows of a damaged table that could not be read, between the rowids of
@@ -172,6 +181,7 @@ impl Store {
             path,
             offset,
             damage,
+            file: None,
         };
         if let Some(why) = damaged(&store.conn) {
             store.recover(&why)?;
@@ -181,7 +191,23 @@ impl Store {
         if let Err(e) = store.canonicalise() {
             tracing::warn!("warning: {}: {e}", store.context("upgrade the keys"));
         }
+        store.file = file_id(&store.path);
         Ok(store)
+    }
+
+    /// Whether the database file this store writes is no longer the one at its path:
+    /// the state directory (or the file) was removed or replaced while the agent ran, so
+    /// what it saves would be lost at the next start.
+    pub fn detached(&self) -> bool {
+        file_id(&self.path) != self.file
+    }
+
+    /// Opens the database at this store's path afresh (creating the directory again),
+    /// for [`Store::detached`]: the caller saves what it holds into it.
+    pub fn reopen(&mut self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("/")).to_owned();
+        *self = Self::open_with(&dir, self.offset)?;
+        Ok(())
     }
 
     /// Opens `path` and sets its tables up (creating them, adding later columns), and
@@ -535,6 +561,8 @@ impl Store {
         self.damage.rows_skipped += skipped;
         self.damage.recovered_from = Some(aside);
         self.damage.unreadable.extend(unreadable);
+        // A new file now stands at the path: the one this store writes.
+        self.file = file_id(&self.path);
         Ok(())
     }
 }
@@ -1158,6 +1186,28 @@ pub(crate) mod tests {
         let mut s = Store::open_with(dir.path(), Offset::default).unwrap();
         let expires: Vec<Option<i64>> = s.bans().unwrap().iter().map(|r| r.expires).collect();
         assert!(expires.contains(&Some(7300)), "{expires:?}");
+    }
+
+    #[test]
+    fn a_database_removed_or_replaced_behind_the_store_is_told_and_opened_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut s = Store::open(&state).unwrap();
+        s.save(&[record("192.0.2.1", Some(200))]).unwrap();
+        assert!(!s.detached());
+        std::fs::remove_dir_all(&state).unwrap();
+        assert!(s.detached(), "the directory is gone");
+        s.reopen().unwrap();
+        assert!(!s.detached());
+        assert!(s.bans().unwrap().is_empty(), "a new, empty database");
+        s.save(&[record("192.0.2.2", Some(200))]).unwrap();
+        // Another file put in its place is not the one the store writes either.
+        std::fs::rename(state.join(DB_FILE), dir.path().join("elsewhere.db")).unwrap();
+        std::fs::copy(dir.path().join("elsewhere.db"), state.join(DB_FILE)).unwrap();
+        assert!(s.detached(), "replaced");
+        s.reopen().unwrap();
+        assert_eq!(s.bans().unwrap(), [record("192.0.2.2", Some(200))]);
+        assert!(!s.detached());
     }
 
     #[test]

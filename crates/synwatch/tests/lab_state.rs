@@ -232,3 +232,48 @@ fn a_hostile_ban_database_never_stops_blocking() {
         assert_eq!(agent.stop_within(10), Some(0), "--block {block}");
     }
 }
+
+/// The state directory deleted while the agent runs (a cleanup script, a tmpfiles rule):
+/// the agent makes it again, binds its control socket again, and saves every ban it
+/// holds into a new database, so that a restart restores the bans given before the
+/// deletion and after it (reviewer's finding: both were lost, and `synwatch blocks`
+/// could no longer reach the agent).
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_state_directory_removed_while_the_agent_runs_is_made_again_with_every_ban() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_path = dir.path().join("state");
+    let state = state_path.to_str().expect("utf-8 path");
+    let args = ["--block", "nftables", "--state-dir", state];
+    let agent = Agent::start(&lab, dir.path(), "first", &args);
+    let add = |addr: &str| {
+        let (code, out, err) = blocks(&lab, &["add", addr, "--for", "1h", "--state-dir", state]);
+        assert_eq!(code, 0, "{out}{err}");
+    };
+    add("198.51.100.77");
+    std::fs::remove_dir_all(&state_path).expect("remove the state directory");
+    eventually(10, "the agent reachable again through its socket", || {
+        let (code, out, _) = blocks(&lab, &["list", "--state-dir", state]);
+        code == 0 && out.contains("198.51.100.77")
+    });
+    add("198.51.100.78");
+    eventually(15, "every ban saved in the new database", || {
+        state_path.join("bans.db").exists()
+            && saved_addrs(&state_path) == ["198.51.100.77", "198.51.100.78"]
+    });
+    assert!(
+        agent
+            .log()
+            .contains("removed or replaced while the agent ran"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.stop_within(10), Some(0));
+
+    let agent = Agent::start(&lab, dir.path(), "second", &args);
+    eventually(10, "both bans restored", || {
+        banned_in_nftables(&lab, "198.51.100.77") && banned_in_nftables(&lab, "198.51.100.78")
+    });
+    assert_eq!(agent.stop_within(10), Some(0));
+}

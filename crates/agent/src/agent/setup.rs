@@ -253,7 +253,7 @@ fn launch(mut o: Opened, io: Io) -> Result<Running, Refusal> {
     )];
     let mut control_stop = Arc::default();
     if let (Some(l), Some(_)) = (o.control, &o.blocking.blocker) {
-        let (thread, stop) = serve_control(l, &feed)?;
+        let (thread, stop) = serve_control(l, &run.blocking.state_dir, &feed)?;
         servers.push(("the control socket", thread));
         control_stop = stop;
     }
@@ -330,10 +330,12 @@ fn launch(mut o: Opened, io: Io) -> Result<Running, Refusal> {
 /// rules behind the stopping agent's back.
 pub(super) fn serve_control(
     listener: std::os::unix::net::UnixListener,
+    state_dir: &std::path::Path,
     feed: &Feed,
 ) -> anyhow::Result<(thread::JoinHandle<()>, Arc<AtomicBool>)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = control::serve(listener, feed.sender(), Msg::Call, Arc::clone(&stop))?;
+    let (dir, calls) = (state_dir.to_owned(), feed.sender());
+    let thread = control::serve(listener, dir, calls, Msg::Call, Arc::clone(&stop))?;
     Ok((thread, stop))
 }
 
