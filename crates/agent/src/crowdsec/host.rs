@@ -5,7 +5,10 @@
 //! The URL's host is an IP literal (taken as is) or a name, resolved at start and again
 //! every [`RESOLVE_EVERY`] on a thread of its own, so that a resolver that stalls never
 //! stalls the agent's loop. The addresses a name had stay protected while it cannot be
-//! resolved; new ones join them.
+//! resolved; new ones join them, and one the name no longer resolves to leaves after
+//! [`KEPT_UNSEEN`] answers without it (a load balancer's rotation, a DNS answer someone
+//! forged once), so that the addresses never banned for the LAPI's sake are the LAPI's,
+//! not every address its name ever had.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -14,6 +17,14 @@ use std::time::Duration;
 
 /// How often a LAPI given by name is resolved again (the host view's own pace).
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Successful answers without an address after which it is no longer the LAPI's: 30, five
+/// minutes at [`RESOLVE_EVERY`] (a round-robin name answering with part of its addresses
+/// each time keeps them all).
+pub const KEPT_UNSEEN: u32 = 30;
+
+/// Each address the LAPI's name resolved to, with how many answers since left it out.
+type Held = std::collections::BTreeMap<IpAddr, u32>;
 
 /// Where the LAPI is, from its base URL (`http://HOST:PORT` or `https://[V6]:PORT`, with
 /// an optional path).
@@ -90,7 +101,7 @@ impl<'a> Authority<'a> {
 #[derive(Debug, Clone)]
 pub struct LapiAddrs {
     place: Place,
-    addrs: Arc<Mutex<BTreeSet<IpAddr>>>,
+    addrs: Arc<Mutex<Held>>,
 }
 
 impl LapiAddrs {
@@ -105,7 +116,7 @@ impl LapiAddrs {
         };
         match &place {
             Place::Address(a) => {
-                this.lock().insert(*a);
+                this.lock().insert(*a, 0);
             }
             Place::Name(name, port) => {
                 if let Err(e) = this.resolve() {
@@ -130,10 +141,10 @@ impl LapiAddrs {
 
     /// The addresses known now.
     pub fn get(&self) -> BTreeSet<IpAddr> {
-        self.lock().clone()
+        self.lock().keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<IpAddr>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
         self.addrs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -159,23 +170,45 @@ fn resolve(name: &str, port: u16) -> std::io::Result<BTreeSet<IpAddr>> {
         .collect())
 }
 
-/// Adds `found`, logging the addresses that are new.
-fn merge(addrs: &Mutex<BTreeSet<IpAddr>>, found: BTreeSet<IpAddr>) {
+/// Takes one answer: `found` is held (logging the addresses that are new), and an
+/// address left out of [`KEPT_UNSEEN`] answers in a row is let go (logged).
+fn merge(addrs: &Mutex<Held>, found: BTreeSet<IpAddr>) {
     let mut held = addrs
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let new: Vec<String> = found.difference(&held).map(ToString::to_string).collect();
+    let new: Vec<String> = found
+        .iter()
+        .filter(|a| !held.contains_key(a))
+        .map(ToString::to_string)
+        .collect();
     if !held.is_empty() && !new.is_empty() {
         tracing::info!(
             "the CrowdSec LAPI's host resolves to new addresses (never blocked): {}",
             new.join(", ")
         );
     }
-    held.extend(found);
+    let mut gone = Vec::new();
+    held.retain(|addr, unseen| {
+        *unseen = if found.contains(addr) { 0 } else { *unseen + 1 };
+        let keep = *unseen < KEPT_UNSEEN;
+        if !keep {
+            gone.push(addr.to_string());
+        }
+        keep
+    });
+    if !gone.is_empty() {
+        tracing::info!(
+            "the CrowdSec LAPI's host no longer resolves to {} ({KEPT_UNSEEN} answers without them): no longer protected for its sake",
+            gone.join(", ")
+        );
+    }
+    for addr in found {
+        held.entry(addr).or_insert(0);
+    }
 }
 
 /// Resolves `name` again every RESOLVE_EVERY until the addresses are no longer wanted.
-fn keep_resolving(addrs: &Weak<Mutex<BTreeSet<IpAddr>>>, name: &str, port: u16) {
+fn keep_resolving(addrs: &Weak<Mutex<Held>>, name: &str, port: u16) {
     loop {
         std::thread::sleep(RESOLVE_EVERY);
         let Some(held) = addrs.upgrade() else {
@@ -216,6 +249,37 @@ mod tests {
         assert_eq!(place("http://"), None);
         assert_eq!(place("lapi:8080"), None);
         assert_eq!(place("http://[2001:db8::9"), None);
+    }
+
+    /// An address the name no longer resolves to leaves after KEPT_UNSEEN answers
+    /// without it; one seen again meanwhile starts over; a failed resolution (no
+    /// answer) keeps everything.
+    #[test]
+    fn an_address_the_name_stopped_resolving_to_is_let_go() {
+        let held = Mutex::new(Held::new());
+        let set = |addrs: &[&str]| addrs.iter().map(|a| ip(a)).collect::<BTreeSet<_>>();
+        let now = |held: &Mutex<Held>| held.lock().unwrap().keys().copied().collect::<Vec<_>>();
+        merge(&held, set(&["192.0.2.1", "192.0.2.2"]));
+        // A forged answer, once.
+        merge(&held, set(&["192.0.2.1", "203.0.113.66"]));
+        assert_eq!(
+            now(&held),
+            [ip("192.0.2.1"), ip("192.0.2.2"), ip("203.0.113.66")]
+        );
+        for i in 0..KEPT_UNSEEN {
+            // The round robin answers with one of its two addresses at a time.
+            let one = if i % 2 == 0 { "192.0.2.1" } else { "192.0.2.2" };
+            merge(&held, set(&[one]));
+        }
+        assert_eq!(
+            now(&held),
+            [ip("192.0.2.1"), ip("192.0.2.2")],
+            "the forged one went"
+        );
+        for _ in 0..KEPT_UNSEEN {
+            merge(&held, set(&["192.0.2.9"]));
+        }
+        assert_eq!(now(&held), [ip("192.0.2.9")], "the LAPI moved");
     }
 
     #[test]
