@@ -231,11 +231,54 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ) {
         e.exit();
     }
-    eprintln!(
-        "synwatch: {} (see --help)",
-        one_line(&e.render().to_string())
-    );
+    let message = one_line(&e.render().to_string());
+    match from_environment(&e, std::env::args().skip(1)) {
+        Some((var, value)) => eprintln!(
+            "synwatch: invalid {var} '{value}': {} (see --help)",
+            message.strip_prefix("error: ").unwrap_or(&message)
+        ),
+        None => eprintln!("synwatch: {message} (see --help)"),
+    }
     ExitCode::from(EXIT_BAD_INPUT)
+}
+
+/// The environment variable (and its value) that gave the value clap refused, where it
+/// was one: its message names the flag, which the command line did not hold.
+fn from_environment(
+    e: &clap::Error,
+    args: impl Iterator<Item = String>,
+) -> Option<(String, String)> {
+    use clap::error::{ContextKind, ContextValue};
+    let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    // "--source <SOURCE>", "--dry-run[=<BOOL>]": the flag's long name.
+    let long = arg
+        .strip_prefix("--")?
+        .split([' ', '[', '='])
+        .next()
+        .filter(|l| !l.is_empty())?;
+    let flag = format!("--{long}");
+    let given = |a: &String| *a == flag || a.starts_with(&format!("{flag}="));
+    if args.collect::<Vec<_>>().iter().any(given) {
+        return None;
+    }
+    /// Every argument of `cmd` and of its subcommands.
+    fn all_args(cmd: &clap::Command) -> Vec<clap::Arg> {
+        let mut args: Vec<clap::Arg> = cmd.get_arguments().cloned().collect();
+        for sub in cmd.get_subcommands() {
+            args.extend(all_args(sub));
+        }
+        args
+    }
+    all_args(&Cli::command())
+        .into_iter()
+        .filter(|a| a.get_long() == Some(long))
+        .filter_map(|a| a.get_env().map(|v| v.to_string_lossy().into_owned()))
+        .find_map(|var| {
+            let value = std::env::var_os(&var)?;
+            Some((var, value.to_string_lossy().into_owned()))
+        })
 }
 
 /// clap's message without its blank lines, usage and "For more information" lines, on

@@ -220,6 +220,42 @@ fn a_bad_value_names_the_variable_or_the_flag_it_came_from() {
     }
 }
 
+/// A value clap itself refuses (not one of the choices, not a boolean, empty) names the
+/// environment variable it came from too, not only the flag the command line did not
+/// hold (reviewer's finding); given on the command line, the flag alone.
+#[test]
+fn a_value_clap_refuses_from_the_environment_names_the_variable() {
+    let cases = [
+        ("SYNWATCH_SOURCE", "", "--source", "a value is required"),
+        ("SYNWATCH_SOURCE", "bogus", "--source", "possible values"),
+        ("SYNWATCH_DRY_RUN", "maybe", "--dry-run", "not a boolean"),
+        ("SYNWATCH_BLOCK", "pf", "--block", "possible values"),
+    ];
+    for (var, bad, flag, why) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--print-config"])
+            .env(var, bad)
+            .output()
+            .expect("run synwatch");
+        assert_usage_error(&out, &[&format!("invalid {var} '{bad}'"), why]);
+        // The flag given as well: it is what clap refused, and the variable is not.
+        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args([
+                "run",
+                "--iface",
+                "lo",
+                "--print-config",
+                &format!("{flag}=bogus"),
+            ])
+            .env(var, bad)
+            .output()
+            .expect("run synwatch");
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag) && !stderr.contains(var), "{stderr}");
+    }
+}
+
 /// Checks a usage error: exit 2 and one stderr line holding each of `wants`.
 fn assert_usage_error(out: &std::process::Output, wants: &[&str]) {
     assert_eq!(out.status.code(), Some(2));
