@@ -103,6 +103,25 @@ pub struct Fleet {
     /// Bans expired since the deferred decisions were last looked at
     /// ([`Blocker::give_deferred`]).
     pub(super) expired: bool,
+    /// Networks whose last decision was replaced (its id given again for another
+    /// network) during a pull: lifted at its end unless given again.
+    orphaned: Vec<IpNet>,
+}
+
+impl Fleet {
+    /// One decision on `net` is gone: the network's count goes down, and at none it is
+    /// no longer the fleet's (to lift).
+    fn release_one(&mut self, net: IpNet) {
+        let left = self.per_net.get_mut(&net).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == Some(0) {
+            self.per_net.remove(&net);
+            self.deferred.remove(&net);
+            self.orphaned.push(net);
+        }
+    }
 }
 
 /// Notes kept at most (scans waiting for the cap have one each).
@@ -202,6 +221,11 @@ impl Blocker {
                 lift.remove(&net);
             }
         }
+        for net in std::mem::take(&mut self.fleet.orphaned) {
+            if !keep.contains(&net) {
+                lift.insert(net);
+            }
+        }
         if refused.more > 0 {
             tracing::warn!(
                 "not enforcing {} more CrowdSec decision(s) on protected addresses (synwatch_crowdsec_decisions_skipped_total{{reason=\"protected\"}})",
@@ -251,15 +275,8 @@ impl Blocker {
             let net = synwatch_enforce::ban_net(net);
             match self.fleet.ids.remove(&d.id) {
                 Some(held) => {
-                    let left = self.fleet.per_net.get_mut(&held).map(|n| {
-                        *n = n.saturating_sub(1);
-                        *n
-                    });
-                    if left == Some(0) {
-                        self.fleet.per_net.remove(&held);
-                        self.fleet.deferred.remove(&held);
-                        lift.insert(held);
-                    }
+                    self.fleet.release_one(held);
+                    lift.extend(self.fleet.orphaned.drain(..));
                 }
                 // A decision this agent did not see given (before a restart).
                 None if !self.fleet.per_net.contains_key(&net) => {
@@ -315,8 +332,16 @@ impl Blocker {
             return None;
         }
         let kept = Some(net);
-        if self.fleet.ids.insert(ban.id, net).is_none() {
-            *self.fleet.per_net.entry(net).or_default() += 1;
+        match self.fleet.ids.insert(ban.id, net) {
+            Some(before) if before == net => {}
+            before => {
+                *self.fleet.per_net.entry(net).or_default() += 1;
+                // The same id given again for another network (a LAPI that reuses ids):
+                // it no longer holds the first one, which goes if nothing else does.
+                if let Some(before) = before {
+                    self.fleet.release_one(before);
+                }
+            }
         }
         // As long as the backend keeps a ban (iptables: 24 days); a longer decision
         // is given again by the next full pull after it ends here.
@@ -553,6 +578,71 @@ mod tests {
             matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("203.0.113.9")),
             "{happened:?}"
         );
+    }
+
+    /// A LAPI that gives an id again for another network (reviewer's finding: the first
+    /// network's count stayed at one, so no deletion ever lifted it): the id moves, the
+    /// first network goes unless another decision holds it, and deleting the id lifts
+    /// the second.
+    #[test]
+    fn an_id_given_again_for_another_network_moves_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = blocker(dir.path(), &runner);
+        let p = pull(
+            true,
+            vec![
+                d(1, "cscli", "Ip", "198.51.100.7"),
+                d(2, "cscli", "Ip", "198.51.100.8"),
+                d(3, "cscli", "Ip", "198.51.100.9"),
+            ],
+            vec![],
+        );
+        b.pulled(p, 20, protected, |_| false);
+        b.apply(20);
+        let h = b.pulled(
+            pull(
+                false,
+                vec![
+                    d(1, "cscli", "Ip", "198.51.100.10"),
+                    d(2, "cscli", "Ip", "198.51.100.10"),
+                    d(4, "cscli", "Ip", "198.51.100.9"),
+                    d(3, "cscli", "Ip", "198.51.100.11"),
+                ],
+                vec![],
+            ),
+            30,
+            protected,
+            |_| false,
+        );
+        b.apply(30);
+        // .7 and .8 lost their only decision; .9 is still held by id 4.
+        let mut gone = lifted(&h);
+        gone.sort();
+        assert_eq!(gone, vec![n("198.51.100.7"), n("198.51.100.8")]);
+        let addrs = |b: &Blocker| held(b).into_iter().map(|(a, _)| a).collect::<Vec<_>>();
+        assert_eq!(
+            addrs(&b),
+            ["198.51.100.10", "198.51.100.11", "198.51.100.9"]
+        );
+        let h = b.pulled(
+            pull(
+                false,
+                vec![],
+                vec![
+                    d(1, "cscli", "Ip", "198.51.100.10"),
+                    d(2, "cscli", "Ip", "198.51.100.10"),
+                    d(3, "cscli", "Ip", "198.51.100.11"),
+                ],
+            ),
+            40,
+            protected,
+            |_| false,
+        );
+        let mut gone = lifted(&h);
+        gone.sort();
+        assert_eq!(gone, vec![n("198.51.100.10"), n("198.51.100.11")]);
+        assert_eq!(addrs(&b), ["198.51.100.9"]);
     }
 
     #[test]
