@@ -467,28 +467,29 @@ fn a_new_interface_is_watched(source: &str) {
         source,
         &["--source", source, "--block", "none"],
     );
-    // A second veth pair between the namespaces, on another subnet.
+    // A veth pair between the namespaces, on subnet 10.NET.0.0/24: watched once up, and
+    // a scan through it caught.
+    let caught_through = |vif: &str, aif: &str, net: u8| {
+        let (here, there) = (format!("10.{net}.0.1"), format!("10.{net}.0.2"));
+        veth_between(
+            &lab,
+            (vif, &format!("{here}/24")),
+            (aif, &format!("{there}/24")),
+        );
+        eventually(10, "the new interface watched", || {
+            agent.log().contains(&format!("interface {vif} came up"))
+        });
+        lab.scan(&there, &here, "1-20");
+        agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == there.as_str());
+        assert_eq!(lab.healthz().0, 200);
+    };
     let stem = &lab.vif[..lab.vif.len() - 1];
-    let (vif2, aif2) = (format!("{stem}w"), format!("{stem}b"));
-    veth_between(&lab, (&vif2, "10.78.0.1/24"), (&aif2, "10.78.0.2/24"));
-    eventually(10, "the new interface watched", || {
-        agent.log().contains(&format!("interface {vif2} came up"))
-    });
-    lab.scan("10.78.0.2", "10.78.0.1", "1-20");
-    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.78.0.2");
-    assert_eq!(lab.healthz().0, 200);
+    caught_through(&format!("{stem}w"), &format!("{stem}b"), 78);
     if source == "pcap" {
         // Containers come and go: far more interfaces than the agent has spare slots
         // for come up and go, and one that comes up after them is still watched.
         churn(&lab, &agent, 6, 8);
-        let (vif3, aif3) = (format!("{stem}x"), format!("{stem}c"));
-        veth_between(&lab, (&vif3, "10.79.0.1/24"), (&aif3, "10.79.0.2/24"));
-        eventually(10, "the interface after the churn watched", || {
-            agent.log().contains(&format!("interface {vif3} came up"))
-        });
-        lab.scan("10.79.0.2", "10.79.0.1", "1-20");
-        agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.79.0.2");
-        assert_eq!(lab.healthz().0, 200);
+        caught_through(&format!("{stem}x"), &format!("{stem}c"), 79);
     }
     assert_eq!(agent.stop_within(10), Some(0));
 }

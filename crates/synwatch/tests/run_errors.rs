@@ -231,25 +231,16 @@ fn a_value_clap_refuses_from_the_environment_names_the_variable() {
         ("SYNWATCH_DRY_RUN", "maybe", "--dry-run", "not a boolean"),
         ("SYNWATCH_BLOCK", "pf", "--block", "possible values"),
     ];
+    let print_config = |flag: Option<&str>, (var, bad): (&str, &str)| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_synwatch"));
+        cmd.args(["run", "--iface", "lo", "--print-config"]);
+        cmd.args(flag).env(var, bad).output().expect("run synwatch")
+    };
     for (var, bad, flag, why) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-            .args(["run", "--iface", "lo", "--print-config"])
-            .env(var, bad)
-            .output()
-            .expect("run synwatch");
+        let out = print_config(None, (var, bad));
         assert_usage_error(&out, &[&format!("invalid {var} '{bad}'"), why]);
         // The flag given as well: it is what clap refused, and the variable is not.
-        let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-            .args([
-                "run",
-                "--iface",
-                "lo",
-                "--print-config",
-                &format!("{flag}=bogus"),
-            ])
-            .env(var, bad)
-            .output()
-            .expect("run synwatch");
+        let out = print_config(Some(&format!("{flag}=bogus")), (var, bad));
         assert_eq!(out.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(flag) && !stderr.contains(var), "{stderr}");
