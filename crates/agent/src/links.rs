@@ -121,7 +121,36 @@ pub struct Watch<F: Fn(Vec<Observation>) -> bool> {
     /// [`discover`] runs: an interface that goes is let go (its thread ends, its slot is
     /// given back), to be watched afresh when it comes up again.
     pub rediscovered: bool,
+    /// The interfaces with a capture thread now, by name (not the metrics slots, which
+    /// the XDP side gives out by name too).
+    pub watched: std::sync::Mutex<BTreeSet<String>>,
     pub send: F,
+}
+
+impl<F: Fn(Vec<Observation>) -> bool> Watch<F> {
+    /// Puts `name` on the list of interfaces with a capture thread; false if it was.
+    pub fn watch(&self, name: &str) -> bool {
+        let mut watched = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        watched.insert(name.to_owned())
+    }
+
+    fn unwatch(&self, name: &str) {
+        let mut watched = self
+            .watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        watched.remove(name);
+    }
+
+    fn watches(&self, name: &str) -> bool {
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
+    }
 }
 
 impl<F: Fn(Vec<Observation>) -> bool> std::fmt::Debug for Watch<F> {
@@ -152,7 +181,10 @@ pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
     };
     let let_go = |why: &str| {
         tracing::info!("interface {name} {why}: no longer watched (watched again if it comes up)");
+        // The slot first: a thread started for the name once it is off the list must
+        // not be given this slot as still the name's.
         watch.metrics.release_interface(slot);
+        watch.unwatch(name);
     };
     while !watch.stop.load(Ordering::Relaxed) {
         let cap = match first.take() {
@@ -315,8 +347,8 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
 }
 
 /// With the default every-interface watch: every [`CHECK_EVERY`], starts a capture
-/// thread for each interface that is up and not watched (holds no metrics slot: it came
-/// up, or came back after it went), until the agent stops; then waits for those threads.
+/// thread for each interface that is up and not watched (no capture thread: it came up,
+/// or came back after it went), until the agent stops; then waits for those threads.
 /// The threads of the interfaces watched from the start are the caller's.
 pub fn discover<F>(watch: &Arc<Watch<F>>)
 where
@@ -329,14 +361,9 @@ where
         // Threads of interfaces that went have ended: their handles go.
         threads.retain(|t| !t.is_finished());
         let Ok(host) = Host::read() else { continue };
-        // Watched: the interfaces holding a metrics slot (a thread gives its slot back
-        // when its interface goes).
-        let metrics = &watch.metrics;
-        for name in host
-            .up
-            .iter()
-            .filter(|n| metrics.interface_held(n).is_none())
-        {
+        // Watched: the interfaces with a capture thread (one that goes comes off the
+        // list as its thread ends).
+        for name in host.up.iter().filter(|n| !watch.watches(n)) {
             let Some(slot) = watch.metrics.interface_slot(name) else {
                 if !full_said {
                     tracing::warn!(
@@ -347,6 +374,7 @@ where
                 continue;
             };
             tracing::info!("interface {name} came up: watching it");
+            watch.watch(name);
             let (name, watch) = (name.clone(), Arc::clone(watch));
             match thread::Builder::new()
                 .name(format!("capture-{name}"))

@@ -155,16 +155,14 @@ impl DropReason {
 }
 
 impl InterfaceMetrics {
-    /// The interface's name ("" for an unused slot).
-    pub fn name(&self) -> String {
-        self.name
-            .lock()
-            .map(|n| n.clone().unwrap_or_default())
-            .unwrap_or_default()
-    }
-
     pub fn in_use(&self) -> bool {
         self.name.lock().is_ok_and(|n| n.is_some())
+    }
+
+    /// The interface's name, `None` for an unused slot (one look, so that a slot given
+    /// back meanwhile is never shown under an empty name).
+    pub fn used_name(&self) -> Option<String> {
+        self.name.lock().ok().and_then(|n| n.clone())
     }
 
     fn is(&self, name: &str) -> bool {
@@ -395,7 +393,7 @@ impl Metrics {
     }
 
     /// The slot that holds interface `name` now, if one does.
-    pub fn interface_held(&self, name: &str) -> Option<usize> {
+    fn interface_held(&self, name: &str) -> Option<usize> {
         self.interfaces.iter().position(|i| i.is(name))
     }
 
@@ -636,8 +634,8 @@ impl Metrics {
         let by_iface = |f: &dyn Fn(&InterfaceMetrics) -> u64| -> Vec<(String, u64)> {
             self.interfaces
                 .iter()
-                .filter(|i| i.in_use())
-                .map(|i| (format!("{{interface=\"{}\"}}", escape(&i.name())), f(i)))
+                .filter_map(|i| Some((i.used_name()?, i)))
+                .map(|(name, i)| (format!("{{interface=\"{}\"}}", escape(&name)), f(i)))
                 .collect()
         };
         family(

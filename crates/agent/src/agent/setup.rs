@@ -715,11 +715,13 @@ fn start_captures(
         options: LiveOptions::default(),
         required,
         rediscovered: discover,
+        watched: std::sync::Mutex::default(),
         send,
     });
     let mut workers = Vec::new();
     for (slot, cap) in captures.into_iter().enumerate() {
         let name = cap.iface().to_owned();
+        watch.watch(&name);
         let watch = Arc::clone(&watch);
         let thread_name = name.clone();
         let handle = thread::Builder::new()

@@ -105,7 +105,11 @@ impl Core {
 /// A line per interface in use: what it saw and lost.
 fn interface_lines(metrics: &Metrics, xdp_source: bool) -> Vec<String> {
     let mut lines = Vec::new();
-    for iface in metrics.interfaces.iter().filter(|i| i.in_use()) {
+    for (name, iface) in metrics
+        .interfaces
+        .iter()
+        .filter_map(|i| Some((i.used_name()?, i)))
+    {
         let decode_errors: u64 = DecodeError::ALL
             .iter()
             .map(|k| metrics.decode_errors[k.index()].load(Ordering::Relaxed))
@@ -113,14 +117,14 @@ fn interface_lines(metrics: &Metrics, xdp_source: bool) -> Vec<String> {
         lines.push(if xdp_source {
             format!(
                 "  {} (XDP): {} packets seen by the program, {} probes lost (ring buffer full)",
-                iface.name(),
+                name,
                 iface.packets.load(Ordering::Relaxed),
                 iface.drops.load(Ordering::Relaxed),
             )
         } else {
             format!(
                 "  {}: {} packets passed the filter, {} dropped by the kernel; {} undecodable in all",
-                iface.name(),
+                name,
                 iface.packets.load(Ordering::Relaxed),
                 iface.drops.load(Ordering::Relaxed),
                 decode_errors,
