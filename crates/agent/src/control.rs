@@ -185,58 +185,81 @@ pub fn serve<M: Send + 'static>(
         .context("cannot set up the control socket")?;
     thread::Builder::new()
         .name("control".into())
-        .spawn(move || {
-            let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS, line_whole);
-            let accept = |l: &UnixListener| l.accept().map(|(stream, _)| stream);
-            let path = socket_path(&state_dir);
-            let (mut listener, mut trouble) = (listener, None);
-            loop {
-                let bound = crate::state::file_id(&path);
-                let looked = std::cell::Cell::new(monotonic());
-                // Until asked to stop, or (looked at every second) the file is not ours.
-                let go_on = || {
-                    if stop.load(Ordering::Relaxed) {
-                        return false;
-                    }
-                    let now = monotonic();
-                    if now.saturating_duration_since(looked.get()) < LOOK_EVERY {
-                        return true;
-                    }
-                    looked.set(now);
-                    crate::state::file_id(&path) == bound
-                };
-                crate::conns::accept_while(&listener, accept, go_on, |stream| {
-                    // A client that fails or goes away is its own problem.
-                    let calls = calls.clone();
-                    limit.spawn(stream, move |stream, reading| {
-                        let _ = answer(stream, reading, &calls, wrap);
-                    });
-                });
+        .spawn(move || serve_rebinding(listener, &state_dir, &calls, wrap, &stop))
+        .context("cannot start the control thread")
+}
+
+/// The control thread: serves `listener` until `stop`, binding the socket again whenever
+/// its file is not the one this thread bound (looked at every [`LOOK_EVERY`]).
+fn serve_rebinding<M: Send + 'static>(
+    listener: UnixListener,
+    state_dir: &Path,
+    calls: &mpsc::SyncSender<M>,
+    wrap: fn(Call) -> M,
+    stop: &AtomicBool,
+) {
+    let limit = crate::conns::Limit::new("control-client", MAX_CLIENTS, line_whole);
+    let accept = |l: &UnixListener| l.accept().map(|(stream, _)| stream);
+    let path = socket_path(state_dir);
+    // The socket file this thread bound, told by its device and inode.
+    let mut bound = crate::state::file_id(&path);
+    let (mut listener, mut trouble) = (Some(listener), None);
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(l) = &listener {
+            let looked = std::cell::Cell::new(monotonic());
+            // Until asked to stop, or the file is not the one bound.
+            let go_on = || {
                 if stop.load(Ordering::Relaxed) {
-                    break;
+                    return false;
                 }
-                match rebind(&state_dir) {
-                    Ok(l) => {
-                        tracing::warn!(
-                            "the control socket {} was removed: bound it again",
-                            path.display()
-                        );
-                        (listener, trouble) = (l, None);
-                    }
-                    Err(e) => {
-                        let why = format!("{e:#}");
-                        if trouble.as_ref() != Some(&why) {
-                            tracing::error!(
-                                "the control socket was removed and cannot be bound again: {why} (retried every second)"
-                            );
-                        }
-                        trouble = Some(why);
-                        std::thread::sleep(LOOK_EVERY);
+                let now = monotonic();
+                if now.saturating_duration_since(looked.get()) < LOOK_EVERY {
+                    return true;
+                }
+                looked.set(now);
+                crate::state::file_id(&path) == bound
+            };
+            crate::conns::accept_while(l, accept, go_on, |stream| {
+                // A client that fails or goes away is its own problem.
+                let calls = calls.clone();
+                limit.spawn(stream, move |stream, reading| {
+                    let _ = answer(stream, reading, &calls, wrap);
+                });
+            });
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            listener = None;
+        }
+        match rebind(state_dir) {
+            Ok(l) => {
+                tracing::warn!(
+                    "the control socket {} was removed: bound it again",
+                    path.display()
+                );
+                (listener, bound, trouble) = (Some(l), crate::state::file_id(&path), None);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                if trouble.as_ref() != Some(&why) {
+                    tracing::error!(
+                        "the control socket was removed and cannot be bound again: {why} (retried every second)"
+                    );
+                }
+                trouble = Some(why);
+                for _ in 0..5 {
+                    if !stop.load(Ordering::Relaxed) {
+                        thread::sleep(LOOK_EVERY / 5);
                     }
                 }
             }
-        })
-        .context("cannot start the control thread")
+        }
+    }
+    // The agent removes its socket before telling this thread to end: one bound again
+    // in between would be left behind.
+    if bound.is_some() && crate::state::file_id(&path) == bound {
+        let _ = std::fs::remove_file(&path);
+    }
 }
 
 /// How often the control thread looks that its socket file is still there.
@@ -435,9 +458,31 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "the directory made again is private");
+        // Removed again where it cannot be made at first (a file in the way): bound
+        // again once it can be (reviewer's finding: one failure stopped the retries).
+        std::fs::remove_dir_all(&dir).unwrap();
+        let blocker = top.path().join("state.tmp");
+        std::fs::write(&blocker, b"in the way").unwrap();
+        std::fs::rename(&blocker, &dir).unwrap();
+        thread::sleep(Duration::from_millis(2_500));
+        assert!(!matches!(call(&dir, &Request::List), Ok(Some(_))));
+        std::fs::remove_file(&dir).unwrap();
+        let started = monotonic();
+        while !matches!(call(&dir, &Request::List), Ok(Some(_))) {
+            let waited = monotonic().saturating_duration_since(started);
+            assert!(
+                waited < Duration::from_secs(5),
+                "not bound again after a failure"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
         stop.store(true, Ordering::Relaxed);
         server.join().unwrap();
         pipeline.join().unwrap();
+        assert!(
+            !socket_path(&dir).exists(),
+            "the socket it bound is removed as it ends"
+        );
     }
 
     #[test]
