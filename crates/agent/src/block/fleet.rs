@@ -273,11 +273,15 @@ impl Blocker {
                 continue;
             };
             let net = synwatch_enforce::ban_net(net);
-            match self.fleet.ids.remove(&d.id) {
-                Some(held) => {
+            match self.fleet.ids.get(&d.id).copied() {
+                Some(held) if held == net => {
+                    self.fleet.ids.remove(&d.id);
                     self.fleet.release_one(held);
                     lift.extend(self.fleet.orphaned.drain(..));
                 }
+                // The deletion of what the id held before it was given again for another
+                // network: that one went when the id moved; the id holds the new one.
+                Some(_) => {}
                 // A decision this agent did not see given (before a restart).
                 None if !self.fleet.per_net.contains_key(&net) => {
                     lift.insert(net);
@@ -625,6 +629,14 @@ mod tests {
             addrs(&b),
             ["198.51.100.10", "198.51.100.11", "198.51.100.9"]
         );
+        // The deletion of what id 1 held before comes late: it lifts nothing.
+        let h = b.pulled(
+            pull(false, vec![], vec![d(1, "cscli", "Ip", "198.51.100.7")]),
+            35,
+            protected,
+            |_| false,
+        );
+        assert!(lifted(&h).is_empty(), "{h:?}");
         let h = b.pulled(
             pull(
                 false,
