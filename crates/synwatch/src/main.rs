@@ -232,7 +232,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
         e.exit();
     }
     let message = one_line(&e.render().to_string());
-    match from_environment(&e, std::env::args().skip(1)) {
+    // Not `args()`, which panics on an argument that is not UTF-8.
+    let args = std::env::args_os().skip(1);
+    match from_environment(&e, args.map(|a| a.to_string_lossy().into_owned())) {
         Some((var, value)) => eprintln!(
             "synwatch: invalid {var} '{value}': {} (see --help)",
             message.strip_prefix("error: ").unwrap_or(&message)

@@ -247,6 +247,21 @@ fn a_value_clap_refuses_from_the_environment_names_the_variable() {
     }
 }
 
+/// An argument that is not UTF-8 beside a refused one: exit 2, no panic (reviewer's
+/// finding: looking for the flag on the command line read it as UTF-8 and panicked).
+#[test]
+fn a_refused_value_beside_an_argument_that_is_not_utf8_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = std::ffi::OsStr::from_bytes(b"/tmp/\xff.pcap");
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .arg("replay")
+        .arg(name)
+        .args(["--direction", "bogus"])
+        .output()
+        .expect("run synwatch");
+    assert_usage_error(&out, &["--direction", "possible values"]);
+}
+
 /// Checks a usage error: exit 2 and one stderr line holding each of `wants`.
 fn assert_usage_error(out: &std::process::Output, wants: &[&str]) {
     assert_eq!(out.status.code(), Some(2));
