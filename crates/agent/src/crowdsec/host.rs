@@ -18,10 +18,12 @@ use std::time::Duration;
 /// How often a LAPI given by name is resolved again (the host view's own pace).
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
-/// Successful answers without an address after which it is no longer the LAPI's: 30, five
-/// minutes at [`RESOLVE_EVERY`] (a round-robin name answering with part of its addresses
-/// each time keeps them all).
-pub const KEPT_UNSEEN: u32 = 30;
+/// Successful answers without an address after which it is no longer the LAPI's: 360, an
+/// hour at [`RESOLVE_EVERY`]. Long, because an answer may leave out an address that is
+/// still the LAPI's (a round robin answering with part of its addresses, AAAA queries
+/// timing out while A ones answer, a resolver that answers wrongly for a while), and the
+/// agent's kept-alive connection may still go to it.
+pub const KEPT_UNSEEN: u32 = 360;
 
 /// Each address the LAPI's name resolved to, with how many answers since left it out.
 type Held = std::collections::BTreeMap<IpAddr, u32>;
