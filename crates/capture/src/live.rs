@@ -268,20 +268,11 @@ impl LiveCapture {
 
     /// The next packet, or `None` when the read timeout passed without one.
     pub fn next_packet(&mut self) -> Result<Option<Packet<'_>>, LiveError> {
-        if !self.pending {
-            if !self.poll_readable()? {
-                return Ok(None);
-            }
-            self.pending = true;
+        if !self.ready()? {
+            return Ok(None);
         }
         match self.cap.next_packet() {
-            Ok(p) => Ok(Some(Packet {
-                ts_nanos: nanos(p.header),
-                linktype: self.linktype,
-                iface: 0,
-                data: p.data,
-                orig_len: p.header.len,
-            })),
+            Ok(p) => Ok(Some(packet(self.linktype, &p))),
             Err(::pcap::Error::TimeoutExpired) => {
                 self.pending = false;
                 Ok(None)
@@ -301,22 +292,13 @@ impl LiveCapture {
         max: usize,
         mut each: impl FnMut(Packet<'_>),
     ) -> Result<usize, LiveError> {
-        if !self.pending {
-            if !self.poll_readable()? {
-                return Ok(0);
-            }
-            self.pending = true;
+        if !self.ready()? {
+            return Ok(0);
         }
         let linktype = self.linktype;
-        let handed = self.cap.dispatch(Some(max.max(1)), |p| {
-            each(Packet {
-                ts_nanos: nanos(p.header),
-                linktype,
-                iface: 0,
-                data: p.data,
-                orig_len: p.header.len,
-            });
-        });
+        let handed = self
+            .cap
+            .dispatch(Some(max.max(1)), |p| each(packet(linktype, &p)));
         match handed {
             Ok(0) => {
                 self.pending = false;
@@ -328,6 +310,15 @@ impl LiveCapture {
                 source,
             }),
         }
+    }
+
+    /// Whether libpcap may hold packets: it said so at the last read, or the descriptor
+    /// became readable within the read timeout.
+    fn ready(&mut self) -> Result<bool, LiveError> {
+        if !self.pending {
+            self.pending = self.poll_readable()?;
+        }
+        Ok(self.pending)
     }
 
     /// Polls the descriptor for up to the read timeout.
@@ -359,15 +350,21 @@ impl LiveCapture {
     }
 }
 
-/// A packet's time in nanoseconds: with nanosecond precision libpcap puts nanoseconds in
-/// `tv_usec`.
+/// A packet libpcap handed up, on a link of type `linktype`. With nanosecond precision
+/// libpcap puts nanoseconds in `tv_usec`.
 #[inline]
-fn nanos(header: &::pcap::PacketHeader) -> i64 {
-    header
-        .ts
-        .tv_sec
-        .saturating_mul(1_000_000_000)
-        .saturating_add(header.ts.tv_usec)
+fn packet<'a>(linktype: u32, p: &::pcap::Packet<'a>) -> Packet<'a> {
+    let ts = &p.header.ts;
+    Packet {
+        ts_nanos: ts
+            .tv_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_usec),
+        linktype,
+        iface: 0,
+        data: p.data,
+        orig_len: p.header.len,
+    }
 }
 
 /// Compiles the [`Filter::Attempts`] filter for a link type without opening any
