@@ -109,9 +109,9 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// One decision on `net` is gone: the network's count goes down, and at none it is
-    /// no longer the fleet's (to lift).
-    fn release_one(&mut self, net: IpNet) {
+    /// One decision on `net` is gone: the network's count goes down; true where none is
+    /// left, so that it is no longer the fleet's (to lift).
+    fn release_one(&mut self, net: IpNet) -> bool {
         let left = self.per_net.get_mut(&net).map(|n| {
             *n = n.saturating_sub(1);
             *n
@@ -119,8 +119,8 @@ impl Fleet {
         if left == Some(0) {
             self.per_net.remove(&net);
             self.deferred.remove(&net);
-            self.orphaned.push(net);
         }
+        left == Some(0)
     }
 }
 
@@ -276,8 +276,9 @@ impl Blocker {
             match self.fleet.ids.get(&d.id).copied() {
                 Some(held) if held == net => {
                     self.fleet.ids.remove(&d.id);
-                    self.fleet.release_one(held);
-                    lift.extend(self.fleet.orphaned.drain(..));
+                    if self.fleet.release_one(held) {
+                        lift.insert(held);
+                    }
                 }
                 // The deletion of what the id held before it was given again for another
                 // network: that one went when the id moved; the id holds the new one.
@@ -342,8 +343,10 @@ impl Blocker {
                 *self.fleet.per_net.entry(net).or_default() += 1;
                 // The same id given again for another network (a LAPI that reuses ids):
                 // it no longer holds the first one, which goes if nothing else does.
-                if let Some(before) = before {
-                    self.fleet.release_one(before);
+                if let Some(before) = before
+                    && self.fleet.release_one(before)
+                {
+                    self.fleet.orphaned.push(before);
                 }
             }
         }
