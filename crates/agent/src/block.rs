@@ -850,10 +850,16 @@ impl Blocker {
     /// every ban the book holds is saved into it (as bans whose saving failed are, so that
     /// a directory that cannot be made again yet is tried again, and `/healthz` says so).
     fn check_state_file(&mut self, now: i64) {
-        if self.dry_run || !lock(&self.hands).store.detached() {
+        if self.dry_run {
             return;
         }
-        let reopened = lock(&self.hands).store.reopen();
+        let reopened = {
+            let mut h = lock(&self.hands);
+            if !h.store.detached() {
+                return;
+            }
+            h.store.reopen()
+        };
         match reopened {
             Ok(()) => {
                 tracing::error!(
