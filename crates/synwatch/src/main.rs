@@ -248,7 +248,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// was one: its message names the flag, which the command line did not hold.
 fn from_environment(
     e: &clap::Error,
-    args: impl Iterator<Item = String>,
+    mut args: impl Iterator<Item = String>,
 ) -> Option<(String, String)> {
     use clap::error::{ContextKind, ContextValue};
     let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
@@ -261,8 +261,7 @@ fn from_environment(
         .next()
         .filter(|l| !l.is_empty())?;
     let flag = format!("--{long}");
-    let given = |a: &String| *a == flag || a.starts_with(&format!("{flag}="));
-    if args.collect::<Vec<_>>().iter().any(given) {
+    if args.any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
         return None;
     }
     /// Every argument of `cmd` and of its subcommands.
