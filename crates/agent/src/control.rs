@@ -247,11 +247,7 @@ fn serve_rebinding<M: Send + 'static>(
                     );
                 }
                 trouble = Some(why);
-                for _ in 0..5 {
-                    if !stop.load(Ordering::Relaxed) {
-                        thread::sleep(LOOK_EVERY / 5);
-                    }
-                }
+                crate::links::sleep_unless_stopped(stop, LOOK_EVERY);
             }
         }
     }

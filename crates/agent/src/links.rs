@@ -237,7 +237,8 @@ pub fn supervise<F: Fn(Vec<Observation>) -> bool>(
     counters.up.store(false, Ordering::Relaxed);
 }
 
-fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
+/// Sleeps `total`, in steps of 100 ms, ending early once `stop` is set.
+pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     let step = Duration::from_millis(100);
     let mut slept = Duration::ZERO;
     while slept < total && !stop.load(Ordering::Relaxed) {
