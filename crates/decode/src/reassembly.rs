@@ -192,9 +192,10 @@ pub struct Reassembler {
     /// IPv4 sources with datagrams held: Linux's `inet_peer` fragment counter.
     peers: HashMap<IpAddr, Peer, foldhash::fast::RandomState>,
     stats: ReassemblyStats,
-    /// The packet being decoded is known to be whole as received
+    /// Bytes of the packet being decoded that the frame held beyond those captured
+    /// (a snap length, or the XDP program's copy of a fragment's head), where known
     /// ([`Reassembler::decode_framed`]).
-    frame_whole: bool,
+    uncaptured: Option<usize>,
 }
 
 /// An IPv4 source's fragments, counted for `ipfrag_max_dist` while it has datagrams held
@@ -484,7 +485,7 @@ impl Reassembler {
             runs: 0,
             peers: HashMap::default(),
             stats: ReassemblyStats::default(),
-            frame_whole: false,
+            uncaptured: None,
             limits,
         }
     }
@@ -509,16 +510,18 @@ impl Reassembler {
         data: &[u8],
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
-        self.frame_whole = false;
+        self.uncaptured = None;
         parse(link, data, |at| self.fragment(&at.read(), now_ns))
     }
 
     /// [`Reassembler::decode`] of a packet that was `wire_len` bytes long as received
-    /// (framed as `data` is). When `data` holds all of it, a fragment whose IP header
-    /// claims more bytes than the frame holds is one the kernel drops (`ip_rcv_core`,
-    /// `ip6_rcv_core`): it is dropped here too rather than taken for a fragment a snap
-    /// length cut, so that such junk, which the kernel never queues, cannot overlap and
-    /// so discard the datagram of a real SYN here alone.
+    /// (framed as `data` is, which may hold only its first bytes). A fragment whose IP
+    /// header claims more bytes than the frame held is one the kernel drops
+    /// (`ip_rcv_core`, `ip6_rcv_core`): it is dropped here too rather than taken for a
+    /// fragment a snap length cut, and does not count toward `ipfrag_max_dist`, so that
+    /// such junk, which the kernel never queues, can neither overlap and so discard the
+    /// datagram of a real SYN here alone nor push it out as too far. That holds for a
+    /// head the XDP program copied as well as for a whole frame.
     pub fn decode_framed(
         &mut self,
         link: LinkType,
@@ -526,7 +529,7 @@ impl Reassembler {
         wire_len: usize,
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
-        self.frame_whole = data.len() >= wire_len;
+        self.uncaptured = Some(wire_len.saturating_sub(data.len()));
         parse(link, data, |at| self.fragment(&at.read(), now_ns))
     }
 
@@ -592,9 +595,15 @@ impl Reassembler {
     fn fragment(&mut self, f: &Fragment<'_>, now_ns: u64) -> Result<Decoded, DecodeError> {
         self.stats.fragments += 1;
         self.expire(now_ns);
+        // The bytes the fragment claims, unless the frame did not hold them: the kernel
+        // drops such a fragment on arrival.
+        let held = f.claimed.filter(|&claimed| {
+            self.uncaptured
+                .is_none_or(|more| f.payload.len().saturating_add(more) >= claimed as usize)
+        });
         // Every IPv4 fragment the kernel queues counts toward its source's
-        // `ipfrag_max_dist`, whatever its protocol.
-        let rid = match (f.v6, f.claimed, self.peers.get_mut(&f.src)) {
+        // `ipfrag_max_dist`, whatever its protocol; one it dropped on arrival does not.
+        let rid = match (f.v6, held, self.peers.get_mut(&f.src)) {
             (false, Some(_), Some(peer)) => {
                 peer.rid = peer.rid.wrapping_add(1);
                 Some(peer.rid)
@@ -605,12 +614,9 @@ impl Reassembler {
             // The protocol is in every IPv4 fragment: nothing to collect.
             return f.decode_alone();
         }
-        let Some(claimed) = f.claimed else {
+        let Some(claimed) = held else {
             return self.dropped();
         };
-        if self.frame_whole && (f.payload.len() as u32) < claimed {
-            return self.dropped();
-        }
         let start = f.offset;
         let mut end = start + claimed;
         if f.more && !end.is_multiple_of(8) {

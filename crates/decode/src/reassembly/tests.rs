@@ -882,6 +882,68 @@ fn a_fragment_inside_one_run_is_still_a_duplicate() {
     assert_eq!(r.stats().dropped, 0);
 }
 
+#[test]
+fn a_fragment_head_copied_up_is_judged_by_the_frame_it_came_in() {
+    // The XDP program hands up the first 64 bytes of a fragment at offset 64 or more,
+    // with the length of its frame. Junk whose IP length runs past its frame (which the
+    // kernel drops on arrival) was taken for a fragment a snap length cut: as the
+    // datagram's last piece it ended it at byte 120, the real SYN's second piece ran
+    // past that end, and the SYN's datagram was discarded here alone.
+    let tcp = tcp_syn(0, 108);
+    let mut junk = v4_frag(31, 6, 64, false, &[b'X'; 48]);
+    junk[2..4].copy_from_slice(&(20u16 + 56).to_be_bytes());
+    crate::set_ipv4_checksum(&mut junk);
+    let mut r = Reassembler::default();
+    let head = r.decode_framed(LinkType::Raw, &junk[..64], junk.len(), 0);
+    assert_eq!(head, Ok(Decoded::Skipped(Skip::Fragment)));
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (1, 0));
+    let mut got = Vec::new();
+    for p in [
+        v4_frag(31, 6, 0, true, &tcp[..8]),
+        v4_frag(31, 6, 8, false, &tcp[8..]),
+    ] {
+        if let Ok(Decoded::Segment(s)) = r.decode_framed(LinkType::Raw, &p, p.len(), 0) {
+            got.push(s);
+        }
+    }
+    assert_eq!(got.len(), 1, "{got:?}");
+    syn_v4(&got[0]);
+    // A real fragment's head, its frame as long as its IP length says, is held.
+    let mut r = Reassembler::default();
+    let tail = v4_frag(32, 6, 64, false, &tcp[64..]);
+    let head = r.decode_framed(LinkType::Raw, &tail[..64], tail.len(), 0);
+    assert_eq!(head, Ok(Decoded::Skipped(Skip::Fragment)));
+    assert_eq!((r.stats().dropped, r.stats().datagrams_in_use), (0, 1));
+}
+
+#[test]
+fn fragments_the_kernel_drops_on_arrival_do_not_push_a_datagram_out() {
+    // Linux counts toward ipfrag_max_dist only the fragments it queues: 70 whose IP
+    // length runs past their frame, sent between a real SYN's pieces, are dropped in
+    // `ip_rcv_core` and the kernel answers the SYN. Counted, they pushed the first
+    // piece out here and the SYN was never seen.
+    let pieces = v4_split(33, &tcp_syn(0, 0), 8);
+    let mut packets = vec![pieces[0].clone()];
+    for id in 0..70u16 {
+        let mut junk = v4_frag(2000 + id, 17, 8, true, &[0; 8]);
+        junk[2..4].copy_from_slice(&(20u16 + 16).to_be_bytes());
+        crate::set_ipv4_checksum(&mut junk);
+        packets.push(junk);
+    }
+    packets.extend(pieces[1..].iter().cloned());
+    let mut r = Reassembler::default();
+    let got: Vec<Segment> = packets
+        .iter()
+        .filter_map(|p| match r.decode_framed(LinkType::Raw, p, p.len(), 0) {
+            Ok(Decoded::Segment(s)) => Some(s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    syn_v4(&got[0]);
+    assert_eq!(r.stats().dropped, 70);
+}
+
 /// A junk ACK header's first 16 bytes held for ID 24, `between` ICMP fragments from the
 /// same source, then the real SYN's three pieces with ID 24: what comes out.
 fn after_fragments_between(between: u16) -> (Vec<Transport>, ReassemblyStats) {
