@@ -805,10 +805,21 @@ pub const NAT64_PREFIXES: [Ipv6Net; 2] = [
     },
 ];
 
+/// The link-local range: every link's fe80::/64 holds the host's own link-local address
+/// and its router's, so its sources count per address even where the host's own are not
+/// known (replay without `--local`): neighbours on the link are never lumped together,
+/// and a forged scan "from" one of them never bans the others.
+pub const LINK_LOCAL: Ipv6Net =
+    match Ipv6Net::new(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10) {
+        Ok(n) => n,
+        Err(_) => unreachable!(),
+    };
+
 /// The IPv6 networks whose sources count per address although `cfg.ipv6_prefix` is
 /// shorter: those at that length that hold a local, neighbour or allowlisted address
-/// (an `--allow` range narrower than the prefix) or a NAT64 prefix, and the local ranges
-/// and NAT64 prefixes wider than it. The XDP program is given the same list.
+/// (an `--allow` range narrower than the prefix) or a NAT64 prefix, and the local ranges,
+/// NAT64 prefixes and the link-local range wider than it. The XDP program is given the
+/// same list.
 pub fn per_address_prefixes(cfg: &Config) -> AddrSet {
     let mut shared = AddrSet::new();
     if cfg.ipv6_prefix >= 128 {
@@ -827,6 +838,7 @@ pub fn per_address_prefixes(cfg: &Config) -> AddrSet {
         .chain(cfg.neighbours.iter())
         .chain(allowed)
         .chain(nat64)
+        .chain([IpNet::V6(LINK_LOCAL)])
     {
         if let IpNet::V6(n) = net {
             let wide = if n.prefix_len() >= cfg.ipv6_prefix {

@@ -1729,3 +1729,27 @@ fn retransmissions_are_told_apart_at_any_source_cap() {
     };
     assert_eq!(attempts(500), attempts(10_000_000));
 }
+
+#[test]
+fn link_local_sources_count_per_address_even_with_no_local_address_known() {
+    // Ten neighbours of one link (fe80::/64 holds the host's own link-local address and
+    // its router's) reaching three ports each: no scan, with any --ipv6-prefix, in a
+    // replay that was told no local address.
+    for prefix in [48, 64] {
+        let mut det = Detector::new(Config {
+            ipv6_prefix: prefix,
+            ..Config::default()
+        });
+        let stream: Vec<Observation> = (0..30u16)
+            .map(|i| {
+                let src = format!("fe80::{:x}", 0x100 + i / 3);
+                obs(i64::from(i) * SEC, &src, 40000, "fe80::1", 1 + i % 3, SYN)
+            })
+            .collect();
+        assert_eq!(run(&mut det, &stream).0, vec![], "/{prefix}");
+        assert_eq!(det.source_of(ip("fe80::101")), (ip("fe80::101"), None));
+        assert_eq!(det.source_of(ip("febf::1")), (ip("febf::1"), None));
+        // Outside fe80::/10 sources still count per prefix.
+        assert!(det.source_of(ip("fec0::1")).1.is_some());
+    }
+}
