@@ -17,7 +17,11 @@
  *    by the payload length (0: by the frame) and no extension header; TCP with data
  *    offset >= 5 and the
  *    whole header, options included, inside the IP payload. Anything else is no
- *    attempt and is passed on untouched (counted as C_PASSED_UNPARSED when malformed).
+ *    attempt and is passed on untouched. A malformed packet (counted as
+ *    C_PASSED_UNPARSED) is counted by kind as decode() counts it: one whose link header
+ *    is cut, with a 9th VLAN tag, without an IP header, or whose version disagrees with
+ *    its EtherType here (C_BAD_LINK, C_VLAN_TAGS, C_NO_IP, C_BAD_VERSION); any other
+ *    (an IP or TCP header cut or bad) is handed up raw (step 3) for user space to count.
  * 3. Hands up what it cannot judge (EV_RAW records, only with CFG_EMIT): IPv4
  *    fragments (MF set or an offset) of every protocol, since the kernel's reassembly
  *    counts them all (ipfrag_max_dist) and discards a datagram on an overlap anywhere
@@ -98,6 +102,10 @@ enum {
 	C_RAW,           /* EV_RAW records sent */
 	C_RAW_TRUNCATED, /* ...of which cut at RAW_CAP bytes */
 	C_SAME,          /* SYNs judged retransmissions here (CFG_SAME), not sent up */
+	C_BAD_LINK,      /* malformed: the Ethernet header or a VLAN tag cut short */
+	C_VLAN_TAGS,     /* malformed: more VLAN tags than decode() takes */
+	C_NO_IP,         /* malformed: an IP EtherType and not a byte of IP header */
+	C_BAD_VERSION,   /* malformed: the IP version disagrees with the EtherType */
 	C_COUNT = 16,    /* the stride of a slot's counters */
 };
 
@@ -587,7 +595,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		goto unparsed;
+		goto bad_link;
 	__u16 proto = eth->h_proto;
 	void *cur = eth + 1;
 	for (int i = 0; i < VLAN_TAGS; i++) {
@@ -595,12 +603,15 @@ int synwatch_xdp(struct xdp_md *ctx)
 			break;
 		struct vlan_hdr *vh = cur;
 		if ((void *)(vh + 1) > data_end)
-			goto unparsed;
+			goto bad_link;
 		proto = vh->proto;
 		cur = vh + 1;
 	}
-	if (is_vlan(proto))
-		goto unparsed; /* more tags than decode() takes */
+	if (is_vlan(proto)) {
+		/* more tags than decode() takes */
+		count(slot, C_VLAN_TAGS, 1);
+		goto unparsed;
+	}
 
 	__u32 key = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &key);
@@ -625,8 +636,12 @@ int synwatch_xdp(struct xdp_md *ctx)
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cur;
-		if ((void *)(ip + 1) > data_end || ip->version != 4)
-			goto unparsed;
+		if ((void *)((__u8 *)cur + 1) > data_end)
+			goto no_ip;
+		if (*(__u8 *)cur >> 4 != 4)
+			goto bad_version;
+		if ((void *)(ip + 1) > data_end)
+			goto malformed;
 		ihl = ip->ihl * 4;
 		total = bpf_ntohs(ip->tot_len);
 		frag = bpf_ntohs(ip->frag_off);
@@ -643,8 +658,12 @@ int synwatch_xdp(struct xdp_md *ctx)
 		next = ip->protocol;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = cur;
-		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
-			goto unparsed;
+		if ((void *)((__u8 *)cur + 1) > data_end)
+			goto no_ip;
+		if (*(__u8 *)cur >> 4 != 6)
+			goto bad_version;
+		if ((void *)(ip6 + 1) > data_end)
+			goto malformed;
 		total = bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(ev.src, &ip6->saddr, 16);
 		__builtin_memcpy(ev.dst, &ip6->daddr, 16);
@@ -684,11 +703,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	/* 2. Down to TCP, bounded as decode() bounds it. */
 	if (ev.family == 4) {
 		if (ihl < sizeof(struct iphdr) || ihl > avail)
-			goto unparsed;
+			goto malformed;
 		if (total == 0) {
 			lim = avail; /* TSO: the frame is the only bound */
 		} else if (total < ihl) {
-			goto unparsed;
+			goto malformed;
 		} else {
 			lim = total < avail ? total : avail;
 		}
@@ -714,9 +733,9 @@ int synwatch_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	struct tcphdr *tcp = cur + off;
 	if (off + sizeof(*tcp) > lim || (void *)(tcp + 1) > data_end)
-		goto unparsed;
+		goto malformed;
 	if (tcp->doff < 5 || off + tcp->doff * 4 > lim)
-		goto unparsed; /* a bad data offset, or options cut short */
+		goto malformed; /* a bad data offset, or options cut short */
 	__u8 flags = ((__u8 *)tcp)[13];
 	if (!is_probe(flags))
 		return XDP_PASS;
@@ -806,6 +825,25 @@ raw:
 		send_raw(ctx, l3, slot, now, raw_cap);
 	return XDP_PASS;
 
+malformed:
+	/* An IP or TCP header cut short or bad: user space counts it by kind, as decode()
+	 * of the raw bytes says (the same as of the frame). */
+	count(slot, C_PASSED_UNPARSED, 1);
+	if (cfg->flags & CFG_EMIT)
+		send_raw(ctx, l3, slot, now, RAW_CAP);
+	return XDP_PASS;
+
+bad_version:
+	/* Raw bytes are judged by their version nibble: this one is counted here. */
+	count(slot, C_BAD_VERSION, 1);
+	goto unparsed;
+
+no_ip:
+	count(slot, C_NO_IP, 1);
+	goto unparsed;
+
+bad_link:
+	count(slot, C_BAD_LINK, 1);
 unparsed:
 	count(slot, C_PASSED_UNPARSED, 1);
 	return XDP_PASS;

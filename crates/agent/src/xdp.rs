@@ -15,7 +15,7 @@ use ipnet::{IpNet, Ipv6Net};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits, TcpFlags};
+use synwatch_decode::{DecodeError, Decoded, LinkType, Reassembler, ReassemblyLimits, TcpFlags};
 use synwatch_detect::{DirectionFilter, Observation, Probe};
 use synwatch_xdp::clock::{BootToUnix, boot_now};
 use synwatch_xdp::{Counter, Detection, Mode, Options, Record, Ring, Xdp, XdpError};
@@ -143,6 +143,7 @@ pub fn run(
     // SYNs handed up raw that the program's table of last sightings judged
     // retransmissions (the program counts its own).
     let mut raw_same = 0u64;
+    let mut malformed = KernelMalformed::default();
     while !stop.load(Ordering::Relaxed) {
         events.clear();
         match ring.wait(Duration::from_millis(200), &mut events) {
@@ -216,15 +217,52 @@ pub fn run(
         let t = crate::clock::monotonic();
         if t >= next_counters {
             next_counters = t + COUNTERS_EVERY;
-            record(&ring, metrics, slots, observing, raw_same);
+            record(&ring, metrics, slots, observing, raw_same, &mut malformed);
             defrag.expire(boot_now());
             metrics.record_reassembly(reassembly_slot, defrag.stats());
         }
     }
-    record(&ring, metrics, slots, observing, raw_same);
+    record(&ring, metrics, slots, observing, raw_same, &mut malformed);
 }
 
-fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool, raw_same: u64) {
+/// The malformed packets the program counts itself (those it cannot hand up as IP), and
+/// the kind decode() gives each, as libpcap's path counts them.
+const KERNEL_MALFORMED: [(Counter, DecodeError); 4] = [
+    (Counter::BadLink, DecodeError::TruncatedLink),
+    (Counter::VlanTags, DecodeError::TooManyVlanTags),
+    (Counter::NoIp, DecodeError::TruncatedIp),
+    (Counter::BadVersion, DecodeError::BadIpVersion),
+];
+
+/// The program's malformed-packet counters as last added to the metrics' decode errors
+/// (which user space's own decoding adds to as well): over every interface slot, those
+/// of interfaces attached since the start too.
+#[derive(Debug, Default)]
+struct KernelMalformed {
+    added: [u64; KERNEL_MALFORMED.len()],
+}
+
+impl KernelMalformed {
+    fn record(&mut self, ring: &Ring, metrics: &Metrics) {
+        let every: Vec<u32> = (0..synwatch_xdp::layout::SLOTS).collect();
+        for ((counter, kind), added) in KERNEL_MALFORMED.iter().zip(&mut self.added) {
+            let now = ring.counter(*counter, &every);
+            if now > *added {
+                metrics.decode_errors[kind.index()].fetch_add(now - *added, Ordering::Relaxed);
+                *added = now;
+            }
+        }
+    }
+}
+
+fn record(
+    ring: &Ring,
+    metrics: &Metrics,
+    slots: &[u32],
+    observing: bool,
+    raw_same: u64,
+    malformed: &mut KernelMalformed,
+) {
     metrics
         .xdp_kernel_bans
         .store(ring.counter(Counter::KernelBans, slots), Ordering::Relaxed);
@@ -242,6 +280,9 @@ fn record(ring: &Ring, metrics: &Metrics, slots: &[u32], observing: bool, raw_sa
                 .drops
                 .store(ring.counter(Counter::RingbufFull, one), Ordering::Relaxed);
         }
+        // Beside libpcap (blocking only) the program's malformed packets are libpcap's
+        // too, and counted there.
+        malformed.record(ring, metrics);
     }
 }
 

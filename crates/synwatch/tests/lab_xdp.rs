@@ -726,6 +726,69 @@ fn syns_behind_long_ipv6_header_chains_are_handed_up_whole() {
     }
 }
 
+/// Malformed frames reach both sources and are counted by the same kinds: SYNs with a
+/// data offset of 4 (bad_tcp_data_offset) and with options cut short by the total length
+/// (truncated_tcp), which the program hands up for user space to count, and frames it
+/// counts itself: nine VLAN tags (too_many_vlan_tags) and an IPv6 packet behind the IPv4
+/// EtherType (bad_ip_version). No attempt is logged from any of them.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn malformed_frames_are_counted_by_kind_through_xdp_as_through_libpcap() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (xdp_addr, pcap_addr) = ("127.0.0.1:9815", "127.0.0.1:9816");
+    let (xdp, pcap) = side_by_side(&lab, dir.path(), (xdp_addr, pcap_addr), &[]);
+    let mac = lab.victim_mac();
+    let script = format!(
+        "from scapy.all import *\nconf.verb = 0\n\
+         e = Ether(dst='{mac}')\n\
+         syn = lambda port: IP(src='{SCANNER}', dst='{VICTIM}') / TCP(sport=40000, dport=port, flags='S')\n\
+         frames = []\n\
+         for port in range(3000, 3004):\n\
+         \x20   b = bytearray(bytes(syn(port))); b[32] = 0x40\n\
+         \x20   frames.append(Ether(dst='{mac}', type=0x0800) / Raw(bytes(b)))\n\
+         for port in range(3004, 3007):\n\
+         \x20   p = IP(src='{SCANNER}', dst='{VICTIM}') / TCP(sport=40000, dport=port, flags='S', options=[('NOP', None)] * 8)\n\
+         \x20   b = bytearray(bytes(p)); b[2:4] = (20 + 24).to_bytes(2, 'big'); p = IP(bytes(b)); del p.chksum\n\
+         \x20   frames.append(e / IP(bytes(p)))\n\
+         q = e\n\
+         for _ in range(9): q = q / Dot1Q(vlan=7)\n\
+         frames += [q / syn(3007), q / syn(3008)]\n\
+         frames.append(Ether(dst='{mac}', type=0x0800) / IPv6(src='{SCANNER6}', dst='{VICTIM6}') / TCP(dport=3009, flags='S'))\n\
+         sendp(frames, iface='{aif}')\n",
+        aif = lab.aif,
+    );
+    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "scapy failed (make test installs python3-scapy): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kinds = [
+        ("bad_tcp_data_offset", 4),
+        ("truncated_tcp", 3),
+        ("too_many_vlan_tags", 2),
+        ("bad_ip_version", 1),
+    ];
+    for addr in [xdp_addr, pcap_addr] {
+        lab::eventually(5, "every malformed frame counted by kind", || {
+            kinds.iter().all(|(kind, n)| {
+                lab.metric_at(
+                    addr,
+                    &format!("synwatch_decode_errors_total{{kind=\"{kind}\"}}"),
+                ) == *n
+            })
+        });
+    }
+    for agent in [&xdp, &pcap] {
+        assert!(
+            !agent.events().iter().any(|e| e["event"] == "connection"),
+            "{:?}",
+            agent.events()
+        );
+    }
+}
+
 /// The ids of the bpf_links of the program attached to the victim's interface (lab tests
 /// run side by side, each agent with a program of its own), from `bpftool link show`.
 fn xdp_links(lab: &Lab) -> Vec<u64> {

@@ -75,13 +75,23 @@ pub enum Counter {
     RawTruncated = 8,
     /// SYNs the program judged retransmissions (`CFG_SAME`) and did not send up.
     Retransmissions = 9,
+    /// Malformed packets counted in the kernel, by the kind decode() gives them (any
+    /// other malformed packet is handed up raw, for user space to count): the Ethernet
+    /// header or a VLAN tag cut short (`truncated_link`),
+    BadLink = 10,
+    /// a 9th VLAN tag (`too_many_vlan_tags`),
+    VlanTags = 11,
+    /// an IP EtherType and not a byte of IP header (`truncated_ip`),
+    NoIp = 12,
+    /// an IP version that disagrees with the EtherType (`bad_ip_version`).
+    BadVersion = 13,
 }
 
 /// Counters per slot in the per-CPU array.
 pub const COUNTERS_PER_SLOT: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 14] = [
         Counter::Packets,
         Counter::Events,
         Counter::RingbufFull,
@@ -92,6 +102,10 @@ impl Counter {
         Counter::RawRecords,
         Counter::RawTruncated,
         Counter::Retransmissions,
+        Counter::BadLink,
+        Counter::VlanTags,
+        Counter::NoIp,
+        Counter::BadVersion,
     ];
 
     /// The key of this counter for interface slot `slot`.

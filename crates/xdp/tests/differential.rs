@@ -196,9 +196,21 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
 
 /// How many bytes of an L3 packet a raw record carries: an IPv4 fragment that cannot
 /// hold part of a TCP header (another protocol's, or at offset 60 or more) its first
-/// FRAG_HEAD, any other packet up to RAW_CAP.
+/// FRAG_HEAD, any other packet (a malformed one too) up to RAW_CAP.
 fn raw_bytes_of(l3: &[u8]) -> usize {
-    let v4_fragment = l3.len() >= 20 && l3[0] >> 4 == 4 && (l3[6] & 0x3f, l3[7]) != (0, 0);
+    let ihl = usize::from(l3.first().map_or(0, |b| b & 0x0f)) * 4;
+    let total = l3
+        .get(2..4)
+        .map_or(0, |t| usize::from(u16::from_be_bytes([t[0], t[1]])));
+    let well_formed = l3.len() >= 20
+        && l3[0] >> 4 == 4
+        && ihl >= 20
+        && ihl <= l3.len()
+        && (total == 0 || total >= ihl);
+    let v4_fragment = well_formed && (l3[6] & 0x3f, l3[7]) != (0, 0);
+    if !well_formed {
+        return l3.len().min(RAW_CAP);
+    }
     let offset = usize::from(u16::from_be_bytes([l3[6] & 0x1f, l3[7]])) * 8;
     if v4_fragment && (l3[9] != IPPROTO_TCP || offset >= 60) {
         l3.len().min(FRAG_HEAD)
@@ -466,20 +478,21 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
         ),
     );
 
-    // Padding after a short total length is not header.
+    // Padding after a short total length is not header. A malformed IP or TCP header is
+    // handed up raw, for user space to count by the kind decode() says.
     let plain = v4.tcp(&syn);
     add("padded SYN", Attempt, padded(ethernet(&plain)));
     let mut doff6 = plain.clone();
     doff6[20 + 12] = 0x60; // 24-byte TCP header: 4 more bytes than the packet holds
-    add("padding read as options", Nothing, padded(ethernet(&doff6)));
+    add("padding read as options", Raw, padded(ethernet(&doff6)));
     add(
         "total length cuts TCP",
-        Nothing,
+        Raw,
         padded(ethernet(&with_total(plain.clone(), 20 + 12))),
     );
     add(
         "total length below IHL",
-        Nothing,
+        Raw,
         padded(ethernet(&with_total(plain.clone(), 16))),
     );
     add(
@@ -494,13 +507,13 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     );
     let mut ihl4 = plain.clone();
     ihl4[0] = 0x44;
-    add("IHL 4", Nothing, ethernet(&ihl4));
+    add("IHL 4", Raw, ethernet(&ihl4));
     let mut ihl_long = plain.clone();
     ihl_long[0] = 0x4f; // 60 bytes of header in a 40-byte packet
-    add("IHL beyond the packet", Nothing, ethernet(&ihl_long));
+    add("IHL beyond the packet", Raw, ethernet(&ihl_long));
     let mut doff4 = plain.clone();
     doff4[20 + 12] = 0x40;
-    add("data offset 4", Nothing, ethernet(&doff4));
+    add("data offset 4", Raw, ethernet(&doff4));
     let mut v6_in_v4 = plain.clone();
     v6_in_v4[0] = 0x65;
     add("ethertype IPv4, version 6", Nothing, ethernet(&v6_in_v4));
@@ -511,7 +524,7 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     );
     let mut opts_cut = ethernet(&v4.tcp(&Tcp::new(40000, 24, SYN).syn_options()));
     opts_cut.truncate(opts_cut.len() - 4);
-    add("SYN with options cut short", Nothing, opts_cut);
+    add("SYN with options cut short", Raw, opts_cut);
 
     // VLAN stacks: decode takes 8 tags of 0x8100, 0x88a8 or 0x9100; a 9th is refused.
     let tags = |n: usize| -> Vec<(u16, u16)> {
@@ -686,7 +699,7 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     short_plen[4..6].copy_from_slice(&12u16.to_be_bytes());
     add(
         "payload length cuts TCP",
-        Nothing,
+        Raw,
         padded(ethernet(&short_plen)),
     );
     let mut plen_in_ext = v6.clone().dest_opts().tcp(&syn);
@@ -704,7 +717,7 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     add("payload length 0 (TSO)", Attempt, ethernet(&plen0));
     let mut v6_doff4 = v6.clone().tcp(&syn);
     v6_doff4[40 + 12] = 0x40;
-    add("IPv6 data offset 4", Nothing, ethernet(&v6_doff4));
+    add("IPv6 data offset 4", Raw, ethernet(&v6_doff4));
     let mut v4_in_v6 = v6.tcp(&syn);
     v4_in_v6[0] = 0x45;
     add(

@@ -13,7 +13,8 @@ use ipnet::IpNet;
 
 use synwatch_enforce::{Ban, Enforcer};
 use synwatch_testkit::packet::{
-    Ipv4, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, tcp_v4, tcp_v6, tcp_v6_ext, udp_v4,
+    Ipv4, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_v4, tcp_v6,
+    tcp_v6_ext, udp_v4,
 };
 use synwatch_xdp::{Counter, Detection, Event, Options, Record, Ring, Verdict, Xdp};
 
@@ -751,4 +752,69 @@ fn syn_retransmissions_are_judged_in_the_kernel_and_not_sent_up() {
     assert_eq!(probes(&mut ring).len(), 2);
     assert!(!ring.same_attempt(scanner, victim, 40000, 22, now));
     assert_eq!(ring.counter(Counter::Retransmissions, &slots), 4);
+}
+
+#[test]
+fn malformed_packets_are_counted_by_kind_here_or_handed_up_to_be() {
+    let mut xdp = load(observe_only());
+    let mut ring = xdp.ring().unwrap();
+    let slots = xdp.slots();
+    let syn = tcp_v4(SCANNER, 40000, VICTIM, 22, SYN, 0);
+    // What has no IP header to hand up is counted in the kernel, by the kind decode()
+    // gives it: a VLAN tag cut short (truncated_link), a 9th tag (too_many_vlan_tags),
+    // an IPv4 EtherType and no IP byte (truncated_ip), and IPv4 and IPv6 EtherTypes
+    // carrying the other version (bad_ip_version, twice).
+    let mut cut_tag = ethernet_vlan(&syn, &[(0x8100, 7)]);
+    cut_tag.truncate(16);
+    let nine_tags = ethernet_vlan(&syn, &[(0x8100, 7); 9]);
+    let no_ip = ethernet_with([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], 0x0800, &[]);
+    let v6_in_v4 = ethernet_with(
+        [2, 0, 0, 0, 0, 2],
+        [2, 0, 0, 0, 0, 1],
+        0x0800,
+        &tcp_v6(
+            "2001:db8::9".parse().unwrap(),
+            40000,
+            "2001:db8::1".parse().unwrap(),
+            22,
+            SYN,
+            0,
+        ),
+    );
+    let v4_in_v6 = ethernet_with([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], 0x86dd, &syn);
+    for frame in [&cut_tag, &nine_tags, &no_ip, &v6_in_v4, &v4_in_v6] {
+        assert_eq!(xdp.test_run(frame).unwrap(), Verdict::Pass);
+    }
+    let (probes, raw) = records(&mut ring);
+    assert!(probes.is_empty() && raw.is_empty(), "{probes:?} {raw:?}");
+    assert_eq!(
+        [
+            Counter::BadLink,
+            Counter::VlanTags,
+            Counter::NoIp,
+            Counter::BadVersion
+        ]
+        .map(|c| ring.counter(c, &slots)),
+        [1, 1, 1, 2]
+    );
+    assert_eq!(ring.counter(Counter::PassedUnparsed, &slots), 5);
+    // A cut or bad IP or TCP header is handed up whole, for user space to count as
+    // decode() counts it (the differential test holds every kind to that).
+    let mut doff4 = syn.clone();
+    doff4[20 + 12] = 0x40;
+    assert_eq!(xdp.test_run(&ethernet(&doff4)).unwrap(), Verdict::Pass);
+    let (probes, raw) = records(&mut ring);
+    assert!(probes.is_empty(), "{probes:?}");
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].bytes, doff4);
+    assert_eq!(ring.counter(Counter::PassedUnparsed, &slots), 6);
+    // Without the XDP source nobody reads them: only counted.
+    xdp.configure(Options {
+        emit: false,
+        ..observe_only()
+    })
+    .unwrap();
+    assert_eq!(xdp.test_run(&ethernet(&doff4)).unwrap(), Verdict::Pass);
+    assert!(records(&mut ring).1.is_empty());
+    assert_eq!(ring.counter(Counter::PassedUnparsed, &slots), 7);
 }
