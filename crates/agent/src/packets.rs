@@ -1,8 +1,9 @@
 //! From captured packets to TCP and UDP segments: what replay and inventory share.
 //!
-//! Capture files are one source: opened (`-` is stdin), read in the time order of their
+//! Capture files are one source: opened (`-` is stdin), put in the time order of their
 //! first packets so that rotated captures make one stream of time, read packet by
-//! packet ([`each_packet`]), and named in messages ([`input_error`]). [`Segments`] is the
+//! packet ([`each_packet`]) or, several at once, merged by timestamp ([`each_merged`]),
+//! and named in messages ([`input_error`]). [`Segments`] is the
 //! decode step every packet goes through, from files or live: its link type resolved
 //! per packet (in pcapng each interface has its own), then decoded, with or without
 //! fragment reassembly.
@@ -27,45 +28,56 @@ pub fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
     }
 }
 
+/// Where a file goes in the time order ([`time_order_first`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum First {
+    /// A stream (stdin, a pipe), which cannot be looked into ahead: first.
+    Stream,
+    /// A regular file whose first packet is stamped at this time.
+    At(i64),
+    /// A file without a first packet (unreadable, not a capture, or empty): last, where
+    /// its error comes.
+    Unread,
+}
+
 /// The files in the order of their first packets' timestamps, so that rotated captures
 /// given in any order (`cap-10.pcap cap-2.pcap`, as a shell glob sorts them) replay as
 /// one stream of time. Streams (stdin, a pipe), which can be read only once, come first;
 /// files whose first packet cannot be read come last, where their errors are reported.
 pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
-    /// Where a file goes: streams first (they cannot be looked into ahead), then files
-    /// by their first packet's time, then files without one (unreadable, not captures,
-    /// or empty), whose error comes last.
-    #[derive(PartialEq, Eq, PartialOrd, Ord)]
-    enum Place {
-        Stream,
-        At(i64),
-        Unread,
-    }
-    let place = |path: &PathBuf| -> Place {
+    time_order_first(files)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// [`time_order`], each file with where it goes.
+pub fn time_order_first(files: &[PathBuf]) -> Vec<(First, &PathBuf)> {
+    let place = |path: &PathBuf| -> First {
         // Only regular files can be read twice: a pipe, FIFO or /dev/stdin would lose
         // what the peek consumed.
         if path.as_os_str() == "-" {
-            return Place::Stream;
+            return First::Stream;
         }
         match std::fs::metadata(path) {
-            Err(_) => return Place::Unread,
-            Ok(m) if !m.is_file() => return Place::Stream,
+            Err(_) => return First::Unread,
+            Ok(m) if !m.is_file() => return First::Stream,
             Ok(_) => {}
         }
         let first = CaptureReader::open(path).ok().and_then(|mut reader| {
             let packet = reader.next_packet().ok().flatten();
             packet.map(|p| p.ts_nanos)
         });
-        first.map_or(Place::Unread, Place::At)
+        first.map_or(First::Unread, First::At)
     };
-    let mut keyed: Vec<(Place, &PathBuf)> = files.iter().map(|p| (place(p), p)).collect();
+    let mut keyed: Vec<(First, &PathBuf)> = files.iter().map(|p| (place(p), p)).collect();
     /// The files that hold packets, in the order of `keyed`.
-    fn timed<'a>(keyed: &[(Place, &'a PathBuf)]) -> Vec<&'a PathBuf> {
-        let timed = keyed.iter().filter(|(at, _)| matches!(at, Place::At(_)));
+    fn timed<'a>(keyed: &[(First, &'a PathBuf)]) -> Vec<&'a PathBuf> {
+        let timed = keyed.iter().filter(|(at, _)| matches!(at, First::At(_)));
         timed.map(|&(_, p)| p).collect()
     }
     let given = timed(&keyed);
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.sort_by_key(|a| a.0);
     // Said only when files that hold packets were reordered: one that cannot be read
     // is its own error line, wherever it was.
     let reordered = timed(&keyed);
@@ -79,7 +91,7 @@ pub fn time_order(files: &[PathBuf]) -> Vec<&PathBuf> {
             names.join(", ")
         );
     }
-    keyed.into_iter().map(|(_, p)| p).collect()
+    keyed
 }
 
 /// How a file is named in messages (`-` is stdin).
@@ -174,6 +186,152 @@ pub fn each_read<B>(
     }
     progress.tick(reader.position(), true);
     Ok(None)
+}
+
+/// A packet copied out of its reader, so that several files' next packets can wait side
+/// by side ([`each_merged`]).
+#[derive(Debug, Default)]
+struct Held {
+    ts_nanos: i64,
+    linktype: u32,
+    iface: u32,
+    orig_len: u32,
+    data: Vec<u8>,
+}
+
+impl Held {
+    fn hold(&mut self, p: &Packet<'_>) {
+        self.ts_nanos = p.ts_nanos;
+        self.linktype = p.linktype;
+        self.iface = p.iface;
+        self.orig_len = p.orig_len;
+        self.data.clear();
+        self.data.extend_from_slice(p.data);
+    }
+
+    fn packet(&self) -> Packet<'_> {
+        Packet {
+            ts_nanos: self.ts_nanos,
+            linktype: self.linktype,
+            iface: self.iface,
+            data: &self.data,
+            orig_len: self.orig_len,
+        }
+    }
+}
+
+/// A file being merged: its reader, and its next packet.
+struct Merging<'p> {
+    /// Its place among the files given.
+    index: usize,
+    path: &'p Path,
+    reader: CaptureReader,
+    next: Held,
+}
+
+impl Merging<'_> {
+    /// Reads the file's next packet: whether there was one.
+    fn advance(&mut self) -> Result<bool, String> {
+        match self.reader.next_packet() {
+            Ok(Some(p)) => {
+                self.next.hold(&p);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(input_error(self.path, &e)),
+        }
+    }
+}
+
+/// What [`each_merged`] hands its packets and file endings to.
+pub trait Merged<B> {
+    /// A packet of file `file`.
+    fn packet(&mut self, file: usize, packet: Packet<'_>) -> ControlFlow<B>;
+    /// File `file` ended, or could not be opened, or turned out bad part-way (the
+    /// message naming it, [`input_error`]; the progress is off the screen).
+    fn ended(&mut self, file: usize, result: Result<(), String>) -> ControlFlow<B>;
+}
+
+/// Every packet of the regular capture files `files` (in [`time_order_first`]'s order,
+/// each with its first packet's time, `None` where it could not be read), in the order
+/// of their timestamps across the files: captures that overlap in time (one per
+/// interface, or per sensor) are read as the one capture they would have made, so that
+/// a scan split between them is seen in its own window. Each packet goes to `to` with
+/// the index of its file, and so does the end of each file (the other files go on after
+/// a bad one). A file is opened only when its first packet is due, so only the files
+/// that overlap are open at once. Packets of one file keep their order; at equal times
+/// the file given first comes first. Breaks where `to` breaks.
+pub fn each_merged<B>(
+    files: &[(Option<i64>, &Path)],
+    progress: &mut impl Progress,
+    to: &mut impl Merged<B>,
+) -> ControlFlow<B> {
+    let mut waiting = files.iter().enumerate().peekable();
+    let mut reading: Vec<Merging<'_>> = Vec::new();
+    let mut count: u64 = 0;
+    loop {
+        let due_by = reading.iter().map(|m| m.next.ts_nanos).min();
+        if let Some(&(index, &(first, path))) = waiting.peek()
+            && due_by.is_none_or(|due| first.is_some_and(|f| f <= due))
+        {
+            waiting.next();
+            let mut file = match open(path) {
+                Ok(reader) => Merging {
+                    index,
+                    path,
+                    reader,
+                    next: Held::default(),
+                },
+                Err(e) => {
+                    ended(to, progress, index, Err(input_error(path, &e)))?;
+                    continue;
+                }
+            };
+            match file.advance() {
+                Ok(true) => reading.push(file),
+                done => {
+                    progress.tick(file.reader.position(), true);
+                    ended(to, progress, index, done.map(|_| ()))?;
+                }
+            }
+            continue;
+        }
+        // The earliest next packet; at equal times, the file given first.
+        let Some(at) =
+            (0..reading.len()).min_by_key(|&k| (reading[k].next.ts_nanos, reading[k].index))
+        else {
+            return ControlFlow::Continue(());
+        };
+        let file = &mut reading[at];
+        to.packet(file.index, file.next.packet())?;
+        count += 1;
+        match file.advance() {
+            Ok(true) => {
+                if count & 0xffff == 0 {
+                    progress.tick(reading.iter().map(|m| m.reader.position()).sum(), false);
+                }
+            }
+            done => {
+                let file = reading.remove(at);
+                progress.tick(file.reader.position(), true);
+                ended(to, progress, file.index, done.map(|_| ()))?;
+            }
+        }
+    }
+}
+
+/// Tells `to` that file `index` ended with `result`, the progress off the screen first
+/// where that is a message.
+fn ended<B>(
+    to: &mut impl Merged<B>,
+    progress: &mut impl Progress,
+    index: usize,
+    result: Result<(), String>,
+) -> ControlFlow<B> {
+    if result.is_err() {
+        progress.clear();
+    }
+    to.ended(index, result)
 }
 
 /// Why a packet has no segment to give.

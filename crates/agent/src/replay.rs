@@ -6,10 +6,12 @@
 //! most of the work per packet, detection most of the work per attempt, and the two
 //! overlap.
 //!
-//! Files form one stream of time, read in the order of their first packets, so a capture
-//! split by rotation replays as the whole whatever order the files are named in. A file
-//! that cannot be read is reported in one line and the rest still run; the ending then
-//! says that some input was bad.
+//! Files form one stream of time, whatever order they are named in: regular files are
+//! merged packet by packet in timestamp order (a capture split by rotation replays as
+//! the whole, and captures that overlap, one per interface or sensor, as the one capture
+//! they would have made); streams (stdin, pipes) are read first, one after another. A
+//! file that cannot be read is reported in one line and the rest still run; the ending
+//! then says that some input was bad.
 
 use std::io;
 use std::ops::ControlFlow;
@@ -19,12 +21,16 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use synwatch_capture::Packet;
 use synwatch_decode::{DecodeError, Decoded, ReassemblyStats, Skip, Transport};
 use synwatch_detect::{AddrSet, Config, Detector, Direction, Observation, Probe};
 
 use crate::event_text::{Format, Formatter};
 use crate::events::{Connection, EventSink};
-use crate::packets::{Next, NotDecoded, Progress, Segments, display_name, each_read, time_order};
+use crate::packets::{
+    First, Merged, Next, NotDecoded, Progress, Segments, display_name, each_merged, each_read,
+    time_order_first,
+};
 use crate::pipeline::{PREFETCH_AHEAD, StepSink, step};
 
 /// Where a replay's events go: an [`EventSink`] that also takes `connection` events
@@ -157,19 +163,47 @@ where
     let mut ending = Ending::Clean;
     let mut batch = Batch::default();
     totals.latest_ts = i64::MIN;
-    for path in time_order(files) {
+    // Streams first, one after another (they cannot be looked into ahead); then the
+    // regular files, merged into one stream of time where there are several.
+    let (streams, regular): (Vec<_>, Vec<_>) = time_order_first(files)
+        .into_iter()
+        .partition(|(first, _)| *first == First::Stream);
+    let mut gone = false;
+    for (_, path) in streams {
         totals.files += 1;
         let sink = (&mut batch, &batches, &spare);
         match replay_file(path, &mut totals, progress, &mut prep, sink) {
             Ok(()) => {}
-            Err(FileError::OutputGone) => break,
+            Err(FileError::OutputGone) => {
+                gone = true;
+                break;
+            }
             Err(FileError::Input(msg)) => {
                 progress.clear();
-                totals.files_failed += 1;
-                tracing::error!("{msg}");
-                ending = Ending::BadInput;
+                failed(&mut totals, &mut ending, &msg);
             }
         }
+    }
+    if !gone && let [(_, path)] = regular[..] {
+        // One file: read as it lies, without copying its packets out.
+        totals.files += 1;
+        let sink = (&mut batch, &batches, &spare);
+        if let Err(FileError::Input(msg)) =
+            replay_file(path, &mut totals, progress, &mut prep, sink)
+        {
+            progress.clear();
+            failed(&mut totals, &mut ending, &msg);
+        }
+    } else if !gone && !regular.is_empty() {
+        let sink = (&mut batch, &batches, &spare);
+        replay_merged(
+            &regular,
+            &mut totals,
+            progress,
+            &mut prep,
+            sink,
+            &mut ending,
+        );
     }
     if !batch.obs.is_empty() {
         let _ = batches.send(batch);
@@ -384,46 +418,13 @@ fn replay_file(
             Next::CaughtUp if batch.obs.is_empty() => return ControlFlow::Continue(()),
             Next::CaughtUp => return hand_over(batch, batches, spare),
         };
-        totals.packets += 1;
-        if packet.ts_nanos < totals.latest_ts {
-            totals.out_of_order += 1;
-            totals.max_step_back = totals
-                .max_step_back
-                .max(totals.latest_ts.saturating_sub(packet.ts_nanos));
-        } else {
-            totals.latest_ts = packet.ts_nanos;
-        }
-        totals.bytes += u64::from(packet.orig_len);
-        // Resolved per packet: in pcapng each section and interface has its own link type.
-        match prep.segments.decode(
-            packet.linktype,
-            packet.data,
-            packet.ts_nanos,
-            packet.orig_len,
-        ) {
-            Ok(Decoded::Segment(seg)) => match seg.transport {
-                Transport::Tcp(_) => {
-                    totals.tcp += 1;
-                    let Some(obs) = Observation::of_segment(packet.ts_nanos, &seg) else {
-                        return ControlFlow::Continue(());
-                    };
-                    prep.push(batch, obs);
-                    if batch.obs.len() == BATCH {
-                        return hand_over(batch, batches, spare);
-                    }
-                }
-                Transport::Udp => totals.udp += 1,
-            },
-            Ok(Decoded::Skipped(Skip::NotIp)) => totals.not_ip += 1,
-            Ok(Decoded::Skipped(Skip::OtherProtocol)) => totals.other_protocol += 1,
-            Ok(Decoded::Skipped(Skip::Fragment)) => totals.fragments += 1,
-            Err(NotDecoded::Link(linktype)) => {
-                totals.unsupported_link += 1;
-                unsupported.note(linktype);
-            }
-            Err(NotDecoded::Bad(kind)) => totals.decode_errors[kind.index()] += 1,
-        }
-        ControlFlow::Continue(())
+        take(
+            packet,
+            totals,
+            prep,
+            &mut unsupported,
+            (batch, batches, spare),
+        )
     });
     match read {
         Ok(None) => {}
@@ -433,6 +434,135 @@ fn replay_file(
     match unsupported.message(path) {
         Some(line) => Err(FileError::Input(line)),
         None => Ok(()),
+    }
+}
+
+/// One packet of a file through the reading thread's step: counted, decoded, and its
+/// observation (with its `connection` line) put in the batch.
+fn take(
+    packet: Packet<'_>,
+    totals: &mut Totals,
+    prep: &mut Prepare,
+    unsupported: &mut UnsupportedLinks,
+    (batch, batches, spare): BatchSink<'_>,
+) -> ControlFlow<FileError> {
+    totals.packets += 1;
+    if packet.ts_nanos < totals.latest_ts {
+        totals.out_of_order += 1;
+        totals.max_step_back = totals
+            .max_step_back
+            .max(totals.latest_ts.saturating_sub(packet.ts_nanos));
+    } else {
+        totals.latest_ts = packet.ts_nanos;
+    }
+    totals.bytes += u64::from(packet.orig_len);
+    // Resolved per packet: in pcapng each section and interface has its own link type.
+    match prep.segments.decode(
+        packet.linktype,
+        packet.data,
+        packet.ts_nanos,
+        packet.orig_len,
+    ) {
+        Ok(Decoded::Segment(seg)) => match seg.transport {
+            Transport::Tcp(_) => {
+                totals.tcp += 1;
+                let Some(obs) = Observation::of_segment(packet.ts_nanos, &seg) else {
+                    return ControlFlow::Continue(());
+                };
+                prep.push(batch, obs);
+                if batch.obs.len() == BATCH {
+                    return hand_over(batch, batches, spare);
+                }
+            }
+            Transport::Udp => totals.udp += 1,
+        },
+        Ok(Decoded::Skipped(Skip::NotIp)) => totals.not_ip += 1,
+        Ok(Decoded::Skipped(Skip::OtherProtocol)) => totals.other_protocol += 1,
+        Ok(Decoded::Skipped(Skip::Fragment)) => totals.fragments += 1,
+        Err(NotDecoded::Link(linktype)) => {
+            totals.unsupported_link += 1;
+            unsupported.note(linktype);
+        }
+        Err(NotDecoded::Bad(kind)) => totals.decode_errors[kind.index()] += 1,
+    }
+    ControlFlow::Continue(())
+}
+
+/// A file that could not be read, or only in part: said in one line, and the replay
+/// ends saying that some input was bad.
+fn failed(totals: &mut Totals, ending: &mut Ending, msg: &str) {
+    totals.files_failed += 1;
+    tracing::error!("{msg}");
+    *ending = Ending::BadInput;
+}
+
+/// Several regular files, as one stream of time ([`each_merged`]).
+fn replay_merged(
+    files: &[(First, &PathBuf)],
+    totals: &mut Totals,
+    progress: &mut impl Progress,
+    prep: &mut Prepare,
+    (batch, batches, spare): BatchSink<'_>,
+    ending: &mut Ending,
+) {
+    let given: Vec<(Option<i64>, &Path)> = files
+        .iter()
+        .map(|&(first, path)| match first {
+            First::At(ts) => (Some(ts), path.as_path()),
+            _ => (None, path.as_path()),
+        })
+        .collect();
+    totals.files += given.len() as u64;
+    let mut to = MergedReplay {
+        files: &given,
+        unsupported: given.iter().map(|_| UnsupportedLinks::default()).collect(),
+        totals,
+        prep,
+        sink: (batch, batches, spare),
+        ending,
+    };
+    let _ = each_merged(&given, progress, &mut to);
+}
+
+/// Replay's end of [`each_merged`].
+struct MergedReplay<'a, 'f> {
+    files: &'a [(Option<i64>, &'f Path)],
+    unsupported: Vec<UnsupportedLinks>,
+    totals: &'a mut Totals,
+    prep: &'a mut Prepare,
+    sink: BatchSink<'a>,
+    ending: &'a mut Ending,
+}
+
+impl Merged<()> for MergedReplay<'_, '_> {
+    fn packet(&mut self, file: usize, packet: Packet<'_>) -> ControlFlow<()> {
+        let (batch, batches, spare) = (&mut *self.sink.0, self.sink.1, self.sink.2);
+        let Some(unsupported) = self.unsupported.get_mut(file) else {
+            return ControlFlow::Continue(());
+        };
+        match take(
+            packet,
+            self.totals,
+            self.prep,
+            unsupported,
+            (batch, batches, spare),
+        ) {
+            ControlFlow::Continue(()) => ControlFlow::Continue(()),
+            ControlFlow::Break(_) => ControlFlow::Break(()),
+        }
+    }
+
+    fn ended(&mut self, file: usize, result: Result<(), String>) -> ControlFlow<()> {
+        let path = self.files.get(file).map(|&(_, p)| p);
+        let unsupported = self.unsupported.get(file).zip(path);
+        let result = result.and_then(|()| match unsupported {
+            Some((links, path)) => links.message(path).map_or(Ok(()), Err),
+            None => Ok(()),
+        });
+        if let Err(msg) = result {
+            failed(self.totals, self.ending, &msg);
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -699,6 +829,86 @@ mod tests {
         assert_eq!((t.files, t.files_failed, t.packets, t.tcp), (2, 0, 5, 5));
         assert_eq!(t.connections_logged, 4);
         assert_eq!(done.detector.stats().retransmissions, 1);
+    }
+
+    /// A capture of SYNs from `src` to 192.0.2.1, each `(port, time)`.
+    fn timed_capture(dir: &Path, name: &str, src: &str, syns: &[(u16, i64)]) -> PathBuf {
+        let path = dir.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w = PcapWriter::new(file, 1, false).unwrap();
+        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), "192.0.2.1".parse().unwrap());
+        for &(port, at) in syns {
+            let frame = ethernet(&tcp_ip(src, 40000, dst, port, SYN, 0));
+            w.write_packet(at, &frame).unwrap();
+        }
+        w.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn files_that_overlap_in_time_are_merged_into_one_stream() {
+        // One capture per interface: ports 1 and 2 in one, 3 and 4 in the other, within
+        // 3 s; the first holds a later packet too. Read one file after the other, the
+        // second file's packets counted at the latest time seen (200 s on) and the scan
+        // was never seen.
+        let dir = tempfile::tempdir().unwrap();
+        let src = "198.51.100.7";
+        let a = timed_capture(
+            dir.path(),
+            "a.pcap",
+            src,
+            &[(1, T0), (2, T0 + SEC), (5, T0 + 200 * SEC)],
+        );
+        let b = timed_capture(
+            dir.path(),
+            "b.pcap",
+            src,
+            &[(3, T0 + 2 * SEC), (4, T0 + 3 * SEC)],
+        );
+        for files in [[a.clone(), b.clone()], [b, a]] {
+            let (done, lines) = run(&files, None);
+            assert!(matches!(done.ending, Ending::Clean), "{:?}", done.ending);
+            let dports: Vec<&str> = lines
+                .iter()
+                .filter_map(|l| l.split("\"dport\":").nth(1))
+                .map(|rest| rest.split(',').next().unwrap())
+                .collect();
+            assert_eq!(dports, ["1", "2", "3", "4", "5"], "{lines:?}");
+            assert_eq!(
+                lines[4],
+                format!("scan {src} [1, 2, 3, 4] None"),
+                "{lines:?}"
+            );
+            let t = &done.totals;
+            assert_eq!((t.files, t.files_failed, t.packets), (2, 0, 5));
+            assert_eq!(t.out_of_order, 0);
+        }
+    }
+
+    #[test]
+    fn a_file_cut_short_among_merged_ones_is_bad_input_and_the_rest_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = "198.51.100.7";
+        let a = timed_capture(dir.path(), "a.pcap", src, &[(1, T0), (4, T0 + 3 * SEC)]);
+        let b = timed_capture(
+            dir.path(),
+            "b.pcap",
+            src,
+            &[(2, T0 + SEC), (3, T0 + 2 * SEC)],
+        );
+        // The second record of b cut in the middle.
+        let whole = std::fs::read(&b).unwrap();
+        std::fs::write(&b, &whole[..whole.len() - 10]).unwrap();
+        let (done, lines) = run(&[a, b], None);
+        assert!(matches!(done.ending, Ending::BadInput), "{:?}", done.ending);
+        let t = &done.totals;
+        assert_eq!((t.files, t.files_failed, t.packets), (2, 1, 3));
+        let dports: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split("\"dport\":").nth(1))
+            .map(|rest| rest.split(',').next().unwrap())
+            .collect();
+        assert_eq!(dports, ["1", "2", "4"], "{lines:?}");
     }
 
     #[test]
