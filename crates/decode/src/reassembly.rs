@@ -26,15 +26,20 @@
 //!   ID has the kernel discard the junk and answer the SYN);
 //! - an IPv4 datagram that gets a fragment more than `ipfrag_max_dist` (64) fragments
 //!   from its source after its previous one, counting fragments of every protocol,
-//!   starts again empty (`ip_frag_too_far`, `ip_frag_reinit`);
+//!   starts again empty (`ip_frag_too_far`, `ip_frag_reinit`); since the kernel counts
+//!   only the fragments it reassembles, which cannot be told here, the datagram as it
+//!   was is followed beside it (`Reassembler::restart`), so that its SYN is seen whether
+//!   the kernel started it again or not (one restart deep: the datagram since its first
+//!   fragment and since its last restart);
 //! - a second last fragment with another end, a last fragment ending before data already
 //!   held, data beyond a known end, or a fragment left empty discard the datagram;
 //! - a non-last IPv4 fragment whose length is not a multiple of 8 is trimmed down to one
 //!   (the trimmed bytes are ignored); the same IPv6 fragment is dropped, alone;
-//! - a fragment whose IP header claims more bytes than its frame holds (where the frame
-//!   is known whole: [`Reassembler::decode_framed`]) is dropped, alone, as `ip_rcv_core`
-//!   and `ip6_rcv_core` drop it before reassembly; where a capture's snap length may
-//!   have cut it, its missing bytes are taken as cut ([`Reassembler::decode`]);
+//! - a fragment whose IP header claims more bytes than its frame held (where the frame's
+//!   length is known, captured whole or not: [`Reassembler::decode_framed`]) is dropped,
+//!   alone, as `ip_rcv_core` and `ip6_rcv_core` drop it before reassembly, and does not
+//!   count toward `ipfrag_max_dist`; where the frame's length is not known, its missing
+//!   bytes are taken as cut by a snap length ([`Reassembler::decode`]);
 //! - an IPv6 fragment with payload length 0 (jumbo) or ending past 65535 is dropped, alone;
 //!   so is an IPv4 fragment with total length 0 (which `ip_rcv` refuses);
 //! - an IPv6 first fragment whose chain reaches the upper-layer header but does not hold
@@ -216,6 +221,9 @@ struct Key {
     id: u32,
     /// The IPv4 protocol; 0 for IPv6, whose key has none.
     proto: u8,
+    /// The datagram as it was before `ipfrag_max_dist` started it again, followed beside
+    /// it (see [`Reassembler::restart`]).
+    shadow: bool,
 }
 
 #[derive(Debug)]
@@ -649,8 +657,42 @@ impl Reassembler {
             dst: f.dst,
             id: f.id,
             proto: if f.v6 { 0 } else { f.next },
+            shadow: false,
         };
-        let index = match self.index.get(&key).copied() {
+        let Some(index) = self.datagram_for(key, f, (start, end), rid, now_ns) else {
+            return self.dropped();
+        };
+        // The shadow takes every fragment the datagram takes; a verdict from either
+        // counts, the datagram's first.
+        let shadow = Key {
+            shadow: true,
+            ..key
+        };
+        let shadow_said = match self.index.get(&shadow).copied() {
+            Some(held) if held != index => Some(self.queue(held, f, start, end, upper)),
+            _ => None,
+        };
+        match (self.queue(index, f, start, end, upper), shadow_said) {
+            (Ok(Decoded::Segment(s)), _) | (_, Some(Ok(Decoded::Segment(s)))) => {
+                Ok(Decoded::Segment(s))
+            }
+            (said, _) => said,
+        }
+    }
+
+    /// The held datagram `key` that fragment `f` (bytes `start..end`) joins: the one held,
+    /// started again where `ipfrag_max_dist` says so (its source's fragment count now
+    /// `rid`) or where it timed out, or a new one; `None` when the fragment is dropped
+    /// instead (one that would discard a new datagram at once creates none).
+    fn datagram_for(
+        &mut self,
+        key: Key,
+        f: &Fragment<'_>,
+        (start, end): (u32, u32),
+        rid: Option<u32>,
+        now_ns: u64,
+    ) -> Option<u32> {
+        Some(match self.index.get(&key).copied() {
             Some(index) => {
                 let expired = self.slot(index).is_some_and(|d| {
                     now_ns.saturating_sub(d.created_ns) > self.limits.timeout(d.v6)
@@ -659,7 +701,7 @@ impl Reassembler {
                     if self.too_far(index, rid) {
                         // Linux's `ip_frag_reinit`: the datagram starts again, empty, its
                         // timer restarted, and takes this fragment.
-                        self.remove(index);
+                        self.restart(index, key);
                         self.stats.dropped += 1;
                         self.create(key, f, now_ns)
                     } else {
@@ -669,16 +711,39 @@ impl Reassembler {
                     self.remove(index);
                     self.stats.timed_out += 1;
                     if end == start {
-                        return self.dropped();
+                        return None;
                     }
                     self.create(key, f, now_ns)
                 }
             }
             // A fragment that would discard a new datagram at once creates none.
-            None if end == start => return self.dropped(),
+            None if end == start => return None,
             None => self.create(key, f, now_ns),
+        })
+    }
+
+    /// A held datagram (`index`, under `key`) gets a fragment more than `max_dist` of its
+    /// source's fragments after its previous one, and starts again. The kernel counts
+    /// only the fragments it reassembles (those to this host, or all with connection
+    /// tracking; never a frame for another MAC address), which cannot be told apart
+    /// here: so the datagram as it was goes on beside the new one as its shadow, taking
+    /// the same fragments, and whether the kernel started it again or not, its SYN is
+    /// seen. A shadow already held (from an earlier restart) is kept: the datagram since
+    /// its first fragment; the one that just ended is dropped.
+    fn restart(&mut self, index: u32, key: Key) {
+        let shadow = Key {
+            shadow: true,
+            ..key
         };
-        self.queue(index, f, start, end, upper)
+        if self.index.contains_key(&shadow) {
+            self.remove(index);
+            return;
+        }
+        self.index.remove(&key);
+        self.index.insert(shadow, index);
+        if let Some(d) = self.slot_mut(index) {
+            d.key = shadow;
+        }
     }
 
     /// What a fragment of datagram `index`, `captured` bytes from `start` on, tells of

@@ -994,6 +994,41 @@ fn a_datagram_starts_again_after_more_than_max_dist_fragments_from_its_source() 
 }
 
 #[test]
+fn a_datagram_started_again_is_followed_as_it_was_too() {
+    // A real SYN's first piece, 70 well-formed fragments from the same source to an
+    // address this host does not own, then the SYN's other pieces. A kernel that does
+    // not reassemble them (no connection tracking) does not count them toward
+    // ipfrag_max_dist, keeps the first piece and answers the SYN; one that does counts
+    // them and starts the datagram again. Followed both ways, the SYN is seen here
+    // either way (it was not, when the datagram only started again).
+    let pieces = v4_split(35, &tcp_syn(0, 0), 8);
+    let mut packets = vec![pieces[0].clone()];
+    for id in 0..70u16 {
+        let mut junk = v4_frag(3000 + id, 17, 0, true, &[0; 16]);
+        junk[16..20].copy_from_slice(&[198, 51, 100, 99]);
+        crate::set_ipv4_checksum(&mut junk);
+        packets.push(junk);
+    }
+    packets.extend(pieces[1..].iter().cloned());
+    let mut r = Reassembler::default();
+    let got: Vec<Segment> = feed(&mut r, LinkType::Raw, &packets, 0)
+        .into_iter()
+        .filter(|s| matches!(s.transport, Transport::Tcp(_)))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    syn_v4(&got[0]);
+    // Restarted, the SYN's datagram lacks its first piece; its shadow completed.
+    assert_eq!(r.stats().dropped, 1);
+    // A junk header held for the SYN's id before the junk between (the kernel that
+    // counts them starts the datagram again and answers the real SYN): the datagram
+    // started again gives the SYN, its shadow only the junk ACK, and the SYN wins.
+    assert_eq!(
+        after_fragments_between(64).0,
+        [Transport::Tcp(TcpFlags(TcpFlags::SYN))]
+    );
+}
+
+#[test]
 fn an_oversize_datagram_is_dropped_on_completion() {
     let mut first = tcp_syn(0, 0);
     first.resize(65504, 0);
