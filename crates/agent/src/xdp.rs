@@ -344,6 +344,10 @@ mod tests {
                 "64:ff9b::1:0:0:1",
                 "64:ff9b:1:2::1",
                 "64:ff9b:2::1",
+                "fe80::1",
+                "fe80::2:3",
+                "febf:1::1",
+                "fec0::1",
                 "192.0.2.9",
             ] {
                 let addr: IpAddr = addr.parse().unwrap();

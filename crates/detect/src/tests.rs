@@ -1733,8 +1733,8 @@ fn retransmissions_are_told_apart_at_any_source_cap() {
 #[test]
 fn link_local_sources_count_per_address_even_with_no_local_address_known() {
     // Ten neighbours of one link (fe80::/64 holds the host's own link-local address and
-    // its router's) reaching three ports each: no scan, with any --ipv6-prefix, in a
-    // replay that was told no local address.
+    // its router's) reaching three ports each (thirty in all): no scan, with any
+    // --ipv6-prefix, in a replay that was told no local address.
     for prefix in [48, 64] {
         let mut det = Detector::new(Config {
             ipv6_prefix: prefix,
@@ -1743,7 +1743,7 @@ fn link_local_sources_count_per_address_even_with_no_local_address_known() {
         let stream: Vec<Observation> = (0..30u16)
             .map(|i| {
                 let src = format!("fe80::{:x}", 0x100 + i / 3);
-                obs(i64::from(i) * SEC, &src, 40000, "fe80::1", 1 + i % 3, SYN)
+                obs(i64::from(i) * SEC, &src, 40000, "fe80::1", 1 + i, SYN)
             })
             .collect();
         assert_eq!(run(&mut det, &stream).0, vec![], "/{prefix}");
