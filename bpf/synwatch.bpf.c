@@ -34,8 +34,10 @@
  *    length (C_RAW_TRUNCATED counts the cut ones), with the length the frame held; an
  *    IPv4 fragment that cannot hold part of a TCP header (another protocol's, or at
  *    offset * 8 >= 60) brings only its first FRAG_HEAD bytes, its IP header: user space
- *    needs its place in the datagram, not its data. User space reassembles and judges
- *    them; they are passed (unless banned) and never counted by step 4.
+ *    needs its place in the datagram, not its data. A malformed packet (step 2) brings
+ *    its first MALFORMED_HEAD bytes, for user space to count by kind. User space
+ *    reassembles and judges them; they are passed (unless banned) and never counted by
+ *    step 4.
  * 3a. With CFG_SAME (the XDP source), judges SYN retransmissions as the user-space
  *    detector does: a SYN whose 4-tuple the LRU map `attempts` saw within config.same_ns
  *    is counted (C_SAME) and passed, neither sent up nor counted toward a scan. User
@@ -47,7 +49,8 @@
  *    and is dropped, and user space hears of it through the ring buffer. A source is
  *    what the user-space detector counts as one (crates/detect source_of): an IPv4
  *    address; an IPv6 address's network of config.ipv6_prefix bits, banned as a range
- *    in bannet6, unless the LPM trie peraddr6 (prefixes holding a protected address)
+ *    in bannet6, unless the LPM trie peraddr6 (prefixes holding a protected address,
+ *    NAT64's and link-local's: crates/detect per_address_prefixes)
  *    holds the address, which then counts per address.
  *
  * Per-CPU counters record what it did. The layouts shared with user space are mirrored
@@ -75,6 +78,10 @@
 /* Bytes an IPv4 fragment that cannot hold part of a TCP header brings up: its IP header
  * (at most 60 bytes) and a little (layout.rs FRAG_HEAD). */
 #define FRAG_HEAD 64
+/* Bytes a malformed packet (an IP or TCP header cut short or bad) brings up: both
+ * headers at their longest (60 + 60), all decode() reads to name what is wrong
+ * (layout.rs MALFORMED_HEAD), so that such packets cost the ring no more than probes. */
+#define MALFORMED_HEAD 128
 #define SLOTS 64
 /* The size of the ring buffer `events` (layout.rs RING_BYTES). */
 #define RING_BYTES (1 << 22)
@@ -186,6 +193,7 @@ _Static_assert(sizeof(struct raw_event) == RAW_HEADER + RAW_CAP, "layout.rs RAW_
 _Static_assert(C_SAME < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
 _Static_assert(RAW_CAP <= 0xffff, "raw_event.copied holds it");
 _Static_assert(FRAG_HEAD >= 60 && FRAG_HEAD <= RAW_CAP, "a fragment's head holds its IP header");
+_Static_assert(MALFORMED_HEAD >= 120 && MALFORMED_HEAD <= RAW_CAP, "IP and TCP headers whole");
 _Static_assert(RAW_HEADER + RAW_CAP + 8 <= RING_BYTES, "a whole record fits the ring");
 
 /* The key of `attempts`: a SYN's 4-tuple (IPv4 addresses in the first 4 bytes of
@@ -830,7 +838,7 @@ malformed:
 	 * of the raw bytes says (the same as of the frame). */
 	count(slot, C_PASSED_UNPARSED, 1);
 	if (cfg->flags & CFG_EMIT)
-		send_raw(ctx, l3, slot, now, RAW_CAP);
+		send_raw(ctx, l3, slot, now, MALFORMED_HEAD);
 	return XDP_PASS;
 
 bad_version:

@@ -79,7 +79,7 @@ pub fn apply(
 /// The IPv6 networks whose sources the program counts per address although
 /// `--ipv6-prefix` is shorter: the detector's own list
 /// ([`synwatch_detect::per_address_prefixes`]: those holding a local, neighbour or
-/// allowlisted address, local ranges, NAT64's prefixes), which the test below holds the
+/// allowlisted address, local ranges, NAT64's prefixes, link-local), which the test below holds the
 /// two to.
 fn per_address(cfg: &synwatch_detect::Config) -> Vec<Ipv6Net> {
     let mut nets: Vec<Ipv6Net> = synwatch_detect::per_address_prefixes(cfg)

@@ -48,6 +48,11 @@ pub const RAW_CAP: usize = 9216;
 /// overlap anywhere discards the datagram), not its data.
 pub const FRAG_HEAD: usize = 64;
 
+/// The bytes a malformed packet (an IP or TCP header cut short or bad) brings up, for
+/// user space to count by kind: both headers at their longest, all decode() reads to
+/// name what is wrong.
+pub const MALFORMED_HEAD: usize = 128;
+
 /// What a raw record of a packet of `len` bytes (from its L3 header on) takes of the
 /// ring: the ring's 8-byte header, [`RAW_HEADER`] and the bytes copied, rounded up to 8.
 pub const fn raw_record_cost(len: usize) -> usize {
@@ -251,8 +256,8 @@ pub struct RawPacket {
     pub ifindex: u32,
     /// How many bytes the frame held from the L3 header on.
     pub len: u32,
-    /// The first `min(len, RAW_CAP)` of them ([`FRAG_HEAD`] of a fragment that cannot
-    /// hold part of a TCP header).
+    /// The first `min(len, RAW_CAP)` of them ([`MALFORMED_HEAD`] of a malformed packet,
+    /// [`FRAG_HEAD`] of a fragment that cannot hold part of a TCP header).
     pub bytes: Vec<u8>,
 }
 

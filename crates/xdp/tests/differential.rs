@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use synwatch_capture::CaptureReader;
-use synwatch_decode::{Decoded, LinkType, Transport, decode};
+use synwatch_decode::{DecodeError, Decoded, LinkType, Transport, decode};
 use synwatch_testkit::packet::{
     ACK, FIN, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6, Ipv6Ext, MAC_DST, MAC_SRC, PSH, RST, SYN, Tcp,
     URG, Udp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_ip, udp_v4,
 };
-use synwatch_xdp::layout::{FRAG_HEAD, RAW_CAP, RING_BYTES, raw_record_cost};
+use synwatch_xdp::layout::{FRAG_HEAD, MALFORMED_HEAD, RAW_CAP, RING_BYTES, raw_record_cost};
 use synwatch_xdp::{Counter, Options, RawPacket, Record, Ring, Verdict, Xdp};
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
@@ -141,7 +141,23 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
     }
     tally.frames += 1;
     let reference = by_decode(LinkType::Ethernet, frame);
+    let counted_before = KERNEL_KINDS.map(|(c, _)| h.ring.counter(c, &[0]));
     let xdp = h.by_xdp(frame);
+    // A malformed frame the program cannot hand up as IP is counted there, by the kind
+    // decode() gives it; every other frame moves none of those counters.
+    let rose: Vec<DecodeError> = KERNEL_KINDS
+        .iter()
+        .zip(counted_before)
+        .filter(|&(&(c, _), before)| h.ring.counter(c, &[0]) != before)
+        .map(|(&(_, kind), _)| kind)
+        .collect();
+    let kind = decode(LinkType::Ethernet, frame).err();
+    let kernel_kind = kind.filter(|k| KERNEL_KINDS.iter().any(|&(_, kk)| kk == *k));
+    if xdp == Said::Nothing {
+        assert_eq!(rose, Vec::from_iter(kernel_kind), "{what}: {frame:02x?}");
+    } else {
+        assert!(rose.is_empty(), "{what}: {rose:?} {frame:02x?}");
+    }
     match &xdp {
         Said::Raw(r) => {
             tally.raw += 1;
@@ -194,25 +210,52 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
     xdp
 }
 
+/// The malformed packets the program counts itself, and the kind decode() gives each.
+const KERNEL_KINDS: [(Counter, DecodeError); 4] = [
+    (Counter::BadLink, DecodeError::TruncatedLink),
+    (Counter::VlanTags, DecodeError::TooManyVlanTags),
+    (Counter::NoIp, DecodeError::TruncatedIp),
+    (Counter::BadVersion, DecodeError::BadIpVersion),
+];
+
 /// How many bytes of an L3 packet a raw record carries: an IPv4 fragment that cannot
 /// hold part of a TCP header (another protocol's, or at offset 60 or more) its first
-/// FRAG_HEAD, any other packet (a malformed one too) up to RAW_CAP.
+/// FRAG_HEAD, a malformed packet (an IP or TCP header cut short or bad) its first
+/// MALFORMED_HEAD, any other up to RAW_CAP.
 fn raw_bytes_of(l3: &[u8]) -> usize {
-    let ihl = usize::from(l3.first().map_or(0, |b| b & 0x0f)) * 4;
-    let total = l3
-        .get(2..4)
-        .map_or(0, |t| usize::from(u16::from_be_bytes([t[0], t[1]])));
-    let well_formed = l3.len() >= 20
-        && l3[0] >> 4 == 4
-        && ihl >= 20
-        && ihl <= l3.len()
-        && (total == 0 || total >= ihl);
-    let v4_fragment = well_formed && (l3[6] & 0x3f, l3[7]) != (0, 0);
-    if !well_formed {
-        return l3.len().min(RAW_CAP);
+    let len = l3.len();
+    match l3.first().map(|b| b >> 4) {
+        Some(4) => {
+            let ihl = usize::from(l3[0] & 0x0f) * 4;
+            if len < 20 || ihl < 20 || ihl > len {
+                return len.min(MALFORMED_HEAD);
+            }
+            let total = usize::from(u16::from_be_bytes([l3[2], l3[3]]));
+            let fragment = (l3[6] & 0x3f, l3[7]) != (0, 0);
+            // A whole IPv4 packet comes up only malformed (a good SYN is a probe record).
+            if (total != 0 && total < ihl) || !fragment {
+                return len.min(MALFORMED_HEAD);
+            }
+        }
+        Some(6) if len >= 40 => {
+            let src = &l3[8..24];
+            let refused = src[0] == 0xff || (src[..10] == [0; 10] && src[10..12] == [0xff; 2]);
+            let chain = matches!(l3[6], 0 | 43 | 44 | 51 | 60);
+            return len.min(if chain || refused {
+                RAW_CAP
+            } else {
+                MALFORMED_HEAD
+            });
+        }
+        _ => return len.min(MALFORMED_HEAD),
     }
+    raw_fragment_bytes(l3)
+}
+
+/// [`raw_bytes_of`] an IPv4 fragment.
+fn raw_fragment_bytes(l3: &[u8]) -> usize {
     let offset = usize::from(u16::from_be_bytes([l3[6] & 0x1f, l3[7]])) * 8;
-    if v4_fragment && (l3[9] != IPPROTO_TCP || offset >= 60) {
+    if l3[9] != IPPROTO_TCP || offset >= 60 {
         l3.len().min(FRAG_HEAD)
     } else {
         l3.len().min(RAW_CAP)
