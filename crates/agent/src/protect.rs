@@ -91,16 +91,7 @@ fn locals_protected(cfg: &Config) -> bool {
 /// Why `addr` must never be banned, or `None` when it may be.
 pub fn why(addr: IpAddr, view: View<'_>) -> Option<Why> {
     let addr = addr.to_canonical();
-    let never_a_source = match addr {
-        IpAddr::V4(a) => a.octets()[0] == 0,
-        IpAddr::V6(a) => a.segments()[..4] == [0x100, 0, 0, 0],
-    };
-    if never_a_source
-        || addr.is_loopback()
-        || addr.is_unspecified()
-        || addr.is_multicast()
-        || addr == IpAddr::from([255, 255, 255, 255])
-    {
+    if synwatch_detect::is_special_source(addr) {
         return Some(Why::Special);
     }
     if view.host.contains(&addr) {

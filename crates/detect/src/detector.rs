@@ -216,7 +216,8 @@ pub struct Scan {
     pub ports: Vec<u16>,
     pub probes: ProbeSet,
     pub window: Nanos,
-    /// The source is local or on the allowlist: report, never block.
+    /// The source is local, on the allowlist or never a real source
+    /// ([`is_special_source`]): report, never block.
     pub allowlisted: bool,
     /// The IPv6 network the source was counted as (`--ipv6-prefix`), when it was counted
     /// per prefix rather than per address: the ban covers it.
@@ -414,9 +415,12 @@ impl Detector {
         self.sources.remove(&key)
     }
 
-    /// Whether `addr` is local or allowlisted under the current configuration.
+    /// Whether `addr` is local or allowlisted under the current configuration, or never
+    /// a real source ([`is_special_source`]): reported, never to be blocked.
     pub fn is_allowlisted(&self, addr: IpAddr) -> bool {
-        self.cfg.allow.contains(addr) || (self.cfg.allow_local && self.cfg.locals.contains(addr))
+        self.cfg.allow.contains(addr)
+            || (self.cfg.allow_local && self.cfg.locals.contains(addr))
+            || is_special_source(addr)
     }
 
     /// Whether `addr` is one of the host's addresses.
@@ -804,6 +808,23 @@ pub const NAT64_PREFIXES: [Ipv6Net; 2] = [
         Err(_) => unreachable!(),
     },
 ];
+
+/// Whether `addr` is never a real source: loopback, unspecified, broadcast, multicast,
+/// 0.0.0.0/8 or IPv6's discard-only 100::/64 (an IPv4-mapped address as the IPv4 address
+/// it maps). The kernel answers nothing from one, and a scan "from" one is forged: it is
+/// reported, and never blocked.
+pub fn is_special_source(addr: IpAddr) -> bool {
+    let addr = addr.to_canonical();
+    let never_a_source = match addr {
+        IpAddr::V4(a) => a.octets()[0] == 0,
+        IpAddr::V6(a) => a.segments()[..4] == [0x100, 0, 0, 0],
+    };
+    never_a_source
+        || addr.is_loopback()
+        || addr.is_unspecified()
+        || addr.is_multicast()
+        || addr == IpAddr::from([255, 255, 255, 255])
+}
 
 /// The link-local range: every link's fe80::/64 holds the host's own link-local address
 /// and its router's, so its sources count per address even where the host's own are not

@@ -25,7 +25,7 @@ pub use addrset::{AddrSet, ParseCidrError, parse_cidr};
 pub use detector::{
     Config, DEFAULT_IPV6_PREFIX, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_SOURCES, Detector, Direction,
     DirectionFilter, NAT64_PREFIXES, Observation, Outcome, Scan, ScanKind, Seen, Stats,
-    per_address_prefixes,
+    is_special_source, per_address_prefixes,
 };
 pub use probe::{Probe, ProbeSet};
 

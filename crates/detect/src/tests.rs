@@ -1753,3 +1753,32 @@ fn link_local_sources_count_per_address_even_with_no_local_address_known() {
         assert!(det.source_of(ip("fec0::1")).1.is_some());
     }
 }
+
+#[test]
+fn scans_from_addresses_that_are_never_a_source_are_reported_as_never_to_be_blocked() {
+    // Forged: the kernel answers nothing from these. Reported, and marked as the agent
+    // treats them (never banned), in replay too.
+    for src in [
+        "0.0.0.0",
+        "0.1.2.3",
+        "127.0.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "100::7",
+        "::ffff:127.0.0.1",
+    ] {
+        let mut det = Detector::new(Config::default());
+        let stream: Vec<Observation> = (0..4u16)
+            .map(|i| obs(i64::from(i) * SEC, src, 40000, "192.0.2.1", 1 + i, SYN))
+            .collect();
+        let (scans, _) = run(&mut det, &stream);
+        assert_eq!(scans.len(), 1, "{src}");
+        assert!(scans[0].allowlisted, "{src}");
+    }
+    let mut det = Detector::new(Config::default());
+    let stream: Vec<Observation> = (0..4u16)
+        .map(|i| obs(i64::from(i) * SEC, "198.51.100.7", 40000, "192.0.2.1", 1 + i, SYN))
+        .collect();
+    assert!(!run(&mut det, &stream).0[0].allowlisted);
+}
