@@ -773,17 +773,20 @@ mod tests {
     /// A capture of SYNs from `src` to 192.0.2.1, to each of `ports` in turn, 10 ms apart
     /// from `start`.
     fn capture(dir: &Path, name: &str, src: &str, ports: &[u16], start: i64) -> PathBuf {
-        let path = dir.join(name);
-        let file = std::fs::File::create(&path).unwrap();
-        let mut w = PcapWriter::new(file, 1, false).unwrap();
-        let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), "192.0.2.1".parse().unwrap());
-        for (i, &port) in ports.iter().enumerate() {
-            let frame = ethernet(&tcp_ip(src, 40000, dst, port, SYN, 0));
-            w.write_packet(start + i as i64 * SEC / 100, &frame)
-                .unwrap();
-        }
-        w.finish().unwrap();
-        path
+        let syns: Vec<(u16, i64)> = (0..)
+            .zip(ports)
+            .map(|(i, &port)| (port, start + i * SEC / 100))
+            .collect();
+        timed_capture(dir, name, src, &syns)
+    }
+
+    /// The destination ports of the `connection` lines among `lines`, in order.
+    fn dports(lines: &[String]) -> Vec<&str> {
+        lines
+            .iter()
+            .filter_map(|l| l.split("\"dport\":").nth(1))
+            .map(|rest| rest.split(',').next().unwrap())
+            .collect()
     }
 
     fn run(files: &[PathBuf], fail: Option<(usize, io::ErrorKind)>) -> (Replayed, Vec<String>) {
@@ -811,11 +814,7 @@ mod tests {
         let first = capture(dir.path(), "b.pcap", "198.51.100.7", &[21, 22], T0);
         let (done, lines) = run(&[later, first], None);
         assert!(matches!(done.ending, Ending::Clean), "{:?}", done.ending);
-        let dports: Vec<&str> = lines
-            .iter()
-            .filter_map(|l| l.split("\"dport\":").nth(1))
-            .map(|rest| rest.split(',').next().unwrap())
-            .collect();
+        let dports = dports(&lines);
         assert_eq!(dports, ["21", "22", "23", "25"], "{lines:?}");
         assert!(
             lines[0]
@@ -868,11 +867,7 @@ mod tests {
         for files in [[a.clone(), b.clone()], [b, a]] {
             let (done, lines) = run(&files, None);
             assert!(matches!(done.ending, Ending::Clean), "{:?}", done.ending);
-            let dports: Vec<&str> = lines
-                .iter()
-                .filter_map(|l| l.split("\"dport\":").nth(1))
-                .map(|rest| rest.split(',').next().unwrap())
-                .collect();
+            let dports = dports(&lines);
             assert_eq!(dports, ["1", "2", "3", "4", "5"], "{lines:?}");
             assert_eq!(
                 lines[4],
@@ -903,11 +898,7 @@ mod tests {
         assert!(matches!(done.ending, Ending::BadInput), "{:?}", done.ending);
         let t = &done.totals;
         assert_eq!((t.files, t.files_failed, t.packets), (2, 1, 3));
-        let dports: Vec<&str> = lines
-            .iter()
-            .filter_map(|l| l.split("\"dport\":").nth(1))
-            .map(|rest| rest.split(',').next().unwrap())
-            .collect();
+        let dports = dports(&lines);
         assert_eq!(dports, ["1", "2", "4"], "{lines:?}");
     }
 

@@ -1770,7 +1770,7 @@ fn scans_from_addresses_that_are_never_a_source_are_reported_as_never_to_be_bloc
     ] {
         let mut det = Detector::new(Config::default());
         let stream: Vec<Observation> = (0..4u16)
-            .map(|i| obs(i64::from(i) * SEC, src, 40000, "192.0.2.1", 1 + i, SYN))
+            .map(|i| syn(i64::from(i) * SEC, src, 1 + i))
             .collect();
         let (scans, _) = run(&mut det, &stream);
         assert_eq!(scans.len(), 1, "{src}");
@@ -1778,7 +1778,7 @@ fn scans_from_addresses_that_are_never_a_source_are_reported_as_never_to_be_bloc
     }
     let mut det = Detector::new(Config::default());
     let stream: Vec<Observation> = (0..4u16)
-        .map(|i| obs(i64::from(i) * SEC, "198.51.100.7", 40000, "192.0.2.1", 1 + i, SYN))
+        .map(|i| syn(i64::from(i) * SEC, "198.51.100.7", 1 + i))
         .collect();
     assert!(!run(&mut det, &stream).0[0].allowlisted);
 }

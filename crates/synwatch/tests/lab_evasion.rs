@@ -188,22 +188,6 @@ fn nmap_f_and_mtu_16_are_caught_through_xdp_and_replay() {
     fragmented_scans_are_reported_banned_and_replayed("xdp");
 }
 
-/// Runs `body` in Debian's python3 with scapy in the attacker namespace, with `mac`
-/// (the victim interface's address) and `iface` (the attacker's end) defined.
-fn scapy(lab: &Lab, body: &str) {
-    let mac = lab.victim_mac();
-    let script = format!(
-        "from scapy.all import *\nconf.verb = 0\nmac = '{mac}'\niface = '{}'\n{body}",
-        lab.aif
-    );
-    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "scapy failed (make test installs python3-scapy): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// What `tcpdump -n -r` prints of the packets in `file` that `filter` (its words) keeps.
 fn captured(file: &Path, filter: &[&str]) -> String {
     let out = Command::new("tcpdump")
@@ -226,8 +210,7 @@ fn junk_thrown_away_by_the_kernel_hides_no_syn(source: &str) {
     let agent = agent(&lab, dir.path(), source);
     let file = dir.path().join("answers.pcap");
     let answers = Recording::start(&lab, &file);
-    scapy(
-        &lab,
+    lab.scapy(
         &format!(
             r#"src, dst = '{SCANNER}', '{VICTIM}'
 send = lambda p: sendp(Ether(dst=mac) / p, iface=iface)
@@ -288,8 +271,7 @@ fn junk_the_kernel_throws_away_hides_no_syn_from_xdp() {
 /// sent at the Ethernet layer.
 fn syns_behind_destination_options(lab: &Lab, headers: usize, ports: &[u16]) {
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    scapy(
-        lab,
+    lab.scapy(
         &format!(
             "for port in [{ports}]:\n\
              \x20   p = IPv6(src='{SCANNER6}', dst='{VICTIM6}')\n\
@@ -352,7 +334,7 @@ fn ipv6_syns_are_seen_as_the_kernel_answers_them(source: &str, script: &str, why
     let agent = agent(&lab, dir.path(), source);
     let file = dir.path().join("answers.pcap");
     let answers = Recording::start(&lab, &file);
-    scapy(&lab, script);
+    lab.scapy(script);
     let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER6));
     assert_eq!(scan["ports"], serde_json::json!([21, 22, 23, 25]), "{scan}");
     answers.stop();
@@ -443,8 +425,7 @@ fn tagged_frames_are_seen(source: &str) {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = agent(&lab, dir.path(), source);
-    scapy(
-        &lab,
+    lab.scapy(
         &format!(
             "syn = lambda port: IP(src='{SCANNER}', dst='{VICTIM}') / TCP(sport=45001, dport=port, flags='S')\n\
              sendp(Ether(dst=mac) / Dot1Q(vlan=10) / syn(31), iface=iface)\n\

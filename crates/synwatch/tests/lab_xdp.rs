@@ -533,12 +533,7 @@ fn retransmissions_judged_in_the_kernel_are_counted_and_not_logged() {
          \x20   step(); time.sleep(0.2)\n",
         aif = lab.aif,
     );
-    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "scapy failed (make test installs python3-scapy): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.scapy(&script);
     for (agent, addr) in [(&xdp, "127.0.0.1:9813"), (&pcap, "127.0.0.1:9814")] {
         lab::eventually(3, "five retransmissions counted", || {
             lab.metric_at(addr, "synwatch_retransmitted_attempts_total") == 5
@@ -692,12 +687,7 @@ fn syns_behind_long_ipv6_header_chains_are_handed_up_whole() {
          \x20   time.sleep(0.05)\n",
         aif = lab.aif,
     );
-    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "scapy failed (make test installs python3-scapy): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.scapy(&script);
     let ports: BTreeSet<u64> = (2000..2010).collect();
     for agent in [&xdp, &pcap] {
         agent.wait_for(5, |e| is(e, "scan", SCANNER6));
@@ -738,15 +728,13 @@ fn malformed_frames_are_counted_by_kind_through_xdp_as_through_libpcap() {
     let dir = tempfile::tempdir().unwrap();
     let (xdp_addr, pcap_addr) = ("127.0.0.1:9815", "127.0.0.1:9816");
     let (xdp, pcap) = side_by_side(&lab, dir.path(), (xdp_addr, pcap_addr), &[]);
-    let mac = lab.victim_mac();
-    let script = format!(
-        "from scapy.all import *\nconf.verb = 0\n\
-         e = Ether(dst='{mac}')\n\
+    lab.scapy(&format!(
+        "e = Ether(dst=mac)\n\
          syn = lambda port: IP(src='{SCANNER}', dst='{VICTIM}') / TCP(sport=40000, dport=port, flags='S')\n\
          frames = []\n\
          for port in range(3000, 3004):\n\
          \x20   b = bytearray(bytes(syn(port))); b[32] = 0x40\n\
-         \x20   frames.append(Ether(dst='{mac}', type=0x0800) / Raw(bytes(b)))\n\
+         \x20   frames.append(Ether(dst=mac, type=0x0800) / Raw(bytes(b)))\n\
          for port in range(3004, 3007):\n\
          \x20   p = IP(src='{SCANNER}', dst='{VICTIM}') / TCP(sport=40000, dport=port, flags='S', options=[('NOP', None)] * 8)\n\
          \x20   b = bytearray(bytes(p)); b[2:4] = (20 + 24).to_bytes(2, 'big'); p = IP(bytes(b)); del p.chksum\n\
@@ -754,16 +742,9 @@ fn malformed_frames_are_counted_by_kind_through_xdp_as_through_libpcap() {
          q = e\n\
          for _ in range(9): q = q / Dot1Q(vlan=7)\n\
          frames += [q / syn(3007), q / syn(3008)]\n\
-         frames.append(Ether(dst='{mac}', type=0x0800) / IPv6(src='{SCANNER6}', dst='{VICTIM6}') / TCP(dport=3009, flags='S'))\n\
-         sendp(frames, iface='{aif}')\n",
-        aif = lab.aif,
-    );
-    let out = lab.in_attacker(&["/usr/bin/python3", "-c", &script]);
-    assert!(
-        out.status.success(),
-        "scapy failed (make test installs python3-scapy): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+         frames.append(Ether(dst=mac, type=0x0800) / IPv6(src='{SCANNER6}', dst='{VICTIM6}') / TCP(dport=3009, flags='S'))\n\
+         sendp(frames, iface=iface)\n"
+    ));
     let kinds = [
         ("bad_tcp_data_offset", 4),
         ("truncated_tcp", 3),

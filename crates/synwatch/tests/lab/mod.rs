@@ -258,6 +258,23 @@ impl Lab {
         mac
     }
 
+    /// Runs `body` in Debian's python3 with scapy in the attacker namespace, with `mac`
+    /// (the victim interface's address) and `iface` (the attacker's end) defined.
+    #[allow(dead_code, reason = "only the tests that craft packets need it")]
+    pub fn scapy(&self, body: &str) {
+        let mac = self.victim_mac();
+        let script = format!(
+            "from scapy.all import *\nconf.verb = 0\nmac = '{mac}'\niface = '{}'\n{body}",
+            self.aif
+        );
+        let out = self.in_attacker(&["/usr/bin/python3", "-c", &script]);
+        assert!(
+            out.status.success(),
+            "scapy failed (make test installs python3-scapy): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// `/healthz` of the agent serving on the default address in the victim namespace:
     /// (status, body).
     #[allow(dead_code, reason = "only the fault and state tests read /healthz")]
