@@ -18,10 +18,9 @@
  *    offset >= 5 and the
  *    whole header, options included, inside the IP payload. Anything else is no
  *    attempt and is passed on untouched. A malformed packet (counted as
- *    C_PASSED_UNPARSED) is counted by kind as decode() counts it: one whose link header
- *    is cut, with a 9th VLAN tag, without an IP header, or whose version disagrees with
- *    its EtherType here (C_BAD_LINK, C_VLAN_TAGS, C_NO_IP, C_BAD_VERSION); any other
- *    (an IP or TCP header cut or bad) is handed up raw (step 3) for user space to count.
+ *    C_PASSED_UNPARSED) is counted here by the kind decode() gives it (C_BAD_LINK ..
+ *    C_BAD_DOFF, added to user space's decode errors): counted, not handed up, so that
+ *    a flood of them takes no room in the ring from the probes.
  * 3. Hands up what it cannot judge (EV_RAW records, only with CFG_EMIT): IPv4
  *    fragments (MF set or an offset) of every protocol, since the kernel's reassembly
  *    counts them all (ipfrag_max_dist) and discards a datagram on an overlap anywhere
@@ -34,10 +33,8 @@
  *    length (C_RAW_TRUNCATED counts the cut ones), with the length the frame held; an
  *    IPv4 fragment that cannot hold part of a TCP header (another protocol's, or at
  *    offset * 8 >= 60) brings only its first FRAG_HEAD bytes, its IP header: user space
- *    needs its place in the datagram, not its data. A malformed packet (step 2) brings
- *    its first MALFORMED_HEAD bytes, for user space to count by kind. User space
- *    reassembles and judges them; they are passed (unless banned) and never counted by
- *    step 4.
+ *    needs its place in the datagram, not its data. User space reassembles and judges
+ *    them; they are passed (unless banned) and never counted by step 4.
  * 3a. With CFG_SAME (the XDP source), judges SYN retransmissions as the user-space
  *    detector does: a SYN whose 4-tuple the LRU map `attempts` saw within config.same_ns
  *    is counted (C_SAME) and passed, neither sent up nor counted toward a scan. User
@@ -78,10 +75,6 @@
 /* Bytes an IPv4 fragment that cannot hold part of a TCP header brings up: its IP header
  * (at most 60 bytes) and a little (layout.rs FRAG_HEAD). */
 #define FRAG_HEAD 64
-/* Bytes a malformed packet (an IP or TCP header cut short or bad) brings up: both
- * headers at their longest (60 + 60), all decode() reads to name what is wrong
- * (layout.rs MALFORMED_HEAD), so that such packets cost the ring no more than probes. */
-#define MALFORMED_HEAD 128
 #define SLOTS 64
 /* The size of the ring buffer `events` (layout.rs RING_BYTES). */
 #define RING_BYTES (1 << 22)
@@ -109,11 +102,16 @@ enum {
 	C_RAW,           /* EV_RAW records sent */
 	C_RAW_TRUNCATED, /* ...of which cut at RAW_CAP bytes */
 	C_SAME,          /* SYNs judged retransmissions here (CFG_SAME), not sent up */
-	C_BAD_LINK,      /* malformed: the Ethernet header or a VLAN tag cut short */
-	C_VLAN_TAGS,     /* malformed: more VLAN tags than decode() takes */
-	C_NO_IP,         /* malformed: an IP EtherType and not a byte of IP header */
-	C_BAD_VERSION,   /* malformed: the IP version disagrees with the EtherType */
-	C_COUNT = 16,    /* the stride of a slot's counters */
+	/* Malformed packets, by the kind decode() gives them (crates/decode DecodeError): */
+	C_BAD_LINK,      /* truncated_link: the Ethernet header or a VLAN tag cut short */
+	C_VLAN_TAGS,     /* too_many_vlan_tags */
+	C_TRUNCATED_IP,  /* truncated_ip: the IP header (or its options) cut short */
+	C_BAD_VERSION,   /* bad_ip_version: the version disagrees with the EtherType */
+	C_BAD_IHL,       /* bad_ip_header_length: IHL below 5 */
+	C_BAD_TOTAL,     /* bad_ip_total_length: total length below the header's */
+	C_TRUNCATED_TCP, /* truncated_tcp: the TCP header (or its options) cut short */
+	C_BAD_DOFF,      /* bad_tcp_data_offset: data offset below 5 */
+	C_COUNT = 32,    /* the stride of a slot's counters */
 };
 
 struct config {
@@ -190,10 +188,9 @@ _Static_assert(__builtin_offsetof(struct raw_event, copied) == 16, "layout.rs Ra
 _Static_assert(__builtin_offsetof(struct raw_event, kind) == 46, "layout.rs KIND_AT");
 _Static_assert(__builtin_offsetof(struct raw_event, data) == RAW_HEADER, "layout.rs RAW_HEADER");
 _Static_assert(sizeof(struct raw_event) == RAW_HEADER + RAW_CAP, "layout.rs RAW_CAP");
-_Static_assert(C_SAME < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
+_Static_assert(C_BAD_DOFF < C_COUNT, "layout.rs COUNTERS_PER_SLOT");
 _Static_assert(RAW_CAP <= 0xffff, "raw_event.copied holds it");
 _Static_assert(FRAG_HEAD >= 60 && FRAG_HEAD <= RAW_CAP, "a fragment's head holds its IP header");
-_Static_assert(MALFORMED_HEAD >= 120 && MALFORMED_HEAD <= RAW_CAP, "IP and TCP headers whole");
 _Static_assert(RAW_HEADER + RAW_CAP + 8 <= RING_BYTES, "a whole record fits the ring");
 
 /* The key of `attempts`: a SYN's 4-tuple (IPv4 addresses in the first 4 bytes of
@@ -645,11 +642,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cur;
 		if ((void *)((__u8 *)cur + 1) > data_end)
-			goto no_ip;
+			goto truncated_ip;
 		if (*(__u8 *)cur >> 4 != 4)
 			goto bad_version;
 		if ((void *)(ip + 1) > data_end)
-			goto malformed;
+			goto truncated_ip;
 		ihl = ip->ihl * 4;
 		total = bpf_ntohs(ip->tot_len);
 		frag = bpf_ntohs(ip->frag_off);
@@ -667,11 +664,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = cur;
 		if ((void *)((__u8 *)cur + 1) > data_end)
-			goto no_ip;
+			goto truncated_ip;
 		if (*(__u8 *)cur >> 4 != 6)
 			goto bad_version;
 		if ((void *)(ip6 + 1) > data_end)
-			goto malformed;
+			goto truncated_ip;
 		total = bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(ev.src, &ip6->saddr, 16);
 		__builtin_memcpy(ev.dst, &ip6->daddr, 16);
@@ -710,12 +707,17 @@ int synwatch_xdp(struct xdp_md *ctx)
 
 	/* 2. Down to TCP, bounded as decode() bounds it. */
 	if (ev.family == 4) {
-		if (ihl < sizeof(struct iphdr) || ihl > avail)
-			goto malformed;
+		if (ihl < sizeof(struct iphdr)) {
+			count(slot, C_BAD_IHL, 1);
+			goto unparsed;
+		}
+		if (ihl > avail)
+			goto truncated_ip;
 		if (total == 0) {
 			lim = avail; /* TSO: the frame is the only bound */
 		} else if (total < ihl) {
-			goto malformed;
+			count(slot, C_BAD_TOTAL, 1);
+			goto unparsed;
 		} else {
 			lim = total < avail ? total : avail;
 		}
@@ -740,10 +742,16 @@ int synwatch_xdp(struct xdp_md *ctx)
 	if (next != IPPROTO_TCP)
 		return XDP_PASS;
 	struct tcphdr *tcp = cur + off;
-	if (off + sizeof(*tcp) > lim || (void *)(tcp + 1) > data_end)
-		goto malformed;
-	if (tcp->doff < 5 || off + tcp->doff * 4 > lim)
-		goto malformed; /* a bad data offset, or options cut short */
+	/* In decode()'s order: the header's first 14 bytes (ports to flags), then the data
+	 * offset, then the whole header with its options. */
+	if (off + 14 > lim || (void *)((__u8 *)tcp + 14) > data_end)
+		goto truncated_tcp;
+	if (tcp->doff < 5) {
+		count(slot, C_BAD_DOFF, 1);
+		goto unparsed;
+	}
+	if (off + tcp->doff * 4 > lim || (void *)(tcp + 1) > data_end)
+		goto truncated_tcp;
 	__u8 flags = ((__u8 *)tcp)[13];
 	if (!is_probe(flags))
 		return XDP_PASS;
@@ -833,21 +841,16 @@ raw:
 		send_raw(ctx, l3, slot, now, raw_cap);
 	return XDP_PASS;
 
-malformed:
-	/* An IP or TCP header cut short or bad: user space counts it by kind, as decode()
-	 * of the raw bytes says (the same as of the frame). */
-	count(slot, C_PASSED_UNPARSED, 1);
-	if (cfg->flags & CFG_EMIT)
-		send_raw(ctx, l3, slot, now, MALFORMED_HEAD);
-	return XDP_PASS;
-
-bad_version:
-	/* Raw bytes are judged by their version nibble: this one is counted here. */
-	count(slot, C_BAD_VERSION, 1);
+truncated_tcp:
+	count(slot, C_TRUNCATED_TCP, 1);
 	goto unparsed;
 
-no_ip:
-	count(slot, C_NO_IP, 1);
+truncated_ip:
+	count(slot, C_TRUNCATED_IP, 1);
+	goto unparsed;
+
+bad_version:
+	count(slot, C_BAD_VERSION, 1);
 	goto unparsed;
 
 bad_link:

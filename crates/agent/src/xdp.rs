@@ -225,28 +225,23 @@ pub fn run(
     record(&ring, metrics, slots, observing, raw_same, &mut malformed);
 }
 
-/// The malformed packets the program counts itself (those it cannot hand up as IP), and
-/// the kind decode() gives each, as libpcap's path counts them.
-const KERNEL_MALFORMED: [(Counter, DecodeError); 4] = [
-    (Counter::BadLink, DecodeError::TruncatedLink),
-    (Counter::VlanTags, DecodeError::TooManyVlanTags),
-    (Counter::NoIp, DecodeError::TruncatedIp),
-    (Counter::BadVersion, DecodeError::BadIpVersion),
-];
-
-/// The program's malformed-packet counters as last added to the metrics' decode errors
-/// (which user space's own decoding adds to as well): over every interface slot, those
-/// of interfaces attached since the start too.
+/// The program's malformed-packet counters ([`Counter::MALFORMED`], by the kind decode()
+/// gives each, as libpcap's path counts them) as last added to the metrics' decode
+/// errors (which user space's own decoding adds to as well): over every interface slot,
+/// those of interfaces attached since the start too.
 #[derive(Debug, Default)]
 struct KernelMalformed {
-    added: [u64; KERNEL_MALFORMED.len()],
+    added: [u64; Counter::MALFORMED.len()],
 }
 
 impl KernelMalformed {
     fn record(&mut self, ring: &Ring, metrics: &Metrics) {
         let every: Vec<u32> = (0..synwatch_xdp::layout::SLOTS).collect();
-        for ((counter, kind), added) in KERNEL_MALFORMED.iter().zip(&mut self.added) {
-            let now = ring.counter(*counter, &every);
+        for (&(counter, name), added) in Counter::MALFORMED.iter().zip(&mut self.added) {
+            let Some(kind) = DecodeError::ALL.iter().find(|k| k.as_str() == name) else {
+                continue;
+            };
+            let now = ring.counter(counter, &every);
             if now > *added {
                 metrics.decode_errors[kind.index()].fetch_add(now - *added, Ordering::Relaxed);
                 *added = now;

@@ -716,11 +716,11 @@ fn syns_behind_long_ipv6_header_chains_are_handed_up_whole() {
     }
 }
 
-/// Malformed frames reach both sources and are counted by the same kinds: SYNs with a
-/// data offset of 4 (bad_tcp_data_offset) and with options cut short by the total length
-/// (truncated_tcp), which the program hands up for user space to count, and frames it
-/// counts itself: nine VLAN tags (too_many_vlan_tags) and an IPv6 packet behind the IPv4
-/// EtherType (bad_ip_version). No attempt is logged from any of them.
+/// Malformed frames reach both sources and are counted by the same kinds (the XDP
+/// program counts them itself): SYNs with a data offset of 4 (bad_tcp_data_offset) and
+/// with options cut short by the total length (truncated_tcp), nine VLAN tags
+/// (too_many_vlan_tags) and an IPv6 packet behind the IPv4 EtherType (bad_ip_version).
+/// No attempt is logged from any of them.
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn malformed_frames_are_counted_by_kind_through_xdp_as_through_libpcap() {

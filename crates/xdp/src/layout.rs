@@ -48,11 +48,6 @@ pub const RAW_CAP: usize = 9216;
 /// overlap anywhere discards the datagram), not its data.
 pub const FRAG_HEAD: usize = 64;
 
-/// The bytes a malformed packet (an IP or TCP header cut short or bad) brings up, for
-/// user space to count by kind: both headers at their longest, all decode() reads to
-/// name what is wrong.
-pub const MALFORMED_HEAD: usize = 128;
-
 /// What a raw record of a packet of `len` bytes (from its L3 header on) takes of the
 /// ring: the ring's 8-byte header, [`RAW_HEADER`] and the bytes copied, rounded up to 8.
 pub const fn raw_record_cost(len: usize) -> usize {
@@ -80,23 +75,31 @@ pub enum Counter {
     RawTruncated = 8,
     /// SYNs the program judged retransmissions (`CFG_SAME`) and did not send up.
     Retransmissions = 9,
-    /// Malformed packets counted in the kernel, by the kind decode() gives them (any
-    /// other malformed packet is handed up raw, for user space to count): the Ethernet
+    /// Malformed packets the program judges, counted by the kind decode() gives them
+    /// (not handed up, so that a flood of them takes no room in the ring): the Ethernet
     /// header or a VLAN tag cut short (`truncated_link`),
     BadLink = 10,
     /// a 9th VLAN tag (`too_many_vlan_tags`),
     VlanTags = 11,
-    /// an IP EtherType and not a byte of IP header (`truncated_ip`),
-    NoIp = 12,
-    /// an IP version that disagrees with the EtherType (`bad_ip_version`).
+    /// the IP header or its options cut short (`truncated_ip`),
+    TruncatedIp = 12,
+    /// an IP version that disagrees with the EtherType (`bad_ip_version`),
     BadVersion = 13,
+    /// an IPv4 header length below 20 bytes (`bad_ip_header_length`),
+    BadIhl = 14,
+    /// an IPv4 total length below the header's (`bad_ip_total_length`),
+    BadTotal = 15,
+    /// the TCP header or its options cut short (`truncated_tcp`),
+    TruncatedTcp = 16,
+    /// a TCP data offset below 5 (`bad_tcp_data_offset`).
+    BadDoff = 17,
 }
 
 /// Counters per slot in the per-CPU array.
-pub const COUNTERS_PER_SLOT: u32 = 16;
+pub const COUNTERS_PER_SLOT: u32 = 32;
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 18] = [
         Counter::Packets,
         Counter::Events,
         Counter::RingbufFull,
@@ -109,8 +112,25 @@ impl Counter {
         Counter::Retransmissions,
         Counter::BadLink,
         Counter::VlanTags,
-        Counter::NoIp,
+        Counter::TruncatedIp,
         Counter::BadVersion,
+        Counter::BadIhl,
+        Counter::BadTotal,
+        Counter::TruncatedTcp,
+        Counter::BadDoff,
+    ];
+
+    /// The malformed-packet counters, each with the name of the kind decode() gives
+    /// what it counts (`DecodeError::as_str`).
+    pub const MALFORMED: [(Counter, &'static str); 8] = [
+        (Counter::BadLink, "truncated_link"),
+        (Counter::VlanTags, "too_many_vlan_tags"),
+        (Counter::TruncatedIp, "truncated_ip"),
+        (Counter::BadVersion, "bad_ip_version"),
+        (Counter::BadIhl, "bad_ip_header_length"),
+        (Counter::BadTotal, "bad_ip_total_length"),
+        (Counter::TruncatedTcp, "truncated_tcp"),
+        (Counter::BadDoff, "bad_tcp_data_offset"),
     ];
 
     /// The key of this counter for interface slot `slot`.
@@ -256,8 +276,8 @@ pub struct RawPacket {
     pub ifindex: u32,
     /// How many bytes the frame held from the L3 header on.
     pub len: u32,
-    /// The first `min(len, RAW_CAP)` of them ([`MALFORMED_HEAD`] of a malformed packet,
-    /// [`FRAG_HEAD`] of a fragment that cannot hold part of a TCP header).
+    /// The first `min(len, RAW_CAP)` of them ([`FRAG_HEAD`] of a fragment that cannot
+    /// hold part of a TCP header).
     pub bytes: Vec<u8>,
 }
 
@@ -552,11 +572,20 @@ mod tests {
     #[test]
     fn counter_keys_stay_inside_the_array() {
         assert_eq!(Counter::Dropped.key(0), 3);
-        assert_eq!(Counter::Packets.key(2), 32);
-        assert_eq!(Counter::PassedUnparsed.key(1000), (SLOTS - 1) * 16 + 6);
-        assert_eq!(Counter::RawTruncated.key(1), 16 + 8);
+        assert_eq!(Counter::Packets.key(2), 64);
+        assert_eq!(Counter::PassedUnparsed.key(1000), (SLOTS - 1) * 32 + 6);
+        assert_eq!(Counter::RawTruncated.key(1), 32 + 8);
         for c in Counter::ALL {
             assert!((c as u32) < COUNTERS_PER_SLOT, "{c:?} fits a slot");
+        }
+        // Each malformed-packet counter names a kind decode() gives.
+        for (c, name) in Counter::MALFORMED {
+            assert!(
+                synwatch_decode::DecodeError::ALL
+                    .iter()
+                    .any(|k| k.as_str() == name),
+                "{c:?}: {name}"
+            );
         }
     }
 

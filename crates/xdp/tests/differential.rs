@@ -24,7 +24,7 @@ use synwatch_testkit::packet::{
     ACK, FIN, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6, Ipv6Ext, MAC_DST, MAC_SRC, PSH, RST, SYN, Tcp,
     URG, Udp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_ip, udp_v4,
 };
-use synwatch_xdp::layout::{FRAG_HEAD, MALFORMED_HEAD, RAW_CAP, RING_BYTES, raw_record_cost};
+use synwatch_xdp::layout::{FRAG_HEAD, RAW_CAP, RING_BYTES, raw_record_cost};
 use synwatch_xdp::{Counter, Options, RawPacket, Record, Ring, Verdict, Xdp};
 
 const SRC4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
@@ -124,6 +124,8 @@ impl Harness {
 #[derive(Debug, Default)]
 struct Tally {
     frames: u64,
+    /// Malformed frames the program counted by kind.
+    counted: u64,
     attempts: u64,
     raw: u64,
     truncated: u64,
@@ -141,22 +143,26 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
     }
     tally.frames += 1;
     let reference = by_decode(LinkType::Ethernet, frame);
-    let counted_before = KERNEL_KINDS.map(|(c, _)| h.ring.counter(c, &[0]));
+    let counted_before = Counter::MALFORMED.map(|(c, _)| h.ring.counter(c, &[0]));
     let xdp = h.by_xdp(frame);
-    // A malformed frame the program cannot hand up as IP is counted there, by the kind
-    // decode() gives it; every other frame moves none of those counters.
-    let rose: Vec<DecodeError> = KERNEL_KINDS
+    // A malformed frame the program judges is counted there, by the kind decode() gives
+    // it; every other frame moves none of those counters.
+    let rose: Vec<&str> = Counter::MALFORMED
         .iter()
         .zip(counted_before)
         .filter(|&(&(c, _), before)| h.ring.counter(c, &[0]) != before)
         .map(|(&(_, kind), _)| kind)
         .collect();
-    let kind = decode(LinkType::Ethernet, frame).err();
-    let kernel_kind = kind.filter(|k| KERNEL_KINDS.iter().any(|&(_, kk)| kk == *k));
-    if xdp == Said::Nothing {
-        assert_eq!(rose, Vec::from_iter(kernel_kind), "{what}: {frame:02x?}");
-    } else {
-        assert!(rose.is_empty(), "{what}: {rose:?} {frame:02x?}");
+    if !rose.is_empty() {
+        let kind = decode(LinkType::Ethernet, frame)
+            .err()
+            .map(DecodeError::as_str);
+        assert_eq!(
+            (rose.as_slice(), &xdp),
+            (Vec::from_iter(kind).as_slice(), &Said::Nothing),
+            "{what}: {frame:02x?}"
+        );
+        tally.counted += 1;
     }
     match &xdp {
         Said::Raw(r) => {
@@ -210,52 +216,13 @@ fn check(h: &mut Harness, tally: &mut Tally, what: &str, frame: &[u8]) -> Said {
     xdp
 }
 
-/// The malformed packets the program counts itself, and the kind decode() gives each.
-const KERNEL_KINDS: [(Counter, DecodeError); 4] = [
-    (Counter::BadLink, DecodeError::TruncatedLink),
-    (Counter::VlanTags, DecodeError::TooManyVlanTags),
-    (Counter::NoIp, DecodeError::TruncatedIp),
-    (Counter::BadVersion, DecodeError::BadIpVersion),
-];
-
 /// How many bytes of an L3 packet a raw record carries: an IPv4 fragment that cannot
 /// hold part of a TCP header (another protocol's, or at offset 60 or more) its first
-/// FRAG_HEAD, a malformed packet (an IP or TCP header cut short or bad) its first
-/// MALFORMED_HEAD, any other up to RAW_CAP.
+/// FRAG_HEAD, any other packet up to RAW_CAP.
 fn raw_bytes_of(l3: &[u8]) -> usize {
-    let len = l3.len();
-    match l3.first().map(|b| b >> 4) {
-        Some(4) => {
-            let ihl = usize::from(l3[0] & 0x0f) * 4;
-            if len < 20 || ihl < 20 || ihl > len {
-                return len.min(MALFORMED_HEAD);
-            }
-            let total = usize::from(u16::from_be_bytes([l3[2], l3[3]]));
-            let fragment = (l3[6] & 0x3f, l3[7]) != (0, 0);
-            // A whole IPv4 packet comes up only malformed (a good SYN is a probe record).
-            if (total != 0 && total < ihl) || !fragment {
-                return len.min(MALFORMED_HEAD);
-            }
-        }
-        Some(6) if len >= 40 => {
-            let src = &l3[8..24];
-            let refused = src[0] == 0xff || (src[..10] == [0; 10] && src[10..12] == [0xff; 2]);
-            let chain = matches!(l3[6], 0 | 43 | 44 | 51 | 60);
-            return len.min(if chain || refused {
-                RAW_CAP
-            } else {
-                MALFORMED_HEAD
-            });
-        }
-        _ => return len.min(MALFORMED_HEAD),
-    }
-    raw_fragment_bytes(l3)
-}
-
-/// [`raw_bytes_of`] an IPv4 fragment.
-fn raw_fragment_bytes(l3: &[u8]) -> usize {
+    let v4_fragment = l3.len() >= 20 && l3[0] >> 4 == 4 && (l3[6] & 0x3f, l3[7]) != (0, 0);
     let offset = usize::from(u16::from_be_bytes([l3[6] & 0x1f, l3[7]])) * 8;
-    if l3[9] != IPPROTO_TCP || offset >= 60 {
+    if v4_fragment && (l3[9] != IPPROTO_TCP || offset >= 60) {
         l3.len().min(FRAG_HEAD)
     } else {
         l3.len().min(RAW_CAP)
@@ -521,21 +488,20 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
         ),
     );
 
-    // Padding after a short total length is not header. A malformed IP or TCP header is
-    // handed up raw, for user space to count by the kind decode() says.
+    // Padding after a short total length is not header.
     let plain = v4.tcp(&syn);
     add("padded SYN", Attempt, padded(ethernet(&plain)));
     let mut doff6 = plain.clone();
     doff6[20 + 12] = 0x60; // 24-byte TCP header: 4 more bytes than the packet holds
-    add("padding read as options", Raw, padded(ethernet(&doff6)));
+    add("padding read as options", Nothing, padded(ethernet(&doff6)));
     add(
         "total length cuts TCP",
-        Raw,
+        Nothing,
         padded(ethernet(&with_total(plain.clone(), 20 + 12))),
     );
     add(
         "total length below IHL",
-        Raw,
+        Nothing,
         padded(ethernet(&with_total(plain.clone(), 16))),
     );
     add(
@@ -550,13 +516,13 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     );
     let mut ihl4 = plain.clone();
     ihl4[0] = 0x44;
-    add("IHL 4", Raw, ethernet(&ihl4));
+    add("IHL 4", Nothing, ethernet(&ihl4));
     let mut ihl_long = plain.clone();
     ihl_long[0] = 0x4f; // 60 bytes of header in a 40-byte packet
-    add("IHL beyond the packet", Raw, ethernet(&ihl_long));
+    add("IHL beyond the packet", Nothing, ethernet(&ihl_long));
     let mut doff4 = plain.clone();
     doff4[20 + 12] = 0x40;
-    add("data offset 4", Raw, ethernet(&doff4));
+    add("data offset 4", Nothing, ethernet(&doff4));
     let mut v6_in_v4 = plain.clone();
     v6_in_v4[0] = 0x65;
     add("ethertype IPv4, version 6", Nothing, ethernet(&v6_in_v4));
@@ -567,7 +533,7 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     );
     let mut opts_cut = ethernet(&v4.tcp(&Tcp::new(40000, 24, SYN).syn_options()));
     opts_cut.truncate(opts_cut.len() - 4);
-    add("SYN with options cut short", Raw, opts_cut);
+    add("SYN with options cut short", Nothing, opts_cut);
 
     // VLAN stacks: decode takes 8 tags of 0x8100, 0x88a8 or 0x9100; a 9th is refused.
     let tags = |n: usize| -> Vec<(u16, u16)> {
@@ -742,7 +708,7 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     short_plen[4..6].copy_from_slice(&12u16.to_be_bytes());
     add(
         "payload length cuts TCP",
-        Raw,
+        Nothing,
         padded(ethernet(&short_plen)),
     );
     let mut plen_in_ext = v6.clone().dest_opts().tcp(&syn);
@@ -760,7 +726,7 @@ fn crafted_frames() -> Vec<(String, Expect, Vec<u8>)> {
     add("payload length 0 (TSO)", Attempt, ethernet(&plen0));
     let mut v6_doff4 = v6.clone().tcp(&syn);
     v6_doff4[40 + 12] = 0x40;
-    add("IPv6 data offset 4", Raw, ethernet(&v6_doff4));
+    add("IPv6 data offset 4", Nothing, ethernet(&v6_doff4));
     let mut v4_in_v6 = v6.tcp(&syn);
     v4_in_v6[0] = 0x45;
     add(
@@ -800,7 +766,11 @@ fn xdp_and_decode_reach_the_same_verdict_on_every_frame() {
     }
     eprintln!("{tally:?} (before the crafted frames: {judged:?})");
     assert!(
-        tally.attempts > 100 && tally.raw > 10 && tally.nothing > 100 && tally.heads >= 3,
+        tally.attempts > 100
+            && tally.raw > 10
+            && tally.nothing > 100
+            && tally.heads >= 3
+            && tally.counted > 10,
         "{tally:?}"
     );
     assert_eq!(h.ring.counter(Counter::RawRecords, &[0]), tally.raw);
