@@ -196,6 +196,9 @@ pub struct Reassembler {
     runs: usize,
     /// IPv4 sources with datagrams held: Linux's `inet_peer` fragment counter.
     peers: HashMap<IpAddr, Peer, foldhash::fast::RandomState>,
+    /// Datagrams held as shadows ([`Reassembler::restart`]): while there are none, a
+    /// fragment does not look for one (a spoofed flood of first fragments has none).
+    shadows: usize,
     stats: ReassemblyStats,
     /// Bytes of the packet being decoded that the frame held beyond those captured
     /// (a snap length, or the XDP program's copy of a fragment's head), where known
@@ -492,6 +495,7 @@ impl Reassembler {
             bytes: 0,
             runs: 0,
             peers: HashMap::default(),
+            shadows: 0,
             stats: ReassemblyStats::default(),
             uncaptured: None,
             limits,
@@ -580,11 +584,12 @@ impl Reassembler {
         }
     }
 
-    /// Whether the runs counted are the runs the datagrams hold.
+    /// Whether the runs and shadows counted are those the datagrams hold.
     #[cfg(test)]
     fn runs_agree(&self) -> bool {
         let held: usize = self.slots.iter().flatten().map(|d| d.runs.len()).sum();
-        held == self.runs
+        let shadows = self.slots.iter().flatten().filter(|d| d.key.shadow).count();
+        held == self.runs && shadows == self.shadows
     }
 
     fn slot(&self, index: u32) -> Option<&Datagram> {
@@ -668,9 +673,10 @@ impl Reassembler {
             shadow: true,
             ..key
         };
-        let shadow_said = match self.index.get(&shadow).copied() {
-            Some(held) if held != index => Some(self.queue(held, f, start, end, upper)),
-            _ => None,
+        let shadow_said = if self.shadows > 0 {
+            self.queue_shadow(shadow, index, f, (start, end), upper)
+        } else {
+            None
         };
         match (self.queue(index, f, start, end, upper), shadow_said) {
             (Ok(Decoded::Segment(s)), _) | (_, Some(Ok(Decoded::Segment(s)))) => {
@@ -722,6 +728,25 @@ impl Reassembler {
         })
     }
 
+    /// The fragment `f` (bytes `start..end`) for the shadow `shadow` of datagram `index`
+    /// too, if one is held: what it says. Apart, so that the common case (no shadow held)
+    /// keeps its one queue inline.
+    #[cold]
+    #[inline(never)]
+    fn queue_shadow(
+        &mut self,
+        shadow: Key,
+        index: u32,
+        f: &Fragment<'_>,
+        (start, end): (u32, u32),
+        upper: Upper,
+    ) -> Option<Result<Decoded, DecodeError>> {
+        match self.index.get(&shadow).copied() {
+            Some(held) if held != index => Some(self.queue(held, f, start, end, upper)),
+            _ => None,
+        }
+    }
+
     /// A held datagram (`index`, under `key`) gets a fragment more than `max_dist` of its
     /// source's fragments after its previous one, and starts again. The kernel counts
     /// only the fragments it reassembles (those to this host, or all with connection
@@ -741,6 +766,7 @@ impl Reassembler {
         }
         self.index.remove(&key);
         self.index.insert(shadow, index);
+        self.shadows += 1;
         if let Some(d) = self.slot_mut(index) {
             d.key = shadow;
         }
@@ -837,6 +863,7 @@ impl Reassembler {
     }
 
     /// Linux's `ip_frag_queue`/`ip6_frag_queue` for one fragment of a held datagram.
+    #[inline]
     fn queue(
         &mut self,
         index: u32,
@@ -1043,6 +1070,9 @@ impl Reassembler {
             None => self.newest[family] = d.older,
         }
         self.index.remove(&d.key);
+        if d.key.shadow {
+            self.shadows -= 1;
+        }
         self.bytes -= d.meat as usize;
         self.runs -= d.runs.len();
         if !d.v6
