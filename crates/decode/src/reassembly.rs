@@ -89,8 +89,8 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use crate::{
-    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Skip, Walk, parse, transport,
-    walk_ipv6,
+    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Segment, Skip, TcpFlags,
+    Transport, Walk, parse, transport, walk_ipv6,
 };
 
 /// The most runs one datagram may hold: every run holds at least 8 bytes but the last,
@@ -398,6 +398,16 @@ impl Datagram {
     }
 }
 
+/// Whether `s` is what the detector takes for a connection attempt or a probe: a TCP
+/// segment with SYN and no ACK, or with none of SYN, ACK and RST.
+fn is_probe(s: &Segment) -> bool {
+    match s.transport {
+        Transport::Tcp(flags) if flags.has(TcpFlags::SYN) => !flags.has(TcpFlags::ACK),
+        Transport::Tcp(flags) => !flags.has(TcpFlags::ACK) && !flags.has(TcpFlags::RST),
+        Transport::Udp => false,
+    }
+}
+
 /// What a fragment says of its datagram's upper layer.
 #[derive(Debug, Clone, Copy)]
 enum Upper {
@@ -668,7 +678,9 @@ impl Reassembler {
             return self.dropped();
         };
         // The shadow takes every fragment the datagram takes; a verdict from either
-        // counts, the datagram's first.
+        // counts. Where both decide on this fragment, a connection attempt or probe
+        // first (the two can hold different bytes for the same range), then the
+        // datagram's.
         let shadow = Key {
             shadow: true,
             ..key
@@ -679,6 +691,11 @@ impl Reassembler {
             None
         };
         match (self.queue(index, f, start, end, upper), shadow_said) {
+            (Ok(Decoded::Segment(main)), Some(Ok(Decoded::Segment(shadow))))
+                if is_probe(&shadow) && !is_probe(&main) =>
+            {
+                Ok(Decoded::Segment(shadow))
+            }
             (Ok(Decoded::Segment(s)), _) | (_, Some(Ok(Decoded::Segment(s)))) => {
                 Ok(Decoded::Segment(s))
             }

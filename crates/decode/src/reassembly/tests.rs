@@ -1029,6 +1029,32 @@ fn a_datagram_started_again_is_followed_as_it_was_too() {
 }
 
 #[test]
+fn where_a_datagram_and_its_shadow_decide_together_the_attempt_is_taken() {
+    // A real SYN's first 16 bytes, 70 junk fragments from its source, then a junk
+    // ACK's first 16 bytes with the same IP id (restarting the datagram) and the last
+    // 4 bytes they share. A kernel that did not count the junk keeps the SYN's bytes and
+    // answers it; one that did holds the ACK. Both decide on the last piece: the SYN
+    // (which the shadow holds) is what is seen, not the ACK.
+    let syn = tcp_syn(0, 0);
+    let ack = tcp_ack();
+    let mut packets = vec![v4_frag(36, 6, 0, true, &syn[..16])];
+    for id in 0..70u16 {
+        packets.push(v4_frag(4000 + id, 1, 0, true, &[0; 8]));
+    }
+    packets.push(v4_frag(36, 6, 0, true, &ack[..16]));
+    packets.push(v4_frag(36, 6, 16, false, &syn[16..20]));
+    let mut r = Reassembler::default();
+    let got: Vec<Transport> = packets
+        .iter()
+        .filter_map(|p| match r.decode(LinkType::Raw, p, 0) {
+            Ok(Decoded::Segment(s)) => Some(s.transport),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, [Transport::Tcp(TcpFlags(TcpFlags::SYN))]);
+}
+
+#[test]
 fn an_oversize_datagram_is_dropped_on_completion() {
     let mut first = tcp_syn(0, 0);
     first.resize(65504, 0);
