@@ -243,6 +243,10 @@ impl Merging<'_> {
     }
 }
 
+/// The most capture files [`each_merged`] holds open at once: each compressed one holds a
+/// descriptor and a megabyte of buffer.
+pub const MERGED_AT_ONCE: usize = 64;
+
 /// What [`each_merged`] hands its packets and file endings to.
 pub trait Merged<B> {
     /// A packet of file `file`.
@@ -258,9 +262,11 @@ pub trait Merged<B> {
 /// interface, or per sensor) are read as the one capture they would have made, so that
 /// a scan split between them is seen in its own window. Each packet goes to `to` with
 /// the index of its file, and so does the end of each file (the other files go on after
-/// a bad one). A file is opened only when its first packet is due, so only the files
-/// that overlap are open at once. Packets of one file keep their order; at equal times
-/// the file given first comes first. Breaks where `to` breaks.
+/// a bad one). A file is opened only when its first packet is due, and at most
+/// [`MERGED_AT_ONCE`] are open: more files than that overlapping in time are read as
+/// their turn comes (their packets then counted at the latest time seen), said once.
+/// Packets of one file keep their order; at equal times the file earlier in `files`
+/// comes first. Breaks where `to` breaks.
 pub fn each_merged<B>(
     files: &[(Option<i64>, &Path)],
     progress: &mut impl Progress,
@@ -269,10 +275,20 @@ pub fn each_merged<B>(
     let mut waiting = files.iter().enumerate().peekable();
     let mut reading: Vec<Merging<'_>> = Vec::new();
     let mut count: u64 = 0;
+    let mut said_full = false;
     loop {
         let due_by = reading.iter().map(|m| m.next.ts_nanos).min();
-        if let Some(&(index, &(first, path))) = waiting.peek()
-            && due_by.is_none_or(|due| first.is_some_and(|f| f <= due))
+        let due = waiting
+            .peek()
+            .filter(|&&(_, &(first, _))| due_by.is_none_or(|due| first.is_some_and(|f| f <= due)));
+        if due.is_some() && reading.len() >= MERGED_AT_ONCE && !said_full {
+            said_full = true;
+            tracing::warn!(
+                "warning: more than {MERGED_AT_ONCE} capture files overlap in time; the others are read as their turn comes, their packets counted at the latest time seen"
+            );
+        }
+        if let Some(&(index, &(_, path))) = due
+            && reading.len() < MERGED_AT_ONCE
         {
             waiting.next();
             let mut file = match open(path) {
@@ -296,7 +312,7 @@ pub fn each_merged<B>(
             }
             continue;
         }
-        // The earliest next packet; at equal times, the file given first.
+        // The earliest next packet; at equal times, the file earlier in `files`.
         let Some(at) =
             (0..reading.len()).min_by_key(|&k| (reading[k].next.ts_nanos, reading[k].index))
         else {
@@ -320,17 +336,16 @@ pub fn each_merged<B>(
     }
 }
 
-/// Tells `to` that file `index` ended with `result`, the progress off the screen first
-/// where that is a message.
+/// Tells `to` that file `index` ended with `result`, the progress off the screen first.
 fn ended<B>(
     to: &mut impl Merged<B>,
     progress: &mut impl Progress,
     index: usize,
     result: Result<(), String>,
 ) -> ControlFlow<B> {
-    if result.is_err() {
-        progress.clear();
-    }
+    // `to` may say something of the file even when it ended well (a link type it could
+    // not decode).
+    progress.clear();
     to.ended(index, result)
 }
 

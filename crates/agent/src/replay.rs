@@ -881,6 +881,29 @@ mod tests {
     }
 
     #[test]
+    fn more_overlapping_files_than_are_held_open_at_once_still_all_replay() {
+        // 70 captures of the same seconds: 64 merged, the rest read as their turn comes.
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = (0..70u16)
+            .map(|i| {
+                let name = format!("c{i:02}.pcap");
+                let src = format!("198.51.100.{}", i + 1);
+                timed_capture(
+                    dir.path(),
+                    &name,
+                    &src,
+                    &[(i + 1, T0 + i64::from(i)), (80, T0 + SEC)],
+                )
+            })
+            .collect();
+        let (done, lines) = run(&files, None);
+        assert!(matches!(done.ending, Ending::Clean), "{:?}", done.ending);
+        let t = &done.totals;
+        assert_eq!((t.files, t.files_failed, t.packets), (70, 0, 140));
+        assert_eq!(lines.len(), 140);
+    }
+
+    #[test]
     fn a_file_cut_short_among_merged_ones_is_bad_input_and_the_rest_still_replay() {
         let dir = tempfile::tempdir().unwrap();
         let src = "198.51.100.7";

@@ -88,7 +88,8 @@ enum Command {
 
     /// Replay pcap/pcapng captures through the detector (nothing is blocked)
     ///
-    /// Files form one stream of time: merged packet by packet in timestamp order.
+    /// Files form one stream of time: stdin and pipes first, then regular files merged
+    /// packet by packet in timestamp order.
     /// Each new connection attempt (incoming unless --direction says otherwise)
     /// is logged once, retransmissions are not, and each scanning source is
     /// reported once per episode. Example:
