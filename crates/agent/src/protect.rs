@@ -45,7 +45,9 @@ impl Why {
     /// For people, in the log line of a refused ban.
     pub fn describe(self) -> &'static str {
         match self {
-            Why::Special => "a loopback, unspecified, broadcast or multicast address",
+            Why::Special => {
+                "a loopback, unspecified, broadcast or multicast address (or 0.0.0.0/8, 100::/64)"
+            }
             Why::Local => "one of this host's addresses (or --local)",
             Why::Allowlisted => "allowlisted (--allow)",
             Why::Infra(Role::Gateway) => "a gateway of this host (a next hop of its routes)",
