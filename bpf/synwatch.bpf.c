@@ -597,10 +597,12 @@ int synwatch_xdp(struct xdp_md *ctx)
 	__u32 *slotp = bpf_map_lookup_elem(&ifslot, &at);
 	__u32 slot = (slotp && *slotp) ? ((*slotp - 1) & (SLOTS - 1)) : 0;
 	count(slot, C_PACKETS, 1);
+	/* A malformed packet's kind (its counter), for the label `malformed`. */
+	__u32 bad = C_BAD_LINK;
 
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
-		goto bad_link;
+		goto malformed;
 	__u16 proto = eth->h_proto;
 	void *cur = eth + 1;
 	for (int i = 0; i < VLAN_TAGS; i++) {
@@ -608,14 +610,14 @@ int synwatch_xdp(struct xdp_md *ctx)
 			break;
 		struct vlan_hdr *vh = cur;
 		if ((void *)(vh + 1) > data_end)
-			goto bad_link;
+			goto malformed;
 		proto = vh->proto;
 		cur = vh + 1;
 	}
 	if (is_vlan(proto)) {
 		/* more tags than decode() takes */
-		count(slot, C_VLAN_TAGS, 1);
-		goto unparsed;
+		bad = C_VLAN_TAGS;
+		goto malformed;
 	}
 
 	__u32 key = 0;
@@ -642,11 +644,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cur;
 		if ((void *)((__u8 *)cur + 1) > data_end)
-			goto truncated_ip;
+			goto no_ip_header;
 		if (*(__u8 *)cur >> 4 != 4)
-			goto bad_version;
+			goto bad_ip_version;
 		if ((void *)(ip + 1) > data_end)
-			goto truncated_ip;
+			goto no_ip_header;
 		ihl = ip->ihl * 4;
 		total = bpf_ntohs(ip->tot_len);
 		frag = bpf_ntohs(ip->frag_off);
@@ -664,11 +666,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = cur;
 		if ((void *)((__u8 *)cur + 1) > data_end)
-			goto truncated_ip;
+			goto no_ip_header;
 		if (*(__u8 *)cur >> 4 != 6)
-			goto bad_version;
+			goto bad_ip_version;
 		if ((void *)(ip6 + 1) > data_end)
-			goto truncated_ip;
+			goto no_ip_header;
 		total = bpf_ntohs(ip6->payload_len);
 		__builtin_memcpy(ev.src, &ip6->saddr, 16);
 		__builtin_memcpy(ev.dst, &ip6->daddr, 16);
@@ -708,16 +710,16 @@ int synwatch_xdp(struct xdp_md *ctx)
 	/* 2. Down to TCP, bounded as decode() bounds it. */
 	if (ev.family == 4) {
 		if (ihl < sizeof(struct iphdr)) {
-			count(slot, C_BAD_IHL, 1);
-			goto unparsed;
+			bad = C_BAD_IHL;
+			goto malformed;
 		}
 		if (ihl > avail)
-			goto truncated_ip;
+			goto no_ip_header;
 		if (total == 0) {
 			lim = avail; /* TSO: the frame is the only bound */
 		} else if (total < ihl) {
-			count(slot, C_BAD_TOTAL, 1);
-			goto unparsed;
+			bad = C_BAD_TOTAL;
+			goto malformed;
 		} else {
 			lim = total < avail ? total : avail;
 		}
@@ -745,13 +747,13 @@ int synwatch_xdp(struct xdp_md *ctx)
 	/* In decode()'s order: the header's first 14 bytes (ports to flags), then the data
 	 * offset, then the whole header with its options. */
 	if (off + 14 > lim || (void *)((__u8 *)tcp + 14) > data_end)
-		goto truncated_tcp;
+		goto tcp_cut;
 	if (tcp->doff < 5) {
-		count(slot, C_BAD_DOFF, 1);
-		goto unparsed;
+		bad = C_BAD_DOFF;
+		goto malformed;
 	}
 	if (off + tcp->doff * 4 > lim || (void *)(tcp + 1) > data_end)
-		goto truncated_tcp;
+		goto tcp_cut;
 	__u8 flags = ((__u8 *)tcp)[13];
 	if (!is_probe(flags))
 		return XDP_PASS;
@@ -841,21 +843,17 @@ raw:
 		send_raw(ctx, l3, slot, now, raw_cap);
 	return XDP_PASS;
 
-truncated_tcp:
-	count(slot, C_TRUNCATED_TCP, 1);
-	goto unparsed;
-
-truncated_ip:
-	count(slot, C_TRUNCATED_IP, 1);
-	goto unparsed;
-
-bad_version:
-	count(slot, C_BAD_VERSION, 1);
-	goto unparsed;
-
-bad_link:
-	count(slot, C_BAD_LINK, 1);
-unparsed:
+tcp_cut:
+	bad = C_TRUNCATED_TCP;
+	goto malformed;
+no_ip_header:
+	bad = C_TRUNCATED_IP;
+	goto malformed;
+bad_ip_version:
+	bad = C_BAD_VERSION;
+malformed:
+	/* Counted by its kind, and passed: the stack drops it. */
+	count(slot, bad, 1);
 	count(slot, C_PASSED_UNPARSED, 1);
 	return XDP_PASS;
 }
