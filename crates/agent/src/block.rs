@@ -179,7 +179,10 @@ impl Blocker {
         now: i64,
         protected: impl Fn(IpNet) -> bool,
     ) -> Result<(Self, Vec<Happened>)> {
-        let mut store = Store::open(&settings.store_dir())?;
+        let mut store = Store::open_for_agent(&settings.store_dir())?;
+        metrics
+            .state_unwritable
+            .store(!store.writable(), Ordering::Relaxed);
         let mut book = Book::new(settings.policy);
         // The configuration or the host's addresses may have changed while no agent ran
         // (or the file was written by hand): a saved ban on what is now protected, or a
@@ -849,26 +852,43 @@ impl Blocker {
     /// it saves would be lost at the next start. A new database is opened in its place and
     /// every ban the book holds is saved into it (as bans whose saving failed are, so that
     /// a directory that cannot be made again yet is tried again, and `/healthz` says so).
+    /// A database that could only be read at start is opened for writing the same way,
+    /// once its file system takes writes again.
     fn check_state_file(&mut self, now: i64) {
         if self.dry_run {
             return;
         }
-        let reopened = {
+        let (was_read_only, reopened) = {
             let mut h = lock(&self.hands);
-            if !h.store.detached() {
+            let read_only = !h.store.writable();
+            if !read_only && !h.store.detached() {
                 return;
             }
-            h.store.reopen()
+            (read_only, h.store.reopen())
         };
         match reopened {
             Ok(()) => {
-                tracing::error!(
-                    "the ban database was removed or replaced while the agent ran: opened a new one and saving all {} bans into it",
-                    self.book.len()
-                );
+                if was_read_only {
+                    tracing::info!(
+                        "the ban database can be written again: saving the {} bans held",
+                        self.book.len()
+                    );
+                } else {
+                    tracing::error!(
+                        "the ban database was removed or replaced while the agent ran: opened a new one and saving all {} bans into it",
+                        self.book.len()
+                    );
+                }
+                self.metrics
+                    .state_unwritable
+                    .store(false, Ordering::Relaxed);
                 let held: Vec<IpNet> = self.book.active().map(|r| r.net).collect();
                 self.keep_unsaved(held.into_iter(), now);
                 self.save_retry_at = now;
+            }
+            // Said at start, and each failed save says it again.
+            Err(e) if was_read_only => {
+                tracing::debug!("the ban database still cannot be written: {e:#}");
             }
             Err(e) => tracing::error!(
                 "the ban database was removed while the agent ran, and a new one cannot be opened: {e:#} (retried every {RETRY_SECS} s)"
@@ -1246,6 +1266,11 @@ impl Blocker {
 /// Takes `nets` out of the state file at start; a file that cannot be written (a full
 /// disk) keeps them, to be let go at the next start, and never stops blocking.
 fn forget(store: &mut Store, nets: &[IpNet], forgive: bool) {
+    // A database that could only be read keeps them: the next start leaves them out
+    // again, as this one did.
+    if !store.writable() || nets.is_empty() {
+        return;
+    }
     if let Err(e) = store.delete(nets, forgive) {
         tracing::error!("{e:#}");
     }

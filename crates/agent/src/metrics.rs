@@ -120,6 +120,9 @@ pub struct Metrics {
     /// removed from the state file (the state directory full or unwritable): retried;
     /// `/healthz` says degraded meanwhile.
     pub bans_unsaved: AtomicU64,
+    /// The ban database could only be read at start (its file system took no write):
+    /// the saved bans hold, no change is saved until it can be written.
+    pub state_unwritable: std::sync::atomic::AtomicBool,
     /// The CrowdSec Local API's counters, when the agent uses it.
     pub crowdsec: std::sync::OnceLock<Arc<crate::crowdsec::Stats>>,
 }
@@ -343,6 +346,12 @@ impl Metrics {
             Ok(why) => why.clone(),
             Err(_) => Vec::new(),
         };
+        if self.state_unwritable.load(Ordering::Relaxed) {
+            why.push(
+                "the ban database could only be read at start (its file system is full or gives I/O errors): the saved bans are enforced, but no change is saved until it can be written; retried"
+                    .to_owned(),
+            );
+        }
         let unsaved = self.bans_unsaved.load(Ordering::Relaxed);
         if unsaved > 0 {
             why.push(format!(

@@ -53,6 +53,9 @@ pub struct Store {
     /// The database file's device and inode when opened: another file at `path` (or
     /// none) means the state directory was removed or replaced behind the agent.
     file: Option<(u64, u64)>,
+    /// Whether the database was opened for writing; not when it was only read, because
+    /// its file system would take no write ([`Store::open_for_agent`]).
+    writable: bool,
 }
 
 /// What could not be read of the state: reported in `/healthz` and `/metrics`, since a
@@ -182,6 +185,7 @@ impl Store {
             offset,
             damage,
             file: None,
+            writable: true,
         };
         if let Some(why) = damaged(&store.conn) {
             store.recover(&why)?;
@@ -193,6 +197,48 @@ impl Store {
         }
         store.file = file_id(&store.path);
         Ok(store)
+    }
+
+    /// [`Store::open`] for the agent, which must enforce the saved bans even where it
+    /// cannot save: a state directory whose file system takes no write (full, or giving
+    /// I/O errors) at start is read as it is and the bans it holds are restored; changes
+    /// are not saved until [`Store::reopen`] succeeds ([`Store::writable`]). A
+    /// directory that is full could otherwise keep the agent from starting, and any
+    /// local user who can fill the file system could so turn off its protection.
+    pub fn open_for_agent(dir: &Path) -> Result<Self> {
+        match Self::open(dir) {
+            Err(e) if takes_no_write(&e) => {
+                let path = dir.join(DB_FILE);
+                let conn = read_saved(&path);
+                tracing::error!(
+                    "WARNING: {e:#}: the bans saved in it are {} and enforced, but no change to them can be saved until it can be written (tried again every few seconds)",
+                    if conn.is_some() {
+                        "read as they are"
+                    } else {
+                        "not readable either, so none are restored,"
+                    }
+                );
+                let conn = match conn {
+                    Some(conn) => conn,
+                    None => Self::tables(Path::new(":memory:"))
+                        .context("cannot set up an empty ban list in memory")?,
+                };
+                Ok(Self {
+                    conn,
+                    file: file_id(&path),
+                    path,
+                    offset: crate::clock::wall_offset,
+                    damage: Damage::default(),
+                    writable: false,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Whether changes are saved: false while the database could only be read.
+    pub fn writable(&self) -> bool {
+        self.writable
     }
 
     /// Whether the database file this store writes is no longer the one at its path:
@@ -613,6 +659,59 @@ impl Unsound {
             Unsound::Schema(_) => true,
         }
     }
+}
+
+/// Whether opening failed because the file system takes no write: full, or an I/O
+/// error (SQLite's `FULL` and `IOERR`); not a file that is damaged, busy or read-only.
+fn takes_no_write(e: &anyhow::Error) -> bool {
+    let code = match e.downcast_ref::<Unsound>() {
+        Some(Unsound::Sqlite(e)) => e.sqlite_error_code(),
+        _ => None,
+    };
+    matches!(
+        code,
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+    )
+}
+
+/// The saved database at `path` opened only to read it, with synwatch's tables; first
+/// as SQLite reads a database (its write-ahead log included), else as an immutable file
+/// (where the log's shared memory cannot be set up on a full file system). None where
+/// neither reads (no file, a damaged one, or tables of another program).
+fn read_saved(path: &Path) -> Option<Connection> {
+    use rusqlite::OpenFlags;
+    let uri: String = path
+        .to_str()?
+        .chars()
+        .map(|c| match c {
+            '%' | '?' | '#' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect();
+    let ways = [
+        (path.to_string_lossy().into_owned(), OpenFlags::empty()),
+        (
+            format!("file:{uri}?immutable=1"),
+            OpenFlags::SQLITE_OPEN_URI,
+        ),
+    ];
+    ways.into_iter().find_map(|(name, flags)| {
+        let conn = Connection::open_with_flags(
+            name,
+            flags | OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
+        let tables = [("bans", &BAN_COLUMNS[..]), ("offenders", &OFFENDER_COLUMNS)];
+        tables
+            .iter()
+            .all(|(table, columns)| {
+                // Read, not only prepared: the log is opened at the first read.
+                let read = select(columns, table, "LIMIT 1");
+                conn.query_row(&format!("SELECT count(*) FROM ({read})"), [], |_| Ok(()))
+                    .is_ok()
+            })
+            .then_some(conn)
+    })
 }
 
 /// Whether setting the tables up failed on what is in the file (`ALTER TABLE` on a

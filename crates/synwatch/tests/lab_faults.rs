@@ -12,7 +12,8 @@
 //!   restart; a SIGHUP storm: still running, bans held, new scanners caught.
 //! - the state directory full (a small tmpfs in the agent's own mount namespace): bans
 //!   go on, saving fails loudly (`/healthz` degraded) and is retried until space returns;
-//!   read-only at start: refused in one line (exit 2).
+//!   full at start: the saved bans are read and enforced, new ones saved once there is
+//!   room; read-only at start: refused in one line (exit 2).
 //! - the wall clock stepped (for the agent alone, through libfaketime from Debian's
 //!   `faketime` package): bans neither expire nor freeze, only printed times move.
 //!
@@ -1367,6 +1368,86 @@ fn a_full_state_directory_costs_saving_not_blocking() {
         "{saved}: {}",
         agent.log()
     );
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// A state directory that is already full when the agent starts (a local user who can
+/// fill the file system must not be able to turn synwatch off at its next restart): the
+/// saved bans are read and enforced, new scanners are banned, `/healthz` says degraded
+/// and why, and once there is room again everything held is saved.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_state_directory_full_at_start_still_restores_and_bans() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_synwatch");
+    // Before the agent: a ban saved by `synwatch blocks add`, then the rest filled.
+    let saved = "203.0.113.77";
+    let (state_text, wrapper) = tmpfs_state(
+        dir.path(),
+        &format!(
+            "{bin} blocks add {saved} --state-dir {{state}} >/dev/null 2>&1 && \
+             {{ dd if=/dev/zero of={{state}}/fill bs=64k 2>/dev/null; true; }} && "
+        ),
+    );
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_under(&lab, dir.path(), "fullstart", &wrapper, &args);
+    let pid = agent.pid().to_string();
+    let inside = |cmd: &[&str]| {
+        let mut args = vec!["--target", &pid, "--mount", "--"];
+        args.extend_from_slice(cmd);
+        std::process::Command::new("nsenter")
+            .args(&args)
+            .output()
+            .expect("nsenter")
+    };
+    let df = inside(&["df", "--output=avail", &state_text]);
+    assert!(
+        String::from_utf8_lossy(&df.stdout)
+            .lines()
+            .nth(1)
+            .map(str::trim)
+            == Some("0"),
+        "the state directory is not full: {df:?}"
+    );
+    assert!(
+        agent.log().contains("no change to them can be saved"),
+        "{}",
+        agent.log()
+    );
+    eventually(10, "the saved ban in the kernel", || {
+        banned_in_nftables(&lab, saved)
+    });
+    let (code, body) = lab.healthz();
+    assert!(
+        code == 200 && body.starts_with("degraded") && body.contains("could only be read"),
+        "{code} {body}"
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "a new scanner banned", || {
+        banned_in_nftables(&lab, SCANNER)
+    });
+    // Room again: the new ban is saved, and the agent is healthy.
+    let _ = inside(&["rm", &format!("{state_text}/fill")]);
+    eventually(15, "saved once there is room", || {
+        lab.healthz() == (200, "ok\n".to_owned())
+    });
+    let rows = inside(&[
+        "python3",
+        "-c",
+        "import sqlite3, sys; print(' '.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT addr FROM bans')))",
+        &format!("{state_text}/bans.db"),
+    ]);
+    let rows = String::from_utf8_lossy(&rows.stdout);
+    let rows: Vec<&str> = rows.split_whitespace().collect();
+    assert!(
+        rows.contains(&SCANNER) && rows.contains(&saved),
+        "{rows:?}: {}",
+        agent.log()
+    );
+    assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
 }
 
