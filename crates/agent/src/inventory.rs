@@ -51,7 +51,12 @@ fn feed(
 ) -> Option<u32> {
     read.packets += 1;
     match segments.decode(linktype, data, ts, wire_len) {
-        Ok(Decoded::Segment(seg)) => inventory.observe(ts, &seg),
+        Ok(Decoded::Segment(seg)) => {
+            inventory.observe(ts, &seg);
+            while let Some(seg) = segments.take_extra() {
+                inventory.observe(ts, &seg);
+            }
+        }
         Ok(Decoded::Skipped(_)) => {}
         Err(NotDecoded::Link(linktype)) => {
             read.undecodable += 1;

@@ -248,6 +248,31 @@ pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
 }
 
 /// Reads one capture handle until the agent stops, the interface goes, or reading fails.
+/// One captured packet through reassembly: its segments' observations (any further one
+/// its datagram's copies gave too, [`Reassembler::take_extra`]) into `batch`, a
+/// malformed one counted by kind.
+fn take_packet(
+    defrag: &mut Reassembler,
+    link: LinkType,
+    packet: &synwatch_capture::Packet<'_>,
+    batch: &mut Vec<Observation>,
+    metrics: &Metrics,
+) {
+    let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
+    match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
+        Ok(Decoded::Segment(seg)) => {
+            let more = std::iter::from_fn(|| defrag.take_extra());
+            for seg in std::iter::once(seg).chain(more) {
+                batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
+            }
+        }
+        Ok(Decoded::Skipped(_)) => {}
+        Err(kind) => {
+            metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn capture<F: Fn(Vec<Observation>) -> bool>(
     mut cap: LiveCapture,
     index: u32,
@@ -286,18 +311,10 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
             break End::Stopped;
         }
         // What libpcap holds of the ring, up to a full batch, in one call.
-        let room = BATCH - batch.len();
+        let room = BATCH.saturating_sub(batch.len());
         let read = cap.dispatch(room, |packet| {
-            let Some(link) = link else { return };
-            let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
-            match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
-                Ok(Decoded::Segment(seg)) => {
-                    batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
-                }
-                Ok(Decoded::Skipped(_)) => {}
-                Err(kind) => {
-                    metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(link) = link {
+                take_packet(&mut defrag, link, &packet, &mut batch, metrics);
             }
         });
         let read = match read {

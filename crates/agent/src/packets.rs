@@ -411,6 +411,13 @@ impl Segments {
         }
     }
 
+    /// A further segment the last packet decoded gave ([`Reassembler::take_extra`]:
+    /// copies of a datagram that may or may not have been started again, completing
+    /// together with different bytes). Taken after the packet's own verdict, until none.
+    pub fn take_extra(&mut self) -> Option<synwatch_decode::Segment> {
+        self.defrag.as_mut()?.take_extra()
+    }
+
     /// What fragment reassembly did so far (all zero without it).
     pub fn reassembly(&self) -> ReassemblyStats {
         self.defrag

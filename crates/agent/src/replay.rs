@@ -463,19 +463,23 @@ fn take(
         packet.ts_nanos,
         packet.orig_len,
     ) {
-        Ok(Decoded::Segment(seg)) => match seg.transport {
-            Transport::Tcp(_) => {
-                totals.tcp += 1;
-                let Some(obs) = Observation::of_segment(packet.ts_nanos, &seg) else {
-                    return ControlFlow::Continue(());
-                };
-                prep.push(batch, obs);
-                if batch.obs.len() == BATCH {
-                    return hand_over(batch, batches, spare);
-                }
+        Ok(Decoded::Segment(seg)) => {
+            match seg.transport {
+                Transport::Tcp(_) => totals.tcp += 1,
+                Transport::Udp => totals.udp += 1,
             }
-            Transport::Udp => totals.udp += 1,
-        },
+            // The packet's segment, then any other its datagram's copies gave.
+            let mut seg = Some(seg);
+            while let Some(s) = seg {
+                if let Some(obs) = Observation::of_segment(packet.ts_nanos, &s) {
+                    prep.push(batch, obs);
+                    if batch.obs.len() == BATCH {
+                        hand_over(batch, batches, spare)?;
+                    }
+                }
+                seg = prep.segments.take_extra();
+            }
+        }
         Ok(Decoded::Skipped(Skip::NotIp)) => totals.not_ip += 1,
         Ok(Decoded::Skipped(Skip::OtherProtocol)) => totals.other_protocol += 1,
         Ok(Decoded::Skipped(Skip::Fragment)) => totals.fragments += 1,
@@ -955,6 +959,52 @@ mod tests {
             Ending::OutputFailed(e) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_decoy_head_after_uncounted_junk_hides_no_syn() {
+        // For each port: the real SYN's first 16 bytes, 70 junk fragments from its source
+        // (which a kernel that does not reassemble them does not count), a decoy SYN's
+        // head to port 80 with the same IP id, the 4 bytes both share last. Such a kernel
+        // keeps the real SYN and answers it; one that counted the junk holds the decoy.
+        // Both are logged, and the real ports make a scan.
+        use synwatch_testkit::packet::{Ipv4, Tcp};
+        let (src, dst) = (
+            "198.51.100.7".parse().unwrap(),
+            "192.0.2.1".parse().unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decoy.pcap");
+        let mut w = PcapWriter::new(std::fs::File::create(&path).unwrap(), 1, false).unwrap();
+        let mut at = T0;
+        let mut put = |ip: Vec<u8>| {
+            w.write_packet(at, &ethernet(&ip)).unwrap();
+            at += SEC / 1000;
+        };
+        for (i, port) in (0u16..).zip([1001, 1002, 1003, 1004]) {
+            let real = Tcp::new(40_000, port, SYN).segment_v4(src, dst);
+            let decoy = Tcp::new(40_000, 80, SYN).segment_v4(src, dst);
+            let piece = |off, more| Ipv4::new(src, dst).id(900 + i).fragment(off, more);
+            put(piece(0, true).encode(6, &real[..16]));
+            for j in 0..70 {
+                let junk = Ipv4::new(src, dst)
+                    .id(20_000 + 100 * i + j)
+                    .fragment(0, true);
+                put(junk.encode(17, &[0; 8]));
+            }
+            put(piece(0, true).encode(6, &decoy[..16]));
+            put(piece(2, false).encode(6, &real[16..20]));
+        }
+        w.finish().unwrap();
+        let (_, lines) = run(&[path], None);
+        let mut ports = dports(&lines);
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports, ["1001", "1002", "1003", "1004", "80"], "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("scan 198.51.100.7")),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -120,6 +120,38 @@ const TRICKLE: usize = 256;
 /// What a trickle waits for company: the most an event is delayed by it.
 const COALESCE: Duration = Duration::from_millis(2);
 
+/// A packet the program handed up raw (a fragment, a long header chain), through
+/// reassembly: the observations of its segments (any further one its datagram's copies
+/// gave too, [`Reassembler::take_extra`]) go into `batch`, except SYNs that the
+/// program's table of last sightings takes for retransmissions (counted in `raw_same`):
+/// one table for the SYNs the program judged and those it could not, so the detector
+/// only ever sees the new attempts of either.
+fn take_raw(
+    (defrag, ring, clock): (&mut Reassembler, &mut Ring, &BootToUnix),
+    p: &synwatch_xdp::RawPacket,
+    batch: &mut Vec<Observation>,
+    raw_same: &mut u64,
+) -> Result<(), DecodeError> {
+    let decoded = defrag.decode_framed(LinkType::Raw, &p.bytes, p.len as usize, p.ts_boot)?;
+    let Decoded::Segment(seg) = decoded else {
+        return Ok(());
+    };
+    let more = std::iter::from_fn(|| defrag.take_extra());
+    for seg in std::iter::once(seg).chain(more) {
+        let Some(obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg) else {
+            continue;
+        };
+        if Probe::classify(obs.flags) == Some(Probe::Syn)
+            && ring.same_attempt(obs.src, obs.dst, obs.sport, obs.dport, p.ts_boot)
+        {
+            *raw_same += 1;
+            continue;
+        }
+        batch.push(obs);
+    }
+    Ok(())
+}
+
 /// Reads the ring buffer until `stop`: each event becomes an observation, sent in
 /// batches through `send_batch`; sources the program banned follow their batch through
 /// `send_bans`. `slots` are the attached interfaces' counter slots, in the order of
@@ -176,34 +208,12 @@ pub fn run(
                             banned.push((e.banned_net(), e.src));
                         }
                     }
-                    Record::Raw(p) => match defrag.decode_framed(
-                        LinkType::Raw,
-                        &p.bytes,
-                        p.len as usize,
-                        p.ts_boot,
-                    ) {
-                        Ok(Decoded::Segment(seg)) => {
-                            let Some(obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg)
-                            else {
-                                continue;
-                            };
-                            // One table of last sightings for the SYNs the program judged
-                            // and those it could not: the detector only ever sees the
-                            // new attempts of either.
-                            if Probe::classify(obs.flags) == Some(Probe::Syn)
-                                && ring
-                                    .same_attempt(obs.src, obs.dst, obs.sport, obs.dport, p.ts_boot)
-                            {
-                                raw_same += 1;
-                                continue;
-                            }
-                            batch.push(obs);
-                        }
-                        Ok(Decoded::Skipped(_)) => {}
-                        Err(kind) => {
+                    Record::Raw(p) => {
+                        let raw = (&mut defrag, &mut ring, &clock);
+                        if let Err(kind) = take_raw(raw, p, &mut batch, &mut raw_same) {
                             metrics.decode_errors[kind.index()].fetch_add(1, Ordering::Relaxed);
                         }
-                    },
+                    }
                 }
             }
             let trickle = events.len() < TRICKLE;

@@ -89,8 +89,8 @@ use std::net::IpAddr;
 use smallvec::SmallVec;
 
 use crate::{
-    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Segment, Skip, TcpFlags,
-    Transport, Walk, parse, transport, walk_ipv6,
+    DecodeError, Decoded, Fragment, LinkType, PROTO_TCP, PROTO_UDP, Segment, Skip, Walk, parse,
+    transport, walk_ipv6,
 };
 
 /// The most runs one datagram may hold: every run holds at least 8 bytes but the last,
@@ -115,6 +115,9 @@ const IP_MAX: u32 = 65535;
 pub const CHAIN_CAP: u32 = 9216;
 const PROTO_ICMPV6: u8 = 58;
 const NIL: u32 = u32::MAX;
+/// Copies of one datagram followed beside it, each as it was before one time
+/// `ipfrag_max_dist` started it again ([`Reassembler::restart`]).
+const MAX_SHADOWS: u8 = 8;
 
 /// How much a [`Reassembler`] may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +202,12 @@ pub struct Reassembler {
     /// Datagrams held as shadows ([`Reassembler::restart`]): while there are none, a
     /// fragment does not look for one (a spoofed flood of first fragments has none).
     shadows: usize,
+    /// Segments a fragment gave beyond the one returned (where a datagram and its
+    /// shadows decide differently on it): [`Reassembler::take_extra`].
+    extra: Vec<Segment>,
+    /// State of the generator that picks which copy of a datagram goes when all of
+    /// [`MAX_SHADOWS`] are held (seeded at random).
+    pick: u64,
     stats: ReassemblyStats,
     /// Bytes of the packet being decoded that the frame held beyond those captured
     /// (a snap length, or the XDP program's copy of a fragment's head), where known
@@ -224,9 +233,10 @@ struct Key {
     id: u32,
     /// The IPv4 protocol; 0 for IPv6, whose key has none.
     proto: u8,
-    /// The datagram as it was before `ipfrag_max_dist` started it again, followed beside
-    /// it (see [`Reassembler::restart`]).
-    shadow: bool,
+    /// 0 for the datagram; 1 to [`MAX_SHADOWS`] for a copy of it as it was before
+    /// `ipfrag_max_dist` started it again, followed beside it (see
+    /// [`Reassembler::restart`]).
+    shadow: u8,
 }
 
 #[derive(Debug)]
@@ -398,14 +408,9 @@ impl Datagram {
     }
 }
 
-/// Whether `s` is what the detector takes for a connection attempt or a probe: a TCP
-/// segment with SYN and no ACK, or with none of SYN, ACK and RST.
-fn is_probe(s: &Segment) -> bool {
-    match s.transport {
-        Transport::Tcp(flags) if flags.has(TcpFlags::SYN) => !flags.has(TcpFlags::ACK),
-        Transport::Tcp(flags) => !flags.has(TcpFlags::ACK) && !flags.has(TcpFlags::RST),
-        Transport::Udp => false,
-    }
+/// Whether two segments are the same packet to the detector (their lengths aside).
+fn same_segment(a: &Segment, b: &Segment) -> bool {
+    (a.src, a.dst, a.sport, a.dport, a.transport) == (b.src, b.dst, b.sport, b.dport, b.transport)
 }
 
 /// What a fragment says of its datagram's upper layer.
@@ -506,6 +511,11 @@ impl Reassembler {
             runs: 0,
             peers: HashMap::default(),
             shadows: 0,
+            extra: Vec::new(),
+            pick: {
+                use std::hash::BuildHasher as _;
+                foldhash::fast::RandomState::default().hash_one(0x5eed_u64) | 1
+            },
             stats: ReassemblyStats::default(),
             uncaptured: None,
             limits,
@@ -533,7 +543,17 @@ impl Reassembler {
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
         self.uncaptured = None;
+        self.extra.clear();
         parse(link, data, |at| self.fragment(&at.read(), now_ns))
+    }
+
+    /// A further segment the last packet decoded gave, if any: where a datagram that
+    /// `ipfrag_max_dist` may or may not have started again is followed both ways and
+    /// both copies complete on one fragment with different bytes, each is a segment
+    /// (the kernel took one of them). The caller takes these after the packet's own
+    /// verdict, until none is left; the next packet decoded clears any not taken.
+    pub fn take_extra(&mut self) -> Option<Segment> {
+        self.extra.pop()
     }
 
     /// [`Reassembler::decode`] of a packet that was `wire_len` bytes long as received
@@ -552,6 +572,7 @@ impl Reassembler {
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
         self.uncaptured = Some(wire_len.saturating_sub(data.len()));
+        self.extra.clear();
         parse(link, data, |at| self.fragment(&at.read(), now_ns))
     }
 
@@ -598,7 +619,12 @@ impl Reassembler {
     #[cfg(test)]
     fn runs_agree(&self) -> bool {
         let held: usize = self.slots.iter().flatten().map(|d| d.runs.len()).sum();
-        let shadows = self.slots.iter().flatten().filter(|d| d.key.shadow).count();
+        let shadows = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|d| d.key.shadow != 0)
+            .count();
         held == self.runs && shadows == self.shadows
     }
 
@@ -672,35 +698,16 @@ impl Reassembler {
             dst: f.dst,
             id: f.id,
             proto: if f.v6 { 0 } else { f.next },
-            shadow: false,
+            shadow: 0,
         };
         let Some(index) = self.datagram_for(key, f, (start, end), rid, now_ns) else {
             return self.dropped();
         };
-        // The shadow takes every fragment the datagram takes; a verdict from either
-        // counts. Where both decide on this fragment, a connection attempt or probe
-        // first (the two can hold different bytes for the same range), then the
-        // datagram's.
-        let shadow = Key {
-            shadow: true,
-            ..key
-        };
-        let shadow_said = if self.shadows > 0 {
-            self.queue_shadow(shadow, index, f, (start, end), upper)
-        } else {
-            None
-        };
-        match (self.queue(index, f, start, end, upper), shadow_said) {
-            (Ok(Decoded::Segment(main)), Some(Ok(Decoded::Segment(shadow))))
-                if is_probe(&shadow) && !is_probe(&main) =>
-            {
-                Ok(Decoded::Segment(shadow))
-            }
-            (Ok(Decoded::Segment(s)), _) | (_, Some(Ok(Decoded::Segment(s)))) => {
-                Ok(Decoded::Segment(s))
-            }
-            (said, _) => said,
+        let said = self.queue(index, f, start, end, upper);
+        if self.shadows == 0 {
+            return said;
         }
+        self.queue_shadows(key, index, f, (start, end), upper, said)
     }
 
     /// The held datagram `key` that fragment `f` (bytes `start..end`) joins: the one held,
@@ -745,23 +752,54 @@ impl Reassembler {
         })
     }
 
-    /// The fragment `f` (bytes `start..end`) for the shadow `shadow` of datagram `index`
-    /// too, if one is held: what it says. Apart, so that the common case (no shadow held)
+    /// The fragment `f` (bytes `start..end`) for the shadows of datagram `index` (under
+    /// `key`) too, where any are held; `said` is what the datagram made of it. The
+    /// shadows take every fragment the datagram takes, and a verdict from any counts:
+    /// the first segment is returned, any other segment (the copies can hold different
+    /// bytes for the same range, and the kernel took one of them) is kept for
+    /// [`Reassembler::take_extra`]. Apart, so that the common case (no shadow held)
     /// keeps its one queue inline.
     #[cold]
     #[inline(never)]
-    fn queue_shadow(
+    fn queue_shadows(
         &mut self,
-        shadow: Key,
+        key: Key,
         index: u32,
         f: &Fragment<'_>,
         (start, end): (u32, u32),
         upper: Upper,
-    ) -> Option<Result<Decoded, DecodeError>> {
-        match self.index.get(&shadow).copied() {
-            Some(held) if held != index => Some(self.queue(held, f, start, end, upper)),
-            _ => None,
+        mut said: Result<Decoded, DecodeError>,
+    ) -> Result<Decoded, DecodeError> {
+        for depth in 1..=MAX_SHADOWS {
+            let Some(held) = self
+                .index
+                .get(&Key {
+                    shadow: depth,
+                    ..key
+                })
+                .copied()
+            else {
+                continue;
+            };
+            if held == index {
+                continue;
+            }
+            let got = self.queue(held, f, start, end, upper);
+            said = match (said, got) {
+                (Ok(Decoded::Segment(first)), Ok(Decoded::Segment(other))) => {
+                    let known = |s: &Segment| same_segment(s, &other);
+                    if !known(&first) && !self.extra.iter().any(known) {
+                        self.extra.push(other);
+                    }
+                    Ok(Decoded::Segment(first))
+                }
+                (Ok(Decoded::Segment(s)), _) | (_, Ok(Decoded::Segment(s))) => {
+                    Ok(Decoded::Segment(s))
+                }
+                (said, _) => said,
+            };
         }
+        said
     }
 
     /// A held datagram (`index`, under `key`) gets a fragment more than `max_dist` of its
@@ -770,23 +808,59 @@ impl Reassembler {
     /// tracking; never a frame for another MAC address), which cannot be told apart
     /// here: so the datagram as it was goes on beside the new one as its shadow, taking
     /// the same fragments, and whether the kernel started it again or not, its SYN is
-    /// seen. A shadow already held (from an earlier restart) is kept: the datagram since
-    /// its first fragment; the one that just ended is dropped.
+    /// seen. After several restarts the kernel holds the datagram as it was since any
+    /// one of them (the last one it counted), so a shadow is kept for each, up to
+    /// [`MAX_SHADOWS`]. With all of them held, one of the copies (the one that just
+    /// ended included) goes, picked at random: a fixed choice would let a sender who
+    /// knows it arrange its rounds of junk so that the copy the kernel holds is always
+    /// the one dropped.
     fn restart(&mut self, index: u32, key: Key) {
+        let free = (1..=MAX_SHADOWS).find(|&depth| {
+            !self.index.contains_key(&Key {
+                shadow: depth,
+                ..key
+            })
+        });
+        let depth = match free {
+            Some(depth) => depth,
+            None => {
+                let pick = self.pick_below(u64::from(MAX_SHADOWS) + 1) as u8;
+                let goes = Key {
+                    shadow: pick,
+                    ..key
+                };
+                match self.index.get(&goes).copied() {
+                    Some(victim) if pick != 0 => {
+                        self.remove(victim);
+                        pick
+                    }
+                    _ => {
+                        self.remove(index);
+                        return;
+                    }
+                }
+            }
+        };
+        self.index.remove(&key);
         let shadow = Key {
-            shadow: true,
+            shadow: depth,
             ..key
         };
-        if self.index.contains_key(&shadow) {
-            self.remove(index);
-            return;
-        }
-        self.index.remove(&key);
         self.index.insert(shadow, index);
         self.shadows += 1;
         if let Some(d) = self.slot_mut(index) {
             d.key = shadow;
         }
+    }
+
+    /// A number below `n` (xorshift64*; its state seeded at random).
+    fn pick_below(&mut self, n: u64) -> u64 {
+        let mut x = self.pick;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.pick = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) % n
     }
 
     /// What a fragment of datagram `index`, `captured` bytes from `start` on, tells of
@@ -1087,7 +1161,7 @@ impl Reassembler {
             None => self.newest[family] = d.older,
         }
         self.index.remove(&d.key);
-        if d.key.shadow {
+        if d.key.shadow != 0 {
             self.shadows -= 1;
         }
         self.bytes -= d.meat as usize;

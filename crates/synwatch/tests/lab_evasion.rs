@@ -267,6 +267,90 @@ fn junk_the_kernel_throws_away_hides_no_syn_from_xdp() {
     junk_thrown_away_by_the_kernel_hides_no_syn("xdp");
 }
 
+/// Junk the kernel does not count toward `ipfrag_max_dist` (fragments in frames for
+/// another MAC address, which it drops on arrival) and junk it does (fragments of another
+/// protocol to this host), between the 16-byte heads of TCP headers sharing one IP id
+/// and their common 4-byte tail. Ports 1001 and 1002: the real SYN's head, uncounted
+/// junk, a decoy SYN's head to port 80 (a duplicate to the kernel, a restart to a reader
+/// that counted the junk), the tail. Ports 1003 and 1004: a junk ACK's head, counted
+/// junk (the kernel starts the datagram again), the real SYN's head, uncounted junk, the
+/// tail. Linux answers every real SYN; synwatch must see each one, whichever junk the
+/// kernel counted.
+fn uncounted_junk_between_heads_hides_no_syn(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = agent(&lab, dir.path(), source);
+    let file = dir.path().join("answers.pcap");
+    let answers = Recording::start(&lab, &file);
+    lab.scapy(
+        &format!(
+            r#"src, dst = '{SCANNER}', '{VICTIM}'
+frames = []
+def tcp(port, flags):
+    return raw(IP(src=src, dst=dst, proto=6) / TCP(sport=45005, dport=port, flags=flags, seq=7))[20:]
+def piece(ident, off8, more, data, to=None):
+    frames.append(Ether(dst=to or mac) / IP(src=src, dst=dst, id=ident, proto=6, frag=off8, flags='MF' if more else 0) / Raw(data))
+def junk(n, counted):
+    for j in range(n):
+        junk.id += 1
+        if counted:
+            frames.append(Ether(dst=mac) / IP(src=src, dst=dst, id=junk.id, proto=17, flags='MF') / Raw(b'\0' * 8))
+        else:
+            frames.append(Ether(dst='02:00:00:00:00:99') / IP(src=src, dst=dst, id=junk.id, proto=17, flags='MF') / Raw(b'\0' * 8))
+junk.id = 30000
+for i, port in enumerate([1001, 1002]):
+    real = tcp(port, 'S')
+    piece(900 + i, 0, True, real[:16])
+    junk(70, False)
+    piece(900 + i, 0, True, tcp(80, 'S')[:16])
+    piece(900 + i, 2, False, real[16:])
+for i, port in enumerate([1003, 1004]):
+    real = tcp(port, 'S')
+    piece(910 + i, 0, True, tcp(port, 'A')[:16])
+    junk(70, True)
+    piece(910 + i, 0, True, real[:16])
+    junk(70, False)
+    piece(910 + i, 2, False, real[16:])
+sendp(frames, iface=iface)
+"#
+        ),
+    );
+    let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER));
+    answers.stop();
+    let text = captured(
+        &file,
+        &["tcp and src host", VICTIM, "and dst host", SCANNER],
+    );
+    // The kernel took the real SYNs (the first three at least: the fourth may meet the
+    // ban), and synwatch saw each of those.
+    for port in [1001, 1002, 1003] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("{VICTIM}.{port} >"))),
+            "Linux should have answered the SYN to port {port}: {text}"
+        );
+        assert!(
+            agent
+                .events()
+                .iter()
+                .any(|e| is(e, "connection", SCANNER) && e["dport"] == port),
+            "no connection event for port {port}; scan {scan}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn uncounted_junk_between_heads_hides_no_syn_from_libpcap() {
+    uncounted_junk_between_heads_hides_no_syn("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn uncounted_junk_between_heads_hides_no_syn_from_xdp() {
+    uncounted_junk_between_heads_hides_no_syn("xdp");
+}
+
 /// SYNs to `ports` from SCANNER6, each behind `headers` Destination Options headers,
 /// sent at the Ethernet layer.
 fn syns_behind_destination_options(lab: &Lab, headers: usize, ports: &[u16]) {

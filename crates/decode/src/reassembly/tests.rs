@@ -93,6 +93,7 @@ fn feed(r: &mut Reassembler, link: LinkType, packets: &[Vec<u8>], now: u64) -> V
             Ok(Decoded::Skipped(Skip::Fragment)) => {}
             other => panic!("unexpected {other:?}"),
         }
+        out.extend(std::iter::from_fn(|| r.take_extra()));
     }
     out
 }
@@ -1028,30 +1029,137 @@ fn a_datagram_started_again_is_followed_as_it_was_too() {
     );
 }
 
+/// A TCP header to `dport` with `flags`, from [`tcp_syn`]'s source port.
+fn tcp_to(dport: u16, flags: u8) -> Vec<u8> {
+    let mut tcp = tcp_syn(0, 0);
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[13] = flags;
+    tcp
+}
+
+/// Heads of 16 bytes for IP id 36 (in order), each followed by 70 junk fragments from
+/// the same source, then the 4 bytes all the heads share last (port, flags and the rest
+/// differ in the first 16): after each round of junk the kernel may or may not have
+/// started the datagram again, depending on whether it counted that junk, so it holds
+/// the datagram as it was since any one head (or since the last junk: the tail alone).
+/// Every segment the pieces give.
+fn heads_between_junk(heads: &[Vec<u8>]) -> (Vec<Segment>, Reassembler) {
+    let mut packets = Vec::new();
+    for (round, head) in heads.iter().enumerate() {
+        packets.push(v4_frag(36, 6, 0, true, &head[..16]));
+        for id in 0..70u16 {
+            packets.push(v4_frag(4000 + 100 * round as u16 + id, 1, 0, true, &[0; 8]));
+        }
+    }
+    packets.push(v4_frag(36, 6, 16, false, &heads[0][16..20]));
+    let mut r = Reassembler::default();
+    let got = tcp_segments(&mut r, &packets);
+    assert!(r.runs_agree());
+    (got, r)
+}
+
+/// The TCP segments raw IP `packets` give through `r`, those [`Reassembler::take_extra`]
+/// gives included (other verdicts ignored).
+fn tcp_segments(r: &mut Reassembler, packets: &[Vec<u8>]) -> Vec<Segment> {
+    let mut out = Vec::new();
+    for p in packets {
+        if let Ok(Decoded::Segment(s)) = r.decode(LinkType::Raw, p, 0) {
+            out.push(s);
+        }
+        out.extend(std::iter::from_fn(|| r.take_extra()));
+    }
+    out.retain(|s| matches!(s.transport, Transport::Tcp(_)));
+    out
+}
+
 #[test]
-fn where_a_datagram_and_its_shadow_decide_together_the_attempt_is_taken() {
+fn where_a_datagram_and_its_shadow_decide_together_each_gives_its_segment() {
     // A real SYN's first 16 bytes, 70 junk fragments from its source, then a junk
     // ACK's first 16 bytes with the same IP id (restarting the datagram) and the last
     // 4 bytes they share. A kernel that did not count the junk keeps the SYN's bytes and
-    // answers it; one that did holds the ACK. Both decide on the last piece: the SYN
-    // (which the shadow holds) is what is seen, not the ACK.
-    let syn = tcp_syn(0, 0);
-    let ack = tcp_ack();
-    let mut packets = vec![v4_frag(36, 6, 0, true, &syn[..16])];
-    for id in 0..70u16 {
-        packets.push(v4_frag(4000 + id, 1, 0, true, &[0; 8]));
+    // answers it; one that did holds the ACK. Both decide on the last piece: both are
+    // seen.
+    let (got, _) = heads_between_junk(&[tcp_syn(0, 0), tcp_ack()]);
+    let mut flags = flags_of(&got);
+    flags.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(
+        flags,
+        [
+            Transport::Tcp(TcpFlags(TcpFlags::ACK)),
+            Transport::Tcp(TcpFlags(TcpFlags::SYN))
+        ]
+    );
+    // The same with two SYNs to different ports: the real one (the kernel ignores the
+    // second head as a duplicate when it did not count the junk) is not hidden behind a
+    // decoy to port 80; and the other way round, a decoy first and the real SYN after
+    // junk the kernel did count.
+    for heads in [
+        [tcp_to(22, TcpFlags::SYN), tcp_to(80, TcpFlags::SYN)],
+        [tcp_to(80, TcpFlags::SYN), tcp_to(22, TcpFlags::SYN)],
+    ] {
+        let (got, _) = heads_between_junk(&heads);
+        let mut ports: Vec<u16> = got.iter().map(|s| s.dport).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, [22, 80], "{got:?}");
     }
-    packets.push(v4_frag(36, 6, 0, true, &ack[..16]));
-    packets.push(v4_frag(36, 6, 16, false, &syn[16..20]));
+}
+
+#[test]
+fn every_restart_point_is_followed_up_to_the_shadows_kept() {
+    // A junk ACK's head, junk, the real SYN's head, junk, the tail. A kernel that
+    // counted the first round of junk but not the second holds the SYN: the copy since
+    // the first restart, which one shadow alone did not keep.
+    let (got, _) = heads_between_junk(&[tcp_ack(), tcp_syn(0, 0), tcp_ack()]);
+    assert!(
+        got.iter()
+            .any(|s| s.transport == Transport::Tcp(TcpFlags(TcpFlags::SYN))),
+        "{got:?}"
+    );
+    // With the real SYN at each place among as many heads as shadows are kept (one
+    // more restart comes before the tail), it is seen.
+    let n = usize::from(MAX_SHADOWS);
+    for real in 0..n {
+        let heads: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                tcp_to(
+                    1000 + i as u16,
+                    if i == real {
+                        TcpFlags::SYN
+                    } else {
+                        TcpFlags::ACK
+                    },
+                )
+            })
+            .collect();
+        let (got, r) = heads_between_junk(&heads);
+        assert!(
+            got.iter().any(|s| s.dport == 1000 + real as u16
+                && s.transport == Transport::Tcp(TcpFlags(TcpFlags::SYN))),
+            "{real}: {got:?}"
+        );
+        // The copies that completed are gone; the one holding the tail alone is not.
+        assert_eq!(r.stats().datagrams_in_use, 1, "copies freed once done");
+    }
+    // More rounds than copies: at most MAX_SHADOWS copies are held beside the datagram,
+    // and what is held still adds up.
+    let heads: Vec<Vec<u8>> = (0..40).map(|i| tcp_to(2000 + i, TcpFlags::ACK)).collect();
+    let mut packets = Vec::new();
+    for (round, head) in heads.iter().enumerate() {
+        packets.push(v4_frag(37, 6, 0, true, &head[..16]));
+        for id in 0..70u16 {
+            packets.push(v4_frag(
+                10_000 + 100 * round as u16 + id,
+                1,
+                0,
+                true,
+                &[0; 8],
+            ));
+        }
+    }
     let mut r = Reassembler::default();
-    let got: Vec<Transport> = packets
-        .iter()
-        .filter_map(|p| match r.decode(LinkType::Raw, p, 0) {
-            Ok(Decoded::Segment(s)) => Some(s.transport),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(got, [Transport::Tcp(TcpFlags(TcpFlags::SYN))]);
+    assert!(tcp_segments(&mut r, &packets).is_empty());
+    assert!(r.runs_agree());
+    assert_eq!(r.shadows, usize::from(MAX_SHADOWS));
 }
 
 #[test]
