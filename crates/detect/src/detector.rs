@@ -836,10 +836,19 @@ pub const LINK_LOCAL: Ipv6Net =
         Err(_) => unreachable!(),
     };
 
+/// IPv6 loopback: its /64 (`::/64`, which holds the IPv4-compatible and -mapped forms
+/// too) counts per address even where the host's own addresses are not known (replay
+/// without `--local`), so that a scan lumped from `::a.b.c.d` sources never crosses on a
+/// forged `::1`, which is never banned.
+const LOOPBACK6: Ipv6Net = match Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128) {
+    Ok(n) => n,
+    Err(_) => unreachable!(),
+};
+
 /// The IPv6 networks whose sources count per address although `cfg.ipv6_prefix` is
 /// shorter: those at that length that hold a local, neighbour or allowlisted address
-/// (an `--allow` range narrower than the prefix) or a NAT64 prefix, and the local ranges,
-/// NAT64 prefixes and the link-local range wider than it. The XDP program is given the
+/// (an `--allow` range narrower than the prefix), a NAT64 prefix or the loopback
+/// address, and the local ranges, NAT64 prefixes and the link-local range wider than it. The XDP program is given the
 /// same list.
 pub fn per_address_prefixes(cfg: &Config) -> AddrSet {
     let mut shared = AddrSet::new();
@@ -859,7 +868,7 @@ pub fn per_address_prefixes(cfg: &Config) -> AddrSet {
         .chain(cfg.neighbours.iter())
         .chain(allowed)
         .chain(nat64)
-        .chain([IpNet::V6(LINK_LOCAL)])
+        .chain([IpNet::V6(LINK_LOCAL), IpNet::V6(LOOPBACK6)])
     {
         if let IpNet::V6(n) = net {
             let wide = if n.prefix_len() >= cfg.ipv6_prefix {

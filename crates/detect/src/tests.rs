@@ -1755,6 +1755,23 @@ fn link_local_sources_count_per_address_even_with_no_local_address_known() {
 }
 
 #[test]
+fn sources_beside_loopback_count_per_address_even_with_no_local_address_known() {
+    // IPv4-compatible sources ::0.0.0.5 to ::0.0.0.7 reach three ports between them, and
+    // a forged ::1 the fourth: lumped as ::/64 that was a scan whose crossing source
+    // (::1) is never banned. Per address it is none.
+    let mut det = Detector::new(Config::default());
+    let stream: Vec<Observation> = ["::5", "::6", "::7", "::1"]
+        .iter()
+        .zip(1u16..)
+        .map(|(src, port)| syn(i64::from(port) * SEC, src, port))
+        .collect();
+    assert_eq!(run(&mut det, &stream).0, vec![]);
+    assert_eq!(det.source_of(ip("::5")), (ip("::5"), None));
+    // Other prefixes still count together.
+    assert!(det.source_of(ip("1::1")).1.is_some());
+}
+
+#[test]
 fn scans_from_addresses_that_are_never_a_source_are_reported_as_never_to_be_blocked() {
     // Forged: the kernel answers nothing from these. Reported, and marked as the agent
     // treats them (never banned), in replay too.

@@ -96,8 +96,8 @@ pub struct DetectArgs {
 
     /// IPv6 sources are counted, and banned, per /N (48 to 128; 128 counts each address);
     /// a network holding this host's, its router's or an --allow address counts per
-    /// address, and so do NAT64's 64:ff9b::/96 and 64:ff9b:1::/48 and link-local fe80::/10
-    /// [default: 64]
+    /// address, and so do NAT64's 64:ff9b::/96 and 64:ff9b:1::/48, link-local fe80::/10
+    /// and ::/64 (the loopback's) [default: 64]
     #[arg(long, env = "SYNWATCH_IPV6_PREFIX", value_name = "N")]
     pub ipv6_prefix: Option<String>,
 
