@@ -174,15 +174,16 @@ pub fn bind(state_dir: &Path) -> Result<UnixListener> {
 /// within a second, and the socket bound again where it was (the directory made again),
 /// so that `synwatch blocks` reaches the agent again.
 pub fn serve<M: Send + 'static>(
-    listener: UnixListener,
+    listener: Option<UnixListener>,
     state_dir: PathBuf,
     calls: mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
     stop: Arc<AtomicBool>,
 ) -> Result<thread::JoinHandle<()>> {
-    listener
-        .set_nonblocking(true)
-        .context("cannot set up the control socket")?;
+    if let Some(l) = &listener {
+        l.set_nonblocking(true)
+            .context("cannot set up the control socket")?;
+    }
     thread::Builder::new()
         .name("control".into())
         .spawn(move || serve_rebinding(listener, &state_dir, &calls, wrap, &stop))
@@ -190,9 +191,10 @@ pub fn serve<M: Send + 'static>(
 }
 
 /// The control thread: serves `listener` until `stop`, binding the socket again whenever
-/// its file is not the one this thread bound (looked at every [`LOOK_EVERY`]).
+/// its file is not the one this thread bound (looked at every [`LOOK_EVERY`]); with no
+/// listener (the state directory had no room for it at start), binding it first.
 fn serve_rebinding<M: Send + 'static>(
-    listener: UnixListener,
+    listener: Option<UnixListener>,
     state_dir: &Path,
     calls: &mpsc::SyncSender<M>,
     wrap: fn(Call) -> M,
@@ -202,8 +204,9 @@ fn serve_rebinding<M: Send + 'static>(
     let accept = |l: &UnixListener| l.accept().map(|(stream, _)| stream);
     let path = socket_path(state_dir);
     // The socket file this thread bound, told by its device and inode.
-    let mut bound = crate::state::file_id(&path);
-    let (mut listener, mut trouble) = (Some(listener), None);
+    let mut bound = listener.as_ref().and(crate::state::file_id(&path));
+    let mut trouble = None;
+    let mut listener = listener;
     while !stop.load(Ordering::Relaxed) {
         if let Some(l) = &listener {
             let looked = std::cell::Cell::new(monotonic());
@@ -234,7 +237,7 @@ fn serve_rebinding<M: Send + 'static>(
         match rebind(state_dir) {
             Ok(l) => {
                 tracing::warn!(
-                    "the control socket {} was removed: bound it again",
+                    "the control socket {} was missing: bound it",
                     path.display()
                 );
                 (listener, bound, trouble) = (Some(l), crate::state::file_id(&path), None);
@@ -243,7 +246,7 @@ fn serve_rebinding<M: Send + 'static>(
                 let why = format!("{e:#}");
                 if trouble.as_ref() != Some(&why) {
                     tracing::error!(
-                        "the control socket was removed and cannot be bound again: {why} (retried every second)"
+                        "the control socket is missing and cannot be bound: {why} (retried every second)"
                     );
                 }
                 trouble = Some(why);
@@ -384,7 +387,7 @@ mod tests {
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
         let stop = Arc::new(AtomicBool::new(false));
         let dir_path = dir.path().to_owned();
-        let server = serve(listener, dir_path, tx, |c| c, Arc::clone(&stop)).unwrap();
+        let server = serve(Some(listener), dir_path, tx, |c| c, Arc::clone(&stop)).unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
             assert_eq!(call.request, Request::Flush);
@@ -425,7 +428,7 @@ mod tests {
         let listener = bind(&dir).unwrap();
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
         let stop = Arc::new(AtomicBool::new(false));
-        let server = serve(listener, dir.clone(), tx, |c| c, Arc::clone(&stop)).unwrap();
+        let server = serve(Some(listener), dir.clone(), tx, |c| c, Arc::clone(&stop)).unwrap();
         let pipeline = thread::spawn(move || {
             while let Ok(call) = rx.recv() {
                 let _ = call.reply.send(Reply {
@@ -496,7 +499,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = bind(dir.path()).unwrap();
         let (tx, rx) = mpsc::sync_channel::<Call>(4);
-        serve(listener, dir.path().to_owned(), tx, |c| c, Arc::default()).unwrap();
+        serve(
+            Some(listener),
+            dir.path().to_owned(),
+            tx,
+            |c| c,
+            Arc::default(),
+        )
+        .unwrap();
         let pipeline = thread::spawn(move || {
             let call = rx.recv().unwrap();
             call.reply.send(Reply::ok("nftables")).unwrap();

@@ -207,20 +207,23 @@ impl Store {
     /// local user who can fill the file system could so turn off its protection.
     pub fn open_for_agent(dir: &Path) -> Result<Self> {
         match Self::open(dir) {
-            Err(e) if takes_no_write(&e) => {
+            Err(e) if takes_no_write(&e, dir) => {
                 let path = dir.join(DB_FILE);
                 let conn = read_saved(&path);
-                tracing::error!(
-                    "WARNING: {e:#}: the bans saved in it are {} and enforced, but no change to them can be saved until it can be written (tried again every few seconds)",
-                    if conn.is_some() {
-                        "read as they are"
-                    } else {
-                        "not readable either, so none are restored,"
-                    }
-                );
+                if conn.is_some() {
+                    tracing::error!(
+                        "WARNING: {e:#}: the bans saved in it are read as they are and enforced, but no change to them is saved until it can be written (tried again every 5 s)"
+                    );
+                } else {
+                    tracing::error!(
+                        "WARNING: {e:#}: no saved ban can be read from it, so none is restored; new bans are enforced, but not saved until it can be written (tried again every 5 s)"
+                    );
+                }
                 let conn = match conn {
                     Some(conn) => conn,
+                    // Read-only as the file would be: what is not saved is retried.
                     None => Self::tables(Path::new(":memory:"))
+                        .and_then(|c| c.execute_batch("PRAGMA query_only = 1").map(|()| c))
                         .context("cannot set up an empty ban list in memory")?,
                 };
                 Ok(Self {
@@ -661,16 +664,50 @@ impl Unsound {
     }
 }
 
-/// Whether opening failed because the file system takes no write: full, or an I/O
-/// error (SQLite's `FULL` and `IOERR`); not a file that is damaged, busy or read-only.
-fn takes_no_write(e: &anyhow::Error) -> bool {
+/// Whether opening the database in `dir` failed because its file system takes no write:
+/// no room (blocks or inodes), or an I/O error (SQLite's `FULL` and `IOERR`, or a file
+/// that cannot be made where the directory has no room); not a file that is damaged,
+/// busy, read-only or not ours to open.
+fn takes_no_write(e: &anyhow::Error, dir: &Path) -> bool {
+    if no_room(e) {
+        return true;
+    }
     let code = match e.downcast_ref::<Unsound>() {
         Some(Unsound::Sqlite(e)) => e.sqlite_error_code(),
         _ => None,
     };
+    match code {
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure) => true,
+        Some(rusqlite::ErrorCode::CannotOpen) => {
+            let probe = dir.join(".synwatch-room");
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    false
+                }
+                Err(e) => is_no_room(&e),
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` (or an error under it) says a file system has no room left: blocks or
+/// inodes (`ENOSPC`), or the quota (`EDQUOT`).
+pub fn no_room(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(is_no_room)
+}
+
+fn is_no_room(e: &std::io::Error) -> bool {
     matches!(
-        code,
-        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
     )
 }
 

@@ -12,8 +12,9 @@
 //!   restart; a SIGHUP storm: still running, bans held, new scanners caught.
 //! - the state directory full (a small tmpfs in the agent's own mount namespace): bans
 //!   go on, saving fails loudly (`/healthz` degraded) and is retried until space returns;
-//!   full at start: the saved bans are read and enforced, new ones saved once there is
-//!   room; read-only at start: refused in one line (exit 2).
+//!   full at start (no block or no inode left): the saved bans are read and enforced,
+//!   the control socket bound and new bans saved once there is room; read-only at start:
+//!   refused in one line (exit 2).
 //! - the wall clock stepped (for the agent alone, through libfaketime from Debian's
 //!   `faketime` package): bans neither expire nor freeze, only printed times move.
 //!
@@ -1413,7 +1414,7 @@ fn a_state_directory_full_at_start_still_restores_and_bans() {
         "the state directory is not full: {df:?}"
     );
     assert!(
-        agent.log().contains("no change to them can be saved"),
+        agent.log().contains("no change to them is saved"),
         "{}",
         agent.log()
     );
@@ -1447,6 +1448,82 @@ fn a_state_directory_full_at_start_still_restores_and_bans() {
         "{rows:?}: {}",
         agent.log()
     );
+    assert!(agent.running(), "{}", agent.log());
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// A state directory whose file system has no inode left when the agent starts: neither
+/// the database nor the control socket can be made. The agent still runs and bans, says
+/// why in `/healthz`, and once there is room binds its socket (`synwatch blocks`
+/// reaches it) and saves what it holds.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_state_directory_without_inodes_at_start_still_bans() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    let state_text = state.to_str().expect("utf-8 path").to_owned();
+    // tmpfs counts its root directory: two inodes leave room for one file, taken.
+    let mount = format!(
+        "mount -t tmpfs -o size=2m,nr_inodes=2,mode=0700 synwatch-test {state_text} && \
+         touch {state_text}/taken && exec \"$0\" \"$@\""
+    );
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &mount,
+    ];
+    let args = state_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut agent = Agent::start_under(&lab, dir.path(), "noinodes", &wrapper, &args);
+    let pid = agent.pid().to_string();
+    let inside = |cmd: &[&str]| {
+        let mut args = vec!["--target", &pid, "--mount", "--"];
+        args.extend_from_slice(cmd);
+        std::process::Command::new("nsenter")
+            .args(&args)
+            .output()
+            .expect("nsenter")
+    };
+    let blocks_list = || {
+        let out = inside(&[
+            env!("CARGO_BIN_EXE_synwatch"),
+            "blocks",
+            "list",
+            "--state-dir",
+            &state_text,
+            "--format",
+            "json",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let log = agent.log();
+    assert!(
+        log.contains("cannot create the control socket") && log.contains("none is restored"),
+        "{log}"
+    );
+    lab.scan(SCANNER, VICTIM, "1-20");
+    eventually(10, "a scanner banned", || banned_in_nftables(&lab, SCANNER));
+    let (code, body) = lab.healthz();
+    assert!(
+        code == 200 && body.contains("could only be read"),
+        "{code} {body}"
+    );
+    assert!(!blocks_list().contains(SCANNER), "no socket yet");
+    // Room again: the socket is bound and the ban saved.
+    let remount = inside(&["mount", "-o", "remount,nr_inodes=64", &state_text]);
+    assert!(remount.status.success(), "{remount:?}");
+    eventually(10, "synwatch blocks reaches the agent", || {
+        blocks_list().contains(SCANNER)
+    });
+    eventually(15, "saved once there is room", || {
+        lab.healthz() == (200, "ok\n".to_owned())
+    });
     assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
 }

@@ -1343,7 +1343,7 @@ mod tests {
         h.core.turn(Some(rx.recv().unwrap()), true);
         let listener = control::bind(h.dir.path()).unwrap();
         let (server, control_stop) =
-            super::super::setup::serve_control(listener, h.dir.path(), &feed).unwrap();
+            super::super::setup::serve_control(Some(listener), h.dir.path(), &feed).unwrap();
         drop(feed);
         // Asked to stop (a signal) while a source still hands over its last packets, and
         // `synwatch blocks list` asks meanwhile; the source ends once it has its answer.

@@ -120,7 +120,7 @@ struct Opened {
     /// The metrics server's socket.
     listener: metrics::Socket,
     /// The control socket, where something is blocked.
-    control: Option<std::os::unix::net::UnixListener>,
+    control: Control,
     metrics: Arc<Metrics>,
     blocking: Blocking,
     /// Interfaces that come up later are watched too.
@@ -185,7 +185,7 @@ fn open(
     let control = bind_control(&run)?;
     let mut blocking = start_blocker(&run, &cfg, &metrics, &host_now, &mut sources)?;
     // Without blocking the socket is not served, and `synwatch blocks` says no agent runs.
-    if blocking.blocker.is_none() && control.is_some() {
+    if blocking.blocker.is_none() && matches!(control, Control::Bound(_)) {
         let _ = std::fs::remove_file(control::socket_path(&run.blocking.state_dir));
     }
     drop_capabilities(
@@ -252,7 +252,12 @@ fn launch(mut o: Opened, io: Io) -> Result<Running, Refusal> {
             .context("cannot start the metrics server")?,
     )];
     let mut control_stop = Arc::default();
-    if let (Some(l), Some(_)) = (o.control, &o.blocking.blocker) {
+    let listener = match o.control {
+        Control::Bound(l) => Some(Some(l)),
+        Control::Later => Some(None),
+        Control::Off => None,
+    };
+    if let (Some(l), Some(_)) = (listener, &o.blocking.blocker) {
         let (thread, stop) = serve_control(l, &run.blocking.state_dir, &feed)?;
         servers.push(("the control socket", thread));
         control_stop = stop;
@@ -329,7 +334,7 @@ fn launch(mut o: Opened, io: Io) -> Result<Running, Refusal> {
 /// rather than refused, which would have `synwatch blocks` change the saved bans and the
 /// rules behind the stopping agent's back.
 pub(super) fn serve_control(
-    listener: std::os::unix::net::UnixListener,
+    listener: Option<std::os::unix::net::UnixListener>,
     state_dir: &std::path::Path,
     feed: &Feed,
 ) -> anyhow::Result<(thread::JoinHandle<()>, Arc<AtomicBool>)> {
@@ -537,18 +542,34 @@ fn start_xdp(
     }
 }
 
+/// The control socket at start.
+enum Control {
+    /// Nothing is blocked (`--block none`): none.
+    Off,
+    Bound(std::os::unix::net::UnixListener),
+    /// The state directory's file system had no room for it: bound by the control
+    /// thread once it has (an agent that cannot be reached by `synwatch blocks` for a
+    /// while still enforces; one refused at start would not).
+    Later,
+}
+
 /// The control socket, where something may be blocked.
-fn bind_control(run: &Settings) -> Result<Option<std::os::unix::net::UnixListener>, Refusal> {
+fn bind_control(run: &Settings) -> Result<Control, Refusal> {
     if run.block == Block::None {
-        return Ok(None);
+        return Ok(Control::Off);
     }
     let dir = &run.blocking.state_dir;
-    if let Err(e) = crate::state::create_dir_private(dir) {
-        return usage(format!("{e:#} (choose another with --state-dir)"));
-    }
-    match control::bind(dir) {
-        Ok(l) => Ok(Some(l)),
-        Err(e) => usage(format!("{e:#}")),
+    let bound = crate::state::create_dir_private(dir).and_then(|()| control::bind(dir));
+    match bound {
+        Ok(l) => Ok(Control::Bound(l)),
+        Err(e) if crate::state::no_room(&e) => {
+            tracing::error!(
+                "WARNING: {e:#}: `synwatch blocks` cannot reach the agent until the state directory's file system has room (tried again every second)"
+            );
+            Ok(Control::Later)
+        }
+        Err(e) if dir.is_dir() => usage(format!("{e:#}")),
+        Err(e) => usage(format!("{e:#} (choose another with --state-dir)")),
     }
 }
 
