@@ -10,9 +10,9 @@
 //! container traffic).
 //!
 //! Each set holds a canary element ([`crate::CANARY4`], [`crate::CANARY6`]) from set-up
-//! on; `ipset test` on it, `-C` on the chain's rule and `-S HOOK 1` on each hook (the
-//! jump must be its first rule) tell within a few milliseconds, whatever the number of
-//! bans, whether someone flushed or removed any of it, or put a rule above a jump.
+//! on; `ipset test` on it, `-C` on the chain's rule and on each jump tell within a few
+//! milliseconds, whatever the number of bans, whether someone flushed or removed any of
+//! it.
 //!
 //! Bans change only the sets, never the rules: rule count stays constant whatever the
 //! number of bans. Added bans go over netfilter netlink when the backend holds a socket
@@ -94,15 +94,6 @@ pub enum Step {
         says: &'static str,
         then: Box<Step>,
     },
-    /// Run `then` (in order) unless `check` succeeds and its output holds `says` (a
-    /// jump moved back to the top of its hook).
-    Unsaid {
-        check: Command,
-        says: String,
-        then: Vec<Step>,
-    },
-    /// Run `check`; the plan fails unless it succeeds and its output holds `says`.
-    Says { check: Command, says: String },
 }
 
 fn ipt(program: &'static str, args: &[&str], what: impl Into<String>) -> Command {
@@ -309,40 +300,19 @@ fn drop_rules(scope: Scope, set: &str, new_only: bool) -> Vec<Vec<&str>> {
     }
 }
 
-/// The jump from `hook` to the chain, as its first rule: inserted where there is none,
-/// moved back to the top where a rule was put above it (an `ACCEPT` there would let a
-/// banned source through).
 fn jump(program: &'static str, hook: &str) -> Step {
-    Step::Unsaid {
-        check: first_rule(program, hook),
-        says: first_jump(hook),
-        then: vec![
-            Step::UntilFails(ipt(
-                program,
-                &["-D", hook, "-j", CHAIN],
-                format!("remove the jump from {hook} that is not first"),
-            )),
-            Step::Run(ipt(
-                program,
-                &["-I", hook, "1", "-j", CHAIN],
-                format!("jump from {hook} to {CHAIN} ({program})"),
-            )),
-        ],
+    Step::Unless {
+        check: ipt(
+            program,
+            &["-C", hook, "-j", CHAIN],
+            format!("look for the jump from {hook}"),
+        ),
+        then: ipt(
+            program,
+            &["-I", hook, "1", "-j", CHAIN],
+            format!("jump from {hook} to {CHAIN} ({program})"),
+        ),
     }
-}
-
-/// Lists the first rule of `hook` (`-S HOOK 1`).
-fn first_rule(program: &'static str, hook: &str) -> Command {
-    ipt(
-        program,
-        &["-S", hook, "1"],
-        format!("look for the jump from {hook} at its top"),
-    )
-}
-
-/// How `-S HOOK 1` prints the jump when it is first.
-fn first_jump(hook: &str) -> String {
-    format!("-A {hook} -j {CHAIN}\n")
 }
 
 /// The checks that everything set up is in place, each failing when it is not: each
@@ -368,10 +338,11 @@ pub fn check_plan(scope: Scope) -> Vec<Step> {
     }
     for (program, _, _) in FAMILIES {
         for hook in HOOKS {
-            plan.push(Step::Says {
-                check: first_rule(program, hook),
-                says: first_jump(hook),
-            });
+            plan.push(Step::Run(ipt(
+                program,
+                &["-C", hook, "-j", CHAIN],
+                format!("look for the jump from {hook}"),
+            )));
         }
     }
     plan
@@ -508,22 +479,6 @@ impl Iptables {
                 Ok(out) if out.contains(says) => self.step(then),
                 _ => Ok(()),
             },
-            Step::Unsaid { check, says, then } => match self.runner.run(check) {
-                Ok(out) if out.contains(says.as_str()) => Ok(()),
-                _ => self.execute(then),
-            },
-            Step::Says { check, says } => {
-                let out = self.runner.run(check)?;
-                if out.contains(says.as_str()) {
-                    Ok(())
-                } else {
-                    Err(EnforceError::Failed {
-                        program: check.program.to_owned(),
-                        what: check.what.clone(),
-                        stderr: format!("another rule is first: {}", out.trim()),
-                    })
-                }
-            }
         }
     }
 
@@ -666,17 +621,6 @@ mod tests {
     #[test]
     fn a_flushed_set_or_chain_or_a_removed_jump_is_noticed_cheaply() {
         let runner = RecordingRunner::default();
-        // The sets and rules are there (12 checks), then each hook's first rule is the
-        // jump.
-        let intact = |runner: &RecordingRunner| {
-            for _ in 0..12 {
-                runner.answer(Ok(""));
-            }
-            for hook in ["INPUT", "FORWARD", "INPUT", "FORWARD"] {
-                runner.answer(Ok(format!("-A {hook} -j SYNWATCH\n").leak()));
-            }
-        };
-        intact(&runner);
         let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
         assert!(ipt.intact());
         let t = runner.transcript();
@@ -692,8 +636,6 @@ mod tests {
         );
         assert_eq!(t[3], "ipset -q test synwatch4_new 0.0.0.1");
         assert_eq!(t[9], "ipset -q test synwatch6_new 100::1");
-        assert_eq!(t[12], "iptables -w -S INPUT 1");
-        assert_eq!(t[15], "ip6tables -w -S FORWARD 1");
         assert!(
             t.iter().all(|c| !c.contains(" -L") && !c.contains("save")),
             "{t:#?}"
@@ -707,15 +649,6 @@ mod tests {
             "iptables: Bad rule (does a matching rule exist in that chain?).",
         ));
         assert!(!ipt.intact());
-        // A rule put above the jump (an ACCEPT there lets banned sources through), or
-        // no jump at all: not intact.
-        for first in ["-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n", ""] {
-            for _ in 0..12 {
-                runner.answer(Ok(""));
-            }
-            runner.answer(Ok(first));
-            assert!(!ipt.intact());
-        }
     }
 
     #[test]
@@ -770,22 +703,14 @@ mod tests {
         for _ in 0..6 {
             runner.answer(Ok("Name: synwatch4\nType: hash:net\n"));
         }
-        // IPv4: no jump from INPUT yet (inserted), FORWARD's is first already, no
-        // Docker. IPv6: a rule was put above INPUT's jump (moved back to the top).
+        // ipset restore, iptables-restore, -C INPUT fails (no jump yet), -I INPUT,
+        // -C FORWARD succeeds (already there), DOCKER-USER lookup fails (no Docker).
         for answer in [
             Ok(""),
             Ok(""),
+            Err("no such rule"),
             Ok(""),
-            Err("Bad rule"),
             Ok(""),
-            Ok("-A FORWARD -j SYNWATCH\n"),
-            Err("no chain"),
-            Ok(""),
-            Ok("-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT\n"),
-            Ok(""),
-            Err("Bad rule"),
-            Ok(""),
-            Ok("-A FORWARD -j SYNWATCH\n"),
             Err("no chain"),
         ] {
             runner.answer(answer);
@@ -799,29 +724,22 @@ mod tests {
             t[1],
             "iptables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch4 src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4 src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch4_new src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
         );
+        assert_eq!(t[2], "iptables -w -C INPUT -j SYNWATCH");
+        assert_eq!(t[3], "iptables -w -I INPUT 1 -j SYNWATCH");
+        assert_eq!(t[4], "iptables -w -C FORWARD -j SYNWATCH");
+        assert_eq!(t[5], "iptables -w -n -L DOCKER-USER");
         assert_eq!(
-            &t[2..7],
-            [
-                "iptables -w -S INPUT 1",
-                "iptables -w -D INPUT -j SYNWATCH",
-                "iptables -w -I INPUT 1 -j SYNWATCH",
-                "iptables -w -S FORWARD 1",
-                "iptables -w -n -L DOCKER-USER",
-            ]
+            t[6],
+            "ip6tables-restore -w --noflush\n*filter\n:SYNWATCH - [0:0]\n-A SYNWATCH -m set --match-set synwatch6 src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6 src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6_new src ! -p tcp -m conntrack --ctstate NEW -j DROP\n-A SYNWATCH -m set --match-set synwatch6_new src -p tcp ! --tcp-flags SYN,ACK ACK -m conntrack --ctstate NEW -j DROP\nCOMMIT\n"
         );
-        assert!(
-            t[7].starts_with("ip6tables-restore -w --noflush\n"),
-            "{t:#?}"
-        );
+        // Everything after the canned answers succeeds: both jumps exist, Docker too.
         assert_eq!(
-            &t[8..],
+            &t[7..],
             [
-                "ip6tables -w -S INPUT 1",
-                "ip6tables -w -D INPUT -j SYNWATCH",
-                "ip6tables -w -D INPUT -j SYNWATCH",
-                "ip6tables -w -I INPUT 1 -j SYNWATCH",
-                "ip6tables -w -S FORWARD 1",
+                "ip6tables -w -C INPUT -j SYNWATCH",
+                "ip6tables -w -C FORWARD -j SYNWATCH",
                 "ip6tables -w -n -L DOCKER-USER",
+                "ip6tables -w -C DOCKER-USER -j SYNWATCH"
             ]
         );
     }
