@@ -66,28 +66,18 @@ impl Filter {
             // Three in-band tags or more (four or more on the wire, the outer one in
             // metadata): rare enough to pass whole, for the decoder, which walks eight.
             Filter::Attempts if linktype == 1 => format!(
-                "(({FILTER}) or ({tag0} and {one}) or ({tag0} and {tag1} and {two}) \
-                 or ({tag0} and {tag1} and {tag2})) and not ({NOT_OURS})",
+                "({FILTER}) or ({tag0} and {one}) or ({tag0} and {tag1} and {two}) \
+                 or ({tag0} and {tag1} and {tag2})",
                 tag0 = vlan_tag_at(12),
                 tag1 = vlan_tag_at(16),
                 tag2 = vlan_tag_at(20),
                 one = attempts_at(18),
                 two = attempts_at(22),
             ),
-            Filter::Attempts => format!("({FILTER}) and not ({NOT_OURS})"),
+            Filter::Attempts => FILTER.to_owned(),
         }
     }
 }
-
-/// A SYN-ACK coming in (not a fragment, TCP right behind the IP header): not an answer
-/// this host or a host behind it gave. A sweep counts only unanswered attempts, and the
-/// answers are those that go out (on a gateway, out of the interface toward the
-/// sweeper); a SYN-ACK forged to come in "from" this host's own address, which the
-/// kernel drops as a martian, must not make an attempt answered. Linux only, live only
-/// (`inbound` is the packet type the kernel gives the filter); last in the test, so
-/// that nothing else loads it.
-const NOT_OURS: &str = "not (ip and (ip[6:2] & 0x3fff) != 0) \
-     and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack) and inbound";
 
 /// A VLAN tag protocol identifier at byte `at` of an Ethernet frame.
 fn vlan_tag_at(at: usize) -> String {
