@@ -459,6 +459,12 @@ impl Store {
             .collect()
         };
         match read(&self.conn) {
+            // Only read (no room to write): the damaged file stays where it is, for a
+            // start with room to move aside; what can be read of it is read.
+            Err(e) if is_corrupt(&e) && !self.writable => {
+                self.salvage_in_memory(&e.to_string())?;
+                Ok(read(&self.conn)?)
+            }
             Err(e) if is_corrupt(&e) && self.damage.recovered_from.is_none() => {
                 self.recover(&e.to_string())?;
                 if let Err(e) = self.canonicalise() {
@@ -569,6 +575,31 @@ impl Store {
 
     /// Copies what can be read of the damaged database into a new one, the damaged file
     /// moved aside (`bans.db.corrupt-UNIXTIME`), and reports what could not be read.
+    /// [`Store::recover`] for a database that could only be read: what can be read of it
+    /// goes into a read-only database in memory, and the file is left as it is.
+    fn salvage_in_memory(&mut self, why: &str) -> Result<()> {
+        let bans = salvage::read(&self.conn, "bans", &BAN_COLUMNS);
+        let offenders = salvage::read(&self.conn, "offenders", &OFFENDER_COLUMNS);
+        let what = self.context("read what is left of bans");
+        let mut conn = Self::tables(Path::new(":memory:")).context(what.clone())?;
+        let skipped = copy_rows(&mut conn, &bans.rows, &offenders.rows).context(what.clone())?;
+        conn.execute_batch("PRAGMA query_only = 1").context(what)?;
+        self.conn = conn;
+        let unreadable: Vec<_> = bans
+            .unreadable
+            .into_iter()
+            .chain(offenders.unreadable)
+            .collect();
+        tracing::error!(
+            "WARNING: the ban database {} is damaged ({why}) and cannot be moved aside now (its file system takes no write): restored the {} ban(s) that could be read of it",
+            self.path.display(),
+            bans.rows.len(),
+        );
+        self.damage.rows_skipped += skipped;
+        self.damage.unreadable.extend(unreadable);
+        Ok(())
+    }
+
     fn recover(&mut self, why: &str) -> Result<()> {
         let bans = salvage::read(&self.conn, "bans", &BAN_COLUMNS);
         let offenders = salvage::read(&self.conn, "offenders", &OFFENDER_COLUMNS);
