@@ -180,9 +180,10 @@ impl Blocker {
         protected: impl Fn(IpNet) -> bool,
     ) -> Result<(Self, Vec<Happened>)> {
         let mut store = Store::open_for_agent(&settings.store_dir())?;
+        // A dry run saves nothing: it has nothing to lose.
         metrics
             .state_unwritable
-            .store(!store.writable(), Ordering::Relaxed);
+            .store(!store.writable() && !settings.dry_run, Ordering::Relaxed);
         let mut book = Book::new(settings.policy);
         // The configuration or the host's addresses may have changed while no agent ran
         // (or the file was written by hand): a saved ban on what is now protected, or a
