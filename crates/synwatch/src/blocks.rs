@@ -89,7 +89,7 @@ pub fn run(args: &BlocksArgs) -> Result<crate::ExitStatus> {
             // list) behind it would leave bans it can neither see nor lift.
             if let Some(holder) = synwatch_agent::owner::holder_if_any() {
                 eprintln!(
-                    "synwatch: an agent runs in this network namespace ({holder}), but not with state directory {}: give blocks its --state-dir (or SYNWATCH_STATE_DIR)",
+                    "synwatch: an agent runs in this network namespace ({holder}), but its control socket does not answer at state directory {}: give blocks the agent's --state-dir (or SYNWATCH_STATE_DIR); if that is it, the agent could not make its socket yet (a full file system: see its log)",
                     args.state_dir.display()
                 );
                 return Ok(crate::ExitStatus::BadInput);
