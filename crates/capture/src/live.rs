@@ -24,6 +24,7 @@
 //! tag is in-band.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use std::os::fd::AsFd;
 
@@ -77,7 +78,33 @@ impl Filter {
             Filter::Attempts => FILTER.to_owned(),
         }
     }
+
+    /// [`Filter::text`], and for attempts, SYN-ACKs coming in from one of `own` (this
+    /// host's addresses) left out: the kernel drops them as martians, so they answer
+    /// nothing, and a sweeper who forges them for its SYNs ("from" the addresses it
+    /// probed) must not have its attempts taken as answered. SYN-ACKs coming in from
+    /// anyone else still pass: behind destination NAT, or on a gateway watched on one
+    /// side, a real answer comes in. Left out of the test where `own` is empty or holds
+    /// more than [`MAX_OWN_IN_FILTER`] addresses (the kernel bounds a filter's size).
+    pub fn text_for(self, linktype: u32, own: &[IpAddr]) -> String {
+        let text = self.text(linktype);
+        if self != Filter::Attempts || own.is_empty() || own.len() > MAX_OWN_IN_FILTER {
+            return text;
+        }
+        let from: Vec<String> = own.iter().map(|a| format!("src host {a}")).collect();
+        // The flags first (no fragment loads them), the packet type next, the
+        // addresses last: only SYN-ACKs coming in go through the list.
+        format!(
+            "({text}) and not (not (ip and (ip[6:2] & 0x3fff) != 0) \
+             and tcp[tcpflags] & (tcp-syn|tcp-ack) == (tcp-syn|tcp-ack) \
+             and inbound and ({}))",
+            from.join(" or ")
+        )
+    }
 }
+
+/// The most addresses of this host the filter names (see [`Filter::text_for`]).
+pub const MAX_OWN_IN_FILTER: usize = 64;
 
 /// A VLAN tag protocol identifier at byte `at` of an Ethernet frame.
 fn vlan_tag_at(at: usize) -> String {
@@ -125,6 +152,8 @@ pub struct LiveOptions {
     pub block_ms: i32,
     /// Which traffic passes the kernel-side filter.
     pub filter: Filter,
+    /// This host's addresses, for the filter ([`Filter::text_for`]).
+    pub own: Vec<IpAddr>,
 }
 
 impl Default for LiveOptions {
@@ -135,6 +164,7 @@ impl Default for LiveOptions {
             timeout_ms: 100,
             block_ms: 1,
             filter: Filter::Attempts,
+            own: Vec::new(),
         }
     }
 }
@@ -189,6 +219,7 @@ pub struct LiveCapture {
     iface: String,
     linktype: u32,
     timeout_ms: i32,
+    filter: Filter,
     /// libpcap may hold packets already taken from the kernel ring: read until it says
     /// there are none before polling the descriptor again.
     pending: bool,
@@ -243,7 +274,7 @@ impl LiveCapture {
             .setnonblock()
             .map_err(open_err)?;
         let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
-        cap.filter(&opts.filter.text(linktype), true)
+        cap.filter(&opts.filter.text_for(linktype, &opts.own), true)
             .map_err(|source| LiveError::Filter {
                 iface: iface.to_owned(),
                 source,
@@ -253,8 +284,16 @@ impl LiveCapture {
             iface: iface.to_owned(),
             linktype,
             timeout_ms: opts.timeout_ms,
+            filter: opts.filter,
             pending: false,
         })
+    }
+
+    /// Sets the filter again for this host's addresses `own` ([`Filter::text_for`]),
+    /// when they changed.
+    pub fn set_own(&mut self, own: &[IpAddr]) -> Result<(), pcap::Error> {
+        self.cap
+            .filter(&self.filter.text_for(self.linktype, own), true)
     }
 
     pub fn iface(&self) -> &str {
@@ -371,9 +410,14 @@ fn packet<'a>(linktype: u32, p: &::pcap::Packet<'a>) -> Packet<'a> {
 /// interface (no privileges needed), so that what it passes can be checked on built
 /// packets.
 pub fn compiled_filter(linktype: u32) -> Result<pcap::BpfProgram, pcap::Error> {
+    compiled_filter_for(linktype, &[])
+}
+
+/// [`compiled_filter`] naming this host's addresses `own` ([`Filter::text_for`]).
+pub fn compiled_filter_for(linktype: u32, own: &[IpAddr]) -> Result<pcap::BpfProgram, pcap::Error> {
     let link = i32::try_from(linktype).unwrap_or(i32::MAX);
     let dead = Capture::dead(Linktype(link))?;
-    dead.compile(&Filter::Attempts.text(linktype), true)
+    dead.compile(&Filter::Attempts.text_for(linktype, own), true)
 }
 
 #[cfg(test)]
@@ -382,9 +426,38 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_for_every_live_link_type() {
-        // DLT numbers, as libpcap reports a live interface (12 is DLT_RAW, e.g. tun).
+        // DLT numbers, as libpcap reports a live interface (12 is DLT_RAW, e.g. tun),
+        // with this host's addresses named too (as many as the filter takes).
+        let own: Vec<IpAddr> = (0..MAX_OWN_IN_FILTER as u32)
+            .map(|i| {
+                if i % 2 == 0 {
+                    IpAddr::from((0x0a00_0000 + i).to_be_bytes())
+                } else {
+                    IpAddr::from(((0xfe80_u128 << 112) + u128::from(i)).to_be_bytes())
+                }
+            })
+            .collect();
         for linktype in [1u32, 113, 276, 12] {
             compiled_filter(linktype).unwrap_or_else(|e| panic!("linktype {linktype}: {e}"));
+            compiled_filter_for(linktype, &own)
+                .unwrap_or_else(|e| panic!("linktype {linktype}, own addresses: {e}"));
         }
+        // More addresses than that: not named (the kernel bounds a filter's size).
+        let many: Vec<IpAddr> = (0..=MAX_OWN_IN_FILTER as u32)
+            .map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+            .collect();
+        assert_eq!(
+            Filter::Attempts.text_for(1, &many),
+            Filter::Attempts.text(1)
+        );
+        assert!(
+            Filter::Attempts
+                .text_for(1, &own[..2])
+                .contains("src host 10.0.0.0")
+        );
+        assert_eq!(
+            Filter::Inventory.text_for(1, &own),
+            Filter::Inventory.text(1)
+        );
     }
 }
