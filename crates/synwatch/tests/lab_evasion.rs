@@ -199,6 +199,17 @@ fn captured(file: &Path, filter: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// That the victim's kernel answered the scanner's SYN to `port` (a reset from a closed
+/// port, or a SYN-ACK), in the capture `file` of what left the victim.
+fn assert_linux_answered(file: &Path, port: u16) {
+    let text = captured(file, &["tcp and src host", VICTIM, "and dst host", SCANNER]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("{VICTIM}.{port} >"))),
+        "Linux should have answered the SYN to port {port}: {text}"
+    );
+}
+
 /// Junk held for a SYN's IP id, which the kernel throws away before the real SYN comes
 /// in pieces with the same id: ports 21 and 22 by an overlap past byte 64 of the junk
 /// datagram, ports 23 and 25 by 65 fragments of another protocol (UDP) from the source
@@ -238,16 +249,8 @@ for i, port in enumerate([23, 25]):
     // The kernel answered the SYNs (a reset from a closed port, or a SYN-ACK): the junk
     // was thrown away, or these would have been duplicates of it. (The fourth may
     // already meet the ban.)
-    let text = captured(
-        &file,
-        &["tcp and src host", VICTIM, "and dst host", SCANNER],
-    );
     for port in [21, 22, 23] {
-        assert!(
-            text.lines()
-                .any(|l| l.contains(&format!("{VICTIM}.{port} >"))),
-            "Linux should have answered the SYN to port {port}: {text}"
-        );
+        assert_linux_answered(&file, port);
     }
     // Every fragment was seen, the other protocol's too.
     eventually(3, "the fragments are counted", || {
@@ -317,18 +320,10 @@ sendp(frames, iface=iface)
     );
     let scan = agent.wait_for(3, |e| is(e, "scan", SCANNER));
     answers.stop();
-    let text = captured(
-        &file,
-        &["tcp and src host", VICTIM, "and dst host", SCANNER],
-    );
     // The kernel took the real SYNs (the first three at least: the fourth may meet the
     // ban), and synwatch saw each of those.
     for port in [1001, 1002, 1003] {
-        assert!(
-            text.lines()
-                .any(|l| l.contains(&format!("{VICTIM}.{port} >"))),
-            "Linux should have answered the SYN to port {port}: {text}"
-        );
+        assert_linux_answered(&file, port);
         assert!(
             agent
                 .events()

@@ -1285,6 +1285,36 @@ fn tmpfs_state(dir: &std::path::Path, then: &str) -> (String, Vec<String>) {
     (state, wrapper)
 }
 
+/// Runs `cmd` in the mount namespace of the agent `pid` (where its tmpfs state directory
+/// is mounted).
+fn in_mounts_of(pid: &str, cmd: &[&str]) -> std::process::Output {
+    let mut args = vec!["--target", pid, "--mount", "--"];
+    args.extend_from_slice(cmd);
+    std::process::Command::new("nsenter")
+        .args(&args)
+        .output()
+        .expect("nsenter")
+}
+
+/// The addresses of the bans saved in `state`'s database, read in the mount namespace
+/// of the agent `pid`.
+fn saved_bans(pid: &str, state: &str) -> Vec<String> {
+    let db = format!("{state}/bans.db");
+    let out = in_mounts_of(
+        pid,
+        &[
+            "python3",
+            "-c",
+            "import sqlite3, sys; print(' '.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT addr FROM bans')))",
+            &db,
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A state directory that fills up: the agent goes on running, its bans stay in the
 /// kernel and new scanners are still banned (their bans held until it stops), and it
 /// says why they are not saved. The state directory is a small tmpfs mounted in a mount
@@ -1301,14 +1331,7 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_under(&lab, dir.path(), "full", &wrapper, &args);
     let pid = agent.pid().to_string();
-    let inside = |cmd: &[&str]| {
-        let mut args = vec!["--target", &pid, "--mount", "--"];
-        args.extend_from_slice(cmd);
-        std::process::Command::new("nsenter")
-            .args(&args)
-            .output()
-            .expect("nsenter")
-    };
+    let inside = |cmd: &[&str]| in_mounts_of(&pid, cmd);
     lab.scan(SCANNER, VICTIM, "1-20");
     eventually(10, "the scanner banned", || {
         banned_in_nftables(&lab, SCANNER)
@@ -1357,16 +1380,10 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     eventually(15, "the ban saved once there is space", || {
         lab.healthz() == (200, "ok\n".to_owned())
     });
-    let saved = inside(&[
-        "python3",
-        "-c",
-        "import sqlite3, sys; print(' '.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT addr FROM bans')))",
-        &format!("{state_text}/bans.db"),
-    ]);
-    let saved = String::from_utf8_lossy(&saved.stdout);
+    let saved = saved_bans(&pid, &state_text);
     assert!(
-        saved.split_whitespace().any(|a| a == SCANNER6),
-        "{saved}: {}",
+        saved.iter().any(|a| a == SCANNER6),
+        "{saved:?}: {}",
         agent.log()
     );
     assert_eq!(agent.stop_within(10), Some(0));
@@ -1396,14 +1413,7 @@ fn a_state_directory_full_at_start_still_restores_and_bans() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_under(&lab, dir.path(), "fullstart", &wrapper, &args);
     let pid = agent.pid().to_string();
-    let inside = |cmd: &[&str]| {
-        let mut args = vec!["--target", &pid, "--mount", "--"];
-        args.extend_from_slice(cmd);
-        std::process::Command::new("nsenter")
-            .args(&args)
-            .output()
-            .expect("nsenter")
-    };
+    let inside = |cmd: &[&str]| in_mounts_of(&pid, cmd);
     let df = inside(&["df", "--output=avail", &state_text]);
     assert!(
         String::from_utf8_lossy(&df.stdout)
@@ -1435,16 +1445,9 @@ fn a_state_directory_full_at_start_still_restores_and_bans() {
     eventually(15, "saved once there is room", || {
         lab.healthz() == (200, "ok\n".to_owned())
     });
-    let rows = inside(&[
-        "python3",
-        "-c",
-        "import sqlite3, sys; print(' '.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT addr FROM bans')))",
-        &format!("{state_text}/bans.db"),
-    ]);
-    let rows = String::from_utf8_lossy(&rows.stdout);
-    let rows: Vec<&str> = rows.split_whitespace().collect();
+    let rows = saved_bans(&pid, &state_text);
     assert!(
-        rows.contains(&SCANNER) && rows.contains(&saved),
+        rows.iter().any(|a| a == SCANNER) && rows.iter().any(|a| a == saved),
         "{rows:?}: {}",
         agent.log()
     );
@@ -1503,15 +1506,8 @@ fn a_damaged_database_in_a_full_state_directory_is_read_and_kept() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_under(&lab, dir.path(), "damagedfull", &wrapper, &args);
     let pid = agent.pid().to_string();
-    let inside = |cmd: &[&str]| {
-        let mut args = vec!["--target", &pid, "--mount", "--"];
-        args.extend_from_slice(cmd);
-        let out = std::process::Command::new("nsenter")
-            .args(&args)
-            .output()
-            .expect("nsenter");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let inside =
+        |cmd: &[&str]| String::from_utf8_lossy(&in_mounts_of(&pid, cmd).stdout).into_owned();
     let log = agent.log();
     assert!(log.contains("cannot be moved aside now"), "{log}");
     let files = inside(&["ls", &state_text]);
@@ -1528,32 +1524,14 @@ fn a_damaged_database_in_a_full_state_directory_is_read_and_kept() {
         banned_in_nftables(&lab, SCANNER)
     });
     // Room again: the damaged file goes aside, a new one holds the bans.
-    let remount = std::process::Command::new("nsenter")
-        .args([
-            "--target",
-            &pid,
-            "--mount",
-            "--",
-            "mount",
-            "-o",
-            "remount,size=32m",
-            &state_text,
-        ])
-        .status()
-        .expect("nsenter");
-    assert!(remount.success());
+    let remount = in_mounts_of(&pid, &["mount", "-o", "remount,size=32m", &state_text]);
+    assert!(remount.status.success(), "{remount:?}");
     eventually(15, "the damaged file moved aside", || {
         inside(&["ls", &state_text]).contains("bans.db.corrupt")
     });
     eventually(15, "the bans saved anew", || {
-        let rows = inside(&[
-            "python3",
-            "-c",
-            "import sqlite3, sys; print(' '.join(r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT addr FROM bans')))",
-            &format!("{state_text}/bans.db"),
-        ]);
-        let rows: Vec<&str> = rows.split_whitespace().collect();
-        rows.len() > 2000 && rows.contains(&SCANNER)
+        let rows = saved_bans(&pid, &state_text);
+        rows.len() > 2000 && rows.iter().any(|a| a == SCANNER)
     });
     assert!(agent.running(), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
@@ -1589,14 +1567,7 @@ fn a_state_directory_without_inodes_at_start_still_bans() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut agent = Agent::start_under(&lab, dir.path(), "noinodes", &wrapper, &args);
     let pid = agent.pid().to_string();
-    let inside = |cmd: &[&str]| {
-        let mut args = vec!["--target", &pid, "--mount", "--"];
-        args.extend_from_slice(cmd);
-        std::process::Command::new("nsenter")
-            .args(&args)
-            .output()
-            .expect("nsenter")
-    };
+    let inside = |cmd: &[&str]| in_mounts_of(&pid, cmd);
     let blocks_list = || {
         let out = inside(&[
             env!("CARGO_BIN_EXE_synwatch"),
