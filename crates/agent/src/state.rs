@@ -573,8 +573,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Copies what can be read of the damaged database into a new one, the damaged file
-    /// moved aside (`bans.db.corrupt-UNIXTIME`), and reports what could not be read.
     /// [`Store::recover`] for a database that could only be read: what can be read of it
     /// goes into a read-only database in memory, and the file is left as it is.
     fn salvage_in_memory(&mut self, why: &str) -> Result<()> {
@@ -600,6 +598,8 @@ impl Store {
         Ok(())
     }
 
+    /// Copies what can be read of the damaged database into a new one, the damaged file
+    /// moved aside (`bans.db.corrupt-UNIXTIME`), and reports what could not be read.
     fn recover(&mut self, why: &str) -> Result<()> {
         let bans = salvage::read(&self.conn, "bans", &BAN_COLUMNS);
         let offenders = salvage::read(&self.conn, "offenders", &OFFENDER_COLUMNS);
