@@ -29,8 +29,8 @@
 //!   starts again empty (`ip_frag_too_far`, `ip_frag_reinit`); since the kernel counts
 //!   only the fragments it reassembles, which cannot be told here, the datagram as it
 //!   was is followed beside it (`Reassembler::restart`), so that its SYN is seen whether
-//!   the kernel started it again or not (one restart deep: the datagram since its first
-//!   fragment and since its last restart);
+//!   the kernel started it again or not: a copy for each of up to 8 restarts, each
+//!   completing copy giving its own segment (`Reassembler::take_extra`);
 //! - a second last fragment with another end, a last fragment ending before data already
 //!   held, data beyond a known end, or a fragment left empty discard the datagram;
 //! - a non-last IPv4 fragment whose length is not a multiple of 8 is trimmed down to one
