@@ -247,14 +247,13 @@ pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     }
 }
 
-/// Reads one capture handle until the agent stops, the interface goes, or reading fails.
 /// This host's addresses as the capture filter last named them
-/// ([`synwatch_capture::live::Filter::text_for`]: SYN-ACKs coming in from one are
-/// martians, no answer), read again every [`CHECK_EVERY`].
+/// ([`synwatch_capture::live::Filter::text_for`]: packets coming in from one are
+/// martians, neither attempts nor answers), read again every [`CHECK_EVERY`].
 #[derive(Default)]
 struct OwnAddresses {
     named: Vec<std::net::IpAddr>,
-    /// The last failure to set the filter, said once.
+    /// The last failure to set the filter, or too many addresses to name, said once.
     trouble: Option<String>,
 }
 
@@ -267,10 +266,18 @@ impl OwnAddresses {
         if now == self.named {
             return;
         }
+        let too_many = now.len() > synwatch_capture::live::MAX_OWN_IN_FILTER;
         match cap.set_own(&now) {
-            Ok(()) => self.trouble = None,
-            Err(e) => {
-                let why = e.to_string();
+            Ok(()) if !too_many => self.trouble = None,
+            result => {
+                let why = match result {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!(
+                        "this host has {} addresses, more than the {} the filter names",
+                        now.len(),
+                        synwatch_capture::live::MAX_OWN_IN_FILTER
+                    ),
+                };
                 if self.trouble.as_ref() != Some(&why) {
                     tracing::warn!(
                         "cannot name this host's addresses in the filter on {}: {why} (forged answers from them can hide a sweep)",
@@ -309,6 +316,7 @@ fn take_packet(
     }
 }
 
+/// Reads one capture handle until the agent stops, the interface goes, or reading fails.
 fn capture<F: Fn(Vec<Observation>) -> bool>(
     mut cap: LiveCapture,
     index: u32,
