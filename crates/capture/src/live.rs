@@ -100,8 +100,11 @@ impl Filter {
                 IpAddr::V6(a) => format!("ip6 src {a}"),
             })
             .collect();
-        // The packet type first: what goes out skips the addresses.
-        format!("({text}) and not (inbound and ({}))", from.join(" or "))
+        // The addresses before the packet type: libpcap's own interpreter (which filters
+        // the packets already in the ring again when the filter is set anew) cannot read
+        // the packet type and drops a packet that gets that far, so only packets from the
+        // host's own addresses may.
+        format!("({text}) and not (({}) and inbound)", from.join(" or "))
     }
 }
 
