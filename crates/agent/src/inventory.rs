@@ -52,8 +52,7 @@ fn feed(
     read.packets += 1;
     match segments.decode(linktype, data, ts, wire_len) {
         Ok(Decoded::Segment(seg)) => {
-            inventory.observe(ts, &seg);
-            while let Some(seg) = segments.take_extra() {
+            for seg in segments.with_extra(seg) {
                 inventory.observe(ts, &seg);
             }
         }

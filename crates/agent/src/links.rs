@@ -247,7 +247,6 @@ pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     }
 }
 
-/// Reads one capture handle until the agent stops, the interface goes, or reading fails.
 /// One captured packet through reassembly: its segments' observations (any further one
 /// its datagram's copies gave too, [`Reassembler::take_extra`]) into `batch`, a
 /// malformed one counted by kind.
@@ -261,8 +260,7 @@ fn take_packet(
     let at = u64::try_from(packet.ts_nanos).unwrap_or(0);
     match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
         Ok(Decoded::Segment(seg)) => {
-            let more = std::iter::from_fn(|| defrag.take_extra());
-            for seg in std::iter::once(seg).chain(more) {
+            for seg in defrag.with_extra(seg) {
                 batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
             }
         }
@@ -273,6 +271,7 @@ fn take_packet(
     }
 }
 
+/// Reads one capture handle until the agent stops, the interface goes, or reading fails.
 fn capture<F: Fn(Vec<Observation>) -> bool>(
     mut cap: LiveCapture,
     index: u32,

@@ -418,6 +418,15 @@ impl Segments {
         self.defrag.as_mut()?.take_extra()
     }
 
+    /// `first` (the last packet's segment), then every further one it gave
+    /// ([`Segments::take_extra`]).
+    pub fn with_extra(
+        &mut self,
+        first: synwatch_decode::Segment,
+    ) -> impl Iterator<Item = synwatch_decode::Segment> + '_ {
+        std::iter::once(first).chain(std::iter::from_fn(move || self.take_extra()))
+    }
+
     /// What fragment reassembly did so far (all zero without it).
     pub fn reassembly(&self) -> ReassemblyStats {
         self.defrag

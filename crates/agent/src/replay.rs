@@ -468,7 +468,9 @@ fn take(
                 Transport::Tcp(_) => totals.tcp += 1,
                 Transport::Udp => totals.udp += 1,
             }
-            // The packet's segment, then any other its datagram's copies gave.
+            // The packet's segment, then any other its datagram's copies gave (not
+            // `Segments::with_extra`: `prep.push` needs `prep` while the segments are
+            // taken).
             let mut seg = Some(seg);
             while let Some(s) = seg {
                 if let Some(obs) = Observation::of_segment(packet.ts_nanos, &s) {

@@ -136,8 +136,7 @@ fn take_raw(
     let Decoded::Segment(seg) = decoded else {
         return Ok(());
     };
-    let more = std::iter::from_fn(|| defrag.take_extra());
-    for seg in std::iter::once(seg).chain(more) {
+    for seg in defrag.with_extra(seg) {
         let Some(obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg) else {
             continue;
         };

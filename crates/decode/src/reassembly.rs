@@ -556,6 +556,12 @@ impl Reassembler {
         self.extra.pop()
     }
 
+    /// `first` (the last packet's segment), then every further one it gave
+    /// ([`Reassembler::take_extra`]).
+    pub fn with_extra(&mut self, first: Segment) -> impl Iterator<Item = Segment> + '_ {
+        std::iter::once(first).chain(std::iter::from_fn(move || self.take_extra()))
+    }
+
     /// [`Reassembler::decode`] of a packet that was `wire_len` bytes long as received
     /// (framed as `data` is, which may hold only its first bytes). A fragment whose IP
     /// header claims more bytes than the frame held is one the kernel drops
