@@ -26,6 +26,8 @@ pub struct Host {
     pub up: BTreeSet<String>,
     /// Every interface name.
     pub all: BTreeSet<String>,
+    /// Loopback interfaces (whose packets all come in from this host's own addresses).
+    pub loopback: BTreeSet<String>,
 }
 
 impl Host {
@@ -33,6 +35,9 @@ impl Host {
         let mut host = Host::default();
         for ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
             host.all.insert(ifa.interface_name.clone());
+            if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+                host.loopback.insert(ifa.interface_name.clone());
+            }
             if ifa.flags.contains(InterfaceFlags::IFF_UP)
                 && !ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
             {

@@ -247,6 +247,60 @@ pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     }
 }
 
+/// This host's addresses as the capture filter last named them
+/// ([`synwatch_capture::live::Filter::text_for`]: packets coming in from one are
+/// martians, neither attempts nor answers), read again every [`CHECK_EVERY`].
+#[derive(Default)]
+struct OwnAddresses {
+    named: Vec<std::net::IpAddr>,
+    /// The last failure to set the filter, or too many addresses to name, said once.
+    trouble: Option<String>,
+}
+
+impl OwnAddresses {
+    fn refresh(&mut self, cap: &mut LiveCapture) {
+        let Ok(host) = crate::host::Host::read() else {
+            return;
+        };
+        // On loopback every packet comes in from one of them.
+        let now: Vec<std::net::IpAddr> = if host.loopback.contains(cap.iface()) {
+            Vec::new()
+        } else {
+            host.addresses.into_iter().collect()
+        };
+        if now == self.named {
+            return;
+        }
+        let too_many = now.len() > synwatch_capture::live::MAX_OWN_IN_FILTER;
+        let set = cap.set_own(&now);
+        let done = set.is_ok();
+        match set {
+            Ok(()) if !too_many => self.trouble = None,
+            result => {
+                let why = match result {
+                    Err(e) => e.to_string(),
+                    Ok(()) => format!(
+                        "this host has {} addresses, more than the {} the filter names",
+                        now.len(),
+                        synwatch_capture::live::MAX_OWN_IN_FILTER
+                    ),
+                };
+                if self.trouble.as_ref() != Some(&why) {
+                    tracing::warn!(
+                        "cannot name this host's addresses in the filter on {}: {why} (forged answers from them can hide a sweep)",
+                        cap.iface()
+                    );
+                }
+                self.trouble = Some(why);
+            }
+        }
+        // Tried again at the next look where the filter could not be set.
+        if done {
+            self.named = now;
+        }
+    }
+}
+
 /// One captured packet through reassembly: its segments' observations (any further one
 /// its datagram's copies gave too, [`Reassembler::take_extra`]) into `batch`, a
 /// malformed one counted by kind.
@@ -289,6 +343,8 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
     // Packets read since the ring last ran dry.
     let mut burst = 0u64;
     let mut next_check = monotonic() + CHECK_EVERY;
+    let mut own = OwnAddresses::default();
+    own.refresh(&mut cap);
     // The kernel's counters restart with each handle: they add to what earlier handles
     // on this interface counted.
     let (drops_before, if_drops_before) = (
@@ -346,6 +402,7 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
         if now >= next_check {
             next_check = now + CHECK_EVERY;
             record_stats(&mut cap);
+            own.refresh(&mut cap);
             // Packet timestamps are the kernel's wall clock: so is the expiry.
             defrag.expire(u64::try_from(wall_nanos()).unwrap_or(0));
             metrics.record_reassembly(slot, defrag.stats());

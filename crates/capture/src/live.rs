@@ -24,6 +24,7 @@
 //! tag is in-band.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use std::os::fd::AsFd;
 
@@ -77,7 +78,38 @@ impl Filter {
             Filter::Attempts => FILTER.to_owned(),
         }
     }
+
+    /// [`Filter::text`], and for attempts, packets coming in from one of `own` (this
+    /// host's addresses) left out, IPv4 and IPv6, fragments too: the kernel drops them
+    /// as martians, so they are no attempt and answer nothing; a sweeper that forges a
+    /// SYN-ACK "from" each address it probed must not have its attempts taken as
+    /// answered. Packets coming in from anyone else still pass: behind destination NAT,
+    /// or on a gateway watched on one side, a real answer comes in. Left out of the test
+    /// where `own` is empty or holds more than [`MAX_OWN_IN_FILTER`] addresses (the
+    /// kernel bounds a filter's size). Frames with VLAN tags in the frame are not
+    /// tested.
+    pub fn text_for(self, linktype: u32, own: &[IpAddr]) -> String {
+        let text = self.text(linktype);
+        if self != Filter::Attempts || own.is_empty() || own.len() > MAX_OWN_IN_FILTER {
+            return text;
+        }
+        let from: Vec<String> = own
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(a) => format!("ip src {a}"),
+                IpAddr::V6(a) => format!("ip6 src {a}"),
+            })
+            .collect();
+        // The addresses before the packet type: libpcap's own interpreter cannot read
+        // the packet type and drops a packet that gets that far, so were this filter
+        // ever run there, only packets from the host's own addresses could be lost.
+        // ([`LiveCapture::set_own`] sets it in the kernel alone.)
+        format!("({text}) and not (({}) and inbound)", from.join(" or "))
+    }
 }
+
+/// The most addresses of this host the filter names (see [`Filter::text_for`]).
+pub const MAX_OWN_IN_FILTER: usize = 64;
 
 /// A VLAN tag protocol identifier at byte `at` of an Ethernet frame.
 fn vlan_tag_at(at: usize) -> String {
@@ -125,6 +157,8 @@ pub struct LiveOptions {
     pub block_ms: i32,
     /// Which traffic passes the kernel-side filter.
     pub filter: Filter,
+    /// This host's addresses, for the filter ([`Filter::text_for`]).
+    pub own: Vec<IpAddr>,
 }
 
 impl Default for LiveOptions {
@@ -135,6 +169,7 @@ impl Default for LiveOptions {
             timeout_ms: 100,
             block_ms: 1,
             filter: Filter::Attempts,
+            own: Vec::new(),
         }
     }
 }
@@ -189,6 +224,7 @@ pub struct LiveCapture {
     iface: String,
     linktype: u32,
     timeout_ms: i32,
+    filter: Filter,
     /// libpcap may hold packets already taken from the kernel ring: read until it says
     /// there are none before polling the descriptor again.
     pending: bool,
@@ -243,18 +279,39 @@ impl LiveCapture {
             .setnonblock()
             .map_err(open_err)?;
         let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
+        let filter_err = |source| LiveError::Filter {
+            iface: iface.to_owned(),
+            source,
+        };
+        // Through libpcap first, without the host's addresses: libpcap filters the
+        // packets already in its ring again in user space, where the packet type
+        // (`inbound`) cannot be read.
         cap.filter(&opts.filter.text(linktype), true)
-            .map_err(|source| LiveError::Filter {
-                iface: iface.to_owned(),
-                source,
-            })?;
-        Ok(Self {
+            .map_err(filter_err)?;
+        let mut live = Self {
             cap,
             iface: iface.to_owned(),
             linktype,
             timeout_ms: opts.timeout_ms,
+            filter: opts.filter,
             pending: false,
-        })
+        };
+        if !opts.own.is_empty() {
+            live.set_own(&opts.own).map_err(filter_err)?;
+        }
+        Ok(live)
+    }
+
+    /// Sets the filter again for this host's addresses `own` ([`Filter::text_for`]),
+    /// when they changed: in the kernel only, which swaps the two filters between one
+    /// packet and the next. Set through libpcap, the packets its ring already held would
+    /// be filtered again in user space, where the packet type cannot be read: the
+    /// host's own outgoing packets (its SYN-ACKs among them) would be lost each time.
+    pub fn set_own(&mut self, own: &[IpAddr]) -> Result<(), pcap::Error> {
+        let program = self
+            .cap
+            .compile(&self.filter.text_for(self.linktype, own), true)?;
+        attach_in_kernel(self.cap.as_fd(), &program).map_err(pcap::Error::IoError)
     }
 
     pub fn iface(&self) -> &str {
@@ -350,6 +407,59 @@ impl LiveCapture {
     }
 }
 
+/// Attaches `program` to the capture socket `fd` as its kernel filter
+/// (`SO_ATTACH_FILTER`), leaving libpcap's own state alone.
+fn attach_in_kernel(
+    fd: std::os::fd::BorrowedFd<'_>,
+    program: &pcap::BpfProgram,
+) -> Result<(), std::io::ErrorKind> {
+    use std::os::fd::AsRawFd;
+    // libpcap's instructions are classic BPF, the kernel's `sock_filter`; read through
+    // their printed form ("code jt jf k") rather than by assuming the crate's layout.
+    let mut code = Vec::new();
+    for insn in program.get_instructions() {
+        let text = insn.to_string();
+        let mut fields = text.split(' ').map(str::parse::<u32>);
+        let mut next = || fields.next().and_then(Result::ok);
+        let (Some(op), Some(jt), Some(jf), Some(k)) = (next(), next(), next(), next()) else {
+            return Err(std::io::ErrorKind::InvalidData);
+        };
+        let narrow = |v: u32| u8::try_from(v).map_err(|_| std::io::ErrorKind::InvalidData);
+        code.push(nix::libc::sock_filter {
+            code: u16::try_from(op).map_err(|_| std::io::ErrorKind::InvalidData)?,
+            jt: narrow(jt)?,
+            jf: narrow(jf)?,
+            k,
+        });
+    }
+    let prog = nix::libc::sock_fprog {
+        len: u16::try_from(code.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        filter: code.as_mut_ptr(),
+    };
+    let size = nix::libc::socklen_t::try_from(std::mem::size_of::<nix::libc::sock_fprog>())
+        .map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    #[allow(
+        unsafe_code,
+        reason = "setsockopt with a pointer to a sock_fprog that outlives the call"
+    )]
+    // SAFETY: `prog` points at `code.len()` initialised `sock_filter`s, both alive for
+    // the call; the kernel copies the program before returning.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            fd.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_ATTACH_FILTER,
+            std::ptr::from_ref(&prog).cast(),
+            size,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().kind())
+    }
+}
+
 /// A packet libpcap handed up, on a link of type `linktype`. With nanosecond precision
 /// libpcap puts nanoseconds in `tv_usec`.
 #[inline]
@@ -371,9 +481,14 @@ fn packet<'a>(linktype: u32, p: &::pcap::Packet<'a>) -> Packet<'a> {
 /// interface (no privileges needed), so that what it passes can be checked on built
 /// packets.
 pub fn compiled_filter(linktype: u32) -> Result<pcap::BpfProgram, pcap::Error> {
+    compiled_filter_for(linktype, &[])
+}
+
+/// [`compiled_filter`] naming this host's addresses `own` ([`Filter::text_for`]).
+pub fn compiled_filter_for(linktype: u32, own: &[IpAddr]) -> Result<pcap::BpfProgram, pcap::Error> {
     let link = i32::try_from(linktype).unwrap_or(i32::MAX);
     let dead = Capture::dead(Linktype(link))?;
-    dead.compile(&Filter::Attempts.text(linktype), true)
+    dead.compile(&Filter::Attempts.text_for(linktype, own), true)
 }
 
 #[cfg(test)]
@@ -382,9 +497,52 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_for_every_live_link_type() {
-        // DLT numbers, as libpcap reports a live interface (12 is DLT_RAW, e.g. tun).
+        // DLT numbers, as libpcap reports a live interface (12 is DLT_RAW, e.g. tun),
+        // with this host's addresses named too (as many as the filter takes).
+        let own: Vec<IpAddr> = (0..MAX_OWN_IN_FILTER as u32)
+            .map(|i| {
+                if i % 2 == 0 {
+                    IpAddr::from((0x0a00_0000 + i).to_be_bytes())
+                } else {
+                    IpAddr::from(((0xfe80_u128 << 112) + u128::from(i)).to_be_bytes())
+                }
+            })
+            .collect();
         for linktype in [1u32, 113, 276, 12] {
             compiled_filter(linktype).unwrap_or_else(|e| panic!("linktype {linktype}: {e}"));
+            compiled_filter_for(linktype, &own)
+                .unwrap_or_else(|e| panic!("linktype {linktype}, own addresses: {e}"));
         }
+        // More addresses than that: not named (the kernel bounds a filter's size).
+        let many: Vec<IpAddr> = (0..=MAX_OWN_IN_FILTER as u32)
+            .map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+            .collect();
+        assert_eq!(
+            Filter::Attempts.text_for(1, &many),
+            Filter::Attempts.text(1)
+        );
+        assert!(
+            Filter::Attempts
+                .text_for(1, &own[..2])
+                .contains("ip src 10.0.0.0")
+        );
+        // IPv6 addresses make code of their own (libpcap's `tcp[]` tests, IPv4 only,
+        // would have been optimised away for them).
+        let v6_only: Vec<IpAddr> = own.iter().copied().filter(IpAddr::is_ipv6).collect();
+        let size = |own: &[IpAddr]| {
+            compiled_filter_for(1, own)
+                .expect("compile")
+                .get_instructions()
+                .len()
+        };
+        assert!(
+            size(&v6_only) > size(&[]) + v6_only.len(),
+            "{}",
+            size(&v6_only)
+        );
+        assert_eq!(
+            Filter::Inventory.text_for(1, &own),
+            Filter::Inventory.text(1)
+        );
     }
 }

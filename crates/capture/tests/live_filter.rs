@@ -74,6 +74,34 @@ fn attempts_and_stealth_probes_pass_everything_else_stays_in_the_kernel() {
 }
 
 #[test]
+fn with_the_hosts_addresses_named_attempts_from_others_still_pass() {
+    // The filter leaves out packets coming in from this host's own addresses, by the
+    // packet type the kernel gives it. libpcap's own interpreter (which filters the
+    // packets already in the ring again when the filter is set anew, as it is when the
+    // host's addresses change) has no packet type and takes every packet for one coming
+    // in: there only packets from the host's own addresses (its outgoing ones, at that
+    // moment) are left out, never an attempt from anyone else.
+    use synwatch_capture::live::compiled_filter_for;
+    let own = [ip("192.0.2.1"), ip("2001:db8::1")];
+    let filter = compiled_filter_for(1, &own).expect("compile for Ethernet");
+    for (src, dst) in [
+        ("203.0.113.9", "192.0.2.1"),
+        ("2001:db8::bad", "2001:db8::1"),
+    ] {
+        assert!(filter.filter(&ethernet(&packet(src, dst, SYN))), "{src}");
+        assert!(filter.filter(&ethernet(&packet(src, dst, FIN))), "{src}");
+    }
+    let first = Ipv4::new(
+        "203.0.113.9".parse().expect("v4"),
+        "192.0.2.1".parse().expect("v4"),
+    )
+    .id(7)
+    .fragment(0, true)
+    .encode(6, &[0; 8]);
+    assert!(filter.filter(&ethernet(&first)));
+}
+
+#[test]
 fn ipv6_with_extension_headers_is_left_to_the_decoder() {
     let filter = compiled_filter(1).expect("compile for Ethernet");
     let syn = Ipv6::new(v6("2001:db8::bad"), v6("2001:db8::1"))

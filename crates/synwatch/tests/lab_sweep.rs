@@ -7,12 +7,11 @@
 
 mod lab;
 
-use lab::{ALLOWED, Agent, CLIENT, HTTP_PORT, Lab, SCANNER, VICTIM, eventually};
+use lab::{ALLOWED, Agent, CLIENT, HTTP_PORT, Lab, SCANNER, SCANNER6, VICTIM, eventually};
 
-#[test]
-#[ignore = "needs root and network namespaces; make test runs it"]
-fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_not() {
-    let lab = Lab::new();
+/// The victim with thirty addresses (10.77.1.1-30, routed from the attacker's side) and
+/// an agent watching it through libpcap, banning with nftables.
+fn many_addresses(lab: &Lab, dir: &std::path::Path) -> (Vec<String>, Agent) {
     let hosts: Vec<String> = (1..=30).map(|i| format!("10.77.1.{i}")).collect();
     for h in &hosts {
         let out = lab.in_victim(&["ip", "addr", "add", &format!("{h}/24"), "dev", &lab.vif]);
@@ -20,11 +19,10 @@ fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_
     }
     let out = lab.in_attacker(&["ip", "route", "add", "10.77.1.0/24", "dev", &lab.aif]);
     assert!(out.status.success(), "{out:?}");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
+    let state = dir.join("state");
     let agent = Agent::start(
-        &lab,
-        dir.path(),
+        lab,
+        dir,
         "sweep",
         &[
             "--source",
@@ -35,6 +33,15 @@ fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_
             state.to_str().expect("utf-8 path"),
         ],
     );
+    (hosts, agent)
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_not() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hosts, agent) = many_addresses(&lab, dir.path());
 
     // The monitoring client: one answered connection to each address.
     for h in &hosts {
@@ -83,5 +90,64 @@ fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_
     eventually(3, "the sweep is counted", || {
         lab.metric("synwatch_address_sweeps_total") == 1
     });
+    assert_eq!(agent.stop(), Some(0));
+}
+
+/// SYN-ACKs coming in: one "from" this host's own address is forged (the kernel drops it
+/// as a martian) and answers nothing, so a sweeper who sends one for each of its SYNs is
+/// still reported, over IPv4 and IPv6, whole or in fragments; one from another host (a
+/// backend behind destination NAT, the far end of a connection through a gateway) is a
+/// real answer, and its attempts are no sweep.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn answers_forged_from_the_hosts_own_addresses_hide_no_sweep() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for i in 1..=20 {
+        let out = lab.in_victim(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("fd77:1::{i}/64"),
+            "dev",
+            &lab.vif,
+            "nodad",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let (_, agent) = many_addresses(&lab, dir.path());
+    // The agent names the host's addresses in its filter within a second of a change.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    lab.scapy(&format!(
+        r#"for i in range(1, 21):
+    h = '10.77.1.%d' % i
+    sendp(Ether(dst=mac) / IP(src='{SCANNER}', dst=h) / TCP(sport=41000 + i, dport=22, flags='S'), iface=iface)
+    sendp(Ether(dst=mac) / IP(src=h, dst='{SCANNER}') / TCP(sport=22, dport=41000 + i, flags='SA'), iface=iface)
+    sendp(Ether(dst=mac) / IP(src='{ALLOWED}', dst=h) / TCP(sport=43000 + i, dport=23, flags='S'), iface=iface)
+    for f in fragment(IP(src=h, dst='{ALLOWED}', id=3000 + i) / TCP(sport=23, dport=43000 + i, flags='SA'), fragsize=8):
+        sendp(Ether(dst=mac) / f, iface=iface)
+    h6 = 'fd77:1::%d' % i
+    sendp(Ether(dst=mac) / IPv6(src='{SCANNER6}', dst=h6) / TCP(sport=44000 + i, dport=24, flags='S'), iface=iface)
+    sendp(Ether(dst=mac) / IPv6(src=h6, dst='{SCANNER6}') / TCP(sport=24, dport=44000 + i, flags='SA'), iface=iface)
+    far = '10.78.0.%d' % i
+    sendp(Ether(dst=mac) / IP(src='{CLIENT}', dst=far) / TCP(sport=42000 + i, dport=443, flags='S'), iface=iface)
+    sendp(Ether(dst=mac) / IP(src=far, dst='{CLIENT}') / TCP(sport=443, dport=42000 + i, flags='SA'), iface=iface)
+"#
+    ));
+    for (src, dport) in [(SCANNER, 22), (ALLOWED, 23), (SCANNER6, 24)] {
+        let sweep = agent.wait_for(8, |e| {
+            e["event"] == "scan" && e["kind"] == "sweep" && e["src"] == src
+        });
+        assert_eq!(sweep["dport"], dport, "{sweep}");
+    }
+    // Past the answer wait of the client's last attempt: none of them made a sweep.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let events = agent.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["event"] == "scan" && e["src"] == CLIENT),
+        "answered attempts were taken for a sweep: {events:?}"
+    );
     assert_eq!(agent.stop(), Some(0));
 }
