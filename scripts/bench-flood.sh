@@ -245,6 +245,7 @@ offered=$(( tx1 - tx0 + txd1 - txd0 ))
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "n/a" }'; }
 cpu() { awk -v t="$1" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }'; }
 agent_ticks=$(( agent_cpu1 - agent_cpu0 ))
+tcpdump_ticks=$(( tcpdump_cpu1 - tcpdump_cpu0 ))
 peak_rss=$(sort -n "$rss_log" | tail -1)
 lines=$(wc -l <"$events")
 bytes=$(wc -c <"$events")
@@ -270,7 +271,10 @@ echo "  tcpdump (peer): packets captured ${td_captured:-?} ($(ratio "${td_captur
 echo "  synwatch CPU: $(cpu "$agent_ticks") s over the flood" \
     "($(awk -v t="$agent_ticks" -v hz="$hz" -v s="$secs" 'BEGIN { printf "%.0f%%", 100 * t / hz / s }') of one CPU)," \
     "$(awk -v t="$agent_ticks" -v hz="$hz" -v n="$seen" 'BEGIN { if (n > 0) printf "%.2f", t / hz / (n / 1e6); else print "n/a" }') s per million packets seen;" \
-    "tcpdump CPU: $(cpu $(( tcpdump_cpu1 - tcpdump_cpu0 ))) s"
+    "tcpdump CPU: $(cpu "$tcpdump_ticks") s," \
+    "$(awk -v t="$tcpdump_ticks" -v hz="$hz" -v n="${td_captured:-0}" 'BEGIN { if (n > 0) printf "%.3f", t / hz / (n / 1e6); else print "n/a" }') s per million packets captured"
+echo "  synwatch / tcpdump CPU per packet: $(awk -v a="$agent_ticks" -v b="$tcpdump_ticks" -v n="$seen" -v m="${td_captured:-0}" \
+    'BEGIN { if (b > 0 && n > 0 && m > 0) printf "%.1fx", (a / n) / (b / m); else print "n/a (tcpdump used under one clock tick)" }')"
 echo "  synwatch memory: peak VmRSS sampled ${peak_rss:-?} kB, VmHWM $hwm kB, VmRSS after the flood $rss_end kB"
 echo "  tracked sources: $tracked (cap --max-sources $max_sources: $( [ "$tracked" -le "$max_sources" ] && echo "bounded" || echo "EXCEEDED")), evicted $evicted"
 echo "  fragment reassembly: $(metric "synwatch_fragments_total ") fragments, $(metric "synwatch_reassembled_datagrams_total ") judged," \
