@@ -93,6 +93,9 @@ pub struct Totals {
     /// What fragment reassembly did over the whole replay.
     pub reassembly: ReassemblyStats,
     pub unsupported_link: u64,
+    /// Packets a cooked capture marks as having come in from a `--local` address to
+    /// another (martians the kernel drops, [`left_out`]).
+    pub from_local: u64,
     pub decode_errors: [u64; DecodeError::ALL.len()],
     pub connections_logged: u64,
     /// The latest packet time seen, and packets stamped before it.
@@ -456,6 +459,10 @@ fn take(
         totals.latest_ts = packet.ts_nanos;
     }
     totals.bytes += u64::from(packet.orig_len);
+    if left_out(&prep.locals, &packet) {
+        totals.from_local += 1;
+        return ControlFlow::Continue(());
+    }
     // Resolved per packet: in pcapng each section and interface has its own link type.
     match prep.segments.decode(
         packet.linktype,
@@ -492,6 +499,21 @@ fn take(
         Err(NotDecoded::Bad(kind)) => totals.decode_errors[kind.index()] += 1,
     }
     ControlFlow::Continue(())
+}
+
+/// Whether `packet` came in, by its cooked capture's packet type, from one of this
+/// host's addresses to another host: a martian the kernel drops (the live filter leaves
+/// such packets out too), neither an attempt nor an answer. A sweeper that forges a
+/// SYN-ACK "from" each address it probed must not have its attempts taken as answered.
+/// Other link types do not say which way a packet went; their packets all count.
+fn left_out(locals: &AddrSet, packet: &Packet<'_>) -> bool {
+    let link = match packet.linktype {
+        113 => synwatch_decode::LinkType::LinuxSll,
+        276 => synwatch_decode::LinkType::LinuxSll2,
+        _ => return false,
+    };
+    synwatch_decode::came_in(link, packet.data)
+        .is_some_and(|(src, dst)| locals.contains(src) && !locals.contains(dst))
 }
 
 /// A file that could not be read, or only in part: said in one line, and the replay
@@ -671,7 +693,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 scans:           {} port scans, {} address sweeps\n\
          \x20 sources tracked: {} at the end ({} evicted to stay under the cap of {}; {} first sightings held apart at the cap)\n\
          \x20 decode problems: {}\n\
-         \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links\n\
+         \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links, {} coming in from a --local address\n\
          \x20 fragments:       {} seen, {} datagrams reassembled, {} given up ({} invalid or overlapping, {} evicted, {} timed out)\n\
          \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back)\n\
          \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
@@ -697,6 +719,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         thousands(t.other_protocol),
         thousands(t.fragments),
         thousands(t.unsupported_link),
+        thousands(t.from_local),
         thousands(t.reassembly.fragments),
         thousands(t.reassembly.completed),
         thousands(t.reassembly.dropped + t.reassembly.evicted + t.reassembly.timed_out),

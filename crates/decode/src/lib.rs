@@ -443,6 +443,39 @@ impl Fragment<'_> {
     }
 }
 
+/// The IP source and destination of a packet a Linux cooked capture (SLL, SLL2: what
+/// `tcpdump -i any` writes) marks as having come in (any packet type but outgoing), read
+/// from its IPv4 or IPv6 header; `None` for any other packet or link type, which do not
+/// say which way a packet went.
+pub fn came_in(link: LinkType, data: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    /// `PACKET_OUTGOING`, the one packet type of what the host sent.
+    const OUTGOING: u16 = 4;
+    let (kind, proto, l3) = match link {
+        LinkType::LinuxSll => (be16(data, 0)?, be16(data, 14)?, 16),
+        LinkType::LinuxSll2 => (u16::from(*data.get(10)?), be16(data, 0)?, 20),
+        _ => return None,
+    };
+    if kind == OUTGOING {
+        return None;
+    }
+    let ip = data.get(l3..)?;
+    match proto {
+        0x0800 if ip.len() >= 20 => {
+            let at = |i: usize| Ipv4Addr::new(ip[i], ip[i + 1], ip[i + 2], ip[i + 3]);
+            Some((IpAddr::V4(at(12)), IpAddr::V4(at(16))))
+        }
+        0x86dd if ip.len() >= 40 => {
+            let at = |i: usize| {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&ip[i..i + 16]);
+                Ipv6Addr::from(b)
+            };
+            Some((IpAddr::V6(at(8)), IpAddr::V6(at(24))))
+        }
+        _ => None,
+    }
+}
+
 /// [`decode`], with what to do about a fragment left to `on_fragment`.
 #[inline]
 pub(crate) fn parse<'a>(

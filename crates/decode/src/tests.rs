@@ -658,3 +658,31 @@ proptest! {
         let _ = decode(LinkType::Ethernet, &pkt);
     }
 }
+
+#[test]
+fn a_cooked_capture_says_which_packets_came_in_and_from_where() {
+    // SLL2, IPv6, packet type 0 (to this host) then 4 (outgoing).
+    let mut v6 = vec![
+        0x86, 0xdd, 0, 0, 0, 0, 0, 3, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
+    ];
+    v6.extend(v6_syn_raw(1, 2, TcpFlags::SYN));
+    let came = came_in(LinkType::LinuxSll2, &v6).expect("came in");
+    assert_eq!(came.0, ip("2001:db8::bad"));
+    v6[10] = 4;
+    assert_eq!(came_in(LinkType::LinuxSll2, &v6), None);
+    // SLL (v1): the packet type is the first two bytes.
+    let mut v4 = vec![0, 3, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x08, 0x00];
+    v4.extend(v4_syn_raw());
+    let came = came_in(LinkType::LinuxSll, &v4).expect("came in");
+    assert_eq!(came, (ip("192.0.2.56"), ip("10.0.0.5")));
+    v4[1] = 4;
+    assert_eq!(came_in(LinkType::LinuxSll, &v4), None);
+    // Other link types do not say; cut packets never panic and say nothing.
+    assert_eq!(came_in(LinkType::Ethernet, &v4), None);
+    for cut in 0..v6.len() {
+        v6[10] = 0;
+        let got = came_in(LinkType::LinuxSll2, &v6[..cut]);
+        assert_eq!(got.is_some(), cut >= 60, "{cut}");
+        let _ = came_in(LinkType::LinuxSll, &v6[..cut]);
+    }
+}

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use synwatch_testkit::packet::{
     ACK, FIN, Ipv4, Ipv6, Ipv6Ext, PSH, RST, SYN, Tcp, URG, ethernet, ethernet_qinq, ethernet_vlan,
-    loop_loopback, null_loopback, sll, sll2, tcp_ip, udp_v4,
+    loop_loopback, null_loopback, sll, sll_with, sll2, sll2_with, tcp_ip, udp_v4,
 };
 use synwatch_testkit::pcap::{PcapNgWriter, PcapWriter};
 
@@ -1008,4 +1008,71 @@ fn a_capture_with_a_68_byte_snap_length_still_shows_its_scan() {
             .any(|l| l.contains(r#""event":"scan""#) && l.contains("[21,22,23,25]")),
         "{stdout}"
     );
+}
+
+/// A cooked capture (`tcpdump -i any`) says which way each packet went. A SYN-ACK it
+/// marks as having come in "from" one of the host's own addresses (`--local`) is a
+/// martian the kernel drops: a sweeper that forges one for each host it probed is still
+/// reported, as live, while a client answered by the host's outgoing SYN-ACKs is not a
+/// sweeper. SLL and SLL2 alike; without `--local` nothing is known to be the host's.
+#[test]
+fn answers_forged_from_local_addresses_in_a_cooked_capture_hide_no_sweep() {
+    const HOST: u16 = 0;
+    const OUTGOING: u16 = 4;
+    let ms = SEC / 1000;
+    type Framing = fn(u16, &[u8]) -> Vec<u8>;
+    let framings: [(u32, Framing); 2] = [
+        (113, |kind, ip| {
+            sll_with(kind, if ip[0] >> 4 == 4 { 0x0800 } else { 0x86dd }, ip)
+        }),
+        (276, |kind, ip| {
+            let proto = if ip[0] >> 4 == 4 { 0x0800 } else { 0x86dd };
+            sll2_with(proto, 2, u8::try_from(kind).expect("packet type"), ip)
+        }),
+    ];
+    for (linktype, frame) in framings {
+        let mut frames: Frames = Vec::new();
+        for h in 1..=30u16 {
+            let at = T0 + i64::from(h) * 50 * ms;
+            let host = ip(&format!("10.20.0.{h}"));
+            let (scanner, client) = (ip("198.51.100.77"), ip("192.0.2.200"));
+            let probe = tcp_ip(scanner, 50000 + h, host, 22, SYN, 0);
+            let forged = tcp_ip(host, 22, scanner, 50000 + h, SYN | ACK, 0);
+            let check = tcp_ip(client, 51000 + h, host, 23, SYN, 0);
+            let answer = tcp_ip(host, 23, client, 51000 + h, SYN | ACK, 0);
+            frames.push((at, frame(HOST, &probe)));
+            frames.push((at + ms, frame(HOST, &forged)));
+            frames.push((at + 2 * ms, frame(HOST, &check)));
+            frames.push((at + 3 * ms, frame(OUTGOING, &answer)));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("any.pcap");
+        write_pcap(&path, linktype, false, &frames);
+        let sweeps = |args: &[&str]| {
+            let out = replay(args, &[&path]);
+            assert!(out.status.success(), "{out:?}");
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let found: Vec<serde_json::Value> = stdout
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+                .filter(|e| e["event"] == "scan")
+                .collect();
+            (found, String::from_utf8_lossy(&out.stderr).into_owned())
+        };
+        let (found, stderr) = sweeps(&["--local", "10.20.0.0/24", "--format", "json"]);
+        assert_eq!(found.len(), 1, "linktype {linktype}: {found:#?}");
+        assert_eq!(found[0]["kind"], "sweep");
+        assert_eq!(found[0]["src"], "198.51.100.77");
+        assert_eq!(found[0]["dport"], 22);
+        assert!(
+            stderr.contains("30 coming in from a --local address"),
+            "{stderr}"
+        );
+        let (found, stderr) = sweeps(&["--format", "json"]);
+        assert!(found.is_empty(), "linktype {linktype}: {found:#?}");
+        assert!(
+            stderr.contains("0 coming in from a --local address"),
+            "{stderr}"
+        );
+    }
 }
