@@ -271,7 +271,8 @@ impl OwnAddresses {
         if now == self.named {
             return;
         }
-        let too_many = now.len() > synwatch_capture::live::MAX_OWN_IN_FILTER;
+        let blocks = synwatch_capture::live::own_blocks(&now).len();
+        let too_many = blocks > synwatch_capture::live::MAX_OWN_IN_FILTER;
         let set = cap.set_own(&now);
         let done = set.is_ok();
         match set {
@@ -280,7 +281,7 @@ impl OwnAddresses {
                 let why = match result {
                     Err(e) => e.to_string(),
                     Ok(()) => format!(
-                        "this host has {} addresses, more than the {} the filter names",
+                        "this host's {} addresses make {blocks} blocks, more than the {} the filter names",
                         now.len(),
                         synwatch_capture::live::MAX_OWN_IN_FILTER
                     ),

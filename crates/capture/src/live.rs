@@ -26,6 +26,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use std::os::fd::AsFd;
 
 use ::pcap::{Active, Capture, Linktype, Precision};
@@ -84,20 +86,27 @@ impl Filter {
     /// as martians, so they are no attempt and answer nothing; a sweeper that forges a
     /// SYN-ACK "from" each address it probed must not have its attempts taken as
     /// answered. Packets coming in from anyone else still pass: behind destination NAT,
-    /// or on a gateway watched on one side, a real answer comes in. Left out of the test
-    /// where `own` is empty or holds more than [`MAX_OWN_IN_FILTER`] addresses (the
-    /// kernel bounds a filter's size). Frames with VLAN tags in the frame are not
-    /// tested.
+    /// or on a gateway watched on one side, a real answer comes in. The addresses are
+    /// named as the fewest blocks that hold exactly them ([`own_blocks`]: a load
+    /// balancer's 256 addresses of one /24 are one test); left out of the test where
+    /// there are none or more than [`MAX_OWN_IN_FILTER`] blocks (the kernel bounds a
+    /// filter's size, and each block is a test for every attempt). Frames with VLAN tags
+    /// in the frame are not tested.
     pub fn text_for(self, linktype: u32, own: &[IpAddr]) -> String {
         let text = self.text(linktype);
-        if self != Filter::Attempts || own.is_empty() || own.len() > MAX_OWN_IN_FILTER {
+        let blocks = own_blocks(own);
+        if self != Filter::Attempts || blocks.is_empty() || blocks.len() > MAX_OWN_IN_FILTER {
             return text;
         }
-        let from: Vec<String> = own
+        let from: Vec<String> = blocks
             .iter()
-            .map(|a| match a {
-                IpAddr::V4(a) => format!("ip src {a}"),
-                IpAddr::V6(a) => format!("ip6 src {a}"),
+            .map(|b| {
+                let ip = if b.addr().is_ipv4() { "ip" } else { "ip6" };
+                if b.prefix_len() == b.max_prefix_len() {
+                    format!("{ip} src host {}", b.addr())
+                } else {
+                    format!("{ip} src net {b}")
+                }
             })
             .collect();
         // The addresses before the packet type: libpcap's own interpreter cannot read
@@ -108,7 +117,13 @@ impl Filter {
     }
 }
 
-/// The most addresses of this host the filter names (see [`Filter::text_for`]).
+/// The fewest address blocks that hold exactly the addresses `own`, as
+/// [`Filter::text_for`] names them.
+pub fn own_blocks(own: &[IpAddr]) -> Vec<IpNet> {
+    IpNet::aggregate(&own.iter().map(|&a| IpNet::from(a)).collect())
+}
+
+/// The most blocks of this host's addresses the filter names (see [`Filter::text_for`]).
 pub const MAX_OWN_IN_FILTER: usize = 64;
 
 /// A VLAN tag protocol identifier at byte `at` of an Ethernet frame.
@@ -513,9 +528,9 @@ mod tests {
             compiled_filter_for(linktype, &own)
                 .unwrap_or_else(|e| panic!("linktype {linktype}, own addresses: {e}"));
         }
-        // More addresses than that: not named (the kernel bounds a filter's size).
+        // More blocks than that: not named (the kernel bounds a filter's size).
         let many: Vec<IpAddr> = (0..=MAX_OWN_IN_FILTER as u32)
-            .map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+            .map(|i| IpAddr::from((0x0a00_0000 + 2 * i).to_be_bytes()))
             .collect();
         assert_eq!(
             Filter::Attempts.text_for(1, &many),
@@ -524,8 +539,21 @@ mod tests {
         assert!(
             Filter::Attempts
                 .text_for(1, &own[..2])
-                .contains("ip src 10.0.0.0")
+                .contains("ip src host 10.0.0.0")
         );
+        // Addresses next to each other are named as the blocks that hold exactly them:
+        // a load balancer's whole /24, and three of its neighbours.
+        let vips: Vec<IpAddr> = (0..259u32)
+            .map(|i| IpAddr::from((0x0a4d_0100 + i).to_be_bytes()))
+            .collect();
+        let text = Filter::Attempts.text_for(1, &vips);
+        assert!(
+            text.contains(
+                "ip src net 10.77.1.0/24 or ip src net 10.77.2.0/31 or ip src host 10.77.2.2"
+            ),
+            "{text}"
+        );
+        compiled_filter_for(1, &vips).expect("compile blocks");
         // IPv6 addresses make code of their own (libpcap's `tcp[]` tests, IPv4 only,
         // would have been optimised away for them).
         let v6_only: Vec<IpAddr> = own.iter().copied().filter(IpAddr::is_ipv6).collect();

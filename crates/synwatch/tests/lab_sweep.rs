@@ -115,6 +115,19 @@ fn answers_forged_from_the_hosts_own_addresses_hide_no_sweep() {
         ]);
         assert!(out.status.success(), "{out:?}");
     }
+    // A load balancer's worth: with 10.77.1.1-30 below, 254 IPv4 addresses and 20 IPv6
+    // ones, more than the filter names one by one; as blocks they are a few dozen.
+    for i in 31..=254 {
+        let out = lab.in_victim(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.77.1.{i}/24"),
+            "dev",
+            &lab.vif,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
     let (_, agent) = many_addresses(&lab, dir.path());
     // The agent names the host's addresses in its filter within a second of a change.
     std::thread::sleep(std::time::Duration::from_millis(1500));
