@@ -326,7 +326,9 @@ impl LiveCapture {
         let program = self
             .cap
             .compile(&self.filter.text_for(self.linktype, own), true)?;
-        attach_in_kernel(self.cap.as_fd(), &program).map_err(pcap::Error::IoError)
+        let mut code = kernel_program(&program, self.linktype).map_err(pcap::Error::PcapError)?;
+        attach_in_kernel(self.cap.as_fd(), &mut code)
+            .map_err(|e| pcap::Error::PcapError(format!("SO_ATTACH_FILTER: {e}")))
     }
 
     pub fn iface(&self) -> &str {
@@ -422,37 +424,84 @@ impl LiveCapture {
     }
 }
 
-/// Attaches `program` to the capture socket `fd` as its kernel filter
-/// (`SO_ATTACH_FILTER`), leaving libpcap's own state alone.
-fn attach_in_kernel(
-    fd: std::os::fd::BorrowedFd<'_>,
+/// `program` as the kernel runs it on a capture socket whose link type is `linktype`:
+/// classic BPF, the kernel's `sock_filter`, read through libpcap's printed form ("code jt
+/// jf k") rather than by assuming the crate's layout. A cooked capture (`LINKTYPE_LINUX_SLL`
+/// and `_SLL2`: PPP and other links libpcap reads without their own header) hands the
+/// kernel's filter a packet that starts at the network header, the cooked header being
+/// libpcap's own: its loads are moved as libpcap moves them (`fix_offset` in
+/// pcap-linux.c), the header's fields to the kernel's ancillary loads.
+fn kernel_program(
     program: &pcap::BpfProgram,
-) -> Result<(), std::io::ErrorKind> {
-    use std::os::fd::AsRawFd;
-    // libpcap's instructions are classic BPF, the kernel's `sock_filter`; read through
-    // their printed form ("code jt jf k") rather than by assuming the crate's layout.
+    linktype: u32,
+) -> Result<Vec<nix::libc::sock_filter>, String> {
+    let bad = |what: &str| format!("cannot read libpcap's program ({what})");
     let mut code = Vec::new();
     for insn in program.get_instructions() {
         let text = insn.to_string();
         let mut fields = text.split(' ').map(str::parse::<u32>);
         let mut next = || fields.next().and_then(Result::ok);
         let (Some(op), Some(jt), Some(jf), Some(k)) = (next(), next(), next(), next()) else {
-            return Err(std::io::ErrorKind::InvalidData);
+            return Err(bad(&text));
         };
-        let narrow = |v: u32| u8::try_from(v).map_err(|_| std::io::ErrorKind::InvalidData);
-        code.push(nix::libc::sock_filter {
-            code: u16::try_from(op).map_err(|_| std::io::ErrorKind::InvalidData)?,
-            jt: narrow(jt)?,
-            jf: narrow(jf)?,
+        let mut insn = nix::libc::sock_filter {
+            code: u16::try_from(op).map_err(|_| bad(&text))?,
+            jt: u8::try_from(jt).map_err(|_| bad(&text))?,
+            jf: u8::try_from(jf).map_err(|_| bad(&text))?,
             k,
-        });
+        };
+        if matches!(linktype, 113 | 276) && loads_packet(insn.code) {
+            insn.k = cooked_offset(linktype, insn.k)
+                .ok_or_else(|| format!("a load of byte {k} of the cooked header"))?;
+        }
+        code.push(insn);
     }
+    Ok(code)
+}
+
+/// Whether a classic BPF instruction loads from the packet (`BPF_LD`/`BPF_LDX` with an
+/// absolute, indirect or IP-header-length address).
+fn loads_packet(code: u16) -> bool {
+    let class = code & 0x07;
+    let mode = code & 0xe0;
+    matches!(class, 0x00 | 0x01) && matches!(mode, 0x20 | 0x40 | 0xa0)
+}
+
+/// Where the kernel finds byte `k` of a cooked packet: past the cooked header, that much
+/// less; its protocol, packet type and interface fields, in the ancillary data; `None`
+/// for any other byte of it.
+fn cooked_offset(linktype: u32, k: u32) -> Option<u32> {
+    const AD: u32 = 0u32.wrapping_sub(0x1000); // SKF_AD_OFF
+    const PROTOCOL: u32 = AD;
+    const PKTTYPE: u32 = AD + 4;
+    const IFINDEX: u32 = AD + 8;
+    if k >= AD {
+        return Some(k);
+    }
+    let (len, fields): (u32, &[(u32, u32)]) = if linktype == 276 {
+        (20, &[(0, PROTOCOL), (4, IFINDEX), (10, PKTTYPE)])
+    } else {
+        (16, &[(0, PKTTYPE), (14, PROTOCOL)])
+    };
+    if k >= len {
+        return Some(k - len);
+    }
+    fields.iter().find(|(at, _)| *at == k).map(|&(_, to)| to)
+}
+
+/// Attaches `code` to the capture socket `fd` as its kernel filter (`SO_ATTACH_FILTER`),
+/// leaving libpcap's own state alone.
+fn attach_in_kernel(
+    fd: std::os::fd::BorrowedFd<'_>,
+    code: &mut [nix::libc::sock_filter],
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
     let prog = nix::libc::sock_fprog {
-        len: u16::try_from(code.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?,
+        len: u16::try_from(code.len()).map_err(std::io::Error::other)?,
         filter: code.as_mut_ptr(),
     };
     let size = nix::libc::socklen_t::try_from(std::mem::size_of::<nix::libc::sock_fprog>())
-        .map_err(|_| std::io::ErrorKind::InvalidInput)?;
+        .map_err(std::io::Error::other)?;
     #[allow(
         unsafe_code,
         reason = "setsockopt with a pointer to a sock_fprog that outlives the call"
@@ -471,7 +520,7 @@ fn attach_in_kernel(
     if rc == 0 {
         Ok(())
     } else {
-        Err(std::io::Error::last_os_error().kind())
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -572,5 +621,27 @@ mod tests {
             Filter::Inventory.text_for(1, &own),
             Filter::Inventory.text(1)
         );
+    }
+
+    #[test]
+    fn cooked_loads_move_as_libpcap_moves_them() {
+        let ad = 0u32.wrapping_sub(0x1000);
+        // SLL: packet type at 0, protocol at 14, 16 bytes of header.
+        assert_eq!(cooked_offset(113, 0), Some(ad + 4));
+        assert_eq!(cooked_offset(113, 14), Some(ad));
+        assert_eq!(cooked_offset(113, 16 + 12), Some(12));
+        assert_eq!(cooked_offset(113, 6), None);
+        // SLL2: protocol at 0, interface at 4, packet type at 10, 20 bytes of header.
+        assert_eq!(cooked_offset(276, 0), Some(ad));
+        assert_eq!(cooked_offset(276, 4), Some(ad + 8));
+        assert_eq!(cooked_offset(276, 10), Some(ad + 4));
+        assert_eq!(cooked_offset(276, 20 + 9), Some(9));
+        assert_eq!(cooked_offset(276, 14), None);
+        // Ancillary loads stay as they are.
+        assert_eq!(cooked_offset(113, ad + 4), Some(ad + 4));
+        // Only loads from the packet are moved: ld [k], ldx 4*([k]&0xf), ld [x+k]; not
+        // ld #k, st, or jumps.
+        assert!(loads_packet(0x30) && loads_packet(0xb1) && loads_packet(0x50));
+        assert!(!loads_packet(0x00) && !loads_packet(0x02) && !loads_packet(0x15));
     }
 }

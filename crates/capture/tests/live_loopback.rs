@@ -123,3 +123,31 @@ fn naming_the_hosts_addresses_keeps_what_the_ring_holds_and_drops_what_comes_in_
     let after = refused_attempts(5);
     assert_eq!(syns_seen(&mut cap, &after, Duration::from_millis(500)), 5);
 }
+
+#[test]
+#[ignore = "needs CAP_NET_RAW; make test runs it as root"]
+fn a_cooked_capture_names_the_hosts_addresses_where_the_kernel_reads_them() {
+    // libpcap's "any" device is a cooked capture (as PPP links are): the kernel's filter
+    // sees each packet from its network header, so the filter's loads are moved.
+    let mut cap = match LiveCapture::open("any", &LiveOptions::default()) {
+        Ok(c) => c,
+        Err(e @ LiveError::Permission { .. }) => panic!("run as root (make test does): {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        matches!(cap.linktype(), 113 | 276),
+        "linktype {}",
+        cap.linktype()
+    );
+    let other = [std::net::IpAddr::from(Ipv4Addr::new(192, 0, 2, 1))];
+    cap.set_own(&other).expect("filter naming 192.0.2.1");
+    let seen = refused_attempts(5);
+    assert_eq!(syns_seen(&mut cap, &seen, Duration::from_millis(500)), 5);
+    let own = [std::net::IpAddr::from(Ipv4Addr::LOCALHOST)];
+    cap.set_own(&own).expect("filter naming 127.0.0.1");
+    let left_out = refused_attempts(5);
+    assert_eq!(
+        syns_seen(&mut cap, &left_out, Duration::from_millis(500)),
+        0
+    );
+}
