@@ -30,6 +30,21 @@ pub struct Host {
     pub loopback: BTreeSet<String>,
 }
 
+/// The addresses of `/proc/net/if_inet6` lines ("address ifindex prefix scope flags
+/// name", hexadecimal) whose flags hold `IFA_F_PERMANENT`.
+fn permanent_in_if_inet6(text: &str) -> BTreeSet<std::net::Ipv6Addr> {
+    const PERMANENT: u32 = 0x80;
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (addr, flags) = (fields.first()?, fields.get(4)?);
+            let flags = u32::from_str_radix(flags, 16).ok()?;
+            let addr = u128::from_str_radix(addr, 16).ok()?;
+            (addr != 0 && flags & PERMANENT != 0).then(|| std::net::Ipv6Addr::from(addr))
+        })
+        .collect()
+}
+
 impl Host {
     pub fn read() -> Result<Self> {
         let mut host = Host::default();
@@ -51,6 +66,15 @@ impl Host {
             }
         }
         Ok(host)
+    }
+
+    /// The IPv6 addresses the kernel holds as permanent (`IFA_F_PERMANENT` in
+    /// `/proc/net/if_inet6`: configured, not learnt from a router advertisement), if the
+    /// file can be read.
+    pub fn permanent_v6() -> Option<BTreeSet<std::net::Ipv6Addr>> {
+        std::fs::read_to_string("/proc/net/if_inet6")
+            .ok()
+            .map(|text| permanent_in_if_inet6(&text))
     }
 
     /// The local address set: these addresses plus the configured ones.
@@ -933,5 +957,22 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert!(!host.up.contains("lo"));
         let locals = host.locals(&AddrSet::new());
         assert!(locals.contains(IpAddr::from([127, 0, 0, 1])));
+    }
+
+    #[test]
+    fn permanent_ipv6_addresses_are_read_from_if_inet6() {
+        let text = "\
+fd770001000000000000000000000001 02 40 00 80     eth0
+20010db8000000000000000000000bad 02 40 00 00     eth0
+fe800000000000000000000000000001 02 40 20 80     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+garbage
+";
+        let got = permanent_in_if_inet6(text);
+        let want: BTreeSet<std::net::Ipv6Addr> = ["fd77:1::1", "fe80::1", "::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -24,11 +24,13 @@
 //! any other) comes up, so that containers coming and going never use up the slots.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use synwatch_capture::live::{LiveCapture, LiveOptions};
 use synwatch_decode::{Decoded, LinkType, Reassembler, ReassemblyLimits};
 use synwatch_detect::Observation;
@@ -252,54 +254,81 @@ pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
 /// martians, neither attempts nor answers), read again every [`CHECK_EVERY`].
 #[derive(Default)]
 struct OwnAddresses {
-    named: Vec<std::net::IpAddr>,
-    /// The last failure to set the filter, or too many addresses to name, said once.
+    named: Vec<IpNet>,
+    /// The last failure to set the filter, or too many addresses to name them all,
+    /// said once.
     trouble: Option<String>,
 }
 
 impl OwnAddresses {
     fn refresh(&mut self, cap: &mut LiveCapture) {
-        let Ok(host) = crate::host::Host::read() else {
+        let Ok(host) = Host::read() else {
             return;
         };
         // On loopback every packet comes in from one of them.
-        let now: Vec<std::net::IpAddr> = if host.loopback.contains(cap.iface()) {
-            Vec::new()
+        let (now, left) = if host.loopback.contains(cap.iface()) {
+            (Vec::new(), 0)
         } else {
-            host.addresses.into_iter().collect()
+            named_blocks(&host.addresses, Host::permanent_v6().as_ref())
         };
         if now == self.named {
             return;
         }
-        let blocks = synwatch_capture::live::own_blocks(&now).len();
-        let too_many = blocks > synwatch_capture::live::MAX_OWN_IN_FILTER;
         let set = cap.set_own(&now);
         let done = set.is_ok();
-        match set {
-            Ok(()) if !too_many => self.trouble = None,
-            result => {
-                let why = match result {
-                    Err(e) => e.to_string(),
-                    Ok(()) => format!(
-                        "this host's {} addresses make {blocks} blocks, more than the {} the filter names",
-                        now.len(),
-                        synwatch_capture::live::MAX_OWN_IN_FILTER
-                    ),
-                };
-                if self.trouble.as_ref() != Some(&why) {
-                    tracing::warn!(
-                        "cannot name this host's addresses in the filter on {}: {why} (forged answers from them can hide a sweep)",
-                        cap.iface()
-                    );
-                }
-                self.trouble = Some(why);
-            }
+        let why = match set {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if left > 0 => Some(format!(
+                "more than the {} address blocks the filter names (IPv4 first, then the \
+                 permanent IPv6 ones)",
+                synwatch_capture::live::MAX_OWN_IN_FILTER
+            )),
+            Ok(()) => None,
+        };
+        if let Some(why) = &why
+            && self.trouble.as_ref() != Some(why)
+        {
+            tracing::warn!(
+                "cannot name all of this host's addresses in the filter on {}: {why} (forged answers from the others can hide a sweep)",
+                cap.iface()
+            );
         }
+        self.trouble = why;
         // Tried again at the next look where the filter could not be set.
         if done {
             self.named = now;
         }
     }
+}
+
+/// The blocks of `addresses` the filter names, the first
+/// [`synwatch_capture::live::MAX_OWN_IN_FILTER`] of: IPv4 first, then the IPv6 addresses
+/// in `permanent` (configured, not learnt from a router advertisement, which anyone on
+/// the link can send to add addresses until the filter is full), then the other IPv6
+/// ones; and how many blocks were left out.
+fn named_blocks(
+    addresses: &BTreeSet<IpAddr>,
+    permanent: Option<&BTreeSet<std::net::Ipv6Addr>>,
+) -> (Vec<IpNet>, usize) {
+    let rank = |a: &IpAddr| match a {
+        IpAddr::V4(_) => 0,
+        IpAddr::V6(v6) if permanent.is_none_or(|p| p.contains(v6)) => 1,
+        IpAddr::V6(_) => 2,
+    };
+    let mut blocks = Vec::new();
+    for group in 0..3 {
+        let members: Vec<IpAddr> = addresses
+            .iter()
+            .copied()
+            .filter(|a| rank(a) == group)
+            .collect();
+        blocks.extend(synwatch_capture::live::own_blocks(&members));
+    }
+    let left = blocks
+        .len()
+        .saturating_sub(synwatch_capture::live::MAX_OWN_IN_FILTER);
+    blocks.truncate(synwatch_capture::live::MAX_OWN_IN_FILTER);
+    (blocks, left)
 }
 
 /// One captured packet through reassembly: its segments' observations (any further one
@@ -800,5 +829,33 @@ mod tests {
         assert_eq!(pace.dry(100, at(110)), Some(FLOOD_PAUSE));
         // A burst of a few packets moments after the last look is no flood.
         assert_eq!(pace.dry(3, at(110)), None);
+    }
+
+    #[test]
+    fn the_filter_names_ipv4_then_permanent_ipv6_blocks_first() {
+        let v4 = |i: u32| IpAddr::from((0x0a4d_0100 + i).to_be_bytes());
+        let v6 = |i: u128| IpAddr::from(((0xfd77_u128 << 112) + (i << 16)).to_be_bytes());
+        // 254 IPv4 addresses of one /24 (14 blocks), 10 permanent IPv6 addresses and 60
+        // learnt from router advertisements (one block each).
+        let mut addresses: BTreeSet<IpAddr> = (1..=254).map(v4).collect();
+        addresses.extend((0..70).map(v6));
+        let permanent: BTreeSet<std::net::Ipv6Addr> = (60..70)
+            .map(|i| match v6(i) {
+                IpAddr::V6(a) => a,
+                IpAddr::V4(_) => unreachable!(),
+            })
+            .collect();
+        let (named, left) = named_blocks(&addresses, Some(&permanent));
+        let max = synwatch_capture::live::MAX_OWN_IN_FILTER;
+        assert_eq!((named.len(), left), (max, 14 + 70 - max));
+        assert!(named[..14].iter().all(|b| b.addr().is_ipv4()));
+        for a in &permanent {
+            assert!(named[14..24].contains(&IpNet::from(IpAddr::V6(*a))), "{a}");
+        }
+        // Without the kernel's flags every IPv6 address ranks alike; all fit when few.
+        let few: BTreeSet<IpAddr> = (0..5).map(v6).chain([v4(1)]).collect();
+        let (named, left) = named_blocks(&few, None);
+        assert_eq!((named.len(), left), (6, 0));
+        assert!(named[0].addr().is_ipv4());
     }
 }

@@ -81,31 +81,29 @@ impl Filter {
         }
     }
 
-    /// [`Filter::text`], and for attempts, packets coming in from one of `own` (this
-    /// host's addresses) left out, IPv4 and IPv6, fragments too: the kernel drops them
-    /// as martians, so they are no attempt and answer nothing; a sweeper that forges a
-    /// SYN-ACK "from" each address it probed must not have its attempts taken as
-    /// answered. Packets coming in from anyone else still pass: behind destination NAT,
-    /// or on a gateway watched on one side, a real answer comes in. The addresses are
-    /// named as the fewest blocks that hold exactly them ([`own_blocks`]: a load
-    /// balancer's 256 addresses of one /24 are one test); left out of the test where
-    /// there are none or more than [`MAX_OWN_IN_FILTER`] blocks (the kernel bounds a
+    /// [`Filter::text`], and for attempts, packets coming in from one of the address
+    /// blocks `own` (this host's addresses, [`own_blocks`]) left out, IPv4 and IPv6,
+    /// fragments too: the kernel drops them as martians, so they are no attempt and
+    /// answer nothing; a sweeper that forges a SYN-ACK "from" each address it probed must
+    /// not have its attempts taken as answered. Packets coming in from anyone else still
+    /// pass: behind destination NAT, or on a gateway watched on one side, a real answer
+    /// comes in. The first [`MAX_OWN_IN_FILTER`] blocks are named (the kernel bounds a
     /// filter's size, and each block is a test for every attempt). Frames with VLAN tags
     /// in the frame are not tested.
-    pub fn text_for(self, linktype: u32, own: &[IpAddr]) -> String {
+    pub fn text_for(self, linktype: u32, own: &[IpNet]) -> String {
         let text = self.text(linktype);
-        let blocks = own_blocks(own);
-        if self != Filter::Attempts || blocks.is_empty() || blocks.len() > MAX_OWN_IN_FILTER {
+        if self != Filter::Attempts || own.is_empty() {
             return text;
         }
-        let from: Vec<String> = blocks
+        let from: Vec<String> = own
             .iter()
+            .take(MAX_OWN_IN_FILTER)
             .map(|b| {
                 let ip = if b.addr().is_ipv4() { "ip" } else { "ip6" };
                 if b.prefix_len() == b.max_prefix_len() {
                     format!("{ip} src host {}", b.addr())
                 } else {
-                    format!("{ip} src net {b}")
+                    format!("{ip} src net {}", b.trunc())
                 }
             })
             .collect();
@@ -117,8 +115,8 @@ impl Filter {
     }
 }
 
-/// The fewest address blocks that hold exactly the addresses `own`, as
-/// [`Filter::text_for`] names them.
+/// The fewest address blocks that hold exactly the addresses `own` (a load balancer's
+/// 256 addresses of one /24 are one block), as [`Filter::text_for`] takes them.
 pub fn own_blocks(own: &[IpAddr]) -> Vec<IpNet> {
     IpNet::aggregate(&own.iter().map(|&a| IpNet::from(a)).collect())
 }
@@ -172,8 +170,8 @@ pub struct LiveOptions {
     pub block_ms: i32,
     /// Which traffic passes the kernel-side filter.
     pub filter: Filter,
-    /// This host's addresses, for the filter ([`Filter::text_for`]).
-    pub own: Vec<IpAddr>,
+    /// Blocks of this host's addresses, for the filter ([`Filter::text_for`]).
+    pub own: Vec<IpNet>,
 }
 
 impl Default for LiveOptions {
@@ -322,7 +320,7 @@ impl LiveCapture {
     /// packet and the next. Set through libpcap, the packets its ring already held would
     /// be filtered again in user space, where the packet type cannot be read: the
     /// host's own outgoing packets (its SYN-ACKs among them) would be lost each time.
-    pub fn set_own(&mut self, own: &[IpAddr]) -> Result<(), pcap::Error> {
+    pub fn set_own(&mut self, own: &[IpNet]) -> Result<(), pcap::Error> {
         let program = self
             .cap
             .compile(&self.filter.text_for(self.linktype, own), true)?;
@@ -552,7 +550,7 @@ pub fn compiled_filter(linktype: u32) -> Result<pcap::BpfProgram, pcap::Error> {
 pub fn compiled_filter_for(linktype: u32, own: &[IpAddr]) -> Result<pcap::BpfProgram, pcap::Error> {
     let link = i32::try_from(linktype).unwrap_or(i32::MAX);
     let dead = Capture::dead(Linktype(link))?;
-    dead.compile(&Filter::Attempts.text_for(linktype, own), true)
+    dead.compile(&Filter::Attempts.text_for(linktype, &own_blocks(own)), true)
 }
 
 #[cfg(test)]
@@ -577,25 +575,21 @@ mod tests {
             compiled_filter_for(linktype, &own)
                 .unwrap_or_else(|e| panic!("linktype {linktype}, own addresses: {e}"));
         }
-        // More blocks than that: not named (the kernel bounds a filter's size).
+        // More blocks than that: the first ones are named (the kernel bounds a
+        // filter's size).
         let many: Vec<IpAddr> = (0..=MAX_OWN_IN_FILTER as u32)
             .map(|i| IpAddr::from((0x0a00_0000 + 2 * i).to_be_bytes()))
             .collect();
-        assert_eq!(
-            Filter::Attempts.text_for(1, &many),
-            Filter::Attempts.text(1)
-        );
-        assert!(
-            Filter::Attempts
-                .text_for(1, &own[..2])
-                .contains("ip src host 10.0.0.0")
-        );
+        let text = Filter::Attempts.text_for(1, &own_blocks(&many));
+        assert!(text.contains("ip src host 10.0.0.0 or"), "{text}");
+        assert!(text.contains(&format!("ip src host {})", many[MAX_OWN_IN_FILTER - 1])));
+        assert!(!text.contains(&many[MAX_OWN_IN_FILTER].to_string()));
         // Addresses next to each other are named as the blocks that hold exactly them:
         // a load balancer's whole /24, and three of its neighbours.
         let vips: Vec<IpAddr> = (0..259u32)
             .map(|i| IpAddr::from((0x0a4d_0100 + i).to_be_bytes()))
             .collect();
-        let text = Filter::Attempts.text_for(1, &vips);
+        let text = Filter::Attempts.text_for(1, &own_blocks(&vips));
         assert!(
             text.contains(
                 "ip src net 10.77.1.0/24 or ip src net 10.77.2.0/31 or ip src host 10.77.2.2"
@@ -618,7 +612,7 @@ mod tests {
             size(&v6_only)
         );
         assert_eq!(
-            Filter::Inventory.text_for(1, &own),
+            Filter::Inventory.text_for(1, &own_blocks(&own)),
             Filter::Inventory.text(1)
         );
     }

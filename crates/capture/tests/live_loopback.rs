@@ -107,7 +107,9 @@ fn naming_the_hosts_addresses_keeps_what_the_ring_holds_and_drops_what_comes_in_
         Err(e @ LiveError::Permission { .. }) => panic!("run as root (make test does): {e}"),
         Err(e) => panic!("{e}"),
     };
-    let own = [std::net::IpAddr::from(Ipv4Addr::LOCALHOST)];
+    let own = [ipnet::IpNet::from(std::net::IpAddr::from(
+        Ipv4Addr::LOCALHOST,
+    ))];
     // Attempts waiting in the kernel's ring when the filter changes were judged by the
     // filter of their time: none is lost (set through libpcap, they were filtered again
     // in user space, where the packet type cannot be read, and every one from the named
@@ -139,11 +141,15 @@ fn a_cooked_capture_names_the_hosts_addresses_where_the_kernel_reads_them() {
         "linktype {}",
         cap.linktype()
     );
-    let other = [std::net::IpAddr::from(Ipv4Addr::new(192, 0, 2, 1))];
+    let other = [ipnet::IpNet::from(std::net::IpAddr::from(Ipv4Addr::new(
+        192, 0, 2, 1,
+    )))];
     cap.set_own(&other).expect("filter naming 192.0.2.1");
     let seen = refused_attempts(5);
     assert_eq!(syns_seen(&mut cap, &seen, Duration::from_millis(500)), 5);
-    let own = [std::net::IpAddr::from(Ipv4Addr::LOCALHOST)];
+    let own = [ipnet::IpNet::from(std::net::IpAddr::from(
+        Ipv4Addr::LOCALHOST,
+    ))];
     cap.set_own(&own).expect("filter naming 127.0.0.1");
     let left_out = refused_attempts(5);
     assert_eq!(
