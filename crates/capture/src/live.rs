@@ -88,16 +88,16 @@ impl Filter {
     /// not have its attempts taken as answered. Packets coming in from anyone else still
     /// pass: behind destination NAT, or on a gateway watched on one side, a real answer
     /// comes in. The first [`MAX_OWN_IN_FILTER`] blocks are named (the kernel bounds a
-    /// filter's size, and each block is a test for every attempt). Frames with VLAN tags
-    /// in the frame are not tested.
+    /// filter's size, and each block is a test for every attempt). On Ethernet the same
+    /// test is made behind one and two VLAN tags in the frame, not behind more.
     pub fn text_for(self, linktype: u32, own: &[IpNet]) -> String {
         let text = self.text(linktype);
         if self != Filter::Attempts || own.is_empty() {
             return text;
         }
-        let from: Vec<String> = own
+        let own = &own[..own.len().min(MAX_OWN_IN_FILTER)];
+        let mut from: Vec<String> = own
             .iter()
-            .take(MAX_OWN_IN_FILTER)
             .map(|b| {
                 let ip = if b.addr().is_ipv4() { "ip" } else { "ip6" };
                 if b.prefix_len() == b.max_prefix_len() {
@@ -107,12 +107,56 @@ impl Filter {
                 }
             })
             .collect();
+        // On Ethernet, behind one or two tags in the frame too (an unknown tag protocol
+        // such as 0x9100, or the inner tags of QinQ), which the decoder walks.
+        if linktype == 1 {
+            let tag0 = vlan_tag_at(12);
+            let tag1 = vlan_tag_at(16);
+            from.push(format!("({tag0} and ({}))", sources_at(18, own)));
+            from.push(format!("({tag0} and {tag1} and ({}))", sources_at(22, own)));
+        }
         // The addresses before the packet type: libpcap's own interpreter cannot read
         // the packet type and drops a packet that gets that far, so were this filter
         // ever run there, only packets from the host's own addresses could be lost.
         // ([`LiveCapture::set_own`] sets it in the kernel alone.)
         format!("({text}) and not (({}) and inbound)", from.join(" or "))
     }
+}
+
+/// A test that the IP source of an Ethernet frame whose IP header starts at byte `l3`
+/// (its ethertype in the two bytes before) is in one of `blocks`, with raw loads.
+fn sources_at(l3: usize, blocks: &[IpNet]) -> String {
+    let mut tests = Vec::new();
+    for b in blocks {
+        let (ethertype, src, bits, octets) = match b.trunc().addr() {
+            IpAddr::V4(a) => (0x0800, l3 + 12, b.prefix_len(), a.octets().to_vec()),
+            IpAddr::V6(a) => (0x86dd, l3 + 8, b.prefix_len(), a.octets().to_vec()),
+        };
+        let mut words = Vec::new();
+        for (i, word) in octets.chunks(4).enumerate() {
+            let covered = u32::from(bits).saturating_sub(32 * i as u32).min(32);
+            if covered == 0 {
+                break;
+            }
+            let mask = u32::MAX.checked_shl(32 - covered).unwrap_or(0);
+            let value = u32::from_be_bytes([word[0], word[1], word[2], word[3]]) & mask;
+            let at = src + 4 * i;
+            words.push(if covered == 32 {
+                format!("ether[{at}:4] == {value:#x}")
+            } else {
+                format!("ether[{at}:4] & {mask:#x} == {value:#x}")
+            });
+        }
+        if words.is_empty() {
+            words.push("1 == 1".to_owned());
+        }
+        tests.push(format!(
+            "(ether[{}:2] == {ethertype:#x} and {})",
+            l3 - 2,
+            words.join(" and ")
+        ));
+    }
+    tests.join(" or ")
 }
 
 /// The fewest address blocks that hold exactly the addresses `own` (a load balancer's
@@ -582,8 +626,18 @@ mod tests {
             .collect();
         let text = Filter::Attempts.text_for(1, &own_blocks(&many));
         assert!(text.contains("ip src host 10.0.0.0 or"), "{text}");
-        assert!(text.contains(&format!("ip src host {})", many[MAX_OWN_IN_FILTER - 1])));
+        assert!(text.contains(&format!("ip src host {} or", many[MAX_OWN_IN_FILTER - 1])));
         assert!(!text.contains(&many[MAX_OWN_IN_FILTER].to_string()));
+        // Behind one or two tags in the frame, the same blocks as raw loads.
+        assert!(
+            text.contains("ether[16:2] == 0x800 and ether[30:4] == 0xa000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ether[20:2] == 0x800 and ether[34:4] == 0xa000000"),
+            "{text}"
+        );
+        assert!(!text.contains("0xa000080"), "{text}");
         // Addresses next to each other are named as the blocks that hold exactly them:
         // a load balancer's whole /24, and three of its neighbours.
         let vips: Vec<IpAddr> = (0..259u32)

@@ -95,7 +95,8 @@ fn a_sweep_of_the_hosts_addresses_is_reported_and_banned_a_monitoring_client_is_
 
 /// SYN-ACKs coming in: one "from" this host's own address is forged (the kernel drops it
 /// as a martian) and answers nothing, so a sweeper who sends one for each of its SYNs is
-/// still reported, over IPv4 and IPv6, whole or in fragments; one from another host (a
+/// still reported, over IPv4 and IPv6, whole or in fragments, untagged or behind VLAN
+/// tags in the frame (an unknown tag protocol, the inner tag of QinQ); one from another host (a
 /// backend behind destination NAT, the far end of a connection through a gateway) is a
 /// real answer, and its attempts are no sweep.
 #[test]
@@ -142,12 +143,22 @@ fn answers_forged_from_the_hosts_own_addresses_hide_no_sweep() {
     h6 = 'fd77:1::%d' % i
     sendp(Ether(dst=mac) / IPv6(src='{SCANNER6}', dst=h6) / TCP(sport=44000 + i, dport=24, flags='S'), iface=iface)
     sendp(Ether(dst=mac) / IPv6(src=h6, dst='{SCANNER6}') / TCP(sport=24, dport=44000 + i, flags='SA'), iface=iface)
+    sendp(Ether(dst=mac) / IP(src='10.99.0.7', dst=h) / TCP(sport=45000 + i, dport=25, flags='S'), iface=iface)
+    sendp(Ether(dst=mac, type=0x9100) / Dot1Q(vlan=7, type=0x0800) / IP(src=h, dst='10.99.0.7') / TCP(sport=25, dport=45000 + i, flags='SA'), iface=iface)
+    sendp(Ether(dst=mac) / IP(src='10.99.0.8', dst=h) / TCP(sport=46000 + i, dport=26, flags='S'), iface=iface)
+    sendp(Ether(dst=mac) / Dot1Q(vlan=5) / Dot1Q(vlan=6) / IP(src=h, dst='10.99.0.8') / TCP(sport=26, dport=46000 + i, flags='SA'), iface=iface)
     far = '10.78.0.%d' % i
     sendp(Ether(dst=mac) / IP(src='{CLIENT}', dst=far) / TCP(sport=42000 + i, dport=443, flags='S'), iface=iface)
     sendp(Ether(dst=mac) / IP(src=far, dst='{CLIENT}') / TCP(sport=443, dport=42000 + i, flags='SA'), iface=iface)
 "#
     ));
-    for (src, dport) in [(SCANNER, 22), (ALLOWED, 23), (SCANNER6, 24)] {
+    for (src, dport) in [
+        (SCANNER, 22),
+        (ALLOWED, 23),
+        (SCANNER6, 24),
+        ("10.99.0.7", 25),
+        ("10.99.0.8", 26),
+    ] {
         let sweep = agent.wait_for(8, |e| {
             e["event"] == "scan" && e["kind"] == "sweep" && e["src"] == src
         });
