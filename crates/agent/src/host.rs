@@ -357,9 +357,19 @@ fn routes_digest(routes4: &str, routes6: &str) -> u64 {
 /// `RTMGRP_IPV6_ROUTE`).
 const ROUTE_GROUPS: u32 = 0x40 | 0x400;
 
+/// The rtnetlink groups of IPv4 and IPv6 address changes (`RTMGRP_IPV4_IFADDR`,
+/// `RTMGRP_IPV6_IFADDR`).
+const ADDRESS_GROUPS: u32 = 0x10 | 0x100;
+
 /// A netlink socket told of every route change in this network namespace, read without
 /// waiting; `None` where it cannot be opened.
 fn route_socket() -> Option<std::os::fd::OwnedFd> {
+    change_socket(ROUTE_GROUPS)
+}
+
+/// A netlink socket told of every change of the rtnetlink `groups` in this network
+/// namespace, read without waiting; `None` where it cannot be opened.
+fn change_socket(groups: u32) -> Option<std::os::fd::OwnedFd> {
     use nix::sys::socket::{
         AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, socket,
     };
@@ -372,7 +382,7 @@ fn route_socket() -> Option<std::os::fd::OwnedFd> {
     .ok()?;
     bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &NetlinkAddr::new(0, ROUTE_GROUPS),
+        &NetlinkAddr::new(0, groups),
     )
     .ok()?;
     Some(fd)
@@ -419,22 +429,45 @@ impl Routes {
 
     /// The route part of [`Routes::changed`].
     fn routes_changed(&self) -> bool {
-        let Some(Some(fd)) = self.watch.get() else {
-            return false;
-        };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
-        let mut buf = [0u8; 8192];
-        let mut changed = false;
-        loop {
-            match nix::sys::socket::recv(fd, &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return changed,
-                Ok(_) => changed = true,
-                // Messages were lost: something changed.
-                Err(nix::errno::Errno::ENOBUFS) => changed = true,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => return changed,
-            }
+        match self.watch.get() {
+            Some(Some(fd)) => told(fd),
+            _ => false,
         }
+    }
+}
+
+/// Whether the change socket `fd` told of anything since it was last asked (its
+/// messages read and dropped).
+fn told(fd: &std::os::fd::OwnedFd) -> bool {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(fd);
+    let mut buf = [0u8; 8192];
+    let mut changed = false;
+    loop {
+        match nix::sys::socket::recv(fd, &mut buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return changed,
+            Ok(_) => changed = true,
+            // Messages were lost: something changed.
+            Err(nix::errno::Errno::ENOBUFS) => changed = true,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return changed,
+        }
+    }
+}
+
+/// The kernel's word of the host's addresses changing (an address added or removed,
+/// IPv4 or IPv6), asked without waiting; where the subscription cannot be made, never
+/// any (the periodic reads see changes alone).
+#[derive(Debug)]
+pub struct AddressChanges(Option<std::os::fd::OwnedFd>);
+
+impl AddressChanges {
+    pub fn watch() -> Self {
+        Self(change_socket(ADDRESS_GROUPS))
+    }
+
+    /// Whether an address changed since the last call.
+    pub fn changed(&self) -> bool {
+        self.0.as_ref().is_some_and(told)
     }
 }
 

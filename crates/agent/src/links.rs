@@ -374,6 +374,8 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
     let mut burst = 0u64;
     let mut next_check = monotonic() + CHECK_EVERY;
     let mut own = OwnAddresses::default();
+    // Subscribed before the first read of the addresses, so that no change is missed.
+    let address_changes = crate::host::AddressChanges::watch();
     own.refresh(&mut cap);
     // The kernel's counters restart with each handle: they add to what earlier handles
     // on this interface counted.
@@ -428,6 +430,11 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
         if dry && let Some(pause) = pace.dry(std::mem::take(&mut burst), now) {
             thread::sleep(pause);
             now = monotonic();
+        }
+        // The filter names an address added within a read of its coming, not a second
+        // later: a sweep of new addresses with forged answers right away is seen too.
+        if address_changes.changed() {
+            own.refresh(&mut cap);
         }
         if now >= next_check {
             next_check = now + CHECK_EVERY;

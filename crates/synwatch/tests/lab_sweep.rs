@@ -175,3 +175,41 @@ fn answers_forged_from_the_hosts_own_addresses_hide_no_sweep() {
     );
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// Addresses added while the agent runs are named in its filter as soon as the kernel
+/// tells of them, not at its next look a second later: a sweeper that forges answers
+/// "from" addresses the host has just taken (a router advertisement it sent, say), right
+/// after they come, is reported.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn answers_forged_from_addresses_just_added_hide_no_sweep() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, agent) = many_addresses(&lab, dir.path());
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let batch = dir.path().join("addresses");
+    let lines: String = (1..=40)
+        .map(|i| format!("addr add 10.77.3.{i}/24 dev {}\n", lab.vif))
+        .collect();
+    std::fs::write(&batch, lines).expect("write the address batch");
+    // scapy is loaded and the packets built first; then the addresses are added and
+    // swept at once, in one send.
+    lab.scapy(&format!(
+        r#"import subprocess
+sweep = []
+for i in range(1, 41):
+    h = '10.77.3.%d' % i
+    sweep.append(Ether(dst=mac) / IP(src='10.99.0.9', dst=h) / TCP(sport=47000 + i, dport=27, flags='S'))
+    sweep.append(Ether(dst=mac) / IP(src=h, dst='10.99.0.9') / TCP(sport=27, dport=47000 + i, flags='SA'))
+subprocess.run(['ip', '-n', '{victim}', '-batch', '{batch}'], check=True)
+sendp(sweep, iface=iface, inter=0.002)
+"#,
+        victim = lab.victim,
+        batch = batch.display(),
+    ));
+    let sweep = agent.wait_for(8, |e| {
+        e["event"] == "scan" && e["kind"] == "sweep" && e["src"] == "10.99.0.9"
+    });
+    assert_eq!(sweep["dport"], 27, "{sweep}");
+    assert_eq!(agent.stop(), Some(0));
+}
