@@ -13,14 +13,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use synwatch_capture::live::{LiveCapture, LiveError, LiveOptions};
 use synwatch_decode::{Decoded, LinkType, TcpFlags, Transport, decode};
 
-#[test]
-#[ignore = "needs CAP_NET_RAW; make test runs it as root"]
-fn loopback_capture_sees_the_syn_and_not_the_reply() {
-    let mut cap = match LiveCapture::open("lo", &LiveOptions::default()) {
+/// A live handle on `device`, with the default options.
+fn open(device: &str) -> LiveCapture {
+    match LiveCapture::open(device, &LiveOptions::default()) {
         Ok(c) => c,
         Err(e @ LiveError::Permission { .. }) => panic!("run as root (make test does): {e}"),
         Err(e) => panic!("{e}"),
-    };
+    }
+}
+
+#[test]
+#[ignore = "needs CAP_NET_RAW; make test runs it as root"]
+fn loopback_capture_sees_the_syn_and_not_the_reply() {
+    let mut cap = open("lo");
     // A port nobody listens on: bind and drop a listener to find a free one.
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
@@ -102,11 +107,7 @@ fn refused_attempts(count: usize) -> Vec<u16> {
 #[test]
 #[ignore = "needs CAP_NET_RAW; make test runs it as root"]
 fn naming_the_hosts_addresses_keeps_what_the_ring_holds_and_drops_what_comes_in_from_them() {
-    let mut cap = match LiveCapture::open("lo", &LiveOptions::default()) {
-        Ok(c) => c,
-        Err(e @ LiveError::Permission { .. }) => panic!("run as root (make test does): {e}"),
-        Err(e) => panic!("{e}"),
-    };
+    let mut cap = open("lo");
     let own = [ipnet::IpNet::from(std::net::IpAddr::from(
         Ipv4Addr::LOCALHOST,
     ))];
@@ -131,11 +132,7 @@ fn naming_the_hosts_addresses_keeps_what_the_ring_holds_and_drops_what_comes_in_
 fn a_cooked_capture_names_the_hosts_addresses_where_the_kernel_reads_them() {
     // libpcap's "any" device is a cooked capture (as PPP links are): the kernel's filter
     // sees each packet from its network header, so the filter's loads are moved.
-    let mut cap = match LiveCapture::open("any", &LiveOptions::default()) {
-        Ok(c) => c,
-        Err(e @ LiveError::Permission { .. }) => panic!("run as root (make test does): {e}"),
-        Err(e) => panic!("{e}"),
-    };
+    let mut cap = open("any");
     assert!(
         matches!(cap.linktype(), 113 | 276),
         "linktype {}",
