@@ -848,8 +848,8 @@ const LOOPBACK6: Ipv6Net = match Ipv6Net::new(std::net::Ipv6Addr::LOCALHOST, 128
 /// The IPv6 networks whose sources count per address although `cfg.ipv6_prefix` is
 /// shorter: those at that length that hold a local, neighbour or allowlisted address
 /// (an `--allow` range narrower than the prefix), a NAT64 prefix or the loopback
-/// address, and the local ranges, NAT64 prefixes and the link-local range wider than it. The XDP program is given the
-/// same list.
+/// address, and the local ranges, NAT64 prefixes and the link-local range wider than
+/// it. The XDP program is given the same list.
 pub fn per_address_prefixes(cfg: &Config) -> AddrSet {
     let mut shared = AddrSet::new();
     if cfg.ipv6_prefix >= 128 {
