@@ -28,6 +28,8 @@ pub struct Host {
     pub all: BTreeSet<String>,
     /// Loopback interfaces (whose packets all come in from this host's own addresses).
     pub loopback: BTreeSet<String>,
+    /// The link-local IPv6 addresses of each interface: the host's on that link only.
+    pub link_local: std::collections::BTreeMap<String, BTreeSet<std::net::Ipv6Addr>>,
 }
 
 /// The addresses of `/proc/net/if_inet6` lines ("address ifindex prefix scope flags
@@ -63,6 +65,12 @@ impl Host {
                 host.addresses.insert(IpAddr::V4(v4.ip()));
             } else if let Some(v6) = addr.as_sockaddr_in6() {
                 host.addresses.insert(IpAddr::V6(v6.ip()));
+                if v6.ip().is_unicast_link_local() {
+                    host.link_local
+                        .entry(ifa.interface_name.clone())
+                        .or_default()
+                        .insert(v6.ip());
+                }
             }
         }
         Ok(host)

@@ -251,25 +251,71 @@ pub(crate) fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
 
 /// This host's addresses as the capture filter last named them
 /// ([`synwatch_capture::live::Filter::text_for`]: packets coming in from one are
-/// martians, neither attempts nor answers), read again every [`CHECK_EVERY`].
-#[derive(Default)]
+/// martians, neither attempts nor answers), read again as soon as the kernel tells of a
+/// change and every [`CHECK_EVERY`].
 struct OwnAddresses {
+    /// The kernel's word of address changes, subscribed to before the first read.
+    changes: crate::host::AddressChanges,
     named: Vec<IpNet>,
+    /// The host's link-local addresses on other links only: a packet on this one from
+    /// one of them is another host's ([`Observation::foreign`]).
+    foreign: BTreeSet<std::net::Ipv6Addr>,
     /// The last failure to set the filter, or too many addresses to name them all,
     /// said once.
     trouble: Option<String>,
 }
 
 impl OwnAddresses {
+    /// Subscribed to address changes, and the filter set for the addresses now.
+    fn watch(cap: &mut LiveCapture) -> Self {
+        let mut own = Self {
+            changes: crate::host::AddressChanges::watch(),
+            named: Vec::new(),
+            foreign: BTreeSet::new(),
+            trouble: None,
+        };
+        own.refresh(cap);
+        own
+    }
+
+    /// The filter set again if the kernel told of an address change: an address added
+    /// is named within a read of its coming, not a second later (a sweep of new
+    /// addresses with forged answers right away is seen too).
+    fn follow(&mut self, cap: &mut LiveCapture) {
+        if self.changes.changed() {
+            self.refresh(cap);
+        }
+    }
+
     fn refresh(&mut self, cap: &mut LiveCapture) {
         let Ok(host) = Host::read() else {
             return;
         };
         // On loopback every packet comes in from one of them.
-        let (now, left) = if host.loopback.contains(cap.iface()) {
+        let iface = cap.iface();
+        self.foreign = if host.loopback.contains(iface) {
+            BTreeSet::new()
+        } else {
+            let here = host.link_local.get(iface);
+            host.link_local
+                .iter()
+                .filter(|(name, _)| name.as_str() != iface)
+                .flat_map(|(_, addrs)| addrs)
+                .filter(|a| here.is_none_or(|h| !h.contains(a)))
+                .copied()
+                .collect()
+        };
+        let (now, left) = if host.loopback.contains(iface) {
             (Vec::new(), 0)
         } else {
-            named_blocks(&host.addresses, Host::permanent_v6().as_ref())
+            // A link-local address is the host's on its own link only.
+            let mine: BTreeSet<IpAddr> = host
+                .addresses
+                .iter()
+                .filter(|a| !matches!(a, IpAddr::V6(v6) if self.foreign.contains(v6)))
+                .copied()
+                .collect();
+            named_blocks(&mine, Host::permanent_v6().as_ref())
         };
         if now == self.named {
             return;
@@ -335,7 +381,7 @@ fn named_blocks(
 /// its datagram's copies gave too, [`Reassembler::take_extra`]) into `batch`, a
 /// malformed one counted by kind.
 fn take_packet(
-    defrag: &mut Reassembler,
+    (defrag, foreign): (&mut Reassembler, &BTreeSet<std::net::Ipv6Addr>),
     link: LinkType,
     packet: &synwatch_capture::Packet<'_>,
     batch: &mut Vec<Observation>,
@@ -345,7 +391,11 @@ fn take_packet(
     match defrag.decode_framed(link, packet.data, packet.orig_len as usize, at) {
         Ok(Decoded::Segment(seg)) => {
             for seg in defrag.with_extra(seg) {
-                batch.extend(Observation::of_segment(packet.ts_nanos, &seg));
+                if let Some(mut obs) = Observation::of_segment(packet.ts_nanos, &seg) {
+                    obs.foreign = matches!(obs.src, IpAddr::V6(a)
+                        if a.is_unicast_link_local() && foreign.contains(&a));
+                    batch.push(obs);
+                }
             }
         }
         Ok(Decoded::Skipped(_)) => {}
@@ -373,10 +423,7 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
     // Packets read since the ring last ran dry.
     let mut burst = 0u64;
     let mut next_check = monotonic() + CHECK_EVERY;
-    let mut own = OwnAddresses::default();
-    // Subscribed before the first read of the addresses, so that no change is missed.
-    let address_changes = crate::host::AddressChanges::watch();
-    own.refresh(&mut cap);
+    let mut own = OwnAddresses::watch(&mut cap);
     // The kernel's counters restart with each handle: they add to what earlier handles
     // on this interface counted.
     let (drops_before, if_drops_before) = (
@@ -401,7 +448,13 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
         let room = BATCH.saturating_sub(batch.len());
         let read = cap.dispatch(room, |packet| {
             if let Some(link) = link {
-                take_packet(&mut defrag, link, &packet, &mut batch, metrics);
+                take_packet(
+                    (&mut defrag, &own.foreign),
+                    link,
+                    &packet,
+                    &mut batch,
+                    metrics,
+                );
             }
         });
         let read = match read {
@@ -431,11 +484,7 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
             thread::sleep(pause);
             now = monotonic();
         }
-        // The filter names an address added within a read of its coming, not a second
-        // later: a sweep of new addresses with forged answers right away is seen too.
-        if address_changes.changed() {
-            own.refresh(&mut cap);
-        }
+        own.follow(&mut cap);
         if now >= next_check {
             next_check = now + CHECK_EVERY;
             record_stats(&mut cap);

@@ -104,6 +104,7 @@ mod tests {
 
     fn syn(dport: u16) -> Observation {
         Observation {
+            foreign: false,
             ts: 1_700_000_000_000_000_000 + i64::from(dport) * 1_000_000,
             src: "198.51.100.7".parse().unwrap(),
             dst: "192.0.2.1".parse().unwrap(),

@@ -95,6 +95,7 @@ pub fn observation(ts: Nanos, c: &Connection) -> Observation {
         (c.local, c.remote)
     };
     Observation {
+        foreign: false,
         ts,
         src: src.ip(),
         sport: src.port(),

@@ -126,6 +126,15 @@ const COALESCE: Duration = Duration::from_millis(2);
 /// program's table of last sightings takes for retransmissions (counted in `raw_same`):
 /// one table for the SYNs the program judged and those it could not, so the detector
 /// only ever sees the new attempts of either.
+/// Whether a source the program saw is a link-local address: the program sees only
+/// what comes in, and one of this host's link-local addresses coming in is another
+/// host's on another link (or a forgery), never this host's own attempt
+/// ([`Observation::foreign`]; an XDP program on loopback, where the host's own packets
+/// do come in, is the exception this does not tell).
+fn came_in_link_local(src: IpAddr) -> bool {
+    matches!(src, IpAddr::V6(a) if a.is_unicast_link_local())
+}
+
 fn take_raw(
     (defrag, ring, clock): (&mut Reassembler, &mut Ring, &BootToUnix),
     p: &synwatch_xdp::RawPacket,
@@ -137,9 +146,10 @@ fn take_raw(
         return Ok(());
     };
     for seg in defrag.with_extra(seg) {
-        let Some(obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg) else {
+        let Some(mut obs) = Observation::of_segment(clock.unix(p.ts_boot), &seg) else {
             continue;
         };
+        obs.foreign = came_in_link_local(obs.src);
         if Probe::classify(obs.flags) == Some(Probe::Syn)
             && ring.same_attempt(obs.src, obs.dst, obs.sport, obs.dport, p.ts_boot)
         {
@@ -196,6 +206,7 @@ pub fn run(
                 match record {
                     Record::Probe(e) => {
                         batch.push(Observation {
+                            foreign: came_in_link_local(e.src),
                             ts: clock.unix(e.ts_boot),
                             src: e.src,
                             dst: e.dst,

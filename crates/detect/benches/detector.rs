@@ -38,6 +38,7 @@ impl Rng {
 
 fn syn(ts: Nanos, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Observation {
     Observation {
+        foreign: false,
         ts,
         src,
         dst,
@@ -81,7 +82,11 @@ fn mixed() -> Vec<Observation> {
         );
         out.push(o);
         if rng.below(20) == 0 {
-            out.push(Observation { ts: ts + SEC, ..o });
+            out.push(Observation {
+                foreign: false,
+                ts: ts + SEC,
+                ..o
+            });
         }
     }
     out.sort_by_key(|o| o.ts);

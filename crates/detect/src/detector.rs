@@ -147,6 +147,10 @@ pub struct Observation {
     pub sport: u16,
     pub dport: u16,
     pub flags: TcpFlags,
+    /// The source is not this host although it holds the address: the packet came in
+    /// on a link that does not hold it (a link-local address is the host's on its own
+    /// link only, and another host may use it on another). Its attempt is incoming.
+    pub foreign: bool,
 }
 
 impl Observation {
@@ -168,6 +172,7 @@ impl Observation {
             sport: seg.sport,
             dport: seg.dport,
             flags,
+            foreign: false,
         })
     }
 }
@@ -469,7 +474,7 @@ impl Detector {
         };
         self.advance(obs.ts);
         let now = self.now;
-        let direction = if self.cfg.locals.contains(obs.src) {
+        let direction = if !obs.foreign && self.cfg.locals.contains(obs.src) {
             Direction::Out
         } else {
             Direction::In
@@ -895,6 +900,7 @@ mod sizing {
         let mut last = Nanos::MIN;
         for i in 0..1000u32 {
             let o = Observation {
+                foreign: false,
                 ts: Nanos::MAX - 10_000_000_000 + i64::from(i),
                 src: IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)),
                 dst: IpAddr::from([10, 0, 0, 5]),
@@ -921,6 +927,7 @@ mod sizing {
         let mut d = Detector::new(cfg);
         for i in 0..300_000u32 {
             let o = Observation {
+                foreign: false,
                 ts: i64::from(i) * 1000,
                 src: IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)),
                 dst: IpAddr::from([10, 0, 0, 5]),

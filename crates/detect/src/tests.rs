@@ -20,6 +20,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn obs(ts: Nanos, src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Observation {
     Observation {
+        foreign: false,
         ts: T0 + ts,
         src: ip(src),
         dst: ip(dst),
@@ -374,6 +375,31 @@ fn outgoing_attempts_are_counted_not_logged_unless_direction_both() {
     assert!(!run(&mut det, &stream).0[0].allowlisted);
 }
 
+/// An attempt from one of the host's addresses that its capture knows is another host's
+/// (a link-local address of another link, [`Observation::foreign`]) is incoming: logged,
+/// and a scan of its own; still never to be blocked.
+#[test]
+fn a_foreign_attempt_from_a_local_address_is_incoming() {
+    let stream: Vec<_> = (0..4u16)
+        .map(|i| Observation {
+            foreign: true,
+            ..obs(
+                i64::from(i) * SEC,
+                "192.0.2.1",
+                50000 + i,
+                "198.51.100.80",
+                20 + i,
+                SYN,
+            )
+        })
+        .collect();
+    let mut det = Detector::new(local_cfg());
+    let (scans, logged) = run(&mut det, &stream);
+    assert_eq!((scans.len(), logged), (1, 4));
+    assert_eq!(det.stats().attempts_in, 4);
+    assert!(scans[0].allowlisted);
+}
+
 #[test]
 fn direction_out_logs_only_outgoing() {
     let mut det = Detector::new(Config {
@@ -492,6 +518,7 @@ fn source_cap_keeps_the_scanner_under_a_spoofed_flood() {
     for i in 0..200_000u32 {
         let spoofed = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i));
         let o = Observation {
+            foreign: false,
             ts: T0 + Nanos::from(i) * 100_000,
             src: spoofed,
             dst: ip("192.0.2.1"),
@@ -546,6 +573,7 @@ fn slow_scanner_through_three_port_noise(cap: u32) -> (Vec<Scan>, u64) {
         for dport in [22, 80, 443] {
             t += 10_000;
             let o = Observation {
+                foreign: false,
                 ts: T0 + t,
                 src: spoofed,
                 dst: ip("192.0.2.1"),
@@ -597,6 +625,7 @@ fn every_distinct_attempt_of_a_window_is_remembered_beyond_the_source_cap() {
     });
     let attempts: Vec<Observation> = (0..300_000u32)
         .map(|i| Observation {
+            foreign: false,
             ts: T0 + Nanos::from(i) * 10_000,
             src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i % 1000)),
             dst: ip("192.0.2.1"),
@@ -610,7 +639,11 @@ fn every_distinct_attempt_of_a_window_is_remembered_beyond_the_source_cap() {
     let end = T0 + 3 * SEC;
     let repeats: Vec<Observation> = attempts
         .iter()
-        .map(|o| Observation { ts: end, ..*o })
+        .map(|o| Observation {
+            foreign: false,
+            ts: end,
+            ..*o
+        })
         .collect();
     let (_, logged) = run(&mut det, &repeats);
     assert_eq!(logged, 0);
@@ -761,6 +794,7 @@ fn arb_stream() -> impl Strategy<Value = Vec<Observation>> {
                         IpAddr::from([203, 0, 113, src])
                     };
                     Observation {
+                        foreign: false,
                         ts: T0 + ts,
                         src,
                         dst: IpAddr::from([192, 0, 2, 1 + dst]),
@@ -1188,6 +1222,7 @@ fn a_sweep_is_reported_once_per_episode() {
     let again: Vec<Observation> = stream
         .iter()
         .map(|o| Observation {
+            foreign: false,
             ts: o.ts + 10 * SEC,
             sport: o.sport + 100,
             ..*o
@@ -1196,6 +1231,7 @@ fn a_sweep_is_reported_once_per_episode() {
     let later: Vec<Observation> = stream
         .iter()
         .map(|o| Observation {
+            foreign: false,
             ts: o.ts + 200 * SEC,
             sport: o.sport + 200,
             ..*o
@@ -1215,6 +1251,7 @@ fn a_sweep_is_reported_once_per_episode() {
 /// A spoofed SYN flood's attempt: source number `i`, unanswered, to `host` on port 80.
 fn spoofed(ts: Nanos, i: u32, host: u8) -> Observation {
     Observation {
+        foreign: false,
         ts: T0 + ts,
         src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i)),
         dst: IpAddr::from(std::net::Ipv4Addr::new(10, 30, 0, host)),
@@ -1345,6 +1382,7 @@ fn a_scanner_slower_than_a_flood_turns_the_table_over_is_still_found() {
     for i in 0..26_000u32 {
         let t = Nanos::from(i) * 10_000;
         let o = Observation {
+            foreign: false,
             ts: T0 + t,
             src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000u32 + i)),
             dst: ip("192.0.2.1"),
@@ -1460,6 +1498,7 @@ fn an_answer_exactly_answer_wait_after_its_attempt_counts() {
             stream.push(obs(at, "198.51.100.77", 50000 + h, &host, 22, SYN));
             let answer = obs(at + delay, &host, 22, "198.51.100.77", 50000 + h, SYN);
             stream.push(Observation {
+                foreign: false,
                 flags: TcpFlags(SYN | TcpFlags::ACK),
                 ..answer
             });
@@ -1538,6 +1577,7 @@ fn a_first_sightings_retransmission_is_one_and_its_memory_lasts_the_window() {
     let first = syn(SEC, "198.51.100.7", 80);
     let again = |det: &mut Detector, at: Nanos| {
         det.observe(&Observation {
+            foreign: false,
             ts: T0 + at,
             ..first
         })
@@ -1581,11 +1621,13 @@ fn a_first_sighting_left_alone_past_the_window_is_a_new_attempt_again() {
     let first = syn(SEC, "198.51.100.7", 80);
     assert_eq!(det.observe(&first).seen, Seen::Attempt(Direction::In));
     let late = Observation {
+        foreign: false,
         ts: first.ts + 60 * SEC + 1,
         ..first
     };
     assert_eq!(det.observe(&late).seen, Seen::Attempt(Direction::In));
     let inside = Observation {
+        foreign: false,
         ts: late.ts + 60 * SEC,
         ..first
     };
@@ -1609,6 +1651,7 @@ fn a_source_back_with_a_new_port_still_has_its_first_attempt_remembered() {
     // Its first attempt retransmitted, then its second: both retransmissions.
     for o in [first, second, first] {
         let o = Observation {
+            foreign: false,
             ts: o.ts + 3 * SEC,
             ..o
         };
@@ -1638,6 +1681,7 @@ fn a_forgotten_first_sighting_keeps_its_attempt_a_retransmission() {
     // A lifted ban forgets the source's ports, not its 4-tuples.
     det.forget(ip("198.51.100.7"));
     let again = Observation {
+        foreign: false,
         ts: first.ts + SEC,
         ..first
     };
@@ -1662,6 +1706,7 @@ fn first_sightings_of_an_ipv6_prefix_tell_its_addresses_attempts_apart() {
     // b's 4-tuple is in the (tiny) 4-tuple table, a's only marked with its sighting.
     for o in [b, a] {
         let o = Observation {
+            foreign: false,
             ts: o.ts + SEC,
             ..o
         };
@@ -1694,6 +1739,7 @@ fn retransmissions_are_told_apart_at_any_source_cap() {
         let sport = 1024 + (next() % 60_000) as u16;
         let dport = [22, 80, 443, 8080][(next() % 4) as usize];
         let at = |ts: Nanos, sport: u16, dport: u16| Observation {
+            foreign: false,
             ts: T0 + ts,
             src,
             dst: ip("10.0.0.1"),

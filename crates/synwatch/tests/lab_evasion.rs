@@ -537,3 +537,71 @@ fn vlan_and_qinq_tagged_attempts_are_seen_through_libpcap() {
 fn vlan_and_qinq_tagged_attempts_are_seen_through_xdp() {
     tagged_frames_are_seen("xdp");
 }
+
+/// A scanner on the watched link that takes as its source a link-local address the host
+/// holds on another link (`fe80::1`, as a router holds on each downstream link): the
+/// kernel answers it, as another host, so synwatch must see its attempts as incoming and
+/// report the scan, not take them for the host's own (and, through libpcap, not leave them
+/// out of the filter as the host's). It is not banned: the address is the host's too.
+fn a_scanner_using_a_link_local_address_of_another_link_is_seen(source: &str) {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = format!("{}d", &lab.vif[..lab.vif.len().min(14)]);
+    let out = lab.in_victim(&[
+        "ip",
+        "link",
+        "add",
+        &other,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{other}p"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    for args in [
+        vec!["ip", "link", "set", other.as_str(), "up"],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            "fe80::1/64",
+            "dev",
+            other.as_str(),
+            "nodad",
+        ],
+    ] {
+        let out = lab.in_victim(&args);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let agent = agent(&lab, dir.path(), source);
+    lab.scapy(&format!(
+        r#"for p in range(20, 26):
+    sendp(Ether(dst=mac) / IPv6(src='fe80::1', dst='{VICTIM6}') / TCP(sport=43000 + p, dport=p, flags='S'), iface=iface)
+"#
+    ));
+    let scan = agent.wait_for(8, |e| is(e, "scan", "fe80::1"));
+    assert_eq!(scan["ports"], serde_json::json!([20, 21, 22, 23]), "{scan}");
+    let events = agent.events();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| is(e, "connection", "fe80::1"))
+            .count(),
+        6,
+        "{events:?}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_scanner_using_a_link_local_address_of_another_link_is_seen_by_libpcap() {
+    a_scanner_using_a_link_local_address_of_another_link_is_seen("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_scanner_using_a_link_local_address_of_another_link_is_seen_by_xdp() {
+    a_scanner_using_a_link_local_address_of_another_link_is_seen("xdp");
+}

@@ -904,6 +904,7 @@ mod tests {
             self.sport.set(sport + 1);
             (0..4)
                 .map(|i| Observation {
+                    foreign: false,
                     ts: self.clock.wall_nanos() + i,
                     src: ip(src),
                     dst: ip(HOST),
@@ -1390,6 +1391,7 @@ mod tests {
         let flood = |first: u32, n: u32| -> Vec<Observation> {
             (first..first + n)
                 .map(|i| Observation {
+                    foreign: false,
                     ts: h.clock.wall_nanos() + i64::from(i),
                     src: IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)),
                     dst: ip(HOST),

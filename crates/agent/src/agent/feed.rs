@@ -139,6 +139,7 @@ mod tests {
     pub(crate) fn obs(n: usize) -> Vec<Observation> {
         vec![
             Observation {
+                foreign: false,
                 ts: 0,
                 src: IpAddr::from([192, 0, 2, 9]),
                 dst: IpAddr::from([192, 0, 2, 1]),
