@@ -450,7 +450,7 @@ impl Fragment<'_> {
 pub fn came_in(link: LinkType, data: &[u8]) -> Option<(IpAddr, IpAddr)> {
     /// `PACKET_OUTGOING`, the one packet type of what the host sent.
     const OUTGOING: u16 = 4;
-    let (kind, proto, l3) = match link {
+    let (kind, proto, payload) = match link {
         LinkType::LinuxSll => (be16(data, 0)?, be16(data, 14)?, 16),
         LinkType::LinuxSll2 => (u16::from(*data.get(10)?), be16(data, 0)?, 20),
         _ => return None,
@@ -458,6 +458,7 @@ pub fn came_in(link: LinkType, data: &[u8]) -> Option<(IpAddr, IpAddr)> {
     if kind == OUTGOING {
         return None;
     }
+    let (proto, l3) = behind_tags(data, proto, payload).ok()?;
     let ip = data.get(l3..)?;
     match proto {
         0x0800 if ip.len() >= 20 => {
@@ -490,11 +491,13 @@ pub(crate) fn parse<'a>(
         LinkType::Ipv6 => decode_ipv6_checked(data, on_fragment),
         LinkType::LinuxSll => {
             let proto = be16(data, 14).ok_or(DecodeError::TruncatedLink)?;
-            decode_ethertype(proto, &data[16..], on_fragment)
+            let (proto, at) = behind_tags(data, proto, 16)?;
+            decode_ethertype(proto, &data[at..], on_fragment)
         }
         LinkType::LinuxSll2 => {
             let proto = be16(data, 0).ok_or(DecodeError::TruncatedLink)?;
-            let payload = data.get(20..).ok_or(DecodeError::TruncatedLink)?;
+            let (proto, at) = behind_tags(data, proto, 20)?;
+            let payload = data.get(at..).ok_or(DecodeError::TruncatedLink)?;
             decode_ethertype(proto, payload, on_fragment)
         }
         LinkType::Null | LinkType::Loop => {
@@ -527,8 +530,20 @@ fn decode_ethernet<'a>(
     data: &'a [u8],
     on_fragment: impl OnFragment<'a>,
 ) -> Result<Decoded, DecodeError> {
-    let mut ethertype = be16(data, 12).ok_or(DecodeError::TruncatedLink)?;
-    let mut offset = 14;
+    let ethertype = be16(data, 12).ok_or(DecodeError::TruncatedLink)?;
+    let (ethertype, offset) = behind_tags(data, ethertype, 14)?;
+    decode_ethertype(ethertype, &data[offset..], on_fragment)
+}
+
+/// The ethertype and offset of the network header behind the VLAN tags (802.1Q,
+/// 802.1ad, 0x9100) that may start at `payload`, the link header having said
+/// `ethertype`: an Ethernet frame's, or a cooked capture's protocol field (libpcap puts
+/// the tag it took from the packet's metadata back in).
+fn behind_tags(
+    data: &[u8],
+    mut ethertype: u16,
+    mut payload: usize,
+) -> Result<(u16, usize), DecodeError> {
     let mut tags = 0;
     while matches!(
         ethertype,
@@ -538,10 +553,10 @@ fn decode_ethernet<'a>(
         if tags > MAX_VLAN_TAGS {
             return Err(DecodeError::TooManyVlanTags);
         }
-        ethertype = be16(data, offset + 2).ok_or(DecodeError::TruncatedLink)?;
-        offset += 4;
+        ethertype = be16(data, payload + 2).ok_or(DecodeError::TruncatedLink)?;
+        payload += 4;
     }
-    decode_ethertype(ethertype, &data[offset..], on_fragment)
+    Ok((ethertype, payload))
 }
 
 fn decode_ethertype<'a>(

@@ -686,3 +686,29 @@ fn a_cooked_capture_says_which_packets_came_in_and_from_where() {
         let _ = came_in(LinkType::LinuxSll, &v6[..cut]);
     }
 }
+
+#[test]
+fn a_cooked_capture_with_the_vlan_tag_put_back_decodes_behind_it() {
+    // `tcpdump -i any -y LINUX_SLL`: libpcap puts the tag it took from the packet's
+    // metadata back in, after the protocol field (then 0x8100).
+    let mut sll = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0, 0x81, 0x00];
+    sll.extend([0x00, 0x2a, 0x08, 0x00]);
+    sll.extend(v4_syn_raw());
+    syn_v4_expected(seg(decode(LinkType::LinuxSll, &sll)));
+    assert_eq!(
+        came_in(LinkType::LinuxSll, &sll),
+        Some((ip("192.0.2.56"), ip("10.0.0.5")))
+    );
+    // SLL2, two tags.
+    let mut sll2 = vec![
+        0x88, 0xa8, 0, 0, 0, 0, 0, 3, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0,
+    ];
+    sll2.extend([0x00, 0x05, 0x81, 0x00, 0x00, 0x06, 0x08, 0x00]);
+    sll2.extend(v4_syn_raw());
+    syn_v4_expected(seg(decode(LinkType::LinuxSll2, &sll2)));
+    // Cut inside a tag: said, never a panic.
+    for cut in 14..24 {
+        let _ = decode(LinkType::LinuxSll, &sll[..cut]);
+        let _ = came_in(LinkType::LinuxSll, &sll[..cut]);
+    }
+}
