@@ -260,9 +260,8 @@ struct OwnAddresses {
     /// The host's link-local addresses on other links only: a packet on this one from
     /// one of them is another host's ([`Observation::foreign`]).
     foreign: BTreeSet<std::net::Ipv6Addr>,
-    /// The last failure to set the filter, or too many addresses to name them all,
-    /// said once.
-    trouble: Option<String>,
+    /// The failures to set the filter, or too many addresses to name them all, said.
+    said: Vec<String>,
 }
 
 impl OwnAddresses {
@@ -272,7 +271,7 @@ impl OwnAddresses {
             changes: crate::host::AddressChanges::watch(),
             named: Vec::new(),
             foreign: BTreeSet::new(),
-            trouble: None,
+            said: Vec::new(),
         };
         own.refresh(cap);
         own
@@ -331,15 +330,18 @@ impl OwnAddresses {
             )),
             Ok(()) => None,
         };
-        if let Some(why) = &why
-            && self.trouble.as_ref() != Some(why)
+        // Each reason once (a host whose addresses come and go around the limit would
+        // otherwise say it at every crossing), and a bounded number of them.
+        if let Some(why) = why
+            && !self.said.contains(&why)
+            && self.said.len() < 8
         {
             tracing::warn!(
                 "cannot name all of this host's addresses in the filter on {}: {why} (forged answers from the others can hide a sweep)",
                 cap.iface()
             );
+            self.said.push(why);
         }
-        self.trouble = why;
         // Tried again at the next look where the filter could not be set.
         if done {
             self.named = now;
