@@ -30,6 +30,8 @@ pub struct Host {
     pub loopback: BTreeSet<String>,
     /// The link-local IPv6 addresses of each interface: the host's on that link only.
     pub link_local: std::collections::BTreeMap<String, BTreeSet<std::net::Ipv6Addr>>,
+    /// The hardware address of each interface that has one.
+    pub mac: std::collections::BTreeMap<String, [u8; 6]>,
 }
 
 /// The addresses of `/proc/net/if_inet6` lines ("address ifindex prefix scope flags
@@ -61,6 +63,9 @@ impl Host {
                 host.up.insert(ifa.interface_name.clone());
             }
             let Some(addr) = ifa.address else { continue };
+            if let Some(mac) = addr.as_link_addr().and_then(|l| l.addr()) {
+                host.mac.insert(ifa.interface_name.clone(), mac);
+            }
             if let Some(v4) = addr.as_sockaddr_in() {
                 host.addresses.insert(IpAddr::V4(v4.ip()));
             } else if let Some(v6) = addr.as_sockaddr_in6() {

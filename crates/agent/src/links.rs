@@ -257,9 +257,9 @@ struct OwnAddresses {
     /// The kernel's word of address changes, subscribed to before the first read.
     changes: crate::host::AddressChanges,
     named: Vec<IpNet>,
-    /// The host's link-local addresses on other links only: a packet on this one from
-    /// one of them is another host's ([`Observation::foreign`]).
-    foreign: BTreeSet<std::net::Ipv6Addr>,
+    /// The host's link-local addresses on other links only, each with the hardware
+    /// addresses of the interfaces holding it ([`foreign_link_locals`]).
+    foreign: ForeignLinkLocals,
     /// The failures to set the filter, or too many addresses to name them all, said.
     said: Vec<String>,
 }
@@ -270,7 +270,7 @@ impl OwnAddresses {
         let mut own = Self {
             changes: crate::host::AddressChanges::watch(),
             named: Vec::new(),
-            foreign: BTreeSet::new(),
+            foreign: ForeignLinkLocals::new(),
             said: Vec::new(),
         };
         own.refresh(cap);
@@ -293,16 +293,9 @@ impl OwnAddresses {
         // On loopback every packet comes in from one of them.
         let iface = cap.iface();
         self.foreign = if host.loopback.contains(iface) {
-            BTreeSet::new()
+            ForeignLinkLocals::new()
         } else {
-            let here = host.link_local.get(iface);
-            host.link_local
-                .iter()
-                .filter(|(name, _)| name.as_str() != iface)
-                .flat_map(|(_, addrs)| addrs)
-                .filter(|a| here.is_none_or(|h| !h.contains(a)))
-                .copied()
-                .collect()
+            foreign_link_locals(&host, iface)
         };
         let (now, left) = if host.loopback.contains(iface) {
             (Vec::new(), 0)
@@ -311,7 +304,7 @@ impl OwnAddresses {
             let mine: BTreeSet<IpAddr> = host
                 .addresses
                 .iter()
-                .filter(|a| !matches!(a, IpAddr::V6(v6) if self.foreign.contains(v6)))
+                .filter(|a| !matches!(a, IpAddr::V6(v6) if self.foreign.contains_key(v6)))
                 .copied()
                 .collect();
             named_blocks(&mine, Host::permanent_v6().as_ref())
@@ -349,6 +342,43 @@ impl OwnAddresses {
     }
 }
 
+/// The host's link-local addresses held on other links than this one, each with the
+/// hardware addresses of the interfaces holding it.
+type ForeignLinkLocals = std::collections::BTreeMap<std::net::Ipv6Addr, Vec<[u8; 6]>>;
+
+/// [`ForeignLinkLocals`] of the capture on `iface`: the link-local addresses of the
+/// other interfaces that `iface` does not hold too.
+fn foreign_link_locals(host: &Host, iface: &str) -> ForeignLinkLocals {
+    let here = host.link_local.get(iface);
+    let mut foreign = ForeignLinkLocals::new();
+    for (name, addrs) in host.link_local.iter().filter(|(n, _)| n.as_str() != iface) {
+        for a in addrs.iter().filter(|a| here.is_none_or(|h| !h.contains(a))) {
+            let macs = foreign.entry(*a).or_default();
+            macs.extend(host.mac.get(name));
+        }
+    }
+    foreign
+}
+
+/// Whether an observation from `src` in an Ethernet frame sent by `mac` came from
+/// another host ([`Observation::foreign`]): `src` is one of this host's link-local
+/// addresses of another link, and the frame is not the host's own, which leaves
+/// through this interface with the hardware address of the interface holding `src` (a
+/// bridge's packets through its port, a macvlan's or VLAN's through its lower device).
+/// Frames of other link types say nothing of who sent them: not foreign.
+fn is_foreign(src: IpAddr, mac: Option<&[u8]>, foreign: &ForeignLinkLocals) -> bool {
+    let IpAddr::V6(a) = src else {
+        return false;
+    };
+    if !a.is_unicast_link_local() {
+        return false;
+    }
+    match (foreign.get(&a), mac) {
+        (Some(holders), Some(mac)) => !holders.iter().any(|h| h[..] == *mac),
+        _ => false,
+    }
+}
+
 /// The blocks of `addresses` the filter names, the first
 /// [`synwatch_capture::live::MAX_OWN_IN_FILTER`] of: IPv4 first, then the IPv6 addresses
 /// in `permanent` (configured, not learnt from a router advertisement, which anyone on
@@ -383,7 +413,7 @@ fn named_blocks(
 /// its datagram's copies gave too, [`Reassembler::take_extra`]) into `batch`, a
 /// malformed one counted by kind.
 fn take_packet(
-    (defrag, foreign): (&mut Reassembler, &BTreeSet<std::net::Ipv6Addr>),
+    (defrag, foreign): (&mut Reassembler, &ForeignLinkLocals),
     link: LinkType,
     packet: &synwatch_capture::Packet<'_>,
     batch: &mut Vec<Observation>,
@@ -394,8 +424,8 @@ fn take_packet(
         Ok(Decoded::Segment(seg)) => {
             for seg in defrag.with_extra(seg) {
                 if let Some(mut obs) = Observation::of_segment(packet.ts_nanos, &seg) {
-                    obs.foreign = matches!(obs.src, IpAddr::V6(a)
-                        if a.is_unicast_link_local() && foreign.contains(&a));
+                    let mac = (link == LinkType::Ethernet).then(|| packet.data.get(6..12));
+                    obs.foreign = is_foreign(obs.src, mac.flatten(), foreign);
                     batch.push(obs);
                 }
             }
@@ -915,5 +945,37 @@ mod tests {
         let (named, left) = named_blocks(&few, None);
         assert_eq!((named.len(), left), (6, 0));
         assert!(named[0].addr().is_ipv4());
+    }
+
+    #[test]
+    fn a_link_local_source_of_another_link_is_foreign_unless_the_host_sent_the_frame() {
+        let bridge_mac = [2, 0x77, 0, 0, 0, 1];
+        let mut host = Host::default();
+        let ll = |s: &str| s.parse::<std::net::Ipv6Addr>().expect("test address");
+        host.link_local.insert("br0".into(), [ll("fe80::b")].into());
+        host.link_local
+            .insert("eth0".into(), [ll("fe80::e"), ll("fe80::1")].into());
+        host.link_local
+            .insert("eth1".into(), [ll("fe80::1")].into());
+        host.mac.insert("br0".into(), bridge_mac);
+        let foreign = foreign_link_locals(&host, "eth0");
+        // fe80::1 is eth0's own too; fe80::b is the bridge's only.
+        assert_eq!(foreign.keys().collect::<Vec<_>>(), [&ll("fe80::b")]);
+        let src = IpAddr::V6(ll("fe80::b"));
+        let stranger = [2, 0x99, 0, 0, 0, 9];
+        assert!(is_foreign(src, Some(&stranger), &foreign));
+        assert!(!is_foreign(src, Some(&bridge_mac), &foreign));
+        // No frame header to tell, or not a link-local of another link: not foreign.
+        assert!(!is_foreign(src, None, &foreign));
+        assert!(!is_foreign(
+            IpAddr::V6(ll("fe80::1")),
+            Some(&stranger),
+            &foreign
+        ));
+        assert!(!is_foreign(
+            "10.0.0.1".parse().expect("v4"),
+            Some(&stranger),
+            &foreign
+        ));
     }
 }

@@ -605,3 +605,127 @@ fn a_scanner_using_a_link_local_address_of_another_link_is_seen_by_libpcap() {
 fn a_scanner_using_a_link_local_address_of_another_link_is_seen_by_xdp() {
     a_scanner_using_a_link_local_address_of_another_link_is_seen("xdp");
 }
+
+/// The other side of the test above: the host's own attempts from the link-local address
+/// of a bridge leave through its port (and a macvlan's through its lower device) with
+/// the bridge's hardware address, and stay the host's own, outgoing, on the port's
+/// capture.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn the_hosts_own_link_local_attempts_through_a_bridge_port_stay_outgoing() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stem = &lab.vif[..lab.vif.len().min(13)];
+    let (bridge, port, peer) = (format!("{stem}b"), format!("{stem}q"), format!("{stem}r"));
+    for args in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            bridge.as_str(),
+            "address",
+            "02:77:00:00:00:01",
+            "type",
+            "bridge",
+        ],
+        vec![
+            "ip",
+            "link",
+            "add",
+            port.as_str(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer.as_str(),
+        ],
+        vec![
+            "ip",
+            "link",
+            "set",
+            peer.as_str(),
+            "netns",
+            lab.attacker.as_str(),
+        ],
+        vec![
+            "ip",
+            "link",
+            "set",
+            port.as_str(),
+            "master",
+            bridge.as_str(),
+            "up",
+        ],
+        vec!["ip", "link", "set", bridge.as_str(), "up"],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            "fe80::b/64",
+            "dev",
+            bridge.as_str(),
+            "nodad",
+        ],
+    ] {
+        let out = lab.in_victim(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    for args in [
+        vec!["ip", "link", "set", peer.as_str(), "up"],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            "fe80::c/64",
+            "dev",
+            peer.as_str(),
+            "nodad",
+        ],
+    ] {
+        let out = lab.in_attacker(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let state = dir.path().join("state");
+    let agent = Agent::start_on(
+        &lab,
+        dir.path(),
+        "bridge",
+        &port,
+        &[
+            "--source",
+            "pcap",
+            "--direction",
+            "both",
+            "--block",
+            "none",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ],
+    );
+    let connect = format!(
+        r#"import socket
+i = socket.if_nametoindex('{bridge}')
+for p in (21, 22, 23, 25, 80):
+    s = socket.socket(socket.AF_INET6); s.settimeout(1)
+    s.bind(('fe80::b', 0, 0, i))
+    try: s.connect(('fe80::c', p, 0, i))
+    except OSError: pass
+    s.close()
+"#
+    );
+    let out = lab.in_victim(&["/usr/bin/python3", "-c", &connect]);
+    assert!(out.status.success(), "{out:?}");
+    let first = agent.wait_for(8, |e| is(e, "connection", "fe80::b"));
+    std::thread::sleep(Duration::from_secs(2));
+    let events = agent.events();
+    let from_host: Vec<&Value> = events
+        .iter()
+        .filter(|e| is(e, "connection", "fe80::b"))
+        .collect();
+    assert_eq!(from_host.len(), 5, "{events:?}");
+    assert!(
+        from_host.iter().all(|e| e["direction"] == "out"),
+        "the host's own attempts taken for incoming: {first} {events:?}"
+    );
+    assert_eq!(agent.stop(), Some(0));
+}

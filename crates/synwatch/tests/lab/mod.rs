@@ -467,6 +467,14 @@ impl Agent {
         Self::spawn(lab, dir, name, wrapper, stdout, Some(&lab.vif), args)
     }
 
+    /// Like `start`, watching `iface` instead of the lab's veth.
+    #[allow(dead_code, reason = "only some tests watch another interface")]
+    pub fn start_on(lab: &Lab, dir: &Path, name: &str, iface: &str, args: &[&str]) -> Self {
+        let out = dir.join(format!("{name}.jsonl"));
+        let stdout = Stdio::from(std::fs::File::create(&out).expect("stdout file"));
+        Self::spawn(lab, dir, name, &[], stdout, Some(iface), args)
+    }
+
     /// Like `start`, without `--iface`: the agent watches every interface that is up in
     /// the victim namespace, and those that come up later.
     #[allow(dead_code, reason = "only the fault tests watch every interface")]
