@@ -277,11 +277,12 @@ impl OwnAddresses {
         own
     }
 
-    /// The filter set again if the kernel told of an address change: an address added
-    /// is named within a read of its coming, not a second later (a sweep of new
-    /// addresses with forged answers right away is seen too).
-    fn follow(&mut self, cap: &mut LiveCapture) {
-        if self.changes.changed() {
+    /// Waits for packets, then follows the changes the kernel told of before they came
+    /// (an address added, a hardware address set anew) before they are read: an
+    /// address added is named within a read of its coming, not a second later (a sweep
+    /// of new addresses with forged answers right away is seen too).
+    fn before_read(&mut self, cap: &mut LiveCapture) {
+        if matches!(cap.wait(), Ok(true)) && self.changes.changed() {
             self.refresh(cap);
         }
     }
@@ -360,22 +361,58 @@ fn foreign_link_locals(host: &Host, iface: &str) -> ForeignLinkLocals {
     foreign
 }
 
-/// Whether an observation from `src` in an Ethernet frame sent by `mac` came from
-/// another host ([`Observation::foreign`]): `src` is one of this host's link-local
-/// addresses of another link, and the frame is not the host's own, which leaves
-/// through this interface with the hardware address of the interface holding `src` (a
-/// bridge's packets through its port, a macvlan's or VLAN's through its lower device).
-/// Frames of other link types say nothing of who sent them: not foreign.
-fn is_foreign(src: IpAddr, mac: Option<&[u8]>, foreign: &ForeignLinkLocals) -> bool {
+/// What a captured frame says of who sent it.
+#[derive(Debug, Clone, Copy)]
+enum Sender<'a> {
+    /// An Ethernet frame: its source hardware address.
+    Ethernet(&'a [u8]),
+    /// A cooked capture's packet type: whether the host sent it (`PACKET_OUTGOING`).
+    Cooked { outgoing: bool },
+    /// A link of IP packets alone (tun, WireGuard): the host sends from its own link's
+    /// addresses only, so a link-local address of another link is another host's.
+    Raw,
+}
+
+impl<'a> Sender<'a> {
+    fn of(link: LinkType, data: &'a [u8]) -> Option<Self> {
+        /// `PACKET_OUTGOING`.
+        const OUTGOING: u16 = 4;
+        match link {
+            LinkType::Ethernet => data.get(6..12).map(Sender::Ethernet),
+            LinkType::LinuxSll => data.get(..2).map(|t| Sender::Cooked {
+                outgoing: u16::from_be_bytes([t[0], t[1]]) == OUTGOING,
+            }),
+            LinkType::LinuxSll2 => data.get(10).map(|&t| Sender::Cooked {
+                outgoing: u16::from(t) == OUTGOING,
+            }),
+            LinkType::Raw | LinkType::Ipv4 | LinkType::Ipv6 => Some(Sender::Raw),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an observation from `src` in a frame from `sender` came from another host
+/// ([`Observation::foreign`]): `src` is one of this host's link-local addresses of
+/// another link, and the frame is not the host's own. The host's own leaves through
+/// this interface with the hardware address of the interface holding `src` (a bridge's
+/// packets through its port, a macvlan's or VLAN's through its lower device), or
+/// marked outgoing by a cooked capture; on a link of IP packets alone it cannot be
+/// sent from another link's address. Where the frame says nothing: not foreign.
+fn is_foreign(src: IpAddr, sender: Option<Sender<'_>>, foreign: &ForeignLinkLocals) -> bool {
     let IpAddr::V6(a) = src else {
         return false;
     };
     if !a.is_unicast_link_local() {
         return false;
     }
-    match (foreign.get(&a), mac) {
-        (Some(holders), Some(mac)) => !holders.iter().any(|h| h[..] == *mac),
-        _ => false,
+    let Some(holders) = foreign.get(&a) else {
+        return false;
+    };
+    match sender {
+        Some(Sender::Ethernet(mac)) => !holders.iter().any(|h| h[..] == *mac),
+        Some(Sender::Cooked { outgoing }) => !outgoing,
+        Some(Sender::Raw) => true,
+        None => false,
     }
 }
 
@@ -424,8 +461,7 @@ fn take_packet(
         Ok(Decoded::Segment(seg)) => {
             for seg in defrag.with_extra(seg) {
                 if let Some(mut obs) = Observation::of_segment(packet.ts_nanos, &seg) {
-                    let mac = (link == LinkType::Ethernet).then(|| packet.data.get(6..12));
-                    obs.foreign = is_foreign(obs.src, mac.flatten(), foreign);
+                    obs.foreign = is_foreign(obs.src, Sender::of(link, packet.data), foreign);
                     batch.push(obs);
                 }
             }
@@ -476,6 +512,7 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
         if watch.stop.load(Ordering::Relaxed) {
             break End::Stopped;
         }
+        own.before_read(&mut cap);
         // What libpcap holds of the ring, up to a full batch, in one call.
         let room = BATCH.saturating_sub(batch.len());
         let read = cap.dispatch(room, |packet| {
@@ -516,7 +553,6 @@ fn capture<F: Fn(Vec<Observation>) -> bool>(
             thread::sleep(pause);
             now = monotonic();
         }
-        own.follow(&mut cap);
         if now >= next_check {
             next_check = now + CHECK_EVERY;
             record_stats(&mut cap);
@@ -963,19 +999,21 @@ mod tests {
         assert_eq!(foreign.keys().collect::<Vec<_>>(), [&ll("fe80::b")]);
         let src = IpAddr::V6(ll("fe80::b"));
         let stranger = [2, 0x99, 0, 0, 0, 9];
-        assert!(is_foreign(src, Some(&stranger), &foreign));
-        assert!(!is_foreign(src, Some(&bridge_mac), &foreign));
+        fn eth(mac: &[u8; 6]) -> Option<Sender<'_>> {
+            Some(Sender::Ethernet(&mac[..]))
+        }
+        assert!(is_foreign(src, eth(&stranger), &foreign));
+        assert!(!is_foreign(src, eth(&bridge_mac), &foreign));
+        // A cooked capture says which way; a tun carries no other link's address out.
+        let cooked = |outgoing| Some(Sender::Cooked { outgoing });
+        assert!(is_foreign(src, cooked(false), &foreign));
+        assert!(!is_foreign(src, cooked(true), &foreign));
+        assert!(is_foreign(src, Some(Sender::Raw), &foreign));
         // No frame header to tell, or not a link-local of another link: not foreign.
         assert!(!is_foreign(src, None, &foreign));
-        assert!(!is_foreign(
-            IpAddr::V6(ll("fe80::1")),
-            Some(&stranger),
-            &foreign
-        ));
-        assert!(!is_foreign(
-            "10.0.0.1".parse().expect("v4"),
-            Some(&stranger),
-            &foreign
-        ));
+        let fe80_1 = IpAddr::V6(ll("fe80::1"));
+        assert!(!is_foreign(fe80_1, eth(&stranger), &foreign));
+        let v4 = "10.0.0.1".parse().expect("v4");
+        assert!(!is_foreign(v4, eth(&stranger), &foreign));
     }
 }

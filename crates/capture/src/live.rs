@@ -428,6 +428,13 @@ impl LiveCapture {
         }
     }
 
+    /// Waits up to the read timeout for packets, as the next [`LiveCapture::dispatch`]
+    /// would (which then reads at once): whether there are some. The caller can act on
+    /// what came meanwhile before the packets are read.
+    pub fn wait(&mut self) -> Result<bool, LiveError> {
+        self.ready()
+    }
+
     /// Whether libpcap may hold packets: it said so at the last read, or the descriptor
     /// became readable within the read timeout.
     fn ready(&mut self) -> Result<bool, LiveError> {

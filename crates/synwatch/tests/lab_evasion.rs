@@ -609,7 +609,7 @@ fn a_scanner_using_a_link_local_address_of_another_link_is_seen_by_xdp() {
 /// The other side of the test above: the host's own attempts from the link-local address
 /// of a bridge leave through its port (and a macvlan's through its lower device) with
 /// the bridge's hardware address, and stay the host's own, outgoing, on the port's
-/// capture.
+/// capture; also right after that hardware address is set anew.
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
 fn the_hosts_own_link_local_attempts_through_a_bridge_port_stay_outgoing() {
@@ -716,16 +716,111 @@ for p in (21, 22, 23, 25, 80):
     let out = lab.in_victim(&["/usr/bin/python3", "-c", &connect]);
     assert!(out.status.success(), "{out:?}");
     let first = agent.wait_for(8, |e| is(e, "connection", "fe80::b"));
+    // The bridge's hardware address set anew: its next attempts, right away, too.
+    let out = lab.in_victim(&["ip", "link", "set", &bridge, "address", "02:77:00:00:00:02"]);
+    assert!(out.status.success(), "{out:?}");
+    let again = connect.replace("(21, 22, 23, 25, 80)", "(81, 82, 83)");
+    let out = lab.in_victim(&["/usr/bin/python3", "-c", &again]);
+    assert!(out.status.success(), "{out:?}");
     std::thread::sleep(Duration::from_secs(2));
     let events = agent.events();
     let from_host: Vec<&Value> = events
         .iter()
         .filter(|e| is(e, "connection", "fe80::b"))
         .collect();
-    assert_eq!(from_host.len(), 5, "{events:?}");
+    assert_eq!(from_host.len(), 8, "{events:?}");
     assert!(
         from_host.iter().all(|e| e["direction"] == "out"),
         "the host's own attempts taken for incoming: {first} {events:?}"
     );
+    assert_eq!(agent.stop(), Some(0));
+}
+
+/// On a link of IP packets alone (a tun device, as a VPN's), the host cannot send from
+/// another link's link-local address: an attempt from one coming through the tun is
+/// another host's, incoming, and its scan is reported.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn a_scanner_using_a_link_local_address_of_another_link_is_seen_on_a_tun() {
+    let mut lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stem = &lab.vif[..lab.vif.len().min(13)];
+    let (tun, other) = (format!("{stem}t"), format!("{stem}o"));
+    for args in [
+        vec![
+            "ip",
+            "link",
+            "add",
+            other.as_str(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "swlop0",
+        ],
+        vec!["ip", "link", "set", other.as_str(), "up"],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            "fe80::1/64",
+            "dev",
+            other.as_str(),
+            "nodad",
+        ],
+        vec!["ip", "tuntap", "add", "dev", tun.as_str(), "mode", "tun"],
+        vec![
+            "ip",
+            "addr",
+            "add",
+            "fe80::99/64",
+            "dev",
+            tun.as_str(),
+            "nodad",
+        ],
+    ] {
+        let out = lab.in_victim(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    // The program behind the tun: it holds the device, and once `go` exists writes SYNs
+    // from fe80::1 to six ports of the host's address on it.
+    let go = dir.path().join("go");
+    let writer = format!(
+        r#"import fcntl, os, struct, time
+from scapy.all import IPv6, TCP, raw
+fd = os.open('/dev/net/tun', os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'{tun}', 0x1001))
+for _ in range(300):
+    if os.path.exists('{go}'):
+        break
+    time.sleep(0.05)
+for p in range(20, 26):
+    os.write(fd, raw(IPv6(src='fe80::1', dst='fe80::99') / TCP(sport=43000 + p, dport=p, flags='S')))
+time.sleep(10)
+"#,
+        go = go.display()
+    );
+    lab.spawn_in_victim(&["/usr/bin/python3", "-c", &writer]);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = lab.in_victim(&["ip", "link", "set", &tun, "up"]);
+    assert!(out.status.success(), "{out:?}");
+    let state = dir.path().join("state");
+    let agent = Agent::start_on(
+        &lab,
+        dir.path(),
+        "tun",
+        &tun,
+        &[
+            "--source",
+            "pcap",
+            "--block",
+            "none",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ],
+    );
+    std::fs::write(&go, b"").expect("start the writer");
+    let scan = agent.wait_for(8, |e| is(e, "scan", "fe80::1"));
+    assert_eq!(scan["ports"], serde_json::json!([20, 21, 22, 23]), "{scan}");
     assert_eq!(agent.stop(), Some(0));
 }
