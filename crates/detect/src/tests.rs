@@ -336,20 +336,22 @@ fn ipv6_sources_are_tracked_and_reported() {
     assert_eq!(det.stats().attempts_out, 4);
 }
 
+/// The `i`-th attempt of four from the host's own address (`local_cfg`), a second apart,
+/// each to the next port.
+fn from_the_host(i: u16) -> Observation {
+    obs(
+        i64::from(i) * SEC,
+        "192.0.2.1",
+        50000 + i,
+        "198.51.100.80",
+        20 + i,
+        SYN,
+    )
+}
+
 #[test]
 fn outgoing_attempts_are_counted_not_logged_unless_direction_both() {
-    let stream: Vec<_> = (0..4u16)
-        .map(|i| {
-            obs(
-                i64::from(i) * SEC,
-                "192.0.2.1",
-                50000 + i,
-                "198.51.100.80",
-                20 + i,
-                SYN,
-            )
-        })
-        .collect();
+    let stream: Vec<_> = (0..4u16).map(from_the_host).collect();
     let mut det = Detector::new(local_cfg());
     assert_eq!(run(&mut det, &stream), (vec![], 0));
     assert_eq!(det.stats().attempts_out, 4);
@@ -383,14 +385,7 @@ fn a_foreign_attempt_from_a_local_address_is_incoming() {
     let stream: Vec<_> = (0..4u16)
         .map(|i| Observation {
             foreign: true,
-            ..obs(
-                i64::from(i) * SEC,
-                "192.0.2.1",
-                50000 + i,
-                "198.51.100.80",
-                20 + i,
-                SYN,
-            )
+            ..from_the_host(i)
         })
         .collect();
     let mut det = Detector::new(local_cfg());

@@ -538,6 +538,20 @@ fn vlan_and_qinq_tagged_attempts_are_seen_through_xdp() {
     tagged_frames_are_seen("xdp");
 }
 
+/// Runs each command line (its words split at spaces) in the victim's namespace, or in
+/// the attacker's; each must succeed.
+fn commands(lab: &Lab, in_attacker: bool, lines: &[String]) {
+    for line in lines {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let out = if in_attacker {
+            lab.in_attacker(&args)
+        } else {
+            lab.in_victim(&args)
+        };
+        assert!(out.status.success(), "{line}: {out:?}");
+    }
+}
+
 /// A scanner on the watched link that takes as its source a link-local address the host
 /// holds on another link (`fe80::1`, as a router holds on each downstream link): the
 /// kernel answers it, as another host, so synwatch must see its attempts as incoming and
@@ -547,33 +561,15 @@ fn a_scanner_using_a_link_local_address_of_another_link_is_seen(source: &str) {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let other = format!("{}d", &lab.vif[..lab.vif.len().min(14)]);
-    let out = lab.in_victim(&[
-        "ip",
-        "link",
-        "add",
-        &other,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &format!("{other}p"),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    for args in [
-        vec!["ip", "link", "set", other.as_str(), "up"],
-        vec![
-            "ip",
-            "addr",
-            "add",
-            "fe80::1/64",
-            "dev",
-            other.as_str(),
-            "nodad",
+    commands(
+        &lab,
+        false,
+        &[
+            format!("ip link add {other} type veth peer name {other}p"),
+            format!("ip link set {other} up"),
+            format!("ip addr add fe80::1/64 dev {other} nodad"),
         ],
-    ] {
-        let out = lab.in_victim(&args);
-        assert!(out.status.success(), "{out:?}");
-    }
+    );
     let agent = agent(&lab, dir.path(), source);
     lab.scapy(&format!(
         r#"for p in range(20, 26):
@@ -617,74 +613,26 @@ fn the_hosts_own_link_local_attempts_through_a_bridge_port_stay_outgoing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stem = &lab.vif[..lab.vif.len().min(13)];
     let (bridge, port, peer) = (format!("{stem}b"), format!("{stem}q"), format!("{stem}r"));
-    for args in [
-        vec![
-            "ip",
-            "link",
-            "add",
-            bridge.as_str(),
-            "address",
-            "02:77:00:00:00:01",
-            "type",
-            "bridge",
+    commands(
+        &lab,
+        false,
+        &[
+            format!("ip link add {bridge} address 02:77:00:00:00:01 type bridge"),
+            format!("ip link add {port} type veth peer name {peer}"),
+            format!("ip link set {peer} netns {}", lab.attacker),
+            format!("ip link set {port} master {bridge} up"),
+            format!("ip link set {bridge} up"),
+            format!("ip addr add fe80::b/64 dev {bridge} nodad"),
         ],
-        vec![
-            "ip",
-            "link",
-            "add",
-            port.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer.as_str(),
+    );
+    commands(
+        &lab,
+        true,
+        &[
+            format!("ip link set {peer} up"),
+            format!("ip addr add fe80::c/64 dev {peer} nodad"),
         ],
-        vec![
-            "ip",
-            "link",
-            "set",
-            peer.as_str(),
-            "netns",
-            lab.attacker.as_str(),
-        ],
-        vec![
-            "ip",
-            "link",
-            "set",
-            port.as_str(),
-            "master",
-            bridge.as_str(),
-            "up",
-        ],
-        vec!["ip", "link", "set", bridge.as_str(), "up"],
-        vec![
-            "ip",
-            "addr",
-            "add",
-            "fe80::b/64",
-            "dev",
-            bridge.as_str(),
-            "nodad",
-        ],
-    ] {
-        let out = lab.in_victim(&args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    }
-    for args in [
-        vec!["ip", "link", "set", peer.as_str(), "up"],
-        vec![
-            "ip",
-            "addr",
-            "add",
-            "fe80::c/64",
-            "dev",
-            peer.as_str(),
-            "nodad",
-        ],
-    ] {
-        let out = lab.in_attacker(&args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    }
+    );
     let state = dir.path().join("state");
     let agent = Agent::start_on(
         &lab,
@@ -746,42 +694,17 @@ fn a_scanner_using_a_link_local_address_of_another_link_is_seen_on_a_tun() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stem = &lab.vif[..lab.vif.len().min(13)];
     let (tun, other) = (format!("{stem}t"), format!("{stem}o"));
-    for args in [
-        vec![
-            "ip",
-            "link",
-            "add",
-            other.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "swlop0",
+    commands(
+        &lab,
+        false,
+        &[
+            format!("ip link add {other} type veth peer name swlop0"),
+            format!("ip link set {other} up"),
+            format!("ip addr add fe80::1/64 dev {other} nodad"),
+            format!("ip tuntap add dev {tun} mode tun"),
+            format!("ip addr add fe80::99/64 dev {tun} nodad"),
         ],
-        vec!["ip", "link", "set", other.as_str(), "up"],
-        vec![
-            "ip",
-            "addr",
-            "add",
-            "fe80::1/64",
-            "dev",
-            other.as_str(),
-            "nodad",
-        ],
-        vec!["ip", "tuntap", "add", "dev", tun.as_str(), "mode", "tun"],
-        vec![
-            "ip",
-            "addr",
-            "add",
-            "fe80::99/64",
-            "dev",
-            tun.as_str(),
-            "nodad",
-        ],
-    ] {
-        let out = lab.in_victim(&args);
-        assert!(out.status.success(), "{args:?}: {out:?}");
-    }
+    );
     // The program behind the tun: it holds the device, and once `go` exists writes SYNs
     // from fe80::1 to six ports of the host's address on it.
     let go = dir.path().join("go");
