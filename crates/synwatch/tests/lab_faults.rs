@@ -1272,12 +1272,17 @@ fn sigusr1_and_sigusr2_write_the_status_and_the_agent_runs_on() {
 /// its path, and the wrapper to start the agent under. `then` runs after the mount,
 /// before the agent (`{state}` in it stands for the path).
 fn tmpfs_state(dir: &std::path::Path, then: &str) -> (String, Vec<String>) {
+    tmpfs_state_with(dir, "size=2m", then)
+}
+
+/// [`tmpfs_state`], the tmpfs mounted with `options`.
+fn tmpfs_state_with(dir: &std::path::Path, options: &str, then: &str) -> (String, Vec<String>) {
     let state = dir.join("state");
     std::fs::create_dir(&state).expect("mkdir");
     let state = state.to_str().expect("utf-8 path").to_owned();
     let then = then.replace("{state}", &state);
     let mount = format!(
-        "mount -t tmpfs -o size=2m,mode=0700 synwatch-test {state} && {then}exec \"$0\" \"$@\""
+        "mount -t tmpfs -o {options},mode=0700 synwatch-test {state} && {then}exec \"$0\" \"$@\""
     );
     let wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c"];
     let mut wrapper: Vec<String> = wrapper.iter().map(|s| (*s).to_owned()).collect();
@@ -1294,6 +1299,56 @@ fn in_mounts_of(pid: &str, cmd: &[&str]) -> std::process::Output {
         .args(&args)
         .output()
         .expect("nsenter")
+}
+
+/// An agent banning through nftables (`extra` arguments after) with its state directory
+/// in a tmpfs of its own ([`tmpfs_state_with`]): the agent, the state directory's path,
+/// and the agent's PID (for [`in_mounts_of`]).
+fn start_in_tmpfs(
+    lab: &Lab,
+    dir: &std::path::Path,
+    (name, options, then): (&str, &str, &str),
+    extra: &[&str],
+) -> (Agent, String, String) {
+    let (state, wrapper) = tmpfs_state_with(dir, options, then);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut args = state_args(dir);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_under(lab, dir, name, &wrapper, &args);
+    let pid = agent.pid().to_string();
+    (agent, state, pid)
+}
+
+/// Asserts that the agent `pid`'s state directory `state` has no block left.
+fn assert_full(pid: &str, state: &str) {
+    let df = in_mounts_of(pid, &["df", "--output=avail", state]);
+    assert!(
+        String::from_utf8_lossy(&df.stdout)
+            .lines()
+            .nth(1)
+            .map(str::trim)
+            == Some("0"),
+        "the state directory is not full: {df:?}"
+    );
+}
+
+/// `synwatch blocks list` as JSON, run in the mount namespace of the agent `pid`
+/// (where its state directory `state`, and its control socket, are).
+fn blocks_list_in(pid: &str, state: &str) -> String {
+    let out = in_mounts_of(
+        pid,
+        &[
+            env!("CARGO_BIN_EXE_synwatch"),
+            "blocks",
+            "list",
+            "--state-dir",
+            state,
+            "--format",
+            "json",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The addresses of the bans saved in `state`'s database, read in the mount namespace
@@ -1325,12 +1380,8 @@ fn saved_bans(pid: &str, state: &str) -> Vec<String> {
 fn a_full_state_directory_costs_saving_not_blocking() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (state_text, wrapper) = tmpfs_state(dir.path(), "");
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let args = state_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::start_under(&lab, dir.path(), "full", &wrapper, &args);
-    let pid = agent.pid().to_string();
+    let (mut agent, state_text, pid) =
+        start_in_tmpfs(&lab, dir.path(), ("full", "size=2m", ""), &[]);
     let inside = |cmd: &[&str]| in_mounts_of(&pid, cmd);
     lab.scan(SCANNER, VICTIM, "1-20");
     eventually(10, "the scanner banned", || {
@@ -1340,15 +1391,7 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     // Full: whatever space is left goes to a file of zeros.
     let fill = format!("of={state_text}/fill");
     let _ = inside(&["dd", "if=/dev/zero", &fill, "bs=64k"]);
-    let df = inside(&["df", "--output=avail", &state_text]);
-    assert!(
-        String::from_utf8_lossy(&df.stdout)
-            .lines()
-            .nth(1)
-            .map(str::trim)
-            == Some("0"),
-        "the state directory is not full: {df:?}"
-    );
+    assert_full(&pid, &state_text);
     lab.scan(SCANNER6, VICTIM6, "1-20");
     eventually(10, "a scanner banned with the disk full", || {
         banned_in_nftables(&lab, SCANNER6)
@@ -1360,16 +1403,7 @@ fn a_full_state_directory_costs_saving_not_blocking() {
     assert!(banned_in_nftables(&lab, SCANNER), "the first ban is held");
     assert_eq!(lab.healthz().0, 200, "{}", agent.log());
     // `synwatch blocks` still reaches the agent (its socket is in the agent's mounts).
-    let list = inside(&[
-        env!("CARGO_BIN_EXE_synwatch"),
-        "blocks",
-        "list",
-        "--state-dir",
-        &state_text,
-        "--format",
-        "json",
-    ]);
-    let list = String::from_utf8_lossy(&list.stdout);
+    let list = blocks_list_in(&pid, &state_text);
     assert!(list.contains(SCANNER) && list.contains(SCANNER6), "{list}");
     // Degraded while a ban is not saved (a restart would lose it)...
     eventually(10, "/healthz says the ban is not saved", || {
@@ -1401,28 +1435,14 @@ fn a_state_directory_full_at_start_still_restores_and_bans() {
     let bin = env!("CARGO_BIN_EXE_synwatch");
     // Before the agent: a ban saved by `synwatch blocks add`, then the rest filled.
     let saved = "203.0.113.77";
-    let (state_text, wrapper) = tmpfs_state(
-        dir.path(),
-        &format!(
-            "{bin} blocks add {saved} --state-dir {{state}} >/dev/null 2>&1 && \
-             {{ dd if=/dev/zero of={{state}}/fill bs=64k 2>/dev/null; true; }} && "
-        ),
+    let then = format!(
+        "{bin} blocks add {saved} --state-dir {{state}} >/dev/null 2>&1 && \
+         {{ dd if=/dev/zero of={{state}}/fill bs=64k 2>/dev/null; true; }} && "
     );
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let args = state_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::start_under(&lab, dir.path(), "fullstart", &wrapper, &args);
-    let pid = agent.pid().to_string();
+    let (mut agent, state_text, pid) =
+        start_in_tmpfs(&lab, dir.path(), ("fullstart", "size=2m", &then), &[]);
     let inside = |cmd: &[&str]| in_mounts_of(&pid, cmd);
-    let df = inside(&["df", "--output=avail", &state_text]);
-    assert!(
-        String::from_utf8_lossy(&df.stdout)
-            .lines()
-            .nth(1)
-            .map(str::trim)
-            == Some("0"),
-        "the state directory is not full: {df:?}"
-    );
+    assert_full(&pid, &state_text);
     assert!(
         agent.log().contains("no change to them is saved"),
         "{}",
@@ -1463,15 +1483,13 @@ fn a_state_directory_full_at_start_still_restores_and_bans() {
 fn a_dry_run_in_a_state_directory_full_at_start_is_healthy() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_, wrapper) = tmpfs_state(
+    let fill = "{ dd if=/dev/zero of={state}/fill bs=64k 2>/dev/null; true; } && ";
+    let (agent, _, _) = start_in_tmpfs(
+        &lab,
         dir.path(),
-        "{ dd if=/dev/zero of={state}/fill bs=64k 2>/dev/null; true; } && ",
+        ("dryfull", "size=2m", fill),
+        &["--dry-run"],
     );
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let mut args = state_args(dir.path());
-    args.push("--dry-run".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = Agent::start_under(&lab, dir.path(), "dryfull", &wrapper, &args);
     assert!(agent.log().contains("DRY RUN"), "{}", agent.log());
     assert_eq!(lab.healthz(), (200, "ok\n".to_owned()), "{}", agent.log());
     assert_eq!(agent.stop_within(10), Some(0));
@@ -1493,19 +1511,13 @@ fn a_damaged_database_in_a_full_state_directory_is_read_and_kept() {
         t = int(time.time())\n\
         c.executemany('INSERT INTO bans VALUES (?, ?, ?, ?, 1, 0)', [('198.18.%d.%d' % (i // 250, 1 + i % 250), t, t + 7200, 'manual') for i in range(3000)])\n\
         c.commit()";
-    let (state_text, wrapper) = tmpfs_state(
-        dir.path(),
-        &format!(
-            "python3 -c \"{make}\" {{state}}/bans.db && \\
-             dd if=/dev/urandom of={{state}}/bans.db bs=4096 seek=6 count=1 conv=notrunc 2>/dev/null && \\
-             {{ dd if=/dev/zero of={{state}}/fill bs=64k 2>/dev/null; true; }} && "
-        ),
+    let then = format!(
+        "python3 -c \"{make}\" {{state}}/bans.db && \\
+         dd if=/dev/urandom of={{state}}/bans.db bs=4096 seek=6 count=1 conv=notrunc 2>/dev/null && \\
+         {{ dd if=/dev/zero of={{state}}/fill bs=64k 2>/dev/null; true; }} && "
     );
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let args = state_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::start_under(&lab, dir.path(), "damagedfull", &wrapper, &args);
-    let pid = agent.pid().to_string();
+    let (mut agent, state_text, pid) =
+        start_in_tmpfs(&lab, dir.path(), ("damagedfull", "size=2m", &then), &[]);
     let inside =
         |cmd: &[&str]| String::from_utf8_lossy(&in_mounts_of(&pid, cmd).stdout).into_owned();
     let log = agent.log();
@@ -1546,40 +1558,15 @@ fn a_damaged_database_in_a_full_state_directory_is_read_and_kept() {
 fn a_state_directory_without_inodes_at_start_still_bans() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).expect("mkdir");
-    let state_text = state.to_str().expect("utf-8 path").to_owned();
     // tmpfs counts its root directory: two inodes leave room for one file, taken.
-    let mount = format!(
-        "mount -t tmpfs -o size=2m,nr_inodes=2,mode=0700 synwatch-test {state_text} && \
-         touch {state_text}/taken && exec \"$0\" \"$@\""
+    let (mut agent, state_text, pid) = start_in_tmpfs(
+        &lab,
+        dir.path(),
+        ("noinodes", "size=2m,nr_inodes=2", "touch {state}/taken && "),
+        &[],
     );
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &mount,
-    ];
-    let args = state_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut agent = Agent::start_under(&lab, dir.path(), "noinodes", &wrapper, &args);
-    let pid = agent.pid().to_string();
     let inside = |cmd: &[&str]| in_mounts_of(&pid, cmd);
-    let blocks_list = || {
-        let out = inside(&[
-            env!("CARGO_BIN_EXE_synwatch"),
-            "blocks",
-            "list",
-            "--state-dir",
-            &state_text,
-            "--format",
-            "json",
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let blocks_list = || blocks_list_in(&pid, &state_text);
     let log = agent.log();
     assert!(
         log.contains("cannot create the control socket") && log.contains("none is restored"),
