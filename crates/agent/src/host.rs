@@ -373,7 +373,7 @@ const ROUTE_GROUPS: u32 = 0x40 | 0x400;
 /// The rtnetlink groups of link changes (`RTMGRP_LINK`: a hardware address set anew,
 /// an interface added) and of IPv4 and IPv6 address changes (`RTMGRP_IPV4_IFADDR`,
 /// `RTMGRP_IPV6_IFADDR`).
-const ADDRESS_GROUPS: u32 = 0x1 | 0x10 | 0x100;
+const ADDRESS_AND_LINK_GROUPS: u32 = 0x1 | 0x10 | 0x100;
 
 /// A netlink socket told of every route change in this network namespace, read without
 /// waiting; `None` where it cannot be opened.
@@ -469,14 +469,14 @@ fn told(fd: &std::os::fd::OwnedFd) -> bool {
 }
 
 /// The kernel's word of the host's addresses changing (an address added or removed,
-/// IPv4 or IPv6, or an interface's hardware address), asked without waiting; where the subscription cannot be made, never
-/// any (the periodic reads see changes alone).
+/// IPv4 or IPv6, or an interface's hardware address), asked without waiting; where the
+/// subscription cannot be made, never any (the periodic reads see changes alone).
 #[derive(Debug)]
 pub struct AddressChanges(Option<std::os::fd::OwnedFd>);
 
 impl AddressChanges {
     pub fn watch() -> Self {
-        Self(change_socket(ADDRESS_GROUPS))
+        Self(change_socket(ADDRESS_AND_LINK_GROUPS))
     }
 
     /// Whether an address changed since the last call.

@@ -120,12 +120,6 @@ const TRICKLE: usize = 256;
 /// What a trickle waits for company: the most an event is delayed by it.
 const COALESCE: Duration = Duration::from_millis(2);
 
-/// A packet the program handed up raw (a fragment, a long header chain), through
-/// reassembly: the observations of its segments (any further one its datagram's copies
-/// gave too, [`Reassembler::take_extra`]) go into `batch`, except SYNs that the
-/// program's table of last sightings takes for retransmissions (counted in `raw_same`):
-/// one table for the SYNs the program judged and those it could not, so the detector
-/// only ever sees the new attempts of either.
 /// Whether a source the program saw is a link-local address: the program sees only
 /// what comes in, and one of this host's link-local addresses coming in is another
 /// host's on another link (or a forgery), never this host's own attempt
@@ -135,6 +129,12 @@ fn came_in_link_local(src: IpAddr) -> bool {
     matches!(src, IpAddr::V6(a) if a.is_unicast_link_local())
 }
 
+/// A packet the program handed up raw (a fragment, a long header chain), through
+/// reassembly: the observations of its segments (any further one its datagram's copies
+/// gave too, [`Reassembler::take_extra`]) go into `batch`, except SYNs that the
+/// program's table of last sightings takes for retransmissions (counted in `raw_same`):
+/// one table for the SYNs the program judged and those it could not, so the detector
+/// only ever sees the new attempts of either.
 fn take_raw(
     (defrag, ring, clock): (&mut Reassembler, &mut Ring, &BootToUnix),
     p: &synwatch_xdp::RawPacket,
