@@ -214,8 +214,6 @@ pub struct LiveOptions {
     pub block_ms: i32,
     /// Which traffic passes the kernel-side filter.
     pub filter: Filter,
-    /// Blocks of this host's addresses, for the filter ([`Filter::text_for`]).
-    pub own: Vec<IpNet>,
 }
 
 impl Default for LiveOptions {
@@ -226,7 +224,6 @@ impl Default for LiveOptions {
             timeout_ms: 100,
             block_ms: 1,
             filter: Filter::Attempts,
-            own: Vec::new(),
         }
     }
 }
@@ -336,27 +333,22 @@ impl LiveCapture {
             .setnonblock()
             .map_err(open_err)?;
         let linktype = u32::try_from(cap.get_datalink().0).unwrap_or(u32::MAX);
-        let filter_err = |source| LiveError::Filter {
-            iface: iface.to_owned(),
-            source,
-        };
-        // Through libpcap first, without the host's addresses: libpcap filters the
-        // packets already in its ring again in user space, where the packet type
-        // (`inbound`) cannot be read.
+        // Without the host's addresses ([`LiveCapture::set_own`] names them): libpcap
+        // filters the packets already in its ring again in user space, where the packet
+        // type (`inbound`) cannot be read.
         cap.filter(&opts.filter.text(linktype), true)
-            .map_err(filter_err)?;
-        let mut live = Self {
+            .map_err(|source| LiveError::Filter {
+                iface: iface.to_owned(),
+                source,
+            })?;
+        Ok(Self {
             cap,
             iface: iface.to_owned(),
             linktype,
             timeout_ms: opts.timeout_ms,
             filter: opts.filter,
             pending: false,
-        };
-        if !opts.own.is_empty() {
-            live.set_own(&opts.own).map_err(filter_err)?;
-        }
-        Ok(live)
+        })
     }
 
     /// Sets the filter again for this host's addresses `own` ([`Filter::text_for`]),
@@ -384,7 +376,7 @@ impl LiveCapture {
 
     /// The next packet, or `None` when the read timeout passed without one.
     pub fn next_packet(&mut self) -> Result<Option<Packet<'_>>, LiveError> {
-        if !self.ready()? {
+        if !self.wait()? {
             return Ok(None);
         }
         match self.cap.next_packet() {
@@ -408,7 +400,7 @@ impl LiveCapture {
         max: usize,
         mut each: impl FnMut(Packet<'_>),
     ) -> Result<usize, LiveError> {
-        if !self.ready()? {
+        if !self.wait()? {
             return Ok(0);
         }
         let linktype = self.linktype;
@@ -428,16 +420,11 @@ impl LiveCapture {
         }
     }
 
-    /// Waits up to the read timeout for packets, as the next [`LiveCapture::dispatch`]
-    /// would (which then reads at once): whether there are some. The caller can act on
-    /// what came meanwhile before the packets are read.
-    pub fn wait(&mut self) -> Result<bool, LiveError> {
-        self.ready()
-    }
-
     /// Whether libpcap may hold packets: it said so at the last read, or the descriptor
-    /// became readable within the read timeout.
-    fn ready(&mut self) -> Result<bool, LiveError> {
+    /// became readable within the read timeout (waited for here, as the next
+    /// [`LiveCapture::dispatch`] would, which then reads at once: the caller can act on
+    /// what came meanwhile before the packets are read).
+    pub fn wait(&mut self) -> Result<bool, LiveError> {
         if !self.pending {
             self.pending = self.poll_readable()?;
         }
