@@ -293,14 +293,11 @@ impl OwnAddresses {
         };
         // On loopback every packet comes in from one of them.
         let iface = cap.iface();
-        self.foreign = if host.loopback.contains(iface) {
-            ForeignLinkLocals::new()
-        } else {
-            foreign_link_locals(&host, iface)
-        };
         let (now, left) = if host.loopback.contains(iface) {
+            self.foreign = ForeignLinkLocals::new();
             (Vec::new(), 0)
         } else {
+            self.foreign = foreign_link_locals(&host, iface);
             // A link-local address is the host's on its own link only.
             let mine: BTreeSet<IpAddr> = host
                 .addresses
@@ -375,16 +372,12 @@ enum Sender<'a> {
 
 impl<'a> Sender<'a> {
     fn of(link: LinkType, data: &'a [u8]) -> Option<Self> {
-        /// `PACKET_OUTGOING`.
-        const OUTGOING: u16 = 4;
         match link {
             LinkType::Ethernet => data.get(6..12).map(Sender::Ethernet),
-            LinkType::LinuxSll => data.get(..2).map(|t| Sender::Cooked {
-                outgoing: u16::from_be_bytes([t[0], t[1]]) == OUTGOING,
-            }),
-            LinkType::LinuxSll2 => data.get(10).map(|&t| Sender::Cooked {
-                outgoing: u16::from(t) == OUTGOING,
-            }),
+            LinkType::LinuxSll | LinkType::LinuxSll2 => {
+                synwatch_decode::cooked_outgoing(link, data)
+                    .map(|outgoing| Sender::Cooked { outgoing })
+            }
             LinkType::Raw | LinkType::Ipv4 | LinkType::Ipv6 => Some(Sender::Raw),
             _ => None,
         }
@@ -397,8 +390,13 @@ impl<'a> Sender<'a> {
 /// this interface with the hardware address of the interface holding `src` (a bridge's
 /// packets through its port, a macvlan's or VLAN's through its lower device), or
 /// marked outgoing by a cooked capture; on a link of IP packets alone it cannot be
-/// sent from another link's address. Where the frame says nothing: not foreign.
-fn is_foreign(src: IpAddr, sender: Option<Sender<'_>>, foreign: &ForeignLinkLocals) -> bool {
+/// sent from another link's address. Where the frame says nothing: not foreign. What
+/// the frame says is read (`sender`) only for such a source, not for every attempt.
+fn is_foreign<'a>(
+    src: IpAddr,
+    sender: impl FnOnce() -> Option<Sender<'a>>,
+    foreign: &ForeignLinkLocals,
+) -> bool {
     let IpAddr::V6(a) = src else {
         return false;
     };
@@ -408,7 +406,7 @@ fn is_foreign(src: IpAddr, sender: Option<Sender<'_>>, foreign: &ForeignLinkLoca
     let Some(holders) = foreign.get(&a) else {
         return false;
     };
-    match sender {
+    match sender() {
         Some(Sender::Ethernet(mac)) => !holders.iter().any(|h| h[..] == *mac),
         Some(Sender::Cooked { outgoing }) => !outgoing,
         Some(Sender::Raw) => true,
@@ -461,7 +459,7 @@ fn take_packet(
         Ok(Decoded::Segment(seg)) => {
             for seg in defrag.with_extra(seg) {
                 if let Some(mut obs) = Observation::of_segment(packet.ts_nanos, &seg) {
-                    obs.foreign = is_foreign(obs.src, Sender::of(link, packet.data), foreign);
+                    obs.foreign = is_foreign(obs.src, || Sender::of(link, packet.data), foreign);
                     batch.push(obs);
                 }
             }
@@ -1002,18 +1000,18 @@ mod tests {
         fn eth(mac: &[u8; 6]) -> Option<Sender<'_>> {
             Some(Sender::Ethernet(&mac[..]))
         }
-        assert!(is_foreign(src, eth(&stranger), &foreign));
-        assert!(!is_foreign(src, eth(&bridge_mac), &foreign));
+        assert!(is_foreign(src, || eth(&stranger), &foreign));
+        assert!(!is_foreign(src, || eth(&bridge_mac), &foreign));
         // A cooked capture says which way; a tun carries no other link's address out.
         let cooked = |outgoing| Some(Sender::Cooked { outgoing });
-        assert!(is_foreign(src, cooked(false), &foreign));
-        assert!(!is_foreign(src, cooked(true), &foreign));
-        assert!(is_foreign(src, Some(Sender::Raw), &foreign));
+        assert!(is_foreign(src, || cooked(false), &foreign));
+        assert!(!is_foreign(src, || cooked(true), &foreign));
+        assert!(is_foreign(src, || Some(Sender::Raw), &foreign));
         // No frame header to tell, or not a link-local of another link: not foreign.
-        assert!(!is_foreign(src, None, &foreign));
+        assert!(!is_foreign(src, || None, &foreign));
         let fe80_1 = IpAddr::V6(ll("fe80::1"));
-        assert!(!is_foreign(fe80_1, eth(&stranger), &foreign));
+        assert!(!is_foreign(fe80_1, || eth(&stranger), &foreign));
         let v4 = "10.0.0.1".parse().expect("v4");
-        assert!(!is_foreign(v4, eth(&stranger), &foreign));
+        assert!(!is_foreign(v4, || eth(&stranger), &foreign));
     }
 }

@@ -507,10 +507,8 @@ fn take(
 /// SYN-ACK "from" each address it probed must not have its attempts taken as answered.
 /// Other link types do not say which way a packet went; their packets all count.
 fn left_out(locals: &AddrSet, packet: &Packet<'_>) -> bool {
-    let link = match packet.linktype {
-        113 => synwatch_decode::LinkType::LinuxSll,
-        276 => synwatch_decode::LinkType::LinuxSll2,
-        _ => return false,
+    let Some(link) = synwatch_decode::LinkType::from_linktype(packet.linktype) else {
+        return false;
     };
     synwatch_decode::came_in(link, packet.data)
         .is_some_and(|(src, dst)| locals.contains(src) && !locals.contains(dst))

@@ -448,16 +448,13 @@ impl Fragment<'_> {
 /// from its IPv4 or IPv6 header; `None` for any other packet or link type, which do not
 /// say which way a packet went.
 pub fn came_in(link: LinkType, data: &[u8]) -> Option<(IpAddr, IpAddr)> {
-    /// `PACKET_OUTGOING`, the one packet type of what the host sent.
-    const OUTGOING: u16 = 4;
-    let (kind, proto, payload) = match link {
-        LinkType::LinuxSll => (be16(data, 0)?, be16(data, 14)?, 16),
-        LinkType::LinuxSll2 => (u16::from(*data.get(10)?), be16(data, 0)?, 20),
-        _ => return None,
-    };
-    if kind == OUTGOING {
+    if cooked_outgoing(link, data)? {
         return None;
     }
+    let (proto, payload) = match link {
+        LinkType::LinuxSll => (be16(data, 14)?, 16),
+        _ => (be16(data, 0)?, 20),
+    };
     let (proto, l3) = behind_tags(data, proto, payload).ok()?;
     let ip = data.get(l3..)?;
     match proto {
@@ -475,6 +472,19 @@ pub fn came_in(link: LinkType, data: &[u8]) -> Option<(IpAddr, IpAddr)> {
         }
         _ => None,
     }
+}
+
+/// Whether the host sent a packet of a Linux cooked capture (SLL, SLL2), by its packet
+/// type (`PACKET_OUTGOING`, the one type of what the host sent); `None` for other link
+/// types, which do not say, or a packet too short to.
+pub fn cooked_outgoing(link: LinkType, data: &[u8]) -> Option<bool> {
+    const OUTGOING: u16 = 4;
+    let kind = match link {
+        LinkType::LinuxSll => be16(data, 0)?,
+        LinkType::LinuxSll2 => u16::from(*data.get(10)?),
+        _ => return None,
+    };
+    Some(kind == OUTGOING)
 }
 
 /// [`decode`], with what to do about a fragment left to `on_fragment`.
