@@ -16,9 +16,10 @@ DEB_TOOLS := cc:build-essential pkg-config:pkg-config ip:iproute2 tcpdump:tcpdum
 # libfaketime, which steps the wall clock for the agent alone in lab_faults; scapy, for
 # Debian's /usr/bin/python3, crafts the lab's evasive packets;
 # crowdsec: lab_fleet.rs runs its Local API in a namespace, with a config and database of its own;
-# bpftool: lab_xdp detaches the XDP program from outside)
+# bpftool: lab_xdp detaches the XDP program from outside; sysctl: the lab's links skip
+# duplicate address detection)
 TEST_TOOLS := groff:groff-base systemd-analyze:systemd setpriv:util-linux promtool:prometheus \
-              scapy:python3-scapy faketime:faketime cscli:crowdsec bpftool:bpftool
+              scapy:python3-scapy faketime:faketime cscli:crowdsec bpftool:bpftool sysctl:procps
 # header file -> Debian package, for crates that link C libraries
 DEB_HEADERS := /usr/include/pcap/pcap.h:libpcap-dev /usr/include/bpf/bpf_helpers.h:libbpf-dev \
                /usr/include/linux/bpf.h:linux-libc-dev

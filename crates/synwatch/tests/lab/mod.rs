@@ -218,6 +218,12 @@ impl Lab {
                 vec!["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24", "fd77::2/64"],
             ),
         ] {
+            // No duplicate address detection on the link-local address the link gets
+            // when it comes up either: while it is tentative the kernel sends no
+            // neighbour solicitation for a packet whose source is not its own (a forged
+            // one), so the first forged IPv6 SYNs of a young lab could be lost.
+            let dad = format!("net.ipv6.conf.{ifname}.accept_dad=0");
+            must(&["ip", "netns", "exec", ns, "sysctl", "-qw", &dad]);
             for a in addrs {
                 let mut args = vec!["ip", "-n", ns, "addr", "add", a, "dev", ifname];
                 if a.contains(':') {
