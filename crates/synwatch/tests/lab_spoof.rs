@@ -447,17 +447,26 @@ fn nftables_gives_a_freed_slot_to_a_real_scanner_not_to_the_next_invented_one() 
         lab.metric("synwatch_blocks_total") >= 60 && lab.metric("synwatch_bans_waiting") > 100
     });
     std::thread::sleep(std::time::Duration::from_secs(2));
-    lab.nmap(SCANNER, VICTIM, "1-1000", &[]);
-    let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == SCANNER);
-    assert_eq!(scan["allowlisted"], false);
-    // A slot frees every second; the flood's newcomers must not take them all.
-    agent.wait_for(15, |e| e["event"] == "block" && e["src"] == SCANNER);
-    assert!(
-        !lab.connects(SCANNER, VICTIM),
-        "the real scanner still connects"
-    );
-    assert!(lab.metric("synwatch_bans_delayed_total") >= 1);
-    assert_eq!(agent.stop(), Some(0));
+    // A scan that comes in the few milliseconds between a slot freeing and the next
+    // newcomer taking it is banned at once, without waiting (more likely on a loaded
+    // machine, where the flood falls behind): then the case this test is about did not
+    // arise, and another address of the attacker scans.
+    for scanner in [SCANNER, "10.77.0.3", "10.77.0.4"] {
+        lab.nmap(scanner, VICTIM, "1-1000", &[]);
+        let scan = agent.wait_for(5, |e| e["event"] == "scan" && e["src"] == scanner);
+        assert_eq!(scan["allowlisted"], false);
+        // A slot frees every second; the flood's newcomers must not take them all.
+        agent.wait_for(15, |e| e["event"] == "block" && e["src"] == scanner);
+        assert!(
+            !lab.connects(scanner, VICTIM),
+            "the real scanner still connects"
+        );
+        if lab.metric("synwatch_bans_delayed_total") >= 1 {
+            assert_eq!(agent.stop(), Some(0));
+            return;
+        }
+    }
+    panic!("in three tries no scan came while the cap was full: none waited");
 }
 
 #[test]
