@@ -21,7 +21,8 @@ use ipnet::IpNet;
 
 /// Most scans waiting at once.
 pub const MAX_WAITING: usize = 4096;
-/// Distinct ports remembered per waiting source: evidence saturates there.
+/// Distinct ports remembered per waiting source: its count of ports saturates there
+/// (its seconds do not).
 const MAX_PORTS: usize = 1024;
 
 /// The network an address counts in for the cap: its /24 or /48.
@@ -75,8 +76,14 @@ impl Waiter {
         self.last = self.last.max(now);
         let mut new = false;
         for p in ports {
+            // A port it has not reached as far as it remembers. Past MAX_PORTS none is
+            // remembered more, and every port not among those counts as new: a scanner
+            // of every port goes on gaining seconds (a forger gains nothing by it, one
+            // packet a second is what a new port a second costs anyway).
             if self.ports.len() < MAX_PORTS {
                 new |= self.ports.insert(p);
+            } else {
+                new |= !self.ports.contains(&p);
             }
         }
         if new && now > self.since && now > self.new_at {
@@ -290,5 +297,33 @@ mod tests {
         assert!(w.add(strong, String::new(), &[1, 2, 3, 4, 5], 10).is_some());
         assert!(w.contains(strong));
         assert_eq!(w.len(), MAX_WAITING);
+    }
+
+    #[test]
+    fn a_scanner_past_the_ports_remembered_keeps_gaining_seconds() {
+        // A scanner of every port, twenty a second for half an hour (36,000 ports, far
+        // past the 1,024 remembered), keeps outranking a forged source that began to
+        // wait 10 s later and reaches one new port a second as long.
+        let mut w = Waiting::default();
+        let scanner = n("203.0.113.9");
+        let forged = n("198.51.100.7");
+        w.add(scanner, String::new(), &[1, 2, 3, 4], 0);
+        w.add(forged, String::new(), &[1, 2, 3, 4], 10);
+        let mut port = 5u32;
+        for t in 1..=1800i64 {
+            for _ in 0..20 {
+                w.touch(scanner, (port % 65_536) as u16, t);
+                port += 1;
+            }
+            if t > 10 {
+                w.touch(forged, (100 + t) as u16, t);
+            }
+        }
+        assert_eq!(w.by_addr[&scanner].seconds, 1800);
+        assert_eq!(w.best(|_| true), Some(scanner));
+        assert_eq!(w.by_addr[&scanner].evidence(), MAX_PORTS);
+        // A port it remembers is not new.
+        w.touch(scanner, 1, 1801);
+        assert_eq!(w.by_addr[&scanner].seconds, 1800);
     }
 }
