@@ -74,7 +74,7 @@ pub struct Metrics {
     pub bans_refused_network: AtomicU64,
     /// Scans refused by the cap that wait for room (gauge), bans given after waiting,
     /// and waiting scans forgotten (their source went quiet, became protected, or was
-    /// pushed out of a full queue by stronger evidence).
+    /// pushed out of the full queue's door by more recently active ones).
     pub bans_waiting: AtomicU64,
     pub bans_delayed: AtomicU64,
     pub bans_abandoned: AtomicU64,
@@ -581,7 +581,7 @@ impl Metrics {
         family(
             "synwatch_bans_abandoned_total",
             "counter",
-            "Waiting scans forgotten: the source went quiet for a window, became protected, or was pushed out of a full queue.",
+            "Waiting scans forgotten: the source went quiet for a window, became protected, or was pushed out of the full queue's door.",
             &plain(get(&self.bans_abandoned)),
         );
         family(

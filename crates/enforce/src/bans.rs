@@ -147,9 +147,6 @@ pub struct Book {
     recent: VecDeque<(i64, IpAddr)>,
     /// Scans the cap refused, waiting for room.
     waiting: Waiting,
-    /// Waiting scans pushed out of the full queue by stronger ones, not yet collected by
-    /// [`Book::take_evicted`].
-    evicted: usize,
     /// No active ban ends before this (a lower bound, so that looking for expired bans
     /// costs nothing until one is due).
     earliest: Option<i64>,
@@ -168,7 +165,6 @@ impl Book {
             offenders: HashMap::new(),
             recent: VecDeque::new(),
             waiting: Waiting::default(),
-            evicted: 0,
             earliest: None,
             pruned_at: i64::MIN,
         }
@@ -344,9 +340,7 @@ impl Book {
             return Err(Refused::AlreadyBanned);
         }
         if let Err(why) = self.room(addr, now) {
-            if self.waiting.add(addr, reason, ports, now).is_some() {
-                self.evicted += 1;
-            }
+            self.waiting.add(addr, reason, ports, now);
             return Err(why);
         }
         if self.waiting.is_empty() {
@@ -356,9 +350,7 @@ impl Book {
         // Scans wait: a slot the cap freed goes to the strongest evidence, and the
         // newcomer competes for it from the queue, on the same footing (a trickle of
         // invented scanners must not take every freed slot before the waiting get it).
-        if self.waiting.add(addr, reason, ports, now).is_some() {
-            self.evicted += 1;
-        }
+        self.waiting.add(addr, reason, ports, now);
         self.admit(addr, now)?;
         let Some(w) = self.waiting.remove(addr) else {
             return Err(Refused::RateLimited);
@@ -420,10 +412,11 @@ impl Book {
         self.waiting.len()
     }
 
-    /// Waiting scans dropped from the full queue since the last call (the weakest, or a
-    /// newcomer weaker still).
+    /// Waiting scans dropped since the last call: pushed out of the door of the full
+    /// queue by more recently active ones (the full queue's weakest, or a newcomer weaker
+    /// still, waits at its door first).
     pub fn take_evicted(&mut self) -> usize {
-        std::mem::take(&mut self.evicted)
+        self.waiting.take_dropped()
     }
 
     /// Bans waiting scans while the cap has room, strongest evidence first, skipping
@@ -801,13 +794,14 @@ mod tests {
     fn scans_dropped_from_the_full_queue_are_counted() {
         let mut b = book(3600, 86_400, 1);
         b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
-        for i in 0..crate::waiting::MAX_WAITING as u32 + 3 {
+        let full = crate::waiting::MAX_WAITING + crate::waiting::MAX_AT_DOOR;
+        for i in 0..full as u32 + 3 {
             let a = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
                 0xc000_0000 + (i << 8),
             )));
             let _ = b.scan_ports(a, String::new(), &[1, 2, 3, 4], 1, false);
         }
-        assert_eq!(b.waiting(), crate::waiting::MAX_WAITING);
+        assert_eq!(b.waiting(), full);
         assert_eq!(b.take_evicted(), 3);
         assert_eq!(b.take_evicted(), 0);
     }
@@ -914,6 +908,61 @@ mod tests {
         // 60 a minute banned, the quiet ones forgotten).
         assert!(b.waiting() <= crate::waiting::MAX_WAITING);
         assert_eq!(b.take_evicted(), 0);
+    }
+
+    /// The red team's lock-out: a forger fills the queue with invented scanners and keeps
+    /// each one reaching a new port every 50 s (a second of evidence each, more than a
+    /// newcomer has), inventing four more a second to take every place a ban frees: about
+    /// 100 packets a second. A real scanner refused then waits at the door, gains
+    /// evidence there, gets into the queue and is banned within a minute (before the
+    /// door, it was never queued and never banned).
+    #[test]
+    fn a_queue_kept_full_of_slow_invented_scanners_does_not_lock_a_real_one_out() {
+        let mut b = book(3600, 86_400, 60);
+        let invented = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0009 + (n << 8)));
+        let real = ip("192.0.2.2");
+        let mut made = 0u32;
+        let mut kept: Vec<(IpAddr, i64)> = Vec::new();
+        let mut banned_at = None;
+        for now in 0..500i64 {
+            kept.retain(|&(a, _)| b.is_waiting(a.into()));
+            for &(a, since) in &kept {
+                if (now - since) % 50 == 1 {
+                    b.touch(a, 5 + ((now - since) / 50) as u16, now);
+                }
+            }
+            let newcomers = match now {
+                0..60 => 1,
+                60..105 => 100,
+                _ => 4,
+            };
+            for _ in 0..newcomers {
+                made += 1;
+                let a = invented(made);
+                let _ = b.scan_ports(a.into(), "forged".into(), &[1, 2, 3, 4], now, false);
+                if b.is_waiting(a.into()) {
+                    kept.push((a, now));
+                }
+            }
+            if now == 300 {
+                assert!(b.waiting() >= crate::waiting::MAX_WAITING);
+                assert_eq!(
+                    b.scan_ports(real, "real".into(), &[1, 2, 3, 4], now, false),
+                    Err(Refused::RateLimited)
+                );
+            }
+            if now > 300 {
+                for k in 0..10 {
+                    b.touch(real.addr(), (1000 + (now - 300) * 10 + k) as u16, now);
+                }
+            }
+            b.promote(now, 60, |_| false);
+            if banned_at.is_none() && b.get(real).is_some() {
+                banned_at = Some(now);
+            }
+        }
+        let waited = banned_at.expect("the real scanner was banned") - 300;
+        assert!(waited <= 60, "banned {waited} s after it was refused");
     }
 
     /// The red team's F4: a forger fills the cap with bans spread over a minute (one a

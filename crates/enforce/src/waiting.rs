@@ -10,6 +10,15 @@
 //! room. The order is kept in an index, so a refused scan costs O(log n) under a flood of
 //! invented ones, not a pass over the queue.
 //!
+//! A newcomer has no seconds yet, so a forger who kept a full queue of invented sources
+//! each with one second of evidence (a new port a minute each) would turn every later
+//! scan away. So a scan the full queue turns away (or pushes out) waits at its door: a
+//! bounded set that keeps the most recently active, where its source gains evidence as
+//! in the queue and from which it takes the place of the queue's weakest as soon as it
+//! outranks it (or a place the queue has free). Pushing a real scanner out of the door
+//! takes [`MAX_AT_DOOR`] invented scans more recent than its last packet; keeping it
+//! out of the queue, every waiter kept gaining seconds at its pace.
+//!
 //! Networks share the cap: [`network`] is the /24 (IPv4) or /48 (IPv6) of an address,
 //! the unit a single operator (or a forger's chosen range) typically holds.
 
@@ -21,6 +30,8 @@ use ipnet::IpNet;
 
 /// Most scans waiting at once.
 pub const MAX_WAITING: usize = 4096;
+/// Most scans waiting at the door of a full queue.
+pub const MAX_AT_DOOR: usize = 1024;
 /// Distinct ports remembered per waiting source: its count of ports saturates there
 /// (its seconds do not).
 const MAX_PORTS: usize = 1024;
@@ -99,43 +110,61 @@ pub struct Waiting {
     by_addr: HashMap<IpNet, Waiter>,
     /// Every waiter by rank (ties: the lower address is the stronger), weakest first.
     order: BTreeSet<(Rank, Reverse<IpNet>)>,
-    /// The (family is IPv6, prefix length) of waiting ranges, to find the range an
-    /// address belongs to.
+    /// The (family is IPv6, prefix length) of waiting ranges (in the queue or at its
+    /// door), to find the range an address belongs to.
     lens: BTreeSet<(bool, u8)>,
+    /// Scans the full queue turned away or pushed out, gaining evidence until they
+    /// outrank its weakest.
+    door: HashMap<IpNet, Waiter>,
+    /// The door's scans by their last sighting, least recent (the first to go) first.
+    door_order: BTreeSet<(i64, IpNet)>,
+    /// Scans that left the door (and so the queue) without a ban, not yet collected.
+    dropped: usize,
 }
 
 impl Waiting {
+    /// Scans waiting, in the queue and at its door.
     pub fn len(&self) -> usize {
-        self.by_addr.len()
+        self.by_addr.len() + self.door.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_addr.is_empty()
+        self.by_addr.is_empty() && self.door.is_empty()
     }
 
+    /// Whether `addr`'s scan is in the queue (not at its door).
     pub fn contains(&self, addr: IpNet) -> bool {
         self.by_addr.contains_key(&addr)
     }
 
-    /// The waiting networks.
+    /// The waiting networks, in the queue and at its door.
     pub fn keys(&self) -> impl Iterator<Item = IpNet> + '_ {
-        self.by_addr.keys().copied()
+        self.by_addr.keys().chain(self.door.keys()).copied()
+    }
+
+    /// Scans that left without a ban (pushed out of the door, or turned away by a full
+    /// one) since the last call.
+    pub fn take_dropped(&mut self) -> usize {
+        std::mem::take(&mut self.dropped)
     }
 
     fn relens(&mut self) {
         self.lens = self
-            .by_addr
             .keys()
             .filter(|k| k.prefix_len() < k.max_prefix_len())
             .map(|k| (matches!(k, IpNet::V6(_)), k.prefix_len()))
             .collect();
     }
 
+    fn holds(&self, net: &IpNet) -> bool {
+        self.by_addr.contains_key(net) || self.door.contains_key(net)
+    }
+
     /// The source `addr` was seen again, reaching `port`: touches the waiting scan of the
     /// address, or else of a waiting range that holds it.
     pub fn touch_covering(&mut self, addr: IpAddr, port: u16, now: i64) {
         let host = crate::ban_net(IpNet::from(addr));
-        if self.by_addr.contains_key(&host) || self.lens.is_empty() {
+        if self.holds(&host) || self.lens.is_empty() {
             return self.touch(host, port, now);
         }
         let v6 = matches!(host, IpNet::V6(_));
@@ -144,9 +173,75 @@ impl Waiting {
             .range((v6, 0)..(v6, host.prefix_len()))
             .rev()
             .filter_map(|&(_, len)| IpNet::new(host.addr(), len).ok().map(|n| n.trunc()))
-            .find(|n| self.by_addr.contains_key(n));
+            .find(|n| self.holds(n));
         if let Some(n) = outer {
             self.touch(n, port, now);
+        }
+    }
+
+    /// The scan of `addr` at the door was seen at `now` reaching `ports`: it gains
+    /// evidence, and goes into the queue when the queue has room or it outranks the
+    /// queue's weakest (which takes its place at the door).
+    fn seen_at_door(&mut self, addr: IpNet, ports: &[u16], now: i64) -> bool {
+        let Some(w) = self.door.get_mut(&addr) else {
+            return false;
+        };
+        let last = w.last;
+        w.seen(ports.iter().copied(), now);
+        let rank = w.rank();
+        if w.last != last {
+            self.door_order.remove(&(last, addr));
+            self.door_order.insert((w.last, addr));
+        }
+        let weakest = self.order.first().map(|&(r, Reverse(a))| (r, a));
+        match weakest {
+            _ if self.by_addr.len() < MAX_WAITING => {}
+            Some((r, a)) if r < rank => {
+                if let Some(out) = self.remove(a) {
+                    self.send_to_door(a, out);
+                }
+            }
+            _ => return true,
+        }
+        if let Some(w) = self.take_from_door(addr) {
+            self.enqueue(addr, w);
+        }
+        true
+    }
+
+    /// Puts `w` (the scan of `addr`) at the door, pushing out its least recently active
+    /// scan when full.
+    fn send_to_door(&mut self, addr: IpNet, w: Waiter) {
+        if self.door.len() >= MAX_AT_DOOR
+            && let Some((_, out)) = self.door_order.pop_first()
+        {
+            self.door.remove(&out);
+            self.dropped += 1;
+        }
+        self.door_order.insert((w.last, addr));
+        self.door.insert(addr, w);
+    }
+
+    fn take_from_door(&mut self, addr: IpNet) -> Option<Waiter> {
+        let w = self.door.remove(&addr)?;
+        self.door_order.remove(&(w.last, addr));
+        Some(w)
+    }
+
+    fn enqueue(&mut self, addr: IpNet, w: Waiter) {
+        self.order.insert((w.rank(), Reverse(addr)));
+        self.by_addr.insert(addr, w);
+    }
+
+    /// Fills the queue's free places from the door, most recently active first.
+    fn refill(&mut self) {
+        while self.by_addr.len() < MAX_WAITING {
+            let Some(&(_, addr)) = self.door_order.last() else {
+                break;
+            };
+            if let Some(w) = self.take_from_door(addr) {
+                self.enqueue(addr, w);
+            }
         }
     }
 
@@ -166,10 +261,10 @@ impl Waiting {
     }
 
     /// Queues a refused scan (or updates the waiting one). When the queue is full the
-    /// weakest entry makes room, unless the newcomer is weaker still. Returns the address
-    /// that left the queue, if any (the newcomer itself when it was not kept).
+    /// weakest entry makes room, unless the newcomer is weaker still; either goes to the
+    /// door. Returns the address that left the queue or did not get into it, if any.
     pub fn add(&mut self, addr: IpNet, reason: String, ports: &[u16], now: i64) -> Option<IpNet> {
-        if self.seen(addr, ports, now) {
+        if self.seen(addr, ports, now) || self.seen_at_door(addr, ports, now) {
             return None;
         }
         let waiter = Waiter {
@@ -180,35 +275,42 @@ impl Waiting {
             seconds: 0,
             new_at: now,
         };
-        let mut dropped = None;
-        if self.by_addr.len() >= MAX_WAITING {
-            match self.order.first().copied() {
-                Some((rank, Reverse(a))) if rank < waiter.rank() => {
-                    self.remove(a);
-                    dropped = Some(a);
-                }
-                _ => return Some(addr),
-            }
-        }
         if addr.prefix_len() < addr.max_prefix_len() {
             self.lens
                 .insert((matches!(addr, IpNet::V6(_)), addr.prefix_len()));
         }
-        self.order.insert((waiter.rank(), Reverse(addr)));
-        self.by_addr.insert(addr, waiter);
-        dropped
+        let mut left = None;
+        if self.by_addr.len() >= MAX_WAITING {
+            match self.order.first().copied() {
+                Some((rank, Reverse(a))) if rank < waiter.rank() => {
+                    if let Some(out) = self.remove(a) {
+                        self.send_to_door(a, out);
+                    }
+                    left = Some(a);
+                }
+                _ => {
+                    self.send_to_door(addr, waiter);
+                    return Some(addr);
+                }
+            }
+        }
+        self.enqueue(addr, waiter);
+        left
     }
 
     /// The source of a waiting scan was seen again, reaching `port`.
     pub fn touch(&mut self, addr: IpNet, port: u16, now: i64) {
-        self.seen(addr, &[port], now);
+        let _ = self.seen(addr, &[port], now) || self.seen_at_door(addr, &[port], now);
     }
 
-    /// Forgets sources last seen before `quiet_before`; returns how many.
+    /// Forgets sources last seen before `quiet_before` (in the queue and at its door),
+    /// then fills the queue's free places from the door; returns how many were forgotten.
     pub fn prune(&mut self, quiet_before: i64) -> usize {
-        let before = self.by_addr.len();
+        let before = self.len();
         self.retain_waiters(|_, w| w.last >= quiet_before);
-        before - self.by_addr.len()
+        let forgotten = before - self.len();
+        self.refill();
+        forgotten
     }
 
     /// The strongest waiting source `eligible` accepts.
@@ -240,6 +342,14 @@ impl Waiting {
             }
             kept
         });
+        let door_order = &mut self.door_order;
+        self.door.retain(|&a, w| {
+            let kept = keep(a, w);
+            if !kept {
+                door_order.remove(&(w.last, a));
+            }
+            kept
+        });
         self.relens();
     }
 
@@ -247,6 +357,8 @@ impl Waiting {
         self.by_addr.clear();
         self.order.clear();
         self.lens.clear();
+        self.door.clear();
+        self.door_order.clear();
     }
 }
 
@@ -285,7 +397,8 @@ mod tests {
         assert_eq!(w.prune(5), 0);
         assert_eq!(w.prune(6), 1);
         assert!(!w.contains(n("198.51.100.1")));
-        // A full queue drops its weakest for a stronger newcomer, not for a weaker one.
+        // A full queue puts its weakest at the door for a stronger newcomer, and a weaker
+        // newcomer waits at the door itself.
         let mut w = Waiting::default();
         for i in 0..MAX_WAITING as u32 {
             let a = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
@@ -293,10 +406,87 @@ mod tests {
         }
         let weak = n("203.0.113.1");
         assert_eq!(w.add(weak, String::new(), &[1, 2, 3, 4], 9), Some(weak));
+        assert!(!w.contains(weak) && w.door.contains_key(&weak));
         let strong = n("203.0.113.2");
-        assert!(w.add(strong, String::new(), &[1, 2, 3, 4, 5], 10).is_some());
+        let out = w.add(strong, String::new(), &[1, 2, 3, 4, 5], 10);
         assert!(w.contains(strong));
-        assert_eq!(w.len(), MAX_WAITING);
+        assert!(out.is_some_and(|a| w.door.contains_key(&a)));
+        assert_eq!((w.by_addr.len(), w.len()), (MAX_WAITING, MAX_WAITING + 2));
+        assert_eq!(w.take_dropped(), 0);
+    }
+
+    /// The red team's lock-out: a forger keeps a full queue of invented sources, each
+    /// with a second of evidence (a new port a minute each), and keeps inventing more so
+    /// that every place a ban frees is taken. A real scanner refused at the door, still
+    /// reaching new ports, takes the place of the weakest as soon as it outranks it, and
+    /// is the strongest in the queue a few seconds later.
+    #[test]
+    fn a_full_queue_of_one_second_waiters_does_not_lock_a_scanner_out() {
+        let mut w = Waiting::default();
+        let forged = |i: u32| {
+            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + (i << 8),
+            )))
+        };
+        for i in 0..MAX_WAITING as u32 {
+            w.add(forged(i), String::new(), &[1, 2, 3, 4], 0);
+            w.touch(forged(i), 5, 1);
+        }
+        // Invented newcomers, four a second, and the real scanner among them.
+        let scanner = n("203.0.113.9");
+        let mut next = MAX_WAITING as u32;
+        for t in 2..10i64 {
+            for _ in 0..4 {
+                w.add(forged(next), String::new(), &[1, 2, 3, 4], t);
+                next += 1;
+            }
+            if t == 2 {
+                assert_eq!(
+                    w.add(scanner, String::new(), &[1, 2, 3, 4], t),
+                    Some(scanner)
+                );
+            }
+            w.touch(scanner, 100 + t as u16, t);
+        }
+        assert!(w.contains(scanner));
+        assert_eq!(w.best(|_| true), Some(scanner));
+        assert_eq!(w.by_addr.len(), MAX_WAITING);
+        assert!(w.len() <= MAX_WAITING + MAX_AT_DOOR);
+    }
+
+    #[test]
+    fn the_door_keeps_the_most_recently_active_and_refills_the_queue() {
+        let mut w = Waiting::default();
+        let a = |i: u32| {
+            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + (i << 8),
+            )))
+        };
+        for i in 0..MAX_WAITING as u32 {
+            w.add(a(i), String::new(), &[1, 2, 3, 4], 0);
+            w.touch(a(i), 5, 1);
+        }
+        // A scanner at the door, then more newcomers than the door holds, while the
+        // scanner keeps going: it stays, the least recently active go.
+        let scanner = n("203.0.113.9");
+        w.add(scanner, String::new(), &[1, 2, 3, 4], 2);
+        for k in 0..(MAX_AT_DOOR as u32 + 10) {
+            w.add(a(MAX_WAITING as u32 + k), String::new(), &[1, 2, 3, 4], 2);
+            w.touch(scanner, 9, 2);
+        }
+        assert!(w.door.contains_key(&scanner));
+        assert_eq!(w.door.len(), MAX_AT_DOOR);
+        assert_eq!(w.take_dropped(), 11);
+        // Places the queue frees are filled from the door at the next prune; quiet
+        // sources at the door are forgotten like those in the queue.
+        for i in 0..10 {
+            w.remove(a(i));
+        }
+        assert_eq!(w.prune(0), 0);
+        assert_eq!(w.by_addr.len(), MAX_WAITING);
+        assert!(w.contains(scanner), "the most recently active first");
+        assert_eq!(w.prune(2), MAX_WAITING - 10);
+        assert_eq!((w.by_addr.len(), w.door.len()), (MAX_AT_DOOR, 0));
     }
 
     #[test]
