@@ -471,7 +471,7 @@ impl Book {
 
     /// Whether a scan of `addr` waits for the cap.
     pub fn is_waiting(&self, addr: IpNet) -> bool {
-        self.waiting.contains(ban_net(addr))
+        self.waiting.holds(&ban_net(addr))
     }
 
     /// The kernel banned a waiting source by itself (the XDP program's own detection,
@@ -963,6 +963,29 @@ mod tests {
         }
         let waited = banned_at.expect("the real scanner was banned") - 300;
         assert!(waited <= 60, "banned {waited} s after it was refused");
+    }
+
+    /// A scan waiting at the door of the full queue waits for the XDP path too: a ban
+    /// the program made of it is not given (it is not the queue's strongest), and the
+    /// caller lifts the kernel's ban rather than wait for the detector.
+    #[test]
+    fn a_scan_at_the_door_is_waiting_to_the_xdp_path() {
+        let mut b = book(3600, 86_400, 1);
+        b.scan(ip("10.0.0.1"), String::new(), 0, false).unwrap();
+        for i in 0..crate::waiting::MAX_WAITING as u32 {
+            let a = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0xc000_0000 + (i << 8),
+            )));
+            let _ = b.scan_ports(a, String::new(), &[1, 2, 3, 4], 1, false);
+        }
+        let late = ip("198.51.100.7");
+        assert!(
+            b.scan_ports(late, String::new(), &[1, 2, 3, 4], 0, false)
+                .is_err()
+        );
+        assert!(b.is_waiting(late));
+        assert!(b.take_waiting(late, 61).is_none());
+        assert!(b.is_waiting(late));
     }
 
     /// The red team's F4: a forger fills the cap with bans spread over a minute (one a

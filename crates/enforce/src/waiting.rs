@@ -30,8 +30,9 @@ use ipnet::IpNet;
 
 /// Most scans waiting at once.
 pub const MAX_WAITING: usize = 4096;
-/// Most scans waiting at the door of a full queue.
-pub const MAX_AT_DOOR: usize = 1024;
+/// Most scans waiting at the door of a full queue (each a few hundred bytes: no ports
+/// are kept there).
+pub const MAX_AT_DOOR: usize = 32_768;
 /// Distinct ports remembered per waiting source: its count of ports saturates there
 /// (its seconds do not).
 const MAX_PORTS: usize = 1024;
@@ -54,7 +55,10 @@ pub fn network(addr: IpAddr) -> IpAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Waiter {
     pub reason: String,
+    /// The ports its source reached (none kept while it waits at the door).
     ports: HashSet<u16>,
+    /// How many distinct ports it reached, as counted (saturating at [`MAX_PORTS`]).
+    count: usize,
     /// When the scan was refused and when its source was last seen (Unix seconds).
     pub since: i64,
     pub last: i64,
@@ -68,9 +72,9 @@ pub struct Waiter {
 type Rank = (u32, usize, i64, Reverse<i64>);
 
 impl Waiter {
-    /// Distinct ports its source reached (saturating at a thousand).
+    /// Distinct ports its source reached (saturating at [`MAX_PORTS`]).
     pub fn evidence(&self) -> usize {
-        self.ports.len()
+        self.count
     }
 
     fn rank(&self) -> Rank {
@@ -82,17 +86,26 @@ impl Waiter {
         )
     }
 
-    /// Its source was seen at `now` reaching `ports`.
-    fn seen(&mut self, ports: impl IntoIterator<Item = u16>, now: i64) {
+    /// Its source was seen at `now` reaching `ports`. At the door, where no ports are
+    /// kept, any packet in a later second counts as a second of evidence (what a forger
+    /// pays for it is the same packet a second).
+    fn seen(&mut self, ports: impl IntoIterator<Item = u16>, now: i64, at_door: bool) {
         self.last = self.last.max(now);
         let mut new = false;
         for p in ports {
+            if at_door {
+                new = true;
+                continue;
+            }
             // A port it has not reached as far as it remembers. Past MAX_PORTS none is
             // remembered more, and every port not among those counts as new: a scanner
             // of every port goes on gaining seconds (a forger gains nothing by it, one
             // packet a second is what a new port a second costs anyway).
             if self.ports.len() < MAX_PORTS {
-                new |= self.ports.insert(p);
+                if self.ports.insert(p) {
+                    new = true;
+                    self.count = (self.count + 1).min(MAX_PORTS);
+                }
             } else {
                 new |= !self.ports.contains(&p);
             }
@@ -156,7 +169,8 @@ impl Waiting {
             .collect();
     }
 
-    fn holds(&self, net: &IpNet) -> bool {
+    /// Whether `net`'s scan waits, in the queue or at its door.
+    pub fn holds(&self, net: &IpNet) -> bool {
         self.by_addr.contains_key(net) || self.door.contains_key(net)
     }
 
@@ -187,31 +201,35 @@ impl Waiting {
             return false;
         };
         let last = w.last;
-        w.seen(ports.iter().copied(), now);
+        w.seen(ports.iter().copied(), now, true);
         let rank = w.rank();
         if w.last != last {
             self.door_order.remove(&(last, addr));
             self.door_order.insert((w.last, addr));
         }
         let weakest = self.order.first().map(|&(r, Reverse(a))| (r, a));
-        match weakest {
-            _ if self.by_addr.len() < MAX_WAITING => {}
-            Some((r, a)) if r < rank => {
-                if let Some(out) = self.remove(a) {
-                    self.send_to_door(a, out);
-                }
-            }
+        let out = match weakest {
+            _ if self.by_addr.len() < MAX_WAITING => None,
+            Some((r, a)) if r < rank => Some(a),
             _ => return true,
-        }
+        };
+        // Out of the door before the weakest comes to it: a full door must not push out
+        // the very scan that earned its place.
         if let Some(w) = self.take_from_door(addr) {
+            if let Some(a) = out
+                && let Some(weakest) = self.remove(a)
+            {
+                self.send_to_door(a, weakest);
+            }
             self.enqueue(addr, w);
         }
         true
     }
 
-    /// Puts `w` (the scan of `addr`) at the door, pushing out its least recently active
-    /// scan when full.
-    fn send_to_door(&mut self, addr: IpNet, w: Waiter) {
+    /// Puts `w` (the scan of `addr`) at the door, without its ports (its count stays),
+    /// pushing out the door's least recently active scan when full.
+    fn send_to_door(&mut self, addr: IpNet, mut w: Waiter) {
+        w.ports = HashSet::new();
         if self.door.len() >= MAX_AT_DOOR
             && let Some((_, out)) = self.door_order.pop_first()
         {
@@ -251,7 +269,7 @@ impl Waiting {
             return false;
         };
         let before = w.rank();
-        w.seen(ports.iter().copied(), now);
+        w.seen(ports.iter().copied(), now, false);
         let after = w.rank();
         if before != after {
             self.order.remove(&(before, Reverse(addr)));
@@ -267,9 +285,11 @@ impl Waiting {
         if self.seen(addr, ports, now) || self.seen_at_door(addr, ports, now) {
             return None;
         }
+        let ports: HashSet<u16> = ports.iter().copied().take(MAX_PORTS).collect();
         let waiter = Waiter {
             reason,
-            ports: ports.iter().copied().take(MAX_PORTS).collect(),
+            count: ports.len(),
+            ports,
             since: now,
             last: now,
             seconds: 0,
@@ -466,17 +486,33 @@ mod tests {
             w.add(a(i), String::new(), &[1, 2, 3, 4], 0);
             w.touch(a(i), 5, 1);
         }
-        // A scanner at the door, then more newcomers than the door holds, while the
-        // scanner keeps going: it stays, the least recently active go.
-        let scanner = n("203.0.113.9");
-        w.add(scanner, String::new(), &[1, 2, 3, 4], 2);
-        for k in 0..(MAX_AT_DOOR as u32 + 10) {
-            w.add(a(MAX_WAITING as u32 + k), String::new(), &[1, 2, 3, 4], 2);
-            w.touch(scanner, 9, 2);
+        // A scanner at the door (an address below every invented one, so that only how
+        // recently it was seen keeps it), then 100 newcomers, then the scanner again,
+        // then enough newcomers to push 10 out of the full door: the 10 go from those
+        // seen before the scanner's last packet.
+        let scanner = n("9.9.9.9");
+        assert_eq!(
+            w.add(scanner, String::new(), &[1, 2, 3, 4], 2),
+            Some(scanner)
+        );
+        let mut next = MAX_WAITING as u32;
+        for _ in 0..100 {
+            w.add(a(next), String::new(), &[1, 2, 3, 4], 3);
+            next += 1;
+        }
+        w.touch(scanner, 9, 4);
+        for _ in 0..(MAX_AT_DOOR - 101 + 10) {
+            w.add(a(next), String::new(), &[1, 2, 3, 4], 4);
+            next += 1;
         }
         assert!(w.door.contains_key(&scanner));
         assert_eq!(w.door.len(), MAX_AT_DOOR);
-        assert_eq!(w.take_dropped(), 11);
+        assert_eq!(w.take_dropped(), 10);
+        assert!((0..10).all(|k| !w.holds(&a(MAX_WAITING as u32 + k))));
+        assert!(w.door.contains_key(&a(MAX_WAITING as u32 + 10)));
+        // No ports are kept at the door; the count stays.
+        assert!(w.door[&scanner].ports.is_empty());
+        assert_eq!(w.door[&scanner].evidence(), 4);
         // Places the queue frees are filled from the door at the next prune; quiet
         // sources at the door are forgotten like those in the queue.
         for i in 0..10 {
@@ -484,9 +520,42 @@ mod tests {
         }
         assert_eq!(w.prune(0), 0);
         assert_eq!(w.by_addr.len(), MAX_WAITING);
-        assert!(w.contains(scanner), "the most recently active first");
-        assert_eq!(w.prune(2), MAX_WAITING - 10);
-        assert_eq!((w.by_addr.len(), w.door.len()), (MAX_AT_DOOR, 0));
+        assert_eq!(w.prune(4), MAX_WAITING - 10 + 90);
+        assert_eq!(w.by_addr.len(), MAX_WAITING);
+        assert_eq!(w.len(), MAX_AT_DOOR - 90);
+    }
+
+    /// A scan at the door that outranks the queue's weakest takes its place even when
+    /// the door is full and the scan is the door's least recently active (the weakest
+    /// comes to the door only after the scan has left it).
+    #[test]
+    fn a_scan_that_earns_its_place_is_not_pushed_out_by_the_weakest_it_replaces() {
+        let mut w = Waiting::default();
+        let a = |i: u32| {
+            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + (i << 8),
+            )))
+        };
+        for i in 0..MAX_WAITING as u32 {
+            w.add(a(i), String::new(), &[1, 2, 3, 4], 1);
+        }
+        let scanner = n("9.9.9.9");
+        assert_eq!(
+            w.add(scanner, String::new(), &[1, 2, 3, 4], 1),
+            Some(scanner)
+        );
+        for k in 0..(MAX_AT_DOOR as u32 - 1) {
+            w.add(a(MAX_WAITING as u32 + k), String::new(), &[1, 2, 3, 4], 2);
+        }
+        assert_eq!(w.door.len(), MAX_AT_DOOR);
+        // Its next packet, a second later, gives it a second of evidence: more than
+        // any waiter in the queue. Seen in the same second as every other scan at the
+        // door, it is the door's first to go (by address) when the door makes room.
+        w.touch(scanner, 9, 2);
+        assert!(w.contains(scanner));
+        assert_eq!(w.by_addr.len(), MAX_WAITING);
+        assert_eq!(w.door.len(), MAX_AT_DOOR);
+        assert_eq!(w.take_dropped(), 0);
     }
 
     #[test]
