@@ -49,10 +49,19 @@ fn permanent_in_if_inet6(text: &str) -> BTreeSet<std::net::Ipv6Addr> {
         .collect()
 }
 
+/// The device an address of getifaddrs(3) is on: an IPv4 address with a label
+/// (`ip addr add ... label eth0:1`, or one the kernel made when renaming an interface
+/// with several addresses) comes under the label's name, which is no interface (the
+/// kernel allows no ':' in an interface's name); the device is the name before it.
+fn device_of(name: &str) -> &str {
+    name.split_once(':').map_or(name, |(device, _)| device)
+}
+
 impl Host {
     pub fn read() -> Result<Self> {
         let mut host = Host::default();
-        for ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
+        for mut ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
+            ifa.interface_name = device_of(&ifa.interface_name).to_owned();
             host.all.insert(ifa.interface_name.clone());
             if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
                 host.loopback.insert(ifa.interface_name.clone());
@@ -1004,6 +1013,13 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert!(!host.up.contains("lo"));
         let locals = host.locals(&AddrSet::new());
         assert!(locals.contains(IpAddr::from([127, 0, 0, 1])));
+    }
+
+    #[test]
+    fn an_address_label_is_its_devices_not_an_interface() {
+        assert_eq!(device_of("eth0:1"), "eth0");
+        assert_eq!(device_of("eth0:backup:2"), "eth0");
+        assert_eq!(device_of("eth0"), "eth0");
     }
 
     #[test]

@@ -1648,3 +1648,52 @@ fn block_auto_without_a_backend_says_degraded() {
     agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == SCANNER);
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// An IPv4 address with a label (`ip addr add ... label IF:1`; the kernel makes such
+/// labels itself when it renames an interface holding several addresses) is no
+/// interface: watching every interface, the agent attaches its XDP program to the device
+/// alone (the label's attach failed and took the whole agent back to libpcap, with one
+/// capture per label, every packet seen again), counts each attempt once and exports no
+/// series for the label.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn an_address_label_is_not_watched_as_an_interface() {
+    let lab = Lab::new();
+    let label = format!("{}:1", lab.vif);
+    in_victim(
+        &lab,
+        &[
+            "ip",
+            "addr",
+            "add",
+            "10.77.0.50/24",
+            "dev",
+            &lab.vif,
+            "label",
+            &label,
+        ],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        "label",
+        &["--source", "xdp", "--block", "xdp"],
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("watching {} (XDP native)", lab.vif)),
+        "{log}"
+    );
+    assert!(!log.contains(&label), "{log}");
+    assert!(lab.connects(CLIENT, VICTIM));
+    assert!(lab.connects(CLIENT, "10.77.0.50"));
+    eventually(5, "both attempts counted", || {
+        lab.metric("synwatch_new_connections_total{direction=\"in\"}") == 2
+    });
+    assert_eq!(lab.metric("synwatch_retransmitted_attempts_total"), 0);
+    let page = lab.in_victim(&["curl", "-sf", "http://127.0.0.1:9809/metrics"]);
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(!page.contains(&label), "{page}");
+    assert_eq!(agent.stop(), Some(0));
+}
