@@ -372,6 +372,11 @@ impl Metrics {
         if crate::clock::now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
             faults.push_str("the capture pipeline is not running\n");
         }
+        // Watching every interface, each one that went gives its slot back: none left
+        // is a lost source too (one that comes up is watched again).
+        if !self.interfaces.is_empty() && !self.interfaces.iter().any(InterfaceMetrics::in_use) {
+            faults.push_str("no network interface is watched: every one went away\n");
+        }
         for iface in &self.interfaces {
             if let Ok(fault) = iface.fault.lock()
                 && let Some(why) = fault.as_deref()
@@ -1147,6 +1152,22 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("# TYPE synwatch_pipeline_longest_turn_seconds gauge\n"));
+    }
+
+    #[test]
+    fn health_fails_once_every_discovered_interface_went() {
+        let metrics = Metrics::with_spare(&["eth0".to_owned()], 2);
+        assert_eq!(metrics.health(), Ok(()));
+        let slot = metrics.interface_slot("eth1").expect("a spare slot");
+        metrics.release_interface(0);
+        assert_eq!(metrics.health(), Ok(()));
+        metrics.release_interface(slot);
+        let why = metrics.health().expect_err("nothing is watched");
+        assert!(why.contains("no network interface is watched"), "{why}");
+        metrics.interface_slot("eth2").expect("a slot again");
+        assert_eq!(metrics.health(), Ok(()));
+        // Reading the socket table, no interface is watched at all, and that is sound.
+        assert_eq!(Metrics::new(&[]).health(), Ok(()));
     }
 
     #[test]

@@ -1697,3 +1697,25 @@ fn an_address_label_is_not_watched_as_an_interface() {
     assert!(!page.contains(&label), "{page}");
     assert_eq!(agent.stop(), Some(0));
 }
+
+/// Watching every interface, the agent whose only interface went watches nothing:
+/// `/healthz` fails, saying so, until an interface comes up again (and the agent runs
+/// on meanwhile).
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn healthz_fails_while_every_watched_interface_is_gone() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_on_every_interface(&lab, dir.path(), "gone", &[]);
+    assert_eq!(lab.healthz().0, 200);
+    lab.delete_link();
+    eventually(10, "/healthz fails", || {
+        let (code, body) = lab.healthz();
+        code == 503 && body.contains("no network interface is watched")
+    });
+    lab.create_link();
+    eventually(10, "/healthz passes again", || lab.healthz().0 == 200);
+    assert!(lab.connects(CLIENT, VICTIM));
+    agent.wait_for(5, |e| e["event"] == "connection" && e["src"] == CLIENT);
+    assert_eq!(agent.stop(), Some(0));
+}
