@@ -89,7 +89,8 @@ pub struct DetectArgs {
     #[arg(long, env = "SYNWATCH_FORMAT", value_enum)]
     pub format: Option<Format>,
 
-    /// Most sources tracked at once; beyond it the least scan-like are evicted
+    /// Most sources tracked at once; beyond it those that came back least (a return with
+    /// more ports counts more) are evicted first
     /// [default: 100000]
     #[arg(long, env = "SYNWATCH_MAX_SOURCES", value_name = "N")]
     pub max_sources: Option<String>,
