@@ -988,6 +988,31 @@ mod tests {
         assert!(b.is_waiting(late));
     }
 
+    /// One network holding the queue: a forger fills it from the /64s of one /48 and
+    /// keeps each reaching a new port every second. That network gets its quarter of the
+    /// cap; had it all 4096 places, every other scan would wait at the door (and the rest
+    /// of the cap go unused) until it had more seconds than they. It holds 1024 places at
+    /// most, so a real scanner from elsewhere gets into the queue and is banned at once.
+    #[test]
+    fn one_network_cannot_hold_the_whole_queue() {
+        let mut b = book(3600, 86_400, 60);
+        let forged = |i: u32| -> IpNet { format!("2001:db8:1:{i:x}::/64").parse().unwrap() };
+        for i in 0..5000u32 {
+            let _ = b.scan_ports(forged(i), "forged".into(), &[1, 2, 3, 4], 0, false);
+        }
+        for now in 1..=130i64 {
+            for i in 0..5000u32 {
+                b.touch(forged(i).addr(), 100 + now as u16, now);
+            }
+            b.promote(now, 60, |_| false);
+        }
+        assert_eq!(b.waiting(), 5000 - 15 - 15 - 15);
+        assert!(
+            b.scan_ports(ip("192.0.2.2"), "real".into(), &[1, 2, 3, 4], 130, false)
+                .is_ok()
+        );
+    }
+
     /// The red team's F4: a forger fills the cap with bans spread over a minute (one a
     /// second), then invents 170 scanners a second, each from its own /24, so that one
     /// slot frees every second with newcomers already at the door. A real scanner

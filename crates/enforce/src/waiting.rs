@@ -30,6 +30,10 @@ use ipnet::IpNet;
 
 /// Most scans waiting at once.
 pub const MAX_WAITING: usize = 4096;
+/// Most places in the queue one network ([`network`]) holds: a network whose share of
+/// the cap is spent cannot be banned from, so one that held the whole queue would leave
+/// the rest of the cap unused while every other scan waited at the door.
+pub const NETWORK_PLACES: usize = MAX_WAITING / 4;
 /// Most scans waiting at the door of a full queue (each a few hundred bytes: no ports
 /// are kept there).
 pub const MAX_AT_DOOR: usize = 32_768;
@@ -133,6 +137,8 @@ pub struct Waiting {
     door_order: BTreeSet<(i64, IpNet)>,
     /// Scans that left the door (and so the queue) without a ban, not yet collected.
     dropped: usize,
+    /// Places in the queue by network.
+    per_network: HashMap<IpAddr, usize>,
 }
 
 impl Waiting {
@@ -207,6 +213,9 @@ impl Waiting {
             self.door_order.remove(&(last, addr));
             self.door_order.insert((w.last, addr));
         }
+        if self.network_full(addr) {
+            return true;
+        }
         let weakest = self.order.first().map(|&(r, Reverse(a))| (r, a));
         let out = match weakest {
             _ if self.by_addr.len() < MAX_WAITING => None,
@@ -249,14 +258,38 @@ impl Waiting {
     fn enqueue(&mut self, addr: IpNet, w: Waiter) {
         self.order.insert((w.rank(), Reverse(addr)));
         self.by_addr.insert(addr, w);
+        *self.per_network.entry(network(addr.addr())).or_default() += 1;
     }
 
-    /// Fills the queue's free places from the door, most recently active first.
+    /// Whether `addr`'s network holds its [`NETWORK_PLACES`] in the queue.
+    fn network_full(&self, addr: IpNet) -> bool {
+        self.per_network
+            .get(&network(addr.addr()))
+            .is_some_and(|&n| n >= NETWORK_PLACES)
+    }
+
+    /// Fills the queue's free places from the door, most recently active first, as
+    /// their networks' places allow.
     fn refill(&mut self) {
-        while self.by_addr.len() < MAX_WAITING {
-            let Some(&(_, addr)) = self.door_order.last() else {
-                break;
-            };
+        let free = MAX_WAITING.saturating_sub(self.by_addr.len());
+        if free == 0 || self.door.is_empty() {
+            return;
+        }
+        let mut held = self.per_network.clone();
+        let picks: Vec<IpNet> = self
+            .door_order
+            .iter()
+            .rev()
+            .filter_map(|&(_, a)| {
+                let n = held.entry(network(a.addr())).or_default();
+                (*n < NETWORK_PLACES).then(|| {
+                    *n += 1;
+                    a
+                })
+            })
+            .take(free)
+            .collect();
+        for addr in picks {
             if let Some(w) = self.take_from_door(addr) {
                 self.enqueue(addr, w);
             }
@@ -298,6 +331,10 @@ impl Waiting {
         if addr.prefix_len() < addr.max_prefix_len() {
             self.lens
                 .insert((matches!(addr, IpNet::V6(_)), addr.prefix_len()));
+        }
+        if self.network_full(addr) {
+            self.send_to_door(addr, waiter);
+            return Some(addr);
         }
         let mut left = None;
         if self.by_addr.len() >= MAX_WAITING {
@@ -345,6 +382,13 @@ impl Waiting {
     pub fn remove(&mut self, addr: IpNet) -> Option<Waiter> {
         let w = self.by_addr.remove(&addr)?;
         self.order.remove(&(w.rank(), Reverse(addr)));
+        let net = network(addr.addr());
+        if let Some(n) = self.per_network.get_mut(&net) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_network.remove(&net);
+            }
+        }
         Some(w)
     }
 
@@ -370,6 +414,10 @@ impl Waiting {
             }
             kept
         });
+        self.per_network.clear();
+        for a in self.by_addr.keys() {
+            *self.per_network.entry(network(a.addr())).or_default() += 1;
+        }
         self.relens();
     }
 
@@ -379,6 +427,7 @@ impl Waiting {
         self.lens.clear();
         self.door.clear();
         self.door_order.clear();
+        self.per_network.clear();
     }
 }
 
@@ -584,5 +633,33 @@ mod tests {
         // A port it remembers is not new.
         w.touch(scanner, 1, 1801);
         assert_eq!(w.by_addr[&scanner].seconds, 1800);
+    }
+
+    #[test]
+    fn a_network_holds_a_quarter_of_the_queue_and_the_rest_of_it_waits_at_the_door() {
+        let mut w = Waiting::default();
+        let of_one = |i: u32| -> IpNet { format!("2001:db8:1:{i:x}::/64").parse().unwrap() };
+        for i in 0..2000u32 {
+            w.add(of_one(i), String::new(), &[1, 2, 3, 4], 0);
+        }
+        assert_eq!(
+            (w.by_addr.len(), w.door.len()),
+            (NETWORK_PLACES, 2000 - NETWORK_PLACES)
+        );
+        // Another network's scan goes into the queue, not to the door.
+        let other = n("192.0.2.7");
+        assert_eq!(w.add(other, String::new(), &[1, 2, 3, 4], 1), None);
+        assert!(w.contains(other));
+        // A door entry of the full network stays there, however strong.
+        w.touch(of_one(1999), 9, 5);
+        assert!(!w.contains(of_one(1999)));
+        // Places the network gives back are filled from its scans at the door.
+        for i in 0..10 {
+            w.remove(of_one(i));
+        }
+        w.prune(0);
+        assert_eq!(w.per_network[&network(of_one(0).addr())], NETWORK_PLACES);
+        assert!(w.contains(of_one(1999)), "the most recently active first");
+        assert_eq!(w.len(), 2000 - 10 + 1);
     }
 }
