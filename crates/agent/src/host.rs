@@ -49,36 +49,22 @@ fn permanent_in_if_inet6(text: &str) -> BTreeSet<std::net::Ipv6Addr> {
         .collect()
 }
 
-/// The device an address of getifaddrs(3) is on: an IPv4 address with a label
-/// (`ip addr add ... label eth0:1`, or one the kernel made when renaming an interface
-/// with several addresses) comes under the label's name, which is no interface (the
-/// kernel allows no ':' in an interface's name); the device is the name before it.
-fn device_of(name: &str) -> &str {
-    name.split_once(':').map_or(name, |(device, _)| device)
-}
-
 impl Host {
+    /// Interfaces are named by getifaddrs(3)'s link-level entries alone (one an
+    /// interface, under its name): an IPv4 address with a label (`ip addr add ... label
+    /// eth0:1` or `label foo`, or one the kernel made, cut to fit, when renaming an
+    /// interface with several addresses) comes under the label, which is no interface.
     pub fn read() -> Result<Self> {
         let mut host = Host::default();
-        for mut ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
-            ifa.interface_name = device_of(&ifa.interface_name).to_owned();
-            host.all.insert(ifa.interface_name.clone());
-            if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
-                host.loopback.insert(ifa.interface_name.clone());
-            }
-            if ifa.flags.contains(InterfaceFlags::IFF_UP)
-                && !ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
-            {
-                host.up.insert(ifa.interface_name.clone());
-            }
+        for ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
             let Some(addr) = ifa.address else { continue };
-            if let Some(mac) = addr.as_link_addr().and_then(|l| l.addr()) {
-                host.mac.insert(ifa.interface_name.clone(), mac);
-            }
-            if let Some(v4) = addr.as_sockaddr_in() {
+            if let Some(link) = addr.as_link_addr() {
+                host.interface(&ifa.interface_name, ifa.flags, link.addr());
+            } else if let Some(v4) = addr.as_sockaddr_in() {
                 host.addresses.insert(IpAddr::V4(v4.ip()));
             } else if let Some(v6) = addr.as_sockaddr_in6() {
                 host.addresses.insert(IpAddr::V6(v6.ip()));
+                // IPv6 addresses carry no label: the name is the interface's.
                 if v6.ip().is_unicast_link_local() {
                     host.link_local
                         .entry(ifa.interface_name.clone())
@@ -88,6 +74,19 @@ impl Host {
             }
         }
         Ok(host)
+    }
+
+    /// An interface, from its link-level entry: its flags and hardware address.
+    fn interface(&mut self, name: &str, flags: InterfaceFlags, mac: Option<[u8; 6]>) {
+        self.all.insert(name.to_owned());
+        if flags.contains(InterfaceFlags::IFF_LOOPBACK) {
+            self.loopback.insert(name.to_owned());
+        } else if flags.contains(InterfaceFlags::IFF_UP) {
+            self.up.insert(name.to_owned());
+        }
+        if let Some(mac) = mac {
+            self.mac.insert(name.to_owned(), mac);
+        }
     }
 
     /// The IPv6 addresses the kernel holds as permanent (`IFA_F_PERMANENT` in
@@ -1013,13 +1012,6 @@ fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000
         assert!(!host.up.contains("lo"));
         let locals = host.locals(&AddrSet::new());
         assert!(locals.contains(IpAddr::from([127, 0, 0, 1])));
-    }
-
-    #[test]
-    fn an_address_label_is_its_devices_not_an_interface() {
-        assert_eq!(device_of("eth0:1"), "eth0");
-        assert_eq!(device_of("eth0:backup:2"), "eth0");
-        assert_eq!(device_of("eth0"), "eth0");
     }
 
     #[test]

@@ -1649,9 +1649,9 @@ fn block_auto_without_a_backend_says_degraded() {
     assert_eq!(agent.stop(), Some(0));
 }
 
-/// An IPv4 address with a label (`ip addr add ... label IF:1`; the kernel makes such
-/// labels itself when it renames an interface holding several addresses) is no
-/// interface: watching every interface, the agent attaches its XDP program to the device
+/// An IPv4 address with a label (`ip addr add ... label IF:1`, or any other name; the
+/// kernel makes such labels itself when it renames an interface holding several
+/// addresses, cut to fit) is no interface: watching every interface, the agent attaches its XDP program to the device
 /// alone (the label's attach failed and took the whole agent back to libpcap, with one
 /// capture per label, every packet seen again), counts each attempt once and exports no
 /// series for the label.
@@ -1673,6 +1673,18 @@ fn an_address_label_is_not_watched_as_an_interface() {
             &label,
         ],
     );
+    // A label need not be the device's name and a colon: the kernel takes any.
+    let other = [
+        "ip",
+        "addr",
+        "add",
+        "10.77.0.51/24",
+        "dev",
+        &lab.vif,
+        "label",
+        "lbl",
+    ];
+    in_victim(&lab, &other);
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start_on_every_interface(
         &lab,
@@ -1685,7 +1697,7 @@ fn an_address_label_is_not_watched_as_an_interface() {
         log.contains(&format!("watching {} (XDP native)", lab.vif)),
         "{log}"
     );
-    assert!(!log.contains(&label), "{log}");
+    assert!(!log.contains(&label) && !log.contains("lbl"), "{log}");
     assert!(lab.connects(CLIENT, VICTIM));
     assert!(lab.connects(CLIENT, "10.77.0.50"));
     eventually(5, "both attempts counted", || {
@@ -1694,7 +1706,7 @@ fn an_address_label_is_not_watched_as_an_interface() {
     assert_eq!(lab.metric("synwatch_retransmitted_attempts_total"), 0);
     let page = lab.in_victim(&["curl", "-sf", "http://127.0.0.1:9809/metrics"]);
     let page = String::from_utf8_lossy(&page.stdout);
-    assert!(!page.contains(&label), "{page}");
+    assert!(!page.contains(&label) && !page.contains("lbl"), "{page}");
     assert_eq!(agent.stop(), Some(0));
 }
 
@@ -1703,10 +1715,21 @@ fn an_address_label_is_not_watched_as_an_interface() {
 /// on meanwhile).
 #[test]
 #[ignore = "needs root and network namespaces; make test runs it"]
-fn healthz_fails_while_every_watched_interface_is_gone() {
+fn healthz_fails_while_every_interface_libpcap_watched_is_gone() {
+    healthz_fails_while_every_watched_interface_is_gone("pcap");
+}
+
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn healthz_fails_while_every_interface_xdp_watched_is_gone() {
+    healthz_fails_while_every_watched_interface_is_gone("xdp");
+}
+
+fn healthz_fails_while_every_watched_interface_is_gone(source: &str) {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = Agent::start_on_every_interface(&lab, dir.path(), "gone", &[]);
+    let args = ["--source", source, "--block", "none"];
+    let agent = Agent::start_on_every_interface(&lab, dir.path(), "gone", &args);
     assert_eq!(lab.healthz().0, 200);
     lab.delete_link();
     eventually(10, "/healthz fails", || {
