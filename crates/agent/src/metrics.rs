@@ -46,6 +46,9 @@ pub struct InterfaceMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub interfaces: Vec<InterfaceMetrics>,
+    /// Whether interfaces that come up are watched (the every-interface watch: spare
+    /// slots): then none watched fails `/healthz`.
+    discovering: bool,
     pub attempts_in: AtomicU64,
     pub attempts_out: AtomicU64,
     pub retransmissions: AtomicU64,
@@ -204,10 +207,12 @@ impl Metrics {
         Self::with_spare(interfaces, 0)
     }
 
-    /// With `spare` unnamed interface slots for interfaces that appear later.
+    /// With `spare` unnamed interface slots for interfaces that appear later (the
+    /// every-interface watch).
     pub fn with_spare(interfaces: &[String], spare: usize) -> Self {
         let now = unix_now();
         Self {
+            discovering: spare > 0,
             interfaces: interfaces
                 .iter()
                 .map(|name| InterfaceMetrics {
@@ -372,9 +377,11 @@ impl Metrics {
         if crate::clock::now() - self.heartbeat.load(Ordering::Relaxed) > HEALTHY_WITHIN_SECS {
             faults.push_str("the capture pipeline is not running\n");
         }
-        // Watching every interface, each one that went gives its slot back: none left
-        // is a lost source too (one that comes up is watched again).
-        if !self.interfaces.is_empty() && !self.interfaces.iter().any(InterfaceMetrics::in_use) {
+        // Watching every interface, one that went gives its slot back (libpcap) or keeps
+        // it, not up (XDP): none watched is a lost source too (one that comes up is
+        // watched again).
+        let watched = |i: &InterfaceMetrics| i.in_use() && i.up.load(Ordering::Relaxed);
+        if self.discovering && !self.interfaces.iter().any(watched) {
             faults.push_str("no network interface is watched: every one went away\n");
         }
         for iface in &self.interfaces {
@@ -1159,15 +1166,24 @@ mod tests {
         let metrics = Metrics::with_spare(&["eth0".to_owned()], 2);
         assert_eq!(metrics.health(), Ok(()));
         let slot = metrics.interface_slot("eth1").expect("a spare slot");
+        metrics.interfaces[slot].set_state(true, None);
         metrics.release_interface(0);
         assert_eq!(metrics.health(), Ok(()));
         metrics.release_interface(slot);
         let why = metrics.health().expect_err("nothing is watched");
         assert!(why.contains("no network interface is watched"), "{why}");
-        metrics.interface_slot("eth2").expect("a slot again");
+        let slot = metrics.interface_slot("eth2").expect("a slot again");
+        metrics.interfaces[slot].set_state(true, None);
         assert_eq!(metrics.health(), Ok(()));
-        // Reading the socket table, no interface is watched at all, and that is sound.
+        // One that keeps its slot but is not watched (the XDP source's gone interface).
+        metrics.interfaces[slot].set_state(false, None);
+        assert!(metrics.health().is_err());
+        // Reading the socket table, no interface is watched at all, and that is sound;
+        // a named interface that is missing says so itself.
         assert_eq!(Metrics::new(&[]).health(), Ok(()));
+        let named = Metrics::new(&["eth0".to_owned()]);
+        named.interfaces[0].set_state(false, Some("eth0 is missing".into()));
+        assert_eq!(named.health(), Err("eth0 is missing\n".to_owned()));
     }
 
     #[test]
