@@ -15,7 +15,7 @@
 //! once the range is over; a range absorbing it would end it early, and an attacker
 //! banned until removed could free himself by scanning from his /64.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -434,7 +434,7 @@ impl Book {
         }
         let before = self.waiting.len();
         self.waiting.prune(now.saturating_sub(quiet_secs));
-        let covered: Vec<IpNet> = self
+        let covered: HashSet<IpNet> = self
             .waiting
             .keys()
             .filter(|&a| self.covering(a).is_some())

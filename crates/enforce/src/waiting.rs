@@ -239,14 +239,15 @@ impl Waiting {
     /// pushing out the door's least recently active scan when full.
     fn send_to_door(&mut self, addr: IpNet, mut w: Waiter) {
         w.ports = HashSet::new();
-        if self.door.len() >= MAX_AT_DOOR
+        // In first, then the least recently active out: that may be the one arriving.
+        self.door_order.insert((w.last, addr));
+        self.door.insert(addr, w);
+        if self.door.len() > MAX_AT_DOOR
             && let Some((_, out)) = self.door_order.pop_first()
         {
             self.door.remove(&out);
             self.dropped += 1;
         }
-        self.door_order.insert((w.last, addr));
-        self.door.insert(addr, w);
     }
 
     fn take_from_door(&mut self, addr: IpNet) -> Option<Waiter> {
@@ -661,5 +662,31 @@ mod tests {
         assert_eq!(w.per_network[&network(of_one(0).addr())], NETWORK_PLACES);
         assert!(w.contains(of_one(1999)), "the most recently active first");
         assert_eq!(w.len(), 2000 - 10 + 1);
+    }
+
+    #[test]
+    fn a_full_door_lets_go_of_its_least_recently_active_even_the_one_arriving() {
+        let mut w = Waiting::default();
+        let a = |i: u32| {
+            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+                0x0a00_0000 + (i << 8),
+            )))
+        };
+        for i in 0..MAX_WAITING as u32 {
+            w.add(a(i), String::new(), &[1, 2, 3, 4, 5], 0);
+        }
+        // Weaker newcomers, seen at 5, fill the door.
+        for k in 0..MAX_AT_DOOR as u32 {
+            w.add(a(MAX_WAITING as u32 + k), String::new(), &[1, 2], 5);
+        }
+        assert_eq!(w.door.len(), MAX_AT_DOOR);
+        // A stronger newcomer pushes the queue's weakest (last seen at 0) to the full
+        // door: that one goes, not one seen at 5.
+        let strong = n("203.0.113.1");
+        w.add(strong, String::new(), &[1, 2, 3, 4, 5, 6], 6);
+        assert!(w.contains(strong));
+        assert_eq!(w.take_dropped(), 1);
+        assert_eq!(w.door.len(), MAX_AT_DOOR);
+        assert!(w.door.values().all(|v| v.last == 5));
     }
 }
