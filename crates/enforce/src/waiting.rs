@@ -445,6 +445,22 @@ mod tests {
         IpNet::from(ip(s))
     }
 
+    /// The `i`-th address of 10.0.0.0/8, each in a /24 (a network) of its own.
+    fn nth(i: u32) -> IpNet {
+        IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
+            0x0a00_0000 + (i << 8),
+        )))
+    }
+
+    /// A full queue: [`MAX_WAITING`] scans of `ports` refused at `now`, from `nth(0..)`.
+    fn filled(ports: &[u16], now: i64) -> Waiting {
+        let mut w = Waiting::default();
+        for i in 0..MAX_WAITING as u32 {
+            assert_eq!(w.add(nth(i), String::new(), ports, now), None);
+        }
+        w
+    }
+
     #[test]
     fn networks_are_slash_24_and_slash_48() {
         assert_eq!(network(ip("192.0.2.77")), ip("192.0.2.0"));
@@ -492,22 +508,17 @@ mod tests {
     /// is the strongest in the queue a few seconds later.
     #[test]
     fn a_full_queue_of_one_second_waiters_does_not_lock_a_scanner_out() {
-        let mut w = Waiting::default();
-        let forged = |i: u32| {
-            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
-                0x0a00_0000 + (i << 8),
-            )))
-        };
+        // A full queue, each waiter with a second of evidence.
+        let mut w = filled(&[1, 2, 3, 4], 0);
         for i in 0..MAX_WAITING as u32 {
-            w.add(forged(i), String::new(), &[1, 2, 3, 4], 0);
-            w.touch(forged(i), 5, 1);
+            w.touch(nth(i), 5, 1);
         }
         // Invented newcomers, four a second, and the real scanner among them.
         let scanner = n("203.0.113.9");
         let mut next = MAX_WAITING as u32;
         for t in 2..10i64 {
             for _ in 0..4 {
-                w.add(forged(next), String::new(), &[1, 2, 3, 4], t);
+                w.add(nth(next), String::new(), &[1, 2, 3, 4], t);
                 next += 1;
             }
             if t == 2 {
@@ -526,15 +537,10 @@ mod tests {
 
     #[test]
     fn the_door_keeps_the_most_recently_active_and_refills_the_queue() {
-        let mut w = Waiting::default();
-        let a = |i: u32| {
-            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
-                0x0a00_0000 + (i << 8),
-            )))
-        };
+        // A full queue, each waiter with a second of evidence.
+        let mut w = filled(&[1, 2, 3, 4], 0);
         for i in 0..MAX_WAITING as u32 {
-            w.add(a(i), String::new(), &[1, 2, 3, 4], 0);
-            w.touch(a(i), 5, 1);
+            w.touch(nth(i), 5, 1);
         }
         // A scanner at the door (an address below every invented one, so that only how
         // recently it was seen keeps it), then 100 newcomers, then the scanner again,
@@ -547,26 +553,26 @@ mod tests {
         );
         let mut next = MAX_WAITING as u32;
         for _ in 0..100 {
-            w.add(a(next), String::new(), &[1, 2, 3, 4], 3);
+            w.add(nth(next), String::new(), &[1, 2, 3, 4], 3);
             next += 1;
         }
         w.touch(scanner, 9, 4);
         for _ in 0..(MAX_AT_DOOR - 101 + 10) {
-            w.add(a(next), String::new(), &[1, 2, 3, 4], 4);
+            w.add(nth(next), String::new(), &[1, 2, 3, 4], 4);
             next += 1;
         }
         assert!(w.door.contains_key(&scanner));
         assert_eq!(w.door.len(), MAX_AT_DOOR);
         assert_eq!(w.take_dropped(), 10);
-        assert!((0..10).all(|k| !w.holds(&a(MAX_WAITING as u32 + k))));
-        assert!(w.door.contains_key(&a(MAX_WAITING as u32 + 10)));
+        assert!((0..10).all(|k| !w.holds(&nth(MAX_WAITING as u32 + k))));
+        assert!(w.door.contains_key(&nth(MAX_WAITING as u32 + 10)));
         // No ports are kept at the door; the count stays.
         assert!(w.door[&scanner].ports.is_empty());
         assert_eq!(w.door[&scanner].evidence(), 4);
         // Places the queue frees are filled from the door at the next prune; quiet
         // sources at the door are forgotten like those in the queue.
         for i in 0..10 {
-            w.remove(a(i));
+            w.remove(nth(i));
         }
         assert_eq!(w.prune(0), 0);
         assert_eq!(w.by_addr.len(), MAX_WAITING);
@@ -580,22 +586,14 @@ mod tests {
     /// comes to the door only after the scan has left it).
     #[test]
     fn a_scan_that_earns_its_place_is_not_pushed_out_by_the_weakest_it_replaces() {
-        let mut w = Waiting::default();
-        let a = |i: u32| {
-            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
-                0x0a00_0000 + (i << 8),
-            )))
-        };
-        for i in 0..MAX_WAITING as u32 {
-            w.add(a(i), String::new(), &[1, 2, 3, 4], 1);
-        }
+        let mut w = filled(&[1, 2, 3, 4], 1);
         let scanner = n("9.9.9.9");
         assert_eq!(
             w.add(scanner, String::new(), &[1, 2, 3, 4], 1),
             Some(scanner)
         );
         for k in 0..(MAX_AT_DOOR as u32 - 1) {
-            w.add(a(MAX_WAITING as u32 + k), String::new(), &[1, 2, 3, 4], 2);
+            w.add(nth(MAX_WAITING as u32 + k), String::new(), &[1, 2, 3, 4], 2);
         }
         assert_eq!(w.door.len(), MAX_AT_DOOR);
         // Its next packet, a second later, gives it a second of evidence: more than
@@ -666,18 +664,10 @@ mod tests {
 
     #[test]
     fn a_full_door_lets_go_of_its_least_recently_active_even_the_one_arriving() {
-        let mut w = Waiting::default();
-        let a = |i: u32| {
-            IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(
-                0x0a00_0000 + (i << 8),
-            )))
-        };
-        for i in 0..MAX_WAITING as u32 {
-            w.add(a(i), String::new(), &[1, 2, 3, 4, 5], 0);
-        }
+        let mut w = filled(&[1, 2, 3, 4, 5], 0);
         // Weaker newcomers, seen at 5, fill the door.
         for k in 0..MAX_AT_DOOR as u32 {
-            w.add(a(MAX_WAITING as u32 + k), String::new(), &[1, 2], 5);
+            w.add(nth(MAX_WAITING as u32 + k), String::new(), &[1, 2], 5);
         }
         assert_eq!(w.door.len(), MAX_AT_DOOR);
         // A stronger newcomer pushes the queue's weakest (last seen at 0) to the full
