@@ -51,18 +51,16 @@ fn permanent_in_if_inet6(text: &str) -> BTreeSet<std::net::Ipv6Addr> {
 
 impl Host {
     /// Interfaces are named by getifaddrs(3)'s link-level entries alone (one an
-    /// interface, under its name): an IPv4 address with a label (`ip addr add ... label
+    /// interface, under its name; every entry that is not an IPv4 or IPv6 address): an IPv4 address with a label (`ip addr add ... label
     /// eth0:1` or `label foo`, or one the kernel made, cut to fit, when renaming an
     /// interface with several addresses) comes under the label, which is no interface.
     pub fn read() -> Result<Self> {
         let mut host = Host::default();
         for ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
-            let Some(addr) = ifa.address else { continue };
-            if let Some(link) = addr.as_link_addr() {
-                host.interface(&ifa.interface_name, ifa.flags, link.addr());
-            } else if let Some(v4) = addr.as_sockaddr_in() {
+            let addr = ifa.address;
+            if let Some(v4) = addr.as_ref().and_then(|a| a.as_sockaddr_in()) {
                 host.addresses.insert(IpAddr::V4(v4.ip()));
-            } else if let Some(v6) = addr.as_sockaddr_in6() {
+            } else if let Some(v6) = addr.as_ref().and_then(|a| a.as_sockaddr_in6()) {
                 host.addresses.insert(IpAddr::V6(v6.ip()));
                 // IPv6 addresses carry no label: the name is the interface's.
                 if v6.ip().is_unicast_link_local() {
@@ -71,6 +69,10 @@ impl Host {
                         .or_default()
                         .insert(v6.ip());
                 }
+            } else {
+                // The link-level entry (a tun's may carry no address at all).
+                let mac = addr.as_ref().and_then(|a| a.as_link_addr()?.addr());
+                host.interface(&ifa.interface_name, ifa.flags, mac);
             }
         }
         Ok(host)
