@@ -50,10 +50,11 @@ fn permanent_in_if_inet6(text: &str) -> BTreeSet<std::net::Ipv6Addr> {
 }
 
 impl Host {
-    /// Interfaces are named by getifaddrs(3)'s link-level entries alone (one an
-    /// interface, under its name; every entry that is not an IPv4 or IPv6 address): an IPv4 address with a label (`ip addr add ... label
-    /// eth0:1` or `label foo`, or one the kernel made, cut to fit, when renaming an
-    /// interface with several addresses) comes under the label, which is no interface.
+    /// Interfaces are named by getifaddrs(3)'s link-level entries alone: every entry
+    /// that is not an IPv4 or IPv6 address, one an interface, under its name. An IPv4
+    /// address with a label (`ip addr add ... label eth0:1` or `label foo`, or one the
+    /// kernel made, cut to fit, when renaming an interface with several addresses)
+    /// comes under the label, which is no interface.
     pub fn read() -> Result<Self> {
         let mut host = Host::default();
         for ifa in nix::ifaddrs::getifaddrs().context("cannot list network interfaces")? {
