@@ -386,12 +386,7 @@ impl Prepare {
     fn push(&mut self, batch: &mut Batch, obs: Observation) {
         // An attempt, by the detector's own rule (not a SYN-ACK, not a stealth probe).
         if Probe::classify(obs.flags) == Some(Probe::Syn) {
-            let direction = if !obs.foreign && self.locals.contains(obs.src) {
-                Direction::Out
-            } else {
-                Direction::In
-            };
-            let event = Connection::of(&obs, direction);
+            let event = Connection::of(&obs, obs.direction(&self.locals));
             self.formatter.connection(&event, &mut batch.text);
         }
         batch.ends.push(batch.text.len());

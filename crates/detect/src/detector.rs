@@ -175,6 +175,17 @@ impl Observation {
             foreign: false,
         })
     }
+
+    /// Its direction given this host's addresses `locals`: outgoing when the source is
+    /// one of them, unless it is [`Observation::foreign`].
+    #[inline]
+    pub fn direction(&self, locals: &AddrSet) -> Direction {
+        if !self.foreign && locals.contains(self.src) {
+            Direction::Out
+        } else {
+            Direction::In
+        }
+    }
 }
 
 /// What an observation was.
@@ -474,11 +485,7 @@ impl Detector {
         };
         self.advance(obs.ts);
         let now = self.now;
-        let direction = if !obs.foreign && self.cfg.locals.contains(obs.src) {
-            Direction::Out
-        } else {
-            Direction::In
-        };
+        let direction = obs.direction(&self.cfg.locals);
 
         // The key of what the source counts as, for the 4-tuple and the port count.
         let key = self.key_of(obs.src);
