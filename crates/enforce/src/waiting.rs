@@ -461,6 +461,16 @@ mod tests {
         w
     }
 
+    /// A full queue of scans refused at 0, each with a second of evidence (a new port
+    /// at 1).
+    fn filled_a_second_each() -> Waiting {
+        let mut w = filled(&[1, 2, 3, 4], 0);
+        for i in 0..MAX_WAITING as u32 {
+            w.touch(nth(i), 5, 1);
+        }
+        w
+    }
+
     #[test]
     fn networks_are_slash_24_and_slash_48() {
         assert_eq!(network(ip("192.0.2.77")), ip("192.0.2.0"));
@@ -508,11 +518,7 @@ mod tests {
     /// is the strongest in the queue a few seconds later.
     #[test]
     fn a_full_queue_of_one_second_waiters_does_not_lock_a_scanner_out() {
-        // A full queue, each waiter with a second of evidence.
-        let mut w = filled(&[1, 2, 3, 4], 0);
-        for i in 0..MAX_WAITING as u32 {
-            w.touch(nth(i), 5, 1);
-        }
+        let mut w = filled_a_second_each();
         // Invented newcomers, four a second, and the real scanner among them.
         let scanner = n("203.0.113.9");
         let mut next = MAX_WAITING as u32;
@@ -537,11 +543,7 @@ mod tests {
 
     #[test]
     fn the_door_keeps_the_most_recently_active_and_refills_the_queue() {
-        // A full queue, each waiter with a second of evidence.
-        let mut w = filled(&[1, 2, 3, 4], 0);
-        for i in 0..MAX_WAITING as u32 {
-            w.touch(nth(i), 5, 1);
-        }
+        let mut w = filled_a_second_each();
         // A scanner at the door (an address below every invented one, so that only how
         // recently it was seen keeps it), then 100 newcomers, then the scanner again,
         // then enough newcomers to push 10 out of the full door: the 10 go from those
