@@ -715,6 +715,8 @@ fn xdp_programs_json(text: &str) -> Option<std::collections::HashMap<String, u64
 /// [`CHECK_EVERY`]): an interface created again under a watched name gets the program
 /// again; with the default every-interface watch (`discover`), one that came up is
 /// attached too. `required`: named interfaces, whose absence fails `/healthz`.
+/// `observing`: the program is the source, and the interfaces' metrics slots are its to
+/// give back (beside libpcap, libpcap's capture threads give theirs).
 pub fn check_xdp(
     xdp: &mut synwatch_xdp::Xdp,
     mode: synwatch_xdp::Mode,
@@ -722,6 +724,7 @@ pub fn check_xdp(
     metrics: &Metrics,
     required: bool,
     discover: bool,
+    observing: bool,
 ) {
     let attached: Vec<(String, u32)> = xdp
         .attached()
@@ -737,7 +740,7 @@ pub fn check_xdp(
     };
     links.checks = links.checks.wrapping_add(1);
     let attached = if discover {
-        follow_renames(xdp, &attached, metrics)
+        follow_renames(xdp, &attached, metrics, observing)
     } else {
         attached
     };
@@ -828,11 +831,15 @@ fn name_of(index: u32) -> Option<String> {
 /// taking its program away), and one that is gone is let go (its bpf_link's descriptor
 /// freed; interfaces that come and go, such as containers' veths, would otherwise use
 /// descriptors up). One created again under the same name is attached again by
-/// [`check_xdp`]. Returns the attachments as they now are.
+/// [`check_xdp`]. When `observing`, the metrics slot of a name that went is given back
+/// (its series leave `/metrics`; containers' veths would otherwise use every spare
+/// slot up) and a renamed interface counts from zero under its new name. Returns the
+/// attachments as they now are.
 fn follow_renames(
     xdp: &mut synwatch_xdp::Xdp,
     attached: &[(String, u32)],
     metrics: &Metrics,
+    observing: bool,
 ) -> Vec<(String, u32)> {
     for (name, was) in attached {
         let index = ifindex(name);
@@ -844,12 +851,18 @@ fn follow_renames(
                 tracing::info!("interface {name} is now named {now}: still watched");
                 xdp.rename(*was, &now);
                 set_state(metrics, name, false, None);
+                if observing {
+                    metrics.release_named(name);
+                }
                 set_state(metrics, &now, true, None);
             }
             None if index.is_none() => {
                 tracing::info!("interface {name} is gone: its XDP attachment is let go");
                 xdp.forget(*was);
                 set_state(metrics, name, false, None);
+                if observing {
+                    metrics.release_named(name);
+                }
             }
             None => {}
         }

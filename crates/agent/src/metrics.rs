@@ -422,6 +422,11 @@ impl Metrics {
     /// `/metrics`, and the slot serves the next interface that comes up, from zero.
     pub fn release_interface(&self, slot: usize) {
         let _one_at_a_time = ASSIGNING.lock();
+        self.release_locked(slot);
+    }
+
+    /// [`Metrics::release_interface`], with `ASSIGNING` held.
+    fn release_locked(&self, slot: usize) {
         let Some(iface) = self.interfaces.get(slot) else {
             return;
         };
@@ -431,6 +436,25 @@ impl Metrics {
         }
         if let Ok(mut held) = iface.name.lock() {
             *held = None;
+        }
+    }
+
+    /// Gives the slot of interface `name` back, if one holds it (see
+    /// [`Metrics::release_interface`]).
+    pub fn release_named(&self, name: &str) {
+        let _one_at_a_time = ASSIGNING.lock();
+        if let Some(slot) = self.interface_held(name) {
+            self.release_locked(slot);
+        }
+    }
+
+    /// Sets the packets and drops of interface `name`, where a slot holds it (under the
+    /// lock that gives slots out: never into a slot given to another interface since).
+    pub fn store_interface(&self, name: &str, packets: u64, drops: u64) {
+        let _one_at_a_time = ASSIGNING.lock();
+        if let Some(iface) = self.interface_held(name).map(|s| &self.interfaces[s]) {
+            iface.packets.store(packets, Ordering::Relaxed);
+            iface.drops.store(drops, Ordering::Relaxed);
         }
     }
 
@@ -1159,6 +1183,38 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("# TYPE synwatch_pipeline_longest_turn_seconds gauge\n"));
+    }
+
+    #[test]
+    fn counts_go_only_to_the_slot_that_holds_the_name_now() {
+        let metrics = Metrics::with_spare(&["eth0".to_owned()], 1);
+        let series = |name: &str| format!("synwatch_packets_total{{interface=\"{name}\"}}");
+        metrics.store_interface("eth0", 7, 1);
+        assert!(
+            metrics
+                .render()
+                .contains(&format!("{} 7\n", series("eth0")))
+        );
+        // A name no slot holds (gone, or no slot was left for it) is not counted.
+        metrics.store_interface("veth1", 5, 0);
+        assert!(!metrics.render().contains(&series("veth1")));
+        // eth0 goes: its slot serves veth1, from zero, and eth0's counts (read before it
+        // went) land nowhere.
+        metrics.release_named("eth0");
+        assert_eq!(metrics.interface_slot("veth1"), Some(0));
+        metrics.store_interface("eth0", 9, 1);
+        let page = metrics.render();
+        assert!(page.contains(&format!("{} 0\n", series("veth1"))), "{page}");
+        assert!(!page.contains(&series("eth0")), "{page}");
+        metrics.store_interface("veth1", 3, 0);
+        assert!(
+            metrics
+                .render()
+                .contains(&format!("{} 3\n", series("veth1")))
+        );
+        // Releasing a name no slot holds changes nothing.
+        metrics.release_named("eth0");
+        assert_eq!(metrics.interface_slot("veth1"), Some(0));
     }
 
     #[test]

@@ -163,14 +163,13 @@ fn take_raw(
 
 /// Reads the ring buffer until `stop`: each event becomes an observation, sent in
 /// batches through `send_batch`; sources the program banned follow their batch through
-/// `send_bans`. `slots` are the attached interfaces' counter slots, in the order of
-/// `metrics.interfaces`; when `observing` (the XDP source), the program's per-interface
-/// counters are the interfaces' packet and drop metrics.
+/// `send_bans`. When `observing` (the XDP source), the program's per-interface counters
+/// are the interfaces' packet and drop metrics, each read from the counter slot its
+/// interface holds now (interfaces come, go and take freed slots while it runs).
 pub fn run(
     mut ring: Ring,
     stop: &AtomicBool,
     metrics: &Metrics,
-    slots: &[u32],
     observing: bool,
     send_batch: impl Fn(Vec<Observation>) -> bool,
     send_bans: impl Fn(KernelBans) -> bool,
@@ -237,12 +236,12 @@ pub fn run(
         let t = crate::clock::monotonic();
         if t >= next_counters {
             next_counters = t + COUNTERS_EVERY;
-            record(&ring, metrics, slots, observing, raw_same, &mut malformed);
+            record(&ring, metrics, observing, raw_same, &mut malformed);
             defrag.expire(boot_now());
             metrics.record_reassembly(reassembly_slot, defrag.stats());
         }
     }
-    record(&ring, metrics, slots, observing, raw_same, &mut malformed);
+    record(&ring, metrics, observing, raw_same, &mut malformed);
 }
 
 /// The program's malformed-packet counters ([`Counter::MALFORMED`], by the kind decode()
@@ -256,12 +255,11 @@ struct KernelMalformed {
 
 impl KernelMalformed {
     fn record(&mut self, ring: &Ring, metrics: &Metrics) {
-        let every: Vec<u32> = (0..synwatch_xdp::layout::SLOTS).collect();
         for (&(counter, name), added) in Counter::MALFORMED.iter().zip(&mut self.added) {
             let Some(kind) = DecodeError::ALL.iter().find(|k| k.as_str() == name) else {
                 continue;
             };
-            let now = ring.counter(counter, &every);
+            let now = ring.total(counter);
             if now > *added {
                 metrics.decode_errors[kind.index()].fetch_add(now - *added, Ordering::Relaxed);
                 *added = now;
@@ -273,27 +271,20 @@ impl KernelMalformed {
 fn record(
     ring: &Ring,
     metrics: &Metrics,
-    slots: &[u32],
     observing: bool,
     raw_same: u64,
     malformed: &mut KernelMalformed,
 ) {
     metrics
         .xdp_kernel_bans
-        .store(ring.counter(Counter::KernelBans, slots), Ordering::Relaxed);
+        .store(ring.total(Counter::KernelBans), Ordering::Relaxed);
     metrics.xdp_retransmissions.store(
-        ring.counter(Counter::Retransmissions, slots) + raw_same,
+        ring.total(Counter::Retransmissions) + raw_same,
         Ordering::Relaxed,
     );
     if observing {
-        for (iface, &slot) in metrics.interfaces.iter().zip(slots) {
-            let one = std::slice::from_ref(&slot);
-            iface
-                .packets
-                .store(ring.counter(Counter::Packets, one), Ordering::Relaxed);
-            iface
-                .drops
-                .store(ring.counter(Counter::RingbufFull, one), Ordering::Relaxed);
+        for (iface, counts) in ring.interfaces() {
+            metrics.store_interface(&iface, counts.packets, counts.ringbuf_full);
         }
         // Beside libpcap (blocking only) the program's malformed packets are libpcap's
         // too, and counted there.

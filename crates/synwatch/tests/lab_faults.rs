@@ -481,15 +481,43 @@ fn a_new_interface_is_watched(source: &str, block: &str) {
         eventually(10, "the new interface watched", || {
             agent.log().contains(&format!("interface {vif} came up"))
         });
-        lab.scan(&there, &here, "1-20");
+        // Out of the new pair's attacker end (nmap's `-e`), so that it arrives there.
+        lab.nmap_via(aif, &there, &here, "1-20", &[]);
         agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == there.as_str());
         assert_eq!(lab.healthz().0, 200);
+        // Its packets are counted under its own name (the XDP source reads them from
+        // the program's counter slot for the interface): the scan's 20 SYNs, or, where
+        // the program bans in the kernel, the 3 before the one it drops.
+        let packets = format!("synwatch_packets_total{{interface=\"{vif}\"}}");
+        let least = if block == "none" { 20 } else { 3 };
+        eventually(10, "the new interface's packets counted", || {
+            lab.metric(&packets) >= least
+        });
+        if source == "xdp" {
+            // The program counts every packet the interface receives, and only its own:
+            // one that took the slot another interface left counts from zero.
+            let counted = lab.metric(&packets);
+            let out = lab.in_victim(&[
+                "cat",
+                &format!("/sys/class/net/{vif}/statistics/rx_packets"),
+            ]);
+            let received: u64 = String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            assert!(
+                counted <= received,
+                "{vif}: {counted} counted, {received} received"
+            );
+        }
     };
     let stem = &lab.vif[..lab.vif.len() - 1];
     caught_through(&format!("{stem}w"), &format!("{stem}b"), 78);
-    if source == "pcap" && block == "none" {
+    if block == "none" {
         // Containers come and go: far more interfaces than the agent has spare slots
-        // for come up and go, and one that comes up after them is still watched.
+        // for come up and go, and one that comes up after them is still watched. The
+        // first new one goes too, so that a later one takes its counter slot.
+        run_ok(&["ip", "-n", &lab.victim, "link", "del", &format!("{stem}w")]);
         churn(&lab, &agent, 6, 8);
         caught_through(&format!("{stem}x"), &format!("{stem}c"), 79);
     }
@@ -582,6 +610,7 @@ fn churn(lab: &Lab, agent: &Agent, rounds: usize, pairs: usize) {
             let gone = |n: &str| {
                 log.contains(&format!("interface {n} is missing"))
                     || log.contains(&format!("interface {n} went"))
+                    || log.contains(&format!("interface {n} is gone"))
             };
             names.iter().all(|(a, b)| gone(a) && gone(b))
         });

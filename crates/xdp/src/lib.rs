@@ -52,6 +52,7 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::Key;
@@ -255,12 +256,50 @@ pub struct Attached {
     pub slot: u32,
     /// A stale synwatch program was found on it and replaced.
     pub replaced: Option<String>,
+    /// What its counter slot held when the interface took it under this name (a slot
+    /// freed by an interface that went serves the next one, whose counts start here).
+    pub base: Counts,
+}
+
+/// An interface's own counters: packets the program saw, and records it could not send
+/// up because the ring buffer was full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub packets: u64,
+    pub ringbuf_full: u64,
+}
+
+impl Counts {
+    fn of(counters: &PerCpuArray<MapData, u64>, slot: u32) -> Self {
+        let one = std::slice::from_ref(&slot);
+        Counts {
+            packets: counter_total(counters, Counter::Packets, one),
+            ringbuf_full: counter_total(counters, Counter::RingbufFull, one),
+        }
+    }
+
+    /// The counts since `base`.
+    fn since(self, base: Counts) -> Self {
+        Counts {
+            packets: self.packets.saturating_sub(base.packets),
+            ringbuf_full: self.ringbuf_full.saturating_sub(base.ringbuf_full),
+        }
+    }
+}
+
+/// Every counter slot: totals (bans, drops, retransmissions) add them all, those of
+/// interfaces gone or attached since the start too, so that they never go down.
+fn every_slot() -> Vec<u32> {
+    (0..layout::SLOTS).collect()
 }
 
 /// The loaded program, its attachments, its configuration and allowlist.
 pub struct Xdp {
     ebpf: Ebpf,
     attached: Vec<Attached>,
+    /// `attached` as the ring's reader sees it, brought up to date after every change.
+    published: Arc<Mutex<Vec<Attached>>>,
+    counters: PerCpuArray<MapData, u64>,
     /// The bpf_link of each attachment, in the order of `attached` (`None` where it
     /// could not be kept apart).
     links: Vec<Option<aya::programs::xdp::XdpLinkId>>,
@@ -383,11 +422,14 @@ impl Xdp {
             config: Array::try_from(share(&ebpf, "config")?)
                 .map_err(|e| XdpError::map("config", e))?,
             ifslot: take(&mut ebpf, "ifslot")?,
+            counters: PerCpuArray::try_from(share(&ebpf, "counters")?)
+                .map_err(|e| XdpError::map("counters", e))?,
             allow4: take(&mut ebpf, "allow4")?,
             allow6: take(&mut ebpf, "allow6")?,
             peraddr6: take(&mut ebpf, "peraddr6")?,
             ebpf,
             attached: Vec::new(),
+            published: Arc::default(),
             links: Vec::new(),
             options,
         };
@@ -416,10 +458,21 @@ impl Xdp {
         let slot = (0..)
             .find(|s| self.attached.iter().all(|a| a.slot != *s))
             .unwrap_or(u32::MAX);
-        let (attached, link) = self.attach_at(iface, mode, slot)?;
+        // Read before the slot is given out: no interface counts there until then.
+        let base = Counts::of(&self.counters, slot.min(layout::SLOTS - 1));
+        let (mut attached, link) = self.attach_at(iface, mode, slot)?;
+        attached.base = base;
         self.attached.push(attached);
         self.links.push(link);
+        self.publish();
         Ok(self.attached.last().unwrap_or_else(|| unreachable!()))
+    }
+
+    /// Shows the ring's reader the attachments as they now are.
+    fn publish(&self) {
+        if let Ok(mut shown) = self.published.lock() {
+            shown.clone_from(&self.attached);
+        }
     }
 
     /// Attaches the program again to `iface` when the interface of that name was
@@ -429,7 +482,9 @@ impl Xdp {
         let Some(at) = self.attached.iter().position(|a| a.iface == iface) else {
             return self.attach(iface, mode);
         };
-        let (fresh, link) = self.attach_at(iface, mode, self.attached[at].slot)?;
+        let (mut fresh, link) = self.attach_at(iface, mode, self.attached[at].slot)?;
+        // The same name: its counts go on from where they were.
+        fresh.base = self.attached[at].base;
         // The old link went with the old interface, but its descriptor and the kernel's
         // link object stay until detached: one per re-creation, without bound.
         let old = self.links.get_mut(at).and_then(Option::take);
@@ -438,15 +493,19 @@ impl Xdp {
         if let Some(l) = self.links.get_mut(at) {
             *l = link;
         }
+        self.publish();
         Ok(&self.attached[at])
     }
 
     /// The interface attached as `ifindex` is now named `iface` (renamed: the kernel's
     /// attachment follows the interface, not its name).
+    /// Its counts start again from zero under the new name.
     pub fn rename(&mut self, ifindex: u32, iface: &str) {
         for a in self.attached.iter_mut().filter(|a| a.ifindex == ifindex) {
             iface.clone_into(&mut a.iface);
+            a.base = Counts::of(&self.counters, a.slot);
         }
+        self.publish();
     }
 
     /// Lets the attachment to `ifindex` go: the interface is gone (the kernel's
@@ -464,6 +523,7 @@ impl Xdp {
                 let _ = self.ifslot.set(key, 0, 0);
             }
         }
+        self.publish();
     }
 
     /// Detaches a bpf_link of the program (a link whose interface is gone still holds a
@@ -533,6 +593,7 @@ impl Xdp {
                         mode: name,
                         slot: slot.min(layout::SLOTS - 1),
                         replaced,
+                        base: Counts::default(),
                     };
                     return Ok((attached, Some(link)));
                 }
@@ -628,6 +689,7 @@ impl Xdp {
             counters,
             attempts,
             config,
+            attached: Arc::clone(&self.published),
         })
     }
 
@@ -642,7 +704,7 @@ impl Xdp {
 
     /// The ban maps as a blocking backend.
     pub fn bans(&self) -> Result<XdpBans, XdpError> {
-        XdpBans::open(|name| share(&self.ebpf, name), self.slots())
+        XdpBans::open(|name| share(&self.ebpf, name), every_slot())
     }
 
     /// How many instructions the kernel's verifier went through to accept the program
@@ -757,6 +819,8 @@ pub struct Ring {
     counters: PerCpuArray<MapData, u64>,
     attempts: HashMap<MapData, [u8; layout::TUPLE_LEN], u64>,
     config: Array<MapData, [u8; layout::CONFIG_LEN]>,
+    /// The attachments as the program's owner last published them.
+    attached: Arc<Mutex<Vec<Attached>>>,
 }
 
 impl fmt::Debug for Ring {
@@ -795,6 +859,27 @@ impl Ring {
     /// A counter summed over CPUs and over the interface slots `slots`.
     pub fn counter(&self, which: Counter, slots: &[u32]) -> u64 {
         counter_total(&self.counters, which, slots)
+    }
+
+    /// A counter summed over CPUs and over every interface slot, those of interfaces
+    /// that went too: a total that never goes down.
+    pub fn total(&self, which: Counter) -> u64 {
+        counter_total(&self.counters, which, &every_slot())
+    }
+
+    /// Each attached interface's own counts, by name, since it took its counter slot.
+    pub fn interfaces(&self) -> Vec<(String, Counts)> {
+        let attached = match self.attached.lock() {
+            Ok(a) => a.clone(),
+            Err(_) => return Vec::new(),
+        };
+        attached
+            .into_iter()
+            .map(|a| {
+                let counts = Counts::of(&self.counters, a.slot).since(a.base);
+                (a.iface, counts)
+            })
+            .collect()
     }
 
     /// Whether a SYN decoded in user space from a raw record (a fragment the program

@@ -506,6 +506,7 @@ impl Core {
             &self.metrics,
             x.required,
             x.discovering,
+            x.observing,
         );
     }
 

@@ -698,14 +698,13 @@ fn start_threads(
         let ring = x
             .ring()
             .context("cannot read the XDP program's ring buffer")?;
-        let slots = x.slots();
         let (stop, feed, observing) = (Arc::clone(stop), feed.clone(), sources.xdp_source);
         let metrics = Arc::clone(feed.metrics());
         let handle = thread::Builder::new()
             .name("xdp".into())
             .spawn(move || {
                 let (batches, bans) = (|batch| feed.offer(batch), |b| feed.kernel_bans(b));
-                crate::xdp::run(ring, &stop, &metrics, &slots, observing, batches, bans);
+                crate::xdp::run(ring, &stop, &metrics, observing, batches, bans);
             })
             .context("cannot start the XDP thread")?;
         workers.push(("the XDP ring buffer".to_owned(), handle));

@@ -371,6 +371,18 @@ impl Lab {
     /// `nmap -sS` from `src` (an attacker-side address) to `targets` (an address or an
     /// nmap range) on `ports`, with `extra` options (evasions, timing); its output.
     pub fn nmap(&self, src: &str, targets: &str, ports: &str, extra: &[&str]) -> String {
+        self.nmap_via(&self.aif, src, targets, ports, extra)
+    }
+
+    /// [`Lab::nmap`] out of the attacker's interface `aif`.
+    pub fn nmap_via(
+        &self,
+        aif: &str,
+        src: &str,
+        targets: &str,
+        ports: &str,
+        extra: &[&str],
+    ) -> String {
         let mut args = vec![
             "nmap",
             "-n",
@@ -380,7 +392,7 @@ impl Lab {
             "--max-retries",
             "1",
             "-e",
-            &self.aif,
+            aif,
             "-p",
             ports,
             "-S",
