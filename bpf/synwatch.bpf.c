@@ -230,16 +230,41 @@ struct {
 	__type(value, struct config);
 } config SEC(".maps");
 
-/* Interface index -> counter slot + 1 (0: not watched), indexed by ifindex modulo
- * IFSLOTS: an array lookup, which the verifier inlines, costs next to nothing on the
- * drop path where a hash lookup would not. */
+/* Interface index -> counter slot, indexed by ifindex modulo IFSLOTS: an array lookup,
+ * which the verifier inlines, costs next to nothing on the drop path where a hash
+ * lookup would not. Each entry names its interface (ifindex 0: free), so that two whose
+ * indexes share an entry are told apart: the one that came second is in ifslot_more,
+ * looked up only then. An interface in neither counts in slot 0. */
 #define IFSLOTS 4096
+#define IFSLOTS_MORE 1024
+struct ifslot_entry {
+	__u32 ifindex;
+	__u32 slot;
+};
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, IFSLOTS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct ifslot_entry);
 } ifslot SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, IFSLOTS_MORE);
+	__type(key, __u32);
+	__type(value, __u32);
+} ifslot_more SEC(".maps");
+
+/* The counter slot of interface `ifindex`. */
+static __always_inline __u32 slot_of(__u32 ifindex)
+{
+	__u32 at = ifindex % IFSLOTS;
+	struct ifslot_entry *e = bpf_map_lookup_elem(&ifslot, &at);
+	if (e && e->ifindex == ifindex)
+		return e->slot & (SLOTS - 1);
+	__u32 *more = bpf_map_lookup_elem(&ifslot_more, &ifindex);
+	return more ? (*more & (SLOTS - 1)) : 0;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -593,9 +618,7 @@ int synwatch_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 len = data_end - data;
 	__u32 ifindex = ctx->ingress_ifindex;
-	__u32 at = ifindex % IFSLOTS;
-	__u32 *slotp = bpf_map_lookup_elem(&ifslot, &at);
-	__u32 slot = (slotp && *slotp) ? ((*slotp - 1) & (SLOTS - 1)) : 0;
+	__u32 slot = slot_of(ifindex);
 	count(slot, C_PACKETS, 1);
 	/* A malformed packet's kind (its counter), for the label `malformed`. */
 	__u32 bad = C_BAD_LINK;

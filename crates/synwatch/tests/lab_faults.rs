@@ -526,23 +526,36 @@ fn a_new_interface_is_watched(source: &str, block: &str) {
 
 /// A veth pair from the victim's namespace to the attacker's, up, each end with its
 /// address.
-fn veth_between(lab: &Lab, (vif, victim_addr): (&str, &str), (aif, attacker_addr): (&str, &str)) {
+fn veth_between(lab: &Lab, victim_end: (&str, &str), attacker_end: (&str, &str)) {
+    veth_between_at(lab, victim_end, attacker_end, None);
+}
+
+/// [`veth_between`], the victim's end given the interface index `index`.
+fn veth_between_at(
+    lab: &Lab,
+    (vif, victim_addr): (&str, &str),
+    (aif, attacker_addr): (&str, &str),
+    index: Option<u32>,
+) {
+    let index = index.map(|i| i.to_string());
+    let index: Vec<&str> = index.iter().flat_map(|i| ["index", i.as_str()]).collect();
     for args in [
-        vec![
-            "ip",
-            "link",
-            "add",
-            vif,
-            "netns",
-            &lab.victim,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            aif,
-            "netns",
-            &lab.attacker,
-        ],
+        [
+            ["ip", "link", "add", vif].as_slice(),
+            &index,
+            &[
+                "netns",
+                &lab.victim,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                aif,
+                "netns",
+                &lab.attacker,
+            ],
+        ]
+        .concat(),
         vec![
             "ip",
             "-n",
@@ -656,6 +669,73 @@ fn a_new_interface_is_captured_through_libpcap_beside_xdp_blocking() {
     for _ in 0..3 {
         a_new_interface_is_watched("pcap", "xdp");
     }
+}
+
+/// The XDP program finds an interface's counter slot in an array indexed by ifindex
+/// modulo its size: an interface whose index shares an entry with a watched one's
+/// (container hosts make thousands of veths) must count only its own packets and leave
+/// the other's alone, while it is there and after it went.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn interfaces_whose_indexes_share_the_programs_entry_count_apart() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        "xdp",
+        &["--source", "xdp", "--block", "none"],
+    );
+    let read = |what: &str| -> u32 {
+        let out = lab.in_victim(&["cat", what]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let index = read(&format!("/sys/class/net/{}/ifindex", lab.vif));
+    let stem = &lab.vif[..lab.vif.len() - 1];
+    let (vif, aif) = (format!("{stem}k"), format!("{stem}l"));
+    veth_between_at(
+        &lab,
+        (&vif, "10.81.0.1/24"),
+        (&aif, "10.81.0.2/24"),
+        Some(index + 4096),
+    );
+    eventually(10, "the new interface watched", || {
+        agent.log().contains(&format!("interface {vif} came up"))
+    });
+    let packets =
+        |name: &str| lab.metric(&format!("synwatch_packets_total{{interface=\"{name}\"}}"));
+    // A scan through each: each one's own count takes its 20 SYNs, the other's does not.
+    let scan_through = |via: &str, src: &str, dst: &str, counted: &str, quiet: &str| {
+        let (before, other) = (packets(counted), packets(quiet));
+        lab.nmap_via(via, src, dst, "1-20", &[]);
+        agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == src);
+        eventually(10, "the scan's SYNs counted on its interface", || {
+            packets(counted) >= before + 20
+        });
+        let grew = packets(quiet) - other;
+        assert!(
+            grew < 20,
+            "{quiet} counted {grew} packets of a scan through {counted}"
+        );
+    };
+    scan_through(&aif, "10.81.0.2", "10.81.0.1", &vif, &lab.vif);
+    scan_through(&lab.aif, SCANNER, VICTIM, &lab.vif, &vif);
+    // The new one goes: the first still counts its own.
+    run_ok(&["ip", "-n", &lab.victim, "link", "del", &vif]);
+    eventually(10, "the new interface let go", || {
+        agent.log().contains(&format!("interface {vif} is gone"))
+    });
+    let before = packets(&lab.vif);
+    lab.add_attacker_address("10.77.0.9/24");
+    lab.nmap_via(&lab.aif, "10.77.0.9", VICTIM, "1-20", &[]);
+    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.77.0.9");
+    eventually(10, "the scan's SYNs counted", || {
+        packets(&lab.vif) >= before + 20
+    });
+    assert_eq!(agent.stop_within(10), Some(0));
 }
 
 /// Runs `ip` (or another tool) in the victim's namespace; fails the test if it fails.

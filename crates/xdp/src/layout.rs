@@ -12,6 +12,8 @@ pub const TRACK_PORTS: u16 = 16;
 pub const SLOTS: u32 = 64;
 /// The size of the program's ifindex -> slot array (indexed modulo this).
 pub const IFSLOTS: u32 = 4096;
+/// The most interfaces whose index shares an entry of that array with another's.
+pub const IFSLOTS_MORE: u32 = 1024;
 
 /// `config.flags`: report every probe through the ring buffer (the XDP source).
 pub const CFG_EMIT: u32 = 1;

@@ -304,7 +304,10 @@ pub struct Xdp {
     /// could not be kept apart).
     links: Vec<Option<aya::programs::xdp::XdpLinkId>>,
     config: Array<MapData, [u8; layout::CONFIG_LEN]>,
-    ifslot: Array<MapData, u32>,
+    /// `[ifindex, slot]` at ifindex modulo [`layout::IFSLOTS`] (ifindex 0: free).
+    ifslot: Array<MapData, [u32; 2]>,
+    /// ifindex -> slot, for interfaces whose entry in `ifslot` another holds.
+    ifslot_more: HashMap<MapData, u32, u32>,
     allow4: LpmTrie<MapData, [u8; 4], u8>,
     allow6: LpmTrie<MapData, [u8; 16], u8>,
     peraddr6: LpmTrie<MapData, [u8; 16], u8>,
@@ -422,6 +425,7 @@ impl Xdp {
             config: Array::try_from(share(&ebpf, "config")?)
                 .map_err(|e| XdpError::map("config", e))?,
             ifslot: take(&mut ebpf, "ifslot")?,
+            ifslot_more: take(&mut ebpf, "ifslot_more")?,
             counters: PerCpuArray::try_from(share(&ebpf, "counters")?)
                 .map_err(|e| XdpError::map("counters", e))?,
             allow4: take(&mut ebpf, "allow4")?,
@@ -485,6 +489,10 @@ impl Xdp {
         let (mut fresh, link) = self.attach_at(iface, mode, self.attached[at].slot)?;
         // The same name: its counts go on from where they were.
         fresh.base = self.attached[at].base;
+        let was = self.attached[at].ifindex;
+        if was != fresh.ifindex {
+            self.unplace(was);
+        }
         // The old link went with the old interface, but its descriptor and the kernel's
         // link object stay until detached: one per re-creation, without bound.
         let old = self.links.get_mut(at).and_then(Option::take);
@@ -498,8 +506,8 @@ impl Xdp {
     }
 
     /// The interface attached as `ifindex` is now named `iface` (renamed: the kernel's
-    /// attachment follows the interface, not its name).
-    /// Its counts start again from zero under the new name.
+    /// attachment follows the interface, not its name). Its counts start again from zero
+    /// under the new name.
     pub fn rename(&mut self, ifindex: u32, iface: &str) {
         for a in self.attached.iter_mut().filter(|a| a.ifindex == ifindex) {
             iface.clone_into(&mut a.iface);
@@ -518,12 +526,36 @@ impl Xdp {
                 .then(|| self.links.remove(at))
                 .flatten();
             self.detach(link);
-            let key = gone.ifindex % layout::IFSLOTS;
-            if self.ifslot.get(&key, 0).ok() == Some(gone.slot + 1) {
-                let _ = self.ifslot.set(key, 0, 0);
-            }
+            self.unplace(gone.ifindex);
         }
         self.publish();
+    }
+
+    /// Tells the program that interface `ifindex` counts in `slot`. Where its entry is
+    /// another's and [`layout::IFSLOTS_MORE`] such interfaces are placed already, it
+    /// counts in slot 0: its counts are wrong, its bans and detection are not.
+    fn place(&mut self, ifindex: u32, slot: u32) -> Result<(), XdpError> {
+        let key = ifindex % layout::IFSLOTS;
+        let entry = [ifindex, slot.min(layout::SLOTS - 1)];
+        match self.ifslot.get(&key, 0) {
+            Ok([held, _]) if held != 0 && held != ifindex => {
+                let _ = self.ifslot_more.insert(ifindex, entry[1], 0);
+                Ok(())
+            }
+            _ => self
+                .ifslot
+                .set(key, entry, 0)
+                .map_err(|e| XdpError::map("ifslot", e)),
+        }
+    }
+
+    /// Forgets interface `ifindex`'s slot (it went, or came back under a new index).
+    fn unplace(&mut self, ifindex: u32) {
+        let key = ifindex % layout::IFSLOTS;
+        if matches!(self.ifslot.get(&key, 0), Ok([held, _]) if held == ifindex) {
+            let _ = self.ifslot.set(key, [0, 0], 0);
+        }
+        let _ = self.ifslot_more.remove(&ifindex);
     }
 
     /// Detaches a bpf_link of the program (a link whose interface is gone still holds a
@@ -549,12 +581,7 @@ impl Xdp {
         };
         let ifindex = nix::net::if_::if_nametoindex(iface)
             .map_err(|e| attach_error("any", format!("no such interface ({e})")))?;
-        if slot < layout::SLOTS {
-            // Slot + 1 at ifindex modulo the array's size (0: not watched).
-            self.ifslot
-                .set(ifindex % layout::IFSLOTS, slot + 1, 0)
-                .map_err(|e| XdpError::map("ifslot", e))?;
-        }
+        self.place(ifindex, slot)?;
         let tries: &[(XdpMode, &'static str)] = match mode {
             Mode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
             Mode::Native => &[(XdpMode::Driver, "native")],
