@@ -102,6 +102,9 @@ pub struct Totals {
     pub latest_ts: i64,
     pub out_of_order: u64,
     pub max_step_back: i64,
+    /// Times the packets went back a window or more, where detection started again.
+    pub restarts: u64,
+    pub max_restart_step: i64,
 }
 
 /// Observations travel from the reading thread to the detecting thread in batches of
@@ -117,6 +120,9 @@ struct Batch {
     text: Vec<u8>,
     /// End of each observation's event in `text`.
     ends: Vec<usize>,
+    /// Detection starts again before this batch ([`Detector::restart`]): its first
+    /// packet is stamped a window or more before the latest one seen.
+    restart: bool,
 }
 
 impl Batch {
@@ -124,6 +130,7 @@ impl Batch {
         self.obs.clear();
         self.text.clear();
         self.ends.clear();
+        self.restart = false;
     }
 }
 
@@ -152,6 +159,7 @@ where
     let mut prep = Prepare {
         formatter: Formatter::new(format),
         locals: config.locals.clone(),
+        window: config.window,
         segments: Segments::reassembling(),
     };
     let detector = Detector::new(config);
@@ -234,6 +242,14 @@ where
 }
 
 fn warn_out_of_order(totals: &Totals) {
+    if totals.restarts > 0 {
+        tracing::warn!(
+            "warning: the packets went back in time by a window or more at {} points (up to {:.3} s back): \
+             detection started again at each, as for a new capture",
+            totals.restarts,
+            totals.max_restart_step as f64 / 1e9
+        );
+    }
     if totals.max_step_back >= 1_000_000_000 {
         tracing::warn!(
             "warning: {} packets are stamped earlier than packets before them (up to {:.3} s back); \
@@ -259,6 +275,14 @@ fn detect_thread<S: FormattedSink>(
     // batch's end (or before a scan, which comes after them).
     let mut pieces: Vec<Range<usize>> = Vec::new();
     'batches: while let Some(mut batch) = next.take() {
+        if batch.restart {
+            for scan in detector.restart() {
+                if let Err(e) = events.scan(&scan, None) {
+                    output = Err(e);
+                    break 'batches;
+                }
+            }
+        }
         let mut start = 0;
         for (i, (obs, &end)) in batch.obs.iter().zip(&batch.ends).enumerate() {
             // The detector's table slots for an observation a few places on start loading
@@ -378,6 +402,9 @@ struct Prepare {
     formatter: Formatter,
     /// The detector's local addresses, to give each formatted event its direction.
     locals: AddrSet,
+    /// The detector's window: a step back in time this long or longer starts detection
+    /// again.
+    window: i64,
     /// One reassembly across all files: they are read in time order, as one capture.
     segments: Segments,
 }
@@ -445,11 +472,20 @@ fn take(
     (batch, batches, spare): BatchSink<'_>,
 ) -> ControlFlow<FileError> {
     totals.packets += 1;
-    if packet.ts_nanos < totals.latest_ts {
+    let back = totals.latest_ts.saturating_sub(packet.ts_nanos);
+    if back >= prep.window.max(1) && totals.latest_ts != i64::MIN {
+        // Counted at the latest time seen, these packets would join attempts a window
+        // or more apart: detection starts again, as for a new capture.
+        totals.restarts += 1;
+        totals.max_restart_step = totals.max_restart_step.max(back);
+        totals.latest_ts = packet.ts_nanos;
+        if !batch.obs.is_empty() {
+            hand_over(batch, batches, spare)?;
+        }
+        batch.restart = true;
+    } else if back > 0 {
         totals.out_of_order += 1;
-        totals.max_step_back = totals
-            .max_step_back
-            .max(totals.latest_ts.saturating_sub(packet.ts_nanos));
+        totals.max_step_back = totals.max_step_back.max(back);
     } else {
         totals.latest_ts = packet.ts_nanos;
     }
@@ -688,7 +724,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 decode problems: {}\n\
          \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links, {} coming in from a --local address\n\
          \x20 fragments:       {} seen, {} datagrams reassembled, {} given up ({} invalid or overlapping, {} evicted, {} timed out)\n\
-         \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back)\n\
+         \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back), {} steps back of a window or more (detection started again)\n\
          \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
         t.files,
         t.files_failed,
@@ -721,6 +757,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
         thousands(t.reassembly.timed_out),
         thousands(t.out_of_order),
         t.max_step_back as f64 / 1e9,
+        thousands(t.restarts),
         secs,
         rate / 1e6,
     )
@@ -864,6 +901,62 @@ mod tests {
         }
         w.finish().unwrap();
         path
+    }
+
+    #[test]
+    fn time_that_goes_back_a_window_starts_detection_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = "198.51.100.7";
+        // Two sections of one file (`cat a.pcapng b.pcapng`), the second an hour older:
+        // ports an hour apart are no scan.
+        let hour = 3600 * SEC;
+        let cat = timed_capture(
+            dir.path(),
+            "cat.pcap",
+            src,
+            &[
+                (21, T0 + hour),
+                (22, T0 + hour + SEC),
+                (23, T0),
+                (25, T0 + SEC),
+            ],
+        );
+        let (done, lines) = run(&[cat], None);
+        assert_eq!(dports(&lines), ["21", "22", "23", "25"], "{lines:?}");
+        assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
+        assert_eq!((done.totals.restarts, done.totals.out_of_order), (1, 0));
+        // One packet stamped years ahead, then the same 4-tuple two hours apart: each is
+        // a new attempt, none a retransmission.
+        let future = timed_capture(
+            dir.path(),
+            "future.pcap",
+            src,
+            &[
+                (80, T0 + 400_000_000 * SEC),
+                (22, T0),
+                (22, T0 + 2 * hour),
+                (22, T0 + 4 * hour),
+            ],
+        );
+        let (done, lines) = run(&[future], None);
+        assert_eq!(dports(&lines), ["80", "22", "22", "22"], "{lines:?}");
+        assert_eq!(done.detector.stats().retransmissions, 0);
+        // A step back shorter than a window is counted at the latest time: 4 ports within
+        // a window stay one scan.
+        let jitter = timed_capture(
+            dir.path(),
+            "jitter.pcap",
+            src,
+            &[
+                (1, T0 + 30 * SEC),
+                (2, T0),
+                (3, T0 + 31 * SEC),
+                (4, T0 + 32 * SEC),
+            ],
+        );
+        let (done, lines) = run(&[jitter], None);
+        assert_eq!(lines.last().unwrap(), "scan 198.51.100.7 [1, 2, 3, 4] None");
+        assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
     }
 
     #[test]

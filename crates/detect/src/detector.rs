@@ -407,6 +407,24 @@ impl Detector {
         std::mem::take(&mut self.found)
     }
 
+    /// The input's time went back a window or more (a capture's sections out of order,
+    /// a clock stepped back): what came before is judged as at the input's end
+    /// ([`Detector::finish`]) and forgotten, and detection starts again as for a new
+    /// capture, so that attempts far apart in time are never joined into one window and
+    /// a repeat of a 4-tuple hours later is a new attempt. Totals and configuration
+    /// stay. Returns the sweeps the judging makes.
+    pub fn restart(&mut self) -> Vec<Scan> {
+        let found = self.finish();
+        self.now = Nanos::MIN;
+        self.last_sweep = Nanos::MIN;
+        self.sources = Sources::default();
+        self.attempts = Attempts::default();
+        self.sweeps = Sweeps::default();
+        self.attempt_slots = SlotUse::default();
+        self.source_slots = SlotUse::default();
+        found
+    }
+
     /// Sources currently tracked.
     pub fn tracked_sources(&self) -> usize {
         self.sources.len()

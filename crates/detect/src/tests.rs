@@ -1071,6 +1071,31 @@ fn sweeps_of(det: &mut Detector, stream: &[Observation]) -> Vec<Scan> {
 }
 
 #[test]
+fn a_restart_judges_waiting_attempts_and_forgets_every_source() {
+    let mut det = Detector::new(local_cfg());
+    // A sweep of 20 hosts still waiting for its answers, and 3 ports of another source.
+    for o in sweep_stream("198.51.100.77", 20, false) {
+        assert!(det.observe(&o).sweeps.is_empty());
+    }
+    let s = "203.0.113.9";
+    let first: Vec<_> = (0..3).map(|i| syn(i * SEC, s, 1000 + i as u16)).collect();
+    assert!(run(&mut det, &first).0.is_empty());
+    let found = det.restart();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].kind, ScanKind::Sweep);
+    assert_eq!((det.tracked_sources(), det.tracked_attempts()), (0, 0));
+    // Earlier in time than anything before: a fourth port is no scan, and a 4-tuple seen
+    // before the restart is a new attempt.
+    let (scans, logged) = run(
+        &mut det,
+        &[syn(-3600 * SEC, s, 1003), syn(-3599 * SEC, s, 1000)],
+    );
+    assert!(scans.is_empty());
+    assert_eq!(logged, 2);
+    assert_eq!(det.stats().attempts_in, 25);
+}
+
+#[test]
 fn decoy_ports_reached_first_hide_no_sweep_at_any_max_ports() {
     // One unanswered SYN to each of `decoys` ports, then port 22 swept over 40 hosts:
     // with --max-ports 9 the 8 decoys held every port the sweep state kept, the sweep
