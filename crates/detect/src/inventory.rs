@@ -10,7 +10,11 @@
 //! Orientation:
 //! - TCP: the sender of a SYN (without ACK) is the client; a SYN-ACK names the client as its
 //!   destination. A connection first seen mid-stream is oriented by its ports: a port
-//!   below 1024 against one above is the server, otherwise the lower port.
+//!   below 1024 against one above is the server, otherwise the lower port. A stealth
+//!   probe (none of SYN, ACK, RST: nmap's FIN, NULL and Xmas scans) is oriented the same
+//!   way but begins no connection: its packets count, its flow's connections do not. A
+//!   SYN on a 4-tuple quiet for a window ([`RETRANSMIT_WINDOW`]) begins a new one; within
+//!   it, the SYN is a retransmission.
 //! - UDP: the side on a port below 1024, or on a configured service port, is the server
 //!   (the destination if both are). With neither, there is no server to tell apart: the
 //!   sender of the first packet is written first and both ports stay as they are.
@@ -191,6 +195,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1 << 18;
 /// The default UDP idle timeout (as conntrack's for UDP streams).
 pub const DEFAULT_UDP_TIMEOUT: Nanos = 120_000_000_000;
 
+/// A repeated SYN of a 4-tuple within this long of its last packet is a retransmission
+/// (the detector's default window, SPEC's "same attempt"); later, a new connection.
+pub const RETRANSMIT_WINDOW: Nanos = 60_000_000_000;
+
 impl Default for InventoryConfig {
     fn default() -> Self {
         Self {
@@ -288,9 +296,9 @@ impl Inventory {
             self.stats.else_skipped += 1;
             return;
         };
-        // The server answering: anything from its side but a RST.
+        // The server answering: anything from its side but a RST (or a stealth probe).
         let rst = flags.is_some_and(|f| f.has(TcpFlags::RST));
-        let answer = !src_is_client && !rst && !conn.answered;
+        let answer = !src_is_client && !rst && !conn.answered && !is_probe(flags);
         if answer && let Some(c) = self.conns.get_mut(&tuple) {
             c.answered = true;
         }
@@ -327,9 +335,11 @@ impl Inventory {
         let known = if let Some(c) = self.conns.get_mut(&tuple) {
             let continues = match flags {
                 Some(f) => {
-                    // A SYN after a close, or from the other side, starts a new one.
+                    // A SYN after a close, from the other side, or after a window's
+                    // quiet, starts a new one.
                     let syn = f.has(TcpFlags::SYN) && !f.has(TcpFlags::ACK);
-                    !(syn && (c.closed || c.low_is_client != src_is_low))
+                    let quiet = ts.saturating_sub(c.last) > RETRANSMIT_WINDOW;
+                    !(syn && (c.closed || c.low_is_client != src_is_low || quiet))
                 }
                 None => ts.saturating_sub(c.last) <= udp_timeout,
             };
@@ -344,6 +354,17 @@ impl Inventory {
         };
         let (src_is_client, has_server) = match flags {
             Some(f) if f.has(TcpFlags::SYN) => (!f.has(TcpFlags::ACK), true),
+            Some(_) if is_probe(flags) => {
+                // A stealth probe: no connection, none remembered.
+                let probe = Conn {
+                    low_is_client: server_by_port(dport, sport, |p| p < 1024) == src_is_low,
+                    has_server: true,
+                    answered: false,
+                    closed: true,
+                    last: ts,
+                };
+                return (probe, false);
+            }
             Some(_) => (server_by_port(dport, sport, |p| p < 1024), true),
             None => {
                 let svc = |p: u16| p < 1024 || self.service[usize::from(p)];
@@ -454,6 +475,11 @@ impl Inventory {
     pub fn stats(&self) -> InventoryStats {
         self.stats
     }
+}
+
+/// Whether TCP `flags` are a stealth probe's: none of SYN, ACK, RST.
+fn is_probe(flags: Option<TcpFlags>) -> bool {
+    flags.is_some_and(|f| !f.has(TcpFlags::SYN) && !f.has(TcpFlags::ACK) && !f.has(TcpFlags::RST))
 }
 
 fn by_count(a: &(FlowKey, FlowStats), b: &(FlowKey, FlowStats)) -> Ordering {
@@ -723,6 +749,34 @@ mod tests {
         assert_eq!(lines(&inv), ["in/tcp/INTERNET-PORT-10.0.0.1-80 1 0 3"]);
         inv.observe(4 * S, &syn);
         assert_eq!(lines(&inv), ["in/tcp/INTERNET-PORT-10.0.0.1-80 2 0 4"]);
+    }
+
+    #[test]
+    fn stealth_probes_begin_no_connection_and_a_syn_after_a_window_begins_one() {
+        let mut inv = inventory(&["10.0.0.1"]);
+        // FIN, NULL and Xmas probes: packets of the flow, no connection.
+        for (port, flags) in [(600, TcpFlags::FIN), (601, 0), (602, 0x29)] {
+            inv.observe(S, &tcp("8.8.8.8", 40000, "10.0.0.1", port, flags));
+        }
+        let mut got = lines(&inv);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "in/tcp/INTERNET-PORT-10.0.0.1-600 0 0 1",
+                "in/tcp/INTERNET-PORT-10.0.0.1-601 0 0 1",
+                "in/tcp/INTERNET-PORT-10.0.0.1-602 0 0 1",
+            ]
+        );
+        // One 4-tuple's SYN at 0, 59 s (a retransmission), and two hours later (a new
+        // connection with the same ports).
+        let mut inv = inventory(&["10.0.0.1"]);
+        let syn = tcp("8.8.8.8", 40000, "10.0.0.1", 22, SYN);
+        inv.observe(S, &syn);
+        inv.observe(S + 59 * S, &syn);
+        assert_eq!(lines(&inv), ["in/tcp/INTERNET-PORT-10.0.0.1-22 1 0 2"]);
+        inv.observe(S + 7200 * S, &syn);
+        assert_eq!(lines(&inv), ["in/tcp/INTERNET-PORT-10.0.0.1-22 2 0 3"]);
     }
 
     #[test]
