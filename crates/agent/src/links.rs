@@ -804,14 +804,17 @@ pub fn check_xdp(
         }
     }
     if discover {
-        attach_new(xdp, mode, links, metrics, &attached);
+        attach_new(xdp, mode, links, metrics, (&attached, observing));
     }
 }
 
-/// Sets the state the metrics show for interface `name` (up, and why it is not watched).
+/// Sets the state the metrics show for interface `name` (up, and why it is not
+/// watched), where a slot holds it: slots are given out by the source that owns them
+/// (libpcap's capture threads, or, as the source, the XDP program's attachments), never
+/// here, so that an interface that went holds none.
 fn set_state(metrics: &Metrics, name: &str, up: bool, fault: Option<String>) {
     if let Some(c) = metrics
-        .interface_slot(name)
+        .interface_held(name)
         .and_then(|s| metrics.interfaces.get(s))
     {
         c.set_state(up, fault);
@@ -841,18 +844,34 @@ fn follow_renames(
     metrics: &Metrics,
     observing: bool,
 ) -> Vec<(String, u32)> {
+    let holds =
+        |xdp: &synwatch_xdp::Xdp, index: u32| xdp.attached().iter().any(|a| a.ifindex == index);
     for (name, was) in attached {
         let index = ifindex(name);
-        if index == Some(*was) {
+        // Let go of already (its name went to an interface renamed onto it).
+        if index == Some(*was) || !holds(xdp, *was) {
             continue;
         }
         match name_of(*was) {
             Some(now) => {
                 tracing::info!("interface {name} is now named {now}: still watched");
+                // An attachment still under the new name is of an interface that went
+                // (names are unique): its counts are not the renamed one's.
+                let went: Vec<u32> = xdp
+                    .attached()
+                    .iter()
+                    .filter(|a| a.iface == now && a.ifindex != *was)
+                    .map(|a| a.ifindex)
+                    .collect();
+                for gone in went {
+                    xdp.forget(gone);
+                }
                 xdp.rename(*was, &now);
                 set_state(metrics, name, false, None);
                 if observing {
                     metrics.release_named(name);
+                    metrics.release_named(&now);
+                    let _ = metrics.interface_slot(&now);
                 }
                 set_state(metrics, &now, true, None);
             }
@@ -864,7 +883,23 @@ fn follow_renames(
                     metrics.release_named(name);
                 }
             }
+            // Gone, and its name taken by an interface attached already (renamed onto
+            // it before this check looked): let go, and the name counts afresh.
+            None if index.is_some_and(|i| holds(xdp, i)) => {
+                tracing::info!("interface {name} is gone: its XDP attachment is let go");
+                xdp.forget(*was);
+                if observing {
+                    metrics.release_named(name);
+                }
+            }
+            // Created again under its name: attached again by check_xdp, its counts
+            // going on.
             None => {}
+        }
+    }
+    if observing {
+        for a in xdp.attached() {
+            let _ = metrics.interface_slot(&a.iface);
         }
     }
     xdp.attached()
@@ -882,7 +917,7 @@ fn attach_new(
     mode: synwatch_xdp::Mode,
     links: &mut XdpLinks,
     metrics: &Metrics,
-    attached: &[(String, u32)],
+    (attached, observing): (&[(String, u32)], bool),
 ) {
     let Ok(host) = Host::read() else { return };
     links.refused.retain(|name, _| host.up.contains(name));
@@ -916,6 +951,9 @@ fn attach_new(
                     a.mode
                 );
                 links.refused.remove(name);
+                if observing {
+                    let _ = metrics.interface_slot(name);
+                }
                 set_state(metrics, name, true, None);
             }
             Err(e) if !said => tracing::error!(

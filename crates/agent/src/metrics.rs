@@ -414,7 +414,7 @@ impl Metrics {
     }
 
     /// The slot that holds interface `name` now, if one does.
-    fn interface_held(&self, name: &str) -> Option<usize> {
+    pub fn interface_held(&self, name: &str) -> Option<usize> {
         self.interfaces.iter().position(|i| i.is(name))
     }
 

@@ -513,14 +513,18 @@ fn a_new_interface_is_watched(source: &str, block: &str) {
     };
     let stem = &lab.vif[..lab.vif.len() - 1];
     caught_through(&format!("{stem}w"), &format!("{stem}b"), 78);
-    if block == "none" {
-        // Containers come and go: far more interfaces than the agent has spare slots
-        // for come up and go, and one that comes up after them is still watched. The
-        // first new one goes too, so that a later one takes its counter slot.
-        run_ok(&["ip", "-n", &lab.victim, "link", "del", &format!("{stem}w")]);
-        churn(&lab, &agent, 6, 8);
-        caught_through(&format!("{stem}x"), &format!("{stem}c"), 79);
-    }
+    // Containers come and go: far more interfaces than the agent has spare slots for
+    // come up and go, and one that comes up after them is still watched. The first new
+    // one goes too, so that a later one takes its counter slot. Beside XDP blocking,
+    // libpcap and the program each say an interface came up.
+    run_ok(&["ip", "-n", &lab.victim, "link", "del", &format!("{stem}w")]);
+    let sayers = if source == "pcap" && block == "xdp" {
+        2
+    } else {
+        1
+    };
+    churn(&lab, &agent, (6, 8), sayers);
+    caught_through(&format!("{stem}x"), &format!("{stem}c"), 79);
     assert_eq!(agent.stop_within(10), Some(0));
 }
 
@@ -584,8 +588,9 @@ fn veth_between_at(
 }
 
 /// `rounds` times, `pairs` veth pairs inside the victim's namespace come up, are
-/// watched, and are deleted (their slots given back).
-fn churn(lab: &Lab, agent: &Agent, rounds: usize, pairs: usize) {
+/// watched (each said `sayers` times: once per part that watches it), and are deleted
+/// (their slots given back).
+fn churn(lab: &Lab, agent: &Agent, (rounds, pairs): (usize, usize), sayers: usize) {
     let count = |log: &str, what: &str| log.matches(what).count();
     for round in 0..rounds {
         let names: Vec<(String, String)> = (0..pairs)
@@ -611,8 +616,8 @@ fn churn(lab: &Lab, agent: &Agent, rounds: usize, pairs: usize) {
         eventually(15, "every interface of the round watched", || {
             let log = agent.log();
             names.iter().all(|(a, b)| {
-                count(&log, &format!("interface {a} came up")) == 1
-                    && count(&log, &format!("interface {b} came up")) == 1
+                count(&log, &format!("interface {a} came up")) == sayers
+                    && count(&log, &format!("interface {b} came up")) == sayers
             })
         });
         for (a, _) in &names {
@@ -686,55 +691,123 @@ fn interfaces_whose_indexes_share_the_programs_entry_count_apart() {
         "xdp",
         &["--source", "xdp", "--block", "none"],
     );
-    let read = |what: &str| -> u32 {
-        let out = lab.in_victim(&["cat", what]);
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a number")
-    };
-    let index = read(&format!("/sys/class/net/{}/ifindex", lab.vif));
     let stem = &lab.vif[..lab.vif.len() - 1];
-    let (vif, aif) = (format!("{stem}k"), format!("{stem}l"));
-    veth_between_at(
-        &lab,
-        (&vif, "10.81.0.1/24"),
-        (&aif, "10.81.0.2/24"),
-        Some(index + 4096),
-    );
-    eventually(10, "the new interface watched", || {
-        agent.log().contains(&format!("interface {vif} came up"))
-    });
     let packets =
         |name: &str| lab.metric(&format!("synwatch_packets_total{{interface=\"{name}\"}}"));
-    // A scan through each: each one's own count takes its 20 SYNs, the other's does not.
-    let scan_through = |via: &str, src: &str, dst: &str, counted: &str, quiet: &str| {
-        let (before, other) = (packets(counted), packets(quiet));
-        lab.nmap_via(via, src, dst, "1-20", &[]);
-        agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == src);
-        eventually(10, "the scan's SYNs counted on its interface", || {
-            packets(counted) >= before + 20
+    // Victim end `{stem}{v}` with ifindex `index`, attacker end `{stem}{a}`, on
+    // 10.{net}.0.0/24; watched once up.
+    let pair = |(v, a): (char, char), index: u32, net: u8| {
+        let (vif, aif) = (format!("{stem}{v}"), format!("{stem}{a}"));
+        let (here, there) = (format!("10.{net}.0.1/24"), format!("10.{net}.0.2/24"));
+        veth_between_at(&lab, (&vif, &here), (&aif, &there), Some(index));
+        eventually(10, "the new interface watched", || {
+            agent.log().contains(&format!("interface {vif} came up"))
         });
-        let grew = packets(quiet) - other;
-        assert!(
-            grew < 20,
-            "{quiet} counted {grew} packets of a scan through {counted}"
-        );
+        (vif, aif, net)
     };
-    scan_through(&aif, "10.81.0.2", "10.81.0.1", &vif, &lab.vif);
-    scan_through(&lab.aif, SCANNER, VICTIM, &lab.vif, &vif);
-    // The new one goes: the first still counts its own.
-    run_ok(&["ip", "-n", &lab.victim, "link", "del", &vif]);
-    eventually(10, "the new interface let go", || {
-        agent.log().contains(&format!("interface {vif} is gone"))
+    // 20 SYNs through one pair: counted on its victim end, not on `others`.
+    let scan_through = |(vif, aif, net): &(String, String, u8), others: &[&str]| {
+        let before: Vec<u64> = others.iter().map(|o| packets(o)).collect();
+        let counted = packets(vif);
+        let (src, dst) = (format!("10.{net}.0.2"), format!("10.{net}.0.1"));
+        lab.nmap_via(aif, &src, &dst, "1-20", &[]);
+        eventually(10, "the scan's SYNs counted on its interface", || {
+            packets(vif) >= counted + 20
+        });
+        for (other, was) in others.iter().zip(before) {
+            let grew = packets(other) - was;
+            assert!(
+                grew < 20,
+                "{other} counted {grew} packets of a scan through {vif}"
+            );
+        }
+    };
+    // Two new interfaces whose indexes share an entry (neither holds slot 0, the one
+    // unknown interfaces count in), then the entry's holder goes while the other stays,
+    // and a third arrives on the same entry.
+    let n = 3333;
+    let first = pair(('k', 'l'), n, 81);
+    let second = pair(('m', 'o'), n + 4096, 82);
+    scan_through(&first, &[&second.0, &lab.vif]);
+    scan_through(&second, &[&first.0, &lab.vif]);
+    run_ok(&["ip", "-n", &lab.victim, "link", "del", &first.0]);
+    eventually(10, "the first new interface let go", || {
+        agent
+            .log()
+            .contains(&format!("interface {} is gone", first.0))
     });
-    let before = packets(&lab.vif);
-    lab.add_attacker_address("10.77.0.9/24");
-    lab.nmap_via(&lab.aif, "10.77.0.9", VICTIM, "1-20", &[]);
-    agent.wait_for(10, |e| e["event"] == "scan" && e["src"] == "10.77.0.9");
-    eventually(10, "the scan's SYNs counted", || {
-        packets(&lab.vif) >= before + 20
+    scan_through(&second, &[&lab.vif]);
+    let third = pair(('q', 'r'), n + 2 * 4096, 83);
+    scan_through(&third, &[&second.0, &lab.vif]);
+    scan_through(&second, &[&third.0, &lab.vif]);
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// An interface deleted and, within the same second, its name given to another watched
+/// interface (`ip link del r; ip link set p name r`): the program lets the deleted one
+/// go, and the renamed one is watched and counted under its new name, from zero.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn an_interface_renamed_onto_one_just_deleted_is_counted_under_the_name() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start_on_every_interface(
+        &lab,
+        dir.path(),
+        "xdp",
+        &["--source", "xdp", "--block", "none"],
+    );
+    let stem = &lab.vif[..lab.vif.len() - 1];
+    let (p, pa, r, ra) = (
+        format!("{stem}p"),
+        format!("{stem}s"),
+        format!("{stem}r"),
+        format!("{stem}t"),
+    );
+    veth_between(&lab, (&p, "10.84.0.1/24"), (&pa, "10.84.0.2/24"));
+    veth_between(&lab, (&r, "10.85.0.1/24"), (&ra, "10.85.0.2/24"));
+    for name in [&p, &r] {
+        eventually(10, "the new interfaces watched", || {
+            agent.log().contains(&format!("interface {name} came up"))
+        });
+    }
+    let packets =
+        |name: &str| lab.metric(&format!("synwatch_packets_total{{interface=\"{name}\"}}"));
+    lab.nmap_via(&ra, "10.85.0.2", "10.85.0.1", "1-20", &[]);
+    eventually(10, "the scan counted", || packets(&r) >= 20);
+    let batch =
+        format!("link del {r}\nlink set {p} down\nlink set {p} name {r}\nlink set {r} up\n");
+    let mut ip = std::process::Command::new("ip")
+        .args(["-n", &lab.victim, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run ip");
+    std::io::Write::write_all(&mut ip.stdin.take().expect("stdin"), batch.as_bytes())
+        .expect("write to ip");
+    assert!(ip.wait().expect("wait for ip").success());
+    eventually(10, "the deleted interface let go", || {
+        agent.log().contains(&format!("interface {r} is gone"))
+            || agent
+                .log()
+                .contains(&format!("interface {p} is now named {r}"))
     });
+    // Through the renamed interface (its peer is `pa`): counted as `r`, from zero.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = packets(&r);
+    assert!(
+        before < 20,
+        "{r} counts the deleted interface's packets: {before}"
+    );
+    lab.nmap_via(&pa, "10.84.0.2", "10.84.0.1", "1-20", &[]);
+    eventually(10, "the renamed interface's scan counted", || {
+        packets(&r) >= before + 20
+    });
+    eventually(10, "healthy", || lab.healthz().0 == 200);
+    assert!(
+        !agent.log().contains("cannot be attached again"),
+        "{}",
+        agent.log()
+    );
     assert_eq!(agent.stop_within(10), Some(0));
 }
 

@@ -568,9 +568,32 @@ impl Xdp {
         }
     }
 
+    /// Attaches the program to `iface`, its counts in `slot`. Where it cannot be
+    /// attached, the program is told nothing of the interface (an entry left behind
+    /// would hold room meant for others, and outlive the interface).
     fn attach_at(
         &mut self,
         iface: &str,
+        mode: Mode,
+        slot: u32,
+    ) -> Result<(Attached, Option<aya::programs::xdp::XdpLinkId>), XdpError> {
+        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| XdpError::Attach {
+            iface: iface.to_owned(),
+            mode: "any",
+            why: format!("no such interface ({e})"),
+        })?;
+        self.place(ifindex, slot)?;
+        let attached = self.attach_placed(iface, ifindex, mode, slot);
+        if attached.is_err() {
+            self.unplace(ifindex);
+        }
+        attached
+    }
+
+    fn attach_placed(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
         mode: Mode,
         slot: u32,
     ) -> Result<(Attached, Option<aya::programs::xdp::XdpLinkId>), XdpError> {
@@ -579,9 +602,6 @@ impl Xdp {
             mode,
             why,
         };
-        let ifindex = nix::net::if_::if_nametoindex(iface)
-            .map_err(|e| attach_error("any", format!("no such interface ({e})")))?;
-        self.place(ifindex, slot)?;
         let tries: &[(XdpMode, &'static str)] = match mode {
             Mode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
             Mode::Native => &[(XdpMode::Driver, "native")],
