@@ -102,9 +102,9 @@ pub struct Totals {
     pub latest_ts: i64,
     pub out_of_order: u64,
     pub max_step_back: i64,
-    /// Times the packets went back a window or more, where detection started again.
+    /// Times detection started again (the packets went back a window or more, and the
+    /// next attempts stayed back).
     pub restarts: u64,
-    pub max_restart_step: i64,
 }
 
 /// Observations travel from the reading thread to the detecting thread in batches of
@@ -120,9 +120,10 @@ struct Batch {
     text: Vec<u8>,
     /// End of each observation's event in `text`.
     ends: Vec<usize>,
-    /// Detection starts again before this batch ([`Detector::restart`]): its first
-    /// packet is stamped a window or more before the latest one seen.
-    restart: bool,
+    /// The latest time seen before this batch, where its first packet is stamped a
+    /// window or more before it: detection starts again ([`Detector::restart`]) unless
+    /// the attempts that follow are back near that time (one packet stamped wrong).
+    restart_from: Option<i64>,
 }
 
 impl Batch {
@@ -130,7 +131,7 @@ impl Batch {
         self.obs.clear();
         self.text.clear();
         self.ends.clear();
-        self.restart = false;
+        self.restart_from = None;
     }
 }
 
@@ -138,7 +139,17 @@ impl Batch {
 struct DetectDone {
     detector: Detector,
     connections_logged: u64,
+    restarts: u64,
     output: io::Result<()>,
+}
+
+/// Whether the first attempts of a batch that went back in time from `from` come back
+/// near it (within `window`): then only its first packet was stamped wrong (the one
+/// that went back, if it is an attempt, and the next), and detection goes on.
+fn back_near(obs: &[Observation], from: i64, window: i64) -> bool {
+    obs.iter()
+        .take(2)
+        .any(|o| o.ts >= from.saturating_sub(window))
 }
 
 /// Replays `files` through a detector configured by `config`, the events in `format`
@@ -226,6 +237,7 @@ where
         .join()
         .map_err(|_| anyhow::anyhow!("the detection thread failed"))?;
     totals.connections_logged = done.connections_logged;
+    totals.restarts = done.restarts;
     let ending = match done.output {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ending::OutputClosed,
         Err(e) => Ending::OutputFailed(e),
@@ -244,16 +256,15 @@ where
 fn warn_out_of_order(totals: &Totals) {
     if totals.restarts > 0 {
         tracing::warn!(
-            "warning: the packets went back in time by a window or more at {} points (up to {:.3} s back): \
+            "warning: the packets went back in time by a window or more and stayed back {} times: \
              detection started again at each, as for a new capture",
             totals.restarts,
-            totals.max_restart_step as f64 / 1e9
         );
     }
     if totals.max_step_back >= 1_000_000_000 {
         tracing::warn!(
             "warning: {} packets are stamped earlier than packets before them (up to {:.3} s back); \
-             the detector counts them at the latest time seen, which can join attempts into one window",
+             the detector counts each at the latest time seen (which can join attempts into one window), unless detection started again there",
             totals.out_of_order,
             totals.max_step_back as f64 / 1e9
         );
@@ -268,6 +279,7 @@ fn detect_thread<S: FormattedSink>(
 ) -> DetectDone {
     let mut events = open_sink();
     let mut connections_logged = 0;
+    let mut restarts = 0;
     let mut output = Ok(());
     let mut next = inbox.recv().ok();
     let join = events.joins_events();
@@ -275,7 +287,10 @@ fn detect_thread<S: FormattedSink>(
     // batch's end (or before a scan, which comes after them).
     let mut pieces: Vec<Range<usize>> = Vec::new();
     'batches: while let Some(mut batch) = next.take() {
-        if batch.restart {
+        if let Some(from) = batch.restart_from
+            && !back_near(&batch.obs, from, detector.config().window)
+        {
+            restarts += 1;
             for scan in detector.restart() {
                 if let Err(e) = events.scan(&scan, None) {
                     output = Err(e);
@@ -338,6 +353,7 @@ fn detect_thread<S: FormattedSink>(
     DetectDone {
         detector,
         connections_logged,
+        restarts,
         output,
     }
 }
@@ -473,20 +489,20 @@ fn take(
 ) -> ControlFlow<FileError> {
     totals.packets += 1;
     let back = totals.latest_ts.saturating_sub(packet.ts_nanos);
+    if back > 0 {
+        totals.out_of_order += 1;
+        totals.max_step_back = totals.max_step_back.max(back);
+    }
     if back >= prep.window.max(1) && totals.latest_ts != i64::MIN {
         // Counted at the latest time seen, these packets would join attempts a window
-        // or more apart: detection starts again, as for a new capture.
-        totals.restarts += 1;
-        totals.max_restart_step = totals.max_restart_step.max(back);
-        totals.latest_ts = packet.ts_nanos;
+        // or more apart: detection may start again, as for a new capture (the
+        // detecting thread decides, seeing whether the attempts after stay back).
         if !batch.obs.is_empty() {
             hand_over(batch, batches, spare)?;
         }
-        batch.restart = true;
-    } else if back > 0 {
-        totals.out_of_order += 1;
-        totals.max_step_back = totals.max_step_back.max(back);
-    } else {
+        batch.restart_from = Some(totals.latest_ts);
+        totals.latest_ts = packet.ts_nanos;
+    } else if back <= 0 {
         totals.latest_ts = packet.ts_nanos;
     }
     totals.bytes += u64::from(packet.orig_len);
@@ -724,7 +740,7 @@ pub fn summary(t: &Totals, det: &Detector, elapsed: Duration) -> String {
          \x20 decode problems: {}\n\
          \x20 skipped:         {} not IP, {} other protocols, {} fragments held or past the TCP header, {} on unsupported links, {} coming in from a --local address\n\
          \x20 fragments:       {} seen, {} datagrams reassembled, {} given up ({} invalid or overlapping, {} evicted, {} timed out)\n\
-         \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back), {} steps back of a window or more (detection started again)\n\
+         \x20 time order:      {} packets stamped earlier than one before them (up to {:.3} s back); detection started again {} times\n\
          \x20 elapsed:         {:.3} s, {:.2} M packets/s\n",
         t.files,
         t.files_failed,
@@ -924,7 +940,7 @@ mod tests {
         let (done, lines) = run(&[cat], None);
         assert_eq!(dports(&lines), ["21", "22", "23", "25"], "{lines:?}");
         assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
-        assert_eq!((done.totals.restarts, done.totals.out_of_order), (1, 0));
+        assert_eq!((done.totals.restarts, done.totals.out_of_order), (1, 1));
         // One packet stamped years ahead, then the same 4-tuple two hours apart: each is
         // a new attempt, none a retransmission.
         let future = timed_capture(
@@ -956,6 +972,22 @@ mod tests {
         );
         let (done, lines) = run(&[jitter], None);
         assert_eq!(lines.last().unwrap(), "scan 198.51.100.7 [1, 2, 3, 4] None");
+        assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
+        // One packet stamped hours back in the middle of a scan, the next ones where
+        // the scan was: a wrong stamp, counted at the latest time; the scan goes on.
+        let glitch = timed_capture(
+            dir.path(),
+            "glitch.pcap",
+            src,
+            &[
+                (1, T0 + 100 * SEC),
+                (2, T0 + 101 * SEC),
+                (9, T0 - 10_000 * SEC),
+                (3, T0 + 102 * SEC),
+            ],
+        );
+        let (done, lines) = run(&[glitch], None);
+        assert_eq!(lines.last().unwrap(), "scan 198.51.100.7 [1, 2, 9, 3] None");
         assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
     }
 

@@ -602,10 +602,11 @@ fn files_replay_in_the_time_order_of_their_first_packets() {
 fn time_going_backwards_is_counted_and_warned_about() {
     // A client connects to four ports 40 s apart: not a scan. With its packets stamped
     // out of order they count at the latest time seen, which is said, not hidden; a
-    // step back of a window or more (80 s) starts detection again, and is said too.
+    // step back of a window or more (80 s) that the next attempt stays back with starts
+    // detection again, and is said too.
     let c = "198.51.100.7";
     let h = "192.0.2.1";
-    let frames: Frames = [(100, 22u16), (60, 25), (20, 80), (101, 443)]
+    let frames: Frames = [(100, 22u16), (60, 25), (20, 80), (25, 443)]
         .iter()
         .map(|(at, port)| {
             (
@@ -621,18 +622,18 @@ fn time_going_backwards_is_counted_and_warned_about() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(
-            "warning: 1 packets are stamped earlier than packets before them (up to 40.000 s back)"
+            "warning: 2 packets are stamped earlier than packets before them (up to 80.000 s back)"
         ),
         "{stderr}"
     );
     assert!(
         stderr.contains(
-            "warning: the packets went back in time by a window or more at 1 points (up to 80.000 s back)"
+            "warning: the packets went back in time by a window or more and stayed back 1 times"
         ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("time order:      1 packets stamped earlier than one before them (up to 40.000 s back), 1 steps back of a window or more"),
+        stderr.contains("time order:      2 packets stamped earlier than one before them (up to 80.000 s back); detection started again 1 times"),
         "{stderr}"
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("scan"));
