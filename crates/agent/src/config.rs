@@ -11,6 +11,33 @@ use synwatch_enforce::Scope;
 
 use crate::agent::{Settings, duration_text};
 
+/// Reads a small text file the user names (a config, credentials or key file), or
+/// refuses it at once: one that is not a regular file (a FIFO would wait for a writer
+/// forever, `/dev/zero` never ends) or that holds more than `limit` bytes.
+pub fn read_small_file(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    // Without blocking: opening a FIFO would otherwise wait for its writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let too_long = || Error::new(ErrorKind::InvalidData, format!("longer than {limit} bytes"));
+    if meta.len() > limit {
+        return Err(too_long());
+    }
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(too_long());
+    }
+    Ok(text)
+}
+
 /// The largest accepted `--max-sources`.
 pub const MAX_SOURCES_LIMIT: u64 = u32::MAX as u64;
 
@@ -209,6 +236,33 @@ mod tests {
     use super::*;
 
     const S: Nanos = 1_000_000_000;
+
+    #[test]
+    fn a_small_file_is_read_and_anything_else_refused_without_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = dir.path().join("small");
+        std::fs::write(&small, "url: http://127.0.0.1:8080\n").expect("write");
+        assert_eq!(
+            read_small_file(&small, 64).expect("read"),
+            "url: http://127.0.0.1:8080\n"
+        );
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(65)).expect("write");
+        let e = read_small_file(&big, 64).expect_err("too long");
+        assert_eq!(e.to_string(), "longer than 64 bytes");
+        // A FIFO nobody writes to, a device that never ends, a directory: at once.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        for path in [
+            fifo.as_path(),
+            std::path::Path::new("/dev/zero"),
+            dir.path(),
+        ] {
+            let e = read_small_file(path, 64).expect_err("refused");
+            assert_eq!(e.to_string(), "not a regular file", "{}", path.display());
+        }
+        assert!(read_small_file(&dir.path().join("missing"), 64).is_err());
+    }
 
     #[test]
     fn ban_lengths_round_up_to_whole_seconds() {

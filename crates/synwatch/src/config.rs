@@ -174,7 +174,8 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
+        // A config file holds options and address lists: a few MiB is far beyond any.
+        let text = synwatch_agent::config::read_small_file(path, 16 << 20)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).map_err(|e| {
             // toml's message spans several lines with a source excerpt; keep the first.

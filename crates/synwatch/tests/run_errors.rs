@@ -190,6 +190,61 @@ fn the_crowdsec_options_layer_like_the_others_and_bad_ones_are_usage_errors() {
     assert_usage_error(&out, &["SYNWATCH_CROWDSEC_URL", "http://HOST:PORT"]);
 }
 
+/// A file named as credentials, bouncer key or config that is no regular file (a FIFO
+/// nobody writes, a device that never ends) or is far too long is one line and exit 2,
+/// at once: never a start-up that waits forever or reads until memory runs out.
+#[test]
+fn a_credentials_key_or_config_file_that_never_ends_is_refused_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let long = dir.path().join("long.yaml");
+    std::fs::File::create(&long)
+        .and_then(|f| f.set_len(8 << 30))
+        .expect("a sparse 8 GiB file");
+    let fifo = fifo.to_str().expect("utf-8");
+    let long = long.to_str().expect("utf-8");
+    for (option, path, says) in [
+        ("--crowdsec-credentials", fifo, "not a regular file"),
+        ("--crowdsec-credentials", "/dev/zero", "not a regular file"),
+        ("--crowdsec-credentials", long, "longer than"),
+        (
+            "--crowdsec-bouncer-key-file",
+            "/dev/zero",
+            "not a regular file",
+        ),
+        ("--config", fifo, "not a regular file"),
+        ("--config", long, "longer than"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+            .args(["run", "--iface", "lo", "--block", "nftables", "--dry-run"])
+            .args([option, path])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run synwatch");
+        // Up to 10 s, in steps of 50 ms.
+        for step in 0.. {
+            if child.try_wait().expect("wait").is_some() {
+                break;
+            }
+            if step == 200 {
+                let _ = child.kill();
+                panic!("{option} {path}: still running after 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("output");
+        assert_usage_error(&out, &[path, says]);
+    }
+}
+
 /// A bad value names where it came from: the environment variable, else the flag.
 #[test]
 fn a_bad_value_names_the_variable_or_the_flag_it_came_from() {

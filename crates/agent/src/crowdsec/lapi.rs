@@ -39,9 +39,12 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The most bytes a credentials or bouncer key file may hold (they hold a few hundred).
+const SMALL_FILE: u64 = 64 << 10;
+
 impl Credentials {
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::config::read_small_file(path, SMALL_FILE)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|why| format!("{}: {why}", path.display()))
     }
@@ -90,7 +93,7 @@ fn unquote(v: &str) -> String {
 
 /// Reads a bouncer key (`cscli bouncers add NAME -o raw`): the file's first line.
 pub fn read_key(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::config::read_small_file(path, SMALL_FILE)
         .map_err(|e| format!("cannot read the bouncer key file {}: {e}", path.display()))?;
     let key = text.lines().next().unwrap_or("").trim().to_owned();
     if key.is_empty() || key.chars().any(|c| c.is_control()) {
