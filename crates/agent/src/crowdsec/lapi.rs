@@ -49,24 +49,43 @@ impl Credentials {
         Self::parse(&text).map_err(|why| format!("{}: {why}", path.display()))
     }
 
-    /// The file is flat YAML (`key: value` lines); only `url`, `login` and `password`
-    /// are read.
+    /// The file is flat YAML (`key: value` lines); only the top-level `url`, `login` and
+    /// `password` are read, as CrowdSec reads them: from the first document only (a
+    /// `---` or `...` line after them ends it), each key once (CrowdSec refuses a file
+    /// that repeats one, so the two never read different servers from one file).
     pub fn parse(text: &str) -> Result<Self, String> {
         let (mut url, mut login, mut password) = (None, None, None);
-        for line in text.lines() {
-            let line = line.trim();
+        let mut any = false;
+        for raw in text.lines() {
+            let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with("---") || line == "..." {
+                if any {
+                    break;
+                }
+                continue;
+            }
+            any = true;
+            // An indented line belongs to a nested mapping, not the file's own keys.
+            if raw.starts_with([' ', '\t']) {
                 continue;
             }
             let Some((key, value)) = line.split_once(':') else {
                 continue;
             };
             let value = unquote(value.trim());
-            match key.trim() {
-                "url" => url = Some(value),
-                "login" => login = Some(value),
-                "password" => password = Some(value),
-                _ => {}
+            let (key, slot) = match key.trim() {
+                "url" => ("url", &mut url),
+                "login" => ("login", &mut login),
+                "password" => ("password", &mut password),
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!(
+                    "`{key}:` is given twice in the CrowdSec credentials file"
+                ));
             }
         }
         let need = |v: Option<String>, key: &str| {
@@ -657,6 +676,15 @@ mod tests {
         assert_eq!(c.password, "p:w d");
         let e = Credentials::parse("url: http://x\nlogin: m1\n").unwrap_err();
         assert!(e.contains("password"), "{e}");
+        // As CrowdSec reads the file: a repeated key is refused, a second document and
+        // nested keys are not the file's.
+        let e = Credentials::parse("url: http://a\nlogin: m\npassword: p\nurl: http://b\n")
+            .unwrap_err();
+        assert!(e.contains("`url:` is given twice"), "{e}");
+        let two = "---\nurl: http://a\nlogin: m\npassword: p\n---\nurl: http://b\n";
+        assert_eq!(Credentials::parse(two).unwrap().url, "http://a");
+        let nested = "extra:\n  url: http://b\nurl: http://a\nlogin: m\npassword: p\n";
+        assert_eq!(Credentials::parse(nested).unwrap().url, "http://a");
         assert!(!format!("{c:?}").contains("p:w d"));
     }
 
