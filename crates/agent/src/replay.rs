@@ -120,10 +120,9 @@ struct Batch {
     text: Vec<u8>,
     /// End of each observation's event in `text`.
     ends: Vec<usize>,
-    /// The latest time seen before this batch, where its first packet is stamped a
-    /// window or more before it: detection starts again ([`Detector::restart`]) unless
-    /// the attempts that follow are back near that time (one packet stamped wrong).
-    restart_from: Option<i64>,
+    /// Detection starts again before this batch ([`Detector::restart`]): the attempts
+    /// went back in time by [`Prepare::gap`] or more, and stayed back.
+    restart: bool,
 }
 
 impl Batch {
@@ -131,7 +130,7 @@ impl Batch {
         self.obs.clear();
         self.text.clear();
         self.ends.clear();
-        self.restart_from = None;
+        self.restart = false;
     }
 }
 
@@ -141,15 +140,6 @@ struct DetectDone {
     connections_logged: u64,
     restarts: u64,
     output: io::Result<()>,
-}
-
-/// Whether the first attempts of a batch that went back in time from `from` come back
-/// near it (within `window`): then only its first packet was stamped wrong (the one
-/// that went back, if it is an attempt, and the next), and detection goes on.
-fn back_near(obs: &[Observation], from: i64, window: i64) -> bool {
-    obs.iter()
-        .take(2)
-        .any(|o| o.ts >= from.saturating_sub(window))
 }
 
 /// Replays `files` through a detector configured by `config`, the events in `format`
@@ -170,7 +160,10 @@ where
     let mut prep = Prepare {
         formatter: Formatter::new(format),
         locals: config.locals.clone(),
-        window: config.window,
+        gap: config.window.max(60 * 1_000_000_000),
+        latest: i64::MIN,
+        held: None,
+        restarted: false,
         segments: Segments::reassembling(),
     };
     let detector = Detector::new(config);
@@ -227,6 +220,7 @@ where
             &mut ending,
         );
     }
+    prep.settle(&mut batch);
     if !batch.obs.is_empty() {
         let _ = batches.send(batch);
     }
@@ -287,9 +281,7 @@ fn detect_thread<S: FormattedSink>(
     // batch's end (or before a scan, which comes after them).
     let mut pieces: Vec<Range<usize>> = Vec::new();
     'batches: while let Some(mut batch) = next.take() {
-        if let Some(from) = batch.restart_from
-            && !back_near(&batch.obs, from, detector.config().window)
-        {
+        if batch.restart {
             restarts += 1;
             for scan in detector.restart() {
                 if let Err(e) = events.scan(&scan, None) {
@@ -418,22 +410,99 @@ struct Prepare {
     formatter: Formatter,
     /// The detector's local addresses, to give each formatted event its direction.
     locals: AddrSet,
-    /// The detector's window: a step back in time this long or longer starts detection
-    /// again.
-    window: i64,
+    /// A step of the attempts' time this long or longer, back or ahead, is looked at
+    /// again with the attempt after it ([`Prepare::offer`]): the detector's window, and
+    /// at least a minute (interfaces' packets interleaved a little out of order are
+    /// counted at the latest time).
+    gap: i64,
+    /// The latest attempt's time the detector was given.
+    latest: i64,
+    /// An attempt a gap away from `latest`, waiting for the next to say which it is.
+    held: Option<(Observation, Step)>,
+    /// Detection started again since the reading thread last looked.
+    restarted: bool,
     /// One reassembly across all files: they are read in time order, as one capture.
     segments: Segments,
 }
 
+/// Which way an attempt's time stepped by a gap or more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Back,
+    Ahead,
+}
+
 impl Prepare {
-    fn push(&mut self, batch: &mut Batch, obs: Observation) {
+    /// Puts `obs` in the batch (the detector counts it at `at`), with its `connection`
+    /// line as stamped.
+    fn push_at(&mut self, batch: &mut Batch, obs: Observation, at: i64) {
         // An attempt, by the detector's own rule (not a SYN-ACK, not a stealth probe).
         if Probe::classify(obs.flags) == Some(Probe::Syn) {
             let event = Connection::of(&obs, obs.direction(&self.locals));
             self.formatter.connection(&event, &mut batch.text);
         }
         batch.ends.push(batch.text.len());
-        batch.obs.push(obs);
+        batch.obs.push(Observation { ts: at, ..obs });
+    }
+
+    fn push(&mut self, batch: &mut Batch, obs: Observation) {
+        self.push_at(batch, obs, obs.ts);
+    }
+
+    /// Gives the detector the next attempt or probe, in order. Time that steps back by a
+    /// gap or more and stays back (the next attempt is back too: `cat a.pcapng
+    /// b.pcapng` with b older, a clock stepped back) starts detection again, as for a
+    /// new capture; one attempt stamped a gap back or ahead of those around it is a
+    /// wrong stamp, counted at the latest time (a single packet stamped years ahead
+    /// does not move the detector's time, nor one stamped far back erase a scan).
+    fn offer(&mut self, obs: Observation, sink: BatchSink<'_>) -> ControlFlow<FileError> {
+        let (batch, batches, spare) = sink;
+        if let Some((held, step)) = self.held.take() {
+            match step {
+                Step::Back if obs.ts < self.latest.saturating_sub(self.gap) => {
+                    if !batch.obs.is_empty() {
+                        hand_over(batch, batches, spare)?;
+                    }
+                    batch.restart = true;
+                    self.restarted = true;
+                    self.latest = held.ts;
+                    self.push(batch, held);
+                }
+                Step::Back => self.push(batch, held),
+                Step::Ahead if obs.ts >= held.ts.saturating_sub(self.gap) => {
+                    self.latest = held.ts;
+                    self.push(batch, held);
+                }
+                Step::Ahead => self.push_at(batch, held, self.latest),
+            }
+        }
+        if self.latest != i64::MIN {
+            if obs.ts < self.latest.saturating_sub(self.gap) {
+                self.held = Some((obs, Step::Back));
+                return ControlFlow::Continue(());
+            }
+            if obs.ts > self.latest.saturating_add(self.gap) {
+                self.held = Some((obs, Step::Ahead));
+                return ControlFlow::Continue(());
+            }
+        }
+        self.latest = self.latest.max(obs.ts);
+        self.push(batch, obs);
+        if batch.obs.len() >= BATCH {
+            hand_over(batch, batches, spare)?;
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The input has ended or waits (a pipe): an attempt held for the next is given as
+    /// it is, with nothing after it to say otherwise.
+    fn settle(&mut self, batch: &mut Batch) {
+        if let Some((held, step)) = self.held.take() {
+            if step == Step::Ahead {
+                self.latest = held.ts;
+            }
+            self.push(batch, held);
+        }
     }
 }
 
@@ -456,8 +525,13 @@ fn replay_file(
             Next::Packet(packet) => packet,
             // A pipe with nothing more yet: what was read goes to the detector now, not
             // when the batch fills (a quiet live link could take minutes).
-            Next::CaughtUp if batch.obs.is_empty() => return ControlFlow::Continue(()),
-            Next::CaughtUp => return hand_over(batch, batches, spare),
+            Next::CaughtUp => {
+                prep.settle(batch);
+                if batch.obs.is_empty() {
+                    return ControlFlow::Continue(());
+                }
+                return hand_over(batch, batches, spare);
+            }
         };
         take(
             packet,
@@ -492,17 +566,7 @@ fn take(
     if back > 0 {
         totals.out_of_order += 1;
         totals.max_step_back = totals.max_step_back.max(back);
-    }
-    if back >= prep.window.max(1) && totals.latest_ts != i64::MIN {
-        // Counted at the latest time seen, these packets would join attempts a window
-        // or more apart: detection may start again, as for a new capture (the
-        // detecting thread decides, seeing whether the attempts after stay back).
-        if !batch.obs.is_empty() {
-            hand_over(batch, batches, spare)?;
-        }
-        batch.restart_from = Some(totals.latest_ts);
-        totals.latest_ts = packet.ts_nanos;
-    } else if back <= 0 {
+    } else {
         totals.latest_ts = packet.ts_nanos;
     }
     totals.bytes += u64::from(packet.orig_len);
@@ -528,9 +592,10 @@ fn take(
             let mut seg = Some(seg);
             while let Some(s) = seg {
                 if let Some(obs) = Observation::of_segment(packet.ts_nanos, &s) {
-                    prep.push(batch, obs);
-                    if batch.obs.len() == BATCH {
-                        hand_over(batch, batches, spare)?;
+                    prep.offer(obs, (batch, batches, spare))?;
+                    // A new stream of time: packets are out of order against it alone.
+                    if std::mem::take(&mut prep.restarted) {
+                        totals.latest_ts = packet.ts_nanos;
                     }
                 }
                 seg = prep.segments.take_extra();
@@ -940,7 +1005,7 @@ mod tests {
         let (done, lines) = run(&[cat], None);
         assert_eq!(dports(&lines), ["21", "22", "23", "25"], "{lines:?}");
         assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
-        assert_eq!((done.totals.restarts, done.totals.out_of_order), (1, 1));
+        assert_eq!((done.totals.restarts, done.totals.out_of_order), (1, 2));
         // One packet stamped years ahead, then the same 4-tuple two hours apart: each is
         // a new attempt, none a retransmission.
         let future = timed_capture(
@@ -989,6 +1054,35 @@ mod tests {
         let (done, lines) = run(&[glitch], None);
         assert_eq!(lines.last().unwrap(), "scan 198.51.100.7 [1, 2, 9, 3] None");
         assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
+        // One stamped years ahead in the middle of a scan: the same, the detector's
+        // time not moved by it (the scan is not forgotten).
+        let ahead = timed_capture(
+            dir.path(),
+            "ahead.pcap",
+            src,
+            &[
+                (1, T0),
+                (2, T0 + SEC),
+                (80, T0 + 100_000_000 * SEC),
+                (3, T0 + 2 * SEC),
+            ],
+        );
+        let (done, lines) = run(&[ahead], None);
+        assert_eq!(
+            lines.last().unwrap(),
+            "scan 198.51.100.7 [1, 2, 80, 3] None"
+        );
+        assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
+        // Two attempts stamped far back in a row: the time went back; a restart.
+        let twice = timed_capture(
+            dir.path(),
+            "twice.pcap",
+            src,
+            &[(1, T0 + hour), (2, T0 + hour + SEC), (3, T0), (4, T0 + SEC)],
+        );
+        let (done, lines) = run(&[twice], None);
+        assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
+        assert_eq!(done.totals.restarts, 1);
     }
 
     #[test]
