@@ -855,12 +855,14 @@ fn follow_renames(
         match name_of(*was) {
             Some(now) => {
                 tracing::info!("interface {name} is now named {now}: still watched");
-                // An attachment still under the new name is of an interface that went
-                // (names are unique): its counts are not the renamed one's.
+                // An attachment still under the new name whose interface went: its
+                // counts are not the renamed one's. (One whose interface lives was
+                // renamed too, as in a swap of two names: its own turn follows it.)
                 let went: Vec<u32> = xdp
                     .attached()
                     .iter()
                     .filter(|a| a.iface == now && a.ifindex != *was)
+                    .filter(|a| name_of(a.ifindex).is_none())
                     .map(|a| a.ifindex)
                     .collect();
                 for gone in went {

@@ -577,11 +577,25 @@ impl Xdp {
         mode: Mode,
         slot: u32,
     ) -> Result<(Attached, Option<aya::programs::xdp::XdpLinkId>), XdpError> {
-        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| XdpError::Attach {
+        let refused = |why: String| XdpError::Attach {
             iface: iface.to_owned(),
             mode: "any",
-            why: format!("no such interface ({e})"),
-        })?;
+            why,
+        };
+        let ifindex = nix::net::if_::if_nametoindex(iface)
+            .map_err(|e| refused(format!("no such interface ({e})")))?;
+        // The name now belongs to an interface attached under another (renamed onto a
+        // deleted one's name): its entry and attachment are that one's.
+        if let Some(other) = self
+            .attached
+            .iter()
+            .find(|a| a.ifindex == ifindex && a.iface != iface)
+        {
+            return Err(refused(format!(
+                "it is the interface attached as {} (renamed)",
+                other.iface
+            )));
+        }
         self.place(ifindex, slot)?;
         let attached = self.attach_placed(iface, ifindex, mode, slot);
         if attached.is_err() {
