@@ -354,17 +354,8 @@ impl Inventory {
         };
         let (src_is_client, has_server) = match flags {
             Some(f) if f.has(TcpFlags::SYN) => (!f.has(TcpFlags::ACK), true),
-            Some(_) if is_probe(flags) => {
-                // A stealth probe: no connection, none remembered.
-                let probe = Conn {
-                    low_is_client: server_by_port(dport, sport, |p| p < 1024) == src_is_low,
-                    has_server: true,
-                    answered: false,
-                    closed: true,
-                    last: ts,
-                };
-                return (probe, false);
-            }
+            // A stealth probe's sender is the client, as a SYN's.
+            Some(_) if is_probe(flags) => (true, true),
             Some(_) => (server_by_port(dport, sport, |p| p < 1024), true),
             None => {
                 let svc = |p: u16| p < 1024 || self.service[usize::from(p)];
@@ -377,11 +368,15 @@ impl Inventory {
                 }
             }
         };
+        // A stealth probe begins no connection (remembered closed, so that the closed
+        // port's reset is its flow's and a SYN after it begins one), nor does a reset
+        // with nothing before it.
+        let begins = !is_probe(flags) && !flags.is_some_and(|f| f.has(TcpFlags::RST));
         let conn = Conn {
             low_is_client: src_is_client == src_is_low,
             has_server,
             answered: false,
-            closed: ends,
+            closed: ends || !begins,
             last: ts,
         };
         // A restarted connection replaces its entry; a new one needs room.
@@ -391,7 +386,7 @@ impl Inventory {
         if known || self.conns.len() < self.config.max_connections {
             self.conns.insert(tuple, conn);
         }
-        (conn, true)
+        (conn, begins)
     }
 
     /// Makes room in a full connection table: drops closed TCP connections and idle UDP
@@ -758,16 +753,27 @@ mod tests {
         for (port, flags) in [(600, TcpFlags::FIN), (601, 0), (602, 0x29)] {
             inv.observe(S, &tcp("8.8.8.8", 40000, "10.0.0.1", port, flags));
         }
+        // The closed port's reset: a packet of the probe's flow, no connection.
+        inv.observe(S, &tcp("10.0.0.1", 600, "8.8.8.8", 40000, RST | ACK));
+        // Sent from a port below 1024 (nmap -g 53) or between two high ports: the
+        // sender is still the client.
+        inv.observe(S, &tcp("8.8.8.8", 53, "10.0.0.1", 8080, TcpFlags::FIN));
+        inv.observe(S, &tcp("8.8.8.8", 45000, "10.0.0.1", 50000, 0));
         let mut got = lines(&inv);
         got.sort();
         assert_eq!(
             got,
             [
-                "in/tcp/INTERNET-PORT-10.0.0.1-600 0 0 1",
+                "in/tcp/INTERNET-PORT-10.0.0.1-50000 0 0 1",
+                "in/tcp/INTERNET-PORT-10.0.0.1-600 0 0 2",
                 "in/tcp/INTERNET-PORT-10.0.0.1-601 0 0 1",
                 "in/tcp/INTERNET-PORT-10.0.0.1-602 0 0 1",
+                "in/tcp/INTERNET-PORT-10.0.0.1-8080 0 0 1",
             ]
         );
+        // A SYN after a probe of the same 4-tuple begins a connection.
+        inv.observe(2 * S, &tcp("8.8.8.8", 40000, "10.0.0.1", 600, SYN));
+        assert!(lines(&inv).contains(&"in/tcp/INTERNET-PORT-10.0.0.1-600 1 0 3".to_owned()));
         // One 4-tuple's SYN at 0, 59 s (a retransmission), and two hours later (a new
         // connection with the same ports).
         let mut inv = inventory(&["10.0.0.1"]);
