@@ -987,102 +987,97 @@ mod tests {
     #[test]
     fn time_that_goes_back_a_window_starts_detection_again() {
         let dir = tempfile::tempdir().unwrap();
-        let src = "198.51.100.7";
-        // Two sections of one file (`cat a.pcapng b.pcapng`), the second an hour older:
-        // ports an hour apart are no scan.
         let hour = 3600 * SEC;
-        let cat = timed_capture(
-            dir.path(),
-            "cat.pcap",
-            src,
-            &[
-                (21, T0 + hour),
-                (22, T0 + hour + SEC),
-                (23, T0),
-                (25, T0 + SEC),
-            ],
-        );
-        let (done, lines) = run(&[cat], None);
-        assert_eq!(dports(&lines), ["21", "22", "23", "25"], "{lines:?}");
-        assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
-        assert_eq!((done.totals.restarts, done.totals.out_of_order), (1, 2));
-        // One packet stamped years ahead, then the same 4-tuple two hours apart: each is
-        // a new attempt, none a retransmission.
-        let future = timed_capture(
-            dir.path(),
-            "future.pcap",
-            src,
-            &[
-                (80, T0 + 400_000_000 * SEC),
-                (22, T0),
-                (22, T0 + 2 * hour),
-                (22, T0 + 4 * hour),
-            ],
-        );
-        let (done, lines) = run(&[future], None);
-        assert_eq!(dports(&lines), ["80", "22", "22", "22"], "{lines:?}");
-        assert_eq!(done.detector.stats().retransmissions, 0);
-        // A step back shorter than a window is counted at the latest time: 4 ports within
-        // a window stay one scan.
-        let jitter = timed_capture(
-            dir.path(),
-            "jitter.pcap",
-            src,
-            &[
-                (1, T0 + 30 * SEC),
-                (2, T0),
-                (3, T0 + 31 * SEC),
-                (4, T0 + 32 * SEC),
-            ],
-        );
-        let (done, lines) = run(&[jitter], None);
-        assert_eq!(lines.last().unwrap(), "scan 198.51.100.7 [1, 2, 3, 4] None");
-        assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
-        // One packet stamped hours back in the middle of a scan, the next ones where
-        // the scan was: a wrong stamp, counted at the latest time; the scan goes on.
-        let glitch = timed_capture(
-            dir.path(),
-            "glitch.pcap",
-            src,
-            &[
-                (1, T0 + 100 * SEC),
-                (2, T0 + 101 * SEC),
-                (9, T0 - 10_000 * SEC),
-                (3, T0 + 102 * SEC),
-            ],
-        );
-        let (done, lines) = run(&[glitch], None);
-        assert_eq!(lines.last().unwrap(), "scan 198.51.100.7 [1, 2, 9, 3] None");
-        assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
-        // One stamped years ahead in the middle of a scan: the same, the detector's
-        // time not moved by it (the scan is not forgotten).
-        let ahead = timed_capture(
-            dir.path(),
-            "ahead.pcap",
-            src,
-            &[
-                (1, T0),
-                (2, T0 + SEC),
-                (80, T0 + 100_000_000 * SEC),
-                (3, T0 + 2 * SEC),
-            ],
-        );
-        let (done, lines) = run(&[ahead], None);
-        assert_eq!(
-            lines.last().unwrap(),
-            "scan 198.51.100.7 [1, 2, 80, 3] None"
-        );
-        assert_eq!((done.totals.restarts, done.totals.out_of_order), (0, 1));
-        // Two attempts stamped far back in a row: the time went back; a restart.
-        let twice = timed_capture(
-            dir.path(),
-            "twice.pcap",
-            src,
-            &[(1, T0 + hour), (2, T0 + hour + SEC), (3, T0), (4, T0 + SEC)],
-        );
-        let (done, lines) = run(&[twice], None);
-        assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
-        assert_eq!(done.totals.restarts, 1);
+        let no_scan = "";
+        // (what, SYNs from one source as (port, time), the last line (a scan's, or none),
+        // detection restarts, packets out of order)
+        type Case = (&'static str, Vec<(u16, i64)>, &'static str, u64, u64);
+        let cases: [Case; 6] = [
+            (
+                "two sections of one file (cat a.pcapng b.pcapng), the second an hour \
+                 older: ports an hour apart are no scan",
+                vec![
+                    (21, T0 + hour),
+                    (22, T0 + hour + SEC),
+                    (23, T0),
+                    (25, T0 + SEC),
+                ],
+                no_scan,
+                1,
+                2,
+            ),
+            (
+                "one stamped years ahead, then one 4-tuple two hours apart: each a new \
+                 attempt",
+                vec![
+                    (80, T0 + 400_000_000 * SEC),
+                    (22, T0),
+                    (22, T0 + 2 * hour),
+                    (22, T0 + 4 * hour),
+                ],
+                no_scan,
+                1,
+                2,
+            ),
+            (
+                "a step back shorter than a window: 4 ports within it stay one scan",
+                vec![
+                    (1, T0 + 30 * SEC),
+                    (2, T0),
+                    (3, T0 + 31 * SEC),
+                    (4, T0 + 32 * SEC),
+                ],
+                "scan 198.51.100.7 [1, 2, 3, 4] None",
+                0,
+                1,
+            ),
+            (
+                "one stamped hours back amid a scan: a wrong stamp, the scan goes on",
+                vec![
+                    (1, T0 + 100 * SEC),
+                    (2, T0 + 101 * SEC),
+                    (9, T0 - 10_000 * SEC),
+                    (3, T0 + 102 * SEC),
+                ],
+                "scan 198.51.100.7 [1, 2, 9, 3] None",
+                0,
+                1,
+            ),
+            (
+                "one stamped years ahead amid a scan: the detector's time not moved",
+                vec![
+                    (1, T0),
+                    (2, T0 + SEC),
+                    (80, T0 + 100_000_000 * SEC),
+                    (3, T0 + 2 * SEC),
+                ],
+                "scan 198.51.100.7 [1, 2, 80, 3] None",
+                0,
+                1,
+            ),
+            (
+                "two stamped far back in a row: the time went back",
+                vec![(1, T0 + hour), (2, T0 + hour + SEC), (3, T0), (4, T0 + SEC)],
+                no_scan,
+                1,
+                2,
+            ),
+        ];
+        for (i, (what, syns, last, restarts, out_of_order)) in cases.iter().enumerate() {
+            let path = timed_capture(dir.path(), &format!("{i}.pcap"), "198.51.100.7", syns);
+            let (done, lines) = run(&[path], None);
+            let ports: Vec<String> = syns.iter().map(|(p, _)| p.to_string()).collect();
+            assert_eq!(dports(&lines), ports, "{what}: {lines:?}");
+            let scan = lines.iter().find(|l| l.starts_with("scan"));
+            assert_eq!(scan.map_or(no_scan, String::as_str), *last, "{what}");
+            let t = &done.totals;
+            assert_eq!(
+                (t.restarts, t.out_of_order),
+                (*restarts, *out_of_order),
+                "{what}"
+            );
+            assert_eq!(done.detector.stats().retransmissions, 0, "{what}");
+        }
     }
 
     #[test]

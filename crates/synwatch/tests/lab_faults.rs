@@ -676,6 +676,16 @@ fn a_new_interface_is_captured_through_libpcap_beside_xdp_blocking() {
     }
 }
 
+/// The agent watching every interface through the XDP program, reporting only.
+fn xdp_on_every_interface(lab: &Lab, dir: &std::path::Path) -> Agent {
+    Agent::start_on_every_interface(lab, dir, "xdp", &["--source", "xdp", "--block", "none"])
+}
+
+/// `synwatch_packets_total` of interface `name`.
+fn packets_of(lab: &Lab, name: &str) -> u64 {
+    lab.metric(&format!("synwatch_packets_total{{interface=\"{name}\"}}"))
+}
+
 /// The XDP program finds an interface's counter slot in an array indexed by ifindex
 /// modulo its size: an interface whose index shares an entry with a watched one's
 /// (container hosts make thousands of veths) must count only its own packets and leave
@@ -685,15 +695,9 @@ fn a_new_interface_is_captured_through_libpcap_beside_xdp_blocking() {
 fn interfaces_whose_indexes_share_the_programs_entry_count_apart() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = Agent::start_on_every_interface(
-        &lab,
-        dir.path(),
-        "xdp",
-        &["--source", "xdp", "--block", "none"],
-    );
+    let agent = xdp_on_every_interface(&lab, dir.path());
     let stem = &lab.vif[..lab.vif.len() - 1];
-    let packets =
-        |name: &str| lab.metric(&format!("synwatch_packets_total{{interface=\"{name}\"}}"));
+    let packets = |name: &str| packets_of(&lab, name);
     // Victim end `{stem}{v}` with ifindex `index`, attacker end `{stem}{a}`, on
     // 10.{net}.0.0/24; watched once up.
     let pair = |(v, a): (char, char), index: u32, net: u8| {
@@ -751,12 +755,7 @@ fn interfaces_whose_indexes_share_the_programs_entry_count_apart() {
 fn an_interface_renamed_onto_one_just_deleted_is_counted_under_the_name() {
     let lab = Lab::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let agent = Agent::start_on_every_interface(
-        &lab,
-        dir.path(),
-        "xdp",
-        &["--source", "xdp", "--block", "none"],
-    );
+    let agent = xdp_on_every_interface(&lab, dir.path());
     let stem = &lab.vif[..lab.vif.len() - 1];
     let (p, pa, r, ra) = (
         format!("{stem}p"),
@@ -771,8 +770,7 @@ fn an_interface_renamed_onto_one_just_deleted_is_counted_under_the_name() {
             agent.log().contains(&format!("interface {name} came up"))
         });
     }
-    let packets =
-        |name: &str| lab.metric(&format!("synwatch_packets_total{{interface=\"{name}\"}}"));
+    let packets = |name: &str| packets_of(&lab, name);
     lab.nmap_via(&ra, "10.85.0.2", "10.85.0.1", "1-20", &[]);
     eventually(10, "the scan counted", || packets(&r) >= 20);
     let batch =
