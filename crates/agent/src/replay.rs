@@ -163,7 +163,8 @@ where
         gap: config.window.max(60 * 1_000_000_000),
         latest: i64::MIN,
         held: None,
-        restarted: false,
+        settled: None,
+        rebased: false,
         segments: Segments::reassembling(),
     };
     let detector = Detector::new(config);
@@ -220,7 +221,7 @@ where
             &mut ending,
         );
     }
-    prep.settle(&mut batch);
+    prep.end(&mut batch);
     if !batch.obs.is_empty() {
         let _ = batches.send(batch);
     }
@@ -419,8 +420,12 @@ struct Prepare {
     latest: i64,
     /// An attempt a gap away from `latest`, waiting for the next to say which it is.
     held: Option<(Observation, Step)>,
-    /// Detection started again since the reading thread last looked.
-    restarted: bool,
+    /// An attempt a gap away, given as it was because nothing followed it yet (a pipe
+    /// that waits): the next attempt still says which it was.
+    settled: Option<(i64, Step)>,
+    /// The attempts' time was set anew (detection started again, or an attempt
+    /// stamped ahead was found wrong) since the reading thread last looked.
+    rebased: bool,
     /// One reassembly across all files: they are read in time order, as one capture.
     segments: Segments,
 }
@@ -464,7 +469,7 @@ impl Prepare {
                         hand_over(batch, batches, spare)?;
                     }
                     batch.restart = true;
-                    self.restarted = true;
+                    self.rebased = true;
                     self.latest = held.ts;
                     self.push(batch, held);
                 }
@@ -473,7 +478,29 @@ impl Prepare {
                     self.latest = held.ts;
                     self.push(batch, held);
                 }
-                Step::Ahead => self.push_at(batch, held, self.latest),
+                Step::Ahead => {
+                    self.rebased = true;
+                    self.push_at(batch, held, self.latest);
+                }
+            }
+        } else if let Some((at, step)) = self.settled.take() {
+            // The attempt given as it was is judged now, by this one: the time went
+            // back (detection starts again before this one) or ahead (it goes on from
+            // there).
+            match step {
+                Step::Back if obs.ts < self.latest.saturating_sub(self.gap) => {
+                    if !batch.obs.is_empty() {
+                        hand_over(batch, batches, spare)?;
+                    }
+                    batch.restart = true;
+                    self.rebased = true;
+                    self.latest = obs.ts;
+                }
+                Step::Ahead if obs.ts >= at.saturating_sub(self.gap) => {
+                    self.latest = self.latest.max(at.min(obs.ts));
+                }
+                Step::Ahead => self.rebased = true,
+                Step::Back => {}
             }
         }
         if self.latest != i64::MIN {
@@ -494,9 +521,19 @@ impl Prepare {
         ControlFlow::Continue(())
     }
 
-    /// The input has ended or waits (a pipe): an attempt held for the next is given as
-    /// it is, with nothing after it to say otherwise.
+    /// The input waits (a pipe): an attempt held for the next is given now, counted at
+    /// the latest time, and the next attempt, when one comes, says whether the time
+    /// went back (detection starts again) or ahead.
     fn settle(&mut self, batch: &mut Batch) {
+        if let Some((held, step)) = self.held.take() {
+            self.settled = Some((held.ts, step));
+            self.push_at(batch, held, self.latest);
+        }
+    }
+
+    /// The input has ended: an attempt held for the next is given as it is, nothing
+    /// after it to join it with.
+    fn end(&mut self, batch: &mut Batch) {
         if let Some((held, step)) = self.held.take() {
             if step == Step::Ahead {
                 self.latest = held.ts;
@@ -593,8 +630,9 @@ fn take(
             while let Some(s) = seg {
                 if let Some(obs) = Observation::of_segment(packet.ts_nanos, &s) {
                     prep.offer(obs, (batch, batches, spare))?;
-                    // A new stream of time: packets are out of order against it alone.
-                    if std::mem::take(&mut prep.restarted) {
+                    // A new stream of time (or one stamp found wrong): packets are out
+                    // of order against it alone.
+                    if std::mem::take(&mut prep.rebased) {
                         totals.latest_ts = packet.ts_nanos;
                     }
                 }
@@ -1078,6 +1116,52 @@ mod tests {
             );
             assert_eq!(done.detector.stats().retransmissions, 0, "{what}");
         }
+    }
+
+    #[test]
+    fn time_that_goes_back_in_a_pipe_that_waits_starts_detection_again() {
+        // An hour of attempts, then the clock an hour back: one source reaches 4 ports
+        // minutes apart (no scan), another repeats a 4-tuple 5 and 10 minutes on (new
+        // attempts). Through a pipe written a packet at a time, the reader catches up
+        // after nearly every one, with no attempt after a held one yet.
+        let dir = tempfile::tempdir().unwrap();
+        let hour = 3600 * SEC;
+        let min = 60 * SEC;
+        let mut syns: Vec<(&str, u16, i64)> = vec![("198.51.100.1", 80, T0 + hour)];
+        for i in 0..4 {
+            syns.push(("198.51.100.7", 1 + i as u16, T0 + i * 5 * min));
+        }
+        for i in 0..3 {
+            syns.push(("198.51.100.9", 22, T0 + 21 * min + i * 5 * min));
+        }
+        let mut bytes = Vec::new();
+        let mut w = PcapWriter::new(&mut bytes, 1, false).unwrap();
+        let dst: IpAddr = "192.0.2.1".parse().unwrap();
+        for &(src, port, at) in &syns {
+            let frame = ethernet(&tcp_ip(src.parse().unwrap(), 40000, dst, port, SYN, 0));
+            w.write_packet(at, &frame).unwrap();
+        }
+        w.finish().unwrap();
+        let record = (bytes.len() - 24) / syns.len();
+        let fifo = dir.path().join("pipe.pcap");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                io::Write::write_all(&mut out, &bytes[..24]).unwrap();
+                for r in bytes[24..].chunks(record) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    io::Write::write_all(&mut out, r).unwrap();
+                }
+            })
+        };
+        let (done, lines) = run(&[fifo], None);
+        writer.join().unwrap();
+        assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
+        assert_eq!(done.detector.stats().retransmissions, 0, "{lines:?}");
+        assert_eq!(done.totals.restarts, 1);
+        assert_eq!(dports(&lines).len(), syns.len());
     }
 
     #[test]
