@@ -869,9 +869,16 @@ fn follow_renames(
                     xdp.forget(gone);
                 }
                 xdp.rename(*was, &now);
-                set_state(metrics, name, false, None);
+                // In a swap of two names, the old one may be another attachment's now
+                // (renamed before this one in this check): its slot is that one's.
+                let taken = xdp.attached().iter().any(|a| a.iface == *name);
+                if !taken {
+                    set_state(metrics, name, false, None);
+                }
                 if observing {
-                    metrics.release_named(name);
+                    if !taken {
+                        metrics.release_named(name);
+                    }
                     metrics.release_named(&now);
                     let _ = metrics.interface_slot(&now);
                 }

@@ -773,16 +773,10 @@ fn an_interface_renamed_onto_one_just_deleted_is_counted_under_the_name() {
     let packets = |name: &str| packets_of(&lab, name);
     lab.nmap_via(&ra, "10.85.0.2", "10.85.0.1", "1-20", &[]);
     eventually(10, "the scan counted", || packets(&r) >= 20);
-    let batch =
-        format!("link del {r}\nlink set {p} down\nlink set {p} name {r}\nlink set {r} up\n");
-    let mut ip = std::process::Command::new("ip")
-        .args(["-n", &lab.victim, "-batch", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("run ip");
-    std::io::Write::write_all(&mut ip.stdin.take().expect("stdin"), batch.as_bytes())
-        .expect("write to ip");
-    assert!(ip.wait().expect("wait for ip").success());
+    ip_batch(
+        &lab,
+        &format!("link del {r}\nlink set {p} down\nlink set {p} name {r}\nlink set {r} up\n"),
+    );
     eventually(10, "the deleted interface let go", || {
         agent.log().contains(&format!("interface {r} is gone"))
             || agent
@@ -806,6 +800,67 @@ fn an_interface_renamed_onto_one_just_deleted_is_counted_under_the_name() {
         "{}",
         agent.log()
     );
+    assert_eq!(agent.stop_within(10), Some(0));
+}
+
+/// Runs `ip -batch` in the victim's namespace: every command of `text` within
+/// milliseconds, inside one of the agent's checks.
+fn ip_batch(lab: &Lab, text: &str) {
+    let mut ip = std::process::Command::new("ip")
+        .args(["-n", &lab.victim, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run ip");
+    std::io::Write::write_all(&mut ip.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("write to ip");
+    assert!(ip.wait().expect("wait for ip").success());
+}
+
+/// Two watched interfaces that swap names within a second: each keeps its program and
+/// is watched, up and counted under its new name.
+#[test]
+#[ignore = "needs root and network namespaces; make test runs it"]
+fn two_interfaces_that_swap_names_are_both_watched_and_counted() {
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = xdp_on_every_interface(&lab, dir.path());
+    let stem = &lab.vif[..lab.vif.len() - 1];
+    let [p, pa, r, ra, tmp] = ["p", "s", "r", "t", "u"].map(|c| format!("{stem}{c}"));
+    veth_between(&lab, (&p, "10.86.0.1/24"), (&pa, "10.86.0.2/24"));
+    veth_between(&lab, (&r, "10.87.0.1/24"), (&ra, "10.87.0.2/24"));
+    for name in [&p, &r] {
+        eventually(10, "the new interfaces watched", || {
+            agent.log().contains(&format!("interface {name} came up"))
+        });
+    }
+    ip_batch(
+        &lab,
+        &format!(
+            "link set {p} down\nlink set {r} down\nlink set {p} name {tmp}\nlink set {r} name {p}\n\
+             link set {tmp} name {r}\nlink set {p} up\nlink set {r} up\n"
+        ),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let up = |name: &str| lab.metric(&format!("synwatch_interface_up{{interface=\"{name}\"}}"));
+    assert_eq!((up(&p), up(&r)), (1, 1), "{}", agent.log());
+    // The old p (its peer `pa`) is r now, and the old r (peer `ra`) is p.
+    for (via, src, dst, name) in [
+        (&pa, "10.86.0.2", "10.86.0.1", &r),
+        (&ra, "10.87.0.2", "10.87.0.1", &p),
+    ] {
+        let before = packets_of(&lab, name);
+        lab.nmap_via(via, src, dst, "1-20", &[]);
+        eventually(10, "the scan counted under the new name", || {
+            packets_of(&lab, name) >= before + 20
+        });
+    }
+    assert_eq!(lab.healthz().0, 200);
+    // Neither was detached and attached again as a new interface.
+    let log = agent.log();
+    for name in [&p, &r] {
+        let said = log.matches(&format!("interface {name} came up")).count();
+        assert_eq!(said, 1, "{log}");
+    }
     assert_eq!(agent.stop_within(10), Some(0));
 }
 
