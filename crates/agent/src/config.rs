@@ -11,9 +11,11 @@ use synwatch_enforce::Scope;
 
 use crate::agent::{Settings, duration_text};
 
-/// Reads a small text file the user names (a config, credentials or key file), or
-/// refuses it at once: one that is not a regular file (a FIFO would wait for a writer
-/// forever, `/dev/zero` never ends) or that holds more than `limit` bytes.
+/// Reads a small text file the user names (a config, credentials or key file), up to
+/// `limit` bytes: a regular file longer than that is refused before reading, and so is
+/// anything else that goes on past it (`/dev/zero`). A pipe (`<(cscli ... -o raw)`) or
+/// device is read as it comes, but opening never waits: a FIFO nobody writes to reads
+/// as empty rather than hanging the start.
 pub fn read_small_file(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind, Read};
     use std::os::unix::fs::OpenOptionsExt;
@@ -23,12 +25,20 @@ pub fn read_small_file(path: &std::path::Path, limit: u64) -> std::io::Result<St
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
     let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    if meta.is_dir() {
+        return Err(Error::new(ErrorKind::InvalidInput, "a directory"));
     }
     let too_long = || Error::new(ErrorKind::InvalidData, format!("longer than {limit} bytes"));
-    if meta.len() > limit {
+    if meta.is_file() && meta.len() > limit {
         return Err(too_long());
+    }
+    if !meta.is_file() {
+        // A pipe's writer may not have written yet: wait for what it sends (its end,
+        // or the limit) as a read of it would.
+        let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+        let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+        flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
     }
     let mut text = String::new();
     file.take(limit + 1).read_to_string(&mut text)?;
@@ -250,17 +260,37 @@ mod tests {
         std::fs::write(&big, "x".repeat(65)).expect("write");
         let e = read_small_file(&big, 64).expect_err("too long");
         assert_eq!(e.to_string(), "longer than 64 bytes");
-        // A FIFO nobody writes to, a device that never ends, a directory: at once.
+        // A device that never ends, a directory: refused at once.
+        let e = read_small_file(std::path::Path::new("/dev/zero"), 64).expect_err("endless");
+        assert_eq!(e.to_string(), "longer than 64 bytes");
+        let e = read_small_file(dir.path(), 64).expect_err("a directory");
+        assert_eq!(e.to_string(), "a directory");
+        assert_eq!(
+            read_small_file(std::path::Path::new("/dev/null"), 64).expect("empty"),
+            ""
+        );
+        // A FIFO nobody writes to reads as empty, at once; one with a writer, as written.
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-        for path in [
-            fifo.as_path(),
-            std::path::Path::new("/dev/zero"),
-            dir.path(),
-        ] {
-            let e = read_small_file(path, 64).expect_err("refused");
-            assert_eq!(e.to_string(), "not a regular file", "{}", path.display());
+        assert_eq!(read_small_file(&fifo, 64).expect("empty"), "");
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                std::fs::write(&fifo, "key\n").expect("write the FIFO");
+            })
+        };
+        // Opened before the writer comes: this read waits for it.
+        let mut read = String::new();
+        for _ in 0..50 {
+            read = read_small_file(&fifo, 64).expect("read");
+            if !read.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        writer.join().expect("writer");
+        assert_eq!(read, "key\n");
         assert!(read_small_file(&dir.path().join("missing"), 64).is_err());
     }
 

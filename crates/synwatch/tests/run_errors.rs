@@ -190,9 +190,9 @@ fn the_crowdsec_options_layer_like_the_others_and_bad_ones_are_usage_errors() {
     assert_usage_error(&out, &["SYNWATCH_CROWDSEC_URL", "http://HOST:PORT"]);
 }
 
-/// A file named as credentials, bouncer key or config that is no regular file (a FIFO
-/// nobody writes, a device that never ends) or is far too long is one line and exit 2,
-/// at once: never a start-up that waits forever or reads until memory runs out.
+/// A file named as credentials, bouncer key or config that never ends (a device, a
+/// sparse file of gigabytes) or is a FIFO nobody writes to is one line and exit 2, at
+/// once: never a start-up that waits forever or reads until memory runs out.
 #[test]
 fn a_credentials_key_or_config_file_that_never_ends_is_refused_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -210,16 +210,14 @@ fn a_credentials_key_or_config_file_that_never_ends_is_refused_at_once() {
         .expect("a sparse 8 GiB file");
     let fifo = fifo.to_str().expect("utf-8");
     let long = long.to_str().expect("utf-8");
+    // A FIFO nobody writes to reads as empty (no `url:`), at once.
     for (option, path, says) in [
-        ("--crowdsec-credentials", fifo, "not a regular file"),
-        ("--crowdsec-credentials", "/dev/zero", "not a regular file"),
+        ("--crowdsec-credentials", fifo, "no `url:`"),
+        ("--crowdsec-credentials", "/dev/zero", "longer than"),
         ("--crowdsec-credentials", long, "longer than"),
-        (
-            "--crowdsec-bouncer-key-file",
-            "/dev/zero",
-            "not a regular file",
-        ),
-        ("--config", fifo, "not a regular file"),
+        ("--crowdsec-bouncer-key-file", fifo, "holds no key"),
+        ("--crowdsec-bouncer-key-file", "/dev/zero", "longer than"),
+        ("--config", "/dev/zero", "longer than"),
         ("--config", long, "longer than"),
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_synwatch"))
