@@ -56,6 +56,7 @@ impl Credentials {
     pub fn parse(text: &str) -> Result<Self, String> {
         let (mut url, mut login, mut password) = (None, None, None);
         let mut any = false;
+        let mut top: Option<usize> = None;
         for raw in text.lines() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -68,8 +69,10 @@ impl Credentials {
                 continue;
             }
             any = true;
-            // An indented line belongs to a nested mapping, not the file's own keys.
-            if raw.starts_with([' ', '\t']) {
+            // A line indented past the first key's belongs to a nested mapping, not the
+            // file's own keys.
+            let indent = raw.len() - raw.trim_start().len();
+            if indent > *top.get_or_insert(indent) {
                 continue;
             }
             let Some((key, value)) = line.split_once(':') else {
@@ -685,6 +688,9 @@ mod tests {
         assert_eq!(Credentials::parse(two).unwrap().url, "http://a");
         let nested = "extra:\n  url: http://b\nurl: http://a\nlogin: m\npassword: p\n";
         assert_eq!(Credentials::parse(nested).unwrap().url, "http://a");
+        // Every key indented alike: still the file's own.
+        let indented = "  url: http://a\n  login: m\n  password: p\n";
+        assert_eq!(Credentials::parse(indented).unwrap().login, "m");
         assert!(!format!("{c:?}").contains("p:w d"));
     }
 
