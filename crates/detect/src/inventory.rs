@@ -232,6 +232,9 @@ struct Conn {
     answered: bool,
     /// A FIN or RST was seen: a SYN on the same tuple is a new connection.
     closed: bool,
+    /// A connection began here (false: only a stealth probe or a reset was seen, and
+    /// the first packet that begins one does).
+    begun: bool,
     last: Nanos,
 }
 
@@ -332,14 +335,19 @@ impl Inventory {
     ) -> (Conn, bool) {
         let udp_timeout = self.config.udp_timeout;
         let ends = flags.is_some_and(|f| f.has(TcpFlags::FIN) || f.has(TcpFlags::RST));
+        // Whether this packet begins a connection where none is: not a stealth probe,
+        // nor a reset with nothing before it.
+        let begins = !is_probe(flags) && !flags.is_some_and(|f| f.has(TcpFlags::RST));
         let known = if let Some(c) = self.conns.get_mut(&tuple) {
             let continues = match flags {
                 Some(f) => {
                     // A SYN after a close, from the other side, or after a window's
-                    // quiet, starts a new one.
+                    // quiet, starts a new one; so does any packet that begins one
+                    // where only probes or resets were.
                     let syn = f.has(TcpFlags::SYN) && !f.has(TcpFlags::ACK);
                     let quiet = ts.saturating_sub(c.last) > RETRANSMIT_WINDOW;
                     !(syn && (c.closed || c.low_is_client != src_is_low || quiet))
+                        && (c.begun || !begins)
                 }
                 None => ts.saturating_sub(c.last) <= udp_timeout,
             };
@@ -371,12 +379,12 @@ impl Inventory {
         // A stealth probe begins no connection (remembered closed, so that the closed
         // port's reset is its flow's and a SYN after it begins one), nor does a reset
         // with nothing before it.
-        let begins = !is_probe(flags) && !flags.is_some_and(|f| f.has(TcpFlags::RST));
         let conn = Conn {
             low_is_client: src_is_client == src_is_low,
             has_server,
             answered: false,
             closed: ends || !begins,
+            begun: begins,
             last: ts,
         };
         // A restarted connection replaces its entry; a new one needs room.
@@ -771,6 +779,10 @@ mod tests {
                 "in/tcp/INTERNET-PORT-10.0.0.1-8080 0 0 1",
             ]
         );
+        // An answer from the server after a probe was seen mid-stream: a connection
+        // (never an answer without one).
+        inv.observe(S, &tcp("10.0.0.1", 601, "8.8.8.8", 40000, SYNACK));
+        assert!(lines(&inv).contains(&"in/tcp/INTERNET-PORT-10.0.0.1-601 1 1 2".to_owned()));
         // A SYN after a probe of the same 4-tuple begins a connection.
         inv.observe(2 * S, &tcp("8.8.8.8", 40000, "10.0.0.1", 600, SYN));
         assert!(lines(&inv).contains(&"in/tcp/INTERNET-PORT-10.0.0.1-600 1 0 3".to_owned()));
