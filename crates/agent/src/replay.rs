@@ -163,7 +163,7 @@ where
         gap: config.window.max(60 * 1_000_000_000),
         latest: i64::MIN,
         held: None,
-        settled: None,
+        settled: false,
         rebased: false,
         segments: Segments::reassembling(),
     };
@@ -420,9 +420,9 @@ struct Prepare {
     latest: i64,
     /// An attempt a gap away from `latest`, waiting for the next to say which it is.
     held: Option<(Observation, Step)>,
-    /// An attempt a gap away, given as it was because nothing followed it yet (a pipe
-    /// that waits): the next attempt still says which it was.
-    settled: Option<(i64, Step)>,
+    /// An attempt a gap away was given because nothing followed it yet (a pipe that
+    /// waits): the next attempt still says what it was ([`Prepare::settle`]).
+    settled: bool,
     /// The attempts' time was set anew (detection started again, or an attempt
     /// stamped ahead was found wrong) since the reading thread last looked.
     rebased: bool,
@@ -483,25 +483,18 @@ impl Prepare {
                     self.push_at(batch, held, self.latest);
                 }
             }
-        } else if let Some((at, step)) = self.settled.take() {
-            // The attempt given as it was is judged now, by this one: the time went
-            // back (detection starts again before this one) or ahead (it goes on from
-            // there).
-            match step {
-                Step::Back if obs.ts < self.latest.saturating_sub(self.gap) => {
-                    if !batch.obs.is_empty() {
-                        hand_over(batch, batches, spare)?;
-                    }
-                    batch.restart = true;
-                    self.rebased = true;
-                    self.latest = obs.ts;
-                }
-                Step::Ahead if obs.ts >= at.saturating_sub(self.gap) => {
-                    self.latest = self.latest.max(at.min(obs.ts));
-                }
-                Step::Ahead => self.rebased = true,
-                Step::Back => {}
+        } else if std::mem::take(&mut self.settled) && obs.ts < self.latest.saturating_sub(self.gap)
+        {
+            // The attempt given when the pipe waited is judged now, by this one, back
+            // a gap from the latest time too (after one stamped back: the time went
+            // back; after one stamped ahead, now the latest: that stamp was wrong, and
+            // the detector's time moved to it): detection starts again before this one.
+            if !batch.obs.is_empty() {
+                hand_over(batch, batches, spare)?;
             }
+            batch.restart = true;
+            self.rebased = true;
+            self.latest = obs.ts;
         }
         if self.latest != i64::MIN {
             if obs.ts < self.latest.saturating_sub(self.gap) {
@@ -521,13 +514,22 @@ impl Prepare {
         ControlFlow::Continue(())
     }
 
-    /// The input waits (a pipe): an attempt held for the next is given now, counted at
-    /// the latest time, and the next attempt, when one comes, says whether the time
-    /// went back (detection starts again) or ahead.
+    /// The input waits (a pipe): an attempt held for the next is given now, and the
+    /// next attempt, when one comes, says what it was. One stamped back is counted at
+    /// the latest time (the next, back too, starts detection again before it); one
+    /// stamped ahead at its own (a quiet spell on a live pipe is the common case; the
+    /// next, back again, shows the stamp was wrong and starts detection again, the
+    /// detector's time having moved to it).
     fn settle(&mut self, batch: &mut Batch) {
         if let Some((held, step)) = self.held.take() {
-            self.settled = Some((held.ts, step));
-            self.push_at(batch, held, self.latest);
+            self.settled = true;
+            match step {
+                Step::Back => self.push_at(batch, held, self.latest),
+                Step::Ahead => {
+                    self.latest = held.ts;
+                    self.push(batch, held);
+                }
+            }
         }
     }
 
@@ -1118,26 +1120,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn time_that_goes_back_in_a_pipe_that_waits_starts_detection_again() {
-        // An hour of attempts, then the clock an hour back: one source reaches 4 ports
-        // minutes apart (no scan), another repeats a 4-tuple 5 and 10 minutes on (new
-        // attempts). Through a pipe written a packet at a time, the reader catches up
-        // after nearly every one, with no attempt after a held one yet.
+    /// Replays SYNs (source, port, time) to 192.0.2.1 through a FIFO written one
+    /// packet every 100 ms: the reader catches up after nearly every one, with no
+    /// attempt after a held one yet.
+    fn through_a_pipe(syns: &[(&str, u16, i64)]) -> (Replayed, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
-        let hour = 3600 * SEC;
-        let min = 60 * SEC;
-        let mut syns: Vec<(&str, u16, i64)> = vec![("198.51.100.1", 80, T0 + hour)];
-        for i in 0..4 {
-            syns.push(("198.51.100.7", 1 + i as u16, T0 + i * 5 * min));
-        }
-        for i in 0..3 {
-            syns.push(("198.51.100.9", 22, T0 + 21 * min + i * 5 * min));
-        }
         let mut bytes = Vec::new();
         let mut w = PcapWriter::new(&mut bytes, 1, false).unwrap();
         let dst: IpAddr = "192.0.2.1".parse().unwrap();
-        for &(src, port, at) in &syns {
+        for &(src, port, at) in syns {
             let frame = ethernet(&tcp_ip(src.parse().unwrap(), 40000, dst, port, SYN, 0));
             w.write_packet(at, &frame).unwrap();
         }
@@ -1156,12 +1147,45 @@ mod tests {
                 }
             })
         };
-        let (done, lines) = run(&[fifo], None);
+        let replayed = run(&[fifo], None);
         writer.join().unwrap();
+        replayed
+    }
+
+    #[test]
+    fn time_that_goes_back_in_a_pipe_that_waits_starts_detection_again() {
+        // An hour of attempts, then the clock an hour back: one source reaches 4 ports
+        // minutes apart (no scan), another repeats a 4-tuple 5 and 10 minutes on (new
+        // attempts).
+        let (hour, min) = (3600 * SEC, 60 * SEC);
+        let mut syns: Vec<(&str, u16, i64)> = vec![("198.51.100.1", 80, T0 + hour)];
+        for i in 0..4 {
+            syns.push(("198.51.100.7", 1 + i as u16, T0 + i * 5 * min));
+        }
+        for i in 0..3 {
+            syns.push(("198.51.100.9", 22, T0 + 21 * min + i * 5 * min));
+        }
+        let (done, lines) = through_a_pipe(&syns);
         assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
         assert_eq!(done.detector.stats().retransmissions, 0, "{lines:?}");
         assert_eq!(done.totals.restarts, 1);
         assert_eq!(dports(&lines).len(), syns.len());
+    }
+
+    #[test]
+    fn quiet_spells_in_a_pipe_that_waits_keep_their_time() {
+        // A live pipe: a client reaching a new port every 2 minutes (each attempt after
+        // a quiet spell longer than the gap) is no scan, and a SYN sent again a second
+        // after a quiet spell is a retransmission.
+        let min = 60 * SEC;
+        let mut syns: Vec<(&str, u16, i64)> = (0..5)
+            .map(|i| ("198.51.100.7", 1 + i as u16, T0 + i64::from(i) * 2 * min))
+            .collect();
+        syns.push(("198.51.100.7", 5, T0 + 8 * min + SEC));
+        let (done, lines) = through_a_pipe(&syns);
+        assert!(!lines.iter().any(|l| l.starts_with("scan")), "{lines:?}");
+        assert_eq!(done.detector.stats().retransmissions, 1, "{lines:?}");
+        assert_eq!(done.totals.restarts, 0);
     }
 
     #[test]
