@@ -14,8 +14,9 @@ use crate::agent::{Settings, duration_text};
 /// Reads a small text file the user names (a config, credentials or key file), up to
 /// `limit` bytes: a regular file longer than that is refused before reading, and so is
 /// anything else that goes on past it (`/dev/zero`). A pipe (`<(cscli ... -o raw)`) or
-/// device is read as it comes, but opening never waits: a FIFO nobody writes to reads
-/// as empty rather than hanging the start.
+/// device is read as it comes (one that is held open and never written holds the read
+/// up, as it would `cat`), but opening never waits: a FIFO nobody writes to is refused
+/// rather than hanging the start.
 pub fn read_small_file(path: &std::path::Path, limit: u64) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind, Read};
     use std::os::unix::fs::OpenOptionsExt;
@@ -44,6 +45,12 @@ pub fn read_small_file(path: &std::path::Path, limit: u64) -> std::io::Result<St
     file.take(limit + 1).read_to_string(&mut text)?;
     if text.len() as u64 > limit {
         return Err(too_long());
+    }
+    if text.is_empty() && std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()) {
+        return Err(Error::new(
+            ErrorKind::UnexpectedEof,
+            "a FIFO nobody wrote to (no writer had it open)",
+        ));
     }
     Ok(text)
 }
@@ -269,28 +276,24 @@ mod tests {
             read_small_file(std::path::Path::new("/dev/null"), 64).expect("empty"),
             ""
         );
-        // A FIFO nobody writes to reads as empty, at once; one with a writer, as written.
+        // A FIFO nobody writes to is refused, at once; one with a writer is read as
+        // written, to its end.
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-        assert_eq!(read_small_file(&fifo, 64).expect("empty"), "");
-        let writer = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                std::fs::write(&fifo, "key\n").expect("write the FIFO");
-            })
-        };
-        // Opened before the writer comes: this read waits for it.
-        let mut read = String::new();
-        for _ in 0..50 {
-            read = read_small_file(&fifo, 64).expect("read");
-            if !read.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let e = read_small_file(&fifo, 64).expect_err("no writer");
+        assert!(e.to_string().contains("nobody wrote"), "{e}");
+        // Opened read-write, the writer's end never waits for a reader.
+        let mut end = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .expect("open the FIFO");
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut end, b"key\n").expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        });
+        assert_eq!(read_small_file(&fifo, 64).expect("read"), "key\n");
         writer.join().expect("writer");
-        assert_eq!(read, "key\n");
         assert!(read_small_file(&dir.path().join("missing"), 64).is_err());
     }
 

@@ -210,13 +210,13 @@ fn a_credentials_key_or_config_file_that_never_ends_is_refused_at_once() {
         .expect("a sparse 8 GiB file");
     let fifo = fifo.to_str().expect("utf-8");
     let long = long.to_str().expect("utf-8");
-    // A FIFO nobody writes to reads as empty (no `url:`), at once.
     for (option, path, says) in [
-        ("--crowdsec-credentials", fifo, "no `url:`"),
+        ("--crowdsec-credentials", fifo, "nobody wrote"),
         ("--crowdsec-credentials", "/dev/zero", "longer than"),
         ("--crowdsec-credentials", long, "longer than"),
-        ("--crowdsec-bouncer-key-file", fifo, "holds no key"),
+        ("--crowdsec-bouncer-key-file", fifo, "nobody wrote"),
         ("--crowdsec-bouncer-key-file", "/dev/zero", "longer than"),
+        ("--config", fifo, "nobody wrote"),
         ("--config", "/dev/zero", "longer than"),
         ("--config", long, "longer than"),
     ] {
