@@ -118,11 +118,14 @@ pub const DEFAULT_MAX_ATTEMPTS: usize = 1_000_000;
 /// one cloud instance usually holds a whole /64, and rotating through it is free.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
+/// The default scan window (`--window`): 60 s.
+pub const DEFAULT_WINDOW: Nanos = 60_000_000_000;
+
 impl Default for Config {
     fn default() -> Self {
         Self {
             max_ports: 3,
-            window: 60_000_000_000,
+            window: DEFAULT_WINDOW,
             direction: DirectionFilter::In,
             locals: AddrSet::new(),
             allow: AddrSet::new(),

@@ -11,10 +11,11 @@
 //! - TCP: the sender of a SYN (without ACK) is the client; a SYN-ACK names the client as its
 //!   destination. A connection first seen mid-stream is oriented by its ports: a port
 //!   below 1024 against one above is the server, otherwise the lower port. A stealth
-//!   probe (none of SYN, ACK, RST: nmap's FIN, NULL and Xmas scans) is oriented the same
-//!   way but begins no connection: its packets count, its flow's connections do not. A
-//!   SYN on a 4-tuple quiet for a window ([`RETRANSMIT_WINDOW`]) begins a new one; within
-//!   it, the SYN is a retransmission.
+//!   probe (none of SYN, ACK, RST: nmap's FIN, NULL and Xmas scans) is oriented like a
+//!   SYN (its sender the client) but begins no connection: its packets count, its flow's
+//!   connections do not, and neither does the reset that answers it. A SYN on a 4-tuple
+//!   quiet for a window ([`RETRANSMIT_WINDOW`]) begins a new one; within it, the SYN is
+//!   a retransmission.
 //! - UDP: the side on a port below 1024, or on a configured service port, is the server
 //!   (the destination if both are). With neither, there is no server to tell apart: the
 //!   sender of the first packet is written first and both ports stay as they are.
@@ -30,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use synwatch_decode::{Segment, TcpFlags, Transport};
 
-use crate::{AddrSet, Nanos};
+use crate::{AddrSet, Nanos, Probe};
 
 /// Where a flow goes relative to this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,7 +198,7 @@ pub const DEFAULT_UDP_TIMEOUT: Nanos = 120_000_000_000;
 
 /// A repeated SYN of a 4-tuple within this long of its last packet is a retransmission
 /// (the detector's default window, SPEC's "same attempt"); later, a new connection.
-pub const RETRANSMIT_WINDOW: Nanos = 60_000_000_000;
+pub const RETRANSMIT_WINDOW: Nanos = crate::detector::DEFAULT_WINDOW;
 
 impl Default for InventoryConfig {
     fn default() -> Self {
@@ -480,9 +481,12 @@ impl Inventory {
     }
 }
 
-/// Whether TCP `flags` are a stealth probe's: none of SYN, ACK, RST.
+/// Whether TCP `flags` are a stealth probe's (none of SYN, ACK, RST), by the
+/// detector's own rule.
 fn is_probe(flags: Option<TcpFlags>) -> bool {
-    flags.is_some_and(|f| !f.has(TcpFlags::SYN) && !f.has(TcpFlags::ACK) && !f.has(TcpFlags::RST))
+    flags
+        .and_then(Probe::classify)
+        .is_some_and(|p| p != Probe::Syn)
 }
 
 fn by_count(a: &(FlowKey, FlowStats), b: &(FlowKey, FlowStats)) -> Ordering {
