@@ -465,12 +465,7 @@ impl Prepare {
         if let Some((held, step)) = self.held.take() {
             match step {
                 Step::Back if obs.ts < self.latest.saturating_sub(self.gap) => {
-                    if !batch.obs.is_empty() {
-                        hand_over(batch, batches, spare)?;
-                    }
-                    batch.restart = true;
-                    self.rebased = true;
-                    self.latest = held.ts;
+                    self.start_again(held.ts, (batch, batches, spare))?;
                     self.push(batch, held);
                 }
                 Step::Back => self.push(batch, held),
@@ -489,12 +484,7 @@ impl Prepare {
             // a gap from the latest time too (after one stamped back: the time went
             // back; after one stamped ahead, now the latest: that stamp was wrong, and
             // the detector's time moved to it): detection starts again before this one.
-            if !batch.obs.is_empty() {
-                hand_over(batch, batches, spare)?;
-            }
-            batch.restart = true;
-            self.rebased = true;
-            self.latest = obs.ts;
+            self.start_again(obs.ts, (batch, batches, spare))?;
         }
         if self.latest != i64::MIN {
             if obs.ts < self.latest.saturating_sub(self.gap) {
@@ -511,6 +501,19 @@ impl Prepare {
         if batch.obs.len() >= BATCH {
             hand_over(batch, batches, spare)?;
         }
+        ControlFlow::Continue(())
+    }
+
+    /// Detection starts again before the next attempt put in the batch (a batch of its
+    /// own), from time `at`.
+    fn start_again(&mut self, at: i64, sink: BatchSink<'_>) -> ControlFlow<FileError> {
+        let (batch, batches, spare) = sink;
+        if !batch.obs.is_empty() {
+            hand_over(batch, batches, spare)?;
+        }
+        batch.restart = true;
+        self.rebased = true;
+        self.latest = at;
         ControlFlow::Continue(())
     }
 
