@@ -334,6 +334,15 @@ where
     T::try_from(map).map_err(|e| XdpError::map(name, e))
 }
 
+/// Why the program could not be attached to `iface` in `mode`.
+fn attach_error(iface: &str, mode: &'static str, why: String) -> XdpError {
+    XdpError::Attach {
+        iface: iface.to_owned(),
+        mode,
+        why,
+    }
+}
+
 /// The XDP program in the object.
 fn program(ebpf: &mut Ebpf) -> Result<&mut aya::programs::Xdp, ProgramError> {
     ebpf.program_mut(PROGRAM)
@@ -577,11 +586,7 @@ impl Xdp {
         mode: Mode,
         slot: u32,
     ) -> Result<(Attached, Option<aya::programs::xdp::XdpLinkId>), XdpError> {
-        let refused = |why: String| XdpError::Attach {
-            iface: iface.to_owned(),
-            mode: "any",
-            why,
-        };
+        let refused = |why: String| attach_error(iface, "any", why);
         let ifindex = nix::net::if_::if_nametoindex(iface)
             .map_err(|e| refused(format!("no such interface ({e})")))?;
         // The name now belongs to an interface attached under another (renamed onto a
@@ -611,11 +616,7 @@ impl Xdp {
         mode: Mode,
         slot: u32,
     ) -> Result<(Attached, Option<aya::programs::xdp::XdpLinkId>), XdpError> {
-        let attach_error = |mode: &'static str, why: String| XdpError::Attach {
-            iface: iface.to_owned(),
-            mode,
-            why,
-        };
+        let attach_error = |mode: &'static str, why: String| attach_error(iface, mode, why);
         let tries: &[(XdpMode, &'static str)] = match mode {
             Mode::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
             Mode::Native => &[(XdpMode::Driver, "native")],
