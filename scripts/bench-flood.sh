@@ -5,7 +5,8 @@
 # `hping3 --flood -S --rand-source -p 80` at the victim for SECONDS_FLOOD seconds (every
 # packet a new random IPv4 source). Throughout the flood the agent's /metrics is fetched
 # every 100 ms and its RSS sampled every 100 ms. Prints packets offered and seen, kernel
-# drops, CPU, peak memory, tracked sources, events written and the /metrics latency.
+# drops, CPU (over the flood, and per packet over its second half, once the agent's tables
+# have grown), peak memory, tracked sources, events written and the /metrics latency.
 #
 # usage: [SYNWATCH=target/release/synwatch] [SECONDS_FLOOD=20] [BENCH_DIR=target/bench] \
 #        [HPING_PROCS=1] scripts/bench-flood.sh
@@ -107,6 +108,15 @@ cpu_ticks() {
     read -ra f <<<"$rest"
     echo $(( f[11] + f[12] ))
 }
+# Nanoseconds a process's threads have run so far (the first field of each thread's
+# schedstat: finer than clock ticks, for the flood's second half alone).
+cpu_ns() {
+    local s=0 t run _
+    for t in /proc/"$1"/task/*/schedstat; do
+        read -r run _ <"$t" 2>/dev/null && s=$(( s + run ))
+    done
+    echo "$s"
+}
 # The machine's CPU time so far (all CPUs, clock ticks): "user+nice system irq+softirq idle+iowait total".
 machine_cpu() {
     local _cpu user nice system idle iowait irq softirq steal
@@ -182,6 +192,15 @@ for i in $(seq "$procs"); do
     flood_pids+=("$!")
     pids+=("$!")
 done
+# Halfway through, the tables have grown to their caps (a start-up cost, the kernel zeroing
+# their pages): the second half's CPU and packets give the cost of holding a flood.
+half="$dir/flood.half"
+rm -f "$half"
+(
+    sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')"
+    echo "$(cpu_ns "$agent_pid") $(cpu_ns "$tcpdump_pid") $(counter "$victim" "$vif" rx_packets)" >"$half"
+) &
+pids+=("$!")
 slow_scan=${SLOW_SCAN:-}
 if [ -n "$slow_scan" ]; then
     ip -n "$attacker" addr add 10.198.0.3/24 dev "$aif"
@@ -198,6 +217,7 @@ for i in "${!flood_pids[@]}"; do
     [ "$flood_rc" -eq 124 ] || { cat "$hping_log.$((i + 1)).log" >&2; echo "bench-flood: hping3 ended early (exit $flood_rc)" >&2; exit 1; }
 done
 read -r m_user1 m_sys1 m_irq1 m_idle1 m_total1 < <(machine_cpu)
+half_end="$(cpu_ns "$agent_pid") $(cpu_ns "$tcpdump_pid") $(counter "$victim" "$vif" rx_packets)"
 touch "$stop_file"
 sleep 1
 
@@ -275,6 +295,15 @@ echo "  synwatch CPU: $(cpu "$agent_ticks") s over the flood" \
     "$(awk -v t="$tcpdump_ticks" -v hz="$hz" -v n="${td_captured:-0}" 'BEGIN { if (n > 0) printf "%.3f", t / hz / (n / 1e6); else print "n/a" }') s per million packets captured"
 echo "  synwatch / tcpdump CPU per packet: $(awk -v a="$agent_ticks" -v b="$tcpdump_ticks" -v n="$seen" -v m="${td_captured:-0}" \
     'BEGIN { if (b > 0 && n > 0 && m > 0) printf "%.1fx", (a / n) / (b / m); else print "n/a (tcpdump used under one clock tick)" }')"
+if [ -s "$half" ]; then
+    # Both saw every packet (checked above): the veth's count is each one's packets.
+    read -r a0 t0 r0 <"$half"
+    read -r a1 t1 r1 <<<"$half_end"
+    echo "  second half of the flood ($(( r1 - r0 )) packets, tables grown):" \
+        "$(awk -v a=$(( a1 - a0 )) -v t=$(( t1 - t0 )) -v n=$(( r1 - r0 )) 'BEGIN {
+            if (n > 0 && t > 0) printf "synwatch %.3f s, tcpdump %.3f s per million packets: %.1fx", a / n / 1e3, t / n / 1e3, a / t;
+            else print "n/a" }')"
+fi
 echo "  synwatch memory: peak VmRSS sampled ${peak_rss:-?} kB, VmHWM $hwm kB, VmRSS after the flood $rss_end kB"
 echo "  tracked sources: $tracked (cap --max-sources $max_sources: $( [ "$tracked" -le "$max_sources" ] && echo "bounded" || echo "EXCEEDED")), evicted $evicted"
 echo "  fragment reassembly: $(metric "synwatch_fragments_total ") fragments, $(metric "synwatch_reassembled_datagrams_total ") judged," \
