@@ -319,6 +319,40 @@ mod tests {
         );
     }
 
+    /// Regression: an allowlist entry written in the IPv4-mapped form protected nothing,
+    /// neither at ban time nor in the XDP program's allowlist.
+    #[test]
+    fn an_ipv4_mapped_allow_entry_protects_the_ipv4_address() {
+        let (host, infra, mut cfg) = fake();
+        let mut warnings = Vec::new();
+        cfg.allow = crate::config::parse_set(
+            "--allow",
+            &[
+                "::ffff:198.51.100.7".to_owned(),
+                "::ffff:198.51.101.0/120".to_owned(),
+            ],
+            crate::config::HostBits::Network,
+            &mut warnings,
+        )
+        .expect("the entries parse");
+        let view = View {
+            host: &host,
+            infra: &infra,
+            cfg: &cfg,
+        };
+        let net = |s: &str| synwatch_enforce::parse_net(s).expect("test net");
+        assert_eq!(why(ip("198.51.100.7"), view), Some(Why::Allowlisted));
+        assert_eq!(why(ip("198.51.101.9"), view), Some(Why::Allowlisted));
+        let (_, p) = ban_target(ip("198.51.100.7"), net("198.51.100.7"), view);
+        assert_eq!(p, Some(Why::Allowlisted));
+        assert!(
+            allowlist(view)
+                .iter()
+                .any(|n| n.contains(&ip("198.51.101.9"))),
+            "the XDP program's allowlist holds the IPv4 range"
+        );
+    }
+
     #[test]
     fn the_xdp_allowlist_and_the_ban_time_rule_agree() {
         let (host, infra, mut cfg) = fake();

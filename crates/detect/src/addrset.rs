@@ -52,8 +52,11 @@ impl AddrSet {
         Self::default()
     }
 
-    /// Adds a range; ranges already covered by a wider one are not stored twice.
+    /// Adds a range; ranges already covered by a wider one are not stored twice. A range
+    /// of IPv4-mapped addresses (`::ffff:198.51.100.7`, `::ffff:198.51.100.0/120`) is the
+    /// IPv4 range it stands for: the same hosts, whose packets come as IPv4.
     pub fn insert(&mut self, net: IpNet) {
+        let net = unmapped(net);
         if self.contains_net(&net) {
             return;
         }
@@ -114,6 +117,18 @@ impl AddrSet {
             .iter()
             .map(|n| IpNet::V4(*n))
             .chain(self.v6.iter().map(|n| IpNet::V6(*n)))
+    }
+}
+
+/// The IPv4 range an IPv6 range of IPv4-mapped addresses (a /96 or longer inside
+/// `::ffff:0:0/96`) stands for; any other range as it is.
+fn unmapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(a) => ipnet::Ipv4Net::new(a, n.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
     }
 }
 
@@ -190,6 +205,27 @@ mod tests {
         let everything: AddrSet = [parse_cidr("::/0").expect("cidr")].into_iter().collect();
         assert!(everything.contains(ip("::ffff:203.0.113.9")));
         assert!(!AddrSet::new().contains(ip("10.0.0.1")));
+    }
+
+    /// Regression: `--allow ::ffff:198.51.100.7` was kept as an IPv6 range, which no IPv4
+    /// source (nor the XDP program's IPv4 allowlist) matched: the partner it named could
+    /// be banned by four forged SYNs.
+    #[test]
+    fn ipv4_mapped_ranges_are_the_ipv4_ranges_they_stand_for() {
+        let set: AddrSet = ["::ffff:198.51.100.7", "::ffff:198.51.101.0/120", "::/80"]
+            .iter()
+            .map(|s| parse_cidr(s).expect("test cidr"))
+            .collect();
+        let nets: Vec<String> = set.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            nets,
+            ["198.51.100.7/32", "198.51.101.0/24", "::/80"],
+            "a range wider than the mapped block stays IPv6"
+        );
+        assert!(set.contains(ip("198.51.100.7")));
+        assert!(set.contains(ip("198.51.101.9")));
+        assert!(!set.contains(ip("198.51.100.8")));
+        assert!(set.contains(ip("::ffff:198.51.100.7")));
     }
 
     #[test]
