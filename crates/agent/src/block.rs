@@ -1050,6 +1050,8 @@ impl Blocker {
         now: i64,
         protected: impl Fn(IpNet) -> bool,
     ) -> Vec<Happened> {
+        // A fleet decision waiting for a ban to end is not given on it either.
+        self.fleet.forget_protected(&protected);
         let addrs = self.book.release(protected);
         self.note_waiting();
         if addrs.is_empty() {

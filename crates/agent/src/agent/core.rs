@@ -435,7 +435,8 @@ impl Core {
         let mut happened = b.apply(secs);
         // Fleet decisions that waited for a local ban just expired: given now (for new
         // connections only where their source holds a session), into the kernel at once.
-        if b.give_deferred(secs, holds_session(host)) {
+        let protected = |a| is_protected_net(a, detector, host).is_some();
+        if b.give_deferred(secs, protected, holds_session(host)) {
             happened.extend(b.apply(secs));
         }
         self.report(happened);

@@ -122,6 +122,12 @@ impl Fleet {
         }
         left == Some(0)
     }
+
+    /// Drops the decisions waiting for a ban to end whose network `protected` says is
+    /// protected now.
+    pub(super) fn forget_protected(&mut self, protected: impl Fn(IpNet) -> bool) {
+        self.deferred.retain(|net, _| !protected(*net));
+    }
 }
 
 /// Notes kept at most (scans waiting for the cap have one each).
@@ -398,9 +404,17 @@ impl Blocker {
 
     /// Gives the deferred decisions whose network no ban holds any more (the local ban
     /// that held it expired), for new connections only where `session` says the network
-    /// holds one; drops those that ended. Does something only after bans expired (see
-    /// [`Blocker::apply`]); returns whether it gave a ban, to be applied at once.
-    pub fn give_deferred(&mut self, now: i64, mut session: impl FnMut(IpNet) -> bool) -> bool {
+    /// holds one; drops those that ended, and those on a network `protected` says is
+    /// protected now (an allowlist reloaded, a new gateway or address since the decision
+    /// came: SPEC §7, protected addresses are never enforced, whatever the LAPI says).
+    /// Does something only after bans expired (see [`Blocker::apply`]); returns whether it
+    /// gave a ban, to be applied at once.
+    pub fn give_deferred(
+        &mut self,
+        now: i64,
+        protected: impl Fn(IpNet) -> bool,
+        mut session: impl FnMut(IpNet) -> bool,
+    ) -> bool {
         if !std::mem::take(&mut self.fleet.expired) || self.fleet.deferred.is_empty() {
             return false;
         }
@@ -408,6 +422,18 @@ impl Blocker {
         let deferred = std::mem::take(&mut self.fleet.deferred);
         for (net, (ends, reason)) in deferred {
             if ends <= now {
+                continue;
+            }
+            if protected(net) {
+                if let Some(stats) = &self.fleet.stats {
+                    stats.skipped(OriginClass::of(&origin(&reason)), Skip::Protected);
+                }
+                tracing::warn!(
+                    "not enforcing the CrowdSec decision ({}) on {}, which waited for a ban \
+                     that has ended: it is protected now",
+                    origin(&reason),
+                    synwatch_enforce::net_text(net)
+                );
                 continue;
             }
             if self.book.covering(net).is_some() {
@@ -747,7 +773,10 @@ mod tests {
             |_| false,
         );
         b.apply(ends + 1);
-        assert!(!b.give_deferred(ends + 1, |_| false), "nothing to give");
+        assert!(
+            !b.give_deferred(ends + 1, |_| false, |_| false),
+            "nothing to give"
+        );
         assert!(b.book.get(n(gone)).is_none());
         // The fleet bans a source for an hour while a one-minute local ban holds it.
         let t = ends + 1;
@@ -775,7 +804,7 @@ mod tests {
                 .any(|h| matches!(h, Happened::Unblocked(net, "expired") if *net == n(stays))),
             "{happened:?}"
         );
-        assert!(b.give_deferred(ends + 1, |_| false));
+        assert!(b.give_deferred(ends + 1, |_| false, |_| false));
         // It stays banned, now by the fleet's decision, until the decision ends.
         let rec = b.book.get(n(stays)).expect("the fleet's ban given");
         assert_eq!(origin(&rec.reason), "cscli");
@@ -784,6 +813,55 @@ mod tests {
         let sent = runner.transcript();
         let mentions = sent.iter().filter(|l| l.contains(stays)).count();
         assert!(mentions >= 2, "given to the kernel again: {sent:?}");
+    }
+
+    /// Regression: a decision waiting for a local ban to end was given without asking
+    /// whether its network had become protected since (SPEC §7: protected addresses are
+    /// never enforced, whatever the LAPI says), and held until the decision ended.
+    #[test]
+    fn a_decision_waiting_for_a_ban_is_not_given_on_a_network_protected_since() {
+        for reloaded in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let runner = RecordingRunner::default();
+            let (mut b, stats) = blocker(dir.path(), &runner);
+            let x = "203.0.113.9";
+            let now_protected = |net: IpNet| net == n(x);
+            // A (forged) scan bans X for a minute; the fleet bans it for an hour.
+            b.scan(x.parse().unwrap(), n(x), &[1, 2, 3, 4], 10, None, false);
+            b.apply(10);
+            let ends = b.book.get(n(x)).unwrap().expires.unwrap();
+            b.pulled(
+                pull(false, vec![d(1, "cscli", "Ip", x)], vec![]),
+                15,
+                protected,
+                |_| false,
+            );
+            if reloaded {
+                // The operator allowlists X: its ban is lifted at once.
+                b.release_protected(20, now_protected);
+                assert!(b.book.get(n(x)).is_none());
+                // Another ban ends later, which looks at the waiting decisions.
+                let add = crate::control::Request::Add {
+                    addr: n("198.51.100.20"),
+                    secs: Some(5),
+                };
+                let _ = b.control(&add, 21, |_| None);
+            }
+            let t = ends + 1;
+            b.apply(t);
+            let before = runner.transcript().len();
+            assert!(!b.give_deferred(t, now_protected, |_| false));
+            b.apply(t);
+            assert!(b.book.get(n(x)).is_none(), "reloaded: {reloaded}");
+            let sent = runner.transcript();
+            assert!(
+                sent[before..].iter().all(|l| !l.contains(x)),
+                "nothing more sent to the kernel on {x}: {sent:?}"
+            );
+            // Without the reload, the waiting decision met the rule when it was due.
+            let skipped = stats.skipped_of(OriginClass::Cscli, Skip::Protected);
+            assert_eq!(skipped, u64::from(!reloaded), "reloaded: {reloaded}");
+        }
     }
 
     /// SPEC §2: a source holding an established connection with this host at ban time
@@ -843,7 +921,7 @@ mod tests {
             session,
         );
         b.apply(ends + 1);
-        assert!(b.give_deferred(ends + 1, session));
+        assert!(b.give_deferred(ends + 1, |_| false, session));
         assert_eq!(origin(&b.book.get(n(waits)).unwrap().reason), "cscli");
         assert!(new_only(&b, waits));
         b.apply(ends + 1);
