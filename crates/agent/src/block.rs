@@ -667,6 +667,11 @@ impl Blocker {
     }
 
     fn remove_lifted(&mut self, now: i64) {
+        // A network banned again since its lift was asked for (a removal that failed
+        // waits here for its retry) keeps its new ban: removing it now would take that
+        // out of the kernel while the book holds it.
+        let book = &self.book;
+        self.lifting.retain(|net| book.get(*net).is_none());
         if self.lifting.is_empty() {
             return;
         }
@@ -2132,6 +2137,55 @@ mod tests {
         assert!(b.apply(4).is_empty(), "not before the retry time");
         let happened = b.apply(5);
         assert!(matches!(&happened[..], [Happened::Blocked(r)] if r.net == n("2001:db8::5")));
+    }
+
+    /// Regression: a removal that failed was retried after its network had been banned
+    /// again (the new ban went in meanwhile), and took the new ban out of the kernel
+    /// while the book and the saved bans held it.
+    #[test]
+    fn a_lift_retried_after_the_network_was_banned_again_leaves_the_new_ban() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        let x = "203.0.113.9";
+        b.scan(ip(x), n(x), &[1, 2, 3, 4], 0, None, false);
+        assert!(matches!(&b.apply(0)[..], [Happened::Blocked(_)]));
+        // The ban expires; removing it from the kernel fails (nft busy).
+        runner.answer(Err(
+            "Error: Could not process rule: Device or resource busy",
+        ));
+        let expired = b.apply(60);
+        assert!(
+            matches!(&expired[..], [Happened::Unblocked(_, "expired")]),
+            "{expired:?}"
+        );
+        // The source scans again and is banned again; at the retry the kernel refuses
+        // once more (the old code's removal, which let the new ban in after it).
+        b.scan(ip(x), n(x), &[5, 6, 7, 8], 61, None, false);
+        b.apply(61);
+        runner.answer(Err(
+            "Error: Could not process rule: Device or resource busy",
+        ));
+        let mut happened = b.apply(65);
+        // Later turns retry what failed.
+        happened.extend(b.apply(70));
+        happened.extend(b.apply(80));
+        assert!(
+            happened.iter().any(|h| matches!(h, Happened::Blocked(_))),
+            "{happened:?}"
+        );
+        assert!(b.book.get(n(x)).is_some());
+        let sent = runner.transcript();
+        let last = sent
+            .iter()
+            .rev()
+            .find(|l| l.contains(x))
+            .expect("changes naming the address");
+        // An addition gives the ban its time; a removal has none.
+        assert!(
+            last.contains("timeout"),
+            "the kernel's last change on {x} took the new ban out: {last}"
+        );
     }
 
     #[test]
