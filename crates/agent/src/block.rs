@@ -1170,8 +1170,11 @@ impl Blocker {
                 );
             }
         };
+        // What this ban absorbs is reported with it, not again by the next apply (which
+        // still reports what was absorbed before).
+        let reported = self.reported.len();
         happened = self.absorb(now);
-        self.reported.clear();
+        self.reported.truncate(reported);
         self.unsaved.retain(|p| p.net != addr);
         let saved = lock(&self.hands).store.save(std::slice::from_ref(&record));
         if let Err(e) = saved {
@@ -2451,6 +2454,30 @@ mod tests {
             runner.transcript()[0].contains("add element inet synwatch banned4 { 198.51.100.80 }"),
             "{:#?}",
             runner.transcript()
+        );
+    }
+
+    #[test]
+    fn a_manual_ban_keeps_the_lifts_a_scans_range_made_before_it_for_the_next_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let (mut b, _) = start(dir.path(), &runner, 0);
+        let (one, net) = ("2001:db8:1:2::77", "2001:db8:1:2::/64");
+        let add = |addr| Request::Add {
+            addr: n(addr),
+            secs: Some(30),
+        };
+        let (reply, _) = b.control(&add(one), 0, |_| None);
+        assert!(reply.ok, "{reply:?}");
+        // A scanner of the same /64 is banned as the /64, which takes the address ban in.
+        b.scan(ip("2001:db8:1:2::9"), n(net), &[1, 2, 3, 4], 1, None, false);
+        // A manual ban before the next report.
+        let (reply, mut happened) = b.control(&add("198.51.100.20"), 1, |_| None);
+        assert!(reply.ok, "{reply:?}");
+        happened.extend(b.apply(2));
+        assert!(
+            happened.contains(&Happened::Unblocked(n(one), "covered")),
+            "the address ban the range took in is reported lifted: {happened:?}"
         );
     }
 
