@@ -35,6 +35,10 @@
 //!   held, data beyond a known end, or a fragment left empty discard the datagram;
 //! - a non-last IPv4 fragment whose length is not a multiple of 8 is trimmed down to one
 //!   (the trimmed bytes are ignored); the same IPv6 fragment is dropped, alone;
+//! - every IPv6 datagram is followed a second time as connection tracking's reassembly
+//!   (`nf_conntrack_reasm.c`) takes it, which Linux uses instead of the stack's whenever
+//!   conntrack is in use, and which takes bad fragments differently
+//!   (`Reassembler::fragment_v6`);
 //! - a fragment whose IP header claims more bytes than its frame held (where the frame's
 //!   length is known, captured whole or not: [`Reassembler::decode_framed`]) is dropped,
 //!   alone, as `ip_rcv_core` and `ip6_rcv_core` drop it before reassembly, and does not
@@ -100,7 +104,7 @@ pub const MAX_FRAGMENT_RANGES: usize = 8192;
 /// The most runs all datagrams together may hold before the oldest datagrams are pushed
 /// out (8 bytes each, 512 KiB). More than the kernel can hold: each fragment it keeps
 /// costs it a socket buffer of several hundred bytes against its 4 MiB budget.
-const MAX_RUNS_HELD: usize = 65_536;
+const MAX_RUNS_HELD: usize = 2 * 65_536;
 
 /// How many bytes of the transport header a datagram keeps: the TCP base header (ports,
 /// data offset, flags); the options are only counted, never read.
@@ -202,6 +206,10 @@ pub struct Reassembler {
     /// Datagrams held as shadows ([`Reassembler::restart`]): while there are none, a
     /// fragment does not look for one (a spoofed flood of first fragments has none).
     shadows: usize,
+    /// IPv6 datagrams held as connection tracking takes them, and their fragment bytes:
+    /// a budget of their own beside the stack's, as the kernel keeps one for each.
+    ct_held: usize,
+    ct_bytes: usize,
     /// Segments a fragment gave beyond the one returned (where a datagram and its
     /// shadows decide differently on it): [`Reassembler::take_extra`].
     extra: Vec<Segment>,
@@ -237,6 +245,9 @@ struct Key {
     /// `ipfrag_max_dist` started it again, followed beside it (see
     /// [`Reassembler::restart`]).
     shadow: u8,
+    /// An IPv6 datagram as connection tracking's reassembly takes it (see
+    /// [`Reassembler::fragment`]), beside the one the stack's own takes.
+    ct: bool,
 }
 
 #[derive(Debug)]
@@ -511,6 +522,8 @@ impl Reassembler {
             runs: 0,
             peers: HashMap::default(),
             shadows: 0,
+            ct_held: 0,
+            ct_bytes: 0,
             extra: Vec::new(),
             pick: {
                 use std::hash::BuildHasher as _;
@@ -591,8 +604,9 @@ impl Reassembler {
                 if now_ns.saturating_sub(oldest.created_ns) <= timeout {
                     break;
                 }
-                self.remove(self.oldest[usize::from(family)]);
-                self.stats.timed_out += 1;
+                let index = self.oldest[usize::from(family)];
+                self.stats.timed_out += u64::from(!self.is_ct(index));
+                self.remove(index);
             }
         }
     }
@@ -615,13 +629,14 @@ impl Reassembler {
 
     pub fn stats(&self) -> ReassemblyStats {
         ReassemblyStats {
-            datagrams_in_use: self.index.len() as u64,
-            bytes_in_use: self.bytes as u64,
+            datagrams_in_use: (self.index.len() - self.ct_held) as u64,
+            bytes_in_use: (self.bytes - self.ct_bytes) as u64,
             ..self.stats
         }
     }
 
-    /// Whether the runs and shadows counted are those the datagrams hold.
+    /// Whether the runs, shadows and second readings counted are those the datagrams
+    /// hold.
     #[cfg(test)]
     fn runs_agree(&self) -> bool {
         let held: usize = self.slots.iter().flatten().map(|d| d.runs.len()).sum();
@@ -631,7 +646,11 @@ impl Reassembler {
             .flatten()
             .filter(|d| d.key.shadow != 0)
             .count();
-        held == self.runs && shadows == self.shadows
+        let ct = self.slots.iter().flatten().filter(|d| d.key.ct);
+        let (ct_held, ct_bytes) = ct.fold((0, 0), |(n, b), d| (n + 1, b + d.meat as usize));
+        held == self.runs
+            && shadows == self.shadows
+            && (ct_held, ct_bytes) == (self.ct_held, self.ct_bytes)
     }
 
     fn slot(&self, index: u32) -> Option<&Datagram> {
@@ -674,10 +693,8 @@ impl Reassembler {
         };
         let start = f.offset;
         let mut end = start + claimed;
-        if f.more && !end.is_multiple_of(8) {
-            if f.v6 {
-                return self.dropped();
-            }
+        let odd = f.more && !end.is_multiple_of(8);
+        if odd && !f.v6 {
             end &= !7;
         }
         if f.v6 && end > IP_MAX {
@@ -705,7 +722,11 @@ impl Reassembler {
             id: f.id,
             proto: if f.v6 { 0 } else { f.next },
             shadow: 0,
+            ct: false,
         };
+        if f.v6 {
+            return self.fragment_v6(key, f, (start, end), upper, now_ns);
+        }
         let Some(index) = self.datagram_for(key, f, (start, end), rid, now_ns) else {
             return self.dropped();
         };
@@ -714,6 +735,75 @@ impl Reassembler {
             return said;
         }
         self.queue_shadows(key, index, f, (start, end), upper, said)
+    }
+
+    /// An IPv6 fragment (bytes `start..end`), taken both ways Linux may take it. Where
+    /// connection tracking is in use in the namespace (any `ct state` rule: synwatch's
+    /// own nftables and iptables rules, most firewalls, container hosts), every IPv6
+    /// fragment goes first to its reassembly (`nf_ct_frag6_gather`), which takes
+    /// fragments the stack's own would refuse and refuses some it would take:
+    /// - a fragment that is not the last and not a multiple of 8 bytes long throws its
+    ///   whole datagram away there, where the stack drops it alone;
+    /// - a second last fragment with another end, a last one ending before data held,
+    ///   data past a known end and an empty fragment are dropped alone there, where the
+    ///   stack throws the datagram away.
+    ///
+    /// Which one the kernel uses cannot be told from the packets (nor, live, from this
+    /// process), so both are followed and a verdict from either counts: a SYN the kernel
+    /// takes is seen whichever it is. A sender who crafts fragments the two take
+    /// differently can make an attempt seen that one kernel did not take; none can hide
+    /// one. The datagrams of the second reading (`Key::ct`) have a budget of their own,
+    /// as the kernel keeps one for each.
+    fn fragment_v6(
+        &mut self,
+        key: Key,
+        f: &Fragment<'_>,
+        (start, end): (u32, u32),
+        upper: Upper,
+        now_ns: u64,
+    ) -> Result<Decoded, DecodeError> {
+        let ct = Key { ct: true, ..key };
+        if f.more && !end.is_multiple_of(8) {
+            if let Some(index) = self.index.get(&ct).copied() {
+                self.remove(index);
+            }
+            return self.dropped();
+        }
+        let said = match self.datagram_for(key, f, (start, end), None, now_ns) {
+            Some(index) => self.queue(index, f, start, end, upper),
+            None => self.dropped(),
+        };
+        let Some(index) = self.datagram_for(ct, f, (start, end), None, now_ns) else {
+            return said;
+        };
+        let got = self.queue(index, f, start, end, upper);
+        let (verdict, gained) = self.either(said, got);
+        self.stats.completed += u64::from(gained);
+        verdict
+    }
+
+    /// The verdict of a fragment on the datagram and on another copy of it (`said` and
+    /// `got`): the first segment, any other kept for [`Reassembler::take_extra`] (the
+    /// copies can hold different bytes for the same range, and the kernel took one of
+    /// them); and whether the copy gave a segment the datagram did not.
+    fn either(
+        &mut self,
+        said: Result<Decoded, DecodeError>,
+        got: Result<Decoded, DecodeError>,
+    ) -> (Result<Decoded, DecodeError>, bool) {
+        match (said, got) {
+            (Ok(Decoded::Segment(first)), Ok(Decoded::Segment(other))) => {
+                let known = |s: &Segment| same_segment(s, &other);
+                let new = !known(&first) && !self.extra.iter().any(known);
+                if new {
+                    self.extra.push(other);
+                }
+                (Ok(Decoded::Segment(first)), new)
+            }
+            (Ok(Decoded::Segment(s)), _) => (Ok(Decoded::Segment(s)), false),
+            (_, Ok(Decoded::Segment(s))) => (Ok(Decoded::Segment(s)), true),
+            (said, _) => (said, false),
+        }
     }
 
     /// The held datagram `key` that fragment `f` (bytes `start..end`) joins: the one held,
@@ -791,19 +881,7 @@ impl Reassembler {
                 continue;
             }
             let got = self.queue(held, f, start, end, upper);
-            said = match (said, got) {
-                (Ok(Decoded::Segment(first)), Ok(Decoded::Segment(other))) => {
-                    let known = |s: &Segment| same_segment(s, &other);
-                    if !known(&first) && !self.extra.iter().any(known) {
-                        self.extra.push(other);
-                    }
-                    Ok(Decoded::Segment(first))
-                }
-                (Ok(Decoded::Segment(s)), _) | (_, Ok(Decoded::Segment(s))) => {
-                    Ok(Decoded::Segment(s))
-                }
-                (said, _) => said,
-            };
+            said = self.either(said, got).0;
         }
         said
     }
@@ -973,6 +1051,10 @@ impl Reassembler {
             return Ok(Decoded::Skipped(Skip::Fragment));
         };
         if d.end_conflicts(end, f.more) || end == start {
+            // Connection tracking drops such a fragment alone (`nf_ct_frag6_queue`).
+            if d.key.ct {
+                return Ok(Decoded::Skipped(Skip::Fragment));
+            }
             return self.discard(index);
         }
         let before = d.runs.len();
@@ -986,6 +1068,7 @@ impl Reassembler {
             }
         }
         let added = d.runs.len() - before;
+        let ct = d.key.ct;
         d.meat += end - start;
         let captured = (f.payload.len() as u32).min(end - start);
         if captured < end - start {
@@ -993,6 +1076,9 @@ impl Reassembler {
         }
         // Accounted before anything can discard the datagram (which takes them back).
         self.bytes += (end - start) as usize;
+        if ct {
+            self.ct_bytes += (end - start) as usize;
+        }
         self.runs += added;
         if !self.take_upper(index, f, (start, captured), upper) {
             return self.discard(index);
@@ -1038,7 +1124,7 @@ impl Reassembler {
             && let Some(judged) = d.judge(complete)
         {
             d.judged = true;
-            if matches!(judged, Ok(Decoded::Segment(_))) {
+            if matches!(judged, Ok(Decoded::Segment(_))) && !d.key.ct {
                 self.stats.completed += 1;
             }
             verdict = judged;
@@ -1050,22 +1136,35 @@ impl Reassembler {
     }
 
     fn discard(&mut self, index: u32) -> Result<Decoded, DecodeError> {
+        // The stack's datagrams are counted; the second reading of one mirrors it.
+        if self.is_ct(index) {
+            self.remove(index);
+            return Ok(Decoded::Skipped(Skip::Fragment));
+        }
         self.remove(index);
         self.dropped()
+    }
+
+    /// Whether datagram `index` is connection tracking's reading of an IPv6 one.
+    fn is_ct(&self, index: u32) -> bool {
+        self.slot(index).is_some_and(|d| d.key.ct)
     }
 
     /// Evicts the oldest datagrams other than `keep` while over the byte budget; false
     /// when `keep` alone is over it (then it is evicted too).
     fn make_room(&mut self, keep: u32) -> bool {
-        while self.bytes > self.limits.max_bytes || self.runs > MAX_RUNS_HELD {
+        while self.bytes - self.ct_bytes > self.limits.max_bytes
+            || self.ct_bytes > self.limits.max_bytes
+            || self.runs > MAX_RUNS_HELD
+        {
             let victim = self.oldest_but(keep);
             if victim == NIL {
+                self.stats.evicted += u64::from(!self.is_ct(keep));
                 self.remove(keep);
-                self.stats.evicted += 1;
                 return false;
             }
+            self.stats.evicted += u64::from(!self.is_ct(victim));
             self.remove(victim);
-            self.stats.evicted += 1;
         }
         true
     }
@@ -1089,13 +1188,21 @@ impl Reassembler {
     }
 
     fn create(&mut self, key: Key, f: &Fragment<'_>, now_ns: u64) -> u32 {
-        while self.index.len() >= self.limits.max_datagrams {
+        let full = |r: &Self| {
+            let held = if key.ct {
+                r.ct_held
+            } else {
+                r.index.len() - r.ct_held
+            };
+            held >= r.limits.max_datagrams
+        };
+        while full(self) {
             let oldest = self.oldest_but(NIL);
             if oldest == NIL {
                 break;
             }
+            self.stats.evicted += u64::from(!self.is_ct(oldest));
             self.remove(oldest);
-            self.stats.evicted += 1;
         }
         let family = usize::from(f.v6);
         let datagram = Datagram {
@@ -1138,6 +1245,7 @@ impl Reassembler {
         }
         self.newest[family] = index;
         self.index.insert(key, index);
+        self.ct_held += usize::from(key.ct);
         if !f.v6 {
             let peer = self.peers.entry(key.src).or_insert_with(|| Peer {
                 // This fragment, which [`Reassembler::fragment`] could not count yet.
@@ -1169,6 +1277,10 @@ impl Reassembler {
         self.index.remove(&d.key);
         if d.key.shadow != 0 {
             self.shadows -= 1;
+        }
+        if d.key.ct {
+            self.ct_held -= 1;
+            self.ct_bytes -= d.meat as usize;
         }
         self.bytes -= d.meat as usize;
         self.runs -= d.runs.len();

@@ -1401,6 +1401,91 @@ fn a_second_ipv6_fragment_header_is_refused_as_linux_refuses_it() {
     ));
 }
 
+/// A TCP header of `flags` with ten words of options (40 bytes: whole only past a
+/// 24-byte first fragment), then 8 bytes of data.
+fn tcp_long(flags: u8) -> Vec<u8> {
+    let mut tcp = tcp_syn(5, 8);
+    tcp[13] = flags;
+    tcp
+}
+
+/// Regression (found by a black-box test against a live kernel): with connection
+/// tracking in use (synwatch's own `ct state` rules load it), Linux reassembles IPv6
+/// fragments by `nf_conntrack_reasm.c`, which takes some bad fragments differently from
+/// the stack's own reassembly. Fragments crafted for the difference made the kernel
+/// answer SYNs that synwatch, following the stack's rules alone, never saw: a whole
+/// port scan hidden. Both readings are followed now.
+#[test]
+fn ipv6_fragments_are_followed_as_connection_tracking_takes_them_too() {
+    let (syn, ack) = (tcp_long(TcpFlags::SYN), tcp_long(TcpFlags::ACK));
+    let v6 = |frags: &[Vec<u8>]| {
+        let mut r = Reassembler::default();
+        let got = feed(&mut r, LinkType::Raw, frags, 0);
+        assert!(r.runs_agree());
+        (flags_of(&got), r.stats())
+    };
+    let syn_flags = Transport::Tcp(TcpFlags(TcpFlags::SYN));
+    // An ACK's head, an odd-length middle (the stack drops it alone; conntrack throws
+    // the datagram away), the SYN's head (a duplicate to the stack), the rest.
+    let (got, stats) = v6(&[
+        v6_frag(1, 6, 0, true, &ack[..24]),
+        v6_frag(1, 6, 24, true, &[0; 4]),
+        v6_frag(1, 6, 0, true, &syn[..24]),
+        v6_frag(1, 6, 24, false, &syn[24..]),
+    ]);
+    let ack_flags = Transport::Tcp(TcpFlags(TcpFlags::ACK));
+    assert_eq!(
+        got,
+        vec![ack_flags, syn_flags],
+        "the stack's datagram is the ACK, conntrack's the SYN"
+    );
+    assert_eq!(stats.completed, 2, "{stats:?}");
+    // The SYN's head, its last fragment, a second last fragment with another end (the
+    // stack throws the datagram away; conntrack drops that fragment alone), the middle.
+    let (got, _) = v6(&[
+        v6_frag(2, 6, 0, true, &syn[..24]),
+        v6_frag(2, 6, 32, false, &syn[32..]),
+        v6_frag(2, 6, 32, false, &syn[32..40]),
+        v6_frag(2, 6, 24, true, &syn[24..32]),
+    ]);
+    assert_eq!(got, vec![syn_flags]);
+    // An empty fragment in between: the stack throws the datagram away, conntrack
+    // drops the empty one alone.
+    let (got, _) = v6(&[
+        v6_frag(3, 6, 0, true, &syn[..24]),
+        v6_frag(3, 6, 8, true, &[]),
+        v6_frag(3, 6, 24, false, &syn[24..]),
+    ]);
+    assert_eq!(got, vec![syn_flags]);
+    // Data past the known end: the same.
+    let (got, _) = v6(&[
+        v6_frag(4, 6, 0, true, &syn[..24]),
+        v6_frag(4, 6, 32, false, &syn[32..]),
+        v6_frag(4, 6, 48, true, &[0; 8]),
+        v6_frag(4, 6, 24, true, &syn[24..32]),
+    ]);
+    assert_eq!(got, vec![syn_flags]);
+    // Where both take the fragments alike, one segment, counted once, and nothing held
+    // after the datagram completes.
+    let (got, stats) = v6(&[
+        v6_frag(5, 6, 24, false, &syn[24..]),
+        v6_frag(5, 6, 0, true, &syn[..24]),
+    ]);
+    assert_eq!(got, vec![syn_flags]);
+    assert_eq!((stats.completed, stats.datagrams_in_use), (1, 0));
+    // An odd-length fragment past 65535 bytes, or one that is a truncated first
+    // fragment, is dropped before either reassembly sees it: conntrack's datagram
+    // stays.
+    let (got, _) = v6(&[
+        v6_frag(6, 6, 0, true, &ack[..24]),
+        v6_frag(6, 6, 65528, true, &[0; 12]),
+        v6_frag(6, 6, 0, true, &syn[..16]),
+        v6_frag(6, 6, 0, true, &syn[..24]),
+        v6_frag(6, 6, 24, false, &syn[24..]),
+    ]);
+    assert_eq!(got, vec![ack_flags]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
