@@ -112,6 +112,11 @@ pub struct Blocker {
     unsaved: Vec<Record>,
     /// Networks to remove from the kernel (or whose removal failed, to retry).
     lifting: Vec<IpNet>,
+    /// Bans the XDP program made by itself that are not kept
+    /// ([`Blocker::confirm_kernel_ban`]): removed like `lifting`, but the program keeps
+    /// its scan track of the source, so that it does not ban it again in the same
+    /// episode.
+    refused: Vec<IpNet>,
     /// Of `pending`, the bans that replace one the kernel may hold (a pulled decision
     /// renewing a ban, a ban put back after a refused change): renewed in the kernel,
     /// where the others, new to it, take a plain add from the writer thread.
@@ -227,6 +232,7 @@ impl Blocker {
             pending: Vec::new(),
             unsaved: Vec::new(),
             lifting: Vec::new(),
+            refused: Vec::new(),
             renewing: std::collections::HashSet::new(),
             reported: Vec::new(),
             retry_at: now,
@@ -558,7 +564,8 @@ impl Blocker {
         }
         // The kernel first, the state file after: a scanner is dropped microseconds
         // after its crossing probe, not after a database commit (milliseconds).
-        if (!self.pending.is_empty() || !self.lifting.is_empty()) && now >= self.retry_at {
+        let lifts = !self.lifting.is_empty() || !self.refused.is_empty();
+        if (!self.pending.is_empty() || lifts) && now >= self.retry_at {
             happened.extend(self.push_to_kernel(now));
         }
         if !self.unsaved.is_empty() && self.writer.is_none() {
@@ -672,13 +679,20 @@ impl Blocker {
         // out of the kernel while the book holds it.
         let book = &self.book;
         self.lifting.retain(|net| book.get(*net).is_none());
-        if self.lifting.is_empty() {
-            return;
+        self.refused.retain(|net| book.get(*net).is_none());
+        if !self.lifting.is_empty() {
+            let result = lock(&self.hands).enforcer.remove(&self.lifting);
+            match result {
+                Ok(()) => self.lifting.clear(),
+                Err(e) => self.failed(&e, self.lifting.len(), "lift", now),
+            }
         }
-        let result = lock(&self.hands).enforcer.remove(&self.lifting);
-        match result {
-            Ok(()) => self.lifting.clear(),
-            Err(e) => self.failed(&e, self.lifting.len(), "lift", now),
+        if !self.refused.is_empty() {
+            let result = lock(&self.hands).enforcer.remove_refused(&self.refused);
+            match result {
+                Ok(()) => self.refused.clear(),
+                Err(e) => self.failed(&e, self.refused.len(), "lift", now),
+            }
         }
     }
 
@@ -1037,8 +1051,11 @@ impl Blocker {
             self.retry_at = self.retry_at.min(now);
             return Confirmed::Kept;
         }
-        if !self.lifting.contains(&addr) {
-            self.lifting.push(addr);
+        // The program keeps its track of the source: banning it again at its next port,
+        // then lifted again, a spoofer could have it cut off any address it forges for
+        // as long as it sends (the cap is there to stop that).
+        if !self.refused.contains(&addr) {
+            self.refused.push(addr);
         }
         self.retry_at = self.retry_at.min(now);
         if waiting {
@@ -2041,6 +2058,99 @@ mod tests {
             b.confirm_kernel_ban(ip("198.51.100.7"), 61, false),
             Confirmed::Lifted
         );
+    }
+
+    /// nftables through the recording runner, noting which networks were lifted as
+    /// refused kernel bans ([`Enforcer::remove_refused`]).
+    struct NotingRefused {
+        inner: Box<dyn Enforcer>,
+        refused: Arc<Mutex<Vec<IpNet>>>,
+    }
+
+    impl Enforcer for NotingRefused {
+        fn backend(&self) -> Backend {
+            self.inner.backend()
+        }
+        fn setup(&mut self, bans: &[synwatch_enforce::Ban]) -> Result<(), EnforceError> {
+            self.inner.setup(bans)
+        }
+        fn add(&mut self, bans: &[synwatch_enforce::Ban]) -> Result<(), EnforceError> {
+            self.inner.add(bans)
+        }
+        fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+            self.inner.remove(nets)
+        }
+        fn remove_refused(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+            self.refused.lock().unwrap().extend_from_slice(nets);
+            self.inner.remove(nets)
+        }
+        fn list(&mut self) -> Result<Vec<synwatch_enforce::KernelBan>, EnforceError> {
+            self.inner.list()
+        }
+        fn counters(&mut self) -> Result<synwatch_enforce::DropCounters, EnforceError> {
+            self.inner.counters()
+        }
+        fn present(&mut self) -> bool {
+            self.inner.present()
+        }
+        fn teardown(&mut self) -> Result<(), EnforceError> {
+            self.inner.teardown()
+        }
+    }
+
+    /// Regression (a black-box test): a kernel ban lifted because the cap refused it
+    /// (or the detector did not decide it) went out as an ordinary removal, which also
+    /// made the XDP program forget its track of the source, so it banned the source again
+    /// at its next ports: a spoofer cut off the addresses it forged for most of the time,
+    /// past the cap. Such a lift is a removal of a refused ban, which keeps the track; an
+    /// expiry is an ordinary removal.
+    #[test]
+    fn a_kernel_ban_the_cap_refuses_is_lifted_as_refused_and_an_expired_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = RecordingRunner::default();
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let inner = open(Backend::Nftables, Scope::All, Box::new(runner.clone()))
+            .expect("nftables opens without a program");
+        let enforcer = Box::new(NotingRefused {
+            inner,
+            refused: Arc::clone(&refused),
+        });
+        let (mut b, _) = Blocker::start(
+            enforcer,
+            &settings(dir.path()),
+            Arc::new(Metrics::default()),
+            0,
+            |_| false,
+        )
+        .unwrap();
+        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
+        b.scan(
+            ip("192.0.2.1"),
+            n("192.0.2.1"),
+            &[1, 2, 3, 4],
+            0,
+            None,
+            false,
+        );
+        b.apply(0);
+        assert_eq!(
+            b.confirm_kernel_ban(ip("192.0.2.1"), 1, false),
+            Confirmed::Waits
+        );
+        assert_eq!(
+            b.confirm_kernel_ban(ip("198.51.100.7"), 1, false),
+            Confirmed::Lifted
+        );
+        b.apply(1);
+        assert_eq!(
+            *refused.lock().unwrap(),
+            vec![n("192.0.2.1"), n("198.51.100.7")]
+        );
+        // The first two bans expire: ordinary removals.
+        b.apply(3600);
+        assert_eq!(refused.lock().unwrap().len(), 2);
+        assert_eq!(b.active(), 0);
     }
 
     #[test]

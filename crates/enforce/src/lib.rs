@@ -234,6 +234,14 @@ pub trait Enforcer: Send {
     /// is not an error.
     fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError>;
 
+    /// Removes bans the XDP program made by itself and the agent does not keep (its cap
+    /// refused them, or its detector did not decide them): as [`Enforcer::remove`], but
+    /// the program keeps its scan track of each source, so that it does not ban the
+    /// source again before the episode ends.
+    fn remove_refused(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.remove(nets)
+    }
+
     /// The bans the kernel holds now.
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError>;
 
@@ -356,6 +364,10 @@ impl Enforcer for Layered {
 
     fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
         self.both(|e| e.remove(nets))
+    }
+
+    fn remove_refused(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.both(|e| e.remove_refused(nets))
     }
 
     /// The first backend's view, with the packets the second dropped added per address.

@@ -8,7 +8,10 @@
 //! moment it ends even before user space deletes the entry. Removing a ban also forgets
 //! the source's in-kernel scan track, as the user-space detector forgets it (for an IPv6
 //! range, the track of the network: the program counts a source per `--ipv6-prefix`
-//! under its network, and bans that itself as a range in `bannet6`).
+//! under its network, and bans that itself as a range in `bannet6`); except removing a
+//! ban the program made by itself that the agent does not keep
+//! ([`Enforcer::remove_refused`]), whose track stays, so that the program does not make
+//! it again before the source's episode ends.
 //!
 //! The maps live as long as the program: they are not a firewall that outlives the
 //! agent, so `--keep-rules-on-exit` does not keep XDP bans; the next start restores them
@@ -153,6 +156,38 @@ impl XdpBans {
         nets.extend(self.bannet6.keys().filter_map(Result::ok).filter_map(net6));
         self.remove(&nets)
     }
+
+    /// Removes the bans on `nets`, and the program's scan tracks of their sources where
+    /// `forget` (see [`Enforcer::remove_refused`]).
+    fn remove_with(&mut self, nets: &[IpNet], forget: bool) -> Result<(), EnforceError> {
+        let mut first = Ok(());
+        for &net in nets {
+            let (ban, track) = match keyed(net) {
+                Keyed::V4(k) if forget => (self.ban4.remove(&k), self.track4.remove(&k)),
+                Keyed::V4(k) => (self.ban4.remove(&k), Ok(())),
+                Keyed::V6(k) if forget => (self.ban6.remove(&k), self.track6.remove(&k)),
+                Keyed::V6(k) => (self.ban6.remove(&k), Ok(())),
+                Keyed::Net4(k) => (self.bannet4.remove(&k), Ok(())),
+                // The program tracks a source counted per prefix under its network.
+                Keyed::Net6(k) if forget => {
+                    (self.bannet6.remove(&k), self.track6.remove(&k.data()))
+                }
+                Keyed::Net6(k) => (self.bannet6.remove(&k), Ok(())),
+            };
+            for (map, result) in [("ban", ban), ("track", track)] {
+                if let Err(e) = result
+                    && !missing(&e)
+                    && first.is_ok()
+                {
+                    first = Err(failed(map, "remove an address", &e));
+                }
+            }
+        }
+        if nets.iter().any(|n| !is_host(*n)) {
+            first = first.and(self.note_ranges());
+        }
+        first
+    }
 }
 
 fn net4(k: Key<[u8; 4]>) -> Option<IpNet> {
@@ -231,28 +266,11 @@ impl Enforcer for XdpBans {
     }
 
     fn remove(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
-        let mut first = Ok(());
-        for &net in nets {
-            let (ban, track) = match keyed(net) {
-                Keyed::V4(k) => (self.ban4.remove(&k), self.track4.remove(&k)),
-                Keyed::V6(k) => (self.ban6.remove(&k), self.track6.remove(&k)),
-                Keyed::Net4(k) => (self.bannet4.remove(&k), Ok(())),
-                // The program tracks a source counted per prefix under its network.
-                Keyed::Net6(k) => (self.bannet6.remove(&k), self.track6.remove(&k.data())),
-            };
-            for (map, result) in [("ban", ban), ("track", track)] {
-                if let Err(e) = result
-                    && !missing(&e)
-                    && first.is_ok()
-                {
-                    first = Err(failed(map, "remove an address", &e));
-                }
-            }
-        }
-        if nets.iter().any(|n| !is_host(*n)) {
-            first = first.and(self.note_ranges());
-        }
-        first
+        self.remove_with(nets, true)
+    }
+
+    fn remove_refused(&mut self, nets: &[IpNet]) -> Result<(), EnforceError> {
+        self.remove_with(nets, false)
     }
 
     fn list(&mut self) -> Result<Vec<KernelBan>, EnforceError> {

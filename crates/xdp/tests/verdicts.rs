@@ -536,6 +536,33 @@ fn in_kernel_detection_follows_max_ports_and_ipv6() {
     assert_eq!(xdp.test_run(&syn4(OTHER, 16)).unwrap(), Verdict::Drop);
 }
 
+/// Regression (a black-box test): a ban the program made by itself that the agent
+/// lifted (its cap refused the scan) also forgot the program's track of the source, so
+/// a spoofer forging SYNs "from" any address to new ports had the program ban it again
+/// every few packets, and cut it off for most of the time, past the cap. A ban lifted as
+/// refused keeps the track, and the program does not ban the source again in the same
+/// episode; one lifted otherwise (expired, removed) starts it afresh.
+#[test]
+fn a_kernel_ban_lifted_as_refused_is_not_made_again_in_the_same_episode() {
+    let mut xdp = load(detecting(1));
+    let mut bans = xdp.bans().unwrap();
+    let target = IpNet::from(IpAddr::from(SCANNER));
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 1)).unwrap(), Verdict::Pass);
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 2)).unwrap(), Verdict::Drop);
+    bans.remove_refused(&[target]).unwrap();
+    for port in 3..=20 {
+        assert_eq!(
+            xdp.test_run(&syn4(SCANNER, port)).unwrap(),
+            Verdict::Pass,
+            "port {port}: banned again in the episode"
+        );
+    }
+    // Removed as a ban ends: the source's next scan is banned again.
+    bans.remove(&[target]).unwrap();
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 21)).unwrap(), Verdict::Pass);
+    assert_eq!(xdp.test_run(&syn4(SCANNER, 22)).unwrap(), Verdict::Drop);
+}
+
 #[test]
 fn with_scope_new_a_ban_drops_only_new_connections_and_probes() {
     let mut xdp = load(Options {
