@@ -94,6 +94,9 @@ pub enum Step {
         says: &'static str,
         then: Box<Step>,
     },
+    /// Run (`iptables -S CHAIN`); fails the plan unless its output lists exactly `rules`
+    /// rules (`-A` lines).
+    Rules { list: Command, rules: usize },
 }
 
 fn ipt(program: &'static str, args: &[&str], what: impl Into<String>) -> Command {
@@ -344,6 +347,21 @@ pub fn check_plan(scope: Scope) -> Vec<Step> {
                 format!("look for the jump from {hook}"),
             )));
         }
+        // And no other rule in the chain: one put in before synwatch's (`-I SYNWATCH 1
+        // -j RETURN`) lets banned sources through as surely as a deleted one.
+        let rules = SETS
+            .iter()
+            .filter(|(p, ..)| *p == program)
+            .map(|&(_, set, _, new_only)| drop_rules(scope, set, new_only).len())
+            .sum();
+        plan.push(Step::Rules {
+            list: ipt(
+                program,
+                &["-S", CHAIN],
+                format!("list the rules of the {CHAIN} chain ({program})"),
+            ),
+            rules,
+        });
     }
     plan
 }
@@ -479,6 +497,19 @@ impl Iptables {
                 Ok(out) if out.contains(says) => self.step(then),
                 _ => Ok(()),
             },
+            Step::Rules { list, rules } => {
+                let out = self.runner.run(list)?;
+                let listed = out.lines().filter(|l| l.starts_with("-A ")).count();
+                if listed == *rules {
+                    Ok(())
+                } else {
+                    Err(EnforceError::Output {
+                        program: list.program.to_string(),
+                        what: list.what.clone(),
+                        detail: format!("{listed} rules where synwatch set up {rules}"),
+                    })
+                }
+            }
         }
     }
 
@@ -622,9 +653,29 @@ mod tests {
     fn a_flushed_set_or_chain_or_a_removed_jump_is_noticed_cheaply() {
         let runner = RecordingRunner::default();
         let mut ipt = Iptables::new(Scope::New, Box::new(runner.clone()));
+        // `iptables -S SYNWATCH` of each family: two sets, two rules each.
+        let listing = |rules: usize| {
+            let mut text = String::from("-N SYNWATCH\n");
+            for _ in 0..rules {
+                text.push_str("-A SYNWATCH -m set --match-set synwatch4 src -j DROP\n");
+            }
+            text
+        };
+        let (four, five) = (listing(4), listing(5));
+        let answers = |rules: &str| {
+            for n in 0..18 {
+                match n {
+                    14 | 17 => runner.answer(Ok(rules)),
+                    _ => runner.answer(Ok("")),
+                }
+            }
+        };
+        answers(&four);
         assert!(ipt.intact());
         let t = runner.transcript();
-        assert_eq!(t.len(), 16, "{t:#?}");
+        assert_eq!(t.len(), 18, "{t:#?}");
+        assert_eq!(t[14], "iptables -w -S SYNWATCH");
+        assert_eq!(t[17], "ip6tables -w -S SYNWATCH");
         assert_eq!(t[0], "ipset -q test synwatch4 0.0.0.1");
         assert_eq!(
             t[1],
@@ -648,6 +699,11 @@ mod tests {
         runner.answer(Err(
             "iptables: Bad rule (does a matching rule exist in that chain?).",
         ));
+        assert!(!ipt.intact());
+        // Regression: a rule put in before synwatch's (`iptables -I SYNWATCH 1 -j
+        // RETURN`) let banned sources through, and every rule check still passed.
+        runner.answers.lock().unwrap().clear();
+        answers(&five);
         assert!(!ipt.intact());
     }
 

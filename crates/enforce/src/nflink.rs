@@ -59,6 +59,11 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+/// The verdict code of `drop` (`NF_DROP`).
+pub const NF_DROP: i32 = 0;
 
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
@@ -73,13 +78,15 @@ const CHANGES_PER_BATCH: usize = 1_000;
 /// one request must fit the receive buffer (ENOBUFS past it).
 const IPSET_PER_REQUEST: usize = 100;
 
-/// One rule as the kernel holds it: its chain, the sets it looks up, its counters.
+/// One rule as the kernel holds it: its chain, the sets it looks up, its counters, the
+/// verdict codes it sets (`drop` is [`NF_DROP`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleInfo {
     pub chain: String,
     pub sets: Vec<String>,
     pub packets: u64,
     pub bytes: u64,
+    pub verdicts: Vec<i32>,
 }
 
 /// Why a look failed.
@@ -410,6 +417,13 @@ fn be64(payload: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// The verdict code an immediate expression's data holds, if it holds a verdict.
+fn verdict(data: &[u8]) -> Option<i32> {
+    let (_, v) = attrs(data).find(|(k, _)| *k == NFTA_DATA_VERDICT)?;
+    let (_, code) = attrs(v).find(|(k, _)| *k == NFTA_VERDICT_CODE)?;
+    Some(i32::from_be_bytes(code.get(..4)?.try_into().ok()?))
+}
+
 /// One rule from the attributes of a NEWRULE message.
 fn rule(data: &[u8]) -> RuleInfo {
     let mut info = RuleInfo::default();
@@ -432,6 +446,9 @@ fn rule(data: &[u8]) -> RuleInfo {
                             ("lookup", NFTA_LOOKUP_SET) => info.sets.push(text(p)),
                             ("counter", NFTA_COUNTER_PACKETS) => info.packets += be64(p),
                             ("counter", NFTA_COUNTER_BYTES) => info.bytes += be64(p),
+                            ("immediate", NFTA_IMMEDIATE_DATA) => {
+                                info.verdicts.extend(verdict(p));
+                            }
                             _ => {}
                         }
                     }
@@ -688,11 +705,18 @@ mod tests {
         let mut counter = Vec::new();
         put_attr(&mut counter, NFTA_COUNTER_BYTES, &bytes.to_be_bytes());
         put_attr(&mut counter, NFTA_COUNTER_PACKETS, &packets.to_be_bytes());
+        let mut code = Vec::new();
+        put_attr(&mut code, NFTA_VERDICT_CODE, &NF_DROP.to_be_bytes());
+        let mut verdict = Vec::new();
+        put_attr(&mut verdict, NFTA_DATA_VERDICT | NLA_F_NESTED, &code);
+        let mut immediate = Vec::new();
+        put_attr(&mut immediate, NFTA_IMMEDIATE_DATA | NLA_F_NESTED, &verdict);
         let mut exprs = Vec::new();
         for (name, data) in [
             ("payload", Vec::new()),
             ("lookup", lookup),
             ("counter", counter),
+            ("immediate", immediate),
         ] {
             let mut e = Vec::new();
             put_str(&mut e, NFTA_EXPR_NAME, name);
@@ -731,13 +755,15 @@ mod tests {
                     chain: "input".into(),
                     sets: vec!["banned4".into()],
                     packets: 3,
-                    bytes: 180
+                    bytes: 180,
+                    verdicts: vec![NF_DROP],
                 },
                 RuleInfo {
                     chain: "forward".into(),
                     sets: vec!["banned6".into()],
                     packets: 1,
-                    bytes: 80
+                    bytes: 80,
+                    verdicts: vec![NF_DROP],
                 },
             ]
         );

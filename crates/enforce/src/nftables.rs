@@ -122,15 +122,29 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     s
 }
 
-/// Whether the rules as the kernel holds them are synwatch's: in each base chain, a rule
-/// looking up each set.
-pub fn rules_intact(rules: &[RuleInfo]) -> bool {
-    ["input", "forward"].iter().all(|chain| {
-        SETS.iter().all(|(set, ..)| {
-            rules
-                .iter()
-                .any(|r| r.chain == *chain && r.sets.iter().any(|s| s == set))
+/// Whether the rules as the kernel holds them are synwatch's, as set up for `scope`: in
+/// each base chain, a rule looking up each set, as many rules as were set up and no
+/// other, and each of them one lookup and a drop. A rule replaced by one that accepts, or
+/// one put in before them (`nft insert rule ... accept`), lets banned sources through
+/// as surely as a deleted one.
+pub fn rules_intact(rules: &[RuleInfo], scope: Scope) -> bool {
+    let per_chain: usize = SETS
+        .iter()
+        .map(|&(_, _, new_only, _)| {
+            if new_only || scope == Scope::New {
+                2
+            } else {
+                1
+            }
         })
+        .sum();
+    ["input", "forward"].iter().all(|chain| {
+        let mine = || rules.iter().filter(|r| r.chain == *chain);
+        mine().count() == per_chain
+            && mine().all(|r| r.sets.len() == 1 && r.verdicts == [crate::nflink::NF_DROP])
+            && SETS
+                .iter()
+                .all(|(set, ..)| mine().any(|r| r.sets.iter().any(|s| s == set)))
     })
 }
 
@@ -412,7 +426,7 @@ impl Nftables {
             Err(LookError::Absent) => return Some(false),
             Err(LookError::Failed(_)) => return None,
         };
-        if !rules_intact(&rules) {
+        if !rules_intact(&rules, self.scope) {
             return Some(false);
         }
         for (set, ty, ..) in SETS {
@@ -642,6 +656,8 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
         }
     }
 
+    /// The rules set up for `Scope::All`: one a set, two for a set of bans on new
+    /// connections only.
     fn synwatch_rules() -> Vec<RuleInfo> {
         let mut rules = Vec::new();
         for chain in ["input", "forward"] {
@@ -649,10 +665,14 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                 (SET4, 2),
                 (SET6, 1),
                 (SET4_NEW, 0),
+                (SET4_NEW, 0),
+                (SET6_NEW, 0),
                 (SET6_NEW, 0),
                 (NET4, 0),
                 (NET6, 0),
                 (NET4_NEW, 0),
+                (NET4_NEW, 0),
+                (NET6_NEW, 0),
                 (NET6_NEW, 0),
             ] {
                 rules.push(RuleInfo {
@@ -660,6 +680,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                     sets: vec![set.into()],
                     packets,
                     bytes: packets * 60,
+                    verdicts: vec![crate::nflink::NF_DROP],
                 });
             }
         }
@@ -712,6 +733,28 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                 .collect(),
         );
         assert!(!nft.intact());
+        // Regression: a rule that accepts in place of one of synwatch's (`nft replace
+        // rule ... accept`), or put in before them (`nft insert rule ... accept`), let
+        // banned sources through unnoticed.
+        set_up(&look);
+        look.0.lock().unwrap().rules = Some({
+            let mut rules = synwatch_rules();
+            rules[0].verdicts = vec![1];
+            rules
+        });
+        assert!(!nft.intact(), "a rule that accepts");
+        set_up(&look);
+        look.0.lock().unwrap().rules = Some({
+            let mut rules = synwatch_rules();
+            let accept = RuleInfo {
+                chain: "input".into(),
+                verdicts: vec![1],
+                ..RuleInfo::default()
+            };
+            rules.insert(0, accept);
+            rules
+        });
+        assert!(!nft.intact(), "a rule put in before them");
         // Nothing ran nft.
         assert!(runner.transcript().is_empty(), "{:?}", runner.transcript());
         // A look that fails is no evidence of tampering: nft is asked.

@@ -391,6 +391,10 @@ fn nftables_flushed_sets_and_chains_come_back() {
                 &["nft", "delete", "chain", "inet", "synwatch", "input"],
             ],
             &[&["nft", "delete", "table", "inet", "synwatch"]],
+            // Regression: rules that accept, before synwatch's, went unnoticed.
+            &[&[
+                "nft", "insert", "rule", "inet", "synwatch", "input", "accept",
+            ]],
         ],
     );
 }
@@ -404,6 +408,8 @@ fn iptables_flushed_chain_ipset_and_removed_jump_come_back() {
             &[&["iptables", "-w", "-F", "SYNWATCH"]],
             &[&["ipset", "flush", "synwatch4"]],
             &[&["iptables", "-w", "-D", "INPUT", "-j", "SYNWATCH"]],
+            // Regression: a rule put in before synwatch's went unnoticed.
+            &[&["iptables", "-w", "-I", "SYNWATCH", "1", "-j", "RETURN"]],
         ],
     );
 }
