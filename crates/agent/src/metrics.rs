@@ -222,7 +222,9 @@ impl Metrics {
                 })
                 .chain((0..spare).map(|_| InterfaceMetrics::default()))
                 .collect(),
-            reassembly: (0..=interfaces.len())
+            // A slot for every interface slot, spares included, and the XDP ring's
+            // reader last (at `interfaces.len()` of the metrics' own list).
+            reassembly: (0..=interfaces.len() + spare)
                 .map(|_| Mutex::new(ReassemblyStats::default()))
                 .collect(),
             heartbeat: AtomicI64::new(crate::clock::now()),
@@ -1063,6 +1065,26 @@ mod tests {
         let mut reply = String::new();
         s.read_to_string(&mut reply).expect("read");
         reply
+    }
+
+    /// Regression: with spare interface slots (the every-interface watch, the default),
+    /// the XDP ring's reader recorded its reassembly in a slot that did not exist, and
+    /// `synwatch_fragments_total` stayed 0 under `--source xdp`.
+    #[test]
+    fn the_xdp_readers_reassembly_counts_beside_spare_interface_slots() {
+        let m = Metrics::with_spare(&["eth0".to_owned()], crate::links::SPARE_SLOTS);
+        let stats = ReassemblyStats {
+            fragments: 7,
+            completed: 2,
+            ..ReassemblyStats::default()
+        };
+        m.record_reassembly(m.interfaces.len(), stats);
+        let text = m.render();
+        assert!(text.contains("synwatch_fragments_total 7"), "{text}");
+        assert!(
+            text.contains("synwatch_reassembled_datagrams_total 2"),
+            "{text}"
+        );
     }
 
     #[test]
