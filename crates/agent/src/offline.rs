@@ -193,11 +193,13 @@ impl Offline {
                 format!("{addr} is not blocked"),
             ));
         };
-        self.store.delete(&[addr], true)?;
+        // The kernel first: where it refuses, the ban stays saved, listed and lifted by a
+        // second try (or the next start), not left dropping traffic unlisted.
         if let Some(k) = self.kernel.as_mut() {
             k.remove(&[addr])
-                .context("removed from the saved bans, but the kernel refused")?;
+                .context("the kernel refused to lift the ban; it stays saved")?;
         }
+        self.store.delete(&[addr], true)?;
         let mut reply = Reply::ok(&self.backend);
         reply.bans = vec![view(&record, None)];
         Ok(reply)
@@ -206,14 +208,15 @@ impl Offline {
     fn flush(&mut self) -> Result<Reply> {
         let records = self.book.flush();
         let addrs: Vec<IpNet> = records.iter().map(|r| r.net).collect();
-        self.store.delete(&addrs, true)?;
+        // The kernel first (see `remove`).
         if let Some(k) = self.kernel.as_mut() {
             // Also whatever the kernel holds that the state does not.
             let mut all = addrs.clone();
             all.extend(k.list().unwrap_or_default().into_iter().map(|b| b.net));
             k.remove(&all)
-                .context("flushed the saved bans, but the kernel refused")?;
+                .context("the kernel refused to lift the bans; they stay saved")?;
         }
+        self.store.delete(&addrs, true)?;
         let mut reply = Reply::ok(&self.backend);
         reply.bans = records.iter().map(|r| view(r, None)).collect();
         Ok(reply)

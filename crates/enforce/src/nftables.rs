@@ -234,6 +234,12 @@ pub fn add_script(bans: &[Ban]) -> String {
 /// The script that removes `addrs`; adding first makes removing an absent (for instance
 /// just expired) element harmless instead of failing the whole batch.
 pub fn remove_script(nets: &[IpNet]) -> String {
+    // Each network once, in the form the sets hold: an element named twice in one
+    // `delete element` fails the whole transaction (the second finds nothing), and so
+    // every removal in it.
+    let mut nets: Vec<IpNet> = nets.iter().map(|&n| ban_net(n)).collect();
+    nets.sort_unstable();
+    nets.dedup();
     let bans: Vec<Ban> = nets
         .iter()
         .map(|&net| Ban {
@@ -961,6 +967,23 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
              delete element inet synwatch banned6_new { 2001:db8::1 }\n"
         );
         assert_eq!(remove_script(&[]), "");
+        // Regression: `blocks flush` with no agent running named each ban twice (the
+        // saved list and the kernel's), `delete element` failed on the second, and the
+        // whole transaction with it: every ban stayed in the kernel.
+        let net = |s: &str| crate::parse_net(s).unwrap();
+        let twice = remove_script(&[
+            net("192.0.2.9"),
+            net("198.51.100.0/24"),
+            net("::ffff:192.0.2.9"),
+            net("192.0.2.9"),
+            net("198.51.100.0/24"),
+        ]);
+        assert_eq!(
+            twice,
+            remove_script(&[net("192.0.2.9"), net("198.51.100.0/24")]),
+            "{twice}"
+        );
+        assert!(twice.contains("delete element inet synwatch banned4 { 192.0.2.9 }\n"));
     }
 
     #[test]
