@@ -186,6 +186,17 @@ pub fn parse_duration(text: &str) -> std::result::Result<Nanos, String> {
     Nanos::try_from(total).map_err(|_| "too large".to_owned())
 }
 
+/// A duration in nanoseconds as [`parse_duration`] reads it back exactly: in the largest
+/// unit that holds it whole (`90s`, `1500us`).
+pub fn nanos_text(n: Nanos) -> String {
+    for (unit, scale) in [("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
+        if n % scale == 0 {
+            return format!("{}{unit}", n / scale);
+        }
+    }
+    format!("{n}ns")
+}
+
 /// The effective configuration as TOML, as `--print-config` shows it (the diagnostics
 /// options are the binary's to add).
 /// `format` is the event format's name.
@@ -194,18 +205,14 @@ pub fn to_toml(d: &Config, run: &Settings, format: &str) -> String {
         let quoted: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
         format!("[{}]", quoted.join(", "))
     };
-    let window = if d.window % 1_000_000_000 == 0 {
-        format!("{}s", d.window / 1_000_000_000)
-    } else {
-        format!("{}ms", d.window / 1_000_000)
-    };
+    let window = nanos_text(d.window);
     let b = &run.blocking;
     format!(
         "max_ports = {}\nwindow = \"{window}\"\nlocal = {}\nallow = {}\nno_allow_local = {}\n\
          direction = \"{}\"\nformat = \"{}\"\nmax_sources = {}\nipv6_prefix = {}\nmax_hosts = {}\n\
-         answer_wait = \"{}ms\"\niface = {}\nsource = \"{}\"\n\
+         answer_wait = \"{}\"\niface = {}\nsource = \"{}\"\n\
          xdp_mode = \"{}\"\n\
-         poll = \"{}ms\"\nblock = \"{}\"\n\
+         poll = \"{}\"\nblock = \"{}\"\n\
          block_scope = \"{}\"\nban = \"{}\"\nban_max = \"{}\"\nban_rate = {}\nstate_dir = \"{}\"\n\
          keep_rules_on_exit = {}\ndry_run = {}\n\
          metrics_addr = \"{}\"\nlog_limit_source = {}\nlog_limit_global = {}\n",
@@ -222,11 +229,11 @@ pub fn to_toml(d: &Config, run: &Settings, format: &str) -> String {
         d.max_sources,
         d.ipv6_prefix,
         d.max_hosts,
-        d.answer_wait / 1_000_000,
+        nanos_text(d.answer_wait),
         list(run.ifaces.clone()),
         run.source.as_str(),
         run.xdp_mode.as_str(),
-        run.poll.as_millis(),
+        nanos_text(Nanos::try_from(run.poll.as_nanos()).unwrap_or(Nanos::MAX)),
         run.block.as_str(),
         match b.scope {
             Scope::All => "all",

@@ -140,6 +140,29 @@ fn print_config_shows_the_layered_configuration_as_toml() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // Regression: durations under a millisecond were printed rounded down (`1us` as
+    // `0ms`, which the printed file then refused).
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--iface", "lo", "--print-config"])
+        .args(["--window", "1us", "--answer-wait", "2500us"])
+        .output()
+        .expect("run synwatch");
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    for line in ["window = \"1us\"", "answer_wait = \"2500us\""] {
+        assert!(text.lines().any(|l| l == line), "lacks {line}:\n{text}");
+    }
+    std::fs::write(&again, &text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
+        .args(["run", "--print-config", "--config"])
+        .arg(&again)
+        .output()
+        .expect("run synwatch");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 }
 
 #[test]
