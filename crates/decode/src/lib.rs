@@ -728,6 +728,49 @@ fn decode_ipv6<'a>(
     }
 }
 
+/// An IPv6 packet's atomic fragment header (offset 0, no more fragments: RFC 6946), the
+/// first fragment header of its chain, as a fragment: the stack walks through it as
+/// [`decode`] does, but connection tracking's reassembly takes it as a fragment like any
+/// other (see `Reassembler::atomic_for_conntrack`). `None` for any other packet.
+pub(crate) fn atomic_fragment_v6(link: LinkType, data: &[u8]) -> Option<FragmentAt<'_>> {
+    let (ethertype, at) = match link {
+        LinkType::Ethernet => behind_tags(data, be16(data, 12)?, 14).ok()?,
+        LinkType::LinuxSll => behind_tags(data, be16(data, 14)?, 16).ok()?,
+        LinkType::LinuxSll2 => behind_tags(data, be16(data, 0)?, 20).ok()?,
+        LinkType::Raw | LinkType::Ipv6 => (ETHERTYPE_IPV6, 0),
+        LinkType::Null | LinkType::Loop => (ETHERTYPE_IPV6, 4),
+        LinkType::Ipv4 => return None,
+    };
+    let ip = data.get(at..)?;
+    if ethertype != ETHERTYPE_IPV6 || ip.first()? >> 4 != 6 {
+        return None;
+    }
+    let payload_len = usize::from(be16(ip, 4)?);
+    if payload_len == 0 {
+        return None;
+    }
+    let ip = ip.get(..(40 + payload_len).min(ip.len()))?;
+    let (mut next, mut at) = (*ip.get(6)?, 40usize);
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        let ext = ip.get(at..at + 2)?;
+        match next {
+            0 | 43 | 60 => at += (usize::from(ext[1]) + 1) * 8,
+            51 => at += (usize::from(ext[1]) + 2) * 4,
+            44 => {
+                ip.get(at..at + 8)?;
+                let atomic = be16(ip, at + 2)? & 0xfff9 == 0;
+                return atomic.then_some(FragmentAt {
+                    ip,
+                    frag_at: at as u32,
+                });
+            }
+            _ => return None,
+        }
+        next = ext[0];
+    }
+    None
+}
+
 /// The segment of a packet the capture cut short, where [`decode`] found its TCP or
 /// UDP header cut: `data` holds the first bytes of a packet that had `wire_len` bytes on
 /// the wire (a pcap record's original length). An old capture's snap length (tcpdump

@@ -75,10 +75,12 @@
 //! rule that a hop-by-hop header comes first, and chains longer than [`CHAIN_CAP`].
 //!
 //! Bounds: at most [`ReassemblyLimits::max_datagrams`] datagrams and
-//! [`ReassemblyLimits::max_bytes`] bytes of fragment data accounted (the payload lengths of
+//! [`ReassemblyLimits::max_bytes`] bytes of fragment data accounted, and as much again for
+//! the IPv6 datagrams as connection tracking takes them, each budget evicting from its
+//! own datagrams (the payload lengths of
 //! the fragments each datagram took, what the kernel would be holding for it; this table
 //! itself keeps only a fixed entry of under 256 bytes per datagram, plus 8 bytes a run
-//! past the first four), and at most 65,536 runs in all; past any of these, the oldest
+//! past the first four), and at most 131,072 runs in all; past any of these, the oldest
 //! datagrams are evicted. No datagram needs more than [`MAX_FRAGMENT_RANGES`] runs, the
 //! most 8-byte pieces 65,535 bytes hold (Linux has no limit of its own: its 4 MiB budget
 //! runs out first). The IPv4 sources with datagrams held keep a fragment count for
@@ -122,6 +124,19 @@ const NIL: u32 = u32::MAX;
 /// Copies of one datagram followed beside it, each as it was before one time
 /// `ipfrag_max_dist` started it again ([`Reassembler::restart`]).
 const MAX_SHADOWS: u8 = 8;
+
+/// The lists of held datagrams: IPv4, IPv6 as the stack takes it, IPv6 as connection
+/// tracking takes it.
+const POOLS: usize = 3;
+/// The pools of the stack's own reassembly, which share one budget (as before the
+/// second IPv6 reading was followed), and the pool of connection tracking's.
+const STACK: [usize; 2] = [0, 1];
+const CONNTRACK: [usize; 1] = [2];
+
+/// The pool of a datagram of this family (`v6`) and reading (`ct`).
+fn pool(v6: bool, ct: bool) -> usize {
+    if ct { 2 } else { usize::from(v6) }
+}
 
 /// How much a [`Reassembler`] may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,10 +209,11 @@ pub struct Reassembler {
     slots: Vec<Option<Datagram>>,
     free: Vec<u32>,
     /// Both ends of the lists of held datagrams in creation order (`older`/`newer`
-    /// links), one list per family (index `v6 as usize`): each has one timeout, so each
-    /// list is also in the order its datagrams time out.
-    oldest: [u32; 2],
-    newest: [u32; 2],
+    /// links), one list per pool ([`pool`]: IPv4, IPv6 as the stack takes it, IPv6 as
+    /// connection tracking does): each has one timeout, so each list is also in the order
+    /// its datagrams time out, and each budget evicts from its own pools.
+    oldest: [u32; POOLS],
+    newest: [u32; POOLS],
     bytes: usize,
     /// Runs held by all datagrams together (see [`MAX_RUNS_HELD`]).
     runs: usize,
@@ -516,8 +532,8 @@ impl Reassembler {
             ),
             slots: Vec::new(),
             free: Vec::new(),
-            oldest: [NIL; 2],
-            newest: [NIL; 2],
+            oldest: [NIL; POOLS],
+            newest: [NIL; POOLS],
             bytes: 0,
             runs: 0,
             peers: HashMap::default(),
@@ -557,7 +573,8 @@ impl Reassembler {
     ) -> Result<Decoded, DecodeError> {
         self.uncaptured = None;
         self.extra.clear();
-        parse(link, data, |at| self.fragment(&at.read(), now_ns))
+        let verdict = parse(link, data, |at| self.fragment(&at.read(), now_ns));
+        self.atomic_for_conntrack(link, data, now_ns, verdict)
     }
 
     /// A further segment the last packet decoded gave, if any: where a datagram that
@@ -592,19 +609,78 @@ impl Reassembler {
     ) -> Result<Decoded, DecodeError> {
         self.uncaptured = Some(wire_len.saturating_sub(data.len()));
         self.extra.clear();
-        parse(link, data, |at| self.fragment(&at.read(), now_ns))
+        let verdict = parse(link, data, |at| self.fragment(&at.read(), now_ns));
+        self.atomic_for_conntrack(link, data, now_ns, verdict)
+    }
+
+    /// An IPv6 packet with an atomic fragment header (RFC 6946): the stack takes it
+    /// whole (`verdict`, from the walk through it), but connection tracking's reassembly
+    /// queues it like any fragment, under its id. Meeting a datagram it holds under that
+    /// id, it is dropped alone where its end conflicts, and otherwise overlaps the data
+    /// held and throws the datagram away: a junk head, an atomic packet, then the real
+    /// SYN's pieces with the same id have the kernel answer the SYN. Only while
+    /// conntrack's reading holds a datagram does a packet cost a look for one.
+    #[inline]
+    fn atomic_for_conntrack(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        now_ns: u64,
+        verdict: Result<Decoded, DecodeError>,
+    ) -> Result<Decoded, DecodeError> {
+        if self.ct_held == 0 {
+            return verdict;
+        }
+        self.atomic_held(link, data, now_ns, verdict)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn atomic_held(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        now_ns: u64,
+        verdict: Result<Decoded, DecodeError>,
+    ) -> Result<Decoded, DecodeError> {
+        let Some(f) = crate::atomic_fragment_v6(link, data).map(|at| at.read()) else {
+            return verdict;
+        };
+        let Some(claimed) = f.claimed.filter(|&c| c <= IP_MAX) else {
+            return verdict;
+        };
+        self.expire(now_ns);
+        let key = Key {
+            src: f.src,
+            dst: f.dst,
+            id: f.id,
+            proto: 0,
+            shadow: 0,
+            ct: true,
+        };
+        let Some(index) = self.index.get(&key).copied() else {
+            return verdict;
+        };
+        let upper = match first_v6_upper(&f, claimed) {
+            Ok(Some(upper)) => upper,
+            _ => return verdict,
+        };
+        let got = self.queue(index, &f, 0, claimed, upper);
+        let (verdict, gained) = self.either(verdict, got);
+        self.stats.completed += u64::from(gained);
+        verdict
     }
 
     /// Drops the datagrams whose first fragment came more than the timeout before
     /// `now_ns`. Also done on every fragment [`Reassembler::decode`] sees.
     pub fn expire(&mut self, now_ns: u64) {
-        for family in [false, true] {
-            let timeout = self.limits.timeout(family);
-            while let Some(oldest) = self.slot(self.oldest[usize::from(family)]) {
+        for list in 0..POOLS {
+            let timeout = self.limits.timeout(list != 0);
+            while let Some(oldest) = self.slot(self.oldest[list]) {
                 if now_ns.saturating_sub(oldest.created_ns) <= timeout {
                     break;
                 }
-                let index = self.oldest[usize::from(family)];
+                let index = self.oldest[list];
                 self.stats.timed_out += u64::from(!self.is_ct(index));
                 self.remove(index);
             }
@@ -614,13 +690,12 @@ impl Reassembler {
     /// When the oldest datagram times out (the first `now_ns` at which
     /// [`Reassembler::expire`] drops it), or `None` when nothing is held.
     pub fn next_expiry_ns(&self) -> Option<u64> {
-        [false, true]
-            .into_iter()
-            .filter_map(|family| {
-                let d = self.slot(self.oldest[usize::from(family)])?;
+        (0..POOLS)
+            .filter_map(|list| {
+                let d = self.slot(self.oldest[list])?;
                 Some(
                     d.created_ns
-                        .saturating_add(self.limits.timeout(family))
+                        .saturating_add(self.limits.timeout(list != 0))
                         .saturating_add(1),
                 )
             })
@@ -751,9 +826,11 @@ impl Reassembler {
     /// Which one the kernel uses cannot be told from the packets (nor, live, from this
     /// process), so both are followed and a verdict from either counts: a SYN the kernel
     /// takes is seen whichever it is. A sender who crafts fragments the two take
-    /// differently can make an attempt seen that one kernel did not take; none can hide
-    /// one. The datagrams of the second reading (`Key::ct`) have a budget of their own,
-    /// as the kernel keeps one for each.
+    /// differently can make an attempt seen that one kernel did not take. The datagrams
+    /// of the second reading (`Key::ct`) have a budget of their own, as the kernel keeps
+    /// one for each; an empty fragment creates one there (conntrack keeps the end it
+    /// gives), and an atomic fragment meets it ([`Reassembler::atomic_for_conntrack`]).
+    /// Not followed: conntrack also keys a datagram by its interface and zone.
     fn fragment_v6(
         &mut self,
         key: Key,
@@ -835,15 +912,17 @@ impl Reassembler {
                     }
                 } else {
                     self.remove(index);
-                    self.stats.timed_out += 1;
-                    if end == start {
+                    self.stats.timed_out += u64::from(!key.ct);
+                    if end == start && !key.ct {
                         return None;
                     }
                     self.create(key, f, now_ns)
                 }
             }
-            // A fragment that would discard a new datagram at once creates none.
-            None if end == start => return None,
+            // A fragment that would discard a new datagram at once creates none; to
+            // connection tracking it is dropped alone, from a datagram it creates and
+            // keeps (with the end a last one gives: `nf_ct_frag6_queue`).
+            None if end == start && !key.ct => return None,
             None => self.create(key, f, now_ns),
         })
     }
@@ -1153,11 +1232,19 @@ impl Reassembler {
     /// Evicts the oldest datagrams other than `keep` while over the byte budget; false
     /// when `keep` alone is over it (then it is evicted too).
     fn make_room(&mut self, keep: u32) -> bool {
-        while self.bytes - self.ct_bytes > self.limits.max_bytes
-            || self.ct_bytes > self.limits.max_bytes
-            || self.runs > MAX_RUNS_HELD
-        {
-            let victim = self.oldest_but(keep);
+        loop {
+            // Each budget evicts from its own pools only: junk one reading throws away
+            // at once (and the kernel with it) must not push the other's datagrams out.
+            let pools: &[usize] = if self.bytes - self.ct_bytes > self.limits.max_bytes {
+                &STACK
+            } else if self.ct_bytes > self.limits.max_bytes {
+                &CONNTRACK
+            } else if self.runs > MAX_RUNS_HELD {
+                &[0, 1, 2]
+            } else {
+                return true;
+            };
+            let victim = self.oldest_but(keep, pools);
             if victim == NIL {
                 self.stats.evicted += u64::from(!self.is_ct(keep));
                 self.remove(keep);
@@ -1166,13 +1253,13 @@ impl Reassembler {
             self.stats.evicted += u64::from(!self.is_ct(victim));
             self.remove(victim);
         }
-        true
     }
 
     /// The oldest datagram of either family other than `keep` (`NIL` if none).
-    fn oldest_but(&self, keep: u32) -> u32 {
-        let head = |family: usize| {
-            let i = self.oldest[family];
+    /// The oldest datagram of the lists `pools` other than `keep` (`NIL` if none).
+    fn oldest_but(&self, keep: u32, pools: &[usize]) -> u32 {
+        let head = |list: usize| {
+            let i = self.oldest[list];
             let i = if i == keep {
                 self.slot(keep).map_or(NIL, |d| d.newer)
             } else {
@@ -1180,11 +1267,11 @@ impl Reassembler {
             };
             self.slot(i).map(|d| (d.created_ns, i))
         };
-        match (head(0), head(1)) {
-            (Some(a), Some(b)) => a.min(b).1,
-            (Some((_, i)), None) | (None, Some((_, i))) => i,
-            (None, None) => NIL,
-        }
+        pools
+            .iter()
+            .filter_map(|&list| head(list))
+            .min()
+            .map_or(NIL, |(_, i)| i)
     }
 
     fn create(&mut self, key: Key, f: &Fragment<'_>, now_ns: u64) -> u32 {
@@ -1196,15 +1283,16 @@ impl Reassembler {
             };
             held >= r.limits.max_datagrams
         };
+        let pools: &[usize] = if key.ct { &CONNTRACK } else { &STACK };
         while full(self) {
-            let oldest = self.oldest_but(NIL);
+            let oldest = self.oldest_but(NIL, pools);
             if oldest == NIL {
                 break;
             }
             self.stats.evicted += u64::from(!self.is_ct(oldest));
             self.remove(oldest);
         }
-        let family = usize::from(f.v6);
+        let family = pool(f.v6, key.ct);
         let datagram = Datagram {
             key,
             v6: f.v6,
@@ -1265,7 +1353,7 @@ impl Reassembler {
         let Some(d) = self.slots.get_mut(index as usize).and_then(Option::take) else {
             return;
         };
-        let family = usize::from(d.v6);
+        let family = pool(d.v6, d.key.ct);
         match self.slot_mut(d.older) {
             Some(older) => older.newer = d.newer,
             None => self.oldest[family] = d.newer,

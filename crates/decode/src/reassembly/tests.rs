@@ -1486,6 +1486,71 @@ fn ipv6_fragments_are_followed_as_connection_tracking_takes_them_too() {
     assert_eq!(got, vec![ack_flags]);
 }
 
+/// Regressions (a review of the test above's fix): three more ways the kernel with
+/// conntrack took a SYN that neither reading made.
+#[test]
+fn conntrack_keeps_an_empty_fragments_end_meets_atomic_fragments_and_evicts_its_own() {
+    let syn = Transport::Tcp(TcpFlags(TcpFlags::SYN));
+    let mut ack = tcp_syn(0, 4);
+    ack[13] = TcpFlags::ACK;
+    let real = tcp_syn(0, 12);
+    // An empty last fragment: the stack creates nothing; conntrack keeps a datagram that
+    // knows its end (24), which the ACK's head then completes; the SYN's head starts a
+    // new one there, a duplicate to the stack's datagram.
+    let mut r = Reassembler::default();
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v6_frag(1, 6, 24, false, &[]),
+            v6_frag(1, 6, 0, true, &ack[..24]),
+            v6_frag(1, 6, 0, true, &real[..24]),
+            v6_frag(1, 6, 24, false, &real[24..]),
+        ],
+        0,
+    );
+    assert!(flags_of(&got).contains(&syn), "{got:?}");
+    assert!(r.runs_agree());
+    // An atomic fragment with the id of a datagram conntrack holds: the stack takes it
+    // whole, conntrack queues it, it overlaps (it ends past the data held: one ending
+    // before would be dropped alone), and the datagram goes; the SYN's head then starts
+    // a new one.
+    let mut long_ack = tcp_syn(0, 12);
+    long_ack[13] = TcpFlags::ACK;
+    let mut r = Reassembler::default();
+    let got = feed(
+        &mut r,
+        LinkType::Raw,
+        &[
+            v6_frag(2, 6, 0, true, &ack[..24]),
+            v6_frag(2, 6, 0, false, &long_ack),
+            v6_frag(2, 6, 0, true, &real[..24]),
+            v6_frag(2, 6, 24, false, &real[24..]),
+        ],
+        0,
+    );
+    assert!(flags_of(&got).contains(&syn), "{got:?}");
+    assert!(r.runs_agree());
+    // Junk the stack keeps and conntrack throws away at once (a head, then an odd-length
+    // middle) fills the stack's budget: it evicts the stack's datagrams only, not
+    // conntrack's reading of a real SYN whose header is not whole yet.
+    let long = tcp_long(TcpFlags::SYN);
+    let mut r = Reassembler::new(ReassemblyLimits {
+        max_datagrams: 4,
+        ..ReassemblyLimits::default()
+    });
+    let mut frags = vec![v6_frag(100, 6, 0, true, &long[..24])];
+    for id in 200..210 {
+        frags.push(v6_frag(id, 6, 0, true, &ack[..24]));
+        frags.push(v6_frag(id, 6, 24, true, &[0; 4]));
+    }
+    frags.push(v6_frag(100, 6, 24, false, &long[24..]));
+    let got = feed(&mut r, LinkType::Raw, &frags, 0);
+    assert!(flags_of(&got).contains(&syn), "{got:?}");
+    assert!(r.stats().evicted > 0, "the stack's budget was spent");
+    assert!(r.runs_agree());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
