@@ -663,6 +663,9 @@ int synwatch_xdp(struct xdp_md *ctx)
 	__u32 ihl = 0, total = 0, frag = 0;
 	/* Bytes a raw record may carry (step 3). */
 	__u32 raw_cap = RAW_CAP;
+	/* Whether a packet handed up raw may start a TCP connection here, whole or once
+	 * reassembled: what a ban on new connections only must drop (see raw:). */
+	int may_be_syn = 1;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cur;
@@ -754,13 +757,28 @@ int synwatch_xdp(struct xdp_md *ctx)
 				return XDP_PASS;
 			if (next != IPPROTO_TCP || (frag & 0x1fff) * 8 >= 60)
 				raw_cap = FRAG_HEAD;
+			/* Only a TCP datagram's first fragment: without it the kernel
+			 * completes nothing, and other protocols' fragments (IKE, large DNS
+			 * answers) are no new connection. */
+			may_be_syn = next == IPPROTO_TCP && !(frag & 0x1fff);
 			goto raw;
 		}
 		off = ihl;
 	} else {
 		lim = total == 0 ? avail : (40 + total < avail ? 40 + total : avail);
 		/* Any extension header, and a source decode refuses: user space judges. */
-		if (next == IPPROTO_FRAGMENT || is_ipv6_ext(next) || is_refused_v6_source(ev.src))
+		if (next == IPPROTO_FRAGMENT) {
+			/* As for IPv4: only a first fragment of what may be TCP (its next
+			 * header TCP, or another extension header) may start a connection. */
+			__u8 *fh = (__u8 *)cur + sizeof(struct ipv6hdr);
+			if ((void *)(fh + 8) <= data_end) {
+				__u16 foff = ((__u16)fh[2] << 8 | fh[3]) & 0xfff8;
+				may_be_syn = foff == 0 && (fh[0] == IPPROTO_TCP || is_ipv6_ext(fh[0]) ||
+							   fh[0] == IPPROTO_FRAGMENT);
+			}
+			goto raw;
+		}
+		if (is_ipv6_ext(next) || is_refused_v6_source(ev.src))
 			goto raw;
 		off = sizeof(struct ipv6hdr);
 	}
@@ -862,10 +880,11 @@ int synwatch_xdp(struct xdp_md *ctx)
 raw:
 	/* Not judged here, nor counted toward a scan: user space reassembles and decides.
 	 * From a source banned for new connections only (a session holder, or
-	 * CFG_SCOPE_NEW) it is dropped: whether a fragment or a segment behind IPv6
-	 * extension headers is a SYN cannot be told here, and passed, `nmap -f` reached
-	 * the stack through the ban. A session's own TCP segments come whole. */
-	if (b && !is_allowed) {
+	 * CFG_SCOPE_NEW), what may start a TCP connection is dropped: whether a first
+	 * fragment or a segment behind IPv6 extension headers is a SYN cannot be told
+	 * here, and passed, `nmap -f` reached the stack through the ban. A session's own
+	 * TCP segments come whole; its other fragments pass. */
+	if (b && !is_allowed && may_be_syn) {
 		b->packets++; /* per CPU races only undercount */
 		b->bytes += len;
 		count(slot, C_DROPPED, 1);

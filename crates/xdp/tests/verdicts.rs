@@ -13,8 +13,8 @@ use ipnet::IpNet;
 
 use synwatch_enforce::{Ban, Enforcer};
 use synwatch_testkit::packet::{
-    Ipv4, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_v4, tcp_v6,
-    tcp_v6_ext, udp_v4,
+    Ipv4, Ipv6, Ipv6Ext, Tcp, ethernet, ethernet_qinq, ethernet_vlan, ethernet_with, tcp_v4,
+    tcp_v6, tcp_v6_ext, udp_v4,
 };
 use synwatch_xdp::{Counter, Detection, Event, Options, Record, Ring, Verdict, Xdp};
 
@@ -631,19 +631,34 @@ fn fragments_are_handed_up_raw_and_passed_unless_their_source_is_banned() {
         assert_eq!(xdp.test_run(f).unwrap(), Verdict::Drop);
     }
     assert!(records(&mut ring).1.is_empty());
-    // ...and so are they when it is banned for new connections only (regression: they
-    // were passed, and `nmap -sS -f` reached the stack through the ban): whether a
-    // fragment is a SYN cannot be told here, and a session's TCP segments come whole.
+    // ...and so is a TCP datagram's first fragment when it is banned for new
+    // connections only (regression: it was passed, and `nmap -sS -f` reached the stack
+    // through the ban): whether it is a SYN cannot be told here, and a session's TCP
+    // segments come whole. The rest complete nothing without it and go up; so does
+    // another protocol's first fragment (its sessions live on).
     xdp.configure(Options {
         scope_new: true,
         same_attempt_ns: 0,
         ..observe_only()
     })
     .unwrap();
-    for f in &frags {
-        assert_eq!(xdp.test_run(f).unwrap(), Verdict::Drop);
+    assert_eq!(xdp.test_run(&frags[0]).unwrap(), Verdict::Drop);
+    for f in &frags[1..] {
+        assert_eq!(xdp.test_run(f).unwrap(), Verdict::Pass);
     }
-    assert!(records(&mut ring).1.is_empty());
+    assert_eq!(records(&mut ring).1.len(), 2);
+    let udp = Ipv4::new(SCANNER, VICTIM).fragments(17, &[7u8; 64], 16);
+    assert_eq!(xdp.test_run(&ethernet(&udp[0])).unwrap(), Verdict::Pass);
+    // IPv6 the same way: a first fragment of TCP is dropped, of UDP passed.
+    let src: Ipv6Addr = "2001:db8::9".parse().unwrap();
+    let dst: Ipv6Addr = "2001:db8:77:1::10".parse().unwrap();
+    bans.add(&[ban("2001:db8::9", None)]).unwrap();
+    let first = |protocol| {
+        let ip = Ipv6::new(src, dst).fragment(0, true);
+        ethernet(&ip.encode(protocol, &[7u8; 24]))
+    };
+    assert_eq!(xdp.test_run(&first(6)).unwrap(), Verdict::Drop);
+    assert_eq!(xdp.test_run(&first(17)).unwrap(), Verdict::Pass);
     // A whole segment of its session still passes.
     let ack = ethernet(&tcp_v4(SCANNER, 40000, VICTIM, 22, ACK, 10));
     assert_eq!(xdp.test_run(&ack).unwrap(), Verdict::Pass);
