@@ -82,6 +82,9 @@ const IPSET_PER_REQUEST: usize = 100;
 /// verdict codes it sets (`drop` is [`NF_DROP`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleInfo {
+    /// Its table (a dump asked for one table gives only that table's rules, but kernels
+    /// that ignored the filter gave every table's).
+    pub table: String,
     pub chain: String,
     pub sets: Vec<String>,
     pub packets: u64,
@@ -429,6 +432,7 @@ fn rule(data: &[u8]) -> RuleInfo {
     let mut info = RuleInfo::default();
     for (kind, payload) in attrs(data) {
         match kind {
+            NFTA_RULE_TABLE => info.table = text(payload),
             NFTA_RULE_CHAIN => info.chain = text(payload),
             NFTA_RULE_EXPRESSIONS => {
                 for (_, expr) in attrs(payload).filter(|(k, _)| *k == NFTA_LIST_ELEM) {
@@ -752,6 +756,7 @@ mod tests {
             rules,
             vec![
                 RuleInfo {
+                    table: "synwatch".into(),
                     chain: "input".into(),
                     sets: vec!["banned4".into()],
                     packets: 3,
@@ -759,6 +764,7 @@ mod tests {
                     verdicts: vec![NF_DROP],
                 },
                 RuleInfo {
+                    table: "synwatch".into(),
                     chain: "forward".into(),
                     sets: vec!["banned6".into()],
                     packets: 1,

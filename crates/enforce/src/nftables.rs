@@ -139,7 +139,8 @@ pub fn rules_intact(rules: &[RuleInfo], scope: Scope) -> bool {
         })
         .sum();
     ["input", "forward"].iter().all(|chain| {
-        let mine = || rules.iter().filter(|r| r.chain == *chain);
+        let ours = |r: &&RuleInfo| r.table.is_empty() || r.table == TABLE;
+        let mine = || rules.iter().filter(ours).filter(|r| r.chain == *chain);
         mine().count() == per_chain
             && mine().all(|r| r.sets.len() == 1 && r.verdicts == [crate::nflink::NF_DROP])
             && SETS
@@ -682,6 +683,7 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
                 (NET6_NEW, 0),
             ] {
                 rules.push(RuleInfo {
+                    table: TABLE.into(),
                     chain: chain.into(),
                     sets: vec![set.into()],
                     packets,
@@ -761,6 +763,19 @@ add element inet synwatch banned6 { 2001:db8::7 }\n";
             rules
         });
         assert!(!nft.intact(), "a rule put in before them");
+        // Another table's rules, where a kernel dumped every table's: not synwatch's.
+        set_up(&look);
+        look.0.lock().unwrap().rules = Some({
+            let mut rules = synwatch_rules();
+            rules.push(RuleInfo {
+                table: "filter".into(),
+                chain: "input".into(),
+                verdicts: vec![1],
+                ..RuleInfo::default()
+            });
+            rules
+        });
+        assert!(nft.intact(), "another table's rule");
         // Nothing ran nft.
         assert!(runner.transcript().is_empty(), "{:?}", runner.transcript());
         // A look that fails is no evidence of tampering: nft is asked.
