@@ -728,11 +728,14 @@ fn decode_ipv6<'a>(
     }
 }
 
-/// An IPv6 packet's atomic fragment header (offset 0, no more fragments: RFC 6946), the
-/// first fragment header of its chain, as a fragment: the stack walks through it as
-/// [`decode`] does, but connection tracking's reassembly takes it as a fragment like any
-/// other (see `Reassembler::atomic_for_conntrack`). `None` for any other packet.
-pub(crate) fn atomic_fragment_v6(link: LinkType, data: &[u8]) -> Option<FragmentAt<'_>> {
+/// An IPv6 packet's first fragment header, found as connection tracking's reassembly
+/// finds it (`find_prev_fhdr`: extension headers stepped over by their lengths, none
+/// judged), as a fragment. Conntrack takes two kinds of packet the stack's walk does not
+/// give reassembly: one whose fragment header is atomic (offset 0, no more fragments:
+/// RFC 6946; the stack walks through it, as [`decode`] does), and one behind an
+/// extension header the stack refuses (`Reassembler::for_conntrack`). `None` for any
+/// other packet.
+pub(crate) fn fragment_header_v6(link: LinkType, data: &[u8]) -> Option<FragmentAt<'_>> {
     let (ethertype, at) = match link {
         LinkType::Ethernet => behind_tags(data, be16(data, 12)?, 14).ok()?,
         LinkType::LinuxSll => behind_tags(data, be16(data, 14)?, 16).ok()?,
@@ -758,8 +761,7 @@ pub(crate) fn atomic_fragment_v6(link: LinkType, data: &[u8]) -> Option<Fragment
             51 => at += (usize::from(ext[1]) + 2) * 4,
             44 => {
                 ip.get(at..at + 8)?;
-                let atomic = be16(ip, at + 2)? & 0xfff9 == 0;
-                return atomic.then_some(FragmentAt {
+                return Some(FragmentAt {
                     ip,
                     frag_at: at as u32,
                 });

@@ -226,6 +226,9 @@ pub struct Reassembler {
     /// a budget of their own beside the stack's, as the kernel keeps one for each.
     ct_held: usize,
     ct_bytes: usize,
+    /// The fragment being taken is one only conntrack's reading takes (behind an
+    /// extension header the stack refuses: [`Reassembler::for_conntrack`]).
+    only_ct: bool,
     /// Segments a fragment gave beyond the one returned (where a datagram and its
     /// shadows decide differently on it): [`Reassembler::take_extra`].
     extra: Vec<Segment>,
@@ -540,6 +543,7 @@ impl Reassembler {
             shadows: 0,
             ct_held: 0,
             ct_bytes: 0,
+            only_ct: false,
             extra: Vec::new(),
             pick: {
                 use std::hash::BuildHasher as _;
@@ -574,7 +578,7 @@ impl Reassembler {
         self.uncaptured = None;
         self.extra.clear();
         let verdict = parse(link, data, |at| self.fragment(&at.read(), now_ns));
-        self.atomic_for_conntrack(link, data, now_ns, verdict)
+        self.for_conntrack(link, data, now_ns, verdict)
     }
 
     /// A further segment the last packet decoded gave, if any: where a datagram that
@@ -610,7 +614,56 @@ impl Reassembler {
         self.uncaptured = Some(wire_len.saturating_sub(data.len()));
         self.extra.clear();
         let verdict = parse(link, data, |at| self.fragment(&at.read(), now_ns));
-        self.atomic_for_conntrack(link, data, now_ns, verdict)
+        self.for_conntrack(link, data, now_ns, verdict)
+    }
+
+    /// What connection tracking's reassembly takes of a packet the stack's reassembly
+    /// did not get (`verdict` is the stack's): an IPv6 fragment behind an extension
+    /// header the stack refuses (a destination option whose type says discard, a
+    /// routing header with segments left), which conntrack queues before the stack looks
+    /// at those headers, so its overlap can throw away junk held for a SYN's id; and an
+    /// atomic fragment ([`Reassembler::atomic_for_conntrack`]). Only a refused packet, or
+    /// one while conntrack's reading holds a datagram, costs a look.
+    #[inline]
+    fn for_conntrack(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        now_ns: u64,
+        verdict: Result<Decoded, DecodeError>,
+    ) -> Result<Decoded, DecodeError> {
+        let refused = matches!(verdict, Err(DecodeError::BadIpv6Extension));
+        if self.ct_held == 0 && !refused {
+            return verdict;
+        }
+        self.conntrack_only(link, data, now_ns, verdict)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn conntrack_only(
+        &mut self,
+        link: LinkType,
+        data: &[u8],
+        now_ns: u64,
+        verdict: Result<Decoded, DecodeError>,
+    ) -> Result<Decoded, DecodeError> {
+        let Some(f) = crate::fragment_header_v6(link, data).map(|at| at.read()) else {
+            return verdict;
+        };
+        if f.offset == 0 && !f.more {
+            return self.atomic_for_conntrack(&f, now_ns, verdict);
+        }
+        if !matches!(verdict, Err(DecodeError::BadIpv6Extension)) {
+            return verdict;
+        }
+        self.only_ct = true;
+        let got = self.fragment(&f, now_ns);
+        self.only_ct = false;
+        match got {
+            Ok(Decoded::Segment(s)) => Ok(Decoded::Segment(s)),
+            _ => verdict,
+        }
     }
 
     /// An IPv6 packet with an atomic fragment header (RFC 6946): the stack takes it
@@ -618,34 +671,13 @@ impl Reassembler {
     /// queues it like any fragment, under its id. Meeting a datagram it holds under that
     /// id, it is dropped alone where its end conflicts, and otherwise overlaps the data
     /// held and throws the datagram away: a junk head, an atomic packet, then the real
-    /// SYN's pieces with the same id have the kernel answer the SYN. Only while
-    /// conntrack's reading holds a datagram does a packet cost a look for one.
-    #[inline]
+    /// SYN's pieces with the same id have the kernel answer the SYN.
     fn atomic_for_conntrack(
         &mut self,
-        link: LinkType,
-        data: &[u8],
+        f: &Fragment<'_>,
         now_ns: u64,
         verdict: Result<Decoded, DecodeError>,
     ) -> Result<Decoded, DecodeError> {
-        if self.ct_held == 0 {
-            return verdict;
-        }
-        self.atomic_held(link, data, now_ns, verdict)
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn atomic_held(
-        &mut self,
-        link: LinkType,
-        data: &[u8],
-        now_ns: u64,
-        verdict: Result<Decoded, DecodeError>,
-    ) -> Result<Decoded, DecodeError> {
-        let Some(f) = crate::atomic_fragment_v6(link, data).map(|at| at.read()) else {
-            return verdict;
-        };
         let Some(claimed) = f.claimed.filter(|&c| c <= IP_MAX) else {
             return verdict;
         };
@@ -661,11 +693,11 @@ impl Reassembler {
         let Some(index) = self.index.get(&key).copied() else {
             return verdict;
         };
-        let upper = match first_v6_upper(&f, claimed) {
+        let upper = match first_v6_upper(f, claimed) {
             Ok(Some(upper)) => upper,
             _ => return verdict,
         };
-        let got = self.queue(index, &f, 0, claimed, upper);
+        let got = self.queue(index, f, 0, claimed, upper);
         let (verdict, gained) = self.either(verdict, got);
         self.stats.completed += u64::from(gained);
         verdict
@@ -840,15 +872,24 @@ impl Reassembler {
         now_ns: u64,
     ) -> Result<Decoded, DecodeError> {
         let ct = Key { ct: true, ..key };
+        let skipped = Ok(Decoded::Skipped(Skip::Fragment));
         if f.more && !end.is_multiple_of(8) {
             if let Some(index) = self.index.get(&ct).copied() {
                 self.remove(index);
             }
-            return self.dropped();
+            return if self.only_ct {
+                skipped
+            } else {
+                self.dropped()
+            };
         }
-        let said = match self.datagram_for(key, f, (start, end), None, now_ns) {
-            Some(index) => self.queue(index, f, start, end, upper),
-            None => self.dropped(),
+        let said = if self.only_ct {
+            skipped
+        } else {
+            match self.datagram_for(key, f, (start, end), None, now_ns) {
+                Some(index) => self.queue(index, f, start, end, upper),
+                None => self.dropped(),
+            }
         };
         let Some(index) = self.datagram_for(ct, f, (start, end), None, now_ns) else {
             return said;
