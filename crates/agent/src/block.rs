@@ -2006,6 +2006,15 @@ mod tests {
         assert_eq!(b.metrics.bans_delayed.load(Ordering::Relaxed), 1);
     }
 
+    /// Two scans banned at time 0, which spend the cap (two a minute), and a third,
+    /// 192.0.2.1, waiting for it.
+    fn two_banned_and_one_waiting(b: &mut Blocker) {
+        for src in ["10.1.0.1", "10.2.0.1", "192.0.2.1"] {
+            b.scan(ip(src), n(src), &[1, 2, 3, 4], 0, None, false);
+        }
+        b.apply(0);
+    }
+
     /// The red team's F3: the XDP program bans by itself, with no cap; a ban of a
     /// scan the cap made wait is lifted again and the scan waits like any other.
     #[test]
@@ -2013,17 +2022,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runner = RecordingRunner::default();
         let (mut b, _) = start(dir.path(), &runner, 0);
-        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(
-            ip("192.0.2.1"),
-            n("192.0.2.1"),
-            &[1, 2, 3, 4],
-            0,
-            None,
-            false,
-        ); // waits
-        b.apply(0);
+        two_banned_and_one_waiting(&mut b);
         let before = runner.transcript().len();
         // The XDP program banned it by itself: over the cap, so lifted; it waits.
         assert_eq!(
@@ -2123,17 +2122,7 @@ mod tests {
             |_| false,
         )
         .unwrap();
-        b.scan(ip("10.1.0.1"), n("10.1.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(ip("10.2.0.1"), n("10.2.0.1"), &[1, 2, 3, 4], 0, None, false);
-        b.scan(
-            ip("192.0.2.1"),
-            n("192.0.2.1"),
-            &[1, 2, 3, 4],
-            0,
-            None,
-            false,
-        );
-        b.apply(0);
+        two_banned_and_one_waiting(&mut b);
         assert_eq!(
             b.confirm_kernel_ban(ip("192.0.2.1"), 1, false),
             Confirmed::Waits

@@ -128,18 +128,7 @@ fn print_config_shows_the_layered_configuration_as_toml() {
     }
     // What it prints is a config file that gives the same configuration.
     let again = dir.path().join("printed.toml");
-    std::fs::write(&again, &text).expect("write");
-    let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
-        .args(["run", "--print-config", "--config"])
-        .arg(&again)
-        .output()
-        .expect("run synwatch");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    reads_back(&again, &text);
     // Regression: durations under a millisecond were printed rounded down (`1us` as
     // `0ms`, which the printed file then refused).
     let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
@@ -151,10 +140,16 @@ fn print_config_shows_the_layered_configuration_as_toml() {
     for line in ["window = \"1us\"", "answer_wait = \"2500us\""] {
         assert!(text.lines().any(|l| l == line), "lacks {line}:\n{text}");
     }
-    std::fs::write(&again, &text).expect("write");
+    reads_back(&again, &text);
+}
+
+/// That `text`, printed by `--print-config` and written to `file`, gives the same
+/// configuration as a config file.
+fn reads_back(file: &std::path::Path, text: &str) {
+    std::fs::write(file, text).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_synwatch"))
         .args(["run", "--print-config", "--config"])
-        .arg(&again)
+        .arg(file)
         .output()
         .expect("run synwatch");
     assert!(
