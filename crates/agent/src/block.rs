@@ -1469,6 +1469,19 @@ mod tests {
         .unwrap()
     }
 
+    /// A blocker at time 0 over `enforcer`, nothing protected.
+    fn with_enforcer(dir: &std::path::Path, enforcer: Box<dyn Enforcer>) -> Blocker {
+        Blocker::start(
+            enforcer,
+            &settings(dir),
+            Arc::new(Metrics::default()),
+            0,
+            |_| false,
+        )
+        .unwrap()
+        .0
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
@@ -1479,14 +1492,7 @@ mod tests {
         let runner = RecordingRunner::default();
         let enforcer = open(Backend::Iptables, Scope::All, Box::new(runner.clone()))
             .expect("iptables opens without a program");
-        let (mut b, _) = Blocker::start(
-            enforcer,
-            &settings(dir.path()),
-            Arc::new(Metrics::default()),
-            0,
-            |_| false,
-        )
-        .unwrap();
+        let mut b = with_enforcer(dir.path(), enforcer);
         let add = |secs| Request::Add {
             addr: n("198.51.100.7"),
             secs: Some(secs),
@@ -2114,14 +2120,7 @@ mod tests {
             inner,
             refused: Arc::clone(&refused),
         });
-        let (mut b, _) = Blocker::start(
-            enforcer,
-            &settings(dir.path()),
-            Arc::new(Metrics::default()),
-            0,
-            |_| false,
-        )
-        .unwrap();
+        let mut b = with_enforcer(dir.path(), enforcer);
         two_banned_and_one_waiting(&mut b);
         assert_eq!(
             b.confirm_kernel_ban(ip("192.0.2.1"), 1, false),
