@@ -756,6 +756,14 @@ pub(crate) fn fragment_header_v6(link: LinkType, data: &[u8]) -> Option<Fragment
     let (mut next, mut at) = (*ip.get(6)?, 40usize);
     for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
         let ext = ip.get(at..at + 2)?;
+        // A first hop-by-hop header the stack refuses drops the packet on arrival
+        // (`ip6_rcv_core`), before conntrack sees it.
+        if next == 0 && at == 40 {
+            let header = ip.get(at..at + (usize::from(ext[1]) + 1) * 8)?;
+            if ipv6_header_refused(0, header, at, true, ip) {
+                return None;
+            }
+        }
         match next {
             0 | 43 | 60 => at += (usize::from(ext[1]) + 1) * 8,
             51 => at += (usize::from(ext[1]) + 2) * 4,

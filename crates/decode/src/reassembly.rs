@@ -80,7 +80,7 @@
 //! own datagrams (the payload lengths of
 //! the fragments each datagram took, what the kernel would be holding for it; this table
 //! itself keeps only a fixed entry of under 256 bytes per datagram, plus 8 bytes a run
-//! past the first four), and at most 131,072 runs in all; past any of these, the oldest
+//! past the first four), and at most 65,536 runs for each reading; past any of these, the oldest
 //! datagrams are evicted. No datagram needs more than [`MAX_FRAGMENT_RANGES`] runs, the
 //! most 8-byte pieces 65,535 bytes hold (Linux has no limit of its own: its 4 MiB budget
 //! runs out first). The IPv4 sources with datagrams held keep a fragment count for
@@ -106,7 +106,7 @@ pub const MAX_FRAGMENT_RANGES: usize = 8192;
 /// The most runs all datagrams together may hold before the oldest datagrams are pushed
 /// out (8 bytes each, 512 KiB). More than the kernel can hold: each fragment it keeps
 /// costs it a socket buffer of several hundred bytes against its 4 MiB budget.
-const MAX_RUNS_HELD: usize = 2 * 65_536;
+const MAX_RUNS_HELD: usize = 65_536;
 
 /// How many bytes of the transport header a datagram keeps: the TCP base header (ports,
 /// data offset, flags); the options are only counted, never read.
@@ -226,6 +226,8 @@ pub struct Reassembler {
     /// a budget of their own beside the stack's, as the kernel keeps one for each.
     ct_held: usize,
     ct_bytes: usize,
+    /// Of `runs`, those of conntrack's reading (each reading has [`MAX_RUNS_HELD`]).
+    ct_runs: usize,
     /// The fragment being taken is one only conntrack's reading takes (behind an
     /// extension header the stack refuses: [`Reassembler::for_conntrack`]).
     only_ct: bool,
@@ -543,6 +545,7 @@ impl Reassembler {
             shadows: 0,
             ct_held: 0,
             ct_bytes: 0,
+            ct_runs: 0,
             only_ct: false,
             extra: Vec::new(),
             pick: {
@@ -754,10 +757,12 @@ impl Reassembler {
             .filter(|d| d.key.shadow != 0)
             .count();
         let ct = self.slots.iter().flatten().filter(|d| d.key.ct);
-        let (ct_held, ct_bytes) = ct.fold((0, 0), |(n, b), d| (n + 1, b + d.meat as usize));
+        let (ct_held, ct_bytes, ct_runs) = ct.fold((0, 0, 0), |(n, b, r), d| {
+            (n + 1, b + d.meat as usize, r + d.runs.len())
+        });
         held == self.runs
             && shadows == self.shadows
-            && (ct_held, ct_bytes) == (self.ct_held, self.ct_bytes)
+            && (ct_held, ct_bytes, ct_runs) == (self.ct_held, self.ct_bytes, self.ct_runs)
     }
 
     fn slot(&self, index: u32) -> Option<&Datagram> {
@@ -1198,6 +1203,7 @@ impl Reassembler {
         self.bytes += (end - start) as usize;
         if ct {
             self.ct_bytes += (end - start) as usize;
+            self.ct_runs += added;
         }
         self.runs += added;
         if !self.take_upper(index, f, (start, captured), upper) {
@@ -1276,12 +1282,12 @@ impl Reassembler {
         loop {
             // Each budget evicts from its own pools only: junk one reading throws away
             // at once (and the kernel with it) must not push the other's datagrams out.
-            let pools: &[usize] = if self.bytes - self.ct_bytes > self.limits.max_bytes {
+            let stack = self.bytes - self.ct_bytes > self.limits.max_bytes
+                || self.runs - self.ct_runs > MAX_RUNS_HELD;
+            let pools: &[usize] = if stack {
                 &STACK
-            } else if self.ct_bytes > self.limits.max_bytes {
+            } else if self.ct_bytes > self.limits.max_bytes || self.ct_runs > MAX_RUNS_HELD {
                 &CONNTRACK
-            } else if self.runs > MAX_RUNS_HELD {
-                &[0, 1, 2]
             } else {
                 return true;
             };
@@ -1410,6 +1416,7 @@ impl Reassembler {
         if d.key.ct {
             self.ct_held -= 1;
             self.ct_bytes -= d.meat as usize;
+            self.ct_runs -= d.runs.len();
         }
         self.bytes -= d.meat as usize;
         self.runs -= d.runs.len();

@@ -1595,6 +1595,63 @@ fn a_fragment_behind_a_header_the_stack_refuses_still_meets_conntracks_reading()
     assert!(r.runs_agree());
 }
 
+/// Regressions (a second review): a fragment behind a first hop-by-hop header the stack
+/// refuses is dropped on arrival (`ip6_rcv_core`), before conntrack sees it, so it must
+/// not throw conntrack's reading away; and each reading's cap on runs evicts its own
+/// datagrams only.
+#[test]
+fn conntrack_never_sees_a_refused_first_header_and_each_readings_runs_evict_its_own() {
+    let syn = Transport::Tcp(TcpFlags(TcpFlags::SYN));
+    let long = tcp_long(TcpFlags::SYN);
+    let behind_refused_hop_by_hop = |id: u32, data: &[u8]| {
+        let mut pkt = vec![0x60, 0, 0, 0];
+        pkt.extend(((16 + data.len()) as u16).to_be_bytes());
+        pkt.extend([0, 64]);
+        pkt.extend(ip6("2001:db8::bad"));
+        pkt.extend(ip6("2001:db8::5"));
+        // Option type 0x80: unknown, "discard".
+        pkt.extend([44, 0, 0x80, 4, 0, 0, 0, 0]);
+        pkt.extend([6, 0, 0, 1]);
+        pkt.extend(id.to_be_bytes());
+        pkt.extend(data);
+        pkt
+    };
+    // The SYN's head (its header not whole yet); an empty fragment (the stack throws the
+    // datagram away, conntrack drops it alone); junk behind a refused hop-by-hop header
+    // (dropped before either); the rest. The kernel with conntrack answers.
+    let mut r = Reassembler::default();
+    let frags = [
+        v6_frag(1, 6, 0, true, &long[..24]),
+        v6_frag(1, 6, 8, true, &[]),
+        behind_refused_hop_by_hop(1, &[0xee; 32]),
+        v6_frag(1, 6, 24, false, &long[24..]),
+    ];
+    let mut got = Vec::new();
+    for p in &frags {
+        if let Ok(Decoded::Segment(s)) = r.decode(LinkType::Raw, p, 0) {
+            got.push(s);
+        }
+        got.extend(std::iter::from_fn(|| r.take_extra()));
+    }
+    assert!(flags_of(&got).contains(&syn), "{got:?}");
+    // Junk that fills the stack's cap on runs, each datagram of it thrown away by
+    // conntrack at its end (an odd-length middle fragment): the stack's datagrams go, not
+    // conntrack's reading of the SYN whose head came first.
+    let mut r = Reassembler::default();
+    let mut frags = vec![v6_frag(2, 6, 0, true, &long[..24])];
+    for id in 100..166u32 {
+        for k in 0..2000 {
+            frags.push(v6_frag(id, 6, 32 + 16 * k, true, &[0; 8]));
+        }
+        frags.push(v6_frag(id, 6, 8, true, &[0; 4]));
+    }
+    frags.push(v6_frag(2, 6, 24, false, &long[24..]));
+    let got = feed(&mut r, LinkType::Raw, &frags, 0);
+    assert!(flags_of(&got).contains(&syn), "{got:?}");
+    assert!(r.stats().evicted > 0, "the stack's cap on runs was reached");
+    assert!(r.runs_agree());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
