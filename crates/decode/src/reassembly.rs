@@ -70,9 +70,12 @@
 //! kernel cannot complete (and answer) an attempt that this table lost. (At 4,096, junk
 //! between the pieces of each SYN pushed them out here while the kernel, under budget,
 //! kept and completed them.) Fragments whose IPv4 header checksum is wrong are refused
-//! before they take a place, as Linux refuses them before reassembly. Not followed: nested
-//! fragmentation (a fragment header inside the fragmentable part: dropped), the IPv6
-//! rule that a hop-by-hop header comes first, and chains longer than [`CHAIN_CAP`].
+//! before they take a place, as Linux refuses them before reassembly. A first fragment whose
+//! chain the stack refuses once the datagram is whole (an extension header it drops, a
+//! fragment header inside, a chain longer than [`CHAIN_CAP`]) is queued as the kernel
+//! queues it, and never an attempt; a fragment refused after the kernel looked its
+//! datagram up (odd length, past 65535 bytes) leaves that datagram held, empty. Not
+//! followed: the IPv6 rule that a hop-by-hop header comes first.
 //!
 //! Bounds: at most [`ReassemblyLimits::max_datagrams`] datagrams and
 //! [`ReassemblyLimits::max_bytes`] bytes of fragment data accounted, and as much again for
@@ -320,6 +323,14 @@ enum Fit {
 }
 
 impl Datagram {
+    /// The datagram is no attempt (the stack refuses its chain once it is whole), but
+    /// reassembly holds it all the same.
+    fn refuse(&mut self) {
+        self.upper_known = true;
+        self.judged = true;
+        self.pieces = Vec::new();
+    }
+
     /// `inet_frag_queue_insert`'s verdict on a fragment: past the tail, it overlaps if it
     /// starts before the tail's end; elsewhere it is a duplicate only if it lies wholly
     /// inside one run, and overlaps if it touches any run otherwise. So a fragment that
@@ -445,6 +456,18 @@ fn same_segment(a: &Segment, b: &Segment) -> bool {
     (a.src, a.dst, a.sport, a.dport, a.transport) == (b.src, b.dst, b.sport, b.dport, b.transport)
 }
 
+/// The key of the stack's reading of an IPv6 fragment's datagram.
+fn v6_key(f: &Fragment<'_>) -> Key {
+    Key {
+        src: f.src,
+        dst: f.dst,
+        id: f.id,
+        proto: 0,
+        shadow: 0,
+        ct: false,
+    }
+}
+
 /// What a fragment says of its datagram's upper layer.
 #[derive(Debug, Clone, Copy)]
 enum Upper {
@@ -455,6 +478,10 @@ enum Upper {
     /// An IPv6 first fragment whose extension-header chain goes on past its end; the
     /// type of the chain's first header.
     Cut(u8),
+    /// An IPv6 first fragment whose chain the stack refuses once the datagram is whole
+    /// (an extension header it drops, a fragment header inside): reassembly takes it
+    /// as any other (its overlaps count), but it is no attempt.
+    Refused,
 }
 
 /// The bytes of an upper-layer header `next` that an IPv6 first fragment must hold
@@ -495,8 +522,8 @@ fn first_v6_upper(f: &Fragment<'_>, claimed: u32) -> Result<Option<Upper>, Decod
                     return Ok(Some(Upper::Cut(f.next)));
                 };
                 if u16::from_be_bytes([field[0], field[1]]) & 0xfff8 != 0 {
-                    // A later fragment inside: not followed.
-                    return Ok(None);
+                    // A later fragment inside: the check passes it, no attempt.
+                    return Ok(Some(Upper::Refused));
                 }
                 8
             }
@@ -510,11 +537,14 @@ fn first_v6_upper(f: &Fragment<'_>, claimed: u32) -> Result<Option<Upper>, Decod
         return Ok(None);
     }
     // The chain is whole in the fragment: judged as before, extension headers and all.
+    // Reassembly judges none of those headers: a chain the stack refuses after it (a
+    // destination option whose type says discard) still has the fragment queued, and
+    // its overlap throw away what was held under its id.
     match walk_ipv6(f.payload, f.next, 0) {
         Ok(Walk::Upper { next, at }) => Ok(Some(Upper::Known(next, at as u32))),
-        Ok(Walk::Fragment { .. }) => Ok(None),
+        Ok(Walk::Fragment { .. }) => Ok(Some(Upper::Refused)),
         Err(e) if cut_by_capture => Err(e),
-        Err(_) => Ok(None),
+        Err(_) => Ok(Some(Upper::Refused)),
     }
 }
 
@@ -810,6 +840,13 @@ impl Reassembler {
             end &= !7;
         }
         if f.v6 && end > IP_MAX {
+            // Refused once its datagram was looked up: one is held from now on in both
+            // readings, empty, its timer running (`fq_find` comes first).
+            let key = v6_key(f);
+            if !self.only_ct {
+                self.hold(key, f, now_ns);
+            }
+            self.hold(Key { ct: true, ..key }, f, now_ns);
             return self.dropped();
         }
         // The first fragment's upper layer: for IPv6, Linux drops a first fragment whose
@@ -882,6 +919,10 @@ impl Reassembler {
             if let Some(index) = self.index.get(&ct).copied() {
                 self.remove(index);
             }
+            // The stack looked its datagram up before it refused the fragment.
+            if !self.only_ct {
+                self.hold(key, f, now_ns);
+            }
             return if self.only_ct {
                 skipped
             } else {
@@ -903,6 +944,13 @@ impl Reassembler {
         let (verdict, gained) = self.either(said, got);
         self.stats.completed += u64::from(gained);
         verdict
+    }
+
+    /// Makes sure datagram `key` is held (an empty one created, or an expired one started
+    /// again), as Linux's lookup of a fragment's datagram does before it judges the
+    /// fragment: a datagram's timer runs from there.
+    fn hold(&mut self, key: Key, f: &Fragment<'_>, now_ns: u64) {
+        let _ = self.datagram_for(key, f, (0, 1), None, now_ns);
     }
 
     /// The verdict of a fragment on the datagram and on another copy of it (`said` and
@@ -1099,6 +1147,11 @@ impl Reassembler {
                 d.upper = first;
                 d.header_len = f.header_len;
             }
+            Upper::Refused => {
+                d.first_in = true;
+                d.header_len = f.header_len;
+                d.refuse();
+            }
             Upper::Later => {}
         }
         if d.upper_known || start >= CHAIN_CAP {
@@ -1107,7 +1160,13 @@ impl Reassembler {
         let keep = captured.min(CHAIN_CAP - start) as usize;
         let bytes = f.payload.get(..keep).unwrap_or(&[]);
         d.pieces.push((start, bytes.into()));
-        !d.first_in || self.follow_chain(index)
+        if d.first_in && !self.follow_chain(index) {
+            // Held on as the kernel holds it (its overlaps count), never an attempt.
+            if let Some(d) = self.slot_mut(index) {
+                d.refuse();
+            }
+        }
+        true
     }
 
     /// Walks the chain the first fragment of the IPv6 datagram `index` cut, over the
