@@ -716,12 +716,8 @@ impl Reassembler {
         };
         self.expire(now_ns);
         let key = Key {
-            src: f.src,
-            dst: f.dst,
-            id: f.id,
-            proto: 0,
-            shadow: 0,
             ct: true,
+            ..v6_key(f)
         };
         let Some(index) = self.index.get(&key).copied() else {
             return verdict;

@@ -80,6 +80,39 @@ fn v6_frag(id: u32, next: u8, offset: usize, more: bool, data: &[u8]) -> Vec<u8>
     pkt
 }
 
+/// An IPv6 fragment of TCP (more to come) behind one 8-byte extension header of type
+/// `kind` holding `options`, from `data` at byte `offset` of the fragmentable part.
+fn v6_frag_behind(kind: u8, options: [u8; 6], id: u32, offset: usize, data: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![0x60, 0, 0, 0];
+    pkt.extend(((16 + data.len()) as u16).to_be_bytes());
+    pkt.extend([kind, 64]);
+    pkt.extend(ip6("2001:db8::bad"));
+    pkt.extend(ip6("2001:db8::5"));
+    pkt.extend([44, 0]);
+    pkt.extend(options);
+    pkt.extend([6, 0]);
+    pkt.extend((offset as u16 | 1).to_be_bytes());
+    pkt.extend(id.to_be_bytes());
+    pkt.extend(data);
+    pkt
+}
+
+/// [`feed`] of raw IP packets some of which decode refuses (`BadIpv6Extension`): the
+/// segments, and the positions of the refused packets.
+fn feed_refused(r: &mut Reassembler, packets: &[Vec<u8>]) -> (Vec<Segment>, Vec<usize>) {
+    let (mut got, mut refused) = (Vec::new(), Vec::new());
+    for (i, p) in packets.iter().enumerate() {
+        match r.decode(LinkType::Raw, p, 0) {
+            Ok(Decoded::Segment(s)) => got.push(s),
+            Ok(Decoded::Skipped(_)) => {}
+            Err(DecodeError::BadIpv6Extension) => refused.push(i),
+            other => panic!("unexpected {other:?}"),
+        }
+        got.extend(std::iter::from_fn(|| r.take_extra()));
+    }
+    (got, refused)
+}
+
 /// A destination options header of 8 bytes (six Pad1 options).
 fn dst_opts(next: u8) -> Vec<u8> {
     vec![next, 0, 0, 0, 0, 0, 0, 0]
@@ -1561,36 +1594,18 @@ fn conntrack_keeps_an_empty_fragments_end_meets_atomic_fragments_and_evicts_its_
 #[test]
 fn a_fragment_behind_a_header_the_stack_refuses_still_meets_conntracks_reading() {
     let real = tcp_long(TcpFlags::SYN);
-    let refused = |id: u32, offset: usize, more: bool, data: &[u8]| {
-        let mut pkt = vec![0x60, 0, 0, 0];
-        pkt.extend(((16 + data.len()) as u16).to_be_bytes());
-        pkt.extend([60, 64]);
-        pkt.extend(ip6("2001:db8::bad"));
-        pkt.extend(ip6("2001:db8::5"));
-        pkt.extend([44, 0, 0x9e, 4, 0, 0, 0, 0]);
-        let field = offset as u16 | u16::from(more);
-        pkt.extend([6, 0]);
-        pkt.extend(field.to_be_bytes());
-        pkt.extend(id.to_be_bytes());
-        pkt.extend(data);
-        pkt
-    };
     let mut r = Reassembler::default();
-    let frags = [
-        v6_frag(9, 6, 0, true, &[0xdd; 24]),
-        refused(9, 16, true, &[0xee; 16]),
-        v6_frag(9, 6, 0, true, &real[..24]),
-        v6_frag(9, 6, 24, false, &real[24..]),
-    ];
-    let mut got = Vec::new();
-    for (i, p) in frags.iter().enumerate() {
-        match r.decode(LinkType::Raw, p, 0) {
-            Ok(Decoded::Segment(s)) => got.push(s),
-            Ok(Decoded::Skipped(_)) => {}
-            Err(e) => assert_eq!((i, e), (1, DecodeError::BadIpv6Extension)),
-        }
-        got.extend(std::iter::from_fn(|| r.take_extra()));
-    }
+    // Option type 0x9e: unknown, "discard".
+    let (got, refused) = feed_refused(
+        &mut r,
+        &[
+            v6_frag(9, 6, 0, true, &[0xdd; 24]),
+            v6_frag_behind(60, [0x9e, 4, 0, 0, 0, 0], 9, 16, &[0xee; 16]),
+            v6_frag(9, 6, 0, true, &real[..24]),
+            v6_frag(9, 6, 24, false, &real[24..]),
+        ],
+    );
+    assert_eq!(refused, [1]);
     assert!(
         flags_of(&got).contains(&Transport::Tcp(TcpFlags(TcpFlags::SYN))),
         "{got:?}"
@@ -1606,36 +1621,21 @@ fn a_fragment_behind_a_header_the_stack_refuses_still_meets_conntracks_reading()
 fn conntrack_never_sees_a_refused_first_header_and_each_readings_runs_evict_its_own() {
     let syn = Transport::Tcp(TcpFlags(TcpFlags::SYN));
     let long = tcp_long(TcpFlags::SYN);
-    let behind_refused_hop_by_hop = |id: u32, data: &[u8]| {
-        let mut pkt = vec![0x60, 0, 0, 0];
-        pkt.extend(((16 + data.len()) as u16).to_be_bytes());
-        pkt.extend([0, 64]);
-        pkt.extend(ip6("2001:db8::bad"));
-        pkt.extend(ip6("2001:db8::5"));
-        // Option type 0x80: unknown, "discard".
-        pkt.extend([44, 0, 0x80, 4, 0, 0, 0, 0]);
-        pkt.extend([6, 0, 0, 1]);
-        pkt.extend(id.to_be_bytes());
-        pkt.extend(data);
-        pkt
-    };
     // The SYN's head (its header not whole yet); an empty fragment (the stack throws the
     // datagram away, conntrack drops it alone); junk behind a refused hop-by-hop header
     // (dropped before either); the rest. The kernel with conntrack answers.
     let mut r = Reassembler::default();
-    let frags = [
-        v6_frag(1, 6, 0, true, &long[..24]),
-        v6_frag(1, 6, 8, true, &[]),
-        behind_refused_hop_by_hop(1, &[0xee; 32]),
-        v6_frag(1, 6, 24, false, &long[24..]),
-    ];
-    let mut got = Vec::new();
-    for p in &frags {
-        if let Ok(Decoded::Segment(s)) = r.decode(LinkType::Raw, p, 0) {
-            got.push(s);
-        }
-        got.extend(std::iter::from_fn(|| r.take_extra()));
-    }
+    // Option type 0x80: unknown, "discard".
+    let (got, refused) = feed_refused(
+        &mut r,
+        &[
+            v6_frag(1, 6, 0, true, &long[..24]),
+            v6_frag(1, 6, 8, true, &[]),
+            v6_frag_behind(0, [0x80, 4, 0, 0, 0, 0], 1, 0, &[0xee; 32]),
+            v6_frag(1, 6, 24, false, &long[24..]),
+        ],
+    );
+    assert_eq!(refused, [2]);
     assert!(flags_of(&got).contains(&syn), "{got:?}");
     // Junk that fills the stack's cap on runs, each datagram of it thrown away by
     // conntrack at its end (an odd-length middle fragment): the stack's datagrams go, not
