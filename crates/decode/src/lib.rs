@@ -756,17 +756,7 @@ pub(crate) fn fragment_header_v6(link: LinkType, data: &[u8]) -> Option<Fragment
     let (mut next, mut at) = (*ip.get(6)?, 40usize);
     for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
         let ext = ip.get(at..at + 2)?;
-        // A first hop-by-hop header the stack refuses drops the packet on arrival
-        // (`ip6_rcv_core`), before conntrack sees it.
-        if next == 0 && at == 40 {
-            let header = ip.get(at..at + (usize::from(ext[1]) + 1) * 8)?;
-            if ipv6_header_refused(0, header, at, true, ip) {
-                return None;
-            }
-        }
         match next {
-            0 | 43 | 60 => at += (usize::from(ext[1]) + 1) * 8,
-            51 => at += (usize::from(ext[1]) + 2) * 4,
             44 => {
                 ip.get(at..at + 8)?;
                 return Some(FragmentAt {
@@ -774,11 +764,30 @@ pub(crate) fn fragment_header_v6(link: LinkType, data: &[u8]) -> Option<Fragment
                     frag_at: at as u32,
                 });
             }
+            0 | 43 | 60 | 51 => {}
             _ => return None,
         }
+        let len = ext_len(next, ext[1]);
+        // A first hop-by-hop header the stack refuses drops the packet on arrival
+        // (`ip6_rcv_core`), before conntrack sees it.
+        if next == 0 && at == 40 && ipv6_header_refused(0, ip.get(at..at + len)?, at, true, ip) {
+            return None;
+        }
         next = ext[0];
+        at += len;
     }
     None
+}
+
+/// The length of an IPv6 extension header of type `next` whose length byte (its second)
+/// is `len_byte`: the authentication header's in 4-octet units minus 2, the others' in
+/// 8-octet units not counting the first 8.
+pub(crate) fn ext_len(next: u8, len_byte: u8) -> usize {
+    if next == 51 {
+        (usize::from(len_byte) + 2) * 4
+    } else {
+        (usize::from(len_byte) + 1) * 8
+    }
 }
 
 /// The segment of a packet the capture cut short, where [`decode`] found its TCP or
@@ -841,7 +850,7 @@ pub(crate) fn walk_ipv6(data: &[u8], mut next: u8, mut at: usize) -> Result<Walk
             // counting the first 8.
             0 | 43 | 60 => {
                 let ext = data.get(at..at + 2).ok_or(DecodeError::TruncatedIp)?;
-                let len = (usize::from(ext[1]) + 1) * 8;
+                let len = ext_len(next, ext[1]);
                 let header = data.get(at..at + len).ok_or(DecodeError::TruncatedIp)?;
                 let first = i == 0 && from_fixed_header;
                 if ipv6_header_refused(next, header, at, first, data) {
@@ -871,8 +880,8 @@ pub(crate) fn walk_ipv6(data: &[u8], mut next: u8, mut at: usize) -> Result<Walk
             // Authentication header: length in 4-octet units, minus 2.
             51 => {
                 let ext = data.get(at..at + 2).ok_or(DecodeError::TruncatedIp)?;
+                at += ext_len(next, ext[1]);
                 next = ext[0];
-                at += (usize::from(ext[1]) + 2) * 4;
             }
             _ => return Ok(Walk::Upper { next, at }),
         }

@@ -527,8 +527,7 @@ fn first_v6_upper(f: &Fragment<'_>, claimed: u32) -> Result<Option<Upper>, Decod
                 }
                 8
             }
-            51 => (usize::from(ext[1]) + 2) * 4,
-            _ => (usize::from(ext[1]) + 1) * 8,
+            _ => crate::ext_len(next, ext[1]),
         };
         next = ext[0];
         at += len;
