@@ -71,6 +71,13 @@ const NEW_TCP: &str = "ct state new tcp flags & (syn | ack) != ack";
 /// Elements per `add element` statement: keeps each line of the script reasonable.
 const CHUNK: usize = 1000;
 
+/// Whether a set's rules match new flows only (two rules, [`NEW_NOT_TCP`] and
+/// [`NEW_TCP`]) rather than every packet (one): its bans are on new connections only,
+/// or every ban is (`--block-scope new`).
+fn new_flows_only(scope: Scope, new_only: bool) -> bool {
+    new_only || scope == Scope::New
+}
+
 /// The script that (re)creates the table holding exactly `bans`.
 pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
     let mut s = String::new();
@@ -96,7 +103,7 @@ pub fn setup_script(scope: Scope, bans: &[Ban]) -> String {
         );
         for (set, ty, new_only, _) in SETS {
             let family = if ty == "ipv4_addr" { "ip" } else { "ip6" };
-            if new_only || scope == Scope::New {
+            if new_flows_only(scope, new_only) {
                 // New flows of every protocol but TCP, and TCP's but those conntrack
                 // picks up in mid-stream (ACK without SYN: a session older than the
                 // tracking, which must live on, not a new connection).
@@ -131,7 +138,7 @@ pub fn rules_intact(rules: &[RuleInfo], scope: Scope) -> bool {
     let per_chain: usize = SETS
         .iter()
         .map(|&(_, _, new_only, _)| {
-            if new_only || scope == Scope::New {
+            if new_flows_only(scope, new_only) {
                 2
             } else {
                 1
